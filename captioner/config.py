@@ -1,0 +1,93 @@
+"""The captioner's typed config; configs/captioner/*.yaml mirror it key for key."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass
+class DataConfig:
+    format: Literal["karpathy", "flickr8k", "coco", "csv", "jsonl"] = "karpathy"
+    annotations: str | list[str] = ""  # the annotation file(s) of the format
+    image_root: str = ""  # where image paths in the annotations are relative to
+    restval_to_train: bool = True  # Karpathy split: fold `restval` into train
+    val_fraction: float = 0.05  # seeded split, for formats without one
+    test_fraction: float = 0.05
+    split_seed: int = 0
+    image_size: int = 224  # square side after crop
+    hflip: bool = False  # off: a flip turns "left of" into "right of"
+    min_word_count: int = 5  # rarer training words become <unk>
+    max_caption_length: int = 50  # training captions are cut to this many words
+    cache_images: bool = False  # keep decoded images in memory (small data sets)
+    num_workers: int = 0
+
+
+@dataclass
+class ModelConfig:
+    encoder: Literal["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"] = "resnet50"
+    weights: str | None = None  # None | torchvision name (ResNet50_Weights.DEFAULT) | local file
+    encoder_stages: int = 4  # stop after layer1..layer4 (small images need less depth)
+    finetune: Literal["frozen", "last", "all"] = "frozen"
+    finetune_stages: int = 1  # with finetune=last: how many of the last stages train
+    attention: bool = True  # soft attention (Xu et al. 2015) or show-and-tell (Vinyals et al.)
+    cell: Literal["lstm", "gru", "rnn"] = "lstm"
+    backend: Literal["fused", "explicit"] = "fused"
+    num_layers: int = 1
+    embed_size: int = 256
+    hidden_size: int = 512
+    attention_size: int = 256
+    dropout: float = 0.3
+    tied_embeddings: bool = False
+    alpha_c: float = 1.0  # weight of the doubly stochastic attention regulariser
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    max_steps: int = 0  # 0: no limit besides epochs
+    time_budget_s: float = 0.0  # 0: no limit; else stop after this many seconds
+    seed: int = 0
+    batch_size: int = 64
+    lr: float = 4e-4  # decoder
+    encoder_lr: float = 1e-4  # trainable encoder stages
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 5.0
+    eval_every: int = 0  # steps between validations; 0: once per epoch
+    eval_max_images: int = 0  # 0: the whole val split
+    patience: int = 5  # validations without a better BLEU-4 before stopping; 0: never
+    feature_cache: bool = True  # frozen encoder: compute features once per image, on disk
+    device: str = "auto"
+    log_every: int = 50
+
+
+@dataclass
+class DecodeConfig:
+    beam_size: int = 3
+    max_length: int = 30
+    length_penalty: float = 0.0  # score / length**penalty (0: raw log-probability)
+
+
+@dataclass
+class CaptionerConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+
+
+# Fields that define the network: a checkpoint whose values differ cannot be resumed.
+ARCHITECTURE_KEYS = [
+    "model.encoder",
+    "model.encoder_stages",
+    "model.attention",
+    "model.cell",
+    "model.num_layers",
+    "model.embed_size",
+    "model.hidden_size",
+    "model.attention_size",
+    "model.tied_embeddings",
+    "data.image_size",
+]

@@ -1,0 +1,85 @@
+"""Checkpoints: one dict of plain values and state dicts, written atomically, loaded weights_only.
+
+Every checkpoint holds at least ``format_version``, ``task`` ("char_lm" or "captioner"),
+``config`` (a plain dict) and ``vocab`` (a list of strings), plus the task's state dicts, step and
+best score. Never a pickled module: `torch.load(weights_only=True)` reads it.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from recurrent.errors import UserError
+
+FORMAT_VERSION = 1
+TASK_TRAINERS = {"char_lm": "python -m char_lm.train", "captioner": "python -m captioner.train"}
+
+
+def save_checkpoint(payload: dict[str, Any], path: str | Path) -> None:
+    """Write ``payload`` to ``path`` atomically: a temp file in the same folder, then a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"format_version": FORMAT_VERSION, **payload}
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(payload, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | Path, task: str | None = None) -> dict[str, Any]:
+    """Read a checkpoint on the CPU; any problem with the file is a one-line `UserError`."""
+    path = Path(path)
+    trainer = TASK_TRAINERS.get(task or "", "the project's train command")
+    if not path.exists():
+        raise UserError(f"checkpoint not found: {path} (pass a .pt file written by {trainer})")
+    if path.is_dir():
+        raise UserError(f"checkpoint {path} is a folder; pass a .pt file such as {path}/best.pt")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError,
+            ValueError, AttributeError, TypeError, UnicodeDecodeError):
+        raise UserError(
+            f"{path} is not a readable checkpoint (corrupt, truncated or not written by this "
+            f"project); pass a .pt file written by {trainer}"
+        ) from None
+    if not isinstance(payload, dict) or "format_version" not in payload or "task" not in payload:
+        raise UserError(f"{path} is not a checkpoint of this project; pass a .pt file written by {trainer}")
+    if payload["format_version"] > FORMAT_VERSION:
+        raise UserError(
+            f"{path} has checkpoint format {payload['format_version']}, newer than this version "
+            f"reads ({FORMAT_VERSION}); upgrade the project"
+        )
+    if task is not None and payload["task"] != task:
+        raise UserError(
+            f"{path} is a {payload['task']} checkpoint, but this command needs a {task} "
+            f"checkpoint (written by {trainer})"
+        )
+    return payload
+
+
+def check_same_architecture(
+    saved: dict[str, Any], current: dict[str, Any], keys: list[str], path: str | Path
+) -> None:
+    """On resume, refuse a checkpoint whose architecture fields differ, naming the field."""
+    for key in keys:
+        section, name = key.split(".")
+        old = saved.get(section, {}).get(name)
+        new = current.get(section, {}).get(name)
+        if old != new:
+            raise UserError(
+                f"cannot resume from {path}: {key} is {old!r} in the checkpoint but {new!r} in the "
+                f"config; drop --resume or use the checkpoint's value"
+            )

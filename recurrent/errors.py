@@ -1,0 +1,34 @@
+"""User-facing errors and the CLI wrapper that turns them into one line on stderr.
+
+A user mistake (bad file, flag, checkpoint, image or text) raises `UserError` with a message that
+names the problem and says what to do. `run_cli` prints that message as one line, exits non-zero and
+shows no traceback. Internal bugs are not `UserError` and still raise normally.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+
+
+class UserError(Exception):
+    """A mistake in what the user passed in; the message is shown to them as is."""
+
+
+EXIT_USER_ERROR = 2
+
+
+def run_cli(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None) -> int:
+    """Call `main(argv)`; a `UserError` becomes `error: <message>` on stderr and exit status 2."""
+    try:
+        main(argv)
+    except UserError as err:
+        message = " ".join(str(err).split())  # always exactly one line
+        print(f"error: {message}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # e.g. `sample ... | head`
+        return 0
+    return 0

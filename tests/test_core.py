@@ -1,0 +1,139 @@
+"""The recurrent core: explicit equations against torch.nn, step against sequence, padding."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from recurrent.core import CELLS, RecurrentCore
+
+INPUT, HIDDEN, BATCH, STEPS = 5, 7, 4, 6
+CASES = list(itertools.product(CELLS, [1, 2, 3], [False, True], [False, True]))
+
+
+def make_pair(cell: str, num_layers: int) -> tuple[RecurrentCore, RecurrentCore]:
+    torch.manual_seed(0)
+    fused = RecurrentCore(cell, INPUT, HIDDEN, num_layers, dropout=0.3, backend="fused").eval()
+    explicit = RecurrentCore(cell, INPUT, HIDDEN, num_layers, dropout=0.3, backend="explicit").eval()
+    explicit.load_state_dict(fused.state_dict())  # same names and shapes: moves unchanged
+    return fused, explicit
+
+
+def inputs(core: RecurrentCore, with_state: bool, with_lengths: bool):
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(BATCH, STEPS, INPUT, generator=generator)
+    state = None
+    if with_state:
+        state = torch.randn(core.state_parts, core.num_layers, BATCH, HIDDEN, generator=generator)
+    lengths = torch.tensor([STEPS, 3, 1, 5]) if with_lengths else None
+    return x, state, lengths
+
+
+@pytest.mark.parametrize("cell,num_layers,with_state,with_lengths", CASES)
+def test_explicit_matches_fused(cell, num_layers, with_state, with_lengths):
+    fused, explicit = make_pair(cell, num_layers)
+    x, state, lengths = inputs(fused, with_state, with_lengths)
+    results = []
+    for core in (fused, explicit):
+        xi = x.clone().requires_grad_()
+        si = None if state is None else state.clone().requires_grad_()
+        out, final = core(xi, si, lengths)
+        # A loss touching every output and the final state, so all gradients flow.
+        (out.sin().sum() + final.cos().sum()).backward()
+        grads = {name: p.grad.clone() for name, p in core.named_parameters()}
+        results.append((out, final, xi.grad, None if si is None else si.grad, grads))
+    (out_f, fin_f, gx_f, gs_f, grads_f), (out_e, fin_e, gx_e, gs_e, grads_e) = results
+    torch.testing.assert_close(out_e, out_f, atol=1e-5, rtol=0)
+    torch.testing.assert_close(fin_e, fin_f, atol=1e-5, rtol=0)
+    torch.testing.assert_close(gx_e, gx_f, atol=1e-5, rtol=0)
+    if gs_f is not None:
+        torch.testing.assert_close(gs_e, gs_f, atol=1e-5, rtol=0)
+    assert grads_f.keys() == grads_e.keys()
+    for name in grads_f:
+        torch.testing.assert_close(grads_e[name], grads_f[name], atol=1e-5, rtol=0, msg=name)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_explicit_matches_raw_torch_module(cell):
+    """The fused backend is torch.nn; check the explicit equations against a bare torch.nn module."""
+    torch.manual_seed(3)
+    reference = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[cell](
+        INPUT, HIDDEN, num_layers=2, batch_first=True
+    )
+    explicit = RecurrentCore(cell, INPUT, HIDDEN, 2, backend="explicit")
+    explicit.rnn.load_state_dict(reference.state_dict())
+    x = torch.randn(BATCH, STEPS, INPUT)
+    expected, hx = reference(x)
+    out, state = explicit(x)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+    expected_h = hx[0] if cell == "lstm" else hx
+    torch.testing.assert_close(state[0], expected_h, atol=1e-5, rtol=0)
+    if cell == "lstm":
+        torch.testing.assert_close(state[1], hx[1], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("backend", ["fused", "explicit"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_step_by_step_equals_sequence(cell, backend):
+    torch.manual_seed(0)
+    core = RecurrentCore(cell, INPUT, HIDDEN, 2, backend=backend).eval()
+    x, state, _ = inputs(core, with_state=True, with_lengths=False)
+    out, final = core(x, state)
+    step_state = state
+    step_outputs = []
+    for t in range(STEPS):
+        y, step_state = core.step(x[:, t], step_state)
+        step_outputs.append(y)
+    torch.testing.assert_close(torch.stack(step_outputs, 1), out, atol=1e-6, rtol=0)
+    torch.testing.assert_close(step_state, final, atol=1e-6, rtol=0)
+    torch.testing.assert_close(RecurrentCore.top_hidden(final), out[:, -1], atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("backend", ["fused", "explicit"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_padded_batch_equals_each_sequence_alone(cell, backend):
+    torch.manual_seed(0)
+    core = RecurrentCore(cell, INPUT, HIDDEN, 2, backend=backend).eval()
+    x, state, lengths = inputs(core, with_state=True, with_lengths=True)
+    # Garbage in the padding must change nothing.
+    for b, n in enumerate(lengths.tolist()):
+        x[b, n:] = 1e3
+    out, final = core(x, state, lengths)
+    for b, n in enumerate(lengths.tolist()):
+        alone_out, alone_final = core(x[b : b + 1, :n], state[:, :, b : b + 1].contiguous())
+        torch.testing.assert_close(out[b : b + 1, :n], alone_out, atol=1e-6, rtol=0)
+        torch.testing.assert_close(final[:, :, b : b + 1], alone_final, atol=1e-6, rtol=0)
+        assert torch.all(out[b, n:] == 0)
+
+
+def test_state_dict_keys_are_torch_names():
+    core = RecurrentCore("lstm", INPUT, HIDDEN, 2, backend="explicit")
+    assert sorted(core.state_dict()) == sorted(
+        f"rnn.{kind}_{part}_l{layer}"
+        for kind in ("weight", "bias")
+        for part in ("ih", "hh")
+        for layer in range(2)
+    )
+
+
+def test_dropout_between_layers_only_in_training():
+    torch.manual_seed(0)
+    core = RecurrentCore("gru", INPUT, HIDDEN, 2, dropout=0.5, backend="explicit")
+    x = torch.randn(BATCH, STEPS, INPUT)
+    core.train()
+    a, _ = core(x)
+    b, _ = core(x)
+    assert not torch.allclose(a, b)  # dropout between layers is active while training
+    core.eval()
+    c, _ = core(x)
+    d, _ = core(x)
+    torch.testing.assert_close(c, d)
+
+
+def test_rejects_unknown_cell_and_backend():
+    with pytest.raises(ValueError, match="cell"):
+        RecurrentCore("transformer", 3, 4)
+    with pytest.raises(ValueError, match="backend"):
+        RecurrentCore("lstm", 3, 4, backend="cuda")

@@ -1,0 +1,148 @@
+"""Config loading and overrides, checkpoints, sampling filters, LR schedule."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+
+from recurrent.checkpoint import check_same_architecture, load_checkpoint, save_checkpoint
+from recurrent.config import load_config, to_dict
+from recurrent.errors import UserError
+from recurrent.sampling import filter_logits, sample_next
+from recurrent.training import warmup_cosine
+
+
+@dataclasses.dataclass
+class Model:
+    cell: str = "lstm"
+    hidden_size: int = 8
+    dropout: float = 0.0
+    tied: bool = False
+    note: str | None = None
+
+
+@dataclasses.dataclass
+class Train:
+    max_steps: int = 10
+    lr: float = 1e-3
+
+
+@dataclasses.dataclass
+class Config:
+    model: Model = dataclasses.field(default_factory=Model)
+    train: Train = dataclasses.field(default_factory=Train)
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_yaml_and_overrides(tmp_path):
+    path = write(tmp_path, "model:\n  cell: gru\n  hidden_size: 16\ntrain:\n  lr: 1\n")
+    cfg = load_config(Config, path, ["train.max_steps=3", "model.dropout=0.25", "model.tied=true"])
+    assert cfg.model == Model(cell="gru", hidden_size=16, dropout=0.25, tied=True)
+    assert cfg.train == Train(max_steps=3, lr=1.0)
+    assert isinstance(cfg.train.lr, float)
+    assert to_dict(cfg)["model"]["hidden_size"] == 16
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["model.hiden_size=3"], "unknown config key 'model.hiden_size'"),
+        (["nope.x=3"], "unknown config key 'nope.x'"),
+        (["train.max_steps=ten"], "config key 'train.max_steps': expected int"),
+        (["train.max_steps=1.5"], "config key 'train.max_steps': expected int"),
+        (["model.tied=3"], "config key 'model.tied': expected bool"),
+        (["model.cell"], "--set expects key=value"),
+    ],
+)
+def test_bad_overrides_name_the_key(overrides, message):
+    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        load_config(Config, None, overrides)
+
+
+def test_unknown_yaml_key_and_bad_yaml(tmp_path):
+    with pytest.raises(UserError, match="unknown config key 'model.layers'"):
+        load_config(Config, write(tmp_path, "model:\n  layers: 2\n"))
+    with pytest.raises(UserError, match="not valid YAML"):
+        load_config(Config, write(tmp_path, "model: [unclosed\n"))
+    with pytest.raises(UserError, match="config file not found"):
+        load_config(Config, tmp_path / "missing.yaml")
+
+
+def test_checkpoint_round_trip_and_atomic_write(tmp_path):
+    path = tmp_path / "run" / "last.pt"
+    state = {"w": torch.arange(6.0).reshape(2, 3)}
+    save_checkpoint({"task": "char_lm", "config": {"a": 1}, "vocab": ["a"], "model": state}, path)
+    assert [p.name for p in path.parent.iterdir()] == ["last.pt"]  # no temp file left behind
+    loaded = load_checkpoint(path, task="char_lm")
+    torch.testing.assert_close(loaded["model"]["w"], state["w"])
+    assert loaded["format_version"] == 1
+    with pytest.raises(UserError, match="is a char_lm checkpoint, but this command needs a captioner"):
+        load_checkpoint(path, task="captioner")
+
+
+def test_checkpoint_errors(tmp_path):
+    with pytest.raises(UserError, match="checkpoint not found"):
+        load_checkpoint(tmp_path / "none.pt")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(UserError, match="not a readable checkpoint"):
+        load_checkpoint(junk)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.zeros(2)}, foreign)
+    with pytest.raises(UserError, match="not a checkpoint of this project"):
+        load_checkpoint(foreign)
+    truncated = tmp_path / "truncated.pt"
+    save_checkpoint({"task": "char_lm", "big": torch.zeros(10000)}, truncated)
+    truncated.write_bytes(truncated.read_bytes()[:2000])
+    with pytest.raises(UserError, match="not a readable checkpoint"):
+        load_checkpoint(truncated)
+
+
+def test_resume_refuses_other_architecture(tmp_path):
+    saved = {"model": {"cell": "lstm"}}
+    with pytest.raises(UserError, match="model.cell is 'lstm' in the checkpoint but 'gru'"):
+        check_same_architecture(saved, {"model": {"cell": "gru"}}, ["model.cell"], "x.pt")
+
+
+def test_top_k_and_top_p_never_leave_the_allowed_set():
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(64, 50, generator=generator) * 3
+    top5 = torch.topk(logits, 5, dim=-1).indices
+    for _ in range(20):
+        ids = sample_next(logits, top_k=5, generator=generator)
+        assert (top5 == ids[:, None]).any(dim=1).all()
+    # top-p: the allowed set is the smallest prefix of the sorted distribution with mass >= p.
+    probs = torch.softmax(logits, dim=-1)
+    sorted_probs, order = probs.sort(dim=-1, descending=True)
+    keep_count = (sorted_probs.cumsum(-1) < 0.6).sum(-1) + 1
+    for _ in range(20):
+        ids = sample_next(logits, top_p=0.6, generator=generator)
+        rank = (order == ids[:, None]).float().argmax(-1)
+        assert (rank < keep_count).all()
+    filtered = filter_logits(logits, top_k=3, top_p=0.99)
+    assert (torch.isfinite(filtered).sum(-1) <= 3).all()
+
+
+def test_sampling_is_seeded_and_greedy_is_argmax():
+    logits = torch.randn(8, 30)
+    a = sample_next(logits, temperature=0.8, generator=torch.Generator().manual_seed(5))
+    b = sample_next(logits, temperature=0.8, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(a, b)
+    assert torch.equal(sample_next(logits, greedy=True), logits.argmax(-1))
+
+
+def test_warmup_cosine_schedule():
+    kw = dict(warmup_steps=10, total_steps=110, min_ratio=0.1)
+    assert warmup_cosine(0, **kw) == pytest.approx(0.1)
+    assert warmup_cosine(9, **kw) == pytest.approx(1.0)
+    assert warmup_cosine(60, **kw) == pytest.approx(0.55)
+    assert warmup_cosine(110, **kw) == pytest.approx(0.1)
+    assert warmup_cosine(500, **kw) == pytest.approx(0.1)

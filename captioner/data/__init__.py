@@ -1,0 +1,78 @@
+"""The captioner's data layer: annotation formats, images, vocabulary, transforms and datasets.
+
+`load_records` reads any supported annotation format into `ImageRecord`s, `select_split` picks a
+split, `Vocabulary.build` makes the word list from training captions, `build_transforms` the
+preprocessing, and `CaptionPairs` / `ImageOnly` the torch datasets.
+
+The torch-based names (datasets, transforms) are imported on first use, so tools that only need
+records, images or the vocabulary (such as `python -m captioner.scenes`) start without loading
+torch and torchvision.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from .formats import (
+    FORMATS,
+    load_coco,
+    load_csv,
+    load_flickr8k,
+    load_jsonl,
+    load_karpathy,
+    load_records,
+    seeded_split,
+    select_split,
+    validate_fractions,
+)
+from .images import MAX_IMAGE_PIXELS, load_image
+from .records import SPLITS, ImageRecord
+from .vocab import SPECIALS, Vocabulary, tokenize
+
+if TYPE_CHECKING:
+    from .datasets import CaptionPairs, ImageOnly, collate_pairs
+    from .transforms import build_transforms, normalization_stats, resolve_weights
+
+_LAZY = {
+    "CaptionPairs": "datasets",
+    "ImageOnly": "datasets",
+    "collate_pairs": "datasets",
+    "build_transforms": "transforms",
+    "normalization_stats": "transforms",
+    "resolve_weights": "transforms",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Import the torch-based names on first access (PEP 562)."""
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [
+    "FORMATS",
+    "MAX_IMAGE_PIXELS",
+    "SPECIALS",
+    "SPLITS",
+    "CaptionPairs",
+    "ImageOnly",
+    "ImageRecord",
+    "Vocabulary",
+    "build_transforms",
+    "collate_pairs",
+    "load_coco",
+    "load_csv",
+    "load_flickr8k",
+    "load_image",
+    "load_jsonl",
+    "load_karpathy",
+    "load_records",
+    "normalization_stats",
+    "resolve_weights",
+    "seeded_split",
+    "select_split",
+    "tokenize",
+    "validate_fractions",
+]

@@ -1,0 +1,600 @@
+"""Load caption annotations of the common public formats into `ImageRecord`s.
+
+Every loader returns `list[ImageRecord]` with absolute image paths, raw captions and a split in
+train/val/test, so the rest of the captioner never sees a format-specific structure. Bad input
+(a missing file, malformed JSON, a missing key or column, a listed image missing on disk, an
+unknown split, no records at all) raises `UserError` with one line naming the file and what to do.
+
+Formats (`load_records(fmt, ...)`):
+
+- ``karpathy``: the split JSON of Karpathy & Fei-Fei (dataset_coco.json, dataset_flickr8k.json,
+  dataset_flickr30k.json), also written by `python -m captioner.scenes`.
+- ``flickr8k``: the original Flickr8k.token.txt plus the Flickr_8k.{train,dev,test}Images.txt lists.
+- ``coco``: one or more COCO caption files (captions_train2014.json, captions_val2014.json, ...).
+- ``csv`` / ``jsonl``: one row per (image, caption), optional split column.
+
+When `image_root` is None, relative image paths are resolved against the annotation file's folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from recurrent.errors import UserError
+
+from .records import SPLITS, ImageRecord
+
+PathLike = str | os.PathLike[str]
+
+FORMATS = ("karpathy", "flickr8k", "coco", "csv", "jsonl")
+FLICKR8K_SPLIT_FILES = {
+    "train": "Flickr_8k.trainImages.txt",
+    "val": "Flickr_8k.devImages.txt",
+    "test": "Flickr_8k.testImages.txt",
+}
+KARPATHY_SPLITS = (*SPLITS, "restval")
+
+
+# --------------------------------------------------------------------------------------------
+# Shared helpers
+
+
+def _existing_file(path: PathLike, what: str) -> Path:
+    """Return `path` as a Path, or raise a UserError when it is not an existing file."""
+    if not os.fspath(path):
+        raise UserError(f"no {what} given; pass the path of the annotations")
+    file = Path(path)
+    if not file.is_file():
+        problem = "is a folder, not a file" if file.is_dir() else "not found"
+        raise UserError(f"{what} '{file}' {problem}; check the annotations path")
+    return file
+
+
+def _read_text(file: Path) -> str:
+    try:
+        return file.read_text(encoding="utf-8-sig")  # -sig: tolerate a BOM from spreadsheet tools
+    except UnicodeDecodeError as err:
+        raise UserError(
+            f"'{file}' is not UTF-8 text (byte {err.start}); re-save it as UTF-8"
+        ) from None
+
+
+def _read_json(file: Path) -> Any:
+    try:
+        return json.loads(_read_text(file))
+    except json.JSONDecodeError as err:
+        raise UserError(
+            f"'{file}' is malformed JSON at line {err.lineno} column {err.colno} ({err.msg}); "
+            "fix or re-download the file"
+        ) from None
+
+
+def _image_root(image_root: PathLike | None, annotations: Path) -> Path:
+    """The folder relative image paths are resolved against (the annotations' folder if None)."""
+    root = annotations.parent if image_root is None else Path(image_root)
+    if not root.is_dir():
+        raise UserError(f"image root '{root}' is not a folder; pass the folder holding the images")
+    return root.absolute()
+
+
+def _image_path(root: Path, name: str) -> str:
+    """Absolute, normalised path of `name` (absolute names are kept, relative ones joined)."""
+    return os.path.abspath(os.path.join(root, name))
+
+
+def _check_image(path: str, where: str, check_images: bool) -> None:
+    if check_images and not os.path.isfile(path):
+        raise UserError(
+            f"{where}: image '{path}' not found; check the image root or remove the entry "
+            "(or skip the check with check_images=False)"
+        )
+
+
+def validate_fractions(val_fraction: float, test_fraction: float) -> None:
+    """Both fractions in [0, 1) and leaving images for training, else a UserError."""
+    for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0.0 <= value < 1.0:
+            raise UserError(f"{name} must be in [0, 1), got {value}; pass e.g. 0.05")
+    if val_fraction + test_fraction >= 1.0:
+        raise UserError(
+            f"val_fraction + test_fraction must be below 1 (got {val_fraction} + {test_fraction}); "
+            "leave images for training"
+        )
+
+
+def _split_count(num: int, fraction: float) -> int:
+    """How many of `num` items a fraction takes: at least one whenever the fraction is positive."""
+    return 0 if fraction <= 0.0 or num == 0 else max(1, round(num * fraction))
+
+
+def seeded_split(
+    keys: Iterable[str],
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    rest: str = "train",
+) -> dict[str, str]:
+    """Assign each key (an image) to "val", "test" or `rest`, reproducibly from `seed`.
+
+    Keys are sorted before a `random.Random(seed)` shuffle, so the result depends only on the set
+    of keys, the fractions and the seed, never on file order. Positive fractions take at least one
+    image each while at least one image stays in `rest`.
+    """
+    order = sorted(set(keys))
+    random.Random(seed).shuffle(order)
+    num = len(order)
+    num_val, num_test = _split_count(num, val_fraction), _split_count(num, test_fraction)
+    while num_val + num_test > max(num - 1, 0) and num_val + num_test > 0:
+        if num_test >= num_val:  # on a tie keep val, which training uses for model selection
+            num_test -= 1
+        else:
+            num_val -= 1
+    assignment = {key: "test" for key in order[:num_test]}
+    assignment.update({key: "val" for key in order[num_test : num_test + num_val]})
+    assignment.update({key: rest for key in order[num_test + num_val :]})
+    return assignment
+
+
+# --------------------------------------------------------------------------------------------
+# Karpathy split JSON
+
+
+def load_karpathy(
+    annotations: PathLike,
+    image_root: PathLike | None = None,
+    *,
+    restval_to_train: bool = True,
+    check_images: bool = True,
+) -> list[ImageRecord]:
+    """Load a Karpathy split file (dataset_coco.json / dataset_flickr8k.json / ...).
+
+    Image path = image_root / filepath / filename (`filepath` may be absent). The "restval" split
+    (COCO val images Karpathy did not put in val/test) goes to train when `restval_to_train`, else
+    it is dropped. A per-image `scene` dict (the synthetic scenes' ground truth) is kept as `meta`.
+    Captions are the sentences' `raw` text, or their `tokens` joined by spaces when `raw` is absent.
+    """
+    file = _existing_file(annotations, "Karpathy split file")
+    data = _read_json(file)
+    images = data.get("images") if isinstance(data, dict) else None
+    if not isinstance(images, list):
+        raise UserError(
+            f"'{file}' has no top-level 'images' list; it is not a Karpathy split file "
+            "(dataset_coco.json style), so pick the matching format"
+        )
+    root = _image_root(image_root, file)
+    records = []
+    for index, entry in enumerate(images):
+        where = f"'{file}' image #{index}"
+        if not isinstance(entry, dict) or not isinstance(entry.get("filename"), str):
+            raise UserError(f"{where} has no 'filename' string; every image needs one")
+        where = f"{where} ({entry['filename']})"
+        split = entry.get("split")
+        if split not in KARPATHY_SPLITS:
+            raise UserError(f"{where} has split {split!r}; use one of {', '.join(KARPATHY_SPLITS)}")
+        if split == "restval":
+            if not restval_to_train:
+                continue
+            split = "train"
+        captions = tuple(_karpathy_captions(entry.get("sentences"), where))
+        path = _image_path(root, os.path.join(entry.get("filepath") or "", entry["filename"]))
+        _check_image(path, where, check_images)
+        scene = entry.get("scene")
+        meta = None if scene is None else scene if isinstance(scene, dict) else {"scene": scene}
+        records.append(ImageRecord(path, captions, split, meta))
+    return records
+
+
+def _karpathy_captions(sentences: object, where: str) -> Iterator[str]:
+    if not isinstance(sentences, list) or not sentences:
+        raise UserError(f"{where} has no 'sentences' list of captions; every image needs some")
+    for number, sentence in enumerate(sentences):
+        raw = sentence.get("raw") if isinstance(sentence, dict) else None
+        if not isinstance(raw, str):
+            tokens = sentence.get("tokens") if isinstance(sentence, dict) else None
+            if not isinstance(tokens, list):
+                raise UserError(f"{where} sentence #{number} has neither 'raw' nor 'tokens'")
+            raw = " ".join(str(token) for token in tokens)
+        yield raw.strip()
+
+
+# --------------------------------------------------------------------------------------------
+# Flickr8k original files
+
+
+def load_flickr8k(
+    annotations: PathLike,
+    image_root: PathLike | None = None,
+    *,
+    check_images: bool = True,
+) -> list[ImageRecord]:
+    """Load Flickr8k from `Flickr8k.token.txt` and the split lists found next to it.
+
+    Lines of the token file are ``IMAGE.jpg#N<TAB>caption``. The split lists
+    Flickr_8k.trainImages.txt, Flickr_8k.devImages.txt (-> "val") and Flickr_8k.testImages.txt must
+    sit in the same folder. Captioned images that no split list names are left out (the official
+    token file has a few such stray entries); a listed image without captions is an error.
+    """
+    file = _existing_file(annotations, "Flickr8k token file")
+    captions: dict[str, list[str]] = {}
+    for number, line in enumerate(_read_text(file).splitlines(), start=1):
+        if not line.strip():
+            continue
+        key, tab, caption = line.partition("\t")
+        if not tab or not key.strip() or not caption.strip():
+            raise UserError(
+                f"'{file}' line {number} is not 'IMAGE.jpg#N<TAB>caption'; "
+                "pass the original Flickr8k.token.txt"
+            )
+        name = key.strip().rpartition("#")[0] or key.strip()
+        captions.setdefault(name, []).append(caption.strip())
+    root = _image_root(image_root, file)
+    records, seen = [], {}
+    for split, list_name in FLICKR8K_SPLIT_FILES.items():
+        list_file = file.parent / list_name
+        if not list_file.is_file():
+            raise UserError(
+                f"Flickr8k split list '{list_file}' not found; "
+                f"put {list_name} next to '{file.name}'"
+            )
+        for number, line in enumerate(_read_text(list_file).splitlines(), start=1):
+            name = line.strip()
+            if not name:
+                continue
+            where = f"'{list_file}' line {number}"
+            if name in seen:
+                raise UserError(f"{where}: image '{name}' is already in the {seen[name]} list")
+            if name not in captions:
+                raise UserError(
+                    f"{where}: '{file.name}' has no caption for image '{name}'; "
+                    "use matching Flickr8k files"
+                )
+            seen[name] = split
+            path = _image_path(root, name)
+            _check_image(path, where, check_images)
+            records.append(ImageRecord(path, tuple(captions[name]), split))
+    return records
+
+
+# --------------------------------------------------------------------------------------------
+# COCO caption files
+
+
+def _coco_split(file: Path) -> str:
+    """train/val from the file name: exactly one of "train" and "val" must appear in it."""
+    name = file.name.lower()
+    found = [split for split in ("train", "val") if split in name]
+    if len(found) != 1:
+        raise UserError(
+            f"cannot tell the split of COCO file '{file}' from its name; rename it to contain "
+            "'train' or 'val' (like captions_train2014.json) or use the csv/jsonl format"
+        )
+    return found[0]
+
+
+def load_coco(
+    annotations: PathLike | Sequence[PathLike],
+    image_root: PathLike | None = None,
+    *,
+    val_fraction: float = 0.05,
+    test_fraction: float = 0.05,
+    seed: int = 0,
+    check_images: bool = True,
+) -> list[ImageRecord]:
+    """Load one or more COCO caption files (captions_train2014.json style).
+
+    Each file's split comes from its name ("train" or "val"). The public COCO test images have no
+    captions, so the test split is always carved out, with a `random.Random(seed)` shuffle:
+
+    - images of train files are train; when no val file is given, `val_fraction` and
+      `test_fraction` of them become val and test;
+    - images of val files are divided between val and test in the ratio
+      val_fraction : test_fraction (half and half by default), as Karpathy's split does with
+      val2014. So a val file on its own gives val and test but no train, which suits evaluation.
+
+    Images are looked up at image_root/<train2014|val2014...>/file_name when that folder exists (the
+    folder name is taken from the annotation file name), else at image_root/file_name. Images
+    without any caption are left out: they can be neither trained nor scored.
+    """
+    validate_fractions(val_fraction, test_fraction)
+    files = [annotations] if isinstance(annotations, (str, os.PathLike)) else list(annotations)
+    if not files:
+        raise UserError("no COCO annotation files given; pass captions_train2014.json or similar")
+    by_split: dict[str, dict[str, list[str]]] = {"train": {}, "val": {}}
+    for annotation in files:
+        file = _existing_file(annotation, "COCO caption file")
+        split = _coco_split(file)
+        root = _image_root(image_root, file)
+        folder = re.search(r"(train|val)\d{4}", file.name.lower())
+        subfolder = root / (folder.group(0) if folder else f"{split}2014")
+        base = subfolder if subfolder.is_dir() else root
+        for path, captions in _coco_captions(file, base, check_images).items():
+            by_split[split].setdefault(path, []).extend(captions)
+    if by_split["val"]:
+        total = val_fraction + test_fraction
+        share = test_fraction / total if total > 0 else 0.0
+        val_splits = seeded_split(by_split["val"], 0.0, share, seed, rest="val")
+        train_splits = dict.fromkeys(by_split["train"], "train")
+    else:
+        val_splits = {}
+        train_splits = seeded_split(by_split["train"], val_fraction, test_fraction, seed)
+    records = []
+    for images, splits in ((by_split["train"], train_splits), (by_split["val"], val_splits)):
+        records.extend(
+            ImageRecord(path, tuple(caps), splits[path]) for path, caps in images.items()
+        )
+    return records
+
+
+def _coco_captions(file: Path, base: Path, check_images: bool) -> dict[str, list[str]]:
+    """Image path -> captions of one COCO caption file, in the file's image order."""
+    data = _read_json(file)
+    for key in ("images", "annotations"):
+        if not isinstance(data, dict) or not isinstance(data.get(key), list):
+            raise UserError(
+                f"'{file}' has no top-level '{key}' list; pass a COCO captions_*.json file "
+                "(the test image_info files carry no captions)"
+            )
+    names: dict[Any, str] = {}
+    for index, image in enumerate(data["images"]):
+        if not isinstance(image, dict) or "id" not in image or "file_name" not in image:
+            raise UserError(f"'{file}' images[{index}] needs 'id' and 'file_name' keys")
+        names[image["id"]] = image["file_name"]
+    captions: dict[Any, list[str]] = {}
+    for index, annotation in enumerate(data["annotations"]):
+        if not isinstance(annotation, dict) or not isinstance(annotation.get("caption"), str):
+            raise UserError(f"'{file}' annotations[{index}] needs 'image_id' and 'caption' keys")
+        if annotation.get("image_id") not in names:
+            raise UserError(
+                f"'{file}' annotations[{index}] refers to image_id {annotation.get('image_id')!r}, "
+                "which is not in 'images'; re-download the file"
+            )
+        captions.setdefault(annotation["image_id"], []).append(annotation["caption"].strip())
+    result = {}
+    for image_id, name in names.items():
+        if image_id in captions:
+            path = _image_path(base, name)
+            _check_image(path, f"'{file}' image id {image_id}", check_images)
+            result[path] = captions[image_id]
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# CSV and JSONL: one row per (image, caption)
+
+
+@dataclass(frozen=True)
+class _Row:
+    where: str  # "'file' line N", for error messages
+    image: str
+    caption: str
+    split: str | None
+
+
+def _read_csv_rows(file: Path) -> list[_Row]:
+    with file.open(newline="", encoding="utf-8-sig") as stream:
+        reader = csv.DictReader(stream)
+        try:
+            if reader.fieldnames is None:
+                raise UserError(f"'{file}' is empty; write a header line 'image,caption[,split]'")
+            reader.fieldnames = [name.strip().lower() for name in reader.fieldnames]
+            missing = [name for name in ("image", "caption") if name not in reader.fieldnames]
+            if missing:
+                raise UserError(
+                    f"'{file}' has no column {' or '.join(repr(m) for m in missing)}; the header "
+                    "must name 'image' and 'caption' (and optionally 'split')"
+                )
+            has_split = "split" in reader.fieldnames
+            return [
+                _Row(
+                    f"'{file}' line {reader.line_num}",
+                    (row["image"] or "").strip(),
+                    (row["caption"] or "").strip(),
+                    (row["split"] or "").strip().lower() if has_split else None,
+                )
+                for row in reader
+            ]
+        except csv.Error as err:
+            raise UserError(
+                f"'{file}' line {reader.line_num}: {err}; fix the CSV quoting"
+            ) from None
+        except UnicodeDecodeError as err:
+            raise UserError(
+                f"'{file}' is not UTF-8 text (byte {err.start}); re-save it as UTF-8"
+            ) from None
+
+
+def _read_jsonl_rows(file: Path) -> Iterator[_Row]:
+    for number, line in enumerate(_read_text(file).splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"'{file}' line {number}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise UserError(
+                f"{where} is malformed JSON at column {err.colno} ({err.msg}); "
+                "write one JSON object per line"
+            ) from None
+        if not isinstance(row, dict) or not all(
+            isinstance(row.get(k), str) for k in ("image", "caption")
+        ):
+            raise UserError(f"{where} needs an object with string keys 'image' and 'caption'")
+        split = row.get("split")
+        yield _Row(
+            where,
+            row["image"].strip(),
+            row["caption"].strip(),
+            None if split is None else str(split).strip().lower(),
+        )
+
+
+def _load_rows(
+    rows: Iterable[_Row],
+    file: Path,
+    image_root: PathLike | None,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    check_images: bool,
+) -> list[ImageRecord]:
+    """Merge rows by image; use their split column, or a seeded image-level split if none."""
+    validate_fractions(val_fraction, test_fraction)
+    root = _image_root(image_root, file)
+    captions: dict[str, list[str]] = {}
+    splits: dict[str, str | None] = {}
+    with_split: bool | None = None  # whether rows carry a split: the same for every row
+    for row in rows:
+        if not row.image or not row.caption:
+            raise UserError(f"{row.where} has an empty image or caption; fill it in or delete it")
+        split = row.split or None  # an empty split cell counts as none
+        if with_split is None:
+            with_split = split is not None
+        elif with_split != (split is not None):
+            raise UserError(
+                f"{row.where} {'has a' if split else 'lacks the'} split the rows before "
+                f"{'lack' if split else 'have'}; give every row a split or none"
+            )
+        if split is not None and split not in SPLITS:
+            raise UserError(f"{row.where} has split '{split}'; use one of {', '.join(SPLITS)}")
+        path = _image_path(root, row.image)
+        if path not in captions:
+            _check_image(path, row.where, check_images)
+            captions[path], splits[path] = [], split
+        elif splits[path] != split:
+            raise UserError(
+                f"{row.where} puts image '{row.image}' in split '{split}', an earlier row in "
+                f"'{splits[path]}'; keep each image in one split"
+            )
+        captions[path].append(row.caption)
+    if not with_split:
+        splits = dict(seeded_split(captions, val_fraction, test_fraction, seed))
+    return [ImageRecord(path, tuple(caps), str(splits[path])) for path, caps in captions.items()]
+
+
+def load_csv(
+    annotations: PathLike,
+    image_root: PathLike | None = None,
+    *,
+    val_fraction: float = 0.05,
+    test_fraction: float = 0.05,
+    seed: int = 0,
+    check_images: bool = True,
+) -> list[ImageRecord]:
+    """Load a CSV with header columns `image`, `caption` and optionally `split`.
+
+    Several rows may name one image: their captions are merged into one record. Image paths are
+    absolute or relative to `image_root`. Without a split column, images are split with
+    `seeded_split` (val_fraction, test_fraction, seed).
+    """
+    file = _existing_file(annotations, "CSV annotations file")
+    return _load_rows(
+        _read_csv_rows(file), file, image_root, val_fraction, test_fraction, seed, check_images
+    )
+
+
+def load_jsonl(
+    annotations: PathLike,
+    image_root: PathLike | None = None,
+    *,
+    val_fraction: float = 0.05,
+    test_fraction: float = 0.05,
+    seed: int = 0,
+    check_images: bool = True,
+) -> list[ImageRecord]:
+    """Load JSON Lines: one object per line with keys `image`, `caption` and optionally `split`.
+
+    Merging, paths and splits work as in `load_csv`.
+    """
+    file = _existing_file(annotations, "JSONL annotations file")
+    return _load_rows(
+        _read_jsonl_rows(file), file, image_root, val_fraction, test_fraction, seed, check_images
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Dispatch and split selection
+
+
+def load_records(
+    fmt: str,
+    annotations: PathLike | Sequence[PathLike],
+    image_root: PathLike | None = None,
+    *,
+    restval_to_train: bool = True,
+    val_fraction: float = 0.05,
+    test_fraction: float = 0.05,
+    seed: int = 0,
+    check_images: bool = True,
+) -> list[ImageRecord]:
+    """Load `annotations` of format `fmt` (one of `FORMATS`) into records of all splits.
+
+    Only the coco format accepts several annotation files (a one-item list suits any format).
+    Options that a format does not use are ignored: `restval_to_train` applies to karpathy only,
+    the fractions and seed to the formats that carve splits (coco, and csv/jsonl without a split
+    column). No records at all is an error.
+    """
+    if fmt not in FORMATS:
+        raise UserError(f"unknown annotation format '{fmt}'; use one of {', '.join(FORMATS)}")
+    validate_fractions(val_fraction, test_fraction)
+    if fmt != "coco" and not isinstance(annotations, (str, os.PathLike)):
+        if len(annotations) != 1:
+            raise UserError(f"the {fmt} format takes one annotations file; only coco takes several")
+        annotations = annotations[0]
+    if fmt == "karpathy":
+        records = load_karpathy(
+            annotations, image_root, restval_to_train=restval_to_train, check_images=check_images
+        )
+    elif fmt == "flickr8k":
+        records = load_flickr8k(annotations, image_root, check_images=check_images)
+    else:
+        loader = {"coco": load_coco, "csv": load_csv, "jsonl": load_jsonl}[fmt]
+        records = loader(
+            annotations,
+            image_root,
+            val_fraction=val_fraction,
+            test_fraction=test_fraction,
+            seed=seed,
+            check_images=check_images,
+        )
+    if not records:
+        raise UserError(
+            f"no captioned images found in {_describe(annotations)}; check the file and the format "
+            f"('{fmt}')"
+        )
+    return records
+
+
+def _describe(annotations: PathLike | Sequence[PathLike]) -> str:
+    if isinstance(annotations, (str, os.PathLike)):
+        return f"'{annotations}'"
+    return ", ".join(f"'{annotation}'" for annotation in annotations)
+
+
+def select_split(
+    records: Sequence[ImageRecord],
+    split: str,
+    *,
+    source: PathLike | Sequence[PathLike] | None = None,
+) -> list[ImageRecord]:
+    """The records of `split`; an unknown or empty split is a UserError.
+
+    `source` (the annotations) is only used to name them in the error message.
+    """
+    if split not in SPLITS:
+        raise UserError(f"unknown split '{split}'; use one of {', '.join(SPLITS)}")
+    selected = [record for record in records if record.split == split]
+    if not selected:
+        where = "the annotations" if source is None else _describe(source)
+        raise UserError(
+            f"the '{split}' split of {where} has no images; use annotations that have one or "
+            "raise the val/test fraction"
+        )
+    return selected

@@ -1,0 +1,112 @@
+"""Open any image a user may upload as an 8-bit RGB `PIL.Image`, or fail with one clear line.
+
+Real uploads come in every flavour: phone photos rotated by an EXIF tag, animated GIFs, palette
+PNGs with a transparent colour, RGBA logos, CMYK JPEGs from print workflows, 16-bit grayscale
+scans. `load_image` brings them all to what the encoder expects (upright RGB, transparency
+composited on white, 16-bit scaled rather than clipped to 8 bit) and turns every way an image can
+be unreadable into a `UserError` that names the file and says what to do.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import BinaryIO
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from recurrent.errors import UserError
+
+# Pillow's own default bomb limit (~ 9459 x 9459, 256 MiB as RGB). Larger images are refused, not
+# decoded, so a tiny compressed file cannot make the app allocate gigabytes.
+MAX_IMAGE_PIXELS = 89_478_485
+
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+BACKGROUND = (255, 255, 255, 255)  # transparent pixels are shown on white, as browsers do
+
+
+def load_image(
+    source: str | os.PathLike[str] | BinaryIO, *, max_pixels: int | None = None
+) -> Image.Image:
+    """Load a path or binary file object (read from its start) as an upright 8-bit RGB image.
+
+    Applies the EXIF orientation, keeps the first frame of animated GIF/WebP/APNG, composites
+    transparency (RGBA, LA, palette with a transparent colour) on white, converts CMYK, 1-bit and
+    grayscale, and scales 16-bit grayscale (I;16, I) to 8 bit by dividing by 257.
+
+    `max_pixels` defaults to `MAX_IMAGE_PIXELS`. Raises `UserError` when the file is missing, is not
+    an image, is corrupt or truncated, or has more pixels than the limit (a decompression bomb).
+    """
+    what = _describe(source)
+    limit = MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
+    if not isinstance(source, (str, os.PathLike)) and source.seekable():
+        source.seek(0)
+    try:
+        # Pillow only warns between its limit and twice that: make the warning an error too.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(source) as image:
+                width, height = image.size
+                if width * height > limit:
+                    raise _too_large(what, width, height, limit)
+                image.load()  # decode now, so corrupt or truncated data fails here
+                return _to_rgb(ImageOps.exif_transpose(image), what)
+    except FileNotFoundError:
+        raise UserError(f"image file {what} not found; check the path") from None
+    except IsADirectoryError:
+        raise UserError(f"{what} is a folder, not an image file; pass an image file") from None
+    except PermissionError:
+        raise UserError(f"cannot read {what} (permission denied); check its permissions") from None
+    except UnidentifiedImageError:
+        raise UserError(
+            f"{what} is not an image Pillow can read; use a PNG, JPEG, GIF, WebP or BMP file"
+        ) from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise UserError(
+            f"{what} has too many pixels (limit {limit:,}, a possible decompression bomb); "
+            "downscale it first"
+        ) from None
+    except (OSError, SyntaxError, EOFError) as err:
+        detail = " ".join(str(err).split()) or type(err).__name__
+        raise UserError(
+            f"{what} is corrupt or truncated ({detail}); re-save or re-upload the image"
+        ) from None
+
+
+def _describe(source: object) -> str:
+    """How messages name the image: its path, an upload's file name, or "the uploaded image"."""
+    if isinstance(source, (str, os.PathLike)):
+        return f"'{os.fspath(source)}'"
+    name = getattr(source, "name", None)
+    return f"'{name}'" if isinstance(name, str) and name else "the uploaded image"
+
+
+def _too_large(what: str, width: int, height: int, limit: int) -> UserError:
+    return UserError(
+        f"{what} is too large ({width} x {height} = {width * height:,} pixels, limit {limit:,}); "
+        "downscale it first"
+    )
+
+
+def _to_rgb(image: Image.Image, what: str) -> Image.Image:
+    """A new 8-bit RGB copy of `image`, whatever its mode."""
+    if image.mode in SIXTEEN_BIT_MODES:
+        # convert("L") would clip every value above 255 to white: scale 0..65535 to 0..255 instead.
+        # Pillow's `point` runs this linear map (v / 257 + 0.5, i.e. rounded) in C.
+        image = image.convert("I").point(lambda value: value / 257 + 0.5).convert("L")
+    elif image.mode == "F":
+        # float images hold 0..1 or 0..255; convert("L") clips, so bring 0..1 up to 0..255 first
+        scale = 255.0 if image.getextrema()[1] <= 1.0 else 1.0
+        image = image.point(lambda value: value * scale + 0.5).convert("L")
+    if image.mode in ALPHA_MODES or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, BACKGROUND)
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    try:
+        return image.convert("RGB")
+    except ValueError:
+        raise UserError(
+            f"{what} uses the colour mode {image.mode}, which cannot be converted to RGB; "
+            "re-save it as RGB"
+        ) from None

@@ -1,0 +1,95 @@
+"""Image preprocessing for the encoder, normalised the way its torchvision weights expect.
+
+The mean and std come from the weights enum's own `transforms()` (never hard-coded), so a change
+of backbone or weights keeps the preprocessing right. Looking them up reads only the enum's
+metadata: nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torchvision.models import WeightsEnum, get_model_weights, get_weight
+from torchvision.transforms import v2
+
+from recurrent.errors import UserError
+
+WEIGHT_FILE_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
+
+
+def _arch_weights(arch: str) -> type[WeightsEnum]:
+    try:
+        return get_model_weights(arch)
+    except (KeyError, ValueError):
+        raise UserError(
+            f"unknown torchvision architecture '{arch}'; use e.g. resnet18, resnet50 or "
+            "mobilenet_v3_small"
+        ) from None
+
+
+def resolve_weights(
+    weights: str | os.PathLike[str] | WeightsEnum | None, arch: str = "resnet18"
+) -> WeightsEnum:
+    """The torchvision weights enum whose preprocessing applies to `weights`.
+
+    `weights` may be a `WeightsEnum`, a name ("ResNet50_Weights.IMAGENET1K_V2", or "DEFAULT" /
+    "IMAGENET1K_V1" for `arch`), a local weights file, or None. A file or None gives `arch`'s
+    DEFAULT weights, whose statistics a local fine-tune of the same backbone shares.
+    """
+    if isinstance(weights, WeightsEnum):
+        return weights
+    default = _arch_weights(arch).DEFAULT
+    if weights is None:
+        return default
+    name = os.fspath(weights)
+    if os.path.isfile(name) or name.endswith(WEIGHT_FILE_SUFFIXES):
+        return default
+    try:
+        return get_weight(name) if "." in name else _arch_weights(arch).verify(name)
+    except (KeyError, ValueError, AttributeError):
+        raise UserError(
+            f"weights '{name}' are neither a local file nor a torchvision weights name; use e.g. "
+            f"{type(default).__name__}.DEFAULT or a path to a .pth file"
+        ) from None
+
+
+def normalization_stats(
+    weights: str | os.PathLike[str] | WeightsEnum | None = None, arch: str = "resnet18"
+) -> tuple[list[float], list[float]]:
+    """(mean, std) per RGB channel from the weights' own `transforms()` (see `resolve_weights`)."""
+    preset = resolve_weights(weights, arch).transforms()
+    return list(preset.mean), list(preset.std)
+
+
+def build_transforms(
+    image_size: int,
+    train: bool,
+    *,
+    weights: str | os.PathLike[str] | WeightsEnum | None = None,
+    hflip: bool = False,
+    arch: str = "resnet18",
+) -> v2.Compose:
+    """PIL image -> normalised float tensor (3, image_size, image_size).
+
+    Train: a mild RandomResizedCrop (scale 0.85-1, near-square), so objects named in the caption are
+    rarely cut off, and a horizontal flip only when `hflip` (off by default: flipping makes
+    "left of" captions wrong). Eval: Resize(image_size) then CenterCrop(image_size).
+    """
+    if image_size < 1:
+        raise UserError(f"image_size must be a positive number of pixels, got {image_size}")
+    mean, std = normalization_stats(weights, arch)
+    if train:
+        geometry = [v2.RandomResizedCrop(image_size, scale=(0.85, 1.0), ratio=(0.95, 1.05))]
+        if hflip:
+            geometry.append(v2.RandomHorizontalFlip())
+    else:
+        geometry = [v2.Resize(image_size), v2.CenterCrop(image_size)]
+    return v2.Compose(
+        [
+            *geometry,
+            v2.ToImage(),  # PIL -> uint8 tensor (3, H, W)
+            v2.ToDtype(torch.float32, scale=True),  # -> float32 in [0, 1]
+            v2.Normalize(mean=mean, std=std),
+        ]
+    )

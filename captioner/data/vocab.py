@@ -1,0 +1,144 @@
+"""Caption tokenisation and the word vocabulary of the captioner.
+
+`tokenize` is the one tokenisation used everywhere captions become words: building the vocabulary,
+encoding training targets, and the BLEU evaluation (references and hypotheses alike), so scores
+measure words and not punctuation or casing.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+
+from nltk.tokenize import TreebankWordTokenizer
+
+from recurrent.errors import UserError
+
+PAD, START, END, UNK = "<pad>", "<start>", "<end>", "<unk>"
+SPECIALS = (PAD, START, END, UNK)  # their ids are their positions: 0, 1, 2, 3
+
+_TREEBANK = TreebankWordTokenizer()  # stateless and data-free (needs no nltk_data download)
+
+
+def tokenize(text: str) -> list[str]:
+    """Split a caption into lowercase word tokens.
+
+    The text is lowercased and split with nltk's `TreebankWordTokenizer` (the Penn Treebank
+    conventions: "don't" -> "do", "n't"; "dog." -> "dog", "."), then only tokens containing at
+    least one letter or digit are kept, which drops punctuation such as "," "." "``" and "--".
+    Evaluation (BLEU) tokenises references and generated captions with this same function.
+
+    >>> tokenize("A dog, running on the beach.")
+    ['a', 'dog', 'running', 'on', 'the', 'beach']
+    """
+    return [token for token in _TREEBANK.tokenize(text.lower()) if any(c.isalnum() for c in token)]
+
+
+class Vocabulary:
+    """Word <-> id mapping with the specials <pad>=0, <start>=1, <end>=2, <unk>=3.
+
+    Build it from the training captions only (`Vocabulary.build`), store it in a checkpoint with
+    `to_list()` (a plain list of strings, loadable with `torch.load(weights_only=True)`) and restore
+    it with `Vocabulary.from_list`.
+    """
+
+    def __init__(self, tokens: Sequence[str]) -> None:
+        """`tokens[i]` is the word of id i; the first four must be `SPECIALS` in order."""
+        tokens = list(tokens)
+        if tuple(tokens[: len(SPECIALS)]) != SPECIALS:
+            raise UserError(
+                f"vocabulary must start with {', '.join(SPECIALS)}; the checkpoint's vocabulary is "
+                "damaged or from another program, so retrain or use a matching checkpoint"
+            )
+        if len(set(tokens)) != len(tokens):
+            raise UserError("vocabulary lists a word twice; the checkpoint's vocabulary is damaged")
+        self._tokens = tokens
+        self._ids = {token: index for index, token in enumerate(tokens)}
+
+    @classmethod
+    def build(cls, captions: Iterable[str], min_count: int = 1) -> Vocabulary:
+        """Vocabulary of the words in `captions` (the training captions only).
+
+        Words seen fewer than `min_count` times are left out and so encode to <unk>. Words are
+        ordered by count, most frequent first, ties alphabetically, so the ids are deterministic.
+        """
+        if min_count < 1:
+            raise UserError(f"min_count must be at least 1, got {min_count}")
+        counts = Counter(token for caption in captions for token in tokenize(caption))
+        words = sorted(
+            (word for word, count in counts.items() if count >= min_count and word not in SPECIALS),
+            key=lambda word: (-counts[word], word),
+        )
+        return cls([*SPECIALS, *words])
+
+    @classmethod
+    def from_list(cls, tokens: Sequence[str]) -> Vocabulary:
+        """Restore a vocabulary saved with `to_list()`."""
+        if not isinstance(tokens, (list, tuple)) or not all(isinstance(t, str) for t in tokens):
+            raise UserError("vocabulary must be a list of strings; the checkpoint is damaged")
+        return cls(tokens)
+
+    def to_list(self) -> list[str]:
+        """The words in id order, as a plain list for checkpoints."""
+        return list(self._tokens)
+
+    def __len__(self) -> int:
+        return len(self._tokens)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Vocabulary) and self._tokens == other._tokens
+
+    def __hash__(self) -> int:
+        return hash(tuple(self._tokens))
+
+    def __contains__(self, token: object) -> bool:
+        return token in self._ids
+
+    def __repr__(self) -> str:
+        return f"Vocabulary({len(self)} tokens)"
+
+    @property
+    def pad_id(self) -> int:
+        return 0
+
+    @property
+    def start_id(self) -> int:
+        return 1
+
+    @property
+    def end_id(self) -> int:
+        return 2
+
+    @property
+    def unk_id(self) -> int:
+        return 3
+
+    def token_id(self, token: str) -> int:
+        """The id of `token`, or `unk_id` for unknown words."""
+        return self._ids.get(token, self.unk_id)
+
+    def token(self, token_id: int) -> str:
+        """The word of `token_id`."""
+        return self._tokens[token_id]
+
+    def encode(self, caption: str) -> list[int]:
+        """Ids of `tokenize(caption)`, wrapped in <start> ... <end>."""
+        return [self.start_id, *(self.token_id(t) for t in tokenize(caption)), self.end_id]
+
+    def decode_tokens(self, ids: Iterable[int]) -> list[str]:
+        """Words of `ids`, skipping <start> and <pad> and stopping at the first <end>.
+
+        `ids` may be any iterable of ints, including a 1-D tensor.
+        """
+        words = []
+        for token_id in ids:
+            token_id = int(token_id)
+            if token_id == self.end_id:
+                break
+            if token_id not in (self.start_id, self.pad_id):
+                words.append(self._tokens[token_id])
+        return words
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """The caption of `ids` as one space-separated string (see `decode_tokens`)."""
+        return " ".join(self.decode_tokens(ids))

@@ -1,0 +1,576 @@
+"""Tests of the captioner's data layer: formats, images, vocabulary, transforms, datasets, scenes.
+
+Every fixture is written into tmp_path by the test itself (tiny PNGs drawn with PIL); nothing is
+downloaded. CPU only, a few seconds in all.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+from torchvision.models import get_weight
+
+from captioner import scenes
+from captioner.data import (
+    CaptionPairs,
+    ImageOnly,
+    ImageRecord,
+    Vocabulary,
+    build_transforms,
+    collate_pairs,
+    load_image,
+    load_records,
+    normalization_stats,
+    seeded_split,
+    select_split,
+    tokenize,
+)
+from captioner.data import images as images_module
+from recurrent.errors import UserError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _png(path: Path, color: tuple[int, int, int] = (200, 30, 30), size: int = 8) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (size, size), color).save(path)
+    return path
+
+
+def _raises_one_line(call, *needles: str) -> str:
+    """Run `call`, expect a UserError with a one-line message containing every needle."""
+    with pytest.raises(UserError) as info:
+        call()
+    message = str(info.value)
+    assert "\n" not in message and message.strip() == message
+    for needle in needles:
+        assert needle in message, message
+    return message
+
+
+# --------------------------------------------------------------------------------------------
+# Karpathy
+
+
+def _karpathy(tmp_path: Path, entries: list[dict]) -> Path:
+    path = tmp_path / "dataset_test.json"
+    path.write_text(json.dumps({"dataset": "test", "images": entries}))
+    return path
+
+
+def _entry(name: str, split: str, captions: list[str], filepath: str | None = "imgs") -> dict:
+    entry = {
+        "filename": name,
+        "split": split,
+        "sentences": [{"tokens": tokenize(c), "raw": c} for c in captions],
+    }
+    if filepath is not None:
+        entry["filepath"] = filepath
+    return entry
+
+
+def test_karpathy_paths_splits_restval_and_scene_meta(tmp_path: Path) -> None:
+    for name in ("a.png", "b.png", "c.png", "d.png"):
+        _png(tmp_path / "imgs" / name)
+    _png(tmp_path / "e.png")
+    entries = [
+        _entry("a.png", "train", ["A dog.", "A brown dog runs."]),
+        _entry("b.png", "restval", ["a cat"]),
+        _entry("c.png", "val", ["a bird"]),
+        _entry("d.png", "test", ["a fish"]),
+        _entry("e.png", "train", ["no folder"], filepath=None),
+    ]
+    entries[0]["scene"] = {"objects": [{"shape": "circle"}]}
+    del entries[3]["sentences"][0]["raw"]  # tokens only: joined
+    path = _karpathy(tmp_path, entries)
+
+    records = load_records("karpathy", path, tmp_path)
+    assert [r.split for r in records] == ["train", "train", "val", "test", "train"]
+    assert records[0].image_path == str(tmp_path / "imgs" / "a.png")
+    assert records[4].image_path == str(tmp_path / "e.png")
+    assert records[0].captions == ("A dog.", "A brown dog runs.")
+    assert records[3].captions == ("a fish",)
+    assert records[0].meta == {"objects": [{"shape": "circle"}]}
+    assert records[1].meta is None
+
+    dropped = load_records("karpathy", path, tmp_path, restval_to_train=False)
+    assert [Path(r.image_path).name for r in dropped] == ["a.png", "c.png", "d.png", "e.png"]
+    # image_root defaults to the annotation file's folder
+    assert load_records("karpathy", path, None) == records
+
+
+def test_karpathy_bad_input(tmp_path: Path) -> None:
+    _png(tmp_path / "imgs" / "a.png")
+    missing = _karpathy(tmp_path, [_entry("a.png", "train", ["x"]), _entry("zz.png", "val", ["y"])])
+    _raises_one_line(lambda: load_records("karpathy", missing, tmp_path), "zz.png", "not found")
+    # without the check the missing image is accepted
+    assert len(load_records("karpathy", missing, tmp_path, check_images=False)) == 2
+
+    bad_split = _karpathy(tmp_path, [_entry("a.png", "training", ["x"])])
+    _raises_one_line(lambda: load_records("karpathy", bad_split, tmp_path), "training", "restval")
+
+    malformed = tmp_path / "broken.json"
+    malformed.write_text('{"images": [\n  {"filename": "a.png",, }\n]}')
+    _raises_one_line(
+        lambda: load_records("karpathy", malformed, tmp_path), "broken.json", "line 2 column"
+    )
+    no_images = tmp_path / "other.json"
+    no_images.write_text('{"annotations": []}')
+    _raises_one_line(lambda: load_records("karpathy", no_images, tmp_path), "'images'")
+    no_sentences = _karpathy(tmp_path, [{"filename": "a.png", "split": "train"}])
+    _raises_one_line(lambda: load_records("karpathy", no_sentences, tmp_path), "sentences")
+    _raises_one_line(
+        lambda: load_records("karpathy", tmp_path / "nope.json", tmp_path), "nope.json", "not found"
+    )
+    empty = _karpathy(tmp_path, [])
+    _raises_one_line(lambda: load_records("karpathy", empty, tmp_path), "no captioned images")
+    _raises_one_line(lambda: load_records("yaml", empty, tmp_path), "yaml", "karpathy")
+
+
+def test_select_split(tmp_path: Path) -> None:
+    records = [ImageRecord("/a.png", ("x",), "train"), ImageRecord("/b.png", ("y",), "val")]
+    assert select_split(records, "val") == [records[1]]
+    _raises_one_line(lambda: select_split(records, "test", source="ann.json"), "test", "ann.json")
+    _raises_one_line(lambda: select_split(records, "dev"), "dev")
+
+
+# --------------------------------------------------------------------------------------------
+# Flickr8k
+
+
+def test_flickr8k(tmp_path: Path) -> None:
+    names = ["1.jpg", "2.jpg", "3.jpg", "4.jpg"]
+    for name in names:
+        _png(tmp_path / "Images" / name)
+    token_lines = [
+        f"{name}#{k}\tcaption {k} of {name}" for name in [*names, "stray.jpg"] for k in (0, 1)
+    ]
+    token = tmp_path / "Flickr8k.token.txt"
+    token.write_text("\n".join(token_lines) + "\n")
+    (tmp_path / "Flickr_8k.trainImages.txt").write_text("1.jpg\n2.jpg\n")
+    (tmp_path / "Flickr_8k.devImages.txt").write_text("3.jpg\n")
+    (tmp_path / "Flickr_8k.testImages.txt").write_text("4.jpg\n")
+
+    records = load_records("flickr8k", token, tmp_path / "Images")
+    assert [r.split for r in records] == ["train", "train", "val", "test"]
+    assert records[2].captions == ("caption 0 of 3.jpg", "caption 1 of 3.jpg")
+    assert records[0].image_path == str(tmp_path / "Images" / "1.jpg")
+
+    (tmp_path / "Flickr_8k.devImages.txt").unlink()
+    _raises_one_line(
+        lambda: load_records("flickr8k", token, tmp_path / "Images"), "Flickr_8k.devImages.txt"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# COCO
+
+
+def _coco(path: Path, names: list[str]) -> Path:
+    images = [{"id": i, "file_name": name} for i, name in enumerate(names)]
+    annotations = [
+        {"image_id": i, "id": 10 * i + k, "caption": f"caption {k} of {name} "}
+        for i, name in enumerate(names)
+        for k in range(2)
+    ]
+    path.write_text(json.dumps({"images": images, "annotations": annotations}))
+    return path
+
+
+def test_coco_train_only_carves_val_and_test(tmp_path: Path) -> None:
+    names = [f"COCO_train2014_{i:03d}.jpg" for i in range(20)]
+    for name in names:
+        _png(tmp_path / "train2014" / name)
+    train = _coco(tmp_path / "captions_train2014.json", names)
+    records = load_records("coco", train, tmp_path, val_fraction=0.1, test_fraction=0.1, seed=3)
+    splits = [r.split for r in records]
+    assert (splits.count("train"), splits.count("val"), splits.count("test")) == (16, 2, 2)
+    assert records[0].image_path == str(tmp_path / "train2014" / names[0])
+    assert records[0].captions == (f"caption 0 of {names[0]}", f"caption 1 of {names[0]}")
+    again = load_records("coco", [train], tmp_path, val_fraction=0.1, test_fraction=0.1, seed=3)
+    assert [r.split for r in again] == splits
+
+
+def test_coco_train_and_val_files(tmp_path: Path) -> None:
+    train_names = [f"t{i}.jpg" for i in range(6)]
+    val_names = [f"v{i}.jpg" for i in range(10)]
+    for name in train_names + val_names:
+        _png(tmp_path / name)  # flat image root, no train2014/ folder
+    train = _coco(tmp_path / "captions_train2014.json", train_names)
+    val = _coco(tmp_path / "captions_val2014.json", val_names)
+    records = load_records("coco", [train, val], tmp_path)
+    by_split = {
+        s: [Path(r.image_path).name for r in records if r.split == s]
+        for s in ("train", "val", "test")
+    }
+    assert by_split["train"] == train_names
+    assert len(by_split["val"]) == len(by_split["test"]) == 5
+    assert set(by_split["val"]) | set(by_split["test"]) == set(val_names)
+
+    only_val = load_records("coco", val, tmp_path)
+    assert {r.split for r in only_val} == {"val", "test"}
+    _raises_one_line(
+        lambda: select_split(only_val, "train", source=val), "train", "captions_val2014"
+    )
+
+    renamed = _coco(tmp_path / "my_captions.json", train_names)
+    _raises_one_line(lambda: load_records("coco", renamed, tmp_path), "my_captions.json", "rename")
+
+
+# --------------------------------------------------------------------------------------------
+# CSV and JSONL
+
+
+def test_csv_with_split_column_merges_rows(tmp_path: Path) -> None:
+    _png(tmp_path / "imgs" / "a.png")
+    absolute = _png(tmp_path / "elsewhere" / "b.png")
+    path = tmp_path / "captions.csv"
+    with path.open("w", newline="") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(["image", "caption", "split"])
+        writer.writerow(["imgs/a.png", "a red square, small", "train"])
+        writer.writerow([str(absolute), "a green one", "test"])
+        writer.writerow(["imgs/a.png", "a red block", "train"])
+    records = load_records("csv", path, tmp_path)
+    assert records == [
+        ImageRecord(
+            str(tmp_path / "imgs" / "a.png"), ("a red square, small", "a red block"), "train"
+        ),
+        ImageRecord(str(absolute), ("a green one",), "test"),
+    ]
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text("image,caption,split\nimgs/a.png,x,holdout\n")
+    _raises_one_line(lambda: load_records("csv", bad, tmp_path), "bad.csv", "line 2", "holdout")
+    no_column = tmp_path / "nocol.csv"
+    no_column.write_text("path,caption\nimgs/a.png,x\n")
+    _raises_one_line(lambda: load_records("csv", no_column, tmp_path), "nocol.csv", "'image'")
+    missing = tmp_path / "missing.csv"
+    missing.write_text("image,caption\nimgs/a.png,x\nimgs/gone.png,y\n")
+    _raises_one_line(lambda: load_records("csv", missing, tmp_path), "line 3", "gone.png")
+
+
+def test_jsonl_seeded_split_is_deterministic(tmp_path: Path) -> None:
+    lines = []
+    for i in range(30):
+        _png(tmp_path / f"{i}.png")
+        lines += [json.dumps({"image": f"{i}.png", "caption": f"caption {k}"}) for k in range(2)]
+    path = tmp_path / "captions.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    first = load_records("jsonl", path, tmp_path, val_fraction=0.2, test_fraction=0.1, seed=1)
+    second = load_records("jsonl", path, tmp_path, val_fraction=0.2, test_fraction=0.1, seed=1)
+    other = load_records("jsonl", path, tmp_path, val_fraction=0.2, test_fraction=0.1, seed=2)
+    splits = [r.split for r in first]
+    assert len(first) == 30 and all(len(r.captions) == 2 for r in first)
+    assert splits == [r.split for r in second]
+    assert splits != [r.split for r in other]
+    assert (splits.count("val"), splits.count("test")) == (6, 3)
+
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text(lines[0] + "\n" + '{"image": "1.png", "caption": }\n')
+    _raises_one_line(lambda: load_records("jsonl", broken, tmp_path), "broken.jsonl", "line 2")
+
+
+def test_seeded_split_ignores_order_and_keeps_train() -> None:
+    keys = [f"k{i}" for i in range(40)]
+    split = seeded_split(keys, 0.1, 0.2, seed=5)
+    assert split == seeded_split(list(reversed(keys)), 0.1, 0.2, seed=5)
+    assert sorted(split.values()).count("test") == 8
+    assert seeded_split(["only", "two"], 0.05, 0.05, seed=0) in (
+        {"only": "train", "two": "val"},
+        {"only": "val", "two": "train"},
+    )
+    assert seeded_split(["x"], 0.3, 0.3, seed=0) == {"x": "train"}
+
+
+# --------------------------------------------------------------------------------------------
+# Vocabulary and tokenisation
+
+
+def test_tokenize() -> None:
+    assert tokenize("A Dog, running -- on the beach.") == [
+        "a",
+        "dog",
+        "running",
+        "on",
+        "the",
+        "beach",
+    ]
+    assert tokenize("It's 3 o'clock!") == ["it", "'s", "3", "o'clock"]
+    assert tokenize("  ") == []
+
+
+def test_vocabulary_build_encode_decode() -> None:
+    vocab = Vocabulary.build(["a red dog", "a blue dog", "A red cat."], min_count=2)
+    assert vocab.to_list() == ["<pad>", "<start>", "<end>", "<unk>", "a", "dog", "red"]
+    assert (vocab.pad_id, vocab.start_id, vocab.end_id, vocab.unk_id) == (0, 1, 2, 3)
+    assert len(vocab) == 7
+    ids = vocab.encode("A red cat")
+    assert ids == [1, 4, 6, 3, 2]  # cat is rarer than min_count -> <unk>
+    assert vocab.decode(ids) == "a red <unk>"
+    assert vocab.decode([1, 4, 5, 2, 6, 6, 0]) == "a dog"  # stops at <end>
+    assert vocab.decode(torch.tensor([1, 4, 0, 5])) == "a dog"  # skips <pad>, takes tensors
+
+    full = Vocabulary.build(["the cat sat", "the dog"])
+    caption = "The cat sat."
+    assert full.decode(full.encode(caption)) == " ".join(tokenize(caption))
+    restored = Vocabulary.from_list(full.to_list())
+    assert restored == full and type(full.to_list()) is list
+    _raises_one_line(lambda: Vocabulary.from_list(["a", "b"]), "vocabulary")
+
+
+# --------------------------------------------------------------------------------------------
+# Transforms and datasets
+
+
+def test_transforms_shapes_and_weights_stats() -> None:
+    image = Image.new("RGB", (40, 30), (128, 64, 32))
+    for train in (True, False):
+        tensor = build_transforms(24, train)(image)
+        assert tensor.shape == (3, 24, 24) and tensor.dtype == torch.float32
+    preset = get_weight("ResNet50_Weights.DEFAULT").transforms()
+    assert normalization_stats("ResNet50_Weights.DEFAULT") == (list(preset.mean), list(preset.std))
+    assert normalization_stats(None, "resnet50") == (list(preset.mean), list(preset.std))
+    assert normalization_stats("weights/encoder.pth", "resnet50") == (
+        list(preset.mean),
+        list(preset.std),
+    )
+    # a uniform mid-grey image normalises to (0.5 - mean) / std per channel
+    grey = build_transforms(16, False, weights="ResNet50_Weights.DEFAULT")(
+        Image.new("RGB", (16, 16), (255, 255, 255))
+    )
+    expected = (1.0 - torch.tensor(preset.mean)) / torch.tensor(preset.std)
+    assert torch.allclose(grey.mean(dim=(1, 2)), expected, atol=1e-5)
+    names = [type(t).__name__ for t in build_transforms(16, True, hflip=True).transforms]
+    assert "RandomHorizontalFlip" in names
+    assert "RandomHorizontalFlip" not in [
+        type(t).__name__ for t in build_transforms(16, True).transforms
+    ]
+    _raises_one_line(lambda: build_transforms(16, False, weights="ResNet50_Weights.NOPE"), "NOPE")
+
+
+def test_datasets_and_collate(tmp_path: Path) -> None:
+    records = [
+        ImageRecord(str(_png(tmp_path / "a.png", size=20)), ("a red dog", "a dog"), "train"),
+        ImageRecord(str(_png(tmp_path / "b.png", size=12)), ("a very red dog runs",), "train"),
+    ]
+    vocab = Vocabulary.build(c for r in records for c in r.captions)
+    transform = build_transforms(16, False)
+    pairs = CaptionPairs(records, vocab, transform, cache_images=True)
+    assert len(pairs) == 3 and pairs.pairs == [(0, 0), (0, 1), (1, 0)]
+    image, caption = pairs[2]
+    assert image.shape == (3, 16, 16) and caption.dtype == torch.long
+    assert vocab.decode(caption) == "a very red dog runs"
+    images, captions, lengths = next(
+        iter(DataLoader(pairs, batch_size=3, collate_fn=collate_pairs))
+    )
+    assert images.shape == (3, 3, 16, 16) and captions.shape == (3, 7)
+    assert lengths.tolist() == [5, 4, 7]
+    assert captions[1, 4:].tolist() == [0, 0, 0] and (captions[:, 0] == vocab.start_id).all()
+
+    short = CaptionPairs(records, vocab, transform, max_length=4)
+    assert short[2][1].tolist()[-1] == vocab.end_id and len(short[2][1]) == 4
+
+    only = ImageOnly(records, transform)
+    assert len(only) == 2 and only[1][1] == 1 and only[1][0].shape == (3, 16, 16)
+
+
+# --------------------------------------------------------------------------------------------
+# load_image
+
+
+def _save(image: Image.Image, path: Path, **params) -> Path:
+    image.save(path, **params)
+    return path
+
+
+def test_load_image_modes(tmp_path: Path) -> None:
+    def pixel(path: Path, xy: tuple[int, int] = (0, 0)) -> tuple[int, ...]:
+        image = load_image(path)
+        assert image.mode == "RGB"
+        return image.getpixel(xy)
+
+    cmyk = _save(Image.new("CMYK", (8, 8), (0, 255, 255, 0)), tmp_path / "cmyk.jpg")
+    red = pixel(cmyk)
+    assert red[0] > 200 and red[1] < 60 and red[2] < 60
+
+    sixteen = Image.fromarray(np.array([[0, 257 * 128, 65535]], dtype=np.uint16))
+    assert sixteen.mode == "I;16"
+    sixteen_path = _save(sixteen, tmp_path / "gray16.png")
+    assert [pixel(sixteen_path, (x, 0)) for x in range(3)] == [
+        (0, 0, 0),
+        (128, 128, 128),
+        (255, 255, 255),
+    ]
+    as_i = _save(sixteen.convert("I"), tmp_path / "gray_i.tiff")
+    assert pixel(as_i, (1, 0)) == (128, 128, 128)
+
+    rgba = Image.new("RGBA", (2, 1), (255, 0, 0, 0))
+    rgba.putpixel((1, 0), (0, 0, 255, 255))
+    rgba_path = _save(rgba, tmp_path / "rgba.png")
+    assert pixel(rgba_path) == (255, 255, 255) and pixel(rgba_path, (1, 0)) == (0, 0, 255)
+
+    palette = Image.new("P", (2, 1), 0)
+    palette.putpalette([255, 0, 0, 0, 255, 0] + [0] * 762)
+    palette.putpixel((1, 0), 1)
+    palette_path = _save(palette, tmp_path / "palette.png", transparency=0)
+    assert pixel(palette_path) == (255, 255, 255) and pixel(palette_path, (1, 0)) == (0, 255, 0)
+    opaque_palette = _save(palette, tmp_path / "palette.gif")
+    assert pixel(opaque_palette) == (255, 0, 0)
+
+    la = Image.new("LA", (2, 1), (0, 0))
+    la.putpixel((1, 0), (0, 255))
+    la_path = _save(la, tmp_path / "la.png")
+    assert pixel(la_path) == (255, 255, 255) and pixel(la_path, (1, 0)) == (0, 0, 0)
+
+    bits = Image.new("1", (2, 1), 1)
+    bits.putpixel((1, 0), 0)
+    bits_path = _save(bits, tmp_path / "bits.png")
+    assert pixel(bits_path) == (255, 255, 255) and pixel(bits_path, (1, 0)) == (0, 0, 0)
+    assert pixel(_save(Image.new("L", (2, 2), 77), tmp_path / "gray.png")) == (77, 77, 77)
+
+    frames = [Image.new("RGB", (4, 4), color) for color in ((255, 0, 0), (0, 0, 255))]
+    gif = _save(
+        frames[0], tmp_path / "anim.gif", save_all=True, append_images=frames[1:], duration=50
+    )
+    assert Image.open(gif).n_frames == 2
+    assert pixel(gif) == (255, 0, 0)
+
+    # 40 wide x 20 tall, left half red; EXIF orientation 6 means "rotate 90 degrees clockwise"
+    photo = Image.new("RGB", (40, 20), (0, 0, 255))
+    photo.paste((255, 0, 0), (0, 0, 20, 20))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    photo_path = _save(photo, tmp_path / "phone.jpg", exif=exif, quality=95)
+    upright = load_image(photo_path)
+    assert upright.size == (20, 40)
+    top, bottom = upright.getpixel((10, 5)), upright.getpixel((10, 35))
+    assert top[0] > 200 and top[2] < 60 and bottom[2] > 200 and bottom[0] < 60
+
+    with open(rgba_path, "rb") as stream:  # file objects work too, from their start
+        stream.read(5)
+        assert load_image(stream).size == (2, 1)
+
+
+def test_load_image_bad_input(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    text = tmp_path / "notes.png"
+    text.write_text("this is not an image\n")
+    _raises_one_line(lambda: load_image(text), "notes.png", "not an image")
+
+    noise = Image.frombytes("RGB", (64, 64), random.Random(0).randbytes(64 * 64 * 3))
+    buffer = io.BytesIO()
+    noise.save(buffer, "PNG")
+    truncated = tmp_path / "cut.png"
+    truncated.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    _raises_one_line(lambda: load_image(truncated), "cut.png", "truncated")
+
+    _raises_one_line(lambda: load_image(tmp_path / "absent.jpg"), "absent.jpg", "not found")
+    _raises_one_line(lambda: load_image(io.BytesIO(b"GIF89a nonsense")), "the uploaded image")
+
+    big = _png(tmp_path / "big.png", size=20)  # 400 pixels
+    monkeypatch.setattr(images_module, "MAX_IMAGE_PIXELS", 100)
+    _raises_one_line(lambda: load_image(big), "big.png", "too large")
+    monkeypatch.setattr(images_module, "MAX_IMAGE_PIXELS", 10_000)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 300)  # Pillow's own warning becomes an error
+    _raises_one_line(lambda: load_image(big), "big.png", "too many pixels")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 150)  # ... and so does its hard limit
+    _raises_one_line(lambda: load_image(big), "big.png", "too many pixels")
+
+
+# --------------------------------------------------------------------------------------------
+# Synthetic scenes
+
+
+def test_scene_is_deterministic_and_matches_its_pixels() -> None:
+    image, scene, captions = scenes.render_random_scene(7, 64)
+    again = scenes.render_random_scene(7, 64)
+    assert image.tobytes() == again[0].tobytes() and scene == again[1] and captions == again[2]
+    assert image.size == (64, 64) and image.mode == "RGB"
+    for seed in range(150):
+        image, scene, captions = scenes.render_random_scene(seed, 96)
+        objects = scene["objects"]
+        assert 1 <= len(objects) <= 3 and 3 <= len(captions) <= 5
+        assert len({scenes.object_phrase(o) for o in objects}) == len(objects)
+        for obj in objects:  # the centre pixel shows the object's colour
+            assert image.getpixel(tuple(obj["position"])) == scenes.COLORS[obj["color"]]
+            x0, y0, x1, y1 = obj["box"]
+            assert 0 <= x0 < x1 <= 96 and 0 <= y0 < y1 <= 96
+        axis = {"row": 0, "column": 1}.get(scene["layout"])
+        for first, second in zip(objects, objects[1:], strict=False):
+            assert second["box"][axis] > first["box"][axis + 2]  # apart along the axis
+            along = second["position"][axis] - first["position"][axis]
+            across = abs(second["position"][1 - axis] - first["position"][1 - axis])
+            assert across <= 0.4 * along  # one axis clearly dominates
+        assert captions == scenes.scene_captions(scene)
+
+
+def test_scene_captions_name_objects_correctly() -> None:
+    for seed in range(60):
+        _, scene, captions = scenes.render_random_scene(seed, 64)
+        assert all(scenes.caption_names_objects_correctly(c, scene) for c in captions)
+        first = scene["objects"][0]
+        wrong = "red" if first["color"] != "red" else "blue"
+        recoloured = captions[0].replace(
+            f"{first['size']} {first['color']}", f"{first['size']} {wrong}", 1
+        )
+        assert not scenes.caption_names_objects_correctly(recoloured, scene)
+        assert not scenes.caption_names_objects_correctly(
+            captions[0] + " and a small red cross", scene
+        )
+        dropped = " ".join(scenes.object_phrase(o) for o in scene["objects"][1:])
+        assert not scenes.caption_names_objects_correctly(dropped, scene)
+    row = {
+        "objects": [
+            {"size": "small", "color": "red", "shape": "circle"},
+            {"size": "large", "color": "blue", "shape": "square"},
+        ],
+        "layout": "row",
+    }
+    assert scenes.scene_captions(row)[:2] == [
+        "a small red circle to the left of a large blue square",
+        "a large blue square to the right of a small red circle",
+    ]
+    assert not scenes.caption_names_objects_correctly(
+        "a red circle left of a large blue square", row
+    )
+
+
+def test_scenes_dataset_is_byte_identical(tmp_path: Path) -> None:
+    first = scenes.generate_dataset(tmp_path / "one", 5, seed=4, size=64)
+    second = scenes.generate_dataset(tmp_path / "two", 5, seed=4, size=64)
+    assert first.read_bytes() == second.read_bytes()
+    for name in sorted(p.name for p in (tmp_path / "one" / "images").iterdir()):
+        assert (tmp_path / "one" / "images" / name).read_bytes() == (
+            tmp_path / "two" / "images" / name
+        ).read_bytes()
+
+
+def test_scenes_cli_writes_karpathy_json(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "captioner.scenes", "--out", str(tmp_path / "data")]
+    command += ["--num-images", "10", "--seed", "3", "--size", "64"]
+    done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    records = load_records("karpathy", tmp_path / "data" / "dataset_scenes.json", None)
+    assert len(records) == 10
+    assert [r.split for r in records].count("test") == 1
+    assert all(Path(r.image_path).is_file() for r in records)
+    for record in records:
+        assert record.meta is not None
+        assert all(scenes.caption_names_objects_correctly(c, record.meta) for c in record.captions)
+
+    bad = subprocess.run(
+        [*command[:5], "--size", "10"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert bad.returncode == 2
+    assert bad.stderr.startswith("error: --size") and bad.stderr.count("\n") == 1

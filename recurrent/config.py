@@ -138,13 +138,13 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise UserError(f"config file {path} must hold a mapping of sections, not {type(data).__name__}")
+        raise UserError(
+            f"config file {path} must hold a mapping of sections, not {type(data).__name__}"
+        )
     return data
 
 
-def load_config(
-    cls: type[T], path: str | Path | None = None, overrides: Iterable[str] = ()
-) -> T:
+def load_config(cls: type[T], path: str | Path | None = None, overrides: Iterable[str] = ()) -> T:
     """Defaults of ``cls``, updated by the YAML at ``path``, then by ``--set`` overrides."""
     data = to_dict(cls())
     if path is not None:
@@ -153,14 +153,20 @@ def load_config(
     return from_dict(cls, data)
 
 
-def _deep_update(base: dict[str, Any], update: Mapping[str, Any], cls: Any, prefix: str = "") -> None:
+def _deep_update(
+    base: dict[str, Any], update: Mapping[str, Any], cls: Any, prefix: str = ""
+) -> None:
     hints = typing.get_type_hints(cls) if dataclasses.is_dataclass(cls) else {}
     for key, value in update.items():
         if key not in base:
             known = ", ".join(sorted(prefix + k for k in base))
             raise UserError(f"unknown config key {prefix + str(key)!r} (known keys: {known})")
         sub = hints.get(key)
-        if isinstance(value, Mapping) and isinstance(base[key], dict) and dataclasses.is_dataclass(sub):
+        if (
+            isinstance(value, Mapping)
+            and isinstance(base[key], dict)
+            and dataclasses.is_dataclass(sub)
+        ):
             _deep_update(base[key], value, sub, prefix=f"{prefix}{key}.")
         else:
             base[key] = value

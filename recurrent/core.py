@@ -151,9 +151,7 @@ class RecurrentCore(nn.Module):
         if lengths is None:
             outputs, hx = self.rnn(x, hx)
         else:
-            packed = pack_padded_sequence(
-                x, lengths.cpu(), batch_first=True, enforce_sorted=False
-            )
+            packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
             packed_out, hx = self.rnn(packed, hx)
             outputs, _ = pad_packed_sequence(packed_out, batch_first=True, total_length=x.size(1))
         new_state = torch.stack(hx) if self.cell == "lstm" else hx.unsqueeze(0)
@@ -167,7 +165,9 @@ class RecurrentCore(nn.Module):
         valid = None
         if lengths is not None:
             positions = torch.arange(steps, device=x.device)
-            valid = (positions[None, :] < lengths.to(x.device)[:, None]).T.unsqueeze(-1)  # (T, B, 1)
+            valid = (positions[None, :] < lengths.to(x.device)[:, None]).T.unsqueeze(
+                -1
+            )  # (T, B, 1)
         layer_input = x
         final_states = []
         for layer in range(self.num_layers):

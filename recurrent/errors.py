@@ -18,7 +18,9 @@ class UserError(Exception):
 EXIT_USER_ERROR = 2
 
 
-def run_cli(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None) -> int:
+def run_cli(
+    main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None
+) -> int:
     """Call `main(argv)`; a `UserError` becomes `error: <message>` on stderr and exit status 2."""
     try:
         main(argv)

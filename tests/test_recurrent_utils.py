@@ -81,6 +81,10 @@ def test_checkpoint_round_trip_and_atomic_write(tmp_path):
     state = {"w": torch.arange(6.0).reshape(2, 3)}
     save_checkpoint({"task": "char_lm", "config": {"a": 1}, "vocab": ["a"], "model": state}, path)
     assert [p.name for p in path.parent.iterdir()] == ["last.pt"]  # no temp file left behind
+    text = tmp_path / "notes.txt"
+    text.write_text("hello world\n")
+    with pytest.raises(UserError, match="not a readable checkpoint"):
+        load_checkpoint(text)
     loaded = load_checkpoint(path, task="char_lm")
     torch.testing.assert_close(loaded["model"]["w"], state["w"])
     assert loaded["format_version"] == 1

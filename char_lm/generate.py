@@ -1,0 +1,122 @@
+"""Loading a trained `CharLM` and generating text from it, one character at a time.
+
+`generate` is pure: it reads the model, the prompt and the sampling settings it is given, and draws
+randomness only from the `torch.Generator` passed in (makemore's ``generate``, nanoGPT's
+``sample.py``). The Streamlit app and ``python -m char_lm.sample`` both stream its characters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from char_lm.config import CharLMConfig
+from char_lm.data import encode
+from char_lm.model import CharLM
+from recurrent.checkpoint import load_checkpoint
+from recurrent.config import from_dict
+from recurrent.errors import UserError
+from recurrent.sampling import sample_next
+
+# With an empty prompt the model is conditioned on this character (the start of a new line), which
+# is not part of the output. A vocabulary without it needs a prompt.
+EMPTY_PROMPT_START = "\n"
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """`load_checkpoint` for task char_lm (a one-line UserError for any unusable file)."""
+    return load_checkpoint(path, task="char_lm")
+
+
+def load_char_lm(
+    path: str | Path, device: torch.device | str = "cpu"
+) -> tuple[CharLM, list[str], CharLMConfig]:
+    """A checkpoint written by ``char_lm.train`` -> (model in eval mode on ``device``, vocab, config)."""
+    payload = read_checkpoint(path)
+    try:
+        config = from_dict(CharLMConfig, payload["config"])
+        vocab = list(payload["vocab"])
+        model = CharLM(config.model, len(vocab))
+        model.load_state_dict(payload["model"])
+    except (KeyError, RuntimeError, TypeError, UserError) as err:
+        reason = " ".join(str(err).split())[:200]
+        raise UserError(
+            f"{path} is a char_lm checkpoint this version cannot load ({reason}); retrain with "
+            f"python -m char_lm.train"
+        ) from None
+    return model.to(device).eval(), vocab, config
+
+
+def generate(
+    model: CharLM,
+    vocab: list[str],
+    prompt: str,
+    length: int,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    greedy: bool = False,
+    generator: torch.Generator | None = None,
+) -> Iterator[str]:
+    """Yield ``length`` characters that continue ``prompt`` (the prompt itself is not yielded).
+
+    The prompt is fed through the model once; then each sampled character is fed back one step at
+    a time with the core's carried state. ``greedy`` takes the most likely character; otherwise the
+    next character is drawn from softmax(logits / temperature), restricted to the ``top_k`` most
+    likely and to the ``top_p`` nucleus when given. An empty prompt starts from a newline when the
+    vocabulary has one. Prompt characters outside the vocabulary are a `UserError` naming them.
+    The model is switched to eval mode (no dropout). The arguments are checked at the call, before
+    the first character is asked for, so a bad prompt fails before anything is printed.
+    """
+    if not greedy and temperature <= 0:
+        raise UserError(f"temperature must be > 0, got {temperature}; use greedy decoding instead")
+    if top_k is not None and top_k < 0:
+        raise UserError(f"top-k must be >= 0 (0: off), got {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise UserError(f"top-p must be in (0, 1] (1: off), got {top_p}")
+    if not prompt:
+        if EMPTY_PROMPT_START not in vocab:
+            raise UserError(
+                "an empty prompt starts from a newline, but this model's vocabulary has none; "
+                "pass a prompt"
+            )
+        prompt = EMPTY_PROMPT_START
+    top_k = top_k or None  # 0: off
+    top_p = top_p if top_p is not None and top_p < 1 else None  # 1: off
+    ids = encode(prompt, vocab, what="prompt")
+    return _continue(model, vocab, ids, length, temperature, top_k, top_p, greedy, generator)
+
+
+@torch.no_grad()
+def _continue(
+    model: CharLM,
+    vocab: list[str],
+    ids: torch.Tensor,
+    length: int,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    greedy: bool,
+    generator: torch.Generator | None,
+) -> Iterator[str]:
+    """The generator behind `generate`: prompt ids (P,) in, ``length`` characters out."""
+    model.eval()
+    device = model.head.weight.device
+    logits, _, state = model(ids.to(device).unsqueeze(0))  # (1, P, V)
+    logits = logits[:, -1]  # (1, V)
+    for position in range(length):
+        next_id = sample_next(
+            logits.float(),
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            greedy=greedy,
+            generator=generator,
+        )  # (1,)
+        yield vocab[next_id.item()]
+        if position + 1 < length:
+            logits, _, state = model(next_id.view(1, 1), state=state)
+            logits = logits[:, -1]

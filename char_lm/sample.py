@@ -1,0 +1,101 @@
+"""Print text from a trained character model, streamed as it is generated.
+
+    python -m char_lm.sample --checkpoint runs/char_lm/shakespeare/best.pt --prompt "ROMEO:" \
+        --length 500 --temperature 0.8 --top-k 40 --top-p 0.95 --seed 1
+
+Prints the prompt, then the generated characters one at a time (flushed as they come), then a
+newline. An empty prompt conditions the model on a newline (not printed) when its vocabulary has
+one; otherwise a prompt is required. Prompt characters the model never saw are an error naming
+them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+import torch
+
+from char_lm.generate import generate, load_char_lm
+from recurrent.errors import UserError, run_cli
+from recurrent.training import pick_device
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m char_lm.sample",
+        description="Generate text from a character model trained with char_lm.train.",
+    )
+    parser.add_argument("--checkpoint", required=True, help="a .pt file written by char_lm.train")
+    parser.add_argument(
+        "--prompt",
+        default="",
+        help="text to continue (default empty: start as if at the beginning of a line)",
+    )
+    parser.add_argument(
+        "--length", type=int, default=500, help="characters to generate (default 500)"
+    )
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        default=0.8,
+        help="divide the logits by this; lower is more conservative (default 0.8)",
+    )
+    parser.add_argument(
+        "--top-k", type=int, default=0, help="sample only from the k most likely (0: off)"
+    )
+    parser.add_argument(
+        "--top-p",
+        type=float,
+        default=1.0,
+        help="sample only from the smallest set of characters with this much probability (1: off)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="random seed, for repeatable samples (default: random)",
+    )
+    parser.add_argument(
+        "--greedy", action="store_true", help="always take the most likely character"
+    )
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    args = parser.parse_args(argv)
+    if args.length < 0:
+        raise UserError(f"--length must be >= 0, got {args.length}")
+    device = pick_device(args.device)
+    model, vocab, _ = load_char_lm(args.checkpoint, device)
+    generator = torch.Generator(device=device)
+    if args.seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(args.seed)
+    characters = generate(
+        model,
+        vocab,
+        args.prompt,
+        args.length,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        greedy=args.greedy,
+        generator=generator,
+    )  # checks the prompt and settings before anything is printed
+    out = sys.stdout
+    out.write(args.prompt)
+    out.flush()
+    for ch in characters:
+        out.write(ch)
+        out.flush()
+    out.write("\n")
+    out.flush()
+
+
+def cli() -> None:
+    """Console-script entry point: user errors as one line on stderr, exit status 2."""
+    raise SystemExit(run_cli(main))
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main))

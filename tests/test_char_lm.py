@@ -1,0 +1,417 @@
+"""The character-level language model: data, model, training, resume, generation, evaluation."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from char_lm.config import CharLMConfig, DataConfig, ModelConfig
+from char_lm.data import (
+    BUILTIN_TEXTS,
+    IGNORE_INDEX,
+    StreamBatches,
+    build_vocab,
+    encode,
+    load_text,
+    read_text,
+    split_ids,
+)
+from char_lm.evaluate import evaluate_text
+from char_lm.generate import generate, load_char_lm
+from char_lm.model import CharLM
+from char_lm.train import train
+from recurrent.checkpoint import load_checkpoint, save_checkpoint
+from recurrent.config import load_config, to_dict
+from recurrent.errors import UserError
+from recurrent.sampling import filter_logits
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "char_lm"
+SHIP = BUILTIN_TEXTS["ship"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models on a shared 2-core machine run far faster on one thread than on two."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def config(name: str = "tiny", *overrides: str) -> CharLMConfig:
+    return load_config(CharLMConfig, CONFIGS / f"{name}.yaml", overrides)
+
+
+def greedy(checkpoint: Path, prompt: str, length: int) -> str:
+    model, vocab, _ = load_char_lm(checkpoint)
+    return prompt + "".join(generate(model, vocab, prompt, length, greedy=True))
+
+
+def random_model(cfg: ModelConfig, vocab_size: int, seed: int = 0) -> CharLM:
+    torch.manual_seed(seed)
+    return CharLM(cfg, vocab_size).eval()
+
+
+# --- the lecture toys ----------------------------------------------------------------------------
+
+
+def test_hihello_learns_to_continue_h(tmp_path):
+    summary = train(config("hihello"), tmp_path)
+    assert summary["steps"] == 100
+    assert greedy(tmp_path / "best.pt", "h", 6) == "hihello"
+
+
+def test_ship_sentence_is_reproduced_from_its_first_ten_characters(tmp_path):
+    cfg = config("ship")
+    assert (cfg.model.cell, cfg.model.num_layers, cfg.data.block_size) == ("lstm", 2, 10)
+    train(cfg, tmp_path)
+    assert greedy(tmp_path / "last.pt", SHIP[:10], len(SHIP) - 10) == SHIP
+
+
+# --- model ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("input_kind", ["onehot", "embedding"])
+def test_initial_loss_is_about_ln_vocab_size(cell, input_kind):
+    vocab_size = 65
+    model = random_model(ModelConfig(input=input_kind, cell=cell, hidden_size=64), vocab_size)
+    idx = torch.randint(0, vocab_size, (4, 32), generator=torch.Generator().manual_seed(0))
+    logits, loss, state = model(idx, idx)
+    assert logits.shape == (4, 32, vocab_size)
+    assert state.shape == ((2 if cell == "lstm" else 1), 2, 4, 64)
+    assert abs(loss.item() - math.log(vocab_size)) < 0.1
+
+
+def test_one_batch_can_be_overfit():
+    torch.manual_seed(0)
+    model = CharLM(
+        ModelConfig(cell="lstm", num_layers=1, hidden_size=32, embed_size=16, dropout=0), 10
+    )
+    idx = torch.randint(0, 10, (4, 17))
+    inputs, targets = idx[:, :-1], idx[:, 1:]
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.02)
+    for _ in range(150):
+        _, loss, _ = model(inputs, targets)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < 0.05  # from ln 10 = 2.3
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_explicit_and_fused_backends_give_the_same_loss(cell):
+    cfg = ModelConfig(input="embedding", cell=cell, num_layers=2, hidden_size=16, embed_size=8)
+    fused = random_model(cfg, 12)
+    explicit = CharLM(dataclasses.replace(cfg, backend="explicit"), 12).eval()
+    explicit.load_state_dict(fused.state_dict())
+    idx = torch.randint(0, 12, (3, 9), generator=torch.Generator().manual_seed(1))
+    logits_f, loss_f, state_f = fused(idx, idx)
+    logits_e, loss_e, state_e = explicit(idx, idx)
+    torch.testing.assert_close(loss_e, loss_f, atol=1e-5, rtol=0)
+    torch.testing.assert_close(logits_e, logits_f, atol=1e-5, rtol=0)
+    torch.testing.assert_close(state_e, state_f, atol=1e-5, rtol=0)
+
+
+def test_carried_state_makes_windows_equal_one_long_sequence():
+    model = random_model(ModelConfig(cell="gru", num_layers=2, hidden_size=16, embed_size=8), 9)
+    idx = torch.randint(0, 9, (2, 12), generator=torch.Generator().manual_seed(2))
+    whole, _, _ = model(idx)
+    first, _, state = model(idx[:, :5])
+    second, _, _ = model(idx[:, 5:], state=state)
+    torch.testing.assert_close(torch.cat([first, second], dim=1), whole, atol=1e-5, rtol=0)
+    fresh, _, _ = model(idx[:, 5:])  # without the state the second window is different
+    assert not torch.allclose(fresh, second, atol=1e-3)
+
+
+@pytest.mark.parametrize("input_kind", ["onehot", "embedding"])
+def test_onehot_and_embedding_inputs_both_train(tmp_path, input_kind):
+    cfg = config(
+        "tiny",
+        f"model.input={input_kind}",
+        "model.hidden_size=32",
+        "data.val_fraction=0",
+        "train.max_steps=150",
+        "train.eval_every=150",
+        "train.lr=0.02",
+    )
+    summary = train(cfg, tmp_path)
+    vocab_size = len(build_vocab(SHIP))
+    assert summary["final_train_loss"] < math.log(vocab_size) - 1.0
+    assert summary["final_val_loss"] < math.log(vocab_size) - 1.0
+    weights = load_checkpoint(tmp_path / "last.pt")["model"]
+    assert ("embedding.weight" in weights) == (input_kind == "embedding")
+
+
+# --- data ----------------------------------------------------------------------------------------
+
+
+def test_stream_batches_are_contiguous_windows_of_parallel_streams():
+    ids = torch.arange(103)
+    batches = StreamBatches(ids, batch_size=4, block_size=7)
+    assert batches.stream_length == 25 and len(batches) == 4  # 7 + 7 + 7 + 4 columns
+    windows = [batches.window(i) for i in range(len(batches))]
+    assert [w[0].shape[1] for w in windows] == [7, 7, 7, 4]
+    for stream in range(4):
+        inputs = torch.cat([w[0][stream] for w in windows])
+        targets = torch.cat([w[1][stream] for w in windows])
+        # One contiguous run of the text per stream, each target the character after its input.
+        assert inputs.tolist() == list(range(stream * 25, stream * 25 + 25))
+        assert targets.tolist() == (inputs + 1).tolist()
+    # Consecutive windows of a stream follow each other in the text.
+    assert (windows[1][0][:, 0] == windows[0][0][:, -1] + 1).all()
+
+
+def test_evaluation_streams_predict_every_character_exactly_once():
+    ids = torch.arange(50)
+    batches = StreamBatches(ids, batch_size=4, block_size=5, cover_all=True)
+    targets = batches.targets.flatten()
+    inputs = batches.inputs.flatten()[targets != IGNORE_INDEX]
+    assert sorted(targets[targets != IGNORE_INDEX].tolist()) == list(range(1, 50))
+    assert (targets[targets != IGNORE_INDEX] == inputs + 1).all()
+
+
+def test_evaluate_text_is_the_exact_mean_over_all_predictions():
+    model = random_model(ModelConfig(cell="lstm", num_layers=1, hidden_size=16, embed_size=8), 7)
+    ids = torch.randint(0, 7, (61,), generator=torch.Generator().manual_seed(3))
+    logits, _, _ = model(ids[None, :-1])
+    reference = F.cross_entropy(logits[0], ids[1:]).item()
+    loss, count = evaluate_text(model, ids, block_size=8)  # one stream, state carried
+    assert count == 60
+    assert loss == pytest.approx(reference, abs=1e-5)
+    _, count3 = evaluate_text(model, ids, block_size=8, streams=3)
+    assert count3 == 60
+
+
+def test_training_carries_the_state_across_windows_and_resets_it_on_wrap_around(tmp_path):
+    # A 2-stream, 2-window text: step 1 uses window 0, step 2 window 1, step 3 window 0 again.
+    text = "abcdefghij" * 4  # 40 characters: 2 streams of 19, windows of 10 and 9
+    (tmp_path / "t.txt").write_text(text)
+    base = [
+        f"data.path={tmp_path / 't.txt'}",
+        "data.val_fraction=0",
+        "data.block_size=10",
+        "data.batch_size=2",
+        "model.dropout=0",
+        "train.eval_every=1",
+    ]
+    states, models = {}, {}
+    for step in (1, 2, 3):
+        train(config("tiny", *base, f"train.max_steps={step}"), tmp_path / "run", resume=step > 1)
+        payload = load_checkpoint(tmp_path / "run" / "last.pt")
+        assert payload["stream"]["position"] == step % 2
+        states[step] = payload["stream"]["state"]
+        models[step] = CharLM(config("tiny", *base).model, len(payload["vocab"])).eval()
+        models[step].load_state_dict(payload["model"])
+    batches = StreamBatches(encode(text, build_vocab(text)), 2, 10)
+    window0, window1 = batches.window(0)[0], batches.window(1)[0]
+    with torch.no_grad():
+        carried = models[1](window1, state=states[1])[2]
+        fresh = models[1](window1)[2]
+        after_wrap = models[2](window0)[2]
+    torch.testing.assert_close(states[2], carried, atol=1e-6, rtol=0)
+    assert not torch.allclose(states[2], fresh, atol=1e-4)
+    torch.testing.assert_close(states[3], after_wrap, atol=1e-6, rtol=0)
+
+
+def test_split_is_contiguous_and_val_fraction_zero_reuses_train():
+    ids = torch.arange(100)
+    train_ids, val_ids = split_ids(ids, 0.1)
+    assert train_ids.tolist() == list(range(90)) and val_ids.tolist() == list(range(90, 100))
+    train_ids, val_ids = split_ids(ids, 0.0)
+    assert train_ids is ids and val_ids is ids
+    with pytest.raises(UserError, match="validation split has 1 character"):
+        split_ids(torch.arange(10), 0.1)
+
+
+def test_vocab_is_sorted_unique_characters_and_unknown_ones_are_named():
+    vocab = build_vocab("hihello")
+    assert vocab == ["e", "h", "i", "l", "o"]
+    assert encode("hello", vocab).tolist() == [1, 0, 3, 3, 4]
+    with pytest.raises(UserError, match=r"2 character\(s\).*'x', 'z'"):
+        encode("hexzoo", vocab, what="prompt")
+
+
+def test_bad_text_files_are_user_errors(tmp_path):
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
+    with pytest.raises(UserError, match="is empty"):
+        read_text(tmp_path / "empty.txt")
+    with pytest.raises(UserError, match="not UTF-8"):
+        read_text(tmp_path / "latin1.txt")
+    with pytest.raises(UserError, match="not found"):
+        read_text(tmp_path / "missing.txt")
+    with pytest.raises(UserError, match="unknown built-in text 'builtin:nope'"):
+        read_text("builtin:nope")
+    with pytest.raises(UserError, match="needs at least 65"):
+        StreamBatches(torch.arange(64), batch_size=4, block_size=16)
+
+
+def test_download_is_cached_and_checked(tmp_path, monkeypatch):
+    monkeypatch.setenv("CRNN_CACHE", str(tmp_path / "cache"))
+    source = tmp_path / "corpus.txt"
+    source.write_text("to be or not to be\n", encoding="utf-8")
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    url = source.as_uri()  # file://, never the network
+    assert load_text(DataConfig(path="", url=url, sha256=digest)) == "to be or not to be\n"
+    source.unlink()  # the second read comes from the cache
+    assert load_text(DataConfig(path="", url=url, sha256=digest)) == "to be or not to be\n"
+    cached = list((tmp_path / "cache").rglob("*corpus.txt"))
+    assert len(cached) == 1
+
+    source.write_text("something else\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"sha256 .* not the expected 0+ .*--set data.path="):
+        load_text(DataConfig(path="", url=url, sha256="0" * 64))
+    assert len(list((tmp_path / "cache").rglob("*"))) == 2  # the folder and the good copy only
+    with pytest.raises(UserError, match=r"could not download .*--set data.path=FILE"):
+        load_text(DataConfig(path="", url=(tmp_path / "gone.txt").as_uri(), sha256=""))
+
+
+def test_shakespeare_config_names_the_canonical_download():
+    cfg = config("shakespeare")
+    assert cfg.data.path == ""
+    assert cfg.data.url == (
+        "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+    )
+    assert cfg.data.sha256 == "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+
+
+@pytest.mark.parametrize("name", ["hihello", "ship", "shakespeare", "tiny"])
+def test_yaml_mirrors_the_dataclass_key_for_key(name):
+    import yaml
+
+    data = yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())
+    defaults = to_dict(CharLMConfig())
+    assert {s: sorted(v) for s, v in data.items()} == {s: sorted(v) for s, v in defaults.items()}
+
+
+# --- checkpoints and resume ----------------------------------------------------------------------
+
+
+def test_checkpoint_round_trip_gives_identical_logits(tmp_path):
+    cfg = config("tiny", "model.cell=gru", "model.num_layers=2")
+    vocab = build_vocab(SHIP)
+    model = random_model(cfg.model, len(vocab))
+    payload = {
+        "task": "char_lm",
+        "config": to_dict(cfg),
+        "vocab": vocab,
+        "model": model.state_dict(),
+    }
+    save_checkpoint(payload, tmp_path / "m.pt")
+    loaded, loaded_vocab, loaded_cfg = load_char_lm(tmp_path / "m.pt")
+    idx = encode(SHIP[:40], vocab)[None]
+    assert loaded_vocab == vocab and loaded_cfg == cfg and not loaded.training
+    assert torch.equal(loaded(idx)[0], model(idx)[0])
+
+
+def test_reported_val_loss_matches_the_saved_checkpoint(tmp_path):
+    cfg = config("tiny", "train.max_steps=10", "train.eval_every=10")
+    summary = train(cfg, tmp_path)
+    model, vocab, _ = load_char_lm(tmp_path / "last.pt")
+    _, val_ids = split_ids(encode(SHIP, vocab), cfg.data.val_fraction)
+    loss, _ = evaluate_text(model, val_ids, cfg.data.block_size, streams=cfg.data.batch_size)
+    assert loss == pytest.approx(summary["final_val_loss"], abs=1e-6)
+    assert load_checkpoint(tmp_path / "best.pt")["best_val_loss"] == summary["best_val_loss"]
+
+
+def test_resume_continues_exactly(tmp_path):
+    settings = [
+        "model.dropout=0.3",
+        "model.num_layers=2",
+        "train.eval_every=10",
+        "train.lr_decay_steps=40",
+        "train.warmup_steps=5",
+    ]
+    straight = train(config("tiny", *settings, "train.max_steps=40"), tmp_path / "a")
+    first = train(config("tiny", *settings, "train.max_steps=20"), tmp_path / "b")
+    resumed = train(config("tiny", *settings, "train.max_steps=40"), tmp_path / "b", resume=True)
+    assert first["steps"] == 20 and resumed["steps"] == 40
+    assert resumed["history"] == straight["history"]  # every evaluation, train and val loss
+    a = load_checkpoint(tmp_path / "a" / "last.pt")
+    b = load_checkpoint(tmp_path / "b" / "last.pt")
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    # Dropout makes the random-number state matter: another seed's run is not the same.
+    other = train(config("tiny", *settings, "train.max_steps=40", "train.seed=1"), tmp_path / "c")
+    assert other["history"] != straight["history"]
+
+
+def test_resume_refuses_other_architectures_and_missing_runs(tmp_path):
+    train(config("tiny", "train.max_steps=2", "train.eval_every=2"), tmp_path / "run")
+    with pytest.raises(UserError, match="model.hidden_size is 16 in the checkpoint but 32"):
+        train(config("tiny", "model.hidden_size=32"), tmp_path / "run", resume=True)
+    with pytest.raises(UserError, match="nothing to resume"):
+        train(config("tiny"), tmp_path / "elsewhere", resume=True)
+    with pytest.raises(UserError, match="already holds a run"):
+        train(config("tiny"), tmp_path / "run")
+
+
+# --- generation ----------------------------------------------------------------------------------
+
+
+def sampler_model() -> tuple[CharLM, list[str]]:
+    vocab = build_vocab(SHIP)
+    return random_model(ModelConfig(cell="lstm", hidden_size=32, embed_size=16), len(vocab)), vocab
+
+
+def test_sampling_is_deterministic_under_a_seed():
+    model, vocab = sampler_model()
+
+    def sample(seed: int) -> str:
+        generator = torch.Generator().manual_seed(seed)
+        return "".join(generate(model, vocab, "if ", 60, temperature=1.5, generator=generator))
+
+    assert sample(1) == sample(1)
+    assert sample(1) != sample(2)
+    assert len(sample(3)) == 60
+
+
+@pytest.mark.parametrize("top_k, top_p", [(3, None), (None, 0.5), (5, 0.8)])
+def test_top_k_and_top_p_only_emit_allowed_characters(top_k, top_p):
+    model, vocab = sampler_model()
+    prompt = "the "
+    generator = torch.Generator().manual_seed(0)
+    text = "".join(
+        generate(
+            model, vocab, prompt, 80, temperature=2.0, top_k=top_k, top_p=top_p, generator=generator
+        )
+    )
+    # Teacher-force prompt + text: the logits before each emitted character, all at once.
+    logits, _, _ = model(encode(prompt + text, vocab)[None])
+    before = logits[0, len(prompt) - 1 : -1]  # (80, V)
+    allowed = torch.isfinite(filter_logits(before, 2.0, top_k, top_p))  # (80, V)
+    emitted = encode(text, vocab)
+    assert allowed[torch.arange(80), emitted].all()
+    assert (allowed.sum(-1) < len(vocab)).all()  # the filter did restrict every step
+    # Unfiltered sampling at this temperature does leave such sets: the check is not vacuous.
+    free = "".join(
+        generate(
+            model, vocab, prompt, 80, temperature=2.0, generator=torch.Generator().manual_seed(0)
+        )
+    )
+    free_logits, _, _ = model(encode(prompt + free, vocab)[None])
+    free_allowed = torch.isfinite(
+        filter_logits(free_logits[0, len(prompt) - 1 : -1], 2.0, top_k, top_p)
+    )
+    assert not free_allowed[torch.arange(80), encode(free, vocab)].all()
+
+
+def test_greedy_and_top_k_one_agree_and_prompts_are_checked():
+    model, vocab = sampler_model()
+    greedy_text = "".join(generate(model, vocab, "ship", 30, greedy=True))
+    top1 = "".join(generate(model, vocab, "ship", 30, top_k=1, generator=torch.Generator()))
+    assert greedy_text == top1
+    with pytest.raises(UserError, match=r"prompt has 2 character\(s\).*'Q', 'X'"):
+        generate(model, vocab, "QX ship", 5)  # raised at the call, before any character
+    with pytest.raises(UserError, match="has none; pass a prompt"):
+        generate(model, vocab, "", 5)  # the ship sentence has no newline
+    newline_vocab = sorted(vocab + ["\n"])
+    newline_model = random_model(ModelConfig(hidden_size=8, embed_size=4), len(newline_vocab))
+    assert len("".join(generate(newline_model, newline_vocab, "", 7, greedy=True))) == 7

@@ -1,0 +1,209 @@
+"""The char_lm command lines: a real train -> sample -> evaluate run, and one-line user errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from char_lm import evaluate, sample
+from char_lm import train as train_cli
+from char_lm.data import encode
+from char_lm.evaluate import evaluate_text
+from char_lm.generate import generate, load_char_lm
+from recurrent.checkpoint import save_checkpoint
+from recurrent.errors import run_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = str(ROOT / "configs" / "char_lm" / "tiny.yaml")
+TEXT = "the quick brown fox jumps over the lazy dog.\n" * 12
+
+
+def run(module: str, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # tiny models; the machine is small and shared
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, Path]:
+    """Two steps of tiny.yaml on a text the test writes, through the real CLI."""
+    folder = tmp_path_factory.mktemp("cli")
+    text_file = folder / "text.txt"
+    text_file.write_text(TEXT, encoding="utf-8")
+    out_dir = folder / "run"
+    result = run(
+        "char_lm.train",
+        "--config", TINY,
+        "--set", f"data.path={text_file}",
+        "--set", "train.max_steps=2",
+        "--set", "train.eval_every=1",
+        "--out-dir", str(out_dir),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "step 1: train" in result.stdout and "step 2: train" in result.stdout
+    assert "bpc" in result.stdout and "nats/char" in result.stdout
+    assert "done: 2 steps" in result.stdout
+    assert (out_dir / "last.pt").is_file() and (out_dir / "best.pt").is_file()
+    return text_file, out_dir / "last.pt"
+
+
+def test_train_writes_checkpoints(trained):
+    _, checkpoint = trained
+    model, vocab, cfg = load_char_lm(checkpoint)
+    assert vocab == sorted(set(TEXT))
+    assert cfg.train.max_steps == 2 and cfg.data.block_size == 16
+
+
+def test_sample_streams_prompt_and_seeded_text(trained):
+    _, checkpoint = trained
+    result = run(
+        "char_lm.sample",
+        "--checkpoint", str(checkpoint),
+        "--prompt", "the ",
+        "--length", "40",
+        "--temperature", "0.9",
+        "--top-k", "10",
+        "--seed", "7",
+        "--device", "cpu",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    model, vocab, _ = load_char_lm(checkpoint)
+    expected = "".join(
+        generate(model, vocab, "the ", 40, temperature=0.9, top_k=10,
+                 generator=torch.Generator().manual_seed(7))
+    )  # fmt: skip
+    assert result.stdout == "the " + expected + "\n"
+
+
+def test_evaluate_json_matches_the_library(trained):
+    text_file, checkpoint = trained
+    result = run("char_lm.evaluate", "--checkpoint", str(checkpoint), "--text", str(text_file),
+                 "--json")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    model, vocab, _ = load_char_lm(checkpoint)
+    loss, count = evaluate_text(model, encode(TEXT, vocab), block_size=256)
+    assert report["characters"] == count == len(TEXT) - 1
+    assert report["loss_nats"] == pytest.approx(loss, abs=1e-6)
+    assert report["bits_per_char"] == pytest.approx(loss / 0.6931471805599453, abs=1e-6)
+
+
+def test_user_error_through_a_real_process(tmp_path):
+    result = run("char_lm.sample", "--checkpoint", str(tmp_path / "missing.pt"))
+    assert result.returncode != 0
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [result.stderr.strip()]
+    assert result.stderr.startswith("error: checkpoint not found:")
+    assert "Traceback" not in result.stderr
+
+
+# --- bad input: one line on stderr, `error:`, non-zero exit, no traceback ------------------------
+
+
+def bad_inputs(
+    tmp_path: Path, trained: tuple[Path, Path]
+) -> dict[str, tuple[object, list[str], str]]:
+    text_file, checkpoint = trained
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "latin1.txt").write_bytes("na\xefve caf\xe9 ".encode("latin-1") * 50)
+    (tmp_path / "short.txt").write_text("too short")
+    (tmp_path / "unseen.txt").write_text("Zebra Quagga")
+    (tmp_path / "not_a_checkpoint.pt").write_text("hello")
+    save_checkpoint({"task": "captioner", "config": {}, "vocab": ["<pad>"]}, tmp_path / "cap.pt")
+    out = ["--out-dir", str(tmp_path / "run")]
+    return {
+        "empty file": (
+            train_cli, ["--config", TINY, "--set", f"data.path={tmp_path / 'empty.txt'}", *out],
+            "is empty",
+        ),
+        "non-UTF-8 file": (
+            train_cli, ["--config", TINY, "--set", f"data.path={tmp_path / 'latin1.txt'}", *out],
+            "is not UTF-8",
+        ),
+        "text shorter than one window": (
+            train_cli, ["--config", TINY, "--set", f"data.path={tmp_path / 'short.txt'}",
+                        "--set", "data.val_fraction=0", *out],
+            "too few for data.batch_size=4 streams",
+        ),
+        "unknown --set key": (
+            train_cli, ["--config", TINY, "--set", "model.hiden_size=3", *out],
+            "unknown config key 'model.hiden_size'",
+        ),
+        "bad --set type": (
+            train_cli, ["--config", TINY, "--set", "train.max_steps=many", *out],
+            "config key 'train.max_steps': expected int",
+        ),
+        "missing config file": (
+            train_cli, ["--config", str(tmp_path / "nope.yaml"), *out], "config file not found",
+        ),
+        "unknown prompt characters": (
+            sample, ["--checkpoint", str(checkpoint), "--prompt", "the ZEBRA"],
+            "prompt has 5 character(s) the model's vocabulary lacks: 'A', 'B', 'E', 'R', 'Z'",
+        ),
+        "missing checkpoint": (
+            evaluate, ["--checkpoint", str(tmp_path / "gone.pt"), "--text", str(text_file)],
+            "checkpoint not found",
+        ),
+        "file that is not a checkpoint": (
+            sample, ["--checkpoint", str(tmp_path / "not_a_checkpoint.pt")],
+            "is not a readable checkpoint",
+        ),
+        "captioner checkpoint": (
+            sample, ["--checkpoint", str(tmp_path / "cap.pt")],
+            "is a captioner checkpoint, but this command needs a char_lm checkpoint",
+        ),
+        "evaluate text with unseen characters": (
+            evaluate, ["--checkpoint", str(checkpoint), "--text", str(tmp_path / "unseen.txt"),
+                       "--json"],
+            "lacks: 'Q', 'Z'",
+        ),
+    }  # fmt: skip
+
+
+CASES = [
+    "empty file",
+    "non-UTF-8 file",
+    "text shorter than one window",
+    "unknown --set key",
+    "bad --set type",
+    "missing config file",
+    "unknown prompt characters",
+    "missing checkpoint",
+    "file that is not a checkpoint",
+    "captioner checkpoint",
+    "evaluate text with unseen characters",
+]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input_is_one_error_line(case, tmp_path, trained, capsys):
+    module, argv, message = bad_inputs(tmp_path, trained)[case]
+    capsys.readouterr()
+    status = run_cli(module.main, argv)
+    captured = capsys.readouterr()
+    assert status != 0
+    lines = captured.err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), captured.err
+    assert message in lines[0]
+    assert "Traceback" not in captured.err + captured.out
+    assert not (tmp_path / "run" / "last.pt").exists()

@@ -1,0 +1,193 @@
+"""The caption decoder: word embedding -> the shared `RecurrentCore` -> dropout -> word logits.
+
+Two variants, chosen by ``model.attention``:
+
+- show-and-tell (Vinyals et al. 2015, "Show and Tell"): the image's pooled feature sets the initial
+  state of every layer through a learned projection and tanh; the core reads only the words.
+- soft attention (Xu et al. 2015, "Show, Attend and Tell", section 4.2): at every step additive
+  attention over the grid positions, scored from the previous top-layer hidden state, gives a
+  context vector, scaled by a gate beta = sigmoid(f_beta(h)) and concatenated with the word
+  embedding as the core's input. The initial state comes from the mean grid feature, and the loss
+  adds the doubly stochastic regulariser alpha_c * sum_i (1 - sum_t alpha_ti)^2 (their eq. 14).
+
+One `step` serves teacher-forced training and decoding alike. For show-and-tell the teacher-forced
+`forward` runs the whole sequence through the core in one call (one fused kernel), which computes
+exactly what stepping would; the attention variant loops `step` over time.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from captioner.config import ModelConfig
+from captioner.encoder import ImageFeatures
+from recurrent.core import RecurrentCore
+
+
+class AdditiveAttention(nn.Module):
+    """Bahdanau-style attention: score_i = w^T tanh(W_f f_i + W_h h), alpha = softmax_i(score).
+
+    The projection W_f f of the grid does not depend on the step, so callers compute it once per
+    sequence with `project` and pass it to every `forward`.
+    """
+
+    def __init__(self, feature_channels: int, hidden_size: int, attention_size: int) -> None:
+        super().__init__()
+        self.feature_proj = nn.Linear(feature_channels, attention_size)
+        self.hidden_proj = nn.Linear(hidden_size, attention_size)
+        self.score = nn.Linear(attention_size, 1)
+
+    def project(self, grid: Tensor) -> Tensor:
+        """grid (B, N, C) -> keys (B, N, A)."""
+        return self.feature_proj(grid)
+
+    def forward(self, grid: Tensor, keys: Tensor, hidden: Tensor) -> tuple[Tensor, Tensor]:
+        """grid (B, N, C), keys (B, N, A), hidden (B, H) -> context (B, C), alpha (B, N)."""
+        energy = torch.tanh(keys + self.hidden_proj(hidden).unsqueeze(1))  # (B, N, A)
+        alpha = torch.softmax(self.score(energy).squeeze(-1), dim=-1)  # (B, N)
+        context = torch.bmm(alpha.unsqueeze(1), grid).squeeze(1)  # (B, C)
+        return context, alpha
+
+
+class CaptionDecoder(nn.Module):
+    """Words given image features: ``step`` for one token, ``forward`` teacher-forced with a loss.
+
+    Captions are id tensors (B, T) beginning with <start> and ending with <end>, right-padded with
+    ``pad_id``; ``lengths`` (B,) counts each caption's ids including <start> and <end>.
+    """
+
+    def __init__(
+        self, model_cfg: ModelConfig, vocab_size: int, feature_channels: int, pad_id: int = 0
+    ) -> None:
+        super().__init__()
+        cfg = model_cfg
+        self.vocab_size = vocab_size
+        self.pad_id = pad_id
+        self.use_attention = cfg.attention
+        self.alpha_c = cfg.alpha_c
+        self.embedding = nn.Embedding(vocab_size, cfg.embed_size, padding_idx=pad_id)
+        if cfg.attention:
+            self.attention = AdditiveAttention(
+                feature_channels, cfg.hidden_size, cfg.attention_size
+            )
+            self.f_beta = nn.Linear(cfg.hidden_size, 1)  # the gating scalar of Xu et al. sec. 4.2.1
+            input_size = cfg.embed_size + feature_channels
+        else:
+            self.attention = None
+            self.f_beta = None
+            input_size = cfg.embed_size
+        self.core = RecurrentCore(
+            cfg.cell, input_size, cfg.hidden_size, cfg.num_layers, cfg.dropout, cfg.backend
+        )
+        # Image feature -> initial state of every layer (h and, for LSTM, c).
+        state_numel = self.core.state_parts * cfg.num_layers * cfg.hidden_size
+        self.init_proj = nn.Linear(feature_channels, state_numel)
+        self.dropout = nn.Dropout(cfg.dropout)
+        if cfg.tied_embeddings:
+            # Output weights = embedding matrix (Press & Wolf 2017); a projection bridges the sizes.
+            self.out_proj = (
+                nn.Linear(cfg.hidden_size, cfg.embed_size, bias=False)
+                if cfg.hidden_size != cfg.embed_size
+                else nn.Identity()
+            )
+            self.output = nn.Linear(cfg.embed_size, vocab_size)
+            self.output.weight = self.embedding.weight
+        else:
+            self.out_proj = nn.Identity()
+            self.output = nn.Linear(cfg.hidden_size, vocab_size)
+
+    # --- pieces ---------------------------------------------------------------------------------
+
+    def init_state(self, features: ImageFeatures) -> Tensor:
+        """Initial core state (S, L, B, H) from the image: tanh(W f + b).
+
+        f is the pooled vector for show-and-tell and the mean grid feature for attention (the two
+        are equal for a globally average-pooled encoder; each variant reads the one it attends to).
+        """
+        image = features.grid.mean(dim=1) if self.use_attention else features.pooled  # (B, C)
+        core = self.core
+        state = torch.tanh(self.init_proj(image))  # (B, S*L*H)
+        state = state.view(-1, core.state_parts, core.num_layers, core.hidden_size)  # (B, S, L, H)
+        return state.permute(1, 2, 0, 3).contiguous()  # (S, L, B, H)
+
+    def attention_keys(self, features: ImageFeatures) -> Tensor | None:
+        """The step-independent attention projection of the grid (B, N, A), or None without
+        attention. Pass it to `step` as ``keys`` to avoid recomputing it at every step."""
+        return self.attention.project(features.grid) if self.attention is not None else None
+
+    def logits(self, hidden: Tensor) -> Tensor:
+        """Top-layer outputs (..., H) -> vocabulary logits (..., V)."""
+        return self.output(self.out_proj(self.dropout(hidden)))
+
+    # --- one step -------------------------------------------------------------------------------
+
+    def step(
+        self, tokens: Tensor, state: Tensor, features: ImageFeatures, keys: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Read ``tokens`` (B,) with ``state`` (S, L, B, H): -> logits (B, V) of the next token,
+        the new state, and the attention weights (B, N) used at this step (None without attention).
+        """
+        x = self.embedding(tokens)  # (B, E)
+        alpha = None
+        if self.attention is not None:
+            if keys is None:
+                keys = self.attention.project(features.grid)  # (B, N, A)
+            hidden = RecurrentCore.top_hidden(state)  # (B, H), the previous step's output
+            context, alpha = self.attention(features.grid, keys, hidden)  # (B, C), (B, N)
+            gate = torch.sigmoid(self.f_beta(hidden))  # (B, 1)
+            x = torch.cat([x, gate * context], dim=-1)  # (B, E + C)
+        output, state = self.core.step(x, state)  # (B, H)
+        return self.logits(output), state, alpha
+
+    # --- teacher forcing ------------------------------------------------------------------------
+
+    def forward(
+        self, features: ImageFeatures, captions: Tensor, lengths: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Teacher-forced: read captions[:, :-1], predict captions[:, 1:].
+
+        Returns logits (B, T-1, V) and the mean cross-entropy over real (non-padding) targets, plus
+        ``alpha_c`` times the doubly stochastic attention regulariser for the attention variant.
+        Positions at or past a caption's length never affect the loss, whatever tokens they hold.
+        """
+        inputs = captions[:, :-1]  # (B, T-1)
+        steps = inputs.size(1)
+        input_lengths = (lengths.to(captions.device) - 1).clamp(min=1)  # (B,) real input steps
+        valid = torch.arange(steps, device=captions.device)[None, :] < input_lengths[:, None]
+        targets = captions[:, 1:].masked_fill(~valid, self.pad_id)  # (B, T-1)
+        state = self.init_state(features)
+        if self.attention is None:
+            embedded = self.embedding(inputs)  # (B, T-1, E)
+            outputs, _ = self.core(embedded, state, input_lengths)  # (B, T-1, H)
+            logits = self.logits(outputs)  # (B, T-1, V)
+            alphas = None
+        else:
+            keys = self.attention_keys(features)
+            step_logits, step_alphas = [], []
+            for t in range(steps):
+                logits_t, state, alpha_t = self.step(inputs[:, t], state, features, keys)
+                step_logits.append(logits_t)
+                step_alphas.append(alpha_t)
+            logits = torch.stack(step_logits, dim=1)  # (B, T-1, V)
+            alphas = torch.stack(step_alphas, dim=1)  # (B, T-1, N)
+        loss = F.cross_entropy(
+            logits.reshape(-1, logits.size(-1)).float(),
+            targets.reshape(-1),
+            ignore_index=self.pad_id,
+        )
+        if alphas is not None and self.alpha_c > 0:
+            loss = loss + self.alpha_c * self.attention_regularizer(alphas, valid)
+        return logits, loss
+
+    @staticmethod
+    def attention_regularizer(alphas: Tensor, valid: Tensor) -> Tensor:
+        """Doubly stochastic regulariser (Xu et al. eq. 14): encourage every grid position to get
+        about as much attention in total over the caption as any other.
+
+        alphas (B, T, N), valid (B, T) -> mean over the batch of sum_i (1 - sum_t alpha_ti)^2,
+        summing over real steps only.
+        """
+        attention_per_position = (alphas.float() * valid.unsqueeze(-1)).sum(dim=1)  # (B, N)
+        return ((1.0 - attention_per_position) ** 2).sum(dim=1).mean()

@@ -1,0 +1,32 @@
+"""The whole captioner: `ImageEncoder` (CNN) -> `CaptionDecoder` (RNN)."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from captioner.config import CaptionerConfig
+from captioner.decoder import CaptionDecoder
+from captioner.encoder import ImageEncoder, ImageFeatures
+
+
+class CaptionModel(nn.Module):
+    """CNN encoder and recurrent decoder of ``cfg.model``, over a vocabulary of ``vocab_size``.
+
+    ``forward(images, captions, lengths) -> (logits, loss)`` trains end to end; decoding goes
+    through ``encode`` and the functions of `captioner.decode`, which take ``model.decoder``. With a
+    frozen encoder, training may skip the encoder and feed cached `ImageFeatures` to
+    ``model.decoder`` directly.
+    """
+
+    def __init__(self, cfg: CaptionerConfig, vocab_size: int, pad_id: int = 0) -> None:
+        super().__init__()
+        self.encoder = ImageEncoder(cfg.model)
+        self.decoder = CaptionDecoder(cfg.model, vocab_size, self.encoder.out_channels, pad_id)
+
+    def encode(self, images: Tensor) -> ImageFeatures:
+        """images (B, 3, H, W) -> `ImageFeatures` (pooled (B, C), grid (B, N, C))."""
+        return self.encoder(images)
+
+    def forward(self, images: Tensor, captions: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """Teacher-forced logits (B, T-1, V) and loss; see `CaptionDecoder.forward`."""
+        return self.decoder(self.encoder(images), captions, lengths)

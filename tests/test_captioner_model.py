@@ -1,0 +1,295 @@
+"""The captioner's encoder, decoder and model: shapes, weights, fine-tuning, loss and step agreement."""
+
+from __future__ import annotations
+
+import urllib.error
+from dataclasses import replace
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torchvision.models import WeightsEnum, get_model
+
+from captioner.config import CaptionerConfig, ModelConfig
+from captioner.decode import greedy_decode
+from captioner.decoder import CaptionDecoder
+from captioner.encoder import ImageEncoder, ImageFeatures
+from captioner.model import CaptionModel
+from recurrent.errors import UserError
+
+VOCAB, PAD, START, END = 13, 0, 1, 2
+CHANNELS = {"resnet18": (64, 128, 256, 512), "resnet50": (256, 512, 1024, 2048)}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread; on a busy machine two threads can be 10x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_model_cfg(**overrides) -> ModelConfig:
+    base = ModelConfig(
+        encoder="resnet18",
+        weights=None,
+        encoder_stages=2,
+        embed_size=8,
+        hidden_size=12,
+        attention_size=6,
+        dropout=0.0,
+    )
+    return replace(base, **overrides)
+
+
+def random_features(batch: int = 3, grid_hw=(2, 3), channels: int = 10, seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    grid = torch.randn(batch, grid_hw[0] * grid_hw[1], channels, generator=generator)
+    return ImageFeatures(grid.mean(dim=1), grid, grid_hw)
+
+
+def padded_captions():
+    """Three captions of lengths 5, 3 and 4 ids (with <start> and <end>), padded to 5."""
+    captions = torch.tensor(
+        [[START, 5, 6, 7, END], [START, 8, END, PAD, PAD], [START, 9, 4, END, PAD]]
+    )
+    return captions, torch.tensor([5, 3, 4])
+
+
+def make_decoder(attention: bool, cell: str = "lstm", seed: int = 0, **overrides):
+    torch.manual_seed(seed)
+    cfg = tiny_model_cfg(attention=attention, cell=cell, **overrides)
+    return CaptionDecoder(cfg, VOCAB, feature_channels=10).eval()
+
+
+# --- encoder ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "arch,stages,size",
+    [
+        ("resnet18", 1, 32),
+        ("resnet18", 2, 48),
+        ("resnet18", 3, 64),
+        ("resnet18", 4, 64),
+        ("resnet50", 4, 32),
+    ],
+)
+def test_encoder_shapes_and_grid_layout(arch, stages, size):
+    torch.manual_seed(0)
+    encoder = ImageEncoder(tiny_model_cfg(encoder=arch, encoder_stages=stages)).eval()
+    images = torch.randn(2, 3, size, size)
+    features = encoder(images)
+    side = -(-size // 2 ** (stages + 1))  # the stem divides by 4, each stage after layer1 by 2
+    channels = CHANNELS[arch][stages - 1]
+    assert encoder.out_channels == channels
+    assert features.grid_hw == (side, side)
+    assert features.grid.shape == (2, side * side, channels)
+    assert features.pooled.shape == (2, channels)
+    feature_map = encoder.body(images)  # (B, C, h, w)
+    # Row-major flattening: position r * w + c holds the map's pixel (r, c).
+    row, col = side - 1, 0
+    torch.testing.assert_close(features.grid[:, row * side + col], feature_map[:, :, row, col])
+    torch.testing.assert_close(features.pooled, feature_map.mean(dim=(2, 3)))
+
+
+def test_encoder_loads_local_state_dict_and_matches_torchvision(tmp_path):
+    torch.manual_seed(1)
+    reference = get_model("resnet18", weights=None).eval()
+    path = tmp_path / "resnet18.pth"
+    torch.save(reference.state_dict(), path)  # a plain torchvision state_dict, fc.* included
+    torch.manual_seed(2)  # a different random init, to be overwritten by the file
+    encoder = ImageEncoder(tiny_model_cfg(weights=str(path), encoder_stages=4)).eval()
+    torch.testing.assert_close(
+        encoder.body.layer3[1].conv2.weight, reference.layer3[1].conv2.weight
+    )
+    torch.testing.assert_close(encoder.body.bn1.running_var, reference.bn1.running_var)
+    # The pooled vector is what torchvision's classifier head reads (the input of fc).
+    reference.fc = torch.nn.Identity()
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(encoder(images).pooled, reference(images), atol=1e-5, rtol=1e-4)
+
+
+def test_encoder_weights_errors(tmp_path, monkeypatch):
+    with pytest.raises(UserError, match="not found"):
+        ImageEncoder(tiny_model_cfg(weights=str(tmp_path / "missing.pth")))
+    state = get_model("resnet18", weights=None).state_dict()
+    del state["layer2.0.conv1.weight"]
+    state["conv1.weight"] = torch.zeros(8, 3, 7, 7)
+    bad = tmp_path / "bad.pth"
+    torch.save(state, bad)
+    with pytest.raises(UserError, match=r"missing keys.*layer2\.0\.conv1\.weight.*conv1\.weight"):
+        ImageEncoder(tiny_model_cfg(weights=str(bad)))
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match="not a readable"):
+        ImageEncoder(tiny_model_cfg(weights=str(garbage)))
+    with pytest.raises(UserError, match="not torchvision weights for resnet18"):
+        ImageEncoder(tiny_model_cfg(weights="ResNet50_Weights.DEFAULT"))
+
+    def offline(self, *args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(WeightsEnum, "get_state_dict", offline)
+    with pytest.raises(UserError, match="could not download.*pass the file's path"):
+        ImageEncoder(tiny_model_cfg(weights="ResNet18_Weights.DEFAULT"))
+
+
+def test_finetune_modes():
+    frozen = ImageEncoder(tiny_model_cfg(encoder_stages=3, finetune="frozen")).train()
+    assert not any(p.requires_grad for p in frozen.parameters())
+    assert not any(m.training for m in frozen.modules())  # BatchNorm keeps its statistics
+    before = frozen.body.layer1[0].bn1.running_mean.clone()
+    frozen(torch.randn(2, 3, 32, 32))
+    torch.testing.assert_close(frozen.body.layer1[0].bn1.running_mean, before, rtol=0, atol=0)
+
+    everything = ImageEncoder(tiny_model_cfg(encoder_stages=3, finetune="all")).train()
+    assert all(p.requires_grad for p in everything.parameters())
+    assert all(m.training for m in everything.modules())
+
+    last = ImageEncoder(tiny_model_cfg(encoder_stages=3, finetune="last", finetune_stages=1))
+    last.train()
+    for name, param in last.named_parameters():
+        assert param.requires_grad == name.startswith("body.layer3."), name
+    assert last.body.layer3[0].bn1.training and not last.body.layer2[0].bn1.training
+    assert not last.body.bn1.training
+    last(torch.randn(2, 3, 32, 32)).pooled.sum().backward()
+    assert last.body.layer3[0].conv1.weight.grad is not None
+    assert last.body.layer2[0].conv1.weight.grad is None
+
+    # More stages than kept: the stem trains too.
+    whole = ImageEncoder(tiny_model_cfg(encoder_stages=1, finetune="last", finetune_stages=2))
+    assert all(p.requires_grad for p in whole.parameters())
+    with pytest.raises(UserError, match="finetune_stages"):
+        ImageEncoder(tiny_model_cfg(finetune="last", finetune_stages=0))
+
+
+# --- decoder and model --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("attention", [False, True])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_model_shapes_and_gradients(attention, cell):
+    torch.manual_seed(0)
+    cfg = CaptionerConfig(model=tiny_model_cfg(attention=attention, cell=cell, num_layers=2))
+    model = CaptionModel(cfg, VOCAB).train()
+    images = torch.randn(3, 3, 32, 32)
+    captions, lengths = padded_captions()
+    features = model.encode(images)
+    assert features.grid.shape == (3, 16, 128)
+    state = model.decoder.init_state(features)
+    assert state.shape == (2 if cell == "lstm" else 1, 2, 3, 12)
+    logits, state, alpha = model.decoder.step(captions[:, 0], state, features)
+    assert logits.shape == (3, VOCAB)
+    assert (alpha is None) == (not attention)
+    logits, loss = model(images, captions, lengths)
+    assert logits.shape == (3, 4, VOCAB)
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    loss.backward()
+    assert all(p.grad is not None for p in model.decoder.parameters())
+    assert all(p.grad is None for p in model.encoder.parameters())  # frozen by default
+
+
+@pytest.mark.parametrize("attention", [False, True])
+def test_loss_ignores_padding(attention):
+    decoder = make_decoder(attention)
+    features = random_features()
+    captions, lengths = padded_captions()
+    logits, loss = decoder(features, captions, lengths)
+    # Garbage past each caption's length and two extra columns of padding change nothing.
+    garbage = captions.clone()
+    garbage[1, 3:] = torch.tensor([7, 9])
+    garbage[2, 4] = 5
+    longer = torch.cat([garbage, torch.full((3, 2), PAD)], dim=1)
+    logits2, loss2 = decoder(features, longer, lengths)
+    torch.testing.assert_close(loss2, loss)
+    for row, length in enumerate(lengths.tolist()):
+        torch.testing.assert_close(logits2[row, : length - 1], logits[row, : length - 1])
+
+
+@pytest.mark.parametrize(
+    "attention,cell,overrides",
+    [
+        (False, "lstm", {}),
+        (False, "gru", {"num_layers": 2}),
+        (False, "rnn", {"backend": "explicit"}),
+        (False, "lstm", {"tied_embeddings": True}),
+        (True, "lstm", {}),
+        (True, "gru", {"num_layers": 2, "tied_embeddings": True, "embed_size": 12}),
+        (True, "rnn", {}),
+    ],
+)
+def test_teacher_forcing_matches_stepping_and_loss_reference(attention, cell, overrides):
+    """forward's logits equal step() one token at a time, and its loss equals the cross-entropy of
+    the real targets plus alpha_c times the doubly stochastic regulariser, both computed here."""
+    decoder = make_decoder(attention, cell, alpha_c=0.7, **overrides)
+    features = random_features()
+    captions, lengths = padded_captions()
+    logits, loss = decoder(features, captions, lengths)
+    nll, count, regularizer = 0.0, 0, 0.0
+    for row, length in enumerate(lengths.tolist()):
+        one = features.index_select(torch.tensor([row]))
+        state = decoder.init_state(one)
+        attention_sum = torch.zeros(features.grid.size(1))
+        for t in range(length - 1):
+            step_logits, state, alpha = decoder.step(captions[row, t : t + 1], state, one)
+            torch.testing.assert_close(logits[row, t], step_logits[0], atol=1e-5, rtol=1e-5)
+            nll -= F.log_softmax(step_logits[0], dim=-1)[captions[row, t + 1]]
+            count += 1
+            if attention:
+                torch.testing.assert_close(alpha.sum(), torch.tensor(1.0))
+                attention_sum += alpha[0]
+        regularizer += ((1 - attention_sum) ** 2).sum() / len(lengths)
+    expected = nll / count + (0.7 * regularizer if attention else 0.0)
+    torch.testing.assert_close(loss, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_tied_embeddings_share_the_matrix():
+    tied = make_decoder(False, tied_embeddings=True)  # hidden 12 != embed 8: a projection
+    assert tied.output.weight is tied.embedding.weight
+    assert tied.out_proj.weight.shape == (8, 12)
+    untied = make_decoder(False)
+    count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
+    assert count(untied) - count(tied) == VOCAB * 12 - 8 * 12  # shared matrix, plus projection
+    same = make_decoder(False, tied_embeddings=True, embed_size=12)
+    assert isinstance(same.out_proj, torch.nn.Identity)
+
+
+@pytest.mark.parametrize("attention", [False, True])
+def test_overfits_a_few_pairs(attention):
+    """A tiny model learns four (image, caption) pairs well enough for greedy decoding to recite
+    each image's caption exactly (features of a frozen random encoder, computed once)."""
+    torch.manual_seed(0)
+    cfg = CaptionerConfig(
+        model=tiny_model_cfg(attention=attention, encoder_stages=1, embed_size=16, hidden_size=32)
+    )
+    model = CaptionModel(cfg, VOCAB).eval()
+    generator = torch.Generator().manual_seed(1)
+    # Four noisy images of distinct colours: their pooled features differ clearly.
+    colours = 2 * torch.randn(4, 3, 1, 1, generator=generator)
+    images = colours + 0.5 * torch.randn(4, 3, 16, 16, generator=generator)
+    captions = torch.tensor(
+        [
+            [START, 4, 5, 6, END, PAD],
+            [START, 4, 7, END, PAD, PAD],
+            [START, 8, 9, 10, 11, END],
+            [START, 12, 5, END, PAD, PAD],
+        ]
+    )
+    lengths = torch.tensor([5, 4, 6, 4])
+    features = model.encode(images)  # frozen encoder: the same features at every step
+    assert not features.grid.requires_grad
+    optimizer = torch.optim.Adam(model.decoder.parameters(), lr=3e-2)
+    model.train()
+    for _ in range(50):  # both variants recite all four after 10-15 steps
+        _, loss = model.decoder(features, captions, lengths)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    decoded = greedy_decode(model.decoder, features, max_length=8, start_id=START, end_id=END)
+    for caption, ids, length in zip(decoded, captions, lengths.tolist(), strict=True):
+        assert caption.tokens == ids[1 : length - 1].tolist()
+        assert caption.finished

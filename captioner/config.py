@@ -59,6 +59,7 @@ class TrainConfig:
     eval_max_images: int = 0  # 0: the whole val split
     patience: int = 5  # validations without a better BLEU-4 before stopping; 0: never
     feature_cache: bool = True  # frozen encoder: compute features once per image, on disk
+    feature_cache_dir: str = ""  # where the cached features live; "": <out_dir>/features
     device: str = "auto"
     log_every: int = 50
 

@@ -1,0 +1,198 @@
+"""The captioner's command lines, end to end: scenes -> train -> evaluate -> caption, and bad input.
+
+The happy path runs real `python -m ...` processes. Bad input must give one line on stderr that
+starts with ``error:``, a non-zero exit and no traceback; one case runs as a real process, the
+others call the same `main` through `run_cli` in-process (starting Python + torch costs seconds
+on the test machine).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pytest
+
+from captioner import caption, evaluate
+from captioner import train as train_cli
+from recurrent.checkpoint import save_checkpoint
+from recurrent.errors import run_cli
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = str(REPO / "configs" / "captioner" / "tiny.yaml")
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+
+
+def run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [sys.executable, *args], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120
+    )
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def assert_one_line_error(code: int, stderr: str, *fragments: str) -> None:
+    assert code != 0
+    assert "Traceback" not in stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+
+
+def run_main(main: Callable, argv: Sequence[str], capsys) -> tuple[int, str, str]:
+    capsys.readouterr()
+    code = run_cli(main, list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """`python -m captioner.scenes` then `python -m captioner.train` (tiny, 3 steps)."""
+    root = tmp_path_factory.mktemp("cli")
+    run(
+        *"-m captioner.scenes --num-images 16 --seed 3 --size 48 --out".split(),
+        str(root / "scenes"),
+    )
+    annotations = root / "scenes" / "dataset_scenes.json"
+    out_dir = str(root / "run")
+    args = ["--config", TINY, "--out-dir", out_dir, "--quiet", "--set", "train.max_steps=3"]
+    result = run("-m", "captioner.train", *args, f"data.annotations={annotations}")
+    assert "done (max_steps): 3 steps" in result.stdout
+    assert "val BLEU" in result.stdout  # the validation line
+    return {"root": root, "annotations": annotations, "checkpoint": root / "run" / "best.pt"}
+
+
+def test_evaluate_json_and_predictions(trained: dict[str, Path]):
+    predictions = trained["root"] / "preds.json"
+    flags = ["--json", "--no-meteor", "--predictions", str(predictions)]
+    result = run("-m", "captioner.evaluate", "--checkpoint", str(trained["checkpoint"]), *flags)
+    report = json.loads(result.stdout)
+    assert report["split"] == "test" and report["images"] == 2
+    assert "Treebank" in report["tokenization"] and "lowercase" in report["tokenization"]
+    scores = report["scores"]
+    assert {"BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4"} <= set(scores)
+    assert all(0.0 <= value <= 100.0 for key, value in scores.items() if key != "CIDEr-D")
+    assert "METEOR" not in scores
+    results = json.loads(predictions.read_text())
+    assert isinstance(results, list) and len(results) == 2
+    assert all(set(item) == {"image_id", "caption"} for item in results)
+    assert all(isinstance(item["caption"], str) for item in results)
+    # The scenes' files are 000005.png ...: COCO-style integer ids from the file names.
+    test_ids = {
+        int(image["filename"].split(".")[0])
+        for image in json.loads(trained["annotations"].read_text())["images"]
+        if image["split"] == "test"
+    }
+    assert {item["image_id"] for item in results} == test_ids
+
+
+def test_caption_two_images(trained: dict[str, Path], capsys):
+    images = sorted((trained["root"] / "scenes" / "images").glob("*.png"))[:2]
+    result = run(
+        "-m", "captioner.caption", "--checkpoint", str(trained["checkpoint"]), *map(str, images)
+    )
+    lines = result.stdout.splitlines()
+    assert len(lines) == 2
+    for line, image in zip(lines, images, strict=True):
+        path, text = line.split("\t")
+        assert path == str(image) and "<" not in text  # no <start>/<pad> tokens in captions
+
+    code, out, _ = run_main(
+        caption.main,
+        ["--checkpoint", str(trained["checkpoint"]), str(images[0]), "--json", "--n-best", "2"],
+        capsys,
+    )
+    assert code == 0
+    payload = json.loads(out)
+    [item] = payload["results"]
+    assert item["image"] == str(images[0]) and len(item["beams"]) == 2
+    assert item["beams"][0]["caption"] == item["caption"]
+    assert item["beams"][0]["logprob"] >= item["beams"][1]["logprob"]  # best first
+
+
+def test_corrupt_image_as_a_real_process(trained: dict[str, Path]):
+    bad = trained["root"] / "not_an_image.png"
+    bad.write_bytes(b"this is not a PNG file")
+    result = run(
+        "-m", "captioner.caption", "--checkpoint", str(trained["checkpoint"]), str(bad), check=False
+    )
+    assert_one_line_error(result.returncode, result.stderr, str(bad))
+
+
+def _karpathy(path: Path, images: list[dict]) -> Path:
+    path.write_text(json.dumps({"images": images}), encoding="utf-8")
+    return path
+
+
+def test_bad_input_one_line_errors(trained: dict[str, Path], tmp_path: Path, capsys):
+    scenes = trained["root"] / "scenes"
+    entries = json.loads(trained["annotations"].read_text())["images"]
+    out_dir = str(tmp_path / "run")
+
+    def train_with(annotations: Path) -> tuple[int, str, str]:
+        argv = ["--config", TINY, "--out-dir", out_dir, "--quiet"]
+        return run_main(train_cli.main, [*argv, "--set", f"data.annotations={annotations}"], capsys)
+
+    # An image listed in the annotations but missing on disk.
+    missing = dict(entries[0], filename="gone.png")
+    annotations = _karpathy(scenes / "missing.json", [*entries, missing])
+    code, _, err = train_with(annotations)
+    assert_one_line_error(code, err, "gone.png", "not found")
+
+    # Malformed annotations JSON.
+    broken = scenes / "broken.json"
+    broken.write_text('{"images": [', encoding="utf-8")
+    code, _, err = train_with(broken)
+    assert_one_line_error(code, err, "broken.json", "malformed JSON")
+
+    # No val images: training has nothing to validate on.
+    train_only = _karpathy(
+        scenes / "train_only.json", [dict(entry, split="train") for entry in entries]
+    )
+    code, _, err = train_with(train_only)
+    assert_one_line_error(code, err, "'val' split", "train_only.json")
+    # ... and evaluating a split the annotations lack is the same clear error.
+    code, _, err = run_main(
+        evaluate.main,
+        ["--checkpoint", str(trained["checkpoint"]), "--annotations", str(train_only)],
+        capsys,
+    )
+    assert_one_line_error(code, err, "'test' split")
+
+    # A char_lm checkpoint given to the captioner's commands.
+    foreign = tmp_path / "char_lm.pt"
+    save_checkpoint({"task": "char_lm", "config": {}, "vocab": ["a", "b"], "model": {}}, foreign)
+    image = str(next((scenes / "images").glob("*.png")))
+    code, _, err = run_main(caption.main, ["--checkpoint", str(foreign), image], capsys)
+    assert_one_line_error(code, err, "char_lm checkpoint", "captioner")
+    code, _, err = run_main(evaluate.main, ["--checkpoint", str(foreign)], capsys)
+    assert_one_line_error(code, err, "char_lm checkpoint")
+
+    # A missing checkpoint, and a missing config file.
+    code, _, err = run_main(
+        caption.main, ["--checkpoint", str(tmp_path / "nope.pt"), image], capsys
+    )
+    assert_one_line_error(code, err, "checkpoint not found", "nope.pt")
+    code, _, err = run_main(train_cli.main, ["--config", str(tmp_path / "nope.yaml")], capsys)
+    assert_one_line_error(code, err, "nope.yaml")
+
+    # An unknown config key, a bad type in an override, and a bad decoding setting.
+    code, _, err = run_main(train_cli.main, ["--config", TINY, "--set", "model.colour=red"], capsys)
+    assert_one_line_error(code, err, "unknown config key 'model.colour'")
+    code, _, err = run_main(
+        train_cli.main, ["--config", TINY, "--set", "train.batch_size=many"], capsys
+    )
+    assert_one_line_error(code, err, "train.batch_size")
+    code, _, err = run_main(
+        caption.main,
+        ["--checkpoint", str(trained["checkpoint"]), image, "--beam-size", "0"],
+        capsys,
+    )
+    assert_one_line_error(code, err, "beam size")

@@ -1,0 +1,285 @@
+"""captioner.train / features / evaluate / caption as a library, on tiny models and a few scenes.
+
+Properties checked: a checkpoint decodes to exactly the captions (and BLEU) training saw; a crash
+and --resume reproduce an uninterrupted run bit for bit; the feature cache runs the CNN once per
+image and never again; best.pt follows the best val BLEU-4; patience stops training.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import captioner.train as train_module
+from captioner.caption import caption_images, eval_transform, load_captioner
+from captioner.config import CaptionerConfig
+from captioner.data import Vocabulary, load_image, select_split
+from captioner.encoder import ImageEncoder
+from captioner.evaluate import evaluate_split, image_ids, load_data_records
+from captioner.features import FeatureCache
+from captioner.metrics import bleu_scores
+from captioner.model import CaptionModel
+from captioner.train import check_config, parameter_groups, train
+from recurrent.checkpoint import load_checkpoint
+from recurrent.config import load_config, to_dict
+from recurrent.errors import UserError
+
+TINY = Path(__file__).resolve().parents[1] / "configs" / "captioner" / "tiny.yaml"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """The test machine has 2 shared cores: more threads only contend."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_cfg(annotations: Path, *overrides: str) -> CaptionerConfig:
+    return load_config(CaptionerConfig, TINY, [f"data.annotations={annotations}", *overrides])
+
+
+def quiet_train(cfg: CaptionerConfig, out_dir: Path, resume: bool = False) -> dict:
+    return train(cfg, out_dir, resume, progress=False, log=lambda line: None)
+
+
+def test_checkpoint_decodes_to_what_training_scored(scenes_annotations: Path, tmp_path: Path):
+    cfg = tiny_cfg(scenes_annotations, "train.max_steps=3", "train.eval_every=0")
+    summary = quiet_train(cfg, tmp_path / "run")
+    assert summary["steps"] == 3 and summary["stop_reason"] == "max_steps"
+    assert len(summary["losses"]) == 3 and all(loss > 0 for loss in summary["losses"])
+    last = load_checkpoint(tmp_path / "run" / "last.pt", task="captioner")
+    assert last["step"] == 3  # the stop was followed by a validation and a checkpoint
+
+    # best.pt == last.pt here (one validation): reload it and decode the val split again.
+    captioner = load_captioner(str(tmp_path / "run" / "best.pt"))
+    assert not captioner.model.training
+    records = select_split(load_data_records(cfg.data), "val")
+    scores, predictions = evaluate_split(captioner, records, coco_metrics=False)
+    assert scores == summary["best_scores"]  # same weights, same decoded captions, same BLEU
+
+    # The PIL path of the library API decodes the same captions, and BLEU is computed from them.
+    results = caption_images(
+        captioner, [load_image(r.image_path) for r in records], beam_size=cfg.decode.beam_size
+    )
+    captions = [result.caption for result in results]
+    assert captions == [prediction["caption"] for prediction in predictions]
+    assert bleu_scores([list(r.captions) for r in records], captions) == scores
+    assert [p["image_id"] for p in predictions] == image_ids(records)
+
+    # Attention maps fold to (words, grid_h, grid_w) and each word's map sums to 1.
+    for result in results:
+        assert result.attention is not None
+        assert result.attention.shape == (len(result.words), 4, 4)  # 32 px through layer2
+        torch.testing.assert_close(result.attention.sum(dim=(1, 2)), torch.ones(len(result.words)))
+        assert result.beams[0][0] == result.caption
+
+    # The saved weights are the model's: teacher-forced logits of a reloaded copy agree exactly.
+    vocab = Vocabulary.from_list(last["vocab"])
+    model = CaptionModel(cfg, len(vocab)).eval()
+    model.load_state_dict(load_checkpoint(tmp_path / "run" / "best.pt")["model"])
+    images = torch.randn(2, 3, 32, 32)
+    captions_ids = torch.tensor([vocab.encode("a small red circle")] * 2)
+    lengths = torch.full((2,), captions_ids.size(1))
+    with torch.no_grad():
+        expected, _ = model(images, captions_ids, lengths)
+        got, _ = captioner.model(images, captions_ids, lengths)
+    assert torch.equal(expected, got)
+
+
+class _Crash(Exception):
+    pass
+
+
+def test_resume_continues_exactly(scenes_annotations: Path, tmp_path: Path, monkeypatch):
+    # 10 steps per epoch (80 pairs / 8): the crash at step 4 is mid-epoch; dropout and random crops
+    # are on, so RNG and data order must both be restored.
+    overrides = ["train.max_steps=8", "train.eval_every=4", "model.dropout=0.3"]
+    cfg = tiny_cfg(scenes_annotations, *overrides)
+    straight = quiet_train(cfg, tmp_path / "straight")
+
+    real_save = train_module.save_checkpoint
+
+    def save_then_crash(payload, path):
+        real_save(payload, path)
+        if Path(path).name == "last.pt" and payload["step"] == 4:
+            raise _Crash  # the machine goes down right after the step-4 checkpoint
+
+    monkeypatch.setattr(train_module, "save_checkpoint", save_then_crash)
+    with pytest.raises(_Crash):
+        quiet_train(cfg, tmp_path / "crashed")
+    monkeypatch.setattr(train_module, "save_checkpoint", real_save)
+    resumed = quiet_train(cfg, tmp_path / "crashed", resume=True)
+
+    assert resumed["steps"] == straight["steps"] == 8
+    assert resumed["losses"] == straight["losses"][4:]  # bit-identical losses after the resume
+    a = load_checkpoint(tmp_path / "straight" / "last.pt")
+    b = load_checkpoint(tmp_path / "crashed" / "last.pt")
+    assert a["model"].keys() == b["model"].keys()
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert a["optimizer"]["state"].keys() == b["optimizer"]["state"].keys()
+    for index, param_state in a["optimizer"]["state"].items():
+        for name, value in param_state.items():
+            assert torch.equal(value, b["optimizer"]["state"][index][name]), (index, name)
+    assert a["scheduler"] == b["scheduler"]
+    assert (a["epoch"], a["batch_in_epoch"]) == (b["epoch"], b["batch_in_epoch"]) == (0, 8)
+    assert a["best_scores"] == b["best_scores"] and a["best_step"] == b["best_step"]
+
+    # A resume refuses another architecture, naming the field; a finished run is not overwritten.
+    with pytest.raises(UserError, match="model.hidden_size"):
+        quiet_train(
+            tiny_cfg(scenes_annotations, *overrides, "model.hidden_size=48"),
+            tmp_path / "straight",
+            resume=True,
+        )
+    with pytest.raises(UserError, match="--resume"):
+        quiet_train(cfg, tmp_path / "straight")
+    with pytest.raises(UserError, match="nothing to resume"):
+        quiet_train(cfg, tmp_path / "empty", resume=True)
+
+
+def test_feature_cache_runs_the_encoder_once_per_image(
+    scenes_annotations: Path, tmp_path: Path, monkeypatch
+):
+    cfg = tiny_cfg(
+        scenes_annotations,
+        "model.finetune=frozen",
+        "train.feature_cache=true",
+        f"train.feature_cache_dir={tmp_path / 'features'}",
+        "train.epochs=2",
+    )
+    encoded: list[int] = []
+    real_forward = ImageEncoder.forward
+
+    def counting_forward(self, images):
+        encoded.append(images.size(0))
+        return real_forward(self, images)
+
+    monkeypatch.setattr(ImageEncoder, "forward", counting_forward)
+    records = load_data_records(cfg.data)
+    train_records = select_split(records, "train")
+    val_records = select_split(records, "val")[: cfg.train.eval_max_images]
+
+    first = quiet_train(cfg, tmp_path / "first")
+    assert first["feature_cache"] and first["epochs"] == 2 and first["steps"] == 20
+    assert sum(encoded) == len(train_records) + len(val_records)  # each image exactly once
+    assert first["encoded_images"] == sum(encoded)
+
+    encoded.clear()
+    second = quiet_train(cfg, tmp_path / "second")  # a later run, same encoder: all from disk
+    assert sum(encoded) == 0 and second["encoded_images"] == 0
+    assert second["losses"] == first["losses"]  # same seed, same cached features
+
+    # What the cache holds is the frozen encoder's eval-transform output (stored as float16).
+    encoded.clear()
+    captioner = load_captioner(first["last_checkpoint"])
+    cache = FeatureCache(tmp_path / "features", captioner.model.encoder, cfg, captioner.transform)
+    assert cache.missing(train_records) == []
+    pooled, grid, grid_hw = cache.load(train_records[0])
+    image = captioner.transform(load_image(train_records[0].image_path)).unsqueeze(0)
+    with torch.no_grad():
+        direct = captioner.model.encode(image)
+    assert grid_hw == direct.grid_hw and grid.dtype == torch.float16
+    torch.testing.assert_close(grid.float(), direct.grid[0], atol=2e-2, rtol=1e-2)
+    torch.testing.assert_close(pooled.float(), direct.pooled[0], atol=2e-2, rtol=1e-2)
+
+
+def _scripted_scores(monkeypatch, bleu4: list[float]) -> list[int]:
+    """Make validation return the given BLEU-4 sequence; returns the list of validated steps."""
+    calls: list[int] = []
+    real = train_module.evaluate_split
+
+    def fake(captioner, records, *args, **kwargs):
+        _, predictions = real(captioner, records, *args, **kwargs)  # still decode for real
+        value = bleu4[len(calls)]
+        calls.append(value)
+        scores = {"BLEU-1": 50.0, "BLEU-2": 40.0, "BLEU-3": 30.0, "BLEU-4": value}
+        return scores, predictions
+
+    monkeypatch.setattr(train_module, "evaluate_split", fake)
+    return calls
+
+
+def test_best_checkpoint_follows_the_best_bleu4(scenes_annotations: Path, tmp_path, monkeypatch):
+    calls = _scripted_scores(monkeypatch, [10.0, 30.0, 20.0, 25.0])
+    cfg = tiny_cfg(scenes_annotations, "train.max_steps=4", "train.eval_every=1")
+    summary = quiet_train(cfg, tmp_path / "run")
+    assert len(calls) == 4 and summary["steps"] == 4
+    assert summary["best_bleu4"] == 30.0 and summary["best_step"] == 2
+    best = load_checkpoint(tmp_path / "run" / "best.pt")
+    last = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert (best["step"], best["best_scores"]["BLEU-4"]) == (2, 30.0)
+    assert (last["step"], last["val_scores"]["BLEU-4"], last["bad_validations"]) == (4, 25.0, 2)
+    assert not torch.equal(
+        best["model"]["decoder.output.weight"], last["model"]["decoder.output.weight"]
+    )
+
+
+def test_patience_stops_training(scenes_annotations: Path, tmp_path: Path, monkeypatch):
+    calls = _scripted_scores(monkeypatch, [10.0, 30.0, 20.0, 30.0, 40.0, 50.0])
+    cfg = tiny_cfg(
+        scenes_annotations, "train.max_steps=6", "train.eval_every=1", "train.patience=2"
+    )
+    summary = quiet_train(cfg, tmp_path / "run")
+    # 30 at step 2; 20 and 30 (a tie is no improvement) are two bad validations: stop at step 4.
+    assert summary["stop_reason"] == "patience"
+    assert summary["steps"] == 4 and len(calls) == 4 and summary["best_step"] == 2
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["step"] == 4
+
+
+def test_parameter_groups(scenes_annotations: Path):
+    cfg = tiny_cfg(scenes_annotations, "model.finetune=last", "model.finetune_stages=1")
+    model = CaptionModel(cfg, 20)
+    groups = {group["name"]: group for group in parameter_groups(model, cfg)}
+    assert set(groups) == {"decoder", "decoder_no_decay", "encoder", "encoder_no_decay"}
+    assert (
+        groups["encoder"]["lr"] == cfg.train.encoder_lr and groups["decoder"]["lr"] == cfg.train.lr
+    )
+    assert groups["decoder_no_decay"]["weight_decay"] == 0.0
+    in_groups = {id(p) for group in groups.values() for p in group["params"]}
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    assert in_groups == trainable  # every trainable parameter once, no frozen one
+    assert id(model.encoder.body.layer1[0].conv1.weight) not in in_groups  # layer1 is frozen
+    no_decay = {id(p) for p in groups["decoder_no_decay"]["params"]}
+    no_decay |= {id(p) for p in groups["encoder_no_decay"]["params"]}
+    assert id(model.decoder.embedding.weight) in no_decay
+    assert id(model.decoder.output.bias) in no_decay
+    assert id(model.encoder.body.layer2[0].bn1.weight) in no_decay
+    assert id(model.decoder.output.weight) in {id(p) for p in groups["decoder"]["params"]}
+
+
+def test_time_budget_stops_with_a_final_validation(scenes_annotations: Path, tmp_path: Path):
+    cfg = tiny_cfg(scenes_annotations, "train.time_budget_s=0.000001", "train.epochs=5")
+    summary = quiet_train(cfg, tmp_path / "run")
+    # The budget is spent before the first step: no step, but still a validation and last.pt.
+    assert summary["stop_reason"] == "time_budget" and summary["steps"] == 0
+    last = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert last["step"] == 0 and set(last["val_scores"]) == {"BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4"}
+
+
+def test_augmentation_does_not_depend_on_workers(scenes_annotations: Path, tmp_path: Path):
+    # Random crops are drawn per item from (seed, epoch, index): worker processes change nothing.
+    losses = []
+    for workers in (0, 2):
+        cfg = tiny_cfg(scenes_annotations, "train.max_steps=3", f"data.num_workers={workers}")
+        losses.append(quiet_train(cfg, tmp_path / f"workers{workers}")["losses"])
+    assert losses[0] == losses[1]
+
+
+@pytest.mark.parametrize("name", ["tiny", "scenes_demo", "flickr8k", "coco"])
+def test_configs_mirror_the_dataclass_key_for_key(name: str):
+    path = TINY.with_name(f"{name}.yaml")
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    expected = to_dict(CaptionerConfig())
+    assert raw.keys() == expected.keys()
+    for section, fields in expected.items():
+        assert set(raw[section]) == set(fields), (section, set(raw[section]) ^ set(fields))
+    cfg = load_config(CaptionerConfig, path)  # every value has the right type
+    check_config(cfg)
+    transform = eval_transform(cfg)  # the weights' preprocessing resolves without a download
+    assert f"size=[{cfg.data.image_size}]" in repr(transform)

@@ -286,5 +286,10 @@ def _print_lines(paths: Iterable[str], results: Iterable[CaptionResult], n_best:
             print(f"{path}\t{text}\t{logprob:.3f}", file=out)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """Console-script entry point: a user mistake becomes one line on stderr, exit status 2."""
     raise SystemExit(run_cli(main))
+
+
+if __name__ == "__main__":
+    cli()

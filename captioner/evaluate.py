@@ -309,5 +309,10 @@ def load_data_records(data) -> list[ImageRecord]:
     )
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """Console-script entry point: a user mistake becomes one line on stderr, exit status 2."""
     raise SystemExit(run_cli(main))
+
+
+if __name__ == "__main__":
+    cli()

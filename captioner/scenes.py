@@ -400,5 +400,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"wrote {args.num_images} images to {Path(args.out) / IMAGE_FOLDER} and {json_path}")
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """Console-script entry point: a user mistake becomes one line on stderr, exit status 2."""
     raise SystemExit(run_cli(main))
+
+
+if __name__ == "__main__":
+    cli()

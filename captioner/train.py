@@ -24,9 +24,10 @@ Length of a run: ``train.max_steps > 0`` trains exactly that many steps (epochs 
 otherwise ``train.epochs`` epochs, one epoch being every (image, caption) pair once, in batches of
 ``train.batch_size`` (a last incomplete batch is dropped; each epoch reshuffles). The cosine
 schedule spans that many steps. ``train.time_budget_s`` stops earlier when the wall-clock time
-spent in training (all runs of a resumed run together) exceeds it; it does not shorten the
-schedule, so to anneal fully within a budget set ``max_steps`` to what fits. Any stop ends with a
-validation and a checkpoint.
+spent in training (all runs of a resumed run together) exceeds it, and the cosine then follows
+whichever runs out first, steps or time, so a budget-limited run still anneals fully (a run
+limited by time is, by nature, not bit-reproducible). Any stop ends with a validation and a
+checkpoint.
 
 Frozen encoder (``model.finetune: frozen``) with ``train.feature_cache``: the encoder's features of
 every train and val image are computed once with the eval transform and kept on disk
@@ -432,15 +433,20 @@ def train(
     batch_size = cfg.train.batch_size
     steps_per_epoch = max(1, len(data.train_set) // batch_size)
     total_steps = cfg.train.max_steps or cfg.train.epochs * steps_per_epoch
-    scheduler = LambdaLR(
-        optimizer,
-        lambda step: warmup_cosine(
+    budget_used = {"fraction": 0.0}  # of train.time_budget_s, updated every step
+
+    def lr_multiplier(step: int) -> float:
+        # With a time budget the cosine follows whichever runs out first, steps or time, so a
+        # budget-limited run still anneals fully.
+        step = max(step, int(total_steps * budget_used["fraction"]))
+        return warmup_cosine(
             step,
             warmup_steps=cfg.train.warmup_steps,
             total_steps=total_steps,
             min_ratio=cfg.train.min_lr_ratio,
-        ),
-    )
+        )
+
+    scheduler = LambdaLR(optimizer, lr_multiplier)
     order = torch.Generator().manual_seed(cfg.train.seed)
     if payload is not None:
         state = _restore(payload, model, optimizer, scheduler, last_path)
@@ -543,6 +549,8 @@ def train(
                 if cfg.train.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(trainable, cfg.train.grad_clip)
                 optimizer.step()
+                if cfg.train.time_budget_s:
+                    budget_used["fraction"] = min(1.0, elapsed() / cfg.train.time_budget_s)
                 scheduler.step()
                 window.append(loss.detach())
                 state.step += 1
@@ -645,5 +653,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """Console-script entry point: a user mistake becomes one line on stderr, exit status 2."""
     raise SystemExit(run_cli(main))
+
+
+if __name__ == "__main__":
+    cli()

@@ -350,9 +350,9 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def cli() -> None:
-    """Console-script entry point: user errors as one line on stderr, exit status 2."""
+    """Console-script entry point: a user mistake becomes one line on stderr, exit status 2."""
     raise SystemExit(run_cli(main))
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_cli(main))
+    cli()

@@ -1,0 +1,44 @@
+# Every target does its own set-up on a fresh machine: it creates .venv when missing and installs
+# the project into it (pip resolves torch and torchvision from the registry).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+PORT ?= 8501
+MODELS_DIR ?= models
+SHAKESPEARE ?= ../shared/data/tinyshakespeare.txt
+
+.PHONY: app test lint bench demo-models browser-deps clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+## make app: serve the Streamlit app (captioning and text generation) on http://localhost:$(PORT)
+app: $(STAMP)
+	$(PY) -m streamlit run app.py --server.port $(PORT) --server.headless true -- --models-dir $(MODELS_DIR)
+
+## make test: the whole suite, browser test included (installs Debian's chromium when missing)
+test: $(STAMP) browser-deps
+	$(PY) -m ruff check .
+	$(PY) -m pytest
+
+browser-deps:
+	@bash scripts/ensure_chromium.sh
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+## make demo-models: retrain the two bundled demo models in models/ (CPU, about 35 minutes)
+demo-models: $(STAMP)
+	$(PY) -m bench.make_demo_models --models-dir $(MODELS_DIR) --shakespeare $(SHAKESPEARE)
+
+## make bench: the benchmarks recorded in docs/benchmarks.md
+bench: $(STAMP)
+	$(PY) bench/recurrent_core.py
+	$(PY) bench/char_lm_shakespeare.py --minutes 10 --data $(SHAKESPEARE)
+	$(PY) bench/captioner_scenes.py --minutes 15
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache runs

@@ -1,0 +1,112 @@
+"""Train the shakespeare config on tiny-shakespeare for M minutes and report speed and quality.
+
+    python bench/char_lm_shakespeare.py --minutes 10 --data ../shared/data/tinyshakespeare.txt
+
+Prints, measured in this one run: the CPU's float32 matrix-multiply peak (best of square GEMMs),
+training characters/s, achieved GFLOP/s and its share of that peak, the best validation loss in
+nats/char and bits/char (the best checkpoint evaluated on the whole validation text, the last 10%
+as in nanoGPT's shakespeare_char, with the state carried from the start of the text), and a
+300-character sample. FLOPs count the matrix products of forward and backward (3x forward):
+per character and layer 2 * G*H * (input + H) with G = 4 (LSTM), 3 (GRU) or 1 (RNN), plus the
+head's 2 * H * V; element-wise work is not counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.recurrent_core import machine  # noqa: E402
+from char_lm.config import CharLMConfig  # noqa: E402
+from char_lm.data import encode, load_text, split_ids  # noqa: E402
+from char_lm.evaluate import evaluate_text  # noqa: E402
+from char_lm.generate import generate, load_char_lm  # noqa: E402
+from char_lm.train import train  # noqa: E402
+from recurrent.config import load_config  # noqa: E402
+
+GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+
+
+def matmul_peak_gflops(sizes: tuple[int, ...] = (1024, 2048), seconds: float = 3.0) -> float:
+    """Best float32 GEMM rate over a few square sizes, in GFLOP/s."""
+    best = 0.0
+    for n in sizes:
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        a @ b  # warm-up
+        for _ in range(3):
+            iters, start = 0, time.perf_counter()
+            while time.perf_counter() - start < seconds / 3 / len(sizes) or iters < 2:
+                a @ b
+                iters += 1
+            best = max(best, 2 * n**3 * iters / (time.perf_counter() - start) / 1e9)
+    return best
+
+
+def train_flops_per_char(cfg: CharLMConfig, vocab_size: int) -> float:
+    model = cfg.model
+    input_size = vocab_size if model.input == "onehot" else model.embed_size
+    gates, hidden = GATES[model.cell], model.hidden_size
+    forward = 0.0
+    for layer in range(model.num_layers):
+        layer_input = input_size if layer == 0 else hidden
+        forward += 2 * gates * hidden * (layer_input + hidden)
+    forward += 2 * hidden * vocab_size
+    return 3 * forward
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--minutes", type=float, default=10.0, help="training time budget")
+    parser.add_argument(
+        "--data", default="../shared/data/tinyshakespeare.txt", help="tiny-shakespeare text file"
+    )
+    parser.add_argument("--config", default="configs/char_lm/shakespeare.yaml")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--out-dir", default="runs/bench/char_lm_shakespeare")
+    args = parser.parse_args(argv)
+
+    overrides = [
+        f"data.path={args.data}",
+        "train.max_steps=0",
+        f"train.time_budget_s={args.minutes * 60}",
+        *args.set,
+    ]
+    cfg = load_config(CharLMConfig, args.config, overrides)
+    print(f"machine: {machine()}")
+    peak = matmul_peak_gflops()
+    print(f"float32 matmul peak: {peak:.1f} GFLOP/s")
+
+    summary = train(cfg, args.out_dir, overwrite=True)
+
+    model, vocab, _ = load_char_lm(summary["best_checkpoint"])
+    _, val_ids = split_ids(encode(load_text(cfg.data), vocab), cfg.data.val_fraction)
+    start = time.perf_counter()
+    val_loss, count = evaluate_text(model, val_ids, cfg.data.block_size)
+    eval_s = time.perf_counter() - start
+    chars_per_s = summary["chars_per_s"]
+    gflops = chars_per_s * train_flops_per_char(cfg, len(vocab)) / 1e9
+    generator = torch.Generator().manual_seed(1)
+    sample = "".join(
+        generate(model, vocab, "ROMEO:", 300, temperature=0.8, top_k=40, generator=generator)
+    )
+    print()
+    print(f"config: {args.config} {' '.join('--set ' + o for o in args.set)}".strip())
+    print(f"training: {summary['steps']} steps in {summary['elapsed_s']:.0f} s")
+    print(f"characters/s: {chars_per_s:.0f}")
+    print(f"achieved: {gflops:.1f} GFLOP/s = {gflops / peak:.1%} of the measured matmul peak")
+    print(
+        f"best val loss: {val_loss:.4f} nats/char = {val_loss / torch.log(torch.tensor(2.0)).item():.4f} bpc"
+        f" ({count} characters, evaluated in {eval_s:.0f} s)"
+    )
+    print(f"sample (temperature 0.8, top-k 40, seed 1):\n{sample}")
+
+
+if __name__ == "__main__":
+    main()

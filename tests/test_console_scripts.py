@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import tomllib
+from importlib.metadata import distribution
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPTS = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+SCRIPTS = {
+    ep.name: ep.value for ep in distribution("crnn").entry_points if ep.group == "console_scripts"
+}
 BIN = Path(sys.executable).parent
+
+
+def test_every_cli_is_installed_through_run_cli():
+    assert len(SCRIPTS) == 7
+    assert all(value.endswith(":cli") for value in SCRIPTS.values())
 
 
 @pytest.mark.parametrize("name", sorted(SCRIPTS))

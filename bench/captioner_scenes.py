@@ -29,6 +29,7 @@ from captioner.data import load_image, load_records, select_split  # noqa: E402
 from captioner.evaluate import evaluate_split  # noqa: E402
 from captioner.scenes import caption_names_objects_correctly, generate_dataset  # noqa: E402
 from captioner.train import train  # noqa: E402
+from recurrent.checkpoint import export_checkpoint  # noqa: E402
 from recurrent.config import load_config  # noqa: E402
 
 
@@ -44,6 +45,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--out-dir", default="runs/bench/captioner_scenes")
     parser.add_argument("--beam-size", type=int, default=3)
+    parser.add_argument(
+        "--export", help="also write a serving copy of the best checkpoint here (a demo model)"
+    )
     args = parser.parse_args(argv)
 
     out_dir = Path(args.out_dir)
@@ -114,6 +118,10 @@ def main(argv: list[str] | None = None) -> None:
         print(
             f"  {Path(record.image_path).name}: {prediction['caption']!r}  (ref: {record.captions[0]!r})"
         )
+
+    if args.export:
+        path = export_checkpoint(summary["best_checkpoint"], args.export)
+        print(f"exported the best checkpoint to {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 
 if __name__ == "__main__":

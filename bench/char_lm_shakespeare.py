@@ -27,6 +27,7 @@ from char_lm.data import encode, load_text, split_ids  # noqa: E402
 from char_lm.evaluate import evaluate_text  # noqa: E402
 from char_lm.generate import generate, load_char_lm  # noqa: E402
 from char_lm.train import train  # noqa: E402
+from recurrent.checkpoint import export_checkpoint  # noqa: E402
 from recurrent.config import load_config  # noqa: E402
 
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
@@ -70,6 +71,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", default="configs/char_lm/shakespeare.yaml")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--out-dir", default="runs/bench/char_lm_shakespeare")
+    parser.add_argument(
+        "--export", help="also write a serving copy of the best checkpoint here (a demo model)"
+    )
     args = parser.parse_args(argv)
 
     overrides = [
@@ -106,6 +110,9 @@ def main(argv: list[str] | None = None) -> None:
         f" ({count} characters, evaluated in {eval_s:.0f} s)"
     )
     print(f"sample (temperature 0.8, top-k 40, seed 1):\n{sample}")
+    if args.export:
+        path = export_checkpoint(summary["best_checkpoint"], args.export)
+        print(f"exported the best checkpoint to {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 
 if __name__ == "__main__":

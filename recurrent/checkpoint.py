@@ -82,3 +82,26 @@ def check_same_architecture(
                 f"cannot resume from {path}: {key} is {old!r} in the checkpoint but {new!r} in the "
                 f"config; drop --resume or use the checkpoint's value"
             )
+
+
+def export_checkpoint(source: str | Path, target: str | Path, *, half: bool = True) -> Path:
+    """Write a serving copy of a training checkpoint: no optimizer, scheduler or RNG state, and
+    (with ``half``) floating-point weights stored as float16 to halve the file.
+
+    Loading casts the weights back to the model's float32 parameters (``load_state_dict`` copies
+    with a cast), so the copy serves like the original up to float16 rounding. It cannot be resumed.
+    """
+    payload = load_checkpoint(source)
+    keep = {"task", "config", "vocab", "step", "model"}
+    exported = {key: value for key, value in payload.items() if key in keep}
+    for key in ("best_val_loss", "best_scores", "best_step", "history"):
+        if key in payload:
+            exported[key] = payload[key]
+    if half:
+        exported["model"] = {
+            name: tensor.half() if tensor.is_floating_point() else tensor
+            for name, tensor in payload["model"].items()
+        }
+    exported["exported_from"] = str(source)
+    save_checkpoint(exported, target)
+    return Path(target)

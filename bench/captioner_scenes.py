@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--minutes", type=float, default=15.0, help="training time budget")
     parser.add_argument("--num-images", type=int, default=4000, help="scenes to generate")
-    parser.add_argument("--size", type=int, default=64, help="scene images' side in pixels")
+    parser.add_argument("--size", type=int, default=96, help="scene images' side in pixels")
     parser.add_argument("--seed", type=int, default=0, help="scenes generator seed")
     parser.add_argument("--config", default="configs/captioner/scenes_demo.yaml")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")

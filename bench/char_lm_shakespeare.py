@@ -2,7 +2,8 @@
 
     python bench/char_lm_shakespeare.py --minutes 10 --data ../shared/data/tinyshakespeare.txt
 
-Prints, measured in this one run: the CPU's float32 matrix-multiply peak (best of square GEMMs),
+Prints, measured in this one run: the CPU's float32 matrix-multiply peak (best of square GEMMs,
+before and after training),
 training characters/s, achieved GFLOP/s and its share of that peak, the best validation loss in
 nats/char and bits/char (the best checkpoint evaluated on the whole validation text, the last 10%
 as in nanoGPT's shakespeare_char, with the state carried from the start of the text), and a
@@ -23,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.recurrent_core import machine  # noqa: E402
 from char_lm.config import CharLMConfig  # noqa: E402
-from char_lm.data import encode, load_text, split_ids  # noqa: E402
+from char_lm.data import build_vocab, encode, load_text, split_ids  # noqa: E402
 from char_lm.evaluate import evaluate_text  # noqa: E402
 from char_lm.generate import generate, load_char_lm  # noqa: E402
 from char_lm.train import train  # noqa: E402
@@ -46,6 +47,38 @@ def matmul_peak_gflops(sizes: tuple[int, ...] = (1024, 2048), seconds: float = 3
                 iters += 1
             best = max(best, 2 * n**3 * iters / (time.perf_counter() - start) / 1e9)
     return best
+
+
+def bare_torch_chars_per_s(cfg: CharLMConfig, vocab_size: int, seconds: float = 30.0) -> float:
+    """Characters/s of a bare torch.nn training loop (embedding, nn.LSTM/GRU/RNN, linear, AdamW)
+    at the same sizes: what the project's own layers are measured against."""
+    model_cfg, data_cfg = cfg.model, cfg.data
+    torch.manual_seed(0)
+    input_size = vocab_size if model_cfg.input == "onehot" else model_cfg.embed_size
+    embed = torch.nn.Embedding(vocab_size, input_size)
+    rnn = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[model_cfg.cell](
+        input_size, model_cfg.hidden_size, model_cfg.num_layers, batch_first=True
+    )
+    head = torch.nn.Linear(model_cfg.hidden_size, vocab_size)
+    params = [*embed.parameters(), *rnn.parameters(), *head.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=1e-3)
+    shape = (data_cfg.batch_size, data_cfg.block_size)
+    inputs, targets = torch.randint(vocab_size, shape), torch.randint(vocab_size, shape)
+
+    def step() -> None:
+        outputs, _ = rnn(embed(inputs))
+        loss = torch.nn.functional.cross_entropy(head(outputs).flatten(0, 1), targets.flatten())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+
+    step()  # warm-up
+    steps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        step()
+        steps += 1
+    return steps * inputs.numel() / (time.perf_counter() - start)
 
 
 def train_flops_per_char(cfg: CharLMConfig, vocab_size: int) -> float:
@@ -84,10 +117,11 @@ def main(argv: list[str] | None = None) -> None:
     ]
     cfg = load_config(CharLMConfig, args.config, overrides)
     print(f"machine: {machine()}")
-    peak = matmul_peak_gflops()
-    print(f"float32 matmul peak: {peak:.1f} GFLOP/s")
-
+    peak_before = matmul_peak_gflops()
     summary = train(cfg, args.out_dir, overwrite=True)
+    bare = bare_torch_chars_per_s(cfg, len(build_vocab(load_text(cfg.data))))
+    peak = max(peak_before, matmul_peak_gflops())  # before and after: a busy moment reads low
+    print(f"float32 matmul peak: {peak:.1f} GFLOP/s (before training {peak_before:.1f})")
 
     model, vocab, _ = load_char_lm(summary["best_checkpoint"])
     _, val_ids = split_ids(encode(load_text(cfg.data), vocab), cfg.data.val_fraction)
@@ -95,7 +129,9 @@ def main(argv: list[str] | None = None) -> None:
     val_loss, count = evaluate_text(model, val_ids, cfg.data.block_size)
     eval_s = time.perf_counter() - start
     chars_per_s = summary["chars_per_s"]
-    gflops = chars_per_s * train_flops_per_char(cfg, len(vocab)) / 1e9
+    flops_per_char = train_flops_per_char(cfg, len(vocab))
+    gflops = chars_per_s * flops_per_char / 1e9
+    bare_gflops = bare * flops_per_char / 1e9
     generator = torch.Generator().manual_seed(1)
     sample = "".join(
         generate(model, vocab, "ROMEO:", 300, temperature=0.8, top_k=40, generator=generator)
@@ -106,10 +142,14 @@ def main(argv: list[str] | None = None) -> None:
     print(f"characters/s: {chars_per_s:.0f}")
     print(f"achieved: {gflops:.1f} GFLOP/s = {gflops / peak:.1%} of the measured matmul peak")
     print(
+        f"bare torch.nn loop, same sizes: {bare:.0f} characters/s, {bare_gflops:.1f} GFLOP/s = "
+        f"{bare_gflops / peak:.1%} of peak; the project's training runs at {chars_per_s / bare:.1%} of it"
+    )
+    print(
         f"best val loss: {val_loss:.4f} nats/char = {val_loss / torch.log(torch.tensor(2.0)).item():.4f} bpc"
         f" ({count} characters, evaluated in {eval_s:.0f} s)"
     )
-    print(f"sample (temperature 0.8, top-k 40, seed 1):\n{sample}")
+    print(f"sample (temperature 0.8, top-k 40, seed 1):\nROMEO:{sample}")
     if args.export:
         path = export_checkpoint(summary["best_checkpoint"], args.export)
         print(f"exported the best checkpoint to {path} ({path.stat().st_size / 1e6:.1f} MB)")

@@ -48,7 +48,11 @@ class TrainConfig:
     max_steps: int = 0  # 0: no limit besides epochs
     time_budget_s: float = 0.0  # 0: no limit; else stop after this many seconds
     seed: int = 0
-    batch_size: int = 64
+    batch_size: int = 64  # (image, caption) pairs per step; images per step with captions_per_image
+    # k > 0: each step encodes batch_size images once and trains on k references of each
+    # (self-critical.pytorch's seq_per_img), so the CNN runs once per k captions; an epoch is then
+    # every image once. 0: one item per (image, caption) pair. Unused with the feature cache.
+    captions_per_image: int = 0
     lr: float = 4e-4  # decoder
     encoder_lr: float = 1e-4  # trainable encoder stages
     weight_decay: float = 0.01

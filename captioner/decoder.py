@@ -8,7 +8,8 @@ Two variants, chosen by ``model.attention``:
   attention over the grid positions, scored from the previous top-layer hidden state, gives a
   context vector, scaled by a gate beta = sigmoid(f_beta(h)) and concatenated with the word
   embedding as the core's input. The initial state comes from the mean grid feature, and the loss
-  adds the doubly stochastic regulariser alpha_c * sum_i (1 - sum_t alpha_ti)^2 (their eq. 14).
+  adds the doubly stochastic regulariser alpha_c * sum_i (1 - sum_t alpha_ti)^2 (their eq. 14),
+  per predicted word like the cross-entropy.
 
 One `step` serves teacher-forced training and decoding alike. For show-and-tell the teacher-forced
 `forward` runs the whole sequence through the core in one call (one fused kernel), which computes
@@ -186,8 +187,13 @@ class CaptionDecoder(nn.Module):
         """Doubly stochastic regulariser (Xu et al. eq. 14): encourage every grid position to get
         about as much attention in total over the caption as any other.
 
-        alphas (B, T, N), valid (B, T) -> mean over the batch of sum_i (1 - sum_t alpha_ti)^2,
-        summing over real steps only.
+        alphas (B, T, N), valid (B, T) -> sum over the batch of sum_i (1 - sum_t alpha_ti)^2,
+        summing over real steps only, divided by the number of predicted words. The paper adds the
+        regulariser to the log-likelihood summed over words; the cross-entropy here is a mean per
+        word, so the regulariser is one per word too. (Averaged per caption instead, it outweighs
+        the caption loss about T times and, on grids larger than the caption is long, pushes every
+        word's attention to spread out.)
         """
         attention_per_position = (alphas.float() * valid.unsqueeze(-1)).sum(dim=1)  # (B, N)
-        return ((1.0 - attention_per_position) ** 2).sum(dim=1).mean()
+        per_caption = ((1.0 - attention_per_position) ** 2).sum(dim=1)  # (B,)
+        return per_caption.sum() / valid.sum().clamp(min=1)

@@ -70,11 +70,13 @@ from tqdm import tqdm
 from captioner.caption import Captioner, eval_transform
 from captioner.config import ARCHITECTURE_KEYS, CaptionerConfig
 from captioner.data import (
+    CaptionGroups,
     CaptionPairs,
     ImageOnly,
     ImageRecord,
     Vocabulary,
     build_transforms,
+    collate_groups,
     collate_pairs,
     select_split,
 )
@@ -130,6 +132,7 @@ def check_config(cfg: CaptionerConfig) -> None:
         "train.eval_every": t.eval_every,
         "train.eval_max_images": t.eval_max_images,
         "train.patience": t.patience,
+        "train.captions_per_image": t.captions_per_image,
         "train.grad_clip": t.grad_clip,
         "train.weight_decay": t.weight_decay,
         "train.log_every": t.log_every,
@@ -292,15 +295,27 @@ def _build_data(
         hflip=cfg.data.hflip,
         arch=cfg.model.encoder,
     )
-    pairs = CaptionPairs(
-        train_records, vocab, train_tf, cache_images=cfg.data.cache_images, max_length=max_ids
-    )
+    if cfg.train.captions_per_image:
+        items = CaptionGroups(
+            train_records,
+            vocab,
+            train_tf,
+            cfg.train.captions_per_image,
+            cache_images=cfg.data.cache_images,
+            max_length=max_ids,
+        )
+        collate = collate_groups
+    else:
+        items = CaptionPairs(
+            train_records, vocab, train_tf, cache_images=cfg.data.cache_images, max_length=max_ids
+        )
+        collate = collate_pairs
     val_images = ImageOnly(val_records, eval_tf, cache_images=cfg.data.cache_images)
     # Workers would each fill (and then drop) their own copy of the in-memory image cache.
     val_workers = 0 if cfg.data.cache_images else cfg.data.num_workers
     return _Data(
-        SeededItems(pairs, cfg.train.seed),
-        collate_pairs,
+        SeededItems(items, cfg.train.seed),
+        collate,
         lambda captioner: image_batches(
             captioner, val_records, batch, num_workers=val_workers, dataset=val_images
         ),
@@ -382,8 +397,9 @@ def train(
     """Train (or with `resume`, continue ``out_dir/last.pt``); return a summary dict:
 
     steps, epochs (fractional), stop_reason, best_bleu4, best_step, best_scores, last_scores,
-    losses (per step of this call), final_loss, images_per_s (training pairs per second of step
-    time, validation excluded), time_s (this call's wall time), elapsed_s (all runs), device,
+    losses (per step of this call), final_loss, pairs_per_s ((image, caption) pairs per second of
+    step time, validation excluded), images_per_s (images through the encoder per second of step
+    time), time_s (this call's wall time), elapsed_s (all runs), device,
     feature_cache (whether used), encoded_images, out_dir, best_checkpoint, last_checkpoint.
     """
     started = time.perf_counter()
@@ -458,7 +474,7 @@ def train(
     trainable = [p for group in optimizer.param_groups for p in group["params"]]
     window: list[Tensor] = []  # losses since the last validation (on the device: no sync per step)
     losses: list[float] = []
-    pairs_seen, step_time = 0, 0.0
+    pairs_seen, images_seen, step_time = 0, 0, 0.0
     run_start = time.perf_counter()
     elapsed_before = state.elapsed_s
 
@@ -541,9 +557,16 @@ def train(
                 captions = captions.to(device, non_blocking=True)
                 with autocast(device):
                     if data.uses_cache:
-                        _, loss = model.decoder(inputs.to(device), captions, lengths)
+                        features = inputs.to(device)
                     else:
-                        _, loss = model(inputs.to(device, non_blocking=True), captions, lengths)
+                        images = inputs.to(device, non_blocking=True)
+                        features = model.encoder(images)
+                        images_seen += images.size(0)
+                        per_image = captions.size(0) // images.size(0)
+                        if per_image > 1:  # captions_per_image: caption rows j*k.. are image j's
+                            owners = torch.arange(images.size(0), device=device)
+                            features = features.index_select(owners.repeat_interleave(per_image))
+                    _, loss = model.decoder(features, captions, lengths)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.train.grad_clip > 0:
@@ -592,7 +615,9 @@ def train(
         "last_scores": state.val_scores,
         "losses": losses,
         "final_loss": losses[-1] if losses else None,
-        "images_per_s": pairs_seen / step_time if step_time > 0 else 0.0,
+        "pairs_per_s": pairs_seen / step_time if step_time > 0 else 0.0,
+        # images through the encoder per second (the feature cache runs none)
+        "images_per_s": images_seen / step_time if step_time > 0 else 0.0,
         "time_s": time_s,
         "elapsed_s": state.elapsed_s,
         "device": str(device),
@@ -648,7 +673,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(
         f"done ({summary['stop_reason']}): {summary['steps']} steps, {summary['epochs']:.2f} epochs, "
         f"best val BLEU-4 {best_text} at step {summary['best_step']}, "
-        f"{summary['images_per_s']:.1f} images/s, {summary['time_s']:.0f} s; "
+        f"{summary['pairs_per_s']:.1f} pairs/s, {summary['images_per_s']:.1f} images/s, "
+        f"{summary['time_s']:.0f} s; "
         f"checkpoints: {summary['best_checkpoint']}, {summary['last_checkpoint']}"
     )
 

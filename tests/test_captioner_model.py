@@ -241,8 +241,9 @@ def test_teacher_forcing_matches_stepping_and_loss_reference(attention, cell, ov
             if attention:
                 torch.testing.assert_close(alpha.sum(), torch.tensor(1.0))
                 attention_sum += alpha[0]
-        regularizer += ((1 - attention_sum) ** 2).sum() / len(lengths)
-    expected = nll / count + (0.7 * regularizer if attention else 0.0)
+        regularizer += ((1 - attention_sum) ** 2).sum()
+    # Both terms per predicted word: the paper's objective (summed over words) divided by count.
+    expected = (nll + (0.7 * regularizer if attention else 0.0)) / count
     torch.testing.assert_close(loss, expected, atol=1e-5, rtol=1e-5)
 
 

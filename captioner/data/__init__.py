@@ -31,12 +31,14 @@ from .records import SPLITS, ImageRecord
 from .vocab import SPECIALS, Vocabulary, tokenize
 
 if TYPE_CHECKING:
-    from .datasets import CaptionPairs, ImageOnly, collate_pairs
+    from .datasets import CaptionGroups, CaptionPairs, ImageOnly, collate_groups, collate_pairs
     from .transforms import build_transforms, normalization_stats, resolve_weights
 
 _LAZY = {
+    "CaptionGroups": "datasets",
     "CaptionPairs": "datasets",
     "ImageOnly": "datasets",
+    "collate_groups": "datasets",
     "collate_pairs": "datasets",
     "build_transforms": "transforms",
     "normalization_stats": "transforms",
@@ -56,11 +58,13 @@ __all__ = [
     "MAX_IMAGE_PIXELS",
     "SPECIALS",
     "SPLITS",
+    "CaptionGroups",
     "CaptionPairs",
     "ImageOnly",
     "ImageRecord",
     "Vocabulary",
     "build_transforms",
+    "collate_groups",
     "collate_pairs",
     "load_coco",
     "load_csv",

@@ -36,6 +36,14 @@ class _ImageSource:
         return self._cache[index]
 
 
+def encode_caption(vocab: Vocabulary, caption: str, max_length: int | None) -> list[int]:
+    """<start> words <end> ids, cut to ``max_length`` ids keeping the final <end>."""
+    ids = vocab.encode(caption)
+    if max_length is not None and len(ids) > max_length:
+        ids = [*ids[: max_length - 1], vocab.end_id]
+    return ids
+
+
 class CaptionPairs(Dataset):
     """One item per (image, reference caption) pair: `(image (3, H, W) float, ids (T,) long)`.
 
@@ -62,9 +70,7 @@ class CaptionPairs(Dataset):
         self._captions: list[list[int]] = []
         for record_index, record in enumerate(self._images.records):
             for caption_index, caption in enumerate(record.captions):
-                ids = vocab.encode(caption)
-                if max_length is not None and len(ids) > max_length:
-                    ids = [*ids[: max_length - 1], vocab.end_id]
+                ids = encode_caption(vocab, caption, max_length)
                 self.pairs.append((record_index, caption_index))
                 self._captions.append(ids)
 
@@ -80,6 +86,63 @@ class CaptionPairs(Dataset):
         image = self.transform(self._images.image(record_index))  # (3, H, W)
         caption = torch.tensor(self._captions[index], dtype=torch.long)  # (T,)
         return image, caption
+
+
+class CaptionGroups(Dataset):
+    """One item per image with ``captions_per_image`` of its references:
+    `(image (3, H, W) float, [ids (T_j,) long] * k)`.
+
+    Training on k references per encoder pass (self-critical.pytorch's ``seq_per_img``) runs the
+    CNN once for k captions instead of k times. The k are drawn without repetition from a shuffle
+    of the image's references, cycling through it again when an image has fewer than k. The shuffle
+    uses torch's global generator, so under `SeededItems`-style seeding it depends only on the seed.
+    """
+
+    def __init__(
+        self,
+        records: Sequence[ImageRecord],
+        vocab: Vocabulary,
+        transform: Transform,
+        captions_per_image: int,
+        *,
+        cache_images: bool = False,
+        max_length: int | None = None,
+    ) -> None:
+        if captions_per_image < 1:
+            raise ValueError(f"captions_per_image must be at least 1, got {captions_per_image}")
+        self.transform = transform
+        self.captions_per_image = captions_per_image
+        self._images = _ImageSource(records, cache_images)
+        self._captions = [
+            [encode_caption(vocab, caption, max_length) for caption in record.captions]
+            for record in self._images.records
+        ]
+
+    @property
+    def records(self) -> list[ImageRecord]:
+        return self._images.records
+
+    def __len__(self) -> int:
+        return len(self._images.records)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        image = self.transform(self._images.image(index))  # (3, H, W)
+        references = self._captions[index]
+        order = torch.randperm(len(references)).tolist()
+        picks = [order[i % len(order)] for i in range(self.captions_per_image)]
+        return image, [torch.tensor(references[i], dtype=torch.long) for i in picks]
+
+
+def collate_groups(
+    batch: Sequence[tuple[torch.Tensor, list[torch.Tensor]]], pad_id: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Stack `CaptionGroups` items into `(images (B, 3, H, W), captions (B*k, T), lengths (B*k,))`;
+    caption rows j*k .. j*k + k-1 belong to image j."""
+    images = torch.stack([image for image, _ in batch])  # (B, 3, H, W)
+    captions = [caption for _, group in batch for caption in group]
+    padded = torch.nn.utils.rnn.pad_sequence(captions, batch_first=True, padding_value=pad_id)
+    lengths = torch.tensor([len(caption) for caption in captions], dtype=torch.long)  # (B*k,)
+    return images, padded, lengths  # (B, 3, H, W), (B*k, T), (B*k,)
 
 
 class ImageOnly(Dataset):

@@ -1,0 +1,1 @@
+"""App-side pure helpers for the Streamlit app (app.py): models-dir listing, attention heat maps."""

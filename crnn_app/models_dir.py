@@ -1,0 +1,214 @@
+"""The app's models directory: where it is, what checkpoints it holds, which paths may be loaded.
+
+The app lists every ``*.pt`` file under the models directory (recursively, so a training run's
+``best.pt`` / ``last.pt`` show up), groups the readable checkpoints by task and reports the others
+as skipped with a one-line reason. Only files that resolve inside the models directory can be
+loaded: a symlink or a crafted name that points elsewhere is refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from recurrent.checkpoint import load_checkpoint
+from recurrent.errors import UserError
+
+ENV_VAR = "CRNN_MODELS_DIR"
+TASKS = ("captioner", "char_lm")
+TASK_NAMES = {"captioner": "image captioner", "char_lm": "character-level language model"}
+
+
+@dataclass(frozen=True)
+class AppArgs:
+    models_dir: Path
+    device: str
+
+
+def parse_app_args(
+    argv: Sequence[str], environ: Mapping[str, str], default_models_dir: Path
+) -> AppArgs:
+    """The app's own options: ``streamlit run app.py -- --models-dir DIR [--device cpu]``.
+
+    The models directory is, in order of precedence: ``--models-dir``, the environment variable
+    ``CRNN_MODELS_DIR``, then ``default_models_dir``. Unknown arguments are ignored (the script may
+    run under another program's argv, e.g. pytest's).
+    """
+    parser = argparse.ArgumentParser(
+        prog="streamlit run app.py --",
+        description="Streamlit app: caption images and generate text with this project's models.",
+        add_help=False,
+    )
+    parser.add_argument(
+        "--models-dir",
+        default=None,
+        help=f"folder searched (recursively) for *.pt checkpoints; default: ${ENV_VAR} if set, "
+        f"else {default_models_dir}",
+    )
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="device the models run on: cpu (default), cuda or auto",
+    )
+    args, _unknown = parser.parse_known_args(list(argv))
+    chosen = args.models_dir or environ.get(ENV_VAR) or default_models_dir
+    return AppArgs(models_dir=Path(chosen).expanduser(), device=args.device)
+
+
+def check_models_dir(models_dir: Path) -> None:
+    """Raise `UserError` when the models directory is missing or is not a folder."""
+    if not models_dir.exists():
+        raise UserError(
+            f"models directory '{models_dir}' does not exist; run `make demo-models` to create the "
+            f"bundled models, or point --models-dir / ${ENV_VAR} at a folder of checkpoints"
+        )
+    if not models_dir.is_dir():
+        raise UserError(
+            f"models directory '{models_dir}' is a file; point --models-dir / ${ENV_VAR} at a "
+            "folder of checkpoints"
+        )
+
+
+def checkpoint_path(models_dir: Path, name: str | os.PathLike[str]) -> Path:
+    """The resolved path of checkpoint ``name`` (relative to ``models_dir``), if it may be loaded.
+
+    Raises `UserError` unless the path, with every symlink and ``..`` resolved, is a ``.pt`` file
+    inside the models directory: the app never loads a file from anywhere else.
+    """
+    root = models_dir.resolve()
+    path = (models_dir / name).resolve()
+    if not path.is_relative_to(root):
+        raise UserError(
+            f"checkpoint '{os.fspath(name)}' lies outside the models directory '{root}'; copy it "
+            "into the models directory (or point --models-dir at its folder) to load it"
+        )
+    if path.suffix != ".pt" or not path.is_file():
+        raise UserError(
+            f"checkpoint '{os.fspath(name)}' is not a .pt file in the models directory '{root}'; "
+            "pick one of the listed checkpoints"
+        )
+    return path
+
+
+@dataclass(frozen=True)
+class CheckpointEntry:
+    """A readable checkpoint: its name relative to the models directory, task and a summary."""
+
+    name: str
+    task: str
+    summary: str
+
+
+@dataclass
+class Listing:
+    """What the models directory holds: loadable checkpoints and skipped files with reasons."""
+
+    entries: list[CheckpointEntry] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (name, one-line reason)
+    truncated: bool = False  # more files than the listing shows
+
+    def for_task(self, task: str) -> list[CheckpointEntry]:
+        return [entry for entry in self.entries if entry.task == task]
+
+
+def file_key(path: Path) -> tuple[int, int]:
+    """(mtime in ns, size): changes whenever the file is rewritten, so caches keyed on it refresh."""
+    stat = path.stat()
+    return stat.st_mtime_ns, stat.st_size
+
+
+def describe_checkpoint(path: str | os.PathLike[str]) -> tuple[str, str]:
+    """(task, summary) of a checkpoint file, or `UserError` when it is broken or foreign."""
+    payload = load_checkpoint(path)
+    task = payload.get("task")
+    if task not in TASKS:
+        raise UserError(f"a checkpoint for an unknown task {task!r}; the app serves {TASKS}")
+    return task, _summary(payload)
+
+
+def _summary(payload: dict[str, Any]) -> str:
+    """One line about a checkpoint: model, training step and best score, where recorded."""
+    config = payload.get("config") if isinstance(payload.get("config"), dict) else {}
+    model = config.get("model", {}) if isinstance(config.get("model"), dict) else {}
+    parts = [TASK_NAMES[payload["task"]]]
+    cell = model.get("cell")
+    if cell:
+        size = model.get("hidden_size")
+        parts.append(f"{cell}" + (f" {size}" if size else ""))
+    if payload["task"] == "captioner" and "attention" in model:
+        parts.append("attention" if model["attention"] else "no attention")
+    vocab = payload.get("vocab")
+    if isinstance(vocab, list):
+        parts.append(f"{len(vocab)} tokens")
+    step = payload.get("step")
+    if isinstance(step, int):
+        parts.append(f"step {step}")
+    scores = payload.get("best_scores")
+    if isinstance(scores, dict) and isinstance(scores.get("BLEU-4"), float):
+        parts.append(f"val BLEU-4 {scores['BLEU-4']:.1f}")
+    val_loss = payload.get("best_val_loss")
+    if isinstance(val_loss, float):
+        parts.append(f"val loss {val_loss:.3f} nats/char")
+    return ", ".join(parts)
+
+
+# Folders never searched: hidden ones, and the captioner's feature caches (thousands of small
+# per-image .pt files under <run>/features/<fingerprint>/, marked by a meta.json).
+FEATURE_CACHE_DIR = "features"
+FEATURE_CACHE_MARKER = "meta.json"
+
+
+def find_checkpoint_files(models_dir: Path, max_files: int = 200) -> tuple[list[Path], bool]:
+    """``*.pt`` files under ``models_dir`` (sorted), and whether the list was cut at ``max_files``.
+
+    Symlinked folders are not followed; hidden folders and feature caches are not searched.
+    """
+    found: list[Path] = []
+    for folder, subfolders, files in os.walk(models_dir):
+        subfolders[:] = sorted(
+            name
+            for name in subfolders
+            if not name.startswith(".")
+            and name != FEATURE_CACHE_DIR
+            and not (Path(folder) / name / FEATURE_CACHE_MARKER).is_file()
+        )
+        found.extend(Path(folder) / name for name in files if name.endswith(".pt"))
+    found.sort()
+    return found[:max_files], len(found) > max_files
+
+
+def list_checkpoints(
+    models_dir: Path, describe: Any = describe_checkpoint, max_files: int = 200
+) -> Listing:
+    """All checkpoint files under ``models_dir`` (see `find_checkpoint_files`), read with ``describe``.
+
+    ``describe(path) -> (task, summary)`` raises `UserError` for an unusable file (the app passes a
+    cached version). Files that resolve outside the models directory are skipped unread.
+    """
+    listing = Listing()
+    root = models_dir.resolve()
+    paths, truncated = find_checkpoint_files(models_dir, max_files)
+    for path in paths:
+        name = path.relative_to(models_dir).as_posix()
+        if not path.resolve().is_relative_to(root):
+            listing.skipped.append(
+                (name, "points outside the models directory, so it is never loaded")
+            )
+            continue
+        resolved = checkpoint_path(models_dir, name)
+        try:
+            task, summary = describe(resolved)
+        except UserError as err:  # messages name the file by its full path: the name is shorter
+            reason = " ".join(str(err).split()).replace(str(resolved), name)
+            listing.skipped.append((name, reason))
+            continue
+        except OSError as err:  # e.g. a file removed or made unreadable while listing
+            listing.skipped.append((name, f"cannot be read ({err.strerror or err})"))
+            continue
+        listing.entries.append(CheckpointEntry(name=name, task=task, summary=summary))
+    listing.truncated = truncated
+    return listing

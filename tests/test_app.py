@@ -1,0 +1,533 @@
+"""The Streamlit app (app.py) driven in-process with `streamlit.testing.v1.AppTest`.
+
+A module fixture trains tiny models with the library (two captioners, with and without attention,
+on conftest's small scenes set, and a character LM on a short text) into a temporary models
+directory, beside a broken .pt, a foreign .pt and a symlink to a checkpoint outside the directory.
+The app is pointed at it through $CRNN_MODELS_DIR. What the pages show is compared with what the library computes for the same
+input and settings; every bad input must show a message, never an exception.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import struct
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageSequence
+from streamlit.testing.v1 import AppTest
+
+from captioner.caption import caption_images, load_captioner
+from captioner.config import CaptionerConfig
+from captioner.data.images import load_image
+from captioner.scenes import render_random_scene, scene_captions
+from char_lm.config import CharLMConfig
+from char_lm.generate import generate, load_char_lm
+from char_lm.train import train as train_char_lm
+from crnn_app.captioning import scene_size
+from crnn_app.heatmap import attention_overlay, attention_overlays, colormap
+from crnn_app.models_dir import ENV_VAR, checkpoint_path, list_checkpoints, parse_app_args
+from recurrent.config import load_config
+from recurrent.errors import UserError
+
+REPO = Path(__file__).resolve().parents[1]
+APP = str(REPO / "app.py")
+TIMEOUT = 60  # seconds per script run: the machine is small and shared
+TEXT = "the cat sat on the mat. the dog ate the log.\nthe hen saw the pen.\n" * 12
+
+
+def _train_captioner(run_dir: Path, annotations: Path, *overrides: str) -> Path:
+    from captioner.train import train as train_captioner
+
+    cfg = load_config(
+        CaptionerConfig,
+        REPO / "configs/captioner/tiny.yaml",
+        [f"data.annotations={annotations}", "train.max_steps=2", "train.eval_max_images=4"]
+        + list(overrides),
+    )
+    summary = train_captioner(cfg, run_dir, progress=False, log=lambda line: None)
+    return Path(summary["best_checkpoint"])
+
+
+def _train_char_lm(models_dir: Path, text_path: Path) -> Path:
+    text_path.write_text(TEXT, encoding="utf-8")
+    tiny = REPO / "configs/char_lm/tiny.yaml"
+    overrides = [
+        f"data.path={text_path}",
+        "data.url=",
+        "data.sha256=",
+        "data.val_fraction=0.1",
+        "data.block_size=16",
+        "data.batch_size=4",
+        "train.max_steps=3",
+        "train.eval_every=3",
+        "train.eval_batches=1",
+    ]
+    cfg = load_config(CharLMConfig, tiny, overrides)
+    summary = train_char_lm(cfg, models_dir / "text_run")
+    return Path(summary["best_checkpoint"])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run much faster on one thread than on two cores shared with other work."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def models(
+    tmp_path_factory: pytest.TempPathFactory, scenes_annotations: Path, one_thread: None
+) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("app")
+    models_dir = root / "models"
+    models_dir.mkdir()
+    captioner = _train_captioner(models_dir / "scenes_run", scenes_annotations)
+    show_and_tell = _train_captioner(
+        models_dir / "zz_no_attention",
+        scenes_annotations,
+        "model.attention=false",
+        "train.max_steps=1",
+    )
+    char_lm = _train_char_lm(models_dir, root / "text.txt")
+    (models_dir / "broken.pt").write_bytes(np.random.default_rng(0).bytes(4096))
+    torch.save({"x": 1}, models_dir / "foreign.pt")
+    outside = root / "outside" / "elsewhere.pt"
+    outside.parent.mkdir()
+    shutil.copy(char_lm, outside)
+    (models_dir / "outside.pt").symlink_to(outside)
+    return {
+        "dir": models_dir,
+        "captioner": captioner,
+        "show_and_tell": show_and_tell,
+        "char_lm": char_lm,
+        "outside": outside,
+    }
+
+
+@pytest.fixture
+def app(models: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> AppTest:
+    monkeypatch.setenv(ENV_VAR, str(models["dir"]))
+    monkeypatch.setattr(sys, "argv", ["app.py"])  # not pytest's argv
+    return AppTest.from_file(APP, default_timeout=TIMEOUT)
+
+
+def _run(at: AppTest) -> AppTest:
+    at.run()
+    assert not at.exception, [item.value for item in at.exception]
+    return at
+
+
+def _messages(elements) -> list[str]:
+    return [element.value for element in elements]
+
+
+def _beams(at: AppTest) -> list[tuple[str, float]]:
+    frame = at.table[0].value
+    return list(zip(frame["caption"], frame["log-probability"], strict=True))
+
+
+def _expected_beams(result) -> list[tuple[str, float]]:
+    return [(text, round(logprob, 3)) for text, logprob in result.beams]
+
+
+# --------------------------------------------------------------------------------------------
+# Images the user may upload
+
+
+def _scene(seed: int, size: int = 64) -> Image.Image:
+    return render_random_scene(seed, size)[0]
+
+
+def _encode(image: Image.Image, fmt: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def _animated_gif() -> bytes:
+    first, second = _scene(1), _scene(2)
+    buffer = io.BytesIO()
+    first.save(buffer, format="GIF", save_all=True, append_images=[second], duration=200, loop=0)
+    return buffer.getvalue()
+
+
+def _sixteen_bit_png() -> bytes:
+    gray = np.asarray(_scene(3).convert("L"), dtype=np.uint16) * 257  # full 16-bit range
+    return _encode(Image.fromarray(gray), "PNG")
+
+
+def _rgba_png() -> bytes:
+    rgba = _scene(4).convert("RGBA")
+    alpha = Image.linear_gradient("L").resize(rgba.size)
+    rgba.putalpha(alpha)
+    return _encode(rgba, "PNG")
+
+
+def _exif_rotated_jpeg() -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    return _encode(_scene(5).resize((64, 48)), "JPEG", quality=95, exif=exif)
+
+
+GOOD_UPLOADS = {
+    "scene.png": lambda: _encode(_scene(10), "PNG"),
+    "scene.jpg": lambda: _encode(_scene(11), "JPEG", quality=95),
+    "scene.webp": lambda: _encode(_scene(12), "WEBP", lossless=True),
+    "scene.bmp": lambda: _encode(_scene(13), "BMP"),
+    "animated.gif": _animated_gif,
+    "cmyk.jpg": lambda: _encode(_scene(14).convert("CMYK"), "JPEG", quality=95),
+    "sixteen_bit.png": _sixteen_bit_png,
+    "rgba.png": _rgba_png,
+    "palette.png": lambda: _encode(_scene(15).convert("P", palette=Image.Palette.ADAPTIVE), "PNG"),
+    "gray.png": lambda: _encode(_scene(16).convert("L"), "PNG"),
+    "exif_rotated.jpg": _exif_rotated_jpeg,
+}
+
+
+def _decompression_bomb_png() -> bytes:
+    """A valid PNG whose header claims 40000 x 40000 pixels (its data stays tiny)."""
+    data = bytearray(_encode(Image.new("L", (1, 1)), "PNG"))
+    header = struct.pack(">II", 40_000, 40_000) + bytes(data[24:29])  # IHDR fields after the size
+    data[16:29] = header
+    data[29:33] = struct.pack(">I", zlib.crc32(b"IHDR" + header))
+    return bytes(data)
+
+
+BAD_UPLOADS = {
+    "notes.png": (lambda: b"these are notes, not pixels\n" * 10, "not an image"),
+    "truncated.png": (lambda: _encode(_scene(20), "PNG")[:600], "truncated"),
+    "corrupt.jpg": (
+        lambda: _encode(_scene(21), "JPEG")[:200] + b"\x00garbage" * 50,
+        "corrupt or truncated",
+    ),
+    "bomb.png": (_decompression_bomb_png, "pixels"),
+}
+
+
+def _mime(name: str) -> str:
+    suffix = name.rsplit(".", 1)[-1]
+    return {"jpg": "image/jpeg", "png": "image/png"}.get(suffix, f"image/{suffix}")
+
+
+# --------------------------------------------------------------------------------------------
+# Caption page
+
+
+def test_caption_page_lists_checkpoints_and_skips_bad_files(app: AppTest) -> None:
+    at = _run(app)
+    assert at.radio(key="page").value == "Caption an image"
+    assert at.selectbox(key="captioner_checkpoint").options == [
+        "scenes_run/best.pt",
+        "scenes_run/last.pt",
+        "zz_no_attention/best.pt",
+        "zz_no_attention/last.pt",
+    ]
+    skipped = _messages(at.text)
+    assert any(line.startswith("skipped: broken.pt: ") for line in skipped), skipped
+    assert any(line.startswith("skipped: foreign.pt: ") for line in skipped), skipped
+    assert any(
+        line.startswith("skipped: outside.pt: ") and "outside the models directory" in line
+        for line in skipped
+    ), skipped
+    assert "Upload an image or draw a random scene" in " ".join(_messages(at.info))
+    assert not at.error
+
+
+def test_random_scene_caption_equals_library_and_follows_controls(
+    app: AppTest, models: dict[str, Path]
+) -> None:
+    captioner = load_captioner(str(models["captioner"]))
+    at = _run(app)
+    at.slider(key="beam_size").set_value(3)
+    at.slider(key="max_length").set_value(6)
+    at.button(key="random_scene").click()
+    _run(at)
+    seed = at.session_state["scene_seed"]
+    image, scene, references = render_random_scene(seed, scene_size(captioner.cfg.data.image_size))
+    [expected] = caption_images(captioner, [image], beam_size=3, max_length=6, n_best=3)
+    assert at.subheader[0].value == expected.caption
+    assert _beams(at) == _expected_beams(expected)
+    assert len(_beams(at)) == 3
+    assert references == scene_captions(scene)
+    shown_references = _messages(at.main.expander[0].text)
+    assert shown_references == references
+    # the attention model shows one heat map per caption word, after the scene itself
+    assert len(at.image) == 2 and len(at.image[1].proto.imgs) == len(expected.words)
+
+    at.slider(key="beam_size").set_value(1)
+    at.slider(key="max_length").set_value(2)
+    _run(at)
+    assert at.session_state["scene_seed"] == seed  # the same scene, captioned again
+    [greedy] = caption_images(captioner, [image], beam_size=1, max_length=2, n_best=1)
+    assert at.subheader[0].value == greedy.caption
+    assert _beams(at) == _expected_beams(greedy) and len(_beams(at)) == 1
+    assert len(greedy.words) <= 2
+
+    at.button(key="random_scene").click()
+    _run(at)
+    assert at.session_state["scene_seed"] != seed  # every press draws a fresh scene
+
+
+@pytest.mark.parametrize("name", list(GOOD_UPLOADS))
+def test_uploaded_image_caption_equals_library(
+    app: AppTest, models: dict[str, Path], name: str
+) -> None:
+    content = GOOD_UPLOADS[name]()
+    captioner = load_captioner(str(models["captioner"]))
+    at = _run(app)
+    at.slider(key="beam_size").set_value(2)
+    at.file_uploader(key="upload").set_value((name, content, _mime(name)))
+    _run(at)
+    assert not at.error, _messages(at.error)
+    [expected] = caption_images(captioner, [load_image(io.BytesIO(content))], beam_size=2, n_best=2)
+    assert at.subheader[0].value == expected.caption
+    assert _beams(at) == _expected_beams(expected)
+    assert at.image[0].proto.imgs[0].caption == name
+
+
+def test_show_and_tell_checkpoint_captions_without_heat_maps(
+    app: AppTest, models: dict[str, Path]
+) -> None:
+    at = _run(app)
+    at.selectbox(key="captioner_checkpoint").set_value("zz_no_attention/best.pt")
+    at.button(key="random_scene").click()
+    _run(at)
+    captioner = load_captioner(str(models["show_and_tell"]))
+    image, _, _ = render_random_scene(
+        at.session_state["scene_seed"], scene_size(captioner.cfg.data.image_size)
+    )
+    beam_size = at.slider(key="beam_size").value
+    [expected] = caption_images(captioner, [image], beam_size=beam_size, n_best=beam_size)
+    assert expected.attention is None
+    assert at.subheader[0].value == expected.caption
+    assert _beams(at) == _expected_beams(expected)
+    assert len(at.image) == 1  # the scene only: no attention to show
+    assert not at.error
+
+
+def test_animated_gif_is_captioned_by_its_first_frame(
+    app: AppTest, models: dict[str, Path]
+) -> None:
+    captioner = load_captioner(str(models["captioner"]))
+    content = _animated_gif()
+    at = _run(app)
+    at.file_uploader(key="upload").set_value(("animated.gif", content, "image/gif"))
+    _run(at)
+    with Image.open(io.BytesIO(content)) as gif:
+        assert gif.n_frames == 2
+        frames = [frame.convert("RGB") for frame in ImageSequence.Iterator(gif)]
+    beam_size = at.slider(key="beam_size").value
+    first, second = caption_images(captioner, frames, beam_size=beam_size, n_best=beam_size)
+    assert _expected_beams(first) != _expected_beams(second)  # the frames tell apart
+    assert _beams(at) == _expected_beams(first)
+
+
+@pytest.mark.parametrize("name", list(BAD_UPLOADS))
+def test_bad_upload_shows_message_and_page_stays_usable(app: AppTest, name: str) -> None:
+    make, expected_text = BAD_UPLOADS[name]
+    at = _run(app)
+    at.file_uploader(key="upload").set_value((name, make(), _mime(name)))
+    _run(at)
+    errors = _messages(at.error)
+    assert len(errors) == 1 and name in errors[0] and expected_text in errors[0], errors
+    assert "\n" not in errors[0] and "Traceback" not in errors[0]
+    assert not at.subheader  # no caption for a bad file
+    at.button(key="random_scene").click()
+    _run(at)
+    assert not at.error and at.subheader  # the page still captions
+
+
+# --------------------------------------------------------------------------------------------
+# Text page
+
+
+def _text_page(app: AppTest) -> AppTest:
+    at = _run(app)
+    at.radio(key="page").set_value("Generate text")
+    return _run(at)
+
+
+TEXT_WIDGETS = {
+    "prompt": "text_area",
+    "length": "slider",
+    "temperature": "slider",
+    "top_p": "slider",
+    "top_k": "number_input",
+    "seed": "number_input",
+}
+
+
+def _generate(at: AppTest, **settings) -> str:
+    """Set the text page's widgets by key, press Generate, return the text shown."""
+    for key, value in settings.items():
+        getattr(at, TEXT_WIDGETS[key])(key=key).set_value(value)
+    at.button(key="generate").click()
+    _run(at)
+    return at.code[0].value
+
+
+def _library_text(path: Path, prompt: str, length: int, seed: int, **sampling) -> str:
+    model, vocab, _ = load_char_lm(path)
+    generator = torch.Generator().manual_seed(seed)
+    return prompt + "".join(generate(model, vocab, prompt, length, generator=generator, **sampling))
+
+
+def test_generated_text_starts_with_prompt_and_is_reproducible(
+    app: AppTest, models: dict[str, Path]
+) -> None:
+    at = _text_page(app)
+    assert at.selectbox(key="char_lm_checkpoint").options == [
+        "text_run/best.pt",
+        "text_run/last.pt",
+    ]
+    text = _generate(at, prompt="the cat", length=40, temperature=1.0, seed=7)
+    assert text.startswith("the cat") and len(text) == len("the cat") + 40
+    assert text == _library_text(models["char_lm"], "the cat", 40, 7, temperature=1.0)
+    assert _generate(at) == text  # the same seed and settings: the same text
+    other = _generate(at, seed=8)
+    assert other.startswith("the cat") and other != text
+    assert not at.error
+
+
+def test_top_k_one_is_greedy_whatever_the_seed(app: AppTest, models: dict[str, Path]) -> None:
+    at = _text_page(app)
+    greedy = _library_text(models["char_lm"], "the ", 25, 0, greedy=True)
+    assert _generate(at, prompt="the ", length=25, top_k=1, seed=1) == greedy
+    assert _generate(at, seed=2) == greedy
+
+
+def test_empty_and_out_of_vocabulary_prompts_show_messages(app: AppTest) -> None:
+    at = _text_page(app)
+    text = _generate(at, prompt="", length=20)
+    assert "prompt is empty" in " ".join(_messages(at.info))
+    assert len(text) == 20 and not at.error  # continues from the start of a line
+
+    at.text_area(key="prompt").set_value("the cat \u2603 sat Q")
+    at.button(key="generate").click()
+    _run(at)
+    errors = _messages(at.error)
+    assert len(errors) == 1 and "'\u2603'" in errors[0] and "'Q'" in errors[0], errors
+    assert "vocabulary" in errors[0]
+    assert _generate(at, prompt="the dog").startswith("the dog")  # still usable
+    assert not at.error
+
+
+# --------------------------------------------------------------------------------------------
+# The models directory
+
+
+def test_missing_or_empty_models_dir_shows_message(
+    models: dict[str, Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(sys, "argv", ["app.py"])
+    monkeypatch.setenv(ENV_VAR, str(tmp_path / "nowhere"))
+    at = _run(AppTest.from_file(APP, default_timeout=TIMEOUT))
+    assert "does not exist" in " ".join(_messages(at.error))
+
+    monkeypatch.setenv(ENV_VAR, str(tmp_path))
+    at = _run(AppTest.from_file(APP, default_timeout=TIMEOUT))
+    assert "No captioner checkpoint" in " ".join(_messages(at.info))
+    at.radio(key="page").set_value("Generate text")
+    _run(at)
+    assert "No char_lm checkpoint" in " ".join(_messages(at.info))
+
+
+def test_only_files_inside_the_models_dir_load(models: dict[str, Path]) -> None:
+    models_dir = models["dir"]
+    assert checkpoint_path(models_dir, "text_run/best.pt") == models["char_lm"].resolve()
+    for crafted in ("outside.pt", "../outside/elsewhere.pt", str(models["outside"])):
+        with pytest.raises(UserError, match="outside the models directory"):
+            checkpoint_path(models_dir, crafted)
+    with pytest.raises(UserError, match="not a .pt file"):
+        checkpoint_path(models_dir, "scenes_run")
+    listing = list_checkpoints(models_dir)
+    names = {entry.name: entry.task for entry in listing.entries}
+    assert names == {
+        "scenes_run/best.pt": "captioner",
+        "scenes_run/last.pt": "captioner",
+        "text_run/best.pt": "char_lm",
+        "text_run/last.pt": "char_lm",
+        "zz_no_attention/best.pt": "captioner",
+        "zz_no_attention/last.pt": "captioner",
+    }
+    assert sorted(name for name, _ in listing.skipped) == ["broken.pt", "foreign.pt", "outside.pt"]
+    summaries = {entry.name: entry.summary for entry in listing.entries}
+    assert summaries["scenes_run/best.pt"].startswith("image captioner, lstm 32, attention")
+    assert "no attention" in summaries["zz_no_attention/best.pt"]
+    assert summaries["text_run/best.pt"].startswith("character-level language model, lstm")
+    assert "val loss" in summaries["text_run/best.pt"]
+
+
+def test_feature_caches_and_hidden_folders_are_not_searched(tmp_path: Path) -> None:
+    fingerprint = tmp_path / "run" / "features" / "abc"
+    fingerprint.mkdir(parents=True)
+    (fingerprint / "meta.json").write_text("{}")
+    torch.save({"grid": torch.zeros(1)}, fingerprint / "x.pt")
+    other_cache = tmp_path / "run" / "cache" / "f00d"
+    other_cache.mkdir(parents=True)
+    (other_cache / "meta.json").write_text("{}")
+    torch.save({"grid": torch.zeros(1)}, other_cache / "y.pt")
+    (tmp_path / ".hidden").mkdir()
+    torch.save({"x": 1}, tmp_path / ".hidden" / "z.pt")
+    torch.save({"x": 1}, tmp_path / "run" / "kept.pt")
+    listing = list_checkpoints(tmp_path)
+    assert [name for name, _ in listing.skipped] == ["run/kept.pt"] and not listing.entries
+
+
+def test_models_dir_option_beats_environment_beats_default(tmp_path: Path) -> None:
+    default = tmp_path / "default"
+    assert parse_app_args([], {}, default).models_dir == default
+    assert parse_app_args([], {ENV_VAR: "env"}, default).models_dir == Path("env")
+    args = parse_app_args(["--models-dir", "cli", "--device", "cpu"], {ENV_VAR: "env"}, default)
+    assert args.models_dir == Path("cli") and args.device == "cpu"
+    assert parse_app_args(["-x", "tests/"], {}, default).models_dir == default  # pytest's argv
+
+
+# --------------------------------------------------------------------------------------------
+# Attention heat maps
+
+
+def test_heat_map_is_brightest_where_attention_is_highest() -> None:
+    image = Image.new("RGB", (40, 20), (90, 90, 90))
+    attention = torch.zeros(3, 2, 4)
+    attention[0, 0, 0] = attention[1, 1, 3] = 1.0
+    attention[2] = 1 / 8  # uniform: no spot stands out
+    overlays = attention_overlays(image, attention, display_size=80)
+    assert len(overlays) == 3 and all(o.size == (80, 40) for o in overlays)
+    for overlay, (row, col) in zip(overlays[:2], [(0, 0), (1, 3)], strict=True):
+        brightness = np.asarray(overlay, dtype=np.float32).sum(axis=2)  # (H, W)
+        y, x = np.unravel_index(brightness.argmax(), brightness.shape)
+        assert y // 20 == row and x // 20 == col  # inside the attended cell (20 x 20 pixels)
+    uniform = np.asarray(overlays[2], dtype=np.float32)
+    assert (np.ptp(uniform, axis=(0, 1)) == 0).all()  # a flat map colours the image evenly
+
+
+def test_colormap_runs_dark_to_bright_and_zero_attention_leaves_image_dimmed() -> None:
+    ramp = colormap(np.linspace(0, 1, 11)).astype(int).sum(axis=1)
+    assert (np.diff(ramp) > 0).all()
+    image = Image.new("RGB", (8, 8), (200, 100, 50))
+    dimmed = np.asarray(attention_overlay(image, np.zeros((2, 2))), dtype=np.float32)
+    darkest = colormap(np.zeros(1))[0]
+    assert np.allclose(dimmed, np.array([200, 100, 50]) * 0.4 + darkest * 0.6, atol=1)
+
+
+def test_env_var_is_read_when_no_option_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(ENV_VAR, "from-env")
+    assert parse_app_args([], os.environ, Path("d")).models_dir == Path("from-env")
+
+
+def test_streamlit_config_limits_uploads_and_hides_tracebacks() -> None:
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    config = tomllib.loads((REPO / ".streamlit" / "config.toml").read_text(encoding="utf-8"))
+    assert 1 <= config["server"]["maxUploadSize"] <= 50  # megabytes
+    assert config["client"]["showErrorDetails"] is False
+    assert config["browser"]["gatherUsageStats"] is False

@@ -487,6 +487,12 @@ def test_load_image_bad_input(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 150)  # ... and so does its hard limit
     _raises_one_line(lambda: load_image(big), "big.png", "too many pixels")
 
+    strip = tmp_path / "strip.png"
+    Image.new("RGB", (1, 51)).save(strip)  # few pixels, but scaled to the model's size: huge
+    _raises_one_line(lambda: load_image(strip), "strip.png", "too elongated")
+    Image.new("RGB", (50, 1)).save(strip)  # 50:1 is still allowed
+    assert load_image(strip).size == (50, 1)
+
 
 # --------------------------------------------------------------------------------------------
 # Synthetic scenes

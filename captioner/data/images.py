@@ -21,6 +21,10 @@ from recurrent.errors import UserError
 # decoded, so a tiny compressed file cannot make the app allocate gigabytes.
 MAX_IMAGE_PIXELS = 89_478_485
 
+# Beyond this width:height (or height:width) the eval transform, which scales the short side to the
+# model's input size, would blow a 1 x 20,000,000 strip up to billions of pixels. Panoramas are ~10:1.
+MAX_ASPECT_RATIO = 50
+
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
 BACKGROUND = (255, 255, 255, 255)  # transparent pixels are shown on white, as browsers do
@@ -36,7 +40,8 @@ def load_image(
     grayscale, and scales 16-bit grayscale (I;16, I) to 8 bit by dividing by 257.
 
     `max_pixels` defaults to `MAX_IMAGE_PIXELS`. Raises `UserError` when the file is missing, is not
-    an image, is corrupt or truncated, or has more pixels than the limit (a decompression bomb).
+    an image, is corrupt or truncated, has more pixels than the limit (a decompression bomb), or is
+    more elongated than `MAX_ASPECT_RATIO`.
     """
     what = _describe(source)
     limit = MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
@@ -50,6 +55,11 @@ def load_image(
                 width, height = image.size
                 if width * height > limit:
                     raise _too_large(what, width, height, limit)
+                if max(width, height) > MAX_ASPECT_RATIO * max(1, min(width, height)):
+                    raise UserError(
+                        f"{what} is {width} x {height} pixels, too elongated to caption (at most "
+                        f"{MAX_ASPECT_RATIO}:1); crop it to a more compact region first"
+                    )
                 image.load()  # decode now, so corrupt or truncated data fails here
                 return _to_rgb(ImageOps.exif_transpose(image), what)
     except FileNotFoundError:

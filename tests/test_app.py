@@ -74,15 +74,6 @@ def _train_char_lm(models_dir: Path, text_path: Path) -> Path:
     return Path(summary["best_checkpoint"])
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run much faster on one thread than on two cores shared with other work."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def models(
     tmp_path_factory: pytest.TempPathFactory, scenes_annotations: Path, one_thread: None

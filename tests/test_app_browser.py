@@ -73,15 +73,6 @@ def _tiny_models(root: Path) -> Path:
     return models_dir
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run much faster on one thread than on two cores shared with other work."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory, one_thread: None) -> dict[str, Path]:
     bundled = REPO / "models"

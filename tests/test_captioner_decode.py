@@ -21,15 +21,6 @@ PAD, START, END, UNK = 0, 1, 2, 3
 VOCAB = 12
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread; on a busy machine two threads can be 10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_decoder(attention: bool, vocab: int = VOCAB, seed: int = 0, end_bias: float = 0.0):
     """A tiny random decoder, its outputs made to depend more on the image and the state than a
     fresh init does, so that images get different captions, some ending early, some cut off."""

@@ -19,14 +19,6 @@ from recurrent.config import load_config
 TINY = Path(__file__).resolve().parents[1] / "configs" / "captioner" / "tiny.yaml"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_cfg(annotations: Path, *overrides: str) -> CaptionerConfig:
     return load_config(CaptionerConfig, TINY, [f"data.annotations={annotations}", *overrides])
 

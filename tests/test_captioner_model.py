@@ -21,15 +21,6 @@ VOCAB, PAD, START, END = 13, 0, 1, 2
 CHANNELS = {"resnet18": (64, 128, 256, 512), "resnet50": (256, 512, 1024, 2048)}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread; on a busy machine two threads can be 10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_model_cfg(**overrides) -> ModelConfig:
     base = ModelConfig(
         encoder="resnet18",

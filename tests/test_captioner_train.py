@@ -30,15 +30,6 @@ from recurrent.errors import UserError
 TINY = Path(__file__).resolve().parents[1] / "configs" / "captioner" / "tiny.yaml"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The test machine has 2 shared cores: more threads only contend."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_cfg(annotations: Path, *overrides: str) -> CaptionerConfig:
     return load_config(CaptionerConfig, TINY, [f"data.annotations={annotations}", *overrides])
 

@@ -35,15 +35,6 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "char_lm"
 SHIP = BUILTIN_TEXTS["ship"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core machine run far faster on one thread than on two."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def config(name: str = "tiny", *overrides: str) -> CharLMConfig:
     return load_config(CharLMConfig, CONFIGS / f"{name}.yaml", overrides)
 

@@ -36,14 +36,6 @@ def run(module: str, *args: str) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> tuple[Path, Path]:
     """Two steps of tiny.yaml on a text the test writes, through the real CLI."""

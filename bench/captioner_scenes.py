@@ -56,8 +56,6 @@ def main(argv: list[str] | None = None) -> None:
     if not annotations.is_file():
         generate_dataset(scenes_dir, args.num_images, seed=args.seed, size=args.size)
     run_dir = out_dir / "run"
-    for name in ("last.pt", "best.pt"):
-        (run_dir / name).unlink(missing_ok=True)
     overrides = [
         f"data.annotations={annotations}",
         "data.image_root=",
@@ -68,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
     ]
     cfg = load_config(CaptionerConfig, args.config, overrides)
     print(f"machine: {machine()}")
-    summary = train(cfg, run_dir)
+    summary = train(cfg, run_dir, overwrite=True)
 
     captioner = load_captioner(summary["best_checkpoint"])
     records = load_records("karpathy", annotations, None)

@@ -85,7 +85,7 @@ from captioner.evaluate import evaluate_split, image_batches, load_data_records
 from captioner.features import FeatureCache, FeaturePairs, collate_feature_pairs
 from captioner.model import CaptionModel
 from recurrent.checkpoint import check_same_architecture, load_checkpoint, save_checkpoint
-from recurrent.config import load_config, to_dict
+from recurrent.config import add_run_arguments, load_config, run_dir, to_dict
 from recurrent.errors import UserError, run_cli
 from recurrent.training import (
     autocast,
@@ -393,6 +393,7 @@ def train(
     *,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Train (or with `resume`, continue ``out_dir/last.pt``); return a summary dict:
 
@@ -413,10 +414,10 @@ def train(
         raise UserError(
             f"nothing to resume: {last_path} does not exist; drop --resume to start a run"
         )
-    if not resume and last_path.exists():
+    if not resume and last_path.exists() and not overwrite:
         raise UserError(
-            f"{out_dir} already holds a run ({last_path.name}); pass --resume to continue it or "
-            "choose another --out-dir"
+            f"{out_dir} already holds a run ({last_path.name}); pass --resume to continue it, "
+            "--overwrite to replace it, or choose another --out-dir"
         )
     device = pick_device(cfg.train.device)
     set_seed(cfg.train.seed)
@@ -639,34 +640,21 @@ def main(argv: Sequence[str] | None = None) -> None:
         prog="python -m captioner.train",
         description="Train the CNN->RNN image captioner from a YAML config (configs/captioner/).",
     )
+    add_run_arguments(parser, "captioner", "configs/captioner/scenes_demo.yaml")
     parser.add_argument(
-        "--config", required=True, help="YAML file, e.g. configs/captioner/scenes_demo.yaml"
-    )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="extend",
-        nargs="+",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override config keys, e.g. --set train.epochs=3 model.cell=gru (values parsed as YAML)",
-    )
-    parser.add_argument(
-        "--out-dir",
-        default=None,
-        help="folder for best.pt, last.pt (and the feature cache); default: runs/captioner/<config name>",
-    )
-    parser.add_argument(
-        "--resume", action="store_true", help="continue the run in --out-dir from its last.pt"
+        "--overwrite", action="store_true", help="replace a run already in --out-dir"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     cfg = load_config(CaptionerConfig, args.config, args.overrides)
-    out_dir = (
-        Path(args.out_dir) if args.out_dir else Path("runs/captioner") / Path(args.config).stem
-    )
+    out_dir = run_dir("captioner", args.config, args.out_dir)
     summary = train(
-        cfg, out_dir, resume=args.resume, progress=not args.quiet, log=print if args.quiet else None
+        cfg,
+        out_dir,
+        resume=args.resume,
+        progress=not args.quiet,
+        log=print if args.quiet else None,
+        overwrite=args.overwrite,
     )
     best = summary["best_bleu4"]
     best_text = "n/a" if best is None or math.isnan(best) else f"{best:.2f}"

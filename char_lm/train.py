@@ -39,7 +39,7 @@ from char_lm.evaluate import evaluate_text
 from char_lm.generate import read_checkpoint
 from char_lm.model import CharLM
 from recurrent.checkpoint import check_same_architecture, save_checkpoint
-from recurrent.config import load_config, to_dict
+from recurrent.config import add_run_arguments, load_config, run_dir, to_dict
 from recurrent.errors import UserError, run_cli
 from recurrent.training import (
     autocast,
@@ -317,31 +317,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         prog="python -m char_lm.train",
         description="Train a character-level language model (RNN / LSTM / GRU) on a text.",
     )
-    parser.add_argument(
-        "--config", required=True, help="YAML config, e.g. configs/char_lm/shakespeare.yaml"
-    )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value, e.g. --set model.cell=gru --set data.path=input.txt "
-        "(repeatable; unknown keys and bad types are errors)",
-    )
-    parser.add_argument(
-        "--out-dir",
-        help="where last.pt and best.pt go (default: runs/char_lm/<config name>)",
-    )
-    parser.add_argument(
-        "--resume", action="store_true", help="continue the run in --out-dir from its last.pt"
-    )
+    add_run_arguments(parser, "char_lm", "configs/char_lm/shakespeare.yaml")
     parser.add_argument(
         "--overwrite", action="store_true", help="replace a run already in --out-dir"
     )
     args = parser.parse_args(argv)
     cfg = load_config(CharLMConfig, args.config, args.overrides)
-    out_dir = Path(args.out_dir or Path("runs") / "char_lm" / Path(args.config).stem)
+    out_dir = run_dir("char_lm", args.config, args.out_dir)
     summary = train(cfg, out_dir, resume=args.resume, overwrite=args.overwrite)
     print(
         f"done: {summary['steps']} steps, {summary['chars_per_s']:,.0f} chars/s; "

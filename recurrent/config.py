@@ -8,6 +8,7 @@ configurator is what to avoid).
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import types
 import typing
@@ -170,3 +171,29 @@ def _deep_update(
             _deep_update(base[key], value, sub, prefix=f"{prefix}{key}.")
         else:
             base[key] = value
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, task: str, example: str) -> None:
+    """The options every training CLI shares: --config, --set, --out-dir and --resume."""
+    parser.add_argument("--config", required=True, help=f"YAML config, e.g. {example}")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override config keys, e.g. --set model.cell=gru train.max_steps=200 (repeatable; "
+        "values are parsed as YAML; unknown keys and bad types are errors)",
+    )
+    parser.add_argument(
+        "--out-dir", help=f"where best.pt and last.pt go (default: runs/{task}/<config name>)"
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="continue the run in --out-dir from its last.pt"
+    )
+
+
+def run_dir(task: str, config_path: str, out_dir: str | None) -> Path:
+    """--out-dir, or runs/<task>/<config file name without .yaml>."""
+    return Path(out_dir) if out_dir else Path("runs") / task / Path(config_path).stem

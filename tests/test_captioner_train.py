@@ -128,8 +128,12 @@ def test_resume_continues_exactly(scenes_annotations: Path, tmp_path: Path, monk
             tmp_path / "straight",
             resume=True,
         )
-    with pytest.raises(UserError, match="--resume"):
+    with pytest.raises(UserError, match="--resume to continue it, --overwrite to replace it"):
         quiet_train(cfg, tmp_path / "straight")
+    replaced = train(
+        cfg, tmp_path / "straight", progress=False, log=lambda line: None, overwrite=True
+    )
+    assert replaced["losses"] == straight["losses"]  # a fresh run, from step 0
     with pytest.raises(UserError, match="nothing to resume"):
         quiet_train(cfg, tmp_path / "empty", resume=True)
 

@@ -16,7 +16,9 @@ CASES = list(itertools.product(CELLS, [1, 2, 3], [False, True], [False, True]))
 def make_pair(cell: str, num_layers: int) -> tuple[RecurrentCore, RecurrentCore]:
     torch.manual_seed(0)
     fused = RecurrentCore(cell, INPUT, HIDDEN, num_layers, dropout=0.3, backend="fused").eval()
-    explicit = RecurrentCore(cell, INPUT, HIDDEN, num_layers, dropout=0.3, backend="explicit").eval()
+    explicit = RecurrentCore(
+        cell, INPUT, HIDDEN, num_layers, dropout=0.3, backend="explicit"
+    ).eval()
     explicit.load_state_dict(fused.state_dict())  # same names and shapes: moves unchanged
     return fused, explicit
 

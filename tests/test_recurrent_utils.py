@@ -88,7 +88,9 @@ def test_checkpoint_round_trip_and_atomic_write(tmp_path):
     loaded = load_checkpoint(path, task="char_lm")
     torch.testing.assert_close(loaded["model"]["w"], state["w"])
     assert loaded["format_version"] == 1
-    with pytest.raises(UserError, match="is a char_lm checkpoint, but this command needs a captioner"):
+    with pytest.raises(
+        UserError, match="is a char_lm checkpoint, but this command needs a captioner"
+    ):
         load_checkpoint(path, task="captioner")
 
 

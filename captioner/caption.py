@@ -29,7 +29,7 @@ from torch import Tensor
 
 from captioner.config import CaptionerConfig
 from captioner.data import Vocabulary, build_transforms, load_image
-from captioner.decode import Caption, beam_search
+from captioner.decode import Caption, beam_search, check_decode_settings
 from captioner.encoder import ImageFeatures
 from captioner.model import CaptionModel
 from recurrent.checkpoint import load_checkpoint
@@ -129,15 +129,6 @@ def encode_images(captioner: Captioner, images: Sequence[Image.Image]) -> ImageF
     with autocast(captioner.device):
         features = captioner.model.encode(batch)
     return ImageFeatures(features.pooled.float(), features.grid.float(), features.grid_hw)
-
-
-def check_decode_settings(beam_size: int, max_length: int, n_best: int = 1) -> None:
-    if beam_size < 1:
-        raise UserError(f"beam size must be at least 1, got {beam_size}")
-    if max_length < 1:
-        raise UserError(f"max length must be at least 1 word, got {max_length}")
-    if not 1 <= n_best <= beam_size:
-        raise UserError(f"n-best must be between 1 and the beam size ({beam_size}), got {n_best}")
 
 
 @torch.no_grad()

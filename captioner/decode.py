@@ -58,9 +58,17 @@ def _blocked_ids(decoder: CaptionDecoder, start_id: int, end_id: int) -> list[in
     return sorted({start_id, decoder.pad_id} - {end_id})
 
 
-def _check_max_length(max_length: int) -> None:
+def check_decode_settings(beam_size: int, max_length: int, n_best: int = 1) -> None:
+    """Decoding settings no search can use are a UserError (callers may check before encoding)."""
     if max_length < 1:
         raise UserError(f"max_length must be at least 1 word, got {max_length}")
+    if beam_size < 1:
+        raise UserError(f"beam size must be at least 1, got {beam_size}")
+    if not 1 <= n_best <= beam_size:
+        raise UserError(
+            f"n_best must be between 1 and the beam size ({beam_size}), got {n_best}; "
+            "raise the beam size or ask for fewer captions"
+        )
 
 
 @torch.no_grad()
@@ -73,7 +81,7 @@ def greedy_decode(
     end_id: int,
 ) -> list[Caption]:
     """The most likely next word at every step, for all B images at once: one `Caption` each."""
-    _check_max_length(max_length)
+    check_decode_settings(1, max_length)
     blocked = _blocked_ids(decoder, start_id, end_id)
     batch = features.grid.size(0)
     device = features.grid.device
@@ -138,14 +146,7 @@ def beam_search(
     all beams are (with one). Then the K beams, finished or not, are ranked by score, so ``n_best``
     captions come back even when none ever emitted <end>.
     """
-    _check_max_length(max_length)
-    if beam_size < 1:
-        raise UserError(f"beam size must be at least 1, got {beam_size}")
-    if not 1 <= n_best <= beam_size:
-        raise UserError(
-            f"n_best must be between 1 and the beam size ({beam_size}), got {n_best}; "
-            "raise the beam size or ask for fewer captions"
-        )
+    check_decode_settings(beam_size, max_length, n_best)
     blocked = _blocked_ids(decoder, start_id, end_id)
     batch, beams = features.grid.size(0), beam_size
     device = features.grid.device

@@ -31,13 +31,9 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from captioner.caption import (
-    Captioner,
-    captioner_from_payload,
-    check_decode_settings,
-    decode_features,
-)
+from captioner.caption import Captioner, captioner_from_payload, decode_features
 from captioner.data import ImageOnly, ImageRecord, load_records, select_split
+from captioner.decode import check_decode_settings
 from captioner.encoder import ImageFeatures
 from captioner.metrics import bleu_scores, coco_scores
 from recurrent.checkpoint import load_checkpoint

@@ -85,7 +85,7 @@ from captioner.evaluate import evaluate_split, image_batches, load_data_records
 from captioner.features import FeatureCache, FeaturePairs, collate_feature_pairs
 from captioner.model import CaptionModel
 from recurrent.checkpoint import check_same_architecture, load_checkpoint, save_checkpoint
-from recurrent.config import add_run_arguments, load_config, run_dir, to_dict
+from recurrent.config import add_run_arguments, check_bounds, load_config, run_dir, to_dict
 from recurrent.errors import UserError, run_cli
 from recurrent.training import (
     autocast,
@@ -115,16 +115,13 @@ NO_DECAY_MODULES = (
 def check_config(cfg: CaptionerConfig) -> None:
     """Reject settings no run can use, with the key to change."""
     t = cfg.train
-    positive = {
+    at_least_one = {
         "train.batch_size": t.batch_size,
         "decode.beam_size": cfg.decode.beam_size,
         "decode.max_length": cfg.decode.max_length,
         "data.max_caption_length": cfg.data.max_caption_length,
     }
-    for key, value in positive.items():
-        if value < 1:
-            raise UserError(f"{key} must be at least 1, got {value}")
-    non_negative = {
+    not_negative = {
         "train.epochs": t.epochs,
         "train.max_steps": t.max_steps,
         "train.time_budget_s": t.time_budget_s,
@@ -138,9 +135,7 @@ def check_config(cfg: CaptionerConfig) -> None:
         "train.log_every": t.log_every,
         "data.num_workers": cfg.data.num_workers,
     }
-    for key, value in non_negative.items():
-        if value < 0:
-            raise UserError(f"{key} must not be negative, got {value}")
+    check_bounds(at_least_one, not_negative)
     if t.epochs == 0 and t.max_steps == 0:
         raise UserError("train.epochs and train.max_steps are both 0; set one of them")
     if t.lr <= 0 or t.encoder_lr < 0:
@@ -641,9 +636,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         description="Train the CNN->RNN image captioner from a YAML config (configs/captioner/).",
     )
     add_run_arguments(parser, "captioner", "configs/captioner/scenes_demo.yaml")
-    parser.add_argument(
-        "--overwrite", action="store_true", help="replace a run already in --out-dir"
-    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     cfg = load_config(CaptionerConfig, args.config, args.overrides)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from recurrent.config import check_bounds
 from recurrent.errors import UserError
 
 # The canonical public copy of tiny-shakespeare (Karpathy's char-rnn) and its sha256.
@@ -95,9 +96,6 @@ def check_config(config: CharLMConfig) -> None:
         "train.eval_every": train.eval_every,
         "train.log_every": train.log_every,
     }
-    for key, value in at_least_one.items():
-        if value < 1:
-            raise UserError(f"config key {key!r} must be at least 1, got {value}")
     not_negative = {
         "train.max_steps": train.max_steps,
         "train.time_budget_s": train.time_budget_s,
@@ -107,9 +105,7 @@ def check_config(config: CharLMConfig) -> None:
         "train.grad_clip": train.grad_clip,
         "train.eval_batches": train.eval_batches,
     }
-    for key, value in not_negative.items():
-        if value < 0:
-            raise UserError(f"config key {key!r} must be >= 0, got {value}")
+    check_bounds(at_least_one, not_negative)
     if not 0 <= model.dropout < 1:
         raise UserError(f"config key 'model.dropout' must be in [0, 1), got {model.dropout}")
     if not 0 <= data.val_fraction < 1:

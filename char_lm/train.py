@@ -318,9 +318,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         description="Train a character-level language model (RNN / LSTM / GRU) on a text.",
     )
     add_run_arguments(parser, "char_lm", "configs/char_lm/shakespeare.yaml")
-    parser.add_argument(
-        "--overwrite", action="store_true", help="replace a run already in --out-dir"
-    )
     args = parser.parse_args(argv)
     cfg = load_config(CharLMConfig, args.config, args.overrides)
     out_dir = run_dir("char_lm", args.config, args.out_dir)

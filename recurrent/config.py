@@ -174,7 +174,7 @@ def _deep_update(
 
 
 def add_run_arguments(parser: argparse.ArgumentParser, task: str, example: str) -> None:
-    """The options every training CLI shares: --config, --set, --out-dir and --resume."""
+    """The options every training CLI shares: --config, --set, --out-dir, --resume, --overwrite."""
     parser.add_argument("--config", required=True, help=f"YAML config, e.g. {example}")
     parser.add_argument(
         "--set",
@@ -192,8 +192,21 @@ def add_run_arguments(parser: argparse.ArgumentParser, task: str, example: str) 
     parser.add_argument(
         "--resume", action="store_true", help="continue the run in --out-dir from its last.pt"
     )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace a run already in --out-dir"
+    )
 
 
 def run_dir(task: str, config_path: str, out_dir: str | None) -> Path:
     """--out-dir, or runs/<task>/<config file name without .yaml>."""
     return Path(out_dir) if out_dir else Path("runs") / task / Path(config_path).stem
+
+
+def check_bounds(at_least_one: dict[str, float], not_negative: dict[str, float]) -> None:
+    """Values the types allow but a run cannot use are a UserError naming the dotted key."""
+    for key, value in at_least_one.items():
+        if value < 1:
+            raise UserError(f"config key {key!r} must be at least 1, got {value}")
+    for key, value in not_negative.items():
+        if value < 0:
+            raise UserError(f"config key {key!r} must not be negative, got {value}")

@@ -22,56 +22,20 @@ import pytest
 import torch
 from PIL import Image, ImageSequence
 from streamlit.testing.v1 import AppTest
+from tiny_models import train_tiny_captioner, train_tiny_char_lm
 
 from captioner.caption import caption_images, load_captioner
-from captioner.config import CaptionerConfig
 from captioner.data.images import load_image
 from captioner.scenes import render_random_scene, scene_captions
-from char_lm.config import CharLMConfig
 from char_lm.generate import generate, load_char_lm
-from char_lm.train import train as train_char_lm
 from crnn_app.captioning import scene_size
 from crnn_app.heatmap import attention_overlay, attention_overlays, colormap
 from crnn_app.models_dir import ENV_VAR, checkpoint_path, list_checkpoints, parse_app_args
-from recurrent.config import load_config
 from recurrent.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 APP = str(REPO / "app.py")
 TIMEOUT = 60  # seconds per script run: the machine is small and shared
-TEXT = "the cat sat on the mat. the dog ate the log.\nthe hen saw the pen.\n" * 12
-
-
-def _train_captioner(run_dir: Path, annotations: Path, *overrides: str) -> Path:
-    from captioner.train import train as train_captioner
-
-    cfg = load_config(
-        CaptionerConfig,
-        REPO / "configs/captioner/tiny.yaml",
-        [f"data.annotations={annotations}", "train.max_steps=2", "train.eval_max_images=4"]
-        + list(overrides),
-    )
-    summary = train_captioner(cfg, run_dir, progress=False, log=lambda line: None)
-    return Path(summary["best_checkpoint"])
-
-
-def _train_char_lm(models_dir: Path, text_path: Path) -> Path:
-    text_path.write_text(TEXT, encoding="utf-8")
-    tiny = REPO / "configs/char_lm/tiny.yaml"
-    overrides = [
-        f"data.path={text_path}",
-        "data.url=",
-        "data.sha256=",
-        "data.val_fraction=0.1",
-        "data.block_size=16",
-        "data.batch_size=4",
-        "train.max_steps=3",
-        "train.eval_every=3",
-        "train.eval_batches=1",
-    ]
-    cfg = load_config(CharLMConfig, tiny, overrides)
-    summary = train_char_lm(cfg, models_dir / "text_run")
-    return Path(summary["best_checkpoint"])
 
 
 @pytest.fixture(scope="module")
@@ -81,14 +45,14 @@ def models(
     root = tmp_path_factory.mktemp("app")
     models_dir = root / "models"
     models_dir.mkdir()
-    captioner = _train_captioner(models_dir / "scenes_run", scenes_annotations)
-    show_and_tell = _train_captioner(
+    captioner = train_tiny_captioner(models_dir / "scenes_run", scenes_annotations)
+    show_and_tell = train_tiny_captioner(
         models_dir / "zz_no_attention",
         scenes_annotations,
         "model.attention=false",
         "train.max_steps=1",
     )
-    char_lm = _train_char_lm(models_dir, root / "text.txt")
+    char_lm = train_tiny_char_lm(models_dir / "text_run", root / "text.txt")
     (models_dir / "broken.pt").write_bytes(np.random.default_rng(0).bytes(4096))
     torch.save({"x": 1}, models_dir / "foreign.pt")
     outside = root / "outside" / "elsewhere.pt"

@@ -19,14 +19,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_models import train_tiny_captioner, train_tiny_char_lm
 
 from captioner.caption import caption_images, load_captioner
-from captioner.config import CaptionerConfig
 from captioner.data.images import load_image
 from captioner.scenes import MIN_SIZE, generate_dataset, render_random_scene
-from char_lm.config import CharLMConfig
 from char_lm.generate import generate, load_char_lm
-from recurrent.config import load_config
 
 pytestmark = pytest.mark.browser
 
@@ -36,40 +34,16 @@ SCREENSHOTS = REPO / "docs" / "screenshots"
 BUNDLED = {"captioner": "scenes_captioner.pt", "char_lm": "shakespeare_char.pt"}
 SERVER_START_S = 90
 CAPTION_WAIT_MS = 90_000
-TEXT = "the cat sat on the mat. the dog ate the log.\nthe hen saw the pen.\n" * 12
 # The app's text page defaults (app.py): the library is asked for the same text.
 DEFAULT_LENGTH, DEFAULT_TEMPERATURE, DEFAULT_SEED = 300, 0.8, 0
 
 
 def _tiny_models(root: Path) -> Path:
     """Train a tiny captioner and char LM (seconds) into root/models; return that folder."""
-    from captioner.train import train as train_captioner
-    from char_lm.train import train as train_char_lm
-
     models_dir = root / "models"
     annotations = generate_dataset(root / "scenes", 24, seed=0, size=MIN_SIZE)
-    cfg = load_config(
-        CaptionerConfig,
-        REPO / "configs/captioner/tiny.yaml",
-        [f"data.annotations={annotations}", "train.max_steps=2", "train.eval_max_images=4"],
-    )
-    train_captioner(cfg, models_dir / "captioner", progress=False, log=lambda line: None)
-    text_path = root / "text.txt"
-    text_path.write_text(TEXT, encoding="utf-8")
-    tiny = REPO / "configs/char_lm/tiny.yaml"
-    overrides = [
-        f"data.path={text_path}",
-        "data.url=",
-        "data.sha256=",
-        "data.val_fraction=0.1",
-        "data.block_size=16",
-        "data.batch_size=4",
-        "train.max_steps=3",
-        "train.eval_every=3",
-        "train.eval_batches=1",
-    ]
-    lm_cfg = load_config(CharLMConfig, tiny, overrides)
-    train_char_lm(lm_cfg, models_dir / "char_lm")
+    train_tiny_captioner(models_dir / "captioner", annotations)
+    train_tiny_char_lm(models_dir / "char_lm", root / "text.txt")
     return models_dir
 
 

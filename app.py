@@ -11,7 +11,7 @@ function per page):
   one attention heat map per word.
 - Generate text: a character-level language model continues a prompt, streamed as it is sampled.
 
-This file holds UI only: models load through `captioner.caption.load_captioner` and
+This file holds UI only: models load through `captioner.inference.load_captioner` and
 `char_lm.generate.load_char_lm` (once, in `st.cache_resource`), captions come from
 `caption_images`, text from `generate`, images from `load_image`, scenes from
 `captioner.scenes.render_random_scene`. A user mistake (bad image, bad prompt, broken checkpoint)
@@ -30,8 +30,8 @@ from pathlib import Path
 import streamlit as st
 import torch
 
-from captioner.caption import CaptionResult, caption_images, load_captioner
 from captioner.data.images import load_image
+from captioner.inference import CaptionResult, caption_images, load_captioner
 from captioner.scenes import caption_names_objects_correctly, render_random_scene
 from char_lm.generate import generate, load_char_lm
 from crnn_app.captioning import scene_size

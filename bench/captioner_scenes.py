@@ -23,11 +23,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.recurrent_core import machine  # noqa: E402
-from captioner.caption import caption_images, load_captioner  # noqa: E402
 from captioner.config import CaptionerConfig  # noqa: E402
 from captioner.data import load_image, load_records, select_split  # noqa: E402
-from captioner.evaluate import evaluate_split  # noqa: E402
+from captioner.inference import caption_images, load_captioner  # noqa: E402
 from captioner.scenes import caption_names_objects_correctly, generate_dataset  # noqa: E402
+from captioner.scoring import evaluate_split  # noqa: E402
 from captioner.train import train  # noqa: E402
 from recurrent.checkpoint import export_checkpoint  # noqa: E402
 from recurrent.config import load_config  # noqa: E402

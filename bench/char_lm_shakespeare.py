@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.recurrent_core import machine  # noqa: E402
 from char_lm.config import CharLMConfig  # noqa: E402
 from char_lm.data import build_vocab, encode, load_text, split_ids  # noqa: E402
-from char_lm.evaluate import evaluate_text  # noqa: E402
 from char_lm.generate import generate, load_char_lm  # noqa: E402
+from char_lm.scoring import evaluate_text  # noqa: E402
 from char_lm.train import train  # noqa: E402
 from recurrent.checkpoint import export_checkpoint  # noqa: E402
 from recurrent.config import load_config  # noqa: E402

@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from recurrent.config import check_bounds
+from recurrent.errors import UserError
+
 
 @dataclass
 class DataConfig:
@@ -96,3 +99,41 @@ ARCHITECTURE_KEYS = [
     "model.tied_embeddings",
     "data.image_size",
 ]
+
+
+def check_config(cfg: CaptionerConfig) -> None:
+    """Reject settings no run can use, with the key to change."""
+    t = cfg.train
+    at_least_one = {
+        "train.batch_size": t.batch_size,
+        "decode.beam_size": cfg.decode.beam_size,
+        "decode.max_length": cfg.decode.max_length,
+        "data.max_caption_length": cfg.data.max_caption_length,
+    }
+    not_negative = {
+        "train.epochs": t.epochs,
+        "train.max_steps": t.max_steps,
+        "train.time_budget_s": t.time_budget_s,
+        "train.warmup_steps": t.warmup_steps,
+        "train.eval_every": t.eval_every,
+        "train.eval_max_images": t.eval_max_images,
+        "train.patience": t.patience,
+        "train.captions_per_image": t.captions_per_image,
+        "train.grad_clip": t.grad_clip,
+        "train.weight_decay": t.weight_decay,
+        "train.log_every": t.log_every,
+        "data.num_workers": cfg.data.num_workers,
+    }
+    check_bounds(at_least_one, not_negative)
+    if t.epochs == 0 and t.max_steps == 0:
+        raise UserError("train.epochs and train.max_steps are both 0; set one of them")
+    if t.lr <= 0 or t.encoder_lr < 0:
+        raise UserError(
+            f"train.lr must be > 0 and train.encoder_lr >= 0, got {t.lr}, {t.encoder_lr}"
+        )
+    if not 0.0 <= t.min_lr_ratio <= 1.0:
+        raise UserError(f"train.min_lr_ratio must be between 0 and 1, got {t.min_lr_ratio}")
+    if not cfg.data.annotations:
+        raise UserError(
+            "data.annotations is empty; set it in the config or with --set data.annotations=PATH"
+        )

@@ -21,148 +21,19 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
-import re
-from collections.abc import Iterable, Iterator, Sequence
-from pathlib import Path
-from typing import Any
+from collections.abc import Sequence
 
-import torch
-from torch.utils.data import DataLoader
-from tqdm import tqdm
-
-from captioner.caption import Captioner, captioner_from_payload, decode_features
-from captioner.data import ImageOnly, ImageRecord, load_records, select_split
-from captioner.decode import check_decode_settings
-from captioner.encoder import ImageFeatures
-from captioner.metrics import bleu_scores, coco_scores
+from captioner.data import select_split
+from captioner.inference import captioner_from_payload
+from captioner.scoring import (
+    BLEU_KEYS,
+    TOKENIZATION,
+    evaluate_split,
+    load_data_records,
+    write_predictions,
+)
 from recurrent.checkpoint import load_checkpoint
 from recurrent.errors import UserError, run_cli
-from recurrent.training import autocast
-
-TOKENIZATION = "lowercase, nltk TreebankWordTokenizer, alphanumeric tokens only"
-BLEU_KEYS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4")
-
-FeatureBatches = Iterable[tuple[list[int], ImageFeatures]]
-
-
-def image_ids(records: Sequence[ImageRecord]) -> list[int | str]:
-    """The COCO-results image_id of each record (see the module docstring for the rule)."""
-    stems = [Path(record.image_path).stem for record in records]
-    numbers = [re.search(r"(\d+)$", stem) for stem in stems]
-    if all(numbers):
-        ids = [int(match.group(1)) for match in numbers]
-        if len(set(ids)) == len(ids):
-            return ids
-    if len(set(stems)) == len(stems):
-        return stems
-    return list(range(len(records)))
-
-
-def image_batches(
-    captioner: Captioner,
-    records: Sequence[ImageRecord],
-    batch_size: int,
-    *,
-    num_workers: int = 0,
-    dataset: ImageOnly | None = None,
-) -> Iterator[tuple[list[int], ImageFeatures]]:
-    """Encode `records`' images (eval transform) batch by batch: `(record indices, features)`.
-
-    Pass `dataset` (an `ImageOnly` over the same records) to reuse its in-memory image cache.
-    """
-    dataset = ImageOnly(records, captioner.transform) if dataset is None else dataset
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
-    model = captioner.model
-    for images, indices in loader:
-        with torch.no_grad(), autocast(captioner.device):
-            features = model.encode(images.to(captioner.device))
-        features = ImageFeatures(features.pooled.float(), features.grid.float(), features.grid_hw)
-        yield indices.tolist(), features
-
-
-@torch.no_grad()
-def evaluate_split(
-    captioner: Captioner,
-    records: Sequence[ImageRecord],
-    beam_size: int | None = None,
-    max_length: int | None = None,
-    *,
-    length_penalty: float | None = None,
-    batch_size: int = 32,
-    num_workers: int = 0,
-    batches: FeatureBatches | None = None,
-    coco_metrics: bool = True,
-    meteor: bool = True,
-    progress: bool = False,
-) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """Decode `records` (no teacher forcing) and score the captions against their references.
-
-    Returns ``(scores, predictions)``: scores holds "BLEU-1".."BLEU-4" (0-100) and, with
-    `coco_metrics` and pycocoevalcap installed, "CIDEr-D", "ROUGE-L" and (with `meteor` and Java)
-    "METEOR"; predictions is one
-    ``{"image_id", "caption"}`` dict per record, in order (the COCO results format).
-    Decoding settings default to the checkpoint's ``decode`` section. `batches` may supply the
-    image features (e.g. from the feature cache) as `(record indices, ImageFeatures)`; by default the
-    images are loaded and encoded.
-    """
-    decode = captioner.cfg.decode
-    beam_size = decode.beam_size if beam_size is None else beam_size
-    max_length = decode.max_length if max_length is None else max_length
-    penalty = decode.length_penalty if length_penalty is None else length_penalty
-    check_decode_settings(beam_size, max_length)
-    if not records:
-        raise UserError("no images to evaluate; check the split and --max-images")
-    was_training = captioner.model.training
-    captioner.model.eval()
-    if batches is None:
-        batches = image_batches(captioner, records, batch_size, num_workers=num_workers)
-    hypotheses: list[str | None] = [None] * len(records)
-    total = (len(records) + batch_size - 1) // batch_size
-    try:
-        for indices, features in tqdm(
-            batches, total=total, desc="decoding", unit="batch", disable=not progress or None
-        ):
-            decoded = decode_features(
-                captioner,
-                features,
-                beam_size=beam_size,
-                max_length=max_length,
-                length_penalty=penalty,
-            )
-            for index, beams in zip(indices, decoded, strict=True):
-                hypotheses[index] = captioner.vocab.decode(beams[0].tokens) if beams else ""
-    finally:
-        captioner.model.train(was_training)
-    if any(hypothesis is None for hypothesis in hypotheses):
-        raise RuntimeError("the feature batches did not cover every record")
-    references = [list(record.captions) for record in records]
-    scores = dict(bleu_scores(references, hypotheses))
-    if coco_metrics:
-        scores.update(coco_scores(references, hypotheses, meteor=meteor))
-    predictions = [
-        {"image_id": image_id, "caption": caption}
-        for image_id, caption in zip(image_ids(records), hypotheses, strict=True)
-    ]
-    return scores, predictions
-
-
-def write_predictions(predictions: list[dict[str, Any]], path: str | os.PathLike[str]) -> None:
-    """Write COCO-results JSON atomically (a temp file, then a rename)."""
-    path = Path(path)
-    if path.is_dir():
-        raise UserError(
-            f"--predictions {path} is a folder; pass a file name such as {path}/preds.json"
-        )
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(predictions, indent=1), encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as err:
-        raise UserError(
-            f"cannot write predictions to {path} ({err.strerror}); pick another path"
-        ) from None
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -290,19 +161,6 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(f"  e.g. {prediction['image_id']}: {prediction['caption']}")
         if args.predictions:
             print(f"predictions: {args.predictions} (COCO results format)")
-
-
-def load_data_records(data) -> list[ImageRecord]:
-    """`load_records` with a `DataConfig` (an empty image_root: the annotations' folder)."""
-    return load_records(
-        data.format,
-        data.annotations,
-        data.image_root or None,
-        restval_to_train=data.restval_to_train,
-        val_fraction=data.val_fraction,
-        test_fraction=data.test_fraction,
-        seed=data.split_seed,
-    )
 
 
 def cli() -> None:

@@ -35,9 +35,9 @@ from tqdm import tqdm
 
 from char_lm.config import CharLMConfig, TrainConfig, architecture_keys, check_config
 from char_lm.data import StreamBatches, build_vocab, encode, load_text, split_ids
-from char_lm.evaluate import evaluate_text
 from char_lm.generate import read_checkpoint
 from char_lm.model import CharLM
+from char_lm.scoring import evaluate_text
 from recurrent.checkpoint import check_same_architecture, save_checkpoint
 from recurrent.config import add_run_arguments, load_config, run_dir, to_dict
 from recurrent.errors import UserError, run_cli

@@ -24,8 +24,8 @@ from PIL import Image, ImageSequence
 from streamlit.testing.v1 import AppTest
 from tiny_models import train_tiny_captioner, train_tiny_char_lm
 
-from captioner.caption import caption_images, load_captioner
 from captioner.data.images import load_image
+from captioner.inference import caption_images, load_captioner
 from captioner.scenes import render_random_scene, scene_captions
 from char_lm.generate import generate, load_char_lm
 from crnn_app.captioning import scene_size

@@ -21,8 +21,8 @@ import pytest
 import torch
 from tiny_models import train_tiny_captioner, train_tiny_char_lm
 
-from captioner.caption import caption_images, load_captioner
 from captioner.data.images import load_image
+from captioner.inference import caption_images, load_captioner
 from captioner.scenes import MIN_SIZE, generate_dataset, render_random_scene
 from char_lm.generate import generate, load_char_lm
 

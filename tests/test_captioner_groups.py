@@ -11,8 +11,8 @@ import captioner.train as train_module
 from captioner.config import CaptionerConfig
 from captioner.data import CaptionGroups, ImageRecord, Vocabulary, collate_groups, select_split
 from captioner.encoder import ImageEncoder
-from captioner.evaluate import load_data_records
 from captioner.model import CaptionModel
+from captioner.scoring import load_data_records
 from recurrent.checkpoint import load_checkpoint
 from recurrent.config import load_config
 

@@ -14,15 +14,15 @@ import torch
 import yaml
 
 import captioner.train as train_module
-from captioner.caption import caption_images, eval_transform, load_captioner
-from captioner.config import CaptionerConfig
+from captioner.config import CaptionerConfig, check_config
 from captioner.data import Vocabulary, load_image, select_split
 from captioner.encoder import ImageEncoder
-from captioner.evaluate import evaluate_split, image_ids, load_data_records
 from captioner.features import FeatureCache
+from captioner.inference import caption_images, eval_transform, load_captioner
 from captioner.metrics import bleu_scores
 from captioner.model import CaptionModel
-from captioner.train import check_config, parameter_groups, train
+from captioner.scoring import evaluate_split, image_ids, load_data_records
+from captioner.train import parameter_groups, train
 from recurrent.checkpoint import load_checkpoint
 from recurrent.config import load_config, to_dict
 from recurrent.errors import UserError

@@ -22,9 +22,9 @@ from char_lm.data import (
     read_text,
     split_ids,
 )
-from char_lm.evaluate import evaluate_text
 from char_lm.generate import generate, load_char_lm
 from char_lm.model import CharLM
+from char_lm.scoring import evaluate_text
 from char_lm.train import train
 from recurrent.checkpoint import load_checkpoint, save_checkpoint
 from recurrent.config import load_config, to_dict

@@ -14,8 +14,8 @@ import torch
 from char_lm import evaluate, sample
 from char_lm import train as train_cli
 from char_lm.data import encode
-from char_lm.evaluate import evaluate_text
 from char_lm.generate import generate, load_char_lm
+from char_lm.scoring import evaluate_text
 from recurrent.checkpoint import save_checkpoint
 from recurrent.errors import run_cli
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from captioner.caption import caption_images, load_captioner
+from captioner.inference import caption_images, load_captioner
 from captioner.metrics import bleu_scores
 from captioner.scenes import caption_names_objects_correctly, render_random_scene
 from char_lm.generate import generate, load_char_lm

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import torch
 
-from captioner.caption import caption_images, load_captioner
 from captioner.config import CaptionerConfig
 from captioner.data import load_image, load_records
+from captioner.inference import caption_images, load_captioner
 from captioner.train import train as train_captioner
 from char_lm.config import CharLMConfig
 from char_lm.generate import generate, load_char_lm

@@ -1,0 +1,201 @@
+"""Caption images with a trained checkpoint: the library API the app, the CLIs and training call.
+
+    captioner = load_captioner("runs/captioner/scenes_demo/best.pt")
+    [result] = caption_images(captioner, [load_image("photo.jpg")], beam_size=3)
+    result.caption, result.beams, result.attention  # attention: (words, grid_h, grid_w) or None
+
+Decoding is batched beam search (`captioner.decode.beam_search`) without teacher forcing. The
+checkpoint holds the whole model, encoder included, so nothing is downloaded: the encoder is built
+with ``weights=None`` and then receives the saved weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import Tensor
+
+from captioner.config import CaptionerConfig
+from captioner.data import Vocabulary, build_transforms
+from captioner.decode import Caption, beam_search, check_decode_settings
+from captioner.encoder import ImageFeatures
+from captioner.model import CaptionModel
+from recurrent.checkpoint import load_checkpoint
+from recurrent.config import from_dict
+from recurrent.errors import UserError
+from recurrent.training import autocast, pick_device
+
+DEFAULT_BATCH_SIZE = 16
+
+
+@dataclass
+class Captioner:
+    """A trained caption model ready to decode: model (eval mode), vocabulary, config, transform."""
+
+    model: CaptionModel
+    vocab: Vocabulary
+    cfg: CaptionerConfig
+    transform: Callable[[Image.Image], Tensor]  # PIL image -> (3, S, S), the eval preprocessing
+    device: torch.device
+
+
+@dataclass
+class CaptionResult:
+    """One image's caption.
+
+    caption: the best caption (words joined by spaces).
+    beams: the n best (caption, log-probability) pairs, best first; beams[0][0] == caption.
+    attention: for attention models, the weights each word of `caption` gave the image grid,
+        (len(words), grid_h, grid_w), each map summing to 1; None for show-and-tell models.
+    words: the words of `caption`.
+    """
+
+    caption: str
+    beams: list[tuple[str, float]]
+    attention: Tensor | None
+    words: list[str]
+
+
+def eval_transform(cfg: CaptionerConfig) -> Callable[[Image.Image], Tensor]:
+    """The deterministic preprocessing of ``cfg`` (resize, centre crop, the weights' normalisation).
+
+    A local weights file that is gone does not matter here: its statistics are the architecture's
+    default ones, which `build_transforms` uses for any file.
+    """
+    try:
+        return build_transforms(
+            cfg.data.image_size, train=False, weights=cfg.model.weights, arch=cfg.model.encoder
+        )
+    except UserError:
+        return build_transforms(cfg.data.image_size, train=False, arch=cfg.model.encoder)
+
+
+def captioner_from_payload(
+    payload: dict[str, Any], device: str | torch.device = "cpu", *, source: str = "checkpoint"
+) -> Captioner:
+    """Build a `Captioner` from a loaded checkpoint dict (see `captioner.train` for its keys)."""
+    try:
+        cfg = from_dict(CaptionerConfig, payload["config"])
+        vocab = Vocabulary.from_list(payload["vocab"])
+        state = payload["model"]
+    except KeyError as err:
+        raise UserError(
+            f"{source} lacks {err}; pass a checkpoint written by captioner.train"
+        ) from None
+    except UserError as err:
+        raise UserError(f"{source} does not fit this version of the captioner: {err}") from None
+    device = pick_device(device) if isinstance(device, str) else device
+    # weights=None: build the architecture only, the checkpoint brings every weight.
+    build_cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, weights=None))
+    model = CaptionModel(build_cfg, len(vocab), pad_id=vocab.pad_id)
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(
+            f"{source}'s weights do not match its config ({first}); the file is damaged or was "
+            "edited, so retrain"
+        ) from None
+    model.to(device).eval()
+    return Captioner(model, vocab, cfg, eval_transform(cfg), device)
+
+
+def load_captioner(path: str, device: str | torch.device = "cpu") -> Captioner:
+    """Load a captioner checkpoint (``best.pt`` / ``last.pt`` of captioner.train) for decoding.
+
+    A missing, corrupt or foreign file (a char_lm checkpoint, say) is a one-line `UserError`.
+    """
+    payload = load_checkpoint(path, task="captioner")
+    return captioner_from_payload(payload, device, source=str(path))
+
+
+@torch.no_grad()
+def encode_images(captioner: Captioner, images: Sequence[Image.Image]) -> ImageFeatures:
+    """PIL images -> float32 `ImageFeatures` on the captioner's device."""
+    batch = torch.stack([captioner.transform(image.convert("RGB")) for image in images])
+    batch = batch.to(captioner.device)  # (B, 3, S, S)
+    with autocast(captioner.device):
+        features = captioner.model.encode(batch)
+    return ImageFeatures(features.pooled.float(), features.grid.float(), features.grid_hw)
+
+
+@torch.no_grad()
+def decode_features(
+    captioner: Captioner,
+    features: ImageFeatures,
+    *,
+    beam_size: int,
+    max_length: int,
+    length_penalty: float = 0.0,
+    n_best: int = 1,
+) -> list[list[Caption]]:
+    """Beam search for a batch of image features: one list of `Caption`s per image, best first."""
+    return beam_search(
+        captioner.model.decoder,
+        features.to(captioner.device),
+        beam_size=beam_size,
+        max_length=max_length,
+        start_id=captioner.vocab.start_id,
+        end_id=captioner.vocab.end_id,
+        length_penalty=length_penalty,
+        n_best=n_best,
+    )
+
+
+def to_result(
+    vocab: Vocabulary, beams: Sequence[Caption], grid_hw: tuple[int, int]
+) -> CaptionResult:
+    """A decoded image's `Caption`s (best first) -> `CaptionResult` (words, maps folded to 2-D)."""
+    best = beams[0]
+    keep = [token not in (vocab.pad_id, vocab.start_id) for token in best.tokens]
+    words = [vocab.token(token) for token, kept in zip(best.tokens, keep, strict=True) if kept]
+    attention = None
+    if best.attention is not None:
+        grid_h, grid_w = grid_hw
+        rows = torch.tensor(keep, dtype=torch.bool)
+        attention = best.attention.detach().float().cpu()[rows]  # (words, N)
+        attention = attention.reshape(len(words), grid_h, grid_w)  # (words, grid_h, grid_w)
+    return CaptionResult(
+        caption=" ".join(words),
+        beams=[(vocab.decode(beam.tokens), float(beam.logprob)) for beam in beams],
+        attention=attention,
+        words=words,
+    )
+
+
+@torch.no_grad()
+def caption_images(
+    captioner: Captioner,
+    images: Sequence[Image.Image],
+    *,
+    beam_size: int = 3,
+    max_length: int | None = None,
+    n_best: int = 1,
+    length_penalty: float | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> list[CaptionResult]:
+    """Caption PIL images (any size and mode; they are converted to RGB) with beam search.
+
+    ``max_length`` (words) and ``length_penalty`` default to the checkpoint's ``decode`` settings.
+    """
+    max_length = captioner.cfg.decode.max_length if max_length is None else max_length
+    penalty = captioner.cfg.decode.length_penalty if length_penalty is None else length_penalty
+    check_decode_settings(beam_size, max_length, n_best)
+    results: list[CaptionResult] = []
+    for start in range(0, len(images), batch_size):
+        features = encode_images(captioner, images[start : start + batch_size])
+        decoded = decode_features(
+            captioner,
+            features,
+            beam_size=beam_size,
+            max_length=max_length,
+            length_penalty=penalty,
+            n_best=n_best,
+        )
+        results.extend(to_result(captioner.vocab, beams, features.grid_hw) for beams in decoded)
+    return results

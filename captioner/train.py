@@ -598,7 +598,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         description="Train the CNN->RNN image captioner from a YAML config (configs/captioner/).",
     )
     add_run_arguments(parser, "captioner", "configs/captioner/scenes_demo.yaml")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     cfg = load_config(CaptionerConfig, args.config, args.overrides)
     out_dir = run_dir("captioner", args.config, args.out_dir)

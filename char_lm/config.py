@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from recurrent.config import check_bounds
+from recurrent.engine import RunSettings
 from recurrent.errors import UserError
 
 # The canonical public copy of tiny-shakespeare (Karpathy's char-rnn) and its sha256.
@@ -42,23 +43,16 @@ class ModelConfig:
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(RunSettings):
+    """The run rules shared with the captioner (`recurrent.engine.RunSettings`, see the README's
+    "How a run works") with char_lm's defaults, and its own evaluation size."""
+
     max_steps: int = 5000  # 0: no step limit (then time_budget_s must be set)
-    # Stop after this many seconds of training steps (evaluations not counted; summed over
-    # resumes); 0: none. Without a step count the cosine follows the fraction of it used.
-    time_budget_s: float = 0.0
-    lr_decay_steps: int = 0  # steps of the warmup + cosine schedule; 0: max_steps
     seed: int = 1337
-    optimizer: Literal["adamw", "rmsprop"] = "adamw"  # rmsprop is char-rnn's choice
     lr: float = 2e-3
-    weight_decay: float = 0.0
-    warmup_steps: int = 100
-    min_lr_ratio: float = 0.1  # the cosine decays the LR to lr * min_lr_ratio
-    grad_clip: float = 1.0  # max global gradient norm; 0: no clipping
-    eval_every: int = 250  # steps between evaluations (and last.pt / best.pt writes)
+    adam_beta2: float = 0.99  # nanoGPT's shakespeare_char: small batches, short runs
+    eval_every: int = 250  # steps between evaluations (0: at every pass over the text)
     eval_batches: int = 20  # windows of the val stream per evaluation; 0: the whole val stream
-    device: str = "auto"  # auto (CUDA when present), cpu, cuda, cuda:N
-    log_every: int = 50  # steps between progress-bar loss updates
 
 
 @dataclass
@@ -93,7 +87,6 @@ def check_config(config: CharLMConfig) -> None:
         "model.embed_size": model.embed_size,
         "model.num_layers": model.num_layers,
         "model.hidden_size": model.hidden_size,
-        "train.eval_every": train.eval_every,
         "train.log_every": train.log_every,
     }
     not_negative = {
@@ -104,6 +97,10 @@ def check_config(config: CharLMConfig) -> None:
         "train.warmup_steps": train.warmup_steps,
         "train.grad_clip": train.grad_clip,
         "train.eval_batches": train.eval_batches,
+        "train.eval_every": train.eval_every,
+        "train.patience": train.patience,
+        "train.checkpoint_every": train.checkpoint_every,
+        "train.checkpoint_every_s": train.checkpoint_every_s,
     }
     check_bounds(at_least_one, not_negative)
     if not 0 <= model.dropout < 1:

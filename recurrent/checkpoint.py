@@ -16,7 +16,7 @@ import torch
 
 from recurrent.errors import UserError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: training runs of recurrent.engine (1, their predecessors, still load)
 TASK_TRAINERS = {"char_lm": "python -m char_lm.train", "captioner": "python -m captioner.train"}
 
 

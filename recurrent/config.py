@@ -195,6 +195,7 @@ def add_run_arguments(parser: argparse.ArgumentParser, task: str, example: str) 
     parser.add_argument(
         "--overwrite", action="store_true", help="replace a run already in --out-dir"
     )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def run_dir(task: str, config_path: str, out_dir: str | None) -> Path:

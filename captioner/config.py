@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from recurrent.config import check_bounds
+from recurrent.engine import RunSettings
 from recurrent.errors import UserError
 
 
@@ -46,11 +47,11 @@ class ModelConfig:
 
 
 @dataclass
-class TrainConfig:
-    epochs: int = 10
-    max_steps: int = 0  # 0: no limit besides epochs
-    time_budget_s: float = 0.0  # 0: no limit; else stop after this many seconds
-    seed: int = 0
+class TrainConfig(RunSettings):
+    """The run rules shared with char_lm (`recurrent.engine.RunSettings`, see the README's "How a
+    run works") with the captioner's defaults, and its own fields."""
+
+    epochs: int = 10  # passes over the training data; max_steps > 0 replaces it
     batch_size: int = 64  # (image, caption) pairs per step; images per step with captions_per_image
     # k > 0: each step encodes batch_size images once and trains on k references of each
     # (self-critical.pytorch's seq_per_img), so the CNN runs once per k captions; an epoch is then
@@ -59,16 +60,12 @@ class TrainConfig:
     lr: float = 4e-4  # decoder
     encoder_lr: float = 1e-4  # trainable encoder stages
     weight_decay: float = 0.01
-    warmup_steps: int = 100
-    min_lr_ratio: float = 0.1
     grad_clip: float = 5.0
     eval_every: int = 0  # steps between validations; 0: once per epoch
     eval_max_images: int = 0  # 0: the whole val split
     patience: int = 5  # validations without a better BLEU-4 before stopping; 0: never
     feature_cache: bool = True  # frozen encoder: compute features once per image, on disk
     feature_cache_dir: str = ""  # where the cached features live; "": <out_dir>/features
-    device: str = "auto"
-    log_every: int = 50
 
 
 @dataclass
@@ -118,6 +115,9 @@ def check_config(cfg: CaptionerConfig) -> None:
         "train.eval_every": t.eval_every,
         "train.eval_max_images": t.eval_max_images,
         "train.patience": t.patience,
+        "train.lr_decay_steps": t.lr_decay_steps,
+        "train.checkpoint_every": t.checkpoint_every,
+        "train.checkpoint_every_s": t.checkpoint_every_s,
         "train.captions_per_image": t.captions_per_image,
         "train.grad_clip": t.grad_clip,
         "train.weight_decay": t.weight_decay,

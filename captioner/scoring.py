@@ -29,6 +29,7 @@ from captioner.decode import check_decode_settings
 from captioner.encoder import ImageFeatures
 from captioner.inference import Captioner, decode_features
 from captioner.metrics import bleu_scores, coco_scores
+from recurrent.distributed import Distributed
 from recurrent.errors import UserError
 from recurrent.training import autocast
 
@@ -87,6 +88,7 @@ def evaluate_split(
     coco_metrics: bool = True,
     meteor: bool = True,
     progress: bool = False,
+    layout: Distributed | None = None,
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Decode `records` (no teacher forcing) and score the captions against their references.
 
@@ -97,6 +99,9 @@ def evaluate_split(
     Decoding settings default to the checkpoint's ``decode`` section. `batches` may supply the
     image features (e.g. from the feature cache) as `(record indices, ImageFeatures)`; by default the
     images are loaded and encoded.
+
+    Under torchrun (`layout`), each process passes its share of the split, ``split[rank::N]``: the
+    shares are decoded in parallel, gathered, and every process scores the whole split.
     """
     decode = captioner.cfg.decode
     beam_size = decode.beam_size if beam_size is None else beam_size
@@ -128,6 +133,13 @@ def evaluate_split(
         captioner.model.train(was_training)
     if any(hypothesis is None for hypothesis in hypotheses):
         raise RuntimeError("the feature batches did not cover every record")
+    if layout is not None and layout.enabled:  # put the shares back in the split's order
+        shares = layout.all_gather_objects((list(records), hypotheses))
+        records = [
+            shares[i % len(shares)][0][i // len(shares)]
+            for i in range(sum(len(r) for r, _ in shares))
+        ]
+        hypotheses = [shares[i % len(shares)][1][i // len(shares)] for i in range(len(records))]
     references = [list(record.captions) for record in records]
     scores = dict(bleu_scores(references, hypotheses))
     if coco_metrics:

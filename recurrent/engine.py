@@ -467,6 +467,7 @@ class Run:
         steps_at_start, items_total, started = progress.step, 0, time.perf_counter()
         elapsed_before = progress.elapsed_s
         last_save = time.perf_counter()
+        call_losses: list[float] = []  # every step's loss in this call, for the summary
         stats: list[Tensor] = []  # [loss, grad norm] of steps not yet checked (on the device)
         window_items, window_start = 0, time.perf_counter()
 
@@ -485,6 +486,7 @@ class Run:
                     bad_step = progress.step - len(values) + offset + 1
                     raise RunStopped(self._non_finite_message(bad_step, loss), exit_code=3)
             progress.pending.extend(values)
+            call_losses.extend(loss for loss, _ in values)
             progress.since_eval[0] += sum(loss for loss, _ in values)
             progress.since_eval[1] += len(values)
 
@@ -642,7 +644,7 @@ class Run:
         if progress.evaluated_step != progress.step:
             run_evaluation()  # every run ends with an evaluation and last.pt at its last step
         train_time = time.perf_counter() - started
-        if progress.step == steps_at_start:
+        if self.payload is not None and progress.step == steps_at_start:
             self.log(f"nothing to do: {self.last_path} is already at step {progress.step}")
         return {
             "steps": progress.step,
@@ -660,6 +662,7 @@ class Run:
             "precision": self.precision.name,
             "world_size": self.dist.world_size,
             "is_main": main,
+            "losses": call_losses,
             "metrics": read_metrics(metrics.path) if main else [],
             "out_dir": str(self.out_dir),
             "last_checkpoint": str(self.last_path),

@@ -22,7 +22,7 @@ def train_tiny_captioner(run_dir: Path, annotations: Path, *overrides: str) -> P
         [f"data.annotations={annotations}", "train.max_steps=2", "train.eval_max_images=4"]
         + list(overrides),
     )
-    summary = train_captioner(cfg, run_dir, progress=False, log=lambda line: None)
+    summary = train_captioner(cfg, run_dir, quiet=True)
     return Path(summary["best_checkpoint"])
 
 

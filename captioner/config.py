@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from recurrent.config import check_bounds
-from recurrent.engine import RunSettings
+from recurrent.engine import RUN_BOUNDS, RunSettings
 from recurrent.errors import UserError
 
 
@@ -98,41 +98,42 @@ ARCHITECTURE_KEYS = [
 ]
 
 
+# Where each number must lie, in interval notation ("(0, 10]": 0 < lr <= 10), checked by
+# `recurrent.config.check_bounds`. The caps on sizes refuse values that would only allocate
+# gigabytes and crash; "[0, inf)" is any finite value. Every int and float field has a row.
+BOUNDS = {
+    **RUN_BOUNDS,
+    "data.val_fraction": "[0, 1)",
+    "data.test_fraction": "[0, 1)",
+    "data.split_seed": "[0, 4294967295]",
+    "data.image_size": "[1, 2048]",
+    "data.min_word_count": "[0, 1e9]",
+    "data.max_caption_length": "[1, 1000]",
+    "data.num_workers": "[0, 1024]",
+    "model.encoder_stages": "[1, 4]",
+    "model.finetune_stages": "[0, 5]",
+    "model.num_layers": "[1, 32]",
+    "model.embed_size": "[1, 8192]",
+    "model.hidden_size": "[1, 8192]",
+    "model.attention_size": "[1, 8192]",
+    "model.dropout": "[0, 1)",
+    "model.alpha_c": "[0, inf)",
+    "train.epochs": "[0, 1e6]",
+    "train.batch_size": "[1, 4096]",
+    "train.captions_per_image": "[0, 100]",
+    "train.encoder_lr": "[0, 10]",
+    "train.eval_max_images": "[0, 1e9]",
+    "decode.beam_size": "[1, 100]",
+    "decode.max_length": "[1, 1000]",
+    "decode.length_penalty": "[0, 10]",
+}
+
+
 def check_config(cfg: CaptionerConfig) -> None:
     """Reject settings no run can use, with the key to change."""
-    t = cfg.train
-    at_least_one = {
-        "train.batch_size": t.batch_size,
-        "decode.beam_size": cfg.decode.beam_size,
-        "decode.max_length": cfg.decode.max_length,
-        "data.max_caption_length": cfg.data.max_caption_length,
-    }
-    not_negative = {
-        "train.epochs": t.epochs,
-        "train.max_steps": t.max_steps,
-        "train.time_budget_s": t.time_budget_s,
-        "train.warmup_steps": t.warmup_steps,
-        "train.eval_every": t.eval_every,
-        "train.eval_max_images": t.eval_max_images,
-        "train.patience": t.patience,
-        "train.lr_decay_steps": t.lr_decay_steps,
-        "train.checkpoint_every": t.checkpoint_every,
-        "train.checkpoint_every_s": t.checkpoint_every_s,
-        "train.captions_per_image": t.captions_per_image,
-        "train.grad_clip": t.grad_clip,
-        "train.weight_decay": t.weight_decay,
-        "train.log_every": t.log_every,
-        "data.num_workers": cfg.data.num_workers,
-    }
-    check_bounds(at_least_one, not_negative)
-    if t.epochs == 0 and t.max_steps == 0:
+    check_bounds(cfg, BOUNDS)
+    if cfg.train.epochs == 0 and cfg.train.max_steps == 0:
         raise UserError("train.epochs and train.max_steps are both 0; set one of them")
-    if t.lr <= 0 or t.encoder_lr < 0:
-        raise UserError(
-            f"train.lr must be > 0 and train.encoder_lr >= 0, got {t.lr}, {t.encoder_lr}"
-        )
-    if not 0.0 <= t.min_lr_ratio <= 1.0:
-        raise UserError(f"train.min_lr_ratio must be between 0 and 1, got {t.min_lr_ratio}")
     if not cfg.data.annotations:
         raise UserError(
             "data.annotations is empty; set it in the config or with --set data.annotations=PATH"

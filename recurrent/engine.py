@@ -104,6 +104,27 @@ class RunSettings:
     tensorboard: bool = False  # also write DIR/tensorboard (pip install tensorboard)
 
 
+# Where each RunSettings number must lie (`recurrent.config.check_bounds` notation); each task's
+# BOUNDS table adds these to its own rows.
+RUN_BOUNDS = {
+    "train.max_steps": "[0, 1e9]",
+    "train.time_budget_s": "[0, inf)",
+    "train.lr_decay_steps": "[0, 1e9]",
+    "train.seed": "[0, 4294967295]",
+    "train.lr": "(0, 10]",
+    "train.adam_beta2": "[0, 1)",
+    "train.weight_decay": "[0, 10]",
+    "train.warmup_steps": "[0, 1e9]",
+    "train.min_lr_ratio": "[0, 1]",
+    "train.grad_clip": "[0, inf)",
+    "train.eval_every": "[0, 1e9]",
+    "train.patience": "[0, 1e9]",
+    "train.checkpoint_every": "[0, 1e9]",
+    "train.checkpoint_every_s": "[0, inf)",
+    "train.log_every": "[1, 1e9]",
+}
+
+
 @dataclass
 class StepResult:
     """What a task's training step returns: the loss to minimise, how many items (characters,

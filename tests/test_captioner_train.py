@@ -256,7 +256,12 @@ def test_time_budget_stops_with_a_final_validation(scenes_annotations: Path, tmp
     # The budget is spent before the first step: no step, but still a validation and last.pt.
     assert summary["stop_reason"] == "time_budget" and summary["steps"] == 0
     last = load_checkpoint(tmp_path / "run" / "last.pt")
-    assert last["step"] == 0 and set(last["progress"]["last_scores"]) == {"BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4"}
+    assert last["step"] == 0 and set(last["progress"]["last_scores"]) == {
+        "BLEU-1",
+        "BLEU-2",
+        "BLEU-3",
+        "BLEU-4",
+    }
 
 
 def test_augmentation_does_not_depend_on_workers(scenes_annotations: Path, tmp_path: Path):

@@ -208,7 +208,9 @@ def lr_factor(step: int, elapsed_s: float, settings: RunSettings, total_steps: i
         return (step + 1) / settings.warmup_steps
     span = settings.lr_decay_steps or total_steps
     by_steps = (
-        (step - settings.warmup_steps) / max(1, span - settings.warmup_steps) if span else 0.0
+        (step - settings.warmup_steps) / (span - settings.warmup_steps)
+        if span > settings.warmup_steps
+        else float(span > 0)  # warmup filled the whole span: the cosine is over
     )
     by_time = elapsed_s / settings.time_budget_s if settings.time_budget_s else 0.0
     fraction = min(1.0, max(by_steps, by_time))

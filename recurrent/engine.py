@@ -269,7 +269,9 @@ class MetricsLog:
                     "train.tensorboard is on but tensorboard is not installed; "
                     "pip install tensorboard (or the project's 'tensorboard' extra)"
                 ) from None
-            purge = None if resumed_step is None else resumed_step + 1
+            # Hide the events of what this run replaces: past the checkpoint it resumes from, or
+            # all of them for a fresh run (--overwrite leaves the old event files in the folder).
+            purge = 0 if resumed_step is None else resumed_step + 1
             self.writer = SummaryWriter(str(out_dir / "tensorboard"), purge_step=purge)
 
     def write(self, record: dict[str, Any]) -> None:

@@ -7,6 +7,7 @@ best score. Never a pickled module: `torch.load(weights_only=True)` reads it.
 
 from __future__ import annotations
 
+import glob
 import os
 import tempfile
 from pathlib import Path
@@ -35,6 +36,10 @@ def save_checkpoint(payload: dict[str, Any], path: str | Path) -> None:
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
+    # A process killed mid-write (kill -9, an out-of-memory kill) leaves its temp file behind, as
+    # large as a checkpoint; the next complete write of the same file removes it.
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        stale.unlink(missing_ok=True)
 
 
 def load_checkpoint(path: str | Path, task: str | None = None) -> dict[str, Any]:

@@ -11,6 +11,7 @@ with ``weights=None`` and then receives the saved weights.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -28,7 +29,8 @@ from captioner.model import CaptionModel
 from recurrent.checkpoint import load_checkpoint
 from recurrent.config import from_dict
 from recurrent.errors import UserError
-from recurrent.training import autocast, pick_device
+from recurrent.precision import Precision
+from recurrent.training import pick_device
 
 DEFAULT_BATCH_SIZE = 16
 
@@ -42,6 +44,10 @@ class Captioner:
     cfg: CaptionerConfig
     transform: Callable[[Image.Image], Tensor]  # PIL image -> (3, S, S), the eval preprocessing
     device: torch.device
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """Decode in the precision the model was trained in (``train.precision``)."""
+        return Precision.for_inference(self.cfg.train.precision, self.device).autocast()
 
 
 @dataclass
@@ -119,7 +125,7 @@ def encode_images(captioner: Captioner, images: Sequence[Image.Image]) -> ImageF
     """PIL images -> float32 `ImageFeatures` on the captioner's device."""
     batch = torch.stack([captioner.transform(image.convert("RGB")) for image in images])
     batch = batch.to(captioner.device)  # (B, 3, S, S)
-    with autocast(captioner.device):
+    with captioner.autocast():
         features = captioner.model.encode(batch)
     return ImageFeatures(features.pooled.float(), features.grid.float(), features.grid_hw)
 

@@ -31,7 +31,6 @@ from captioner.inference import Captioner, decode_features
 from captioner.metrics import bleu_scores, coco_scores
 from recurrent.distributed import Distributed
 from recurrent.errors import UserError
-from recurrent.training import autocast
 
 TOKENIZATION = "lowercase, nltk TreebankWordTokenizer, alphanumeric tokens only"
 BLEU_KEYS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4")
@@ -68,7 +67,7 @@ def image_batches(
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
     model = captioner.model
     for images, indices in loader:
-        with torch.no_grad(), autocast(captioner.device):
+        with torch.no_grad(), captioner.autocast():
             features = model.encode(images.to(captioner.device))
         features = ImageFeatures(features.pooled.float(), features.grid.float(), features.grid_hw)
         yield indices.tolist(), features

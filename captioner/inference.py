@@ -73,12 +73,9 @@ def eval_transform(cfg: CaptionerConfig) -> Callable[[Image.Image], Tensor]:
     A local weights file that is gone does not matter here: its statistics are the architecture's
     default ones, which `build_transforms` uses for any file.
     """
-    try:
-        return build_transforms(
-            cfg.data.image_size, train=False, weights=cfg.model.weights, arch=cfg.model.encoder
-        )
-    except UserError:
-        return build_transforms(cfg.data.image_size, train=False, arch=cfg.model.encoder)
+    return build_transforms(
+        cfg.data.image_size, train=False, weights=cfg.model.weights, arch=cfg.model.encoder
+    )
 
 
 def captioner_from_payload(

@@ -66,6 +66,7 @@ from recurrent.checkpoint import (
     save_checkpoint,
 )
 from recurrent.errors import RunStopped, UserError
+from recurrent.files import atomic_write_text
 from recurrent.training import rng_state, set_rng_state, set_seed, warmup_cosine
 
 RUN_FORMAT = FORMAT_VERSION  # checkpoints a run can resume from carry "progress"
@@ -256,9 +257,7 @@ class MetricsLog:
             self.path.unlink(missing_ok=True)
         else:  # drop what was logged after the checkpoint the run resumes from, and torn lines
             kept = [r for r in read_metrics(self.path) if r["step"] <= resumed_step]
-            tmp = self.path.with_name(f".{self.path.name}.tmp")
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
-            os.replace(tmp, self.path)
+            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter

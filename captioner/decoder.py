@@ -145,12 +145,19 @@ class CaptionDecoder(nn.Module):
     # --- teacher forcing ------------------------------------------------------------------------
 
     def forward(
-        self, features: ImageFeatures, captions: Tensor, lengths: Tensor
+        self,
+        features: ImageFeatures,
+        captions: Tensor,
+        lengths: Tensor,
+        predicted_words: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Teacher-forced: read captions[:, :-1], predict captions[:, 1:].
 
-        Returns logits (B, T-1, V) and the mean cross-entropy over real (non-padding) targets, plus
-        ``alpha_c`` times the doubly stochastic attention regulariser for the attention variant.
+        Returns logits (B, T-1, V) and the cross-entropy summed over real (non-padding) targets,
+        plus ``alpha_c`` times the doubly stochastic attention regulariser for the attention
+        variant, divided by the number of predicted words: this batch's, or ``predicted_words``
+        when given (under torchrun, the whole global batch's divided by the number of processes,
+        so that averaging the processes' gradients gives exactly the global batch's mean).
         Positions at or past a caption's length never affect the loss, whatever tokens they hold.
         """
         inputs = captions[:, :-1]  # (B, T-1)
@@ -177,10 +184,12 @@ class CaptionDecoder(nn.Module):
             logits.reshape(-1, logits.size(-1)).float(),
             targets.reshape(-1),
             ignore_index=self.pad_id,
+            reduction="sum",
         )
         if alphas is not None and self.alpha_c > 0:
             loss = loss + self.alpha_c * self.attention_regularizer(alphas, valid)
-        return logits, loss
+        words = valid.sum().clamp(min=1) if predicted_words is None else predicted_words
+        return logits, loss / words
 
     @staticmethod
     def attention_regularizer(alphas: Tensor, valid: Tensor) -> Tensor:
@@ -188,7 +197,7 @@ class CaptionDecoder(nn.Module):
         about as much attention in total over the caption as any other.
 
         alphas (B, T, N), valid (B, T) -> sum over the batch of sum_i (1 - sum_t alpha_ti)^2,
-        summing over real steps only, divided by the number of predicted words. The paper adds the
+        summing over real steps only; `forward` divides it by the number of predicted words. The paper adds the
         regulariser to the log-likelihood summed over words; the cross-entropy here is a mean per
         word, so the regulariser is one per word too. (Averaged per caption instead, it outweighs
         the caption loss about T times and, on grids larger than the caption is long, pushes every
@@ -196,4 +205,4 @@ class CaptionDecoder(nn.Module):
         """
         attention_per_position = (alphas.float() * valid.unsqueeze(-1)).sum(dim=1)  # (B, N)
         per_caption = ((1.0 - attention_per_position) ** 2).sum(dim=1)  # (B,)
-        return per_caption.sum() / valid.sum().clamp(min=1)
+        return per_caption.sum()

@@ -42,7 +42,7 @@ from captioner.config import CaptionerConfig
 from captioner.data import ImageOnly, ImageRecord, Vocabulary
 from captioner.encoder import ImageEncoder, ImageFeatures
 from recurrent.errors import UserError
-from recurrent.training import autocast
+from recurrent.precision import Precision
 
 CACHE_DTYPE = torch.float16  # halves the disk and memory; the decoder computes in float32
 PRELOAD_BYTES = 2 * 1024**3  # feature sets up to this size are held in memory
@@ -150,7 +150,7 @@ class FeatureCache:
         try:
             bar = tqdm(loader, desc="caching features", unit="batch", disable=not progress or None)
             for images, indices in bar:
-                with autocast(device):
+                with Precision.for_inference(self.cfg.train.precision, device).autocast():
                     features = self.encoder(images.to(device, non_blocking=True))
                 pooled = features.pooled.to("cpu", CACHE_DTYPE)  # (B, C)
                 grid = features.grid.to("cpu", CACHE_DTYPE)  # (B, N, C)

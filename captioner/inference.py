@@ -11,6 +11,7 @@ with ``weights=None`` and then receives the saved weights.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -28,7 +29,8 @@ from captioner.model import CaptionModel
 from recurrent.checkpoint import load_checkpoint
 from recurrent.config import from_dict
 from recurrent.errors import UserError
-from recurrent.training import autocast, pick_device
+from recurrent.precision import Precision
+from recurrent.training import pick_device
 
 DEFAULT_BATCH_SIZE = 16
 
@@ -42,6 +44,10 @@ class Captioner:
     cfg: CaptionerConfig
     transform: Callable[[Image.Image], Tensor]  # PIL image -> (3, S, S), the eval preprocessing
     device: torch.device
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """Decode in the precision the model was trained in (``train.precision``)."""
+        return Precision.for_inference(self.cfg.train.precision, self.device).autocast()
 
 
 @dataclass
@@ -67,12 +73,9 @@ def eval_transform(cfg: CaptionerConfig) -> Callable[[Image.Image], Tensor]:
     A local weights file that is gone does not matter here: its statistics are the architecture's
     default ones, which `build_transforms` uses for any file.
     """
-    try:
-        return build_transforms(
-            cfg.data.image_size, train=False, weights=cfg.model.weights, arch=cfg.model.encoder
-        )
-    except UserError:
-        return build_transforms(cfg.data.image_size, train=False, arch=cfg.model.encoder)
+    return build_transforms(
+        cfg.data.image_size, train=False, weights=cfg.model.weights, arch=cfg.model.encoder
+    )
 
 
 def captioner_from_payload(
@@ -119,7 +122,7 @@ def encode_images(captioner: Captioner, images: Sequence[Image.Image]) -> ImageF
     """PIL images -> float32 `ImageFeatures` on the captioner's device."""
     batch = torch.stack([captioner.transform(image.convert("RGB")) for image in images])
     batch = batch.to(captioner.device)  # (B, 3, S, S)
-    with autocast(captioner.device):
+    with captioner.autocast():
         features = captioner.model.encode(batch)
     return ImageFeatures(features.pooled.float(), features.grid.float(), features.grid_hw)
 

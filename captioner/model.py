@@ -29,14 +29,18 @@ class CaptionModel(nn.Module):
         return self.encoder(images)
 
     def forward(
-        self, inputs: Tensor | ImageFeatures, captions: Tensor, lengths: Tensor
+        self,
+        inputs: Tensor | ImageFeatures,
+        captions: Tensor,
+        lengths: Tensor,
+        predicted_words: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Teacher-forced logits (B*k, T-1, V) and loss; see `CaptionDecoder.forward`.
 
         ``inputs`` are images (B, 3, H, W), or their cached `ImageFeatures` (a frozen encoder's
         output, which then skips the encoder). ``captions`` may hold k references per image:
         rows j*k .. j*k + k-1 belong to image j (``train.captions_per_image``), and the image is
-        encoded once for all k.
+        encoded once for all k. ``predicted_words``: see `CaptionDecoder.forward`.
         """
         features = inputs if isinstance(inputs, ImageFeatures) else self.encoder(inputs)
         images = features.pooled.size(0)
@@ -44,4 +48,4 @@ class CaptionModel(nn.Module):
         if per_image > 1:
             owners = torch.arange(images, device=captions.device).repeat_interleave(per_image)
             features = features.index_select(owners)
-        return self.decoder(features, captions, lengths)
+        return self.decoder(features, captions, lengths, predicted_words)

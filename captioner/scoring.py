@@ -31,7 +31,7 @@ from captioner.inference import Captioner, decode_features
 from captioner.metrics import bleu_scores, coco_scores
 from recurrent.distributed import Distributed
 from recurrent.errors import UserError
-from recurrent.training import autocast
+from recurrent.files import atomic_write_text
 
 TOKENIZATION = "lowercase, nltk TreebankWordTokenizer, alphanumeric tokens only"
 BLEU_KEYS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4")
@@ -68,7 +68,7 @@ def image_batches(
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
     model = captioner.model
     for images, indices in loader:
-        with torch.no_grad(), autocast(captioner.device):
+        with torch.no_grad(), captioner.autocast():
             features = model.encode(images.to(captioner.device))
         features = ImageFeatures(features.pooled.float(), features.grid.float(), features.grid_hw)
         yield indices.tolist(), features
@@ -159,10 +159,7 @@ def write_predictions(predictions: list[dict[str, Any]], path: str | os.PathLike
             f"--predictions {path} is a folder; pass a file name such as {path}/preds.json"
         )
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(predictions, indent=1), encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(predictions, indent=1))
     except OSError as err:
         raise UserError(
             f"cannot write predictions to {path} ({err.strerror}); pick another path"

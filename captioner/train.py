@@ -138,6 +138,7 @@ def _build_data(
     val_records: Sequence[ImageRecord],
     out_dir: Path,
     device: torch.device,
+    layout: Distributed,
     progress: bool,
 ) -> _Data:
     max_ids = cfg.data.max_caption_length + 2  # words + <start> + <end>
@@ -150,13 +151,17 @@ def _build_data(
             else out_dir / "features"
         )
         cache = FeatureCache(cache_root, model.encoder, cfg, eval_tf)
+        # Under torchrun each process encodes its share of the missing images, in parallel; the
+        # files are written atomically, and all wait until the whole cache is there.
+        records = [*train_records, *val_records]
         encoded = cache.ensure(
-            [*train_records, *val_records],
+            records[layout.rank :: layout.world_size],
             device=device,
             batch_size=batch,
             num_workers=cfg.data.num_workers,
             progress=progress,
         )
+        encoded = sum(layout.all_gather_objects(encoded))  # also waits for every process
         train_set = FeaturePairs(train_records, vocab, cache, max_length=max_ids)
         return _Data(
             train_set,
@@ -306,6 +311,7 @@ def train(
         val_records,
         run.out_dir,
         device,
+        run.dist,
         not quiet and run.dist.is_main,
     )
     optimizer = run.optimizer(parameter_parts(model, cfg))
@@ -323,7 +329,11 @@ def train(
         else:
             inputs = inputs.to(device)
         captions = captions.to(device, non_blocking=True)
-        _, loss = net(inputs, captions, lengths)
+        words = None
+        if run.dist.enabled:  # normalise by the global batch's words (see CaptionDecoder.forward)
+            words = (lengths - 1).clamp(min=1).sum().to(device, torch.float32)
+            words = run.dist.all_reduce_sum(words) / run.dist.world_size
+        _, loss = net(inputs, captions, lengths, words)
         counts["pairs"] += captions.size(0)
         return StepResult(loss, captions.size(0), epoch_end)
 

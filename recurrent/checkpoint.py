@@ -7,39 +7,22 @@ best score. Never a pickled module: `torch.load(weights_only=True)` reads it.
 
 from __future__ import annotations
 
-import glob
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from recurrent.errors import UserError
+from recurrent.files import atomic_write
 
 FORMAT_VERSION = 2  # 2: training runs of recurrent.engine (1, their predecessors, still load)
 TASK_TRAINERS = {"char_lm": "python -m char_lm.train", "captioner": "python -m captioner.train"}
 
 
 def save_checkpoint(payload: dict[str, Any], path: str | Path) -> None:
-    """Write ``payload`` to ``path`` atomically: a temp file in the same folder, then a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write ``payload`` to ``path`` atomically (`recurrent.files.atomic_write`)."""
     payload = {"format_version": FORMAT_VERSION, **payload}
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    # A process killed mid-write (kill -9, an out-of-memory kill) leaves its temp file behind, as
-    # large as a checkpoint; the next complete write of the same file removes it.
-    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
-        stale.unlink(missing_ok=True)
+    atomic_write(path, lambda handle: torch.save(payload, handle))
 
 
 def load_checkpoint(path: str | Path, task: str | None = None) -> dict[str, Any]:

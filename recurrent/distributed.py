@@ -21,7 +21,7 @@ import torch.distributed as dist
 
 from recurrent.errors import UserError
 
-DEFAULT_TIMEOUT_S = 300.0  # a rank that does not answer a collective in this time fails the job
+DEFAULT_TIMEOUT_S = 1800.0  # a rank that does not answer a collective in this time fails the job
 
 
 @dataclass(frozen=True)

@@ -66,6 +66,7 @@ from recurrent.checkpoint import (
     save_checkpoint,
 )
 from recurrent.errors import RunStopped, UserError
+from recurrent.files import atomic_write_text
 from recurrent.training import rng_state, set_rng_state, set_seed, warmup_cosine
 
 RUN_FORMAT = FORMAT_VERSION  # checkpoints a run can resume from carry "progress"
@@ -258,9 +259,7 @@ class MetricsLog:
             self.path.unlink(missing_ok=True)
         else:  # drop what was logged after the checkpoint the run resumes from, and torn lines
             kept = [r for r in read_metrics(self.path) if r["step"] <= resumed_step]
-            tmp = self.path.with_name(f".{self.path.name}.tmp")
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
-            os.replace(tmp, self.path)
+            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -504,7 +503,10 @@ class Run:
             host sync), stopping on a non-finite loss before anything is written."""
             if not stats:
                 return
-            values = torch.stack(stats).cpu().tolist()
+            values = torch.stack(stats)  # (steps, 2): this process's [loss, grad norm]
+            if self.dist.enabled:  # the mean over the processes: every rank logs the same
+                values = self.dist.all_reduce_sum(values) / self.dist.world_size
+            values = values.cpu().tolist()
             stats.clear()
             for offset, (loss, _) in enumerate(values):
                 if not math.isfinite(loss):
@@ -574,14 +576,17 @@ class Run:
             )
             save(better)
 
-        def stop_reason() -> str | None:
+        def stop_reason(over_budget: bool) -> str | None:
             if total_steps and progress.step >= total_steps:
                 return "max_steps"
             if settings.patience and progress.bad_evals >= settings.patience:
                 return "patience"
-            if settings.time_budget_s and elapsed() >= settings.time_budget_s:
+            if over_budget:
                 return "time_budget"
             return None
+
+        def budget_spent() -> bool:
+            return bool(settings.time_budget_s and elapsed() >= settings.time_budget_s)
 
         bar = tqdm(
             total=total_steps or None,
@@ -593,7 +598,7 @@ class Run:
             file=sys.stderr,
         )
         model.train()
-        reason = stop_reason()
+        reason = stop_reason(self._agree(budget_spent())[0])
         try:
             with _StopSignals() as signals:
                 while reason is None:
@@ -640,28 +645,38 @@ class Run:
                         bar.set_postfix(
                             loss=f"{loss_mean:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}"
                         )
-                    reason = stop_reason()
+                    # What depends on the clock or on a signal is agreed by all processes (one
+                    # small all-reduce under torchrun), so all stop, evaluate and save together.
+                    over_budget, save_due, signalled = self._agree(
+                        budget_spent(),
+                        bool(
+                            settings.checkpoint_every_s
+                            and time.perf_counter() - last_save >= settings.checkpoint_every_s
+                        ),
+                        signals.received is not None,
+                    )
+                    reason = stop_reason(over_budget)
                     due = (settings.eval_every and progress.step % settings.eval_every == 0) or (
                         not settings.eval_every and result.epoch_end
                     )
                     if due or reason is not None:
                         run_evaluation()
-                        reason = stop_reason()
-                    elif (
+                        reason = stop_reason(over_budget)
+                    elif save_due or (
                         settings.checkpoint_every and progress.step % settings.checkpoint_every == 0
-                    ) or (
-                        settings.checkpoint_every_s
-                        and time.perf_counter() - last_save >= settings.checkpoint_every_s
                     ):
                         save(improved=False)
-                    if self._stop_requested(signals):
+                    if signalled:
                         if progress.evaluated_step != progress.step:
                             save(improved=False)
-                        name = signal.Signals(signals.received or signal.SIGTERM).name
+                        signals.received = (
+                            signals.received or signal.SIGTERM
+                        )  # maybe another rank's
+                        name = signal.Signals(signals.received).name
                         raise RunStopped(
                             f"{name} at step {progress.step}: {self.last_path} is saved; run the "
                             "same command with --resume to continue",
-                            exit_code=128 + (signals.received or signal.SIGTERM),
+                            exit_code=128 + signals.received,
                         )
         finally:
             bar.close()
@@ -701,30 +716,33 @@ class Run:
             return model
         from torch.nn.parallel import DistributedDataParallel
 
-        ids = [self.device.index] if self.device.type == "cuda" else None
+        ids = None
+        if self.device.type == "cuda":
+            ids = [self.device.index]
+            # Trainable batch norm normalises over the global batch, not each process's share
+            # (in place: the parameters, and so the optimizer's references, stay the same).
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         return DistributedDataParallel(model, device_ids=ids)
 
+    @staticmethod
     def _reduce_means(
-        self, pending: list[list[float]], count: float | None = None
+        pending: list[list[float]], count: float | None = None
     ) -> tuple[float, float]:
-        """Mean loss and gradient norm over the pending steps (and over the ranks); ``count``
-        gives the number of steps when ``pending`` holds sums."""
+        """Mean loss and gradient norm over the pending steps (already means over the
+        processes); ``count`` gives the number of steps when ``pending`` holds sums."""
         count = len(pending) if count is None else count
-        totals = torch.tensor(
-            [sum(p[0] for p in pending), sum(p[1] for p in pending), count],
-            dtype=torch.float64,
-        )
-        self.dist.all_reduce_sum(totals)
-        if totals[2].item() == 0:
+        if count == 0:
             return math.nan, math.nan
-        return totals[0].item() / totals[2].item(), totals[1].item() / totals[2].item()
+        return sum(p[0] for p in pending) / count, sum(p[1] for p in pending) / count
 
-    def _stop_requested(self, signals: _StopSignals) -> bool:
-        flag = torch.tensor([1.0 if signals.received is not None else 0.0])
-        self.dist.all_reduce_sum(flag)
-        if flag.item() > 0 and signals.received is None:
-            signals.received = signal.SIGTERM  # another rank was told to stop
-        return flag.item() > 0
+    def _agree(self, *flags: bool) -> list[bool]:
+        """Each flag true if it is true on any process (a no-op in one process)."""
+        if not self.dist.enabled:
+            return list(flags)
+        votes = self.dist.all_reduce_sum(
+            torch.tensor([float(f) for f in flags], device=self.device)
+        )
+        return [vote > 0 for vote in votes.tolist()]
 
     def _non_finite_message(self, bad_step: int, loss: float) -> str:
         saved = (

@@ -69,6 +69,15 @@ class Precision:
     def choose(cls, setting: str, device: torch.device) -> Precision:
         return cls(resolve(setting, device), device)
 
+    @classmethod
+    def for_inference(cls, setting: str, device: torch.device) -> Precision:
+        """A checkpoint's ``train.precision`` on the device it now runs on: the same precision
+        where the device supports it (fp16 trained on a GPU, served on a CPU: fp32)."""
+        try:
+            return cls.choose(setting, device)
+        except UserError:
+            return cls.choose("auto", device)
+
     @property
     def dtype(self) -> torch.dtype:
         return DTYPES[self.name]

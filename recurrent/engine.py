@@ -410,23 +410,24 @@ class Run:
         """Load the checkpoint's state into a freshly built model, optimizer and data position.
 
         Settings come from the config (see the module docstring): after loading the optimizer,
-        each group's base learning rate and weight decay are set from the config again.
+        each group's hyperparameters (base learning rate, weight decay, betas) are set from the
+        config again.
         """
         if self.payload is None:
             if self.dist.enabled:  # the same initial weights everywhere, then per-rank randomness
                 torch.manual_seed(self.settings.seed + 1_000_003 * self.dist.rank)
             return
         payload = self.payload
+        # every group's hyperparameters as the config gives them (all but the parameters)
         settings_now = [
-            (group["base_lr"], group["weight_decay"]) for group in optimizer.param_groups
+            {key: value for key, value in group.items() if key != "params"}
+            for group in optimizer.param_groups
         ]
         try:
             model.load_state_dict(payload["model"])
             optimizer.load_state_dict(payload["optimizer"])
-            for group, (base_lr, weight_decay) in zip(
-                optimizer.param_groups, settings_now, strict=True
-            ):
-                group["base_lr"], group["weight_decay"] = base_lr, weight_decay  # the config wins
+            for group, now in zip(optimizer.param_groups, settings_now, strict=True):
+                group.update(now)  # the config wins: base rates, weight decay, betas
             if payload.get("scaler") is not None:
                 self.precision.scaler_state = payload["scaler"]
             datas = payload["data"]

@@ -195,12 +195,14 @@ def test_time_budget_cosine_follows_whichever_runs_out_first(tmp_path, max_steps
 
 @pytest.mark.parametrize("task", ["char_lm", "captioner"])
 def test_resume_takes_the_learning_rate_from_the_config(task, scenes_annotations, tmp_path):
-    # The schedule's span is fixed (lr_decay_steps), so only the base rates change on resume.
+    """Settings come from the config on resume: other base rates, weight decay and Adam beta2 are
+    used from the next step (the schedule's span is fixed by lr_decay_steps, so only they change)."""
     fixed = [*SCHEDULE, "train.lr_decay_steps=16"]
     train_task(task, scenes_annotations, tmp_path, *fixed, "train.max_steps=8")
-    other = [*fixed, "train.max_steps=16", "train.lr=0.002", "train.encoder_lr=0.0005"]
-    if task == "char_lm":
-        other.pop()  # char_lm has one rate
+    other = [*fixed, "train.max_steps=16", "train.lr=0.002", "train.weight_decay=0.05"]
+    other.append("train.adam_beta2=0.95")
+    if task == "captioner":
+        other.append("train.encoder_lr=0.0005")
     train_task(task, scenes_annotations, tmp_path, *other, resume=True)
     rule = RunSettings(warmup_steps=3, min_lr_ratio=0.2, lr_decay_steps=16)
     lines = train_lines(tmp_path)
@@ -211,6 +213,10 @@ def test_resume_takes_the_learning_rate_from_the_config(task, scenes_annotations
     groups = load_checkpoint(tmp_path / "last.pt")["optimizer"]["param_groups"]
     expected_base = {"char_lm": {0.002}, "captioner": {0.002, 0.0005}}[task]
     assert {g["base_lr"] for g in groups} == expected_base
+    assert [g["weight_decay"] for g in groups] == [
+        0.0 if g["name"].endswith("_no_decay") else 0.05 for g in groups
+    ]
+    assert all(g["betas"] == (0.9, 0.95) for g in groups)
 
 
 @pytest.mark.parametrize("task", ["char_lm", "captioner"])

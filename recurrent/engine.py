@@ -21,7 +21,9 @@ and one evaluation that returns scores; `Run` does everything else, the same way
 - evaluation every ``eval_every`` steps (0: at every pass over the data) and at the end, with
   best/last bookkeeping and early stopping after ``patience`` evaluations without improvement;
 - guards: a non-finite loss stops the run with one line naming the step and the last good
-  checkpoint, which is left as it was; the gradient norm is logged;
+  checkpoint, which is left as it was; so does a non-finite gradient norm, whose update would make
+  the weights non-finite (except under fp16's gradient scaler, which skips such steps); the
+  gradient norm is logged;
 - logging: a progress bar, one line per evaluation, ``metrics.jsonl`` (one JSON object per
   logged step and per evaluation) and, with ``tensorboard``, the same numbers for TensorBoard;
 - multi-process training under torchrun (`recurrent.distributed`): DDP, rank 0 writes.
@@ -501,7 +503,7 @@ class Run:
 
         def flush_checks() -> None:
             """Fold the device-side [loss, grad norm] of recent steps into plain numbers (one
-            host sync), stopping on a non-finite loss before anything is written."""
+            host sync), stopping on a non-finite loss (or gradient) before anything is written."""
             if not stats:
                 return
             values = torch.stack(stats)  # (steps, 2): this process's [loss, grad norm]
@@ -509,10 +511,16 @@ class Run:
                 values = self.dist.all_reduce_sum(values) / self.dist.world_size
             values = values.cpu().tolist()
             stats.clear()
-            for offset, (loss, _) in enumerate(values):
+            for offset, (loss, grad_norm) in enumerate(values):
+                bad = None
                 if not math.isfinite(loss):
+                    bad = ("training loss", loss)
+                elif not math.isfinite(grad_norm) and not scaler.is_enabled():
+                    # the update has made the weights non-finite (fp16's scaler skips such steps)
+                    bad = ("gradient norm", grad_norm)
+                if bad is not None:
                     bad_step = progress.step - len(values) + offset + 1
-                    raise RunStopped(self._non_finite_message(bad_step, loss), exit_code=3)
+                    raise RunStopped(self._non_finite_message(bad_step, *bad), exit_code=3)
             progress.pending.extend(values)
             call_losses.extend(loss for loss, _ in values)
             progress.since_eval[0] += sum(loss for loss, _ in values)
@@ -745,14 +753,14 @@ class Run:
         )
         return [vote > 0 for vote in votes.tolist()]
 
-    def _non_finite_message(self, bad_step: int, loss: float) -> str:
+    def _non_finite_message(self, bad_step: int, what: str, value: float) -> str:
         saved = (
             f"{self.last_path} (step {self._saved_step()})"
             if self.last_path.is_file()
             else "none was written yet"
         )
         return (
-            f"the training loss became {loss} at step {bad_step}; nothing was saved after it, the "
+            f"the {what} became {value} at step {bad_step}; nothing was saved after it, the "
             f"last good checkpoint is {saved}; lower train.lr or set train.grad_clip, then resume "
             "with --resume or start afresh"
         )

@@ -375,6 +375,38 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
         assert stop.value.exit_code == 3
 
 
+def test_non_finite_gradients_stop_the_run_before_they_reach_a_checkpoint(
+    tmp_path, monkeypatch, capsys
+):
+    """At step 8, a checkpoint step, the loss is finite but its gradients are NaN, so the update
+    makes every weight NaN. The step-8 checkpoint must not be written with those weights: the run
+    stops naming step 8, and last.pt stays the step-6 one (the evaluation before)."""
+    real_forward = CharLM.forward
+    calls = {"train": 0}
+
+    def forward(self, idx, targets=None, state=None):
+        logits, loss, state = real_forward(self, idx, targets, state)
+        if self.training:
+            calls["train"] += 1
+            if calls["train"] == 8:  # the value stays, the gradient is 0 * inf = NaN
+                loss = loss + 0.0 * torch.sqrt(loss - loss)
+                assert math.isfinite(loss.item())
+        return logits, loss, state
+
+    monkeypatch.setattr(CharLM, "forward", forward)
+    out_dir = tmp_path / "run"
+    overrides = ["train.max_steps=20", "train.log_every=5", "train.checkpoint_every=4"]
+    argv = ["--config", str(CHAR_TINY), "--out-dir", str(out_dir), "--quiet", "--set"]
+    code = run_cli(char_lm_train.main, [*argv, *overrides, "train.eval_every=3"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 3 and len(err) == 1, err
+    assert err[0].startswith("stopped: the gradient norm became nan at step 8"), err
+    assert f"{out_dir / 'last.pt'} (step 6)" in err[0]
+    saved = load_checkpoint(out_dir / "last.pt")
+    assert saved["step"] == 6
+    assert all(torch.isfinite(value).all() for value in saved["model"].values())
+
+
 # --- the gradient norm --------------------------------------------------------------------------
 
 

@@ -312,6 +312,31 @@ def test_trainers_build_their_optimizer_by_the_rule(task, scenes_annotations, tm
     assert {g["weight_decay"] for g in groups} == {0.05, 0.0}
 
 
+# --- checkpoint cadence -------------------------------------------------------------------------
+
+
+def test_last_pt_is_written_every_checkpoint_every_steps_and_seconds(tmp_path, monkeypatch):
+    saves: list[tuple[str, int]] = []
+    real_save = engine.save_checkpoint
+
+    def save(payload, path):
+        saves.append((Path(path).name, payload["step"]))
+        real_save(payload, path)
+
+    monkeypatch.setattr(engine, "save_checkpoint", save)
+    by_steps = ["train.max_steps=20", "train.checkpoint_every=3", "train.eval_every=10"]
+    char_lm_train.train(char_cfg(*by_steps), tmp_path / "steps", quiet=True)
+    last = [step for name, step in saves if name == "last.pt"]
+    assert last == [3, 6, 9, 10, 12, 15, 18, 20]  # every 3 steps, and at each evaluation
+    assert {step for name, step in saves if name == "best.pt"} <= {10, 20}
+
+    saves.clear()  # by the clock: a 40-step run lasts far longer than 1 ms
+    by_time = ["train.max_steps=40", "train.checkpoint_every_s=0.001", "train.eval_every=1000"]
+    char_lm_train.train(char_cfg(*by_time), tmp_path / "seconds", quiet=True)
+    last = [step for name, step in saves if name == "last.pt"]
+    assert len(last) >= 3 and last[-1] == 40 and last == sorted(set(last))
+
+
 # --- non-finite losses --------------------------------------------------------------------------
 
 

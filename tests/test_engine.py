@@ -6,8 +6,10 @@
   resume takes the learning rate from the config, and a resume with a larger ``max_steps`` re-spans
   the cosine, as the engine's docstring says.
 - One weight-decay rule (`parameter_groups`) for both tasks' models and their optimizers.
+- last.pt is written every ``checkpoint_every`` steps and every ``checkpoint_every_s`` seconds.
 - A non-finite loss stops the run with one line naming the step and the last good checkpoint,
-  which is left byte for byte as it was.
+  which is left byte for byte as it was; so do NaN gradients behind a finite loss, before their
+  update reaches a checkpoint.
 - The logged gradient norm is the pre-clipping norm `torch.nn.utils.clip_grad_norm_` returns.
 - The progress bar ends as one line in a terminal (issue 13 item 4), through a real process on a
   pseudo-terminal.

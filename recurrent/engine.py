@@ -103,6 +103,7 @@ class RunSettings:
     device: str = "auto"  # auto (CUDA when present), cpu, cuda, cuda:N
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # see recurrent.precision
     tensorboard: bool = False  # also write DIR/tensorboard (pip install tensorboard)
+    compile: bool = False  # torch.compile the training forward (checkpoints hold the plain module)
 
 
 # Where each RunSettings number must lie (`recurrent.config.check_bounds` notation); each task's
@@ -474,6 +475,8 @@ class Run:
         settings, progress = self.settings, self.progress
         main = self.dist.is_main
         wrapped = self._wrap(model)
+        if settings.compile:  # `model` (saved, evaluated) stays the plain module: no prefixes
+            wrapped = torch.compile(wrapped)
         metrics = MetricsLog(
             self.out_dir,
             resumed_step=progress.step if self.payload is not None else None,

@@ -35,6 +35,7 @@ from captioner.inference import CaptionResult, caption_images, load_captioner
 from captioner.scenes import caption_names_objects_correctly, render_random_scene
 from char_lm.generate import generate, load_char_lm
 from crnn_app.captioning import scene_size
+from crnn_app.cards import card_markdown, knows_only_scenes, readme_section
 from crnn_app.heatmap import attention_overlays, fit_image, word_labels
 from crnn_app.models_dir import (
     ENV_VAR,
@@ -48,6 +49,7 @@ from crnn_app.models_dir import (
     list_checkpoints,
     parse_app_args,
 )
+from crnn_app.settings import keep
 from recurrent.errors import UserError
 from recurrent.training import pick_device
 
@@ -57,8 +59,10 @@ UPLOAD_TYPES = ["png", "jpg", "jpeg", "webp", "bmp", "gif"]
 DISPLAY_SIZE = 320  # pixels: the longer side of the image shown beside its caption
 HEATMAP_SIZE = 128  # pixels: the longer side of each word's attention thumbnail
 MAX_BEAM_SIZE = 10
+MAX_SEED = 2**31  # seeds drawn for Generate are in [0, MAX_SEED)
 STREAM_REFRESH_S = 0.05  # how often the streamed text is redrawn while it grows
 DEFAULT_PROMPT = "ROMEO:"
+CAPTIONING_SECTION = "Image captioning"  # the README section on training for photographs
 
 
 # --------------------------------------------------------------------------------------------
@@ -66,20 +70,21 @@ DEFAULT_PROMPT = "ROMEO:"
 
 
 @st.cache_data(show_spinner=False, max_entries=1000)
-def _describe(path: str, mtime_ns: int, size: int) -> tuple[str | None, str]:
-    """(task, summary), or (None, reason) for a broken or foreign file (cached, so never reread)."""
+def _describe(path: str, mtime_ns: int, size: int) -> tuple[str | None, str, dict]:
+    """(task, summary, card), or (None, reason, {}) for a broken or foreign file (cached, so never
+    reread)."""
     del mtime_ns, size  # cache keys only
     try:
         return describe_checkpoint(path)
     except UserError as err:
-        return None, " ".join(str(err).split())
+        return None, " ".join(str(err).split()), {}
 
 
-def describe_cached(path: Path) -> tuple[str, str]:
-    task, text = _describe(str(path), *file_key(path))
+def describe_cached(path: Path) -> tuple[str, str, dict]:
+    task, text, card = _describe(str(path), *file_key(path))
     if task is None:
         raise UserError(text)
-    return task, text
+    return task, text, card
 
 
 @st.cache_resource(show_spinner="Loading the captioner...", max_entries=4)
@@ -105,19 +110,25 @@ def load_model(args: AppArgs, entry: CheckpointEntry, loader: Callable):
 # Shared widgets
 
 
+def kept(key: str, default, bounds: tuple | None = None, **checks) -> str:
+    """The widget key ``key``, its value kept across page switches (`crnn_app.settings.keep`)."""
+    return keep(st.session_state, key, default, bounds=bounds, **checks)
+
+
 def one_line(err: BaseException) -> str:
     return " ".join(str(err).split()) or type(err).__name__
 
 
 def pick_checkpoint(entries: list[CheckpointEntry], label: str, key: str) -> CheckpointEntry:
     by_name = {entry.name: entry for entry in entries}
+    names = list(by_name)
     name = st.sidebar.selectbox(
         label,
-        list(by_name),
-        key=key,
-        help="Checkpoints found under the models directory; the line below describes the chosen one.",
+        names,
+        key=kept(key, names[0], options=names),
+        help="Checkpoints found under the models directory; its model card is below.",
     )
-    st.sidebar.caption(by_name[name].summary)
+    st.sidebar.markdown(card_markdown(by_name[name].card))
     return by_name[name]
 
 
@@ -166,16 +177,14 @@ def caption_page(args: AppArgs, listing: Listing) -> None:
         "Beam size",
         1,
         MAX_BEAM_SIZE,
-        min(MAX_BEAM_SIZE, max(1, decode.beam_size)),
-        key="beam_size",
+        key=kept("beam_size", min(MAX_BEAM_SIZE, max(1, decode.beam_size)), (1, MAX_BEAM_SIZE)),
         help="Captions kept at each step of beam search; 1 is greedy decoding.",
     )
     max_length = st.sidebar.slider(
         "Maximum length (words)",
         1,
         max(60, decode.max_length),
-        decode.max_length,
-        key="max_length",
+        key=kept("max_length", decode.max_length, (1, max(60, decode.max_length))),
         help="Decoding stops after this many words even without an end token.",
     )
 
@@ -213,16 +222,24 @@ def caption_page(args: AppArgs, listing: Listing) -> None:
     [result] = caption_images(
         captioner, [image], beam_size=beam_size, max_length=max_length, n_best=beam_size
     )
-    show_caption(image, label, result, references, scene)
+    scenes_only = scene is None and knows_only_scenes(entry.card)  # an upload, to a scenes model
+    show_caption(image, label, result, references, scene, scenes_only)
 
 
 def show_caption(
-    image, label: str, result: CaptionResult, references: list[str] | None, scene
+    image,
+    label: str,
+    result: CaptionResult,
+    references: list[str] | None,
+    scene,
+    scenes_only: bool = False,
 ) -> None:
     image_column, text_column = st.columns([2, 3])
     image_column.image(fit_image(image, DISPLAY_SIZE), caption=label)
     text_column.markdown("**Caption**")
     text_column.subheader(result.caption or "(empty caption)")
+    if scenes_only:
+        show_scenes_only_note(text_column)
     if scene is not None:
         if caption_names_objects_correctly(result.caption, scene):
             text_column.success("The caption names every object of the scene correctly.")
@@ -242,6 +259,22 @@ def show_caption(
         st.image(overlays, caption=word_labels(result.words))
 
 
+SCENES_ONLY_NOTE = (
+    "This model was trained on synthetic scenes only, so it describes coloured shapes only: a "
+    "photograph gets a caption about shapes, not about what the photograph shows. To caption "
+    "photographs, train a captioner on COCO or Flickr8k with a pretrained encoder (on a GPU), as "
+    "the README's section **Image captioning** explains (below)."
+)
+
+
+def show_scenes_only_note(where) -> None:
+    """Next to the caption of an upload: what a scenes-only model can describe, and what to do."""
+    where.warning(SCENES_ONLY_NOTE)
+    section = readme_section(REPO_ROOT / "README.md", CAPTIONING_SECTION)
+    with where.expander(f'README.md, section "{CAPTIONING_SECTION}"'):
+        st.markdown(section or f'See the section "{CAPTIONING_SECTION}" of README.md.')
+
+
 # --------------------------------------------------------------------------------------------
 # Page: generate text
 
@@ -258,42 +291,49 @@ def generate_page(args: AppArgs, listing: Listing) -> None:
     default_prompt = DEFAULT_PROMPT if set(DEFAULT_PROMPT) <= set(vocab) else ""
     prompt = st.text_area(
         "Prompt",
-        value=default_prompt,
-        key="prompt",
+        key=kept("prompt", default_prompt),
         help="The text the model continues; use only characters of its training text.",
     )
-    length = st.sidebar.slider("Length (characters)", 1, 2000, 300, key="length")
+    length = st.sidebar.slider("Length (characters)", 1, 2000, key=kept("length", 300, (1, 2000)))
     temperature = st.sidebar.slider(
         "Temperature",
         0.05,
         2.0,
-        0.8,
         step=0.05,
-        key="temperature",
+        key=kept("temperature", 0.8, (0.05, 2.0)),
         help="Below 1: safer, more repetitive text; above 1: more surprising text.",
     )
     top_k = st.sidebar.number_input(
         "Top-k (0 = off)",
         0,
         len(vocab),
-        0,
-        key="top_k",
+        key=kept("top_k", 0, (0, len(vocab))),
         help="Sample only among the k most likely characters.",
     )
     top_p = st.sidebar.slider(
         "Top-p (1 = off)",
         0.05,
         1.0,
-        1.0,
         step=0.05,
-        key="top_p",
+        key=kept("top_p", 1.0, (0.05, 1.0)),
         help="Sample only among the most likely characters whose probabilities add up to p.",
     )
+    fixed = st.sidebar.checkbox(
+        "Fixed seed",
+        key=kept("fixed_seed", False),
+        help="Off: every Generate draws a fresh seed (shown under the text). On: the seed below "
+        "is used every time, so the same settings give the same text.",
+    )
     seed = st.sidebar.number_input(
-        "Seed", 0, 2**31 - 1, 0, key="seed", help="The same seed and settings give the same text."
+        "Seed",
+        0,
+        MAX_SEED - 1,
+        key=kept("seed", 0, (0, MAX_SEED - 1)),
+        disabled=not fixed,
+        help="The seed of the last text; tick Fixed seed to choose it.",
     )
 
-    if st.button("Generate", key="generate", type="primary"):
+    if st.button("Generate", key="generate", type="primary", on_click=_draw_seed):
         if not prompt:
             st.info("The prompt is empty: the text starts from the beginning of a new line.")
         generator = torch.Generator().manual_seed(int(seed))
@@ -309,11 +349,30 @@ def generate_page(args: AppArgs, listing: Listing) -> None:
             generator=generator,
         )  # checks the prompt and settings now: a UserError shows before any text
         text = stream_text(prompt, characters)
-        st.session_state["generated"] = {"checkpoint": entry.name, "seed": int(seed), "text": text}
+        last = {"checkpoint": entry.name, "seed": int(seed), "fixed": fixed, "text": text}
+        st.session_state["generated"] = last
+        show_seed(last)
     elif "generated" in st.session_state:
         last = st.session_state["generated"]
-        st.caption(f"Last generated text ({last['checkpoint']}, seed {last['seed']}):")
+        st.caption(f"Last generated text ({last['checkpoint']}):")
         show_text(st, last["text"])
+        show_seed(last)
+
+
+def _draw_seed() -> None:
+    """Before the run a Generate click starts: a fresh seed unless the user fixed one."""
+    if not st.session_state.get("fixed_seed"):
+        st.session_state["seed"] = secrets.randbelow(MAX_SEED)
+
+
+def show_seed(last: dict) -> None:
+    if last["fixed"]:
+        st.caption(f"Seed {last['seed']} (fixed): the same settings give this text again.")
+    else:
+        st.caption(
+            f"Seed {last['seed']}, drawn for this click. To get this text again, tick "
+            "**Fixed seed** in the sidebar (the seed stays) and press Generate."
+        )
 
 
 def show_text(where, text: str) -> None:

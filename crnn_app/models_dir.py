@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from crnn_app.cards import model_card
 from recurrent.checkpoint import load_checkpoint
 from recurrent.errors import UserError
 
@@ -96,11 +97,13 @@ def checkpoint_path(models_dir: Path, name: str | os.PathLike[str]) -> Path:
 
 @dataclass(frozen=True)
 class CheckpointEntry:
-    """A readable checkpoint: its name relative to the models directory, task and a summary."""
+    """A readable checkpoint: its name relative to the models directory, task, a one-line
+    summary and its model card (`crnn_app.cards.model_card`)."""
 
     name: str
     task: str
     summary: str
+    card: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -121,13 +124,13 @@ def file_key(path: Path) -> tuple[int, int]:
     return stat.st_mtime_ns, stat.st_size
 
 
-def describe_checkpoint(path: str | os.PathLike[str]) -> tuple[str, str]:
-    """(task, summary) of a checkpoint file, or `UserError` when it is broken or foreign."""
+def describe_checkpoint(path: str | os.PathLike[str]) -> tuple[str, str, dict[str, Any]]:
+    """(task, summary, card) of a checkpoint file, or `UserError` when it is broken or foreign."""
     payload = load_checkpoint(path)
     task = payload.get("task")
     if task not in TASKS:
         raise UserError(f"a checkpoint for an unknown task {task!r}; the app serves {TASKS}")
-    return task, _summary(payload)
+    return task, _summary(payload), model_card(payload)
 
 
 def _summary(payload: dict[str, Any]) -> str:
@@ -186,7 +189,7 @@ def list_checkpoints(
 ) -> Listing:
     """All checkpoint files under ``models_dir`` (see `find_checkpoint_files`), read with ``describe``.
 
-    ``describe(path) -> (task, summary)`` raises `UserError` for an unusable file (the app passes a
+    ``describe(path) -> (task, summary, card)`` raises `UserError` for an unusable file (the app passes a
     cached version). Files that resolve outside the models directory are skipped unread.
     """
     listing = Listing()
@@ -201,7 +204,7 @@ def list_checkpoints(
             continue
         resolved = checkpoint_path(models_dir, name)
         try:
-            task, summary = describe(resolved)
+            task, summary, card = describe(resolved)
         except UserError as err:  # messages name the file by its full path: the name is shorter
             reason = " ".join(str(err).split()).replace(str(resolved), name)
             listing.skipped.append((name, reason))
@@ -209,6 +212,6 @@ def list_checkpoints(
         except OSError as err:  # e.g. a file removed or made unreadable while listing
             listing.skipped.append((name, f"cannot be read ({err.strerror or err})"))
             continue
-        listing.entries.append(CheckpointEntry(name=name, task=task, summary=summary))
+        listing.entries.append(CheckpointEntry(name=name, task=task, summary=summary, card=card))
     listing.truncated = truncated
     return listing

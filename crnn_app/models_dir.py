@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -165,12 +165,11 @@ FEATURE_CACHE_DIR = "features"
 FEATURE_CACHE_MARKER = "meta.json"
 
 
-def find_checkpoint_files(models_dir: Path, max_files: int = 200) -> tuple[list[Path], bool]:
-    """``*.pt`` files under ``models_dir`` (sorted), and whether the list was cut at ``max_files``.
+def walk_models_dir(models_dir: Path) -> Iterator[tuple[Path, list[str]]]:
+    """(folder, file names) for ``models_dir`` and every folder below it that is searched.
 
     Symlinked folders are not followed; hidden folders and feature caches are not searched.
     """
-    found: list[Path] = []
     for folder, subfolders, files in os.walk(models_dir):
         subfolders[:] = sorted(
             name
@@ -179,7 +178,17 @@ def find_checkpoint_files(models_dir: Path, max_files: int = 200) -> tuple[list[
             and name != FEATURE_CACHE_DIR
             and not (Path(folder) / name / FEATURE_CACHE_MARKER).is_file()
         )
-        found.extend(Path(folder) / name for name in files if name.endswith(".pt"))
+        yield Path(folder), files
+
+
+def find_checkpoint_files(models_dir: Path, max_files: int = 200) -> tuple[list[Path], bool]:
+    """``*.pt`` files under ``models_dir`` (sorted), and whether the list was cut at ``max_files``.
+
+    Searched as `walk_models_dir` walks.
+    """
+    found: list[Path] = []
+    for folder, files in walk_models_dir(models_dir):
+        found.extend(folder / name for name in files if name.endswith(".pt"))
     found.sort()
     return found[:max_files], len(found) > max_files
 

@@ -75,6 +75,7 @@ from crnn_app.toys import (
     char_label,
     check_toy_text,
     greedy_check,
+    loss_curve_spec,
     output_equation,
     strip_chart,
     toy_config,
@@ -777,7 +778,7 @@ def train_live(cfg, text: str):
         losses.append(loss)
         if step % every == 0 or step == total:
             progress.progress(step / total, text=f"step {step}/{total}: loss {loss:.3f}")
-            curve.line_chart({"training loss (nats/char)": losses}, height=200)
+            curve.vega_lite_chart(None, loss_curve_spec(losses), width="stretch")
 
     run = train_toy(cfg, text, on_step)
     progress.empty()
@@ -787,7 +788,7 @@ def train_live(cfg, text: str):
 
 def show_toy(run, toy_trace) -> None:
     losses = run.losses
-    st.line_chart({"training loss (nats/char)": losses}, height=200)
+    st.vega_lite_chart(None, loss_curve_spec(losses), width="stretch")
     st.caption(
         f"{run.config.model.cell.upper()}, {len(losses)} steps: loss {losses[0]:.3f} -> "
         f"{losses[-1]:.3f} nats/char."

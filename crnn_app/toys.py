@@ -347,7 +347,7 @@ def strip_chart(
     """A vector as one row of coloured cells (a heat strip), each labelled and its value shown."""
     frame = pd.DataFrame({"position": range(len(values)), "label": list(labels), "value": values})
     x = alt.X("label:N", sort=list(labels), title=None, axis=alt.Axis(labelAngle=0))
-    base = alt.Chart(frame, title=title).encode(x=x)
+    base = alt.Chart(frame).encode(x=x)
     cells = base.mark_rect().encode(
         color=alt.Color(
             "value:Q",
@@ -359,7 +359,7 @@ def strip_chart(
     layers = [cells]
     if len(values) <= 24:
         layers.append(base.mark_text(fontSize=10).encode(text=alt.Text("value:Q", format=".2f")))
-    return alt.layer(*layers).properties(height=48)
+    return alt.layer(*layers).properties(title=title, height=48)
 
 
 def bars_chart(
@@ -390,6 +390,21 @@ def bars_chart(
         )
         .properties(height=160)
     )
+
+
+def loss_curve_spec(losses: Sequence[float], height: int = 200) -> dict:
+    """A Vega-Lite spec of the training loss by step, data inline. Built by hand, not with Altair
+    or st.line_chart: the live curve is redrawn dozens of times while a toy trains, and this costs
+    ~3 ms a draw against ~0.5 s for st.line_chart (measured in one AppTest run)."""
+    return {
+        "data": {"values": [{"step": i + 1, "loss": loss} for i, loss in enumerate(losses)]},
+        "mark": {"type": "line"},
+        "encoding": {
+            "x": {"field": "step", "type": "quantitative", "title": "step"},
+            "y": {"field": "loss", "type": "quantitative", "title": "training loss (nats/char)"},
+        },
+        "height": height,
+    }
 
 
 def char_label(char: str) -> str:

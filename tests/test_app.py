@@ -286,6 +286,23 @@ def test_animated_gif_is_captioned_by_its_first_frame(
     assert _beams(at) == _expected_beams(first)
 
 
+def test_upload_to_a_scenes_model_says_it_describes_coloured_shapes_only(app: AppTest) -> None:
+    pixels = np.random.default_rng(7).integers(0, 256, size=(60, 80, 3), dtype=np.uint8)
+    at = _run(app)
+    at.file_uploader(key="upload").set_value(
+        ("holiday.jpg", _encode(Image.fromarray(pixels), "JPEG"), "image/jpeg")
+    )
+    _run(at)
+    [note] = [text for text in _messages(at.warning) if "coloured shapes only" in text]
+    assert "synthetic scenes only" in note and "COCO or Flickr8k" in note
+    [readme] = [e for e in at.main.expander if "Image captioning" in e.label]
+    shown = " ".join(_messages(readme.markdown))
+    assert "python -m captioner.train --config configs/captioner/flickr8k.yaml" in shown
+    at.button(key="random_scene").click()  # a scene is what the model knows: no note
+    _run(at)
+    assert not any("coloured shapes only" in text for text in _messages(at.warning))
+
+
 @pytest.mark.parametrize("name", list(BAD_UPLOADS))
 def test_bad_upload_shows_message_and_page_stays_usable(app: AppTest, name: str) -> None:
     make, expected_text = BAD_UPLOADS[name]

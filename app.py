@@ -1,21 +1,30 @@
-"""Streamlit app: caption images and generate text with this project's trained models.
+"""Streamlit app: caption images, generate text and look inside this project's trained models.
 
     make app                                        # http://localhost:8501, bundled models/
     streamlit run app.py -- --models-dir runs/      # or CRNN_MODELS_DIR=runs/ streamlit run app.py
 
-Two pages, picked in the sidebar (the shape of Streamlit's own demo apps: `main()` plus one
-function per page):
+Five pages, picked in the sidebar (the shape of Streamlit's own demo apps: `main()` plus one
+function per page); the sidebar also shows the chosen checkpoint's model card:
 
 - Caption an image: upload an image or draw a fresh random scene from the built-in generator; the
   page shows the caption, the top beams with their log-probabilities and, for attention models,
-  one attention heat map per word.
-- Generate text: a character-level language model continues a prompt, streamed as it is sampled.
+  one attention heat map per word. A model trained on the synthetic scenes only says so next to
+  the caption of an upload.
+- Generate text: a character-level language model continues a prompt, streamed as it is sampled;
+  every click draws a fresh seed and shows it ("Fixed seed" repeats a text).
+- Training curves: loss, scores, learning rate, throughput of the runs (folders with a
+  metrics.jsonl) under the models directory, against steps or wall time, redrawn while they train.
+- Inside a character model: a text coloured by the model's surprise, by any hidden unit, units
+  ranked by how well they track quotes or lines, and LSTM/GRU gate saturation.
+- Lecture toys: train hihello, the ship sentence or a typed text in seconds and step through it.
 
 This file holds UI only: models load through `captioner.inference.load_captioner` and
 `char_lm.generate.load_char_lm` (once, in `st.cache_resource`), captions come from
 `caption_images`, text from `generate`, images from `load_image`, scenes from
-`captioner.scenes.render_random_scene`. A user mistake (bad image, bad prompt, broken checkpoint)
-shows as one line on the page, never a traceback.
+`captioner.scenes.render_random_scene`, curves from `recurrent.plot`, states and gates from
+`crnn_app.inside.trace`, toys from `crnn_app.toys`, cards from `crnn_app.cards`. Widget settings
+survive page switches (`crnn_app.settings.keep`). A user mistake (bad image, bad prompt, broken
+checkpoint) shows as one line on the page, never a traceback.
 """
 
 from __future__ import annotations
@@ -163,7 +172,7 @@ def pick_checkpoint(entries: list[CheckpointEntry], label: str, key: str) -> Che
         key=kept(key, names[0], options=names),
         help="Checkpoints found under the models directory; its model card is below.",
     )
-    st.sidebar.markdown(card_markdown(by_name[name].card))
+    st.sidebar.caption(card_markdown(by_name[name].card))
     return by_name[name]
 
 
@@ -498,7 +507,7 @@ def draw_curves(models_dir: Path, names: list[str], x_axis: str) -> None:
     for name, records in runs.items():
         notes = "".join(f" ({note})" for note in sources(records))
         st.caption(f"**{name}**: {run_status(records, now)}{notes}")
-    charts = curve_charts(metrics_frame(runs), x_axis)
+    charts = curve_charts(metrics_frame(runs), x_axis, titles=False)
     if not charts:
         st.info(
             "Nothing to plot yet against wall time: these metrics record no time; plot against "
@@ -508,8 +517,10 @@ def draw_curves(models_dir: Path, names: list[str], x_axis: str) -> None:
         )
         return
     columns = st.columns(2)
-    for index, chart in enumerate(charts.values()):
-        columns[index % 2].altair_chart(chart, width="stretch")
+    for index, (panel, chart) in enumerate(charts.items()):
+        column = columns[index % 2]
+        column.markdown(f"**{panel}**")
+        column.altair_chart(chart, width="stretch")
 
 
 # --------------------------------------------------------------------------------------------
@@ -693,7 +704,7 @@ def show_gates(traced: TracedText) -> None:
         "the axes switch sharply, units at the origin stay in between (Karpathy et al. 2015, "
         "figure 3). A longer text gives steadier fractions."
     )
-    st.altair_chart(saturation_chart(table), width="stretch")
+    st.altair_chart(saturation_chart(table), width="content")
 
 
 STATE_NAMES = {"h": "hidden state h", "c": "cell state c"}

@@ -422,7 +422,7 @@ def activation_html(text: str, values: Sequence[float], scale: float = 1.0) -> s
     return coloured_text_html(text, colours, titles)
 
 
-def saturation_chart(table: Sequence[dict], width: int = 220) -> alt.HConcatChart:
+def saturation_chart(table: Sequence[dict], width: int = 190) -> alt.HConcatChart:
     """One scatter per gate (`gate_saturation` rows): x the fraction of steps left-saturated, y
     right-saturated, a point per unit, coloured by layer (Karpathy et al. 2015, figure 3)."""
     frame = pd.DataFrame(list(table))
@@ -435,7 +435,12 @@ def saturation_chart(table: Sequence[dict], width: int = 220) -> alt.HConcatChar
             .encode(
                 x=alt.X("left:Q", title="fraction < 0.1 (left-saturated)", scale=axis),
                 y=alt.Y("right:Q", title="fraction > 0.9 (right-saturated)", scale=axis),
-                color=alt.Color("layer:N", title=None),
+                color=alt.Color(
+                    "layer:N",
+                    title=None,
+                    scale=alt.Scale(scheme="category10"),
+                    legend=alt.Legend(orient="bottom"),
+                ),
                 tooltip=[
                     "layer:N",
                     "unit:Q",

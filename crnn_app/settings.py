@@ -50,9 +50,3 @@ def keep(
         state[key] = value
     state[saved] = value
     return key
-
-
-def forget(state: MutableMapping[str, Any], key: str) -> None:
-    """Drop the widget's value and its remembered copy: it shows its default next time."""
-    state.pop(key, None)
-    state.pop(SAVED_PREFIX + key, None)

@@ -337,6 +337,11 @@ def latex_char(char: str) -> str:
 # Charts of one time step
 
 
+# Charts drawn at the page's width: fit the width only, so that ``height`` is the plot's own
+# (Streamlit's default "fit" squeezes the title, axes and legend into it, leaving no plot).
+FIT_WIDTH = alt.AutoSizeParams(type="fit-x", contains="padding")
+
+
 def strip_chart(
     values: Sequence[float],
     labels: Sequence[str],
@@ -351,15 +356,23 @@ def strip_chart(
     cells = base.mark_rect().encode(
         color=alt.Color(
             "value:Q",
-            scale=alt.Scale(domain=list(domain), scheme=scheme, reverse=scheme == "redblue"),
+            scale=alt.Scale(
+                domain=list(domain), scheme=scheme, reverse=scheme == "redblue", clamp=True
+            ),
             legend=None,
         ),
         tooltip=["label:N", alt.Tooltip("value:Q", format=".3f")],
     )
     layers = [cells]
     if len(values) <= 24:
-        layers.append(base.mark_text(fontSize=10).encode(text=alt.Text("value:Q", format=".2f")))
-    return alt.layer(*layers).properties(title=title, height=48)
+        dark = abs(alt.datum.value) > 0.6 * max(abs(domain[0]), abs(domain[1]))
+        layers.append(
+            base.mark_text(fontSize=10).encode(
+                text=alt.Text("value:Q", format=".2f"),
+                color=alt.condition(dark, alt.value("white"), alt.value("black")),
+            )
+        )
+    return alt.layer(*layers).properties(title=title, height=40, autosize=FIT_WIDTH)
 
 
 def bars_chart(
@@ -388,7 +401,7 @@ def bars_chart(
             ),
             tooltip=["character:N", alt.Tooltip("value:Q", format=".3f")],
         )
-        .properties(height=160)
+        .properties(height=140, autosize=FIT_WIDTH)
     )
 
 
@@ -401,7 +414,7 @@ def loss_curve_spec(losses: Sequence[float], height: int = 200) -> dict:
         "mark": {"type": "line"},
         "encoding": {
             "x": {"field": "step", "type": "quantitative", "title": "step"},
-            "y": {"field": "loss", "type": "quantitative", "title": "training loss (nats/char)"},
+            "y": {"field": "loss", "type": "quantitative", "title": "loss (nats/char)"},
         },
         "height": height,
     }

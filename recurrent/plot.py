@@ -52,6 +52,7 @@ PANEL_TITLES = {
     "gradient norm": "gradient norm",
 }
 FORMATS = ("png", "svg", "pdf", "html", "json")
+STEP_AXIS = alt.Axis(format=",d", tickMinStep=1)  # whole steps: 1,600 (not 1.6e+3, nor 2.5)
 COLUMNS = ["run", "kind", "step", "time_s", "panel", "series", "value", "unit"]
 
 
@@ -154,25 +155,38 @@ def metrics_frame(runs: Mapping[str, Sequence[Mapping[str, Any]]]) -> pd.DataFra
 
 
 def curve_charts(
-    frame: pd.DataFrame, x: str = "step", *, width: int | str = "container", height: int = 220
+    frame: pd.DataFrame,
+    x: str = "step",
+    *,
+    width: int | str = "container",
+    height: int = 220,
+    titles: bool = True,
 ) -> dict[str, alt.Chart]:
     """One Altair chart per panel that has data, in `PANELS` order, against ``x`` ("step" or
-    "time"). Runs are told apart by colour when there are several (then series by dash pattern),
-    otherwise series by colour; evaluations are drawn with points, train lines without."""
+    "time"). In a panel with several runs, runs are told apart by colour and series by dash
+    pattern; with one run, series by colour. Evaluations are drawn with points, train lines
+    without. ``width="container"`` fits the page's width (the app); without ``titles`` the caller
+    labels the charts."""
     if x not in X_AXES:
         raise UserError(f"x must be one of {sorted(X_AXES)}, got {x!r}")
     field, title = X_AXES[x]
     frame = frame.dropna(subset=[field])
-    several_runs = frame["run"].nunique() > 1
     charts: dict[str, alt.Chart] = {}
     for panel in PANELS:
         data = frame[frame["panel"] == panel]
         if data.empty:
             continue
+        several_runs = data["run"].nunique() > 1
         encoding = {
-            "x": alt.X(f"{field}:Q", title=title),
-            "y": alt.Y("value:Q", title=PANEL_TITLES[panel], scale=alt.Scale(zero=False)),
-            "color": alt.Color("run:N" if several_runs else "series:N", title=None),
+            "x": alt.X(f"{field}:Q", title=title, axis=STEP_AXIS if x == "step" else alt.Axis()),
+            "y": alt.Y(
+                "value:Q", title=PANEL_TITLES[panel], scale=alt.Scale(zero=False, padding=8)
+            ),
+            "color": alt.Color(
+                "run:N" if several_runs else "series:N",
+                title=None,
+                legend=alt.Legend(orient="bottom", direction="vertical"),
+            ),
             "tooltip": [
                 alt.Tooltip("run:N"),
                 alt.Tooltip("series:N"),
@@ -183,25 +197,33 @@ def curve_charts(
         }
         if several_runs:
             encoding["strokeDash"] = alt.StrokeDash(
-                "series:N", title=None, legend=alt.Legend(symbolType="stroke")
+                "series:N",
+                title=None,
+                legend=alt.Legend(
+                    orient="bottom",
+                    direction="vertical",
+                    symbolType="stroke",
+                    symbolStrokeColor="#444",
+                    symbolFillColor="#444",  # without it the eval layer's points hide the dashes
+                    symbolStrokeWidth=2,
+                ),
             )
-        detail = alt.Detail("series:N")
-        base = alt.Chart(data).encode(detail, **encoding)
+        base = alt.Chart(data).encode(alt.Detail("series:N"), **encoding)
         train = base.transform_filter(alt.datum.kind == "train").mark_line(strokeWidth=1.5)
         evals = base.transform_filter(alt.datum.kind == "eval").mark_line(
             point=alt.OverlayMarkDef(size=30), strokeWidth=1.5
         )
-        layers = [
-            layer
-            for kind, layer in (("train", train), ("eval", evals))
-            if kind in set(data["kind"])
-        ]
+        kinds = set(data["kind"])
+        layers = [layer for kind, layer in (("train", train), ("eval", evals)) if kind in kinds]
         zoom = alt.selection_interval(  # drag to pan, wheel to zoom along x; double-click resets
             bind="scales", encodings=["x"], name=f"zoom_{panel.replace(' ', '_')}"
         )
-        charts[panel] = (
-            alt.layer(*layers).add_params(zoom).properties(title=panel, width=width, height=height)
-        )
+        chart = alt.layer(*layers).add_params(zoom).properties(width=width, height=height)
+        if titles:
+            chart = chart.properties(title=panel)
+        if width == "container":  # fit the width only: ``height`` stays the plot's own
+            chart = chart.properties(autosize=alt.AutoSizeParams(type="fit-x", contains="padding"))
+        charts[panel] = chart
     return charts
 
 

@@ -36,7 +36,7 @@ from crnn_app.curves import find_runs, run_status, sources
 from crnn_app.models_dir import ENV_VAR
 from crnn_app.settings import SAVED_PREFIX, keep
 from recurrent.checkpoint import load_checkpoint, save_checkpoint
-from recurrent.plot import METRICS_FILE
+from recurrent.plot import METRICS_FILE, PANEL_TITLES
 
 REPO = Path(__file__).resolve().parents[1]
 APP = str(REPO / "app.py")
@@ -126,6 +126,13 @@ def _charts(at: AppTest) -> list[tuple[dict, list]]:
         ]
         charts.append((json.loads(element.proto.spec), rows))
     return charts
+
+
+def _panel(spec: dict) -> str | None:
+    """The curves page's panel a chart draws, from its y-axis title."""
+    layers = spec.get("layer") or [{}]
+    y_title = layers[0].get("encoding", {}).get("y", {}).get("title")
+    return {title: panel for panel, title in PANEL_TITLES.items()}.get(y_title)
 
 
 def _titles(body: str) -> list[str]:
@@ -401,13 +408,13 @@ def test_sidebar_shows_a_card_for_every_checkpoint(app: AppTest) -> None:
     at = _page(app, "Generate text")
     at.selectbox(key="char_lm_checkpoint").set_value("carded/model.pt")
     _run(at)
-    sidebar = " ".join(element.value for element in at.sidebar.markdown)
+    sidebar = " ".join(element.value for element in at.sidebar.caption)
     assert "**architecture**: 1-layer LSTM, hidden 16, embedding 8" in sidebar
     assert "1,234 characters" in sidebar and "2026-11-22 05:10 UTC" in sidebar
     assert "older checkpoint" not in sidebar
     at.selectbox(key="char_lm_checkpoint").set_value("quotes_lstm/best.pt")
     _run(at)
-    sidebar = " ".join(element.value for element in at.sidebar.markdown)
+    sidebar = " ".join(element.value for element in at.sidebar.caption)
     assert "**architecture**: 1-layer LSTM, hidden 16, embedding 8" in sidebar  # from its config
     assert "**trained**: not recorded" in sidebar and "older checkpoint without a card" in sidebar
 
@@ -423,7 +430,7 @@ def test_curves_page_plots_runs_and_skips_a_half_written_line(
     _run(at)
     captions = " ".join(element.value for element in at.caption)
     assert "**runs/live**: step 30, 3 train and 1 eval lines, still training" in captions
-    charts = {spec.get("title"): rows for spec, rows in _charts(at)}
+    charts = {_panel(spec): rows for spec, rows in _charts(at)}
     assert set(charts) == {"loss", "learning rate", "throughput", "gradient norm"}
     [loss_rows] = charts["loss"]
     assert sorted((row["series"], row["step"]) for row in loss_rows) == [
@@ -440,7 +447,7 @@ def test_curves_page_plots_runs_and_skips_a_half_written_line(
     at.radio(key="curve_x").set_value("time")
     at.multiselect(key="curve_runs").set_value(["runs/live", "runs/derived"])
     _run(at)
-    [loss] = [rows for spec, rows in _charts(at) if spec.get("title") == "loss"]
+    [loss] = [rows for spec, rows in _charts(at) if _panel(spec) == "loss"]
     assert {row["run"] for row in loss[0]} == {"runs/live"}  # the derived run has no wall time
     assert "(a note)" in " ".join(e.value for e in at.caption)
     at.multiselect(key="curve_runs").set_value(["runs/derived"])

@@ -92,9 +92,8 @@ def model_inputs(model: CharLM, ids: Tensor) -> Tensor:
 @contextlib.contextmanager
 def one_thread() -> Iterator[None]:
     """Run torch on one CPU thread meanwhile: step-by-step work on small matrices only waits on
-    other threads (tracing 400 characters through the 512-unit demo LSTM: 0.4 s on one thread,
-    11 s on two of a busy 2-core machine; training the ship toy: 11 s against 130 s). The setting
-    is process-wide and restored afterwards."""
+    other threads (bench/app_threads.py measures it: docs/benchmarks.md). The setting is
+    process-wide and restored afterwards."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -77,10 +77,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise UserError(f"--length must be >= 0, got {args.length}")
     device = pick_device(args.device)
     model, vocab, _ = load_char_lm(args.checkpoint, device)
-    seed = args.seed
-    if seed is None:
-        seed = draw_seed()
-        print(f"seed: {seed} (pass --seed {seed} to repeat this sample)", file=sys.stderr)
+    seed = draw_seed() if args.seed is None else args.seed
     generator = torch.Generator(device=device).manual_seed(seed)
     characters = generate(
         model,
@@ -93,6 +90,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         greedy=args.greedy,
         generator=generator,
     )  # checks the prompt and settings before anything is printed
+    if args.seed is None:  # a drawn seed, so that a good sample can be repeated
+        print(f"seed: {seed} (pass --seed {seed} to repeat this sample)", file=sys.stderr)
     out = sys.stdout
     out.write(args.prompt)
     out.flush()

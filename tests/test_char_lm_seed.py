@@ -13,6 +13,7 @@ import pytest
 from tiny_models import train_tiny_char_lm
 
 from char_lm import sample
+from recurrent.errors import run_cli
 
 
 @pytest.fixture(scope="module")
@@ -49,3 +50,11 @@ def test_help_says_which_seed_applies_without_the_flag(capsys: pytest.CaptureFix
         sample.main(["--help"])
     help_text = " ".join(capsys.readouterr().out.split())
     assert "default: a fresh random seed every run, printed to stderr" in help_text
+
+
+def test_a_bad_prompt_is_still_one_line_without_a_seed(
+    capsys: pytest.CaptureFixture, checkpoint: Path
+) -> None:
+    status = run_cli(sample.main, ["--checkpoint", str(checkpoint), "--prompt", "XYZ"])
+    err = capsys.readouterr().err
+    assert status == 2 and err.startswith("error: ") and err.count("\n") == 1  # no seed line

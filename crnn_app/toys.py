@@ -98,8 +98,9 @@ def _train_toy(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(tc.seed)
         model = CharLM(cfg.model, len(vocab))
+    beta2 = getattr(tc, "adam_beta2", 0.99)  # a config key of the newer trainers; 0.99 before
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=tc.lr, betas=(0.9, 0.99), weight_decay=tc.weight_decay
+        model.parameters(), lr=tc.lr, betas=(0.9, beta2), weight_decay=tc.weight_decay
     )
     run = ToyRun(model, vocab, text, cfg)
     state, position = None, 0

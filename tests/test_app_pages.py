@@ -80,6 +80,9 @@ def models(tmp_path_factory: pytest.TempPathFactory, one_thread: None) -> dict[s
         models_dir / "quotes_rnn", root / "r.txt", "model.cell=rnn", text=QUOTES_TEXT
     )
     payload = load_checkpoint(lstm)
+    payload.pop("card", None)  # as written before the trainers wrote cards
+    uncarded = models_dir / "uncarded" / "model.pt"
+    save_checkpoint(payload, uncarded)
     payload["card"] = CARD
     carded = models_dir / "carded" / "model.pt"
     save_checkpoint(payload, carded)
@@ -93,7 +96,7 @@ def models(tmp_path_factory: pytest.TempPathFactory, one_thread: None) -> dict[s
     ]
     _write_lines(models_dir / "runs" / "derived" / METRICS_FILE, derived)
     _write_lines(models_dir / ".hidden" / METRICS_FILE, derived)
-    return {"dir": models_dir, "lstm": lstm, "rnn": rnn, "carded": carded}
+    return {"dir": models_dir, "lstm": lstm, "rnn": rnn, "carded": carded, "uncarded": uncarded}
 
 
 @pytest.fixture
@@ -412,7 +415,7 @@ def test_sidebar_shows_a_card_for_every_checkpoint(app: AppTest) -> None:
     assert "**architecture**: 1-layer LSTM, hidden 16, embedding 8" in sidebar
     assert "1,234 characters" in sidebar and "2026-11-22 05:10 UTC" in sidebar
     assert "older checkpoint" not in sidebar
-    at.selectbox(key="char_lm_checkpoint").set_value("quotes_lstm/best.pt")
+    at.selectbox(key="char_lm_checkpoint").set_value("uncarded/model.pt")
     _run(at)
     sidebar = " ".join(element.value for element in at.sidebar.caption)
     assert "**architecture**: 1-layer LSTM, hidden 16, embedding 8" in sidebar  # from its config

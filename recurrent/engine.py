@@ -226,21 +226,30 @@ def lr_factor(step: int, elapsed_s: float, settings: RunSettings, total_steps: i
 # The metrics log
 
 
-def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """The records of a metrics.jsonl; a half-written or damaged line is skipped."""
+def parse_metrics(text: str) -> list[dict[str, Any]]:
+    """The usable lines of a metrics.jsonl text: JSON objects of kind "train" or "eval" with an
+    int step. A line that is not JSON (the half-written last line of a run killed mid-write), not
+    an object, of another kind or without a step is skipped; unknown keys are kept."""
     records = []
-    try:
-        lines = Path(path).read_text(encoding="utf-8", errors="replace").splitlines()
-    except FileNotFoundError:
-        return records
-    for line in lines:
+    for line in text.splitlines():
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if isinstance(record, dict) and isinstance(record.get("step"), int):
+        if not isinstance(record, dict) or record.get("kind") not in ("train", "eval"):
+            continue
+        step = record.get("step")
+        if isinstance(step, int) and not isinstance(step, bool):
             records.append(record)
     return records
+
+
+def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """`parse_metrics` of a metrics.jsonl file; no file, no records."""
+    try:
+        return parse_metrics(Path(path).read_bytes().decode("utf-8", errors="replace"))
+    except FileNotFoundError:
+        return []
 
 
 class MetricsLog:

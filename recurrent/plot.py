@@ -20,7 +20,6 @@ PDF (through vl-convert-python, the ``plot`` extra) or a self-contained HTML fil
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -30,10 +29,10 @@ from typing import Any
 import altair as alt
 import pandas as pd
 
+from recurrent.engine import parse_metrics
 from recurrent.errors import UserError, run_cli
 
 METRICS_FILE = "metrics.jsonl"
-KINDS = ("train", "eval")
 # Panels in the order they are shown; each train key below goes to one of them, eval scores whose
 # name ends in "loss" go to "loss" and the others (BLEU-n, CIDEr-D) to "scores".
 PANELS = ("loss", "scores", "learning rate", "throughput", "gradient norm")
@@ -62,30 +61,6 @@ def _number(value: Any) -> float | None:
         return None
     value = float(value)
     return value if math.isfinite(value) else None
-
-
-def parse_metrics(text: str) -> list[dict[str, Any]]:
-    """The usable lines of a metrics.jsonl text: JSON objects of a known kind with an int step.
-
-    A line that is not JSON (the half-written last line of a run killed mid-write), not an
-    object, of another kind or without a step is skipped; unknown keys are kept and ignored.
-    """
-    records = []
-    for line in text.splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if not isinstance(record, dict) or record.get("kind") not in KINDS:
-            continue
-        step = record.get("step")
-        if isinstance(step, bool) or not isinstance(step, int):
-            continue
-        records.append(record)
-    return records
 
 
 def metrics_path(run: str | os.PathLike[str]) -> Path:

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from recurrent import plot
+from recurrent.engine import parse_metrics
 from recurrent.errors import run_cli
 
 
@@ -81,7 +82,7 @@ def test_any_cut_of_a_last_line_never_reads_as_a_line(records, last, cut) -> Non
     text = (
         "".join(json.dumps(record) + "\n" for record in records) + line[: min(cut, len(line) - 1)]
     )
-    assert plot.parse_metrics(text) == records
+    assert parse_metrics(text) == records
 
 
 def test_missing_metrics_is_a_user_error(tmp_path: Path) -> None:

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from crnn_app.cards import model_card
 from recurrent.checkpoint import load_checkpoint
 from recurrent.errors import UserError
 
@@ -96,11 +97,13 @@ def checkpoint_path(models_dir: Path, name: str | os.PathLike[str]) -> Path:
 
 @dataclass(frozen=True)
 class CheckpointEntry:
-    """A readable checkpoint: its name relative to the models directory, task and a summary."""
+    """A readable checkpoint: its name relative to the models directory, task, a one-line
+    summary and its model card (`crnn_app.cards.model_card`)."""
 
     name: str
     task: str
     summary: str
+    card: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -121,13 +124,13 @@ def file_key(path: Path) -> tuple[int, int]:
     return stat.st_mtime_ns, stat.st_size
 
 
-def describe_checkpoint(path: str | os.PathLike[str]) -> tuple[str, str]:
-    """(task, summary) of a checkpoint file, or `UserError` when it is broken or foreign."""
+def describe_checkpoint(path: str | os.PathLike[str]) -> tuple[str, str, dict[str, Any]]:
+    """(task, summary, card) of a checkpoint file, or `UserError` when it is broken or foreign."""
     payload = load_checkpoint(path)
     task = payload.get("task")
     if task not in TASKS:
         raise UserError(f"a checkpoint for an unknown task {task!r}; the app serves {TASKS}")
-    return task, _summary(payload)
+    return task, _summary(payload), model_card(payload)
 
 
 def _summary(payload: dict[str, Any]) -> str:
@@ -162,12 +165,11 @@ FEATURE_CACHE_DIR = "features"
 FEATURE_CACHE_MARKER = "meta.json"
 
 
-def find_checkpoint_files(models_dir: Path, max_files: int = 200) -> tuple[list[Path], bool]:
-    """``*.pt`` files under ``models_dir`` (sorted), and whether the list was cut at ``max_files``.
+def walk_models_dir(models_dir: Path) -> Iterator[tuple[Path, list[str]]]:
+    """(folder, file names) for ``models_dir`` and every folder below it that is searched.
 
     Symlinked folders are not followed; hidden folders and feature caches are not searched.
     """
-    found: list[Path] = []
     for folder, subfolders, files in os.walk(models_dir):
         subfolders[:] = sorted(
             name
@@ -176,7 +178,17 @@ def find_checkpoint_files(models_dir: Path, max_files: int = 200) -> tuple[list[
             and name != FEATURE_CACHE_DIR
             and not (Path(folder) / name / FEATURE_CACHE_MARKER).is_file()
         )
-        found.extend(Path(folder) / name for name in files if name.endswith(".pt"))
+        yield Path(folder), files
+
+
+def find_checkpoint_files(models_dir: Path, max_files: int = 200) -> tuple[list[Path], bool]:
+    """``*.pt`` files under ``models_dir`` (sorted), and whether the list was cut at ``max_files``.
+
+    Searched as `walk_models_dir` walks.
+    """
+    found: list[Path] = []
+    for folder, files in walk_models_dir(models_dir):
+        found.extend(folder / name for name in files if name.endswith(".pt"))
     found.sort()
     return found[:max_files], len(found) > max_files
 
@@ -186,7 +198,7 @@ def list_checkpoints(
 ) -> Listing:
     """All checkpoint files under ``models_dir`` (see `find_checkpoint_files`), read with ``describe``.
 
-    ``describe(path) -> (task, summary)`` raises `UserError` for an unusable file (the app passes a
+    ``describe(path) -> (task, summary, card)`` raises `UserError` for an unusable file (the app passes a
     cached version). Files that resolve outside the models directory are skipped unread.
     """
     listing = Listing()
@@ -201,7 +213,7 @@ def list_checkpoints(
             continue
         resolved = checkpoint_path(models_dir, name)
         try:
-            task, summary = describe(resolved)
+            task, summary, card = describe(resolved)
         except UserError as err:  # messages name the file by its full path: the name is shorter
             reason = " ".join(str(err).split()).replace(str(resolved), name)
             listing.skipped.append((name, reason))
@@ -209,6 +221,6 @@ def list_checkpoints(
         except OSError as err:  # e.g. a file removed or made unreadable while listing
             listing.skipped.append((name, f"cannot be read ({err.strerror or err})"))
             continue
-        listing.entries.append(CheckpointEntry(name=name, task=task, summary=summary))
+        listing.entries.append(CheckpointEntry(name=name, task=task, summary=summary, card=card))
     listing.truncated = truncated
     return listing

@@ -105,6 +105,7 @@ class RunSettings:
     device: str = "auto"  # auto (CUDA when present), cpu, cuda, cuda:N
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # see recurrent.precision
     tensorboard: bool = False  # also write DIR/tensorboard (pip install tensorboard)
+    compile: bool = False  # torch.compile the training forward (checkpoints hold the plain module)
 
 
 # Where each RunSettings number must lie (`recurrent.config.check_bounds` notation); each task's
@@ -229,21 +230,30 @@ def lr_factor(step: int, elapsed_s: float, settings: RunSettings, total_steps: i
 # The metrics log
 
 
-def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """The records of a metrics.jsonl; a half-written or damaged line is skipped."""
+def parse_metrics(text: str) -> list[dict[str, Any]]:
+    """The usable lines of a metrics.jsonl text: JSON objects of kind "train" or "eval" with an
+    int step. A line that is not JSON (the half-written last line of a run killed mid-write), not
+    an object, of another kind or without a step is skipped; unknown keys are kept."""
     records = []
-    try:
-        lines = Path(path).read_text(encoding="utf-8", errors="replace").splitlines()
-    except FileNotFoundError:
-        return records
-    for line in lines:
+    for line in text.splitlines():
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if isinstance(record, dict) and isinstance(record.get("step"), int):
+        if not isinstance(record, dict) or record.get("kind") not in ("train", "eval"):
+            continue
+        step = record.get("step")
+        if isinstance(step, int) and not isinstance(step, bool):
             records.append(record)
     return records
+
+
+def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """`parse_metrics` of a metrics.jsonl file; no file, no records."""
+    try:
+        return parse_metrics(Path(path).read_bytes().decode("utf-8", errors="replace"))
+    except FileNotFoundError:
+        return []
 
 
 class MetricsLog:
@@ -481,6 +491,8 @@ class Run:
         settings, progress = self.settings, self.progress
         main = self.dist.is_main
         wrapped = self._wrap(model)
+        if settings.compile:  # `model` (saved, evaluated) stays the plain module: no prefixes
+            wrapped = torch.compile(wrapped)
         metrics = MetricsLog(
             self.out_dir,
             resumed_step=progress.step if self.payload is not None else None,

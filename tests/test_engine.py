@@ -54,6 +54,7 @@ from recurrent.engine import (
     read_metrics,
 )
 from recurrent.errors import RunStopped, run_cli
+from recurrent.precision import Precision
 
 REPO = Path(__file__).resolve().parents[1]
 CHAR_TINY = REPO / "configs" / "char_lm" / "tiny.yaml"
@@ -495,6 +496,51 @@ def test_the_logged_gradient_norm_is_the_norm_before_clipping(tmp_path):
     saved = load_checkpoint(tmp_path / "last.pt")["model"]
     for name, value in reference.state_dict().items():
         assert torch.equal(saved[name], value), name  # and the step used the clipped gradient
+
+
+def test_a_gradient_scaler_skips_non_finite_gradients_and_the_run_goes_on(tmp_path, monkeypatch):
+    """Under fp16 the engine's gradient scaler skips a step whose gradients overflow, and lowers
+    its scale: that is no reason to stop (CUDA-only in real runs; here the same scaler on the
+    CPU). Step 2's gradients are NaN behind a finite loss: the weights stay as step 1 left them."""
+    monkeypatch.setattr(
+        Precision, "grad_scaler", lambda self: torch.amp.GradScaler("cpu", init_scale=1.0)
+    )
+    saved: dict[int, dict[str, torch.Tensor]] = {}
+    real_save = engine.save_checkpoint
+
+    def save(payload, path):
+        saved[payload["step"]] = {k: v.clone() for k, v in payload["model"].items()}
+        real_save(payload, path)
+
+    monkeypatch.setattr(engine, "save_checkpoint", save)
+    rule = RunSettings(
+        max_steps=3, warmup_steps=0, log_every=1, eval_every=0, checkpoint_every=1,
+        checkpoint_every_s=0, device="cpu", precision="fp32",
+    )  # fmt: skip
+    run = Run(tmp_path, task="toy", settings=rule, config={}, quiet=True)
+    model = _Toy()
+    x, y = torch.tensor([1, 2, 3, 6]), torch.tensor([0, 2, 1, 1])
+    optimizer = run.optimizer([("model", model, rule.lr)])
+    run.restore(model, optimizer, _NoData())
+    calls = {"steps": 0}
+
+    def step(net: nn.Module) -> StepResult:
+        calls["steps"] += 1
+        loss = net(x, y)
+        if calls["steps"] == 2:
+            loss = loss + 0.0 * torch.sqrt(loss - loss)  # finite value, NaN gradient
+        return StepResult(loss, len(x))
+
+    summary = run.fit(
+        model, optimizer, _NoData(), step=step, evaluate=lambda net: {"loss": net(x, y).item()},
+        score_key=lambda scores: (-scores["loss"],), total_steps=3, unit="items/s", card={},
+    )  # fmt: skip
+    assert summary["steps"] == 3
+    grad_norms = [line["grad_norm"] for line in train_lines(tmp_path)]
+    assert math.isfinite(grad_norms[0]) and not math.isfinite(grad_norms[1])
+    for name, value in saved[1].items():
+        assert torch.equal(saved[2][name], value), name  # the scaler skipped step 2
+        assert torch.isfinite(saved[3][name]).all() and not torch.equal(saved[3][name], value)
 
 
 def test_char_lm_logs_the_gradient_norm_of_its_step(tmp_path, monkeypatch):

@@ -24,6 +24,9 @@ class DataConfig:
     max_caption_length: int = 50  # training captions are cut to this many words
     cache_images: bool = False  # keep decoded images in memory (small data sets)
     num_workers: int = 0
+    # A training image that does not decode: "error" stops the run naming the file; "skip" drops
+    # it (with its captions), warns once per file and prints the count at the end.
+    bad_images: Literal["error", "skip"] = "error"
 
 
 @dataclass
@@ -133,6 +136,12 @@ def check_config(cfg: CaptionerConfig) -> None:
         )
     if not 0.0 <= t.min_lr_ratio <= 1.0:
         raise UserError(f"train.min_lr_ratio must be between 0 and 1, got {t.min_lr_ratio}")
+    if cfg.data.bad_images == "skip" and cfg.model.finetune == "frozen" and cfg.train.feature_cache:
+        raise UserError(
+            "data.bad_images=skip does not apply to the feature cache yet (model.finetune=frozen "
+            "with train.feature_cache=true); list the bad files with python -m "
+            "captioner.check_data and remove them, or set train.feature_cache=false"
+        )
     if not cfg.data.annotations:
         raise UserError(
             "data.annotations is empty; set it in the config or with --set data.annotations=PATH"

@@ -69,8 +69,10 @@ from tqdm import tqdm
 
 from captioner.config import ARCHITECTURE_KEYS, CaptionerConfig, check_config
 from captioner.data import (
+    BadImageLog,
     CaptionGroups,
     CaptionPairs,
+    DropBadImages,
     ImageOnly,
     ImageRecord,
     Vocabulary,
@@ -240,7 +242,7 @@ def _build_data(
         train_set = FeaturePairs(train_records, vocab, cache, max_length=max_ids)
         return _Data(
             train_set,
-            collate_feature_pairs,
+            DropBadImages(collate_feature_pairs),  # the same (batch, bad images) shape; none here
             lambda captioner: cache.batches(val_records, batch),
             uses_cache=True,
             encoded_images=encoded,
@@ -260,11 +262,17 @@ def _build_data(
             cfg.train.captions_per_image,
             cache_images=cfg.data.cache_images,
             max_length=max_ids,
+            mark_bad_images=True,
         )
         collate = collate_groups
     else:
         items = CaptionPairs(
-            train_records, vocab, train_tf, cache_images=cfg.data.cache_images, max_length=max_ids
+            train_records,
+            vocab,
+            train_tf,
+            cache_images=cfg.data.cache_images,
+            max_length=max_ids,
+            mark_bad_images=True,
         )
         collate = collate_pairs
     val_images = ImageOnly(val_records, eval_tf, cache_images=cfg.data.cache_images)
@@ -272,7 +280,7 @@ def _build_data(
     val_workers = 0 if cfg.data.cache_images else cfg.data.num_workers
     return _Data(
         SeededItems(items, cfg.train.seed),
-        collate,
+        DropBadImages(collate),  # undecodable images: data.bad_images, applied by BadImageLog
         lambda captioner: image_batches(
             captioner, val_records, batch, num_workers=val_workers, dataset=val_images
         ),
@@ -358,7 +366,8 @@ def train(
     losses (per step of this call), final_loss, pairs_per_s ((image, caption) pairs per second of
     step time, validation excluded), images_per_s (images through the encoder per second of step
     time), time_s (this call's wall time), elapsed_s (all runs), device,
-    feature_cache (whether used), encoded_images, out_dir, best_checkpoint, last_checkpoint.
+    feature_cache (whether used), encoded_images, skipped_items and skipped_images (what
+    data.bad_images=skip dropped: items, and the files), out_dir, best_checkpoint, last_checkpoint.
     """
     started = time.perf_counter()
     log = log or (lambda line: tqdm.write(line))
@@ -429,6 +438,7 @@ def train(
         state = Progress(order_state=order.get_state())
         out_dir.mkdir(parents=True, exist_ok=True)
     captioner = Captioner(model, vocab, cfg, eval_transform(cfg), device)
+    bad_images = BadImageLog(cfg.data.bad_images, warn=log)
     trainable = [p for group in optimizer.param_groups for p in group["params"]]
     window: list[Tensor] = []  # losses since the last validation (on the device: no sync per step)
     losses: list[float] = []
@@ -511,7 +521,15 @@ def train(
                 generator=torch.Generator(),  # keeps the global generator out of data loading
             )
             tick = time.perf_counter()
-            for inputs, captions, lengths in loader:
+            for batch in bad_images.batches(loader):
+                if batch is None:  # data.bad_images=skip dropped every image of this batch
+                    state.batch_in_epoch += 1
+                    if state.batch_in_epoch == len(batches):  # the epoch is complete
+                        state.epoch += 1
+                        state.batch_in_epoch = 0
+                        state.order_state = order.get_state()
+                    continue
+                inputs, captions, lengths = batch
                 captions = captions.to(device, non_blocking=True)
                 with autocast(device):
                     if data.uses_cache:
@@ -562,6 +580,8 @@ def train(
     if state.validated_step != state.step:
         validate()  # a final validation and last.pt at the step training stopped
     flush_losses()
+    if bad_images.items:
+        log(bad_images.summary())
     time_s = time.perf_counter() - started
     summary = {
         "steps": state.step,
@@ -581,6 +601,8 @@ def train(
         "device": str(device),
         "feature_cache": data.uses_cache,
         "encoded_images": data.encoded_images,
+        "skipped_items": bad_images.items,  # data.bad_images=skip: dropped items and their files
+        "skipped_images": list(bad_images.paths),
         "out_dir": str(out_dir),
         "best_checkpoint": str(best_path),
         "last_checkpoint": str(last_path),

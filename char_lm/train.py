@@ -164,13 +164,20 @@ def train(
     step, best_val, elapsed, position, state = 0, math.inf, 0.0, 0, None
     history: list[dict[str, float]] = []
     if payload is not None:
-        model.load_state_dict(payload["model"])
-        optimizer.load_state_dict(payload["optimizer"])
-        scheduler.load_state_dict(payload["scheduler"])
-        step, best_val = payload["step"], payload["best_val_loss"]
-        elapsed, history = payload["elapsed_s"], list(payload["history"])
-        stream = payload["stream"]
-        saved_layout = (stream["batch_size"], stream["block_size"], stream["windows"])
+        try:  # a damaged or edited checkpoint: one line, and nothing written
+            model.load_state_dict(payload["model"])
+            optimizer.load_state_dict(payload["optimizer"])
+            scheduler.load_state_dict(payload["scheduler"])
+            step, best_val = payload["step"], payload["best_val_loss"]
+            elapsed, history = payload["elapsed_s"], list(payload["history"])
+            stream = payload["stream"]
+            saved_layout = (stream["batch_size"], stream["block_size"], stream["windows"])
+        except (KeyError, ValueError, RuntimeError, TypeError) as err:
+            reason = " ".join(str(err).split())[:200] or type(err).__name__
+            raise UserError(
+                f"cannot resume from {last_path}: it lacks or has damaged training state "
+                f"({reason}); drop --resume to start afresh"
+            ) from None
         if saved_layout == (batches.streams, cfg.data.block_size, len(batches)):
             position = stream["position"]
             state = None if stream["state"] is None else stream["state"].to(device)

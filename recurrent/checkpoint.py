@@ -111,7 +111,8 @@ def _check_archive(path: Path, written_by: str) -> None:
     """Refuse a checkpoint whose zip is cut short or whose members fail their CRC-32.
 
     torch.save writes a zip whose every member carries the CRC-32 of its bytes, but torch.load
-    never checks them. Reading the file once more costs about what loading it does.
+    never checks them. Reading the file once more makes `load_checkpoint` 1.6-3.2x as slow as a
+    bare torch.load (8-400 MB; `bench/checkpoint_integrity.py`, docs/benchmarks.md).
     """
     with path.open("rb") as handle:
         signature = handle.read(4)

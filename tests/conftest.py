@@ -47,7 +47,7 @@ settings.register_profile(
 )
 settings.register_profile(
     "long",
-    max_examples=5000,
+    max_examples=2000,
     deadline=None,
     derandomize=False,  # new examples on every run
     print_blob=True,

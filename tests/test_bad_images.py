@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from PIL import EpsImagePlugin, Image, ImageOps, features
 from torch.utils.data import DataLoader, default_collate
 
@@ -458,3 +460,67 @@ def test_caption_cli_captions_a_multipage_tiff(tmp_path, capsys):
     assert code == 0, err
     [line] = out.splitlines()
     assert line.startswith(f"{path}\t") and len(line.split("\t")[1]) > 0
+
+
+# --------------------------------------------------------------------------------------------
+# Fuzzing load_image: any bytes give an RGB image or a one-line UserError naming the file
+
+
+def _samples() -> dict[str, bytes]:
+    """One small image per common format (the ones users upload), as bytes to mutate."""
+    picture = _picture()
+    options = {
+        "PNG": {},
+        "JPEG": {"quality": 90},
+        "GIF": {"save_all": True, "append_images": [picture.rotate(180)]},
+        "WEBP": {},
+        "TIFF": {"save_all": True, "append_images": [picture], "compression": "tiff_lzw"},
+        "BMP": {},
+        "ICO": {},
+        "PPM": {},
+        "TGA": {},
+        "QOI": {},
+    }
+    samples = {}
+    for fmt, kwargs in options.items():
+        buffer = io.BytesIO()
+        picture.save(buffer, format=fmt, **kwargs)
+        samples[fmt] = buffer.getvalue()
+    return samples
+
+
+SAMPLES = _samples()
+
+
+@st.composite
+def mutated_images(draw: st.DrawFn) -> bytes:
+    data = bytearray(SAMPLES[draw(st.sampled_from(sorted(SAMPLES)))])
+    for _ in range(draw(st.integers(1, 4))):
+        if not data:
+            break
+        at = draw(st.integers(0, len(data) - 1))
+        kind = draw(st.sampled_from(["flip", "truncate", "insert", "overwrite"]))
+        if kind == "flip":
+            data[at] ^= 1 << draw(st.integers(0, 7))
+        elif kind == "truncate":
+            del data[at:]
+        elif kind == "insert":
+            data[at:at] = draw(st.binary(min_size=1, max_size=8))
+        else:
+            data[at : at + 8] = draw(
+                st.sampled_from([b"\xff" * 8, b"\x00" * 8, b"\x7f\xff\xff\xff"])
+            )
+    return bytes(data)
+
+
+@given(data=mutated_images())
+def test_any_bytes_decode_to_rgb_or_one_named_line(data):
+    source = io.BytesIO(data)
+    source.name = "upload.bin"
+    try:
+        image = load_image(source)
+    except UserError as err:
+        message = str(err)
+        assert "'upload.bin'" in message and "\n" not in message
+        return
+    assert image.mode == "RGB" and min(image.size) >= 1

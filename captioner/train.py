@@ -522,12 +522,18 @@ def train(
             )
             tick = time.perf_counter()
             for batch in bad_images.batches(loader):
-                if batch is None:  # data.bad_images=skip dropped every image of this batch
+                if batch is None:  # data.bad_images=skip dropped every image of it: no step
                     state.batch_in_epoch += 1
                     if state.batch_in_epoch == len(batches):  # the epoch is complete
                         state.epoch += 1
                         state.batch_in_epoch = 0
                         state.order_state = order.get_state()
+                        if not cfg.train.eval_every and state.validated_step != state.step:
+                            validate()
+                            model.train()
+                    reason = stop_reason()
+                    if reason is not None:
+                        break
                     continue
                 inputs, captions, lengths = batch
                 captions = captions.to(device, non_blocking=True)

@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, default_collate
 
 from captioner import caption
 from captioner import train as train_cli
+from captioner.config import CaptionerConfig
 from captioner.data import (
     BadImage,
     BadImageLog,
@@ -43,8 +44,11 @@ from captioner.data import (
     collate_groups,
     collate_pairs,
     load_image,
+    load_records,
 )
 from captioner.data.images import ACCEPTED_FORMATS, MAX_IMAGE_PIXELS
+from captioner.train import train
+from recurrent.config import load_config
 from recurrent.errors import UserError, run_cli
 
 REPO = Path(__file__).resolve().parents[1]
@@ -333,6 +337,7 @@ def _writable_formats() -> list[str]:
     return sorted(Image.SAVE)
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Pillow retires IM in 2028
 @pytest.mark.parametrize("fmt", _writable_formats())
 def test_every_still_format_pillow_decodes_is_accepted(fmt):
     for mode in ("RGB", "P", "L", "1"):  # the first mode the format can store
@@ -524,3 +529,24 @@ def test_any_bytes_decode_to_rgb_or_one_named_line(data):
         assert "'upload.bin'" in message and "\n" not in message
         return
     assert image.mode == "RGB" and min(image.size) >= 1
+
+
+def test_batches_of_only_bad_images_keep_the_epoch_count(scenes_with_a_bad_image, tmp_path):
+    """Batches of one pair: every pair of the bad image is a batch with nothing left, which the
+    trainer must step over (no step) while still counting it towards the epoch."""
+    annotations, bad = scenes_with_a_bad_image
+    overrides = [
+        f"data.annotations={annotations}",
+        "data.bad_images=skip",
+        "train.batch_size=1",
+        "train.epochs=1",
+        "train.eval_max_images=2",
+    ]
+    cfg = load_config(CaptionerConfig, TINY, overrides)
+    records = load_records("karpathy", str(annotations))
+    train_pairs = sum(len(r.captions) for r in records if r.split == "train")
+    bad_pairs = sum(len(r.captions) for r in records if r.image_path == bad)
+    summary = train(cfg, tmp_path / "run", progress=False, log=lambda line: None)
+    assert summary["stop_reason"] == "epochs" and summary["epochs"] == 1.0
+    assert summary["steps"] == train_pairs - bad_pairs
+    assert summary["skipped_items"] == bad_pairs and summary["skipped_images"] == [bad]

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from captioner.data import load_image
+from captioner.data.images import ACCEPTED_FORMATS
 from captioner.decode import check_decode_settings
 from captioner.inference import CaptionResult, caption_images, load_captioner
 from recurrent.errors import run_cli
@@ -36,7 +37,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         description="Caption images with a trained captioner checkpoint (beam search). Prints one "
         "'path<TAB>caption' line per image, or one JSON object with --json.",
     )
-    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files to caption")
+    parser.add_argument(
+        "images",
+        nargs="+",
+        metavar="IMAGE",
+        help=f"image files to caption: any still format Pillow decodes ({ACCEPTED_FORMATS} "
+        "and more); a multi-page or animated file is captioned by its first page or frame",
+    )
     parser.add_argument(
         "--checkpoint", required=True, help="a best.pt / last.pt written by captioner.train"
     )

@@ -25,6 +25,9 @@ class DataConfig:
     max_caption_length: int = 50  # training captions are cut to this many words
     cache_images: bool = False  # keep decoded images in memory (small data sets)
     num_workers: int = 0
+    # A training image that does not decode: "error" stops the run naming the file; "skip" drops
+    # it (with its captions), warns once per file and prints the count at the end.
+    bad_images: Literal["error", "skip"] = "error"
 
 
 @dataclass
@@ -134,6 +137,12 @@ def check_config(cfg: CaptionerConfig) -> None:
     check_bounds(cfg, BOUNDS)
     if cfg.train.epochs == 0 and cfg.train.max_steps == 0:
         raise UserError("train.epochs and train.max_steps are both 0; set one of them")
+    if cfg.data.bad_images == "skip" and cfg.model.finetune == "frozen" and cfg.train.feature_cache:
+        raise UserError(
+            "data.bad_images=skip does not apply to the feature cache yet (model.finetune=frozen "
+            "with train.feature_cache=true); list the bad files with python -m "
+            "captioner.check_data and remove them, or set train.feature_cache=false"
+        )
     if not cfg.data.annotations:
         raise UserError(
             "data.annotations is empty; set it in the config or with --set data.annotations=PATH"

@@ -26,7 +26,7 @@ from captioner.data import Vocabulary, build_transforms
 from captioner.decode import Caption, beam_search, check_decode_settings
 from captioner.encoder import ImageFeatures
 from captioner.model import CaptionModel
-from recurrent.checkpoint import load_checkpoint
+from recurrent.checkpoint import check_state_dict, load_checkpoint
 from recurrent.config import from_dict
 from recurrent.errors import UserError
 from recurrent.precision import Precision
@@ -96,6 +96,8 @@ def captioner_from_payload(
     # weights=None: build the architecture only, the checkpoint brings every weight.
     build_cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, weights=None))
     model = CaptionModel(build_cfg, len(vocab), pad_id=vocab.pad_id)
+    if isinstance(state, dict):
+        check_state_dict(model.state_dict(), state, source)  # names the first tensor that differs
     try:
         model.load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError) as err:

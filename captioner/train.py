@@ -51,8 +51,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from captioner.config import ARCHITECTURE_KEYS, CaptionerConfig, check_config
 from captioner.data import (
+    BadImageLog,
     CaptionGroups,
     CaptionPairs,
+    DropBadImages,
     ImageOnly,
     ImageRecord,
     Vocabulary,
@@ -165,7 +167,7 @@ def _build_data(
         train_set = FeaturePairs(train_records, vocab, cache, max_length=max_ids)
         return _Data(
             train_set,
-            collate_feature_pairs,
+            DropBadImages(collate_feature_pairs),  # the same (batch, bad images) shape; none here
             lambda captioner, records: cache.batches(records, batch),
             uses_cache=True,
             encoded_images=encoded,
@@ -185,11 +187,17 @@ def _build_data(
             cfg.train.captions_per_image,
             cache_images=cfg.data.cache_images,
             max_length=max_ids,
+            mark_bad_images=True,
         )
         collate = collate_groups
     else:
         items = CaptionPairs(
-            train_records, vocab, train_tf, cache_images=cfg.data.cache_images, max_length=max_ids
+            train_records,
+            vocab,
+            train_tf,
+            cache_images=cfg.data.cache_images,
+            max_length=max_ids,
+            mark_bad_images=True,
         )
         collate = collate_pairs
     val_images = ImageOnly(val_records, eval_tf, cache_images=cfg.data.cache_images)
@@ -197,7 +205,7 @@ def _build_data(
     val_workers = 0 if cfg.data.cache_images else cfg.data.num_workers
     return _Data(
         SeededItems(items, cfg.train.seed),
-        collate,
+        DropBadImages(collate),  # undecodable images: data.bad_images, applied by BadImageLog
         lambda captioner, records: image_batches(
             captioner,
             records,
@@ -220,8 +228,10 @@ class EpochBatches:
     (``persistent_workers``) instead of starting again every epoch.
     """
 
-    def __init__(self, data: _Data, cfg: CaptionerConfig, layout: Distributed, pin: bool) -> None:
-        self.data, self.cfg = data, cfg
+    def __init__(
+        self, data: _Data, cfg: CaptionerConfig, layout: Distributed, pin: bool, bad: BadImageLog
+    ) -> None:
+        self.data, self.cfg, self.bad = data, cfg, bad
         self.rows = layout.shard(cfg.train.batch_size, "train.batch_size")
         self.order = torch.Generator().manual_seed(cfg.train.seed)
         self.epoch, self.batch_in_epoch = 0, 0
@@ -253,17 +263,20 @@ class EpochBatches:
         return self.steps_per_epoch - self.batch_in_epoch
 
     def next_batch(self) -> tuple[Any, bool]:
-        """The next batch, and whether it ends an epoch."""
-        if self._batches is None:
-            self._batches = iter(self.loader)
-        batch = next(self._batches)
-        self.batch_in_epoch += 1
-        if self.batch_in_epoch < self.steps_per_epoch:
-            return batch, False
-        self.epoch, self.batch_in_epoch = self.epoch + 1, 0
-        self.order_state = self.order.get_state()  # the next epoch shuffles from here
-        self._batches = None
-        return batch, True
+        """The next batch, and whether an epoch ended with it (or with the batches before it that
+        data.bad_images=skip emptied entirely, which are passed over)."""
+        epoch_end = False
+        while True:
+            if self._batches is None:
+                self._batches = self.bad.batches(iter(self.loader))
+            batch = next(self._batches)
+            self.batch_in_epoch += 1
+            if self.batch_in_epoch == self.steps_per_epoch:
+                self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+                self.order_state = self.order.get_state()  # the next epoch shuffles from here
+                self._batches, epoch_end = None, True
+            if batch is not None:
+                return batch, epoch_end
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -329,7 +342,8 @@ def train(
         not quiet and run.dist.is_main,
     )
     optimizer = run.optimizer(parameter_parts(model, cfg))
-    batches = EpochBatches(data, cfg, run.dist, pin=device.type == "cuda")
+    bad_images = BadImageLog(cfg.data.bad_images, warn=run.log)
+    batches = EpochBatches(data, cfg, run.dist, pin=device.type == "cuda", bad=bad_images)
     run.restore(model, optimizer, batches)
     captioner = Captioner(model, vocab, cfg, eval_transform(cfg), device)
     counts = {"images": 0, "pairs": 0}
@@ -391,6 +405,8 @@ def train(
         extra=lambda: {"vocab": vocab.to_list()},
         describe=describe,
     )
+    if bad_images.items:
+        run.log(bad_images.summary())
     seconds = summary["time_s"]
     best = summary["best_scores"]
     return {
@@ -402,6 +418,8 @@ def train(
         "images_per_s": counts["images"] * run.dist.world_size / seconds if seconds > 0 else 0.0,
         "feature_cache": data.uses_cache,
         "encoded_images": data.encoded_images,
+        "skipped_items": bad_images.items,
+        "skipped_images": bad_images.files,
     }
 
 

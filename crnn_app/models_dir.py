@@ -15,8 +15,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from captioner.config import CaptionerConfig
+from captioner.model import CaptionModel
+from char_lm.config import CharLMConfig
+from char_lm.model import CharLM
 from crnn_app.cards import model_card
-from recurrent.checkpoint import load_checkpoint
+from recurrent.checkpoint import check_state_dict, load_checkpoint
+from recurrent.config import from_dict
 from recurrent.errors import UserError
 
 ENV_VAR = "CRNN_MODELS_DIR"
@@ -125,12 +132,34 @@ def file_key(path: Path) -> tuple[int, int]:
 
 
 def describe_checkpoint(path: str | os.PathLike[str]) -> tuple[str, str, dict[str, Any]]:
-    """(task, summary, card) of a checkpoint file, or `UserError` when it is broken or foreign."""
+    """(task, summary, card) of a checkpoint file, or `UserError` when it is broken or foreign, or
+    its weights do not fit its config (so a tampered file is listed as unreadable, not offered)."""
     payload = load_checkpoint(path)
     task = payload.get("task")
     if task not in TASKS:
         raise UserError(f"a checkpoint for an unknown task {task!r}; the app serves {TASKS}")
+    check_weights_fit(payload, path)
     return task, _summary(payload), model_card(payload)
+
+
+def check_weights_fit(payload: dict[str, Any], path: str | os.PathLike[str]) -> None:
+    """`UserError` unless the checkpoint's tensors are the ones its config's model has, shape for
+    shape. The model is built on the meta device: no memory, no weights, no download."""
+    try:
+        with torch.device("meta"):
+            if payload["task"] == "captioner":
+                cfg = from_dict(CaptionerConfig, payload["config"])
+                cfg.model.weights = None  # the architecture only: the checkpoint has every weight
+                model = CaptionModel(cfg, len(payload["vocab"]))
+            else:
+                model = CharLM(
+                    from_dict(CharLMConfig, payload["config"]).model, len(payload["vocab"])
+                )
+    except UserError as err:
+        raise UserError(f"{path}'s config does not fit this version: {err}") from None
+    except (ValueError, RuntimeError, TypeError) as err:  # e.g. a negative size in an edited file
+        raise UserError(f"{path}'s config describes no model this version builds ({err})") from None
+    check_state_dict(model.state_dict(), payload["model"], path)
 
 
 def _summary(payload: dict[str, Any]) -> str:

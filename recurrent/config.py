@@ -219,6 +219,12 @@ def to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
+# PyYAML raises these, not YAMLError, on some text: RecursionError for deeply nested collections,
+# ValueError for integers beyond Python's digit limit, bad "\U" escapes or impossible timestamps,
+# OverflowError for "\UFFFFFFFF" (found by tests/test_fuzz_parsers.py).
+YAML_BUILD_ERRORS = (RecursionError, ValueError, OverflowError, AttributeError)
+
+
 def parse_override(item: str) -> tuple[str, Any]:
     """``"train.lr=3e-4"`` -> ``("train.lr", 0.0003)``; the value is read as in a YAML file."""
     if "=" not in item:
@@ -229,6 +235,9 @@ def parse_override(item: str) -> tuple[str, Any]:
         value = yaml.load(raw, Loader=ConfigLoader) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
+    except YAML_BUILD_ERRORS as err:  # text PyYAML parses but cannot build (see the constant)
+        reason = " ".join(str(err).split())[:120] or type(err).__name__
+        raise UserError(f"config key {key!r}: cannot read the value ({reason})") from None
     return key, value
 
 
@@ -257,8 +266,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         raise UserError(f"config file not found: {path} (pass --config configs/<task>/<name>.yaml)")
     try:
         data = yaml.load(path.read_text(encoding="utf-8"), Loader=ConfigLoader)
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
-        reason = " ".join(str(err).split())
+    except (yaml.YAMLError, UnicodeDecodeError, *YAML_BUILD_ERRORS) as err:
+        reason = " ".join(str(err).split())[:300] or type(err).__name__
         raise UserError(f"config file {path} is not valid YAML: {reason}") from None
     if data is None:
         return {}

@@ -404,6 +404,10 @@ def train(
         card={"architecture": architecture, "data": data_card(cfg, train_records)},
         extra=lambda: {"vocab": vocab.to_list()},
         describe=describe,
+        # an epoch is every item once, fewer steps when data.bad_images=skip emptied batches
+        finished=lambda: (
+            "epochs" if not cfg.train.max_steps and batches.epoch >= cfg.train.epochs else None
+        ),
     )
     if bad_images.items:
         run.log(bad_images.summary())
@@ -419,7 +423,7 @@ def train(
         "feature_cache": data.uses_cache,
         "encoded_images": data.encoded_images,
         "skipped_items": bad_images.items,
-        "skipped_images": bad_images.files,
+        "skipped_images": list(bad_images.paths),
     }
 
 

@@ -479,6 +479,7 @@ class Run:
         card: dict[str, Any],
         extra: Callable[[], dict[str, Any]] | None = None,
         describe: Callable[[dict[str, float]], str] | None = None,
+        finished: Callable[[], str | None] | None = None,
     ) -> dict[str, Any]:
         """Train until the step limit, the time budget or early stopping; return a summary.
 
@@ -486,7 +487,8 @@ class Run:
         run's precision) and returns a `StepResult`; the engine does backward, clipping and the
         optimizer step. ``evaluate(model)`` returns scores (``model`` is in eval mode) and
         ``score_key(scores)`` orders them (greater is better). ``extra()`` adds task keys to each
-        checkpoint (e.g. the vocabulary); ``describe(scores)`` formats an evaluation line.
+        checkpoint (e.g. the vocabulary); ``describe(scores)`` formats an evaluation line;
+        ``finished()`` names a task's own reason to stop (the captioner's epochs), or None.
         """
         settings, progress = self.settings, self.progress
         main = self.dist.is_main
@@ -598,6 +600,8 @@ class Run:
             save(better)
 
         def stop_reason(over_budget: bool) -> str | None:
+            if finished is not None and (reason := finished()):
+                return reason
             if total_steps and progress.step >= total_steps:
                 return "max_steps"
             if settings.patience and progress.bad_evals >= settings.patience:

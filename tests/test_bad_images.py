@@ -283,7 +283,7 @@ def test_training_skips_a_bad_image_and_reports_it(scenes_with_a_bad_image, tmp_
     warnings = [line for line in out.splitlines() if line.startswith("warning: skipping")]
     assert len(warnings) == 1 and bad in warnings[0]
     assert "bad images: skipped" in out and "of 1 unreadable image file(s)" in out
-    assert "done (max_steps): 3 steps" in out
+    assert "done: 3 steps (stopped by max_steps)" in out
     assert (tmp_path / "run" / "last.pt").is_file()
 
 
@@ -546,7 +546,7 @@ def test_batches_of_only_bad_images_keep_the_epoch_count(scenes_with_a_bad_image
     records = load_records("karpathy", str(annotations))
     train_pairs = sum(len(r.captions) for r in records if r.split == "train")
     bad_pairs = sum(len(r.captions) for r in records if r.image_path == bad)
-    summary = train(cfg, tmp_path / "run", progress=False, log=lambda line: None)
+    summary = train(cfg, tmp_path / "run", quiet=True)
     assert summary["stop_reason"] == "epochs" and summary["epochs"] == 1.0
     assert summary["steps"] == train_pairs - bad_pairs
     assert summary["skipped_items"] == bad_pairs and summary["skipped_images"] == [bad]

@@ -22,9 +22,10 @@ from collections.abc import Sequence
 from tqdm import tqdm
 
 from captioner.config import CaptionerConfig, check_config
-from captioner.data import SPLITS, Vocabulary, load_records
+from captioner.data import SPLITS, Vocabulary
 from captioner.data.check import BAD, MISSING, DataReport, default_workers, scan_images
-from recurrent.config import load_config
+from captioner.scoring import load_data_records
+from recurrent.config import add_config_arguments, load_config
 from recurrent.errors import run_cli
 
 EXIT_WOULD_STOP = 1
@@ -38,18 +39,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "captions empty after tokenization. Exit status: 0 if training would run, 1 if it would "
         "stop, 2 for a bad config or annotations file.",
     )
-    parser.add_argument(
-        "--config", required=True, help="the training config, e.g. configs/captioner/coco.yaml"
-    )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="extend",
-        nargs="+",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override config keys as captioner.train does, e.g. --set data.bad_images=skip",
-    )
+    add_config_arguments(parser, "configs/captioner/coco.yaml")
     parser.add_argument(
         "--workers",
         type=int,
@@ -63,16 +53,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     check_config(cfg)
     data = cfg.data
     # Every record, whatever its images: the check reports missing ones instead of stopping.
-    records = load_records(
-        data.format,
-        data.annotations,
-        data.image_root or None,
-        restval_to_train=data.restval_to_train,
-        val_fraction=data.val_fraction,
-        test_fraction=data.test_fraction,
-        seed=data.split_seed,
-        check_images=False,
-    )
+    records = load_data_records(data, check_images=False)
     paths = list(dict.fromkeys(record.image_path for record in records))
     started = time.perf_counter()
     bar = tqdm(total=len(paths), desc="decoding", unit="image", disable=args.quiet or None)

@@ -166,7 +166,7 @@ def write_predictions(predictions: list[dict[str, Any]], path: str | os.PathLike
         ) from None
 
 
-def load_data_records(data) -> list[ImageRecord]:
+def load_data_records(data, *, check_images: bool = True) -> list[ImageRecord]:
     """`load_records` with a `DataConfig` (an empty image_root: the annotations' folder)."""
     return load_records(
         data.format,
@@ -176,4 +176,5 @@ def load_data_records(data) -> list[ImageRecord]:
         val_fraction=data.val_fraction,
         test_fraction=data.test_fraction,
         seed=data.split_seed,
+        check_images=check_images,
     )

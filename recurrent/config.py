@@ -306,8 +306,8 @@ def _deep_update(
             base[key] = value
 
 
-def add_run_arguments(parser: argparse.ArgumentParser, task: str, example: str) -> None:
-    """The options every training CLI shares: --config, --set, --out-dir, --resume, --overwrite."""
+def add_config_arguments(parser: argparse.ArgumentParser, example: str) -> None:
+    """--config and --set, as every command that reads a task config takes them."""
     parser.add_argument("--config", required=True, help=f"YAML config, e.g. {example}")
     parser.add_argument(
         "--set",
@@ -319,6 +319,11 @@ def add_run_arguments(parser: argparse.ArgumentParser, task: str, example: str) 
         help="override config keys, e.g. --set model.cell=gru train.lr=3e-4 train.max_steps=1_000 "
         "(repeatable; values are read as in the YAML file; unknown keys and bad types are errors)",
     )
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, task: str, example: str) -> None:
+    """The options every training CLI shares: --config, --set, --out-dir, --resume, --overwrite."""
+    add_config_arguments(parser, example)
     parser.add_argument(
         "--out-dir", help=f"where best.pt and last.pt go (default: runs/{task}/<config name>)"
     )

@@ -462,7 +462,7 @@ def test_the_logged_gradient_norm_is_the_norm_before_clipping(tmp_path):
         max_steps=1, warmup_steps=0, lr=0.5, grad_clip=0.01, weight_decay=0.1, log_every=1,
         eval_every=0, checkpoint_every_s=0, device="cpu", precision="fp32",
     )  # fmt: skip
-    run = Run(tmp_path, task="toy", settings=rule, config={}, quiet=True)
+    run = Run(tmp_path, task="char_lm", settings=rule, config={}, quiet=True)  # a toy model
     model = _Toy()
     x, y = torch.tensor([1, 2, 3, 6]), torch.tensor([0, 2, 1, 1])
     reference = copy.deepcopy(model)
@@ -478,6 +478,7 @@ def test_the_logged_gradient_norm_is_the_norm_before_clipping(tmp_path):
         total_steps=1,
         unit="items/s",
         card={},
+        extra=lambda: {"vocab": []},  # what every checkpoint holds
     )
     # The same step by hand: backward, clip_grad_norm_ (which returns the norm before clipping),
     # AdamW on the rule's groups.
@@ -517,7 +518,7 @@ def test_a_gradient_scaler_skips_non_finite_gradients_and_the_run_goes_on(tmp_pa
         max_steps=3, warmup_steps=0, log_every=1, eval_every=0, checkpoint_every=1,
         checkpoint_every_s=0, device="cpu", precision="fp32",
     )  # fmt: skip
-    run = Run(tmp_path, task="toy", settings=rule, config={}, quiet=True)
+    run = Run(tmp_path, task="char_lm", settings=rule, config={}, quiet=True)  # a toy model
     model = _Toy()
     x, y = torch.tensor([1, 2, 3, 6]), torch.tensor([0, 2, 1, 1])
     optimizer = run.optimizer([("model", model, rule.lr)])
@@ -534,6 +535,7 @@ def test_a_gradient_scaler_skips_non_finite_gradients_and_the_run_goes_on(tmp_pa
     summary = run.fit(
         model, optimizer, _NoData(), step=step, evaluate=lambda net: {"loss": net(x, y).item()},
         score_key=lambda scores: (-scores["loss"],), total_steps=3, unit="items/s", card={},
+        extra=lambda: {"vocab": []},
     )  # fmt: skip
     assert summary["steps"] == 3
     grad_norms = [line["grad_norm"] for line in train_lines(tmp_path)]

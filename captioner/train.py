@@ -80,7 +80,13 @@ from captioner.data import (
     select_split,
 )
 from captioner.encoder import ImageFeatures
-from captioner.features import FeatureCache, FeaturePairs, collate_feature_pairs
+from captioner.features import (
+    FeatureCache,
+    FeatureCollate,
+    FeatureGroups,
+    FeaturePairs,
+    features_to,
+)
 from captioner.inference import Captioner, eval_transform
 from captioner.model import CaptionModel
 from captioner.scoring import evaluate_split, image_batches, load_data_records
@@ -237,10 +243,16 @@ def _build_data(
             num_workers=cfg.data.num_workers,
             progress=progress,
         )
-        train_set = FeaturePairs(train_records, vocab, cache, max_length=max_ids)
+        store = cache.store(train_records)
+        if cfg.train.captions_per_image:
+            cached = FeatureGroups(
+                train_records, vocab, store, cfg.train.captions_per_image, max_length=max_ids
+            )
+        else:
+            cached = FeaturePairs(train_records, vocab, store, max_length=max_ids)
         return _Data(
-            train_set,
-            collate_feature_pairs,
+            SeededItems(cached, cfg.train.seed),  # the same reference picks as CaptionGroups
+            FeatureCollate(store, vocab.pad_id),
             lambda captioner: cache.batches(val_records, batch),
             uses_cache=True,
             encoded_images=encoded,
@@ -500,8 +512,8 @@ def train(
         while reason is None:
             order.set_state(state.order_state)
             batches = epoch_batches(len(data.train_set), batch_size, order)
-            if not data.uses_cache:  # SeededItems takes (epoch, index) keys
-                batches = [[(state.epoch, index) for index in batch] for batch in batches]
+            # SeededItems takes (epoch, index) keys
+            batches = [[(state.epoch, index) for index in batch] for batch in batches]
             loader = DataLoader(
                 data.train_set,
                 batch_sampler=batches[state.batch_in_epoch :],
@@ -515,15 +527,16 @@ def train(
                 captions = captions.to(device, non_blocking=True)
                 with autocast(device):
                     if data.uses_cache:
-                        features = inputs.to(device)
+                        features = features_to(inputs, device)
                     else:
                         images = inputs.to(device, non_blocking=True)
                         features = model.encoder(images)
                         images_seen += images.size(0)
-                        per_image = captions.size(0) // images.size(0)
-                        if per_image > 1:  # captions_per_image: caption rows j*k.. are image j's
-                            owners = torch.arange(images.size(0), device=device)
-                            features = features.index_select(owners.repeat_interleave(per_image))
+                    num_images = features.pooled.size(0)
+                    per_image = captions.size(0) // num_images
+                    if per_image > 1:  # captions_per_image: caption rows j*k.. are image j's
+                        owners = torch.arange(num_images, device=device)
+                        features = features.index_select(owners.repeat_interleave(per_image))
                     _, loss = model.decoder(features, captions, lengths)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()

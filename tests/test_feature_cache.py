@@ -12,8 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch.utils.data import DataLoader
 
+import captioner.data.vocab as vocab_module
 import captioner.features as features_module
 import captioner.train as train_module
 from captioner.config import CaptionerConfig
@@ -25,6 +28,7 @@ from captioner.data import (
     load_image,
     select_split,
 )
+from captioner.data.vocab import _TREEBANK, tokenize
 from captioner.decoder import CaptionDecoder
 from captioner.encoder import ImageEncoder
 from captioner.features import (
@@ -69,14 +73,15 @@ def test_cached_run_trains_on_the_same_batches_with_the_same_losses(
     scenes_annotations: Path, tmp_path: Path, monkeypatch, captions_per_image: int
 ):
     # Augmentation off (the cache holds eval-transform features), dropout on: the runs must also
-    # draw the same dropout masks. The last validation comes after the last step.
+    # draw the same dropout masks, before and after a validation (which reads the cache in one run
+    # and encodes images in the other).
     overrides = [
         "model.finetune=frozen",
         "model.dropout=0.3",
         f"train.captions_per_image={captions_per_image}",
         "train.batch_size=4",
         "train.max_steps=7",  # 5 steps per epoch with k=3 (20 images / 4): crosses an epoch
-        "train.eval_every=100",
+        "train.eval_every=3",
         f"train.feature_cache_dir={tmp_path / 'features'}",
     ]
     real_build = train_module.build_transforms
@@ -342,3 +347,44 @@ def test_write_shard_refuses_other_shapes(tmp_path):
         write_shard(tmp_path, ["a"], np.zeros((1, 3, 4), dtype=np.float32), (1, 2))
     with pytest.raises(ValueError):
         write_shard(tmp_path, ["a", "b"], np.zeros((1, 3, 4), dtype=np.float16), (1, 2))
+
+
+# --------------------------------------------------------------------------------------------
+# COCO scale: the tokenizer's fast path for plain captions gives Treebank's tokens
+
+# Words of the fast path (contractions Treebank splits among them), and others that leave it.
+_PLAIN = st.one_of(
+    st.sampled_from("a dog on the 2 3 cannot can not gonna gon na wanna gimme gotta lemme".split()),
+    st.text(alphabet="abz09 ,.", max_size=6),
+)
+_ODD = st.one_of(
+    st.sampled_from("'t is n't don't it's 1,000 3.5 x,5 .. ... -- ( ) \" '' `` ? ! $ Dog".split()),
+    st.text(alphabet="az0 ,.'\"-!?;:()\t\nAZé", max_size=6),
+)
+
+
+@given(
+    st.one_of(st.lists(_PLAIN, max_size=12), st.lists(st.one_of(_PLAIN, _ODD), max_size=12)),
+    st.sampled_from(["", ".", " .", ". ", ",", "  ", "!", "'"]),
+)
+@settings(max_examples=300, deadline=None)
+def test_tokenize_fast_path_equals_treebank(pieces: list[str], ending: str):
+    text = " ".join(pieces) + ending
+    treebank = [t for t in _TREEBANK.tokenize(text.lower()) if any(c.isalnum() for c in t)]
+    assert tokenize(text) == treebank
+
+
+def test_tokenize_fast_path_is_taken_for_plain_captions(monkeypatch):
+    # Plain captions never reach nltk; the others still do.
+    calls: list[str] = []
+    monkeypatch.setattr(vocab_module._TREEBANK, "tokenize", lambda text: calls.append(text) or [])
+    plain = ["A man riding a wave on top of a surfboard.", "two dogs, one cat ", "3 cows."]
+    assert [tokenize(text) for text in plain] == [
+        "a man riding a wave on top of a surfboard".split(),
+        ["two", "dogs", "one", "cat"],
+        ["3", "cows"],
+    ]
+    assert calls == []
+    for text in ["I cannot.", "It's a dog.", "1,000 birds", "a dog (left)"]:
+        tokenize(text)
+    assert len(calls) == 4

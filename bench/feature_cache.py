@@ -1,33 +1,30 @@
-"""Feature cache against recomputing the CNN: per-epoch time of the real trainer, in one run.
+"""Feature cache against recomputing the CNN: per-epoch training time, side by side in one run.
 
-    python bench/feature_cache.py --threads 1                         # the issue's set-up
+    python bench/feature_cache.py --threads 1          # the issue's set-up, ~15 min on 2 cores
     python bench/feature_cache.py --threads 1 --config configs/captioner/flickr8k.yaml --size 256 \
-        --num-images 100 --set model.weights=null --set data.image_root=  # Flickr8k's model
+        --num-images 40 --images-per-step 8 --set model.weights=null --set data.image_root=
 
-Trains a config with a *frozen* encoder (`model.finetune=frozen`, `data.cache_images=false`, no
-time budget, no early stopping) four ways on the same synthetic scenes, one after the other in
-this process, and times every epoch:
+Trains a config with a *frozen* encoder on synthetic scenes (``data.cache_images=false``, as the
+issue measured) four ways with the library's data sets and the trainer's step:
 
-- ``uncached k=4``: the image path, B images x 4 references per step (`train.captions_per_image`);
-- ``cached k=4``: the same with `train.feature_cache` (a fresh cache: epoch 1 encodes every train
-  and val image, then trains);
-- ``tutorials k=0``: the way the popular tutorials train, one (image, caption) pair per item, the
-  CNN recomputed for every pair, 4B pairs per step (the same captions per step as k=4);
-- ``cached k=0``: the same pairs from the cache.
+- ``uncached k=4``: `CaptionGroups` + `collate_groups`: B images per step, each encoded once for 4
+  of its references (`train.captions_per_image`);
+- ``cached k=4``: `FeatureGroups` + `FeatureCollate` over a freshly filled `FeatureCache`;
+- ``tutorials k=0``: `CaptionPairs`: one (image, caption) pair per item, the CNN recomputed for every
+  pair, 4B pairs per step (the same captions per step as k=4): the way the popular tutorials train;
+- ``cached k=0``: `FeaturePairs`, the same pairs from the cache.
 
-How epochs are timed: the real `captioner.train.train`, validating after every epoch
-(`train.eval_every=0`). The bench wraps `evaluate_split`, `save_checkpoint`, `FeatureCache.ensure`
-and `FeatureCollate.__call__` to timestamp them. An epoch's *training* time runs from the end of
-the previous epoch's validation and checkpoints (for epoch 1: the call of `train`, so it includes
-loading the annotations, building the model and filling the cache) to the start of its
-validation; its *total* adds its validation (beam search over ``--eval-images`` val images; the
-uncached runs encode them every time, the cached runs read them) and checkpoints. "reads" is the
-time the cached runs spent gathering features (`FeatureCollate`), "decoder" the rest of a cached
-epoch: what no data path can remove.
-
-Random augmentation is off in the uncached runs (their train transform is the eval transform, as
-the cache's), so a cached and an uncached run of one k train on the same batches and give the same
-losses up to the float16 rounding of the cached features; the bench prints the largest difference.
+How it is timed. A shared 2-core machine changes speed from minute to minute, so the four runs
+advance *in lockstep*: one step of each in turn, each timed from fetching its batch (data loading,
+image decoding, feature reads) to the end of its optimizer step. An epoch's time is the sum of its
+steps; the cached runs' first epoch also counts filling the cache (encoding every train and val
+image, as `captioner.train` does before its first step). Each run keeps its own RNG state, data
+order generator and per-item seeding (`SeededItems`), so a cached and an uncached run of one k
+train on the same batches; random augmentation is off (the uncached runs use the eval transform,
+as the cache does), so their losses agree up to the float16 rounding of the cached features.
+Validation is left out: it is the same beam search in all four. The step is `captioner.train`'s
+(encoder unless cached, rows repeated for k references, decoder, backward, clipping, AdamW); the
+learning rate is constant.
 """
 
 from __future__ import annotations
@@ -36,16 +33,36 @@ import argparse
 import shutil
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import captioner.train as train_module  # noqa: E402
 from bench.recurrent_core import machine  # noqa: E402
 from captioner.config import CaptionerConfig  # noqa: E402
-from captioner.features import FeatureCache, FeatureCollate  # noqa: E402
+from captioner.data import (  # noqa: E402
+    CaptionGroups,
+    CaptionPairs,
+    Vocabulary,
+    collate_groups,
+    collate_pairs,
+    load_records,
+    select_split,
+)
+from captioner.features import (  # noqa: E402
+    FeatureCache,
+    FeatureCollate,
+    FeatureGroups,
+    FeaturePairs,
+    features_to,
+)
+from captioner.inference import eval_transform  # noqa: E402
+from captioner.model import CaptionModel  # noqa: E402
 from captioner.scenes import generate_dataset  # noqa: E402
+from captioner.train import SeededItems, epoch_batches, parameter_groups  # noqa: E402
 from recurrent.config import load_config  # noqa: E402
 
 VARIANTS = {  # name: (feature cache, captions_per_image, batch size in units of --images-per-step)
@@ -56,67 +73,71 @@ VARIANTS = {  # name: (feature cache, captions_per_image, batch size in units of
 }
 
 
-class Clock:
-    """Timestamps of the trainer's validations, checkpoints, cache fills and feature reads."""
+@dataclass
+class Run:
+    """One of the four training runs, advanced one step at a time."""
 
-    def __init__(self) -> None:
-        self.reset()
+    name: str
+    cached: bool
+    model: CaptionModel
+    optimizer: torch.optim.Optimizer
+    dataset: Any
+    collate: Any
+    batch_size: int
+    order: torch.Generator
+    rng: torch.Tensor  # this run's global-generator state (dropout), swapped in for its steps
+    epoch: int = 0
+    batches: list = field(default_factory=list)
+    loader: Any = None
+    epoch_s: list[float] = field(default_factory=list)
+    reads_s: list[float] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
 
-    def reset(self) -> None:
-        self.pauses: list[list[float]] = []  # [validation start, end of its checkpoints]
-        self.fill_s = 0.0
-        self.reads: list[float] = []  # (time, seconds) of each feature read
-        self.read_times: list[float] = []
-
-    def install(self) -> None:
-        real_evaluate = train_module.evaluate_split
-        real_save = train_module.save_checkpoint
-        real_ensure = FeatureCache.ensure
-        real_collate = FeatureCollate.__call__
-
-        def timed_evaluate(*args, **kwargs):
-            self.pauses.append([time.perf_counter(), 0.0])
-            result = real_evaluate(*args, **kwargs)
-            self.pauses[-1][1] = time.perf_counter()
-            return result
-
-        def timed_save(*args, **kwargs):
-            result = real_save(*args, **kwargs)
-            self.pauses[-1][1] = time.perf_counter()
-            return result
-
-        def timed_ensure(cache, *args, **kwargs):
-            start = time.perf_counter()
-            result = real_ensure(cache, *args, **kwargs)
-            self.fill_s += time.perf_counter() - start
-            return result
-
-        def timed_collate(collate, batch):
-            start = time.perf_counter()
-            result = real_collate(collate, batch)
-            self.reads.append(start)
-            self.read_times.append(time.perf_counter() - start)
-            return result
-
-        train_module.evaluate_split = timed_evaluate
-        train_module.save_checkpoint = timed_save
-        FeatureCache.ensure = timed_ensure
-        FeatureCollate.__call__ = timed_collate
-
-    def epochs(self, started: float) -> list[dict[str, float]]:
-        result = []
-        begin = started
-        for pause_start, pause_end in self.pauses:
-            reads = sum(
-                seconds
-                for at, seconds in zip(self.reads, self.read_times, strict=True)
-                if begin <= at < pause_start
+    def start_epoch(self) -> None:
+        keys = epoch_batches(len(self.dataset), self.batch_size, self.order)
+        self.batches = [[(self.epoch, index) for index in batch] for batch in keys]
+        self.loader = iter(
+            DataLoader(
+                self.dataset,
+                batch_sampler=self.batches,
+                collate_fn=self.collate,
+                generator=torch.Generator(),
             )
-            result.append(
-                {"train": pause_start - begin, "total": pause_end - begin, "reads": reads}
-            )
-            begin = pause_end
-        return result
+        )
+        self.epoch_s.append(0.0)
+        self.reads_s.append(0.0)
+
+    def step(self) -> bool:
+        """One training step; False when the epoch has no batch left."""
+        torch.set_rng_state(self.rng)
+        start = time.perf_counter()
+        try:
+            inputs, captions, lengths = next(self.loader)
+        except StopIteration:
+            return False
+        fetched = time.perf_counter()
+        model = self.model
+        if self.cached:
+            features = features_to(inputs, torch.device("cpu"))
+        else:
+            features = model.encoder(inputs)
+        num_images = features.pooled.size(0)
+        per_image = captions.size(0) // num_images
+        if per_image > 1:  # caption rows j*k.. are image j's
+            features = features.index_select(torch.arange(num_images).repeat_interleave(per_image))
+        _, loss = model.decoder(features, captions, lengths)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(
+            [p for group in self.optimizer.param_groups for p in group["params"]], 5.0
+        )
+        self.optimizer.step()
+        self.losses.append(loss.item())
+        self.epoch_s[-1] += time.perf_counter() - start
+        if self.cached:
+            self.reads_s[-1] += fetched - start
+        self.rng = torch.get_rng_state()
+        return True
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -128,11 +149,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", type=int, default=96, help="scene images' side in pixels")
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--images-per-step", type=int, default=16, help="B (k=0: 4B pairs)")
-    parser.add_argument("--eval-images", type=int, default=50, help="val images decoded per epoch")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--out-dir", default="runs/bench/feature_cache")
-    parser.add_argument("--only", nargs="*", choices=list(VARIANTS), help="run only these")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -142,85 +161,112 @@ def main(argv: list[str] | None = None) -> None:
     annotations = scenes_dir / "dataset_scenes.json"
     if not annotations.is_file():
         generate_dataset(scenes_dir, args.num_images, seed=0, size=args.size)
-    real_build = train_module.build_transforms
-    # augmentation off: the uncached runs see the cache's (eval) preprocessing
-    train_module.build_transforms = lambda size, train, **kw: real_build(size, train=False, **kw)
-    clock = Clock()
-    clock.install()
-
-    print(f"machine: {machine()}; config {args.config} {' '.join(args.set)}")
-    print(
-        f"data: {args.num_images} scenes of {args.size} px (80% train), {args.epochs} epochs, "
-        f"{args.eval_images} val images decoded per epoch"
+    cfg = load_config(
+        CaptionerConfig,
+        args.config,
+        [f"data.annotations={annotations}", *args.set, "model.finetune=frozen"],
     )
-    results = {}
-    for name, (cache, per_image, batch_units) in VARIANTS.items():
-        if args.only and name not in args.only:
-            continue
-        run_dir = out_dir / name.replace(" ", "_").replace("=", "")
-        shutil.rmtree(run_dir, ignore_errors=True)  # a fresh cache and run every time
-        overrides = [
-            f"data.annotations={annotations}",
-            *args.set,
-            "data.cache_images=false",
-            "model.finetune=frozen",
-            f"train.feature_cache={str(cache).lower()}",
-            "train.feature_cache_dir=",
-            f"train.captions_per_image={per_image}",
-            f"train.batch_size={args.images_per_step * batch_units}",
-            f"train.epochs={args.epochs}",
-            "train.max_steps=0",
-            "train.time_budget_s=0",
-            "train.patience=0",
-            "train.eval_every=0",
-            f"train.eval_max_images={args.eval_images}",
-        ]
-        cfg = load_config(CaptionerConfig, args.config, overrides)
-        clock.reset()
-        started = time.perf_counter()
-        summary = train_module.train(cfg, run_dir, progress=False, log=lambda line: None)
-        epochs = clock.epochs(started)
-        results[name] = {"epochs": epochs, "losses": summary["losses"]}
-        print(
-            f"\n{name}: {summary['steps']} steps of {cfg.train.batch_size} "
-            f"{'images' if per_image else 'pairs'}, cache fill {clock.fill_s:.1f} s "
-            f"({summary['encoded_images']} images), final loss {summary['final_loss']:.4f}",
-            flush=True,
-        )
-        for number, epoch in enumerate(epochs, start=1):
-            reads = f" | reads {epoch['reads']:5.2f} s" if cache else ""
-            print(
-                f"  epoch {number}: training {epoch['train']:7.1f} s | with validation and "
-                f"checkpoints {epoch['total']:7.1f} s{reads}",
-                flush=True,
-            )
+    records = load_records("karpathy", annotations)
+    train_records = select_split(records, "train")
+    val_records = select_split(records, "val")
+    vocab = Vocabulary.build(
+        (c for record in train_records for c in record.captions), cfg.data.min_word_count
+    )
+    transform = eval_transform(cfg)  # augmentation off: the cache's preprocessing for every run
+    max_ids = cfg.data.max_caption_length + 2
+    seed = cfg.train.seed
+    print(f"machine: {machine()} (shared with other jobs)")
+    print(
+        f"config {args.config} {' '.join(args.set)}, frozen encoder; {len(train_records)} train "
+        f"images of {args.size} px, {args.epochs} epochs"
+    )
 
+    shutil.rmtree(out_dir / "features", ignore_errors=True)  # every cache starts empty
+    runs: list[Run] = []
+    fills: dict[str, float] = {}
+    for name, (cached, per_image, units) in VARIANTS.items():
+        torch.manual_seed(seed)
+        model = CaptionModel(cfg, len(vocab), pad_id=vocab.pad_id).train()
+        optimizer = torch.optim.AdamW(parameter_groups(model, cfg), lr=cfg.train.lr)
+        if cached:
+            cache = FeatureCache(
+                out_dir / "features" / name.replace(" ", "_"), model.encoder, cfg, transform
+            )
+            start = time.perf_counter()
+            encoded = cache.ensure(
+                [*train_records, *val_records],
+                device=torch.device("cpu"),
+                batch_size=cfg.train.batch_size,
+                progress=False,
+            )
+            fills[name] = time.perf_counter() - start
+            print(f"{name}: filled the cache with {encoded} images in {fills[name]:.1f} s")
+            store = cache.store(train_records)
+            dataset = (
+                FeatureGroups(train_records, vocab, store, per_image, max_length=max_ids)
+                if per_image
+                else FeaturePairs(train_records, vocab, store, max_length=max_ids)
+            )
+            collate = FeatureCollate(store, vocab.pad_id)
+        else:
+            dataset = (
+                CaptionGroups(train_records, vocab, transform, per_image, max_length=max_ids)
+                if per_image
+                else CaptionPairs(train_records, vocab, transform, max_length=max_ids)
+            )
+            collate = collate_groups if per_image else collate_pairs
+        runs.append(
+            Run(
+                name,
+                cached,
+                model,
+                optimizer,
+                SeededItems(dataset, seed),
+                collate,
+                args.images_per_step * units,
+                torch.Generator().manual_seed(seed),
+                torch.get_rng_state(),
+            )
+        )
+
+    for epoch in range(args.epochs):
+        for run in runs:
+            run.epoch = epoch
+            run.start_epoch()
+        active = list(runs)
+        while active:  # one step of each run in turn
+            active = [run for run in active if run.step()]
+        line = " | ".join(f"{run.name} {run.epoch_s[-1]:6.1f} s" for run in runs)
+        print(f"epoch {epoch + 1} (steps only): {line}", flush=True)
+
+    print()
+    by_name = {run.name: run for run in runs}
+    for run in runs:
+        if run.cached:
+            run.epoch_s[0] += fills[run.name]
+        steps = len(run.losses) // args.epochs
+        times = " ".join(f"{t:6.1f}" for t in run.epoch_s)
+        reads = ""
+        if run.cached and args.epochs > 1:
+            share = sum(run.reads_s[1:]) / sum(run.epoch_s[1:])
+            reads = f"; reading features: {share * 100:.1f}% of epochs 2+"
+        print(f"{run.name:14s} {steps} steps/epoch, epoch times (s): {times}{reads}")
     print()
     for cached, reference in (
         ("cached k=4", "uncached k=4"),
         ("cached k=4", "tutorials k=0"),
         ("cached k=0", "tutorials k=0"),
     ):
-        if cached not in results or reference not in results:
-            continue
-        for part in ("train", "total"):
-            ratios = [
-                old[part] / new[part]
-                for old, new in zip(
-                    results[reference]["epochs"], results[cached]["epochs"], strict=True
-                )
-            ]
-            text = " ".join(f"{ratio:5.1f}x" for ratio in ratios)
-            what = "training" if part == "train" else "with validation"
-            print(f"{reference:>13s} / {cached}, per epoch, {what:15s}: {text}")
+        old, new = by_name[reference].epoch_s, by_name[cached].epoch_s
+        ratios = " ".join(f"{a / b:5.1f}x" for a, b in zip(old, new, strict=True))
+        print(f"{reference:>13s} / {cached}, per epoch (epoch 1 with the cache fill): {ratios}")
     for cached, reference in (("cached k=4", "uncached k=4"), ("cached k=0", "tutorials k=0")):
-        if cached in results and reference in results:
-            a = torch.tensor(results[cached]["losses"])
-            b = torch.tensor(results[reference]["losses"])
-            print(
-                f"{cached} vs {reference}: {len(a)} and {len(b)} steps, largest loss "
-                f"difference {(a - b).abs().max().item():.2e} (float16 features)"
-            )
+        a = torch.tensor(by_name[cached].losses)
+        b = torch.tensor(by_name[reference].losses)
+        print(
+            f"{cached} vs {reference}: {len(a)} and {len(b)} steps, largest loss difference "
+            f"{(a - b).abs().max().item():.2e}, final losses {a[-1]:.4f} and {b[-1]:.4f}"
+        )
 
 
 if __name__ == "__main__":

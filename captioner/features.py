@@ -60,7 +60,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, get_worker_info
 from tqdm import tqdm
 
 from captioner.config import CaptionerConfig
@@ -449,22 +449,30 @@ class FeatureStore:
     def read(self, indices: Sequence[int] | range) -> Tensor:
         """Features of items `indices` as float16 (B, 1 + N, C): row 0 pooled, rows 1.. the grid."""
         index = np.asarray(indices, dtype=np.int64).reshape(-1)
+        out = _batch_tensor((len(index), *self.row_shape))
         if self._memory is not None:
-            return self._memory.index_select(0, torch.from_numpy(index))
-        out = np.empty((len(index), *self.row_shape), dtype=np.float16)
+            return torch.index_select(self._memory, 0, torch.from_numpy(index), out=out)
+        rows = out.numpy()
         locations = self.locations[index]
-        order = np.lexsort((locations[:, 1], locations[:, 0]))  # by shard, then row
-        shards = locations[order, 0]
-        bounds = np.flatnonzero(np.diff(shards)) + 1
-        for group in np.split(order, bounds):
-            if len(group):
-                out[group] = self._shard(int(locations[group[0], 0]))[locations[group, 1]]
-        return torch.from_numpy(out)
+        for position in np.lexsort((locations[:, 1], locations[:, 0])):  # by shard, then row
+            shard, row = locations[position]
+            rows[position] = self._shard(int(shard))[row]  # one copy, from the page cache
+        return out
 
     def features(self, indices: Sequence[int] | range) -> ImageFeatures:
         """float16 `ImageFeatures` (pooled (B, C), grid (B, N, C)) of items `indices`."""
         rows = self.read(indices)  # (B, 1 + N, C)
         return ImageFeatures(rows[:, 0], rows[:, 1:], self.grid_hw)
+
+
+def _batch_tensor(shape: tuple[int, ...]) -> Tensor:
+    """An uninitialised float16 tensor; in a DataLoader worker it lives in shared memory, so
+    handing the batch to the training process copies nothing (as torch's default collate does)."""
+    out = torch.empty(0, dtype=CACHE_DTYPE)
+    if get_worker_info() is not None:
+        numel = int(np.prod(shape))
+        out = out.new(out._typed_storage()._new_shared(numel, device=out.device))
+    return out.resize_(shape)
 
 
 def features_to(features: ImageFeatures, device: torch.device) -> ImageFeatures:

@@ -169,7 +169,11 @@ class SeededItems(Dataset):
     def __getitem__(self, key: tuple[int, int]) -> Any:
         epoch, index = key
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(((self.seed * 1_000_003 + epoch) * 10_000_019 + index) % 2**63)
+            # the CPU generator only: torch.manual_seed would also queue a CUDA seeding with a stack
+            # trace per item (~1 ms) and leave the CUDA generator re-seeded after the item
+            torch.default_generator.manual_seed(
+                ((self.seed * 1_000_003 + epoch) * 10_000_019 + index) % 2**63
+            )
             return self.dataset[index]
 
 

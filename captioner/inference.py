@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Callable, Sequence
+import glob
+import os
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +24,7 @@ from PIL import Image
 from torch import Tensor
 
 from captioner.config import CaptionerConfig
-from captioner.data import Vocabulary, build_transforms
+from captioner.data import Vocabulary, build_transforms, load_image
 from captioner.decode import Caption, beam_search, check_decode_settings
 from captioner.encoder import ImageFeatures
 from captioner.model import CaptionModel
@@ -204,3 +206,57 @@ def caption_images(
         )
         results.extend(to_result(captioner.vocab, beams, features.grid_hw) for beams in decoded)
     return results
+
+
+# --------------------------------------------------------------------------------------------
+# Folders of images
+
+
+def image_extensions() -> frozenset[str]:
+    """Lowercase file extensions (".jpg", ".png", ...) of every format Pillow can open."""
+    registered = Image.registered_extensions()
+    return frozenset(ext.lower() for ext, fmt in registered.items() if fmt in Image.OPEN)
+
+
+def find_images(folder_or_glob: str) -> list[str]:
+    """The image files (by extension) in a folder, not recursive, or matching a glob pattern
+    (``photos/*.jpg``; ``**`` recurses), sorted; [] when there are none."""
+    if os.path.isdir(folder_or_glob):
+        candidates = [os.path.join(folder_or_glob, name) for name in os.listdir(folder_or_glob)]
+    else:
+        candidates = glob.glob(folder_or_glob, recursive=True)
+    extensions = image_extensions()
+    return sorted(
+        path
+        for path in candidates
+        if os.path.splitext(path)[1].lower() in extensions and os.path.isfile(path)
+    )
+
+
+def caption_files(
+    captioner: Captioner,
+    paths: Sequence[str],
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    on_error: Callable[[str, UserError], None] | None = None,
+    **decode: Any,
+) -> Iterator[tuple[str, CaptionResult]]:
+    """Caption image files batch by batch, yielding `(path, result)` in order as each batch is done.
+
+    A file that cannot be read (`load_image` raises a `UserError`) is passed to
+    ``on_error(path, error)`` and skipped; without `on_error` the error is raised. `decode` holds
+    `caption_images`' decoding options (beam_size, max_length, n_best, ...).
+    """
+    for start in range(0, len(paths), batch_size):
+        batch: list[tuple[str, Image.Image]] = []
+        for path in paths[start : start + batch_size]:
+            try:
+                batch.append((path, load_image(path)))
+            except UserError as err:
+                if on_error is None:
+                    raise
+                on_error(path, err)
+        if batch:
+            images = [image for _, image in batch]
+            results = caption_images(captioner, images, batch_size=len(images), **decode)
+            yield from zip([path for path, _ in batch], results, strict=True)

@@ -65,7 +65,10 @@ def image_batches(
     Pass `dataset` (an `ImageOnly` over the same records) to reuse its in-memory image cache.
     """
     dataset = ImageOnly(records, captioner.transform) if dataset is None else dataset
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
+    # Its own generator: a validation leaves the global one (training's dropout) untouched.
+    loader = DataLoader(
+        dataset, batch_size=batch_size, num_workers=num_workers, generator=torch.Generator()
+    )
     model = captioner.model
     for images, indices in loader:
         with torch.no_grad(), captioner.autocast():

@@ -64,7 +64,13 @@ from captioner.data import (
     select_split,
 )
 from captioner.encoder import ImageFeatures
-from captioner.features import FeatureCache, FeaturePairs, collate_feature_pairs
+from captioner.features import (
+    FeatureCache,
+    FeatureCollate,
+    FeatureGroups,
+    FeaturePairs,
+    features_to,
+)
 from captioner.inference import Captioner, eval_transform
 from captioner.model import CaptionModel
 from captioner.scoring import BLEU_KEYS, evaluate_split, image_batches, load_data_records
@@ -106,7 +112,11 @@ class SeededItems(Dataset):
     def __getitem__(self, key: tuple[int, int]) -> Any:
         epoch, index = key
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(((self.seed * 1_000_003 + epoch) * 10_000_019 + index) % 2**63)
+            # the CPU generator only: torch.manual_seed would also queue a CUDA seeding with a stack
+            # trace per item (~1 ms) and leave the CUDA generator re-seeded after the item
+            torch.default_generator.manual_seed(
+                ((self.seed * 1_000_003 + epoch) * 10_000_019 + index) % 2**63
+            )
             return self.dataset[index]
 
 
@@ -164,10 +174,16 @@ def _build_data(
             progress=progress,
         )
         encoded = sum(layout.all_gather_objects(encoded))  # also waits for every process
-        train_set = FeaturePairs(train_records, vocab, cache, max_length=max_ids)
+        store = cache.store(train_records)
+        if cfg.train.captions_per_image:
+            cached = FeatureGroups(
+                train_records, vocab, store, cfg.train.captions_per_image, max_length=max_ids
+            )
+        else:
+            cached = FeaturePairs(train_records, vocab, store, max_length=max_ids)
         return _Data(
-            train_set,
-            DropBadImages(collate_feature_pairs),  # the same (batch, bad images) shape; none here
+            SeededItems(cached, cfg.train.seed),  # the same reference picks as CaptionGroups
+            DropBadImages(FeatureCollate(store, vocab.pad_id)),  # the (batch, bad images) shape
             lambda captioner, records: cache.batches(records, batch),
             uses_cache=True,
             encoded_images=encoded,
@@ -255,8 +271,8 @@ class EpochBatches:
         self.order.set_state(self.order_state)
         batches = epoch_batches(len(self.data.train_set), self.cfg.train.batch_size, self.order)
         batches = [batch[self.rows] for batch in batches[self.batch_in_epoch :]]
-        if not self.data.uses_cache:  # SeededItems takes (epoch, index) keys
-            batches = [[(self.epoch, index) for index in batch] for batch in batches]
+        # SeededItems takes (epoch, index) keys
+        batches = [[(self.epoch, index) for index in batch] for batch in batches]
         return iter(batches)
 
     def __len__(self) -> int:
@@ -355,7 +371,7 @@ def train(
             inputs = inputs.to(device, non_blocking=True, memory_format=memory_format)
             counts["images"] += inputs.size(0)
         else:
-            inputs = inputs.to(device)
+            inputs = features_to(inputs, device)
         captions = captions.to(device, non_blocking=True)
         words = None
         if run.dist.enabled:  # normalise by the global batch's words (see CaptionDecoder.forward)

@@ -142,14 +142,26 @@ class CaptionPairs(Dataset):
         return image, caption
 
 
+def pick_references(num_references: int, k: int) -> list[int]:
+    """``k`` reference indices of an image: a shuffle of its ``num_references`` drawn without
+    repetition, cycling through the same shuffle again when it has fewer than ``k``.
+
+    The shuffle uses torch's global generator, so under per-item seeding (captioner.train's
+    `SeededItems`) it depends only on (seed, epoch, item). `CaptionGroups` and the feature cache's
+    `FeatureGroups` both pick with it, as the first random draw of an item, so a cached and an
+    uncached run train on the same references.
+    """
+    order = torch.randperm(num_references).tolist()
+    return [order[i % len(order)] for i in range(k)]
+
+
 class CaptionGroups(Dataset):
     """One item per image with ``captions_per_image`` of its references:
     `(image (3, H, W) float, [ids (T_j,) long] * k)`.
 
     Training on k references per encoder pass (self-critical.pytorch's ``seq_per_img``) runs the
-    CNN once for k captions instead of k times. The k are drawn without repetition from a shuffle
-    of the image's references, cycling through it again when an image has fewer than k. The shuffle
-    uses torch's global generator, so under `SeededItems`-style seeding it depends only on the seed.
+    CNN once for k captions instead of k times. The k are drawn by `pick_references` before the
+    image's random augmentation, so they do not depend on the transform.
     With `mark_bad_images`, an image that does not decode gives a `BadImage` item: dropping it drops
     its k caption rows too.
     """
@@ -183,13 +195,12 @@ class CaptionGroups(Dataset):
         return len(self._images.records)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, list[torch.Tensor]] | BadImage:
+        references = self._captions[index]
+        picks = pick_references(len(references), self.captions_per_image)
         picture = self._images.image(index)
         if isinstance(picture, BadImage):
             return picture
         image = self.transform(picture)  # (3, H, W)
-        references = self._captions[index]
-        order = torch.randperm(len(references)).tolist()
-        picks = [order[i % len(order)] for i in range(self.captions_per_image)]
         return image, [torch.tensor(references[i], dtype=torch.long) for i in picks]
 
 

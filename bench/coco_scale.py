@@ -421,7 +421,7 @@ def main(argv: list[str] | None = None) -> None:
     run_dir = out / "run"
     shutil.rmtree(run_dir, ignore_errors=True)
     start = time.perf_counter()
-    summary = train(cfg, run_dir, progress=False, log=lambda line: None)
+    summary = train(cfg, run_dir, quiet=True)
     CaptionDecoder.forward = real_forward
     print(
         f"  captioner.train.train until its first training step: {first_step[0] - start:.1f} s "

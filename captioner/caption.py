@@ -26,6 +26,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from captioner.data.images import ACCEPTED_FORMATS
 from captioner.decode import check_decode_settings
 from captioner.inference import (
     DEFAULT_BATCH_SIZE,
@@ -109,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         metavar="IMAGE",
         help="image files, folders (every image in them, by extension; not recursive) or quoted "
         "glob patterns ('photos/*.jpg', 'data/**/*.png'); unreadable files found in a folder or "
-        "by a pattern are reported and skipped; any still format Pillow decodes ({ACCEPTED_FORMATS} "
+        f"by a pattern are reported and skipped; any still format Pillow decodes ({ACCEPTED_FORMATS} "
         "and more), a multi-page or animated file by its first page or frame",
     )
     parser.add_argument(

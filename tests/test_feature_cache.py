@@ -52,7 +52,7 @@ def tiny_cfg(annotations: Path, *overrides: str) -> CaptionerConfig:
 
 
 def quiet_train(cfg: CaptionerConfig, out_dir: Path) -> dict:
-    return train_module.train(cfg, out_dir, progress=False, log=lambda line: None)
+    return train_module.train(cfg, out_dir, quiet=True)
 
 
 def train_records(cfg: CaptionerConfig):
@@ -93,10 +93,10 @@ def test_cached_run_trains_on_the_same_batches_with_the_same_losses(
     seen: list[tuple[torch.Tensor, torch.Tensor]] = []
     real_forward = CaptionDecoder.forward
 
-    def spying_forward(self, features, captions, lengths):
+    def spying_forward(self, features, captions, lengths, predicted_words=None):
         if self.training:
             seen.append((captions.clone(), features.pooled.detach().clone()))
-        return real_forward(self, features, captions, lengths)
+        return real_forward(self, features, captions, lengths, predicted_words)
 
     monkeypatch.setattr(CaptionDecoder, "forward", spying_forward)
     runs = {}

@@ -1,18 +1,28 @@
 """Text in, character ids out, cut into streams for truncated backpropagation through time.
 
-- `load_text` reads a UTF-8 file, a built-in toy text (``builtin:hihello``, ``builtin:ship``), or
-  (when ``data.path`` is empty) downloads ``data.url`` once into a cache, checked by sha256.
+- `load_corpus` is what training calls: the text a config names (a UTF-8 file, a built-in toy text
+  ``builtin:hihello`` / ``builtin:ship``, or, when ``data.path`` is empty, a download of
+  ``data.url`` kept in a cache and checked by sha256), as character ids split for training and
+  validation, with its vocabulary and a fingerprint of the file. It never holds the text as one
+  Python ``str``: the file is read twice in chunks of `CHUNK_BYTES`, once to find the vocabulary,
+  count the characters and hash the bytes, once to encode it into a preallocated tensor in the
+  smallest dtype that holds the vocabulary (`id_dtype`: one byte per character for up to 256
+  distinct characters). A 1 GB text takes about 1 GB of ids (docs/benchmarks.md).
+- UTF-8 is decoded incrementally, so a character split across two chunks is read whole; one
+  character is one Unicode code point (Python's ``str``), never a surrogate half or a byte.
 - The vocabulary is the sorted unique characters of the text, kept in checkpoints as a list of str.
 - `split_ids` is a contiguous split: the first 90% trains, the last 10% validates (like nanoGPT's
   shakespeare_char).
 - `StreamBatches` cuts a text into ``batch_size`` contiguous parallel streams (char-rnn, and the
   ``batchify`` of PyTorch's word_language_model example) and walks each stream in consecutive
   windows of ``block_size`` characters, so the hidden state at the end of one window is the right
-  state to start the next window of the same stream.
+  state to start the next window of the same stream. It keeps the ids in their own dtype and hands
+  out each window as int64.
 """
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import http.client
 import os
@@ -20,8 +30,11 @@ import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -40,6 +53,8 @@ BUILTIN_TEXTS = {
 }
 BUILTIN_PREFIX = "builtin:"
 IGNORE_INDEX = -1  # target of padding positions (only in evaluation streams)
+CHUNK_BYTES = 1 << 20  # bytes read at a time when a text file is scanned or encoded (1 MiB)
+MAX_CODE_POINT = 0x10FFFF
 
 
 # --- reading and downloading ---------------------------------------------------------------------
@@ -98,42 +113,133 @@ def download(url: str, sha256: str = "", cache: Path | None = None) -> Path:
     return target
 
 
-def read_text(path: str | Path) -> str:
-    """A UTF-8 text file, or ``builtin:NAME``; an empty, unreadable or non-UTF-8 file is a UserError."""
-    spec = str(path)
-    if spec.startswith(BUILTIN_PREFIX):
-        name = spec[len(BUILTIN_PREFIX) :]
-        if name not in BUILTIN_TEXTS:
-            known = ", ".join(BUILTIN_PREFIX + n for n in BUILTIN_TEXTS)
-            raise UserError(f"unknown built-in text {spec!r}; use one of {known} or a file path")
-        return BUILTIN_TEXTS[name]
-    path = Path(path)
+def _builtin(spec: str) -> str:
+    name = spec[len(BUILTIN_PREFIX) :]
+    if name not in BUILTIN_TEXTS:
+        known = ", ".join(BUILTIN_PREFIX + n for n in BUILTIN_TEXTS)
+        raise UserError(f"unknown built-in text {spec!r}; use one of {known} or a file path")
+    return BUILTIN_TEXTS[name]
+
+
+def _check_file(path: Path) -> None:
     if not path.exists():
         raise UserError(f"text file not found: {path} (pass a UTF-8 text file)")
     if path.is_dir():
         raise UserError(f"{path} is a folder; pass a UTF-8 text file")
+
+
+def _not_utf8(source: str | Path, offset: int) -> UserError:
+    return UserError(
+        f"{source} is not UTF-8 text (bad byte at offset {offset}); convert it to UTF-8 first"
+    )
+
+
+def _empty(source: str | Path) -> UserError:
+    return UserError(f"{source} is empty; pass a text file with some characters in it")
+
+
+def read_text(path: str | Path) -> str:
+    """A UTF-8 text file, or ``builtin:NAME``; an empty, unreadable or non-UTF-8 file is a UserError.
+
+    The whole text as one ``str``: for prompts and small texts. Training and evaluation read files
+    in chunks instead (`load_corpus`, `encode_file`).
+    """
+    spec = str(path)
+    if spec.startswith(BUILTIN_PREFIX):
+        return _builtin(spec)
+    path = Path(path)
+    _check_file(path)
     try:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as err:
-        raise UserError(
-            f"{path} is not UTF-8 text (bad byte at offset {err.start}); convert it to UTF-8 first"
-        ) from None
+        raise _not_utf8(path, err.start) from None
     except OSError as err:
         raise UserError(f"cannot read {path} ({err.strerror})") from None
     if not text:
-        raise UserError(f"{path} is empty; pass a text file with some characters in it")
+        raise _empty(path)
     return text
 
 
-def load_text(config: DataConfig) -> str:
-    """The text a config names: ``data.path`` (file or built-in), else a download of ``data.url``."""
+def text_source(config: DataConfig) -> str:
+    """The text a config names: ``data.path`` (file or built-in), else ``data.url`` downloaded once
+    into the cache (the local file's path)."""
     if config.path:
-        return read_text(config.path)
+        return config.path
     if not config.url:
         raise UserError(
             "no text to train on: set data.path to a file (or builtin:ship) or data.url"
         )
-    return read_text(download(config.url, config.sha256))
+    return str(download(config.url, config.sha256))
+
+
+def load_text(config: DataConfig) -> str:
+    """The text a config names, as one ``str`` (see `text_source`; `load_corpus` for training)."""
+    return read_text(text_source(config))
+
+
+def _byte_chunks(source: str | Path, chunk_size: int) -> Iterator[bytes]:
+    """The UTF-8 bytes of a file or ``builtin:NAME``, ``chunk_size`` bytes at a time."""
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
+    spec = str(source)
+    if spec.startswith(BUILTIN_PREFIX):
+        data = _builtin(spec).encode("utf-8")
+        for start in range(0, len(data), chunk_size):
+            yield data[start : start + chunk_size]
+        return
+    path = Path(source)
+    _check_file(path)
+    try:
+        with path.open("rb") as handle:
+            while block := handle.read(chunk_size):
+                yield block
+    except OSError as err:
+        raise UserError(f"cannot read {path} ({err.strerror})") from None
+
+
+def _code_points(
+    source: str | Path, chunk_size: int, digest: hashlib._Hash | None = None
+) -> Iterator[np.ndarray]:
+    """The text's characters as arrays of Unicode code points, one array per chunk read.
+
+    A chunk of pure ASCII (with no character left open by the chunk before) is its own bytes, a
+    uint8 array; any other chunk goes through Python's incremental UTF-8 decoder, which keeps the
+    first bytes of a character cut by the chunk's end for the next chunk, and comes out as uint32
+    code points (UTF-32). Bytes that are not UTF-8 (stray bytes, overlong forms, encoded surrogate
+    halves, a character cut by the end of the file) are a `UserError` giving their offset in the
+    file. ``digest``, when given, is updated with every byte read.
+    """
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0  # bytes of the file before this chunk
+    for block in _byte_chunks(source, chunk_size):
+        if digest is not None:
+            digest.update(block)
+        pending = len(decoder.getstate()[0])  # bytes of a cut character from the chunk before
+        if not pending and block.isascii():
+            yield np.frombuffer(block, dtype=np.uint8)
+        else:
+            try:
+                text = decoder.decode(block)
+            except UnicodeDecodeError as err:  # err.start counts from the pending bytes
+                raise _not_utf8(source, offset - pending + err.start) from None
+            yield np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+        offset += len(block)
+    pending = len(decoder.getstate()[0])
+    try:
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError as err:
+        raise _not_utf8(source, offset - pending + err.start) from None
+
+
+def count_chars(source: str | Path, chunk_size: int = CHUNK_BYTES) -> int:
+    """Characters (code points) in a UTF-8 file: its bytes that do not continue a character.
+
+    Exact for valid UTF-8; the bytes themselves are checked when the text is decoded.
+    """
+    count = 0
+    for block in _byte_chunks(source, chunk_size):
+        count += int(np.count_nonzero((np.frombuffer(block, dtype=np.uint8) & 0xC0) != 0x80))
+    return count
 
 
 # --- vocabulary ----------------------------------------------------------------------------------
@@ -144,17 +250,112 @@ def build_vocab(text: str) -> list[str]:
     return sorted(set(text))
 
 
+def id_dtype(vocab_size: int) -> torch.dtype:
+    """The smallest integer dtype that holds ids 0 .. vocab_size - 1 (uint8, int16 or int32)."""
+    if vocab_size <= 1 << 8:
+        return torch.uint8
+    if vocab_size <= 1 << 15:
+        return torch.int16
+    return torch.int32
+
+
+@dataclass(frozen=True)
+class TextScan:
+    """One streaming pass over a text: what `load_corpus` needs before it encodes."""
+
+    vocab: list[str]  # sorted unique characters, as `build_vocab` would give
+    chars: int  # characters (code points)
+    fingerprint: str  # "sha256:<hex digest of the file's bytes>"
+
+
+def scan_text(source: str | Path, chunk_size: int = CHUNK_BYTES) -> TextScan:
+    """Vocabulary, character count and fingerprint of a UTF-8 file (or ``builtin:NAME``), read in
+    chunks; an empty or non-UTF-8 file is a `UserError`."""
+    digest = hashlib.sha256()
+    seen = np.zeros(MAX_CODE_POINT + 1, dtype=bool)
+    chars = 0
+    for points in _code_points(source, chunk_size, digest):
+        counts = np.bincount(points)
+        seen[: len(counts)] |= counts > 0
+        chars += len(points)
+    if not chars:
+        raise _empty(source)
+    vocab = [chr(point) for point in np.flatnonzero(seen).tolist()]
+    return TextScan(vocab=vocab, chars=chars, fingerprint=f"sha256:{digest.hexdigest()}")
+
+
+def _missing_error(what: str, missing: list[str]) -> UserError:
+    shown = ", ".join(repr(ch) for ch in missing[:20]) + (" ..." if len(missing) > 20 else "")
+    return UserError(
+        f"the {what} has {len(missing)} character(s) the model's vocabulary lacks: {shown}; "
+        f"use only characters from its training text"
+    )
+
+
 def encode(text: str, vocab: list[str], what: str = "text") -> Tensor:
-    """Characters -> ids (int64); characters outside ``vocab`` are a UserError naming them."""
+    """Characters -> ids (int64); characters outside ``vocab`` are a UserError naming them.
+
+    For prompts and short texts held as a ``str``; files go through `encode_file`.
+    """
     index = {ch: i for i, ch in enumerate(vocab)}
     missing = sorted({ch for ch in text if ch not in index})
     if missing:
-        shown = ", ".join(repr(ch) for ch in missing[:20]) + (" ..." if len(missing) > 20 else "")
-        raise UserError(
-            f"the {what} has {len(missing)} character(s) the model's vocabulary lacks: {shown}; "
-            f"use only characters from its training text"
-        )
+        raise _missing_error(what, missing)
     return torch.tensor([index[ch] for ch in text], dtype=torch.long)
+
+
+def _lookup_table(vocab: list[str]) -> np.ndarray:
+    """code point -> id (int32, -1 for characters outside ``vocab``): 4.5 MB for all of Unicode."""
+    table = np.full(MAX_CODE_POINT + 1, -1, dtype=np.int32)
+    for i, ch in enumerate(vocab):
+        if len(ch) == 1:  # a (tampered) entry of several characters can never match one
+            table[ord(ch)] = i
+    return table
+
+
+def encode_file(
+    source: str | Path,
+    vocab: list[str],
+    *,
+    what: str = "text",
+    chars: int | None = None,
+    chunk_size: int = CHUNK_BYTES,
+    digest: hashlib._Hash | None = None,
+) -> Tensor:
+    """A UTF-8 file (or ``builtin:NAME``) -> ids in the dtype `id_dtype` picks for ``vocab``.
+
+    The ids tensor (one element per character) is allocated once and filled chunk by chunk through
+    a code point -> id table, so encoding needs the ids plus a few chunks of memory, never the text
+    as a ``str`` or int64. ``chars`` is the character count when known (else a quick pass over the
+    bytes counts it); an empty text is a `UserError`. Characters outside ``vocab`` are a
+    `UserError` naming them (and ``what``), all found in one pass over the whole file. ``digest``
+    is updated with every byte read.
+    """
+    if chars is None:
+        chars = count_chars(source, chunk_size)
+    table = _lookup_table(vocab)
+    ids = torch.empty(chars, dtype=id_dtype(len(vocab)))
+    out = ids.numpy()
+    position = 0
+    missing: set[int] = set()
+    for points in _code_points(source, chunk_size, digest):
+        chunk_ids = table[points]  # (n,) int32
+        unknown = chunk_ids < 0
+        if unknown.any():
+            missing.update(np.unique(points[unknown]).tolist())
+        if missing:
+            continue  # only looking for more unknown characters now
+        if position + len(chunk_ids) > chars:
+            raise UserError(f"{source} grew while it was being read; read it again when it is done")
+        out[position : position + len(chunk_ids)] = chunk_ids
+        position += len(chunk_ids)
+    if missing:
+        raise _missing_error(what, [chr(point) for point in sorted(missing)])
+    if not chars:  # after the pass, so bytes that are not UTF-8 are named as such
+        raise _empty(source)
+    if position != chars:
+        raise UserError(f"{source} shrank while it was being read; read it again when it is done")
+    return ids
 
 
 def decode(ids: Tensor | list[int], vocab: list[str]) -> str:
@@ -162,7 +363,7 @@ def decode(ids: Tensor | list[int], vocab: list[str]) -> str:
 
 
 def split_ids(ids: Tensor, val_fraction: float) -> tuple[Tensor, Tensor]:
-    """Contiguous split: the first ``1 - val_fraction`` trains, the rest validates.
+    """Contiguous split: the first ``1 - val_fraction`` trains, the rest validates (views of ids).
 
     With ``val_fraction == 0`` (the toy texts) the validation text is the training text.
     """
@@ -178,6 +379,54 @@ def split_ids(ids: Tensor, val_fraction: float) -> tuple[Tensor, Tensor]:
             f"data.val_fraction, use a longer text, or set data.val_fraction=0"
         )
     return train, val
+
+
+# --- the text training reads ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """A training text as ids: what `load_corpus` returns and the trainer uses.
+
+    ``train_ids`` and ``val_ids`` are views of one tensor of ``chars`` ids in `id_dtype`'s dtype;
+    ``fingerprint`` ("sha256:<hex>" of the file's bytes) changes whenever the file's content does,
+    so a resume can refuse a checkpoint trained on another version of the text.
+    """
+
+    vocab: list[str]
+    train_ids: Tensor
+    val_ids: Tensor
+    chars: int
+    source: str  # the file read: data.path, builtin:NAME, or the downloaded copy of data.url
+    fingerprint: str
+
+
+def load_corpus(config: DataConfig, *, chunk_size: int = CHUNK_BYTES) -> Corpus:
+    """The text ``config`` names (`text_source`), encoded and split by ``data.val_fraction``.
+
+    Two passes over the file in chunks (`scan_text`, then `encode_file`); peak memory is the ids
+    plus a few chunks. A file that changes between the two passes is a `UserError`.
+    """
+    source = text_source(config)
+    scan = scan_text(source, chunk_size)
+    digest = hashlib.sha256()
+    try:
+        ids = encode_file(
+            source, scan.vocab, chars=scan.chars, chunk_size=chunk_size, digest=digest
+        )
+    except UserError as err:  # the first pass read the same file without a complaint
+        raise UserError(f"{source} changed while it was being read ({err})") from None
+    if f"sha256:{digest.hexdigest()}" != scan.fingerprint:
+        raise UserError(f"{source} changed while it was being read; read it again when it is done")
+    train_ids, val_ids = split_ids(ids, config.val_fraction)
+    return Corpus(
+        vocab=scan.vocab,
+        train_ids=train_ids,
+        val_ids=val_ids,
+        chars=scan.chars,
+        source=source,
+        fingerprint=scan.fingerprint,
+    )
 
 
 # --- truncated-BPTT streams ----------------------------------------------------------------------
@@ -196,6 +445,9 @@ class StreamBatches:
     are dropped, and each stream must hold at least one full window. With ``cover_all=True``
     (evaluation) every character but the first is a target exactly once: the last stream is padded
     with `IGNORE_INDEX` targets, and there are fewer streams if the text is short.
+
+    ``ids`` may have any integer dtype (a `Corpus` holds uint8 / int16 / int32) and is never copied:
+    each window is gathered from it and converted to int64 on its own, (B, T) at a time.
     """
 
     def __init__(
@@ -209,17 +461,14 @@ class StreamBatches:
     ) -> None:
         if batch_size < 1 or block_size < 1:
             raise UserError("data.batch_size and data.block_size must be at least 1")
-        ids = ids.long()
+        if ids.dim() != 1 or ids.dtype.is_floating_point or ids.dtype.is_complex:
+            raise TypeError(f"ids must be a 1-D tensor of integers, got {ids.dtype} {ids.shape}")
         predicted = len(ids) - 1  # characters that have a character before them
-        self.block_size = block_size
         if cover_all:
             if predicted < 1:
                 raise UserError(f"the {what} has {len(ids)} character(s); it needs at least 2")
             streams = min(batch_size, predicted)
-            length = -(-predicted // streams)  # ceil
-            pad = streams * length - predicted
-            inputs = torch.cat([ids[:-1], ids.new_zeros(pad)])
-            targets = torch.cat([ids[1:], ids.new_full((pad,), IGNORE_INDEX)])
+            length = -(-predicted // streams)  # ceil; the last stream is padded
         else:
             streams, length = batch_size, predicted // batch_size
             if length < block_size:
@@ -229,30 +478,50 @@ class StreamBatches:
                     f"{batch_size * block_size + 1}); use a longer text or lower data.block_size or "
                     f"data.batch_size"
                 )
-            inputs = ids[: streams * length]
-            targets = ids[1 : streams * length + 1]
-        self.inputs = inputs.view(streams, length)  # (B, L)
-        self.targets = targets.view(streams, length)  # (B, L)
+        self.ids = ids
+        self.block_size = block_size
+        self.predicted = predicted if cover_all else streams * length  # inputs 0 .. predicted-1
+        self._length = length
+        self._starts = torch.arange(streams, device=ids.device) * length  # (B,) first inputs
 
     @property
     def streams(self) -> int:
-        return self.inputs.size(0)
+        return self._starts.numel()
 
     @property
     def stream_length(self) -> int:
-        return self.inputs.size(1)
+        return self._length
 
     def __len__(self) -> int:
         """Windows per pass over the streams."""
         return -(-self.stream_length // self.block_size)
 
     def window(self, i: int) -> tuple[Tensor, Tensor]:
-        """Window i: inputs and targets, each (B, T) with T = block_size (or less for the last)."""
+        """Window i: inputs and targets, each (B, T) int64 with T = block_size (or less for the
+        last); padding (evaluation only) has input 0 and target `IGNORE_INDEX`."""
         start = i * self.block_size
-        end = start + self.block_size
-        return self.inputs[:, start:end], self.targets[:, start:end]
+        end = min(start + self.block_size, self._length)
+        columns = torch.arange(start, end, device=self._starts.device)
+        positions = self._starts[:, None] + columns[None, :]  # (B, T) text index of each input
+        real = positions < self.predicted
+        inputs = self.ids[positions.clamp(max=self.predicted - 1)].long()
+        targets = self.ids[(positions + 1).clamp(max=self.predicted)].long()
+        if not real.all():
+            inputs = inputs.masked_fill(~real, 0)
+            targets = targets.masked_fill(~real, IGNORE_INDEX)
+        return inputs, targets
+
+    @property
+    def inputs(self) -> Tensor:
+        """All inputs as one (B, L) int64 tensor: a copy, for looking at small texts."""
+        return torch.cat([self.window(i)[0] for i in range(len(self))], dim=1)
+
+    @property
+    def targets(self) -> Tensor:
+        """All targets as one (B, L) int64 tensor: a copy, for looking at small texts."""
+        return torch.cat([self.window(i)[1] for i in range(len(self))], dim=1)
 
     def to(self, device: torch.device | str) -> StreamBatches:
-        self.inputs = self.inputs.to(device)
-        self.targets = self.targets.to(device)
+        self.ids = self.ids.to(device)
+        self._starts = self._starts.to(device)
         return self

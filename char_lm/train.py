@@ -34,7 +34,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from tqdm import tqdm
 
 from char_lm.config import CharLMConfig, TrainConfig, architecture_keys, check_config
-from char_lm.data import StreamBatches, build_vocab, encode, load_text, split_ids
+from char_lm.data import StreamBatches, load_corpus
 from char_lm.generate import read_checkpoint
 from char_lm.model import CharLM
 from char_lm.scoring import evaluate_text
@@ -123,9 +123,8 @@ def train(
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
     device = pick_device(tc.device)
 
-    text = load_text(cfg.data)
-    vocab = build_vocab(text)
-    train_ids, val_ids = split_ids(encode(text, vocab), cfg.data.val_fraction)
+    corpus = load_corpus(cfg.data)  # ids in the smallest dtype, read from the file in chunks
+    vocab, train_ids, val_ids = corpus.vocab, corpus.train_ids, corpus.val_ids
     batches = StreamBatches(
         train_ids,
         cfg.data.batch_size,
@@ -144,6 +143,12 @@ def train(
         config_dict = to_dict(cfg)
         keys = architecture_keys(config_dict, payload["config"]) + ["train.optimizer"]
         check_same_architecture(payload["config"], config_dict, keys, last_path)
+        if payload.get("data_fingerprint", corpus.fingerprint) != corpus.fingerprint:
+            raise UserError(
+                f"cannot resume from {last_path}: the training text {corpus.source} changed since "
+                f"the run started (its sha256 differs); restore that text, or start a new run "
+                f"with --overwrite or another --out-dir"
+            )
         if list(payload["vocab"]) != vocab:
             raise UserError(
                 f"cannot resume from {last_path}: the text's characters differ from the "
@@ -189,7 +194,7 @@ def train(
 
     parameters = sum(p.numel() for p in model.parameters())
     tqdm.write(
-        f"data: {len(text):,} characters, vocabulary {len(vocab)}, train {len(train_ids):,}, "
+        f"data: {corpus.chars:,} characters, vocabulary {len(vocab)}, train {len(train_ids):,}, "
         f"val {len(val_ids):,}{' (= train)' if cfg.data.val_fraction == 0 else ''}; "
         f"model: {parameters:,} parameters; device: {device}"
     )
@@ -204,6 +209,7 @@ def train(
             "task": "char_lm",
             "config": to_dict(cfg),
             "vocab": vocab,
+            "data_fingerprint": corpus.fingerprint,
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),

@@ -8,8 +8,10 @@
   count the characters and hash the bytes, once to encode it into a preallocated tensor in the
   smallest dtype that holds the vocabulary (`id_dtype`: one byte per character for up to 256
   distinct characters). A 1 GB text takes about 1 GB of ids (docs/benchmarks.md).
-- UTF-8 is decoded incrementally, so a character split across two chunks is read whole; one
-  character is one Unicode code point (Python's ``str``), never a surrogate half or a byte.
+- Both passes work on the bytes with numpy (`_characters`), a few times faster than decoding:
+  a character cut by the end of a chunk is carried into the next one, the first pass checks the
+  bytes are UTF-8 (naming the first bad byte, found by Python's own decoder), and one character is
+  one Unicode code point (as in Python's ``str``), never a surrogate half or a byte.
 - The vocabulary is the sorted unique characters of the text, kept in checkpoints as a list of str.
 - `split_ids` is a contiguous split: the first 90% trains, the last 10% validates (like nanoGPT's
   shakespeare_char).
@@ -33,6 +35,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -54,7 +57,7 @@ BUILTIN_TEXTS = {
 BUILTIN_PREFIX = "builtin:"
 IGNORE_INDEX = -1  # target of padding positions (only in evaluation streams)
 CHUNK_BYTES = 1 << 20  # bytes read at a time when a text file is scanned or encoded (1 MiB)
-MAX_CODE_POINT = 0x10FFFF
+CONTINUATION = bytes(range(0x80, 0xC0))  # the bytes that continue a UTF-8 character
 
 
 # --- reading and downloading ---------------------------------------------------------------------
@@ -128,10 +131,9 @@ def _check_file(path: Path) -> None:
         raise UserError(f"{path} is a folder; pass a UTF-8 text file")
 
 
-def _not_utf8(source: str | Path, offset: int) -> UserError:
-    return UserError(
-        f"{source} is not UTF-8 text (bad byte at offset {offset}); convert it to UTF-8 first"
-    )
+def _not_utf8(source: str | Path, offset: int | None) -> UserError:
+    where = "" if offset is None else f" (bad byte at offset {offset})"
+    return UserError(f"{source} is not UTF-8 text{where}; convert it to UTF-8 first")
 
 
 def _empty(source: str | Path) -> UserError:
@@ -197,49 +199,81 @@ def _byte_chunks(source: str | Path, chunk_size: int) -> Iterator[bytes]:
         raise UserError(f"cannot read {path} ({err.strerror})") from None
 
 
-def _code_points(
-    source: str | Path, chunk_size: int, digest: hashlib._Hash | None = None
-) -> Iterator[np.ndarray]:
-    """The text's characters as arrays of Unicode code points, one array per chunk read.
+def _sequence_length(lead: np.ndarray | int) -> np.ndarray | int:
+    """Bytes of the UTF-8 sequence a lead byte (>= 0xC0) starts: 2, 3 or 4."""
+    return 2 + (lead >= 0xE0) + (lead >= 0xF0)
 
-    A chunk of pure ASCII (with no character left open by the chunk before) is its own bytes, a
-    uint8 array; any other chunk goes through Python's incremental UTF-8 decoder, which keeps the
-    first bytes of a character cut by the chunk's end for the next chunk, and comes out as uint32
-    code points (UTF-32). Bytes that are not UTF-8 (stray bytes, overlong forms, encoded surrogate
-    halves, a character cut by the end of the file) are a `UserError` giving their offset in the
-    file. ``digest``, when given, is updated with every byte read.
+
+class _Characters(NamedTuple):
+    """The whole characters in one chunk of a file, as bytes and byte-level arrays."""
+
+    raw: bytes  # their bytes
+    ascii: bool  # every byte is an ASCII character
+    leads: np.ndarray  # (m,) int64: where the characters of 2-4 bytes start in `raw`
+    keys: np.ndarray  # (m,) uint32: those characters' bytes, big-endian, zero-padded
+
+
+def _characters(
+    source: str | Path, chunk_size: int, digest: hashlib._Hash | None = None
+) -> Iterator[_Characters]:
+    """The file's characters chunk by chunk, found in its bytes with numpy, not decoded: a few
+    times faster than Python's decoder. Only `scan_text` checks the bytes are UTF-8; on other
+    bytes the characters found are meaningless (but never out of range).
+
+    A character cut by the end of a chunk is carried into the next one; one cut by the end of the
+    file comes last, alone (its key is not UTF-8). ``digest`` is updated with every byte read.
     """
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    offset = 0  # bytes of the file before this chunk
+    no_leads, no_keys = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.uint32)
+    carry = b""
     for block in _byte_chunks(source, chunk_size):
         if digest is not None:
             digest.update(block)
-        pending = len(decoder.getstate()[0])  # bytes of a cut character from the chunk before
-        if not pending and block.isascii():
-            yield np.frombuffer(block, dtype=np.uint8)
-        else:
-            try:
-                text = decoder.decode(block)
-            except UnicodeDecodeError as err:  # err.start counts from the pending bytes
-                raise _not_utf8(source, offset - pending + err.start) from None
-            yield np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
-        offset += len(block)
-    pending = len(decoder.getstate()[0])
+        if not carry and block.isascii():  # the common case: every byte is a character
+            yield _Characters(block, True, no_leads, no_keys)
+            continue
+        data = carry + block if carry else block
+        arr = np.frombuffer(data, dtype=np.uint8)
+        leads = np.flatnonzero(arr >= 0xC0)
+        lengths = _sequence_length(arr[leads])
+        cut = len(arr)
+        if len(leads) and leads[-1] + lengths[-1] > cut:  # the last character goes on next chunk
+            cut = int(leads[-1])
+            leads, lengths = leads[:-1], lengths[:-1]
+        carry = data[cut:]
+        keys = arr[leads].astype(np.uint32) << 24
+        for k in (1, 2, 3):  # a bad lead byte may point past the end: clipped, it stays bad
+            following = arr[np.minimum(leads + k, max(cut - 1, 0))].astype(np.uint32)
+            keys |= np.where(lengths > k, following, 0).astype(np.uint32) << (24 - 8 * k)
+        yield _Characters(data[:cut], False, leads, keys)
+    if carry:
+        yield _Characters(carry, False, np.zeros(1, dtype=np.int64), _key(carry[:4]))
+
+
+def _key(raw: bytes) -> np.ndarray:
+    """The key (as in `_Characters`) of one character's bytes, as a (1,) array."""
+    return np.array([int.from_bytes(raw.ljust(4, b"\0"), "big")], dtype=np.uint32)
+
+
+def _key_text(key: int) -> str:
+    """The character a `_Characters` key stands for (UnicodeDecodeError if it is not UTF-8)."""
+    raw = key.to_bytes(4, "big")
+    return raw[: _sequence_length(raw[0])].decode("utf-8")
+
+
+def _first_bad_byte(source: str | Path, chunk_size: int) -> int | None:
+    """The offset of the first byte of the file that is not UTF-8, by Python's own decoder."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0  # bytes of the file before this chunk
     try:
+        for block in _byte_chunks(source, chunk_size):
+            pending = len(decoder.getstate()[0])  # the start of a character cut by the chunk before
+            decoder.decode(block)
+            offset += len(block)
+        pending = len(decoder.getstate()[0])
         decoder.decode(b"", final=True)
-    except UnicodeDecodeError as err:
-        raise _not_utf8(source, offset - pending + err.start) from None
-
-
-def count_chars(source: str | Path, chunk_size: int = CHUNK_BYTES) -> int:
-    """Characters (code points) in a UTF-8 file: its bytes that do not continue a character.
-
-    Exact for valid UTF-8; the bytes themselves are checked when the text is decoded.
-    """
-    count = 0
-    for block in _byte_chunks(source, chunk_size):
-        count += int(np.count_nonzero((np.frombuffer(block, dtype=np.uint8) & 0xC0) != 0x80))
-    return count
+    except UnicodeDecodeError as err:  # err.start counts from the pending bytes
+        return offset - pending + err.start
+    return None
 
 
 # --- vocabulary ----------------------------------------------------------------------------------
@@ -261,7 +295,7 @@ def id_dtype(vocab_size: int) -> torch.dtype:
 
 @dataclass(frozen=True)
 class TextScan:
-    """One streaming pass over a text: what `load_corpus` needs before it encodes."""
+    """One streaming pass over a text: what encoding it needs first."""
 
     vocab: list[str]  # sorted unique characters, as `build_vocab` would give
     chars: int  # characters (code points)
@@ -270,18 +304,43 @@ class TextScan:
 
 def scan_text(source: str | Path, chunk_size: int = CHUNK_BYTES) -> TextScan:
     """Vocabulary, character count and fingerprint of a UTF-8 file (or ``builtin:NAME``), read in
-    chunks; an empty or non-UTF-8 file is a `UserError`."""
+    chunks; an empty file, or one that is not UTF-8, is a `UserError` (naming the first bad byte).
+
+    The ASCII characters are the byte values below 0x80 that occur (`bytes.translate` deletes the
+    ones already met, so a chunk costs one copy), the others the distinct multi-byte sequences
+    (`_characters`), each decoded once. The bytes are UTF-8 exactly when every sequence decodes
+    to one character and every continuation byte belongs to one: stray, overlong, surrogate-half
+    and cut sequences all fail one of the two.
+    """
     digest = hashlib.sha256()
-    seen = np.zeros(MAX_CODE_POINT + 1, dtype=bool)
-    chars = 0
-    for points in _code_points(source, chunk_size, digest):
-        counts = np.bincount(points)
-        seen[: len(counts)] |= counts > 0
-        chars += len(points)
+    byte_values = bytearray()  # the distinct byte values met so far
+    keys: set[int] = set()  # the distinct multi-byte characters met so far
+    size = chars = spanned = 0  # bytes; characters; continuation bytes inside characters
+    for found in _characters(source, chunk_size, digest):
+        size += len(found.raw)
+        chars += len(found.raw)
+        if not found.ascii:  # minus the continuation bytes (0x80-0xBF)
+            chars -= int(np.count_nonzero(np.frombuffer(found.raw, dtype=np.int8) < -64))
+        new = found.raw.translate(None, byte_values)
+        while new:
+            byte_values.append(new[0])
+            new = new.translate(None, new[:1])
+        if len(found.keys):
+            spanned += int((_sequence_length(found.keys >> 24) - 1).sum())
+            keys.update(np.unique(found.keys).tolist())
+    vocab = [chr(value) for value in byte_values if value < 0x80]
+    valid = size - chars == spanned
+    for key in keys:
+        try:
+            vocab.append(_key_text(key))
+        except UnicodeDecodeError:
+            valid = False
+    if not valid:
+        raise _not_utf8(source, _first_bad_byte(source, chunk_size))
     if not chars:
         raise _empty(source)
-    vocab = [chr(point) for point in np.flatnonzero(seen).tolist()]
-    return TextScan(vocab=vocab, chars=chars, fingerprint=f"sha256:{digest.hexdigest()}")
+    vocab.sort()
+    return TextScan(vocab, chars, f"sha256:{digest.hexdigest()}")
 
 
 def _missing_error(what: str, missing: list[str]) -> UserError:
@@ -304,13 +363,8 @@ def encode(text: str, vocab: list[str], what: str = "text") -> Tensor:
     return torch.tensor([index[ch] for ch in text], dtype=torch.long)
 
 
-def _lookup_table(vocab: list[str]) -> np.ndarray:
-    """code point -> id (int32, -1 for characters outside ``vocab``): 4.5 MB for all of Unicode."""
-    table = np.full(MAX_CODE_POINT + 1, -1, dtype=np.int32)
-    for i, ch in enumerate(vocab):
-        if len(ch) == 1:  # a (tampered) entry of several characters can never match one
-            table[ord(ch)] = i
-    return table
+def _changed(source: str | Path) -> UserError:
+    return UserError(f"{source} changed while it was being read; read it again when it is done")
 
 
 def encode_file(
@@ -318,43 +372,65 @@ def encode_file(
     vocab: list[str],
     *,
     what: str = "text",
-    chars: int | None = None,
+    scan: TextScan | None = None,
     chunk_size: int = CHUNK_BYTES,
-    digest: hashlib._Hash | None = None,
 ) -> Tensor:
     """A UTF-8 file (or ``builtin:NAME``) -> ids in the dtype `id_dtype` picks for ``vocab``.
 
-    The ids tensor (one element per character) is allocated once and filled chunk by chunk through
-    a code point -> id table, so encoding needs the ids plus a few chunks of memory, never the text
-    as a ``str`` or int64. ``chars`` is the character count when known (else a quick pass over the
-    bytes counts it); an empty text is a `UserError`. Characters outside ``vocab`` are a
-    `UserError` naming them (and ``what``), all found in one pass over the whole file. ``digest``
-    is updated with every byte read.
+    ``scan`` is the file's `scan_text` (made here when not given): it checks the bytes are UTF-8,
+    counts the characters and finds them all, so characters outside ``vocab`` are a `UserError`
+    naming them (and ``what``) before anything is encoded. Then the ids tensor is allocated once
+    and filled chunk by chunk: ASCII characters through a 256-byte `bytes.translate` table (which
+    also deletes continuation bytes), the others by their byte sequences; the ids plus a few
+    chunks of memory, never the text as a ``str`` or int64. A file whose bytes differ from
+    the scan's (sha256) is a `UserError` too.
     """
-    if chars is None:
-        chars = count_chars(source, chunk_size)
-    table = _lookup_table(vocab)
-    ids = torch.empty(chars, dtype=id_dtype(len(vocab)))
+    if scan is None:
+        scan = scan_text(source, chunk_size)
+    index = {ch: i for i, ch in enumerate(vocab)}
+    missing = sorted(set(scan.vocab) - set(index))
+    if missing:
+        raise _missing_error(what, missing)
+    dtype = id_dtype(len(vocab))
+    ascii_ids = np.zeros(256, dtype=np.int64)  # byte -> id, for ASCII characters
+    multibyte = {}  # key (as in `_Characters`) -> id
+    for ch in scan.vocab:
+        if ord(ch) < 0x80:
+            ascii_ids[ord(ch)] = index[ch]
+        else:
+            multibyte[int(_key(ch.encode("utf-8"))[0])] = index[ch]
+    known_keys = np.array(sorted(multibyte) or [0], dtype=np.uint32)  # [0]: never a key
+    key_ids = np.array([multibyte.get(int(key), 0) for key in known_keys], dtype=np.int64)
+    # A sorted vocabulary puts ASCII first (ids < 128): then one byte holds each ASCII id, and
+    # `bytes.translate` maps a chunk's bytes to ids at the speed of a copy.
+    byte_table = bytes(ascii_ids.astype(np.uint8)) if ascii_ids.max() < 256 else None
+
+    digest = hashlib.sha256()
+    ids = torch.empty(scan.chars, dtype=dtype)
     out = ids.numpy()
     position = 0
-    missing: set[int] = set()
-    for points in _code_points(source, chunk_size, digest):
-        chunk_ids = table[points]  # (n,) int32
-        unknown = chunk_ids < 0
-        if unknown.any():
-            missing.update(np.unique(points[unknown]).tolist())
-        if missing:
-            continue  # only looking for more unknown characters now
-        if position + len(chunk_ids) > chars:
-            raise UserError(f"{source} grew while it was being read; read it again when it is done")
-        out[position : position + len(chunk_ids)] = chunk_ids
-        position += len(chunk_ids)
-    if missing:
-        raise _missing_error(what, [chr(point) for point in sorted(missing)])
-    if not chars:  # after the pass, so bytes that are not UTF-8 are named as such
-        raise _empty(source)
-    if position != chars:
-        raise UserError(f"{source} shrank while it was being read; read it again when it is done")
+    for found in _characters(source, chunk_size, digest):
+        # One byte per character (continuation bytes deleted): an ASCII character's id, or a lead
+        # byte whose character is filled in below.
+        if byte_table is not None:
+            firsts = np.frombuffer(found.raw.translate(byte_table, CONTINUATION), dtype=np.uint8)
+        else:
+            firsts = ascii_ids[np.frombuffer(found.raw.translate(None, CONTINUATION), np.uint8)]
+        count = len(firsts)
+        if position + count > scan.chars:
+            raise _changed(source)
+        chunk = out[position : position + count]
+        chunk[:] = firsts
+        if len(found.keys):
+            # In UTF-8 every continuation byte before a lead belongs to an earlier character.
+            lengths = _sequence_length(found.keys >> 24)
+            at = found.leads - np.concatenate([[0], np.cumsum(lengths - 1)[:-1]])  # (m,)
+            at = at.clip(0, count - 1)  # only a changed file could need it
+            where = np.searchsorted(known_keys, found.keys).clip(max=len(known_keys) - 1)
+            chunk[at] = key_ids[where]
+        position += count
+    if position != scan.chars or f"sha256:{digest.hexdigest()}" != scan.fingerprint:
+        raise _changed(source)
     return ids
 
 
@@ -409,15 +485,7 @@ def load_corpus(config: DataConfig, *, chunk_size: int = CHUNK_BYTES) -> Corpus:
     """
     source = text_source(config)
     scan = scan_text(source, chunk_size)
-    digest = hashlib.sha256()
-    try:
-        ids = encode_file(
-            source, scan.vocab, chars=scan.chars, chunk_size=chunk_size, digest=digest
-        )
-    except UserError as err:  # the first pass read the same file without a complaint
-        raise UserError(f"{source} changed while it was being read ({err})") from None
-    if f"sha256:{digest.hexdigest()}" != scan.fingerprint:
-        raise UserError(f"{source} changed while it was being read; read it again when it is done")
+    ids = encode_file(source, scan.vocab, scan=scan, chunk_size=chunk_size)
     train_ids, val_ids = split_ids(ids, config.val_fraction)
     return Corpus(
         vocab=scan.vocab,

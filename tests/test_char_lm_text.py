@@ -7,6 +7,7 @@ from here: these tests use the same code paths on texts of at most 100 MB, in se
 from __future__ import annotations
 
 import hashlib
+import random
 import tempfile
 from pathlib import Path
 
@@ -129,10 +130,15 @@ def test_mixed_scripts_and_emoji_are_whole_code_points_at_every_chunk_split(tmp_
 
 
 @settings(deadline=None)
-@given(text=st.text(min_size=1, max_size=60), chunk_size=st.integers(1, 9))
-@example(text=MIXED, chunk_size=3)
-@example(text="\U0010ffff\x00\ufeff", chunk_size=2)
-def test_chunked_reading_round_trips_any_text(text, chunk_size):
+@given(
+    text=st.text(min_size=1, max_size=60),
+    chunk_size=st.integers(1, 9),
+    extra=st.text(max_size=300),
+    order=st.randoms(use_true_random=False),
+)
+@example(text=MIXED, chunk_size=3, extra="", order=random.Random(0))
+@example(text="\U0010ffff\x00\ufeff", chunk_size=2, extra="", order=random.Random(0))
+def test_chunked_reading_round_trips_any_text(text, chunk_size, extra, order):
     raw = text.encode("utf-8")
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "t.txt"
@@ -145,8 +151,14 @@ def test_chunked_reading_round_trips_any_text(text, chunk_size):
         assert ids.dtype == id_dtype(len(corpus.vocab))
         assert ids.tolist() == encode(text, corpus.vocab).tolist()  # the str-based reference
         assert decode(ids, corpus.vocab) == text
-        again = encode_file(path, corpus.vocab, chunk_size=chunk_size)  # counts chars itself
+        again = encode_file(path, corpus.vocab, chunk_size=chunk_size)  # scans the file itself
         assert torch.equal(again, ids)
+        # A model's vocabulary: any superset in any order (up to ~360 characters: int16 ids).
+        vocab = sorted(set(text + extra))
+        order.shuffle(vocab)
+        theirs = encode_file(path, vocab, chunk_size=chunk_size)
+        assert theirs.dtype == id_dtype(len(vocab))
+        assert theirs.tolist() == encode(text, vocab).tolist()
 
 
 @settings(deadline=None)
@@ -207,6 +219,16 @@ def test_a_vocabulary_over_256_characters_is_int16_and_round_trips(tmp_path):
     corpus = corpus_of(path, chunk_size=5)
     assert len(corpus.vocab) == 303 and all_ids(corpus).dtype == torch.int16
     assert decode(all_ids(corpus), corpus.vocab) == text
+    # A vocabulary that is not sorted (ASCII ids past 255) takes the table-lookup path.
+    unsorted = corpus.vocab[3:] + corpus.vocab[:3]
+    ids = encode_file(path, unsorted, chunk_size=7)
+    assert ids[-3:].tolist() == [300, 301, 302]
+    assert decode(ids, unsorted) == text
+    # Exactly 256 characters still fit one byte each.
+    full = "".join(chr(0x100 + i) for i in range(256))
+    path.write_text(full, encoding="utf-8")
+    assert encode_file(path, build_vocab(full)).dtype == torch.uint8
+    assert encode_file(path, build_vocab(full)).tolist() == list(range(256))
 
 
 @pytest.mark.parametrize("cover_all", [False, True])

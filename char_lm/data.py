@@ -1,18 +1,30 @@
 """Text in, character ids out, cut into streams for truncated backpropagation through time.
 
-- `load_text` reads a UTF-8 file, a built-in toy text (``builtin:hihello``, ``builtin:ship``), or
-  (when ``data.path`` is empty) downloads ``data.url`` once into a cache, checked by sha256.
+- `load_corpus` is what training calls: the text a config names (a UTF-8 file, a built-in toy text
+  ``builtin:hihello`` / ``builtin:ship``, or, when ``data.path`` is empty, a download of
+  ``data.url`` kept in a cache and checked by sha256), as character ids split for training and
+  validation, with its vocabulary and a fingerprint of the file. It never holds the text as one
+  Python ``str``: the file is read twice in chunks of `CHUNK_BYTES`, once to find the vocabulary,
+  count the characters and hash the bytes, once to encode it into a preallocated tensor in the
+  smallest dtype that holds the vocabulary (`id_dtype`: one byte per character for up to 256
+  distinct characters). A 1 GB text takes about 1 GB of ids (docs/benchmarks.md).
+- Both passes work on the bytes with numpy (`_characters`), a few times faster than decoding:
+  a character cut by the end of a chunk is carried into the next one, the first pass checks the
+  bytes are UTF-8 (naming the first bad byte, found by Python's own decoder), and one character is
+  one Unicode code point (as in Python's ``str``), never a surrogate half or a byte.
 - The vocabulary is the sorted unique characters of the text, kept in checkpoints as a list of str.
 - `split_ids` is a contiguous split: the first 90% trains, the last 10% validates (like nanoGPT's
   shakespeare_char).
 - `StreamBatches` cuts a text into ``batch_size`` contiguous parallel streams (char-rnn, and the
   ``batchify`` of PyTorch's word_language_model example) and walks each stream in consecutive
   windows of ``block_size`` characters, so the hidden state at the end of one window is the right
-  state to start the next window of the same stream.
+  state to start the next window of the same stream. It keeps the ids in their own dtype and hands
+  out each window as int64.
 """
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import http.client
 import os
@@ -20,8 +32,12 @@ import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -40,6 +56,8 @@ BUILTIN_TEXTS = {
 }
 BUILTIN_PREFIX = "builtin:"
 IGNORE_INDEX = -1  # target of padding positions (only in evaluation streams)
+CHUNK_BYTES = 1 << 20  # bytes read at a time when a text file is scanned or encoded (1 MiB)
+CONTINUATION = bytes(range(0x80, 0xC0))  # the bytes that continue a UTF-8 character
 
 
 # --- reading and downloading ---------------------------------------------------------------------
@@ -98,42 +116,164 @@ def download(url: str, sha256: str = "", cache: Path | None = None) -> Path:
     return target
 
 
-def read_text(path: str | Path) -> str:
-    """A UTF-8 text file, or ``builtin:NAME``; an empty, unreadable or non-UTF-8 file is a UserError."""
-    spec = str(path)
-    if spec.startswith(BUILTIN_PREFIX):
-        name = spec[len(BUILTIN_PREFIX) :]
-        if name not in BUILTIN_TEXTS:
-            known = ", ".join(BUILTIN_PREFIX + n for n in BUILTIN_TEXTS)
-            raise UserError(f"unknown built-in text {spec!r}; use one of {known} or a file path")
-        return BUILTIN_TEXTS[name]
-    path = Path(path)
+def _builtin(spec: str) -> str:
+    name = spec[len(BUILTIN_PREFIX) :]
+    if name not in BUILTIN_TEXTS:
+        known = ", ".join(BUILTIN_PREFIX + n for n in BUILTIN_TEXTS)
+        raise UserError(f"unknown built-in text {spec!r}; use one of {known} or a file path")
+    return BUILTIN_TEXTS[name]
+
+
+def _check_file(path: Path) -> None:
     if not path.exists():
         raise UserError(f"text file not found: {path} (pass a UTF-8 text file)")
     if path.is_dir():
         raise UserError(f"{path} is a folder; pass a UTF-8 text file")
+
+
+def _not_utf8(source: str | Path, offset: int | None) -> UserError:
+    where = "" if offset is None else f" (bad byte at offset {offset})"
+    return UserError(f"{source} is not UTF-8 text{where}; convert it to UTF-8 first")
+
+
+def _empty(source: str | Path) -> UserError:
+    return UserError(f"{source} is empty; pass a text file with some characters in it")
+
+
+def read_text(path: str | Path) -> str:
+    """A UTF-8 text file, or ``builtin:NAME``; an empty, unreadable or non-UTF-8 file is a UserError.
+
+    The whole text as one ``str``: for prompts and small texts. Training and evaluation read files
+    in chunks instead (`load_corpus`, `encode_file`).
+    """
+    spec = str(path)
+    if spec.startswith(BUILTIN_PREFIX):
+        return _builtin(spec)
+    path = Path(path)
+    _check_file(path)
     try:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as err:
-        raise UserError(
-            f"{path} is not UTF-8 text (bad byte at offset {err.start}); convert it to UTF-8 first"
-        ) from None
+        raise _not_utf8(path, err.start) from None
     except OSError as err:
         raise UserError(f"cannot read {path} ({err.strerror})") from None
     if not text:
-        raise UserError(f"{path} is empty; pass a text file with some characters in it")
+        raise _empty(path)
     return text
 
 
-def load_text(config: DataConfig) -> str:
-    """The text a config names: ``data.path`` (file or built-in), else a download of ``data.url``."""
+def text_source(config: DataConfig) -> str:
+    """The text a config names: ``data.path`` (file or built-in), else ``data.url`` downloaded once
+    into the cache (the local file's path)."""
     if config.path:
-        return read_text(config.path)
+        return config.path
     if not config.url:
         raise UserError(
             "no text to train on: set data.path to a file (or builtin:ship) or data.url"
         )
-    return read_text(download(config.url, config.sha256))
+    return str(download(config.url, config.sha256))
+
+
+def load_text(config: DataConfig) -> str:
+    """The text a config names, as one ``str`` (see `text_source`; `load_corpus` for training)."""
+    return read_text(text_source(config))
+
+
+def _byte_chunks(source: str | Path, chunk_size: int) -> Iterator[bytes]:
+    """The UTF-8 bytes of a file or ``builtin:NAME``, ``chunk_size`` bytes at a time."""
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
+    spec = str(source)
+    if spec.startswith(BUILTIN_PREFIX):
+        data = _builtin(spec).encode("utf-8")
+        for start in range(0, len(data), chunk_size):
+            yield data[start : start + chunk_size]
+        return
+    path = Path(source)
+    _check_file(path)
+    try:
+        with path.open("rb") as handle:
+            while block := handle.read(chunk_size):
+                yield block
+    except OSError as err:
+        raise UserError(f"cannot read {path} ({err.strerror})") from None
+
+
+def _sequence_length(lead: np.ndarray | int) -> np.ndarray | int:
+    """Bytes of the UTF-8 sequence a lead byte (>= 0xC0) starts: 2, 3 or 4."""
+    return 2 + (lead >= 0xE0) + (lead >= 0xF0)
+
+
+class _Characters(NamedTuple):
+    """The whole characters in one chunk of a file, as bytes and byte-level arrays."""
+
+    raw: bytes  # their bytes
+    ascii: bool  # every byte is an ASCII character
+    leads: np.ndarray  # (m,) int64: where the characters of 2-4 bytes start in `raw`
+    keys: np.ndarray  # (m,) uint32: those characters' bytes, big-endian, zero-padded
+
+
+def _characters(
+    source: str | Path, chunk_size: int, digest: hashlib._Hash | None = None
+) -> Iterator[_Characters]:
+    """The file's characters chunk by chunk, found in its bytes with numpy, not decoded: a few
+    times faster than Python's decoder. Only `scan_text` checks the bytes are UTF-8; on other
+    bytes the characters found are meaningless (but never out of range).
+
+    A character cut by the end of a chunk is carried into the next one; one cut by the end of the
+    file comes last, alone (its key is not UTF-8). ``digest`` is updated with every byte read.
+    """
+    no_leads, no_keys = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.uint32)
+    carry = b""
+    for block in _byte_chunks(source, chunk_size):
+        if digest is not None:
+            digest.update(block)
+        if not carry and block.isascii():  # the common case: every byte is a character
+            yield _Characters(block, True, no_leads, no_keys)
+            continue
+        data = carry + block if carry else block
+        arr = np.frombuffer(data, dtype=np.uint8)
+        leads = np.flatnonzero(arr >= 0xC0)
+        lengths = _sequence_length(arr[leads])
+        cut = len(arr)
+        if len(leads) and leads[-1] + lengths[-1] > cut:  # the last character goes on next chunk
+            cut = int(leads[-1])
+            leads, lengths = leads[:-1], lengths[:-1]
+        carry = data[cut:]
+        keys = arr[leads].astype(np.uint32) << 24
+        for k in (1, 2, 3):  # a bad lead byte may point past the end: clipped, it stays bad
+            following = arr[np.minimum(leads + k, max(cut - 1, 0))].astype(np.uint32)
+            keys |= np.where(lengths > k, following, 0).astype(np.uint32) << (24 - 8 * k)
+        yield _Characters(data[:cut], False, leads, keys)
+    if carry:
+        yield _Characters(carry, False, np.zeros(1, dtype=np.int64), _key(carry[:4]))
+
+
+def _key(raw: bytes) -> np.ndarray:
+    """The key (as in `_Characters`) of one character's bytes, as a (1,) array."""
+    return np.array([int.from_bytes(raw.ljust(4, b"\0"), "big")], dtype=np.uint32)
+
+
+def _key_text(key: int) -> str:
+    """The character a `_Characters` key stands for (UnicodeDecodeError if it is not UTF-8)."""
+    raw = key.to_bytes(4, "big")
+    return raw[: _sequence_length(raw[0])].decode("utf-8")
+
+
+def _first_bad_byte(source: str | Path, chunk_size: int) -> int | None:
+    """The offset of the first byte of the file that is not UTF-8, by Python's own decoder."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0  # bytes of the file before this chunk
+    try:
+        for block in _byte_chunks(source, chunk_size):
+            pending = len(decoder.getstate()[0])  # the start of a character cut by the chunk before
+            decoder.decode(block)
+            offset += len(block)
+        pending = len(decoder.getstate()[0])
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError as err:  # err.start counts from the pending bytes
+        return offset - pending + err.start
+    return None
 
 
 # --- vocabulary ----------------------------------------------------------------------------------
@@ -144,17 +284,154 @@ def build_vocab(text: str) -> list[str]:
     return sorted(set(text))
 
 
+def id_dtype(vocab_size: int) -> torch.dtype:
+    """The smallest integer dtype that holds ids 0 .. vocab_size - 1 (uint8, int16 or int32)."""
+    if vocab_size <= 1 << 8:
+        return torch.uint8
+    if vocab_size <= 1 << 15:
+        return torch.int16
+    return torch.int32
+
+
+@dataclass(frozen=True)
+class TextScan:
+    """One streaming pass over a text: what encoding it needs first."""
+
+    vocab: list[str]  # sorted unique characters, as `build_vocab` would give
+    chars: int  # characters (code points)
+    fingerprint: str  # "sha256:<hex digest of the file's bytes>"
+
+
+def scan_text(source: str | Path, chunk_size: int = CHUNK_BYTES) -> TextScan:
+    """Vocabulary, character count and fingerprint of a UTF-8 file (or ``builtin:NAME``), read in
+    chunks; an empty file, or one that is not UTF-8, is a `UserError` (naming the first bad byte).
+
+    The ASCII characters are the byte values below 0x80 that occur (`bytes.translate` deletes the
+    ones already met, so a chunk costs one copy), the others the distinct multi-byte sequences
+    (`_characters`), each decoded once. The bytes are UTF-8 exactly when every sequence decodes
+    to one character and every continuation byte belongs to one: stray, overlong, surrogate-half
+    and cut sequences all fail one of the two.
+    """
+    digest = hashlib.sha256()
+    byte_values = bytearray()  # the distinct byte values met so far
+    keys: set[int] = set()  # the distinct multi-byte characters met so far
+    size = chars = spanned = 0  # bytes; characters; continuation bytes inside characters
+    for found in _characters(source, chunk_size, digest):
+        size += len(found.raw)
+        chars += len(found.raw)
+        if not found.ascii:  # minus the continuation bytes (0x80-0xBF)
+            chars -= int(np.count_nonzero(np.frombuffer(found.raw, dtype=np.int8) < -64))
+        new = found.raw.translate(None, byte_values)
+        while new:
+            byte_values.append(new[0])
+            new = new.translate(None, new[:1])
+        if len(found.keys):
+            spanned += int((_sequence_length(found.keys >> 24) - 1).sum())
+            keys.update(np.unique(found.keys).tolist())
+    vocab = [chr(value) for value in byte_values if value < 0x80]
+    valid = size - chars == spanned
+    for key in keys:
+        try:
+            vocab.append(_key_text(key))
+        except UnicodeDecodeError:
+            valid = False
+    if not valid:
+        raise _not_utf8(source, _first_bad_byte(source, chunk_size))
+    if not chars:
+        raise _empty(source)
+    vocab.sort()
+    return TextScan(vocab, chars, f"sha256:{digest.hexdigest()}")
+
+
+def _missing_error(what: str, missing: list[str]) -> UserError:
+    shown = ", ".join(repr(ch) for ch in missing[:20]) + (" ..." if len(missing) > 20 else "")
+    return UserError(
+        f"the {what} has {len(missing)} character(s) the model's vocabulary lacks: {shown}; "
+        f"use only characters from its training text"
+    )
+
+
 def encode(text: str, vocab: list[str], what: str = "text") -> Tensor:
-    """Characters -> ids (int64); characters outside ``vocab`` are a UserError naming them."""
+    """Characters -> ids (int64); characters outside ``vocab`` are a UserError naming them.
+
+    For prompts and short texts held as a ``str``; files go through `encode_file`.
+    """
     index = {ch: i for i, ch in enumerate(vocab)}
     missing = sorted({ch for ch in text if ch not in index})
     if missing:
-        shown = ", ".join(repr(ch) for ch in missing[:20]) + (" ..." if len(missing) > 20 else "")
-        raise UserError(
-            f"the {what} has {len(missing)} character(s) the model's vocabulary lacks: {shown}; "
-            f"use only characters from its training text"
-        )
+        raise _missing_error(what, missing)
     return torch.tensor([index[ch] for ch in text], dtype=torch.long)
+
+
+def _changed(source: str | Path) -> UserError:
+    return UserError(f"{source} changed while it was being read; read it again when it is done")
+
+
+def encode_file(
+    source: str | Path,
+    vocab: list[str],
+    *,
+    what: str = "text",
+    scan: TextScan | None = None,
+    chunk_size: int = CHUNK_BYTES,
+) -> Tensor:
+    """A UTF-8 file (or ``builtin:NAME``) -> ids in the dtype `id_dtype` picks for ``vocab``.
+
+    ``scan`` is the file's `scan_text` (made here when not given): it checks the bytes are UTF-8,
+    counts the characters and finds them all, so characters outside ``vocab`` are a `UserError`
+    naming them (and ``what``) before anything is encoded. Then the ids tensor is allocated once
+    and filled chunk by chunk: ASCII characters through a 256-byte `bytes.translate` table (which
+    also deletes continuation bytes), the others by their byte sequences; the ids plus a few
+    chunks of memory, never the text as a ``str`` or int64. A file whose bytes differ from
+    the scan's (sha256) is a `UserError` too.
+    """
+    if scan is None:
+        scan = scan_text(source, chunk_size)
+    index = {ch: i for i, ch in enumerate(vocab)}
+    missing = sorted(set(scan.vocab) - set(index))
+    if missing:
+        raise _missing_error(what, missing)
+    dtype = id_dtype(len(vocab))
+    ascii_ids = np.zeros(256, dtype=np.int64)  # byte -> id, for ASCII characters
+    multibyte = {}  # key (as in `_Characters`) -> id
+    for ch in scan.vocab:
+        if ord(ch) < 0x80:
+            ascii_ids[ord(ch)] = index[ch]
+        else:
+            multibyte[int(_key(ch.encode("utf-8"))[0])] = index[ch]
+    known_keys = np.array(sorted(multibyte) or [0], dtype=np.uint32)  # [0]: never a key
+    key_ids = np.array([multibyte.get(int(key), 0) for key in known_keys], dtype=np.int64)
+    # A sorted vocabulary puts ASCII first (ids < 128): then one byte holds each ASCII id, and
+    # `bytes.translate` maps a chunk's bytes to ids at the speed of a copy.
+    byte_table = bytes(ascii_ids.astype(np.uint8)) if ascii_ids.max() < 256 else None
+
+    digest = hashlib.sha256()
+    ids = torch.empty(scan.chars, dtype=dtype)
+    out = ids.numpy()
+    position = 0
+    for found in _characters(source, chunk_size, digest):
+        # One byte per character (continuation bytes deleted): an ASCII character's id, or a lead
+        # byte whose character is filled in below.
+        if byte_table is not None:
+            firsts = np.frombuffer(found.raw.translate(byte_table, CONTINUATION), dtype=np.uint8)
+        else:
+            firsts = ascii_ids[np.frombuffer(found.raw.translate(None, CONTINUATION), np.uint8)]
+        count = len(firsts)
+        if position + count > scan.chars:
+            raise _changed(source)
+        chunk = out[position : position + count]
+        chunk[:] = firsts
+        if len(found.keys):
+            # In UTF-8 every continuation byte before a lead belongs to an earlier character.
+            lengths = _sequence_length(found.keys >> 24)
+            at = found.leads - np.concatenate([[0], np.cumsum(lengths - 1)[:-1]])  # (m,)
+            at = at.clip(0, count - 1)  # only a changed file could need it
+            where = np.searchsorted(known_keys, found.keys).clip(max=len(known_keys) - 1)
+            chunk[at] = key_ids[where]
+        position += count
+    if position != scan.chars or f"sha256:{digest.hexdigest()}" != scan.fingerprint:
+        raise _changed(source)
+    return ids
 
 
 def decode(ids: Tensor | list[int], vocab: list[str]) -> str:
@@ -162,7 +439,7 @@ def decode(ids: Tensor | list[int], vocab: list[str]) -> str:
 
 
 def split_ids(ids: Tensor, val_fraction: float) -> tuple[Tensor, Tensor]:
-    """Contiguous split: the first ``1 - val_fraction`` trains, the rest validates.
+    """Contiguous split: the first ``1 - val_fraction`` trains, the rest validates (views of ids).
 
     With ``val_fraction == 0`` (the toy texts) the validation text is the training text.
     """
@@ -178,6 +455,46 @@ def split_ids(ids: Tensor, val_fraction: float) -> tuple[Tensor, Tensor]:
             f"data.val_fraction, use a longer text, or set data.val_fraction=0"
         )
     return train, val
+
+
+# --- the text training reads ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """A training text as ids: what `load_corpus` returns and the trainer uses.
+
+    ``train_ids`` and ``val_ids`` are views of one tensor of ``chars`` ids in `id_dtype`'s dtype;
+    ``fingerprint`` ("sha256:<hex>" of the file's bytes) changes whenever the file's content does,
+    so a resume can refuse a checkpoint trained on another version of the text.
+    """
+
+    vocab: list[str]
+    train_ids: Tensor
+    val_ids: Tensor
+    chars: int
+    source: str  # the file read: data.path, builtin:NAME, or the downloaded copy of data.url
+    fingerprint: str
+
+
+def load_corpus(config: DataConfig, *, chunk_size: int = CHUNK_BYTES) -> Corpus:
+    """The text ``config`` names (`text_source`), encoded and split by ``data.val_fraction``.
+
+    Two passes over the file in chunks (`scan_text`, then `encode_file`); peak memory is the ids
+    plus a few chunks. A file that changes between the two passes is a `UserError`.
+    """
+    source = text_source(config)
+    scan = scan_text(source, chunk_size)
+    ids = encode_file(source, scan.vocab, scan=scan, chunk_size=chunk_size)
+    train_ids, val_ids = split_ids(ids, config.val_fraction)
+    return Corpus(
+        vocab=scan.vocab,
+        train_ids=train_ids,
+        val_ids=val_ids,
+        chars=scan.chars,
+        source=source,
+        fingerprint=scan.fingerprint,
+    )
 
 
 # --- truncated-BPTT streams ----------------------------------------------------------------------
@@ -196,6 +513,9 @@ class StreamBatches:
     are dropped, and each stream must hold at least one full window. With ``cover_all=True``
     (evaluation) every character but the first is a target exactly once: the last stream is padded
     with `IGNORE_INDEX` targets, and there are fewer streams if the text is short.
+
+    ``ids`` may have any integer dtype (a `Corpus` holds uint8 / int16 / int32) and is never copied:
+    each window is gathered from it and converted to int64 on its own, (B, T) at a time.
     """
 
     def __init__(
@@ -209,17 +529,14 @@ class StreamBatches:
     ) -> None:
         if batch_size < 1 or block_size < 1:
             raise UserError("data.batch_size and data.block_size must be at least 1")
-        ids = ids.long()
+        if ids.dim() != 1 or ids.dtype.is_floating_point or ids.dtype.is_complex:
+            raise TypeError(f"ids must be a 1-D tensor of integers, got {ids.dtype} {ids.shape}")
         predicted = len(ids) - 1  # characters that have a character before them
-        self.block_size = block_size
         if cover_all:
             if predicted < 1:
                 raise UserError(f"the {what} has {len(ids)} character(s); it needs at least 2")
             streams = min(batch_size, predicted)
-            length = -(-predicted // streams)  # ceil
-            pad = streams * length - predicted
-            inputs = torch.cat([ids[:-1], ids.new_zeros(pad)])
-            targets = torch.cat([ids[1:], ids.new_full((pad,), IGNORE_INDEX)])
+            length = -(-predicted // streams)  # ceil; the last stream is padded
         else:
             streams, length = batch_size, predicted // batch_size
             if length < block_size:
@@ -229,30 +546,55 @@ class StreamBatches:
                     f"{batch_size * block_size + 1}); use a longer text or lower data.block_size or "
                     f"data.batch_size"
                 )
-            inputs = ids[: streams * length]
-            targets = ids[1 : streams * length + 1]
-        self.inputs = inputs.view(streams, length)  # (B, L)
-        self.targets = targets.view(streams, length)  # (B, L)
+        self.ids = ids
+        self.block_size = block_size
+        self.predicted = predicted if cover_all else streams * length  # inputs 0 .. predicted-1
+        self._length = length
+        self._starts = torch.arange(streams, device=ids.device) * length  # (B,) first inputs
 
     @property
     def streams(self) -> int:
-        return self.inputs.size(0)
+        return self._starts.numel()
 
     @property
     def stream_length(self) -> int:
-        return self.inputs.size(1)
+        return self._length
 
     def __len__(self) -> int:
         """Windows per pass over the streams."""
         return -(-self.stream_length // self.block_size)
 
     def window(self, i: int) -> tuple[Tensor, Tensor]:
-        """Window i: inputs and targets, each (B, T) with T = block_size (or less for the last)."""
+        """Window i: inputs and targets, each (B, T) int64 with T = block_size (or less for the
+        last); padding (evaluation only) has input 0 and target `IGNORE_INDEX`."""
         start = i * self.block_size
-        end = start + self.block_size
-        return self.inputs[:, start:end], self.targets[:, start:end]
+        end = min(start + self.block_size, self._length)
+        columns = torch.arange(start, end, device=self._starts.device)
+        positions = self._starts[:, None] + columns[None, :]  # (B, T) text index of each input
+        real = positions < self.predicted
+        inputs = self.ids[positions.clamp(max=self.predicted - 1)].long()
+        targets = self.ids[(positions + 1).clamp(max=self.predicted)].long()
+        if not real.all():
+            inputs = inputs.masked_fill(~real, 0)
+            targets = targets.masked_fill(~real, IGNORE_INDEX)
+        return inputs, targets
+
+    @property
+    def inputs(self) -> Tensor:
+        """All inputs as one (B, L) int64 tensor: a copy, for looking at small texts."""
+        return torch.cat([self.window(i)[0] for i in range(len(self))], dim=1)
+
+    @property
+    def targets(self) -> Tensor:
+        """All targets as one (B, L) int64 tensor: a copy, for looking at small texts."""
+        return torch.cat([self.window(i)[1] for i in range(len(self))], dim=1)
+
+    def select_streams(self, rows: slice) -> StreamBatches:
+        """Keep only streams ``rows`` (a torchrun process's share); the text is shared, not copied."""
+        self._starts = self._starts[rows]
+        return self
 
     def to(self, device: torch.device | str) -> StreamBatches:
-        self.inputs = self.inputs.to(device)
-        self.targets = self.targets.to(device)
+        self.ids = self.ids.to(device)
+        self._starts = self._starts.to(device)
         return self

@@ -16,7 +16,7 @@ import json
 import math
 from collections.abc import Sequence
 
-from char_lm.data import encode, read_text
+from char_lm.data import encode_file
 from char_lm.generate import load_char_lm
 from char_lm.scoring import evaluate_text
 from recurrent.errors import UserError, run_cli
@@ -48,10 +48,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise UserError("--streams and --block-size must be at least 1")
     device = pick_device(args.device)
     model, vocab, cfg = load_char_lm(args.checkpoint, device)
-    text = read_text(args.text)
-    if len(text) < 2:
-        raise UserError(f"{args.text} has 1 character; it needs at least 2 to predict one")
-    ids = encode(text, vocab, what=f"text {args.text}")
+    ids = encode_file(args.text, vocab, what=f"text {args.text}")  # read in chunks, small dtype
+    if len(ids) < 2:
+        raise UserError(
+            f"{args.text} has {len(ids)} character(s); it needs at least 2 to predict one"
+        )
     with Precision.for_inference(cfg.train.precision, device).autocast():  # as it was trained
         loss, count = evaluate_text(model, ids, args.block_size, streams=args.streams)
     result = {

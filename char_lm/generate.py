@@ -23,6 +23,9 @@ from recurrent.sampling import sample_next
 # With an empty prompt the model is conditioned on this character (the start of a new line), which
 # is not part of the output. A vocabulary without it needs a prompt.
 EMPTY_PROMPT_START = "\n"
+# A prompt is fed through the model this many characters at a time, the state carried: a pasted
+# book costs the memory of one window of activations and logits, not of the whole prompt.
+PROMPT_WINDOW = 1024
 
 
 def read_checkpoint(path: str | Path) -> dict:
@@ -63,13 +66,15 @@ def generate(
 ) -> Iterator[str]:
     """Yield ``length`` characters that continue ``prompt`` (the prompt itself is not yielded).
 
-    The prompt is fed through the model once; then each sampled character is fed back one step at
-    a time with the core's carried state. ``greedy`` takes the most likely character; otherwise the
-    next character is drawn from softmax(logits / temperature), restricted to the ``top_k`` most
-    likely and to the ``top_p`` nucleus when given. An empty prompt starts from a newline when the
-    vocabulary has one. Prompt characters outside the vocabulary are a `UserError` naming them.
-    The model is switched to eval mode (no dropout). The arguments are checked at the call, before
-    the first character is asked for, so a bad prompt fails before anything is printed.
+    The prompt is fed through the model once (in windows of `PROMPT_WINDOW` characters with the
+    state carried, so a huge prompt needs no more memory than a short one); then each sampled
+    character is fed back one step at a time with the core's carried state. ``greedy`` takes the
+    most likely character; otherwise the next character is drawn from softmax(logits /
+    temperature), restricted to the ``top_k`` most likely and to the ``top_p`` nucleus when given.
+    An empty prompt starts from a newline when the vocabulary has one. Prompt characters outside
+    the vocabulary are a `UserError` naming them. The model is switched to eval mode (no
+    dropout). The arguments are checked at the call, before the first character is asked for, so a
+    bad prompt fails before anything is printed.
     """
     if not greedy and temperature <= 0:
         raise UserError(f"temperature must be > 0, got {temperature}; use greedy decoding instead")
@@ -105,8 +110,11 @@ def _continue(
     """The generator behind `generate`: prompt ids (P,) in, ``length`` characters out."""
     model.eval()
     device = model.head.weight.device
-    logits, _, state = model(ids.to(device).unsqueeze(0))  # (1, P, V)
-    logits = logits[:, -1]  # (1, V)
+    state = None
+    for start in range(0, len(ids), PROMPT_WINDOW):
+        window = ids[start : start + PROMPT_WINDOW].to(device).unsqueeze(0)  # (1, T)
+        logits, _, state = model(window, state=state)  # (1, T, V)
+    logits = logits[:, -1]  # (1, V): after the prompt's last character
     for position in range(length):
         next_id = sample_next(
             logits.float(),

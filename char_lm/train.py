@@ -27,13 +27,13 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from char_lm.config import CharLMConfig, architecture_keys, check_config
-from char_lm.data import StreamBatches, build_vocab, encode, load_text, split_ids
+from char_lm.data import StreamBatches, load_corpus
 from char_lm.model import CharLM
 from char_lm.scoring import evaluate_text
 from recurrent.config import add_run_arguments, load_config, run_dir, to_dict
 from recurrent.distributed import Distributed
 from recurrent.engine import Run, StepResult
-from recurrent.errors import run_cli
+from recurrent.errors import UserError, run_cli
 
 TASK = "char_lm"
 LN2 = math.log(2)
@@ -48,22 +48,21 @@ class StreamWalk:
     ) -> None:
         rows = layout.shard(batches.streams, "data.batch_size")
         self.is_main, self.fp32 = layout.is_main, fp32
-        self.inputs, self.targets = batches.inputs[rows], batches.targets[rows]  # (B / N, L) each
+        self.batches = batches.select_streams(rows)  # (B / N) streams of this process
         self.windows, self.block_size = len(batches), block_size
         self.position = 0
         self.state: Tensor | None = None  # (S, L, B / N, H), carried across windows
 
     def next_window(self) -> tuple[Tensor, Tensor, bool]:
-        """(inputs, targets) of the next window, each (B / N, T), and whether it ends a pass."""
+        """(inputs, targets) of the next window, each (B / N, T) int64, and whether it ends a pass."""
         if self.position == 0:
             self.state = None  # a new pass over the streams starts from a zero state
-        start = self.position * self.block_size
-        window = slice(start, start + self.block_size)
+        inputs, targets = self.batches.window(self.position)
         self.position = (self.position + 1) % self.windows
-        return self.inputs[:, window], self.targets[:, window], self.position == 0
+        return inputs, targets, self.position == 0
 
     def layout(self) -> tuple[int, int, int]:
-        return self.inputs.size(0), self.block_size, self.windows
+        return self.batches.streams, self.block_size, self.windows
 
     def state_dict(self) -> dict[str, Any]:
         streams, block_size, windows = self.layout()
@@ -88,7 +87,9 @@ class StreamWalk:
         state = saved["state"]
         if state is not None:  # a bf16 state of a mixed-precision run continues in float32 here
             self.state = (
-                state.to(self.inputs.device).float() if self.fp32 else state.to(self.inputs.device)
+                state.to(self.batches.ids.device).float()
+                if self.fp32
+                else state.to(self.batches.ids.device)
             )
 
 
@@ -119,10 +120,10 @@ def train(
         quiet=quiet,
     )
 
-    # --- data: the text, its vocabulary, this process's training streams, the validation text
-    text = load_text(cfg.data)
-    vocab = build_vocab(text)
-    train_ids, val_ids = split_ids(encode(text, vocab), cfg.data.val_fraction)
+    # --- data: the text (read in chunks into ids of the smallest dtype), its vocabulary, this
+    # process's training streams, the validation text
+    corpus = load_corpus(cfg.data)
+    vocab, train_ids, val_ids = corpus.vocab, corpus.train_ids, corpus.val_ids
     what = "training text" if cfg.data.val_fraction == 0 else "training split"
     batches = StreamBatches(train_ids, cfg.data.batch_size, cfg.data.block_size, what=what)
     walk = StreamWalk(
@@ -131,6 +132,15 @@ def train(
     val_ids = val_ids.to(run.device)
     saved_config = run.payload["config"] if run.payload else run.config
     keys = architecture_keys(run.config, saved_config) + ["train.optimizer"]
+    if (
+        run.payload
+        and run.payload.get("data_fingerprint", corpus.fingerprint) != corpus.fingerprint
+    ):
+        raise UserError(
+            f"cannot resume from {run.last_path}: the training text {corpus.source} changed since "
+            "the run started (its sha256 differs); restore that text, or start a new run with "
+            "--overwrite or another --out-dir"
+        )
     run.check_resume(keys, vocab, "the text's characters")
 
     # --- model and optimizer (embeddings do not decay: `recurrent.engine.parameter_groups`)
@@ -139,7 +149,7 @@ def train(
     run.restore(model, optimizer, walk)
     parameters = sum(p.numel() for p in model.parameters())
     run.log(
-        f"data: {len(text):,} characters, vocabulary {len(vocab)}, train {len(train_ids):,}, "
+        f"data: {corpus.chars:,} characters, vocabulary {len(vocab)}, train {len(train_ids):,}, "
         f"val {len(val_ids):,}{' (= train)' if cfg.data.val_fraction == 0 else ''}; "
         f"model: {parameters:,} parameters; device: {run.device}, {run.precision.name}"
         + (f", {run.dist.world_size} processes" if run.dist.enabled else "")
@@ -185,13 +195,14 @@ def train(
             "data": {
                 "name": Path(cfg.data.path).stem or "tinyshakespeare",
                 "path": cfg.data.path,
-                "size": len(text),
+                "size": corpus.chars,
                 "unit": "characters",
                 "synthetic_scenes": False,
             },
         },
         extra=lambda: {
             "vocab": vocab,
+            "data_fingerprint": corpus.fingerprint,
             "best_val_loss": (run.progress.best_scores or {}).get("val_loss", math.inf),
         },
         describe=lambda scores: f"val {_fmt(scores['val_loss'])}",

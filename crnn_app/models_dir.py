@@ -88,7 +88,12 @@ def checkpoint_path(models_dir: Path, name: str | os.PathLike[str]) -> Path:
     inside the models directory: the app never loads a file from anywhere else.
     """
     root = models_dir.resolve()
-    path = (models_dir / name).resolve()
+    try:
+        path = (models_dir / name).resolve()
+    except (OSError, RuntimeError):  # a symlink loop
+        raise UserError(
+            f"checkpoint '{os.fspath(name)}' is a symlink loop; pick one of the listed checkpoints"
+        ) from None
     if not path.is_relative_to(root):
         raise UserError(
             f"checkpoint '{os.fspath(name)}' lies outside the models directory '{root}'; copy it "
@@ -235,10 +240,18 @@ def list_checkpoints(
     paths, truncated = find_checkpoint_files(models_dir, max_files)
     for path in paths:
         name = path.relative_to(models_dir).as_posix()
-        if not path.resolve().is_relative_to(root):
+        try:
+            outside = not path.resolve().is_relative_to(root)
+        except (OSError, RuntimeError):  # a symlink loop
+            listing.skipped.append((name, "is a symlink loop, so it is never loaded"))
+            continue
+        if outside:
             listing.skipped.append(
                 (name, "points outside the models directory, so it is never loaded")
             )
+            continue
+        if not path.is_file():  # a symlink to nothing
+            listing.skipped.append((name, "is a broken symlink (its target is missing)"))
             continue
         resolved = checkpoint_path(models_dir, name)
         try:

@@ -16,7 +16,13 @@ from typing import Any
 
 from captioner.data import load_image
 from captioner.decode import check_decode_settings
-from captioner.inference import CaptionResult, caption_images, load_captioner
+from captioner.inference import (
+    CaptionResult,
+    add_decode_arguments,
+    caption_images,
+    decode_arguments,
+    load_captioner,
+)
 from recurrent.errors import run_cli
 
 
@@ -59,13 +65,19 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--json", action="store_true", help="print one JSON object instead of lines"
     )
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    add_decode_arguments(parser)
     args = parser.parse_args(argv)
     max_length = 1 if args.max_length is None else args.max_length  # checked again after loading
     check_decode_settings(args.beam_size, max_length, args.n_best)
     captioner = load_captioner(args.checkpoint, args.device)
     images = [load_image(path) for path in args.images]  # a bad file stops here, named
     results = caption_images(
-        captioner, images, beam_size=args.beam_size, max_length=args.max_length, n_best=args.n_best
+        captioner,
+        images,
+        beam_size=args.beam_size,
+        max_length=args.max_length,
+        n_best=args.n_best,
+        **decode_arguments(args),
     )
     if args.json:
         payload = {

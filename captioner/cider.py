@@ -46,8 +46,7 @@ def ngram_counts(words: Sequence[str], order: int = NGRAM_ORDER) -> Counter[tupl
     """Counts of every n-gram of ``words`` for n = 1..order (pycocoevalcap's ``precook``)."""
     counts: Counter[tuple[str, ...]] = Counter()
     for n in range(1, order + 1):
-        for start in range(len(words) - n + 1):
-            counts[tuple(words[start : start + n])] += 1
+        counts.update(zip(*(words[start:] for start in range(n)), strict=False))
     return counts
 
 
@@ -57,27 +56,34 @@ class _Vector:
     __slots__ = ("values", "norms", "length")
 
     def __init__(self, counts: Counter[tuple[str, ...]], idf: Mapping, default_idf: float) -> None:
-        self.values = {gram: count * idf.get(gram, default_idf) for gram, count in counts.items()}
-        squares = [0.0] * NGRAM_ORDER
+        values = {}
+        squares = [0.0] * (NGRAM_ORDER + 1)  # by n-gram order n = 1..4
         length = 0
-        for gram, value in self.values.items():
-            squares[len(gram) - 1] += value * value
-            if len(gram) == 2:
-                length += counts[gram]
+        for gram, count in counts.items():
+            value = count * idf.get(gram, default_idf)
+            values[gram] = value
+            n = len(gram)
+            squares[n] += value * value
+            if n == 2:
+                length += count
+        self.values = values
         self.norms = [math.sqrt(square) for square in squares]
         self.length = length
 
 
 class _ImageReferences:
-    """One image's references, inverted: n-gram -> [(reference index, tf-idf value)]."""
+    """One image's references, inverted: n-gram -> (its order n, [(reference, tf-idf value)])."""
 
     __slots__ = ("postings", "norms", "lengths")
 
     def __init__(self, vectors: list[_Vector]) -> None:
-        self.postings: dict[tuple[str, ...], list[tuple[int, float]]] = {}
+        self.postings: dict[tuple[str, ...], tuple[int, list[tuple[int, float]]]] = {}
         for index, vector in enumerate(vectors):
             for gram, value in vector.values.items():
-                self.postings.setdefault(gram, []).append((index, value))
+                entry = self.postings.get(gram)
+                if entry is None:
+                    entry = self.postings[gram] = (len(gram), [])
+                entry[1].append((index, value))
         self.norms = [vector.norms for vector in vectors]
         self.lengths = [vector.length for vector in vectors]
 
@@ -126,23 +132,30 @@ class CiderD:
         """CIDEr-D of one candidate against the references of image ``key``."""
         references = self._images[key]
         vector = self._vector(ngram_counts(caption_words(candidate)))
-        count = len(references.lengths)
-        overlap = [[0.0] * NGRAM_ORDER for _ in range(count)]  # (references, n)
+        width = NGRAM_ORDER + 1
+        overlap = [0.0] * (len(references.lengths) * width)  # [reference * width + n]
         postings = references.postings
         for gram, value in vector.values.items():
-            for index, ref_value in postings.get(gram, ()):
-                overlap[index][len(gram) - 1] += min(value, ref_value) * ref_value
+            entry = postings.get(gram)
+            if entry is not None:
+                n, shared = entry
+                for index, ref_value in shared:
+                    overlap[index * width + n] += (
+                        value if value < ref_value else ref_value
+                    ) * ref_value
         total = 0.0
-        for index in range(count):
-            delta = float(vector.length - references.lengths[index])
-            penalty = math.exp(-(delta**2) / (2 * SIGMA**2))
-            ref_norms = references.norms[index]
-            for n in range(NGRAM_ORDER):
-                value = overlap[index][n]
-                if vector.norms[n] != 0 and ref_norms[n] != 0:
-                    value /= vector.norms[n] * ref_norms[n]
+        norms = vector.norms
+        for index, (ref_length, ref_norms) in enumerate(
+            zip(references.lengths, references.norms, strict=True)
+        ):
+            delta = float(vector.length - ref_length)
+            penalty = math.exp(-(delta * delta) / (2 * SIGMA**2))
+            for n in range(1, width):
+                value = overlap[index * width + n]
+                if norms[n] != 0 and ref_norms[n] != 0:
+                    value /= norms[n] * ref_norms[n]
                 total += value * penalty
-        return 10.0 * total / NGRAM_ORDER / count
+        return 10.0 * total / NGRAM_ORDER / len(references.lengths)
 
     def scores(self, candidates: Sequence[Caption], keys: Iterable[Hashable]) -> list[float]:
         """CIDEr-D of each candidate against the references of its image (``keys[i]``)."""

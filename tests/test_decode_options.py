@@ -20,7 +20,9 @@ from test_captioner_decode import (
     random_features,
 )
 
+from captioner.config import CaptionerConfig, check_config
 from captioner.decode import beam_search, check_decode_settings, greedy_decode
+from recurrent.config import load_config
 from recurrent.errors import UserError
 
 COMMON = dict(start_id=START, end_id=END)
@@ -250,3 +252,19 @@ def test_bad_settings_are_user_errors():
         check_decode_settings(4, 5, diversity_groups=3)
     with pytest.raises(UserError, match="diversity strength"):
         check_decode_settings(4, 5, diversity_groups=2, diversity_strength=-1.0)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("decode.min_length=40", "decode.min_length"),
+        ("decode.block_ngram_repeat=-1", "decode.block_ngram_repeat"),
+        ("decode.diversity_groups=2", "multiple of decode.diversity_groups"),
+        ("decode.diversity_groups=0", "decode.diversity_groups"),
+        ("decode.diversity_strength=-0.5", "decode.diversity_strength"),
+    ],
+)
+def test_config_rejects_decoding_options_no_search_can_use(override, message):
+    cfg = load_config(CaptionerConfig, None, ["data.annotations=x.json", override])
+    with pytest.raises(UserError, match=message):
+        check_config(cfg)

@@ -8,9 +8,12 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import yaml
 
 from captioner import scenes
+from captioner.config import CaptionerConfig, check_config
 from captioner.data import load_records, select_split, tokenize
+from recurrent.config import load_config, to_dict
 from recurrent.errors import UserError
 
 SEEDS = range(200)
@@ -141,3 +144,15 @@ def test_hard_vocabulary_and_caption_lengths():
     assert 60 <= len(words) <= 110
     assert {"two", "three", "behind", "corner", "little", "crosses", "pink"} <= set(words)
     assert max(lengths) <= 32
+
+
+def test_hard_config_mirrors_the_dataclass_key_for_key():
+    path = Path(__file__).resolve().parents[1] / "configs" / "captioner" / "scenes_hard.yaml"
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    expected = to_dict(CaptionerConfig())
+    assert raw.keys() == expected.keys()
+    for section, fields in expected.items():
+        assert set(raw[section]) == set(fields), (section, set(raw[section]) ^ set(fields))
+    cfg = load_config(CaptionerConfig, path)
+    check_config(cfg)
+    assert cfg.data.max_caption_length >= 30 and cfg.decode.max_length >= 30

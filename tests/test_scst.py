@@ -17,9 +17,12 @@ from test_captioner_decode import (
 )
 
 from captioner.cider import CiderD
+from captioner.config import CaptionerConfig, check_config
 from captioner.data import Vocabulary
 from captioner.decode import SampledCaptions, greedy_decode, sample_captions
 from captioner.scst import mean_of_others, policy_gradient_loss, scst_loss
+from recurrent.config import load_config
+from recurrent.errors import UserError
 
 COMMON = dict(start_id=START, end_id=END)
 
@@ -226,3 +229,19 @@ def test_greedy_baseline_uses_eval_mode_and_restores_training():
     greedy = greedy_decode(decoder.eval(), features, max_length=4, **COMMON)
     words = [vocab.decode_tokens(c.tokens) for c in greedy]
     assert stats["greedy_reward"] == pytest.approx(sum(cider.scores(words, [0, 1])) / 2)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["train.label_smoothing=1.0"], "train.label_smoothing"),
+        (["train.label_smoothing=-0.1"], "train.label_smoothing"),
+        (["train.scst_samples=0"], "train.scst_samples"),
+        (["train.scst_baseline=mean", "train.scst_samples=1"], "scst_samples >= 2"),
+        (["train.objective=reinforce"], "train.objective"),
+        (["train.best_metric=meteor"], "train.best_metric"),
+    ],
+)
+def test_config_bounds_of_the_training_objectives(overrides, message):
+    with pytest.raises(UserError, match=message):
+        check_config(load_config(CaptionerConfig, None, ["data.annotations=x.json", *overrides]))

@@ -231,6 +231,7 @@ def caption_page(args: AppArgs, listing: Listing) -> None:
         key=kept("max_length", decode.max_length, (1, max(60, decode.max_length))),
         help="Decoding stops after this many words even without an end token.",
     )
+    options = decoding_options(decode, beam_size, max_length)
 
     upload_column, scene_column = st.columns([3, 2])
     uploaded = upload_column.file_uploader(
@@ -264,10 +265,56 @@ def caption_page(args: AppArgs, listing: Listing) -> None:
         return
 
     [result] = caption_images(
-        captioner, [image], beam_size=beam_size, max_length=max_length, n_best=beam_size
+        captioner, [image], beam_size=beam_size, max_length=max_length, n_best=beam_size, **options
     )
     scenes_only = scene is None and knows_only_scenes(entry.card)  # an upload, to a scenes model
     show_caption(image, label, result, references, scene, scenes_only)
+
+
+def decoding_options(decode, beam_size: int, max_length: int) -> dict:
+    """The sidebar's further decoding options (defaults: the checkpoint's decode settings)."""
+    with st.sidebar.expander("More decoding options"):
+        ngram = st.number_input(
+            "Block repeated n-grams (0 = off)",
+            0,
+            6,
+            min(decode.block_ngram_repeat, 6),
+            key="block_ngram_repeat",
+            help="No sequence of this many words appears twice in a caption.",
+        )
+        min_length = st.slider(
+            "Minimum length (words)",
+            0,
+            max_length,
+            min(decode.min_length, max_length),
+            key="min_length",
+            help="The caption may not end before this many words.",
+        )
+        suppress_unk = st.checkbox("Never emit <unk>", decode.suppress_unk, key="suppress_unk")
+        divisors = [g for g in range(1, beam_size + 1) if beam_size % g == 0]
+        groups = st.selectbox(
+            "Diverse beam groups",
+            divisors,
+            divisors.index(decode.diversity_groups) if decode.diversity_groups in divisors else 0,
+            key="diversity_groups",
+            help="Diverse beam search: the beams split into groups that avoid each other's words.",
+        )
+        strength = st.slider(
+            "Diversity strength",
+            0.0,
+            5.0,
+            float(min(decode.diversity_strength, 5.0)),
+            step=0.1,
+            key="diversity_strength",
+            help="Penalty per word an earlier group chose at the same step (with 2+ groups).",
+        )
+    return {
+        "block_ngram_repeat": int(ngram),
+        "min_length": int(min_length),
+        "suppress_unk": bool(suppress_unk),
+        "diversity_groups": int(groups),
+        "diversity_strength": float(strength),
+    }
 
 
 def show_caption(

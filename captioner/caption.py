@@ -31,7 +31,9 @@ from captioner.decode import check_decode_settings
 from captioner.inference import (
     DEFAULT_BATCH_SIZE,
     CaptionResult,
+    add_decode_arguments,
     caption_files,
+    decode_arguments,
     find_images,
     load_captioner,
 )
@@ -147,6 +149,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         help=f"images decoded together (default: {DEFAULT_BATCH_SIZE})",
     )
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    add_decode_arguments(parser)
     args = parser.parse_args(argv)
     max_length = 1 if args.max_length is None else args.max_length  # checked again after loading
     check_decode_settings(args.beam_size, max_length, args.n_best)
@@ -177,6 +180,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             beam_size=args.beam_size,
             max_length=args.max_length,
             n_best=args.n_best,
+            **decode_arguments(args),
         ):
             results.append((path, result))
             if not args.json:

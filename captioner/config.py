@@ -69,6 +69,15 @@ class TrainConfig(RunSettings):
     patience: int = 5  # validations without a better BLEU-4 before stopping; 0: never
     feature_cache: bool = True  # frozen encoder: compute features once per image, on disk
     feature_cache_dir: str = ""  # where the cached features live; "": <out_dir>/features
+    label_smoothing: float = 0.0  # cross-entropy label smoothing (padding ignored); 0: off
+    # xe: cross-entropy on the references; scst: self-critical sequence training (Rennie et al.
+    # 2017), the CIDEr-D reward of sampled captions minus a baseline (captioner.scst)
+    objective: Literal["xe", "scst"] = "xe"
+    scst_samples: int = 5  # k captions sampled per image in an SCST step
+    # greedy: the greedy caption's reward (Rennie et al.); mean: the mean reward of the other k-1
+    # samples (the "new SCST" of self-critical.pytorch; needs k >= 2)
+    scst_baseline: Literal["greedy", "mean"] = "greedy"
+    best_metric: Literal["bleu4", "cider"] = "bleu4"  # what best.pt keeps: val BLEU-4 or CIDEr-D
 
 
 @dataclass
@@ -76,6 +85,13 @@ class DecodeConfig:
     beam_size: int = 3
     max_length: int = 30
     length_penalty: float = 0.0  # score / length**penalty (0: raw log-probability)
+    block_ngram_repeat: int = 0  # N > 0: no N-gram of words twice in a caption; 0: off
+    min_length: int = 0  # <end> is not allowed before this many words
+    suppress_unk: bool = False  # never emit <unk>
+    # diverse beam search (Vijayakumar et al. 2018): the beams split into this many groups, each
+    # penalised by diversity_strength for every word the earlier groups chose at the same step
+    diversity_groups: int = 1
+    diversity_strength: float = 0.0
 
 
 @dataclass
@@ -143,7 +159,39 @@ def check_config(cfg: CaptionerConfig) -> None:
             "with train.feature_cache=true); list the bad files with python -m "
             "captioner.check_data and remove them, or set train.feature_cache=false"
         )
+    _check_quality_settings(cfg)
     if not cfg.data.annotations:
         raise UserError(
             "data.annotations is empty; set it in the config or with --set data.annotations=PATH"
+        )
+
+
+def _check_quality_settings(cfg: CaptionerConfig) -> None:
+    """Bounds of the decoding options and of the label smoothing / SCST training fields."""
+    decode, t = cfg.decode, cfg.train
+    not_negative = {
+        "decode.block_ngram_repeat": decode.block_ngram_repeat,
+        "decode.min_length": decode.min_length,
+        "decode.diversity_strength": decode.diversity_strength,
+    }
+    check_bounds(
+        {"decode.diversity_groups": decode.diversity_groups, "train.scst_samples": t.scst_samples},
+        not_negative,
+    )
+    if decode.min_length > decode.max_length:
+        raise UserError(
+            f"decode.min_length ({decode.min_length}) is above decode.max_length "
+            f"({decode.max_length}); lower it or raise decode.max_length"
+        )
+    if decode.beam_size % decode.diversity_groups:
+        raise UserError(
+            f"decode.beam_size ({decode.beam_size}) must be a multiple of "
+            f"decode.diversity_groups ({decode.diversity_groups})"
+        )
+    if not 0.0 <= t.label_smoothing < 1.0:
+        raise UserError(f"train.label_smoothing must be in [0, 1), got {t.label_smoothing}")
+    if t.scst_baseline == "mean" and t.scst_samples < 2:
+        raise UserError(
+            "train.scst_baseline 'mean' averages the other samples of an image, so it needs "
+            f"train.scst_samples >= 2, got {t.scst_samples}"
         )

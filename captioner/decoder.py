@@ -45,11 +45,23 @@ class AdditiveAttention(nn.Module):
         return self.feature_proj(grid)
 
     def forward(self, grid: Tensor, keys: Tensor, hidden: Tensor) -> tuple[Tensor, Tensor]:
-        """grid (B, N, C), keys (B, N, A), hidden (B, H) -> context (B, C), alpha (B, N)."""
-        energy = torch.tanh(keys + self.hidden_proj(hidden).unsqueeze(1))  # (B, N, A)
-        alpha = torch.softmax(self.score(energy).squeeze(-1), dim=-1)  # (B, N)
-        context = torch.bmm(alpha.unsqueeze(1), grid).squeeze(1)  # (B, C)
-        return context, alpha
+        """grid (B, N, C), keys (B, N, A), hidden (R, H) -> context (R, C), alpha (R, N).
+
+        R is B (one query per image) or a multiple g * B: then rows g*i .. g*i + g-1 all attend
+        to image i (beam search's beams of one image), without repeating its grid g times.
+        """
+        batch, rows = grid.size(0), hidden.size(0)
+        if rows == batch:
+            energy = torch.tanh(keys + self.hidden_proj(hidden).unsqueeze(1))  # (B, N, A)
+            alpha = torch.softmax(self.score(energy).squeeze(-1), dim=-1)  # (B, N)
+            context = torch.bmm(alpha.unsqueeze(1), grid).squeeze(1)  # (B, C)
+            return context, alpha
+        per_image = rows // batch
+        query = self.hidden_proj(hidden).view(batch, per_image, 1, -1)  # (B, g, 1, A)
+        energy = torch.tanh_(keys.unsqueeze(1) + query)  # (B, g, N, A)
+        alpha = torch.softmax(self.score(energy).squeeze(-1), dim=-1)  # (B, g, N)
+        context = torch.bmm(alpha, grid)  # (B, g, C)
+        return context.view(rows, -1), alpha.view(rows, -1)
 
 
 class CaptionDecoder(nn.Module):
@@ -129,6 +141,9 @@ class CaptionDecoder(nn.Module):
     ) -> tuple[Tensor, Tensor, Tensor | None]:
         """Read ``tokens`` (B,) with ``state`` (S, L, B, H): -> logits (B, V) of the next token,
         the new state, and the attention weights (B, N) used at this step (None without attention).
+
+        ``features`` (and ``keys``) may instead hold one row per image for g consecutive token
+        rows each (tokens (g * B_img,)): beam search's beams read their image without copies.
         """
         x = self.embedding(tokens)  # (B, E)
         alpha = None
@@ -150,6 +165,8 @@ class CaptionDecoder(nn.Module):
         captions: Tensor,
         lengths: Tensor,
         predicted_words: Tensor | None = None,
+        *,
+        label_smoothing: float = 0.0,
     ) -> tuple[Tensor, Tensor]:
         """Teacher-forced: read captions[:, :-1], predict captions[:, 1:].
 
@@ -159,6 +176,9 @@ class CaptionDecoder(nn.Module):
         when given (under torchrun, the whole global batch's divided by the number of processes,
         so that averaging the processes' gradients gives exactly the global batch's mean).
         Positions at or past a caption's length never affect the loss, whatever tokens they hold.
+        ``label_smoothing`` (``train.label_smoothing``; Szegedy et al. 2016) mixes the one-hot
+        target with a uniform distribution over the vocabulary, as `F.cross_entropy` does;
+        padding positions stay out of the loss.
         """
         inputs = captions[:, :-1]  # (B, T-1)
         steps = inputs.size(1)
@@ -185,6 +205,7 @@ class CaptionDecoder(nn.Module):
             targets.reshape(-1),
             ignore_index=self.pad_id,
             reduction="sum",
+            label_smoothing=label_smoothing,
         )
         if alphas is not None and self.alpha_c > 0:
             loss = loss + self.alpha_c * self.attention_regularizer(alphas, valid)

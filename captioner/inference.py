@@ -4,13 +4,16 @@
     [result] = caption_images(captioner, [load_image("photo.jpg")], beam_size=3)
     result.caption, result.beams, result.attention  # attention: (words, grid_h, grid_w) or None
 
-Decoding is batched beam search (`captioner.decode.beam_search`) without teacher forcing. The
-checkpoint holds the whole model, encoder included, so nothing is downloaded: the encoder is built
-with ``weights=None`` and then receives the saved weights.
+Decoding is batched beam search (`captioner.decode.beam_search`) without teacher forcing, with the
+checkpoint's ``decode`` settings unless the call overrides them (`decode_settings`: beam size,
+length, length penalty, n-gram blocking, minimum length, <unk> suppression, diverse beam search).
+The checkpoint holds the whole model, encoder included, so nothing is downloaded: the encoder is
+built with ``weights=None`` and then receives the saved weights.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import glob
@@ -23,7 +26,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from captioner.config import CaptionerConfig
+from captioner.config import CaptionerConfig, DecodeConfig
 from captioner.data import Vocabulary, build_transforms, load_image
 from captioner.decode import Caption, beam_search, check_decode_settings
 from captioner.encoder import ImageFeatures
@@ -131,26 +134,66 @@ def encode_images(captioner: Captioner, images: Sequence[Image.Image]) -> ImageF
     return ImageFeatures(features.pooled.float(), features.grid.float(), features.grid_hw)
 
 
+def decode_settings(
+    captioner: Captioner,
+    *,
+    beam_size: int | None = None,
+    max_length: int | None = None,
+    length_penalty: float | None = None,
+    block_ngram_repeat: int | None = None,
+    min_length: int | None = None,
+    suppress_unk: bool | None = None,
+    diversity_groups: int | None = None,
+    diversity_strength: float | None = None,
+    n_best: int = 1,
+) -> DecodeConfig:
+    """The checkpoint's ``decode`` settings with every given (not None) value in its place,
+    checked: settings no search can use are a `UserError` (see `check_decode_settings`)."""
+    given = {
+        "beam_size": beam_size,
+        "max_length": max_length,
+        "length_penalty": length_penalty,
+        "block_ngram_repeat": block_ngram_repeat,
+        "min_length": min_length,
+        "suppress_unk": suppress_unk,
+        "diversity_groups": diversity_groups,
+        "diversity_strength": diversity_strength,
+    }
+    settings = dataclasses.replace(
+        captioner.cfg.decode, **{key: value for key, value in given.items() if value is not None}
+    )
+    check_decode_settings(
+        settings.beam_size,
+        settings.max_length,
+        n_best,
+        block_ngram_repeat=settings.block_ngram_repeat,
+        min_length=settings.min_length,
+        diversity_groups=settings.diversity_groups,
+        diversity_strength=settings.diversity_strength,
+    )
+    return settings
+
+
 @torch.no_grad()
 def decode_features(
-    captioner: Captioner,
-    features: ImageFeatures,
-    *,
-    beam_size: int,
-    max_length: int,
-    length_penalty: float = 0.0,
-    n_best: int = 1,
+    captioner: Captioner, features: ImageFeatures, settings: DecodeConfig, *, n_best: int = 1
 ) -> list[list[Caption]]:
-    """Beam search for a batch of image features: one list of `Caption`s per image, best first."""
+    """Beam search with ``settings`` for a batch of image features: one list of `Caption`s per
+    image, best first."""
     return beam_search(
         captioner.model.decoder,
         features.to(captioner.device),
-        beam_size=beam_size,
-        max_length=max_length,
+        beam_size=settings.beam_size,
+        max_length=settings.max_length,
         start_id=captioner.vocab.start_id,
         end_id=captioner.vocab.end_id,
-        length_penalty=length_penalty,
+        length_penalty=settings.length_penalty,
         n_best=n_best,
+        block_ngram_repeat=settings.block_ngram_repeat,
+        min_length=settings.min_length,
+        suppress_ids=[captioner.vocab.unk_id] if settings.suppress_unk else [],
+        diversity_groups=settings.diversity_groups,
+        diversity_strength=settings.diversity_strength,
     )
 
 
@@ -185,25 +228,35 @@ def caption_images(
     n_best: int = 1,
     length_penalty: float | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    block_ngram_repeat: int | None = None,
+    min_length: int | None = None,
+    suppress_unk: bool | None = None,
+    diversity_groups: int | None = None,
+    diversity_strength: float | None = None,
 ) -> list[CaptionResult]:
     """Caption PIL images (any size and mode; they are converted to RGB) with beam search.
 
-    ``max_length`` (words) and ``length_penalty`` default to the checkpoint's ``decode`` settings.
+    Every setting left at None defaults to the checkpoint's ``decode`` section (see
+    `decode_settings`). Images are encoded and searched ``batch_size`` at a time.
     """
-    max_length = captioner.cfg.decode.max_length if max_length is None else max_length
-    penalty = captioner.cfg.decode.length_penalty if length_penalty is None else length_penalty
-    check_decode_settings(beam_size, max_length, n_best)
+    settings = decode_settings(
+        captioner,
+        beam_size=beam_size,
+        max_length=max_length,
+        length_penalty=length_penalty,
+        block_ngram_repeat=block_ngram_repeat,
+        min_length=min_length,
+        suppress_unk=suppress_unk,
+        diversity_groups=diversity_groups,
+        diversity_strength=diversity_strength,
+        n_best=n_best,
+    )
+    if batch_size < 1:
+        raise UserError(f"batch size must be at least 1, got {batch_size}")
     results: list[CaptionResult] = []
     for start in range(0, len(images), batch_size):
         features = encode_images(captioner, images[start : start + batch_size])
-        decoded = decode_features(
-            captioner,
-            features,
-            beam_size=beam_size,
-            max_length=max_length,
-            length_penalty=penalty,
-            n_best=n_best,
-        )
+        decoded = decode_features(captioner, features, settings, n_best=n_best)
         results.extend(to_result(captioner.vocab, beams, features.grid_hw) for beams in decoded)
     return results
 
@@ -260,3 +313,56 @@ def caption_files(
             images = [image for _, image in batch]
             results = caption_images(captioner, images, batch_size=len(images), **decode)
             yield from zip([path for path, _ in batch], results, strict=True)
+
+
+def add_decode_arguments(parser: argparse.ArgumentParser) -> None:
+    """The decoding options both captioning CLIs share (each defaults to the checkpoint's
+    ``decode`` setting); read them back with `decode_arguments`."""
+    group = parser.add_argument_group("decoding (default: the checkpoint's decode settings)")
+    group.add_argument(
+        "--length-penalty",
+        type=float,
+        default=None,
+        help="rank captions by log-probability / length**P (0: raw log-probability)",
+    )
+    group.add_argument(
+        "--block-ngram-repeat",
+        type=int,
+        default=None,
+        metavar="N",
+        help="no N-gram of words twice in a caption (0: off)",
+    )
+    group.add_argument(
+        "--min-length", type=int, default=None, help="no <end> before this many words (0: off)"
+    )
+    group.add_argument(
+        "--suppress-unk",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="never emit the unknown-word token <unk>",
+    )
+    group.add_argument(
+        "--diversity-groups",
+        type=int,
+        default=None,
+        metavar="G",
+        help="diverse beam search: split the beams into G groups (G must divide the beam size)",
+    )
+    group.add_argument(
+        "--diversity-strength",
+        type=float,
+        default=None,
+        help="diverse beam search: penalty per word an earlier group chose at the same step",
+    )
+
+
+def decode_arguments(args: argparse.Namespace) -> dict[str, Any]:
+    """The options of `add_decode_arguments` as keyword arguments of `decode_settings`."""
+    return {
+        "length_penalty": args.length_penalty,
+        "block_ngram_repeat": args.block_ngram_repeat,
+        "min_length": args.min_length,
+        "suppress_unk": args.suppress_unk,
+        "diversity_groups": args.diversity_groups,
+        "diversity_strength": args.diversity_strength,
+    }

@@ -34,6 +34,8 @@ class CaptionModel(nn.Module):
         captions: Tensor,
         lengths: Tensor,
         predicted_words: Tensor | None = None,
+        *,
+        label_smoothing: float = 0.0,
     ) -> tuple[Tensor, Tensor]:
         """Teacher-forced logits (B*k, T-1, V) and loss; see `CaptionDecoder.forward`.
 
@@ -48,4 +50,6 @@ class CaptionModel(nn.Module):
         if per_image > 1:
             owners = torch.arange(images, device=captions.device).repeat_interleave(per_image)
             features = features.index_select(owners)
-        return self.decoder(features, captions, lengths, predicted_words)
+        return self.decoder(
+            features, captions, lengths, predicted_words, label_smoothing=label_smoothing
+        )

@@ -13,6 +13,7 @@ expects); else the file stem when the stems are all different (Flickr's
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -24,17 +25,24 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from captioner.config import DecodeConfig
 from captioner.data import ImageOnly, ImageRecord, load_records
-from captioner.decode import check_decode_settings
 from captioner.encoder import ImageFeatures
-from captioner.inference import Captioner, decode_features
-from captioner.metrics import bleu_scores, coco_scores
+from captioner.inference import Captioner, decode_features, decode_settings
+from captioner.metrics import bleu_scores, cider_d_score, coco_scores
 from recurrent.distributed import Distributed
 from recurrent.errors import UserError
 from recurrent.files import atomic_write_text
 
 TOKENIZATION = "lowercase, nltk TreebankWordTokenizer, alphanumeric tokens only"
+TOKENIZER = f"captioner.data.tokenize ({TOKENIZATION})"
 BLEU_KEYS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4")
+SCORE_ORDER = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "CIDEr-D", "METEOR", "ROUGE-L")
+# What "better" compares for train.best_metric, in order (later keys break ties).
+BEST_METRIC_KEYS = {
+    "bleu4": ("BLEU-4", "BLEU-3", "BLEU-2", "BLEU-1"),
+    "cider": ("CIDEr-D", "BLEU-4", "BLEU-3", "BLEU-2", "BLEU-1"),
+}
 
 FeatureBatches = Iterable[tuple[list[int], ImageFeatures]]
 
@@ -85,32 +93,35 @@ def evaluate_split(
     max_length: int | None = None,
     *,
     length_penalty: float | None = None,
+    decode: DecodeConfig | None = None,
     batch_size: int = 32,
     num_workers: int = 0,
     batches: FeatureBatches | None = None,
     coco_metrics: bool = True,
+    cider: bool = False,
     meteor: bool = True,
     progress: bool = False,
     layout: Distributed | None = None,
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Decode `records` (no teacher forcing) and score the captions against their references.
 
-    Returns ``(scores, predictions)``: scores holds "BLEU-1".."BLEU-4" (0-100) and, with
-    `coco_metrics` and pycocoevalcap installed, "CIDEr-D", "ROUGE-L" and (with `meteor` and Java)
-    "METEOR"; predictions is one
+    Returns ``(scores, predictions)``: scores holds "BLEU-1".."BLEU-4" (0-100), "CIDEr-D" with
+    `coco_metrics` or `cider` (the project's own, no optional package; `cider` is for training's
+    validation, which otherwise scores BLEU only), and with `coco_metrics` and pycocoevalcap
+    installed "ROUGE-L" and (with `meteor` and Java) "METEOR"; predictions is one
     ``{"image_id", "caption"}`` dict per record, in order (the COCO results format).
-    Decoding settings default to the checkpoint's ``decode`` section. `batches` may supply the
-    image features (e.g. from the feature cache) as `(record indices, ImageFeatures)`; by default the
-    images are loaded and encoded.
+    Decoding settings: `decode` (default: the checkpoint's ``decode`` section), with
+    `beam_size`, `max_length` and `length_penalty` in place of its values when given. `batches`
+    may supply the image features (e.g. from the feature cache) as `(record indices,
+    ImageFeatures)`; by default the images are loaded and encoded.
 
     Under torchrun (`layout`), each process passes its share of the split, ``split[rank::N]``: the
     shares are decoded in parallel, gathered, and every process scores the whole split.
     """
-    decode = captioner.cfg.decode
-    beam_size = decode.beam_size if beam_size is None else beam_size
-    max_length = decode.max_length if max_length is None else max_length
-    penalty = decode.length_penalty if length_penalty is None else length_penalty
-    check_decode_settings(beam_size, max_length)
+    base = captioner if decode is None else _with_decode(captioner, decode)
+    settings = decode_settings(
+        base, beam_size=beam_size, max_length=max_length, length_penalty=length_penalty
+    )
     if not records:
         raise UserError("no images to evaluate; check the split and --max-images")
     was_training = captioner.model.training
@@ -123,13 +134,7 @@ def evaluate_split(
         for indices, features in tqdm(
             batches, total=total, desc="decoding", unit="batch", disable=not progress or None
         ):
-            decoded = decode_features(
-                captioner,
-                features,
-                beam_size=beam_size,
-                max_length=max_length,
-                length_penalty=penalty,
-            )
+            decoded = decode_features(captioner, features, settings)
             for index, beams in zip(indices, decoded, strict=True):
                 hypotheses[index] = captioner.vocab.decode(beams[0].tokens) if beams else ""
     finally:
@@ -147,11 +152,37 @@ def evaluate_split(
     scores = dict(bleu_scores(references, hypotheses))
     if coco_metrics:
         scores.update(coco_scores(references, hypotheses, meteor=meteor))
+    elif cider:
+        scores.update(cider_d_score(references, hypotheses))
     predictions = [
         {"image_id": image_id, "caption": caption}
         for image_id, caption in zip(image_ids(records), hypotheses, strict=True)
     ]
     return scores, predictions
+
+
+def _with_decode(captioner: Captioner, decode: DecodeConfig) -> Captioner:
+    cfg = dataclasses.replace(captioner.cfg, decode=decode)
+    return dataclasses.replace(captioner, cfg=cfg)
+
+
+def score_key(scores: dict[str, float], best_metric: str = "bleu4") -> tuple[float, ...]:
+    """What "better" compares for ``train.best_metric`` (bleu4 | cider): the metric first, then
+    BLEU-4..1 to break ties (so progress counts while BLEU-4 is still 0). Validation must have
+    scored CIDEr-D for "cider" (`evaluate_split(..., cider=True)`)."""
+    return tuple(scores[name] for name in BEST_METRIC_KEYS[best_metric])
+
+
+def describe_scores(scores: dict[str, float]) -> str:
+    """ "BLEU-1 71.2  BLEU-2 ...  CIDEr-D 153.4": the scores in a fixed order, 0-100 scale."""
+    names = [name for name in SCORE_ORDER if name in scores]
+    names += sorted(name for name in scores if name not in SCORE_ORDER)
+    return "  ".join(f"{name} {scores[name]:.2f}" for name in names)
+
+
+def what_was_scored(split: str, images: int, source: str) -> str:
+    """The one-line description every score report starts with: split, images, tokenizer."""
+    return f"{split} split of {source}: {images} images, tokens: {TOKENIZER}"
 
 
 def write_predictions(predictions: list[dict[str, Any]], path: str | os.PathLike[str]) -> None:

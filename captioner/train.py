@@ -73,14 +73,19 @@ from captioner.features import (
 )
 from captioner.inference import Captioner, eval_transform
 from captioner.model import CaptionModel
-from captioner.scoring import BLEU_KEYS, evaluate_split, image_batches, load_data_records
+from captioner.scoring import (
+    BLEU_KEYS,
+    evaluate_split,
+    image_batches,
+    load_data_records,
+    score_key,
+)
 from recurrent.config import add_run_arguments, load_config, run_dir, to_dict
 from recurrent.distributed import Distributed
 from recurrent.engine import Run, StepResult
-from recurrent.errors import run_cli
+from recurrent.errors import UserError, run_cli
 
 TASK = "captioner"
-SCORE_ORDER = ("BLEU-4", "BLEU-3", "BLEU-2", "BLEU-1")  # what "better" compares, in order
 
 
 def parameter_parts(
@@ -91,10 +96,6 @@ def parameter_parts(
         ("decoder", model.decoder, cfg.train.lr),
         ("encoder", model.encoder, cfg.train.encoder_lr),
     ]
-
-
-def score_key(scores: dict[str, float]) -> tuple[float, ...]:
-    return tuple(scores[name] for name in SCORE_ORDER)
 
 
 class SeededItems(Dataset):
@@ -319,6 +320,11 @@ def train(
     images_per_s (through the encoder; the feature cache runs none), feature_cache and
     encoded_images."""
     check_config(cfg)
+    if cfg.train.objective == "scst":
+        raise UserError(
+            "train.objective=scst is not in the training loop yet (its pieces are: captioner.scst, "
+            "captioner.cider); train with train.objective=xe"
+        )
     run = Run(
         out_dir,
         task=TASK,
@@ -377,7 +383,7 @@ def train(
         if run.dist.enabled:  # normalise by the global batch's words (see CaptionDecoder.forward)
             words = (lengths - 1).clamp(min=1).sum().to(device, torch.float32)
             words = run.dist.all_reduce_sum(words) / run.dist.world_size
-        _, loss = net(inputs, captions, lengths, words)
+        _, loss = net(inputs, captions, lengths, words, label_smoothing=cfg.train.label_smoothing)
         counts["pairs"] += captions.size(0)
         return StepResult(loss, captions.size(0), epoch_end)
 
@@ -389,6 +395,7 @@ def train(
             batch_size=cfg.train.batch_size,
             batches=data.val_batches(captioner, share),
             coco_metrics=False,
+            cider=cfg.train.best_metric == "cider",
             layout=run.dist,
         )
         samples["first"] = predictions[0]["caption"] if predictions else ""
@@ -414,7 +421,7 @@ def train(
         batches,
         step=step,
         evaluate=validate,
-        score_key=score_key,
+        score_key=lambda scores: score_key(scores, cfg.train.best_metric),
         total_steps=total_steps,
         unit="pairs/s",
         card={"architecture": architecture, "data": data_card(cfg, train_records)},

@@ -145,6 +145,12 @@ BOUNDS = {
     "decode.beam_size": "[1, 100]",
     "decode.max_length": "[1, 1000]",
     "decode.length_penalty": "[0, 10]",
+    "decode.block_ngram_repeat": "[0, 100]",
+    "decode.min_length": "[0, 1000]",
+    "decode.diversity_groups": "[1, 100]",
+    "decode.diversity_strength": "[0, inf)",
+    "train.label_smoothing": "[0, 1)",
+    "train.scst_samples": "[1, 100]",
 }
 
 
@@ -167,17 +173,9 @@ def check_config(cfg: CaptionerConfig) -> None:
 
 
 def _check_quality_settings(cfg: CaptionerConfig) -> None:
-    """Bounds of the decoding options and of the label smoothing / SCST training fields."""
+    """What the decoding options and the SCST fields must satisfy together (their bounds are in
+    BOUNDS)."""
     decode, t = cfg.decode, cfg.train
-    not_negative = {
-        "decode.block_ngram_repeat": decode.block_ngram_repeat,
-        "decode.min_length": decode.min_length,
-        "decode.diversity_strength": decode.diversity_strength,
-    }
-    check_bounds(
-        {"decode.diversity_groups": decode.diversity_groups, "train.scst_samples": t.scst_samples},
-        not_negative,
-    )
     if decode.min_length > decode.max_length:
         raise UserError(
             f"decode.min_length ({decode.min_length}) is above decode.max_length "
@@ -188,8 +186,6 @@ def _check_quality_settings(cfg: CaptionerConfig) -> None:
             f"decode.beam_size ({decode.beam_size}) must be a multiple of "
             f"decode.diversity_groups ({decode.diversity_groups})"
         )
-    if not 0.0 <= t.label_smoothing < 1.0:
-        raise UserError(f"train.label_smoothing must be in [0, 1), got {t.label_smoothing}")
     if t.scst_baseline == "mean" and t.scst_samples < 2:
         raise UserError(
             "train.scst_baseline 'mean' averages the other samples of an image, so it needs "

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import csv
 import glob
+import io
 import json
 import os
 import sys
@@ -38,6 +39,7 @@ from captioner.inference import (
     load_captioner,
 )
 from recurrent.errors import UserError, run_cli
+from recurrent.files import atomic_write_text
 
 
 def _result_json(path: str, result: CaptionResult) -> dict[str, Any]:
@@ -82,22 +84,16 @@ def write_csv(path: str, results: Sequence[tuple[str, CaptionResult]]) -> None:
     """``image,caption`` rows, image paths relative to the CSV's folder (as `load_csv` reads
     them); written to a temporary file and renamed."""
     folder = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["image", "caption"])
-            for image, result in results:
-                try:
-                    name = os.path.relpath(os.path.abspath(image), folder)
-                except ValueError:  # another drive (Windows)
-                    name = os.path.abspath(image)
-                writer.writerow([name, result.caption])
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    rows = io.StringIO(newline="")
+    writer = csv.writer(rows)
+    writer.writerow(["image", "caption"])
+    for image, result in results:
+        try:
+            name = os.path.relpath(os.path.abspath(image), folder)
+        except ValueError:  # another drive (Windows)
+            name = os.path.abspath(image)
+        writer.writerow([name, result.caption])
+    atomic_write_text(path, rows.getvalue())
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -68,6 +68,7 @@ from captioner.data import ImageOnly, ImageRecord, Vocabulary
 from captioner.data.datasets import encode_caption, pick_references
 from captioner.encoder import ImageEncoder, ImageFeatures
 from recurrent.errors import UserError
+from recurrent.files import atomic_write
 from recurrent.precision import Precision
 
 try:  # POSIX: one filling process at a time; elsewhere atomic renames alone keep shards whole
@@ -113,20 +114,6 @@ def image_key(image_path: str) -> str:
     return hashlib.sha1(text.encode()).hexdigest()
 
 
-def _write_atomic(path: Path, write: Callable[[Any], None]) -> None:
-    """`write(file)` into a uniquely named temporary file next to `path`, fsync, rename."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def write_shard(
     shard_dir: Path, keys: Sequence[str], rows: np.ndarray, grid_hw: tuple[int, int]
 ) -> str:
@@ -138,9 +125,9 @@ def write_shard(
         raise ValueError(f"a shard takes float16 (images, 1 + N, C) rows, got {rows.shape}")
     shard_dir.mkdir(parents=True, exist_ok=True)
     name = f"{os.getpid():08d}-{uuid.uuid4().hex}"
-    _write_atomic(shard_dir / f"{name}.npy", lambda handle: np.save(handle, rows))
+    atomic_write(shard_dir / f"{name}.npy", lambda handle: np.save(handle, rows))
     index = {"keys": list(keys), "grid_hw": list(grid_hw), "shape": list(rows.shape)}
-    _write_atomic(
+    atomic_write(
         shard_dir / f"{name}.json", lambda handle: handle.write(json.dumps(index).encode())
     )
     return name
@@ -335,7 +322,7 @@ class FeatureCache:
             "layout": LAYOUT,
             "transform": repr(self.transform),
         }
-        _write_atomic(meta, lambda handle: handle.write(json.dumps(info, indent=2).encode()))
+        atomic_write(meta, lambda handle: handle.write(json.dumps(info, indent=2).encode()))
 
     def store(
         self, records: Sequence[ImageRecord], *, preload_bytes: int = PRELOAD_BYTES

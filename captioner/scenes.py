@@ -51,6 +51,7 @@ from PIL import Image, ImageDraw
 from captioner.data.formats import seeded_split, validate_fractions
 from captioner.data.vocab import tokenize
 from recurrent.errors import UserError, run_cli
+from recurrent.files import atomic_write_text
 
 SHAPES = ("circle", "square", "triangle", "star", "diamond", "cross")
 COLORS = {
@@ -760,9 +761,8 @@ def generate_dataset(
         )
         sentence_id += len(sentences)
     json_path = out / JSON_NAME
-    partial = json_path.with_name(json_path.name + ".partial")
-    partial.write_text(json.dumps({"dataset": "scenes", "images": entries}), encoding="utf-8")
-    os.replace(partial, json_path)  # never leave a half-written JSON behind
+    # never a half-written JSON behind
+    atomic_write_text(json_path, json.dumps({"dataset": "scenes", "images": entries}))
     return json_path
 
 

@@ -93,10 +93,10 @@ def test_cached_run_trains_on_the_same_batches_with_the_same_losses(
     seen: list[tuple[torch.Tensor, torch.Tensor]] = []
     real_forward = CaptionDecoder.forward
 
-    def spying_forward(self, features, captions, lengths, predicted_words=None):
+    def spying_forward(self, features, captions, lengths, *args, **kwargs):
         if self.training:
             seen.append((captions.clone(), features.pooled.detach().clone()))
-        return real_forward(self, features, captions, lengths, predicted_words)
+        return real_forward(self, features, captions, lengths, *args, **kwargs)
 
     monkeypatch.setattr(CaptionDecoder, "forward", spying_forward)
     runs = {}

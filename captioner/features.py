@@ -296,7 +296,15 @@ class FeatureCache:
                     features = self.encoder(images.to(device, non_blocking=True))
                 grid_hw = features.grid_hw
                 rows = torch.cat([features.pooled.unsqueeze(1), features.grid], dim=1)
-                rows = rows.to("cpu", CACHE_DTYPE).numpy()  # (B, 1 + N, C)
+                stored = rows.to("cpu", CACHE_DTYPE)  # (B, 1 + N, C)
+                if not torch.isfinite(stored).all():
+                    raise UserError(
+                        f"the frozen encoder's features reach {rows.abs().max().item():.3g}, "
+                        f"beyond float16's range ({torch.finfo(CACHE_DTYPE).max:.0f}), so the "
+                        "feature cache cannot hold them; use trained encoder weights "
+                        "(model.weights) or set train.feature_cache=false"
+                    )
+                rows = stored.numpy()
                 if not shard_images:
                     shard_images = max(1, SHARD_BYTES // rows[0].nbytes)
                 for row, index in zip(rows, indices.tolist(), strict=True):

@@ -342,6 +342,22 @@ def test_damaged_or_missing_shards_are_one_line_errors(
         FeatureCache(tmp_path, frozen_encoder(cfg), cfg, eval_transform(cfg))
 
 
+def test_features_beyond_float16_are_refused(scenes_annotations: Path, tmp_path, monkeypatch):
+    # A random deep ResNet's raw activations can pass 65504: caching them would train on inf/nan.
+    cfg = tiny_cfg(scenes_annotations, "model.finetune=frozen")
+    real_forward = ImageEncoder.forward
+
+    def huge_forward(self, images):
+        features = real_forward(self, images)
+        return features._replace(grid=features.grid * 1e6, pooled=features.pooled * 1e6)
+
+    monkeypatch.setattr(ImageEncoder, "forward", huge_forward)
+    cache = FeatureCache(tmp_path, frozen_encoder(cfg), cfg, eval_transform(cfg))
+    with pytest.raises(UserError, match="beyond float16's range"):
+        cache.ensure(train_records(cfg)[:2], device=torch.device("cpu"), progress=False)
+    assert cache.missing(train_records(cfg)[:2])  # nothing was stored
+
+
 def test_write_shard_refuses_other_shapes(tmp_path):
     with pytest.raises(ValueError):
         write_shard(tmp_path, ["a"], np.zeros((1, 3, 4), dtype=np.float32), (1, 2))

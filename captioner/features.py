@@ -23,9 +23,10 @@ keeps them on disk in float16, in shards that training reads memory-mapped:
   encodes just the images no complete shard holds.
 - Several processes may fill one cache at once (the ranks of a torchrun job, two runs sharing
   ``train.feature_cache_dir``): the fill takes an exclusive lock on ``fill.lock`` (``fcntl.flock``),
-  so one process encodes while the others wait and then find nothing missing. Where no lock is
-  available, unique shard names and atomic renames still keep every shard whole; an image encoded
-  twice is read from the first shard in name order.
+  so one process encodes while the others wait and then find nothing missing. Processes that fill
+  disjoint shares in parallel (``ensure(..., exclusive=False)``) take no lock. Either way, and
+  where no lock is available, unique shard names and atomic renames keep every shard whole; an
+  image encoded twice is read from the first shard in name order.
 
 Reading: `FeatureCache.store(records)` resolves the records to shard rows once and returns a
 `FeatureStore`, whose `read(indices)` gathers a whole batch with one fancy index per shard (rows
@@ -241,20 +242,25 @@ class FeatureCache:
         num_workers: int = 0,
         progress: bool = True,
         log: Callable[[str], None] | None = None,
+        exclusive: bool = True,
     ) -> int:
         """Encode and store every image of `records` that is not cached; return how many.
 
-        Safe to run from several processes at once (see the module docstring); `log` (default:
-        stderr) says when this one waits for another.
+        Safe to run from several processes at once (see the module docstring): with `exclusive`
+        one fills while the others wait on the lock (`log`, default stderr, says so) and then find
+        nothing missing. ``exclusive=False`` takes no lock, for processes that fill disjoint shares
+        at the same time, e.g. the ranks of a torchrun job each passing ``records[rank::world]``
+        and then meeting at a barrier (unique shard names and atomic renames keep that safe).
         """
         log = log or (lambda line: print(line, file=sys.stderr))
-        self.refresh()
         if not self.missing(records):
             return 0  # the common case, without touching the lock
-        with _fill_lock(self.dir, log):
+        lock = _fill_lock(self.dir, log) if exclusive else contextlib.nullcontext()
+        with lock:
             todo = self.missing(records)  # another process may have filled it while we waited
             if todo:
-                self._remove_leftovers()
+                if exclusive:
+                    self._remove_leftovers()
                 self._write_meta()
                 self._encode(todo, device, batch_size, num_workers, progress)
                 self.refresh()
@@ -333,6 +339,7 @@ class FeatureCache:
         meta = self.dir / "meta.json"
         if meta.is_file():
             return
+        self.dir.mkdir(parents=True, exist_ok=True)
         info = {
             "fingerprint": self.fingerprint,
             "encoder": self.cfg.model.encoder,

@@ -23,9 +23,10 @@ keeps them on disk in float16, in shards that training reads memory-mapped:
   encodes just the images no complete shard holds.
 - Several processes may fill one cache at once (the ranks of a torchrun job, two runs sharing
   ``train.feature_cache_dir``): the fill takes an exclusive lock on ``fill.lock`` (``fcntl.flock``),
-  so one process encodes while the others wait and then find nothing missing. Where no lock is
-  available, unique shard names and atomic renames still keep every shard whole; an image encoded
-  twice is read from the first shard in name order.
+  so one process encodes while the others wait and then find nothing missing. Processes that fill
+  disjoint shares in parallel (``ensure(..., exclusive=False)``) take no lock. Either way, and
+  where no lock is available, unique shard names and atomic renames keep every shard whole; an
+  image encoded twice is read from the first shard in name order.
 
 Reading: `FeatureCache.store(records)` resolves the records to shard rows once and returns a
 `FeatureStore`, whose `read(indices)` gathers a whole batch with one fancy index per shard (rows
@@ -228,20 +229,25 @@ class FeatureCache:
         num_workers: int = 0,
         progress: bool = True,
         log: Callable[[str], None] | None = None,
+        exclusive: bool = True,
     ) -> int:
         """Encode and store every image of `records` that is not cached; return how many.
 
-        Safe to run from several processes at once (see the module docstring); `log` (default:
-        stderr) says when this one waits for another.
+        Safe to run from several processes at once (see the module docstring): with `exclusive`
+        one fills while the others wait on the lock (`log`, default stderr, says so) and then find
+        nothing missing. ``exclusive=False`` takes no lock, for processes that fill disjoint shares
+        at the same time, e.g. the ranks of a torchrun job each passing ``records[rank::world]``
+        and then meeting at a barrier (unique shard names and atomic renames keep that safe).
         """
         log = log or (lambda line: print(line, file=sys.stderr))
-        self.refresh()
         if not self.missing(records):
             return 0  # the common case, without touching the lock
-        with _fill_lock(self.dir, log):
+        lock = _fill_lock(self.dir, log) if exclusive else contextlib.nullcontext()
+        with lock:
             todo = self.missing(records)  # another process may have filled it while we waited
             if todo:
-                self._remove_leftovers()
+                if exclusive:
+                    self._remove_leftovers()
                 self._write_meta()
                 self._encode(todo, device, batch_size, num_workers, progress)
                 self.refresh()
@@ -283,7 +289,15 @@ class FeatureCache:
                     features = self.encoder(images.to(device, non_blocking=True))
                 grid_hw = features.grid_hw
                 rows = torch.cat([features.pooled.unsqueeze(1), features.grid], dim=1)
-                rows = rows.to("cpu", CACHE_DTYPE).numpy()  # (B, 1 + N, C)
+                stored = rows.to("cpu", CACHE_DTYPE)  # (B, 1 + N, C)
+                if not torch.isfinite(stored).all():
+                    raise UserError(
+                        f"the frozen encoder's features reach {rows.abs().max().item():.3g}, "
+                        f"beyond float16's range ({torch.finfo(CACHE_DTYPE).max:.0f}), so the "
+                        "feature cache cannot hold them; use trained encoder weights "
+                        "(model.weights) or set train.feature_cache=false"
+                    )
+                rows = stored.numpy()
                 if not shard_images:
                     shard_images = max(1, SHARD_BYTES // rows[0].nbytes)
                 for row, index in zip(rows, indices.tolist(), strict=True):
@@ -312,6 +326,7 @@ class FeatureCache:
         meta = self.dir / "meta.json"
         if meta.is_file():
             return
+        self.dir.mkdir(parents=True, exist_ok=True)
         info = {
             "fingerprint": self.fingerprint,
             "encoder": self.cfg.model.encoder,

@@ -275,7 +275,7 @@ def test_interrupted_fill_keeps_complete_shards_and_resumes(
     )
 
 
-def _fill_in_child(annotations: str, root: str, barrier, queue) -> None:
+def _fill_in_child(annotations: str, root: str, barrier, queue, share: int | None = None) -> None:
     cfg = tiny_cfg(Path(annotations), "model.finetune=frozen")
     features_module.SHARD_BYTES = 3 * (1 + 16) * 128 * 2  # 3 images per shard
     real_forward = ImageEncoder.forward
@@ -287,10 +287,17 @@ def _fill_in_child(annotations: str, root: str, barrier, queue) -> None:
     ImageEncoder.forward = slow_forward
     cache = FeatureCache(root, frozen_encoder(cfg), cfg, eval_transform(cfg))
     records = train_records(cfg)
+    if share is not None:  # a rank of two, filling its own half without the lock
+        records = records[share::2]
     waits: list[str] = []
     barrier.wait(timeout=60)
     encoded = cache.ensure(
-        records, device=torch.device("cpu"), batch_size=2, progress=False, log=waits.append
+        records,
+        device=torch.device("cpu"),
+        batch_size=2,
+        progress=False,
+        log=waits.append,
+        exclusive=share is None,
     )
     queue.put((encoded, len(waits)))
 
@@ -314,6 +321,29 @@ def test_two_processes_filling_at_once_encode_each_image_once(scenes_annotations
     keys = [key for path in cache.shard_dir.glob("*.json") for key in _json_keys(path)]
     assert len(keys) == len(set(keys)) == 20
     assert not list(cache.shard_dir.glob("*.tmp"))
+
+
+def test_ranks_fill_disjoint_shares_in_parallel(scenes_annotations: Path, tmp_path):
+    context = multiprocessing.get_context("fork")
+    queue, barrier = context.Queue(), context.Barrier(2)
+    children = [
+        context.Process(
+            target=_fill_in_child,
+            args=(str(scenes_annotations), str(tmp_path), barrier, queue, share),
+        )
+        for share in (0, 1)
+    ]
+    for child in children:
+        child.start()
+    for child in children:
+        child.join(timeout=120)
+        assert child.exitcode == 0
+    assert sorted(queue.get(timeout=5) for _ in children) == [(10, 0), (10, 0)]  # nobody waited
+    cfg = tiny_cfg(scenes_annotations, "model.finetune=frozen")
+    cache = FeatureCache(tmp_path, frozen_encoder(cfg), cfg, eval_transform(cfg))
+    keys = [key for path in cache.shard_dir.glob("*.json") for key in _json_keys(path)]
+    assert len(keys) == len(set(keys)) == 20 and cache.missing(train_records(cfg)) == []
+    assert not (cache.dir / "fill.lock").exists()
 
 
 def _json_keys(path: Path) -> list[str]:
@@ -340,6 +370,22 @@ def test_damaged_or_missing_shards_are_one_line_errors(
     index.write_text("{not json")
     with pytest.raises(UserError, match="damaged"):
         FeatureCache(tmp_path, frozen_encoder(cfg), cfg, eval_transform(cfg))
+
+
+def test_features_beyond_float16_are_refused(scenes_annotations: Path, tmp_path, monkeypatch):
+    # A random deep ResNet's raw activations can pass 65504: caching them would train on inf/nan.
+    cfg = tiny_cfg(scenes_annotations, "model.finetune=frozen")
+    real_forward = ImageEncoder.forward
+
+    def huge_forward(self, images):
+        features = real_forward(self, images)
+        return features._replace(grid=features.grid * 1e6, pooled=features.pooled * 1e6)
+
+    monkeypatch.setattr(ImageEncoder, "forward", huge_forward)
+    cache = FeatureCache(tmp_path, frozen_encoder(cfg), cfg, eval_transform(cfg))
+    with pytest.raises(UserError, match="beyond float16's range"):
+        cache.ensure(train_records(cfg)[:2], device=torch.device("cpu"), progress=False)
+    assert cache.missing(train_records(cfg)[:2])  # nothing was stored
 
 
 def test_write_shard_refuses_other_shapes(tmp_path):

@@ -169,6 +169,7 @@ def _build_data(
         records = [*train_records, *val_records]
         encoded = cache.ensure(
             records[layout.rank :: layout.world_size],
+            exclusive=not layout.enabled,  # disjoint shares: no lock between the processes
             device=device,
             batch_size=batch,
             num_workers=cfg.data.num_workers,

@@ -104,10 +104,6 @@ def tiny_models_dir(tmp_path_factory: pytest.TempPathFactory, scenes_annotations
 
 @pytest.mark.browser
 @pytest.mark.timeout(600)
-@pytest.mark.skip(
-    reason="written for a Generate page with a fixed seed; since each click draws a fresh seed "
-    "(issue 13) the expected texts must come from the seed the page shows: to be updated"
-)
 def test_concurrent_sessions_and_a_hostile_one(tiny_models_dir: Path, tmp_path: Path) -> None:
     if not CHROMIUM.is_file():
         pytest.fail(f"{CHROMIUM} is missing; run `make test`, which installs Debian's chromium")

@@ -157,3 +157,29 @@ def test_warmup_cosine_schedule():
     assert warmup_cosine(60, **kw) == pytest.approx(0.55)
     assert warmup_cosine(110, **kw) == pytest.approx(0.1)
     assert warmup_cosine(500, **kw) == pytest.approx(0.1)
+
+
+def test_atomic_write_removes_only_the_temporary_files_of_gone_writers(tmp_path):
+    """A writer killed mid-write leaves `.NAME.HOST-PID.*.tmp`; the next write removes it once that
+    process is gone, but never the file of a live writer of the same file (a torchrun rank)."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from recurrent.files import FOREIGN_TEMP_AGE_S, HOST, atomic_write_text
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], check=True,
+                          capture_output=True, text=True).stdout.strip()  # fmt: skip
+    dead = tmp_path / f".meta.json.{HOST}-{gone}.abc123.tmp"
+    live = tmp_path / f".meta.json.{HOST}-{os.getpid()}.def456.tmp"
+    foreign_new = tmp_path / ".meta.json.other-host.example-4242.ghi789.tmp"
+    foreign_old = tmp_path / ".meta.json.other-host.example-4243.jkl012.tmp"
+    for path in (dead, live, foreign_new, foreign_old):
+        path.write_text("half")
+    old = time.time() - FOREIGN_TEMP_AGE_S - 60
+    os.utime(foreign_old, (old, old))
+    atomic_write_text(tmp_path / "meta.json", "{}")
+    assert (tmp_path / "meta.json").read_text() == "{}"
+    assert not dead.exists() and not foreign_old.exists()
+    assert live.exists() and foreign_new.exists()

@@ -73,6 +73,9 @@ class TrainConfig(RunSettings):
     # xe: cross-entropy on the references; scst: self-critical sequence training (Rennie et al.
     # 2017), the CIDEr-D reward of sampled captions minus a baseline (captioner.scst)
     objective: Literal["xe", "scst"] = "xe"
+    # with objective scst, the first scst_from_step steps train with cross-entropy (an XE phase in
+    # the same run); 0: self-critical from the first step, on weights from --init-from
+    scst_from_step: int = 0
     scst_samples: int = 5  # k captions sampled per image in an SCST step
     # greedy: the greedy caption's reward (Rennie et al.); mean: the mean reward of the other k-1
     # samples (the "new SCST" of self-critical.pytorch; needs k >= 2)
@@ -151,6 +154,7 @@ BOUNDS = {
     "decode.diversity_strength": "[0, inf)",
     "train.label_smoothing": "[0, 1)",
     "train.scst_samples": "[1, 100]",
+    "train.scst_from_step": "[0, 1e9]",
 }
 
 
@@ -185,6 +189,11 @@ def _check_quality_settings(cfg: CaptionerConfig) -> None:
         raise UserError(
             f"decode.beam_size ({decode.beam_size}) must be a multiple of "
             f"decode.diversity_groups ({decode.diversity_groups})"
+        )
+    if t.objective == "scst" and not t.captions_per_image:
+        raise UserError(
+            "train.objective=scst samples captions per image, so it trains on images, not "
+            "(image, caption) pairs: set train.captions_per_image (4, say)"
         )
     if t.scst_baseline == "mean" and t.scst_samples < 2:
         raise UserError(

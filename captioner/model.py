@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
@@ -31,20 +34,31 @@ class CaptionModel(nn.Module):
     def forward(
         self,
         inputs: Tensor | ImageFeatures,
-        captions: Tensor,
-        lengths: Tensor,
+        captions: Tensor | None = None,
+        lengths: Tensor | None = None,
         predicted_words: Tensor | None = None,
         *,
         label_smoothing: float = 0.0,
-    ) -> tuple[Tensor, Tensor]:
+        self_critical: Callable[[CaptionDecoder, ImageFeatures], Any] | None = None,
+    ) -> Any:
         """Teacher-forced logits (B*k, T-1, V) and loss; see `CaptionDecoder.forward`.
 
         ``inputs`` are images (B, 3, H, W), or their cached `ImageFeatures` (a frozen encoder's
         output, which then skips the encoder). ``captions`` may hold k references per image:
         rows j*k .. j*k + k-1 belong to image j (``train.captions_per_image``), and the image is
         encoded once for all k. ``predicted_words``: see `CaptionDecoder.forward`.
+
+        With ``self_critical`` (a `captioner.scst.SelfCritical` bound to the batch's images), the
+        captions are not used: it returns ``self_critical(decoder, features)``, the self-critical
+        loss and its figures. It runs here, inside ``forward``, so that under
+        DistributedDataParallel the sampled captions' gradients are synchronised like the
+        cross-entropy's.
         """
         features = inputs if isinstance(inputs, ImageFeatures) else self.encoder(inputs)
+        if self_critical is not None:
+            return self_critical(self.decoder, features)
+        if captions is None or lengths is None:
+            raise ValueError("cross-entropy training needs captions and lengths")
         images = features.pooled.size(0)
         per_image = captions.size(0) // images
         if per_image > 1:

@@ -29,8 +29,9 @@ that beat the baseline and lowers that of the others.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
-from typing import Literal
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -126,6 +127,36 @@ def scst_loss(
         finished_share=float(samples.finished.float().mean()),
     )
     return loss, stats
+
+
+@dataclass
+class SelfCritical:
+    """The self-critical objective of a run, bound per batch to the keys of its images:
+    ``model(inputs, self_critical=objective.bind(keys))`` returns `scst_loss`'s (loss, figures),
+    the figures named ``scst_<stat>`` for the run's metrics.
+
+    Sampling draws from the global torch generator, whose state the checkpoints keep, so a resumed
+    run samples what the uninterrupted one would have.
+    """
+
+    cider: CiderD
+    vocab: Vocabulary
+    samples_per_image: int
+    baseline: Baseline
+    max_length: int
+
+    def bind(
+        self, image_keys: Sequence[Hashable]
+    ) -> Callable[[CaptionDecoder, ImageFeatures], Any]:
+        def objective(decoder: CaptionDecoder, features: ImageFeatures) -> Any:
+            loss, stats = scst_loss(
+                decoder, features, image_keys, self.cider, self.vocab,
+                samples_per_image=self.samples_per_image, baseline=self.baseline,
+                max_length=self.max_length,
+            )  # fmt: skip
+            return loss, {f"scst_{name}": value for name, value in stats.items()}
+
+        return objective
 
 
 def _detached(features: ImageFeatures) -> ImageFeatures:

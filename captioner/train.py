@@ -32,6 +32,18 @@ every train and val image are computed once with the eval transform and kept on 
 (`captioner.features`, under ``train.feature_cache_dir`` or ``OUT/features``); training then feeds
 them straight to the decoder and never runs the CNN again, in this run or later ones.
 
+Self-critical sequence training (``train.objective: scst``, Rennie et al. 2017; `captioner.scst`):
+each step samples ``train.scst_samples`` captions per image from the decoder, rewards each with its
+CIDEr-D against the image's references (document frequencies from the training references,
+computed once), subtracts a baseline (``train.scst_baseline``: the greedy caption's reward, or the
+mean of the other samples) and follows the policy gradient. It starts from a cross-entropy
+checkpoint (``--init-from PATH``, a new run with that run's weights) or after
+``train.scst_from_step`` steps of cross-entropy in the same run. It needs
+``train.captions_per_image`` (batches of images); validation still decodes with beam search, and
+``train.best_metric: cider`` keeps the best CIDEr-D. metrics.jsonl's train lines then carry
+``scst_reward``, ``scst_baseline``, ``scst_repeat_share`` and friends; their ``loss`` is the
+policy-gradient loss, not a cross-entropy.
+
 Under torchrun each process trains on its share of every batch (``train.batch_size`` is the global
 batch and must divide by the number of processes) and decodes its share of the val images.
 """
@@ -49,8 +61,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from captioner.cider import CiderD
 from captioner.config import ARCHITECTURE_KEYS, CaptionerConfig, check_config
 from captioner.data import (
+    BadImage,
     BadImageLog,
     CaptionGroups,
     CaptionPairs,
@@ -80,10 +94,11 @@ from captioner.scoring import (
     load_data_records,
     score_key,
 )
+from captioner.scst import SelfCritical
 from recurrent.config import add_run_arguments, load_config, run_dir, to_dict
 from recurrent.distributed import Distributed
 from recurrent.engine import Run, StepResult
-from recurrent.errors import UserError, run_cli
+from recurrent.errors import run_cli
 
 TASK = "captioner"
 
@@ -119,6 +134,33 @@ class SeededItems(Dataset):
                 ((self.seed * 1_000_003 + epoch) * 10_000_019 + index) % 2**63
             )
             return self.dataset[index]
+
+
+class WithIndex(Dataset):
+    """`dataset`'s items with their index, ``(item, index)``: the batch then names its images
+    (their keys in self-critical training's CIDEr-D). A `BadImage` item stays as it is."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        item = self.dataset[index]
+        return item if isinstance(item, BadImage) else (item, index)
+
+
+class CollateWithIndex:
+    """Collate `WithIndex` items: ``(collate(items), indices (B,) long)``. A class rather than a
+    closure, so it pickles for worker processes started by spawn."""
+
+    def __init__(self, collate: Callable[[list[Any]], Any]) -> None:
+        self.collate = collate
+
+    def __call__(self, items: Sequence[tuple[Any, int]]) -> tuple[Any, torch.Tensor]:
+        batch = self.collate([item for item, _ in items])
+        return batch, torch.tensor([index for _, index in items], dtype=torch.long)
 
 
 def epoch_batches(num_items: int, batch_size: int, generator: torch.Generator) -> list[list[int]]:
@@ -184,8 +226,10 @@ def _build_data(
         else:
             cached = FeaturePairs(train_records, vocab, store, max_length=max_ids)
         return _Data(
-            SeededItems(cached, cfg.train.seed),  # the same reference picks as CaptionGroups
-            DropBadImages(FeatureCollate(store, vocab.pad_id)),  # the (batch, bad images) shape
+            # the same reference picks as CaptionGroups
+            SeededItems(WithIndex(cached), cfg.train.seed),
+            # the (batch, bad images) shape of the image path
+            DropBadImages(CollateWithIndex(FeatureCollate(store, vocab.pad_id))),
             lambda captioner, records: cache.batches(records, batch),
             uses_cache=True,
             encoded_images=encoded,
@@ -222,8 +266,9 @@ def _build_data(
     # Workers would each fill (and then drop) their own copy of the in-memory image cache.
     val_workers = 0 if cfg.data.cache_images else cfg.data.num_workers
     return _Data(
-        SeededItems(items, cfg.train.seed),
-        DropBadImages(collate),  # undecodable images: data.bad_images, applied by BadImageLog
+        SeededItems(WithIndex(items), cfg.train.seed),
+        # undecodable images: data.bad_images, applied by BadImageLog
+        DropBadImages(CollateWithIndex(collate)),
         lambda captioner, records: image_batches(
             captioner,
             records,
@@ -315,17 +360,13 @@ def train(
     *,
     overwrite: bool = False,
     quiet: bool = False,
+    init_from: str | Path | None = None,
 ) -> dict[str, Any]:
     """Train (or with `resume`, continue ``out_dir/last.pt``); return the engine's summary plus
     epochs (fractional), best_bleu4, losses (per step of this call), final_loss, pairs_per_s,
     images_per_s (through the encoder; the feature cache runs none), feature_cache and
     encoded_images."""
     check_config(cfg)
-    if cfg.train.objective == "scst":
-        raise UserError(
-            "train.objective=scst is not in the training loop yet (its pieces are: captioner.scst, "
-            "captioner.cider); train with train.objective=xe"
-        )
     run = Run(
         out_dir,
         task=TASK,
@@ -334,6 +375,7 @@ def train(
         resume=resume,
         overwrite=overwrite,
         quiet=quiet,
+        init_from=init_from,
     )
     device = run.device
 
@@ -370,15 +412,35 @@ def train(
     run.restore(model, optimizer, batches)
     captioner = Captioner(model, vocab, cfg, eval_transform(cfg), device)
     counts = {"images": 0, "pairs": 0}
+    self_critical = None
+    if cfg.train.objective == "scst":
+        if not cfg.train.scst_from_step and run.init_path is None and run.payload is None:
+            run.log(
+                "note: self-critical training from random weights rarely learns; start from a "
+                "cross-entropy checkpoint (--init-from PATH) or set train.scst_from_step"
+            )
+        # CIDEr-D's document frequencies from the training references, once; key = record index
+        self_critical = SelfCritical(
+            CiderD([record.captions for record in train_records]),
+            vocab,
+            cfg.train.scst_samples,
+            cfg.train.scst_baseline,
+            cfg.decode.max_length,
+        )
 
     # --- one step and one validation; the engine does the rest
     def step(net: nn.Module) -> StepResult:
-        (inputs, captions, lengths), epoch_end = batches.next_batch()
+        ((inputs, captions, lengths), indices), epoch_end = batches.next_batch()
         if not data.uses_cache:
             inputs = inputs.to(device, non_blocking=True, memory_format=memory_format)
             counts["images"] += inputs.size(0)
         else:
             inputs = features_to(inputs, device)
+        # self-critical once the cross-entropy phase (train.scst_from_step) is over
+        if self_critical is not None and run.progress.step >= cfg.train.scst_from_step:
+            keys = indices.tolist()
+            loss, figures = net(inputs, self_critical=self_critical.bind(keys))
+            return StepResult(loss, len(keys), epoch_end, figures)
         captions = captions.to(device, non_blocking=True)
         words = None
         if run.dist.enabled:  # normalise by the global batch's words (see CaptionDecoder.forward)
@@ -478,7 +540,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     cfg = load_config(CaptionerConfig, args.config, args.overrides)
     out_dir = run_dir("captioner", args.config, args.out_dir)
-    summary = train(cfg, out_dir, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet)
+    summary = train(
+        cfg,
+        out_dir,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        quiet=args.quiet,
+        init_from=args.init_from,
+    )
     if not summary["is_main"]:
         return
     best = summary["best_bleu4"]

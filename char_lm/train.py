@@ -104,6 +104,7 @@ def train(
     *,
     overwrite: bool = False,
     quiet: bool = False,
+    init_from: str | Path | None = None,
 ) -> dict[str, Any]:
     """Train (or, with ``resume``, continue) a model into ``out_dir``; returns the engine's summary
     plus best_val_loss, final_train_loss, final_val_loss (nats/char), chars_per_s, parameters and
@@ -118,6 +119,7 @@ def train(
         resume=resume,
         overwrite=overwrite,
         quiet=quiet,
+        init_from=init_from,
     )
 
     # --- data: the text (read in chunks into ids of the smallest dtype), its vocabulary, this
@@ -232,7 +234,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     cfg = load_config(CharLMConfig, args.config, args.overrides)
     out_dir = run_dir("char_lm", args.config, args.out_dir)
-    summary = train(cfg, out_dir, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet)
+    summary = train(
+        cfg,
+        out_dir,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        quiet=args.quiet,
+        init_from=args.init_from,
+    )
     if summary["is_main"]:  # under torchrun, rank 0 reports
         print(
             f"done: {summary['steps']} steps (stopped by {summary['stop_reason']}), "

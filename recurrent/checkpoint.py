@@ -173,17 +173,24 @@ def check_state_dict(
 
 
 def check_same_architecture(
-    saved: dict[str, Any], current: dict[str, Any], keys: list[str], path: str | Path
+    saved: dict[str, Any],
+    current: dict[str, Any],
+    keys: list[str],
+    path: str | Path,
+    *,
+    action: str = "resume from",
+    remedy: str = "drop --resume or use the checkpoint's value",
 ) -> None:
-    """On resume, refuse a checkpoint whose architecture fields differ, naming the field."""
+    """Refuse a checkpoint (to resume from, or to start from) whose architecture fields differ
+    from the config's, naming the field."""
     for key in keys:
         section, name = key.split(".")
         old = saved.get(section, {}).get(name)
         new = current.get(section, {}).get(name)
         if old != new:
             raise UserError(
-                f"cannot resume from {path}: {key} is {old!r} in the checkpoint but {new!r} in the "
-                f"config; drop --resume or use the checkpoint's value"
+                f"cannot {action} {path}: {key} is {old!r} in the checkpoint but {new!r} in the "
+                f"config; {remedy}"
             )
 
 

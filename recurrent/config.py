@@ -333,6 +333,12 @@ def add_run_arguments(parser: argparse.ArgumentParser, task: str, example: str) 
     parser.add_argument(
         "--overwrite", action="store_true", help="replace a run already in --out-dir"
     )
+    parser.add_argument(
+        "--init-from",
+        metavar="PATH",
+        help="start a new run from the weights of this checkpoint (same network and vocabulary; "
+        "optimizer, step and schedule start afresh; not read with --resume)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 

@@ -28,6 +28,11 @@ and one evaluation that returns scores; `Run` does everything else, the same way
   logged step and per evaluation) and, with ``tensorboard``, the same numbers for TensorBoard;
 - multi-process training under torchrun (`recurrent.distributed`): DDP, rank 0 writes.
 
+A new run may start from the weights of another run's checkpoint (``--init-from PATH``, the
+self-critical phase after cross-entropy, say): only the weights are taken, not the optimizer,
+step, schedule or data position, and its architecture and vocabulary must match the config's.
+With ``--resume`` the run's own ``last.pt`` wins and ``--init-from`` is not read.
+
 Resume (``--resume``) takes from the checkpoint everything that is the run's state: weights,
 optimizer moments, step, best score, early-stopping count, data position, random-number state, the
 time used. It takes from the config everything that is a setting: learning rate and schedule
@@ -137,6 +142,9 @@ class StepResult:
     loss: Tensor
     items: int
     epoch_end: bool = False
+    # the step's own figures besides the loss (self-critical training's mean reward, say): their
+    # means over the logged steps go into metrics.jsonl's train lines (and TensorBoard)
+    figures: dict[str, float] = field(default_factory=dict)
 
 
 class Stateful(Protocol):
@@ -293,8 +301,9 @@ class MetricsLog:
         if self.writer is not None:
             step = record["step"]
             if record["kind"] == "train":
-                for key in ("loss", "lr", "grad_norm", "throughput"):
-                    self.writer.add_scalar(f"train/{key}", record[key], step)
+                for key, value in record.items():  # loss, lr, grad_norm, throughput, figures
+                    if key not in ("step", "time_s", "timestamp") and not isinstance(value, str):
+                        self.writer.add_scalar(f"train/{key}", value, step)
             else:
                 for key, value in record["scores"].items():
                     self.writer.add_scalar(f"val/{key}", value, step)
@@ -360,6 +369,7 @@ class Run:
         resume: bool = False,
         overwrite: bool = False,
         quiet: bool = False,
+        init_from: str | os.PathLike[str] | None = None,
     ) -> None:
         from recurrent.precision import Precision
 
@@ -391,6 +401,11 @@ class Run:
                     f"cannot resume from {self.last_path}: it was written by an older version of "
                     "this project (or exported for serving); start a new run without --resume"
                 )
+        # --init-from: another run's weights to start from (not read when resuming)
+        self.init_path = Path(init_from) if init_from and not resume else None
+        self.init_payload = (
+            load_checkpoint(self.init_path, task=task) if self.init_path is not None else None
+        )
         set_seed(settings.seed)
         self.progress = Progress()
 
@@ -402,17 +417,26 @@ class Run:
             tqdm.write(line, file=sys.stdout)
 
     def check_resume(self, architecture_keys: list[str], vocab: list[str], what: str) -> None:
-        """Refuse a resume whose network or vocabulary differs from the checkpoint's."""
-        if self.payload is None:
+        """Refuse a resume (or an --init-from) whose network or vocabulary differs from the
+        checkpoint's."""
+        if self.payload is not None:
+            checked = (self.payload, self.last_path, "resume from", "drop --resume")
+            remedy = "use the checkpoint's value"
+        elif self.init_payload is not None:
+            checked = (self.init_payload, self.init_path, "start from", "drop --init-from")
+            remedy = "set the checkpoint's value"
+        else:
             return
+        payload, path, action, drop = checked
         check_same_architecture(
-            self.payload["config"], self.config, architecture_keys, self.last_path
-        )
-        if list(self.payload["vocab"]) != list(vocab):
+            payload["config"], self.config, architecture_keys, path,
+            action=action, remedy=f"{drop} or {remedy}",
+        )  # fmt: skip
+        if list(payload.get("vocab", [])) != list(vocab):
             raise UserError(
-                f"cannot resume from {self.last_path}: {what} give another vocabulary than the "
+                f"cannot {action} {path}: {what} give another vocabulary than the "
                 f"checkpoint's ({len(vocab)} entries, the checkpoint has "
-                f"{len(self.payload['vocab'])}); resume with the same data, or drop --resume"
+                f"{len(payload.get('vocab', []))}); use the same data, or {drop}"
             )
 
     def optimizer(self, parts: list[tuple[str, nn.Module, float]]) -> torch.optim.Optimizer:
@@ -426,6 +450,16 @@ class Run:
         config again.
         """
         if self.payload is None:
+            if self.init_payload is not None:
+                try:
+                    model.load_state_dict(self.init_payload["model"])
+                except (KeyError, RuntimeError) as err:
+                    reason = str(err).strip().splitlines()[0] if str(err).strip() else "no weights"
+                    raise UserError(
+                        f"cannot start from {self.init_path}: its weights do not fit ({reason}); "
+                        "pass a checkpoint of this config's network"
+                    ) from None
+                self.log(f"starting from the weights of {self.init_path}")
             if self.dist.enabled:  # the same initial weights everywhere, then per-rank randomness
                 torch.manual_seed(self.settings.seed + 1_000_003 * self.dist.rank)
             return
@@ -511,6 +545,7 @@ class Run:
         call_losses: list[float] = []  # every step's loss in this call, for the summary
         stats: list[Tensor] = []  # [loss, grad norm] of steps not yet checked (on the device)
         window_items, window_start = 0, time.perf_counter()
+        window_figures: dict[str, list[float]] = {}  # StepResult.figures since the last log line
 
         def elapsed() -> float:
             return elapsed_before + time.perf_counter() - started
@@ -645,9 +680,13 @@ class Run:
                     items_total += result.items
                     window_items += result.items
                     bar.update(1)
+                    for name, value in result.figures.items():
+                        window_figures.setdefault(name, []).append(float(value))
                     if progress.step % settings.log_every == 0:
                         flush_checks()
                         loss_mean, grad_mean = self._reduce_means(progress.pending)
+                        figures = self._figure_means(window_figures)
+                        window_figures = {}
                         now = time.perf_counter()
                         throughput = (
                             window_items * self.dist.world_size / max(now - window_start, 1e-9)
@@ -665,6 +704,7 @@ class Run:
                                 "grad_norm": grad_mean,
                                 "throughput": round(throughput, 2),
                                 "throughput_unit": unit,
+                                **figures,
                             }
                         )
                         bar.set_postfix(
@@ -748,6 +788,18 @@ class Run:
             # (in place: the parameters, and so the optimizer's references, stay the same).
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         return DistributedDataParallel(model, device_ids=ids)
+
+    def _figure_means(self, figures: dict[str, list[float]]) -> dict[str, float]:
+        """Each figure's mean over the window's steps (and over the processes under torchrun)."""
+        if not figures:
+            return {}
+        names = sorted(figures)
+        means = torch.tensor(
+            [sum(figures[n]) / len(figures[n]) for n in names], dtype=torch.float64
+        )
+        if self.dist.enabled:
+            means = self.dist.all_reduce_sum(means.to(self.device)).cpu() / self.dist.world_size
+        return {name: round(float(value), 6) for name, value in zip(names, means, strict=True)}
 
     @staticmethod
     def _reduce_means(

@@ -12,11 +12,16 @@ machine in one run:
 
 It checks that both ways give identical captions (every one of the ``--n-best``, tokens and
 finished flags) and prints the medians over the rounds in ms per image and their ratios.
+
+``--baseline FILE`` also times, in the same rounds, the ``beam_search`` of another version of
+`captioner/decode.py` (say the one before a change: ``git show REV:captioner/decode.py >
+old_decode.py``) and checks that it finds the same captions.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import statistics
 import sys
@@ -45,6 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n-best", type=int, default=1, help="captions kept per image")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--baseline", help="another decode.py whose beam_search to time too")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -87,6 +93,15 @@ def main(argv: list[str] | None = None) -> None:
         "caption batched": caption_batched,
         "caption alone": caption_alone,
     }
+    if args.baseline:
+        spec = importlib.util.spec_from_file_location("baseline_decode", args.baseline)
+        baseline = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = baseline  # its dataclasses look their module up
+        spec.loader.exec_module(baseline)
+        cases["baseline batched"] = lambda: baseline.beam_search(decoder, features, **settings)
+        cases["baseline alone"] = lambda: [
+            baseline.beam_search(decoder, row, **settings)[0] for row in rows
+        ]
     search_batched(), caption_alone()  # warm-up (allocator, oneDNN kernels)
     times: dict[str, list[float]] = {name: [] for name in cases}
     outputs = {}
@@ -101,10 +116,11 @@ def main(argv: list[str] | None = None) -> None:
 
     same_search = keys(outputs["search batched"]) == keys(outputs["search alone"])
 
-    def rounded(results):
-        return [[(text, round(logprob, 4)) for text, logprob in r.beams] for r in results]
-
-    same_caption = rounded(outputs["caption batched"]) == rounded(outputs["caption alone"])
+    logprob_gap = max(
+        abs(x[1] - y[1])
+        for a, b in zip(outputs["caption batched"], outputs["caption alone"], strict=True)
+        for x, y in zip(a.beams, b.beams, strict=True)
+    )
     text_same = [r.caption for r in outputs["caption batched"]] == [
         r.caption for r in outputs["caption alone"]
     ]
@@ -127,8 +143,18 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"end to end (caption_images): batched is "
         f"{median['caption alone'] / median['caption batched']:.2f}x faster; identical captions: "
-        f"{text_same} (log-probabilities equal to 4 decimals: {same_caption})"
+        f"{text_same} (log-probabilities within {logprob_gap:.1e})"
     )
+    if args.baseline:
+        same_baseline = keys(outputs["baseline batched"]) == keys(outputs["search batched"])
+        same_baseline &= keys(outputs["baseline alone"]) == keys(outputs["search batched"])
+        print(
+            f"baseline {args.baseline}: batched {median['baseline batched'] * 1e3:.2f}, alone "
+            f"{median['baseline alone'] * 1e3:.2f} ms per image "
+            f"({median['baseline alone'] / median['baseline batched']:.2f}x); this version's "
+            f"batched search is {median['baseline batched'] / median['search batched']:.2f}x "
+            f"faster than the baseline's; same captions: {same_baseline}"
+        )
     if not (same_search and text_same):
         raise SystemExit("batched and one-at-a-time captions differ")
 

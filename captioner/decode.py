@@ -260,7 +260,8 @@ def beam_search(
     width = beams // groups  # beams per group
     diverse = groups > 1 and diversity_strength > 0
     device = features.grid.device
-    # Rank by the augmented score within groups, by the model's score across them (see above).
+    # Only without length penalty and groups do live beams' scores only fall, so that an image's
+    # result is final once its n_best best beams are finished.
     early_stop = length_penalty == 0 and groups == 1
     keys = decoder.attention_keys(features)  # (B, N, A) or None
     state = decoder.init_state(features)  # (S, L, B, H): one row per image until step 0 is done
@@ -282,7 +283,8 @@ def beam_search(
         so_far = history if _needs_history(constraints) else None
         logp = constraints.log_probs(logits, step, so_far)  # (R, V)
         vocab = logp.size(-1)
-        end_column = torch.arange(vocab, device=device) == end_id  # (V,)
+        if step == 0:
+            end_column = torch.arange(vocab, device=device) == end_id  # (V,)
         rows_per_image = logp.size(0) // searching  # 1 at step 0, then K
         logp = logp.view(searching, rows_per_image, vocab).expand(searching, beams, vocab)
         done = finished.unsqueeze(-1)  # (B, K, 1)
@@ -327,7 +329,8 @@ def beam_search(
                 new_augmented = new_logprob
             picks.append((score, origin, token, new_logprob, new_augmented))
         beam_score, origin, token, beam_logprob, beam_augmented = (
-            torch.cat(parts, dim=1) for parts in zip(*picks, strict=True)
+            (torch.cat(parts, dim=1) if groups > 1 else parts[0])
+            for parts in zip(*picks, strict=True)
         )
         if not diverse:
             beam_augmented = beam_logprob

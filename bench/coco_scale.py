@@ -34,9 +34,11 @@ import json
 import os
 import random
 import shutil
+import statistics
 import sys
 import time
 import tracemalloc
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -291,11 +293,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data-images", type=int, default=8192, help="images with real data")
     parser.add_argument("--batches", type=int, default=60, help="batches of 64 per measurement")
     parser.add_argument("--workers", type=int, nargs="*", default=[0, 2, 4])
+    parser.add_argument("--repeats", type=int, default=3, help="measurements per cell (median)")
     parser.add_argument("--keep", action="store_true", help="keep the real feature data")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--scale", type=float, default=1.0, help="fraction of COCO (smoke tests)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
     args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore", message=".*worker processes in total.*")  # 4 on 2 cores
     torch.set_num_threads(args.threads)  # the loaders' work is single-threaded copies
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -480,21 +484,25 @@ def main(argv: list[str] | None = None) -> None:
     epoch = 0
     for state in ("cold", "warm"):
         for workers in args.workers:
-            for fmt, dataset, collate, paths in (
-                ("old", old_set, collate_old, old_paths),
-                ("new", new_set, new_collate, shard_paths),
-            ):
-                if state == "cold":
-                    drop_from_page_cache(paths)
-                else:
-                    read_all(paths)
-                epoch += 1
-                rate = feed_rate(dataset, collate, len(subset), args.batches, workers, epoch)
-                results[(state, fmt, workers)] = rate
-                print(
-                    f"  {state} {fmt} format, {workers} workers: {rate:7.0f} images/s", flush=True
-                )
-    print("\nimages/s fed to training (batches of 64 images x 5 captions):")
+            rates: dict[str, list[float]] = {"old": [], "new": []}
+            for _ in range(args.repeats):  # the two formats alternate: the machine is shared
+                for fmt, dataset, collate, paths in (
+                    ("old", old_set, collate_old, old_paths),
+                    ("new", new_set, new_collate, shard_paths),
+                ):
+                    if state == "cold":
+                        drop_from_page_cache(paths)
+                    else:
+                        read_all(paths)
+                    epoch += 1  # other batches every time
+                    rates[fmt].append(
+                        feed_rate(dataset, collate, len(subset), args.batches, workers, epoch)
+                    )
+            for fmt, values in rates.items():
+                results[(state, fmt, workers)] = statistics.median(values)
+                runs = " ".join(f"{v:.0f}" for v in values)
+                print(f"  {state} {fmt} format, {workers} workers: {runs} images/s", flush=True)
+    print("\nimages/s fed to training (batches of 64 images x 5 captions; median of the runs):")
     print(
         "| page cache | workers | old: torch.load per image | new: memory-mapped shards | new / old |"
     )

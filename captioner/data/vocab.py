@@ -28,10 +28,10 @@ def _stdlib_rules(rules: list) -> list:
 
 
 class _Treebank(TreebankWordTokenizer):
-    """nltk's `TreebankWordTokenizer`, its own rules and code, with the rules run by `re`: nltk
-    routes every match through a timeout guard against catastrophic backtracking (~130 us a
-    caption), which these rules, without nested quantifiers, cannot cause. Tests compare it with
-    nltk's tokenizer on random text."""
+    """nltk's `TreebankWordTokenizer`, its own rules and code, with the rules run by the standard
+    `re` instead of nltk's timeout-guarded `regex` wrapper (about twice as fast): these rules have
+    no nested quantifiers, so they cannot backtrack catastrophically. Tests compare it with nltk's
+    tokenizer on random text."""
 
     STARTING_QUOTES = _stdlib_rules(TreebankWordTokenizer.STARTING_QUOTES)
     PUNCTUATION = _stdlib_rules(TreebankWordTokenizer.PUNCTUATION)
@@ -45,8 +45,8 @@ _TREEBANK = _Treebank()  # stateless and data-free (needs no nltk_data download)
 # Plain captions (lowercase letters, digits, spaces, commas before neither a digit nor a comma, one
 # final period) take a fast path: for them the Treebank rules come down to splitting on spaces,
 # commas and the final period, unless a contraction rule ("cannot" -> "can" "not") applies.
-# Most captions are plain; the fast path gives the same tokens in ~2 us instead of ~15 (tests
-# compare both with nltk's tokenizer on random text).
+# Most captions are plain; for them the fast path is ~25x faster than nltk's tokenizer (5 us
+# against 130 us a caption: 3 s instead of 75 s for COCO's 566k training captions).
 _PLAIN = re.compile(r"[a-z0-9 ,]*\.? *")
 _COMMA_BEFORE = re.compile(r",[0-9,]")  # Treebank keeps "1,5" whole and ",,x" as "," ",x"
 

@@ -1,6 +1,6 @@
 """COCO at full size on the data path, with synthetic data of COCO's real sizes (no CNN runs).
 
-    python bench/coco_scale.py --out /tmp/coco_scale        # ~15 min, ~7 GB of disk while it runs
+    python bench/coco_scale.py --out /tmp/coco_scale        # ~15 min, ~4 GB of disk while it runs
 
 What it builds, in ``--out``:
 
@@ -21,7 +21,7 @@ What it builds, in ``--out``:
     with ``posix_fadvise(DONTNEED)`` before each measurement).
 
 What it measures: the annotation loaders (Karpathy and COCO formats), the vocabulary, the
-tokenizer before and after its fast path (nltk's Treebank tokenizer on a sample, extrapolated),
+tokenizer before and after (nltk's Treebank tokenizer against `tokenize`, on a sample, extrapolated),
 the time to index the cache and start `captioner.train.train` (up to its first training step), the
 memory held by the training data set, and images/s fed through a DataLoader with 0, 2 and 4
 workers (batches of 64 images, 5 references each, random order, as training draws them).
@@ -34,13 +34,17 @@ import json
 import os
 import random
 import shutil
+import statistics
 import sys
 import time
+import tracemalloc
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 import torchvision
+from nltk.tokenize import TreebankWordTokenizer
 from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -48,7 +52,7 @@ import captioner.data.vocab as vocab_module  # noqa: E402
 from bench.recurrent_core import machine  # noqa: E402
 from captioner.config import CaptionerConfig  # noqa: E402
 from captioner.data import Vocabulary, load_coco, load_karpathy, select_split  # noqa: E402
-from captioner.data.datasets import pick_references  # noqa: E402
+from captioner.data.datasets import encode_caption, pick_references  # noqa: E402
 from captioner.decoder import CaptionDecoder  # noqa: E402
 from captioner.encoder import ImageEncoder, ImageFeatures  # noqa: E402
 from captioner.features import (  # noqa: E402
@@ -70,11 +74,8 @@ ROW_BYTES = ROW_SHAPE[0] * ROW_SHAPE[1] * 2
 BATCH_IMAGES, CAPTIONS_PER_IMAGE = 64, 5
 
 
-def rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+class FirstStep(Exception):
+    """Raised at the first training step: what is measured is the time to get there."""
 
 
 def timed(what: str, function, *args, **kwargs):
@@ -290,13 +291,17 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--out", default="runs/bench/coco_scale", help="working folder")
-    parser.add_argument("--data-images", type=int, default=16_384, help="images with real data")
+    parser.add_argument("--data-images", type=int, default=8192, help="images with real data")
     parser.add_argument("--batches", type=int, default=60, help="batches of 64 per measurement")
     parser.add_argument("--workers", type=int, nargs="*", default=[0, 2, 4])
+    parser.add_argument("--repeats", type=int, default=3, help="measurements per cell (median)")
     parser.add_argument("--keep", action="store_true", help="keep the real feature data")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--scale", type=float, default=1.0, help="fraction of COCO (smoke tests)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
     args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore", message=".*worker processes in total.*")  # 4 on 2 cores
+    torch.set_num_threads(args.threads)  # the loaders' work is single-threaded copies
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     print(
@@ -334,13 +339,19 @@ def main(argv: list[str] | None = None) -> None:
     )
     vocab_module._TREEBANK.tokenize = real_treebank
     sample = train_captions[:5000]
-    start = time.perf_counter()
-    for text in sample:
-        [t for t in real_treebank(text.lower()) if any(c.isalnum() for c in t)]
-    treebank_s = (time.perf_counter() - start) / len(sample) * len(train_captions)
+    seconds = {}
+    for name, function in (
+        ("before", lambda text: TreebankWordTokenizer().tokenize(text.lower())),
+        ("now", vocab_module.tokenize),
+    ):
+        start = time.perf_counter()
+        for text in sample:
+            function(text)
+        seconds[name] = (time.perf_counter() - start) / len(sample) * len(train_captions)
     print(
-        f"  {len(vocab):,} words; {len(slow) / len(train_captions) * 100:.1f}% of captions took "
-        f"nltk's path; nltk alone for all of them: {treebank_s:.0f} s (from {len(sample)} captions)"
+        f"  {len(vocab):,} words; {len(slow) / len(train_captions) * 100:.1f}% of captions left "
+        f"the fast path; tokenizing all train captions once: nltk's Treebank tokenizer "
+        f"{seconds['before']:.0f} s, now {seconds['now']:.1f} s (from {len(sample)} captions)"
     )
 
     # ---- the cache's index and the start of a run, at full size (sparse shards)
@@ -392,7 +403,6 @@ def main(argv: list[str] | None = None) -> None:
         f"missing() over {len(everything):,} images (one stat each)", cache.missing, everything
     )
     assert not missing
-    before = rss_mb()
     store = timed("store(train)", cache.store, train_records)
     groups = timed(
         "FeatureGroups(train, k=5) (encodes every caption)",
@@ -403,31 +413,55 @@ def main(argv: list[str] | None = None) -> None:
         CAPTIONS_PER_IMAGE,
         max_length=52,
     )
-    held = rss_mb() - before
+    del groups, store
+    tracemalloc.start()  # once more, traced: what the data set keeps once built
+    store = cache.store(train_records)
+    groups = FeatureGroups(train_records, vocab, store, CAPTIONS_PER_IMAGE, max_length=52)
+    held, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
     print(
-        f"  memory held by the data set: {held:.0f} MB of RSS (captions {groups.captions.nbytes / 1e6:.0f} MB "
-        f"as int32 + offsets, shard locations {store.locations.nbytes / 1e6:.1f} MB); preloaded: {store.preloaded}"
+        f"  memory held by the data set: {held / 1e6:.0f} MB (peak while building "
+        f"{peak / 1e6:.0f} MB): captions {groups.captions.nbytes / 1e6:.0f} MB as int32 + "
+        f"offsets, shard locations {store.locations.nbytes / 1e6:.1f} MB; preloaded: "
+        f"{store.preloaded} (a DataLoader worker shares it: no Python object per caption)"
     )
     del groups, store
-    first_step: list[float] = []
+    tracemalloc.start()  # what the old FeaturePairs kept: Python lists of pairs and of ids
+    old_pairs, old_ids = [], []
+    for record_index, record in enumerate(train_records):
+        for caption_index, caption in enumerate(record.captions):
+            old_pairs.append((record_index, caption_index))
+            old_ids.append(encode_caption(vocab, caption, 52))
+    old_held = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    print(f"  the old data set's lists of pairs and caption ids: {old_held / 1e6:.0f} MB")
+    del old_pairs, old_ids
     real_forward = CaptionDecoder.forward
 
-    def spying_forward(self, *args, **kwargs):
-        if self.training and not first_step:
-            first_step.append(time.perf_counter())
+    def stop_at_first_step(self, *args, **kwargs):
+        if self.training:
+            raise FirstStep(time.perf_counter())
         return real_forward(self, *args, **kwargs)
 
-    CaptionDecoder.forward = spying_forward
+    CaptionDecoder.forward = stop_at_first_step
     run_dir = out / "run"
     shutil.rmtree(run_dir, ignore_errors=True)
+    encoded: list[int] = []
+    real_ensure = FeatureCache.ensure
+    FeatureCache.ensure = lambda *a, **k: encoded.append(real_ensure(*a, **k)) or encoded[-1]
     start = time.perf_counter()
-    summary = train(cfg, run_dir, quiet=True)
-    CaptionDecoder.forward = real_forward
-    print(
-        f"  captioner.train.train until its first training step: {first_step[0] - start:.1f} s "
-        f"(encoded {summary['encoded_images']} images; loads the annotations, builds the vocabulary "
-        "and ResNet-101, fingerprints it, indexes the cache and builds the data set)"
-    )
+    try:
+        train(cfg, run_dir, quiet=True)
+    except FirstStep as reached:
+        print(
+            f"  captioner.train.train until its first training step: {reached.args[0] - start:.1f}"
+            f" s (encoded {sum(encoded)} images; loads the annotations, builds the vocabulary and "
+            "ResNet-101, fingerprints it, indexes the cache, builds the data set and its first "
+            "batch)"
+        )
+    finally:
+        CaptionDecoder.forward = real_forward
+        FeatureCache.ensure = real_ensure
 
     # ---- feeding rate: real data, new format against the old one
     subset = train_records[: args.data_images]
@@ -457,21 +491,25 @@ def main(argv: list[str] | None = None) -> None:
     epoch = 0
     for state in ("cold", "warm"):
         for workers in args.workers:
-            for fmt, dataset, collate, paths in (
-                ("old", old_set, collate_old, old_paths),
-                ("new", new_set, new_collate, shard_paths),
-            ):
-                if state == "cold":
-                    drop_from_page_cache(paths)
-                else:
-                    read_all(paths)
-                epoch += 1
-                rate = feed_rate(dataset, collate, len(subset), args.batches, workers, epoch)
-                results[(state, fmt, workers)] = rate
-                print(
-                    f"  {state} {fmt} format, {workers} workers: {rate:7.0f} images/s", flush=True
-                )
-    print("\nimages/s fed to training (batches of 64 images x 5 captions):")
+            rates: dict[str, list[float]] = {"old": [], "new": []}
+            for _ in range(args.repeats):  # the two formats alternate: the machine is shared
+                for fmt, dataset, collate, paths in (
+                    ("old", old_set, collate_old, old_paths),
+                    ("new", new_set, new_collate, shard_paths),
+                ):
+                    if state == "cold":
+                        drop_from_page_cache(paths)
+                    else:
+                        read_all(paths)
+                    epoch += 1  # other batches every time
+                    rates[fmt].append(
+                        feed_rate(dataset, collate, len(subset), args.batches, workers, epoch)
+                    )
+            for fmt, values in rates.items():
+                results[(state, fmt, workers)] = statistics.median(values)
+                runs = " ".join(f"{v:.0f}" for v in values)
+                print(f"  {state} {fmt} format, {workers} workers: {runs} images/s", flush=True)
+    print("\nimages/s fed to training (batches of 64 images x 5 captions; median of the runs):")
     print(
         "| page cache | workers | old: torch.load per image | new: memory-mapped shards | new / old |"
     )

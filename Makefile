@@ -7,7 +7,7 @@ PORT ?= 8501
 MODELS_DIR ?= models
 SHAKESPEARE ?= ../shared/data/tinyshakespeare.txt
 
-.PHONY: app test lint bench demo-models browser-deps clean
+.PHONY: app test screenshots lint bench demo-models browser-deps clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -22,6 +22,11 @@ app: $(STAMP)
 test: $(STAMP) browser-deps
 	$(PY) -m ruff check .
 	$(PY) -m pytest
+
+## make screenshots: refresh the README's pictures (docs/screenshots/*.png), one per page of the app,
+## with the browser test (`make test` writes its screenshots to a temporary folder instead)
+screenshots: $(STAMP) browser-deps
+	CRNN_SCREENSHOTS_DIR=$(CURDIR)/docs/screenshots $(PY) -m pytest tests/test_app_browser.py -q
 
 browser-deps:
 	@bash scripts/ensure_chromium.sh

@@ -1,21 +1,30 @@
-"""Streamlit app: caption images and generate text with this project's trained models.
+"""Streamlit app: caption images, generate text and look inside this project's trained models.
 
     make app                                        # http://localhost:8501, bundled models/
     streamlit run app.py -- --models-dir runs/      # or CRNN_MODELS_DIR=runs/ streamlit run app.py
 
-Two pages, picked in the sidebar (the shape of Streamlit's own demo apps: `main()` plus one
-function per page):
+Five pages, picked in the sidebar (the shape of Streamlit's own demo apps: `main()` plus one
+function per page); the sidebar also shows the chosen checkpoint's model card:
 
 - Caption an image: upload an image or draw a fresh random scene from the built-in generator; the
   page shows the caption, the top beams with their log-probabilities and, for attention models,
-  one attention heat map per word.
-- Generate text: a character-level language model continues a prompt, streamed as it is sampled.
+  one attention heat map per word. A model trained on the synthetic scenes only says so next to
+  the caption of an upload.
+- Generate text: a character-level language model continues a prompt, streamed as it is sampled;
+  every click draws a fresh seed and shows it ("Fixed seed" repeats a text).
+- Training curves: loss, scores, learning rate, throughput of the runs (folders with a
+  metrics.jsonl) under the models directory, against steps or wall time, redrawn while they train.
+- Inside a character model: a text coloured by the model's surprise, by any hidden unit, units
+  ranked by how well they track quotes or lines, and LSTM/GRU gate saturation.
+- Lecture toys: train hihello, the ship sentence or a typed text in seconds and step through it.
 
 This file holds UI only: models load through `captioner.inference.load_captioner` and
 `char_lm.generate.load_char_lm` (once, in `st.cache_resource`), captions come from
 `caption_images`, text from `generate`, images from `load_image`, scenes from
-`captioner.scenes.render_random_scene`. A user mistake (bad image, bad prompt, broken checkpoint)
-shows as one line on the page, never a traceback.
+`captioner.scenes.render_random_scene`, curves from `recurrent.plot`, states and gates from
+`crnn_app.inside.trace`, toys from `crnn_app.toys`, cards from `crnn_app.cards`. Widget settings
+survive page switches (`crnn_app.settings.keep`). A user mistake (bad image, bad prompt, broken
+checkpoint) shows as one line on the page, never a traceback.
 """
 
 from __future__ import annotations
@@ -35,7 +44,24 @@ from captioner.inference import CaptionResult, caption_images, load_captioner
 from captioner.scenes import caption_names_objects_correctly, render_random_scene
 from char_lm.generate import generate, load_char_lm
 from crnn_app.captioning import scene_size
+from crnn_app.cards import card_markdown, knows_only_scenes, readme_section
+from crnn_app.curves import find_runs, run_status, sources
 from crnn_app.heatmap import attention_overlays, fit_image, word_labels
+from crnn_app.inside import (
+    LN2,
+    MAX_SURPRISE_BITS,
+    TracedText,
+    activation_html,
+    bits,
+    char_probabilities,
+    gate_saturation,
+    rank_units,
+    saturation_chart,
+    surprise_html,
+    text_features,
+    trace_text,
+    unit_states,
+)
 from crnn_app.models_dir import (
     ENV_VAR,
     AppArgs,
@@ -48,7 +74,25 @@ from crnn_app.models_dir import (
     list_checkpoints,
     parse_app_args,
 )
+from crnn_app.settings import keep
+from crnn_app.toys import (
+    MAX_TOY_CHARS,
+    MIN_TOY_CHARS,
+    TOYS,
+    bars_chart,
+    cell_equations,
+    char_label,
+    check_toy_text,
+    greedy_check,
+    loss_curve_spec,
+    output_equation,
+    strip_chart,
+    toy_config,
+    trace_toy,
+    train_toy,
+)
 from recurrent.errors import UserError
+from recurrent.plot import METRICS_FILE, curve_charts, metrics_frame, read_metrics
 from recurrent.training import pick_device
 
 REPO_ROOT = Path(__file__).resolve().parent
@@ -57,8 +101,12 @@ UPLOAD_TYPES = ["png", "jpg", "jpeg", "webp", "bmp", "gif"]
 DISPLAY_SIZE = 320  # pixels: the longer side of the image shown beside its caption
 HEATMAP_SIZE = 128  # pixels: the longer side of each word's attention thumbnail
 MAX_BEAM_SIZE = 10
+MAX_SEED = 2**31  # seeds drawn for Generate are in [0, MAX_SEED)
 STREAM_REFRESH_S = 0.05  # how often the streamed text is redrawn while it grows
 DEFAULT_PROMPT = "ROMEO:"
+MAX_DEFAULT_RUNS = 4  # runs plotted when the curves page opens
+CURVES_REFRESH_S = 5.0  # how often the curves page rereads metrics while following runs
+CAPTIONING_SECTION = "Image captioning"  # the README section on training for photographs
 
 
 # --------------------------------------------------------------------------------------------
@@ -66,20 +114,21 @@ DEFAULT_PROMPT = "ROMEO:"
 
 
 @st.cache_data(show_spinner=False, max_entries=1000)
-def _describe(path: str, mtime_ns: int, size: int) -> tuple[str | None, str]:
-    """(task, summary), or (None, reason) for a broken or foreign file (cached, so never reread)."""
+def _describe(path: str, mtime_ns: int, size: int) -> tuple[str | None, str, dict]:
+    """(task, summary, card), or (None, reason, {}) for a broken or foreign file (cached, so never
+    reread)."""
     del mtime_ns, size  # cache keys only
     try:
         return describe_checkpoint(path)
     except UserError as err:
-        return None, " ".join(str(err).split())
+        return None, " ".join(str(err).split()), {}
 
 
-def describe_cached(path: Path) -> tuple[str, str]:
-    task, text = _describe(str(path), *file_key(path))
+def describe_cached(path: Path) -> tuple[str, str, dict]:
+    task, text, card = _describe(str(path), *file_key(path))
     if task is None:
         raise UserError(text)
-    return task, text
+    return task, text, card
 
 
 @st.cache_resource(show_spinner="Loading the captioner...", max_entries=4)
@@ -105,19 +154,25 @@ def load_model(args: AppArgs, entry: CheckpointEntry, loader: Callable):
 # Shared widgets
 
 
+def kept(key: str, default, bounds: tuple | None = None, **checks) -> str:
+    """The widget key ``key``, its value kept across page switches (`crnn_app.settings.keep`)."""
+    return keep(st.session_state, key, default, bounds=bounds, **checks)
+
+
 def one_line(err: BaseException) -> str:
     return " ".join(str(err).split()) or type(err).__name__
 
 
 def pick_checkpoint(entries: list[CheckpointEntry], label: str, key: str) -> CheckpointEntry:
     by_name = {entry.name: entry for entry in entries}
+    names = list(by_name)
     name = st.sidebar.selectbox(
         label,
-        list(by_name),
-        key=key,
-        help="Checkpoints found under the models directory; the line below describes the chosen one.",
+        names,
+        key=kept(key, names[0], options=names),
+        help="Checkpoints found under the models directory; its model card is below.",
     )
-    st.sidebar.caption(by_name[name].summary)
+    st.sidebar.caption(card_markdown(by_name[name].card))
     return by_name[name]
 
 
@@ -166,18 +221,17 @@ def caption_page(args: AppArgs, listing: Listing) -> None:
         "Beam size",
         1,
         MAX_BEAM_SIZE,
-        min(MAX_BEAM_SIZE, max(1, decode.beam_size)),
-        key="beam_size",
+        key=kept("beam_size", min(MAX_BEAM_SIZE, max(1, decode.beam_size)), (1, MAX_BEAM_SIZE)),
         help="Captions kept at each step of beam search; 1 is greedy decoding.",
     )
     max_length = st.sidebar.slider(
         "Maximum length (words)",
         1,
         max(60, decode.max_length),
-        decode.max_length,
-        key="max_length",
+        key=kept("max_length", decode.max_length, (1, max(60, decode.max_length))),
         help="Decoding stops after this many words even without an end token.",
     )
+    options = decoding_options(decode, beam_size, max_length)
 
     upload_column, scene_column = st.columns([3, 2])
     uploaded = upload_column.file_uploader(
@@ -211,18 +265,72 @@ def caption_page(args: AppArgs, listing: Listing) -> None:
         return
 
     [result] = caption_images(
-        captioner, [image], beam_size=beam_size, max_length=max_length, n_best=beam_size
+        captioner, [image], beam_size=beam_size, max_length=max_length, n_best=beam_size, **options
     )
-    show_caption(image, label, result, references, scene)
+    scenes_only = scene is None and knows_only_scenes(entry.card)  # an upload, to a scenes model
+    show_caption(image, label, result, references, scene, scenes_only)
+
+
+def decoding_options(decode, beam_size: int, max_length: int) -> dict:
+    """The sidebar's further decoding options (defaults: the checkpoint's decode settings)."""
+    with st.sidebar.expander("More decoding options"):
+        ngram = st.number_input(
+            "Block repeated n-grams (0 = off)",
+            0,
+            6,
+            min(decode.block_ngram_repeat, 6),
+            key="block_ngram_repeat",
+            help="No sequence of this many words appears twice in a caption.",
+        )
+        min_length = st.slider(
+            "Minimum length (words)",
+            0,
+            max_length,
+            min(decode.min_length, max_length),
+            key="min_length",
+            help="The caption may not end before this many words.",
+        )
+        suppress_unk = st.checkbox("Never emit <unk>", decode.suppress_unk, key="suppress_unk")
+        divisors = [g for g in range(1, beam_size + 1) if beam_size % g == 0]
+        groups = st.selectbox(
+            "Diverse beam groups",
+            divisors,
+            divisors.index(decode.diversity_groups) if decode.diversity_groups in divisors else 0,
+            key="diversity_groups",
+            help="Diverse beam search: the beams split into groups that avoid each other's words.",
+        )
+        strength = st.slider(
+            "Diversity strength",
+            0.0,
+            5.0,
+            float(min(decode.diversity_strength, 5.0)),
+            step=0.1,
+            key="diversity_strength",
+            help="Penalty per word an earlier group chose at the same step (with 2+ groups).",
+        )
+    return {
+        "block_ngram_repeat": int(ngram),
+        "min_length": int(min_length),
+        "suppress_unk": bool(suppress_unk),
+        "diversity_groups": int(groups),
+        "diversity_strength": float(strength),
+    }
 
 
 def show_caption(
-    image, label: str, result: CaptionResult, references: list[str] | None, scene
+    image,
+    label: str,
+    result: CaptionResult,
+    references: list[str] | None,
+    scene,
+    scenes_only: bool = False,
 ) -> None:
     image_column, text_column = st.columns([2, 3])
     image_column.image(fit_image(image, DISPLAY_SIZE), caption=label)
     text_column.markdown("**Caption**")
     text_column.subheader(result.caption or "(empty caption)")
+    if scenes_only:
+        show_scenes_only_note(text_column)
     if scene is not None:
         if caption_names_objects_correctly(result.caption, scene):
             text_column.success("The caption names every object of the scene correctly.")
@@ -242,6 +350,22 @@ def show_caption(
         st.image(overlays, caption=word_labels(result.words))
 
 
+SCENES_ONLY_NOTE = (
+    "This model was trained on synthetic scenes only, so it describes coloured shapes only: a "
+    "photograph gets a caption about shapes, not about what the photograph shows. To caption "
+    "photographs, train a captioner on COCO or Flickr8k with a pretrained encoder (on a GPU), as "
+    "the README's section **Image captioning** explains (below)."
+)
+
+
+def show_scenes_only_note(where) -> None:
+    """Next to the caption of an upload: what a scenes-only model can describe, and what to do."""
+    where.warning(SCENES_ONLY_NOTE)
+    section = readme_section(REPO_ROOT / "README.md", CAPTIONING_SECTION)
+    with where.expander(f'README.md, section "{CAPTIONING_SECTION}"'):
+        st.markdown(section or f'See the section "{CAPTIONING_SECTION}" of README.md.')
+
+
 # --------------------------------------------------------------------------------------------
 # Page: generate text
 
@@ -258,42 +382,49 @@ def generate_page(args: AppArgs, listing: Listing) -> None:
     default_prompt = DEFAULT_PROMPT if set(DEFAULT_PROMPT) <= set(vocab) else ""
     prompt = st.text_area(
         "Prompt",
-        value=default_prompt,
-        key="prompt",
+        key=kept("prompt", default_prompt),
         help="The text the model continues; use only characters of its training text.",
     )
-    length = st.sidebar.slider("Length (characters)", 1, 2000, 300, key="length")
+    length = st.sidebar.slider("Length (characters)", 1, 2000, key=kept("length", 300, (1, 2000)))
     temperature = st.sidebar.slider(
         "Temperature",
         0.05,
         2.0,
-        0.8,
         step=0.05,
-        key="temperature",
+        key=kept("temperature", 0.8, (0.05, 2.0)),
         help="Below 1: safer, more repetitive text; above 1: more surprising text.",
     )
     top_k = st.sidebar.number_input(
         "Top-k (0 = off)",
         0,
         len(vocab),
-        0,
-        key="top_k",
+        key=kept("top_k", 0, (0, len(vocab))),
         help="Sample only among the k most likely characters.",
     )
     top_p = st.sidebar.slider(
         "Top-p (1 = off)",
         0.05,
         1.0,
-        1.0,
         step=0.05,
-        key="top_p",
+        key=kept("top_p", 1.0, (0.05, 1.0)),
         help="Sample only among the most likely characters whose probabilities add up to p.",
     )
+    fixed = st.sidebar.checkbox(
+        "Fixed seed",
+        key=kept("fixed_seed", False),
+        help="Off: every Generate draws a fresh seed (shown under the text). On: the seed below "
+        "is used every time, so the same settings give the same text.",
+    )
     seed = st.sidebar.number_input(
-        "Seed", 0, 2**31 - 1, 0, key="seed", help="The same seed and settings give the same text."
+        "Seed",
+        0,
+        MAX_SEED - 1,
+        key=kept("seed", 0, (0, MAX_SEED - 1)),
+        disabled=not fixed,
+        help="The seed of the last text; tick Fixed seed to choose it.",
     )
 
-    if st.button("Generate", key="generate", type="primary"):
+    if st.button("Generate", key="generate", type="primary", on_click=_draw_seed):
         if not prompt:
             st.info("The prompt is empty: the text starts from the beginning of a new line.")
         generator = torch.Generator().manual_seed(int(seed))
@@ -309,11 +440,30 @@ def generate_page(args: AppArgs, listing: Listing) -> None:
             generator=generator,
         )  # checks the prompt and settings now: a UserError shows before any text
         text = stream_text(prompt, characters)
-        st.session_state["generated"] = {"checkpoint": entry.name, "seed": int(seed), "text": text}
+        last = {"checkpoint": entry.name, "seed": int(seed), "fixed": fixed, "text": text}
+        st.session_state["generated"] = last
+        show_seed(last)
     elif "generated" in st.session_state:
         last = st.session_state["generated"]
-        st.caption(f"Last generated text ({last['checkpoint']}, seed {last['seed']}):")
+        st.caption(f"Last generated text ({last['checkpoint']}):")
         show_text(st, last["text"])
+        show_seed(last)
+
+
+def _draw_seed() -> None:
+    """Before the run a Generate click starts: a fresh seed unless the user fixed one."""
+    if not st.session_state.get("fixed_seed"):
+        st.session_state["seed"] = secrets.randbelow(MAX_SEED)
+
+
+def show_seed(last: dict) -> None:
+    if last["fixed"]:
+        st.caption(f"Seed {last['seed']} (fixed): the same settings give this text again.")
+    else:
+        st.caption(
+            f"Seed {last['seed']}, drawn for this click. To get this text again, tick "
+            "**Fixed seed** in the sidebar (the seed stays) and press Generate."
+        )
 
 
 def show_text(where, text: str) -> None:
@@ -337,8 +487,441 @@ def stream_text(prompt: str, characters) -> str:
 
 
 # --------------------------------------------------------------------------------------------
+# Page: training curves
 
-PAGES = {"Caption an image": caption_page, "Generate text": generate_page}
+
+@st.cache_data(show_spinner=False, max_entries=200)
+def _metrics(path: str, mtime_ns: int, size: int) -> list[dict]:
+    """A run's metrics lines, reparsed only when the file changes (it grows while a run trains)."""
+    del mtime_ns, size
+    return read_metrics(path)
+
+
+X_AXIS_NAMES = {"step": "training steps", "time": "wall time"}
+
+
+def curves_page(args: AppArgs, listing: Listing) -> None:
+    del listing  # runs are folders with a metrics.jsonl, not checkpoints
+    st.title("Training curves")
+    runs = find_runs(args.models_dir)
+    if not runs:
+        st.info(
+            f"No run with a {METRICS_FILE} under the models directory '{args.models_dir}'. "
+            "Training writes one into its run folder (`--out-dir`); serve your runs with "
+            "`make app MODELS_DIR=runs`."
+        )
+        return
+    chosen = st.multiselect(
+        "Runs",
+        runs,
+        key=kept(
+            "curve_runs", runs[:MAX_DEFAULT_RUNS], valid=lambda names: set(names) <= set(runs)
+        ),
+        help=f"Folders under the models directory that hold a {METRICS_FILE}; pick several to "
+        "overlay them.",
+    )
+    x_column, follow_column = st.columns([2, 1])
+    x_axis = x_column.radio(
+        "Plot against",
+        list(X_AXIS_NAMES),
+        format_func=X_AXIS_NAMES.get,
+        horizontal=True,
+        key=kept("curve_x", "step", options=list(X_AXIS_NAMES)),
+    )
+    follow = follow_column.toggle(
+        "Follow runs in progress",
+        key=kept("curve_follow", True),
+        help=f"Redraw every {CURVES_REFRESH_S:g} s, so the curves of a run still training grow.",
+    )
+    if not chosen:
+        st.info("Pick one or more runs to plot.")
+        return
+    st.fragment(run_every=CURVES_REFRESH_S if follow else None)(draw_curves)(
+        args.models_dir, chosen, x_axis
+    )
+
+
+def draw_curves(models_dir: Path, names: list[str], x_axis: str) -> None:
+    """The curves of the runs ``names``: one status line per run, then one chart per panel."""
+    runs = {}
+    for name in names:
+        path = models_dir / name / METRICS_FILE
+        try:
+            runs[name] = _metrics(str(path), *file_key(path))
+        except (OSError, UserError) as err:  # removed or unreadable since the page listed it
+            st.warning(f"{name}: {one_line(err)}")
+    now = time.time()
+    for name, records in runs.items():
+        notes = "".join(f" ({note})" for note in sources(records))
+        st.caption(f"**{name}**: {run_status(records, now)}{notes}")
+    charts = curve_charts(metrics_frame(runs), x_axis, titles=False)
+    if not charts:
+        st.info(
+            "Nothing to plot yet against wall time: these metrics record no time; plot against "
+            "training steps."
+            if x_axis == "time"
+            else "Nothing to plot yet: the runs have written no metrics lines."
+        )
+        return
+    columns = st.columns(2)
+    for index, (panel, chart) in enumerate(charts.items()):
+        column = columns[index % 2]
+        column.markdown(f"**{panel}**")
+        column.altair_chart(chart, width="stretch")
+
+
+# --------------------------------------------------------------------------------------------
+# Page: inside a character model
+
+EXAMPLE_PASSAGE = """ROMEO:
+But, soft! what light through yonder window breaks?
+It is the east, and Juliet is the sun.
+Arise, fair sun, and kill the envious moon,
+Who is already sick and pale with grief,
+That thou her maid art far more fair than she.
+
+JULIET:
+O Romeo, Romeo! wherefore art thou Romeo?
+Deny thy father and refuse thy name;
+Or, if thou wilt not, be but sworn my love,
+And I'll no longer be a Capulet.
+"""
+MAX_INSIDE_CHARS = 1500  # the text is traced step by step in Python: keep it quick
+SAMPLE_SEED = 0
+
+
+@st.cache_resource(show_spinner="Tracing the text through the model...", max_entries=2)
+def _traced(path: str, mtime_ns: int, size: int, device: str, text: str) -> TracedText:
+    model, vocab, _ = _char_lm(path, mtime_ns, size, device)
+    return trace_text(model, vocab, text)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _model_sample(path: str, mtime_ns: int, size: int, device: str) -> str:
+    """A text the model can read whatever its vocabulary: 400 characters of its own (seed 0)."""
+    model, vocab, _ = _char_lm(path, mtime_ns, size, device)
+    generator = torch.Generator().manual_seed(SAMPLE_SEED)
+    return "".join(generate(model, vocab, "", 400, temperature=0.8, generator=generator))
+
+
+def inside_page(args: AppArgs, listing: Listing) -> None:
+    st.title("Inside a character model")
+    entries = listing.for_task("char_lm")
+    if not entries:
+        no_checkpoints("char_lm", args)
+        return
+    entry = pick_checkpoint(entries, "Language model checkpoint", key="char_lm_checkpoint")
+    path = checkpoint_path(args.models_dir, entry.name)
+    device = str(pick_device(args.device))
+    model, vocab, _config = load_model(args, entry, _char_lm)
+    fits = set(EXAMPLE_PASSAGE) <= set(vocab)
+    default = EXAMPLE_PASSAGE if fits else _model_sample(str(path), *file_key(path), device)
+    text = st.text_area(
+        "Text to look inside (type or paste; at most "
+        f"{MAX_INSIDE_CHARS:,} characters of the model's vocabulary)",
+        key=kept(f"inside_text:{entry.name}", default),
+        height=160,
+        max_chars=MAX_INSIDE_CHARS,
+    )
+    if not fits and text == default:
+        st.caption(
+            "The example passage uses characters this model never saw: here is a sample of its own."
+        )
+    if not text:
+        st.info("Type or paste a text to see what the model makes of it.")
+        return
+    traced = _traced(str(path), *file_key(path), device, text)  # a UserError names odd characters
+    probabilities, candidates = char_probabilities(traced, vocab)
+    known = [p for p in probabilities if p is not None]
+    if known:
+        mean_bits = sum(bits(p) for p in known) / len(known)
+        st.caption(
+            f"{len(text):,} characters, {mean_bits:.2f} bits per character on average "
+            f"({mean_bits * LN2:.3f} nats): lower is less surprised."
+        )
+    surprise_tab, units_tab, gates_tab = st.tabs(["Surprise", "Hidden units", "Gate saturation"])
+    with surprise_tab:
+        show_surprise(text, probabilities, candidates)
+    with units_tab:
+        show_units(traced, model)
+    with gates_tab:
+        show_gates(traced)
+
+
+def show_surprise(text: str, probabilities: list, candidates: list) -> None:
+    st.markdown(
+        "Each character on the colour of its surprise, -log₂ p: white when the model was sure of "
+        f"it, red at {MAX_SURPRISE_BITS:g} bits or more. Hover a character for its probability "
+        "and the five characters the model expected after it."
+    )
+    st.html(surprise_html(text, probabilities, candidates))
+    position = st.slider(
+        "Character to look at", 1, len(text), key=kept("inside_position", 1, (1, len(text)))
+    )
+    char, probability = text[position - 1], probabilities[position - 1]
+    shown = (
+        "the first character (no context)"
+        if probability is None
+        else (f"p = {probability:.3f}, {bits(probability):.2f} bits")
+    )
+    st.markdown(f"Character {position}: `{char!r}`, {shown}. The five most likely after it:")
+    st.table(
+        [
+            {"next character": repr(c), "probability": round(p, 4)}
+            for c, p in candidates[position - 1]
+        ]
+    )
+
+
+def _show_unit(layer: int, state: str, unit: int) -> None:
+    st.session_state["inside_layer"] = layer + 1
+    st.session_state["inside_state"] = state
+    st.session_state["inside_unit"] = unit
+
+
+def show_units(traced: TracedText, model) -> None:
+    core = model.core
+    states = ["h", "c"] if core.cell == "lstm" else ["h"]
+    left, middle, right = st.columns(3)
+    layer = left.number_input(
+        "Layer", 1, core.num_layers, key=kept("inside_layer", core.num_layers, (1, core.num_layers))
+    )
+    state = middle.radio(
+        "State",
+        states,
+        format_func=STATE_NAMES.get,
+        horizontal=True,
+        key=kept("inside_state", "h", options=states),
+    )
+    unit = right.number_input(
+        "Unit", 0, core.hidden_size - 1, key=kept("inside_unit", 0, (0, core.hidden_size - 1))
+    )
+    values = unit_states(traced)[(layer - 1, state)][:, unit]
+    scale = 1.0 if state == "h" else max(1e-6, float(abs(values).max()))
+    st.markdown(
+        f"Each character on the colour of unit {unit}'s {STATE_NAMES[state]} (layer {layer}) "
+        "after reading it: blue negative, white 0, red positive"
+        + ("." if state == "h" else f" (scaled by its largest magnitude here, {scale:.2f}).")
+    )
+    st.html(activation_html(traced.text, values.tolist(), scale))
+
+    st.markdown(
+        "**Find interesting units**: the units whose activation follows a feature of the text "
+        "most closely (Pearson correlation over this text), as in Karpathy, Johnson and Fei-Fei "
+        "(2015), *Visualizing and Understanding Recurrent Networks*."
+    )
+    varying = [name for name, values in text_features(traced.text).items() if values.std() > 0]
+    feature = st.selectbox(
+        "Feature",
+        FEATURES,
+        key=kept("inside_feature", (varying or FEATURES)[0], options=FEATURES),
+    )
+    ranked = rank_units(traced, feature)
+    if not ranked:
+        st.info(f"'{feature}' does not vary over this text: {FEATURE_HINTS[feature]}")
+        return
+    st.table(
+        [
+            {
+                "layer": score.layer + 1,
+                "state": score.state,
+                "unit": score.unit,
+                "correlation": round(score.correlation, 3),
+            }
+            for score in ranked
+        ]
+    )
+    best = ranked[0]
+    st.button(
+        f"Colour the text by the best one (layer {best.layer + 1}, {best.state}, unit {best.unit})",
+        key="inside_show_best",
+        on_click=_show_unit,
+        args=(best.layer, best.state, best.unit),
+    )
+
+
+def show_gates(traced: TracedText) -> None:
+    table = gate_saturation(traced.trace, traced.rows())
+    if not table:
+        st.info("An Elman RNN has no gates: its state is tanh(W_ih x + W_hh h + b).")
+        return
+    st.markdown(
+        "For every unit of every gate, the fraction of this text's characters at which the gate "
+        "was left-saturated (below 0.1, closed) and right-saturated (above 0.9, open): units near "
+        "the axes switch sharply, units at the origin stay in between (Karpathy et al. 2015, "
+        "figure 3). A longer text gives steadier fractions."
+    )
+    st.altair_chart(saturation_chart(table), width="content")
+
+
+STATE_NAMES = {"h": "hidden state h", "c": "cell state c"}
+FEATURES = list(text_features(""))
+FEATURE_HINTS = {
+    "inside quotes": 'add text in double quotes ("...") if the model knows the character.',
+    "start of a line": "the text needs line breaks.",
+    "position in line": "the text needs at least three characters.",
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Page: the lecture toys, step by step
+
+TOY_CELLS = ["rnn", "lstm", "gru"]
+LOSS_REDRAWS = 40  # times the live loss curve is redrawn while a toy trains
+
+
+def toys_page(args: AppArgs, listing: Listing) -> None:
+    del args, listing  # the toys train here, from configs/char_lm/
+    st.title("The lecture toys, step by step")
+    st.markdown(
+        "Train a tiny character model in seconds, then step through its text: the one-hot "
+        "input, the hidden state, the logits and the softmax, and the cell's equations with "
+        "the numbers of that step."
+    )
+    toy = st.radio(
+        "Toy", list(TOYS), horizontal=True, key=kept("toy", "hihello", options=list(TOYS))
+    )
+    config_file, text = TOYS[toy]
+    if text is None:
+        text = st.text_input(
+            f"Text to learn ({MIN_TOY_CHARS} to {MAX_TOY_CHARS} characters)",
+            key=kept("toy_text", "hello world, hello recurrent networks."),
+            max_chars=MAX_TOY_CHARS,
+        )
+    base = toy_config(config_file)
+    cell_column, steps_column = st.columns(2)
+    cell = cell_column.radio(
+        "Cell",
+        TOY_CELLS,
+        format_func=str.upper,
+        horizontal=True,
+        key=kept("toy_cell", base.model.cell, options=TOY_CELLS),
+    )
+    steps = steps_column.slider(
+        "Training steps",
+        10,
+        2000,
+        step=10,
+        key=kept(f"toy_steps:{toy}", base.train.max_steps, (10, 2000)),
+        help=f"{config_file}: {base.model.num_layers} layer(s) of {base.model.hidden_size} units, "
+        f"one-hot input, windows of {base.data.block_size} characters, lr {base.train.lr:g}.",
+    )
+    settings = {"toy": toy, "text": text, "cell": cell, "steps": steps}
+    if st.button("Train", key="toy_train", type="primary"):
+        cfg = toy_config(config_file, cell, steps)
+        run = train_live(cfg, check_toy_text(text))
+        st.session_state["toy_run"] = {"settings": settings, "run": run, "trace": trace_toy(run)}
+    trained = st.session_state.get("toy_run")
+    if trained is None:
+        st.info("Press **Train** (a few seconds on a CPU).")
+        return
+    if trained["settings"] != settings:
+        old = trained["settings"]
+        st.caption(
+            f"Showing the model trained on {old['toy']} with a {old['cell'].upper()} for "
+            f"{old['steps']} steps; press Train for the settings above."
+        )
+    show_toy(trained["run"], trained["trace"])
+
+
+def train_live(cfg, text: str):
+    """`train_toy` with a progress bar and the loss curve redrawn as it falls."""
+    total = cfg.train.max_steps
+    progress = st.progress(0.0, text="training...")
+    curve = st.empty()
+    losses: list[float] = []
+    every = max(1, total // LOSS_REDRAWS)
+
+    def on_step(step: int, loss: float) -> None:
+        losses.append(loss)
+        if step % every == 0 or step == total:
+            progress.progress(step / total, text=f"step {step}/{total}: loss {loss:.3f}")
+            curve.vega_lite_chart(None, loss_curve_spec(losses), width="stretch")
+
+    run = train_toy(cfg, text, on_step)
+    progress.empty()
+    curve.empty()
+    return run
+
+
+def show_toy(run, toy_trace) -> None:
+    losses = run.losses
+    st.vega_lite_chart(None, loss_curve_spec(losses), width="stretch")
+    st.caption(
+        f"{run.config.model.cell.upper()}, {len(losses)} steps: loss {losses[0]:.3f} -> "
+        f"{losses[-1]:.3f} nats/char."
+    )
+    prompt, continued = greedy_check(run)
+    verdict = "reproduces the text" if continued == run.text else "does not reproduce the text yet"
+    st.markdown(f"Greedy from `{prompt!r}`: `{continued!r}`: **{verdict}**.")
+
+    steps = toy_trace.ids.numel()
+    step = st.slider(
+        "Time step t",
+        1,
+        steps,
+        key=kept("toy_step", 1, (1, steps)),
+        help="Step t reads character t of the text and predicts character t + 1.",
+    )
+    t = step - 1
+    vocab = run.vocab
+    labels = [char_label(char) for char in vocab]
+    reads, target = run.text[t], run.text[t + 1]
+    target_id = vocab.index(target)
+    probabilities = torch.softmax(toy_trace.logits[t].float(), dim=-1)
+    chosen_id = int(probabilities.argmax())
+    chosen = vocab[chosen_id]
+    st.markdown(
+        f"Step {step} reads `{reads!r}` and should predict `{target!r}`; the model's most likely "
+        f"next character is `{chosen!r}` (p = {float(probabilities[chosen_id]):.3f})"
+        + (": **right**." if chosen == target else ": **wrong**.")
+    )
+    one_hot = [1.0 if char == reads else 0.0 for char in vocab]
+    st.altair_chart(
+        strip_chart(one_hot, labels, "input x_t (one-hot)", (0.0, 1.0), "greys"), width="stretch"
+    )
+    for index, layer in enumerate(toy_trace.layers):
+        hidden = layer.h[t].tolist()
+        st.altair_chart(
+            strip_chart(
+                hidden, [str(i) for i in range(len(hidden))], f"hidden state h_t, layer {index + 1}"
+            ),
+            width="stretch",
+        )
+    logits_column, softmax_column = st.columns(2)
+    logits_column.altair_chart(
+        bars_chart(toy_trace.logits[t].tolist(), labels, "output logits y_t", target_id),
+        width="stretch",
+    )
+    softmax_column.altair_chart(
+        bars_chart(probabilities.tolist(), labels, "softmax: p(next character)", target_id),
+        width="stretch",
+    )
+
+    st.markdown(
+        f"**The {run.config.model.cell.upper()} cell's equations at step {step}** (one unit j)"
+    )
+    layer_column, unit_column = st.columns(2)
+    layers = len(toy_trace.layers)
+    hidden_size = run.config.model.hidden_size
+    layer = layer_column.number_input("Layer", 1, layers, key=kept("toy_layer", 1, (1, layers)))
+    unit = unit_column.number_input(
+        "Unit j", 0, hidden_size - 1, key=kept("toy_unit", 0, (0, hidden_size - 1))
+    )
+    for equation in cell_equations(toy_trace, layer - 1, t, unit):
+        st.latex(equation.latex)
+    st.latex(output_equation(toy_trace, t, vocab, target_id).latex)
+
+
+# --------------------------------------------------------------------------------------------
+
+PAGES = {
+    "Caption an image": caption_page,
+    "Generate text": generate_page,
+    "Training curves": curves_page,
+    "Inside a character model": inside_page,
+    "Lecture toys": toys_page,
+}
 
 
 def main() -> None:

@@ -1,23 +1,45 @@
 """Caption images from the command line with a trained checkpoint.
 
     python -m captioner.caption --checkpoint runs/captioner/scenes_demo/best.pt a.png b.png
+    python -m captioner.caption --checkpoint best.pt photos/ "more/*.jpg" --csv captions.csv
 
-Prints one ``path<TAB>caption`` line per image, or one JSON object with --json. The library API
-(`load_captioner`, `caption_images`) lives in `captioner.inference`.
+Each argument is an image file, a folder (every image file in it, by extension, not recursive) or
+a glob pattern. Images are captioned in batches, with a progress bar on stderr when it is a
+terminal. Prints one ``path<TAB>caption`` line per image, or one JSON object with --json; --csv
+also writes ``image,caption`` rows that the training CSV loader reads (``data.format: csv``), so
+the captions can be reviewed, corrected and trained on. A file named on the command line that
+cannot be read stops the command; one found in a folder or by a pattern is reported with a
+``warning:`` line on stderr and skipped. The library API (`load_captioner`, `caption_images`,
+`find_images`, `caption_files`) lives in `captioner.inference`.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import glob
+import io
 import json
+import os
 import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from captioner.data import load_image
+from tqdm import tqdm
+
+from captioner.data.images import ACCEPTED_FORMATS
 from captioner.decode import check_decode_settings
-from captioner.inference import CaptionResult, caption_images, load_captioner
-from recurrent.errors import run_cli
+from captioner.inference import (
+    DEFAULT_BATCH_SIZE,
+    CaptionResult,
+    add_decode_arguments,
+    caption_files,
+    decode_arguments,
+    find_images,
+    load_captioner,
+)
+from recurrent.errors import UserError, run_cli
+from recurrent.files import atomic_write_text
 
 
 def _result_json(path: str, result: CaptionResult) -> dict[str, Any]:
@@ -30,13 +52,65 @@ def _result_json(path: str, result: CaptionResult) -> dict[str, Any]:
     }
 
 
+def expand_inputs(arguments: Sequence[str]) -> tuple[list[str], set[str]]:
+    """(image paths in order without repeats, the paths found in folders or by patterns)."""
+    paths: dict[str, None] = {}
+    found: set[str] = set()
+    for argument in arguments:
+        if os.path.isdir(argument) or (not os.path.exists(argument) and glob.has_magic(argument)):
+            images = find_images(argument)
+            if not images:
+                where = "folder '{}' holds" if os.path.isdir(argument) else "pattern '{}' matches"
+                raise UserError(
+                    f"{where.format(argument)} no image files (.jpg, .png, .webp ... the "
+                    "extensions Pillow opens); pass a folder or pattern with images"
+                )
+            found.update(images)
+            paths.update(dict.fromkeys(images))
+        else:
+            paths[argument] = None
+    return list(paths), found - set(arguments)
+
+
+def _check_csv_path(path: str) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise UserError(f"--csv {path} is a folder; pass the path of the CSV file to write")
+    if not os.path.isdir(folder):
+        raise UserError(f"--csv {path}: folder '{folder}' does not exist; create it first")
+
+
+def write_csv(path: str, results: Sequence[tuple[str, CaptionResult]]) -> None:
+    """``image,caption`` rows, image paths relative to the CSV's folder (as `load_csv` reads
+    them); written to a temporary file and renamed."""
+    folder = os.path.dirname(os.path.abspath(path))
+    rows = io.StringIO(newline="")
+    writer = csv.writer(rows)
+    writer.writerow(["image", "caption"])
+    for image, result in results:
+        try:
+            name = os.path.relpath(os.path.abspath(image), folder)
+        except ValueError:  # another drive (Windows)
+            name = os.path.abspath(image)
+        writer.writerow([name, result.caption])
+    atomic_write_text(path, rows.getvalue())
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m captioner.caption",
         description="Caption images with a trained captioner checkpoint (beam search). Prints one "
         "'path<TAB>caption' line per image, or one JSON object with --json.",
     )
-    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files to caption")
+    parser.add_argument(
+        "images",
+        nargs="+",
+        metavar="IMAGE",
+        help="image files, folders (every image in them, by extension; not recursive) or quoted "
+        "glob patterns ('photos/*.jpg', 'data/**/*.png'); unreadable files found in a folder or "
+        f"by a pattern are reported and skipped; any still format Pillow decodes ({ACCEPTED_FORMATS} "
+        "and more), a multi-page or animated file by its first page or frame",
+    )
     parser.add_argument(
         "--checkpoint", required=True, help="a best.pt / last.pt written by captioner.train"
     )
@@ -58,35 +132,83 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--json", action="store_true", help="print one JSON object instead of lines"
     )
+    parser.add_argument(
+        "--csv",
+        metavar="OUT.csv",
+        help="also write 'image,caption' rows (the best caption; image paths relative to the "
+        "CSV's folder) for review and for training with data.format=csv",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=DEFAULT_BATCH_SIZE,
+        help=f"images decoded together (default: {DEFAULT_BATCH_SIZE})",
+    )
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    add_decode_arguments(parser)
     args = parser.parse_args(argv)
     max_length = 1 if args.max_length is None else args.max_length  # checked again after loading
     check_decode_settings(args.beam_size, max_length, args.n_best)
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.csv:
+        _check_csv_path(args.csv)
+    paths, found = expand_inputs(args.images)
     captioner = load_captioner(args.checkpoint, args.device)
-    images = [load_image(path) for path in args.images]  # a bad file stops here, named
-    results = caption_images(
-        captioner, images, beam_size=args.beam_size, max_length=args.max_length, n_best=args.n_best
-    )
+    bar = tqdm(total=len(paths), desc="captioning", unit="image", file=sys.stderr, disable=None)
+    skipped: list[dict[str, str]] = []
+
+    def skip(path: str, error: UserError) -> None:
+        if path not in found:
+            raise error  # a file the user named: stop, as for a single image
+        message = " ".join(str(error).split())
+        skipped.append({"image": path, "error": message})
+        tqdm.write(f"warning: skipped {message}", file=sys.stderr)
+        bar.update(1)
+
+    results: list[tuple[str, CaptionResult]] = []
+    try:
+        for path, result in caption_files(
+            captioner,
+            paths,
+            batch_size=args.batch_size,
+            on_error=skip,
+            beam_size=args.beam_size,
+            max_length=args.max_length,
+            n_best=args.n_best,
+            **decode_arguments(args),
+        ):
+            results.append((path, result))
+            if not args.json:
+                for line in _lines(path, result, args.n_best):
+                    tqdm.write(line, file=sys.stdout)
+            bar.update(1)
+    finally:
+        bar.close()
+    if not results:
+        raise UserError(
+            f"none of the {len(paths)} image files could be read (see the warnings); "
+            "pass readable images"
+        )
+    if args.csv:
+        write_csv(args.csv, results)
+        print(f"wrote {len(results)} captions to {args.csv}", file=sys.stderr)
     if args.json:
         payload = {
             "checkpoint": args.checkpoint,
             "beam_size": args.beam_size,
-            "results": [
-                _result_json(path, r) for path, r in zip(args.images, results, strict=True)
-            ],
+            "results": [_result_json(path, result) for path, result in results],
+            "skipped": skipped,
         }
         print(json.dumps(payload, indent=2))
+
+
+def _lines(path: str, result: CaptionResult, n_best: int) -> Iterable[str]:
+    if n_best == 1:
+        yield f"{path}\t{result.caption}"
         return
-    _print_lines(args.images, results, args.n_best, sys.stdout)
-
-
-def _print_lines(paths: Iterable[str], results: Iterable[CaptionResult], n_best: int, out) -> None:
-    for path, result in zip(paths, results, strict=True):
-        if n_best == 1:
-            print(f"{path}\t{result.caption}", file=out)
-            continue
-        for text, logprob in result.beams:
-            print(f"{path}\t{text}\t{logprob:.3f}", file=out)
+    for text, logprob in result.beams:
+        yield f"{path}\t{text}\t{logprob:.3f}"
 
 
 def cli() -> None:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from recurrent.config import check_bounds
+from recurrent.engine import RUN_BOUNDS, RunSettings
 from recurrent.errors import UserError
 
 
@@ -24,6 +25,9 @@ class DataConfig:
     max_caption_length: int = 50  # training captions are cut to this many words
     cache_images: bool = False  # keep decoded images in memory (small data sets)
     num_workers: int = 0
+    # A training image that does not decode: "error" stops the run naming the file; "skip" drops
+    # it (with its captions), warns once per file and prints the count at the end.
+    bad_images: Literal["error", "skip"] = "error"
 
 
 @dataclass
@@ -46,11 +50,11 @@ class ModelConfig:
 
 
 @dataclass
-class TrainConfig:
-    epochs: int = 10
-    max_steps: int = 0  # 0: no limit besides epochs
-    time_budget_s: float = 0.0  # 0: no limit; else stop after this many seconds
-    seed: int = 0
+class TrainConfig(RunSettings):
+    """The run rules shared with char_lm (`recurrent.engine.RunSettings`, see the README's "How a
+    run works") with the captioner's defaults, and its own fields."""
+
+    epochs: int = 10  # passes over the training data; max_steps > 0 replaces it
     batch_size: int = 64  # (image, caption) pairs per step; images per step with captions_per_image
     # k > 0: each step encodes batch_size images once and trains on k references of each
     # (self-critical.pytorch's seq_per_img), so the CNN runs once per k captions; an epoch is then
@@ -59,16 +63,21 @@ class TrainConfig:
     lr: float = 4e-4  # decoder
     encoder_lr: float = 1e-4  # trainable encoder stages
     weight_decay: float = 0.01
-    warmup_steps: int = 100
-    min_lr_ratio: float = 0.1
     grad_clip: float = 5.0
     eval_every: int = 0  # steps between validations; 0: once per epoch
     eval_max_images: int = 0  # 0: the whole val split
     patience: int = 5  # validations without a better BLEU-4 before stopping; 0: never
     feature_cache: bool = True  # frozen encoder: compute features once per image, on disk
     feature_cache_dir: str = ""  # where the cached features live; "": <out_dir>/features
-    device: str = "auto"
-    log_every: int = 50
+    label_smoothing: float = 0.0  # cross-entropy label smoothing (padding ignored); 0: off
+    # xe: cross-entropy on the references; scst: self-critical sequence training (Rennie et al.
+    # 2017), the CIDEr-D reward of sampled captions minus a baseline (captioner.scst)
+    objective: Literal["xe", "scst"] = "xe"
+    scst_samples: int = 5  # k captions sampled per image in an SCST step
+    # greedy: the greedy caption's reward (Rennie et al.); mean: the mean reward of the other k-1
+    # samples (the "new SCST" of self-critical.pytorch; needs k >= 2)
+    scst_baseline: Literal["greedy", "mean"] = "greedy"
+    best_metric: Literal["bleu4", "cider"] = "bleu4"  # what best.pt keeps: val BLEU-4 or CIDEr-D
 
 
 @dataclass
@@ -76,6 +85,13 @@ class DecodeConfig:
     beam_size: int = 3
     max_length: int = 30
     length_penalty: float = 0.0  # score / length**penalty (0: raw log-probability)
+    block_ngram_repeat: int = 0  # N > 0: no N-gram of words twice in a caption; 0: off
+    min_length: int = 0  # <end> is not allowed before this many words
+    suppress_unk: bool = False  # never emit <unk>
+    # diverse beam search (Vijayakumar et al. 2018): the beams split into this many groups, each
+    # penalised by diversity_strength for every word the earlier groups chose at the same step
+    diversity_groups: int = 1
+    diversity_strength: float = 0.0
 
 
 @dataclass
@@ -101,39 +117,77 @@ ARCHITECTURE_KEYS = [
 ]
 
 
+# Where each number must lie, in interval notation ("(0, 10]": 0 < lr <= 10), checked by
+# `recurrent.config.check_bounds`. The caps on sizes refuse values that would only allocate
+# gigabytes and crash; "[0, inf)" is any finite value. Every int and float field has a row.
+BOUNDS = {
+    **RUN_BOUNDS,
+    "data.val_fraction": "[0, 1)",
+    "data.test_fraction": "[0, 1)",
+    "data.split_seed": "[0, 4294967295]",
+    "data.image_size": "[1, 2048]",
+    "data.min_word_count": "[0, 1e9]",
+    "data.max_caption_length": "[1, 1000]",
+    "data.num_workers": "[0, 1024]",
+    "model.encoder_stages": "[1, 4]",
+    "model.finetune_stages": "[0, 5]",
+    "model.num_layers": "[1, 32]",
+    "model.embed_size": "[1, 8192]",
+    "model.hidden_size": "[1, 8192]",
+    "model.attention_size": "[1, 8192]",
+    "model.dropout": "[0, 1)",
+    "model.alpha_c": "[0, inf)",
+    "train.epochs": "[0, 1e6]",
+    "train.batch_size": "[1, 4096]",
+    "train.captions_per_image": "[0, 100]",
+    "train.encoder_lr": "[0, 10]",
+    "train.eval_max_images": "[0, 1e9]",
+    "decode.beam_size": "[1, 100]",
+    "decode.max_length": "[1, 1000]",
+    "decode.length_penalty": "[0, 10]",
+    "decode.block_ngram_repeat": "[0, 100]",
+    "decode.min_length": "[0, 1000]",
+    "decode.diversity_groups": "[1, 100]",
+    "decode.diversity_strength": "[0, inf)",
+    "train.label_smoothing": "[0, 1)",
+    "train.scst_samples": "[1, 100]",
+}
+
+
 def check_config(cfg: CaptionerConfig) -> None:
     """Reject settings no run can use, with the key to change."""
-    t = cfg.train
-    at_least_one = {
-        "train.batch_size": t.batch_size,
-        "decode.beam_size": cfg.decode.beam_size,
-        "decode.max_length": cfg.decode.max_length,
-        "data.max_caption_length": cfg.data.max_caption_length,
-    }
-    not_negative = {
-        "train.epochs": t.epochs,
-        "train.max_steps": t.max_steps,
-        "train.time_budget_s": t.time_budget_s,
-        "train.warmup_steps": t.warmup_steps,
-        "train.eval_every": t.eval_every,
-        "train.eval_max_images": t.eval_max_images,
-        "train.patience": t.patience,
-        "train.captions_per_image": t.captions_per_image,
-        "train.grad_clip": t.grad_clip,
-        "train.weight_decay": t.weight_decay,
-        "train.log_every": t.log_every,
-        "data.num_workers": cfg.data.num_workers,
-    }
-    check_bounds(at_least_one, not_negative)
-    if t.epochs == 0 and t.max_steps == 0:
+    check_bounds(cfg, BOUNDS)
+    if cfg.train.epochs == 0 and cfg.train.max_steps == 0:
         raise UserError("train.epochs and train.max_steps are both 0; set one of them")
-    if t.lr <= 0 or t.encoder_lr < 0:
+    if cfg.data.bad_images == "skip" and cfg.model.finetune == "frozen" and cfg.train.feature_cache:
         raise UserError(
-            f"train.lr must be > 0 and train.encoder_lr >= 0, got {t.lr}, {t.encoder_lr}"
+            "data.bad_images=skip does not apply to the feature cache yet (model.finetune=frozen "
+            "with train.feature_cache=true); list the bad files with python -m "
+            "captioner.check_data and remove them, or set train.feature_cache=false"
         )
-    if not 0.0 <= t.min_lr_ratio <= 1.0:
-        raise UserError(f"train.min_lr_ratio must be between 0 and 1, got {t.min_lr_ratio}")
+    _check_quality_settings(cfg)
     if not cfg.data.annotations:
         raise UserError(
             "data.annotations is empty; set it in the config or with --set data.annotations=PATH"
+        )
+
+
+def _check_quality_settings(cfg: CaptionerConfig) -> None:
+    """What the decoding options and the SCST fields must satisfy together (their bounds are in
+    BOUNDS)."""
+    decode, t = cfg.decode, cfg.train
+    if decode.min_length > decode.max_length:
+        raise UserError(
+            f"decode.min_length ({decode.min_length}) is above decode.max_length "
+            f"({decode.max_length}); lower it or raise decode.max_length"
+        )
+    if decode.beam_size % decode.diversity_groups:
+        raise UserError(
+            f"decode.beam_size ({decode.beam_size}) must be a multiple of "
+            f"decode.diversity_groups ({decode.diversity_groups})"
+        )
+    if t.scst_baseline == "mean" and t.scst_samples < 2:
+        raise UserError(
+            "train.scst_baseline 'mean' averages the other samples of an image, so it needs "
+            f"train.scst_samples >= 2, got {t.scst_samples}"
         )

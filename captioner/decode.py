@@ -1,16 +1,24 @@
-"""Caption generation: greedy decoding and batched beam search over `CaptionDecoder.step`.
+"""Caption generation over `CaptionDecoder.step`: greedy decoding, batched beam search (plain or
+diverse), and multinomial sampling for self-critical training.
 
-Pure functions under ``torch.no_grad()``: they take the decoder, the encoded images and the search
-settings, and read no globals. Put the decoder in eval mode first (dropout would make them random).
+Greedy decoding and beam search are pure functions under ``torch.no_grad()``: they take the
+decoder, the encoded images and the search settings, and read no globals. Put the decoder in eval
+mode first (dropout would make them random). `sample_captions` keeps the autograd graph when
+gradients are enabled: self-critical training differentiates the log-probabilities it returns.
 
-Conventions shared by both:
+Conventions shared by all:
 
 - ``max_length`` is the number of decoding steps, so a caption holds at most ``max_length`` words;
   one that reaches it without emitting <end> is returned unfinished (``finished=False``) and its
   log-probability has no <end> term.
-- <start> and <pad> are never emitted. Their probability is not renormalised away, so every
-  ``logprob`` is exactly what teacher forcing the returned caption (plus <end> when finished)
-  gives.
+- <start> and <pad> are never emitted, nor the ``suppress_ids`` (the CLIs' ``--suppress-unk``
+  passes <unk>). Their probability is not renormalised away, so every ``logprob`` is exactly what
+  teacher forcing the returned caption (plus <end> when finished) gives.
+- Constraints (greedy decoding and beam search): ``min_length`` forbids <end> before that many
+  words; ``block_ngram_repeat`` N > 0 forbids any word that would complete an N-gram of words
+  already in the caption (OpenNMT's ``block_ngram_repeat``; N = 1: no word twice). A forbidden
+  continuation gets probability 0, so beam search returns the most likely captions among those
+  that keep the constraints (a test checks this against brute force).
 - Length penalty: ``score = logprob / length ** length_penalty``, where ``length`` counts the words
   plus the <end> token when there is one. 0 ranks by raw log-probability, which favours short
   captions; 1 ranks by the mean log-probability per token.
@@ -18,6 +26,7 @@ Conventions shared by both:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -26,6 +35,8 @@ from torch import Tensor
 from captioner.decoder import CaptionDecoder
 from captioner.encoder import ImageFeatures
 from recurrent.errors import UserError
+
+NEG_INF = float("-inf")
 
 
 @dataclass
@@ -47,18 +58,16 @@ class Caption:
     finished: bool = True
 
 
-def _log_probs(logits: Tensor, blocked: list[int]) -> Tensor:
-    """Log-softmax over the vocabulary, then the never-emitted tokens set to -inf.  (R, V)."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    logp[:, blocked] = float("-inf")
-    return logp
-
-
-def _blocked_ids(decoder: CaptionDecoder, start_id: int, end_id: int) -> list[int]:
-    return sorted({start_id, decoder.pad_id} - {end_id})
-
-
-def check_decode_settings(beam_size: int, max_length: int, n_best: int = 1) -> None:
+def check_decode_settings(
+    beam_size: int,
+    max_length: int,
+    n_best: int = 1,
+    *,
+    block_ngram_repeat: int = 0,
+    min_length: int = 0,
+    diversity_groups: int = 1,
+    diversity_strength: float = 0.0,
+) -> None:
     """Decoding settings no search can use are a UserError (callers may check before encoding)."""
     if max_length < 1:
         raise UserError(f"max_length must be at least 1 word, got {max_length}")
@@ -69,6 +78,69 @@ def check_decode_settings(beam_size: int, max_length: int, n_best: int = 1) -> N
             f"n_best must be between 1 and the beam size ({beam_size}), got {n_best}; "
             "raise the beam size or ask for fewer captions"
         )
+    if block_ngram_repeat < 0:
+        raise UserError(f"block_ngram_repeat must be 0 (off) or more, got {block_ngram_repeat}")
+    if not 0 <= min_length <= max_length:
+        raise UserError(
+            f"min_length must be between 0 and max_length ({max_length}), got {min_length}"
+        )
+    if diversity_groups < 1 or beam_size % diversity_groups:
+        raise UserError(
+            f"diversity groups must divide the beam size ({beam_size}), got {diversity_groups}"
+        )
+    if diversity_strength < 0:
+        raise UserError(f"diversity strength must not be negative, got {diversity_strength}")
+
+
+class _Constraints:
+    """What a step may not emit: fixed ids, <end> before ``min_length``, repeated N-grams."""
+
+    def __init__(
+        self,
+        decoder: CaptionDecoder,
+        start_id: int,
+        end_id: int,
+        suppress_ids: Sequence[int],
+        min_length: int,
+        block_ngram_repeat: int,
+    ) -> None:
+        self.blocked = sorted({start_id, decoder.pad_id, *suppress_ids} - {end_id})
+        self.end_id = end_id
+        self.min_length = min_length
+        self.ngram = block_ngram_repeat
+
+    def log_probs(self, logits: Tensor, step: int, history: Tensor | None) -> Tensor:
+        """Log-softmax of ``logits`` (R, V), forbidden continuations at -inf.
+
+        ``history`` (R, step) holds each row's words so far (None: no N-gram blocking needed).
+        """
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        if logp.requires_grad:  # sampling for training: keep the log-softmax output intact
+            blocked = torch.zeros(logp.size(-1), dtype=torch.bool, device=logp.device)
+            blocked[self.blocked] = True
+            if step < self.min_length:
+                blocked[self.end_id] = True
+            return logp.masked_fill(blocked, NEG_INF)
+        logp[:, self.blocked] = NEG_INF
+        if step < self.min_length:
+            logp[:, self.end_id] = NEG_INF
+        n = self.ngram
+        if n and history is not None and history.size(1) >= n:
+            # Windows of n words; where the first n-1 equal the caption's last n-1 words, the
+            # window's last word would repeat that n-gram.
+            windows = history.unfold(1, n, 1)  # (R, W, n)
+            if n > 1:
+                last = history[:, history.size(1) - (n - 1) :]  # (R, n-1)
+                match = (windows[:, :, :-1] == last.unsqueeze(1)).all(dim=-1)  # (R, W)
+            else:
+                match = torch.ones_like(windows[:, :, 0], dtype=torch.bool)
+            hits = torch.zeros_like(logp).scatter_add_(1, windows[:, :, -1], match.float())
+            logp.masked_fill_(hits > 0, NEG_INF)
+        return logp
+
+
+def _needs_history(constraints: _Constraints) -> bool:
+    return constraints.ngram > 0
 
 
 @torch.no_grad()
@@ -79,10 +151,18 @@ def greedy_decode(
     max_length: int,
     start_id: int,
     end_id: int,
+    block_ngram_repeat: int = 0,
+    min_length: int = 0,
+    suppress_ids: Sequence[int] = (),
 ) -> list[Caption]:
-    """The most likely next word at every step, for all B images at once: one `Caption` each."""
-    check_decode_settings(1, max_length)
-    blocked = _blocked_ids(decoder, start_id, end_id)
+    """The most likely allowed next word at every step, for all B images at once: one `Caption`
+    each (the same as `beam_search` with beam size 1)."""
+    check_decode_settings(
+        1, max_length, block_ngram_repeat=block_ngram_repeat, min_length=min_length
+    )
+    constraints = _Constraints(
+        decoder, start_id, end_id, suppress_ids, min_length, block_ngram_repeat
+    )
     batch = features.grid.size(0)
     device = features.grid.device
     state = decoder.init_state(features)
@@ -92,9 +172,11 @@ def greedy_decode(
     words = torch.zeros(batch, dtype=torch.long, device=device)
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     history, alphas = [], []
-    for _ in range(max_length):
+    for step in range(max_length):
         logits, state, alpha = decoder.step(tokens, state, features, keys)
-        best, tokens = _log_probs(logits, blocked).max(dim=-1)  # (B,), (B,)
+        so_far = torch.stack(history, dim=1) if history and _needs_history(constraints) else None
+        logp = constraints.log_probs(logits, step, so_far)
+        best, tokens = logp.max(dim=-1)  # (B,), (B,)
         active = ~finished
         logprob += torch.where(active, best, torch.zeros_like(best))
         is_end = tokens == end_id
@@ -133,59 +215,129 @@ def beam_search(
     end_id: int,
     length_penalty: float = 0.0,
     n_best: int = 1,
+    block_ngram_repeat: int = 0,
+    min_length: int = 0,
+    suppress_ids: Sequence[int] = (),
+    diversity_groups: int = 1,
+    diversity_strength: float = 0.0,
 ) -> list[list[Caption]]:
     """Beam search for all B images at once; per image its ``n_best`` captions, best first.
 
-    The B x K beams are B*K rows that advance together (each image's features repeated K times).
-    At step 0 only one beam per image is live, so the K beams start from K different words. At each
-    step every live beam proposes every word; each image keeps its K best candidates by score. A
-    beam that emitted <end> is finished: it proposes only itself, with its log-probability and score
-    unchanged, so it keeps its place until K better candidates push it out. The search stops after
-    ``max_length`` steps, or earlier once the result cannot change: when every image's ``n_best``
-    best beams are finished (without length penalty, where live beams' scores only fall) or when
-    all beams are (with one). Then the K beams, finished or not, are ranked by score, so ``n_best``
-    captions come back even when none ever emitted <end>.
+    The B x K beams are B*K rows that advance together; every beam reads its image's features
+    without copies (`CaptionDecoder.step` with one feature row per image). At step 0 only one beam
+    per image (per group) is live, and the decoder runs once per image. At each step every live
+    beam proposes every allowed word; each image keeps its K best candidates by score. A beam that
+    emitted <end> is finished: it proposes only itself, with its log-probability and score
+    unchanged, so it keeps its place until K better candidates push it out. An image is settled
+    once its result cannot change: when its ``n_best`` best beams are finished (without length
+    penalty or diversity, where live beams' scores only fall) or when all its beams are. Settled
+    images leave the batch, so the decoder runs only for images still searching. The search ends
+    when all are settled or after ``max_length`` steps; then each image's K beams, finished or
+    not, are ranked by score, so ``n_best`` captions come back even when none ever emitted <end>
+    (fewer only when fewer than ``n_best`` allowed captions exist).
+
+    Diverse beam search (Vijayakumar et al. 2018, "Diverse Beam Search"), with
+    ``diversity_groups`` G > 1: the K beams form G groups of K/G that each start from <start>. At
+    every step the groups choose in turn; group g ranks its candidates by their log-probability
+    minus ``diversity_strength`` times the number of beams of groups 0..g-1 that chose the same word
+    at this step (Hamming diversity; <end> is not penalised), summed over the steps. Within a
+    group this augmented score takes the place of the log-probability; the returned ``logprob``
+    and ``score`` are the model's own, and the K beams of all groups are ranked by that score.
     """
-    check_decode_settings(beam_size, max_length, n_best)
-    blocked = _blocked_ids(decoder, start_id, end_id)
-    batch, beams = features.grid.size(0), beam_size
+    check_decode_settings(
+        beam_size,
+        max_length,
+        n_best,
+        block_ngram_repeat=block_ngram_repeat,
+        min_length=min_length,
+        diversity_groups=diversity_groups,
+        diversity_strength=diversity_strength,
+    )
+    constraints = _Constraints(
+        decoder, start_id, end_id, suppress_ids, min_length, block_ngram_repeat
+    )
+    batch, beams, groups = features.grid.size(0), beam_size, diversity_groups
+    width = beams // groups  # beams per group
+    diverse = groups > 1 and diversity_strength > 0
     device = features.grid.device
-    rows = torch.arange(batch, device=device).repeat_interleave(beams)  # (B*K,) image of each row
-    features = features.index_select(rows)
-    keys = decoder.attention_keys(features)
-    state = decoder.init_state(features)  # (S, L, B*K, H)
-    tokens = torch.full((batch * beams,), start_id, dtype=torch.long, device=device)
-    neg_inf = float("-inf")
-    beam_logprob = torch.full((batch, beams), neg_inf, device=device)
-    beam_logprob[:, 0] = 0.0  # one live beam per image at the start
-    beam_score = beam_logprob.clone()
+    # Rank by the augmented score within groups, by the model's score across them (see above).
+    early_stop = length_penalty == 0 and groups == 1
+    keys = decoder.attention_keys(features)  # (B, N, A) or None
+    state = decoder.init_state(features)  # (S, L, B, H): one row per image until step 0 is done
+    tokens = torch.full((batch,), start_id, dtype=torch.long, device=device)
+    beam_logprob = torch.full((batch, beams), NEG_INF, device=device)
+    beam_logprob[:, ::width] = 0.0  # one live beam per group at the start
+    beam_score = beam_logprob.clone()  # the ranking score (augmented with diversity)
+    beam_augmented = beam_logprob.clone() if diverse else beam_logprob
     finished = torch.zeros(batch, beams, dtype=torch.bool, device=device)
     words = torch.zeros(batch, beams, dtype=torch.long, device=device)
-    history = torch.zeros(batch * beams, 0, dtype=torch.long, device=device)
+    history = torch.zeros(batch, 0, dtype=torch.long, device=device)  # (rows, steps so far)
     alpha_history: Tensor | None = None
-    row_offset = torch.arange(batch, device=device).unsqueeze(1) * beams  # (B, 1)
+    images = torch.arange(batch, device=device)  # the original index of each searching image
+    results: list[list[Caption]] = [[] for _ in range(batch)]
+    beam_offset = torch.arange(beams, device=device)
     for step in range(max_length):
+        searching = images.size(0)
         logits, state, alpha = decoder.step(tokens, state, features, keys)
-        logp = _log_probs(logits, blocked)
+        so_far = history if _needs_history(constraints) else None
+        logp = constraints.log_probs(logits, step, so_far)  # (R, V)
         vocab = logp.size(-1)
-        cand_logprob = beam_logprob.unsqueeze(-1) + logp.view(batch, beams, vocab)  # (B, K, V)
-        # Every live beam has step + 1 tokens now, so one divisor serves them all.
-        cand_score = cand_logprob / float(step + 1) ** length_penalty
-        # A finished beam's only candidate is itself, unchanged, in the <end> column.
         end_column = torch.arange(vocab, device=device) == end_id  # (V,)
+        rows_per_image = logp.size(0) // searching  # 1 at step 0, then K
+        logp = logp.view(searching, rows_per_image, vocab).expand(searching, beams, vocab)
         done = finished.unsqueeze(-1)  # (B, K, 1)
-        itself = torch.where(end_column, beam_logprob.unsqueeze(-1), neg_inf)  # (B, K, V)
-        cand_logprob = torch.where(done, itself, cand_logprob)
-        itself = torch.where(end_column, beam_score.unsqueeze(-1), neg_inf)
-        cand_score = torch.where(done, itself, cand_score)
-        beam_score, best = cand_score.view(batch, -1).topk(beams, dim=-1)  # (B, K), sorted
-        beam_logprob = cand_logprob.view(batch, -1).gather(1, best)  # (B, K)
-        origin, token = best // vocab, best % vocab  # (B, K) parent beam and its new word
+        divisor = float(step + 1) ** length_penalty  # every live beam has step + 1 tokens now
+        chosen_counts = torch.zeros(searching, vocab, device=device) if diverse else None
+        picks = []
+        for group in range(groups):
+            part = slice(group * width, (group + 1) * width)
+            cand_logprob = beam_logprob[:, part].unsqueeze(-1) + logp[:, part]  # (B, W, V)
+            cand_augmented = cand_logprob
+            if diverse:
+                cand_augmented = beam_augmented[:, part].unsqueeze(-1) + logp[:, part]
+                if group:
+                    cand_augmented = cand_augmented - diversity_strength * chosen_counts[:, None]
+            cand_score = cand_augmented / divisor
+            # A finished beam's only candidate is itself, unchanged, in the <end> column.
+            group_done = done[:, part]
+            cand_logprob = torch.where(
+                group_done,
+                torch.where(end_column, beam_logprob[:, part].unsqueeze(-1), NEG_INF),
+                cand_logprob,
+            )
+            cand_score = torch.where(
+                group_done,
+                torch.where(end_column, beam_score[:, part].unsqueeze(-1), NEG_INF),
+                cand_score,
+            )
+            score, best = cand_score.view(searching, -1).topk(width, dim=-1)  # (B, W), sorted
+            origin = best // vocab + group * width  # (B, W) parent beam (index among all K)
+            token = best % vocab
+            new_logprob = cand_logprob.view(searching, -1).gather(1, best)
+            if diverse:
+                cand_augmented = torch.where(
+                    group_done,
+                    torch.where(end_column, beam_augmented[:, part].unsqueeze(-1), NEG_INF),
+                    cand_augmented,
+                )
+                new_augmented = cand_augmented.view(searching, -1).gather(1, best)
+                chose = ~finished.gather(1, origin) & (token != end_id) & (score > NEG_INF)
+                chosen_counts.scatter_add_(1, token, chose.float())
+            else:
+                new_augmented = new_logprob
+            picks.append((score, origin, token, new_logprob, new_augmented))
+        beam_score, origin, token, beam_logprob, beam_augmented = (
+            torch.cat(parts, dim=1) for parts in zip(*picks, strict=True)
+        )
+        if not diverse:
+            beam_augmented = beam_logprob
         was_finished = finished.gather(1, origin)
         is_end = token == end_id
         words = words.gather(1, origin) + (~was_finished & ~is_end).long()
         finished = was_finished | is_end
-        parent = (row_offset + origin).view(-1)  # (B*K,) rows of the parents
+        # Rows of the parents among this step's rows (one per image at step 0, then K).
+        image_rows = torch.arange(searching, device=device).unsqueeze(1) * rows_per_image
+        parent = (image_rows + origin * int(rows_per_image > 1)).view(-1)  # (B*K,)
         state = state.index_select(2, parent)
         tokens = token.view(-1)
         history = torch.cat([history.index_select(0, parent), tokens.unsqueeze(1)], dim=1)
@@ -196,47 +348,175 @@ def beam_search(
                 if alpha_history is None
                 else torch.cat([alpha_history.index_select(0, parent), alpha], dim=1)
             )
-        # Without a length penalty a live beam's score only falls, so once each image's n_best
-        # best beams are finished nothing can overtake them; with one, wait for all beams.
-        settled = finished[:, :n_best] if length_penalty == 0 else finished
+        over = finished | (beam_logprob == NEG_INF)  # finished, or an empty beam
+        settled = over[:, :n_best].all(dim=1) if early_stop else over.all(dim=1)  # (B,)
+        if step == max_length - 1:
+            settled = torch.ones_like(settled)
+        if not bool(settled.any()):
+            continue
+        # Hand the settled images their captions and drop them from the search.
+        done_index = settled.nonzero().squeeze(1)
+        done_rows = (done_index.unsqueeze(1) * beams + beam_offset).view(-1)
+        _collect(
+            results,
+            images[done_index].tolist(),
+            history.index_select(0, done_rows),
+            None if alpha_history is None else alpha_history.index_select(0, done_rows),
+            words[done_index],
+            finished[done_index],
+            beam_logprob[done_index],
+            length_penalty,
+            n_best,
+        )
         if bool(settled.all()):
             break
-    return _collect(history, alpha_history, words, finished, beam_logprob, beam_score, n_best)
+        keep = (~settled).nonzero().squeeze(1)
+        keep_rows = (keep.unsqueeze(1) * beams + beam_offset).view(-1)
+        images = images[keep]
+        features = features.index_select(keep)
+        keys = None if keys is None else keys.index_select(0, keep)
+        state = state.index_select(2, keep_rows)
+        tokens = tokens[keep_rows]
+        history = history[keep_rows]
+        alpha_history = None if alpha_history is None else alpha_history[keep_rows]
+        beam_logprob, beam_score, finished, words = (
+            beam_logprob[keep],
+            beam_score[keep],
+            finished[keep],
+            words[keep],
+        )
+        beam_augmented = beam_augmented[keep] if diverse else beam_logprob
+    return results
 
 
 def _collect(
+    results: list[list[Caption]],
+    images: list[int],
     history: Tensor,
     alpha_history: Tensor | None,
     words: Tensor,
     finished: Tensor,
     beam_logprob: Tensor,
-    beam_score: Tensor,
+    length_penalty: float,
     n_best: int,
-) -> list[list[Caption]]:
-    """The ``n_best`` best of each image's beams (already sorted by score) as `Caption`s."""
-    batch, beams = beam_score.shape
+) -> None:
+    """Fill ``results[image]`` with the ``n_best`` best of each image's K beams as `Caption`s,
+    ranked by ``logprob / length ** length_penalty`` (a stable sort, so equal scores keep the
+    beam order); empty beams (-inf: fewer allowed captions than beams) are left out."""
+    beams = words.size(1)
     history = history.cpu()
     alpha_history = None if alpha_history is None else alpha_history.cpu()
-    words, finished = words.cpu(), finished.cpu()
-    beam_logprob, beam_score = beam_logprob.cpu(), beam_score.cpu()
-    results = []
-    for image in range(batch):
+    words, finished, beam_logprob = words.cpu(), finished.cpu(), beam_logprob.cpu()
+    lengths = (words + finished.long()).clamp(min=1).double()
+    scores = beam_logprob.double() / lengths**length_penalty  # (B, K)
+    order = torch.sort(scores, dim=1, descending=True, stable=True).indices
+    for position, image in enumerate(images):
         captions = []
-        for beam in range(beams):
-            score = float(beam_score[image, beam])
-            if score == float("-inf") or len(captions) == n_best:
-                continue  # -inf: an empty beam (fewer usable words than beams)
-            row, length = image * beams + beam, int(words[image, beam])
+        for beam in order[position].tolist():
+            logprob = float(beam_logprob[position, beam])
+            if logprob == NEG_INF or len(captions) == n_best:
+                continue
+            row, length = position * beams + beam, int(words[position, beam])
             captions.append(
                 Caption(
                     tokens=history[row, :length].tolist(),
-                    logprob=float(beam_logprob[image, beam]),
-                    score=score,
+                    logprob=logprob,
+                    score=float(scores[position, beam]),
                     attention=None
                     if alpha_history is None
                     else alpha_history[row, :length].clone(),
-                    finished=bool(finished[image, beam]),
+                    finished=bool(finished[position, beam]),
                 )
             )
-        results.append(captions)
-    return results
+        results[image] = captions
+
+
+# --------------------------------------------------------------------------------------------
+# Sampling (self-critical training)
+
+
+@dataclass
+class SampledCaptions:
+    """k captions per image drawn by `sample_captions`; rows j*k .. j*k + k-1 are image j's.
+
+    tokens: (R, T) word ids, <end> included where a caption finished, <pad> after it.
+    logprobs: (R, T) log-probability of each drawn token (0 at padding); differentiable when
+        sampled with gradients enabled.
+    mask: (R, T) True at the drawn tokens, <end> included: the actions of the policy gradient.
+    words: (R,) number of words (tokens before <end>).
+    finished: (R,) whether the caption emitted <end> (False: cut at ``max_length`` words).
+    """
+
+    tokens: Tensor
+    logprobs: Tensor
+    mask: Tensor
+    words: Tensor
+    finished: Tensor
+
+    def token_lists(self) -> list[list[int]]:
+        """Each caption's word ids, without <end> and padding."""
+        tokens, words = self.tokens.cpu(), self.words.cpu().tolist()
+        return [tokens[row, :length].tolist() for row, length in enumerate(words)]
+
+    def sequence_logprobs(self) -> Tensor:
+        """(R,) log-probability of each whole caption (its <end> included)."""
+        return self.logprobs.sum(dim=1)
+
+
+def sample_captions(
+    decoder: CaptionDecoder,
+    features: ImageFeatures,
+    *,
+    samples_per_image: int,
+    max_length: int,
+    start_id: int,
+    end_id: int,
+    generator: torch.Generator | None = None,
+    temperature: float = 1.0,
+    suppress_ids: Sequence[int] = (),
+) -> SampledCaptions:
+    """Draw ``samples_per_image`` captions for each of the B images by multinomial sampling, all
+    B * k at once (the policy of self-critical training, Rennie et al. 2017).
+
+    Every step draws the next word from softmax(logits / temperature) (<start>, <pad> and
+    ``suppress_ids`` never), with ``generator`` for reproducible draws. The returned log-probs are
+    those of the temperature-scaled distribution actually sampled from; with gradients enabled
+    they carry the graph back into the decoder (sample in train mode for dropout, as
+    self-critical.pytorch does, or in eval mode).
+    """
+    check_decode_settings(samples_per_image, max_length)
+    if temperature <= 0:
+        raise UserError(f"sampling temperature must be > 0, got {temperature}")
+    constraints = _Constraints(decoder, start_id, end_id, suppress_ids, 0, 0)
+    batch = features.grid.size(0)
+    rows = batch * samples_per_image
+    device = features.grid.device
+    keys = decoder.attention_keys(features)
+    state = decoder.init_state(features).repeat_interleave(samples_per_image, dim=2)
+    tokens = torch.full((rows,), start_id, dtype=torch.long, device=device)
+    finished = torch.zeros(rows, dtype=torch.bool, device=device)
+    words = torch.zeros(rows, dtype=torch.long, device=device)
+    step_tokens, step_logprobs, step_masks = [], [], []
+    for step in range(max_length):
+        logits, state, _ = decoder.step(tokens, state, features, keys)
+        logp = constraints.log_probs(logits / temperature, step, None)  # (R, V)
+        with torch.no_grad():
+            drawn = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(1)  # (R,)
+        active = ~finished
+        token_logp = logp.gather(1, drawn.unsqueeze(1)).squeeze(1)
+        step_logprobs.append(torch.where(active, token_logp, torch.zeros_like(token_logp)))
+        step_tokens.append(torch.where(active, drawn, torch.full_like(drawn, decoder.pad_id)))
+        step_masks.append(active)
+        is_end = drawn == end_id
+        words += (active & ~is_end).long()
+        finished = finished | (active & is_end)
+        tokens = drawn
+        if bool(finished.all()):
+            break
+    return SampledCaptions(
+        tokens=torch.stack(step_tokens, dim=1),
+        logprobs=torch.stack(step_logprobs, dim=1),
+        mask=torch.stack(step_masks, dim=1),
+        words=words,
+        finished=finished,
+    )

@@ -45,11 +45,23 @@ class AdditiveAttention(nn.Module):
         return self.feature_proj(grid)
 
     def forward(self, grid: Tensor, keys: Tensor, hidden: Tensor) -> tuple[Tensor, Tensor]:
-        """grid (B, N, C), keys (B, N, A), hidden (B, H) -> context (B, C), alpha (B, N)."""
-        energy = torch.tanh(keys + self.hidden_proj(hidden).unsqueeze(1))  # (B, N, A)
-        alpha = torch.softmax(self.score(energy).squeeze(-1), dim=-1)  # (B, N)
-        context = torch.bmm(alpha.unsqueeze(1), grid).squeeze(1)  # (B, C)
-        return context, alpha
+        """grid (B, N, C), keys (B, N, A), hidden (R, H) -> context (R, C), alpha (R, N).
+
+        R is B (one query per image) or a multiple g * B: then rows g*i .. g*i + g-1 all attend
+        to image i (beam search's beams of one image), without repeating its grid g times.
+        """
+        batch, rows = grid.size(0), hidden.size(0)
+        if rows == batch:
+            energy = torch.tanh(keys + self.hidden_proj(hidden).unsqueeze(1))  # (B, N, A)
+            alpha = torch.softmax(self.score(energy).squeeze(-1), dim=-1)  # (B, N)
+            context = torch.bmm(alpha.unsqueeze(1), grid).squeeze(1)  # (B, C)
+            return context, alpha
+        per_image = rows // batch
+        query = self.hidden_proj(hidden).view(batch, per_image, 1, -1)  # (B, g, 1, A)
+        energy = torch.tanh_(keys.unsqueeze(1) + query)  # (B, g, N, A)
+        alpha = torch.softmax(self.score(energy).squeeze(-1), dim=-1)  # (B, g, N)
+        context = torch.bmm(alpha, grid)  # (B, g, C)
+        return context.view(rows, -1), alpha.view(rows, -1)
 
 
 class CaptionDecoder(nn.Module):
@@ -129,6 +141,9 @@ class CaptionDecoder(nn.Module):
     ) -> tuple[Tensor, Tensor, Tensor | None]:
         """Read ``tokens`` (B,) with ``state`` (S, L, B, H): -> logits (B, V) of the next token,
         the new state, and the attention weights (B, N) used at this step (None without attention).
+
+        ``features`` (and ``keys``) may instead hold one row per image for g consecutive token
+        rows each (tokens (g * B_img,)): beam search's beams read their image without copies.
         """
         x = self.embedding(tokens)  # (B, E)
         alpha = None
@@ -145,13 +160,25 @@ class CaptionDecoder(nn.Module):
     # --- teacher forcing ------------------------------------------------------------------------
 
     def forward(
-        self, features: ImageFeatures, captions: Tensor, lengths: Tensor
+        self,
+        features: ImageFeatures,
+        captions: Tensor,
+        lengths: Tensor,
+        predicted_words: Tensor | None = None,
+        *,
+        label_smoothing: float = 0.0,
     ) -> tuple[Tensor, Tensor]:
         """Teacher-forced: read captions[:, :-1], predict captions[:, 1:].
 
-        Returns logits (B, T-1, V) and the mean cross-entropy over real (non-padding) targets, plus
-        ``alpha_c`` times the doubly stochastic attention regulariser for the attention variant.
+        Returns logits (B, T-1, V) and the cross-entropy summed over real (non-padding) targets,
+        plus ``alpha_c`` times the doubly stochastic attention regulariser for the attention
+        variant, divided by the number of predicted words: this batch's, or ``predicted_words``
+        when given (under torchrun, the whole global batch's divided by the number of processes,
+        so that averaging the processes' gradients gives exactly the global batch's mean).
         Positions at or past a caption's length never affect the loss, whatever tokens they hold.
+        ``label_smoothing`` (``train.label_smoothing``; Szegedy et al. 2016) mixes the one-hot
+        target with a uniform distribution over the vocabulary, as `F.cross_entropy` does;
+        padding positions stay out of the loss.
         """
         inputs = captions[:, :-1]  # (B, T-1)
         steps = inputs.size(1)
@@ -177,10 +204,13 @@ class CaptionDecoder(nn.Module):
             logits.reshape(-1, logits.size(-1)).float(),
             targets.reshape(-1),
             ignore_index=self.pad_id,
+            reduction="sum",
+            label_smoothing=label_smoothing,
         )
         if alphas is not None and self.alpha_c > 0:
             loss = loss + self.alpha_c * self.attention_regularizer(alphas, valid)
-        return logits, loss
+        words = valid.sum().clamp(min=1) if predicted_words is None else predicted_words
+        return logits, loss / words
 
     @staticmethod
     def attention_regularizer(alphas: Tensor, valid: Tensor) -> Tensor:
@@ -188,7 +218,7 @@ class CaptionDecoder(nn.Module):
         about as much attention in total over the caption as any other.
 
         alphas (B, T, N), valid (B, T) -> sum over the batch of sum_i (1 - sum_t alpha_ti)^2,
-        summing over real steps only, divided by the number of predicted words. The paper adds the
+        summing over real steps only; `forward` divides it by the number of predicted words. The paper adds the
         regulariser to the log-likelihood summed over words; the cross-entropy here is a mean per
         word, so the regulariser is one per word too. (Averaged per caption instead, it outweighs
         the caption loss about T times and, on grids larger than the caption is long, pushes every
@@ -196,4 +226,4 @@ class CaptionDecoder(nn.Module):
         """
         attention_per_position = (alphas.float() * valid.unsqueeze(-1)).sum(dim=1)  # (B, N)
         per_caption = ((1.0 - attention_per_position) ** 2).sum(dim=1)  # (B,)
-        return per_caption.sum() / valid.sum().clamp(min=1)
+        return per_caption.sum()

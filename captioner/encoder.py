@@ -17,16 +17,16 @@ from __future__ import annotations
 
 import os
 import pickle
-import re
 import zipfile
 from collections import OrderedDict
 from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
-from torchvision.models import WeightsEnum, get_model, get_model_weights, get_weight
+from torchvision.models import WeightsEnum, get_model
 
 from captioner.config import ModelConfig
+from captioner.data.transforms import resolve_weights
 from recurrent.errors import UserError
 
 ENCODERS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
@@ -34,7 +34,6 @@ STAGES = ("layer1", "layer2", "layer3", "layer4")
 STEM = ("conv1", "bn1", "relu", "maxpool")
 FINETUNE_MODES = ("frozen", "last", "all")
 # A torchvision weights name: "ResNet50_Weights.DEFAULT", or "DEFAULT" / "IMAGENET1K_V2" alone.
-_WEIGHTS_NAME = re.compile(r"^(\w+_Weights\.)?[A-Z][A-Z0-9_]*$")
 
 
 class ImageFeatures(NamedTuple):
@@ -58,26 +57,6 @@ class ImageFeatures(NamedTuple):
 
     def to(self, device: torch.device | str) -> ImageFeatures:
         return ImageFeatures(self.pooled.to(device), self.grid.to(device), self.grid_hw)
-
-
-def _resolve_weights(weights: str | None, arch: str) -> WeightsEnum | str | None:
-    """None, a torchvision weights enum member, or the path of a local weights file."""
-    if weights is None or weights == "":
-        return None
-    name = os.fspath(weights)
-    if os.path.exists(name) or not _WEIGHTS_NAME.match(name):
-        return name  # a file (missing files are reported when loading)
-    enum_class = get_model_weights(arch)
-    try:
-        member = get_weight(name) if "." in name else enum_class.verify(name)
-    except (KeyError, ValueError, AttributeError):
-        member = None
-    if member is None or type(member) is not enum_class:
-        raise UserError(
-            f"model.weights '{name}' are not torchvision weights for {arch}; use e.g. "
-            f"{enum_class.__name__}.DEFAULT, a path to a local state_dict file, or null"
-        )
-    return member
 
 
 def _read_state_dict(path: str) -> dict[str, Tensor]:
@@ -148,7 +127,7 @@ def _load_local_weights(backbone: nn.Module, path: str, arch: str) -> None:
 
 def build_backbone(arch: str, weights: str | None) -> nn.Module:
     """The full torchvision classifier ``arch`` with ``weights`` (see the module docstring)."""
-    resolved = _resolve_weights(weights, arch)
+    resolved = resolve_weights(weights, arch)
     if isinstance(resolved, WeightsEnum):
         try:
             return get_model(arch, weights=resolved)

@@ -24,12 +24,20 @@ import json
 from collections.abc import Sequence
 
 from captioner.data import select_split
-from captioner.inference import captioner_from_payload
+from captioner.inference import (
+    add_decode_arguments,
+    captioner_from_payload,
+    decode_arguments,
+    decode_settings,
+)
+from captioner.metrics import repeat_share
 from captioner.scoring import (
-    BLEU_KEYS,
     TOKENIZATION,
+    TOKENIZER,
+    describe_scores,
     evaluate_split,
     load_data_records,
+    what_was_scored,
     write_predictions,
 )
 from recurrent.checkpoint import load_checkpoint
@@ -39,8 +47,9 @@ from recurrent.errors import UserError, run_cli
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m captioner.evaluate",
-        description="Decode a split with a trained captioner and report corpus BLEU-1..4 (0-100; "
-        f"tokens: {TOKENIZATION}), and CIDEr-D, METEOR, ROUGE-L when pycocoevalcap is installed.",
+        description="Decode a split with a trained captioner and report corpus BLEU-1..4 and "
+        f"CIDEr-D (0-100; tokens: {TOKENIZATION}), and METEOR and ROUGE-L when pycocoevalcap is "
+        "installed. Compare two prediction files with python -m captioner.compare.",
     )
     parser.add_argument(
         "--checkpoint", required=True, help="a best.pt / last.pt of captioner.train"
@@ -95,6 +104,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         action="store_true",
         help="skip METEOR (its Java start-up takes seconds); CIDEr-D and ROUGE-L are still computed",
     )
+    add_decode_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument(
         "--predictions",
@@ -120,13 +130,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     records = select_split(records, args.split, source=data.annotations)
     if args.max_images:
         records = records[: args.max_images]
-    beam_size = captioner.cfg.decode.beam_size if args.beam_size is None else args.beam_size
-    max_length = captioner.cfg.decode.max_length if args.max_length is None else args.max_length
+    settings = decode_settings(
+        captioner, beam_size=args.beam_size, max_length=args.max_length, **decode_arguments(args)
+    )
     scores, predictions = evaluate_split(
         captioner,
         records,
-        beam_size,
-        max_length,
+        decode=settings,
         batch_size=args.batch_size,
         num_workers=data.num_workers,
         meteor=not args.no_meteor,
@@ -134,33 +144,52 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     if args.predictions:
         write_predictions(predictions, args.predictions)
+    repeats = repeat_share([prediction["caption"] for prediction in predictions])
     report = {
         "checkpoint": args.checkpoint,
         "annotations": data.annotations,
         "split": args.split,
         "images": len(records),
-        "beam_size": beam_size,
-        "max_length": max_length,
+        "tokenizer": TOKENIZER,
         "tokenization": TOKENIZATION,
+        "beam_size": settings.beam_size,
+        "max_length": settings.max_length,
+        "decode": dataclasses.asdict(settings),
         "scores": {key: round(float(value), 4) for key, value in scores.items()},
+        "repeated_word_share": round(repeats, 4),
         "predictions": args.predictions,
     }
     if args.json:
         print(json.dumps(report))
-    else:
-        print(
-            f"{args.split} split of {data.annotations}: {len(records)} images, beam {beam_size}, "
-            f"at most {max_length} words"
+        return
+    print(what_was_scored(args.split, len(records), data.annotations))
+    print(f"decoding: {describe_decoding(settings)}")
+    print(f"scores (0-100): {describe_scores(scores)}")
+    if not {"METEOR", "ROUGE-L"} & set(scores):
+        print("  (install pycocoevalcap for METEOR and ROUGE-L)")
+    print(f"captions with a word twice in a row: {repeats:.1%}")
+    for prediction in predictions[:3]:
+        print(f"  e.g. {prediction['image_id']}: {prediction['caption']}")
+    if args.predictions:
+        print(f"predictions: {args.predictions} (COCO results format)")
+
+
+def describe_decoding(settings) -> str:
+    """ "beam 3, at most 24 words, ...": the decoding settings, the options only when on."""
+    parts = [f"beam {settings.beam_size}", f"at most {settings.max_length} words"]
+    if settings.length_penalty:
+        parts.append(f"length penalty {settings.length_penalty:g}")
+    if settings.block_ngram_repeat:
+        parts.append(f"no repeated {settings.block_ngram_repeat}-gram")
+    if settings.min_length:
+        parts.append(f"at least {settings.min_length} words")
+    if settings.suppress_unk:
+        parts.append("no <unk>")
+    if settings.diversity_groups > 1:
+        parts.append(
+            f"{settings.diversity_groups} diverse groups (strength {settings.diversity_strength:g})"
         )
-        print(f"corpus BLEU (0-100; tokens: {TOKENIZATION}):")
-        for key, value in scores.items():
-            print(f"  {key:8s} {value:6.2f}")
-        if not any(key not in BLEU_KEYS for key in scores):
-            print("  (install pycocoevalcap for CIDEr-D, METEOR and ROUGE-L)")
-        for prediction in predictions[:3]:
-            print(f"  e.g. {prediction['image_id']}: {prediction['caption']}")
-        if args.predictions:
-            print(f"predictions: {args.predictions} (COCO results format)")
+    return ", ".join(parts)
 
 
 def cli() -> None:

@@ -4,15 +4,21 @@
     [result] = caption_images(captioner, [load_image("photo.jpg")], beam_size=3)
     result.caption, result.beams, result.attention  # attention: (words, grid_h, grid_w) or None
 
-Decoding is batched beam search (`captioner.decode.beam_search`) without teacher forcing. The
-checkpoint holds the whole model, encoder included, so nothing is downloaded: the encoder is built
-with ``weights=None`` and then receives the saved weights.
+Decoding is batched beam search (`captioner.decode.beam_search`) without teacher forcing, with the
+checkpoint's ``decode`` settings unless the call overrides them (`decode_settings`: beam size,
+length, length penalty, n-gram blocking, minimum length, <unk> suppression, diverse beam search).
+The checkpoint holds the whole model, encoder included, so nothing is downloaded: the encoder is
+built with ``weights=None`` and then receives the saved weights.
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import dataclasses
-from collections.abc import Callable, Sequence
+import glob
+import os
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,15 +26,16 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from captioner.config import CaptionerConfig
-from captioner.data import Vocabulary, build_transforms
+from captioner.config import CaptionerConfig, DecodeConfig
+from captioner.data import Vocabulary, build_transforms, load_image
 from captioner.decode import Caption, beam_search, check_decode_settings
 from captioner.encoder import ImageFeatures
 from captioner.model import CaptionModel
-from recurrent.checkpoint import load_checkpoint
+from recurrent.checkpoint import check_state_dict, load_checkpoint
 from recurrent.config import from_dict
 from recurrent.errors import UserError
-from recurrent.training import autocast, pick_device
+from recurrent.precision import Precision
+from recurrent.training import pick_device
 
 DEFAULT_BATCH_SIZE = 16
 
@@ -42,6 +49,10 @@ class Captioner:
     cfg: CaptionerConfig
     transform: Callable[[Image.Image], Tensor]  # PIL image -> (3, S, S), the eval preprocessing
     device: torch.device
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """Decode in the precision the model was trained in (``train.precision``)."""
+        return Precision.for_inference(self.cfg.train.precision, self.device).autocast()
 
 
 @dataclass
@@ -67,12 +78,9 @@ def eval_transform(cfg: CaptionerConfig) -> Callable[[Image.Image], Tensor]:
     A local weights file that is gone does not matter here: its statistics are the architecture's
     default ones, which `build_transforms` uses for any file.
     """
-    try:
-        return build_transforms(
-            cfg.data.image_size, train=False, weights=cfg.model.weights, arch=cfg.model.encoder
-        )
-    except UserError:
-        return build_transforms(cfg.data.image_size, train=False, arch=cfg.model.encoder)
+    return build_transforms(
+        cfg.data.image_size, train=False, weights=cfg.model.weights, arch=cfg.model.encoder
+    )
 
 
 def captioner_from_payload(
@@ -93,6 +101,8 @@ def captioner_from_payload(
     # weights=None: build the architecture only, the checkpoint brings every weight.
     build_cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, weights=None))
     model = CaptionModel(build_cfg, len(vocab), pad_id=vocab.pad_id)
+    if isinstance(state, dict):
+        check_state_dict(model.state_dict(), state, source)  # names the first tensor that differs
     try:
         model.load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError) as err:
@@ -119,31 +129,71 @@ def encode_images(captioner: Captioner, images: Sequence[Image.Image]) -> ImageF
     """PIL images -> float32 `ImageFeatures` on the captioner's device."""
     batch = torch.stack([captioner.transform(image.convert("RGB")) for image in images])
     batch = batch.to(captioner.device)  # (B, 3, S, S)
-    with autocast(captioner.device):
+    with captioner.autocast():
         features = captioner.model.encode(batch)
     return ImageFeatures(features.pooled.float(), features.grid.float(), features.grid_hw)
 
 
+def decode_settings(
+    captioner: Captioner,
+    *,
+    beam_size: int | None = None,
+    max_length: int | None = None,
+    length_penalty: float | None = None,
+    block_ngram_repeat: int | None = None,
+    min_length: int | None = None,
+    suppress_unk: bool | None = None,
+    diversity_groups: int | None = None,
+    diversity_strength: float | None = None,
+    n_best: int = 1,
+) -> DecodeConfig:
+    """The checkpoint's ``decode`` settings with every given (not None) value in its place,
+    checked: settings no search can use are a `UserError` (see `check_decode_settings`)."""
+    given = {
+        "beam_size": beam_size,
+        "max_length": max_length,
+        "length_penalty": length_penalty,
+        "block_ngram_repeat": block_ngram_repeat,
+        "min_length": min_length,
+        "suppress_unk": suppress_unk,
+        "diversity_groups": diversity_groups,
+        "diversity_strength": diversity_strength,
+    }
+    settings = dataclasses.replace(
+        captioner.cfg.decode, **{key: value for key, value in given.items() if value is not None}
+    )
+    check_decode_settings(
+        settings.beam_size,
+        settings.max_length,
+        n_best,
+        block_ngram_repeat=settings.block_ngram_repeat,
+        min_length=settings.min_length,
+        diversity_groups=settings.diversity_groups,
+        diversity_strength=settings.diversity_strength,
+    )
+    return settings
+
+
 @torch.no_grad()
 def decode_features(
-    captioner: Captioner,
-    features: ImageFeatures,
-    *,
-    beam_size: int,
-    max_length: int,
-    length_penalty: float = 0.0,
-    n_best: int = 1,
+    captioner: Captioner, features: ImageFeatures, settings: DecodeConfig, *, n_best: int = 1
 ) -> list[list[Caption]]:
-    """Beam search for a batch of image features: one list of `Caption`s per image, best first."""
+    """Beam search with ``settings`` for a batch of image features: one list of `Caption`s per
+    image, best first."""
     return beam_search(
         captioner.model.decoder,
         features.to(captioner.device),
-        beam_size=beam_size,
-        max_length=max_length,
+        beam_size=settings.beam_size,
+        max_length=settings.max_length,
         start_id=captioner.vocab.start_id,
         end_id=captioner.vocab.end_id,
-        length_penalty=length_penalty,
+        length_penalty=settings.length_penalty,
         n_best=n_best,
+        block_ngram_repeat=settings.block_ngram_repeat,
+        min_length=settings.min_length,
+        suppress_ids=[captioner.vocab.unk_id] if settings.suppress_unk else [],
+        diversity_groups=settings.diversity_groups,
+        diversity_strength=settings.diversity_strength,
     )
 
 
@@ -178,24 +228,141 @@ def caption_images(
     n_best: int = 1,
     length_penalty: float | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    block_ngram_repeat: int | None = None,
+    min_length: int | None = None,
+    suppress_unk: bool | None = None,
+    diversity_groups: int | None = None,
+    diversity_strength: float | None = None,
 ) -> list[CaptionResult]:
     """Caption PIL images (any size and mode; they are converted to RGB) with beam search.
 
-    ``max_length`` (words) and ``length_penalty`` default to the checkpoint's ``decode`` settings.
+    Every setting left at None defaults to the checkpoint's ``decode`` section (see
+    `decode_settings`). Images are encoded and searched ``batch_size`` at a time.
     """
-    max_length = captioner.cfg.decode.max_length if max_length is None else max_length
-    penalty = captioner.cfg.decode.length_penalty if length_penalty is None else length_penalty
-    check_decode_settings(beam_size, max_length, n_best)
+    settings = decode_settings(
+        captioner,
+        beam_size=beam_size,
+        max_length=max_length,
+        length_penalty=length_penalty,
+        block_ngram_repeat=block_ngram_repeat,
+        min_length=min_length,
+        suppress_unk=suppress_unk,
+        diversity_groups=diversity_groups,
+        diversity_strength=diversity_strength,
+        n_best=n_best,
+    )
+    if batch_size < 1:
+        raise UserError(f"batch size must be at least 1, got {batch_size}")
     results: list[CaptionResult] = []
     for start in range(0, len(images), batch_size):
         features = encode_images(captioner, images[start : start + batch_size])
-        decoded = decode_features(
-            captioner,
-            features,
-            beam_size=beam_size,
-            max_length=max_length,
-            length_penalty=penalty,
-            n_best=n_best,
-        )
+        decoded = decode_features(captioner, features, settings, n_best=n_best)
         results.extend(to_result(captioner.vocab, beams, features.grid_hw) for beams in decoded)
     return results
+
+
+# --------------------------------------------------------------------------------------------
+# Folders of images
+
+
+def image_extensions() -> frozenset[str]:
+    """Lowercase file extensions (".jpg", ".png", ...) of every format Pillow can open."""
+    registered = Image.registered_extensions()
+    return frozenset(ext.lower() for ext, fmt in registered.items() if fmt in Image.OPEN)
+
+
+def find_images(folder_or_glob: str) -> list[str]:
+    """The image files (by extension) in a folder, not recursive, or matching a glob pattern
+    (``photos/*.jpg``; ``**`` recurses), sorted; [] when there are none."""
+    if os.path.isdir(folder_or_glob):
+        candidates = [os.path.join(folder_or_glob, name) for name in os.listdir(folder_or_glob)]
+    else:
+        candidates = glob.glob(folder_or_glob, recursive=True)
+    extensions = image_extensions()
+    return sorted(
+        path
+        for path in candidates
+        if os.path.splitext(path)[1].lower() in extensions and os.path.isfile(path)
+    )
+
+
+def caption_files(
+    captioner: Captioner,
+    paths: Sequence[str],
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    on_error: Callable[[str, UserError], None] | None = None,
+    **decode: Any,
+) -> Iterator[tuple[str, CaptionResult]]:
+    """Caption image files batch by batch, yielding `(path, result)` in order as each batch is done.
+
+    A file that cannot be read (`load_image` raises a `UserError`) is passed to
+    ``on_error(path, error)`` and skipped; without `on_error` the error is raised. `decode` holds
+    `caption_images`' decoding options (beam_size, max_length, n_best, ...).
+    """
+    for start in range(0, len(paths), batch_size):
+        batch: list[tuple[str, Image.Image]] = []
+        for path in paths[start : start + batch_size]:
+            try:
+                batch.append((path, load_image(path)))
+            except UserError as err:
+                if on_error is None:
+                    raise
+                on_error(path, err)
+        if batch:
+            images = [image for _, image in batch]
+            results = caption_images(captioner, images, batch_size=len(images), **decode)
+            yield from zip([path for path, _ in batch], results, strict=True)
+
+
+def add_decode_arguments(parser: argparse.ArgumentParser) -> None:
+    """The decoding options both captioning CLIs share (each defaults to the checkpoint's
+    ``decode`` setting); read them back with `decode_arguments`."""
+    group = parser.add_argument_group("decoding (default: the checkpoint's decode settings)")
+    group.add_argument(
+        "--length-penalty",
+        type=float,
+        default=None,
+        help="rank captions by log-probability / length**P (0: raw log-probability)",
+    )
+    group.add_argument(
+        "--block-ngram-repeat",
+        type=int,
+        default=None,
+        metavar="N",
+        help="no N-gram of words twice in a caption (0: off)",
+    )
+    group.add_argument(
+        "--min-length", type=int, default=None, help="no <end> before this many words (0: off)"
+    )
+    group.add_argument(
+        "--suppress-unk",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="never emit the unknown-word token <unk>",
+    )
+    group.add_argument(
+        "--diversity-groups",
+        type=int,
+        default=None,
+        metavar="G",
+        help="diverse beam search: split the beams into G groups (G must divide the beam size)",
+    )
+    group.add_argument(
+        "--diversity-strength",
+        type=float,
+        default=None,
+        help="diverse beam search: penalty per word an earlier group chose at the same step",
+    )
+
+
+def decode_arguments(args: argparse.Namespace) -> dict[str, Any]:
+    """The options of `add_decode_arguments` as keyword arguments of `decode_settings`."""
+    return {
+        "length_penalty": args.length_penalty,
+        "block_ngram_repeat": args.block_ngram_repeat,
+        "min_length": args.min_length,
+        "suppress_unk": args.suppress_unk,
+        "diversity_groups": args.diversity_groups,
+        "diversity_strength": args.diversity_strength,
+    }

@@ -1,5 +1,5 @@
-"""Caption metrics: corpus BLEU-1..4 (nltk), and CIDEr-D / METEOR / ROUGE-L when pycocoevalcap is
-installed (``pip install 'crnn[metrics]'``).
+"""Caption metrics: corpus BLEU-1..4 (nltk), CIDEr-D (`captioner.cider`, equal to pycocoevalcap's),
+and METEOR / ROUGE-L when pycocoevalcap is installed (``pip install 'crnn[metrics]'``).
 
 Every metric sees the same words: references and hypotheses are tokenised with
 `captioner.data.tokenize` (lowercase, Penn Treebank split, punctuation dropped), the tokenisation
@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 from nltk.translate.bleu_score import corpus_bleu
 
+from captioner.cider import corpus_cider_d
 from captioner.data import tokenize
 
 _NO_MATCH = 1e-70
@@ -66,15 +67,28 @@ def bleu_scores(references: Sequence[Sequence[str]], hypotheses: Sequence[str]) 
     return scores
 
 
+def cider_d_score(
+    references: Sequence[Sequence[str]], hypotheses: Sequence[str]
+) -> dict[str, float]:
+    """{"CIDEr-D": corpus CIDEr-D on a 0-100 scale}, document frequencies from these references.
+
+    The CIDEr-D the COCO evaluation server reports (Vedantam et al. 2015), computed by
+    `captioner.cider` exactly as pycocoevalcap's ``Cider`` (a test compares them): tf-idf weighted
+    n-gram (1-4) cosine similarity with clipped hypothesis counts and a Gaussian length penalty
+    (sigma 6), times 10; reported x100 as in papers (e.g. 94.0). Needs no optional package.
+    """
+    _check_lengths(references, hypotheses)
+    if not hypotheses:
+        return {}
+    return {"CIDEr-D": 100.0 * corpus_cider_d(references, hypotheses)[0]}
+
+
 def coco_scores(
     references: Sequence[Sequence[str]], hypotheses: Sequence[str], *, meteor: bool = True
 ) -> dict[str, float]:
-    """CIDEr-D, ROUGE-L and METEOR from pycocoevalcap on a 0-100 scale, or {} without it.
+    """CIDEr-D (always), and ROUGE-L and METEOR from pycocoevalcap when it is installed; 0-100.
 
-    - "CIDEr-D": pycocoevalcap's ``Cider`` is the CIDEr-D variant the COCO evaluation server
-      reports (Vedantam et al. 2015): tf-idf weighted n-gram (1-4) cosine similarity with clipped
-      hypothesis counts and a Gaussian length penalty (sigma 6), times 10; document frequencies
-      come from the references passed here. Reported x100 as in papers (e.g. 94.0).
+    - "CIDEr-D": see `cider_d_score`.
     - "ROUGE-L": longest-common-subsequence F-measure (beta 1.2), best reference per image.
     - "METEOR": METEOR 1.5 (needs ``java`` on the PATH; left out when it cannot run). Set
       ``meteor=False`` to skip its few seconds of start-up.
@@ -83,20 +97,16 @@ def coco_scores(
     Java PTBTokenizer is not needed. A hypothesis or reference that tokenises to nothing becomes a
     placeholder word that matches nothing.
     """
-    _check_lengths(references, hypotheses)
+    scores = cider_d_score(references, hypotheses)
+    if not hypotheses:
+        return scores
     try:
-        from pycocoevalcap.cider.cider import Cider
         from pycocoevalcap.rouge.rouge import Rouge
     except ImportError:
-        return {}
-    if not hypotheses:
-        return {}
+        return scores
     gts = {i: [_joined(ref) for ref in refs] for i, refs in enumerate(references)}
     res = {i: [_joined(hyp)] for i, hyp in enumerate(hypotheses)}
-    scores = {
-        "CIDEr-D": 100.0 * float(Cider().compute_score(gts, res)[0]),
-        "ROUGE-L": 100.0 * float(Rouge().compute_score(gts, res)[0]),
-    }
+    scores["ROUGE-L"] = 100.0 * float(Rouge().compute_score(gts, res)[0])
     if meteor:
         value = _meteor(gts, res)
         if value is not None:
@@ -128,3 +138,16 @@ def _meteor(gts: dict[int, list[str]], res: dict[int, list[str]]) -> float | Non
     finally:
         if scorer.lock.locked():  # a failed compute_score keeps its lock; its __del__ needs it
             scorer.lock.release()
+
+
+def repeats_a_word(caption: str | Sequence[str]) -> bool:
+    """Whether a caption (a string, or its words) has the same word twice in a row ("a a red
+    circle", "of of"): the degenerate repetition self-critical training is known to cause.
+    Legitimate repeats further apart ("a red circle above a red square") do not count."""
+    words = tokenize(caption) if isinstance(caption, str) else list(caption)
+    return any(first == second for first, second in zip(words, words[1:], strict=False))
+
+
+def repeat_share(captions: Sequence[str]) -> float:
+    """Share of ``captions`` that `repeats_a_word` (0 for no captions)."""
+    return sum(repeats_a_word(caption) for caption in captions) / len(captions) if captions else 0.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from captioner.config import CaptionerConfig
@@ -27,6 +28,28 @@ class CaptionModel(nn.Module):
         """images (B, 3, H, W) -> `ImageFeatures` (pooled (B, C), grid (B, N, C))."""
         return self.encoder(images)
 
-    def forward(self, images: Tensor, captions: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
-        """Teacher-forced logits (B, T-1, V) and loss; see `CaptionDecoder.forward`."""
-        return self.decoder(self.encoder(images), captions, lengths)
+    def forward(
+        self,
+        inputs: Tensor | ImageFeatures,
+        captions: Tensor,
+        lengths: Tensor,
+        predicted_words: Tensor | None = None,
+        *,
+        label_smoothing: float = 0.0,
+    ) -> tuple[Tensor, Tensor]:
+        """Teacher-forced logits (B*k, T-1, V) and loss; see `CaptionDecoder.forward`.
+
+        ``inputs`` are images (B, 3, H, W), or their cached `ImageFeatures` (a frozen encoder's
+        output, which then skips the encoder). ``captions`` may hold k references per image:
+        rows j*k .. j*k + k-1 belong to image j (``train.captions_per_image``), and the image is
+        encoded once for all k. ``predicted_words``: see `CaptionDecoder.forward`.
+        """
+        features = inputs if isinstance(inputs, ImageFeatures) else self.encoder(inputs)
+        images = features.pooled.size(0)
+        per_image = captions.size(0) // images
+        if per_image > 1:
+            owners = torch.arange(images, device=captions.device).repeat_interleave(per_image)
+            features = features.index_select(owners)
+        return self.decoder(
+            features, captions, lengths, predicted_words, label_smoothing=label_smoothing
+        )

@@ -13,6 +13,7 @@ expects); else the file stem when the stems are all different (Flickr's
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -24,16 +25,24 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from captioner.config import DecodeConfig
 from captioner.data import ImageOnly, ImageRecord, load_records
-from captioner.decode import check_decode_settings
 from captioner.encoder import ImageFeatures
-from captioner.inference import Captioner, decode_features
-from captioner.metrics import bleu_scores, coco_scores
+from captioner.inference import Captioner, decode_features, decode_settings
+from captioner.metrics import bleu_scores, cider_d_score, coco_scores
+from recurrent.distributed import Distributed
 from recurrent.errors import UserError
-from recurrent.training import autocast
+from recurrent.files import atomic_write_text
 
 TOKENIZATION = "lowercase, nltk TreebankWordTokenizer, alphanumeric tokens only"
+TOKENIZER = f"captioner.data.tokenize ({TOKENIZATION})"
 BLEU_KEYS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4")
+SCORE_ORDER = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "CIDEr-D", "METEOR", "ROUGE-L")
+# What "better" compares for train.best_metric, in order (later keys break ties).
+BEST_METRIC_KEYS = {
+    "bleu4": ("BLEU-4", "BLEU-3", "BLEU-2", "BLEU-1"),
+    "cider": ("CIDEr-D", "BLEU-4", "BLEU-3", "BLEU-2", "BLEU-1"),
+}
 
 FeatureBatches = Iterable[tuple[list[int], ImageFeatures]]
 
@@ -64,10 +73,13 @@ def image_batches(
     Pass `dataset` (an `ImageOnly` over the same records) to reuse its in-memory image cache.
     """
     dataset = ImageOnly(records, captioner.transform) if dataset is None else dataset
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
+    # Its own generator: a validation leaves the global one (training's dropout) untouched.
+    loader = DataLoader(
+        dataset, batch_size=batch_size, num_workers=num_workers, generator=torch.Generator()
+    )
     model = captioner.model
     for images, indices in loader:
-        with torch.no_grad(), autocast(captioner.device):
+        with torch.no_grad(), captioner.autocast():
             features = model.encode(images.to(captioner.device))
         features = ImageFeatures(features.pooled.float(), features.grid.float(), features.grid_hw)
         yield indices.tolist(), features
@@ -81,28 +93,35 @@ def evaluate_split(
     max_length: int | None = None,
     *,
     length_penalty: float | None = None,
+    decode: DecodeConfig | None = None,
     batch_size: int = 32,
     num_workers: int = 0,
     batches: FeatureBatches | None = None,
     coco_metrics: bool = True,
+    cider: bool = False,
     meteor: bool = True,
     progress: bool = False,
+    layout: Distributed | None = None,
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Decode `records` (no teacher forcing) and score the captions against their references.
 
-    Returns ``(scores, predictions)``: scores holds "BLEU-1".."BLEU-4" (0-100) and, with
-    `coco_metrics` and pycocoevalcap installed, "CIDEr-D", "ROUGE-L" and (with `meteor` and Java)
-    "METEOR"; predictions is one
+    Returns ``(scores, predictions)``: scores holds "BLEU-1".."BLEU-4" (0-100), "CIDEr-D" with
+    `coco_metrics` or `cider` (the project's own, no optional package; `cider` is for training's
+    validation, which otherwise scores BLEU only), and with `coco_metrics` and pycocoevalcap
+    installed "ROUGE-L" and (with `meteor` and Java) "METEOR"; predictions is one
     ``{"image_id", "caption"}`` dict per record, in order (the COCO results format).
-    Decoding settings default to the checkpoint's ``decode`` section. `batches` may supply the
-    image features (e.g. from the feature cache) as `(record indices, ImageFeatures)`; by default the
-    images are loaded and encoded.
+    Decoding settings: `decode` (default: the checkpoint's ``decode`` section), with
+    `beam_size`, `max_length` and `length_penalty` in place of its values when given. `batches`
+    may supply the image features (e.g. from the feature cache) as `(record indices,
+    ImageFeatures)`; by default the images are loaded and encoded.
+
+    Under torchrun (`layout`), each process passes its share of the split, ``split[rank::N]``: the
+    shares are decoded in parallel, gathered, and every process scores the whole split.
     """
-    decode = captioner.cfg.decode
-    beam_size = decode.beam_size if beam_size is None else beam_size
-    max_length = decode.max_length if max_length is None else max_length
-    penalty = decode.length_penalty if length_penalty is None else length_penalty
-    check_decode_settings(beam_size, max_length)
+    base = captioner if decode is None else _with_decode(captioner, decode)
+    settings = decode_settings(
+        base, beam_size=beam_size, max_length=max_length, length_penalty=length_penalty
+    )
     if not records:
         raise UserError("no images to evaluate; check the split and --max-images")
     was_training = captioner.model.training
@@ -115,28 +134,55 @@ def evaluate_split(
         for indices, features in tqdm(
             batches, total=total, desc="decoding", unit="batch", disable=not progress or None
         ):
-            decoded = decode_features(
-                captioner,
-                features,
-                beam_size=beam_size,
-                max_length=max_length,
-                length_penalty=penalty,
-            )
+            decoded = decode_features(captioner, features, settings)
             for index, beams in zip(indices, decoded, strict=True):
                 hypotheses[index] = captioner.vocab.decode(beams[0].tokens) if beams else ""
     finally:
         captioner.model.train(was_training)
     if any(hypothesis is None for hypothesis in hypotheses):
         raise RuntimeError("the feature batches did not cover every record")
+    if layout is not None and layout.enabled:  # put the shares back in the split's order
+        shares = layout.all_gather_objects((list(records), hypotheses))
+        records = [
+            shares[i % len(shares)][0][i // len(shares)]
+            for i in range(sum(len(r) for r, _ in shares))
+        ]
+        hypotheses = [shares[i % len(shares)][1][i // len(shares)] for i in range(len(records))]
     references = [list(record.captions) for record in records]
     scores = dict(bleu_scores(references, hypotheses))
     if coco_metrics:
         scores.update(coco_scores(references, hypotheses, meteor=meteor))
+    elif cider:
+        scores.update(cider_d_score(references, hypotheses))
     predictions = [
         {"image_id": image_id, "caption": caption}
         for image_id, caption in zip(image_ids(records), hypotheses, strict=True)
     ]
     return scores, predictions
+
+
+def _with_decode(captioner: Captioner, decode: DecodeConfig) -> Captioner:
+    cfg = dataclasses.replace(captioner.cfg, decode=decode)
+    return dataclasses.replace(captioner, cfg=cfg)
+
+
+def score_key(scores: dict[str, float], best_metric: str = "bleu4") -> tuple[float, ...]:
+    """What "better" compares for ``train.best_metric`` (bleu4 | cider): the metric first, then
+    BLEU-4..1 to break ties (so progress counts while BLEU-4 is still 0). Validation must have
+    scored CIDEr-D for "cider" (`evaluate_split(..., cider=True)`)."""
+    return tuple(scores[name] for name in BEST_METRIC_KEYS[best_metric])
+
+
+def describe_scores(scores: dict[str, float]) -> str:
+    """ "BLEU-1 71.2  BLEU-2 ...  CIDEr-D 153.4": the scores in a fixed order, 0-100 scale."""
+    names = [name for name in SCORE_ORDER if name in scores]
+    names += sorted(name for name in scores if name not in SCORE_ORDER)
+    return "  ".join(f"{name} {scores[name]:.2f}" for name in names)
+
+
+def what_was_scored(split: str, images: int, source: str) -> str:
+    """The one-line description every score report starts with: split, images, tokenizer."""
+    return f"{split} split of {source}: {images} images, tokens: {TOKENIZER}"
 
 
 def write_predictions(predictions: list[dict[str, Any]], path: str | os.PathLike[str]) -> None:
@@ -147,17 +193,14 @@ def write_predictions(predictions: list[dict[str, Any]], path: str | os.PathLike
             f"--predictions {path} is a folder; pass a file name such as {path}/preds.json"
         )
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(predictions, indent=1), encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(predictions, indent=1))
     except OSError as err:
         raise UserError(
             f"cannot write predictions to {path} ({err.strerror}); pick another path"
         ) from None
 
 
-def load_data_records(data) -> list[ImageRecord]:
+def load_data_records(data, *, check_images: bool = True) -> list[ImageRecord]:
     """`load_records` with a `DataConfig` (an empty image_root: the annotations' folder)."""
     return load_records(
         data.format,
@@ -167,4 +210,5 @@ def load_data_records(data) -> list[ImageRecord]:
         val_fraction=data.val_fraction,
         test_fraction=data.test_fraction,
         seed=data.split_seed,
+        check_images=check_images,
     )

@@ -2,75 +2,59 @@
 
     python -m captioner.scenes --out data/scenes --num-images 2000 --seed 0
     python -m captioner.train --config configs/captioner/scenes_demo.yaml [--set train.epochs=5]
-        [--out-dir runs/captioner/scenes_demo] [--resume]
+        [--out-dir runs/captioner/scenes_demo] [--resume] [--overwrite]
+    torchrun --standalone --nproc_per_node=2 -m captioner.train --config ...   (several processes)
 
 What a run does:
 
 1. loads the annotations (`data.*`), builds the vocabulary from the *train* split's captions only
    (``data.min_word_count``) and a data set of (image, caption) pairs with the train transform;
-2. builds `CaptionModel` and AdamW with separate parameter groups: the decoder at ``train.lr``, the
-   trainable encoder stages at ``train.encoder_lr``; biases, normalisation weights and embeddings
-   get no weight decay. The LR follows `warmup_cosine` under `LambdaLR`, stepped once per batch;
-3. trains with gradient clipping and bf16 autocast on CUDA (float32 on the CPU). Every
-   ``train.eval_every`` steps (0: after every epoch) it *decodes* the val split (beam search with
-   ``decode.*``, at most ``train.eval_max_images`` images; no teacher forcing) and scores BLEU-1..4,
-   printing one line: step, epoch, mean train loss since the last validation, BLEU-1..4 (a ``*``
-   marks a new best) and the first val image's caption;
+2. builds `CaptionModel` and AdamW with the decoder at ``train.lr`` and the trainable encoder
+   stages at ``train.encoder_lr`` (weight decay on weight matrices only, the engine's rule);
+3. trains; every ``train.eval_every`` steps (0: after every epoch) it *decodes* the val split
+   (beam search with ``decode.*``, at most ``train.eval_max_images`` images; no teacher forcing),
+   scores BLEU-1..4 and prints one line with the first val image's caption;
 4. keeps ``OUT/best.pt`` (the best val BLEU-4 so far; ties broken by BLEU-3, -2, -1, so progress
-   counts while BLEU-4 is still 0) and ``OUT/last.pt`` (written at every validation and at the end),
-   and stops early after ``train.patience`` validations without a better score.
+   counts while BLEU-4 is still 0) and ``OUT/last.pt``, and stops early after ``train.patience``
+   validations without a better score.
 
-Length of a run: ``train.max_steps > 0`` trains exactly that many steps (epochs are then ignored);
-otherwise ``train.epochs`` epochs, one epoch being every (image, caption) pair once, in batches of
-``train.batch_size`` (a last incomplete batch is dropped; each epoch reshuffles). The cosine
-schedule spans that many steps. ``train.time_budget_s`` stops earlier when the wall-clock time
-spent in training (all runs of a resumed run together) exceeds it, and the cosine then follows
-whichever runs out first, steps or time, so a budget-limited run still anneals fully (a run
-limited by time is, by nature, not bit-reproducible). Any stop ends with a validation and a
-checkpoint.
+Length of a run: ``train.max_steps > 0`` trains exactly that many steps; otherwise
+``train.epochs`` epochs, one epoch being every item once in batches of ``train.batch_size`` (an
+item is an (image, caption) pair, or with ``train.captions_per_image`` an image with k of its
+references; a last incomplete batch is dropped; each epoch reshuffles). Everything else about the
+run (schedule, time budget, checkpoints, resume, signals, metrics.jsonl) follows the rules of
+`recurrent.engine`, the same for both tasks: see the README's "How a run works". Random
+augmentation is drawn per item from (seed, epoch, item), so it does not depend on
+``data.num_workers`` or on where the run was resumed.
 
 Frozen encoder (``model.finetune: frozen``) with ``train.feature_cache``: the encoder's features of
 every train and val image are computed once with the eval transform and kept on disk
 (`captioner.features`, under ``train.feature_cache_dir`` or ``OUT/features``); training then feeds
 them straight to the decoder and never runs the CNN again, in this run or later ones.
 
-Checkpoints are one dict (`recurrent.checkpoint.save_checkpoint`, loaded with weights_only=True):
-
-    task "captioner", format_version, config (plain dict), vocab (list of words),
-    model (the `CaptionModel` state_dict: "encoder.*" and "decoder.*" keys, the whole network, so
-        decoding needs no download), optimizer, scheduler, step, epoch, batch_in_epoch (position in
-        the epoch), order_state (the data-order generator's state the epoch's shuffle is drawn
-        from), rng (Python and torch generators), best_scores, best_step, bad_validations,
-        elapsed_s (training wall time so far), val_scores (of this validation)
-
-``--resume`` continues ``OUT/last.pt`` exactly where it was written: the same batches in the same
-order with the same augmentation and dropout draws, so N steps + resume to 2N equals 2N steps run
-straight through (on the CPU; CUDA kernels may differ in the last bits). A resume refuses a
-checkpoint whose architecture (`captioner.config.ARCHITECTURE_KEYS`) or vocabulary differs.
-Random augmentation is drawn per item from (seed, epoch, item), so it does not depend on
-``data.num_workers`` or on where the run was resumed.
+Under torchrun each process trains on its share of every batch (``train.batch_size`` is the global
+batch and must divide by the number of processes) and decodes its share of the val images.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
-from torch.optim.lr_scheduler import LambdaLR
+from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from captioner.config import ARCHITECTURE_KEYS, CaptionerConfig, check_config
 from captioner.data import (
+    BadImageLog,
     CaptionGroups,
     CaptionPairs,
+    DropBadImages,
     ImageOnly,
     ImageRecord,
     Vocabulary,
@@ -80,72 +64,38 @@ from captioner.data import (
     select_split,
 )
 from captioner.encoder import ImageFeatures
-from captioner.features import FeatureCache, FeaturePairs, collate_feature_pairs
+from captioner.features import (
+    FeatureCache,
+    FeatureCollate,
+    FeatureGroups,
+    FeaturePairs,
+    features_to,
+)
 from captioner.inference import Captioner, eval_transform
 from captioner.model import CaptionModel
-from captioner.scoring import evaluate_split, image_batches, load_data_records
-from recurrent.checkpoint import check_same_architecture, load_checkpoint, save_checkpoint
-from recurrent.config import add_run_arguments, load_config, run_dir, to_dict
-from recurrent.errors import UserError, run_cli
-from recurrent.training import (
-    autocast,
-    pick_device,
-    rng_state,
-    set_rng_state,
-    set_seed,
-    warmup_cosine,
+from captioner.scoring import (
+    BLEU_KEYS,
+    evaluate_split,
+    image_batches,
+    load_data_records,
+    score_key,
 )
+from recurrent.config import add_run_arguments, load_config, run_dir, to_dict
+from recurrent.distributed import Distributed
+from recurrent.engine import Run, StepResult
+from recurrent.errors import UserError, run_cli
 
 TASK = "captioner"
-SCORE_ORDER = ("BLEU-4", "BLEU-3", "BLEU-2", "BLEU-1")  # what "better" compares, in order
-NO_DECAY_MODULES = (
-    nn.Embedding,
-    nn.BatchNorm1d,
-    nn.BatchNorm2d,
-    nn.BatchNorm3d,
-    nn.LayerNorm,
-    nn.GroupNorm,
-)
 
 
-# --------------------------------------------------------------------------------------------
-# Pieces
-
-
-def parameter_groups(model: CaptionModel, cfg: CaptionerConfig) -> list[dict[str, Any]]:
-    """AdamW groups: decoder at train.lr, trainable encoder at train.encoder_lr; within each,
-    biases, normalisation parameters and embeddings without weight decay (they are not weights
-    whose scale regularisation helps; GPT-2 / minGPT do the same)."""
-    no_decay = {
-        id(param)
-        for module in model.modules()
-        if isinstance(module, NO_DECAY_MODULES)
-        for param in module.parameters(recurse=False)
-    }
-    groups = []
-    for part, lr in (("decoder", cfg.train.lr), ("encoder", cfg.train.encoder_lr)):
-        decay, plain = [], []
-        for name, param in getattr(model, part).named_parameters():
-            if not param.requires_grad:
-                continue
-            if id(param) in no_decay or name.endswith("bias") or param.ndim < 2:
-                plain.append(param)
-            else:
-                decay.append(param)
-        for params, weight_decay, suffix in (
-            (decay, cfg.train.weight_decay, ""),
-            (plain, 0.0, "_no_decay"),
-        ):
-            if params:
-                groups.append(
-                    {
-                        "params": params,
-                        "lr": lr,
-                        "weight_decay": weight_decay,
-                        "name": part + suffix,
-                    }
-                )
-    return groups
+def parameter_parts(
+    model: CaptionModel, cfg: CaptionerConfig
+) -> list[tuple[str, nn.Module, float]]:
+    """The optimizer's parts: the decoder at train.lr, the trainable encoder at train.encoder_lr."""
+    return [
+        ("decoder", model.decoder, cfg.train.lr),
+        ("encoder", model.encoder, cfg.train.encoder_lr),
+    ]
 
 
 class SeededItems(Dataset):
@@ -163,28 +113,12 @@ class SeededItems(Dataset):
     def __getitem__(self, key: tuple[int, int]) -> Any:
         epoch, index = key
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(((self.seed * 1_000_003 + epoch) * 10_000_019 + index) % 2**63)
+            # the CPU generator only: torch.manual_seed would also queue a CUDA seeding with a stack
+            # trace per item (~1 ms) and leave the CUDA generator re-seeded after the item
+            torch.default_generator.manual_seed(
+                ((self.seed * 1_000_003 + epoch) * 10_000_019 + index) % 2**63
+            )
             return self.dataset[index]
-
-
-@dataclass
-class Progress:
-    """Where a run is; all of it goes into the checkpoint so that --resume continues exactly."""
-
-    step: int = 0
-    epoch: int = 0
-    batch_in_epoch: int = 0
-    order_state: Tensor | None = None  # data-order generator state for this epoch's shuffle
-    best_scores: dict[str, float] | None = None
-    best_step: int = -1
-    bad_validations: int = 0
-    elapsed_s: float = 0.0  # training wall time of all runs so far
-    validated_step: int = -1  # the step of the last validation
-    val_scores: dict[str, float] = field(default_factory=dict)
-
-
-def score_key(scores: dict[str, float]) -> tuple[float, ...]:
-    return tuple(scores[name] for name in SCORE_ORDER)
 
 
 def epoch_batches(num_items: int, batch_size: int, generator: torch.Generator) -> list[list[int]]:
@@ -195,17 +129,16 @@ def epoch_batches(num_items: int, batch_size: int, generator: torch.Generator) -
     return [order[i * batch_size : (i + 1) * batch_size] for i in range(steps)]
 
 
-# --------------------------------------------------------------------------------------------
-# The run
-
-
 @dataclass
 class _Data:
     """What the loop iterates over, with or without the feature cache."""
 
     train_set: Dataset
     collate: Callable
-    val_batches: Callable[[Captioner], Iterator[tuple[list[int], ImageFeatures]]]
+    # (captioner, val records) -> (record indices, features) batches of those records
+    val_batches: Callable[
+        [Captioner, Sequence[ImageRecord]], Iterator[tuple[list[int], ImageFeatures]]
+    ]
     uses_cache: bool
     encoded_images: int  # images the feature cache encoded in this run
 
@@ -218,6 +151,7 @@ def _build_data(
     val_records: Sequence[ImageRecord],
     out_dir: Path,
     device: torch.device,
+    layout: Distributed,
     progress: bool,
 ) -> _Data:
     max_ids = cfg.data.max_caption_length + 2  # words + <start> + <end>
@@ -230,18 +164,29 @@ def _build_data(
             else out_dir / "features"
         )
         cache = FeatureCache(cache_root, model.encoder, cfg, eval_tf)
+        # Under torchrun each process encodes its share of the missing images, in parallel; the
+        # files are written atomically, and all wait until the whole cache is there.
+        records = [*train_records, *val_records]
         encoded = cache.ensure(
-            [*train_records, *val_records],
+            records[layout.rank :: layout.world_size],
+            exclusive=not layout.enabled,  # disjoint shares: no lock between the processes
             device=device,
             batch_size=batch,
             num_workers=cfg.data.num_workers,
             progress=progress,
         )
-        train_set = FeaturePairs(train_records, vocab, cache, max_length=max_ids)
+        encoded = sum(layout.all_gather_objects(encoded))  # also waits for every process
+        store = cache.store(train_records)
+        if cfg.train.captions_per_image:
+            cached = FeatureGroups(
+                train_records, vocab, store, cfg.train.captions_per_image, max_length=max_ids
+            )
+        else:
+            cached = FeaturePairs(train_records, vocab, store, max_length=max_ids)
         return _Data(
-            train_set,
-            collate_feature_pairs,
-            lambda captioner: cache.batches(val_records, batch),
+            SeededItems(cached, cfg.train.seed),  # the same reference picks as CaptionGroups
+            DropBadImages(FeatureCollate(store, vocab.pad_id)),  # the (batch, bad images) shape
+            lambda captioner, records: cache.batches(records, batch),
             uses_cache=True,
             encoded_images=encoded,
         )
@@ -260,11 +205,17 @@ def _build_data(
             cfg.train.captions_per_image,
             cache_images=cfg.data.cache_images,
             max_length=max_ids,
+            mark_bad_images=True,
         )
         collate = collate_groups
     else:
         items = CaptionPairs(
-            train_records, vocab, train_tf, cache_images=cfg.data.cache_images, max_length=max_ids
+            train_records,
+            vocab,
+            train_tf,
+            cache_images=cfg.data.cache_images,
+            max_length=max_ids,
+            mark_bad_images=True,
         )
         collate = collate_pairs
     val_images = ImageOnly(val_records, eval_tf, cache_images=cfg.data.cache_images)
@@ -272,75 +223,89 @@ def _build_data(
     val_workers = 0 if cfg.data.cache_images else cfg.data.num_workers
     return _Data(
         SeededItems(items, cfg.train.seed),
-        collate,
-        lambda captioner: image_batches(
-            captioner, val_records, batch, num_workers=val_workers, dataset=val_images
+        DropBadImages(collate),  # undecodable images: data.bad_images, applied by BadImageLog
+        lambda captioner, records: image_batches(
+            captioner,
+            records,
+            batch,
+            num_workers=val_workers,
+            dataset=val_images if len(records) == len(val_records) else None,
         ),
         uses_cache=False,
         encoded_images=0,
     )
 
 
-def _payload(
-    cfg: CaptionerConfig,
-    vocab: Vocabulary,
-    model: CaptionModel,
-    optimizer: torch.optim.Optimizer,
-    scheduler: LambdaLR,
-    state: Progress,
-) -> dict[str, Any]:
-    return {
-        "task": TASK,
-        "config": to_dict(cfg),
-        "vocab": vocab.to_list(),
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "step": state.step,
-        "epoch": state.epoch,
-        "batch_in_epoch": state.batch_in_epoch,
-        "order_state": state.order_state,
-        "rng": rng_state(),
-        "best_scores": state.best_scores,
-        "best_step": state.best_step,
-        "bad_validations": state.bad_validations,
-        "elapsed_s": state.elapsed_s,
-        "val_scores": state.val_scores,
-    }
+class EpochBatches:
+    """The training batches, epoch after epoch, reshuffled from a seeded generator; this process's
+    share of each batch under torchrun. Its position (epoch, batch, the shuffle's generator state)
+    is part of the checkpoint, so a resume continues with the very next batch.
 
+    One DataLoader serves the whole run: this object is its batch sampler, and each pass of the
+    loader is the rest of the current epoch, so DataLoader workers persist across epochs
+    (``persistent_workers``) instead of starting again every epoch.
+    """
 
-def _restore(
-    payload: dict[str, Any],
-    model: CaptionModel,
-    optimizer: torch.optim.Optimizer,
-    scheduler: LambdaLR,
-    path: Path,
-) -> Progress:
-    try:
-        model.load_state_dict(payload["model"])
-        optimizer.load_state_dict(payload["optimizer"])
-        scheduler.load_state_dict(payload["scheduler"])
-        state = Progress(
-            step=int(payload["step"]),
-            epoch=int(payload["epoch"]),
-            batch_in_epoch=int(payload["batch_in_epoch"]),
-            order_state=payload["order_state"],
-            best_scores=payload["best_scores"],
-            best_step=int(payload["best_step"]),
-            bad_validations=int(payload["bad_validations"]),
-            elapsed_s=float(payload["elapsed_s"]),
-            validated_step=int(payload["step"]),
-            val_scores=dict(payload.get("val_scores") or {}),
+    def __init__(
+        self, data: _Data, cfg: CaptionerConfig, layout: Distributed, pin: bool, bad: BadImageLog
+    ) -> None:
+        self.data, self.cfg, self.bad = data, cfg, bad
+        self.rows = layout.shard(cfg.train.batch_size, "train.batch_size")
+        self.order = torch.Generator().manual_seed(cfg.train.seed)
+        self.epoch, self.batch_in_epoch = 0, 0
+        self.order_state = self.order.get_state()  # the state this epoch's shuffle is drawn from
+        self.steps_per_epoch = max(1, len(data.train_set) // cfg.train.batch_size)
+        workers = cfg.data.num_workers
+        self.loader = DataLoader(
+            data.train_set,
+            batch_sampler=self,
+            collate_fn=data.collate,
+            num_workers=workers,
+            pin_memory=pin,
+            persistent_workers=workers > 0,
+            prefetch_factor=4 if workers > 0 else None,
+            generator=torch.Generator(),  # keeps the global generator out of data loading
         )
-        rng = payload["rng"]
-    except (KeyError, ValueError, RuntimeError, TypeError) as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(
-            f"cannot resume from {path}: it lacks or has damaged training state ({reason}); "
-            "drop --resume to start afresh"
-        ) from None
-    set_rng_state(rng)
-    return state
+        self._batches: Iterator | None = None
+
+    def __iter__(self) -> Iterator[list]:
+        """The rest of the current epoch's batches (the DataLoader's batch sampler)."""
+        self.order.set_state(self.order_state)
+        batches = epoch_batches(len(self.data.train_set), self.cfg.train.batch_size, self.order)
+        batches = [batch[self.rows] for batch in batches[self.batch_in_epoch :]]
+        # SeededItems takes (epoch, index) keys
+        batches = [[(self.epoch, index) for index in batch] for batch in batches]
+        return iter(batches)
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch - self.batch_in_epoch
+
+    def next_batch(self) -> tuple[Any, bool]:
+        """The next batch, and whether an epoch ended with it (or with the batches before it that
+        data.bad_images=skip emptied entirely, which are passed over)."""
+        epoch_end = False
+        while True:
+            if self._batches is None:
+                self._batches = self.bad.batches(iter(self.loader))
+            batch = next(self._batches)
+            self.batch_in_epoch += 1
+            if self.batch_in_epoch == self.steps_per_epoch:
+                self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+                self.order_state = self.order.get_state()  # the next epoch shuffles from here
+                self._batches, epoch_end = None, True
+            if batch is not None:
+                return batch, epoch_end
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "order_state": self.order_state,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.epoch, self.batch_in_epoch = int(state["epoch"]), int(state["batch_in_epoch"])
+        self.order_state, self._batches = state["order_state"], None
 
 
 def train(
@@ -348,244 +313,156 @@ def train(
     out_dir: str | Path,
     resume: bool = False,
     *,
-    progress: bool = True,
-    log: Callable[[str], None] | None = None,
     overwrite: bool = False,
+    quiet: bool = False,
 ) -> dict[str, Any]:
-    """Train (or with `resume`, continue ``out_dir/last.pt``); return a summary dict:
-
-    steps, epochs (fractional), stop_reason, best_bleu4, best_step, best_scores, last_scores,
-    losses (per step of this call), final_loss, pairs_per_s ((image, caption) pairs per second of
-    step time, validation excluded), images_per_s (images through the encoder per second of step
-    time), time_s (this call's wall time), elapsed_s (all runs), device,
-    feature_cache (whether used), encoded_images, out_dir, best_checkpoint, last_checkpoint.
-    """
-    started = time.perf_counter()
-    log = log or (lambda line: tqdm.write(line))
+    """Train (or with `resume`, continue ``out_dir/last.pt``); return the engine's summary plus
+    epochs (fractional), best_bleu4, losses (per step of this call), final_loss, pairs_per_s,
+    images_per_s (through the encoder; the feature cache runs none), feature_cache and
+    encoded_images."""
     check_config(cfg)
-    out_dir = Path(out_dir)
-    last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"--out-dir {out_dir} is a file; pass a folder for the run")
-    if resume and not last_path.is_file():
+    if cfg.train.objective == "scst":
         raise UserError(
-            f"nothing to resume: {last_path} does not exist; drop --resume to start a run"
+            "train.objective=scst is not in the training loop yet (its pieces are: captioner.scst, "
+            "captioner.cider); train with train.objective=xe"
         )
-    if not resume and last_path.exists() and not overwrite:
-        raise UserError(
-            f"{out_dir} already holds a run ({last_path.name}); pass --resume to continue it, "
-            "--overwrite to replace it, or choose another --out-dir"
-        )
-    device = pick_device(cfg.train.device)
-    set_seed(cfg.train.seed)
+    run = Run(
+        out_dir,
+        task=TASK,
+        settings=cfg.train,
+        config=to_dict(cfg),
+        resume=resume,
+        overwrite=overwrite,
+        quiet=quiet,
+    )
+    device = run.device
 
+    # --- data: annotations, the vocabulary of the train split, train items, val images
     records = load_data_records(cfg.data)
     train_records = select_split(records, "train", source=cfg.data.annotations)
     val_records = select_split(records, "val", source=cfg.data.annotations)
     if cfg.train.eval_max_images:
         val_records = val_records[: cfg.train.eval_max_images]
     vocab = Vocabulary.build(
-        (caption for record in train_records for caption in record.captions),
-        cfg.data.min_word_count,
+        (c for record in train_records for c in record.captions), cfg.data.min_word_count
     )
-    payload = None
-    if resume:
-        payload = load_checkpoint(last_path, task=TASK)
-        check_same_architecture(
-            payload.get("config", {}), to_dict(cfg), ARCHITECTURE_KEYS, last_path
-        )
-        if payload.get("vocab") != vocab.to_list():
-            raise UserError(
-                f"cannot resume from {last_path}: the training captions now give another "
-                f"vocabulary ({len(vocab)} words, the checkpoint has {len(payload.get('vocab') or [])}); "
-                "resume with the same data and data.min_word_count"
-            )
+    run.check_resume(ARCHITECTURE_KEYS, vocab.to_list(), "the training captions")
 
+    # --- model, optimizer, data order
     model = CaptionModel(cfg, len(vocab), pad_id=vocab.pad_id).to(device)
-    data = _build_data(cfg, model, vocab, train_records, val_records, out_dir, device, progress)
-    optimizer = torch.optim.AdamW(parameter_groups(model, cfg), lr=cfg.train.lr)
-    batch_size = cfg.train.batch_size
-    steps_per_epoch = max(1, len(data.train_set) // batch_size)
-    total_steps = cfg.train.max_steps or cfg.train.epochs * steps_per_epoch
-    budget_used = {"fraction": 0.0}  # of train.time_budget_s, updated every step
-
-    def lr_multiplier(step: int) -> float:
-        # With a time budget the cosine follows whichever runs out first, steps or time, so a
-        # budget-limited run still anneals fully.
-        step = max(step, int(total_steps * budget_used["fraction"]))
-        return warmup_cosine(
-            step,
-            warmup_steps=cfg.train.warmup_steps,
-            total_steps=total_steps,
-            min_ratio=cfg.train.min_lr_ratio,
-        )
-
-    scheduler = LambdaLR(optimizer, lr_multiplier)
-    order = torch.Generator().manual_seed(cfg.train.seed)
-    if payload is not None:
-        state = _restore(payload, model, optimizer, scheduler, last_path)
-        log(f"resumed from {last_path} at step {state.step} (epoch {state.epoch})")
-    else:
-        state = Progress(order_state=order.get_state())
-        out_dir.mkdir(parents=True, exist_ok=True)
+    # channels_last lets cuDNN use its faster NHWC convolutions; on the CPU it stays NCHW.
+    memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    model.encoder.to(memory_format=memory_format)
+    data = _build_data(
+        cfg,
+        model,
+        vocab,
+        train_records,
+        val_records,
+        run.out_dir,
+        device,
+        run.dist,
+        not quiet and run.dist.is_main,
+    )
+    optimizer = run.optimizer(parameter_parts(model, cfg))
+    bad_images = BadImageLog(cfg.data.bad_images, warn=run.log)
+    batches = EpochBatches(data, cfg, run.dist, pin=device.type == "cuda", bad=bad_images)
+    run.restore(model, optimizer, batches)
     captioner = Captioner(model, vocab, cfg, eval_transform(cfg), device)
-    trainable = [p for group in optimizer.param_groups for p in group["params"]]
-    window: list[Tensor] = []  # losses since the last validation (on the device: no sync per step)
-    losses: list[float] = []
-    pairs_seen, images_seen, step_time = 0, 0, 0.0
-    run_start = time.perf_counter()
-    elapsed_before = state.elapsed_s
+    counts = {"images": 0, "pairs": 0}
 
-    def elapsed() -> float:
-        return elapsed_before + time.perf_counter() - run_start
+    # --- one step and one validation; the engine does the rest
+    def step(net: nn.Module) -> StepResult:
+        (inputs, captions, lengths), epoch_end = batches.next_batch()
+        if not data.uses_cache:
+            inputs = inputs.to(device, non_blocking=True, memory_format=memory_format)
+            counts["images"] += inputs.size(0)
+        else:
+            inputs = features_to(inputs, device)
+        captions = captions.to(device, non_blocking=True)
+        words = None
+        if run.dist.enabled:  # normalise by the global batch's words (see CaptionDecoder.forward)
+            words = (lengths - 1).clamp(min=1).sum().to(device, torch.float32)
+            words = run.dist.all_reduce_sum(words) / run.dist.world_size
+        _, loss = net(inputs, captions, lengths, words, label_smoothing=cfg.train.label_smoothing)
+        counts["pairs"] += captions.size(0)
+        return StepResult(loss, captions.size(0), epoch_end)
 
-    def flush_losses() -> list[float]:
-        values = torch.stack(window).float().tolist() if window else []
-        losses.extend(values)
-        window.clear()
-        return values
-
-    def validate() -> None:
-        recent = flush_losses()
+    def validate(net: nn.Module) -> dict[str, float]:
+        share = val_records[run.dist.rank :: run.dist.world_size]  # all of them in one process
         scores, predictions = evaluate_split(
             captioner,
-            val_records,
-            batch_size=batch_size,
-            batches=data.val_batches(captioner),
+            share,
+            batch_size=cfg.train.batch_size,
+            batches=data.val_batches(captioner, share),
             coco_metrics=False,
+            cider=cfg.train.best_metric == "cider",
+            layout=run.dist,
         )
-        state.val_scores = scores
-        state.validated_step = state.step
-        improved = state.best_scores is None or score_key(scores) > score_key(state.best_scores)
-        if improved:
-            state.best_scores, state.best_step, state.bad_validations = scores, state.step, 0
-        else:
-            state.bad_validations += 1
-        state.elapsed_s = elapsed()
-        checkpoint = _payload(cfg, vocab, model, optimizer, scheduler, state)
-        if improved:
-            save_checkpoint(checkpoint, best_path)
-        save_checkpoint(checkpoint, last_path)
-        loss_text = f"{sum(recent) / len(recent):.3f}" if recent else "  -  "
-        bleu = "/".join(f"{scores[name]:.1f}" for name in reversed(SCORE_ORDER))
-        sample = predictions[0]["caption"] if predictions else ""
-        mark = "*" if improved else " "
-        log(
-            f"step {state.step:6d} | epoch {state.epoch + state.batch_in_epoch / steps_per_epoch:5.2f}"
-            f" | train loss {loss_text} | val BLEU-1..4 {bleu} {mark}| e.g. {sample!r}"
-        )
+        samples["first"] = predictions[0]["caption"] if predictions else ""
+        return scores
 
-    def stop_reason() -> str | None:
-        if cfg.train.max_steps and state.step >= cfg.train.max_steps:
-            return "max_steps"
-        if not cfg.train.max_steps and state.epoch >= cfg.train.epochs:
-            return "epochs"
-        if cfg.train.patience and state.bad_validations >= cfg.train.patience:
-            return "patience"
-        if cfg.train.time_budget_s and elapsed() >= cfg.train.time_budget_s:
-            return "time_budget"
-        return None
+    samples = {"first": ""}
 
-    bar = tqdm(
-        total=total_steps,
-        initial=min(state.step, total_steps),
-        desc="train",
-        unit="step",
-        dynamic_ncols=True,
-        disable=not progress or None,
+    def describe(scores: dict[str, float]) -> str:
+        epoch = batches.epoch + batches.batch_in_epoch / batches.steps_per_epoch
+        bleu = "/".join(f"{scores[name]:.1f}" for name in BLEU_KEYS)
+        return f"epoch {epoch:.2f}, val BLEU-1..4 {bleu}, e.g. {samples['first']!r}"
+
+    m = cfg.model
+    architecture = (
+        f"{m.encoder} ({m.encoder_stages} stages, {m.finetune}) -> {m.num_layers}-layer "
+        f"{m.cell.upper()} {m.hidden_size}, "
+        + ("soft attention" if m.attention else "show and tell")
     )
-    model.train()
-    reason = stop_reason()
-    try:
-        while reason is None:
-            order.set_state(state.order_state)
-            batches = epoch_batches(len(data.train_set), batch_size, order)
-            if not data.uses_cache:  # SeededItems takes (epoch, index) keys
-                batches = [[(state.epoch, index) for index in batch] for batch in batches]
-            loader = DataLoader(
-                data.train_set,
-                batch_sampler=batches[state.batch_in_epoch :],
-                collate_fn=data.collate,
-                num_workers=cfg.data.num_workers,
-                pin_memory=device.type == "cuda",
-                generator=torch.Generator(),  # keeps the global generator out of data loading
-            )
-            tick = time.perf_counter()
-            for inputs, captions, lengths in loader:
-                captions = captions.to(device, non_blocking=True)
-                with autocast(device):
-                    if data.uses_cache:
-                        features = inputs.to(device)
-                    else:
-                        images = inputs.to(device, non_blocking=True)
-                        features = model.encoder(images)
-                        images_seen += images.size(0)
-                        per_image = captions.size(0) // images.size(0)
-                        if per_image > 1:  # captions_per_image: caption rows j*k.. are image j's
-                            owners = torch.arange(images.size(0), device=device)
-                            features = features.index_select(owners.repeat_interleave(per_image))
-                    _, loss = model.decoder(features, captions, lengths)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.train.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(trainable, cfg.train.grad_clip)
-                optimizer.step()
-                if cfg.train.time_budget_s:
-                    budget_used["fraction"] = min(1.0, elapsed() / cfg.train.time_budget_s)
-                scheduler.step()
-                window.append(loss.detach())
-                state.step += 1
-                state.batch_in_epoch += 1
-                pairs_seen += captions.size(0)
-                bar.update(1)
-                if cfg.train.log_every and state.step % cfg.train.log_every == 0:
-                    bar.set_postfix(
-                        loss=f"{loss.item():.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}"
-                    )
-                if state.batch_in_epoch == len(batches):  # the epoch is complete
-                    state.epoch += 1
-                    state.batch_in_epoch = 0
-                    state.order_state = order.get_state()  # the next epoch shuffles from here
-                step_time += time.perf_counter() - tick
-                epoch_done = state.batch_in_epoch == 0
-                if (cfg.train.eval_every and state.step % cfg.train.eval_every == 0) or (
-                    not cfg.train.eval_every and epoch_done
-                ):
-                    validate()
-                    model.train()
-                reason = stop_reason()
-                tick = time.perf_counter()
-                if reason is not None:
-                    break
-    finally:
-        bar.close()
-    if state.validated_step != state.step:
-        validate()  # a final validation and last.pt at the step training stopped
-    flush_losses()
-    time_s = time.perf_counter() - started
-    summary = {
-        "steps": state.step,
-        "epochs": state.epoch + state.batch_in_epoch / steps_per_epoch,
-        "stop_reason": reason,
-        "best_bleu4": state.best_scores["BLEU-4"] if state.best_scores else None,
-        "best_step": state.best_step,
-        "best_scores": state.best_scores,
-        "last_scores": state.val_scores,
-        "losses": losses,
-        "final_loss": losses[-1] if losses else None,
-        "pairs_per_s": pairs_seen / step_time if step_time > 0 else 0.0,
-        # images through the encoder per second (the feature cache runs none)
-        "images_per_s": images_seen / step_time if step_time > 0 else 0.0,
-        "time_s": time_s,
-        "elapsed_s": state.elapsed_s,
-        "device": str(device),
+    total_steps = cfg.train.max_steps or cfg.train.epochs * batches.steps_per_epoch
+    summary = run.fit(
+        model,
+        optimizer,
+        batches,
+        step=step,
+        evaluate=validate,
+        score_key=lambda scores: score_key(scores, cfg.train.best_metric),
+        total_steps=total_steps,
+        unit="pairs/s",
+        card={"architecture": architecture, "data": data_card(cfg, train_records)},
+        extra=lambda: {"vocab": vocab.to_list()},
+        describe=describe,
+        # an epoch is every item once, fewer steps when data.bad_images=skip emptied batches
+        finished=lambda: (
+            "epochs" if not cfg.train.max_steps and batches.epoch >= cfg.train.epochs else None
+        ),
+    )
+    if bad_images.items:
+        run.log(bad_images.summary())
+    seconds = summary["time_s"]
+    best = summary["best_scores"]
+    return {
+        **summary,
+        "epochs": batches.epoch + batches.batch_in_epoch / batches.steps_per_epoch,
+        "best_bleu4": best["BLEU-4"] if best else None,
+        "final_loss": summary["losses"][-1] if summary["losses"] else None,
+        "pairs_per_s": summary["throughput"],
+        "images_per_s": counts["images"] * run.dist.world_size / seconds if seconds > 0 else 0.0,
         "feature_cache": data.uses_cache,
         "encoded_images": data.encoded_images,
-        "out_dir": str(out_dir),
-        "best_checkpoint": str(best_path),
-        "last_checkpoint": str(last_path),
+        "skipped_items": bad_images.items,
+        "skipped_images": list(bad_images.paths),
     }
-    return summary
+
+
+def data_card(cfg: CaptionerConfig, train_records: Sequence[ImageRecord]) -> dict[str, Any]:
+    """What the model card says about the training data."""
+    annotations = cfg.data.annotations
+    path = annotations if isinstance(annotations, str) else ", ".join(annotations)
+    name = Path(path.split(", ")[0]).stem
+    return {
+        "name": name,
+        "path": path,
+        "size": len(train_records),
+        "unit": "images",
+        "synthetic_scenes": "scenes" in name,
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -598,26 +475,19 @@ def main(argv: Sequence[str] | None = None) -> None:
         description="Train the CNN->RNN image captioner from a YAML config (configs/captioner/).",
     )
     add_run_arguments(parser, "captioner", "configs/captioner/scenes_demo.yaml")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     cfg = load_config(CaptionerConfig, args.config, args.overrides)
     out_dir = run_dir("captioner", args.config, args.out_dir)
-    summary = train(
-        cfg,
-        out_dir,
-        resume=args.resume,
-        progress=not args.quiet,
-        log=print if args.quiet else None,
-        overwrite=args.overwrite,
-    )
+    summary = train(cfg, out_dir, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet)
+    if not summary["is_main"]:
+        return
     best = summary["best_bleu4"]
     best_text = "n/a" if best is None or math.isnan(best) else f"{best:.2f}"
     print(
-        f"done ({summary['stop_reason']}): {summary['steps']} steps, {summary['epochs']:.2f} epochs, "
-        f"best val BLEU-4 {best_text} at step {summary['best_step']}, "
+        f"done: {summary['steps']} steps (stopped by {summary['stop_reason']}), "
+        f"{summary['epochs']:.2f} epochs, best val BLEU-4 {best_text} at step {summary['best_step']}, "
         f"{summary['pairs_per_s']:.1f} pairs/s, {summary['images_per_s']:.1f} images/s, "
-        f"{summary['time_s']:.0f} s; "
-        f"checkpoints: {summary['best_checkpoint']}, {summary['last_checkpoint']}"
+        f"{summary['time_s']:.0f} s; checkpoints: {summary['best_checkpoint']}, {summary['last_checkpoint']}"
     )
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from recurrent.config import check_bounds
+from recurrent.engine import RUN_BOUNDS, RunSettings
 from recurrent.errors import UserError
 
 # The canonical public copy of tiny-shakespeare (Karpathy's char-rnn) and its sha256.
@@ -42,23 +43,16 @@ class ModelConfig:
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(RunSettings):
+    """The run rules shared with the captioner (`recurrent.engine.RunSettings`, see the README's
+    "How a run works") with char_lm's defaults, and its own evaluation size."""
+
     max_steps: int = 5000  # 0: no step limit (then time_budget_s must be set)
-    # Stop after this many seconds of training steps (evaluations not counted; summed over
-    # resumes); 0: none. Without a step count the cosine follows the fraction of it used.
-    time_budget_s: float = 0.0
-    lr_decay_steps: int = 0  # steps of the warmup + cosine schedule; 0: max_steps
     seed: int = 1337
-    optimizer: Literal["adamw", "rmsprop"] = "adamw"  # rmsprop is char-rnn's choice
     lr: float = 2e-3
-    weight_decay: float = 0.0
-    warmup_steps: int = 100
-    min_lr_ratio: float = 0.1  # the cosine decays the LR to lr * min_lr_ratio
-    grad_clip: float = 1.0  # max global gradient norm; 0: no clipping
-    eval_every: int = 250  # steps between evaluations (and last.pt / best.pt writes)
+    adam_beta2: float = 0.99  # nanoGPT's shakespeare_char: small batches, short runs
+    eval_every: int = 250  # steps between evaluations (0: at every pass over the text)
     eval_batches: int = 20  # windows of the val stream per evaluation; 0: the whole val stream
-    device: str = "auto"  # auto (CUDA when present), cpu, cuda, cuda:N
-    log_every: int = 50  # steps between progress-bar loss updates
 
 
 @dataclass
@@ -84,41 +78,26 @@ def architecture_keys(config: dict, saved: dict) -> list[str]:
     return [k for k in ARCHITECTURE_KEYS if uses_embedding or k != "model.embed_size"]
 
 
+# Where each number must lie, in interval notation ("(0, 10]": 0 < lr <= 10), checked by
+# `recurrent.config.check_bounds`. The caps on sizes refuse values that would only allocate
+# gigabytes and crash; "[0, inf)" is any finite value. Every int and float field has a row.
+BOUNDS = {
+    **RUN_BOUNDS,
+    "data.val_fraction": "[0, 1)",
+    "data.block_size": "[1, 16384]",
+    "data.batch_size": "[1, 16384]",
+    "model.embed_size": "[1, 8192]",
+    "model.num_layers": "[1, 32]",
+    "model.hidden_size": "[1, 8192]",
+    "model.dropout": "[0, 1)",
+    "train.eval_batches": "[0, 1e9]",
+}
+
+
 def check_config(config: CharLMConfig) -> None:
     """Values the types allow but training cannot use are a UserError naming the key."""
-    data, model, train = config.data, config.model, config.train
-    at_least_one = {
-        "data.block_size": data.block_size,
-        "data.batch_size": data.batch_size,
-        "model.embed_size": model.embed_size,
-        "model.num_layers": model.num_layers,
-        "model.hidden_size": model.hidden_size,
-        "train.eval_every": train.eval_every,
-        "train.log_every": train.log_every,
-    }
-    not_negative = {
-        "train.max_steps": train.max_steps,
-        "train.time_budget_s": train.time_budget_s,
-        "train.lr_decay_steps": train.lr_decay_steps,
-        "train.weight_decay": train.weight_decay,
-        "train.warmup_steps": train.warmup_steps,
-        "train.grad_clip": train.grad_clip,
-        "train.eval_batches": train.eval_batches,
-    }
-    check_bounds(at_least_one, not_negative)
-    if not 0 <= model.dropout < 1:
-        raise UserError(f"config key 'model.dropout' must be in [0, 1), got {model.dropout}")
-    if not 0 <= data.val_fraction < 1:
-        raise UserError(
-            f"config key 'data.val_fraction' must be in [0, 1), got {data.val_fraction}"
-        )
-    if not 0 <= train.min_lr_ratio <= 1:
-        raise UserError(
-            f"config key 'train.min_lr_ratio' must be in [0, 1], got {train.min_lr_ratio}"
-        )
-    if train.lr <= 0:
-        raise UserError(f"config key 'train.lr' must be > 0, got {train.lr}")
-    if train.max_steps == 0 and train.time_budget_s == 0:
+    check_bounds(config, BOUNDS)
+    if config.train.max_steps == 0 and config.train.time_budget_s == 0:
         raise UserError(
             "set train.max_steps or train.time_budget_s (both are 0: training never ends)"
         )

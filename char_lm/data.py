@@ -589,6 +589,11 @@ class StreamBatches:
         """All targets as one (B, L) int64 tensor: a copy, for looking at small texts."""
         return torch.cat([self.window(i)[1] for i in range(len(self))], dim=1)
 
+    def select_streams(self, rows: slice) -> StreamBatches:
+        """Keep only streams ``rows`` (a torchrun process's share); the text is shared, not copied."""
+        self._starts = self._starts[rows]
+        return self
+
     def to(self, device: torch.device | str) -> StreamBatches:
         self.ids = self.ids.to(device)
         self._starts = self._starts.to(device)

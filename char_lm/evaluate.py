@@ -20,6 +20,7 @@ from char_lm.data import encode_file
 from char_lm.generate import load_char_lm
 from char_lm.scoring import evaluate_text
 from recurrent.errors import UserError, run_cli
+from recurrent.precision import Precision
 from recurrent.training import pick_device
 
 
@@ -46,13 +47,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.streams < 1 or args.block_size < 1:
         raise UserError("--streams and --block-size must be at least 1")
     device = pick_device(args.device)
-    model, vocab, _ = load_char_lm(args.checkpoint, device)
+    model, vocab, cfg = load_char_lm(args.checkpoint, device)
     ids = encode_file(args.text, vocab, what=f"text {args.text}")  # read in chunks, small dtype
     if len(ids) < 2:
         raise UserError(
             f"{args.text} has {len(ids)} character(s); it needs at least 2 to predict one"
         )
-    loss, count = evaluate_text(model, ids, args.block_size, streams=args.streams)
+    with Precision.for_inference(cfg.train.precision, device).autocast():  # as it was trained
+        loss, count = evaluate_text(model, ids, args.block_size, streams=args.streams)
     result = {
         "checkpoint": str(args.checkpoint),
         "text": str(args.text),

@@ -3,7 +3,9 @@
     python -m char_lm.sample --checkpoint runs/char_lm/shakespeare/best.pt --prompt "ROMEO:" \
         --length 500 --temperature 0.8 --top-k 40 --top-p 0.95 --seed 1
 
-Prints the prompt, then the generated characters one at a time (flushed as they come), then a
+Without ``--seed`` every run draws a fresh random seed and prints it to stderr
+(``seed: 123456789``), so a sample worth keeping can be repeated with ``--seed 123456789`` and the
+same settings. Prints the prompt, then the generated characters one at a time (flushed as they come), then a
 newline. An empty prompt conditions the model on a newline (not printed) when its vocabulary has
 one; otherwise a prompt is required. Prompt characters the model never saw are an error naming
 them.
@@ -12,6 +14,7 @@ them.
 from __future__ import annotations
 
 import argparse
+import secrets
 import sys
 from collections.abc import Sequence
 
@@ -20,6 +23,13 @@ import torch
 from char_lm.generate import generate, load_char_lm
 from recurrent.errors import UserError, run_cli
 from recurrent.training import pick_device
+
+SEED_RANGE = 2**31  # seeds drawn without --seed are in [0, 2**31), short enough to copy
+
+
+def draw_seed() -> int:
+    """A fresh random seed for a run without ``--seed`` (from the OS, not torch's global state)."""
+    return secrets.randbelow(SEED_RANGE)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -55,7 +65,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--seed",
         type=int,
         default=None,
-        help="random seed, for repeatable samples (default: random)",
+        help="random seed: the same seed and settings give the same text (default: a fresh "
+        "random seed every run, printed to stderr so the sample can be repeated)",
     )
     parser.add_argument(
         "--greedy", action="store_true", help="always take the most likely character"
@@ -66,11 +77,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise UserError(f"--length must be >= 0, got {args.length}")
     device = pick_device(args.device)
     model, vocab, _ = load_char_lm(args.checkpoint, device)
-    generator = torch.Generator(device=device)
-    if args.seed is None:
-        generator.seed()
-    else:
-        generator.manual_seed(args.seed)
+    seed = draw_seed() if args.seed is None else args.seed
+    generator = torch.Generator(device=device).manual_seed(seed)
     characters = generate(
         model,
         vocab,
@@ -82,6 +90,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         greedy=args.greedy,
         generator=generator,
     )  # checks the prompt and settings before anything is printed
+    if args.seed is None:  # a drawn seed, so that a good sample can be repeated
+        print(f"seed: {seed} (pass --seed {seed} to repeat this sample)", file=sys.stderr)
     out = sys.stdout
     out.write(args.prompt)
     out.flush()

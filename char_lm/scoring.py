@@ -8,7 +8,6 @@ from torch import Tensor
 
 from char_lm.data import IGNORE_INDEX, StreamBatches
 from char_lm.model import CharLM
-from recurrent.training import autocast
 
 
 @torch.no_grad()
@@ -25,7 +24,8 @@ def evaluate_text(
 
     ``ids`` is cut into ``streams`` contiguous streams walked in windows of ``block_size`` with the
     state carried (`StreamBatches` with ``cover_all``); ``max_windows > 0`` stops after that many
-    windows (the same ones every time). Runs in eval mode and restores the model's mode after.
+    windows (the same ones every time). Runs in eval mode and restores the model's mode after; the caller chooses the precision
+    (the engine's, or `recurrent.precision.Precision.for_inference`).
     """
     was_training = model.training
     model.eval()
@@ -37,8 +37,7 @@ def evaluate_text(
     state = None
     for i in range(windows):
         inputs, targets = batches.window(i)
-        with autocast(device):
-            logits, _, state = model(inputs, state=state)
+        logits, _, state = model(inputs, state=state)
         total += F.cross_entropy(
             logits.float().reshape(-1, logits.size(-1)),
             targets.reshape(-1),

@@ -10,12 +10,20 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from recurrent.checkpoint import load_checkpoint
+import torch
+
+from captioner.config import CaptionerConfig
+from captioner.model import CaptionModel
+from char_lm.config import CharLMConfig
+from char_lm.model import CharLM
+from crnn_app.cards import model_card
+from recurrent.checkpoint import check_state_dict, load_checkpoint
+from recurrent.config import from_dict
 from recurrent.errors import UserError
 
 ENV_VAR = "CRNN_MODELS_DIR"
@@ -101,11 +109,13 @@ def checkpoint_path(models_dir: Path, name: str | os.PathLike[str]) -> Path:
 
 @dataclass(frozen=True)
 class CheckpointEntry:
-    """A readable checkpoint: its name relative to the models directory, task and a summary."""
+    """A readable checkpoint: its name relative to the models directory, task, a one-line
+    summary and its model card (`crnn_app.cards.model_card`)."""
 
     name: str
     task: str
     summary: str
+    card: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -126,13 +136,35 @@ def file_key(path: Path) -> tuple[int, int]:
     return stat.st_mtime_ns, stat.st_size
 
 
-def describe_checkpoint(path: str | os.PathLike[str]) -> tuple[str, str]:
-    """(task, summary) of a checkpoint file, or `UserError` when it is broken or foreign."""
+def describe_checkpoint(path: str | os.PathLike[str]) -> tuple[str, str, dict[str, Any]]:
+    """(task, summary, card) of a checkpoint file, or `UserError` when it is broken or foreign, or
+    its weights do not fit its config (so a tampered file is listed as unreadable, not offered)."""
     payload = load_checkpoint(path)
     task = payload.get("task")
     if task not in TASKS:
         raise UserError(f"a checkpoint for an unknown task {task!r}; the app serves {TASKS}")
-    return task, _summary(payload)
+    check_weights_fit(payload, path)
+    return task, _summary(payload), model_card(payload)
+
+
+def check_weights_fit(payload: dict[str, Any], path: str | os.PathLike[str]) -> None:
+    """`UserError` unless the checkpoint's tensors are the ones its config's model has, shape for
+    shape. The model is built on the meta device: no memory, no weights, no download."""
+    try:
+        with torch.device("meta"):
+            if payload["task"] == "captioner":
+                cfg = from_dict(CaptionerConfig, payload["config"])
+                cfg.model.weights = None  # the architecture only: the checkpoint has every weight
+                model = CaptionModel(cfg, len(payload["vocab"]))
+            else:
+                model = CharLM(
+                    from_dict(CharLMConfig, payload["config"]).model, len(payload["vocab"])
+                )
+    except UserError as err:
+        raise UserError(f"{path}'s config does not fit this version: {err}") from None
+    except (ValueError, RuntimeError, TypeError) as err:  # e.g. a negative size in an edited file
+        raise UserError(f"{path}'s config describes no model this version builds ({err})") from None
+    check_state_dict(model.state_dict(), payload["model"], path)
 
 
 def _summary(payload: dict[str, Any]) -> str:
@@ -167,12 +199,11 @@ FEATURE_CACHE_DIR = "features"
 FEATURE_CACHE_MARKER = "meta.json"
 
 
-def find_checkpoint_files(models_dir: Path, max_files: int = 200) -> tuple[list[Path], bool]:
-    """``*.pt`` files under ``models_dir`` (sorted), and whether the list was cut at ``max_files``.
+def walk_models_dir(models_dir: Path) -> Iterator[tuple[Path, list[str]]]:
+    """(folder, file names) for ``models_dir`` and every folder below it that is searched.
 
     Symlinked folders are not followed; hidden folders and feature caches are not searched.
     """
-    found: list[Path] = []
     for folder, subfolders, files in os.walk(models_dir):
         subfolders[:] = sorted(
             name
@@ -181,7 +212,17 @@ def find_checkpoint_files(models_dir: Path, max_files: int = 200) -> tuple[list[
             and name != FEATURE_CACHE_DIR
             and not (Path(folder) / name / FEATURE_CACHE_MARKER).is_file()
         )
-        found.extend(Path(folder) / name for name in files if name.endswith(".pt"))
+        yield Path(folder), files
+
+
+def find_checkpoint_files(models_dir: Path, max_files: int = 200) -> tuple[list[Path], bool]:
+    """``*.pt`` files under ``models_dir`` (sorted), and whether the list was cut at ``max_files``.
+
+    Searched as `walk_models_dir` walks.
+    """
+    found: list[Path] = []
+    for folder, files in walk_models_dir(models_dir):
+        found.extend(folder / name for name in files if name.endswith(".pt"))
     found.sort()
     return found[:max_files], len(found) > max_files
 
@@ -191,7 +232,7 @@ def list_checkpoints(
 ) -> Listing:
     """All checkpoint files under ``models_dir`` (see `find_checkpoint_files`), read with ``describe``.
 
-    ``describe(path) -> (task, summary)`` raises `UserError` for an unusable file (the app passes a
+    ``describe(path) -> (task, summary, card)`` raises `UserError` for an unusable file (the app passes a
     cached version). Files that resolve outside the models directory are skipped unread.
     """
     listing = Listing()
@@ -214,7 +255,7 @@ def list_checkpoints(
             continue
         resolved = checkpoint_path(models_dir, name)
         try:
-            task, summary = describe(resolved)
+            task, summary, card = describe(resolved)
         except UserError as err:  # messages name the file by its full path: the name is shorter
             reason = " ".join(str(err).split()).replace(str(resolved), name)
             listing.skipped.append((name, reason))
@@ -222,6 +263,6 @@ def list_checkpoints(
         except OSError as err:  # e.g. a file removed or made unreadable while listing
             listing.skipped.append((name, f"cannot be read ({err.strerror or err})"))
             continue
-        listing.entries.append(CheckpointEntry(name=name, task=task, summary=summary))
+        listing.entries.append(CheckpointEntry(name=name, task=task, summary=summary, card=card))
     listing.truncated = truncated
     return listing

@@ -7,66 +7,169 @@ best score. Never a pickled module: `torch.load(weights_only=True)` reads it.
 
 from __future__ import annotations
 
-import os
-import tempfile
+import pickle
+import re
+import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from recurrent.errors import UserError
+from recurrent.files import atomic_write
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: training runs of recurrent.engine (1, their predecessors, still load)
 TASK_TRAINERS = {"char_lm": "python -m char_lm.train", "captioner": "python -m captioner.train"}
 
 
 def save_checkpoint(payload: dict[str, Any], path: str | Path) -> None:
-    """Write ``payload`` to ``path`` atomically: a temp file in the same folder, then a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write ``payload`` to ``path`` atomically (`recurrent.files.atomic_write`)."""
     payload = {"format_version": FORMAT_VERSION, **payload}
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda handle: torch.save(payload, handle))
 
 
 def load_checkpoint(path: str | Path, task: str | None = None) -> dict[str, Any]:
-    """Read a checkpoint on the CPU; any problem with the file is a one-line `UserError`."""
+    """Read a checkpoint on the CPU; any problem with the file is a one-line `UserError`.
+
+    Refused, each with its own reason: a missing file or a folder; a truncated file (a full disk,
+    an interrupted copy); bytes changed since it was written (every zip member's CRC-32 is checked,
+    which torch.load does not do: a flipped byte in a tensor would otherwise load as a silently
+    different weight); a zip that lacks a member; a pickle that would build anything but tensors
+    and plain values (`torch.load(weights_only=True)` refuses it without running it); a file of
+    another program; a checkpoint of the other task (with `task`); a newer `format_version`; and a
+    payload whose config, vocabulary or model state is not a dict / list of str / dict of tensors.
+    Whether the tensors' shapes fit the config is the loading model's check
+    (`load_state_dict`, or `check_state_dict` without loading).
+    """
     path = Path(path)
     trainer = TASK_TRAINERS.get(task or "", "the project's train command")
+    written_by = f"pass a .pt file written by {trainer}"
     if not path.exists():
-        raise UserError(f"checkpoint not found: {path} (pass a .pt file written by {trainer})")
+        raise UserError(f"checkpoint not found: {path} ({written_by})")
     if path.is_dir():
         raise UserError(f"checkpoint {path} is a folder; pass a .pt file such as {path}/best.pt")
+    _check_archive(path, written_by)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - torch's unpickler raises many types on foreign bytes
+    except pickle.UnpicklingError as err:
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))  # weights_only refused to import it
+        if found is None:  # bytes that are no pickle at all
+            raise UserError(
+                f"{path} is not a readable checkpoint (corrupt, truncated or not written by this "
+                f"project); {written_by}"
+            ) from None
         raise UserError(
-            f"{path} is not a readable checkpoint (corrupt, truncated or not written by this "
-            f"project); pass a .pt file written by {trainer}"
+            f"{path} holds objects a checkpoint never contains ({found.group(1)}): code or classes "
+            f"that loading would run, so it was refused unread; {written_by}"
         ) from None
-    if not isinstance(payload, dict) or "format_version" not in payload or "task" not in payload:
-        raise UserError(
-            f"{path} is not a checkpoint of this project; pass a .pt file written by {trainer}"
+    except Exception as err:  # noqa: BLE001 - torch's reader raises many types on foreign bytes
+        missing = re.search(r"failed locating file ([^:]+): file not found", str(err))
+        problem = (
+            f": it lacks its part '{missing.group(1)}', as in an incomplete copy or a rebuilt zip"
+            if missing
+            else " (corrupt, truncated or not written by this project)"
         )
-    if payload["format_version"] > FORMAT_VERSION:
+        raise UserError(f"{path} is not a readable checkpoint{problem}; {written_by}") from None
+    if not isinstance(payload, dict) or "format_version" not in payload or "task" not in payload:
+        raise UserError(f"{path} is not a checkpoint of this project; {written_by}")
+    version = payload["format_version"]
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise UserError(f"{path} has a damaged format_version ({version!r}); {written_by}")
+    if version > FORMAT_VERSION:
         raise UserError(
-            f"{path} has checkpoint format {payload['format_version']}, newer than this version "
-            f"reads ({FORMAT_VERSION}); upgrade the project"
+            f"{path} has checkpoint format {version}, newer than this version reads "
+            f"({FORMAT_VERSION}); upgrade the project"
+        )
+    if payload["task"] not in TASK_TRAINERS:
+        raise UserError(
+            f"{path} is a checkpoint for an unknown task {payload['task']!r} (this project has "
+            f"{', '.join(TASK_TRAINERS)}); {written_by}"
         )
     if task is not None and payload["task"] != task:
         raise UserError(
             f"{path} is a {payload['task']} checkpoint, but this command needs a {task} "
             f"checkpoint (written by {trainer})"
         )
+    _check_payload(payload, path, written_by)
     return payload
+
+
+def _check_archive(path: Path, written_by: str) -> None:
+    """Refuse a checkpoint whose zip is cut short or whose members fail their CRC-32.
+
+    torch.save writes a zip whose every member carries the CRC-32 of its bytes, but torch.load
+    never checks them. Reading the file once more makes `load_checkpoint` 1.6-3.2x as slow as a
+    bare torch.load (8-400 MB; `bench/checkpoint_integrity.py`, docs/benchmarks.md).
+    """
+    with path.open("rb") as handle:
+        signature = handle.read(4)
+    if signature != b"PK\x03\x04":
+        return  # not a zip: torch.load says what it is
+    if not zipfile.is_zipfile(path):
+        raise UserError(
+            f"{path} is not a readable checkpoint (truncated: its zip directory is missing, as "
+            f"after a full disk or an interrupted copy); {written_by}"
+        )
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()  # the first member whose bytes fail their CRC-32
+    except Exception as err:  # noqa: BLE001 - zipfile raises many types on damaged archives
+        detail = " ".join(str(err).split()) or type(err).__name__
+        raise UserError(
+            f"{path} is not a readable checkpoint (a damaged zip: {detail}); {written_by}"
+        ) from None
+    if damaged is not None:
+        raise UserError(
+            f"{path} is damaged: its part '{damaged}' fails its checksum (bytes changed since it "
+            f"was written, by a bad disk or copy or by hand); {written_by}"
+        )
+
+
+def _check_payload(payload: dict[str, Any], path: Path, written_by: str) -> None:
+    """The keys every checkpoint has, of the right kinds (a tampered file may hold anything)."""
+    problems = {
+        "config": isinstance(payload.get("config"), dict),
+        "vocab": isinstance(payload.get("vocab"), list)
+        and all(isinstance(token, str) for token in payload["vocab"]),
+        "model": isinstance(payload.get("model"), dict)
+        and all(
+            isinstance(name, str) and isinstance(value, torch.Tensor)
+            for name, value in payload["model"].items()
+        ),
+    }
+    kinds = {"config": "a dict", "vocab": "a list of strings", "model": "a dict of tensors"}
+    for key, fine in problems.items():
+        if not fine:
+            state = "lacks" if key not in payload else "has a damaged"
+            raise UserError(
+                f"{path} {state} '{key}' (it must be {kinds[key]}); the file is damaged or was "
+                f"edited, so {written_by}"
+            )
+
+
+def check_state_dict(
+    expected: Mapping[str, torch.Tensor], saved: Mapping[str, Any], source: str | Path
+) -> None:
+    """Raise a one-line `UserError` unless `saved` has exactly the tensors of `expected` (a
+    model's ``state_dict()``, which may live on the meta device), each of the same shape."""
+    missing = [name for name in expected if name not in saved]
+    unexpected = [name for name in saved if name not in expected]
+    if missing or unexpected:
+        which = f"lacks '{missing[0]}'" if missing else f"has an unexpected '{unexpected[0]}'"
+        raise UserError(
+            f"{source}'s weights do not fit its config: it {which} "
+            f"({len(missing)} missing, {len(unexpected)} unexpected); the file is damaged or was "
+            "edited, so retrain"
+        )
+    for name, tensor in expected.items():
+        value = saved[name]
+        if not isinstance(value, torch.Tensor) or tuple(value.shape) != tuple(tensor.shape):
+            shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            raise UserError(
+                f"{source}'s weights do not fit its config: '{name}' is {shape}, its config needs "
+                f"{tuple(tensor.shape)}; the file is damaged or was edited, so retrain"
+            )
 
 
 def check_same_architecture(
@@ -92,7 +195,7 @@ def export_checkpoint(source: str | Path, target: str | Path, *, half: bool = Tr
     with a cast), so the copy serves like the original up to float16 rounding. It cannot be resumed.
     """
     payload = load_checkpoint(source)
-    keep = {"task", "config", "vocab", "step", "model"}
+    keep = {"task", "config", "vocab", "step", "model", "card"}
     exported = {key: value for key, value in payload.items() if key in keep}
     for key in ("best_val_loss", "best_scores", "best_step", "history"):
         if key in payload:

@@ -4,12 +4,27 @@
 returns a typed instance. An unknown key or a value of the wrong type is a `UserError` naming the
 dotted key, never silently ignored (minGPT's ``merge_from_args`` does the same; nanoGPT's ``exec``
 configurator is what to avoid).
+
+Values are read the same way from a YAML file and from ``--set``, as people write them:
+
+- numbers: ``3e-4``, ``3E-4``, ``1e3``, ``.5``, ``+1.5``, ``1_000`` (decimal only: ``010`` is ten,
+  ``0x10`` is refused). PyYAML follows YAML 1.1, which reads ``3e-4`` as a string and ``010`` as
+  eight; `ConfigLoader` resolves plain scalars by YAML 1.2's core schema instead. An int field
+  takes a whole number written as a float (``1e3`` -> 1000) and refuses ``1.5``. A float field also
+  takes ``nan``, ``inf``, ``-inf`` (or YAML's ``.nan``, ``.inf``); the task's bounds
+  (`check_bounds`) then refuse them wherever they make no sense, which today is every field.
+- booleans: ``true`` / ``false`` in any case, and ``yes`` / ``no``, ``on`` / ``off``, ``1`` / ``0``
+  where the field is a bool (elsewhere ``no`` stays the text "no", unlike YAML 1.1).
+- ``null`` (or ``~``) for an optional field.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
+import math
+import re
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -21,6 +36,116 @@ import yaml
 from recurrent.errors import UserError
 
 T = TypeVar("T")
+
+# --- values as people write them ---------------------------------------------------------------
+
+_DIGITS = r"[0-9]+(?:_[0-9]+)*"  # 1_000: an underscore between digits, as in Python
+_INT = rf"[-+]?{_DIGITS}"
+# A float has a point or an exponent: 3e-4, 3E-4, 1e3, .5, +1.5, 1., 1_000.5
+_FLOAT = (
+    rf"[-+]?(?:{_DIGITS}\.(?:{_DIGITS})?(?:[eE][-+]?[0-9]+)?"
+    rf"|\.{_DIGITS}(?:[eE][-+]?[0-9]+)?|{_DIGITS}[eE][-+]?[0-9]+)"
+)
+_INT_RE = re.compile(_INT)
+_FLOAT_RE = re.compile(_FLOAT)
+_NONFINITE_RE = re.compile(r"[-+]?\.?(?:inf|infinity|nan)", re.IGNORECASE)  # also YAML's .inf
+_BOOL_WORDS = {
+    **dict.fromkeys(("true", "yes", "on", "1"), True),
+    **dict.fromkeys(("false", "no", "off", "0"), False),
+}
+
+
+class ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2's core schema for plain scalars, plus ``1_000``.
+
+    YAML 1.1 (PyYAML's default) reads ``3e-4`` and ``1e3`` as strings, ``010`` as octal eight,
+    ``1:30`` as ninety, ``no`` / ``on`` as booleans and ``2024-01-01`` as a date; here the first
+    two are floats, ``010`` is ten and the rest stay strings (`_coerce` reads ``no`` where a bool
+    is expected). Used for YAML files and ``--set`` values alike.
+    """
+
+    yaml_implicit_resolvers: dict = {}  # its own table, not a copy of YAML 1.1's
+
+
+def _decimal(text: str) -> int | float:
+    """``int(text)`` (leading zeros too: YAML 1.1 would read 010 as octal eight)."""
+    try:
+        return int(text)
+    except ValueError:  # more digits than Python converts: only its sign matters to the bounds
+        return -math.inf if text.startswith("-") else math.inf
+
+
+def _construct_int(loader: ConfigLoader, node: yaml.ScalarNode) -> int | float:
+    text = loader.construct_scalar(node)
+    if _INT_RE.fullmatch(text):
+        return _decimal(text)
+    return loader.construct_yaml_int(node)  # an explicit !!int 0x10
+
+
+for _tag, _pattern, _first in [
+    ("null", r"~|null|Null|NULL|", ["~", "n", "N", ""]),
+    ("bool", r"true|True|TRUE|false|False|FALSE", list("tTfF")),
+    ("int", _INT, list("-+0123456789")),
+    ("float", rf"{_FLOAT}|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN)", list("-+0123456789.")),
+    ("merge", r"<<", ["<"]),
+]:
+    ConfigLoader.add_implicit_resolver(
+        f"tag:yaml.org,2002:{_tag}", re.compile(rf"^(?:{_pattern})$"), _first
+    )
+ConfigLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+
+
+def parse_number(text: str) -> int | float | None:
+    """A number as people write it (``3e-4``, ``.5``, ``+1.5``, ``1_000``, ``inf``), else None."""
+    text = text.strip()
+    if _INT_RE.fullmatch(text):
+        return _decimal(text)
+    if _FLOAT_RE.fullmatch(text):
+        return float(text)
+    if _NONFINITE_RE.fullmatch(text):
+        return float(text.replace(".", ""))  # Python's float() reads nan, -inf, +infinity
+    return None
+
+
+def _as_bool(value: Any) -> bool | None:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        return _BOOL_WORDS.get(value.strip().lower())
+    return None
+
+
+def _as_int(value: Any) -> int | None:
+    if isinstance(value, str):
+        value = parse_number(value)
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return int(value)  # 1e3 -> 1000; 1.5 is refused
+    return None
+
+
+def _as_float(value: Any) -> float | None:
+    if isinstance(value, str):
+        value = parse_number(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        return float(value)
+    except OverflowError:  # an int beyond any float
+        return None
+
+
+_SCALARS = {bool: _as_bool, int: _as_int, float: _as_float}
+_EXPECTED = {
+    bool: "bool (true or false)",
+    int: "int (a whole number)",
+    float: "float (a number such as 3e-4)",
+}
 
 
 def _type_name(tp: Any) -> str:
@@ -55,16 +180,14 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return [_coerce(v, item_type, f"{key}[{i}]") for i, v in enumerate(value)]
     if tp is Any:
         return value
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    elif tp is str:
+    if tp in _SCALARS:
+        converted = _SCALARS[tp](value)
+        if converted is not None:
+            return converted
+        raise UserError(
+            f"config key {key!r}: expected {_EXPECTED.get(tp, _type_name(tp))}, got {value!r}"
+        )
+    if tp is str:
         if isinstance(value, str):
             return value
     elif dataclasses.is_dataclass(tp):
@@ -96,16 +219,25 @@ def to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
+# PyYAML raises these, not YAMLError, on some text: RecursionError for deeply nested collections,
+# ValueError for integers beyond Python's digit limit, bad "\U" escapes or impossible timestamps,
+# OverflowError for "\UFFFFFFFF" (found by tests/test_fuzz_parsers.py).
+YAML_BUILD_ERRORS = (RecursionError, ValueError, OverflowError, AttributeError)
+
+
 def parse_override(item: str) -> tuple[str, Any]:
-    """``"model.cell=gru"`` -> ``("model.cell", "gru")``; the value is parsed as YAML."""
+    """``"train.lr=3e-4"`` -> ``("train.lr", 0.0003)``; the value is read as in a YAML file."""
     if "=" not in item:
         raise UserError(f"--set expects key=value, got {item!r} (for example --set model.cell=gru)")
     key, raw = item.split("=", 1)
     key = key.strip()
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = yaml.load(raw, Loader=ConfigLoader) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
+    except YAML_BUILD_ERRORS as err:  # text PyYAML parses but cannot build (see the constant)
+        reason = " ".join(str(err).split())[:120] or type(err).__name__
+        raise UserError(f"config key {key!r}: cannot read the value ({reason})") from None
     return key, value
 
 
@@ -128,13 +260,14 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str,
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
+    """The YAML file at ``path`` as a dict, its values read by `ConfigLoader` (as ``--set`` reads)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"config file not found: {path} (pass --config configs/<task>/<name>.yaml)")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
-        reason = " ".join(str(err).split())
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=ConfigLoader)
+    except (yaml.YAMLError, UnicodeDecodeError, *YAML_BUILD_ERRORS) as err:
+        reason = " ".join(str(err).split())[:300] or type(err).__name__
         raise UserError(f"config file {path} is not valid YAML: {reason}") from None
     if data is None:
         return {}
@@ -173,8 +306,8 @@ def _deep_update(
             base[key] = value
 
 
-def add_run_arguments(parser: argparse.ArgumentParser, task: str, example: str) -> None:
-    """The options every training CLI shares: --config, --set, --out-dir, --resume, --overwrite."""
+def add_config_arguments(parser: argparse.ArgumentParser, example: str) -> None:
+    """--config and --set, as every command that reads a task config takes them."""
     parser.add_argument("--config", required=True, help=f"YAML config, e.g. {example}")
     parser.add_argument(
         "--set",
@@ -183,9 +316,14 @@ def add_run_arguments(parser: argparse.ArgumentParser, task: str, example: str) 
         nargs="+",
         default=[],
         metavar="KEY=VALUE",
-        help="override config keys, e.g. --set model.cell=gru train.max_steps=200 (repeatable; "
-        "values are parsed as YAML; unknown keys and bad types are errors)",
+        help="override config keys, e.g. --set model.cell=gru train.lr=3e-4 train.max_steps=1_000 "
+        "(repeatable; values are read as in the YAML file; unknown keys and bad types are errors)",
     )
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, task: str, example: str) -> None:
+    """The options every training CLI shares: --config, --set, --out-dir, --resume, --overwrite."""
+    add_config_arguments(parser, example)
     parser.add_argument(
         "--out-dir", help=f"where best.pt and last.pt go (default: runs/{task}/<config name>)"
     )
@@ -195,6 +333,7 @@ def add_run_arguments(parser: argparse.ArgumentParser, task: str, example: str) 
     parser.add_argument(
         "--overwrite", action="store_true", help="replace a run already in --out-dir"
     )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def run_dir(task: str, config_path: str, out_dir: str | None) -> Path:
@@ -202,11 +341,83 @@ def run_dir(task: str, config_path: str, out_dir: str | None) -> Path:
     return Path(out_dir) if out_dir else Path("runs") / task / Path(config_path).stem
 
 
-def check_bounds(at_least_one: dict[str, float], not_negative: dict[str, float]) -> None:
-    """Values the types allow but a run cannot use are a UserError naming the dotted key."""
-    for key, value in at_least_one.items():
-        if value < 1:
-            raise UserError(f"config key {key!r} must be at least 1, got {value}")
-    for key, value in not_negative.items():
-        if value < 0:
-            raise UserError(f"config key {key!r} must not be negative, got {value}")
+# --- bounds ------------------------------------------------------------------------------------
+
+_BOUND = r"[-+]?(?:inf|[0-9][0-9_]*(?:\.[0-9]*)?(?:e[-+]?[0-9]+)?)"
+_INTERVAL_RE = re.compile(rf"([\[(])\s*({_BOUND})\s*,\s*({_BOUND})\s*([\])])")
+
+
+@dataclasses.dataclass(frozen=True)
+class Interval:
+    """An interval in the usual notation: ``"(0, 10]"`` holds 0 < x <= 10.
+
+    A bound may be ``inf`` or ``-inf``; an open end at infinity keeps values finite
+    (``"[0, inf)"``: any finite x >= 0), a closed one lets infinity in. NaN is in no interval.
+    """
+
+    text: str
+    low: float
+    high: float
+    low_open: bool
+    high_open: bool
+
+    @classmethod
+    def parse(cls, text: str) -> Interval:
+        match = _INTERVAL_RE.fullmatch(text.strip())
+        if not match:
+            raise ValueError(f"not an interval like '(0, 10]' or '[1, 1e9]': {text!r}")
+        left, low, high, right = match.groups()
+        return cls(
+            f"{left}{low}, {high}{right}", float(low), float(high), left == "(", right == ")"
+        )
+
+    def __contains__(self, value: float) -> bool:
+        if isinstance(value, float) and math.isnan(value):
+            return False
+        above = value > self.low if self.low_open else value >= self.low
+        below = value < self.high if self.high_open else value <= self.high
+        return above and below
+
+
+def _is_number_type(tp: Any) -> bool:
+    """int, float, or either of them or None (``float | None``)."""
+    if tp in (int, float):
+        return True
+    args = [arg for arg in typing.get_args(tp) if arg is not type(None)]
+    is_union = typing.get_origin(tp) in (typing.Union, types.UnionType)
+    return is_union and bool(args) and all(arg in (int, float) for arg in args)
+
+
+def number_keys(cls: type) -> list[str]:
+    """The dotted keys of every int and float field of a (nested) config dataclass."""
+    keys = []
+    for name, tp in typing.get_type_hints(cls).items():
+        if dataclasses.is_dataclass(tp):
+            keys += [f"{name}.{key}" for key in number_keys(tp)]
+        elif _is_number_type(tp):
+            keys.append(name)
+    return keys
+
+
+def check_bounds(config: Any, bounds: Mapping[str, str]) -> None:
+    """Numbers the types allow but no run can use are a UserError naming the dotted key.
+
+    ``bounds`` maps a dotted key to the interval its value must lie in, e.g.
+    ``{"train.lr": "(0, 10]", "model.dropout": "[0, 1)", "data.batch_size": "[1, 65536]"}``; a task
+    keeps one such table next to its config dataclass. A float field the table does not name must
+    still be finite. ``None`` (an optional field left unset) is not checked.
+    """
+    keys = number_keys(type(config))
+    unknown = sorted(set(bounds) - set(keys))
+    if unknown:
+        raise KeyError(f"bounds given for keys that are not number fields: {unknown}")
+    for key in keys:
+        value = functools.reduce(getattr, key.split("."), config)
+        if value is None:
+            continue
+        interval = Interval.parse(bounds.get(key, "(-inf, inf)"))
+        if value not in interval:
+            rule = f"be in {interval.text}" if key in bounds else "be finite"
+            if key in bounds and isinstance(value, float) and not math.isfinite(value):
+                rule = f"be a finite number in {interval.text}"
+            raise UserError(f"config key {key!r} must {rule}, got {value}")

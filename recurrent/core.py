@@ -147,6 +147,11 @@ class RecurrentCore(nn.Module):
     def _forward_fused(
         self, x: Tensor, state: Tensor, lengths: Tensor | None
     ) -> tuple[Tensor, Tensor]:
+        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            # oneDNN's fused RNN kernels refuse bf16 on the CPU: the cell runs in float32
+            # (the products around it, embeddings and heads, stay in bf16).
+            with torch.autocast("cpu", enabled=False):
+                return self._forward_fused(x.float(), state.float(), lengths)
         hx = (state[0], state[1]) if self.cell == "lstm" else state[0]
         if lengths is None:
             outputs, hx = self.rnn(x, hx)

@@ -18,6 +18,15 @@ class UserError(Exception):
 EXIT_USER_ERROR = 2
 
 
+class RunStopped(Exception):
+    """A run ended early on purpose (a signal, a non-finite loss): its message is shown as one
+    line and the command exits with ``exit_code``; the run's last checkpoint is intact."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 def run_cli(
     main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None
 ) -> int:
@@ -28,6 +37,9 @@ def run_cli(
         message = " ".join(str(err).split())  # always exactly one line
         print(f"error: {message}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except RunStopped as stop:
+        print(f"stopped: {' '.join(str(stop).split())}", file=sys.stderr)
+        return stop.exit_code
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -31,3 +32,25 @@ def scenes_annotations(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from captioner.scenes import MIN_SIZE, generate_dataset
 
     return generate_dataset(tmp_path_factory.mktemp("scenes"), 24, seed=0, size=MIN_SIZE)
+
+
+# Property-based tests (hypothesis): "default" keeps CI cheap, `pytest --hypothesis-profile=long`
+# runs thousands of examples per property (docs/robustness.md records a long run). Deadlines are
+# off: the test machine is small and shared, and a slow example is not a failure.
+settings.register_profile(
+    "default",
+    max_examples=200,
+    deadline=None,
+    derandomize=True,  # the same examples on every CI run: a failure reproduces
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.register_profile(
+    "long",
+    max_examples=2000,
+    deadline=None,
+    derandomize=False,  # new examples on every run
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.load_profile("default")  # `--hypothesis-profile=long` loads the other one afterwards

@@ -286,6 +286,23 @@ def test_animated_gif_is_captioned_by_its_first_frame(
     assert _beams(at) == _expected_beams(first)
 
 
+def test_upload_to_a_scenes_model_says_it_describes_coloured_shapes_only(app: AppTest) -> None:
+    pixels = np.random.default_rng(7).integers(0, 256, size=(60, 80, 3), dtype=np.uint8)
+    at = _run(app)
+    at.file_uploader(key="upload").set_value(
+        ("holiday.jpg", _encode(Image.fromarray(pixels), "JPEG"), "image/jpeg")
+    )
+    _run(at)
+    [note] = [text for text in _messages(at.warning) if "coloured shapes only" in text]
+    assert "synthetic scenes only" in note and "COCO or Flickr8k" in note
+    [readme] = [e for e in at.main.expander if "Image captioning" in e.label]
+    shown = " ".join(_messages(readme.markdown))
+    assert "python -m captioner.train --config configs/captioner/flickr8k.yaml" in shown
+    at.button(key="random_scene").click()  # a scene is what the model knows: no note
+    _run(at)
+    assert not any("coloured shapes only" in text for text in _messages(at.warning))
+
+
 @pytest.mark.parametrize("name", list(BAD_UPLOADS))
 def test_bad_upload_shows_message_and_page_stays_usable(app: AppTest, name: str) -> None:
     make, expected_text = BAD_UPLOADS[name]
@@ -322,12 +339,23 @@ TEXT_WIDGETS = {
 
 
 def _generate(at: AppTest, **settings) -> str:
-    """Set the text page's widgets by key, press Generate, return the text shown."""
+    """Set the text page's widgets by key, press Generate, return the text shown.
+
+    A ``seed`` is pinned: "Fixed seed" is ticked first (the seed input is disabled without it).
+    """
+    if "seed" in settings and not at.checkbox(key="fixed_seed").value:
+        at.checkbox(key="fixed_seed").check()
+        _run(at)
     for key, value in settings.items():
         getattr(at, TEXT_WIDGETS[key])(key=key).set_value(value)
     at.button(key="generate").click()
     _run(at)
     return at.code[0].value
+
+
+def _shown_seed(at: AppTest) -> int:
+    [line] = [text for text in _messages(at.caption) if text.startswith("Seed ")]
+    return int(line.split()[1].rstrip(",:"))
 
 
 def _library_text(path: Path, prompt: str, length: int, seed: int, **sampling) -> str:
@@ -351,6 +379,75 @@ def test_generated_text_starts_with_prompt_and_is_reproducible(
     other = _generate(at, seed=8)
     assert other.startswith("the cat") and other != text
     assert not at.error
+
+
+def test_each_generate_draws_a_fresh_seed_unless_one_is_fixed(
+    app: AppTest, models: dict[str, Path]
+) -> None:
+    at = _text_page(app)
+    assert at.checkbox(key="fixed_seed").value is False
+    at.text_area(key="prompt").set_value("the ")
+    at.slider(key="length").set_value(40)
+    first = _generate(at)
+    first_seed = _shown_seed(at)
+    second = _generate(at)
+    second_seed = _shown_seed(at)
+    assert first_seed != second_seed and first != second  # two clicks, two texts
+    for text, seed in ((first, first_seed), (second, second_seed)):  # each one is its seed's text
+        assert text == _library_text(models["char_lm"], "the ", 40, seed, temperature=0.8)
+
+    # "Fixed seed" keeps the seed of the last text: the next clicks repeat that text
+    at.checkbox(key="fixed_seed").check()
+    _run(at)
+    assert at.number_input(key="seed").value == second_seed
+    assert _generate(at) == second and _generate(at) == second
+    assert _shown_seed(at) == second_seed and "(fixed)" in " ".join(_messages(at.caption))
+    pinned = _generate(at, seed=5)
+    assert pinned == _library_text(models["char_lm"], "the ", 40, 5, temperature=0.8)
+    assert _generate(at) == pinned
+
+    at.checkbox(key="fixed_seed").uncheck()  # fresh seeds again
+    _run(at)
+    assert _generate(at) != pinned and _shown_seed(at) != 5
+
+
+def test_settings_survive_page_switches(app: AppTest) -> None:
+    at = _run(app)
+    at.slider(key="beam_size").set_value(4)
+    at.slider(key="max_length").set_value(9)
+    _run(at)
+    at.radio(key="page").set_value("Generate text")
+    _run(at)
+    at.text_area(key="prompt").set_value("the hen")
+    at.slider(key="length").set_value(55)
+    at.slider(key="temperature").set_value(1.35)
+    at.slider(key="top_p").set_value(0.9)
+    at.number_input(key="top_k").set_value(3)
+    at.checkbox(key="fixed_seed").check()
+    _run(at)
+    at.number_input(key="seed").set_value(42)
+    at.selectbox(key="char_lm_checkpoint").set_value("text_run/last.pt")
+    _run(at)
+
+    at.radio(key="page").set_value("Caption an image")
+    _run(at)
+    assert at.slider(key="beam_size").value == 4 and at.slider(key="max_length").value == 9
+    at.selectbox(key="captioner_checkpoint").set_value("zz_no_attention/best.pt")
+    _run(at)
+    at.radio(key="page").set_value("Generate text")
+    _run(at)
+    assert at.text_area(key="prompt").value == "the hen"
+    assert at.slider(key="length").value == 55
+    assert at.slider(key="temperature").value == pytest.approx(1.35)
+    assert at.slider(key="top_p").value == pytest.approx(0.9)
+    assert at.number_input(key="top_k").value == 3
+    assert at.checkbox(key="fixed_seed").value is True
+    assert at.number_input(key="seed").value == 42
+    assert at.selectbox(key="char_lm_checkpoint").value == "text_run/last.pt"
+    at.radio(key="page").set_value("Caption an image")
+    _run(at)
+    assert at.selectbox(key="captioner_checkpoint").value == "zz_no_attention/best.pt"
+    assert at.slider(key="beam_size").value == 4
 
 
 def test_top_k_one_is_greedy_whatever_the_seed(app: AppTest, models: dict[str, Path]) -> None:

@@ -64,7 +64,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     out_dir = str(root / "run")
     args = ["--config", TINY, "--out-dir", out_dir, "--quiet", "--set", "train.max_steps=3"]
     result = run("-m", "captioner.train", *args, f"data.annotations={annotations}")
-    assert "done (max_steps): 3 steps" in result.stdout
+    assert "done: 3 steps (stopped by max_steps)" in result.stdout
     assert "val BLEU" in result.stdout  # the validation line
     return {"root": root, "annotations": annotations, "checkpoint": root / "run" / "best.pt"}
 

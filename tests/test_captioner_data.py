@@ -340,14 +340,17 @@ def test_transforms_shapes_and_weights_stats() -> None:
         tensor = build_transforms(24, train)(image)
         assert tensor.shape == (3, 24, 24) and tensor.dtype == torch.float32
     preset = get_weight("ResNet50_Weights.DEFAULT").transforms()
-    assert normalization_stats("ResNet50_Weights.DEFAULT") == (list(preset.mean), list(preset.std))
+    assert normalization_stats("ResNet50_Weights.DEFAULT", "resnet50") == (
+        list(preset.mean),
+        list(preset.std),
+    )
     assert normalization_stats(None, "resnet50") == (list(preset.mean), list(preset.std))
     assert normalization_stats("weights/encoder.pth", "resnet50") == (
         list(preset.mean),
         list(preset.std),
     )
     # a uniform mid-grey image normalises to (0.5 - mean) / std per channel
-    grey = build_transforms(16, False, weights="ResNet50_Weights.DEFAULT")(
+    grey = build_transforms(16, False, weights="ResNet50_Weights.DEFAULT", arch="resnet50")(
         Image.new("RGB", (16, 16), (255, 255, 255))
     )
     expected = (1.0 - torch.tensor(preset.mean)) / torch.tensor(preset.std)
@@ -357,7 +360,10 @@ def test_transforms_shapes_and_weights_stats() -> None:
     assert "RandomHorizontalFlip" not in [
         type(t).__name__ for t in build_transforms(16, True).transforms
     ]
-    _raises_one_line(lambda: build_transforms(16, False, weights="ResNet50_Weights.NOPE"), "NOPE")
+    _raises_one_line(
+        lambda: build_transforms(16, False, weights="ResNet50_Weights.NOPE", arch="resnet50"),
+        "NOPE",
+    )
 
 
 def test_datasets_and_collate(tmp_path: Path) -> None:

@@ -334,5 +334,6 @@ def test_coco_scores_reference_values_and_fallbacks(monkeypatch):
 
 
 def test_coco_scores_without_pycocoevalcap(monkeypatch):
-    monkeypatch.setitem(sys.modules, "pycocoevalcap.cider.cider", None)  # import fails
-    assert coco_scores([["a b"]], ["a b"]) == {}
+    """CIDEr-D is the project's own (captioner.cider); ROUGE-L and METEOR need pycocoevalcap."""
+    monkeypatch.setitem(sys.modules, "pycocoevalcap.rouge.rouge", None)  # import fails
+    assert set(coco_scores([["a b"], ["c d"]], ["a b", "c"])) == {"CIDEr-D"}

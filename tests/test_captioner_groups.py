@@ -13,6 +13,7 @@ from captioner.data import CaptionGroups, ImageRecord, Vocabulary, collate_group
 from captioner.encoder import ImageEncoder
 from captioner.model import CaptionModel
 from captioner.scoring import load_data_records
+from recurrent import engine
 from recurrent.checkpoint import load_checkpoint
 from recurrent.config import load_config
 
@@ -24,7 +25,7 @@ def tiny_cfg(annotations: Path, *overrides: str) -> CaptionerConfig:
 
 
 def quiet_train(cfg: CaptionerConfig, out_dir: Path, resume: bool = False) -> dict:
-    return train_module.train(cfg, out_dir, resume, progress=False, log=lambda line: None)
+    return train_module.train(cfg, out_dir, resume, quiet=True)
 
 
 def test_groups_draw_distinct_references_then_cycle(tmp_path):
@@ -93,7 +94,7 @@ def test_resume_with_groups_continues_exactly(scenes_annotations: Path, tmp_path
     ]
     cfg = tiny_cfg(scenes_annotations, *overrides)
     straight = quiet_train(cfg, tmp_path / "straight")
-    real_save = train_module.save_checkpoint
+    real_save = engine.save_checkpoint
 
     class Crash(Exception):
         pass
@@ -103,10 +104,10 @@ def test_resume_with_groups_continues_exactly(scenes_annotations: Path, tmp_path
         if Path(path).name == "last.pt" and payload["step"] == 3:
             raise Crash
 
-    monkeypatch.setattr(train_module, "save_checkpoint", save_then_crash)
+    monkeypatch.setattr(engine, "save_checkpoint", save_then_crash)
     with pytest.raises(Crash):
         quiet_train(cfg, tmp_path / "crashed")
-    monkeypatch.setattr(train_module, "save_checkpoint", real_save)
+    monkeypatch.setattr(engine, "save_checkpoint", real_save)
     resumed = quiet_train(cfg, tmp_path / "crashed", resume=True)
     assert resumed["losses"] == straight["losses"][3:]
     a = load_checkpoint(tmp_path / "straight" / "last.pt")["model"]

@@ -22,7 +22,8 @@ from captioner.inference import caption_images, eval_transform, load_captioner
 from captioner.metrics import bleu_scores
 from captioner.model import CaptionModel
 from captioner.scoring import evaluate_split, image_ids, load_data_records
-from captioner.train import parameter_groups, train
+from captioner.train import parameter_parts, train
+from recurrent import engine
 from recurrent.checkpoint import load_checkpoint
 from recurrent.config import load_config, to_dict
 from recurrent.errors import UserError
@@ -35,7 +36,7 @@ def tiny_cfg(annotations: Path, *overrides: str) -> CaptionerConfig:
 
 
 def quiet_train(cfg: CaptionerConfig, out_dir: Path, resume: bool = False) -> dict:
-    return train(cfg, out_dir, resume, progress=False, log=lambda line: None)
+    return train(cfg, out_dir, resume, quiet=True)
 
 
 def test_checkpoint_decodes_to_what_training_scored(scenes_annotations: Path, tmp_path: Path):
@@ -93,17 +94,17 @@ def test_resume_continues_exactly(scenes_annotations: Path, tmp_path: Path, monk
     cfg = tiny_cfg(scenes_annotations, *overrides)
     straight = quiet_train(cfg, tmp_path / "straight")
 
-    real_save = train_module.save_checkpoint
+    real_save = engine.save_checkpoint
 
     def save_then_crash(payload, path):
         real_save(payload, path)
         if Path(path).name == "last.pt" and payload["step"] == 4:
             raise _Crash  # the machine goes down right after the step-4 checkpoint
 
-    monkeypatch.setattr(train_module, "save_checkpoint", save_then_crash)
+    monkeypatch.setattr(engine, "save_checkpoint", save_then_crash)
     with pytest.raises(_Crash):
         quiet_train(cfg, tmp_path / "crashed")
-    monkeypatch.setattr(train_module, "save_checkpoint", real_save)
+    monkeypatch.setattr(engine, "save_checkpoint", real_save)
     resumed = quiet_train(cfg, tmp_path / "crashed", resume=True)
 
     assert resumed["steps"] == straight["steps"] == 8
@@ -117,9 +118,10 @@ def test_resume_continues_exactly(scenes_annotations: Path, tmp_path: Path, monk
     for index, param_state in a["optimizer"]["state"].items():
         for name, value in param_state.items():
             assert torch.equal(value, b["optimizer"]["state"][index][name]), (index, name)
-    assert a["scheduler"] == b["scheduler"]
-    assert (a["epoch"], a["batch_in_epoch"]) == (b["epoch"], b["batch_in_epoch"]) == (0, 8)
-    assert a["best_scores"] == b["best_scores"] and a["best_step"] == b["best_step"]
+    position = ("epoch", "batch_in_epoch")
+    assert [a["data"][0][k] for k in position] == [b["data"][0][k] for k in position] == [0, 8]
+    a["progress"].pop("elapsed_s"), b["progress"].pop("elapsed_s")  # wall time differs
+    assert a["progress"] == b["progress"]  # best scores, early-stopping count, ...
 
     # A resume refuses another architecture, naming the field; a finished run is not overwritten.
     with pytest.raises(UserError, match="model.hidden_size"):
@@ -130,9 +132,7 @@ def test_resume_continues_exactly(scenes_annotations: Path, tmp_path: Path, monk
         )
     with pytest.raises(UserError, match="--resume to continue it, --overwrite to replace it"):
         quiet_train(cfg, tmp_path / "straight")
-    replaced = train(
-        cfg, tmp_path / "straight", progress=False, log=lambda line: None, overwrite=True
-    )
+    replaced = train(cfg, tmp_path / "straight", quiet=True, overwrite=True)
     assert replaced["losses"] == straight["losses"]  # a fresh run, from step 0
     with pytest.raises(UserError, match="nothing to resume"):
         quiet_train(cfg, tmp_path / "empty", resume=True)
@@ -209,7 +209,8 @@ def test_best_checkpoint_follows_the_best_bleu4(scenes_annotations: Path, tmp_pa
     best = load_checkpoint(tmp_path / "run" / "best.pt")
     last = load_checkpoint(tmp_path / "run" / "last.pt")
     assert (best["step"], best["best_scores"]["BLEU-4"]) == (2, 30.0)
-    assert (last["step"], last["val_scores"]["BLEU-4"], last["bad_validations"]) == (4, 25.0, 2)
+    progress = last["progress"]
+    assert (last["step"], progress["last_scores"]["BLEU-4"], progress["bad_evals"]) == (4, 25.0, 2)
     assert not torch.equal(
         best["model"]["decoder.output.weight"], last["model"]["decoder.output.weight"]
     )
@@ -230,7 +231,8 @@ def test_patience_stops_training(scenes_annotations: Path, tmp_path: Path, monke
 def test_parameter_groups(scenes_annotations: Path):
     cfg = tiny_cfg(scenes_annotations, "model.finetune=last", "model.finetune_stages=1")
     model = CaptionModel(cfg, 20)
-    groups = {group["name"]: group for group in parameter_groups(model, cfg)}
+    parts = parameter_parts(model, cfg)
+    groups = {g["name"]: g for g in engine.parameter_groups(parts, cfg.train.weight_decay)}
     assert set(groups) == {"decoder", "decoder_no_decay", "encoder", "encoder_no_decay"}
     assert (
         groups["encoder"]["lr"] == cfg.train.encoder_lr and groups["decoder"]["lr"] == cfg.train.lr
@@ -254,7 +256,12 @@ def test_time_budget_stops_with_a_final_validation(scenes_annotations: Path, tmp
     # The budget is spent before the first step: no step, but still a validation and last.pt.
     assert summary["stop_reason"] == "time_budget" and summary["steps"] == 0
     last = load_checkpoint(tmp_path / "run" / "last.pt")
-    assert last["step"] == 0 and set(last["val_scores"]) == {"BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4"}
+    assert last["step"] == 0 and set(last["progress"]["last_scores"]) == {
+        "BLEU-1",
+        "BLEU-2",
+        "BLEU-3",
+        "BLEU-4",
+    }
 
 
 def test_augmentation_does_not_depend_on_workers(scenes_annotations: Path, tmp_path: Path):

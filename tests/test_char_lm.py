@@ -196,8 +196,8 @@ def test_training_carries_the_state_across_windows_and_resets_it_on_wrap_around(
     for step in (1, 2, 3):
         train(config("tiny", *base, f"train.max_steps={step}"), tmp_path / "run", resume=step > 1)
         payload = load_checkpoint(tmp_path / "run" / "last.pt")
-        assert payload["stream"]["position"] == step % 2
-        states[step] = payload["stream"]["state"]
+        assert payload["data"][0]["position"] == step % 2
+        states[step] = payload["data"][0]["state"]
         models[step] = CharLM(config("tiny", *base).model, len(payload["vocab"])).eval()
         models[step].load_state_dict(payload["model"])
     batches = StreamBatches(encode(text, build_vocab(text)), 2, 10)

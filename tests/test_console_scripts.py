@@ -16,7 +16,7 @@ BIN = Path(sys.executable).parent
 
 
 def test_every_cli_is_installed_through_run_cli():
-    assert len(SCRIPTS) == 7
+    assert len(SCRIPTS) == 9
     assert all(value.endswith(":cli") for value in SCRIPTS.values())
 
 

@@ -52,7 +52,7 @@ def test_exported_captioner_loads_and_captions(scenes_annotations, tmp_path):
         ROOT / "configs/captioner/tiny.yaml",
         [f"data.annotations={scenes_annotations}", "train.max_steps=3"],
     )
-    summary = train_captioner(cfg, tmp_path / "run", progress=False, log=lambda line: None)
+    summary = train_captioner(cfg, tmp_path / "run", quiet=True)
     exported = export_checkpoint(summary["best_checkpoint"], tmp_path / "demo.pt")
     image = load_image(load_records("karpathy", scenes_annotations, None)[0].image_path)
     original = caption_images(load_captioner(summary["best_checkpoint"]), [image], n_best=2)[0]

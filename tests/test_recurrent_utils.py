@@ -8,7 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from recurrent.checkpoint import check_same_architecture, load_checkpoint, save_checkpoint
+from recurrent.checkpoint import (
+    FORMAT_VERSION,
+    check_same_architecture,
+    load_checkpoint,
+    save_checkpoint,
+)
 from recurrent.config import load_config, to_dict
 from recurrent.errors import UserError
 from recurrent.sampling import filter_logits, sample_next
@@ -87,7 +92,7 @@ def test_checkpoint_round_trip_and_atomic_write(tmp_path):
         load_checkpoint(text)
     loaded = load_checkpoint(path, task="char_lm")
     torch.testing.assert_close(loaded["model"]["w"], state["w"])
-    assert loaded["format_version"] == 1
+    assert loaded["format_version"] == FORMAT_VERSION
     with pytest.raises(
         UserError, match="is a char_lm checkpoint, but this command needs a captioner"
     ):

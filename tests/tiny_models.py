@@ -22,13 +22,14 @@ def train_tiny_captioner(run_dir: Path, annotations: Path, *overrides: str) -> P
         [f"data.annotations={annotations}", "train.max_steps=2", "train.eval_max_images=4"]
         + list(overrides),
     )
-    summary = train_captioner(cfg, run_dir, progress=False, log=lambda line: None)
+    summary = train_captioner(cfg, run_dir, quiet=True)
     return Path(summary["best_checkpoint"])
 
 
-def train_tiny_char_lm(run_dir: Path, text_path: Path) -> Path:
-    """Three steps of configs/char_lm/tiny.yaml on `TEXT` (written to ``text_path``); best.pt."""
-    text_path.write_text(TEXT, encoding="utf-8")
+def train_tiny_char_lm(run_dir: Path, text_path: Path, *extra: str, text: str = TEXT) -> Path:
+    """Three steps of configs/char_lm/tiny.yaml on ``text`` (written to ``text_path``), with any
+    ``extra`` overrides (e.g. "model.cell=gru"); returns best.pt."""
+    text_path.write_text(text, encoding="utf-8")
     overrides = [
         f"data.path={text_path}",
         "data.url=",
@@ -39,6 +40,7 @@ def train_tiny_char_lm(run_dir: Path, text_path: Path) -> Path:
         "train.max_steps=3",
         "train.eval_every=3",
         "train.eval_batches=1",
+        *extra,
     ]
     cfg = load_config(CharLMConfig, REPO / "configs/char_lm/tiny.yaml", overrides)
     return Path(train_char_lm(cfg, run_dir)["best_checkpoint"])

@@ -2,7 +2,8 @@
 
 `load_records` reads any supported annotation format into `ImageRecord`s, `select_split` picks a
 split, `Vocabulary.build` makes the word list from training captions, `build_transforms` the
-preprocessing, and `CaptionPairs` / `ImageOnly` the torch datasets.
+preprocessing, and `CaptionPairs` / `CaptionGroups` / `ImageOnly` the torch datasets (with
+`DropBadImages` and `BadImageLog` for images that do not decode: ``data.bad_images``).
 
 The torch-based names (datasets, transforms) are imported on first use, so tools that only need
 records, images or the vocabulary (such as `python -m captioner.scenes`) start without loading
@@ -31,10 +32,22 @@ from .records import SPLITS, ImageRecord
 from .vocab import SPECIALS, Vocabulary, tokenize
 
 if TYPE_CHECKING:
-    from .datasets import CaptionGroups, CaptionPairs, ImageOnly, collate_groups, collate_pairs
+    from .datasets import (
+        BadImage,
+        BadImageLog,
+        CaptionGroups,
+        CaptionPairs,
+        DropBadImages,
+        ImageOnly,
+        collate_groups,
+        collate_pairs,
+    )
     from .transforms import build_transforms, normalization_stats, resolve_weights
 
 _LAZY = {
+    "BadImage": "datasets",
+    "BadImageLog": "datasets",
+    "DropBadImages": "datasets",
     "CaptionGroups": "datasets",
     "CaptionPairs": "datasets",
     "ImageOnly": "datasets",
@@ -58,8 +71,11 @@ __all__ = [
     "MAX_IMAGE_PIXELS",
     "SPECIALS",
     "SPLITS",
+    "BadImage",
+    "BadImageLog",
     "CaptionGroups",
     "CaptionPairs",
+    "DropBadImages",
     "ImageOnly",
     "ImageRecord",
     "Vocabulary",

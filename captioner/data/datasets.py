@@ -4,36 +4,85 @@ Images are decoded with `load_image` (EXIF-aware RGB) and transformed per item. 
 sets (the synthetic scenes) PNG decoding dominates CPU time, so `cache_images=True` keeps the
 decoded PIL images in memory after first use. With DataLoader workers each worker process fills its
 own copy of the cache, so use it with few workers or `num_workers=0`.
+
+Bad images (``data.bad_images``: error | skip). One corrupt file among 123k must neither kill a
+DataLoader worker with a traceback nor, under ``skip``, stop the run. So a data set made with
+``mark_bad_images=True`` returns a `BadImage` (path and one-line reason) in place of an item whose
+image does not decode; the collate, wrapped in `DropBadImages`, drops those items (for
+`CaptionGroups` the image's caption rows go with it) and returns ``(batch, bad images)``, where the
+batch is None when every item was bad. Workers are separate processes, so the counting happens in
+the main process, on what the collated batches carry: `BadImageLog.batches(loader)` yields the
+batches and applies the policy, ``error`` (a `UserError` naming the first bad file, raised in the
+main process: one line) or ``skip`` (a warning once per file, a count of dropped items and files,
+`BadImageLog.summary()` for the end of training):
+
+    log = BadImageLog(cfg.data.bad_images, warn=print)
+    items = CaptionPairs(records, vocab, transform, mark_bad_images=True)
+    loader = DataLoader(items, batch_size=8, collate_fn=DropBadImages(collate_pairs), num_workers=2)
+    for batch in log.batches(loader):
+        if batch is None:  # skip: every image of this batch was bad
+            continue
+        images, captions, lengths = batch
+    print(log.summary())
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, NamedTuple
 
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
+
+from recurrent.errors import UserError
 
 from .images import load_image
 from .records import ImageRecord
 from .vocab import Vocabulary
 
 Transform = Callable[[Image.Image], torch.Tensor]
+BAD_IMAGE_POLICIES = ("error", "skip")
+
+
+class BadImage(NamedTuple):
+    """Stands in for a data-set item whose image does not decode (``mark_bad_images=True``)."""
+
+    path: str
+    reason: str  # load_image's one-line message, naming the file
 
 
 class _ImageSource:
-    """Decodes the images of `records` by index, optionally keeping them in memory."""
+    """Decodes the images of `records` by index, optionally keeping them in memory.
 
-    def __init__(self, records: Sequence[ImageRecord], cache_images: bool) -> None:
+    With `mark_bad_images`, an image that does not decode gives a `BadImage` instead of raising;
+    it is remembered (in this process), so a bad file is not decoded again for every caption.
+    """
+
+    def __init__(
+        self, records: Sequence[ImageRecord], cache_images: bool, mark_bad_images: bool = False
+    ) -> None:
         self.records = list(records)
+        self.mark_bad_images = mark_bad_images
         self._cache: dict[int, Image.Image] | None = {} if cache_images else None
+        self._bad: dict[int, BadImage] = {}
 
-    def image(self, index: int) -> Image.Image:
-        if self._cache is None:
-            return load_image(self.records[index].image_path)
-        if index not in self._cache:
-            self._cache[index] = load_image(self.records[index].image_path)
-        return self._cache[index]
+    def image(self, index: int) -> Image.Image | BadImage:
+        if index in self._bad:
+            return self._bad[index]
+        if self._cache is not None and index in self._cache:
+            return self._cache[index]
+        path = self.records[index].image_path
+        try:
+            image = load_image(path)
+        except UserError as err:
+            if not self.mark_bad_images:
+                raise
+            self._bad[index] = BadImage(path, " ".join(str(err).split()))
+            return self._bad[index]
+        if self._cache is not None:
+            self._cache[index] = image
+        return image
 
 
 def encode_caption(vocab: Vocabulary, caption: str, max_length: int | None) -> list[int]:
@@ -49,7 +98,8 @@ class CaptionPairs(Dataset):
 
     The caption ids include <start> and <end> (`Vocabulary.encode`). With `max_length`, longer
     captions are cut to `max_length` ids, keeping the final <end>. `pairs[i]` is the
-    (record index, caption index) of item i.
+    (record index, caption index) of item i. With `mark_bad_images`, an item whose image does not
+    decode is a `BadImage` (see the module docstring).
     """
 
     def __init__(
@@ -60,12 +110,13 @@ class CaptionPairs(Dataset):
         *,
         cache_images: bool = False,
         max_length: int | None = None,
+        mark_bad_images: bool = False,
     ) -> None:
         if max_length is not None and max_length < 2:
             raise ValueError(f"max_length must leave room for <start> and <end>, got {max_length}")
         self.vocab = vocab
         self.transform = transform
-        self._images = _ImageSource(records, cache_images)
+        self._images = _ImageSource(records, cache_images, mark_bad_images)
         self.pairs: list[tuple[int, int]] = []
         self._captions: list[list[int]] = []
         for record_index, record in enumerate(self._images.records):
@@ -81,11 +132,27 @@ class CaptionPairs(Dataset):
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor] | BadImage:
         record_index, _ = self.pairs[index]
-        image = self.transform(self._images.image(record_index))  # (3, H, W)
+        picture = self._images.image(record_index)
+        if isinstance(picture, BadImage):
+            return picture
+        image = self.transform(picture)  # (3, H, W)
         caption = torch.tensor(self._captions[index], dtype=torch.long)  # (T,)
         return image, caption
+
+
+def pick_references(num_references: int, k: int) -> list[int]:
+    """``k`` reference indices of an image: a shuffle of its ``num_references`` drawn without
+    repetition, cycling through the same shuffle again when it has fewer than ``k``.
+
+    The shuffle uses torch's global generator, so under per-item seeding (captioner.train's
+    `SeededItems`) it depends only on (seed, epoch, item). `CaptionGroups` and the feature cache's
+    `FeatureGroups` both pick with it, as the first random draw of an item, so a cached and an
+    uncached run train on the same references.
+    """
+    order = torch.randperm(num_references).tolist()
+    return [order[i % len(order)] for i in range(k)]
 
 
 class CaptionGroups(Dataset):
@@ -93,9 +160,10 @@ class CaptionGroups(Dataset):
     `(image (3, H, W) float, [ids (T_j,) long] * k)`.
 
     Training on k references per encoder pass (self-critical.pytorch's ``seq_per_img``) runs the
-    CNN once for k captions instead of k times. The k are drawn without repetition from a shuffle
-    of the image's references, cycling through it again when an image has fewer than k. The shuffle
-    uses torch's global generator, so under `SeededItems`-style seeding it depends only on the seed.
+    CNN once for k captions instead of k times. The k are drawn by `pick_references` before the
+    image's random augmentation, so they do not depend on the transform.
+    With `mark_bad_images`, an image that does not decode gives a `BadImage` item: dropping it drops
+    its k caption rows too.
     """
 
     def __init__(
@@ -107,12 +175,13 @@ class CaptionGroups(Dataset):
         *,
         cache_images: bool = False,
         max_length: int | None = None,
+        mark_bad_images: bool = False,
     ) -> None:
         if captions_per_image < 1:
             raise ValueError(f"captions_per_image must be at least 1, got {captions_per_image}")
         self.transform = transform
         self.captions_per_image = captions_per_image
-        self._images = _ImageSource(records, cache_images)
+        self._images = _ImageSource(records, cache_images, mark_bad_images)
         self._captions = [
             [encode_caption(vocab, caption, max_length) for caption in record.captions]
             for record in self._images.records
@@ -125,11 +194,13 @@ class CaptionGroups(Dataset):
     def __len__(self) -> int:
         return len(self._images.records)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        image = self.transform(self._images.image(index))  # (3, H, W)
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, list[torch.Tensor]] | BadImage:
         references = self._captions[index]
-        order = torch.randperm(len(references)).tolist()
-        picks = [order[i % len(order)] for i in range(self.captions_per_image)]
+        picks = pick_references(len(references), self.captions_per_image)
+        picture = self._images.image(index)
+        if isinstance(picture, BadImage):
+            return picture
+        image = self.transform(picture)  # (3, H, W)
         return image, [torch.tensor(references[i], dtype=torch.long) for i in picks]
 
 
@@ -149,14 +220,21 @@ class ImageOnly(Dataset):
     """One item per image: `(image (3, H, W) float, record index)`, for decoding and evaluation.
 
     The index points into `records`, whose `captions` are the references for scoring. The default
-    DataLoader collate turns a batch into `(images (B, 3, H, W), indices (B,))`.
+    DataLoader collate turns a batch into `(images (B, 3, H, W), indices (B,))`. With
+    `mark_bad_images`, an image that does not decode gives a `BadImage` item (collate with
+    ``DropBadImages(default_collate)``).
     """
 
     def __init__(
-        self, records: Sequence[ImageRecord], transform: Transform, *, cache_images: bool = False
+        self,
+        records: Sequence[ImageRecord],
+        transform: Transform,
+        *,
+        cache_images: bool = False,
+        mark_bad_images: bool = False,
     ) -> None:
         self.transform = transform
-        self._images = _ImageSource(records, cache_images)
+        self._images = _ImageSource(records, cache_images, mark_bad_images)
 
     @property
     def records(self) -> list[ImageRecord]:
@@ -165,8 +243,11 @@ class ImageOnly(Dataset):
     def __len__(self) -> int:
         return len(self._images.records)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return self.transform(self._images.image(index)), index  # (3, H, W), int
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int] | BadImage:
+        picture = self._images.image(index)
+        if isinstance(picture, BadImage):
+            return picture
+        return self.transform(picture), index  # (3, H, W), int
 
 
 def collate_pairs(
@@ -185,3 +266,74 @@ def collate_pairs(
     )  # (B, T)
     lengths = torch.tensor([len(caption) for _, caption in batch], dtype=torch.long)  # (B,)
     return images, captions, lengths
+
+
+class DropBadImages:
+    """A collate_fn that drops `BadImage` items and collates the rest with `collate`.
+
+    Returns ``(batch, bad)``: the collated batch of the good items (None when there are none) and
+    the list of dropped `BadImage`s, which travel with the batch from a worker process to the main
+    process. A class rather than a closure, so it pickles for worker processes started by spawn.
+    """
+
+    def __init__(self, collate: Callable[[list[Any]], Any]) -> None:
+        self.collate = collate
+
+    def __call__(self, items: Sequence[Any]) -> tuple[Any, list[BadImage]]:
+        good = [item for item in items if not isinstance(item, BadImage)]
+        bad = [item for item in items if isinstance(item, BadImage)]
+        return (self.collate(good) if good else None), bad
+
+
+class BadImageLog:
+    """The main process's account of the bad images a `DropBadImages` loader reports.
+
+    `policy` is ``data.bad_images``: "error" raises a `UserError` (one line, naming the file) at the
+    first bad image; "skip" warns once per file through `warn` and counts `items` (dropped items:
+    an image with five captions counts five times under `CaptionPairs`) and `files` (distinct
+    files, kept in `paths` with their reasons).
+    """
+
+    def __init__(self, policy: str, warn: Callable[[str], None] = print) -> None:
+        if policy not in BAD_IMAGE_POLICIES:
+            raise UserError(
+                f"data.bad_images must be one of {', '.join(BAD_IMAGE_POLICIES)}, got {policy!r}"
+            )
+        self.policy = policy
+        self.warn = warn
+        self.items = 0
+        self.paths: dict[str, str] = {}  # bad file -> reason, in the order first seen
+
+    @property
+    def files(self) -> int:
+        return len(self.paths)
+
+    def record(self, bad: Iterable[BadImage]) -> None:
+        """Apply the policy to one batch's dropped items."""
+        for item in bad:
+            if self.policy == "error":
+                raise UserError(
+                    f"{item.reason}; or set data.bad_images=skip to train without unreadable images"
+                )
+            self.items += 1
+            if item.path not in self.paths:
+                self.paths[item.path] = item.reason
+                self.warn(
+                    f"warning: skipping an unreadable image (data.bad_images=skip): {item.reason}"
+                )
+
+    def batches(self, loader: Iterable[tuple[Any, list[BadImage]]]) -> Iterator[Any]:
+        """The batches of a `DropBadImages` loader, recording their bad images; None stands for a
+        batch whose every item was bad (under "skip"), so that callers keep their batch count."""
+        for batch, bad in loader:
+            self.record(bad)
+            yield batch
+
+    def summary(self) -> str:
+        """One line for the end of a run: what was skipped."""
+        if not self.items:
+            return "bad images: none"
+        return (
+            f"bad images: skipped {self.items} item(s) of {self.files} unreadable image file(s) "
+            "(data.bad_images=skip); python -m captioner.check_data lists them"
+        )

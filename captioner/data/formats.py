@@ -67,14 +67,34 @@ def _read_text(file: Path) -> str:
         ) from None
 
 
-def _read_json(file: Path) -> Any:
+def _lines(text: str) -> Iterator[tuple[int, str]]:
+    """(line number, line) of a text file: lines end at LF (a CR before it is dropped), as editors
+    count them; unlike `str.splitlines`, separators such as U+2028 or U+0085 stay in the line."""
+    for number, line in enumerate(text.split("\n"), start=1):
+        yield number, line.removesuffix("\r")
+
+
+def _parse_json(text: str, where: str, *, one_line: bool = False) -> Any:
+    """json.loads, with every way it fails on hostile text as a UserError naming `where` (and the
+    position; `one_line`: `where` names the line already)."""
     try:
-        return json.loads(_read_text(file))
+        return json.loads(text)
     except json.JSONDecodeError as err:
+        at = f"column {err.colno}" if one_line else f"line {err.lineno} column {err.colno}"
+        fix = "write one JSON object per line" if one_line else "fix or re-download the file"
+        raise UserError(f"{where} is malformed JSON at {at} ({err.msg}); {fix}") from None
+    except RecursionError:
         raise UserError(
-            f"'{file}' is malformed JSON at line {err.lineno} column {err.colno} ({err.msg}); "
-            "fix or re-download the file"
+            f"{where} nests JSON lists or objects too deeply to read; fix or re-download the file"
         ) from None
+    except ValueError as err:  # e.g. an integer with more digits than Python converts
+        raise UserError(
+            f"{where} holds a JSON value Python cannot read ({err}); fix the file"
+        ) from None
+
+
+def _read_json(file: Path) -> Any:
+    return _parse_json(_read_text(file), f"'{file}'")
 
 
 def _image_root(image_root: PathLike | None, annotations: Path) -> Path:
@@ -143,6 +163,16 @@ def seeded_split(
     return assignment
 
 
+def _is_id(value: object) -> bool:
+    """An image id of a JSON annotation file: an integer or a string (never a bool)."""
+    return isinstance(value, (int, str)) and not isinstance(value, bool)
+
+
+def _is_name(value: object) -> bool:
+    """An image file name: a string that is not blank."""
+    return isinstance(value, str) and bool(value.strip())
+
+
 # --------------------------------------------------------------------------------------------
 # Karpathy split JSON
 
@@ -173,9 +203,12 @@ def load_karpathy(
     records = []
     for index, entry in enumerate(images):
         where = f"'{file}' image #{index}"
-        if not isinstance(entry, dict) or not isinstance(entry.get("filename"), str):
+        if not isinstance(entry, dict) or not _is_name(entry.get("filename")):
             raise UserError(f"{where} has no 'filename' string; every image needs one")
         where = f"{where} ({entry['filename']})"
+        filepath = entry.get("filepath")
+        if filepath is not None and not isinstance(filepath, str):
+            raise UserError(f"{where} has a 'filepath' that is not a string; fix or remove it")
         split = entry.get("split")
         if split not in KARPATHY_SPLITS:
             raise UserError(f"{where} has split {split!r}; use one of {', '.join(KARPATHY_SPLITS)}")
@@ -184,7 +217,7 @@ def load_karpathy(
                 continue
             split = "train"
         captions = tuple(_karpathy_captions(entry.get("sentences"), where))
-        path = _image_path(root, os.path.join(entry.get("filepath") or "", entry["filename"]))
+        path = _image_path(root, os.path.join(filepath or "", entry["filename"]))
         _check_image(path, where, check_images)
         scene = entry.get("scene")
         meta = None if scene is None else scene if isinstance(scene, dict) else {"scene": scene}
@@ -224,7 +257,7 @@ def load_flickr8k(
     """
     file = _existing_file(annotations, "Flickr8k token file")
     captions: dict[str, list[str]] = {}
-    for number, line in enumerate(_read_text(file).splitlines(), start=1):
+    for number, line in _lines(_read_text(file)):
         if not line.strip():
             continue
         key, tab, caption = line.partition("\t")
@@ -244,7 +277,7 @@ def load_flickr8k(
                 f"Flickr8k split list '{list_file}' not found; "
                 f"put {list_name} next to '{file.name}'"
             )
-        for number, line in enumerate(_read_text(list_file).splitlines(), start=1):
+        for number, line in _lines(_read_text(list_file)):
             name = line.strip()
             if not name:
                 continue
@@ -342,16 +375,35 @@ def _coco_captions(file: Path, base: Path, check_images: bool) -> dict[str, list
                 f"'{file}' has no top-level '{key}' list; pass a COCO captions_*.json file "
                 "(the test image_info files carry no captions)"
             )
-    names: dict[Any, str] = {}
+    names: dict[int | str, str] = {}
     for index, image in enumerate(data["images"]):
-        if not isinstance(image, dict) or "id" not in image or "file_name" not in image:
-            raise UserError(f"'{file}' images[{index}] needs 'id' and 'file_name' keys")
-        names[image["id"]] = image["file_name"]
-    captions: dict[Any, list[str]] = {}
+        if (
+            not isinstance(image, dict)
+            or not _is_id(image.get("id"))
+            or not _is_name(image.get("file_name"))
+        ):
+            raise UserError(
+                f"'{file}' images[{index}] needs an 'id' (a number or string) and a 'file_name' "
+                "string"
+            )
+        image_id, name = image["id"], image["file_name"]
+        if names.setdefault(image_id, name) != name:
+            raise UserError(
+                f"'{file}' images[{index}] reuses id {image_id!r} of '{names[image_id]}' for "
+                f"'{name}'; every image needs its own id, so fix or re-download the file"
+            )
+    captions: dict[int | str, list[str]] = {}
     for index, annotation in enumerate(data["annotations"]):
-        if not isinstance(annotation, dict) or not isinstance(annotation.get("caption"), str):
-            raise UserError(f"'{file}' annotations[{index}] needs 'image_id' and 'caption' keys")
-        if annotation.get("image_id") not in names:
+        if (
+            not isinstance(annotation, dict)
+            or not _is_id(annotation.get("image_id"))
+            or not isinstance(annotation.get("caption"), str)
+        ):
+            raise UserError(
+                f"'{file}' annotations[{index}] needs an 'image_id' (a number or string) and a "
+                "'caption' string"
+            )
+        if annotation["image_id"] not in names:
             raise UserError(
                 f"'{file}' annotations[{index}] refers to image_id {annotation.get('image_id')!r}, "
                 "which is not in 'images'; re-download the file"
@@ -412,17 +464,11 @@ def _read_csv_rows(file: Path) -> list[_Row]:
 
 
 def _read_jsonl_rows(file: Path) -> Iterator[_Row]:
-    for number, line in enumerate(_read_text(file).splitlines(), start=1):
+    for number, line in _lines(_read_text(file)):
         if not line.strip():
             continue
         where = f"'{file}' line {number}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise UserError(
-                f"{where} is malformed JSON at column {err.colno} ({err.msg}); "
-                "write one JSON object per line"
-            ) from None
+        row = _parse_json(line, where, one_line=True)
         if not isinstance(row, dict) or not all(
             isinstance(row.get(k), str) for k in ("image", "caption")
         ):

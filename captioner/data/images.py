@@ -1,8 +1,8 @@
 """Open any image a user may upload as an 8-bit RGB `PIL.Image`, or fail with one clear line.
 
-Real uploads come in every flavour: phone photos rotated by an EXIF tag, animated GIFs, palette
-PNGs with a transparent colour, RGBA logos, CMYK JPEGs from print workflows, 16-bit grayscale
-scans. `load_image` brings them all to what the encoder expects (upright RGB, transparency
+Real uploads come in every flavour: phone photos rotated by an EXIF tag, animated GIFs, multi-page
+TIFF scans, palette PNGs with a transparent colour, RGBA logos, CMYK JPEGs from print workflows,
+16-bit grayscale scans. `load_image` brings them all to what the encoder expects (upright RGB, transparency
 composited on white, 16-bit scaled rather than clipped to 8 bit) and turns every way an image can
 be unreadable into a `UserError` that names the file and says what to do.
 """
@@ -10,6 +10,7 @@ be unreadable into a `UserError` that names the file and says what to do.
 from __future__ import annotations
 
 import os
+import struct
 import warnings
 from typing import BinaryIO
 
@@ -25,6 +26,13 @@ MAX_IMAGE_PIXELS = 89_478_485
 # model's input size, would blow a 1 x 20,000,000 strip up to billions of pixels. Panoramas are ~10:1.
 MAX_ASPECT_RATIO = 50
 
+# How messages and --help name what is accepted: every still format Pillow decodes, these and more.
+ACCEPTED_FORMATS = "PNG, JPEG, TIFF, WebP, BMP, GIF, ICO, PPM, TGA, QOI"
+
+# Pillow's words for a file it recognises but lacks the means to decode (a codec it was built
+# without, Ghostscript for EPS, Windows for WMF): not a corrupt file, so the message says so.
+UNSUPPORTED_SIGNS = ("not available", "Ghostscript", "cannot find loader", "not supported")
+
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
 BACKGROUND = (255, 255, 255, 255)  # transparent pixels are shown on white, as browsers do
@@ -35,23 +43,33 @@ def load_image(
 ) -> Image.Image:
     """Load a path or binary file object (read from its start) as an upright 8-bit RGB image.
 
-    Applies the EXIF orientation, keeps the first frame of animated GIF/WebP/APNG, composites
-    transparency (RGBA, LA, palette with a transparent colour) on white, converts CMYK, 1-bit and
-    grayscale, and scales 16-bit grayscale (I;16, I) to 8 bit by dividing by 257.
+    Accepts every still-image format Pillow decodes (`ACCEPTED_FORMATS`); multi-page and animated
+    files (TIFF, GIF, WebP, APNG, MPO, ...) give their first page or frame. Applies the EXIF
+    orientation, composites transparency (RGBA, LA, palette with a transparent colour) on white,
+    converts CMYK, YCbCr, 1-bit and grayscale, and scales 16-bit grayscale (I;16, I) to 8 bit by
+    dividing by 257.
 
     `max_pixels` defaults to `MAX_IMAGE_PIXELS`. Raises `UserError` when the file is missing, is not
-    an image, is corrupt or truncated, has more pixels than the limit (a decompression bomb), or is
-    more elongated than `MAX_ASPECT_RATIO`.
+    an image Pillow decodes, is corrupt or truncated, uses a compression or variant Pillow cannot
+    decode on this machine, has more pixels than the limit (a decompression bomb), or is more
+    elongated than `MAX_ASPECT_RATIO`. Pillow's own warnings (say, about damaged EXIF data) are
+    silenced: an image that decodes is used as decoded.
     """
     what = _describe(source)
     limit = MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
-    if not isinstance(source, (str, os.PathLike)) and source.seekable():
+    if isinstance(source, (str, os.PathLike)):
+        if "\x00" in os.fspath(source):
+            raise UserError(f"image path {what} contains a NUL character; fix the file name")
+    elif source.seekable():
         source.seek(0)
+    kind = None  # the format Pillow recognised, once it has
     try:
-        # Pillow only warns between its limit and twice that: make the warning an error too.
         with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            # Pillow only warns between its limit and twice that: make the warning an error too.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(source) as image:
+                kind = image.format
                 width, height = image.size
                 if width * height > limit:
                     raise _too_large(what, width, height, limit)
@@ -60,8 +78,10 @@ def load_image(
                         f"{what} is {width} x {height} pixels, too elongated to caption (at most "
                         f"{MAX_ASPECT_RATIO}:1); crop it to a more compact region first"
                     )
-                image.load()  # decode now, so corrupt or truncated data fails here
-                return _to_rgb(ImageOps.exif_transpose(image), what)
+                image.load()  # decode now (the first page or frame), so bad data fails here
+                upright = ImageOps.exif_transpose(image)  # a decoded copy: the file may close
+    except UserError:
+        raise
     except FileNotFoundError:
         raise UserError(f"image file {what} not found; check the path") from None
     except IsADirectoryError:
@@ -70,18 +90,33 @@ def load_image(
         raise UserError(f"cannot read {what} (permission denied); check its permissions") from None
     except UnidentifiedImageError:
         raise UserError(
-            f"{what} is not an image Pillow can read; use a PNG, JPEG, GIF, WebP or BMP file"
+            f"{what} is not an image Pillow can decode (not an image file, damaged beyond "
+            f"recognition, or a kind Pillow does not read); pass a still image such as "
+            f"{ACCEPTED_FORMATS}"
         ) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise UserError(
             f"{what} has too many pixels (limit {limit:,}, a possible decompression bomb); "
             "downscale it first"
         ) from None
-    except (OSError, SyntaxError, EOFError) as err:
-        detail = " ".join(str(err).split()) or type(err).__name__
+    except Exception as err:  # noqa: BLE001 - Pillow raises many types on hostile bytes
+        detail = " ".join(str(err).split())[:200] or type(err).__name__
+        if isinstance(err, NotImplementedError) or any(
+            sign in detail for sign in UNSUPPORTED_SIGNS
+        ):
+            recognised = f"recognises as {kind}" if kind else "recognises"
+            raise UserError(
+                f"{what} is an image Pillow {recognised} but cannot decode on this machine "
+                f"({detail}); convert it to PNG or JPEG"
+            ) from None
+        if isinstance(err, (OSError, SyntaxError, EOFError, ValueError, struct.error, IndexError)):
+            raise UserError(
+                f"{what} is corrupt or truncated ({detail}); re-save or re-upload the image"
+            ) from None
         raise UserError(
-            f"{what} is corrupt or truncated ({detail}); re-save or re-upload the image"
+            f"{what} cannot be decoded ({type(err).__name__}: {detail}); re-save it as PNG or JPEG"
         ) from None
+    return _to_rgb(upright, what)
 
 
 def _describe(source: object) -> str:

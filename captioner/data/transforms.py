@@ -8,6 +8,7 @@ metadata: nothing is downloaded.
 from __future__ import annotations
 
 import os
+import re
 
 import torch
 from torchvision.models import WeightsEnum, get_model_weights, get_weight
@@ -15,7 +16,8 @@ from torchvision.transforms import v2
 
 from recurrent.errors import UserError
 
-WEIGHT_FILE_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
+# A torchvision weights name ("ResNet50_Weights.IMAGENET1K_V2", "DEFAULT"); anything else is a path.
+_WEIGHTS_NAME = re.compile(r"^(\w+_Weights\.)?[A-Z][A-Z0-9_]*$")
 
 
 def _arch_weights(arch: str) -> type[WeightsEnum]:
@@ -30,35 +32,43 @@ def _arch_weights(arch: str) -> type[WeightsEnum]:
 
 def resolve_weights(
     weights: str | os.PathLike[str] | WeightsEnum | None, arch: str = "resnet18"
-) -> WeightsEnum:
-    """The torchvision weights enum whose preprocessing applies to `weights`.
-
-    `weights` may be a `WeightsEnum`, a name ("ResNet50_Weights.IMAGENET1K_V2", or "DEFAULT" /
-    "IMAGENET1K_V1" for `arch`), a local weights file, or None. A file or None gives `arch`'s
-    DEFAULT weights, whose statistics a local fine-tune of the same backbone shares.
-    """
-    if isinstance(weights, WeightsEnum):
-        return weights
-    default = _arch_weights(arch).DEFAULT
-    if weights is None:
-        return default
+) -> WeightsEnum | str | None:
+    """What ``model.weights`` names: None, a torchvision weights enum member of `arch` (from
+    "ResNet50_Weights.IMAGENET1K_V2", or "DEFAULT" / "IMAGENET1K_V1" for `arch`), or the path of a
+    local weights file (a missing file is reported when it is loaded). The one place names are
+    resolved: the encoder loads what it returns, the preprocessing reads its statistics."""
+    if isinstance(weights, WeightsEnum) or weights is None or weights == "":
+        return weights or None
     name = os.fspath(weights)
-    if os.path.isfile(name) or name.endswith(WEIGHT_FILE_SUFFIXES):
-        return default
+    if os.path.exists(name) or not _WEIGHTS_NAME.match(name):
+        return name
+    enum_class = _arch_weights(arch)
     try:
-        return get_weight(name) if "." in name else _arch_weights(arch).verify(name)
+        member = get_weight(name) if "." in name else enum_class.verify(name)
     except (KeyError, ValueError, AttributeError):
+        member = None
+    if member is None or type(member) is not enum_class:
         raise UserError(
-            f"weights '{name}' are neither a local file nor a torchvision weights name; use e.g. "
-            f"{type(default).__name__}.DEFAULT or a path to a .pth file"
-        ) from None
+            f"model.weights '{name}' are not torchvision weights for {arch}; use e.g. "
+            f"{enum_class.__name__}.DEFAULT, a path to a local state_dict file, or null"
+        )
+    return member
+
+
+def preprocessing_weights(
+    weights: str | os.PathLike[str] | WeightsEnum | None, arch: str
+) -> WeightsEnum:
+    """The weights enum whose preprocessing applies: the named weights, or for a local file or
+    None `arch`'s DEFAULT weights, whose statistics a local fine-tune of the same backbone shares."""
+    member = resolve_weights(weights, arch)
+    return member if isinstance(member, WeightsEnum) else _arch_weights(arch).DEFAULT
 
 
 def normalization_stats(
     weights: str | os.PathLike[str] | WeightsEnum | None = None, arch: str = "resnet18"
 ) -> tuple[list[float], list[float]]:
-    """(mean, std) per RGB channel from the weights' own `transforms()` (see `resolve_weights`)."""
-    preset = resolve_weights(weights, arch).transforms()
+    """(mean, std) per RGB channel from the weights' own `transforms()` (see `preprocessing_weights`)."""
+    preset = preprocessing_weights(weights, arch).transforms()
     return list(preset.mean), list(preset.std)
 
 

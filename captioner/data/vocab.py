@@ -7,6 +7,7 @@ measure words and not punctuation or casing.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
@@ -18,6 +19,28 @@ PAD, START, END, UNK = "<pad>", "<start>", "<end>", "<unk>"
 SPECIALS = (PAD, START, END, UNK)  # their ids are their positions: 0, 1, 2, 3
 
 _TREEBANK = TreebankWordTokenizer()  # stateless and data-free (needs no nltk_data download)
+# Plain captions (lowercase letters, digits, spaces, commas before neither a digit nor a comma, one
+# final period) take a fast path: for them the Treebank rules come down to splitting on spaces, commas and the
+# final period, unless a contraction rule ("cannot" -> "can" "not") applies. nltk runs its ~40
+# rules through timeout-guarded regexes at ~130 us a caption (80 s for COCO's 616k captions); the
+# fast path gives the same tokens in a few us (tests compare both on random text).
+_PLAIN = re.compile(r"(?:[a-z0-9 ]|,(?![0-9,]))*\.? *")
+
+
+def _split_words() -> frozenset[str] | None:
+    """The apostrophe-free words Treebank's contraction rules split ("cannot", "gonna", ...), read
+    from its rules ``\\b(can)(?#X)(not)\\b``; None (no fast path) for a rule of another shape."""
+    words = set()
+    for rule in (*TreebankWordTokenizer.CONTRACTIONS2, *TreebankWordTokenizer.CONTRACTIONS3):
+        parts = re.findall(r"\(([a-z']+)\)", rule.pattern)
+        if len(parts) != 2:
+            return None
+        if "'" not in "".join(parts):
+            words.add("".join(parts))
+    return frozenset(words)
+
+
+_SPLIT_WORDS = _split_words()
 
 
 def tokenize(text: str) -> list[str]:
@@ -31,7 +54,12 @@ def tokenize(text: str) -> list[str]:
     >>> tokenize("A dog, running on the beach.")
     ['a', 'dog', 'running', 'on', 'the', 'beach']
     """
-    return [token for token in _TREEBANK.tokenize(text.lower()) if any(c.isalnum() for c in token)]
+    text = text.lower()
+    if _SPLIT_WORDS is not None and _PLAIN.fullmatch(text):
+        words = text.replace(",", " ").replace(".", " ").split()
+        if _SPLIT_WORDS.isdisjoint(words):
+            return words
+    return [token for token in _TREEBANK.tokenize(text) if any(c.isalnum() for c in token)]
 
 
 class Vocabulary:

@@ -1,0 +1,139 @@
+"""Scan a captioning data set before a long run: every annotation, every image decoded.
+
+    python -m captioner.check_data --config configs/captioner/coco.yaml [--set data.bad_images=skip]
+
+Loads the annotations of the config's ``data`` section (as `captioner.train` does), opens and
+decodes every image on a bounded pool of threads, and prints a summary, then the paths of missing
+and undecodable images, images listed twice, files with identical bytes, and captions that are
+empty after tokenization. The exit status says whether training would run: 0 if it would, 1 if it
+would stop (a missing image, no train or val split, a val image that does not decode, or a train
+image that does not decode under ``data.bad_images=error``), 2 for a bad config or annotations
+file (one line on stderr). The library side is `captioner.data.check`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+
+from tqdm import tqdm
+
+from captioner.config import CaptionerConfig, check_config
+from captioner.data import SPLITS, Vocabulary
+from captioner.data.check import BAD, MISSING, DataReport, default_workers, scan_images
+from captioner.scoring import load_data_records
+from recurrent.config import add_config_arguments, load_config
+from recurrent.errors import run_cli
+
+EXIT_WOULD_STOP = 1
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m captioner.check_data",
+        description="Check a captioning data set before training: load every annotation, decode "
+        "every image (in parallel), report missing and undecodable images, duplicates and "
+        "captions empty after tokenization. Exit status: 0 if training would run, 1 if it would "
+        "stop, 2 for a bad config or annotations file.",
+    )
+    add_config_arguments(parser, "configs/captioner/coco.yaml")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=default_workers(),
+        help="threads decoding images (default: the CPUs available, %(default)s here)",
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    cfg = load_config(CaptionerConfig, args.config, args.overrides)
+    check_config(cfg)
+    data = cfg.data
+    # Every record, whatever its images: the check reports missing ones instead of stopping.
+    records = load_data_records(data, check_images=False)
+    paths = list(dict.fromkeys(record.image_path for record in records))
+    started = time.perf_counter()
+    bar = tqdm(total=len(paths), desc="decoding", unit="image", disable=args.quiet or None)
+    checks = {c.path: c for c in scan_images(paths, args.workers, on_done=lambda _: bar.update())}
+    bar.close()
+    seconds = time.perf_counter() - started
+    report = DataReport.build(records, checks)
+    feature_cache = cfg.model.finetune == "frozen" and cfg.train.feature_cache
+    reasons = report.stops_training(data.bad_images, feature_cache)
+    if args.json:
+        print(json.dumps(report.to_json(data.bad_images, feature_cache), indent=1))
+    else:
+        train = [c for r in records if r.split == "train" for c in r.captions]
+        vocab = Vocabulary.build(train, data.min_word_count)
+        _print_report(report, cfg, len(vocab), seconds, args.workers, reasons)
+    if reasons:
+        raise SystemExit(EXIT_WOULD_STOP)
+
+
+def _print_report(
+    report: DataReport,
+    cfg: CaptionerConfig,
+    vocab_size: int,
+    seconds: float,
+    workers: int,
+    reasons: list[str],
+) -> None:
+    data, out = cfg.data, sys.stdout
+    missing, bad = report.paths(MISSING), report.paths(BAD)
+    splits = ", ".join(f"{split} {report.splits.get(split, 0)}" for split in SPLITS)
+    annotations = (
+        data.annotations if isinstance(data.annotations, str) else ", ".join(data.annotations)
+    )
+    print(f"annotations: {data.format} {annotations}", file=out)
+    print(
+        f"  {len(report.records)} records ({splits}) of {len(report.checks)} image files, "
+        f"{report.captions} captions",
+        file=out,
+    )
+    print(
+        f"images: {len(report.checks)} read and decoded in {seconds:.1f} s on {workers} "
+        f"thread(s): {len(report.checks) - len(missing) - len(bad)} fine, {len(missing)} missing, "
+        f"{len(bad)} do not decode",
+        file=out,
+    )
+    print(
+        f"duplicates: {len(report.listed_twice)} image(s) listed more than once, "
+        f"{len(report.same_bytes)} group(s) of files with identical bytes",
+        file=out,
+    )
+    print(f"captions empty after tokenization: {len(report.empty_captions)}", file=out)
+    print(f"vocabulary: {vocab_size} words (data.min_word_count={data.min_word_count})", file=out)
+    for path in missing:
+        print(f"missing\t{path}", file=out)
+    for path in bad:
+        splits_of = ",".join(report.split_of(path))
+        print(f"bad\t{path}\t{splits_of}\t{report.checks[path].reason}", file=out)
+    for path, splits_of in report.listed_twice.items():
+        print(f"listed {len(splits_of)} times\t{path}\t{','.join(splits_of)}", file=out)
+    for group in report.same_bytes:
+        splits_of = sorted({split for path in group for split in report.split_of(path)})
+        print(f"same bytes\t{' '.join(group)}\t{','.join(splits_of)}", file=out)
+    for path, caption in report.empty_captions:
+        print(f"empty caption\t{path}\t{caption!r}", file=out)
+    bad_train, bad_test = report.paths(BAD, ("train",)), report.paths(BAD, ("test",))
+    if reasons:
+        print(f"training would stop: {'; '.join(reasons)}", file=out)
+        return
+    notes = []
+    if bad_train:
+        notes.append(f"skipping {len(bad_train)} train image(s) (data.bad_images=skip)")
+    if bad_test:
+        notes.append(f"{len(bad_test)} test image(s) do not decode: evaluating test would stop")
+    print("training would run" + "".join(f"; {note}" for note in notes), file=out)
+
+
+def cli() -> None:
+    """Console-script entry point: a user mistake becomes one line on stderr, exit status 2."""
+    raise SystemExit(run_cli(main))
+
+
+if __name__ == "__main__":
+    cli()

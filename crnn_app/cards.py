@@ -1,0 +1,234 @@
+"""Model cards: what a checkpoint is, what it was trained on, how far and how well.
+
+A checkpoint written by the current trainers holds a ``card`` (a plain dict, see the trainers):
+
+    {"task": "char_lm" | "captioner",
+     "architecture": "2-layer LSTM, hidden 512, embedding 128",
+     "data": {"name": "tinyshakespeare", "path": "...", "size": 1115394,
+              "unit": "characters" | "images", "synthetic_scenes": false},
+     "steps": 5000, "best_scores": {"val_loss": 1.44} | {"BLEU-4": 41.2, ...},
+     "trained_at": "2026-11-22T05:10:00Z"}
+
+Older checkpoints have none: `model_card` builds the same fields from what they do hold (config,
+step, best_val_loss / best_scores); what they never recorded (data size, training date) stays None
+and is shown as "not recorded". A captioner counts as trained on the synthetic scenes when its
+annotation file is the one ``python -m captioner.scenes`` writes (``dataset_scenes.json``).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from captioner.scenes import JSON_NAME as SCENES_JSON_NAME
+from char_lm.config import TINY_SHAKESPEARE_URL
+
+LN2 = math.log(2)
+TASK_TITLES = {"captioner": "image captioner", "char_lm": "character-level language model"}
+BUILTIN_PREFIX = "builtin:"
+NOT_RECORDED = "not recorded"
+ENCODER_NAMES = {f"resnet{depth}": f"ResNet-{depth}" for depth in (18, 34, 50, 101, 152)}
+
+
+def _section(payload: Mapping[str, Any], name: str) -> dict[str, Any]:
+    config = payload.get("config")
+    section = config.get(name) if isinstance(config, dict) else None
+    return section if isinstance(section, dict) else {}
+
+
+def _layers(count: Any) -> str:
+    return f"{count}-layer " if isinstance(count, int) else ""
+
+
+def _cell(model: Mapping[str, Any]) -> str:
+    cell = model.get("cell")
+    return cell.upper() if isinstance(cell, str) else "recurrent"
+
+
+def char_lm_architecture(model: Mapping[str, Any]) -> str:
+    """ "2-layer LSTM, hidden 512, embedding 128" (or "one-hot input") from a char_lm model config."""
+    parts = [f"{_layers(model.get('num_layers'))}{_cell(model)}"]
+    if model.get("hidden_size"):
+        parts.append(f"hidden {model['hidden_size']}")
+    if model.get("input") == "onehot":
+        parts.append("one-hot input")
+    elif model.get("embed_size"):
+        parts.append(f"embedding {model['embed_size']}")
+    return ", ".join(parts)
+
+
+def captioner_architecture(model: Mapping[str, Any]) -> str:
+    """ "ResNet-18 encoder (to layer3) + soft attention, 1-layer LSTM decoder, hidden 256"."""
+    encoder = ENCODER_NAMES.get(model.get("encoder"), str(model.get("encoder", "CNN")))
+    stages = model.get("encoder_stages")
+    encoder += " encoder" + (f" (to layer{stages})" if isinstance(stages, int) else "")
+    attention = " + soft attention" if model.get("attention") else " (show and tell)"
+    decoder = f"{_layers(model.get('num_layers'))}{_cell(model)} decoder"
+    parts = [encoder + attention, decoder]
+    if model.get("hidden_size"):
+        parts.append(f"hidden {model['hidden_size']}")
+    return ", ".join(parts)
+
+
+def is_scenes_annotations(annotations: Any) -> bool:
+    """Whether a captioner's ``data.annotations`` is the synthetic scenes generator's JSON."""
+    paths = annotations if isinstance(annotations, list) else [annotations]
+    names = [Path(str(path)).name for path in paths if path]
+    return bool(names) and all(name == SCENES_JSON_NAME for name in names)
+
+
+def _data_name(path: str) -> str:
+    """ "dataset_flickr8k.json" -> "flickr8k", "../data/tinyshakespeare.txt" -> "tinyshakespeare"."""
+    stem = Path(path).stem
+    return re.sub(r"^dataset_", "", stem) or path
+
+
+def char_lm_data(data: Mapping[str, Any]) -> dict[str, Any]:
+    path = str(data.get("path") or "")
+    if path.startswith(BUILTIN_PREFIX):
+        name = f"{path[len(BUILTIN_PREFIX) :]} (built-in toy text)"
+    elif path:
+        name = _data_name(path)
+    elif data.get("url") == TINY_SHAKESPEARE_URL:
+        name, path = "tinyshakespeare", str(data["url"])
+    else:
+        name, path = _data_name(str(data.get("url") or "")) or "unknown", str(data.get("url", ""))
+    return {"name": name, "path": path, "size": None, "unit": "characters"}
+
+
+def captioner_data(data: Mapping[str, Any]) -> dict[str, Any]:
+    annotations = data.get("annotations") or ""
+    first = str(annotations[0] if isinstance(annotations, list) and annotations else annotations)
+    synthetic = is_scenes_annotations(annotations)
+    if synthetic:
+        name = "synthetic scenes (coloured shapes)"
+    elif first:
+        name = _data_name(first)
+    else:
+        name = str(data.get("format") or "unknown")
+    return {
+        "name": name,
+        "path": first,
+        "size": None,
+        "unit": "images",
+        "synthetic_scenes": synthetic,
+    }
+
+
+def card_from_config(payload: Mapping[str, Any]) -> dict[str, Any]:
+    """The card of a checkpoint written before cards existed, from its config, step and scores."""
+    task = payload.get("task")
+    model, data = _section(payload, "model"), _section(payload, "data")
+    if task == "captioner":
+        architecture, data_card = captioner_architecture(model), captioner_data(data)
+        scores = payload.get("best_scores")
+        best = dict(scores) if isinstance(scores, dict) else {}
+    else:
+        architecture, data_card = char_lm_architecture(model), char_lm_data(data)
+        val_loss = payload.get("best_val_loss")
+        best = {"val_loss": val_loss} if isinstance(val_loss, float) else {}
+    step = payload.get("step")
+    return {
+        "task": task,
+        "architecture": architecture,
+        "data": data_card,
+        "steps": step if isinstance(step, int) else None,
+        "best_scores": best,
+        "trained_at": None,
+    }
+
+
+def model_card(payload: Mapping[str, Any]) -> dict[str, Any]:
+    """The checkpoint's card, every field present: its own ``card`` where it has one (fields it
+    lacks come from the config), else one built from the config (`card_from_config`).
+
+    ``card["recorded"]`` says whether the checkpoint carried a card.
+    """
+    derived = card_from_config(payload)
+    own = payload.get("card")
+    if not isinstance(own, dict):
+        return {**derived, "recorded": False}
+    card = {**derived, **{key: value for key, value in own.items() if value is not None}}
+    own_data = own.get("data") if isinstance(own.get("data"), dict) else {}
+    card["data"] = {**derived["data"], **{k: v for k, v in own_data.items() if v is not None}}
+    if card["task"] == "captioner" and "synthetic_scenes" not in own_data:
+        card["data"]["synthetic_scenes"] = derived["data"].get("synthetic_scenes", False)
+    card["recorded"] = True
+    return card
+
+
+def format_score(name: str, value: Any) -> str:
+    """One best score as shown: losses in nats/char with bits/char, BLEU and CIDEr to 0.1."""
+    if not isinstance(value, int | float):
+        return f"{name} {value}"
+    if name.endswith("loss"):
+        label = name.replace("_", " ")
+        return f"{label} {value:.3f} nats/char ({value / LN2:.3f} bpc)"
+    return f"{name} {value:.1f}"
+
+
+def _format_date(value: Any) -> str:
+    if not value:
+        return NOT_RECORDED
+    try:
+        moment = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return str(value)
+    return moment.strftime("%Y-%m-%d %H:%M UTC") if moment.tzinfo else moment.isoformat(" ")
+
+
+def card_rows(card: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(label, text) rows of a card, in the order shown: task, architecture, data, steps, best
+    scores, training date. Missing values read "not recorded"."""
+    data = card.get("data") or {}
+    data_text = str(data.get("name") or NOT_RECORDED)
+    if data.get("path") and data.get("path") not in data_text:
+        data_text += f" ({data['path']})"
+    size = data.get("size")
+    unit = data.get("unit") or ""
+    data_text += f", {size:,} {unit}" if isinstance(size, int) else f", size {NOT_RECORDED}"
+    scores = card.get("best_scores") or {}
+    steps = card.get("steps")
+    return [
+        ("task", TASK_TITLES.get(card.get("task"), str(card.get("task")))),
+        ("architecture", str(card.get("architecture") or NOT_RECORDED)),
+        ("data", data_text),
+        ("steps", f"{steps:,}" if isinstance(steps, int) else NOT_RECORDED),
+        (
+            "best scores",
+            ", ".join(format_score(name, value) for name, value in scores.items()) or NOT_RECORDED,
+        ),
+        ("trained", _format_date(card.get("trained_at"))),
+    ]
+
+
+def card_markdown(card: Mapping[str, Any]) -> str:
+    """The card as a Markdown list (the sidebar shows it under the checkpoint picker)."""
+    lines = [f"- **{label}**: {_escape(text)}" for label, text in card_rows(card)]
+    if not card.get("recorded"):
+        lines.append("- *an older checkpoint without a card: these lines come from its config*")
+    return "\n".join(lines)
+
+
+def _escape(text: str) -> str:
+    """Markdown-inert text (paths hold underscores and asterisks)."""
+    return re.sub(r"([\\`*_\[\]<>#|~$])", r"\\\1", text)
+
+
+def knows_only_scenes(card: Mapping[str, Any]) -> bool:
+    """Whether a captioner was trained on the synthetic scenes only (so photographs get shapes)."""
+    return bool((card.get("data") or {}).get("synthetic_scenes"))
+
+
+def readme_section(readme: Path, title: str) -> str | None:
+    """The Markdown of the README section ``## title`` (up to the next ``## ``), or None."""
+    try:
+        text = readme.read_text(encoding="utf-8")
+    except OSError:
+        return None
+    match = re.search(rf"^## {re.escape(title)}\s*$(.*?)(?=^## |\Z)", text, re.M | re.S)
+    return match.group(1).strip() if match else None

@@ -1,0 +1,124 @@
+"""Multi-process training with torchrun: who this process is, and the few collectives runs need.
+
+    torchrun --standalone --nproc_per_node=2 -m char_lm.train --config ... --out-dir runs/x
+
+torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; without them a run is one process and every
+function here is a cheap no-op. The process group uses ``nccl`` when the run is on CUDA devices and
+``gloo`` otherwise (the CPU), chosen automatically. Rank 0 alone prints, writes metrics and
+checkpoints; every rank computes. A collective call bounded by ``timeout`` turns a rank that died
+or hangs into an error on the others instead of a job that waits forever.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from recurrent.errors import UserError
+
+DEFAULT_TIMEOUT_S = 1800.0  # a rank that does not answer a collective in this time fails the job
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """This process's place in the job: ``rank`` of ``world_size``, ``local_rank`` on its node."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum ``tensor`` over the ranks, in place (and returned)."""
+        if self.enabled:
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor
+
+    def all_gather_objects(self, value: Any) -> list[Any]:
+        """Every rank's ``value`` (picklable), in rank order; ``[value]`` in one process."""
+        if not self.enabled:
+            return [value]
+        gathered: list[Any] = [None] * self.world_size
+        dist.all_gather_object(gathered, value)
+        return gathered
+
+    def broadcast_object(self, value: Any) -> Any:
+        """Rank 0's ``value`` on every rank."""
+        if not self.enabled:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def shard(self, count: int, what: str) -> slice:
+        """This rank's contiguous share of ``count`` equal parts (``count`` must divide evenly)."""
+        if count % self.world_size:
+            raise UserError(
+                f"{what} is {count}, which does not split evenly over {self.world_size} "
+                f"processes; make it a multiple of {self.world_size}"
+            )
+        per_rank = count // self.world_size
+        return slice(self.rank * per_rank, (self.rank + 1) * per_rank)
+
+
+def from_environment() -> Distributed:
+    """The job layout torchrun put in the environment (one process when it is absent)."""
+    try:
+        rank = int(os.environ.get("RANK", "0"))
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    except ValueError:
+        raise UserError(
+            "RANK, WORLD_SIZE and LOCAL_RANK must be integers (set by torchrun)"
+        ) from None
+    return Distributed(rank, world_size, local_rank)
+
+
+def setup(
+    device_name: str, timeout_s: float = DEFAULT_TIMEOUT_S
+) -> tuple[Distributed, torch.device]:
+    """Join the job (if torchrun started one) and pick this rank's device.
+
+    ``device_name`` is the config's ``train.device``: with ``auto`` or ``cuda`` each rank takes
+    GPU ``LOCAL_RANK``; the backend is nccl on CUDA and gloo on the CPU.
+    """
+    from recurrent.training import pick_device
+
+    layout = from_environment()
+    device = pick_device(device_name)
+    if device.type == "cuda" and layout.enabled:
+        if layout.local_rank >= torch.cuda.device_count():
+            raise UserError(
+                f"LOCAL_RANK {layout.local_rank} but only {torch.cuda.device_count()} GPU(s); "
+                "lower --nproc_per_node"
+            )
+        device = torch.device("cuda", layout.local_rank)
+        torch.cuda.set_device(device)
+    if layout.enabled and not dist.is_initialized():
+        dist.init_process_group(
+            backend="nccl" if device.type == "cuda" else "gloo",
+            timeout=datetime.timedelta(seconds=timeout_s),
+        )
+    return layout, device
+
+
+def teardown() -> None:
+    """Leave the process group (at the end of a run, and when a rank stops early)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

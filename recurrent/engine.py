@@ -1,0 +1,825 @@
+"""The run loop both tasks share: one set of rules for every training run.
+
+A task (char_lm, captioner) supplies its model, its data, one training step that returns a loss,
+and one evaluation that returns scores; `Run` does everything else, the same way for both:
+
+- the run folder guard: a folder that holds a run is continued with ``--resume`` or replaced
+  with ``--overwrite``, never silently;
+- the learning rate: linear warmup for ``warmup_steps``, then a cosine down to
+  ``lr * min_lr_ratio``, set on the optimizer's param groups every step (nanoGPT's ``get_lr``).
+  The cosine spans ``lr_decay_steps`` (0: the run's length in steps). With a time budget it
+  follows whichever runs out first, steps or time, so a run stopped by its budget has annealed;
+- the time budget counts the run's wall time from its first step: training, evaluation and
+  checkpoint writes, summed over resumes. It is the time the run takes, which is what a user with
+  an hour on a machine or a job limit on a cluster plans by;
+- one weight-decay rule: matrices of linear, convolutional and recurrent layers decay; biases,
+  normalisation parameters and embeddings do not (GPT-2 / minGPT);
+- checkpoints: ``last.pt`` at every evaluation, every ``checkpoint_every`` steps and/or
+  ``checkpoint_every_s`` seconds, at the end, and when SIGINT/SIGTERM stops the run; ``best.pt``
+  at every evaluation that improves the best score. Every write is atomic (a temporary file,
+  fsync, rename), so a kill at any moment leaves the last complete checkpoint readable;
+- evaluation every ``eval_every`` steps (0: at every pass over the data) and at the end, with
+  best/last bookkeeping and early stopping after ``patience`` evaluations without improvement;
+- guards: a non-finite loss stops the run with one line naming the step and the last good
+  checkpoint, which is left as it was; so does a non-finite gradient norm, whose update would make
+  the weights non-finite (except under fp16's gradient scaler, which skips such steps); the
+  gradient norm is logged;
+- logging: a progress bar, one line per evaluation, ``metrics.jsonl`` (one JSON object per
+  logged step and per evaluation) and, with ``tensorboard``, the same numbers for TensorBoard;
+- multi-process training under torchrun (`recurrent.distributed`): DDP, rank 0 writes.
+
+Resume (``--resume``) takes from the checkpoint everything that is the run's state: weights,
+optimizer moments, step, best score, early-stopping count, data position, random-number state, the
+time used. It takes from the config everything that is a setting: learning rate and schedule
+lengths, weight decay, clipping, budgets, evaluation and checkpoint cadence, patience. Fields that
+define the network or the data (the task's architecture keys, its vocabulary) must match, or the
+resume is refused naming the field. So an interrupted run resumed with the same config is the same
+run: bit for bit on the CPU (CUDA kernels may differ in the last bits), unless a time budget, which
+depends on the clock, shaped its schedule. A resume with a larger ``max_steps`` extends the run and
+re-spans the cosine over the new length (unless ``lr_decay_steps`` is set), so the learning rate
+goes back up to where the new schedule is at that step: such a run is not the same as one run
+straight to the larger ``max_steps``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from recurrent import distributed
+from recurrent.checkpoint import (
+    FORMAT_VERSION,
+    check_same_architecture,
+    load_checkpoint,
+    save_checkpoint,
+)
+from recurrent.errors import RunStopped, UserError
+from recurrent.files import atomic_write_text
+from recurrent.training import rng_state, set_rng_state, set_seed, warmup_cosine
+
+RUN_FORMAT = FORMAT_VERSION  # checkpoints a run can resume from carry "progress"
+NO_DECAY_MODULES = (
+    nn.Embedding,
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.LayerNorm,
+    nn.GroupNorm,
+)
+
+
+@dataclass
+class RunSettings:
+    """The ``train.*`` fields every task has; each task's TrainConfig extends this dataclass."""
+
+    max_steps: int = 0  # 0: no step limit (the task's epochs, or the time budget, end the run)
+    time_budget_s: float = 0.0  # wall time of the run (see the module docstring); 0: none
+    lr_decay_steps: int = 0  # length of warmup + cosine in steps; 0: the run's length
+    seed: int = 0
+    optimizer: Literal["adamw", "rmsprop"] = "adamw"  # rmsprop is char-rnn's choice
+    lr: float = 1e-3
+    adam_beta2: float = 0.999
+    weight_decay: float = 0.0  # on weight matrices only (see `parameter_groups`)
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1  # the cosine ends at lr * min_lr_ratio
+    grad_clip: float = 1.0  # max global gradient norm; 0: no clipping (the norm is still logged)
+    eval_every: int = 250  # steps between evaluations; 0: one per pass over the training data
+    patience: int = 0  # evaluations without a better score before stopping; 0: never
+    checkpoint_every: int = 0  # steps between last.pt writes besides evaluations; 0: none
+    checkpoint_every_s: float = 600.0  # seconds between last.pt writes besides evaluations; 0: none
+    log_every: int = 50  # steps between metrics.jsonl lines and progress-bar updates
+    device: str = "auto"  # auto (CUDA when present), cpu, cuda, cuda:N
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # see recurrent.precision
+    tensorboard: bool = False  # also write DIR/tensorboard (pip install tensorboard)
+    compile: bool = False  # torch.compile the training forward (checkpoints hold the plain module)
+
+
+# Where each RunSettings number must lie (`recurrent.config.check_bounds` notation); each task's
+# BOUNDS table adds these to its own rows.
+RUN_BOUNDS = {
+    "train.max_steps": "[0, 1e9]",
+    "train.time_budget_s": "[0, inf)",
+    "train.lr_decay_steps": "[0, 1e9]",
+    "train.seed": "[0, 4294967295]",
+    "train.lr": "(0, 10]",
+    "train.adam_beta2": "[0, 1)",
+    "train.weight_decay": "[0, 10]",
+    "train.warmup_steps": "[0, 1e9]",
+    "train.min_lr_ratio": "[0, 1]",
+    "train.grad_clip": "[0, inf)",
+    "train.eval_every": "[0, 1e9]",
+    "train.patience": "[0, 1e9]",
+    "train.checkpoint_every": "[0, 1e9]",
+    "train.checkpoint_every_s": "[0, inf)",
+    "train.log_every": "[1, 1e9]",
+}
+
+
+@dataclass
+class StepResult:
+    """What a task's training step returns: the loss to minimise, how many items (characters,
+    caption pairs) it trained on, and whether this step finished a pass over the training data."""
+
+    loss: Tensor
+    items: int
+    epoch_end: bool = False
+
+
+class Stateful(Protocol):
+    """The task's data position (and anything else of its own that a resume must restore)."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+@dataclass
+class Progress:
+    """Where a run is; all of it goes into the checkpoint."""
+
+    step: int = 0
+    elapsed_s: float = 0.0
+    best_scores: dict[str, float] | None = None
+    best_step: int = -1
+    bad_evals: int = 0
+    last_scores: dict[str, float] = field(default_factory=dict)
+    evaluated_step: int = -1
+    # Since the last metrics line: [loss, grad norm] per step, so a resumed run logs the same means.
+    pending: list[list[float]] = field(default_factory=list)
+    since_eval: list[float] = field(default_factory=lambda: [0.0, 0.0])  # loss sum, steps
+
+
+# --------------------------------------------------------------------------------------------
+# Rules
+
+
+def parameter_groups(
+    parts: list[tuple[str, nn.Module, float]], weight_decay: float
+) -> list[dict[str, Any]]:
+    """Optimizer groups for ``(name, module, lr)`` parts: in each, weight matrices decay and biases,
+    normalisation parameters and embeddings do not. Frozen parameters are left out."""
+    groups = []
+    for name, module, lr in parts:
+        no_decay = {
+            id(param)
+            for sub in module.modules()
+            if isinstance(sub, NO_DECAY_MODULES)
+            for param in sub.parameters(recurse=False)
+        }
+        decay, plain = [], []
+        for param in module.parameters():
+            if not param.requires_grad:
+                continue
+            (plain if id(param) in no_decay or param.ndim < 2 else decay).append(param)
+        for params, wd, suffix in ((decay, weight_decay, ""), (plain, 0.0, "_no_decay")):
+            if params:
+                groups.append(
+                    {
+                        "params": params,
+                        "lr": lr,
+                        "base_lr": lr,
+                        "weight_decay": wd,
+                        "name": name + suffix,
+                    }
+                )
+    return groups
+
+
+def build_optimizer(groups: list[dict[str, Any]], settings: RunSettings) -> torch.optim.Optimizer:
+    if settings.optimizer == "rmsprop":  # char-rnn: RMSprop with decay rate 0.95
+        return torch.optim.RMSprop(groups, lr=settings.lr, alpha=0.95)
+    return torch.optim.AdamW(groups, lr=settings.lr, betas=(0.9, settings.adam_beta2))
+
+
+def lr_factor(step: int, elapsed_s: float, settings: RunSettings, total_steps: int) -> float:
+    """The learning-rate multiplier for ``step`` (0-based): warmup, then the cosine over steps or
+    over the time budget, whichever is further along."""
+    if settings.warmup_steps > 0 and step < settings.warmup_steps:
+        return (step + 1) / settings.warmup_steps
+    span = settings.lr_decay_steps or total_steps
+    by_steps = (
+        (step - settings.warmup_steps) / (span - settings.warmup_steps)
+        if span > settings.warmup_steps
+        else float(span > 0)  # warmup filled the whole span: the cosine is over
+    )
+    by_time = elapsed_s / settings.time_budget_s if settings.time_budget_s else 0.0
+    fraction = min(1.0, max(by_steps, by_time))
+    return warmup_cosine(
+        round(fraction * 1_000_000),
+        warmup_steps=0,
+        total_steps=1_000_000,
+        min_ratio=settings.min_lr_ratio,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# The metrics log
+
+
+def parse_metrics(text: str) -> list[dict[str, Any]]:
+    """The usable lines of a metrics.jsonl text: JSON objects of kind "train" or "eval" with an
+    int step. A line that is not JSON (the half-written last line of a run killed mid-write), not
+    an object, of another kind or without a step is skipped; unknown keys are kept."""
+    records = []
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if not isinstance(record, dict) or record.get("kind") not in ("train", "eval"):
+            continue
+        step = record.get("step")
+        if isinstance(step, int) and not isinstance(step, bool):
+            records.append(record)
+    return records
+
+
+def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """`parse_metrics` of a metrics.jsonl file; no file, no records."""
+    try:
+        return parse_metrics(Path(path).read_bytes().decode("utf-8", errors="replace"))
+    except FileNotFoundError:
+        return []
+
+
+class MetricsLog:
+    """``DIR/metrics.jsonl`` (and TensorBoard, when asked for); only rank 0 writes."""
+
+    def __init__(
+        self, out_dir: Path, *, resumed_step: int | None, tensorboard: bool, enabled: bool
+    ) -> None:
+        self.path = out_dir / "metrics.jsonl"
+        self.enabled = enabled
+        self.writer = None
+        if not enabled:
+            return
+        if resumed_step is None:
+            self.path.unlink(missing_ok=True)
+        else:  # drop what was logged after the checkpoint the run resumes from, and torn lines
+            kept = [r for r in read_metrics(self.path) if r["step"] <= resumed_step]
+            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise UserError(
+                    "train.tensorboard is on but tensorboard is not installed; "
+                    "pip install tensorboard (or the project's 'tensorboard' extra)"
+                ) from None
+            # Hide the events of what this run replaces: past the checkpoint it resumes from, or
+            # all of them for a fresh run (--overwrite leaves the old event files in the folder).
+            purge = 0 if resumed_step is None else resumed_step + 1
+            self.writer = SummaryWriter(str(out_dir / "tensorboard"), purge_step=purge)
+
+    def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            step = record["step"]
+            if record["kind"] == "train":
+                for key in ("loss", "lr", "grad_norm", "throughput"):
+                    self.writer.add_scalar(f"train/{key}", record[key], step)
+            else:
+                for key, value in record["scores"].items():
+                    self.writer.add_scalar(f"val/{key}", value, step)
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+# --------------------------------------------------------------------------------------------
+# Signals
+
+
+class _StopSignals:
+    """SIGINT / SIGTERM set a flag the loop reads after each step; a second SIGINT interrupts at
+    once. Installed only in the main thread (signal handlers cannot be set elsewhere)."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.received is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.received = signum
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+# --------------------------------------------------------------------------------------------
+# The run
+
+
+class Run:
+    """One training run in ``out_dir``: see the module docstring for the rules it applies.
+
+    A task's train function reads::
+
+        run = Run(out_dir, task="char_lm", settings=cfg.train, config=to_dict(cfg), ...)
+        ...build data and model on run.device...
+        run.check_resume(architecture_keys, vocab)
+        optimizer = run.optimizer([("model", model, cfg.train.lr)])
+        run.restore(model, optimizer, data)
+        summary = run.fit(model, optimizer, data, step=..., evaluate=..., total_steps=...)
+    """
+
+    def __init__(
+        self,
+        out_dir: str | os.PathLike[str],
+        *,
+        task: str,
+        settings: RunSettings,
+        config: dict[str, Any],
+        resume: bool = False,
+        overwrite: bool = False,
+        quiet: bool = False,
+    ) -> None:
+        from recurrent.precision import Precision
+
+        self.out_dir = Path(out_dir)
+        self.task = task
+        self.settings = settings
+        self.config = config
+        self.quiet = quiet
+        self.last_path = self.out_dir / "last.pt"
+        self.best_path = self.out_dir / "best.pt"
+        if self.out_dir.exists() and not self.out_dir.is_dir():
+            raise UserError(f"--out-dir {self.out_dir} is a file; pass a folder for the run")
+        if resume and not self.last_path.is_file():
+            raise UserError(
+                f"nothing to resume: {self.last_path} does not exist; drop --resume to start a run"
+            )
+        if not resume and self.last_path.exists() and not overwrite:
+            raise UserError(
+                f"{self.out_dir} already holds a run ({self.last_path.name}); pass --resume to "
+                "continue it, --overwrite to replace it, or choose another --out-dir"
+            )
+        self.dist, self.device = distributed.setup(settings.device)
+        self.precision = Precision.choose(settings.precision, self.device)
+        self.payload: dict[str, Any] | None = None
+        if resume:
+            self.payload = load_checkpoint(self.last_path, task=task)
+            if self.payload.get("format_version", 1) < RUN_FORMAT or "progress" not in self.payload:
+                raise UserError(
+                    f"cannot resume from {self.last_path}: it was written by an older version of "
+                    "this project (or exported for serving); start a new run without --resume"
+                )
+        set_seed(settings.seed)
+        self.progress = Progress()
+
+    # --- set-up -------------------------------------------------------------------------------
+
+    def log(self, line: str) -> None:
+        """One line for the user (rank 0 only), kept clear of the progress bar."""
+        if self.dist.is_main:
+            tqdm.write(line, file=sys.stdout)
+
+    def check_resume(self, architecture_keys: list[str], vocab: list[str], what: str) -> None:
+        """Refuse a resume whose network or vocabulary differs from the checkpoint's."""
+        if self.payload is None:
+            return
+        check_same_architecture(
+            self.payload["config"], self.config, architecture_keys, self.last_path
+        )
+        if list(self.payload["vocab"]) != list(vocab):
+            raise UserError(
+                f"cannot resume from {self.last_path}: {what} give another vocabulary than the "
+                f"checkpoint's ({len(vocab)} entries, the checkpoint has "
+                f"{len(self.payload['vocab'])}); resume with the same data, or drop --resume"
+            )
+
+    def optimizer(self, parts: list[tuple[str, nn.Module, float]]) -> torch.optim.Optimizer:
+        return build_optimizer(parameter_groups(parts, self.settings.weight_decay), self.settings)
+
+    def restore(self, model: nn.Module, optimizer: torch.optim.Optimizer, data: Stateful) -> None:
+        """Load the checkpoint's state into a freshly built model, optimizer and data position.
+
+        Settings come from the config (see the module docstring): after loading the optimizer,
+        each group's hyperparameters (base learning rate, weight decay, betas) are set from the
+        config again.
+        """
+        if self.payload is None:
+            if self.dist.enabled:  # the same initial weights everywhere, then per-rank randomness
+                torch.manual_seed(self.settings.seed + 1_000_003 * self.dist.rank)
+            return
+        payload = self.payload
+        # every group's hyperparameters as the config gives them (all but the parameters)
+        settings_now = [
+            {key: value for key, value in group.items() if key != "params"}
+            for group in optimizer.param_groups
+        ]
+        try:
+            model.load_state_dict(payload["model"])
+            optimizer.load_state_dict(payload["optimizer"])
+            for group, now in zip(optimizer.param_groups, settings_now, strict=True):
+                group.update(now)  # the config wins: base rates, weight decay, betas
+            if payload.get("scaler") is not None:
+                self.precision.scaler_state = payload["scaler"]
+            datas = payload["data"]
+            same_layout = len(datas) == self.dist.world_size
+            data.load_state_dict(datas[self.dist.rank] if same_layout else datas[0])
+            self.progress = Progress(**payload["progress"])
+            rngs = payload["rng"]
+        except (KeyError, ValueError, RuntimeError, TypeError) as err:
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise UserError(
+                f"cannot resume from {self.last_path}: it lacks or has damaged training state "
+                f"({reason}); drop --resume to start afresh"
+            ) from None
+        if len(rngs) != self.dist.world_size:
+            self.log(
+                f"note: the checkpoint was written by {len(rngs)} process(es), this run has "
+                f"{self.dist.world_size}: random-number streams restart, the run is not bit-exact"
+            )
+            torch.manual_seed(self.settings.seed + 1_000_003 * self.dist.rank + self.progress.step)
+        else:
+            set_rng_state(rngs[self.dist.rank])
+        self.log(f"resumed from {self.last_path} at step {self.progress.step}")
+
+    # --- the loop -----------------------------------------------------------------------------
+
+    def fit(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        data: Stateful,
+        *,
+        step: Callable[[nn.Module], StepResult],
+        evaluate: Callable[[nn.Module], dict[str, float]],
+        score_key: Callable[[dict[str, float]], tuple[float, ...]],
+        total_steps: int,
+        unit: str,
+        card: dict[str, Any],
+        extra: Callable[[], dict[str, Any]] | None = None,
+        describe: Callable[[dict[str, float]], str] | None = None,
+        finished: Callable[[], str | None] | None = None,
+    ) -> dict[str, Any]:
+        """Train until the step limit, the time budget or early stopping; return a summary.
+
+        ``step(model)`` runs one forward pass on the next batch (inside the autocast of the
+        run's precision) and returns a `StepResult`; the engine does backward, clipping and the
+        optimizer step. ``evaluate(model)`` returns scores (``model`` is in eval mode) and
+        ``score_key(scores)`` orders them (greater is better). ``extra()`` adds task keys to each
+        checkpoint (e.g. the vocabulary); ``describe(scores)`` formats an evaluation line;
+        ``finished()`` names a task's own reason to stop (the captioner's epochs), or None.
+        """
+        settings, progress = self.settings, self.progress
+        main = self.dist.is_main
+        wrapped = self._wrap(model)
+        if settings.compile:  # `model` (saved, evaluated) stays the plain module: no prefixes
+            wrapped = torch.compile(wrapped)
+        metrics = MetricsLog(
+            self.out_dir,
+            resumed_step=progress.step if self.payload is not None else None,
+            tensorboard=settings.tensorboard,
+            enabled=main,
+        )
+        if main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        scaler = self.precision.grad_scaler()
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        steps_at_start, items_total, started = progress.step, 0, time.perf_counter()
+        elapsed_before = progress.elapsed_s
+        last_save = time.perf_counter()
+        call_losses: list[float] = []  # every step's loss in this call, for the summary
+        stats: list[Tensor] = []  # [loss, grad norm] of steps not yet checked (on the device)
+        window_items, window_start = 0, time.perf_counter()
+
+        def elapsed() -> float:
+            return elapsed_before + time.perf_counter() - started
+
+        def flush_checks() -> None:
+            """Fold the device-side [loss, grad norm] of recent steps into plain numbers (one
+            host sync), stopping on a non-finite loss (or gradient) before anything is written."""
+            if not stats:
+                return
+            values = torch.stack(stats)  # (steps, 2): this process's [loss, grad norm]
+            if self.dist.enabled:  # the mean over the processes: every rank logs the same
+                values = self.dist.all_reduce_sum(values) / self.dist.world_size
+            values = values.cpu().tolist()
+            stats.clear()
+            for offset, (loss, grad_norm) in enumerate(values):
+                bad = None
+                if not math.isfinite(loss):
+                    bad = ("training loss", loss)
+                elif not math.isfinite(grad_norm) and not scaler.is_enabled():
+                    # the update has made the weights non-finite (fp16's scaler skips such steps)
+                    bad = ("gradient norm", grad_norm)
+                if bad is not None:
+                    bad_step = progress.step - len(values) + offset + 1
+                    raise RunStopped(self._non_finite_message(bad_step, *bad), exit_code=3)
+            progress.pending.extend(values)
+            call_losses.extend(loss for loss, _ in values)
+            progress.since_eval[0] += sum(loss for loss, _ in values)
+            progress.since_eval[1] += len(values)
+
+        def save(improved: bool) -> None:
+            nonlocal last_save
+            flush_checks()
+            progress.elapsed_s = elapsed()
+            # every rank's random-number state and data position (its own streams, say)
+            rngs = self.dist.all_gather_objects(rng_state())
+            datas = self.dist.all_gather_objects(data.state_dict())
+            if main:
+                payload = self._payload(model, optimizer, scaler, datas, rngs, card, extra)
+                if improved:
+                    save_checkpoint(payload, self.best_path)
+                save_checkpoint(payload, self.last_path)
+            last_save = time.perf_counter()
+
+        def run_evaluation() -> None:
+            flush_checks()
+            model.eval()
+            with torch.no_grad(), self.precision.autocast():
+                scores = evaluate(model)
+            model.train()
+            train_loss, _ = self._reduce_means(
+                [[progress.since_eval[0], 0.0]], progress.since_eval[1]
+            )
+            progress.since_eval = [0.0, 0.0]
+            progress.last_scores = scores
+            progress.evaluated_step = progress.step
+            better = progress.best_scores is None or score_key(scores) > score_key(
+                progress.best_scores
+            )
+            if better:
+                progress.best_scores, progress.best_step, progress.bad_evals = (
+                    scores,
+                    progress.step,
+                    0,
+                )
+            else:
+                progress.bad_evals += 1
+            metrics.write(
+                {
+                    "kind": "eval",
+                    "step": progress.step,
+                    "time_s": round(elapsed(), 3),
+                    "timestamp": time.time(),
+                    "best": better,
+                    "train_loss": train_loss,
+                    "scores": scores,
+                }
+            )
+            text = (
+                describe(scores)
+                if describe
+                else ", ".join(f"{k} {v:.4f}" for k, v in scores.items())
+            )
+            self.log(
+                f"step {progress.step}: train loss {train_loss:.4f}, {text}"
+                + (" (best)" if better else "")
+            )
+            save(better)
+
+        def stop_reason(over_budget: bool) -> str | None:
+            if finished is not None and (reason := finished()):
+                return reason
+            if total_steps and progress.step >= total_steps:
+                return "max_steps"
+            if settings.patience and progress.bad_evals >= settings.patience:
+                return "patience"
+            if over_budget:
+                return "time_budget"
+            return None
+
+        def budget_spent() -> bool:
+            return bool(settings.time_budget_s and elapsed() >= settings.time_budget_s)
+
+        bar = tqdm(
+            total=total_steps or None,
+            initial=min(progress.step, total_steps) if total_steps else progress.step,
+            unit="step",
+            desc="train",
+            dynamic_ncols=True,
+            disable=self.quiet or not main or None,
+            file=sys.stderr,
+        )
+        model.train()
+        reason = stop_reason(self._agree(budget_spent())[0])
+        try:
+            with _StopSignals() as signals:
+                while reason is None:
+                    factor = lr_factor(progress.step, elapsed(), settings, total_steps)
+                    for group in optimizer.param_groups:
+                        group["lr"] = group["base_lr"] * factor
+                    optimizer.zero_grad(set_to_none=True)
+                    with self.precision.autocast():
+                        result = step(wrapped)
+                    scaler.scale(result.loss).backward()
+                    scaler.unscale_(optimizer)
+                    max_norm = settings.grad_clip if settings.grad_clip > 0 else math.inf
+                    grad_norm = nn.utils.clip_grad_norm_(params, max_norm)
+                    scaler.step(optimizer)
+                    scaler.update()
+                    loss = result.loss.detach().float()
+                    stats.append(torch.stack([loss, grad_norm.detach().float().to(loss.device)]))
+                    progress.step += 1
+                    items_total += result.items
+                    window_items += result.items
+                    bar.update(1)
+                    if progress.step % settings.log_every == 0:
+                        flush_checks()
+                        loss_mean, grad_mean = self._reduce_means(progress.pending)
+                        now = time.perf_counter()
+                        throughput = (
+                            window_items * self.dist.world_size / max(now - window_start, 1e-9)
+                        )
+                        window_items, window_start = 0, now
+                        progress.pending = []
+                        metrics.write(
+                            {
+                                "kind": "train",
+                                "step": progress.step,
+                                "time_s": round(elapsed(), 3),
+                                "timestamp": time.time(),
+                                "lr": optimizer.param_groups[0]["lr"],
+                                "loss": loss_mean,
+                                "grad_norm": grad_mean,
+                                "throughput": round(throughput, 2),
+                                "throughput_unit": unit,
+                            }
+                        )
+                        bar.set_postfix(
+                            loss=f"{loss_mean:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}"
+                        )
+                    # What depends on the clock or on a signal is agreed by all processes (one
+                    # small all-reduce under torchrun), so all stop, evaluate and save together.
+                    over_budget, save_due, signalled = self._agree(
+                        budget_spent(),
+                        bool(
+                            settings.checkpoint_every_s
+                            and time.perf_counter() - last_save >= settings.checkpoint_every_s
+                        ),
+                        signals.received is not None,
+                    )
+                    reason = stop_reason(over_budget)
+                    due = (settings.eval_every and progress.step % settings.eval_every == 0) or (
+                        not settings.eval_every and result.epoch_end
+                    )
+                    if due or reason is not None:
+                        run_evaluation()
+                        reason = stop_reason(over_budget)
+                    elif save_due or (
+                        settings.checkpoint_every and progress.step % settings.checkpoint_every == 0
+                    ):
+                        save(improved=False)
+                    if signalled:
+                        if progress.evaluated_step != progress.step:
+                            save(improved=False)
+                        signals.received = (
+                            signals.received or signal.SIGTERM
+                        )  # maybe another rank's
+                        name = signal.Signals(signals.received).name
+                        raise RunStopped(
+                            f"{name} at step {progress.step}: {self.last_path} is saved; run the "
+                            "same command with --resume to continue",
+                            exit_code=128 + signals.received,
+                        )
+        finally:
+            bar.close()
+            metrics.close()
+        if progress.evaluated_step != progress.step:
+            run_evaluation()  # every run ends with an evaluation and last.pt at its last step
+        train_time = time.perf_counter() - started
+        if self.payload is not None and progress.step == steps_at_start:
+            self.log(f"nothing to do: {self.last_path} is already at step {progress.step}")
+        return {
+            "steps": progress.step,
+            "stop_reason": reason,
+            "best_scores": progress.best_scores,
+            "best_step": progress.best_step,
+            "last_scores": progress.last_scores,
+            "throughput": items_total * self.dist.world_size / train_time
+            if train_time > 0
+            else 0.0,
+            "throughput_unit": unit,
+            "time_s": train_time,
+            "elapsed_s": progress.elapsed_s,
+            "device": str(self.device),
+            "precision": self.precision.name,
+            "world_size": self.dist.world_size,
+            "is_main": main,
+            "losses": call_losses,
+            "metrics": read_metrics(metrics.path) if main else [],
+            "out_dir": str(self.out_dir),
+            "last_checkpoint": str(self.last_path),
+            "best_checkpoint": str(self.best_path),
+        }
+
+    # --- helpers ------------------------------------------------------------------------------
+
+    def _wrap(self, model: nn.Module) -> nn.Module:
+        if not self.dist.enabled:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = None
+        if self.device.type == "cuda":
+            ids = [self.device.index]
+            # Trainable batch norm normalises over the global batch, not each process's share
+            # (in place: the parameters, and so the optimizer's references, stay the same).
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        return DistributedDataParallel(model, device_ids=ids)
+
+    @staticmethod
+    def _reduce_means(
+        pending: list[list[float]], count: float | None = None
+    ) -> tuple[float, float]:
+        """Mean loss and gradient norm over the pending steps (already means over the
+        processes); ``count`` gives the number of steps when ``pending`` holds sums."""
+        count = len(pending) if count is None else count
+        if count == 0:
+            return math.nan, math.nan
+        return sum(p[0] for p in pending) / count, sum(p[1] for p in pending) / count
+
+    def _agree(self, *flags: bool) -> list[bool]:
+        """Each flag true if it is true on any process (a no-op in one process)."""
+        if not self.dist.enabled:
+            return list(flags)
+        votes = self.dist.all_reduce_sum(
+            torch.tensor([float(f) for f in flags], device=self.device)
+        )
+        return [vote > 0 for vote in votes.tolist()]
+
+    def _non_finite_message(self, bad_step: int, what: str, value: float) -> str:
+        saved = (
+            f"{self.last_path} (step {self._saved_step()})"
+            if self.last_path.is_file()
+            else "none was written yet"
+        )
+        return (
+            f"the {what} became {value} at step {bad_step}; nothing was saved after it, the "
+            f"last good checkpoint is {saved}; lower train.lr or set train.grad_clip, then resume "
+            "with --resume or start afresh"
+        )
+
+    def _saved_step(self) -> int | str:
+        try:
+            return load_checkpoint(self.last_path)["step"]
+        except UserError:
+            return "unreadable"
+
+    def _payload(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scaler: Any,
+        datas: list[dict[str, Any]],
+        rngs: list[Any],
+        card: dict[str, Any],
+        extra: Callable[[], dict[str, Any]] | None,
+    ) -> dict[str, Any]:
+        progress = self.progress
+        payload = {
+            "format_version": RUN_FORMAT,
+            "task": self.task,
+            "config": self.config,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+            "data": datas,
+            "progress": asdict(progress),
+            "rng": rngs,
+            "step": progress.step,
+            "best_scores": progress.best_scores,
+            "card": {
+                "task": self.task,
+                **card,
+                "steps": progress.step,
+                "best_scores": progress.best_scores,
+                "trained_at": datetime.datetime.now(datetime.timezone.utc).strftime(
+                    "%Y-%m-%dT%H:%M:%SZ"
+                ),
+            },
+        }
+        if extra is not None:
+            payload.update(extra())
+        return payload

@@ -1,0 +1,295 @@
+"""Training curves of one or more runs, from their ``metrics.jsonl``, as Altair charts.
+
+    python -m recurrent.plot runs/shakespeare --out curves.png
+    python -m recurrent.plot runs/lstm runs/gru --x time --out compare.svg
+
+Both trainers append one JSON object per line to ``RUN_DIR/metrics.jsonl``: ``"kind": "train"``
+lines every ``train.log_every`` steps (loss, lr, grad_norm, throughput and its unit, time_s) and
+``"kind": "eval"`` lines at every evaluation (a ``scores`` dict: ``val_loss`` for a char LM, BLEU-n
+and CIDEr-D for a captioner). `read_metrics` skips what it cannot use (a half-written last line of
+a run killed mid-write, a line of another kind, unknown keys), so a run can be read while it is
+still training.
+
+`metrics_frame` turns the lines of several runs into one long table (run, kind, step, time_s,
+panel, series, value); `curve_charts` draws one chart per panel (loss, scores, learning rate,
+throughput, gradient norm) against steps or wall time, runs overlaid; the Streamlit app's Training
+curves page shows those charts and this module's command line writes them stacked to a PNG, SVG,
+PDF (through vl-convert-python, the ``plot`` extra) or a self-contained HTML file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import altair as alt
+import pandas as pd
+
+from recurrent.engine import parse_metrics
+from recurrent.errors import UserError, run_cli
+
+METRICS_FILE = "metrics.jsonl"
+# Panels in the order they are shown; each train key below goes to one of them, eval scores whose
+# name ends in "loss" go to "loss" and the others (BLEU-n, CIDEr-D) to "scores".
+PANELS = ("loss", "scores", "learning rate", "throughput", "gradient norm")
+TRAIN_SERIES = {  # train-line key -> (panel, series)
+    "loss": ("loss", "train loss"),
+    "lr": ("learning rate", "learning rate"),
+    "throughput": ("throughput", "throughput"),
+    "grad_norm": ("gradient norm", "gradient norm"),
+}
+X_AXES = {"step": ("step", "step"), "time": ("time_s", "wall time (s)")}
+PANEL_TITLES = {
+    "loss": "loss (nats per token)",
+    "scores": "validation scores (0-100)",
+    "learning rate": "learning rate",
+    "throughput": "throughput",
+    "gradient norm": "gradient norm",
+}
+FORMATS = ("png", "svg", "pdf", "html", "json")
+STEP_AXIS = alt.Axis(format=",d", tickMinStep=1)  # whole steps: 1,600 (not 1.6e+3, nor 2.5)
+COLUMNS = ["run", "kind", "step", "time_s", "panel", "series", "value", "unit"]
+
+
+def _number(value: Any) -> float | None:
+    """A finite int or float (not a bool), as float; None otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def metrics_path(run: str | os.PathLike[str]) -> Path:
+    """``RUN_DIR/metrics.jsonl`` for a run folder, or the path itself for a .jsonl file."""
+    path = Path(run)
+    return path if path.suffix == ".jsonl" else path / METRICS_FILE
+
+
+def read_metrics(run: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The usable lines (`parse_metrics`) of a run folder's metrics.jsonl (or of a .jsonl file)."""
+    path = metrics_path(run)
+    if not path.is_file():
+        raise UserError(
+            f"{run} has no {METRICS_FILE}; pass a run folder written by python -m char_lm.train "
+            "or python -m captioner.train (or its metrics.jsonl)"
+        )
+    try:
+        text = path.read_bytes().decode("utf-8", errors="replace")
+    except OSError as err:
+        raise UserError(
+            f"cannot read {path} ({err.strerror or err}); check its permissions"
+        ) from None
+    return parse_metrics(text)
+
+
+def metrics_frame(runs: Mapping[str, Sequence[Mapping[str, Any]]]) -> pd.DataFrame:
+    """One row per plotted value: run, kind, step, time_s (NaN when absent), panel, series, value,
+    unit (the throughput's unit, else ""). ``runs`` maps a run's name to its metrics lines."""
+    rows = []
+    for run, records in runs.items():
+        for record in records:
+            time_s = _number(record.get("time_s"))
+            base = {
+                "run": run,
+                "kind": record["kind"],
+                "step": record["step"],
+                "time_s": math.nan if time_s is None else time_s,
+            }
+            if record["kind"] == "train":
+                for key, (panel, series) in TRAIN_SERIES.items():
+                    value = _number(record.get(key))
+                    if value is None:
+                        continue
+                    unit = str(record.get("throughput_unit") or "") if key == "throughput" else ""
+                    label = f"{series} ({unit})" if unit else series
+                    rows.append(
+                        {**base, "panel": panel, "series": label, "value": value, "unit": unit}
+                    )
+            else:
+                scores = record.get("scores")
+                for name, raw in scores.items() if isinstance(scores, dict) else ():
+                    value = _number(raw)
+                    if value is None:
+                        continue
+                    name = str(name)
+                    if name.endswith("loss"):
+                        panel, series = "loss", name.replace("_", " ")
+                    else:
+                        panel, series = "scores", f"val {name}"
+                    rows.append(
+                        {**base, "panel": panel, "series": series, "value": value, "unit": ""}
+                    )
+    frame = pd.DataFrame(rows, columns=COLUMNS)
+    return frame.sort_values(["run", "panel", "series", "step"], kind="stable").reset_index(
+        drop=True
+    )
+
+
+def curve_charts(
+    frame: pd.DataFrame,
+    x: str = "step",
+    *,
+    width: int | str = "container",
+    height: int = 220,
+    titles: bool = True,
+) -> dict[str, alt.Chart]:
+    """One Altair chart per panel that has data, in `PANELS` order, against ``x`` ("step" or
+    "time"). In a panel with several runs, runs are told apart by colour and series by dash
+    pattern; with one run, series by colour. Evaluations are drawn with points, train lines
+    without. ``width="container"`` fits the page's width (the app); without ``titles`` the caller
+    labels the charts."""
+    if x not in X_AXES:
+        raise UserError(f"x must be one of {sorted(X_AXES)}, got {x!r}")
+    field, title = X_AXES[x]
+    frame = frame.dropna(subset=[field])
+    charts: dict[str, alt.Chart] = {}
+    for panel in PANELS:
+        data = frame[frame["panel"] == panel]
+        if data.empty:
+            continue
+        several_runs = data["run"].nunique() > 1
+        encoding = {
+            "x": alt.X(f"{field}:Q", title=title, axis=STEP_AXIS if x == "step" else alt.Axis()),
+            "y": alt.Y(
+                "value:Q", title=PANEL_TITLES[panel], scale=alt.Scale(zero=False, padding=8)
+            ),
+            "color": alt.Color(
+                "run:N" if several_runs else "series:N",
+                title=None,
+                legend=alt.Legend(orient="bottom", direction="vertical"),
+            ),
+            "tooltip": [
+                alt.Tooltip("run:N"),
+                alt.Tooltip("series:N"),
+                alt.Tooltip("step:Q"),
+                alt.Tooltip("time_s:Q", title="wall time (s)", format=".1f"),
+                alt.Tooltip("value:Q", format=".4g"),
+            ],
+        }
+        if several_runs:
+            encoding["strokeDash"] = alt.StrokeDash(
+                "series:N",
+                title=None,
+                legend=alt.Legend(
+                    orient="bottom",
+                    direction="vertical",
+                    symbolType="stroke",
+                    symbolStrokeColor="#444",
+                    symbolFillColor="#444",  # without it the eval layer's points hide the dashes
+                    symbolStrokeWidth=2,
+                ),
+            )
+        base = alt.Chart(data).encode(alt.Detail("series:N"), **encoding)
+        train = base.transform_filter(alt.datum.kind == "train").mark_line(strokeWidth=1.5)
+        evals = base.transform_filter(alt.datum.kind == "eval").mark_line(
+            point=alt.OverlayMarkDef(size=30), strokeWidth=1.5
+        )
+        kinds = set(data["kind"])
+        layers = [layer for kind, layer in (("train", train), ("eval", evals)) if kind in kinds]
+        zoom = alt.selection_interval(  # drag to pan, wheel to zoom along x; double-click resets
+            bind="scales", encodings=["x"], name=f"zoom_{panel.replace(' ', '_')}"
+        )
+        chart = alt.layer(*layers).add_params(zoom).properties(width=width, height=height)
+        if titles:
+            chart = chart.properties(title=panel)
+        if width == "container":  # fit the width only: ``height`` stays the plot's own
+            chart = chart.properties(autosize=alt.AutoSizeParams(type="fit-x", contains="padding"))
+        charts[panel] = chart
+    return charts
+
+
+def curves_chart(
+    runs: Mapping[str, Sequence[Mapping[str, Any]]], x: str = "step", width: int = 560
+) -> alt.VConcatChart:
+    """All panels of ``runs`` stacked in one chart (what the command line writes)."""
+    charts = curve_charts(metrics_frame(runs), x, width=width)
+    if not charts:
+        names = ", ".join(runs)
+        axis = " with a wall time" if x == "time" else ""
+        raise UserError(f"no metrics to plot{axis} in {names}; a run writes them as it trains")
+    return alt.vconcat(*charts.values()).resolve_scale(
+        color="independent", strokeDash="independent"
+    )
+
+
+def save_chart(chart: alt.TopLevelMixin, out: str | os.PathLike[str], scale: float = 2.0) -> Path:
+    """Write ``chart`` to ``out``, its format from the suffix: PNG, SVG and PDF through
+    vl-convert-python; HTML with the Vega libraries inlined, so it opens offline; JSON (the spec)."""
+    out = Path(out)
+    fmt = out.suffix.lower().lstrip(".")
+    if fmt not in FORMATS:
+        raise UserError(
+            f"--out {out}: unknown format {out.suffix!r}; use one of .{', .'.join(FORMATS)}"
+        )
+    if fmt != "json":
+        try:
+            import vl_convert  # noqa: F401  (Altair renders PNG/SVG/PDF and inline HTML with it)
+        except ImportError:
+            raise UserError(
+                f"writing .{fmt} needs vl-convert-python: pip install -e '.[plot]' (or write "
+                "--out curves.json, the chart's Vega-Lite spec)"
+            ) from None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    options: dict[str, Any] = {"scale_factor": scale} if fmt in ("png", "svg", "pdf") else {}
+    if fmt == "html":
+        options["inline"] = True
+    chart.save(str(out), format=fmt, **options)
+    return out
+
+
+def run_names(paths: Sequence[str | os.PathLike[str]]) -> list[str]:
+    """Short names for runs: each run folder's name, or its whole path where two names clash."""
+    folders = [metrics_path(path).parent for path in paths]
+    names = [folder.resolve().name or str(folder) for folder in folders]
+    clashing = {name for name in names if names.count(name) > 1}
+    return [
+        str(folder) if name in clashing else name
+        for name, folder in zip(names, folders, strict=True)
+    ]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m recurrent.plot",
+        description="Plot the training curves of one or more runs (their metrics.jsonl): train "
+        "and validation loss, BLEU/CIDEr, learning rate, throughput and gradient norm, runs "
+        "overlaid.",
+    )
+    parser.add_argument(
+        "runs",
+        nargs="+",
+        metavar="RUN_DIR",
+        help="run folders holding a metrics.jsonl (or the files)",
+    )
+    parser.add_argument(
+        "--out", required=True, help="the file to write: .png, .svg, .pdf, .html or .json"
+    )
+    parser.add_argument(
+        "--x",
+        choices=sorted(X_AXES),
+        default="step",
+        help="plot against training steps (default) or wall time in seconds",
+    )
+    parser.add_argument("--width", type=int, default=560, help="width of each panel in pixels")
+    args = parser.parse_args(argv)
+    if args.width < 50:
+        raise UserError(f"--width must be at least 50 pixels, got {args.width}")
+    runs = {
+        name: read_metrics(path) for name, path in zip(run_names(args.runs), args.runs, strict=True)
+    }
+    out = save_chart(curves_chart(runs, args.x, args.width), args.out)
+    lines = sum(len(records) for records in runs.values())
+    print(f"wrote {out} ({len(runs)} run{'s' * (len(runs) > 1)}, {lines} metrics lines)")
+
+
+def cli() -> None:
+    """Console-script entry point: a user mistake becomes one line on stderr, exit status 2."""
+    raise SystemExit(run_cli(main))
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,95 @@
+"""Numeric precision of training and inference: ``train.precision: auto | fp32 | bf16 | fp16``.
+
+- ``fp32``: plain float32.
+- ``bf16``: matrix products under ``torch.autocast`` in bfloat16 (CUDA, or a CPU with native
+  bf16 such as avx512_bf16 / AMX); weights, optimizer state and the loss stay float32.
+- ``fp16``: autocast in float16 with a gradient scaler (CUDA only); weights and optimizer state stay
+  float32, so checkpoints are the same whatever the precision and load in any of them.
+- ``auto``: bf16 on CUDA devices that support it, else fp32. On CPUs ``auto`` picks bf16 only where
+  `cpu_bf16_faster` says the CPU has native bf16 (see docs/benchmarks.md for the measurement that
+  decided this), else fp32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from recurrent.errors import UserError
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+AUTO_BF16_ON_CPU = False  # measured in bench/precision.py; see docs/benchmarks.md
+
+
+@lru_cache(maxsize=1)
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 matrix products natively (Linux /proc/cpuinfo flags)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    flags = set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.split(":", 1)[1].split())
+            break
+    return any(flag in flags for flag in CPU_BF16_FLAGS)
+
+
+def resolve(setting: str, device: torch.device) -> str:
+    """``auto`` / ``fp32`` / ``bf16`` / ``fp16`` -> the precision this device will use."""
+    if setting not in (*DTYPES, "auto"):
+        raise UserError(f"unknown precision {setting!r}; use auto, fp32, bf16 or fp16")
+    if setting == "auto":
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        return "bf16" if AUTO_BF16_ON_CPU and cpu_has_native_bf16() else "fp32"
+    if setting == "fp16" and device.type != "cuda":
+        raise UserError("precision fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
+    if setting == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise UserError("this GPU does not support bf16; use fp16 or fp32")
+    return setting
+
+
+@dataclass
+class Precision:
+    """A resolved precision on a device: its autocast context and its gradient scaler."""
+
+    name: str
+    device: torch.device
+    scaler_state: dict[str, Any] | None = None
+
+    @classmethod
+    def choose(cls, setting: str, device: torch.device) -> Precision:
+        return cls(resolve(setting, device), device)
+
+    @classmethod
+    def for_inference(cls, setting: str, device: torch.device) -> Precision:
+        """A checkpoint's ``train.precision`` on the device it now runs on: the same precision
+        where the device supports it (fp16 trained on a GPU, served on a CPU: fp32)."""
+        try:
+            return cls.choose(setting, device)
+        except UserError:
+            return cls.choose("auto", device)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return DTYPES[self.name]
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.name == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def grad_scaler(self) -> torch.amp.GradScaler:
+        """A gradient scaler, enabled for fp16 only (a pass-through otherwise)."""
+        scaler = torch.amp.GradScaler(self.device.type, enabled=self.name == "fp16")
+        if self.scaler_state is not None and scaler.is_enabled():
+            scaler.load_state_dict(self.scaler_state)
+        return scaler

@@ -1,0 +1,598 @@
+"""The app's pages that look inside the models (issue 11), and the library code behind them.
+
+- `crnn_app.inside.trace` against the model's own forward (same logits, same final state) for rnn,
+  lstm and gru; the probabilities, unit rankings and gate statistics it feeds;
+- `crnn_app.toys`: a toy trained in memory reproduces "hihello"; the equations carry the trace's
+  numbers;
+- model cards (`crnn_app.cards`), for checkpoints with and without one, the bundled ones included;
+- AppTest runs of the Training curves page (a run with a half-written last line, runs without
+  wall time), the Inside a character model page, the Lecture toys page and the model cards in the
+  sidebar, each compared with what the library computes.
+"""
+
+from __future__ import annotations
+
+import copy
+import html
+import json
+import math
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+from streamlit.testing.v1 import AppTest
+from tiny_models import train_tiny_char_lm
+
+from char_lm.config import ModelConfig
+from char_lm.generate import load_char_lm
+from char_lm.model import CharLM
+from crnn_app import cards, inside, toys
+from crnn_app.curves import find_runs, run_status, sources
+from crnn_app.models_dir import ENV_VAR
+from crnn_app.settings import SAVED_PREFIX, keep
+from recurrent.checkpoint import load_checkpoint, save_checkpoint
+from recurrent.plot import METRICS_FILE, PANEL_TITLES
+
+REPO = Path(__file__).resolve().parents[1]
+APP = str(REPO / "app.py")
+TIMEOUT = 90  # seconds per script run: the machine is small and shared
+QUOTES_TEXT = 'he said "hi there" to me.\nshe said "no" and left.\nthen "why" he asked.\n' * 8
+CARD = {
+    "task": "char_lm",
+    "architecture": "1-layer LSTM, hidden 16, embedding 8",
+    "data": {"name": "quotes", "path": "quotes.txt", "size": 1234, "unit": "characters"},
+    "steps": 3,
+    "best_scores": {"val_loss": 2.5},
+    "trained_at": "2026-11-22T05:10:00Z",
+}
+
+
+def _train_line(step: int, now: float) -> dict:
+    return {
+        "kind": "train",
+        "step": step,
+        "time_s": 0.5 * step,
+        "timestamp": now - 30 + step * 0.01,
+        "lr": 0.001,
+        "loss": 4.0 / step,
+        "grad_norm": 1.0,
+        "throughput": 100.0,
+        "throughput_unit": "chars/s",
+    }
+
+
+def _write_lines(path: Path, lines: list[dict], tail: str = "") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines) + tail, encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory, one_thread: None) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("pages")
+    models_dir = root / "models"
+    lstm = train_tiny_char_lm(models_dir / "quotes_lstm", root / "q.txt", text=QUOTES_TEXT)
+    rnn = train_tiny_char_lm(
+        models_dir / "quotes_rnn", root / "r.txt", "model.cell=rnn", text=QUOTES_TEXT
+    )
+    payload = load_checkpoint(lstm)
+    payload.pop("card", None)  # as written before the trainers wrote cards
+    uncarded = models_dir / "uncarded" / "model.pt"
+    save_checkpoint(payload, uncarded)
+    payload["card"] = CARD
+    carded = models_dir / "carded" / "model.pt"
+    save_checkpoint(payload, carded)
+    now = time.time()
+    live = [_train_line(step, now) for step in (10, 20, 30)]
+    live.insert(2, {"kind": "eval", "step": 20, "time_s": 11.0, "scores": {"val_loss": 0.3}})
+    _write_lines(models_dir / "runs" / "live" / METRICS_FILE, live, '{"kind": "train", "st')
+    derived = [
+        {"kind": "eval", "step": step, "scores": {"val_loss": 3.0 - step / 100}, "source": "a note"}
+        for step in (100, 200)
+    ]
+    _write_lines(models_dir / "runs" / "derived" / METRICS_FILE, derived)
+    _write_lines(models_dir / ".hidden" / METRICS_FILE, derived)
+    return {"dir": models_dir, "lstm": lstm, "rnn": rnn, "carded": carded, "uncarded": uncarded}
+
+
+@pytest.fixture
+def app(models: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> AppTest:
+    monkeypatch.setenv(ENV_VAR, str(models["dir"]))
+    monkeypatch.setattr(sys, "argv", ["app.py"])
+    return AppTest.from_file(APP, default_timeout=TIMEOUT)
+
+
+def _run(at: AppTest) -> AppTest:
+    at.run()
+    assert not at.exception, [item.value for item in at.exception]
+    assert not at.error, [item.value for item in at.error]
+    return at
+
+
+def _page(at: AppTest, page: str) -> AppTest:
+    _run(at)
+    at.radio(key="page").set_value(page)
+    return _run(at)
+
+
+def _charts(at: AppTest) -> list[tuple[dict, list]]:
+    """(spec, [rows of each dataset]) of every Altair chart on the page."""
+    charts = []
+    for element in at.get("vega_lite_chart"):
+        rows = [
+            pa.ipc.open_stream(dataset.data.data).read_all().to_pylist()
+            for dataset in element.proto.datasets
+        ]
+        charts.append((json.loads(element.proto.spec), rows))
+    return charts
+
+
+def _panel(spec: dict) -> str | None:
+    """The curves page's panel a chart draws, from its y-axis title."""
+    layers = spec.get("layer") or [{}]
+    y_title = layers[0].get("encoding", {}).get("y", {}).get("title")
+    return {title: panel for panel, title in PANEL_TITLES.items()}.get(y_title)
+
+
+def _titles(body: str) -> list[str]:
+    return [html.unescape(title) for title in re.findall(r'title="([^"]*)"', body)]
+
+
+# --------------------------------------------------------------------------------------------
+# The trace: the model's own numbers, read step by step
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("input_kind", ["onehot", "embedding"])
+def test_trace_gives_the_models_own_logits_and_final_state(cell: str, input_kind: str) -> None:
+    torch.manual_seed(0)
+    config = ModelConfig(
+        input=input_kind, embed_size=5, cell=cell, num_layers=2, hidden_size=7, dropout=0.3
+    )
+    model = CharLM(config, vocab_size=11)
+    ids = torch.randint(0, 11, (13,))
+    state = torch.randn(2 if cell == "lstm" else 1, 2, 1, 7)
+    before = copy.deepcopy(model.state_dict())
+    model.train()  # the trace applies no dropout, and leaves the mode alone
+    traced = inside.trace(model, ids, state, parts=True)
+    assert model.training
+    assert all(torch.equal(before[name], value) for name, value in model.state_dict().items())
+    model.eval()
+    logits, _, final = model(ids.unsqueeze(0), state=state)
+    assert torch.allclose(traced.logits, logits[0], atol=1e-5)
+    assert torch.allclose(traced.state, final, atol=1e-5)
+    assert torch.equal(traced.initial_state, state)
+    # every layer's h is the input of the next, and the top layer's h gives the logits
+    for lower, upper in zip(traced.layers, traced.layers[1:], strict=False):
+        assert torch.equal(lower.h, upper.inputs)
+    assert torch.allclose(model.head(traced.layers[-1].h), traced.logits)
+    assert set(traced.layers[0].gates) == set(inside.GATES[cell])
+    for layer in traced.layers:  # the parts add up to the pre-activations of the gates
+        assert layer.x_part.shape == layer.h_part.shape == (13, len(inside.GATES[cell] or "h") * 7)
+    if cell == "lstm":  # c' = f c + i g and h' = o tanh(c'), row by row
+        layer = traced.layers[0]
+        c_prev = torch.cat([state[1, 0], layer.c[:-1]])
+        gates = layer.gates
+        assert torch.allclose(
+            layer.c, gates["forget"] * c_prev + gates["input"] * gates["cell"], atol=1e-6
+        )
+        assert torch.allclose(layer.h, gates["output"] * torch.tanh(layer.c), atol=1e-6)
+
+
+def test_trace_matches_the_explicit_backend_too() -> None:
+    torch.manual_seed(1)
+    config = ModelConfig(cell="gru", num_layers=1, hidden_size=6, embed_size=4, backend="explicit")
+    model = CharLM(config, vocab_size=9).eval()
+    ids = torch.randint(0, 9, (20,))
+    logits, _, final = model(ids.unsqueeze(0))
+    traced = inside.trace(model, ids)
+    assert torch.allclose(traced.logits, logits[0], atol=1e-6)
+    assert torch.allclose(traced.state, final, atol=1e-6)
+
+
+def test_trace_runs_on_one_thread_and_restores_the_setting() -> None:
+    threads = torch.get_num_threads()
+    with inside.one_thread():
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == threads
+
+
+def test_char_probabilities_follow_the_models_softmax(models: dict[str, Path]) -> None:
+    model, vocab, _ = load_char_lm(models["lstm"])
+    text = 'she said "hi"'
+    traced = inside.trace_text(model, vocab, text)
+    probabilities, candidates = inside.char_probabilities(traced, vocab)
+    ids = [vocab.index(char) for char in "\n" + text]
+    with torch.no_grad():
+        logits, _, _ = model(torch.tensor([ids]))
+    expected = torch.softmax(logits[0], dim=-1)  # row k: the character after position k
+    for k, char in enumerate(text):
+        assert probabilities[k] == pytest.approx(float(expected[k, vocab.index(char)]), rel=1e-5)
+        top = expected[k + 1].topk(5)
+        assert [c for c, _ in candidates[k]] == [vocab[i] for i in top.indices.tolist()]
+        assert [p for _, p in candidates[k]] == pytest.approx(top.values.tolist(), rel=1e-5)
+
+
+# --------------------------------------------------------------------------------------------
+# Interesting units and gate saturation
+
+
+def test_text_features_by_hand() -> None:
+    features = inside.text_features('a "b"\ncd')
+    assert features["inside quotes"].tolist() == [0, 0, 1, 1, 0, 0, 0, 0]
+    assert features["start of a line"].tolist() == [0, 0, 0, 0, 0, 1, 0, 0]
+    assert features["position in line"].tolist() == [1, 2, 3, 4, 5, 0, 1, 2]
+
+
+def _fake_traced(text: str, h: np.ndarray, gates: dict | None = None) -> inside.TracedText:
+    steps = len(text)
+    layer = inside.LayerTrace(
+        inputs=torch.zeros(steps, 1),
+        h=torch.tensor(h, dtype=torch.float32),
+        c=None,
+        gates={name: torch.tensor(value) for name, value in (gates or {}).items()},
+    )
+    trace = inside.Trace("gru", torch.zeros(steps), [layer], torch.zeros(steps, 2), None, None)
+    return inside.TracedText(text, "", trace)
+
+
+def test_rank_units_finds_a_planted_unit_and_its_sign() -> None:
+    text = 'ab "cd" e\nfg "h"\nijk\n'
+    features = inside.text_features(text)
+    rng = np.random.default_rng(0)
+    h = rng.normal(size=(len(text), 6)) * 0.1
+    h[:, 4] = features["position in line"] / 10 + rng.normal(size=len(text)) * 0.01
+    h[:, 1] = -features["inside quotes"]
+    h[:, 2] = 0.5  # constant: never ranked
+    traced = _fake_traced(text, h)
+    [top, *_] = inside.rank_units(traced, "position in line")
+    assert (top.layer, top.state, top.unit) == (0, "h", 4) and top.correlation > 0.95
+    [top, *_] = inside.rank_units(traced, "inside quotes")
+    assert top.unit == 1 and top.correlation == pytest.approx(-1.0)
+    assert all(score.unit != 2 for score in inside.rank_units(traced, "inside quotes", top=6))
+    assert inside.rank_units(_fake_traced("no quotes", h[:9]), "inside quotes") == []
+
+
+def test_gate_saturation_counts_the_fractions() -> None:
+    reset = np.array([[0.05, 0.5], [0.95, 0.5], [0.02, 0.99], [0.5, 0.97]], dtype=np.float32)
+    update = np.full((4, 2), 0.5, dtype=np.float32)
+    traced = _fake_traced("abcd", np.zeros((4, 2)), {"reset": reset, "update": update})
+    table = inside.gate_saturation(traced.trace)
+    by_key = {(row["gate"], row["unit"]): (row["left"], row["right"]) for row in table}
+    assert by_key == {
+        ("reset", 0): (0.5, 0.25),
+        ("reset", 1): (0.0, 0.5),
+        ("update", 0): (0.0, 0.0),
+        ("update", 1): (0.0, 0.0),
+    }
+    assert inside.gate_saturation(traced.trace, slice(2, 4))[0] == {
+        "layer": "layer 1", "gate": "reset", "unit": 0, "left": 0.5, "right": 0.0,
+    }  # fmt: skip
+
+
+def test_coloured_text_escapes_html_and_keeps_every_character() -> None:
+    text = '<b>&"x\n'
+    body = inside.activation_html(text, [0.5, -1.0, 0.0, 2.0, 0.1, -0.3, 0.0], scale=1.0)
+    assert "<b>" not in body and ">&lt;</span>" in body and ">&amp;</span>" in body
+    titles = _titles(body)
+    assert len(titles) == len(text) and titles[1].startswith("'b': -1.000")
+    assert "rgb(255, 0, 0)" in body  # 2.0 clipped to the full red
+    assert inside.surprise_colour(1.0) == "rgb(255, 255, 255)"
+    assert inside.surprise_colour(2**-8) == inside.surprise_colour(2**-20) == "rgb(255, 60, 60)"
+
+
+# --------------------------------------------------------------------------------------------
+# The lecture toys
+
+
+def test_hihello_toy_learns_the_word_and_leaves_the_random_state_alone() -> None:
+    state = torch.get_rng_state()
+    run = toys.train_toy(toys.toy_config("hihello.yaml"), "hihello")
+    assert torch.equal(torch.get_rng_state(), state)
+    assert len(run.losses) == 100 and run.losses[-1] < 0.1 * run.losses[0]
+    assert toys.greedy_check(run) == ("h", "hihello")  # the lecture's test
+    again = toys.train_toy(toys.toy_config("hihello.yaml"), "hihello")
+    assert again.losses == run.losses  # seeded by the config
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_cell_equations_carry_the_traces_numbers(cell: str) -> None:
+    run = toys.train_toy(toys.toy_config("hihello.yaml", cell, max_steps=20), "hihello")
+    traced = toys.trace_toy(run)
+    assert traced.ids.numel() == 6  # reads "hihell", predicts "ihello"
+    layer = traced.layers[0]
+    for step in (0, 3):
+        equations = {eq.name: eq for eq in toys.cell_equations(traced, 0, step, unit=2)}
+        for equation in equations.values():  # the result written is the value held
+            assert equation.latex.endswith(f"= {equation.value:.3f}")
+        assert equations["h"].value == pytest.approx(float(layer.h[step, 2]))
+        if cell == "lstm":
+            assert list(equations) == ["i", "f", "g", "o", "c", "h"]
+            c_prev = float(layer.c[step - 1, 2]) if step else 0.0
+            values = {name: eq.value for name, eq in equations.items()}
+            assert values["c"] == pytest.approx(
+                values["f"] * c_prev + values["i"] * values["g"], abs=1e-6
+            )
+            assert values["h"] == pytest.approx(values["o"] * math.tanh(values["c"]), abs=1e-6)
+        elif cell == "gru":
+            assert list(equations) == ["r", "z", "n", "h"]
+            h_prev = float(layer.h[step - 1, 2]) if step else 0.0
+            z, n = equations["z"].value, equations["n"].value
+            assert equations["h"].value == pytest.approx((1 - z) * n + z * h_prev, abs=1e-6)
+        else:
+            assert list(equations) == ["h"]
+        # the printed pre-activation of the first equation is x part + h part of the trace
+        size = layer.h.size(1)
+        pre = float(layer.x_part[step, 2]) + float(layer.h_part[step, 2])
+        assert f"({pre:.3f})" in next(iter(equations.values())).latex
+        assert size == 8
+    target = "ihello"[3]
+    output = toys.output_equation(traced, 3, run.vocab, run.vocab.index(target))
+    probabilities = torch.softmax(traced.logits[3], dim=-1)
+    assert output.value == pytest.approx(float(probabilities[run.vocab.index(target)]))
+
+
+def test_toy_text_limits() -> None:
+    with pytest.raises(toys.UserError, match="at least 3"):
+        toys.check_toy_text("ab")
+    with pytest.raises(toys.UserError, match="at most 300"):
+        toys.check_toy_text("x" * 301)
+    assert toys.latex_char("_") == r"\_" and toys.latex_char(" ") == r"\textvisiblespace{}"
+
+
+# --------------------------------------------------------------------------------------------
+# Model cards and remembered settings
+
+
+def test_cards_of_the_bundled_checkpoints_come_from_their_configs() -> None:
+    captioner = cards.model_card(load_checkpoint(REPO / "models" / "scenes_captioner.pt"))
+    assert captioner["recorded"] is False and captioner["task"] == "captioner"
+    assert captioner["architecture"] == (
+        "ResNet-18 encoder (to layer3) + soft attention, 1-layer LSTM decoder, hidden 256"
+    )
+    assert captioner["data"]["synthetic_scenes"] and cards.knows_only_scenes(captioner)
+    assert captioner["steps"] == 2200 and captioner["best_scores"]["BLEU-4"] > 99
+    char_lm = cards.model_card(load_checkpoint(REPO / "models" / "shakespeare_char.pt"))
+    assert char_lm["architecture"] == "2-layer LSTM, hidden 512, embedding 128"
+    assert char_lm["data"]["name"] == "tinyshakespeare" and char_lm["data"]["size"] is None
+    rows = dict(cards.card_rows(char_lm))
+    assert rows["best scores"] == "val loss 1.449 nats/char (2.090 bpc)"
+    assert rows["trained"] == "not recorded" and rows["steps"] == "1,698"
+    assert "size not recorded" in rows["data"]
+
+
+def test_a_recorded_card_wins_and_fills_gaps_from_the_config(models: dict[str, Path]) -> None:
+    card = cards.model_card(load_checkpoint(models["carded"]))
+    assert card["recorded"] and card["architecture"] == CARD["architecture"]
+    rows = dict(cards.card_rows(card))
+    assert rows["data"] == "quotes (quotes.txt), 1,234 characters"
+    assert rows["trained"] == "2026-11-22 05:10 UTC"
+    assert rows["best scores"] == "val loss 2.500 nats/char (3.607 bpc)"
+    partial = cards.model_card(
+        {"task": "captioner", "config": {"data": {"annotations": "x/dataset_scenes.json"}},
+         "card": {"task": "captioner", "data": {"name": "my scenes"}, "steps": 7}}
+    )  # fmt: skip
+    assert partial["data"]["name"] == "my scenes" and partial["data"]["synthetic_scenes"]
+    assert partial["steps"] == 7 and partial["trained_at"] is None
+
+
+def test_readme_section_is_the_image_captioning_text() -> None:
+    section = cards.readme_section(REPO / "README.md", "Image captioning")
+    assert section is not None and "python -m captioner.train" in section
+    assert "## " not in section  # stops before the next section
+    assert cards.readme_section(REPO / "README.md", "No such section") is None
+
+
+def test_keep_restores_clamps_and_checks_options() -> None:
+    state: dict = {}
+    assert keep(state, "beam", 3, bounds=(1, 10)) == "beam" and state["beam"] == 3
+    state["beam"] = 7  # the user moves the slider
+    keep(state, "beam", 3, bounds=(1, 10))
+    del state["beam"]  # Streamlit drops the widget's value on another page
+    keep(state, "beam", 3, bounds=(1, 10))
+    assert state["beam"] == 7  # back from the other page
+    del state["beam"]
+    keep(state, "beam", 3, bounds=(1, 5))
+    assert state["beam"] == 5  # clamped into the new range
+    state[SAVED_PREFIX + "model"] = "gone.pt"
+    keep(state, "model", "a.pt", options=["a.pt", "b.pt"])
+    assert state["model"] == "a.pt"
+
+
+# --------------------------------------------------------------------------------------------
+# AppTest: the pages
+
+
+def test_sidebar_shows_a_card_for_every_checkpoint(app: AppTest) -> None:
+    at = _page(app, "Generate text")
+    at.selectbox(key="char_lm_checkpoint").set_value("carded/model.pt")
+    _run(at)
+    sidebar = " ".join(element.value for element in at.sidebar.caption)
+    assert "**architecture**: 1-layer LSTM, hidden 16, embedding 8" in sidebar
+    assert "1,234 characters" in sidebar and "2026-11-22 05:10 UTC" in sidebar
+    assert "older checkpoint" not in sidebar
+    at.selectbox(key="char_lm_checkpoint").set_value("uncarded/model.pt")
+    _run(at)
+    sidebar = " ".join(element.value for element in at.sidebar.caption)
+    assert "**architecture**: 1-layer LSTM, hidden 16, embedding 8" in sidebar  # from its config
+    assert "**trained**: not recorded" in sidebar and "older checkpoint without a card" in sidebar
+
+
+def test_curves_page_plots_runs_and_skips_a_half_written_line(
+    app: AppTest, models: dict[str, Path]
+) -> None:
+    at = _page(app, "Training curves")
+    runs = at.multiselect(key="curve_runs")
+    assert {"runs/live", "runs/derived"} <= set(runs.options)
+    assert ".hidden" not in runs.options
+    runs.set_value(["runs/live"])
+    _run(at)
+    captions = " ".join(element.value for element in at.caption)
+    assert "**runs/live**: step 30, 3 train and 1 eval lines, still training" in captions
+    charts = {_panel(spec): rows for spec, rows in _charts(at)}
+    assert set(charts) == {"loss", "learning rate", "throughput", "gradient norm"}
+    [loss_rows] = charts["loss"]
+    assert sorted((row["series"], row["step"]) for row in loss_rows) == [
+        ("train loss", 10), ("train loss", 20), ("train loss", 30), ("val loss", 20),
+    ]  # fmt: skip
+
+    # the run goes on: the page rereads the grown file
+    path = models["dir"] / "runs" / "live" / METRICS_FILE
+    grown = path.read_text().rsplit("\n", 1)[0] + "\n" + json.dumps(_train_line(40, time.time()))
+    path.write_text(grown + "\n")
+    _run(at)
+    assert "step 40, 4 train and 1 eval lines" in " ".join(e.value for e in at.caption)
+
+    at.radio(key="curve_x").set_value("time")
+    at.multiselect(key="curve_runs").set_value(["runs/live", "runs/derived"])
+    _run(at)
+    [loss] = [rows for spec, rows in _charts(at) if _panel(spec) == "loss"]
+    assert {row["run"] for row in loss[0]} == {"runs/live"}  # the derived run has no wall time
+    assert "(a note)" in " ".join(e.value for e in at.caption)
+    at.multiselect(key="curve_runs").set_value(["runs/derived"])
+    _run(at)
+    assert "no time" in " ".join(e.value for e in at.info) and not _charts(at)
+
+
+def test_find_runs_and_status(tmp_path: Path) -> None:
+    for name in ("b", "a/x", ".hidden", "a/features"):
+        _write_lines(tmp_path / name / METRICS_FILE, [])
+    (tmp_path / "a" / "features" / "meta.json").write_text("{}")
+    assert find_runs(tmp_path) == ["a/x", "b"]
+    now = 1000.0
+    lines = [{"kind": "train", "step": 5, "timestamp": 990.0}, {"kind": "eval", "step": 5}]
+    assert run_status(lines, now) == "step 5, 1 train and 1 eval lines"
+    lines.append({"kind": "train", "step": 6, "timestamp": 995.0, "source": "x"})
+    assert run_status(lines, now).endswith("still training (last line 5 s ago)")
+    assert sources(lines) == ["x"] and run_status([], now) == "no metrics lines yet"
+
+
+def test_inside_page_colours_text_by_surprise_and_by_units(
+    app: AppTest, models: dict[str, Path]
+) -> None:
+    at = _page(app, "Inside a character model")
+    at.selectbox(key="char_lm_checkpoint").set_value("quotes_lstm/best.pt")
+    _run(at)
+    text = 'she said "hi there".\nthen "no" he said.\n'
+    text_key = "inside_text:quotes_lstm/best.pt"
+    at.text_area(key=text_key).set_value(text)
+    _run(at)
+    model, vocab, _ = load_char_lm(models["lstm"])
+    traced = inside.trace_text(model, vocab, text)
+    probabilities, candidates = inside.char_probabilities(traced, vocab)
+
+    surprise, units = (element.proto.body for element in at.html)
+    titles = _titles(surprise)
+    assert len(titles) == len(text)
+    for title, probability, top in zip(titles, probabilities, candidates, strict=True):
+        assert f"p = {probability:.3f}" in title
+        assert title.split("next: ")[1].startswith(f"{top[0][0]!r} {top[0][1]:.2f}")
+    at.slider(key="inside_position").set_value(4)
+    _run(at)
+    [table] = [t.value for t in at.table if "next character" in t.value.columns]
+    assert list(table["next character"]) == [repr(c) for c, _ in candidates[3]]
+
+    # unit view: layer 1, c, unit 5
+    at.radio(key="inside_state").set_value("c")
+    at.number_input(key="inside_unit").set_value(5)
+    _run(at)
+    values = traced.trace.layers[0].c[traced.rows(), 5].tolist()
+    unit_titles = _titles(at.html[1].proto.body)
+    assert [float(title.split(": ")[1]) for title in unit_titles] == pytest.approx(values, abs=1e-3)
+
+    # interesting units: the table is rank_units', and the button shows the best one
+    at.selectbox(key="inside_feature").set_value("inside quotes")
+    _run(at)
+    ranked = inside.rank_units(traced, "inside quotes")
+    [table] = [t.value for t in at.table if "correlation" in t.value.columns]
+    assert list(table["unit"]) == [score.unit for score in ranked]
+    assert list(table["correlation"]) == pytest.approx([s.correlation for s in ranked], abs=1e-3)
+    at.button(key="inside_show_best").click()
+    _run(at)
+    best = ranked[0]
+    assert at.number_input(key="inside_unit").value == best.unit
+    assert at.radio(key="inside_state").value == best.state
+    assert at.number_input(key="inside_layer").value == best.layer + 1
+
+    # gate saturation: one point per unit of each sigmoid gate, the library's fractions
+    [(spec, datasets)] = [chart for chart in _charts(at) if "hconcat" in chart[0]]
+    points = [row for rows in datasets for row in rows]
+    expected = inside.gate_saturation(traced.trace, traced.rows())
+    assert len(points) == len(expected) == 3 * 16
+    key = lambda row: (row["gate"], row["unit"])  # noqa: E731
+    for got, want in zip(sorted(points, key=key), sorted(expected, key=key), strict=True):
+        assert got["left"] == pytest.approx(want["left"]) and got["right"] == want["right"]
+
+
+def test_inside_page_for_an_rnn_says_it_has_no_gates(app: AppTest) -> None:
+    at = _page(app, "Inside a character model")
+    at.selectbox(key="char_lm_checkpoint").set_value("quotes_rnn/best.pt")
+    _run(at)
+    assert at.text_area(key="inside_text:quotes_rnn/best.pt").value  # a sample of its own
+    assert "has no gates" in " ".join(element.value for element in at.info)
+    state = at.radio(key="inside_state")
+    assert state.value == "h" and state.options == ["hidden state h"]  # no cell state c
+
+
+def test_inside_page_names_characters_the_model_never_saw(app: AppTest) -> None:
+    at = _page(app, "Inside a character model")
+    at.selectbox(key="char_lm_checkpoint").set_value("quotes_lstm/best.pt")
+    _run(at)
+    at.text_area(key="inside_text:quotes_lstm/best.pt").set_value("she said Q")
+    at.run()
+    errors = [element.value for element in at.error]
+    assert len(errors) == 1 and "'Q'" in errors[0] and not at.exception
+
+
+def test_toys_page_trains_hihello_and_steps_through_it(app: AppTest) -> None:
+    at = _page(app, "Lecture toys")
+    assert "Press **Train**" in " ".join(element.value for element in at.info)
+    at.radio(key="toy").set_value("hihello")
+    at.radio(key="toy_cell").set_value("gru")
+    at.slider(key="toy_steps:hihello").set_value(100)
+    at.button(key="toy_train").click()
+    _run(at)
+    markdown = " ".join(element.value for element in at.markdown)
+    assert "Greedy from `'h'`: `'hihello'`: **reproduces the text**" in markdown
+    trained = at.session_state["toy_run"]
+    run, traced = trained["run"], trained["trace"]
+    assert run.config.model.cell == "gru" and len(run.losses) == 100
+
+    at.slider(key="toy_step").set_value(6)  # reads the second 'l', predicts 'o'
+    at.number_input(key="toy_unit").set_value(3)
+    _run(at)
+    markdown = " ".join(element.value for element in at.markdown)
+    assert "Step 6 reads `'l'` and should predict `'o'`" in markdown
+    latex = [element.value.strip("$\n") for element in at.latex]  # st.latex wraps in $$
+    expected = toys.cell_equations(traced, 0, 5, 3)
+    assert latex[: len(expected)] == [equation.latex for equation in expected]
+    assert "texttt{o}" in latex[-1]
+    strips = [spec for spec, _ in _charts(at) if spec.get("title", "").startswith("hidden")]
+    assert len(strips) == 1  # one layer
+
+    at.radio(key="toy").set_value("your own text")
+    _run(at)
+    at.text_input(key="toy_text").set_value("ab")
+    at.button(key="toy_train").click()
+    at.run()
+    assert "at least 3" in " ".join(element.value for element in at.error)
+
+
+def test_toys_settings_and_run_survive_a_page_switch(app: AppTest) -> None:
+    at = _page(app, "Lecture toys")
+    at.radio(key="toy").set_value("hihello")
+    at.slider(key="toy_steps:hihello").set_value(30)
+    at.button(key="toy_train").click()
+    _run(at)
+    at.slider(key="toy_step").set_value(4)
+    _run(at)
+    at.radio(key="page").set_value("Training curves")
+    _run(at)
+    at.radio(key="page").set_value("Lecture toys")
+    _run(at)
+    assert at.slider(key="toy_steps:hihello").value == 30 and at.slider(key="toy_step").value == 4
+    assert "Step 4 reads" in " ".join(element.value for element in at.markdown)

@@ -1,0 +1,111 @@
+"""`python -m captioner.caption` over a folder or a glob: every image captioned in batches,
+unreadable files reported and skipped, non-image files ignored, and a CSV the training loader reads.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from captioner import caption
+from captioner.data import load_csv, load_image
+from captioner.inference import caption_images, find_images, load_captioner
+from recurrent.errors import run_cli
+from tests.tiny_models import train_tiny_captioner
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory, scenes_annotations: Path) -> Path:
+    return train_tiny_captioner(tmp_path_factory.mktemp("run"), scenes_annotations)
+
+
+@pytest.fixture
+def folder(tmp_path: Path, scenes_annotations: Path) -> Path:
+    """3 scene images (PNG, JPEG, PNG with an upper-case extension), 1 broken file, 1 text file."""
+    images = sorted((scenes_annotations.parent / "images").glob("*.png"))
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    shutil.copy(images[0], folder / "a.png")
+    load_image(images[1]).save(folder / "b.jpg")
+    shutil.copy(images[2], folder / "c.PNG")
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (folder / "notes.txt").write_text("not an image", encoding="utf-8")
+    return folder
+
+
+def run_main(argv: list[str], capsys) -> tuple[int, str, str]:
+    capsys.readouterr()
+    code = run_cli(caption.main, argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def expected_captions(checkpoint: Path, paths: list[Path]) -> list[str]:
+    captioner = load_captioner(str(checkpoint))
+    results = caption_images(captioner, [load_image(p) for p in paths], beam_size=3)
+    return [result.caption for result in results]
+
+
+def test_folder_gives_a_caption_per_image_and_one_warning(checkpoint, folder, capsys):
+    images = [folder / "a.png", folder / "b.jpg", folder / "c.PNG"]
+    # --batch-size 2: the broken file falls in the second batch, which still has an image
+    code, out, err = run_main(
+        ["--checkpoint", str(checkpoint), str(folder), "--batch-size", "2"], capsys
+    )
+    assert code == 0
+    lines = [line.split("\t") for line in out.splitlines()]
+    assert [path for path, _ in lines] == [str(p) for p in images]  # sorted, notes.txt ignored
+    assert [text for _, text in lines] == expected_captions(checkpoint, images)
+    warnings = err.strip().splitlines()
+    assert len(warnings) == 1 and warnings[0].startswith("warning: skipped ")
+    assert "broken.png" in warnings[0] and "notes.txt" not in err
+
+
+def test_csv_loads_back_with_the_training_loader(checkpoint, folder, tmp_path, capsys):
+    out_csv = tmp_path / "review" / "captions.csv"
+    out_csv.parent.mkdir()
+    code, out, err = run_main(
+        ["--checkpoint", str(checkpoint), str(folder / "*"), "--csv", str(out_csv), "--json"],
+        capsys,
+    )
+    assert code == 0
+    payload = json.loads(out)
+    assert [item["image"] for item in payload["results"]] == [
+        str(folder / name) for name in ("a.png", "b.jpg", "c.PNG")
+    ]
+    assert [item["image"] for item in payload["skipped"]] == [str(folder / "broken.png")]
+    assert f"wrote 3 captions to {out_csv}" in err
+    records = load_csv(out_csv, test_fraction=0.0, val_fraction=0.0)  # images must exist
+    assert {r.image_path: r.captions for r in records} == {
+        item["image"]: (item["caption"],) for item in payload["results"]
+    }
+    assert out_csv.read_text(encoding="utf-8").splitlines()[0] == "image,caption"
+
+
+def test_named_files_still_stop_and_empty_folders_are_errors(checkpoint, folder, tmp_path, capsys):
+    code, _, err = run_main(["--checkpoint", str(checkpoint), str(folder / "broken.png")], capsys)
+    assert code == 2 and err.startswith("error: ") and "broken.png" in err
+    assert len(err.strip().splitlines()) == 1
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "readme.md").write_text("no images here", encoding="utf-8")
+    for argument in (str(empty), str(tmp_path / "nothing" / "*.jpg")):
+        code, _, err = run_main(["--checkpoint", str(checkpoint), argument], capsys)
+        assert code == 2 and "no image files" in err and len(err.strip().splitlines()) == 1
+    only_broken = tmp_path / "only_broken"
+    only_broken.mkdir()
+    shutil.copy(folder / "broken.png", only_broken / "x.png")
+    code, _, err = run_main(["--checkpoint", str(checkpoint), str(only_broken)], capsys)
+    assert code == 2 and err.strip().splitlines()[-1].startswith("error: none of the 1 image")
+
+
+def test_find_images_by_extension_and_glob(folder):
+    assert find_images(str(folder)) == [
+        str(folder / name) for name in ("a.png", "b.jpg", "broken.png", "c.PNG")
+    ]
+    assert find_images(str(folder / "*.png")) == [str(folder / n) for n in ("a.png", "broken.png")]
+    assert find_images(str(folder.parent / "**" / "*.jpg")) == [str(folder / "b.jpg")]
+    assert find_images(str(folder / "missing")) == []

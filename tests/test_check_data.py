@@ -1,0 +1,181 @@
+"""`python -m captioner.check_data`: a data set's problems found before a long run.
+
+A tiny Karpathy-format set is planted with one of each problem (a missing image, a truncated one,
+an image listed in two splits, two files with the same bytes, a caption with no words). The
+report must list each, the exit status must say whether `captioner.train` would stop (it is
+checked against `load_image` and against the trainer's own rules), and the parallel scan must give
+the same result on any number of threads while keeping a bounded number of images in flight.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from captioner import check_data
+from captioner.data import load_image
+from captioner.data.check import BAD, MISSING, OK, check_image, scan_images
+from recurrent.errors import UserError, run_cli
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = str(REPO / "configs" / "captioner" / "tiny.yaml")
+
+
+def _png(seed: int) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _entry(name: str, split: str, *captions: str) -> dict:
+    return {"filename": name, "split": split, "sentences": [{"raw": c} for c in captions]}
+
+
+def _dataset(root: Path, *, missing: bool = True, bad_split: str = "train") -> Path:
+    """Images 0-5 (0-3 train, 4 val, 5 test) plus the planted problems; returns the JSON."""
+    splits = ["train", "train", "train", "train", "val", "test"]
+    images = [_entry(f"{i}.png", split, f"a red circle {i}") for i, split in enumerate(splits)]
+    for i in range(len(splits)):
+        (root / f"{i}.png").write_bytes(_png(i))
+    (root / "truncated.png").write_bytes(_png(10)[:60])
+    images.append(_entry("truncated.png", bad_split, "a blue square"))
+    (root / "copy.png").write_bytes(_png(1))  # the same bytes as 1.png (train), listed as test
+    images.append(_entry("copy.png", "test", "a green star", "..."))  # "..." has no word
+    images.append(_entry("2.png", "test", "a red circle 2"))  # 2.png listed in train and test
+    if missing:
+        images.append(_entry("gone.png", "train", "a small cross"))
+    annotations = root / "dataset.json"
+    annotations.write_text(json.dumps({"images": images}))
+    return annotations
+
+
+def _check(
+    annotations: Path, capsys, *overrides: str, json_out: bool = False
+) -> tuple[int, str, str]:
+    argv = [
+        "--config",
+        TINY,
+        "--quiet",
+        "--workers",
+        "3",
+        "--set",
+        f"data.annotations={annotations}",
+    ]
+    argv += [*overrides, *(["--json"] if json_out else [])]
+    capsys.readouterr()
+    try:
+        code = run_cli(check_data.main, argv)
+    except SystemExit as stop:
+        code = stop.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_every_planted_problem_is_reported_and_training_would_stop(tmp_path, capsys):
+    annotations = _dataset(tmp_path)
+    code, out, _ = _check(annotations, capsys)
+    assert code == 1
+    lines = out.splitlines()
+    assert f"missing\t{tmp_path / 'gone.png'}" in lines
+    [bad] = [line for line in lines if line.startswith("bad\t")]
+    assert bad.startswith(f"bad\t{tmp_path / 'truncated.png'}\ttrain\t") and "truncated" in bad
+    assert f"listed 2 times\t{tmp_path / '2.png'}\ttrain,test" in lines
+    assert f"same bytes\t{tmp_path / '1.png'} {tmp_path / 'copy.png'}\ttest,train" in lines
+    assert f"empty caption\t{tmp_path / 'copy.png'}\t'...'" in lines
+    assert "10 records (train 6, val 1, test 3) of 9 image files, 11 captions" in out
+    assert "7 fine, 1 missing, 1 do not decode" in out
+    stop = lines[-1]
+    assert stop.startswith("training would stop: ")
+    assert "1 image(s) referenced but missing" in stop and "data.bad_images=error" in stop
+
+
+def test_the_report_agrees_with_load_image(tmp_path, capsys):
+    annotations = _dataset(tmp_path)
+    code, out, _ = _check(annotations, capsys, json_out=True)
+    report = json.loads(out)
+    assert code == 1 and report["stops_training"]
+    for path in sorted({str(p) for p in tmp_path.glob("*.png")} | set(report["missing"])):
+        try:
+            load_image(path)
+            expected = OK
+        except UserError as err:
+            expected = MISSING if "not found" in str(err) else BAD
+            if expected == BAD:
+                assert report["bad"][path] == " ".join(str(err).split())
+        assert check_image(path).status == expected
+        assert (path in report["missing"]) == (expected == MISSING)
+        assert (path in report["bad"]) == (expected == BAD)
+
+
+@pytest.mark.parametrize(
+    "bad_split, policy, would_run",
+    [
+        ("train", "skip", True),  # the trainer drops it
+        ("train", "error", False),
+        ("val", "skip", False),  # validation decodes every val image
+        ("test", "error", True),  # training never reads test images
+    ],
+)
+def test_exit_status_follows_the_trainers_rules(tmp_path, capsys, bad_split, policy, would_run):
+    annotations = _dataset(tmp_path, missing=False, bad_split=bad_split)
+    code, out, err = _check(annotations, capsys, f"data.bad_images={policy}")
+    assert code == (0 if would_run else 1), out + err
+    last = out.splitlines()[-1]
+    assert last.startswith("training would run" if would_run else "training would stop")
+    if would_run and bad_split == "train":
+        assert "skipping 1 train image(s)" in last
+    if would_run and bad_split == "test":
+        assert "1 test image(s) do not decode" in last
+
+
+def test_bad_config_or_annotations_is_one_line_exit_2(tmp_path, capsys):
+    code, out, err = _check(tmp_path / "nowhere.json", capsys)
+    assert code == 2 and not out
+    assert err.count("\n") == 1 and err.startswith("error: ") and "nowhere.json" in err
+    (tmp_path / "broken.json").write_text('{"images": [')
+    code, _, err = _check(tmp_path / "broken.json", capsys)
+    assert code == 2 and "malformed JSON" in err and err.count("\n") == 1
+    code, _, err = _check(tmp_path / "broken.json", capsys, "data.bad_images=maybe")
+    assert code == 2 and "data.bad_images" in err
+
+
+def test_parallel_scan_is_the_same_on_any_threads_and_bounded(tmp_path):
+    paths = []
+    for i in range(40):
+        path = tmp_path / f"{i}.png"
+        path.write_bytes(_png(i) if i % 7 else _png(i)[:50])  # every 7th truncated
+        paths.append(str(path))
+    paths.append(str(tmp_path / "missing.png"))
+    one = {c.path: c for c in scan_images(paths, 1)}
+    many = {c.path: c for c in scan_images(paths, 4)}
+    assert one == many and len(one) == len(paths)
+    assert sum(c.status == BAD for c in one.values()) == 6 and one[paths[-1]].status == MISSING
+
+    taken, done, in_flight, lock = [0], [0], [], threading.Lock()
+
+    def feed():
+        for path in paths:
+            taken[0] += 1
+            yield path
+
+    def counting_check(path):
+        with lock:
+            in_flight.append(taken[0] - done[0])
+        result = check_image(path)
+        with lock:
+            done[0] += 1
+        return result
+
+    workers = 2
+    results = list(scan_images(feed(), workers, check=counting_check))
+    assert len(results) == len(paths)
+    assert max(in_flight) <= 4 * workers  # images taken from the list but not finished
+    with pytest.raises(UserError, match="--workers"):
+        list(scan_images(paths, 0))

@@ -1,0 +1,124 @@
+"""captioner.compare (two prediction files on the same references) and what captioner.evaluate
+says it scored, end to end through the command lines' main functions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from tiny_models import train_tiny_captioner
+
+from captioner import compare as compare_cli
+from captioner import evaluate as evaluate_cli
+from captioner.cider import corpus_cider_d
+from captioner.data import load_records, select_split
+from captioner.metrics import bleu_scores
+from captioner.scenes import generate_dataset
+from captioner.scoring import TOKENIZER, image_ids
+from recurrent.errors import run_cli
+
+
+@pytest.fixture(scope="module")
+def split(tmp_path_factory: pytest.TempPathFactory):
+    """30 scenes of 48 px with half of them in the test split: (annotations, test records)."""
+    root = tmp_path_factory.mktemp("compare")
+    annotations = generate_dataset(root, 30, seed=5, size=48, val_fraction=0.1, test_fraction=0.5)
+    records = select_split(load_records("karpathy", annotations, None), "test")
+    return annotations, records
+
+
+def write(path: Path, ids, captions) -> str:
+    items = [{"image_id": i, "caption": c} for i, c in zip(ids, captions, strict=True)]
+    path.write_text(json.dumps(items), encoding="utf-8")
+    return str(path)
+
+
+def run_json(main, argv, capsys) -> dict:
+    capsys.readouterr()
+    assert run_cli(main, argv) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_compare_scores_each_file_and_ranks_the_differences(split, tmp_path, capsys):
+    annotations, records = split
+    ids = image_ids(records)
+    references = [list(r.captions) for r in records]
+    good = [r.captions[0] for r in records]  # a reference itself
+    # B: the reference for the first half, a wrong caption for the second, worse and worse.
+    wrong = ["a large black cross", "a small white star above a large black cross", "a"]
+    bad = [
+        caption if index < len(records) // 2 else wrong[index % 3]
+        for index, caption in enumerate(good)
+    ]
+    a, b = write(tmp_path / "a.json", ids, good), write(tmp_path / "b.json", ids, bad)
+    report = run_json(
+        compare_cli.main, ["--annotations", str(annotations), a, b, "--top", "3", "--json"], capsys
+    )
+    assert report["split"] == "test" and report["images"] == len(records) >= 10
+    assert report["tokenizer"] == TOKENIZER
+    for entry, captions in zip(report["files"], (good, bad), strict=True):
+        corpus, _ = corpus_cider_d(references, captions)
+        assert entry["scores"]["CIDEr-D"] == pytest.approx(100 * corpus, abs=1e-3)
+        bleu = bleu_scores(references, captions)
+        assert entry["scores"]["BLEU-4"] == pytest.approx(bleu["BLEU-4"], abs=1e-3)
+    _, per_image_a = corpus_cider_d(references, good)
+    _, per_image_b = corpus_cider_d(references, bad)
+    gaps = sorted((abs(x - y) for x, y in zip(per_image_a, per_image_b, strict=True)), reverse=True)
+    shown = report["differences"]
+    assert len(shown) == 3
+    assert [abs(d["cider_a"] - d["cider_b"]) for d in shown] == pytest.approx(
+        [100 * gap for gap in gaps[:3]], abs=1e-3
+    )
+    assert all(d["a"] != d["b"] and d["references"] for d in shown)
+    assert report["a_higher"] == len(records) - len(records) // 2 and report["b_higher"] == 0
+
+    capsys.readouterr()
+    assert run_cli(compare_cli.main, ["--annotations", str(annotations), a, b]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"test split of {annotations}: {len(records)} images, tokens:")
+    assert lines[1].startswith("A ") and "CIDEr-D" in lines[1] and lines[2].startswith("B ")
+
+
+def test_compare_refuses_mismatched_files(split, tmp_path, capsys):
+    annotations, records = split
+    ids = image_ids(records)
+    captions = [r.captions[0] for r in records]
+    a = write(tmp_path / "a.json", ids, captions)
+    fewer = write(tmp_path / "fewer.json", ids[:-1], captions[:-1])
+    foreign = write(tmp_path / "foreign.json", [*ids[:-1], 999999], captions)
+    (tmp_path / "broken.json").write_text("[{", encoding="utf-8")
+    cases = [
+        ([a, fewer], "different images"),
+        ([a, foreign], "not in the test split"),
+        ([a, str(tmp_path / "broken.json")], "not a JSON prediction file"),
+        ([a, str(tmp_path / "missing.json")], "not found"),
+    ]
+    for files, message in cases:
+        capsys.readouterr()
+        assert run_cli(compare_cli.main, ["--annotations", str(annotations), *files]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+    assert run_cli(compare_cli.main, [a, a]) == 2  # no references given
+
+
+def test_evaluate_reports_what_it_scored_and_compare_agrees(split, tmp_path, capsys):
+    annotations, records = split
+    checkpoint = str(train_tiny_captioner(tmp_path / "run", annotations))
+    beam, greedy = str(tmp_path / "beam.json"), str(tmp_path / "greedy.json")
+    common = ["--checkpoint", checkpoint, "--no-meteor", "--block-ngram-repeat", "2"]
+    report = run_json(evaluate_cli.main, [*common, "--json", "--predictions", beam], capsys)
+    assert (report["split"], report["images"]) == ("test", len(records))
+    assert report["tokenizer"] == TOKENIZER
+    assert report["decode"]["block_ngram_repeat"] == 2 and 0 <= report["repeated_word_share"] <= 1
+    capsys.readouterr()
+    assert run_cli(evaluate_cli.main, [*common, "--beam-size", "1", "--predictions", greedy]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"test split of {annotations}: {len(records)} images, tokens: {TOKENIZER}"
+    assert lines[1].startswith("decoding: beam 1, at most") and "no repeated 2-gram" in lines[1]
+    assert lines[2].startswith("scores (0-100): BLEU-1")
+    compared = run_json(
+        compare_cli.main, ["--checkpoint", checkpoint, beam, greedy, "--json"], capsys
+    )
+    for key in ("BLEU-4", "CIDEr-D"):  # the same images, references and tokens as evaluate's
+        assert compared["files"][0]["scores"][key] == pytest.approx(report["scores"][key], abs=1e-3)

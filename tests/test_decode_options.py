@@ -1,0 +1,270 @@
+"""Decoding options (n-gram blocking, minimum length, <unk> suppression, diverse beam search)
+against brute force and a plain reference implementation, in the batched beam search."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_captioner_decode import (
+    END,
+    START,
+    UNK,
+    assert_same_captions,
+    make_decoder,
+    random_features,
+)
+
+from captioner.config import CaptionerConfig, check_config
+from captioner.decode import beam_search, check_decode_settings, greedy_decode
+from recurrent.config import load_config
+from recurrent.errors import UserError
+
+COMMON = dict(start_id=START, end_id=END)
+
+
+def has_repeated_ngram(tokens, n: int) -> bool:
+    grams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+    return len(grams) != len(set(grams))
+
+
+def allowed(tokens, finished, *, ngram, min_length, suppress):
+    if ngram and has_repeated_ngram(tokens, ngram):
+        return False
+    if finished and len(tokens) < min_length:
+        return False
+    return not (suppress and UNK in tokens)
+
+
+@torch.no_grad()
+def teacher_forced_logprobs(decoder, features, row, candidates):
+    """Log-probability of each (tokens, finished) candidate for image ``row``, in one batch."""
+    ids = [[START, *tokens, *([END] if finished else [])] for tokens, finished in candidates]
+    longest = max(len(seq) for seq in ids)
+    padded = torch.tensor([seq + [0] * (longest - len(seq)) for seq in ids])
+    lengths = torch.tensor([len(seq) for seq in ids])
+    one = features.index_select(torch.full((len(ids),), row))
+    logits, _ = decoder(one, padded, lengths)
+    logp = F.log_softmax(logits.float(), dim=-1).gather(2, padded[:, 1:, None]).squeeze(2)
+    valid = torch.arange(longest - 1)[None, :] < (lengths - 1)[:, None]
+    return (logp * valid).sum(dim=1).tolist()
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    attention=st.booleans(),
+    ngram=st.sampled_from([0, 1, 2]),
+    min_length=st.integers(0, 3),
+    suppress=st.booleans(),
+    penalty=st.sampled_from([0.0, 0.8]),
+    end_bias=st.floats(-1.0, 2.0),
+)
+def test_wide_beam_with_constraints_equals_brute_force(
+    seed, attention, ngram, min_length, suppress, penalty, end_bias
+):
+    """A beam as wide as the search space, under the constraints, ranks exactly the captions that
+    keep them, as enumerating every caption does. Vocabulary: 4 specials + 2 words, so <unk> and
+    the 2 words can be emitted: 40 captions of at most 3 words before the constraints."""
+    decoder = make_decoder(attention, vocab=6, seed=seed, end_bias=end_bias)
+    features = random_features(batch=2, seed=seed + 1)
+    words, max_length, n_best = [UNK, 4, 5], 3, 6
+    candidates = [
+        (list(tokens), True)
+        for n in range(max_length)
+        for tokens in itertools.product(words, repeat=n)
+    ]
+    candidates += [(list(t), False) for t in itertools.product(words, repeat=max_length)]
+    options = dict(ngram=ngram, min_length=min_length, suppress=suppress)
+    candidates = [c for c in candidates if allowed(*c, **options)]
+    results = beam_search(
+        decoder,
+        features,
+        beam_size=40,
+        max_length=max_length,
+        length_penalty=penalty,
+        n_best=n_best,
+        block_ngram_repeat=ngram,
+        min_length=min_length,
+        suppress_ids=[UNK] if suppress else [],
+        **COMMON,
+    )
+    for row in range(2):
+        brute = []
+        if candidates:
+            logprobs = teacher_forced_logprobs(decoder, features, row, candidates)
+            for (tokens, finished), logprob in zip(candidates, logprobs, strict=True):
+                score = logprob / max(1, len(tokens) + finished) ** penalty
+                brute.append((score, tokens, finished))
+        brute.sort(key=lambda item: -item[0])
+        got = [(c.score, c.tokens, c.finished) for c in results[row]]
+        assert [g[1:] for g in got] == [b[1:] for b in brute[:n_best]]
+        assert [g[0] for g in got] == pytest.approx([b[0] for b in brute[:n_best]], abs=1e-4)
+
+
+OPTIONS = [
+    dict(block_ngram_repeat=1),
+    dict(block_ngram_repeat=2, min_length=4),
+    dict(min_length=3, suppress_ids=[UNK], length_penalty=0.6),
+    dict(diversity_groups=3, diversity_strength=0.8),
+    dict(diversity_groups=2, diversity_strength=2.0, block_ngram_repeat=2, min_length=2),
+]
+
+
+@pytest.mark.parametrize("attention", [False, True])
+@pytest.mark.parametrize("options", OPTIONS)
+def test_batched_equals_one_image_at_a_time_with_every_option(attention, options):
+    decoder, features = make_decoder(attention, end_bias=0.5), random_features(batch=5)
+    settings = dict(beam_size=6, max_length=7, n_best=3, **COMMON, **options)
+    batched = beam_search(decoder, features, **settings)
+    for row in range(5):
+        alone = beam_search(decoder, features.index_select(torch.tensor([row])), **settings)
+        assert_same_captions(batched[row], alone[0])
+        for caption in batched[row]:
+            ngram = options.get("block_ngram_repeat", 0)
+            assert not (ngram and has_repeated_ngram(caption.tokens, ngram))
+            assert not caption.finished or len(caption.tokens) >= options.get("min_length", 0)
+            assert UNK not in caption.tokens or UNK not in options.get("suppress_ids", [])
+
+
+@pytest.mark.parametrize("attention", [False, True])
+def test_greedy_equals_beam_size_one_with_constraints(attention):
+    decoder, features = make_decoder(attention), random_features(batch=6)
+    options = dict(max_length=8, block_ngram_repeat=1, min_length=2, suppress_ids=[UNK], **COMMON)
+    greedy = greedy_decode(decoder, features, **options)
+    beams = beam_search(decoder, features, beam_size=1, **options)
+    assert_same_captions([b[0] for b in beams], greedy)
+
+
+@torch.no_grad()
+def next_log_probs(decoder, features, row, prefix):
+    one = features.index_select(torch.tensor([row]))
+    state = decoder.init_state(one)
+    for token in [START, *prefix]:
+        logits, state, _ = decoder.step(torch.tensor([token]), state, one)
+    return F.log_softmax(logits[0].float(), dim=-1)
+
+
+def diverse_reference(decoder, features, row, *, beam_size, groups, strength, max_length, penalty):
+    """Diverse beam search for one image, written out with lists (Vijayakumar et al.)."""
+    width = beam_size // groups
+    # A beam: (augmented log-prob, log-prob, tokens, finished, selection score).
+    beams = [[(0.0, 0.0, [], False, 0.0)] for _ in range(groups)]
+    for step in range(max_length):
+        chosen = {}  # word -> how many beams of earlier groups chose it at this step
+        for group in range(groups):
+            candidates = []
+            for augmented, logprob, tokens, finished, score in beams[group]:
+                if finished:
+                    candidates.append((score, augmented, logprob, tokens, True, False))
+                    continue
+                logp = next_log_probs(decoder, features, row, tokens)
+                for word in range(logp.numel()):
+                    if word in (START, 0) or logp[word] == -math.inf:
+                        continue
+                    value = float(logp[word])
+                    new_aug = augmented + value - strength * chosen.get(word, 0)
+                    ended = word == END
+                    new_tokens = tokens if ended else [*tokens, word]
+                    new_score = new_aug / (step + 1) ** penalty
+                    candidates.append(
+                        (new_score, new_aug, logprob + value, new_tokens, ended, True)
+                    )
+            candidates.sort(key=lambda c: -c[0])
+            kept = candidates[:width]
+            for _, _, _, tokens, ended, fresh in kept:
+                if fresh and not ended:
+                    chosen[tokens[-1]] = chosen.get(tokens[-1], 0) + 1
+            beams[group] = [(c[1], c[2], c[3], c[4], c[0]) for c in kept]
+    flat = [beam for group in beams for beam in group]
+    ranked = sorted(
+        flat, key=lambda b: -b[1] / max(1, len(b[2]) + b[3]) ** penalty
+    )  # by the model's own score
+    return [(tokens, finished, logprob) for _, logprob, tokens, finished, _ in ranked]
+
+
+@pytest.mark.parametrize("attention", [False, True])
+@pytest.mark.parametrize("groups,strength,penalty", [(2, 1.5, 0.0), (3, 0.7, 0.5)])
+def test_diverse_beam_search_equals_a_plain_reference(attention, groups, strength, penalty):
+    decoder, features = make_decoder(attention, vocab=8, end_bias=0.8), random_features(batch=3)
+    beam_size, max_length = 6, 4
+    results = beam_search(
+        decoder,
+        features,
+        beam_size=beam_size,
+        max_length=max_length,
+        length_penalty=penalty,
+        n_best=beam_size,
+        diversity_groups=groups,
+        diversity_strength=strength,
+        **COMMON,
+    )
+    for row in range(3):
+        expected = diverse_reference(
+            decoder,
+            features,
+            row,
+            beam_size=beam_size,
+            groups=groups,
+            strength=strength,
+            max_length=max_length,
+            penalty=penalty,
+        )
+        got = results[row]
+        assert [(c.tokens, c.finished) for c in got] == [e[:2] for e in expected]
+        assert [c.logprob for c in got] == pytest.approx([e[2] for e in expected], abs=1e-4)
+
+
+def test_diversity_strength_zero_gives_independent_copies_of_a_narrower_search():
+    decoder, features = make_decoder(True, end_bias=0.3), random_features(batch=3)
+    diverse = beam_search(
+        decoder, features, beam_size=4, max_length=6, n_best=4, diversity_groups=2, **COMMON
+    )
+    plain = beam_search(decoder, features, beam_size=2, max_length=6, n_best=2, **COMMON)
+    for got, narrow in zip(diverse, plain, strict=True):
+        assert [c.tokens for c in got] == [c.tokens for c in narrow for _ in range(2)]
+
+
+def test_strong_diversity_makes_the_groups_start_differently():
+    decoder, features = make_decoder(False), random_features(batch=4)
+    settings = dict(beam_size=3, max_length=5, n_best=3, min_length=1, **COMMON)
+    plain = beam_search(decoder, features, **settings)
+    diverse = beam_search(
+        decoder, features, diversity_groups=3, diversity_strength=50.0, **settings
+    )
+    for captions in diverse:
+        assert len({c.tokens[0] for c in captions}) == 3
+    # Plain beam search often keeps one first word for all its beams; diversity never does.
+    assert any(len({c.tokens[0] for c in captions}) < 3 for captions in plain)
+
+
+def test_bad_settings_are_user_errors():
+    with pytest.raises(UserError, match="min_length"):
+        check_decode_settings(3, 5, min_length=6)
+    with pytest.raises(UserError, match="block_ngram_repeat"):
+        check_decode_settings(3, 5, block_ngram_repeat=-1)
+    with pytest.raises(UserError, match="divide the beam size"):
+        check_decode_settings(4, 5, diversity_groups=3)
+    with pytest.raises(UserError, match="diversity strength"):
+        check_decode_settings(4, 5, diversity_groups=2, diversity_strength=-1.0)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("decode.min_length=40", "decode.min_length"),
+        ("decode.block_ngram_repeat=-1", "decode.block_ngram_repeat"),
+        ("decode.diversity_groups=2", "multiple of decode.diversity_groups"),
+        ("decode.diversity_groups=0", "decode.diversity_groups"),
+        ("decode.diversity_strength=-0.5", "decode.diversity_strength"),
+    ],
+)
+def test_config_rejects_decoding_options_no_search_can_use(override, message):
+    cfg = load_config(CaptionerConfig, None, ["data.annotations=x.json", override])
+    with pytest.raises(UserError, match=message):
+        check_config(cfg)

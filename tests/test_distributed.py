@@ -1,0 +1,143 @@
+"""Multi-process training through a real ``torchrun`` with 2 gloo processes on the CPU.
+
+Each launch is bounded by a timeout, so a broken rank fails the test instead of hanging CI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+TIMEOUT_S = 240
+
+
+def launch(args: list[str], *, processes: int, cwd: Path) -> subprocess.CompletedProcess:
+    command = (TORCHRUN if processes == 2 else [sys.executable]) + args
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    result = subprocess.run(
+        command, cwd=cwd, env=env, capture_output=True, text=True, timeout=TIMEOUT_S
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    return result
+
+
+def train_lines(run_dir: Path) -> list[dict]:
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in records if r["kind"] == "train"]
+
+
+def weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run_dir / "last.pt", weights_only=True)["model"]
+
+
+def assert_same_run(a: Path, b: Path, *, exact: bool, skip: tuple[str, ...] = ()) -> None:
+    lines_a, lines_b = train_lines(a), train_lines(b)
+    assert [r["step"] for r in lines_a] == [r["step"] for r in lines_b]
+    for ra, rb in zip(lines_a, lines_b, strict=True):
+        for key in ("loss", "grad_norm", "lr"):
+            if exact:
+                assert ra[key] == rb[key], (ra["step"], key)
+            else:
+                assert ra[key] == pytest.approx(rb[key], rel=1e-5), (ra["step"], key)
+    wa, wb = weights(a), weights(b)
+    for name in wa:
+        if name in skip:
+            continue
+        if exact:
+            assert torch.equal(wa[name], wb[name]), name
+        else:
+            torch.testing.assert_close(wa[name], wb[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+CHAR = ["-m", "char_lm.train", "--config", str(ROOT / "configs/char_lm/tiny.yaml"), "--quiet"]
+CHAR_SET = [
+    "--set",
+    "model.dropout=0",
+    "data.batch_size=4",
+    "train.eval_every=3",
+    "train.log_every=1",
+]
+
+
+def test_char_lm_two_processes_match_one_and_resume_exactly(tmp_path):
+    launch([*CHAR, *CHAR_SET, "train.max_steps=6", "--out-dir", "one"], processes=1, cwd=tmp_path)
+    launch([*CHAR, *CHAR_SET, "train.max_steps=6", "--out-dir", "two"], processes=2, cwd=tmp_path)
+    # Each process trains on 2 of the 4 streams; averaged gradients = the 4-stream batch's.
+    assert_same_run(tmp_path / "one", tmp_path / "two", exact=False)
+    saved = torch.load(tmp_path / "two" / "last.pt", weights_only=True)
+    assert len(saved["rng"]) == len(saved["data"]) == 2  # every rank's state is kept
+    assert [d["streams"] for d in saved["data"]] == [2, 2]
+
+    # Resume under torchrun: 3 steps, then --resume to 6, is the 6-step run.
+    common = [*CHAR, *CHAR_SET, "--set", "train.lr_decay_steps=6"]
+    launch([*common, "train.max_steps=6", "--out-dir", "straight"], processes=2, cwd=tmp_path)
+    launch([*common, "train.max_steps=3", "--out-dir", "split"], processes=2, cwd=tmp_path)
+    result = launch(
+        [*common, "train.max_steps=6", "--out-dir", "split", "--resume"], processes=2, cwd=tmp_path
+    )
+    assert result.stdout.count("resumed from") == 1  # rank 0 alone prints
+    assert_same_run(tmp_path / "straight", tmp_path / "split", exact=True)
+
+
+def test_captioner_two_processes_match_one_with_a_shared_feature_cache(
+    scenes_annotations: Path, tmp_path: Path
+):
+    args = [
+        "-m", "captioner.train", "--config", str(ROOT / "configs/captioner/tiny.yaml"), "--quiet",
+        "--set", f"data.annotations={scenes_annotations}", "train.max_steps=4",
+        "train.eval_every=2", "train.log_every=1", "train.batch_size=8", "model.dropout=0",
+        "model.finetune=frozen", "train.feature_cache=true",
+        f"train.feature_cache_dir={tmp_path / 'features'}",
+    ]  # fmt: skip
+    launch([*args, "--out-dir", "two"], processes=2, cwd=tmp_path)
+    cached = sorted(path for path in (tmp_path / "features").rglob("*") if path.is_file())
+    assert cached  # the two processes filled the (sharded) cache
+    mtimes = {path: path.stat().st_mtime_ns for path in cached}
+    launch([*args, "--out-dir", "one"], processes=1, cwd=tmp_path)
+    assert {path: path.stat().st_mtime_ns for path in cached} == mtimes  # filled once, reused
+    # The score bias before the attention softmax has an exactly zero gradient: Adam turns its
+    # float noise into lr-sized steps, so it is left out of the comparison.
+    assert_same_run(
+        tmp_path / "one", tmp_path / "two", exact=False, skip=("decoder.attention.score.bias",)
+    )
+    one = json.loads((tmp_path / "one" / "metrics.jsonl").read_text().splitlines()[-1])
+    two = json.loads((tmp_path / "two" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert one["kind"] == two["kind"] == "eval" and one["scores"] == two["scores"]
+
+
+def test_a_rank_that_dies_ends_the_job(tmp_path):
+    """kill -9 one worker: torchrun stops the other and exits non-zero, well before the timeout."""
+    args = [*CHAR, *CHAR_SET, "train.max_steps=100000", "train.eval_every=100000", "--out-dir", "r"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    job = subprocess.Popen(
+        TORCHRUN + args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        metrics = tmp_path / "r" / "metrics.jsonl"
+        deadline = time.monotonic() + 120
+        while not (metrics.is_file() and metrics.read_text().count("\n") >= 3):
+            assert job.poll() is None and time.monotonic() < deadline, "training never started"
+            time.sleep(0.2)
+        workers = subprocess.run(
+            ["pgrep", "-f", "-P", str(job.pid), "char_lm.train"], capture_output=True, text=True
+        ).stdout.split()
+        assert len(workers) == 2, workers
+        os.kill(int(workers[1]), signal.SIGKILL)
+        _, stderr = job.communicate(timeout=120)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+            job.wait()
+    assert job.returncode != 0
+    assert "char_lm.train FAILED" in stderr or "ChildFailedError" in stderr, stderr[-2000:]

@@ -1,0 +1,205 @@
+"""Training curves (recurrent.plot): reading metrics.jsonl, the long table, the charts, the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from recurrent import plot
+from recurrent.engine import parse_metrics
+from recurrent.errors import run_cli
+
+
+def _train(step: int, **extra) -> dict:
+    line = {
+        "kind": "train",
+        "step": step,
+        "time_s": step * 0.5,
+        "timestamp": 1_795_000_000.0 + step,
+        "lr": 0.002,
+        "loss": 3.0 / step,
+        "grad_norm": 0.9,
+        "throughput": 5800.0,
+        "throughput_unit": "chars/s",
+    }
+    return {**line, **extra}
+
+
+def _eval(step: int, scores: dict, **extra) -> dict:
+    line = {"kind": "eval", "step": step, "time_s": step * 0.5 + 1, "best": True}
+    return {**line, "scores": scores, **extra}
+
+
+def _write(folder: Path, records: list[dict], tail: str = "") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    text = "".join(json.dumps(record) + "\n" for record in records) + tail
+    (folder / plot.METRICS_FILE).write_text(text, encoding="utf-8")
+    return folder
+
+
+# --------------------------------------------------------------------------------------------
+# Reading
+
+
+def test_half_written_last_line_and_foreign_lines_are_skipped(tmp_path: Path) -> None:
+    records = [_train(10), _eval(20, {"val_loss": 1.5}, new_key="kept"), _train(30)]
+    text = "".join(json.dumps(r) + "\n" for r in records)
+    foreign = (
+        "\n"
+        + json.dumps({"kind": "note", "step": 1})  # another kind
+        + "\n[1, 2]\n"  # not an object
+        + json.dumps({"kind": "train", "step": "40"})  # a step that is not an int
+        + "\n"
+        + json.dumps({"kind": "train", "step": True})
+        + "\n"
+    )
+    run = _write(tmp_path / "run", [], text + foreign + json.dumps(_train(40))[:37])
+    assert plot.read_metrics(run) == records  # unknown keys stay, ignored by the plots
+    assert plot.read_metrics(run / plot.METRICS_FILE) == records  # the file itself also works
+
+
+record_strategy = st.builds(
+    dict,
+    kind=st.sampled_from(["train", "eval"]),
+    step=st.integers(0, 10**6),
+    loss=st.floats(0, 10, allow_nan=False),
+    note=st.text(max_size=20),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(records=st.lists(record_strategy, max_size=8), last=record_strategy, cut=st.integers(1, 200))
+def test_any_cut_of_a_last_line_never_reads_as_a_line(records, last, cut) -> None:
+    """A run killed while writing leaves a prefix of its last line: it is never read as data."""
+    line = json.dumps(last)
+    text = (
+        "".join(json.dumps(record) + "\n" for record in records) + line[: min(cut, len(line) - 1)]
+    )
+    assert parse_metrics(text) == records
+
+
+def test_missing_metrics_is_a_user_error(tmp_path: Path) -> None:
+    with pytest.raises(plot.UserError, match="has no metrics.jsonl"):
+        plot.read_metrics(tmp_path)
+
+
+# --------------------------------------------------------------------------------------------
+# The long table and the charts
+
+
+def test_frame_puts_each_value_in_its_panel() -> None:
+    runs = {
+        "lm": [_train(10), _eval(10, {"val_loss": 1.5}), _train(20, lr=None, grad_norm=math.nan)],
+        "cap": [
+            _train(5, throughput=160.0, throughput_unit="pairs/s", loss=True),
+            {"kind": "eval", "step": 5, "scores": {"BLEU-4": 41.2, "CIDEr-D": 95.0, "x": "y"}},
+        ],
+    }
+    frame = plot.metrics_frame(runs)
+    rows = {(row.run, row.panel, row.series, row.step): row.value for row in frame.itertuples()}
+    assert rows == {
+        ("lm", "loss", "train loss", 10): 0.3,
+        ("lm", "loss", "train loss", 20): 0.15,
+        ("lm", "loss", "val loss", 10): 1.5,
+        ("lm", "learning rate", "learning rate", 10): 0.002,
+        ("lm", "throughput", "throughput (chars/s)", 10): 5800.0,
+        ("lm", "throughput", "throughput (chars/s)", 20): 5800.0,
+        ("lm", "gradient norm", "gradient norm", 10): 0.9,
+        ("cap", "learning rate", "learning rate", 5): 0.002,
+        ("cap", "throughput", "throughput (pairs/s)", 5): 160.0,
+        ("cap", "gradient norm", "gradient norm", 5): 0.9,
+        ("cap", "scores", "val BLEU-4", 5): 41.2,
+        ("cap", "scores", "val CIDEr-D", 5): 95.0,
+    }  # no lr/grad_norm at step 20 (None, NaN), no train loss for "cap" (a bool), no "x"
+    no_time = frame[(frame.run == "cap") & (frame.kind == "eval")]
+    assert no_time["time_s"].isna().all() and frame["time_s"].notna().sum() == len(frame) - 2
+
+
+def _chart_rows(chart) -> dict[str, int]:
+    """Rows of data per layer of a layered chart, after its kind filter."""
+    spec = chart.to_dict()
+    [values] = spec["datasets"].values()
+    counts = {}
+    for layer in spec["layer"]:
+        [kind] = re.findall(r"datum.kind === '(\w+)'", layer["transform"][0]["filter"])
+        counts[kind] = sum(value["kind"] == kind for value in values)
+    return counts
+
+
+def test_charts_follow_the_panels_and_the_x_axis() -> None:
+    lm = [_train(step) for step in (10, 20, 30)] + [_eval(30, {"val_loss": 1.2})]
+    derived = [{"kind": "eval", "step": 100, "scores": {"val_loss": 2.0}}]  # no wall time
+    frame = plot.metrics_frame({"lm": lm, "derived": derived})
+    charts = plot.curve_charts(frame, "step")
+    assert list(charts) == ["loss", "learning rate", "throughput", "gradient norm"]
+    assert _chart_rows(charts["loss"]) == {"train": 3, "eval": 2}
+    loss = charts["loss"].to_dict()
+    assert loss["layer"][0]["encoding"]["strokeDash"]["field"] == "series"  # two runs
+    assert loss["layer"][0]["encoding"]["x"]["field"] == "step"
+    by_time = plot.curve_charts(frame, "time")
+    assert _chart_rows(by_time["loss"]) == {"train": 3, "eval": 1}  # the derived run has no time
+    assert by_time["loss"].to_dict()["layer"][0]["encoding"]["x"]["field"] == "time_s"
+    one_run = plot.curve_charts(plot.metrics_frame({"lm": lm}), "step")["loss"].to_dict()
+    assert "strokeDash" not in one_run["layer"][0]["encoding"]
+    assert one_run["layer"][0]["encoding"]["color"]["field"] == "series"
+    assert plot.curve_charts(plot.metrics_frame({"derived": derived}), "time") == {}
+
+
+# --------------------------------------------------------------------------------------------
+# The command line
+
+
+def test_cli_writes_a_png_of_every_panel(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    first = _write(tmp_path / "a" / "run", [_train(10), _train(20), _eval(20, {"val_loss": 1.0})])
+    second = _write(tmp_path / "b" / "run", [_train(10), _eval(10, {"val_loss": 1.4})], '{"ki')
+    out = tmp_path / "out" / "curves.png"
+    assert run_cli(plot.main, [str(first), str(second), "--out", str(out), "--width", "300"]) == 0
+    assert f"wrote {out} (2 runs, 5 metrics lines)" in capsys.readouterr().out
+    with Image.open(out) as image:
+        assert image.format == "PNG"
+        width, height = image.size
+    assert width >= 600 and height > 4 * 220 * 2  # 4 panels of 220 px at scale 2, stacked
+
+    spec = tmp_path / "curves.json"
+    assert run_cli(plot.main, [str(first), str(second), "--out", str(spec), "--x", "time"]) == 0
+    chart = json.loads(spec.read_text())
+    assert len(chart["vconcat"]) == 4
+    runs = {value["run"] for data in chart["datasets"].values() for value in data}
+    assert runs == {str(tmp_path / "a" / "run"), str(tmp_path / "b" / "run")}  # names clashed
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["{missing}", "--out", "x.png"], "has no metrics.jsonl"),
+        (["{run}", "--out", "x.gif"], "unknown format '.gif'"),
+        (["{empty}", "--out", "x.json"], "no metrics to plot"),
+        (["{run}", "--out", "x.png", "--width", "3"], "--width must be at least 50"),
+    ],
+)
+def test_cli_user_errors_are_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture, args: list[str], message: str
+) -> None:
+    paths = {
+        "missing": tmp_path / "missing",
+        "run": _write(tmp_path / "run", [_train(1)]),
+        "empty": _write(tmp_path / "empty", [], '{"kind": "tr'),
+    }
+    argv = [
+        arg.format(**paths)
+        if arg.startswith("{")
+        else str(tmp_path / arg)
+        if arg.startswith("x.")
+        else arg
+        for arg in args
+    ]
+    assert run_cli(plot.main, argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1

@@ -1,0 +1,247 @@
+"""The training objectives beyond plain cross-entropy: label smoothing, and the pieces of
+self-critical sequence training (sampling, rewards, baselines, the policy-gradient loss)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from test_captioner_decode import (
+    END,
+    PAD,
+    START,
+    TableDecoder,
+    make_decoder,
+    random_features,
+    teacher_forced,
+)
+
+from captioner.cider import CiderD
+from captioner.config import CaptionerConfig, check_config
+from captioner.data import Vocabulary
+from captioner.decode import SampledCaptions, greedy_decode, sample_captions
+from captioner.scst import mean_of_others, policy_gradient_loss, scst_loss
+from recurrent.config import load_config
+from recurrent.errors import UserError
+
+COMMON = dict(start_id=START, end_id=END)
+
+# --- label smoothing ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("attention", [False, True])
+def test_label_smoothing_matches_its_definition_and_ignores_padding(attention):
+    decoder = make_decoder(attention)
+    decoder.alpha_c = 0.0  # the cross-entropy alone
+    features = random_features(batch=3)
+    captions = torch.tensor(
+        [[START, 4, 5, END, PAD], [START, 6, END, PAD, PAD], [START, 7, 8, 9, END]]
+    )
+    lengths = torch.tensor([4, 3, 5])
+    eps = 0.2
+    logits, loss = decoder(features, captions, lengths, label_smoothing=eps)
+    _, plain = decoder(features, captions, lengths)
+    logp = F.log_softmax(logits.float(), dim=-1)  # (B, T-1, V)
+    targets = captions[:, 1:]
+    real = targets != PAD
+    nll = -logp.gather(2, targets.unsqueeze(-1)).squeeze(-1)[real]
+    uniform = -logp.mean(dim=-1)[real]  # cross-entropy against the uniform distribution
+    assert loss.item() == pytest.approx(((1 - eps) * nll + eps * uniform).mean().item(), rel=1e-5)
+    assert plain.item() == pytest.approx(nll.mean().item(), rel=1e-5)
+    # Whatever the padding positions hold, the loss stays the same.
+    garbage = captions.clone()
+    garbage[0, 4], garbage[1, 3:] = 9, 5
+    assert decoder(features, garbage, lengths, label_smoothing=eps)[1].item() == pytest.approx(
+        loss.item(), rel=1e-6
+    )
+
+
+# --- sampling -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("attention", [False, True])
+def test_samples_carry_their_teacher_forced_log_probs_and_masks(attention):
+    decoder, features = make_decoder(attention, end_bias=1.0), random_features(batch=3)
+    generator = torch.Generator().manual_seed(0)
+    samples = sample_captions(
+        decoder, features, samples_per_image=4, max_length=6, generator=generator, **COMMON
+    )
+    assert samples.tokens.shape[0] == 12 and samples.logprobs.requires_grad
+    seen = set()
+    for row, tokens in enumerate(samples.token_lists()):
+        finished = bool(samples.finished[row])
+        seen.add(finished)
+        expected, _ = teacher_forced(decoder, features, row // 4, tokens, finished)
+        assert float(samples.sequence_logprobs()[row].detach()) == pytest.approx(expected, abs=1e-4)
+        steps = len(tokens) + finished  # the drawn tokens, <end> included
+        assert samples.mask[row].tolist() == [t < steps for t in range(samples.mask.size(1))]
+        assert (samples.tokens[row, steps:] == PAD).all()
+        assert (samples.logprobs[row, steps:] == 0).all()
+        assert START not in tokens and PAD not in tokens and END not in tokens
+    assert seen == {True, False}
+    again = sample_captions(
+        decoder,
+        features,
+        samples_per_image=4,
+        max_length=6,
+        generator=torch.Generator().manual_seed(0),
+        **COMMON,
+    )
+    assert torch.equal(again.tokens, samples.tokens)
+
+
+def test_sampling_follows_the_model_distribution():
+    """First words drawn from a table decoder: frequencies match the probabilities."""
+    probs = torch.full((8, 8), 1e-12)
+    probs[START, [4, 5, 6]] = torch.tensor([0.6, 0.3, 0.1])
+    probs[4:7, END] = 1.0
+    probs[[PAD, END, 3, 7]] = 1.0 / 8
+    decoder = TableDecoder(probs.log())
+    features = random_features(batch=2)
+    samples = sample_captions(
+        decoder,
+        features,
+        samples_per_image=3000,
+        max_length=3,
+        generator=torch.Generator().manual_seed(1),
+        **COMMON,
+    )
+    first = samples.tokens[:, 0]
+    frequencies = torch.stack([(first == word).float().mean() for word in (4, 5, 6)])
+    torch.testing.assert_close(frequencies, torch.tensor([0.6, 0.3, 0.1]), atol=0.02, rtol=0)
+    assert bool(samples.finished.all()) and (samples.words == 1).all()
+
+
+# --- rewards, baselines and the policy gradient -------------------------------------------------
+
+
+def test_mean_of_others_baseline():
+    rewards = torch.tensor([[1.0, 2.0, 6.0], [0.0, 0.0, 3.0]])
+    expected = torch.tensor([[4.0, 3.5, 1.5], [1.5, 1.5, 0.0]])
+    torch.testing.assert_close(mean_of_others(rewards), expected)
+    with pytest.raises(ValueError):
+        mean_of_others(torch.ones(2, 1))
+
+
+def test_policy_gradient_is_the_advantage_times_the_mask():
+    logprobs = torch.randn(3, 4, requires_grad=True)
+    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]], dtype=torch.bool)
+    samples = SampledCaptions(
+        tokens=torch.zeros(3, 4, dtype=torch.long),
+        logprobs=logprobs,
+        mask=mask,
+        words=mask.sum(1) - 1,
+        finished=torch.ones(3, dtype=torch.bool),
+    )
+    advantages = torch.tensor([2.0, -1.0, 0.5])
+    loss = policy_gradient_loss(samples, advantages)
+    loss.backward()
+    expected = -advantages[:, None] * mask.float() / mask.sum()
+    torch.testing.assert_close(logprobs.grad, expected)
+    weighted = advantages[:, None] * logprobs.detach() * mask
+    assert loss.item() == pytest.approx(float(-weighted.sum() / mask.sum()))
+
+
+def _vocab_and_cider():
+    """A vocabulary of the tiny decoders' 12 ids and references that reward word 'w4'."""
+    vocab = Vocabulary(["<pad>", "<start>", "<end>", "<unk>", *[f"w{i}" for i in range(4, 12)]])
+    references = {
+        0: ["w4 w4 w5", "w4 w5", "w4"],
+        1: ["w6 w7", "w6 w7 w8"],
+        "other": ["w9 w10 w11"],  # makes the idf of the others positive
+    }
+    return vocab, CiderD(references)
+
+
+@pytest.mark.parametrize("baseline", ["greedy", "mean"])
+def test_scst_step_raises_the_reward(baseline):
+    """Plain gradient steps on the SCST loss raise the mean CIDEr-D of samples and of greedy
+    captions: the gradient points towards high-reward captions."""
+    torch.manual_seed(0)
+    vocab, cider = _vocab_and_cider()
+    decoder = make_decoder(True, seed=3)
+    features = random_features(batch=2)
+    optimizer = torch.optim.SGD(decoder.parameters(), lr=1.0)
+    generator = torch.Generator().manual_seed(0)
+
+    def greedy_reward() -> float:
+        greedy = greedy_decode(decoder, features, max_length=5, **COMMON)
+        return sum(cider.scores([vocab.decode_tokens(c.tokens) for c in greedy], [0, 1])) / 2
+
+    before = greedy_reward()
+    decoder.train()
+    rewards = []
+    for _ in range(40):
+        loss, stats = scst_loss(
+            decoder,
+            features,
+            [0, 1],
+            cider,
+            vocab,
+            samples_per_image=8,
+            baseline=baseline,
+            max_length=5,
+            generator=generator,
+        )
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        rewards.append(stats["reward"])
+    assert sum(rewards[-5:]) > 2 * sum(rewards[:5])
+    assert greedy_reward() > before
+    assert set(stats) >= {"reward", "baseline", "advantage", "repeat_share", "sample_words"}
+    assert ("greedy_reward" in stats) == (baseline == "greedy")
+
+
+def test_scst_gradient_favours_the_sample_above_the_baseline():
+    """One step on a loss whose advantages are known raises the log-probability of the sample
+    with a positive advantage and lowers the one with a negative advantage."""
+    decoder, features = make_decoder(False, seed=5, end_bias=1.0), random_features(batch=1)
+    samples = sample_captions(
+        decoder,
+        features,
+        samples_per_image=2,
+        max_length=4,
+        generator=torch.Generator().manual_seed(2),
+        **COMMON,
+    )
+    tokens = samples.token_lists()
+    assert tokens[0] != tokens[1]
+    loss = policy_gradient_loss(samples, torch.tensor([1.0, -1.0]))
+    loss.backward()
+    with torch.no_grad():
+        for param in decoder.parameters():
+            param -= 0.1 * param.grad
+    for row, sign in ((0, 1), (1, -1)):
+        before = float(samples.sequence_logprobs()[row].detach())
+        after, _ = teacher_forced(decoder, features, 0, tokens[row], bool(samples.finished[row]))
+        assert sign * (after - before) > 0
+
+
+def test_greedy_baseline_uses_eval_mode_and_restores_training():
+    vocab, cider = _vocab_and_cider()
+    decoder = make_decoder(True)
+    decoder.train()
+    decoder.dropout.p = 0.5
+    features = random_features(batch=2)
+    _, stats = scst_loss(decoder, features, [0, 1], cider, vocab, samples_per_image=2, max_length=4)
+    assert decoder.training
+    greedy = greedy_decode(decoder.eval(), features, max_length=4, **COMMON)
+    words = [vocab.decode_tokens(c.tokens) for c in greedy]
+    assert stats["greedy_reward"] == pytest.approx(sum(cider.scores(words, [0, 1])) / 2)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["train.label_smoothing=1.0"], "train.label_smoothing"),
+        (["train.label_smoothing=-0.1"], "train.label_smoothing"),
+        (["train.scst_samples=0"], "train.scst_samples"),
+        (["train.scst_baseline=mean", "train.scst_samples=1"], "scst_samples >= 2"),
+        (["train.objective=reinforce"], "train.objective"),
+        (["train.best_metric=meteor"], "train.best_metric"),
+    ],
+)
+def test_config_bounds_of_the_training_objectives(overrides, message):
+    with pytest.raises(UserError, match=message):
+        check_config(load_config(CaptionerConfig, None, ["data.annotations=x.json", *overrides]))

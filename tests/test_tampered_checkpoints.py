@@ -1,0 +1,346 @@
+"""Checkpoints cut short or tampered with: one line and exit status 2 from every command that reads
+them, nothing overwritten, and the app lists each as unreadable while the good ones keep working.
+
+The cases (issue 9, item 4): a truncated file, flipped bytes (inside a tensor and inside the
+pickle: torch.load checks no CRC, `load_checkpoint` does), a zip that lacks a member, a pickle that
+would run code (built here; weights_only refuses it unrun), a checkpoint of the other task, a
+future format_version, and tensors of the wrong shape for the checkpoint's own config. The commands:
+char_lm.sample, char_lm.evaluate, captioner.caption, captioner.evaluate, and --resume of both
+trainers (a bad last.pt must leave the run folder byte for byte as it was).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import struct
+import sys
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from streamlit.testing.v1 import AppTest
+from tiny_models import train_tiny_captioner, train_tiny_char_lm
+
+from captioner import caption, evaluate
+from captioner import train as captioner_train
+from captioner.scenes import render_random_scene
+from char_lm import evaluate as char_lm_evaluate
+from char_lm import sample
+from char_lm import train as char_lm_train
+from crnn_app.models_dir import ENV_VAR, describe_checkpoint
+from recurrent.checkpoint import check_state_dict, load_checkpoint
+from recurrent.errors import UserError, run_cli
+
+REPO = Path(__file__).resolve().parents[1]
+CAPTIONER_TINY = str(REPO / "configs" / "captioner" / "tiny.yaml")
+CHAR_LM_TINY = str(REPO / "configs" / "char_lm" / "tiny.yaml")
+APP = str(REPO / "app.py")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, scenes_annotations: Path) -> dict:
+    root = tmp_path_factory.mktemp("tampered")
+    text = root / "text.txt"
+    return {
+        "root": root,
+        "text": text,
+        "annotations": scenes_annotations,
+        "char_lm": train_tiny_char_lm(root / "char_lm_run", text),
+        "captioner": train_tiny_captioner(root / "captioner_run", scenes_annotations),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# The tampering: each takes a good checkpoint's path and the other task's, returns new bytes
+
+
+def _member_data(path: Path, name_end: str) -> tuple[int, int]:
+    """(offset, size) of the bytes of the first zip member whose name ends with `name_end`."""
+    data = path.read_bytes()
+    with zipfile.ZipFile(path) as archive:
+        info = next(i for i in archive.infolist() if i.filename.endswith(name_end))
+    name_length, extra_length = struct.unpack(
+        "<HH", data[info.header_offset + 26 : info.header_offset + 30]
+    )
+    return info.header_offset + 30 + name_length + extra_length, info.file_size
+
+
+def _flip(path: Path, name_end: str) -> bytes:
+    data = bytearray(path.read_bytes())
+    offset, size = _member_data(path, name_end)
+    data[offset + size // 2] ^= 0x10  # one bit of one byte, in the middle of the member
+    return bytes(data)
+
+
+def _largest_tensor(path: Path) -> str:
+    with zipfile.ZipFile(path) as archive:
+        infos = [i for i in archive.infolist() if "/data/" in i.filename]
+    return max(infos, key=lambda info: info.file_size).filename
+
+
+def _without_member(path: Path) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(path) as source, zipfile.ZipFile(buffer, "w") as target:
+        for info in source.infolist():
+            if not info.filename.endswith("/data/0"):
+                target.writestr(info, source.read(info.filename))
+    return buffer.getvalue()
+
+
+class RunsCode:
+    """What a hostile checkpoint would smuggle in: unpickling it calls os.system."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _payload_bytes(payload: dict) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    return buffer.getvalue()
+
+
+def _runs_code(path: Path, marker: Path) -> bytes:
+    payload = torch.load(path, weights_only=True)
+    payload["model"]["hook"] = RunsCode(marker)
+    return _payload_bytes(payload)
+
+
+def _future(path: Path) -> bytes:
+    return _payload_bytes({**torch.load(path, weights_only=True), "format_version": 99})
+
+
+def _wrong_shapes(path: Path) -> bytes:
+    """One tensor of the model state with an extra row: the config is left as it was."""
+    payload = torch.load(path, weights_only=True)
+    name = next(n for n, t in payload["model"].items() if t.dim() == 2)
+    tensor = payload["model"][name]
+    payload["model"][name] = torch.cat([tensor, tensor[:1]])
+    return _payload_bytes(payload)
+
+
+TAMPERED: dict[str, tuple[Callable[[Path, Path, Path], bytes], str]] = {
+    "truncated": (
+        lambda good, other, marker: good.read_bytes()[: good.stat().st_size // 2],
+        "truncated",
+    ),
+    "flipped tensor": (
+        lambda good, other, marker: _flip(good, _largest_tensor(good)),
+        "fails its checksum",
+    ),
+    "flipped pickle": (lambda good, other, marker: _flip(good, "data.pkl"), "fails its checksum"),
+    "missing member": (lambda good, other, marker: _without_member(good), "lacks its part"),
+    "runs code": (lambda good, other, marker: _runs_code(good, marker), "refused unread"),
+    "other task": (lambda good, other, marker: other.read_bytes(), "this command needs a"),
+    "future version": (lambda good, other, marker: _future(good), "newer than this version reads"),
+    "wrong shapes": (lambda good, other, marker: _wrong_shapes(good), ""),
+}
+
+
+def _tamper(trained: dict, task: str, case: str, target: Path) -> Path:
+    other = "captioner" if task == "char_lm" else "char_lm"
+    make, _ = TAMPERED[case]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(make(trained[task], trained[other], trained["root"] / "pwned"))
+    return target
+
+
+def test_every_tampering_is_caught_by_load_checkpoint(trained, tmp_path):
+    for task in ("char_lm", "captioner"):
+        for case, (_, fragment) in TAMPERED.items():
+            path = _tamper(trained, task, case, tmp_path / task / f"{case}.pt")
+            if case == "wrong shapes":  # the file reads; the shapes are the model's check
+                payload = load_checkpoint(path, task=task)
+                good = load_checkpoint(trained[task], task=task)["model"]
+                with pytest.raises(UserError, match="do not fit its config") as caught:
+                    check_state_dict(good, payload["model"], path)
+                with pytest.raises(UserError, match="do not fit its config"):
+                    describe_checkpoint(path)  # what the app lists
+                continue
+            with pytest.raises(UserError, match=fragment) as caught:
+                load_checkpoint(path, task=task)
+            assert str(path) in str(caught.value)
+    assert not (trained["root"] / "pwned").exists()  # the hostile pickle never ran
+
+
+# --------------------------------------------------------------------------------------------
+# Every command that reads checkpoints
+
+
+def _reader_argv(command: str, checkpoint: Path, trained: dict, tmp_path: Path) -> list[str]:
+    image = tmp_path / "scene.png"
+    render_random_scene(0, 48)[0].save(image)
+    return {
+        "char_lm.sample": ["--checkpoint", str(checkpoint), "--prompt", "the", "--length", "5"],
+        "char_lm.evaluate": ["--checkpoint", str(checkpoint), "--text", str(trained["text"])],
+        "captioner.caption": ["--checkpoint", str(checkpoint), str(image)],
+        "captioner.evaluate": [
+            "--checkpoint",
+            str(checkpoint),
+            "--no-meteor",
+            "--predictions",
+            str(tmp_path / "predictions.json"),
+        ],
+    }[command]
+
+
+READERS = {
+    "char_lm.sample": ("char_lm", sample.main),
+    "char_lm.evaluate": ("char_lm", char_lm_evaluate.main),
+    "captioner.caption": ("captioner", caption.main),
+    "captioner.evaluate": ("captioner", evaluate.main),
+}
+
+
+def _one_line_error(main, argv: list[str], capsys) -> str:
+    capsys.readouterr()
+    code = run_cli(main, argv)
+    out, err = capsys.readouterr()
+    assert code == 2, (out, err)
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+@pytest.mark.parametrize("case", list(TAMPERED))
+@pytest.mark.parametrize("command", list(READERS))
+def test_reading_commands_give_one_line(trained, tmp_path, capsys, command, case):
+    task, main = READERS[command]
+    checkpoint = _tamper(trained, task, case, tmp_path / "model.pt")
+    err = _one_line_error(main, _reader_argv(command, checkpoint, trained, tmp_path), capsys)
+    assert str(checkpoint) in err and TAMPERED[case][1] in err
+    assert not (tmp_path / "predictions.json").exists()
+    assert not (trained["root"] / "pwned").exists()
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+    }
+
+
+def _resume_argv(task: str, run: Path, trained: dict) -> tuple[Callable, list[str]]:
+    if task == "char_lm":
+        overrides = [
+            f"data.path={trained['text']}",
+            "data.url=",
+            "data.sha256=",
+            "data.val_fraction=0.1",
+            "data.block_size=16",
+            "data.batch_size=4",
+            "train.max_steps=6",
+            "train.eval_every=3",
+            "train.eval_batches=1",
+        ]
+        return char_lm_train.main, [
+            "--config",
+            CHAR_LM_TINY,
+            "--out-dir",
+            str(run),
+            "--resume",
+            "--set",
+            *overrides,
+        ]
+    overrides = [
+        f"data.annotations={trained['annotations']}",
+        "train.max_steps=4",
+        "train.eval_max_images=4",
+    ]
+    return captioner_train.main, [
+        "--config",
+        CAPTIONER_TINY,
+        "--out-dir",
+        str(run),
+        "--resume",
+        "--quiet",
+        "--set",
+        *overrides,
+    ]
+
+
+@pytest.mark.parametrize("case", list(TAMPERED))
+@pytest.mark.parametrize("task", ["char_lm", "captioner"])
+def test_resume_from_a_bad_last_checkpoint_overwrites_nothing(
+    trained, tmp_path, capsys, task, case
+):
+    run = tmp_path / "run"
+    shutil.copytree(trained[task].parent, run, ignore=shutil.ignore_patterns("features"))
+    _tamper(trained, task, case, run / "last.pt")
+    before = _snapshot(run)
+    main, argv = _resume_argv(task, run, trained)
+    err = _one_line_error(main, argv, capsys)
+    assert str(run / "last.pt") in err
+    assert _snapshot(run) == before  # best.pt and the tampered last.pt alike
+    assert not (trained["root"] / "pwned").exists()
+
+
+def test_resume_from_a_good_checkpoint_still_works(trained, tmp_path, capsys):
+    """The control: the same command on an untouched copy resumes (so the errors above are the
+    tampering's, not the command's)."""
+    for task in ("char_lm", "captioner"):
+        run = tmp_path / task
+        shutil.copytree(trained[task].parent, run, ignore=shutil.ignore_patterns("features"))
+        main, argv = _resume_argv(task, run, trained)
+        capsys.readouterr()
+        assert run_cli(main, argv) == 0, capsys.readouterr()
+        assert (
+            load_checkpoint(run / "last.pt", task=task)["step"]
+            > load_checkpoint(trained[task])["step"]
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# The app: bad checkpoints are listed as unreadable with their reasons; the good ones work
+
+
+def _texts(at: AppTest) -> list[str]:
+    kinds = ("text", "caption", "markdown", "warning", "info", "error")
+    return [str(element.value) for kind in kinds for element in getattr(at, kind)]
+
+
+def test_app_lists_tampered_checkpoints_and_serves_the_good_ones(trained, tmp_path, monkeypatch):
+    models = tmp_path / "models"
+    shutil.copytree(
+        trained["captioner"].parent, models / "captioner", ignore=shutil.ignore_patterns("features")
+    )
+    shutil.copytree(trained["char_lm"].parent, models / "char_lm")
+    bad = {}
+    for task in ("captioner", "char_lm"):
+        for case, (_, fragment) in TAMPERED.items():
+            if case == "other task":  # both tasks are served: not a bad file here
+                continue
+            name = f"bad/{task} {case}.pt"
+            _tamper(trained, task, case, models / name)
+            bad[name] = fragment or "do not fit its config"
+    monkeypatch.setenv(ENV_VAR, str(models))
+    monkeypatch.setattr(sys, "argv", ["app.py"])
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    texts = _texts(at)
+    for name, fragment in bad.items():
+        assert any(name in text and fragment in text for text in texts), (name, texts)
+    assert at.selectbox(key="captioner_checkpoint").options == [
+        "captioner/best.pt",
+        "captioner/last.pt",
+    ]
+    at.button(key="random_scene").click()
+    at.run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert at.subheader and at.subheader[0].value  # the good captioner captioned the scene
+
+    at.radio(key="page").set_value("Generate text")
+    at.run()
+    assert at.selectbox(key="char_lm_checkpoint").options == ["char_lm/best.pt", "char_lm/last.pt"]
+    at.text_area(key="prompt").set_value("the ")
+    at.button(key="generate").click()
+    at.run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert at.code[0].value.strip().startswith("the") and len(at.code[0].value) > len("the ")
+    assert not (trained["root"] / "pwned").exists()

@@ -9,17 +9,17 @@ emoji), with newlines; 16 distinct 1 MB blocks, cycled. Then, each in a fresh su
 peak resident memory (Linux VmHWM) belongs to that task alone:
 
 - train: ``char_lm.train.train`` with ``configs/char_lm/shakespeare.yaml`` (2-layer LSTM, hidden
-  512) on the file, ``train.max_steps=1``: the process's wall time from its start until `train`
-  returns is an upper bound on the time to the first training step (it also includes one
-  validation window and writing last.pt and best.pt); the time `load_corpus` took inside it is
-  printed too.
+  512) on the file, ``train.max_steps=1``. Timed from the process's start (Python and torch
+  imports included): the import, `load_corpus` (wrapped to time it), the moment the first
+  training step starts (the model's first forward call) and `train` returning (after one
+  validation window and writing last.pt and best.pt).
 - evaluate: what ``python -m char_lm.evaluate`` does (load the checkpoint just written, encode the
   file in chunks with `encode_file`, `evaluate_text`) but scoring only the first window of 256
   characters, not all 10^9 predictions (hours on a CPU): peak memory and time to that window.
-- baseline (``--baseline-mb``, default 64, 0 to skip): the code path of the previous version on
-  the first MB of the same text, side by side with the new one on that text: the whole text as
-  a ``str`` (`read_text`), then `encode` into int64. Its peak per MB of text shows what 1 GB
-  would have needed.
+- baseline (``--baseline-mb``, default 64, 0 to skip): a text of that many MB written the same
+  way, loaded by the previous version's code path (the whole text as a ``str`` with `read_text`,
+  then `encode` into int64, as train.py did) and by `load_corpus`, side by side. The peak per MB
+  of text shows what 1 GB would have needed.
 
 Targets (issue 9): peak RSS < 2.5 GB and time to the first step < 60 s for the 1 GB text.
 """

@@ -61,10 +61,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     bar.close()
     seconds = time.perf_counter() - started
     report = DataReport.build(records, checks)
-    feature_cache = cfg.model.finetune == "frozen" and cfg.train.feature_cache
-    reasons = report.stops_training(data.bad_images, feature_cache)
+    reasons = report.stops_training(data.bad_images)
     if args.json:
-        print(json.dumps(report.to_json(data.bad_images, feature_cache), indent=1))
+        print(json.dumps(report.to_json(data.bad_images), indent=1))
     else:
         train = [c for r in records if r.split == "train" for c in r.captions]
         vocab = Vocabulary.build(train, data.min_word_count)

@@ -163,12 +163,6 @@ def check_config(cfg: CaptionerConfig) -> None:
     check_bounds(cfg, BOUNDS)
     if cfg.train.epochs == 0 and cfg.train.max_steps == 0:
         raise UserError("train.epochs and train.max_steps are both 0; set one of them")
-    if cfg.data.bad_images == "skip" and cfg.model.finetune == "frozen" and cfg.train.feature_cache:
-        raise UserError(
-            "data.bad_images=skip does not apply to the feature cache yet (model.finetune=frozen "
-            "with train.feature_cache=true); list the bad files with python -m "
-            "captioner.check_data and remove them, or set train.feature_cache=false"
-        )
     _check_quality_settings(cfg)
     if not cfg.data.annotations:
         raise UserError(

@@ -61,11 +61,11 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset, default_collate, get_worker_info
 from tqdm import tqdm
 
 from captioner.config import CaptionerConfig
-from captioner.data import ImageOnly, ImageRecord, Vocabulary
+from captioner.data import BadImageLog, DropBadImages, ImageOnly, ImageRecord, Vocabulary
 from captioner.data.datasets import encode_caption, pick_references
 from captioner.encoder import ImageEncoder, ImageFeatures
 from recurrent.errors import UserError
@@ -230,6 +230,7 @@ class FeatureCache:
         progress: bool = True,
         log: Callable[[str], None] | None = None,
         exclusive: bool = True,
+        bad_images: BadImageLog | None = None,
     ) -> int:
         """Encode and store every image of `records` that is not cached; return how many.
 
@@ -238,6 +239,10 @@ class FeatureCache:
         nothing missing. ``exclusive=False`` takes no lock, for processes that fill disjoint shares
         at the same time, e.g. the ranks of a torchrun job each passing ``records[rank::world]``
         and then meeting at a barrier (unique shard names and atomic renames keep that safe).
+
+        An image that does not decode is given to ``bad_images`` (``data.bad_images``: "error"
+        stops with one line naming it, "skip" warns and leaves it out of the cache, so it stays
+        `missing`); without it, it raises the loader's `UserError`.
         """
         log = log or (lambda line: print(line, file=sys.stderr))
         if not self.missing(records):
@@ -249,7 +254,7 @@ class FeatureCache:
                 if exclusive:
                     self._remove_leftovers()
                 self._write_meta()
-                self._encode(todo, device, batch_size, num_workers, progress)
+                self._encode(todo, device, batch_size, num_workers, progress, bad_images)
                 self.refresh()
         return len(todo)
 
@@ -260,9 +265,11 @@ class FeatureCache:
         batch_size: int,
         num_workers: int,
         progress: bool,
+        bad_images: BadImageLog | None = None,
     ) -> None:
         loader = DataLoader(
-            ImageOnly(todo, self.transform),
+            ImageOnly(todo, self.transform, mark_bad_images=bad_images is not None),
+            collate_fn=DropBadImages(default_collate),  # (batch or None, bad images)
             batch_size=batch_size,
             num_workers=num_workers,
             pin_memory=device.type == "cuda",
@@ -284,7 +291,13 @@ class FeatureCache:
             bar = tqdm(
                 total=len(todo), desc="caching features", unit="image", disable=not progress or None
             )
-            for images, indices in loader:
+            for batch, bad in loader:
+                if bad_images is not None:
+                    bad_images.record(bad)
+                bar.update(len(bad))
+                if batch is None:
+                    continue
+                images, indices = batch
                 with Precision.for_inference(self.cfg.train.precision, device).autocast():
                     features = self.encoder(images.to(device, non_blocking=True))
                 grid_hw = features.grid_hw

@@ -98,7 +98,7 @@ from captioner.scst import SelfCritical
 from recurrent.config import add_run_arguments, load_config, run_dir, to_dict
 from recurrent.distributed import Distributed
 from recurrent.engine import Run, StepResult
-from recurrent.errors import run_cli
+from recurrent.errors import UserError, run_cli
 
 TASK = "captioner"
 
@@ -183,6 +183,8 @@ class _Data:
     ]
     uses_cache: bool
     encoded_images: int  # images the feature cache encoded in this run
+    # the train records the items index (without the undecodable images the cache left out)
+    train_records: Sequence[ImageRecord]
 
 
 def _build_data(
@@ -195,6 +197,7 @@ def _build_data(
     device: torch.device,
     layout: Distributed,
     progress: bool,
+    bad_images: BadImageLog,
 ) -> _Data:
     max_ids = cfg.data.max_caption_length + 2  # words + <start> + <end>
     eval_tf = eval_transform(cfg)
@@ -216,8 +219,22 @@ def _build_data(
             batch_size=batch,
             num_workers=cfg.data.num_workers,
             progress=progress,
+            bad_images=bad_images,
         )
         encoded = sum(layout.all_gather_objects(encoded))  # also waits for every process
+        # data.bad_images=skip: what no process could encode is left out (error stopped above)
+        lost = {record.image_path for record in cache.missing(records)}
+        for record in val_records:
+            if record.image_path in lost:
+                raise UserError(
+                    f"val image {record.image_path} does not decode, and validation reads every "
+                    "val image; replace it or take it out of the val split"
+                )
+        bad_images.record(
+            BadImage(path, f"{path} does not decode (found while filling the feature cache)")
+            for path in sorted(lost - set(bad_images.paths))
+        )
+        train_records = [record for record in train_records if record.image_path not in lost]
         store = cache.store(train_records)
         if cfg.train.captions_per_image:
             cached = FeatureGroups(
@@ -233,6 +250,7 @@ def _build_data(
             lambda captioner, records: cache.batches(records, batch),
             uses_cache=True,
             encoded_images=encoded,
+            train_records=train_records,
         )
     train_tf = build_transforms(
         cfg.data.image_size,
@@ -278,6 +296,7 @@ def _build_data(
         ),
         uses_cache=False,
         encoded_images=0,
+        train_records=train_records,
     )
 
 
@@ -395,6 +414,7 @@ def train(
     # channels_last lets cuDNN use its faster NHWC convolutions; on the CPU it stays NCHW.
     memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
     model.encoder.to(memory_format=memory_format)
+    bad_images = BadImageLog(cfg.data.bad_images, warn=run.log)
     data = _build_data(
         cfg,
         model,
@@ -405,9 +425,9 @@ def train(
         device,
         run.dist,
         not quiet and run.dist.is_main,
+        bad_images,
     )
     optimizer = run.optimizer(parameter_parts(model, cfg))
-    bad_images = BadImageLog(cfg.data.bad_images, warn=run.log)
     batches = EpochBatches(data, cfg, run.dist, pin=device.type == "cuda", bad=bad_images)
     run.restore(model, optimizer, batches)
     captioner = Captioner(model, vocab, cfg, eval_transform(cfg), device)
@@ -421,7 +441,7 @@ def train(
             )
         # CIDEr-D's document frequencies from the training references, once; key = record index
         self_critical = SelfCritical(
-            CiderD([record.captions for record in train_records]),
+            CiderD([record.captions for record in data.train_records]),
             vocab,
             cfg.train.scst_samples,
             cfg.train.scst_baseline,
@@ -487,7 +507,7 @@ def train(
         score_key=lambda scores: score_key(scores, cfg.train.best_metric),
         total_steps=total_steps,
         unit="pairs/s",
-        card={"architecture": architecture, "data": data_card(cfg, train_records)},
+        card={"architecture": architecture, "data": data_card(cfg, data.train_records)},
         extra=lambda: {"vocab": vocab.to_list()},
         describe=describe,
         # an epoch is every item once, fewer steps when data.bad_images=skip emptied batches

@@ -48,6 +48,7 @@ from captioner.data import (
 )
 from captioner.data.images import ACCEPTED_FORMATS, MAX_IMAGE_PIXELS
 from captioner.train import train
+from recurrent.checkpoint import load_checkpoint
 from recurrent.config import load_config
 from recurrent.errors import UserError, run_cli
 
@@ -296,18 +297,46 @@ def test_training_stops_at_a_bad_image_under_error(scenes_with_a_bad_image, tmp_
     assert not (tmp_path / "run" / "last.pt").exists()
 
 
-def test_skip_with_the_feature_cache_is_refused_until_it_applies_there(
-    scenes_annotations, tmp_path, capsys
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_the_feature_cache_skips_a_bad_image_too(
+    scenes_with_a_bad_image, tmp_path, capsys, num_workers
 ):
+    """A frozen encoder's feature cache meets the bad image while it fills: under "skip" it warns
+    once naming the file, leaves the image out of the cache and of training, and says so at the
+    end; a second run over the same cache warns again (the image is still bad) and trains."""
+    annotations, bad = scenes_with_a_bad_image
+    cached = ("model.finetune=frozen", "train.feature_cache=true", "train.captions_per_image=2")
+    overrides = (*cached, "data.bad_images=skip", f"data.num_workers={num_workers}")
+    for run in ("first", "again"):
+        code, out, err = _train(annotations, tmp_path / run, capsys, *overrides,
+                                f"train.feature_cache_dir={tmp_path / 'features'}")  # fmt: skip
+        assert code == 0, err
+        warnings = [line for line in out.splitlines() if line.startswith("warning: skipping")]
+        assert len(warnings) == 1 and bad in warnings[0], out
+        assert "of 1 unreadable image file(s)" in out and "done: 3 steps" in out
+    train_images = sum(
+        entry["split"] in ("train", "restval")
+        for entry in json.loads(annotations.read_text())["images"]
+    )
+    card = load_checkpoint(tmp_path / "first" / "last.pt", task="captioner")["card"]
+    assert card["data"]["size"] == train_images - 1  # trained on every image but the bad one
+
+
+def test_the_feature_cache_stops_at_a_bad_image_under_error(
+    scenes_with_a_bad_image, tmp_path, capsys
+):
+    annotations, bad = scenes_with_a_bad_image
     code, _, err = _train(
-        scenes_annotations,
+        annotations,
         tmp_path / "run",
         capsys,
-        "data.bad_images=skip",
+        "data.bad_images=error",
         "model.finetune=frozen",
         "train.feature_cache=true",
     )
-    assert code == 2 and "feature cache" in err and err.count("\n") == 1
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and bad in lines[0], err
+    assert not (tmp_path / "run" / "last.pt").exists()
 
 
 # --------------------------------------------------------------------------------------------

@@ -130,12 +130,12 @@ class DataReport:
     def split_of(self, path: str) -> list[str]:
         return sorted({record.split for record in self.records if record.image_path == path})
 
-    def stops_training(self, bad_images: str, feature_cache: bool = False) -> list[str]:
+    def stops_training(self, bad_images: str) -> list[str]:
         """Why `captioner.train` would stop on this data (empty: it would run).
 
         The loader refuses a missing image of any split; training decodes the train and val
         images: a bad val image always stops it (validation decodes every image), a bad train
-        image unless ``data.bad_images`` is "skip" (which the feature cache does not apply yet).
+        image unless ``data.bad_images`` is "skip" (with or without the feature cache).
         """
         reasons = []
         for split in ("train", "val"):
@@ -148,12 +148,11 @@ class DataReport:
         if bad_val:
             reasons.append(f"{len(bad_val)} val image(s) do not decode (validation reads them all)")
         bad_train = self.paths(BAD, ("train",))
-        if bad_train and (bad_images == "error" or feature_cache):
-            why = "data.bad_images=error" if bad_images == "error" else "the feature cache"
-            reasons.append(f"{len(bad_train)} train image(s) do not decode ({why})")
+        if bad_train and bad_images == "error":
+            reasons.append(f"{len(bad_train)} train image(s) do not decode (data.bad_images=error)")
         return reasons
 
-    def to_json(self, bad_images: str, feature_cache: bool = False) -> dict[str, Any]:
+    def to_json(self, bad_images: str) -> dict[str, Any]:
         """A plain dict of the whole report, for --json."""
         return {
             "images": len({record.image_path for record in self.records}),
@@ -164,7 +163,7 @@ class DataReport:
             "listed_twice": self.listed_twice,
             "same_bytes": self.same_bytes,
             "empty_captions": [list(item) for item in self.empty_captions],
-            "stops_training": self.stops_training(bad_images, feature_cache),
+            "stops_training": self.stops_training(bad_images),
         }
 
 

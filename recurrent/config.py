@@ -282,7 +282,12 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Iterabl
     """Defaults of ``cls``, updated by the YAML at ``path``, then by ``--set`` overrides."""
     data = to_dict(cls())
     if path is not None:
-        _deep_update(data, read_yaml(path), cls)
+        try:
+            _deep_update(data, read_yaml(path), cls)
+        except UserError as err:
+            if str(path) in str(err):
+                raise
+            raise UserError(f"config file {path}: {err}") from None
     apply_overrides(data, overrides)
     return from_dict(cls, data)
 

@@ -73,8 +73,10 @@ def test_bad_overrides_name_the_key(overrides, message):
 
 
 def test_unknown_yaml_key_and_bad_yaml(tmp_path):
-    with pytest.raises(UserError, match="unknown config key 'model.layers'"):
-        load_config(Config, write(tmp_path, "model:\n  layers: 2\n"))
+    with pytest.raises(UserError, match="unknown config key 'model.layers'") as caught:
+        path = write(tmp_path, "model:\n  layers: 2\n")
+        load_config(Config, path)
+    assert str(path) in str(caught.value)  # the message names the file too
     with pytest.raises(UserError, match="not valid YAML"):
         load_config(Config, write(tmp_path, "model: [unclosed\n"))
     with pytest.raises(UserError, match="config file not found"):

@@ -7,7 +7,7 @@ PORT ?= 8501
 MODELS_DIR ?= models
 SHAKESPEARE ?= ../shared/data/tinyshakespeare.txt
 
-.PHONY: app test screenshots lint bench demo-models browser-deps clean
+.PHONY: app test screenshots lint bench bench-long demo-models browser-deps clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -39,11 +39,25 @@ lint: $(STAMP)
 demo-models: $(STAMP)
 	$(PY) -m bench.make_demo_models --models-dir $(MODELS_DIR) --shakespeare $(SHAKESPEARE)
 
-## make bench: the benchmarks recorded in docs/benchmarks.md
+## make bench: the CPU benchmarks that compare two ways side by side (ratios), in at most 20 minutes
+## on the project's 2-core CPU; each prints its figures (docs/benchmarks.md records them)
 bench: $(STAMP)
 	$(PY) bench/recurrent_core.py
+	$(PY) bench/precision.py --repeats 3
+	$(PY) bench/beam_search.py --threads 1
+	$(PY) bench/feature_cache.py --threads 1 --num-images 400
+	$(PY) bench/ddp_scaling.py --processes 2 --steps 40
+	$(PY) bench/coco_scale.py --threads 1 --scale 0.25 --out runs/bench/coco_scale
+
+## make bench-long: the training benchmarks (10-15 minutes each, about 75 in all) and the full-size
+## data-path measurements; the figures in the README's results table come from these
+bench-long: $(STAMP)
 	$(PY) bench/char_lm_shakespeare.py --minutes 10 --data $(SHAKESPEARE)
 	$(PY) bench/captioner_scenes.py --minutes 15
+	$(PY) bench/captioner_scenes.py --minutes 15 --preset hard --num-images 8000
+	$(PY) bench/feature_cache.py --threads 1
+	$(PY) bench/coco_scale.py --threads 1 --out runs/bench/coco_scale
+	$(PY) bench/char_lm_huge_text.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache runs

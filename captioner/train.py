@@ -95,7 +95,7 @@ from captioner.scoring import (
     score_key,
 )
 from captioner.scst import SelfCritical
-from recurrent.config import add_run_arguments, load_config, run_dir, to_dict
+from recurrent.config import add_run_arguments, load_config, run_dir, run_options, to_dict
 from recurrent.distributed import Distributed
 from recurrent.engine import Run, StepResult
 from recurrent.errors import UserError, run_cli
@@ -560,14 +560,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     cfg = load_config(CaptionerConfig, args.config, args.overrides)
     out_dir = run_dir("captioner", args.config, args.out_dir)
-    summary = train(
-        cfg,
-        out_dir,
-        resume=args.resume,
-        overwrite=args.overwrite,
-        quiet=args.quiet,
-        init_from=args.init_from,
-    )
+    summary = train(cfg, out_dir, **run_options(args))
     if not summary["is_main"]:
         return
     best = summary["best_bleu4"]

@@ -30,7 +30,7 @@ from char_lm.config import CharLMConfig, architecture_keys, check_config
 from char_lm.data import StreamBatches, load_corpus
 from char_lm.model import CharLM
 from char_lm.scoring import evaluate_text
-from recurrent.config import add_run_arguments, load_config, run_dir, to_dict
+from recurrent.config import add_run_arguments, load_config, run_dir, run_options, to_dict
 from recurrent.distributed import Distributed
 from recurrent.engine import Run, StepResult
 from recurrent.errors import UserError, run_cli
@@ -234,14 +234,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     cfg = load_config(CharLMConfig, args.config, args.overrides)
     out_dir = run_dir("char_lm", args.config, args.out_dir)
-    summary = train(
-        cfg,
-        out_dir,
-        resume=args.resume,
-        overwrite=args.overwrite,
-        quiet=args.quiet,
-        init_from=args.init_from,
-    )
+    summary = train(cfg, out_dir, **run_options(args))
     if summary["is_main"]:  # under torchrun, rank 0 reports
         print(
             f"done: {summary['steps']} steps (stopped by {summary['stop_reason']}), "

@@ -347,6 +347,16 @@ def add_run_arguments(parser: argparse.ArgumentParser, task: str, example: str) 
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def run_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments of a task's ``train`` that `add_run_arguments`' options set."""
+    return {
+        "resume": args.resume,
+        "overwrite": args.overwrite,
+        "quiet": args.quiet,
+        "init_from": args.init_from,
+    }
+
+
 def run_dir(task: str, config_path: str, out_dir: str | None) -> Path:
     """--out-dir, or runs/<task>/<config file name without .yaml>."""
     return Path(out_dir) if out_dir else Path("runs") / task / Path(config_path).stem

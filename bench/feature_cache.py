@@ -71,8 +71,9 @@ from captioner.features import (  # noqa: E402
 from captioner.inference import eval_transform  # noqa: E402
 from captioner.model import CaptionModel  # noqa: E402
 from captioner.scenes import generate_dataset  # noqa: E402
-from captioner.train import SeededItems, epoch_batches, parameter_groups  # noqa: E402
+from captioner.train import SeededItems, epoch_batches, parameter_parts  # noqa: E402
 from recurrent.config import load_config  # noqa: E402
+from recurrent.engine import parameter_groups  # noqa: E402
 
 VARIANTS = {  # name: (feature cache, captions_per_image, batch size in units of --images-per-step)
     "uncached k=4": (False, 4, 1),
@@ -235,7 +236,8 @@ def main(argv: list[str] | None = None) -> None:
     for name, (cached, per_image, units) in VARIANTS.items():
         torch.manual_seed(seed)
         model = CaptionModel(cfg, len(vocab), pad_id=vocab.pad_id).train()
-        optimizer = torch.optim.AdamW(parameter_groups(model, cfg), lr=cfg.train.lr)
+        groups = parameter_groups(parameter_parts(model, cfg), cfg.train.weight_decay)
+        optimizer = torch.optim.AdamW(groups, lr=cfg.train.lr)
         batch_size = args.images_per_step * units
         fill: list[Callable[[], int]] = []
         if cached:

@@ -23,8 +23,10 @@ image, as `captioner.train` does before its first step), which advances in the s
 order generator and per-item seeding (`SeededItems`), so a cached and an uncached run of one k
 train on the same batches; random augmentation is off (the uncached runs use the eval transform,
 as the cache does), so their losses agree up to the float16 rounding of the cached features.
-Validation is left out: it is the same beam search in all four. ``--random-weights`` (offline: no
-pretrained weights) gives the encoder random weights whose BatchNorm statistics are re-estimated on
+Validation's beam search is left out (the same in all four), but what it reads is not: at the end
+of every epoch an uncached run encodes the val images (as its validation would, eval mode, no
+gradients) and a cached run reads their features from its cache, and that time is in the epoch.
+``--random-weights`` (offline: no pretrained weights) gives the encoder random weights whose BatchNorm statistics are re-estimated on
 the bench's train images, as a trained network's are; raw random ResNet-101 activations at layer4
 exceed float16's range, which the cache refuses. The step is `captioner.train`'s
 (encoder unless cached, rows repeated for k references, decoder, backward, clipping, AdamW); the
@@ -54,6 +56,7 @@ from captioner.config import CaptionerConfig  # noqa: E402
 from captioner.data import (  # noqa: E402
     CaptionGroups,
     CaptionPairs,
+    ImageOnly,
     Vocabulary,
     collate_groups,
     collate_pairs,
@@ -97,6 +100,9 @@ class Run:
     order: torch.Generator
     rng: torch.Tensor  # this run's global-generator state (dropout), swapped in for its steps
     fill: list[Callable[[], int]] = field(default_factory=list)  # pending cache-fill chunks
+    # what the run's validation does before its beam search, once per epoch: encode the val
+    # images (uncached) or read their features from the cache
+    val_inputs: Callable[[], None] = lambda: None
     dataset: Any = None
     collate: Any = None
     epoch: int = -1
@@ -138,6 +144,7 @@ class Run:
         try:
             inputs, captions, lengths = next(self.loader)
         except StopIteration:
+            self.val_inputs()
             self.epoch_s[-1] += time.perf_counter() - start
             return False
         fetched = time.perf_counter()
@@ -253,6 +260,10 @@ def main(argv: list[str] | None = None) -> None:
                     )
                 )
 
+            def val_inputs(cache=cache) -> None:
+                for _ in cache.batches(val_records, args.images_per_step):
+                    pass
+
             def make_dataset(cache=cache, per_image=per_image):
                 store = cache.store(train_records)
                 dataset = (
@@ -262,6 +273,14 @@ def main(argv: list[str] | None = None) -> None:
                 )
                 return SeededItems(dataset, seed), FeatureCollate(store, vocab.pad_id)
         else:
+
+            @torch.no_grad()
+            def val_inputs(model=model) -> None:
+                model.encoder.eval()
+                loader = DataLoader(ImageOnly(val_records, transform), args.images_per_step)
+                for images, _ in loader:
+                    model.encoder(images)
+                model.encoder.train()
 
             def make_dataset(per_image=per_image):
                 dataset = (
@@ -282,6 +301,7 @@ def main(argv: list[str] | None = None) -> None:
                 torch.Generator().manual_seed(seed),
                 torch.get_rng_state(),
                 fill,
+                val_inputs,
             )
         )
 

@@ -47,16 +47,15 @@ bench: $(STAMP)
 	$(PY) bench/beam_search.py --threads 1
 	$(PY) bench/feature_cache.py --threads 1 --num-images 400
 	$(PY) bench/ddp_scaling.py --processes 2 --steps 40
-	$(PY) bench/coco_scale.py --threads 1 --scale 0.25 --out runs/bench/coco_scale
+	$(PY) bench/coco_scale.py --threads 1 --out runs/bench/coco_scale
 
-## make bench-long: the training benchmarks (10-15 minutes each, about 75 in all) and the full-size
-## data-path measurements; the figures in the README's results table come from these
+## make bench-long: the training benchmarks (10-15 minutes each, about 50 minutes in all) and the
+## full-size feature-cache and huge-text measurements; most of the README's results come from these
 bench-long: $(STAMP)
 	$(PY) bench/char_lm_shakespeare.py --minutes 10 --data $(SHAKESPEARE)
 	$(PY) bench/captioner_scenes.py --minutes 15
 	$(PY) bench/captioner_scenes.py --minutes 15 --preset hard --num-images 8000
 	$(PY) bench/feature_cache.py --threads 1
-	$(PY) bench/coco_scale.py --threads 1 --out runs/bench/coco_scale
 	$(PY) bench/char_lm_huge_text.py
 
 clean:

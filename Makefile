@@ -43,7 +43,7 @@ demo-models: $(STAMP)
 ## on the project's 2-core CPU; each prints its figures (docs/benchmarks.md records them)
 bench: $(STAMP)
 	$(PY) bench/recurrent_core.py
-	$(PY) bench/precision.py --repeats 3
+	$(PY) bench/precision.py --repeats 2
 	$(PY) bench/beam_search.py --threads 1
 	$(PY) bench/feature_cache.py --threads 1 --num-images 400
 	$(PY) bench/ddp_scaling.py --processes 2 --steps 40

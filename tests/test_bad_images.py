@@ -303,11 +303,12 @@ def test_the_feature_cache_skips_a_bad_image_too(
 ):
     """A frozen encoder's feature cache meets the bad image while it fills: under "skip" it warns
     once naming the file, leaves the image out of the cache and of training, and says so at the
-    end; a second run over the same cache warns again (the image is still bad) and trains."""
+    end; a second run over the same cache warns again (the image is still bad) and trains (with
+    no worker processes: the fill is the same with them)."""
     annotations, bad = scenes_with_a_bad_image
     cached = ("model.finetune=frozen", "train.feature_cache=true", "train.captions_per_image=2")
     overrides = (*cached, "data.bad_images=skip", f"data.num_workers={num_workers}")
-    for run in ("first", "again"):
+    for run in ("first", "again") if num_workers == 0 else ("first",):
         code, out, err = _train(annotations, tmp_path / run, capsys, *overrides,
                                 f"train.feature_cache_dir={tmp_path / 'features'}")  # fmt: skip
         assert code == 0, err

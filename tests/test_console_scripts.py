@@ -20,29 +20,47 @@ def test_every_cli_is_installed_through_run_cli():
     assert all(value.endswith(":cli") for value in SCRIPTS.values())
 
 
+MISTAKES = {
+    "char-lm-sample": ["--checkpoint", "missing.pt", "--prompt", "a"],
+    "char-lm-evaluate": ["--checkpoint", "missing.pt", "--text", "missing.txt"],
+    "char-lm-train": ["--config", "missing.yaml"],
+    "captioner-caption": ["--checkpoint", "missing.pt", "missing.png"],
+    "captioner-evaluate": ["--checkpoint", "missing.pt"],
+    "captioner-train": ["--config", "missing.yaml"],
+    "captioner-scenes": ["--out", "x", "--num-images", "0"],
+}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], tuple[int, str, str]]:
+    """Every command of the tests below, started at once (each is a real process that imports
+    torch: run one after the other, they take a minute); (kind, name) -> (status, stdout, stderr)."""
+    cwd = tmp_path_factory.mktemp("cli")
+    commands = {("help", name): [BIN / name, "--help"] for name in SCRIPTS}
+    commands |= {("mistake", name): [BIN / name, *args] for name, args in MISTAKES.items()}
+    started = {
+        key: subprocess.Popen(
+            command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for key, command in commands.items()
+    }
+    results = {}
+    for key, process in started.items():
+        out, err = process.communicate(timeout=180)
+        results[key] = (process.returncode, out, err)
+    return results
+
+
 @pytest.mark.parametrize("name", sorted(SCRIPTS))
-def test_help_describes_the_command(name):
-    result = subprocess.run([BIN / name, "--help"], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    assert "usage:" in result.stdout
+def test_help_describes_the_command(name, runs):
+    status, out, err = runs["help", name]
+    assert status == 0, err
+    assert "usage:" in out
 
 
-@pytest.mark.parametrize(
-    "name, args",
-    [
-        ("char-lm-sample", ["--checkpoint", "missing.pt", "--prompt", "a"]),
-        ("char-lm-evaluate", ["--checkpoint", "missing.pt", "--text", "missing.txt"]),
-        ("char-lm-train", ["--config", "missing.yaml"]),
-        ("captioner-caption", ["--checkpoint", "missing.pt", "missing.png"]),
-        ("captioner-evaluate", ["--checkpoint", "missing.pt"]),
-        ("captioner-train", ["--config", "missing.yaml"]),
-        ("captioner-scenes", ["--out", "x", "--num-images", "0"]),
-    ],
-)
-def test_user_mistake_is_one_line(name, args, tmp_path):
-    result = subprocess.run(
-        [BIN / name, *args], capture_output=True, text=True, cwd=tmp_path, timeout=120
-    )
-    assert result.returncode == 2
-    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
-    assert "Traceback" not in result.stderr
+@pytest.mark.parametrize("name", sorted(MISTAKES))
+def test_user_mistake_is_one_line(name, runs):
+    status, _, err = runs["mistake", name]
+    assert status == 2
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert "Traceback" not in err

@@ -96,7 +96,7 @@ from captioner.scoring import (
 )
 from captioner.scst import SelfCritical
 from recurrent.config import add_run_arguments, load_config, run_dir, run_options, to_dict
-from recurrent.distributed import Distributed
+from recurrent.distributed import Distributed, finish
 from recurrent.engine import Run, StepResult
 from recurrent.errors import UserError, run_cli
 
@@ -574,8 +574,9 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def cli() -> None:
-    """Console-script entry point: a user mistake becomes one line on stderr, exit status 2."""
-    raise SystemExit(run_cli(main))
+    """Console-script entry point: a user mistake becomes one line on stderr, exit status 2; a
+    torchrun worker ends through `recurrent.distributed.finish`."""
+    raise SystemExit(finish(run_cli(main)))
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from char_lm.data import StreamBatches, load_corpus
 from char_lm.model import CharLM
 from char_lm.scoring import evaluate_text
 from recurrent.config import add_run_arguments, load_config, run_dir, run_options, to_dict
-from recurrent.distributed import Distributed
+from recurrent.distributed import Distributed, finish
 from recurrent.engine import Run, StepResult
 from recurrent.errors import UserError, run_cli
 
@@ -244,8 +244,9 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def cli() -> None:
-    """Console-script entry point: a user mistake becomes one line on stderr, exit status 2."""
-    raise SystemExit(run_cli(main))
+    """Console-script entry point: a user mistake becomes one line on stderr, exit status 2; a
+    torchrun worker ends through `recurrent.distributed.finish`."""
+    raise SystemExit(finish(run_cli(main)))
 
 
 if __name__ == "__main__":

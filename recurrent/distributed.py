@@ -134,8 +134,8 @@ def finish(exit_code: int) -> int:
     exits without the interpreter's final clean-up. That clean-up races gloo's worker threads,
     which can still be freeing the tensors of the last finished collective: they then need the
     GIL of an interpreter that is shutting down, and the rank aborts ("terminate called without
-    an active exception", 3 launches in 10 on this CPU). DistributedDataParallel keeps the group,
-    and so those threads, alive until then.
+    an active exception", 3 of 10 resume launches on this CPU). DistributedDataParallel keeps the
+    group, and so those threads, alive until then.
     """
     if not (dist.is_available() and dist.is_initialized()):
         return exit_code

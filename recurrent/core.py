@@ -23,6 +23,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.func import functional_call
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 Cell = Literal["rnn", "lstm", "gru"]
@@ -31,6 +32,9 @@ Backend = Literal["fused", "explicit"]
 CELLS: tuple[str, ...] = ("rnn", "lstm", "gru")
 BACKENDS: tuple[str, ...] = ("fused", "explicit")
 _TORCH_MODULES = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
+# Up to this many rows a one-step LSTM call without gradients on the CPU runs the equations, not
+# oneDNN's kernel: faster up to about 64 rows, slower from there (bench/decode_step.py).
+EQUATIONS_MAX_ROWS = 32
 
 
 # --- single time steps: the equations of the torch.nn.RNN / LSTM / GRU documentation -------------
@@ -116,6 +120,9 @@ class RecurrentCore(nn.Module):
             dropout=dropout if num_layers > 1 else 0.0,
             batch_first=True,
         )
+        self._low_copies: tuple[tuple, dict[str, Tensor]] | None = (
+            None  # see _low_precision_weights
+        )
 
     # --- state helpers --------------------------------------------------------------------------
 
@@ -147,17 +154,65 @@ class RecurrentCore(nn.Module):
     def _forward_fused(
         self, x: Tensor, state: Tensor, lengths: Tensor | None
     ) -> tuple[Tensor, Tensor]:
+        if (
+            self.cell == "lstm"
+            and x.device.type == "cpu"
+            and x.size(1) == 1
+            and x.size(0) <= EQUATIONS_MAX_ROWS
+            and lengths is None
+            and not torch.is_grad_enabled()
+        ):
+            # One decoding step of a few rows (sampling, beam search): oneDNN's LSTM has a large
+            # fixed cost per call (2 x 512 units, batch 1, float32: 5.6 ms against 0.56 ms for the
+            # equations written out; bench/decode_step.py). Both compute torch.nn.LSTM's function.
+            outputs, new_state = self._forward_explicit(x, state, None)
+            return outputs, new_state.to(state.dtype)
         if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
-            # oneDNN's fused RNN kernels refuse bf16 on the CPU: the cell runs in float32
-            # (the products around it, embeddings and heads, stay in bf16).
+            # torch.nn's RNN modules refuse inputs of another dtype than their weights, and CPU
+            # autocast does not cast them: the cell runs on low-precision copies of the float32
+            # weights (the gradients flow back to the float32 weights, as autocast's own casts
+            # do), so oneDNN's bf16 kernels run. The outputs stay low precision, as autocast's
+            # do; the state comes back in the dtype it came in.
+            low = torch.get_autocast_dtype("cpu")
+            weights = self._low_precision_weights(low)
             with torch.autocast("cpu", enabled=False):
-                return self._forward_fused(x.float(), state.float(), lengths)
+                outputs, new_state = self._run_fused(x.to(low), state.to(low), lengths, weights)
+            return outputs, new_state.to(state.dtype)
+        return self._run_fused(x, state, lengths)
+
+    def _low_precision_weights(self, dtype: torch.dtype) -> dict[str, Tensor]:
+        """``dtype`` copies of the cell's weights: made at every call while gradients are wanted
+        (the casts are part of the graph), and kept from call to call without them (decoding runs
+        the cell once per token) until a weight is replaced or changed in place."""
+        weights = dict(self.rnn.named_parameters())
+        if torch.is_grad_enabled():
+            return {name: w.to(dtype) for name, w in weights.items()}
+        key = (dtype, *((w.data_ptr(), w._version) for w in weights.values()))
+        if self._low_copies is None or self._low_copies[0] != key:
+            copies = {name: w.detach().to(dtype) for name, w in weights.items()}
+            self._low_copies = (key, copies)
+        return self._low_copies[1]
+
+    def _run_fused(
+        self,
+        x: Tensor,
+        state: Tensor,
+        lengths: Tensor | None,
+        weights: dict[str, Tensor] | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """``self.rnn`` over the sequence, with ``weights`` in place of its parameters if given."""
+
+        def rnn(inputs, hx):
+            if weights is None:
+                return self.rnn(inputs, hx)
+            return functional_call(self.rnn, weights, (inputs, hx))
+
         hx = (state[0], state[1]) if self.cell == "lstm" else state[0]
         if lengths is None:
-            outputs, hx = self.rnn(x, hx)
+            outputs, hx = rnn(x, hx)
         else:
             packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-            packed_out, hx = self.rnn(packed, hx)
+            packed_out, hx = rnn(packed, hx)
             outputs, _ = pad_packed_sequence(packed_out, batch_first=True, total_length=x.size(1))
         new_state = torch.stack(hx) if self.cell == "lstm" else hx.unsqueeze(0)
         return outputs, new_state

@@ -1,0 +1,121 @@
+"""One decoding step of the recurrent core on the CPU: oneDNN's fused kernel against the equations.
+
+    python bench/decode_step.py [--calls 200]
+
+Sampling a character and each beam-search step run the core for one time step without gradients.
+For that call, up to `recurrent.core.EQUATIONS_MAX_ROWS` rows, the fused backend's LSTM runs the
+written-out equations, because oneDNN's kernel has a large fixed cost per call. This prints,
+measured side by side in one run:
+- milliseconds per one-step call of a 2 x 512 LSTM and GRU (input 128) at batch 1, 15 (3 images x
+  beam 5) and 256, in fp32 and bf16 autocast: oneDNN's kernel (`torch.nn`) against the equations;
+- the bundled models end to end, in fp32 and bf16: characters/s sampled by
+  models/shakespeare_char.pt (500 characters after "ROMEO:") and milliseconds per image captioned
+  by models/scenes_captioner.pt (beam 3, one image at a time, median of 40 scenes, and in a batch
+  of 32).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.recurrent_core import machine  # noqa: E402
+from captioner.inference import caption_images, load_captioner  # noqa: E402
+from captioner.scenes import render_random_scene  # noqa: E402
+from char_lm.generate import generate, load_char_lm  # noqa: E402
+from recurrent.core import RecurrentCore  # noqa: E402
+from recurrent.precision import Precision  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+CPU = torch.device("cpu")
+
+
+def autocast(bf16: bool) -> contextlib.AbstractContextManager:
+    return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+
+def per_call_ms(call: Callable[[], object], calls: int) -> float:
+    for _ in range(5):
+        call()
+    started = time.perf_counter()
+    for _ in range(calls):
+        call()
+    return (time.perf_counter() - started) / calls * 1000
+
+
+def step_times(core: RecurrentCore, batch: int, bf16: bool, calls: int) -> tuple[float, float]:
+    """ms per one-step call without gradients: oneDNN's kernel (on bf16 weight copies under bf16,
+    as the core runs it for longer sequences) and the written-out equations."""
+    x = torch.randn(batch, 1, 128)
+    state = core.init_state(batch, x)
+    low = torch.bfloat16 if bf16 else torch.float32
+    with torch.no_grad(), autocast(bf16):
+        weights = core._low_precision_weights(low) if bf16 else None
+        kernel = per_call_ms(
+            lambda: core._run_fused(x.to(low), state.to(low), None, weights), calls
+        )
+        equations = per_call_ms(lambda: core._forward_explicit(x, state, None), calls)
+    return kernel, equations
+
+
+def core_steps(calls: int) -> None:
+    print("one step of a 2 x 512 core, ms per call: oneDNN kernel / equations")
+    for cell in ("lstm", "gru"):
+        torch.manual_seed(0)
+        core = RecurrentCore(cell, 128, 512, num_layers=2).eval()
+        for batch in (1, 15, 256):
+            for bf16 in (False, True):
+                kernel, equations = step_times(core, batch, bf16, calls)
+                print(
+                    f"  {cell} batch {batch:3d} {'bf16' if bf16 else 'fp32'}: "
+                    f"{kernel:6.3f} / {equations:6.3f} ms  ({kernel / equations:4.1f}x)"
+                )
+
+
+def bundled_models() -> None:
+    model, vocab, _ = load_char_lm(ROOT / "models" / "shakespeare_char.pt")
+    captioner = load_captioner(ROOT / "models" / "scenes_captioner.pt")
+    images = [render_random_scene(seed)[0] for seed in range(40)]
+    print("bundled models:")
+    for name in ("fp32", "bf16"):
+        precision = Precision.choose(name, CPU)
+        generator = torch.Generator().manual_seed(0)
+        started = time.perf_counter()
+        text = generate(model, vocab, "ROMEO:", 500, generator=generator, precision=precision)
+        chars_per_s = len("".join(text)) / (time.perf_counter() - started)
+        captioner.cfg.train.precision = name
+        caption_images(captioner, images[:2])  # warm-up
+        alone = []
+        for image in images:
+            started = time.perf_counter()
+            caption_images(captioner, [image])
+            alone.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        caption_images(captioner, images[:32], batch_size=32)
+        batched = (time.perf_counter() - started) / 32
+        print(
+            f"  {name}: sampling {chars_per_s:6.0f} chars/s; captioning "
+            f"{statistics.median(alone) * 1000:5.1f} ms per image alone, "
+            f"{batched * 1000:4.1f} ms per image in a batch of 32"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=200)
+    args = parser.parse_args()
+    print(f"machine: {machine()}")
+    core_steps(args.calls)
+    bundled_models()
+
+
+if __name__ == "__main__":
+    main()

@@ -42,7 +42,7 @@ import torch
 from captioner.data.images import load_image
 from captioner.inference import CaptionResult, caption_images, load_captioner
 from captioner.scenes import caption_names_objects_correctly, render_random_scene
-from char_lm.generate import generate, load_char_lm
+from char_lm.generate import generate, load_char_lm, trained_precision
 from crnn_app.captioning import scene_size
 from crnn_app.cards import card_markdown, knows_only_scenes, readme_section
 from crnn_app.curves import find_runs, run_status, sources
@@ -377,7 +377,7 @@ def generate_page(args: AppArgs, listing: Listing) -> None:
         no_checkpoints("char_lm", args)
         return
     entry = pick_checkpoint(entries, "Language model checkpoint", key="char_lm_checkpoint")
-    model, vocab, _config = load_model(args, entry, _char_lm)
+    model, vocab, config = load_model(args, entry, _char_lm)
 
     default_prompt = DEFAULT_PROMPT if set(DEFAULT_PROMPT) <= set(vocab) else ""
     prompt = st.text_area(
@@ -438,6 +438,7 @@ def generate_page(args: AppArgs, listing: Listing) -> None:
             top_p=float(top_p),
             greedy=False,
             generator=generator,
+            precision=trained_precision(model, config),
         )  # checks the prompt and settings now: a UserError shows before any text
         text = stream_text(prompt, characters)
         last = {"checkpoint": entry.name, "seed": int(seed), "fixed": fixed, "text": text}
@@ -613,7 +614,7 @@ def inside_page(args: AppArgs, listing: Listing) -> None:
     entry = pick_checkpoint(entries, "Language model checkpoint", key="char_lm_checkpoint")
     path = checkpoint_path(args.models_dir, entry.name)
     device = str(pick_device(args.device))
-    model, vocab, _config = load_model(args, entry, _char_lm)
+    model, vocab, config = load_model(args, entry, _char_lm)
     fits = set(EXAMPLE_PASSAGE) <= set(vocab)
     default = EXAMPLE_PASSAGE if fits else _model_sample(str(path), *file_key(path), device)
     text = st.text_area(

@@ -414,7 +414,7 @@ async def run(args: argparse.Namespace, folder: Path, url: str, pid: int) -> dic
     from playwright.async_api import async_playwright
 
     from captioner.inference import load_captioner
-    from char_lm.generate import generate, load_char_lm
+    from char_lm.generate import generate, load_char_lm, trained_precision
     from crnn_app.models_dir import checkpoint_path
 
     report: dict = {"sessions": args.sessions, "rounds": args.rounds, "failures": []}
@@ -447,7 +447,7 @@ async def run(args: argparse.Namespace, folder: Path, url: str, pid: int) -> dic
 
         preparing = time.perf_counter()
         captioner = load_captioner(str(checkpoint_path(args.models_dir, captioner_name)))
-        model, vocab, _ = load_char_lm(checkpoint_path(args.models_dir, char_lm_name))
+        model, vocab, config = load_char_lm(checkpoint_path(args.models_dir, char_lm_name))
         plan = scene_plan(folder, captioner, settings, args.sessions + 1, args.rounds)
         prompts = prompts_for(vocab)
         texts_by_seed: dict[tuple[str, int], str] = {}
@@ -462,6 +462,7 @@ async def run(args: argparse.Namespace, folder: Path, url: str, pid: int) -> dic
                         model, vocab, prompt, settings["length"],
                         temperature=settings["temperature"], top_k=settings["top_k"],
                         top_p=settings["top_p"], generator=torch.Generator().manual_seed(seed),
+                        precision=trained_precision(model, config),  # as the app runs it
                     )  # fmt: skip
                     return prompt + "".join(characters)
 

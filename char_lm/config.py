@@ -29,6 +29,9 @@ class DataConfig:
     val_fraction: float = 0.1  # the last 10% validates; 0: validate on the train text
     block_size: int = 128  # characters per truncated-BPTT window
     batch_size: int = 64  # parallel contiguous streams the train text is cut into
+    # Chance that a stream's carried state restarts from zero at a window: a prompt (or a text to
+    # score) is read from a zero state, which stateful training otherwise hardly ever shows.
+    state_reset: float = 0.02
 
 
 @dataclass
@@ -86,6 +89,7 @@ BOUNDS = {
     "data.val_fraction": "[0, 1)",
     "data.block_size": "[1, 16384]",
     "data.batch_size": "[1, 16384]",
+    "data.state_reset": "[0, 1]",
     "model.embed_size": "[1, 8192]",
     "model.num_layers": "[1, 32]",
     "model.hidden_size": "[1, 8192]",

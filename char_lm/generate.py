@@ -7,7 +7,8 @@ randomness only from the `torch.Generator` passed in (makemore's ``generate``, n
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -18,6 +19,7 @@ from char_lm.model import CharLM
 from recurrent.checkpoint import load_checkpoint
 from recurrent.config import from_dict
 from recurrent.errors import UserError
+from recurrent.precision import Precision
 from recurrent.sampling import sample_next
 
 # With an empty prompt the model is conditioned on this character (the start of a new line), which
@@ -52,6 +54,12 @@ def load_char_lm(
     return model.to(device).eval(), vocab, config
 
 
+def trained_precision(model: CharLM, config: CharLMConfig) -> Precision:
+    """The precision ``sample`` and the app run ``model`` in: the one it was trained in, where its
+    device runs that natively (`Precision.for_inference`)."""
+    return Precision.for_inference(config.train.precision, model.head.weight.device)
+
+
 def generate(
     model: CharLM,
     vocab: list[str],
@@ -63,6 +71,7 @@ def generate(
     top_p: float | None = None,
     greedy: bool = False,
     generator: torch.Generator | None = None,
+    precision: Precision | None = None,
 ) -> Iterator[str]:
     """Yield ``length`` characters that continue ``prompt`` (the prompt itself is not yielded).
 
@@ -73,8 +82,9 @@ def generate(
     temperature), restricted to the ``top_k`` most likely and to the ``top_p`` nucleus when given.
     An empty prompt starts from a newline when the vocabulary has one. Prompt characters outside
     the vocabulary are a `UserError` naming them. The model is switched to eval mode (no
-    dropout). The arguments are checked at the call, before the first character is asked for, so a
-    bad prompt fails before anything is printed.
+    dropout). The model runs in ``precision`` (the CLI and the app pass `trained_precision`),
+    float32 when None. The arguments are checked at the call, before
+    the first character is asked for, so a bad prompt fails before anything is printed.
     """
     if not greedy and temperature <= 0:
         raise UserError(f"temperature must be > 0, got {temperature}; use greedy decoding instead")
@@ -92,7 +102,10 @@ def generate(
     top_k = top_k or None  # 0: off
     top_p = top_p if top_p is not None and top_p < 1 else None  # 1: off
     ids = encode(prompt, vocab, what="prompt")
-    return _continue(model, vocab, ids, length, temperature, top_k, top_p, greedy, generator)
+    autocast = precision.autocast if precision is not None else contextlib.nullcontext
+    return _continue(
+        model, vocab, ids, length, temperature, top_k, top_p, greedy, generator, autocast
+    )
 
 
 @torch.no_grad()
@@ -106,14 +119,18 @@ def _continue(
     top_p: float | None,
     greedy: bool,
     generator: torch.Generator | None,
+    autocast: Callable[[], contextlib.AbstractContextManager],
 ) -> Iterator[str]:
-    """The generator behind `generate`: prompt ids (P,) in, ``length`` characters out."""
+    """The generator behind `generate`: prompt ids (P,) in, ``length`` characters out. Each model
+    call runs inside ``autocast()``, entered and left around the call: the caller's code between
+    two characters never runs in it."""
     model.eval()
     device = model.head.weight.device
     state = None
     for start in range(0, len(ids), PROMPT_WINDOW):
         window = ids[start : start + PROMPT_WINDOW].to(device).unsqueeze(0)  # (1, T)
-        logits, _, state = model(window, state=state)  # (1, T, V)
+        with autocast():
+            logits, _, state = model(window, state=state)  # (1, T, V)
     logits = logits[:, -1]  # (1, V): after the prompt's last character
     for position in range(length):
         next_id = sample_next(
@@ -126,5 +143,6 @@ def _continue(
         )  # (1,)
         yield vocab[next_id.item()]
         if position + 1 < length:
-            logits, _, state = model(next_id.view(1, 1), state=state)
+            with autocast():
+                logits, _, state = model(next_id.view(1, 1), state=state)
             logits = logits[:, -1]

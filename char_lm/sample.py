@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 import torch
 
-from char_lm.generate import generate, load_char_lm
+from char_lm.generate import generate, load_char_lm, trained_precision
 from recurrent.errors import UserError, run_cli
 from recurrent.training import pick_device
 
@@ -76,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.length < 0:
         raise UserError(f"--length must be >= 0, got {args.length}")
     device = pick_device(args.device)
-    model, vocab, _ = load_char_lm(args.checkpoint, device)
+    model, vocab, config = load_char_lm(args.checkpoint, device)
     seed = draw_seed() if args.seed is None else args.seed
     generator = torch.Generator(device=device).manual_seed(seed)
     characters = generate(
@@ -89,6 +89,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         top_p=args.top_p,
         greedy=args.greedy,
         generator=generator,
+        precision=trained_precision(model, config),  # as it was trained
     )  # checks the prompt and settings before anything is printed
     if args.seed is None:  # a drawn seed, so that a good sample can be repeated
         print(f"seed: {seed} (pass --seed {seed} to repeat this sample)", file=sys.stderr)

@@ -7,7 +7,8 @@
 The training text is cut into ``data.batch_size`` contiguous streams walked in windows of
 ``data.block_size`` characters (`char_lm.data.StreamBatches`); the hidden state at the end of a
 window starts the next window of the same stream, detached, and is reset when the walk wraps
-around. Under torchrun each process trains on its own ``batch_size / N`` of the streams.
+around, and at random with chance ``data.state_reset`` per stream and window, so that the model
+also learns to read from a zero state, which is where a prompt or a text to score starts. Under torchrun each process trains on its own ``batch_size / N`` of the streams.
 
 The run itself (learning-rate schedule, time budget, evaluation, checkpoints, resume, signals,
 metrics.jsonl) follows the rules of `recurrent.engine`, the same for both tasks: see the README's
@@ -23,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
@@ -44,22 +46,44 @@ class StreamWalk:
     carried; its position and carried state are part of the checkpoint."""
 
     def __init__(
-        self, batches: StreamBatches, layout: Distributed, block_size: int, *, fp32: bool
+        self,
+        batches: StreamBatches,
+        layout: Distributed,
+        block_size: int,
+        *,
+        fp32: bool,
+        state_reset: float = 0.0,
+        seed: int = 0,
     ) -> None:
-        rows = layout.shard(batches.streams, "data.batch_size")
+        self.all_streams = batches.streams
+        self.rows = layout.shard(batches.streams, "data.batch_size")
         self.is_main, self.fp32 = layout.is_main, fp32
-        self.batches = batches.select_streams(rows)  # (B / N) streams of this process
+        self.batches = batches.select_streams(self.rows)  # (B / N) streams of this process
         self.windows, self.block_size = len(batches), block_size
+        self.state_reset, self.seed = state_reset, seed
         self.position = 0
+        self.walked = 0  # windows walked in this run: what the state resets are drawn from
         self.state: Tensor | None = None  # (S, L, B / N, H), carried across windows
 
     def next_window(self) -> tuple[Tensor, Tensor, bool]:
         """(inputs, targets) of the next window, each (B / N, T) int64, and whether it ends a pass."""
         if self.position == 0:
             self.state = None  # a new pass over the streams starts from a zero state
+        elif self.state is not None and self.state_reset > 0:
+            self.state = self.state * self.kept_streams().view(1, 1, -1, 1)
         inputs, targets = self.batches.window(self.position)
         self.position = (self.position + 1) % self.windows
+        self.walked += 1
         return inputs, targets, self.position == 0
+
+    def kept_streams(self) -> Tensor:
+        """(B / N,) 1 where this process's streams keep their state into the next window, 0 where
+        it restarts from zero (chance ``data.state_reset`` each). The draws depend only on the seed,
+        the window count and the stream's place in the whole batch, not on how many processes share
+        the streams, so a run under torchrun resets the same streams as one process would."""
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.walked)
+        keep = torch.rand(self.all_streams, generator=generator) >= self.state_reset
+        return keep[self.rows].to(self.state.device, self.state.dtype)
 
     def layout(self) -> tuple[int, int, int]:
         return self.batches.streams, self.block_size, self.windows
@@ -72,6 +96,7 @@ class StreamWalk:
             "block_size": block_size,
             "windows": windows,
             "position": self.position,
+            "walked": self.walked,
             "state": state,
         }
 
@@ -84,6 +109,7 @@ class StreamWalk:
                 )
             return
         self.position = saved["position"]
+        self.walked = saved.get("walked", 0)  # checkpoints before data.state_reset: none
         state = saved["state"]
         if state is not None:  # a bf16 state of a mixed-precision run continues in float32 here
             self.state = (
@@ -129,7 +155,12 @@ def train(
     what = "training text" if cfg.data.val_fraction == 0 else "training split"
     batches = StreamBatches(train_ids, cfg.data.batch_size, cfg.data.block_size, what=what)
     walk = StreamWalk(
-        batches.to(run.device), run.dist, cfg.data.block_size, fp32=run.precision.name == "fp32"
+        batches.to(run.device),
+        run.dist,
+        cfg.data.block_size,
+        fp32=run.precision.name == "fp32",
+        state_reset=cfg.data.state_reset,
+        seed=tc.seed,
     )
     val_ids = val_ids.to(run.device)
     saved_config = run.payload["config"] if run.payload else run.config

@@ -27,7 +27,7 @@ from tiny_models import train_tiny_captioner, train_tiny_char_lm
 from captioner.data.images import load_image
 from captioner.inference import caption_images, load_captioner
 from captioner.scenes import render_random_scene, scene_captions
-from char_lm.generate import generate, load_char_lm
+from char_lm.generate import generate, load_char_lm, trained_precision
 from crnn_app.captioning import scene_size
 from crnn_app.heatmap import attention_overlay, attention_overlays, colormap
 from crnn_app.models_dir import ENV_VAR, checkpoint_path, list_checkpoints, parse_app_args
@@ -359,9 +359,13 @@ def _shown_seed(at: AppTest) -> int:
 
 
 def _library_text(path: Path, prompt: str, length: int, seed: int, **sampling) -> str:
-    model, vocab, _ = load_char_lm(path)
+    model, vocab, config = load_char_lm(path)
     generator = torch.Generator().manual_seed(seed)
-    return prompt + "".join(generate(model, vocab, prompt, length, generator=generator, **sampling))
+    precision = trained_precision(model, config)  # as the app runs it
+    characters = generate(
+        model, vocab, prompt, length, generator=generator, precision=precision, **sampling
+    )
+    return prompt + "".join(characters)
 
 
 def test_generated_text_starts_with_prompt_and_is_reproducible(

@@ -30,7 +30,7 @@ from tiny_models import train_tiny_captioner, train_tiny_char_lm
 from captioner.data.images import load_image
 from captioner.inference import caption_images, load_captioner
 from captioner.scenes import MIN_SIZE, generate_dataset, render_random_scene
-from char_lm.generate import generate, load_char_lm
+from char_lm.generate import generate, load_char_lm, trained_precision
 from crnn_app.inside import char_probabilities, trace_text
 
 pytestmark = pytest.mark.browser
@@ -143,10 +143,16 @@ def browser():
 
 
 def _expected_text(path: Path, prompt: str, seed: int) -> str:
-    model, vocab, _ = load_char_lm(path)
+    model, vocab, config = load_char_lm(path)
     generator = torch.Generator().manual_seed(seed)
     characters = generate(
-        model, vocab, prompt, DEFAULT_LENGTH, temperature=DEFAULT_TEMPERATURE, generator=generator
+        model,
+        vocab,
+        prompt,
+        DEFAULT_LENGTH,
+        temperature=DEFAULT_TEMPERATURE,
+        generator=generator,
+        precision=trained_precision(model, config),  # as the app runs it
     )
     return prompt + "".join(characters)
 

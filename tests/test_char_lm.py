@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from char_lm.config import CharLMConfig, DataConfig, ModelConfig
 from char_lm.data import (
@@ -25,10 +26,12 @@ from char_lm.data import (
 from char_lm.generate import generate, load_char_lm
 from char_lm.model import CharLM
 from char_lm.scoring import evaluate_text
-from char_lm.train import train
+from char_lm.train import StreamWalk, train
 from recurrent.checkpoint import load_checkpoint, save_checkpoint
 from recurrent.config import load_config, to_dict
+from recurrent.distributed import Distributed
 from recurrent.errors import UserError
+from recurrent.precision import Precision
 from recurrent.sampling import filter_logits
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "char_lm"
@@ -312,9 +315,41 @@ def test_reported_val_loss_matches_the_saved_checkpoint(tmp_path):
     assert load_checkpoint(tmp_path / "best.pt")["best_val_loss"] == summary["best_val_loss"]
 
 
+def test_random_state_resets_restart_drawn_streams_whatever_the_process_layout():
+    batches = StreamBatches(torch.arange(801) % 7, 8, 10)  # 8 streams of 100: 10 windows
+
+    def walk(rank: int, world_size: int, reset: float) -> StreamWalk:
+        return StreamWalk(
+            StreamBatches(batches.ids, 8, 10),
+            Distributed(rank, world_size, rank),
+            10,
+            fp32=True,
+            state_reset=reset,
+            seed=3,
+        )
+
+    def kept(one: StreamWalk) -> list[Tensor]:
+        """Per window after the first: 1 where a stream's state went on, 0 where it restarted."""
+        masks = []
+        one.next_window()  # window 0 starts from zero anyway
+        for _ in range(9):
+            one.state = torch.ones(2, 1, one.batches.streams, 4)
+            one.next_window()
+            masks.append(one.state[0, 0, :, 0])
+        return masks
+
+    assert all(m.eq(1).all() for m in kept(walk(0, 1, 0.0)))  # 0: plain truncated BPTT
+    assert all(m.eq(0).all() for m in kept(walk(0, 1, 1.0)))  # 1: every window from zero
+    whole = torch.stack(kept(walk(0, 1, 0.5)))  # (9 windows, 8 streams)
+    assert 0.3 < whole.mean() < 0.7 and len({tuple(row.tolist()) for row in whole}) > 1
+    halves = [torch.stack(kept(walk(rank, 2, 0.5))) for rank in (0, 1)]
+    assert torch.equal(torch.cat(halves, dim=1), whole)  # each process: its streams' draws
+
+
 def test_resume_continues_exactly(tmp_path):
     settings = [
         "model.dropout=0.3",
+        "data.state_reset=0.3",
         "model.num_layers=2",
         "train.eval_every=10",
         "train.lr_decay_steps=40",
@@ -362,6 +397,30 @@ def test_sampling_is_deterministic_under_a_seed():
     assert sample(1) == sample(1)
     assert sample(1) != sample(2)
     assert len(sample(3)) == 60
+
+
+def test_generation_runs_every_model_call_in_the_precision_it_is_given(monkeypatch):
+    """Each model call of bf16 generation runs under bf16 autocast (what that computes is checked
+    against torch.nn in tests/test_precision.py), the caller's code between two characters does
+    not, and without a precision nothing does."""
+    model, vocab = sampler_model()
+    calls: list[tuple[bool, torch.dtype]] = []
+    forward = model.forward
+
+    def spy(*args, **kwargs):
+        calls.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", spy)
+    bf16 = Precision.choose("bf16", torch.device("cpu"))
+    for char in generate(
+        model, vocab, "the ship ", 20, generator=torch.Generator(), precision=bf16
+    ):
+        assert char in vocab and not torch.is_autocast_enabled("cpu")
+    assert calls == [(True, torch.bfloat16)] * 20  # the prompt, then 19 characters fed back
+    calls.clear()
+    "".join(generate(model, vocab, "the ship ", 20, generator=torch.Generator()))
+    assert len(calls) == 20 and not any(enabled for enabled, _ in calls)
 
 
 @pytest.mark.parametrize("top_k, top_p", [(3, None), (None, 0.5), (5, 0.8)])

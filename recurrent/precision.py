@@ -2,12 +2,14 @@
 
 - ``fp32``: plain float32.
 - ``bf16``: matrix products under ``torch.autocast`` in bfloat16 (CUDA, or a CPU with native
-  bf16 such as avx512_bf16 / AMX); weights, optimizer state and the loss stay float32.
+  bf16 such as avx512_bf16 / AMX); weights, optimizer state and the loss stay float32. On the CPU
+  the fused recurrent cell runs oneDNN's bf16 kernel on bf16 copies of its weights
+  (`recurrent.core.RecurrentCore`), since CPU autocast leaves torch.nn's RNN modules alone.
 - ``fp16``: autocast in float16 with a gradient scaler (CUDA only); weights and optimizer state stay
   float32, so checkpoints are the same whatever the precision and load in any of them.
-- ``auto``: bf16 on CUDA devices that support it, else fp32. On CPUs ``auto`` picks bf16 only where
-  `cpu_bf16_faster` says the CPU has native bf16 (see docs/benchmarks.md for the measurement that
-  decided this), else fp32.
+- ``auto``: bf16 on CUDA devices that support it and on CPUs with native bf16
+  (`cpu_has_native_bf16`: avx512_bf16 or AMX, where bf16 training was measured 1.4-1.7x faster
+  than fp32 and better at equal time; see docs/benchmarks.md), else fp32.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from recurrent.errors import UserError
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
-AUTO_BF16_ON_CPU = False  # measured in bench/precision.py; see docs/benchmarks.md
+AUTO_BF16_ON_CPU = True  # measured in bench/precision.py; see docs/benchmarks.md
 
 
 @lru_cache(maxsize=1)
@@ -72,11 +74,15 @@ class Precision:
     @classmethod
     def for_inference(cls, setting: str, device: torch.device) -> Precision:
         """A checkpoint's ``train.precision`` on the device it now runs on: the same precision
-        where the device supports it (fp16 trained on a GPU, served on a CPU: fp32)."""
+        where the device runs it natively, else what ``auto`` picks there (fp16 trained on a GPU
+        or bf16 trained on a bf16 CPU, served on a CPU without native bf16: fp32)."""
         try:
-            return cls.choose(setting, device)
+            chosen = cls.choose(setting, device)
         except UserError:
             return cls.choose("auto", device)
+        if chosen.name == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
+            return cls.choose("auto", device)
+        return chosen
 
     @property
     def dtype(self) -> torch.dtype:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import Tensor
 
 from char_lm.config import CharLMConfig
 from char_lm.generate import load_char_lm
@@ -31,22 +32,46 @@ def test_resolution_rules(monkeypatch):
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
     assert precision.resolve("auto", CPU) == "bf16"
     # A checkpoint trained in fp16 on a GPU is served on a CPU in what the CPU can do.
-    assert Precision.for_inference("fp16", CPU).name in ("fp32", "bf16")
+    assert Precision.for_inference("fp16", CPU).name == "bf16"
+    assert Precision.for_inference("bf16", CPU).name == "bf16"
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+    assert Precision.for_inference("fp16", CPU).name == "fp32"
+    assert Precision.for_inference("bf16", CPU).name == "fp32"  # not emulated where not native
     scaler = Precision.choose("bf16", CPU).grad_scaler()
     assert not scaler.is_enabled()  # only fp16 scales gradients
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
-def test_fused_core_runs_under_cpu_bf16_autocast_like_fp32(cell):
-    """oneDNN refuses bf16 fused RNNs on the CPU: the core runs the cell in float32 there."""
+@pytest.mark.parametrize("padded", [False, True])
+def test_fused_core_runs_its_cell_in_bf16_under_cpu_autocast(cell, padded):
+    """Under CPU bf16 autocast the fused core is torch.nn's module run on bf16 copies of its
+    float32 weights: the same outputs, and the same gradients landing on the float32 weights; and
+    it stays within bf16 rounding of float32."""
     torch.manual_seed(0)
     core = RecurrentCore(cell, 8, 16, num_layers=2)
     x = torch.randn(3, 5, 8)
+    lengths = torch.tensor([5, 2, 4]) if padded else None
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        outputs, state = core(x)
-    reference, reference_state = core(x)
-    torch.testing.assert_close(outputs, reference)
-    torch.testing.assert_close(state, reference_state)
+        outputs, state = core(x, lengths=lengths)
+    assert outputs.dtype == torch.bfloat16 and state.dtype == torch.float32
+    (outputs.float().square().sum() + state.sum()).backward()
+
+    reference = RecurrentCore(cell, 8, 16, num_layers=2)
+    reference.load_state_dict(core.state_dict())
+    reference.to(torch.bfloat16)
+    ref_outputs, ref_state = reference(x.bfloat16(), lengths=lengths)
+    torch.testing.assert_close(outputs, ref_outputs, rtol=0, atol=0)
+    torch.testing.assert_close(state, ref_state.float(), rtol=0, atol=0)
+    (ref_outputs.float().square().sum() + ref_state.float().sum()).backward()
+    for (name, weight), ref_weight in zip(
+        core.named_parameters(), reference.parameters(), strict=True
+    ):
+        assert weight.dtype == torch.float32, name
+        torch.testing.assert_close(weight.grad, ref_weight.grad.float(), rtol=0, atol=0)
+
+    fp32_outputs, fp32_state = core(x, lengths=lengths)  # bf16 keeps about 3 significant digits
+    torch.testing.assert_close(outputs.float(), fp32_outputs, rtol=0.05, atol=0.02)
+    torch.testing.assert_close(state, fp32_state, rtol=0.05, atol=0.02)
 
 
 def test_bf16_training_on_the_cpu_and_its_checkpoint_in_fp32(tmp_path):
@@ -61,3 +86,29 @@ def test_bf16_training_on_the_cpu_and_its_checkpoint_in_fp32(tmp_path):
         load_config(CharLMConfig, TINY, more), tmp_path / "bf16", resume=True, quiet=True
     )
     assert resumed["steps"] == 6 and resumed["precision"] == "fp32"
+
+
+def test_bf16_copies_kept_for_decoding_follow_changes_to_the_weights():
+    """Without gradients the core keeps its bf16 weight copies between calls (decoding runs the
+    cell once per token); a weight changed in place or replaced makes fresh ones."""
+    torch.manual_seed(0)
+    core = RecurrentCore("lstm", 4, 8)
+    x = torch.randn(2, 3, 4)
+
+    def run() -> Tensor:
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            return core(x)[0]
+
+    def fresh() -> Tensor:
+        reference = RecurrentCore("lstm", 4, 8)
+        reference.load_state_dict(core.state_dict())
+        with torch.no_grad():
+            return reference.to(torch.bfloat16)(x.bfloat16())[0]
+
+    before = run()
+    assert torch.equal(before, fresh()) and torch.equal(run(), before)
+    with torch.no_grad():
+        core.rnn.weight_hh_l0.mul_(2)  # what an optimizer step does
+    assert torch.equal(run(), fresh()) and not torch.equal(run(), before)
+    core.load_state_dict({k: v * 0.5 for k, v in core.state_dict().items()})
+    assert torch.equal(run(), fresh())

@@ -614,7 +614,7 @@ def inside_page(args: AppArgs, listing: Listing) -> None:
     entry = pick_checkpoint(entries, "Language model checkpoint", key="char_lm_checkpoint")
     path = checkpoint_path(args.models_dir, entry.name)
     device = str(pick_device(args.device))
-    model, vocab, config = load_model(args, entry, _char_lm)
+    model, vocab, _config = load_model(args, entry, _char_lm)
     fits = set(EXAMPLE_PASSAGE) <= set(vocab)
     default = EXAMPLE_PASSAGE if fits else _model_sample(str(path), *file_key(path), device)
     text = st.text_area(

@@ -83,8 +83,8 @@ def generate(
     An empty prompt starts from a newline when the vocabulary has one. Prompt characters outside
     the vocabulary are a `UserError` naming them. The model is switched to eval mode (no
     dropout). The model runs in ``precision`` (the CLI and the app pass `trained_precision`),
-    float32 when None. The arguments are checked at the call, before
-    the first character is asked for, so a bad prompt fails before anything is printed.
+    float32 when None. The arguments are checked at the call, before the first character is
+    asked for, so a bad prompt fails before anything is printed.
     """
     if not greedy and temperature <= 0:
         raise UserError(f"temperature must be > 0, got {temperature}; use greedy decoding instead")

@@ -8,7 +8,8 @@ The training text is cut into ``data.batch_size`` contiguous streams walked in w
 ``data.block_size`` characters (`char_lm.data.StreamBatches`); the hidden state at the end of a
 window starts the next window of the same stream, detached, and is reset when the walk wraps
 around, and at random with chance ``data.state_reset`` per stream and window, so that the model
-also learns to read from a zero state, which is where a prompt or a text to score starts. Under torchrun each process trains on its own ``batch_size / N`` of the streams.
+also learns to read from a zero state, which is where a prompt or a text to score starts. Under
+torchrun each process trains on its own ``batch_size / N`` of the streams.
 
 The run itself (learning-rate schedule, time budget, evaluation, checkpoints, resume, signals,
 metrics.jsonl) follows the rules of `recurrent.engine`, the same for both tasks: see the README's

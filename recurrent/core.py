@@ -120,9 +120,8 @@ class RecurrentCore(nn.Module):
             dropout=dropout if num_layers > 1 else 0.0,
             batch_first=True,
         )
-        self._low_copies: tuple[tuple, dict[str, Tensor]] | None = (
-            None  # see _low_precision_weights
-        )
+        # bf16 copies of the weights kept for decoding without gradients: _low_precision_weights
+        self._low_copies: tuple[tuple, dict[str, Tensor]] | None = None
 
     # --- state helpers --------------------------------------------------------------------------
 

@@ -17,10 +17,9 @@ import math
 from collections.abc import Sequence
 
 from char_lm.data import encode_file
-from char_lm.generate import load_char_lm
+from char_lm.generate import load_char_lm, trained_precision
 from char_lm.scoring import evaluate_text
 from recurrent.errors import UserError, run_cli
-from recurrent.precision import Precision
 from recurrent.training import pick_device
 
 
@@ -53,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise UserError(
             f"{args.text} has {len(ids)} character(s); it needs at least 2 to predict one"
         )
-    with Precision.for_inference(cfg.train.precision, device).autocast():  # as it was trained
+    with trained_precision(model, cfg).autocast():  # as it was trained
         loss, count = evaluate_text(model, ids, args.block_size, streams=args.streams)
     result = {
         "checkpoint": str(args.checkpoint),

@@ -55,8 +55,8 @@ def load_char_lm(
 
 
 def trained_precision(model: CharLM, config: CharLMConfig) -> Precision:
-    """The precision ``sample`` and the app run ``model`` in: the one it was trained in, where its
-    device runs that natively (`Precision.for_inference`)."""
+    """The precision ``sample``, ``evaluate`` and the app run ``model`` in: the one it was trained
+    in, where its device runs that natively (`Precision.for_inference`)."""
     return Precision.for_inference(config.train.precision, model.head.weight.device)
 
 

@@ -8,6 +8,9 @@ written-out equations, because oneDNN's kernel has a large fixed cost per call. 
 measured side by side in one run:
 - milliseconds per one-step call of a 2 x 512 LSTM and GRU (input 128) at batch 1, 15 (3 images x
   beam 5) and 256, in fp32 and bf16 autocast: oneDNN's kernel (`torch.nn`) against the equations;
+- with gradients (the attention captioner's teacher-forced training, self-critical sampling), where
+  the fused LSTM runs the equations at every size: milliseconds for 15 one-step calls, forward and
+  backward, of a 1 x 256 LSTM (input 384, the scenes captioner's cell) at 16 to 1024 rows;
 - the bundled models end to end, in fp32 and bf16: characters/s sampled by
   models/shakespeare_char.pt (500 characters after "ROMEO:") and milliseconds per image captioned
   by models/scenes_captioner.pt (beam 3, one image at a time, median of 40 scenes, and in a batch
@@ -80,6 +83,56 @@ def core_steps(calls: int) -> None:
                 )
 
 
+def grad_step_times(
+    core: RecurrentCore, rows: int, bf16: bool, repeats: int
+) -> tuple[float, float]:
+    """Best ms for 15 one-step calls and the backward through them: oneDNN's kernel (on bf16
+    weight copies under bf16) and the written-out equations."""
+    x = torch.randn(rows, 15, core.input_size, requires_grad=True)
+    low = torch.bfloat16 if bf16 else torch.float32
+
+    def kernel(step_x: torch.Tensor, state: torch.Tensor):
+        weights = core._low_precision_weights(low) if bf16 else None
+        return core._run_fused(step_x.to(low), state.to(low), None, weights)
+
+    def equations(step_x: torch.Tensor, state: torch.Tensor):
+        return core._forward_explicit(step_x, state, None)
+
+    def run(one_step: Callable) -> None:
+        with autocast(bf16):
+            state, outputs = core.init_state(rows, x), []
+            for t in range(x.size(1)):
+                output, state = one_step(x[:, t : t + 1], state)
+                outputs.append(output)
+            loss = torch.cat(outputs, dim=1).float().square().sum()
+        loss.backward()
+
+    cases = {"kernel": kernel, "equations": equations}
+    for one_step in cases.values():
+        run(one_step)  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(repeats):
+        for name, one_step in cases.items():
+            started = time.perf_counter()
+            run(one_step)
+            times[name].append(time.perf_counter() - started)
+    return min(times["kernel"]) * 1000, min(times["equations"]) * 1000
+
+
+def training_steps(repeats: int) -> None:
+    print("15 one-step calls with gradients, forward + backward, 1 x 256 LSTM, input 384, ms:")
+    print("  oneDNN kernel / equations")
+    torch.manual_seed(0)
+    core = RecurrentCore("lstm", 384, 256)
+    for rows in (16, 64, 256, 1024):
+        for bf16 in (False, True):
+            kernel, equations = grad_step_times(core, rows, bf16, repeats)
+            print(
+                f"  {rows:4d} rows {'bf16' if bf16 else 'fp32'}: {kernel:7.1f} / "
+                f"{equations:7.1f} ms  ({kernel / equations:4.2f}x)"
+            )
+
+
 def bundled_models() -> None:
     model, vocab, _ = load_char_lm(ROOT / "models" / "shakespeare_char.pt")
     captioner = load_captioner(ROOT / "models" / "scenes_captioner.pt")
@@ -111,9 +164,11 @@ def bundled_models() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=200)
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs with gradients")
     args = parser.parse_args()
     print(f"machine: {machine()}")
     core_steps(args.calls)
+    training_steps(args.repeats)
     bundled_models()
 
 

@@ -32,8 +32,10 @@ Backend = Literal["fused", "explicit"]
 CELLS: tuple[str, ...] = ("rnn", "lstm", "gru")
 BACKENDS: tuple[str, ...] = ("fused", "explicit")
 _TORCH_MODULES = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
-# Up to this many rows a one-step LSTM call without gradients on the CPU runs the equations, not
-# oneDNN's kernel: faster up to about 64 rows, slower from there (bench/decode_step.py).
+# A one-step LSTM call on the CPU runs the equations, not oneDNN's kernel, whenever gradients are
+# wanted (teacher-forced attention decoding, self-critical sampling: oneDNN's one-step backward is
+# slow) and, without gradients, up to this many rows: faster up to about 64 rows, slower from there
+# (bench/decode_step.py).
 EQUATIONS_MAX_ROWS = 32
 
 
@@ -157,13 +159,14 @@ class RecurrentCore(nn.Module):
             self.cell == "lstm"
             and x.device.type == "cpu"
             and x.size(1) == 1
-            and x.size(0) <= EQUATIONS_MAX_ROWS
             and lengths is None
-            and not torch.is_grad_enabled()
+            and (torch.is_grad_enabled() or x.size(0) <= EQUATIONS_MAX_ROWS)
         ):
-            # One decoding step of a few rows (sampling, beam search): oneDNN's LSTM has a large
-            # fixed cost per call (2 x 512 units, batch 1, float32: 5.6 ms against 0.56 ms for the
-            # equations written out; bench/decode_step.py). Both compute torch.nn.LSTM's function.
+            # One time step: oneDNN's LSTM has a large fixed cost per call (2 x 512 units, batch 1,
+            # float32: 5.6 ms against 0.56 ms for the equations written out), and its one-step
+            # backward is slower than the equations' at every size measured in bf16 and up to 64
+            # rows in fp32 (about equal from there; bench/decode_step.py). Both compute
+            # torch.nn.LSTM's function.
             outputs, new_state = self._forward_explicit(x, state, None)
             return outputs, new_state.to(state.dtype)
         if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):

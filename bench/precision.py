@@ -9,7 +9,10 @@ and its ratio to fp32:
   kernel, run on bf16 copies of the float32 weights) and the explicit backend (every per-step
   matrix product in bf16);
 - the scenes captioner of configs/captioner/scenes_demo.yaml (ResNet-18 to layer3 at 96 px, 16
-  images x 4 references, soft-attention LSTM 256).
+  images x 4 references, soft-attention LSTM 256);
+- that captioner's CNN trunk alone in both memory layouts, NCHW against the channels-last (NHWC)
+  layout the encoder uses: a training step of the 16 images (forward, backward) and the forward of
+  32 images without gradients (captioning), in fp32 and bf16.
 """
 
 from __future__ import annotations
@@ -68,6 +71,22 @@ def captioner_case(bf16: bool):
     return step, 16, "images"
 
 
+def trunk_case(bf16: bool, channels_last: bool, training: bool):
+    cfg = load_config(CaptionerConfig, ROOT / "configs/captioner/scenes_demo.yaml")
+    torch.manual_seed(0)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    trunk = CaptionModel(cfg, 60).encoder.body.to(memory_format=layout).train(training)
+    images = torch.randn(16 if training else 32, 3, 96, 96).contiguous(memory_format=layout)
+
+    def step() -> None:
+        with autocast(bf16), torch.set_grad_enabled(training):
+            loss = trunk(images).float().square().mean()
+        if training:
+            loss.backward()
+
+    return step, images.size(0), "images"
+
+
 def autocast(bf16: bool) -> contextlib.AbstractContextManager:
     return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
@@ -85,6 +104,12 @@ def main() -> None:
         },
         "scenes captioner": {"fp32": captioner_case(False), "bf16": captioner_case(True)},
     }
+    for training, what in ((True, "training step"), (False, "forward, no gradients")):
+        groups[f"scenes CNN trunk, {what}"] = {
+            f"{layout} {precision}": trunk_case(precision == "bf16", layout == "NHWC", training)
+            for precision in ("fp32", "bf16")
+            for layout in ("NCHW", "NHWC")
+        }
     print(f"machine: {machine()}")
     for title, cases in groups.items():
         times = {name: [] for name in cases}

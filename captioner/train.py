@@ -411,9 +411,6 @@ def train(
 
     # --- model, optimizer, data order
     model = CaptionModel(cfg, len(vocab), pad_id=vocab.pad_id).to(device)
-    # channels_last lets cuDNN use its faster NHWC convolutions; on the CPU it stays NCHW.
-    memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
-    model.encoder.to(memory_format=memory_format)
     bad_images = BadImageLog(cfg.data.bad_images, warn=run.log)
     data = _build_data(
         cfg,
@@ -452,7 +449,7 @@ def train(
     def step(net: nn.Module) -> StepResult:
         ((inputs, captions, lengths), indices), epoch_end = batches.next_batch()
         if not data.uses_cache:
-            inputs = inputs.to(device, non_blocking=True, memory_format=memory_format)
+            inputs = inputs.to(device, non_blocking=True)
             counts["images"] += inputs.size(0)
         else:
             inputs = features_to(inputs, device)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import urllib.error
 from dataclasses import replace
 
@@ -101,6 +102,24 @@ def test_encoder_loads_local_state_dict_and_matches_torchvision(tmp_path):
     images = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(encoder(images).pooled, reference(images), atol=1e-5, rtol=1e-4)
+
+
+def test_encoder_convolves_channels_last_and_keeps_the_layout_through_a_checkpoint():
+    """The encoder's convolutions run in the NHWC layout (oneDNN's and cuDNN's fast path): a
+    state_dict saved and loaded into a fresh encoder keeps that layout and the same features."""
+    torch.manual_seed(0)
+    encoder = ImageEncoder(tiny_model_cfg(encoder_stages=3)).eval()
+    torch.manual_seed(1)
+    fresh = ImageEncoder(tiny_model_cfg(encoder_stages=3)).eval()
+    buffer = io.BytesIO()
+    torch.save(encoder.state_dict(), buffer)
+    buffer.seek(0)
+    fresh.load_state_dict(torch.load(buffer, weights_only=True))
+    weights = [m.weight for m in fresh.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert weights and all(w.is_contiguous(memory_format=torch.channels_last) for w in weights)
+    images = torch.randn(2, 3, 64, 64)  # NCHW, as the data pipeline makes them
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(images).grid, encoder(images).grid, atol=0, rtol=0)
 
 
 def test_encoder_weights_errors(tmp_path, monkeypatch):

@@ -44,7 +44,8 @@ demo-models: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/recurrent_core.py
 	$(PY) bench/precision.py --repeats 2
-	$(PY) bench/beam_search.py --threads 1
+	$(PY) bench/beam_search.py --threads 1 --precision fp32
+	$(PY) bench/beam_search.py --threads 1 --precision bf16
 	$(PY) bench/decode_step.py
 	$(PY) bench/feature_cache.py --threads 1 --num-images 400
 	$(PY) bench/ddp_scaling.py --processes 2 --steps 40

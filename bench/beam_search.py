@@ -10,8 +10,11 @@ machine in one run:
 - end to end: `caption_images` (PIL image -> preprocessing -> CNN -> beam search) with every
   image in one batch against one image per call.
 
-It checks that both ways give identical captions (every one of the ``--n-best``, tokens and
-finished flags) and prints the medians over the rounds in ms per image and their ratios.
+Both run in the precision the captioner serves in (`Captioner.autocast`: the checkpoint's
+``train.precision`` on this machine, bf16 for ``auto`` on a CPU with native bf16), or in
+``--precision``. It compares the captions of both ways (every one of the ``--n-best``, tokens and
+finished flags; in fp32 any difference is an error, in bf16 near-ties may round either way and the
+count is reported) and prints the medians over the rounds in ms per image and their ratios.
 
 ``--baseline FILE`` also times, in the same rounds, the ``beam_search`` of another version of
 `captioner/decode.py` (say the one before a change: ``git show REV:captioner/decode.py >
@@ -35,6 +38,7 @@ from bench.recurrent_core import machine  # noqa: E402
 from captioner.decode import beam_search  # noqa: E402
 from captioner.inference import caption_images, encode_images, load_captioner  # noqa: E402
 from captioner.scenes import render_random_scene  # noqa: E402
+from recurrent.precision import Precision  # noqa: E402
 
 FRESH_SEED = 500_000  # render_random_scene(int) never draws a training image (those use "seed:i")
 
@@ -51,11 +55,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--baseline", help="another decode.py whose beam_search to time too")
+    parser.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        help="decode in this precision (default: the checkpoint's train.precision)",
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
 
     captioner = load_captioner(args.checkpoint)
+    if args.precision:
+        captioner.cfg.train.precision = args.precision
+    precision = Precision.for_inference(captioner.cfg.train.precision, captioner.device)
     size = captioner.cfg.data.image_size
     images = [
         render_random_scene(FRESH_SEED + index, size, args.preset)[0]
@@ -73,10 +85,12 @@ def main(argv: list[str] | None = None) -> None:
     rows = [features.index_select(torch.tensor([index])) for index in range(args.images)]
 
     def search_batched():
-        return beam_search(decoder, features, **settings)
+        with captioner.autocast():
+            return beam_search(decoder, features, **settings)
 
     def search_alone():
-        return [beam_search(decoder, row, **settings)[0] for row in rows]
+        with captioner.autocast():
+            return [beam_search(decoder, row, **settings)[0] for row in rows]
 
     def caption_batched():
         return caption_images(captioner, images, beam_size=args.beam_size, batch_size=args.images)
@@ -98,10 +112,17 @@ def main(argv: list[str] | None = None) -> None:
         baseline = importlib.util.module_from_spec(spec)
         sys.modules[spec.name] = baseline  # its dataclasses look their module up
         spec.loader.exec_module(baseline)
-        cases["baseline batched"] = lambda: baseline.beam_search(decoder, features, **settings)
-        cases["baseline alone"] = lambda: [
-            baseline.beam_search(decoder, row, **settings)[0] for row in rows
-        ]
+
+        def baseline_batched():
+            with captioner.autocast():
+                return baseline.beam_search(decoder, features, **settings)
+
+        def baseline_alone():
+            with captioner.autocast():
+                return [baseline.beam_search(decoder, row, **settings)[0] for row in rows]
+
+        cases["baseline batched"] = baseline_batched
+        cases["baseline alone"] = baseline_alone
     search_batched(), caption_alone()  # warm-up (allocator, oneDNN kernels)
     times: dict[str, list[float]] = {name: [] for name in cases}
     outputs = {}
@@ -114,7 +135,11 @@ def main(argv: list[str] | None = None) -> None:
     def keys(results):
         return [[(c.tokens, c.finished) for c in captions] for captions in results]
 
-    same_search = keys(outputs["search batched"]) == keys(outputs["search alone"])
+    differing = sum(
+        a != b
+        for a, b in zip(keys(outputs["search batched"]), keys(outputs["search alone"]), strict=True)
+    )
+    same_search = differing == 0
 
     logprob_gap = max(
         abs(x[1] - y[1])
@@ -132,13 +157,14 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"checkpoint: {args.checkpoint}; {args.images} fresh {args.preset} scenes of {size} px; "
         f"beam {args.beam_size}, n_best {args.n_best}, at most {settings['max_length']} words; "
-        f"median of {args.rounds} interleaved rounds"
+        f"{precision.name}; median of {args.rounds} interleaved rounds"
     )
     for name in cases:
         print(f"  {name:16s} {median[name] * 1e3:8.2f} ms per image")
     print(
         f"search only: batched is {median['search alone'] / median['search batched']:.2f}x "
         f"faster than one image at a time; identical captions: {same_search}"
+        + ("" if same_search else f" ({differing} of {args.images} images differ)")
     )
     print(
         f"end to end (caption_images): batched is "
@@ -155,7 +181,10 @@ def main(argv: list[str] | None = None) -> None:
             f"batched search is {median['baseline batched'] / median['search batched']:.2f}x "
             f"faster than the baseline's; same captions: {same_baseline}"
         )
-    if not (same_search and text_same):
+    if precision.name == "fp32" and not (same_search and text_same):
+        # In fp32 both ways compute the same numbers up to rounding order. In bf16 the batched
+        # LSTM runs oneDNN's kernel and a few rows the equations, which round differently, so a
+        # near-tie between two beams can go either way: reported above, not an error.
         raise SystemExit("batched and one-at-a-time captions differ")
 
 

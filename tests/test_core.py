@@ -121,7 +121,7 @@ def test_lstm_steps_with_gradients_match_the_kernel(rows):
         (out.sin().sum() + final.cos().sum()).backward()
         grads = [p.grad.clone() for p in core.parameters()]
         results.append((out, final, xi.grad, si.grad, *grads))
-    for stepwise, whole in zip(*results, strict=True):
+    for whole, stepwise in zip(*results, strict=True):
         torch.testing.assert_close(stepwise, whole, atol=1e-5, rtol=1e-5)
 
 

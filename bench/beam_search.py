@@ -38,7 +38,6 @@ from bench.recurrent_core import machine  # noqa: E402
 from captioner.decode import beam_search  # noqa: E402
 from captioner.inference import caption_images, encode_images, load_captioner  # noqa: E402
 from captioner.scenes import render_random_scene  # noqa: E402
-from recurrent.precision import Precision  # noqa: E402
 
 FRESH_SEED = 500_000  # render_random_scene(int) never draws a training image (those use "seed:i")
 
@@ -67,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
     captioner = load_captioner(args.checkpoint)
     if args.precision:
         captioner.cfg.train.precision = args.precision
-    precision = Precision.for_inference(captioner.cfg.train.precision, captioner.device)
+    precision = captioner.precision()
     size = captioner.cfg.data.image_size
     images = [
         render_random_scene(FRESH_SEED + index, size, args.preset)[0]
@@ -85,12 +84,10 @@ def main(argv: list[str] | None = None) -> None:
     rows = [features.index_select(torch.tensor([index])) for index in range(args.images)]
 
     def search_batched():
-        with captioner.autocast():
-            return beam_search(decoder, features, **settings)
+        return beam_search(decoder, features, **settings)
 
     def search_alone():
-        with captioner.autocast():
-            return [beam_search(decoder, row, **settings)[0] for row in rows]
+        return [beam_search(decoder, row, **settings)[0] for row in rows]
 
     def caption_batched():
         return caption_images(captioner, images, beam_size=args.beam_size, batch_size=args.images)
@@ -112,25 +109,19 @@ def main(argv: list[str] | None = None) -> None:
         baseline = importlib.util.module_from_spec(spec)
         sys.modules[spec.name] = baseline  # its dataclasses look their module up
         spec.loader.exec_module(baseline)
-
-        def baseline_batched():
-            with captioner.autocast():
-                return baseline.beam_search(decoder, features, **settings)
-
-        def baseline_alone():
-            with captioner.autocast():
-                return [baseline.beam_search(decoder, row, **settings)[0] for row in rows]
-
-        cases["baseline batched"] = baseline_batched
-        cases["baseline alone"] = baseline_alone
-    search_batched(), caption_alone()  # warm-up (allocator, oneDNN kernels)
+        cases["baseline batched"] = lambda: baseline.beam_search(decoder, features, **settings)
+        cases["baseline alone"] = lambda: [
+            baseline.beam_search(decoder, row, **settings)[0] for row in rows
+        ]
     times: dict[str, list[float]] = {name: [] for name in cases}
     outputs = {}
-    for _ in range(args.rounds):
-        for name, run in cases.items():
-            start = time.perf_counter()
-            outputs[name] = run()
-            times[name].append((time.perf_counter() - start) / args.images)
+    with captioner.autocast():  # every case decodes as caption_images does (it enters it too)
+        search_batched(), caption_alone()  # warm-up (allocator, oneDNN kernels)
+        for _ in range(args.rounds):
+            for name, run in cases.items():
+                start = time.perf_counter()
+                outputs[name] = run()
+                times[name].append((time.perf_counter() - start) / args.images)
 
     def keys(results):
         return [[(c.tokens, c.finished) for c in captions] for captions in results]

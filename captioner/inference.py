@@ -54,9 +54,14 @@ class Captioner:
     transform: Callable[[Image.Image], Tensor]  # PIL image -> (3, S, S), the eval preprocessing
     device: torch.device
 
+    def precision(self) -> Precision:
+        """The precision the model was trained in (``train.precision``), where this device runs it
+        natively (`Precision.for_inference`)."""
+        return Precision.for_inference(self.cfg.train.precision, self.device)
+
     def autocast(self) -> contextlib.AbstractContextManager:
-        """Decode in the precision the model was trained in (``train.precision``)."""
-        return Precision.for_inference(self.cfg.train.precision, self.device).autocast()
+        """Decode in `precision`."""
+        return self.precision().autocast()
 
 
 @dataclass

@@ -54,17 +54,22 @@ def per_call_ms(call: Callable[[], object], calls: int) -> float:
     return (time.perf_counter() - started) / calls * 1000
 
 
+def kernel_step(
+    core: RecurrentCore, x: torch.Tensor, state: torch.Tensor, bf16: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One call of oneDNN's kernel as the core runs it for longer sequences: under bf16 on bf16
+    copies of the weights."""
+    low = torch.bfloat16 if bf16 else torch.float32
+    weights = core._low_precision_weights(low) if bf16 else None
+    return core._run_fused(x.to(low), state.to(low), None, weights)
+
+
 def step_times(core: RecurrentCore, batch: int, bf16: bool, calls: int) -> tuple[float, float]:
-    """ms per one-step call without gradients: oneDNN's kernel (on bf16 weight copies under bf16,
-    as the core runs it for longer sequences) and the written-out equations."""
+    """ms per one-step call without gradients: oneDNN's kernel and the written-out equations."""
     x = torch.randn(batch, 1, 128)
     state = core.init_state(batch, x)
-    low = torch.bfloat16 if bf16 else torch.float32
     with torch.no_grad(), autocast(bf16):
-        weights = core._low_precision_weights(low) if bf16 else None
-        kernel = per_call_ms(
-            lambda: core._run_fused(x.to(low), state.to(low), None, weights), calls
-        )
+        kernel = per_call_ms(lambda: kernel_step(core, x, state, bf16), calls)
         equations = per_call_ms(lambda: core._forward_explicit(x, state, None), calls)
     return kernel, equations
 
@@ -86,14 +91,12 @@ def core_steps(calls: int) -> None:
 def grad_step_times(
     core: RecurrentCore, rows: int, bf16: bool, repeats: int
 ) -> tuple[float, float]:
-    """Best ms for 15 one-step calls and the backward through them: oneDNN's kernel (on bf16
-    weight copies under bf16) and the written-out equations."""
+    """Best ms for 15 one-step calls and the backward through them: oneDNN's kernel and the
+    written-out equations."""
     x = torch.randn(rows, 15, core.input_size, requires_grad=True)
-    low = torch.bfloat16 if bf16 else torch.float32
 
     def kernel(step_x: torch.Tensor, state: torch.Tensor):
-        weights = core._low_precision_weights(low) if bf16 else None
-        return core._run_fused(step_x.to(low), state.to(low), None, weights)
+        return kernel_step(core, step_x, state, bf16)
 
     def equations(step_x: torch.Tensor, state: torch.Tensor):
         return core._forward_explicit(step_x, state, None)

@@ -364,8 +364,8 @@ def test_cards_of_the_bundled_checkpoints_come_from_their_configs() -> None:
     assert rows["data"] == (
         "tinyshakespeare (../shared/data/tinyshakespeare.txt), 1,115,394 characters"
     )
-    assert rows["best scores"] == "val loss 1.406 nats/char (2.029 bpc)"
-    assert rows["trained"] == "2026-12-05 04:35 UTC" and rows["steps"] == "2,800"
+    assert rows["best scores"] == "val loss 1.401 nats/char (2.021 bpc)"
+    assert rows["trained"] == "2026-12-05 06:02 UTC" and rows["steps"] == "2,865"
 
 
 def test_a_recorded_card_wins_and_fills_gaps_from_the_config(models: dict[str, Path]) -> None:

@@ -3,9 +3,10 @@
     python bench/decode_step.py [--calls 200]
 
 Sampling a character and each beam-search step run the core for one time step without gradients.
-For that call, up to `recurrent.core.EQUATIONS_MAX_ROWS` rows, the fused backend's LSTM runs the
-written-out equations, because oneDNN's kernel has a large fixed cost per call. This prints,
-measured side by side in one run:
+For that call the fused backend's LSTM runs the written-out equations up to
+`recurrent.core.EQUATIONS_MAX_ROWS` rows in fp32, because oneDNN's kernel has a large fixed cost per
+call, and at every size under bf16 autocast, where the equations give a row the same bits whatever
+the batch. This prints, measured side by side in one run:
 - milliseconds per one-step call of a 2 x 512 LSTM and GRU (input 128) at batch 1, 15 (3 images x
   beam 5) and 256, in fp32 and bf16 autocast: oneDNN's kernel (`torch.nn`) against the equations;
 - with gradients (the attention captioner's teacher-forced training, self-critical sampling), where

@@ -51,17 +51,35 @@ class AdditiveAttention(nn.Module):
         to image i (beam search's beams of one image), without repeating its grid g times.
         """
         batch, rows = grid.size(0), hidden.size(0)
+        query = self.hidden_proj(hidden)  # (R, A)
         if rows == batch:
-            energy = torch.tanh(keys + self.hidden_proj(hidden).unsqueeze(1))  # (B, N, A)
-            alpha = torch.softmax(self.score(energy).squeeze(-1), dim=-1)  # (B, N)
+            alpha = torch.softmax(self._scores(keys, query.unsqueeze(1)), dim=-1)  # (B, N)
             context = torch.bmm(alpha.unsqueeze(1), grid).squeeze(1)  # (B, C)
             return context, alpha
         per_image = rows // batch
-        query = self.hidden_proj(hidden).view(batch, per_image, 1, -1)  # (B, g, 1, A)
-        energy = torch.tanh_(keys.unsqueeze(1) + query)  # (B, g, N, A)
-        alpha = torch.softmax(self.score(energy).squeeze(-1), dim=-1)  # (B, g, N)
+        query = query.view(batch, per_image, 1, -1)  # (B, g, 1, A)
+        alpha = torch.softmax(self._scores(keys.unsqueeze(1), query), dim=-1)  # (B, g, N)
         context = torch.bmm(alpha, grid)  # (B, g, C)
         return context.view(rows, -1), alpha.view(rows, -1)
+
+    def _scores(self, keys: Tensor, query: Tensor) -> Tensor:
+        """w^T tanh(keys + query) + b, keys and query broadcast over (..., A) -> (...).
+
+        Decoding on the CPU (no gradients) computes it in float32, under autocast too, and in
+        place: tanh as 2 sigmoid(2x) - 1, the same function to float32 rounding (absolute error
+        about 1e-7), and the product with w as an element-wise product summed per row. torch's CPU
+        tanh runs about 4x slower than its sigmoid, in float32 and bf16 alike, and this energy
+        (rows x positions x attention units) is the largest element-wise tensor of a decoding
+        step: its tanh took a third of a batched beam search (bench/beam_search.py). A row's
+        sum does not depend on the other rows, where a matrix product's rounding does (with the
+        bf16 LSTM steps, batched beam search then gives one image at a time's numbers exactly),
+        and float32 keeps the small differences between positions that bf16 would round away.
+        Training and other devices keep torch.tanh and the linear layer in autocast's precision.
+        """
+        if torch.is_grad_enabled() or keys.device.type != "cpu":
+            return self.score(torch.tanh(keys + query)).squeeze(-1)
+        energy = (keys.float() + query.float()).mul_(2).sigmoid_().mul_(2).sub_(1)
+        return energy.mul_(self.score.weight[0]).sum(dim=-1).add_(self.score.bias)
 
 
 class CaptionDecoder(nn.Module):

@@ -34,8 +34,9 @@ BACKENDS: tuple[str, ...] = ("fused", "explicit")
 _TORCH_MODULES = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 # A one-step LSTM call on the CPU runs the equations, not oneDNN's kernel, whenever gradients are
 # wanted (teacher-forced attention decoding, self-critical sampling: oneDNN's one-step backward is
-# slow) and, without gradients, up to this many rows: faster up to about 64 rows, slower from there
-# (bench/decode_step.py).
+# slow), under low-precision autocast (decoding in bf16: there the equations give every row the
+# same bits whatever else is in the batch, and oneDNN's kernel does not) and, otherwise, up to this
+# many rows: faster up to about 64 rows, slower from there (bench/decode_step.py).
 EQUATIONS_MAX_ROWS = 32
 
 
@@ -160,13 +161,19 @@ class RecurrentCore(nn.Module):
             and x.device.type == "cpu"
             and x.size(1) == 1
             and lengths is None
-            and (torch.is_grad_enabled() or x.size(0) <= EQUATIONS_MAX_ROWS)
+            and (
+                torch.is_grad_enabled()
+                or torch.is_autocast_enabled("cpu")
+                or x.size(0) <= EQUATIONS_MAX_ROWS
+            )
         ):
             # One time step: oneDNN's LSTM has a large fixed cost per call (2 x 512 units, batch 1,
             # float32: 5.6 ms against 0.56 ms for the equations written out), and its one-step
             # backward is slower than the equations' at every size measured in bf16 and up to 64
             # rows in fp32 (about equal from there; bench/decode_step.py). Both compute
-            # torch.nn.LSTM's function.
+            # torch.nn.LSTM's function. In bf16 the kernel rounds a row differently with the
+            # batch's size, enough to turn near-ties between beams (bench/beam_search.py); the
+            # equations' bf16 products and float32 cell state do not depend on the other rows.
             outputs, new_state = self._forward_explicit(x, state, None)
             return outputs, new_state.to(state.dtype)
         if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):

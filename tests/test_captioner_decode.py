@@ -21,12 +21,22 @@ PAD, START, END, UNK = 0, 1, 2, 3
 VOCAB = 12
 
 
-def make_decoder(attention: bool, vocab: int = VOCAB, seed: int = 0, end_bias: float = 0.0):
+def make_decoder(
+    attention: bool,
+    vocab: int = VOCAB,
+    seed: int = 0,
+    end_bias: float = 0.0,
+    attention_size: int = 8,
+):
     """A tiny random decoder, its outputs made to depend more on the image and the state than a
     fresh init does, so that images get different captions, some ending early, some cut off."""
     torch.manual_seed(seed)
     cfg = ModelConfig(
-        attention=attention, embed_size=8, hidden_size=16, attention_size=8, dropout=0.0
+        attention=attention,
+        embed_size=8,
+        hidden_size=16,
+        attention_size=attention_size,
+        dropout=0.0,
     )
     decoder = CaptionDecoder(cfg, vocab, feature_channels=10).eval()
     with torch.no_grad():
@@ -107,6 +117,52 @@ def test_batched_beam_search_equals_one_image_at_a_time(
         scores = [c.score for c in batched[row]]
         assert scores == sorted(scores, reverse=True)  # best first
         assert len({tuple(c.tokens) for c in batched[row]}) == n_best  # no duplicate beams
+
+
+@pytest.mark.parametrize("attention", [False, True])
+def test_batched_beam_search_in_bf16_gives_one_image_at_a_time_exactly(attention):
+    """Under bf16 autocast (how `auto` decodes on a CPU with native bf16) every row of a decoding
+    step is computed the same whatever else is in the batch: 8 images x 5 beams (more rows than
+    the fp32 limit of the LSTM's equations) give each image the same captions, log-probabilities
+    and attention, bit for bit, as searching it alone. (6 positions x 32 attention units: torch's
+    CPU sigmoid computes the last elements of a tensor whose size is not a multiple of 32 floats
+    on a scalar path, which rounds differently; the bundled captioner's 36 x 128 is aligned too.)"""
+    decoder, features = make_decoder(attention, attention_size=32), random_features(batch=8)
+    settings = dict(beam_size=5, max_length=6, start_id=START, end_id=END, n_best=5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        batched = beam_search(decoder, features, **settings)
+        alone = [
+            beam_search(decoder, features.index_select(torch.tensor([row])), **settings)[0]
+            for row in range(8)
+        ]
+    for got, expected in zip(batched, alone, strict=True):
+        assert [(c.tokens, c.finished, c.logprob) for c in got] == [
+            (c.tokens, c.finished, c.logprob) for c in expected
+        ]
+        for a, b in zip(got, expected, strict=True):
+            assert (a.attention is None) == (b.attention is None)
+            assert a.attention is None or torch.equal(a.attention, b.attention)
+
+
+@pytest.mark.parametrize("beams", [1, 3])
+def test_decoding_attention_matches_the_training_formula(beams):
+    """Without gradients on the CPU the attention energy is computed in float32 as
+    2 sigmoid(2x) - 1 (faster than torch's tanh): the same weights and context as the tanh the
+    training step differentiates, for one query per image and for beams sharing their image."""
+    decoder, features = make_decoder(attention=True), random_features(batch=4)
+    attention, keys = decoder.attention, decoder.attention_keys(features)
+    hidden = torch.randn(4 * beams, 16)
+    with torch.enable_grad():
+        hidden.requires_grad_()
+        expected = attention(features.grid, keys, hidden)  # torch.tanh, as in training
+    with torch.no_grad():
+        got = attention(features.grid, keys, hidden.detach())
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b.detach(), atol=2e-6, rtol=1e-6)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        context, alpha = attention(features.grid, keys, hidden.detach())
+    assert alpha.dtype == torch.float32  # the energy and the scores stay float32 under autocast
+    torch.testing.assert_close(alpha, expected[1].detach(), atol=2e-2, rtol=0)
 
 
 @pytest.mark.parametrize("attention", [False, True])

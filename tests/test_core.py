@@ -125,6 +125,26 @@ def test_lstm_steps_with_gradients_match_the_kernel(rows):
         torch.testing.assert_close(stepwise, whole, atol=1e-5, rtol=1e-5)
 
 
+def test_bf16_lstm_steps_give_each_row_the_same_bits_in_any_batch():
+    """Decoding in bf16 (CPU autocast, no gradients): a one-step fused LSTM call gives a row the
+    same bits in a batch of 200 (more than the fp32 limit of the equations) as in batches of 5, so
+    batched beam search finds exactly the captions of one image at a time. oneDNN's bf16 kernel,
+    which ran such batches before, rounds a row differently with the batch size (by up to 1e-2
+    here). The result stays torch.nn.LSTM's function to bf16 precision."""
+    torch.manual_seed(0)
+    core = RecurrentCore("lstm", 96, 128, 2, backend="fused").eval()
+    x, state = torch.randn(200, 96), 0.5 * torch.randn(2, 2, 200, 128)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out, new_state = core.step(x, state)
+        parts = [core.step(x[i : i + 5], state[:, :, i : i + 5]) for i in range(0, 200, 5)]
+    assert torch.equal(out, torch.cat([part[0] for part in parts]))
+    assert torch.equal(new_state, torch.cat([part[1] for part in parts], dim=2))
+    with torch.no_grad():
+        reference, (h, c) = core.rnn(x.unsqueeze(1), (state[0], state[1]))
+    torch.testing.assert_close(out.float(), reference[:, 0], atol=0.03, rtol=0)
+    torch.testing.assert_close(new_state, torch.stack([h, c]), atol=0.03, rtol=0)
+
+
 @pytest.mark.parametrize("backend", ["fused", "explicit"])
 @pytest.mark.parametrize("cell", CELLS)
 def test_padded_batch_equals_each_sequence_alone(cell, backend):

@@ -72,7 +72,9 @@ class AdditiveAttention(nn.Module):
         (rows x positions x attention units) is the largest element-wise tensor of a decoding
         step: its tanh took a third of a batched beam search (bench/beam_search.py). A row's
         sum does not depend on the other rows, where a matrix product's rounding does (with the
-        bf16 LSTM steps, batched beam search then gives one image at a time's numbers exactly),
+        bf16 LSTM steps, batched beam search then gives one image at a time's numbers exactly
+        where positions x attention units is a multiple of 32: torch's sigmoid computes a
+        tensor's elements past a multiple of 32 floats on a scalar path that rounds differently),
         and float32 keeps the small differences between positions that bf16 would round away.
         Training and other devices keep torch.tanh and the linear layer in autocast's precision.
         """

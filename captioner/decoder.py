@@ -11,9 +11,11 @@ Two variants, chosen by ``model.attention``:
   adds the doubly stochastic regulariser alpha_c * sum_i (1 - sum_t alpha_ti)^2 (their eq. 14),
   per predicted word like the cross-entropy.
 
-One `step` serves teacher-forced training and decoding alike. For show-and-tell the teacher-forced
+One step serves teacher-forced training and decoding alike. For show-and-tell the teacher-forced
 `forward` runs the whole sequence through the core in one call (one fused kernel), which computes
-exactly what stepping would; the attention variant loops `step` over time.
+exactly what stepping would; the attention variant loops the step over time, with the words
+embedded and the logits computed for the whole sequence at once (one call each instead of one a
+step: about 4% of the decoder's training step on the CPU).
 """
 
 from __future__ import annotations
@@ -165,17 +167,23 @@ class CaptionDecoder(nn.Module):
         ``features`` (and ``keys``) may instead hold one row per image for g consecutive token
         rows each (tokens (g * B_img,)): beam search's beams read their image without copies.
         """
-        x = self.embedding(tokens)  # (B, E)
+        if keys is None and self.attention is not None:
+            keys = self.attention.project(features.grid)  # (B, N, A)
+        output, state, alpha = self._advance(self.embedding(tokens), state, features, keys)
+        return self.logits(output), state, alpha
+
+    def _advance(
+        self, x: Tensor, state: Tensor, features: ImageFeatures, keys: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """`step` from the embedded tokens x (B, E): -> top-layer output (B, H), state, alpha."""
         alpha = None
         if self.attention is not None:
-            if keys is None:
-                keys = self.attention.project(features.grid)  # (B, N, A)
             hidden = RecurrentCore.top_hidden(state)  # (B, H), the previous step's output
             context, alpha = self.attention(features.grid, keys, hidden)  # (B, C), (B, N)
             gate = torch.sigmoid(self.f_beta(hidden))  # (B, 1)
             x = torch.cat([x, gate * context], dim=-1)  # (B, E + C)
         output, state = self.core.step(x, state)  # (B, H)
-        return self.logits(output), state, alpha
+        return output, state, alpha
 
     # --- teacher forcing ------------------------------------------------------------------------
 
@@ -206,20 +214,20 @@ class CaptionDecoder(nn.Module):
         valid = torch.arange(steps, device=captions.device)[None, :] < input_lengths[:, None]
         targets = captions[:, 1:].masked_fill(~valid, self.pad_id)  # (B, T-1)
         state = self.init_state(features)
+        embedded = self.embedding(inputs)  # (B, T-1, E)
         if self.attention is None:
-            embedded = self.embedding(inputs)  # (B, T-1, E)
             outputs, _ = self.core(embedded, state, input_lengths)  # (B, T-1, H)
-            logits = self.logits(outputs)  # (B, T-1, V)
             alphas = None
         else:
             keys = self.attention_keys(features)
-            step_logits, step_alphas = [], []
+            step_outputs, step_alphas = [], []
             for t in range(steps):
-                logits_t, state, alpha_t = self.step(inputs[:, t], state, features, keys)
-                step_logits.append(logits_t)
-                step_alphas.append(alpha_t)
-            logits = torch.stack(step_logits, dim=1)  # (B, T-1, V)
+                output, state, alpha = self._advance(embedded[:, t], state, features, keys)
+                step_outputs.append(output)
+                step_alphas.append(alpha)
+            outputs = torch.stack(step_outputs, dim=1)  # (B, T-1, H)
             alphas = torch.stack(step_alphas, dim=1)  # (B, T-1, N)
+        logits = self.logits(outputs)  # (B, T-1, V)
         loss = F.cross_entropy(
             logits.reshape(-1, logits.size(-1)).float(),
             targets.reshape(-1),

@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision.models import get_weight
+from torchvision.transforms import v2
 
 from captioner import scenes
 from captioner.data import (
@@ -36,7 +37,9 @@ from captioner.data import (
     select_split,
     tokenize,
 )
+from captioner.data import datasets as datasets_module
 from captioner.data import images as images_module
+from captioner.data.datasets import load_image_tensor
 from recurrent.errors import UserError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -467,6 +470,100 @@ def test_load_image_modes(tmp_path: Path) -> None:
     with open(rgba_path, "rb") as stream:  # file objects work too, from their start
         stream.read(5)
         assert load_image(stream).size == (2, 1)
+
+
+def _photo(width: int = 64, height: int = 48, seed: int = 0) -> Image.Image:
+    """A smooth colour field, as photographs are (JPEG's subsampling shows on it)."""
+    coarse = np.random.default_rng(seed).integers(0, 256, (6, 8, 3), dtype=np.uint8)
+    return Image.fromarray(coarse).resize((width, height), Image.BICUBIC)
+
+
+def test_load_image_tensor_decodes_jpegs_with_torchvision_to_pillows_pixels(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Clean JPEGs (every chroma subsampling, grayscale, progressive, each EXIF orientation) are
+    decoded by torchvision's decode_jpeg (Pillow is made to fail) into Pillow's very pixels."""
+    jpegs = {
+        f"sub{sub}.jpg": lambda sub=sub: _photo().save(
+            tmp_path / f"sub{sub}.jpg", quality=90, subsampling=sub
+        )
+        for sub in (0, 1, 2)
+    }
+    jpegs["gray.jpg"] = lambda: _photo().convert("L").save(tmp_path / "gray.jpg")
+    jpegs["progressive.jpg"] = lambda: _photo().save(tmp_path / "progressive.jpg", progressive=True)
+    for orientation in range(1, 9):
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        jpegs[f"exif{orientation}.jpg"] = lambda name=f"exif{orientation}.jpg", exif=exif: _photo(
+            40, 20
+        ).save(tmp_path / name, exif=exif)
+    expected = {}
+    for name, write in jpegs.items():
+        write()
+        expected[name] = torch.from_numpy(np.array(load_image(tmp_path / name))).permute(2, 0, 1)
+
+    def no_pillow(*args, **kwargs):
+        raise AssertionError("Pillow decoded a clean JPEG")
+
+    monkeypatch.setattr(datasets_module, "load_image", no_pillow)
+    for name, pixels in expected.items():
+        tensor = load_image_tensor(tmp_path / name)
+        assert tensor.dtype == torch.uint8 and torch.equal(tensor, pixels), name
+    assert expected["exif6.jpg"].shape == (3, 40, 20)  # turned upright: 20 wide, 40 tall
+
+
+def test_load_image_tensor_leaves_every_other_file_to_pillow(tmp_path: Path) -> None:
+    """CMYK JPEGs, other formats, JPEGs with bytes after the end marker, damaged, truncated or
+    oversized JPEGs: the same pixels as load_image, or the same one-line error."""
+    _photo().convert("CMYK").save(tmp_path / "cmyk.jpg")
+    _photo().save(tmp_path / "photo.png")
+    _photo().save(tmp_path / "good.jpg", quality=90)
+    good = (tmp_path / "good.jpg").read_bytes()
+    (tmp_path / "trailing.jpg").write_bytes(good + b"\x00" * 16)
+    (tmp_path / "truncated.jpg").write_bytes(good[: len(good) * 2 // 3])
+    scan = good.rindex(b"\xff\xda") + 40  # inside the entropy-coded data
+    damaged = bytearray(good)
+    damaged[scan : scan + 24] = bytes(range(200, 224))
+    (tmp_path / "damaged.jpg").write_bytes(bytes(damaged))
+    (tmp_path / "text.jpg").write_text("not a picture\n")
+    for name in ("cmyk.jpg", "photo.png", "trailing.jpg", "truncated.jpg", "damaged.jpg",
+                 "text.jpg", "good.jpg", "missing.jpg"):  # fmt: skip
+        for max_pixels in (None, 100):  # 100: good.jpg is too large
+            try:
+                pil = np.array(load_image(tmp_path / name, max_pixels=max_pixels))
+            except UserError as err:
+                message = _raises_one_line(
+                    lambda name=name, max_pixels=max_pixels: load_image_tensor(
+                        tmp_path / name, max_pixels=max_pixels
+                    )
+                )
+                assert message == str(err), name
+                continue
+            tensor = load_image_tensor(tmp_path / name, max_pixels=max_pixels)
+            assert torch.equal(tensor, torch.from_numpy(pil).permute(2, 0, 1)), name
+
+
+def test_transforms_give_pillows_resize_within_one_level_on_tensors() -> None:
+    """The geometry runs on uint8 tensors: the same crops, downscaled and upscaled as Pillow does
+    to within one level in 255; a PIL image and its tensor give the same output."""
+    for size, out in (((640, 480), 224), ((333, 250), 96), ((50, 40), 64), ((96, 96), 96)):
+        image = _photo(*size, seed=out)
+        as_tensor = torch.from_numpy(np.array(image)).permute(2, 0, 1)
+        for train in (False, True):
+            transform = build_transforms(out, train)
+            to_image, *steps, _, _ = transform.transforms  # ..., ToDtype, Normalize
+            assert isinstance(to_image, v2.ToImage)
+            geometry = v2.Compose(steps)
+            torch.manual_seed(0)
+            by_pillow = to_image(geometry(image))  # the order before: Pillow resized
+            torch.manual_seed(0)
+            by_torch = geometry(to_image(image))
+            assert by_torch.shape == by_pillow.shape == (3, out, out)
+            assert (by_torch.int() - by_pillow.int()).abs().max() <= 1, (size, out, train)
+            torch.manual_seed(0)
+            from_pil = transform(image)
+            torch.manual_seed(0)
+            assert torch.equal(from_pil, transform(as_tensor))
 
 
 def test_load_image_bad_input(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,8 +1,8 @@
 """Torch datasets over `ImageRecord`s: (image, caption) pairs for training, images for decoding.
 
-Images are decoded with `load_image` (EXIF-aware RGB) and transformed per item. For small data
-sets (the synthetic scenes) PNG decoding dominates CPU time, so `cache_images=True` keeps the
-decoded PIL images in memory after first use. With DataLoader workers each worker process fills its
+Images are decoded with `load_image_tensor` (EXIF-aware RGB, JPEGs by torchvision's decoder) and
+transformed per item. For small data sets (the synthetic scenes) PNG decoding dominates CPU time,
+so `cache_images=True` keeps the decoded images (uint8 tensors) in memory after first use. With DataLoader workers each worker process fills its
 own copy of the cache, so use it with few workers or `num_workers=0`.
 
 Bad images (``data.bad_images``: error | skip). One corrupt file among 123k must neither kill a
@@ -28,28 +28,79 @@ main process: one line) or ``skip`` (a warning once per file, a count of dropped
 
 from __future__ import annotations
 
+import os
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
+from torchvision.io import ImageReadMode, decode_jpeg
+from torchvision.transforms.v2.functional import pil_to_tensor
 
 from recurrent.errors import UserError
 
-from .images import load_image
+from .images import MAX_ASPECT_RATIO, MAX_IMAGE_PIXELS, load_image
 from .records import ImageRecord
 from .vocab import Vocabulary
 
-Transform = Callable[[Image.Image], torch.Tensor]
+Transform = Callable[[torch.Tensor], torch.Tensor]  # uint8 (3, H, W) -> float (3, S, S)
 BAD_IMAGE_POLICIES = ("error", "skip")
+
+
+def load_image_tensor(
+    source: str | os.PathLike[str], *, max_pixels: int | None = None
+) -> torch.Tensor:
+    """`load_image` as a uint8 tensor (3, H, W): the same upright RGB pixels, the same errors.
+
+    A JPEG that Pillow reads as RGB or grayscale, within the size limits and whole (its bytes end
+    with the end-of-image marker), is decoded by `torchvision.io.decode_jpeg` with its EXIF
+    orientation applied. Everything else goes through `load_image`: other formats, CMYK JPEGs
+    (Pillow undoes Adobe's inverted CMYK), truncated or oversized files, and any JPEG that
+    decode_jpeg refuses or warns about (then Pillow decodes it, or says what is wrong with it).
+    """
+    data = _clean_jpeg(source, MAX_IMAGE_PIXELS if max_pixels is None else max_pixels)
+    if data is not None:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")  # libjpeg's "corrupt data" warnings: use Pillow
+                # torchvision 0.29 deprecates its image decoders in favour of TorchCodec; while
+                # decode_jpeg is there, it is used (the GPU machines' torchvision 0.26 has it)
+                warnings.simplefilter("ignore", DeprecationWarning)
+                return decode_jpeg(data, mode=ImageReadMode.RGB, apply_exif_orientation=True)
+        except (RuntimeError, Warning):
+            pass
+    return pil_to_tensor(load_image(source, max_pixels=max_pixels))
+
+
+def _clean_jpeg(source: str | os.PathLike[str], limit: int) -> torch.Tensor | None:
+    """The file's bytes (a uint8 tensor) if it is a JPEG decode_jpeg may decode, else None."""
+    try:
+        with open(source, "rb") as file, warnings.catch_warnings():
+            if file.read(3) != b"\xff\xd8\xff":  # not a JPEG: no second parse of the header
+                return None
+            file.seek(0)
+            warnings.simplefilter("ignore")
+            with Image.open(file) as image:  # reads the header only
+                if image.format != "JPEG" or image.mode not in ("RGB", "L"):
+                    return None
+                width, height = image.size
+            file.seek(0)
+            data = file.read()
+    except Exception:  # noqa: BLE001 - load_image reads it again and says what is wrong
+        return None
+    too_elongated = max(width, height) > MAX_ASPECT_RATIO * max(1, min(width, height))
+    if width * height > limit or too_elongated or not data.endswith(b"\xff\xd9"):
+        return None
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
 
 
 class BadImage(NamedTuple):
     """Stands in for a data-set item whose image does not decode (``mark_bad_images=True``)."""
 
     path: str
-    reason: str  # load_image's one-line message, naming the file
+    reason: str  # load_image_tensor's one-line message, naming the file
 
 
 class _ImageSource:
@@ -64,17 +115,17 @@ class _ImageSource:
     ) -> None:
         self.records = list(records)
         self.mark_bad_images = mark_bad_images
-        self._cache: dict[int, Image.Image] | None = {} if cache_images else None
+        self._cache: dict[int, torch.Tensor] | None = {} if cache_images else None
         self._bad: dict[int, BadImage] = {}
 
-    def image(self, index: int) -> Image.Image | BadImage:
+    def image(self, index: int) -> torch.Tensor | BadImage:
         if index in self._bad:
             return self._bad[index]
         if self._cache is not None and index in self._cache:
             return self._cache[index]
         path = self.records[index].image_path
         try:
-            image = load_image(path)
+            image = load_image_tensor(path)
         except UserError as err:
             if not self.mark_bad_images:
                 raise

@@ -5,6 +5,9 @@ TIFF scans, palette PNGs with a transparent colour, RGBA logos, CMYK JPEGs from 
 16-bit grayscale scans. `load_image` brings them all to what the encoder expects (upright RGB, transparency
 composited on white, 16-bit scaled rather than clipped to 8 bit) and turns every way an image can
 be unreadable into a `UserError` that names the file and says what to do.
+
+The data loaders read files with `captioner.data.datasets.load_image_tensor`: the same image as
+an RGB uint8 tensor, a clean JPEG decoded by torchvision's decoder. This module imports no torch.
 """
 
 from __future__ import annotations

@@ -80,11 +80,14 @@ def build_transforms(
     hflip: bool = False,
     arch: str = "resnet18",
 ) -> v2.Compose:
-    """PIL image -> normalised float tensor (3, image_size, image_size).
+    """PIL image or uint8 tensor (3, H, W) -> normalised float tensor (3, image_size, image_size).
 
     Train: a mild RandomResizedCrop (scale 0.85-1, near-square), so objects named in the caption are
     rarely cut off, and a horizontal flip only when `hflip` (off by default: flipping makes
     "left of" captions wrong). Eval: Resize(image_size) then CenterCrop(image_size).
+    The geometry runs on the uint8 tensor (a PIL image is converted first): torchvision's
+    antialiased tensor resize is about 3x faster than Pillow's here and gives the same pixels
+    within a few levels of 255.
     """
     if image_size < 1:
         raise UserError(f"image_size must be a positive number of pixels, got {image_size}")
@@ -97,8 +100,8 @@ def build_transforms(
         geometry = [v2.Resize(image_size), v2.CenterCrop(image_size)]
     return v2.Compose(
         [
+            v2.ToImage(),  # PIL -> uint8 tensor (3, H, W); a tensor stays as it is
             *geometry,
-            v2.ToImage(),  # PIL -> uint8 tensor (3, H, W)
             v2.ToDtype(torch.float32, scale=True),  # -> float32 in [0, 1]
             v2.Normalize(mean=mean, std=std),
         ]

@@ -50,6 +50,7 @@ bench: $(STAMP)
 	$(PY) bench/feature_cache.py --threads 1 --num-images 400
 	$(PY) bench/ddp_scaling.py --processes 2 --steps 40
 	$(PY) bench/coco_scale.py --threads 1 --out runs/bench/coco_scale
+	$(PY) bench/image_loading.py
 
 ## make bench-long: the training benchmarks (10-15 minutes each, about 50 minutes in all) and the
 ## full-size feature-cache and huge-text measurements; most of the README's results come from these

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
-from recurrent.config import check_bounds
+from recurrent.config import check_bounds, describe_cell
 from recurrent.engine import RUN_BOUNDS, RunSettings
 from recurrent.errors import UserError
 
@@ -156,6 +157,30 @@ BOUNDS = {
     "train.scst_samples": "[1, 100]",
     "train.scst_from_step": "[0, 1e9]",
 }
+
+
+ENCODER_NAMES = {f"resnet{depth}": f"ResNet-{depth}" for depth in (18, 34, 50, 101, 152)}
+
+
+def describe_model(model: Mapping[str, Any]) -> str:
+    """The model card's architecture line, from the ``model`` section of a config (a dict, as
+    checkpoints save it): "ResNet-18 encoder (to layer3, all trained) + soft attention, 1-layer
+    LSTM decoder, hidden 256". The trainer records it, and the app shows it for any checkpoint."""
+    encoder = ENCODER_NAMES.get(model.get("encoder"), str(model.get("encoder", "CNN")))
+    stages, finetune = model.get("encoder_stages"), model.get("finetune")
+    details = [f"to layer{stages}"] if isinstance(stages, int) else []
+    if finetune == "last":
+        count = model.get("finetune_stages")
+        many = isinstance(count, int) and count > 1
+        details.append(f"last {count} stages trained" if many else "last stage trained")
+    elif finetune in ("frozen", "all"):
+        details.append("frozen" if finetune == "frozen" else "all trained")
+    encoder += " encoder" + (f" ({', '.join(details)})" if details else "")
+    attention = " + soft attention" if model.get("attention") else " (show and tell)"
+    parts = [encoder + attention, f"{describe_cell(model)} decoder"]
+    if model.get("hidden_size"):
+        parts.append(f"hidden {model['hidden_size']}")
+    return ", ".join(parts)
 
 
 def check_config(cfg: CaptionerConfig) -> None:

@@ -62,7 +62,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from captioner.cider import CiderD
-from captioner.config import ARCHITECTURE_KEYS, CaptionerConfig, check_config
+from captioner.config import ARCHITECTURE_KEYS, CaptionerConfig, check_config, describe_model
 from captioner.data import (
     BadImage,
     BadImageLog,
@@ -488,12 +488,7 @@ def train(
         bleu = "/".join(f"{scores[name]:.1f}" for name in BLEU_KEYS)
         return f"epoch {epoch:.2f}, val BLEU-1..4 {bleu}, e.g. {samples['first']!r}"
 
-    m = cfg.model
-    architecture = (
-        f"{m.encoder} ({m.encoder_stages} stages, {m.finetune}) -> {m.num_layers}-layer "
-        f"{m.cell.upper()} {m.hidden_size}, "
-        + ("soft attention" if m.attention else "show and tell")
-    )
+    architecture = describe_model(to_dict(cfg.model))
     total_steps = cfg.train.max_steps or cfg.train.epochs * batches.steps_per_epoch
     summary = run.fit(
         model,

@@ -5,10 +5,11 @@ Load one with ``recurrent.config.load_config(CharLMConfig, "configs/char_lm/ship
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
-from recurrent.config import check_bounds
+from recurrent.config import check_bounds, describe_cell
 from recurrent.engine import RUN_BOUNDS, RunSettings
 from recurrent.errors import UserError
 
@@ -73,6 +74,20 @@ ARCHITECTURE_KEYS = [
     "model.num_layers",
     "model.hidden_size",
 ]
+
+
+def describe_model(model: Mapping[str, Any]) -> str:
+    """The model card's architecture line, from the ``model`` section of a config (a dict, as
+    checkpoints save it): "2-layer LSTM, hidden 512, embedding 128" (or "one-hot input"). The
+    trainer records it, and the app shows it for any checkpoint, cards or not."""
+    parts = [describe_cell(model)]
+    if model.get("hidden_size"):
+        parts.append(f"hidden {model['hidden_size']}")
+    if model.get("input") == "onehot":
+        parts.append("one-hot input")
+    elif model.get("embed_size"):
+        parts.append(f"embedding {model['embed_size']}")
+    return ", ".join(parts)
 
 
 def architecture_keys(config: dict, saved: dict) -> list[str]:

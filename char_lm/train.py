@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from char_lm.config import CharLMConfig, architecture_keys, check_config
+from char_lm.config import CharLMConfig, architecture_keys, check_config, describe_model
 from char_lm.data import StreamBatches, load_corpus
 from char_lm.model import CharLM
 from char_lm.scoring import evaluate_text
@@ -207,14 +207,7 @@ def train(
         )
         return {"val_loss": loss}
 
-    architecture = (
-        f"{cfg.model.num_layers}-layer {cfg.model.cell.upper()}, hidden {cfg.model.hidden_size}, "
-        + (
-            f"embedding {cfg.model.embed_size}"
-            if cfg.model.input == "embedding"
-            else "one-hot input"
-        )
-    )
+    architecture = describe_model(to_dict(cfg.model))
     summary = run.fit(
         model,
         optimizer,

@@ -11,7 +11,9 @@ A checkpoint written by the current trainers holds a ``card`` (a plain dict, see
 
 Older checkpoints have none: `model_card` builds the same fields from what they do hold (config,
 step, best_val_loss / best_scores); what they never recorded (data size, training date) stays None
-and is shown as "not recorded". A captioner counts as trained on the synthetic scenes when its
+and is shown as "not recorded". The architecture line always comes from the saved config, through
+the task's `describe_model` (which the trainers record too), so that every checkpoint describes
+its model in the same words, whichever version of the trainer wrote its card. A captioner counts as trained on the synthetic scenes when its
 annotation file is the one ``python -m captioner.scenes`` writes (``dataset_scenes.json``).
 """
 
@@ -24,54 +26,21 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from captioner.config import describe_model as captioner_architecture
 from captioner.scenes import JSON_NAME as SCENES_JSON_NAME
 from char_lm.config import TINY_SHAKESPEARE_URL
+from char_lm.config import describe_model as char_lm_architecture
 
 LN2 = math.log(2)
 TASK_TITLES = {"captioner": "image captioner", "char_lm": "character-level language model"}
 BUILTIN_PREFIX = "builtin:"
 NOT_RECORDED = "not recorded"
-ENCODER_NAMES = {f"resnet{depth}": f"ResNet-{depth}" for depth in (18, 34, 50, 101, 152)}
 
 
 def _section(payload: Mapping[str, Any], name: str) -> dict[str, Any]:
     config = payload.get("config")
     section = config.get(name) if isinstance(config, dict) else None
     return section if isinstance(section, dict) else {}
-
-
-def _layers(count: Any) -> str:
-    return f"{count}-layer " if isinstance(count, int) else ""
-
-
-def _cell(model: Mapping[str, Any]) -> str:
-    cell = model.get("cell")
-    return cell.upper() if isinstance(cell, str) else "recurrent"
-
-
-def char_lm_architecture(model: Mapping[str, Any]) -> str:
-    """ "2-layer LSTM, hidden 512, embedding 128" (or "one-hot input") from a char_lm model config."""
-    parts = [f"{_layers(model.get('num_layers'))}{_cell(model)}"]
-    if model.get("hidden_size"):
-        parts.append(f"hidden {model['hidden_size']}")
-    if model.get("input") == "onehot":
-        parts.append("one-hot input")
-    elif model.get("embed_size"):
-        parts.append(f"embedding {model['embed_size']}")
-    return ", ".join(parts)
-
-
-def captioner_architecture(model: Mapping[str, Any]) -> str:
-    """ "ResNet-18 encoder (to layer3) + soft attention, 1-layer LSTM decoder, hidden 256"."""
-    encoder = ENCODER_NAMES.get(model.get("encoder"), str(model.get("encoder", "CNN")))
-    stages = model.get("encoder_stages")
-    encoder += " encoder" + (f" (to layer{stages})" if isinstance(stages, int) else "")
-    attention = " + soft attention" if model.get("attention") else " (show and tell)"
-    decoder = f"{_layers(model.get('num_layers'))}{_cell(model)} decoder"
-    parts = [encoder + attention, decoder]
-    if model.get("hidden_size"):
-        parts.append(f"hidden {model['hidden_size']}")
-    return ", ".join(parts)
 
 
 def is_scenes_annotations(annotations: Any) -> bool:
@@ -146,7 +115,8 @@ def model_card(payload: Mapping[str, Any]) -> dict[str, Any]:
     """The checkpoint's card, every field present: its own ``card`` where it has one (fields it
     lacks come from the config), else one built from the config (`card_from_config`).
 
-    ``card["recorded"]`` says whether the checkpoint carried a card.
+    ``card["recorded"]`` says whether the checkpoint carried a card. The architecture is the
+    config's (`describe_model`) wherever the checkpoint has a model config.
     """
     derived = card_from_config(payload)
     own = payload.get("card")
@@ -157,6 +127,8 @@ def model_card(payload: Mapping[str, Any]) -> dict[str, Any]:
     card["data"] = {**derived["data"], **{k: v for k, v in own_data.items() if v is not None}}
     if card["task"] == "captioner" and "synthetic_scenes" not in own_data:
         card["data"]["synthetic_scenes"] = derived["data"].get("synthetic_scenes", False)
+    if _section(payload, "model"):
+        card["architecture"] = derived["architecture"]
     card["recorded"] = True
     return card
 

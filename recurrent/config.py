@@ -225,6 +225,14 @@ def to_dict(config: Any) -> dict[str, Any]:
 YAML_BUILD_ERRORS = (RecursionError, ValueError, OverflowError, AttributeError)
 
 
+def describe_cell(model: Mapping[str, Any]) -> str:
+    """ "2-layer LSTM" from a task's ``model`` section, a saved config's dict (keys may be missing):
+    the start of the architecture line of every model card."""
+    layers, cell = model.get("num_layers"), model.get("cell")
+    count = f"{layers}-layer " if isinstance(layers, int) else ""
+    return count + (cell.upper() if isinstance(cell, str) else "recurrent")
+
+
 def parse_override(item: str) -> tuple[str, Any]:
     """``"train.lr=3e-4"`` -> ``("train.lr", 0.0003)``; the value is read as in a YAML file."""
     if "=" not in item:

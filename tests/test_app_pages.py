@@ -352,8 +352,11 @@ def test_cards_of_the_bundled_checkpoints_come_from_their_configs() -> None:
     # Both bundled models were trained after trainers began writing cards: theirs are recorded.
     captioner = cards.model_card(load_checkpoint(REPO / "models" / "scenes_captioner.pt"))
     assert captioner["recorded"] is True and captioner["task"] == "captioner"
+    # recorded by an older trainer as "resnet18 (3 stages, all) -> 1-layer LSTM 256, soft
+    # attention": the app describes every checkpoint from its config, in the same words
     assert captioner["architecture"] == (
-        "resnet18 (3 stages, all) -> 1-layer LSTM 256, soft attention"
+        "ResNet-18 encoder (to layer3, all trained) + soft attention, 1-layer LSTM decoder, "
+        "hidden 256"
     )
     assert captioner["data"]["synthetic_scenes"] and cards.knows_only_scenes(captioner)
     assert captioner["steps"] == 3000 and captioner["best_scores"]["BLEU-4"] > 99
@@ -367,6 +370,25 @@ def test_cards_of_the_bundled_checkpoints_come_from_their_configs() -> None:
     )
     assert rows["best scores"] == "val loss 1.401 nats/char (2.021 bpc)"
     assert rows["trained"] == "2026-12-05 06:02 UTC" and rows["steps"] == "2,865"
+
+
+def test_architecture_lines_name_every_setting_that_shapes_the_model() -> None:
+    base = {"encoder": "resnet101", "encoder_stages": 4, "attention": True, "cell": "gru"}
+    base |= {"num_layers": 2, "hidden_size": 512}
+    frozen = cards.captioner_architecture({**base, "finetune": "frozen"})
+    assert frozen == (
+        "ResNet-101 encoder (to layer4, frozen) + soft attention, 2-layer GRU decoder, hidden 512"
+    )
+    for settings, words in (
+        ({"finetune": "all"}, "(to layer4, all trained)"),
+        ({"finetune": "last", "finetune_stages": 1}, "(to layer4, last stage trained)"),
+        ({"finetune": "last", "finetune_stages": 2}, "(to layer4, last 2 stages trained)"),
+    ):
+        assert words in cards.captioner_architecture({**base, **settings})
+    show_and_tell = cards.captioner_architecture({"encoder": "resnet50", "attention": False})
+    assert show_and_tell == "ResNet-50 encoder (show and tell), recurrent decoder"
+    char_model = {"cell": "rnn", "num_layers": 1, "hidden_size": 8, "input": "onehot"}
+    assert cards.char_lm_architecture(char_model) == "1-layer RNN, hidden 8, one-hot input"
 
 
 def test_a_recorded_card_wins_and_fills_gaps_from_the_config(models: dict[str, Path]) -> None:

@@ -14,7 +14,7 @@ import torch
 import yaml
 
 import captioner.train as train_module
-from captioner.config import CaptionerConfig, check_config
+from captioner.config import CaptionerConfig, check_config, describe_model
 from captioner.data import Vocabulary, load_image, select_split
 from captioner.encoder import ImageEncoder
 from captioner.features import FeatureCache
@@ -46,6 +46,14 @@ def test_checkpoint_decodes_to_what_training_scored(scenes_annotations: Path, tm
     assert len(summary["losses"]) == 3 and all(loss > 0 for loss in summary["losses"])
     last = load_checkpoint(tmp_path / "run" / "last.pt", task="captioner")
     assert last["step"] == 3  # the stop was followed by a validation and a checkpoint
+    # the card records the architecture in the words the app uses for any checkpoint
+    assert (
+        last["card"]["architecture"]
+        == describe_model(last["config"]["model"])
+        == (
+            "ResNet-18 encoder (to layer2, all trained) + soft attention, 1-layer LSTM decoder, hidden 32"
+        )
+    )
 
     # best.pt == last.pt here (one validation): reload it and decode the val split again.
     captioner = load_captioner(str(tmp_path / "run" / "best.pt"))

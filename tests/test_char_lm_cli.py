@@ -13,10 +13,11 @@ import torch
 
 from char_lm import evaluate, sample
 from char_lm import train as train_cli
+from char_lm.config import describe_model
 from char_lm.data import encode
 from char_lm.generate import generate, load_char_lm
 from char_lm.scoring import evaluate_text
-from recurrent.checkpoint import save_checkpoint
+from recurrent.checkpoint import load_checkpoint, save_checkpoint
 from recurrent.errors import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,6 +65,9 @@ def test_train_writes_checkpoints(trained):
     model, vocab, cfg = load_char_lm(checkpoint)
     assert vocab == sorted(set(TEXT))
     assert cfg.train.max_steps == 2 and cfg.data.block_size == 16
+    saved = load_checkpoint(checkpoint)
+    assert saved["card"]["architecture"] == describe_model(saved["config"]["model"])
+    assert saved["card"]["architecture"] == "1-layer LSTM, hidden 16, embedding 8"
 
 
 def test_sample_streams_prompt_and_seeded_text(trained):

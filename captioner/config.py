@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
-from recurrent.config import check_bounds, describe_cell
+from captioner.scenes import JSON_NAME as SCENES_JSON_NAME
+from recurrent.config import check_bounds, data_name, describe_cell
 from recurrent.engine import RUN_BOUNDS, RunSettings
 from recurrent.errors import UserError
 
@@ -181,6 +183,29 @@ def describe_model(model: Mapping[str, Any]) -> str:
     if model.get("hidden_size"):
         parts.append(f"hidden {model['hidden_size']}")
     return ", ".join(parts)
+
+
+def is_scenes_annotations(annotations: Any) -> bool:
+    """Whether a captioner's ``data.annotations`` is the synthetic scenes generator's JSON."""
+    paths = annotations if isinstance(annotations, list) else [annotations]
+    names = [Path(str(path)).name for path in paths if path]
+    return bool(names) and all(name == SCENES_JSON_NAME for name in names)
+
+
+def describe_data(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The model card's data, from the ``data`` section of a config (a dict): its name, path and
+    whether it is the synthetic scenes (size None: the trainer adds the number of images)."""
+    annotations = data.get("annotations") or ""
+    first = str(annotations[0] if isinstance(annotations, list) and annotations else annotations)
+    synthetic = is_scenes_annotations(annotations)
+    if synthetic:
+        name = "synthetic scenes (coloured shapes)"
+    elif first:
+        name = data_name(first)
+    else:
+        name = str(data.get("format") or "unknown")
+    return {"name": name, "path": first, "size": None, "unit": "images",
+            "synthetic_scenes": synthetic}  # fmt: skip
 
 
 def check_config(cfg: CaptionerConfig) -> None:

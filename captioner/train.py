@@ -62,7 +62,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from captioner.cider import CiderD
-from captioner.config import ARCHITECTURE_KEYS, CaptionerConfig, check_config, describe_model
+from captioner.config import (
+    ARCHITECTURE_KEYS,
+    CaptionerConfig,
+    check_config,
+    describe_data,
+    describe_model,
+)
 from captioner.data import (
     BadImage,
     BadImageLog,
@@ -526,17 +532,8 @@ def train(
 
 
 def data_card(cfg: CaptionerConfig, train_records: Sequence[ImageRecord]) -> dict[str, Any]:
-    """What the model card says about the training data."""
-    annotations = cfg.data.annotations
-    path = annotations if isinstance(annotations, str) else ", ".join(annotations)
-    name = Path(path.split(", ")[0]).stem
-    return {
-        "name": name,
-        "path": path,
-        "size": len(train_records),
-        "unit": "images",
-        "synthetic_scenes": "scenes" in name,
-    }
+    """What the model card says about the training data: the config's description, and the size."""
+    return {**describe_data(to_dict(cfg.data)), "size": len(train_records)}
 
 
 # --------------------------------------------------------------------------------------------

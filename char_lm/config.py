@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from recurrent.config import check_bounds, describe_cell
+from recurrent.config import check_bounds, data_name, describe_cell
 from recurrent.engine import RUN_BOUNDS, RunSettings
 from recurrent.errors import UserError
 
@@ -88,6 +88,21 @@ def describe_model(model: Mapping[str, Any]) -> str:
     elif model.get("embed_size"):
         parts.append(f"embedding {model['embed_size']}")
     return ", ".join(parts)
+
+
+def describe_data(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The model card's data, from the ``data`` section of a config (a dict): its name and path
+    (size None: the trainer adds the number of characters it read)."""
+    path = str(data.get("path") or "")
+    if path.startswith("builtin:"):
+        name = f"{path.removeprefix('builtin:')} (built-in toy text)"
+    elif path:
+        name = data_name(path)
+    elif data.get("url") == TINY_SHAKESPEARE_URL:
+        name, path = "tinyshakespeare", str(data["url"])
+    else:
+        name, path = data_name(str(data.get("url") or "")) or "unknown", str(data.get("url", ""))
+    return {"name": name, "path": path, "size": None, "unit": "characters"}
 
 
 def architecture_keys(config: dict, saved: dict) -> list[str]:

@@ -29,7 +29,13 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from char_lm.config import CharLMConfig, architecture_keys, check_config, describe_model
+from char_lm.config import (
+    CharLMConfig,
+    architecture_keys,
+    check_config,
+    describe_data,
+    describe_model,
+)
 from char_lm.data import StreamBatches, load_corpus
 from char_lm.model import CharLM
 from char_lm.scoring import evaluate_text
@@ -219,13 +225,7 @@ def train(
         unit="chars/s",
         card={
             "architecture": architecture,
-            "data": {
-                "name": Path(cfg.data.path).stem or "tinyshakespeare",
-                "path": cfg.data.path,
-                "size": corpus.chars,
-                "unit": "characters",
-                "synthetic_scenes": False,
-            },
+            "data": {**describe_data(to_dict(cfg.data)), "size": corpus.chars},
         },
         extra=lambda: {
             "vocab": vocab,

@@ -11,10 +11,13 @@ A checkpoint written by the current trainers holds a ``card`` (a plain dict, see
 
 Older checkpoints have none: `model_card` builds the same fields from what they do hold (config,
 step, best_val_loss / best_scores); what they never recorded (data size, training date) stays None
-and is shown as "not recorded". The architecture line always comes from the saved config, through
-the task's `describe_model` (which the trainers record too), so that every checkpoint describes
-its model in the same words, whichever version of the trainer wrote its card. A captioner counts as trained on the synthetic scenes when its
-annotation file is the one ``python -m captioner.scenes`` writes (``dataset_scenes.json``).
+and is shown as "not recorded". What the config decides (the architecture line, the data's name
+and path, whether it is the synthetic scenes) always comes from the saved config, through the
+task's `describe_model` and `describe_data` (which the trainers record too), so that every
+checkpoint is described in the same words, whichever version of the trainer wrote its card; the
+card gives what only the run knew (the data's size, steps, scores, date). A captioner counts as
+trained on the synthetic scenes when its annotation file is the one ``python -m captioner.scenes``
+writes (``dataset_scenes.json``).
 """
 
 from __future__ import annotations
@@ -26,14 +29,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from captioner.config import describe_data as captioner_data
 from captioner.config import describe_model as captioner_architecture
-from captioner.scenes import JSON_NAME as SCENES_JSON_NAME
-from char_lm.config import TINY_SHAKESPEARE_URL
+from char_lm.config import describe_data as char_lm_data
 from char_lm.config import describe_model as char_lm_architecture
 
 LN2 = math.log(2)
 TASK_TITLES = {"captioner": "image captioner", "char_lm": "character-level language model"}
-BUILTIN_PREFIX = "builtin:"
 NOT_RECORDED = "not recorded"
 
 
@@ -41,51 +43,6 @@ def _section(payload: Mapping[str, Any], name: str) -> dict[str, Any]:
     config = payload.get("config")
     section = config.get(name) if isinstance(config, dict) else None
     return section if isinstance(section, dict) else {}
-
-
-def is_scenes_annotations(annotations: Any) -> bool:
-    """Whether a captioner's ``data.annotations`` is the synthetic scenes generator's JSON."""
-    paths = annotations if isinstance(annotations, list) else [annotations]
-    names = [Path(str(path)).name for path in paths if path]
-    return bool(names) and all(name == SCENES_JSON_NAME for name in names)
-
-
-def _data_name(path: str) -> str:
-    """ "dataset_flickr8k.json" -> "flickr8k", "../data/tinyshakespeare.txt" -> "tinyshakespeare"."""
-    stem = Path(path).stem
-    return re.sub(r"^dataset_", "", stem) or path
-
-
-def char_lm_data(data: Mapping[str, Any]) -> dict[str, Any]:
-    path = str(data.get("path") or "")
-    if path.startswith(BUILTIN_PREFIX):
-        name = f"{path[len(BUILTIN_PREFIX) :]} (built-in toy text)"
-    elif path:
-        name = _data_name(path)
-    elif data.get("url") == TINY_SHAKESPEARE_URL:
-        name, path = "tinyshakespeare", str(data["url"])
-    else:
-        name, path = _data_name(str(data.get("url") or "")) or "unknown", str(data.get("url", ""))
-    return {"name": name, "path": path, "size": None, "unit": "characters"}
-
-
-def captioner_data(data: Mapping[str, Any]) -> dict[str, Any]:
-    annotations = data.get("annotations") or ""
-    first = str(annotations[0] if isinstance(annotations, list) and annotations else annotations)
-    synthetic = is_scenes_annotations(annotations)
-    if synthetic:
-        name = "synthetic scenes (coloured shapes)"
-    elif first:
-        name = _data_name(first)
-    else:
-        name = str(data.get("format") or "unknown")
-    return {
-        "name": name,
-        "path": first,
-        "size": None,
-        "unit": "images",
-        "synthetic_scenes": synthetic,
-    }
 
 
 def card_from_config(payload: Mapping[str, Any]) -> dict[str, Any]:
@@ -115,8 +72,9 @@ def model_card(payload: Mapping[str, Any]) -> dict[str, Any]:
     """The checkpoint's card, every field present: its own ``card`` where it has one (fields it
     lacks come from the config), else one built from the config (`card_from_config`).
 
-    ``card["recorded"]`` says whether the checkpoint carried a card. The architecture is the
-    config's (`describe_model`) wherever the checkpoint has a model config.
+    ``card["recorded"]`` says whether the checkpoint carried a card. The architecture and the
+    data's description come from the config wherever the checkpoint has one (see the module
+    docstring).
     """
     derived = card_from_config(payload)
     own = payload.get("card")
@@ -125,10 +83,12 @@ def model_card(payload: Mapping[str, Any]) -> dict[str, Any]:
     card = {**derived, **{key: value for key, value in own.items() if value is not None}}
     own_data = own.get("data") if isinstance(own.get("data"), dict) else {}
     card["data"] = {**derived["data"], **{k: v for k, v in own_data.items() if v is not None}}
-    if card["task"] == "captioner" and "synthetic_scenes" not in own_data:
-        card["data"]["synthetic_scenes"] = derived["data"].get("synthetic_scenes", False)
+    # What the config decides is described from it, in today's words: the same for every
+    # checkpoint, whichever version of the trainer recorded its card.
     if _section(payload, "model"):
         card["architecture"] = derived["architecture"]
+    if _section(payload, "data"):
+        card["data"] = {**card["data"], **{k: v for k, v in derived["data"].items() if k != "size"}}
     card["recorded"] = True
     return card
 

@@ -233,6 +233,13 @@ def describe_cell(model: Mapping[str, Any]) -> str:
     return count + (cell.upper() if isinstance(cell, str) else "recurrent")
 
 
+def data_name(path: str) -> str:
+    """How a card names a data file: "dataset_flickr8k.json" -> "flickr8k",
+    "../data/tinyshakespeare.txt" -> "tinyshakespeare"."""
+    stem = Path(path).stem
+    return re.sub(r"^dataset_", "", stem) or path
+
+
 def parse_override(item: str) -> tuple[str, Any]:
     """``"train.lr=3e-4"`` -> ``("train.lr", 0.0003)``; the value is read as in a YAML file."""
     if "=" not in item:

@@ -391,18 +391,27 @@ def test_architecture_lines_name_every_setting_that_shapes_the_model() -> None:
     assert cards.char_lm_architecture(char_model) == "1-layer RNN, hidden 8, one-hot input"
 
 
-def test_a_recorded_card_wins_and_fills_gaps_from_the_config(models: dict[str, Path]) -> None:
+def test_a_recorded_card_gives_what_the_run_knew_and_the_config_the_rest(
+    models: dict[str, Path],
+) -> None:
     card = cards.model_card(load_checkpoint(models["carded"]))
     assert card["recorded"] and card["architecture"] == CARD["architecture"]
     rows = dict(cards.card_rows(card))
-    assert rows["data"] == "quotes (quotes.txt), 1,234 characters"
+    # the card says "quotes (quotes.txt)", its config data.path q.txt: the config names the data,
+    # the card gives what only the run knew (the size read, the date, the scores)
+    text = Path(load_checkpoint(models["carded"])["config"]["data"]["path"])
+    assert text.name == "q.txt" and rows["data"] == f"q ({text}), 1,234 characters"
     assert rows["trained"] == "2026-11-22 05:10 UTC"
     assert rows["best scores"] == "val loss 2.500 nats/char (3.607 bpc)"
     partial = cards.model_card(
         {"task": "captioner", "config": {"data": {"annotations": "x/dataset_scenes.json"}},
          "card": {"task": "captioner", "data": {"name": "my scenes"}, "steps": 7}}
     )  # fmt: skip
-    assert partial["data"]["name"] == "my scenes" and partial["data"]["synthetic_scenes"]
+    # what the config decides is described from the config, in the app's words
+    assert partial["data"]["name"] == "synthetic scenes (coloured shapes)"
+    assert (
+        partial["data"]["synthetic_scenes"] and partial["data"]["path"] == "x/dataset_scenes.json"
+    )
     assert partial["steps"] == 7 and partial["trained_at"] is None
 
 

@@ -14,7 +14,7 @@ import torch
 import yaml
 
 import captioner.train as train_module
-from captioner.config import CaptionerConfig, check_config, describe_model
+from captioner.config import CaptionerConfig, check_config, describe_data, describe_model
 from captioner.data import Vocabulary, load_image, select_split
 from captioner.encoder import ImageEncoder
 from captioner.features import FeatureCache
@@ -46,14 +46,19 @@ def test_checkpoint_decodes_to_what_training_scored(scenes_annotations: Path, tm
     assert len(summary["losses"]) == 3 and all(loss > 0 for loss in summary["losses"])
     last = load_checkpoint(tmp_path / "run" / "last.pt", task="captioner")
     assert last["step"] == 3  # the stop was followed by a validation and a checkpoint
-    # the card records the architecture in the words the app uses for any checkpoint
+    # the card describes the model and data in the words the app uses for any checkpoint
+    card, config = last["card"], last["config"]
     assert (
-        last["card"]["architecture"]
-        == describe_model(last["config"]["model"])
+        card["architecture"]
+        == describe_model(config["model"])
         == (
-            "ResNet-18 encoder (to layer2, all trained) + soft attention, 1-layer LSTM decoder, hidden 32"
+            "ResNet-18 encoder (to layer2, all trained) + soft attention, "
+            "1-layer LSTM decoder, hidden 32"
         )
     )
+    train_images = len(select_split(load_data_records(cfg.data), "train"))
+    assert card["data"] == {**describe_data(config["data"]), "size": train_images}
+    assert card["data"]["name"] == "synthetic scenes (coloured shapes)"
 
     # best.pt == last.pt here (one validation): reload it and decode the val split again.
     captioner = load_captioner(str(tmp_path / "run" / "best.pt"))

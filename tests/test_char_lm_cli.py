@@ -13,7 +13,7 @@ import torch
 
 from char_lm import evaluate, sample
 from char_lm import train as train_cli
-from char_lm.config import describe_model
+from char_lm.config import describe_data, describe_model
 from char_lm.data import encode
 from char_lm.generate import generate, load_char_lm
 from char_lm.scoring import evaluate_text
@@ -68,6 +68,8 @@ def test_train_writes_checkpoints(trained):
     saved = load_checkpoint(checkpoint)
     assert saved["card"]["architecture"] == describe_model(saved["config"]["model"])
     assert saved["card"]["architecture"] == "1-layer LSTM, hidden 16, embedding 8"
+    data = {**describe_data(saved["config"]["data"]), "size": len(TEXT)}
+    assert saved["card"]["data"] == data and data["name"] == "text"
 
 
 def test_sample_streams_prompt_and_seeded_text(trained):

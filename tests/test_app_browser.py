@@ -267,6 +267,9 @@ def test_every_page_in_a_browser(
     # probability in its hover title
     _open_page(page, "Inside a character model", "Inside a character model")
     text_box = page.get_by_role("textbox", name=re.compile("Text to look inside"))
+    # the box can show before the app fills in its passage: read it once it has one (an empty
+    # read made this test fail once in a clean-clone CI run)
+    expect(text_box).not_to_have_value("", timeout=CAPTION_WAIT_MS)
     passage = text_box.input_value()
     spans = page.locator("[data-testid=stHtml]").first.locator("span[title]")
     expect(spans).to_have_count(len(passage), timeout=CAPTION_WAIT_MS)

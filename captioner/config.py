@@ -193,18 +193,19 @@ def is_scenes_annotations(annotations: Any) -> bool:
 
 
 def describe_data(data: Mapping[str, Any]) -> dict[str, Any]:
-    """The model card's data, from the ``data`` section of a config (a dict): its name, path and
-    whether it is the synthetic scenes (size None: the trainer adds the number of images)."""
+    """The model card's data, from the ``data`` section of a config (a dict): its name (the first
+    annotation file's), path (every annotation file) and whether it is the synthetic scenes (size
+    None: the trainer adds the number of images)."""
     annotations = data.get("annotations") or ""
-    first = str(annotations[0] if isinstance(annotations, list) and annotations else annotations)
+    files = [str(a) for a in annotations] if isinstance(annotations, list) else [str(annotations)]
     synthetic = is_scenes_annotations(annotations)
     if synthetic:
         name = "synthetic scenes (coloured shapes)"
-    elif first:
-        name = data_name(first)
+    elif files[0]:
+        name = data_name(files[0])
     else:
         name = str(data.get("format") or "unknown")
-    return {"name": name, "path": first, "size": None, "unit": "images",
+    return {"name": name, "path": ", ".join(files), "size": None, "unit": "images",
             "synthetic_scenes": synthetic}  # fmt: skip
 
 

@@ -391,6 +391,22 @@ def test_architecture_lines_name_every_setting_that_shapes_the_model() -> None:
     assert cards.char_lm_architecture(char_model) == "1-layer RNN, hidden 8, one-hot input"
 
 
+def test_data_lines_name_the_data_and_every_annotation_file() -> None:
+    coco = {
+        "format": "coco",
+        "annotations": ["c/captions_train2014.json", "c/captions_val2014.json"],
+    }
+    assert cards.captioner_data(coco) == {
+        "name": "captions_train2014", "path": "c/captions_train2014.json, c/captions_val2014.json",
+        "size": None, "unit": "images", "synthetic_scenes": False,
+    }  # fmt: skip
+    flickr = cards.captioner_data({"annotations": "data/dataset_flickr8k.json"})
+    assert flickr["name"] == "flickr8k" and not flickr["synthetic_scenes"]
+    mine = cards.captioner_data({"annotations": "my_scenes/dataset_my_scenes.json"})
+    assert mine["name"] == "my_scenes" and not mine["synthetic_scenes"]  # only the generator's file
+    assert cards.char_lm_data({"path": "builtin:hihello"})["name"] == "hihello (built-in toy text)"
+
+
 def test_a_recorded_card_gives_what_the_run_knew_and_the_config_the_rest(
     models: dict[str, Path],
 ) -> None:

@@ -2,8 +2,9 @@
 
 Images are decoded with `load_image_tensor` (EXIF-aware RGB, JPEGs by torchvision's decoder) and
 transformed per item. For small data sets (the synthetic scenes) PNG decoding dominates CPU time,
-so `cache_images=True` keeps the decoded images (uint8 tensors) in memory after first use. With DataLoader workers each worker process fills its
-own copy of the cache, so use it with few workers or `num_workers=0`.
+so `cache_images=True` keeps the decoded images (uint8 tensors) in memory after first use. With
+DataLoader workers each worker process fills its own copy of the cache, so use it with few workers
+or `num_workers=0`.
 
 Bad images (``data.bad_images``: error | skip). One corrupt file among 123k must neither kill a
 DataLoader worker with a traceback nor, under ``skip``, stop the run. So a data set made with

@@ -86,8 +86,8 @@ def build_transforms(
     rarely cut off, and a horizontal flip only when `hflip` (off by default: flipping makes
     "left of" captions wrong). Eval: Resize(image_size) then CenterCrop(image_size).
     The geometry runs on the uint8 tensor (a PIL image is converted first): torchvision's
-    antialiased tensor resize is about 3x faster than Pillow's here and gives the same pixels
-    within a few levels of 255.
+    antialiased tensor resize is about 3x faster than Pillow's here and gives Pillow's pixels to
+    within one level in 255.
     """
     if image_size < 1:
         raise UserError(f"image_size must be a positive number of pixels, got {image_size}")

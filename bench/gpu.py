@@ -60,15 +60,14 @@ from recurrent.precision import Precision  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 COCO = ROOT / "configs/captioner/coco.yaml"
-VOCAB = 10_000
-WORDS = [f"w{i}" for i in range(VOCAB - 4)]  # with <pad> <start> <end> <unk>: 10,000 ids
+VOCAB = 10_000  # COCO's vocabulary at min_word_count 5 is about this size
 
 
 class Setup:
     """The sizes of one run: the real ones, or --quick's."""
 
     def __init__(self, device: torch.device, quick: bool) -> None:
-        self.device, self.quick = device, quick
+        self.device = device
         self.archs = ["resnet18"] if quick else ["resnet50", "resnet101"]
         self.image_size = 64 if quick else 224
         self.batch = 4 if quick else 96

@@ -543,6 +543,23 @@ def test_load_image_tensor_leaves_every_other_file_to_pillow(tmp_path: Path) -> 
             assert torch.equal(tensor, torch.from_numpy(pil).permute(2, 0, 1)), name
 
 
+def test_load_image_tensor_reads_no_file_far_larger_than_its_pixels(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A small JPEG followed by megabytes (ending with another end marker) is not read whole into
+    memory for decode_jpeg: Pillow decodes it, reading what it needs."""
+    _photo().save(tmp_path / "good.jpg", quality=90)
+    padded = tmp_path / "padded.jpg"
+    padded.write_bytes((tmp_path / "good.jpg").read_bytes() + bytes(2_000_000) + b"\xff\xd9")
+
+    def no_decode_jpeg(*args, **kwargs):
+        raise AssertionError("decode_jpeg was handed the whole padded file")
+
+    monkeypatch.setattr(datasets_module, "decode_jpeg", no_decode_jpeg)
+    expected = torch.from_numpy(np.array(load_image(padded))).permute(2, 0, 1)
+    assert torch.equal(load_image_tensor(padded), expected)
+
+
 def test_transforms_give_pillows_resize_within_one_level_on_tensors() -> None:
     """The geometry runs on uint8 tensors: the same crops, downscaled and upscaled as Pillow does
     to within one level in 255; a PIL image and its tensor give the same output."""

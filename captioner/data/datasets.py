@@ -87,12 +87,17 @@ def _clean_jpeg(source: str | os.PathLike[str], limit: int) -> torch.Tensor | No
                 if image.format != "JPEG" or image.mode not in ("RGB", "L"):
                     return None
                 width, height = image.size
+            too_elongated = max(width, height) > MAX_ASPECT_RATIO * max(1, min(width, height))
+            # a file far larger than its pixels can need (say, gigabytes after a small image) is
+            # left to Pillow, which reads only what it decodes
+            too_long = os.fstat(file.fileno()).st_size > 8 * width * height + 65536
+            if width * height > limit or too_elongated or too_long:
+                return None
             file.seek(0)
             data = file.read()
     except Exception:  # noqa: BLE001 - load_image reads it again and says what is wrong
         return None
-    too_elongated = max(width, height) > MAX_ASPECT_RATIO * max(1, min(width, height))
-    if width * height > limit or too_elongated or not data.endswith(b"\xff\xd9"):
+    if not data.endswith(b"\xff\xd9"):
         return None
     return torch.frombuffer(bytearray(data), dtype=torch.uint8)
 

@@ -27,7 +27,8 @@ from PIL import Image
 from torch import Tensor
 
 from captioner.config import CaptionerConfig, DecodeConfig
-from captioner.data import Vocabulary, build_transforms, load_image
+from captioner.data import Vocabulary, build_transforms
+from captioner.data.datasets import load_image_tensor
 from captioner.decode import Caption, beam_search, check_decode_settings
 from captioner.encoder import ImageFeatures
 from captioner.model import CaptionModel
@@ -134,9 +135,17 @@ def load_captioner(path: str, device: str | torch.device = "cpu") -> Captioner:
 
 
 @torch.no_grad()
-def encode_images(captioner: Captioner, images: Sequence[Image.Image]) -> ImageFeatures:
-    """PIL images -> float32 `ImageFeatures` on the captioner's device."""
-    batch = torch.stack([captioner.transform(image.convert("RGB")) for image in images])
+def encode_images(
+    captioner: Captioner, images: Sequence[Image.Image | torch.Tensor]
+) -> ImageFeatures:
+    """PIL images (any mode) or RGB uint8 tensors (3, H, W) -> float32 `ImageFeatures` on the
+    captioner's device."""
+    batch = torch.stack(
+        [
+            captioner.transform(image.convert("RGB") if isinstance(image, Image.Image) else image)
+            for image in images
+        ]
+    )
     batch = batch.to(captioner.device)  # (B, 3, S, S)
     with captioner.autocast():
         features = captioner.model.encode(batch)
@@ -230,7 +239,7 @@ def to_result(
 @torch.no_grad()
 def caption_images(
     captioner: Captioner,
-    images: Sequence[Image.Image],
+    images: Sequence[Image.Image | torch.Tensor],
     *,
     beam_size: int = 3,
     max_length: int | None = None,
@@ -243,7 +252,8 @@ def caption_images(
     diversity_groups: int | None = None,
     diversity_strength: float | None = None,
 ) -> list[CaptionResult]:
-    """Caption PIL images (any size and mode; they are converted to RGB) with beam search.
+    """Caption PIL images (any size and mode; they are converted to RGB) or RGB uint8 tensors
+    (3, H, W), as `load_image_tensor` reads files, with beam search.
 
     Every setting left at None defaults to the checkpoint's ``decode`` section (see
     `decode_settings`). Beam search runs over ``batch_size`` images at a time; on a CPU the CNN
@@ -315,15 +325,16 @@ def caption_files(
 ) -> Iterator[tuple[str, CaptionResult]]:
     """Caption image files batch by batch, yielding `(path, result)` in order as each batch is done.
 
-    A file that cannot be read (`load_image` raises a `UserError`) is passed to
+    Files are read as the data loaders read them (`load_image_tensor`: JPEGs by torchvision's
+    decoder, the rest by Pillow). A file that cannot be read (a `UserError`) is passed to
     ``on_error(path, error)`` and skipped; without `on_error` the error is raised. `decode` holds
     `caption_images`' decoding options (beam_size, max_length, n_best, ...).
     """
     for start in range(0, len(paths), batch_size):
-        batch: list[tuple[str, Image.Image]] = []
+        batch: list[tuple[str, torch.Tensor]] = []
         for path in paths[start : start + batch_size]:
             try:
-                batch.append((path, load_image(path)))
+                batch.append((path, load_image_tensor(path)))
             except UserError as err:
                 if on_error is None:
                     raise

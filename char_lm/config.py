@@ -76,6 +76,9 @@ ARCHITECTURE_KEYS = [
 ]
 
 
+BUILTIN_PREFIX = "builtin:"  # data.path builtin:hihello names a text that ships with the code
+
+
 def describe_model(model: Mapping[str, Any]) -> str:
     """The model card's architecture line, from the ``model`` section of a config (a dict, as
     checkpoints save it): "2-layer LSTM, hidden 512, embedding 128" (or "one-hot input"). The
@@ -94,8 +97,8 @@ def describe_data(data: Mapping[str, Any]) -> dict[str, Any]:
     """The model card's data, from the ``data`` section of a config (a dict): its name and path
     (size None: the trainer adds the number of characters it read)."""
     path = str(data.get("path") or "")
-    if path.startswith("builtin:"):
-        name = f"{path.removeprefix('builtin:')} (built-in toy text)"
+    if path.startswith(BUILTIN_PREFIX):
+        name = f"{path.removeprefix(BUILTIN_PREFIX)} (built-in toy text)"
     elif path:
         name = data_name(path)
     elif data.get("url") == TINY_SHAKESPEARE_URL:

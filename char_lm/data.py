@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from char_lm.config import DataConfig
+from char_lm.config import BUILTIN_PREFIX, DataConfig
 from recurrent.errors import UserError
 
 BUILTIN_TEXTS = {
@@ -54,7 +54,6 @@ BUILTIN_TEXTS = {
         "the sea."
     ),
 }
-BUILTIN_PREFIX = "builtin:"
 IGNORE_INDEX = -1  # target of padding positions (only in evaluation streams)
 CHUNK_BYTES = 1 << 20  # bytes read at a time when a text file is scanned or encoded (1 MiB)
 CONTINUATION = bytes(range(0x80, 0xC0))  # the bytes that continue a UTF-8 character

@@ -17,6 +17,7 @@ import io
 import json
 import shutil
 import struct
+import tempfile
 import zlib
 from pathlib import Path
 
@@ -46,6 +47,7 @@ from captioner.data import (
     load_image,
     load_records,
 )
+from captioner.data.datasets import load_image_tensor
 from captioner.data.images import ACCEPTED_FORMATS, MAX_IMAGE_PIXELS
 from captioner.train import train
 from recurrent.checkpoint import load_checkpoint
@@ -559,6 +561,38 @@ def test_any_bytes_decode_to_rgb_or_one_named_line(data):
         assert "'upload.bin'" in message and "\n" not in message
         return
     assert image.mode == "RGB" and min(image.size) >= 1
+
+
+@st.composite
+def mutated_jpegs(draw: st.DrawFn) -> bytes:
+    """The JPEG sample, mutated inside: flipped bits and overwritten runs that keep its length
+    and end marker, so that decode_jpeg gets them (truncations are covered above)."""
+    data = bytearray(SAMPLES["JPEG"])
+    for _ in range(draw(st.integers(1, 4))):
+        at = draw(st.integers(0, len(data) - 3))
+        if draw(st.booleans()):
+            data[at] ^= 1 << draw(st.integers(0, 7))
+        else:
+            run = draw(st.sampled_from([b"\xff" * 8, b"\x00" * 8, b"\x7f\xff\xff\xff"]))
+            data[at : at + len(run)] = run[: len(data) - 2 - at]
+    return bytes(data)
+
+
+@given(data=mutated_jpegs())
+def test_damaged_jpegs_read_by_the_loaders_as_pillow_reads_them(data):
+    """What the data loaders read (`load_image_tensor`, decode_jpeg for clean JPEGs) is what
+    `load_image` (Pillow; the app and check_data) gives: the same pixels or the same one line."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "photo.jpg"
+        path.write_bytes(data)
+        try:
+            expected = torch.from_numpy(np.array(load_image(path))).permute(2, 0, 1)
+        except UserError as err:
+            with pytest.raises(UserError) as info:
+                load_image_tensor(path)
+            assert str(info.value) == str(err)
+            return
+        assert torch.equal(load_image_tensor(path), expected)
 
 
 def test_batches_of_only_bad_images_keep_the_epoch_count(scenes_with_a_bad_image, tmp_path):

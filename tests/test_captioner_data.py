@@ -560,6 +560,29 @@ def test_load_image_tensor_reads_no_file_far_larger_than_its_pixels(
     assert torch.equal(load_image_tensor(padded), expected)
 
 
+def test_libjpeg_stays_quiet_about_damage_pillow_reads_silently(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture
+) -> None:
+    """A JPEG whose scan data ends early (COCO has such files): libjpeg inside decode_jpeg would
+    print "Corrupt JPEG data: premature end of data segment" on the process's standard error
+    (every epoch, without the file's name). The loader decodes it to Pillow's pixels, silently,
+    and standard error works again afterwards."""
+    _photo().save(tmp_path / "good.jpg", quality=90)
+    good = (tmp_path / "good.jpg").read_bytes()
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(good[: good.rindex(b"\xff\xda") + 200] + b"\xff\xd9")
+    expected = torch.from_numpy(np.array(load_image(cut))).permute(2, 0, 1)
+
+    def no_pillow(*args, **kwargs):
+        raise AssertionError("Pillow decoded it")
+
+    monkeypatch.setattr(datasets_module, "load_image", no_pillow)
+    capfd.readouterr()
+    assert torch.equal(load_image_tensor(cut), expected)
+    print("still here", file=sys.stderr, flush=True)
+    assert capfd.readouterr().err == "still here\n"
+
+
 def test_transforms_give_pillows_resize_within_one_level_on_tensors() -> None:
     """The geometry runs on uint8 tensors: the same crops, downscaled and upscaled as Pillow does
     to within one level in 255; a PIL image and its tensor give the same output."""

@@ -29,7 +29,10 @@ main process: one line) or ``skip`` (a warning once per file, a count of dropped
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
+import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, NamedTuple
@@ -64,7 +67,7 @@ def load_image_tensor(
     data = _clean_jpeg(source, MAX_IMAGE_PIXELS if max_pixels is None else max_pixels)
     if data is not None:
         try:
-            with warnings.catch_warnings():
+            with _libjpeg_quiet(), warnings.catch_warnings():
                 warnings.simplefilter("error")  # libjpeg's "corrupt data" warnings: use Pillow
                 # torchvision 0.29 deprecates its image decoders in favour of TorchCodec; while
                 # decode_jpeg is there, it is used (the GPU machines' torchvision 0.26 has it)
@@ -73,6 +76,35 @@ def load_image_tensor(
         except (RuntimeError, Warning):
             pass
     return pil_to_tensor(load_image(source, max_pixels=max_pixels))
+
+
+_QUIET = threading.Lock()
+
+
+@contextlib.contextmanager
+def _libjpeg_quiet() -> Iterator[None]:
+    """This process's standard error (file descriptor 2) to /dev/null while decode_jpeg runs.
+
+    libjpeg prints "Corrupt JPEG data: ..." there, without the file's name, for damaged JPEGs it
+    still decodes (Pillow decodes them to the same pixels silently): COCO has some, and training
+    would print the line again every epoch. One thread at a time, so that each restores what it
+    saved; where descriptor 2 cannot be duplicated, nothing is redirected.
+    """
+    with _QUIET:
+        try:
+            sys.stderr.flush()
+            saved = os.dup(2)
+        except (OSError, ValueError):
+            yield
+            return
+        null = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(null, 2)
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            os.close(null)
 
 
 def _clean_jpeg(source: str | os.PathLike[str], limit: int) -> torch.Tensor | None:

@@ -45,7 +45,7 @@ from torchvision.transforms.v2.functional import pil_to_tensor
 
 from recurrent.errors import UserError
 
-from .images import MAX_ASPECT_RATIO, MAX_IMAGE_PIXELS, load_image
+from .images import MAX_IMAGE_PIXELS, load_image, size_error
 from .records import ImageRecord
 from .vocab import Vocabulary
 
@@ -119,12 +119,11 @@ def _clean_jpeg(source: str | os.PathLike[str], limit: int) -> torch.Tensor | No
                 if image.format != "JPEG" or image.mode not in ("RGB", "L"):
                     return None
                 width, height = image.size
-            too_elongated = max(width, height) > MAX_ASPECT_RATIO * max(1, min(width, height))
             # a file far larger than its pixels can need (say, gigabytes after a small image) is
             # left to Pillow, which reads only what it decodes
             too_long = os.fstat(file.fileno()).st_size > 8 * width * height + 65536
-            if width * height > limit or too_elongated or too_long:
-                return None
+            if too_long or size_error("", width, height, limit) is not None:
+                return None  # load_image refuses it, or decodes it
             file.seek(0)
             data = file.read()
     except Exception:  # noqa: BLE001 - load_image reads it again and says what is wrong

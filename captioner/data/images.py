@@ -74,13 +74,9 @@ def load_image(
             with Image.open(source) as image:
                 kind = image.format
                 width, height = image.size
-                if width * height > limit:
-                    raise _too_large(what, width, height, limit)
-                if max(width, height) > MAX_ASPECT_RATIO * max(1, min(width, height)):
-                    raise UserError(
-                        f"{what} is {width} x {height} pixels, too elongated to caption (at most "
-                        f"{MAX_ASPECT_RATIO}:1); crop it to a more compact region first"
-                    )
+                refused = size_error(what, width, height, limit)
+                if refused is not None:
+                    raise refused
                 image.load()  # decode now (the first page or frame), so bad data fails here
                 upright = ImageOps.exif_transpose(image)  # a decoded copy: the file may close
     except UserError:
@@ -130,11 +126,20 @@ def _describe(source: object) -> str:
     return f"'{name}'" if isinstance(name, str) and name else "the uploaded image"
 
 
-def _too_large(what: str, width: int, height: int, limit: int) -> UserError:
-    return UserError(
-        f"{what} is too large ({width} x {height} = {width * height:,} pixels, limit {limit:,}); "
-        "downscale it first"
-    )
+def size_error(what: str, width: int, height: int, limit: int) -> UserError | None:
+    """Why an image of ``width`` x ``height`` is refused before decoding (more pixels than
+    ``limit``, more elongated than `MAX_ASPECT_RATIO`), or None: the one rule for every reader."""
+    if width * height > limit:
+        return UserError(
+            f"{what} is too large ({width} x {height} = {width * height:,} pixels, limit "
+            f"{limit:,}); downscale it first"
+        )
+    if max(width, height) > MAX_ASPECT_RATIO * max(1, min(width, height)):
+        return UserError(
+            f"{what} is {width} x {height} pixels, too elongated to caption (at most "
+            f"{MAX_ASPECT_RATIO}:1); crop it to a more compact region first"
+        )
+    return None
 
 
 def _to_rgb(image: Image.Image, what: str) -> Image.Image:

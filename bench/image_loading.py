@@ -37,8 +37,7 @@ from torchvision.transforms import v2
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.recurrent_core import machine  # noqa: E402
 from captioner import scenes  # noqa: E402
-from captioner.data import build_transforms, load_image  # noqa: E402
-from captioner.data.datasets import load_image_tensor  # noqa: E402
+from captioner.data import build_transforms, load_image, load_image_tensor  # noqa: E402
 
 WORDS = [f"w{i}" for i in range(2000)]
 

@@ -27,8 +27,7 @@ from PIL import Image
 from torch import Tensor
 
 from captioner.config import CaptionerConfig, DecodeConfig
-from captioner.data import Vocabulary, build_transforms
-from captioner.data.datasets import load_image_tensor
+from captioner.data import Vocabulary, build_transforms, load_image_tensor
 from captioner.decode import Caption, beam_search, check_decode_settings
 from captioner.encoder import ImageFeatures
 from captioner.model import CaptionModel

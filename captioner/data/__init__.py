@@ -41,6 +41,7 @@ if TYPE_CHECKING:
         ImageOnly,
         collate_groups,
         collate_pairs,
+        load_image_tensor,
     )
     from .transforms import build_transforms, normalization_stats, resolve_weights
 
@@ -53,6 +54,7 @@ _LAZY = {
     "ImageOnly": "datasets",
     "collate_groups": "datasets",
     "collate_pairs": "datasets",
+    "load_image_tensor": "datasets",
     "build_transforms": "transforms",
     "normalization_stats": "transforms",
     "resolve_weights": "transforms",
@@ -86,6 +88,7 @@ __all__ = [
     "load_csv",
     "load_flickr8k",
     "load_image",
+    "load_image_tensor",
     "load_jsonl",
     "load_karpathy",
     "load_records",

@@ -3,8 +3,10 @@
 A task (char_lm, captioner) supplies its model, its data, one training step that returns a loss,
 and one evaluation that returns scores; `Run` does everything else, the same way for both:
 
-- the run folder guard: a folder that holds a run is continued with ``--resume`` or replaced
-  with ``--overwrite``, never silently;
+- the run folder guard: a folder that holds a run (any of ``RUN_FILES``) is continued with
+  ``--resume`` or replaced with ``--overwrite``, never silently; a replaced run's checkpoints go
+  with its metrics when the new run's first step starts, so the folder never mixes two runs; and
+  while a run lives its folder is locked (``.lock``), so a second run started into it is refused;
 - the learning rate: linear warmup for ``warmup_steps``, then a cosine down to
   ``lr * min_lr_ratio``, set on the optimizer's param groups every step (nanoGPT's ``get_lr``).
   The cosine spans ``lr_decay_steps`` (0: the run's length in steps). With a time budget it
@@ -65,7 +67,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from recurrent import distributed
+from recurrent import distributed, files
 from recurrent.checkpoint import (
     FORMAT_VERSION,
     check_same_architecture,
@@ -77,6 +79,7 @@ from recurrent.files import atomic_write_text
 from recurrent.training import rng_state, set_rng_state, set_seed, warmup_cosine
 
 RUN_FORMAT = FORMAT_VERSION  # checkpoints a run can resume from carry "progress"
+RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl")  # a folder with any of them holds a run
 NO_DECAY_MODULES = (
     nn.Embedding,
     nn.BatchNorm1d,
@@ -386,9 +389,10 @@ class Run:
             raise UserError(
                 f"nothing to resume: {self.last_path} does not exist; drop --resume to start a run"
             )
-        if not resume and self.last_path.exists() and not overwrite:
+        held = [name for name in RUN_FILES if (self.out_dir / name).exists()]
+        if not resume and held and not overwrite:
             raise UserError(
-                f"{self.out_dir} already holds a run ({self.last_path.name}); pass --resume to "
+                f"{self.out_dir} already holds a run ({', '.join(held)}); pass --resume to "
                 "continue it, --overwrite to replace it, or choose another --out-dir"
             )
         self.dist, self.device = distributed.setup(settings.device)
@@ -406,6 +410,14 @@ class Run:
         self.init_payload = (
             load_checkpoint(self.init_path, task=task) if self.init_path is not None else None
         )
+        if self.dist.is_main:  # refuse a second run into the folder while this one lives
+            files.hold(
+                self.out_dir,
+                lambda holder: UserError(
+                    f"{self.out_dir} is in use by another training run ({holder}); wait for it "
+                    "to end or stop it, or choose another --out-dir"
+                ),
+            )
         set_seed(settings.seed)
         self.progress = Progress()
 
@@ -537,6 +549,9 @@ class Run:
         )
         if main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
+            if self.payload is None:  # a fresh run (--overwrite): the old run's checkpoints go
+                for path in (self.last_path, self.best_path):  # with its metrics, before step 1
+                    path.unlink(missing_ok=True)
         scaler = self.precision.grad_scaler()
         params = [p for group in optimizer.param_groups for p in group["params"]]
         steps_at_start, items_total, started = progress.step, 0, time.perf_counter()
@@ -751,6 +766,7 @@ class Run:
         train_time = time.perf_counter() - started
         if self.payload is not None and progress.step == steps_at_start:
             self.log(f"nothing to do: {self.last_path} is already at step {progress.step}")
+        files.release(self.out_dir)  # (a run that raises keeps it until its process ends)
         return {
             "steps": progress.step,
             "stop_reason": reason,
@@ -822,16 +838,17 @@ class Run:
         return [vote > 0 for vote in votes.tolist()]
 
     def _non_finite_message(self, bad_step: int, what: str, value: float) -> str:
-        saved = (
-            f"{self.last_path} (step {self._saved_step()})"
-            if self.last_path.is_file()
-            else "none was written yet"
-        )
-        return (
-            f"the {what} became {value} at step {bad_step}; nothing was saved after it, the "
-            f"last good checkpoint is {saved}; lower train.lr or set train.grad_clip, then resume "
-            "with --resume or start afresh"
-        )
+        if self.last_path.is_file():
+            saved = (
+                f"the last good checkpoint is {self.last_path} (step {self._saved_step()}); lower "
+                "train.lr or set train.grad_clip, then resume with --resume or start afresh"
+            )
+        else:
+            saved = (
+                "no checkpoint was written yet; lower train.lr or set train.grad_clip and start "
+                "again (with --overwrite)"
+            )
+        return f"the {what} became {value} at step {bad_step}; nothing was saved after it, {saved}"
 
     def _saved_step(self) -> int | str:
         try:

@@ -2,7 +2,9 @@
 
 A user mistake (bad file, flag, checkpoint, image or text) raises `UserError` with a message that
 names the problem and says what to do. `run_cli` prints that message as one line, exits non-zero and
-shows no traceback. Internal bugs are not `UserError` and still raise normally.
+shows no traceback. So does a file the system refuses (an `OSError` with a file name: a folder
+without write permission, a full disk, a path that cannot exist), wherever it is met. Internal bugs
+are neither and still raise normally.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ class UserError(Exception):
 
 
 EXIT_USER_ERROR = 2
+EXIT_SYSTEM_ERROR = 1
 
 
 class RunStopped(Exception):
@@ -30,7 +33,8 @@ class RunStopped(Exception):
 def run_cli(
     main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None
 ) -> int:
-    """Call `main(argv)`; a `UserError` becomes `error: <message>` on stderr and exit status 2."""
+    """Call `main(argv)`; a `UserError` becomes `error: <message>` on stderr and exit status 2, a
+    refused file `error: cannot use <path>: <reason>` and exit status 1."""
     try:
         main(argv)
     except UserError as err:
@@ -45,4 +49,19 @@ def run_cli(
         return 130
     except BrokenPipeError:  # e.g. `sample ... | head`
         return 0
+    except OSError as err:
+        if err.filename is None:  # not about a path the user chose: a bug or the machine's state
+            raise
+        print(f"error: {os_error_message(err)}", file=sys.stderr)
+        return EXIT_SYSTEM_ERROR
     return 0
+
+
+def os_error_message(err: OSError) -> str:
+    """One line for a file the system refused: the path, the reason and what to check."""
+    path = err.filename if err.filename2 is None else f"{err.filename} -> {err.filename2}"
+    reason = err.strerror or type(err).__name__
+    return (
+        f"cannot use {path}: {reason}; check that the path exists and is on a disk with free "
+        "space that you may read and write"
+    )

@@ -4,6 +4,9 @@ A crash or ``kill -9`` at any moment leaves either the old file or the new one, 
 temporary file of an interrupted write is a hidden ``.NAME.HOST-PID.*.tmp`` that readers never pick
 up and that the next complete write of the same file removes once its writer is gone (so processes
 writing the same file at once, say the ranks of a torchrun job, never remove each other's).
+
+`hold` and `release` lock a folder for one process: a training run's, so that a second run started
+into it is refused instead of mixing its checkpoints and metrics with the first's.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from typing import BinaryIO
 
 HOST = socket.gethostname()
 FOREIGN_TEMP_AGE_S = 24 * 3600  # another machine's temporary file (a shared disk): stale after this
+UMASK = os.umask(0)  # reading the umask means setting it: once, at import, and put straight back
+os.umask(UMASK)
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], object]) -> Path:
@@ -30,6 +35,9 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], objec
     )
     try:
         with os.fdopen(fd, "wb") as handle:
+            # mkstemp makes the file private (0600); give it the mode a plain open() would: the
+            # old file's, or what the umask allows
+            os.fchmod(handle.fileno(), _mode_for(path))
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
@@ -43,6 +51,14 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], objec
         if _abandoned(stale, path.name):
             stale.unlink(missing_ok=True)
     return path
+
+
+def _mode_for(path: Path) -> int:
+    """The permission bits of ``path`` if it exists, else 0o666 less the process's umask."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        return 0o666 & ~UMASK
 
 
 def _abandoned(temporary: Path, name: str) -> bool:
@@ -68,3 +84,43 @@ def _abandoned(temporary: Path, name: str) -> bool:
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     """`atomic_write` of a UTF-8 text."""
     return atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
+
+
+_HELD: dict[Path, int] = {}  # folders this process holds (`hold`), and each lock's descriptor
+
+
+def hold(folder: Path, refusal: Callable[[str], Exception]) -> None:
+    """Take ``folder``'s lock (``folder/.lock``, created with the folder) for this process, or
+    raise ``refusal(holder)`` if another process holds it; ``holder`` names that process.
+
+    The lock is an advisory ``flock``: the system drops it when its process ends, however it ends
+    (kill -9 included), so a crashed run never leaves its folder locked. A process that holds the
+    folder already keeps it (a run started again in the same process, as the tests do). File
+    systems without ``flock`` are not locked.
+    """
+    import fcntl
+
+    key = folder.resolve()
+    if key in _HELD:
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 200).decode("utf-8", errors="replace").strip() or "another process"
+        os.close(fd)
+        raise refusal(holder) from None
+    except OSError:  # no flock on this file system (some network mounts)
+        os.close(fd)
+        return
+    os.ftruncate(fd, 0)
+    os.write(fd, f"process {os.getpid()} on {HOST}\n".encode())
+    _HELD[key] = fd
+
+
+def release(folder: Path) -> None:
+    """Give up ``folder``'s lock taken by `hold` (nothing if this process does not hold it)."""
+    fd = _HELD.pop(folder.resolve(), None)
+    if fd is not None:
+        os.close(fd)

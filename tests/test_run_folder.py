@@ -1,0 +1,219 @@
+"""A run folder holds one run: the guard, the lock and --overwrite (`recurrent.engine.Run`,
+`recurrent.files.hold`), and files the system refuses (`recurrent.errors.run_cli`).
+
+- While a training process lives, a second run started into its folder is refused with one line
+  naming the holder; killed with SIGKILL, the holder's lock goes with it.
+- A folder with any of a run's files (last.pt, best.pt, metrics.jsonl) is refused without
+  --resume or --overwrite; --overwrite removes the old run's checkpoints with its metrics before
+  the new run's first step, so a new run killed early never leaves the old checkpoints beside its
+  metrics.
+- An `OSError` about a path (no permission, no such folder, full disk) becomes one line and exit
+  status 1 in every CLI; one without a path is a bug and still raises.
+- Atomically written files get the mode a plain open() gives them, not mkstemp's 0600.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import char_lm.train as char_lm_train
+from recurrent import files
+from recurrent.engine import Run, RunSettings, StepResult
+from recurrent.errors import EXIT_SYSTEM_ERROR, UserError, run_cli
+
+REPO = Path(__file__).resolve().parents[1]
+CHAR_TINY = REPO / "configs" / "char_lm" / "tiny.yaml"
+SETTINGS = RunSettings(
+    max_steps=2, warmup_steps=0, log_every=1, eval_every=0, checkpoint_every_s=0,
+    device="cpu", precision="fp32",
+)  # fmt: skip
+
+
+class _NoData:
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+def _fit(run: Run, step) -> dict:
+    model = nn.Linear(3, 2)
+    optimizer = run.optimizer([("model", model, 0.1)])
+    run.restore(model, optimizer, _NoData())
+    x, y = torch.randn(4, 3), torch.tensor([0, 1, 1, 0])
+    return run.fit(
+        model,
+        optimizer,
+        _NoData(),
+        step=lambda net: step(net, x, y),
+        evaluate=lambda net: {"loss": F.cross_entropy(net(x), y).item()},
+        score_key=lambda scores: (-scores["loss"],),
+        total_steps=SETTINGS.max_steps,
+        unit="items/s",
+        card={},
+        extra=lambda: {"vocab": []},
+    )
+
+
+def _step(net, x, y) -> StepResult:
+    return StepResult(F.cross_entropy(net(x), y), len(x))
+
+
+def test_a_second_run_into_a_living_runs_folder_is_refused_until_the_first_is_killed(
+    tmp_path, capsys
+):
+    out = tmp_path / "run"
+    argv = ["--config", str(CHAR_TINY), "--out-dir", str(out), "--quiet", "--set"]
+    first = subprocess.Popen(
+        [sys.executable, "-m", "char_lm.train", *argv, "train.max_steps=0",
+         "train.time_budget_s=120", "train.eval_every=0"],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not (out / "metrics.jsonl").exists():  # it trains: it holds the folder
+            assert first.poll() is None, first.stderr.read().decode()
+            assert time.monotonic() < deadline, "the first run never started training"
+            time.sleep(0.2)
+        second = [*argv[:-1], "--overwrite", "--set", "train.max_steps=2", "model.cell=gru"]
+        code = run_cli(char_lm_train.main, second)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1
+        assert err[0] == (
+            f"error: {out} is in use by another training run (process {first.pid} on "
+            f"{files.HOST}); wait for it to end or stop it, or choose another --out-dir"
+        )
+        first.send_signal(signal.SIGKILL)  # a kill leaves no lock behind
+        first.wait(timeout=30)
+        code = run_cli(char_lm_train.main, second)
+        assert code == 0, capsys.readouterr().err
+    finally:
+        first.kill()
+        first.wait(timeout=30)
+    assert (out / ".lock").read_text() == f"process {os.getpid()} on {files.HOST}\n"
+    assert torch.load(out / "last.pt", weights_only=True)["config"]["model"]["cell"] == "gru"
+
+
+def test_the_lock_is_held_by_one_process_and_kept_when_it_starts_again(tmp_path):
+    """In one process, a run started again into its own folder (a test, the app) keeps the lock;
+    `release` gives it up, and a process that does not hold it may then take it."""
+    folder = tmp_path / "run"
+    files.hold(folder, UserError)
+    files.hold(folder, UserError)  # the same process: no refusal
+    holder = [sys.executable, "-c", "import sys; from pathlib import Path; "
+              "from recurrent import files; files.hold(Path(sys.argv[1]), SystemExit)", str(folder)]  # fmt: skip
+    taken = subprocess.run(holder, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert (
+        taken.returncode == 1 and taken.stderr.strip() == f"process {os.getpid()} on {files.HOST}"
+    )
+    files.release(folder)
+    taken = subprocess.run(holder, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert taken.returncode == 0, taken.stderr
+
+
+@pytest.mark.parametrize("left", ["last.pt", "best.pt", "metrics.jsonl"])
+def test_a_folder_with_any_file_of_a_run_is_not_replaced_silently(tmp_path, left):
+    (tmp_path / left).write_bytes(b"the old run")
+    with pytest.raises(UserError, match=rf"already holds a run \({left}\); pass --resume"):
+        Run(tmp_path, task="char_lm", settings=SETTINGS, config={}, quiet=True)
+    assert (tmp_path / left).read_bytes() == b"the old run"
+    assert not (tmp_path / ".lock").exists()  # refused before anything was written
+
+
+def test_overwrite_removes_the_old_runs_checkpoints_before_the_first_step(tmp_path):
+    """A new run that dies at its first step leaves no checkpoint of the old run beside its
+    metrics (the old run's files are kept until training starts)."""
+    for name in ("last.pt", "best.pt", "metrics.jsonl"):
+        (tmp_path / name).write_bytes(b"the old run")
+    run = Run(tmp_path, task="char_lm", settings=SETTINGS, config={}, overwrite=True, quiet=True)
+    assert (tmp_path / "last.pt").read_bytes() == b"the old run"  # not yet: nothing trained
+    seen = []
+
+    def dies(net, x, y):
+        seen.append(sorted(p.name for p in tmp_path.iterdir()))
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError, match="killed"):
+        _fit(run, dies)
+    assert seen == [[".lock"]]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock"]
+    files.release(tmp_path)
+    summary = _fit(Run(tmp_path, task="char_lm", settings=SETTINGS, config={}, overwrite=True,
+                       quiet=True), _step)  # fmt: skip
+    assert summary["steps"] == 2 and (tmp_path / "best.pt").is_file()
+
+
+def test_a_non_finite_loss_before_any_checkpoint_says_to_start_again(tmp_path):
+    from recurrent.errors import RunStopped
+
+    run = Run(tmp_path, task="char_lm", settings=SETTINGS, config={}, quiet=True)
+    with pytest.raises(RunStopped) as stop:
+        _fit(run, lambda net, x, y: StepResult(F.cross_entropy(net(x), y) * torch.nan, len(x)))
+    assert str(stop.value) == (
+        "the training loss became nan at step 1; nothing was saved after it, no checkpoint was "
+        "written yet; lower train.lr or set train.grad_clip and start again (with --overwrite)"
+    )
+
+
+@pytest.mark.parametrize(
+    "err, line",
+    [
+        (
+            PermissionError(errno.EACCES, "Permission denied", "/runs/x/metrics.jsonl"),
+            "cannot use /runs/x/metrics.jsonl: Permission denied",
+        ),
+        (
+            OSError(errno.ENOSPC, "No space left on device", "/runs/x/.last.pt.tmp"),
+            "cannot use /runs/x/.last.pt.tmp: No space left on device",
+        ),
+        (
+            OSError(errno.EXDEV, "Invalid cross-device link", "/a", None, "/b"),
+            "cannot use /a -> /b: Invalid cross-device link",
+        ),
+    ],
+)
+def test_a_refused_path_is_one_line_and_exit_status_1(err, line, capsys):
+    def main(argv):
+        raise err
+
+    assert run_cli(main, []) == EXIT_SYSTEM_ERROR == 1
+    (printed,) = capsys.readouterr().err.strip().splitlines()
+    assert printed.startswith(f"error: {line}; check that the path exists")
+
+
+def test_an_os_error_without_a_path_is_a_bug_and_raises():
+    def main(argv):
+        raise OSError(errno.EIO, "Input/output error")
+
+    with pytest.raises(OSError, match="Input/output error"):
+        run_cli(main, [])
+
+
+def test_the_cli_names_an_output_folder_it_cannot_create(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    argv = ["--config", str(CHAR_TINY), "--out-dir", str(blocker / "run"), "--quiet"]
+    assert run_cli(char_lm_train.main, argv) == 1
+    (printed,) = capsys.readouterr().err.strip().splitlines()
+    assert printed.startswith(f"error: cannot use {blocker / 'run'}: Not a directory")
+
+
+def test_atomic_writes_get_the_mode_an_open_would_give(tmp_path):
+    path = tmp_path / "card.json"
+    files.atomic_write_text(path, "one")
+    assert path.stat().st_mode & 0o777 == 0o666 & ~files.UMASK
+    path.chmod(0o640)  # a mode the user chose survives the next write
+    files.atomic_write_text(path, "two")
+    assert path.stat().st_mode & 0o777 == 0o640 and path.read_text() == "two"

@@ -26,13 +26,13 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from captioner.config import CaptionerConfig, DecodeConfig
+from captioner.config import BOUNDS, CaptionerConfig, DecodeConfig
 from captioner.data import Vocabulary, build_transforms, load_image_tensor
 from captioner.decode import Caption, beam_search, check_decode_settings
 from captioner.encoder import ImageFeatures
 from captioner.model import CaptionModel
 from recurrent.checkpoint import check_state_dict, load_checkpoint
-from recurrent.config import from_dict
+from recurrent.config import check_bounds, from_dict
 from recurrent.errors import UserError
 from recurrent.precision import Precision
 from recurrent.training import pick_device
@@ -98,6 +98,7 @@ def captioner_from_payload(
     """Build a `Captioner` from a loaded checkpoint dict (see `captioner.train` for its keys)."""
     try:
         cfg = from_dict(CaptionerConfig, payload["config"])
+        check_bounds(cfg, BOUNDS)
         vocab = Vocabulary.from_list(payload["vocab"])
         state = payload["model"]
     except KeyError as err:

@@ -83,7 +83,13 @@ def download(url: str, sha256: str = "", cache: Path | None = None) -> Path:
     says how to pass a local copy instead.
     """
     cache = cache_dir() if cache is None else cache
-    name = Path(urllib.parse.urlparse(url).path).name or "download.txt"
+    try:
+        name = Path(urllib.parse.urlparse(url).path).name or "download.txt"
+    except ValueError as err:  # e.g. "http://[::1": an unclosed IPv6 address
+        raise UserError(
+            f"data.url {url!r} is not a valid URL ({err}); fix it, or pass a local "
+            "copy of the text with --set data.path=FILE"
+        ) from None
     target = cache / "char_lm" / (f"{sha256[:16]}-{name}" if sha256 else name)
     if target.is_file() and (not sha256 or _sha256(target) == sha256):
         return target

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import torch
 
-from char_lm.config import CharLMConfig
+from char_lm.config import BOUNDS, CharLMConfig
 from char_lm.data import encode
 from char_lm.model import CharLM
 from recurrent.checkpoint import load_checkpoint
-from recurrent.config import from_dict
+from recurrent.config import check_bounds, from_dict
 from recurrent.errors import UserError
 from recurrent.precision import Precision
 from recurrent.sampling import sample_next
@@ -42,10 +42,13 @@ def load_char_lm(
     payload = read_checkpoint(path)
     try:
         config = from_dict(CharLMConfig, payload["config"])
+        check_bounds(config, BOUNDS)
         vocab = list(payload["vocab"])
+        if not vocab or len(set(vocab)) != len(vocab) or any(len(ch) != 1 for ch in vocab):
+            raise UserError("its vocabulary must be distinct single characters")
         model = CharLM(config.model, len(vocab))
         model.load_state_dict(payload["model"])
-    except (KeyError, RuntimeError, TypeError, UserError) as err:
+    except (KeyError, RuntimeError, TypeError, ValueError, UserError) as err:
         reason = " ".join(str(err).split())[:200]
         raise UserError(
             f"{path} is a char_lm checkpoint this version cannot load ({reason}); retrain with "
@@ -86,7 +89,7 @@ def generate(
     float32 when None. The arguments are checked at the call, before the first character is
     asked for, so a bad prompt fails before anything is printed.
     """
-    if not greedy and temperature <= 0:
+    if not greedy and not temperature > 0:  # NaN too
         raise UserError(f"temperature must be > 0, got {temperature}; use greedy decoding instead")
     if top_k is not None and top_k < 0:
         raise UserError(f"top-k must be >= 0 (0: off), got {top_k}")

@@ -75,6 +75,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.length < 0:
         raise UserError(f"--length must be >= 0, got {args.length}")
+    if args.seed is not None and not 0 <= args.seed < 2**63:
+        raise UserError(f"--seed must be an integer from 0 to 2**63 - 1, got {args.seed}")
     device = pick_device(args.device)
     model, vocab, config = load_char_lm(args.checkpoint, device)
     seed = draw_seed() if args.seed is None else args.seed
@@ -91,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         generator=generator,
         precision=trained_precision(model, config),  # as it was trained
     )  # checks the prompt and settings before anything is printed
-    if args.seed is None:  # a drawn seed, so that a good sample can be repeated
+    if args.seed is None and not args.greedy:  # a drawn seed, so a good sample can be repeated
         print(f"seed: {seed} (pass --seed {seed} to repeat this sample)", file=sys.stderr)
     out = sys.stdout
     out.write(args.prompt)

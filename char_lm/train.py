@@ -172,16 +172,23 @@ def train(
     val_ids = val_ids.to(run.device)
     saved_config = run.payload["config"] if run.payload else run.config
     keys = architecture_keys(run.config, saved_config) + ["train.optimizer"]
+    run.check_resume(keys, vocab, "the text's characters")  # the network first, then the text
     if (
         run.payload
         and run.payload.get("data_fingerprint", corpus.fingerprint) != corpus.fingerprint
     ):
+        trained_on = saved_config.get("data", {}).get("path", cfg.data.path)
+        problem = (
+            f"the training text {corpus.source} changed since the run started (its sha256 "
+            "differs); restore that text"
+            if trained_on == cfg.data.path
+            else f"it was trained on {trained_on or 'the downloaded text'}, and {corpus.source} "
+            f"is another text; pass --set data.path={trained_on}"
+        )
         raise UserError(
-            f"cannot resume from {run.last_path}: the training text {corpus.source} changed since "
-            "the run started (its sha256 differs); restore that text, or start a new run with "
+            f"cannot resume from {run.last_path}: {problem}, or start a new run with "
             "--overwrite or another --out-dir"
         )
-    run.check_resume(keys, vocab, "the text's characters")
 
     # --- model and optimizer (embeddings do not decay: `recurrent.engine.parameter_groups`)
     model = CharLM(cfg.model, len(vocab)).to(run.device)

@@ -37,8 +37,9 @@ def load_checkpoint(path: str | Path, task: str | None = None) -> dict[str, Any]
     which torch.load does not do: a flipped byte in a tensor would otherwise load as a silently
     different weight); a zip that lacks a member; a pickle that would build anything but tensors
     and plain values (`torch.load(weights_only=True)` refuses it without running it); a file of
-    another program; a checkpoint of the other task (with `task`); a newer `format_version`; and a
-    payload whose config, vocabulary or model state is not a dict / list of str / dict of tensors.
+    another program; a checkpoint of the other task (with `task`); a newer `format_version`; a
+    payload whose config, vocabulary or model state is not a dict / list of str / dict of tensors;
+    and weights that are NaN or infinite (no run saves them: its guards stop it first).
     Whether the tensors' shapes fit the config is the loading model's check
     (`load_state_dict`, or `check_state_dict` without loading).
     """
@@ -146,6 +147,13 @@ def _check_payload(payload: dict[str, Any], path: Path, written_by: str) -> None
                 f"{path} {state} '{key}' (it must be {kinds[key]}); the file is damaged or was "
                 f"edited, so {written_by}"
             )
+    weights = payload["model"].items()
+    diverged = next((k for k, v in weights if v.is_floating_point() and not v.isfinite().all()), "")
+    if diverged:
+        raise UserError(
+            f"{path} holds non-finite weights (NaN or inf in '{diverged}'), as a run that diverged "
+            f"would; use an earlier checkpoint of that run, or {written_by}"
+        )
 
 
 def check_state_dict(

@@ -278,7 +278,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     """The YAML file at ``path`` as a dict, its values read by `ConfigLoader` (as ``--set`` reads)."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"config file not found: {path} (pass --config configs/<task>/<name>.yaml)")
+        problem = f"{path} is a folder" if path.is_dir() else f"not found: {path}"
+        raise UserError(f"config file {problem} (pass --config configs/<task>/<name>.yaml)")
     try:
         data = yaml.load(path.read_text(encoding="utf-8"), Loader=ConfigLoader)
     except (yaml.YAMLError, UnicodeDecodeError, *YAML_BUILD_ERRORS) as err:

@@ -51,6 +51,7 @@ PANEL_TITLES = {
     "gradient norm": "gradient norm",
 }
 FORMATS = ("png", "svg", "pdf", "html", "json")
+MAX_WIDTH = 4000  # pixels per panel; PNGs are drawn at twice that: wider is no picture to open
 STEP_AXIS = alt.Axis(format=",d", tickMinStep=1)  # whole steps: 1,600 (not 1.6e+3, nor 2.5)
 COLUMNS = ["run", "kind", "step", "time_s", "panel", "series", "value", "unit"]
 
@@ -234,7 +235,8 @@ def save_chart(chart: alt.TopLevelMixin, out: str | os.PathLike[str], scale: flo
                 "--out curves.json, the chart's Vega-Lite spec)"
             ) from None
     out.parent.mkdir(parents=True, exist_ok=True)
-    options: dict[str, Any] = {"scale_factor": scale} if fmt in ("png", "svg", "pdf") else {}
+    # vl-convert scales PNG and SVG; a PDF is vector at its own size (it warns at scale_factor)
+    options: dict[str, Any] = {"scale_factor": scale} if fmt in ("png", "svg") else {}
     if fmt == "html":
         options["inline"] = True
     chart.save(str(out), format=fmt, **options)
@@ -276,8 +278,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--width", type=int, default=560, help="width of each panel in pixels")
     args = parser.parse_args(argv)
-    if args.width < 50:
-        raise UserError(f"--width must be at least 50 pixels, got {args.width}")
+    if not 50 <= args.width <= MAX_WIDTH:
+        raise UserError(f"--width must be 50 to {MAX_WIDTH} pixels, got {args.width}")
     runs = {
         name: read_metrics(path) for name, path in zip(run_names(args.runs), args.runs, strict=True)
     }

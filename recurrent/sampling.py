@@ -17,9 +17,14 @@ def filter_logits(
     top_k keeps the k most likely tokens; top_p keeps the smallest set of most likely tokens whose
     probability adds up to at least p (Holtzman et al. 2020). The most likely token always stays.
     """
-    if temperature <= 0:
+    if not temperature > 0:  # NaN too
         raise ValueError("temperature must be > 0 (use greedy decoding for temperature 0)")
-    logits = logits.float() / temperature
+    logits = logits.float()
+    # Shifted so that the largest is 0: a tiny temperature then sends the others to -inf instead
+    # of overflowing to inf - inf = NaN (softmax, top-k and top-p do not change with the shift).
+    # (And a temperature below float32's smallest normal number would round to a division by 0.)
+    temperature = max(temperature, torch.finfo(torch.float32).tiny)
+    logits = (logits - logits.amax(dim=-1, keepdim=True)) / temperature
     if top_k is not None and 0 < top_k < logits.size(-1):
         kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]  # (B, 1)
         logits = logits.masked_fill(logits < kth, float("-inf"))

@@ -24,9 +24,16 @@ def pick_device(name: str = "auto") -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise UserError(f"unknown device {name!r}; use auto, cpu or cuda") from None
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):  # torch knows meta, mps, xla, ...
+        raise UserError(f"unknown device {name!r}; use auto, cpu or cuda (cuda:N for GPU N)")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device {name!r} was asked for but CUDA is not available; use auto or cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise UserError(
+            f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+            "numbered from 0; use auto or cuda:N with N below that"
+        )
     return device
 
 

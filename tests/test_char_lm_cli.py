@@ -128,6 +128,16 @@ def bad_inputs(
     (tmp_path / "unseen.txt").write_text("Zebra Quagga")
     (tmp_path / "not_a_checkpoint.pt").write_text("hello")
     save_checkpoint({"task": "captioner", "config": {}, "vocab": ["<pad>"]}, tmp_path / "cap.pt")
+    (tmp_path / "same_characters.txt").write_text(TEXT * 2)  # same vocabulary, another text
+    edited = {  # the trained checkpoint with impossible contents, each saved the normal way
+        "nan_weights.pt": lambda p: p["model"]["head.weight"].fill_(float("nan")),
+        "negative_size.pt": lambda p: p["config"]["model"].update(hidden_size=-5),
+        "repeated_vocab.pt": lambda p: p["vocab"].__setitem__(1, p["vocab"][0]),
+    }
+    for name, edit in edited.items():
+        payload = load_checkpoint(checkpoint)
+        edit(payload)
+        save_checkpoint(payload, tmp_path / name)
     out = ["--out-dir", str(tmp_path / "run")]
     return {
         "empty file": (
@@ -175,6 +185,45 @@ def bad_inputs(
                        "--json"],
             "lacks: 'Q', 'Z'",
         ),
+        "temperature NaN": (
+            sample, ["--checkpoint", str(checkpoint), "--temperature", "nan"],
+            "temperature must be > 0, got nan",
+        ),
+        "seed out of range": (
+            sample, ["--checkpoint", str(checkpoint), "--seed", str(2**64)],
+            "--seed must be an integer from 0 to 2**63 - 1",
+        ),
+        "device torch knows but the project does not run on": (
+            sample, ["--checkpoint", str(checkpoint), "--device", "meta"],
+            "unknown device 'meta'; use auto, cpu or cuda",
+        ),
+        "config is a folder": (
+            train_cli, ["--config", str(tmp_path), *out], f"config file {tmp_path} is a folder",
+        ),
+        "malformed data.url": (
+            train_cli, ["--config", TINY, "--set", "data.path=", "--set", "data.url=http://[::1",
+                        *out],
+            "data.url 'http://[::1' is not a valid URL",
+        ),
+        "checkpoint with NaN weights": (
+            evaluate, ["--checkpoint", str(tmp_path / "nan_weights.pt"), "--text", str(text_file),
+                       "--json"],
+            "holds non-finite weights (NaN or inf in 'head.weight')",
+        ),
+        "checkpoint whose config is out of bounds": (
+            sample, ["--checkpoint", str(tmp_path / "negative_size.pt")],
+            "config key 'model.hidden_size' must be in [1, 8192], got -5",
+        ),
+        "checkpoint whose vocabulary repeats a character": (
+            sample, ["--checkpoint", str(tmp_path / "repeated_vocab.pt")],
+            "its vocabulary must be distinct single characters",
+        ),
+        "resume on another text": (
+            train_cli, ["--config", TINY, "--set", f"data.path={tmp_path / 'same_characters.txt'}",
+                        "--out-dir", str(checkpoint.parent), "--resume"],
+            f"it was trained on {text_file}, and {tmp_path / 'same_characters.txt'} is another "
+            f"text; pass --set data.path={text_file}",
+        ),
     }  # fmt: skip
 
 
@@ -190,6 +239,15 @@ CASES = [
     "file that is not a checkpoint",
     "captioner checkpoint",
     "evaluate text with unseen characters",
+    "temperature NaN",
+    "seed out of range",
+    "device torch knows but the project does not run on",
+    "config is a folder",
+    "malformed data.url",
+    "checkpoint with NaN weights",
+    "checkpoint whose config is out of bounds",
+    "checkpoint whose vocabulary repeats a character",
+    "resume on another text",
 ]
 
 

@@ -58,3 +58,9 @@ def test_a_bad_prompt_is_still_one_line_without_a_seed(
     status = run_cli(sample.main, ["--checkpoint", str(checkpoint), "--prompt", "XYZ"])
     err = capsys.readouterr().err
     assert status == 2 and err.startswith("error: ") and err.count("\n") == 1  # no seed line
+
+
+def test_greedy_sampling_prints_no_seed(capsys: pytest.CaptureFixture, checkpoint: Path) -> None:
+    text, err = _sample(capsys, checkpoint, "--greedy")
+    again, _ = _sample(capsys, checkpoint, "--greedy")
+    assert err == "" and text == again  # no randomness, so no seed to repeat it by

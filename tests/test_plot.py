@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import warnings
 from pathlib import Path
 
 import pytest
@@ -167,6 +168,12 @@ def test_cli_writes_a_png_of_every_panel(tmp_path: Path, capsys: pytest.CaptureF
         width, height = image.size
     assert width >= 600 and height > 4 * 220 * 2  # 4 panels of 220 px at scale 2, stacked
 
+    pdf = tmp_path / "curves.pdf"  # a vector file: no scale, and no library warning about one
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # vl-convert warned "The scale argument is no longer
+        assert run_cli(plot.main, [str(first), "--out", str(pdf)]) == 0  # supported for PDF"
+    assert pdf.read_bytes().startswith(b"%PDF") and capsys.readouterr().err == ""
+
     spec = tmp_path / "curves.json"
     assert run_cli(plot.main, [str(first), str(second), "--out", str(spec), "--x", "time"]) == 0
     chart = json.loads(spec.read_text())
@@ -181,7 +188,8 @@ def test_cli_writes_a_png_of_every_panel(tmp_path: Path, capsys: pytest.CaptureF
         (["{missing}", "--out", "x.png"], "has no metrics.jsonl"),
         (["{run}", "--out", "x.gif"], "unknown format '.gif'"),
         (["{empty}", "--out", "x.json"], "no metrics to plot"),
-        (["{run}", "--out", "x.png", "--width", "3"], "--width must be at least 50"),
+        (["{run}", "--out", "x.png", "--width", "3"], "--width must be 50 to 4000 pixels, got 3"),
+        (["{run}", "--out", "x.png", "--width", "100000"], "--width must be 50 to 4000 pixels"),
     ],
 )
 def test_cli_user_errors_are_one_line(

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from recurrent.checkpoint import (
     FORMAT_VERSION,
@@ -17,7 +19,7 @@ from recurrent.checkpoint import (
 from recurrent.config import load_config, to_dict
 from recurrent.errors import UserError
 from recurrent.sampling import filter_logits, sample_next
-from recurrent.training import warmup_cosine
+from recurrent.training import pick_device, warmup_cosine
 
 
 @dataclasses.dataclass
@@ -150,6 +152,29 @@ def test_sampling_is_seeded_and_greedy_is_argmax():
     b = sample_next(logits, temperature=0.8, generator=torch.Generator().manual_seed(5))
     assert torch.equal(a, b)
     assert torch.equal(sample_next(logits, greedy=True), logits.argmax(-1))
+
+
+@pytest.mark.parametrize("temperature", [1e-30, 1e-40, 1e-300])
+def test_a_tiny_temperature_is_greedy_and_never_nan(temperature):
+    """Dividing logits by 1e-40 overflows float32 (inf - inf = NaN in softmax, and multinomial
+    refused it); the logits are shifted first, so the limit is the greedy choice."""
+    logits = torch.randn(16, 65, generator=torch.Generator().manual_seed(0)) * 4
+    probs = torch.softmax(filter_logits(logits, temperature, top_k=5, top_p=0.9), dim=-1)
+    assert torch.equal(probs, F.one_hot(logits.argmax(-1), 65).float())
+    ids = sample_next(logits, temperature=temperature, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(ids, logits.argmax(-1))
+
+
+@pytest.mark.parametrize("temperature", [0.0, -1.0, math.nan])
+def test_filter_logits_refuses_a_temperature_that_is_not_positive(temperature):
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        filter_logits(torch.zeros(1, 3), temperature)
+
+
+@pytest.mark.parametrize("name", ["meta", "mps", "xla", "cuda:7", "gpu"])
+def test_pick_device_takes_only_the_devices_the_project_runs_on(name):
+    with pytest.raises(UserError, match=rf"'{name}'"):
+        pick_device(name)
 
 
 def test_warmup_cosine_schedule():

@@ -61,9 +61,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     bar.close()
     seconds = time.perf_counter() - started
     report = DataReport.build(records, checks)
-    reasons = report.stops_training(data.bad_images)
+    reasons = report.stops_training(data.bad_images, data.min_word_count)
     if args.json:
-        print(json.dumps(report.to_json(data.bad_images), indent=1))
+        print(json.dumps(report.to_json(data.bad_images, data.min_word_count), indent=1))
     else:
         train = [c for r in records if r.split == "train" for c in r.captions]
         vocab = Vocabulary.build(train, data.min_word_count)

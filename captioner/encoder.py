@@ -82,6 +82,8 @@ def _read_state_dict(path: str) -> dict[str, Tensor]:
         ValueError,
         AttributeError,
         TypeError,
+        KeyError,  # a text file: its bytes read as pickle opcodes that fetch memo entries
+        IndexError,
         UnicodeDecodeError,
     ):
         raise UserError(

@@ -32,7 +32,7 @@ from captioner.decode import Caption, beam_search, check_decode_settings
 from captioner.encoder import ImageFeatures
 from captioner.model import CaptionModel
 from recurrent.checkpoint import check_state_dict, load_checkpoint
-from recurrent.config import check_bounds, from_dict
+from recurrent.config import Interval, check_bounds, from_dict
 from recurrent.errors import UserError
 from recurrent.precision import Precision
 from recurrent.training import pick_device
@@ -177,6 +177,14 @@ def decode_settings(
         "diversity_groups": diversity_groups,
         "diversity_strength": diversity_strength,
     }
+    for key, value in given.items():  # the config's bounds hold for a flag too (NaN, inf, 10**9)
+        interval = Interval.parse(BOUNDS.get(f"decode.{key}", "(-inf, inf)"))
+        if value is not None and not isinstance(value, bool) and value not in interval:
+            raise UserError(
+                f"decoding setting {key.replace('_', ' ')} (--{key.replace('_', '-')}) must be in "
+                f"{interval.text}, "
+                f"got {value}"
+            )
     settings = dataclasses.replace(
         captioner.cfg.decode, **{key: value for key, value in given.items() if value is not None}
     )

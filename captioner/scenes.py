@@ -707,8 +707,8 @@ def generate_hard_scene(
 def _check_size(size: int) -> None:
     if not MIN_SIZE <= size <= MAX_SIZE:
         raise UserError(
-            f"--size must be between {MIN_SIZE} and {MAX_SIZE} pixels, got {size}; "
-            "smaller images make small shapes unrecognisable"
+            f"--size must be between {MIN_SIZE} and {MAX_SIZE} pixels, got {size}"
+            + ("; smaller images make small shapes unrecognisable" if size < MIN_SIZE else "")
         )
 
 
@@ -796,6 +796,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--test-fraction", type=float, default=0.1, help="share of images in test (default: 0.1)"
     )
     args = parser.parse_args(argv)
+    if not args.out.strip():
+        raise UserError("--out is empty; name the folder to write the scenes into")
     json_path = generate_dataset(
         args.out,
         args.num_images,

@@ -94,6 +94,7 @@ from captioner.features import (
 from captioner.inference import Captioner, eval_transform
 from captioner.model import CaptionModel
 from captioner.scoring import (
+    BEST_METRIC_KEYS,
     BLEU_KEYS,
     evaluate_split,
     image_batches,
@@ -413,6 +414,8 @@ def train(
     vocab = Vocabulary.build(
         (c for record in train_records for c in record.captions), cfg.data.min_word_count
     )
+    if lacking := vocab.lacks_words(cfg.data.min_word_count):
+        raise UserError(lacking)
     run.check_resume(ARCHITECTURE_KEYS, vocab.to_list(), "the training captions")
 
     # --- model, optimizer, data order
@@ -492,7 +495,8 @@ def train(
     def describe(scores: dict[str, float]) -> str:
         epoch = batches.epoch + batches.batch_in_epoch / batches.steps_per_epoch
         bleu = "/".join(f"{scores[name]:.1f}" for name in BLEU_KEYS)
-        return f"epoch {epoch:.2f}, val BLEU-1..4 {bleu}, e.g. {samples['first']!r}"
+        cider = f", CIDEr-D {scores['CIDEr-D']:.1f}" if "CIDEr-D" in scores else ""
+        return f"epoch {epoch:.2f}, val BLEU-1..4 {bleu}{cider}, e.g. {samples['first']!r}"
 
     architecture = describe_model(to_dict(cfg.model))
     total_steps = cfg.train.max_steps or cfg.train.epochs * batches.steps_per_epoch
@@ -521,6 +525,8 @@ def train(
         **summary,
         "epochs": batches.epoch + batches.batch_in_epoch / batches.steps_per_epoch,
         "best_bleu4": best["BLEU-4"] if best else None,
+        "best_metric": BEST_METRIC_KEYS[cfg.train.best_metric][0],  # what best.pt is the best of
+        "best_score": best[BEST_METRIC_KEYS[cfg.train.best_metric][0]] if best else None,
         "final_loss": summary["losses"][-1] if summary["losses"] else None,
         "pairs_per_s": summary["throughput"],
         "images_per_s": counts["images"] * run.dist.world_size / seconds if seconds > 0 else 0.0,
@@ -552,11 +558,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     summary = train(cfg, out_dir, **run_options(args))
     if not summary["is_main"]:
         return
-    best = summary["best_bleu4"]
+    best = summary["best_score"]
     best_text = "n/a" if best is None or math.isnan(best) else f"{best:.2f}"
     print(
         f"done: {summary['steps']} steps (stopped by {summary['stop_reason']}), "
-        f"{summary['epochs']:.2f} epochs, best val BLEU-4 {best_text} at step {summary['best_step']}, "
+        f"{summary['epochs']:.2f} epochs, best val {summary['best_metric']} {best_text} at step "
+        f"{summary['best_step']}, "
         f"{summary['pairs_per_s']:.1f} pairs/s, {summary['images_per_s']:.1f} images/s, "
         f"{summary['time_s']:.0f} s; checkpoints: {summary['best_checkpoint']}, {summary['last_checkpoint']}"
     )

@@ -444,11 +444,19 @@ class Run:
             payload["config"], self.config, architecture_keys, path,
             action=action, remedy=f"{drop} or {remedy}",
         )  # fmt: skip
-        if list(payload.get("vocab", [])) != list(vocab):
+        saved = list(payload.get("vocab", []))
+        if saved != list(vocab):
+            at = next(
+                (i for i, (a, b) in enumerate(zip(vocab, saved, strict=False)) if a != b), None
+            )
+            differs = (
+                f"entry {at} is {vocab[at]!r}, the checkpoint's {saved[at]!r}"
+                if at is not None
+                else f"{len(vocab)} entries, the checkpoint has {len(saved)}"
+            )
             raise UserError(
                 f"cannot {action} {path}: {what} give another vocabulary than the "
-                f"checkpoint's ({len(vocab)} entries, the checkpoint has "
-                f"{len(payload.get('vocab', []))}); use the same data, or {drop}"
+                f"checkpoint's ({differs}); use the same data, or {drop}"
             )
 
     def optimizer(self, parts: list[tuple[str, nn.Module, float]]) -> torch.optim.Optimizer:

@@ -9,8 +9,11 @@ are neither and still raise normally.
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
+from typing import Any
 
 
 class UserError(Exception):
@@ -18,7 +21,6 @@ class UserError(Exception):
 
 
 EXIT_USER_ERROR = 2
-EXIT_SYSTEM_ERROR = 1
 
 
 class RunStopped(Exception):
@@ -33,8 +35,9 @@ class RunStopped(Exception):
 def run_cli(
     main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None
 ) -> int:
-    """Call `main(argv)`; a `UserError` becomes `error: <message>` on stderr and exit status 2, a
-    refused file `error: cannot use <path>: <reason>` and exit status 1."""
+    """Call `main(argv)`; a `UserError` becomes `error: <message>` on stderr and exit status 2, and
+    so does a refused file, as `error: cannot use <path>: <reason>; check ...`."""
+    previous = _stop_on_sigterm()
     try:
         main(argv)
     except UserError as err:
@@ -53,8 +56,29 @@ def run_cli(
         if err.filename is None:  # not about a path the user chose: a bug or the machine's state
             raise
         print(f"error: {os_error_message(err)}", file=sys.stderr)
-        return EXIT_SYSTEM_ERROR
+        return EXIT_USER_ERROR
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+def _stop_on_sigterm() -> Any:
+    """Make SIGTERM (a scheduler's or torchrun's stop, `kill`) end the command with one
+    ``stopped:`` line and status 143 wherever it lands, as it does in a training loop (which
+    installs its own handler to save last.pt first); return the handler it replaces, or None
+    outside the main thread, where handlers cannot be set."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def stop(signum: int, frame: Any) -> None:
+        raise RunStopped(
+            "SIGTERM; every file is written whole or not at all, so run the same command again "
+            "to go on (a feature cache keeps what it filled)",
+            exit_code=128 + signum,
+        )
+
+    return signal.signal(signal.SIGTERM, stop)
 
 
 def os_error_message(err: OSError) -> str:

@@ -30,9 +30,12 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], objec
     """Call ``write(handle)`` on a temporary file in ``path``'s folder, then rename it to ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(
-        prefix=f".{path.name}.{HOST}-{os.getpid()}.", suffix=".tmp", dir=path.parent
-    )
+    try:
+        fd, tmp_name = tempfile.mkstemp(
+            prefix=f".{path.name}.{HOST}-{os.getpid()}.", suffix=".tmp", dir=path.parent
+        )
+    except OSError as err:
+        raise _about(err, path) from None
     try:
         with os.fdopen(fd, "wb") as handle:
             # mkstemp makes the file private (0600); give it the mode a plain open() would: the
@@ -42,8 +45,10 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], objec
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp_name).unlink(missing_ok=True)
+        if isinstance(err, OSError):  # a full disk: the write names no file, the error will
+            raise _about(err, path) from None
         raise
     # A process killed mid-write (kill -9, an out-of-memory kill) leaves its temporary file
     # behind, as large as the file; the next complete write of the same file removes it.
@@ -51,6 +56,12 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], objec
         if _abandoned(stale, path.name):
             stale.unlink(missing_ok=True)
     return path
+
+
+def _about(err: OSError, path: Path) -> OSError:
+    """``err`` naming ``path``, the file being written, not its hidden temporary file (or none,
+    as a write that fills the disk does)."""
+    return type(err)(err.errno, err.strerror or str(err), str(path))
 
 
 def _mode_for(path: Path) -> int:

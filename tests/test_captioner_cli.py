@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
+import torch
 
-from captioner import caption, evaluate
+from captioner import caption, check_data, evaluate
 from captioner import train as train_cli
 from recurrent.checkpoint import save_checkpoint
 from recurrent.errors import run_cli
@@ -67,6 +69,18 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     assert "done: 3 steps (stopped by max_steps)" in result.stdout
     assert "val BLEU" in result.stdout  # the validation line
     return {"root": root, "annotations": annotations, "checkpoint": root / "run" / "best.pt"}
+
+
+def test_training_for_the_best_cider_reports_cider(trained: dict[str, Path], tmp_path, capsys):
+    """With train.best_metric=cider the validation lines show CIDEr-D and the summary names the
+    best CIDEr-D, the score best.pt was kept for (it used to print BLEU-4 alone)."""
+    argv = ["--config", TINY, "--out-dir", str(tmp_path / "run"), "--set", "train.max_steps=2",
+            "train.eval_every=1", "train.best_metric=cider", f"data.annotations={trained['annotations']}"]  # fmt: skip
+    code, out, err = run_main(train_cli.main, argv, capsys)
+    assert code == 0, err
+    best = torch.load(tmp_path / "run" / "best.pt", weights_only=True)["best_scores"]
+    assert re.search(r"val BLEU-1\.\.4 [\d./]+, CIDEr-D \d+\.\d, e\.g\.", out)
+    assert f"best val CIDEr-D {best['CIDEr-D']:.2f} at step" in out
 
 
 def test_evaluate_json_and_predictions(trained: dict[str, Path]):
@@ -196,3 +210,30 @@ def test_bad_input_one_line_errors(trained: dict[str, Path], tmp_path: Path, cap
         capsys,
     )
     assert_one_line_error(code, err, "beam size")
+    # The config's bounds hold for the decoding flags too: inf, NaN and huge values used to crash
+    # (IndexError), decode garbage or run for minutes.
+    for flags, message in [
+        (
+            ["--length-penalty", "inf"],
+            "length penalty (--length-penalty) must be in [0, 10], got inf",
+        ),
+        (["--length-penalty", "nan"], "must be in [0, 10], got nan"),
+        (["--diversity-strength", "inf"], "diversity strength (--diversity-strength) must be in"),
+        (["--beam-size", "101"], "beam size (--beam-size) must be in [1, 100], got 101"),
+        (["--min-length", "5000", "--max-length", "5001"], "max length (--max-length) must be in"),
+    ]:
+        argv = ["--checkpoint", str(trained["checkpoint"]), image, *flags]
+        assert_one_line_error(*run_main(caption.main, argv, capsys)[::2], message)
+
+    # Captions without one word the vocabulary keeps: every caption would be empty or <unk>.
+    no_words = _karpathy(
+        scenes / "no_words.json",
+        [dict(e, sentences=[{"raw": "!!! ..."}] * len(e["sentences"])) for e in entries],
+    )
+    code, _, err = train_with(no_words)
+    assert_one_line_error(code, err, "no training caption has a word seen at least 1 time(s)")
+    with pytest.raises(SystemExit) as stop:  # check_data's verdict is its exit status
+        check_data.main(["--config", TINY, "--set", f"data.annotations={no_words}", "--quiet"])
+    code, out = stop.value.code, capsys.readouterr().out
+    assert code == 1 and "training would stop: " in out and "no training caption has a word" in out
+    assert not (tmp_path / "run" / "last.pt").exists()

@@ -133,9 +133,10 @@ def test_encoder_weights_errors(tmp_path, monkeypatch):
     with pytest.raises(UserError, match=r"missing keys.*layer2\.0\.conv1\.weight.*conv1\.weight"):
         ImageEncoder(tiny_model_cfg(weights=str(bad)))
     garbage = tmp_path / "garbage.pth"
-    garbage.write_bytes(b"not a checkpoint")
-    with pytest.raises(UserError, match="not a readable"):
-        ImageEncoder(tiny_model_cfg(weights=str(garbage)))
+    for text in (b"not a checkpoint", b"hello", b"hi\n"):  # "h" and "i" fetch pickle memo
+        garbage.write_bytes(text)  # entries that do not exist: a KeyError inside torch.load
+        with pytest.raises(UserError, match="not a readable"):
+            ImageEncoder(tiny_model_cfg(weights=str(garbage)))
     with pytest.raises(UserError, match="not torchvision weights for resnet18"):
         ImageEncoder(tiny_model_cfg(weights="ResNet50_Weights.DEFAULT"))
 

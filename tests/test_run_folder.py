@@ -8,7 +8,8 @@
   the new run's first step, so a new run killed early never leaves the old checkpoints beside its
   metrics.
 - An `OSError` about a path (no permission, no such folder, full disk) becomes one line and exit
-  status 1 in every CLI; one without a path is a bug and still raises.
+  status 2 in every CLI, like any bad input; one without a path is a bug and still raises. An
+  atomic write that fails names the file it writes, not its temporary file.
 - Atomically written files get the mode a plain open() gives them, not mkstemp's 0600.
 """
 
@@ -30,7 +31,7 @@ from torch import nn
 import char_lm.train as char_lm_train
 from recurrent import files
 from recurrent.engine import Run, RunSettings, StepResult
-from recurrent.errors import EXIT_SYSTEM_ERROR, UserError, run_cli
+from recurrent.errors import EXIT_USER_ERROR, UserError, run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 CHAR_TINY = REPO / "configs" / "char_lm" / "tiny.yaml"
@@ -184,11 +185,11 @@ def test_a_non_finite_loss_before_any_checkpoint_says_to_start_again(tmp_path):
         ),
     ],
 )
-def test_a_refused_path_is_one_line_and_exit_status_1(err, line, capsys):
+def test_a_refused_path_is_one_line_and_exit_status_2(err, line, capsys):
     def main(argv):
         raise err
 
-    assert run_cli(main, []) == EXIT_SYSTEM_ERROR == 1
+    assert run_cli(main, []) == EXIT_USER_ERROR == 2
     (printed,) = capsys.readouterr().err.strip().splitlines()
     assert printed.startswith(f"error: {line}; check that the path exists")
 
@@ -205,7 +206,7 @@ def test_the_cli_names_an_output_folder_it_cannot_create(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
     argv = ["--config", str(CHAR_TINY), "--out-dir", str(blocker / "run"), "--quiet"]
-    assert run_cli(char_lm_train.main, argv) == 1
+    assert run_cli(char_lm_train.main, argv) == 2
     (printed,) = capsys.readouterr().err.strip().splitlines()
     assert printed.startswith(f"error: cannot use {blocker / 'run'}: Not a directory")
 
@@ -217,3 +218,37 @@ def test_atomic_writes_get_the_mode_an_open_would_give(tmp_path):
     path.chmod(0o640)  # a mode the user chose survives the next write
     files.atomic_write_text(path, "two")
     assert path.stat().st_mode & 0o777 == 0o640 and path.read_text() == "two"
+
+
+def test_a_full_disk_during_an_atomic_write_names_the_file_and_leaves_the_old_one(tmp_path, capsys):
+    path = tmp_path / "last.pt"
+    path.write_bytes(b"the old checkpoint")
+
+    def fills_the_disk(handle):
+        handle.write(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device")  # as write() raises it: no name
+
+    def main(argv):
+        files.atomic_write(path, fills_the_disk)
+
+    assert run_cli(main, []) == 2
+    (printed,) = capsys.readouterr().err.strip().splitlines()
+    assert printed.startswith(f"error: cannot use {path}: No space left on device; check")
+    assert path.read_bytes() == b"the old checkpoint"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # no temporary file left
+
+
+def test_sigterm_before_training_is_one_stopped_line_and_status_143(capsys):
+    """SIGTERM while a command sets up (filling the feature cache, say) used to kill it with no
+    word; the training loop's own handler (tests/test_crash_safety.py) is unaffected."""
+    before = signal.getsignal(signal.SIGTERM)
+
+    def main(argv):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(10)  # the handler raises here
+        raise AssertionError("SIGTERM did not stop the command")
+
+    assert run_cli(main, []) == 143
+    (printed,) = capsys.readouterr().err.strip().splitlines()
+    assert printed.startswith("stopped: SIGTERM; every file is written whole or not at all")
+    assert signal.getsignal(signal.SIGTERM) is before  # put back for whoever called run_cli

@@ -120,7 +120,7 @@ def test_init_from_refuses_another_network_or_task(
     base = ["--config", str(TINY), "--set", f"data.annotations={scenes_annotations}", "--quiet"]
     cases = {
         "hidden": (["--set", "model.hidden_size=48"], "model.hidden_size is 32 in the checkpoint"),
-        "words": (["--set", "data.min_word_count=1000"], "another vocabulary"),
+        "words": (["--set", "data.min_word_count=30"], "another vocabulary"),
     }
     for name, (extra, message) in cases.items():
         out = tmp_path / name

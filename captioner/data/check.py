@@ -23,7 +23,7 @@ from recurrent.errors import UserError
 
 from .images import load_image
 from .records import SPLITS, ImageRecord
-from .vocab import tokenize
+from .vocab import Vocabulary, tokenize
 
 OK, MISSING, BAD = "ok", "missing", "bad"
 
@@ -130,17 +130,25 @@ class DataReport:
     def split_of(self, path: str) -> list[str]:
         return sorted({record.split for record in self.records if record.image_path == path})
 
-    def stops_training(self, bad_images: str) -> list[str]:
+    def stops_training(self, bad_images: str, min_word_count: int = 1) -> list[str]:
         """Why `captioner.train` would stop on this data (empty: it would run).
 
         The loader refuses a missing image of any split; training decodes the train and val
         images: a bad val image always stops it (validation decodes every image), a bad train
-        image unless ``data.bad_images`` is "skip" (with or without the feature cache).
+        image unless ``data.bad_images`` is "skip" (with or without the feature cache). A train
+        split without one word seen ``min_word_count`` times stops it too.
         """
         reasons = []
         for split in ("train", "val"):
             if not self.splits.get(split):
                 reasons.append(f"the {split} split has no images")
+        train = (
+            text for record in self.records if record.split == "train" for text in record.captions
+        )
+        if self.splits.get("train") and (
+            lacking := Vocabulary.build(train, min_word_count).lacks_words(min_word_count)
+        ):
+            reasons.append(lacking.partition(";")[0])
         missing = self.paths(MISSING)
         if missing:
             reasons.append(f"{len(missing)} image(s) referenced but missing")
@@ -152,7 +160,7 @@ class DataReport:
             reasons.append(f"{len(bad_train)} train image(s) do not decode (data.bad_images=error)")
         return reasons
 
-    def to_json(self, bad_images: str) -> dict[str, Any]:
+    def to_json(self, bad_images: str, min_word_count: int = 1) -> dict[str, Any]:
         """A plain dict of the whole report, for --json."""
         return {
             "images": len({record.image_path for record in self.records}),
@@ -163,7 +171,7 @@ class DataReport:
             "listed_twice": self.listed_twice,
             "same_bytes": self.same_bytes,
             "empty_captions": [list(item) for item in self.empty_captions],
-            "stops_training": self.stops_training(bad_images),
+            "stops_training": self.stops_training(bad_images, min_word_count),
         }
 
 

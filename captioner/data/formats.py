@@ -113,8 +113,8 @@ def _image_path(root: Path, name: str) -> str:
 def _check_image(path: str, where: str, check_images: bool) -> None:
     if check_images and not os.path.isfile(path):
         raise UserError(
-            f"{where}: image '{path}' not found; check the image root or remove the entry "
-            "(or skip the check with check_images=False)"
+            f"{where}: image '{path}' not found; check data.image_root or remove the entry "
+            "(python -m captioner.check_data lists every missing image)"
         )
 
 
@@ -640,7 +640,8 @@ def select_split(
     if not selected:
         where = "the annotations" if source is None else _describe(source)
         raise UserError(
-            f"the '{split}' split of {where} has no images; use annotations that have one or "
-            "raise the val/test fraction"
+            f"the '{split}' split of {where} has no images; use annotations that have one (csv, "
+            "jsonl and coco files are split by data.val_fraction and data.test_fraction: raise "
+            "that fraction)"
         )
     return selected

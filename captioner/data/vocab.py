@@ -125,6 +125,17 @@ class Vocabulary:
         )
         return cls([*SPECIALS, *words])
 
+    def lacks_words(self, min_count: int) -> str | None:
+        """Why a model cannot train on this (built) vocabulary, or None: it has no word at all,
+        only the special tokens, so every caption would be empty or <unk>."""
+        if len(self._tokens) > len(SPECIALS):
+            return None
+        return (
+            f"no training caption has a word seen at least {min_count} time(s) "
+            "(data.min_word_count), so every caption would be empty or <unk>; check the "
+            "annotations' captions, or lower data.min_word_count"
+        )
+
     @classmethod
     def from_list(cls, tokens: Sequence[str]) -> Vocabulary:
         """Restore a vocabulary saved with `to_list()`."""

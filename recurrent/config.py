@@ -66,6 +66,19 @@ class ConfigLoader(yaml.SafeLoader):
 
     yaml_implicit_resolvers: dict = {}  # its own table, not a copy of YAML 1.1's
 
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        """PyYAML's, but a key given twice is an error (PyYAML keeps the last one silently, so a
+        second ``lr:`` lower in a file would win unseen)."""
+        seen: set[str] = set()
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.value != "<<":
+                if key_node.value in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"found the key {key_node.value!r} twice", key_node.start_mark
+                    )
+                seen.add(key_node.value)
+        return super().construct_mapping(node, deep=deep)
+
 
 def _decimal(text: str) -> int | float:
     """``int(text)`` (leading zeros too: YAML 1.1 would read 010 as octal eight)."""
@@ -190,6 +203,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is str:
         if isinstance(value, str):
             return value
+        if isinstance(value, (Mapping, list)):  # "a: b.txt" or "[x]" read as YAML
+            raise UserError(
+                f"config key {key!r}: expected a string, got {value!r}; a value with ': ', '[' "
+                f"or '{{' is read as YAML, so quote it (--set '{key}=\"...\"')"
+            )
     elif dataclasses.is_dataclass(tp):
         if isinstance(value, Mapping):
             return _from_mapping(tp, value, prefix=f"{key}.")

@@ -67,6 +67,7 @@ def test_yaml_and_overrides(tmp_path):
         (["train.max_steps=1.5"], "config key 'train.max_steps': expected int"),
         (["model.tied=3"], "config key 'model.tied': expected bool"),
         (["model.cell"], "--set expects key=value"),
+        (["model.cell=a: b"], "expected a string, got {'a': 'b'}; a value with ': '"),
     ],
 )
 def test_bad_overrides_name_the_key(overrides, message):
@@ -83,6 +84,13 @@ def test_unknown_yaml_key_and_bad_yaml(tmp_path):
         load_config(Config, write(tmp_path, "model: [unclosed\n"))
     with pytest.raises(UserError, match="config file not found"):
         load_config(Config, tmp_path / "missing.yaml")
+    with pytest.raises(UserError, match="not valid YAML: found the key 'lr' twice"):
+        load_config(Config, write(tmp_path, "train:\n  lr: 0.1\n  max_steps: 3\n  lr: 0.2\n"))
+    assert (
+        load_config(Config, write(tmp_path, "model: {cell: gru}\ntrain: {lr: 0.1}\n")).train.lr
+        == 0.1
+    )
+    assert load_config(Config, None, ['model.cell="a: b"']).model.cell == "a: b"  # quoted
 
 
 def test_checkpoint_round_trip_and_atomic_write(tmp_path):

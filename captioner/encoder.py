@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import os
 import pickle
+import urllib.error
+import urllib.request
 import zipfile
 from collections import OrderedDict
 from typing import NamedTuple
@@ -132,6 +134,7 @@ def build_backbone(arch: str, weights: str | None) -> nn.Module:
     resolved = resolve_weights(weights, arch)
     if isinstance(resolved, WeightsEnum):
         try:
+            _check_reachable(resolved.url)  # before torch.hub prints "Downloading: ..."
             return get_model(arch, weights=resolved)
         except (OSError, RuntimeError, ValueError) as err:  # URLError is an OSError
             raise UserError(
@@ -143,6 +146,19 @@ def build_backbone(arch: str, weights: str | None) -> nn.Module:
     if resolved is not None:
         _load_local_weights(backbone, resolved, arch)
     return backbone
+
+
+def _check_reachable(url: str) -> None:
+    """Raise the `urllib.error.URLError` of a network that cannot reach ``url``, unless torch.hub
+    has the file already. torch.hub writes "Downloading: URL to PATH" before it tries, so without
+    this an offline machine printed that line above the one-line error."""
+    cached = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(url))
+    if os.path.isfile(cached):
+        return
+    try:
+        urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=15).close()
+    except urllib.error.HTTPError:  # the server answered: the download itself will tell
+        pass
 
 
 class ImageEncoder(nn.Module):

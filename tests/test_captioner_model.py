@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import urllib.error
+import urllib.request
 from dataclasses import replace
 
 import pytest
@@ -122,7 +123,7 @@ def test_encoder_convolves_channels_last_and_keeps_the_layout_through_a_checkpoi
         torch.testing.assert_close(fresh(images).grid, encoder(images).grid, atol=0, rtol=0)
 
 
-def test_encoder_weights_errors(tmp_path, monkeypatch):
+def test_encoder_weights_errors(tmp_path, monkeypatch, capfd):
     with pytest.raises(UserError, match="not found"):
         ImageEncoder(tiny_model_cfg(weights=str(tmp_path / "missing.pth")))
     state = get_model("resnet18", weights=None).state_dict()
@@ -140,9 +141,19 @@ def test_encoder_weights_errors(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="not torchvision weights for resnet18"):
         ImageEncoder(tiny_model_cfg(weights="ResNet50_Weights.DEFAULT"))
 
-    def offline(self, *args, **kwargs):
+    def offline(*args, **kwargs):
         raise urllib.error.URLError("no network")
 
+    # Offline, the one line is all: torch.hub's "Downloading: ..." used to come first.
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))  # nothing cached
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    with pytest.raises(UserError, match="could not download.*no network.*pass the file's path"):
+        ImageEncoder(tiny_model_cfg(weights="ResNet18_Weights.DEFAULT"))
+    assert "Downloading" not in capfd.readouterr().err
+    monkeypatch.undo()
+    # The network answers the probe, the download itself fails: the same line.
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: io.BytesIO())
     monkeypatch.setattr(WeightsEnum, "get_state_dict", offline)
     with pytest.raises(UserError, match="could not download.*pass the file's path"):
         ImageEncoder(tiny_model_cfg(weights="ResNet18_Weights.DEFAULT"))

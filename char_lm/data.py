@@ -196,6 +196,11 @@ def _byte_chunks(source: str | Path, chunk_size: int) -> Iterator[bytes]:
         return
     path = Path(source)
     _check_file(path)
+    if not path.is_file():  # a pipe (/dev/stdin, <(...)): training and evaluation read it twice
+        raise UserError(
+            f"{path} is not a regular file (a pipe?); the text is read twice, so save it to a "
+            "file first and pass that"
+        )
     try:
         with path.open("rb") as handle:
             while block := handle.read(chunk_size):

@@ -138,6 +138,7 @@ def bad_inputs(
         payload = load_checkpoint(checkpoint)
         edit(payload)
         save_checkpoint(payload, tmp_path / name)
+    os.mkfifo(tmp_path / "pipe")  # never opened: a reader would wait for a writer
     out = ["--out-dir", str(tmp_path / "run")]
     return {
         "empty file": (
@@ -184,6 +185,10 @@ def bad_inputs(
             evaluate, ["--checkpoint", str(checkpoint), "--text", str(tmp_path / "unseen.txt"),
                        "--json"],
             "lacks: 'Q', 'Z'",
+        ),
+        "a pipe as the text": (
+            evaluate, ["--checkpoint", str(checkpoint), "--text", str(tmp_path / "pipe")],
+            "is not a regular file (a pipe?); the text is read twice",
         ),
         "temperature NaN": (
             sample, ["--checkpoint", str(checkpoint), "--temperature", "nan"],

@@ -614,3 +614,13 @@ def test_batches_of_only_bad_images_keep_the_epoch_count(scenes_with_a_bad_image
     assert summary["stop_reason"] == "epochs" and summary["epochs"] == 1.0
     assert summary["steps"] == train_pairs - bad_pairs
     assert summary["skipped_items"] == bad_pairs and summary["skipped_images"] == [bad]
+
+
+def test_a_path_the_system_cannot_open_is_named_as_such_not_as_a_damaged_image(tmp_path):
+    """A symlink loop (or a name too long) is not a corrupt image: the message says the path."""
+    (tmp_path / "a.jpg").symlink_to(tmp_path / "b.jpg")
+    (tmp_path / "b.jpg").symlink_to(tmp_path / "a.jpg")
+    looped = f"cannot open '{tmp_path / 'a.jpg'}' (Too many levels of symbolic links); check"
+    for read in (load_image, load_image_tensor):
+        with pytest.raises(UserError, match=looped.replace("(", r"\(").replace(")", r"\)")):
+            read(tmp_path / "a.jpg")

@@ -98,24 +98,31 @@ def load_image(
             f"{what} has too many pixels (limit {limit:,}, a possible decompression bomb); "
             "downscale it first"
         ) from None
+    except OSError as err:
+        if err.filename is None:  # Pillow's own OSErrors (bad data) carry no file name
+            raise _undecodable(err, what, kind) from None
+        raise UserError(f"cannot open {what} ({err.strerror}); check the path") from None
     except Exception as err:  # noqa: BLE001 - Pillow raises many types on hostile bytes
-        detail = " ".join(str(err).split())[:200] or type(err).__name__
-        if isinstance(err, NotImplementedError) or any(
-            sign in detail for sign in UNSUPPORTED_SIGNS
-        ):
-            recognised = f"recognises as {kind}" if kind else "recognises"
-            raise UserError(
-                f"{what} is an image Pillow {recognised} but cannot decode on this machine "
-                f"({detail}); convert it to PNG or JPEG"
-            ) from None
-        if isinstance(err, (OSError, SyntaxError, EOFError, ValueError, struct.error, IndexError)):
-            raise UserError(
-                f"{what} is corrupt or truncated ({detail}); re-save or re-upload the image"
-            ) from None
-        raise UserError(
-            f"{what} cannot be decoded ({type(err).__name__}: {detail}); re-save it as PNG or JPEG"
-        ) from None
+        raise _undecodable(err, what, kind) from None
     return _to_rgb(upright, what)
+
+
+def _undecodable(err: Exception, what: str, kind: str | None) -> UserError:
+    """The line for an image Pillow opened but could not decode."""
+    detail = " ".join(str(err).split())[:200] or type(err).__name__
+    if isinstance(err, NotImplementedError) or any(sign in detail for sign in UNSUPPORTED_SIGNS):
+        recognised = f"recognises as {kind}" if kind else "recognises"
+        return UserError(
+            f"{what} is an image Pillow {recognised} but cannot decode on this machine "
+            f"({detail}); convert it to PNG or JPEG"
+        )
+    if isinstance(err, (OSError, SyntaxError, EOFError, ValueError, struct.error, IndexError)):
+        return UserError(
+            f"{what} is corrupt or truncated ({detail}); re-save or re-upload the image"
+        )
+    return UserError(
+        f"{what} cannot be decoded ({type(err).__name__}: {detail}); re-save it as PNG or JPEG"
+    )
 
 
 def _describe(source: object) -> str:

@@ -723,3 +723,15 @@ def test_scenes_cli_writes_karpathy_json(tmp_path: Path) -> None:
     )
     assert bad.returncode == 2
     assert bad.stderr.startswith("error: --size") and bad.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("suffix", "kind"), [("csv", "csv"), ("jsonl", "jsonl"), ("txt", "flickr8k")]
+)
+def test_another_formats_file_read_as_json_says_which_format_to_give(tmp_path, suffix, kind):
+    path = tmp_path / f"captions.{suffix}"
+    path.write_text("image,caption\n0.png,a red circle\n")
+    with pytest.raises(
+        UserError, match=rf"not read as JSON: give its format \({kind}: --format {kind}"
+    ):
+        load_records("karpathy", str(path), tmp_path, check_images=False)

@@ -82,6 +82,10 @@ def _parse_json(text: str, where: str, *, one_line: bool = False) -> Any:
     except json.JSONDecodeError as err:
         at = f"column {err.colno}" if one_line else f"line {err.lineno} column {err.colno}"
         fix = "write one JSON object per line" if one_line else "fix or re-download the file"
+        suffix = Path(where.strip("'")).suffix.lower().lstrip(".")
+        if not one_line and suffix in ("csv", "jsonl", "txt", "token"):  # another format's file
+            kind = {"txt": "flickr8k", "token": "flickr8k"}.get(suffix, suffix)
+            fix = f"a .{suffix} file is not read as JSON: give its format ({kind}: --format {kind} or --set data.format={kind})"
         raise UserError(f"{where} is malformed JSON at {at} ({err.msg}); {fix}") from None
     except RecursionError:
         raise UserError(

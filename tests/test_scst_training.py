@@ -116,7 +116,7 @@ def test_self_critical_needs_images_not_pairs(scenes_annotations: Path, tmp_path
 def test_init_from_refuses_another_network_or_task(
     scenes_annotations: Path, tmp_path: Path, xe_checkpoint: Path, capsys
 ):
-    """One line naming the file and the field, exit status 2, and no run folder left behind."""
+    """One line naming the file and the field, exit status 2, and no checkpoint left behind."""
     base = ["--config", str(TINY), "--set", f"data.annotations={scenes_annotations}", "--quiet"]
     cases = {
         "hidden": (["--set", "model.hidden_size=48"], "model.hidden_size is 32 in the checkpoint"),

@@ -44,7 +44,7 @@ from captioner.inference import CaptionResult, caption_images, load_captioner
 from captioner.scenes import caption_names_objects_correctly, render_random_scene
 from char_lm.generate import generate, load_char_lm, trained_precision
 from crnn_app.captioning import scene_size
-from crnn_app.cards import card_markdown, knows_only_scenes, readme_section
+from crnn_app.cards import card_markdown, escape_markdown, knows_only_scenes, readme_section
 from crnn_app.curves import find_runs, run_status, sources
 from crnn_app.heatmap import attention_overlays, fit_image, word_labels
 from crnn_app.inside import (
@@ -102,6 +102,7 @@ DISPLAY_SIZE = 320  # pixels: the longer side of the image shown beside its capt
 HEATMAP_SIZE = 128  # pixels: the longer side of each word's attention thumbnail
 MAX_BEAM_SIZE = 10
 MAX_SEED = 2**31  # seeds drawn for Generate are in [0, MAX_SEED)
+MAX_PROMPT_CHARS = 5000  # the prompt is read one character at a time: 140k took 33 s
 STREAM_REFRESH_S = 0.05  # how often the streamed text is redrawn while it grows
 DEFAULT_PROMPT = "ROMEO:"
 MAX_DEFAULT_RUNS = 4  # runs plotted when the curves page opens
@@ -278,34 +279,36 @@ def decoding_options(decode, beam_size: int, max_length: int) -> dict:
             "Block repeated n-grams (0 = off)",
             0,
             6,
-            min(decode.block_ngram_repeat, 6),
-            key="block_ngram_repeat",
+            key=kept("block_ngram_repeat", min(decode.block_ngram_repeat, 6), (0, 6)),
             help="No sequence of this many words appears twice in a caption.",
         )
         min_length = st.slider(
             "Minimum length (words)",
             0,
             max_length,
-            min(decode.min_length, max_length),
-            key="min_length",
+            key=kept("min_length", min(decode.min_length, max_length), (0, max_length)),
             help="The caption may not end before this many words.",
         )
-        suppress_unk = st.checkbox("Never emit <unk>", decode.suppress_unk, key="suppress_unk")
+        suppress_unk = st.checkbox(
+            "Never emit <unk>", key=kept("suppress_unk", bool(decode.suppress_unk))
+        )
         divisors = [g for g in range(1, beam_size + 1) if beam_size % g == 0]
         groups = st.selectbox(
             "Diverse beam groups",
             divisors,
-            divisors.index(decode.diversity_groups) if decode.diversity_groups in divisors else 0,
-            key="diversity_groups",
+            key=kept(
+                "diversity_groups",
+                decode.diversity_groups if decode.diversity_groups in divisors else 1,
+                options=divisors,
+            ),
             help="Diverse beam search: the beams split into groups that avoid each other's words.",
         )
         strength = st.slider(
             "Diversity strength",
             0.0,
             5.0,
-            float(min(decode.diversity_strength, 5.0)),
             step=0.1,
-            key="diversity_strength",
+            key=kept("diversity_strength", float(min(decode.diversity_strength, 5.0)), (0.0, 5.0)),
             help="Penalty per word an earlier group chose at the same step (with 2+ groups).",
         )
     return {
@@ -383,6 +386,7 @@ def generate_page(args: AppArgs, listing: Listing) -> None:
     prompt = st.text_area(
         "Prompt",
         key=kept("prompt", default_prompt),
+        max_chars=MAX_PROMPT_CHARS,
         help="The text the model continues; use only characters of its training text.",
     )
     length = st.sidebar.slider("Length (characters)", 1, 2000, key=kept("length", 300, (1, 2000)))
@@ -554,8 +558,14 @@ def draw_curves(models_dir: Path, names: list[str], x_axis: str) -> None:
     now = time.time()
     for name, records in runs.items():
         notes = "".join(f" ({note})" for note in sources(records))
-        st.caption(f"**{name}**: {run_status(records, now)}{notes}")
-    charts = curve_charts(metrics_frame(runs), x_axis, titles=False)
+        st.caption(
+            f"**{escape_markdown(name)}**: {run_status(records, now)}{escape_markdown(notes)}"
+        )
+    try:
+        charts = curve_charts(metrics_frame(runs), x_axis, titles=False)
+    except Exception as err:  # noqa: BLE001 - a fragment's error would show Streamlit's box
+        st.warning(f"These runs cannot be drawn ({type(err).__name__}: {one_line(err)}).")
+        return
     if not charts:
         st.info(
             "Nothing to plot yet against wall time: these metrics record no time; plot against "
@@ -637,7 +647,8 @@ def inside_page(args: AppArgs, listing: Listing) -> None:
     if known:
         mean_bits = sum(bits(p) for p in known) / len(known)
         st.caption(
-            f"{len(text):,} characters, {mean_bits:.2f} bits per character on average "
+            f"{len(text):,} character{'s' * (len(text) != 1)}, {mean_bits:.2f} bits per "
+            "character on average "
             f"({mean_bits * LN2:.3f} nats): lower is less surprised."
         )
     surprise_tab, units_tab, gates_tab = st.tabs(["Surprise", "Hidden units", "Gate saturation"])
@@ -656,8 +667,12 @@ def show_surprise(text: str, probabilities: list, candidates: list) -> None:
         "and the five characters the model expected after it."
     )
     st.html(surprise_html(text, probabilities, candidates))
-    position = st.slider(
-        "Character to look at", 1, len(text), key=kept("inside_position", 1, (1, len(text)))
+    position = (
+        st.slider(
+            "Character to look at", 1, len(text), key=kept("inside_position", 1, (1, len(text)))
+        )
+        if len(text) > 1
+        else 1  # a slider from 1 to 1 is refused by Streamlit
     )
     char, probability = text[position - 1], probabilities[position - 1]
     shown = (
@@ -934,11 +949,7 @@ def main() -> None:
     try:
         check_models_dir(args.models_dir)
         listing = list_checkpoints(args.models_dir, describe=describe_cached)
-    except UserError as err:
-        st.error(one_line(err))
-        return
-    show_models_dir(args, listing)
-    try:
+        show_models_dir(args, listing)
         PAGES[page](args, listing)
     except UserError as err:
         st.error(one_line(err))

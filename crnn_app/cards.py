@@ -52,7 +52,7 @@ def card_from_config(payload: Mapping[str, Any]) -> dict[str, Any]:
     if task == "captioner":
         architecture, data_card = captioner_architecture(model), captioner_data(data)
         scores = payload.get("best_scores")
-        best = dict(scores) if isinstance(scores, dict) else {}
+        best = _scores(scores) if isinstance(scores, dict) else {}
     else:
         architecture, data_card = char_lm_architecture(model), char_lm_data(data)
         val_loss = payload.get("best_val_loss")
@@ -80,9 +80,11 @@ def model_card(payload: Mapping[str, Any]) -> dict[str, Any]:
     own = payload.get("card")
     if not isinstance(own, dict):
         return {**derived, "recorded": False}
-    card = {**derived, **{key: value for key, value in own.items() if value is not None}}
-    own_data = own.get("data") if isinstance(own.get("data"), dict) else {}
-    card["data"] = {**derived["data"], **{k: v for k, v in own_data.items() if v is not None}}
+    card = {**derived, **_typed(own, CARD_TYPES)}
+    if isinstance(own.get("best_scores"), dict):
+        card["best_scores"] = _scores(own["best_scores"])
+    own_data = _typed(own["data"], DATA_TYPES) if isinstance(own.get("data"), dict) else {}
+    card["data"] = {**derived["data"], **own_data}
     # What the config decides is described from it, in today's words: the same for every
     # checkpoint, whichever version of the trainer recorded its card.
     if _section(payload, "model"):
@@ -91,6 +93,45 @@ def model_card(payload: Mapping[str, Any]) -> dict[str, Any]:
         card["data"] = {**card["data"], **{k: v for k, v in derived["data"].items() if k != "size"}}
     card["recorded"] = True
     return card
+
+
+# The type of each card field: a checkpoint is user input, and a field of another type (an
+# edited or damaged file) is left out, so the config's value or "not recorded" shows instead.
+CARD_TYPES = {"task": str, "architecture": str, "steps": int, "trained_at": str}
+DATA_TYPES = {"name": str, "path": str, "size": int, "unit": str, "synthetic_scenes": bool}
+
+
+def _typed(fields: Mapping[Any, Any], types: Mapping[str, type]) -> dict[str, Any]:
+    return {
+        key: value
+        for key, kind in types.items()
+        if isinstance(value := fields.get(key), kind)
+        and (kind is bool or not isinstance(value, bool))
+        and (kind is not str or _printable(value))
+    }
+
+
+def _printable(text: str) -> bool:
+    """Whether ``text`` can be shown: no lone surrogates, which Streamlit cannot send."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _scores(scores: Mapping[Any, Any]) -> dict[str, float]:
+    """The card's best scores that are named by text and are finite numbers."""
+    kept = {}
+    for name, value in scores.items():
+        if isinstance(name, str) and _printable(name) and isinstance(value, int | float):
+            try:
+                number = float(value)  # 10**400 overflows
+            except OverflowError:
+                continue
+            if not isinstance(value, bool) and math.isfinite(number):
+                kept[name] = number
+    return kept
 
 
 def format_score(name: str, value: Any) -> str:
@@ -140,13 +181,13 @@ def card_rows(card: Mapping[str, Any]) -> list[tuple[str, str]]:
 
 def card_markdown(card: Mapping[str, Any]) -> str:
     """The card as a Markdown list (the sidebar shows it under the checkpoint picker)."""
-    lines = [f"- **{label}**: {_escape(text)}" for label, text in card_rows(card)]
+    lines = [f"- **{label}**: {escape_markdown(text)}" for label, text in card_rows(card)]
     if not card.get("recorded"):
         lines.append("- *an older checkpoint without a card: these lines come from its config*")
     return "\n".join(lines)
 
 
-def _escape(text: str) -> str:
+def escape_markdown(text: str) -> str:
     """Markdown-inert text (paths hold underscores and asterisks)."""
     return re.sub(r"([\\`*_\[\]<>#|~$])", r"\\\1", text)
 

@@ -210,9 +210,26 @@ def walk_models_dir(models_dir: Path) -> Iterator[tuple[Path, list[str]]]:
             for name in subfolders
             if not name.startswith(".")
             and name != FEATURE_CACHE_DIR
-            and not (Path(folder) / name / FEATURE_CACHE_MARKER).is_file()
+            and not _is_feature_cache(Path(folder) / name)
         )
         yield Path(folder), files
+
+
+def _is_feature_cache(folder: Path) -> bool:
+    try:
+        return (folder / FEATURE_CACHE_MARKER).is_file()
+    except OSError:  # a folder this user may not search (another user's 0700 run): os.walk
+        return False  # skips what it cannot list
+
+
+def shown_name(name: str) -> str | None:
+    """``name`` if it can be shown, else None: a file name that is not UTF-8 reaches Python with
+    lone surrogates (os.fsdecode), which Streamlit cannot send to the browser."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    return name
 
 
 def find_checkpoint_files(models_dir: Path, max_files: int = 200) -> tuple[list[Path], bool]:
@@ -240,6 +257,10 @@ def list_checkpoints(
     paths, truncated = find_checkpoint_files(models_dir, max_files)
     for path in paths:
         name = path.relative_to(models_dir).as_posix()
+        if shown_name(name) is None:
+            printable = os.fsencode(name).decode("utf-8", errors="replace")
+            listing.skipped.append((printable, "has a name that is not UTF-8; rename it"))
+            continue
         try:
             outside = not path.resolve().is_relative_to(root)
         except (OSError, RuntimeError):  # a symlink loop
@@ -257,7 +278,7 @@ def list_checkpoints(
         try:
             task, summary, card = describe(resolved)
         except UserError as err:  # messages name the file by its full path: the name is shorter
-            reason = " ".join(str(err).split()).replace(str(resolved), name)
+            reason = " ".join(str(err).replace(str(resolved), name).split())
             listing.skipped.append((name, reason))
             continue
         except OSError as err:  # e.g. a file removed or made unreadable while listing

@@ -132,14 +132,14 @@ def _check_payload(payload: dict[str, Any], path: Path, written_by: str) -> None
     problems = {
         "config": isinstance(payload.get("config"), dict),
         "vocab": isinstance(payload.get("vocab"), list)
-        and all(isinstance(token, str) for token in payload["vocab"]),
+        and all(isinstance(token, str) and _utf8(token) for token in payload["vocab"]),
         "model": isinstance(payload.get("model"), dict)
         and all(
             isinstance(name, str) and isinstance(value, torch.Tensor)
             for name, value in payload["model"].items()
         ),
     }
-    kinds = {"config": "a dict", "vocab": "a list of strings", "model": "a dict of tensors"}
+    kinds = {"config": "a dict", "vocab": "a list of valid strings", "model": "a dict of tensors"}
     for key, fine in problems.items():
         if not fine:
             state = "lacks" if key not in payload else "has a damaged"
@@ -154,6 +154,15 @@ def _check_payload(payload: dict[str, Any], path: Path, written_by: str) -> None
             f"{path} holds non-finite weights (NaN or inf in '{diverged}'), as a run that diverged "
             f"would; use an earlier checkpoint of that run, or {written_by}"
         )
+
+
+def _utf8(text: str) -> bool:
+    """Whether ``text`` is valid Unicode (a pickled str may hold lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def check_state_dict(

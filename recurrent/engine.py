@@ -54,6 +54,7 @@ import datetime
 import json
 import math
 import os
+import re
 import signal
 import sys
 import threading
@@ -249,14 +250,28 @@ def parse_metrics(text: str) -> list[dict[str, Any]]:
     for line in text.splitlines():
         try:
             record = json.loads(line)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # not JSON, 5000-digit numbers, deep nesting
             continue
         if not isinstance(record, dict) or record.get("kind") not in ("train", "eval"):
             continue
         step = record.get("step")
-        if isinstance(step, int) and not isinstance(step, bool):
-            records.append(record)
+        if not isinstance(step, int) or isinstance(step, bool) or abs(step) >= 2**63:
+            continue
+        if _LONE_SURROGATE.search(line) and not _printable(record):
+            continue  # "\ud800" escapes decode to text no browser or terminal can show
+        records.append(record)
     return records
+
+
+_LONE_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")  # an escaped surrogate: lone or in a pair
+
+
+def _printable(record: dict[str, Any]) -> bool:
+    try:
+        json.dumps(record, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:

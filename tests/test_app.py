@@ -420,6 +420,12 @@ def test_settings_survive_page_switches(app: AppTest) -> None:
     at.slider(key="beam_size").set_value(4)
     at.slider(key="max_length").set_value(9)
     _run(at)
+    at.number_input(key="block_ngram_repeat").set_value(3)  # "More decoding options" too
+    at.slider(key="min_length").set_value(2)
+    at.checkbox(key="suppress_unk").check()
+    at.selectbox(key="diversity_groups").set_value(2)
+    at.slider(key="diversity_strength").set_value(1.5)
+    _run(at)
     at.radio(key="page").set_value("Generate text")
     _run(at)
     at.text_area(key="prompt").set_value("the hen")
@@ -436,6 +442,10 @@ def test_settings_survive_page_switches(app: AppTest) -> None:
     at.radio(key="page").set_value("Caption an image")
     _run(at)
     assert at.slider(key="beam_size").value == 4 and at.slider(key="max_length").value == 9
+    assert at.number_input(key="block_ngram_repeat").value == 3
+    assert at.slider(key="min_length").value == 2 and at.checkbox(key="suppress_unk").value
+    assert at.selectbox(key="diversity_groups").value == 2
+    assert at.slider(key="diversity_strength").value == pytest.approx(1.5)
     at.selectbox(key="captioner_checkpoint").set_value("zz_no_attention/best.pt")
     _run(at)
     at.radio(key="page").set_value("Generate text")

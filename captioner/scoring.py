@@ -122,7 +122,8 @@ def evaluate_split(
     settings = decode_settings(
         base, beam_size=beam_size, max_length=max_length, length_penalty=length_penalty
     )
-    if not records:
+    distributed = layout is not None and layout.enabled
+    if not records and not distributed:  # under torchrun a share may be empty: 1 image, 2 ranks
         raise UserError("no images to evaluate; check the split and --max-images")
     was_training = captioner.model.training
     captioner.model.eval()
@@ -141,7 +142,7 @@ def evaluate_split(
         captioner.model.train(was_training)
     if any(hypothesis is None for hypothesis in hypotheses):
         raise RuntimeError("the feature batches did not cover every record")
-    if layout is not None and layout.enabled:  # put the shares back in the split's order
+    if distributed:  # put the shares back in the split's order
         shares = layout.all_gather_objects((list(records), hypotheses))
         records = [
             shares[i % len(shares)][0][i // len(shares)]

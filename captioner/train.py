@@ -322,6 +322,19 @@ class EpochBatches:
     ) -> None:
         self.data, self.cfg, self.bad = data, cfg, bad
         self.rows = layout.shard(cfg.train.batch_size, "train.batch_size")
+        if layout.enabled and len(data.train_set) < cfg.train.batch_size:  # a share would be empty
+            raise UserError(
+                f"{len(data.train_set)} training items, fewer than train.batch_size "
+                f"({cfg.train.batch_size}): under torchrun every process needs its share of each "
+                "batch; lower train.batch_size or use more data"
+            )
+        if layout.enabled and cfg.data.bad_images == "skip" and not data.uses_cache:
+            raise UserError(
+                "data.bad_images=skip with a trainable encoder is not supported under torchrun "
+                "(a process whose share of a batch is all bad images would fall out of step with "
+                "the others); remove the files python -m captioner.check_data lists, or train in "
+                "one process"
+            )
         self.order = torch.Generator().manual_seed(cfg.train.seed)
         self.epoch, self.batch_in_epoch = 0, 0
         self.order_state = self.order.get_state()  # the state this epoch's shuffle is drawn from

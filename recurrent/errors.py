@@ -9,6 +9,7 @@ are neither and still raise normally.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -41,11 +42,10 @@ def run_cli(
     try:
         main(argv)
     except UserError as err:
-        message = " ".join(str(err).split())  # always exactly one line
-        print(f"error: {message}", file=sys.stderr)
+        _say(f"error: {' '.join(str(err).split())}")  # always exactly one line
         return EXIT_USER_ERROR
     except RunStopped as stop:
-        print(f"stopped: {' '.join(str(stop).split())}", file=sys.stderr)
+        _say(f"stopped: {' '.join(str(stop).split())}", job_wide=True)  # signals, NaN: agreed
         return stop.exit_code
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
@@ -55,12 +55,31 @@ def run_cli(
     except OSError as err:
         if err.filename is None:  # not about a path the user chose: a bug or the machine's state
             raise
-        print(f"error: {os_error_message(err)}", file=sys.stderr)
+        _say(f"error: {os_error_message(err)}")
         return EXIT_USER_ERROR
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+def _say(line: str, *, job_wide: bool = False) -> None:
+    """Write ``line`` to stderr in one call (torchrun's processes share the terminal: a message
+    and its newline written apart could run into another process's line).
+
+    Under torchrun, ranks other than 0 say nothing of what every rank meets alike, which rank 0
+    says: an error before the job formed (the same arguments and config everywhere) or a signal
+    that stops the job (``job_wide``); anything else they say with their rank in front.
+    """
+    rank = os.environ.get("RANK", "0")
+    if rank != "0":
+        dist = sys.modules.get("torch.distributed")
+        formed = dist is not None and dist.is_available() and dist.is_initialized()
+        if job_wide or not formed:
+            return
+        line = f"[rank {rank}] {line}"
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
 
 
 def _stop_on_sigterm() -> Any:

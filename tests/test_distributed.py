@@ -142,3 +142,52 @@ def test_a_rank_that_dies_ends_the_job(tmp_path):
             job.wait()
     assert job.returncode != 0
     assert "char_lm.train FAILED" in stderr or "ChildFailedError" in stderr, stderr[-2000:]
+
+
+def _fails(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    result = subprocess.run(
+        TORCHRUN + args, cwd=cwd, env=env, capture_output=True, text=True, timeout=TIMEOUT_S
+    )
+    assert result.returncode != 0
+    return result
+
+
+def test_an_error_every_rank_meets_is_said_once_and_never_runs_into_another_line(tmp_path):
+    """A config error (before the job forms) is said by rank 0 alone; an error after it (the
+    batch does not split over the processes) once per rank, each on its own line."""
+    config_error = _fails([*CHAR, "--set", "train.lr=100", "--out-dir", "r"], tmp_path)
+    said = [line for line in config_error.stderr.splitlines() if "error: " in line]
+    assert said == ["error: config key 'train.lr' must be in (0, 10], got 100.0"], said
+    layout_error = _fails([*CHAR, "--set", "data.batch_size=3", "--out-dir", "r2"], tmp_path)
+    said = sorted(line for line in layout_error.stderr.splitlines() if "error: " in line)
+    message = "error: data.batch_size is 3, which does not split evenly over 2 processes"
+    assert len(said) == 2 and said[0].startswith(f"[rank 1] {message}"), said
+    assert said[1].startswith(message) and said[1].count("error:") == 1, said
+
+
+def test_captioner_refuses_what_would_stall_a_rank_and_validates_one_image_on_two(
+    scenes_annotations: Path, tmp_path: Path
+):
+    """Fewer training pairs than the batch left one rank without a share (it spun forever), and
+    data.bad_images=skip let ranks fall out of step (a hang); both are refused at the start. A
+    validation split smaller than the job (1 image, 2 processes) validates: one share is empty."""
+    base = [
+        "-m", "captioner.train", "--config", str(ROOT / "configs/captioner/tiny.yaml"), "--quiet",
+        "--set", f"data.annotations={scenes_annotations}", "train.max_steps=2", "model.dropout=0",
+    ]  # fmt: skip
+    too_few = _fails([*base, "train.batch_size=256", "--out-dir", "few"], tmp_path)
+    assert "training items, fewer than train.batch_size (256)" in too_few.stderr
+    skip = _fails([*base, "data.bad_images=skip", "--out-dir", "skip"], tmp_path)
+    assert "data.bad_images=skip with a trainable encoder is not supported under torchrun" in (
+        skip.stderr
+    )
+    one_image = [*base, "train.eval_every=1", "train.eval_max_images=1"]
+    launch([*one_image, "--out-dir", "two"], processes=2, cwd=tmp_path)
+    launch([*one_image, "--out-dir", "one"], processes=1, cwd=tmp_path)
+    evals = [
+        [r for r in map(json.loads, (tmp_path / d / "metrics.jsonl").read_text().splitlines())
+         if r["kind"] == "eval"]
+        for d in ("one", "two")
+    ]  # fmt: skip
+    assert [r["step"] for r in evals[1]] == [1, 2] and len(evals[0]) == 2

@@ -33,6 +33,7 @@ from captioner.config import describe_data as captioner_data
 from captioner.config import describe_model as captioner_architecture
 from char_lm.config import describe_data as char_lm_data
 from char_lm.config import describe_model as char_lm_architecture
+from recurrent.checkpoint import is_utf8
 
 LN2 = math.log(2)
 TASK_TITLES = {"captioner": "image captioner", "char_lm": "character-level language model"}
@@ -107,24 +108,15 @@ def _typed(fields: Mapping[Any, Any], types: Mapping[str, type]) -> dict[str, An
         for key, kind in types.items()
         if isinstance(value := fields.get(key), kind)
         and (kind is bool or not isinstance(value, bool))
-        and (kind is not str or _printable(value))
+        and (kind is not str or is_utf8(value))
     }
-
-
-def _printable(text: str) -> bool:
-    """Whether ``text`` can be shown: no lone surrogates, which Streamlit cannot send."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _scores(scores: Mapping[Any, Any]) -> dict[str, float]:
     """The card's best scores that are named by text and are finite numbers."""
     kept = {}
     for name, value in scores.items():
-        if isinstance(name, str) and _printable(name) and isinstance(value, int | float):
+        if isinstance(name, str) and is_utf8(name) and isinstance(value, int | float):
             try:
                 number = float(value)  # 10**400 overflows
             except OverflowError:

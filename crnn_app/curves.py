@@ -12,7 +12,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from crnn_app.models_dir import shown_name, walk_models_dir
+from crnn_app.models_dir import walk_models_dir
+from recurrent.checkpoint import is_utf8
 from recurrent.plot import METRICS_FILE
 
 LIVE_WITHIN_S = 120.0  # a run whose last line is this recent is shown as still training
@@ -26,7 +27,7 @@ def find_runs(models_dir: Path, max_runs: int = 100) -> list[str]:
         folder.relative_to(models_dir).as_posix()
         for folder, files in walk_models_dir(models_dir)
         if METRICS_FILE in files
-        and shown_name(folder.relative_to(models_dir).as_posix()) is not None  # UTF-8 names only
+        and is_utf8(folder.relative_to(models_dir).as_posix())  # Streamlit cannot send others
         and (folder / METRICS_FILE).is_file()
         and (folder / METRICS_FILE).resolve().is_relative_to(root)  # no link to elsewhere
     )

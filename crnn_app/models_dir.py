@@ -22,7 +22,7 @@ from captioner.model import CaptionModel
 from char_lm.config import CharLMConfig
 from char_lm.model import CharLM
 from crnn_app.cards import model_card
-from recurrent.checkpoint import check_state_dict, load_checkpoint
+from recurrent.checkpoint import check_state_dict, is_utf8, load_checkpoint
 from recurrent.config import from_dict
 from recurrent.errors import UserError
 
@@ -222,16 +222,6 @@ def _is_feature_cache(folder: Path) -> bool:
         return False  # skips what it cannot list
 
 
-def shown_name(name: str) -> str | None:
-    """``name`` if it can be shown, else None: a file name that is not UTF-8 reaches Python with
-    lone surrogates (os.fsdecode), which Streamlit cannot send to the browser."""
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        return None
-    return name
-
-
 def find_checkpoint_files(models_dir: Path, max_files: int = 200) -> tuple[list[Path], bool]:
     """``*.pt`` files under ``models_dir`` (sorted), and whether the list was cut at ``max_files``.
 
@@ -257,7 +247,7 @@ def list_checkpoints(
     paths, truncated = find_checkpoint_files(models_dir, max_files)
     for path in paths:
         name = path.relative_to(models_dir).as_posix()
-        if shown_name(name) is None:
+        if not is_utf8(name):  # a name that is not UTF-8: Streamlit cannot send it
             printable = os.fsencode(name).decode("utf-8", errors="replace")
             listing.skipped.append((printable, "has a name that is not UTF-8; rename it"))
             continue

@@ -132,7 +132,7 @@ def _check_payload(payload: dict[str, Any], path: Path, written_by: str) -> None
     problems = {
         "config": isinstance(payload.get("config"), dict),
         "vocab": isinstance(payload.get("vocab"), list)
-        and all(isinstance(token, str) and _utf8(token) for token in payload["vocab"]),
+        and all(isinstance(token, str) and is_utf8(token) for token in payload["vocab"]),
         "model": isinstance(payload.get("model"), dict)
         and all(
             isinstance(name, str) and isinstance(value, torch.Tensor)
@@ -156,8 +156,10 @@ def _check_payload(payload: dict[str, Any], path: Path, written_by: str) -> None
         )
 
 
-def _utf8(text: str) -> bool:
-    """Whether ``text`` is valid Unicode (a pickled str may hold lone surrogates)."""
+def is_utf8(text: str) -> bool:
+    """Whether ``text`` can be written as UTF-8: a str may hold lone surrogates (a pickled one, a
+    JSON ``"\\ud800"`` escape, a file name that is not UTF-8), which no file, terminal or browser
+    takes."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:

@@ -72,6 +72,7 @@ from recurrent import distributed, files
 from recurrent.checkpoint import (
     FORMAT_VERSION,
     check_same_architecture,
+    is_utf8,
     load_checkpoint,
     save_checkpoint,
 )
@@ -257,21 +258,13 @@ def parse_metrics(text: str) -> list[dict[str, Any]]:
         step = record.get("step")
         if not isinstance(step, int) or isinstance(step, bool) or abs(step) >= 2**63:
             continue
-        if _LONE_SURROGATE.search(line) and not _printable(record):
+        if _LONE_SURROGATE.search(line) and not is_utf8(json.dumps(record, ensure_ascii=False)):
             continue  # "\ud800" escapes decode to text no browser or terminal can show
         records.append(record)
     return records
 
 
 _LONE_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")  # an escaped surrogate: lone or in a pair
-
-
-def _printable(record: dict[str, Any]) -> bool:
-    try:
-        json.dumps(record, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:

@@ -182,8 +182,7 @@ def decode_settings(
         if value is not None and not isinstance(value, bool) and value not in interval:
             raise UserError(
                 f"decoding setting {key.replace('_', ' ')} (--{key.replace('_', '-')}) must be in "
-                f"{interval.text}, "
-                f"got {value}"
+                f"{interval.text}, got {value}"
             )
     settings = dataclasses.replace(
         captioner.cfg.decode, **{key: value for key, value in given.items() if value is not None}

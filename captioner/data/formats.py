@@ -85,7 +85,10 @@ def _parse_json(text: str, where: str, *, one_line: bool = False) -> Any:
         suffix = Path(where.strip("'")).suffix.lower().lstrip(".")
         if not one_line and suffix in ("csv", "jsonl", "txt", "token"):  # another format's file
             kind = {"txt": "flickr8k", "token": "flickr8k"}.get(suffix, suffix)
-            fix = f"a .{suffix} file is not read as JSON: give its format ({kind}: --format {kind} or --set data.format={kind})"
+            fix = (
+                f"a .{suffix} file is not read as JSON: give its format ({kind}: --format {kind} "
+                f"or --set data.format={kind})"
+            )
         raise UserError(f"{where} is malformed JSON at {at} ({err.msg}); {fix}") from None
     except RecursionError:
         raise UserError(

@@ -74,7 +74,9 @@ def read_predictions(path: str) -> dict[int | str, str]:
         f"{path} must be a list of {{'image_id': ..., 'caption': ...}} objects (the COCO results "
         "format captioner.evaluate --predictions writes)"
     )
-    if not isinstance(items, list) or not items:
+    if isinstance(items, list) and not items:
+        raise UserError(f"{path} holds no predictions (an empty list); pass a file with some")
+    if not isinstance(items, list):
         raise shape_error
     captions: dict[int | str, str] = {}
     for item in items:

@@ -23,7 +23,7 @@ import dataclasses
 import json
 from collections.abc import Sequence
 
-from captioner.data import select_split
+from captioner.data import select_split, tokenize
 from captioner.inference import (
     add_decode_arguments,
     captioner_from_payload,
@@ -130,6 +130,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     records = select_split(records, args.split, source=data.annotations)
     if args.max_images:
         records = records[: args.max_images]
+    if not any(tokenize(caption) for record in records for caption in record.captions):
+        raise UserError(
+            f"no reference caption of the {args.split} split has a word (every one is empty "
+            "after tokenization), so every score would be 0; check the annotations"
+        )
     settings = decode_settings(
         captioner, beam_size=args.beam_size, max_length=args.max_length, **decode_arguments(args)
     )

@@ -236,4 +236,10 @@ def test_bad_input_one_line_errors(trained: dict[str, Path], tmp_path: Path, cap
         check_data.main(["--config", TINY, "--set", f"data.annotations={no_words}", "--quiet"])
     code, out = stop.value.code, capsys.readouterr().out
     assert code == 1 and "training would stop: " in out and "no training caption has a word" in out
+    code, _, err = run_main(
+        evaluate.main,
+        ["--checkpoint", str(trained["checkpoint"]), "--annotations", str(no_words)],
+        capsys,
+    )
+    assert_one_line_error(code, err, "no reference caption of the test split has a word")
     assert not (tmp_path / "run" / "last.pt").exists()

@@ -88,8 +88,10 @@ def test_compare_refuses_mismatched_files(split, tmp_path, capsys):
     fewer = write(tmp_path / "fewer.json", ids[:-1], captions[:-1])
     foreign = write(tmp_path / "foreign.json", [*ids[:-1], 999999], captions)
     (tmp_path / "broken.json").write_text("[{", encoding="utf-8")
+    (tmp_path / "empty.json").write_text("[]", encoding="utf-8")
     cases = [
         ([a, fewer], "different images"),
+        ([a, str(tmp_path / "empty.json")], "holds no predictions (an empty list)"),
         ([a, foreign], "not in the test split"),
         ([a, str(tmp_path / "broken.json")], "not a JSON prediction file"),
         ([a, str(tmp_path / "missing.json")], "not found"),

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from tqdm import tqdm
 
 from captioner.config import CaptionerConfig, check_config
-from captioner.data import SPLITS, Vocabulary
+from captioner.data import SPLITS
 from captioner.data.check import BAD, MISSING, DataReport, default_workers, scan_images
 from captioner.scoring import load_data_records
 from recurrent.config import add_config_arguments, load_config
@@ -60,14 +60,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     checks = {c.path: c for c in scan_images(paths, args.workers, on_done=lambda _: bar.update())}
     bar.close()
     seconds = time.perf_counter() - started
-    report = DataReport.build(records, checks)
-    reasons = report.stops_training(data.bad_images, data.min_word_count)
+    report = DataReport.build(records, checks, data.min_word_count)
+    reasons = report.stops_training(data.bad_images)
     if args.json:
-        print(json.dumps(report.to_json(data.bad_images, data.min_word_count), indent=1))
+        print(json.dumps(report.to_json(data.bad_images), indent=1))
     else:
-        train = [c for r in records if r.split == "train" for c in r.captions]
-        vocab = Vocabulary.build(train, data.min_word_count)
-        _print_report(report, cfg, len(vocab), seconds, args.workers, reasons)
+        _print_report(report, cfg, len(report.vocab), seconds, args.workers, reasons)
     if reasons:
         raise SystemExit(EXIT_WOULD_STOP)
 

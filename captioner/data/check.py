@@ -98,10 +98,18 @@ class DataReport:
     listed_twice: dict[str, list[str]] = field(default_factory=dict)  # path -> its records' splits
     same_bytes: list[list[str]] = field(default_factory=list)  # groups of paths, identical bytes
     empty_captions: list[tuple[str, str]] = field(default_factory=list)  # (path, caption)
+    min_word_count: int = 1  # data.min_word_count: what `vocab` keeps
+    vocab: Vocabulary | None = None  # the train split's, as captioner.train builds it
 
     @classmethod
-    def build(cls, records: Sequence[ImageRecord], checks: dict[str, ImageCheck]) -> DataReport:
-        report = cls(list(records), dict(checks))
+    def build(
+        cls, records: Sequence[ImageRecord], checks: dict[str, ImageCheck], min_word_count: int = 1
+    ) -> DataReport:
+        report = cls(list(records), dict(checks), min_word_count=min_word_count)
+        report.vocab = Vocabulary.build(
+            (text for record in records if record.split == "train" for text in record.captions),
+            min_word_count,
+        )
         report.splits = dict(Counter(record.split for record in records))
         report.captions = sum(len(record.captions) for record in records)
         splits_of: dict[str, list[str]] = defaultdict(list)
@@ -130,7 +138,7 @@ class DataReport:
     def split_of(self, path: str) -> list[str]:
         return sorted({record.split for record in self.records if record.image_path == path})
 
-    def stops_training(self, bad_images: str, min_word_count: int = 1) -> list[str]:
+    def stops_training(self, bad_images: str) -> list[str]:
         """Why `captioner.train` would stop on this data (empty: it would run).
 
         The loader refuses a missing image of any split; training decodes the train and val
@@ -142,12 +150,7 @@ class DataReport:
         for split in ("train", "val"):
             if not self.splits.get(split):
                 reasons.append(f"the {split} split has no images")
-        train = (
-            text for record in self.records if record.split == "train" for text in record.captions
-        )
-        if self.splits.get("train") and (
-            lacking := Vocabulary.build(train, min_word_count).lacks_words(min_word_count)
-        ):
+        if self.splits.get("train") and (lacking := self.vocab.lacks_words(self.min_word_count)):
             reasons.append(lacking.partition(";")[0])
         missing = self.paths(MISSING)
         if missing:
@@ -160,7 +163,7 @@ class DataReport:
             reasons.append(f"{len(bad_train)} train image(s) do not decode (data.bad_images=error)")
         return reasons
 
-    def to_json(self, bad_images: str, min_word_count: int = 1) -> dict[str, Any]:
+    def to_json(self, bad_images: str) -> dict[str, Any]:
         """A plain dict of the whole report, for --json."""
         return {
             "images": len({record.image_path for record in self.records}),
@@ -171,7 +174,7 @@ class DataReport:
             "listed_twice": self.listed_twice,
             "same_bytes": self.same_bytes,
             "empty_captions": [list(item) for item in self.empty_captions],
-            "stops_training": self.stops_training(bad_images, min_word_count),
+            "stops_training": self.stops_training(bad_images),
         }
 
 

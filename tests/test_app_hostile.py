@@ -78,6 +78,17 @@ def _run(at: AppTest) -> AppTest:
     return at
 
 
+def _page(app: AppTest, page: str, checkpoint: str | None = None) -> AppTest:
+    """The app on ``page``, with ``checkpoint`` picked when given."""
+    at = _run(app)
+    at.radio(key="page").set_value(page)
+    _run(at)
+    if checkpoint is not None:
+        at.selectbox(key="char_lm_checkpoint").set_value(checkpoint)
+        _run(at)
+    return at
+
+
 def test_every_page_lists_the_checkpoints_and_skips_a_name_that_is_not_utf8(app, hostile):
     at = _run(app)
     for page in ("Generate text", "Inside a character model", "Training curves"):
@@ -89,11 +100,7 @@ def test_every_page_lists_the_checkpoints_and_skips_a_name_that_is_not_utf8(app,
 
 
 def test_a_card_with_fields_of_other_types_shows_what_it_can(app):
-    at = _run(app)
-    at.radio(key="page").set_value("Generate text")
-    _run(at)
-    at.selectbox(key="char_lm_checkpoint").set_value("odd_card.pt")
-    _run(at)
+    at = _page(app, "Generate text", "odd_card.pt")
     card = next(c.value for c in at.sidebar.caption if "**architecture**" in c.value)
     assert "**task**: character-level language model" in card
     assert "**steps**: 3" in card and "**best scores**: not recorded" in card  # its step
@@ -114,9 +121,7 @@ def test_hostile_metrics_lines_are_skipped_and_the_good_runs_drawn(app):
     assert parse_metrics("\n".join([GOOD_LINE, *HOSTILE_LINES])) == [json.loads(GOOD_LINE)]
     emoji = '{"kind": "eval", "step": 3, "source": "\\ud83d\\ude00"}'  # an escaped pair is fine
     assert parse_metrics(emoji)[0]["source"] == "\U0001f600"
-    at = _run(app)
-    at.radio(key="page").set_value("Training curves")
-    _run(at)
+    at = _page(app, "Training curves")
     at.multiselect(key="curve_runs").set_value(["hostile_run"])
     _run(at)
     assert any("**hostile\\_run**: step 1" in c.value for c in at.caption)
@@ -124,11 +129,7 @@ def test_hostile_metrics_lines_are_skipped_and_the_good_runs_drawn(app):
 
 
 def test_a_one_character_text_on_the_inside_page(app):
-    at = _run(app)
-    at.radio(key="page").set_value("Inside a character model")
-    _run(at)
-    at.selectbox(key="char_lm_checkpoint").set_value("good/best.pt")
-    _run(at)
+    at = _page(app, "Inside a character model", "good/best.pt")
     at.text_area(key="inside_text:good/best.pt").set_value("t")
     _run(at)
     assert any(c.value.startswith("1 character, ") for c in at.caption)

@@ -10,6 +10,7 @@ are neither and still raise normally.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sys
 import threading
@@ -18,7 +19,29 @@ from typing import Any
 
 
 class UserError(Exception):
-    """A mistake in what the user passed in; the message is shown to them as is."""
+    """A mistake in what the user passed in; the message is shown to them as is.
+
+    A DataLoader worker's error reaches the main process as a new exception of the same class whose
+    message is torch's "Caught UserError in DataLoader worker process 0. Original Traceback ...";
+    such a message is reduced to the original one, so the user sees the same line as without
+    workers.
+    """
+
+    def __init__(self, message: object = "") -> None:
+        if isinstance(message, str):
+            worker = _WORKER_WRAPPED.match(message)
+            if worker:
+                message = worker.group(1)
+        super().__init__(message)
+
+
+# torch.utils.data._utils.ExceptionWrapper.reraise: the wrapper's text, then the original
+# traceback, whose last line is "<module>.UserError: <the original message>".
+_WORKER_WRAPPED = re.compile(
+    r"\ACaught UserError in [^\n]*\.\nOriginal Traceback \(most recent call last\):\n.*"
+    r"\n[\w.]*UserError: (.*?)\n?\Z",
+    re.DOTALL,
+)
 
 
 EXIT_USER_ERROR = 2

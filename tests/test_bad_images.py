@@ -216,6 +216,23 @@ def test_error_stops_at_the_first_bad_file_with_one_line(dataset, num_workers):
     assert "\n" not in message and "Traceback" not in message and "worker" not in message
 
 
+def test_an_unmarked_loader_with_workers_raises_the_same_line_as_without(dataset):
+    """Validation and evaluation read images unmarked: a bad image raises in the worker, and torch
+    re-raises it in the main process with the worker's traceback in the message. The user sees the
+    original line all the same."""
+    bad_records = [r for r in dataset["records"] if r.image_path in dataset["bad"]][:1]
+    messages = []
+    for num_workers in (0, 2):
+        loader = DataLoader(ImageOnly(bad_records, dataset["tf"]), num_workers=num_workers)
+        with pytest.raises(UserError) as caught:
+            next(iter(loader))
+        messages.append(str(caught.value))
+    assert messages[0] == messages[1]
+    assert bad_records[0].image_path in messages[1] and "Traceback" not in messages[1]
+    # another exception class from a worker keeps torch's text; so does a UserError's own text
+    assert UserError("Caught UserError somewhere: x").args == ("Caught UserError somewhere: x",)
+
+
 def test_a_batch_of_only_bad_images_is_none_and_image_only_data_sets_drop_too(dataset):
     bad_records = [r for r in dataset["records"] if r.image_path in dataset["bad"]]
     log = BadImageLog("skip", warn=lambda line: None)

@@ -80,10 +80,39 @@ def run_cli(
             raise
         _say(f"error: {os_error_message(err)}")
         return EXIT_USER_ERROR
+    except RuntimeError as err:
+        lost = _lost_peer(err)
+        if lost is None:
+            raise
+        _say(
+            f"error: lost contact with another process of this torchrun job ({lost}); "
+            "torchrun's report names the process that failed first"
+        )
+        return EXIT_LOST_PEER
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+EXIT_LOST_PEER = 1
+# gloo's and NCCL's words for a peer that went away (killed, crashed, its machine lost)
+_TRANSPORT = re.compile(r"gloo|nccl|connection (reset|closed|refused)|broken pipe", re.IGNORECASE)
+
+
+def _lost_peer(err: RuntimeError) -> str | None:
+    """The reason, when `err` is a collective of a formed torchrun job failing because another
+    process went away (its own traceback says nothing the user can act on); else None."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is None or not dist.is_available() or not dist.is_initialized():
+        return None
+    text = str(err)
+    if not (isinstance(err, getattr(dist, "DistError", ())) or _TRANSPORT.search(text)):
+        return None
+    # "[.../gloo/transport/tcp/pair.cc:545] Read error [127.0.0.1]:33163: Connection reset by
+    # peer. This is typically caused by ..." -> the part after the source location, to its stop
+    reason = re.sub(r"^\[[^\]]*\.(cc|cpp|h):\d+\]\s*", "", text.strip())
+    return " ".join(reason.split(". ")[0].split()) or type(err).__name__
 
 
 def _say(line: str, *, job_wide: bool = False) -> None:

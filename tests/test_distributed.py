@@ -142,6 +142,12 @@ def test_a_rank_that_dies_ends_the_job(tmp_path):
             job.wait()
     assert job.returncode != 0
     assert "char_lm.train FAILED" in stderr or "ChildFailedError" in stderr, stderr[-2000:]
+    # the survivor says one line (or is stopped by torchrun's SIGTERM first), never a traceback:
+    # the one traceback left is torchrun's own report
+    assert "[rank0]:" not in stderr and stderr.count("Traceback (most recent call") == 1, stderr
+    said = [line for line in stderr.splitlines() if line.startswith(("error:", "stopped:"))]
+    assert len(said) <= 1, said
+    assert not said or said[0].startswith("stopped: SIGTERM") or "lost contact" in said[0], said
 
 
 def _fails(args: list[str], cwd: Path) -> subprocess.CompletedProcess:

@@ -11,6 +11,9 @@ into it is refused instead of mixing its checkpoints and metrics with the first'
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import dataclasses
 import glob
 import os
 import socket
@@ -97,7 +100,13 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     return atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
 
 
-_HELD: dict[Path, int] = {}  # folders this process holds (`hold`), and each lock's descriptor
+@dataclasses.dataclass
+class _Hold:
+    fd: int  # the open .lock, flocked
+    made: list[Path]  # the folders `hold` created for it, innermost first
+
+
+_HELD: dict[Path, _Hold] = {}  # folders this process holds (`hold`)
 
 
 def hold(folder: Path, refusal: Callable[[str], Exception]) -> None:
@@ -105,33 +114,62 @@ def hold(folder: Path, refusal: Callable[[str], Exception]) -> None:
     raise ``refusal(holder)`` if another process holds it; ``holder`` names that process.
 
     The lock is an advisory ``flock``: the system drops it when its process ends, however it ends
-    (kill -9 included), so a crashed run never leaves its folder locked. A process that holds the
-    folder already keeps it (a run started again in the same process, as the tests do). File
-    systems without ``flock`` are not locked.
+    (kill -9 included), so a crashed run never leaves its folder locked. `release` removes the
+    ``.lock`` file, and so does the end of the process for a run that raised (a refused start
+    also removes the folders it created when nothing else was written into them). A process that
+    holds the folder already keeps it (a run started again in the same process, as the tests do).
+    File systems without ``flock`` are not locked.
     """
     import fcntl
 
     key = folder.resolve()
     if key in _HELD:
         return
+    made = [path for path in (key, *key.parents) if not path.exists()]
     folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.read(fd, 200).decode("utf-8", errors="replace").strip() or "another process"
+    lock = folder / ".lock"
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 200).decode("utf-8", errors="replace").strip() or "another process"
+            os.close(fd)
+            raise refusal(holder) from None
+        except OSError:  # no flock on this file system (some network mounts)
+            os.close(fd)
+            return
+        try:  # the file locked is still the folder's .lock, not one its holder removed meanwhile
+            current = os.stat(lock).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            current = False
+        if current:
+            break
         os.close(fd)
-        raise refusal(holder) from None
-    except OSError:  # no flock on this file system (some network mounts)
-        os.close(fd)
-        return
     os.ftruncate(fd, 0)
     os.write(fd, f"process {os.getpid()} on {HOST}\n".encode())
-    _HELD[key] = fd
+    if not _HELD:
+        atexit.register(_release_all)
+    _HELD[key] = _Hold(fd, made)
 
 
 def release(folder: Path) -> None:
-    """Give up ``folder``'s lock taken by `hold` (nothing if this process does not hold it)."""
-    fd = _HELD.pop(folder.resolve(), None)
-    if fd is not None:
-        os.close(fd)
+    """Give up ``folder``'s lock taken by `hold` and remove ``.lock`` (nothing if this process
+    does not hold it); the folders `hold` created go too if they hold nothing else."""
+    held = _HELD.pop(folder.resolve(), None)
+    if held is None:
+        return
+    with contextlib.suppress(OSError):  # removed while locked: `hold` checks what it locked
+        os.unlink(folder / ".lock")
+    os.close(held.fd)
+    for made in held.made:  # innermost first; a folder with anything in it stays
+        try:
+            made.rmdir()
+        except OSError:
+            break
+
+
+def _release_all() -> None:
+    """At the end of the process: release what runs that raised still hold."""
+    for folder in list(_HELD):
+        release(folder)

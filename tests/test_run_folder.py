@@ -103,7 +103,7 @@ def test_a_second_run_into_a_living_runs_folder_is_refused_until_the_first_is_ki
     finally:
         first.kill()
         first.wait(timeout=30)
-    assert (out / ".lock").read_text() == f"process {os.getpid()} on {files.HOST}\n"
+    assert not (out / ".lock").exists()  # the second run ended: its lock file is gone
     assert torch.load(out / "last.pt", weights_only=True)["config"]["model"]["cell"] == "gru"
 
 
@@ -119,9 +119,27 @@ def test_the_lock_is_held_by_one_process_and_kept_when_it_starts_again(tmp_path)
     assert (
         taken.returncode == 1 and taken.stderr.strip() == f"process {os.getpid()} on {files.HOST}"
     )
+    assert (folder / ".lock").read_text() == f"process {os.getpid()} on {files.HOST}\n"
     files.release(folder)
+    assert not folder.exists()  # hold made it, and it was left empty: gone with its .lock
     taken = subprocess.run(holder, cwd=REPO, capture_output=True, text=True, timeout=60)
     assert taken.returncode == 0, taken.stderr
+
+
+def test_a_refused_start_leaves_no_folder_and_a_held_one_no_lock_file(tmp_path):
+    """A run that stops before writing anything (here: its text is missing) removes the folders
+    it created; a run folder that existed keeps everything but the lock file."""
+    new = tmp_path / "new" / "run"
+    argv = [sys.executable, "-m", "char_lm.train", "--config", str(CHAR_TINY), "--quiet",
+            "--set", f"data.path={tmp_path / 'missing.txt'}", "--out-dir"]  # fmt: skip
+    refused = subprocess.run([*argv, str(new)], cwd=REPO, capture_output=True, text=True)
+    assert refused.returncode == 2 and "text file not found" in refused.stderr, refused.stderr
+    assert sorted(tmp_path.iterdir()) == []
+    old = tmp_path / "old"
+    (old / "features").mkdir(parents=True)
+    refused = subprocess.run([*argv, str(old)], cwd=REPO, capture_output=True, text=True)
+    assert refused.returncode == 2, refused.stderr
+    assert sorted(p.name for p in old.iterdir()) == ["features"]
 
 
 @pytest.mark.parametrize("left", ["last.pt", "best.pt", "metrics.jsonl"])

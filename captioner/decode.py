@@ -156,7 +156,9 @@ def greedy_decode(
     suppress_ids: Sequence[int] = (),
 ) -> list[Caption]:
     """The most likely allowed next word at every step, for all B images at once: one `Caption`
-    each (the same as `beam_search` with beam size 1)."""
+    each (the same as `beam_search` with beam size 1). Where the constraints leave an image no
+    allowed word before it ends (beam search then has no caption for it), its caption stops there
+    unfinished, with log-probability -inf."""
     check_decode_settings(
         1, max_length, block_ngram_repeat=block_ngram_repeat, min_length=min_length
     )
@@ -171,21 +173,24 @@ def greedy_decode(
     logprob = torch.zeros(batch, device=device)
     words = torch.zeros(batch, dtype=torch.long, device=device)
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    stuck = torch.zeros(batch, dtype=torch.bool, device=device)  # every next word forbidden
     history, alphas = [], []
     for step in range(max_length):
         logits, state, alpha = decoder.step(tokens, state, features, keys)
         so_far = torch.stack(history, dim=1) if history and _needs_history(constraints) else None
         logp = constraints.log_probs(logits, step, so_far)
         best, tokens = logp.max(dim=-1)  # (B,), (B,)
-        active = ~finished
-        logprob += torch.where(active, best, torch.zeros_like(best))
+        active = ~(finished | stuck)
+        logprob += torch.where(active, best, torch.zeros_like(best))  # -inf where it gets stuck
+        stuck |= active & torch.isneginf(best)
+        grows = active & ~stuck
         is_end = tokens == end_id
-        words += (active & ~is_end).long()
-        finished |= is_end
+        words += (grows & ~is_end).long()
+        finished |= grows & is_end
         history.append(tokens)
         if alpha is not None:
             alphas.append(alpha.float())
-        if bool(finished.all()):
+        if bool((finished | stuck).all()):
             break
     history_cpu = torch.stack(history, dim=1).cpu()  # (B, steps)
     alphas_cpu = torch.stack(alphas, dim=1).cpu() if alphas else None  # (B, steps, N)

@@ -204,22 +204,24 @@ def decode_features(
     captioner: Captioner, features: ImageFeatures, settings: DecodeConfig, *, n_best: int = 1
 ) -> list[list[Caption]]:
     """Beam search with ``settings`` for a batch of image features: one list of `Caption`s per
-    image, best first."""
-    return beam_search(
-        captioner.model.decoder,
-        features.to(captioner.device),
-        beam_size=settings.beam_size,
-        max_length=settings.max_length,
-        start_id=captioner.vocab.start_id,
-        end_id=captioner.vocab.end_id,
-        length_penalty=settings.length_penalty,
-        n_best=n_best,
-        block_ngram_repeat=settings.block_ngram_repeat,
-        min_length=settings.min_length,
-        suppress_ids=[captioner.vocab.unk_id] if settings.suppress_unk else [],
-        diversity_groups=settings.diversity_groups,
-        diversity_strength=settings.diversity_strength,
-    )
+    image, best first (none for an image whose every caption the settings forbid). It runs in the
+    precision the captioner serves in (`Captioner.autocast`), as the encoder does."""
+    with captioner.autocast():
+        return beam_search(
+            captioner.model.decoder,
+            features.to(captioner.device),
+            beam_size=settings.beam_size,
+            max_length=settings.max_length,
+            start_id=captioner.vocab.start_id,
+            end_id=captioner.vocab.end_id,
+            length_penalty=settings.length_penalty,
+            n_best=n_best,
+            block_ngram_repeat=settings.block_ngram_repeat,
+            min_length=settings.min_length,
+            suppress_ids=[captioner.vocab.unk_id] if settings.suppress_unk else [],
+            diversity_groups=settings.diversity_groups,
+            diversity_strength=settings.diversity_strength,
+        )
 
 
 def to_result(
@@ -293,6 +295,13 @@ def caption_images(
             parts[0].grid_hw,
         )
         decoded = decode_features(captioner, features, settings, n_best=n_best)
+        if any(not beams for beams in decoded):
+            raise UserError(
+                f"no caption meets these decoding settings (min_length {settings.min_length} "
+                f"with block_ngram_repeat {settings.block_ngram_repeat} over a vocabulary of "
+                f"{len(captioner.vocab)} tokens, max_length {settings.max_length}); lower the "
+                "minimum length or the n-gram blocking"
+            )
         results.extend(to_result(captioner.vocab, beams, features.grid_hw) for beams in decoded)
     return results
 

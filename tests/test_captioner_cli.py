@@ -221,6 +221,11 @@ def test_bad_input_one_line_errors(trained: dict[str, Path], tmp_path: Path, cap
         (["--diversity-strength", "inf"], "diversity strength (--diversity-strength) must be in"),
         (["--beam-size", "101"], "beam size (--beam-size) must be in [1, 100], got 101"),
         (["--min-length", "5000", "--max-length", "5001"], "max length (--max-length) must be in"),
+        # within bounds, but no caption of 200 words repeats no word of a tiny vocabulary
+        (
+            ["--min-length", "200", "--max-length", "210", "--block-ngram-repeat", "1"],
+            "no caption meets these decoding settings (min_length 200 with block_ngram_repeat 1",
+        ),
     ]:
         argv = ["--checkpoint", str(trained["checkpoint"]), image, *flags]
         assert_one_line_error(*run_main(caption.main, argv, capsys)[::2], message)

@@ -94,6 +94,26 @@ def test_greedy_equals_beam_size_one(attention):
     assert_same_captions([b[0] for b in beams], greedy)
 
 
+@pytest.mark.parametrize("vocab,min_length,exists", [(VOCAB, 3, True), (6, 3, True), (6, 4, False)])
+def test_greedy_equals_beam_size_one_under_constraints_that_may_forbid_every_word(
+    vocab, min_length, exists
+):
+    """No repeated word and a minimum length: with 3 words (vocab 6) no caption of 4 exists, and
+    beam search has none; greedy's caption then stops unfinished at -inf, never emitting <pad>."""
+    decoder, features = make_decoder(False, vocab=vocab), random_features(batch=6)
+    settings = dict(max_length=6, start_id=START, end_id=END, block_ngram_repeat=1,
+                    min_length=min_length)  # fmt: skip
+    greedy = greedy_decode(decoder, features, **settings)
+    beams = beam_search(decoder, features, beam_size=1, **settings)
+    for found, caption in zip(beams, greedy, strict=True):
+        if found:
+            assert_same_captions(found, [caption])
+        else:
+            assert caption.logprob == -math.inf and not caption.finished
+            assert PAD not in caption.tokens and len(set(caption.tokens)) == len(caption.tokens)
+    assert all(beams) if exists else not any(beams)
+
+
 @pytest.mark.parametrize("attention", [False, True])
 @pytest.mark.parametrize("beam_size,n_best,length_penalty", [(3, 2, 0.0), (5, 5, 0.7)])
 def test_batched_beam_search_equals_one_image_at_a_time(

@@ -112,3 +112,34 @@ def test_bf16_copies_kept_for_decoding_follow_changes_to_the_weights():
     assert torch.equal(run(), fresh()) and not torch.equal(run(), before)
     core.load_state_dict({k: v * 0.5 for k, v in core.state_dict().items()})
     assert torch.equal(run(), fresh())
+
+
+def test_captions_are_decoded_in_the_precision_the_captioner_serves_in(monkeypatch):
+    """The bundled captioner was trained in bf16: where bf16 is native, the encoder and the beam
+    search both run under its autocast (the beam search ran in float32 before)."""
+    from captioner.decode import beam_search
+    from captioner.inference import caption_images, encode_images, load_captioner
+
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+    captioner = load_captioner(str(Path(TINY).parents[2] / "models" / "scenes_captioner.pt"))
+    assert captioner.precision().name == "bf16"
+    decoder, seen = captioner.model.decoder, []
+    step = decoder.step
+
+    def watched(*args, **kwargs):
+        seen.append(torch.is_autocast_enabled("cpu"))
+        return step(*args, **kwargs)
+
+    images = list(torch.randint(0, 256, (6, 3, 96, 96), generator=torch.Generator().manual_seed(0),
+                                dtype=torch.uint8))  # fmt: skip
+    monkeypatch.setattr(decoder, "step", watched)
+    results = caption_images(captioner, images, beam_size=3)
+    assert seen and all(seen)
+    monkeypatch.setattr(decoder, "step", step)
+    features = encode_images(captioner, images)
+    vocab = captioner.vocab
+    with torch.no_grad(), captioner.autocast():
+        expected = beam_search(decoder, features, beam_size=3, max_length=captioner.cfg.decode.max_length,
+                               start_id=vocab.start_id, end_id=vocab.end_id,
+                               length_penalty=captioner.cfg.decode.length_penalty)  # fmt: skip
+    assert [r.beams[0][1] for r in results] == [beams[0].logprob for beams in expected]

@@ -68,7 +68,7 @@ from captioner.config import CaptionerConfig
 from captioner.data import BadImageLog, DropBadImages, ImageOnly, ImageRecord, Vocabulary
 from captioner.data.datasets import encode_caption, pick_references
 from captioner.encoder import ImageEncoder, ImageFeatures
-from recurrent.errors import UserError
+from recurrent.errors import UserError, loader_worker_init
 from recurrent.files import atomic_write
 from recurrent.precision import Precision
 
@@ -274,6 +274,7 @@ class FeatureCache:
             num_workers=num_workers,
             pin_memory=device.type == "cuda",
             generator=torch.Generator(),  # leaves the global generator (dropout's) untouched
+            worker_init_fn=loader_worker_init,  # a group's SIGTERM is the main process's to handle
         )
         was_training = self.encoder.training
         self.encoder.eval()

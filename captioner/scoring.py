@@ -31,7 +31,7 @@ from captioner.encoder import ImageFeatures
 from captioner.inference import Captioner, decode_features, decode_settings
 from captioner.metrics import bleu_scores, cider_d_score, coco_scores
 from recurrent.distributed import Distributed
-from recurrent.errors import UserError
+from recurrent.errors import UserError, loader_worker_init
 from recurrent.files import atomic_write_text
 
 TOKENIZATION = "lowercase, nltk TreebankWordTokenizer, alphanumeric tokens only"
@@ -75,7 +75,11 @@ def image_batches(
     dataset = ImageOnly(records, captioner.transform) if dataset is None else dataset
     # Its own generator: a validation leaves the global one (training's dropout) untouched.
     loader = DataLoader(
-        dataset, batch_size=batch_size, num_workers=num_workers, generator=torch.Generator()
+        dataset,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        generator=torch.Generator(),
+        worker_init_fn=loader_worker_init,  # a group's SIGTERM is the main process's to handle
     )
     model = captioner.model
     for images, indices in loader:

@@ -105,7 +105,7 @@ from captioner.scst import SelfCritical
 from recurrent.config import add_run_arguments, load_config, run_dir, run_options, to_dict
 from recurrent.distributed import Distributed, finish
 from recurrent.engine import Run, StepResult
-from recurrent.errors import UserError, run_cli
+from recurrent.errors import UserError, loader_worker_init, run_cli
 
 TASK = "captioner"
 
@@ -349,6 +349,7 @@ class EpochBatches:
             persistent_workers=workers > 0,
             prefetch_factor=4 if workers > 0 else None,
             generator=torch.Generator(),  # keeps the global generator out of data loading
+            worker_init_fn=loader_worker_init,  # a group's SIGTERM: this process saves and stops
         )
         self._batches: Iterator | None = None
 

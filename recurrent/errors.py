@@ -152,6 +152,27 @@ def _stop_on_sigterm() -> Any:
     return signal.signal(signal.SIGTERM, stop)
 
 
+def loader_worker_init(worker_id: int) -> None:
+    """A DataLoader ``worker_init_fn`` that leaves a SIGTERM sent to the whole process group (a
+    scheduler's pre-emption, ``kill -- -PGID``) to the main process, which finishes its step,
+    saves and stops with one line; the worker ends when its loader shuts it down.
+
+    torch's own handler ends a worker at any SIGTERM, and the main process then fails wherever it
+    is ("DataLoader worker ... is killed by signal: Terminated"), with a traceback and its last
+    steps unsaved. Here a thread waits for SIGTERM instead (blocked in this thread, so delivered
+    to none) and ends the worker only when its main process sent it, as torch does at shutdown.
+    """
+    parent = os.getppid()
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+
+    def wait() -> None:
+        while True:
+            if signal.sigwaitinfo({signal.SIGTERM}).si_pid == parent:
+                os._exit(0)
+
+    threading.Thread(target=wait, name="sigterm", daemon=True).start()
+
+
 def os_error_message(err: OSError) -> str:
     """One line for a file the system refused: the path, the reason and what to check."""
     path = err.filename if err.filename2 is None else f"{err.filename} -> {err.filename2}"

@@ -145,8 +145,9 @@ class Trainer:
         self.wait()
 
 
-def start_cli(task: str, args: list[str], log: Path) -> Trainer:
-    """``python -m <task>.train ARGS``, as a user runs it."""
+def start_cli(task: str, args: list[str], log: Path, *, own_group: bool = False) -> Trainer:
+    """``python -m <task>.train ARGS``, as a user runs it (with ``own_group``, as the leader of a
+    new process group, which its DataLoader workers join)."""
     log.parent.mkdir(parents=True, exist_ok=True)
     since = time.time()
     process = subprocess.Popen(
@@ -156,6 +157,7 @@ def start_cli(task: str, args: list[str], log: Path) -> Trainer:
         stdin=subprocess.DEVNULL,
         stdout=log.with_suffix(".out").open("w"),
         stderr=log.with_suffix(".err").open("w"),
+        start_new_session=own_group,
     )
     return Trainer(process, log, since)
 
@@ -206,12 +208,15 @@ def start_child(task: str, argv: list[str], log: Path, tear_at_step: int | None 
 # --- signals ------------------------------------------------------------------------------------
 
 
-def stop_with(signum: int, trainer: Trainer, out_dir: Path, after_step: int) -> int:
-    """Send ``signum`` once the trainer has logged a step past ``after_step``; check its exit
-    status and its one ``stopped:`` line, and return the step that line names."""
+def stop_with(
+    signum: int, trainer: Trainer, out_dir: Path, after_step: int, *, group: bool = False
+) -> int:
+    """Send ``signum`` (to the trainer's whole process group with ``group``) once the trainer has
+    logged a step past ``after_step``; check its exit status and its one ``stopped:`` line, and
+    return the step that line names."""
     metrics = out_dir / "metrics.jsonl"
     assert trainer.wait_for_step(metrics, after_step + 1), trainer.stderr()
-    os.kill(trainer.pid, signum)
+    (os.killpg if group else os.kill)(trainer.pid, signum)
     code = trainer.wait(timeout=120)
     lines = trainer.stderr().strip().splitlines()
     assert code == 128 + signum, lines  # 130 for SIGINT, 143 for SIGTERM
@@ -262,6 +267,21 @@ def test_sigint_then_sigterm_stop_cleanly_and_resume_exactly(
     assert f"done: {end} steps (stopped by max_steps)" in out
     train_in_process(task, tmp_path / "reference", finish)
     assert_same_run(out_dir, tmp_path / "reference")
+
+
+def test_sigterm_to_the_process_group_leaves_the_stop_to_the_main_process(
+    scenes_annotations, tmp_path
+):
+    """A scheduler's pre-emption signals every process of the job, DataLoader workers included
+    (training and validation loaders here). The workers leave it to the main process, which saves
+    and stops with one line; torch's own handler ended them, and the main process then failed
+    mid-step with a traceback and its last steps unsaved."""
+    overrides = [*task_overrides("captioner", scenes_annotations), "train.max_steps=1_000_000"]
+    overrides += ["data.num_workers=2", "data.cache_images=false", "train.eval_every=3"]
+    out_dir = tmp_path / "run"
+    args = cli_args("captioner", out_dir, overrides, resume=False)
+    with start_cli("captioner", args, tmp_path / "group", own_group=True) as trainer:
+        stop_with(signal.SIGTERM, trainer, out_dir, 4, group=True)
 
 
 # --- kill -9 ------------------------------------------------------------------------------------

@@ -60,6 +60,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
 
 from captioner.cider import CiderD
 from captioner.config import (
@@ -321,6 +322,9 @@ class EpochBatches:
         self, data: _Data, cfg: CaptionerConfig, layout: Distributed, pin: bool, bad: BadImageLog
     ) -> None:
         self.data, self.cfg, self.bad = data, cfg, bad
+        self.is_main = layout.is_main
+        if not len(data.train_set):  # the feature cache left out every image: none decodes
+            raise self.nothing_decodes()
         self.rows = layout.shard(cfg.train.batch_size, "train.batch_size")
         if layout.enabled and len(data.train_set) < cfg.train.batch_size:  # a share would be empty
             raise UserError(
@@ -367,8 +371,9 @@ class EpochBatches:
 
     def next_batch(self) -> tuple[Any, bool]:
         """The next batch, and whether an epoch ended with it (or with the batches before it that
-        data.bad_images=skip emptied entirely, which are passed over)."""
-        epoch_end = False
+        data.bad_images=skip emptied entirely, which are passed over). A whole epoch of such
+        batches means no training image decodes: that stops the run."""
+        epoch_end, empty = False, 0
         while True:
             if self._batches is None:
                 self._batches = self.bad.batches(iter(self.loader))
@@ -380,17 +385,42 @@ class EpochBatches:
                 self._batches, epoch_end = None, True
             if batch is not None:
                 return batch, epoch_end
+            empty += 1
+            if empty >= self.steps_per_epoch:
+                raise self.nothing_decodes("in a whole epoch")
+
+    def nothing_decodes(self, where: str = "") -> UserError:
+        return UserError(
+            f"no training image decodes{' ' + where if where else ''}: {self.bad.files} "
+            "unreadable image file(s) skipped (data.bad_images=skip); python -m "
+            "captioner.check_data lists them"
+        )
+
+    def layout(self) -> list[int]:
+        """What positions in an epoch mean: the items, the global batch and the steps."""
+        return [len(self.data.train_set), self.cfg.train.batch_size, self.steps_per_epoch]
 
     def state_dict(self) -> dict[str, Any]:
         return {
             "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch,
             "order_state": self.order_state,
+            "layout": self.layout(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.epoch, self.batch_in_epoch = int(state["epoch"]), int(state["batch_in_epoch"])
         self.order_state, self._batches = state["order_state"], None
+        saved = state.get("layout")  # (checkpoints before it: the position must fit, at least)
+        if (saved is not None and list(saved) != self.layout()) or (
+            self.batch_in_epoch >= self.steps_per_epoch
+        ):
+            self.batch_in_epoch = 0  # the epoch's shuffle is kept; its batches start again
+            if self.is_main:
+                tqdm.write(
+                    "note: train.batch_size, train.captions_per_image or the training items "
+                    f"changed; epoch {self.epoch} starts again from its first batch"
+                )
 
 
 def train(
@@ -430,7 +460,11 @@ def train(
     )
     if lacking := vocab.lacks_words(cfg.data.min_word_count):
         raise UserError(lacking)
-    run.check_resume(ARCHITECTURE_KEYS, vocab.to_list(), "the training captions")
+    # a resume keeps the trained parts (the optimizer's groups) and what chose best.pt
+    kept = ["model.finetune", "train.best_metric"]
+    if cfg.model.finetune == "last":
+        kept.append("model.finetune_stages")
+    run.check_resume(ARCHITECTURE_KEYS, vocab.to_list(), "the training captions", kept)
 
     # --- model, optimizer, data order
     model = CaptionModel(cfg, len(vocab), pad_id=vocab.pad_id).to(device)

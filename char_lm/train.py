@@ -171,8 +171,9 @@ def train(
     )
     val_ids = val_ids.to(run.device)
     saved_config = run.payload["config"] if run.payload else run.config
-    keys = architecture_keys(run.config, saved_config) + ["train.optimizer"]
-    run.check_resume(keys, vocab, "the text's characters")  # the network first, then the text
+    keys = architecture_keys(run.config, saved_config)
+    # the network first, then the text; the validation text is the best score's measure
+    run.check_resume(keys, vocab, "the text's characters", resume_keys=["data.val_fraction"])
     if (
         run.payload
         and run.payload.get("data_fingerprint", corpus.fingerprint) != corpus.fingerprint

@@ -59,7 +59,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -436,20 +436,30 @@ class Run:
         if self.dist.is_main:
             tqdm.write(line, file=sys.stdout)
 
-    def check_resume(self, architecture_keys: list[str], vocab: list[str], what: str) -> None:
+    def check_resume(
+        self,
+        architecture_keys: list[str],
+        vocab: list[str],
+        what: str,
+        resume_keys: Sequence[str] = (),
+    ) -> None:
         """Refuse a resume (or an --init-from) whose network or vocabulary differs from the
-        checkpoint's."""
+        checkpoint's. A resume must also keep the optimizer (its saved state is that optimizer's)
+        and ``resume_keys``: what else the saved state or the best score depends on (the trained
+        parts, the validation data, the metric that chose best.pt)."""
         if self.payload is not None:
             checked = (self.payload, self.last_path, "resume from", "drop --resume")
             remedy = "use the checkpoint's value"
+            keys = [*architecture_keys, "train.optimizer", *resume_keys]
         elif self.init_payload is not None:
             checked = (self.init_payload, self.init_path, "start from", "drop --init-from")
             remedy = "set the checkpoint's value"
+            keys = architecture_keys
         else:
             return
         payload, path, action, drop = checked
         check_same_architecture(
-            payload["config"], self.config, architecture_keys, path,
+            payload["config"], self.config, keys, path,
             action=action, remedy=f"{drop} or {remedy}",
         )  # fmt: skip
         saved = list(payload.get("vocab", []))

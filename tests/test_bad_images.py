@@ -30,6 +30,7 @@ from PIL import EpsImagePlugin, Image, ImageOps, features
 from torch.utils.data import DataLoader, default_collate
 
 from captioner import caption
+from captioner import check_data as check_data_cli
 from captioner import train as train_cli
 from captioner.config import CaptionerConfig
 from captioner.data import (
@@ -305,6 +306,34 @@ def test_training_skips_a_bad_image_and_reports_it(scenes_with_a_bad_image, tmp_
     assert "bad images: skipped" in out and "of 1 unreadable image file(s)" in out
     assert "done: 3 steps (stopped by max_steps)" in out
     assert (tmp_path / "run" / "last.pt").is_file()
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+def test_skip_with_no_train_image_that_decodes_stops_with_one_line(
+    scenes_annotations, tmp_path, capsys, frozen
+):
+    """Every train image bad under "skip" (a folder of HEIC files named .jpg, say): check_data says
+    training would stop, and training does, in one line; it looped forever over empty batches,
+    deaf to SIGTERM (with the feature cache: over an empty epoch)."""
+    folder = tmp_path / "scenes"
+    shutil.copytree(scenes_annotations.parent, folder)
+    annotations = folder / scenes_annotations.name
+    for entry in json.loads(annotations.read_text())["images"]:
+        if entry["split"] in ("train", "restval"):
+            (folder / entry.get("filepath", "") / entry["filename"]).write_bytes(b"garbage")
+    overrides = ["data.bad_images=skip", "train.max_steps=0", "train.epochs=2"]
+    if frozen:
+        overrides += ["model.finetune=frozen", "train.feature_cache=true"]
+    code, _, err = _train(annotations, tmp_path / "run", capsys, *overrides)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, err
+    assert lines[0].startswith("error: no training image decodes") and "skipped" in lines[0]
+    assert not (tmp_path / "run" / "last.pt").exists()
+    with pytest.raises(SystemExit) as stop:
+        check_data_cli.main(["--config", TINY, "--quiet", "--set", f"data.annotations={annotations}",
+                             "data.bad_images=skip"])  # fmt: skip
+    assert stop.value.code == 1
+    assert "training would stop: no train image decodes" in capsys.readouterr().out
 
 
 def test_training_stops_at_a_bad_image_under_error(scenes_with_a_bad_image, tmp_path, capsys):

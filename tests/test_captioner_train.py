@@ -151,6 +151,37 @@ def test_resume_continues_exactly(scenes_annotations: Path, tmp_path: Path, monk
         quiet_train(cfg, tmp_path / "empty", resume=True)
 
 
+def test_resume_with_another_batch_layout_restarts_the_epoch_and_refuses_what_it_cannot_keep(
+    scenes_annotations: Path, tmp_path: Path, capsys
+):
+    """Stopped at step 7 of 10 steps per epoch (80 pairs / 8), resumed with batches of 16 (5 per
+    epoch): the position in the epoch means nothing now, so the epoch starts again with a note
+    (it crashed with StopIteration). A resume that changes the optimizer, the trained parts or
+    the metric that chose best.pt is refused, naming the field (they crashed mid-run)."""
+    run = tmp_path / "run"
+    quiet_train(tiny_cfg(scenes_annotations, "train.max_steps=7"), run)
+    capsys.readouterr()
+    wider = tiny_cfg(scenes_annotations, "train.max_steps=9", "train.batch_size=16")
+    summary = train(wider, run, resume=True)
+    assert "note: train.batch_size, train.captions_per_image or the training items changed; " \
+        "epoch 0 starts again from its first batch" in capsys.readouterr().out  # fmt: skip
+    data = load_checkpoint(run / "last.pt")["data"][0]
+    assert summary["steps"] == 9 and (data["epoch"], data["batch_in_epoch"]) == (0, 2)
+    for change in ("train.optimizer=rmsprop", "model.finetune=frozen", "train.best_metric=cider"):
+        key = change.partition("=")[0]
+        with pytest.raises(
+            UserError, match=rf"cannot resume from .*: {key} is .* in the checkpoint"
+        ):
+            quiet_train(
+                tiny_cfg(scenes_annotations, "train.max_steps=12", change), run, resume=True
+            )
+    # --init-from takes the weights only: another optimizer or metric is a new run's choice
+    started = train(tiny_cfg(scenes_annotations, "train.max_steps=1", "train.optimizer=rmsprop",
+                             "train.best_metric=cider"), tmp_path / "new", quiet=True,
+                    init_from=run / "last.pt")  # fmt: skip
+    assert started["steps"] == 1
+
+
 def test_feature_cache_runs_the_encoder_once_per_image(
     scenes_annotations: Path, tmp_path: Path, monkeypatch
 ):

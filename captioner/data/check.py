@@ -143,8 +143,9 @@ class DataReport:
 
         The loader refuses a missing image of any split; training decodes the train and val
         images: a bad val image always stops it (validation decodes every image), a bad train
-        image unless ``data.bad_images`` is "skip" (with or without the feature cache). A train
-        split without one word seen ``min_word_count`` times stops it too.
+        image unless ``data.bad_images`` is "skip" (with or without the feature cache), and under
+        "skip" a train split none of whose images decodes. A train split without one word seen
+        ``min_word_count`` times stops it too.
         """
         reasons = []
         for split in ("train", "val"):
@@ -161,6 +162,11 @@ class DataReport:
         bad_train = self.paths(BAD, ("train",))
         if bad_train and bad_images == "error":
             reasons.append(f"{len(bad_train)} train image(s) do not decode (data.bad_images=error)")
+        train_images = {record.image_path for record in self.records if record.split == "train"}
+        if bad_train and bad_images == "skip" and train_images <= set(bad_train):
+            reasons.append(
+                "no train image decodes, so data.bad_images=skip leaves none to train on"
+            )
         return reasons
 
     def to_json(self, bad_images: str) -> dict[str, Any]:

@@ -738,6 +738,10 @@ def generate_dataset(
         raise UserError(f"--out '{out}' is a file; pass a folder for the data set")
     image_dir = out / IMAGE_FOLDER
     image_dir.mkdir(parents=True, exist_ok=True)
+    json_path = out / JSON_NAME
+    # An earlier data set's captions go before its images are overwritten: an interrupted run
+    # leaves no JSON (loaders refuse the folder) rather than old captions beside new pictures.
+    json_path.unlink(missing_ok=True)
     names = [f"{index:06d}.png" for index in range(num_images)]
     splits = seeded_split(names, val_fraction, test_fraction, seed)
     entries, sentence_id = [], 0
@@ -760,7 +764,6 @@ def generate_dataset(
             }
         )
         sentence_id += len(sentences)
-    json_path = out / JSON_NAME
     # never a half-written JSON behind
     atomic_write_text(json_path, json.dumps({"dataset": "scenes", "images": entries}))
     return json_path

@@ -705,6 +705,29 @@ def test_scenes_dataset_is_byte_identical(tmp_path: Path) -> None:
         ).read_bytes()
 
 
+def test_scenes_interrupted_over_an_earlier_set_leave_no_captions_of_other_images(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """Generating over an earlier data set and stopping half-way (SIGTERM, a crash) left the old
+    JSON beside new images, every caption describing another picture; now no JSON is left."""
+    json_path = scenes.generate_dataset(tmp_path, 4, seed=0, size=64)
+    real = scenes._generator("demo")
+    drawn = []
+
+    def stops_at_the_third(rng, size):
+        if len(drawn) == 2:
+            raise KeyboardInterrupt
+        drawn.append(1)
+        return real(rng, size)
+
+    monkeypatch.setattr(scenes, "_generator", lambda preset: stops_at_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        scenes.generate_dataset(tmp_path, 4, seed=1, size=64)
+    assert not json_path.exists()
+    with pytest.raises(UserError, match="not found"):
+        load_records("karpathy", json_path, None)
+
+
 def test_scenes_cli_writes_karpathy_json(tmp_path: Path) -> None:
     command = [sys.executable, "-m", "captioner.scenes", "--out", str(tmp_path / "data")]
     command += ["--num-images", "10", "--seed", "3", "--size", "64"]

@@ -262,6 +262,12 @@ def test_csv_with_split_column_merges_rows(tmp_path: Path) -> None:
     missing = tmp_path / "missing.csv"
     missing.write_text("image,caption\nimgs/a.png,x\nimgs/gone.png,y\n")
     _raises_one_line(lambda: load_records("csv", missing, tmp_path), "line 3", "gone.png")
+    # an unquoted comma in a caption cut it short without a word ("a dog")
+    comma = tmp_path / "comma.csv"
+    comma.write_text('image,caption\nimgs/a.png,"a cat, asleep"\nimgs/a.png,a dog, running\n')
+    _raises_one_line(
+        lambda: load_records("csv", comma, tmp_path), "comma.csv' line 3 has 3 fields", "quotes"
+    )
 
 
 def test_jsonl_seeded_split_is_deterministic(tmp_path: Path) -> None:

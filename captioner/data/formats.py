@@ -451,15 +451,24 @@ def _read_csv_rows(file: Path) -> list[_Row]:
                     "must name 'image' and 'caption' (and optionally 'split')"
                 )
             has_split = "split" in reader.fieldnames
-            return [
-                _Row(
-                    f"'{file}' line {reader.line_num}",
-                    (row["image"] or "").strip(),
-                    (row["caption"] or "").strip(),
-                    (row["split"] or "").strip().lower() if has_split else None,
+            rows = []
+            for row in reader:
+                where = f"'{file}' line {reader.line_num}"
+                if None in row:  # DictReader's key for the fields beyond the header's
+                    raise UserError(
+                        f"{where} has {len(reader.fieldnames) + len(row[None])} fields, the "
+                        f"header {len(reader.fieldnames)}; put a caption that holds a comma in "
+                        'double quotes ("a dog, running")'
+                    )
+                rows.append(
+                    _Row(
+                        where,
+                        (row["image"] or "").strip(),
+                        (row["caption"] or "").strip(),
+                        (row["split"] or "").strip().lower() if has_split else None,
+                    )
                 )
-                for row in reader
-            ]
+            return rows
         except csv.Error as err:
             raise UserError(
                 f"'{file}' line {reader.line_num}: {err}; fix the CSV quoting"

@@ -53,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     check_config(cfg)
     data = cfg.data
     # Every record, whatever its images: the check reports missing ones instead of stopping.
-    records = load_data_records(data, check_images=False)
+    records = load_data_records(data, check_images=False, report=True)
     paths = list(dict.fromkeys(record.image_path for record in records))
     started = time.perf_counter()
     bar = tqdm(total=len(paths), desc="decoding", unit="image", disable=args.quiet or None)

@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from captioner.config import DecodeConfig
 from captioner.data import ImageOnly, ImageRecord, load_records
+from captioner.data.formats import in_several_splits
 from captioner.encoder import ImageFeatures
 from captioner.inference import Captioner, decode_features, decode_settings
 from captioner.metrics import bleu_scores, cider_d_score, coco_scores
@@ -205,9 +206,15 @@ def write_predictions(predictions: list[dict[str, Any]], path: str | os.PathLike
         ) from None
 
 
-def load_data_records(data, *, check_images: bool = True) -> list[ImageRecord]:
-    """`load_records` with a `DataConfig` (an empty image_root: the annotations' folder)."""
-    return load_records(
+def load_data_records(
+    data, *, check_images: bool = True, report: bool = False
+) -> list[ImageRecord]:
+    """`load_records` with a `DataConfig` (an empty image_root: the annotations' folder).
+
+    An image listed in more than one split is refused (it would be trained on and scored), except
+    for a `report` (`captioner.check_data`, which lists every such image).
+    """
+    records = load_records(
         data.format,
         data.annotations,
         data.image_root or None,
@@ -217,3 +224,11 @@ def load_data_records(data, *, check_images: bool = True) -> list[ImageRecord]:
         seed=data.split_seed,
         check_images=check_images,
     )
+    if not report and (leaks := in_several_splits(records)):
+        path, splits = next(iter(leaks.items()))
+        raise UserError(
+            f"{len(leaks)} image(s) of {data.annotations} are listed in more than one split, "
+            f"e.g. '{path}' ({', '.join(splits)}), so training would see val or test images; "
+            "keep each image in one split (python -m captioner.check_data lists them)"
+        )
+    return records

@@ -40,6 +40,7 @@ from captioner.data import (
 from captioner.data import datasets as datasets_module
 from captioner.data import images as images_module
 from captioner.data.datasets import load_image_tensor
+from captioner.data.formats import in_several_splits
 from recurrent.errors import UserError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -122,6 +123,10 @@ def test_karpathy_bad_input(tmp_path: Path) -> None:
 
     bad_split = _karpathy(tmp_path, [_entry("a.png", "training", ["x"])])
     _raises_one_line(lambda: load_records("karpathy", bad_split, tmp_path), "training", "restval")
+    # one file in two splits (a test image trained on): found, for training to refuse
+    leak = _karpathy(tmp_path, [_entry("a.png", "test", ["x"]), _entry("a.png", "restval", ["y"])])
+    found = in_several_splits(load_records("karpathy", leak, tmp_path))
+    assert found == {str(tmp_path / "imgs" / "a.png"): ["test", "train"]}
 
     malformed = tmp_path / "broken.json"
     malformed.write_text('{"images": [\n  {"filename": "a.png",, }\n]}')
@@ -229,6 +234,17 @@ def test_coco_train_and_val_files(tmp_path: Path) -> None:
 
     renamed = _coco(tmp_path / "my_captions.json", train_names)
     _raises_one_line(lambda: load_records("coco", renamed, tmp_path), "my_captions.json", "rename")
+
+    # an image in both files would be trained on and scored: found, for training to refuse
+    leaky = _coco(tmp_path / "captions_leaky_val2014.json", [*val_names, train_names[2]])
+    found = in_several_splits(load_records("coco", [train, leaky], tmp_path))
+    assert list(found) == [str(tmp_path / "t2.jpg")] and "train" in found[str(tmp_path / "t2.jpg")]
+    # two ids naming one file: the captions of both (the second replaced the first)
+    two_ids = _coco(tmp_path / "captions_twice_train2014.json", ["t0.jpg", "t1.jpg", "t0.jpg"])
+    [twice] = [
+        r for r in load_records("coco", two_ids, tmp_path) if r.image_path.endswith("t0.jpg")
+    ]
+    assert twice.captions == tuple(f"caption {k} of t0.jpg" for k in range(2)) * 2
 
 
 # --------------------------------------------------------------------------------------------

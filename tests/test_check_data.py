@@ -19,6 +19,7 @@ import pytest
 from PIL import Image
 
 from captioner import check_data
+from captioner import train as train_cli
 from captioner.data import load_image
 from captioner.data.check import BAD, MISSING, OK, check_image, scan_images
 from recurrent.errors import UserError, run_cli
@@ -38,7 +39,9 @@ def _entry(name: str, split: str, *captions: str) -> dict:
     return {"filename": name, "split": split, "sentences": [{"raw": c} for c in captions]}
 
 
-def _dataset(root: Path, *, missing: bool = True, bad_split: str = "train") -> Path:
+def _dataset(
+    root: Path, *, missing: bool = True, bad_split: str = "train", leak: bool = True
+) -> Path:
     """Images 0-5 (0-3 train, 4 val, 5 test) plus the planted problems; returns the JSON."""
     splits = ["train", "train", "train", "train", "val", "test"]
     images = [_entry(f"{i}.png", split, f"a red circle {i}") for i, split in enumerate(splits)]
@@ -48,7 +51,8 @@ def _dataset(root: Path, *, missing: bool = True, bad_split: str = "train") -> P
     images.append(_entry("truncated.png", bad_split, "a blue square"))
     (root / "copy.png").write_bytes(_png(1))  # the same bytes as 1.png (train), listed as test
     images.append(_entry("copy.png", "test", "a green star", "..."))  # "..." has no word
-    images.append(_entry("2.png", "test", "a red circle 2"))  # 2.png listed in train and test
+    if leak:
+        images.append(_entry("2.png", "test", "a red circle 2"))  # 2.png in train and test
     if missing:
         images.append(_entry("gone.png", "train", "a small cross"))
     annotations = root / "dataset.json"
@@ -78,6 +82,15 @@ def _check(
     return code, out, err
 
 
+def run_main_train(annotations: Path, capsys) -> tuple[int, str, str]:
+    capsys.readouterr()
+    argv = ["--config", TINY, "--out-dir", str(annotations.parent / "run"), "--quiet", "--set",
+            f"data.annotations={annotations}", "train.max_steps=1"]  # fmt: skip
+    code = run_cli(train_cli.main, argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 def test_every_planted_problem_is_reported_and_training_would_stop(tmp_path, capsys):
     annotations = _dataset(tmp_path)
     code, out, _ = _check(annotations, capsys)
@@ -94,6 +107,14 @@ def test_every_planted_problem_is_reported_and_training_would_stop(tmp_path, cap
     stop = lines[-1]
     assert stop.startswith("training would stop: ")
     assert "1 image(s) referenced but missing" in stop and "data.bad_images=error" in stop
+    assert "1 image(s) listed in more than one split (training would see val or test" in stop
+    # training refuses that image, which it used to train on and score
+    (tmp_path / "leak").mkdir()
+    code, _, err = run_main_train(_dataset(tmp_path / "leak", missing=False), capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert (
+        f"listed in more than one split, e.g. '{tmp_path / 'leak' / '2.png'}' (test, train)" in err
+    )
 
 
 def test_the_report_agrees_with_load_image(tmp_path, capsys):
@@ -124,7 +145,7 @@ def test_the_report_agrees_with_load_image(tmp_path, capsys):
     ],
 )
 def test_exit_status_follows_the_trainers_rules(tmp_path, capsys, bad_split, policy, would_run):
-    annotations = _dataset(tmp_path, missing=False, bad_split=bad_split)
+    annotations = _dataset(tmp_path, missing=False, bad_split=bad_split, leak=False)
     code, out, err = _check(annotations, capsys, f"data.bad_images={policy}")
     assert code == (0 if would_run else 1), out + err
     last = out.splitlines()[-1]

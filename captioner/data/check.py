@@ -21,6 +21,7 @@ from typing import Any
 
 from recurrent.errors import UserError
 
+from .formats import in_several_splits
 from .images import load_image
 from .records import SPLITS, ImageRecord
 from .vocab import Vocabulary, tokenize
@@ -162,6 +163,11 @@ class DataReport:
         bad_train = self.paths(BAD, ("train",))
         if bad_train and bad_images == "error":
             reasons.append(f"{len(bad_train)} train image(s) do not decode (data.bad_images=error)")
+        if leaks := in_several_splits(self.records):
+            reasons.append(
+                f"{len(leaks)} image(s) listed in more than one split (training would see val or "
+                "test images)"
+            )
         train_images = {record.image_path for record in self.records if record.split == "train"}
         if bad_train and bad_images == "skip" and train_images <= set(bad_train):
             reasons.append(

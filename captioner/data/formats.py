@@ -421,7 +421,7 @@ def _coco_captions(file: Path, base: Path, check_images: bool) -> dict[str, list
         if image_id in captions:
             path = _image_path(base, name)
             _check_image(path, f"'{file}' image id {image_id}", check_images)
-            result[path] = captions[image_id]
+            result.setdefault(path, []).extend(captions[image_id])  # two ids, one file: both
     return result
 
 
@@ -638,6 +638,16 @@ def _describe(annotations: PathLike | Sequence[PathLike]) -> str:
     if isinstance(annotations, (str, os.PathLike)):
         return f"'{annotations}'"
     return ", ".join(f"'{annotation}'" for annotation in annotations)
+
+
+def in_several_splits(records: Sequence[ImageRecord]) -> dict[str, list[str]]:
+    """Image path -> its splits, for every image listed in more than one split (a val or test
+    image that training would see: Karpathy and COCO files can say so; the other formats refuse
+    it as they load)."""
+    splits: dict[str, set[str]] = {}
+    for record in records:
+        splits.setdefault(record.image_path, set()).add(record.split)
+    return {path: sorted(found) for path, found in splits.items() if len(found) > 1}
 
 
 def select_split(

@@ -84,9 +84,12 @@ LAYOUT = "npy-shards-v1"  # part of the fingerprint: another layout never reads 
 
 
 def encoder_fingerprint(encoder: ImageEncoder, cfg: CaptionerConfig, transform: object) -> str:
-    """sha256 over the encoder's settings, its preprocessing and its parameter values."""
+    """sha256 over the encoder's settings, its preprocessing, the precision it encodes in (bf16
+    features differ from fp32's by about 1%) and its parameter values."""
     digest = hashlib.sha256()
+    device = next(encoder.parameters()).device
     settings = {
+        "precision": Precision.for_inference(cfg.train.precision, device).name,
         "encoder": cfg.model.encoder,
         "encoder_stages": cfg.model.encoder_stages,
         "weights": cfg.model.weights,
@@ -188,8 +191,14 @@ class FeatureCache:
         return key
 
     def refresh(self) -> None:
-        """Read the indexes of the complete shards on disk (other processes may have added some)."""
-        names = sorted(path.stem for path in self.shard_dir.glob("*.json"))
+        """Read the indexes of the complete shards on disk (other processes may have added some).
+        An index whose ``.npy`` is gone (deleted, or a leftover another process removed) does not
+        count: its images are encoded again."""
+        names = sorted(
+            path.stem
+            for path in self.shard_dir.glob("*.json")
+            if path.with_suffix(".npy").is_file()
+        )
         if names == self._shards:
             return
         index: dict[str, tuple[int, int]] = {}

@@ -42,6 +42,7 @@ from captioner.features import (
 from captioner.inference import eval_transform
 from captioner.scoring import load_data_records
 from captioner.train import SeededItems
+from recurrent import precision
 from recurrent.config import load_config
 from recurrent.errors import UserError
 
@@ -198,6 +199,20 @@ def test_store_reads_what_the_encoder_computed(scenes_annotations: Path, tmp_pat
     again = FeatureCache(tmp_path, frozen_encoder(cfg), cfg, transform)
     assert again.missing(records) == []
     assert again.ensure(records, device=torch.device("cpu"), progress=False) == 0
+    # a shard whose .npy is gone: its images are encoded again (the error said "train again",
+    # and training again met the same error)
+    lost = sorted(cache.shard_dir.glob("*.npy"))[1]
+    lost.unlink()
+    again = FeatureCache(tmp_path, frozen_encoder(cfg), cfg, transform)
+    assert len(again.missing(records)) == 6
+    assert again.ensure(records, device=torch.device("cpu"), progress=False) == 6
+    assert torch.equal(again.store(records).features(order).grid, via_memory.grid)
+    # bf16 features differ from these fp32 ones by about 1%: a bf16 run has a cache of its own
+    # (an fp32 run reused bf16 features silently)
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)  # any CI machine
+    bf16 = tiny_cfg(scenes_annotations, "model.finetune=frozen", "train.precision=bf16")
+    other = FeatureCache(tmp_path, frozen_encoder(bf16), bf16, transform)
+    assert other.dir != cache.dir and len(other.missing(records)) == 20
 
 
 @pytest.mark.parametrize("workers", [0, 2])
@@ -361,12 +376,21 @@ def test_damaged_or_missing_shards_are_one_line_errors(
         cache.store(records)
     cache.ensure(records, device=torch.device("cpu"), progress=False)
     [shard] = cache.shard_dir.glob("*.npy")
-    shard.write_bytes(shard.read_bytes()[:200])  # truncated
+    whole = shard.read_bytes()
+    shard.write_bytes(whole[:200])  # truncated
     with pytest.raises(UserError, match="damaged"):
         cache.store(records, preload_bytes=0).read([0])
-    shard.unlink()
-    with pytest.raises(UserError, match="is gone"):
-        cache.store(records, preload_bytes=0).read([0])
+    shard.write_bytes(whole)
+    store = cache.store(records, preload_bytes=0)
+    shard.unlink()  # after the store read the indexes
+    with pytest.raises(UserError, match="is gone; train again"):
+        store.read([0])
+    # and training again encodes those images again
+    assert (
+        len(FeatureCache(tmp_path, frozen_encoder(cfg), cfg, eval_transform(cfg)).missing(records))
+        == 3
+    )
+    shard.write_bytes(whole)
     [index] = cache.shard_dir.glob("*.json")
     index.write_text("{not json")
     with pytest.raises(UserError, match="damaged"):

@@ -357,6 +357,15 @@ class _StopSignals:
 # The run
 
 
+def _beats(new: tuple, best: tuple) -> bool:
+    """Whether a score key beats the best one; a key with a NaN or an infinity is worse than any
+    finite one (a NaN best would otherwise compare False with everything after it, forever)."""
+    finite_new, finite_best = (all(math.isfinite(v) for v in key) for key in (new, best))
+    if finite_new != finite_best:
+        return finite_new
+    return finite_new and new > best
+
+
 class Run:
     """One training run in ``out_dir``: see the module docstring for the rules it applies.
 
@@ -642,8 +651,8 @@ class Run:
             progress.since_eval = [0.0, 0.0]
             progress.last_scores = scores
             progress.evaluated_step = progress.step
-            better = progress.best_scores is None or score_key(scores) > score_key(
-                progress.best_scores
+            better = progress.best_scores is None or _beats(
+                score_key(scores), score_key(progress.best_scores)
             )
             if better:
                 progress.best_scores, progress.best_step, progress.bad_evals = (

@@ -628,3 +628,27 @@ def test_the_progress_bar_ends_as_one_line_in_a_terminal(tmp_path):
     assert rows.index(bars[0]) == done - 1  # the bar stays above the summary line
     evaluations = [row for row in rows if row.startswith("step ")]
     assert [row.split(":")[0] for row in evaluations] == ["step 10", "step 20", "step 30"]
+
+
+def test_a_non_finite_score_is_never_the_best_and_never_blocks_a_better_one(tmp_path):
+    """A validation that gives NaN (its first one, say) is worse than any finite score: best.pt
+    follows the finite scores after it (a NaN best compared False with everything, forever)."""
+    rule = RunSettings(
+        max_steps=4, warmup_steps=0, lr=0.1, log_every=1, eval_every=1, checkpoint_every_s=0,
+        device="cpu", precision="fp32",
+    )  # fmt: skip
+    run = Run(tmp_path, task="char_lm", settings=rule, config={}, quiet=True)
+    model = _Toy()
+    x, y = torch.tensor([1, 2, 3, 6]), torch.tensor([0, 2, 1, 1])
+    optimizer = run.optimizer([("model", model, rule.lr)])
+    run.restore(model, optimizer, _NoData())
+    losses = iter([math.nan, 2.0, math.inf, 1.5])
+    summary = run.fit(
+        model, optimizer, _NoData(), step=lambda net: StepResult(net(x, y), len(x)),
+        evaluate=lambda net: {"loss": next(losses)}, score_key=lambda s: (-s["loss"],),
+        total_steps=4, unit="items/s", card={}, extra=lambda: {"vocab": []},
+    )  # fmt: skip
+    assert summary["best_step"] == 4 and summary["best_scores"] == {"loss": 1.5}
+    evals = [r["best"] for r in read_metrics(tmp_path / "metrics.jsonl") if r["kind"] == "eval"]
+    assert evals == [True, True, False, True]  # the first is best only for want of another
+    assert load_checkpoint(tmp_path / "best.pt")["step"] == 4

@@ -319,10 +319,20 @@ class EpochBatches:
     """
 
     def __init__(
-        self, data: _Data, cfg: CaptionerConfig, layout: Distributed, pin: bool, bad: BadImageLog
+        self,
+        data: _Data,
+        cfg: CaptionerConfig,
+        layout: Distributed,
+        device: torch.device,
+        bad: BadImageLog,
     ) -> None:
         self.data, self.cfg, self.bad = data, cfg, bad
-        self.is_main = layout.is_main
+        self.dist, self.device, self.is_main = layout, device, layout.is_main
+        # Under torchrun with data.bad_images=skip (images read in the loop), a process whose
+        # share of a batch holds only bad images has no step to take: the processes agree, batch
+        # by batch, and pass over such a batch together (the others would wait in the gradient
+        # all-reduce forever). The feature cache leaves bad images out before the first batch.
+        self.agree = layout.enabled and cfg.data.bad_images == "skip" and not data.uses_cache
         if not len(data.train_set):  # the feature cache left out every image: none decodes
             raise self.nothing_decodes()
         self.rows = layout.shard(cfg.train.batch_size, "train.batch_size")
@@ -331,13 +341,6 @@ class EpochBatches:
                 f"{len(data.train_set)} training items, fewer than train.batch_size "
                 f"({cfg.train.batch_size}): under torchrun every process needs its share of each "
                 "batch; lower train.batch_size or use more data"
-            )
-        if layout.enabled and cfg.data.bad_images == "skip" and not data.uses_cache:
-            raise UserError(
-                "data.bad_images=skip with a trainable encoder is not supported under torchrun "
-                "(a process whose share of a batch is all bad images would fall out of step with "
-                "the others); remove the files python -m captioner.check_data lists, or train in "
-                "one process"
             )
         self.order = torch.Generator().manual_seed(cfg.train.seed)
         self.epoch, self.batch_in_epoch = 0, 0
@@ -349,7 +352,7 @@ class EpochBatches:
             batch_sampler=self,
             collate_fn=data.collate,
             num_workers=workers,
-            pin_memory=pin,
+            pin_memory=device.type == "cuda",
             persistent_workers=workers > 0,
             prefetch_factor=4 if workers > 0 else None,
             generator=torch.Generator(),  # keeps the global generator out of data loading
@@ -383,6 +386,10 @@ class EpochBatches:
                 self.epoch, self.batch_in_epoch = self.epoch + 1, 0
                 self.order_state = self.order.get_state()  # the next epoch shuffles from here
                 self._batches, epoch_end = None, True
+            if self.agree:
+                none_here = torch.tensor([float(batch is None)], device=self.device)
+                if self.dist.all_reduce_sum(none_here).item():
+                    batch = None  # some process has nothing: every process passes over it
             if batch is not None:
                 return batch, epoch_end
             empty += 1
@@ -482,7 +489,7 @@ def train(
         bad_images,
     )
     optimizer = run.optimizer(parameter_parts(model, cfg))
-    batches = EpochBatches(data, cfg, run.dist, pin=device.type == "cuda", bad=bad_images)
+    batches = EpochBatches(data, cfg, run.dist, device, bad=bad_images)
     run.restore(model, optimizer, batches)
     captioner = Captioner(model, vocab, cfg, eval_transform(cfg), device)
     counts = {"images": 0, "pairs": 0}
@@ -565,6 +572,8 @@ def train(
             "epochs" if not cfg.train.max_steps and batches.epoch >= cfg.train.epochs else None
         ),
     )
+    if batches.agree:  # each process met the bad images of its own shares
+        bad_images.combine(run.dist.all_gather_objects((bad_images.items, bad_images.paths)))
     if bad_images.items:
         run.log(bad_images.summary())
     seconds = summary["time_s"]

@@ -162,6 +162,8 @@ def loader_worker_init(worker_id: int) -> None:
     steps unsaved. Here a thread waits for SIGTERM instead (blocked in this thread, so delivered
     to none) and ends the worker only when its main process sent it, as torch does at shutdown.
     """
+    if not hasattr(signal, "sigwaitinfo"):  # macOS: torch's handler stays
+        return
     parent = os.getppid()
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
 

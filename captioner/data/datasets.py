@@ -417,6 +417,13 @@ class BadImageLog:
             self.record(bad)
             yield batch
 
+    def combine(self, logs: Iterable[tuple[int, dict[str, str]]]) -> None:
+        """Become the union of several processes' logs, given as ``(items, paths)`` each (this
+        one's among them): items add up, files are counted once."""
+        logs = list(logs)
+        self.items = sum(items for items, _ in logs)
+        self.paths = {path: reason for _, paths in logs for path, reason in paths.items()}
+
     def summary(self) -> str:
         """One line for the end of a run: what was skipped."""
         if not self.items:

@@ -92,6 +92,9 @@ def run_cli(
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+        from recurrent.files import release_all
+
+        release_all()  # the run folder of a run that stopped or was refused
     return 0
 
 

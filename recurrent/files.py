@@ -115,8 +115,9 @@ def hold(folder: Path, refusal: Callable[[str], Exception]) -> None:
 
     The lock is an advisory ``flock``: the system drops it when its process ends, however it ends
     (kill -9 included), so a crashed run never leaves its folder locked. `release` removes the
-    ``.lock`` file, and so does the end of the process for a run that raised (a refused start
-    also removes the folders it created when nothing else was written into them). A process that
+    ``.lock`` file, and so does `release_all` for a run that raised, at the end of its command or
+    process (a refused start also removes the folders it created when nothing else was written
+    into them). A process that
     holds the folder already keeps it (a run started again in the same process, as the tests do).
     File systems without ``flock`` are not locked.
     """
@@ -149,7 +150,7 @@ def hold(folder: Path, refusal: Callable[[str], Exception]) -> None:
     os.ftruncate(fd, 0)
     os.write(fd, f"process {os.getpid()} on {HOST}\n".encode())
     if not _HELD:
-        atexit.register(_release_all)
+        atexit.register(release_all)
     _HELD[key] = _Hold(fd, made)
 
 
@@ -169,7 +170,8 @@ def release(folder: Path) -> None:
             break
 
 
-def _release_all() -> None:
-    """At the end of the process: release what runs that raised still hold."""
+def release_all() -> None:
+    """Release what runs that raised still hold: at the end of a command (`run_cli`) and of the
+    process."""
     for folder in list(_HELD):
         release(folder)

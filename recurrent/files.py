@@ -117,9 +117,8 @@ def hold(folder: Path, refusal: Callable[[str], Exception]) -> None:
     (kill -9 included), so a crashed run never leaves its folder locked. `release` removes the
     ``.lock`` file, and so does `release_all` for a run that raised, at the end of its command or
     process (a refused start also removes the folders it created when nothing else was written
-    into them). A process that
-    holds the folder already keeps it (a run started again in the same process, as the tests do).
-    File systems without ``flock`` are not locked.
+    into them). A process that holds the folder already keeps it (a run started again in the same
+    process, as the tests do). File systems without ``flock`` are not locked.
     """
     import fcntl
 
@@ -149,8 +148,6 @@ def hold(folder: Path, refusal: Callable[[str], Exception]) -> None:
         os.close(fd)
     os.ftruncate(fd, 0)
     os.write(fd, f"process {os.getpid()} on {HOST}\n".encode())
-    if not _HELD:
-        atexit.register(release_all)
     _HELD[key] = _Hold(fd, made)
 
 
@@ -175,3 +172,6 @@ def release_all() -> None:
     process."""
     for folder in list(_HELD):
         release(folder)
+
+
+atexit.register(release_all)

@@ -202,10 +202,11 @@ def test_store_reads_what_the_encoder_computed(scenes_annotations: Path, tmp_pat
     # a shard whose .npy is gone: its images are encoded again (the error said "train again",
     # and training again met the same error)
     lost = sorted(cache.shard_dir.glob("*.npy"))[1]
+    lost_images = len(json.loads(lost.with_suffix(".json").read_text())["keys"])
     lost.unlink()
     again = FeatureCache(tmp_path, frozen_encoder(cfg), cfg, transform)
-    assert len(again.missing(records)) == 6
-    assert again.ensure(records, device=torch.device("cpu"), progress=False) == 6
+    assert len(again.missing(records)) == lost_images > 0
+    assert again.ensure(records, device=torch.device("cpu"), progress=False) == lost_images
     assert torch.equal(again.store(records).features(order).grid, via_memory.grid)
     # bf16 features differ from these fp32 ones by about 1%: a bf16 run has a cache of its own
     # (an fp32 run reused bf16 features silently)

@@ -24,7 +24,9 @@ each with its CIDEr-D against that image's references, and subtracts a baseline:
 The loss is REINFORCE with that baseline, ``-sum_i (r_i - b_i) * sum_t log p(w_t^i)`` over the
 sampled tokens (<end> included, nothing after it), divided by the number of those tokens
 (self-critical.pytorch's ``RewardCriterion``). Its gradient raises the log-probability of samples
-that beat the baseline and lowers that of the others.
+that beat the baseline and lowers that of the others. Under torchrun the count is the whole
+batch's, as cross-entropy's is. The samples are drawn from each process's own random stream (as
+dropout masks are), so they depend on the number of processes.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from captioner.decode import SampledCaptions, greedy_decode, sample_captions
 from captioner.decoder import CaptionDecoder
 from captioner.encoder import ImageFeatures
 from captioner.metrics import repeats_a_word
+from recurrent.distributed import Distributed
 
 Baseline = Literal["greedy", "mean"]
 
@@ -54,14 +57,21 @@ def mean_of_others(rewards: Tensor) -> Tensor:
     return (rewards.sum(dim=1, keepdim=True) - rewards) / (k - 1)
 
 
-def policy_gradient_loss(samples: SampledCaptions, advantages: Tensor) -> Tensor:
+def policy_gradient_loss(
+    samples: SampledCaptions, advantages: Tensor, layout: Distributed | None = None
+) -> Tensor:
     """REINFORCE loss of the sampled tokens: -sum(advantage * log p * mask) / sum(mask).
 
     advantages (R,): reward minus baseline of each sample, a constant (no gradient flows into it).
+    Under torchrun (`layout`) sum(mask) is the processes' mean token count, so that the gradients
+    DDP averages are those of one process normalising by the whole batch's tokens.
     """
     mask = samples.mask.float()  # (R, T)
     weighted = samples.logprobs * mask * advantages.detach().unsqueeze(1)  # (R, T)
-    return -weighted.sum() / mask.sum().clamp(min=1.0)
+    tokens = mask.sum()
+    if layout is not None and layout.enabled:
+        tokens = layout.all_reduce_sum(tokens.detach().clone()) / layout.world_size
+    return -weighted.sum() / tokens.clamp(min=1.0)
 
 
 def scst_loss(
@@ -75,6 +85,7 @@ def scst_loss(
     baseline: Baseline = "greedy",
     max_length: int = 30,
     generator: torch.Generator | None = None,
+    layout: Distributed | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """The SCST loss of one batch of B images (see the module docstring) and its statistics.
 
@@ -117,7 +128,7 @@ def scst_loss(
     else:
         base = mean_of_others(rewards)
     advantages = (rewards - base).reshape(-1).to(samples.logprobs.device)  # (B*k,)
-    loss = policy_gradient_loss(samples, advantages)
+    loss = policy_gradient_loss(samples, advantages, layout)
     stats.update(
         reward=float(rewards.mean()),
         baseline=float(base.mean()),
@@ -144,6 +155,7 @@ class SelfCritical:
     samples_per_image: int
     baseline: Baseline
     max_length: int
+    layout: Distributed | None = None  # under torchrun: the loss's token count is the job's
 
     def bind(
         self, image_keys: Sequence[Hashable]
@@ -152,7 +164,7 @@ class SelfCritical:
             loss, stats = scst_loss(
                 decoder, features, image_keys, self.cider, self.vocab,
                 samples_per_image=self.samples_per_image, baseline=self.baseline,
-                max_length=self.max_length,
+                max_length=self.max_length, layout=self.layout,
             )  # fmt: skip
             return loss, {f"scst_{name}": value for name, value in stats.items()}
 

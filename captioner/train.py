@@ -507,6 +507,7 @@ def train(
             cfg.train.scst_samples,
             cfg.train.scst_baseline,
             cfg.decode.max_length,
+            layout=run.dist,
         )
 
     # --- one step and one validation; the engine does the rest

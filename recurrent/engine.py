@@ -171,8 +171,10 @@ class Progress:
     bad_evals: int = 0
     last_scores: dict[str, float] = field(default_factory=dict)
     evaluated_step: int = -1
-    # Since the last metrics line: [loss, grad norm] per step, so a resumed run logs the same means.
+    # Since the last metrics line: [loss, grad norm] per step, and each StepResult figure's
+    # values, so a resumed run logs the same means.
     pending: list[list[float]] = field(default_factory=list)
+    figures: dict[str, list[float]] = field(default_factory=dict)
     since_eval: list[float] = field(default_factory=lambda: [0.0, 0.0])  # loss sum, steps
 
 
@@ -595,10 +597,14 @@ class Run:
         call_losses: list[float] = []  # every step's loss in this call, for the summary
         stats: list[Tensor] = []  # [loss, grad norm] of steps not yet checked (on the device)
         window_items, window_start = 0, time.perf_counter()
-        window_figures: dict[str, list[float]] = {}  # StepResult.figures since the last log line
 
         def elapsed() -> float:
             return elapsed_before + time.perf_counter() - started
+
+        # The schedule's clock: under torchrun the processes' mean elapsed time, agreed after
+        # every step with the stop flags, so that all of them set the same learning rate (each
+        # process's own clock would make the replicas drift apart).
+        clock = [elapsed_before]
 
         def flush_checks() -> None:
             """Fold the device-side [loss, grad norm] of recent steps into plain numbers (one
@@ -644,6 +650,9 @@ class Run:
             model.eval()
             with torch.no_grad(), self.precision.autocast():
                 scores = evaluate(model)
+            # rank 0's scores decide best.pt and patience everywhere (a process that scored on
+            # its own could tie-break otherwise)
+            scores = self.dist.broadcast_object(scores)
             model.train()
             train_loss, _ = self._reduce_means(
                 [[progress.since_eval[0], 0.0]], progress.since_eval[1]
@@ -712,7 +721,8 @@ class Run:
         try:
             with _StopSignals() as signals:
                 while reason is None:
-                    factor = lr_factor(progress.step, elapsed(), settings, total_steps)
+                    now_s = clock[0] if self.dist.enabled else elapsed()
+                    factor = lr_factor(progress.step, now_s, settings, total_steps)
                     for group in optimizer.param_groups:
                         group["lr"] = group["base_lr"] * factor
                     optimizer.zero_grad(set_to_none=True)
@@ -731,12 +741,12 @@ class Run:
                     window_items += result.items
                     bar.update(1)
                     for name, value in result.figures.items():
-                        window_figures.setdefault(name, []).append(float(value))
+                        progress.figures.setdefault(name, []).append(float(value))
                     if progress.step % settings.log_every == 0:
                         flush_checks()
                         loss_mean, grad_mean = self._reduce_means(progress.pending)
-                        figures = self._figure_means(window_figures)
-                        window_figures = {}
+                        figures = self._figure_means(progress.figures)
+                        progress.figures = {}
                         now = time.perf_counter()
                         throughput = (
                             window_items * self.dist.world_size / max(now - window_start, 1e-9)
@@ -762,7 +772,8 @@ class Run:
                         )
                     # What depends on the clock or on a signal is agreed by all processes (one
                     # small all-reduce under torchrun), so all stop, evaluate and save together.
-                    over_budget, save_due, signalled = self._agree(
+                    clock[0], (over_budget, save_due, signalled) = self._agree_clock(
+                        elapsed(),
                         budget_spent(),
                         bool(
                             settings.checkpoint_every_s
@@ -865,12 +876,17 @@ class Run:
 
     def _agree(self, *flags: bool) -> list[bool]:
         """Each flag true if it is true on any process (a no-op in one process)."""
+        return self._agree_clock(0.0, *flags)[1]
+
+    def _agree_clock(self, seconds: float, *flags: bool) -> tuple[float, list[bool]]:
+        """The processes' mean of ``seconds``, and each flag true if it is true on any process,
+        in one all-reduce (a no-op in one process)."""
         if not self.dist.enabled:
-            return list(flags)
+            return seconds, list(flags)
         votes = self.dist.all_reduce_sum(
-            torch.tensor([float(f) for f in flags], device=self.device)
-        )
-        return [vote > 0 for vote in votes.tolist()]
+            torch.tensor([seconds, *map(float, flags)], dtype=torch.float64, device=self.device)
+        ).tolist()
+        return votes[0] / self.dist.world_size, [vote > 0 for vote in votes[1:]]
 
     def _non_finite_message(self, bad_step: int, what: str, value: float) -> str:
         if self.last_path.is_file():

@@ -220,3 +220,39 @@ def test_captioner_skips_bad_images_under_torchrun_with_a_trainable_encoder(
     steps = len(train_lines(tmp_path / "run"))
     assert 0 < steps < len(train) // 2  # steps where either process had only a bad image: none
     assert f"of {len(bad)} unreadable image file(s) (data.bad_images=skip)" in done.stdout
+
+
+RANK_WEIGHTS_DRIVER = """
+import sys
+import torch
+from char_lm import train
+from recurrent import engine
+from recurrent.errors import run_cli
+
+real_fit = engine.Run.fit
+
+
+def fit(self, model, *args, **kwargs):  # each process's own weights at the end
+    summary = real_fit(self, model, *args, **kwargs)
+    torch.save(model.state_dict(), self.out_dir / f"rank{self.dist.rank}.pt")
+    return summary
+
+
+engine.Run.fit = fit
+sys.exit(run_cli(train.main))
+"""
+
+
+def test_a_time_budget_keeps_the_processes_replicas_identical(tmp_path):
+    """With train.time_budget_s the cosine follows the clock: every process set its learning rate
+    from its own clock, so the replicas drifted apart (1e-4 in weights after a few seconds), and
+    only rank 0's were saved. The processes now agree on the clock after every step."""
+    driver = tmp_path / "driver.py"
+    driver.write_text(RANK_WEIGHTS_DRIVER)
+    args = [str(driver), *CHAR[2:], *CHAR_SET, "train.max_steps=0", "train.time_budget_s=3",
+            "--out-dir", "run"]  # fmt: skip
+    launch(args, processes=2, cwd=tmp_path)
+    ranks = [torch.load(tmp_path / "run" / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    assert len(train_lines(tmp_path / "run")) > 20  # enough steps for the clocks to differ
+    for name, value in ranks[0].items():
+        assert torch.equal(value, ranks[1][name]), name

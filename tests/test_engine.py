@@ -652,3 +652,40 @@ def test_a_non_finite_score_is_never_the_best_and_never_blocks_a_better_one(tmp_
     evals = [r["best"] for r in read_metrics(tmp_path / "metrics.jsonl") if r["kind"] == "eval"]
     assert evals == [True, True, False, True]  # the first is best only for want of another
     assert load_checkpoint(tmp_path / "best.pt")["step"] == 4
+
+
+def test_a_resume_in_the_middle_of_a_logging_window_logs_the_same_figures(tmp_path):
+    """A step's figures (self-critical training's rewards, say) are averaged over the steps of a
+    metrics line: a run stopped at step 7 and resumed to 10 logs the same mean at step 10 as the
+    run that never stopped (it averaged steps 8-10 only)."""
+
+    def run_to(out_dir: Path, steps: int, resume: bool) -> None:
+        rule = RunSettings(
+            max_steps=steps, lr_decay_steps=10, warmup_steps=0, lr=0.1, log_every=5,
+            eval_every=0, checkpoint_every_s=0, device="cpu", precision="fp32",
+        )  # fmt: skip
+        run = Run(out_dir, task="char_lm", settings=rule, config={}, quiet=True, resume=resume)
+        torch.manual_seed(0)
+        model = _Toy()
+        x, y = torch.tensor([1, 2, 3, 6]), torch.tensor([0, 2, 1, 1])
+        optimizer = run.optimizer([("model", model, rule.lr)])
+        run.restore(model, optimizer, _NoData())
+
+        def step(net):
+            return StepResult(net(x, y), len(x), figures={"f": float(run.progress.step + 1) ** 2})
+
+        run.fit(
+            model, optimizer, _NoData(), step=step, evaluate=lambda net: {"loss": 0.0},
+            score_key=lambda s: (-s["loss"],), total_steps=steps, unit="items/s", card={},
+            extra=lambda: {"vocab": []},
+        )  # fmt: skip
+
+    run_to(tmp_path / "straight", 10, resume=False)
+    run_to(tmp_path / "resumed", 7, resume=False)
+    run_to(tmp_path / "resumed", 10, resume=True)
+    straight, resumed = (
+        [(r["step"], r["f"], r["loss"]) for r in train_lines(tmp_path / name)]
+        for name in ("straight", "resumed")
+    )
+    assert straight == [(5, 11.0, straight[0][2]), (10, 66.0, straight[1][2])]  # means of k^2
+    assert resumed[-1] == straight[-1]

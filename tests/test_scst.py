@@ -142,6 +142,36 @@ def test_policy_gradient_is_the_advantage_times_the_mask():
     assert loss.item() == pytest.approx(float(-weighted.sum() / mask.sum()))
 
 
+def test_under_torchrun_the_loss_counts_the_whole_batchs_tokens():
+    """Two processes with 3 and 1 samples: each normalises by the job's mean token count (an
+    all-reduce), and DDP's mean of their gradients is the one-process gradient of the whole batch
+    (each normalised by its own count, the two disagreed)."""
+    logprobs = torch.randn(4, 5, requires_grad=True)
+    mask = torch.tensor([[1, 1, 0, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0], [1, 1, 1, 0, 0]])
+    mask = mask.bool()
+    advantages = torch.tensor([2.0, -1.0, 0.5, 1.5])
+
+    def samples(rows: slice) -> SampledCaptions:
+        return SampledCaptions(
+            tokens=torch.zeros_like(mask[rows], dtype=torch.long), logprobs=logprobs[rows],
+            mask=mask[rows], words=mask[rows].sum(1) - 1, finished=torch.ones(len(mask[rows])),
+        )  # fmt: skip
+
+    class TwoProcesses:  # the all-reduce of the job: these shares' token counts, summed
+        enabled, world_size = True, 2
+
+        def all_reduce_sum(self, tensor):
+            return tensor.new_tensor(float(mask.sum()))
+
+    policy_gradient_loss(samples(slice(None)), advantages).backward()
+    whole = logprobs.grad.clone()
+    logprobs.grad = None
+    for rows in (slice(0, 3), slice(3, 4)):
+        loss = policy_gradient_loss(samples(rows), advantages[rows], TwoProcesses())
+        (loss / 2).backward()  # DDP averages the processes' gradients
+    torch.testing.assert_close(logprobs.grad, whole)
+
+
 def _vocab_and_cider():
     """A vocabulary of the tiny decoders' 12 ids and references that reward word 'w4'."""
     vocab = Vocabulary(["<pad>", "<start>", "<end>", "<unk>", *[f"w{i}" for i in range(4, 12)]])

@@ -115,7 +115,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--checkpoint", required=True, help="a best.pt / last.pt written by captioner.train"
     )
     parser.add_argument(
-        "--beam-size", type=int, default=3, help="beam width (default: 3; 1 = greedy)"
+        "--beam-size",
+        type=int,
+        default=None,
+        help="beam width (default: the checkpoint's decode.beam_size; 1 = greedy)",
     )
     parser.add_argument(
         "--max-length",
@@ -148,7 +151,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     add_decode_arguments(parser)
     args = parser.parse_args(argv)
     max_length = 1 if args.max_length is None else args.max_length  # checked again after loading
-    check_decode_settings(args.beam_size, max_length, args.n_best)
+    if args.beam_size is not None:  # else the checkpoint's, checked once it is loaded
+        check_decode_settings(args.beam_size, max_length, args.n_best)
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.csv:
@@ -196,7 +200,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.json:
         payload = {
             "checkpoint": args.checkpoint,
-            "beam_size": args.beam_size,
+            "beam_size": captioner.cfg.decode.beam_size
+            if args.beam_size is None
+            else args.beam_size,
             "results": [_result_json(path, result) for path, result in results],
             "skipped": skipped,
         }

@@ -224,6 +224,17 @@ def decode_features(
         )
 
 
+def no_caption_error(settings: DecodeConfig, vocab_size: int) -> UserError:
+    """The settings leave no caption (the constraints forbid every word before <end> may come):
+    the same for every image, so decoding stops rather than scoring empty captions."""
+    return UserError(
+        f"no caption meets these decoding settings (min_length {settings.min_length} with "
+        f"block_ngram_repeat {settings.block_ngram_repeat} over a vocabulary of {vocab_size} "
+        f"tokens, max_length {settings.max_length}); lower the minimum length or the n-gram "
+        "blocking"
+    )
+
+
 def to_result(
     vocab: Vocabulary, beams: Sequence[Caption], grid_hw: tuple[int, int]
 ) -> CaptionResult:
@@ -250,7 +261,7 @@ def caption_images(
     captioner: Captioner,
     images: Sequence[Image.Image | torch.Tensor],
     *,
-    beam_size: int = 3,
+    beam_size: int | None = None,
     max_length: int | None = None,
     n_best: int = 1,
     length_penalty: float | None = None,
@@ -296,12 +307,7 @@ def caption_images(
         )
         decoded = decode_features(captioner, features, settings, n_best=n_best)
         if any(not beams for beams in decoded):
-            raise UserError(
-                f"no caption meets these decoding settings (min_length {settings.min_length} "
-                f"with block_ngram_repeat {settings.block_ngram_repeat} over a vocabulary of "
-                f"{len(captioner.vocab)} tokens, max_length {settings.max_length}); lower the "
-                "minimum length or the n-gram blocking"
-            )
+            raise no_caption_error(settings, len(captioner.vocab))
         results.extend(to_result(captioner.vocab, beams, features.grid_hw) for beams in decoded)
     return results
 

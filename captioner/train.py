@@ -92,7 +92,7 @@ from captioner.features import (
     FeaturePairs,
     features_to,
 )
-from captioner.inference import Captioner, eval_transform
+from captioner.inference import Captioner, eval_transform, no_caption_error
 from captioner.model import CaptionModel
 from captioner.scoring import (
     BEST_METRIC_KEYS,
@@ -308,6 +308,20 @@ def _build_data(
     )
 
 
+def _check_batch_norm(cfg: CaptionerConfig, images_per_step: int) -> None:
+    """A trainable encoder's BatchNorm needs two values per channel in a step: one image whose
+    last feature map is 1 x 1 gives it one (torch would raise at the first step)."""
+    side = math.ceil(cfg.data.image_size / 2 ** (cfg.model.encoder_stages + 1))  # ImageEncoder
+    if cfg.model.finetune != "frozen" and images_per_step * side * side < 2:
+        raise UserError(
+            f"a training step holds {images_per_step} image per process and the encoder's last "
+            f"feature map is 1 x 1 (data.image_size {cfg.data.image_size}, model.encoder_stages "
+            f"{cfg.model.encoder_stages}): its BatchNorm cannot normalise one value; raise "
+            "train.batch_size or data.image_size, lower model.encoder_stages, or set "
+            "model.finetune=frozen"
+        )
+
+
 class EpochBatches:
     """The training batches, epoch after epoch, reshuffled from a seeded generator; this process's
     share of each batch under torchrun. Its position (epoch, batch, the shuffle's generator state)
@@ -467,6 +481,10 @@ def train(
     )
     if lacking := vocab.lacks_words(cfg.data.min_word_count):
         raise UserError(lacking)
+    decode = cfg.decode
+    words = len(vocab) - 3 - int(decode.suppress_unk)  # every id but <pad>, <start>, <end>
+    if decode.block_ngram_repeat == 1 and decode.min_length > words:  # validation: no caption
+        raise no_caption_error(decode, len(vocab))
     # a resume keeps the trained parts (the optimizer's groups) and what chose best.pt
     kept = ["model.finetune", "train.best_metric"]
     if cfg.model.finetune == "last":
@@ -490,6 +508,8 @@ def train(
     )
     optimizer = run.optimizer(parameter_parts(model, cfg))
     batches = EpochBatches(data, cfg, run.dist, device, bad=bad_images)
+    per_step = min(cfg.train.batch_size, len(data.train_set)) // run.dist.world_size
+    _check_batch_norm(cfg, per_step)
     run.restore(model, optimizer, batches)
     captioner = Captioner(model, vocab, cfg, eval_transform(cfg), device)
     counts = {"images": 0, "pairs": 0}

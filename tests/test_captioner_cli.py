@@ -129,6 +129,17 @@ def test_caption_two_images(trained: dict[str, Path], capsys):
     assert item["image"] == str(images[0]) and len(item["beams"]) == 2
     assert item["beams"][0]["caption"] == item["caption"]
     assert item["beams"][0]["logprob"] >= item["beams"][1]["logprob"]  # best first
+    # the beam defaults to the checkpoint's decode.beam_size (2 in tiny.yaml), as evaluate's does:
+    # a fixed 3 broke checkpoints whose diversity groups do not divide 3
+    assert payload["beam_size"] == 2
+    code, out, err = run_main(
+        caption.main,
+        ["--checkpoint", str(trained["checkpoint"]), str(images[0]), "--json",
+         "--diversity-groups", "2", "--diversity-strength", "0.5"],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    assert len(json.loads(out)["results"]) == 1
 
 
 def test_corrupt_image_as_a_real_process(trained: dict[str, Path]):
@@ -150,9 +161,11 @@ def test_bad_input_one_line_errors(trained: dict[str, Path], tmp_path: Path, cap
     entries = json.loads(trained["annotations"].read_text())["images"]
     out_dir = str(tmp_path / "run")
 
-    def train_with(annotations: Path) -> tuple[int, str, str]:
-        argv = ["--config", TINY, "--out-dir", out_dir, "--quiet"]
-        return run_main(train_cli.main, [*argv, "--set", f"data.annotations={annotations}"], capsys)
+    def train_with(annotations: Path, *overrides: str) -> tuple[int, str, str]:
+        argv = ["--config", TINY, "--out-dir", out_dir, "--quiet", "--set"]
+        return run_main(
+            train_cli.main, [*argv, f"data.annotations={annotations}", *overrides], capsys
+        )
 
     # An image listed in the annotations but missing on disk.
     missing = dict(entries[0], filename="gone.png")
@@ -229,6 +242,21 @@ def test_bad_input_one_line_errors(trained: dict[str, Path], tmp_path: Path, cap
     ]:
         argv = ["--checkpoint", str(trained["checkpoint"]), image, *flags]
         assert_one_line_error(*run_main(caption.main, argv, capsys)[::2], message)
+    # evaluate scored such captions as empty (BLEU 0, exit 0), and training validated on them
+    impossible = ["--min-length", "200", "--max-length", "210", "--block-ngram-repeat", "1"]
+    argv = ["--checkpoint", str(trained["checkpoint"]), "--no-meteor", *impossible]
+    assert_one_line_error(*run_main(evaluate.main, argv, capsys)[::2], "no caption meets these")
+    code, _, err = train_with(
+        trained["annotations"], "decode.block_ngram_repeat=1", "decode.min_length=200",
+        "decode.max_length=210",
+    )  # fmt: skip
+    assert_one_line_error(code, err, "no caption meets these decoding settings (min_length 200")
+    # one image per step through a trainable encoder with a 1 x 1 last feature map: BatchNorm
+    # cannot normalise it (torch raised at the first step)
+    code, _, err = train_with(
+        trained["annotations"], "train.batch_size=1", "model.encoder_stages=4"
+    )
+    assert_one_line_error(code, err, "its BatchNorm cannot normalise one value; raise")
 
     # Captions without one word the vocabulary keeps: every caption would be empty or <unk>.
     no_words = _karpathy(

@@ -187,6 +187,12 @@ def decode_settings(
     settings = dataclasses.replace(
         captioner.cfg.decode, **{key: value for key, value in given.items() if value is not None}
     )
+    if diversity_groups is None and settings.beam_size % settings.diversity_groups:
+        raise UserError(
+            f"the checkpoint's decode.diversity_groups ({settings.diversity_groups}) must divide "
+            f"the beam size ({settings.beam_size}); pass --diversity-groups 1 (or another "
+            "divisor of the beam)"
+        )
     check_decode_settings(
         settings.beam_size,
         settings.max_length,

@@ -125,8 +125,7 @@ def hold(folder: Path, refusal: Callable[[str], Exception]) -> None:
     key = folder.resolve()
     if key in _HELD:
         return
-    made = [path for path in (key, *key.parents) if not path.exists()]
-    folder.mkdir(parents=True, exist_ok=True)
+    made = _make_folders(folder)
     lock = folder / ".lock"
     while True:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
@@ -149,6 +148,22 @@ def hold(folder: Path, refusal: Callable[[str], Exception]) -> None:
     os.ftruncate(fd, 0)
     os.write(fd, f"process {os.getpid()} on {HOST}\n".encode())
     _HELD[key] = _Hold(fd, made)
+
+
+def _make_folders(folder: Path) -> list[Path]:
+    """``mkdir -p folder``; return the folders it created, innermost first (as written: "a/../b"
+    creates a and b)."""
+    made = []
+    written = folder.absolute()
+    for path in reversed((written, *written.parents)):
+        if path.exists():
+            continue
+        try:
+            path.mkdir()
+        except FileExistsError:  # made meanwhile by another process: not ours
+            continue
+        made.append(path)
+    return made[::-1]
 
 
 def release(folder: Path) -> None:

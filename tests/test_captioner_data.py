@@ -284,6 +284,14 @@ def test_csv_with_split_column_merges_rows(tmp_path: Path) -> None:
     _raises_one_line(
         lambda: load_records("csv", comma, tmp_path), "comma.csv' line 3 has 3 fields", "quotes"
     )
+    # rows that end with a comma (a spreadsheet's empty last column) lose nothing: accepted
+    trailing = tmp_path / "trailing.csv"
+    trailing.write_text(
+        "image,caption,split\nimgs/a.png,a red block,train,\nimgs/a.png,a cube,train, ,\n"
+    )
+    assert load_records("csv", trailing, tmp_path) == [
+        ImageRecord(str(tmp_path / "imgs" / "a.png"), ("a red block", "a cube"), "train")
+    ]
 
 
 def test_jsonl_seeded_split_is_deterministic(tmp_path: Path) -> None:

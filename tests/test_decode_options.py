@@ -268,3 +268,20 @@ def test_config_rejects_decoding_options_no_search_can_use(override, message):
     cfg = load_config(CaptionerConfig, None, ["data.annotations=x.json", override])
     with pytest.raises(UserError, match=message):
         check_config(cfg)
+
+
+def test_a_beam_the_checkpoints_diversity_groups_do_not_divide_names_them():
+    """`caption --beam-size 1` on a checkpoint decoding with 3 diversity groups said the groups
+    must divide the beam without saying the 3 came from the checkpoint, nor how to override it."""
+    from types import SimpleNamespace
+
+    from captioner.config import DecodeConfig
+    from captioner.inference import decode_settings
+
+    decode = DecodeConfig(beam_size=3, diversity_groups=3, diversity_strength=0.5)
+    checkpoint = SimpleNamespace(cfg=SimpleNamespace(decode=decode))
+    with pytest.raises(UserError, match=r"checkpoint's decode.diversity_groups \(3\) must divide "
+                       r"the beam size \(1\); pass --diversity-groups 1"):  # fmt: skip
+        decode_settings(checkpoint, beam_size=1)
+    assert decode_settings(checkpoint, beam_size=1, diversity_groups=1).beam_size == 1
+    assert decode_settings(checkpoint) == decode

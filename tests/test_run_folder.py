@@ -126,6 +126,21 @@ def test_the_lock_is_held_by_one_process_and_kept_when_it_starts_again(tmp_path)
     assert taken.returncode == 0, taken.stderr
 
 
+def test_release_removes_exactly_the_folders_hold_made_even_through_dot_dot(tmp_path):
+    """hold("a/../b") creates a and b (mkdir follows the path as written): both go at release; a
+    b that was there before stays (only what hold made, and only when empty)."""
+    files.hold(tmp_path / "a" / ".." / "b", UserError)
+    assert (tmp_path / "a").is_dir() and (tmp_path / "b" / ".lock").is_file()
+    files.release(tmp_path / "a" / ".." / "b")
+    assert sorted(tmp_path.iterdir()) == []
+    (tmp_path / "b").mkdir()
+    files.hold(tmp_path / "a" / ".." / "b", UserError)
+    files.release(tmp_path / "a" / ".." / "b")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"] and not any(
+        (tmp_path / "b").iterdir()
+    )
+
+
 def test_a_refused_start_leaves_no_folder_and_a_held_one_no_lock_file(tmp_path):
     """A run that stops before writing anything (here: its text is missing) removes the folders
     it created; a run folder that existed keeps everything but the lock file."""

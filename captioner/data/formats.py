@@ -454,7 +454,7 @@ def _read_csv_rows(file: Path) -> list[_Row]:
             rows = []
             for row in reader:
                 where = f"'{file}' line {reader.line_num}"
-                if None in row:  # DictReader's key for the fields beyond the header's
+                if any((extra or "").strip() for extra in row.get(None, ())):  # beyond the header
                     raise UserError(
                         f"{where} has {len(reader.fieldnames) + len(row[None])} fields, the "
                         f"header {len(reader.fieldnames)}; put a caption that holds a comma in "

@@ -604,7 +604,7 @@ class Run:
         # The schedule's clock: under torchrun the processes' mean elapsed time, agreed after
         # every step with the stop flags, so that all of them set the same learning rate (each
         # process's own clock would make the replicas drift apart).
-        clock = [elapsed_before]
+        agreed_s = elapsed_before
 
         def flush_checks() -> None:
             """Fold the device-side [loss, grad norm] of recent steps into plain numbers (one
@@ -721,7 +721,7 @@ class Run:
         try:
             with _StopSignals() as signals:
                 while reason is None:
-                    now_s = clock[0] if self.dist.enabled else elapsed()
+                    now_s = agreed_s if self.dist.enabled else elapsed()
                     factor = lr_factor(progress.step, now_s, settings, total_steps)
                     for group in optimizer.param_groups:
                         group["lr"] = group["base_lr"] * factor
@@ -772,7 +772,7 @@ class Run:
                         )
                     # What depends on the clock or on a signal is agreed by all processes (one
                     # small all-reduce under torchrun), so all stop, evaluate and save together.
-                    clock[0], (over_budget, save_due, signalled) = self._agree_clock(
+                    agreed_s, (over_budget, save_due, signalled) = self._agree_clock(
                         elapsed(),
                         budget_spent(),
                         bool(
@@ -812,7 +812,7 @@ class Run:
         train_time = time.perf_counter() - started
         if self.payload is not None and progress.step == steps_at_start:
             self.log(f"nothing to do: {self.last_path} is already at step {progress.step}")
-        files.release(self.out_dir)  # (a run that raises keeps it until its process ends)
+        files.release(self.out_dir)  # (a run that raises: run_cli or the process's end does)
         return {
             "steps": progress.step,
             "stop_reason": reason,

@@ -106,8 +106,8 @@ _TRANSPORT = re.compile(r"gloo|nccl|connection (reset|closed|refused)|broken pip
 def _lost_peer(err: RuntimeError) -> str | None:
     """The reason, when `err` is a collective of a formed torchrun job failing because another
     process went away (its own traceback says nothing the user can act on); else None."""
-    dist = sys.modules.get("torch.distributed")
-    if dist is None or not dist.is_available() or not dist.is_initialized():
+    dist = _formed_job()
+    if dist is None:
         return None
     text = str(err)
     if not (isinstance(err, getattr(dist, "DistError", ())) or _TRANSPORT.search(text)):
@@ -116,6 +116,15 @@ def _lost_peer(err: RuntimeError) -> str | None:
     # peer. This is typically caused by ..." -> the part after the source location, to its stop
     reason = re.sub(r"^\[[^\]]*\.(cc|cpp|h):\d+\]\s*", "", text.strip())
     return " ".join(reason.split(". ")[0].split()) or type(err).__name__
+
+
+def _formed_job() -> Any:
+    """``torch.distributed`` once this process's torchrun job has formed its process group; else
+    None (without importing torch: a CLI may fail before it does)."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is None or not dist.is_available() or not dist.is_initialized():
+        return None
+    return dist
 
 
 def _say(line: str, *, job_wide: bool = False) -> None:
@@ -128,9 +137,7 @@ def _say(line: str, *, job_wide: bool = False) -> None:
     """
     rank = os.environ.get("RANK", "0")
     if rank != "0":
-        dist = sys.modules.get("torch.distributed")
-        formed = dist is not None and dist.is_available() and dist.is_initialized()
-        if job_wide or not formed:
+        if job_wide or _formed_job() is None:
             return
         line = f"[rank {rank}] {line}"
     sys.stderr.write(line + "\n")

@@ -29,8 +29,8 @@ gradients) and a cached run reads their features from its cache, and that time i
 ``--random-weights`` (offline: no pretrained weights) gives the encoder random weights whose BatchNorm statistics are re-estimated on
 the bench's train images, as a trained network's are; raw random ResNet-101 activations at layer4
 exceed float16's range, which the cache refuses. The step is `captioner.train`'s
-(encoder unless cached, rows repeated for k references, decoder, backward, clipping, AdamW); the
-learning rate is constant.
+(`CaptionModel.forward`: the encoder unless cached, then the decoder over k references per image;
+backward, clipping, AdamW) in float32; the learning rate is constant.
 """
 
 from __future__ import annotations
@@ -148,16 +148,9 @@ class Run:
             self.epoch_s[-1] += time.perf_counter() - start
             return False
         fetched = time.perf_counter()
-        model = self.model
         if self.cached:
-            features = features_to(inputs, torch.device("cpu"))
-        else:
-            features = model.encoder(inputs)
-        num_images = features.pooled.size(0)
-        per_image = captions.size(0) // num_images
-        if per_image > 1:  # caption rows j*k.. are image j's
-            features = features.index_select(torch.arange(num_images).repeat_interleave(per_image))
-        _, loss = model.decoder(features, captions, lengths)
+            inputs = features_to(inputs, torch.device("cpu"))
+        _, loss = self.model(inputs, captions, lengths)  # encoder unless cached, then decoder
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(

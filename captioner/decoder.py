@@ -204,6 +204,10 @@ class CaptionDecoder(nn.Module):
         when given (under torchrun, the whole global batch's divided by the number of processes,
         so that averaging the processes' gradients gives exactly the global batch's mean).
         Positions at or past a caption's length never affect the loss, whatever tokens they hold.
+        ``features`` may hold one row per image for k consecutive caption rows each (B = k *
+        images; ``train.captions_per_image``): the initial state and the attention keys are then
+        computed once per image and every step attends to the image's grid without copying it k
+        times, as `step` does for beam search.
         ``label_smoothing`` (``train.label_smoothing``; Szegedy et al. 2016) mixes the one-hot
         target with a uniform distribution over the vocabulary, as `F.cross_entropy` does;
         padding positions stay out of the loss.
@@ -213,7 +217,10 @@ class CaptionDecoder(nn.Module):
         input_lengths = (lengths.to(captions.device) - 1).clamp(min=1)  # (B,) real input steps
         valid = torch.arange(steps, device=captions.device)[None, :] < input_lengths[:, None]
         targets = captions[:, 1:].masked_fill(~valid, self.pad_id)  # (B, T-1)
-        state = self.init_state(features)
+        images = features.grid.size(0)
+        if captions.size(0) % images:
+            raise ValueError(f"{captions.size(0)} captions do not divide among {images} images")
+        state = self.init_state(features).repeat_interleave(captions.size(0) // images, dim=2)
         embedded = self.embedding(inputs)  # (B, T-1, E)
         if self.attention is None:
             outputs, _ = self.core(embedded, state, input_lengths)  # (B, T-1, H)

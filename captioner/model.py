@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from captioner.config import CaptionerConfig
@@ -46,7 +45,8 @@ class CaptionModel(nn.Module):
         ``inputs`` are images (B, 3, H, W), or their cached `ImageFeatures` (a frozen encoder's
         output, which then skips the encoder). ``captions`` may hold k references per image:
         rows j*k .. j*k + k-1 belong to image j (``train.captions_per_image``), and the image is
-        encoded once for all k. ``predicted_words``: see `CaptionDecoder.forward`.
+        encoded once for all k (and the decoder's initial state and attention keys computed once).
+        ``predicted_words``: see `CaptionDecoder.forward`.
 
         With ``self_critical`` (a `captioner.scst.SelfCritical` bound to the batch's images), the
         captions are not used: it returns ``self_critical(decoder, features)``, the self-critical
@@ -59,11 +59,6 @@ class CaptionModel(nn.Module):
             return self_critical(self.decoder, features)
         if captions is None or lengths is None:
             raise ValueError("cross-entropy training needs captions and lengths")
-        images = features.pooled.size(0)
-        per_image = captions.size(0) // images
-        if per_image > 1:
-            owners = torch.arange(images, device=captions.device).repeat_interleave(per_image)
-            features = features.index_select(owners)
         return self.decoder(
             features, captions, lengths, predicted_words, label_smoothing=label_smoothing
         )

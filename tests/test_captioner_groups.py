@@ -47,19 +47,38 @@ def test_groups_draw_distinct_references_then_cycle(tmp_path):
     assert images.shape == (2, 3, 2, 2) and padded.shape[0] == lengths.shape[0] == 14
 
 
-def test_one_encoder_pass_equals_encoding_every_pair(scenes_annotations: Path):
-    cfg = tiny_cfg(scenes_annotations)
+@pytest.mark.parametrize("attention", ["true", "false"])
+def test_one_encoder_pass_equals_encoding_every_pair(scenes_annotations: Path, attention: str):
+    """k references per image: the image is encoded once, and the decoder's initial state and
+    attention keys are computed once and shared by its k caption rows. The losses and every
+    gradient equal those of encoding each (image, caption) pair on its own (dropout included:
+    the same masks are drawn)."""
+    cfg = tiny_cfg(scenes_annotations, f"model.attention={attention}", "model.dropout=0.3")
     torch.manual_seed(0)
-    model = CaptionModel(cfg, 20).eval()
+    model = CaptionModel(cfg, 20).train()
     images = torch.randn(2, 3, cfg.data.image_size, cfg.data.image_size)
     captions = torch.randint(4, 20, (6, 5))
     captions[:, 0] = 1
-    lengths = torch.full((6,), 5)
+    lengths = torch.tensor([5, 3, 4, 5, 2, 5])
     owners = torch.arange(2).repeat_interleave(3)
-    once = model.decoder(model.encoder(images).index_select(owners), captions, lengths)
-    every = model(images.index_select(0, owners), captions, lengths)
+
+    def run(*inputs) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        model.zero_grad()
+        torch.manual_seed(1)
+        logits, loss = model(*inputs, captions, lengths)
+        loss.backward()
+        return logits, loss, [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    model.encoder.eval()  # BatchNorm's batch statistics would differ between 2 and 6 images
+    once = run(images)
+    every = run(images.index_select(0, owners))
     torch.testing.assert_close(once[0], every[0], atol=1e-5, rtol=0)
-    torch.testing.assert_close(once[1], every[1], atol=1e-5, rtol=0)
+    torch.testing.assert_close(once[1], every[1], atol=1e-6, rtol=0)
+    assert len(once[2]) == len(every[2]) > 0
+    for shared, repeated in zip(once[2], every[2], strict=True):
+        torch.testing.assert_close(shared, repeated, atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="7 captions do not divide among 2 images"):
+        model.decoder(model.encoder(images), torch.ones(7, 5, dtype=torch.long), lengths[:1])
 
 
 def test_training_encodes_each_image_once_per_epoch(

@@ -48,6 +48,7 @@ bench: $(STAMP)
 	$(PY) bench/beam_search.py --threads 1 --precision bf16
 	$(PY) bench/decode_step.py
 	$(PY) bench/feature_cache.py --threads 1 --num-images 400
+	$(PY) bench/shared_references.py --threads 2
 	$(PY) bench/ddp_scaling.py --processes 2 --steps 40
 	$(PY) bench/coco_scale.py --threads 1 --out runs/bench/coco_scale
 	$(PY) bench/image_loading.py

@@ -30,7 +30,8 @@ gradients) and a cached run reads their features from its cache, and that time i
 the bench's train images, as a trained network's are; raw random ResNet-101 activations at layer4
 exceed float16's range, which the cache refuses. The step is `captioner.train`'s
 (`CaptionModel.forward`: the encoder unless cached, then the decoder over k references per image;
-backward, clipping, AdamW) in float32; the learning rate is constant.
+backward, clipping, AdamW) in ``--precision`` (float32 unless told: the cache encodes in it too,
+as the trainer's does); the learning rate is constant.
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ from captioner.scenes import generate_dataset  # noqa: E402
 from captioner.train import SeededItems, epoch_batches, parameter_parts  # noqa: E402
 from recurrent.config import load_config  # noqa: E402
 from recurrent.engine import parameter_groups  # noqa: E402
+from recurrent.precision import Precision  # noqa: E402
 
 VARIANTS = {  # name: (feature cache, captions_per_image, batch size in units of --images-per-step)
     "uncached k=4": (False, 4, 1),
@@ -99,6 +101,7 @@ class Run:
     batch_size: int
     order: torch.Generator
     rng: torch.Tensor  # this run's global-generator state (dropout), swapped in for its steps
+    precision: Precision = field(default_factory=lambda: Precision("fp32", torch.device("cpu")))
     fill: list[Callable[[], int]] = field(default_factory=list)  # pending cache-fill chunks
     # what the run's validation does before its beam search, once per epoch: encode the val
     # images (uncached) or read their features from the cache
@@ -150,7 +153,8 @@ class Run:
         fetched = time.perf_counter()
         if self.cached:
             inputs = features_to(inputs, torch.device("cpu"))
-        _, loss = self.model(inputs, captions, lengths)  # encoder unless cached, then decoder
+        with self.precision.autocast():  # the encoder unless cached, then the decoder
+            _, loss = self.model(inputs, captions, lengths)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(
@@ -195,6 +199,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument(
+        "--precision", default="fp32", choices=["fp32", "bf16", "auto"], help="train.precision"
+    )
+    parser.add_argument(
         "--random-weights",
         action="store_true",
         help="random encoder weights with BatchNorm statistics of the train images",
@@ -209,7 +216,12 @@ def main(argv: list[str] | None = None) -> None:
     annotations = scenes_dir / "dataset_scenes.json"
     if not annotations.is_file():
         generate_dataset(scenes_dir, args.num_images, seed=0, size=args.size)
-    overrides = [f"data.annotations={annotations}", *args.set, "model.finetune=frozen"]
+    overrides = [
+        f"data.annotations={annotations}",
+        *args.set,
+        "model.finetune=frozen",
+        f"train.precision={args.precision}",
+    ]
     cfg = load_config(CaptionerConfig, args.config, overrides)
     records = load_records("karpathy", annotations)
     train_records = select_split(records, "train")
@@ -223,12 +235,13 @@ def main(argv: list[str] | None = None) -> None:
         (c for record in train_records for c in record.captions), cfg.data.min_word_count
     )
     transform = eval_transform(cfg)  # augmentation off: the cache's preprocessing for every run
+    precision = Precision.choose(cfg.train.precision, torch.device("cpu"))
     max_ids = cfg.data.max_caption_length + 2
     seed = cfg.train.seed
     print(f"machine: {machine()} (shared with other jobs)")
     print(
         f"config {args.config} {' '.join(args.set)}, frozen encoder; {len(train_records)} train "
-        f"images of {args.size} px, {args.epochs} epochs"
+        f"images of {args.size} px, {args.epochs} epochs, {precision.name}"
     )
 
     shutil.rmtree(out_dir / "features", ignore_errors=True)  # every cache starts empty
@@ -272,7 +285,8 @@ def main(argv: list[str] | None = None) -> None:
                 model.encoder.eval()
                 loader = DataLoader(ImageOnly(val_records, transform), args.images_per_step)
                 for images, _ in loader:
-                    model.encoder(images)
+                    with precision.autocast():
+                        model.encoder(images)
                 model.encoder.train()
 
             def make_dataset(per_image=per_image):
@@ -293,6 +307,7 @@ def main(argv: list[str] | None = None) -> None:
                 batch_size,
                 torch.Generator().manual_seed(seed),
                 torch.get_rng_state(),
+                precision,
                 fill,
                 val_inputs,
             )

@@ -218,9 +218,9 @@ def main(argv: list[str] | None = None) -> None:
         generate_dataset(scenes_dir, args.num_images, seed=0, size=args.size)
     overrides = [
         f"data.annotations={annotations}",
+        f"train.precision={args.precision}",  # --set train.precision=... may say otherwise
         *args.set,
         "model.finetune=frozen",
-        f"train.precision={args.precision}",
     ]
     cfg = load_config(CaptionerConfig, args.config, overrides)
     records = load_records("karpathy", annotations)

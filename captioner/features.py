@@ -84,12 +84,13 @@ LAYOUT = "npy-shards-v1"  # part of the fingerprint: another layout never reads 
 
 
 def encoder_fingerprint(encoder: ImageEncoder, cfg: CaptionerConfig, transform: object) -> str:
-    """sha256 over the encoder's settings, its preprocessing, the precision it encodes in (bf16
-    features differ from fp32's by about 1%) and its parameter values."""
+    """sha256 over the encoder's settings, its preprocessing, the precision it encodes in (the
+    training precision, as the frozen encoder would run in an uncached run; bf16 features differ
+    from fp32's by about 1%) and its parameter values."""
     digest = hashlib.sha256()
     device = next(encoder.parameters()).device
     settings = {
-        "precision": Precision.for_inference(cfg.train.precision, device).name,
+        "precision": Precision.choose(cfg.train.precision, device).name,
         "encoder": cfg.model.encoder,
         "encoder_stages": cfg.model.encoder_stages,
         "weights": cfg.model.weights,
@@ -308,7 +309,7 @@ class FeatureCache:
                 if batch is None:
                     continue
                 images, indices = batch
-                with Precision.for_inference(self.cfg.train.precision, device).autocast():
+                with Precision.choose(self.cfg.train.precision, device).autocast():
                     features = self.encoder(images.to(device, non_blocking=True))
                 grid_hw = features.grid_hw
                 rows = torch.cat([features.pooled.unsqueeze(1), features.grid], dim=1)

@@ -17,8 +17,8 @@ class CaptionModel(nn.Module):
 
     ``forward(images, captions, lengths) -> (logits, loss)`` trains end to end; decoding goes
     through ``encode`` and the functions of `captioner.decode`, which take ``model.decoder``. With a
-    frozen encoder, training may skip the encoder and feed cached `ImageFeatures` to
-    ``model.decoder`` directly.
+    frozen encoder, training may skip the encoder: ``forward`` takes cached `ImageFeatures` in
+    place of the images.
     """
 
     def __init__(self, cfg: CaptionerConfig, vocab_size: int, pad_id: int = 0) -> None:

@@ -118,7 +118,8 @@ def test_cached_run_trains_on_the_same_batches_with_the_same_losses(
     ):
         assert captions_a.size(0) == rows_per_step
         assert torch.equal(captions_a, captions_b)  # the same captions in the same rows
-        # the same image behind every row: the cache holds it in float16
+        # the same images in the same order (one pooled row per image): the cache holds them in
+        # float16
         torch.testing.assert_close(pooled_b, pooled_a, atol=2e-2, rtol=1e-2)
     torch.testing.assert_close(
         torch.tensor(cached["losses"]), torch.tensor(plain["losses"]), atol=1e-4, rtol=1e-4
@@ -214,6 +215,17 @@ def test_store_reads_what_the_encoder_computed(scenes_annotations: Path, tmp_pat
     bf16 = tiny_cfg(scenes_annotations, "model.finetune=frozen", "train.precision=bf16")
     other = FeatureCache(tmp_path, frozen_encoder(bf16), bf16, transform)
     assert other.dir != cache.dir and len(other.missing(records)) == 20
+    # The cache encodes in the training precision, as an uncached run's frozen encoder would:
+    # bf16 asked for on a CPU without native bf16 is bf16 there too (it had encoded in fp32).
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+    emulated = FeatureCache(tmp_path / "emulated", frozen_encoder(bf16), bf16, transform)
+    assert emulated.dir.name == other.dir.name
+    emulated.ensure(records[:4], device=torch.device("cpu"), progress=False)
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+        in_training = frozen_encoder(bf16)(images[:4])
+    assert torch.equal(
+        emulated.store(records[:4]).features([0, 1, 2, 3]).grid, in_training.grid.half()
+    )
 
 
 @pytest.mark.parametrize("workers", [0, 2])

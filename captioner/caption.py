@@ -15,7 +15,6 @@ cannot be read stops the command; one found in a folder or by a pattern is repor
 
 from __future__ import annotations
 
-import argparse
 import csv
 import glob
 import io
@@ -38,7 +37,7 @@ from captioner.inference import (
     find_images,
     load_captioner,
 )
-from recurrent.errors import UserError, run_cli
+from recurrent.errors import ArgumentParser, UserError, run_cli
 from recurrent.files import atomic_write_text
 
 
@@ -97,7 +96,7 @@ def write_csv(path: str, results: Sequence[tuple[str, CaptionResult]]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m captioner.caption",
         description="Caption images with a trained captioner checkpoint (beam search). Prints one "
         "'path<TAB>caption' line per image, or one JSON object with --json.",

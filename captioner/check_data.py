@@ -13,7 +13,6 @@ file (one line on stderr). The library side is `captioner.data.check`.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -26,13 +25,13 @@ from captioner.data import SPLITS
 from captioner.data.check import BAD, MISSING, DataReport, default_workers, scan_images
 from captioner.scoring import load_data_records
 from recurrent.config import add_config_arguments, load_config
-from recurrent.errors import run_cli
+from recurrent.errors import ArgumentParser, run_cli
 
 EXIT_WOULD_STOP = 1
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m captioner.check_data",
         description="Check a captioning data set before training: load every annotation, decode "
         "every image (in parallel), report missing and undecodable images, duplicates and "

@@ -37,7 +37,7 @@ from captioner.scoring import (
 )
 from recurrent.checkpoint import load_checkpoint
 from recurrent.config import from_dict
-from recurrent.errors import UserError, run_cli
+from recurrent.errors import ArgumentParser, UserError, run_cli
 
 
 @dataclass
@@ -152,7 +152,7 @@ def load_split(args: argparse.Namespace) -> tuple[list[ImageRecord], str]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m captioner.compare",
         description="Score two prediction files (captioner.evaluate --predictions) on the same "
         "references and show the images where they differ most by per-image CIDEr-D.",

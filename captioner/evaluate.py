@@ -18,7 +18,6 @@ file stem when the stems are all different (Flickr's ``1000268201_693b08cb0e``, 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 from collections.abc import Sequence
@@ -41,11 +40,11 @@ from captioner.scoring import (
     write_predictions,
 )
 from recurrent.checkpoint import load_checkpoint
-from recurrent.errors import UserError, run_cli
+from recurrent.errors import ArgumentParser, UserError, run_cli
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m captioner.evaluate",
         description="Decode a split with a trained captioner and report corpus BLEU-1..4 and "
         f"CIDEr-D (0-100; tokens: {TOKENIZATION}), and METEOR and ROUGE-L when pycocoevalcap is "

@@ -36,7 +36,6 @@ ground truth under the extra key "scene", so the generic karpathy loader reads i
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -50,7 +49,7 @@ from PIL import Image, ImageDraw
 
 from captioner.data.formats import seeded_split, validate_fractions
 from captioner.data.vocab import tokenize
-from recurrent.errors import UserError, run_cli
+from recurrent.errors import ArgumentParser, UserError, run_cli
 from recurrent.files import atomic_write_text
 
 SHAPES = ("circle", "square", "triangle", "star", "diamond", "cross")
@@ -771,7 +770,7 @@ def generate_dataset(
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Command line: generate a scenes data set (see the module docstring)."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m captioner.scenes",
         description="Generate the synthetic scenes captioning data set (PNG images plus a "
         "Karpathy-format dataset_scenes.json).",

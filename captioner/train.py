@@ -50,7 +50,6 @@ batch and must divide by the number of processes) and decodes its share of the v
 
 from __future__ import annotations
 
-import argparse
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -106,7 +105,7 @@ from captioner.scst import SelfCritical
 from recurrent.config import add_run_arguments, load_config, run_dir, run_options, to_dict
 from recurrent.distributed import Distributed, finish
 from recurrent.engine import Run, StepResult
-from recurrent.errors import UserError, loader_worker_init, run_cli
+from recurrent.errors import ArgumentParser, UserError, loader_worker_init, run_cli
 
 TASK = "captioner"
 
@@ -625,7 +624,7 @@ def data_card(cfg: CaptionerConfig, train_records: Sequence[ImageRecord]) -> dic
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m captioner.train",
         description="Train the CNN->RNN image captioner from a YAML config (configs/captioner/).",
     )

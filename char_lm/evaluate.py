@@ -11,7 +11,6 @@ empty state. bits/char = nats/char / ln 2.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from collections.abc import Sequence
@@ -19,12 +18,12 @@ from collections.abc import Sequence
 from char_lm.data import encode_file
 from char_lm.generate import load_char_lm, trained_precision
 from char_lm.scoring import evaluate_text
-from recurrent.errors import UserError, run_cli
+from recurrent.errors import ArgumentParser, UserError, run_cli
 from recurrent.training import pick_device
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m char_lm.evaluate",
         description="Print a character model's loss on a text in nats/char and bits/char.",
     )

@@ -13,7 +13,6 @@ them.
 
 from __future__ import annotations
 
-import argparse
 import secrets
 import sys
 from collections.abc import Sequence
@@ -21,7 +20,7 @@ from collections.abc import Sequence
 import torch
 
 from char_lm.generate import generate, load_char_lm, trained_precision
-from recurrent.errors import UserError, run_cli
+from recurrent.errors import ArgumentParser, UserError, run_cli
 from recurrent.training import pick_device
 
 SEED_RANGE = 2**31  # seeds drawn without --seed are in [0, 2**31), short enough to copy
@@ -33,7 +32,7 @@ def draw_seed() -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m char_lm.sample",
         description="Generate text from a character model trained with char_lm.train.",
     )

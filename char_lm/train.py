@@ -19,7 +19,6 @@ windows of the held-out text; ``best.pt`` keeps the lowest.
 
 from __future__ import annotations
 
-import argparse
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,7 +41,7 @@ from char_lm.scoring import evaluate_text
 from recurrent.config import add_run_arguments, load_config, run_dir, run_options, to_dict
 from recurrent.distributed import Distributed, finish
 from recurrent.engine import Run, StepResult
-from recurrent.errors import UserError, run_cli
+from recurrent.errors import ArgumentParser, UserError, run_cli
 
 TASK = "char_lm"
 LN2 = math.log(2)
@@ -259,7 +258,7 @@ def train(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m char_lm.train",
         description="Train a character-level language model (RNN / LSTM / GRU) on a text.",
     )

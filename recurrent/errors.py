@@ -9,13 +9,14 @@ are neither and still raise normally.
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 
 class UserError(Exception):
@@ -54,6 +55,15 @@ class RunStopped(Exception):
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser whose mistakes (an unknown flag, a value of the wrong type, a missing
+    argument) raise `UserError`, so that `run_cli` says them in one line like any other mistake,
+    not after argparse's usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UserError(f"{self.prog}: {message}; `{self.prog} --help` lists the arguments")
 
 
 def run_cli(

@@ -19,7 +19,6 @@ PDF (through vl-convert-python, the ``plot`` extra) or a self-contained HTML fil
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -30,7 +29,7 @@ import altair as alt
 import pandas as pd
 
 from recurrent.engine import parse_metrics
-from recurrent.errors import UserError, run_cli
+from recurrent.errors import ArgumentParser, UserError, run_cli
 
 METRICS_FILE = "metrics.jsonl"
 # Panels in the order they are shown; each train key below goes to one of them, eval scores whose
@@ -255,7 +254,7 @@ def run_names(paths: Sequence[str | os.PathLike[str]]) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m recurrent.plot",
         description="Plot the training curves of one or more runs (their metrics.jsonl): train "
         "and validation loss, BLEU/CIDEr, learning rate, throughput and gradient norm, runs "

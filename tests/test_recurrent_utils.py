@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import math
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from recurrent.checkpoint import (
     save_checkpoint,
 )
 from recurrent.config import load_config, to_dict
-from recurrent.errors import UserError
+from recurrent.errors import UserError, run_cli
 from recurrent.sampling import filter_logits, sample_next
 from recurrent.training import pick_device, warmup_cosine
 
@@ -218,3 +219,33 @@ def test_atomic_write_removes_only_the_temporary_files_of_gone_writers(tmp_path)
     assert (tmp_path / "meta.json").read_text() == "{}"
     assert not dead.exists() and not foreign_old.exists()
     assert live.exists() and foreign_new.exists()
+
+
+CLIS = [
+    "captioner.caption",
+    "captioner.check_data",
+    "captioner.compare",
+    "captioner.evaluate",
+    "captioner.scenes",
+    "captioner.train",
+    "char_lm.evaluate",
+    "char_lm.sample",
+    "char_lm.train",
+    "recurrent.plot",
+]
+
+
+@pytest.mark.parametrize("module", CLIS)
+def test_a_bad_flag_is_one_line_naming_it(module, capsys):
+    """argparse's mistakes (an unknown flag, a missing argument, a value of the wrong type) are one
+    line like any other mistake, exit status 2: they came after argparse's usage block."""
+    main = importlib.import_module(module).main
+    mistakes = [(["--no-such-flag"], "argument")]  # unknown, or the required ones missing first
+    if module == "char_lm.sample":
+        mistakes.append((["--checkpoint", "x.pt", "--length", "abc"], "invalid int value: 'abc'"))
+        mistakes.append((["--checkpoint", "x.pt", "--no-such-flag"], "unrecognized arguments"))
+    for argv, named in mistakes:
+        status = run_cli(main, argv)
+        err = capsys.readouterr().err
+        assert status == 2 and err.startswith(f"error: python -m {module}: "), err
+        assert err.count("\n") == 1 and named in err and f"`python -m {module} --help`" in err

@@ -35,7 +35,7 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
-## make demo-models: retrain the two bundled demo models in models/ (CPU, about 35 minutes)
+## make demo-models: retrain the two bundled demo models in models/ (CPU, about 28 minutes)
 demo-models: $(STAMP)
 	$(PY) -m bench.make_demo_models --models-dir $(MODELS_DIR) --shakespeare $(SHAKESPEARE)
 

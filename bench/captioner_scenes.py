@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.demo_export import export_demo_model  # noqa: E402
 from bench.recurrent_core import machine  # noqa: E402
 from captioner.config import CaptionerConfig  # noqa: E402
 from captioner.data import load_image, load_records, select_split  # noqa: E402
@@ -34,7 +35,6 @@ from captioner.metrics import repeat_share  # noqa: E402
 from captioner.scenes import caption_names_objects_correctly, generate_dataset  # noqa: E402
 from captioner.scoring import evaluate_split  # noqa: E402
 from captioner.train import train  # noqa: E402
-from recurrent.checkpoint import export_checkpoint  # noqa: E402
 from recurrent.config import load_config  # noqa: E402
 
 
@@ -132,8 +132,7 @@ def main(argv: list[str] | None = None) -> None:
         )
 
     if args.export:
-        path = export_checkpoint(summary["best_checkpoint"], args.export)
-        print(f"exported the best checkpoint to {path} ({path.stat().st_size / 1e6:.1f} MB)")
+        export_demo_model(summary["best_checkpoint"], args.export)
 
 
 if __name__ == "__main__":

@@ -22,13 +22,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.demo_export import export_demo_model  # noqa: E402
 from bench.recurrent_core import machine  # noqa: E402
 from char_lm.config import CharLMConfig  # noqa: E402
 from char_lm.data import build_vocab, encode, load_text, split_ids  # noqa: E402
 from char_lm.generate import generate, load_char_lm  # noqa: E402
 from char_lm.scoring import evaluate_text  # noqa: E402
 from char_lm.train import train  # noqa: E402
-from recurrent.checkpoint import export_checkpoint  # noqa: E402
 from recurrent.config import load_config  # noqa: E402
 
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
@@ -151,8 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(f"sample (temperature 0.8, top-k 40, seed 1):\nROMEO:{sample}")
     if args.export:
-        path = export_checkpoint(summary["best_checkpoint"], args.export)
-        print(f"exported the best checkpoint to {path} ({path.stat().st_size / 1e6:.1f} MB)")
+        export_demo_model(summary["best_checkpoint"], args.export)
 
 
 if __name__ == "__main__":

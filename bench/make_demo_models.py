@@ -1,12 +1,13 @@
-"""Retrain the two demo models bundled in models/ (`make demo-models`; CPU, about 25 minutes).
+"""Retrain the two demo models bundled in models/ (`make demo-models`; CPU, about 28 minutes).
 
     python -m bench.make_demo_models --models-dir models --shakespeare ../shared/data/tinyshakespeare.txt
 
 Each demo model is the best checkpoint of its benchmark run, exported for serving (float16
-weights, no optimizer state; under 8 MB each):
+weights, no optimizer state; under 8 MB each), with its run's metrics.jsonl in
+models/<name>/ (`bench.demo_export`):
 
 - models/scenes_captioner.pt: bench/captioner_scenes.py --minutes 15 (configs/captioner/scenes_demo.yaml
-  on 4000 generated scenes of 64 px, seed 0)
+  on 4000 generated scenes of 96 px, seed 0)
 - models/shakespeare_char.pt: bench/char_lm_shakespeare.py --minutes 10
   (configs/char_lm/shakespeare.yaml on tiny-shakespeare)
 

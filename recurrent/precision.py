@@ -8,8 +8,8 @@
 - ``fp16``: autocast in float16 with a gradient scaler (CUDA only); weights and optimizer state stay
   float32, so checkpoints are the same whatever the precision and load in any of them.
 - ``auto``: bf16 on CUDA devices that support it and on CPUs with native bf16
-  (`cpu_has_native_bf16`: avx512_bf16 or AMX, where bf16 training was measured 1.25-1.74x faster
-  than fp32 and better at equal time; see docs/benchmarks.md), else fp32.
+  (`cpu_has_native_bf16`: avx512_bf16 or AMX, where a bf16 training step was measured 1.5-1.9x as
+  fast as fp32's and bf16 trained better at equal time; see docs/benchmarks.md), else fp32.
 """
 
 from __future__ import annotations

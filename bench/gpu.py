@@ -30,33 +30,34 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import statistics
 import sys
 import tempfile
 import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torchvision
 from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.image_loading import write_jpegs  # noqa: E402
 from bench.recurrent_core import machine  # noqa: E402
-from captioner.config import CaptionerConfig  # noqa: E402
-from captioner.data import Vocabulary, load_karpathy  # noqa: E402
-from captioner.data.datasets import CaptionPairs, collate_pairs  # noqa: E402
-from captioner.data.images import load_image  # noqa: E402
-from captioner.data.transforms import build_transforms  # noqa: E402
-from captioner.model import CaptionModel  # noqa: E402
-from captioner.train import parameter_parts, train  # noqa: E402
 from char_lm.config import CharLMConfig  # noqa: E402
 from char_lm.model import CharLM  # noqa: E402
 from recurrent.config import load_config  # noqa: E402
 from recurrent.engine import build_optimizer, parameter_groups  # noqa: E402
+from recurrent.errors import RunStopped  # noqa: E402
 from recurrent.precision import Precision  # noqa: E402
+
+if TYPE_CHECKING:
+    from captioner.config import CaptionerConfig
+
+# The captioner's modules are imported by the sections that use them: they need nltk (the
+# tokenizer), which the lent GPU machine lacks unless its wheel travels along, and without it the
+# char LM section still runs.
 
 ROOT = Path(__file__).resolve().parents[1]
 COCO = ROOT / "configs/captioner/coco.yaml"
@@ -82,13 +83,19 @@ class Setup:
 
     def precisions(self) -> list[str]:
         cuda = self.device.type == "cuda"
-        return ["fp32", "bf16"] if not cuda or torch.cuda.is_bf16_supported() else ["fp32"]
+        return (
+            ["fp32", "bf16"]
+            if not cuda or torch.cuda.is_bf16_supported(including_emulation=False)
+            else ["fp32"]
+        )
 
     def sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize()
 
     def captioner_config(self, arch: str, *overrides: str) -> CaptionerConfig:
+        from captioner.config import CaptionerConfig
+
         return load_config(
             CaptionerConfig,
             COCO,
@@ -138,6 +145,9 @@ def timed(setup: Setup, step: Callable[[], None]) -> tuple[float, int | None]:
 
 
 def captioner_training(setup: Setup) -> list[dict[str, Any]]:
+    from captioner.model import CaptionModel
+    from captioner.train import parameter_parts
+
     rows = []
     for arch in setup.archs:
         cfg = setup.captioner_config(arch)
@@ -198,6 +208,12 @@ def char_lm_training(setup: Setup) -> list[dict[str, Any]]:
 
 
 def data_path(setup: Setup, training: list[dict[str, Any]], folder: Path) -> list[dict[str, Any]]:
+    from bench.image_loading import write_jpegs
+    from captioner.data import Vocabulary, load_karpathy
+    from captioner.data.datasets import CaptionPairs, collate_pairs
+    from captioner.data.transforms import build_transforms
+    from captioner.train import train
+
     annotations = write_jpegs(folder, setup.jpegs, setup.jpeg_size)
     records = [r for r in load_karpathy(annotations) if r.split == "train"]
     vocab = Vocabulary.build(caption for r in records for caption in r.captions)
@@ -250,19 +266,26 @@ def data_path(setup: Setup, training: list[dict[str, Any]], folder: Path) -> lis
         "train.time_budget_s=0",
         "train.eval_every=0",
         "train.eval_max_images=8",
+        f"train.log_every={max(1, setup.train_steps // 8)}",
         "train.checkpoint_every_s=0",
         f"train.device={setup.device.type}",
         "train.precision=bf16",
         f"data.num_workers={max(setup.workers)}",
     )
     summary = train(cfg, folder / "run", overwrite=True, quiet=True)
+    # the logged windows' throughput after the first (the workers' start and the prefetch fill
+    # are in the first; the final validation and checkpoint writes in none): a steady state
+    lines = (folder / "run" / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    windows = [r["throughput"] for r in records if r.get("kind") == "train" and "throughput" in r]
     rows.append(
         {
             "section": "captioner.train.train on the JPEGs",
             "model": f"{arch} at {setup.image_size} px, batch {setup.batch}, "
             f"{max(setup.workers)} workers, {setup.train_steps} steps",
             "precision": "bf16",
-            "images_per_s": summary["images_per_s"],
+            "images_per_s": statistics.median(windows[1:] or windows),
+            "images_per_s_whole_run": summary["images_per_s"],
         }
     )
     print_row(rows[-1])
@@ -270,6 +293,8 @@ def data_path(setup: Setup, training: list[dict[str, Any]], folder: Path) -> lis
 
 
 def jpeg_decoding(setup: Setup, folder: Path) -> list[dict[str, Any]]:
+    from captioner.data.images import load_image
+
     files = sorted((folder / "images").glob("*.jpg"))
     encoded = [torchvision.io.read_file(str(path)) for path in files]
     ways: dict[str, Callable[[], None]] = {
@@ -319,7 +344,13 @@ def main(argv: list[str] | None = None) -> int:
     gpu = torch.cuda.get_device_name() if setup.device.type == "cuda" else "no GPU"
     print(f"machine: {machine()}; {gpu}; torchvision {torchvision.__version__}", flush=True)
     rows: list[dict[str, Any]] = []
-    failed = 0
+    failed: list[dict[str, str]] = []
+    report = {"machine": machine(), "gpu": gpu, "torch": torch.__version__, "rows": rows}
+    report["tf32"] = {  # what "fp32" means on the GPU
+        "cudnn.allow_tf32": torch.backends.cudnn.allow_tf32,
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
+    }
+    report["failed"] = failed
     with tempfile.TemporaryDirectory() as tmp:
         sections = {
             "captioner training": lambda: captioner_training(setup),
@@ -332,14 +363,16 @@ def main(argv: list[str] | None = None) -> int:
             started = time.perf_counter()
             try:
                 rows.extend(section())
+            except RunStopped:  # a SIGTERM (the session's time limit) stops the whole run
+                raise
             except Exception as err:  # noqa: BLE001 - the other sections still run
-                failed += 1
                 where = traceback.extract_tb(err.__traceback__)[-1]
-                print(f"  FAILED: {type(err).__name__}: {err} ({where.filename}:{where.lineno})")
+                said = f"{type(err).__name__}: {err} ({where.filename}:{where.lineno})"
+                failed.append({"section": title, "error": said})
+                print(f"  FAILED: {said}")
             print(f"  ({time.perf_counter() - started:.0f} s)", flush=True)
             if args.json:
-                args.json.write_text(json.dumps({"machine": machine(), "gpu": gpu,
-                                                 "rows": rows}, indent=1))  # fmt: skip
+                args.json.write_text(json.dumps(report, indent=1))
             if setup.device.type == "cuda":
                 with contextlib.suppress(RuntimeError):
                     torch.cuda.empty_cache()

@@ -584,9 +584,9 @@ class StreamBatches:
         real = positions < self.predicted
         inputs = self.ids[positions.clamp(max=self.predicted - 1)].long()
         targets = self.ids[(positions + 1).clamp(max=self.predicted)].long()
-        if not real.all():
-            inputs = inputs.masked_fill(~real, 0)
-            targets = targets.masked_fill(~real, IGNORE_INDEX)
+        # always masked (asking whether any position is padding would wait for a GPU each step)
+        inputs = inputs.masked_fill(~real, 0)
+        targets = targets.masked_fill(~real, IGNORE_INDEX)
         return inputs, targets
 
     @property

@@ -187,6 +187,17 @@ class RecurrentCore(nn.Module):
             with torch.autocast("cpu", enabled=False):
                 outputs, new_state = self._run_fused(x.to(low), state.to(low), lengths, weights)
             return outputs, new_state.to(state.dtype)
+        if (
+            x.device.type == "cuda"
+            and torch.is_autocast_enabled("cuda")
+            and torch.get_autocast_dtype("cuda") != torch.float16
+        ):
+            # CUDA autocast runs cuDNN's RNNs in float16 whatever dtype it was asked for
+            # (aten/src/ATen/cudnn/AutocastRNN.cpp), without the gradient scaler float16 needs:
+            # under bf16 the cell runs in float32 outside autocast, the rest in bf16.
+            with torch.autocast("cuda", enabled=False):
+                outputs, new_state = self._run_fused(x.float(), state.float(), lengths)
+            return outputs, new_state.to(state.dtype)
         return self._run_fused(x, state, lengths)
 
     def _low_precision_weights(self, dtype: torch.dtype) -> dict[str, Tensor]:

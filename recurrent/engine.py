@@ -543,7 +543,7 @@ class Run:
             )
             torch.manual_seed(self.settings.seed + 1_000_003 * self.dist.rank + self.progress.step)
         else:
-            set_rng_state(rngs[self.dist.rank])
+            set_rng_state(rngs[self.dist.rank], self.device)
         self.log(f"resumed from {self.last_path} at step {self.progress.step}")
 
     # --- the loop -----------------------------------------------------------------------------
@@ -636,7 +636,7 @@ class Run:
             flush_checks()
             progress.elapsed_s = elapsed()
             # every rank's random-number state and data position (its own streams, say)
-            rngs = self.dist.all_gather_objects(rng_state())
+            rngs = self.dist.all_gather_objects(rng_state(self.device))
             datas = self.dist.all_gather_objects(data.state_dict())
             if main:
                 payload = self._payload(model, optimizer, scaler, datas, rngs, card, extra)

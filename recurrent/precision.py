@@ -50,11 +50,15 @@ def resolve(setting: str, device: torch.device) -> str:
         raise UserError(f"unknown precision {setting!r}; use auto, fp32, bf16 or fp16")
     if setting == "auto":
         if device.type == "cuda":
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+            return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp32"
         return "bf16" if AUTO_BF16_ON_CPU and cpu_has_native_bf16() else "fp32"
     if setting == "fp16" and device.type != "cuda":
         raise UserError("precision fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
-    if setting == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+    if (
+        setting == "bf16"
+        and device.type == "cuda"
+        and not torch.cuda.is_bf16_supported(including_emulation=False)
+    ):
         raise UserError("this GPU does not support bf16; use fp16 or fp32")
     return setting
 

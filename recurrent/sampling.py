@@ -47,8 +47,15 @@ def sample_next(
     greedy: bool = False,
     generator: torch.Generator | None = None,
 ) -> Tensor:
-    """Pick the next token for each row.  logits: (B, V) -> ids (B,)."""
+    """Pick the next token for each row.  logits: (B, V) -> ids (B,).
+
+    The draw runs on ``generator``'s device (a CPU generator with a model on a GPU, as the app
+    seeds it): the same seed then gives the same text on every device, up to the logits' rounding.
+    """
     if greedy:
         return logits.argmax(dim=-1)
     probs = torch.softmax(filter_logits(logits, temperature, top_k, top_p), dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    if generator is None or generator.device == probs.device:
+        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    drawn = torch.multinomial(probs.to(generator.device), 1, generator=generator)
+    return drawn.squeeze(-1).to(probs.device)

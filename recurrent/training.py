@@ -47,17 +47,28 @@ def warmup_cosine(step: int, *, warmup_steps: int, total_steps: int, min_ratio: 
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def rng_state() -> dict[str, Any]:
-    """All random-number state, as plain values and tensors (checkpoint-safe)."""
+def rng_state(device: torch.device) -> dict[str, Any]:
+    """The process's random-number state, as plain values and tensors (checkpoint-safe): Python's,
+    torch's CPU generator and, on a CUDA ``device``, that GPU's generator (the one the process
+    draws from; under torchrun every process saves its own)."""
     state: dict[str, Any] = {"python": random.getstate(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
+def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    """Restore `rng_state`'s ``state``; its GPU generator's state goes to ``device`` if that is a
+    CUDA device. (Checkpoints written before 2026-12-05 hold one state per visible GPU: the one of
+    ``device``'s index is used, and none if the run now sees fewer GPUs.)"""
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    saved = state.get("cuda")
+    if saved is None or device.type != "cuda":
+        return
+    if isinstance(saved, list | tuple):
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        saved = saved[index] if index < len(saved) else None
+    if saved is not None:
+        torch.cuda.set_rng_state(saved, device)

@@ -23,15 +23,16 @@ if compgen -G "$wheels/*.whl" >/dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
         --target /tmp/site "$wheels"/*.whl && export PYTHONPATH="$PYTHONPATH:/tmp/site"
 fi
+python3 -c "import nltk; print('nltk', nltk.__version__)" 2>&1 | tee "$out/nltk.txt"  # the captioner needs it
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee "$out/gpu.txt"
 python3 -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)" 2>&1 | tee -a "$out/gpu.txt"
 parallel=()
 python3 -c "import xdist" 2>/dev/null && parallel=(-n 4)  # pytest-xdist: 4 CLI runs at a time
-timeout 200 python3 -m pytest -m cuda tests/test_cuda.py -q -p no:cacheprovider "${parallel[@]}" 2>&1 |
+timeout -k 10 200 python3 -m pytest -m cuda tests/test_cuda.py -q -p no:cacheprovider "${parallel[@]}" 2>&1 |
     tee "$out/pytest_cuda.log"
 tests=${PIPESTATUS[0]}
 # shellcheck disable=SC2086 # GPU_BENCH_ARGS holds several arguments
-timeout 300 python3 bench/gpu.py --json "$out/gpu.json" ${GPU_BENCH_ARGS:-} 2>&1 | tee "$out/bench_gpu.log"
+timeout -k 10 300 python3 bench/gpu.py --json "$out/gpu.json" ${GPU_BENCH_ARGS:-} 2>&1 | tee "$out/bench_gpu.log"
 bench=${PIPESTATUS[0]}
 echo "pytest -m cuda exit $tests; bench/gpu.py exit $bench" | tee -a "$out/gpu.txt"
 [ "$tests" -eq 0 ] && [ "$bench" -eq 0 ]

@@ -62,3 +62,36 @@ def test_captioner_trains_resumes_compiles_and_captions_on_the_gpu(tmp_path):
     out = cli("-m", "captioner.caption", "--checkpoint", "run/last.pt", "--device", "cuda",
               str(image), cwd=tmp_path)  # fmt: skip
     assert str(image) in out.stdout
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_bf16_autocast_never_runs_the_fused_cell_in_float16(cell):
+    """CUDA autocast casts cuDNN RNNs to float16 even when asked for bf16 (no gradient scaler is
+    on then): the core runs its cell in float32 there, and its gradients match float32's."""
+    from recurrent.core import RecurrentCore
+
+    torch.manual_seed(0)
+    core = RecurrentCore(cell, 16, 32, 2, 0.0, "fused").cuda()
+    x = torch.randn(4, 7, 16, device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        outputs, state = core(x)
+    assert outputs.dtype == torch.float32 and state.dtype == torch.float32
+    outputs.sum().backward()
+    low = [p.grad.clone() for p in core.parameters()]
+    core.zero_grad()
+    reference, _ = core(x)
+    reference.sum().backward()
+    torch.testing.assert_close(outputs, reference, atol=1e-3, rtol=1e-3)  # TF32 at most
+    for grad, parameter in zip(low, core.parameters(), strict=True):
+        torch.testing.assert_close(grad, parameter.grad, atol=1e-2, rtol=1e-2)
+
+
+def test_sampling_with_a_cpu_generator_from_a_gpu_model_matches_the_cpu():
+    """The app seeds a CPU generator whatever the model's device: the draw runs on it, so the
+    same seed gives the same tokens on the GPU as on the CPU (it raised on the GPU)."""
+    from recurrent.sampling import sample_next
+
+    logits = torch.randn(8, 50)
+    on_cpu = sample_next(logits, top_k=10, generator=torch.Generator().manual_seed(3))
+    on_gpu = sample_next(logits.cuda(), top_k=10, generator=torch.Generator().manual_seed(3))
+    assert on_gpu.device.type == "cuda" and torch.equal(on_gpu.cpu(), on_cpu)

@@ -239,7 +239,8 @@ def beam_search(
     images leave the batch, so the decoder runs only for images still searching. The search ends
     when all are settled or after ``max_length`` steps; then each image's K beams, finished or
     not, are ranked by score, so ``n_best`` captions come back even when none ever emitted <end>
-    (fewer only when fewer than ``n_best`` allowed captions exist).
+    (fewer only when fewer than ``n_best`` allowed captions exist, or when diverse groups ended
+    on the same caption: it is returned once, at its best place).
 
     Diverse beam search (Vijayakumar et al. 2018, "Diverse Beam Search"), with
     ``diversity_groups`` G > 1: the K beams form G groups of K/G that each start from <start>. At
@@ -410,7 +411,9 @@ def _collect(
 ) -> None:
     """Fill ``results[image]`` with the ``n_best`` best of each image's K beams as `Caption`s,
     ranked by ``logprob / length ** length_penalty`` (a stable sort, so equal scores keep the
-    beam order); empty beams (-inf: fewer allowed captions than beams) are left out."""
+    beam order); empty beams (-inf: fewer allowed captions than beams) are left out, and so is a
+    caption already taken (diverse groups, each a beam search of its own, can end on the same
+    one, above all at a low diversity strength)."""
     beams = words.size(1)
     history = history.cpu()
     alpha_history = None if alpha_history is None else alpha_history.cpu()
@@ -419,15 +422,18 @@ def _collect(
     scores = beam_logprob.double() / lengths**length_penalty  # (B, K)
     order = torch.sort(scores, dim=1, descending=True, stable=True).indices
     for position, image in enumerate(images):
-        captions = []
+        captions: list[Caption] = []
+        taken: set[tuple[int, ...]] = set()
         for beam in order[position].tolist():
             logprob = float(beam_logprob[position, beam])
-            if logprob == NEG_INF or len(captions) == n_best:
-                continue
             row, length = position * beams + beam, int(words[position, beam])
+            tokens = tuple(history[row, :length].tolist())
+            if logprob == NEG_INF or len(captions) == n_best or tokens in taken:
+                continue
+            taken.add(tokens)
             captions.append(
                 Caption(
-                    tokens=history[row, :length].tolist(),
+                    tokens=list(tokens),
                     logprob=logprob,
                     score=float(scores[position, beam]),
                     attention=None

@@ -201,7 +201,11 @@ def show_models_dir(args: AppArgs, listing: Listing) -> None:
 
 
 def _use_upload() -> None:
+    """The uploaded file, kept for the session like the settings: a page switch drops the
+    uploader's own value (Streamlit forgets a widget that a run did not draw). Clearing the box
+    forgets it."""
     st.session_state["image_source"] = "upload"
+    st.session_state["kept_upload"] = st.session_state.get("upload")
 
 
 def _new_scene() -> None:
@@ -246,6 +250,8 @@ def caption_page(args: AppArgs, listing: Listing) -> None:
     scene_column.button("Draw a random scene", key="random_scene", on_click=_new_scene)
 
     source = st.session_state.get("image_source")
+    if uploaded is None and source == "upload":
+        uploaded = st.session_state.get("kept_upload")  # from before a page switch
     references: list[str] | None = None
     scene = None
     if source == "scene" and "scene_seed" in st.session_state:

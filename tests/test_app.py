@@ -249,6 +249,29 @@ def test_uploaded_image_caption_equals_library(
     assert at.image[0].proto.imgs[0].caption == name
 
 
+def test_an_upload_survives_a_page_switch_and_goes_with_the_cleared_box(app: AppTest) -> None:
+    """A page switch drops the uploader widget's own value (Streamlit forgets widgets that were not
+    drawn), while the settings stay: the upload is kept for the session like them. Clearing the
+    box forgets it."""
+    name = "scene.png"
+    upload = (name, GOOD_UPLOADS[name](), _mime(name))
+    at = _run(app)
+    at.file_uploader(key="upload").set_value(upload)
+    _run(at)
+    caption = at.subheader[0].value
+    at.file_uploader(key="upload").set_value(None)  # the box's x
+    _run(at)
+    assert not at.subheader and "Upload an image" in " ".join(_messages(at.info))
+    at.file_uploader(key="upload").set_value(upload)
+    _run(at)
+    at.radio(key="page").set_value("Generate text")
+    _run(at)
+    at.radio(key="page").set_value("Caption an image")
+    _run(at)
+    assert at.subheader and at.subheader[0].value == caption
+    assert at.image[0].proto.imgs[0].caption == name
+
+
 def test_show_and_tell_checkpoint_captions_without_heat_maps(
     app: AppTest, models: dict[str, Path]
 ) -> None:

@@ -210,10 +210,11 @@ def decode_features(
     captioner: Captioner, features: ImageFeatures, settings: DecodeConfig, *, n_best: int = 1
 ) -> list[list[Caption]]:
     """Beam search with ``settings`` for a batch of image features: one list of `Caption`s per
-    image, best first (none for an image whose every caption the settings forbid). It runs in the
-    precision the captioner serves in (`Captioner.autocast`), as the encoder does."""
+    image, best first. It runs in the precision the captioner serves in (`Captioner.autocast`), as
+    the encoder does. Settings that forbid every caption of an image raise `no_caption_error`
+    (they forbid them for every image: captions or scores of empty captions mean nothing)."""
     with captioner.autocast():
-        return beam_search(
+        decoded = beam_search(
             captioner.model.decoder,
             features.to(captioner.device),
             beam_size=settings.beam_size,
@@ -228,6 +229,9 @@ def decode_features(
             diversity_groups=settings.diversity_groups,
             diversity_strength=settings.diversity_strength,
         )
+    if any(not beams for beams in decoded):
+        raise no_caption_error(settings, len(captioner.vocab))
+    return decoded
 
 
 def no_caption_error(settings: DecodeConfig, vocab_size: int) -> UserError:
@@ -312,8 +316,6 @@ def caption_images(
             parts[0].grid_hw,
         )
         decoded = decode_features(captioner, features, settings, n_best=n_best)
-        if any(not beams for beams in decoded):
-            raise no_caption_error(settings, len(captioner.vocab))
         results.extend(to_result(captioner.vocab, beams, features.grid_hw) for beams in decoded)
     return results
 

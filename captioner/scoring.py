@@ -29,7 +29,7 @@ from captioner.config import DecodeConfig
 from captioner.data import ImageOnly, ImageRecord, load_records
 from captioner.data.formats import in_several_splits
 from captioner.encoder import ImageFeatures
-from captioner.inference import Captioner, decode_features, decode_settings, no_caption_error
+from captioner.inference import Captioner, decode_features, decode_settings
 from captioner.metrics import bleu_scores, cider_d_score, coco_scores
 from recurrent.distributed import Distributed
 from recurrent.errors import UserError, loader_worker_init
@@ -141,8 +141,6 @@ def evaluate_split(
             batches, total=total, desc="decoding", unit="batch", disable=not progress or None
         ):
             decoded = decode_features(captioner, features, settings)
-            if any(not beams for beams in decoded):  # scores of empty captions mean nothing
-                raise no_caption_error(settings, len(captioner.vocab))
             for index, beams in zip(indices, decoded, strict=True):
                 hypotheses[index] = captioner.vocab.decode(beams[0].tokens)
     finally:

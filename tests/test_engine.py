@@ -26,6 +26,8 @@ import struct
 import subprocess
 import sys
 import termios
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -457,29 +459,45 @@ class _Toy(nn.Module):
         return F.cross_entropy(self.linear(self.norm(self.embedding(x))), y)
 
 
+X, Y = torch.tensor([1, 2, 3, 6]), torch.tensor([0, 2, 1, 1])  # the toy's one batch
+
+
+def _fit_toy(
+    out_dir: Path,
+    rule: RunSettings,
+    model: nn.Module,
+    *,
+    step: Callable[[Run, nn.Module], StepResult] | None = None,
+    evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
+    resume: bool = False,
+) -> dict:
+    """`Run.fit` of ``model`` (a `_Toy`) for ``rule.max_steps`` steps on X, Y: by default each
+    step is the loss on them and each evaluation that loss too (the lower, the better)."""
+    run = Run(out_dir, task="char_lm", settings=rule, config={}, quiet=True, resume=resume)
+    optimizer = run.optimizer([("model", model, rule.lr)])
+    run.restore(model, optimizer, _NoData())
+    return run.fit(
+        model,
+        optimizer,
+        _NoData(),
+        step=partial(step, run) if step else lambda net: StepResult(net(X, Y), len(X)),
+        evaluate=evaluate or (lambda net: {"loss": net(X, Y).item()}),
+        score_key=lambda scores: (-scores["loss"],),
+        total_steps=rule.max_steps,
+        unit="items/s",
+        card={},
+        extra=lambda: {"vocab": []},  # what every checkpoint holds
+    )
+
+
 def test_the_logged_gradient_norm_is_the_norm_before_clipping(tmp_path):
     rule = RunSettings(
         max_steps=1, warmup_steps=0, lr=0.5, grad_clip=0.01, weight_decay=0.1, log_every=1,
         eval_every=0, checkpoint_every_s=0, device="cpu", precision="fp32",
     )  # fmt: skip
-    run = Run(tmp_path, task="char_lm", settings=rule, config={}, quiet=True)  # a toy model
     model = _Toy()
-    x, y = torch.tensor([1, 2, 3, 6]), torch.tensor([0, 2, 1, 1])
     reference = copy.deepcopy(model)
-    optimizer = run.optimizer([("model", model, rule.lr)])
-    run.restore(model, optimizer, _NoData())
-    run.fit(
-        model,
-        optimizer,
-        _NoData(),
-        step=lambda net: StepResult(net(x, y), len(x)),
-        evaluate=lambda net: {"loss": net(x, y).item()},
-        score_key=lambda scores: (-scores["loss"],),
-        total_steps=1,
-        unit="items/s",
-        card={},
-        extra=lambda: {"vocab": []},  # what every checkpoint holds
-    )
+    _fit_toy(tmp_path, rule, model)
     # The same step by hand: backward, clip_grad_norm_ (which returns the norm before clipping),
     # AdamW on the rule's groups.
     ref_optimizer = torch.optim.AdamW(
@@ -487,7 +505,7 @@ def test_the_logged_gradient_norm_is_the_norm_before_clipping(tmp_path):
         lr=rule.lr,
         betas=(0.9, rule.adam_beta2),
     )
-    reference(x, y).backward()
+    reference(X, Y).backward()
     params = [p for group in ref_optimizer.param_groups for p in group["params"]]
     norm = nn.utils.clip_grad_norm_(params, rule.grad_clip)  # in the optimizer's order, as the
     # engine does: the same sum, to the last bit
@@ -518,25 +536,16 @@ def test_a_gradient_scaler_skips_non_finite_gradients_and_the_run_goes_on(tmp_pa
         max_steps=3, warmup_steps=0, log_every=1, eval_every=0, checkpoint_every=1,
         checkpoint_every_s=0, device="cpu", precision="fp32",
     )  # fmt: skip
-    run = Run(tmp_path, task="char_lm", settings=rule, config={}, quiet=True)  # a toy model
-    model = _Toy()
-    x, y = torch.tensor([1, 2, 3, 6]), torch.tensor([0, 2, 1, 1])
-    optimizer = run.optimizer([("model", model, rule.lr)])
-    run.restore(model, optimizer, _NoData())
     calls = {"steps": 0}
 
-    def step(net: nn.Module) -> StepResult:
+    def step(run: Run, net: nn.Module) -> StepResult:
         calls["steps"] += 1
-        loss = net(x, y)
+        loss = net(X, Y)
         if calls["steps"] == 2:
             loss = loss + 0.0 * torch.sqrt(loss - loss)  # finite value, NaN gradient
-        return StepResult(loss, len(x))
+        return StepResult(loss, len(X))
 
-    summary = run.fit(
-        model, optimizer, _NoData(), step=step, evaluate=lambda net: {"loss": net(x, y).item()},
-        score_key=lambda scores: (-scores["loss"],), total_steps=3, unit="items/s", card={},
-        extra=lambda: {"vocab": []},
-    )  # fmt: skip
+    summary = _fit_toy(tmp_path, rule, _Toy(), step=step)
     assert summary["steps"] == 3
     grad_norms = [line["grad_norm"] for line in train_lines(tmp_path)]
     assert math.isfinite(grad_norms[0]) and not math.isfinite(grad_norms[1])
@@ -637,17 +646,8 @@ def test_a_non_finite_score_is_never_the_best_and_never_blocks_a_better_one(tmp_
         max_steps=4, warmup_steps=0, lr=0.1, log_every=1, eval_every=1, checkpoint_every_s=0,
         device="cpu", precision="fp32",
     )  # fmt: skip
-    run = Run(tmp_path, task="char_lm", settings=rule, config={}, quiet=True)
-    model = _Toy()
-    x, y = torch.tensor([1, 2, 3, 6]), torch.tensor([0, 2, 1, 1])
-    optimizer = run.optimizer([("model", model, rule.lr)])
-    run.restore(model, optimizer, _NoData())
     losses = iter([math.nan, 2.0, math.inf, 1.5])
-    summary = run.fit(
-        model, optimizer, _NoData(), step=lambda net: StepResult(net(x, y), len(x)),
-        evaluate=lambda net: {"loss": next(losses)}, score_key=lambda s: (-s["loss"],),
-        total_steps=4, unit="items/s", card={}, extra=lambda: {"vocab": []},
-    )  # fmt: skip
+    summary = _fit_toy(tmp_path, rule, _Toy(), evaluate=lambda net: {"loss": next(losses)})
     assert summary["best_step"] == 4 and summary["best_scores"] == {"loss": 1.5}
     evals = [r["best"] for r in read_metrics(tmp_path / "metrics.jsonl") if r["kind"] == "eval"]
     assert evals == [True, True, False, True]  # the first is best only for want of another
@@ -664,21 +664,14 @@ def test_a_resume_in_the_middle_of_a_logging_window_logs_the_same_figures(tmp_pa
             max_steps=steps, lr_decay_steps=10, warmup_steps=0, lr=0.1, log_every=5,
             eval_every=0, checkpoint_every_s=0, device="cpu", precision="fp32",
         )  # fmt: skip
-        run = Run(out_dir, task="char_lm", settings=rule, config={}, quiet=True, resume=resume)
         torch.manual_seed(0)
-        model = _Toy()
-        x, y = torch.tensor([1, 2, 3, 6]), torch.tensor([0, 2, 1, 1])
-        optimizer = run.optimizer([("model", model, rule.lr)])
-        run.restore(model, optimizer, _NoData())
 
-        def step(net):
-            return StepResult(net(x, y), len(x), figures={"f": float(run.progress.step + 1) ** 2})
+        def step(run: Run, net: nn.Module) -> StepResult:
+            return StepResult(net(X, Y), len(X), figures={"f": float(run.progress.step + 1) ** 2})
 
-        run.fit(
-            model, optimizer, _NoData(), step=step, evaluate=lambda net: {"loss": 0.0},
-            score_key=lambda s: (-s["loss"],), total_steps=steps, unit="items/s", card={},
-            extra=lambda: {"vocab": []},
-        )  # fmt: skip
+        _fit_toy(
+            out_dir, rule, _Toy(), step=step, evaluate=lambda net: {"loss": 0.0}, resume=resume
+        )
 
     run_to(tmp_path / "straight", 10, resume=False)
     run_to(tmp_path / "resumed", 7, resume=False)

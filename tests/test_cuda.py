@@ -1,11 +1,14 @@
 """GPU runs of both trainers, resume, mixed precision, torch.compile, caption and sample.
 
 Marked ``cuda`` and skipped where CUDA is absent (CI has no GPU); run them on a GPU machine with
-``pytest -m cuda``.
+``pytest -m cuda``. ``CRNN_CUDA_TESTS_DEVICE=cpu pytest -m cuda tests/test_cuda.py`` rehearses the
+command-line runs on the CPU (fp16 and the CUDA-only checks skipped), so that a mistake in a test
+does not cost a lent GPU's minutes: the first rehearsal found that `sample` needs a prompt here.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,10 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
-pytestmark = [
-    pytest.mark.cuda,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
-]
+DEVICE = os.environ.get("CRNN_CUDA_TESTS_DEVICE", "cuda")  # "cpu": a rehearsal without a GPU
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+pytestmark = [pytest.mark.cuda] + ([needs_cuda] if DEVICE == "cuda" else [])
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,16 +33,19 @@ def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("precision", ["auto", "fp32", "bf16", "fp16"])
 def test_char_lm_trains_resumes_and_samples_on_the_gpu(tmp_path, precision):
+    if precision == "fp16" and DEVICE != "cuda":
+        pytest.skip("fp16 needs a CUDA device")
     args = ["-m", "char_lm.train", "--config", str(ROOT / "configs/char_lm/tiny.yaml"), "--quiet"]
-    common = ["--set", "train.device=cuda", f"train.precision={precision}", "train.eval_every=2"]
+    common = ["--set", f"train.device={DEVICE}", f"train.precision={precision}"]
+    common += ["train.eval_every=2"]
     cli(*args, *common, "train.max_steps=2", "--out-dir", "run", cwd=tmp_path)
     cli(*args, *common, "train.max_steps=4", "--out-dir", "run", "--resume", cwd=tmp_path)
     saved = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
     assert saved["step"] == 4
     assert all(t.dtype == torch.float32 for t in saved["model"].values() if t.is_floating_point())
     out = cli(
-        "-m", "char_lm.sample", "--checkpoint", "run/last.pt", "--device", "cuda", "--seed", "1",
-        "--length", "20", cwd=tmp_path,
+        "-m", "char_lm.sample", "--checkpoint", "run/last.pt", "--device", DEVICE, "--seed", "1",
+        "--prompt", "the ", "--length", "20", cwd=tmp_path,
     )  # fmt: skip
     assert len(out.stdout) >= 20
 
@@ -50,7 +55,7 @@ def test_captioner_trains_resumes_compiles_and_captions_on_the_gpu(tmp_path):
         cwd=tmp_path)  # fmt: skip
     args = [
         "-m", "captioner.train", "--config", str(ROOT / "configs/captioner/tiny.yaml"), "--quiet",
-        "--set", "data.annotations=scenes/dataset_scenes.json", "train.device=cuda",
+        "--set", "data.annotations=scenes/dataset_scenes.json", f"train.device={DEVICE}",
         "train.eval_every=2",
     ]  # fmt: skip
     cli(*args, "train.max_steps=2", "--out-dir", "run", cwd=tmp_path)
@@ -59,11 +64,12 @@ def test_captioner_trains_resumes_compiles_and_captions_on_the_gpu(tmp_path):
     saved = torch.load(tmp_path / "compiled" / "last.pt", weights_only=True)
     assert not any(name.startswith("_orig_mod") for name in saved["model"])  # no compile prefix
     image = next((tmp_path / "scenes" / "images").glob("*.png"))
-    out = cli("-m", "captioner.caption", "--checkpoint", "run/last.pt", "--device", "cuda",
+    out = cli("-m", "captioner.caption", "--checkpoint", "run/last.pt", "--device", DEVICE,
               str(image), cwd=tmp_path)  # fmt: skip
     assert str(image) in out.stdout
 
 
+@needs_cuda
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 def test_bf16_autocast_never_runs_the_fused_cell_in_float16(cell):
     """CUDA autocast casts cuDNN RNNs to float16 even when asked for bf16 (no gradient scaler is
@@ -86,6 +92,7 @@ def test_bf16_autocast_never_runs_the_fused_cell_in_float16(cell):
         torch.testing.assert_close(grad, parameter.grad, atol=1e-2, rtol=1e-2)
 
 
+@needs_cuda
 def test_sampling_with_a_cpu_generator_from_a_gpu_model_matches_the_cpu():
     """The app seeds a CPU generator whatever the model's device: the draw runs on it, so the
     same seed gives the same tokens on the GPU as on the CPU (it raised on the GPU)."""

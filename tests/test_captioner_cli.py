@@ -83,7 +83,7 @@ def test_training_for_the_best_cider_reports_cider(trained: dict[str, Path], tmp
     assert f"best val CIDEr-D {best['CIDEr-D']:.2f} at step" in out
 
 
-def test_evaluate_json_and_predictions(trained: dict[str, Path]):
+def test_evaluate_json_and_predictions(trained: dict[str, Path], capsys):
     predictions = trained["root"] / "preds.json"
     flags = ["--json", "--no-meteor", "--predictions", str(predictions)]
     result = run("-m", "captioner.evaluate", "--checkpoint", str(trained["checkpoint"]), *flags)
@@ -105,6 +105,19 @@ def test_evaluate_json_and_predictions(trained: dict[str, Path]):
         if image["split"] == "test"
     }
     assert {item["image_id"] for item in results} == test_ids
+    # --split val scores the val images (and says so)
+    code, out, _ = run_main(
+        evaluate.main,
+        ["--checkpoint", str(trained["checkpoint"]), "--split", "val", *flags],
+        capsys,
+    )
+    val_ids = {
+        int(image["filename"].split(".")[0])
+        for image in json.loads(trained["annotations"].read_text())["images"]
+        if image["split"] == "val"
+    }
+    assert code == 0 and json.loads(out)["split"] == "val"
+    assert {item["image_id"] for item in json.loads(predictions.read_text())} == val_ids != test_ids
 
 
 def test_caption_two_images(trained: dict[str, Path], capsys):

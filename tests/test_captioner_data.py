@@ -12,6 +12,7 @@ import json
 import random
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -175,6 +176,13 @@ def test_flickr8k(tmp_path: Path) -> None:
     assert records[2].captions == ("caption 0 of 3.jpg", "caption 1 of 3.jpg")
     assert records[0].image_path == str(tmp_path / "Images" / "1.jpg")
 
+    # a name listed twice would be two records of one image (in two lists: trained and scored)
+    (tmp_path / "Flickr_8k.testImages.txt").write_text("4.jpg\n1.jpg\n")
+    _raises_one_line(
+        lambda: load_records("flickr8k", token, tmp_path / "Images"),
+        "Flickr_8k.testImages.txt' line 2",
+        "'1.jpg' is already in the train list",
+    )
     (tmp_path / "Flickr_8k.devImages.txt").unlink()
     _raises_one_line(
         lambda: load_records("flickr8k", token, tmp_path / "Images"), "Flickr_8k.devImages.txt"
@@ -225,6 +233,9 @@ def test_coco_train_and_val_files(tmp_path: Path) -> None:
     assert by_split["train"] == train_names
     assert len(by_split["val"]) == len(by_split["test"]) == 5
     assert set(by_split["val"]) | set(by_split["test"]) == set(val_names)
+    # the val file is shared between val and test in the proportion of their fractions
+    skewed = load_records("coco", [train, val], tmp_path, val_fraction=0.2, test_fraction=0.6)
+    assert Counter(r.split for r in skewed) == {"train": 6, "val": 3, "test": 7}
 
     only_val = load_records("coco", val, tmp_path)
     assert {r.split for r in only_val} == {"val", "test"}
@@ -269,6 +280,12 @@ def test_csv_with_split_column_merges_rows(tmp_path: Path) -> None:
         ImageRecord(str(absolute), ("a green one",), "test"),
     ]
 
+    # one image in two splits: a test image's captions would have been trained on
+    leak = tmp_path / "leak.csv"
+    leak.write_text("image,caption,split\nimgs/a.png,x,train\nimgs/a.png,y,test\n")
+    _raises_one_line(
+        lambda: load_records("csv", leak, tmp_path), "line 3", "'test'", "keep each image in one"
+    )
     bad = tmp_path / "bad.csv"
     bad.write_text("image,caption,split\nimgs/a.png,x,holdout\n")
     _raises_one_line(lambda: load_records("csv", bad, tmp_path), "bad.csv", "line 2", "holdout")
@@ -420,6 +437,9 @@ def test_datasets_and_collate(tmp_path: Path) -> None:
 
     short = CaptionPairs(records, vocab, transform, max_length=4)
     assert short[2][1].tolist()[-1] == vocab.end_id and len(short[2][1]) == 4
+    assert vocab.decode(short[2][1]) == "a very"
+    exact = CaptionPairs(records, vocab, transform, max_length=7)  # <start>, 5 words, <end>
+    assert vocab.decode(exact[2][1]) == "a very red dog runs"
 
     only = ImageOnly(records, transform)
     assert len(only) == 2 and only[1][1] == 1 and only[1][0].shape == (3, 16, 16)

@@ -7,6 +7,7 @@ image and never again; best.pt follows the best val BLEU-4; patience stops train
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ import yaml
 import captioner.train as train_module
 from captioner.config import CaptionerConfig, check_config, describe_data, describe_model
 from captioner.data import Vocabulary, load_image, select_split
+from captioner.data.vocab import tokenize
 from captioner.encoder import ImageEncoder
 from captioner.features import FeatureCache
 from captioner.inference import caption_images, eval_transform, load_captioner
@@ -37,6 +39,53 @@ def tiny_cfg(annotations: Path, *overrides: str) -> CaptionerConfig:
 
 def quiet_train(cfg: CaptionerConfig, out_dir: Path, resume: bool = False) -> dict:
     return train(cfg, out_dir, resume, quiet=True)
+
+
+def test_the_vocabulary_and_the_caption_lengths_are_the_train_splits(
+    scenes_annotations: Path, tmp_path: Path, monkeypatch
+):
+    """Words seen only in val or test captions stay out of the vocabulary (they would be <unk> to
+    a model that never trained on them), and a caption of exactly `data.max_caption_length` words
+    is trained on whole: <start>, every word, <end>."""
+    data = json.loads(scenes_annotations.read_text())
+    for image in data["images"]:
+        if image["split"] in ("val", "test"):
+            image["sentences"].append({"raw": "a zebra grazes", "tokens": ["a", "zebra", "grazes"]})
+    annotations = tmp_path / "dataset_scenes.json"
+    annotations.write_text(json.dumps(data))
+    train_captions = [
+        s["raw"]
+        for image in data["images"]
+        if image["split"] == "train"
+        for s in image["sentences"]
+    ]
+    longest = max(len(tokenize(c)) for c in train_captions)
+    made = []
+
+    class WatchedPairs(train_module.CaptionPairs):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(train_module, "CaptionPairs", WatchedPairs)
+    cfg = tiny_cfg(
+        annotations,
+        f"data.image_root={scenes_annotations.parent}",
+        f"data.max_caption_length={longest}",
+        "train.max_steps=1",
+        "train.eval_every=0",
+    )
+    quiet_train(cfg, tmp_path / "run")
+    vocab = Vocabulary.from_list(
+        load_checkpoint(tmp_path / "run" / "last.pt", task="captioner")["vocab"]
+    )
+    assert vocab.to_list() == Vocabulary.build(train_captions, 1).to_list()
+    assert "zebra" not in vocab.to_list() and "grazes" not in vocab.to_list()
+    [pairs] = made
+    for index, (record, caption) in enumerate(pairs.pairs):
+        whole = vocab.encode(pairs.records[record].captions[caption])
+        assert pairs[index][1].tolist() == whole  # nothing cut: no caption is longer than this
+    assert max(len(pairs[i][1]) for i in range(len(pairs))) == longest + 2
 
 
 def test_checkpoint_decodes_to_what_training_scored(scenes_annotations: Path, tmp_path: Path):
@@ -66,6 +115,10 @@ def test_checkpoint_decodes_to_what_training_scored(scenes_annotations: Path, tm
     records = select_split(load_data_records(cfg.data), "val")
     scores, predictions = evaluate_split(captioner, records, coco_metrics=False)
     assert scores == summary["best_scores"]  # same weights, same decoded captions, same BLEU
+    captioner.model.train()  # BatchNorm would use batch statistics: evaluation switches to eval
+    assert evaluate_split(captioner, records, coco_metrics=False)[0] == scores
+    assert captioner.model.training  # and back
+    captioner.model.eval()
 
     # The PIL path of the library API decodes the same captions, and BLEU is computed from them.
     results = caption_images(

@@ -12,11 +12,24 @@ from tiny_models import train_tiny_captioner
 from captioner import compare as compare_cli
 from captioner import evaluate as evaluate_cli
 from captioner.cider import corpus_cider_d
-from captioner.data import load_records, select_split
+from captioner.data import ImageRecord, load_records, select_split
 from captioner.metrics import bleu_scores
 from captioner.scenes import generate_dataset
 from captioner.scoring import TOKENIZER, image_ids
 from recurrent.errors import run_cli
+
+
+def test_image_ids_are_the_file_numbers_else_the_stems_else_the_positions():
+    """COCO results need one image_id per image: numbers while they are unique (COCO's own files
+    and the scenes), else the file stems, else the positions; never two images with one id."""
+
+    def ids(*paths: str) -> list[int | str]:
+        return image_ids([ImageRecord(path, ("a caption",), "test") for path in paths])
+
+    assert ids("val2014/COCO_val2014_000000000042.jpg", "b/000007.png") == [42, 7]
+    assert ids("a/cat_1.png", "b/dog_1.png") == ["cat_1", "dog_1"]  # both would be 1
+    assert ids("a/cat.png", "b/dog_2.png") == ["cat", "dog_2"]
+    assert ids("a/x.png", "b/x.jpg") == [0, 1]
 
 
 @pytest.fixture(scope="module")

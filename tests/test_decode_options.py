@@ -3,8 +3,10 @@ against brute force and a plain reference implementation, in the batched beam se
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,7 +22,8 @@ from test_captioner_decode import (
     random_features,
 )
 
-from captioner.config import CaptionerConfig, check_config
+import captioner.inference as inference
+from captioner.config import CaptionerConfig, DecodeConfig, check_config
 from captioner.decode import beam_search, check_decode_settings, greedy_decode
 from recurrent.config import load_config
 from recurrent.errors import UserError
@@ -189,21 +192,26 @@ def diverse_reference(decoder, features, row, *, beam_size, groups, strength, ma
 
 
 @pytest.mark.parametrize("attention", [False, True])
-@pytest.mark.parametrize("groups,strength,penalty", [(2, 1.5, 0.0), (3, 0.7, 0.5)])
-def test_diverse_beam_search_equals_a_plain_reference(attention, groups, strength, penalty):
+@pytest.mark.parametrize(
+    "beam_size,groups,strength,penalty",
+    [(6, 2, 1.5, 0.0), (6, 3, 0.7, 0.5), (2, 1, 0.0, 1.0), (3, 1, 0.0, 0.6)],
+)  # one group: a narrow plain beam with a length penalty, where a live beam can overtake a done one
+def test_diverse_beam_search_equals_a_plain_reference(
+    attention, beam_size, groups, strength, penalty
+):
     decoder, features = make_decoder(attention, vocab=8, end_bias=0.8), random_features(batch=3)
-    beam_size, max_length = 6, 4
-    results = beam_search(
-        decoder,
-        features,
+    max_length = 4
+    settings = dict(
         beam_size=beam_size,
         max_length=max_length,
         length_penalty=penalty,
-        n_best=beam_size,
         diversity_groups=groups,
         diversity_strength=strength,
         **COMMON,
     )
+    results = beam_search(decoder, features, n_best=beam_size, **settings)
+    # With n_best 1 the search may settle an image early only where no live beam can overtake.
+    best = beam_search(decoder, features, n_best=1, **settings)
     for row in range(3):
         expected = diverse_reference(
             decoder,
@@ -220,6 +228,7 @@ def test_diverse_beam_search_equals_a_plain_reference(attention, groups, strengt
         got = results[row]
         assert [(c.tokens, c.finished) for c in got] == [e[:2] for e in expected]
         assert [c.logprob for c in got] == pytest.approx([e[2] for e in expected], abs=1e-4)
+        assert [(c.tokens, c.finished) for c in best[row]] == [expected[0][:2]]
 
 
 def test_diversity_strength_zero_gives_independent_copies_of_a_narrower_search():
@@ -290,3 +299,44 @@ def test_a_beam_the_checkpoints_diversity_groups_do_not_divide_names_them():
         decode_settings(checkpoint, beam_size=1)
     assert decode_settings(checkpoint, beam_size=1, diversity_groups=1).beam_size == 1
     assert decode_settings(checkpoint) == decode
+
+
+def test_every_decoding_setting_reaches_the_search(monkeypatch):
+    """`caption_images` (the `caption` command and the app) runs the search with the checkpoint's
+    decode section, and with each setting given in its place, zeros and False included; and
+    suppress_unk keeps <unk> out of captions of a model that would emit it everywhere."""
+    bundled = Path(__file__).resolve().parents[1] / "models" / "scenes_captioner.pt"
+    captioner = inference.load_captioner(str(bundled))
+    saved = DecodeConfig(beam_size=4, max_length=9, length_penalty=0.5, block_ngram_repeat=2,
+                         min_length=2, suppress_unk=True, diversity_groups=2,
+                         diversity_strength=0.3)  # fmt: skip
+    captioner.cfg = dataclasses.replace(captioner.cfg, decode=saved)
+    searches, search = [], inference.beam_search
+
+    def watched(decoder, features, **options):
+        searches.append(options)
+        return search(decoder, features, **options)
+
+    monkeypatch.setattr(inference, "beam_search", watched)
+    images = list(torch.randint(0, 256, (2, 3, 96, 96), dtype=torch.uint8,
+                                generator=torch.Generator().manual_seed(0)))  # fmt: skip
+    unk = captioner.vocab.unk_id
+
+    def expected(config: DecodeConfig, suppress: list[int]) -> dict:
+        fields = dataclasses.asdict(config)
+        del fields["suppress_unk"]
+        return {**fields, "suppress_ids": suppress}
+
+    inference.caption_images(captioner, images)
+    assert searches[-1].items() >= expected(saved, [unk]).items()
+    overrides = dict(beam_size=3, max_length=7, length_penalty=0.0, block_ngram_repeat=0,
+                 min_length=0, suppress_unk=False, diversity_groups=1, diversity_strength=0.0)  # fmt: skip
+    inference.caption_images(captioner, images, **overrides)
+    assert searches[-1].items() >= expected(DecodeConfig(**overrides), []).items()
+
+    with torch.no_grad():
+        captioner.model.decoder.output.bias[unk] += 50.0  # <unk> is every word's best now
+    free = inference.caption_images(captioner, images, suppress_unk=False)
+    assert all("<unk>" in result.words for result in free)
+    suppressed = inference.caption_images(captioner, images)  # the checkpoint's suppress_unk
+    assert all(result.words and "<unk>" not in result.words for result in suppressed)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import time
 from pathlib import Path
 
@@ -209,6 +210,20 @@ def test_store_reads_what_the_encoder_computed(scenes_annotations: Path, tmp_pat
     assert len(again.missing(records)) == lost_images > 0
     assert again.ensure(records, device=torch.device("cpu"), progress=False) == lost_images
     assert torch.equal(again.store(records).features(order).grid, via_memory.grid)
+    # other weights under the same settings (a weights file replaced in place): a cache of its own
+    changed = frozen_encoder(cfg)
+    with torch.no_grad():
+        next(changed.parameters()).add_(0.01)
+    assert FeatureCache(tmp_path, changed, cfg, transform).dir != cache.dir
+    # an image rewritten in place with the same number of bytes (a new mtime) is encoded again
+    rewritten = records[5].image_path
+    stat = os.stat(rewritten)
+    os.utime(rewritten, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    try:
+        later = FeatureCache(tmp_path, frozen_encoder(cfg), cfg, transform)  # a later run
+        assert later.missing(records) == [records[5]]
+    finally:
+        os.utime(rewritten, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     # bf16 features differ from these fp32 ones by about 1%: a bf16 run has a cache of its own
     # (an fp32 run reused bf16 features silently)
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)  # any CI machine

@@ -90,8 +90,10 @@ def test_samples_carry_their_teacher_forced_log_probs_and_masks(attention):
     assert torch.equal(again.tokens, samples.tokens)
 
 
-def test_sampling_follows_the_model_distribution():
-    """First words drawn from a table decoder: frequencies match the probabilities."""
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_sampling_follows_the_model_distribution(temperature):
+    """First words drawn from a table decoder: frequencies match the probabilities, sharpened or
+    flattened by the temperature (softmax(log p / temperature))."""
     probs = torch.full((8, 8), 1e-12)
     probs[START, [4, 5, 6]] = torch.tensor([0.6, 0.3, 0.1])
     probs[4:7, END] = 1.0
@@ -103,12 +105,14 @@ def test_sampling_follows_the_model_distribution():
         features,
         samples_per_image=3000,
         max_length=3,
+        temperature=temperature,
         generator=torch.Generator().manual_seed(1),
         **COMMON,
     )
     first = samples.tokens[:, 0]
     frequencies = torch.stack([(first == word).float().mean() for word in (4, 5, 6)])
-    torch.testing.assert_close(frequencies, torch.tensor([0.6, 0.3, 0.1]), atol=0.02, rtol=0)
+    expected = torch.softmax(torch.tensor([0.6, 0.3, 0.1]).log() / temperature, dim=0)
+    torch.testing.assert_close(frequencies, expected, atol=0.02, rtol=0)
     assert bool(samples.finished.all()) and (samples.words == 1).all()
 
 
@@ -221,6 +225,38 @@ def test_scst_step_raises_the_reward(baseline):
     assert greedy_reward() > before
     assert set(stats) >= {"reward", "baseline", "advantage", "repeat_share", "sample_words"}
     assert ("greedy_reward" in stats) == (baseline == "greedy")
+
+
+@pytest.mark.parametrize("baseline", ["greedy", "mean"])
+def test_scst_loss_weighs_each_sample_by_its_reward_minus_its_own_baseline(baseline):
+    """The loss, rebuilt from its parts: each sample's CIDEr-D against its own image's references,
+    minus its own baseline (its image's greedy caption's reward, or the mean of its image's other
+    samples), times its log-probability. One baseline for the whole batch, or a mean that counts
+    the sample itself, gives another loss."""
+    vocab, cider = _vocab_and_cider()
+    decoder, features = make_decoder(True, seed=3).eval(), random_features(batch=2)
+    settings = dict(samples_per_image=4, max_length=5)
+    loss, stats = scst_loss(
+        decoder, features, [0, 1], cider, vocab, baseline=baseline,
+        generator=torch.Generator().manual_seed(4), **settings,
+    )  # fmt: skip
+    samples = sample_captions(
+        decoder, features, generator=torch.Generator().manual_seed(4), **settings, **COMMON
+    )
+    words = [vocab.decode_tokens(tokens) for tokens in samples.token_lists()]
+    rewards = torch.tensor(cider.scores(words, [0] * 4 + [1] * 4)).float().view(2, 4)
+    if baseline == "greedy":
+        greedy = greedy_decode(decoder, features, max_length=5, **COMMON)
+        greedy_words = [vocab.decode_tokens(caption.tokens) for caption in greedy]
+        base = torch.tensor(cider.scores(greedy_words, [0, 1])).float()[:, None].expand(2, 4)
+    else:
+        base = torch.stack([(row.sum() - row) / 3 for row in rewards])
+    assert len(set(base.flatten().tolist())) > 1  # the images' baselines differ: the test bites
+    advantages = (rewards - base).flatten()
+    expected = policy_gradient_loss(samples, advantages)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert stats["advantage"] == pytest.approx(float(advantages.abs().mean()), rel=1e-5)
+    assert stats["reward"] == pytest.approx(float(rewards.mean()), rel=1e-5)
 
 
 def test_scst_gradient_favours_the_sample_above_the_baseline():

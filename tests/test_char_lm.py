@@ -171,6 +171,27 @@ def test_evaluation_streams_predict_every_character_exactly_once():
     assert (targets[targets != IGNORE_INDEX] == inputs + 1).all()
 
 
+@pytest.mark.parametrize("backend", ["fused", "explicit"])
+def test_dropout_on_the_cores_output_also_for_one_layer(backend):
+    """`model.dropout` (between stacked layers and on the core's output): a one-layer model drops
+    out its core's output while training, once (the explicit core leaves its top layer alone, as
+    torch.nn does), and never in eval mode."""
+    cfg = ModelConfig(cell="gru", num_layers=1, hidden_size=16, embed_size=8, dropout=0.5)
+    model = random_model(dataclasses.replace(cfg, backend=backend), 7)
+    ids = torch.randint(0, 7, (2, 9), generator=torch.Generator().manual_seed(0))
+    outputs, _ = model.core(model.embedding(ids))
+    model.train()
+    core_outputs = [model.core(model.embedding(ids))[0] for _ in range(2)]
+    assert all(torch.equal(out, outputs) for out in core_outputs)  # no dropout inside one layer
+    torch.manual_seed(1)
+    first = model(ids)[0]
+    torch.manual_seed(1)
+    mask = F.dropout(torch.ones_like(outputs), 0.5, training=True)
+    torch.testing.assert_close(first, model.head(outputs * mask))
+    model.eval()
+    torch.testing.assert_close(model(ids)[0], model.head(outputs))
+
+
 def test_evaluate_text_is_the_exact_mean_over_all_predictions():
     model = random_model(ModelConfig(cell="lstm", num_layers=1, hidden_size=16, embed_size=8), 7)
     ids = torch.randint(0, 7, (61,), generator=torch.Generator().manual_seed(3))
@@ -181,6 +202,21 @@ def test_evaluate_text_is_the_exact_mean_over_all_predictions():
     assert loss == pytest.approx(reference, abs=1e-5)
     _, count3 = evaluate_text(model, ids, block_size=8, streams=3)
     assert count3 == 60
+    # 7 streams of 9 (the last one padded: 6 predictions), each walked from a zero state
+    loss7, count7 = evaluate_text(model, ids, block_size=4, streams=7)
+    total = 0.0
+    for start in range(0, 60, 9):
+        end = min(start + 9, 60)
+        logits, _, _ = model(ids[None, start:end])
+        total += F.cross_entropy(logits[0], ids[start + 1 : end + 1], reduction="sum").item()
+    assert count7 == 60 and loss7 == pytest.approx(total / 60, abs=1e-5)
+    # max_windows (train.eval_batches) takes the first windows only; the model's mode is kept
+    model.eval()
+    assert evaluate_text(model, ids, block_size=4, streams=3, max_windows=1)[1] == 3 * 4
+    assert not model.training
+    model.train()
+    evaluate_text(model, ids, block_size=4, streams=3)
+    assert model.training
 
 
 def test_training_carries_the_state_across_windows_and_resets_it_on_wrap_around(tmp_path):
@@ -258,6 +294,11 @@ def test_download_is_cached_and_checked(tmp_path, monkeypatch):
     assert load_text(DataConfig(path="", url=url, sha256=digest)) == "to be or not to be\n"
     cached = list((tmp_path / "cache").rglob("*corpus.txt"))
     assert len(cached) == 1
+    # a cached copy that lost its digest (a disk error, an edit) is fetched again
+    cached[0].write_text("to be or not to bE\n", encoding="utf-8")
+    source.write_text("to be or not to be\n", encoding="utf-8")
+    assert load_text(DataConfig(path="", url=url, sha256=digest)) == "to be or not to be\n"
+    assert cached[0].read_text(encoding="utf-8") == "to be or not to be\n"
 
     source.write_text("something else\n", encoding="utf-8")
     with pytest.raises(UserError, match=r"sha256 .* not the expected 0+ .*--set data.path="):

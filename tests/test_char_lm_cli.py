@@ -93,7 +93,7 @@ def test_sample_streams_prompt_and_seeded_text(trained):
     assert result.stdout == "the " + expected + "\n"
 
 
-def test_evaluate_json_matches_the_library(trained):
+def test_evaluate_json_matches_the_library(trained, capsys):
     text_file, checkpoint = trained
     result = run("char_lm.evaluate", "--checkpoint", str(checkpoint), "--text", str(text_file),
                  "--json")  # fmt: skip
@@ -104,6 +104,12 @@ def test_evaluate_json_matches_the_library(trained):
     assert report["characters"] == count == len(TEXT) - 1
     assert report["loss_nats"] == pytest.approx(loss, abs=1e-6)
     assert report["bits_per_char"] == pytest.approx(loss / 0.6931471805599453, abs=1e-6)
+    # --streams 5: five streams, each from a zero state (a little worse than one)
+    argv = ["--checkpoint", str(checkpoint), "--text", str(text_file), "--json", "--streams", "5"]
+    assert run_cli(evaluate.main, argv) == 0
+    streamed = json.loads(capsys.readouterr().out)["loss_nats"]
+    expected, _ = evaluate_text(model, encode(TEXT, vocab), block_size=256, streams=5)
+    assert streamed == pytest.approx(expected, abs=1e-6) and expected != pytest.approx(loss)
 
 
 def test_user_error_through_a_real_process(tmp_path):
@@ -129,6 +135,7 @@ def bad_inputs(
     (tmp_path / "not_a_checkpoint.pt").write_text("hello")
     save_checkpoint({"task": "captioner", "config": {}, "vocab": ["<pad>"]}, tmp_path / "cap.pt")
     (tmp_path / "same_characters.txt").write_text(TEXT * 2)  # same vocabulary, another text
+    (tmp_path / "other_characters.txt").write_text(TEXT.replace("z", "Z"))  # as many characters
     edited = {  # the trained checkpoint with impossible contents, each saved the normal way
         "nan_weights.pt": lambda p: p["model"]["head.weight"].fill_(float("nan")),
         "negative_size.pt": lambda p: p["config"]["model"].update(hidden_size=-5),
@@ -202,6 +209,11 @@ def bad_inputs(
             sample, ["--checkpoint", str(checkpoint), "--device", "meta"],
             "unknown device 'meta'; use auto, cpu or cuda",
         ),
+        "--init-from a model of as many characters, not the same": (
+            train_cli, ["--config", TINY, "--set", f"data.path={tmp_path / 'other_characters.txt'}",
+                        "--init-from", str(checkpoint), *out],
+            "another vocabulary than the checkpoint's (entry 3 is 'Z', the checkpoint's 'a')",
+        ),
         "config is a folder": (
             train_cli, ["--config", str(tmp_path), *out], f"config file {tmp_path} is a folder",
         ),
@@ -253,6 +265,7 @@ CASES = [
     "checkpoint whose config is out of bounds",
     "checkpoint whose vocabulary repeats a character",
     "resume on another text",
+    "--init-from a model of as many characters, not the same",
 ]
 
 

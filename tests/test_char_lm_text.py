@@ -37,6 +37,7 @@ from char_lm.scoring import evaluate_text
 from char_lm.train import train
 from recurrent.config import load_config
 from recurrent.errors import UserError
+from recurrent.sampling import sample_next
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "char_lm"
 MIXED = (
@@ -335,3 +336,22 @@ def test_a_prompt_longer_than_one_window_continues_as_if_fed_at_once(monkeypatch
     monkeypatch.setattr(generate_module, "PROMPT_WINDOW", 10**9)
     at_once = "".join(generate(model, vocab, prompt, 40, greedy=True))
     assert windowed == at_once
+    # an irregular prompt in windows of 7: the state must cross every window (the last window
+    # alone, 6 characters, continues otherwise)
+    seen = []
+
+    def first_logits(prompt: str) -> torch.Tensor:
+        seen.clear()
+        list(generate(model, vocab, prompt, 1, greedy=True))
+        return seen[0]
+
+    def watched(logits, **options):
+        seen.append(logits)
+        return sample_next(logits, **options)
+
+    monkeypatch.setattr(generate_module, "sample_next", watched)
+    prompt = "".join(random.Random(0).choice(vocab) for _ in range(300))
+    at_once = first_logits(prompt)
+    monkeypatch.setattr(generate_module, "PROMPT_WINDOW", 7)
+    torch.testing.assert_close(first_logits(prompt), at_once, atol=1e-5, rtol=0)
+    assert not torch.allclose(first_logits(prompt[-6:]), at_once, atol=1e-3)

@@ -78,6 +78,8 @@ def test_char_lm_two_processes_match_one_and_resume_exactly(tmp_path):
     assert_same_run(tmp_path / "one", tmp_path / "two", exact=False)
     saved = torch.load(tmp_path / "two" / "last.pt", weights_only=True)
     assert len(saved["rng"]) == len(saved["data"]) == 2  # every rank's state is kept
+    # each process draws its own dropout masks (seeded by rank), not copies of one another's
+    assert not torch.equal(saved["rng"][0]["torch"], saved["rng"][1]["torch"])
     assert [d["streams"] for d in saved["data"]] == [2, 2]
 
     # Resume under torchrun: 3 steps, then --resume to 6, is the 6-step run.

@@ -51,6 +51,7 @@ from recurrent.engine import (
     Run,
     RunSettings,
     StepResult,
+    build_optimizer,
     lr_factor,
     parameter_groups,
     read_metrics,
@@ -317,6 +318,16 @@ def test_trainers_build_their_optimizer_by_the_rule(task, scenes_annotations, tm
     assert {g["weight_decay"] for g in groups} == {0.05, 0.0}
 
 
+def test_the_optimizers_are_char_rnns_rmsprop_and_adamw():
+    def groups() -> list[dict]:
+        return [{"params": [nn.Parameter(torch.zeros(2))], "lr": 0.1}]
+
+    rmsprop = build_optimizer(groups(), RunSettings(optimizer="rmsprop", lr=0.1))
+    assert isinstance(rmsprop, torch.optim.RMSprop) and rmsprop.defaults["alpha"] == 0.95
+    adamw = build_optimizer(groups(), RunSettings(optimizer="adamw", lr=0.1, adam_beta2=0.98))
+    assert isinstance(adamw, torch.optim.AdamW) and adamw.defaults["betas"] == (0.9, 0.98)
+
+
 # --- checkpoint cadence -------------------------------------------------------------------------
 
 
@@ -517,6 +528,29 @@ def test_the_logged_gradient_norm_is_the_norm_before_clipping(tmp_path):
         assert torch.equal(saved[name], value), name  # and the step used the clipped gradient
 
 
+def test_a_metrics_line_holds_the_means_of_its_steps(tmp_path, monkeypatch):
+    """log_every 3: each train line's loss and gradient norm are the means over its 3 steps."""
+    norms, clip = [], nn.utils.clip_grad_norm_
+
+    def watched(params, max_norm, **options):
+        norms.append(clip(params, max_norm, **options).item())
+        return torch.tensor(norms[-1])
+
+    monkeypatch.setattr(nn.utils, "clip_grad_norm_", watched)
+    rule = RunSettings(
+        max_steps=6, warmup_steps=0, lr=0.3, grad_clip=10.0, log_every=3, eval_every=0,
+        checkpoint_every_s=0, device="cpu", precision="fp32",
+    )  # fmt: skip
+    torch.manual_seed(0)
+    summary = _fit_toy(tmp_path, rule, _Toy())
+    lines = train_lines(tmp_path)
+    assert [line["step"] for line in lines] == [3, 6] and len(norms) == 6
+    for line, start in zip(lines, (0, 3), strict=True):
+        assert line["grad_norm"] == pytest.approx(sum(norms[start : start + 3]) / 3, rel=1e-5)
+        losses = summary["losses"][start : start + 3]
+        assert line["loss"] == pytest.approx(sum(losses) / 3, rel=1e-5)
+
+
 def test_a_gradient_scaler_skips_non_finite_gradients_and_the_run_goes_on(tmp_path, monkeypatch):
     """Under fp16 the engine's gradient scaler skips a step whose gradients overflow, and lowers
     its scale: that is no reason to stop (CUDA-only in real runs; here the same scaler on the
@@ -682,3 +716,31 @@ def test_a_resume_in_the_middle_of_a_logging_window_logs_the_same_figures(tmp_pa
     )
     assert straight == [(5, 11.0, straight[0][2]), (10, 66.0, straight[1][2])]  # means of k^2
     assert resumed[-1] == straight[-1]
+
+
+def test_patience_counts_evaluations_since_the_best_across_a_resume(tmp_path):
+    """Patience 2 stops at the second evaluation in a row without a better score: a better one
+    starts the count again, a resume keeps it, and each evaluation's train_loss is the mean of the
+    steps since the one before. The time spent so far travels in the checkpoint."""
+    losses = iter([3.0, 4.0, 2.0, 5.0, 6.0, 7.0, 8.0, 9.0])
+
+    def run(max_steps: int, resume: bool) -> dict:
+        rule = RunSettings(
+            max_steps=max_steps, lr_decay_steps=8, warmup_steps=0, lr=0.1, log_every=1,
+            eval_every=1, patience=2, checkpoint_every_s=0, device="cpu", precision="fp32",
+        )  # fmt: skip
+        torch.manual_seed(0)
+        evaluate = lambda net: {"loss": next(losses)}  # noqa: E731
+        return _fit_toy(tmp_path, rule, _Toy(), evaluate=evaluate, resume=resume)
+
+    first = run(4, resume=False)  # 3 (best), 4, 2 (best: the count starts again), 5
+    assert first["stop_reason"] == "max_steps" and first["best_step"] == 3
+    saved = load_checkpoint(tmp_path / "last.pt")["progress"]
+    assert saved["bad_evals"] == 1 and saved["elapsed_s"] == first["elapsed_s"] > 0
+    second = run(8, resume=True)  # 6: the second in a row without a better score
+    assert second["steps"] == 5 and second["stop_reason"] == "patience"
+    assert second["elapsed_s"] > first["elapsed_s"]
+    evals = [r for r in read_metrics(tmp_path / "metrics.jsonl") if r["kind"] == "eval"]
+    steps = {r["step"]: r["loss"] for r in train_lines(tmp_path)}
+    assert [r["step"] for r in evals] == [1, 2, 3, 4, 5]
+    assert [r["train_loss"] for r in evals] == pytest.approx([steps[s] for s in range(1, 6)])

@@ -31,6 +31,9 @@ def test_exported_char_lm_is_smaller_and_generates_the_same(tmp_path):
     exported = export_checkpoint(summary["best_checkpoint"], tmp_path / "demo.pt")
     payload = load_checkpoint(exported, task="char_lm")
     assert "optimizer" not in payload and "rng" not in payload
+    best = load_checkpoint(summary["best_checkpoint"], task="char_lm")
+    for key in ("task", "step", "card", "vocab", "config"):  # what the app shows and loads
+        assert payload[key] == best[key], key
     assert all(t.dtype == torch.float16 for t in payload["model"].values() if t.is_floating_point())
     assert exported.stat().st_size < Path(summary["best_checkpoint"]).stat().st_size / 2
 

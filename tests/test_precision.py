@@ -39,6 +39,35 @@ def test_resolution_rules(monkeypatch):
     assert Precision.for_inference("bf16", CPU).name == "fp32"  # not emulated where not native
     scaler = Precision.choose("bf16", CPU).grad_scaler()
     assert not scaler.is_enabled()  # only fp16 scales gradients
+    # each precision's autocast computes products in its dtype (fp16's is the GPU's; its context
+    # is the same on the CPU)
+    layer, x = torch.nn.Linear(4, 4), torch.randn(2, 4)
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16), ("fp16", torch.float16)):
+        with Precision(name, CPU).autocast():
+            assert layer(x).dtype == dtype, name
+
+
+@pytest.mark.parametrize(
+    "flags, native",
+    [
+        ("fpu avx2 avx512f", False),
+        ("fpu avx512f avx512_bf16", True),
+        ("fpu amx_bf16 amx_tile", True),
+    ],
+)  # this machine's AMD EPYC has avx512_bf16 but no AMX; Intel's Sapphire Rapids has both
+def test_native_bf16_is_either_cpu_flag(tmp_path, monkeypatch, flags, native):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(
+        f"processor\t: 0\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n"
+    )
+    monkeypatch.setattr(
+        precision, "Path", lambda name: cpuinfo if name == "/proc/cpuinfo" else None
+    )
+    precision.cpu_has_native_bf16.cache_clear()
+    try:
+        assert precision.cpu_has_native_bf16() is native
+    finally:
+        precision.cpu_has_native_bf16.cache_clear()
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])

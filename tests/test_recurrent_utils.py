@@ -134,6 +134,10 @@ def test_resume_refuses_other_architecture(tmp_path):
     saved = {"model": {"cell": "lstm"}}
     with pytest.raises(UserError, match="model.cell is 'lstm' in the checkpoint but 'gru'"):
         check_same_architecture(saved, {"model": {"cell": "gru"}}, ["model.cell"], "x.pt")
+    # a field the checkpoint lacks (an edited file) is no more the config's than another value
+    with pytest.raises(UserError, match="model.layers is None in the checkpoint but 2"):
+        check_same_architecture(saved, {"model": {"layers": 2}}, ["model.layers"], "x.pt")
+    check_same_architecture(saved, {"model": {"cell": "lstm"}}, ["model.cell"], "x.pt")  # same
 
 
 def test_top_k_and_top_p_never_leave_the_allowed_set():
@@ -153,6 +157,18 @@ def test_top_k_and_top_p_never_leave_the_allowed_set():
         assert (rank < keep_count).all()
     filtered = filter_logits(logits, top_k=3, top_p=0.99)
     assert (torch.isfinite(filtered).sum(-1) <= 3).all()
+    # exactly that prefix is kept, no more and no less
+    prefix = torch.arange(50) < keep_count[:, None]
+    assert torch.equal(
+        torch.isfinite(filter_logits(logits, top_p=0.6)), prefix.scatter(1, order, prefix)
+    )
+    # a token whose more likely ones already hold exactly p is dropped: [.5, .25, .25] at p = .5
+    halves = torch.tensor([[0.5, 0.25, 0.25]]).log()
+    assert torch.isfinite(filter_logits(halves, top_p=0.5)).tolist() == [[True, False, False]]
+    # top-k and top-p together: the nucleus of the top-k distribution
+    both = filter_logits(logits, top_k=10, top_p=0.3)
+    assert torch.equal(both, filter_logits(filter_logits(logits, top_k=10), top_p=0.3))
+    assert (torch.isfinite(both).sum(-1) < 10).any()
 
 
 def test_sampling_is_seeded_and_greedy_is_argmax():
@@ -172,6 +188,8 @@ def test_a_tiny_temperature_is_greedy_and_never_nan(temperature):
     assert torch.equal(probs, F.one_hot(logits.argmax(-1), 65).float())
     ids = sample_next(logits, temperature=temperature, generator=torch.Generator().manual_seed(1))
     assert torch.equal(ids, logits.argmax(-1))
+    close = torch.tensor([[0.0, -1e-4, -2e-4]])  # greedy however close the runner-up
+    assert filter_logits(close, temperature).softmax(-1).tolist() == [[1.0, 0.0, 0.0]]
 
 
 @pytest.mark.parametrize("temperature", [0.0, -1.0, math.nan])
@@ -184,6 +202,15 @@ def test_filter_logits_refuses_a_temperature_that_is_not_positive(temperature):
 def test_pick_device_takes_only_the_devices_the_project_runs_on(name):
     with pytest.raises(UserError, match=rf"'{name}'"):
         pick_device(name)
+
+
+def test_pick_device_takes_the_gpus_there_are(monkeypatch):
+    """On a machine with two GPUs: cuda:0 and cuda:1, not cuda:2 (numbered from 0)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert pick_device("cuda:1") == torch.device("cuda:1") and pick_device("auto").type == "cuda"
+    with pytest.raises(UserError, match="'cuda:2': this machine has 2 CUDA device"):
+        pick_device("cuda:2")
 
 
 def test_warmup_cosine_schedule():

@@ -32,7 +32,7 @@ from char_lm import evaluate as char_lm_evaluate
 from char_lm import sample
 from char_lm import train as char_lm_train
 from crnn_app.models_dir import ENV_VAR, describe_checkpoint
-from recurrent.checkpoint import check_state_dict, load_checkpoint
+from recurrent.checkpoint import FORMAT_VERSION, check_state_dict, load_checkpoint
 from recurrent.errors import UserError, run_cli
 
 REPO = Path(__file__).resolve().parents[1]
@@ -114,7 +114,9 @@ def _runs_code(path: Path, marker: Path) -> bytes:
 
 
 def _future(path: Path) -> bytes:
-    return _payload_bytes({**torch.load(path, weights_only=True), "format_version": 99})
+    """The next format version: the likeliest a newer release would write."""
+    payload = torch.load(path, weights_only=True)
+    return _payload_bytes({**payload, "format_version": FORMAT_VERSION + 1})
 
 
 def _wrong_shapes(path: Path) -> bytes:
@@ -163,6 +165,9 @@ def test_every_tampering_is_caught_by_load_checkpoint(trained, tmp_path):
                     check_state_dict(good, payload["model"], path)
                 with pytest.raises(UserError, match="do not fit its config"):
                     describe_checkpoint(path)  # what the app lists
+                extra = {**good, "extra.weight": torch.zeros(1)}  # one tensor more than the model's
+                with pytest.raises(UserError, match="has an unexpected 'extra.weight'"):
+                    check_state_dict(good, extra, path)
                 continue
             with pytest.raises(UserError, match=fragment) as caught:
                 load_checkpoint(path, task=task)

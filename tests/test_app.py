@@ -24,13 +24,20 @@ from PIL import Image, ImageSequence
 from streamlit.testing.v1 import AppTest
 from tiny_models import train_tiny_captioner, train_tiny_char_lm
 
+import captioner.inference as inference
 from captioner.data.images import load_image
 from captioner.inference import caption_images, load_captioner
-from captioner.scenes import render_random_scene, scene_captions
+from captioner.scenes import caption_names_objects_correctly, render_random_scene, scene_captions
 from char_lm.generate import generate, load_char_lm, trained_precision
 from crnn_app.captioning import scene_size
 from crnn_app.heatmap import attention_overlay, attention_overlays, colormap
-from crnn_app.models_dir import ENV_VAR, checkpoint_path, list_checkpoints, parse_app_args
+from crnn_app.models_dir import (
+    ENV_VAR,
+    checkpoint_path,
+    file_key,
+    list_checkpoints,
+    parse_app_args,
+)
 from recurrent.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -198,7 +205,7 @@ def test_caption_page_lists_checkpoints_and_skips_bad_files(app: AppTest) -> Non
 
 
 def test_random_scene_caption_equals_library_and_follows_controls(
-    app: AppTest, models: dict[str, Path]
+    app: AppTest, models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     captioner = load_captioner(str(models["captioner"]))
     at = _run(app)
@@ -215,8 +222,12 @@ def test_random_scene_caption_equals_library_and_follows_controls(
     assert references == scene_captions(scene)
     shown_references = _messages(at.main.expander[0].text)
     assert shown_references == references
-    # the attention model shows one heat map per caption word, after the scene itself
+    # the attention model shows one heat map per caption word, in order, after the scene itself
     assert len(at.image) == 2 and len(at.image[1].proto.imgs) == len(expected.words)
+    labels = [image.caption for image in at.image[1].proto.imgs]
+    assert labels == [f"{i + 1}. {word}" for i, word in enumerate(expected.words)]
+    names_all = caption_names_objects_correctly(expected.caption, scene)
+    assert (len(at.success), len(at.warning)) == ((1, 0) if names_all else (0, 1))
 
     at.slider(key="beam_size").set_value(1)
     at.slider(key="max_length").set_value(2)
@@ -226,6 +237,31 @@ def test_random_scene_caption_equals_library_and_follows_controls(
     assert at.subheader[0].value == greedy.caption
     assert _beams(at) == _expected_beams(greedy) and len(_beams(at)) == 1
     assert len(greedy.words) <= 2
+
+    # every further decoding option reaches the search
+    at.slider(key="beam_size").set_value(4)
+    at.slider(key="max_length").set_value(6)
+    _run(at)
+    options = dict(block_ngram_repeat=1, min_length=5, suppress_unk=True, diversity_groups=2,
+                   diversity_strength=1.5)  # fmt: skip
+    for key, value in options.items():
+        widget = {"block_ngram_repeat": at.number_input, "suppress_unk": at.checkbox,
+                  "diversity_groups": at.selectbox}.get(key, at.slider)  # fmt: skip
+        widget(key=key).set_value(value)
+    calls, real = [], inference.caption_images
+
+    def watched(*args, **kwargs):
+        calls.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(inference, "caption_images", watched)
+    _run(at)
+    assert calls[-1].items() >= options.items()
+    [optioned] = real(captioner, [image], beam_size=4, max_length=6, n_best=4, **options)
+    assert _beams(at) == _expected_beams(optioned)
+    labels = [image.caption for image in at.image[1].proto.imgs]  # no word twice now: in order
+    assert labels == [f"{i + 1}. {word}" for i, word in enumerate(optioned.words)]
+    assert len(set(optioned.words)) == len(optioned.words) > 1
 
     at.button(key="random_scene").click()
     _run(at)
@@ -406,6 +442,39 @@ def test_generated_text_starts_with_prompt_and_is_reproducible(
     other = _generate(at, seed=8)
     assert other.startswith("the cat") and other != text
     assert not at.error
+    # top-p reaches the sampler (the nucleus changes this text), and the text stays on the page
+    # through a page switch
+    nucleus = _generate(at, top_p=0.3)
+    assert nucleus == _library_text(models["char_lm"], "the cat", 40, 8, top_p=0.3) != other
+    at.radio(key="page").set_value("Caption an image")
+    _run(at)
+    at.radio(key="page").set_value("Generate text")
+    _run(at)
+    assert at.code[0].value == nucleus
+
+
+def test_a_checkpoint_rewritten_in_place_is_served_anew(
+    models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run that writes a better best.pt while the app is open: the next Generate uses the new
+    weights (the loaded model is cached by path, modification time and size)."""
+    models_dir = tmp_path / "models"
+    shutil.copytree(models["char_lm"].parent, models_dir / "text_run")
+    monkeypatch.setenv(ENV_VAR, str(models_dir))
+    monkeypatch.setattr(sys, "argv", ["app.py"])
+    at = _text_page(AppTest.from_file(APP, default_timeout=TIMEOUT))
+    served = models_dir / "text_run" / "best.pt"
+    before = _generate(at, prompt="the ", length=30, temperature=1.0, seed=3)
+    assert before == _library_text(served, "the ", 30, 3)
+    retrained = train_tiny_char_lm(tmp_path / "again", tmp_path / "text.txt", "train.seed=5")
+    shutil.copy(retrained, served)
+    after = _generate(at)
+    assert after == _library_text(retrained, "the ", 30, 3) != before
+    # a rewrite of the same size is told apart by its modification time
+    key = file_key(served)
+    served.write_bytes(served.read_bytes()[::-1])
+    os.utime(served, ns=(key[0] + 10**9, key[0] + 10**9))
+    assert file_key(served) != key and file_key(served)[1] == key[1]
 
 
 def test_each_generate_draws_a_fresh_seed_unless_one_is_fixed(
@@ -587,12 +656,14 @@ def test_models_dir_option_beats_environment_beats_default(tmp_path: Path) -> No
 
 def test_heat_map_is_brightest_where_attention_is_highest() -> None:
     image = Image.new("RGB", (40, 20), (90, 90, 90))
-    attention = torch.zeros(3, 2, 4)
-    attention[0, 0, 0] = attention[1, 1, 3] = 1.0
+    attention = torch.zeros(4, 2, 4)
+    attention[0, 0, 3] = attention[1, 1, 0] = 1.0  # cells a transposed map would put elsewhere
     attention[2] = 1 / 8  # uniform: no spot stands out
+    attention[3, 1, 0] = 0.05  # a weak map, scaled by its own peak: as bright as a strong one
     overlays = attention_overlays(image, attention, display_size=80)
-    assert len(overlays) == 3 and all(o.size == (80, 40) for o in overlays)
-    for overlay, (row, col) in zip(overlays[:2], [(0, 0), (1, 3)], strict=True):
+    assert len(overlays) == 4 and all(o.size == (80, 40) for o in overlays)
+    assert np.array_equal(np.asarray(overlays[3]), np.asarray(overlays[1]))
+    for overlay, (row, col) in zip(overlays[:2], [(0, 3), (1, 0)], strict=True):
         brightness = np.asarray(overlay, dtype=np.float32).sum(axis=2)  # (H, W)
         y, x = np.unravel_index(brightness.argmax(), brightness.shape)
         assert y // 20 == row and x // 20 == col  # inside the attended cell (20 x 20 pixels)

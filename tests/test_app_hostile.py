@@ -25,6 +25,7 @@ import torch
 from streamlit.testing.v1 import AppTest
 from tiny_models import train_tiny_char_lm
 
+from crnn_app import curves
 from crnn_app.cards import model_card
 from crnn_app.curves import find_runs
 from crnn_app.models_dir import ENV_VAR, list_checkpoints, walk_models_dir
@@ -156,3 +157,21 @@ def test_a_vocabulary_with_a_lone_surrogate_is_a_damaged_checkpoint(hostile, tmp
     torch.save(payload, tmp_path / "surrogate.pt")
     with pytest.raises(UserError, match="has a damaged 'vocab' \\(it must be a list of valid"):
         load_checkpoint(tmp_path / "surrogate.pt")
+
+
+def test_an_internal_failure_is_one_message_not_a_traceback(app, monkeypatch):
+    """A bug or a failing disk inside a page (here the listing of runs raises): the page shows one
+    line naming the failure, and the other pages go on working."""
+
+    def fails(root):
+        raise RuntimeError("disk on fire\nsecond line")
+
+    monkeypatch.setattr(curves, "find_runs", fails)
+    at = app.run()
+    at.radio(key="page").set_value("Training curves")
+    at.run()
+    assert not at.exception
+    expected = "Something went wrong (RuntimeError: disk on fire second line)."  # one line
+    assert [e.value for e in at.error] == [expected]
+    at.radio(key="page").set_value("Generate text")
+    _run(at)

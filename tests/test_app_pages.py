@@ -318,22 +318,37 @@ def test_cell_equations_carry_the_traces_numbers(cell: str) -> None:
                 values["f"] * c_prev + values["i"] * values["g"], abs=1e-6
             )
             assert values["h"] == pytest.approx(values["o"] * math.tanh(values["c"]), abs=1e-6)
+            # the numbers written in: each gate in its place, the cell state of the step before
+            f, i, g = (f"{values[name]:.3f}" for name in "fig")
+            assert rf"= {f} \cdot {c_prev:.3f} + {i} \cdot {g} =" in equations["c"].latex
         elif cell == "gru":
             assert list(equations) == ["r", "z", "n", "h"]
             h_prev = float(layer.h[step - 1, 2]) if step else 0.0
-            z, n = equations["z"].value, equations["n"].value
+            r, z, n = (equations[name].value for name in "rzn")
             assert equations["h"].value == pytest.approx((1 - z) * n + z * h_prev, abs=1e-6)
+            written = rf"= {1 - z:.3f} \cdot {n:.3f} + {z:.3f} \cdot {h_prev:.3f} ="
+            assert written in equations["h"].latex
+            assert rf"\tanh({float(layer.x_part[step, 2 * 8 + 2]):.3f} + {r:.3f} \cdot" in (
+                equations["n"].latex
+            )
         else:
             assert list(equations) == ["h"]
-        # the printed pre-activation of the first equation is x part + h part of the trace
+        # the printed pre-activation of the first equation is x part + h part of the trace, the
+        # sum written as by hand ("0.520 - 0.310" for a negative h part)
         size = layer.h.size(1)
-        pre = float(layer.x_part[step, 2]) + float(layer.h_part[step, 2])
-        assert f"({pre:.3f})" in next(iter(equations.values())).latex
+        x_part, h_part = float(layer.x_part[step, 2]), float(layer.h_part[step, 2])
+        first = next(iter(equations.values())).latex
+        sign = "-" if h_part < 0 else "+"
+        assert f"({x_part:.3f} {sign} {abs(h_part):.3f})" in first
+        assert f"({x_part + h_part:.3f})" in first
         assert size == 8
     target = "ihello"[3]
     output = toys.output_equation(traced, 3, run.vocab, run.vocab.index(target))
     probabilities = torch.softmax(traced.logits[3], dim=-1)
     assert output.value == pytest.approx(float(probabilities[run.vocab.index(target)]))
+    unlikely = int(traced.logits[3].argmin())  # its own logit, not the largest
+    written = toys.output_equation(traced, 3, run.vocab, unlikely).latex
+    assert f"e^{{{float(traced.logits[3][unlikely]):.3f}}}" in written
 
 
 def test_toy_text_limits() -> None:
@@ -546,6 +561,8 @@ def test_inside_page_colours_text_by_surprise_and_by_units(
     _run(at)
     [table] = [t.value for t in at.table if "next character" in t.value.columns]
     assert list(table["next character"]) == [repr(c) for c, _ in candidates[3]]
+    shown = f"Character 4: `{text[3]!r}`, p = {probabilities[3]:.3f}"
+    assert any(element.value.startswith(shown) for element in at.markdown)
 
     # unit view: layer 1, c, unit 5
     at.radio(key="inside_state").set_value("c")
@@ -562,6 +579,12 @@ def test_inside_page_colours_text_by_surprise_and_by_units(
     [table] = [t.value for t in at.table if "correlation" in t.value.columns]
     assert list(table["unit"]) == [score.unit for score in ranked]
     assert list(table["correlation"]) == pytest.approx([s.correlation for s in ranked], abs=1e-3)
+    at.selectbox(key="inside_feature").set_value("position in line")  # not the default feature
+    _run(at)
+    [table] = [t.value for t in at.table if "correlation" in t.value.columns]
+    assert list(table["unit"]) == [s.unit for s in inside.rank_units(traced, "position in line")]
+    at.selectbox(key="inside_feature").set_value("inside quotes")
+    _run(at)
     at.button(key="inside_show_best").click()
     _run(at)
     best = ranked[0]
@@ -577,6 +600,40 @@ def test_inside_page_colours_text_by_surprise_and_by_units(
     key = lambda row: (row["gate"], row["unit"])  # noqa: E731
     for got, want in zip(sorted(points, key=key), sorted(expected, key=key), strict=True):
         assert got["left"] == pytest.approx(want["left"]) and got["right"] == want["right"]
+
+
+def test_inside_page_shows_the_layer_asked_for(tmp_path: Path, monkeypatch) -> None:
+    """A 2-layer model: the unit view colours by the layer picked, and the best unit's button
+    picks its layer (the other tests' models have one layer, where any layer is the first)."""
+    path = train_tiny_char_lm(
+        tmp_path / "models" / "two", tmp_path / "q.txt", "model.num_layers=2", text=QUOTES_TEXT
+    )
+    monkeypatch.setenv(ENV_VAR, str(tmp_path / "models"))
+    monkeypatch.setattr(sys, "argv", ["app.py"])
+    at = _page(AppTest.from_file(APP, default_timeout=TIMEOUT), "Inside a character model")
+    text = 'she said "hi".\n'
+    at.text_area(key="inside_text:two/best.pt").set_value(text)
+    at.number_input(key="inside_layer").set_value(1)
+    at.number_input(key="inside_unit").set_value(3)
+    _run(at)
+    model, vocab, _ = load_char_lm(path)
+    traced = inside.trace_text(model, vocab, text)
+    for layer in (0, 1):
+        at.number_input(key="inside_layer").set_value(layer + 1)
+        _run(at)
+        values = traced.trace.layers[layer].h[traced.rows(), 3].tolist()
+        shown = [float(title.split(": ")[1]) for title in _titles(at.html[1].proto.body)]
+        assert shown == pytest.approx(values, abs=1e-3), layer
+    at.number_input(key="inside_layer").set_value(1)
+    layers = {
+        f: [u.layer for u in inside.rank_units(traced, f)[:1]] for f in inside.text_features("")
+    }
+    feature = next(f for f, best in layers.items() if best == [1])
+    at.selectbox(key="inside_feature").set_value(feature)  # its best unit is in layer 2
+    _run(at)
+    at.button(key="inside_show_best").click()
+    _run(at)
+    assert at.number_input(key="inside_layer").value == 2
 
 
 def test_inside_page_for_an_rnn_says_it_has_no_gates(app: AppTest) -> None:
@@ -618,12 +675,24 @@ def test_toys_page_trains_hihello_and_steps_through_it(app: AppTest) -> None:
     _run(at)
     markdown = " ".join(element.value for element in at.markdown)
     assert "Step 6 reads `'l'` and should predict `'o'`" in markdown
+    chosen = run.vocab[int(traced.logits[5].argmax())]
+    assert ("**right**." in markdown) == (chosen == "o") != ("**wrong**." in markdown)
     latex = [element.value.strip("$\n") for element in at.latex]  # st.latex wraps in $$
     expected = toys.cell_equations(traced, 0, 5, 3)
     assert latex[: len(expected)] == [equation.latex for equation in expected]
     assert "texttt{o}" in latex[-1]
-    strips = [spec for spec, _ in _charts(at) if spec.get("title", "").startswith("hidden")]
-    assert len(strips) == 1  # one layer
+    vocab = run.vocab
+    assert latex[-1] == toys.output_equation(traced, 5, vocab, vocab.index("o")).latex
+    strips = {
+        spec.get("title"): [row for rows in datasets for row in rows]
+        for spec, datasets in _charts(at)
+        if spec.get("title", "").startswith(("hidden", "input"))
+    }
+    assert len(strips) == 2  # the input and one layer
+    one_hot = {row["label"]: row["value"] for row in strips["input x_t (one-hot)"]}
+    assert one_hot == {toys.char_label(c): float(c == "l") for c in vocab}  # it reads 'l'
+    hidden = [row["value"] for row in strips["hidden state h_t, layer 1"]]
+    assert hidden == pytest.approx(traced.layers[0].h[5].tolist())
 
     at.radio(key="toy").set_value("your own text")
     _run(at)

@@ -153,6 +153,20 @@ def test_caption_two_images(trained: dict[str, Path], capsys):
     )  # fmt: skip
     assert code == 0, err
     assert len(json.loads(out)["results"]) == 1
+    # --beam-size is the one the report names; the text form of --n-best: a line per beam
+    code, out, err = run_main(
+        caption.main,
+        ["--checkpoint", str(trained["checkpoint"]), str(images[0]), "--beam-size", "3",
+         "--n-best", "3"],
+        capsys,
+    )  # fmt: skip
+    rows = [line.split("\t") for line in out.splitlines()]
+    assert code == 0 and len(rows) == 3 and all(row[0] == str(images[0]) for row in rows), err
+    logprobs = [float(row[2]) for row in rows]
+    assert logprobs == sorted(logprobs, reverse=True)
+    argv = ["--checkpoint", str(trained["checkpoint"]), str(images[0]), "--beam-size", "3"]
+    code, out, _ = run_main(caption.main, [*argv, "--json"], capsys)
+    assert json.loads(out)["beam_size"] == 3
 
 
 def test_corrupt_image_as_a_real_process(trained: dict[str, Path]):

@@ -740,6 +740,57 @@ def test_scene_captions_name_objects_correctly() -> None:
         "a small red circle to the left of a large blue square",
         "a large blue square to the right of a small red circle",
     ]
+    # every template, each relation the right way round (objects are listed left to right, or
+    # top to bottom)
+    a, b, c = "a small red circle", "a large blue square", "a small green triangle"
+    third = {"size": "small", "color": "green", "shape": "triangle"}
+    expected = {
+        ("row", 2): [f"{a} to the left of {b}", f"{b} to the right of {a}",
+                     f"there is {a} left of {b}", f"{a} is to the left of {b}"],
+        ("column", 2): [f"{a} above {b}", f"{b} below {a}", f"there is {a} above {b}",
+                        f"{a} is above {b}"],
+        ("row", 3): [f"{a} to the left of {b} to the left of {c}",
+                     f"{c} to the right of {b} to the right of {a}",
+                     f"from left to right, {a}, {b} and {c}", f"{a}, {b} and {c} from left to right",
+                     f"there is {a} left of {b} left of {c}"],
+        ("column", 3): [f"{a} above {b} above {c}", f"{c} below {b} below {a}",
+                        f"from top to bottom, {a}, {b} and {c}",
+                        f"{a}, {b} and {c} from top to bottom", f"there is {a} above {b} above {c}"],
+    }  # fmt: skip
+    for (layout, count), captions in expected.items():
+        objects = [*row["objects"], third][:count]
+        assert scenes.scene_captions({"objects": objects, "layout": layout}) == captions
+    # the hard preset's sentences (A, B, C in layout order; F in front of K)
+    be = ["is", "is", "is"]
+    lines = {
+        ("row", 2): ["A to the left of B", "B to the right of A", "there is A left of B",
+                     "A is on the left and B is on the right",
+                     "we can see A on the left and B on the right"],
+        ("column", 2): ["A above B", "B below A", "there is A above B",
+                        "A is at the top and B is at the bottom", "we can see B under A"],
+        ("row", 3): ["A to the left of B to the left of C", "C to the right of B to the right of A",
+                     "from left to right, A, B and C", "A, B and C from left to right",
+                     "this image contains A, B and C in a row"],
+        ("column", 3): ["A above B above C", "C below B below A", "from top to bottom, A, B and C",
+                        "A, B and C from top to bottom", "this image contains A, B and C in a column"],
+    }  # fmt: skip
+    for (layout, count), captions in lines.items():
+        nouns = ["A", "B", "C"][:count]
+        assert [scenes._line_caption(layout, nouns, be, v) for v in range(5)] == captions
+    assert [scenes._overlap_caption(["F", "K"], be, v) for v in range(5)] == [
+        "F in front of K", "K behind F", "F partly covering K", "K partly hidden by F",
+        "there is F overlapping K",
+    ]  # fmt: skip
+    corners = [
+        scenes._corners_caption(["A", "B"], ["top left", "bottom right"], v) for v in range(5)
+    ]
+    assert corners == [
+        "A in the top left corner and B in the bottom right corner",
+        "there is A in the top left corner and B in the bottom right corner",
+        "A at the top left and B at the bottom right",
+        "in the upper left corner A and in the lower right corner B",
+        "we see A at the top left and B at the bottom right",
+    ]
     assert not scenes.caption_names_objects_correctly(
         "a red circle left of a large blue square", row
     )

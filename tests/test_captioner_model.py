@@ -181,6 +181,12 @@ def test_finetune_modes():
     assert last.body.layer3[0].conv1.weight.grad is not None
     assert last.body.layer2[0].conv1.weight.grad is None
 
+    two = ImageEncoder(tiny_model_cfg(encoder_stages=3, finetune="last", finetune_stages=2))
+    for name, param in two.named_parameters():  # layer2 and layer3; not layer1 or the stem
+        assert param.requires_grad == name.startswith(("body.layer2.", "body.layer3.")), name
+    # as built (a module starts in training mode): its frozen part keeps its statistics already
+    assert two.body.layer2[0].bn1.training and not two.body.layer1[0].bn1.training
+
     # More stages than kept: the stem trains too.
     whole = ImageEncoder(tiny_model_cfg(encoder_stages=1, finetune="last", finetune_stages=2))
     assert all(p.requires_grad for p in whole.parameters())

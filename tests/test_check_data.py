@@ -156,6 +156,17 @@ def test_exit_status_follows_the_trainers_rules(tmp_path, capsys, bad_split, pol
         assert "1 test image(s) do not decode" in last
 
 
+def test_no_val_split_would_stop_training(tmp_path, capsys):
+    """Validation needs images: data whose val image moved to train would not train."""
+    annotations = _dataset(tmp_path, missing=False, bad_split="test", leak=False)
+    data = json.loads(annotations.read_text())
+    for image in data["images"]:
+        image["split"] = "train" if image["split"] == "val" else image["split"]
+    annotations.write_text(json.dumps(data))
+    code, out, _ = _check(annotations, capsys)
+    assert code == 1 and "the val split has no images" in out.splitlines()[-1]
+
+
 def test_bad_config_or_annotations_is_one_line_exit_2(tmp_path, capsys):
     code, out, err = _check(tmp_path / "nowhere.json", capsys)
     assert code == 2 and not out

@@ -85,12 +85,27 @@ def test_compare_scores_each_file_and_ranks_the_differences(split, tmp_path, cap
     )
     assert all(d["a"] != d["b"] and d["references"] for d in shown)
     assert report["a_higher"] == len(records) - len(records) // 2 and report["b_higher"] == 0
+    for d in shown:  # A is the reference caption and scores higher: each value under its file
+        assert d["a"] == d["references"][0] and d["cider_a"] > d["cider_b"]
+    # the files the other way round: the same images, the gaps by size whatever their sign; with
+    # --top above the images that differ, those only (equal ones are left out)
+    differing = len(records) - len(records) // 2
+    swapped = run_json(
+        compare_cli.main, ["--annotations", str(annotations), b, a, "--top", "99", "--json"], capsys
+    )
+    gaps_shown = [d["cider_b"] - d["cider_a"] for d in swapped["differences"]]
+    assert len(gaps_shown) == differing and gaps_shown == sorted(gaps_shown, reverse=True)
+    assert gaps_shown == pytest.approx([100 * gap for gap in gaps[:differing]], abs=1e-3)
 
     capsys.readouterr()
     assert run_cli(compare_cli.main, ["--annotations", str(annotations), a, b]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith(f"test split of {annotations}: {len(records)} images, tokens:")
     assert lines[1].startswith("A ") and "CIDEr-D" in lines[1] and lines[2].startswith("B ")
+    first = shown[0]
+    a_line = next(line for line in lines if line.startswith("    A "))
+    b_line = next(line for line in lines if line.startswith("    B "))
+    assert a_line.endswith(first["a"]) and b_line.endswith(first["b"])
 
 
 def test_compare_refuses_mismatched_files(split, tmp_path, capsys):

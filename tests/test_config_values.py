@@ -307,6 +307,11 @@ OUT_OF_BOUNDS = [
         "model.encoder_stages=5",
         "config key 'model.encoder_stages' must be in [1, 4], got 5",
     ),
+    (  # the tiny config's max_steps is 0: no limit at all (it trained 0 steps and wrote best.pt)
+        CaptionerConfig,
+        "train.epochs=0",
+        "train.epochs and train.max_steps are both 0; set one of them",
+    ),
 ]
 
 
@@ -328,6 +333,7 @@ def test_bounds_refuse_with_one_line(cls, override, message):
         (CharLMConfig, ["train.lr=1e-9", "model.dropout=0.999", "train.time_budget_s=1e7"]),
         (CaptionerConfig, ["train.lr=1e-3", "train.encoder_lr=0", "decode.beam_size=100"]),
         (CaptionerConfig, ["data.image_size=2048", "train.weight_decay=1e-2", "model.alpha_c=0"]),
+        (CaptionerConfig, ["decode.min_length=5", "decode.max_length=5"]),
     ],
 )
 def test_values_at_the_bounds_pass(cls, overrides):

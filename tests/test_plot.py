@@ -64,6 +64,10 @@ def test_half_written_last_line_and_foreign_lines_are_skipped(tmp_path: Path) ->
     run = _write(tmp_path / "run", [], text + foreign + json.dumps(_train(40))[:37])
     assert plot.read_metrics(run) == records  # unknown keys stay, ignored by the plots
     assert plot.read_metrics(run / plot.METRICS_FILE) == records  # the file itself also works
+    # a byte that is not UTF-8 (a disk error) is read as U+FFFD, never a traceback
+    with (run / plot.METRICS_FILE).open("ab") as handle:
+        handle.write(b'\n{"kind": "train", "step": 50, "note": "\xff"}\n')
+    assert plot.read_metrics(run) == [*records, {"kind": "train", "step": 50, "note": "\ufffd"}]
 
 
 record_strategy = st.builds(
@@ -97,7 +101,12 @@ def test_missing_metrics_is_a_user_error(tmp_path: Path) -> None:
 
 def test_frame_puts_each_value_in_its_panel() -> None:
     runs = {
-        "lm": [_train(10), _eval(10, {"val_loss": 1.5}), _train(20, lr=None, grad_norm=math.nan)],
+        "lm": [
+            _train(10),
+            _eval(10, {"val_loss": 1.5}),
+            _train(20, lr=None, grad_norm=math.nan),
+            _train(30, loss=math.inf, lr=-math.inf, grad_norm=math.inf),
+        ],  # fmt: skip
         "cap": [
             _train(5, throughput=160.0, throughput_unit="pairs/s", loss=True),
             {"kind": "eval", "step": 5, "scores": {"BLEU-4": 41.2, "CIDEr-D": 95.0, "x": "y"}},
@@ -112,6 +121,7 @@ def test_frame_puts_each_value_in_its_panel() -> None:
         ("lm", "learning rate", "learning rate", 10): 0.002,
         ("lm", "throughput", "throughput (chars/s)", 10): 5800.0,
         ("lm", "throughput", "throughput (chars/s)", 20): 5800.0,
+        ("lm", "throughput", "throughput (chars/s)", 30): 5800.0,  # its infinities are dropped
         ("lm", "gradient norm", "gradient norm", 10): 0.9,
         ("cap", "learning rate", "learning rate", 5): 0.002,
         ("cap", "throughput", "throughput (pairs/s)", 5): 160.0,
@@ -180,6 +190,10 @@ def test_cli_writes_a_png_of_every_panel(tmp_path: Path, capsys: pytest.CaptureF
     assert len(chart["vconcat"]) == 4
     runs = {value["run"] for data in chart["datasets"].values() for value in data}
     assert runs == {str(tmp_path / "a" / "run"), str(tmp_path / "b" / "run")}  # names clashed
+
+    page = tmp_path / "curves.html"  # opens offline: the chart library is in the file
+    assert run_cli(plot.main, [str(first), "--out", str(page)]) == 0
+    assert 'src="http' not in page.read_text() and "vega" in page.read_text()
 
 
 @pytest.mark.parametrize(

@@ -276,3 +276,29 @@ def test_a_bad_flag_is_one_line_naming_it(module, capsys):
         err = capsys.readouterr().err
         assert status == 2 and err.startswith(f"error: python -m {module}: "), err
         assert err.count("\n") == 1 and named in err and f"`python -m {module} --help`" in err
+
+
+@pytest.mark.parametrize(
+    "raised, status, said",
+    [
+        (UserError("a bad value\n  on two  lines"), 2, "error: a bad value on two lines\n"),
+        (KeyboardInterrupt(), 130, "error: interrupted\n"),  # Ctrl-C outside a training loop
+        (BrokenPipeError(), 0, ""),  # `char_lm.sample ... | head`: the reader had enough
+    ],
+)
+def test_run_cli_turns_each_ending_into_its_status_and_one_line(raised, status, said, capsys):
+    def main(argv):
+        raise raised
+
+    assert run_cli(main, []) == status
+    assert capsys.readouterr().err == said
+
+
+def test_a_checkpoints_config_with_a_key_this_version_lacks_is_named():
+    """A config read back from a checkpoint (`from_dict`) with a key no field has (an edited file,
+    or one from another version): one line naming the key, not a TypeError."""
+    from captioner.config import CaptionerConfig
+    from recurrent.config import from_dict
+
+    with pytest.raises(UserError, match=r"unknown config key 'model\.foo' \(known keys: "):
+        from_dict(CaptionerConfig, {"model": {"foo": 1}})

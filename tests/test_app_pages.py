@@ -473,7 +473,7 @@ def test_keep_restores_clamps_and_checks_options() -> None:
 # AppTest: the pages
 
 
-def test_sidebar_shows_a_card_for_every_checkpoint(app: AppTest) -> None:
+def test_sidebar_shows_a_card_for_every_checkpoint(app: AppTest, models: dict[str, Path]) -> None:
     at = _page(app, "Generate text")
     at.selectbox(key="char_lm_checkpoint").set_value("carded/model.pt")
     _run(at)
@@ -486,6 +486,8 @@ def test_sidebar_shows_a_card_for_every_checkpoint(app: AppTest) -> None:
     sidebar = " ".join(element.value for element in at.sidebar.caption)
     assert "**architecture**: 1-layer LSTM, hidden 16, embedding 8" in sidebar  # from its config
     assert "**trained**: not recorded" in sidebar and "older checkpoint without a card" in sidebar
+    saved = load_checkpoint(models["uncarded"])["best_val_loss"]  # such a checkpoint's own field
+    assert f"**best scores**: val loss {saved:.3f} nats/char" in sidebar, sidebar
 
 
 def test_curves_page_plots_runs_and_skips_a_half_written_line(

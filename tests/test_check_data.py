@@ -176,6 +176,8 @@ def test_bad_config_or_annotations_is_one_line_exit_2(tmp_path, capsys):
     assert code == 2 and "malformed JSON" in err and err.count("\n") == 1
     code, _, err = _check(tmp_path / "broken.json", capsys, "data.bad_images=maybe")
     assert code == 2 and "data.bad_images" in err
+    code, _, err = _check(tmp_path / "broken.json", capsys, "data.image_size=0")  # the config
+    assert code == 2 and "data.image_size" in err and err.count("\n") == 1  # first, as train's
 
 
 def test_parallel_scan_is_the_same_on_any_threads_and_bounded(tmp_path):

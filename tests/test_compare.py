@@ -117,8 +117,14 @@ def test_compare_refuses_mismatched_files(split, tmp_path, capsys):
     foreign = write(tmp_path / "foreign.json", [*ids[:-1], 999999], captions)
     (tmp_path / "broken.json").write_text("[{", encoding="utf-8")
     (tmp_path / "empty.json").write_text("[]", encoding="utf-8")
+    twice = write(tmp_path / "twice.json", [*ids[:-1], ids[0]], captions)
+    flagged = tmp_path / "flagged.json"  # JSON true is no image id (Python would read it as 1)
+    flagged.write_text(json.dumps([{"image_id": True, "caption": "a"}]), encoding="utf-8")
     cases = [
         ([a, fewer], "different images"),
+        ([a, twice], f"captions image {ids[0]!r} twice"),
+        ([a, str(flagged)], "flagged.json must be a list of {'image_id'"),
+        ([a, a, "--top", "-1"], "--top must be 0 or more, got -1"),
         ([a, str(tmp_path / "empty.json")], "holds no predictions (an empty list)"),
         ([a, foreign], "not in the test split"),
         ([a, str(tmp_path / "broken.json")], "not a JSON prediction file"),

@@ -302,3 +302,10 @@ def test_a_checkpoints_config_with_a_key_this_version_lacks_is_named():
 
     with pytest.raises(UserError, match=r"unknown config key 'model\.foo' \(known keys: "):
         from_dict(CaptionerConfig, {"model": {"foo": 1}})
+
+
+def test_the_default_run_folder_is_named_after_the_task_and_the_config():
+    from recurrent.config import run_dir
+
+    assert run_dir("captioner", "configs/captioner/tiny.yaml", None) == Path("runs/captioner/tiny")
+    assert run_dir("char_lm", "configs/char_lm/ship.yaml", "elsewhere") == Path("elsewhere")

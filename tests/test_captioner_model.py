@@ -98,6 +98,14 @@ def test_encoder_loads_local_state_dict_and_matches_torchvision(tmp_path):
         encoder.body.layer3[1].conv2.weight, reference.layer3[1].conv2.weight
     )
     torch.testing.assert_close(encoder.body.bn1.running_var, reference.bn1.running_var)
+    # the same weights saved from DataParallel ("module." names) inside a training script's
+    # {"state_dict": ..., "epoch": ...}
+    wrapped = tmp_path / "wrapped.pth"
+    state = {f"module.{name}": value for name, value in reference.state_dict().items()}
+    torch.save({"state_dict": state, "epoch": 3}, wrapped)
+    again = ImageEncoder(tiny_model_cfg(weights=str(wrapped), encoder_stages=4)).eval()
+    for name, value in encoder.state_dict().items():
+        assert torch.equal(again.state_dict()[name], value), name
     # The pooled vector is what torchvision's classifier head reads (the input of fc).
     reference.fc = torch.nn.Identity()
     images = torch.randn(2, 3, 64, 64)

@@ -154,6 +154,8 @@ def test_exit_status_follows_the_trainers_rules(tmp_path, capsys, bad_split, pol
         assert "skipping 1 train image(s)" in last
     if would_run and bad_split == "test":
         assert "1 test image(s) do not decode" in last
+    code, out, _ = _check(annotations, capsys, f"data.bad_images={policy}", json_out=True)
+    assert (json.loads(out)["stops_training"] == []) == would_run  # under the same policy
 
 
 def test_no_val_split_would_stop_training(tmp_path, capsys):

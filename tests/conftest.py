@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -23,6 +26,33 @@ def one_thread():
         os.environ.pop("OMP_NUM_THREADS", None)
     else:
         os.environ["OMP_NUM_THREADS"] = env
+
+
+@dataclass
+class Call:
+    args: tuple
+    kwargs: dict[str, Any]
+    result: Any
+
+
+@pytest.fixture
+def record_calls(monkeypatch: pytest.MonkeyPatch) -> Callable[[object, str], list[Call]]:
+    """``record_calls(owner, name)``: ``owner.name`` (a module's function, say) still runs, and
+    every call's arguments and result are appended to the list returned, for the test's run."""
+
+    def record(owner: object, name: str) -> list[Call]:
+        calls: list[Call] = []
+        real = getattr(owner, name)
+
+        def recorded(*args, **kwargs):
+            result = real(*args, **kwargs)
+            calls.append(Call(args, kwargs, result))
+            return result
+
+        monkeypatch.setattr(owner, name, recorded)
+        return calls
+
+    return record
 
 
 @pytest.fixture(scope="session")

@@ -205,7 +205,7 @@ def test_caption_page_lists_checkpoints_and_skips_bad_files(app: AppTest) -> Non
 
 
 def test_random_scene_caption_equals_library_and_follows_controls(
-    app: AppTest, models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+    app: AppTest, models: dict[str, Path], record_calls
 ) -> None:
     captioner = load_captioner(str(models["captioner"]))
     at = _run(app)
@@ -248,16 +248,10 @@ def test_random_scene_caption_equals_library_and_follows_controls(
         widget = {"block_ngram_repeat": at.number_input, "suppress_unk": at.checkbox,
                   "diversity_groups": at.selectbox}.get(key, at.slider)  # fmt: skip
         widget(key=key).set_value(value)
-    calls, real = [], inference.caption_images
-
-    def watched(*args, **kwargs):
-        calls.append(kwargs)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(inference, "caption_images", watched)
+    calls = record_calls(inference, "caption_images")
     _run(at)
-    assert calls[-1].items() >= options.items()
-    [optioned] = real(captioner, [image], beam_size=4, max_length=6, n_best=4, **options)
+    assert calls[-1].kwargs.items() >= options.items()
+    [optioned] = caption_images(captioner, [image], beam_size=4, max_length=6, n_best=4, **options)
     assert _beams(at) == _expected_beams(optioned)
     labels = [image.caption for image in at.image[1].proto.imgs]  # no word twice now: in order
     assert labels == [f"{i + 1}. {word}" for i, word in enumerate(optioned.words)]

@@ -42,7 +42,7 @@ def quiet_train(cfg: CaptionerConfig, out_dir: Path, resume: bool = False) -> di
 
 
 def test_the_vocabulary_and_the_caption_lengths_are_the_train_splits(
-    scenes_annotations: Path, tmp_path: Path, monkeypatch
+    scenes_annotations: Path, tmp_path: Path, record_calls
 ):
     """Words seen only in val or test captions stay out of the vocabulary (they would be <unk> to
     a model that never trained on them), and a caption of exactly `data.max_caption_length` words
@@ -60,14 +60,7 @@ def test_the_vocabulary_and_the_caption_lengths_are_the_train_splits(
         for s in image["sentences"]
     ]
     longest = max(len(tokenize(c)) for c in train_captions)
-    made = []
-
-    class WatchedPairs(train_module.CaptionPairs):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            made.append(self)
-
-    monkeypatch.setattr(train_module, "CaptionPairs", WatchedPairs)
+    made = record_calls(train_module, "CaptionPairs")
     cfg = tiny_cfg(
         annotations,
         f"data.image_root={scenes_annotations.parent}",
@@ -81,7 +74,7 @@ def test_the_vocabulary_and_the_caption_lengths_are_the_train_splits(
     )
     assert vocab.to_list() == Vocabulary.build(train_captions, 1).to_list()
     assert "zebra" not in vocab.to_list() and "grazes" not in vocab.to_list()
-    [pairs] = made
+    [pairs] = [call.result for call in made]
     for index, (record, caption) in enumerate(pairs.pairs):
         whole = vocab.encode(pairs.records[record].captions[caption])
         assert pairs[index][1].tolist() == whole  # nothing cut: no caption is longer than this

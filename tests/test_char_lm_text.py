@@ -37,7 +37,6 @@ from char_lm.scoring import evaluate_text
 from char_lm.train import train
 from recurrent.config import load_config
 from recurrent.errors import UserError
-from recurrent.sampling import sample_next
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "char_lm"
 MIXED = (
@@ -326,7 +325,7 @@ def test_the_download_path_gives_a_corpus_of_the_cached_copy(tmp_path, monkeypat
 # --- prompts -------------------------------------------------------------------------------------
 
 
-def test_a_prompt_longer_than_one_window_continues_as_if_fed_at_once(monkeypatch):
+def test_a_prompt_longer_than_one_window_continues_as_if_fed_at_once(monkeypatch, record_calls):
     vocab = build_vocab(MIXED)
     torch.manual_seed(0)
     model = CharLM(ModelConfig(cell="lstm", num_layers=2, hidden_size=16, embed_size=8), len(vocab))
@@ -338,18 +337,13 @@ def test_a_prompt_longer_than_one_window_continues_as_if_fed_at_once(monkeypatch
     assert windowed == at_once
     # an irregular prompt in windows of 7: the state must cross every window (the last window
     # alone, 6 characters, continues otherwise)
-    seen = []
+    draws = record_calls(generate_module, "sample_next")
 
     def first_logits(prompt: str) -> torch.Tensor:
-        seen.clear()
+        draws.clear()
         list(generate(model, vocab, prompt, 1, greedy=True))
-        return seen[0]
+        return draws[0].args[0]
 
-    def watched(logits, **options):
-        seen.append(logits)
-        return sample_next(logits, **options)
-
-    monkeypatch.setattr(generate_module, "sample_next", watched)
     prompt = "".join(random.Random(0).choice(vocab) for _ in range(300))
     at_once = first_logits(prompt)
     monkeypatch.setattr(generate_module, "PROMPT_WINDOW", 7)

@@ -301,7 +301,7 @@ def test_a_beam_the_checkpoints_diversity_groups_do_not_divide_names_them():
     assert decode_settings(checkpoint) == decode
 
 
-def test_every_decoding_setting_reaches_the_search(monkeypatch):
+def test_every_decoding_setting_reaches_the_search(record_calls):
     """`caption_images` (the `caption` command and the app) runs the search with the checkpoint's
     decode section, and with each setting given in its place, zeros and False included; and
     suppress_unk keeps <unk> out of captions of a model that would emit it everywhere."""
@@ -311,13 +311,7 @@ def test_every_decoding_setting_reaches_the_search(monkeypatch):
                          min_length=2, suppress_unk=True, diversity_groups=2,
                          diversity_strength=0.3)  # fmt: skip
     captioner.cfg = dataclasses.replace(captioner.cfg, decode=saved)
-    searches, search = [], inference.beam_search
-
-    def watched(decoder, features, **options):
-        searches.append(options)
-        return search(decoder, features, **options)
-
-    monkeypatch.setattr(inference, "beam_search", watched)
+    searches = record_calls(inference, "beam_search")
     images = list(torch.randint(0, 256, (2, 3, 96, 96), dtype=torch.uint8,
                                 generator=torch.Generator().manual_seed(0)))  # fmt: skip
     unk = captioner.vocab.unk_id
@@ -328,11 +322,11 @@ def test_every_decoding_setting_reaches_the_search(monkeypatch):
         return {**fields, "suppress_ids": suppress}
 
     inference.caption_images(captioner, images)
-    assert searches[-1].items() >= expected(saved, [unk]).items()
+    assert searches[-1].kwargs.items() >= expected(saved, [unk]).items()
     overrides = dict(beam_size=3, max_length=7, length_penalty=0.0, block_ngram_repeat=0,
                  min_length=0, suppress_unk=False, diversity_groups=1, diversity_strength=0.0)  # fmt: skip
     inference.caption_images(captioner, images, **overrides)
-    assert searches[-1].items() >= expected(DecodeConfig(**overrides), []).items()
+    assert searches[-1].kwargs.items() >= expected(DecodeConfig(**overrides), []).items()
 
     with torch.no_grad():
         captioner.model.decoder.output.bias[unk] += 50.0  # <unk> is every word's best now

@@ -528,15 +528,9 @@ def test_the_logged_gradient_norm_is_the_norm_before_clipping(tmp_path):
         assert torch.equal(saved[name], value), name  # and the step used the clipped gradient
 
 
-def test_a_metrics_line_holds_the_means_of_its_steps(tmp_path, monkeypatch):
+def test_a_metrics_line_holds_the_means_of_its_steps(tmp_path, record_calls):
     """log_every 3: each train line's loss and gradient norm are the means over its 3 steps."""
-    norms, clip = [], nn.utils.clip_grad_norm_
-
-    def watched(params, max_norm, **options):
-        norms.append(clip(params, max_norm, **options).item())
-        return torch.tensor(norms[-1])
-
-    monkeypatch.setattr(nn.utils, "clip_grad_norm_", watched)
+    clips = record_calls(nn.utils, "clip_grad_norm_")
     rule = RunSettings(
         max_steps=6, warmup_steps=0, lr=0.3, grad_clip=10.0, log_every=3, eval_every=0,
         checkpoint_every_s=0, device="cpu", precision="fp32",
@@ -544,6 +538,7 @@ def test_a_metrics_line_holds_the_means_of_its_steps(tmp_path, monkeypatch):
     torch.manual_seed(0)
     summary = _fit_toy(tmp_path, rule, _Toy())
     lines = train_lines(tmp_path)
+    norms = [call.result.item() for call in clips]
     assert [line["step"] for line in lines] == [3, 6] and len(norms) == 6
     for line, start in zip(lines, (0, 3), strict=True):
         assert line["grad_norm"] == pytest.approx(sum(norms[start : start + 3]) / 3, rel=1e-5)

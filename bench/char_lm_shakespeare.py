@@ -32,6 +32,7 @@ from char_lm.train import train  # noqa: E402
 from recurrent.config import load_config  # noqa: E402
 
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+SHAKESPEARE_TEXT = "../shared/data/tinyshakespeare.txt"  # the shared copy, beside the checkout
 
 
 def matmul_peak_gflops(sizes: tuple[int, ...] = (1024, 2048), seconds: float = 3.0) -> float:
@@ -98,9 +99,7 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--minutes", type=float, default=10.0, help="training time budget")
-    parser.add_argument(
-        "--data", default="../shared/data/tinyshakespeare.txt", help="tiny-shakespeare text file"
-    )
+    parser.add_argument("--data", default=SHAKESPEARE_TEXT, help="tiny-shakespeare text file")
     parser.add_argument("--config", default="configs/char_lm/shakespeare.yaml")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--out-dir", default="runs/bench/char_lm_shakespeare")

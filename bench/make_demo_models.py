@@ -28,7 +28,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--models-dir", default="models", help="where the demo models go")
     parser.add_argument(
-        "--shakespeare", default="../shared/data/tinyshakespeare.txt", help="tiny-shakespeare text"
+        "--shakespeare",
+        default=char_lm_shakespeare.SHAKESPEARE_TEXT,
+        help="tiny-shakespeare text",
     )
     parser.add_argument("--only", choices=["captioner", "char_lm"], help="make just one of the two")
     args = parser.parse_args(argv)

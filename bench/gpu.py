@@ -48,7 +48,7 @@ from bench.recurrent_core import machine  # noqa: E402
 from char_lm.config import CharLMConfig  # noqa: E402
 from char_lm.model import CharLM  # noqa: E402
 from recurrent.config import load_config  # noqa: E402
-from recurrent.engine import build_optimizer, parameter_groups  # noqa: E402
+from recurrent.engine import build_optimizer, parameter_groups, read_metrics  # noqa: E402
 from recurrent.errors import RunStopped  # noqa: E402
 from recurrent.precision import Precision  # noqa: E402
 
@@ -275,9 +275,8 @@ def data_path(setup: Setup, training: list[dict[str, Any]], folder: Path) -> lis
     summary = train(cfg, folder / "run", overwrite=True, quiet=True)
     # the logged windows' throughput after the first (the workers' start and the prefetch fill
     # are in the first; the final validation and checkpoint writes in none): a steady state
-    lines = (folder / "run" / "metrics.jsonl").read_text().splitlines()
-    records = [json.loads(line) for line in lines]
-    windows = [r["throughput"] for r in records if r.get("kind") == "train" and "throughput" in r]
+    logged = read_metrics(folder / "run" / "metrics.jsonl")
+    windows = [r["throughput"] for r in logged if r.get("kind") == "train" and "throughput" in r]
     rows.append(
         {
             "section": "captioner.train.train on the JPEGs",

@@ -11,13 +11,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from captioner.config import CaptionerConfig
 from recurrent.checkpoint import (
     FORMAT_VERSION,
     check_same_architecture,
     load_checkpoint,
     save_checkpoint,
 )
-from recurrent.config import load_config, to_dict
+from recurrent.config import from_dict, load_config, run_dir, to_dict
 from recurrent.errors import UserError, run_cli
 from recurrent.sampling import filter_logits, sample_next
 from recurrent.training import pick_device, warmup_cosine
@@ -297,15 +298,10 @@ def test_run_cli_turns_each_ending_into_its_status_and_one_line(raised, status, 
 def test_a_checkpoints_config_with_a_key_this_version_lacks_is_named():
     """A config read back from a checkpoint (`from_dict`) with a key no field has (an edited file,
     or one from another version): one line naming the key, not a TypeError."""
-    from captioner.config import CaptionerConfig
-    from recurrent.config import from_dict
-
     with pytest.raises(UserError, match=r"unknown config key 'model\.foo' \(known keys: "):
         from_dict(CaptionerConfig, {"model": {"foo": 1}})
 
 
 def test_the_default_run_folder_is_named_after_the_task_and_the_config():
-    from recurrent.config import run_dir
-
     assert run_dir("captioner", "configs/captioner/tiny.yaml", None) == Path("runs/captioner/tiny")
     assert run_dir("char_lm", "configs/char_lm/ship.yaml", "elsewhere") == Path("elsewhere")

@@ -19,7 +19,7 @@ class DataConfig:
     annotations: str | list[str] = ""  # the annotation file(s) of the format
     image_root: str = ""  # where image paths in the annotations are relative to
     restval_to_train: bool = True  # Karpathy split: fold `restval` into train
-    val_fraction: float = 0.05  # seeded split, for formats without one
+    val_fraction: float = 0.05  # hashed split (formats.hashed_split), for data without one
     test_fraction: float = 0.05
     split_seed: int = 0
     image_size: int = 224  # square side after crop

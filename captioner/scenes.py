@@ -47,7 +47,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
-from captioner.data.formats import seeded_split, validate_fractions
+from captioner.data.formats import exact_split, validate_fractions
 from captioner.data.vocab import tokenize
 from recurrent.errors import ArgumentParser, UserError, run_cli
 from recurrent.files import atomic_write_text
@@ -725,7 +725,8 @@ def generate_dataset(
     out/dataset_scenes.json; return the JSON path.
 
     Image i is drawn from its own `random.Random(f"{seed}:{i}")`, so a larger data set with the
-    same seed starts with the same images. Splits are `seeded_split` over the file names.
+    same seed starts with the same images. Splits are `exact_split` of the file names in a
+    `random.Random(seed)` shuffle.
     """
     generate = _generator(preset)
     if num_images < 1:
@@ -742,7 +743,11 @@ def generate_dataset(
     # leaves no JSON (loaders refuse the folder) rather than old captions beside new pictures.
     json_path.unlink(missing_ok=True)
     names = [f"{index:06d}.png" for index in range(num_images)]
-    splits = seeded_split(names, val_fraction, test_fraction, seed)
+    # exact counts over a seeded shuffle: a generated set is written whole, its splits into its
+    # JSON, and its benchmarks quote test sets of known sizes (data that grows is split by hash)
+    order = sorted(names)
+    random.Random(seed).shuffle(order)
+    splits = exact_split(order, val_fraction, test_fraction)
     entries, sentence_id = [], 0
     for index, name in enumerate(names):
         image, scene, captions = generate(random.Random(f"{seed}:{index}"), size)

@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision.models import get_weight
@@ -31,17 +33,17 @@ from captioner.data import (
     Vocabulary,
     build_transforms,
     collate_pairs,
+    hashed_split,
     load_image,
     load_records,
     normalization_stats,
-    seeded_split,
     select_split,
     tokenize,
 )
 from captioner.data import datasets as datasets_module
 from captioner.data import images as images_module
 from captioner.data.datasets import load_image_tensor
-from captioner.data.formats import in_several_splits
+from captioner.data.formats import exact_split, in_several_splits, split_draw
 from recurrent.errors import UserError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -193,6 +195,16 @@ def test_flickr8k(tmp_path: Path) -> None:
 # COCO
 
 
+def _by_draw(
+    name: str, val_fraction: float, test_fraction: float, seed: int = 0, rest: str = "train"
+) -> str:
+    """The split an image's own draw gives it: test below test_fraction, then val."""
+    draw = split_draw(name, seed)
+    return (
+        "test" if draw < test_fraction else "val" if draw < test_fraction + val_fraction else rest
+    )
+
+
 def _coco(path: Path, names: list[str]) -> Path:
     images = [{"id": i, "file_name": name} for i, name in enumerate(names)]
     annotations = [
@@ -211,7 +223,9 @@ def test_coco_train_only_carves_val_and_test(tmp_path: Path) -> None:
     train = _coco(tmp_path / "captions_train2014.json", names)
     records = load_records("coco", train, tmp_path, val_fraction=0.1, test_fraction=0.1, seed=3)
     splits = [r.split for r in records]
-    assert (splits.count("train"), splits.count("val"), splits.count("test")) == (16, 2, 2)
+    # each image's own draw, its name taken relative to the image root
+    assert splits == [_by_draw(f"train2014/{name}", 0.1, 0.1, seed=3) for name in names]
+    assert set(splits) == {"train", "val", "test"}
     assert records[0].image_path == str(tmp_path / "train2014" / names[0])
     assert records[0].captions == (f"caption 0 of {names[0]}", f"caption 1 of {names[0]}")
     again = load_records("coco", [train], tmp_path, val_fraction=0.1, test_fraction=0.1, seed=3)
@@ -231,11 +245,16 @@ def test_coco_train_and_val_files(tmp_path: Path) -> None:
         for s in ("train", "val", "test")
     }
     assert by_split["train"] == train_names
-    assert len(by_split["val"]) == len(by_split["test"]) == 5
-    assert set(by_split["val"]) | set(by_split["test"]) == set(val_names)
-    # the val file is shared between val and test in the proportion of their fractions
+    # the val file is shared between val and test in the proportion of their fractions: a val
+    # image is test when its draw falls below test / (val + test), half by default
+    assert by_split["test"] == [name for name in val_names if _by_draw(name, 0.0, 0.5) == "test"]
+    assert by_split["val"] == [name for name in val_names if name not in by_split["test"]]
+    assert by_split["val"] and by_split["test"]
     skewed = load_records("coco", [train, val], tmp_path, val_fraction=0.2, test_fraction=0.6)
-    assert Counter(r.split for r in skewed) == {"train": 6, "val": 3, "test": 7}
+    assert [r.split for r in skewed[len(train_names) :]] == [
+        _by_draw(name, 0.0, 0.75, rest="val") for name in val_names
+    ]
+    assert Counter(r.split for r in skewed)["test"] > len(by_split["test"])
 
     only_val = load_records("coco", val, tmp_path)
     assert {r.split for r in only_val} == {"val", "test"}
@@ -325,23 +344,89 @@ def test_jsonl_seeded_split_is_deterministic(tmp_path: Path) -> None:
     assert len(first) == 30 and all(len(r.captions) == 2 for r in first)
     assert splits == [r.split for r in second]
     assert splits != [r.split for r in other]
-    assert (splits.count("val"), splits.count("test")) == (6, 3)
+    assert splits == [_by_draw(f"{i}.png", 0.2, 0.1, seed=1) for i in range(30)]
+    assert set(splits) == {"train", "val", "test"}
 
     broken = tmp_path / "broken.jsonl"
     broken.write_text(lines[0] + "\n" + '{"image": "1.png", "caption": }\n')
     _raises_one_line(lambda: load_records("jsonl", broken, tmp_path), "broken.jsonl", "line 2")
 
 
-def test_seeded_split_ignores_order_and_keeps_train() -> None:
+def test_a_split_moves_no_image_when_images_come_and_go_or_the_folder_moves(
+    tmp_path: Path,
+) -> None:
+    """Data without a split column grows: the images already there keep their splits, so a model
+    trained before never finds its training images in the new test split."""
+
+    def write(folder: Path, numbers: range) -> Path:
+        path = folder / "captions.csv"
+        folder.mkdir(exist_ok=True)
+        rows = [f"pics/{i}.jpg,caption {k} of {i}" for i in numbers for k in range(2)]
+        path.write_text("image,caption\n" + "\n".join(rows) + "\n")
+        return path
+
+    def splits(path: Path, val_fraction: float = 0.1) -> dict[str, str]:
+        records = load_records(
+            "csv", path, val_fraction=val_fraction, test_fraction=0.1, seed=7, check_images=False
+        )
+        return {Path(r.image_path).relative_to(path.parent).as_posix(): r.split for r in records}
+
+    before = splits(write(tmp_path / "a", range(0, 300)))
+    after = splits(write(tmp_path / "b", range(40, 400)))  # 40 taken out, 100 added, moved
+    common = set(before) & set(after)
+    assert len(common) == 260 and all(before[name] == after[name] for name in common)
+    assert Counter(after.values())["test"] > 20  # about 10% of 360: the shares are kept
+    # a larger val fraction takes train images only: no test image moves
+    wider = splits(tmp_path / "b" / "captions.csv", val_fraction=0.3)
+    assert {n for n, s in wider.items() if s == "test"} == {
+        n for n, s in after.items() if s == "test"
+    }
+    assert {n for n, s in after.items() if s == "val"} < {n for n, s in wider.items() if s == "val"}
+
+
+@given(
+    names=st.lists(st.text(min_size=1, max_size=6), min_size=1, max_size=40, unique=True),
+    added=st.lists(st.text(min_size=1, max_size=6), max_size=40, unique=True),
+    val_fraction=st.sampled_from([0.0, 0.05, 0.2, 0.45]),
+    test_fraction=st.sampled_from([0.0, 0.1, 0.3]),
+    seed=st.integers(0, 3),
+)
+def test_hashed_split_keeps_each_images_draw_and_fills_every_split(
+    names: list[str], added: list[str], val_fraction: float, test_fraction: float, seed: int
+) -> None:
+    keys = {name: name for name in names}
+    split = hashed_split(keys, val_fraction, test_fraction, seed)
+    assert set(split) == set(names)
+    # order plays no part
+    assert hashed_split(dict(reversed(keys.items())), val_fraction, test_fraction, seed) == split
+    wanted = {"train"} | {s for s, f in (("val", val_fraction), ("test", test_fraction)) if f}
+    drawn = {name: _by_draw(name, val_fraction, test_fraction, seed) for name in names}
+    if set(drawn.values()) >= wanted:  # every split drew an image: each keeps its own draw ...
+        assert split == drawn
+        grown = hashed_split(
+            {name: name for name in [*names, *added]}, val_fraction, test_fraction, seed
+        )
+        assert all(grown[name] == split[name] for name in names)  # ... whatever is added
+    else:  # small sets: exact counts in the order of the draws
+        order = sorted(names, key=lambda name: (split_draw(name, seed), name))
+        assert split == exact_split(order, val_fraction, test_fraction)
+    # one image stays in train, and each positive fraction gets one whenever that leaves one
+    counts = Counter(split.values())
+    assert counts["train"] >= 1
+    assert counts["val"] >= 1 or not val_fraction or len(names) < 2
+    assert counts["test"] >= 1 or not test_fraction or len(names) < 2 + (val_fraction > 0)
+
+
+def test_exact_split_counts_and_small_sets() -> None:
     keys = [f"k{i}" for i in range(40)]
-    split = seeded_split(keys, 0.1, 0.2, seed=5)
-    assert split == seeded_split(list(reversed(keys)), 0.1, 0.2, seed=5)
-    assert sorted(split.values()).count("test") == 8
-    assert seeded_split(["only", "two"], 0.05, 0.05, seed=0) in (
-        {"only": "train", "two": "val"},
-        {"only": "val", "two": "train"},
-    )
-    assert seeded_split(["x"], 0.3, 0.3, seed=0) == {"x": "train"}
+    split = exact_split(keys, 0.1, 0.2)
+    assert split == {
+        k: "test" if i < 8 else "val" if i < 12 else "train" for i, k in enumerate(keys)
+    }
+    assert exact_split(["only", "two"], 0.05, 0.05) == {"only": "val", "two": "train"}
+    assert exact_split(["a", "b", "c"], 0.05, 0.05) == {"a": "test", "b": "val", "c": "train"}
+    assert exact_split(["x"], 0.3, 0.3) == {"x": "train"}
+    assert exact_split([], 0.3, 0.3) == {}
 
 
 # --------------------------------------------------------------------------------------------

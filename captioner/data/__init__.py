@@ -16,14 +16,15 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from .formats import (
+    CARVED_FORMATS,
     FORMATS,
+    hashed_split,
     load_coco,
     load_csv,
     load_flickr8k,
     load_jsonl,
     load_karpathy,
     load_records,
-    seeded_split,
     select_split,
     validate_fractions,
 )
@@ -69,6 +70,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "CARVED_FORMATS",
     "FORMATS",
     "MAX_IMAGE_PIXELS",
     "SPECIALS",
@@ -84,6 +86,7 @@ __all__ = [
     "build_transforms",
     "collate_groups",
     "collate_pairs",
+    "hashed_split",
     "load_coco",
     "load_csv",
     "load_flickr8k",
@@ -94,7 +97,6 @@ __all__ = [
     "load_records",
     "normalization_stats",
     "resolve_weights",
-    "seeded_split",
     "select_split",
     "tokenize",
     "validate_fractions",

@@ -19,11 +19,11 @@ When `image_root` is None, relative image paths are resolved against the annotat
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
-import random
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,8 @@ FLICKR8K_SPLIT_FILES = {
     "test": "Flickr_8k.testImages.txt",
 }
 KARPATHY_SPLITS = (*SPLITS, "restval")
+# formats whose splits may be carved by `hashed_split` (data.val_fraction, test_fraction, split_seed)
+CARVED_FORMATS = ("coco", "csv", "jsonl")
 
 
 # --------------------------------------------------------------------------------------------
@@ -137,37 +139,74 @@ def validate_fractions(val_fraction: float, test_fraction: float) -> None:
         )
 
 
+def relative_name(path: str, root: Path) -> str:
+    """`path` relative to the folder `root` when it lies inside it (a split's hash key: a data set
+    moved elsewhere keeps its split), else `path` itself."""
+    prefix = os.path.join(root, "")
+    return path[len(prefix) :] if path.startswith(prefix) else path
+
+
 def _split_count(num: int, fraction: float) -> int:
     """How many of `num` items a fraction takes: at least one whenever the fraction is positive."""
     return 0 if fraction <= 0.0 or num == 0 else max(1, round(num * fraction))
 
 
-def seeded_split(
-    keys: Iterable[str],
+def exact_split(
+    order: Sequence[str], val_fraction: float, test_fraction: float, rest: str = "train"
+) -> dict[str, str]:
+    """The first round(test_fraction x n) keys of `order` to "test", the next round(val_fraction
+    x n) to "val", the others to `rest`; a positive fraction takes at least one key while one
+    stays in `rest` (on a tie val keeps its key, as training selects models by it)."""
+    num = len(order)
+    num_val, num_test = _split_count(num, val_fraction), _split_count(num, test_fraction)
+    while num_val + num_test > max(num - 1, 0) and num_val + num_test > 0:
+        if num_test >= num_val:
+            num_test -= 1
+        else:
+            num_val -= 1
+    assignment = dict.fromkeys(order[:num_test], "test")
+    assignment.update(dict.fromkeys(order[num_test : num_test + num_val], "val"))
+    assignment.update(dict.fromkeys(order[num_test + num_val :], rest))
+    return assignment
+
+
+def split_draw(name: str, seed: int) -> float:
+    """The number in [0, 1) that `hashed_split` draws for an image named `name`: 64 bits of the
+    BLAKE2b hash of the seed and the name's file-system bytes."""
+    digest = hashlib.blake2b(f"{seed}".encode() + b"\0" + os.fsencode(name), digest_size=8)
+    return int.from_bytes(digest.digest(), "big") / 2.0**64
+
+
+def hashed_split(
+    names: Mapping[str, str],
     val_fraction: float,
     test_fraction: float,
     seed: int,
     rest: str = "train",
 ) -> dict[str, str]:
-    """Assign each key (an image) to "val", "test" or `rest`, reproducibly from `seed`.
+    """Assign each key (an image) of `names` to "test", "val" or `rest` by a hash of its name.
 
-    Keys are sorted before a `random.Random(seed)` shuffle, so the result depends only on the set
-    of keys, the fractions and the seed, never on file order. Positive fractions take at least one
-    image each while at least one image stays in `rest`.
+    Each key's name (`relative_name`) and the seed draw a number in [0, 1) (`split_draw`): "test"
+    below `test_fraction`, "val" below `test_fraction + val_fraction`, else `rest`. A key's split
+    depends on nothing else: images added to a data set, or taken out of it, leave every other
+    image where it was, so with the same seed and fractions a checkpoint trained before never
+    meets its training images among the test ones; and a change of `val_fraction` never moves a
+    test image. The fractions are therefore expected shares, not exact counts.
+
+    Small sets, where a split drew no key (or every key drew val or test): `exact_split` of the
+    keys in the order of their draws. Those keys may move when images are added, so a set of a few
+    dozen images that will grow wants a split column.
     """
-    order = sorted(set(keys))
-    random.Random(seed).shuffle(order)
-    num = len(order)
-    num_val, num_test = _split_count(num, val_fraction), _split_count(num, test_fraction)
-    while num_val + num_test > max(num - 1, 0) and num_val + num_test > 0:
-        if num_test >= num_val:  # on a tie keep val, which training uses for model selection
-            num_test -= 1
-        else:
-            num_val -= 1
-    assignment = {key: "test" for key in order[:num_test]}
-    assignment.update({key: "val" for key in order[num_test : num_test + num_val]})
-    assignment.update({key: rest for key in order[num_test + num_val :]})
-    return assignment
+    draws = {key: split_draw(name, seed) for key, name in names.items()}
+    assignment = {
+        key: "test" if u < test_fraction else "val" if u < test_fraction + val_fraction else rest
+        for key, u in draws.items()
+    }
+    fractions = (("val", val_fraction), ("test", test_fraction))
+    if set(assignment.values()) >= {rest, *(split for split, part in fractions if part > 0)}:
+        return assignment
+    by_draw = sorted(draws, key=lambda key: (draws[key], key))
+    return exact_split(by_draw, val_fraction, test_fraction, rest)
 
 
 def _is_id(value: object) -> bool:
@@ -331,7 +370,8 @@ def load_coco(
     """Load one or more COCO caption files (captions_train2014.json style).
 
     Each file's split comes from its name ("train" or "val"). The public COCO test images have no
-    captions, so the test split is always carved out, with a `random.Random(seed)` shuffle:
+    captions, so the test split is always carved out, by `hashed_split` of the image paths
+    relative to the image root, with `seed`:
 
     - images of train files are train; when no val file is given, `val_fraction` and
       `test_fraction` of them become val and test;
@@ -348,6 +388,7 @@ def load_coco(
     if not files:
         raise UserError("no COCO annotation files given; pass captions_train2014.json or similar")
     by_split: dict[str, dict[str, list[str]]] = {"train": {}, "val": {}}
+    names: dict[str, str] = {}  # image path -> its path relative to its image root
     for annotation in files:
         file = _existing_file(annotation, "COCO caption file")
         split = _coco_split(file)
@@ -357,14 +398,16 @@ def load_coco(
         base = subfolder if subfolder.is_dir() else root
         for path, captions in _coco_captions(file, base, check_images).items():
             by_split[split].setdefault(path, []).extend(captions)
+            names[path] = relative_name(path, root)
     if by_split["val"]:
         total = val_fraction + test_fraction
         share = test_fraction / total if total > 0 else 0.0
-        val_splits = seeded_split(by_split["val"], 0.0, share, seed, rest="val")
+        val_names = {path: names[path] for path in by_split["val"]}
+        val_splits = hashed_split(val_names, 0.0, share, seed, rest="val")
         train_splits = dict.fromkeys(by_split["train"], "train")
     else:
         val_splits = {}
-        train_splits = seeded_split(by_split["train"], val_fraction, test_fraction, seed)
+        train_splits = hashed_split(names, val_fraction, test_fraction, seed)
     records = []
     for images, splits in ((by_split["train"], train_splits), (by_split["val"], val_splits)):
         records.extend(
@@ -537,7 +580,8 @@ def _load_rows(
             )
         captions[path].append(row.caption)
     if not with_split:
-        splits = dict(seeded_split(captions, val_fraction, test_fraction, seed))
+        names = {path: relative_name(path, root) for path in captions}
+        splits = dict(hashed_split(names, val_fraction, test_fraction, seed))
     return [ImageRecord(path, tuple(caps), str(splits[path])) for path, caps in captions.items()]
 
 
@@ -554,7 +598,7 @@ def load_csv(
 
     Several rows may name one image: their captions are merged into one record. Image paths are
     absolute or relative to `image_root`. Without a split column, images are split with
-    `seeded_split` (val_fraction, test_fraction, seed).
+    `hashed_split` of their paths relative to the image root (val_fraction, test_fraction, seed).
     """
     file = _existing_file(annotations, "CSV annotations file")
     return _load_rows(

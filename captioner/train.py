@@ -70,6 +70,7 @@ from captioner.config import (
     describe_model,
 )
 from captioner.data import (
+    CARVED_FORMATS,
     BadImage,
     BadImageLog,
     CaptionGroups,
@@ -484,10 +485,13 @@ def train(
     words = len(vocab) - 3 - int(decode.suppress_unk)  # every id but <pad>, <start>, <end>
     if decode.block_ngram_repeat == 1 and decode.min_length > words:  # validation: no caption
         raise no_caption_error(decode, len(vocab))
-    # a resume keeps the trained parts (the optimizer's groups) and what chose best.pt
-    kept = ["model.finetune", "train.best_metric"]
+    # a resume keeps the trained parts (the optimizer's groups) and what chose best.pt: the
+    # metric and the validation images (the split carved from data without one, and how many)
+    kept = ["model.finetune", "train.best_metric", "train.eval_max_images"]
     if cfg.model.finetune == "last":
         kept.append("model.finetune_stages")
+    if cfg.data.format in CARVED_FORMATS:
+        kept += ["data.split_seed", "data.val_fraction", "data.test_fraction"]
     run.check_resume(ARCHITECTURE_KEYS, vocab.to_list(), "the training captions", kept)
 
     # --- model, optimizer, data order

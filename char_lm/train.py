@@ -171,8 +171,10 @@ def train(
     val_ids = val_ids.to(run.device)
     saved_config = run.payload["config"] if run.payload else run.config
     keys = architecture_keys(run.config, saved_config)
-    # the network first, then the text; the validation text is the best score's measure
-    run.check_resume(keys, vocab, "the text's characters", resume_keys=["data.val_fraction"])
+    # the network first, then the text; the validation text (which and how much of it) is the
+    # best score's measure
+    kept = ["data.val_fraction", "train.eval_batches"]
+    run.check_resume(keys, vocab, "the text's characters", resume_keys=kept)
     if (
         run.payload
         and run.payload.get("data_fingerprint", corpus.fingerprint) != corpus.fingerprint

@@ -7,6 +7,7 @@ image and never again; best.pt follows the best val BLEU-4; patience stops train
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -217,6 +218,7 @@ def test_resume_with_another_batch_layout_restarts_the_epoch_and_refuses_what_it
         "train.optimizer=rmsprop",
         "model.finetune=frozen",
         "train.best_metric=cider",
+        "train.eval_max_images=1",  # best.pt would compare scores over two validation sets
         "data.image_size=48",
     )  # the last: the encoder's grid, so the attention, changes
     for change in changes:
@@ -232,6 +234,32 @@ def test_resume_with_another_batch_layout_restarts_the_epoch_and_refuses_what_it
                              "train.best_metric=cider"), tmp_path / "new", quiet=True,
                     init_from=run / "last.pt")  # fmt: skip
     assert started["steps"] == 1
+
+
+def test_resume_refuses_another_carved_split(scenes_annotations: Path, tmp_path: Path):
+    """Data without a split column is split by data.split_seed and the fractions: a resume that
+    changed one would train on former test or val images, so it is refused, naming the field."""
+    entries = json.loads(scenes_annotations.read_text())["images"]
+    rows = [
+        [str(scenes_annotations.parent / e["filepath"] / e["filename"]), sentence["raw"]]
+        for e in entries
+        for sentence in e["sentences"]
+    ]
+    table = tmp_path / "captions.csv"
+    with table.open("w", newline="") as file:
+        csv.writer(file).writerows([["image", "caption"], *rows])
+    run = tmp_path / "run"
+    csv_cfg = ("data.format=csv", "train.max_steps=2", "train.eval_every=2")
+    quiet_train(tiny_cfg(table, *csv_cfg), run)
+    for change in ("data.split_seed=1", "data.val_fraction=0.2", "data.test_fraction=0.2"):
+        key = change.partition("=")[0]
+        with pytest.raises(
+            UserError, match=rf"cannot resume from .*: {key} is .* in the checkpoint"
+        ):
+            quiet_train(tiny_cfg(table, *csv_cfg, "train.max_steps=3", change), run, resume=True)
+    assert (
+        quiet_train(tiny_cfg(table, *csv_cfg, "train.max_steps=3"), run, resume=True)["steps"] == 3
+    )
 
 
 def test_feature_cache_runs_the_encoder_once_per_image(

@@ -415,8 +415,8 @@ def test_resume_refuses_other_architectures_and_missing_runs(tmp_path):
     with pytest.raises(UserError, match="model.hidden_size is 16 in the checkpoint but 32"):
         train(config("tiny", "model.hidden_size=32"), tmp_path / "run", resume=True)
     # the saved optimizer state is adamw's; another validation split would train on former
-    # validation text and compare best scores measured on two texts
-    for change in ("train.optimizer=rmsprop", "data.val_fraction=0.2"):
+    # validation text, and it or another evaluation size compare best scores measured on two texts
+    for change in ("train.optimizer=rmsprop", "data.val_fraction=0.2", "train.eval_batches=3"):
         key = change.partition("=")[0]
         with pytest.raises(UserError, match=rf"{key} is .* in the checkpoint but"):
             train(config("tiny", "train.max_steps=4", change), tmp_path / "run", resume=True)

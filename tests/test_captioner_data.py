@@ -365,16 +365,19 @@ def test_a_split_moves_no_image_when_images_come_and_go_or_the_folder_moves(
         path.write_text("image,caption\n" + "\n".join(rows) + "\n")
         return path
 
-    def splits(path: Path, val_fraction: float = 0.1) -> dict[str, str]:
+    def splits(path: Path, val_fraction: float = 0.1, root: Path | None = None) -> dict[str, str]:
         records = load_records(
-            "csv", path, val_fraction=val_fraction, test_fraction=0.1, seed=7, check_images=False
-        )
+            "csv", path, root, val_fraction=val_fraction, test_fraction=0.1, seed=7,
+            check_images=False,
+        )  # fmt: skip
         return {Path(r.image_path).relative_to(path.parent).as_posix(): r.split for r in records}
 
     before = splits(write(tmp_path / "a", range(0, 300)))
     after = splits(write(tmp_path / "b", range(40, 400)))  # 40 taken out, 100 added, moved
     common = set(before) & set(after)
     assert len(common) == 260 and all(before[name] == after[name] for name in common)
+    (tmp_path / "b" / "pics").mkdir()  # the same root, spelled with a detour
+    assert splits(tmp_path / "b" / "captions.csv", root=tmp_path / "b" / "pics" / "..") == after
     assert Counter(after.values())["test"] > 20  # about 10% of 360: the shares are kept
     # a larger val fraction takes train images only: no test image moves
     wider = splits(tmp_path / "b" / "captions.csv", val_fraction=0.3)

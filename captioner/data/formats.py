@@ -142,7 +142,7 @@ def validate_fractions(val_fraction: float, test_fraction: float) -> None:
 def relative_name(path: str, root: Path) -> str:
     """`path` relative to the folder `root` when it lies inside it (a split's hash key: a data set
     moved elsewhere keeps its split), else `path` itself."""
-    prefix = os.path.join(root, "")
+    prefix = os.path.join(os.path.abspath(root), "")  # as normalised as the image paths
     return path[len(prefix) :] if path.startswith(prefix) else path
 
 

@@ -330,7 +330,7 @@ def test_csv_with_split_column_merges_rows(tmp_path: Path) -> None:
     ]
 
 
-def test_jsonl_seeded_split_is_deterministic(tmp_path: Path) -> None:
+def test_jsonl_hashed_split_is_deterministic(tmp_path: Path) -> None:
     lines = []
     for i in range(30):
         _png(tmp_path / f"{i}.png")

@@ -430,7 +430,7 @@ def test_flickr8k_round_trip(root, items, crlf):
 @given(items=record_sets(clean_captions), ascii_only=st.booleans())
 def test_coco_round_trip(root, items, ascii_only):
     """A train file alone: val and test are carved from it, so only paths and captions are
-    compared (the seeded split is tested in test_captioner_data.py)."""
+    compared (the hashed split is tested in test_captioner_data.py)."""
     images = [{"id": 100 + i, "file_name": name} for i, (name, _, _) in enumerate(items)]
     annotations = [
         {"id": j, "image_id": 100 + i, "caption": caption}

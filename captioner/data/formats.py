@@ -550,7 +550,7 @@ def _load_rows(
     seed: int,
     check_images: bool,
 ) -> list[ImageRecord]:
-    """Merge rows by image; use their split column, or a seeded image-level split if none."""
+    """Merge rows by image; use their split column, or `hashed_split` if none."""
     validate_fractions(val_fraction, test_fraction)
     root = _image_root(image_root, file)
     captions: dict[str, list[str]] = {}

@@ -112,3 +112,22 @@ def test_find_images_by_extension_and_glob(folder):
     assert find_images(str(folder / "*.png")) == [str(folder / n) for n in ("a.png", "broken.png")]
     assert find_images(str(folder.parent / "**" / "*.jpg")) == [str(folder / "b.jpg")]
     assert find_images(str(folder / "missing")) == []
+
+
+def test_a_bad_file_named_beside_its_folder_still_stops(checkpoint, folder, capsys):
+    """A file named on the command line stops the command even when a folder given too holds it
+    (found in the folder alone it is skipped with a warning)."""
+    broken = str(folder / "broken.png")
+    for argv in ([str(folder), broken], [broken, str(folder)]):
+        code, out, err = run_main(["--checkpoint", str(checkpoint), *argv], capsys)
+        assert code == 2 and "warning" not in err, err
+        assert err.startswith("error: ") and broken in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("size", ["0", "-3"])
+def test_a_batch_size_below_one_is_a_one_line_error(checkpoint, folder, size, capsys):
+    code, out, err = run_main(
+        ["--checkpoint", str(checkpoint), str(folder), "--batch-size", size], capsys
+    )
+    assert (code, out) == (2, "")
+    assert err == f"error: --batch-size must be at least 1, got {size}\n"

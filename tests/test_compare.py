@@ -3,6 +3,7 @@ says it scored, end to end through the command lines' main functions."""
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -158,3 +159,78 @@ def test_evaluate_reports_what_it_scored_and_compare_agrees(split, tmp_path, cap
     )
     for key in ("BLEU-4", "CIDEr-D"):  # the same images, references and tokens as evaluate's
         assert compared["files"][0]["scores"][key] == pytest.approx(report["scores"][key], abs=1e-3)
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_compare_reads_the_references_in_the_format_and_image_root_given(
+    fmt, split, tmp_path, capsys
+):
+    """--format and --image-root reach the loader: the test split written as JSONL or CSV, its
+    images named relative to another folder, scores exactly as the Karpathy file does."""
+    annotations, records = split
+    ids = image_ids(records)
+    captions = [r.captions[0] for r in records]
+    a = write(tmp_path / "a.json", ids, captions)
+    b = write(tmp_path / "b.json", ids, captions[1:] + captions[:1])  # another image's caption
+    refs = tmp_path / "refs" / f"captions.{fmt}"
+    refs.parent.mkdir()
+    rows = [
+        {"image": Path(r.image_path).name, "caption": caption, "split": "test"}
+        for r in records
+        for caption in r.captions
+    ]
+    if fmt == "jsonl":
+        refs.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    else:
+        with refs.open("w", newline="", encoding="utf-8") as stream:
+            writer = csv.DictWriter(stream, fieldnames=["image", "caption", "split"])
+            writer.writeheader()
+            writer.writerows(rows)
+    image_root = str(Path(records[0].image_path).parent)
+    expected = run_json(
+        compare_cli.main, ["--annotations", str(annotations), a, b, "--json"], capsys
+    )
+    given = ["--annotations", str(refs), "--format", fmt, "--image-root", image_root]
+    report = run_json(compare_cli.main, [*given, a, b, "--json"], capsys)
+    assert report["annotations"] == str(refs) and report["images"] == len(records)
+    assert report["files"] == expected["files"] and report["differences"]
+    assert report["differences"] == expected["differences"]
+
+
+def test_the_text_report_says_what_the_json_report_holds(split, tmp_path, capsys):
+    """The two output formats of one comparison: each line of the text form is a value of the
+    JSON form (wins each way, the equal images, every shown image's block under its own file)."""
+    annotations, records = split
+    ids = image_ids(records)
+    good = [r.captions[0] for r in records]
+    # B: the same caption for the first third, another image's for the rest, a few repeated words
+    mixed = [c if i < len(good) // 3 else good[i - 1] + " red red" for i, c in enumerate(good)]
+    a, b = write(tmp_path / "a.json", ids, good), write(tmp_path / "b.json", ids, mixed)
+    argv = ["--annotations", str(annotations), b, a, "--top", "4"]  # B's file first: A is mixed
+    report = run_json(compare_cli.main, [*argv, "--json"], capsys)
+    capsys.readouterr()
+    assert run_cli(compare_cli.main, argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    images, wins = report["images"], (report["a_higher"], report["b_higher"])
+    assert wins[0] < wins[1] and images - sum(wins) == len(good) // 3  # the same captions tie
+    assert lines[0] == f"test split of {annotations}: {images} images, tokens: {TOKENIZER}"
+    for line, label, entry in zip(lines[1:3], "AB", report["files"], strict=True):
+        scores = "  ".join(f"{name} {value:.2f}" for name, value in entry["scores"].items())
+        repeats = entry["repeated_word_share"]
+        assert line == f"{label} {entry['path']}: {scores}  (word twice in a row: {repeats:.1%})"
+    shares = [entry["repeated_word_share"] for entry in report["files"]]
+    assert shares[0] > 0 and shares[1] == 0  # "red red": the mixed file's only
+    assert lines[3] == (
+        f"per-image CIDEr-D: A higher on {wins[0]} images, B higher on {wins[1]}, "
+        f"equal on {images - sum(wins)}"
+    )
+    assert lines[4] == "the 4 images where they differ most (CIDEr-D, 0-100):"
+    blocks = [lines[5 + 4 * k : 9 + 4 * k] for k in range(4)]
+    assert len(lines) == 5 + 4 * 4
+    for block, d in zip(blocks, report["differences"], strict=True):
+        assert block == [
+            f"  {d['image_id']} ({Path(d['image']).name})",
+            f"    A {d['cider_a']:6.1f}  {d['a']}",
+            f"    B {d['cider_b']:6.1f}  {d['b']}",
+            f"    reference: {d['references'][0]}",
+        ]

@@ -405,3 +405,67 @@ def test_cli_refuses_with_one_line(cli, config, override, message, tmp_path, cap
     assert captured.err.startswith("error: config key 'train.lr'") and captured.err.count("\n") == 1
     assert message in captured.err and "Traceback" not in captured.err
     assert not (tmp_path / "run").exists()
+
+
+# --- what the tables above cannot hold ----------------------------------------------------------
+
+HUGE = "9" * 5000  # more digits than Python's int() converts (4300)
+
+
+@pytest.mark.parametrize("route", ["set", "yaml"])
+@pytest.mark.parametrize("sign", ["", "+", "-"])
+def test_integers_beyond_pythons_digit_limit_keep_their_sign(sign, route, tmp_path):
+    """Such an integer reads as an infinity of its sign, which the types and bounds then refuse
+    by name: a huge negative learning rate is -inf (below the bound), never +inf."""
+    infinity = "-inf" if sign == "-" else "inf"
+    for text in (f"{sign}{HUGE}", f"'{sign}{HUGE}'"):  # a YAML int, and a quoted number
+        config = load(CharLMConfig, "train.lr", text, route, tmp_path)
+        assert config.train.lr == float(infinity)
+        with pytest.raises(UserError) as err:
+            check_char_lm(config)
+        assert str(err.value).endswith(f"must be a finite number in (0, 10], got {infinity}")
+    with pytest.raises(UserError) as err:
+        load(CharLMConfig, "data.batch_size", f"{sign}{HUGE}", route, tmp_path)
+    assert str(err.value) == (
+        f"config key 'data.batch_size': expected int (a whole number), got {infinity}"
+    )
+
+
+@pytest.mark.parametrize("text", ["", "null\n", "~\n", "# only a comment\n", "--- null\n"])
+def test_a_config_file_of_nothing_gives_the_defaults(text, tmp_path):
+    """A file holding no mapping at all (empty, or a bare YAML null) leaves every default."""
+    path = tmp_path / "config.yaml"
+    path.write_text(text, encoding="utf-8")
+    assert load_config(CharLMConfig, path) == CharLMConfig()
+    assert load_config(CharLMConfig, path, ["train.lr=0.5"]).train.lr == 0.5
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("train: [unclosed\n", "is not valid YAML"),
+        ("- a list\n", "must hold a mapping of sections, not list"),
+        ("train:\n  lrr: 0.1\n", "unknown config key 'train.lrr'"),
+        ("train:\n  lr: 1\n  lr: 2\n", "found the key 'lr' twice"),
+    ],
+)
+def test_a_config_files_error_names_the_file_once(text, message, tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(UserError) as err:
+        load_config(CharLMConfig, path)
+    said = str(err.value)
+    assert said.startswith(f"config file {path}") and said.count(str(path)) == 1, said
+    assert message in said and "\n" not in said
+
+
+@pytest.mark.parametrize("infinity", [math.inf, -math.inf])
+def test_a_float_no_bound_names_must_still_be_finite(infinity):
+    """An unlisted float field is checked against (-inf, inf): open ends, so the infinities are
+    outside it as NaN is."""
+    config = CharLMConfig()
+    config.train.lr = infinity
+    with pytest.raises(UserError) as err:
+        check_bounds(config, {})
+    assert str(err.value) == f"config key 'train.lr' must be finite, got {infinity}"
+    check_bounds(config, {"train.lr": "[-inf, inf]"})  # a closed end lets its infinity in

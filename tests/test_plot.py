@@ -225,3 +225,46 @@ def test_cli_user_errors_are_one_line(
     assert run_cli(plot.main, argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and err.count("\n") == 1
+
+
+def _spec(tmp_path: Path, argv: list[str]) -> dict:
+    out = tmp_path / "curves.json"
+    assert run_cli(plot.main, [*argv, "--out", str(out)]) == 0
+    return json.loads(out.read_text())
+
+
+def _run_names_in(spec: dict) -> set[str]:
+    return {value["run"] for data in spec["datasets"].values() for value in data}
+
+
+@pytest.mark.parametrize("width", [50, plot.MAX_WIDTH])
+def test_cli_takes_the_widths_at_its_bounds(tmp_path: Path, width: int) -> None:
+    run = _write(tmp_path / "run", [_train(1), _train(2), _eval(2, {"val_loss": 1.0})])
+    spec = _spec(tmp_path, [str(run), "--width", str(width)])
+    assert [panel["width"] for panel in spec["vconcat"]] == [width] * 4
+
+
+def test_a_run_given_as_dot_is_named_after_its_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`python -m recurrent.plot .` inside a run folder (or its metrics.jsonl there): the folder's
+    name, not "." or an empty name."""
+    run = _write(tmp_path / "lstm_512", [_train(1), _train(2)])
+    monkeypatch.chdir(run)
+    assert plot.run_names(["."]) == ["lstm_512"]
+    assert plot.run_names([plot.METRICS_FILE]) == ["lstm_512"]
+    assert _run_names_in(_spec(tmp_path, ["."])) == {"lstm_512"}
+
+
+def test_a_renamed_jsonl_file_is_read_as_the_metrics_of_its_folder(tmp_path: Path) -> None:
+    """A metrics file kept under another name (say before a resume) is read as given, and named
+    after its folder like a run folder is."""
+    records = [_train(1), _train(2), _eval(2, {"val_loss": 1.0})]
+    kept = _write(tmp_path / "gru", records) / plot.METRICS_FILE
+    renamed = kept.rename(tmp_path / "gru" / "metrics-before-resume.jsonl")
+    other = _write(tmp_path / "lstm", [_train(1)])
+    assert plot.metrics_path(renamed) == renamed
+    assert plot.read_metrics(renamed) == parse_metrics(renamed.read_text())
+    assert plot.run_names([renamed, other]) == ["gru", "lstm"]
+    spec = _spec(tmp_path, [str(renamed), str(other)])
+    assert _run_names_in(spec) == {"gru", "lstm"}

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from captioner.config import CaptionerConfig
+from recurrent import errors
 from recurrent.checkpoint import (
     FORMAT_VERSION,
     check_same_architecture,
@@ -19,7 +20,7 @@ from recurrent.checkpoint import (
     save_checkpoint,
 )
 from recurrent.config import from_dict, load_config, run_dir, to_dict
-from recurrent.errors import UserError, run_cli
+from recurrent.errors import RunStopped, UserError, run_cli
 from recurrent.sampling import filter_logits, sample_next
 from recurrent.training import pick_device, warmup_cosine
 
@@ -305,3 +306,30 @@ def test_a_checkpoints_config_with_a_key_this_version_lacks_is_named():
 def test_the_default_run_folder_is_named_after_the_task_and_the_config():
     assert run_dir("captioner", "configs/captioner/tiny.yaml", None) == Path("runs/captioner/tiny")
     assert run_dir("char_lm", "configs/char_lm/ship.yaml", "elsewhere") == Path("elsewhere")
+
+
+@pytest.mark.parametrize(
+    "rank, formed, raised, said",
+    [
+        # rank 0 says everything, as a command outside torchrun does
+        ("0", True, RunStopped("SIGTERM", 143), "stopped: SIGTERM\n"),
+        ("0", False, UserError("a bad flag"), "error: a bad flag\n"),
+        # other ranks: nothing of a stop every rank meets (rank 0 says it), nor of an error met
+        # before the job formed (the same arguments everywhere); their own errors with the rank
+        ("1", True, RunStopped("SIGTERM", 143), ""),
+        ("1", False, UserError("a bad flag"), ""),
+        ("3", True, UserError("a bad image"), "[rank 3] error: a bad image\n"),
+    ],
+)
+def test_under_torchrun_a_job_wide_line_is_said_once(
+    rank, formed, raised, said, monkeypatch, capsys
+):
+    monkeypatch.setenv("RANK", rank)
+    monkeypatch.setattr(errors, "_formed_job", lambda: object() if formed else None)
+
+    def main(argv):
+        raise raised
+
+    status = 143 if isinstance(raised, RunStopped) else 2
+    assert run_cli(main, []) == status
+    assert capsys.readouterr().err == said

@@ -285,3 +285,102 @@ def test_sigterm_before_training_is_one_stopped_line_and_status_143(capsys):
     (printed,) = capsys.readouterr().err.strip().splitlines()
     assert printed.startswith("stopped: SIGTERM; every file is written whole or not at all")
     assert signal.getsignal(signal.SIGTERM) is before  # put back for whoever called run_cli
+
+
+def test_a_start_refused_in_process_gives_the_folder_back_at_the_commands_end(tmp_path, capsys):
+    """`run_cli` releases what a run that raised still holds (the app and the tests call main in
+    one process, where no process end does it): the folders it made go, an old one loses only
+    its .lock, and the next start into it is not refused as "in use"."""
+    argv = ["--config", str(CHAR_TINY), "--quiet", "--set",
+            f"data.path={tmp_path / 'missing.txt'}", "--out-dir"]  # fmt: skip
+    new, old = tmp_path / "new" / "run", tmp_path / "old"
+    (old / "features").mkdir(parents=True)
+    try:
+        for folder in (new, old):
+            assert run_cli(char_lm_train.main, [*argv, str(folder)]) == 2
+            assert "text file not found" in capsys.readouterr().err
+            assert files._HELD == {}
+        assert sorted(tmp_path.iterdir()) == [old]
+        assert sorted(p.name for p in old.iterdir()) == ["features"]
+    finally:
+        files.release_all()
+
+
+def test_the_lock_file_names_only_its_holder(tmp_path):
+    """A .lock left by a process gone (a longer line: another host, a larger pid) is overwritten
+    whole, not just its start."""
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / ".lock").write_text("process 4194304 on a-much-longer-host-name.example.org\n")
+    files.hold(folder, UserError)
+    try:
+        assert (folder / ".lock").read_text() == f"process {os.getpid()} on {files.HOST}\n"
+    finally:
+        files.release(folder)
+
+
+@pytest.mark.parametrize("umask", [0o002, 0o027, 0o077], ids=oct)
+def test_the_lock_file_gets_the_mode_an_open_would_give(tmp_path, umask):
+    previous = os.umask(umask)
+    try:
+        files.hold(tmp_path / "run", UserError)
+    finally:
+        os.umask(previous)
+    try:
+        assert (tmp_path / "run" / ".lock").stat().st_mode & 0o777 == 0o666 & ~umask
+    finally:
+        files.release(tmp_path / "run")
+
+
+@pytest.mark.parametrize("meanwhile", ["removed", "replaced"])
+def test_a_lock_file_removed_before_it_was_locked_is_not_the_one_held(
+    tmp_path, monkeypatch, meanwhile
+):
+    """Between `hold`'s open and its flock the holder may release: remove the .lock (and another
+    process create a new one). The lock taken must be on the folder's .lock as it is now, or a
+    second run would lock the new file beside the first."""
+    import fcntl
+
+    folder = tmp_path / "run"
+    lock = folder / ".lock"
+    real_flock, calls = fcntl.flock, []
+
+    def flock(fd, operation):
+        calls.append(fd)
+        if len(calls) == 1:  # the holder lets go of the file just opened
+            lock.unlink()
+            if meanwhile == "replaced":
+                lock.write_text("process 1 on elsewhere\n")
+        return real_flock(fd, operation)
+
+    monkeypatch.setattr(fcntl, "flock", flock)
+    files.hold(folder, UserError)
+    try:
+        assert lock.read_text() == f"process {os.getpid()} on {files.HOST}\n"
+        held = files._HELD[folder.resolve()].fd
+        assert os.fstat(held).st_ino == lock.stat().st_ino
+    finally:
+        files.release(folder)
+
+
+def test_the_temporary_file_of_another_users_live_writer_is_kept(tmp_path, monkeypatch):
+    """`os.kill(pid, 0)` raises PermissionError for a live process of another user: its write
+    is still going on, so its temporary file stays; a pid that is gone (ProcessLookupError) is
+    cleaned up."""
+    live, gone = 4_000_001, 4_000_002  # above any pid_max: only the stand-in below answers
+    real_kill = os.kill
+
+    def kill(pid, signal_number):
+        if pid == live:
+            raise PermissionError(errno.EPERM, "Operation not permitted")
+        if pid == gone:
+            raise ProcessLookupError(errno.ESRCH, "No such process")
+        return real_kill(pid, signal_number)
+
+    monkeypatch.setattr(os, "kill", kill)
+    others = tmp_path / f".card.json.{files.HOST}-{live}.abc123.tmp"
+    left = tmp_path / f".card.json.{files.HOST}-{gone}.def456.tmp"
+    for path in (others, left):
+        path.write_text("half")
+    files.atomic_write_text(tmp_path / "card.json", "{}")
+    assert others.exists() and not left.exists()

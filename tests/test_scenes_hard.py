@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from captioner import scenes
-from captioner.config import CaptionerConfig, check_config
+from captioner.config import CaptionerConfig, check_config, describe_data
 from captioner.data import load_records, select_split, tokenize
 from recurrent.config import load_config, to_dict
 from recurrent.errors import UserError
@@ -156,3 +156,35 @@ def test_hard_config_mirrors_the_dataclass_key_for_key():
     cfg = load_config(CaptionerConfig, path)
     check_config(cfg)
     assert cfg.data.max_caption_length >= 30 and cfg.decode.max_length >= 30
+
+
+@pytest.mark.parametrize("preset", ["demo", "hard"])
+def test_sentence_ids_are_unique_across_the_data_set(preset, tmp_path: Path):
+    """Karpathy's files number every sentence of the data set once (sentid) and list each image's
+    in its sentids; a sentid given twice would make two captions one for tools keyed on it."""
+    path = scenes.generate_dataset(tmp_path, 5, seed=3, size=scenes.MIN_SIZE, preset=preset)
+    images = json.loads(path.read_text())["images"]
+    sentids = [s["sentid"] for entry in images for s in entry["sentences"]]
+    assert sentids == list(range(len(sentids))) and len(sentids) > len(images)
+    for index, entry in enumerate(images):
+        assert entry["imgid"] == index and {s["imgid"] for s in entry["sentences"]} == {index}
+        assert entry["sentids"] == [s["sentid"] for s in entry["sentences"]]
+
+
+def test_the_card_names_the_scenes_only_when_every_annotation_file_is_theirs():
+    """A model card says "synthetic scenes" for the scenes' JSON alone (or twice), not when a
+    second file of other data joins it: then it is named after its first file, as any data is."""
+    scenes_json = f"data/scenes/{scenes.JSON_NAME}"
+    for given in (scenes_json, [scenes_json], [scenes_json, f"other/{scenes.JSON_NAME}"]):
+        card = describe_data({"format": "karpathy", "annotations": given})
+        assert card["synthetic_scenes"] and card["name"] == "synthetic scenes (coloured shapes)"
+        assert card["path"] == (given if isinstance(given, str) else ", ".join(given))
+    for files, name in [
+        ([scenes_json, "data/dataset_flickr8k.json"], "scenes"),
+        (["data/dataset_flickr8k.json", scenes_json], "flickr8k"),
+        (["data/captions.csv"], "captions"),
+    ]:
+        card = describe_data({"format": "karpathy", "annotations": files})
+        assert not card["synthetic_scenes"] and card["name"] == name
+        assert card["path"] == ", ".join(files)
+    assert describe_data({"format": "coco", "annotations": ""})["name"] == "coco"

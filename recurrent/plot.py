@@ -243,14 +243,17 @@ def save_chart(chart: alt.TopLevelMixin, out: str | os.PathLike[str], scale: flo
 
 
 def run_names(paths: Sequence[str | os.PathLike[str]]) -> list[str]:
-    """Short names for runs: each run folder's name, or its whole path where two names clash."""
-    folders = [metrics_path(path).parent for path in paths]
-    names = [folder.resolve().name or str(folder) for folder in folders]
-    clashing = {name for name in names if names.count(name) > 1}
-    return [
-        str(folder) if name in clashing else name
-        for name, folder in zip(names, folders, strict=True)
-    ]
+    """Short names for runs: each run folder's name, or its whole path where two names clash, or
+    the file's path where two files share a folder (one file given twice is one run)."""
+    files = [metrics_path(path) for path in paths]
+    names = [file.parent.resolve().name or str(file.parent) for file in files]
+    for longer in (lambda file: str(file.parent), str):
+        clashing = {name for name in names if names.count(name) > 1}
+        names = [
+            longer(file) if name in clashing else name
+            for name, file in zip(names, files, strict=True)
+        ]
+    return names
 
 
 def main(argv: Sequence[str] | None = None) -> None:

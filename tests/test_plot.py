@@ -268,3 +268,9 @@ def test_a_renamed_jsonl_file_is_read_as_the_metrics_of_its_folder(tmp_path: Pat
     assert plot.run_names([renamed, other]) == ["gru", "lstm"]
     spec = _spec(tmp_path, [str(renamed), str(other)])
     assert _run_names_in(spec) == {"gru", "lstm"}
+    # two files of one folder are two runs, named by their files (the folder's path was one name,
+    # and the second run replaced the first)
+    kept = _write(tmp_path / "gru", [_train(1), _train(2)]) / plot.METRICS_FILE
+    assert plot.run_names([renamed, kept, other]) == [str(renamed), str(kept), "lstm"]
+    spec = _spec(tmp_path, [str(renamed), str(kept)])
+    assert _run_names_in(spec) == {str(renamed), str(kept)}

@@ -335,6 +335,8 @@ def _deep_update(
             known = ", ".join(sorted(prefix + k for k in base))
             raise UserError(f"unknown config key {prefix + str(key)!r} (known keys: {known})")
         sub = hints.get(key)
+        if value is None and dataclasses.is_dataclass(sub):
+            continue  # a section whose keys are all commented out keeps its defaults
         if (
             isinstance(value, Mapping)
             and isinstance(base[key], dict)

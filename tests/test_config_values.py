@@ -440,6 +440,18 @@ def test_a_config_file_of_nothing_gives_the_defaults(text, tmp_path):
     assert load_config(CharLMConfig, path, ["train.lr=0.5"]).train.lr == 0.5
 
 
+def test_a_section_whose_keys_are_all_commented_out_keeps_its_defaults(tmp_path):
+    """`train:` over nothing but comments is YAML's null: that section keeps its defaults (it was
+    refused as "expected TrainConfig, got None"), while a key that takes a value still needs one."""
+    path = tmp_path / "config.yaml"
+    path.write_text("train:\n  # lr: 0.1\nmodel:\n  hidden_size: 24\n", encoding="utf-8")
+    loaded = load_config(CharLMConfig, path)
+    assert loaded.train == CharLMConfig().train and loaded.model.hidden_size == 24
+    path.write_text("train:\n  lr:\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"'train.lr': expected float .*, got None"):
+        load_config(CharLMConfig, path)
+
+
 @pytest.mark.parametrize(
     "text, message",
     [

@@ -5,6 +5,10 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import math
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -21,6 +25,7 @@ from recurrent.checkpoint import (
 )
 from recurrent.config import from_dict, load_config, run_dir, to_dict
 from recurrent.errors import RunStopped, UserError, run_cli
+from recurrent.files import FOREIGN_TEMP_AGE_S, HOST, atomic_write_text
 from recurrent.sampling import filter_logits, sample_next
 from recurrent.training import pick_device, warmup_cosine
 
@@ -227,13 +232,6 @@ def test_warmup_cosine_schedule():
 def test_atomic_write_removes_only_the_temporary_files_of_gone_writers(tmp_path):
     """A writer killed mid-write leaves `.NAME.HOST-PID.*.tmp`; the next write removes it once that
     process is gone, but never the file of a live writer of the same file (a torchrun rank)."""
-    import os
-    import subprocess
-    import sys
-    import time
-
-    from recurrent.files import FOREIGN_TEMP_AGE_S, HOST, atomic_write_text
-
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], check=True,
                           capture_output=True, text=True).stdout.strip()  # fmt: skip
     dead = tmp_path / f".meta.json.{HOST}-{gone}.abc123.tmp"

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import signal
 import subprocess
@@ -339,8 +340,6 @@ def test_a_lock_file_removed_before_it_was_locked_is_not_the_one_held(
     """Between `hold`'s open and its flock the holder may release: remove the .lock (and another
     process create a new one). The lock taken must be on the folder's .lock as it is now, or a
     second run would lock the new file beside the first."""
-    import fcntl
-
     folder = tmp_path / "run"
     lock = folder / ".lock"
     real_flock, calls = fcntl.flock, []

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from collections.abc import Sequence
 
 from captioner.data import select_split, tokenize
@@ -36,6 +37,7 @@ from captioner.scoring import (
     describe_scores,
     evaluate_split,
     load_data_records,
+    older_split,
     what_was_scored,
     write_predictions,
 )
@@ -126,6 +128,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.image_root is not None:
         data = dataclasses.replace(data, image_root=args.image_root)
     records = load_data_records(data)
+    if why := older_split(payload, records):
+        print(
+            f"note: {args.checkpoint}: {why}, so these scores may count images it trained on; "
+            "score it on images it never saw",
+            file=sys.stderr,
+        )
     records = select_split(records, args.split, source=data.annotations)
     if args.max_images:
         records = records[: args.max_images]

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from captioner.config import DecodeConfig
-from captioner.data import ImageOnly, ImageRecord, load_records
+from captioner.data import SPLIT_RULE, ImageOnly, ImageRecord, load_records
 from captioner.data.formats import in_several_splits
 from captioner.encoder import ImageFeatures
 from captioner.inference import Captioner, decode_features, decode_settings
@@ -232,3 +232,16 @@ def load_data_records(
             "keep each image in one split (python -m captioner.check_data lists them)"
         )
     return records
+
+
+def older_split(payload: dict[str, Any], records: Sequence[ImageRecord]) -> str | None:
+    """Why `records` may hold images the checkpoint `payload` trained on in its val and test
+    splits, or None: the checkpoint predates `SPLIT_RULE` and these records' splits were drawn
+    (data without a split column), so its training images were chosen by the earlier rule."""
+    if payload.get("split_rule") == SPLIT_RULE or not any(record.drawn for record in records):
+        return None
+    return (
+        "it was trained when the splits of data without a split column were a shuffle of the "
+        "whole set; they are now drawn by a hash of each image's path, so some of its training "
+        "images are val or test images here"
+    )

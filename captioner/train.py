@@ -70,7 +70,7 @@ from captioner.config import (
     describe_model,
 )
 from captioner.data import (
-    CARVED_FORMATS,
+    SPLIT_RULE,
     BadImage,
     BadImageLog,
     CaptionGroups,
@@ -100,6 +100,7 @@ from captioner.scoring import (
     evaluate_split,
     image_batches,
     load_data_records,
+    older_split,
     score_key,
 )
 from captioner.scst import SelfCritical
@@ -490,9 +491,14 @@ def train(
     kept = ["model.finetune", "train.best_metric", "train.eval_max_images"]
     if cfg.model.finetune == "last":
         kept.append("model.finetune_stages")
-    if cfg.data.format in CARVED_FORMATS:
+    if any(record.drawn for record in records):
         kept += ["data.split_seed", "data.val_fraction", "data.test_fraction"]
     run.check_resume(ARCHITECTURE_KEYS, vocab.to_list(), "the training captions", kept)
+    if run.payload is not None and (why := older_split(run.payload, records)):
+        raise UserError(
+            f"cannot resume from {run.last_path}: {why}; start a new run, or give the data "
+            "a split column"
+        )
 
     # --- model, optimizer, data order
     model = CaptionModel(cfg, len(vocab), pad_id=vocab.pad_id).to(device)
@@ -589,7 +595,7 @@ def train(
         total_steps=total_steps,
         unit="pairs/s",
         card={"architecture": architecture, "data": data_card(cfg, data.train_records)},
-        extra=lambda: {"vocab": vocab.to_list()},
+        extra=lambda: {"vocab": vocab.to_list(), "split_rule": SPLIT_RULE},
         describe=describe,
         # an epoch is every item once, fewer steps when data.bad_images=skip emptied batches
         finished=lambda: (

@@ -225,7 +225,7 @@ def test_coco_train_only_carves_val_and_test(tmp_path: Path) -> None:
     splits = [r.split for r in records]
     # each image's own draw, its name taken relative to the image root
     assert splits == [_by_draw(f"train2014/{name}", 0.1, 0.1, seed=3) for name in names]
-    assert set(splits) == {"train", "val", "test"}
+    assert set(splits) == {"train", "val", "test"} and all(r.drawn for r in records)
     assert records[0].image_path == str(tmp_path / "train2014" / names[0])
     assert records[0].captions == (f"caption 0 of {names[0]}", f"caption 1 of {names[0]}")
     again = load_records("coco", [train], tmp_path, val_fraction=0.1, test_fraction=0.1, seed=3)
@@ -250,6 +250,7 @@ def test_coco_train_and_val_files(tmp_path: Path) -> None:
     assert by_split["test"] == [name for name in val_names if _by_draw(name, 0.0, 0.5) == "test"]
     assert by_split["val"] == [name for name in val_names if name not in by_split["test"]]
     assert by_split["val"] and by_split["test"]
+    assert [r.drawn for r in records] == [False] * len(train_names) + [True] * len(val_names)
     skewed = load_records("coco", [train, val], tmp_path, val_fraction=0.2, test_fraction=0.6)
     assert [r.split for r in skewed[len(train_names) :]] == [
         _by_draw(name, 0.0, 0.75, rest="val") for name in val_names
@@ -298,6 +299,7 @@ def test_csv_with_split_column_merges_rows(tmp_path: Path) -> None:
         ),
         ImageRecord(str(absolute), ("a green one",), "test"),
     ]
+    assert not any(record.drawn for record in records)  # the file's own splits
 
     # one image in two splits: a test image's captions would have been trained on
     leak = tmp_path / "leak.csv"
@@ -345,7 +347,7 @@ def test_jsonl_hashed_split_is_deterministic(tmp_path: Path) -> None:
     assert splits == [r.split for r in second]
     assert splits != [r.split for r in other]
     assert splits == [_by_draw(f"{i}.png", 0.2, 0.1, seed=1) for i in range(30)]
-    assert set(splits) == {"train", "val", "test"}
+    assert set(splits) == {"train", "val", "test"} and all(r.drawn for r in first)
 
     broken = tmp_path / "broken.jsonl"
     broken.write_text(lines[0] + "\n" + '{"image": "1.png", "caption": }\n')

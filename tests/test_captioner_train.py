@@ -15,6 +15,7 @@ import pytest
 import torch
 import yaml
 
+import captioner.evaluate as evaluate_module
 import captioner.train as train_module
 from captioner.config import CaptionerConfig, check_config, describe_data, describe_model
 from captioner.data import Vocabulary, load_image, select_split
@@ -27,7 +28,7 @@ from captioner.model import CaptionModel
 from captioner.scoring import evaluate_split, image_ids, load_data_records
 from captioner.train import parameter_parts, train
 from recurrent import engine
-from recurrent.checkpoint import load_checkpoint
+from recurrent.checkpoint import load_checkpoint, save_checkpoint
 from recurrent.config import load_config, to_dict
 from recurrent.errors import UserError
 
@@ -236,18 +237,29 @@ def test_resume_with_another_batch_layout_restarts_the_epoch_and_refuses_what_it
     assert started["steps"] == 1
 
 
-def test_resume_refuses_another_carved_split(scenes_annotations: Path, tmp_path: Path):
+def test_a_drawn_split_is_kept_across_a_resume_and_older_checkpoints_are_named(
+    scenes_annotations: Path, tmp_path: Path, capsys
+):
     """Data without a split column is split by data.split_seed and the fractions: a resume that
-    changed one would train on former test or val images, so it is refused, naming the field."""
+    changed one would train on former test or val images, so it is refused, naming the field
+    (with a split column they are unused, and free). A checkpoint from before splits were drawn
+    by hash cannot be resumed on such data, and `evaluate` says its scores may count images it
+    trained on."""
     entries = json.loads(scenes_annotations.read_text())["images"]
     rows = [
-        [str(scenes_annotations.parent / e["filepath"] / e["filename"]), sentence["raw"]]
+        [
+            str(scenes_annotations.parent / e["filepath"] / e["filename"]),
+            sentence["raw"],
+            e["split"],
+        ]
         for e in entries
         for sentence in e["sentences"]
     ]
-    table = tmp_path / "captions.csv"
-    with table.open("w", newline="") as file:
-        csv.writer(file).writerows([["image", "caption"], *rows])
+    table, with_split = tmp_path / "captions.csv", tmp_path / "with_split.csv"
+    for path, columns in ((table, slice(0, 2)), (with_split, slice(0, 3))):
+        with path.open("w", newline="") as file:
+            header = ["image", "caption", "split"][columns]
+            csv.writer(file).writerows([header, *(row[columns] for row in rows)])
     run = tmp_path / "run"
     csv_cfg = ("data.format=csv", "train.max_steps=2", "train.eval_every=2")
     quiet_train(tiny_cfg(table, *csv_cfg), run)
@@ -260,6 +272,32 @@ def test_resume_refuses_another_carved_split(scenes_annotations: Path, tmp_path:
     assert (
         quiet_train(tiny_cfg(table, *csv_cfg, "train.max_steps=3"), run, resume=True)["steps"] == 3
     )
+    given = tmp_path / "given"
+    quiet_train(tiny_cfg(with_split, *csv_cfg), given)
+    resumed = tiny_cfg(with_split, *csv_cfg, "train.max_steps=3", "data.split_seed=1")
+    assert quiet_train(resumed, given, resume=True)["steps"] == 3
+
+    evaluate = ["--checkpoint", str(run / "last.pt"), "--no-meteor", "--json", "--max-images", "1"]
+    capsys.readouterr()
+    evaluate_module.main(evaluate)
+    assert capsys.readouterr().err == ""
+    older = load_checkpoint(run / "last.pt")
+    del older["split_rule"]
+    save_checkpoint(older, run / "last.pt")
+    with pytest.raises(UserError, match=r"cannot resume from .*: it was trained when the splits"):
+        quiet_train(tiny_cfg(table, *csv_cfg, "train.max_steps=4"), run, resume=True)
+    evaluate_module.main(evaluate)
+    said = capsys.readouterr()
+    assert json.loads(said.out)["images"] == 1
+    assert said.err.startswith(f"note: {run / 'last.pt'}: it was trained when the splits")
+    assert said.err.count("\n") == 1 and "may count images it trained on" in said.err
+    # data whose file gives the splits: an older checkpoint has nothing to fear
+    older = load_checkpoint(given / "last.pt")
+    del older["split_rule"]
+    save_checkpoint(older, given / "last.pt")
+    assert quiet_train(tiny_cfg(with_split, *csv_cfg, "train.max_steps=4"), given, resume=True)
+    evaluate_module.main([*evaluate[:1], str(given / "last.pt"), *evaluate[2:]])
+    assert capsys.readouterr().err == ""
 
 
 def test_feature_cache_runs_the_encoder_once_per_image(

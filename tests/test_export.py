@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from captioner.config import CaptionerConfig
-from captioner.data import load_image, load_records
+from captioner.data import SPLIT_RULE, load_image, load_records
 from captioner.inference import caption_images, load_captioner
 from captioner.train import train as train_captioner
 from char_lm.config import CharLMConfig
@@ -57,6 +57,10 @@ def test_exported_captioner_loads_and_captions(scenes_annotations, tmp_path):
     )
     summary = train_captioner(cfg, tmp_path / "run", quiet=True)
     exported = export_checkpoint(summary["best_checkpoint"], tmp_path / "demo.pt")
+    # what evaluation reads from it is kept: the vocabulary and how the data were split
+    kept = load_checkpoint(exported)
+    assert kept["vocab"] == load_checkpoint(summary["best_checkpoint"])["vocab"]
+    assert kept["split_rule"] == SPLIT_RULE
     image = load_image(load_records("karpathy", scenes_annotations, None)[0].image_path)
     original = caption_images(load_captioner(summary["best_checkpoint"]), [image], n_best=2)[0]
     served = caption_images(load_captioner(exported), [image], n_best=2)[0]

@@ -16,8 +16,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from .formats import (
-    CARVED_FORMATS,
     FORMATS,
+    SPLIT_RULE,
     hashed_split,
     load_coco,
     load_csv,
@@ -70,10 +70,10 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "CARVED_FORMATS",
     "FORMATS",
     "MAX_IMAGE_PIXELS",
     "SPECIALS",
+    "SPLIT_RULE",
     "SPLITS",
     "BadImage",
     "BadImageLog",

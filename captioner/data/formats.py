@@ -41,8 +41,9 @@ FLICKR8K_SPLIT_FILES = {
     "test": "Flickr_8k.testImages.txt",
 }
 KARPATHY_SPLITS = (*SPLITS, "restval")
-# formats whose splits may be carved by `hashed_split` (data.val_fraction, test_fraction, split_seed)
-CARVED_FORMATS = ("coco", "csv", "jsonl")
+# Recorded in every captioner checkpoint (`split_rule`): the splits that no file gives are drawn by
+# `hashed_split`. Checkpoints without it were trained when they were a shuffle of the whole set.
+SPLIT_RULE = "hash"
 
 
 # --------------------------------------------------------------------------------------------
@@ -409,9 +410,13 @@ def load_coco(
         val_splits = {}
         train_splits = hashed_split(names, val_fraction, test_fraction, seed)
     records = []
-    for images, splits in ((by_split["train"], train_splits), (by_split["val"], val_splits)):
+    for images, splits, drawn in (
+        (by_split["train"], train_splits, not by_split["val"]),
+        (by_split["val"], val_splits, True),
+    ):
         records.extend(
-            ImageRecord(path, tuple(caps), splits[path]) for path, caps in images.items()
+            ImageRecord(path, tuple(caps), splits[path], drawn=drawn)
+            for path, caps in images.items()
         )
     return records
 
@@ -582,7 +587,10 @@ def _load_rows(
     if not with_split:
         names = {path: relative_name(path, root) for path in captions}
         splits = dict(hashed_split(names, val_fraction, test_fraction, seed))
-    return [ImageRecord(path, tuple(caps), str(splits[path])) for path, caps in captions.items()]
+    return [
+        ImageRecord(path, tuple(caps), str(splits[path]), drawn=not with_split)
+        for path, caps in captions.items()
+    ]
 
 
 def load_csv(

@@ -22,9 +22,12 @@ class ImageRecord:
         split: "train", "val" or "test".
         meta: free-form extra information kept from the annotations (for the synthetic scenes: the
             ground-truth scene dict); not part of equality or hashing.
+        drawn: whether `split` was drawn by `captioner.data.formats.hashed_split` (the
+            annotations give none) rather than read from the annotations; not part of equality.
     """
 
     image_path: str
     captions: tuple[str, ...]
     split: str
     meta: dict[str, Any] | None = field(default=None, compare=False)
+    drawn: bool = field(default=False, compare=False)

@@ -27,7 +27,13 @@ from tiny_models import train_tiny_captioner, train_tiny_char_lm
 import captioner.inference as inference
 from captioner.data.images import load_image
 from captioner.inference import caption_images, load_captioner
-from captioner.scenes import caption_names_objects_correctly, render_random_scene, scene_captions
+from captioner.scenes import (
+    MAX_SIZE,
+    MIN_SIZE,
+    caption_names_objects_correctly,
+    render_random_scene,
+    scene_captions,
+)
 from char_lm.generate import generate, load_char_lm, trained_precision
 from crnn_app.captioning import scene_size
 from crnn_app.heatmap import attention_overlay, attention_overlays, colormap
@@ -38,6 +44,7 @@ from crnn_app.models_dir import (
     list_checkpoints,
     parse_app_args,
 )
+from recurrent.checkpoint import load_checkpoint
 from recurrent.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -184,7 +191,9 @@ def _mime(name: str) -> str:
 # Caption page
 
 
-def test_caption_page_lists_checkpoints_and_skips_bad_files(app: AppTest) -> None:
+def test_caption_page_lists_checkpoints_and_skips_bad_files(
+    app: AppTest, models: dict[str, Path]
+) -> None:
     at = _run(app)
     assert at.radio(key="page").value == "Caption an image"
     assert at.selectbox(key="captioner_checkpoint").options == [
@@ -202,6 +211,50 @@ def test_caption_page_lists_checkpoints_and_skips_bad_files(app: AppTest) -> Non
     ), skipped
     assert "Upload an image or draw a random scene" in " ".join(_messages(at.info))
     assert not at.error
+    # the sidebar starts at the checkpoint's own decoding settings
+    decode = load_checkpoint(models["captioner"])["config"]["decode"]
+    assert decode["beam_size"] > 1  # a default the slider's minimum would not give by chance
+    assert at.slider(key="beam_size").value == decode["beam_size"]
+    assert at.slider(key="max_length").value == decode["max_length"]
+
+
+def test_a_remembered_checkpoint_that_was_deleted_gives_way_to_the_first(
+    models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The checkpoint picked is kept across page switches; when its file has been deleted
+    meanwhile, the picker falls back to the first checkpoint listed, without an error."""
+    models_dir = tmp_path / "models"
+    models_dir.mkdir()
+    shutil.copy(models["captioner"], models_dir / "a.pt")
+    shutil.copy(models["show_and_tell"], models_dir / "b.pt")
+    monkeypatch.setenv(ENV_VAR, str(models_dir))
+    monkeypatch.setattr(sys, "argv", ["app.py"])
+    at = _run(AppTest.from_file(APP, default_timeout=TIMEOUT))
+    at.selectbox(key="captioner_checkpoint").set_value("b.pt")
+    _run(at)
+    for deleted in (False, True):
+        at.radio(key="page").set_value("Generate text")
+        _run(at)
+        if deleted:
+            (models_dir / "b.pt").unlink()
+        at.radio(key="page").set_value("Caption an image")
+        _run(at)
+        picker = at.selectbox(key="captioner_checkpoint")
+        assert picker.value == ("a.pt" if deleted else "b.pt"), deleted
+        assert picker.options == (["a.pt"] if deleted else ["a.pt", "b.pt"])
+        assert not at.error, _messages(at.error)
+
+
+def test_scenes_are_drawn_at_the_captioners_size_within_the_generators_range() -> None:
+    """`scene_size`: the captioner's input size, clamped to what the scenes generator draws
+    legibly (MIN_SIZE .. MAX_SIZE)."""
+    assert MIN_SIZE < MAX_SIZE
+    for size in (MIN_SIZE, (MIN_SIZE + MAX_SIZE) // 2, MAX_SIZE):
+        assert scene_size(size) == size
+    for size in (1, MIN_SIZE - 1):
+        assert scene_size(size) == MIN_SIZE
+    for size in (MAX_SIZE + 1, 10 * MAX_SIZE):
+        assert scene_size(size) == MAX_SIZE
 
 
 def test_random_scene_caption_equals_library_and_follows_controls(

@@ -615,10 +615,13 @@ def _traced(path: str, mtime_ns: int, size: int, device: str, text: str) -> Trac
 
 @st.cache_data(show_spinner=False, max_entries=8)
 def _model_sample(path: str, mtime_ns: int, size: int, device: str) -> str:
-    """A text the model can read whatever its vocabulary: 400 characters of its own (seed 0)."""
+    """A text the model can read whatever its vocabulary: 400 characters of its own (seed 0),
+    from a newline, or from its first character where it has no newline (as hihello's)."""
     model, vocab, _ = _char_lm(path, mtime_ns, size, device)
     generator = torch.Generator().manual_seed(SAMPLE_SEED)
-    return "".join(generate(model, vocab, "", 400, temperature=0.8, generator=generator))
+    start = "" if "\n" in vocab else vocab[0]
+    sampled = generate(model, vocab, start, 400 - len(start), temperature=0.8, generator=generator)
+    return start + "".join(sampled)
 
 
 def inside_page(args: AppArgs, listing: Listing) -> None:

@@ -851,27 +851,24 @@ def test_inside_page_shows_the_layer_asked_for(tmp_path: Path, monkeypatch) -> N
     assert at.number_input(key="inside_layer").value == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="bug: for a model that cannot read the example passage, the page's default text is "
-    "sampled from an empty prompt, which generate() refuses when the vocabulary has no newline "
-    "(a model trained with configs/char_lm/hihello.yaml): the page shows only that error and "
-    "no text box. Remove this mark with the fix.",
-)
 def test_inside_page_reads_a_model_without_a_newline_and_averages_over_known_characters(
     app: AppTest, models: dict[str, Path]
 ) -> None:
-    """A model without a newline in its vocabulary (as hihello's) opens on the Inside page, and
-    reads a text from nothing: its first character has no probability, so the bits (and nats)
-    per character average over the others, and the slider's first character says so."""
+    """A model without a newline in its vocabulary (as hihello's) opens on the Inside page (its
+    sample of its own starts from its first character, as generate() has no newline to start
+    from), and reads a text from nothing: its first character has no probability, so the bits
+    (and nats) per character average over the others, and the slider's first character says so."""
     at = _page(app, "Inside a character model")
     at.selectbox(key="char_lm_checkpoint").set_value("no_newline/model.pt")
     _run(at)
+    model, vocab, _ = load_char_lm(models["no_newline"])
+    sample = generate(
+        model, vocab, vocab[0], 399, temperature=0.8, generator=torch.Generator().manual_seed(0)
+    )
+    assert at.text_area(key="inside_text:no_newline/model.pt").value == vocab[0] + "".join(sample)
     text = 'he said "no" to me.'
     at.text_area(key="inside_text:no_newline/model.pt").set_value(text)
     _run(at)
-    model, vocab, _ = load_char_lm(models["no_newline"])
     assert "\n" not in vocab
     probabilities, _ = inside.char_probabilities(inside.trace_text(model, vocab, text), vocab)
     assert probabilities[0] is None and None not in probabilities[1:]

@@ -128,10 +128,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.image_root is not None:
         data = dataclasses.replace(data, image_root=args.image_root)
     records = load_data_records(data)
-    if why := older_split(payload, records):
+    # on the data it was trained on (not other annotations, nor its own train split)
+    if (
+        args.annotations is None
+        and args.split != "train"
+        and (why := older_split(payload, records))
+    ):
         print(
-            f"note: {args.checkpoint}: {why}, so these scores may count images it trained on; "
-            "score it on images it never saw",
+            f"note: {args.checkpoint}: {why}; these scores may count images it trained on, "
+            "so score it on images it never saw",
             file=sys.stderr,
         )
     records = select_split(records, args.split, source=data.annotations)

@@ -235,13 +235,15 @@ def load_data_records(
 
 
 def older_split(payload: dict[str, Any], records: Sequence[ImageRecord]) -> str | None:
-    """Why `records` may hold images the checkpoint `payload` trained on in its val and test
-    splits, or None: the checkpoint predates `SPLIT_RULE` and these records' splits were drawn
-    (data without a split column), so its training images were chosen by the earlier rule."""
-    if payload.get("split_rule") == SPLIT_RULE or not any(record.drawn for record in records):
+    """Why the val and test images of `records` may include images the weights of the checkpoint
+    `payload` were trained on, or None: its weights (or those it started from) predate
+    `SPLIT_RULE`, and the training images of these records were drawn (no file gives them), by
+    another rule than the one that chose that checkpoint's training images."""
+    drawn = any(record.drawn and record.split == "train" for record in records)
+    if payload.get("split_rule") == SPLIT_RULE or not drawn:
         return None
     return (
-        "it was trained when the splits of data without a split column were a shuffle of the "
-        "whole set; they are now drawn by a hash of each image's path, so some of its training "
-        "images are val or test images here"
+        "its weights were trained when the splits of data without a split column were a shuffle "
+        "of the whole set; they are now drawn by a hash of each image's path, so some of the "
+        "images it trained on are val or test images here"
     )

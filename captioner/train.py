@@ -70,6 +70,7 @@ from captioner.config import (
     describe_model,
 )
 from captioner.data import (
+    OLDER_WEIGHTS,
     SPLIT_RULE,
     BadImage,
     BadImageLog,
@@ -494,10 +495,17 @@ def train(
     if any(record.drawn for record in records):
         kept += ["data.split_seed", "data.val_fraction", "data.test_fraction"]
     run.check_resume(ARCHITECTURE_KEYS, vocab.to_list(), "the training captions", kept)
-    if run.payload is not None and (why := older_split(run.payload, records)):
-        raise UserError(
-            f"cannot resume from {run.last_path}: {why}; start a new run, or give the data "
-            "a split column"
+    # what the weights have seen of the splits (SPLIT_RULE: only this rule's training images)
+    split_rule = SPLIT_RULE
+    if run.payload is not None:
+        if "split_rule" not in run.payload and (why := older_split(run.payload, records)):
+            raise UserError(f"cannot resume from {run.last_path}: {why}; start a new run")
+        split_rule = run.payload.get("split_rule", SPLIT_RULE)
+    elif run.init_payload is not None and (why := older_split(run.init_payload, records)):
+        split_rule = OLDER_WEIGHTS
+        run.log(
+            f"note: --init-from {run.init_path}: {why}; this run's checkpoints say so, and "
+            "captioner.evaluate will note it"
         )
 
     # --- model, optimizer, data order
@@ -595,7 +603,7 @@ def train(
         total_steps=total_steps,
         unit="pairs/s",
         card={"architecture": architecture, "data": data_card(cfg, data.train_records)},
-        extra=lambda: {"vocab": vocab.to_list(), "split_rule": SPLIT_RULE},
+        extra=lambda: {"vocab": vocab.to_list(), "split_rule": split_rule},
         describe=describe,
         # an epoch is every item once, fewer steps when data.bad_images=skip emptied batches
         finished=lambda: (

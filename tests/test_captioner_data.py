@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import random
 import subprocess
 import sys
@@ -43,7 +44,7 @@ from captioner.data import (
 from captioner.data import datasets as datasets_module
 from captioner.data import images as images_module
 from captioner.data.datasets import load_image_tensor
-from captioner.data.formats import exact_split, in_several_splits, split_draw
+from captioner.data.formats import exact_split, in_several_splits, relative_names, split_draw
 from recurrent.errors import UserError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -223,9 +224,12 @@ def test_coco_train_only_carves_val_and_test(tmp_path: Path) -> None:
     train = _coco(tmp_path / "captions_train2014.json", names)
     records = load_records("coco", train, tmp_path, val_fraction=0.1, test_fraction=0.1, seed=3)
     splits = [r.split for r in records]
-    # each image's own draw, its name taken relative to the image root
-    assert splits == [_by_draw(f"train2014/{name}", 0.1, 0.1, seed=3) for name in names]
+    # each image's own draw, by its file name: the same however the image root is spelled
+    assert splits == [_by_draw(name, 0.1, 0.1, seed=3) for name in names]
     assert set(splits) == {"train", "val", "test"} and all(r.drawn for r in records)
+    inner = load_records("coco", train, tmp_path / "train2014", val_fraction=0.1,
+                         test_fraction=0.1, seed=3)  # fmt: skip
+    assert inner == records
     assert records[0].image_path == str(tmp_path / "train2014" / names[0])
     assert records[0].captions == (f"caption 0 of {names[0]}", f"caption 1 of {names[0]}")
     again = load_records("coco", [train], tmp_path, val_fraction=0.1, test_fraction=0.1, seed=3)
@@ -387,6 +391,20 @@ def test_a_split_moves_no_image_when_images_come_and_go_or_the_folder_moves(
         n for n, s in after.items() if s == "test"
     }
     assert {n for n, s in after.items() if s == "val"} < {n for n, s in wider.items() if s == "val"}
+
+
+def test_split_keys_are_relative_and_in_posix_form(monkeypatch) -> None:
+    """A key is the path below the root (a path outside it is its own key), with '/' between its
+    parts on every system, so one data set splits alike on Linux and Windows."""
+    root = Path("/data/set")
+    paths = ["/data/set/pics/a.jpg", "/elsewhere/b.jpg"]
+    assert relative_names(paths, root / "x" / "..") == {
+        paths[0]: "pics/a.jpg",
+        paths[1]: "/elsewhere/b.jpg",
+    }
+    monkeypatch.setattr(os, "sep", "\\")  # as Windows' os.path.abspath would give them
+    windows = "/data/set/pics\\a.jpg"
+    assert relative_names([windows], root) == {windows: "pics/a.jpg"}
 
 
 @given(

@@ -18,14 +18,21 @@ import yaml
 import captioner.evaluate as evaluate_module
 import captioner.train as train_module
 from captioner.config import CaptionerConfig, check_config, describe_data, describe_model
-from captioner.data import Vocabulary, load_image, select_split
+from captioner.data import (
+    OLDER_WEIGHTS,
+    SPLIT_RULE,
+    ImageRecord,
+    Vocabulary,
+    load_image,
+    select_split,
+)
 from captioner.data.vocab import tokenize
 from captioner.encoder import ImageEncoder
 from captioner.features import FeatureCache
 from captioner.inference import caption_images, eval_transform, load_captioner
 from captioner.metrics import bleu_scores
 from captioner.model import CaptionModel
-from captioner.scoring import evaluate_split, image_ids, load_data_records
+from captioner.scoring import evaluate_split, image_ids, load_data_records, older_split
 from captioner.train import parameter_parts, train
 from recurrent import engine
 from recurrent.checkpoint import load_checkpoint, save_checkpoint
@@ -284,13 +291,25 @@ def test_a_drawn_split_is_kept_across_a_resume_and_older_checkpoints_are_named(
     older = load_checkpoint(run / "last.pt")
     del older["split_rule"]
     save_checkpoint(older, run / "last.pt")
-    with pytest.raises(UserError, match=r"cannot resume from .*: it was trained when the splits"):
+    with pytest.raises(UserError, match=r"cannot resume from .*: its weights were trained when"):
         quiet_train(tiny_cfg(table, *csv_cfg, "train.max_steps=4"), run, resume=True)
     evaluate_module.main(evaluate)
     said = capsys.readouterr()
     assert json.loads(said.out)["images"] == 1
-    assert said.err.startswith(f"note: {run / 'last.pt'}: it was trained when the splits")
+    assert said.err.startswith(f"note: {run / 'last.pt'}: its weights were trained when")
     assert said.err.count("\n") == 1 and "may count images it trained on" in said.err
+    # not on its own train split, nor on other annotations
+    for other in (["--split", "train"], ["--annotations", str(table), "--format", "csv"]):
+        evaluate_module.main([*evaluate, *other])
+        assert capsys.readouterr().err == ""
+    # a run started from those weights (--init-from, as self-critical training is) says so
+    started = tmp_path / "started"
+    train(tiny_cfg(table, *csv_cfg), started, quiet=True, init_from=run / "last.pt")
+    assert load_checkpoint(started / "last.pt")["split_rule"] == OLDER_WEIGHTS
+    evaluate_module.main([*evaluate[:1], str(started / "last.pt"), *evaluate[2:]])
+    assert "may count images it trained on" in capsys.readouterr().err
+    assert quiet_train(tiny_cfg(table, *csv_cfg, "train.max_steps=3"), started, resume=True)
+    assert load_checkpoint(started / "last.pt")["split_rule"] == OLDER_WEIGHTS
     # data whose file gives the splits: an older checkpoint has nothing to fear
     older = load_checkpoint(given / "last.pt")
     del older["split_rule"]
@@ -298,6 +317,22 @@ def test_a_drawn_split_is_kept_across_a_resume_and_older_checkpoints_are_named(
     assert quiet_train(tiny_cfg(with_split, *csv_cfg, "train.max_steps=4"), given, resume=True)
     evaluate_module.main([*evaluate[:1], str(given / "last.pt"), *evaluate[2:]])
     assert capsys.readouterr().err == ""
+
+
+def test_only_drawn_training_images_make_an_older_checkpoint_suspect():
+    """COCO's train and val files: the training images come from the train file (not drawn), so
+    a checkpoint from before the hashed split never trained on a val or test image; data whose
+    training images were drawn (no file gives them) may hold some of its training images in val
+    or test, whether the checkpoint predates the rule or started from weights that did."""
+    given = [
+        ImageRecord("a.jpg", ("x",), "train"),
+        ImageRecord("b.jpg", ("y",), "test", drawn=True),
+    ]
+    drawn = [ImageRecord("a.jpg", ("x",), "train", drawn=True), given[1]]
+    assert older_split({}, given) is None
+    assert older_split({"split_rule": SPLIT_RULE}, drawn) is None
+    for payload in ({}, {"split_rule": OLDER_WEIGHTS}):
+        assert "some of the images it trained on are val or test" in older_split(payload, drawn)
 
 
 def test_feature_cache_runs_the_encoder_once_per_image(

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from .formats import (
     FORMATS,
+    OLDER_WEIGHTS,
     SPLIT_RULE,
     hashed_split,
     load_coco,
@@ -72,6 +73,7 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "FORMATS",
     "MAX_IMAGE_PIXELS",
+    "OLDER_WEIGHTS",
     "SPECIALS",
     "SPLIT_RULE",
     "SPLITS",

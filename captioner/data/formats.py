@@ -42,8 +42,10 @@ FLICKR8K_SPLIT_FILES = {
 }
 KARPATHY_SPLITS = (*SPLITS, "restval")
 # Recorded in every captioner checkpoint (`split_rule`): the splits that no file gives are drawn by
-# `hashed_split`. Checkpoints without it were trained when they were a shuffle of the whole set.
+# `hashed_split`. Checkpoints without it were trained when they were a shuffle of the whole set;
+# a run started (--init-from) from such weights on drawn data records OLDER_WEIGHTS instead.
 SPLIT_RULE = "hash"
+OLDER_WEIGHTS = "hash, from weights trained on an earlier split"
 
 
 # --------------------------------------------------------------------------------------------
@@ -140,11 +142,15 @@ def validate_fractions(val_fraction: float, test_fraction: float) -> None:
         )
 
 
-def relative_name(path: str, root: Path) -> str:
-    """`path` relative to the folder `root` when it lies inside it (a split's hash key: a data set
-    moved elsewhere keeps its split), else `path` itself."""
+def relative_names(paths: Iterable[str], root: Path) -> dict[str, str]:
+    """Each path's name for `hashed_split`: the path relative to the folder `root` when it lies
+    inside it (so a data set moved elsewhere keeps its split), else the path itself; in POSIX
+    form, so that one data set splits alike on every system."""
     prefix = os.path.join(os.path.abspath(root), "")  # as normalised as the image paths
-    return path[len(prefix) :] if path.startswith(prefix) else path
+    names = {path: path[len(prefix) :] if path.startswith(prefix) else path for path in paths}
+    if os.sep != "/":  # Windows: the separators of the loaders' os.path.abspath
+        names = {path: name.replace(os.sep, "/") for path, name in names.items()}
+    return names
 
 
 def _split_count(num: int, fraction: float) -> int:
@@ -187,7 +193,7 @@ def hashed_split(
 ) -> dict[str, str]:
     """Assign each key (an image) of `names` to "test", "val" or `rest` by a hash of its name.
 
-    Each key's name (`relative_name`) and the seed draw a number in [0, 1) (`split_draw`): "test"
+    Each key's name (`relative_names`) and the seed draw a number in [0, 1) (`split_draw`): "test"
     below `test_fraction`, "val" below `test_fraction + val_fraction`, else `rest`. A key's split
     depends on nothing else: images added to a data set, or taken out of it, leave every other
     image where it was, so with the same seed and fractions a checkpoint trained before never
@@ -371,14 +377,16 @@ def load_coco(
     """Load one or more COCO caption files (captions_train2014.json style).
 
     Each file's split comes from its name ("train" or "val"). The public COCO test images have no
-    captions, so the test split is always carved out, by `hashed_split` of the image paths
-    relative to the image root, with `seed`:
+    captions, so the test split is always carved out, by `hashed_split` of the images' file
+    names (their paths in the folder they are read from, however `image_root` is spelled), with
+    `seed`:
 
     - images of train files are train; when no val file is given, `val_fraction` and
       `test_fraction` of them become val and test;
     - images of val files are divided between val and test in the ratio
       val_fraction : test_fraction (half and half by default), as Karpathy's split does with
-      val2014. So a val file on its own gives val and test but no train, which suits evaluation.
+      val2014. So a val file on its own gives val and test but no train, which suits evaluation;
+      and there a change of either fraction moves images between val and test (never to train).
 
     Images are looked up at image_root/<train2014|val2014...>/file_name when that folder exists (the
     folder name is taken from the annotation file name), else at image_root/file_name. Images
@@ -389,7 +397,7 @@ def load_coco(
     if not files:
         raise UserError("no COCO annotation files given; pass captions_train2014.json or similar")
     by_split: dict[str, dict[str, list[str]]] = {"train": {}, "val": {}}
-    names: dict[str, str] = {}  # image path -> its path relative to its image root
+    names: dict[str, str] = {}  # image path -> its path in the folder it is read from
     for annotation in files:
         file = _existing_file(annotation, "COCO caption file")
         split = _coco_split(file)
@@ -397,9 +405,10 @@ def load_coco(
         folder = re.search(r"(train|val)\d{4}", file.name.lower())
         subfolder = root / (folder.group(0) if folder else f"{split}2014")
         base = subfolder if subfolder.is_dir() else root
-        for path, captions in _coco_captions(file, base, check_images).items():
+        found = _coco_captions(file, base, check_images)
+        for path, captions in found.items():
             by_split[split].setdefault(path, []).extend(captions)
-            names[path] = relative_name(path, root)
+        names.update(relative_names(found, base))  # the file_name: however image_root is spelled
     if by_split["val"]:
         total = val_fraction + test_fraction
         share = test_fraction / total if total > 0 else 0.0
@@ -585,8 +594,7 @@ def _load_rows(
             )
         captions[path].append(row.caption)
     if not with_split:
-        names = {path: relative_name(path, root) for path in captions}
-        splits = dict(hashed_split(names, val_fraction, test_fraction, seed))
+        splits = hashed_split(relative_names(captions, root), val_fraction, test_fraction, seed)
     return [
         ImageRecord(path, tuple(caps), str(splits[path]), drawn=not with_split)
         for path, caps in captions.items()

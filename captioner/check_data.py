@@ -89,6 +89,13 @@ def _print_report(
         f"{report.captions} captions",
         file=out,
     )
+    if report.drawn:
+        print(
+            f"  splits of {report.drawn} image(s) drawn by a hash of their paths "
+            f"(data.split_seed={data.split_seed}, val_fraction={data.val_fraction}, "
+            f"test_fraction={data.test_fraction}): adding images moves none of them",
+            file=out,
+        )
     print(
         f"images: {len(report.checks)} read and decoded in {seconds:.1f} s on {workers} "
         f"thread(s): {len(report.checks) - len(missing) - len(bad)} fine, {len(missing)} missing, "

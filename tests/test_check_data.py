@@ -117,6 +117,26 @@ def test_every_planted_problem_is_reported_and_training_would_stop(tmp_path, cap
     )
 
 
+def test_the_report_says_which_splits_were_drawn(tmp_path, capsys):
+    """A Karpathy file gives every split; a CSV without the column has its splits drawn by hash,
+    and the report says for how many images and with which settings."""
+    given = _dataset(tmp_path, missing=False, leak=False)
+    code, out, _ = _check(given, capsys, json_out=True)
+    assert json.loads(out)["drawn"] == 0
+    assert "drawn by a hash" not in _check(given, capsys)[1]
+    rows = [f"{i}.png,a red circle {i}" for i in range(6) for _ in range(2)]
+    (tmp_path / "captions.csv").write_text("image,caption\n" + "\n".join(rows) + "\n")
+    settings = ("data.format=csv", "data.split_seed=3", "data.val_fraction=0.2")
+    code, out, _ = _check(tmp_path / "captions.csv", capsys, *settings, json_out=True)
+    report = json.loads(out)
+    assert report["drawn"] == 6 and sum(report["splits"].values()) == 6
+    out = _check(tmp_path / "captions.csv", capsys, *settings)[1]
+    assert (
+        "  splits of 6 image(s) drawn by a hash of their paths (data.split_seed=3, "
+        "val_fraction=0.2, test_fraction=0.05): adding images moves none of them"
+    ) in out.splitlines()
+
+
 def test_the_report_agrees_with_load_image(tmp_path, capsys):
     annotations = _dataset(tmp_path)
     code, out, _ = _check(annotations, capsys, json_out=True)

@@ -95,6 +95,7 @@ class DataReport:
     records: list[ImageRecord]
     checks: dict[str, ImageCheck]
     splits: dict[str, int] = field(default_factory=dict)  # images per split
+    drawn: int = 0  # images whose split hashed_split drew (the annotations give none)
     captions: int = 0
     listed_twice: dict[str, list[str]] = field(default_factory=dict)  # path -> its records' splits
     same_bytes: list[list[str]] = field(default_factory=list)  # groups of paths, identical bytes
@@ -112,6 +113,7 @@ class DataReport:
             min_word_count,
         )
         report.splits = dict(Counter(record.split for record in records))
+        report.drawn = sum(record.drawn for record in records)
         report.captions = sum(len(record.captions) for record in records)
         splits_of: dict[str, list[str]] = defaultdict(list)
         for record in records:
@@ -180,6 +182,7 @@ class DataReport:
         return {
             "images": len({record.image_path for record in self.records}),
             "splits": self.splits,
+            "drawn": self.drawn,
             "captions": self.captions,
             "missing": self.paths(MISSING),
             "bad": {path: self.checks[path].reason for path in self.paths(BAD)},

@@ -473,7 +473,8 @@ _ODD = st.one_of(
 @settings(max_examples=300, deadline=None)
 def test_tokenize_fast_path_equals_treebank(pieces: list[str], ending: str):
     text = " ".join(pieces) + ending
-    treebank = [t for t in _NLTK.tokenize(text.lower()) if any(c.isalnum() for c in t)]
+    spaced = " ".join(text.lower().split())  # tokenize makes any whitespace one space first
+    treebank = [t for t in _NLTK.tokenize(spaced) if any(c.isalnum() for c in t)]
     assert tokenize(text) == treebank
 
 

@@ -70,15 +70,20 @@ _SPLIT_WORDS = _split_words()
 def tokenize(text: str) -> list[str]:
     """Split a caption into lowercase word tokens.
 
-    The text is lowercased and split with nltk's `TreebankWordTokenizer` (the Penn Treebank
-    conventions: "don't" -> "do", "n't"; "dog." -> "dog", "."), then only tokens containing at
-    least one letter or digit are kept, which drops punctuation such as "," "." "``" and "--".
-    Evaluation (BLEU) tokenises references and generated captions with this same function.
+    The text is lowercased, its whitespace made single spaces, and split with nltk's
+    `TreebankWordTokenizer` (the Penn Treebank conventions: "don't" -> "do", "n't"; "dog." ->
+    "dog", "."), then only tokens containing at least one letter or digit are kept, which drops
+    punctuation such as "," "." "``" and "--". Evaluation (BLEU) tokenises references and
+    generated captions with this same function, and a caption's tokens joined by spaces give the
+    same tokens again (Treebank's rules see only spaces: "dogs'" before a tab stayed one token,
+    before a space it is "dogs" and "'").
 
     >>> tokenize("A dog, running on the beach.")
     ['a', 'dog', 'running', 'on', 'the', 'beach']
     """
     text = text.lower()
+    if "  " in text or not text.isprintable():  # a tab, newline, NBSP...: other whitespace
+        text = " ".join(text.split())
     if _SPLIT_WORDS is not None and _PLAIN.fullmatch(text) and not _COMMA_BEFORE.search(text):
         words = text.replace(",", " ").replace(".", " ").split()
         if _SPLIT_WORDS.isdisjoint(words):

@@ -592,7 +592,10 @@ def train(
         return f"epoch {epoch:.2f}, val BLEU-1..4 {bleu}{cider}, e.g. {samples['first']!r}"
 
     architecture = describe_model(to_dict(cfg.model))
-    total_steps = cfg.train.max_steps or cfg.train.epochs * batches.steps_per_epoch
+    # optimizer steps: each takes train.grad_accum_steps batches
+    total_steps = cfg.train.max_steps or -(
+        -cfg.train.epochs * batches.steps_per_epoch // cfg.train.grad_accum_steps
+    )
     summary = run.fit(
         model,
         optimizer,

@@ -50,6 +50,7 @@ straight to the larger ``max_steps``.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import math
@@ -107,6 +108,9 @@ class RunSettings:
     warmup_steps: int = 100
     min_lr_ratio: float = 0.1  # the cosine ends at lr * min_lr_ratio
     grad_clip: float = 1.0  # max global gradient norm; 0: no clipping (the norm is still logged)
+    # batches whose gradients each optimizer step sums (their losses count alike): a global
+    # batch of batch x grad_accum_steps x processes, as nanoGPT's gradient_accumulation_steps
+    grad_accum_steps: int = 1
     eval_every: int = 250  # steps between evaluations; 0: one per pass over the training data
     patience: int = 0  # evaluations without a better score before stopping; 0: never
     checkpoint_every: int = 0  # steps between last.pt writes besides evaluations; 0: none
@@ -131,6 +135,7 @@ RUN_BOUNDS = {
     "train.warmup_steps": "[0, 1e9]",
     "train.min_lr_ratio": "[0, 1]",
     "train.grad_clip": "[0, inf)",
+    "train.grad_accum_steps": "[1, 4096]",
     "train.eval_every": "[0, 1e9]",
     "train.patience": "[0, 1e9]",
     "train.checkpoint_every": "[0, 1e9]",
@@ -576,6 +581,8 @@ class Run:
         settings, progress = self.settings, self.progress
         main = self.dist.is_main
         wrapped = self._wrap(model)
+        # under torchrun the gradients of all but an optimizer step's last batch stay local
+        no_sync = wrapped.no_sync if self.dist.enabled else contextlib.nullcontext
         if settings.compile:  # `model` (saved, evaluated) stays the plain module: no prefixes
             wrapped = torch.compile(wrapped)
         metrics = MetricsLog(
@@ -726,22 +733,29 @@ class Run:
                     for group in optimizer.param_groups:
                         group["lr"] = group["base_lr"] * factor
                     optimizer.zero_grad(set_to_none=True)
-                    with self.precision.autocast():
-                        result = step(wrapped)
-                    scaler.scale(result.loss).backward()
+                    accum = settings.grad_accum_steps
+                    losses, items, epoch_end = [], 0, False
+                    for micro in range(accum):
+                        with no_sync() if micro < accum - 1 else contextlib.nullcontext():
+                            with self.precision.autocast():
+                                result = step(wrapped)
+                            scaler.scale(result.loss / accum).backward()
+                        losses.append(result.loss.detach().float())
+                        items += result.items
+                        epoch_end = epoch_end or result.epoch_end
+                        for name, value in result.figures.items():
+                            progress.figures.setdefault(name, []).append(float(value))
                     scaler.unscale_(optimizer)
                     max_norm = settings.grad_clip if settings.grad_clip > 0 else math.inf
                     grad_norm = nn.utils.clip_grad_norm_(params, max_norm)
                     scaler.step(optimizer)
                     scaler.update()
-                    loss = result.loss.detach().float()
+                    loss = losses[0] if accum == 1 else torch.stack(losses).mean()
                     stats.append(torch.stack([loss, grad_norm.detach().float().to(loss.device)]))
                     progress.step += 1
-                    items_total += result.items
-                    window_items += result.items
+                    items_total += items
+                    window_items += items
                     bar.update(1)
-                    for name, value in result.figures.items():
-                        progress.figures.setdefault(name, []).append(float(value))
                     if progress.step % settings.log_every == 0:
                         flush_checks()
                         loss_mean, grad_mean = self._reduce_means(progress.pending)
@@ -783,7 +797,7 @@ class Run:
                     )
                     reason = stop_reason(over_budget)
                     due = (settings.eval_every and progress.step % settings.eval_every == 0) or (
-                        not settings.eval_every and result.epoch_end
+                        not settings.eval_every and epoch_end
                     )
                     if due or reason is not None:
                         run_evaluation()

@@ -72,9 +72,12 @@ CHAR_SET = [
 
 
 def test_char_lm_two_processes_match_one_and_resume_exactly(tmp_path):
-    launch([*CHAR, *CHAR_SET, "train.max_steps=6", "--out-dir", "one"], processes=1, cwd=tmp_path)
-    launch([*CHAR, *CHAR_SET, "train.max_steps=6", "--out-dir", "two"], processes=2, cwd=tmp_path)
-    # Each process trains on 2 of the 4 streams; averaged gradients = the 4-stream batch's.
+    # Each process trains on 2 of the 4 streams; averaged gradients = the 4-stream batch's. Each
+    # optimizer step sums 2 batches (train.grad_accum_steps): the processes keep the first one's
+    # gradients to themselves and average the sum at the second.
+    summed = [*CHAR, *CHAR_SET, "train.max_steps=6", "train.grad_accum_steps=2", "--out-dir"]
+    launch([*summed, "one"], processes=1, cwd=tmp_path)
+    launch([*summed, "two"], processes=2, cwd=tmp_path)
     assert_same_run(tmp_path / "one", tmp_path / "two", exact=False)
     saved = torch.load(tmp_path / "two" / "last.pt", weights_only=True)
     assert len(saved["rng"]) == len(saved["data"]) == 2  # every rank's state is kept

@@ -182,6 +182,24 @@ def test_both_trainers_set_the_same_schedule_by_the_rule(scenes_annotations, tmp
             assert {g["base_lr"] for g in groups} == {0.004, 0.001}  # lr, encoder_lr
 
 
+def test_the_captioners_epochs_count_optimizer_steps_of_accumulated_batches(
+    scenes_annotations, tmp_path
+):
+    """With grad_accum_steps 2 an epoch of n batches is ceil(n / 2) optimizer steps, and the
+    cosine spans the run's optimizer steps, as without accumulation it spans its batches."""
+    overrides = [*SCHEDULE, "train.warmup_steps=1", "train.epochs=2", "train.batch_size=4",
+                 "train.eval_every=0"]  # fmt: skip
+    plain = train_task("captioner", scenes_annotations, tmp_path / "plain", *overrides)
+    summed = train_task(
+        "captioner", scenes_annotations, tmp_path / "summed", *overrides, "train.grad_accum_steps=2"
+    )
+    batches = plain["steps"]
+    assert batches >= 6 and summed["steps"] == -(-batches // 2)
+    assert summed["stop_reason"] == plain["stop_reason"] == "epochs"
+    rule = RunSettings(warmup_steps=1, min_lr_ratio=0.2)
+    assert_lr_rule(train_lines(tmp_path / "summed"), 0.004, rule, summed["steps"])
+
+
 @pytest.mark.parametrize(
     "max_steps, budget",
     [(0, 1.0), (30, 1e6)],  # no step limit: time decides; a budget far away: steps decide
@@ -544,6 +562,46 @@ def test_a_metrics_line_holds_the_means_of_its_steps(tmp_path, record_calls):
         assert line["grad_norm"] == pytest.approx(sum(norms[start : start + 3]) / 3, rel=1e-5)
         losses = summary["losses"][start : start + 3]
         assert line["loss"] == pytest.approx(sum(losses) / 3, rel=1e-5)
+
+
+@pytest.mark.parametrize("accum", [2, 4])
+def test_accumulated_batches_make_the_step_of_their_union(tmp_path, accum):
+    """grad_accum_steps k: an optimizer step sums the gradients of k batches, each loss counting
+    1/k, and clips, logs and schedules once. With batches of equal size (a mean loss over
+    items) that is the step of one batch of all their items: the same weights, losses and
+    gradient norms, step for step; the epoch ends where a batch ends it."""
+    common = dict(
+        max_steps=3, warmup_steps=1, lr=0.2, grad_clip=0.5, log_every=1, eval_every=0,
+        checkpoint_every_s=0, device="cpu", precision="fp32",
+    )  # fmt: skip
+    parts = [(X[i::accum], Y[i::accum]) for i in range(accum)]  # items interleaved
+    served = []
+
+    def micro(run, net):
+        x, y = parts[len(served) % accum]
+        served.append(len(x))
+        return StepResult(net(x, y), len(x), epoch_end=len(served) % (2 * accum) == 1)
+
+    torch.manual_seed(0)
+    whole = _Toy()
+    split = copy.deepcopy(whole)
+    one = _fit_toy(tmp_path / "one", RunSettings(**common), whole)
+    summed = _fit_toy(
+        tmp_path / "summed", RunSettings(**common, grad_accum_steps=accum), split, step=micro
+    )
+    assert len(served) == 3 * accum
+    assert summed["losses"] == pytest.approx(one["losses"], rel=1e-6)
+    for got, want in zip(
+        train_lines(tmp_path / "summed"), train_lines(tmp_path / "one"), strict=True
+    ):
+        assert (got["step"], got["lr"]) == (want["step"], want["lr"])
+        assert got["grad_norm"] == pytest.approx(want["grad_norm"], rel=1e-5)
+        assert got["throughput"] > 0
+    for name, value in whole.state_dict().items():
+        torch.testing.assert_close(split.state_dict()[name], value, rtol=1e-6, atol=1e-7)
+    # eval_every 0: an evaluation after each optimizer step holding a batch that ended an epoch
+    lines = read_metrics(tmp_path / "summed" / "metrics.jsonl")
+    assert [line["step"] for line in lines if line["kind"] == "eval"] == [1, 3]
 
 
 def test_a_gradient_scaler_skips_non_finite_gradients_and_the_run_goes_on(tmp_path, monkeypatch):

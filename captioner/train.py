@@ -386,7 +386,20 @@ class EpochBatches:
         return iter(batches)
 
     def __len__(self) -> int:
+        return self.batches_to_epoch_end()
+
+    def batches_to_epoch_end(self) -> int:
+        """Batches left in this epoch (at least 1): the engine ends an accumulated optimizer
+        step with the epoch's last one."""
         return self.steps_per_epoch - self.batch_in_epoch
+
+    def optimizer_steps_left(self, epochs: int, accum: int) -> int:
+        """Optimizer steps to the end of epoch `epochs`, taking `accum` batches a step and
+        ending each epoch with a step of the batches it has left."""
+        if self.epoch >= epochs:
+            return 0
+        rest_of_this = -(-self.batches_to_epoch_end() // accum)
+        return rest_of_this + (epochs - self.epoch - 1) * -(-self.steps_per_epoch // accum)
 
     def next_batch(self) -> tuple[Any, bool]:
         """The next batch, and whether an epoch ended with it (or with the batches before it that
@@ -592,9 +605,10 @@ def train(
         return f"epoch {epoch:.2f}, val BLEU-1..4 {bleu}{cider}, e.g. {samples['first']!r}"
 
     architecture = describe_model(to_dict(cfg.model))
-    # optimizer steps: each takes train.grad_accum_steps batches
-    total_steps = cfg.train.max_steps or -(
-        -cfg.train.epochs * batches.steps_per_epoch // cfg.train.grad_accum_steps
+    # optimizer steps (of train.grad_accum_steps batches each): those taken, and those left to
+    # the last epoch, counted from where this call starts (a resume may change the accumulation)
+    total_steps = cfg.train.max_steps or run.progress.step + batches.optimizer_steps_left(
+        cfg.train.epochs, cfg.train.grad_accum_steps
     )
     summary = run.fit(
         model,

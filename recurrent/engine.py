@@ -577,12 +577,15 @@ class Run:
         ``score_key(scores)`` orders them (greater is better). ``extra()`` adds task keys to each
         checkpoint (e.g. the vocabulary); ``describe(scores)`` formats an evaluation line;
         ``finished()`` names a task's own reason to stop (the captioner's epochs), or None.
+        An optimizer step sums ``train.grad_accum_steps`` such batches, fewer where ``data`` has
+        a ``batches_to_epoch_end()`` that says its epoch ends sooner (the captioner's epochs).
         """
         settings, progress = self.settings, self.progress
         main = self.dist.is_main
         wrapped = self._wrap(model)
         # under torchrun the gradients of all but an optimizer step's last batch stay local
         no_sync = wrapped.no_sync if self.dist.enabled else contextlib.nullcontext
+        to_epoch_end = getattr(data, "batches_to_epoch_end", None)
         if settings.compile:  # `model` (saved, evaluated) stays the plain module: no prefixes
             wrapped = torch.compile(wrapped)
         metrics = MetricsLog(
@@ -734,6 +737,8 @@ class Run:
                         group["lr"] = group["base_lr"] * factor
                     optimizer.zero_grad(set_to_none=True)
                     accum = settings.grad_accum_steps
+                    if to_epoch_end is not None:  # a step ends with its epoch's last batch
+                        accum = min(accum, to_epoch_end())
                     losses, items, epoch_end = [], 0, False
                     for micro in range(accum):
                         with no_sync() if micro < accum - 1 else contextlib.nullcontext():

@@ -185,19 +185,38 @@ def test_both_trainers_set_the_same_schedule_by_the_rule(scenes_annotations, tmp
 def test_the_captioners_epochs_count_optimizer_steps_of_accumulated_batches(
     scenes_annotations, tmp_path
 ):
-    """With grad_accum_steps 2 an epoch of n batches is ceil(n / 2) optimizer steps, and the
-    cosine spans the run's optimizer steps, as without accumulation it spans its batches."""
+    """With grad_accum_steps 2 an epoch of n batches is ceil(n / 2) optimizer steps, the last
+    one taking what the epoch has left (so eval_every 0 evaluates at each epoch's end), and the
+    cosine spans the run's optimizer steps; a resume with another accumulation counts the steps
+    left from where the run is."""
     overrides = [*SCHEDULE, "train.warmup_steps=1", "train.epochs=2", "train.batch_size=4",
                  "train.eval_every=0"]  # fmt: skip
     plain = train_task("captioner", scenes_annotations, tmp_path / "plain", *overrides)
     summed = train_task(
         "captioner", scenes_annotations, tmp_path / "summed", *overrides, "train.grad_accum_steps=2"
     )
-    batches = plain["steps"]
-    assert batches >= 6 and summed["steps"] == -(-batches // 2)
+    per_epoch = plain["steps"] // 2
+    assert per_epoch % 2 == 1 and summed["steps"] == 2 * (per_epoch + 1) // 2
     assert summed["stop_reason"] == plain["stop_reason"] == "epochs"
     rule = RunSettings(warmup_steps=1, min_lr_ratio=0.2)
     assert_lr_rule(train_lines(tmp_path / "summed"), 0.004, rule, summed["steps"])
+    lines = read_metrics(tmp_path / "summed" / "metrics.jsonl")
+    assert [line["step"] for line in lines if line["kind"] == "eval"] == [
+        (per_epoch + 1) // 2,
+        summed["steps"],
+    ]
+    # one epoch without accumulation, then a second one with it
+    first = [*overrides, "train.epochs=1"]
+    train_task("captioner", scenes_annotations, tmp_path / "changed", *first)
+    resumed = train_task(
+        "captioner", scenes_annotations, tmp_path / "changed", *overrides,
+        "train.grad_accum_steps=2", resume=True,
+    )  # fmt: skip
+    total = per_epoch + (per_epoch + 1) // 2
+    assert (resumed["steps"], resumed["stop_reason"]) == (total, "epochs")
+    later = [line for line in train_lines(tmp_path / "changed") if line["step"] > per_epoch]
+    assert_lr_rule(later, 0.004, rule, total)
+    assert later[-1]["lr"] == pytest.approx(0.004 * 0.2, rel=0.05)  # annealed to its floor
 
 
 @pytest.mark.parametrize(

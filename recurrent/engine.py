@@ -28,7 +28,9 @@ and one evaluation that returns scores; `Run` does everything else, the same way
   gradient norm is logged;
 - logging: a progress bar, one line per evaluation, ``metrics.jsonl`` (one JSON object per
   logged step and per evaluation) and, with ``tensorboard``, the same numbers for TensorBoard;
-- multi-process training under torchrun (`recurrent.distributed`): DDP, rank 0 writes.
+- multi-process training under torchrun (`recurrent.distributed`): DDP, rank 0 writes;
+- gradient accumulation: ``grad_accum_steps`` batches per optimizer step, one gradient exchange
+  between the processes per step.
 
 A new run may start from the weights of another run's checkpoint (``--init-from PATH``, the
 self-critical phase after cross-entropy, say): only the weights are taken, not the optimizer,

@@ -96,6 +96,44 @@ def test_char_lm_two_processes_match_one_and_resume_exactly(tmp_path):
     assert_same_run(tmp_path / "straight", tmp_path / "split", exact=True)
 
 
+# char_lm.train with a DDP communication hook that notes each gradient all-reduce in calls.RANK
+COUNTING_SYNCS = """
+import os, sys
+from pathlib import Path
+from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+from recurrent import engine
+from char_lm import train
+
+wrap = engine.Run._wrap
+
+def counted(self, model):
+    wrapped = wrap(self, model)
+    calls = Path(f"calls.{os.environ['RANK']}")
+    def hook(state, bucket):
+        with calls.open("a") as file:
+            file.write("all-reduce\\n")
+        return allreduce_hook(None, bucket)
+    wrapped.register_comm_hook(None, hook)
+    return wrapped
+
+engine.Run._wrap = counted
+train.main(sys.argv[1:])
+"""
+
+
+def test_accumulated_batches_exchange_gradients_once_per_optimizer_step(tmp_path):
+    """With grad_accum_steps 3 the processes keep the first two batches' gradients to
+    themselves (DDP's no_sync) and all-reduce once per optimizer step: as many exchanges as
+    without accumulation (the tiny model's gradients fit one bucket), not three times as many."""
+    script = tmp_path / "counting_syncs.py"
+    script.write_text(COUNTING_SYNCS)
+    settings = ["train.max_steps=4", "train.eval_every=4", "train.grad_accum_steps=3"]
+    args = [str(script), *CHAR[2:], *CHAR_SET, *settings, "--out-dir", "run"]  # CHAR less -m
+    launch(args, processes=2, cwd=tmp_path)
+    for rank in (0, 1):
+        assert (tmp_path / f"calls.{rank}").read_text().count("all-reduce") == 4
+
+
 def test_captioner_two_processes_match_one_with_a_shared_feature_cache(
     scenes_annotations: Path, tmp_path: Path
 ):

@@ -757,7 +757,7 @@ class Run:
                     grad_norm = nn.utils.clip_grad_norm_(params, max_norm)
                     scaler.step(optimizer)
                     scaler.update()
-                    loss = losses[0] if accum == 1 else torch.stack(losses).mean()
+                    loss = torch.stack(losses).mean()  # one batch: its loss, to the bit
                     stats.append(torch.stack([loss, grad_norm.detach().float().to(loss.device)]))
                     progress.step += 1
                     items_total += items

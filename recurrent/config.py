@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import functools
 import math
 import re
@@ -221,10 +222,20 @@ def _from_mapping(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
     fields = {f.name for f in dataclasses.fields(cls)}
     unknown = [k for k in data if k not in fields]
     if unknown:
-        known = ", ".join(sorted(prefix + f for f in fields))
-        raise UserError(f"unknown config key {prefix + str(unknown[0])!r} (known keys: {known})")
+        raise unknown_key(prefix + str(unknown[0]), [prefix + f for f in fields])
     values = {name: _coerce(data[name], hints[name], prefix + name) for name in data}
     return cls(**values)
+
+
+def unknown_key(key: str, known: Iterable[str]) -> UserError:
+    """The error for an unknown dotted key: the nearest known key when one is close (a typo such
+    as ``train.lrr``), then every known key of its section."""
+    known = sorted(known)
+    section = key[: key.rfind(".") + 1]  # "train." of "train.lrr": compared without it
+    names = {name.removeprefix(section): name for name in known}
+    close = difflib.get_close_matches(key.removeprefix(section), list(names), n=1)
+    hint = f"did you mean {names[close[0]]!r}? " if close else ""
+    return UserError(f"unknown config key {key!r} ({hint}known keys: {', '.join(known)})")
 
 
 def from_dict(cls: type[T], data: Mapping[str, Any]) -> T:
@@ -283,11 +294,16 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str,
         for part in parts[:-1]:
             child = node.get(part)
             if not isinstance(child, dict):
-                raise UserError(f"unknown config key {key!r} ({part!r} is not a config section)")
+                sections = [name for name, value in node.items() if isinstance(value, dict)]
+                close = difflib.get_close_matches(part, sections, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise UserError(
+                    f"unknown config key {key!r} ({part!r} is not a config section{hint})"
+                )
             node = child
         if parts[-1] not in node:
-            known = ", ".join(sorted(node))
-            raise UserError(f"unknown config key {key!r} (known keys here: {known})")
+            section = key[: -len(parts[-1])]  # "train." of "train.lrr"
+            raise unknown_key(key, [section + name for name in node])
         node[parts[-1]] = value
     return data
 
@@ -300,6 +316,11 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         raise UserError(f"config file {problem} (pass --config configs/<task>/<name>.yaml)")
     try:
         data = yaml.load(path.read_text(encoding="utf-8"), Loader=ConfigLoader)
+    except yaml.MarkedYAMLError as err:  # where in the file, rather than PyYAML's excerpt of it
+        mark = err.problem_mark or err.context_mark
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        reason = " ".join(str(err.problem or err.context or type(err).__name__).split())
+        raise UserError(f"config file {path} is not valid YAML: {reason}{where}") from None
     except (yaml.YAMLError, UnicodeDecodeError, *YAML_BUILD_ERRORS) as err:
         reason = " ".join(str(err).split())[:300] or type(err).__name__
         raise UserError(f"config file {path} is not valid YAML: {reason}") from None
@@ -332,8 +353,7 @@ def _deep_update(
     hints = typing.get_type_hints(cls) if dataclasses.is_dataclass(cls) else {}
     for key, value in update.items():
         if key not in base:
-            known = ", ".join(sorted(prefix + k for k in base))
-            raise UserError(f"unknown config key {prefix + str(key)!r} (known keys: {known})")
+            raise unknown_key(prefix + str(key), [prefix + k for k in base])
         sub = hints.get(key)
         if value is None and dataclasses.is_dataclass(sub):
             continue  # a section whose keys are all commented out keeps its defaults

@@ -92,8 +92,11 @@ def test_unknown_yaml_key_and_bad_yaml(tmp_path):
         load_config(Config, write(tmp_path, "model: [unclosed\n"))
     with pytest.raises(UserError, match="config file not found"):
         load_config(Config, tmp_path / "missing.yaml")
-    with pytest.raises(UserError, match="not valid YAML: found the key 'lr' twice"):
+    with pytest.raises(UserError, match="not valid YAML: found the key 'lr' twice") as caught:
         load_config(Config, write(tmp_path, "train:\n  lr: 0.1\n  max_steps: 3\n  lr: 0.2\n"))
+    assert str(caught.value).endswith("twice (line 4, column 3)")  # where, not PyYAML's excerpt
+    with pytest.raises(UserError, match=r"expected ',' or '\]'.*\(line 3, column 1\)$"):
+        load_config(Config, write(tmp_path, "train:\n  lr: [0.1\n"))
     assert (
         load_config(Config, write(tmp_path, "model: {cell: gru}\ntrain: {lr: 0.1}\n")).train.lr
         == 0.1
@@ -292,6 +295,35 @@ def test_run_cli_turns_each_ending_into_its_status_and_one_line(raised, status, 
 
     assert run_cli(main, []) == status
     assert capsys.readouterr().err == said
+
+
+@pytest.mark.parametrize(
+    "key,hint",
+    [
+        ("train.max_step", "did you mean 'train.max_steps'? known keys: train.lr, train.max_steps"),
+        ("train.zzz", "(known keys: train.lr, train.max_steps"),  # nothing close: no guess
+        ("trian.lr", "('trian' is not a config section; did you mean 'train'?)"),
+        ("zzz.lr", "('zzz' is not a config section)"),
+    ],
+)
+def test_an_unknown_key_names_the_nearest_known_one(tmp_path, key, hint):
+    """A typo in --set, in a config file or in a saved config gets the nearest key, compared
+    within its section (every train.* key would be near "train.zzz" otherwise)."""
+    with pytest.raises(UserError) as caught:
+        load_config(Config, None, [f"{key}=1"])
+    assert hint in str(caught.value)
+    section, name = key.split(".")
+    in_file = write(tmp_path, f"{section}:\n  {name}: 1\n")
+    if "section" in hint:  # a file or a saved config names the unknown section itself
+        close = "did you mean 'train'? " if section == "trian" else ""
+        hint = f"unknown config key {section!r} ({close}known keys: model, train)"
+    for load in (
+        lambda: load_config(Config, in_file),
+        lambda: from_dict(Config, {section: {name: 1}}),
+    ):
+        with pytest.raises(UserError) as caught:
+            load()
+        assert hint in str(caught.value)
 
 
 def test_a_checkpoints_config_with_a_key_this_version_lacks_is_named():

@@ -41,6 +41,8 @@ class ModelConfig:
     finetune: Literal["frozen", "last", "all"] = "frozen"
     finetune_stages: int = 1  # with finetune=last: how many of the last stages train
     attention: bool = True  # soft attention (Xu et al. 2015) or show-and-tell (Vinyals et al.)
+    # with attention: Anderson et al. 2018's top-down decoder (an attention core and a language core)
+    top_down: bool = False
     cell: Literal["lstm", "gru", "rnn"] = "lstm"
     backend: Literal["fused", "explicit"] = "fused"
     num_layers: int = 1
@@ -113,6 +115,7 @@ ARCHITECTURE_KEYS = [
     "model.encoder",
     "model.encoder_stages",
     "model.attention",
+    "model.top_down",
     "model.cell",
     "model.num_layers",
     "model.embed_size",
@@ -179,6 +182,8 @@ def describe_model(model: Mapping[str, Any]) -> str:
         details.append("frozen" if finetune == "frozen" else "all trained")
     encoder += " encoder" + (f" ({', '.join(details)})" if details else "")
     attention = " + soft attention" if model.get("attention") else " (show and tell)"
+    if model.get("attention") and model.get("top_down"):
+        attention = " + top-down attention"
     parts = [encoder + attention, f"{describe_cell(model)} decoder"]
     if model.get("hidden_size"):
         parts.append(f"hidden {model['hidden_size']}")
@@ -212,6 +217,8 @@ def describe_data(data: Mapping[str, Any]) -> dict[str, Any]:
 def check_config(cfg: CaptionerConfig) -> None:
     """Reject settings no run can use, with the key to change."""
     check_bounds(cfg, BOUNDS)
+    if cfg.model.top_down and not cfg.model.attention:
+        raise UserError("model.top_down needs model.attention: true (set both, or neither)")
     if cfg.train.epochs == 0 and cfg.train.max_steps == 0:
         raise UserError("train.epochs and train.max_steps are both 0; set one of them")
     _check_quality_settings(cfg)

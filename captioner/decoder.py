@@ -1,6 +1,6 @@
 """The caption decoder: word embedding -> the shared `RecurrentCore` -> dropout -> word logits.
 
-Two variants, chosen by ``model.attention``:
+Three variants, chosen by ``model.attention`` and ``model.top_down``:
 
 - show-and-tell (Vinyals et al. 2015, "Show and Tell"): the image's pooled feature sets the initial
   state of every layer through a learned projection and tanh; the core reads only the words.
@@ -10,6 +10,15 @@ Two variants, chosen by ``model.attention``:
   embedding as the core's input. The initial state comes from the mean grid feature, and the loss
   adds the doubly stochastic regulariser alpha_c * sum_i (1 - sum_t alpha_ti)^2 (their eq. 14),
   per predicted word like the cross-entropy.
+- top-down attention (``model.top_down``; Anderson et al. 2018, "Bottom-Up and Top-Down Attention
+  for Image Captioning and Visual Question Answering", section 3.2; self-critical.pytorch's
+  ``TopDownCore``): two recurrent cores per step. The attention core (one layer) reads the
+  language core's previous output, the mean grid feature and the word embedding; its output scores
+  the grid; the language core (``model.num_layers`` layers) reads the attended feature and the
+  attention core's output, and its top layer's output gives the word logits. The state stacks the
+  attention core's layer above the language core's ones, (S, 1 + L, B, H), so that decoding
+  handles it as one core's; no gate, and the same initial-state projection and regulariser as soft
+  attention.
 
 One step serves teacher-forced training and decoding alike. For show-and-tell the teacher-forced
 `forward` runs the whole sequence through the core in one call (one fused kernel), which computes
@@ -103,21 +112,32 @@ class CaptionDecoder(nn.Module):
         self.use_attention = cfg.attention
         self.alpha_c = cfg.alpha_c
         self.embedding = nn.Embedding(vocab_size, cfg.embed_size, padding_idx=pad_id)
-        if cfg.attention:
-            self.attention = AdditiveAttention(
-                feature_channels, cfg.hidden_size, cfg.attention_size
-            )
+        if cfg.top_down and not cfg.attention:
+            raise ValueError("model.top_down needs model.attention")
+        self.attention = (
+            AdditiveAttention(feature_channels, cfg.hidden_size, cfg.attention_size)
+            if cfg.attention
+            else None
+        )
+        self.f_beta: nn.Linear | None = None  # soft attention's gate
+        self.attention_core: RecurrentCore | None = None  # top-down attention's first core
+        if cfg.top_down:
+            self.attention_core = RecurrentCore(
+                cfg.cell, cfg.hidden_size + feature_channels + cfg.embed_size, cfg.hidden_size,
+                num_layers=1, backend=cfg.backend,
+            )  # fmt: skip
+            input_size = feature_channels + cfg.hidden_size  # the language core's
+        elif cfg.attention:
             self.f_beta = nn.Linear(cfg.hidden_size, 1)  # the gating scalar of Xu et al. sec. 4.2.1
             input_size = cfg.embed_size + feature_channels
         else:
-            self.attention = None
-            self.f_beta = None
             input_size = cfg.embed_size
         self.core = RecurrentCore(
             cfg.cell, input_size, cfg.hidden_size, cfg.num_layers, cfg.dropout, cfg.backend
         )
-        # Image feature -> initial state of every layer (h and, for LSTM, c).
-        state_numel = self.core.state_parts * cfg.num_layers * cfg.hidden_size
+        # Image feature -> initial state of every layer (h and, for LSTM, c) of every core.
+        self.state_layers = cfg.num_layers + (1 if cfg.top_down else 0)
+        state_numel = self.core.state_parts * self.state_layers * cfg.hidden_size
         self.init_proj = nn.Linear(feature_channels, state_numel)
         self.dropout = nn.Dropout(cfg.dropout)
         if cfg.tied_embeddings:
@@ -144,7 +164,8 @@ class CaptionDecoder(nn.Module):
         image = features.grid.mean(dim=1) if self.use_attention else features.pooled  # (B, C)
         core = self.core
         state = torch.tanh(self.init_proj(image))  # (B, S*L*H)
-        state = state.view(-1, core.state_parts, core.num_layers, core.hidden_size)  # (B, S, L, H)
+        layers = self.state_layers  # every core's layers
+        state = state.view(-1, core.state_parts, layers, core.hidden_size)  # (B, S, L, H)
         return state.permute(1, 2, 0, 3).contiguous()  # (S, L, B, H)
 
     def attention_keys(self, features: ImageFeatures) -> Tensor | None:
@@ -161,8 +182,8 @@ class CaptionDecoder(nn.Module):
     def step(
         self, tokens: Tensor, state: Tensor, features: ImageFeatures, keys: Tensor | None = None
     ) -> tuple[Tensor, Tensor, Tensor | None]:
-        """Read ``tokens`` (B,) with ``state`` (S, L, B, H): -> logits (B, V) of the next token,
-        the new state, and the attention weights (B, N) used at this step (None without attention).
+        """Read ``tokens`` (B,) with ``state`` (S, L, B, H) (L: `state_layers`): -> logits (B, V) of
+        the next token, the new state, and the attention weights (B, N) used at this step (None without attention).
 
         ``features`` (and ``keys``) may instead hold one row per image for g consecutive token
         rows each (tokens (g * B_img,)): beam search's beams read their image without copies.
@@ -177,6 +198,8 @@ class CaptionDecoder(nn.Module):
     ) -> tuple[Tensor, Tensor, Tensor | None]:
         """`step` from the embedded tokens x (B, E): -> top-layer output (B, H), state, alpha."""
         alpha = None
+        if self.attention_core is not None:
+            return self._advance_top_down(x, state, features, keys)
         if self.attention is not None:
             hidden = RecurrentCore.top_hidden(state)  # (B, H), the previous step's output
             context, alpha = self.attention(features.grid, keys, hidden)  # (B, C), (B, N)
@@ -184,6 +207,25 @@ class CaptionDecoder(nn.Module):
             x = torch.cat([x, gate * context], dim=-1)  # (B, E + C)
         output, state = self.core.step(x, state)  # (B, H)
         return output, state, alpha
+
+    def _advance_top_down(
+        self, x: Tensor, state: Tensor, features: ImageFeatures, keys: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Anderson et al.'s step (section 3.2): the attention core, the attention it queries, then
+        the language core. ``state`` (S, 1 + L, B, H): layer 0 is the attention core's, layers 1..
+        the language core's."""
+        rows, grid = x.size(0), features.grid
+        mean = grid.mean(dim=1)  # (B_img, C)
+        if rows != mean.size(0):  # g token rows per image: beams, or k references
+            per_image = rows // mean.size(0)
+            mean = mean.unsqueeze(1).expand(-1, per_image, -1).reshape(rows, -1)  # (B, C)
+        language_prev = RecurrentCore.top_hidden(state)  # (B, H)
+        attention_in = torch.cat([language_prev, mean, x], dim=-1)  # (B, H + C + E)
+        query, attention_state = self.attention_core.step(attention_in, state[:, :1])  # (B, H)
+        context, alpha = self.attention(grid, keys, query)  # (B, C), (B, N)
+        language_in = torch.cat([context, query], dim=-1)  # (B, C + H)
+        output, language_state = self.core.step(language_in, state[:, 1:])
+        return output, torch.cat([attention_state, language_state], dim=1), alpha
 
     # --- teacher forcing ------------------------------------------------------------------------
 

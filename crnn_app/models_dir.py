@@ -177,7 +177,8 @@ def _summary(payload: dict[str, Any]) -> str:
         size = model.get("hidden_size")
         parts.append(f"{cell}" + (f" {size}" if size else ""))
     if payload["task"] == "captioner" and "attention" in model:
-        parts.append("attention" if model["attention"] else "no attention")
+        attention = "top-down attention" if model.get("top_down") else "attention"
+        parts.append(attention if model["attention"] else "no attention")
     vocab = payload.get("vocab")
     if isinstance(vocab, list):
         parts.append(f"{len(vocab)} tokens")

@@ -33,14 +33,18 @@ from streamlit.testing.v1 import AppTest
 from tiny_models import train_tiny_char_lm
 
 from bench.char_lm_shakespeare import SHAKESPEARE_TEXT
+from captioner.config import CaptionerConfig
+from captioner.config import ModelConfig as CaptionerModelConfig
+from captioner.model import CaptionModel
 from char_lm.config import ModelConfig
 from char_lm.generate import generate, load_char_lm
 from char_lm.model import CharLM
 from crnn_app import cards, curves, inside, toys
 from crnn_app.curves import LIVE_WITHIN_S, find_runs, run_status, sources
-from crnn_app.models_dir import ENV_VAR
+from crnn_app.models_dir import ENV_VAR, list_checkpoints
 from crnn_app.settings import SAVED_PREFIX, keep
 from recurrent.checkpoint import load_checkpoint, save_checkpoint
+from recurrent.config import to_dict
 from recurrent.plot import METRICS_FILE, PANEL_TITLES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -425,10 +429,25 @@ def test_architecture_lines_name_every_setting_that_shapes_the_model() -> None:
         ({"finetune": "last", "finetune_stages": 2}, "(to layer4, last 2 stages trained)"),
     ):
         assert words in cards.captioner_architecture({**base, **settings})
+    top_down = cards.captioner_architecture({**base, "finetune": "frozen", "top_down": True})
+    assert top_down == frozen.replace("soft attention", "top-down attention")
     show_and_tell = cards.captioner_architecture({"encoder": "resnet50", "attention": False})
     assert show_and_tell == "ResNet-50 encoder (show and tell), recurrent decoder"
     char_model = {"cell": "rnn", "num_layers": 1, "hidden_size": 8, "input": "onehot"}
     assert cards.char_lm_architecture(char_model) == "1-layer RNN, hidden 8, one-hot input"
+
+
+def test_the_checkpoint_listing_names_a_top_down_captioner(tmp_path: Path) -> None:
+    model_cfg = CaptionerModelConfig(
+        encoder="resnet18", encoder_stages=1, top_down=True, embed_size=4, hidden_size=6,
+        attention_size=4,
+    )  # fmt: skip
+    cfg, vocab = CaptionerConfig(model=model_cfg), ["<pad>", "<start>", "<end>", "<unk>", "a"]
+    weights = CaptionModel(cfg, len(vocab)).state_dict()
+    payload = {"task": "captioner", "config": to_dict(cfg), "vocab": vocab, "model": weights}
+    save_checkpoint(payload, tmp_path / "top_down.pt")
+    [entry] = list_checkpoints(tmp_path).entries
+    assert entry.summary.startswith("image captioner, lstm 6, top-down attention"), entry.summary
 
 
 def test_data_lines_name_the_data_and_every_annotation_file() -> None:

@@ -21,6 +21,8 @@ import torch
 
 from captioner import caption, check_data, evaluate
 from captioner import train as train_cli
+from captioner.data import load_image
+from captioner.inference import caption_images, load_captioner
 from recurrent.checkpoint import save_checkpoint
 from recurrent.errors import run_cli
 
@@ -167,6 +169,43 @@ def test_caption_two_images(trained: dict[str, Path], capsys):
     argv = ["--checkpoint", str(trained["checkpoint"]), str(images[0]), "--beam-size", "3"]
     code, out, _ = run_main(caption.main, [*argv, "--json"], capsys)
     assert json.loads(out)["beam_size"] == 3
+
+
+def test_a_top_down_captioner_trains_resumes_and_captions(
+    trained: dict[str, Path], tmp_path: Path, capsys
+):
+    """model.top_down through the command lines: training, a resume that keeps it (another value
+    is refused, naming the key), the model card, and captions with one attention map per word."""
+    out_dir = tmp_path / "run"
+    argv = ["--config", TINY, "--out-dir", str(out_dir), "--quiet", "--set", "model.top_down=true",
+            "train.max_steps=2", f"data.annotations={trained['annotations']}"]  # fmt: skip
+    code, out, err = run_main(train_cli.main, argv, capsys)
+    assert code == 0 and "done: 2 steps" in out, err
+    code, _, err = run_main(
+        train_cli.main, [*argv, "--resume", "--set", "model.top_down=false"], capsys
+    )
+    assert_one_line_error(code, err, "model.top_down")
+    code, out, err = run_main(
+        train_cli.main, [*argv, "--resume", "--set", "train.max_steps=3"], capsys
+    )
+    assert code == 0 and "done: 3 steps" in out, err
+    payload = torch.load(out_dir / "last.pt", weights_only=True)
+    assert "top-down attention" in payload["card"]["architecture"]
+    assert any(name.startswith("decoder.attention_core.") for name in payload["model"])
+    image = sorted((trained["root"] / "scenes" / "images").glob("*.png"))[0]
+    captioner = load_captioner(str(out_dir / "best.pt"))
+    [result] = caption_images(captioner, [load_image(image)], beam_size=2, min_length=3)
+    assert result.attention is not None and len(result.words) >= 3
+    assert result.attention.shape[0] == len(result.words)
+    torch.testing.assert_close(
+        result.attention.sum(dim=(1, 2)), torch.ones(len(result.words)), atol=1e-5, rtol=0
+    )
+    code, out, err = run_main(
+        caption.main,
+        ["--checkpoint", str(out_dir / "best.pt"), str(image), "--min-length", "3"],
+        capsys,
+    )
+    assert code == 0 and out.split("\t")[1].strip() == result.caption, err
 
 
 def test_corrupt_image_as_a_real_process(trained: dict[str, Path]):

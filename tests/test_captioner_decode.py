@@ -19,10 +19,12 @@ from recurrent.errors import UserError
 
 PAD, START, END, UNK = 0, 1, 2, 3
 VOCAB = 12
+# The decoders as `make_decoder` takes them: show and tell, soft attention, top-down attention.
+DECODERS = [False, True, "top_down"]
 
 
 def make_decoder(
-    attention: bool,
+    attention: bool | str,
     vocab: int = VOCAB,
     seed: int = 0,
     end_bias: float = 0.0,
@@ -32,7 +34,8 @@ def make_decoder(
     fresh init does, so that images get different captions, some ending early, some cut off."""
     torch.manual_seed(seed)
     cfg = ModelConfig(
-        attention=attention,
+        attention=bool(attention),
+        top_down=attention == "top_down",
         embed_size=8,
         hidden_size=16,
         attention_size=attention_size,
@@ -85,7 +88,7 @@ def assert_same_captions(got: list[Caption], expected: list[Caption]) -> None:
 # --- decoding -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("attention", [False, True])
+@pytest.mark.parametrize("attention", DECODERS)
 def test_greedy_equals_beam_size_one(attention):
     decoder, features = make_decoder(attention), random_features(batch=6)
     greedy = greedy_decode(decoder, features, max_length=7, start_id=START, end_id=END)
@@ -114,7 +117,7 @@ def test_greedy_equals_beam_size_one_under_constraints_that_may_forbid_every_wor
     assert all(beams) if exists else not any(beams)
 
 
-@pytest.mark.parametrize("attention", [False, True])
+@pytest.mark.parametrize("attention", DECODERS)
 @pytest.mark.parametrize("beam_size,n_best,length_penalty", [(3, 2, 0.0), (5, 5, 0.7)])
 def test_batched_beam_search_equals_one_image_at_a_time(
     attention, beam_size, n_best, length_penalty
@@ -139,7 +142,7 @@ def test_batched_beam_search_equals_one_image_at_a_time(
         assert len({tuple(c.tokens) for c in batched[row]}) == n_best  # no duplicate beams
 
 
-@pytest.mark.parametrize("attention", [False, True])
+@pytest.mark.parametrize("attention", DECODERS)
 def test_batched_beam_search_in_bf16_gives_one_image_at_a_time_exactly(attention):
     """Under bf16 autocast (how `auto` decodes on a CPU with native bf16) every row of a decoding
     step is computed the same whatever else is in the batch: 8 images x 5 beams (more rows than
@@ -185,7 +188,7 @@ def test_decoding_attention_matches_the_training_formula(beams):
     torch.testing.assert_close(alpha, expected[1].detach(), atol=2e-2, rtol=0)
 
 
-@pytest.mark.parametrize("attention", [False, True])
+@pytest.mark.parametrize("attention", DECODERS)
 def test_logprob_score_and_attention_match_teacher_forcing(attention):
     """Each returned caption's logprob is the sum of the step log-probabilities that teacher
     forcing its tokens (and <end> when finished) gives; its score is logprob / length**penalty;
@@ -225,13 +228,14 @@ def test_logprob_score_and_attention_match_teacher_forcing(attention):
     assert finished_seen == {True, False}
 
 
+@pytest.mark.parametrize("attention", [True, "top_down"])
 @pytest.mark.parametrize("penalty", [0.0, 1.0])
-def test_wide_beam_search_is_exhaustive(penalty):
+def test_wide_beam_search_is_exhaustive(penalty, attention):
     """With a beam as wide as the whole search space, beam search must rank every possible caption
     exactly as brute force does. Vocabulary: 4 specials + 2 words, so <unk> and the 2 words can be
     emitted (<start> and <pad> never are): 1 + 3 + 9 captions end within 3 steps, 27 are cut at 3
     words; 40 in all."""
-    decoder, features = make_decoder(True, vocab=6, end_bias=0.5), random_features(batch=2)
+    decoder, features = make_decoder(attention, vocab=6, end_bias=0.5), random_features(batch=2)
     words, max_length = [UNK, 4, 5], 3
     candidates = [
         (tokens, True) for n in range(max_length) for tokens in itertools.product(words, repeat=n)
@@ -260,7 +264,7 @@ def test_wide_beam_search_is_exhaustive(penalty):
         assert [g[0] for g in got] == pytest.approx([b[0] for b in brute[:10]], abs=1e-4)
 
 
-@pytest.mark.parametrize("attention", [False, True])
+@pytest.mark.parametrize("attention", DECODERS)
 def test_end_never_winning_still_gives_n_best_captions(attention):
     decoder, features = make_decoder(attention), random_features(batch=3)
     with torch.no_grad():

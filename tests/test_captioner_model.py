@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.models import WeightsEnum, get_model
 
-from captioner.config import CaptionerConfig, ModelConfig
+from captioner.config import CaptionerConfig, ModelConfig, check_config
 from captioner.decode import greedy_decode
 from captioner.decoder import CaptionDecoder
 from captioner.encoder import ImageEncoder, ImageFeatures
@@ -50,9 +50,11 @@ def padded_captions():
     return captions, torch.tensor([5, 3, 4])
 
 
-def make_decoder(attention: bool, cell: str = "lstm", seed: int = 0, **overrides):
+def make_decoder(attention: bool | str, cell: str = "lstm", seed: int = 0, **overrides):
+    """``attention``: False (show and tell), True (soft attention) or "top_down"."""
     torch.manual_seed(seed)
-    cfg = tiny_model_cfg(attention=attention, cell=cell, **overrides)
+    overrides.setdefault("top_down", attention == "top_down")
+    cfg = tiny_model_cfg(attention=bool(attention), cell=cell, **overrides)
     return CaptionDecoder(cfg, VOCAB, feature_channels=10).eval()
 
 
@@ -205,18 +207,22 @@ def test_finetune_modes():
 # --- decoder and model --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("attention", [False, True])
+@pytest.mark.parametrize("attention", [False, True, "top_down"])
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 def test_model_shapes_and_gradients(attention, cell):
     torch.manual_seed(0)
-    cfg = CaptionerConfig(model=tiny_model_cfg(attention=attention, cell=cell, num_layers=2))
+    model_cfg = tiny_model_cfg(
+        attention=bool(attention), top_down=attention == "top_down", cell=cell, num_layers=2
+    )
+    cfg = CaptionerConfig(model=model_cfg)
     model = CaptionModel(cfg, VOCAB).train()
     images = torch.randn(3, 3, 32, 32)
     captions, lengths = padded_captions()
     features = model.encode(images)
     assert features.grid.shape == (3, 16, 128)
     state = model.decoder.init_state(features)
-    assert state.shape == (2 if cell == "lstm" else 1, 2, 3, 12)
+    layers = 3 if attention == "top_down" else 2  # the attention core's layer above the two
+    assert state.shape == (2 if cell == "lstm" else 1, layers, 3, 12)
     logits, state, alpha = model.decoder.step(captions[:, 0], state, features)
     assert logits.shape == (3, VOCAB)
     assert (alpha is None) == (not attention)
@@ -228,7 +234,7 @@ def test_model_shapes_and_gradients(attention, cell):
     assert all(p.grad is None for p in model.encoder.parameters())  # frozen by default
 
 
-@pytest.mark.parametrize("attention", [False, True])
+@pytest.mark.parametrize("attention", [False, True, "top_down"])
 def test_loss_ignores_padding(attention):
     decoder = make_decoder(attention)
     features = random_features()
@@ -255,6 +261,9 @@ def test_loss_ignores_padding(attention):
         (True, "lstm", {}),
         (True, "gru", {"num_layers": 2, "tied_embeddings": True, "embed_size": 12}),
         (True, "rnn", {}),
+        ("top_down", "lstm", {}),
+        ("top_down", "gru", {"num_layers": 2, "tied_embeddings": True, "embed_size": 12}),
+        ("top_down", "rnn", {"backend": "explicit"}),
     ],
 )
 def test_teacher_forcing_matches_stepping_and_loss_reference(attention, cell, overrides):
@@ -283,6 +292,49 @@ def test_teacher_forcing_matches_stepping_and_loss_reference(attention, cell, ov
     torch.testing.assert_close(loss, expected, atol=1e-5, rtol=1e-5)
 
 
+@torch.no_grad()
+def test_top_down_decoder_follows_anderson_et_al_equations():
+    """The top-down decoder's logits and attention, step by step, against Anderson et al.'s
+    equations (2018, section 3.2.1) written out with torch.nn.LSTMCell on the decoder's own
+    weights: the attention LSTM reads [h2_{t-1}, mean feature, word], its output h1 queries the
+    grid, the language LSTM reads [attended feature, h1] and its output h2 gives the logits."""
+    decoder = make_decoder("top_down", alpha_c=0.0)
+    features = random_features(batch=2)
+    captions, _ = padded_captions()
+    cells = []
+    for core in (decoder.attention_core, decoder.core):
+        cell = torch.nn.LSTMCell(core.input_size, core.hidden_size)
+        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+            getattr(cell, name).copy_(getattr(core.rnn, f"{name}_l0"))
+        cells.append(cell)
+    attention_cell, language_cell = cells
+    attention = decoder.attention
+    state = decoder.init_state(features)  # (2, 2, B, H): h and c of the attention, language LSTM
+    (h1, h2), (c1, c2) = state[0], state[1]
+    keys = decoder.attention_keys(features)
+    for t in range(3):
+        word = decoder.embedding(captions[:2, t])
+        x1 = torch.cat([h2, features.grid.mean(dim=1), word], dim=-1)
+        h1, c1 = attention_cell(x1, (h1, c1))
+        energy = attention.feature_proj(features.grid) + attention.hidden_proj(h1)[:, None]
+        alpha = torch.softmax(attention.score(torch.tanh(energy)).squeeze(-1), dim=-1)  # (B, N)
+        attended = (alpha[..., None] * features.grid).sum(dim=1)  # (B, C)
+        h2, c2 = language_cell(torch.cat([attended, h1], dim=-1), (h2, c2))
+        logits, state, got_alpha = decoder.step(captions[:2, t], state, features, keys)
+        torch.testing.assert_close(logits, decoder.output(h2), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(got_alpha, alpha, atol=1e-5, rtol=1e-5)
+    assert decoder.f_beta is None  # no gate on the attended feature: the paper has none
+
+
+def test_top_down_needs_attention():
+    with pytest.raises(ValueError, match="top_down needs model.attention"):
+        make_decoder(False, top_down=True)
+    cfg = CaptionerConfig(model=tiny_model_cfg(attention=False, top_down=True))
+    cfg.data.annotations = "x.json"
+    with pytest.raises(UserError, match="model.top_down needs model.attention: true"):
+        check_config(cfg)
+
+
 def test_tied_embeddings_share_the_matrix():
     tied = make_decoder(False, tied_embeddings=True)  # hidden 12 != embed 8: a projection
     assert tied.output.weight is tied.embedding.weight
@@ -294,13 +346,19 @@ def test_tied_embeddings_share_the_matrix():
     assert isinstance(same.out_proj, torch.nn.Identity)
 
 
-@pytest.mark.parametrize("attention", [False, True])
+@pytest.mark.parametrize("attention", [False, True, "top_down"])
 def test_overfits_a_few_pairs(attention):
     """A tiny model learns four (image, caption) pairs well enough for greedy decoding to recite
     each image's caption exactly (features of a frozen random encoder, computed once)."""
     torch.manual_seed(0)
     cfg = CaptionerConfig(
-        model=tiny_model_cfg(attention=attention, encoder_stages=1, embed_size=16, hidden_size=32)
+        model=tiny_model_cfg(
+            attention=bool(attention),
+            top_down=attention == "top_down",
+            encoder_stages=1,
+            embed_size=16,
+            hidden_size=32,
+        )
     )
     model = CaptionModel(cfg, VOCAB).eval()
     generator = torch.Generator().manual_seed(1)

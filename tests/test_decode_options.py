@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_captioner_decode import (
+    DECODERS,
     END,
     START,
     UNK,
@@ -61,7 +62,7 @@ def teacher_forced_logprobs(decoder, features, row, candidates):
 @settings(max_examples=25, deadline=None)
 @given(
     seed=st.integers(0, 10_000),
-    attention=st.booleans(),
+    attention=st.sampled_from(DECODERS),
     ngram=st.sampled_from([0, 1, 2]),
     min_length=st.integers(0, 3),
     suppress=st.booleans(),
@@ -119,7 +120,7 @@ OPTIONS = [
 ]
 
 
-@pytest.mark.parametrize("attention", [False, True])
+@pytest.mark.parametrize("attention", DECODERS)
 @pytest.mark.parametrize("options", OPTIONS)
 def test_batched_equals_one_image_at_a_time_with_every_option(attention, options):
     decoder, features = make_decoder(attention, end_bias=0.5), random_features(batch=5)
@@ -135,7 +136,7 @@ def test_batched_equals_one_image_at_a_time_with_every_option(attention, options
             assert UNK not in caption.tokens or UNK not in options.get("suppress_ids", [])
 
 
-@pytest.mark.parametrize("attention", [False, True])
+@pytest.mark.parametrize("attention", DECODERS)
 def test_greedy_equals_beam_size_one_with_constraints(attention):
     decoder, features = make_decoder(attention), random_features(batch=6)
     options = dict(max_length=8, block_ngram_repeat=1, min_length=2, suppress_ids=[UNK], **COMMON)
@@ -191,7 +192,7 @@ def diverse_reference(decoder, features, row, *, beam_size, groups, strength, ma
     return [(tokens, finished, logprob) for _, logprob, tokens, finished, _ in ranked]
 
 
-@pytest.mark.parametrize("attention", [False, True])
+@pytest.mark.parametrize("attention", DECODERS)
 @pytest.mark.parametrize(
     "beam_size,groups,strength,penalty",
     [(6, 2, 1.5, 0.0), (6, 3, 0.7, 0.5), (2, 1, 0.0, 1.0), (3, 1, 0.0, 0.6)],

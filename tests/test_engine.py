@@ -324,6 +324,7 @@ def test_char_lm_weight_decay_rule(overrides):
     [
         ["model.finetune=all"],
         ["model.finetune=last", "model.attention=false", "model.tied_embeddings=true"],
+        ["model.finetune=all", "model.top_down=true", "model.num_layers=2"],
     ],
 )
 def test_captioner_weight_decay_rule(scenes_annotations, overrides):

@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from test_captioner_decode import (
+    DECODERS,
     END,
     PAD,
     START,
@@ -29,7 +30,7 @@ COMMON = dict(start_id=START, end_id=END)
 # --- label smoothing ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("attention", [False, True])
+@pytest.mark.parametrize("attention", DECODERS)
 def test_label_smoothing_matches_its_definition_and_ignores_padding(attention):
     decoder = make_decoder(attention)
     decoder.alpha_c = 0.0  # the cross-entropy alone
@@ -59,7 +60,7 @@ def test_label_smoothing_matches_its_definition_and_ignores_padding(attention):
 # --- sampling -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("attention", [False, True])
+@pytest.mark.parametrize("attention", DECODERS)
 def test_samples_carry_their_teacher_forced_log_probs_and_masks(attention):
     decoder, features = make_decoder(attention, end_bias=1.0), random_features(batch=3)
     generator = torch.Generator().manual_seed(0)

@@ -217,8 +217,7 @@ def describe_data(data: Mapping[str, Any]) -> dict[str, Any]:
 def check_config(cfg: CaptionerConfig) -> None:
     """Reject settings no run can use, with the key to change."""
     check_bounds(cfg, BOUNDS)
-    if cfg.model.top_down and not cfg.model.attention:
-        raise UserError("model.top_down needs model.attention: true (set both, or neither)")
+    check_model(cfg.model)
     if cfg.train.epochs == 0 and cfg.train.max_steps == 0:
         raise UserError("train.epochs and train.max_steps are both 0; set one of them")
     _check_quality_settings(cfg)
@@ -226,6 +225,13 @@ def check_config(cfg: CaptionerConfig) -> None:
         raise UserError(
             "data.annotations is empty; set it in the config or with --set data.annotations=PATH"
         )
+
+
+def check_model(model: ModelConfig) -> None:
+    """What the architecture's fields must satisfy together (a training config's, or the one a
+    checkpoint records)."""
+    if model.top_down and not model.attention:
+        raise UserError("model.top_down needs model.attention: true (set both, or neither)")
 
 
 def _check_quality_settings(cfg: CaptionerConfig) -> None:

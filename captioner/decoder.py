@@ -183,7 +183,8 @@ class CaptionDecoder(nn.Module):
         self, tokens: Tensor, state: Tensor, features: ImageFeatures, keys: Tensor | None = None
     ) -> tuple[Tensor, Tensor, Tensor | None]:
         """Read ``tokens`` (B,) with ``state`` (S, L, B, H) (L: `state_layers`): -> logits (B, V) of
-        the next token, the new state, and the attention weights (B, N) used at this step (None without attention).
+        the next token, the new state, and the attention weights (B, N) used at this step (None
+        without attention).
 
         ``features`` (and ``keys``) may instead hold one row per image for g consecutive token
         rows each (tokens (g * B_img,)): beam search's beams read their image without copies.

@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from captioner.config import BOUNDS, CaptionerConfig, DecodeConfig
+from captioner.config import BOUNDS, CaptionerConfig, DecodeConfig, check_model
 from captioner.data import Vocabulary, build_transforms, load_image_tensor
 from captioner.decode import Caption, beam_search, check_decode_settings
 from captioner.encoder import ImageFeatures
@@ -99,6 +99,7 @@ def captioner_from_payload(
     try:
         cfg = from_dict(CaptionerConfig, payload["config"])
         check_bounds(cfg, BOUNDS)
+        check_model(cfg.model)
         vocab = Vocabulary.from_list(payload["vocab"])
         state = payload["model"]
     except KeyError as err:

@@ -16,7 +16,9 @@ from captioner.config import CaptionerConfig, ModelConfig, check_config
 from captioner.decode import greedy_decode
 from captioner.decoder import CaptionDecoder
 from captioner.encoder import ImageEncoder, ImageFeatures
+from captioner.inference import captioner_from_payload
 from captioner.model import CaptionModel
+from recurrent.config import to_dict
 from recurrent.errors import UserError
 
 VOCAB, PAD, START, END = 13, 0, 1, 2
@@ -333,6 +335,12 @@ def test_top_down_needs_attention():
     cfg.data.annotations = "x.json"
     with pytest.raises(UserError, match="model.top_down needs model.attention: true"):
         check_config(cfg)
+    # A checkpoint whose config was edited so: one line naming the file, not the decoder's error.
+    weights = CaptionModel(CaptionerConfig(model=tiny_model_cfg()), VOCAB).state_dict()
+    vocab = ["<pad>", "<start>", "<end>", "<unk>", *"abcdefghi"]
+    payload = {"config": to_dict(cfg), "vocab": vocab, "model": weights}
+    with pytest.raises(UserError, match="edited.pt does not fit .* model.top_down needs"):
+        captioner_from_payload(payload, source="edited.pt")
 
 
 def test_tied_embeddings_share_the_matrix():

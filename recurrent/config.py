@@ -339,6 +339,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Iterabl
     if path is not None:
         try:
             _deep_update(data, read_yaml(path), cls)
+            from_dict(cls, data)  # the file's own values, so that a bad one names the file
         except UserError as err:
             if str(path) in str(err):
                 raise

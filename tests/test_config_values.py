@@ -168,7 +168,8 @@ def test_accepted_spellings(cls, key, text, want, route, tmp_path):
 def test_refused_spellings_name_key_and_value(cls, key, text, message, route, tmp_path):
     with pytest.raises(UserError) as err:
         load(cls, key, text, route, tmp_path)
-    assert str(err.value).startswith(f"config key {key!r}: expected ")
+    where = f"config file {tmp_path / 'config.yaml'}: " if route == "yaml" else ""  # its source
+    assert str(err.value).startswith(f"{where}config key {key!r}: expected ")
     assert str(err.value).endswith(message)
     assert "\n" not in str(err.value)
 
@@ -426,8 +427,9 @@ def test_integers_beyond_pythons_digit_limit_keep_their_sign(sign, route, tmp_pa
         assert str(err.value).endswith(f"must be a finite number in (0, 10], got {infinity}")
     with pytest.raises(UserError) as err:
         load(CharLMConfig, "data.batch_size", f"{sign}{HUGE}", route, tmp_path)
+    where = f"config file {tmp_path / 'config.yaml'}: " if route == "yaml" else ""
     assert str(err.value) == (
-        f"config key 'data.batch_size': expected int (a whole number), got {infinity}"
+        f"{where}config key 'data.batch_size': expected int (a whole number), got {infinity}"
     )
 
 

@@ -83,6 +83,20 @@ def test_bad_overrides_name_the_key(overrides, message):
         load_config(Config, None, overrides)
 
 
+def test_a_bad_value_names_the_file_it_came_from(tmp_path):
+    """A value of the wrong type in the config file names the file; the same value given with
+    --set does not (it names the key the user just typed)."""
+    with pytest.raises(UserError) as caught:
+        load_config(Config, write(tmp_path, "train:\n  lr: fast\n"))
+    path = tmp_path / "c.yaml"
+    assert str(caught.value) == f"config file {path}: config key 'train.lr': expected float " + (
+        "(a number such as 3e-4), got 'fast'"
+    )
+    with pytest.raises(UserError) as caught:
+        load_config(Config, write(tmp_path, "train:\n  lr: 0.1\n"), ["train.lr=fast"])
+    assert str(caught.value).startswith("config key 'train.lr': expected float")
+
+
 def test_unknown_yaml_key_and_bad_yaml(tmp_path):
     with pytest.raises(UserError, match="unknown config key 'model.layers'") as caught:
         path = write(tmp_path, "model:\n  layers: 2\n")

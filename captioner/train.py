@@ -478,6 +478,7 @@ def train(
         task=TASK,
         settings=cfg.train,
         config=to_dict(cfg),
+        defaults=to_dict(CaptionerConfig()),  # for an older checkpoint's config
         resume=resume,
         overwrite=overwrite,
         quiet=quiet,

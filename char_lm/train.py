@@ -148,6 +148,7 @@ def train(
         task=TASK,
         settings=tc,
         config=to_dict(cfg),
+        defaults=to_dict(CharLMConfig()),  # for an older checkpoint's config
         resume=resume,
         overwrite=overwrite,
         quiet=quiet,

@@ -243,6 +243,19 @@ def from_dict(cls: type[T], data: Mapping[str, Any]) -> T:
     return _from_mapping(cls, data)
 
 
+def with_defaults(saved: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """A saved config (a checkpoint's) with the keys it lacks at their ``defaults``: a checkpoint
+    written before a key existed ran as that key's default does (a key is added with the default
+    that keeps the older behaviour, such as the captioner's ``model.top_down: false``)."""
+    filled = dict(saved)
+    for section, values in defaults.items():
+        if isinstance(values, Mapping) and isinstance(filled.get(section, {}), Mapping):
+            filled[section] = {**values, **filled.get(section, {})}
+        else:
+            filled.setdefault(section, values)
+    return filled
+
+
 def to_dict(config: Any) -> dict[str, Any]:
     """Plain nested dict of a config, fit for YAML and for checkpoints loaded weights_only."""
     return dataclasses.asdict(config)

@@ -79,6 +79,7 @@ from recurrent.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from recurrent.config import with_defaults
 from recurrent.errors import RunStopped, UserError
 from recurrent.files import atomic_write_text
 from recurrent.training import rng_state, set_rng_state, set_seed, warmup_cosine
@@ -380,12 +381,17 @@ class Run:
 
     A task's train function reads::
 
-        run = Run(out_dir, task="char_lm", settings=cfg.train, config=to_dict(cfg), ...)
+        run = Run(out_dir, task="char_lm", settings=cfg.train, config=to_dict(cfg),
+                  defaults=to_dict(CharLMConfig()), ...)
         ...build data and model on run.device...
         run.check_resume(architecture_keys, vocab)
         optimizer = run.optimizer([("model", model, cfg.train.lr)])
         run.restore(model, optimizer, data)
         summary = run.fit(model, optimizer, data, step=..., evaluate=..., total_steps=...)
+
+    ``defaults`` (the task config's) fill in the keys that the config of a checkpoint written by
+    an older version lacks, so that it resumes, or starts a run, as what it was: trained with
+    their defaults.
     """
 
     def __init__(
@@ -395,6 +401,7 @@ class Run:
         task: str,
         settings: RunSettings,
         config: dict[str, Any],
+        defaults: dict[str, Any] | None = None,
         resume: bool = False,
         overwrite: bool = False,
         quiet: bool = False,
@@ -436,6 +443,9 @@ class Run:
         self.init_payload = (
             load_checkpoint(self.init_path, task=task) if self.init_path is not None else None
         )
+        for payload in (self.payload, self.init_payload):  # keys added since it was written
+            if payload is not None and defaults is not None:
+                payload["config"] = with_defaults(payload["config"], defaults)
         if self.dist.is_main:  # refuse a second run into the folder while this one lives
             files.hold(
                 self.out_dir,

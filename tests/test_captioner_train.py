@@ -482,3 +482,27 @@ def test_configs_mirror_the_dataclass_key_for_key(name: str):
     check_config(cfg)
     transform = eval_transform(cfg)  # the weights' preprocessing resolves without a download
     assert f"size=[{cfg.data.image_size}]" in repr(transform)
+
+
+def test_a_checkpoint_from_before_a_config_key_existed_resumes_and_starts_runs(
+    scenes_annotations: Path, tmp_path: Path
+):
+    """A checkpoint written before model.top_down existed lacks it: it ran without top-down
+    attention, so it resumes (exactly as an uninterrupted run) and starts runs with top_down false,
+    and one with top_down true is refused naming the key (it was refused as 'model.top_down is
+    None in the checkpoint', which no config can match)."""
+    cfg = tiny_cfg(scenes_annotations, "train.max_steps=4", "train.lr_decay_steps=6")
+    quiet_train(cfg, tmp_path / "old")
+    for name in ("last.pt", "best.pt"):
+        payload = load_checkpoint(tmp_path / "old" / name)
+        del payload["config"]["model"]["top_down"]
+        save_checkpoint(payload, tmp_path / "old" / name)
+    longer = tiny_cfg(scenes_annotations, "train.max_steps=6", "train.lr_decay_steps=6")
+    assert quiet_train(longer, tmp_path / "old", resume=True)["steps"] == 6
+    quiet_train(longer, tmp_path / "straight")
+    resumed, straight = (load_checkpoint(tmp_path / run / "last.pt") for run in ("old", "straight"))
+    assert all(torch.equal(resumed["model"][k], v) for k, v in straight["model"].items())
+    assert train(cfg, tmp_path / "new", quiet=True, init_from=tmp_path / "old" / "best.pt")
+    top_down = tiny_cfg(scenes_annotations, "train.max_steps=2", "model.top_down=true")
+    with pytest.raises(UserError, match="model.top_down is False in the checkpoint but True"):
+        train(top_down, tmp_path / "td", quiet=True, init_from=tmp_path / "old" / "best.pt")

@@ -23,7 +23,7 @@ from recurrent.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from recurrent.config import from_dict, load_config, run_dir, to_dict
+from recurrent.config import from_dict, load_config, run_dir, to_dict, with_defaults
 from recurrent.errors import RunStopped, UserError, run_cli
 from recurrent.files import FOREIGN_TEMP_AGE_S, HOST, atomic_write_text
 from recurrent.sampling import filter_logits, sample_next
@@ -377,3 +377,13 @@ def test_under_torchrun_a_job_wide_line_is_said_once(
     status = 143 if isinstance(raised, RunStopped) else 2
     assert run_cli(main, []) == status
     assert capsys.readouterr().err == said
+
+
+def test_a_saved_config_gets_the_keys_it_lacks_at_their_defaults():
+    defaults = to_dict(Config())
+    saved = {"model": {"cell": "gru"}, "train": {"lr": 0.5}, "extra": {"kept": 1}}
+    filled = with_defaults(saved, defaults)
+    assert filled["model"] == {**defaults["model"], "cell": "gru"}  # its own values win
+    assert filled["train"] == {"max_steps": 10, "lr": 0.5} and filled["extra"] == {"kept": 1}
+    assert with_defaults({}, defaults) == defaults
+    assert saved == {"model": {"cell": "gru"}, "train": {"lr": 0.5}, "extra": {"kept": 1}}

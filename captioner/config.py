@@ -182,9 +182,12 @@ def describe_model(model: Mapping[str, Any]) -> str:
         details.append("frozen" if finetune == "frozen" else "all trained")
     encoder += " encoder" + (f" ({', '.join(details)})" if details else "")
     attention = " + soft attention" if model.get("attention") else " (show and tell)"
+    decoder = f"{describe_cell(model)} decoder"
     if model.get("attention") and model.get("top_down"):
-        attention = " + top-down attention"
-    parts = [encoder + attention, f"{describe_cell(model)} decoder"]
+        attention = " + top-down attention"  # an attention core before the decoder's layers
+        cell = model.get("cell")
+        decoder = f"attention {cell.upper() if isinstance(cell, str) else 'core'} + {decoder}"
+    parts = [encoder + attention, decoder]
     if model.get("hidden_size"):
         parts.append(f"hidden {model['hidden_size']}")
     return ", ".join(parts)

@@ -15,10 +15,9 @@ Three variants, chosen by ``model.attention`` and ``model.top_down``:
   ``TopDownCore``): two recurrent cores per step. The attention core (one layer) reads the
   language core's previous output, the mean grid feature and the word embedding; its output scores
   the grid; the language core (``model.num_layers`` layers) reads the attended feature and the
-  attention core's output, and its top layer's output gives the word logits. The state stacks the
-  attention core's layer above the language core's ones, (S, 1 + L, B, H), so that decoding
-  handles it as one core's; no gate, and the same initial-state projection and regulariser as soft
-  attention.
+  attention core's output, and its top layer's output gives the word logits. One state holds both
+  cores' layers, the attention core's first, (S, 1 + L, B, H), so that decoding handles it as one
+  core's; no gate, and the same initial-state projection and regulariser as soft attention.
 
 One step serves teacher-forced training and decoding alike. For show-and-tell the teacher-forced
 `forward` runs the whole sequence through the core in one call (one fused kernel), which computes

@@ -430,7 +430,10 @@ def test_architecture_lines_name_every_setting_that_shapes_the_model() -> None:
     ):
         assert words in cards.captioner_architecture({**base, **settings})
     top_down = cards.captioner_architecture({**base, "finetune": "frozen", "top_down": True})
-    assert top_down == frozen.replace("soft attention", "top-down attention")
+    assert top_down == (
+        "ResNet-101 encoder (to layer4, frozen) + top-down attention, attention GRU + 2-layer GRU "
+        "decoder, hidden 512"
+    )
     show_and_tell = cards.captioner_architecture({"encoder": "resnet50", "attention": False})
     assert show_and_tell == "ResNet-50 encoder (show and tell), recurrent decoder"
     char_model = {"cell": "rnn", "num_layers": 1, "hidden_size": 8, "input": "onehot"}

@@ -246,13 +246,17 @@ def from_dict(cls: type[T], data: Mapping[str, Any]) -> T:
 def with_defaults(saved: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
     """A saved config (a checkpoint's) with the keys it lacks at their ``defaults``: a checkpoint
     written before a key existed ran as that key's default does (a key is added with the default
-    that keeps the older behaviour, such as the captioner's ``model.top_down: false``)."""
+    that keeps the older behaviour, such as the captioner's ``model.top_down: false``). A section
+    that is not a mapping (an edited file) is a `UserError`."""
     filled = dict(saved)
     for section, values in defaults.items():
-        if isinstance(values, Mapping) and isinstance(filled.get(section, {}), Mapping):
+        if not isinstance(values, Mapping):
+            filled.setdefault(section, values)
+        elif isinstance(filled.get(section, {}), Mapping):
             filled[section] = {**values, **filled.get(section, {})}
         else:
-            filled.setdefault(section, values)
+            kind = type(filled[section]).__name__
+            raise UserError(f"its config's {section!r} is not a section of settings (type {kind})")
     return filled
 
 

@@ -443,9 +443,15 @@ class Run:
         self.init_payload = (
             load_checkpoint(self.init_path, task=task) if self.init_path is not None else None
         )
-        for payload in (self.payload, self.init_payload):  # keys added since it was written
-            if payload is not None and defaults is not None:
+        for payload, path in ((self.payload, self.last_path), (self.init_payload, self.init_path)):
+            if payload is None or defaults is None:
+                continue
+            try:  # the keys added since it was written
                 payload["config"] = with_defaults(payload["config"], defaults)
+            except UserError as err:
+                raise UserError(
+                    f"cannot use {path}: {err}; the file was edited or damaged"
+                ) from None
         if self.dist.is_main:  # refuse a second run into the folder while this one lives
             files.hold(
                 self.out_dir,

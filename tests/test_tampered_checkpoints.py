@@ -128,6 +128,12 @@ def _wrong_shapes(path: Path) -> bytes:
     return _payload_bytes(payload)
 
 
+def _edited_config(path: Path) -> bytes:
+    """The config's model section replaced by a number: the file reads, its config does not."""
+    payload = torch.load(path, weights_only=True)
+    return _payload_bytes({**payload, "config": {**payload["config"], "model": 5}})
+
+
 TAMPERED: dict[str, tuple[Callable[[Path, Path, Path], bytes], str]] = {
     "truncated": (
         lambda good, other, marker: good.read_bytes()[: good.stat().st_size // 2],
@@ -143,6 +149,7 @@ TAMPERED: dict[str, tuple[Callable[[Path, Path, Path], bytes], str]] = {
     "other task": (lambda good, other, marker: other.read_bytes(), "this command needs a"),
     "future version": (lambda good, other, marker: _future(good), "newer than this version reads"),
     "wrong shapes": (lambda good, other, marker: _wrong_shapes(good), ""),
+    "edited config": (lambda good, other, marker: _edited_config(good), "'model'"),
 }
 
 
@@ -168,6 +175,10 @@ def test_every_tampering_is_caught_by_load_checkpoint(trained, tmp_path):
                 extra = {**good, "extra.weight": torch.zeros(1)}  # one tensor more than the model's
                 with pytest.raises(UserError, match="has an unexpected 'extra.weight'"):
                     check_state_dict(good, extra, path)
+                continue
+            if case == "edited config":  # the file reads; its config is the reader's check
+                with pytest.raises(UserError, match="config key 'model': expected ModelConfig"):
+                    describe_checkpoint(path)
                 continue
             with pytest.raises(UserError, match=fragment) as caught:
                 load_checkpoint(path, task=task)

@@ -10,7 +10,9 @@ one line saying why, and the next one runs. What it measures:
    LSTM 512, layer4 fine-tuned, 96 images a step, captions of 10-18 words, a 10,000-word
    vocabulary) on ResNet-50 and ResNet-101 (random weights: nothing is downloaded), fp32 against
    bf16 autocast: images/s of full training steps (forward, backward, AdamW on the trainer's
-   parameter groups) on a batch already on the device, and the peak memory they allocate;
+   parameter groups) on a batch already on the device, and the peak memory they allocate; and
+   ResNet-101 with the top-down decoder (`model.top_down`) in bf16, whose step costs 1.41x soft
+   attention's on the 2-core CPU (docs/benchmarks.md);
 2. **char LM**, 2 x LSTM 512 (`configs/char_lm/shakespeare.yaml`'s model), fp32 against bf16:
    characters/s of full training steps, 64 and 256 streams of 128 characters;
 3. **does the GPU wait for the data loader?** JPEGs of COCO's usual size (640 x 480) through the
@@ -149,9 +151,13 @@ def captioner_training(setup: Setup) -> list[dict[str, Any]]:
     from captioner.train import parameter_parts
 
     rows = []
-    for arch in setup.archs:
-        cfg = setup.captioner_config(arch)
-        for name in setup.precisions():
+    # each encoder in every precision, then the largest one's top-down decoder in the last
+    variants = [(arch, (), setup.precisions()) for arch in setup.archs]
+    variants.append((setup.archs[-1], ("model.top_down=true",), setup.precisions()[-1:]))
+    for arch, overrides, precisions in variants:
+        cfg = setup.captioner_config(arch, *overrides)
+        decoder = ", top-down attention" if overrides else ""
+        for name in precisions:
             torch.manual_seed(0)
             model = CaptionModel(cfg, VOCAB).to(setup.device).train()
             optimizer = build_optimizer(
@@ -167,7 +173,7 @@ def captioner_training(setup: Setup) -> list[dict[str, Any]]:
             rows.append(
                 {
                     "section": "captioner training",
-                    "model": f"{arch} at {size} px, batch {setup.batch}",
+                    "model": f"{arch} at {size} px, batch {setup.batch}{decoder}",
                     "precision": name,
                     "images_per_s": setup.batch / seconds,
                     "peak_gib": peak / 2**30 if peak is not None else None,

@@ -2,6 +2,7 @@
 
     python -m captioner.caption --checkpoint runs/captioner/scenes_demo/best.pt a.png b.png
     python -m captioner.caption --checkpoint best.pt photos/ "more/*.jpg" --csv captions.csv
+    python -m captioner.caption --checkpoint a/best.pt --checkpoint b/best.pt photos/
 
 Each argument is an image file, a folder (every image file in it, by extension, not recursive) or
 a glob pattern. Images are captioned in batches, with a progress bar on stderr when it is a
@@ -9,7 +10,9 @@ terminal. Prints one ``path<TAB>caption`` line per image, or one JSON object wit
 also writes ``image,caption`` rows that the training CSV loader reads (``data.format: csv``), so
 the captions can be reviewed, corrected and trained on. A file named on the command line that
 cannot be read stops the command; one found in a folder or by a pattern is reported with a
-``warning:`` line on stderr and skipped. The library API (`load_captioner`, `caption_images`,
+``warning:`` line on stderr and skipped. With more than one --checkpoint the images are
+captioned by their ensemble (`captioner.ensemble`), with the first checkpoint's decoding settings.
+The library API (`load_captioner`, `caption_images`,
 `find_images`, `caption_files`) lives in `captioner.inference`.
 """
 
@@ -28,6 +31,7 @@ from tqdm import tqdm
 
 from captioner.data.images import ACCEPTED_FORMATS
 from captioner.decode import check_decode_settings
+from captioner.ensemble import load_ensemble
 from captioner.inference import (
     DEFAULT_BATCH_SIZE,
     CaptionResult,
@@ -35,7 +39,6 @@ from captioner.inference import (
     caption_files,
     decode_arguments,
     find_images,
-    load_captioner,
 )
 from recurrent.errors import ArgumentParser, UserError, run_cli
 from recurrent.files import atomic_write_text
@@ -111,7 +114,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         "and more), a multi-page or animated file by its first page or frame",
     )
     parser.add_argument(
-        "--checkpoint", required=True, help="a best.pt / last.pt written by captioner.train"
+        "--checkpoint",
+        required=True,
+        action="append",
+        help="a best.pt / last.pt written by captioner.train; give it more than once to caption "
+        "with the ensemble of the checkpoints (decoding settings of the first)",
     )
     parser.add_argument(
         "--beam-size",
@@ -157,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.csv:
         _check_csv_path(args.csv)
     paths, found = expand_inputs(args.images)
-    captioner = load_captioner(args.checkpoint, args.device)
+    captioner = load_ensemble(args.checkpoint, args.device)
     bar = tqdm(total=len(paths), desc="captioning", unit="image", file=sys.stderr, disable=None)
     skipped: list[dict[str, str]] = []
 
@@ -198,7 +205,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"wrote {len(results)} captions to {args.csv}", file=sys.stderr)
     if args.json:
         payload = {
-            "checkpoint": args.checkpoint,
+            "checkpoint": args.checkpoint[0],
+            "checkpoints": args.checkpoint,  # more than one: their ensemble captioned
             "beam_size": captioner.cfg.decode.beam_size
             if args.beam_size is None
             else args.beam_size,

@@ -2,6 +2,11 @@
 optional ``pycocoevalcap`` is installed.
 
     python -m captioner.evaluate --checkpoint runs/captioner/scenes_demo/best.pt --split test
+    python -m captioner.evaluate --checkpoint runs/hard/best.pt --checkpoint runs/hard_top_down/best.pt
+
+With more than one --checkpoint the captions come from their ensemble (`captioner.ensemble`: the
+mean of the models' next-word probabilities), decoded with the first checkpoint's settings and
+scored on its data.
 
 Captions are decoded for real (beam search, no teacher forcing). BLEU is corpus BLEU (nltk
 ``corpus_bleu``, all reference captions of an image) on a 0-100 scale, over the tokens of
@@ -24,12 +29,8 @@ import sys
 from collections.abc import Sequence
 
 from captioner.data import select_split, tokenize
-from captioner.inference import (
-    add_decode_arguments,
-    captioner_from_payload,
-    decode_arguments,
-    decode_settings,
-)
+from captioner.ensemble import ensemble_from_payloads
+from captioner.inference import add_decode_arguments, decode_arguments, decode_settings
 from captioner.metrics import repeat_share
 from captioner.scoring import (
     TOKENIZATION,
@@ -53,7 +54,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         "installed. Compare two prediction files with python -m captioner.compare.",
     )
     parser.add_argument(
-        "--checkpoint", required=True, help="a best.pt / last.pt of captioner.train"
+        "--checkpoint",
+        required=True,
+        action="append",
+        help="a best.pt / last.pt of captioner.train; give it more than once to decode with the "
+        "ensemble of the checkpoints (same vocabulary and image size; settings and data of the "
+        "first)",
     )
     parser.add_argument(
         "--split",
@@ -118,8 +124,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.max_images < 0:
         raise UserError(f"--max-images must be 0 (all) or more, got {args.max_images}")
-    payload = load_checkpoint(args.checkpoint, task="captioner")
-    captioner = captioner_from_payload(payload, args.device, source=args.checkpoint)
+    payloads = [load_checkpoint(path, task="captioner") for path in args.checkpoint]
+    captioner = ensemble_from_payloads(payloads, args.checkpoint, args.device)
     data = captioner.cfg.data
     if args.annotations is not None:
         data = dataclasses.replace(data, annotations=args.annotations, image_root="")
@@ -129,16 +135,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         data = dataclasses.replace(data, image_root=args.image_root)
     records = load_data_records(data)
     # on the data it was trained on (not other annotations, nor its own train split)
-    if (
-        args.annotations is None
-        and args.split != "train"
-        and (why := older_split(payload, records))
-    ):
-        print(
-            f"note: {args.checkpoint}: {why}; these scores may count images it trained on, "
-            "so score it on images it never saw",
-            file=sys.stderr,
-        )
+    for path, payload in zip(args.checkpoint, payloads, strict=True):
+        if (
+            args.annotations is None
+            and args.split != "train"
+            and (why := older_split(payload, records))
+        ):
+            print(
+                f"note: {path}: {why}; these scores may count images it trained on, "
+                "so score it on images it never saw",
+                file=sys.stderr,
+            )
     records = select_split(records, args.split, source=data.annotations)
     if args.max_images:
         records = records[: args.max_images]
@@ -163,7 +170,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         write_predictions(predictions, args.predictions)
     repeats = repeat_share([prediction["caption"] for prediction in predictions])
     report = {
-        "checkpoint": args.checkpoint,
+        "checkpoint": args.checkpoint[0],
+        "checkpoints": args.checkpoint,  # more than one: their ensemble decoded
         "annotations": data.annotations,
         "split": args.split,
         "images": len(records),
@@ -180,6 +188,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(json.dumps(report))
         return
     print(what_was_scored(args.split, len(records), data.annotations))
+    if len(args.checkpoint) > 1:
+        print(
+            f"ensemble of {len(args.checkpoint)} checkpoints (mean of their word probabilities): "
+            + ", ".join(args.checkpoint)
+        )
     print(f"decoding: {describe_decoding(settings)}")
     print(f"scores (0-100): {describe_scores(scores)}")
     if not {"METEOR", "ROUGE-L"} & set(scores):

@@ -20,7 +20,7 @@ import glob
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from PIL import Image
@@ -37,6 +37,9 @@ from recurrent.errors import UserError
 from recurrent.precision import Precision
 from recurrent.training import pick_device
 
+if TYPE_CHECKING:
+    from captioner.ensemble import EnsembleModel
+
 DEFAULT_BATCH_SIZE = 16
 # On a CPU the CNN gets slower per image above a few dozen images at once (its activations outgrow
 # the caches: 256 scenes of 96 px at once cost as much per image as one at a time, 32 half as
@@ -46,9 +49,13 @@ CPU_ENCODE_CHUNK = 32
 
 @dataclass
 class Captioner:
-    """A trained caption model ready to decode: model (eval mode), vocabulary, config, transform."""
+    """A trained caption model ready to decode: model (eval mode), vocabulary, config, transform.
 
-    model: CaptionModel
+    The model may be an `EnsembleModel` (`captioner.ensemble.load_ensemble`): it encodes and
+    decodes alike, and cfg is then its first member's (decoding settings, precision, data).
+    """
+
+    model: CaptionModel | EnsembleModel
     vocab: Vocabulary
     cfg: CaptionerConfig
     transform: Callable[[Image.Image], Tensor]  # PIL image -> (3, S, S), the eval preprocessing

@@ -145,15 +145,15 @@ def test_wide_beam_search_over_an_ensemble_is_exhaustive(specs):
 def test_batched_beam_search_over_an_ensemble_equals_one_image_at_a_time():
     """Three members (soft attention, show-and-tell, top-down): images settle and leave the
     batch at different steps, and every member's state, keys and grid must follow them."""
-    specs = [*PAIRS[0], ("top_down", "lstm", 16, 6, 10)]
+    specs = [*PAIRS[0], ("top_down", "lstm", 16, 4, 7)]
     ensemble, _, packed = make_ensemble(specs, vocab=12, batch=6, end_bias=-0.2)
     settings = dict(beam_size=3, max_length=7, start_id=START, end_id=END, n_best=2)
     batched = beam_search(ensemble, packed, **settings)
-    assert len({len(c[0].tokens) for c in batched}) > 2  # images settle at different steps
+    assert len({len(c[0].tokens) for c in batched}) > 1  # images settle at different steps
     for row in range(6):
         [alone] = beam_search(ensemble, packed.index_select(torch.tensor([row])), **settings)
         assert_same_captions(batched[row], alone)
-        assert batched[row][0].attention.shape[1] == 6  # the first attending member's grid
+        assert batched[row][0].attention.shape[1] == 6  # the first attending member's grid, 6
 
 
 # --- checkpoints and the command lines ---------------------------------------------------------

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 from tqdm import tqdm
 
-from captioner.config import CaptionerConfig, check_config
+from captioner.config import BOUNDS, CaptionerConfig, check_config
 from captioner.data import SPLITS
 from captioner.data.check import BAD, MISSING, DataReport, default_workers, scan_images
 from captioner.scoring import load_data_records
@@ -48,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    cfg = load_config(CaptionerConfig, args.config, args.overrides)
+    cfg = load_config(CaptionerConfig, args.config, args.overrides, bounds=BOUNDS)
     check_config(cfg)
     data = cfg.data
     # Every record, whatever its images: the check reports missing ones instead of stopping.

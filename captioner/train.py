@@ -64,6 +64,7 @@ from tqdm import tqdm
 from captioner.cider import CiderD
 from captioner.config import (
     ARCHITECTURE_KEYS,
+    BOUNDS,
     CaptionerConfig,
     check_config,
     describe_data,
@@ -666,7 +667,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     add_run_arguments(parser, "captioner", "configs/captioner/scenes_demo.yaml")
     args = parser.parse_args(argv)
-    cfg = load_config(CaptionerConfig, args.config, args.overrides)
+    cfg = load_config(CaptionerConfig, args.config, args.overrides, bounds=BOUNDS)
     out_dir = run_dir("captioner", args.config, args.out_dir)
     summary = train(cfg, out_dir, **run_options(args))
     if not summary["is_main"]:

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from char_lm.config import (
+    BOUNDS,
     CharLMConfig,
     architecture_keys,
     check_config,
@@ -267,7 +268,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     add_run_arguments(parser, "char_lm", "configs/char_lm/shakespeare.yaml")
     args = parser.parse_args(argv)
-    cfg = load_config(CharLMConfig, args.config, args.overrides)
+    cfg = load_config(CharLMConfig, args.config, args.overrides, bounds=BOUNDS)
     out_dir = run_dir("char_lm", args.config, args.out_dir)
     summary = train(cfg, out_dir, **run_options(args))
     if summary["is_main"]:  # under torchrun, rank 0 reports

@@ -350,19 +350,49 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def load_config(cls: type[T], path: str | Path | None = None, overrides: Iterable[str] = ()) -> T:
-    """Defaults of ``cls``, updated by the YAML at ``path``, then by ``--set`` overrides."""
-    data = to_dict(cls())
+def load_config(
+    cls: type[T],
+    path: str | Path | None = None,
+    overrides: Iterable[str] = (),
+    bounds: Mapping[str, str] | None = None,
+) -> T:
+    """Defaults of ``cls``, updated by the YAML at ``path``, then by ``--set`` overrides.
+
+    The file's values that no override replaces are checked first (their types, and
+    ``bounds``, the task's table for `check_bounds`, when given), so that an error in the file
+    names the file; the overrides' errors name the key. The returned config's bounds are the
+    task's `check_config`'s to check.
+    """
+    overrides = list(overrides)
+    defaults, data = to_dict(cls()), to_dict(cls())
+    overridden = [parse_override(item)[0] for item in overrides]
     if path is not None:
         try:
             _deep_update(data, read_yaml(path), cls)
-            from_dict(cls, data)  # the file's own values, so that a bad one names the file
+            kept = _with_values_of(data, defaults, overridden)  # the file's values that stay
+            in_file = from_dict(cls, kept)
+            if bounds is not None:
+                check_bounds(in_file, bounds)
         except UserError as err:
             if str(path) in str(err):
                 raise
             raise UserError(f"config file {path}: {err}") from None
     apply_overrides(data, overrides)
     return from_dict(cls, data)
+
+
+def _with_values_of(
+    data: dict[str, Any], source: Mapping[str, Any], keys: Iterable[str]
+) -> dict[str, Any]:
+    """A copy of nested ``data`` with the dotted ``keys`` set to their values in ``source``
+    (keys that ``source`` lacks are left to `apply_overrides` to refuse)."""
+    copy = {name: dict(value) if isinstance(value, dict) else value for name, value in data.items()}
+    for key in keys:
+        section, _, name = key.partition(".")
+        if isinstance(copy.get(section), dict) and isinstance(source.get(section), Mapping):
+            if name in source[section]:
+                copy[section][name] = source[section][name]
+    return copy
 
 
 def _deep_update(

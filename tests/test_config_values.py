@@ -20,6 +20,7 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
+from captioner import check_data
 from captioner import train as captioner_train
 from captioner.config import BOUNDS as CAPTIONER_BOUNDS
 from captioner.config import CaptionerConfig
@@ -406,6 +407,31 @@ def test_cli_refuses_with_one_line(cli, config, override, message, tmp_path, cap
     assert captured.err.startswith("error: config key 'train.lr'") and captured.err.count("\n") == 1
     assert message in captured.err and "Traceback" not in captured.err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "cli, config",
+    [
+        (char_lm_train, CharLMConfig),
+        (captioner_train, CaptionerConfig),
+        (check_data, CaptionerConfig),
+    ],
+)
+def test_a_number_out_of_bounds_in_the_file_names_the_file(cli, config, tmp_path, capsys):
+    """The commands that read a task config pass its bounds to load_config: the file is named."""
+    data = yaml.safe_load(TINY[config].read_text())
+    data["train"]["lr"] = 20
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(data))
+    capsys.readouterr()
+    argv = ["--config", str(path)]
+    if cli is not check_data:
+        argv += ["--out-dir", str(tmp_path / "run")]
+    status = run_cli(cli.main, argv)
+    err = capsys.readouterr().err
+    assert status == 2 and err == (
+        f"error: config file {path}: config key 'train.lr' must be in (0, 10], got 20.0\n"
+    )
 
 
 # --- what the tables above cannot hold ----------------------------------------------------------

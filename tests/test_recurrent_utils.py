@@ -95,6 +95,28 @@ def test_a_bad_value_names_the_file_it_came_from(tmp_path):
     with pytest.raises(UserError) as caught:
         load_config(Config, write(tmp_path, "train:\n  lr: 0.1\n"), ["train.lr=fast"])
     assert str(caught.value).startswith("config key 'train.lr': expected float")
+    # a bad value in the file that --set replaces is never read: the override wins, as always
+    bad = write(tmp_path, "train:\n  lr: fast\n  max_steps: 99\n")
+    assert load_config(Config, bad, ["train.lr=0.5"]).train == Train(max_steps=99, lr=0.5)
+
+
+def test_a_value_out_of_bounds_names_the_file_it_came_from(tmp_path):
+    """With the task's bounds (as the training commands pass them), a number the file puts out
+    of bounds names the file; from --set, the key alone (the task's check_config says it)."""
+    bounds = {"train.lr": "(0, 10]"}
+    path = write(tmp_path, "train:\n  lr: 20\n")
+    with pytest.raises(UserError) as caught:
+        load_config(Config, path, bounds=bounds)
+    assert (
+        str(caught.value)
+        == f"config file {path}: config key 'train.lr' must be in (0, 10], got 20.0"
+    )
+    assert load_config(Config, path).train.lr == 20.0  # without bounds: the caller checks them
+    assert load_config(Config, path, ["train.lr=0.5"], bounds=bounds).train.lr == 0.5
+    config = load_config(
+        Config, write(tmp_path, "train:\n  lr: 0.5\n"), ["train.lr=20"], bounds=bounds
+    )
+    assert config.train.lr == 20.0  # an override's bounds: check_config's, naming the key
 
 
 def test_unknown_yaml_key_and_bad_yaml(tmp_path):

@@ -29,6 +29,9 @@ def make_decoder(
     seed: int = 0,
     end_bias: float = 0.0,
     attention_size: int = 8,
+    cell: str = "lstm",
+    hidden_size: int = 16,
+    channels: int = 10,
 ):
     """A tiny random decoder, its outputs made to depend more on the image and the state than a
     fresh init does, so that images get different captions, some ending early, some cut off."""
@@ -36,12 +39,13 @@ def make_decoder(
     cfg = ModelConfig(
         attention=bool(attention),
         top_down=attention == "top_down",
+        cell=cell,
         embed_size=8,
-        hidden_size=16,
+        hidden_size=hidden_size,
         attention_size=attention_size,
         dropout=0.0,
     )
-    decoder = CaptionDecoder(cfg, vocab, feature_channels=10).eval()
+    decoder = CaptionDecoder(cfg, vocab, feature_channels=channels).eval()
     with torch.no_grad():
         decoder.output.weight.mul_(2.0)
         decoder.init_proj.weight.mul_(3.0)

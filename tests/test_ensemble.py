@@ -25,10 +25,8 @@ from tiny_models import train_tiny_captioner
 
 from captioner import caption as caption_cli
 from captioner import evaluate as evaluate_cli
-from captioner.config import ModelConfig
 from captioner.data import load_image_tensor
 from captioner.decode import beam_search, greedy_decode
-from captioner.decoder import CaptionDecoder
 from captioner.encoder import ImageFeatures
 from captioner.ensemble import EnsembleDecoder, load_ensemble
 from captioner.inference import caption_images, load_captioner
@@ -43,33 +41,15 @@ PAIRS = [
 ]
 
 
-def member(
-    attention, cell: str, hidden: int, channels: int, vocab: int, seed: int, end_bias: float
-):
-    """A tiny random decoder (scaled like `make_decoder`'s, so captions differ per image)."""
-    torch.manual_seed(seed)
-    cfg = ModelConfig(
-        attention=bool(attention),
-        top_down=attention == "top_down",
-        cell=cell,
-        embed_size=8,
-        hidden_size=hidden,
-        attention_size=8,
-        dropout=0.0,
-    )
-    decoder = CaptionDecoder(cfg, vocab, feature_channels=channels).eval()
-    with torch.no_grad():
-        decoder.output.weight.mul_(2.0)
-        decoder.init_proj.weight.mul_(3.0)
-        decoder.output.bias[END] += end_bias
-    return decoder
-
-
 def make_ensemble(specs, vocab: int, batch: int, end_bias: float = 0.0):
     """(EnsembleDecoder, each member's features, the packed features) for random images."""
     decoders, features = [], []
     for seed, (attention, cell, hidden, positions, channels) in enumerate(specs):
-        decoders.append(member(attention, cell, hidden, channels, vocab, seed, end_bias))
+        decoders.append(
+            make_decoder(
+                attention, vocab, seed, end_bias, cell=cell, hidden_size=hidden, channels=channels
+            )
+        )
         features.append(random_features(batch, positions, channels, seed=seed + 5))
     ensemble = EnsembleDecoder(decoders)
     return ensemble, features, ensemble.pack(features)

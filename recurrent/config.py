@@ -302,10 +302,10 @@ def parse_override(item: str) -> tuple[str, Any]:
     return key, value
 
 
-def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
-    """Set dotted keys in a nested dict (validation happens in `from_dict`)."""
-    for item in overrides:
-        key, value = parse_override(item)
+def apply_overrides(data: dict[str, Any], overrides: Iterable[tuple[str, Any]]) -> dict[str, Any]:
+    """Set dotted keys in a nested dict to the values `parse_override` read (validation happens
+    in `from_dict`)."""
+    for key, value in overrides:
         node = data
         parts = key.split(".")
         for part in parts[:-1]:
@@ -363,9 +363,9 @@ def load_config(
     names the file; the overrides' errors name the key. The returned config's bounds are the
     task's `check_config`'s to check.
     """
-    overrides = list(overrides)
+    parsed = [parse_override(item) for item in overrides]
     defaults, data = to_dict(cls()), to_dict(cls())
-    overridden = [parse_override(item)[0] for item in overrides]
+    overridden = [key for key, _ in parsed]
     if path is not None:
         try:
             _deep_update(data, read_yaml(path), cls)
@@ -377,7 +377,7 @@ def load_config(
             if str(path) in str(err):
                 raise
             raise UserError(f"config file {path}: {err}") from None
-    apply_overrides(data, overrides)
+    apply_overrides(data, parsed)
     return from_dict(cls, data)
 
 

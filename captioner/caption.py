@@ -12,8 +12,8 @@ the captions can be reviewed, corrected and trained on. A file named on the comm
 cannot be read stops the command; one found in a folder or by a pattern is reported with a
 ``warning:`` line on stderr and skipped. With more than one --checkpoint the images are
 captioned by their ensemble (`captioner.ensemble`), with the first checkpoint's decoding settings.
-The library API (`load_captioner`, `caption_images`,
-`find_images`, `caption_files`) lives in `captioner.inference`.
+The library API (`load_captioner`, `caption_images`, `find_images`, `caption_files`) lives in
+`captioner.inference`.
 """
 
 from __future__ import annotations

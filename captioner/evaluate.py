@@ -135,17 +135,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         data = dataclasses.replace(data, image_root=args.image_root)
     records = load_data_records(data)
     # on the data it was trained on (not other annotations, nor its own train split)
-    for path, payload in zip(args.checkpoint, payloads, strict=True):
-        if (
-            args.annotations is None
-            and args.split != "train"
-            and (why := older_split(payload, records))
-        ):
-            print(
-                f"note: {path}: {why}; these scores may count images it trained on, "
-                "so score it on images it never saw",
-                file=sys.stderr,
-            )
+    if args.annotations is None and args.split != "train":
+        for path, payload in zip(args.checkpoint, payloads, strict=True):
+            if why := older_split(payload, records):
+                print(
+                    f"note: {path}: {why}; these scores may count images it trained on, "
+                    "so score it on images it never saw",
+                    file=sys.stderr,
+                )
     records = select_split(records, args.split, source=data.annotations)
     if args.max_images:
         records = records[: args.max_images]

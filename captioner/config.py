@@ -75,6 +75,12 @@ class TrainConfig(RunSettings):
     feature_cache: bool = True  # frozen encoder: compute features once per image, on disk
     feature_cache_dir: str = ""  # where the cached features live; "": <out_dir>/features
     label_smoothing: float = 0.0  # cross-entropy label smoothing (padding ignored); 0: off
+    # scheduled sampling (Bengio et al. 2015): with this probability a word read in cross-entropy
+    # training is the model's own draw of the step before instead of the reference's; 0: off
+    scheduled_sampling: float = 0.0
+    scheduled_sampling_start: int = 0  # the first this many optimizer steps read only references
+    # steps over which it rises linearly from 0 to train.scheduled_sampling; 0: at once
+    scheduled_sampling_ramp_steps: int = 0
     # xe: cross-entropy on the references; scst: self-critical sequence training (Rennie et al.
     # 2017), the CIDEr-D reward of sampled captions minus a baseline (captioner.scst)
     objective: Literal["xe", "scst"] = "xe"
@@ -159,6 +165,9 @@ BOUNDS = {
     "decode.diversity_groups": "[1, 100]",
     "decode.diversity_strength": "[0, inf)",
     "train.label_smoothing": "[0, 1)",
+    "train.scheduled_sampling": "[0, 1]",
+    "train.scheduled_sampling_start": "[0, 1e9]",
+    "train.scheduled_sampling_ramp_steps": "[0, 1e9]",
     "train.scst_samples": "[1, 100]",
     "train.scst_from_step": "[0, 1e9]",
 }

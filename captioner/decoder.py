@@ -237,6 +237,8 @@ class CaptionDecoder(nn.Module):
         predicted_words: Tensor | None = None,
         *,
         label_smoothing: float = 0.0,
+        sampling_prob: float = 0.0,
+        generator: torch.Generator | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Teacher-forced: read captions[:, :-1], predict captions[:, 1:].
 
@@ -253,6 +255,11 @@ class CaptionDecoder(nn.Module):
         ``label_smoothing`` (``train.label_smoothing``; Szegedy et al. 2016) mixes the one-hot
         target with a uniform distribution over the vocabulary, as `F.cross_entropy` does;
         padding positions stay out of the loss.
+        ``sampling_prob`` > 0 is scheduled sampling (Bengio et al. 2015, as self-critical.pytorch's
+        ``ss_prob``): at every step after the first, each caption reads, with that probability, a
+        word drawn from the model's own distribution of the step before (no gradient flows through
+        the draw) instead of the reference word, from ``generator`` (None: the global one). The
+        targets stay the reference's.
         """
         inputs = captions[:, :-1]  # (B, T-1)
         steps = inputs.size(1)
@@ -263,20 +270,23 @@ class CaptionDecoder(nn.Module):
         if captions.size(0) % images:
             raise ValueError(f"{captions.size(0)} captions do not divide among {images} images")
         state = self.init_state(features).repeat_interleave(captions.size(0) // images, dim=2)
-        embedded = self.embedding(inputs)  # (B, T-1, E)
-        if self.attention is None:
-            outputs, _ = self.core(embedded, state, input_lengths)  # (B, T-1, H)
-            alphas = None
+        if sampling_prob > 0:
+            logits, alphas = self._scheduled_sampling(
+                features, inputs, state, sampling_prob, generator
+            )
+        elif self.attention is None:
+            outputs, _ = self.core(self.embedding(inputs), state, input_lengths)  # (B, T-1, H)
+            logits, alphas = self.logits(outputs), None  # (B, T-1, V)
         else:
+            embedded = self.embedding(inputs)  # (B, T-1, E)
             keys = self.attention_keys(features)
             step_outputs, step_alphas = [], []
             for t in range(steps):
                 output, state, alpha = self._advance(embedded[:, t], state, features, keys)
                 step_outputs.append(output)
                 step_alphas.append(alpha)
-            outputs = torch.stack(step_outputs, dim=1)  # (B, T-1, H)
+            logits = self.logits(torch.stack(step_outputs, dim=1))  # (B, T-1, V)
             alphas = torch.stack(step_alphas, dim=1)  # (B, T-1, N)
-        logits = self.logits(outputs)  # (B, T-1, V)
         loss = F.cross_entropy(
             logits.reshape(-1, logits.size(-1)).float(),
             targets.reshape(-1),
@@ -288,6 +298,33 @@ class CaptionDecoder(nn.Module):
             loss = loss + self.alpha_c * self.attention_regularizer(alphas, valid)
         words = valid.sum().clamp(min=1) if predicted_words is None else predicted_words
         return logits, loss / words
+
+    def _scheduled_sampling(
+        self,
+        features: ImageFeatures,
+        inputs: Tensor,
+        state: Tensor,
+        sampling_prob: float,
+        generator: torch.Generator | None,
+    ) -> tuple[Tensor, Tensor | None]:
+        """`forward`'s steps with scheduled sampling: -> logits (B, T-1, V), alphas (B, T-1, N) or
+        None. One step at a time, since a step's input may be the word drawn from the step before."""
+        keys = self.attention_keys(features)
+        rows = inputs.size(0)
+        step_logits, step_alphas = [], []
+        tokens = inputs[:, 0]
+        for t in range(inputs.size(1)):
+            if t > 0:
+                draw = torch.rand(rows, device=inputs.device, generator=generator)  # (B,)
+                own = draw < sampling_prob
+                probs = step_logits[-1].detach().float().softmax(dim=-1)  # (B, V)
+                sampled = torch.multinomial(probs, 1, generator=generator).squeeze(1)  # (B,)
+                tokens = torch.where(own, sampled, inputs[:, t])
+            output, state, alpha = self._advance(self.embedding(tokens), state, features, keys)
+            step_logits.append(self.logits(output))
+            step_alphas.append(alpha)
+        alphas = torch.stack(step_alphas, dim=1) if self.attention is not None else None
+        return torch.stack(step_logits, dim=1), alphas
 
     @staticmethod
     def attention_regularizer(alphas: Tensor, valid: Tensor) -> Tensor:

@@ -38,6 +38,7 @@ class CaptionModel(nn.Module):
         predicted_words: Tensor | None = None,
         *,
         label_smoothing: float = 0.0,
+        sampling_prob: float = 0.0,
         self_critical: Callable[[CaptionDecoder, ImageFeatures], Any] | None = None,
     ) -> Any:
         """Teacher-forced logits (B*k, T-1, V) and loss; see `CaptionDecoder.forward`.
@@ -46,7 +47,8 @@ class CaptionModel(nn.Module):
         output, which then skips the encoder). ``captions`` may hold k references per image:
         rows j*k .. j*k + k-1 belong to image j (``train.captions_per_image``), and the image is
         encoded once for all k (and the decoder's initial state and attention keys computed once).
-        ``predicted_words``: see `CaptionDecoder.forward`.
+        ``predicted_words``, ``label_smoothing`` and ``sampling_prob`` (scheduled sampling):
+        see `CaptionDecoder.forward`.
 
         With ``self_critical`` (a `captioner.scst.SelfCritical` bound to the batch's images), the
         captions are not used: it returns ``self_critical(decoder, features)``, the self-critical
@@ -60,5 +62,10 @@ class CaptionModel(nn.Module):
         if captions is None or lengths is None:
             raise ValueError("cross-entropy training needs captions and lengths")
         return self.decoder(
-            features, captions, lengths, predicted_words, label_smoothing=label_smoothing
+            features,
+            captions,
+            lengths,
+            predicted_words,
+            label_smoothing=label_smoothing,
+            sampling_prob=sampling_prob,
         )

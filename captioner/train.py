@@ -66,6 +66,7 @@ from captioner.config import (
     ARCHITECTURE_KEYS,
     BOUNDS,
     CaptionerConfig,
+    TrainConfig,
     check_config,
     describe_data,
     describe_model,
@@ -580,9 +581,18 @@ def train(
         if run.dist.enabled:  # normalise by the global batch's words (see CaptionDecoder.forward)
             words = (lengths - 1).clamp(min=1).sum().to(device, torch.float32)
             words = run.dist.all_reduce_sum(words) / run.dist.world_size
-        _, loss = net(inputs, captions, lengths, words, label_smoothing=cfg.train.label_smoothing)
+        sampling = scheduled_sampling(cfg.train, run.progress.step)
+        _, loss = net(
+            inputs,
+            captions,
+            lengths,
+            words,
+            label_smoothing=cfg.train.label_smoothing,
+            sampling_prob=sampling,
+        )
         counts["pairs"] += captions.size(0)
-        return StepResult(loss, captions.size(0), epoch_end)
+        figures = {"scheduled_sampling": sampling} if cfg.train.scheduled_sampling else {}
+        return StepResult(loss, captions.size(0), epoch_end, figures)
 
     def validate(net: nn.Module) -> dict[str, float]:
         share = val_records[run.dist.rank :: run.dist.world_size]  # all of them in one process
@@ -649,6 +659,18 @@ def train(
         "skipped_items": bad_images.items,
         "skipped_images": list(bad_images.paths),
     }
+
+
+def scheduled_sampling(t: TrainConfig, step: int) -> float:
+    """The probability of reading the model's own word at optimizer step ``step`` (0 for the
+    first): 0 before ``t.scheduled_sampling_start``, then rising linearly over
+    ``t.scheduled_sampling_ramp_steps`` steps to ``t.scheduled_sampling`` (self-critical.pytorch
+    raises its ``ss_prob`` by a fixed amount every few epochs instead)."""
+    if step < t.scheduled_sampling_start:
+        return 0.0
+    ramp = t.scheduled_sampling_ramp_steps
+    done = 1.0 if not ramp else min(1.0, (step - t.scheduled_sampling_start + 1) / ramp)
+    return t.scheduled_sampling * done
 
 
 def data_card(cfg: CaptionerConfig, train_records: Sequence[ImageRecord]) -> dict[str, Any]:

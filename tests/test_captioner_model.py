@@ -343,6 +343,57 @@ def test_top_down_needs_attention():
         captioner_from_payload(payload, source="edited.pt")
 
 
+@pytest.mark.parametrize("attention,cell", [(False, "lstm"), (True, "gru"), ("top_down", "lstm")])
+def test_scheduled_sampling_reads_the_models_own_word_with_its_probability(attention, cell):
+    """Scheduled sampling (Bengio et al. 2015), with two references per image: the words each step
+    reads (seen by a hook on the embedding) are <start> first, then the model's own draw with
+    probability p; with p = 1 and a model that only ever says word 11, forward equals teacher
+    forcing on captions whose words are all 11, scored against the real targets; with p ~ 0 it is
+    teacher forcing."""
+    decoder = make_decoder(attention, cell)
+    images = random_features()  # 3 images, 2 captions each
+    captions, lengths = padded_captions()
+    captions, lengths = captions.repeat_interleave(2, dim=0), lengths.repeat_interleave(2)
+    read = []
+    decoder.embedding.register_forward_hook(lambda module, args, out: read.append(args[0]))
+    tf_logits, tf_loss = decoder(images, captions, lengths)
+    logits, loss = decoder(images, captions, lengths, sampling_prob=1e-12)
+    valid = torch.arange(captions.size(1) - 1)[None, :] < (lengths - 1)[:, None]  # real steps
+    torch.testing.assert_close(logits[valid], tf_logits[valid], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(loss, tf_loss, atol=1e-5, rtol=1e-5)
+
+    with torch.no_grad():  # every logit but word 11's so low that exp() gives exactly 0
+        decoder.output.bias.fill_(-1e4)
+        decoder.output.bias[11] = 0.0
+    decoder.alpha_c = 0.0  # the loss is the cross-entropy alone (its regulariser is checked above)
+    read.clear()
+    logits, loss = decoder(images, captions, lengths, sampling_prob=1.0)
+    assert torch.equal(read[0], captions[:, 0]) and all((words == 11).all() for words in read[1:])
+    elevens = captions.clone()
+    elevens[:, 1:] = 11
+    reference, _ = decoder(images, elevens, lengths)
+    torch.testing.assert_close(logits[valid], reference[valid], atol=1e-4, rtol=1e-5)
+    expected = F.cross_entropy(reference[valid], captions[:, 1:][valid])
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-3)
+
+    many = captions.repeat(100, 1)  # 600 captions, 3 draws each
+    read.clear()
+    decoder(
+        images.index_select(torch.arange(3).repeat(100)),
+        many,
+        lengths.repeat(100),
+        sampling_prob=0.3,
+        generator=torch.Generator().manual_seed(0),
+    )
+    own = torch.stack(read[1:], dim=1) == 11  # (600, 3); no reference holds word 11
+    assert not (many == 11).any() and abs(own.float().mean().item() - 0.3) < 0.05
+    with torch.no_grad():  # a uniform next word: the draws cover the vocabulary (not an argmax)
+        decoder.output.bias.zero_(), decoder.output.weight.zero_()
+    read.clear()
+    decoder(images, captions, lengths, sampling_prob=1.0, generator=torch.Generator())
+    assert torch.cat(read[1:]).unique().numel() > 3  # 18 draws from 13 words (argmax: 1)
+
+
 def test_tied_embeddings_share_the_matrix():
     tied = make_decoder(False, tied_embeddings=True)  # hidden 12 != embed 8: a projection
     assert tied.output.weight is tied.embedding.weight

@@ -155,10 +155,20 @@ class _Crash(Exception):
     pass
 
 
-def test_resume_continues_exactly(scenes_annotations: Path, tmp_path: Path, monkeypatch):
+SCHEDULED_SAMPLING = [
+    "train.scheduled_sampling=0.5",
+    "train.scheduled_sampling_start=2",
+    "train.scheduled_sampling_ramp_steps=4",
+]
+
+
+@pytest.mark.parametrize("sampling", [[], SCHEDULED_SAMPLING], ids=["xe", "scheduled_sampling"])
+def test_resume_continues_exactly(
+    scenes_annotations: Path, tmp_path: Path, monkeypatch, sampling: list[str]
+):
     # 10 steps per epoch (80 pairs / 8): the crash at step 4 is mid-epoch; dropout and random crops
-    # are on, so RNG and data order must both be restored.
-    overrides = ["train.max_steps=8", "train.eval_every=4", "model.dropout=0.3"]
+    # are on (and with scheduled sampling, its draws), so RNG and data order must both be restored.
+    overrides = ["train.max_steps=8", "train.eval_every=4", "model.dropout=0.3", *sampling]
     cfg = tiny_cfg(scenes_annotations, *overrides)
     straight = quiet_train(cfg, tmp_path / "straight")
 
@@ -190,6 +200,14 @@ def test_resume_continues_exactly(scenes_annotations: Path, tmp_path: Path, monk
     assert [a["data"][0][k] for k in position] == [b["data"][0][k] for k in position] == [0, 8]
     a["progress"].pop("elapsed_s"), b["progress"].pop("elapsed_s")  # wall time differs
     assert a["progress"] == b["progress"]  # best scores, early-stopping count, ...
+    if sampling:  # two steps without, then a rise over four steps to 0.5, in the train lines
+        lines = (tmp_path / "crashed" / "metrics.jsonl").read_text().splitlines()
+        records = [json.loads(line) for line in lines]
+        shares = [r["scheduled_sampling"] for r in records if r["kind"] == "train"]
+        assert shares == [0.0, 0.0, 0.125, 0.25, 0.375, 0.5, 0.5, 0.5]
+        plain = quiet_train(tiny_cfg(scenes_annotations, *overrides[:3]), tmp_path / "plain")
+        assert plain["losses"][:2] == straight["losses"][:2]  # the same run until it starts
+        assert plain["losses"][2] != straight["losses"][2]
 
     # A resume refuses another architecture, naming the field; a finished run is not overwritten.
     with pytest.raises(UserError, match="model.hidden_size"):

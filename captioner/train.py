@@ -526,6 +526,9 @@ def train(
 
     # --- model, optimizer, data order
     model = CaptionModel(cfg, len(vocab), pad_id=vocab.pad_id).to(device)
+    # the weights first: a frozen encoder's feature cache holds the output of the encoder the run
+    # trains with (--init-from's or the resumed run's), not of a freshly initialised one
+    run.load_weights(model)
     bad_images = BadImageLog(cfg.data.bad_images, warn=run.log)
     data = _build_data(
         cfg,

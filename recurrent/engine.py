@@ -462,6 +462,7 @@ class Run:
             )
         set_seed(settings.seed)
         self.progress = Progress()
+        self._weights_loaded: nn.Module | None = None  # the model `load_weights` filled
 
     # --- set-up -------------------------------------------------------------------------------
 
@@ -514,6 +515,34 @@ class Run:
     def optimizer(self, parts: list[tuple[str, nn.Module, float]]) -> torch.optim.Optimizer:
         return build_optimizer(parameter_groups(parts, self.settings.weight_decay), self.settings)
 
+    def load_weights(self, model: nn.Module) -> None:
+        """Load the weights the run starts from (its ``last.pt`` on resume, else ``--init-from``'s)
+        into a freshly built model; `restore` does it too. A task calls it first when what it
+        builds before `restore` depends on the weights (the captioner's feature cache holds its
+        frozen encoder's output, which must be the checkpoint's encoder, not a fresh one)."""
+        if self._weights_loaded is model:
+            return
+        if self.payload is not None:
+            try:
+                model.load_state_dict(self.payload["model"])
+            except (KeyError, ValueError, RuntimeError, TypeError) as err:
+                reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                raise UserError(
+                    f"cannot resume from {self.last_path}: it lacks or has damaged training state "
+                    f"({reason}); drop --resume to start afresh"
+                ) from None
+        elif self.init_payload is not None:
+            try:
+                model.load_state_dict(self.init_payload["model"])
+            except (KeyError, RuntimeError) as err:
+                reason = str(err).strip().splitlines()[0] if str(err).strip() else "no weights"
+                raise UserError(
+                    f"cannot start from {self.init_path}: its weights do not fit ({reason}); "
+                    "pass a checkpoint of this config's network"
+                ) from None
+            self.log(f"starting from the weights of {self.init_path}")
+        self._weights_loaded = model
+
     def restore(self, model: nn.Module, optimizer: torch.optim.Optimizer, data: Stateful) -> None:
         """Load the checkpoint's state into a freshly built model, optimizer and data position.
 
@@ -521,17 +550,8 @@ class Run:
         each group's hyperparameters (base learning rate, weight decay, betas) are set from the
         config again.
         """
+        self.load_weights(model)
         if self.payload is None:
-            if self.init_payload is not None:
-                try:
-                    model.load_state_dict(self.init_payload["model"])
-                except (KeyError, RuntimeError) as err:
-                    reason = str(err).strip().splitlines()[0] if str(err).strip() else "no weights"
-                    raise UserError(
-                        f"cannot start from {self.init_path}: its weights do not fit ({reason}); "
-                        "pass a checkpoint of this config's network"
-                    ) from None
-                self.log(f"starting from the weights of {self.init_path}")
             if self.dist.enabled:  # the same initial weights everywhere, then per-rank randomness
                 torch.manual_seed(self.settings.seed + 1_000_003 * self.dist.rank)
             return
@@ -542,7 +562,6 @@ class Run:
             for group in optimizer.param_groups
         ]
         try:
-            model.load_state_dict(payload["model"])
             optimizer.load_state_dict(payload["optimizer"])
             for group, now in zip(optimizer.param_groups, settings_now, strict=True):
                 group.update(now)  # the config wins: base rates, weight decay, betas

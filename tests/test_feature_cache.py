@@ -41,9 +41,11 @@ from captioner.features import (
     write_shard,
 )
 from captioner.inference import eval_transform
+from captioner.model import CaptionModel
 from captioner.scoring import load_data_records
 from captioner.train import SeededItems
 from recurrent import precision
+from recurrent.checkpoint import load_checkpoint
 from recurrent.config import load_config
 from recurrent.errors import UserError
 
@@ -126,6 +128,33 @@ def test_cached_run_trains_on_the_same_batches_with_the_same_losses(
         torch.tensor(cached["losses"]), torch.tensor(plain["losses"]), atol=1e-4, rtol=1e-4
     )
     assert plain["pairs_per_s"] > 0 and cached["images_per_s"] == 0.0  # the cache runs no CNN
+
+
+def test_the_cache_holds_the_features_of_the_encoder_the_run_starts_from(
+    scenes_annotations: Path, tmp_path: Path
+):
+    # --init-from a run that trained its encoder, into a frozen encoder with the cache: the cache
+    # is that encoder's, not a freshly initialised one's (which the run's checkpoints would not
+    # hold); a resume with another seed (a setting) reads it again instead of a fresh encoder's
+    xe = tiny_cfg(scenes_annotations, "model.finetune=all", "train.max_steps=1")
+    start = quiet_train(xe, tmp_path / "xe")["last_checkpoint"]
+    cache_dir = tmp_path / "features"
+    frozen = [
+        "model.finetune=frozen",
+        f"train.feature_cache_dir={cache_dir}",
+        "train.eval_max_images=1",
+    ]
+    cfg = tiny_cfg(scenes_annotations, *frozen, "train.max_steps=1")
+    train_module.train(cfg, tmp_path / "frozen", quiet=True, init_from=start)
+    payload = load_checkpoint(start, task="captioner")
+    model = CaptionModel(cfg, len(payload["vocab"]))
+    model.load_state_dict(payload["model"])
+    expected = FeatureCache(cache_dir, model.encoder, cfg, eval_transform(cfg)).dir.name
+    assert [path.name for path in cache_dir.iterdir()] == [expected]
+    resumed = tiny_cfg(scenes_annotations, *frozen, "train.max_steps=2", "train.seed=1")
+    summary = train_module.train(resumed, tmp_path / "frozen", resume=True, quiet=True)
+    assert summary["encoded_images"] == 0
+    assert [path.name for path in cache_dir.iterdir()] == [expected]
 
 
 def test_feature_groups_pick_the_references_caption_groups_pick(scenes_annotations: Path):

@@ -312,11 +312,17 @@ def _build_data(
     )
 
 
+def _batch_norm_min_images(cfg: CaptionerConfig) -> int:
+    """The fewest images a batch through the encoder may hold: a trainable encoder's BatchNorm
+    needs two values per channel, and one image whose last feature map is 1 x 1 gives it one."""
+    side = math.ceil(cfg.data.image_size / 2 ** (cfg.model.encoder_stages + 1))  # ImageEncoder
+    return 2 if cfg.model.finetune != "frozen" and side == 1 else 1
+
+
 def _check_batch_norm(cfg: CaptionerConfig, images_per_step: int) -> None:
     """A trainable encoder's BatchNorm needs two values per channel in a step: one image whose
     last feature map is 1 x 1 gives it one (torch would raise at the first step)."""
-    side = math.ceil(cfg.data.image_size / 2 ** (cfg.model.encoder_stages + 1))  # ImageEncoder
-    if cfg.model.finetune != "frozen" and images_per_step * side * side < 2:
+    if images_per_step < _batch_norm_min_images(cfg):
         raise UserError(
             f"a training step holds {images_per_step} image per process and the encoder's last "
             f"feature map is 1 x 1 (data.image_size {cfg.data.image_size}, model.encoder_stages "
@@ -351,6 +357,9 @@ class EpochBatches:
         # by batch, and pass over such a batch together (the others would wait in the gradient
         # all-reduce forever). The feature cache leaves bad images out before the first batch.
         self.agree = layout.enabled and cfg.data.bad_images == "skip" and not data.uses_cache
+        # data.bad_images=skip can leave a batch (a process's share) one image, which a trainable
+        # encoder's BatchNorm cannot normalise on a 1 x 1 feature map: it is passed over as well
+        self.min_images = 1 if data.uses_cache else _batch_norm_min_images(cfg)
         if not len(data.train_set):  # the feature cache left out every image: none decodes
             raise self.nothing_decodes()
         self.rows = layout.shard(cfg.train.batch_size, "train.batch_size")
@@ -417,6 +426,8 @@ class EpochBatches:
                 self.epoch, self.batch_in_epoch = self.epoch + 1, 0
                 self.order_state = self.order.get_state()  # the next epoch shuffles from here
                 self._batches, epoch_end = None, True
+            if self.min_images > 1 and batch is not None and batch[0][0].size(0) < 2:
+                batch = None  # only under data.bad_images=skip (_check_batch_norm checked the rest)
             if self.agree:
                 none_here = torch.tensor([float(batch is None)], device=self.device)
                 if self.dist.all_reduce_sum(none_here).item():

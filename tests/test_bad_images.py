@@ -308,6 +308,30 @@ def test_training_skips_a_bad_image_and_reports_it(scenes_with_a_bad_image, tmp_
     assert (tmp_path / "run" / "last.pt").is_file()
 
 
+def test_skip_passes_over_a_batch_left_one_image_a_trainable_batch_norm_cannot_take(
+    scenes_annotations, tmp_path, capsys
+):
+    """Batches of two images through a trainable encoder with a 1 x 1 last feature map: skipping
+    one bad image left BatchNorm one value per channel, and the run died with torch's traceback
+    (ValueError: Expected more than 1 value per channel) in the middle of the epoch."""
+    folder = tmp_path / "scenes"
+    shutil.copytree(scenes_annotations.parent, folder)
+    annotations = folder / scenes_annotations.name
+    train_entries = [
+        e for e in json.loads(annotations.read_text())["images"] if e["split"] == "train"
+    ]
+    for entry in train_entries[::2]:  # half of them: some batch keeps one good image
+        (folder / entry.get("filepath", "") / entry["filename"]).write_bytes(b"garbage")
+    code, out, err = _train(
+        annotations, tmp_path / "run", capsys,
+        "data.bad_images=skip", "model.encoder_stages=4", "model.finetune=all",
+        "train.batch_size=2", "train.captions_per_image=1", "train.max_steps=0",
+        "train.epochs=1", "train.eval_max_images=1",
+    )  # fmt: skip
+    assert code == 0, err
+    assert "(stopped by epochs)" in out
+
+
 @pytest.mark.parametrize("frozen", [False, True])
 def test_skip_with_no_train_image_that_decodes_stops_with_one_line(
     scenes_annotations, tmp_path, capsys, frozen

@@ -526,11 +526,7 @@ class Run:
             try:
                 model.load_state_dict(self.payload["model"])
             except (KeyError, ValueError, RuntimeError, TypeError) as err:
-                reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-                raise UserError(
-                    f"cannot resume from {self.last_path}: it lacks or has damaged training state "
-                    f"({reason}); drop --resume to start afresh"
-                ) from None
+                raise self._damaged(err) from None
         elif self.init_payload is not None:
             try:
                 model.load_state_dict(self.init_payload["model"])
@@ -542,6 +538,14 @@ class Run:
                 ) from None
             self.log(f"starting from the weights of {self.init_path}")
         self._weights_loaded = model
+
+    def _damaged(self, err: Exception) -> UserError:
+        """The line for a ``last.pt`` whose training state does not load (``err`` says why)."""
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        return UserError(
+            f"cannot resume from {self.last_path}: it lacks or has damaged training state "
+            f"({reason}); drop --resume to start afresh"
+        )
 
     def restore(self, model: nn.Module, optimizer: torch.optim.Optimizer, data: Stateful) -> None:
         """Load the checkpoint's state into a freshly built model, optimizer and data position.
@@ -573,11 +577,7 @@ class Run:
             self.progress = Progress(**payload["progress"])
             rngs = payload["rng"]
         except (KeyError, ValueError, RuntimeError, TypeError) as err:
-            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise UserError(
-                f"cannot resume from {self.last_path}: it lacks or has damaged training state "
-                f"({reason}); drop --resume to start afresh"
-            ) from None
+            raise self._damaged(err) from None
         if len(rngs) != self.dist.world_size:
             self.log(
                 f"note: the checkpoint was written by {len(rngs)} process(es), this run has "

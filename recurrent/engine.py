@@ -418,7 +418,16 @@ class Run:
         self.best_path = self.out_dir / "best.pt"
         if self.out_dir.exists() and not self.out_dir.is_dir():
             raise UserError(f"--out-dir {self.out_dir} is a file; pass a folder for the run")
+
+        def in_use(holder: str) -> UserError:
+            return UserError(
+                f"{self.out_dir} is in use by another training run ({holder}); wait for it to "
+                "end or stop it, or choose another --out-dir"
+            )
+
         if resume and not self.last_path.is_file():
+            if (running := files.holder(self.out_dir)) is not None:  # it has not written one yet
+                raise in_use(running)
             raise UserError(
                 f"nothing to resume: {self.last_path} does not exist; drop --resume to start a run"
             )
@@ -453,13 +462,7 @@ class Run:
                     f"cannot use {path}: {err}; the file was edited or damaged"
                 ) from None
         if self.dist.is_main:  # refuse a second run into the folder while this one lives
-            files.hold(
-                self.out_dir,
-                lambda holder: UserError(
-                    f"{self.out_dir} is in use by another training run ({holder}); wait for it "
-                    "to end or stop it, or choose another --out-dir"
-                ),
-            )
+            files.hold(self.out_dir, in_use)
         set_seed(settings.seed)
         self.progress = Progress()
         self._weights_loaded: nn.Module | None = None  # the model `load_weights` filled

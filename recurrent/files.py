@@ -150,6 +150,28 @@ def hold(folder: Path, refusal: Callable[[str], Exception]) -> None:
     _HELD[key] = _Hold(fd, made)
 
 
+def holder(folder: Path) -> str | None:
+    """Who holds ``folder``'s lock (as `hold`'s refusal names it), or None when no other process
+    does."""
+    import fcntl
+
+    if folder.resolve() in _HELD:
+        return None
+    try:
+        fd = os.open(folder / ".lock", os.O_RDONLY)
+    except OSError:  # no lock file (or none to read): nobody holds the folder
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return os.read(fd, 200).decode("utf-8", errors="replace").strip() or "another process"
+    except OSError:  # no flock on this file system: not locked
+        return None
+    finally:
+        os.close(fd)  # (drops a lock it took)
+    return None
+
+
 def _make_folders(folder: Path) -> list[Path]:
     """``mkdir -p folder``; return the folders it created, innermost first (as written: "a/../b"
     creates a and b)."""

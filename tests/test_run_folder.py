@@ -108,12 +108,36 @@ def test_a_second_run_into_a_living_runs_folder_is_refused_until_the_first_is_ki
     assert torch.load(out / "last.pt", weights_only=True)["config"]["model"]["cell"] == "gru"
 
 
+def test_resume_into_a_folder_held_by_a_run_that_has_no_last_pt_yet_names_that_run(
+    tmp_path, capsys
+):
+    """Not "nothing to resume ... drop --resume", which would only meet the lock next."""
+    folder = tmp_path / "run"
+    code = ("import sys, time; from pathlib import Path; from recurrent import files; "
+            "files.hold(Path(sys.argv[1]), SystemExit); print('held', flush=True); time.sleep(60)")  # fmt: skip
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code, str(folder)], cwd=REPO, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        argv = ["--config", str(CHAR_TINY), "--out-dir", str(folder), "--quiet", "--resume"]
+        assert run_cli(char_lm_train.main, argv) == 2
+        assert capsys.readouterr().err.strip() == (
+            f"error: {folder} is in use by another training run (process {holder.pid} on "
+            f"{files.HOST}); wait for it to end or stop it, or choose another --out-dir"
+        )
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+
+
 def test_the_lock_is_held_by_one_process_and_kept_when_it_starts_again(tmp_path):
     """In one process, a run started again into its own folder (a test, the app) keeps the lock;
     `release` gives it up, and a process that does not hold it may then take it."""
     folder = tmp_path / "run"
     files.hold(folder, UserError)
     files.hold(folder, UserError)  # the same process: no refusal
+    assert files.holder(folder) is None  # nor another holder
     holder = [sys.executable, "-c", "import sys; from pathlib import Path; "
               "from recurrent import files; files.hold(Path(sys.argv[1]), SystemExit)", str(folder)]  # fmt: skip
     taken = subprocess.run(holder, cwd=REPO, capture_output=True, text=True, timeout=60)
@@ -121,6 +145,10 @@ def test_the_lock_is_held_by_one_process_and_kept_when_it_starts_again(tmp_path)
         taken.returncode == 1 and taken.stderr.strip() == f"process {os.getpid()} on {files.HOST}"
     )
     assert (folder / ".lock").read_text() == f"process {os.getpid()} on {files.HOST}\n"
+    probe = [*holder[:2], holder[2].replace("files.hold(Path(sys.argv[1]), SystemExit)",
+             "print(files.holder(Path(sys.argv[1])))"), str(folder)]  # fmt: skip
+    asked = subprocess.run(probe, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert asked.stdout.strip() == f"process {os.getpid()} on {files.HOST}", asked.stderr
     files.release(folder)
     assert not folder.exists()  # hold made it, and it was left empty: gone with its .lock
     taken = subprocess.run(holder, cwd=REPO, capture_output=True, text=True, timeout=60)

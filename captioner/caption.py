@@ -203,6 +203,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.csv:
         write_csv(args.csv, results)
         print(f"wrote {len(results)} captions to {args.csv}", file=sys.stderr)
+        if empty := sum(not result.caption.strip() for _, result in results):
+            print(
+                f"warning: {empty} of them are empty (the model ended them at once); write a "
+                "caption in those rows or delete them before training on the file",
+                file=sys.stderr,
+            )
     if args.json:
         payload = {
             "checkpoint": args.checkpoint[0],

@@ -4,6 +4,7 @@ unreadable files reported and skipped, non-image files ignored, and a CSV the tr
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -14,7 +15,7 @@ import pytest
 from captioner import caption
 from captioner.data import load_csv, load_image
 from captioner.inference import caption_images, find_images, load_captioner
-from recurrent.errors import run_cli
+from recurrent.errors import UserError, run_cli
 from tests.tiny_models import train_tiny_captioner
 
 
@@ -86,6 +87,28 @@ def test_csv_loads_back_with_the_training_loader(checkpoint, folder, tmp_path, c
     header, first, *_ = out_csv.read_text(encoding="utf-8").splitlines()
     relative = os.path.relpath(folder / "a.png", out_csv.parent)  # the folder moves with them
     assert header == "image,caption" and first.startswith(f"{relative},") and ".." in relative
+
+
+def test_csv_warns_of_the_empty_captions_it_writes(
+    checkpoint, folder, tmp_path, capsys, monkeypatch
+):
+    """A model that ends a caption at once gives an empty row, which the training loader refuses
+    until it is filled in: the command says how many there are."""
+    real = caption.caption_files
+
+    def first_one_empty(*args, **kwargs):
+        for index, (path, result) in enumerate(real(*args, **kwargs)):
+            yield path, dataclasses.replace(result, caption="") if index == 0 else result
+
+    monkeypatch.setattr(caption, "caption_files", first_one_empty)
+    out_csv = tmp_path / "captions.csv"
+    code, _, err = run_main(
+        ["--checkpoint", str(checkpoint), str(folder), "--csv", str(out_csv)], capsys
+    )
+    assert code == 0
+    assert "warning: 1 of them are empty" in err
+    with pytest.raises(UserError, match="line 2 has an empty image or caption"):
+        load_csv(out_csv, test_fraction=0.0, val_fraction=0.0)
 
 
 def test_named_files_still_stop_and_empty_folders_are_errors(checkpoint, folder, tmp_path, capsys):

@@ -21,8 +21,9 @@ from collections.abc import Sequence
 from tqdm import tqdm
 
 from captioner.config import BOUNDS, CaptionerConfig, check_config
-from captioner.data import SPLITS
+from captioner.data import SPLITS, resolve_weights
 from captioner.data.check import BAD, MISSING, DataReport, default_workers, scan_images
+from captioner.encoder import build_backbone
 from captioner.scoring import load_data_records
 from recurrent.config import add_config_arguments, load_config
 from recurrent.errors import ArgumentParser, run_cli
@@ -50,6 +51,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     cfg = load_config(CaptionerConfig, args.config, args.overrides, bounds=BOUNDS)
     check_config(cfg)
+    if isinstance(resolve_weights(cfg.model.weights, cfg.model.encoder), str):
+        build_backbone(cfg.model.encoder, cfg.model.weights)  # a local weights file: read it now
     data = cfg.data
     # Every record, whatever its images: the check reports missing ones instead of stopping.
     records = load_data_records(data, check_images=False, report=True)

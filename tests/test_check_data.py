@@ -200,6 +200,15 @@ def test_bad_config_or_annotations_is_one_line_exit_2(tmp_path, capsys):
     assert code == 2 and "data.bad_images" in err
     code, _, err = _check(tmp_path / "broken.json", capsys, "data.image_size=0")  # the config
     assert code == 2 and "data.image_size" in err and err.count("\n") == 1  # first, as train's
+    # the encoder's weights as training reads them: a missing or foreign local file, a bad name
+    (tmp_path / "notes.pth").write_text("not weights")
+    for weights, expected in [
+        ("nowhere.pth", "encoder weights file 'nowhere.pth' not found"),
+        (tmp_path / "notes.pth", "is not a readable torch state_dict"),
+        ("ResNet50_Weights.DEFAULT", "are not torchvision weights for resnet18"),
+    ]:
+        code, _, err = _check(tmp_path / "broken.json", capsys, f"model.weights={weights}")
+        assert code == 2 and expected in err and err.count("\n") == 1
 
 
 def test_parallel_scan_is_the_same_on_any_threads_and_bounded(tmp_path):

@@ -787,7 +787,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--seed", type=int, default=0, help="random seed; the same seed gives identical files"
     )
-    parser.add_argument("--size", type=int, default=96, help="image side in pixels (default: 96)")
+    parser.add_argument(
+        "--size",
+        type=int,
+        default=96,
+        help=f"image side in pixels, {MIN_SIZE} to {MAX_SIZE} (default: 96)",
+    )
     parser.add_argument(
         "--preset",
         default="demo",

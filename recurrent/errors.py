@@ -3,13 +3,15 @@
 A user mistake (bad file, flag, checkpoint, image or text) raises `UserError` with a message that
 names the problem and says what to do. `run_cli` prints that message as one line, exits non-zero and
 shows no traceback. So does a file the system refuses (an `OSError` with a file name: a folder
-without write permission, a full disk, a path that cannot exist), wherever it is met. Internal bugs
-are neither and still raise normally.
+without write permission, a full disk, a path that cannot exist), wherever it is met, and a full
+disk with no file name (a write to a redirected stdout). Internal bugs are neither and still raise
+normally.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import re
 import signal
@@ -70,10 +72,12 @@ def run_cli(
     main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None
 ) -> int:
     """Call `main(argv)`; a `UserError` becomes `error: <message>` on stderr and exit status 2, and
-    so does a refused file, as `error: cannot use <path>: <reason>; check ...`."""
+    so does a refused file, as `error: cannot use <path>: <reason>; check ...` (`error: the disk
+    is full (writing <path>): ...` for a full disk)."""
     previous = _stop_on_sigterm()
     try:
         main(argv)
+        _flush_stdout()  # what is left of its output fails here (a full disk), not at exit
     except UserError as err:
         _say(f"error: {' '.join(str(err).split())}")  # always exactly one line
         return EXIT_USER_ERROR
@@ -86,7 +90,9 @@ def run_cli(
     except BrokenPipeError:  # e.g. `sample ... | head`
         return 0
     except OSError as err:
-        if err.filename is None:  # not about a path the user chose: a bug or the machine's state
+        # without a path: a bug or the machine's state, unless the disk is full (a write, say
+        # to a redirected stdout, names no file)
+        if err.filename is None and err.errno not in DISK_FULL:
             raise
         _say(f"error: {os_error_message(err)}")
         return EXIT_USER_ERROR
@@ -105,7 +111,42 @@ def run_cli(
         from recurrent.files import release_all
 
         release_all()  # the run folder of a run that stopped or was refused
+        _drop_unwritable_stdout()
     return 0
+
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _flush_stdout() -> None:
+    """Flush stdout, naming it in its error: redirected to a file, it is written in blocks, and
+    its last block would fail only in the interpreter's flush at exit, which says
+    "Exception ignored" and exits with status 120."""
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as err:
+        raise type(err)(err.errno, err.strerror or str(err), "the standard output") from None
+    except (AttributeError, ValueError):  # no stdout (pythonw), or one closed
+        pass
+
+
+def _drop_unwritable_stdout() -> None:
+    """Point stdout at os.devnull when it cannot be written (a full disk, a reader gone, as in
+    `sample ... | head`): the command has ended, and the interpreter's flush at exit would fail
+    on what its buffer still holds, with a traceback and exit status 120."""
+    try:
+        sys.stdout.flush()
+    except OSError:
+        try:
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, sys.stdout.fileno())
+            os.close(null)
+        except (OSError, ValueError):  # a stdout with no descriptor (a test's capture)
+            pass
+    except (AttributeError, ValueError):
+        pass
 
 
 EXIT_LOST_PEER = 1
@@ -199,6 +240,9 @@ def os_error_message(err: OSError) -> str:
     """One line for a file the system refused: the path, the reason and what to check."""
     path = err.filename if err.filename2 is None else f"{err.filename} -> {err.filename2}"
     reason = err.strerror or type(err).__name__
+    if err.errno in DISK_FULL:
+        writing = "" if path is None else f" (writing {path})"
+        return f"the disk is full{writing}: {reason}; free space on it and run again"
     return (
         f"cannot use {path}: {reason}; check that the path exists and is on a disk with free "
         "space that you may read and write"

@@ -238,10 +238,6 @@ def test_a_non_finite_loss_before_any_checkpoint_says_to_start_again(tmp_path):
             "cannot use /runs/x/metrics.jsonl: Permission denied",
         ),
         (
-            OSError(errno.ENOSPC, "No space left on device", "/runs/x/.last.pt.tmp"),
-            "cannot use /runs/x/.last.pt.tmp: No space left on device",
-        ),
-        (
             OSError(errno.EXDEV, "Invalid cross-device link", "/a", None, "/b"),
             "cannot use /a -> /b: Invalid cross-device link",
         ),
@@ -254,6 +250,32 @@ def test_a_refused_path_is_one_line_and_exit_status_2(err, line, capsys):
     assert run_cli(main, []) == EXIT_USER_ERROR == 2
     (printed,) = capsys.readouterr().err.strip().splitlines()
     assert printed.startswith(f"error: {line}; check that the path exists")
+
+
+@pytest.mark.parametrize(
+    "err, line",
+    [
+        (
+            OSError(errno.ENOSPC, "No space left on device", "/runs/x/last.pt"),
+            "the disk is full (writing /runs/x/last.pt): No space left on device",
+        ),
+        (  # a write names no file: a full disk is still the machine's state the user can change
+            OSError(errno.ENOSPC, "No space left on device"),
+            "the disk is full: No space left on device",
+        ),
+        (
+            OSError(errno.EDQUOT, "Disk quota exceeded"),
+            "the disk is full: Disk quota exceeded",
+        ),
+    ],
+)
+def test_a_full_disk_is_one_line_and_exit_status_2_with_or_without_a_path(err, line, capsys):
+    def main(argv):
+        raise err
+
+    assert run_cli(main, []) == EXIT_USER_ERROR
+    (printed,) = capsys.readouterr().err.strip().splitlines()
+    assert printed == f"error: {line}; free space on it and run again"
 
 
 def test_an_os_error_without_a_path_is_a_bug_and_raises():
@@ -282,22 +304,54 @@ def test_atomic_writes_get_the_mode_an_open_would_give(tmp_path):
     assert path.stat().st_mode & 0o777 == 0o640 and path.read_text() == "two"
 
 
+def _raises_a_full_disk(handle):
+    handle.write(b"half")
+    raise OSError(errno.ENOSPC, "No space left on device")  # as write() raises it: no name
+
+
 def test_a_full_disk_during_an_atomic_write_names_the_file_and_leaves_the_old_one(tmp_path, capsys):
     path = tmp_path / "last.pt"
     path.write_bytes(b"the old checkpoint")
 
-    def fills_the_disk(handle):
-        handle.write(b"half")
-        raise OSError(errno.ENOSPC, "No space left on device")  # as write() raises it: no name
-
     def main(argv):
-        files.atomic_write(path, fills_the_disk)
+        files.atomic_write(path, _raises_a_full_disk)
 
     assert run_cli(main, []) == 2
     (printed,) = capsys.readouterr().err.strip().splitlines()
-    assert printed.startswith(f"error: cannot use {path}: No space left on device; check")
+    assert printed == (
+        f"error: the disk is full (writing {path}): No space left on device; free space on it "
+        "and run again"
+    )
     assert path.read_bytes() == b"the old checkpoint"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # no temporary file left
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+@pytest.mark.parametrize("buffering, line", [
+    (-1, "the disk is full (writing the standard output): No space left on device"),  # a file's
+    (1, "the disk is full: No space left on device"),  # line by line, as with PYTHONUNBUFFERED=1
+])  # fmt: skip
+def test_stdout_to_a_full_disk_is_one_line(monkeypatch, capsys, buffering, line):
+    with open("/dev/full", "w", buffering=buffering) as full:  # every write: ENOSPC
+        monkeypatch.setattr(sys, "stdout", full)
+        assert run_cli(lambda argv: print("a result"), []) == 2
+        full.flush()  # what it still held went to os.devnull: the exit's flush will not fail
+    assert capsys.readouterr().err == f"error: {line}; free space on it and run again\n"
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+def test_a_command_whose_stdout_fills_the_disk_exits_2_with_no_flush_error_at_exit():
+    """Without PYTHONUNBUFFERED, the interpreter's last flush of stdout at exit used to fail:
+    "Exception ignored in: <_io.TextIOWrapper name='<stdout>'...>" and exit status 120."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    code = "import sys; from recurrent.errors import run_cli; sys.exit(run_cli(print, ['a']))"
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, stdout=full,
+                              stderr=subprocess.PIPE, text=True, timeout=60)  # fmt: skip
+    assert (done.returncode, done.stderr) == (2, (
+        "error: the disk is full (writing the standard output): No space left on device; free "
+        "space on it and run again\n"
+    ))  # fmt: skip
 
 
 def test_sigterm_before_training_is_one_stopped_line_and_status_143(capsys):

@@ -15,13 +15,14 @@ import atexit
 import contextlib
 import dataclasses
 import glob
+import io
 import os
 import socket
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 HOST = socket.gethostname()
 FOREIGN_TEMP_AGE_S = 24 * 3600  # another machine's temporary file (a shared disk): stale after this
@@ -30,7 +31,10 @@ os.umask(UMASK)
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], object]) -> Path:
-    """Call ``write(handle)`` on a temporary file in ``path``'s folder, then rename it to ``path``."""
+    """Call ``write(handle)`` on a temporary file in ``path``'s folder, then rename it to ``path``.
+
+    A write the system refuses (a full disk) raises its `OSError` naming ``path``, also when the
+    library writing turned it into an error of its own; the old file stays as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -38,20 +42,26 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], objec
             prefix=f".{path.name}.{HOST}-{os.getpid()}.", suffix=".tmp", dir=path.parent
         )
     except OSError as err:
-        raise _about(err, path) from None
+        raise named(err, path) from None
+    handle = _Temporary(io.FileIO(fd, "wb"))
     try:
-        with os.fdopen(fd, "wb") as handle:
+        with handle:
             # mkstemp makes the file private (0600); give it the mode a plain open() would: the
             # old file's, or what the umask allows
             os.fchmod(handle.fileno(), _mode_for(path))
             write(handle)
+            if handle.failure is not None:  # a write failed, and the library went on
+                raise handle.failure
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)
     except BaseException as err:
         Path(tmp_name).unlink(missing_ok=True)
-        if isinstance(err, OSError):  # a full disk: the write names no file, the error will
-            raise _about(err, path) from None
+        refused = err if isinstance(err, OSError) else None
+        if isinstance(err, Exception) and handle.failure is not None:
+            refused = handle.failure  # what the library's own error came of
+        if refused is not None:  # a full disk: the write names no file, the error will
+            raise named(refused, path) from None
         raise
     # A process killed mid-write (kill -9, an out-of-memory kill) leaves its temporary file
     # behind, as large as the file; the next complete write of the same file removes it.
@@ -61,9 +71,35 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], objec
     return path
 
 
-def _about(err: OSError, path: Path) -> OSError:
-    """``err`` naming ``path``, the file being written, not its hidden temporary file (or none,
-    as a write that fills the disk does)."""
+class _Temporary(io.BufferedWriter):
+    """`atomic_write`'s handle: a buffered file that keeps the first error its writes met.
+
+    A library may turn that error into its own: torch.save meets a full disk as this `OSError`,
+    then fails closing its zip with "RuntimeError: [enforce fail at inline_container.cc:672] .
+    unexpected pos 18368 vs 18320", which says nothing of a disk. Kept here, the failure is
+    known whatever the library raises, and also when it goes on as if the write had been made.
+    """
+
+    failure: OSError | None = None
+
+    def write(self, data: Any, /) -> int:
+        try:
+            return super().write(data)
+        except OSError as err:
+            self.failure = self.failure or err
+            raise
+
+    def flush(self) -> None:
+        try:
+            super().flush()
+        except OSError as err:
+            self.failure = self.failure or err
+            raise
+
+
+def named(err: OSError, path: str | os.PathLike[str]) -> OSError:
+    """``err`` naming ``path``, the file being written, for `run_cli`'s one line: not a hidden
+    temporary file, and not nothing (a write that fills the disk names no file)."""
     return type(err)(err.errno, err.strerror or str(err), str(path))
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import io
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -53,6 +55,46 @@ def record_calls(monkeypatch: pytest.MonkeyPatch) -> Callable[[object, str], lis
         return calls
 
     return record
+
+
+class _DiskWithRoom(io.RawIOBase):
+    """A file on a disk with room for ``room`` more bytes: a write takes what fits, as the
+    kernel's does, and the next one fails with ENOSPC, as on a disk that filled up."""
+
+    def __init__(self, file: io.FileIO, room: int) -> None:
+        super().__init__()
+        self.file, self.room = file, room
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self.file.fileno()
+
+    def write(self, data: Any) -> int:
+        if self.room == 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # no file name, as the kernel's
+        written = self.file.write(bytes(memoryview(data)[: self.room]))
+        self.room -= written
+        return written
+
+    def close(self) -> None:
+        self.file.close()
+        super().close()
+
+
+@pytest.fixture
+def full_disk(monkeypatch: pytest.MonkeyPatch) -> Callable[[int], None]:
+    """``full_disk(room)``: for the rest of the test, each file `recurrent.files.atomic_write`
+    writes lies on a disk with room for ``room`` bytes; the real buffered handle, and whatever
+    library writes into it (torch.save, say), meet the failure as they would on a real disk."""
+    from recurrent import files
+
+    def fill(room: int) -> None:
+        real = files._Temporary
+        monkeypatch.setattr(files, "_Temporary", lambda file: real(_DiskWithRoom(file, room)))
+
+    return fill
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -31,6 +32,7 @@ from torch import nn
 
 import char_lm.train as char_lm_train
 from recurrent import files
+from recurrent.checkpoint import save_checkpoint
 from recurrent.engine import Run, RunSettings, StepResult
 from recurrent.errors import EXIT_USER_ERROR, UserError, run_cli
 
@@ -309,12 +311,22 @@ def _raises_a_full_disk(handle):
     raise OSError(errno.ENOSPC, "No space left on device")  # as write() raises it: no name
 
 
-def test_a_full_disk_during_an_atomic_write_names_the_file_and_leaves_the_old_one(tmp_path, capsys):
+def _carries_on(handle):
+    """A library that swallows the failed write and goes on as if it had been made."""
+    with contextlib.suppress(OSError):
+        handle.write(bytes(100_000))
+
+
+@pytest.mark.parametrize("write", [_raises_a_full_disk, _carries_on])
+def test_a_full_disk_during_an_atomic_write_names_the_file_and_leaves_the_old_one(
+    tmp_path, capsys, full_disk, write
+):
     path = tmp_path / "last.pt"
     path.write_bytes(b"the old checkpoint")
+    full_disk(40_000)
 
     def main(argv):
-        files.atomic_write(path, _raises_a_full_disk)
+        files.atomic_write(path, write)
 
     assert run_cli(main, []) == 2
     (printed,) = capsys.readouterr().err.strip().splitlines()
@@ -323,6 +335,37 @@ def test_a_full_disk_during_an_atomic_write_names_the_file_and_leaves_the_old_on
         "and run again"
     )
     assert path.read_bytes() == b"the old checkpoint"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # no temporary file left
+
+
+def test_a_checkpoint_that_fills_the_disk_is_one_line_and_the_previous_one_stays(
+    tmp_path, capsys, full_disk, monkeypatch
+):
+    """torch.save meets the failed write and raises its own error, which says nothing of a disk:
+    "RuntimeError: [enforce fail at inline_container.cc:672] . unexpected pos 18368 vs 18320"
+    on a real full tmpfs, a traceback and exit status 1 before."""
+    real_save, raised = torch.save, []
+
+    def save(*args, **kwargs):
+        try:
+            return real_save(*args, **kwargs)
+        except BaseException as err:
+            raised.append(err)
+            raise
+
+    monkeypatch.setattr(torch, "save", save)
+    path = tmp_path / "last.pt"
+    save_checkpoint({"task": "char_lm", "model": {"weight": torch.ones(3)}}, path)
+    full_disk(40_000)
+    grown = {"task": "char_lm", "model": {"weight": torch.zeros(20_000)}}  # 80 kB: past the buffer
+    assert run_cli(lambda argv: save_checkpoint(grown, path), []) == 2
+    assert isinstance(raised[-1], RuntimeError) and "unexpected pos" in str(raised[-1])
+    (printed,) = capsys.readouterr().err.strip().splitlines()
+    assert printed == (
+        f"error: the disk is full (writing {path}): No space left on device; free space on it "
+        "and run again"
+    )
+    assert torch.load(path, weights_only=True)["model"]["weight"].tolist() == [1.0, 1.0, 1.0]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # no temporary file left
 
 

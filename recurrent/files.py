@@ -156,13 +156,35 @@ def hold(folder: Path, refusal: Callable[[str], Exception]) -> None:
     into them). A process that holds the folder already keeps it (a run started again in the same
     process, as the tests do). File systems without ``flock`` are not locked.
     """
-    import fcntl
-
     key = folder.resolve()
     if key in _HELD:
         return
     made = _make_folders(folder)
     lock = folder / ".lock"
+    try:
+        fd = _lock(lock, refusal)
+    except BaseException:
+        _remove_empty(made)  # nothing held: the folders made for it go
+        raise
+    if fd is None:
+        return
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"process {os.getpid()} on {HOST}\n".encode())
+    except OSError as err:  # a full disk: the write names no file
+        with contextlib.suppress(OSError):
+            os.unlink(lock)
+        os.close(fd)
+        _remove_empty(made)
+        raise named(err, lock) from None
+    _HELD[key] = _Hold(fd, made)
+
+
+def _lock(lock: Path, refusal: Callable[[str], Exception]) -> int | None:
+    """The descriptor of ``lock``, opened (created if need be) and flocked; None where the file
+    system has no ``flock``."""
+    import fcntl
+
     while True:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
         try:
@@ -173,17 +195,14 @@ def hold(folder: Path, refusal: Callable[[str], Exception]) -> None:
             raise refusal(holder) from None
         except OSError:  # no flock on this file system (some network mounts)
             os.close(fd)
-            return
+            return None
         try:  # the file locked is still the folder's .lock, not one its holder removed meanwhile
             current = os.stat(lock).st_ino == os.fstat(fd).st_ino
         except FileNotFoundError:
             current = False
         if current:
-            break
+            return fd
         os.close(fd)
-    os.ftruncate(fd, 0)
-    os.write(fd, f"process {os.getpid()} on {HOST}\n".encode())
-    _HELD[key] = _Hold(fd, made)
 
 
 def holder(folder: Path) -> str | None:
@@ -220,8 +239,20 @@ def _make_folders(folder: Path) -> list[Path]:
             path.mkdir()
         except FileExistsError:  # made meanwhile by another process: not ours
             continue
+        except OSError:  # a full disk, a folder without write permission
+            _remove_empty(made[::-1])
+            raise
         made.append(path)
     return made[::-1]
+
+
+def _remove_empty(made: list[Path]) -> None:
+    """Remove the folders `_make_folders` made, innermost first, as far as they are empty."""
+    for path in made:
+        try:
+            path.rmdir()
+        except OSError:  # something else was written into it: it stays, and so do its parents
+            break
 
 
 def release(folder: Path) -> None:
@@ -233,11 +264,7 @@ def release(folder: Path) -> None:
     with contextlib.suppress(OSError):  # removed while locked: `hold` checks what it locked
         os.unlink(folder / ".lock")
     os.close(held.fd)
-    for made in held.made:  # innermost first; a folder with anything in it stays
-        try:
-            made.rmdir()
-        except OSError:
-            break
+    _remove_empty(held.made)
 
 
 def release_all() -> None:

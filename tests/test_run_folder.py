@@ -8,8 +8,10 @@
   the new run's first step, so a new run killed early never leaves the old checkpoints beside its
   metrics.
 - An `OSError` about a path (no permission, no such folder, full disk) becomes one line and exit
-  status 2 in every CLI, like any bad input; one without a path is a bug and still raises. An
-  atomic write that fails names the file it writes, not its temporary file.
+  status 2 in every CLI, like any bad input; one without a path is a bug and still raises, unless
+  the disk is full (a write names no file: stdout's, say). An atomic write that fails names the
+  file it writes, not its temporary file, also when the library writing (torch.save) raised an
+  error of its own; taking a run folder's lock on a full disk leaves no folder or .lock behind.
 - Atomically written files get the mode a plain open() gives them, not mkstemp's 0600.
 """
 
@@ -367,6 +369,26 @@ def test_a_checkpoint_that_fills_the_disk_is_one_line_and_the_previous_one_stays
     )
     assert torch.load(path, weights_only=True)["model"]["weight"].tolist() == [1.0, 1.0, 1.0]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # no temporary file left
+
+
+def test_a_full_disk_when_taking_the_lock_leaves_no_folder_and_no_lock(
+    tmp_path, monkeypatch, capsys
+):
+    """`hold` writes its holder into .lock: on a full disk that write fails with no file name,
+    after the folders and the .lock were made."""
+    real_write = os.write
+
+    def write(fd, data):
+        if data.startswith(b"process "):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", write)
+    folder = tmp_path / "new" / "run"
+    assert run_cli(lambda argv: files.hold(folder, UserError), []) == 2
+    (printed,) = capsys.readouterr().err.strip().splitlines()
+    assert printed.startswith(f"error: the disk is full (writing {folder / '.lock'}): No space")
+    assert sorted(tmp_path.iterdir()) == [] and files._HELD == {}
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")

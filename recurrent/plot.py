@@ -19,6 +19,7 @@ PDF (through vl-convert-python, the ``plot`` extra) or a self-contained HTML fil
 
 from __future__ import annotations
 
+import io
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -30,6 +31,7 @@ import pandas as pd
 
 from recurrent.engine import parse_metrics
 from recurrent.errors import ArgumentParser, UserError, run_cli
+from recurrent.files import atomic_write
 
 METRICS_FILE = "metrics.jsonl"
 # Panels in the order they are shown; each train key below goes to one of them, eval scores whose
@@ -217,7 +219,7 @@ def curves_chart(
 
 
 def save_chart(chart: alt.TopLevelMixin, out: str | os.PathLike[str], scale: float = 2.0) -> Path:
-    """Write ``chart`` to ``out``, its format from the suffix: PNG, SVG and PDF through
+    """Write ``chart`` to ``out`` atomically, its format from the suffix: PNG, SVG and PDF through
     vl-convert-python; HTML with the Vega libraries inlined, so it opens offline; JSON (the spec)."""
     out = Path(out)
     fmt = out.suffix.lower().lstrip(".")
@@ -233,13 +235,16 @@ def save_chart(chart: alt.TopLevelMixin, out: str | os.PathLike[str], scale: flo
                 f"writing .{fmt} needs vl-convert-python: pip install -e '.[plot]' (or write "
                 "--out curves.json, the chart's Vega-Lite spec)"
             ) from None
-    out.parent.mkdir(parents=True, exist_ok=True)
     # vl-convert scales PNG and SVG; a PDF is vector at its own size (it warns at scale_factor)
     options: dict[str, Any] = {"scale_factor": scale} if fmt in ("png", "svg") else {}
     if fmt == "html":
         options["inline"] = True
-    chart.save(str(out), format=fmt, **options)
-    return out
+    # drawn in memory, then written whole or not at all (a full disk leaves no truncated file)
+    drawn: io.BytesIO | io.StringIO = io.BytesIO() if fmt in ("png", "pdf") else io.StringIO()
+    chart.save(drawn, format=fmt, **options)
+    content = drawn.getvalue()
+    data = content.encode("utf-8") if isinstance(content, str) else content
+    return atomic_write(out, lambda handle: handle.write(data))
 
 
 def run_names(paths: Sequence[str | os.PathLike[str]]) -> list[str]:

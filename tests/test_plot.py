@@ -196,6 +196,24 @@ def test_cli_writes_a_png_of_every_panel(tmp_path: Path, capsys: pytest.CaptureF
     assert 'src="http' not in page.read_text() and "vega" in page.read_text()
 
 
+def test_a_full_disk_leaves_the_old_chart_whole(
+    tmp_path: Path, capsys: pytest.CaptureFixture, full_disk
+) -> None:
+    """The chart is written atomically: altair writing straight into --out left it cut short
+    after a traceback."""
+    run = _write(tmp_path / "run", [_train(10), _eval(20, {"val_loss": 1.0})])
+    out = tmp_path / "curves.json"
+    out.write_text("the old chart")
+    full_disk(1000)
+    assert run_cli(plot.main, [str(run), "--out", str(out)]) == 2
+    assert capsys.readouterr().err == (
+        f"error: the disk is full (writing {out}): No space left on device; free space on it and "
+        "run again\n"
+    )
+    assert out.read_text() == "the old chart"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["curves.json", "run"]
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

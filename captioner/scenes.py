@@ -50,7 +50,7 @@ from PIL import Image, ImageDraw
 from captioner.data.formats import exact_split, validate_fractions
 from captioner.data.vocab import tokenize
 from recurrent.errors import ArgumentParser, UserError, run_cli
-from recurrent.files import atomic_write_text
+from recurrent.files import atomic_write_text, named
 
 SHAPES = ("circle", "square", "triangle", "star", "diamond", "cross")
 COLORS = {
@@ -751,7 +751,7 @@ def generate_dataset(
     entries, sentence_id = [], 0
     for index, name in enumerate(names):
         image, scene, captions = generate(random.Random(f"{seed}:{index}"), size)
-        image.save(image_dir / name)
+        _save_image(image, image_dir / name)
         sentences = [
             {"tokens": tokenize(caption), "raw": caption, "imgid": index, "sentid": sentence_id + k}
             for k, caption in enumerate(captions)
@@ -771,6 +771,16 @@ def generate_dataset(
     # never a half-written JSON behind
     atomic_write_text(json_path, json.dumps({"dataset": "scenes", "images": entries}))
     return json_path
+
+
+def _save_image(image: Image.Image, path: Path) -> None:
+    """``image.save(path)``; a write the system refuses (a full disk: PIL's error names no file)
+    names ``path`` and leaves no half-written image."""
+    try:
+        image.save(path)
+    except OSError as err:
+        path.unlink(missing_ok=True)
+        raise named(err, path) from None
 
 
 def main(argv: Sequence[str] | None = None) -> None:

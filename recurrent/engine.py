@@ -317,8 +317,11 @@ class MetricsLog:
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        with self.path.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
+        try:
+            with self.path.open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record) + "\n")
+        except OSError as err:  # a full disk names no file (readers skip the torn line it left)
+            raise files.named(err, self.path) from None
         if self.writer is not None:
             step = record["step"]
             if record["kind"] == "train":

@@ -7,6 +7,7 @@ downloaded. CPU only, a few seconds in all.
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import os
@@ -45,7 +46,7 @@ from captioner.data import datasets as datasets_module
 from captioner.data import images as images_module
 from captioner.data.datasets import load_image_tensor
 from captioner.data.formats import exact_split, in_several_splits, relative_names, split_draw
-from recurrent.errors import UserError
+from recurrent.errors import UserError, run_cli
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -797,6 +798,32 @@ def test_load_image_bad_input(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 
 # --------------------------------------------------------------------------------------------
 # Synthetic scenes
+
+
+def test_a_full_disk_while_writing_scenes_names_the_image_and_leaves_no_half_of_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """On a full tmpfs PIL's save fails as it closes the file, with an OSError that names none
+    and leaving the image cut short (a traceback and exit status 1 before)."""
+    real_save = Image.Image.save
+
+    def save(image, fp, *args, **kwargs):
+        if Path(fp).name == "000002.png":
+            Path(fp).write_bytes(b"\x89PNG\r\n")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(image, fp, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "save", save)
+    out = tmp_path / "scenes"
+    argv = ["--out", str(out), "--num-images", "4", "--size", str(scenes.MIN_SIZE)]
+    assert run_cli(scenes.main, argv) == 2
+    image = out / scenes.IMAGE_FOLDER / "000002.png"
+    assert capsys.readouterr().err == (
+        f"error: the disk is full (writing {image}): No space left on device; free space on it "
+        "and run again\n"
+    )
+    assert sorted(p.name for p in image.parent.iterdir()) == ["000000.png", "000001.png"]
+    assert not (out / scenes.JSON_NAME).exists()
 
 
 def test_scene_is_deterministic_and_matches_its_pixels() -> None:

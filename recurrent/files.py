@@ -190,9 +190,9 @@ def _lock(lock: Path, refusal: Callable[[str], Exception]) -> int | None:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.read(fd, 200).decode("utf-8", errors="replace").strip() or "another process"
+            name = _holder_name(fd)
             os.close(fd)
-            raise refusal(holder) from None
+            raise refusal(name) from None
         except OSError:  # no flock on this file system (some network mounts)
             os.close(fd)
             return None
@@ -219,12 +219,17 @@ def holder(folder: Path) -> str | None:
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
-        return os.read(fd, 200).decode("utf-8", errors="replace").strip() or "another process"
+        return _holder_name(fd)
     except OSError:  # no flock on this file system: not locked
         return None
     finally:
         os.close(fd)  # (drops a lock it took)
     return None
+
+
+def _holder_name(fd: int) -> str:
+    """What the holder of the lock file open as ``fd`` wrote into it: "process PID on HOST"."""
+    return os.read(fd, 200).decode("utf-8", errors="replace").strip() or "another process"
 
 
 def _make_folders(folder: Path) -> list[Path]:

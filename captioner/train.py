@@ -416,7 +416,7 @@ class EpochBatches:
         """The next batch, and whether an epoch ended with it (or with the batches before it that
         data.bad_images=skip emptied entirely, which are passed over). A whole epoch of such
         batches means no training image decodes: that stops the run."""
-        epoch_end, empty = False, 0
+        epoch_end, empty, lone = False, 0, 0
         while True:
             if self._batches is None:
                 self._batches = self.bad.batches(iter(self.loader))
@@ -426,16 +426,21 @@ class EpochBatches:
                 self.epoch, self.batch_in_epoch = self.epoch + 1, 0
                 self.order_state = self.order.get_state()  # the next epoch shuffles from here
                 self._batches, epoch_end = None, True
-            if self.min_images > 1 and batch is not None and batch[0][0].size(0) < 2:
+            alone = self.min_images > 1 and batch is not None and batch[0][0].size(0) < 2
+            if alone:
                 batch = None  # only under data.bad_images=skip (_check_batch_norm checked the rest)
             if self.agree:
-                none_here = torch.tensor([float(batch is None)], device=self.device)
-                if self.dist.all_reduce_sum(none_here).item():
+                here = torch.tensor([float(batch is None), float(alone)], device=self.device)
+                none_any, alone_any = self.dist.all_reduce_sum(here).tolist()
+                if none_any:
                     batch = None  # some process has nothing: every process passes over it
+                alone = bool(alone_any)
             if batch is not None:
                 return batch, epoch_end
-            empty += 1
+            empty, lone = empty + 1, lone + int(alone)
             if empty >= self.steps_per_epoch:
+                if lone:  # some images decode, but never two in a batch (share)
+                    raise self.lone_images(lone)
                 raise self.nothing_decodes("in a whole epoch")
 
     def nothing_decodes(self, where: str = "") -> UserError:
@@ -443,6 +448,17 @@ class EpochBatches:
             f"no training image decodes{' ' + where if where else ''}: {self.bad.files} "
             "unreadable image file(s) skipped (data.bad_images=skip); python -m "
             "captioner.check_data lists them"
+        )
+
+    def lone_images(self, batches: int) -> UserError:
+        cfg = self.cfg
+        return UserError(
+            f"no training step in a whole epoch: {self.bad.files} unreadable image file(s) "
+            f"skipped (data.bad_images=skip) left {batches} batch(es) a single image (per "
+            "process), which the trainable encoder's BatchNorm cannot normalise on its 1 x 1 last "
+            f"feature map (data.image_size {cfg.data.image_size}, model.encoder_stages "
+            f"{cfg.model.encoder_stages}); the epoch's other batches had no step to take either; "
+            "python -m captioner.check_data lists the unreadable files"
         )
 
     def layout(self) -> list[int]:

@@ -330,6 +330,19 @@ def test_skip_passes_over_a_batch_left_one_image_a_trainable_batch_norm_cannot_t
     )  # fmt: skip
     assert code == 0, err
     assert "(stopped by epochs)" in out
+    # one good image left: every batch holding it is passed over, and the run stops saying why
+    # (it said that no training image decodes)
+    for entry in train_entries[2:]:  # (the first is bad already)
+        (folder / entry.get("filepath", "") / entry["filename"]).write_bytes(b"garbage")
+    code, out, err = _train(
+        annotations, tmp_path / "run2", capsys,
+        "data.bad_images=skip", "model.encoder_stages=4", "model.finetune=all",
+        "train.batch_size=2", "train.captions_per_image=1", "train.max_steps=0",
+        "train.epochs=1", "train.eval_max_images=1",
+    )  # fmt: skip
+    assert code == 2
+    assert err.startswith("error: no training step in a whole epoch: ") and err.count("\n") == 1
+    assert "left 1 batch(es) a single image" in err and "BatchNorm" in err
 
 
 @pytest.mark.parametrize("frozen", [False, True])

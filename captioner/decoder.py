@@ -318,6 +318,10 @@ class CaptionDecoder(nn.Module):
                 draw = torch.rand(rows, device=inputs.device, generator=generator)  # (B,)
                 own = draw < sampling_prob
                 probs = step_logits[-1].detach().float().softmax(dim=-1)  # (B, V)
+                # a row gone non-finite (the weights have, say) draws from a uniform stand-in, as
+                # multinomial refuses it: the loss is NaN all the same, and the engine stops the
+                # run on that in one line
+                probs = torch.where(probs.isfinite().all(dim=-1, keepdim=True), probs, 1.0)
                 sampled = torch.multinomial(probs, 1, generator=generator).squeeze(1)  # (B,)
                 tokens = torch.where(own, sampled, inputs[:, t])
             output, state, alpha = self._advance(self.embedding(tokens), state, features, keys)

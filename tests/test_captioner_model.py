@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 import urllib.error
 import urllib.request
 from dataclasses import replace
@@ -392,6 +393,10 @@ def test_scheduled_sampling_reads_the_models_own_word_with_its_probability(atten
     read.clear()
     decoder(images, captions, lengths, sampling_prob=1.0, generator=torch.Generator())
     assert torch.cat(read[1:]).unique().numel() > 3  # 18 draws from 13 words (argmax: 1)
+    with torch.no_grad():  # weights gone NaN: a NaN loss for the engine's guard, not multinomial's
+        decoder.output.bias[0] = math.nan  # RuntimeError (a device-side assert on CUDA)
+    _, loss = decoder(images, captions, lengths, sampling_prob=1.0)
+    assert loss.isnan()
 
 
 def test_tied_embeddings_share_the_matrix():

@@ -89,6 +89,10 @@ def test_samples_carry_their_teacher_forced_log_probs_and_masks(attention):
         **COMMON,
     )
     assert torch.equal(again.tokens, samples.tokens)
+    with torch.no_grad():  # weights gone NaN: NaN log-probs for the engine's guard to stop on, not
+        decoder.output.bias[0] = float("nan")  # multinomial's RuntimeError (CUDA: device assert)
+    broken = sample_captions(decoder, features, samples_per_image=2, max_length=3, **COMMON)
+    assert broken.sequence_logprobs().isnan().all()
 
 
 @pytest.mark.parametrize("temperature", [1.0, 2.0])

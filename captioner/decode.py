@@ -35,6 +35,7 @@ from torch import Tensor
 from captioner.decoder import CaptionDecoder
 from captioner.encoder import ImageFeatures
 from recurrent.errors import UserError
+from recurrent.sampling import draw
 
 NEG_INF = float("-inf")
 
@@ -515,10 +516,7 @@ def sample_captions(
         logits, state, _ = decoder.step(tokens, state, features, keys)
         logp = constraints.log_probs(logits / temperature, step, None)  # (R, V)
         with torch.no_grad():
-            probs = logp.exp()  # (R, V); a row gone non-finite (NaN weights) draws from a uniform
-            # stand-in, as multinomial refuses it: the loss is NaN all the same, for the engine
-            probs = torch.where(probs.isfinite().all(dim=-1, keepdim=True), probs, 1.0)
-            drawn = torch.multinomial(probs, 1, generator=generator).squeeze(1)  # (R,)
+            drawn = draw(logp.exp(), generator)  # (R,)
         active = ~finished
         token_logp = logp.gather(1, drawn.unsqueeze(1)).squeeze(1)
         step_logprobs.append(torch.where(active, token_logp, torch.zeros_like(token_logp)))

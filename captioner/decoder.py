@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from captioner.config import ModelConfig
 from captioner.encoder import ImageFeatures
 from recurrent.core import RecurrentCore
+from recurrent.sampling import draw
 
 
 class AdditiveAttention(nn.Module):
@@ -315,14 +316,10 @@ class CaptionDecoder(nn.Module):
         tokens = inputs[:, 0]
         for t in range(inputs.size(1)):
             if t > 0:
-                draw = torch.rand(rows, device=inputs.device, generator=generator)  # (B,)
-                own = draw < sampling_prob
+                chance = torch.rand(rows, device=inputs.device, generator=generator)  # (B,)
+                own = chance < sampling_prob
                 probs = step_logits[-1].detach().float().softmax(dim=-1)  # (B, V)
-                # a row gone non-finite (the weights have, say) draws from a uniform stand-in, as
-                # multinomial refuses it: the loss is NaN all the same, and the engine stops the
-                # run on that in one line
-                probs = torch.where(probs.isfinite().all(dim=-1, keepdim=True), probs, 1.0)
-                sampled = torch.multinomial(probs, 1, generator=generator).squeeze(1)  # (B,)
+                sampled = draw(probs, generator)  # (B,)
                 tokens = torch.where(own, sampled, inputs[:, t])
             output, state, alpha = self._advance(self.embedding(tokens), state, features, keys)
             step_logits.append(self.logits(output))

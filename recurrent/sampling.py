@@ -38,6 +38,17 @@ def filter_logits(
     return logits
 
 
+def draw(probs: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """One id per row of probabilities (B, V) -> (B,), drawn with ``generator``, for training.
+
+    A row that is not finite (a model whose weights went NaN) is drawn from a uniform stand-in,
+    where `torch.multinomial` would raise (a device-side assert on CUDA): the loss it feeds is NaN
+    all the same, and the training loop's guard stops the run on that with its one line.
+    """
+    finite = probs.isfinite().all(dim=-1, keepdim=True)
+    return torch.multinomial(torch.where(finite, probs, 1.0), 1, generator=generator).squeeze(-1)
+
+
 def sample_next(
     logits: Tensor,
     *,

@@ -545,6 +545,20 @@ class Run:
             self.log(f"starting from the weights of {self.init_path}")
         self._weights_loaded = model
 
+    def _end_step_early(self, params: list[nn.Parameter], planned: int, taken: int) -> None:
+        """End an optimizer step after ``taken`` of its ``planned`` batches: the data ended its
+        epoch sooner than `batches_to_epoch_end` said (the captioner's ``data.bad_images=skip``
+        passed over batches). Each loss then counts 1 / taken, as in a step planned so; under
+        torchrun the gradients, kept local so far, are averaged here (every process passes over
+        the same batches, so every process ends the step at the same batch)."""
+        grads = [param.grad for param in params if param.grad is not None]
+        for grad in grads:
+            grad.mul_(planned / taken)
+        if self.dist.enabled:
+            for grad in grads:
+                self.dist.all_reduce_sum(grad)
+                grad.div_(self.dist.world_size)
+
     def _damaged(self, err: Exception) -> UserError:
         """The line for a ``last.pt`` whose training state does not load (``err`` says why)."""
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -784,7 +798,8 @@ class Run:
                         accum = min(accum, to_epoch_end())
                     losses, items, epoch_end = [], 0, False
                     for micro in range(accum):
-                        with no_sync() if micro < accum - 1 else contextlib.nullcontext():
+                        last = micro == accum - 1
+                        with no_sync() if not last else contextlib.nullcontext():
                             with self.precision.autocast():
                                 result = step(wrapped)
                             scaler.scale(result.loss / accum).backward()
@@ -793,6 +808,10 @@ class Run:
                         epoch_end = epoch_end or result.epoch_end
                         for name, value in result.figures.items():
                             progress.figures.setdefault(name, []).append(float(value))
+                        if epoch_end and not last and to_epoch_end is not None:
+                            # the epoch ended sooner than planned (batches were passed over)
+                            self._end_step_early(params, accum, micro + 1)
+                            break
                     scaler.unscale_(optimizer)
                     max_norm = settings.grad_clip if settings.grad_clip > 0 else math.inf
                     grad_norm = nn.utils.clip_grad_norm_(params, max_norm)

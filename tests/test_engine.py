@@ -519,16 +519,18 @@ def _fit_toy(
     step: Callable[[Run, nn.Module], StepResult] | None = None,
     evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
     resume: bool = False,
+    data: _NoData | None = None,
 ) -> dict:
     """`Run.fit` of ``model`` (a `_Toy`) for ``rule.max_steps`` steps on X, Y: by default each
     step is the loss on them and each evaluation that loss too (the lower, the better)."""
     run = Run(out_dir, task="char_lm", settings=rule, config={}, quiet=True, resume=resume)
     optimizer = run.optimizer([("model", model, rule.lr)])
-    run.restore(model, optimizer, _NoData())
+    data = data or _NoData()
+    run.restore(model, optimizer, data)
     return run.fit(
         model,
         optimizer,
-        _NoData(),
+        data,
         step=partial(step, run) if step else lambda net: StepResult(net(X, Y), len(X)),
         evaluate=evaluate or (lambda net: {"loss": net(X, Y).item()}),
         score_key=lambda scores: (-scores["loss"],),
@@ -622,6 +624,42 @@ def test_accumulated_batches_make_the_step_of_their_union(tmp_path, accum):
     # eval_every 0: an evaluation after each optimizer step holding a batch that ended an epoch
     lines = read_metrics(tmp_path / "summed" / "metrics.jsonl")
     assert [line["step"] for line in lines if line["kind"] == "eval"] == [1, 3]
+
+
+class _EpochOfThree(_NoData):
+    """Data whose epoch has three batches left, by what it says before a step."""
+
+    def batches_to_epoch_end(self) -> int:
+        return 3
+
+
+def test_a_step_whose_epoch_ends_sooner_than_planned_is_the_step_of_the_batches_it_took(tmp_path):
+    """The captioner's data.bad_images=skip can pass over batches: an epoch said to have three
+    batches left ends with the second. The step ends there (it took the next epoch's first batch),
+    each of its two losses counting 1/2: the step of one batch of their items."""
+    common = dict(
+        max_steps=1, warmup_steps=0, lr=0.2, grad_clip=100.0, log_every=1, eval_every=0,
+        checkpoint_every_s=0, device="cpu", precision="fp32",
+    )  # fmt: skip
+    parts = [(X[:2], Y[:2]), (X[2:], Y[2:]), (X[:2], Y[:2])]
+    served = []
+
+    def micro(run, net):
+        x, y = parts[len(served)]
+        served.append(len(x))
+        return StepResult(net(x, y), len(x), epoch_end=len(served) == 2)
+
+    torch.manual_seed(0)
+    whole = _Toy()
+    split = copy.deepcopy(whole)
+    _fit_toy(tmp_path / "one", RunSettings(**common), whole)  # X, Y: the two parts' items
+    rule = RunSettings(**common, grad_accum_steps=3)
+    _fit_toy(tmp_path / "short", rule, split, step=micro, data=_EpochOfThree())
+    assert served == [2, 2]
+    (got,), (want,) = train_lines(tmp_path / "short"), train_lines(tmp_path / "one")
+    assert got["grad_norm"] == pytest.approx(want["grad_norm"], rel=1e-5)
+    for name, value in whole.state_dict().items():
+        torch.testing.assert_close(split.state_dict()[name], value, rtol=1e-6, atol=1e-7)
 
 
 def test_a_gradient_scaler_skips_non_finite_gradients_and_the_run_goes_on(tmp_path, monkeypatch):

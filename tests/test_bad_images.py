@@ -201,6 +201,13 @@ def test_skip_yields_exactly_the_good_items_and_counts_the_bad(dataset, kind, nu
     assert f"skipped {log.items} item(s) of {log.files}" in log.summary()
 
 
+def _stop_workers(batches) -> None:
+    """Stop the workers of a DataLoader iterator that raised, now. The exception's traceback holds
+    the iterator in a reference cycle, and when the garbage collector frees it, its queues may go
+    first: its workers then wait out torch's 5 s join timeout each (10 s in another test)."""
+    getattr(batches, "_shutdown_workers", lambda: None)()
+
+
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_error_stops_at_the_first_bad_file_with_one_line(dataset, num_workers):
     items, collate = _make("pairs", dataset["records"], dataset, mark=True)
@@ -208,9 +215,11 @@ def test_error_stops_at_the_first_bad_file_with_one_line(dataset, num_workers):
         items, batch_size=4, collate_fn=DropBadImages(collate), num_workers=num_workers
     )
     log = BadImageLog("error", warn=pytest.fail)
+    batches = iter(loader)
     with pytest.raises(UserError) as caught:
-        for _ in log.batches(loader):
+        for _ in log.batches(batches):
             pass
+    _stop_workers(batches)
     message = str(caught.value)
     first_bad = next(r.image_path for r in dataset["records"] if r.image_path in dataset["bad"])
     assert first_bad in message and "data.bad_images=skip" in message
@@ -225,8 +234,10 @@ def test_an_unmarked_loader_with_workers_raises_the_same_line_as_without(dataset
     messages = []
     for num_workers in (0, 2):
         loader = DataLoader(ImageOnly(bad_records, dataset["tf"]), num_workers=num_workers)
+        batches = iter(loader)
         with pytest.raises(UserError) as caught:
-            next(iter(loader))
+            next(batches)
+        _stop_workers(batches)
         messages.append(str(caught.value))
     assert messages[0] == messages[1]
     assert bad_records[0].image_path in messages[1] and "Traceback" not in messages[1]
@@ -324,9 +335,9 @@ def test_skip_passes_over_a_batch_left_one_image_a_trainable_batch_norm_cannot_t
         (folder / entry.get("filepath", "") / entry["filename"]).write_bytes(b"garbage")
     code, out, err = _train(
         annotations, tmp_path / "run", capsys,
-        "data.bad_images=skip", "model.encoder_stages=4", "model.finetune=all",
-        "train.batch_size=2", "train.captions_per_image=1", "train.max_steps=0",
-        "train.epochs=1", "train.eval_max_images=1",
+        "data.bad_images=skip", "model.encoder_stages=3", "data.image_size=16",
+        "model.finetune=all", "train.batch_size=2", "train.captions_per_image=1",
+        "train.max_steps=0", "train.epochs=1", "train.eval_max_images=1",
     )  # fmt: skip
     assert code == 0, err
     assert "(stopped by epochs)" in out
@@ -336,13 +347,35 @@ def test_skip_passes_over_a_batch_left_one_image_a_trainable_batch_norm_cannot_t
         (folder / entry.get("filepath", "") / entry["filename"]).write_bytes(b"garbage")
     code, out, err = _train(
         annotations, tmp_path / "run2", capsys,
-        "data.bad_images=skip", "model.encoder_stages=4", "model.finetune=all",
-        "train.batch_size=2", "train.captions_per_image=1", "train.max_steps=0",
-        "train.epochs=1", "train.eval_max_images=1",
+        "data.bad_images=skip", "model.encoder_stages=3", "data.image_size=16",
+        "model.finetune=all", "train.batch_size=2", "train.captions_per_image=1",
+        "train.max_steps=0", "train.epochs=1", "train.eval_max_images=1",
     )  # fmt: skip
     assert code == 2
     assert err.startswith("error: no training step in a whole epoch: ") and err.count("\n") == 1
     assert "left 1 batch(es) a single image" in err and "BatchNorm" in err
+
+
+def test_skip_with_accumulated_batches_keeps_every_step_inside_its_epoch(
+    scenes_annotations, tmp_path
+):
+    """grad_accum_steps 3 over batches of one image, two in three of them bad: a step planned
+    to take the epoch's last three batches met passed-over ones and took the next epoch's first
+    batches (one epoch ran 1.02 epochs); it now ends with the epoch."""
+    folder = tmp_path / "scenes"
+    shutil.copytree(scenes_annotations.parent, folder)
+    annotations = folder / scenes_annotations.name
+    entries = [e for e in json.loads(annotations.read_text())["images"] if e["split"] == "train"]
+    for index, entry in enumerate(entries):
+        if index % 3:
+            (folder / entry.get("filepath", "") / entry["filename"]).write_bytes(b"garbage")
+    cfg = load_config(CaptionerConfig, TINY, [
+        f"data.annotations={annotations}", "data.bad_images=skip", "train.batch_size=1",
+        "train.captions_per_image=1", "train.grad_accum_steps=3", "train.epochs=1",
+        "train.max_steps=0", "train.feature_cache=false", "train.eval_max_images=1",
+    ])  # fmt: skip
+    summary = train(cfg, tmp_path / "run", quiet=True)
+    assert (summary["epochs"], summary["stop_reason"]) == (1.0, "epochs")
 
 
 @pytest.mark.parametrize("frozen", [False, True])

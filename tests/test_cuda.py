@@ -1,5 +1,5 @@
-"""GPU runs of both trainers (the captioner's top-down decoder too), resume, mixed precision,
-torch.compile, caption and sample.
+"""GPU runs of both trainers (the captioner's top-down decoder with scheduled sampling too),
+resume, mixed precision, torch.compile, caption and sample.
 
 Marked ``cuda`` and skipped where CUDA is absent (CI has no GPU); run them on a GPU machine with
 ``pytest -m cuda``. ``CRNN_CUDA_TESTS_DEVICE=cpu pytest -m cuda tests/test_cuda.py`` rehearses the
@@ -64,7 +64,8 @@ def test_captioner_trains_resumes_compiles_and_captions_on_the_gpu(tmp_path):
     cli(*args, "train.max_steps=2", "train.compile=true", "--out-dir", "compiled", cwd=tmp_path)
     saved = torch.load(tmp_path / "compiled" / "last.pt", weights_only=True)
     assert not any(name.startswith("_orig_mod") for name in saved["model"])  # no compile prefix
-    cli(*args, "train.max_steps=2", "model.top_down=true", "--out-dir", "top_down", cwd=tmp_path)
+    cli(*args, "train.max_steps=2", "model.top_down=true", "train.scheduled_sampling=0.5",
+        "--out-dir", "top_down", cwd=tmp_path)  # fmt: skip
     image = next((tmp_path / "scenes" / "images").glob("*.png"))
     for run in ("run", "top_down"):
         out = cli("-m", "captioner.caption", "--checkpoint", f"{run}/last.pt", "--device", DEVICE,

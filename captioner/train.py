@@ -443,6 +443,16 @@ class EpochBatches:
                     raise self.lone_images(lone)
                 raise self.nothing_decodes("in a whole epoch")
 
+    def close(self) -> None:
+        """Stop the loader's worker processes now. With ``persistent_workers`` they would live
+        until the garbage collector frees the loader's iterator, and it may free the iterator's
+        queues first: torch then waits 5 s for each worker (a pause in a later call of a
+        process that trains twice, as a notebook or the tests do)."""
+        iterator = getattr(self.loader, "_iterator", None)
+        if (shutdown := getattr(iterator, "_shutdown_workers", None)) is not None:
+            shutdown()
+        self._batches = None
+
     def nothing_decodes(self, where: str = "") -> UserError:
         return UserError(
             f"no training image decodes{' ' + where if where else ''}: {self.bad.files} "
@@ -652,23 +662,26 @@ def train(
     total_steps = cfg.train.max_steps or run.progress.step + batches.optimizer_steps_left(
         cfg.train.epochs, cfg.train.grad_accum_steps
     )
-    summary = run.fit(
-        model,
-        optimizer,
-        batches,
-        step=step,
-        evaluate=validate,
-        score_key=lambda scores: score_key(scores, cfg.train.best_metric),
-        total_steps=total_steps,
-        unit="pairs/s",
-        card={"architecture": architecture, "data": data_card(cfg, data.train_records)},
-        extra=lambda: {"vocab": vocab.to_list(), "split_rule": split_rule},
-        describe=describe,
-        # an epoch is every item once, fewer steps when data.bad_images=skip emptied batches
-        finished=lambda: (
-            "epochs" if not cfg.train.max_steps and batches.epoch >= cfg.train.epochs else None
-        ),
-    )
+    try:
+        summary = run.fit(
+            model,
+            optimizer,
+            batches,
+            step=step,
+            evaluate=validate,
+            score_key=lambda scores: score_key(scores, cfg.train.best_metric),
+            total_steps=total_steps,
+            unit="pairs/s",
+            card={"architecture": architecture, "data": data_card(cfg, data.train_records)},
+            extra=lambda: {"vocab": vocab.to_list(), "split_rule": split_rule},
+            describe=describe,
+            # an epoch is every item once, fewer steps when data.bad_images=skip emptied batches
+            finished=lambda: (
+                "epochs" if not cfg.train.max_steps and batches.epoch >= cfg.train.epochs else None
+            ),
+        )
+    finally:
+        batches.close()
     if batches.agree:  # each process met the bad images of its own shares
         bad_images.combine(run.dist.all_gather_objects((bad_images.items, bad_images.paths)))
     if bad_images.items:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import json
+import multiprocessing
 import shutil
 import struct
 import tempfile
@@ -317,6 +318,7 @@ def test_training_skips_a_bad_image_and_reports_it(scenes_with_a_bad_image, tmp_
     assert "bad images: skipped" in out and "of 1 unreadable image file(s)" in out
     assert "done: 3 steps (stopped by max_steps)" in out
     assert (tmp_path / "run" / "last.pt").is_file()
+    assert not multiprocessing.active_children()  # the loader's persistent workers stopped
 
 
 def test_skip_passes_over_a_batch_left_one_image_a_trainable_batch_norm_cannot_take(

@@ -20,6 +20,7 @@ import shutil
 import struct
 import tempfile
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -293,6 +294,22 @@ def scenes_with_a_bad_image(scenes_annotations: Path, tmp_path: Path) -> tuple[P
     return annotations, str(bad)
 
 
+def _scenes_to_garble(scenes_annotations: Path, tmp_path: Path) -> tuple[Path, Callable]:
+    """A copy of the session's scenes set, and ``garble(chosen)``, which overwrites the train
+    images whose index ``chosen`` picks with bytes no decoder reads."""
+    folder = tmp_path / "scenes"
+    shutil.copytree(scenes_annotations.parent, folder)
+    annotations = folder / scenes_annotations.name
+    entries = [e for e in json.loads(annotations.read_text())["images"] if e["split"] == "train"]
+
+    def garble(chosen: Callable[[int], bool]) -> None:
+        for index, entry in enumerate(entries):
+            if chosen(index):
+                (folder / entry.get("filepath", "") / entry["filename"]).write_bytes(b"garbage")
+
+    return annotations, garble
+
+
 def _train(annotations: Path, out_dir: Path, capsys, *overrides: str) -> tuple[int, str, str]:
     capsys.readouterr()
     argv = ["--config", TINY, "--out-dir", str(out_dir), "--quiet", "--set"]
@@ -327,32 +344,20 @@ def test_skip_passes_over_a_batch_left_one_image_a_trainable_batch_norm_cannot_t
     """Batches of two images through a trainable encoder with a 1 x 1 last feature map: skipping
     one bad image left BatchNorm one value per channel, and the run died with torch's traceback
     (ValueError: Expected more than 1 value per channel) in the middle of the epoch."""
-    folder = tmp_path / "scenes"
-    shutil.copytree(scenes_annotations.parent, folder)
-    annotations = folder / scenes_annotations.name
-    train_entries = [
-        e for e in json.loads(annotations.read_text())["images"] if e["split"] == "train"
-    ]
-    for entry in train_entries[::2]:  # half of them: some batch keeps one good image
-        (folder / entry.get("filepath", "") / entry["filename"]).write_bytes(b"garbage")
-    code, out, err = _train(
-        annotations, tmp_path / "run", capsys,
+    annotations, garble = _scenes_to_garble(scenes_annotations, tmp_path)
+    garble(lambda index: index % 2 == 0)  # half of them: some batch keeps one good image
+    overrides = [
         "data.bad_images=skip", "model.encoder_stages=3", "data.image_size=16",
         "model.finetune=all", "train.batch_size=2", "train.captions_per_image=1",
         "train.max_steps=0", "train.epochs=1", "train.eval_max_images=1",
-    )  # fmt: skip
+    ]  # fmt: skip
+    code, out, err = _train(annotations, tmp_path / "run", capsys, *overrides)
     assert code == 0, err
     assert "(stopped by epochs)" in out
     # one good image left: every batch holding it is passed over, and the run stops saying why
     # (it said that no training image decodes)
-    for entry in train_entries[2:]:  # (the first is bad already)
-        (folder / entry.get("filepath", "") / entry["filename"]).write_bytes(b"garbage")
-    code, out, err = _train(
-        annotations, tmp_path / "run2", capsys,
-        "data.bad_images=skip", "model.encoder_stages=3", "data.image_size=16",
-        "model.finetune=all", "train.batch_size=2", "train.captions_per_image=1",
-        "train.max_steps=0", "train.epochs=1", "train.eval_max_images=1",
-    )  # fmt: skip
+    garble(lambda index: index >= 2)
+    code, out, err = _train(annotations, tmp_path / "run2", capsys, *overrides)
     assert code == 2
     assert err.startswith("error: no training step in a whole epoch: ") and err.count("\n") == 1
     assert "left 1 batch(es) a single image" in err and "BatchNorm" in err
@@ -364,13 +369,8 @@ def test_skip_with_accumulated_batches_keeps_every_step_inside_its_epoch(
     """grad_accum_steps 3 over batches of one image, two in three of them bad: a step planned
     to take the epoch's last three batches met passed-over ones and took the next epoch's first
     batches (one epoch ran 1.02 epochs); it now ends with the epoch."""
-    folder = tmp_path / "scenes"
-    shutil.copytree(scenes_annotations.parent, folder)
-    annotations = folder / scenes_annotations.name
-    entries = [e for e in json.loads(annotations.read_text())["images"] if e["split"] == "train"]
-    for index, entry in enumerate(entries):
-        if index % 3:
-            (folder / entry.get("filepath", "") / entry["filename"]).write_bytes(b"garbage")
+    annotations, garble = _scenes_to_garble(scenes_annotations, tmp_path)
+    garble(lambda index: index % 3 > 0)
     cfg = load_config(CaptionerConfig, TINY, [
         f"data.annotations={annotations}", "data.bad_images=skip", "train.batch_size=1",
         "train.captions_per_image=1", "train.grad_accum_steps=3", "train.epochs=1",

@@ -267,11 +267,9 @@ def test_captioner_skips_bad_images_under_torchrun_with_a_trainable_encoder(
 
 
 RANK_WEIGHTS_DRIVER = """
-import sys
 import torch
 from char_lm import train
 from recurrent import engine
-from recurrent.errors import run_cli
 
 real_fit = engine.Run.fit
 
@@ -283,7 +281,7 @@ def fit(self, model, *args, **kwargs):  # each process's own weights at the end
 
 
 engine.Run.fit = fit
-sys.exit(run_cli(train.main))
+train.cli()  # its end through recurrent.distributed.finish, as COUNTING_SYNCS's
 """
 
 

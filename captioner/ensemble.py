@@ -35,7 +35,7 @@ from captioner.decoder import CaptionDecoder
 from captioner.encoder import ImageFeatures
 from captioner.inference import Captioner, captioner_from_payload
 from captioner.model import CaptionModel
-from recurrent.checkpoint import load_checkpoint
+from recurrent.checkpoint import first_difference, load_checkpoint
 from recurrent.errors import UserError
 from recurrent.training import pick_device
 
@@ -199,9 +199,7 @@ def check_members(members: Sequence[Captioner], sources: Sequence[str]) -> None:
     first_stats = normalization_stats(first.cfg.model.weights, first.cfg.model.encoder)
     for member, source in zip(members[1:], sources[1:], strict=True):
         tokens = member.vocab.to_list()
-        if tokens != first_tokens:
-            shorter = min(len(tokens), len(first_tokens))
-            index = next((i for i in range(shorter) if tokens[i] != first_tokens[i]), shorter)
+        if (index := first_difference(first_tokens, tokens)) is not None:
             words = [repr(t[index]) if index < len(t) else "none" for t in (first_tokens, tokens)]
             raise UserError(
                 f"{first_source} and {source} have different vocabularies (id {index}: "

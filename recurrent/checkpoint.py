@@ -167,6 +167,15 @@ def is_utf8(text: str) -> bool:
     return True
 
 
+def first_difference(first: list[str], second: list[str]) -> int | None:
+    """The first index at which two vocabularies differ, an entry one of them lacks counting as a
+    difference (so the shorter one's length where it is the other's beginning); None if equal."""
+    if first == second:
+        return None
+    shorter = min(len(first), len(second))
+    return next((i for i in range(shorter) if first[i] != second[i]), shorter)
+
+
 def check_state_dict(
     expected: Mapping[str, torch.Tensor], saved: Mapping[str, Any], source: str | Path
 ) -> None:

@@ -75,6 +75,7 @@ from recurrent import distributed, files
 from recurrent.checkpoint import (
     FORMAT_VERSION,
     check_same_architecture,
+    first_difference,
     is_utf8,
     load_checkpoint,
     save_checkpoint,
@@ -504,13 +505,10 @@ class Run:
             action=action, remedy=f"{drop} or {remedy}",
         )  # fmt: skip
         saved = list(payload.get("vocab", []))
-        if saved != list(vocab):
-            at = next(
-                (i for i, (a, b) in enumerate(zip(vocab, saved, strict=False)) if a != b), None
-            )
+        if (at := first_difference(list(vocab), saved)) is not None:
             differs = (
                 f"entry {at} is {vocab[at]!r}, the checkpoint's {saved[at]!r}"
-                if at is not None
+                if at < min(len(vocab), len(saved))
                 else f"{len(vocab)} entries, the checkpoint has {len(saved)}"
             )
             raise UserError(

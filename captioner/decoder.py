@@ -309,7 +309,8 @@ class CaptionDecoder(nn.Module):
         generator: torch.Generator | None,
     ) -> tuple[Tensor, Tensor | None]:
         """`forward`'s steps with scheduled sampling: -> logits (B, T-1, V), alphas (B, T-1, N) or
-        None. One step at a time, since a step's input may be the word drawn from the step before."""
+        None. One step at a time, since a step's input may be the word drawn from the step
+        before."""
         keys = self.attention_keys(features)
         rows = inputs.size(0)
         step_logits, step_alphas = [], []

@@ -33,7 +33,7 @@ from captioner.encoder import ImageFeatures
 from captioner.model import CaptionModel
 from recurrent.checkpoint import check_state_dict, load_checkpoint
 from recurrent.config import Interval, check_bounds, from_dict
-from recurrent.errors import UserError
+from recurrent.errors import UserError, first_line
 from recurrent.precision import Precision
 from recurrent.training import pick_device
 
@@ -124,10 +124,9 @@ def captioner_from_payload(
     try:
         model.load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(
-            f"{source}'s weights do not match its config ({first}); the file is damaged or was "
-            "edited, so retrain"
+            f"{source}'s weights do not match its config ({first_line(err)}); the file is "
+            "damaged or was edited, so retrain"
         ) from None
     model.to(device).eval()
     return Captioner(model, vocab, cfg, eval_transform(cfg), device)

@@ -81,7 +81,7 @@ from recurrent.checkpoint import (
     save_checkpoint,
 )
 from recurrent.config import with_defaults
-from recurrent.errors import RunStopped, UserError
+from recurrent.errors import RunStopped, UserError, first_line
 from recurrent.files import atomic_write_text
 from recurrent.training import rng_state, set_rng_state, set_seed, warmup_cosine
 
@@ -535,9 +535,9 @@ class Run:
             try:
                 model.load_state_dict(self.init_payload["model"])
             except (KeyError, RuntimeError) as err:
-                reason = str(err).strip().splitlines()[0] if str(err).strip() else "no weights"
                 raise UserError(
-                    f"cannot start from {self.init_path}: its weights do not fit ({reason}); "
+                    f"cannot start from {self.init_path}: its weights do not fit "
+                    f"({first_line(err, 'no weights')}); "
                     "pass a checkpoint of this config's network"
                 ) from None
             self.log(f"starting from the weights of {self.init_path}")
@@ -559,10 +559,9 @@ class Run:
 
     def _damaged(self, err: Exception) -> UserError:
         """The line for a ``last.pt`` whose training state does not load (``err`` says why)."""
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         return UserError(
             f"cannot resume from {self.last_path}: it lacks or has damaged training state "
-            f"({reason}); drop --resume to start afresh"
+            f"({first_line(err)}); drop --resume to start afresh"
         )
 
     def restore(self, model: nn.Module, optimizer: torch.optim.Optimizer, data: Stateful) -> None:

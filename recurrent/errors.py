@@ -236,6 +236,13 @@ def loader_worker_init(worker_id: int) -> None:
     threading.Thread(target=wait, name="sigterm", daemon=True).start()
 
 
+def first_line(err: BaseException, empty: str | None = None) -> str:
+    """The first line of ``err``'s message, for a one-line error that quotes it (torch's load
+    errors run over many lines); ``empty`` (default: the exception's class name) if it has none."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else empty or type(err).__name__
+
+
 def os_error_message(err: OSError) -> str:
     """One line for a file the system refused: the path, the reason and what to check."""
     path = err.filename if err.filename2 is None else f"{err.filename} -> {err.filename2}"

@@ -220,7 +220,8 @@ def curves_chart(
 
 def save_chart(chart: alt.TopLevelMixin, out: str | os.PathLike[str], scale: float = 2.0) -> Path:
     """Write ``chart`` to ``out`` atomically, its format from the suffix: PNG, SVG and PDF through
-    vl-convert-python; HTML with the Vega libraries inlined, so it opens offline; JSON (the spec)."""
+    vl-convert-python; HTML with the Vega libraries inlined, so it opens offline; JSON (the
+    spec)."""
     out = Path(out)
     fmt = out.suffix.lower().lstrip(".")
     if fmt not in FORMATS:

@@ -168,16 +168,13 @@ def hold(folder: Path, refusal: Callable[[str], Exception]) -> None:
         raise
     if fd is None:
         return
+    _HELD[key] = _Hold(fd, made)
     try:
         os.ftruncate(fd, 0)
         os.write(fd, f"process {os.getpid()} on {HOST}\n".encode())
     except OSError as err:  # a full disk: the write names no file
-        with contextlib.suppress(OSError):
-            os.unlink(lock)
-        os.close(fd)
-        _remove_empty(made)
+        release(folder)  # the .lock and the folders made for it go
         raise named(err, lock) from None
-    _HELD[key] = _Hold(fd, made)
 
 
 def _lock(lock: Path, refusal: Callable[[str], Exception]) -> int | None:

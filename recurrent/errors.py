@@ -182,13 +182,16 @@ def _say(line: str, *, job_wide: bool = False) -> None:
     """Write ``line`` to stderr in one call (torchrun's processes share the terminal: a message
     and its newline written apart could run into another process's line).
 
-    Under torchrun, ranks other than 0 say nothing of what every rank meets alike, which rank 0
-    says: an error before the job formed (the same arguments and config everywhere) or a signal
-    that stops the job (``job_wide``); anything else they say with their rank in front.
+    Under torchrun, what every rank may meet alike (an error before the job formed, from the same
+    arguments and config everywhere, or a signal that stops the job: ``job_wide``) is said once
+    per machine, by its first process (``LOCAL_RANK`` 0): each machine's output is its own, and
+    a file may be missing on one machine only. Anything else every rank says. A rank other than
+    0 puts its rank in front.
     """
     rank = os.environ.get("RANK", "0")
     if rank != "0":
-        if job_wide or _formed_job() is None:
+        alike = job_wide or _formed_job() is None
+        if alike and os.environ.get("LOCAL_RANK", rank) != "0":
             return
         line = f"[rank {rank}] {line}"
     sys.stderr.write(line + "\n")

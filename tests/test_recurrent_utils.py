@@ -375,22 +375,29 @@ def test_the_default_run_folder_is_named_after_the_task_and_the_config():
 
 
 @pytest.mark.parametrize(
-    "rank, formed, raised, said",
+    "rank, local_rank, formed, raised, said",
     [
         # rank 0 says everything, as a command outside torchrun does
-        ("0", True, RunStopped("SIGTERM", 143), "stopped: SIGTERM\n"),
-        ("0", False, UserError("a bad flag"), "error: a bad flag\n"),
-        # other ranks: nothing of a stop every rank meets (rank 0 says it), nor of an error met
-        # before the job formed (the same arguments everywhere); their own errors with the rank
-        ("1", True, RunStopped("SIGTERM", 143), ""),
-        ("1", False, UserError("a bad flag"), ""),
-        ("3", True, UserError("a bad image"), "[rank 3] error: a bad image\n"),
+        ("0", "0", True, RunStopped("SIGTERM", 143), "stopped: SIGTERM\n"),
+        ("0", "0", False, UserError("a bad flag"), "error: a bad flag\n"),
+        # rank 0's machine: nothing of a stop every rank meets (rank 0 says it), nor of an error
+        # met before the job formed (the same arguments everywhere); their own errors with the rank
+        ("1", "1", True, RunStopped("SIGTERM", 143), ""),
+        ("1", "1", False, UserError("a bad flag"), ""),
+        ("3", "3", True, UserError("a bad image"), "[rank 3] error: a bad image\n"),
+        # another machine's first process says both to that machine's output (a config file
+        # missing there alone was said nowhere), the others on it neither
+        ("2", "0", False, UserError("a missing config"), "[rank 2] error: a missing config\n"),
+        ("2", "0", True, RunStopped("SIGTERM", 143), "[rank 2] stopped: SIGTERM\n"),
+        ("3", "1", False, UserError("a missing config"), ""),
+        ("3", "1", True, UserError("a bad image"), "[rank 3] error: a bad image\n"),
     ],
 )
-def test_under_torchrun_a_job_wide_line_is_said_once(
-    rank, formed, raised, said, monkeypatch, capsys
+def test_under_torchrun_a_job_wide_line_is_said_once_per_machine(
+    rank, local_rank, formed, raised, said, monkeypatch, capsys
 ):
     monkeypatch.setenv("RANK", rank)
+    monkeypatch.setenv("LOCAL_RANK", local_rank)
     monkeypatch.setattr(errors, "_formed_job", lambda: object() if formed else None)
 
     def main(argv):

@@ -221,12 +221,17 @@ def _build_data(
             else out_dir / "features"
         )
         cache = FeatureCache(cache_root, model.encoder, cfg, eval_tf)
-        # Under torchrun each process encodes its share of the missing images, in parallel; the
-        # files are written atomically, and all wait until the whole cache is there.
+        # Under torchrun the processes that see the same folder (all of them on a shared file
+        # system, each machine's own where each has its own disk) encode their shares of the
+        # missing images in parallel; the files are written atomically, and all wait until every
+        # folder holds the whole cache. Where they cannot tell, each fills what its folder lacks,
+        # one process at a time.
         records = [*train_records, *val_records]
+        sharing = layout.sharing(cache_root)
+        alone = sharing is None or len(sharing) == 1
         encoded = cache.ensure(
-            records[layout.rank :: layout.world_size],
-            exclusive=not layout.enabled,  # disjoint shares: no lock between the processes
+            records if sharing is None else records[sharing.index(layout.rank) :: len(sharing)],
+            exclusive=alone,  # disjoint shares: no lock between the processes
             device=device,
             batch_size=batch,
             num_workers=cfg.data.num_workers,

@@ -15,8 +15,10 @@ import atexit
 import datetime
 import gc
 import os
+import secrets
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -69,6 +71,24 @@ class Distributed:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
+    def sharing(self, folder: Path) -> list[int] | None:
+        """The ranks that see the same ``folder`` as this one, this one included, in rank order:
+        all of them on a file system the machines share, those of this machine where each has
+        its own disk. None where what the ranks see does not split into such groups (a network
+        file system that shows one rank's files to another later), and every rank then agrees on
+        None. Each rank leaves a marker file in ``folder`` and looks for the others'."""
+        if not self.enabled:
+            return [0]
+        token = self.broadcast_object(secrets.token_hex(8) if self.is_main else None)
+        folder.mkdir(parents=True, exist_ok=True)
+        marker = folder / f".rank-{token}-{self.rank}"
+        marker.touch()
+        self.barrier()
+        seen = sorted(int(path.name.rsplit("-", 1)[1]) for path in folder.glob(f".rank-{token}-*"))
+        self.barrier()  # every rank has looked before the markers go
+        marker.unlink(missing_ok=True)
+        return seen if form_groups(self.all_gather_objects(seen)) else None
+
     def shard(self, count: int, what: str) -> slice:
         """This rank's contiguous share of ``count`` equal parts (``count`` must divide evenly)."""
         if count % self.world_size:
@@ -78,6 +98,14 @@ class Distributed:
             )
         per_rank = count // self.world_size
         return slice(self.rank * per_rank, (self.rank + 1) * per_rank)
+
+
+def form_groups(views: list[list[int]]) -> bool:
+    """Whether ``views[r]``, the ranks that rank r saw in a folder, split the ranks into groups:
+    every rank it names saw the same ranks (and so a folder is seen whole or not at all)."""
+    return all(rank in view for rank, view in enumerate(views)) and all(
+        views[other] == view for view in views for other in view
+    )
 
 
 def from_environment() -> Distributed:
@@ -114,10 +142,17 @@ def setup(
         device = torch.device("cuda", layout.local_rank)
         torch.cuda.set_device(device)
     if layout.enabled and not dist.is_initialized():
-        dist.init_process_group(
-            backend="nccl" if device.type == "cuda" else "gloo",
-            timeout=datetime.timedelta(seconds=timeout_s),
-        )
+        try:
+            dist.init_process_group(
+                backend="nccl" if device.type == "cuda" else "gloo",
+                timeout=datetime.timedelta(seconds=timeout_s),
+            )
+        except dist.DistStoreError:  # torch's "wait timeout after ...ms, keys: /default_pg/..."
+            raise UserError(
+                f"the other processes of this torchrun job did not all join it within "
+                f"{timeout_s:.0f} s: one failed before joining (its machine's output says why) "
+                "or was never started; start the job again on every machine"
+            ) from None
     return layout, device
 
 

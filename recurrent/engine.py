@@ -28,7 +28,8 @@ and one evaluation that returns scores; `Run` does everything else, the same way
   gradient norm is logged;
 - logging: a progress bar, one line per evaluation, ``metrics.jsonl`` (one JSON object per
   logged step and per evaluation) and, with ``tensorboard``, the same numbers for TensorBoard;
-- multi-process training under torchrun (`recurrent.distributed`): DDP, rank 0 writes;
+- multi-process training under torchrun (`recurrent.distributed`): DDP; rank 0 alone reads and
+  writes the run folder, and sends the checkpoint it resumes or starts from to the others;
 - gradient accumulation: ``grad_accum_steps`` batches per optimizer step, one gradient exchange
   between the processes per step.
 
@@ -420,18 +421,42 @@ class Run:
         self.quiet = quiet
         self.last_path = self.out_dir / "last.pt"
         self.best_path = self.out_dir / "best.pt"
+        # --init-from: another run's weights to start from (not read when resuming)
+        self.init_path = Path(init_from) if init_from and not resume else None
+        self.payload: dict[str, Any] | None = None
+        self.init_payload: dict[str, Any] | None = None
+        # Rank 0 alone reads and writes the run folder, and reads the checkpoint to resume or start
+        # from, which the other processes receive from it: under torchrun on several machines the
+        # run folder and that checkpoint need only be on the first one.
+        if distributed.from_environment().is_main:
+            self._check_folder(resume, overwrite)
+            self._read_checkpoints(task, resume, defaults)
+            files.hold(self.out_dir, self._in_use)  # refuse a second run while this one lives
+        self.dist, self.device = distributed.setup(settings.device)
+        self.payload, self.init_payload = self.dist.broadcast_object(
+            (self.payload, self.init_payload)
+        )
+        self.precision = Precision.choose(settings.precision, self.device)
+        set_seed(settings.seed)
+        self.progress = Progress()
+        self._weights_loaded: nn.Module | None = None  # the model `load_weights` filled
+
+    # --- set-up -------------------------------------------------------------------------------
+
+    def _in_use(self, holder: str) -> UserError:
+        return UserError(
+            f"{self.out_dir} is in use by another training run ({holder}); wait for it to end or "
+            "stop it, or choose another --out-dir"
+        )
+
+    def _check_folder(self, resume: bool, overwrite: bool) -> None:
+        """The run folder guard (module docstring): refuse a folder that is a file, a resume with
+        nothing to resume, and a new run into a folder that holds one without --overwrite."""
         if self.out_dir.exists() and not self.out_dir.is_dir():
             raise UserError(f"--out-dir {self.out_dir} is a file; pass a folder for the run")
-
-        def in_use(holder: str) -> UserError:
-            return UserError(
-                f"{self.out_dir} is in use by another training run ({holder}); wait for it to "
-                "end or stop it, or choose another --out-dir"
-            )
-
         if resume and not self.last_path.is_file():
             if (running := files.holder(self.out_dir)) is not None:  # it has not written one yet
-                raise in_use(running)
+                raise self._in_use(running)
             raise UserError(
                 f"nothing to resume: {self.last_path} does not exist; drop --resume to start a run"
             )
@@ -441,9 +466,10 @@ class Run:
                 f"{self.out_dir} already holds a run ({', '.join(held)}); pass --resume to "
                 "continue it, --overwrite to replace it, or choose another --out-dir"
             )
-        self.dist, self.device = distributed.setup(settings.device)
-        self.precision = Precision.choose(settings.precision, self.device)
-        self.payload: dict[str, Any] | None = None
+
+    def _read_checkpoints(self, task: str, resume: bool, defaults: dict[str, Any] | None) -> None:
+        """Read ``last.pt`` (``resume``) or the ``--init-from`` checkpoint, with the config keys
+        added since it was written at their defaults."""
         if resume:
             self.payload = load_checkpoint(self.last_path, task=task)
             if self.payload.get("format_version", 1) < RUN_FORMAT or "progress" not in self.payload:
@@ -451,11 +477,8 @@ class Run:
                     f"cannot resume from {self.last_path}: it was written by an older version of "
                     "this project (or exported for serving); start a new run without --resume"
                 )
-        # --init-from: another run's weights to start from (not read when resuming)
-        self.init_path = Path(init_from) if init_from and not resume else None
-        self.init_payload = (
-            load_checkpoint(self.init_path, task=task) if self.init_path is not None else None
-        )
+        if self.init_path is not None:
+            self.init_payload = load_checkpoint(self.init_path, task=task)
         for payload, path in ((self.payload, self.last_path), (self.init_payload, self.init_path)):
             if payload is None or defaults is None:
                 continue
@@ -465,13 +488,6 @@ class Run:
                 raise UserError(
                     f"cannot use {path}: {err}; the file was edited or damaged"
                 ) from None
-        if self.dist.is_main:  # refuse a second run into the folder while this one lives
-            files.hold(self.out_dir, in_use)
-        set_seed(settings.seed)
-        self.progress = Progress()
-        self._weights_loaded: nn.Module | None = None  # the model `load_weights` filled
-
-    # --- set-up -------------------------------------------------------------------------------
 
     def log(self, line: str) -> None:
         """One line for the user (rank 0 only), kept clear of the progress bar."""

@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -16,6 +17,10 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from recurrent import distributed
+from recurrent.distributed import form_groups
+from recurrent.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
@@ -30,6 +35,42 @@ def launch(args: list[str], *, processes: int, cwd: Path) -> subprocess.Complete
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     return result
+
+
+def launch_on_two_machines(args: list[str], *, cwd: Path) -> list[Path]:
+    """Run ``args`` as a job of two one-process "machines" on this one: two torchrun agents with
+    ``--nnodes=2`` (node 0 holds rank 0), each in its own folder (``cwd/machine0``, ``machine1``)
+    standing for its own disk: relative paths in ``args`` name different files on each."""
+    with socket.socket() as probe:  # a free port for the rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    machines = [cwd / "machine0", cwd / "machine1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    agents = []
+    for node, folder in enumerate(machines):
+        folder.mkdir(exist_ok=True)
+        command = [
+            sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
+            f"--node-rank={node}", "--master-addr=127.0.0.1", f"--master-port={port}", *args,
+        ]  # fmt: skip
+        agents.append(
+            subprocess.Popen(
+                command,
+                cwd=folder,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )  # fmt: skip
+        )
+    try:
+        outputs = [agent.communicate(timeout=TIMEOUT_S)[0] for agent in agents]
+    finally:
+        for agent in agents:
+            agent.kill()
+    for agent, output in zip(agents, outputs, strict=True):
+        assert agent.returncode == 0, output[-4000:]
+    return machines
 
 
 def train_lines(run_dir: Path) -> list[dict]:
@@ -96,6 +137,29 @@ def test_char_lm_two_processes_match_one_and_resume_exactly(tmp_path):
     assert_same_run(tmp_path / "straight", tmp_path / "split", exact=True)
 
 
+def test_a_run_folder_on_the_first_machine_alone_resumes_under_torchrun(tmp_path):
+    """Machines that share no disk: rank 0 alone reads and writes the run folder, so the run
+    folder is on the first machine only, and --resume and --init-from read the checkpoints there
+    and send them to the other process (which met "nothing to resume" and exited silently)."""
+    common = [*CHAR, *CHAR_SET, "train.lr_decay_steps=6"]
+    launch([*common, "train.max_steps=6", "--out-dir", "straight"], processes=2, cwd=tmp_path)
+    launch_on_two_machines([*common, "train.max_steps=3", "--out-dir", "run"], cwd=tmp_path)
+    first, second = launch_on_two_machines(
+        [*common, "train.max_steps=6", "--out-dir", "run", "--resume"], cwd=tmp_path
+    )
+    assert not (second / "run").exists()
+    assert_same_run(tmp_path / "straight", first / "run", exact=True)
+    # A new run from the first machine's best.pt (the second has no run/best.pt): its first loss,
+    # taken before any update, is the trained weights' (a fresh model's is the straight run's).
+    launch_on_two_machines(
+        [*common, "train.max_steps=1", "--init-from", "run/best.pt", "--out-dir", "next"],
+        cwd=tmp_path,
+    )
+    assert not (second / "next").exists()
+    fresh, started = train_lines(tmp_path / "straight")[0], train_lines(first / "next")[0]
+    assert fresh["step"] == started["step"] == 1 and started["loss"] < fresh["loss"] - 0.02
+
+
 # char_lm.train with a DDP communication hook that notes each gradient all-reduce in calls.RANK
 COUNTING_SYNCS = """
 import os
@@ -135,30 +199,83 @@ def test_accumulated_batches_exchange_gradients_once_per_optimizer_step(tmp_path
         assert (tmp_path / f"calls.{rank}").read_text().count("all-reduce") == 4
 
 
-def test_captioner_two_processes_match_one_with_a_shared_feature_cache(
+def images_in(cache: Path) -> set[str]:
+    """The image keys of a feature cache's complete shards (an index with its data file)."""
+    shards = (path for path in cache.glob("*/shards/*.json") if path.with_suffix(".npy").is_file())
+    return {key for shard in shards for key in json.loads(shard.read_text())["keys"]}
+
+
+# captioner.train whose processes cannot tell which of them share the feature cache's folder
+UNKNOWN_SHARING = """
+from captioner import train
+from recurrent.distributed import Distributed
+
+Distributed.sharing = lambda self, folder: None
+train.cli()
+"""
+
+
+def test_captioner_two_processes_match_one_with_a_feature_cache_shared_or_not(
     scenes_annotations: Path, tmp_path: Path
 ):
-    args = [
-        "-m", "captioner.train", "--config", str(ROOT / "configs/captioner/tiny.yaml"), "--quiet",
-        "--set", f"data.annotations={scenes_annotations}", "train.max_steps=4",
-        "train.eval_every=2", "train.log_every=1", "train.batch_size=8", "model.dropout=0",
-        "model.finetune=frozen", "train.feature_cache=true",
-        f"train.feature_cache_dir={tmp_path / 'features'}",
-    ]  # fmt: skip
-    launch([*args, "--out-dir", "two"], processes=2, cwd=tmp_path)
-    cached = sorted(path for path in (tmp_path / "features").rglob("*") if path.is_file())
-    assert cached  # the two processes filled the (sharded) cache
-    mtimes = {path: path.stat().st_mtime_ns for path in cached}
-    launch([*args, "--out-dir", "one"], processes=1, cwd=tmp_path)
-    assert {path: path.stat().st_mtime_ns for path in cached} == mtimes  # filled once, reused
+    def args(cache: str | Path) -> list[str]:
+        return [
+            "--config", str(ROOT / "configs/captioner/tiny.yaml"), "--quiet", "--set",
+            f"data.annotations={scenes_annotations}", "train.max_steps=4", "train.eval_every=2",
+            "train.log_every=1", "train.batch_size=8", "model.dropout=0",
+            "model.finetune=frozen", "train.feature_cache=true", f"train.feature_cache_dir={cache}",
+        ]  # fmt: skip
+
+    def cached(folder: Path) -> dict[Path, int]:
+        files = (path for path in folder.rglob("*") if path.is_file())
+        return {path: path.stat().st_mtime_ns for path in files}
+
+    features = tmp_path / "features"
+    launch(
+        ["-m", "captioner.train", *args(features), "--out-dir", "two"], processes=2, cwd=tmp_path
+    )
+    mtimes = cached(features)
+    assert mtimes  # the two processes filled the (sharded) cache
+    assert not any(path.name.startswith(".rank-") for path in mtimes)  # sharing's markers went
+    launch(
+        ["-m", "captioner.train", *args(features), "--out-dir", "one"], processes=1, cwd=tmp_path
+    )
+    assert cached(features) == mtimes  # filled once, reused
+    one = tmp_path / "one"
     # The score bias before the attention softmax has an exactly zero gradient: Adam turns its
     # float noise into lr-sized steps, so it is left out of the comparison.
-    assert_same_run(
-        tmp_path / "one", tmp_path / "two", exact=False, skip=("decoder.attention.score.bias",)
-    )
-    one = json.loads((tmp_path / "one" / "metrics.jsonl").read_text().splitlines()[-1])
+    skip = ("decoder.attention.score.bias",)
+    assert_same_run(one, tmp_path / "two", exact=False, skip=skip)
+    last = json.loads((one / "metrics.jsonl").read_text().splitlines()[-1])
     two = json.loads((tmp_path / "two" / "metrics.jsonl").read_text().splitlines()[-1])
-    assert one["kind"] == two["kind"] == "eval" and one["scores"] == two["scores"]
+    assert last["kind"] == two["kind"] == "eval" and last["scores"] == two["scores"]
+
+    # Two machines, each with its own disk: each fills its own folder whole (each process met
+    # the other's images "missing" and called them undecodable), the same run.
+    first, second = launch_on_two_machines(
+        ["-m", "captioner.train", *args("features"), "--out-dir", "run"], cwd=tmp_path
+    )
+    everything = images_in(features)
+    assert len(everything) == 22  # the fixture's 20 train and 2 val images
+    assert images_in(first / "features") == images_in(second / "features") == everything
+    assert_same_run(one, first / "run", exact=False, skip=skip)
+
+    # Processes that cannot tell who shares the folder: each fills what it lacks, one at a time.
+    driver = tmp_path / "unknown_sharing.py"
+    driver.write_text(UNKNOWN_SHARING)
+    fresh = tmp_path / "fresh"
+    launch([str(driver), *args(fresh), "--out-dir", "unknown"], processes=2, cwd=tmp_path)
+    assert images_in(fresh) == everything
+    assert_same_run(one, tmp_path / "unknown", exact=False, skip=skip)
+
+
+def test_the_ranks_that_see_one_folder_form_groups_or_none():
+    assert form_groups([[0, 1], [0, 1]])  # a shared file system
+    assert form_groups([[0], [1]])  # a disk each
+    assert form_groups([[0, 2], [1, 3], [0, 2], [1, 3]])
+    assert not form_groups([[0, 1], [1]])  # rank 1 does not see rank 0's marker (yet)
+    assert not form_groups([[0, 1, 2], [0, 1, 2], [1, 2]])
+    assert not form_groups([[1], [1]])  # rank 0 did not see its own marker
 
 
 def test_a_rank_that_dies_ends_the_job(tmp_path):
@@ -298,3 +415,19 @@ def test_a_time_budget_keeps_the_processes_replicas_identical(tmp_path):
     assert len(train_lines(tmp_path / "run")) > 20  # enough steps for the clocks to differ
     for name, value in ranks[0].items():
         assert torch.equal(value, ranks[1][name]), name
+
+
+def test_a_process_whose_peers_never_join_says_so_in_one_line(monkeypatch):
+    """Rank 0 of a two-process job whose rank 1 never comes (it failed before joining, on another
+    machine): torch's DistStoreError traceback at the timeout became one line."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    job = {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1"}
+    for name, value in {**job, "MASTER_PORT": str(port)}.items():
+        monkeypatch.setenv(name, value)
+    start = time.monotonic()
+    with pytest.raises(UserError, match=r"did not all join it within 2 s: one failed before"):
+        distributed.setup("cpu", timeout_s=2)
+    assert time.monotonic() - start < 60
+    assert not torch.distributed.is_initialized()

@@ -113,47 +113,6 @@ CHAR_SET = [
 ]
 
 
-def test_char_lm_two_processes_match_one_and_resume_exactly(tmp_path):
-    # Each process trains on 2 of the 4 streams; averaged gradients = the 4-stream batch's. Each
-    # optimizer step sums 2 batches (train.grad_accum_steps): the processes keep the first one's
-    # gradients to themselves and average the sum at the second.
-    summed = [*CHAR, *CHAR_SET, "train.max_steps=6", "train.grad_accum_steps=2", "--out-dir"]
-    launch([*summed, "one"], processes=1, cwd=tmp_path)
-    launch([*summed, "two"], processes=2, cwd=tmp_path)
-    assert_same_run(tmp_path / "one", tmp_path / "two", exact=False)
-    saved = torch.load(tmp_path / "two" / "last.pt", weights_only=True)
-    assert len(saved["rng"]) == len(saved["data"]) == 2  # every rank's state is kept
-    # each process draws its own dropout masks (seeded by rank), not copies of one another's
-    assert not torch.equal(saved["rng"][0]["torch"], saved["rng"][1]["torch"])
-    assert [d["streams"] for d in saved["data"]] == [2, 2]
-
-    # Resume under torchrun: 3 steps, then --resume to 6, is the 6-step run. The split run is on two
-    # "machines" that share no disk: rank 0 alone reads and writes the run folder, so it is on the
-    # first machine only, and reads the checkpoint of --resume or --init-from there for both (the
-    # second machine's process met "nothing to resume" and exited without a word).
-    common = [*CHAR, *CHAR_SET, "train.lr_decay_steps=6"]
-    launch([*common, "train.max_steps=6", "--out-dir", "straight"], processes=2, cwd=tmp_path)
-    launch_on_two_machines([*common, "train.max_steps=3", "--out-dir", "run"], cwd=tmp_path)
-    first, second = launch_on_two_machines(
-        [*common, "train.max_steps=6", "--out-dir", "run", "--resume"], cwd=tmp_path
-    )
-    assert not (second / "run").exists()
-    said = [
-        (machine / "torchrun.log").read_text().count("resumed from") for machine in (first, second)
-    ]
-    assert said == [1, 0]  # rank 0 alone prints
-    assert_same_run(tmp_path / "straight", first / "run", exact=True)
-    # A new run from the first machine's best.pt (the second has no run/best.pt): its first loss,
-    # taken before any update, is the trained weights' (a fresh model's is the straight run's).
-    launch_on_two_machines(
-        [*common, "train.max_steps=1", "--init-from", "run/best.pt", "--out-dir", "next"],
-        cwd=tmp_path,
-    )
-    assert not (second / "next").exists()
-    fresh, started = train_lines(tmp_path / "straight")[0], train_lines(first / "next")[0]
-    assert fresh["step"] == started["step"] == 1 and started["loss"] < fresh["loss"] - 0.02
-
-
 # char_lm.train with a DDP communication hook that notes each gradient all-reduce in calls.RANK
 COUNTING_SYNCS = """
 import os
@@ -180,17 +139,51 @@ train.cli()  # as the command ends: recurrent.distributed.finish, not the interp
 """
 
 
-def test_accumulated_batches_exchange_gradients_once_per_optimizer_step(tmp_path):
-    """With grad_accum_steps 3 the processes keep the first two batches' gradients to
-    themselves (DDP's no_sync) and all-reduce once per optimizer step: as many exchanges as
-    without accumulation (the tiny model's gradients fit one bucket), not three times as many."""
+def test_char_lm_two_processes_match_one_and_resume_exactly(tmp_path):
+    """Each process trains on 2 of the 4 streams; averaged gradients = the 4-stream batch's. Each
+    optimizer step sums 2 batches (train.grad_accum_steps): the processes keep the first one's
+    gradients to themselves (DDP's no_sync) and all-reduce once per optimizer step, as many
+    exchanges as without accumulation (the tiny model's gradients fit one bucket), not twice as
+    many."""
+    common = [*CHAR[2:], *CHAR_SET, "train.grad_accum_steps=2", "train.lr_decay_steps=6"]
+    straight = [*common, "train.max_steps=6", "--out-dir"]
+    launch(["-m", "char_lm.train", *straight, "one"], processes=1, cwd=tmp_path)
     script = tmp_path / "counting_syncs.py"
     script.write_text(COUNTING_SYNCS)
-    settings = ["train.max_steps=4", "train.eval_every=4", "train.grad_accum_steps=3"]
-    args = [str(script), *CHAR[2:], *CHAR_SET, *settings, "--out-dir", "run"]  # CHAR less -m
-    launch(args, processes=2, cwd=tmp_path)
+    launch([str(script), *straight, "two"], processes=2, cwd=tmp_path)
     for rank in (0, 1):
-        assert (tmp_path / f"calls.{rank}").read_text().count("all-reduce") == 4
+        assert (tmp_path / f"calls.{rank}").read_text().count("all-reduce") == 6
+    assert_same_run(tmp_path / "one", tmp_path / "two", exact=False)
+    saved = torch.load(tmp_path / "two" / "last.pt", weights_only=True)
+    assert len(saved["rng"]) == len(saved["data"]) == 2  # every rank's state is kept
+    # each process draws its own dropout masks (seeded by rank), not copies of one another's
+    assert not torch.equal(saved["rng"][0]["torch"], saved["rng"][1]["torch"])
+    assert [d["streams"] for d in saved["data"]] == [2, 2]
+
+    # Resume under torchrun: 3 steps, then --resume to 6, is the 6-step run. The split run is on two
+    # "machines" that share no disk: rank 0 alone reads and writes the run folder, so it is on the
+    # first machine only, and reads the checkpoint of --resume or --init-from there for both (the
+    # second machine's process met "nothing to resume" and exited without a word).
+    common = ["-m", "char_lm.train", *common]
+    launch_on_two_machines([*common, "train.max_steps=3", "--out-dir", "run"], cwd=tmp_path)
+    first, second = launch_on_two_machines(
+        [*common, "train.max_steps=6", "--out-dir", "run", "--resume"], cwd=tmp_path
+    )
+    assert not (second / "run").exists()
+    said = [
+        (machine / "torchrun.log").read_text().count("resumed from") for machine in (first, second)
+    ]
+    assert said == [1, 0]  # rank 0 alone prints
+    assert_same_run(tmp_path / "two", first / "run", exact=True)
+    # A new run from the first machine's best.pt (the second has no run/best.pt): its first loss,
+    # taken before any update, is the trained weights' (a fresh model's is the straight run's).
+    launch_on_two_machines(
+        [*common, "train.max_steps=1", "--init-from", "run/best.pt", "--out-dir", "next"],
+        cwd=tmp_path,
+    )
+    assert not (second / "next").exists()
+    fresh, started = train_lines(tmp_path / "two")[0], train_lines(first / "next")[0]
+    assert fresh["step"] == started["step"] == 1 and started["loss"] < fresh["loss"] - 0.02
 
 
 def images_in(cache: Path) -> set[str]:
@@ -328,27 +321,15 @@ def test_an_error_every_rank_meets_is_said_once_and_never_runs_into_another_line
     assert said[1].startswith(message) and said[1].count("error:") == 1, said
 
 
-def test_captioner_refuses_what_would_stall_a_rank_and_validates_one_image_on_two(
-    scenes_annotations: Path, tmp_path: Path
-):
+def test_captioner_refuses_fewer_training_items_than_the_batch(scenes_annotations, tmp_path):
     """Fewer training pairs than the batch left one rank without a share (it spun forever): it is
-    refused at the start. A validation split smaller than the job (1 image, 2 processes)
-    validates: one share is empty."""
-    base = [
+    refused at the start."""
+    args = [
         "-m", "captioner.train", "--config", str(ROOT / "configs/captioner/tiny.yaml"), "--quiet",
-        "--set", f"data.annotations={scenes_annotations}", "train.max_steps=2", "model.dropout=0",
+        "--set", f"data.annotations={scenes_annotations}", "train.batch_size=256",
     ]  # fmt: skip
-    too_few = _fails([*base, "train.batch_size=256", "--out-dir", "few"], tmp_path)
+    too_few = _fails([*args, "--out-dir", "few"], tmp_path)
     assert "training items, fewer than train.batch_size (256)" in too_few.stderr
-    one_image = [*base, "train.eval_every=1", "train.eval_max_images=1"]
-    launch([*one_image, "--out-dir", "two"], processes=2, cwd=tmp_path)
-    launch([*one_image, "--out-dir", "one"], processes=1, cwd=tmp_path)
-    evals = [
-        [r for r in map(json.loads, (tmp_path / d / "metrics.jsonl").read_text().splitlines())
-         if r["kind"] == "eval"]
-        for d in ("one", "two")
-    ]  # fmt: skip
-    assert [r["step"] for r in evals[1]] == [1, 2] and len(evals[0]) == 2
 
 
 def test_captioner_skips_bad_images_under_torchrun_with_a_trainable_encoder(
@@ -357,7 +338,8 @@ def test_captioner_skips_bad_images_under_torchrun_with_a_trainable_encoder(
     """data.bad_images=skip with images read in the loop: one image per process and step, a third
     of the train images bad, so a process often has nothing for a step while the other has an
     image. The processes pass over such steps together (they fell out of step and hung), and the
-    summary counts every bad file, whichever process met it."""
+    summary counts every bad file, whichever process met it. Its validation split is smaller than
+    the job (1 image, 2 processes) and validates: one share is empty."""
     folder = tmp_path / "scenes"
     shutil.copytree(scenes_annotations.parent, folder)
     annotations = folder / scenes_annotations.name
@@ -369,9 +351,14 @@ def test_captioner_skips_bad_images_under_torchrun_with_a_trainable_encoder(
     args = [
         "-m", "captioner.train", "--config", str(ROOT / "configs/captioner/tiny.yaml"),
         "--set", f"data.annotations={annotations}", "data.bad_images=skip", "train.batch_size=2",
-        "train.captions_per_image=1", "train.epochs=1", "train.eval_every=0", "--out-dir", "run",
+        "train.captions_per_image=1", "train.epochs=1", "train.eval_every=0",
+        "train.eval_max_images=1", "--out-dir", "run",
     ]  # fmt: skip
     done = launch(args, processes=2, cwd=tmp_path)
+    logged = [
+        json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()
+    ]
+    assert [line["kind"] for line in logged if line["kind"] == "eval"] == ["eval"]
     steps = len(train_lines(tmp_path / "run"))
     assert 0 < steps < len(train) // 2  # steps where either process had only a bad image: none
     assert f"of {len(bad)} unreadable image file(s) (data.bad_images=skip)" in done.stdout

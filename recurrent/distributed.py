@@ -153,6 +153,14 @@ def setup(
                 f"{timeout_s:.0f} s: one failed before joining (its machine's output says why) "
                 "or was never started; start the job again on every machine"
             ) from None
+        except dist.DistNetworkError:  # "Failed to recv, got 0 bytes. Connection was likely ..."
+            # the job's store went away before every process joined: the torchrun that held it
+            # ended (on the first machine under the static rendezvous), its process having failed
+            raise UserError(
+                "the torchrun job's rendezvous store closed before every process joined it: a "
+                "process failed before joining (the first machine's output says why) and its "
+                "torchrun ended; start the job again on every machine"
+            ) from None
     return layout, device
 
 

@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -411,4 +412,28 @@ def test_a_process_whose_peers_never_join_says_so_in_one_line(monkeypatch):
     with pytest.raises(UserError, match=r"did not all join it within 2 s: one failed before"):
         distributed.setup("cpu", timeout_s=2)
     assert time.monotonic() - start < 60
+    assert not torch.distributed.is_initialized()
+
+
+def test_a_process_whose_job_store_closes_before_it_forms_says_so_in_one_line(monkeypatch):
+    """Rank 1 waiting to form the job when rank 0 fails before joining (its run folder refused,
+    its checkpoint unreadable) on the first machine, whose torchrun holds the job's store (the
+    static rendezvous): the store closes, and torch's DistNetworkError traceback became one
+    line."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    stores = [
+        torch.distributed.TCPStore("127.0.0.1", port, 2, is_master=True, wait_for_workers=False)
+    ]
+    job = {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1"}
+    for name, value in {**job, "MASTER_PORT": str(port)}.items():
+        monkeypatch.setenv(name, value)
+    closer = threading.Timer(1.0, stores.clear)  # the first machine's torchrun ends
+    closer.start()
+    try:
+        with pytest.raises(UserError, match=r"rendezvous store closed before every process"):
+            distributed.setup("cpu", timeout_s=60)
+    finally:
+        closer.cancel()
     assert not torch.distributed.is_initialized()

@@ -239,16 +239,28 @@ def _build_data(
             bad_images=bad_images,
         )
         encoded = sum(layout.all_gather_objects(encoded))  # also waits for every process
-        # data.bad_images=skip: what no process could encode is left out (error stopped above)
-        lost = {record.image_path for record in cache.missing(records)}
+        # data.bad_images=skip: what no process could encode is left out (error stopped above).
+        # Where the machines have disks of their own, an image may decode on one and not on
+        # another: every process leaves out what any folder lacks, so all train on the same items
+        # (record indices: the paths may differ from machine to machine).
+        missing = {record.image_path for record in cache.missing(records)}
+        here = [at for at, record in enumerate(records) if record.image_path in missing]
+        lost = {records[at].image_path for at in set().union(*layout.all_gather_objects(here))}
         for record in val_records:
             if record.image_path in lost:
+                where = "" if record.image_path in missing else " on another machine"
                 raise UserError(
-                    f"val image {record.image_path} does not decode, and validation reads every "
-                    "val image; replace it or take it out of the val split"
+                    f"val image {record.image_path} does not decode{where}, and validation reads "
+                    "every val image; replace it or take it out of the val split"
                 )
         bad_images.record(
-            BadImage(path, f"{path} does not decode (found while filling the feature cache)")
+            BadImage(
+                path,
+                f"{path} does not decode (found while filling the feature cache)"
+                if path in missing
+                else f"{path} does not decode on another machine (found while filling its "
+                "feature cache)",
+            )
             for path in sorted(lost - set(bad_images.paths))
         )
         train_records = [record for record in train_records if record.image_path not in lost]

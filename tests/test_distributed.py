@@ -257,6 +257,32 @@ def test_captioner_two_processes_match_one_with_a_feature_cache_shared_or_not(
     assert_same_run(one, tmp_path / "unknown", exact=False, skip=skip)
 
 
+def test_an_image_that_decodes_on_one_machine_only_is_left_out_on_both(
+    scenes_annotations: Path, tmp_path: Path
+):
+    """data.bad_images=skip with a feature cache on disks of their own, a train image damaged on
+    the second machine only: each process left out what its own folder lacked, so the two trained
+    on different item lists (other shuffles, other shares of the batch) with no word said. Every
+    process now leaves out what any lacks, and rank 0 says so."""
+    first, second = tmp_path / "machine0", tmp_path / "machine1"
+    for machine in (first, second):
+        shutil.copytree(scenes_annotations.parent, machine / "data")
+    record = json.loads(scenes_annotations.read_text())["images"][1]
+    assert record["split"] == "train"
+    (second / "data" / record["filepath"] / record["filename"]).write_bytes(b"not an image")
+    launch_on_two_machines(
+        [
+            "-m", "captioner.train", "--config", str(ROOT / "configs/captioner/tiny.yaml"),
+            "--set", f"data.annotations=data/{scenes_annotations.name}",
+            "data.bad_images=skip", "train.max_steps=1", "train.batch_size=8",
+            "model.finetune=frozen", "train.feature_cache=true", "--out-dir", "run",
+        ],
+        cwd=tmp_path,
+    )  # fmt: skip
+    said = (first / "torchrun.log").read_text()
+    assert f"{record['filename']} does not decode on another machine" in said, said[-2000:]
+
+
 def test_the_ranks_that_see_one_folder_form_groups_or_none():
     assert form_groups([[0, 1], [0, 1]])  # a shared file system
     assert form_groups([[0], [1]])  # a disk each

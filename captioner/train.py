@@ -50,6 +50,8 @@ batch and must divide by the number of processes) and decodes its share of the v
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -564,6 +566,11 @@ def train(
         kept.append("model.finetune_stages")
     if any(record.drawn for record in records):
         kept += ["data.split_seed", "data.val_fraction", "data.test_fraction"]
+    # the splits' captions, not the images (their paths differ from machine to machine)
+    captions = json.dumps([[record.split, record.captions] for record in records])
+    run.check_same_data(
+        hashlib.sha256(captions.encode()).hexdigest(), f"the annotations ({cfg.data.annotations})"
+    )
     run.check_resume(ARCHITECTURE_KEYS, vocab.to_list(), "the training captions", kept)
     # what the weights have seen of the splits (SPLIT_RULE: only this rule's training images)
     split_rule = SPLIT_RULE

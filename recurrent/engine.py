@@ -532,6 +532,21 @@ class Run:
                 f"checkpoint's ({differs}); use the same data, or {drop}"
             )
 
+    def check_same_data(self, fingerprint: str, what: str) -> None:
+        """Under torchrun, refuse to train when the processes read different data: on machines
+        with disks of their own each reads its own copy, and a copy that differs (another version
+        of the file) gave another vocabulary, and so DDP's traceback on a parameter's shape, or,
+        with the same vocabulary, replicas trained on different data without a word."""
+        if not self.dist.enabled:
+            return
+        prints = self.dist.all_gather_objects(fingerprint)
+        other = next((rank for rank, value in enumerate(prints) if value != prints[0]), None)
+        if other is not None:
+            raise UserError(
+                f"rank {other}'s copy of {what} differs from rank 0's: each machine reads its own "
+                "copy, and every copy must be the same; copy rank 0's data to every machine"
+            )
+
     def optimizer(self, parts: list[tuple[str, nn.Module, float]]) -> torch.optim.Optimizer:
         return build_optimizer(parameter_groups(parts, self.settings.weight_decay), self.settings)
 

@@ -908,9 +908,10 @@ class Run:
                             signals.received or signal.SIGTERM
                         )  # maybe another rank's
                         name = signal.Signals(signals.received).name
+                        where = "" if self.dist.is_main else " on rank 0's machine"
                         raise RunStopped(
-                            f"{name} at step {progress.step}: {self.last_path} is saved; run the "
-                            "same command with --resume to continue",
+                            f"{name} at step {progress.step}: {self.last_path} is saved{where}; "
+                            "run the same command with --resume to continue",
                             exit_code=128 + signals.received,
                         )
         finally:

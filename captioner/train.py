@@ -517,6 +517,13 @@ class EpochBatches:
                 )
 
 
+def captions_fingerprint(records: Sequence[ImageRecord]) -> str:
+    """A digest of the records' splits and captions, not of their images (whose paths differ from
+    machine to machine): what processes on machines with disks of their own compare."""
+    captions = json.dumps([[record.split, record.captions] for record in records])
+    return hashlib.sha256(captions.encode()).hexdigest()
+
+
 def train(
     cfg: CaptionerConfig,
     out_dir: str | Path,
@@ -566,10 +573,8 @@ def train(
         kept.append("model.finetune_stages")
     if any(record.drawn for record in records):
         kept += ["data.split_seed", "data.val_fraction", "data.test_fraction"]
-    # the splits' captions, not the images (their paths differ from machine to machine)
-    captions = json.dumps([[record.split, record.captions] for record in records])
     run.check_same_data(
-        hashlib.sha256(captions.encode()).hexdigest(), f"the annotations ({cfg.data.annotations})"
+        lambda: captions_fingerprint(records), f"the annotations ({cfg.data.annotations})"
     )
     run.check_resume(ARCHITECTURE_KEYS, vocab.to_list(), "the training captions", kept)
     # what the weights have seen of the splits (SPLIT_RULE: only this rule's training images)

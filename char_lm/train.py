@@ -176,7 +176,7 @@ def train(
     # the network first, then the text; the validation text (which and how much of it) is the
     # best score's measure
     kept = ["data.val_fraction", "train.eval_batches"]
-    run.check_same_data(corpus.fingerprint, f"the training text ({corpus.source})")
+    run.check_same_data(lambda: corpus.fingerprint, f"the training text ({corpus.source})")
     run.check_resume(keys, vocab, "the text's characters", resume_keys=kept)
     if (
         run.payload

@@ -532,14 +532,15 @@ class Run:
                 f"checkpoint's ({differs}); use the same data, or {drop}"
             )
 
-    def check_same_data(self, fingerprint: str, what: str) -> None:
+    def check_same_data(self, fingerprint: Callable[[], str], what: str) -> None:
         """Under torchrun, refuse to train when the processes read different data: on machines
         with disks of their own each reads its own copy, and a copy that differs (another version
         of the file) gave another vocabulary, and so DDP's traceback on a parameter's shape, or,
-        with the same vocabulary, replicas trained on different data without a word."""
+        with the same vocabulary, replicas trained on different data without a word.
+        ``fingerprint`` is called under torchrun only (one process has nothing to compare)."""
         if not self.dist.enabled:
             return
-        prints = self.dist.all_gather_objects(fingerprint)
+        prints = self.dist.all_gather_objects(fingerprint())
         other = next((rank for rank, value in enumerate(prints) if value != prints[0]), None)
         if other is not None:
             raise UserError(

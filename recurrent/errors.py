@@ -122,12 +122,14 @@ def _flush_stdout() -> None:
     """Flush stdout, naming it in its error: redirected to a file, it is written in blocks, and
     its last block would fail only in the interpreter's flush at exit, which says
     "Exception ignored" and exits with status 120."""
+    from recurrent.files import named
+
     try:
         sys.stdout.flush()
     except BrokenPipeError:
         raise
     except OSError as err:
-        raise type(err)(err.errno, err.strerror or str(err), "the standard output") from None
+        raise named(err, "the standard output") from None
     except (AttributeError, ValueError):  # no stdout (pythonw), or one closed
         pass
 

@@ -38,14 +38,27 @@ def launch(args: list[str], *, processes: int, cwd: Path) -> subprocess.Complete
     return result
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (for a rendezvous)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def join_as(rank: int, port: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The environment torchrun gives ``rank`` of a two-process job on 127.0.0.1:``port``, its
+    machine's first process."""
+    job = {"RANK": rank, "WORLD_SIZE": 2, "LOCAL_RANK": 0, "MASTER_ADDR": "127.0.0.1"}
+    for name, value in {**job, "MASTER_PORT": port}.items():
+        monkeypatch.setenv(name, str(value))
+
+
 def launch_on_two_machines(args: list[str], *, cwd: Path, check: bool = True) -> list[Path]:
     """Run ``args`` as a job of two one-process "machines" on this one: two torchrun agents with
     ``--nnodes=2`` (node 0 holds rank 0), each in its own folder (``cwd/machine0``, ``machine1``)
     standing for its own disk: relative paths in ``args`` name different files on each. Each
     machine's output goes to its ``torchrun.log``; ``check``: both must succeed."""
-    with socket.socket() as probe:  # a free port for the rendezvous
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()  # for the rendezvous
     machines = [cwd / "machine0", cwd / "machine1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     agents = []
@@ -448,12 +461,8 @@ def test_a_time_budget_keeps_the_processes_replicas_identical(tmp_path):
 def test_a_process_whose_peers_never_join_says_so_in_one_line(monkeypatch):
     """Rank 0 of a two-process job whose rank 1 never comes (it failed before joining, on another
     machine): torch's DistStoreError traceback at the timeout became one line."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    job = {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1"}
-    for name, value in {**job, "MASTER_PORT": str(port)}.items():
-        monkeypatch.setenv(name, value)
+    port = free_port()
+    join_as(0, port, monkeypatch)
     start = time.monotonic()
     with pytest.raises(UserError, match=r"did not all join it within 2 s: one failed before"):
         distributed.setup("cpu", timeout_s=2)
@@ -466,15 +475,11 @@ def test_a_process_whose_job_store_closes_before_it_forms_says_so_in_one_line(mo
     its checkpoint unreadable) on the first machine, whose torchrun holds the job's store (the
     static rendezvous): the store closes, and torch's DistNetworkError traceback became one
     line."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     stores = [
         torch.distributed.TCPStore("127.0.0.1", port, 2, is_master=True, wait_for_workers=False)
     ]
-    job = {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1"}
-    for name, value in {**job, "MASTER_PORT": str(port)}.items():
-        monkeypatch.setenv(name, value)
+    join_as(1, port, monkeypatch)
     closer = threading.Timer(1.0, stores.clear)  # the first machine's torchrun ends
     closer.start()
     try:

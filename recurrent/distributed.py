@@ -17,6 +17,7 @@ import gc
 import os
 import secrets
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,9 +25,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from recurrent.errors import UserError
+from recurrent.errors import JobNotFormed, UserError
 
 DEFAULT_TIMEOUT_S = 1800.0  # a rank that does not answer a collective in this time fails the job
+TELL_TIMEOUT_S = 5.0  # to reach the job's store and tell it of a failure before the job formed
 
 
 @dataclass(frozen=True)
@@ -143,25 +145,88 @@ def setup(
         torch.cuda.set_device(device)
     if layout.enabled and not dist.is_initialized():
         try:
+            _wait_for_everyone(layout, timeout_s)
             dist.init_process_group(
                 backend="nccl" if device.type == "cuda" else "gloo",
                 timeout=datetime.timedelta(seconds=timeout_s),
             )
         except dist.DistStoreError:  # torch's "wait timeout after ...ms, keys: /default_pg/..."
-            raise UserError(
-                f"the other processes of this torchrun job did not all join it within "
-                f"{timeout_s:.0f} s: one failed before joining (its machine's output says why) "
-                "or was never started; start the job again on every machine"
-            ) from None
+            raise JobNotFormed(_never_joined(timeout_s)) from None
         except dist.DistNetworkError:  # "Failed to recv, got 0 bytes. Connection was likely ..."
             # the job's store went away before every process joined: the torchrun that held it
             # ended (on the first machine under the static rendezvous), its process having failed
-            raise UserError(
+            raise JobNotFormed(
                 "the torchrun job's rendezvous store closed before every process joined it: a "
                 "process failed before joining (the first machine's output says why) and its "
                 "torchrun ended; start the job again on every machine"
             ) from None
     return layout, device
+
+
+def _never_joined(timeout_s: float) -> str:
+    return (
+        f"the other processes of this torchrun job did not all join it within {timeout_s:.0f} s: "
+        "one failed before joining (its machine's output says why) or was never started; start "
+        "the job again on every machine"
+    )
+
+
+def _job_store(timeout_s: float) -> dist.TCPStore | None:
+    """A client of the store that torchrun's agent serves its job's processes at MASTER_ADDR and
+    MASTER_PORT; None where no agent serves one (a job not started by torchrun)."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    address, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+    return dist.TCPStore(
+        address, port, is_master=False, timeout=datetime.timedelta(seconds=timeout_s)
+    )
+
+
+def _gate_key(name: str) -> str:
+    """A key of this job's joining in its store (a restarted job's store may hold the last's)."""
+    return f"recurrent/join/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/{name}"
+
+
+def _wait_for_everyone(layout: Distributed, timeout_s: float) -> None:
+    """Wait until every process of the job has come to join it, and stop with the line of one
+    that stopped before (`tell_failure`).
+
+    torch's own joining waits in C++ for the whole timeout when a process never comes: under
+    torchrun on several machines, one that failed (its config or data missing on its machine)
+    left the others waiting 30 minutes, deaf to SIGTERM, then failing with a timeout that did not
+    say why. Here the wait is Python's, a look at the store every 0.1 s."""
+    store = _job_store(timeout_s)
+    if store is None:
+        return
+    joined = store.add(_gate_key("joined"), 1)
+    deadline = time.monotonic() + timeout_s
+    while joined < layout.world_size:
+        if store.check([_gate_key("failed")]):
+            rank, line = store.get(_gate_key("failed")).decode().split("\t", 1)
+            raise JobNotFormed(
+                f"rank {rank} of this torchrun job stopped before the job formed, saying "
+                f'"{line}"; put that right on its machine and start the job again on every '
+                "machine"
+            )
+        if time.monotonic() > deadline:
+            raise JobNotFormed(_never_joined(timeout_s))
+        time.sleep(0.1)
+        joined = store.add(_gate_key("joined"), 0)
+
+
+def tell_failure(line: str) -> None:
+    """Tell the processes of this torchrun job, waiting to form it, that this one stops before
+    joining, saying ``line``: they stop too, with it (`_wait_for_everyone`). The first process
+    to tell is the one they quote. Nothing where the job's store cannot be reached."""
+    try:
+        if not from_environment().enabled:
+            return
+        store = _job_store(TELL_TIMEOUT_S)
+        if store is not None:
+            rank = os.environ.get("RANK", "0")
+            store.compare_set(_gate_key("failed"), "", f"{rank}\t{line}")
+    except (UserError, KeyError, ValueError, RuntimeError):  # torch's DistError is one
+        pass
 
 
 def teardown() -> None:

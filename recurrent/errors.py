@@ -50,6 +50,11 @@ _WORKER_WRAPPED = re.compile(
 EXIT_USER_ERROR = 2
 
 
+class JobNotFormed(UserError):
+    """This process's torchrun job could not form: another process stopped before joining it, or
+    never came (`recurrent.distributed.setup`)."""
+
+
 class RunStopped(Exception):
     """A run ended early on purpose (a signal, a non-finite loss): its message is shown as one
     line and the command exits with ``exit_code``; the run's last checkpoint is intact."""
@@ -73,19 +78,43 @@ def run_cli(
 ) -> int:
     """Call `main(argv)`; a `UserError` becomes `error: <message>` on stderr and exit status 2, and
     so does a refused file, as `error: cannot use <path>: <reason>; check ...` (`error: the disk
-    is full (writing <path>): ...` for a full disk)."""
+    is full (writing <path>): ...` for a full disk).
+
+    Under torchrun, a process that stops before its job has formed (a mistake, a signal, a bug)
+    also tells the job's other processes, which are waiting to form it, possibly on other
+    machines where torchrun does not stop them: they stop at once with its line
+    (`recurrent.distributed.tell_failure`), not after the whole timeout."""
     previous = _stop_on_sigterm()
+    try:
+        return _run(main, argv)
+    except Exception as err:  # a bug: its traceback follows
+        _tell_job(f"{type(err).__name__}: {first_line(err, 'no message')} (a traceback follows)")
+        raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        from recurrent.files import release_all
+
+        release_all()  # the run folder of a run that stopped or was refused
+        _drop_unwritable_stdout()
+
+
+def _run(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None) -> int:
+    """`run_cli`'s call of ``main``, with what each way of failing says and returns."""
     try:
         main(argv)
         _flush_stdout()  # what is left of its output fails here (a full disk), not at exit
+    except JobNotFormed as err:  # the job's own failure to form: the others know it already
+        _say(f"error: {' '.join(str(err).split())}")
+        return EXIT_USER_ERROR
     except UserError as err:
-        _say(f"error: {' '.join(str(err).split())}")  # always exactly one line
+        _report(f"error: {' '.join(str(err).split())}")  # always exactly one line
         return EXIT_USER_ERROR
     except RunStopped as stop:
-        _say(f"stopped: {' '.join(str(stop).split())}", job_wide=True)  # signals, NaN: agreed
+        _report(f"stopped: {' '.join(str(stop).split())}", job_wide=True)  # signals, NaN: agreed
         return stop.exit_code
     except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
+        _report("error: interrupted", job_wide=True)
         return 130
     except BrokenPipeError:  # e.g. `sample ... | head`
         return 0
@@ -94,7 +123,7 @@ def run_cli(
         # to a redirected stdout, names no file)
         if err.filename is None and err.errno not in DISK_FULL:
             raise
-        _say(f"error: {os_error_message(err)}")
+        _report(f"error: {os_error_message(err)}")
         return EXIT_USER_ERROR
     except RuntimeError as err:
         lost = _lost_peer(err)
@@ -105,13 +134,6 @@ def run_cli(
             "torchrun's report names the process that failed first"
         )
         return EXIT_LOST_PEER
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-        from recurrent.files import release_all
-
-        release_all()  # the run folder of a run that stopped or was refused
-        _drop_unwritable_stdout()
     return 0
 
 
@@ -198,6 +220,22 @@ def _say(line: str, *, job_wide: bool = False) -> None:
         line = f"[rank {rank}] {line}"
     sys.stderr.write(line + "\n")
     sys.stderr.flush()
+
+
+def _report(line: str, *, job_wide: bool = False) -> None:
+    """`_say` ``line``, and tell it to the job's other processes if it has not formed yet."""
+    _say(line, job_wide=job_wide)
+    _tell_job(line)
+
+
+def _tell_job(line: str) -> None:
+    """Under torchrun, before this process's job has formed: tell its other processes that this
+    one stops, saying ``line`` (`recurrent.distributed.tell_failure`)."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or _formed_job() is not None:
+        return
+    from recurrent.distributed import tell_failure
+
+    tell_failure(line)
 
 
 def _stop_on_sigterm() -> Any:

@@ -5,6 +5,7 @@ Each launch is bounded by a timeout, so a broken rank fails the test instead of 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -19,9 +20,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from recurrent import distributed
+from recurrent import distributed, errors
 from recurrent.distributed import form_groups
-from recurrent.errors import UserError
+from recurrent.errors import JobNotFormed, RunStopped, UserError, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
@@ -220,6 +221,89 @@ def test_data_that_differs_between_the_machines_is_refused_in_one_line(tmp_path:
     assert not any("[rank0]:" in out or "[rank1]:" in out for out in said)  # no worker traceback
 
 
+def test_a_process_that_fails_before_the_job_forms_stops_the_other_machines_at_once(tmp_path):
+    """The config on the first machine only: the second machine's process fails before joining,
+    and the first's waited to form the job for the whole 30-minute timeout (torchrun does not
+    stop a process on another machine). It now stops at once, saying why the other stopped."""
+    (tmp_path / "machine0").mkdir()
+    shutil.copy(ROOT / "configs/char_lm/tiny.yaml", tmp_path / "machine0" / "tiny.yaml")
+    start = time.monotonic()
+    machines = launch_on_two_machines(
+        ["-m", "char_lm.train", "--config", "tiny.yaml", "--quiet", "--out-dir", "run"],
+        cwd=tmp_path,
+        check=False,
+    )
+    assert time.monotonic() - start < 120
+    first, second = [(machine / "torchrun.log").read_text() for machine in machines]
+    missing = [line for line in second.splitlines() if "error:" in line]
+    assert len(missing) == 1 and missing[0].startswith("[rank 1] error: "), second
+    # its one line, before torchrun's report (no worker traceback)
+    assert first.splitlines()[0] == (
+        f'error: rank 1 of this torchrun job stopped before the job formed, saying "'
+        f'{missing[0].removeprefix("[rank 1] ")}"; put that right on its machine and start the '
+        "job again on every machine"
+    ), first
+    assert "[rank0]:" not in first
+
+
+def test_a_process_waiting_for_its_job_to_form_stops_at_sigterm_and_tells_the_job(tmp_path):
+    """Rank 0 of a two-process torchrun job whose rank 1 never comes, waiting to form the job
+    (the store is this test's, as torchrun's agent serves it): SIGTERM stops it with one line
+    (torch's joining waited in C++, deaf to it, for 30 minutes), and it tells the job why."""
+    store = torch.distributed.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+    env = {
+        **os.environ, "RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0",
+        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(store.port),
+        "TORCHELASTIC_USE_AGENT_STORE": "True", "OMP_NUM_THREADS": "1",
+    }  # fmt: skip
+    waiting = subprocess.Popen(
+        [sys.executable, *CHAR, "--out-dir", "r"], cwd=tmp_path, env=env, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while store.add("recurrent/join/0/joined", 0) < 1:
+            assert waiting.poll() is None and time.monotonic() < deadline, "it never came to join"
+            time.sleep(0.1)
+        waiting.send_signal(signal.SIGTERM)
+        _, stderr = waiting.communicate(timeout=30)
+    finally:
+        waiting.kill()
+    assert waiting.returncode == 128 + signal.SIGTERM, stderr
+    assert stderr.splitlines() == [line := "stopped: SIGTERM; " + stderr.split("SIGTERM; ")[1][:-1]]
+    assert store.check([key := "recurrent/join/0/failed"]), "it told nothing"
+    assert store.get(key).decode() == f"0\t{line}"
+
+
+@pytest.mark.parametrize(
+    "raised, formed, told",
+    [
+        (UserError("a missing  config"), False, "1\terror: a missing config"),
+        (RunStopped("SIGTERM", 143), False, "1\tstopped: SIGTERM"),
+        (ValueError("a bug\nin two lines"), False, "1\tValueError: a bug (a traceback follows)"),
+        (JobNotFormed("rank 0 stopped before the job formed"), False, None),  # they know it
+        (UserError("a bad image"), True, None),  # the job formed: nobody waits to form it
+    ],
+)
+def test_a_process_that_stops_before_its_job_forms_tells_the_job_why(
+    raised, formed, told, monkeypatch
+):
+    """What `run_cli` tells the store of the job (this test's, as torchrun's agent serves it)."""
+    store = torch.distributed.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "True")
+    monkeypatch.setattr(errors, "_formed_job", lambda: object() if formed else None)
+
+    def main(argv):
+        raise raised
+
+    key = "recurrent/join/0/failed"
+    for rank in (1, 0):  # rank 0 then stops too: the first process to tell is the one quoted
+        join_as(rank, store.port, monkeypatch)
+        with contextlib.suppress(ValueError):  # a bug's traceback is still raised
+            run_cli(main, [])
+        assert (store.get(key).decode() if store.check([key]) else None) == told
+
+
 def images_in(cache: Path) -> set[str]:
     """The image keys of a feature cache's complete shards (an index with its data file)."""
     shards = (path for path in cache.glob("*/shards/*.json") if path.with_suffix(".npy").is_file())
@@ -370,7 +454,8 @@ def _fails(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
 
 def test_an_error_every_rank_meets_is_said_once_and_never_runs_into_another_line(tmp_path):
     """A config error (before the job forms) is said by rank 0 alone; an error after it (the
-    batch does not split over the processes) once per rank, each on its own line."""
+    batch does not split over the processes) once per rank, each on its own line; rank 0's
+    refusal of its run folder by rank 0, and quickly."""
     config_error = _fails([*CHAR, "--set", "train.lr=100", "--out-dir", "r"], tmp_path)
     said = [line for line in config_error.stderr.splitlines() if "error: " in line]
     assert said == ["error: config key 'train.lr' must be in (0, 10], got 100.0"], said
@@ -379,6 +464,18 @@ def test_an_error_every_rank_meets_is_said_once_and_never_runs_into_another_line
     message = "error: data.batch_size is 3, which does not split evenly over 2 processes"
     assert len(said) == 2 and said[0].startswith(f"[rank 1] {message}"), said
     assert said[1].startswith(message) and said[1].count("error:") == 1, said
+    # Rank 0 alone checks the run folder: its refusal ends the job at once. Rank 1, waiting to
+    # form the job in torch's C++, let torchrun's SIGTERM wait and was killed 30 s later.
+    (tmp_path / "r3").mkdir()
+    (tmp_path / "r3" / "metrics.jsonl").write_text("")
+    start = time.monotonic()
+    refused = _fails([*CHAR, "--out-dir", "r3"], tmp_path)
+    assert time.monotonic() - start < 25
+    said = [line for line in refused.stderr.splitlines() if "error: " in line]
+    assert said == [
+        "error: r3 already holds a run (metrics.jsonl); pass --resume to continue "
+        "it, --overwrite to replace it, or choose another --out-dir"
+    ], said
 
 
 def test_captioner_refuses_fewer_training_items_than_the_batch(scenes_annotations, tmp_path):

@@ -2,7 +2,7 @@
 
     python -m captioner.scenes --out data/scenes --num-images 2000 --seed 0
     python -m captioner.train --config configs/captioner/scenes_demo.yaml [--set train.epochs=5]
-        [--out-dir runs/captioner/scenes_demo] [--resume] [--overwrite]
+        [--out-dir runs/captioner/scenes_demo] [--resume [auto]] [--overwrite]
     torchrun --standalone --nproc_per_node=2 -m captioner.train --config ...   (several processes)
 
 What a run does:
@@ -111,7 +111,7 @@ from captioner.scoring import (
 from captioner.scst import SelfCritical
 from recurrent.config import add_run_arguments, load_config, run_dir, run_options, to_dict
 from recurrent.distributed import Distributed, finish
-from recurrent.engine import Run, StepResult
+from recurrent.engine import Resume, Run, StepResult
 from recurrent.errors import ArgumentParser, UserError, loader_worker_init, run_cli
 
 TASK = "captioner"
@@ -527,7 +527,7 @@ def captions_fingerprint(records: Sequence[ImageRecord]) -> str:
 def train(
     cfg: CaptionerConfig,
     out_dir: str | Path,
-    resume: bool = False,
+    resume: Resume = False,
     *,
     overwrite: bool = False,
     quiet: bool = False,

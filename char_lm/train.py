@@ -1,7 +1,7 @@
 """Train a character-level language model with truncated backpropagation through time.
 
     python -m char_lm.train --config configs/char_lm/ship.yaml [--set key=value ...]
-                            [--out-dir DIR] [--resume] [--overwrite]
+                            [--out-dir DIR] [--resume [auto]] [--overwrite]
     torchrun --standalone --nproc_per_node=2 -m char_lm.train --config ...   (several processes)
 
 The training text is cut into ``data.batch_size`` contiguous streams walked in windows of
@@ -41,7 +41,7 @@ from char_lm.model import CharLM
 from char_lm.scoring import evaluate_text
 from recurrent.config import add_run_arguments, load_config, run_dir, run_options, to_dict
 from recurrent.distributed import Distributed, finish
-from recurrent.engine import Run, StepResult
+from recurrent.engine import Resume, Run, StepResult
 from recurrent.errors import ArgumentParser, UserError, run_cli
 
 TASK = "char_lm"
@@ -133,7 +133,7 @@ def _fmt(loss: float) -> str:
 def train(
     cfg: CharLMConfig,
     out_dir: str | Path,
-    resume: bool = False,
+    resume: Resume = False,
     *,
     overwrite: bool = False,
     quiet: bool = False,

@@ -437,7 +437,13 @@ def add_run_arguments(parser: argparse.ArgumentParser, task: str, example: str) 
         "--out-dir", help=f"where best.pt and last.pt go (default: runs/{task}/<config name>)"
     )
     parser.add_argument(
-        "--resume", action="store_true", help="continue the run in --out-dir from its last.pt"
+        "--resume",
+        nargs="?",
+        const=True,
+        default=False,
+        choices=["auto"],
+        help="continue the run in --out-dir from its last.pt; `--resume auto`: continue it if "
+        "it has one, else start a run (the same command for a job's start and its restarts)",
     )
     parser.add_argument(
         "--overwrite", action="store_true", help="replace a run already in --out-dir"

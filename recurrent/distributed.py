@@ -144,12 +144,25 @@ def setup(
         device = torch.device("cuda", layout.local_rank)
         torch.cuda.set_device(device)
     if layout.enabled and not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        timeout = datetime.timedelta(seconds=timeout_s)
         try:
-            _wait_for_everyone(layout, timeout_s)
-            dist.init_process_group(
-                backend="nccl" if device.type == "cuda" else "gloo",
-                timeout=datetime.timedelta(seconds=timeout_s),
-            )
+            store = _job_store(timeout_s)
+            if store is None:  # not started by torchrun: torch's own joining (env://)
+                dist.init_process_group(backend=backend, timeout=timeout)
+            else:
+                _wait_for_everyone(store, layout, timeout_s)
+                # the group's keys apart from an earlier attempt's: after a restart of the job
+                # (torchrun's --max-restarts) the agent's store still holds them, and torch's
+                # own joining read them (gloo: "connectFullMesh failed ... Connection refused",
+                # or a hang; 2 of 3 restarts of a plain two-process script here)
+                dist.init_process_group(
+                    backend=backend,
+                    store=dist.PrefixStore(_attempt_key("group"), store),
+                    rank=layout.rank,
+                    world_size=layout.world_size,
+                    timeout=timeout,
+                )
         except dist.DistStoreError:  # torch's "wait timeout after ...ms, keys: /default_pg/..."
             raise JobNotFormed(_never_joined(timeout_s)) from None
         except dist.DistNetworkError:  # "Failed to recv, got 0 bytes. Connection was likely ..."
@@ -182,12 +195,12 @@ def _job_store(timeout_s: float) -> dist.TCPStore | None:
     )
 
 
-def _gate_key(name: str) -> str:
-    """A key of this job's joining in its store (a restarted job's store may hold the last's)."""
-    return f"recurrent/join/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/{name}"
+def _attempt_key(name: str) -> str:
+    """A key of this attempt of the job in its store (a restarted job's store holds the last's)."""
+    return f"recurrent/attempt-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/{name}"
 
 
-def _wait_for_everyone(layout: Distributed, timeout_s: float) -> None:
+def _wait_for_everyone(store: dist.Store, layout: Distributed, timeout_s: float) -> None:
     """Wait until every process of the job has come to join it, and stop with the line of one
     that stopped before (`tell_failure`).
 
@@ -195,14 +208,11 @@ def _wait_for_everyone(layout: Distributed, timeout_s: float) -> None:
     torchrun on several machines, one that failed (its config or data missing on its machine)
     left the others waiting 30 minutes, deaf to SIGTERM, then failing with a timeout that did not
     say why. Here the wait is Python's, a look at the store every 0.1 s."""
-    store = _job_store(timeout_s)
-    if store is None:
-        return
-    joined = store.add(_gate_key("joined"), 1)
+    joined = store.add(_attempt_key("joined"), 1)
     deadline = time.monotonic() + timeout_s
     while joined < layout.world_size:
-        if store.check([_gate_key("failed")]):
-            rank, line = store.get(_gate_key("failed")).decode().split("\t", 1)
+        if store.check([_attempt_key("failed")]):
+            rank, line = store.get(_attempt_key("failed")).decode().split("\t", 1)
             raise JobNotFormed(
                 f"rank {rank} of this torchrun job stopped before the job formed, saying "
                 f'"{line}"; put that right on its machine and start the job again on every '
@@ -211,7 +221,7 @@ def _wait_for_everyone(layout: Distributed, timeout_s: float) -> None:
         if time.monotonic() > deadline:
             raise JobNotFormed(_never_joined(timeout_s))
         time.sleep(0.1)
-        joined = store.add(_gate_key("joined"), 0)
+        joined = store.add(_attempt_key("joined"), 0)
 
 
 def tell_failure(line: str) -> None:
@@ -224,7 +234,7 @@ def tell_failure(line: str) -> None:
         store = _job_store(TELL_TIMEOUT_S)
         if store is not None:
             rank = os.environ.get("RANK", "0")
-            store.compare_set(_gate_key("failed"), "", f"{rank}\t{line}")
+            store.compare_set(_attempt_key("failed"), "", f"{rank}\t{line}")
     except (UserError, KeyError, ValueError, RuntimeError):  # torch's DistError is one
         pass
 

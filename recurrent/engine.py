@@ -4,9 +4,10 @@ A task (char_lm, captioner) supplies its model, its data, one training step that
 and one evaluation that returns scores; `Run` does everything else, the same way for both:
 
 - the run folder guard: a folder that holds a run (any of ``RUN_FILES``) is continued with
-  ``--resume`` or replaced with ``--overwrite``, never silently; a replaced run's checkpoints go
-  with its metrics when the new run's first step starts, so the folder never mixes two runs; and
-  while a run lives its folder is locked (``.lock``), so a second run started into it is refused;
+  ``--resume`` (``--resume auto``: if it has a last.pt) or replaced with ``--overwrite``, never
+  silently; a replaced run's checkpoints go with its metrics when the new run's first step starts,
+  so the folder never mixes two runs; and while a run lives its folder is locked (``.lock``), so a
+  second run started into it is refused;
 - the learning rate: linear warmup for ``warmup_steps``, then a cosine down to
   ``lr * min_lr_ratio``, set on the optimizer's param groups every step (nanoGPT's ``get_lr``).
   The cosine spans ``lr_decay_steps`` (0: the run's length in steps). With a time budget it
@@ -88,6 +89,9 @@ from recurrent.training import rng_state, set_rng_state, set_seed, warmup_cosine
 
 RUN_FORMAT = FORMAT_VERSION  # checkpoints a run can resume from carry "progress"
 RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl")  # a folder with any of them holds a run
+# --resume: True resumes (and refuses a folder with nothing to resume); "auto" resumes where the
+# folder has a last.pt and else starts a run: one command for a job's first start and its restarts
+Resume = bool | Literal["auto"]
 NO_DECAY_MODULES = (
     nn.Embedding,
     nn.BatchNorm1d,
@@ -407,7 +411,7 @@ class Run:
         settings: RunSettings,
         config: dict[str, Any],
         defaults: dict[str, Any] | None = None,
-        resume: bool = False,
+        resume: Resume = False,
         overwrite: bool = False,
         quiet: bool = False,
         init_from: str | os.PathLike[str] | None = None,
@@ -422,20 +426,23 @@ class Run:
         self.last_path = self.out_dir / "last.pt"
         self.best_path = self.out_dir / "best.pt"
         # --init-from: another run's weights to start from (not read when resuming)
-        self.init_path = Path(init_from) if init_from and not resume else None
+        self.init_path = Path(init_from) if init_from else None
         self.payload: dict[str, Any] | None = None
         self.init_payload: dict[str, Any] | None = None
         # Rank 0 alone reads and writes the run folder, and reads the checkpoint to resume or start
         # from, which the other processes receive from it: under torchrun on several machines the
         # run folder and that checkpoint need only be on the first one.
         if distributed.from_environment().is_main:
-            self._check_folder(resume, overwrite)
-            self._read_checkpoints(task, resume, defaults)
+            self._read_checkpoints(task, self._check_folder(resume, overwrite), defaults)
             files.hold(self.out_dir, self._in_use)  # refuse a second run while this one lives
         self.dist, self.device = distributed.setup(settings.device)
         self.payload, self.init_payload = self.dist.broadcast_object(
             (self.payload, self.init_payload)
         )
+        if self.payload is not None:
+            self.init_path = None
+        if resume == "auto" and self.payload is None:
+            self.log(f"--resume auto: no {self.last_path} yet, so a new run")
         self.precision = Precision.choose(settings.precision, self.device)
         set_seed(settings.seed)
         self.progress = Progress()
@@ -449,27 +456,33 @@ class Run:
             "stop it, or choose another --out-dir"
         )
 
-    def _check_folder(self, resume: bool, overwrite: bool) -> None:
+    def _check_folder(self, resume: Resume, overwrite: bool) -> bool:
         """The run folder guard (module docstring): refuse a folder that is a file, a resume with
-        nothing to resume, and a new run into a folder that holds one without --overwrite."""
+        nothing to resume, and a new run into a folder that holds one without --overwrite; return
+        whether the run resumes. ``resume="auto"`` resumes a folder with a last.pt and otherwise
+        starts a run, replacing what a run that never saved a checkpoint left (its metrics)."""
         if self.out_dir.exists() and not self.out_dir.is_dir():
             raise UserError(f"--out-dir {self.out_dir} is a file; pass a folder for the run")
+        held = [name for name in RUN_FILES if (self.out_dir / name).exists()]
+        if resume == "auto":
+            resume = self.last_path.is_file()
+            overwrite = overwrite or held == ["metrics.jsonl"]
         if resume and not self.last_path.is_file():
             if (running := files.holder(self.out_dir)) is not None:  # it has not written one yet
                 raise self._in_use(running)
             raise UserError(
                 f"nothing to resume: {self.last_path} does not exist; drop --resume to start a run"
             )
-        held = [name for name in RUN_FILES if (self.out_dir / name).exists()]
         if not resume and held and not overwrite:
             raise UserError(
                 f"{self.out_dir} already holds a run ({', '.join(held)}); pass --resume to "
                 "continue it, --overwrite to replace it, or choose another --out-dir"
             )
+        return bool(resume)
 
     def _read_checkpoints(self, task: str, resume: bool, defaults: dict[str, Any] | None) -> None:
-        """Read ``last.pt`` (``resume``) or the ``--init-from`` checkpoint, with the config keys
-        added since it was written at their defaults."""
+        """Read ``last.pt`` (``resume``) or else the ``--init-from`` checkpoint, with the config
+        keys added since it was written at their defaults."""
         if resume:
             self.payload = load_checkpoint(self.last_path, task=task)
             if self.payload.get("format_version", 1) < RUN_FORMAT or "progress" not in self.payload:
@@ -477,7 +490,7 @@ class Run:
                     f"cannot resume from {self.last_path}: it was written by an older version of "
                     "this project (or exported for serving); start a new run without --resume"
                 )
-        if self.init_path is not None:
+        elif self.init_path is not None:
             self.init_payload = load_checkpoint(self.init_path, task=task)
         for payload, path in ((self.payload, self.last_path), (self.init_payload, self.init_path)):
             if payload is None or defaults is None:

@@ -155,6 +155,34 @@ train.cli()  # as the command ends: recurrent.distributed.finish, not the interp
 """
 
 
+# char_lm.train whose rank 1 dies in the gradient all-reduce of step 5, the first time only
+CRASHING = """
+import os
+from pathlib import Path
+from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+from recurrent import engine
+from char_lm import train
+
+wrap = engine.Run._wrap
+
+def crashing(self, model):
+    wrapped = wrap(self, model)
+    calls = []
+    def hook(state, bucket):
+        calls.append(bucket)
+        first_time = os.environ["TORCHELASTIC_RESTART_COUNT"] == "0"
+        if len(calls) == 5 and os.environ["RANK"] == "1" and first_time:
+            Path("crashed").write_text("step 5")
+            os._exit(1)
+        return allreduce_hook(None, bucket)
+    wrapped.register_comm_hook(None, hook)
+    return wrapped
+
+engine.Run._wrap = crashing
+train.cli()
+"""
+
+
 def test_char_lm_two_processes_match_one_and_resume_exactly(tmp_path):
     """Each process trains on 2 of the 4 streams; averaged gradients = the 4-stream batch's. Each
     optimizer step sums 2 batches (train.grad_accum_steps): the processes keep the first one's
@@ -175,6 +203,16 @@ def test_char_lm_two_processes_match_one_and_resume_exactly(tmp_path):
     # each process draws its own dropout masks (seeded by rank), not copies of one another's
     assert not torch.equal(saved["rng"][0]["torch"], saved["rng"][1]["torch"])
     assert [d["streams"] for d in saved["data"]] == [2, 2]
+
+    # torchrun restarts the job (--max-restarts) after a process crashed in the middle of step 5;
+    # with --resume auto the restarted processes continue from last.pt (step 3), where they had
+    # refused the run folder they had started: the straight run.
+    script = tmp_path / "crashing.py"
+    script.write_text(CRASHING)
+    args = ["--max-restarts=1", str(script), *straight, "restarted", "--resume", "auto"]
+    launch(args, processes=2, cwd=tmp_path)
+    assert (tmp_path / "crashed").read_text() == "step 5"
+    assert_same_run(tmp_path / "two", tmp_path / "restarted", exact=True)
 
     # Resume under torchrun: 3 steps, then --resume to 6, is the 6-step run. The split run is on two
     # "machines" that share no disk: rank 0 alone reads and writes the run folder, so it is on the
@@ -262,7 +300,7 @@ def test_a_process_waiting_for_its_job_to_form_stops_at_sigterm_and_tells_the_jo
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 120
-        while store.add("recurrent/join/0/joined", 0) < 1:
+        while store.add("recurrent/attempt-0/joined", 0) < 1:
             assert waiting.poll() is None and time.monotonic() < deadline, "it never came to join"
             time.sleep(0.1)
         waiting.send_signal(signal.SIGTERM)
@@ -271,7 +309,7 @@ def test_a_process_waiting_for_its_job_to_form_stops_at_sigterm_and_tells_the_jo
         waiting.kill()
     assert waiting.returncode == 128 + signal.SIGTERM, stderr
     assert stderr.splitlines() == [line := "stopped: SIGTERM; " + stderr.split("SIGTERM; ")[1][:-1]]
-    assert store.check([key := "recurrent/join/0/failed"]), "it told nothing"
+    assert store.check([key := "recurrent/attempt-0/failed"]), "it told nothing"
     assert store.get(key).decode() == f"0\t{line}"
 
 
@@ -296,7 +334,7 @@ def test_a_process_that_stops_before_its_job_forms_tells_the_job_why(
     def main(argv):
         raise raised
 
-    key = "recurrent/join/0/failed"
+    key = "recurrent/attempt-0/failed"
     for rank in (1, 0):  # rank 0 then stops too: the first process to tell is the one quoted
         join_as(rank, store.port, monkeypatch)
         with contextlib.suppress(ValueError):  # a bug's traceback is still raised

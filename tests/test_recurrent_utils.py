@@ -310,6 +310,8 @@ def test_a_bad_flag_is_one_line_naming_it(module, capsys):
     if module == "char_lm.sample":
         mistakes.append((["--checkpoint", "x.pt", "--length", "abc"], "invalid int value: 'abc'"))
         mistakes.append((["--checkpoint", "x.pt", "--no-such-flag"], "unrecognized arguments"))
+    if module.endswith(".train"):
+        mistakes.append((["--config", "x.yaml", "--resume", "later"], "invalid choice: 'later'"))
     for argv, named in mistakes:
         status = run_cli(main, argv)
         err = capsys.readouterr().err

@@ -222,6 +222,38 @@ def test_overwrite_removes_the_old_runs_checkpoints_before_the_first_step(tmp_pa
     assert summary["steps"] == 2 and (tmp_path / "best.pt").is_file()
 
 
+def test_resume_auto_continues_a_run_with_a_last_pt_and_else_starts_one(tmp_path, capsys):
+    """`--resume auto`: one command for a job's first start and its restarts (torchrun's
+    --max-restarts, a requeued job), as Lightning's ``ckpt_path="last"``."""
+
+    def run(**options) -> Run:
+        return Run(tmp_path / "run", task="char_lm", settings=SETTINGS, config={}, quiet=True,
+                   resume="auto", **options)  # fmt: skip
+
+    donor = tmp_path / "donor"
+    _fit(Run(donor, task="char_lm", settings=SETTINGS, config={}, quiet=True), _step)
+    first = run(init_from=donor / "best.pt")  # nothing to resume: a new run, from --init-from
+    assert first.payload is None and first.init_payload is not None
+    assert first.init_path == donor / "best.pt"
+    last = tmp_path / "run" / "last.pt"
+    assert f"--resume auto: no {last} yet, so a new run" in capsys.readouterr().out
+    _fit(first, _step)
+    again = run(init_from=donor / "best.pt")  # its last.pt wins; --init-from is not read
+    assert again.payload["progress"]["step"] == 2
+    assert again.init_payload is None and again.init_path is None
+    files.release(tmp_path / "run")
+    # a run killed before its first checkpoint left its metrics alone: nothing to keep, replaced
+    for name in ("last.pt", "best.pt"):
+        (tmp_path / "run" / name).unlink()
+    assert run().payload is None
+    files.release(tmp_path / "run")
+    # a best.pt without last.pt is a run's result: kept, not replaced
+    (tmp_path / "run" / "best.pt").write_bytes(b"the old run")
+    with pytest.raises(UserError, match=r"already holds a run \(best.pt, metrics.jsonl\)"):
+        run()
+    assert (tmp_path / "run" / "best.pt").read_bytes() == b"the old run"
+
+
 def test_a_non_finite_loss_before_any_checkpoint_says_to_start_again(tmp_path):
     from recurrent.errors import RunStopped
 

@@ -7,6 +7,11 @@ function here is a cheap no-op. The process group uses ``nccl`` when the run is 
 ``gloo`` otherwise (the CPU), chosen automatically. Rank 0 alone prints, writes metrics and
 checkpoints; every rank computes. A collective call bounded by ``timeout`` turns a rank that died
 or hangs into an error on the others instead of a job that waits forever.
+
+Under torchrun the processes join the job through the store its agent serves: each waits for the
+others in Python and stops at once, saying why, when one stops before joining (`tell_failure`),
+and each attempt of a job that torchrun restarts (``--max-restarts``) joins through keys of its
+own.
 """
 
 from __future__ import annotations

@@ -84,9 +84,10 @@ def run_cli(
     also tells the job's other processes, which are waiting to form it, possibly on other
     machines where torchrun does not stop them: they stop at once with its line
     (`recurrent.distributed.tell_failure`), not after the whole timeout."""
-    previous = _stop_on_sigterm()
+    ended = [False]  # whether `main` has returned or raised (a box the SIGTERM handler reads)
+    previous = _stop_on_sigterm(ended)
     try:
-        return _run(main, argv)
+        return _run(main, argv, ended)
     except Exception as err:  # a bug: its traceback follows
         _tell_job(f"{type(err).__name__}: {first_line(err, 'no message')} (a traceback follows)")
         raise
@@ -99,10 +100,19 @@ def run_cli(
         _drop_unwritable_stdout()
 
 
-def _run(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None) -> int:
-    """`run_cli`'s call of ``main``, with what each way of failing says and returns."""
+def _run(
+    main: Callable[[Sequence[str] | None], object],
+    argv: Sequence[str] | None,
+    ended: list[bool],
+) -> int:
+    """`run_cli`'s call of ``main``, with what each way of failing says and returns; ``ended``
+    is set the moment ``main`` returns or raises (a plain store: no signal handler runs before
+    it)."""
     try:
-        main(argv)
+        try:
+            main(argv)
+        finally:
+            ended[0] = True
         _flush_stdout()  # what is left of its output fails here (a full disk), not at exit
     except JobNotFormed as err:  # the job's own failure to form: the others know it already
         _say(f"error: {' '.join(str(err).split())}")
@@ -238,15 +248,22 @@ def _tell_job(line: str) -> None:
     tell_failure(line)
 
 
-def _stop_on_sigterm() -> Any:
+def _stop_on_sigterm(ended: list[bool]) -> Any:
     """Make SIGTERM (a scheduler's or torchrun's stop, `kill`) end the command with one
-    ``stopped:`` line and status 143 wherever it lands, as it does in a training loop (which
-    installs its own handler to save last.pt first); return the handler it replaces, or None
-    outside the main thread, where handlers cannot be set."""
+    ``stopped:`` line and status 143 wherever it lands in ``main``, as it does in a training loop
+    (which installs its own handler to save last.pt first); return the handler it replaces, or
+    None outside the main thread, where handlers cannot be set.
+
+    Once ``main`` has ended (``ended[0]``) a SIGTERM is let pass: the command is already ending,
+    with its own line and status. It came there under torchrun, whose agent stops the other
+    processes when one fails: raised while a process said that it lost contact with the failed
+    one, or while it put the handler back, it escaped as a worker traceback."""
     if threading.current_thread() is not threading.main_thread():
         return None
 
     def stop(signum: int, frame: Any) -> None:
+        if ended[0]:
+            return
         raise RunStopped(
             "SIGTERM; every file is written whole or not at all, so run the same command again "
             "to go on (a feature cache keeps what it filled)",

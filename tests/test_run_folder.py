@@ -467,6 +467,27 @@ def test_sigterm_before_training_is_one_stopped_line_and_status_143(capsys):
     assert signal.getsignal(signal.SIGTERM) is before  # put back for whoever called run_cli
 
 
+def test_sigterm_as_a_command_ends_leaves_it_its_own_line_and_status(monkeypatch, capsys):
+    """torchrun's agent stops the other processes when one fails: its SIGTERM reached a process
+    as it said that it had lost contact with the failed one (or as it put the handler back), and
+    escaped as a worker traceback ("[rank0]: ... RunStopped: SIGTERM")."""
+    from recurrent import errors
+
+    say = errors._say
+
+    def say_under_sigterm(line: str, **kwargs) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)  # the handler runs as this call returns
+        say(line, **kwargs)
+
+    monkeypatch.setattr(errors, "_say", say_under_sigterm)
+
+    def main(argv):
+        raise UserError("lost contact")
+
+    assert run_cli(main, []) == EXIT_USER_ERROR
+    assert capsys.readouterr().err == "error: lost contact\n"
+
+
 def test_a_start_refused_in_process_gives_the_folder_back_at_the_commands_end(tmp_path, capsys):
     """`run_cli` releases what a run that raised still holds (the app and the tests call main in
     one process, where no process end does it): the folders it made go, an old one loses only

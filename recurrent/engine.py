@@ -648,7 +648,18 @@ class Run:
             torch.manual_seed(self.settings.seed + 1_000_003 * self.dist.rank + self.progress.step)
         else:
             set_rng_state(rngs[self.dist.rank], self.device)
+        self._complete_best(payload)
         self.log(f"resumed from {self.last_path} at step {self.progress.step}")
+
+    def _complete_best(self, payload: dict[str, Any]) -> None:
+        """Write ``best.pt`` from last.pt's ``payload`` where last.pt was saved at an evaluation
+        that improved the best score and best.pt was not written after it: the run was killed
+        between the two writes (the same payload), and best.pt is an earlier one's, or none."""
+        if not self.dist.is_main or self.progress.best_step != self.progress.step:
+            return
+        best = self.best_path.stat().st_mtime_ns if self.best_path.is_file() else -1
+        if best < self.last_path.stat().st_mtime_ns:
+            save_checkpoint(payload, self.best_path)
 
     # --- the loop -----------------------------------------------------------------------------
 
@@ -749,9 +760,11 @@ class Run:
             datas = self.dist.all_gather_objects(data.state_dict())
             if main:
                 payload = self._payload(model, optimizer, scaler, datas, rngs, card, extra)
+                # last.pt first: a run killed between the two writes resumes (--resume auto), and
+                # `restore` then writes the best.pt it lacks
+                save_checkpoint(payload, self.last_path)
                 if improved:
                     save_checkpoint(payload, self.best_path)
-                save_checkpoint(payload, self.last_path)
             last_save = time.perf_counter()
 
         def run_evaluation() -> None:

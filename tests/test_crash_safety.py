@@ -351,13 +351,11 @@ def test_kill_9_at_random_moments_then_resume_is_the_uninterrupted_run(
 
 
 @pytest.mark.parametrize(
-    "tear_at_step, torn",
-    [(6, "last.pt"), (5, "best.pt")],  # a plain checkpoint; the first evaluation's best.pt
+    "tear_at_step",
+    [6, 5],  # a plain checkpoint; the first evaluation's last.pt, before its first best.pt
 )
-def test_kill_9_during_a_checkpoint_write_keeps_the_previous_checkpoint(
-    tmp_path, tear_at_step, torn
-):
-    # Checkpoints at steps 2, 4, 6, ...; evaluations (best.pt, then last.pt) at 5 and 10.
+def test_kill_9_during_a_checkpoint_write_keeps_the_previous_checkpoint(tmp_path, tear_at_step):
+    # Checkpoints at steps 2, 4, 6, ...; evaluations (last.pt, then best.pt) at 5 and 10.
     overrides = [
         "model.dropout=0.2",
         "train.max_steps=12",
@@ -373,14 +371,14 @@ def test_kill_9_during_a_checkpoint_write_keeps_the_previous_checkpoint(
         assert trainer.wait() == -signal.SIGKILL, trainer.stderr()
 
     # The torn bytes are in a temporary file that nothing reads; every checkpoint is whole.
-    (half,) = out_dir.glob(f".{torn}.*.tmp")
+    (half,) = out_dir.glob(".last.pt.*.tmp")
     assert half.stat().st_size > 0
     assert sorted(p.name for p in out_dir.glob("*.pt")) == (
-        ["last.pt"] if torn == "best.pt" else ["best.pt", "last.pt"]
+        ["last.pt"] if tear_at_step == 5 else ["best.pt", "last.pt"]
     )
-    previous = 5 if torn == "last.pt" else 4  # the step-5 evaluation wrote both files
+    previous = 5 if tear_at_step == 6 else 4  # the step-5 evaluation wrote both files
     assert load_checkpoint(out_dir / "last.pt")["step"] == previous
-    if torn == "last.pt":
+    if tear_at_step == 6:
         assert load_checkpoint(out_dir / "best.pt")["step"] == 5
     lines = read_metrics(out_dir / "metrics.jsonl")
     assert max(r["step"] for r in lines) == tear_at_step  # logged past the checkpoint

@@ -254,6 +254,37 @@ def test_resume_auto_continues_a_run_with_a_last_pt_and_else_starts_one(tmp_path
     assert (tmp_path / "run" / "best.pt").read_bytes() == b"the old run"
 
 
+class _Killed(BaseException):
+    """A kill -9 of the process, as far as the run can tell: nothing after it runs."""
+
+
+def test_a_run_killed_between_its_two_checkpoint_writes_resumes_with_both(tmp_path, monkeypatch):
+    """The first evaluation improves the best score and saves best.pt, then last.pt: a run killed
+    between the two left best.pt without last.pt, which --resume auto refused ("already holds a
+    run (best.pt, metrics.jsonl)"), and so did every restart torchrun made. last.pt is now
+    written first, and the resume writes the best.pt its evaluation had chosen."""
+    from recurrent import engine
+
+    written = []
+
+    def killed_after_the_first_write(payload, path):
+        save_checkpoint(payload, path)
+        written.append(Path(path).name)
+        raise _Killed
+
+    monkeypatch.setattr(engine, "save_checkpoint", killed_after_the_first_write)
+    with pytest.raises(_Killed):
+        _fit(Run(tmp_path, task="char_lm", settings=SETTINGS, config={}, quiet=True), _step)
+    files.release(tmp_path)
+    monkeypatch.undo()
+    run = Run(tmp_path, task="char_lm", settings=SETTINGS, config={}, quiet=True, resume="auto")
+    assert written == ["last.pt"] and run.payload is not None
+    _fit(run, _step)
+    best = torch.load(tmp_path / "best.pt", weights_only=True)
+    last = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert best["progress"]["best_step"] == last["progress"]["best_step"] == best["step"]
+
+
 def test_a_non_finite_loss_before_any_checkpoint_says_to_start_again(tmp_path):
     from recurrent.errors import RunStopped
 

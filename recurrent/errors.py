@@ -198,9 +198,14 @@ def _lost_peer(err: RuntimeError) -> str | None:
     if not (isinstance(err, getattr(dist, "DistError", ())) or _TRANSPORT.search(text)):
         return None
     # "[.../gloo/transport/tcp/pair.cc:545] Read error [127.0.0.1]:33163: Connection reset by
-    # peer. This is typically caused by ..." -> the part after the source location, to its stop
-    reason = re.sub(r"^\[[^\]]*\.(cc|cpp|h):\d+\]\s*", "", text.strip())
+    # peer. This is typically caused by ..." -> the part after the (last) source location, to its
+    # stop; DDP's gradient exchange puts "Got the following error when running the callback:
+    # RuntimeError: " before it
+    reason = _SOURCE_LOCATION.split(text.strip())[-1]
     return " ".join(reason.split(". ")[0].split()) or type(err).__name__
+
+
+_SOURCE_LOCATION = re.compile(r"\[[^\]]*\.(?:cc|cpp|h):\d+\]\s*")
 
 
 def _formed_job() -> Any:

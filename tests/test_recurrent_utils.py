@@ -410,6 +410,33 @@ def test_under_torchrun_a_job_wide_line_is_said_once_per_machine(
     assert capsys.readouterr().err == said
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:545] Read error "
+        "[127.0.0.1]:33163: Connection reset by peer. This is typically caused by a remote worker",
+        # a gradient exchange of DistributedDataParallel
+        "Got the following error when running the callback: RuntimeError: [/__w/pytorch/pytorch/"
+        "third_party/gloo/gloo/transport/tcp/pair.cc:545] Read error [127.0.0.1]:33163: "
+        "Connection reset by peer. This is typically caused by a remote worker crashing.",
+    ],
+)
+def test_a_lost_peer_is_one_line_with_the_transports_reason(text, monkeypatch, capsys):
+    import torch.distributed
+
+    monkeypatch.setattr(errors, "_formed_job", lambda: torch.distributed)
+
+    def main(argv):
+        raise RuntimeError(text)
+
+    assert run_cli(main, []) == errors.EXIT_LOST_PEER
+    assert capsys.readouterr().err == (
+        "error: lost contact with another process of this torchrun job (Read error "
+        "[127.0.0.1]:33163: Connection reset by peer); torchrun's report names the process that "
+        "failed first\n"
+    )
+
+
 def test_a_saved_config_gets_the_keys_it_lacks_at_their_defaults():
     defaults = to_dict(Config())
     saved = {"model": {"cell": "gru"}, "train": {"lr": 0.5}, "extra": {"kept": 1}}

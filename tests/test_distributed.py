@@ -308,7 +308,8 @@ def test_a_process_waiting_for_its_job_to_form_stops_at_sigterm_and_tells_the_jo
     finally:
         waiting.kill()
     assert waiting.returncode == 128 + signal.SIGTERM, stderr
-    assert stderr.splitlines() == [line := "stopped: SIGTERM; " + stderr.split("SIGTERM; ")[1][:-1]]
+    (line,) = stderr.splitlines()
+    assert line.startswith("stopped: SIGTERM; "), stderr
     assert store.check([key := "recurrent/attempt-0/failed"]), "it told nothing"
     assert store.get(key).decode() == f"0\t{line}"
 
@@ -493,7 +494,7 @@ def _fails(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
 def test_an_error_every_rank_meets_is_said_once_and_never_runs_into_another_line(tmp_path):
     """A config error (before the job forms) is said by rank 0 alone; an error after it (the
     batch does not split over the processes) once per rank, each on its own line; rank 0's
-    refusal of its run folder by rank 0, and quickly."""
+    refusal of its run folder once, and at once."""
     config_error = _fails([*CHAR, "--set", "train.lr=100", "--out-dir", "r"], tmp_path)
     said = [line for line in config_error.stderr.splitlines() if "error: " in line]
     assert said == ["error: config key 'train.lr' must be in (0, 10], got 100.0"], said

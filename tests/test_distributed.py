@@ -54,6 +54,14 @@ def join_as(rank: int, port: int, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv(name, str(value))
 
 
+def serve_job_store(monkeypatch: pytest.MonkeyPatch) -> torch.distributed.TCPStore:
+    """A store served as torchrun's agent serves its job's (TORCHELASTIC_USE_AGENT_STORE), for
+    a process that `join_as` puts in a two-process job on it."""
+    store = torch.distributed.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "True")
+    return store
+
+
 def launch_on_two_machines(args: list[str], *, cwd: Path, check: bool = True) -> list[Path]:
     """Run ``args`` as a job of two one-process "machines" on this one: two torchrun agents with
     ``--nnodes=2`` (node 0 holds rank 0), each in its own folder (``cwd/machine0``, ``machine1``)
@@ -284,16 +292,15 @@ def test_a_process_that_fails_before_the_job_forms_stops_the_other_machines_at_o
     assert "[rank0]:" not in first
 
 
-def test_a_process_waiting_for_its_job_to_form_stops_at_sigterm_and_tells_the_job(tmp_path):
+def test_a_process_waiting_for_its_job_to_form_stops_at_sigterm_and_tells_the_job(
+    tmp_path, monkeypatch
+):
     """Rank 0 of a two-process torchrun job whose rank 1 never comes, waiting to form the job
     (the store is this test's, as torchrun's agent serves it): SIGTERM stops it with one line
     (torch's joining waited in C++, deaf to it, for 30 minutes), and it tells the job why."""
-    store = torch.distributed.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
-    env = {
-        **os.environ, "RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0",
-        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(store.port),
-        "TORCHELASTIC_USE_AGENT_STORE": "True", "OMP_NUM_THREADS": "1",
-    }  # fmt: skip
+    store = serve_job_store(monkeypatch)
+    join_as(0, store.port, monkeypatch)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     waiting = subprocess.Popen(
         [sys.executable, *CHAR, "--out-dir", "r"], cwd=tmp_path, env=env, stderr=subprocess.PIPE,
         text=True,
@@ -328,8 +335,7 @@ def test_a_process_that_stops_before_its_job_forms_tells_the_job_why(
     raised, formed, told, monkeypatch
 ):
     """What `run_cli` tells the store of the job (this test's, as torchrun's agent serves it)."""
-    store = torch.distributed.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
-    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "True")
+    store = serve_job_store(monkeypatch)
     monkeypatch.setattr(errors, "_formed_job", lambda: object() if formed else None)
 
     def main(argv):

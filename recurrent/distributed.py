@@ -212,9 +212,12 @@ def _wait_for_everyone(store: dist.Store, layout: Distributed, timeout_s: float)
     torch's own joining waits in C++ for the whole timeout when a process never comes: under
     torchrun on several machines, one that failed (its config or data missing on its machine)
     left the others waiting 30 minutes, deaf to SIGTERM, then failing with a timeout that did not
-    say why. Here the wait is Python's, a look at the store every 0.1 s."""
+    say why. Here the wait is Python's: a look at the store every 0.1 s at first, then less often,
+    down to once a second, so that a job of many processes waiting for a slow one does not
+    flood the store that serves them all."""
     joined = store.add(_attempt_key("joined"), 1)
     deadline = time.monotonic() + timeout_s
+    pause = 0.1
     while joined < layout.world_size:
         if store.check([_attempt_key("failed")]):
             rank, line = store.get(_attempt_key("failed")).decode().split("\t", 1)
@@ -225,7 +228,8 @@ def _wait_for_everyone(store: dist.Store, layout: Distributed, timeout_s: float)
             )
         if time.monotonic() > deadline:
             raise JobNotFormed(_never_joined(timeout_s))
-        time.sleep(0.1)
+        time.sleep(pause)
+        pause = min(pause * 1.2, 1.0)
         joined = store.add(_attempt_key("joined"), 0)
 
 

@@ -630,3 +630,28 @@ def test_a_process_whose_job_store_closes_before_it_forms_says_so_in_one_line(mo
     finally:
         closer.cancel()
     assert not torch.distributed.is_initialized()
+
+
+def test_the_join_gate_looks_often_at_first_then_once_a_second(monkeypatch):
+    """While the job forms, each process looks at the store every 0.1 s at first (a failure is
+    told at once), then less often, down to once a second: a job of many processes waiting for a
+    slow one must not flood the one store that serves them all. A real store, a simulated clock."""
+    store = torch.distributed.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+    clock = {"now": 0.0, "looks": []}
+
+    def sleep(seconds: float) -> None:
+        clock["now"] += seconds
+        clock["looks"].append(clock["now"])
+        if clock["now"] > 120:  # rank 1 fails two minutes on
+            store.compare_set(distributed._attempt_key("failed"), "", "1\terror: no data here")
+
+    monkeypatch.setattr(distributed.time, "sleep", sleep)
+    monkeypatch.setattr(distributed.time, "monotonic", lambda: clock["now"])
+    with pytest.raises(JobNotFormed, match=r'rank 1 of this .* saying "error: no data here"'):
+        distributed._wait_for_everyone(store, distributed.Distributed(0, 2, 0), timeout_s=1800)
+    looks = clock["looks"]
+    assert looks[0] == pytest.approx(0.1)  # the first look comes promptly
+    assert sum(look < 1 for look in looks) >= 5
+    assert max(b - a for a, b in zip([0.0, *looks[:-1]], looks, strict=True)) <= 1.0  # at most 1 s
+    assert len(looks) < 120 + 20  # about once a second after the first seconds
+    assert looks[-1] - 120 <= 1.0  # the failure is noticed within a second

@@ -296,35 +296,48 @@ def test_teacher_forcing_matches_stepping_and_loss_reference(attention, cell, ov
 
 
 @torch.no_grad()
-def test_top_down_decoder_follows_anderson_et_al_equations():
+@pytest.mark.parametrize("num_layers", [1, 2])
+def test_top_down_decoder_follows_anderson_et_al_equations(num_layers):
     """The top-down decoder's logits and attention, step by step, against Anderson et al.'s
     equations (2018, section 3.2.1) written out with torch.nn.LSTMCell on the decoder's own
     weights: the attention LSTM reads [h2_{t-1}, mean feature, word], its output h1 queries the
-    grid, the language LSTM reads [attended feature, h1] and its output h2 gives the logits."""
-    decoder = make_decoder("top_down", alpha_c=0.0)
+    grid, the language LSTM reads [attended feature, h1] and its output h2 gives the logits. With
+    a language LSTM of two layers, h2 is its top layer's output, and the attention LSTM reads that
+    one (not the language LSTM's first layer, whose state sits next to the attention LSTM's)."""
+    decoder = make_decoder("top_down", alpha_c=0.0, num_layers=num_layers)
     features = random_features(batch=2)
     captions, _ = padded_captions()
-    cells = []
-    for core in (decoder.attention_core, decoder.core):
-        cell = torch.nn.LSTMCell(core.input_size, core.hidden_size)
-        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
-            getattr(cell, name).copy_(getattr(core.rnn, f"{name}_l0"))
-        cells.append(cell)
-    attention_cell, language_cell = cells
+
+    def lstm_cells(core):
+        cells = []
+        for layer in range(core.num_layers):
+            size = core.input_size if layer == 0 else core.hidden_size
+            cell = torch.nn.LSTMCell(size, core.hidden_size)
+            for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+                getattr(cell, name).copy_(getattr(core.rnn, f"{name}_l{layer}"))
+            cells.append(cell)
+        return cells
+
+    [attention_cell] = lstm_cells(decoder.attention_core)
+    language_cells = lstm_cells(decoder.core)
     attention = decoder.attention
-    state = decoder.init_state(features)  # (2, 2, B, H): h and c of the attention, language LSTM
-    (h1, h2), (c1, c2) = state[0], state[1]
+    state = decoder.init_state(features)  # (2, 1 + L, B, H): the attention LSTM's, then language's
+    assert state.shape[1] == 1 + num_layers
+    h, c = list(state[0]), list(state[1])  # per layer (B, H): [attention, language 1 .. L]
     keys = decoder.attention_keys(features)
     for t in range(3):
         word = decoder.embedding(captions[:2, t])
-        x1 = torch.cat([h2, features.grid.mean(dim=1), word], dim=-1)
-        h1, c1 = attention_cell(x1, (h1, c1))
-        energy = attention.feature_proj(features.grid) + attention.hidden_proj(h1)[:, None]
+        x1 = torch.cat([h[-1], features.grid.mean(dim=1), word], dim=-1)
+        h[0], c[0] = attention_cell(x1, (h[0], c[0]))
+        energy = attention.feature_proj(features.grid) + attention.hidden_proj(h[0])[:, None]
         alpha = torch.softmax(attention.score(torch.tanh(energy)).squeeze(-1), dim=-1)  # (B, N)
         attended = (alpha[..., None] * features.grid).sum(dim=1)  # (B, C)
-        h2, c2 = language_cell(torch.cat([attended, h1], dim=-1), (h2, c2))
+        x = torch.cat([attended, h[0]], dim=-1)
+        for layer, cell in enumerate(language_cells, start=1):
+            h[layer], c[layer] = cell(x, (h[layer], c[layer]))
+            x = h[layer]
         logits, state, got_alpha = decoder.step(captions[:2, t], state, features, keys)
-        torch.testing.assert_close(logits, decoder.output(h2), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(logits, decoder.output(h[-1]), atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(got_alpha, alpha, atol=1e-5, rtol=1e-5)
     assert decoder.f_beta is None  # no gate on the attended feature: the paper has none
 

@@ -412,6 +412,49 @@ def test_scheduled_sampling_reads_the_models_own_word_with_its_probability(atten
     assert loss.isnan()
 
 
+@pytest.mark.parametrize("attention", [False, "top_down"])
+def test_scheduled_sampling_draws_from_the_step_befores_distribution(attention):
+    """With p = 1 each step reads a word drawn from what the step before predicted: with one-hot
+    predictions forward is a greedy roll-out, equal to step() fed its own argmax at every step;
+    with spread ones, the words of 4000 draws after <start> follow that step's softmax. The draws
+    come from the generator given alone (the same seed gives the same words, and the global
+    generator is left as it was), and with p = 0 nothing is drawn at all."""
+    decoder = make_decoder(attention)
+    features = random_features()
+    captions, lengths = padded_captions()
+    with torch.no_grad():  # logits in the hundreds: every draw is the argmax
+        decoder.output.weight.mul_(1e3), decoder.output.bias.mul_(1e3)
+    logits, _ = decoder(features, captions, lengths, sampling_prob=1.0)
+    state, tokens = decoder.init_state(features), captions[:, 0]
+    for t in range(captions.size(1) - 1):
+        step_logits, state, _ = decoder.step(tokens, state, features)
+        torch.testing.assert_close(logits[:, t], step_logits, atol=1e-3, rtol=1e-5)
+        tokens = step_logits.argmax(dim=-1)
+
+    decoder = make_decoder(attention, seed=1)
+    with torch.no_grad():  # a top word of about 0.2
+        decoder.output.weight.mul_(6.0), decoder.output.bias.mul_(6.0)
+    one = random_features(batch=1)
+    captions = torch.tensor([[START, 4, END]]).repeat(4000, 1)  # 4000 references of one image
+    lengths = torch.full((4000,), 3)
+    read = []
+    decoder.embedding.register_forward_hook(lambda module, args, out: read.append(args[0]))
+    global_state = torch.get_rng_state()
+    draws = []
+    for _ in range(2):
+        read.clear()
+        logits, _ = decoder(
+            one, captions, lengths, sampling_prob=1.0, generator=torch.Generator().manual_seed(3)
+        )
+        draws.append(read[1])
+    assert torch.equal(draws[0], draws[1])
+    assert torch.equal(torch.get_rng_state(), global_state)
+    share = torch.bincount(draws[0], minlength=VOCAB) / 4000
+    torch.testing.assert_close(share, logits[0, 0].softmax(dim=-1), atol=0.03, rtol=0)
+    decoder(one, captions[:3], lengths[:3])  # sampling_prob 0: teacher forcing, no draw
+    assert torch.equal(torch.get_rng_state(), global_state)
+
+
 def test_tied_embeddings_share_the_matrix():
     tied = make_decoder(False, tied_embeddings=True)  # hidden 12 != embed 8: a projection
     assert tied.output.weight is tied.embedding.weight

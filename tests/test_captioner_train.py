@@ -8,6 +8,7 @@ image and never again; best.pt follows the best val BLEU-4; patience stops train
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
 
@@ -17,7 +18,13 @@ import yaml
 
 import captioner.evaluate as evaluate_module
 import captioner.train as train_module
-from captioner.config import CaptionerConfig, check_config, describe_data, describe_model
+from captioner.config import (
+    CaptionerConfig,
+    TrainConfig,
+    check_config,
+    describe_data,
+    describe_model,
+)
 from captioner.data import (
     OLDER_WEIGHTS,
     SPLIT_RULE,
@@ -33,7 +40,7 @@ from captioner.inference import caption_images, eval_transform, load_captioner
 from captioner.metrics import bleu_scores
 from captioner.model import CaptionModel
 from captioner.scoring import evaluate_split, image_ids, load_data_records, older_split
-from captioner.train import parameter_parts, train
+from captioner.train import parameter_parts, scheduled_sampling, train
 from recurrent import engine
 from recurrent.checkpoint import load_checkpoint, save_checkpoint
 from recurrent.config import load_config, to_dict
@@ -222,6 +229,26 @@ def test_resume_continues_exactly(
     assert replaced["losses"] == straight["losses"]  # a fresh run, from step 0
     with pytest.raises(UserError, match="nothing to resume"):
         quiet_train(cfg, tmp_path / "empty", resume=True)
+
+
+@pytest.mark.parametrize("share,start,ramp", [(0.5, 2, 4), (0.25, 3, 0), (1.0, 0, 1), (0.3, 0, 0)])
+def test_scheduled_sampling_waits_for_its_start_then_rises_linearly_to_its_share(
+    share, start, ramp
+):
+    """train.scheduled_sampling_start steps read only references; then the share rises by equal
+    steps over scheduled_sampling_ramp_steps steps to train.scheduled_sampling, reached on the
+    ramp's last step and kept; a ramp of 0 starts at the full share (it was 0 for good)."""
+    settings = dataclasses.replace(
+        TrainConfig(),
+        scheduled_sampling=share,
+        scheduled_sampling_start=start,
+        scheduled_sampling_ramp_steps=ramp,
+    )
+    shares = [scheduled_sampling(settings, step) for step in range(start + ramp + 3)]
+    steps = max(ramp, 1)  # to reach the full share, the step at the start included
+    assert shares[:start] == [0.0] * start
+    rise = [share * k / steps for k in range(1, steps + 1)]
+    assert shares[start:] == pytest.approx(rise + [share] * (len(shares) - start - steps))
 
 
 def test_resume_with_another_batch_layout_restarts_the_epoch_and_refuses_what_it_cannot_keep(

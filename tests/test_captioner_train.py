@@ -40,7 +40,7 @@ from captioner.inference import caption_images, eval_transform, load_captioner
 from captioner.metrics import bleu_scores
 from captioner.model import CaptionModel
 from captioner.scoring import evaluate_split, image_ids, load_data_records, older_split
-from captioner.train import parameter_parts, scheduled_sampling, train
+from captioner.train import captions_fingerprint, parameter_parts, scheduled_sampling, train
 from recurrent import engine
 from recurrent.checkpoint import load_checkpoint, save_checkpoint
 from recurrent.config import load_config, to_dict
@@ -249,6 +249,25 @@ def test_scheduled_sampling_waits_for_its_start_then_rises_linearly_to_its_share
     assert shares[:start] == [0.0] * start
     rise = [share * k / steps for k in range(1, steps + 1)]
     assert shares[start:] == pytest.approx(rise + [share] * (len(shares) - start - steps))
+
+
+def test_the_captions_fingerprint_follows_the_captions_and_splits_not_the_paths():
+    """What the processes of machines with disks of their own compare before training: the same
+    captions in the same splits and order agree wherever the images lie; another caption, another
+    split (that image would be trained on by one machine and validated on by another) or another
+    order do not."""
+    records = [
+        ImageRecord("/data/1.png", ("a red circle", "a circle"), "train"),
+        ImageRecord("/data/2.png", ("a blue square",), "val"),
+    ]
+    moved = [dataclasses.replace(r, image_path="/mnt" + r.image_path) for r in records]
+    assert captions_fingerprint(moved) == captions_fingerprint(records)
+    for other in (
+        [dataclasses.replace(records[0], captions=("a red circle",)), records[1]],
+        [records[0], dataclasses.replace(records[1], split="train")],
+        records[::-1],
+    ):
+        assert captions_fingerprint(other) != captions_fingerprint(records)
 
 
 def test_resume_with_another_batch_layout_restarts_the_epoch_and_refuses_what_it_cannot_keep(

@@ -21,17 +21,21 @@ from test_captioner_decode import (
     make_decoder,
     random_features,
 )
+from test_captioner_model import tiny_model_cfg
 from tiny_models import train_tiny_captioner
 
 from captioner import caption as caption_cli
 from captioner import evaluate as evaluate_cli
+from captioner.config import CaptionerConfig
 from captioner.data import load_image_tensor
 from captioner.decode import beam_search, greedy_decode
 from captioner.encoder import ImageFeatures
-from captioner.ensemble import EnsembleDecoder, load_ensemble
+from captioner.ensemble import EnsembleDecoder, ensemble_from_payloads, load_ensemble
 from captioner.inference import caption_images, load_captioner
+from captioner.model import CaptionModel
 from captioner.scoring import load_data_records
 from recurrent.checkpoint import save_checkpoint
+from recurrent.config import from_dict, to_dict
 
 # Two members that share nothing but the vocabulary: each (attention, cell, hidden size, grid
 # positions, channels) -- soft or top-down attention against show-and-tell, LSTM against GRU.
@@ -134,6 +138,35 @@ def test_batched_beam_search_over_an_ensemble_equals_one_image_at_a_time():
         [alone] = beam_search(ensemble, packed.index_select(torch.tensor([row])), **settings)
         assert_same_captions(batched[row], alone)
         assert batched[row][0].attention.shape[1] == 6  # the first attending member's grid, 6
+
+
+def test_an_ensemble_decodes_with_the_first_members_settings_and_maps_the_attending_grid():
+    """Members built in memory: a show-and-tell model over a 4 x 4 grid first, a top-down one
+    attending over an 8 x 8 grid second, each with decoding settings of its own. The ensemble
+    decodes with the first's (exactly 3 words here), and its attention maps are the attending
+    member's, folded to that member's grid (they were folded to the first member's, and failed)."""
+    vocab = ["<pad>", "<start>", "<end>", "<unk>", *"abcdefghi"]
+    payloads = []
+    for seed, (attention, stages, length) in enumerate([(False, 2, 3), ("top_down", 1, 9)]):
+        torch.manual_seed(seed)
+        model_cfg = tiny_model_cfg(
+            attention=bool(attention), top_down=attention == "top_down", encoder_stages=stages
+        )
+        cfg = CaptionerConfig(model=model_cfg)
+        cfg.data.image_size = 32
+        cfg.decode.min_length = cfg.decode.max_length = length
+        weights = CaptionModel(cfg, len(vocab)).state_dict()
+        payloads.append({"config": to_dict(cfg), "vocab": vocab, "model": weights})
+    ensemble = ensemble_from_payloads(payloads, ["first.pt", "second.pt"])
+    assert ensemble.cfg == from_dict(CaptionerConfig, payloads[0]["config"])
+    image = torch.randint(0, 256, (3, 40, 48), dtype=torch.uint8)
+    [result] = caption_images(ensemble, [image])
+    assert len(result.words) == 3
+    with torch.no_grad():  # the second member's own grid
+        grid_hw = ensemble.model.members[1].encode(ensemble.transform(image)[None]).grid_hw
+    assert grid_hw == (8, 8)
+    assert result.attention.shape == (3, *grid_hw)
+    torch.testing.assert_close(result.attention.sum(dim=(1, 2)), torch.ones(3))
 
 
 # --- checkpoints and the command lines ---------------------------------------------------------

@@ -372,6 +372,13 @@ def test_a_drawn_split_is_kept_across_a_resume_and_older_checkpoints_are_named(
     assert load_checkpoint(started / "last.pt")["split_rule"] == OLDER_WEIGHTS
     evaluate_module.main([*evaluate[:1], str(started / "last.pt"), *evaluate[2:]])
     assert "may count images it trained on" in capsys.readouterr().err
+    # their ensemble: a note for each member (it said so of the first only)
+    evaluate_module.main(["--checkpoint", str(started / "last.pt"), *evaluate])
+    notes = capsys.readouterr().err.splitlines()
+    assert [line.partition(": its weights")[0] for line in notes] == [
+        f"note: {started / 'last.pt'}",
+        f"note: {run / 'last.pt'}",
+    ]
     assert quiet_train(tiny_cfg(table, *csv_cfg, "train.max_steps=3"), started, resume=True)
     assert load_checkpoint(started / "last.pt")["split_rule"] == OLDER_WEIGHTS
     # data whose file gives the splits: an older checkpoint has nothing to fear

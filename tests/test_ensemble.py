@@ -253,7 +253,7 @@ def test_evaluate_and_caption_clis_decode_the_ensemble(checkpoints, tmp_path, ca
     )
     assert code == 0, err
     payload = json.loads(out)
-    assert payload["checkpoints"] == paths
+    assert payload["checkpoints"] == paths and payload["checkpoint"] == paths[0]
     assert payload["results"][0]["caption"] == expected[0].caption
 
 

@@ -304,6 +304,11 @@ OUT_OF_BOUNDS = [
         "decode.length_penalty=inf",
         "config key 'decode.length_penalty' must be a finite number in [0, 10], got inf",
     ),
+    (  # a share of the words read: at most all of them
+        CaptionerConfig,
+        "train.scheduled_sampling=1.5",
+        "config key 'train.scheduled_sampling' must be in [0, 1], got 1.5",
+    ),
     (
         CaptionerConfig,
         "model.encoder_stages=5",

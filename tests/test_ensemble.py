@@ -27,15 +27,21 @@ from tiny_models import train_tiny_captioner
 from captioner import caption as caption_cli
 from captioner import evaluate as evaluate_cli
 from captioner.config import CaptionerConfig
-from captioner.data import load_image_tensor
+from captioner.data import Vocabulary, load_image_tensor
 from captioner.decode import beam_search, greedy_decode
 from captioner.encoder import ImageFeatures
-from captioner.ensemble import EnsembleDecoder, ensemble_from_payloads, load_ensemble
-from captioner.inference import caption_images, load_captioner
+from captioner.ensemble import (
+    EnsembleDecoder,
+    check_members,
+    ensemble_from_payloads,
+    load_ensemble,
+)
+from captioner.inference import Captioner, caption_images, load_captioner
 from captioner.model import CaptionModel
 from captioner.scoring import load_data_records
 from recurrent.checkpoint import save_checkpoint
 from recurrent.config import from_dict, to_dict
+from recurrent.errors import UserError
 
 # Two members that share nothing but the vocabulary: each (attention, cell, hidden size, grid
 # positions, channels) -- soft or top-down attention against show-and-tell, LSTM against GRU.
@@ -273,3 +279,19 @@ def test_members_that_cannot_decode_together_give_one_line(checkpoints, capsys, 
     records = load_data_records(load_captioner(checkpoints["first"]).cfg.data)
     code, _, err = run_main(caption_cli.main, [*argv, str(records[0].image_path)], capsys)
     assert_one_line_error(code, err, checkpoints["first"], checkpoints[other], *fragments)
+
+
+def test_a_vocabulary_that_is_the_others_with_words_added_is_named_in_one_line():
+    """The first id that differs lies past the shorter vocabulary's end: it is named as "none"
+    on that side, in the one line (not an IndexError's traceback)."""
+    words = ["<pad>", "<start>", "<end>", "<unk>", "a", "circle"]
+    members = [
+        Captioner(None, Vocabulary.from_list(vocab), CaptionerConfig(), None, torch.device("cpu"))
+        for vocab in (words, [*words, "square"])
+    ]
+    for order in (members, members[::-1]):
+        with pytest.raises(UserError, match="different vocabularies") as refused:
+            check_members(order, ["a.pt", "b.pt"])
+        message = str(refused.value)
+        assert "id 6: " in message and "'square'" in message and "none" in message
+        assert "\n" not in message

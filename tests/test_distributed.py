@@ -6,6 +6,7 @@ Each launch is bounded by a timeout, so a broken rank fails the test instead of 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -327,6 +328,14 @@ def test_a_process_waiting_for_its_job_to_form_stops_at_sigterm_and_tells_the_jo
         (UserError("a missing  config"), False, "1\terror: a missing config"),
         (RunStopped("SIGTERM", 143), False, "1\tstopped: SIGTERM"),
         (ValueError("a bug\nin two lines"), False, "1\tValueError: a bug (a traceback follows)"),
+        (AssertionError(), False, "1\tAssertionError: no message (a traceback follows)"),
+        (KeyboardInterrupt(), False, "1\terror: interrupted"),  # Ctrl-C on its machine only
+        (
+            FileNotFoundError(errno.ENOENT, "No such file or directory", "text.txt"),
+            False,
+            "1\terror: cannot use text.txt: No such file or directory; check that the path "
+            "exists and is on a disk with free space that you may read and write",
+        ),
         (JobNotFormed("rank 0 stopped before the job formed"), False, None),  # they know it
         (UserError("a bad image"), True, None),  # the job formed: nobody waits to form it
     ],
@@ -344,7 +353,7 @@ def test_a_process_that_stops_before_its_job_forms_tells_the_job_why(
     key = "recurrent/attempt-0/failed"
     for rank in (1, 0):  # rank 0 then stops too: the first process to tell is the one quoted
         join_as(rank, store.port, monkeypatch)
-        with contextlib.suppress(ValueError):  # a bug's traceback is still raised
+        with contextlib.suppress(ValueError, AssertionError):  # a bug's traceback is raised
             run_cli(main, [])
         assert (store.get(key).decode() if store.check([key]) else None) == told
 

@@ -358,6 +358,61 @@ def test_a_process_that_stops_before_its_job_forms_tells_the_job_why(
         assert (store.get(key).decode() if store.check([key]) else None) == told
 
 
+def test_each_attempt_waits_for_its_own_processes_and_forms_under_its_own_keys(monkeypatch):
+    """`setup`'s joining under torchrun, in a job that torchrun restarts after its two processes
+    had joined (the store is this test's; the group that torch forms, which needs every process,
+    is recorded instead): the earlier attempt's processes do not count as come, the group forms
+    under this attempt's keys once both have come, and a process that stopped first is quoted."""
+    store = serve_job_store(monkeypatch)
+    join_as(0, store.port, monkeypatch)
+    formed: list[dict] = []
+    monkeypatch.setattr(torch.distributed, "init_process_group", lambda **kw: formed.append(kw))
+    store.add("recurrent/attempt-0/joined", 2)  # the first attempt formed, then one process died
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    with pytest.raises(JobNotFormed, match="did not all join it within"):
+        distributed.setup("cpu", timeout_s=0.3)  # rank 1 of this attempt never came
+    assert formed == []
+
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "2")
+    store.add("recurrent/attempt-2/joined", 1)  # rank 0 came first, then rank 1 (on its machine)
+    join_as(1, store.port, monkeypatch)
+    distributed.setup("cpu", timeout_s=0.3)
+    (group,) = formed
+    assert (group["rank"], group["world_size"], group["backend"]) == (1, 2, "gloo")
+    group["store"].set("rank 1's address", "here")
+    assert store.check(["recurrent/attempt-2/group/rank 1's address"])
+
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "3")
+    distributed.tell_failure("error: its config is missing")
+    join_as(0, store.port, monkeypatch)
+    with pytest.raises(JobNotFormed) as stopped:
+        distributed.setup("cpu", timeout_s=5)
+    assert str(stopped.value).startswith(
+        'rank 1 of this torchrun job stopped before the job formed, saying "error: its config is '
+        'missing"; '
+    )
+    assert len(formed) == 1
+
+
+def test_a_process_that_cannot_reach_its_jobs_store_still_stops_at_once(monkeypatch, capsys):
+    """A process that stops before its job formed, with the job's store gone (the first
+    machine's torchrun ended): telling it gives up after `TELL_TIMEOUT_S`, not the job's 30
+    minutes, and the process ends with its own line."""
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "True")
+    join_as(1, free_port(), monkeypatch)  # nothing listens there
+    monkeypatch.setattr(distributed, "TELL_TIMEOUT_S", 0.2)
+
+    def main(argv):
+        raise UserError("its config is missing")
+
+    statuses: list[int] = []
+    stopping = threading.Thread(target=lambda: statuses.append(run_cli(main, [])), daemon=True)
+    stopping.start()
+    stopping.join(timeout=30)
+    assert statuses == [2], "it hung or raised telling a store that is gone"
+    assert capsys.readouterr().err == "[rank 1] error: its config is missing\n"
+
+
 def images_in(cache: Path) -> set[str]:
     """The image keys of a feature cache's complete shards (an index with its data file)."""
     shards = (path for path in cache.glob("*/shards/*.json") if path.with_suffix(".npy").is_file())

@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import os
@@ -283,6 +284,66 @@ def test_a_run_killed_between_its_two_checkpoint_writes_resumes_with_both(tmp_pa
     best = torch.load(tmp_path / "best.pt", weights_only=True)
     last = torch.load(tmp_path / "last.pt", weights_only=True)
     assert best["progress"]["best_step"] == last["progress"]["best_step"] == best["step"]
+
+
+def _fit_scored(run: Run, losses: list[float]) -> None:
+    """`_fit` with an evaluation after every step whose validation losses are ``losses``."""
+    model = nn.Linear(3, 2)
+    optimizer = run.optimizer([("model", model, 0.1)])
+    run.restore(model, optimizer, _NoData())
+    x, y = torch.randn(4, 3), torch.tensor([0, 1, 1, 0])
+    scored = iter(losses)
+
+    def evaluate(net: nn.Module) -> dict[str, float]:
+        time.sleep(0.02)  # each checkpoint a file system clock tick after the one before
+        return {"loss": next(scored)}
+
+    run.fit(
+        model, optimizer, _NoData(), step=lambda net: _step(net, x, y), evaluate=evaluate,
+        score_key=lambda scores: (-scores["loss"],), total_steps=2, unit="items/s", card={},
+        extra=lambda: {"vocab": []},
+    )  # fmt: skip
+
+
+def test_a_resume_writes_best_pt_only_where_its_evaluation_was_killed_before_writing_it(
+    tmp_path, monkeypatch
+):
+    """A resume from a last.pt saved at an evaluation that did not improve the best score keeps
+    best.pt, the earlier evaluation's; one from a last.pt saved at an evaluation that improved
+    it, killed before writing best.pt, writes it over the earlier evaluation's best.pt."""
+    from recurrent import engine
+
+    every_step = dataclasses.replace(SETTINGS, eval_every=1)
+
+    def resume(folder: Path) -> int:
+        run = Run(folder, task="char_lm", settings=every_step, config={}, quiet=True, resume=True)
+        model = nn.Linear(3, 2)
+        run.restore(model, run.optimizer([("model", model, 0.1)]), _NoData())
+        files.release(folder)
+        return torch.load(folder / "best.pt", weights_only=True)["step"]
+
+    worse = tmp_path / "worse"  # step 2 scores worse than step 1
+    _fit_scored(Run(worse, task="char_lm", settings=every_step, config={}, quiet=True), [1, 2])
+    files.release(worse)
+    assert resume(worse) == 1
+
+    written = []
+
+    def killed_at_the_fourth_write(payload, path):
+        if len(written) == 3:  # step 1's last.pt and best.pt, step 2's last.pt
+            raise _Killed
+        save_checkpoint(payload, path)
+        written.append(Path(path).name)
+
+    better = tmp_path / "better"  # step 2 scores better
+    monkeypatch.setattr(engine, "save_checkpoint", killed_at_the_fourth_write)
+    with pytest.raises(_Killed):
+        _fit_scored(Run(better, task="char_lm", settings=every_step, config={}, quiet=True), [2, 1])
+    monkeypatch.undo()
+    files.release(better)
+    assert written == ["last.pt", "best.pt", "last.pt"]
+    assert torch.load(better / "best.pt", weights_only=True)["step"] == 1
+    assert resume(better) == 2
 
 
 def test_a_non_finite_loss_before_any_checkpoint_says_to_start_again(tmp_path):

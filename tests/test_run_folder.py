@@ -233,6 +233,7 @@ def test_resume_auto_continues_a_run_with_a_last_pt_and_else_starts_one(tmp_path
 
     donor = tmp_path / "donor"
     _fit(Run(donor, task="char_lm", settings=SETTINGS, config={}, quiet=True), _step)
+    assert "--resume auto" not in capsys.readouterr().out  # a run started without it
     first = run(init_from=donor / "best.pt")  # nothing to resume: a new run, from --init-from
     assert first.payload is None and first.init_payload is not None
     assert first.init_path == donor / "best.pt"

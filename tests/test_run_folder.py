@@ -424,6 +424,21 @@ def test_the_cli_names_an_output_folder_it_cannot_create(tmp_path, capsys):
     assert printed.startswith(f"error: cannot use {blocker / 'run'}: Not a directory")
 
 
+def test_the_cli_passes_resume_and_resume_auto_on_to_the_run(tmp_path, capsys):
+    """`--resume` alone refuses a folder with nothing to resume; `--resume auto` refuses only a
+    folder that holds a run without a last.pt (a best.pt is kept). Both refuse before the text
+    is read (here there is none)."""
+    argv = ["--config", str(CHAR_TINY), "--quiet", "--set", "data.path=none.txt", "--out-dir"]
+    assert run_cli(char_lm_train.main, [*argv, str(tmp_path / "empty"), "--resume"]) == 2
+    assert capsys.readouterr().err.startswith("error: nothing to resume: ")
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "kept" / "best.pt").write_bytes(b"a run's result")
+    assert run_cli(char_lm_train.main, [*argv, str(tmp_path / "kept"), "--resume", "auto"]) == 2
+    assert "error: " + str(tmp_path / "kept") + " already holds a run (best.pt)" in (
+        capsys.readouterr().err
+    )
+
+
 def test_atomic_writes_get_the_mode_an_open_would_give(tmp_path):
     path = tmp_path / "card.json"
     files.atomic_write_text(path, "one")

@@ -531,6 +531,25 @@ def test_a_full_disk_when_taking_the_lock_leaves_no_folder_and_no_lock(
     assert sorted(tmp_path.iterdir()) == [] and files._HELD == {}
 
 
+def test_a_folder_that_cannot_be_made_leaves_none_of_the_folders_made_for_it(
+    tmp_path, monkeypatch, capsys
+):
+    """A full disk as `hold` makes ``new/sub/run``: ``new`` and ``sub`` were made, ``run`` could
+    not be; they go too."""
+    real_mkdir = Path.mkdir
+
+    def mkdir(self, *args, **kwargs):
+        if self.name == "run":
+            raise OSError(errno.ENOSPC, "No space left on device", str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    folder = tmp_path / "new" / "sub" / "run"
+    assert run_cli(lambda argv: files.hold(folder, UserError), []) == 2
+    assert capsys.readouterr().err.startswith(f"error: the disk is full (writing {folder}): ")
+    assert sorted(tmp_path.iterdir()) == []
+
+
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
 @pytest.mark.parametrize("buffering, line", [
     (-1, "the disk is full (writing the standard output): No space left on device"),  # a file's

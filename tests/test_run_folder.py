@@ -36,7 +36,7 @@ from torch import nn
 import char_lm.train as char_lm_train
 from recurrent import files
 from recurrent.checkpoint import save_checkpoint
-from recurrent.engine import Run, RunSettings, StepResult
+from recurrent.engine import MetricsLog, Run, RunSettings, StepResult
 from recurrent.errors import EXIT_USER_ERROR, UserError, run_cli
 
 REPO = Path(__file__).resolve().parents[1]
@@ -548,6 +548,16 @@ def test_a_folder_that_cannot_be_made_leaves_none_of_the_folders_made_for_it(
     assert run_cli(lambda argv: files.hold(folder, UserError), []) == 2
     assert capsys.readouterr().err.startswith(f"error: the disk is full (writing {folder}): ")
     assert sorted(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+def test_metrics_that_fill_the_disk_name_metrics_jsonl(tmp_path, capsys):
+    log = MetricsLog(tmp_path, resumed_step=None, tensorboard=False, enabled=True)
+    (tmp_path / "metrics.jsonl").symlink_to("/dev/full")  # every write: ENOSPC, with no name
+    assert run_cli(lambda argv: log.write({"kind": "train", "step": 1, "loss": 1.0}), []) == 2
+    assert capsys.readouterr().err.startswith(
+        f"error: the disk is full (writing {tmp_path / 'metrics.jsonl'}): No space left on device"
+    )
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")

@@ -136,6 +136,7 @@ def bad_inputs(
     save_checkpoint({"task": "captioner", "config": {}, "vocab": ["<pad>"]}, tmp_path / "cap.pt")
     (tmp_path / "same_characters.txt").write_text(TEXT * 2)  # same vocabulary, another text
     (tmp_path / "other_characters.txt").write_text(TEXT.replace("z", "Z"))  # as many characters
+    (tmp_path / "one_more_character.txt").write_text(TEXT + "~")  # sorted last: a longer list
     edited = {  # the trained checkpoint with impossible contents, each saved the normal way
         "nan_weights.pt": lambda p: p["model"]["head.weight"].fill_(float("nan")),
         "negative_size.pt": lambda p: p["config"]["model"].update(hidden_size=-5),
@@ -214,6 +215,12 @@ def bad_inputs(
                         "--init-from", str(checkpoint), *out],
             "another vocabulary than the checkpoint's (entry 3 is 'Z', the checkpoint's 'a')",
         ),
+        "--init-from a model of one character fewer": (
+            train_cli, ["--config", TINY, "--set", f"data.path={tmp_path / 'one_more_character.txt'}",
+                        "--init-from", str(checkpoint), *out],
+            f"another vocabulary than the checkpoint's ({len(set(TEXT)) + 1} entries, the "
+            f"checkpoint has {len(set(TEXT))})",
+        ),
         "config is a folder": (
             train_cli, ["--config", str(tmp_path), *out], f"config file {tmp_path} is a folder",
         ),
@@ -266,6 +273,7 @@ CASES = [
     "checkpoint whose vocabulary repeats a character",
     "resume on another text",
     "--init-from a model of as many characters, not the same",
+    "--init-from a model of one character fewer",
 ]
 
 

@@ -347,9 +347,10 @@ def test_run_cli_turns_each_ending_into_its_status_and_one_line(raised, status, 
 def test_an_unknown_key_names_the_nearest_known_one(tmp_path, key, hint):
     """A typo in --set, in a config file or in a saved config gets the nearest key, compared
     within its section (every train.* key would be near "train.zzz" otherwise)."""
-    with pytest.raises(UserError) as caught:
-        load_config(Config, None, [f"{key}=1"])
-    assert hint in str(caught.value)
+    for path in (None, write(tmp_path, "train:\n  lr: 0.1\n")):  # --set, with a file or not
+        with pytest.raises(UserError) as caught:
+            load_config(Config, path, [f"{key}=1"])
+        assert hint in str(caught.value)
     section, name = key.split(".")
     in_file = write(tmp_path, f"{section}:\n  {name}: 1\n")
     if "section" in hint:  # a file or a saved config names the unknown section itself

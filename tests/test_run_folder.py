@@ -254,6 +254,8 @@ def test_resume_auto_continues_a_run_with_a_last_pt_and_else_starts_one(tmp_path
     with pytest.raises(UserError, match=r"already holds a run \(best.pt, metrics.jsonl\)"):
         run()
     assert (tmp_path / "run" / "best.pt").read_bytes() == b"the old run"
+    assert run(overwrite=True).payload is None  # unless --overwrite replaces it
+    files.release(tmp_path / "run")
 
 
 class _Killed(BaseException):

@@ -64,6 +64,8 @@ def test_yaml_and_overrides(tmp_path):
     assert cfg.train == Train(max_steps=3, lr=1.0)
     assert isinstance(cfg.train.lr, float)
     assert to_dict(cfg)["model"]["hidden_size"] == 16
+    # the same key set twice: the last --set wins, as for any repeated flag
+    assert load_config(Config, path, ["train.lr=0.5", "train.lr=0.25"]).train.lr == 0.25
 
 
 @pytest.mark.parametrize(

@@ -308,27 +308,22 @@ def _fit_scored(run: Run, losses: list[float]) -> None:
     )  # fmt: skip
 
 
-def test_a_resume_writes_best_pt_only_where_its_evaluation_was_killed_before_writing_it(
-    tmp_path, monkeypatch
-):
-    """A resume from a last.pt saved at an evaluation that did not improve the best score keeps
-    best.pt, the earlier evaluation's; one from a last.pt saved at an evaluation that improved
-    it, killed before writing best.pt, writes it over the earlier evaluation's best.pt."""
+EVERY_STEP = dataclasses.replace(SETTINGS, eval_every=1)
+
+
+def _best_step_after_resume(folder: Path) -> int:
+    """Resume the run in ``folder`` (as far as `Run.restore`); the step of its best.pt then."""
+    run = Run(folder, task="char_lm", settings=EVERY_STEP, config={}, quiet=True, resume=True)
+    model = nn.Linear(3, 2)
+    run.restore(model, run.optimizer([("model", model, 0.1)]), _NoData())
+    files.release(folder)
+    return torch.load(folder / "best.pt", weights_only=True)["step"]
+
+
+def _killed_before_writing_step_2s_best_pt(folder: Path, monkeypatch) -> None:
+    """A run whose evaluations at steps 1 and 2 each improve the best score, killed after step
+    2's last.pt, before its best.pt."""
     from recurrent import engine
-
-    every_step = dataclasses.replace(SETTINGS, eval_every=1)
-
-    def resume(folder: Path) -> int:
-        run = Run(folder, task="char_lm", settings=every_step, config={}, quiet=True, resume=True)
-        model = nn.Linear(3, 2)
-        run.restore(model, run.optimizer([("model", model, 0.1)]), _NoData())
-        files.release(folder)
-        return torch.load(folder / "best.pt", weights_only=True)["step"]
-
-    worse = tmp_path / "worse"  # step 2 scores worse than step 1
-    _fit_scored(Run(worse, task="char_lm", settings=every_step, config={}, quiet=True), [1, 2])
-    files.release(worse)
-    assert resume(worse) == 1
 
     written = []
 
@@ -338,15 +333,27 @@ def test_a_resume_writes_best_pt_only_where_its_evaluation_was_killed_before_wri
         save_checkpoint(payload, path)
         written.append(Path(path).name)
 
-    better = tmp_path / "better"  # step 2 scores better
     monkeypatch.setattr(engine, "save_checkpoint", killed_at_the_fourth_write)
     with pytest.raises(_Killed):
-        _fit_scored(Run(better, task="char_lm", settings=every_step, config={}, quiet=True), [2, 1])
+        _fit_scored(Run(folder, task="char_lm", settings=EVERY_STEP, config={}, quiet=True), [2, 1])
     monkeypatch.undo()
-    files.release(better)
+    files.release(folder)
     assert written == ["last.pt", "best.pt", "last.pt"]
-    assert torch.load(better / "best.pt", weights_only=True)["step"] == 1
-    assert resume(better) == 2
+    assert torch.load(folder / "best.pt", weights_only=True)["step"] == 1
+
+
+def test_a_resume_writes_best_pt_only_where_its_evaluation_was_killed_before_writing_it(
+    tmp_path, monkeypatch
+):
+    """A resume from a last.pt saved at an evaluation that did not improve the best score keeps
+    best.pt, the earlier evaluation's; one from a last.pt saved at an evaluation that improved
+    it, killed before writing best.pt, writes it over the earlier evaluation's best.pt."""
+    worse = tmp_path / "worse"  # step 2 scores worse than step 1
+    _fit_scored(Run(worse, task="char_lm", settings=EVERY_STEP, config={}, quiet=True), [1, 2])
+    files.release(worse)
+    assert _best_step_after_resume(worse) == 1
+    _killed_before_writing_step_2s_best_pt(tmp_path / "better", monkeypatch)
+    assert _best_step_after_resume(tmp_path / "better") == 2
 
 
 def test_a_non_finite_loss_before_any_checkpoint_says_to_start_again(tmp_path):

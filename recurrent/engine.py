@@ -654,11 +654,13 @@ class Run:
     def _complete_best(self, payload: dict[str, Any]) -> None:
         """Write ``best.pt`` from last.pt's ``payload`` where last.pt was saved at an evaluation
         that improved the best score and best.pt was not written after it: the run was killed
-        between the two writes (the same payload), and best.pt is an earlier one's, or none."""
+        between the two writes (the same payload), and best.pt is an earlier one's, or none.
+        Written at the same time counts as not after: a file system's clock may tick by the
+        second (ext3, HFS+), and a best.pt written then is that payload's or an earlier one's."""
         if not self.dist.is_main or self.progress.best_step != self.progress.step:
             return
         best = self.best_path.stat().st_mtime_ns if self.best_path.is_file() else -1
-        if best < self.last_path.stat().st_mtime_ns:
+        if best <= self.last_path.stat().st_mtime_ns:
             save_checkpoint(payload, self.best_path)
 
     # --- the loop -----------------------------------------------------------------------------

@@ -356,6 +356,18 @@ def test_a_resume_writes_best_pt_only_where_its_evaluation_was_killed_before_wri
     assert _best_step_after_resume(tmp_path / "better") == 2
 
 
+def test_a_resume_writes_best_pt_also_where_the_clock_gave_it_last_pts_time(tmp_path, monkeypatch):
+    """On a file system whose clock ticks coarsely (ext3 and HFS+ by the second, FAT by two), an
+    earlier evaluation's best.pt and the last.pt of one killed before writing its best.pt can
+    bear one time: best.pt is written all the same (it was kept: --resume auto and every torchrun
+    restart left best.pt an earlier evaluation's, and the run's best score another's)."""
+    _killed_before_writing_step_2s_best_pt(tmp_path, monkeypatch)
+    one_tick = (tmp_path / "last.pt").stat().st_mtime_ns // 10**9 * 10**9
+    for name in ("best.pt", "last.pt"):
+        os.utime(tmp_path / name, ns=(one_tick, one_tick))
+    assert _best_step_after_resume(tmp_path) == 2
+
+
 def test_a_non_finite_loss_before_any_checkpoint_says_to_start_again(tmp_path):
     from recurrent.errors import RunStopped
 

@@ -21,6 +21,7 @@ import datetime
 import gc
 import os
 import secrets
+import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -173,12 +174,15 @@ def setup(
         except dist.DistNetworkError:  # "Failed to recv, got 0 bytes. Connection was likely ..."
             # the job's store went away before every process joined: the torchrun that held it
             # ended (on the first machine under the static rendezvous), its process having failed
-            raise JobNotFormed(
-                "the torchrun job's rendezvous store closed before every process joined it: a "
-                "process failed before joining (the first machine's output says why) and its "
-                "torchrun ended; start the job again on every machine"
-            ) from None
+            raise JobNotFormed(STORE_CLOSED) from None
     return layout, device
+
+
+STORE_CLOSED = (
+    "the torchrun job's rendezvous store closed before every process joined it: a process failed "
+    "before joining (the first machine's output says why) and its torchrun ended; start the job "
+    "again on every machine"
+)
 
 
 def _never_joined(timeout_s: float) -> str:
@@ -191,10 +195,19 @@ def _never_joined(timeout_s: float) -> str:
 
 def _job_store(timeout_s: float) -> dist.TCPStore | None:
     """A client of the store that torchrun's agent serves its job's processes at MASTER_ADDR and
-    MASTER_PORT; None where no agent serves one (a job not started by torchrun)."""
+    MASTER_PORT; None where no agent serves one (a job not started by torchrun).
+
+    Raises `JobNotFormed` where nothing answers there: the torchrun that served the store has
+    ended. The agent serves it before it starts a process, so it does not come later, and torch's
+    own client would try again until its timeout (30 minutes when joining), printing a C++
+    exception dump at every try."""
     if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
         return None
     address, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+    try:
+        socket.create_connection((address, port), timeout=timeout_s).close()
+    except OSError:
+        raise JobNotFormed(STORE_CLOSED) from None
     return dist.TCPStore(
         address, port, is_master=False, timeout=datetime.timedelta(seconds=timeout_s)
     )

@@ -394,13 +394,13 @@ def test_each_attempt_waits_for_its_own_processes_and_forms_under_its_own_keys(m
     assert len(formed) == 1
 
 
-def test_a_process_that_cannot_reach_its_jobs_store_still_stops_at_once(monkeypatch, capsys):
+def test_a_process_that_cannot_reach_its_jobs_store_still_stops_at_once(monkeypatch, capfd):
     """A process that stops before its job formed, with the job's store gone (the first
-    machine's torchrun ended): telling it gives up after `TELL_TIMEOUT_S`, not the job's 30
-    minutes, and the process ends with its own line."""
+    machine's torchrun ended): telling it gives up at once, not after the job's 30 minutes, and
+    the process ends with its own line alone (torch's client printed a C++ exception dump at
+    each of its tries, on the terminal itself: capfd reads the file descriptor)."""
     monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "True")
     join_as(1, free_port(), monkeypatch)  # nothing listens there
-    monkeypatch.setattr(distributed, "TELL_TIMEOUT_S", 0.2)
 
     def main(argv):
         raise UserError("its config is missing")
@@ -410,7 +410,20 @@ def test_a_process_that_cannot_reach_its_jobs_store_still_stops_at_once(monkeypa
     stopping.start()
     stopping.join(timeout=30)
     assert statuses == [2], "it hung or raised telling a store that is gone"
-    assert capsys.readouterr().err == "[rank 1] error: its config is missing\n"
+    assert capfd.readouterr().err == "[rank 1] error: its config is missing\n"
+
+
+def test_a_process_that_comes_to_join_a_store_that_has_gone_says_so_at_once(monkeypatch, capfd):
+    """A process that comes to join its job after the job's store has gone (the first machine's
+    process failed at once and its torchrun ended): one line at once, where torch's client tried
+    again for the whole timeout (30 minutes), deaf to SIGTERM, with a C++ exception dump."""
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "True")
+    join_as(1, free_port(), monkeypatch)  # nothing listens there
+    start = time.monotonic()
+    with pytest.raises(JobNotFormed, match=r"^the torchrun job's rendezvous store closed before"):
+        distributed.setup("cpu", timeout_s=30)
+    assert time.monotonic() - start < 10
+    assert capfd.readouterr().err == ""
 
 
 def images_in(cache: Path) -> set[str]:

@@ -204,13 +204,19 @@ def _job_store(timeout_s: float) -> dist.TCPStore | None:
     if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
         return None
     address, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+    _check_serving(address, port, timeout_s)
+    return dist.TCPStore(
+        address, port, is_master=False, timeout=datetime.timedelta(seconds=timeout_s)
+    )
+
+
+def _check_serving(address: str, port: int, timeout_s: float) -> None:
+    """Raise `JobNotFormed` where the job's store no longer answers at ``address:port``: torch's
+    client, finding it gone, prints a C++ exception dump before it raises, or tries again."""
     try:
         socket.create_connection((address, port), timeout=timeout_s).close()
     except OSError:
         raise JobNotFormed(STORE_CLOSED) from None
-    return dist.TCPStore(
-        address, port, is_master=False, timeout=datetime.timedelta(seconds=timeout_s)
-    )
 
 
 def _attempt_key(name: str) -> str:
@@ -218,7 +224,7 @@ def _attempt_key(name: str) -> str:
     return f"recurrent/attempt-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/{name}"
 
 
-def _wait_for_everyone(store: dist.Store, layout: Distributed, timeout_s: float) -> None:
+def _wait_for_everyone(store: dist.TCPStore, layout: Distributed, timeout_s: float) -> None:
     """Wait until every process of the job has come to join it, and stop with the line of one
     that stopped before (`tell_failure`).
 
@@ -243,6 +249,7 @@ def _wait_for_everyone(store: dist.Store, layout: Distributed, timeout_s: float)
             raise JobNotFormed(_never_joined(timeout_s))
         time.sleep(pause)
         pause = min(pause * 1.2, 1.0)
+        _check_serving(store.host, store.port, TELL_TIMEOUT_S)  # its torchrun may have ended
         joined = store.add(_attempt_key("joined"), 0)
 
 

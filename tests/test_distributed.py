@@ -689,16 +689,22 @@ def test_a_process_whose_peers_never_join_says_so_in_one_line(monkeypatch):
     assert not torch.distributed.is_initialized()
 
 
-def test_a_process_whose_job_store_closes_before_it_forms_says_so_in_one_line(monkeypatch):
+@pytest.mark.parametrize("agent_store", [False, True], ids=["env", "torchrun"])
+def test_a_process_whose_job_store_closes_before_it_forms_says_so_in_one_line(
+    agent_store, monkeypatch, capfd
+):
     """Rank 1 waiting to form the job when rank 0 fails before joining (its run folder refused,
     its checkpoint unreadable) on the first machine, whose torchrun holds the job's store (the
     static rendezvous): the store closes, and torch's DistNetworkError traceback became one
-    line."""
+    line. Under torchrun (the agent's store) that line comes alone, without the C++ exception
+    dump that torch's client prints on the terminal itself when its store closes under it."""
     port = free_port()
     stores = [
         torch.distributed.TCPStore("127.0.0.1", port, 2, is_master=True, wait_for_workers=False)
     ]
     join_as(1, port, monkeypatch)
+    if agent_store:
+        monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "True")
     closer = threading.Timer(1.0, stores.clear)  # the first machine's torchrun ends
     closer.start()
     try:
@@ -707,6 +713,8 @@ def test_a_process_whose_job_store_closes_before_it_forms_says_so_in_one_line(mo
     finally:
         closer.cancel()
     assert not torch.distributed.is_initialized()
+    if agent_store:
+        assert capfd.readouterr().err == ""
 
 
 def test_the_join_gate_looks_often_at_first_then_once_a_second(monkeypatch):

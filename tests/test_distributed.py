@@ -703,10 +703,13 @@ def test_a_process_whose_job_store_closes_before_it_forms_says_so_in_one_line(
         torch.distributed.TCPStore("127.0.0.1", port, 2, is_master=True, wait_for_workers=False)
     ]
     join_as(1, port, monkeypatch)
-    if agent_store:
-        monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "True")
     closer = threading.Timer(1.0, stores.clear)  # the first machine's torchrun ends
-    closer.start()
+    if agent_store:  # it ends while the process waits between two looks at the store
+        monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "True")
+        pause = time.sleep
+        monkeypatch.setattr(distributed.time, "sleep", lambda s: (pause(s), stores.clear()))
+    else:
+        closer.start()
     try:
         with pytest.raises(UserError, match=r"rendezvous store closed before every process"):
             distributed.setup("cpu", timeout_s=60)

@@ -17,13 +17,15 @@ own.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import datetime
 import gc
 import os
 import secrets
-import socket
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,7 @@ from recurrent.errors import JobNotFormed, UserError
 
 DEFAULT_TIMEOUT_S = 1800.0  # a rank that does not answer a collective in this time fails the job
 TELL_TIMEOUT_S = 5.0  # to reach the job's store and tell it of a failure before the job formed
+REACH_TIMEOUT_S = 60.0  # to reach the job's store when joining (torchrun serves it beforehand)
 
 
 @dataclass(frozen=True)
@@ -157,7 +160,8 @@ def setup(
             if store is None:  # not started by torchrun: torch's own joining (env://)
                 dist.init_process_group(backend=backend, timeout=timeout)
             else:
-                _wait_for_everyone(store, layout, timeout_s)
+                with _native_stderr_held():
+                    _wait_for_everyone(store, layout, timeout_s)
                 # the group's keys apart from an earlier attempt's: after a restart of the job
                 # (torchrun's --max-restarts) the agent's store still holds them, and torch's
                 # own joining read them (gloo: "connectFullMesh failed ... Connection refused",
@@ -195,28 +199,45 @@ def _never_joined(timeout_s: float) -> str:
 
 def _job_store(timeout_s: float) -> dist.TCPStore | None:
     """A client of the store that torchrun's agent serves its job's processes at MASTER_ADDR and
-    MASTER_PORT; None where no agent serves one (a job not started by torchrun).
+    MASTER_PORT, its requests bounded by ``timeout_s``; None where no agent serves one (a job not
+    started by torchrun).
 
-    Raises `JobNotFormed` where nothing answers there: the torchrun that served the store has
-    ended. The agent serves it before it starts a process, so it does not come later, and torch's
-    own client would try again until its timeout (30 minutes when joining), printing a C++
-    exception dump at every try."""
+    Raises `JobNotFormed` where the store cannot be reached within `REACH_TIMEOUT_S` (or
+    ``timeout_s``, if shorter): the torchrun that served it has ended. The agent serves it before
+    it starts a process, so it does not come later; torch's client alone would try again for the
+    job's whole timeout, 30 minutes, deaf to SIGTERM. (A plain connection would tell sooner, but
+    torch's store server, met by connections that say nothing, stalled every request for 5 s at
+    about every 50th of them here, or warned of each.)"""
     if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
         return None
     address, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
-    _check_serving(address, port, timeout_s)
-    return dist.TCPStore(
-        address, port, is_master=False, timeout=datetime.timedelta(seconds=timeout_s)
-    )
-
-
-def _check_serving(address: str, port: int, timeout_s: float) -> None:
-    """Raise `JobNotFormed` where the job's store no longer answers at ``address:port``: torch's
-    client, finding it gone, prints a C++ exception dump before it raises, or tries again."""
+    reach = datetime.timedelta(seconds=min(timeout_s, REACH_TIMEOUT_S))
     try:
-        socket.create_connection((address, port), timeout=timeout_s).close()
-    except OSError:
+        with _native_stderr_held():
+            store = dist.TCPStore(address, port, is_master=False, timeout=reach)
+    except dist.DistError:
         raise JobNotFormed(STORE_CLOSED) from None
+    store.set_timeout(datetime.timedelta(seconds=timeout_s))
+    return store
+
+
+@contextlib.contextmanager
+def _native_stderr_held() -> Iterator[None]:
+    """Hold what is written to the file descriptor of stderr within, and write it there after
+    all unless the block raised: torch's store client prints a C++ exception dump there at every
+    try that fails, before it raises the error this module turns into one line."""
+    sys.stderr.flush()
+    with tempfile.TemporaryFile() as held:
+        stderr = os.dup(2)
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()  # Python's own writes within go to the held file too
+            os.dup2(stderr, 2)
+            os.close(stderr)
+        held.seek(0)
+        os.write(2, held.read())
 
 
 def _attempt_key(name: str) -> str:
@@ -249,7 +270,6 @@ def _wait_for_everyone(store: dist.TCPStore, layout: Distributed, timeout_s: flo
             raise JobNotFormed(_never_joined(timeout_s))
         time.sleep(pause)
         pause = min(pause * 1.2, 1.0)
-        _check_serving(store.host, store.port, TELL_TIMEOUT_S)  # its torchrun may have ended
         joined = store.add(_attempt_key("joined"), 0)
 
 

@@ -396,11 +396,12 @@ def test_each_attempt_waits_for_its_own_processes_and_forms_under_its_own_keys(m
 
 def test_a_process_that_cannot_reach_its_jobs_store_still_stops_at_once(monkeypatch, capfd):
     """A process that stops before its job formed, with the job's store gone (the first
-    machine's torchrun ended): telling it gives up at once, not after the job's 30 minutes, and
-    the process ends with its own line alone (torch's client printed a C++ exception dump at
-    each of its tries, on the terminal itself: capfd reads the file descriptor)."""
+    machine's torchrun ended): telling it gives up after `TELL_TIMEOUT_S`, not the job's 30
+    minutes, and the process ends with its own line alone (torch's client printed a C++
+    exception dump at each of its tries, on the terminal itself: capfd reads the descriptor)."""
     monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "True")
     join_as(1, free_port(), monkeypatch)  # nothing listens there
+    monkeypatch.setattr(distributed, "TELL_TIMEOUT_S", 0.2)
 
     def main(argv):
         raise UserError("its config is missing")
@@ -415,10 +416,12 @@ def test_a_process_that_cannot_reach_its_jobs_store_still_stops_at_once(monkeypa
 
 def test_a_process_that_comes_to_join_a_store_that_has_gone_says_so_at_once(monkeypatch, capfd):
     """A process that comes to join its job after the job's store has gone (the first machine's
-    process failed at once and its torchrun ended): one line at once, where torch's client tried
-    again for the whole timeout (30 minutes), deaf to SIGTERM, with a C++ exception dump."""
+    process failed at once and its torchrun ended): one line after `REACH_TIMEOUT_S`, where
+    torch's client tried again for the job's whole timeout (30 minutes), deaf to SIGTERM, with a
+    C++ exception dump at every try."""
     monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "True")
     join_as(1, free_port(), monkeypatch)  # nothing listens there
+    monkeypatch.setattr(distributed, "REACH_TIMEOUT_S", 0.5)
     start = time.monotonic()
     with pytest.raises(JobNotFormed, match=r"^the torchrun job's rendezvous store closed before"):
         distributed.setup("cpu", timeout_s=30)
@@ -743,3 +746,19 @@ def test_the_join_gate_looks_often_at_first_then_once_a_second(monkeypatch):
     assert max(b - a for a, b in zip([0.0, *looks[:-1]], looks, strict=True)) <= 1.0  # at most 1 s
     assert len(looks) < 120 + 20  # about once a second after the first seconds
     assert looks[-1] - 120 <= 1.0  # the failure is noticed within a second
+
+
+def test_stderr_held_while_joining_is_written_out_unless_the_join_failed(capfd):
+    """What reaches the file descriptor of stderr while a process joins is held, and written out
+    after all where the join went well; where it failed (torch's C++ exception dumps of a store
+    that has gone), the process's one line replaces it."""
+    with distributed._native_stderr_held():
+        os.write(2, b"a native warning\n")
+        print("a Python one", file=sys.stderr)
+    assert sorted(capfd.readouterr().err.splitlines()) == ["a Python one", "a native warning"]
+    with pytest.raises(JobNotFormed), distributed._native_stderr_held():
+        os.write(2, b"[W TCPStore.cpp] frame #0: ...\n")
+        raise JobNotFormed(distributed.STORE_CLOSED)
+    assert capfd.readouterr().err == ""
+    os.write(2, b"after\n")
+    assert capfd.readouterr().err == "after\n"

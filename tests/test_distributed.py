@@ -414,7 +414,9 @@ def test_a_process_that_cannot_reach_its_jobs_store_still_stops_at_once(monkeypa
     assert capfd.readouterr().err == "[rank 1] error: its config is missing\n"
 
 
-def test_a_process_that_comes_to_join_a_store_that_has_gone_says_so_at_once(monkeypatch, capfd):
+def test_a_process_that_comes_to_join_a_store_that_has_gone_says_so_when_its_reach_ends(
+    monkeypatch, capfd
+):
     """A process that comes to join its job after the job's store has gone (the first machine's
     process failed at once and its torchrun ended): one line after `REACH_TIMEOUT_S`, where
     torch's client tried again for the job's whole timeout (30 minutes), deaf to SIGTERM, with a

@@ -55,7 +55,8 @@ class _NoData:
         pass
 
 
-def _fit(run: Run, step) -> dict:
+def _fit(run: Run, step, evaluate=None, total_steps: int = SETTINGS.max_steps) -> dict:
+    """Fit a small linear model; ``evaluate`` (net -> scores) defaults to its training loss."""
     model = nn.Linear(3, 2)
     optimizer = run.optimizer([("model", model, 0.1)])
     run.restore(model, optimizer, _NoData())
@@ -65,9 +66,9 @@ def _fit(run: Run, step) -> dict:
         optimizer,
         _NoData(),
         step=lambda net: step(net, x, y),
-        evaluate=lambda net: {"loss": F.cross_entropy(net(x), y).item()},
+        evaluate=evaluate or (lambda net: {"loss": F.cross_entropy(net(x), y).item()}),
         score_key=lambda scores: (-scores["loss"],),
-        total_steps=SETTINGS.max_steps,
+        total_steps=total_steps,
         unit="items/s",
         card={},
         extra=lambda: {"vocab": []},
@@ -290,22 +291,15 @@ def test_a_run_killed_between_its_two_checkpoint_writes_resumes_with_both(tmp_pa
 
 
 def _fit_scored(run: Run, losses: list[float]) -> None:
-    """`_fit` with an evaluation after every step whose validation losses are ``losses``."""
-    model = nn.Linear(3, 2)
-    optimizer = run.optimizer([("model", model, 0.1)])
-    run.restore(model, optimizer, _NoData())
-    x, y = torch.randn(4, 3), torch.tensor([0, 1, 1, 0])
+    """`_fit` for one step per loss in ``losses``, each followed by an evaluation scoring it
+    (the run's settings: `EVERY_STEP`)."""
     scored = iter(losses)
 
     def evaluate(net: nn.Module) -> dict[str, float]:
         time.sleep(0.02)  # each checkpoint a file system clock tick after the one before
         return {"loss": next(scored)}
 
-    run.fit(
-        model, optimizer, _NoData(), step=lambda net: _step(net, x, y), evaluate=evaluate,
-        score_key=lambda scores: (-scores["loss"],), total_steps=2, unit="items/s", card={},
-        extra=lambda: {"vocab": []},
-    )  # fmt: skip
+    _fit(run, _step, evaluate=evaluate, total_steps=len(losses))
 
 
 EVERY_STEP = dataclasses.replace(SETTINGS, eval_every=1)

@@ -288,25 +288,20 @@ def tell_failure(line: str) -> None:
         pass
 
 
-def teardown() -> None:
-    """Leave the process group (at the end of a run, and when a rank stops early)."""
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-
-
 def finish(exit_code: int) -> int:
     """A training CLI's exit: ``exit_code`` as is in one process; a torchrun worker ends here.
 
-    A worker leaves the process group, runs the exit handlers (files, DataLoader workers) and
-    exits without the interpreter's final clean-up. That clean-up races gloo's worker threads,
-    which can still be freeing the tensors of the last finished collective: they then need the
-    GIL of an interpreter that is shutting down, and the rank aborts ("terminate called without
-    an active exception", 3 of 10 resume launches on this CPU). DistributedDataParallel keeps the
-    group, and so those threads, alive until then.
+    A worker runs the exit handlers (files, DataLoader workers) and exits without the
+    interpreter's final clean-up, and without leaving the process group: the exit closes its
+    connections. Both clean-ups race gloo's worker threads, which can still be freeing the tensors
+    of the last finished collective and then need the GIL. At the interpreter's clean-up the rank
+    aborted ("terminate called without an active exception", 3 of 10 resume launches on this
+    CPU); `dist.destroy_process_group` waits for those threads while holding the GIL, and under torch
+    2.4.1 the rank hung there for good (about 1 launch in 2 of a job that torchrun restarts).
+    DistributedDataParallel keeps the group, and so those threads, alive until the exit.
     """
     if not (dist.is_available() and dist.is_initialized()):
         return exit_code
-    teardown()
     gc.collect()  # iterators' DataLoader workers are shut down here, still by Python
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):

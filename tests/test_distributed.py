@@ -764,3 +764,23 @@ def test_stderr_held_while_joining_is_written_out_unless_the_join_failed(capfd):
     assert capfd.readouterr().err == ""
     os.write(2, b"after\n")
     assert capfd.readouterr().err == "after\n"
+
+
+def test_a_worker_exits_without_leaving_its_process_group(monkeypatch, tmp_path):
+    """`finish` runs the exit handlers and exits with the process group still formed: leaving it
+    (`dist.destroy_process_group`) waits for gloo's threads while holding the GIL they may need,
+    and under torch 2.4.1 a rank of a job that torchrun restarts hung there for good."""
+    dist = torch.distributed
+    dist.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1
+    )
+    try:
+        happened = []
+        monkeypatch.setattr(dist, "destroy_process_group", lambda: happened.append("left"))
+        monkeypatch.setattr(distributed.atexit, "_run_exitfuncs", lambda: happened.append("atexit"))
+        monkeypatch.setattr(distributed.os, "_exit", lambda code: happened.append(f"exit {code}"))
+        distributed.finish(3)
+        assert happened == ["atexit", "exit 3"] and dist.is_initialized()
+    finally:
+        monkeypatch.undo()
+        dist.destroy_process_group()

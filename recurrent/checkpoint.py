@@ -53,19 +53,15 @@ def load_checkpoint(path: str | Path, task: str | None = None) -> dict[str, Any]
     _check_archive(path, written_by)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        found = re.search(r"GLOBAL ([\w.]+)", str(err))  # weights_only refused to import it
-        if found is None:  # bytes that are no pickle at all
-            raise UserError(
-                f"{path} is not a readable checkpoint (corrupt, truncated or not written by this "
-                f"project); {written_by}"
-            ) from None
-        raise UserError(
-            f"{path} holds objects a checkpoint never contains ({found.group(1)}): code or classes "
-            f"that loading would run, so it was refused unread; {written_by}"
-        ) from None
     except Exception as err:  # noqa: BLE001 - torch's reader raises many types on foreign bytes
+        # (torch 2.4's weights-only reader raises its reader's errors as UnpicklingError too)
         missing = re.search(r"failed locating file ([^:]+): file not found", str(err))
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))  # weights_only refused to import it
+        if found and isinstance(err, pickle.UnpicklingError) and not missing:
+            raise UserError(
+                f"{path} holds objects a checkpoint never contains ({found.group(1)}): code or "
+                f"classes that loading would run, so it was refused unread; {written_by}"
+            ) from None
         problem = (
             f": it lacks its part '{missing.group(1)}', as in an incomplete copy or a rebuilt zip"
             if missing

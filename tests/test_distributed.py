@@ -30,12 +30,39 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--np
 TIMEOUT_S = 240
 
 
-def launch(args: list[str], *, processes: int, cwd: Path) -> subprocess.CompletedProcess:
-    command = (TORCHRUN if processes == 2 else [sys.executable]) + args
+def kill_tree(pid: int) -> None:
+    """SIGKILL process ``pid`` and every process below it: killing torchrun alone left its
+    workers (each in a session of its own) behind, hung, for the rest of the suite."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):  # gone meanwhile
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            children.setdefault(parent, []).append(int(stat.parent.name))
+    below = [pid]
+    while below:
+        process = below.pop()
+        below += children.get(process, [])
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(process, signal.SIGKILL)
+
+
+def bounded(command: list[str], *, cwd: Path) -> subprocess.CompletedProcess:
+    """``command`` run to its end, its output captured; at `TIMEOUT_S`, killed with every
+    process it started (`kill_tree`)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    result = subprocess.run(
-        command, cwd=cwd, env=env, capture_output=True, text=True, timeout=TIMEOUT_S
-    )
+    with subprocess.Popen(
+        command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as process:
+        try:
+            out, err = process.communicate(timeout=TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            kill_tree(process.pid)
+            raise
+    return subprocess.CompletedProcess(command, process.returncode, out, err)
+
+
+def launch(args: list[str], *, processes: int, cwd: Path) -> subprocess.CompletedProcess:
+    result = bounded((TORCHRUN if processes == 2 else [sys.executable]) + args, cwd=cwd)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     return result
 
@@ -90,6 +117,11 @@ def launch_on_two_machines(args: list[str], *, cwd: Path, check: bool = True) ->
         )
     try:
         outputs = [agent.communicate(timeout=TIMEOUT_S)[0] for agent in agents]
+    except subprocess.TimeoutExpired:
+        for agent in agents:
+            if agent.poll() is None:
+                kill_tree(agent.pid)
+        raise
     finally:
         for agent in agents:
             agent.kill()
@@ -572,10 +604,7 @@ def test_a_rank_that_dies_ends_the_job(tmp_path):
 
 
 def _fails(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    result = subprocess.run(
-        TORCHRUN + args, cwd=cwd, env=env, capture_output=True, text=True, timeout=TIMEOUT_S
-    )
+    result = bounded(TORCHRUN + args, cwd=cwd)
     assert result.returncode != 0
     return result
 

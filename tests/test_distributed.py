@@ -575,7 +575,7 @@ def test_a_rank_that_dies_ends_the_job(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     job = subprocess.Popen(
         TORCHRUN + args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, start_new_session=True,
+        text=True,
     )  # fmt: skip
     try:
         metrics = tmp_path / "r" / "metrics.jsonl"
@@ -591,7 +591,7 @@ def test_a_rank_that_dies_ends_the_job(tmp_path):
         _, stderr = job.communicate(timeout=120)
     finally:
         if job.poll() is None:
-            os.killpg(job.pid, signal.SIGKILL)
+            kill_tree(job.pid)  # its process group did not hold the workers
             job.wait()
     assert job.returncode != 0
     assert "char_lm.train FAILED" in stderr or "ChildFailedError" in stderr, stderr[-2000:]

@@ -1074,9 +1074,7 @@ class Run:
                 **card,
                 "steps": progress.step,
                 "best_scores": progress.best_scores,
-                "trained_at": datetime.datetime.now(datetime.timezone.utc).strftime(
-                    "%Y-%m-%dT%H:%M:%SZ"
-                ),
+                "trained_at": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             },
         }
         if extra is not None:

@@ -52,7 +52,11 @@ EXIT_USER_ERROR = 2
 
 class JobNotFormed(UserError):
     """This process's torchrun job could not form: another process stopped before joining it, or
-    never came (`recurrent.distributed.setup`)."""
+    never came (`recurrent.distributed.setup`); ``store_gone``: the job's store went away."""
+
+    def __init__(self, message: str, *, store_gone: bool = False) -> None:
+        super().__init__(message)
+        self.store_gone = store_gone
 
 
 class RunStopped(Exception):
@@ -115,7 +119,10 @@ def _run(
             ended[0] = True
         _flush_stdout()  # what is left of its output fails here (a full disk), not at exit
     except JobNotFormed as err:  # the job's own failure to form: the others know it already
-        _say(f"error: {' '.join(str(err).split())}")
+        line = f"error: {' '.join(str(err).split())}"
+        _say(line, wait=not err.store_gone)
+        if not err.store_gone:
+            _tell_job(line, known=True)  # that it is said, to its machine's other processes
         return EXIT_USER_ERROR
     except UserError as err:
         _report(f"error: {' '.join(str(err).split())}")  # always exactly one line
@@ -217,20 +224,23 @@ def _formed_job() -> Any:
     return dist
 
 
-def _say(line: str, *, job_wide: bool = False) -> None:
+def _say(line: str, *, job_wide: bool = False, wait: bool = True) -> None:
     """Write ``line`` to stderr in one call (torchrun's processes share the terminal: a message
     and its newline written apart could run into another process's line).
 
     Under torchrun, what every rank may meet alike (an error before the job formed, from the same
     arguments and config everywhere, or a signal that stops the job: ``job_wide``) is said once
     per machine, by its first process (``LOCAL_RANK`` 0): each machine's output is its own, and
-    a file may be missing on one machine only. Anything else every rank says. A rank other than
-    0 puts its rank in front.
+    a file may be missing on one machine only; the others wait until it has said it (``wait``:
+    unless the job's store is gone). Anything else every rank says. A rank other than 0 puts its
+    rank in front.
     """
     rank = os.environ.get("RANK", "0")
     if rank != "0":
         alike = job_wide or _formed_job() is None
         if alike and os.environ.get("LOCAL_RANK", rank) != "0":
+            if wait:
+                _wait_for_the_machines_line()
             return
         line = f"[rank {rank}] {line}"
     sys.stderr.write(line + "\n")
@@ -238,19 +248,33 @@ def _say(line: str, *, job_wide: bool = False) -> None:
 
 
 def _report(line: str, *, job_wide: bool = False) -> None:
-    """`_say` ``line``, and tell it to the job's other processes if it has not formed yet."""
-    _say(line, job_wide=job_wide)
+    """`_say` ``line``, and tell it to the job's other processes if it has not formed yet: first,
+    since a process that leaves its line to its machine's first process waits in `_say` until that
+    one has said it, and that one may be waiting to hear of this failure, to quote it."""
     _tell_job(line)
+    _say(line, job_wide=job_wide)
 
 
-def _tell_job(line: str) -> None:
+def _tell_job(line: str, *, known: bool = False) -> None:
     """Under torchrun, before this process's job has formed: tell its other processes that this
-    one stops, saying ``line`` (`recurrent.distributed.tell_failure`)."""
+    one stops, saying ``line`` (`recurrent.distributed.tell_failure`; ``known``: they know)."""
     if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or _formed_job() is not None:
         return
     from recurrent.distributed import tell_failure
 
-    tell_failure(line)
+    tell_failure(line, known=known)
+
+
+def _wait_for_the_machines_line() -> None:
+    """Under torchrun, before this process's job has formed: wait until the first process of
+    this machine has said the line that this one leaves to it, so that torchrun does not stop
+    that process, at this one's exit, before it has said it
+    (`recurrent.distributed.wait_for_the_machines_line`)."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or _formed_job() is not None:
+        return
+    from recurrent.distributed import wait_for_the_machines_line
+
+    wait_for_the_machines_line()
 
 
 def _stop_on_sigterm(ended: list[bool]) -> Any:

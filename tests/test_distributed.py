@@ -74,10 +74,10 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def join_as(rank: int, port: int, monkeypatch: pytest.MonkeyPatch) -> None:
+def join_as(rank: int, port: int, monkeypatch: pytest.MonkeyPatch, local_rank: int = 0) -> None:
     """The environment torchrun gives ``rank`` of a two-process job on 127.0.0.1:``port``, its
-    machine's first process."""
-    job = {"RANK": rank, "WORLD_SIZE": 2, "LOCAL_RANK": 0, "MASTER_ADDR": "127.0.0.1"}
+    machine's process ``local_rank`` (the first, by default)."""
+    job = {"RANK": rank, "WORLD_SIZE": 2, "LOCAL_RANK": local_rank, "MASTER_ADDR": "127.0.0.1"}
     for name, value in {**job, "MASTER_PORT": port}.items():
         monkeypatch.setenv(name, str(value))
 
@@ -390,6 +390,57 @@ def test_a_process_that_stops_before_its_job_forms_tells_the_job_why(
         assert (store.get(key).decode() if store.check([key]) else None) == told
 
 
+@pytest.mark.parametrize("ends", ["said", "sigterm", "timeout"])
+def test_a_process_leaving_its_line_to_its_machines_first_waits_until_it_is_said(
+    ends, monkeypatch, capfd
+):
+    """Rank 1, its machine's second process, stops before the job forms and leaves its line to
+    rank 0, which meets the same error later (still starting) or quotes it: rank 1 exited at once,
+    torchrun's agent stopped rank 0 before it said anything, and the machine's output held no
+    line at all. Rank 1 now tells the job first, then waits until rank 0 has said its line (or a
+    SIGTERM, torchrun stopping the job, or `SAID_TIMEOUT_S`)."""
+    store = serve_job_store(monkeypatch)
+    join_as(1, store.port, monkeypatch, local_rank=1)
+    monkeypatch.setattr(distributed, "SAID_TIMEOUT_S", 1.0 if ends == "timeout" else 60.0)
+    told_first: list[bool] = []
+
+    def rank_0_later() -> None:
+        time.sleep(0.5)
+        told_first.append(store.check(["recurrent/attempt-0/failed"]))
+        if ends == "said":  # what rank 0's `tell_failure` does once it has said its line
+            store.set("recurrent/attempt-0/said/0", "error: the same config error")
+        elif ends == "sigterm":
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def main(argv):
+        raise UserError("the same config error")
+
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)  # should it come late
+    try:
+        threading.Thread(target=rank_0_later, daemon=True).start()
+        start = time.monotonic()
+        assert run_cli(main, []) == 2
+        waited = time.monotonic() - start
+    finally:
+        time.sleep(max(0.0, 0.6 - (time.monotonic() - start)))  # past rank_0_later's signal
+        signal.signal(signal.SIGTERM, previous)
+    assert told_first == [True], "rank 1 waited before it told the job"
+    assert (0.5 if ends != "timeout" else 1.0) <= waited < 10, waited
+    assert capfd.readouterr().err == ""  # its line is rank 0's to say
+    assert store.get("recurrent/attempt-0/failed").decode() == "1\terror: the same config error"
+
+    # rank 0, quoting it (the job could not form), tells its line said; it tells no failure
+    store.delete_key("recurrent/attempt-0/said/0")
+    join_as(0, store.port, monkeypatch)
+
+    def quotes(argv):
+        raise JobNotFormed("rank 1 of this torchrun job stopped before the job formed")
+
+    assert run_cli(quotes, []) == 2
+    assert store.get("recurrent/attempt-0/said/0").decode().startswith("error: rank 1 of this")
+    assert store.get("recurrent/attempt-0/failed").decode() == "1\terror: the same config error"
+
+
 def test_each_attempt_waits_for_its_own_processes_and_forms_under_its_own_keys(monkeypatch):
     """`setup`'s joining under torchrun, in a job that torchrun restarts after its two processes
     had joined (the store is this test's; the group that torch forms, which needs every process,
@@ -603,6 +654,18 @@ def test_a_rank_that_dies_ends_the_job(tmp_path):
     assert not said or said[0].startswith("stopped: SIGTERM") or "lost contact" in said[0], said
 
 
+# char_lm.train whose rank 0 starts 2 s after rank 1
+SLOW_RANK_0 = """
+import os
+import time
+from char_lm import train
+
+if os.environ["RANK"] == "0":
+    time.sleep(2)
+train.cli()
+"""
+
+
 def _fails(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     result = bounded(TORCHRUN + args, cwd=cwd)
     assert result.returncode != 0
@@ -613,7 +676,13 @@ def test_an_error_every_rank_meets_is_said_once_and_never_runs_into_another_line
     """A config error (before the job forms) is said by rank 0 alone; an error after it (the
     batch does not split over the processes) once per rank, each on its own line; rank 0's
     refusal of its run folder once, and at once."""
-    config_error = _fails([*CHAR, "--set", "train.lr=100", "--out-dir", "r"], tmp_path)
+    # (rank 0 comes to it 2 s after rank 1, whose exit made torchrun stop rank 0 before it said
+    # it: the output held no error at all)
+    (tmp_path / "slow_rank_0.py").write_text(SLOW_RANK_0)
+    config_error = _fails(
+        [str(tmp_path / "slow_rank_0.py"), *CHAR[2:], "--set", "train.lr=100", "--out-dir", "r"],
+        tmp_path,
+    )
     said = [line for line in config_error.stderr.splitlines() if "error: " in line]
     assert said == ["error: config key 'train.lr' must be in (0, 10], got 100.0"], said
     layout_error = _fails([*CHAR, "--set", "data.batch_size=3", "--out-dir", "r2"], tmp_path)

@@ -40,6 +40,7 @@ import streamlit as st
 import torch
 
 from captioner.data.images import load_image
+from captioner.ensemble import load_ensemble
 from captioner.inference import CaptionResult, caption_images, load_captioner
 from captioner.scenes import caption_names_objects_correctly, render_random_scene
 from char_lm.generate import generate, load_char_lm, trained_precision
@@ -138,6 +139,12 @@ def _captioner(path: str, mtime_ns: int, size: int, device: str):
     return load_captioner(path, device=device)
 
 
+@st.cache_resource(show_spinner="Loading the ensemble...", max_entries=2)
+def _ensemble(paths: tuple[str, ...], names: tuple[str, ...], keys: tuple, device: str):
+    del keys  # each member's (mtime, size): a cache key only
+    return load_ensemble(paths, device=device, names=names)
+
+
 @st.cache_resource(show_spinner="Loading the language model...", max_entries=4)
 def _char_lm(path: str, mtime_ns: int, size: int, device: str):
     del mtime_ns, size
@@ -149,6 +156,14 @@ def load_model(args: AppArgs, entry: CheckpointEntry, loader: Callable):
     path = checkpoint_path(args.models_dir, entry.name)
     device = pick_device(args.device)
     return loader(str(path), *file_key(path), str(device))
+
+
+def load_ensemble_of(args: AppArgs, entries: list[CheckpointEntry]):
+    """The captioners ``entries`` decoded as one ensemble, through the cache (`load_model`)."""
+    paths = [checkpoint_path(args.models_dir, entry.name) for entry in entries]
+    names = tuple(entry.name for entry in entries)
+    keys = tuple(file_key(path) for path in paths)
+    return _ensemble(tuple(map(str, paths)), names, keys, str(pick_device(args.device)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -220,7 +235,11 @@ def caption_page(args: AppArgs, listing: Listing) -> None:
         no_checkpoints("captioner", args)
         return
     entry = pick_checkpoint(entries, "Captioner checkpoint", key="captioner_checkpoint")
-    captioner = load_model(args, entry, _captioner)
+    partners = pick_partners(entries, entry)
+    if partners:
+        captioner = load_ensemble_of(args, [entry, *partners])
+    else:
+        captioner = load_model(args, entry, _captioner)
     decode = captioner.cfg.decode
     beam_size = st.sidebar.slider(
         "Beam size",
@@ -276,6 +295,36 @@ def caption_page(args: AppArgs, listing: Listing) -> None:
     )
     scenes_only = scene is None and knows_only_scenes(entry.card)  # an upload, to a scenes model
     show_caption(image, label, result, references, scene, scenes_only)
+    if partners:
+        maps = (
+            "; the heat maps are the first attending model's"
+            if result.attention is not None
+            else ""
+        )
+        st.caption(
+            f"Captioned by an ensemble of {1 + len(partners)} checkpoints ({entry.name}, "
+            f"{', '.join(partner.name for partner in partners)}): each word is chosen from the "
+            f"mean of their next-word probabilities{maps}."
+        )
+
+
+def pick_partners(entries: list[CheckpointEntry], entry: CheckpointEntry) -> list[CheckpointEntry]:
+    """The checkpoints the sidebar's "Ensemble with" adds to ``entry`` (none when it is the only
+    captioner); a choice that names ``entry`` itself (picked since) or a file gone is cleared."""
+    others = [other for other in entries if other.name != entry.name]
+    if not others:
+        return []
+    by_name = {other.name: other for other in others}
+    chosen = st.sidebar.multiselect(
+        "Ensemble with",
+        list(by_name),
+        key=kept("ensemble_with", [], valid=lambda names: set(names) <= set(by_name)),
+        help="Caption with these checkpoints too, as one model: each next word comes from the "
+        "mean of every model's probabilities (self-critical.pytorch's ensembles). They must share "
+        "the vocabulary and the image size and normalisation; the decoding settings are the "
+        "first checkpoint's.",
+    )
+    return [by_name[name] for name in chosen]
 
 
 def decoding_options(decode, beam_size: int, max_length: int) -> dict:

@@ -244,11 +244,15 @@ def ensemble_from_payloads(
     return Captioner(model, first.vocab, first.cfg, first.transform, device)
 
 
-def load_ensemble(paths: Sequence[str], device: str | torch.device = "cpu") -> Captioner:
+def load_ensemble(
+    paths: Sequence[str],
+    device: str | torch.device = "cpu",
+    names: Sequence[str] | None = None,
+) -> Captioner:
     """Load captioner checkpoints to decode as one ensemble (`load_captioner` for one path).
 
     A missing, corrupt or foreign file, or members that differ in vocabulary or preprocessing,
-    is a one-line `UserError`.
+    is a one-line `UserError`, which calls the members ``names`` (default: their paths).
     """
     payloads = [load_checkpoint(path, task="captioner") for path in paths]
-    return ensemble_from_payloads(payloads, [str(path) for path in paths], device)
+    return ensemble_from_payloads(payloads, names or [str(path) for path in paths], device)

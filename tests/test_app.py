@@ -26,6 +26,7 @@ from tiny_models import train_tiny_captioner, train_tiny_char_lm
 
 import captioner.inference as inference
 from captioner.data.images import load_image
+from captioner.ensemble import load_ensemble
 from captioner.inference import caption_images, load_captioner
 from captioner.scenes import (
     MAX_SIZE,
@@ -44,7 +45,7 @@ from crnn_app.models_dir import (
     list_checkpoints,
     parse_app_args,
 )
-from recurrent.checkpoint import load_checkpoint
+from recurrent.checkpoint import load_checkpoint, save_checkpoint
 from recurrent.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -313,6 +314,54 @@ def test_random_scene_caption_equals_library_and_follows_controls(
     at.button(key="random_scene").click()
     _run(at)
     assert at.session_state["scene_seed"] != seed  # every press draws a fresh scene
+
+
+def test_an_ensemble_captions_as_the_library_does_and_a_mismatch_is_one_line(
+    app: AppTest, models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    at = _run(app)
+    partners = at.multiselect(key="ensemble_with")
+    assert partners.value == [] and partners.options == [
+        "scenes_run/last.pt",
+        "zz_no_attention/best.pt",
+        "zz_no_attention/last.pt",
+    ]  # every other captioner
+    at.slider(key="beam_size").set_value(3)
+    partners.set_value(["zz_no_attention/best.pt"])
+    at.button(key="random_scene").click()
+    _run(at)
+    captioner = load_captioner(str(models["captioner"]))
+    image = render_random_scene(
+        at.session_state["scene_seed"], scene_size(captioner.cfg.data.image_size)
+    )[0]
+    ensemble = load_ensemble([str(models["captioner"]), str(models["show_and_tell"])])
+    [expected] = caption_images(ensemble, [image], beam_size=3, n_best=3)
+    [alone] = caption_images(captioner, [image], beam_size=3, n_best=3)
+    assert expected.beams != alone.beams  # the partner's probabilities count
+    assert _beams(at) == _expected_beams(expected)
+    assert "ensemble of 2 checkpoints" in " ".join(_messages(at.caption))
+    assert len(at.image[1].proto.imgs) == len(expected.words)  # the attending member's maps
+    # the partner picked as the checkpoint itself leaves the ensemble
+    at.selectbox(key="captioner_checkpoint").set_value("zz_no_attention/best.pt")
+    _run(at)
+    assert at.multiselect(key="ensemble_with").value == []
+
+    # a partner with another vocabulary: one line naming both, and the page recovers
+    models_dir = tmp_path / "models"
+    models_dir.mkdir()
+    shutil.copy(models["captioner"], models_dir / "a.pt")
+    payload = load_checkpoint(models["captioner"])
+    payload["vocab"][-2:] = payload["vocab"][:-3:-1]  # the last two words swapped
+    save_checkpoint(payload, models_dir / "b.pt")
+    monkeypatch.setenv(ENV_VAR, str(models_dir))
+    at = _run(AppTest.from_file(APP, default_timeout=TIMEOUT))
+    at.multiselect(key="ensemble_with").set_value(["b.pt"])
+    _run(at)
+    (error,) = _messages(at.error)
+    assert error.startswith("a.pt and b.pt have different vocabularies (id "), error
+    at.multiselect(key="ensemble_with").set_value([])
+    _run(at)
+    assert not at.error and "Upload an image" in " ".join(_messages(at.info))
 
 
 @pytest.mark.parametrize("name", list(GOOD_UPLOADS))

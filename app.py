@@ -8,8 +8,8 @@ function per page); the sidebar also shows the chosen checkpoint's model card:
 
 - Caption an image: upload an image or draw a fresh random scene from the built-in generator; the
   page shows the caption, the top beams with their log-probabilities and, for attention models,
-  one attention heat map per word. A model trained on the synthetic scenes only says so next to
-  the caption of an upload.
+  one attention heat map per word; "Ensemble with" adds checkpoints that caption with it as one
+  model. A model trained on the synthetic scenes only says so next to the caption of an upload.
 - Generate text: a character-level language model continues a prompt, streamed as it is sampled;
   every click draws a fresh seed and shows it ("Fixed seed" repeats a text).
 - Training curves: loss, scores, learning rate, throughput of the runs (folders with a
@@ -18,8 +18,9 @@ function per page); the sidebar also shows the chosen checkpoint's model card:
   ranked by how well they track quotes or lines, and LSTM/GRU gate saturation.
 - Lecture toys: train hihello, the ship sentence or a typed text in seconds and step through it.
 
-This file holds UI only: models load through `captioner.inference.load_captioner` and
-`char_lm.generate.load_char_lm` (once, in `st.cache_resource`), captions come from
+This file holds UI only: models load through `captioner.inference.load_captioner`,
+`captioner.ensemble.load_ensemble` and `char_lm.generate.load_char_lm` (once, in
+`st.cache_resource`), captions come from
 `caption_images`, text from `generate`, images from `load_image`, scenes from
 `captioner.scenes.render_random_scene`, curves from `recurrent.plot`, states and gates from
 `crnn_app.inside.trace`, toys from `crnn_app.toys`, cards from `crnn_app.cards`. Widget settings

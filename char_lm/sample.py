@@ -3,27 +3,34 @@
     python -m char_lm.sample --checkpoint runs/char_lm/shakespeare/best.pt --prompt "ROMEO:" \
         --length 500 --temperature 0.8 --top-k 40 --top-p 0.95 --seed 1
 
+    python -m char_lm.sample --checkpoint best.pt --prompt-file opening.txt --num-samples 3
+
 Without ``--seed`` every run draws a fresh random seed and prints it to stderr
 (``seed: 123456789``), so a sample worth keeping can be repeated with ``--seed 123456789`` and the
-same settings. Prints the prompt, then the generated characters one at a time (flushed as they come), then a
-newline. An empty prompt conditions the model on a newline (not printed) when its vocabulary has
-one; otherwise a prompt is required. Prompt characters the model never saw are an error naming
-them.
+same settings. Prints the prompt, then the generated characters one at a time (flushed as they
+come), then a newline. An empty prompt conditions the model on a newline (not printed) when its
+vocabulary has one; otherwise a prompt is required. Prompt characters the model never saw are an
+error naming them. ``--prompt-file`` reads the prompt from a UTF-8 file (several lines, say).
+``--num-samples N`` prints N samples of the same prompt, each followed by a line of dashes (as
+nanoGPT's sample.py): sample i is drawn with seed + i, so its text is the one ``--seed`` (seed + i)
+gives alone.
 """
 
 from __future__ import annotations
 
 import secrets
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 
+from char_lm.data import read_text
 from char_lm.generate import generate, load_char_lm, trained_precision
 from recurrent.errors import ArgumentParser, UserError, run_cli
 from recurrent.training import pick_device
 
 SEED_RANGE = 2**31  # seeds drawn without --seed are in [0, 2**31), short enough to copy
+SEPARATOR = "-" * 15  # the line after each of several samples (nanoGPT's)
 
 
 def draw_seed() -> int:
@@ -37,10 +44,19 @@ def main(argv: Sequence[str] | None = None) -> None:
         description="Generate text from a character model trained with char_lm.train.",
     )
     parser.add_argument("--checkpoint", required=True, help="a .pt file written by char_lm.train")
-    parser.add_argument(
+    prompts = parser.add_mutually_exclusive_group()
+    prompts.add_argument(
         "--prompt",
         default="",
         help="text to continue (default empty: start as if at the beginning of a line)",
+    )
+    prompts.add_argument("--prompt-file", help="a UTF-8 text file whose whole text is the prompt")
+    parser.add_argument(
+        "--num-samples",
+        type=int,
+        default=1,
+        help="samples of the prompt to print, each followed by a line of dashes; sample i is "
+        "drawn with seed + i (default 1: one sample, no dashes)",
     )
     parser.add_argument(
         "--length", type=int, default=500, help="characters to generate (default 500)"
@@ -76,32 +92,44 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise UserError(f"--length must be >= 0, got {args.length}")
     if args.seed is not None and not 0 <= args.seed < 2**63:
         raise UserError(f"--seed must be an integer from 0 to 2**63 - 1, got {args.seed}")
+    if args.num_samples < 1:
+        raise UserError(f"--num-samples must be at least 1, got {args.num_samples}")
+    if args.greedy and args.num_samples > 1:
+        raise UserError("--greedy gives the same text every time; drop --greedy or --num-samples")
+    prompt = args.prompt if args.prompt_file is None else read_text(args.prompt_file)
     device = pick_device(args.device)
     model, vocab, config = load_char_lm(args.checkpoint, device)
     seed = draw_seed() if args.seed is None else args.seed
-    generator = torch.Generator(device=device).manual_seed(seed)
-    characters = generate(
-        model,
-        vocab,
-        args.prompt,
-        args.length,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        greedy=args.greedy,
-        generator=generator,
-        precision=trained_precision(model, config),  # as it was trained
-    )  # checks the prompt and settings before anything is printed
+
+    def sample(index: int) -> Iterator[str]:
+        return generate(
+            model,
+            vocab,
+            prompt,
+            args.length,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            greedy=args.greedy,
+            generator=torch.Generator(device=device).manual_seed(seed + index),
+            precision=trained_precision(model, config),  # as it was trained
+        )  # checks the prompt and settings before anything is printed
+
+    characters = sample(0)
     if args.seed is None and not args.greedy:  # a drawn seed, so a good sample can be repeated
-        print(f"seed: {seed} (pass --seed {seed} to repeat this sample)", file=sys.stderr)
+        these = "this sample" if args.num_samples == 1 else "these samples"
+        print(f"seed: {seed} (pass --seed {seed} to repeat {these})", file=sys.stderr)
     out = sys.stdout
-    out.write(args.prompt)
-    out.flush()
-    for ch in characters:
-        out.write(ch)
+    for index in range(args.num_samples):
+        if index:
+            characters = sample(index)
+        out.write(prompt)
         out.flush()
-    out.write("\n")
-    out.flush()
+        for ch in characters:
+            out.write(ch)
+            out.flush()
+        out.write("\n" if args.num_samples == 1 else f"\n{SEPARATOR}\n")
+        out.flush()
 
 
 def cli() -> None:

@@ -93,6 +93,32 @@ def test_sample_streams_prompt_and_seeded_text(trained):
     assert result.stdout == "the " + expected + "\n"
 
 
+def test_several_samples_of_a_prompt_file_are_the_library_texts_of_consecutive_seeds(
+    trained, tmp_path, capsys
+):
+    """--num-samples 3 --seed 5: samples of seeds 5, 6 and 7, each followed by a line of dashes;
+    --prompt-file: the file's whole text (two lines here) is the prompt."""
+    _, checkpoint = trained
+    prompt = "the lazy dog.\nthe "
+    (tmp_path / "prompt.txt").write_text(prompt, encoding="utf-8")
+    argv = ["--checkpoint", str(checkpoint), "--prompt-file", str(tmp_path / "prompt.txt"),
+            "--length", "30", "--temperature", "1.2", "--top-p", "0.9",
+            "--device", "cpu"]  # fmt: skip
+    assert run_cli(sample.main, [*argv, "--num-samples", "3", "--seed", "5"]) == 0
+    model, vocab, _ = load_char_lm(checkpoint)
+    texts = [
+        prompt + "".join(generate(model, vocab, prompt, 30, temperature=1.2, top_p=0.9,
+                                  generator=torch.Generator().manual_seed(seed)))
+        for seed in (5, 6, 7)
+    ]  # fmt: skip
+    assert len(set(texts)) == 3
+    assert capsys.readouterr().out == "".join(f"{text}\n{'-' * 15}\n" for text in texts)
+    assert run_cli(sample.main, [*argv, "--seed", "6"]) == 0  # the second, alone
+    assert capsys.readouterr().out == texts[1] + "\n"
+    assert run_cli(sample.main, [*argv, "--num-samples", "2"]) == 0  # a drawn seed covers both
+    assert "to repeat these samples" in capsys.readouterr().err
+
+
 def test_evaluate_json_matches_the_library(trained, capsys):
     text_file, checkpoint = trained
     result = run("char_lm.evaluate", "--checkpoint", str(checkpoint), "--text", str(text_file),
@@ -181,6 +207,28 @@ def bad_inputs(
             evaluate, ["--checkpoint", str(tmp_path / "gone.pt"), "--text", str(text_file)],
             "checkpoint not found",
         ),
+        "prompt file not UTF-8": (
+            sample, ["--checkpoint", str(checkpoint),
+                     "--prompt-file", str(tmp_path / "latin1.txt")],
+            "latin1.txt is not UTF-8 text (bad byte at offset 2)",
+        ),
+        "missing prompt file": (
+            sample, ["--checkpoint", str(checkpoint), "--prompt-file", str(tmp_path / "gone.txt")],
+            "text file not found",
+        ),
+        "--prompt and --prompt-file": (
+            sample, ["--checkpoint", str(checkpoint), "--prompt", "the",
+                     "--prompt-file", str(text_file)],
+            "argument --prompt-file: not allowed with argument --prompt",
+        ),
+        "no samples": (
+            sample, ["--checkpoint", str(checkpoint), "--num-samples", "0"],
+            "--num-samples must be at least 1, got 0",
+        ),
+        "several greedy samples": (
+            sample, ["--checkpoint", str(checkpoint), "--greedy", "--num-samples", "2"],
+            "--greedy gives the same text every time",
+        ),
         "file that is not a checkpoint": (
             sample, ["--checkpoint", str(tmp_path / "not_a_checkpoint.pt")],
             "is not a readable checkpoint",
@@ -260,6 +308,11 @@ CASES = [
     "missing config file",
     "unknown prompt characters",
     "missing checkpoint",
+    "prompt file not UTF-8",
+    "missing prompt file",
+    "--prompt and --prompt-file",
+    "no samples",
+    "several greedy samples",
     "file that is not a checkpoint",
     "captioner checkpoint",
     "evaluate text with unseen characters",

@@ -22,10 +22,8 @@ import datetime
 import gc
 import os
 import secrets
-import signal
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -40,7 +38,6 @@ from recurrent.errors import JobNotFormed, UserError
 DEFAULT_TIMEOUT_S = 1800.0  # a rank that does not answer a collective in this time fails the job
 TELL_TIMEOUT_S = 5.0  # to reach the job's store and tell it of a failure before the job formed
 REACH_TIMEOUT_S = 60.0  # to reach the job's store when joining (torchrun serves it beforehand)
-SAID_TIMEOUT_S = 30.0  # a process leaving its line to its machine's first process waits this long
 
 
 @dataclass(frozen=True)
@@ -181,7 +178,7 @@ def setup(
         except dist.DistNetworkError:  # "Failed to recv, got 0 bytes. Connection was likely ..."
             # the job's store went away before every process joined: the torchrun that held it
             # ended (on the first machine under the static rendezvous), its process having failed
-            raise JobNotFormed(STORE_CLOSED, store_gone=True) from None
+            raise JobNotFormed(STORE_CLOSED) from None
     return layout, device
 
 
@@ -219,7 +216,7 @@ def _job_store(timeout_s: float) -> dist.TCPStore | None:
         with _native_stderr_held():
             store = dist.TCPStore(address, port, is_master=False, timeout=reach)
     except dist.DistError:
-        raise JobNotFormed(STORE_CLOSED, store_gone=True) from None
+        raise JobNotFormed(STORE_CLOSED) from None
     store.set_timeout(datetime.timedelta(seconds=timeout_s))
     return store
 
@@ -276,63 +273,19 @@ def _wait_for_everyone(store: dist.TCPStore, layout: Distributed, timeout_s: flo
         joined = store.add(_attempt_key("joined"), 0)
 
 
-def tell_failure(line: str, *, known: bool = False) -> None:
+def tell_failure(line: str) -> None:
     """Tell the processes of this torchrun job, waiting to form it, that this one stops before
     joining, saying ``line``: they stop too, with it (`_wait_for_everyone`). The first process
-    to tell is the one they quote; ``known``: the job knows already (this process could not form
-    it), so nothing is told. From a machine's first process, it also tells that the line is said
-    (`wait_for_the_machines_line`). Nothing where the job's store cannot be reached."""
+    to tell is the one they quote. Nothing where the job's store cannot be reached."""
     try:
-        layout = from_environment()
-        if not layout.enabled:
+        if not from_environment().enabled:
             return
         store = _job_store(TELL_TIMEOUT_S)
         if store is not None:
-            if not known:
-                store.compare_set(_attempt_key("failed"), "", f"{layout.rank}\t{line}")
-            if layout.local_rank == 0:
-                store.set(_said_key(layout), line)
+            rank = os.environ.get("RANK", "0")
+            store.compare_set(_attempt_key("failed"), "", f"{rank}\t{line}")
     except (UserError, KeyError, ValueError, RuntimeError):  # torch's DistError is one
         pass
-
-
-def wait_for_the_machines_line(timeout_s: float | None = None) -> None:
-    """For a process that stops before its job formed and leaves its line to its machine's first
-    process (which meets the same error, or quotes this one's: `recurrent.errors._say`): wait
-    until that process has said it (`tell_failure`), at most ``timeout_s`` (`SAID_TIMEOUT_S`),
-    or until a SIGTERM comes (torchrun stopping the job).
-
-    torchrun's agent stops the other processes as soon as one exits: when the first process was
-    slower to come to the same error (still starting), it was stopped before it said it, and the
-    machine's output held no line at all, or `stopped: SIGTERM`."""
-    try:
-        layout = from_environment()
-        store = _job_store(TELL_TIMEOUT_S) if layout.enabled else None
-    except (UserError, KeyError, ValueError, RuntimeError):
-        return
-    if store is None:
-        return
-    stopped = threading.Event()
-    previous = None
-    if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGTERM, lambda signum, frame: stopped.set())
-    try:
-        deadline = time.monotonic() + (SAID_TIMEOUT_S if timeout_s is None else timeout_s)
-        key = _said_key(layout)
-        while not (stopped.is_set() or time.monotonic() > deadline or store.check([key])):
-            time.sleep(0.05)
-    except RuntimeError:  # the store went away (torch's DistError is one): nothing to wait for
-        pass
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-
-
-def _said_key(layout: Distributed) -> str:
-    """The key of this attempt in which the first process of ``layout``'s machine says that it
-    has said its line (torchrun numbers a machine's processes from its first one's rank on)."""
-    machine = os.environ.get("GROUP_RANK", str(layout.rank - layout.local_rank))
-    return _attempt_key(f"said/{machine}")
 
 
 def finish(exit_code: int) -> int:

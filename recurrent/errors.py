@@ -17,7 +17,9 @@ import re
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
 
@@ -52,11 +54,7 @@ EXIT_USER_ERROR = 2
 
 class JobNotFormed(UserError):
     """This process's torchrun job could not form: another process stopped before joining it, or
-    never came (`recurrent.distributed.setup`); ``store_gone``: the job's store went away."""
-
-    def __init__(self, message: str, *, store_gone: bool = False) -> None:
-        super().__init__(message)
-        self.store_gone = store_gone
+    never came (`recurrent.distributed.setup`)."""
 
 
 class RunStopped(Exception):
@@ -119,10 +117,7 @@ def _run(
             ended[0] = True
         _flush_stdout()  # what is left of its output fails here (a full disk), not at exit
     except JobNotFormed as err:  # the job's own failure to form: the others know it already
-        line = f"error: {' '.join(str(err).split())}"
-        _say(line, wait=not err.store_gone)
-        if not err.store_gone:
-            _tell_job(line, known=True)  # that it is said, to its machine's other processes
+        _say(f"error: {' '.join(str(err).split())}")
         return EXIT_USER_ERROR
     except UserError as err:
         _report(f"error: {' '.join(str(err).split())}")  # always exactly one line
@@ -224,27 +219,79 @@ def _formed_job() -> Any:
     return dist
 
 
-def _say(line: str, *, job_wide: bool = False, wait: bool = True) -> None:
+def _say(line: str, *, job_wide: bool = False) -> None:
     """Write ``line`` to stderr in one call (torchrun's processes share the terminal: a message
     and its newline written apart could run into another process's line).
 
     Under torchrun, what every rank may meet alike (an error before the job formed, from the same
     arguments and config everywhere, or a signal that stops the job: ``job_wide``) is said once
     per machine, by its first process (``LOCAL_RANK`` 0): each machine's output is its own, and
-    a file may be missing on one machine only; the others wait until it has said it (``wait``:
-    unless the job's store is gone). Anything else every rank says. A rank other than 0 puts its
-    rank in front.
+    a file may be missing on one machine only. The machine's other processes wait until it has
+    said it (`_machines_first_said`), and say it themselves when it has not in time. Anything
+    else every rank says. A rank other than 0 puts its rank in front.
     """
     rank = os.environ.get("RANK", "0")
+    first = os.environ.get("LOCAL_RANK", rank) == "0"
+    alike = job_wide or _formed_job() is None
     if rank != "0":
-        alike = job_wide or _formed_job() is None
-        if alike and os.environ.get("LOCAL_RANK", rank) != "0":
-            if wait:
-                _wait_for_the_machines_line()
+        if alike and not first and _machines_first_said():
             return
         line = f"[rank {rank}] {line}"
     sys.stderr.write(line + "\n")
     sys.stderr.flush()
+    if alike and first:
+        _note_said()
+
+
+SAID_TIMEOUT_S = 15.0  # how long a process leaving its line to its machine's first one waits
+
+
+def _said_marker() -> Path | None:
+    """The file by which a machine's first process tells the others of its torchrun job's
+    attempt on that machine that it has said its line: beside the folders of their
+    ``TORCHELASTIC_ERROR_FILE``s (``.../attempt_N/LOCAL_RANK/error.json``), which torchrun
+    makes per machine and attempt. None outside torchrun."""
+    error_file = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if not error_file or "LOCAL_RANK" not in os.environ:
+        return None
+    return Path(error_file).parent.parent / "crnn-said"
+
+
+def _note_said() -> None:
+    marker = _said_marker()
+    if marker is not None:
+        try:
+            marker.touch()
+        except OSError:  # the folder is gone or read-only: the others say their own line
+            pass
+
+
+def _machines_first_said() -> bool:
+    """Whether this machine's first process has said its line (`_note_said`): waited for, up to
+    `SAID_TIMEOUT_S`, or until a SIGTERM comes (torchrun stopping the job).
+
+    torchrun's agent stops the other processes as soon as one exits. A process that came to an
+    error first and exited at once, leaving the line to its machine's first process (which was
+    slower to come to the same error, or would quote it), made torchrun stop that one before it
+    said anything: the output held no line of the project's at all, or `stopped: SIGTERM`. False
+    where there is nothing to wait for (outside torchrun)."""
+    marker = _said_marker()
+    if marker is None:
+        return False
+    stopped = threading.Event()
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, lambda signum, frame: stopped.set())
+    try:
+        deadline = time.monotonic() + SAID_TIMEOUT_S
+        while not marker.exists():
+            if stopped.is_set() or time.monotonic() > deadline:
+                return marker.exists()
+            time.sleep(0.05)
+        return True
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _report(line: str, *, job_wide: bool = False) -> None:
@@ -255,26 +302,14 @@ def _report(line: str, *, job_wide: bool = False) -> None:
     _say(line, job_wide=job_wide)
 
 
-def _tell_job(line: str, *, known: bool = False) -> None:
+def _tell_job(line: str) -> None:
     """Under torchrun, before this process's job has formed: tell its other processes that this
-    one stops, saying ``line`` (`recurrent.distributed.tell_failure`; ``known``: they know)."""
+    one stops, saying ``line`` (`recurrent.distributed.tell_failure`)."""
     if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or _formed_job() is not None:
         return
     from recurrent.distributed import tell_failure
 
-    tell_failure(line, known=known)
-
-
-def _wait_for_the_machines_line() -> None:
-    """Under torchrun, before this process's job has formed: wait until the first process of
-    this machine has said the line that this one leaves to it, so that torchrun does not stop
-    that process, at this one's exit, before it has said it
-    (`recurrent.distributed.wait_for_the_machines_line`)."""
-    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or _formed_job() is not None:
-        return
-    from recurrent.distributed import wait_for_the_machines_line
-
-    wait_for_the_machines_line()
+    tell_failure(line)
 
 
 def _stop_on_sigterm(ended: list[bool]) -> Any:

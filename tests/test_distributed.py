@@ -392,23 +392,27 @@ def test_a_process_that_stops_before_its_job_forms_tells_the_job_why(
 
 @pytest.mark.parametrize("ends", ["said", "sigterm", "timeout"])
 def test_a_process_leaving_its_line_to_its_machines_first_waits_until_it_is_said(
-    ends, monkeypatch, capfd
+    ends, monkeypatch, tmp_path, capfd
 ):
     """Rank 1, its machine's second process, stops before the job forms and leaves its line to
     rank 0, which meets the same error later (still starting) or quotes it: rank 1 exited at once,
     torchrun's agent stopped rank 0 before it said anything, and the machine's output held no
-    line at all. Rank 1 now tells the job first, then waits until rank 0 has said its line (or a
-    SIGTERM, torchrun stopping the job, or `SAID_TIMEOUT_S`)."""
+    line at all. Rank 1 now tells the job first, then waits until rank 0 has said its line (a
+    file beside their torchrun error files), and says it itself at a SIGTERM (torchrun stopping
+    the job) or after `SAID_TIMEOUT_S` (rank 0 waiting in torch's own joining, on torch 2.4)."""
     store = serve_job_store(monkeypatch)
     join_as(1, store.port, monkeypatch, local_rank=1)
-    monkeypatch.setattr(distributed, "SAID_TIMEOUT_S", 1.0 if ends == "timeout" else 60.0)
+    attempt = tmp_path / "attempt_0"  # torchrun's folders of the machine's processes' error files
+    (attempt / "1").mkdir(parents=True)
+    monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(attempt / "1" / "error.json"))
+    monkeypatch.setattr(errors, "SAID_TIMEOUT_S", 1.0 if ends == "timeout" else 20.0)
     told_first: list[bool] = []
 
     def rank_0_later() -> None:
         time.sleep(0.5)
         told_first.append(store.check(["recurrent/attempt-0/failed"]))
-        if ends == "said":  # what rank 0's `tell_failure` does once it has said its line
-            store.set("recurrent/attempt-0/said/0", "error: the same config error")
+        if ends == "said":
+            (attempt / "crnn-said").touch()
         elif ends == "sigterm":
             os.kill(os.getpid(), signal.SIGTERM)
 
@@ -426,18 +430,8 @@ def test_a_process_leaving_its_line_to_its_machines_first_waits_until_it_is_said
         signal.signal(signal.SIGTERM, previous)
     assert told_first == [True], "rank 1 waited before it told the job"
     assert (0.5 if ends != "timeout" else 1.0) <= waited < 10, waited
-    assert capfd.readouterr().err == ""  # its line is rank 0's to say
-    assert store.get("recurrent/attempt-0/failed").decode() == "1\terror: the same config error"
-
-    # rank 0, quoting it (the job could not form), tells its line said; it tells no failure
-    store.delete_key("recurrent/attempt-0/said/0")
-    join_as(0, store.port, monkeypatch)
-
-    def quotes(argv):
-        raise JobNotFormed("rank 1 of this torchrun job stopped before the job formed")
-
-    assert run_cli(quotes, []) == 2
-    assert store.get("recurrent/attempt-0/said/0").decode().startswith("error: rank 1 of this")
+    said = "" if ends == "said" else "[rank 1] error: the same config error\n"
+    assert capfd.readouterr().err == said  # rank 0's line, unless rank 0 did not say it
     assert store.get("recurrent/attempt-0/failed").decode() == "1\terror: the same config error"
 
 

@@ -399,10 +399,17 @@ def test_the_default_run_folder_is_named_after_the_task_and_the_config():
     ],
 )
 def test_under_torchrun_a_job_wide_line_is_said_once_per_machine(
-    rank, local_rank, formed, raised, said, monkeypatch, capsys
+    rank, local_rank, formed, raised, said, monkeypatch, tmp_path, capsys
 ):
+    """The machine's first process notes that it has said such a line (a file beside its torchrun
+    error file's folder); the others wait for that note (here already written) before exiting."""
     monkeypatch.setenv("RANK", rank)
     monkeypatch.setenv("LOCAL_RANK", local_rank)
+    attempt = tmp_path / "attempt_0"
+    monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(attempt / local_rank / "error.json"))
+    attempt.mkdir()
+    if local_rank != "0":
+        (attempt / "crnn-said").touch()  # the first process has said its line
     monkeypatch.setattr(errors, "_formed_job", lambda: object() if formed else None)
 
     def main(argv):
@@ -411,6 +418,24 @@ def test_under_torchrun_a_job_wide_line_is_said_once_per_machine(
     status = 143 if isinstance(raised, RunStopped) else 2
     assert run_cli(main, []) == status
     assert capsys.readouterr().err == said
+    alike = isinstance(raised, RunStopped) or not formed
+    if local_rank == "0":
+        assert (attempt / "crnn-said").exists() == alike
+
+
+def test_without_torchruns_folders_every_process_says_its_line(monkeypatch, capsys):
+    """Launched otherwise (RANK and LOCAL_RANK set, no torchrun error file): nothing to wait for,
+    so a process that would leave an error to its machine's first process says it itself."""
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.delenv("TORCHELASTIC_ERROR_FILE", raising=False)
+    monkeypatch.setattr(errors, "_formed_job", lambda: None)
+
+    def main(argv):
+        raise UserError("a bad flag")
+
+    assert run_cli(main, []) == 2
+    assert capsys.readouterr().err == "[rank 1] error: a bad flag\n"
 
 
 @pytest.mark.parametrize(

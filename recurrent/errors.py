@@ -226,20 +226,22 @@ def _say(line: str, *, job_wide: bool = False) -> None:
     Under torchrun, what every rank may meet alike (an error before the job formed, from the same
     arguments and config everywhere, or a signal that stops the job: ``job_wide``) is said once
     per machine, by its first process (``LOCAL_RANK`` 0): each machine's output is its own, and
-    a file may be missing on one machine only. The machine's other processes wait until it has
-    said it (`_machines_first_said`), and say it themselves when it has not in time. Anything
+    a file may be missing on one machine only. Before the job has formed, when the processes run
+    apart, the machine's other processes wait until it has said it (`_machines_first_said`), and
+    say it themselves when it has not in time; a formed job's processes stop together. Anything
     else every rank says. A rank other than 0 puts its rank in front.
     """
     rank = os.environ.get("RANK", "0")
     first = os.environ.get("LOCAL_RANK", rank) == "0"
-    alike = job_wide or _formed_job() is None
+    forming = _formed_job() is None
     if rank != "0":
-        if alike and not first and _machines_first_said():
+        leaves_it = (job_wide or forming) and not first  # to the machine's first process
+        if leaves_it and (not forming or _machines_first_said()):
             return
         line = f"[rank {rank}] {line}"
     sys.stderr.write(line + "\n")
     sys.stderr.flush()
-    if alike and first:
+    if forming and first:
         _note_said()
 
 

@@ -401,8 +401,9 @@ def test_the_default_run_folder_is_named_after_the_task_and_the_config():
 def test_under_torchrun_a_job_wide_line_is_said_once_per_machine(
     rank, local_rank, formed, raised, said, monkeypatch, tmp_path, capsys
 ):
-    """The machine's first process notes that it has said such a line (a file beside its torchrun
-    error file's folder); the others wait for that note (here already written) before exiting."""
+    """Before the job formed, the machine's first process notes that it has said its line (a file
+    beside its torchrun error file's folder); the others wait for that note (here already
+    written) before exiting."""
     monkeypatch.setenv("RANK", rank)
     monkeypatch.setenv("LOCAL_RANK", local_rank)
     attempt = tmp_path / "attempt_0"
@@ -418,9 +419,8 @@ def test_under_torchrun_a_job_wide_line_is_said_once_per_machine(
     status = 143 if isinstance(raised, RunStopped) else 2
     assert run_cli(main, []) == status
     assert capsys.readouterr().err == said
-    alike = isinstance(raised, RunStopped) or not formed
     if local_rank == "0":
-        assert (attempt / "crnn-said").exists() == alike
+        assert (attempt / "crnn-said").exists() == (not formed)
 
 
 def test_without_torchruns_folders_every_process_says_its_line(monkeypatch, capsys):

@@ -103,6 +103,7 @@ UPLOAD_TYPES = ["png", "jpg", "jpeg", "webp", "bmp", "gif"]
 DISPLAY_SIZE = 320  # pixels: the longer side of the image shown beside its caption
 HEATMAP_SIZE = 128  # pixels: the longer side of each word's attention thumbnail
 MAX_BEAM_SIZE = 10
+MAX_PARTNERS = 4  # checkpoints an ensemble adds to the picked one (all held in memory at once)
 MAX_SEED = 2**31  # seeds drawn for Generate are in [0, MAX_SEED)
 MAX_PROMPT_CHARS = 5000  # the prompt is read one character at a time: 140k took 33 s
 STREAM_REFRESH_S = 0.05  # how often the streamed text is redrawn while it grows
@@ -319,11 +320,16 @@ def pick_partners(entries: list[CheckpointEntry], entry: CheckpointEntry) -> lis
     chosen = st.sidebar.multiselect(
         "Ensemble with",
         list(by_name),
-        key=kept("ensemble_with", [], valid=lambda names: set(names) <= set(by_name)),
+        key=kept(
+            "ensemble_with",
+            [],
+            valid=lambda names: set(names) <= set(by_name) and len(names) <= MAX_PARTNERS,
+        ),
+        max_selections=MAX_PARTNERS,
         help="Caption with these checkpoints too, as one model: each next word comes from the "
         "mean of every model's probabilities (self-critical.pytorch's ensembles). They must share "
         "the vocabulary and the image size and normalisation; the decoding settings are the "
-        "first checkpoint's.",
+        f"first checkpoint's. At most {MAX_PARTNERS}: every model is held in the server's memory.",
     )
     return [by_name[name] for name in chosen]
 

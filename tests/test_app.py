@@ -326,6 +326,7 @@ def test_an_ensemble_captions_as_the_library_does_and_a_mismatch_is_one_line(
         "zz_no_attention/best.pt",
         "zz_no_attention/last.pt",
     ]  # every other captioner
+    assert partners.proto.max_selections == 4  # every model is held in the server's memory
     at.slider(key="beam_size").set_value(3)
     partners.set_value(["zz_no_attention/best.pt"])
     at.button(key="random_scene").click()

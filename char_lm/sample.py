@@ -100,6 +100,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     device = pick_device(args.device)
     model, vocab, config = load_char_lm(args.checkpoint, device)
     seed = draw_seed() if args.seed is None else args.seed
+    precision = trained_precision(model, config)  # as it was trained
 
     def sample(index: int) -> Iterator[str]:
         return generate(
@@ -112,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             top_p=args.top_p,
             greedy=args.greedy,
             generator=torch.Generator(device=device).manual_seed(seed + index),
-            precision=trained_precision(model, config),  # as it was trained
+            precision=precision,
         )  # checks the prompt and settings before anything is printed
 
     characters = sample(0)

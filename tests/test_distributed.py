@@ -46,12 +46,17 @@ def kill_tree(pid: int) -> None:
             os.kill(process, signal.SIGKILL)
 
 
+def job_env() -> dict[str, str]:
+    """The environment of a launched job: one thread per process (the machine has two cores),
+    output unbuffered (a process that hangs has said what it had)."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
 def bounded(command: list[str], *, cwd: Path) -> subprocess.CompletedProcess:
     """``command`` run to its end, its output captured; at `TIMEOUT_S`, killed with every
     process it started (`kill_tree`)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     with subprocess.Popen(
-        command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        command, cwd=cwd, env=job_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     ) as process:
         try:
             out, err = process.communicate(timeout=TIMEOUT_S)
@@ -97,7 +102,6 @@ def launch_on_two_machines(args: list[str], *, cwd: Path, check: bool = True) ->
     machine's output goes to its ``torchrun.log``; ``check``: both must succeed."""
     port = free_port()  # for the rendezvous
     machines = [cwd / "machine0", cwd / "machine1"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     agents = []
     for node, folder in enumerate(machines):
         folder.mkdir(exist_ok=True)
@@ -109,7 +113,7 @@ def launch_on_two_machines(args: list[str], *, cwd: Path, check: bool = True) ->
             subprocess.Popen(
                 command,
                 cwd=folder,
-                env=env,
+                env=job_env(),
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 text=True,

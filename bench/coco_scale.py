@@ -65,6 +65,7 @@ from captioner.features import (  # noqa: E402
 from captioner.inference import eval_transform  # noqa: E402
 from captioner.train import SeededItems, epoch_batches, train  # noqa: E402
 from recurrent.config import load_config  # noqa: E402
+from recurrent.errors import loader_workers  # noqa: E402
 
 SPLITS = {"train": 82_783, "restval": 30_504, "val": 5_000, "test": 5_000}  # Karpathy's COCO
 NUM_CAPTIONS = 616_767
@@ -273,8 +274,8 @@ def feed_rate(dataset, collate, num_items: int, batches: int, workers: int, epoc
         dataset,
         batch_sampler=keys,
         collate_fn=collate,
-        num_workers=workers,
         generator=torch.Generator(),
+        **loader_workers(workers),  # as training starts them
     )
     start = time.perf_counter()
     images = 0

@@ -51,7 +51,7 @@ from char_lm.config import CharLMConfig  # noqa: E402
 from char_lm.model import CharLM  # noqa: E402
 from recurrent.config import load_config  # noqa: E402
 from recurrent.engine import build_optimizer, parameter_groups, read_metrics  # noqa: E402
-from recurrent.errors import RunStopped  # noqa: E402
+from recurrent.errors import RunStopped, loader_workers  # noqa: E402
 from recurrent.precision import Precision  # noqa: E402
 
 if TYPE_CHECKING:
@@ -233,11 +233,11 @@ def data_path(setup: Setup, training: list[dict[str, Any]], folder: Path) -> lis
             batch_size=setup.batch,
             shuffle=True,
             collate_fn=collate_pairs,
-            num_workers=workers,
             pin_memory=setup.device.type == "cuda",
             persistent_workers=workers > 0,
             prefetch_factor=4 if workers > 0 else None,
             drop_last=True,
+            **loader_workers(workers),  # as training starts them
         )
         batches = iter(loader)
         next(batches)  # the workers start

@@ -68,7 +68,7 @@ from captioner.config import CaptionerConfig
 from captioner.data import BadImageLog, DropBadImages, ImageOnly, ImageRecord, Vocabulary
 from captioner.data.datasets import encode_caption, pick_references
 from captioner.encoder import ImageEncoder, ImageFeatures
-from recurrent.errors import UserError, loader_worker_init
+from recurrent.errors import UserError, loader_workers
 from recurrent.files import atomic_write
 from recurrent.precision import Precision
 
@@ -281,10 +281,9 @@ class FeatureCache:
             ImageOnly(todo, self.transform, mark_bad_images=bad_images is not None),
             collate_fn=DropBadImages(default_collate),  # (batch or None, bad images)
             batch_size=batch_size,
-            num_workers=num_workers,
             pin_memory=device.type == "cuda",
             generator=torch.Generator(),  # leaves the global generator (dropout's) untouched
-            worker_init_fn=loader_worker_init,  # a group's SIGTERM is the main process's to handle
+            **loader_workers(num_workers),  # a group's SIGTERM is the main process's to handle
         )
         was_training = self.encoder.training
         self.encoder.eval()

@@ -32,7 +32,7 @@ from captioner.encoder import ImageFeatures
 from captioner.inference import Captioner, decode_features, decode_settings
 from captioner.metrics import bleu_scores, cider_d_score, coco_scores
 from recurrent.distributed import Distributed
-from recurrent.errors import UserError, loader_worker_init
+from recurrent.errors import UserError, loader_workers
 from recurrent.files import atomic_write_text
 
 TOKENIZATION = "lowercase, nltk TreebankWordTokenizer, alphanumeric tokens only"
@@ -78,9 +78,8 @@ def image_batches(
     loader = DataLoader(
         dataset,
         batch_size=batch_size,
-        num_workers=num_workers,
         generator=torch.Generator(),
-        worker_init_fn=loader_worker_init,  # a group's SIGTERM is the main process's to handle
+        **loader_workers(num_workers),  # a group's SIGTERM is the main process's to handle
     )
     model = captioner.model
     for images, indices in loader:

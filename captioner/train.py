@@ -112,7 +112,7 @@ from captioner.scst import SelfCritical
 from recurrent.config import add_run_arguments, load_config, run_dir, run_options, to_dict
 from recurrent.distributed import Distributed, finish
 from recurrent.engine import Resume, Run, StepResult
-from recurrent.errors import ArgumentParser, UserError, loader_worker_init, run_cli
+from recurrent.errors import ArgumentParser, UserError, loader_workers, run_cli
 
 TASK = "captioner"
 
@@ -397,12 +397,11 @@ class EpochBatches:
             data.train_set,
             batch_sampler=self,
             collate_fn=data.collate,
-            num_workers=workers,
             pin_memory=device.type == "cuda",
             persistent_workers=workers > 0,
             prefetch_factor=4 if workers > 0 else None,
             generator=torch.Generator(),  # keeps the global generator out of data loading
-            worker_init_fn=loader_worker_init,  # a group's SIGTERM: this process saves and stops
+            **loader_workers(workers),  # a group's SIGTERM: this process saves and stops
         )
         self._batches: Iterator | None = None
 

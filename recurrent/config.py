@@ -163,6 +163,10 @@ _EXPECTED = {
 
 
 def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):  # "Union" on Python 3.14
+        return " | ".join(
+            "None" if arg is type(None) else _type_name(arg) for arg in typing.get_args(tp)
+        )
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 

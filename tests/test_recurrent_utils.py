@@ -5,10 +5,12 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import math
+import multiprocessing
 import os
 import subprocess
 import sys
 import time
+import typing
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from captioner.config import CaptionerConfig
+from recurrent import config as config_module
 from recurrent import errors
 from recurrent.checkpoint import (
     FORMAT_VERSION,
@@ -24,7 +27,7 @@ from recurrent.checkpoint import (
     save_checkpoint,
 )
 from recurrent.config import from_dict, load_config, run_dir, to_dict, with_defaults
-from recurrent.errors import RunStopped, UserError, run_cli
+from recurrent.errors import RunStopped, UserError, loader_workers, run_cli
 from recurrent.files import FOREIGN_TEMP_AGE_S, HOST, atomic_write_text
 from recurrent.sampling import filter_logits, sample_next
 from recurrent.training import pick_device, warmup_cosine
@@ -473,3 +476,39 @@ def test_a_saved_config_gets_the_keys_it_lacks_at_their_defaults():
     assert filled["train"] == {"max_steps": 10, "lr": 0.5} and filled["extra"] == {"kept": 1}
     assert with_defaults({}, defaults) == defaults
     assert saved == {"model": {"cell": "gru"}, "train": {"lr": 0.5}, "extra": {"kept": 1}}
+
+
+class ParentOfTheWorker(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, index: int) -> int:
+        return os.getppid()
+
+
+def test_loader_workers_are_this_processs_children_whatever_the_default_start_method():
+    """A scheduler's SIGTERM to the process group is left to the main process, which ends its
+    workers (`loader_worker_init`): they must be its children. Python 3.14's default on Linux,
+    the forkserver, made them the children of a process that the group's SIGTERM ended too."""
+    previous = multiprocessing.get_start_method(allow_none=True)
+    multiprocessing.set_start_method("forkserver", force=True)
+    try:
+        loader = torch.utils.data.DataLoader(ParentOfTheWorker(), **loader_workers(2))
+        parents = {int(parent) for parent in loader}
+    finally:
+        multiprocessing.set_start_method(previous, force=True)
+    assert parents == {os.getpid()}
+    assert "multiprocessing_context" not in loader_workers(0)  # torch refuses it without workers
+
+
+@pytest.mark.parametrize(
+    "annotation, name",
+    [
+        (str | None, "str | None"),
+        (typing.Optional[int], "int | None"),  # noqa: UP045 (typing.Union, not types.UnionType)
+        (int | str, "int | str"),
+    ],
+)
+def test_a_union_is_named_alike_on_every_python(annotation, name):
+    """Python 3.14 names every union "Union" (`__name__`); the messages said "expected Union"."""
+    assert config_module._type_name(annotation) == name

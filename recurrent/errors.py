@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import multiprocessing
 import os
 import re
 import signal
@@ -342,8 +341,8 @@ def _stop_on_sigterm(ended: list[bool]) -> Any:
 
 def loader_workers(num_workers: int) -> dict[str, Any]:
     """A DataLoader's worker arguments: ``num_workers`` processes that `loader_worker_init`
-    starts, forked from this process where the system can fork (Linux, macOS), whatever the
-    Python.
+    starts, forked from this process where that leaves a group's SIGTERM to it (Linux), whatever
+    the Python; elsewhere Python's default (macOS: spawn).
 
     Python 3.14 starts them by default through a "forkserver" process, their parent, which sits
     in the main process's group: a scheduler's SIGTERM to the group ended it, after which the
@@ -352,7 +351,7 @@ def loader_workers(num_workers: int) -> dict[str, Any]:
     two here). Forked, they are the main process's children, as on Python 3.11 to 3.13.
     """
     options: dict[str, Any] = {"num_workers": num_workers, "worker_init_fn": loader_worker_init}
-    if num_workers > 0 and "fork" in multiprocessing.get_all_start_methods():
+    if num_workers > 0 and hasattr(signal, "sigwaitinfo"):
         options["multiprocessing_context"] = "fork"
     return options
 

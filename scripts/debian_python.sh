@@ -25,10 +25,14 @@ fi
 cp /etc/resolv.conf /etc/hosts "$root/etc/"
 cp /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/"
 echo "deb http://deb.debian.org/debian $suite main" >"$root/etc/apt/sources.list"
+printf '#!/bin/sh\nexit 101\n' >"$root/usr/sbin/policy-rc.d"  # packages start no daemon there
+chmod +x "$root/usr/sbin/policy-rc.d"
 
 mounted=()
-unmount() {
-    for ((i = ${#mounted[@]} - 1; i >= 0; i--)); do umount "${mounted[i]}"; done
+unmount() {  # lazily where a process that the suite started is still ending
+    for ((i = ${#mounted[@]} - 1; i >= 0; i--)); do
+        umount "${mounted[i]}" || umount --lazy "${mounted[i]}" || true
+    done
 }
 trap unmount EXIT
 mount -t proc proc "$root/proc" && mounted+=("$root/proc")

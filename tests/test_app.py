@@ -175,9 +175,9 @@ def _decompression_bomb_png() -> bytes:
 BAD_UPLOADS = {
     "notes.png": (lambda: b"these are notes, not pixels\n" * 10, "not an image"),
     "truncated.png": (lambda: _encode(_scene(20), "PNG")[:600], "truncated"),
-    "corrupt.jpg": (
+    "corrupt.jpg": (  # older Pillows (11.3 too) do not identify it: "not an image", also true
         lambda: _encode(_scene(21), "JPEG")[:200] + b"\x00garbage" * 50,
-        "corrupt or truncated",
+        "corrupt or truncated|not an image Pillow can decode",
     ),
     "bomb.png": (_decompression_bomb_png, "pixels"),
 }
@@ -466,7 +466,8 @@ def test_bad_upload_shows_message_and_page_stays_usable(app: AppTest, name: str)
     at.file_uploader(key="upload").set_value((name, make(), _mime(name)))
     _run(at)
     errors = _messages(at.error)
-    assert len(errors) == 1 and name in errors[0] and expected_text in errors[0], errors
+    assert len(errors) == 1 and name in errors[0], errors
+    assert any(text in errors[0] for text in expected_text.split("|")), errors
     assert "\n" not in errors[0] and "Traceback" not in errors[0]
     assert not at.subheader  # no caption for a bad file
     at.button(key="random_scene").click()

@@ -339,6 +339,11 @@ def _stop_on_sigterm(ended: list[bool]) -> Any:
     return signal.signal(signal.SIGTERM, stop)
 
 
+# A loader worker can wait for SIGTERM and tell who sent it (Linux; not macOS), and so leave a
+# group's SIGTERM to its main process (`loader_worker_init`), which must be its parent.
+WORKERS_LEAVE_SIGTERM = hasattr(signal, "sigwaitinfo")
+
+
 def loader_workers(num_workers: int) -> dict[str, Any]:
     """A DataLoader's worker arguments: ``num_workers`` processes that `loader_worker_init`
     starts, forked from this process where that leaves a group's SIGTERM to it (Linux), whatever
@@ -351,7 +356,7 @@ def loader_workers(num_workers: int) -> dict[str, Any]:
     two here). Forked, they are the main process's children, as on Python 3.11 to 3.13.
     """
     options: dict[str, Any] = {"num_workers": num_workers, "worker_init_fn": loader_worker_init}
-    if num_workers > 0 and hasattr(signal, "sigwaitinfo"):
+    if num_workers > 0 and WORKERS_LEAVE_SIGTERM:
         options["multiprocessing_context"] = "fork"
     return options
 
@@ -366,7 +371,7 @@ def loader_worker_init(worker_id: int) -> None:
     steps unsaved. Here a thread waits for SIGTERM instead (blocked in this thread, so delivered
     to none) and ends the worker only when its main process sent it, as torch does at shutdown.
     """
-    if not hasattr(signal, "sigwaitinfo"):  # macOS: torch's handler stays
+    if not WORKERS_LEAVE_SIGTERM:  # macOS: torch's handler stays
         return
     parent = os.getppid()
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})

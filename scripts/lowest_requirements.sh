@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The whole suite with the lowest version of every requirement that pyproject.toml allows:
+#
+#   bash scripts/lowest_requirements.sh            # this machine's python3
+#   bash scripts/lowest_requirements.sh python3.13
+#
+# Makes a throw-away virtualenv, asks uv (installed from PyPI into another one) for the lowest
+# version of each of the project's own requirements that has a wheel for that Python
+# (`--resolution lowest-direct --only-binary :all:`), adds the `dev` extra at its newest without
+# moving those, and runs `ruff check .` and the suite with them (installing Debian's chromium for
+# the browser tests first, as `make test` does). docs/robustness.md, section 18, says what it
+# found. Needs PyPI and about 7 GB of disk; the exit status is pytest's.
+set -euo pipefail
+python=${1:-python3}
+repo=$(git -C "$(dirname "$0")" rev-parse --show-toplevel)
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+"$python" -m venv "$work/uv"
+"$work/uv/bin/pip" install --quiet --disable-pip-version-check uv
+uv=$work/uv/bin/uv
+"$uv" venv --quiet --python "$python" "$work/venv"
+export VIRTUAL_ENV=$work/venv
+cd "$repo"
+"$uv" pip install --quiet --resolution lowest-direct --only-binary :all: -e .
+"$uv" pip install --quiet -e '.[dev]'
+"$uv" pip list 2>/dev/null |
+    grep -i -E '^(torch|torchvision|pillow|numpy|nltk|streamlit|pyyaml|tqdm) ' | tr -s ' ' | paste -sd ';'
+bash scripts/ensure_chromium.sh
+"$work/venv/bin/python" -m ruff check .
+"$work/venv/bin/python" -m pytest -p no:cacheprovider

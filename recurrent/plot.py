@@ -30,7 +30,7 @@ import altair as alt
 import pandas as pd
 
 from recurrent.engine import parse_metrics
-from recurrent.errors import ArgumentParser, UserError, run_cli
+from recurrent.errors import ArgumentParser, UserError, first_line, run_cli
 from recurrent.files import atomic_write
 
 METRICS_FILE = "metrics.jsonl"
@@ -228,21 +228,25 @@ def save_chart(chart: alt.TopLevelMixin, out: str | os.PathLike[str], scale: flo
         raise UserError(
             f"--out {out}: unknown format {out.suffix!r}; use one of .{', .'.join(FORMATS)}"
         )
-    if fmt != "json":
-        try:
-            import vl_convert  # noqa: F401  (Altair renders PNG/SVG/PDF and inline HTML with it)
-        except ImportError:
-            raise UserError(
-                f"writing .{fmt} needs vl-convert-python: pip install -e '.[plot]' (or write "
-                "--out curves.json, the chart's Vega-Lite spec)"
-            ) from None
     # vl-convert scales PNG and SVG; a PDF is vector at its own size (it warns at scale_factor)
     options: dict[str, Any] = {"scale_factor": scale} if fmt in ("png", "svg") else {}
     if fmt == "html":
         options["inline"] = True
     # drawn in memory, then written whole or not at all (a full disk leaves no truncated file)
     drawn: io.BytesIO | io.StringIO = io.BytesIO() if fmt in ("png", "pdf") else io.StringIO()
-    chart.save(drawn, format=fmt, **options)
+    try:
+        chart.save(drawn, format=fmt, **options)
+    # Altair renders PNG/SVG/PDF and inline HTML with vl-convert-python: a ValueError (or an
+    # ImportError) when it is missing, a RuntimeError when it is older than this Altair's minimum
+    # ("The vl-convert-python package must be version 1.9.0 or greater. Found version ...")
+    except (ValueError, ImportError, RuntimeError) as err:
+        if "vl-convert" not in str(err):
+            raise
+        found = first_line(err) if isinstance(err, RuntimeError) else "not installed"
+        raise UserError(
+            f"writing .{fmt} needs vl-convert-python ({found}): pip install -U -e '.[plot]' (or "
+            "write --out curves.json, the chart's Vega-Lite spec)"
+        ) from None
     content = drawn.getvalue()
     data = content.encode("utf-8") if isinstance(content, str) else content
     return atomic_write(out, lambda handle: handle.write(data))

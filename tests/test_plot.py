@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 import warnings
 from pathlib import Path
 
 import pytest
+from altair.utils import _importers as importers
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -243,6 +245,33 @@ def test_cli_user_errors_are_one_line(
     assert run_cli(plot.main, argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("vl_convert", ["missing", "0.14.0"])
+def test_a_missing_or_too_old_vl_convert_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, vl_convert: str
+) -> None:
+    """Altair raised its own multi-line ImportError, or a RuntimeError for a vl-convert-python
+    older than its minimum (1.9.0 for Altair 6.3), as a traceback; the old chart stays."""
+    if vl_convert == "missing":
+        monkeypatch.setitem(sys.modules, "vl_convert", None)  # what an import finds when missing
+        found = "not installed"
+    else:
+        monkeypatch.setattr(importers, "importlib_version", lambda name: vl_convert)
+        found = f"The vl-convert-python package must be version {importers.VERSIONS['vl-convert-python']}"
+    run = _write(tmp_path / "run", [_train(10), _eval(20, {"val_loss": 1.0})])
+    out = tmp_path / "curves.png"
+    out.write_bytes(b"the old chart")
+    assert run_cli(plot.main, [str(run), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: writing .png needs vl-convert-python ({found}")
+    assert (
+        err.endswith(
+            "pip install -U -e '.[plot]' (or write --out curves.json, the chart's Vega-Lite spec)\n"
+        )
+        and err.count("\n") == 1
+    )
+    assert out.read_bytes() == b"the old chart"
 
 
 def _spec(tmp_path: Path, argv: list[str]) -> dict:

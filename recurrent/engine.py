@@ -310,10 +310,16 @@ class MetricsLog:
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
+            except ImportError as err:
+                missing = isinstance(err, ModuleNotFoundError) and err.name == "tensorboard"
+                problem = (
+                    "tensorboard is not installed"
+                    if missing
+                    else f"torch cannot use the installed tensorboard ({first_line(err)})"
+                )
                 raise UserError(
-                    "train.tensorboard is on but tensorboard is not installed; "
-                    "pip install tensorboard (or the project's 'tensorboard' extra)"
+                    f"train.tensorboard is on but {problem}; pip install -U 'tensorboard>=2.21' "
+                    "(the project's 'tensorboard' extra)"
                 ) from None
             # Hide the events of what this run replaces: past the checkpoint it resumes from, or
             # all of them for a fresh run (--overwrite leaves the old event files in the folder).

@@ -9,9 +9,13 @@ line for line: no step missing, none twice. Evaluation lines carry the scores. W
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import tensorboard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -23,6 +27,7 @@ from char_lm.config import CharLMConfig
 from recurrent import engine
 from recurrent.config import load_config
 from recurrent.engine import read_metrics
+from recurrent.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 SCORES = {"char_lm": {"val_loss"}, "captioner": {"BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4"}}
@@ -145,6 +150,38 @@ def test_a_run_started_afresh_replaces_the_old_log(tmp_path):
     records = read_metrics(tmp_path / "metrics.jsonl")
     assert [r["step"] for r in records if r["kind"] == "train"] == [2, 4, 6]
     assert_same_scalars(tensorboard_scalars(tmp_path), scalars_from_metrics(records))
+
+
+def test_the_tensorboard_program_reads_a_runs_events(tmp_path):
+    """What a user runs to look at a run, `tensorboard --logdir RUN/tensorboard`, starts and finds
+    every logged step. Its --inspect mode loads the plugins that serving does: tensorboard before
+    2.21 imports pkg_resources there, which setuptools 81 removed (docs/robustness.md, 18)."""
+    train_task("char_lm", Path(), tmp_path, *RUN)
+    program = Path(sys.executable).parent / "tensorboard"
+    args = ["--inspect", "--logdir", str(tmp_path / "tensorboard"), "--tag", "train/loss"]
+    done = subprocess.run([program, *args], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    stats = dict(re.findall(r"^ +(\w+) +(\S+)$", done.stdout, re.MULTILINE))
+    assert (stats["first_step"], stats["last_step"], stats["num_steps"]) == ("2", "14", "7")
+
+
+def test_a_missing_or_unusable_tensorboard_is_one_line_before_any_step(tmp_path, monkeypatch):
+    """Not installed, or one torch refuses (before 1.15): the run stops at once with what to do."""
+    monkeypatch.delitem(sys.modules, "torch.utils.tensorboard", raising=False)
+    monkeypatch.setattr(tensorboard, "__version__", "1.14.0")
+    with pytest.raises(UserError) as refused:
+        train_task("char_lm", Path(), tmp_path / "old", *RUN)
+    assert str(refused.value) == (
+        "train.tensorboard is on but torch cannot use the installed tensorboard (TensorBoard "
+        "logging requires TensorBoard version 1.15 or above); pip install -U 'tensorboard>=2.21' "
+        "(the project's 'tensorboard' extra)"
+    )
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # what an import finds when missing
+    with pytest.raises(
+        UserError, match="^train.tensorboard is on but tensorboard is not installed;"
+    ):
+        train_task("char_lm", Path(), tmp_path / "missing", *RUN)
+    assert not (tmp_path / "missing" / "metrics.jsonl").exists()
 
 
 line_records = st.lists(

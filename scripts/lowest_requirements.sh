@@ -24,8 +24,10 @@ uv=$work/uv/bin/uv
 "$uv" venv --quiet --python "$python" "$work/venv"
 export VIRTUAL_ENV=$work/venv
 cd "$repo"
-"$uv" pip install --quiet --resolution lowest-direct --only-binary :all: \
-    -e '.[metrics,tensorboard,plot]'
+extras=$("$python" -c 'import tomllib
+extras = tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]
+print(",".join(sorted(set(extras) - {"dev"})))')  # every extra but the tools
+"$uv" pip install --quiet --resolution lowest-direct --only-binary :all: -e ".[$extras]"
 "$uv" pip install --quiet -e '.[dev]'
 "$uv" pip list 2>/dev/null |
     grep -i -E '^(torch|torchvision|pillow|numpy|nltk|streamlit|pyyaml|tqdm) ' | tr -s ' ' |

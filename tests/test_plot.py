@@ -251,14 +251,15 @@ def test_cli_user_errors_are_one_line(
 def test_a_missing_or_too_old_vl_convert_is_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, vl_convert: str
 ) -> None:
-    """Altair raised its own multi-line ImportError, or a RuntimeError for a vl-convert-python
-    older than its minimum (1.9.0 for Altair 6.3), as a traceback; the old chart stays."""
+    """Altair raised a ValueError for a missing vl-convert-python, or a RuntimeError for one older
+    than its minimum (1.9.0 for Altair 6.3), as a traceback; the old chart stays."""
     if vl_convert == "missing":
         monkeypatch.setitem(sys.modules, "vl_convert", None)  # what an import finds when missing
         found = "not installed"
     else:
         monkeypatch.setattr(importers, "importlib_version", lambda name: vl_convert)
-        found = f"The vl-convert-python package must be version {importers.VERSIONS['vl-convert-python']}"
+        minimum = importers.VERSIONS["vl-convert-python"]
+        found = f"The vl-convert-python package must be version {minimum}"
     run = _write(tmp_path / "run", [_train(10), _eval(20, {"val_loss": 1.0})])
     out = tmp_path / "curves.png"
     out.write_bytes(b"the old chart")

@@ -36,4 +36,4 @@ print(",".join(sorted(set(extras) - {"dev"})))')  # every extra but the tools
     tr -s ' ' | paste -sd ';'
 bash scripts/ensure_chromium.sh
 "$work/venv/bin/python" -m ruff check .
-"$work/venv/bin/python" -m pytest -p no:cacheprovider
+"$work/venv/bin/python" -m pytest -p no:cacheprovider -n 2 --dist worksteal  # as make test

@@ -1,0 +1,139 @@
+"""Every command the README, docs/ and the Makefile show still parses as written.
+
+A flag renamed, a choice dropped, a config key moved or a config file renamed would leave the
+documentation showing a command that fails without a word. Each `python -m MODULE ...`, `torchrun
+... -m MODULE ...` and `python bench/SCRIPT.py ...` in a code block of README.md or docs/*.md, and
+each `$(PY) ...` line of the Makefile, runs here up to the end of its argument parsing: its parser
+must accept the arguments, and a training command's config must load with its `--set` overrides
+(bounds and types checked). Nothing trains: the run stops where the work would start. Commands that
+hold a placeholder (`...`, `[--flag]`, `C`, `P`) are not commands to copy and are left out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import re
+import runpy
+import shlex
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+# the modules and scripts whose commands are the project's (pip's, say, are not)
+OURS = re.compile(r"^(char_lm|captioner|recurrent|bench)\.")
+PLACEHOLDER = re.compile(r"^(\.\.\.|\[.*|[A-Z]|.*=[A-Z])$")  # "...", "[--images 300]", C, =P
+MAKE_VARIABLES = {"$(PY)": "python", "$(MODELS_DIR)": "models", "$(SHAKESPEARE)": "text.txt"}
+
+
+def code_lines(text: str) -> list[str]:
+    """The lines of ``text``'s fenced code blocks (indented ones too, under a list item),
+    continuation lines (a trailing backslash) joined."""
+    lines, fenced, joined = [], False, ""
+    for line in text.splitlines():
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+            continue
+        if not fenced:
+            continue
+        joined += line.strip()
+        if joined.endswith("\\"):
+            joined = joined[:-1] + " "
+            continue
+        lines.append(joined)
+        joined = ""
+    return lines
+
+
+def as_command(line: str) -> tuple[str, list[str]] | None:
+    """``(module or script, arguments)`` of a command line of ours, None for anything else."""
+    try:
+        words = shlex.split(line, comments=True)
+    except ValueError:  # an unclosed quote: prose, not a command
+        return None
+    if words[:1] == ["torchrun"] and "-m" in words:
+        words = ["python", *words[words.index("-m") :]]
+    if words[:2] == ["python", "-m"] and len(words) > 2 and OURS.match(words[2]):
+        return words[2], words[3:]
+    if words[:1] == ["python"] and len(words) > 1 and re.fullmatch(r"bench/\w+\.py", words[1]):
+        return words[1], words[2:]
+    return None
+
+
+def documented_commands() -> list[tuple[str, str, list[str]]]:
+    """``(where, module or script, arguments)`` of every complete command the documents show."""
+    found = []
+    for document in DOCUMENTS:
+        for line in code_lines(document.read_text()):
+            command = as_command(line)
+            if command and not any(PLACEHOLDER.match(word) for word in command[1]):
+                found.append((document.name, *command))
+    for line in (ROOT / "Makefile").read_text().splitlines():
+        if line.startswith("\t$(PY) "):
+            for variable, value in MAKE_VARIABLES.items():
+                line = line.replace(variable, value)
+            command = as_command(line.strip())
+            if command:
+                found.append(("Makefile", *command))
+    return found
+
+
+COMMANDS = documented_commands()
+
+
+class Parsed(Exception):
+    """Raised where the command's work would begin."""
+
+
+def stop_after_parsing(monkeypatch: pytest.MonkeyPatch, target: str) -> None:
+    """Make ``target`` raise `Parsed` where its work would begin: a training command once its
+    `main` has loaded its config (the file, then the overrides, types and bounds checked) and it
+    passes the task's checks; any other once its parser has accepted the arguments."""
+    if target.endswith(".train"):
+        trainer = importlib.import_module(target)
+
+        def train(cfg, out_dir, **options):
+            trainer.check_config(cfg)
+            raise Parsed
+
+        monkeypatch.setattr(trainer, "train", train)
+        return
+    real = argparse.ArgumentParser.parse_args
+
+    def parse_args(self, args=None, namespace=None):
+        real(self, args, namespace)
+        raise Parsed
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_args)
+
+
+def test_the_documents_show_commands_of_every_kind():
+    """The extraction finds what it is for (an empty list would make the test below vacuous)."""
+    where = {(place, target.split(".")[0]) for place, target, _ in COMMANDS}
+    for task in ("char_lm", "captioner", "recurrent"):
+        assert ("README.md", task) in where
+    assert {("Makefile", "bench/precision"), ("benchmarks.md", "bench/precision")} <= where
+    assert any(target == "captioner.train" and "--set" in args for _, target, args in COMMANDS)
+    readme = code_lines((ROOT / "README.md").read_text())
+    torchrun = [line for line in readme if line.startswith("torchrun")]
+    assert len(torchrun) == 2 and all(as_command(line) for line in torchrun)
+
+
+@pytest.mark.parametrize(
+    ("where", "target", "argv"),
+    COMMANDS,
+    ids=[f"{where}: {target} {' '.join(argv)}"[:90] for where, target, argv in COMMANDS],
+)
+def test_a_documented_command_parses(where, target, argv, monkeypatch, tmp_path):
+    (tmp_path / "configs").symlink_to(ROOT / "configs", target_is_directory=True)
+    monkeypatch.chdir(tmp_path)  # its relative paths: an empty folder but for the configs
+    stop_after_parsing(monkeypatch, target)
+    with pytest.raises(Parsed):
+        if target.endswith(".py"):
+            monkeypatch.setattr(sys, "argv", [target, *argv])
+            runpy.run_path(str(ROOT / target), run_name="__main__")
+        else:
+            importlib.import_module(target).main(argv)

@@ -16,17 +16,13 @@ from __future__ import annotations
 import html
 import os
 import re
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 import torch
 from tiny_models import train_tiny_captioner, train_tiny_char_lm
 
+from bench.app_load import streamlit_server
 from captioner.data.images import load_image
 from captioner.inference import caption_images, load_captioner
 from captioner.scenes import MIN_SIZE, generate_dataset, render_random_scene
@@ -39,7 +35,6 @@ REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOTS_ENV = "CRNN_SCREENSHOTS_DIR"  # `make screenshots`: docs/screenshots/
 BUNDLED = {"captioner": "scenes_captioner.pt", "char_lm": "shakespeare_char.pt"}
-SERVER_START_S = 90
 VIEWPORT = {"width": 1280, "height": 1000}
 CAPTION_WAIT_MS = 90_000
 # The app's text page defaults (app.py): the library is asked for the same text.
@@ -72,52 +67,12 @@ def models(tmp_path_factory: pytest.TempPathFactory, one_thread: None) -> dict[s
     }
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
-
-
 @pytest.fixture(scope="module")
 def server(models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory):
-    port = _free_port()
+    """`make app`'s command on a free port (bench/app_load.py's), its log in a temporary folder."""
     log_path = tmp_path_factory.mktemp("server") / "streamlit.log"
-    command = [
-        sys.executable, "-m", "streamlit", "run", "app.py",
-        "--server.port", str(port),
-        "--server.address", "127.0.0.1",
-        "--server.headless", "true",
-        "--server.fileWatcherType", "none",
-        "--browser.gatherUsageStats", "false",
-        "--", "--models-dir", str(models["dir"]),
-    ]  # fmt: skip
-    env = {key: value for key, value in os.environ.items() if key != "CRNN_MODELS_DIR"}
-    env["OMP_NUM_THREADS"] = "1"  # as in this process (see one_thread)
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + SERVER_START_S
-        while not _healthy(url):
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"streamlit did not start:\n{log_path.read_text(errors='replace')}")
-            time.sleep(0.5)
+    with streamlit_server(models["dir"], log_path) as (url, _pid):
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @pytest.fixture(scope="module")

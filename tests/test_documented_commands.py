@@ -1,12 +1,14 @@
 """Every command the README, docs/ and the Makefile show still parses as written.
 
 A flag renamed, a choice dropped, a config key moved or a config file renamed would leave the
-documentation showing a command that fails without a word. Each `python -m MODULE ...`, `torchrun
-... -m MODULE ...` and `python bench/SCRIPT.py ...` in a code block of README.md or docs/*.md, and
-each `$(PY) ...` line of the Makefile, runs here up to the end of its argument parsing: its parser
-must accept the arguments, and a training command's config must load with its `--set` overrides
-(bounds and types checked). Nothing trains: the run stops where the work would start. Commands that
-hold a placeholder (`...`, `[--flag]`, `C`, `P`) are not commands to copy and are left out.
+documentation showing a command that no longer runs, and nothing would say so. Each `python -m
+MODULE ...`, `torchrun ... -m MODULE ...` and `python bench/SCRIPT.py ...` in a code block of
+README.md or docs/*.md or in the README's Results table, and each `$(PY) ...` line of the Makefile,
+runs here up to the end of its argument parsing: its parser must accept the arguments, and a
+training command's config must load with its `--set` overrides (bounds and types checked; a
+benchmark script's `--set` is parsed only). Nothing trains: the run stops where the work would
+start. Commands that hold a placeholder (`...`, `[--flag]`, `C`, `P`, `$variable`) are not commands
+to copy and are left out.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 # the modules and scripts whose commands are the project's (pip's, say, are not)
 OURS = re.compile(r"^(char_lm|captioner|recurrent|bench)\.")
-PLACEHOLDER = re.compile(r"^(\.\.\.|\[.*|[A-Z]|.*=[A-Z])$")  # "...", "[--images 300]", C, =P
+# "...", "[--images 300]", C, =P, and a shell loop's $variable
+PLACEHOLDER = re.compile(r"^(\.\.\.|\[.*|[A-Z]|.*=[A-Z]|.*\$.*)$")
 MAKE_VARIABLES = {"$(PY)": "python", "$(MODELS_DIR)": "models", "$(SHAKESPEARE)": "text.txt"}
 
 
@@ -54,6 +57,8 @@ def as_command(line: str) -> tuple[str, list[str]] | None:
         words = shlex.split(line, comments=True)
     except ValueError:  # an unclosed quote: prose, not a command
         return None
+    while words and re.fullmatch(r"[A-Z_]+=\S*", words[0]):  # OMP_NUM_THREADS=1 python ...
+        words = words[1:]
     if words[:1] == ["torchrun"] and "-m" in words:
         words = ["python", *words[words.index("-m") :]]
     if words[:2] == ["python", "-m"] and len(words) > 2 and OURS.match(words[2]):
@@ -63,11 +68,21 @@ def as_command(line: str) -> tuple[str, list[str]] | None:
     return None
 
 
+def results_commands(readme: str) -> list[str]:
+    """The commands of the README's Results table: the code in each row's last cell."""
+    section = readme.split("\n## Results\n", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("|")]
+    return [code for row in rows for code in re.findall(r"`([^`]+)`", row.rsplit("|", 2)[1])]
+
+
 def documented_commands() -> list[tuple[str, str, list[str]]]:
     """``(where, module or script, arguments)`` of every complete command the documents show."""
     found = []
     for document in DOCUMENTS:
-        for line in code_lines(document.read_text()):
+        lines = code_lines(document.read_text())
+        if document.name == "README.md":
+            lines += results_commands(document.read_text())
+        for line in lines:
             command = as_command(line)
             if command and not any(PLACEHOLDER.match(word) for word in command[1]):
                 found.append((document.name, *command))
@@ -117,6 +132,8 @@ def test_the_documents_show_commands_of_every_kind():
         assert ("README.md", task) in where
     assert {("Makefile", "bench/precision"), ("benchmarks.md", "bench/precision")} <= where
     assert any(target == "captioner.train" and "--set" in args for _, target, args in COMMANDS)
+    results = [as_command(code) for code in results_commands((ROOT / "README.md").read_text())]
+    assert sum(command is not None for command in results) >= 10  # the Results table's commands
     readme = code_lines((ROOT / "README.md").read_text())
     torchrun = [line for line in readme if line.startswith("torchrun")]
     assert len(torchrun) == 2 and all(as_command(line) for line in torchrun)

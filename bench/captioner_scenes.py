@@ -28,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.demo_export import export_demo_model  # noqa: E402
 from bench.recurrent_core import machine  # noqa: E402
-from captioner.config import CaptionerConfig  # noqa: E402
+from captioner.config import BOUNDS, CaptionerConfig, check_config  # noqa: E402
 from captioner.data import load_image, load_records, select_split  # noqa: E402
 from captioner.inference import caption_images, load_captioner  # noqa: E402
 from captioner.metrics import repeat_share  # noqa: E402
@@ -36,6 +36,7 @@ from captioner.scenes import caption_names_objects_correctly, generate_dataset  
 from captioner.scoring import evaluate_split  # noqa: E402
 from captioner.train import train  # noqa: E402
 from recurrent.config import load_config  # noqa: E402
+from recurrent.errors import run_cli  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -63,10 +64,6 @@ def main(argv: list[str] | None = None) -> None:
     preset = "" if args.preset == "demo" else f"{args.preset}-"
     scenes_dir = out_dir / f"scenes-{preset}{args.num_images}-{args.size}-{args.seed}"
     annotations = scenes_dir / "dataset_scenes.json"
-    if not annotations.is_file():
-        generate_dataset(
-            scenes_dir, args.num_images, seed=args.seed, size=args.size, preset=args.preset
-        )
     run_dir = out_dir / "run"
     overrides = [
         f"data.annotations={annotations}",
@@ -76,7 +73,12 @@ def main(argv: list[str] | None = None) -> None:
         "train.patience=0",
         *args.set,
     ]
-    cfg = load_config(CaptionerConfig, args.config, overrides)
+    cfg = load_config(CaptionerConfig, args.config, overrides, bounds=BOUNDS)
+    check_config(cfg)  # a mistake in --set is said before minutes of drawing scenes, not after
+    if not annotations.is_file():
+        generate_dataset(
+            scenes_dir, args.num_images, seed=args.seed, size=args.size, preset=args.preset
+        )
     print(f"machine: {machine()}")
     summary = train(cfg, run_dir, overwrite=True)
 
@@ -136,4 +138,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_cli(main))  # a mistake (a config key, a file): one line, exit status 2

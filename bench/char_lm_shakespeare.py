@@ -24,12 +24,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.demo_export import export_demo_model  # noqa: E402
 from bench.recurrent_core import machine  # noqa: E402
-from char_lm.config import CharLMConfig  # noqa: E402
+from char_lm.config import BOUNDS, CharLMConfig, check_config  # noqa: E402
 from char_lm.data import build_vocab, encode, load_text, split_ids  # noqa: E402
 from char_lm.generate import generate, load_char_lm  # noqa: E402
 from char_lm.scoring import evaluate_text  # noqa: E402
 from char_lm.train import train  # noqa: E402
 from recurrent.config import load_config  # noqa: E402
+from recurrent.errors import run_cli  # noqa: E402
 
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 SHAKESPEARE_TEXT = "../shared/data/tinyshakespeare.txt"  # the shared copy, beside the checkout
@@ -114,7 +115,8 @@ def main(argv: list[str] | None = None) -> None:
         f"train.time_budget_s={args.minutes * 60}",
         *args.set,
     ]
-    cfg = load_config(CharLMConfig, args.config, overrides)
+    cfg = load_config(CharLMConfig, args.config, overrides, bounds=BOUNDS)
+    check_config(cfg)  # a mistake in --set is said before anything is measured
     print(f"machine: {machine()}")
     peak_before = matmul_peak_gflops()
     summary = train(cfg, args.out_dir, overwrite=True)
@@ -154,4 +156,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_cli(main))  # a mistake (a config key, a file): one line, exit status 2

@@ -53,7 +53,7 @@ from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.recurrent_core import machine  # noqa: E402
-from captioner.config import CaptionerConfig  # noqa: E402
+from captioner.config import BOUNDS, CaptionerConfig, check_config  # noqa: E402
 from captioner.data import (  # noqa: E402
     CaptionGroups,
     CaptionPairs,
@@ -78,6 +78,7 @@ from captioner.scenes import generate_dataset  # noqa: E402
 from captioner.train import SeededItems, epoch_batches, parameter_parts  # noqa: E402
 from recurrent.config import load_config  # noqa: E402
 from recurrent.engine import parameter_groups  # noqa: E402
+from recurrent.errors import run_cli  # noqa: E402
 from recurrent.precision import Precision  # noqa: E402
 
 VARIANTS = {  # name: (feature cache, captions_per_image, batch size in units of --images-per-step)
@@ -214,15 +215,16 @@ def main(argv: list[str] | None = None) -> None:
     out_dir = Path(args.out_dir)
     scenes_dir = out_dir / f"scenes-{args.num_images}-{args.size}"
     annotations = scenes_dir / "dataset_scenes.json"
-    if not annotations.is_file():
-        generate_dataset(scenes_dir, args.num_images, seed=0, size=args.size)
     overrides = [
         f"data.annotations={annotations}",
         f"train.precision={args.precision}",  # --set train.precision=... may say otherwise
         *args.set,
         "model.finetune=frozen",
     ]
-    cfg = load_config(CaptionerConfig, args.config, overrides)
+    cfg = load_config(CaptionerConfig, args.config, overrides, bounds=BOUNDS)
+    check_config(cfg)  # a mistake in --set is said before the scenes are drawn, not after
+    if not annotations.is_file():
+        generate_dataset(scenes_dir, args.num_images, seed=0, size=args.size)
     records = load_records("karpathy", annotations)
     train_records = select_split(records, "train")
     val_records = select_split(records, "val")
@@ -352,4 +354,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_cli(main))  # a mistake (a config key, a file): one line, exit status 2

@@ -21,6 +21,7 @@ import torch
 from char_lm.data import BUILTIN_TEXTS
 from char_lm.generate import load_char_lm
 from crnn_app import inside, toys
+from recurrent.errors import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -69,4 +70,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_cli(main))  # a mistake (a file, a flag): one line, exit status 2

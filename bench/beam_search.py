@@ -39,6 +39,7 @@ from bench.recurrent_core import machine  # noqa: E402
 from captioner.decode import beam_search  # noqa: E402
 from captioner.inference import caption_images, encode_images, load_captioner  # noqa: E402
 from captioner.scenes import render_random_scene  # noqa: E402
+from recurrent.errors import run_cli  # noqa: E402
 
 FRESH_SEED = 500_000  # render_random_scene(int) never draws a training image (those use "seed:i")
 
@@ -178,4 +179,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_cli(main))  # a mistake (a file, a flag): one line, exit status 2

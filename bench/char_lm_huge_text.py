@@ -276,4 +276,6 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     sys.path.insert(0, str(REPO))
-    main()
+    from recurrent.errors import run_cli
+
+    raise SystemExit(run_cli(main))  # a mistake (a file, a flag): one line, exit status 2

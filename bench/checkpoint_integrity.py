@@ -27,6 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.recurrent_core import machine  # noqa: E402
 from recurrent.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from recurrent.errors import run_cli  # noqa: E402
 
 
 def write_checkpoint(path: Path, megabytes: int) -> None:
@@ -81,4 +82,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_cli(main))  # a mistake (a file, a flag): one line, exit status 2

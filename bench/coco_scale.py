@@ -65,7 +65,7 @@ from captioner.features import (  # noqa: E402
 from captioner.inference import eval_transform  # noqa: E402
 from captioner.train import SeededItems, epoch_batches, train  # noqa: E402
 from recurrent.config import load_config  # noqa: E402
-from recurrent.errors import loader_workers  # noqa: E402
+from recurrent.errors import loader_workers, run_cli  # noqa: E402
 
 SPLITS = {"train": 82_783, "restval": 30_504, "val": 5_000, "test": 5_000}  # Karpathy's COCO
 NUM_CAPTIONS = 616_767
@@ -525,4 +525,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_cli(main))  # a mistake (a file, a flag): one line, exit status 2

@@ -22,6 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.recurrent_core import machine  # noqa: E402
+from recurrent.errors import run_cli  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,11 +53,11 @@ def run(processes: int, steps: int, out_dir: Path, text: Path) -> float:
     return sum(rates) / len(rates)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--steps", type=int, default=60)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         text = Path(tmp) / "text.txt"
         words = ("the quick brown fox jumps over the lazy dog and runs away " * 40_000)[:2_000_000]
@@ -69,4 +70,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_cli(main))  # a mistake (a file, a flag): one line, exit status 2

@@ -26,6 +26,7 @@ from captioner.inference import decode_settings, load_captioner  # noqa: E402
 from captioner.metrics import repeat_share  # noqa: E402
 from captioner.scenes import caption_names_objects_correctly  # noqa: E402
 from captioner.scoring import evaluate_split, image_batches, load_data_records  # noqa: E402
+from recurrent.errors import run_cli  # noqa: E402
 
 SETTINGS = {
     "greedy": dict(beam_size=1),
@@ -97,4 +98,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_cli(main))  # a mistake (a file, a flag): one line, exit status 2

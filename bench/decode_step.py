@@ -36,6 +36,7 @@ from captioner.inference import caption_images, load_captioner  # noqa: E402
 from captioner.scenes import render_random_scene  # noqa: E402
 from char_lm.generate import generate, load_char_lm  # noqa: E402
 from recurrent.core import RecurrentCore  # noqa: E402
+from recurrent.errors import run_cli  # noqa: E402
 from recurrent.precision import Precision  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -165,11 +166,11 @@ def bundled_models() -> None:
         )
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=5, help="timed runs with gradients")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     print(f"machine: {machine()}")
     core_steps(args.calls)
     training_steps(args.repeats)
@@ -177,4 +178,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_cli(main))  # a mistake (a file, a flag): one line, exit status 2

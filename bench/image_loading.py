@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.recurrent_core import machine  # noqa: E402
 from captioner import scenes  # noqa: E402
 from captioner.data import build_transforms, load_image, load_image_tensor  # noqa: E402
+from recurrent.errors import run_cli  # noqa: E402
 
 WORDS = [f"w{i}" for i in range(2000)]
 
@@ -98,11 +99,11 @@ def measure(title: str, files: list[Path], size: int, repeats: int) -> None:
         print(f"  {name:32s} {median:6.0f} images/s  {median / base:4.2f}x")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=4)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(1)  # one DataLoader worker's share
     print(f"machine: {machine()}")
     with tempfile.TemporaryDirectory() as tmp:
@@ -115,4 +116,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_cli(main))  # a mistake (a file, a flag): one line, exit status 2

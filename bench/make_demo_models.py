@@ -20,6 +20,7 @@ import argparse
 from pathlib import Path
 
 from bench import captioner_scenes, char_lm_shakespeare
+from recurrent.errors import UserError, run_cli
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -35,6 +36,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", choices=["captioner", "char_lm"], help="make just one of the two")
     args = parser.parse_args(argv)
     models = Path(args.models_dir)
+    if args.only in (None, "char_lm") and not Path(args.shakespeare).is_file():
+        # said now, not after the captioner's 15 minutes of training
+        raise UserError(
+            f"no tiny-shakespeare text at {args.shakespeare}: pass --shakespeare FILE "
+            "(make demo-models SHAKESPEARE=FILE), or --only captioner"
+        )
     if args.only in (None, "captioner"):
         captioner_scenes.main(["--minutes", "15", "--export", str(models / "scenes_captioner.pt")])
     if args.only in (None, "char_lm"):
@@ -51,4 +58,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_cli(main))  # a mistake (a file, a flag): one line, exit status 2

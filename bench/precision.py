@@ -32,6 +32,7 @@ from captioner.model import CaptionModel  # noqa: E402
 from char_lm.config import ModelConfig  # noqa: E402
 from char_lm.model import CharLM  # noqa: E402
 from recurrent.config import load_config  # noqa: E402
+from recurrent.errors import run_cli  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -91,10 +92,10 @@ def autocast(bf16: bool) -> contextlib.AbstractContextManager:
     return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     groups = {
         "char LM, hidden 512": {
             "fused fp32": char_case("fused", False),
@@ -131,4 +132,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_cli(main))  # a mistake (a file, a flag): one line, exit status 2

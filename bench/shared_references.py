@@ -35,6 +35,7 @@ from captioner.config import CaptionerConfig  # noqa: E402
 from captioner.decoder import CaptionDecoder  # noqa: E402
 from captioner.encoder import ImageFeatures  # noqa: E402
 from recurrent.config import load_config  # noqa: E402
+from recurrent.errors import run_cli  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 # name: (config, images per step, references per image, grid side, channels, vocabulary, length)
@@ -107,4 +108,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_cli(main))  # a mistake (a file, a flag): one line, exit status 2

@@ -24,6 +24,7 @@ TAKES_CHECKPOINT = [
 def run_script(name: str, argv: list[str], monkeypatch: pytest.MonkeyPatch) -> int:
     """``python bench/<name> <argv>`` in this process; its exit status."""
     monkeypatch.setattr(sys, "argv", [f"bench/{name}", *argv])
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the script puts the repository first
     with pytest.raises(SystemExit) as ended:
         runpy.run_path(str(ROOT / "bench" / name), run_name="__main__")
     return ended.value.code

@@ -159,6 +159,7 @@ def test_a_documented_command_parses(where, target, argv, monkeypatch, tmp_path)
     with pytest.raises(Parsed):
         if target.endswith(".py"):
             monkeypatch.setattr(sys, "argv", [target, *argv])
+            monkeypatch.setattr(sys, "path", list(sys.path))  # it puts the repository first
             runpy.run_path(str(ROOT / target), run_name="__main__")
         else:
             importlib.import_module(target).main(argv)

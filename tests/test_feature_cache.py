@@ -503,8 +503,15 @@ _ODD = st.one_of(
 def test_tokenize_fast_path_equals_treebank(pieces: list[str], ending: str):
     text = " ".join(pieces) + ending
     spaced = " ".join(text.lower().split())  # tokenize makes any whitespace one space first
-    treebank = [t for t in _NLTK.tokenize(spaced) if any(c.isalnum() for c in t)]
+    treebank = nltk_words(spaced)
+    # and tokenizes the words again, joined by spaces, until they settle (",,a" gives ",a", "a")
+    while nltk_words(" ".join(treebank)) != treebank:
+        treebank = nltk_words(" ".join(treebank))
     assert tokenize(text) == treebank
+
+
+def nltk_words(text: str) -> list[str]:
+    return [token for token in _NLTK.tokenize(text) if any(c.isalnum() for c in token)]
 
 
 def test_tokenize_fast_path_is_taken_for_plain_captions(monkeypatch):
@@ -518,6 +525,7 @@ def test_tokenize_fast_path_is_taken_for_plain_captions(monkeypatch):
         ["3", "cows"],
     ]
     assert calls == []
-    for text in ["I cannot.", "It's a dog.", "1,000 birds", "a dog (left)"]:
+    others = ["I cannot.", "It's a dog.", "1,000 birds", "a dog (left)"]
+    for text in others:
         tokenize(text)
-    assert len(calls) == 4
+    assert [call for call in calls if call] == [text.lower() for text in others]

@@ -143,12 +143,8 @@ def same_examples_whatever_ran_before():
         from hypothesis.internal.conjecture import providers
         from hypothesis.internal.constants_ast import Constants
     except ImportError:  # pragma: no cover - another hypothesis layout
+        providers = None
+    with pytest.MonkeyPatch.context() as patch:
+        if settings.default.derandomize and hasattr(providers, "_get_local_constants"):
+            patch.setattr(providers, "_get_local_constants", Constants)  # an empty pool
         yield
-        return
-    if not settings.default.derandomize or not hasattr(providers, "_get_local_constants"):
-        yield
-        return
-    local = providers._get_local_constants
-    providers._get_local_constants = Constants  # an empty pool
-    yield
-    providers._get_local_constants = local

@@ -12,7 +12,8 @@ still training.
 
 `metrics_frame` turns the lines of several runs into one long table (run, kind, step, time_s,
 panel, series, value); `curve_charts` draws one chart per panel (loss, scores, learning rate,
-throughput, gradient norm) against steps or wall time, runs overlaid; the Streamlit app's Training
+throughput, gradient norm) against steps or wall time, runs overlaid, a long series drawn from
+the at most 4,000 of its points that draw the same line (`thin`); the Streamlit app's Training
 curves page shows those charts and this module's command line writes them stacked to a PNG, SVG,
 PDF (through vl-convert-python, the ``plot`` extra) or a self-contained HTML file.
 """
@@ -55,6 +56,11 @@ FORMATS = ("png", "svg", "pdf", "html", "json")
 MAX_WIDTH = 4000  # pixels per panel; PNGs are drawn at twice that: wider is no picture to open
 STEP_AXIS = alt.Axis(format=",d", tickMinStep=1)  # whole steps: 1,600 (not 1.6e+3, nor 2.5)
 COLUMNS = ["run", "kind", "step", "time_s", "panel", "series", "value", "unit"]
+SERIES_KEYS = ["run", "kind", "panel", "series"]  # the rows of one line drawn in a chart
+# A series of more points than MAX_POINTS is drawn from its first, last, lowest and highest point in
+# each of BUCKETS equal ranges of the x axis (`thin`): at most 4 x BUCKETS points.
+BUCKETS = 1000
+MAX_POINTS = 4 * BUCKETS
 
 
 def _number(value: Any) -> float | None:
@@ -131,6 +137,29 @@ def metrics_frame(runs: Mapping[str, Sequence[Mapping[str, Any]]]) -> pd.DataFra
     )
 
 
+def thin(frame: pd.DataFrame, x: str, buckets: int = BUCKETS) -> pd.DataFrame:
+    """``frame`` with each series (`SERIES_KEYS`) of more than 4 x ``buckets`` rows cut down to the
+    rows that draw the same line: in each of ``buckets`` equal ranges of column ``x``, the first,
+    last, lowest and highest point (M4: Jugel et al. 2014, *M4: A Visualization-Oriented Time
+    Series Data Aggregation*). A line of 100,000 points draws the same picture from at most 4,000,
+    every spike kept, and the browser is spared the rest. Rows keep their order; series of fewer
+    rows are left whole. The frame's index must be unique, as `metrics_frame` makes it."""
+    sizes = frame.groupby(SERIES_KEYS, sort=False)[x].transform("size")
+    long = frame[sizes > 4 * buckets]
+    if long.empty:
+        return frame
+    series = long.groupby(SERIES_KEYS, sort=False)[x]
+    low, span = series.transform("min"), series.transform("max") - series.transform("min")
+    bucket = (
+        ((long[x] - low) / span.where(span > 0, 1.0) * buckets).astype(int).clip(upper=buckets - 1)
+    )
+    cells = long.groupby([*(long[key] for key in SERIES_KEYS), bucket], sort=False)
+    kept = pd.concat(
+        [cells[x].idxmin(), cells[x].idxmax(), cells["value"].idxmin(), cells["value"].idxmax()]
+    )
+    return frame[(sizes <= 4 * buckets) | frame.index.isin(kept)]
+
+
 def curve_charts(
     frame: pd.DataFrame,
     x: str = "step",
@@ -138,16 +167,20 @@ def curve_charts(
     width: int | str = "container",
     height: int = 220,
     titles: bool = True,
+    buckets: int | None = BUCKETS,
 ) -> dict[str, alt.Chart]:
     """One Altair chart per panel that has data, in `PANELS` order, against ``x`` ("step" or
     "time"). In a panel with several runs, runs are told apart by colour and series by dash
     pattern; with one run, series by colour. Evaluations are drawn with points, train lines
     without. ``width="container"`` fits the page's width (the app); without ``titles`` the caller
-    labels the charts."""
+    labels the charts. A series of more than 4 x ``buckets`` points is drawn from the points
+    `thin` keeps (None: every point)."""
     if x not in X_AXES:
         raise UserError(f"x must be one of {sorted(X_AXES)}, got {x!r}")
     field, title = X_AXES[x]
     frame = frame.dropna(subset=[field])
+    if buckets is not None:  # None: every row (bench/curves_scale.py compares the two)
+        frame = thin(frame, field, buckets)
     charts: dict[str, alt.Chart] = {}
     for panel in PANELS:
         data = frame[frame["panel"] == panel]
@@ -205,10 +238,13 @@ def curve_charts(
 
 
 def curves_chart(
-    runs: Mapping[str, Sequence[Mapping[str, Any]]], x: str = "step", width: int = 560
+    runs: Mapping[str, Sequence[Mapping[str, Any]]],
+    x: str = "step",
+    width: int = 560,
+    buckets: int | None = BUCKETS,
 ) -> alt.VConcatChart:
     """All panels of ``runs`` stacked in one chart (what the command line writes)."""
-    charts = curve_charts(metrics_frame(runs), x, width=width)
+    charts = curve_charts(metrics_frame(runs), x, width=width, buckets=buckets)
     if not charts:
         names = ", ".join(runs)
         axis = " with a wall time" if x == "time" else ""

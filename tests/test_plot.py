@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from altair.utils import _importers as importers
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -163,6 +163,85 @@ def test_charts_follow_the_panels_and_the_x_axis() -> None:
     assert "strokeDash" not in one_run["layer"][0]["encoding"]
     assert one_run["layer"][0]["encoding"]["color"]["field"] == "series"
     assert plot.curve_charts(plot.metrics_frame({"derived": derived}), "time") == {}
+
+
+def _thin_reference(frame, x: str, buckets: int) -> list[int]:
+    """The rows `plot.thin` keeps, written out plainly: a series of more than 4 x ``buckets`` rows
+    keeps, in each of ``buckets`` equal ranges of ``x``, its first, last, lowest and highest row
+    (the first of equals); a shorter series keeps every row."""
+    kept = []
+    for _, series in frame.groupby(plot.SERIES_KEYS, sort=False):
+        rows = list(series.itertuples())
+        if len(rows) <= 4 * buckets:
+            kept += [row.Index for row in rows]
+            continue
+        xs = [getattr(row, x) for row in rows]
+        low, span = min(xs), max(xs) - min(xs)
+        cells: dict[int, list] = {}
+        for row, value in zip(rows, xs, strict=True):
+            cell = min(int((value - low) / (span if span > 0 else 1.0) * buckets), buckets - 1)
+            cells.setdefault(cell, []).append(row)
+        for cell in cells.values():
+            for key in (lambda r: getattr(r, x), lambda r: r.value):
+                kept += [min(cell, key=key).Index, max(cell, key=key).Index]
+    return sorted(set(kept))
+
+
+@settings(max_examples=100, deadline=None)
+@example(  # lowest and highest in the middle of a range, never its first or last row
+    runs=[[(1, 0.5), (2, 3.0), (1, -2.0), (3, 1.0), (1, 0.7), (2, 9.0), (1, -4.0), (1, 0.2)]] * 2,
+    buckets=1,
+    x="step",
+)
+@given(
+    runs=st.lists(
+        st.lists(
+            st.tuples(st.integers(1, 40), st.floats(-1e6, 1e6, allow_nan=False)),
+            max_size=60,
+        ),
+        min_size=1,
+        max_size=3,
+    ),
+    buckets=st.integers(1, 6),
+    x=st.sampled_from(["step", "time"]),
+)
+def test_thinning_keeps_the_first_last_lowest_and_highest_row_of_each_range(
+    runs, buckets, x
+) -> None:
+    """`plot.thin` against `_thin_reference`, on runs whose steps advance by random strides (the
+    x ranges then hold uneven counts) with random losses; wall time repeats values."""
+    records = {}
+    for number, lines in enumerate(runs):
+        step, records[f"run{number}"] = 0, []
+        for stride, loss in lines:
+            step += stride
+            records[f"run{number}"].append(_train(step, loss=loss, time_s=float(step // 7)))
+    field = plot.X_AXES[x][0]
+    frame = plot.metrics_frame(records).dropna(subset=[field])
+    thinned = plot.thin(frame, field, buckets)
+    assert list(thinned.index) == _thin_reference(frame, field, buckets)
+    for _, series in thinned.groupby(plot.SERIES_KEYS):
+        assert len(series) <= max(4 * buckets, len(frame))
+
+
+def test_a_long_run_is_drawn_from_at_most_4000_points_a_series(tmp_path: Path) -> None:
+    """A day of a fast run's lines (10,000 here): each series reaches the chart thinned to
+    `plot.MAX_POINTS` points or fewer, with its first and last step and a one-line spike."""
+    lines = [_train(step, loss=1.0 + 1e-5 * (step % 997)) for step in range(1, 10_001)]
+    lines[6_543]["loss"] = 50.0
+    frame = plot.metrics_frame({"long": lines})
+    charts = plot.curve_charts(frame, "step")
+    assert len(frame[frame["series"] == "train loss"]) == 10_000
+    for panel, chart in charts.items():
+        [values] = chart.to_dict()["datasets"].values()
+        steps = [value["step"] for value in values]
+        assert len(values) <= plot.MAX_POINTS and {1, 10_000} <= set(steps), panel
+    [loss] = charts["loss"].to_dict()["datasets"].values()
+    assert max(value["value"] for value in loss) == 50.0
+    run = _write(tmp_path / "long", lines)  # the command line draws the same points
+    assert run_cli(plot.main, [str(run), "--out", str(tmp_path / "curves.json")]) == 0
+    spec = json.loads((tmp_path / "curves.json").read_text())
+    assert max(len(data) for data in spec["datasets"].values()) <= plot.MAX_POINTS
 
 
 # --------------------------------------------------------------------------------------------

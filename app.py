@@ -37,6 +37,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pandas as pd
 import streamlit as st
 import torch
 
@@ -47,7 +48,7 @@ from captioner.scenes import caption_names_objects_correctly, render_random_scen
 from char_lm.generate import generate, load_char_lm, trained_precision
 from crnn_app.captioning import scene_size
 from crnn_app.cards import card_markdown, escape_markdown, knows_only_scenes, readme_section
-from crnn_app.curves import find_runs, run_status, sources
+from crnn_app.curves import RunSummary, find_runs, summarize
 from crnn_app.heatmap import attention_overlays, fit_image, word_labels
 from crnn_app.inside import (
     LN2,
@@ -94,7 +95,7 @@ from crnn_app.toys import (
     train_toy,
 )
 from recurrent.errors import UserError
-from recurrent.plot import METRICS_FILE, curve_charts, metrics_frame, read_metrics
+from recurrent.plot import METRICS_FILE, X_AXES, curve_charts, metrics_frame, read_metrics, thin
 from recurrent.training import pick_device
 
 REPO_ROOT = Path(__file__).resolve().parent
@@ -558,10 +559,16 @@ def stream_text(prompt: str, characters) -> str:
 
 
 @st.cache_data(show_spinner=False, max_entries=200)
-def _metrics(path: str, mtime_ns: int, size: int) -> list[dict]:
-    """A run's metrics lines, reparsed only when the file changes (it grows while a run trains)."""
+def _run_curves(
+    path: str, mtime_ns: int, size: int, name: str, x_field: str
+) -> tuple[RunSummary, pd.DataFrame]:
+    """A run's summary and the rows of its curves against ``x_field``, thinned as the charts draw
+    them (`recurrent.plot.thin`): recomputed only when the file changes (it grows while a run
+    trains), and small to keep however long the run."""
     del mtime_ns, size
-    return read_metrics(path)
+    records = read_metrics(path)
+    frame = metrics_frame({name: records}).dropna(subset=[x_field])
+    return summarize(records), thin(frame, x_field)
 
 
 X_AXIS_NAMES = {"step": "training steps", "time": "wall time"}
@@ -610,21 +617,26 @@ def curves_page(args: AppArgs, listing: Listing) -> None:
 
 def draw_curves(models_dir: Path, names: list[str], x_axis: str) -> None:
     """The curves of the runs ``names``: one status line per run, then one chart per panel."""
-    runs = {}
+    summaries, frames = {}, []
+    x_field = X_AXES[x_axis][0]
     for name in names:
         path = models_dir / name / METRICS_FILE
         try:
-            runs[name] = _metrics(str(path), *file_key(path))
+            summaries[name], frame = _run_curves(str(path), *file_key(path), name, x_field)
         except (OSError, UserError) as err:  # removed or unreadable since the page listed it
             st.warning(f"{name}: {one_line(err)}")
+        except Exception as err:  # noqa: BLE001 - a fragment's error would show Streamlit's box
+            st.warning(f"{name} cannot be drawn ({type(err).__name__}: {one_line(err)}).")
+        else:
+            if not frame.empty:  # an empty one would make every column of the others `object`
+                frames.append(frame)
     now = time.time()
-    for name, records in runs.items():
-        notes = "".join(f" ({note})" for note in sources(records))
-        st.caption(
-            f"**{escape_markdown(name)}**: {run_status(records, now)}{escape_markdown(notes)}"
-        )
+    for name, summary in summaries.items():
+        notes = "".join(f" ({note})" for note in summary.notes)
+        st.caption(f"**{escape_markdown(name)}**: {summary.status(now)}{escape_markdown(notes)}")
     try:
-        charts = curve_charts(metrics_frame(runs), x_axis, titles=False)
+        frame = pd.concat(frames, ignore_index=True) if frames else metrics_frame({})
+        charts = curve_charts(frame, x_axis, titles=False)
     except Exception as err:  # noqa: BLE001 - a fragment's error would show Streamlit's box
         st.warning(f"These runs cannot be drawn ({type(err).__name__}: {one_line(err)}).")
         return

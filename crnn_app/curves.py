@@ -9,6 +9,7 @@ output folder (``--out-dir``), or, for the bundled demo models, ``models/<model 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,28 +35,43 @@ def find_runs(models_dir: Path, max_runs: int = 100) -> list[str]:
     return found[:max_runs]
 
 
-def run_status(records: Sequence[Mapping[str, Any]], now: float) -> str:
-    """One line about a run's metrics: how far it got, and whether it is still writing."""
-    if not records:
-        return "no metrics lines yet"
-    last = records[-1]
+@dataclass(frozen=True)
+class RunSummary:
+    """What the page says of a run beside its curves, taken from its metrics lines once."""
+
+    step: int | None  # of the last line; None without lines
+    trains: int  # train lines
+    evals: int  # eval lines
+    stamp: float | None  # the last line's timestamp, when it has one
+    notes: tuple[str, ...]  # distinct ``source`` notes, in order of appearance
+
+    def status(self, now: float) -> str:
+        """One line: how far the run got, and whether it is still writing."""
+        if self.step is None:
+            return "no metrics lines yet"
+        parts = [f"step {self.step:,}", f"{self.trains} train and {self.evals} eval lines"]
+        if self.stamp is not None and 0 <= now - self.stamp <= LIVE_WITHIN_S:
+            parts.append(f"still training (last line {now - self.stamp:.0f} s ago)")
+        return ", ".join(parts)
+
+
+def summarize(records: Sequence[Mapping[str, Any]]) -> RunSummary:
+    """A run's `RunSummary` from its metrics lines (`recurrent.plot.read_metrics`). Metrics derived
+    after the fact say where they come from in ``source`` (the bundled demo models' do)."""
     evals = sum(record["kind"] == "eval" for record in records)
-    trains = len(records) - evals
-    parts = [f"step {last['step']:,}", f"{trains} train and {evals} eval lines"]
-    stamp = last.get("timestamp")
-    if isinstance(stamp, int | float) and not isinstance(stamp, bool):
-        age = now - float(stamp)
-        if 0 <= age <= LIVE_WITHIN_S:
-            parts.append(f"still training (last line {age:.0f} s ago)")
-    return ", ".join(parts)
-
-
-def sources(records: Sequence[Mapping[str, Any]]) -> list[str]:
-    """The distinct ``source`` notes of a run's lines (metrics derived after the fact say where
-    they come from, e.g. the bundled demo models'), in order of appearance."""
     notes: list[str] = []
     for record in records:
         note = record.get("source")
         if isinstance(note, str) and note not in notes:
             notes.append(note)
-    return notes
+    last = records[-1] if records else {}
+    stamp = last.get("timestamp")
+    return RunSummary(
+        step=last.get("step"),
+        trains=len(records) - evals,
+        evals=evals,
+        stamp=float(stamp)
+        if isinstance(stamp, int | float) and not isinstance(stamp, bool)
+        else None,
+        notes=tuple(notes),
+    )

@@ -20,7 +20,9 @@ import shutil
 import sys
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
+import streamlit
 import torch
 from streamlit.testing.v1 import AppTest
 from tiny_models import train_tiny_char_lm
@@ -29,6 +31,7 @@ from crnn_app import curves
 from crnn_app.cards import model_card
 from crnn_app.curves import find_runs
 from crnn_app.models_dir import ENV_VAR, list_checkpoints, walk_models_dir
+from recurrent import plot
 from recurrent.checkpoint import load_checkpoint, save_checkpoint
 from recurrent.engine import parse_metrics
 from recurrent.errors import UserError
@@ -127,6 +130,34 @@ def test_hostile_metrics_lines_are_skipped_and_the_good_runs_drawn(app):
     _run(at)
     assert any("**hostile\\_run**: step 1" in c.value for c in at.caption)
     assert at.get("vega_lite_chart")  # the good line is drawn
+
+
+def test_a_run_that_fails_to_draw_is_named_and_the_others_drawn(app, monkeypatch):
+    """A failure inside the curves' fragment (here building one run's rows raises) is a warning
+    naming the run and the failure, not Streamlit's error box; the other run is drawn."""
+    real = plot.metrics_frame
+
+    def fails_for_one(runs):
+        if "hostile_run" in runs:
+            raise ValueError("a bug\nsecond line")
+        return real(runs)
+
+    monkeypatch.setattr(plot, "metrics_frame", fails_for_one)
+    streamlit.cache_data.clear()  # the page keeps each run's rows: an earlier test drew these
+    at = _page(app, "Training curves")
+    at.multiselect(key="curve_runs").set_value(["good", "hostile_run"])
+    _run(at)
+    assert [w.value for w in at.warning] == [
+        "hostile_run cannot be drawn (ValueError: a bug second line)."
+    ]
+    charts = at.get("vega_lite_chart")
+    runs = {
+        row["run"]
+        for chart in charts
+        for dataset in chart.proto.datasets
+        for row in pa.ipc.open_stream(dataset.data.data).read_all().to_pylist()
+    }
+    assert charts and runs == {"good"}
 
 
 def test_a_one_character_text_on_the_inside_page(app):

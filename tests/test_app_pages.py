@@ -40,12 +40,12 @@ from char_lm.config import ModelConfig
 from char_lm.generate import generate, load_char_lm
 from char_lm.model import CharLM
 from crnn_app import cards, curves, inside, toys
-from crnn_app.curves import LIVE_WITHIN_S, find_runs, run_status, sources
+from crnn_app.curves import LIVE_WITHIN_S, find_runs, summarize
 from crnn_app.models_dir import ENV_VAR, list_checkpoints
 from crnn_app.settings import SAVED_PREFIX, keep
 from recurrent.checkpoint import load_checkpoint, save_checkpoint
 from recurrent.config import to_dict
-from recurrent.plot import METRICS_FILE, PANEL_TITLES
+from recurrent.plot import MAX_POINTS, METRICS_FILE, PANEL_TITLES
 
 REPO = Path(__file__).resolve().parents[1]
 APP = str(REPO / "app.py")
@@ -708,6 +708,41 @@ def test_remembered_runs_that_are_gone_give_way_to_the_default(
     assert [caption.split("**")[1] for caption in captions] == ["a", "b"]
 
 
+def test_a_long_run_reaches_the_page_thinned_and_follows_its_growth(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run of more lines than a chart needs (a day of a fast run has tens of thousands) is sent
+    to the browser thinned (`recurrent.plot.thin`): each series at most `MAX_POINTS` points, with
+    its first and last step and a spike; the status counts every line, and a line written since
+    is read on the next redraw."""
+    models_dir, now = tmp_path / "models", time.time()
+    lines = [_train_line(step, now - 60) for step in range(1, 5001)]
+    lines[2345]["loss"] = 99.0
+    lines += [{**_train_line(step, now - 60), "kind": "eval", "scores": {"val_loss": 1.0 / step}}
+              for step in range(100, 5001, 100)]  # fmt: skip
+    path = models_dir / "long" / METRICS_FILE
+    _write_lines(path, lines)
+    monkeypatch.setenv(ENV_VAR, str(models_dir))
+    monkeypatch.setattr(sys, "argv", ["app.py"])
+    at = _page(AppTest.from_file(APP, default_timeout=TIMEOUT), "Training curves")
+    assert "step 5,000, 5000 train and 50 eval lines" in " ".join(e.value for e in at.caption)
+    charts = {_panel(spec): rows for spec, [rows] in _charts(at)}
+    assert set(charts) == {"loss", "learning rate", "throughput", "gradient norm"}
+    for panel, rows in charts.items():
+        for series in {row["series"] for row in rows}:
+            steps = [row["step"] for row in rows if row["series"] == series]
+            assert len(steps) <= MAX_POINTS and {steps[0], steps[-1]} <= {1, 100, 5000}, panel
+    assert max(row["value"] for row in charts["loss"]) == 99.0
+    assert len([row for row in charts["loss"] if row["series"] == "val loss"]) == 50  # whole
+
+    with path.open("a") as stream:
+        stream.write(json.dumps(_train_line(5001, time.time())) + "\n")
+    _run(at)
+    assert "step 5,001, 5001 train and 50 eval lines" in " ".join(e.value for e in at.caption)
+    [loss] = [rows for spec, [rows] in _charts(at) if _panel(spec) == "loss"]
+    assert 5001 in {row["step"] for row in loss}
+
+
 def test_find_runs_and_status(tmp_path: Path) -> None:
     for name in ("b", "a/x", ".hidden", "a/features"):
         _write_lines(tmp_path / name / METRICS_FILE, [])
@@ -715,13 +750,15 @@ def test_find_runs_and_status(tmp_path: Path) -> None:
     assert find_runs(tmp_path) == ["a/x", "b"]
     now = 1000.0
     lines = [{"kind": "train", "step": 5, "timestamp": 990.0}, {"kind": "eval", "step": 5}]
-    assert run_status(lines, now) == "step 5, 1 train and 1 eval lines"
+    assert summarize(lines).status(now) == "step 5, 1 train and 1 eval lines"
     lines.append({"kind": "train", "step": 6, "timestamp": 995.0, "source": "x"})
-    assert run_status(lines, now).endswith("still training (last line 5 s ago)")
-    assert sources(lines) == ["x"] and run_status([], now) == "no metrics lines yet"
+    assert summarize(lines).status(now).endswith("still training (last line 5 s ago)")
+    assert summarize(lines).notes == ("x",)
+    assert summarize([]).status(now) == "no metrics lines yet"
     lines += [{"kind": "eval", "step": 6, "source": "y"}, {"kind": "eval", "step": 6, "source": 3}]
     lines.append({"kind": "eval", "step": 6, "source": "x"})
-    assert sources(lines) == ["x", "y"]  # each note once, in order; a non-text note is no note
+    assert summarize(lines).notes == ("x", "y")  # each once, in order; a non-text note is none
+    assert summarize(lines).status(now) == "step 6, 2 train and 4 eval lines"  # no timestamp
 
 
 def test_a_run_stamped_in_the_future_is_not_shown_as_training() -> None:
@@ -731,7 +768,7 @@ def test_a_run_stamped_in_the_future_is_not_shown_as_training() -> None:
     now = 1000.0
 
     def status(age: float) -> str:
-        return run_status([{"kind": "train", "step": 1, "timestamp": now - age}], now)
+        return summarize([{"kind": "train", "step": 1, "timestamp": now - age}]).status(now)
 
     assert status(0).endswith("still training (last line 0 s ago)")
     assert status(LIVE_WITHIN_S).endswith(f"still training (last line {LIVE_WITHIN_S:.0f} s ago)")

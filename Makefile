@@ -45,7 +45,7 @@ demo-models: $(STAMP)
 
 ## make bench: the CPU benchmarks that compare two ways side by side (ratios), in at most 20 minutes
 ## on the project's 2-core CPU; each prints its figures (docs/benchmarks.md records them)
-bench: $(STAMP)
+bench: $(STAMP) browser-deps
 	$(PY) bench/recurrent_core.py
 	$(PY) bench/precision.py --repeats 2
 	$(PY) bench/beam_search.py --threads 1 --precision fp32
@@ -56,6 +56,7 @@ bench: $(STAMP)
 	$(PY) bench/ddp_scaling.py --processes 2 --steps 40
 	$(PY) bench/coco_scale.py --threads 1 --out runs/bench/coco_scale
 	$(PY) bench/image_loading.py
+	$(PY) bench/curves_scale.py
 
 ## make bench-long: the training benchmarks (10-15 minutes each, about 50 minutes in all) and the
 ## full-size feature-cache and huge-text measurements; most of the README's results come from these

@@ -139,7 +139,7 @@ def file_key(path: Path) -> tuple[int, int]:
 def describe_checkpoint(path: str | os.PathLike[str]) -> tuple[str, str, dict[str, Any]]:
     """(task, summary, card) of a checkpoint file, or `UserError` when it is broken or foreign, or
     its weights do not fit its config (so a tampered file is listed as unreadable, not offered)."""
-    payload = load_checkpoint(path)
+    payload = load_checkpoint(path, mmap=True)  # every check, but no copy of the weights
     task = payload.get("task")
     if task not in TASKS:
         raise UserError(f"a checkpoint for an unknown task {task!r}; the app serves {TASKS}")

@@ -183,6 +183,12 @@ def test_every_tampering_is_caught_by_load_checkpoint(trained, tmp_path):
             with pytest.raises(UserError, match=fragment) as caught:
                 load_checkpoint(path, task=task)
             assert str(path) in str(caught.value)
+            try:  # the app's reading maps the tensors from the file: the same refusals
+                load_checkpoint(path)
+            except UserError as err:
+                with pytest.raises(UserError) as described:
+                    describe_checkpoint(path)
+                assert str(described.value) == str(err), case
     assert not (trained["root"] / "pwned").exists()  # the hostile pickle never ran
 
 

@@ -48,7 +48,7 @@ from captioner.scenes import caption_names_objects_correctly, render_random_scen
 from char_lm.generate import generate, load_char_lm, trained_precision
 from crnn_app.captioning import scene_size
 from crnn_app.cards import card_markdown, escape_markdown, knows_only_scenes, readme_section
-from crnn_app.curves import RunSummary, find_runs, summarize
+from crnn_app.curves import MetricsTail, RunSummary, find_runs
 from crnn_app.heatmap import attention_overlays, fit_image, word_labels
 from crnn_app.inside import (
     LN2,
@@ -95,7 +95,7 @@ from crnn_app.toys import (
     train_toy,
 )
 from recurrent.errors import UserError
-from recurrent.plot import METRICS_FILE, X_AXES, curve_charts, metrics_frame, read_metrics, thin
+from recurrent.plot import METRICS_FILE, X_AXES, curve_charts, metrics_frame, thin
 from recurrent.training import pick_device
 
 REPO_ROOT = Path(__file__).resolve().parent
@@ -561,6 +561,12 @@ def stream_text(prompt: str, characters) -> str:
 # Page: training curves
 
 
+@st.cache_resource(show_spinner=False, max_entries=200)
+def _metrics_tail(path: str, name: str) -> MetricsTail:
+    """One reader per run file, shared by the sessions: it parses only what the run appends."""
+    return MetricsTail(Path(path), name)
+
+
 @st.cache_data(show_spinner=False, max_entries=200)
 def _run_curves(
     path: str, mtime_ns: int, size: int, name: str, x_field: str
@@ -569,9 +575,8 @@ def _run_curves(
     them (`recurrent.plot.thin`): recomputed only when the file changes (it grows while a run
     trains), and small to keep however long the run."""
     del mtime_ns, size
-    records = read_metrics(path)
-    frame = metrics_frame({name: records}).dropna(subset=[x_field])
-    return summarize(records), thin(frame, x_field)
+    summary, frame = _metrics_tail(path, name).read()
+    return summary, thin(frame.dropna(subset=[x_field]), x_field)
 
 
 X_AXIS_NAMES = {"step": "training steps", "time": "wall time"}
@@ -626,8 +631,10 @@ def draw_curves(models_dir: Path, names: list[str], x_axis: str) -> None:
         path = models_dir / name / METRICS_FILE
         try:
             summaries[name], frame = _run_curves(str(path), *file_key(path), name, x_field)
-        except (OSError, UserError) as err:  # removed or unreadable since the page listed it
-            st.warning(f"{name}: {one_line(err)}")
+        except FileNotFoundError:  # removed since the page listed it
+            st.warning(f"{name}: its {METRICS_FILE} is gone (the run was moved or removed)")
+        except OSError as err:  # unreadable
+            st.warning(f"{name}: cannot read its {METRICS_FILE} ({err.strerror or err})")
         except Exception as err:  # noqa: BLE001 - a fragment's error would show Streamlit's box
             st.warning(f"{name} cannot be drawn ({type(err).__name__}: {one_line(err)}).")
         else:

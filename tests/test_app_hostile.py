@@ -31,7 +31,6 @@ from crnn_app import curves
 from crnn_app.cards import model_card
 from crnn_app.curves import find_runs
 from crnn_app.models_dir import ENV_VAR, list_checkpoints, walk_models_dir
-from recurrent import plot
 from recurrent.checkpoint import load_checkpoint, save_checkpoint
 from recurrent.engine import parse_metrics
 from recurrent.errors import UserError
@@ -135,15 +134,16 @@ def test_hostile_metrics_lines_are_skipped_and_the_good_runs_drawn(app):
 def test_a_run_that_fails_to_draw_is_named_and_the_others_drawn(app, monkeypatch):
     """A failure inside the curves' fragment (here building one run's rows raises) is a warning
     naming the run and the failure, not Streamlit's error box; the other run is drawn."""
-    real = plot.metrics_frame
+    real = curves.metrics_frame
 
     def fails_for_one(runs):
         if "hostile_run" in runs:
             raise ValueError("a bug\nsecond line")
         return real(runs)
 
-    monkeypatch.setattr(plot, "metrics_frame", fails_for_one)
+    monkeypatch.setattr(curves, "metrics_frame", fails_for_one)
     streamlit.cache_data.clear()  # the page keeps each run's rows: an earlier test drew these
+    streamlit.cache_resource.clear()  # and its reader of each file, which has read them
     at = _page(app, "Training curves")
     at.multiselect(key="curve_runs").set_value(["good", "hostile_run"])
     _run(at)

@@ -26,9 +26,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from streamlit.testing.v1 import AppTest
 from tiny_models import train_tiny_char_lm
 
@@ -40,12 +44,13 @@ from char_lm.config import ModelConfig
 from char_lm.generate import generate, load_char_lm
 from char_lm.model import CharLM
 from crnn_app import cards, curves, inside, toys
-from crnn_app.curves import LIVE_WITHIN_S, find_runs, summarize
+from crnn_app.curves import LIVE_WITHIN_S, MetricsTail, find_runs, summarize
 from crnn_app.models_dir import ENV_VAR, list_checkpoints
 from crnn_app.settings import SAVED_PREFIX, keep
 from recurrent.checkpoint import load_checkpoint, save_checkpoint
 from recurrent.config import to_dict
-from recurrent.plot import MAX_POINTS, METRICS_FILE, PANEL_TITLES
+from recurrent.engine import read_metrics
+from recurrent.plot import MAX_POINTS, METRICS_FILE, PANEL_TITLES, metrics_frame
 
 REPO = Path(__file__).resolve().parents[1]
 APP = str(REPO / "app.py")
@@ -741,6 +746,75 @@ def test_a_long_run_reaches_the_page_thinned_and_follows_its_growth(
     assert "step 5,001, 5001 train and 50 eval lines" in " ".join(e.value for e in at.caption)
     [loss] = [rows for spec, [rows] in _charts(at) if _panel(spec) == "loss"]
     assert 5001 in {row["step"] for row in loss}
+
+
+def _rows(frame: pd.DataFrame) -> list:
+    """A frame's rows as a sorted list (NaN as None), to compare row sets."""
+    values = frame.astype(object).where(frame.notna(), None).values.tolist()
+    return sorted(map(tuple, values), key=repr)
+
+
+TAIL_OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("append"), st.integers(1, 4)),  # whole lines
+        st.tuples(st.just("partial"), st.integers(1, 60)),  # the start of a line, no newline
+        st.tuples(st.just("partial"), st.just(-1)),  # a whole line but for its newline
+        st.tuples(st.just("finish"), st.just(0)),  # the rest of that line
+        st.tuples(st.just("garbage"), st.just(0)),  # a line that is not JSON
+        st.tuples(st.just("replace"), st.integers(0, 6)),  # a new file of the first n lines
+        st.tuples(st.just("edit"), st.integers(0, 10**6)),  # one byte changed in place
+        st.tuples(st.just("truncate"), st.integers(0, 10**6)),  # cut in place
+    ),
+    max_size=14,
+)
+
+
+@hypothesis_settings(max_examples=60, deadline=None)
+@given(ops=TAIL_OPS)
+def test_following_a_file_reads_what_reading_it_whole_reads(tmp_path_factory, ops) -> None:
+    """After any writes, the page's reader of a run (`MetricsTail`, which parses only what was
+    appended) gives what reading the whole file gives: the same summary and the same rows. The
+    writes are what a training run does (lines appended, a line caught half-written, a new file
+    on resume or restart) and what it never does (a byte changed or the file cut in place)."""
+    path = tmp_path_factory.mktemp("tail") / METRICS_FILE
+    path.write_bytes(b"")
+    tail, step, pending = MetricsTail(path, "run"), 0, b""
+
+    def line() -> bytes:
+        nonlocal step
+        step += 1
+        return (json.dumps({**_train_line(step, 1000.0), "source": f"s{step % 3}"}) + "\n").encode()
+
+    for op, number in ops:
+        data = path.read_bytes()
+        if op == "append":
+            data += pending + b"".join(line() for _ in range(number))
+            pending = b""
+        elif op == "partial" and not pending:
+            whole = line()
+            data, pending = data + whole[:number], whole[number:]
+        elif op == "finish":
+            data, pending = data + pending, b""
+        elif op == "garbage":
+            data += pending + b'{"kind": "train", "st\n'
+            pending = b""
+        elif op == "replace":
+            kept = b"".join(data.splitlines(keepends=True)[:number])
+            (path.parent / "new").write_bytes(kept)
+            os.replace(path.parent / "new", path)
+            data, pending = kept, b""
+        elif op in ("edit", "truncate") and data:
+            at = number % len(data)
+            data = data[:at] + (b"" if op == "truncate" else b"}" + data[at + 1 :])
+            pending = b""
+        if op not in ("replace",):
+            with path.open("r+b") as stream:  # in place: the same file
+                stream.write(data)
+                stream.truncate()
+        summary, frame = tail.read()
+        records = read_metrics(path)
+        assert summary == summarize(records), ops
+        assert _rows(frame) == _rows(metrics_frame({"run": records})), ops
 
 
 def test_find_runs_and_status(tmp_path: Path) -> None:

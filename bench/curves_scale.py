@@ -1,4 +1,4 @@
-"""Training curves of a long run: every point against the thinned points, side by side in one run.
+"""Training curves of a long run: read whole or followed, every point or thinned, side by side.
 
     python bench/curves_scale.py                      # 60,000 train lines, Python and browser
     python bench/curves_scale.py --lines 20000 --no-browser
@@ -6,9 +6,11 @@
 A run logging every 50 steps at 50 steps/s (a char LM on a GPU) writes 60,000 train lines in
 17 hours; every train line gives four series (loss, learning rate, throughput, gradient norm). The
 script writes such a run's metrics.jsonl (an eval line every 10 train lines, a noisy falling loss
-with a few spikes), then draws its curves two ways: every point, as the charts were drawn before
-2026-12-06, and thinned (`recurrent.plot.thin`: per series the first, last, lowest and highest
-point of each of 1,000 ranges of steps), as the app and `python -m recurrent.plot` draw them now.
+with a few spikes). It times getting the run's rows after a line is appended: reading the file
+whole against following it (`crnn_app.curves.MetricsTail`, which parses only what was appended).
+Then it draws the curves two ways: every point, as the charts were drawn before 2026-12-06, and
+thinned (`recurrent.plot.thin`: per series the first, last, lowest and highest point of each of
+1,000 ranges of steps), as the app and `python -m recurrent.plot` draw them now.
 For each: the rows sent, the size of the charts' Vega-Lite JSON, the Python time to build it from
 the lines, and, with the browser (Debian's chromium through Playwright), the time the charts take
 to draw in a self-contained HTML page. Then it serves the app on the run (`make app`'s command)
@@ -23,6 +25,8 @@ import argparse
 import json
 import math
 import random
+import shutil
+import statistics
 import sys
 import tempfile
 import threading
@@ -34,8 +38,15 @@ import altair as alt
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.app_load import CHROMIUM, CHROMIUM_ARGS, memory, streamlit_server  # noqa: E402
 from bench.recurrent_core import machine  # noqa: E402
+from crnn_app.curves import MetricsTail, summarize  # noqa: E402
 from recurrent.errors import UserError, run_cli  # noqa: E402
-from recurrent.plot import METRICS_FILE, curves_chart, read_metrics, save_chart  # noqa: E402
+from recurrent.plot import (  # noqa: E402
+    METRICS_FILE,
+    curves_chart,
+    metrics_frame,
+    read_metrics,
+    save_chart,
+)
 
 STEPS_PER_LINE = 50
 EVAL_EVERY = 10  # train lines
@@ -83,6 +94,30 @@ def build(records: list[dict], buckets: int | None) -> tuple[object, int, int, f
     seconds = time.perf_counter() - started
     rows = sum(len(values) for values in json.loads(spec)["datasets"].values())
     return chart, rows, len(spec), seconds
+
+
+def reread_costs(metrics: Path) -> tuple[float, float]:
+    """Seconds to get a run's rows after a line is appended: reading the file whole (as the page
+    did before 2026-12-06) against following it (`MetricsTail`, the page now); medians of 5, on a
+    copy of the run."""
+    copy = metrics.with_name("followed.jsonl")
+    shutil.copyfile(metrics, copy)
+    tail, rng, number = MetricsTail(copy, "run"), random.Random(2), 10**6
+    tail.read()
+    whole, followed = [], []
+    for _ in range(5):
+        number += 1
+        with copy.open("a") as stream:
+            stream.write(json.dumps(train_line(number, rng)) + "\n")
+        started = time.perf_counter()
+        lines = read_metrics(copy)
+        summarize(lines), metrics_frame({"run": lines})
+        whole.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        tail.read()
+        followed.append(time.perf_counter() - started)
+    copy.unlink()
+    return statistics.median(whole), statistics.median(followed)
 
 
 def browser_draw_s(playwright, page_file: Path) -> float:
@@ -176,6 +211,12 @@ def main(argv: list[str] | None = None) -> None:
         print(
             f"run: {args.lines:,} train lines, {len(records) - args.lines:,} eval lines, "
             f"{metrics.stat().st_size / 1e6:.1f} MB"
+        )
+        whole_s, followed_s = reread_costs(metrics)
+        print(
+            f"a line appended, then the rows of the run: {whole_s:.2f} s reading the file whole, "
+            f"{followed_s * 1000:.1f} ms following it (MetricsTail), "
+            f"{whole_s / followed_s:.0f}x"
         )
         results = {}
         for name, buckets in (("every point", None), ("thinned", 1000)):

@@ -57,9 +57,14 @@ class JobNotFormed(UserError):
     never came (`recurrent.distributed.setup`)."""
 
 
-class RunStopped(Exception):
+class RunStopped(BaseException):
     """A run ended early on purpose (a signal, a non-finite loss): its message is shown as one
-    line and the command exits with ``exit_code``; the run's last checkpoint is intact."""
+    line and the command exits with ``exit_code``; the run's last checkpoint is intact.
+
+    A BaseException, as KeyboardInterrupt is: the SIGTERM handler raises it wherever the command
+    is, and the ``except Exception`` that turns whatever Pillow or torch raises on a bad file into
+    one line must not take it for a bad file (as a subclass of Exception it did: a SIGTERM while a
+    folder's image decoded skipped that image as undecodable, and the job went on to its end)."""
 
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)

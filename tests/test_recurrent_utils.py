@@ -512,3 +512,31 @@ def test_loader_workers_are_this_processs_children_whatever_the_default_start_me
 def test_a_union_is_named_alike_on_every_python(annotation, name):
     """Python 3.14 names every union "Union" (`__name__`); the messages said "expected Union"."""
     assert config_module._type_name(annotation) == name
+
+
+@pytest.mark.parametrize("reader", ["image", "checkpoint"])
+def test_a_stop_inside_a_files_reader_is_a_stop_not_a_bad_file(reader, tmp_path, monkeypatch):
+    """The SIGTERM handler raises RunStopped wherever the command is. The readers turn whatever
+    Pillow or torch raises on a bad file into one line (`except Exception`): a stop raised while
+    they read must pass through them as the stop it is (it was taken for an undecodable image,
+    the image skipped and the job gone on to its end)."""
+    import PIL.Image
+
+    from captioner.data.images import load_image
+    from recurrent.checkpoint import load_checkpoint, save_checkpoint
+
+    def stopped(*args, **kwargs):
+        raise RunStopped("SIGTERM", 143)
+
+    if reader == "image":
+        path = tmp_path / "a.png"
+        PIL.Image.new("RGB", (8, 8)).save(path)
+        monkeypatch.setattr(PIL.Image, "open", stopped)
+        with pytest.raises(RunStopped):
+            load_image(path)
+    else:
+        path = tmp_path / "a.pt"
+        save_checkpoint({"task": "char_lm", "config": {}, "vocab": [], "model": {}}, path)
+        monkeypatch.setattr(torch, "load", stopped)
+        with pytest.raises(RunStopped):
+            load_checkpoint(path)

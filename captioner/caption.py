@@ -8,8 +8,10 @@ Each argument is an image file, a folder (every image file in it, by extension, 
 a glob pattern. Images are captioned in batches, with a progress bar on stderr when it is a
 terminal. Prints one ``path<TAB>caption`` line per image, or one JSON object with --json; --csv
 also writes ``image,caption`` rows that the training CSV loader reads (``data.format: csv``), so
-the captions can be reviewed, corrected and trained on. A file named on the command line that
-cannot be read stops the command; one found in a folder or by a pattern is reported with a
+the captions can be reviewed, corrected and trained on. The CSV is rewritten every minute while
+captioning; a stop (SIGTERM, Ctrl-C) writes what was captioned and says so, and --resume with the
+same --csv captions only the images the file does not hold yet. A file named on the command line
+that cannot be read stops the command; one found in a folder or by a pattern is reported with a
 ``warning:`` line on stderr and skipped. With more than one --checkpoint the images are
 captioned by their ensemble (`captioner.ensemble`), with the first checkpoint's decoding settings.
 The library API (`load_captioner`, `caption_images`, `find_images`, `caption_files`) lives in
@@ -24,11 +26,14 @@ import io
 import json
 import os
 import sys
+import time
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
+from captioner.data.formats import read_csv_rows
 from captioner.data.images import ACCEPTED_FORMATS
 from captioner.decode import check_decode_settings
 from captioner.ensemble import load_ensemble
@@ -40,8 +45,10 @@ from captioner.inference import (
     decode_arguments,
     find_images,
 )
-from recurrent.errors import ArgumentParser, UserError, run_cli
+from recurrent.errors import ArgumentParser, RunStopped, UserError, run_cli
 from recurrent.files import atomic_write_text
+
+CSV_SAVE_EVERY_S = 60.0  # --csv is rewritten this often while captioning (a kill loses the rest)
 
 
 def _result_json(path: str, result: CaptionResult) -> dict[str, Any]:
@@ -82,20 +89,33 @@ def _check_csv_path(path: str) -> None:
         raise UserError(f"--csv {path}: folder '{folder}' does not exist; create it first")
 
 
-def write_csv(path: str, results: Sequence[tuple[str, CaptionResult]]) -> None:
-    """``image,caption`` rows, image paths relative to the CSV's folder (as `load_csv` reads
-    them); written to a temporary file and renamed."""
+def write_csv(path: str, captions: Sequence[tuple[str, str]]) -> None:
+    """``image,caption`` rows of (image path, caption) pairs, image paths relative to the CSV's
+    folder (as `load_csv` reads them); written to a temporary file and renamed."""
     folder = os.path.dirname(os.path.abspath(path))
     rows = io.StringIO(newline="")
     writer = csv.writer(rows)
     writer.writerow(["image", "caption"])
-    for image, result in results:
+    for image, text in captions:
         try:
             name = os.path.relpath(os.path.abspath(image), folder)
         except ValueError:  # another drive (Windows)
             name = os.path.abspath(image)
-        writer.writerow([name, result.caption])
+        writer.writerow([name, text])
     atomic_write_text(path, rows.getvalue())
+
+
+def read_captioned(path: str) -> list[tuple[str, str]]:
+    """The (absolute image path, caption) rows of a CSV that --csv wrote (`write_csv`), for
+    --resume; none when the file does not exist yet."""
+    if not os.path.exists(path):
+        return []
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        rows = read_csv_rows(Path(path))
+    except UserError as err:
+        raise UserError(f"--resume: {err} (the CSV --csv wrote has them)") from None
+    return [(os.path.join(folder, row.image), row.caption) for row in rows]
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -148,6 +168,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         "CSV's folder) for review and for training with data.format=csv",
     )
     parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="go on with the --csv file of a run that was stopped: its images are not captioned "
+        "again, and the file ends with every image's row",
+    )
+    parser.add_argument(
         "--batch-size",
         type=int,
         default=DEFAULT_BATCH_SIZE,
@@ -161,9 +187,21 @@ def main(argv: Sequence[str] | None = None) -> None:
         check_decode_settings(args.beam_size, max_length, args.n_best)
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.resume and not args.csv:
+        raise UserError("--resume goes on with the file of --csv; pass the same --csv OUT.csv")
     if args.csv:
         _check_csv_path(args.csv)
     paths, found = expand_inputs(args.images)
+    before = read_captioned(args.csv) if args.resume else []
+    if before:
+        done = {os.path.normpath(image) for image, _ in before}
+        paths = [path for path in paths if os.path.normpath(os.path.abspath(path)) not in done]
+        print(
+            f"resuming: {len(before)} images are captioned in {args.csv}, {len(paths)} to go",
+            file=sys.stderr,
+        )
+        if not paths:
+            return
     captioner = load_ensemble(args.checkpoint, args.device)
     bar = tqdm(total=len(paths), desc="captioning", unit="image", file=sys.stderr, disable=None)
     skipped: list[dict[str, str]] = []
@@ -177,6 +215,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         bar.update(1)
 
     results: list[tuple[str, CaptionResult]] = []
+
+    def save() -> None:  # what is captioned so far, with what --resume found
+        write_csv(args.csv, [*before, *((path, result.caption) for path, result in results)])
+
+    saved = time.monotonic()
     try:
         for path, result in caption_files(
             captioner,
@@ -193,6 +236,20 @@ def main(argv: Sequence[str] | None = None) -> None:
                 for line in _lines(path, result, args.n_best):
                     tqdm.write(line, file=sys.stdout)
             bar.update(1)
+            if args.csv and time.monotonic() - saved >= CSV_SAVE_EVERY_S:
+                save()  # a kill loses at most this long's captions
+                saved = time.monotonic()
+    except (RunStopped, KeyboardInterrupt) as stop:
+        if not (args.csv and results):
+            raise
+        save()
+        signal = "interrupted" if isinstance(stop, KeyboardInterrupt) else str(stop).split(";")[0]
+        raise RunStopped(
+            f"{signal} after {len(results)} of {len(paths)} images; {args.csv} holds their "
+            f"captions{' and those of before' if before else ''}: run the same command with "
+            "--resume to caption the rest",
+            exit_code=getattr(stop, "exit_code", 130),
+        ) from None
     finally:
         bar.close()
     if not results:
@@ -201,8 +258,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             "pass readable images"
         )
     if args.csv:
-        write_csv(args.csv, results)
-        print(f"wrote {len(results)} captions to {args.csv}", file=sys.stderr)
+        save()
+        print(f"wrote {len(before) + len(results)} captions to {args.csv}", file=sys.stderr)
         if empty := sum(not result.caption.strip() for _, result in results):
             print(
                 f"warning: {empty} of them are empty (the model ended them at once); write a "

@@ -4,10 +4,14 @@ unreadable files reported and skipped, non-image files ignored, and a CSV the tr
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +21,9 @@ from captioner.data import load_csv, load_image
 from captioner.inference import caption_images, find_images, load_captioner
 from recurrent.errors import UserError, run_cli
 from tests.tiny_models import train_tiny_captioner
+
+ROOT = Path(__file__).resolve().parents[1]
+MANY = 600  # images of the stopped job
 
 
 @pytest.fixture(scope="module")
@@ -154,3 +161,102 @@ def test_a_batch_size_below_one_is_a_one_line_error(checkpoint, folder, size, ca
     )
     assert (code, out) == (2, "")
     assert err == f"error: --batch-size must be at least 1, got {size}\n"
+
+
+# --------------------------------------------------------------------------------------------
+# A long captioning job stopped and resumed: --csv keeps what was captioned, --resume goes on
+
+
+@pytest.fixture
+def many(tmp_path: Path, scenes_annotations: Path) -> Path:
+    """A folder of MANY images: the scenes' 24, each under 25 names."""
+    images = sorted((scenes_annotations.parent / "images").glob("*.png"))
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for copy in range(MANY // 24):
+        for image in images:
+            os.link(image, folder / f"{copy:02d}_{image.name}")
+    return folder
+
+
+def _rows(path: Path) -> list[tuple[str, str]]:
+    with path.open(newline="", encoding="utf-8") as stream:
+        return [tuple(row) for row in csv.reader(stream)][1:]
+
+
+def test_a_stopped_job_keeps_its_captions_and_resume_captions_the_rest(
+    checkpoint, many, tmp_path, capsys
+):
+    """SIGTERM (a scheduler, `kill`) in the middle of captioning a folder: the CSV holds every
+    image captioned so far, the one line says so and names --resume, which captions only the
+    rest: the CSV then equals the one of a job that was never stopped."""
+    whole = tmp_path / "whole.csv"
+    assert (
+        run_main(["--checkpoint", str(checkpoint), str(many), "--csv", str(whole)], capsys)[0] == 0
+    )
+    out = tmp_path / "captions.csv"
+    argv = ["--checkpoint", str(checkpoint), str(many), "--csv", str(out), "--batch-size", "1"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "captioner.caption", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)},
+    )
+    try:
+        for _ in range(5):  # five images captioned: it is at work
+            assert process.stdout.readline()
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 143, err
+    [line] = [line for line in err.splitlines() if line.startswith("stopped:")]
+    captioned = len(_rows(out))
+    assert 5 <= captioned < MANY, err
+    assert line == (
+        f"stopped: SIGTERM after {captioned} of {MANY} images; {out} holds their captions: run the "
+        "same command with --resume to caption the rest"
+    )
+    assert _rows(out) == _rows(whole)[:captioned]  # the same order, the same captions
+
+    code, stdout, err = run_main([*argv, "--resume"], capsys)
+    assert code == 0, err
+    assert f"resuming: {captioned} images are captioned in {out}, {MANY - captioned} to go" in err
+    assert len(stdout.splitlines()) == MANY - captioned  # only the rest
+    assert _rows(out) == _rows(whole)
+    code, stdout, err = run_main([*argv, "--resume"], capsys)  # nothing left: nothing to do
+    assert (code, stdout) == (0, "") and f"{MANY} images are captioned" in err and "0 to go" in err
+    assert _rows(out) == _rows(whole)
+
+
+def test_the_csv_is_written_as_it_goes(checkpoint, folder, tmp_path, capsys, monkeypatch):
+    """Rewritten every CSV_SAVE_EVERY_S while captioning: a job killed outright (here a failure
+    after two images) leaves the captions written so far."""
+    real = caption.caption_files
+
+    def two_then_fail(*args, **kwargs):
+        for number, item in enumerate(real(*args, **kwargs)):
+            if number == 2:
+                raise RuntimeError("killed")
+            yield item
+
+    monkeypatch.setattr(caption, "CSV_SAVE_EVERY_S", 0.0)
+    monkeypatch.setattr(caption, "caption_files", two_then_fail)
+    out = tmp_path / "captions.csv"
+    with pytest.raises(RuntimeError, match="killed"):
+        caption.main(["--checkpoint", str(checkpoint), str(folder), "--csv", str(out)])
+    expected = expected_captions(checkpoint, [folder / "a.png", folder / "b.jpg"])
+    assert _rows(out) == [("photos/a.png", expected[0]), ("photos/b.jpg", expected[1])]
+
+
+def test_resume_needs_the_csv_it_goes_on_with(checkpoint, folder, tmp_path, capsys):
+    code, _, err = run_main(["--checkpoint", str(checkpoint), str(folder), "--resume"], capsys)
+    assert code == 2
+    assert err == "error: --resume goes on with the file of --csv; pass the same --csv OUT.csv\n"
+    other = tmp_path / "other.csv"
+    other.write_text("path,text\nx.png,a caption\n", encoding="utf-8")
+    argv = ["--checkpoint", str(checkpoint), str(folder), "--csv", str(other), "--resume"]
+    code, _, err = run_main(argv, capsys)
+    assert code == 2 and err.startswith("error: --resume: ") and err.count("\n") == 1, err
+    assert "has no column 'image' or 'caption'" in err

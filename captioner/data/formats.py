@@ -487,14 +487,14 @@ def _coco_captions(file: Path, base: Path, check_images: bool) -> dict[str, list
 
 
 @dataclass(frozen=True)
-class _Row:
+class CsvRow:
     where: str  # "'file' line N", for error messages
     image: str
     caption: str
     split: str | None
 
 
-def _read_csv_rows(file: Path) -> list[_Row]:
+def read_csv_rows(file: Path) -> list[CsvRow]:
     with file.open(newline="", encoding="utf-8-sig") as stream:
         reader = csv.DictReader(stream)
         try:
@@ -518,7 +518,7 @@ def _read_csv_rows(file: Path) -> list[_Row]:
                         'double quotes ("a dog, running")'
                     )
                 rows.append(
-                    _Row(
+                    CsvRow(
                         where,
                         (row["image"] or "").strip(),
                         (row["caption"] or "").strip(),
@@ -536,7 +536,7 @@ def _read_csv_rows(file: Path) -> list[_Row]:
             ) from None
 
 
-def _read_jsonl_rows(file: Path) -> Iterator[_Row]:
+def _read_jsonl_rows(file: Path) -> Iterator[CsvRow]:
     for number, line in _lines(_read_text(file)):
         if not line.strip():
             continue
@@ -547,7 +547,7 @@ def _read_jsonl_rows(file: Path) -> Iterator[_Row]:
         ):
             raise UserError(f"{where} needs an object with string keys 'image' and 'caption'")
         split = row.get("split")
-        yield _Row(
+        yield CsvRow(
             where,
             row["image"].strip(),
             row["caption"].strip(),
@@ -556,7 +556,7 @@ def _read_jsonl_rows(file: Path) -> Iterator[_Row]:
 
 
 def _load_rows(
-    rows: Iterable[_Row],
+    rows: Iterable[CsvRow],
     file: Path,
     image_root: PathLike | None,
     val_fraction: float,
@@ -618,7 +618,7 @@ def load_csv(
     """
     file = _existing_file(annotations, "CSV annotations file")
     return _load_rows(
-        _read_csv_rows(file), file, image_root, val_fraction, test_fraction, seed, check_images
+        read_csv_rows(file), file, image_root, val_fraction, test_fraction, seed, check_images
     )
 
 

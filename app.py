@@ -561,9 +561,11 @@ def stream_text(prompt: str, characters) -> str:
 # Page: training curves
 
 
-@st.cache_resource(show_spinner=False, max_entries=200)
+@st.cache_resource(show_spinner=False, max_entries=32)
 def _metrics_tail(path: str, name: str) -> MetricsTail:
-    """One reader per run file, shared by the sessions: it parses only what the run appends."""
+    """One reader per run file, shared by the sessions: it parses only what the run appends. It
+    holds every row of its run (24 MB for 60,000 lines), so only the runs viewed last keep one;
+    a run viewed again after that is parsed whole once more."""
     return MetricsTail(Path(path), name)
 
 

@@ -41,6 +41,7 @@ from bench.recurrent_core import machine  # noqa: E402
 from crnn_app.curves import MetricsTail, summarize  # noqa: E402
 from recurrent.errors import UserError, run_cli  # noqa: E402
 from recurrent.plot import (  # noqa: E402
+    BUCKETS,
     METRICS_FILE,
     curves_chart,
     metrics_frame,
@@ -219,7 +220,7 @@ def main(argv: list[str] | None = None) -> None:
             f"{whole_s / followed_s:.0f}x"
         )
         results = {}
-        for name, buckets in (("every point", None), ("thinned", 1000)):
+        for name, buckets in (("every point", None), ("thinned", BUCKETS)):
             chart, rows, size, seconds = build(records, buckets)
             results[name] = {"rows": rows, "json_mb": size / 1e6, "build_s": seconds}
             if not args.no_browser:

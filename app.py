@@ -648,7 +648,7 @@ def draw_curves(models_dir: Path, names: list[str], x_axis: str) -> None:
         st.caption(f"**{escape_markdown(name)}**: {summary.status(now)}{escape_markdown(notes)}")
     try:
         frame = pd.concat(frames, ignore_index=True) if frames else metrics_frame({})
-        charts = curve_charts(frame, x_axis, titles=False)
+        charts = curve_charts(frame, x_axis, titles=False, buckets=None)  # thinned per run
     except Exception as err:  # noqa: BLE001 - a fragment's error would show Streamlit's box
         st.warning(f"These runs cannot be drawn ({type(err).__name__}: {one_line(err)}).")
         return

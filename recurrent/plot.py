@@ -179,7 +179,7 @@ def curve_charts(
         raise UserError(f"x must be one of {sorted(X_AXES)}, got {x!r}")
     field, title = X_AXES[x]
     frame = frame.dropna(subset=[field])
-    if buckets is not None:  # None: every row (bench/curves_scale.py compares the two)
+    if buckets is not None:  # None: rows thinned already (the app), or every row (a benchmark)
         frame = thin(frame, field, buckets)
     charts: dict[str, alt.Chart] = {}
     for panel in PANELS:

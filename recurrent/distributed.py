@@ -11,7 +11,9 @@ or hangs into an error on the others instead of a job that waits forever.
 Under torchrun the processes join the job through the store its agent serves: each waits for the
 others in Python and stops at once, saying why, when one stops before joining (`tell_failure`),
 and each attempt of a job that torchrun restarts (``--max-restarts``) joins through keys of its
-own.
+own. Once the job has formed, each process beats in the store and watches another's beats
+(`Heartbeat`): a process that is frozen, or whose machine is lost, ends the job after
+``train.heartbeat_timeout_s``, not at the collective's timeout.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import os
 import secrets
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -133,12 +136,14 @@ def from_environment() -> Distributed:
 
 
 def setup(
-    device_name: str, timeout_s: float = DEFAULT_TIMEOUT_S
+    device_name: str, timeout_s: float = DEFAULT_TIMEOUT_S, heartbeat_timeout_s: float = 0.0
 ) -> tuple[Distributed, torch.device]:
     """Join the job (if torchrun started one) and pick this rank's device.
 
     ``device_name`` is the config's ``train.device``: with ``auto`` or ``cuda`` each rank takes
-    GPU ``LOCAL_RANK``; the backend is nccl on CUDA and gloo on the CPU.
+    GPU ``LOCAL_RANK``; the backend is nccl on CUDA and gloo on the CPU. With
+    ``heartbeat_timeout_s`` (the config's ``train.heartbeat_timeout_s``; 0: none) a process of a
+    torchrun job that goes that long without a sign of life ends the job (`Heartbeat`).
     """
     from recurrent.training import pick_device
 
@@ -173,6 +178,8 @@ def setup(
                     world_size=layout.world_size,
                     timeout=timeout,
                 )
+                if heartbeat_timeout_s > 0:
+                    _start_heartbeat(layout, heartbeat_timeout_s)
         except dist.DistStoreError:  # torch's "wait timeout after ...ms, keys: /default_pg/..."
             raise JobNotFormed(_never_joined(timeout_s)) from None
         except dist.DistNetworkError:  # "Failed to recv, got 0 bytes. Connection was likely ..."
@@ -180,6 +187,17 @@ def setup(
             # ended (on the first machine under the static rendezvous), its process having failed
             raise JobNotFormed(STORE_CLOSED) from None
     return layout, device
+
+
+def _start_heartbeat(layout: Distributed, timeout_s: float) -> None:
+    """Start this process's `Heartbeat`, on a connection of its own to the job's store (its
+    thread's requests never meet the main thread's), each request bounded by about a beat."""
+    global _heartbeat
+    store = _job_store(max(1.0, heartbeat_period(timeout_s)))
+    assert store is not None  # under torchrun's agent, as the caller checked
+    where = f" at {os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
+    _heartbeat = Heartbeat(store, layout, timeout_s, where=where)
+    _heartbeat.start()
 
 
 STORE_CLOSED = (
@@ -288,6 +306,156 @@ def tell_failure(line: str) -> None:
         pass
 
 
+HEARTBEAT_PERIOD_S = 5.0  # at most this long between a process's beats (less for short timeouts)
+HEARTBEAT_END_WAIT_S = 2.0  # an ending process waits this long at most to tell its watcher
+
+
+def heartbeat_period(timeout_s: float) -> float:
+    """Seconds between two beats of a process: a tenth of the timeout, from 0.1 s to 5 s."""
+    return max(0.1, min(HEARTBEAT_PERIOD_S, timeout_s / 10))
+
+
+class Heartbeat:
+    """Each process of a formed torchrun job beats, a count of its own in the job's store, from a
+    thread of its own, and watches the next rank's count (rank + 1, around the ring: every rank is
+    watched by one other). A rank whose count has not moved for ``timeout_s`` (the process
+    frozen, its machine lost or cut off from the others) ends the job: its watcher tells the store
+    why, and every process that looks next ends with that line (`look`, then `end_job`). So does a
+    process whose store has not answered for as long (`unanswered`: the machine that serves it,
+    torchrun's on the first machine, lost; a request to it then never returns, so a second thread
+    keeps the time).
+
+    Without it such a job waited for the collective's timeout, 30 minutes, on every machine: a
+    process that ends closes its connections and the others learn it at once, but one that is
+    frozen or whose machine went away says nothing. A process at work beats all along, however
+    long its work (a checkpoint written to a slow disk, a feature cache filled), since torch's
+    long calls let the thread run; a process that ends its command marks itself ended first
+    (`finish`), so that it is not waited for.
+    """
+
+    def __init__(
+        self,
+        store: dist.Store,
+        layout: Distributed,
+        timeout_s: float,
+        clock: Any = time.monotonic,
+        where: str = "",
+    ) -> None:
+        self.store = store
+        self.rank = layout.rank
+        self.watched = (layout.rank + 1) % layout.world_size
+        self.timeout_s = timeout_s
+        self.period_s = heartbeat_period(timeout_s)
+        self.clock = clock
+        self.where = where  # the store's address, for its line
+        self.seen_count = -1
+        self.seen_at = self.answered_at = clock()
+        self.watching = True
+        self.ended = threading.Event()
+        self._ending = threading.Lock()
+        self._told = threading.Event()  # the watcher was told that this process ended
+
+    def _key(self, name: str) -> str:
+        return _attempt_key(f"heartbeat/{name}")
+
+    def look(self) -> str | None:
+        """Beat once, and look at the watched rank and at the job: the line to end the job with,
+        or None while every process is heard from. Raises torch's error where the store fails."""
+        self.store.add(self._key(f"beat-{self.rank}"), 1)
+        if self.store.check([self._key("lost")]):  # another process's watcher spoke first
+            return self.store.get(self._key("lost")).decode()
+        if self.watching and self.store.check([self._key(f"ended-{self.watched}")]):
+            self.watching = False  # it ended its command: nothing more to hear from it
+        if self.watching:
+            count = self.store.add(self._key(f"beat-{self.watched}"), 0)
+            if count != self.seen_count:
+                self.seen_count, self.seen_at = count, self.clock()
+            elif self.clock() - self.seen_at > self.timeout_s:
+                self.store.compare_set(self._key("lost"), "", self._silent(self.watched))
+                return self.store.get(self._key("lost")).decode()  # the first to tell
+        self.answered_at = self.clock()
+        return None
+
+    def unanswered(self) -> str | None:
+        """The line to end the job with where the store has not answered a look for the
+        timeout; else None."""
+        if self.clock() - self.answered_at <= self.timeout_s:
+            return None
+        return (
+            f"the torchrun job's store{self.where} has not answered for {self.timeout_s:g} s (the "
+            "machine of the torchrun that serves it lost or cut off), so the job ends here"
+            f"{HEARTBEAT_ENDING}"
+        )
+
+    def _silent(self, rank: int) -> str:
+        return (
+            f"rank {rank} of this torchrun job has given no sign of life for "
+            f"{self.timeout_s:g} s (the process frozen, or its machine lost or cut off), so the "
+            f"job ends here{HEARTBEAT_ENDING}"
+        )
+
+    def start(self) -> None:
+        for target, name in ((self._beat, "heartbeat"), (self._keep_time, "heartbeat-store")):
+            threading.Thread(target=target, name=name, daemon=True).start()
+
+    def _beat(self) -> None:
+        """Look once a period until the process ends, then tell the watcher so (this thread
+        alone uses the connection)."""
+        try:
+            while not self.ended.wait(self.period_s):
+                line = self.look()
+                if line is not None:
+                    self._end(line)
+            self.tell_ended()
+        except (dist.DistError, RuntimeError):
+            # the store's connection broke (each try would print torch's C++ dump again): the
+            # other thread ends the job at the timeout, unless the process has ended by then
+            pass
+        finally:
+            self._told.set()
+
+    def tell_ended(self) -> None:
+        """Tell this process's watcher that it has ended its command: not to wait for it."""
+        self.store.set(self._key(f"ended-{self.rank}"), "1")
+
+    def _keep_time(self) -> None:
+        while not self.ended.wait(self.period_s):
+            line = self.unanswered()
+            if line is not None:
+                self._end(line)
+
+    def _end(self, line: str) -> None:
+        if self._ending.acquire(blocking=False) and not self.ended.is_set():
+            end_job(line)
+
+    def end(self) -> None:
+        """This process ends its command: stop beating, and tell its watcher not to wait for it
+        (waiting for that at most `HEARTBEAT_END_WAIT_S`: a store that does not answer does not
+        hold the process)."""
+        self.ended.set()
+        self._told.wait(HEARTBEAT_END_WAIT_S)
+
+
+HEARTBEAT_ENDING = (
+    " (train.heartbeat_timeout_s); last.pt keeps the run's last checkpoint: run the command again "
+    "with --resume (or --resume auto under torchrun's --max-restarts) to go on"
+)
+_heartbeat: Heartbeat | None = None  # this process's, once its job has formed (`setup`)
+
+
+def end_job(line: str) -> None:
+    """End this process at once with ``line`` (`Heartbeat`): its main thread is waiting in a
+    collective for a process that will not come, which no signal can interrupt. What the process
+    has written is left as a kill leaves it: every file whole or not at all."""
+    from recurrent.errors import EXIT_LOST_PEER, say
+
+    say(f"error: {line}")
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(EXIT_LOST_PEER)
+
+
 def finish(exit_code: int) -> int:
     """A training CLI's exit: ``exit_code`` as is in one process; a torchrun worker ends here.
 
@@ -302,6 +470,8 @@ def finish(exit_code: int) -> int:
     """
     if not (dist.is_available() and dist.is_initialized()):
         return exit_code
+    if _heartbeat is not None:
+        _heartbeat.end()
     gc.collect()  # iterators' DataLoader workers are shut down here, still by Python
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):

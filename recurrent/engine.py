@@ -129,6 +129,9 @@ class RunSettings:
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # see recurrent.precision
     tensorboard: bool = False  # also write DIR/tensorboard (pip install tensorboard)
     compile: bool = False  # torch.compile the training forward (checkpoints hold the plain module)
+    # under torchrun: a process silent this long (frozen, its machine lost) ends the job; 0: only
+    # a collective's 30-minute timeout does (`recurrent.distributed.Heartbeat`)
+    heartbeat_timeout_s: float = 300.0
 
 
 # Where each RunSettings number must lie (`recurrent.config.check_bounds` notation); each task's
@@ -150,6 +153,7 @@ RUN_BOUNDS = {
     "train.checkpoint_every": "[0, 1e9]",
     "train.checkpoint_every_s": "[0, inf)",
     "train.log_every": "[1, 1e9]",
+    "train.heartbeat_timeout_s": "[0, 1e6]",
 }
 
 
@@ -441,7 +445,9 @@ class Run:
         if distributed.from_environment().is_main:
             self._read_checkpoints(task, self._check_folder(resume, overwrite), defaults)
             files.hold(self.out_dir, self._in_use)  # refuse a second run while this one lives
-        self.dist, self.device = distributed.setup(settings.device)
+        self.dist, self.device = distributed.setup(
+            settings.device, heartbeat_timeout_s=settings.heartbeat_timeout_s
+        )
         self.payload, self.init_payload = self.dist.broadcast_object(
             (self.payload, self.init_payload)
         )

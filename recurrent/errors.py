@@ -122,7 +122,7 @@ def _run(
             ended[0] = True
         _flush_stdout()  # what is left of its output fails here (a full disk), not at exit
     except JobNotFormed as err:  # the job's own failure to form: the others know it already
-        _say(f"error: {' '.join(str(err).split())}")
+        say(f"error: {' '.join(str(err).split())}")
         return EXIT_USER_ERROR
     except UserError as err:
         _report(f"error: {' '.join(str(err).split())}")  # always exactly one line
@@ -146,7 +146,7 @@ def _run(
         lost = _lost_peer(err)
         if lost is None:
             raise
-        _say(
+        say(
             f"error: lost contact with another process of this torchrun job ({lost}); "
             "torchrun's report names the process that failed first"
         )
@@ -224,7 +224,7 @@ def _formed_job() -> Any:
     return dist
 
 
-def _say(line: str, *, job_wide: bool = False) -> None:
+def say(line: str, *, job_wide: bool = False) -> None:
     """Write ``line`` to stderr in one call (torchrun's processes share the terminal: a message
     and its newline written apart could run into another process's line).
 
@@ -302,11 +302,11 @@ def _machines_first_said() -> bool:
 
 
 def _report(line: str, *, job_wide: bool = False) -> None:
-    """`_say` ``line``, and tell it to the job's other processes if it has not formed yet: first,
-    since a process that leaves its line to its machine's first process waits in `_say` until that
+    """`say` ``line``, and tell it to the job's other processes if it has not formed yet: first,
+    since a process that leaves its line to its machine's first process waits in `say` until that
     one has said it, and that one may be waiting to hear of this failure, to quote it."""
     _tell_job(line)
-    _say(line, job_wide=job_wide)
+    say(line, job_wide=job_wide)
 
 
 def _tell_job(line: str) -> None:

@@ -876,8 +876,181 @@ def test_a_worker_exits_without_leaving_its_process_group(monkeypatch, tmp_path)
         monkeypatch.setattr(dist, "destroy_process_group", lambda: happened.append("left"))
         monkeypatch.setattr(distributed.atexit, "_run_exitfuncs", lambda: happened.append("atexit"))
         monkeypatch.setattr(distributed.os, "_exit", lambda code: happened.append(f"exit {code}"))
+        heartbeat = type("Heartbeat", (), {"end": lambda self: happened.append("heart ended")})
+        monkeypatch.setattr(distributed, "_heartbeat", heartbeat())
         distributed.finish(3)
-        assert happened == ["atexit", "exit 3"] and dist.is_initialized()
+        # its watcher is told first: rank 0 may write its last checkpoints long after
+        assert happened == ["heart ended", "atexit", "exit 3"] and dist.is_initialized()
     finally:
         monkeypatch.undo()
         dist.destroy_process_group()
+
+
+def heartbeats(world_size: int, clock: dict) -> list[distributed.Heartbeat]:
+    """The heartbeats of a job of ``world_size`` processes on a real store, on a simulated clock
+    (``clock["now"]``), their threads not started: each test calls `look` for the process that
+    beats."""
+    store = torch.distributed.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+    return [
+        distributed.Heartbeat(
+            store, distributed.Distributed(rank, world_size, 0), 60.0, lambda: clock["now"]
+        )
+        for rank in range(world_size)
+    ]
+
+
+def test_a_process_silent_for_the_heartbeat_timeout_ends_the_whole_job():
+    """A frozen process, or one whose machine is lost, said nothing, and the others waited in
+    their next collective for its 30-minute timeout. Each process watches the next rank's beats
+    (rank + 1, around the ring); one silent for ``train.heartbeat_timeout_s`` is named, and every
+    process that looks next ends with that line, whichever rank it watches."""
+    clock = {"now": 0.0}
+    zero, one, two = heartbeats(3, clock)
+    assert [zero.watched, one.watched, two.watched] == [1, 2, 0]
+    for _ in range(100):  # 50 minutes of beats every 30 s: nobody is silent
+        clock["now"] += 30
+        assert [beat.look() for beat in (one, two, zero)] == [None, None, None]
+    clock["now"] += 30
+    assert zero.look() is None and two.look() is None  # rank 1 froze: 30 s of silence so far
+    clock["now"] += 29
+    assert zero.look() is None and two.look() is None  # 59 s
+    clock["now"] += 2
+    line = zero.look()  # 61 s: rank 0, its watcher, names it
+    assert line is not None and line.startswith(
+        "rank 1 of this torchrun job has given no sign of life for 60 s (the process frozen, or "
+        "its machine lost or cut off), so the job ends here (train.heartbeat_timeout_s)"
+    )
+    assert "--resume" in line
+    assert two.look() == line  # rank 2 watches rank 0, which beats, and ends with the same line
+    assert one.look() == line  # and so would rank 1 if it came back
+
+
+def test_a_process_that_ended_its_command_is_not_waited_for():
+    """At the end of a job the processes end one after the other (rank 0 writes the last
+    checkpoints after the others are done): one that has ended its command has told its watcher,
+    which does not take its silence for a failure."""
+    clock = {"now": 0.0}
+    zero, one = heartbeats(2, clock)
+    assert zero.look() is None and one.look() is None
+    one.start()
+    one.end()  # its thread tells the store before the process goes on to exit
+    assert one.store.check([distributed._attempt_key("heartbeat/ended-1")])
+    for _ in range(10):  # ten minutes on, rank 0 still writing
+        clock["now"] += 60
+        assert zero.look() is None
+
+
+def test_a_store_that_has_not_answered_for_the_heartbeat_timeout_ends_the_job():
+    """The machine whose torchrun serves the job's store lost: `unanswered` names the store once
+    no look has been answered for the timeout (until then, a slow store is waited for)."""
+    clock = {"now": 0.0}
+    zero, one = heartbeats(2, clock)
+    zero.where = " at 10.0.0.1:29500"
+    assert zero.look() is None
+    clock["now"] += 60
+    assert zero.unanswered() is None
+    clock["now"] += 1
+    assert zero.unanswered() == (
+        "the torchrun job's store at 10.0.0.1:29500 has not answered for 60 s (the machine of "
+        "the torchrun that serves it lost or cut off), so the job ends here"
+        + distributed.HEARTBEAT_ENDING
+    )
+    assert one.look() is None  # rank 1 beats
+    assert zero.look() is None and zero.unanswered() is None  # the store answers again
+
+
+def test_a_heartbeat_ends_the_job_when_its_store_freezes(monkeypatch):
+    """The real threads against a store served by another process, frozen with SIGSTOP (as its
+    machine lost would leave it): a request to it never returns, and the thread that keeps the
+    time ends the job at the timeout."""
+    server = subprocess.Popen(
+        [sys.executable, "-c", STORE_SERVER], stdout=subprocess.PIPE, text=True, env=job_env()
+    )
+    try:
+        port = int(server.stdout.readline())
+        store = torch.distributed.TCPStore("127.0.0.1", port, is_master=False)
+        ended: list[str] = []
+        done = threading.Event()
+        monkeypatch.setattr(distributed, "end_job", lambda line: (ended.append(line), done.set()))
+        heartbeat = distributed.Heartbeat(store, distributed.Distributed(1, 2, 0), 1.0)
+        os.kill(server.pid, signal.SIGSTOP)
+        started = time.monotonic()
+        heartbeat.start()
+        assert done.wait(30), "the job was not ended"
+        assert 1.0 <= time.monotonic() - started < 10
+        assert len(ended) == 1 and ended[0].startswith("the torchrun job's store has not answered")
+        heartbeat.ended.set()
+    finally:
+        server.kill()  # its SIGKILL also ends the request waiting on it
+        server.wait()
+
+
+STORE_SERVER = """
+import time
+import torch.distributed as dist
+
+store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+print(store.port, flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_frozen_process_ends_its_torchrun_job_at_the_heartbeat_timeout(tmp_path):
+    """SIGSTOP one worker of a real torchrun job (a frozen process, or a machine that stops
+    answering): the other ends the job with one line within seconds of the 3-second heartbeat
+    timeout, not at the collective's 30 minutes, and the run's last.pt is whole."""
+    args = [*CHAR, *CHAR_SET, "train.max_steps=100000", "train.eval_every=20"]
+    args += ["--set", "train.heartbeat_timeout_s=3", "--out-dir", "r"]
+    job = subprocess.Popen(
+        TORCHRUN + args, cwd=tmp_path, env=job_env(), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    frozen = None
+    try:
+        last = tmp_path / "r" / "last.pt"
+        deadline = time.monotonic() + 120
+        while not last.is_file():
+            assert job.poll() is None and time.monotonic() < deadline, "training never started"
+            time.sleep(0.2)
+        workers = subprocess.run(
+            ["pgrep", "-f", "-P", str(job.pid), "char_lm.train"], capture_output=True, text=True
+        ).stdout.split()
+        assert len(workers) == 2, workers
+        frozen = int(workers[1])
+        os.kill(frozen, signal.SIGSTOP)
+        stopped = time.monotonic()
+        rank_0 = ended_within(int(workers[0]), timeout_s=60)
+        assert rank_0, "rank 0 did not end"
+        waited = time.monotonic() - stopped
+        os.kill(frozen, signal.SIGCONT)  # it ends at torchrun's SIGTERM, instead of its SIGKILL
+        _, stderr = job.communicate(timeout=60)
+    finally:
+        if frozen is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(frozen, signal.SIGCONT)
+        if job.poll() is None:
+            kill_tree(job.pid)
+            job.wait()
+    assert 3 <= waited < 20, waited
+    assert job.returncode != 0
+    said = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(said) == 1 and said[0].startswith(
+        "error: rank 1 of this torchrun job has given no sign of life for 3 s"
+    ), stderr[-3000:]
+    assert "[rank0]:" not in stderr and stderr.count("Traceback (most recent call") == 1, stderr
+    payload = torch.load(tmp_path / "r" / "last.pt", weights_only=True)
+    assert payload["step"] >= 20
+
+
+def ended_within(pid: int, timeout_s: float) -> bool:
+    """Whether process ``pid`` (not this one's child) has ended within ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return True
+        if state in ("Z", "X"):
+            return True
+        time.sleep(0.1)
+    return False

@@ -627,13 +627,13 @@ def test_sigterm_as_a_command_ends_leaves_it_its_own_line_and_status(monkeypatch
     escaped as a worker traceback ("[rank0]: ... RunStopped: SIGTERM")."""
     from recurrent import errors
 
-    say = errors._say
+    say = errors.say
 
     def say_under_sigterm(line: str, **kwargs) -> None:
         os.kill(os.getpid(), signal.SIGTERM)  # the handler runs as this call returns
         say(line, **kwargs)
 
-    monkeypatch.setattr(errors, "_say", say_under_sigterm)
+    monkeypatch.setattr(errors, "say", say_under_sigterm)
 
     def main(argv):
         raise UserError("lost contact")

@@ -243,9 +243,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         if not (args.csv and results):
             raise
         save()
-        signal = "interrupted" if isinstance(stop, KeyboardInterrupt) else str(stop).split(";")[0]
+        signal = "interrupted" if isinstance(stop, KeyboardInterrupt) else stop.signal_name
         raise RunStopped(
-            f"{signal} after {len(results)} of {len(paths)} images; {args.csv} holds their "
+            f"{signal or 'stopped'} after {len(results)} of {len(paths)} images; {args.csv} holds their "
             f"captions{' and those of before' if before else ''}: run the same command with "
             "--resume to caption the rest",
             exit_code=getattr(stop, "exit_code", 130),

@@ -70,6 +70,15 @@ class RunStopped(BaseException):
         super().__init__(message)
         self.exit_code = exit_code
 
+    @property
+    def signal_name(self) -> str | None:
+        """The name of the signal that stopped the command (``SIGTERM``: exit status 128 + its
+        number, the shell's convention), or None where no signal did (a non-finite loss)."""
+        try:
+            return signal.Signals(self.exit_code - 128).name if self.exit_code > 128 else None
+        except ValueError:
+            return None
+
 
 class ArgumentParser(argparse.ArgumentParser):
     """argparse's parser whose mistakes (an unknown flag, a value of the wrong type, a missing

@@ -540,3 +540,12 @@ def test_a_stop_inside_a_files_reader_is_a_stop_not_a_bad_file(reader, tmp_path,
         monkeypatch.setattr(torch, "load", stopped)
         with pytest.raises(RunStopped):
             load_checkpoint(path)
+
+
+@pytest.mark.parametrize(
+    ("exit_code", "name"), [(143, "SIGTERM"), (130, "SIGINT"), (3, None), (128, None), (300, None)]
+)
+def test_a_stop_names_the_signal_its_exit_status_stands_for(exit_code, name):
+    """`caption --csv` says which signal stopped it; the status 128 + N of a signal's stop says
+    it, not the front of the stop's message."""
+    assert RunStopped("SIGTERM; any message", exit_code).signal_name == name

@@ -587,7 +587,7 @@ X_AXIS_NAMES = {"step": "training steps", "time": "wall time"}
 def curves_page(args: AppArgs, listing: Listing) -> None:
     del listing  # runs are folders with a metrics.jsonl, not checkpoints
     st.title("Training curves")
-    runs = find_runs(args.models_dir)
+    runs, found = find_runs(args.models_dir)
     if not runs:
         st.info(
             f"No run with a {METRICS_FILE} under the models directory '{args.models_dir}'. "
@@ -604,6 +604,11 @@ def curves_page(args: AppArgs, listing: Listing) -> None:
         help=f"Folders under the models directory that hold a {METRICS_FILE}; pick several to "
         "overlay them.",
     )
+    if found > len(runs):
+        st.caption(
+            f"{len(runs)} of the {found} runs are offered: those whose metrics changed last. "
+            "Serve a folder of fewer runs to see the others (`make app MODELS_DIR=...`)."
+        )
     x_column, follow_column = st.columns([2, 1])
     x_axis = x_column.radio(
         "Plot against",

@@ -9,6 +9,7 @@ output folder (``--out-dir``), or, for the bundled demo models, ``models/<model 
 from __future__ import annotations
 
 import os
+import stat
 import threading
 import zlib
 from collections.abc import Mapping, Sequence
@@ -21,24 +22,33 @@ import pandas as pd
 from crnn_app.models_dir import walk_models_dir
 from recurrent.checkpoint import is_utf8
 from recurrent.engine import parse_metrics
-from recurrent.plot import METRICS_FILE, metrics_frame
+from recurrent.plot import METRICS_FILE, finite_number, metrics_frame
 
 LIVE_WITHIN_S = 120.0  # a run whose last line is this recent is shown as still training
 
 
-def find_runs(models_dir: Path, max_runs: int = 100) -> list[str]:
+def find_runs(models_dir: Path, max_runs: int = 200) -> tuple[list[str], int]:
     """Names (relative to ``models_dir``, "." for the folder itself) of the folders below it that
-    hold a metrics.jsonl, sorted; at most ``max_runs``."""
+    hold a metrics.jsonl, sorted, and how many there are: where more than ``max_runs``, the
+    ``max_runs`` whose metrics changed last (a folder of many runs: the latest are the ones to
+    follow)."""
     root = models_dir.resolve()
-    found = sorted(
-        folder.relative_to(models_dir).as_posix()
-        for folder, files in walk_models_dir(models_dir)
-        if METRICS_FILE in files
-        and is_utf8(folder.relative_to(models_dir).as_posix())  # Streamlit cannot send others
-        and (folder / METRICS_FILE).is_file()
-        and (folder / METRICS_FILE).resolve().is_relative_to(root)  # no link to elsewhere
-    )
-    return found[:max_runs]
+    found = []
+    for folder, files in walk_models_dir(models_dir):
+        name = folder.relative_to(models_dir).as_posix()
+        path = folder / METRICS_FILE
+        if METRICS_FILE not in files or not is_utf8(name):  # Streamlit cannot send others
+            continue
+        try:
+            if not path.resolve().is_relative_to(root):  # no link to elsewhere
+                continue
+            status = path.stat()
+        except (OSError, RuntimeError):  # gone meanwhile, unreadable, a symlink loop
+            continue
+        if stat.S_ISREG(status.st_mode):
+            found.append((status.st_mtime_ns, name))
+    latest = sorted(found, reverse=True)[:max_runs]
+    return sorted(name for _, name in latest), len(found)
 
 
 @dataclass(frozen=True)
@@ -81,9 +91,7 @@ def summarize(records: Sequence[Mapping[str, Any]], before: RunSummary = NO_LINE
         step=records[-1]["step"],
         trains=before.trains + len(records) - evals,
         evals=before.evals + evals,
-        stamp=float(stamp)
-        if isinstance(stamp, int | float) and not isinstance(stamp, bool)
-        else None,
+        stamp=finite_number(stamp),
         notes=tuple(notes),
     )
 
@@ -113,10 +121,11 @@ class MetricsTail:
         records = parse_metrics(text.decode("utf-8", errors="replace"))
         if not records:
             return summary, frame
-        frames = [frame, metrics_frame({self.name: records})]
-        return summarize(records, summary), pd.concat(
-            [part for part in frames if not part.empty], ignore_index=True
-        )
+        # an empty frame would make every column `object`; lines with no usable value make one
+        frames = [part for part in (frame, metrics_frame({self.name: records})) if not part.empty]
+        if frames:
+            frame = pd.concat(frames, ignore_index=True)
+        return summarize(records, summary), frame
 
     def _same_start(self, stream: BinaryIO) -> bool:
         """Whether the file still begins with the bytes read before (the stream is left after

@@ -266,9 +266,11 @@ def lr_factor(step: int, elapsed_s: float, settings: RunSettings, total_steps: i
 def parse_metrics(text: str) -> list[dict[str, Any]]:
     """The usable lines of a metrics.jsonl text: JSON objects of kind "train" or "eval" with an
     int step. A line that is not JSON (the half-written last line of a run killed mid-write), not
-    an object, of another kind or without a step is skipped; unknown keys are kept."""
+    an object, of another kind or without a step is skipped; unknown keys are kept. Lines end at
+    "\n" alone (a "\r" before it is JSON's whitespace; U+2028 inside a string is not an end), and
+    a byte-order mark at the start is skipped."""
     records = []
-    for line in text.splitlines():
+    for line in text.removeprefix("\ufeff").split("\n"):
         try:
             record = json.loads(line)
         except (ValueError, RecursionError):  # not JSON, 5000-digit numbers, deep nesting

@@ -63,11 +63,15 @@ BUCKETS = 1000
 MAX_POINTS = 4 * BUCKETS
 
 
-def _number(value: Any) -> float | None:
-    """A finite int or float (not a bool), as float; None otherwise."""
+def finite_number(value: Any) -> float | None:
+    """A finite int or float (not a bool), as float; None otherwise (an int of 400 digits too,
+    which JSON allows and no float holds)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:
+        return None
     return value if math.isfinite(value) else None
 
 
@@ -100,7 +104,7 @@ def metrics_frame(runs: Mapping[str, Sequence[Mapping[str, Any]]]) -> pd.DataFra
     rows = []
     for run, records in runs.items():
         for record in records:
-            time_s = _number(record.get("time_s"))
+            time_s = finite_number(record.get("time_s"))
             base = {
                 "run": run,
                 "kind": record["kind"],
@@ -109,7 +113,7 @@ def metrics_frame(runs: Mapping[str, Sequence[Mapping[str, Any]]]) -> pd.DataFra
             }
             if record["kind"] == "train":
                 for key, (panel, series) in TRAIN_SERIES.items():
-                    value = _number(record.get(key))
+                    value = finite_number(record.get(key))
                     if value is None:
                         continue
                     unit = str(record.get("throughput_unit") or "") if key == "throughput" else ""
@@ -120,7 +124,7 @@ def metrics_frame(runs: Mapping[str, Sequence[Mapping[str, Any]]]) -> pd.DataFra
             else:
                 scores = record.get("scores")
                 for name, raw in scores.items() if isinstance(scores, dict) else ():
-                    value = _number(raw)
+                    value = finite_number(raw)
                     if value is None:
                         continue
                     name = str(name)
@@ -148,11 +152,15 @@ def thin(frame: pd.DataFrame, x: str, buckets: int = BUCKETS) -> pd.DataFrame:
     long = frame[sizes > 4 * buckets]
     if long.empty:
         return frame
-    series = long.groupby(SERIES_KEYS, sort=False)[x]
-    low, span = series.transform("min"), series.transform("max") - series.transform("min")
-    bucket = (
-        ((long[x] - low) / span.where(span > 0, 1.0) * buckets).astype(int).clip(upper=buckets - 1)
-    )
+    # in floats (exact for steps below 2**53): int64 steps spanning more than 2**63 wrapped round
+    values = long[x].astype(float)
+    series = values.groupby([long[key] for key in SERIES_KEYS], sort=False)
+    low, high = series.transform("min"), series.transform("max")
+    # halved where the span overflows (times from -1e308 to 1e308), so that it stays finite
+    half = 1.0 - 0.5 * ((high - low) == math.inf)
+    span = high * half - low * half
+    position = (values * half - low * half) / span.where(span > 0, 1.0)
+    bucket = (position * buckets).astype(int).clip(upper=buckets - 1)
     cells = long.groupby([*(long[key] for key in SERIES_KEYS), bucket], sort=False)
     kept = pd.concat(
         [cells[x].idxmin(), cells[x].idxmax(), cells["value"].idxmin(), cells["value"].idxmax()]
@@ -290,16 +298,26 @@ def save_chart(chart: alt.TopLevelMixin, out: str | os.PathLike[str], scale: flo
 
 def run_names(paths: Sequence[str | os.PathLike[str]]) -> list[str]:
     """Short names for runs: each run folder's name, or its whole path where two names clash, or
-    the file's path where two files share a folder (one file given twice is one run)."""
+    the file's path where two files share a folder. One file given twice, however spelt (a
+    relative and an absolute path, a link), is one run: both get its first spelling's name. A
+    name's bytes that are not UTF-8 are shown as U+FFFD (no chart can hold them)."""
     files = [metrics_path(path) for path in paths]
-    names = [file.parent.resolve().name or str(file.parent) for file in files]
+    first = {}  # the file itself -> its first spelling
+    for file in files:
+        first.setdefault(file.resolve(), file)
+    distinct = list(first.values())
+    names = [file.parent.resolve().name or str(file.parent) for file in distinct]
     for longer in (lambda file: str(file.parent), str):
         clashing = {name for name in names if names.count(name) > 1}
         names = [
             longer(file) if name in clashing else name
-            for name, file in zip(names, files, strict=True)
+            for name, file in zip(names, distinct, strict=True)
         ]
-    return names
+    shown = {
+        file: name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        for file, name in zip(distinct, names, strict=True)
+    }
+    return [shown[first[file.resolve()]] for file in files]
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -672,7 +672,9 @@ def test_a_run_whose_metrics_vanish_after_listing_is_a_warning(
     """A run removed between the listing of runs and the reading of its file (a user cleaning up
     while the page follows it): a warning names it, and the other runs are still drawn."""
     real = curves.find_runs
-    monkeypatch.setattr(curves, "find_runs", lambda root: [*real(root), "runs/vanished"])
+    monkeypatch.setattr(
+        curves, "find_runs", lambda root: ([*real(root)[0], "runs/vanished"], real(root)[1] + 1)
+    )
     at = _page(app, "Training curves")
     at.multiselect(key="curve_runs").set_value(["runs/derived", "runs/vanished"])
     _run(at)
@@ -821,7 +823,7 @@ def test_find_runs_and_status(tmp_path: Path) -> None:
     for name in ("b", "a/x", ".hidden", "a/features"):
         _write_lines(tmp_path / name / METRICS_FILE, [])
     (tmp_path / "a" / "features" / "meta.json").write_text("{}")
-    assert find_runs(tmp_path) == ["a/x", "b"]
+    assert find_runs(tmp_path) == (["a/x", "b"], 2)
     now = 1000.0
     lines = [{"kind": "train", "step": 5, "timestamp": 990.0}, {"kind": "eval", "step": 5}]
     assert summarize(lines).status(now) == "step 5, 1 train and 1 eval lines"
@@ -833,6 +835,58 @@ def test_find_runs_and_status(tmp_path: Path) -> None:
     lines.append({"kind": "eval", "step": 6, "source": "x"})
     assert summarize(lines).notes == ("x", "y")  # each once, in order; a non-text note is none
     assert summarize(lines).status(now) == "step 6, 2 train and 4 eval lines"  # no timestamp
+
+
+def test_find_runs_offers_the_latest_runs_of_a_folder_of_too_many(tmp_path: Path) -> None:
+    """More runs than the page offers: those whose metrics changed last, in name order, and the
+    count of all (the first 100 by name were offered, without a word, hiding the newest)."""
+    for age, name in enumerate(["e", "d", "c", "b", "a"]):  # "e" written last
+        path = tmp_path / name / METRICS_FILE
+        _write_lines(path, [])
+        os.utime(path, ns=(10**18 - age * 10**9, 10**18 - age * 10**9))
+    assert find_runs(tmp_path, max_runs=3) == (["c", "d", "e"], 5)
+    assert find_runs(tmp_path) == (["a", "b", "c", "d", "e"], 5)
+
+
+def test_the_curves_page_says_when_it_offers_some_runs_only(
+    app: AppTest, models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = curves.find_runs
+    monkeypatch.setattr(curves, "find_runs", lambda root: real(root, max_runs=1))
+    at = _page(app, "Training curves")
+    assert len(at.multiselect(key="curve_runs").options) == 1
+    [said] = [c.value for c in at.caption if " runs are offered" in c.value]
+    found = real(models["dir"])[1]
+    assert found > 1 and said.startswith(
+        f"1 of the {found} runs are offered: those whose metrics changed last"
+    ), said
+
+
+def test_a_run_whose_lines_hold_no_value_yet_is_summarized_then_drawn(tmp_path: Path) -> None:
+    """A diverged run's first lines can hold no value to draw (an evaluation whose loss is NaN,
+    no scores): the page said "No objects to concatenate" and dropped the run. Its summary
+    counts them, its frame stays empty, and the first value drawn arrives as it is written."""
+    path = tmp_path / "run" / METRICS_FILE
+    nan_eval = {"kind": "eval", "step": 50, "time_s": 5.0, "scores": {"val_loss": math.nan}}
+    _write_lines(path, [nan_eval])
+    tail = MetricsTail(path, "run")
+    summary, frame = tail.read()
+    assert (summary.step, summary.trains, summary.evals, frame.empty) == (50, 0, 1, True)
+    with path.open("a") as handle:
+        handle.write(json.dumps({"kind": "eval", "step": 60, "scores": {}}) + "\n")
+    summary, frame = tail.read()
+    assert (summary.step, summary.evals, frame.empty) == (60, 2, True)
+    with path.open("a") as handle:
+        handle.write(json.dumps({"kind": "train", "step": 70, "loss": 2.5}) + "\n")
+    summary, frame = tail.read()
+    assert (summary.step, summary.trains) == (70, 1)
+    assert frame[["step", "series", "value"]].values.tolist() == [[70, "train loss", 2.5]]
+
+
+def test_a_timestamp_no_float_holds_is_no_timestamp() -> None:
+    """JSON allows an int of 400 digits as a timestamp: the page dropped the run (OverflowError)."""
+    summary = summarize([{"kind": "train", "step": 3, "timestamp": 10**400}])
+    assert summary.stamp is None and summary.status(1000.0) == "step 3, 1 train and 0 eval lines"
 
 
 def test_a_run_stamped_in_the_future_is_not_shown_as_training() -> None:
@@ -862,7 +916,7 @@ def test_find_runs_never_offers_a_metrics_file_linked_from_outside(tmp_path: Pat
     (models_dir / "linked_in" / METRICS_FILE).symlink_to(models_dir / "a" / METRICS_FILE)
     (models_dir / "dangling").mkdir()
     (models_dir / "dangling" / METRICS_FILE).symlink_to(tmp_path / "nowhere.jsonl")
-    assert find_runs(models_dir) == ["a", "linked_in"]
+    assert find_runs(models_dir) == (["a", "linked_in"], 2)
 
 
 def test_inside_page_colours_text_by_surprise_and_by_units(

@@ -244,6 +244,58 @@ def test_a_long_run_is_drawn_from_at_most_4000_points_a_series(tmp_path: Path) -
     assert max(len(data) for data in spec["datasets"].values()) <= plot.MAX_POINTS
 
 
+def _evenly(n: int, first: float, last: float) -> list[float]:
+    return [first * (1 - i / (n - 1)) + last * (i / (n - 1)) for i in range(n)]
+
+
+@pytest.mark.parametrize(
+    ("field", "xs"),
+    [  # int64 steps across their whole range wrapped round in int64 arithmetic: 10 points kept
+        ("step", [-(2**63 - 1) + (i * (2**64 - 2)) // 4999 for i in range(5000)]),
+        # times from -1e308 to 1e308: a span of inf, and a traceback (IntCastingNaNError)
+        ("time_s", _evenly(5000, -1e308, 1e308)),
+    ],
+)
+def test_a_series_whose_x_spans_the_extremes_is_thinned_as_any_other(field: str, xs: list) -> None:
+    """A series spread evenly over the widest x range keeps the rows it keeps spread over 0 to
+    4999 (the same ranges), whatever the arithmetic of its ends."""
+
+    def thinned(positions: list) -> list[int]:
+        lines = [
+            {**_train(i + 1, loss=math.sin(i)), field: position}
+            for i, position in enumerate(positions)
+        ]
+        frame = plot.metrics_frame({"run": lines})
+        frame = frame[frame["series"] == "train loss"].reset_index(drop=True)
+        return list(plot.thin(frame, field).index)
+
+    kept = thinned(xs)
+    assert kept == thinned(list(range(5000)))
+    assert len(kept) > 2 * plot.BUCKETS
+
+
+def test_a_number_no_float_holds_is_skipped_like_a_nan(tmp_path: Path) -> None:
+    """JSON allows an int of 400 digits; as a loss or a time it is no value to draw (float()
+    raised OverflowError: a traceback from the command line, a run dropped by the app)."""
+    huge = int("1" + "0" * 400)
+    lines = [_train(1), _train(2, loss=huge, time_s=huge), _train(3)]
+    assert plot.finite_number(huge) is None and plot.finite_number(2**1000) == 2.0**1000
+    frame = plot.metrics_frame({"run": lines})
+    assert list(frame[frame["series"] == "train loss"]["step"]) == [1, 3]
+    assert math.isnan(frame[frame["step"] == 2]["time_s"].iloc[0])
+    run = _write(tmp_path / "run", lines)
+    assert run_cli(plot.main, [str(run), "--out", str(tmp_path / "curves.json")]) == 0
+
+
+def test_metrics_lines_split_at_newlines_only_and_a_byte_order_mark_is_skipped() -> None:
+    """A file another tool wrote: a UTF-8 byte-order mark before the first line made it no JSON
+    (dropped), and U+2028 / U+0085 inside a string, which JSON allows, cut a line in two (both
+    halves dropped); CRLF line ends read as before."""
+    first, second = _train(1), _train(2, note="a\u2028b\x85c")
+    text = "\ufeff" + json.dumps(first) + "\r\n" + json.dumps(second, ensure_ascii=False) + "\n"
+    assert parse_metrics(text) == [first, second]
+
+
 # --------------------------------------------------------------------------------------------
 # The command line
 
@@ -293,6 +345,36 @@ def test_a_full_disk_leaves_the_old_chart_whole(
     )
     assert out.read_text() == "the old chart"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["curves.json", "run"]
+
+
+def test_cli_names_a_run_whose_folder_name_is_not_utf8(tmp_path: Path) -> None:
+    """A folder name with a byte that is not UTF-8 ended in a UnicodeEncodeError traceback (the
+    chart's data cannot hold it): the run is drawn, its name showing U+FFFD for the byte."""
+    run = _write(tmp_path / b"run\xff".decode("utf-8", "surrogateescape"), [_train(1), _train(2)])
+    out = tmp_path / "curves.json"
+    assert run_cli(plot.main, [str(run), "--out", str(out)]) == 0
+    runs = {
+        value["run"] for data in json.loads(out.read_text())["datasets"].values() for value in data
+    }
+    assert runs == {"run\ufffd"}
+
+
+def test_cli_draws_one_file_given_under_two_spellings_once(tmp_path: Path, monkeypatch) -> None:
+    """A relative and an absolute path, or a link, to one run are that run once (they were two
+    runs of the same points); two runs of one folder name are still told apart."""
+    run = _write(tmp_path / "a" / "run", [_train(1), _train(2)])
+    other = _write(tmp_path / "b" / "run", [_train(1, loss=9.0)])
+    (tmp_path / "link").symlink_to(run)
+    monkeypatch.chdir(tmp_path)
+    names = plot.run_names(["a/run", str(run), "link", "a/run/metrics.jsonl", str(other)])
+    assert names == ["a/run", "a/run", "a/run", "a/run", str(other)]
+    assert plot.run_names(["a/run", "link"]) == ["run", "run"]
+    out = tmp_path / "curves.json"
+    assert run_cli(plot.main, ["a/run", str(run), "link", "--out", str(out)]) == 0
+    runs = {
+        value["run"] for data in json.loads(out.read_text())["datasets"].values() for value in data
+    }
+    assert runs == {"run"}
 
 
 @pytest.mark.parametrize(

@@ -27,7 +27,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,8 @@ from captioner.inference import (
     decode_arguments,
     find_images,
 )
+from recurrent import files
+from recurrent.checkpoint import is_utf8
 from recurrent.errors import ArgumentParser, RunStopped, UserError, run_cli
 from recurrent.files import atomic_write_text
 
@@ -62,8 +64,10 @@ def _result_json(path: str, result: CaptionResult) -> dict[str, Any]:
 
 
 def expand_inputs(arguments: Sequence[str]) -> tuple[list[str], set[str]]:
-    """(image paths in order without repeats, the paths found in folders or by patterns)."""
-    paths: dict[str, None] = {}
+    """(image paths in order without repeats, the paths found in folders or by patterns). One
+    file under two spellings (``./a.png`` and its absolute path, a linked folder) is one image,
+    under its first."""
+    paths: dict[str, str] = {}  # the file itself -> its first spelling
     found: set[str] = set()
     for argument in arguments:
         if os.path.isdir(argument) or (not os.path.exists(argument) and glob.has_magic(argument)):
@@ -75,47 +79,90 @@ def expand_inputs(arguments: Sequence[str]) -> tuple[list[str], set[str]]:
                     "extensions Pillow opens); pass a folder or pattern with images"
                 )
             found.update(images)
-            paths.update(dict.fromkeys(images))
+            for image in images:
+                paths.setdefault(os.path.realpath(image), image)
         else:
-            paths[argument] = None
-    return list(paths), found - set(arguments)
+            paths.setdefault(os.path.realpath(argument), argument)
+    return list(paths.values()), found - set(arguments)
 
 
 def _check_csv_path(path: str) -> None:
     folder = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path):
+    if not path:
+        raise UserError("--csv is empty; pass the path of the CSV file to write")
+    if os.path.isdir(path) or path.endswith(("/", os.sep)):
         raise UserError(f"--csv {path} is a folder; pass the path of the CSV file to write")
     if not os.path.isdir(folder):
         raise UserError(f"--csv {path}: folder '{folder}' does not exist; create it first")
 
 
-def write_csv(path: str, captions: Sequence[tuple[str, str]]) -> None:
+def write_csv(
+    path: str, captions: Sequence[tuple[str, str]], splits: Mapping[str, str] | None = None
+) -> None:
     """``image,caption`` rows of (image path, caption) pairs, image paths relative to the CSV's
-    folder (as `load_csv` reads them); written to a temporary file and renamed."""
+    folder (as `load_csv` reads them); with ``splits`` (image path -> split) a ``split`` column
+    too, empty for the images it does not name. Written to a temporary file and renamed."""
     folder = os.path.dirname(os.path.abspath(path))
     rows = io.StringIO(newline="")
     writer = csv.writer(rows)
-    writer.writerow(["image", "caption"])
+    writer.writerow(["image", "caption", *(["split"] if splits is not None else [])])
     for image, text in captions:
         try:
             name = os.path.relpath(os.path.abspath(image), folder)
         except ValueError:  # another drive (Windows)
             name = os.path.abspath(image)
-        writer.writerow([name, text])
+        writer.writerow([name, text, *([splits.get(image, "")] if splits is not None else [])])
     atomic_write_text(path, rows.getvalue())
 
 
-def read_captioned(path: str) -> list[tuple[str, str]]:
+CSV_COLUMNS = ("image", "caption", "split")  # what `load_csv` reads, and --resume keeps
+
+
+def read_captioned(path: str) -> tuple[list[tuple[str, str]], dict[str, str] | None]:
     """The (absolute image path, caption) rows of a CSV that --csv wrote (`write_csv`), for
-    --resume; none when the file does not exist yet."""
+    --resume, and its ``split`` column (absolute image path -> split) where the file has one
+    (a user may add it before training on the file); none when the file does not exist yet. A
+    column --resume would drop, or a row without an image, is refused."""
     if not os.path.exists(path):
-        return []
+        return [], None
     folder = os.path.dirname(os.path.abspath(path))
     try:
         rows = read_csv_rows(Path(path))
     except UserError as err:
         raise UserError(f"--resume: {err} (the CSV --csv wrote has them)") from None
-    return [(os.path.join(folder, row.image), row.caption) for row in rows]
+    with open(path, newline="", encoding="utf-8-sig") as stream:
+        header = [name.strip().lower() for name in next(csv.reader(stream), [])]
+    if extra := [name for name in header if name not in CSV_COLUMNS]:
+        raise UserError(
+            f"--resume: {path} has columns besides {', '.join(CSV_COLUMNS)} ({', '.join(extra)}), "
+            "which the file written again would lose; remove them, or pass another --csv"
+        )
+    captioned, splits = [], {}
+    for row in rows:
+        if not row.image.strip():
+            raise UserError(f"--resume: {row.where} names no image; fill it in or delete the row")
+        image = os.path.join(folder, row.image)
+        captioned.append((image, row.caption))
+        splits[image] = row.split or ""
+    return captioned, splits if "split" in header else None
+
+
+def _csv_holds_names(paths: list[str], found: set[str], skipped: list[dict[str, str]]) -> list[str]:
+    """``paths`` less those whose names are not UTF-8, which a CSV cannot hold: one named on the
+    command line stops the command, one found in a folder or by a pattern is warned about and
+    skipped (in ``skipped``)."""
+    kept = []
+    for path in paths:
+        if is_utf8(path):
+            kept.append(path)
+            continue
+        shown = path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        problem = f"{shown}: its name is not UTF-8, which the CSV cannot hold; rename it"
+        if path not in found:
+            raise UserError(f"{problem}, or caption it without --csv")
+        skipped.append({"image": shown, "error": problem})
+        print(f"warning: skipped {problem}", file=sys.stderr)
+    return kept
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -189,22 +236,36 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.resume and not args.csv:
         raise UserError("--resume goes on with the file of --csv; pass the same --csv OUT.csv")
-    if args.csv:
+    if args.csv is not None:
         _check_csv_path(args.csv)
     paths, found = expand_inputs(args.images)
-    before = read_captioned(args.csv) if args.resume else []
+    skipped: list[dict[str, str]] = []
+    before: list[tuple[str, str]] = []
+    splits = None
+    if args.csv:
+        paths = _csv_holds_names(paths, found, skipped)
+        target = Path(os.path.realpath(args.csv))  # a link: the file it names
+        if str(target) in {os.path.realpath(path) for path in paths}:
+            raise UserError(f"--csv {args.csv} is one of the images to caption; pass another path")
+        files.hold(
+            target.parent,
+            lambda holder: UserError(
+                f"--csv {args.csv} is being written by another caption command ({holder}); wait "
+                "for it to end, or pass another --csv"
+            ),
+            name=f".{target.name}.lock",
+        )
+        if args.resume:
+            before, splits = read_captioned(args.csv)
     if before:
-        done = {os.path.normpath(image) for image, _ in before}
-        paths = [path for path in paths if os.path.normpath(os.path.abspath(path)) not in done]
+        done = {os.path.realpath(image) for image, _ in before}
+        paths = [path for path in paths if os.path.realpath(path) not in done]
         print(
             f"resuming: {len(before)} images are captioned in {args.csv}, {len(paths)} to go",
             file=sys.stderr,
         )
-        if not paths:
-            return
     captioner = load_ensemble(args.checkpoint, args.device)
     bar = tqdm(total=len(paths), desc="captioning", unit="image", file=sys.stderr, disable=None)
-    skipped: list[dict[str, str]] = []
 
     def skip(path: str, error: UserError) -> None:
         if path not in found:
@@ -217,7 +278,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     results: list[tuple[str, CaptionResult]] = []
 
     def save() -> None:  # what is captioned so far, with what --resume found
-        write_csv(args.csv, [*before, *((path, result.caption) for path, result in results)])
+        captioned = [*before, *((path, result.caption) for path, result in results)]
+        write_csv(args.csv, captioned, splits)
 
     saved = time.monotonic()
     try:
@@ -239,6 +301,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             if args.csv and time.monotonic() - saved >= CSV_SAVE_EVERY_S:
                 save()  # a kill loses at most this long's captions
                 saved = time.monotonic()
+        if args.csv and (results or before):
+            save()  # here, so that a stop after the last image still writes the file
     except (RunStopped, KeyboardInterrupt) as stop:
         if not (args.csv and results):
             raise
@@ -252,13 +316,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         ) from None
     finally:
         bar.close()
-    if not results:
+    if not results and not before:
         raise UserError(
             f"none of the {len(paths)} image files could be read (see the warnings); "
             "pass readable images"
         )
     if args.csv:
-        save()
         print(f"wrote {len(before) + len(results)} captions to {args.csv}", file=sys.stderr)
         if empty := sum(not result.caption.strip() for _, result in results):
             print(

@@ -24,6 +24,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from recurrent.errors import UserError
+
 HOST = socket.gethostname()
 FOREIGN_TEMP_AGE_S = 24 * 3600  # another machine's temporary file (a shared disk): stale after this
 UMASK = os.umask(0)  # reading the umask means setting it: once, at import, and put straight back
@@ -34,8 +36,15 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], objec
     """Call ``write(handle)`` on a temporary file in ``path``'s folder, then rename it to ``path``.
 
     A write the system refuses (a full disk) raises its `OSError` naming ``path``, also when the
-    library writing turned it into an error of its own; the old file stays as it was."""
+    library writing turned it into an error of its own; the old file stays as it was. A symlink is
+    written through, as ``open`` writes (the link stays, its target is replaced); a path that is
+    a pipe, a device or a socket is refused (`NotARegularFile`): the rename would replace it with
+    a file (``/dev/full`` as root), and a reader waiting on the pipe would wait for ever."""
     path = Path(path)
+    if path.is_symlink():
+        path = Path(os.path.realpath(path))
+    if path.exists() and not (path.is_file() or path.is_dir()):  # a folder: the rename says so
+        raise NotARegularFile(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         fd, tmp_name = tempfile.mkstemp(
@@ -69,6 +78,16 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], objec
         if _abandoned(stale, path.name):
             stale.unlink(missing_ok=True)
     return path
+
+
+class NotARegularFile(UserError):
+    """A path to write whole that is a pipe, a device or a socket (`atomic_write`)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(
+            f"{path} is not a regular file but a pipe, a device or a socket, which a file written "
+            "whole would replace; name a file to write"
+        )
 
 
 class _Temporary(io.BufferedWriter):
@@ -142,12 +161,13 @@ class _Hold:
     made: list[Path]  # the folders `hold` created for it, innermost first
 
 
-_HELD: dict[Path, _Hold] = {}  # folders this process holds (`hold`)
+_HELD: dict[Path, _Hold] = {}  # the lock files this process holds (`hold`)
 
 
-def hold(folder: Path, refusal: Callable[[str], Exception]) -> None:
+def hold(folder: Path, refusal: Callable[[str], Exception], name: str = ".lock") -> None:
     """Take ``folder``'s lock (``folder/.lock``, created with the folder) for this process, or
-    raise ``refusal(holder)`` if another process holds it; ``holder`` names that process.
+    raise ``refusal(holder)`` if another process holds it; ``holder`` names that process. Another
+    ``name`` is the lock of one file in the folder (``.OUT.csv.lock``).
 
     The lock is an advisory ``flock``: the system drops it when its process ends, however it ends
     (kill -9 included), so a crashed run never leaves its folder locked. `release` removes the
@@ -156,11 +176,11 @@ def hold(folder: Path, refusal: Callable[[str], Exception]) -> None:
     into them). A process that holds the folder already keeps it (a run started again in the same
     process, as the tests do). File systems without ``flock`` are not locked.
     """
-    key = folder.resolve()
+    key = folder.resolve() / name
     if key in _HELD:
         return
     made = _make_folders(folder)
-    lock = folder / ".lock"
+    lock = folder / name
     try:
         fd = _lock(lock, refusal)
     except BaseException:
@@ -173,7 +193,7 @@ def hold(folder: Path, refusal: Callable[[str], Exception]) -> None:
         os.ftruncate(fd, 0)
         os.write(fd, f"process {os.getpid()} on {HOST}\n".encode())
     except OSError as err:  # a full disk: the write names no file
-        release(folder)  # the .lock and the folders made for it go
+        release(folder, name)  # the .lock and the folders made for it go
         raise named(err, lock) from None
 
 
@@ -202,15 +222,15 @@ def _lock(lock: Path, refusal: Callable[[str], Exception]) -> int | None:
         os.close(fd)
 
 
-def holder(folder: Path) -> str | None:
+def holder(folder: Path, name: str = ".lock") -> str | None:
     """Who holds ``folder``'s lock (as `hold`'s refusal names it), or None when no other process
     does."""
     import fcntl
 
-    if folder.resolve() in _HELD:
+    if folder.resolve() / name in _HELD:
         return None
     try:
-        fd = os.open(folder / ".lock", os.O_RDONLY)
+        fd = os.open(folder / name, os.O_RDONLY)
     except OSError:  # no lock file (or none to read): nobody holds the folder
         return None
     try:
@@ -257,14 +277,14 @@ def _remove_empty(made: list[Path]) -> None:
             break
 
 
-def release(folder: Path) -> None:
+def release(folder: Path, name: str = ".lock") -> None:
     """Give up ``folder``'s lock taken by `hold` and remove ``.lock`` (nothing if this process
     does not hold it); the folders `hold` created go too if they hold nothing else."""
-    held = _HELD.pop(folder.resolve(), None)
+    held = _HELD.pop(folder.resolve() / name, None)
     if held is None:
         return
     with contextlib.suppress(OSError):  # removed while locked: `hold` checks what it locked
-        os.unlink(folder / ".lock")
+        os.unlink(folder / name)
     os.close(held.fd)
     _remove_empty(held.made)
 
@@ -272,8 +292,8 @@ def release(folder: Path) -> None:
 def release_all() -> None:
     """Release what runs that raised still hold: at the end of a command (`run_cli`) and of the
     process."""
-    for folder in list(_HELD):
-        release(folder)
+    for lock in list(_HELD):
+        release(lock.parent, lock.name)
 
 
 atexit.register(release_all)

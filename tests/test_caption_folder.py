@@ -260,3 +260,166 @@ def test_resume_needs_the_csv_it_goes_on_with(checkpoint, folder, tmp_path, caps
     code, _, err = run_main(argv, capsys)
     assert code == 2 and err.startswith("error: --resume: ") and err.count("\n") == 1, err
     assert "has no column 'image' or 'caption'" in err
+
+
+# --------------------------------------------------------------------------------------------
+# --csv and --resume against what a user's files can be (a bug hunt's findings)
+
+
+def _caption(checkpoint: Path, *args: str) -> list[str]:
+    return ["--checkpoint", str(checkpoint), *args]
+
+
+def test_a_name_the_csv_cannot_hold_is_skipped_or_refused(checkpoint, folder, tmp_path, capsys):
+    """A file name that is not UTF-8 ended the job with a UnicodeEncodeError traceback and no CSV
+    (also on a stop): found in a folder it is skipped with a warning, named it stops the command
+    before any captioning."""
+    odd = folder / os.fsdecode(b"odd\xff.png")
+    shutil.copy(folder / "a.png", odd)
+    out = tmp_path / "captions.csv"
+    code, stdout, err = run_main(_caption(checkpoint, str(folder), "--csv", str(out)), capsys)
+    assert code == 0, err
+    assert "warning: skipped " in err and "odd\ufffd.png: its name is not UTF-8" in err
+    assert [image for image, _ in _rows(out)] == ["photos/a.png", "photos/b.jpg", "photos/c.PNG"]
+    code, stdout, err = run_main(_caption(checkpoint, str(odd), "--csv", str(out)), capsys)
+    assert code == 2 and stdout == "" and err.count("\n") == 1
+    assert err.startswith("error: ") and "caption it without --csv" in err
+
+
+def test_the_csv_never_replaces_an_input_a_link_or_a_special_file(
+    checkpoint, folder, tmp_path, capsys
+):
+    """--csv naming one of the images wrote the CSV over it; a link was replaced by a file and a
+    pipe by a file (a reader of the pipe waited for ever; /dev/full as root was replaced)."""
+    image = folder / "a.png"
+    before = image.read_bytes()
+    code, _, err = run_main(_caption(checkpoint, str(folder), "--csv", str(image)), capsys)
+    assert code == 2 and "is one of the images to caption" in err and image.read_bytes() == before
+    real = tmp_path / "real.csv"
+    real.write_text("image,caption\n", encoding="utf-8")
+    link = tmp_path / "link.csv"
+    link.symlink_to(real)
+    assert run_main(_caption(checkpoint, str(image), "--csv", str(link)), capsys)[0] == 0
+    assert link.is_symlink() and len(_rows(real)) == 1
+    pipe = tmp_path / "pipe.csv"
+    os.mkfifo(pipe)
+    code, _, err = run_main(_caption(checkpoint, str(image), "--csv", str(pipe)), capsys)
+    assert code == 2 and err.count("\n") == 1 and "not a regular file" in err, err
+    for bad, said in (("", "--csv is empty"), (str(tmp_path / "new") + "/", "is a folder")):
+        code, _, err = run_main(_caption(checkpoint, str(image), "--csv", bad), capsys)
+        assert code == 2 and said in err, err
+
+
+def test_resume_keeps_a_split_column_and_refuses_columns_it_would_drop(
+    checkpoint, folder, tmp_path, capsys
+):
+    out = tmp_path / "captions.csv"
+    argv = _caption(checkpoint, str(folder), "--csv", str(out))
+    assert run_main(argv, capsys)[0] == 0
+    whole = _rows(out)
+    with out.open("w", newline="", encoding="utf-8") as stream:  # a split given, a row taken out
+        csv.writer(stream).writerows([["image", "caption", "split"]])
+        csv.writer(stream).writerows([[*row, "train"] for row in whole[:2]])
+    code, _, err = run_main([*argv, "--resume"], capsys)
+    assert code == 0 and "2 images are captioned" in err and "2 to go" in err, err  # broken.png
+    assert _rows(out) == [(*whole[0], "train"), (*whole[1], "train"), (*whole[2], "")]
+    out.write_text("image,caption,notes\nphotos/a.png,a caption,mine\n", encoding="utf-8")
+    code, _, err = run_main([*argv, "--resume"], capsys)
+    assert code == 2 and "(notes)" in err and err.count("\n") == 1, err
+    out.write_text("image,caption\n,an orphan caption\n", encoding="utf-8")
+    code, _, err = run_main([*argv, "--resume"], capsys)
+    assert code == 2 and "names no image" in err, err
+    out.write_text('image,caption\nphotos/a.png,"a quote left open\nphotos/b.jpg,x\n')
+    code, _, err = run_main([*argv, "--resume"], capsys)
+    assert code == 2 and "fix the CSV quoting" in err, err  # it swallowed the rows after it
+
+
+def test_resume_finds_names_with_spaces_and_files_under_other_spellings(
+    checkpoint, folder, tmp_path, capsys, monkeypatch
+):
+    """A name beginning with a space was read back stripped: captioned again at every --resume,
+    with a row naming no file. One file given twice (./x and its absolute path), or through a
+    linked folder on --resume, had two rows."""
+    shutil.copy(folder / "a.png", folder / " lead.png")
+    (folder / "broken.png").unlink()
+    monkeypatch.chdir(tmp_path)
+    argv = _caption(checkpoint, "photos", "./photos/a.png", str(folder / "b.jpg"), "--csv", "c.csv")
+    code, _, err = run_main(argv, capsys)
+    assert code == 0 and "wrote 4 captions" in err, err  # " lead.png", a.png, b.jpg, c.PNG
+    rows = _rows(Path("c.csv"))
+    assert [image for image, _ in rows] == [
+        "photos/ lead.png", "photos/a.png", "photos/b.jpg", "photos/c.PNG"
+    ]  # fmt: skip
+    (tmp_path / "linked").symlink_to(folder)
+    code, stdout, err = run_main(
+        _caption(checkpoint, "linked", "--csv", "c.csv", "--resume"), capsys
+    )
+    assert code == 0 and "4 images are captioned in c.csv, 0 to go" in err and stdout == "", err
+    assert _rows(Path("c.csv")) == rows
+    records = load_csv(Path("c.csv"), val_fraction=0.0, test_fraction=0.0)
+    assert sorted(Path(record.image_path).name for record in records) == [
+        " lead.png", "a.png", "b.jpg", "c.PNG"
+    ]  # fmt: skip
+
+
+def test_resume_with_only_unreadable_files_left_or_nothing_left(
+    checkpoint, folder, tmp_path, capsys
+):
+    """Only the folder's broken file left to caption: --resume ended with "none of the 1 image
+    files could be read" (exit 2), where the run that was never stopped ends well; --json with
+    nothing left printed no JSON at all."""
+    out = tmp_path / "captions.csv"
+    argv = _caption(checkpoint, str(folder), "--csv", str(out))
+    assert run_main(argv, capsys)[0] == 0
+    whole = _rows(out)
+    code, _, err = run_main([*argv, "--resume"], capsys)
+    assert code == 0 and "1 to go" in err and "warning: skipped" in err, err
+    assert _rows(out) == whole
+    (folder / "broken.png").unlink()
+    code, stdout, err = run_main([*argv, "--resume", "--json"], capsys)
+    assert code == 0 and "0 to go" in err, err
+    payload = json.loads(stdout)
+    assert payload["results"] == [] and payload["skipped"] == []
+
+
+def test_a_stop_after_the_last_image_still_writes_the_csv(
+    checkpoint, folder, tmp_path, capsys, monkeypatch
+):
+    """The CSV was written after the captioning loop, outside the stop's handling: a SIGTERM
+    landing there (after the last image, say while the file was written) lost every caption."""
+    from recurrent.errors import RunStopped
+
+    real, calls = caption.write_csv, []
+
+    def stopped_while_writing(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 1:  # the write after the last image
+            raise RunStopped("SIGTERM; ...", exit_code=143)
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(caption, "write_csv", stopped_while_writing)
+    out = tmp_path / "captions.csv"
+    code, _, err = run_main(_caption(checkpoint, str(folder), "--csv", str(out)), capsys)
+    assert code == 143 and len(_rows(out)) == 3
+    assert f"stopped: SIGTERM after 3 of 4 images; {out} holds their captions" in err, err
+
+
+def test_a_second_command_writing_the_same_csv_is_refused(checkpoint, folder, tmp_path, capsys):
+    """Two jobs writing one CSV at once each rewrote it whole: one's rows were lost, and neither
+    said a word."""
+    out = tmp_path / "captions.csv"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; from recurrent import "
+         "files; files.hold(Path(sys.argv[1]), SystemExit, name='.captions.csv.lock'); "
+         "print('held', flush=True); time.sleep(60)", str(tmp_path)],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        code, _, err = run_main(_caption(checkpoint, str(folder), "--csv", str(out)), capsys)
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+    assert code == 2 and "is being written by another caption command (process" in err, err
+    assert not out.exists()

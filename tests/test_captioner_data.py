@@ -335,6 +335,19 @@ def test_csv_with_split_column_merges_rows(tmp_path: Path) -> None:
     assert load_records("csv", trailing, tmp_path) == [
         ImageRecord(str(tmp_path / "imgs" / "a.png"), ("a red block", "a cube"), "train")
     ]
+    # a quote left open swallowed every row after it into one caption, without a word
+    open_quote = tmp_path / "open.csv"
+    open_quote.write_text('image,caption\nimgs/a.png,"a red block\nimgs/a.png,a cube\n')
+    _raises_one_line(lambda: load_records("csv", open_quote, tmp_path), "open.csv", "quoting")
+    # a name is read as written (it may begin with a space), and spaces around a name that
+    # names no file are the file's layout ("imgs/a.png , a cube")
+    _png(tmp_path / "imgs" / " b.png")
+    spaced = tmp_path / "spaced.csv"
+    spaced.write_text("image,caption\nimgs/ b.png,a blue one\nimgs/a.png , a cube\n")
+    assert [r.image_path for r in load_records("csv", spaced, tmp_path)] == [
+        str(tmp_path / "imgs" / " b.png"),
+        str(tmp_path / "imgs" / "a.png"),
+    ]
 
 
 def test_jsonl_hashed_split_is_deterministic(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ import errno
 import fcntl
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -710,7 +711,7 @@ def test_a_lock_file_removed_before_it_was_locked_is_not_the_one_held(
     files.hold(folder, UserError)
     try:
         assert lock.read_text() == f"process {os.getpid()} on {files.HOST}\n"
-        held = files._HELD[folder.resolve()].fd
+        held = files._HELD[folder.resolve() / ".lock"].fd
         assert os.fstat(held).st_ino == lock.stat().st_ino
     finally:
         files.release(folder)
@@ -737,3 +738,24 @@ def test_the_temporary_file_of_another_users_live_writer_is_kept(tmp_path, monke
         path.write_text("half")
     files.atomic_write_text(tmp_path / "card.json", "{}")
     assert others.exists() and not left.exists()
+
+
+def test_a_file_written_whole_goes_through_a_link_and_never_replaces_a_special_file(tmp_path):
+    """The rename of an atomic write replaced a symlink with a file (its target kept the old
+    content), and a pipe or a device with a file (/dev/full as root; a reader of the pipe waited
+    for ever): a link is written through, as open() writes, and a special file is refused."""
+    target = tmp_path / "real" / "out.txt"
+    target.parent.mkdir()
+    target.write_text("old")
+    link = tmp_path / "out.txt"
+    link.symlink_to(target)
+    files.atomic_write_text(link, "new")
+    assert link.is_symlink() and target.read_text() == "new"
+    assert not list(target.parent.glob(".*.tmp")) and not list(tmp_path.glob(".*.tmp"))
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    with pytest.raises(files.NotARegularFile, match="not a regular file"):
+        files.atomic_write_text(pipe, "x")
+    assert stat.S_ISFIFO(pipe.stat().st_mode)
+    with pytest.raises(UserError, match="not a regular file"):
+        files.atomic_write_text("/dev/null", "x")

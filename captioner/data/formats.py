@@ -496,7 +496,8 @@ class CsvRow:
 
 def read_csv_rows(file: Path) -> list[CsvRow]:
     with file.open(newline="", encoding="utf-8-sig") as stream:
-        reader = csv.DictReader(stream)
+        # strict: a quote left open swallowed every row after it into one caption, silently
+        reader = csv.DictReader(stream, strict=True)
         try:
             if reader.fieldnames is None:
                 raise UserError(f"'{file}' is empty; write a header line 'image,caption[,split]'")
@@ -520,7 +521,7 @@ def read_csv_rows(file: Path) -> list[CsvRow]:
                 rows.append(
                     CsvRow(
                         where,
-                        (row["image"] or "").strip(),
+                        row["image"] or "",  # as written: a name may begin with a space
                         (row["caption"] or "").strip(),
                         (row["split"] or "").strip().lower() if has_split else None,
                     )
@@ -549,7 +550,7 @@ def _read_jsonl_rows(file: Path) -> Iterator[CsvRow]:
         split = row.get("split")
         yield CsvRow(
             where,
-            row["image"].strip(),
+            row["image"],
             row["caption"].strip(),
             None if split is None else str(split).strip().lower(),
         )
@@ -571,7 +572,7 @@ def _load_rows(
     splits: dict[str, str | None] = {}
     with_split: bool | None = None  # whether rows carry a split: the same for every row
     for row in rows:
-        if not row.image or not row.caption:
+        if not row.image.strip() or not row.caption:
             raise UserError(f"{row.where} has an empty image or caption; fill it in or delete it")
         split = row.split or None  # an empty split cell counts as none
         if with_split is None:
@@ -584,6 +585,8 @@ def _load_rows(
         if split is not None and split not in SPLITS:
             raise UserError(f"{row.where} has split '{split}'; use one of {', '.join(SPLITS)}")
         path = _image_path(root, row.image)
+        if row.image != row.image.strip() and not os.path.exists(path):
+            path = _image_path(root, row.image.strip())  # the spaces were the file's layout
         if path not in captions:
             _check_image(path, row.where, check_images)
             captions[path], splits[path] = [], split

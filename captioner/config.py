@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from captioner.scenes import JSON_NAME as SCENES_JSON_NAME
 from recurrent.config import check_bounds, data_name, describe_cell
-from recurrent.engine import RUN_BOUNDS, RunSettings
+from recurrent.engine import RUN_BOUNDS, RunSettings, check_run_settings
 from recurrent.errors import UserError
 
 
@@ -229,6 +229,7 @@ def describe_data(data: Mapping[str, Any]) -> dict[str, Any]:
 def check_config(cfg: CaptionerConfig) -> None:
     """Reject settings no run can use, with the key to change."""
     check_bounds(cfg, BOUNDS)
+    check_run_settings(cfg.train)
     check_model(cfg.model)
     if cfg.train.epochs == 0 and cfg.train.max_steps == 0:
         raise UserError("train.epochs and train.max_steps are both 0; set one of them")

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from recurrent.config import check_bounds, data_name, describe_cell
-from recurrent.engine import RUN_BOUNDS, RunSettings
+from recurrent.engine import RUN_BOUNDS, RunSettings, check_run_settings
 from recurrent.errors import UserError
 
 # The canonical public copy of tiny-shakespeare (Karpathy's char-rnn) and its sha256.
@@ -134,6 +134,7 @@ BOUNDS = {
 def check_config(config: CharLMConfig) -> None:
     """Values the types allow but training cannot use are a UserError naming the key."""
     check_bounds(config, BOUNDS)
+    check_run_settings(config.train)
     if config.train.max_steps == 0 and config.train.time_budget_s == 0:
         raise UserError(
             "set train.max_steps or train.time_budget_s (both are 0: training never ends)"

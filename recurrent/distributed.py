@@ -191,12 +191,16 @@ def setup(
 
 def _start_heartbeat(layout: Distributed, timeout_s: float) -> None:
     """Start this process's `Heartbeat`, on a connection of its own to the job's store (its
-    thread's requests never meet the main thread's), each request bounded by about a beat."""
+    thread's requests never meet the main thread's)."""
     global _heartbeat
-    store = _job_store(max(1.0, heartbeat_period(timeout_s)))
-    assert store is not None  # under torchrun's agent, as the caller checked
+
+    def connect() -> dist.TCPStore:
+        store = _job_store(DEFAULT_TIMEOUT_S)
+        assert store is not None  # under torchrun's agent, as the caller checked
+        return store
+
     where = f" at {os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
-    _heartbeat = Heartbeat(store, layout, timeout_s, where=where)
+    _heartbeat = Heartbeat(connect(), layout, timeout_s, where=where, reconnect=connect)
     _heartbeat.start()
 
 
@@ -307,7 +311,7 @@ def tell_failure(line: str) -> None:
 
 
 HEARTBEAT_PERIOD_S = 5.0  # at most this long between a process's beats (less for short timeouts)
-HEARTBEAT_END_WAIT_S = 2.0  # an ending process waits this long at most to tell its watcher
+HEARTBEAT_END_WAIT_S = 10.0  # an ending process waits this long at most to tell its watcher
 
 
 def heartbeat_period(timeout_s: float) -> float:
@@ -325,12 +329,14 @@ class Heartbeat:
     torchrun's on the first machine, lost; a request to it then never returns, so a second thread
     keeps the time).
 
-    Without it such a job waited for the collective's timeout, 30 minutes, on every machine: a
-    process that ends closes its connections and the others learn it at once, but one that is
-    frozen or whose machine went away says nothing. A process at work beats all along, however
-    long its work (a checkpoint written to a slow disk, a feature cache filled), since torch's
-    long calls let the thread run; a process that ends its command marks itself ended first
-    (`finish`), so that it is not waited for.
+    Time counts only while this process runs (`_ran`): one that was itself stopped (SIGSTOP, a
+    paused virtual machine, a whole job suspended) and goes on does not take the silence it did
+    not see for the others'. Without heartbeats such a job waited for the collective's timeout, 30
+    minutes, on every machine: a process that ends closes its connections and the others learn it
+    at once, but one that is frozen or whose machine went away says nothing. A process at work
+    beats all along, however long its work (a checkpoint written to a slow disk, a feature cache
+    filled), since torch's long calls let the thread run; a process that ends its command marks
+    itself ended first (`end`, from `finish` or at exit), so that it is not waited for.
     """
 
     def __init__(
@@ -340,6 +346,7 @@ class Heartbeat:
         timeout_s: float,
         clock: Any = time.monotonic,
         where: str = "",
+        reconnect: Any = None,
     ) -> None:
         self.store = store
         self.rank = layout.rank
@@ -348,19 +355,31 @@ class Heartbeat:
         self.period_s = heartbeat_period(timeout_s)
         self.clock = clock
         self.where = where  # the store's address, for its line
+        self.reconnect = reconnect  # () -> a new connection to the store, after one broke
         self.seen_count = -1
-        self.seen_at = self.answered_at = clock()
+        self.seen_at = self.answered_at = self.ran_at = clock()
         self.watching = True
         self.ended = threading.Event()
-        self._ending = threading.Lock()
+        self._ending = threading.Lock()  # held by whoever ends first: the job, or the command
         self._told = threading.Event()  # the watcher was told that this process ended
+        self._times = threading.Lock()
 
     def _key(self, name: str) -> str:
         return _attempt_key(f"heartbeat/{name}")
 
+    def _ran(self) -> None:
+        """Note that this process runs; after a gap of more than three beats it was stopped
+        itself (or starved), and what it measures starts again from now."""
+        with self._times:
+            now = self.clock()
+            if now - self.ran_at > 3 * self.period_s:
+                self.seen_at = self.answered_at = now
+            self.ran_at = now
+
     def look(self) -> str | None:
         """Beat once, and look at the watched rank and at the job: the line to end the job with,
         or None while every process is heard from. Raises torch's error where the store fails."""
+        self._ran()
         self.store.add(self._key(f"beat-{self.rank}"), 1)
         if self.store.check([self._key("lost")]):  # another process's watcher spoke first
             return self.store.get(self._key("lost")).decode()
@@ -368,6 +387,7 @@ class Heartbeat:
             self.watching = False  # it ended its command: nothing more to hear from it
         if self.watching:
             count = self.store.add(self._key(f"beat-{self.watched}"), 0)
+            self._ran()  # (the requests may have waited on a store that was stopped)
             if count != self.seen_count:
                 self.seen_count, self.seen_at = count, self.clock()
             elif self.clock() - self.seen_at > self.timeout_s:
@@ -378,7 +398,8 @@ class Heartbeat:
 
     def unanswered(self) -> str | None:
         """The line to end the job with where the store has not answered a look for the
-        timeout; else None."""
+        timeout while this process ran; else None."""
+        self._ran()
         if self.clock() - self.answered_at <= self.timeout_s:
             return None
         return (
@@ -397,20 +418,29 @@ class Heartbeat:
     def start(self) -> None:
         for target, name in ((self._beat, "heartbeat"), (self._keep_time, "heartbeat-store")):
             threading.Thread(target=target, name=name, daemon=True).start()
+        atexit.register(self.end)  # a command that ends with a traceback skips `finish`
 
     def _beat(self) -> None:
         """Look once a period until the process ends, then tell the watcher so (this thread
-        alone uses the connection)."""
+        alone uses the connection). A connection that breaks is made again once; a second
+        failure leaves the store to `_keep_time` (each try prints torch's C++ dump)."""
+        reconnected = False
         try:
             while not self.ended.wait(self.period_s):
-                line = self.look()
+                try:
+                    line = self.look()
+                except (dist.DistError, RuntimeError):
+                    if reconnected or self.reconnect is None:
+                        raise
+                    self.store, reconnected = self.reconnect(), True
+                    continue
                 if line is not None:
-                    self._end(line)
+                    # the others read it at their next look: wait for them before ending, or
+                    # they would meet this process gone in their collective ("lost contact")
+                    self._end(line, grace_s=1.5 * self.period_s)
             self.tell_ended()
-        except (dist.DistError, RuntimeError):
-            # the store's connection broke (each try would print torch's C++ dump again): the
-            # other thread ends the job at the timeout, unless the process has ended by then
-            pass
+        except (dist.DistError, RuntimeError, UserError):  # the store is gone
+            pass  # `_keep_time` ends the job at the timeout, unless the process ends first
         finally:
             self._told.set()
 
@@ -422,37 +452,44 @@ class Heartbeat:
         while not self.ended.wait(self.period_s):
             line = self.unanswered()
             if line is not None:
-                self._end(line)
+                self._end(line, grace_s=0.0)  # nobody can read the store to hear it
 
-    def _end(self, line: str) -> None:
-        if self._ending.acquire(blocking=False) and not self.ended.is_set():
-            end_job(line)
+    def _end(self, line: str, grace_s: float) -> None:
+        if self._ending.acquire(blocking=False):
+            if self.ended.is_set():  # the command ended meanwhile: let it
+                self._ending.release()
+                return
+            end_job(line, grace_s)
 
     def end(self) -> None:
         """This process ends its command: stop beating, and tell its watcher not to wait for it
         (waiting for that at most `HEARTBEAT_END_WAIT_S`: a store that does not answer does not
-        hold the process)."""
+        hold the process). Nothing where the job is being ended already (`end_job`)."""
+        if not self._ending.acquire(blocking=False):
+            return
         self.ended.set()
         self._told.wait(HEARTBEAT_END_WAIT_S)
 
 
 HEARTBEAT_ENDING = (
-    " (train.heartbeat_timeout_s); last.pt keeps the run's last checkpoint: run the command again "
-    "with --resume (or --resume auto under torchrun's --max-restarts) to go on"
+    " (train.heartbeat_timeout_s); run the same command with --resume auto to go on from the "
+    "run's last.pt, or to start again where it has none"
 )
 _heartbeat: Heartbeat | None = None  # this process's, once its job has formed (`setup`)
 
 
-def end_job(line: str) -> None:
-    """End this process at once with ``line`` (`Heartbeat`): its main thread is waiting in a
-    collective for a process that will not come, which no signal can interrupt. What the process
-    has written is left as a kill leaves it: every file whole or not at all."""
+def end_job(line: str, grace_s: float = 0.0) -> None:
+    """End this process with ``line`` (`Heartbeat`), the last it says, after ``grace_s`` seconds:
+    its main thread is waiting in a collective for a process that will not come, which no signal
+    can interrupt. What the process has written is left as a kill leaves it: every file whole or
+    not at all."""
     from recurrent.errors import EXIT_LOST_PEER, say
 
-    say(f"error: {line}")
+    say(f"error: {line}", last=True)
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError):
             stream.flush()
+    time.sleep(grace_s)
     os._exit(EXIT_LOST_PEER)
 
 

@@ -155,6 +155,17 @@ RUN_BOUNDS = {
     "train.log_every": "[1, 1e9]",
     "train.heartbeat_timeout_s": "[0, 1e6]",
 }
+MIN_HEARTBEAT_TIMEOUT_S = 1.0  # below it a healthy job's processes miss beats under load
+
+
+def check_run_settings(settings: RunSettings) -> None:
+    """What `RUN_BOUNDS` cannot say: a heartbeat timeout is 0 (none) or at least
+    `MIN_HEARTBEAT_TIMEOUT_S` (0.2 s ended healthy two-process jobs here)."""
+    if 0 < settings.heartbeat_timeout_s < MIN_HEARTBEAT_TIMEOUT_S:
+        raise UserError(
+            f"config key 'train.heartbeat_timeout_s' must be 0 (no heartbeats) or at least "
+            f"{MIN_HEARTBEAT_TIMEOUT_S:g} s, got {settings.heartbeat_timeout_s}"
+        )
 
 
 @dataclass

@@ -233,7 +233,11 @@ def _formed_job() -> Any:
     return dist
 
 
-def say(line: str, *, job_wide: bool = False) -> None:
+_SAID_LAST = threading.Event()  # the process said its last line (`say(..., last=True)`)
+_SAYING = threading.RLock()
+
+
+def say(line: str, *, job_wide: bool = False, last: bool = False) -> None:
     """Write ``line`` to stderr in one call (torchrun's processes share the terminal: a message
     and its newline written apart could run into another process's line).
 
@@ -244,7 +248,21 @@ def say(line: str, *, job_wide: bool = False) -> None:
     apart, the machine's other processes wait until it has said it (`_machines_first_said`), and
     say it themselves when it has not in time; a formed job's processes stop together. Anything
     else every rank says. A rank other than 0 puts its rank in front.
+
+    After a ``last`` line nothing more is said: a heartbeat ends the job with it (`recurrent.
+    distributed.end_job`) while the main thread may still fail in its collective ("lost contact")
+    or meet torchrun's SIGTERM, which would only say the same end less well.
     """
+    with _SAYING:  # the heartbeat's thread and the main one: one of them says the last line
+        if _SAID_LAST.is_set():
+            return
+        if last:
+            _SAID_LAST.set()
+        _say_now(line, job_wide)
+
+
+def _say_now(line: str, job_wide: bool) -> None:
+    """`say` ``line`` now (no last line said)."""
     rank = os.environ.get("RANK", "0")
     first = os.environ.get("LOCAL_RANK", rank) == "0"
     forming = _formed_job() is None

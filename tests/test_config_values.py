@@ -514,3 +514,20 @@ def test_a_float_no_bound_names_must_still_be_finite(infinity):
         check_bounds(config, {})
     assert str(err.value) == f"config key 'train.lr' must be finite, got {infinity}"
     check_bounds(config, {"train.lr": "[-inf, inf]"})  # a closed end lets its infinity in
+
+
+@pytest.mark.parametrize(
+    ("config", "check"), [(CharLMConfig, check_char_lm), (CaptionerConfig, check_captioner)]
+)
+def test_a_heartbeat_timeout_is_none_or_at_least_a_second(config, check):
+    """0.05 s and 0.2 s ended healthy two-process jobs at once (a beat is every 0.1 s at best);
+    0 turns heartbeats off."""
+    cfg = config()
+    if config is CaptionerConfig:
+        cfg.data.annotations = "captions.json"
+    for good in (0.0, 1.0, 300.0):
+        cfg.train.heartbeat_timeout_s = good
+        check(cfg)
+    cfg.train.heartbeat_timeout_s = 0.2
+    with pytest.raises(UserError, match=r"'train.heartbeat_timeout_s' must be 0 .* at least 1 s"):
+        check(cfg)

@@ -888,8 +888,8 @@ def test_a_worker_exits_without_leaving_its_process_group(monkeypatch, tmp_path)
 
 def heartbeats(world_size: int, clock: dict) -> list[distributed.Heartbeat]:
     """The heartbeats of a job of ``world_size`` processes on a real store, on a simulated clock
-    (``clock["now"]``), their threads not started: each test calls `look` for the process that
-    beats."""
+    (``clock["now"]``), with a timeout of 60 s (a beat every 5 s); their threads are not
+    started: `beat` plays them."""
     store = torch.distributed.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
     return [
         distributed.Heartbeat(
@@ -897,6 +897,19 @@ def heartbeats(world_size: int, clock: dict) -> list[distributed.Heartbeat]:
         )
         for rank in range(world_size)
     ]
+
+
+def beat(clock: dict, seconds: float, running: list[distributed.Heartbeat]) -> list[str]:
+    """``seconds`` of beats, every 5 s, of the ``running`` processes (the others are stopped):
+    the lines with which they end the job, if any."""
+    lines = []
+    for _ in range(round(seconds / 5)):
+        clock["now"] += 5
+        for heartbeat in running:
+            line = heartbeat.look() or heartbeat.unanswered()
+            if line is not None:
+                lines.append((heartbeat.rank, line))
+    return lines
 
 
 def test_a_process_silent_for_the_heartbeat_timeout_ends_the_whole_job():
@@ -907,22 +920,29 @@ def test_a_process_silent_for_the_heartbeat_timeout_ends_the_whole_job():
     clock = {"now": 0.0}
     zero, one, two = heartbeats(3, clock)
     assert [zero.watched, one.watched, two.watched] == [1, 2, 0]
-    for _ in range(100):  # 50 minutes of beats every 30 s: nobody is silent
-        clock["now"] += 30
-        assert [beat.look() for beat in (one, two, zero)] == [None, None, None]
-    clock["now"] += 30
-    assert zero.look() is None and two.look() is None  # rank 1 froze: 30 s of silence so far
-    clock["now"] += 29
-    assert zero.look() is None and two.look() is None  # 59 s
-    clock["now"] += 2
-    line = zero.look()  # 61 s: rank 0, its watcher, names it
-    assert line is not None and line.startswith(
+    assert beat(clock, 3000, [one, two, zero]) == []  # 50 minutes: nobody is silent
+    assert beat(clock, 60, [zero, two]) == []  # rank 1 froze: 60 s of silence so far
+    [(rank, line)] = beat(clock, 5, [zero])  # 65 s: rank 0, its watcher, names it
+    assert rank == 0 and line.startswith(
         "rank 1 of this torchrun job has given no sign of life for 60 s (the process frozen, or "
         "its machine lost or cut off), so the job ends here (train.heartbeat_timeout_s)"
     )
-    assert "--resume" in line
+    assert "--resume auto" in line
     assert two.look() == line  # rank 2 watches rank 0, which beats, and ends with the same line
-    assert one.look() == line  # and so would rank 1 if it came back
+    assert one.look() == line  # and so does rank 1 when it goes on
+
+
+def test_a_process_that_was_stopped_itself_does_not_blame_the_others():
+    """A process stopped for longer than the timeout (SIGSTOP, a paused virtual machine, the
+    whole job suspended) and then continued blamed the store or its watched rank for the silence
+    it did not see: time counts only while a process runs."""
+    clock = {"now": 0.0}
+    zero, one = heartbeats(2, clock)
+    assert beat(clock, 30, [zero, one]) == []
+    clock["now"] += 600  # the whole job, and its store, stopped for ten minutes
+    assert zero.unanswered() is None  # its timing thread wakes first
+    assert beat(clock, 120, [zero, one]) == []
+    assert beat(clock, 70, [zero]) != []  # a silence it sees is still named
 
 
 def test_a_process_that_ended_its_command_is_not_waited_for():
@@ -931,25 +951,25 @@ def test_a_process_that_ended_its_command_is_not_waited_for():
     which does not take its silence for a failure."""
     clock = {"now": 0.0}
     zero, one = heartbeats(2, clock)
-    assert zero.look() is None and one.look() is None
+    assert beat(clock, 10, [zero, one]) == []
     one.start()
     one.end()  # its thread tells the store before the process goes on to exit
     assert one.store.check([distributed._attempt_key("heartbeat/ended-1")])
-    for _ in range(10):  # ten minutes on, rank 0 still writing
-        clock["now"] += 60
-        assert zero.look() is None
+    assert beat(clock, 600, [zero]) == []  # ten minutes on, rank 0 still writing
 
 
 def test_a_store_that_has_not_answered_for_the_heartbeat_timeout_ends_the_job():
     """The machine whose torchrun serves the job's store lost: `unanswered` names the store once
-    no look has been answered for the timeout (until then, a slow store is waited for)."""
+    no look has been answered for the timeout while the process ran (until then, a slow store is
+    waited for)."""
     clock = {"now": 0.0}
     zero, one = heartbeats(2, clock)
     zero.where = " at 10.0.0.1:29500"
-    assert zero.look() is None
-    clock["now"] += 60
-    assert zero.unanswered() is None
-    clock["now"] += 1
+    assert beat(clock, 10, [zero, one]) == []
+    for _ in range(12):  # 60 s of looks that get no answer, its other thread keeping the time
+        clock["now"] += 5
+        assert zero.unanswered() is None
+    clock["now"] += 5
     assert zero.unanswered() == (
         "the torchrun job's store at 10.0.0.1:29500 has not answered for 60 s (the machine of "
         "the torchrun that serves it lost or cut off), so the job ends here"
@@ -971,7 +991,9 @@ def test_a_heartbeat_ends_the_job_when_its_store_freezes(monkeypatch):
         store = torch.distributed.TCPStore("127.0.0.1", port, is_master=False)
         ended: list[str] = []
         done = threading.Event()
-        monkeypatch.setattr(distributed, "end_job", lambda line: (ended.append(line), done.set()))
+        monkeypatch.setattr(
+            distributed, "end_job", lambda line, grace_s: (ended.append(line), done.set())
+        )
         heartbeat = distributed.Heartbeat(store, distributed.Distributed(1, 2, 0), 1.0)
         os.kill(server.pid, signal.SIGSTOP)
         started = time.monotonic()
@@ -996,16 +1018,17 @@ time.sleep(600)
 
 
 def test_a_frozen_process_ends_its_torchrun_job_at_the_heartbeat_timeout(tmp_path):
-    """SIGSTOP one worker of a real torchrun job (a frozen process, or a machine that stops
-    answering): the other ends the job with one line within seconds of the 3-second heartbeat
-    timeout, not at the collective's 30 minutes, and the run's last.pt is whole."""
+    """SIGSTOP one worker of a real three-process torchrun job (a frozen process, or a machine
+    that stops answering): the others end the job within seconds of the 3-second heartbeat
+    timeout, not at the collective's 30 minutes, each with the line that names it (the third
+    said "lost contact" when its watcher's process ended at once), and last.pt is whole."""
     args = [*CHAR, *CHAR_SET, "train.max_steps=100000", "train.eval_every=20"]
-    args += ["--set", "train.heartbeat_timeout_s=3", "--out-dir", "r"]
+    args += ["--set", "data.batch_size=6", "--set", "train.heartbeat_timeout_s=3"]
+    command = [*TORCHRUN[:-1], "--nproc_per_node=3", *args, "--out-dir", "r"]
     job = subprocess.Popen(
-        TORCHRUN + args, cwd=tmp_path, env=job_env(), stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True,
+        command, cwd=tmp_path, env=job_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
     )  # fmt: skip
-    frozen = None
     try:
         last = tmp_path / "r" / "last.pt"
         deadline = time.monotonic() + 120
@@ -1015,28 +1038,26 @@ def test_a_frozen_process_ends_its_torchrun_job_at_the_heartbeat_timeout(tmp_pat
         workers = subprocess.run(
             ["pgrep", "-f", "-P", str(job.pid), "char_lm.train"], capture_output=True, text=True
         ).stdout.split()
-        assert len(workers) == 2, workers
-        frozen = int(workers[1])
-        os.kill(frozen, signal.SIGSTOP)
+        assert len(workers) == 3, workers
+        rank = {int(Path(f"/proc/{pid}/environ").read_bytes().split(b"RANK=")[1].split(b"\0")[0]):
+                int(pid) for pid in workers}  # fmt: skip
+        os.kill(rank[1], signal.SIGSTOP)
         stopped = time.monotonic()
-        rank_0 = ended_within(int(workers[0]), timeout_s=60)
-        assert rank_0, "rank 0 did not end"
+        assert ended_within(rank[0], timeout_s=60) and ended_within(rank[2], timeout_s=30)
         waited = time.monotonic() - stopped
-        os.kill(frozen, signal.SIGCONT)  # it ends at torchrun's SIGTERM, instead of its SIGKILL
+        os.kill(rank[1], signal.SIGKILL)  # its machine lost for good
         _, stderr = job.communicate(timeout=60)
     finally:
-        if frozen is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(frozen, signal.SIGCONT)
         if job.poll() is None:
             kill_tree(job.pid)
             job.wait()
     assert 3 <= waited < 20, waited
     assert job.returncode != 0
-    said = [line for line in stderr.splitlines() if line.startswith("error:")]
-    assert len(said) == 1 and said[0].startswith(
-        "error: rank 1 of this torchrun job has given no sign of life for 3 s"
-    ), stderr[-3000:]
+    said = [line for line in stderr.splitlines() if line.startswith(("error:", "[rank"))]
+    silent = "rank 1 of this torchrun job has given no sign of life for 3 s"
+    assert len(said) == 2, stderr[-3000:]
+    assert said[0].startswith(f"error: {silent}") or said[1].startswith(f"error: {silent}")
+    assert any(line.startswith(f"[rank 2] error: {silent}") for line in said), said
     assert "[rank0]:" not in stderr and stderr.count("Traceback (most recent call") == 1, stderr
     payload = torch.load(tmp_path / "r" / "last.pt", weights_only=True)
     assert payload["step"] >= 20

@@ -309,8 +309,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         save()
         signal = "interrupted" if isinstance(stop, KeyboardInterrupt) else stop.signal_name
         raise RunStopped(
-            f"{signal or 'stopped'} after {len(results)} of {len(paths)} images; {args.csv} holds their "
-            f"captions{' and those of before' if before else ''}: run the same command with "
+            f"{signal or 'stopped'} after {len(results)} of {len(paths)} images; {args.csv} holds "
+            f"their captions{' and those of before' if before else ''}: run the same command with "
             "--resume to caption the rest",
             exit_code=getattr(stop, "exit_code", 130),
         ) from None

@@ -6,7 +6,8 @@ up and that the next complete write of the same file removes once its writer is 
 writing the same file at once, say the ranks of a torchrun job, never remove each other's).
 
 `hold` and `release` lock a folder for one process: a training run's, so that a second run started
-into it is refused instead of mixing its checkpoints and metrics with the first's.
+into it is refused instead of mixing its checkpoints and metrics with the first's (or one file in
+it: the CSV that `captioner.caption --csv` rewrites).
 """
 
 from __future__ import annotations

@@ -1249,3 +1249,47 @@ def test_toys_settings_and_run_survive_a_page_switch(app: AppTest) -> None:
     _run(at)
     assert at.slider(key="toy_steps:hihello").value == 30 and at.slider(key="toy_step").value == 4
     assert "Step 4 reads" in " ".join(element.value for element in at.markdown)
+
+
+def test_find_runs_offers_up_to_200_runs(tmp_path: Path) -> None:
+    """The page offers 200 runs (the README's number), and counts the rest."""
+    for number in range(201):
+        _write_lines(tmp_path / f"run{number:03d}" / METRICS_FILE, [])
+    runs, found = find_runs(tmp_path)
+    assert (len(runs), found) == (200, 201)
+
+
+def test_find_runs_skips_a_metrics_file_that_is_a_pipe_or_a_link_loop(tmp_path: Path) -> None:
+    """A pipe named metrics.jsonl would hang the page that reads it; a link to itself raised
+    RuntimeError from Path.resolve (Python 3.11) and took the page down."""
+    _write_lines(tmp_path / "a" / METRICS_FILE, [])
+    (tmp_path / "pipe").mkdir()
+    os.mkfifo(tmp_path / "pipe" / METRICS_FILE)
+    (tmp_path / "loop").mkdir()
+    (tmp_path / "loop" / METRICS_FILE).symlink_to(tmp_path / "loop" / METRICS_FILE)
+    assert find_runs(tmp_path) == (["a"], 1)
+
+
+def test_a_run_whose_first_lines_hold_no_value_keeps_the_frames_column_types(
+    tmp_path: Path,
+) -> None:
+    """The empty frame of the lines before must not be concatenated: it turned every column,
+    step and value included, into `object`."""
+    path = tmp_path / "run" / METRICS_FILE
+    _write_lines(path, [{"kind": "eval", "step": 50, "scores": {"val_loss": math.nan}}])
+    tail = MetricsTail(path, "run")
+    tail.read()
+    line = {"kind": "train", "step": 70, "loss": 2.5}
+    with path.open("a") as handle:
+        handle.write(json.dumps(line) + "\n")
+    _, frame = tail.read()
+    assert frame.dtypes.equals(metrics_frame({"run": [line]}).dtypes), frame.dtypes
+
+
+def test_the_curves_page_says_nothing_of_runs_left_out_when_it_offers_them_all(
+    app: AppTest, models: dict[str, Path]
+) -> None:
+    """No note of runs left out where none is."""
+    at = _page(app, "Training curves")
+    assert len(at.multiselect(key="curve_runs").options) == find_runs(models["dir"])[1]
+    assert not [c.value for c in at.caption if " runs are offered" in c.value]

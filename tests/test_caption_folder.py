@@ -423,3 +423,84 @@ def test_a_second_command_writing_the_same_csv_is_refused(checkpoint, folder, tm
         holder.stdout.close()
     assert code == 2 and "is being written by another caption command (process" in err, err
     assert not out.exists()
+
+
+def test_one_file_under_several_spellings_is_one_image_under_its_first(
+    folder, tmp_path, monkeypatch
+):
+    """expand_inputs merges one file given as a relative path, through a linked folder and as an
+    absolute path, and keeps the spelling it was first given under (kills: realpath->abspath in
+    either branch, setdefault->assignment, returning the realpaths instead of the spellings)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "linked").symlink_to(folder)
+    paths, _ = caption.expand_inputs(
+        ["photos/a.png", "linked", "linked/b.jpg", str(folder / "a.png")]
+    )
+    assert paths == ["photos/a.png", "linked/b.jpg", "linked/broken.png", "linked/c.PNG"]
+
+
+def test_resume_reads_back_a_split_column_a_spreadsheets_header_and_a_leading_space(tmp_path):
+    """write_csv's split column is named 'split' (what load_csv reads); read_captioned reads it
+    back, accepts the header a spreadsheet re-saves (a BOM, capitals, spaces) as load_csv does,
+    keeps a name that begins with a space, and refuses a row whose image is only blanks."""
+    out = tmp_path / "captions.csv"
+    image, spaced = str(tmp_path / "a.png"), str(tmp_path / " lead.png")
+    caption.write_csv(str(out), [(image, "a cat"), (spaced, "a dog")], {image: "train"})
+    with out.open(newline="", encoding="utf-8") as stream:
+        assert list(csv.reader(stream)) == [
+            ["image", "caption", "split"], ["a.png", "a cat", "train"], [" lead.png", "a dog", ""]
+        ]  # fmt: skip
+    assert caption.read_captioned(str(out)) == (
+        [(image, "a cat"), (spaced, "a dog")], {image: "train", spaced: ""}
+    )  # fmt: skip
+    out.write_text("\ufeffImage, Caption\na.png,a cat\n", encoding="utf-8")
+    assert caption.read_captioned(str(out)) == ([(image, "a cat")], None)
+    out.write_text("image,caption\n   ,an orphan caption\n", encoding="utf-8")
+    with pytest.raises(UserError, match="names no image"):
+        caption.read_captioned(str(out))
+
+
+def test_a_csv_that_is_an_input_under_another_spelling_is_refused(
+    checkpoint, folder, tmp_path, capsys
+):
+    """--csv naming an image through a link, or an image given through a linked folder: the CSV
+    would be written over the image (atomic_write writes through links)."""
+    image = folder / "a.png"
+    before = image.read_bytes()
+    (tmp_path / "linked").symlink_to(folder)
+    link = tmp_path / "out.csv"
+    link.symlink_to(image)
+    for images, out in ((str(tmp_path / "linked"), str(image)), (str(folder), str(link))):
+        code, _, err = run_main(_caption(checkpoint, images, "--csv", out), capsys)
+        assert code == 2 and "is one of the images to caption" in err, err
+        assert image.read_bytes() == before
+
+
+def test_a_name_the_csv_cannot_hold_is_listed_as_skipped_in_the_json(
+    checkpoint, folder, tmp_path, capsys
+):
+    """--json lists an image skipped for its name beside the undecodable ones."""
+    shutil.copy(folder / "a.png", folder / os.fsdecode(b"odd\xff.png"))
+    (folder / "broken.png").unlink()
+    argv = _caption(checkpoint, str(folder), "--csv", str(tmp_path / "c.csv"), "--json")
+    code, stdout, err = run_main(argv, capsys)
+    assert code == 0, err
+    [skipped] = json.loads(stdout)["skipped"]
+    assert skipped["image"].endswith("odd\ufffd.png") and "not UTF-8" in skipped["error"]
+
+
+def test_resume_knows_the_images_a_csv_names_through_a_linked_folder(
+    checkpoint, folder, tmp_path, capsys, monkeypatch
+):
+    """The CSV's rows name the images through a link (the first run was given the link): a
+    --resume given the real folder finds them captioned."""
+    (folder / "broken.png").unlink()
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "linked").symlink_to(folder)
+    assert run_main(_caption(checkpoint, "linked", "--csv", "c.csv"), capsys)[0] == 0
+    rows = _rows(Path("c.csv"))
+    assert [image for image, _ in rows] == ["linked/a.png", "linked/b.jpg", "linked/c.PNG"]
+    argv = _caption(checkpoint, "photos", "--csv", "c.csv", "--resume")
+    code, stdout, err = run_main(argv, capsys)
+    assert code == 0 and "3 images are captioned in c.csv, 0 to go" in err and stdout == "", err
+    assert _rows(Path("c.csv")) == rows

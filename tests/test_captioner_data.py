@@ -1007,3 +1007,24 @@ def test_another_formats_file_read_as_json_says_which_format_to_give(tmp_path, s
         UserError, match=rf"not read as JSON: give its format \({kind}: --format {kind}"
     ):
         load_records("karpathy", str(path), tmp_path, check_images=False)
+
+
+def test_a_name_that_begins_with_a_space_is_read_as_written_in_csv_and_jsonl(
+    tmp_path: Path,
+) -> None:
+    """A whole name beginning with a space (the CSV beside its images) is read as written, in
+    CSV and JSONL, and a name of blanks only is an empty image, not the folder."""
+    images = tmp_path / "imgs"
+    _png(images / " b.png")
+    table = images / "captions.csv"
+    table.write_text("image,caption\n b.png,a blue one\n", encoding="utf-8")
+    lines = images / "captions.jsonl"
+    lines.write_text(json.dumps({"image": " b.png", "caption": "a blue one"}) + "\n")
+    for kind, file in (("csv", table), ("jsonl", lines)):
+        records = load_records(kind, file, images, check_images=True)
+        assert [record.image_path for record in records] == [str(images / " b.png")], kind
+    blank = images / "blank.csv"
+    blank.write_text("image,caption\n   ,a caption\n", encoding="utf-8")
+    _raises_one_line(
+        lambda: load_records("csv", blank, images, check_images=False), "line 2", "empty image"
+    )

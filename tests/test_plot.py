@@ -483,3 +483,27 @@ def test_a_renamed_jsonl_file_is_read_as_the_metrics_of_its_folder(tmp_path: Pat
     assert plot.run_names([renamed, kept, other]) == [str(renamed), str(kept), "lstm"]
     spec = _spec(tmp_path, [str(renamed), str(kept)])
     assert _run_names_in(spec) == {str(renamed), str(kept)}
+
+
+def test_each_series_is_thinned_over_its_own_x_range() -> None:
+    """Two long series of one run over different steps (a throughput logged from step 5,001
+    only): each is cut into BUCKETS ranges of its own steps, exactly as when thinned alone."""
+    lines = [
+        _train(step, loss=math.sin(step), throughput=math.cos(step) if step > 5000 else None)
+        for step in range(1, 10_001)
+    ]
+    frame = plot.metrics_frame({"run": lines})
+    alone = set()
+    for series in frame["series"].unique():
+        alone |= set(plot.thin(frame[frame["series"] == series], "step").index)
+    assert set(plot.thin(frame, "step").index) == alone
+
+
+def test_a_run_given_under_two_spellings_is_named_after_the_first(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """One run, two spellings: both take the name of the first one given."""
+    run = _write(tmp_path / "a" / "run", [_train(1)])
+    other = _write(tmp_path / "b" / "run", [_train(1)])
+    monkeypatch.chdir(tmp_path)
+    assert plot.run_names(["a/run", str(run), str(other)]) == ["a/run", "a/run", str(other)]

@@ -759,3 +759,48 @@ def test_a_file_written_whole_goes_through_a_link_and_never_replaces_a_special_f
     assert stat.S_ISFIFO(pipe.stat().st_mode)
     with pytest.raises(UserError, match="not a regular file"):
         files.atomic_write_text("/dev/null", "x")
+
+
+def test_the_lock_of_one_file_is_its_own_and_goes_at_the_end(tmp_path):
+    """hold(name=...) (caption --csv's lock, .OUT.csv.lock) locks a file of its own, not the
+    folder's .lock a run takes there; another process is told who holds it; release_all gives it
+    up, removing it and the folder hold made."""
+    folder = tmp_path / "out"
+    files.hold(folder, UserError, name=".c.csv.lock")
+    assert sorted(path.name for path in folder.iterdir()) == [".c.csv.lock"]
+    probe = [sys.executable, "-c", "import sys; from pathlib import Path; from recurrent import "
+             "files; print(files.holder(Path(sys.argv[1]), '.c.csv.lock')); "
+             "files.hold(Path(sys.argv[1]), SystemExit); print('run lock taken')",
+             str(folder)]  # fmt: skip
+    asked = subprocess.run(probe, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert asked.stdout.splitlines() == [
+        f"process {os.getpid()} on {files.HOST}", "run lock taken"
+    ], asked.stderr  # fmt: skip
+    files.release_all()
+    assert not folder.exists() and files._HELD == {}
+
+
+def test_a_full_disk_when_taking_a_files_lock_leaves_no_lock(tmp_path, monkeypatch):
+    """The lock of one file given up on a full disk goes with the folder made for it, as a
+    run folder's lock does."""
+    real_write = os.write
+
+    def write(fd, data):
+        if data.startswith(b"process "):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", write)
+    with pytest.raises(OSError, match="c.csv.lock"):
+        files.hold(tmp_path / "new", UserError, name=".c.csv.lock")
+    assert sorted(tmp_path.iterdir()) == [] and files._HELD == {}
+
+
+def test_a_file_written_whole_over_a_folder_is_not_called_a_special_file(tmp_path):
+    """A folder is left to the rename to refuse (IsADirectoryError naming it), not reported as
+    "a pipe, a device or a socket"."""
+    (tmp_path / "out.csv").mkdir()
+    with pytest.raises(OSError) as info:
+        files.atomic_write_text(tmp_path / "out.csv", "x")
+    assert not isinstance(info.value, files.NotARegularFile)
+    assert (tmp_path / "out.csv").is_dir()

@@ -30,6 +30,7 @@ from char_lm.config import BOUNDS as CHAR_LM_BOUNDS
 from char_lm.config import CharLMConfig
 from char_lm.config import check_config as check_char_lm
 from char_lm.generate import load_char_lm
+from recurrent import distributed
 from recurrent.config import ConfigLoader, Interval, check_bounds, load_config, number_keys
 from recurrent.errors import UserError, run_cli
 
@@ -531,3 +532,14 @@ def test_a_heartbeat_timeout_is_none_or_at_least_a_second(config, check):
     cfg.train.heartbeat_timeout_s = 0.2
     with pytest.raises(UserError, match=r"'train.heartbeat_timeout_s' must be 0 .* at least 1 s"):
         check(cfg)
+
+
+def test_heartbeats_are_on_by_default_and_a_timeout_is_never_negative():
+    """By default a frozen process ends the job well before a collective's 30 minutes; a
+    negative timeout (a typo for 0, or for a number) is refused, and so is one past 1e6 s."""
+    cfg = CharLMConfig()
+    assert 0 < cfg.train.heartbeat_timeout_s < distributed.DEFAULT_TIMEOUT_S
+    for bad in (-1.0, -0.5, 2e6, math.inf):
+        cfg.train.heartbeat_timeout_s = bad
+        with pytest.raises(UserError, match=r"'train.heartbeat_timeout_s' must be"):
+            check_char_lm(cfg)

@@ -1075,3 +1075,200 @@ def ended_within(pid: int, timeout_s: float) -> bool:
             return True
         time.sleep(0.1)
     return False
+
+
+@pytest.mark.parametrize(
+    ("timeout_s", "period_s"), [(1.0, 0.1), (3.0, 0.3), (20.0, 2.0), (60.0, 5.0), (300.0, 5.0)]
+)
+def test_a_process_beats_every_tenth_of_its_timeout_from_a_tenth_of_a_second_to_five(
+    timeout_s, period_s
+):
+    assert distributed.heartbeat_period(timeout_s) == pytest.approx(period_s)
+
+
+def test_a_heartbeats_line_is_the_last_its_process_says(monkeypatch, tmp_path, capsys):
+    """`end_job`: the line, then nothing more (the main thread's "lost contact" or torchrun's
+    SIGTERM after it), what stdout held written out, the wait for the others to read the line,
+    and the exit status of a lost peer."""
+    for name in ("RANK", "LOCAL_RANK", "TORCHELASTIC_ERROR_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(errors, "_SAID_LAST", threading.Event())  # this test's own
+    happened = []
+    monkeypatch.setattr(distributed.time, "sleep", lambda s: happened.append(f"slept {s}"))
+    monkeypatch.setattr(distributed.os, "_exit", lambda code: happened.append(f"exit {code}"))
+    with open(tmp_path / "stdout", "w") as stdout, monkeypatch.context() as patch:
+        patch.setattr(sys, "stdout", stdout)  # redirected to a file: written in blocks
+        print("step 20 loss 1.25")
+        distributed.end_job("rank 1 of this torchrun job has given no sign of life", 7.5)
+        assert (tmp_path / "stdout").read_text() == "step 20 loss 1.25\n"
+    assert happened == ["slept 7.5", f"exit {errors.EXIT_LOST_PEER}"]
+    errors.say("error: lost contact with another process of this torchrun job")
+    errors.say("stopped: SIGTERM", job_wide=True, last=True)
+    assert capsys.readouterr().err == (
+        "error: rank 1 of this torchrun job has given no sign of life\n"
+    )
+
+
+def test_a_heartbeat_started_under_torchrun_names_its_store_and_can_connect_again(monkeypatch):
+    """`_start_heartbeat`: the process's heartbeat (the one `finish` ends), on a connection of
+    its own, naming the store's address in its line, and able to connect again."""
+    connections = []
+    monkeypatch.setattr(
+        distributed, "_job_store", lambda timeout_s: connections.append(timeout_s) or object()
+    )
+    monkeypatch.setattr(distributed.Heartbeat, "start", lambda self: None)
+    monkeypatch.setattr(distributed, "_heartbeat", None)
+    monkeypatch.setenv("MASTER_ADDR", "10.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "29500")
+    distributed._start_heartbeat(distributed.Distributed(1, 2, 0), 3.0)
+    heartbeat = distributed._heartbeat
+    assert heartbeat is not None and heartbeat.where == " at 10.0.0.1:29500"
+    assert heartbeat.reconnect is not None and heartbeat.reconnect() is not heartbeat.store
+    assert len(connections) == 2
+
+
+@pytest.mark.parametrize("heartbeat_timeout_s", [0.0, 3.0])
+def test_a_process_beats_once_its_job_has_formed_unless_its_timeout_is_0(
+    heartbeat_timeout_s, monkeypatch
+):
+    """`setup` under torchrun (the group that torch forms is not): the heartbeat starts with the
+    config's timeout once the job has formed; 0 turns it off."""
+    store = serve_job_store(monkeypatch)
+    join_as(1, store.port, monkeypatch)
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
+    store.add("recurrent/attempt-0/joined", 1)  # rank 0 came first
+    monkeypatch.setattr(torch.distributed, "init_process_group", lambda **kw: None)
+    started = []
+    monkeypatch.setattr(
+        distributed, "_start_heartbeat", lambda layout, s: started.append((layout.rank, s))
+    )
+    distributed.setup("cpu", timeout_s=1, heartbeat_timeout_s=heartbeat_timeout_s)
+    assert started == ([(1, 3.0)] if heartbeat_timeout_s else [])
+
+
+class Broken:
+    """A connection to the store that a reset broke: every request fails as torch's does."""
+
+    def __getattr__(self, name):
+        def request(*args):
+            raise torch.distributed.DistNetworkError("Connection reset by peer")
+
+        return request
+
+
+def test_a_heartbeats_broken_connection_is_made_again_once():
+    """The beating thread goes on, on a new connection, after one broke; a second that breaks
+    ends the thread (no third try: each prints torch's C++ dump), and so does a store that can
+    no longer be reached (`_job_store`'s `JobNotFormed`), without a traceback."""
+    store = torch.distributed.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+    made: list[str] = []
+    heartbeat = distributed.Heartbeat(
+        Broken(), distributed.Distributed(0, 2, 0), 1.0, reconnect=lambda: made.append(1) or store
+    )
+    threading.Timer(1.0, heartbeat.ended.set).start()
+    heartbeat._beat()  # the thread's own loop, here
+    assert made == [1] and store.add(distributed._attempt_key("heartbeat/beat-0"), 0) >= 3
+    assert store.check([distributed._attempt_key("heartbeat/ended-0")])
+
+    def broken_again():
+        made.append(2)
+        if len(made) > 3:
+            heartbeat.ended.set()  # (a mutant that tries for ever)
+        return Broken()
+
+    heartbeat = distributed.Heartbeat(
+        Broken(), distributed.Distributed(0, 2, 0), 1.0, reconnect=broken_again
+    )
+    made.clear()
+    heartbeat._beat()
+    assert made == [2]
+
+    def unreachable():
+        raise JobNotFormed(distributed.STORE_CLOSED)
+
+    heartbeat = distributed.Heartbeat(
+        Broken(), distributed.Distributed(0, 2, 0), 1.0, reconnect=unreachable
+    )
+    heartbeat._beat()  # returns: `_keep_time` ends the job at the timeout
+
+
+def test_a_process_that_ends_its_command_is_not_held_by_its_heartbeat(monkeypatch):
+    """`end` waits for the beating thread to tell the watcher, and no longer (`HEARTBEAT_END_WAIT_S`
+    is for a store that does not answer), and is registered to run at exit (a command that ends
+    with a traceback skips `finish`)."""
+    registered = []
+    clock = {"now": 0.0}
+    zero, one = heartbeats(2, clock)
+    monkeypatch.setattr(distributed.atexit, "register", registered.append)
+    one.start()
+    monkeypatch.undo()
+    assert registered == [one.end]
+    started = time.monotonic()
+    one.end()
+    assert time.monotonic() - started < 5
+    assert one.store.check([distributed._attempt_key("heartbeat/ended-1")])
+
+
+def test_a_heartbeat_whose_store_does_not_answer_ends_the_job_at_once(monkeypatch):
+    """Nobody can read a store that does not answer: unlike a watcher's line, this one is not
+    waited on (its grace is 0)."""
+    ended = []
+    heartbeat = distributed.Heartbeat(Broken(), distributed.Distributed(0, 2, 0), 1.0)
+
+    def end_job(line, grace_s):
+        ended.append((line.split(" (")[0], grace_s))
+        heartbeat.ended.set()
+
+    monkeypatch.setattr(distributed, "end_job", end_job)
+    heartbeat._keep_time()
+    assert ended == [("the torchrun job's store has not answered for 1 s", 0.0)]
+
+
+def test_a_process_whose_store_was_stopped_as_it_looked_does_not_blame_the_others():
+    """The whole job stopped (its store too) while rank 0 waited on a request: the silence it
+    then sees is its own stop's, not rank 1's."""
+    clock = {"now": 0.0}
+    zero, one = heartbeats(2, clock)
+    assert beat(clock, 30, [one, zero]) == []  # rank 0 has seen rank 1's last beat
+    store = zero.store
+
+    class Stopped:
+        def __getattr__(self, name):
+            return getattr(store, name)
+
+        def add(self, key, amount):
+            if amount == 0:  # the look at rank 1's count: ten minutes pass as it waits
+                clock["now"] += 600
+            return store.add(key, amount)
+
+    zero.store = Stopped()
+    clock["now"] += 5
+    assert zero.look() is None and zero.unanswered() is None
+    zero.store = store
+    assert beat(clock, 120, [zero, one]) == []
+
+
+def test_watchers_that_name_two_silent_ranks_at_once_end_the_job_with_one_line():
+    """Two watchers that find their ranks silent at the same moment (ranks 1 and 3 on a machine
+    that was lost) each looked for a line before either told theirs: the first told is the job's
+    line, everywhere, not overwritten by the second."""
+    clock = {"now": 0.0}
+    zero, one, two, three = heartbeats(4, clock)
+    assert beat(clock, 10, [one, three, zero, two]) == []
+    assert beat(clock, 60, [zero, two]) == []
+    clock["now"] += 5
+    store, lost = two.store, distributed._attempt_key("heartbeat/lost")
+
+    class Late:  # rank 2's look for a line came just before rank 0 told its own
+        def __getattr__(self, name):
+            return getattr(store, name)
+
+        def check(self, keys):
+            return False if keys == [lost] else store.check(keys)
+
+    line = zero.look()
+    assert line.startswith("rank 1 of this torchrun job has given no sign of life")
+    two.store = Late()
+    assert two.look() == line
+    two.store = store
+    assert one.look() == three.look() == line

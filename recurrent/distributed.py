@@ -178,8 +178,8 @@ def setup(
                     world_size=layout.world_size,
                     timeout=timeout,
                 )
-                if heartbeat_timeout_s > 0:
-                    _start_heartbeat(layout, heartbeat_timeout_s)
+            if heartbeat_timeout_s > 0:
+                _start_heartbeat(layout, heartbeat_timeout_s)
         except dist.DistStoreError:  # torch's "wait timeout after ...ms, keys: /default_pg/..."
             raise JobNotFormed(_never_joined(timeout_s)) from None
         except dist.DistNetworkError:  # "Failed to recv, got 0 bytes. Connection was likely ..."
@@ -196,7 +196,12 @@ def _start_heartbeat(layout: Distributed, timeout_s: float) -> None:
 
     def connect() -> dist.TCPStore:
         store = _job_store(DEFAULT_TIMEOUT_S)
-        assert store is not None  # under torchrun's agent, as the caller checked
+        if store is None:  # torch's own joining (env://; torchrun before torch 2.5 or so):
+            # rank 0's process serves the store at the same address
+            reach = datetime.timedelta(seconds=REACH_TIMEOUT_S)
+            address, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+            with _native_stderr_held():
+                store = dist.TCPStore(address, port, is_master=False, timeout=reach)
         return store
 
     where = f" at {os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
@@ -403,9 +408,9 @@ class Heartbeat:
         if self.clock() - self.answered_at <= self.timeout_s:
             return None
         return (
-            f"the torchrun job's store{self.where} has not answered for {self.timeout_s:g} s (the "
-            "machine of the torchrun that serves it lost or cut off), so the job ends here"
-            f"{HEARTBEAT_ENDING}"
+            f"the torchrun job's store{self.where} has not answered for {self.timeout_s:g} s (what "
+            "serves it on the first machine, torchrun or rank 0, frozen, lost or cut off), so the "
+            f"job ends here{HEARTBEAT_ENDING}"
         )
 
     def _silent(self, rank: int) -> str:

@@ -971,8 +971,8 @@ def test_a_store_that_has_not_answered_for_the_heartbeat_timeout_ends_the_job():
         assert zero.unanswered() is None
     clock["now"] += 5
     assert zero.unanswered() == (
-        "the torchrun job's store at 10.0.0.1:29500 has not answered for 60 s (the machine of "
-        "the torchrun that serves it lost or cut off), so the job ends here"
+        "the torchrun job's store at 10.0.0.1:29500 has not answered for 60 s (what serves it on "
+        "the first machine, torchrun or rank 0, frozen, lost or cut off), so the job ends here"
         + distributed.HEARTBEAT_ENDING
     )
     assert one.look() is None  # rank 1 beats
@@ -1272,3 +1272,20 @@ def test_watchers_that_name_two_silent_ranks_at_once_end_the_job_with_one_line()
     assert two.look() == line
     two.store = store
     assert one.look() == three.look() == line
+
+
+def test_a_heartbeat_beats_in_the_store_rank_0_serves_where_torchrun_serves_none(monkeypatch):
+    """torchrun before torch 2.5 (the oldest the project declares, 2.4) leaves the joining to
+    torch (env://: rank 0's process serves the store at MASTER_ADDR:MASTER_PORT), and no process
+    beat there: a frozen one kept the job waiting 30 minutes again (found by the suite on torch
+    2.4.0). The heartbeat connects to that store."""
+    served = torch.distributed.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "False")
+    join_as(1, served.port, monkeypatch)
+    monkeypatch.setattr(distributed.Heartbeat, "start", lambda self: None)
+    monkeypatch.setattr(distributed, "_heartbeat", None)
+    distributed._start_heartbeat(distributed.Distributed(1, 2, 0), 3.0)
+    heartbeat = distributed._heartbeat
+    assert heartbeat is not None and heartbeat.look() is None
+    assert served.add(distributed._attempt_key("heartbeat/beat-1"), 0) == 1  # its beat is there
+    assert heartbeat.where == f" at 127.0.0.1:{served.port}"

@@ -628,14 +628,9 @@ def test_a_rank_that_dies_ends_the_job(tmp_path):
     )  # fmt: skip
     try:
         metrics = tmp_path / "r" / "metrics.jsonl"
-        deadline = time.monotonic() + 120
-        while not (metrics.is_file() and metrics.read_text().count("\n") >= 3):
-            assert job.poll() is None and time.monotonic() < deadline, "training never started"
-            time.sleep(0.2)
-        workers = subprocess.run(
-            ["pgrep", "-f", "-P", str(job.pid), "char_lm.train"], capture_output=True, text=True
-        ).stdout.split()
-        assert len(workers) == 2, workers
+        workers = training_workers(
+            job, lambda: metrics.is_file() and metrics.read_text().count("\n") >= 3, count=2
+        )
         os.kill(int(workers[1]), signal.SIGKILL)
         _, stderr = job.communicate(timeout=120)
     finally:
@@ -650,6 +645,20 @@ def test_a_rank_that_dies_ends_the_job(tmp_path):
     said = [line for line in stderr.splitlines() if line.startswith(("error:", "stopped:"))]
     assert len(said) <= 1, said
     assert not said or said[0].startswith("stopped: SIGTERM") or "lost contact" in said[0], said
+
+
+def training_workers(job: subprocess.Popen, ready, count: int) -> list[str]:
+    """The process ids of the ``count`` char_lm.train workers of torchrun ``job``, once
+    ``ready()`` says training has started (within 120 s)."""
+    deadline = time.monotonic() + 120
+    while not ready():
+        assert job.poll() is None and time.monotonic() < deadline, "training never started"
+        time.sleep(0.2)
+    workers = subprocess.run(
+        ["pgrep", "-f", "-P", str(job.pid), "char_lm.train"], capture_output=True, text=True
+    ).stdout.split()
+    assert len(workers) == count, workers
+    return workers
 
 
 # char_lm.train whose rank 0 starts 2 s after rank 1
@@ -1030,15 +1039,7 @@ def test_a_frozen_process_ends_its_torchrun_job_at_the_heartbeat_timeout(tmp_pat
         text=True,
     )  # fmt: skip
     try:
-        last = tmp_path / "r" / "last.pt"
-        deadline = time.monotonic() + 120
-        while not last.is_file():
-            assert job.poll() is None and time.monotonic() < deadline, "training never started"
-            time.sleep(0.2)
-        workers = subprocess.run(
-            ["pgrep", "-f", "-P", str(job.pid), "char_lm.train"], capture_output=True, text=True
-        ).stdout.split()
-        assert len(workers) == 3, workers
+        workers = training_workers(job, (tmp_path / "r" / "last.pt").is_file, count=3)
         rank = {int(Path(f"/proc/{pid}/environ").read_bytes().split(b"RANK=")[1].split(b"\0")[0]):
                 int(pid) for pid in workers}  # fmt: skip
         os.kill(rank[1], signal.SIGSTOP)

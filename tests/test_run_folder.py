@@ -529,11 +529,8 @@ def test_a_checkpoint_that_fills_the_disk_is_one_line_and_the_previous_one_stays
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # no temporary file left
 
 
-def test_a_full_disk_when_taking_the_lock_leaves_no_folder_and_no_lock(
-    tmp_path, monkeypatch, capsys
-):
-    """`hold` writes its holder into .lock: on a full disk that write fails with no file name,
-    after the folders and the .lock were made."""
+def fill_the_disk_at_the_holders_line(monkeypatch) -> None:
+    """`hold`'s write of its holder into the lock file fails as on a full disk (no file name)."""
     real_write = os.write
 
     def write(fd, data):
@@ -542,6 +539,14 @@ def test_a_full_disk_when_taking_the_lock_leaves_no_folder_and_no_lock(
         return real_write(fd, data)
 
     monkeypatch.setattr(os, "write", write)
+
+
+def test_a_full_disk_when_taking_the_lock_leaves_no_folder_and_no_lock(
+    tmp_path, monkeypatch, capsys
+):
+    """`hold` writes its holder into .lock: on a full disk that write fails with no file name,
+    after the folders and the .lock were made."""
+    fill_the_disk_at_the_holders_line(monkeypatch)
     folder = tmp_path / "new" / "run"
     assert run_cli(lambda argv: files.hold(folder, UserError), []) == 2
     (printed,) = capsys.readouterr().err.strip().splitlines()
@@ -783,14 +788,7 @@ def test_the_lock_of_one_file_is_its_own_and_goes_at_the_end(tmp_path):
 def test_a_full_disk_when_taking_a_files_lock_leaves_no_lock(tmp_path, monkeypatch):
     """The lock of one file given up on a full disk goes with the folder made for it, as a
     run folder's lock does."""
-    real_write = os.write
-
-    def write(fd, data):
-        if data.startswith(b"process "):
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real_write(fd, data)
-
-    monkeypatch.setattr(os, "write", write)
+    fill_the_disk_at_the_holders_line(monkeypatch)
     with pytest.raises(OSError, match="c.csv.lock"):
         files.hold(tmp_path / "new", UserError, name=".c.csv.lock")
     assert sorted(tmp_path.iterdir()) == [] and files._HELD == {}

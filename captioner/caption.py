@@ -46,7 +46,7 @@ from captioner.inference import (
     find_images,
 )
 from recurrent import files
-from recurrent.checkpoint import is_utf8
+from recurrent.checkpoint import is_utf8, shown_name
 from recurrent.errors import ArgumentParser, RunStopped, UserError, run_cli
 from recurrent.files import atomic_write_text
 
@@ -156,7 +156,7 @@ def _csv_holds_names(paths: list[str], found: set[str], skipped: list[dict[str, 
         if is_utf8(path):
             kept.append(path)
             continue
-        shown = path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        shown = shown_name(path)
         problem = f"{shown}: its name is not UTF-8, which the CSV cannot hold; rename it"
         if path not in found:
             raise UserError(f"{problem}, or caption it without --csv")
@@ -244,8 +244,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     splits = None
     if args.csv:
         paths = _csv_holds_names(paths, found, skipped)
+        real = [os.path.realpath(path) for path in paths]  # once: 30 us a path here
         target = Path(os.path.realpath(args.csv))  # a link: the file it names
-        if str(target) in {os.path.realpath(path) for path in paths}:
+        if str(target) in set(real):
             raise UserError(f"--csv {args.csv} is one of the images to caption; pass another path")
         files.hold(
             target.parent,
@@ -259,7 +260,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             before, splits = read_captioned(args.csv)
     if before:
         done = {os.path.realpath(image) for image, _ in before}
-        paths = [path for path in paths if os.path.realpath(path) not in done]
+        paths = [path for path, key in zip(paths, real, strict=True) if key not in done]
         print(
             f"resuming: {len(before)} images are captioned in {args.csv}, {len(paths)} to go",
             file=sys.stderr,

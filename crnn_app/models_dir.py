@@ -22,7 +22,7 @@ from captioner.model import CaptionModel
 from char_lm.config import CharLMConfig
 from char_lm.model import CharLM
 from crnn_app.cards import model_card
-from recurrent.checkpoint import check_state_dict, is_utf8, load_checkpoint
+from recurrent.checkpoint import check_state_dict, is_utf8, load_checkpoint, shown_name
 from recurrent.config import from_dict
 from recurrent.errors import UserError
 
@@ -249,8 +249,7 @@ def list_checkpoints(
     for path in paths:
         name = path.relative_to(models_dir).as_posix()
         if not is_utf8(name):  # a name that is not UTF-8: Streamlit cannot send it
-            printable = os.fsencode(name).decode("utf-8", errors="replace")
-            listing.skipped.append((printable, "has a name that is not UTF-8; rename it"))
+            listing.skipped.append((shown_name(name), "has a name that is not UTF-8; rename it"))
             continue
         try:
             outside = not path.resolve().is_relative_to(root)

@@ -7,6 +7,7 @@ best score. Never a pickled module: `torch.load(weights_only=True)` reads it.
 
 from __future__ import annotations
 
+import os
 import pickle
 import re
 import zipfile
@@ -165,6 +166,12 @@ def is_utf8(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def shown_name(name: str) -> str:
+    """A file name as text any file, terminal or browser takes: bytes of it that are not UTF-8
+    (lone surrogates in the str, `is_utf8`) shown as U+FFFD."""
+    return os.fsencode(name).decode("utf-8", errors="replace")
 
 
 def first_difference(first: list[str], second: list[str]) -> int | None:

@@ -30,6 +30,7 @@ from typing import Any
 import altair as alt
 import pandas as pd
 
+from recurrent.checkpoint import shown_name
 from recurrent.engine import parse_metrics
 from recurrent.errors import ArgumentParser, UserError, first_line, run_cli
 from recurrent.files import atomic_write
@@ -313,10 +314,7 @@ def run_names(paths: Sequence[str | os.PathLike[str]]) -> list[str]:
             longer(file) if name in clashing else name
             for name, file in zip(names, distinct, strict=True)
         ]
-    shown = {
-        file: name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-        for file, name in zip(distinct, names, strict=True)
-    }
+    shown = {file: shown_name(name) for file, name in zip(distinct, names, strict=True)}
     return [shown[first[file.resolve()]] for file in files]
 
 
@@ -346,9 +344,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if not 50 <= args.width <= MAX_WIDTH:
         raise UserError(f"--width must be 50 to {MAX_WIDTH} pixels, got {args.width}")
-    runs = {
-        name: read_metrics(path) for name, path in zip(run_names(args.runs), args.runs, strict=True)
-    }
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for name, path in zip(run_names(args.runs), args.runs, strict=True):
+        if name not in runs:  # one file under two spellings is read once
+            runs[name] = read_metrics(path)
     out = save_chart(curves_chart(runs, args.x, args.width), args.out)
     lines = sum(len(records) for records in runs.values())
     print(f"wrote {out} ({len(runs)} run{'s' * (len(runs) > 1)}, {lines} metrics lines)")

@@ -28,6 +28,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,20 @@ from recurrent.errors import JobNotFormed, UserError
 DEFAULT_TIMEOUT_S = 1800.0  # a rank that does not answer a collective in this time fails the job
 TELL_TIMEOUT_S = 5.0  # to reach the job's store and tell it of a failure before the job formed
 REACH_TIMEOUT_S = 60.0  # to reach the job's store when joining (torchrun serves it beforehand)
+
+
+@contextlib.contextmanager
+def _unpickling_our_own() -> Iterator[None]:
+    """Quiet torch's FutureWarning about ``torch.load(weights_only=False)`` that torch before
+    2.6 or so prints once per process from the object collectives, which unpickle what another
+    process of this job sent (the project's own values, never a file)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore",
+            message="You are using `torch.load` with `weights_only=False`",
+            category=FutureWarning,
+        )
+        yield
 
 
 @dataclass(frozen=True)
@@ -74,7 +89,8 @@ class Distributed:
         if not self.enabled:
             return [value]
         gathered: list[Any] = [None] * self.world_size
-        dist.all_gather_object(gathered, value)
+        with _unpickling_our_own():
+            dist.all_gather_object(gathered, value)
         return gathered
 
     def broadcast_object(self, value: Any) -> Any:
@@ -82,7 +98,8 @@ class Distributed:
         if not self.enabled:
             return value
         box = [value]
-        dist.broadcast_object_list(box, src=0)
+        with _unpickling_our_own():
+            dist.broadcast_object_list(box, src=0)
         return box[0]
 
     def sharing(self, folder: Path) -> list[int] | None:

@@ -25,6 +25,7 @@ import glob
 import io
 import json
 import os
+import shlex
 import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -73,10 +74,18 @@ def expand_inputs(arguments: Sequence[str]) -> tuple[list[str], set[str]]:
         if os.path.isdir(argument) or (not os.path.exists(argument) and glob.has_magic(argument)):
             images = find_images(argument)
             if not images:
-                where = "folder '{}' holds" if os.path.isdir(argument) else "pattern '{}' matches"
+                if os.path.isdir(argument):  # its top level: say how to reach its subfolders
+                    quoted = shlex.quote(os.path.join(argument, "**", "*.jpg"))
+                    where = f"folder '{argument}' holds"
+                    fix = f"pass a folder with images, or a pattern such as {quoted} for subfolders"
+                else:
+                    where, fix = (
+                        f"pattern '{argument}' matches",
+                        "pass a pattern that matches images",
+                    )
                 raise UserError(
-                    f"{where.format(argument)} no image files (.jpg, .png, .webp ... the "
-                    "extensions Pillow opens); pass a folder or pattern with images"
+                    f"{where} no image files (.jpg, .png, .webp ... the extensions Pillow opens); "
+                    + fix
                 )
             found.update(images)
             for image in images:

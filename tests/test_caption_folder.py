@@ -128,6 +128,16 @@ def test_named_files_still_stop_and_empty_folders_are_errors(checkpoint, folder,
     for argument in (str(empty), str(tmp_path / "nothing" / "*.jpg")):
         code, _, err = run_main(["--checkpoint", str(checkpoint), argument], capsys)
         assert code == 2 and "no image files" in err and len(err.strip().splitlines()) == 1
+    # images in subfolders (Kaggle's Flickr8k/Images): folders are read at their top level only,
+    # and the line gives the pattern that reaches below, which then captions them
+    nested = tmp_path / "kaggle"
+    (nested / "Images").mkdir(parents=True)
+    good = next(path for path in sorted(folder.iterdir()) if path.name != "broken.png")
+    shutil.copy(good, nested / "Images" / "a.jpg")
+    code, _, err = run_main(["--checkpoint", str(checkpoint), str(nested)], capsys)
+    assert code == 2 and f"a pattern such as '{nested}/**/*.jpg' for subfolders" in err
+    code, out, _ = run_main(["--checkpoint", str(checkpoint), f"{nested}/**/*.jpg"], capsys)
+    assert code == 0 and out.startswith(str(nested / "Images" / "a.jpg"))
     only_broken = tmp_path / "only_broken"
     only_broken.mkdir()
     shutil.copy(folder / "broken.png", only_broken / "x.png")

@@ -154,8 +154,42 @@ def test_karpathy_bad_input(tmp_path: Path) -> None:
 def test_select_split(tmp_path: Path) -> None:
     records = [ImageRecord("/a.png", ("x",), "train"), ImageRecord("/b.png", ("y",), "val")]
     assert select_split(records, "val") == [records[1]]
-    _raises_one_line(lambda: select_split(records, "test", source="ann.json"), "test", "ann.json")
+    # splits the file gives: no fraction brings a test image (one said to raise it)
+    _raises_one_line(
+        lambda: select_split(records, "test", source="ann.json"),
+        "the 'test' split of 'ann.json' has no images; give some of its images the 'test' split",
+    )
+    drawn = [ImageRecord(r.image_path, r.captions, r.split, drawn=True) for r in records]
+    _raises_one_line(lambda: select_split(drawn, "test"), "raise data.test_fraction")
+    _raises_one_line(lambda: select_split(drawn[:1], "val"), "raise data.val_fraction")
     _raises_one_line(lambda: select_split(records, "dev"), "dev")
+
+
+def test_kaggles_flickr30k_results_csv_reads_as_the_same_rows_in_a_csv(tmp_path: Path) -> None:
+    """Kaggle's Flickr30k: "image_name| comment_number| comment", cells after "| ", quoting
+    nothing (a caption may begin with a quote); its one known broken line (the separator before
+    the caption missing) is refused naming the line."""
+    for name in ("1.jpg", "2.jpg"):
+        _png(tmp_path / "images" / name)
+    captions = ['"Stop" says a sign .', "A dog, running .", "Two men ."]
+    rows = [("1.jpg", captions[0]), ("1.jpg", captions[1]), ("2.jpg", captions[2])]
+    piped = tmp_path / "results.csv"
+    lines = [f"{image}| {k}| {caption}" for k, (image, caption) in enumerate(rows)]
+    piped.write_text("image_name| comment_number| comment\n" + "\n".join(lines) + "\n")
+    plain = tmp_path / "plain.csv"
+    with plain.open("w", newline="") as stream:
+        csv.writer(stream).writerows([("image", "caption"), *rows])
+    assert load_records("csv", piped, tmp_path / "images", seed=3) == load_records(
+        "csv", plain, tmp_path / "images", seed=3
+    )
+    text = piped.read_text()
+    piped.write_text(text + "2.jpg| 4   A dog runs across the grass .\n")
+    _raises_one_line(lambda: load_records("csv", piped, tmp_path / "images"), "csv' line 5")
+    piped.write_text(text + "2.jpg| 4| Two men | one ball .\n")
+    _raises_one_line(
+        lambda: load_records("csv", piped, tmp_path / "images"),
+        "csv' line 5 has 4 fields, the header 3; take the '|' out of its caption",
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -191,6 +225,24 @@ def test_flickr8k(tmp_path: Path) -> None:
     _raises_one_line(
         lambda: load_records("flickr8k", token, tmp_path / "Images"), "Flickr_8k.devImages.txt"
     )
+    # Flickr8k's token file wants its lists, even all of them gone (a different split than the
+    # papers' would come silently); Flickr30k's has none and draws its splits
+    for name in ("trainImages", "testImages"):
+        (tmp_path / f"Flickr_8k.{name}.txt").unlink()
+    _raises_one_line(
+        lambda: load_records("flickr8k", token, tmp_path / "Images"), "Flickr_8k.trainImages.txt"
+    )
+    flickr30k = token.rename(tmp_path / "results_20130124.token")
+    _raises_one_line(
+        lambda: load_records("flickr8k", flickr30k, tmp_path / "Images"), "stray.jpg' not found"
+    )
+    _png(tmp_path / "Images" / "stray.jpg")
+    drawn = load_records("flickr8k", flickr30k, tmp_path / "Images", val_fraction=0.3, seed=4)
+    expected = hashed_split({name: name for name in [*names, "stray.jpg"]}, 0.3, 0.05, 4)
+    assert {Path(r.image_path).name: r.split for r in drawn} == expected
+    assert set(expected.values()) == {"train", "val", "test"}
+    assert all(r.drawn for r in drawn)
+    assert drawn[1].captions == ("caption 0 of 2.jpg", "caption 1 of 2.jpg")
 
 
 # --------------------------------------------------------------------------------------------
@@ -318,6 +370,12 @@ def test_csv_with_split_column_merges_rows(tmp_path: Path) -> None:
     no_column = tmp_path / "nocol.csv"
     no_column.write_text("path,caption\nimgs/a.png,x\n")
     _raises_one_line(lambda: load_records("csv", no_column, tmp_path), "nocol.csv", "'image'")
+    for separator, named in (("\t", "tabs"), (";", "semicolons")):  # a spreadsheet's export
+        no_column.write_text(f"image{separator}caption\nimgs/a.png{separator}x\n")
+        _raises_one_line(
+            lambda: load_records("csv", no_column, tmp_path),
+            f"separated by commas (its columns are separated by {named})",
+        )
     missing = tmp_path / "missing.csv"
     missing.write_text("image,caption\nimgs/a.png,x\nimgs/gone.png,y\n")
     _raises_one_line(lambda: load_records("csv", missing, tmp_path), "line 3", "gone.png")
@@ -1002,11 +1060,48 @@ def test_scenes_cli_writes_karpathy_json(tmp_path: Path) -> None:
 )
 def test_another_formats_file_read_as_json_says_which_format_to_give(tmp_path, suffix, kind):
     path = tmp_path / f"captions.{suffix}"
-    path.write_text("image,caption\n0.png,a red circle\n")
+    path.write_text("0.png a red circle\n")  # no format's look: the suffix tells
     with pytest.raises(
         UserError, match=rf"not read as JSON: give its format \({kind}: --format {kind}"
     ):
         load_records("karpathy", str(path), tmp_path, check_images=False)
+
+
+def _files_of_every_format(folder: Path) -> dict[str, Path]:
+    """One small annotations file of each format (the names each format's users have), over the
+    images 0.png and 1.png of `folder`."""
+    names = ["0.png", "1.png"]
+    for name in names:
+        _png(folder / name)
+    files = {
+        "karpathy": _karpathy(folder, [_entry(n, "train", ["a red circle"], None) for n in names]),
+        "coco": _coco(folder / "captions_train2017.json", names),
+        "csv": folder / "captions.txt",  # Kaggle's Flickr8k: a CSV named .txt
+        "jsonl": folder / "captions.jsonl",
+        "flickr8k": folder / "results_20130124.token",  # Flickr30k's: no split lists
+    }
+    files["csv"].write_text("image,caption\n" + "".join(f"{n},a red circle\n" for n in names))
+    files["jsonl"].write_text(
+        "".join(json.dumps({"image": n, "caption": "a red circle"}) + "\n" for n in names)
+    )
+    files["flickr8k"].write_text("".join(f"{n}#0\ta red circle\n" for n in names))
+    return files
+
+
+def test_a_file_given_in_another_format_is_refused_naming_its_own(tmp_path: Path) -> None:
+    """Every format's file read as every other format: one line naming the format the file looks
+    like, in place of the other loader's advice to mend a file that is fine (Kaggle's
+    captions.txt under the default karpathy said to give the flickr8k format, whose loader then
+    asked for the original Flickr8k.token.txt); and each file loads as its own format."""
+    files = _files_of_every_format(tmp_path)
+    for looks, file in files.items():
+        assert len(load_records(looks, file, tmp_path)) == 2
+        for fmt in set(files) - {looks}:
+            _raises_one_line(
+                lambda fmt=fmt, file=file: load_records(fmt, file, tmp_path),
+                f"'{file}' looks like ",
+                f"give its format ({looks}: --format {looks} or --set data.format={looks})",
+            )
 
 
 def test_a_name_that_begins_with_a_space_is_read_as_written_in_csv_and_jsonl(

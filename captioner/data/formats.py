@@ -9,15 +9,18 @@ Formats (`load_records(fmt, ...)`):
 
 - ``karpathy``: the split JSON of Karpathy & Fei-Fei (dataset_coco.json, dataset_flickr8k.json,
   dataset_flickr30k.json), also written by `python -m captioner.scenes`.
-- ``flickr8k``: the original Flickr8k.token.txt plus the Flickr_8k.{train,dev,test}Images.txt lists.
+- ``flickr8k``: the original Flickr8k.token.txt plus the Flickr_8k.{train,dev,test}Images.txt lists;
+  also Flickr30k's results_20130124.token, whose splits are drawn.
 - ``coco``: one or more COCO caption files (captions_train2014.json, captions_val2014.json, ...).
-- ``csv`` / ``jsonl``: one row per (image, caption), optional split column.
+- ``csv`` / ``jsonl``: one row per (image, caption), optional split column (also Kaggle's
+  Flickr30k results.csv).
 
 When `image_root` is None, relative image paths are resolved against the annotation file's folder.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
@@ -299,14 +302,20 @@ def load_flickr8k(
     annotations: PathLike,
     image_root: PathLike | None = None,
     *,
+    val_fraction: float = 0.05,
+    test_fraction: float = 0.05,
+    seed: int = 0,
     check_images: bool = True,
 ) -> list[ImageRecord]:
-    """Load Flickr8k from `Flickr8k.token.txt` and the split lists found next to it.
+    """Load Flickr8k from `Flickr8k.token.txt` and the split lists found next to it, or Flickr30k
+    from its `results_20130124.token`.
 
     Lines of the token file are ``IMAGE.jpg#N<TAB>caption``. The split lists
     Flickr_8k.trainImages.txt, Flickr_8k.devImages.txt (-> "val") and Flickr_8k.testImages.txt must
     sit in the same folder. Captioned images that no split list names are left out (the official
     token file has a few such stray entries); a listed image without captions is an error.
+    Flickr30k comes with no split lists: a token file whose name does not say Flickr8k, with none
+    of them beside it, has its splits drawn by `hashed_split` (as a CSV without a split column).
     """
     file = _existing_file(annotations, "Flickr8k token file")
     captions: dict[str, list[str]] = {}
@@ -322,6 +331,17 @@ def load_flickr8k(
         name = key.strip().rpartition("#")[0] or key.strip()
         captions.setdefault(name, []).append(caption.strip())
     root = _image_root(image_root, file)
+    lists = [file.parent / name for name in FLICKR8K_SPLIT_FILES.values()]
+    if "flickr8k" not in file.name.lower() and not any(path.exists() for path in lists):
+        validate_fractions(val_fraction, test_fraction)
+        paths = {_image_path(root, name): name for name in captions}
+        for path in paths:
+            _check_image(path, f"'{file}'", check_images)
+        splits = hashed_split(relative_names(paths, root), val_fraction, test_fraction, seed)
+        return [
+            ImageRecord(path, tuple(captions[name]), splits[path], drawn=True)
+            for path, name in paths.items()
+        ]
     records, seen = [], {}
     for split, list_name in FLICKR8K_SPLIT_FILES.items():
         list_file = file.parent / list_name
@@ -494,19 +514,43 @@ class CsvRow:
     split: str | None
 
 
+# Kaggle's Flickr30k results.csv: "image_name| comment_number| comment", separated by "| "
+CSV_ALIASES = {"image_name": "image", "comment": "caption"}
+PIPED = {"delimiter": "|", "skipinitialspace": True, "quoting": csv.QUOTE_NONE}  # it quotes nothing
+
+
 def read_csv_rows(file: Path) -> list[CsvRow]:
+    """The rows of a CSV of ``image,caption[,split]`` (a header names the columns; others are
+    ignored), or of Kaggle's Flickr30k ``results.csv`` (``image_name| comment_number| comment``)."""
     with file.open(newline="", encoding="utf-8-sig") as stream:
+        try:
+            header = stream.readline()
+            stream.seek(0)
+        except UnicodeDecodeError as err:
+            raise UserError(
+                f"'{file}' is not UTF-8 text (byte {err.start}); re-save it as UTF-8"
+            ) from None
+        piped = "|" in header and "," not in header
         # strict: a quote left open swallowed every row after it into one caption, silently
-        reader = csv.DictReader(stream, strict=True)
+        reader = csv.DictReader(stream, strict=True, **(PIPED if piped else {}))
         try:
             if reader.fieldnames is None:
                 raise UserError(f"'{file}' is empty; write a header line 'image,caption[,split]'")
-            reader.fieldnames = [name.strip().lower() for name in reader.fieldnames]
+            names = [name.strip().lower() for name in reader.fieldnames]
+            if not {"image", "caption"} & set(names):
+                names = [CSV_ALIASES.get(name, name) for name in names]
+            reader.fieldnames = names
             missing = [name for name in ("image", "caption") if name not in reader.fieldnames]
             if missing:
+                separated = next((s for s in ("\t", ";") if s in header), None)
                 raise UserError(
                     f"'{file}' has no column {' or '.join(repr(m) for m in missing)}; the header "
                     "must name 'image' and 'caption' (and optionally 'split')"
+                    + (
+                        f", separated by commas (its columns are separated by {_SEPARATORS[separated]})"
+                        if separated
+                        else ""
+                    )
                 )
             has_split = "split" in reader.fieldnames
             rows = []
@@ -515,8 +559,12 @@ def read_csv_rows(file: Path) -> list[CsvRow]:
                 if any((extra or "").strip() for extra in row.get(None, ())):  # beyond the header
                     raise UserError(
                         f"{where} has {len(reader.fieldnames) + len(row[None])} fields, the "
-                        f"header {len(reader.fieldnames)}; put a caption that holds a comma in "
-                        'double quotes ("a dog, running")'
+                        f"header {len(reader.fieldnames)}; "
+                        + (
+                            "take the '|' out of its caption ('|' separates this file's columns)"
+                            if piped
+                            else 'put a caption that holds a comma in double quotes ("a dog, running")'
+                        )
                     )
                 rows.append(
                     CsvRow(
@@ -537,6 +585,9 @@ def read_csv_rows(file: Path) -> list[CsvRow]:
             ) from None
 
 
+_SEPARATORS = {"\t": "tabs", ";": "semicolons"}
+
+
 def _read_jsonl_rows(file: Path) -> Iterator[CsvRow]:
     for number, line in _lines(_read_text(file)):
         if not line.strip():
@@ -546,7 +597,10 @@ def _read_jsonl_rows(file: Path) -> Iterator[CsvRow]:
         if not isinstance(row, dict) or not all(
             isinstance(row.get(k), str) for k in ("image", "caption")
         ):
-            raise UserError(f"{where} needs an object with string keys 'image' and 'caption'")
+            raise UserError(
+                f"{where} needs an object with string keys 'image' and 'caption' (JSON lines: one "
+                "object per line)"
+            )
         split = row.get("split")
         yield CsvRow(
             where,
@@ -663,8 +717,8 @@ def load_records(
 
     Only the coco format accepts several annotation files (a one-item list suits any format).
     Options that a format does not use are ignored: `restval_to_train` applies to karpathy only,
-    the fractions and seed to the formats that carve splits (coco, and csv/jsonl without a split
-    column). No records at all is an error.
+    the fractions and seed to the formats that carve splits (coco, a Flickr30k token file, and
+    csv/jsonl without a split column). No records at all is an error.
     """
     if fmt not in FORMATS:
         raise UserError(f"unknown annotation format '{fmt}'; use one of {', '.join(FORMATS)}")
@@ -673,28 +727,98 @@ def load_records(
         if len(annotations) != 1:
             raise UserError(f"the {fmt} format takes one annotations file; only coco takes several")
         annotations = annotations[0]
-    if fmt == "karpathy":
-        records = load_karpathy(
-            annotations, image_root, restval_to_train=restval_to_train, check_images=check_images
-        )
-    elif fmt == "flickr8k":
-        records = load_flickr8k(annotations, image_root, check_images=check_images)
-    else:
-        loader = {"coco": load_coco, "csv": load_csv, "jsonl": load_jsonl}[fmt]
-        records = loader(
-            annotations,
-            image_root,
-            val_fraction=val_fraction,
-            test_fraction=test_fraction,
-            seed=seed,
-            check_images=check_images,
-        )
+    try:
+        if fmt == "karpathy":
+            records = load_karpathy(
+                annotations,
+                image_root,
+                restval_to_train=restval_to_train,
+                check_images=check_images,
+            )
+        else:
+            loader = {
+                "flickr8k": load_flickr8k,
+                "coco": load_coco,
+                "csv": load_csv,
+                "jsonl": load_jsonl,
+            }[fmt]
+            records = loader(
+                annotations,
+                image_root,
+                val_fraction=val_fraction,
+                test_fraction=test_fraction,
+                seed=seed,
+                check_images=check_images,
+            )
+    except UserError:
+        _refuse_another_format(fmt, annotations)  # the likelier mistake, when it is one
+        raise
     if not records:
         raise UserError(
             f"no captioned images found in {_describe(annotations)}; check the file and the format "
             f"('{fmt}')"
         )
     return records
+
+
+FORMAT_NAMES = {
+    "karpathy": "Karpathy's split JSON",
+    "flickr8k": "a Flickr token file",
+    "coco": "a COCO caption file",
+    "csv": "a CSV of images and captions",
+    "jsonl": "JSON lines of images and captions",
+}
+
+
+def sniff_format(file: Path) -> str | None:
+    """The format among `FORMATS` that `file` looks like, from its first line (its JSON for a
+    JSON file); None when it looks like none of them. For error messages only: a file whose format
+    is given is read as that format."""
+    try:
+        with file.open("rb") as stream:
+            head = stream.read(1 << 16).decode("utf-8-sig", errors="replace")
+    except OSError:
+        return None
+    first = next((line.strip() for line in head.split("\n") if line.strip()), "")
+    if first.startswith("{"):
+        with contextlib.suppress(ValueError, RecursionError):
+            row = json.loads(first)
+            if isinstance(row, dict) and {"image", "caption"} <= row.keys():
+                return "jsonl"
+        try:
+            data = json.loads(file.read_text(encoding="utf-8-sig"))
+        except (OSError, ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+            return None
+        images = data.get("images") if isinstance(data, dict) else None
+        if not isinstance(images, list):
+            return None
+        if isinstance(data.get("annotations"), list):
+            return "coco"
+        return (
+            "karpathy"
+            if images and isinstance(images[0], dict) and "sentences" in images[0]
+            else None
+        )
+    if re.match(r"[^\t]+#\d+\t", first):
+        return "flickr8k"
+    for separator in (",", "|"):
+        names = {name.strip().lower() for name in first.split(separator)}
+        if {"image", "caption"} <= names or set(CSV_ALIASES) <= names:
+            return "csv"
+    return None
+
+
+def _refuse_another_format(fmt: str, annotations: PathLike | Sequence[PathLike]) -> None:
+    """A UserError saying that an annotations file that `fmt`'s loader refused looks like another
+    format's (the loader's own message would send the user to mend a file that is fine)."""
+    files = [annotations] if isinstance(annotations, (str, os.PathLike)) else annotations
+    for annotation in files:
+        looks = sniff_format(Path(annotation))
+        if looks is not None and looks != fmt:
+            raise UserError(
+                f"'{annotation}' looks like {FORMAT_NAMES[looks]}, not {FORMAT_NAMES[fmt]}; give "
+                f"its format ({looks}: --format {looks} or --set data.format={looks})"
+            )
 
 
 def _describe(annotations: PathLike | Sequence[PathLike]) -> str:
@@ -728,9 +852,9 @@ def select_split(
     selected = [record for record in records if record.split == split]
     if not selected:
         where = "the annotations" if source is None else _describe(source)
-        raise UserError(
-            f"the '{split}' split of {where} has no images; use annotations that have one (csv, "
-            "jsonl and coco files are split by data.val_fraction and data.test_fraction: raise "
-            "that fraction)"
-        )
+        if any(record.drawn for record in records):
+            fix = f"raise data.{'val' if split == 'val' else 'test'}_fraction, which draws it"
+        else:  # the file gives every image its split
+            fix = f"give some of its images the '{split}' split, or use annotations that have one"
+        raise UserError(f"the '{split}' split of {where} has no images; {fix}")
     return selected

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from captioner.config import DecodeConfig
-from captioner.data import SPLIT_RULE, ImageOnly, ImageRecord, load_records
+from captioner.data import PATHS_OUTSIDE_ABSOLUTE, SPLIT_RULE, ImageOnly, ImageRecord, load_records
 from captioner.data.formats import in_several_splits
 from captioner.encoder import ImageFeatures
 from captioner.inference import Captioner, decode_features, decode_settings
@@ -239,8 +239,19 @@ def older_split(payload: dict[str, Any], records: Sequence[ImageRecord]) -> str 
     `SPLIT_RULE`, and the training images of these records were drawn (no file gives them), by
     another rule than the one that chose that checkpoint's training images."""
     drawn = any(record.drawn and record.split == "train" for record in records)
-    if payload.get("split_rule") == SPLIT_RULE or not drawn:
+    rule = payload.get("split_rule")
+    if rule == SPLIT_RULE or not drawn:
         return None
+    if rule == PATHS_OUTSIDE_ABSOLUTE:
+        outside = [key for r in records if r.drawn and (key := r.split_key or "").startswith("../")]
+        if not outside:
+            return None  # the rules drew the same splits
+        return (
+            f"its weights were trained when the {len(outside)} image(s) that the annotations name "
+            f"outside the image root (like '{outside[0]}') drew their splits from their absolute "
+            "paths, which change when the data moves; they are now drawn from the names as "
+            "written, so some of the images it trained on may be val or test images here"
+        )
     return (
         "its weights were trained when the splits of data without a split column were a shuffle "
         "of the whole set; they are now drawn by a hash of each image's path, so some of the "

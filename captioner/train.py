@@ -579,9 +579,11 @@ def train(
     # what the weights have seen of the splits (SPLIT_RULE: only this rule's training images)
     split_rule = SPLIT_RULE
     if run.payload is not None:
-        if "split_rule" not in run.payload and (why := older_split(run.payload, records)):
+        resumed_rule = run.payload.get("split_rule")
+        if resumed_rule != OLDER_WEIGHTS and (why := older_split(run.payload, records)):
             raise UserError(f"cannot resume from {run.last_path}: {why}; start a new run")
-        split_rule = run.payload.get("split_rule", SPLIT_RULE)
+        if resumed_rule == OLDER_WEIGHTS:
+            split_rule = OLDER_WEIGHTS
     elif run.init_payload is not None and (why := older_split(run.init_payload, records)):
         split_rule = OLDER_WEIGHTS
         run.log(

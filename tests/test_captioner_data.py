@@ -466,13 +466,20 @@ def test_a_split_moves_no_image_when_images_come_and_go_or_the_folder_moves(
 
 
 def test_split_keys_are_relative_and_in_posix_form(monkeypatch) -> None:
-    """A key is the path below the root (a path outside it is its own key), with '/' between its
-    parts on every system, so one data set splits alike on Linux and Windows."""
+    """A key is the path below the root (a path outside it is its own key, unless written relative
+    to the root), with '/' between its parts on every system, so one data set splits alike on
+    Linux and Windows."""
     root = Path("/data/set")
     paths = ["/data/set/pics/a.jpg", "/elsewhere/b.jpg"]
     assert relative_names(paths, root / "x" / "..") == {
         paths[0]: "pics/a.jpg",
         paths[1]: "/elsewhere/b.jpg",
+    }
+    # one the annotations name relative to the root, leaving it: its name as written (normalised)
+    written = {paths[0]: "/data/set/pics/a.jpg", paths[1]: "../../elsewhere/./b.jpg"}
+    assert relative_names(paths, root, written) == {
+        paths[0]: "pics/a.jpg",
+        paths[1]: "../../elsewhere/b.jpg",
     }
     monkeypatch.setattr(os, "sep", "\\")  # as Windows' os.path.abspath would give them
     windows = "/data/set/pics\\a.jpg"

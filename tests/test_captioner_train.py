@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,7 @@ from captioner.config import (
 )
 from captioner.data import (
     OLDER_WEIGHTS,
+    PATHS_OUTSIDE_ABSOLUTE,
     SPLIT_RULE,
     ImageRecord,
     Vocabulary,
@@ -404,6 +406,74 @@ def test_only_drawn_training_images_make_an_older_checkpoint_suspect():
     assert older_split({"split_rule": SPLIT_RULE}, drawn) is None
     for payload in ({}, {"split_rule": OLDER_WEIGHTS}):
         assert "some of the images it trained on are val or test" in older_split(payload, drawn)
+    # the rule before: only images named outside the image root ('../') drew other splits
+    inside = [dataclasses.replace(r, drawn=True, split_key=r.image_path) for r in drawn]
+    assert older_split({"split_rule": PATHS_OUTSIDE_ABSOLUTE}, inside) is None
+    outside = [inside[0], dataclasses.replace(inside[1], split_key="../images/b.jpg")]
+    why = older_split({"split_rule": PATHS_OUTSIDE_ABSOLUTE}, outside)
+    assert why.startswith("its weights were trained when the 1 image(s) that the annotations ")
+    assert "(like '../images/b.jpg')" in why
+
+
+def test_rows_named_outside_the_image_root_keep_their_split_when_the_data_moves(
+    scenes_annotations: Path, tmp_path: Path, capsys
+):
+    """Rows relative to the image root that leave it (``../images/a.png``: what `caption --csv`
+    writes beside the images' folder) drew their splits from their absolute paths, so copying
+    the data elsewhere put training images among the test ones (2 of 11 test images kept). Their
+    names as written are the keys now. A checkpoint of the rule before cannot be resumed on such
+    rows and `evaluate` notes it; on rows inside the root (the rules agree) it can, silently."""
+    entries = json.loads(scenes_annotations.read_text())["images"]
+    images = [scenes_annotations.parent / e["filepath"] / e["filename"] for e in entries]
+    captions = [e["sentences"][0]["raw"] for e in entries]
+
+    def project(where: Path) -> Path:
+        (where / "ann").mkdir(parents=True)
+        shutil.copytree(scenes_annotations.parent / entries[0]["filepath"], where / "images")
+        table = where / "ann" / "captions.csv"
+        with table.open("w", newline="") as file:
+            rows = [(f"../images/{p.name}", c) for p, c in zip(images, captions, strict=True)]
+            csv.writer(file).writerows([("image", "caption"), *rows])
+        return table
+
+    def splits(table: Path) -> dict[str, str]:
+        records = load_data_records(tiny_cfg(table, "data.format=csv").data)
+        return {Path(r.image_path).name: r.split for r in records}
+
+    first, moved = project(tmp_path / "a"), project(tmp_path / "elsewhere" / "b")
+    assert splits(first) == splits(moved) and set(splits(first).values()) == {
+        "train",
+        "val",
+        "test",
+    }
+    run = tmp_path / "run"
+    quiet_train(tiny_cfg(first, "data.format=csv", "train.max_steps=2"), run)
+    assert load_checkpoint(run / "last.pt")["split_rule"] == SPLIT_RULE
+    older = load_checkpoint(run / "last.pt")
+    older["split_rule"] = PATHS_OUTSIDE_ABSOLUTE
+    save_checkpoint(older, run / "last.pt")
+    resumed = tiny_cfg(first, "data.format=csv", "train.max_steps=3")
+    with pytest.raises(
+        UserError, match=r"cannot resume from .*: its weights were trained when the"
+    ):
+        quiet_train(resumed, run, resume=True)
+    evaluate = ["--checkpoint", str(run / "last.pt"), "--no-meteor", "--max-images", "1"]
+    capsys.readouterr()
+    evaluate_module.main(evaluate)
+    err = capsys.readouterr().err
+    assert err.startswith(f"note: {run / 'last.pt'}: its weights were trained when the ")
+    assert "(like '../images/" in err and err.count("\n") == 1
+    # rows inside the image root: both rules drew the same splits
+    inside = tmp_path / "a" / "images" / "captions.csv"
+    inside.write_text(first.read_text().replace("../images/", ""))
+    train(tiny_cfg(inside, "data.format=csv", "train.max_steps=2"), run, quiet=True, overwrite=True)
+    older = load_checkpoint(run / "last.pt")
+    older["split_rule"] = PATHS_OUTSIDE_ABSOLUTE
+    save_checkpoint(older, run / "last.pt")
+    assert quiet_train(tiny_cfg(inside, "data.format=csv", "train.max_steps=3"), run, resume=True)
+    assert load_checkpoint(run / "last.pt")["split_rule"] == SPLIT_RULE
+    evaluate_module.main(evaluate)
+    assert capsys.readouterr().err == ""
 
 
 def test_feature_cache_runs_the_encoder_once_per_image(

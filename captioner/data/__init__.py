@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from .formats import (
     FORMATS,
     OLDER_WEIGHTS,
+    PATHS_OUTSIDE_ABSOLUTE,
     SPLIT_RULE,
     hashed_split,
     load_coco,
@@ -74,6 +75,7 @@ __all__ = [
     "FORMATS",
     "MAX_IMAGE_PIXELS",
     "OLDER_WEIGHTS",
+    "PATHS_OUTSIDE_ABSOLUTE",
     "SPECIALS",
     "SPLIT_RULE",
     "SPLITS",

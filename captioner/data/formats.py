@@ -47,8 +47,11 @@ KARPATHY_SPLITS = (*SPLITS, "restval")
 # Recorded in every captioner checkpoint (`split_rule`): the splits that no file gives are drawn by
 # `hashed_split`. Checkpoints without it were trained when they were a shuffle of the whole set;
 # a run started (--init-from) from such weights on drawn data records OLDER_WEIGHTS instead.
-SPLIT_RULE = "hash"
+SPLIT_RULE = "hash of relative names"
 OLDER_WEIGHTS = "hash, from weights trained on an earlier split"
+# The rule before SPLIT_RULE: images outside the image root that the annotations name relative to
+# it (``../images/a.jpg``) drew their splits from their absolute paths; the others, as now.
+PATHS_OUTSIDE_ABSOLUTE = "hash"
 
 
 # --------------------------------------------------------------------------------------------
@@ -145,12 +148,25 @@ def validate_fractions(val_fraction: float, test_fraction: float) -> None:
         )
 
 
-def relative_names(paths: Iterable[str], root: Path) -> dict[str, str]:
+def relative_names(
+    paths: Iterable[str], root: Path, written: Mapping[str, str] | None = None
+) -> dict[str, str]:
     """Each path's name for `hashed_split`: the path relative to the folder `root` when it lies
-    inside it (so a data set moved elsewhere keeps its split), else the path itself; in POSIX
-    form, so that one data set splits alike on every system."""
+    inside it, or when the annotations wrote it relative to `root` (``written``: path -> name as
+    written; ``../images/a.jpg``, which `caption --csv` writes beside the images' folder), so a
+    data set moved elsewhere keeps its split; else (an absolute path outside `root`) the path
+    itself. In POSIX form, so that one data set splits alike on every system."""
     prefix = os.path.join(os.path.abspath(root), "")  # as normalised as the image paths
-    names = {path: path[len(prefix) :] if path.startswith(prefix) else path for path in paths}
+    written = written or {}
+
+    def name(path: str) -> str:
+        if path.startswith(prefix):
+            return path[len(prefix) :]
+        if path in written and not os.path.isabs(written[path]):
+            return os.path.relpath(path, prefix)
+        return path
+
+    names = {path: name(path) for path in paths}
     if os.sep != "/":  # Windows: the separators of the loaders' os.path.abspath
         names = {path: name.replace(os.sep, "/") for path, name in names.items()}
     return names
@@ -337,9 +353,10 @@ def load_flickr8k(
         paths = {_image_path(root, name): name for name in captions}
         for path in paths:
             _check_image(path, f"'{file}'", check_images)
-        splits = hashed_split(relative_names(paths, root), val_fraction, test_fraction, seed)
+        keys = relative_names(paths, root, paths)
+        splits = hashed_split(keys, val_fraction, test_fraction, seed)
         return [
-            ImageRecord(path, tuple(captions[name]), splits[path], drawn=True)
+            ImageRecord(path, tuple(captions[name]), splits[path], drawn=True, split_key=keys[path])
             for path, name in paths.items()
         ]
     records, seen = [], {}
@@ -444,7 +461,13 @@ def load_coco(
         (by_split["val"], val_splits, True),
     ):
         records.extend(
-            ImageRecord(path, tuple(caps), splits[path], drawn=drawn)
+            ImageRecord(
+                path,
+                tuple(caps),
+                splits[path],
+                drawn=drawn,
+                split_key=names[path] if drawn else None,
+            )
             for path, caps in images.items()
         )
     return records
@@ -624,6 +647,7 @@ def _load_rows(
     root = _image_root(image_root, file)
     captions: dict[str, list[str]] = {}
     splits: dict[str, str | None] = {}
+    written: dict[str, str] = {}  # path -> its first row's name, as written
     with_split: bool | None = None  # whether rows carry a split: the same for every row
     for row in rows:
         if not row.image.strip() or not row.caption:
@@ -638,22 +662,28 @@ def _load_rows(
             )
         if split is not None and split not in SPLITS:
             raise UserError(f"{row.where} has split '{split}'; use one of {', '.join(SPLITS)}")
-        path = _image_path(root, row.image)
-        if row.image != row.image.strip() and not os.path.exists(path):
-            path = _image_path(root, row.image.strip())  # the spaces were the file's layout
+        image = row.image
+        path = _image_path(root, image)
+        if image != image.strip() and not os.path.exists(path):
+            image = image.strip()  # the spaces were the file's layout
+            path = _image_path(root, image)
         if path not in captions:
             _check_image(path, row.where, check_images)
-            captions[path], splits[path] = [], split
+            captions[path], splits[path], written[path] = [], split, image
         elif splits[path] != split:
             raise UserError(
                 f"{row.where} puts image '{row.image}' in split '{split}', an earlier row in "
                 f"'{splits[path]}'; keep each image in one split"
             )
         captions[path].append(row.caption)
+    keys: dict[str, str] = {}
     if not with_split:
-        splits = hashed_split(relative_names(captions, root), val_fraction, test_fraction, seed)
+        keys = relative_names(captions, root, written)
+        splits = hashed_split(keys, val_fraction, test_fraction, seed)
     return [
-        ImageRecord(path, tuple(caps), str(splits[path]), drawn=not with_split)
+        ImageRecord(
+            path, tuple(caps), str(splits[path]), drawn=not with_split, split_key=keys.get(path)
+        )
         for path, caps in captions.items()
     ]
 

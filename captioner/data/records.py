@@ -24,6 +24,9 @@ class ImageRecord:
             ground-truth scene dict); not part of equality or hashing.
         drawn: whether `split` was drawn by `captioner.data.formats.hashed_split` (the
             annotations give none) rather than read from the annotations; not part of equality.
+        split_key: the name the drawn split was drawn from (`captioner.data.formats.relative_names`:
+            the path below the image root, ``../`` where the annotations name it so); None when the
+            split was read. Not part of equality.
     """
 
     image_path: str
@@ -31,3 +34,4 @@ class ImageRecord:
     split: str
     meta: dict[str, Any] | None = field(default=None, compare=False)
     drawn: bool = field(default=False, compare=False)
+    split_key: str | None = field(default=None, compare=False)

@@ -769,11 +769,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     best = summary["best_score"]
     best_text = "n/a" if best is None or math.isnan(best) else f"{best:.2f}"
+    # images through the encoder: with the feature cache the steps run none (it said 0.0 images/s)
+    images = "" if summary["feature_cache"] else f"{summary['images_per_s']:.1f} images/s, "
     print(
         f"done: {summary['steps']} steps (stopped by {summary['stop_reason']}), "
         f"{summary['epochs']:.2f} epochs, best val {summary['best_metric']} {best_text} at step "
         f"{summary['best_step']}, "
-        f"{summary['pairs_per_s']:.1f} pairs/s, {summary['images_per_s']:.1f} images/s, "
+        f"{summary['pairs_per_s']:.1f} pairs/s, {images}"
         f"{summary['time_s']:.0f} s; checkpoints: {summary['best_checkpoint']}, {summary['last_checkpoint']}"
     )
 

@@ -180,7 +180,12 @@ def test_a_top_down_captioner_trains_resumes_and_captions(
     argv = ["--config", TINY, "--out-dir", str(out_dir), "--quiet", "--set", "model.top_down=true",
             "train.max_steps=2", f"data.annotations={trained['annotations']}"]  # fmt: skip
     code, out, err = run_main(train_cli.main, argv, capsys)
-    assert code == 0 and "done: 2 steps" in out, err
+    assert code == 0 and "done: 2 steps" in out and " pairs/s, " in out, err
+    assert re.search(r"pairs/s, \d+\.\d images/s, ", out)  # through its trainable encoder
+    # a frozen encoder's features come from the cache: no image runs through it (0.0 was said)
+    frozen = ["--out-dir", str(tmp_path / "frozen"), "--set", "model.finetune=frozen"]
+    code, frozen_out, err = run_main(train_cli.main, [*argv, *frozen], capsys)
+    assert code == 0 and " pairs/s, " in frozen_out and "images/s" not in frozen_out, err
     code, _, err = run_main(
         train_cli.main, [*argv, "--resume", "--set", "model.top_down=false"], capsys
     )

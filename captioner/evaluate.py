@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -39,6 +40,7 @@ from captioner.scoring import (
     evaluate_split,
     load_data_records,
     older_split,
+    seen_in_training,
     what_was_scored,
     write_predictions,
 )
@@ -146,6 +148,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     records = select_split(records, args.split, source=data.annotations)
     if args.max_images:
         records = records[: args.max_images]
+    if args.annotations is not None and args.split != "train":  # other data: by the file names
+        for path, payload in zip(args.checkpoint, payloads, strict=True):
+            if seen := seen_in_training(payload, records):
+                print(
+                    f"note: {path}: {len(seen)} of the {len(records)} images scored have the file "
+                    f"name of an image it trained on (like '{os.path.basename(seen[0])}'); these "
+                    "scores may count images it trained on, so score it on images it never saw",
+                    file=sys.stderr,
+                )
     if not any(tokenize(caption) for record in records for caption in record.captions):
         raise UserError(
             f"no reference caption of the {args.split} split has a word (every one is empty "

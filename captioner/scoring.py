@@ -14,6 +14,7 @@ expects); else the file stem when the stems are all different (Flickr's
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import re
@@ -231,6 +232,41 @@ def load_data_records(
             "keep each image in one split (python -m captioner.check_data lists them)"
         )
     return records
+
+
+def name_hash(path: str) -> int:
+    """63 bits of the BLAKE2b hash of a file's name (its last path part, as the file system
+    spells it): what a checkpoint keeps of each image it trained on (`trained_names`)."""
+    digest = hashlib.blake2b(os.fsencode(os.path.basename(path)), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1
+
+
+def trained_names(
+    records: Iterable[ImageRecord], earlier: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The file names of the training images of `records` (`name_hash`, sorted, int64), with
+    ``earlier`` (those of the weights a run started from): a captioner checkpoint's
+    ``trained_names``, by which `seen_in_training` tells images it trained on among other
+    annotations. 8 bytes an image: 0.9 MB for COCO's 113,000."""
+    hashes = {name_hash(record.image_path) for record in records if record.split == "train"}
+    if _names_tensor(earlier):
+        hashes.update(earlier.tolist())
+    return torch.tensor(sorted(hashes), dtype=torch.int64)
+
+
+def _names_tensor(value: object) -> bool:
+    return isinstance(value, torch.Tensor) and value.dtype == torch.int64 and value.dim() == 1
+
+
+def seen_in_training(payload: dict[str, Any], records: Sequence[ImageRecord]) -> list[str]:
+    """The image paths of `records` whose file names are among those the checkpoint `payload`
+    trained on (its ``trained_names``; none known in a checkpoint without them)."""
+    known = payload.get("trained_names")
+    if not _names_tensor(known) or not records:
+        return []
+    hashes = torch.tensor([name_hash(record.image_path) for record in records], dtype=torch.int64)
+    seen = torch.isin(hashes, known).tolist()
+    return [record.image_path for record, hit in zip(records, seen, strict=True) if hit]
 
 
 def older_split(payload: dict[str, Any], records: Sequence[ImageRecord]) -> str | None:

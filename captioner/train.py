@@ -107,6 +107,7 @@ from captioner.scoring import (
     load_data_records,
     older_split,
     score_key,
+    trained_names,
 )
 from captioner.scst import SelfCritical
 from recurrent.config import add_run_arguments, load_config, run_dir, run_options, to_dict
@@ -591,6 +592,11 @@ def train(
             "captioner.evaluate will note it"
         )
 
+    # the file names of the images its weights have trained on (those it started from too)
+    names_trained_on = trained_names(
+        records, (run.payload or run.init_payload or {}).get("trained_names")
+    )
+
     # --- model, optimizer, data order
     model = CaptionModel(cfg, len(vocab), pad_id=vocab.pad_id).to(device)
     # the weights first: a frozen encoder's feature cache holds the output of the encoder the run
@@ -703,7 +709,11 @@ def train(
             total_steps=total_steps,
             unit="pairs/s",
             card={"architecture": architecture, "data": data_card(cfg, data.train_records)},
-            extra=lambda: {"vocab": vocab.to_list(), "split_rule": split_rule},
+            extra=lambda: {
+                "vocab": vocab.to_list(),
+                "split_rule": split_rule,
+                "trained_names": names_trained_on,
+            },
             describe=describe,
             # an epoch is every item once, fewer steps when data.bad_images=skip emptied batches
             finished=lambda: (

@@ -237,7 +237,7 @@ def export_checkpoint(source: str | Path, target: str | Path, *, half: bool = Tr
     with a cast), so the copy serves like the original up to float16 rounding. It cannot be resumed.
     """
     payload = load_checkpoint(source)
-    keep = {"task", "config", "vocab", "split_rule", "step", "model", "card"}
+    keep = {"task", "config", "vocab", "split_rule", "trained_names", "step", "model", "card"}
     exported = {key: value for key, value in payload.items() if key in keep}
     for key in ("best_val_loss", "best_scores", "best_step", "history"):
         if key in payload:

@@ -41,10 +41,17 @@ from captioner.features import FeatureCache
 from captioner.inference import caption_images, eval_transform, load_captioner
 from captioner.metrics import bleu_scores
 from captioner.model import CaptionModel
-from captioner.scoring import evaluate_split, image_ids, load_data_records, older_split
+from captioner.scoring import (
+    evaluate_split,
+    image_ids,
+    load_data_records,
+    name_hash,
+    older_split,
+    seen_in_training,
+)
 from captioner.train import captions_fingerprint, parameter_parts, scheduled_sampling, train
 from recurrent import engine
-from recurrent.checkpoint import load_checkpoint, save_checkpoint
+from recurrent.checkpoint import export_checkpoint, load_checkpoint, save_checkpoint
 from recurrent.config import load_config, to_dict
 from recurrent.errors import UserError
 
@@ -390,6 +397,69 @@ def test_a_drawn_split_is_kept_across_a_resume_and_older_checkpoints_are_named(
     assert quiet_train(tiny_cfg(with_split, *csv_cfg, "train.max_steps=4"), given, resume=True)
     evaluate_module.main([*evaluate[:1], str(given / "last.pt"), *evaluate[2:]])
     assert capsys.readouterr().err == ""
+
+
+def test_evaluate_on_other_annotations_notes_images_whose_names_it_trained_on(
+    scenes_annotations: Path, tmp_path: Path, capsys
+):
+    """A checkpoint keeps the file names of the images it trained on (`trained_names`, those of
+    the weights it started from too; export keeps them), so `evaluate --annotations` of other
+    data says how many of the images it scores it may have trained on; it said nothing."""
+    entries = json.loads(scenes_annotations.read_text())["images"]
+    folder = scenes_annotations.parent / entries[0]["filepath"]
+    by_split = {split: [e for e in entries if e["split"] == split] for split in ("train", "test")}
+    first = tmp_path / "first"
+    quiet_train(tiny_cfg(scenes_annotations, "train.max_steps=1"), first)
+    saved = load_checkpoint(first / "last.pt")["trained_names"]
+    assert saved.tolist() == sorted({name_hash(e["filename"]) for e in by_split["train"]})
+    # other annotations (a copy of the images elsewhere): 3 training images, then the test ones
+    copies = tmp_path / "copies"
+    picked = [*by_split["train"][:3], *by_split["test"]]
+    assert len(picked) > 4
+    copies.mkdir()
+    for entry in picked:
+        shutil.copy(folder / entry["filename"], copies / entry["filename"])
+    table = copies / "captions.csv"
+    with table.open("w", newline="") as file:
+        rows = [(e["filename"], e["sentences"][0]["raw"], "test") for e in picked]
+        csv.writer(file).writerows([("image", "caption", "split"), *rows])
+    other = ["--annotations", str(table), "--format", "csv", "--no-meteor", "--json"]
+    # a run started from weights that had also trained on those (as their names say) keeps theirs
+    earlier = load_checkpoint(first / "last.pt")
+    more = [name_hash(e["filename"]) for e in by_split["test"]]
+    earlier["trained_names"] = torch.tensor(sorted([*saved.tolist(), *more]))
+    save_checkpoint(earlier, tmp_path / "earlier.pt")
+    started = tmp_path / "started"
+    train(tiny_cfg(scenes_annotations, "train.max_steps=1"), started, quiet=True,
+          init_from=tmp_path / "earlier.pt")  # fmt: skip
+    exported = export_checkpoint(started / "last.pt", tmp_path / "exported.pt")
+    scored = len(picked)
+    for checkpoint, seen in (
+        (first / "last.pt", 3),
+        (started / "last.pt", scored),
+        (exported, scored),
+    ):
+        capsys.readouterr()
+        evaluate_module.main(["--checkpoint", str(checkpoint), *other])
+        said = capsys.readouterr()
+        assert json.loads(said.out)["images"] == scored
+        assert said.err == (
+            f"note: {checkpoint}: {seen} of the {scored} images scored have the file name of an "
+            f"image it trained on (like '{picked[0]['filename']}'); these scores may count "
+            "images it trained on, so score it on images it never saw\n"
+        )
+    # its own data's test split, and other annotations of images it never saw: nothing to say
+    evaluate_module.main(["--checkpoint", str(first / "last.pt"), "--no-meteor", "--json"])
+    assert capsys.readouterr().err == ""
+    table.write_text("image,caption,split\n" + "".join(
+        f"{e['filename']},{e['sentences'][0]['raw']},test\n" for e in picked[3:]
+    ))  # fmt: skip
+    evaluate_module.main(["--checkpoint", str(first / "last.pt"), *other])
+    assert capsys.readouterr().err == ""
+    # one written before checkpoints kept the names: nothing known
+    older = load_checkpoint(first / "last.pt")
+    del older["trained_names"]
+    assert seen_in_training(older, load_data_records(tiny_cfg(table, "data.format=csv").data)) == []
 
 
 def test_only_drawn_training_images_make_an_older_checkpoint_suspect():

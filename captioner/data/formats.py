@@ -565,29 +565,28 @@ def read_csv_rows(file: Path) -> list[CsvRow]:
             reader.fieldnames = names
             missing = [name for name in ("image", "caption") if name not in reader.fieldnames]
             if missing:
-                separated = next((s for s in ("\t", ";") if s in header), None)
+                separated = next((s for s in _SEPARATORS if s in header), None)
+                by = (
+                    f" (its columns are separated by {_SEPARATORS[separated]})" if separated else ""
+                )
                 raise UserError(
                     f"'{file}' has no column {' or '.join(repr(m) for m in missing)}; the header "
-                    "must name 'image' and 'caption' (and optionally 'split')"
-                    + (
-                        f", separated by commas (its columns are separated by {_SEPARATORS[separated]})"
-                        if separated
-                        else ""
-                    )
+                    f"must name 'image' and 'caption' (and optionally 'split')"
+                    + (f", separated by commas{by}" if separated else "")
                 )
             has_split = "split" in reader.fieldnames
             rows = []
             for row in reader:
                 where = f"'{file}' line {reader.line_num}"
                 if any((extra or "").strip() for extra in row.get(None, ())):  # beyond the header
+                    fix = (
+                        "take the '|' out of its caption ('|' separates this file's columns)"
+                        if piped
+                        else 'put a caption that holds a comma in double quotes ("a dog, running")'
+                    )
                     raise UserError(
                         f"{where} has {len(reader.fieldnames) + len(row[None])} fields, the "
-                        f"header {len(reader.fieldnames)}; "
-                        + (
-                            "take the '|' out of its caption ('|' separates this file's columns)"
-                            if piped
-                            else 'put a caption that holds a comma in double quotes ("a dog, running")'
-                        )
+                        f"header {len(reader.fieldnames)}; {fix}"
                     )
                 rows.append(
                     CsvRow(

@@ -33,7 +33,7 @@ from captioner.config import describe_data as captioner_data
 from captioner.config import describe_model as captioner_architecture
 from char_lm.config import describe_data as char_lm_data
 from char_lm.config import describe_model as char_lm_architecture
-from recurrent.checkpoint import is_utf8
+from recurrent.checkpoint import is_utf8, shown_name
 
 LN2 = math.log(2)
 TASK_TITLES = {"captioner": "image captioner", "char_lm": "character-level language model"}
@@ -173,7 +173,9 @@ def card_rows(card: Mapping[str, Any]) -> list[tuple[str, str]]:
 
 def card_markdown(card: Mapping[str, Any]) -> str:
     """The card as a Markdown list (the sidebar shows it under the checkpoint picker)."""
-    lines = [f"- **{label}**: {escape_markdown(text)}" for label, text in card_rows(card)]
+    # a text from the config may hold a path that is not UTF-8 (Streamlit refused the page)
+    rows = card_rows(card)
+    lines = [f"- **{label}**: {escape_markdown(shown_name(text))}" for label, text in rows]
     if not card.get("recorded"):
         lines.append("- *an older checkpoint without a card: these lines come from its config*")
     return "\n".join(lines)

@@ -169,9 +169,12 @@ def is_utf8(text: str) -> bool:
 
 
 def shown_name(name: str) -> str:
-    """A file name as text any file, terminal or browser takes: bytes of it that are not UTF-8
-    (lone surrogates in the str, `is_utf8`) shown as U+FFFD."""
-    return os.fsencode(name).decode("utf-8", errors="replace")
+    """A file name (or any text holding one) as text any file, terminal or browser takes: bytes
+    of it that are not UTF-8 (lone surrogates in the str, `is_utf8`) shown as U+FFFD."""
+    try:
+        return os.fsencode(name).decode("utf-8", errors="replace")
+    except UnicodeEncodeError:  # a lone surrogate no file name holds (an escaped one in JSON)
+        return name.encode("utf-8", errors="surrogatepass").decode("utf-8", errors="replace")
 
 
 def first_difference(first: list[str], second: list[str]) -> int | None:

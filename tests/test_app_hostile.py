@@ -56,6 +56,9 @@ def hostile(tmp_path_factory: pytest.TempPathFactory, one_thread: None) -> Path:
     )
     payload["card"]["data"] = {"size": "big", "name": 7}
     save_checkpoint(payload, models / "odd_card.pt")
+    payload = load_checkpoint(good)  # trained on a text whose name is not UTF-8
+    payload["config"]["data"]["path"] = os.fsdecode(b"texts/bad\xffname.txt")
+    save_checkpoint(payload, models / "text_name.pt")
     bad_name = os.path.join(os.fsencode(models), b"bad\xffname.pt")
     shutil.copy(good, bad_name)
     run = os.path.join(os.fsencode(models), b"run\xff")
@@ -108,6 +111,16 @@ def test_a_card_with_fields_of_other_types_shows_what_it_can(app):
     assert "**task**: character-level language model" in card
     assert "**steps**: 3" in card and "**best scores**: not recorded" in card  # its step
     assert "size not recorded" in card
+
+
+def test_a_model_trained_on_a_text_whose_name_is_not_utf8_opens_on_its_pages(app):
+    """Its card names the text from the config, byte 0xff shown as U+FFFD (Streamlit refused
+    the page, 'surrogates not allowed', on Generate and Inside alike)."""
+    at = _page(app, "Generate text", "text_name.pt")
+    card = next(c.value for c in at.sidebar.caption if "**architecture**" in c.value)
+    assert "texts/bad\ufffdname.txt" in card
+    at.radio(key="page").set_value("Inside a character model")
+    _run(at)
 
 
 def test_model_card_keeps_only_fields_of_their_types():

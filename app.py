@@ -448,10 +448,14 @@ def generate_page(args: AppArgs, listing: Listing) -> None:
     entry = pick_checkpoint(entries, "Language model checkpoint", key="char_lm_checkpoint")
     model, vocab, config = load_model(args, entry, _char_lm)
 
-    default_prompt = DEFAULT_PROMPT if set(DEFAULT_PROMPT) <= set(vocab) else ""
+    # an empty prompt starts from a newline; a vocabulary without one (hihello's) starts from
+    # its first character, as the Inside page does (an empty prompt could not generate)
+    default_prompt = (
+        DEFAULT_PROMPT if set(DEFAULT_PROMPT) <= set(vocab) else "" if "\n" in vocab else vocab[0]
+    )
     prompt = st.text_area(
         "Prompt",
-        key=kept("prompt", default_prompt),
+        key=kept("prompt", default_prompt, valid=lambda text: bool(text) or "\n" in vocab),
         max_chars=MAX_PROMPT_CHARS,
         help="The text the model continues; use only characters of its training text.",
     )

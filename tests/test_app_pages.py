@@ -1067,6 +1067,26 @@ def test_inside_page_reads_a_model_without_a_newline_and_averages_over_known_cha
     assert any(element.value.startswith(shown) for element in at.markdown)
 
 
+def test_generate_page_starts_a_model_without_a_newline_from_its_first_character(
+    app: AppTest, models: dict[str, Path]
+) -> None:
+    """The Generate page's prompt for a model without a newline (as hihello's), whose vocabulary
+    lacks the default ROMEO: too, is its first character, which generates; an empty prompt,
+    which cannot (it starts from a newline), is never left in the box, also when kept from
+    another model (the page said both that the text starts from a new line and that it cannot)."""
+    at = _page(app, "Generate text")
+    at.selectbox(key="char_lm_checkpoint").set_value("no_newline/model.pt")
+    _run(at)
+    _, vocab, _ = load_char_lm(models["no_newline"])
+    assert at.text_area(key="prompt").value == vocab[0]
+    at.button(key="generate").click()
+    _run(at)
+    assert at.code[0].value.startswith(vocab[0]) and not at.info
+    at.text_area(key="prompt").set_value("")
+    _run(at)
+    assert at.text_area(key="prompt").value == vocab[0]
+
+
 def test_inside_page_plots_the_saturation_of_gates_that_saturate(
     app: AppTest, models: dict[str, Path]
 ) -> None:

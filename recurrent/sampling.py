@@ -32,7 +32,8 @@ def filter_logits(
         sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
         probs = torch.softmax(sorted_logits, dim=-1)
         mass_before = probs.cumsum(dim=-1) - probs  # probability of the more likely tokens
-        drop_sorted = mass_before >= top_p  # the first token has mass_before 0, so always stays
+        drop_sorted = mass_before >= top_p
+        drop_sorted[..., 0] = False  # the most likely: also where top_p is below float32's least
         drop = drop_sorted.scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     return logits

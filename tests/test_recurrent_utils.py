@@ -216,6 +216,10 @@ def test_top_k_and_top_p_never_leave_the_allowed_set():
     # a token whose more likely ones already hold exactly p is dropped: [.5, .25, .25] at p = .5
     halves = torch.tensor([[0.5, 0.25, 0.25]]).log()
     assert torch.isfinite(filter_logits(halves, top_p=0.5)).tolist() == [[True, False, False]]
+    # a p that float32 rounds to 0 (it passes `0 < p`) keeps the most likely, as any small p does
+    # (`sample --top-p 1e-46` dropped every token: torch.multinomial's traceback)
+    for tiny in (1e-46, 5e-324, 1e-9):
+        assert torch.equal(sample_next(logits, top_p=tiny), logits.argmax(-1))
     # top-k and top-p together: the nucleus of the top-k distribution
     both = filter_logits(logits, top_k=10, top_p=0.3)
     assert torch.equal(both, filter_logits(filter_logits(logits, top_k=10), top_p=0.3))

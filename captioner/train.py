@@ -113,7 +113,13 @@ from captioner.scst import SelfCritical
 from recurrent.config import add_run_arguments, load_config, run_dir, run_options, to_dict
 from recurrent.distributed import Distributed, finish
 from recurrent.engine import Resume, Run, StepResult
-from recurrent.errors import ArgumentParser, UserError, loader_workers, run_cli
+from recurrent.errors import (
+    TRAINING_STOPPED,
+    ArgumentParser,
+    UserError,
+    loader_workers,
+    run_cli,
+)
 
 TASK = "captioner"
 
@@ -793,7 +799,9 @@ def main(argv: Sequence[str] | None = None) -> None:
 def cli() -> None:
     """Console-script entry point: a user mistake becomes one line on stderr, exit status 2; a
     torchrun worker ends through `recurrent.distributed.finish`."""
-    raise SystemExit(finish(run_cli(main)))
+    raise SystemExit(
+        finish(run_cli(main, stopped=f"{TRAINING_STOPPED} (a feature cache keeps what it filled)"))
+    )
 
 
 if __name__ == "__main__":

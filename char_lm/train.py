@@ -42,7 +42,7 @@ from char_lm.scoring import evaluate_text
 from recurrent.config import add_run_arguments, load_config, run_dir, run_options, to_dict
 from recurrent.distributed import Distributed, finish
 from recurrent.engine import Resume, Run, StepResult
-from recurrent.errors import ArgumentParser, UserError, run_cli
+from recurrent.errors import TRAINING_STOPPED, ArgumentParser, UserError, run_cli
 
 TASK = "char_lm"
 LN2 = math.log(2)
@@ -283,7 +283,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 def cli() -> None:
     """Console-script entry point: a user mistake becomes one line on stderr, exit status 2; a
     torchrun worker ends through `recurrent.distributed.finish`."""
-    raise SystemExit(finish(run_cli(main)))
+    raise SystemExit(finish(run_cli(main, stopped=TRAINING_STOPPED)))
 
 
 if __name__ == "__main__":

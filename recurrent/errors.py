@@ -89,8 +89,19 @@ class ArgumentParser(argparse.ArgumentParser):
         raise UserError(f"{self.prog}: {message}; `{self.prog} --help` lists the arguments")
 
 
+# What a SIGTERM outside a training loop says (`run_cli`'s ``stopped``): a trainer's setup says
+# how to go on, a command that reads or writes in one go that nothing is half-written.
+STOPPED = "SIGTERM; no file is left half-written (each is written whole or not at all)"
+TRAINING_STOPPED = (
+    "SIGTERM; every file is written whole or not at all, so run the same command again to go on"
+)
+
+
 def run_cli(
-    main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None
+    main: Callable[[Sequence[str] | None], object],
+    argv: Sequence[str] | None = None,
+    *,
+    stopped: str = STOPPED,
 ) -> int:
     """Call `main(argv)`; a `UserError` becomes `error: <message>` on stderr and exit status 2, and
     so does a refused file, as `error: cannot use <path>: <reason>; check ...` (`error: the disk
@@ -99,9 +110,11 @@ def run_cli(
     Under torchrun, a process that stops before its job has formed (a mistake, a signal, a bug)
     also tells the job's other processes, which are waiting to form it, possibly on other
     machines where torchrun does not stop them: they stop at once with its line
-    (`recurrent.distributed.tell_failure`), not after the whole timeout."""
+    (`recurrent.distributed.tell_failure`), not after the whole timeout.
+
+    A SIGTERM ends the command with ``stopped: <stopped>`` and status 143 (`_stop_on_sigterm`)."""
     ended = [False]  # whether `main` has returned or raised (a box the SIGTERM handler reads)
-    previous = _stop_on_sigterm(ended)
+    previous = _stop_on_sigterm(ended, stopped)
     try:
         return _run(main, argv, ended)
     except Exception as err:  # a bug: its traceback follows
@@ -346,7 +359,7 @@ def _tell_job(line: str) -> None:
     tell_failure(line)
 
 
-def _stop_on_sigterm(ended: list[bool]) -> Any:
+def _stop_on_sigterm(ended: list[bool], stopped: str) -> Any:
     """Make SIGTERM (a scheduler's or torchrun's stop, `kill`) end the command with one
     ``stopped:`` line and status 143 wherever it lands in ``main``, as it does in a training loop
     (which installs its own handler to save last.pt first); return the handler it replaces, or
@@ -362,11 +375,7 @@ def _stop_on_sigterm(ended: list[bool]) -> Any:
     def stop(signum: int, frame: Any) -> None:
         if ended[0]:
             return
-        raise RunStopped(
-            "SIGTERM; every file is written whole or not at all, so run the same command again "
-            "to go on (a feature cache keeps what it filled)",
-            exit_code=128 + signum,
-        )
+        raise RunStopped(stopped, exit_code=128 + signum)
 
     return signal.signal(signal.SIGTERM, stop)
 

@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import errno
 import fcntl
+import importlib
 import os
 import signal
 import stat
@@ -38,7 +39,7 @@ import char_lm.train as char_lm_train
 from recurrent import files
 from recurrent.checkpoint import save_checkpoint
 from recurrent.engine import MetricsLog, Run, RunSettings, StepResult
-from recurrent.errors import EXIT_USER_ERROR, UserError, run_cli
+from recurrent.errors import EXIT_USER_ERROR, STOPPED, TRAINING_STOPPED, UserError, run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 CHAR_TINY = REPO / "configs" / "char_lm" / "tiny.yaml"
@@ -623,8 +624,35 @@ def test_sigterm_before_training_is_one_stopped_line_and_status_143(capsys):
 
     assert run_cli(main, []) == 143
     (printed,) = capsys.readouterr().err.strip().splitlines()
-    assert printed.startswith("stopped: SIGTERM; every file is written whole or not at all")
+    assert printed == f"stopped: {STOPPED}"
     assert signal.getsignal(signal.SIGTERM) is before  # put back for whoever called run_cli
+
+
+def _sigterm_in_main(argv):
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(10)  # the handler raises here
+    raise AssertionError("SIGTERM did not stop the command")
+
+
+@pytest.mark.parametrize(
+    ("module", "said"),
+    [
+        ("char_lm.train", TRAINING_STOPPED),
+        ("captioner.train", f"{TRAINING_STOPPED} (a feature cache keeps what it filled)"),
+        ("char_lm.sample", STOPPED),  # said that a rerun goes on, and of a feature cache
+        ("char_lm.evaluate", STOPPED),
+        ("captioner.evaluate", STOPPED),
+    ],
+)
+def test_each_command_says_what_a_sigterm_before_its_end_leaves(module, said, monkeypatch, capsys):
+    """A trainer stopped in its setup (before the loop's own handler) says that running it again
+    goes on; a command that writes in one go, only that nothing is half-written."""
+    command = importlib.import_module(module)
+    monkeypatch.setattr(command, "main", _sigterm_in_main)
+    with pytest.raises(SystemExit) as ended:
+        command.cli()
+    assert ended.value.code == 143
+    assert capsys.readouterr().err == f"stopped: {said}\n"
 
 
 def test_sigterm_as_a_command_ends_leaves_it_its_own_line_and_status(monkeypatch, capsys):

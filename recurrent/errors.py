@@ -11,6 +11,8 @@ normally.
 from __future__ import annotations
 
 import argparse
+import codecs
+import contextlib
 import errno
 import os
 import re
@@ -157,6 +159,17 @@ def _run(
         return 130
     except BrokenPipeError:  # e.g. `sample ... | head`
         return 0
+    except UnicodeEncodeError as err:
+        stream = _stream_that_cannot_hold(err)
+        character = err.object[err.start] if isinstance(err.object, str) else "\ud800"
+        if stream is None or "\ud800" <= character <= "\udfff":  # no encoding holds those
+            raise
+        _report(
+            f"error: the standard {stream} is {err.encoding} text, which cannot hold U+"
+            f"{ord(character):04X}; set PYTHONIOENCODING=utf-8 (or run python -X utf8) and run "
+            "again"
+        )
+        return EXIT_USER_ERROR
     except OSError as err:
         # without a path: a bug or the machine's state, unless the disk is full (a write, say
         # to a redirected stdout, names no file)
@@ -177,6 +190,18 @@ def _run(
 
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _stream_that_cannot_hold(err: UnicodeEncodeError) -> str | None:
+    """ "output" or "error" when ``err`` is the encoding of stdout or stderr failing on a
+    character (a terminal or a redirection in latin-1 or cp1252 given a Chinese text); else
+    None (the project writes its files in UTF-8)."""
+    for name, stream in (("output", sys.stdout), ("error", sys.stderr)):
+        encoding = getattr(stream, "encoding", None)
+        with contextlib.suppress(LookupError, TypeError):
+            if encoding and codecs.lookup(encoding).name == codecs.lookup(err.encoding).name:
+                return name
+    return None
 
 
 def _flush_stdout() -> None:

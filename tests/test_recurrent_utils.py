@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import io
 import math
 import multiprocessing
 import os
@@ -27,7 +28,7 @@ from recurrent.checkpoint import (
     save_checkpoint,
 )
 from recurrent.config import from_dict, load_config, run_dir, to_dict, with_defaults
-from recurrent.errors import RunStopped, UserError, loader_workers, run_cli
+from recurrent.errors import EXIT_USER_ERROR, RunStopped, UserError, loader_workers, run_cli
 from recurrent.files import FOREIGN_TEMP_AGE_S, HOST, atomic_write_text
 from recurrent.sampling import filter_logits, sample_next
 from recurrent.training import pick_device, warmup_cosine
@@ -342,6 +343,23 @@ def test_run_cli_turns_each_ending_into_its_status_and_one_line(raised, status, 
 
     assert run_cli(main, []) == status
     assert capsys.readouterr().err == said
+
+
+def test_an_output_that_cannot_hold_a_character_is_one_line_saying_how_to_run(monkeypatch, capsys):
+    """`sample` of a Chinese model into a latin-1 (or cp1252) terminal or file: one line naming
+    the stream, its encoding and the way out, not a UnicodeEncodeError traceback. A lone
+    surrogate (a name not shown through shown_name) stays a bug's traceback, as does a file's."""
+    latin = io.TextIOWrapper(io.BytesIO(), encoding="latin-1")
+    monkeypatch.setattr(sys, "stdout", latin)
+    assert run_cli(lambda argv: (print("to"), print("\u543e")), []) == EXIT_USER_ERROR
+    assert capsys.readouterr().err == (
+        "error: the standard output is latin-1 text, which cannot hold U+543E; set "
+        "PYTHONIOENCODING=utf-8 (or run python -X utf8) and run again\n"
+    )
+    assert latin.buffer.getvalue() == b"to\n"  # what came before is written
+    for raised in ("\udcff".encode, lambda: "\u543e".encode("ascii")):
+        with pytest.raises(UnicodeEncodeError):
+            run_cli(lambda argv, raised=raised: raised(), [])
 
 
 @pytest.mark.parametrize(

@@ -29,6 +29,7 @@ import hashlib
 import http.client
 import os
 import tempfile
+import unicodedata
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -131,13 +132,34 @@ def _builtin(spec: str) -> str:
 
 def _check_file(path: Path) -> None:
     if not path.exists():
-        raise UserError(f"text file not found: {path} (pass a UTF-8 text file)")
+        tilde = " (~ is not expanded in a config value: give the whole path)"
+        hint = tilde if str(path).startswith("~") else " (pass a UTF-8 text file)"
+        raise UserError(f"text file not found: {path}{hint}")
     if path.is_dir():
         raise UserError(f"{path} is a folder; pass a UTF-8 text file")
 
 
+# What the first bytes of a file that is not UTF-8 say it is, and what to do with it.
+NOT_UTF8_KINDS = {
+    b"\x1f\x8b": "gzip-compressed: decompress it (gunzip) first",
+    b"BZh": "bzip2-compressed: decompress it (bunzip2) first",
+    b"\xfd7zXZ\x00": "xz-compressed: decompress it (unxz) first",
+    b"PK\x03\x04": "a zip archive: extract the text from it first",
+    b"\xff\xfe": "UTF-16 text: re-save it as UTF-8",
+    b"\xfe\xff": "UTF-16 text: re-save it as UTF-8",
+}
+
+
 def _not_utf8(source: str | Path, offset: int | None) -> UserError:
     where = "" if offset is None else f" (bad byte at offset {offset})"
+    try:
+        with open(source, "rb") as stream:
+            head = stream.read(8)
+    except (OSError, TypeError, ValueError):
+        head = b""
+    kind = next((kind for magic, kind in NOT_UTF8_KINDS.items() if head.startswith(magic)), None)
+    if kind is not None:
+        return UserError(f"{source} is not UTF-8 text{where}: it is {kind}")
     return UserError(f"{source} is not UTF-8 text{where}; convert it to UTF-8 first")
 
 
@@ -353,11 +375,39 @@ def scan_text(source: str | Path, chunk_size: int = CHUNK_BYTES) -> TextScan:
     return TextScan(vocab, chars, f"sha256:{digest.hexdigest()}")
 
 
-def _missing_error(what: str, missing: list[str]) -> UserError:
-    shown = ", ".join(repr(ch) for ch in missing[:20]) + (" ..." if len(missing) > 20 else "")
+def _missing_error(what: str, missing: list[str], vocab: list[str]) -> UserError:
+    shown = ", ".join(f"{ch!r} (U+{ord(ch):04X})" for ch in missing[:20])
+    shown += " ..." if len(missing) > 20 else ""
+    known = set(vocab)
+    hints = []
+    if "\r" in missing:
+        hints.append("its lines end in CR LF (Windows), the training text's in LF: convert them")
+    if "\ufeff" in missing:
+        hints.append("it begins with a byte-order mark: save it without one")
+    # the same letters composed otherwise: e + U+0301 against U+00E9 (the two print alike)
+    for form, fits in (("NFD", _decomposes_into), ("NFC", _composes_with)):
+        if any(fits(ch, known) for ch in missing):
+            hints.append(
+                f"the training text writes its accented letters in {form}: "
+                f"unicodedata.normalize('{form}', text) gives them"
+            )
+    hints.append("use only characters from its training text")
     return UserError(
         f"the {what} has {len(missing)} character(s) the model's vocabulary lacks: {shown}; "
-        f"use only characters from its training text"
+        + "; ".join(hints)
+    )
+
+
+def _decomposes_into(character: str, known: set[str]) -> bool:
+    """Whether ``character`` (é) is, decomposed, characters ``known`` has (e, U+0301)."""
+    parts = unicodedata.normalize("NFD", character)
+    return len(parts) > 1 and set(parts) <= known
+
+
+def _composes_with(character: str, known: set[str]) -> bool:
+    """Whether ``character`` is a combining mark (U+0301) and ``known`` has composed letters."""
+    return unicodedata.combining(character) > 0 and any(
+        len(unicodedata.normalize("NFD", ch)) > 1 for ch in known
     )
 
 
@@ -369,7 +419,7 @@ def encode(text: str, vocab: list[str], what: str = "text") -> Tensor:
     index = {ch: i for i, ch in enumerate(vocab)}
     missing = sorted({ch for ch in text if ch not in index})
     if missing:
-        raise _missing_error(what, missing)
+        raise _missing_error(what, missing, vocab)
     return torch.tensor([index[ch] for ch in text], dtype=torch.long)
 
 
@@ -400,7 +450,7 @@ def encode_file(
     index = {ch: i for i, ch in enumerate(vocab)}
     missing = sorted(set(scan.vocab) - set(index))
     if missing:
-        raise _missing_error(what, missing)
+        raise _missing_error(what, missing, vocab)
     dtype = id_dtype(len(vocab))
     ascii_ids = np.zeros(256, dtype=np.int64)  # byte -> id, for ASCII characters
     multibyte = {}  # key (as in `_Characters`) -> id

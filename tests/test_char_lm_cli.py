@@ -201,7 +201,9 @@ def bad_inputs(
         ),
         "unknown prompt characters": (
             sample, ["--checkpoint", str(checkpoint), "--prompt", "the ZEBRA"],
-            "prompt has 5 character(s) the model's vocabulary lacks: 'A', 'B', 'E', 'R', 'Z'",
+            "prompt has 5 character(s) the model's vocabulary lacks: 'A' (U+0041), 'B' (U+0042), "
+            "'E' (U+0045), 'R' (U+0052), 'Z' (U+005A); use only characters from its training "
+            "text",
         ),
         "missing checkpoint": (
             evaluate, ["--checkpoint", str(tmp_path / "gone.pt"), "--text", str(text_file)],
@@ -240,7 +242,7 @@ def bad_inputs(
         "evaluate text with unseen characters": (
             evaluate, ["--checkpoint", str(checkpoint), "--text", str(tmp_path / "unseen.txt"),
                        "--json"],
-            "lacks: 'Q', 'Z'",
+            "lacks: 'Q' (U+0051), 'Z' (U+005A)",
         ),
         "a pipe as the text": (
             evaluate, ["--checkpoint", str(checkpoint), "--text", str(tmp_path / "pipe")],

@@ -29,6 +29,7 @@ from char_lm.data import (
     encode_file,
     id_dtype,
     load_corpus,
+    read_text,
     scan_text,
 )
 from char_lm.generate import generate
@@ -192,11 +193,69 @@ def test_bytes_that_are_not_utf8_are_refused_with_their_offset(text, bad, where,
 def test_unknown_characters_are_all_named_even_in_later_chunks(tmp_path):
     path = tmp_path / "t.txt"
     path.write_text("abc" * 100 + "Z" + "abc" * 100 + "é😀", encoding="utf-8")
-    with pytest.raises(UserError, match=r"text has 3 character\(s\).*'Z', 'é', '😀'"):
+    with pytest.raises(
+        UserError, match=r"text has 3 character\(s\).*'Z' \(U\+005A\), 'é' \(U\+00E9\), '😀'"
+    ):
         encode_file(path, ["a", "b", "c"], chunk_size=16)
     with pytest.raises(UserError, match="is empty"):
         (tmp_path / "empty.txt").write_bytes(b"")
         encode_file(tmp_path / "empty.txt", ["a"])
+
+
+@pytest.mark.parametrize(
+    ("text", "vocab", "hint"),
+    [
+        ("ab\r\nab", "ab\n", "its lines end in CR LF (Windows), the training text's in LF"),
+        ("\ufeffab", "ab", "it begins with a byte-order mark: save it without one"),
+        (
+            "Rom\u00e9",
+            "Rome\u0301",
+            "writes its accented letters in NFD: unicodedata.normalize('NFD'",
+        ),
+        (
+            "Rome\u0301",
+            "Rom\u00e9e",
+            "writes its accented letters in NFC: unicodedata.normalize('NFC'",
+        ),
+        ("abZ", "ab", "lacks: 'Z' (U+005A); use only characters from its training text"),
+    ],
+)
+def test_characters_a_model_lacks_come_with_why_when_a_text_was_saved_otherwise(
+    tmp_path, text, vocab, hint
+):
+    """A Windows-saved prompt or text (CR LF, a byte-order mark) or accented letters composed
+    otherwise (which print alike) against a model's vocabulary: the line says what differs and
+    what to do, with each character's code point; for a file and a string alike."""
+    path = tmp_path / "t.txt"
+    path.write_text(text, encoding="utf-8", newline="")
+    for call in (lambda: encode(text, list(vocab)), lambda: encode_file(path, list(vocab))):
+        with pytest.raises(UserError) as refused:
+            call()
+        assert hint in str(refused.value)
+        assert str(refused.value).endswith("use only characters from its training text")
+
+
+@pytest.mark.parametrize(
+    ("head", "said"),
+    [
+        (b"\x1f\x8b\x08\x00", "it is gzip-compressed: decompress it (gunzip) first"),
+        (b"\xff\xfea\x00b\x00", "it is UTF-16 text: re-save it as UTF-8"),
+        (b"PK\x03\x04\xff", "it is a zip archive: extract the text from it first"),
+        (b"ab\xff", "is not UTF-8 text (bad byte at offset 2); convert it to UTF-8 first"),
+    ],
+)
+def test_a_file_that_is_not_utf8_says_what_it_is(tmp_path, head, said):
+    path = tmp_path / "book.txt"
+    path.write_bytes(head)
+    for call in (lambda: scan_text(path), lambda: read_text(path)):
+        with pytest.raises(UserError) as refused:
+            call()
+        assert said in str(refused.value)
+
+
+def test_a_text_path_beginning_with_a_tilde_says_it_is_not_expanded():
+    with pytest.raises(UserError, match=r"not found: ~/book\.txt \(~ is not expanded in a config"):
+        read_text("~/book.txt")
 
 
 # --- small dtypes and streams --------------------------------------------------------------------

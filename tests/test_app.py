@@ -14,6 +14,7 @@ import os
 import shutil
 import struct
 import sys
+import time
 import zlib
 from pathlib import Path
 
@@ -363,6 +364,48 @@ def test_an_ensemble_captions_as_the_library_does_and_a_mismatch_is_one_line(
     at.multiselect(key="ensemble_with").set_value([])
     _run(at)
     assert not at.error and "Upload an image" in " ".join(_messages(at.info))
+
+
+def test_an_ensemble_is_reloaded_when_a_partner_file_changes_and_names_the_heat_maps(
+    models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ensemble's cache is keyed by every member's (mtime, size): a partner retrained (here
+    its weights changed in place) is captioned with at the next run (a mutation audit: the
+    members' keys not passed). The note says whose heat maps are shown."""
+    models_dir = tmp_path / "models"
+    models_dir.mkdir()
+    shutil.copy(models["captioner"], models_dir / "a.pt")
+    shutil.copy(models["show_and_tell"], models_dir / "b.pt")
+    monkeypatch.setenv(ENV_VAR, str(models_dir))
+    monkeypatch.setattr(sys, "argv", ["app.py"])  # not pytest's argv
+    at = _run(AppTest.from_file(APP, default_timeout=TIMEOUT))
+    assert at.selectbox(key="captioner_checkpoint").value == "a.pt"
+    at.slider(key="beam_size").set_value(3)
+    at.multiselect(key="ensemble_with").set_value(["b.pt"])
+    at.button(key="random_scene").click()
+    _run(at)
+    size = scene_size(load_captioner(str(models["captioner"])).cfg.data.image_size)
+    image = render_random_scene(at.session_state["scene_seed"], size)[0]
+
+    def expected() -> list[tuple[str, float]]:
+        ensemble = load_ensemble([str(models_dir / "a.pt"), str(models_dir / "b.pt")])
+        [result] = caption_images(ensemble, [image], beam_size=3, n_best=3)
+        return _expected_beams(result)
+
+    before = expected()
+    assert _beams(at) == before
+    notes = " ".join(_messages(at.caption))
+    assert "ensemble of 2 checkpoints (a.pt, b.pt)" in notes
+    assert "the heat maps are the first attending model's" in notes
+    payload = load_checkpoint(models_dir / "b.pt")  # b retrained: other weights, same vocabulary
+    payload["model"] = {name: value * 3 for name, value in payload["model"].items()}
+    save_checkpoint(payload, models_dir / "b.pt")
+    stamp = time.time() + 5
+    os.utime(models_dir / "b.pt", (stamp, stamp))
+    after = expected()
+    assert after != before  # the new partner's probabilities tell
+    _run(at)
+    assert _beams(at) == after
 
 
 @pytest.mark.parametrize("name", list(GOOD_UPLOADS))

@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
+import streamlit
 import torch
 from hypothesis import given
 from hypothesis import settings as hypothesis_settings
@@ -1313,3 +1314,70 @@ def test_the_curves_page_says_nothing_of_runs_left_out_when_it_offers_them_all(
     at = _page(app, "Training curves")
     assert len(at.multiselect(key="curve_runs").options) == find_runs(models["dir"])[1]
     assert not [c.value for c in at.caption if " runs are offered" in c.value]
+
+
+# --- the Training curves page's warnings (a mutation audit's gaps) ---
+
+
+@pytest.fixture
+def two_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    models_dir = tmp_path / "models"
+    for name in ("good", "bad"):
+        path = models_dir / name / METRICS_FILE
+        path.parent.mkdir(parents=True)
+        lines = [_train_line(step, time.time()) for step in (10, 20)]
+        path.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+    monkeypatch.setenv(ENV_VAR, str(models_dir))
+    monkeypatch.setattr(sys, "argv", ["app.py"])
+    streamlit.cache_data.clear()  # the page keeps each run's rows, and a reader of each file
+    streamlit.cache_resource.clear()
+    return models_dir
+
+
+def _curves_of(runs: list[str]) -> AppTest:
+    at = _run(AppTest.from_file(APP, default_timeout=TIMEOUT))
+    at.radio(key="page").set_value("Training curves")
+    _run(at)
+    at.multiselect(key="curve_runs").set_value(runs)
+    return _run(at)
+
+
+def test_a_run_removed_after_listing_is_said_to_be_gone(two_runs, monkeypatch):
+    """Its own words for a file gone, not an unreadable file's (kills: the FileNotFoundError
+    branch dropped, which said "cannot read its metrics.jsonl (No such file or directory)")."""
+    real = curves.find_runs
+    monkeypatch.setattr(
+        curves, "find_runs", lambda root: ([*real(root)[0], "vanished"], real(root)[1] + 1)
+    )
+    at = _curves_of(["good", "vanished"])
+    assert [w.value for w in at.warning] == [
+        f"vanished: its {METRICS_FILE} is gone (the run was moved or removed)"
+    ]
+    assert any(e.value.startswith("**good**: step 20") for e in at.caption)
+
+
+def test_any_failure_of_one_runs_rows_is_a_warning_naming_it(two_runs, monkeypatch):
+    """Not only a ValueError (kills: the per-run `except Exception` narrowed)."""
+    real = curves.metrics_frame
+
+    def fails_for_one(lines):
+        if "bad" in lines:
+            raise KeyError("step")
+        return real(lines)
+
+    monkeypatch.setattr(curves, "metrics_frame", fails_for_one)
+    at = _curves_of(["good", "bad"])
+    assert [w.value for w in at.warning] == ["bad cannot be drawn (KeyError: 'step')."]
+    assert at.get("vega_lite_chart")
+
+
+def test_a_line_exactly_live_within_s_old_is_still_training():
+    now = 1000.0
+    lines = [{"kind": "train", "step": 5, "timestamp": now - LIVE_WITHIN_S}]
+    assert (
+        summarize(lines)
+        .status(now)
+        .endswith(f"still training (last line {LIVE_WITHIN_S:.0f} s ago)")
+    )
+    lines[0]["timestamp"] = now - LIVE_WITHIN_S - 0.5
+    assert "still training" not in summarize(lines).status(now)

@@ -19,7 +19,7 @@ import pytest
 from captioner import caption
 from captioner.data import load_csv, load_image
 from captioner.inference import caption_images, find_images, load_captioner
-from recurrent.errors import UserError, run_cli
+from recurrent.errors import RunStopped, UserError, run_cli
 from tests.tiny_models import train_tiny_captioner
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -514,3 +514,40 @@ def test_resume_knows_the_images_a_csv_names_through_a_linked_folder(
     code, stdout, err = run_main(argv, capsys)
     assert code == 0 and "3 images are captioned in c.csv, 0 to go" in err and stdout == "", err
     assert _rows(Path("c.csv")) == rows
+
+
+def test_a_stop_before_the_first_image_writes_no_csv_and_says_the_stop(
+    checkpoint, folder, tmp_path, capsys, monkeypatch
+):
+    """Nothing captioned yet: the stop is said as it came, and no CSV (an empty one) is left
+    behind claiming "0 of 3 images" are in it (kills: saving when results are empty)."""
+
+    def stopped_at_once(*args, **kwargs):
+        raise RunStopped("SIGTERM; run the same command again", exit_code=143)
+        yield  # a generator, as caption_files is
+
+    monkeypatch.setattr(caption, "caption_files", stopped_at_once)
+    out = tmp_path / "captions.csv"
+    code, _, err = run_main(
+        ["--checkpoint", str(checkpoint), str(folder), "--csv", str(out)], capsys
+    )
+    assert code == 143
+    assert err == "stopped: SIGTERM; run the same command again\n"
+    assert not out.exists()
+
+
+def test_resume_says_how_many_captions_the_csv_holds_in_all(checkpoint, folder, tmp_path, capsys):
+    """After --resume the closing line counts the rows found and the new ones (kills: counting
+    only the images captioned by this command)."""
+    out = tmp_path / "captions.csv"
+    argv = ["--checkpoint", str(checkpoint), str(folder), "--csv", str(out)]
+    assert run_main(argv, capsys)[0] == 0
+    whole = _rows(out)
+    with out.open("w", newline="", encoding="utf-8") as stream:  # the first row only
+        csv.writer(stream).writerows([["image", "caption"], whole[0]])
+    code, stdout, err = run_main([*argv, "--resume"], capsys)
+    assert code == 0, err
+    assert "resuming: 1 images are captioned" in err and "3 to go" in err  # broken.png too
+    assert len(stdout.splitlines()) == 2
+    assert f"wrote 3 captions to {out}" in err
+    assert _rows(out) == whole

@@ -46,6 +46,7 @@ from captioner.data import datasets as datasets_module
 from captioner.data import images as images_module
 from captioner.data.datasets import load_image_tensor
 from captioner.data.formats import exact_split, in_several_splits, relative_names, split_draw
+from captioner.data.vocab import _treebank_words
 from recurrent.errors import UserError, run_cli
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -1130,3 +1131,47 @@ def test_a_name_that_begins_with_a_space_is_read_as_written_in_csv_and_jsonl(
     _raises_one_line(
         lambda: load_records("csv", blank, images, check_images=False), "line 2", "empty image"
     )
+
+
+def _fixed_point(text: str) -> list[str]:
+    """The reference: Treebank's kept tokens of the text (whitespace made single spaces), joined
+    by spaces and tokenized again until that changes nothing (no fast path, no shortcut)."""
+    words = _treebank_words(" ".join(text.lower().split()))
+    for _ in range(100):
+        again = _treebank_words(" ".join(words))
+        if again == words:
+            return words
+        words = again
+    raise AssertionError(f"no fixed point for {text!r}")
+
+
+PIECES = list("ab0 1.,'\"-:;!?`()[]{}&$%#@/\\\t\n\x1fnts") + [
+    "n't", "can", "not", "cannot", "gonna", "'s", "'ll", "--", "...", "''", "``", "  ", "\u00a0",
+    "A", "D",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "t's'lln't'll''{",  # settles only after three passes (kills: _MAX_PASSES = 2)
+        "\na's'll:",  # "a's" is no settled word: Treebank splits "'s" off
+        "Dn's'll}cannot$\\,\xa0'''",
+        "0.,",
+        "0.'.:",
+        ",,a",
+        "0'\x1f",
+        "A dog, running -- on the beach.",
+    ],
+)
+def test_tokenize_is_the_fixed_point_of_treebank(text):
+    assert tokenize(text) == _fixed_point(text)
+
+
+def test_tokenize_is_the_fixed_point_of_treebank_on_punctuation_heavy_text():
+    """Random texts of words, contractions and punctuation (kills: a settled-word pattern that
+    takes an apostrophe inside a word, or words not separated by spaces, for settled)."""
+    rng = random.Random(20261207)
+    for _ in range(3000):
+        text = "".join(rng.choice(PIECES) for _ in range(rng.randint(1, 14)))
+        assert tokenize(text) == _fixed_point(text), text

@@ -10,13 +10,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_models import train_tiny_char_lm
 
 from char_lm import evaluate, sample
 from char_lm import train as train_cli
 from char_lm.config import describe_data, describe_model
 from char_lm.data import encode
-from char_lm.generate import generate, load_char_lm
+from char_lm.generate import generate, load_char_lm, trained_precision
 from char_lm.scoring import evaluate_text
+from recurrent import precision as precision_module
 from recurrent.checkpoint import load_checkpoint, save_checkpoint
 from recurrent.errors import run_cli
 
@@ -344,3 +346,39 @@ def test_bad_input_is_one_error_line(case, tmp_path, trained, capsys):
     assert message in lines[0]
     assert "Traceback" not in captured.err + captured.out
     assert not (tmp_path / "run" / "last.pt").exists()
+
+
+BF16_LENGTH = 1500  # long enough that bf16's rounding changes a draw of the tiny model
+
+
+@pytest.fixture(scope="module")
+def bf16_checkpoint(tmp_path_factory: pytest.TempPathFactory, one_thread: None) -> Path:
+    if not precision_module.cpu_has_native_bf16():
+        pytest.skip("this CPU serves a bf16 checkpoint in fp32: nothing to tell apart")
+    root = tmp_path_factory.mktemp("bf16")
+    return train_tiny_char_lm(root / "run", root / "text.txt", "train.precision=bf16")
+
+
+def test_sample_runs_a_bf16_trained_model_in_bf16(bf16_checkpoint, capsys):
+    """The CLI's text is generate()'s in `trained_precision` (bf16 here), not fp32's (kills:
+    precision not passed to generate)."""
+    model, vocab, config = load_char_lm(bf16_checkpoint)
+    precision = trained_precision(model, config)
+    assert precision.name == "bf16"
+
+    def text(seed: int, precision=None) -> str:
+        generator = torch.Generator().manual_seed(seed)
+        return "".join(generate(model, vocab, "the ", BF16_LENGTH, temperature=1.0,
+                                generator=generator, precision=precision))  # fmt: skip
+
+    for seed in range(6):  # a seed whose bf16 text differs from the fp32 one
+        expected = text(seed, precision)
+        if expected != text(seed):
+            break
+    else:
+        pytest.skip("bf16 and fp32 drew the same texts")
+    argv = ["--checkpoint", str(bf16_checkpoint), "--prompt", "the ", "--length", str(BF16_LENGTH),
+            "--temperature", "1.0", "--seed", str(seed), "--device", "cpu"]  # fmt: skip
+    capsys.readouterr()
+    assert run_cli(sample.main, argv) == 0
+    assert capsys.readouterr().out == "the " + expected + "\n"

@@ -1292,3 +1292,50 @@ def test_a_heartbeat_beats_in_the_store_rank_0_serves_where_torchrun_serves_none
     assert heartbeat is not None and heartbeat.look() is None
     assert served.add(distributed._attempt_key("heartbeat/beat-1"), 0) == 1  # its beat is there
     assert heartbeat.where == f" at 127.0.0.1:{served.port}"
+
+
+def test_without_local_rank_there_is_no_machines_first_process_to_wait_for(
+    monkeypatch, tmp_path, capsys
+):
+    """A torchrun error file in the environment but no LOCAL_RANK (a launcher of its own): no
+    marker to wait for, so rank 1 says its error at once (kills: dropping the LOCAL_RANK check
+    in `_said_marker`, which made it wait SAID_TIMEOUT_S for a note nobody writes)."""
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(tmp_path / "attempt_0" / "1" / "error.json"))
+    monkeypatch.setattr(errors, "_formed_job", lambda: None)
+    monkeypatch.setattr(errors, "SAID_TIMEOUT_S", 3.0)
+    assert errors._said_marker() is None
+
+    def main(argv):
+        raise UserError("a bad flag")
+
+    start = time.monotonic()
+    assert run_cli(main, []) == 2
+    assert time.monotonic() - start < 2.0
+    assert capsys.readouterr().err == "[rank 1] error: a bad flag\n"
+
+
+@pytest.mark.parametrize(
+    "rank, raised, said",
+    [
+        ("1", RunStopped("SIGTERM", 143), ""),  # LOCAL_RANK taken as RANK: left to rank 0
+        ("0", RunStopped("SIGTERM", 143), "stopped: SIGTERM\n"),
+        ("1", UserError("a bad image"), "[rank 1] error: a bad image\n"),
+    ],
+)
+def test_without_local_rank_a_process_is_its_machines_first_only_as_rank_0(
+    rank, raised, said, monkeypatch, capsys
+):
+    """In a formed job, a job-wide stop is said by rank 0 alone when LOCAL_RANK is not set (its
+    default is RANK; kills: defaulting LOCAL_RANK to "0", which made every rank say it)."""
+    monkeypatch.setenv("RANK", rank)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.delenv("TORCHELASTIC_ERROR_FILE", raising=False)
+    monkeypatch.setattr(errors, "_formed_job", lambda: object())
+
+    def main(argv):
+        raise raised
+
+    assert run_cli(main, []) == (143 if isinstance(raised, RunStopped) else 2)
+    assert capsys.readouterr().err == said

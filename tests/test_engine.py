@@ -48,6 +48,7 @@ from recurrent.checkpoint import load_checkpoint
 from recurrent.config import load_config
 from recurrent.engine import (
     NO_DECAY_MODULES,
+    MetricsLog,
     Run,
     RunSettings,
     StepResult,
@@ -56,7 +57,7 @@ from recurrent.engine import (
     parameter_groups,
     read_metrics,
 )
-from recurrent.errors import RunStopped, run_cli
+from recurrent.errors import RunStopped, UserError, run_cli
 from recurrent.precision import Precision
 
 REPO = Path(__file__).resolve().parents[1]
@@ -855,3 +856,15 @@ def test_patience_counts_evaluations_since_the_best_across_a_resume(tmp_path):
     steps = {r["step"]: r["loss"] for r in train_lines(tmp_path)}
     assert [r["step"] for r in evals] == [1, 2, 3, 4, 5]
     assert [r["train_loss"] for r in evals] == pytest.approx([steps[s] for s in range(1, 6)])
+
+
+def test_a_tensorboard_torch_cannot_import_is_not_said_to_be_missing(tmp_path, monkeypatch):
+    """A ModuleNotFoundError of another module than tensorboard itself (here torch's own
+    tensorboard module) says torch cannot use it, quoting why (kills: any ModuleNotFoundError
+    taken for tensorboard not installed)."""
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    with pytest.raises(UserError) as refused:
+        MetricsLog(tmp_path, resumed_step=None, tensorboard=True, enabled=True)
+    message = str(refused.value)
+    assert message.startswith("train.tensorboard is on but torch cannot use the installed "
+                              "tensorboard (import of torch.utils.tensorboard halted")  # fmt: skip

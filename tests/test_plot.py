@@ -507,3 +507,16 @@ def test_a_run_given_under_two_spellings_is_named_after_the_first(
     other = _write(tmp_path / "b" / "run", [_train(1)])
     monkeypatch.chdir(tmp_path)
     assert plot.run_names(["a/run", str(run), str(other)]) == ["a/run", "a/run", str(other)]
+
+
+def test_save_chart_lets_an_error_that_is_not_vl_converts_through(tmp_path, monkeypatch):
+    """Only Altair's "needs vl-convert" errors become the install hint (kills: any ValueError
+    taken for a missing vl-convert-python)."""
+    chart = plot.curves_chart({"r": [{"kind": "train", "step": 1, "loss": 1.0}]})
+
+    def broken(*args, **kwargs):
+        raise ValueError("a bug in the chart")
+
+    monkeypatch.setattr(type(chart), "save", broken)
+    with pytest.raises(ValueError, match="a bug in the chart"):
+        plot.save_chart(chart, tmp_path / "c.png")

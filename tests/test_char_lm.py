@@ -264,7 +264,7 @@ def test_vocab_is_sorted_unique_characters_and_unknown_ones_are_named():
     vocab = build_vocab("hihello")
     assert vocab == ["e", "h", "i", "l", "o"]
     assert encode("hello", vocab).tolist() == [1, 0, 3, 3, 4]
-    with pytest.raises(UserError, match=r"2 character\(s\).*'x', 'z'"):
+    with pytest.raises(UserError, match=r"2 character\(s\).*'x' \(U\+0078\), 'z' \(U\+007A\)"):
         encode("hexzoo", vocab, what="prompt")
 
 
@@ -505,7 +505,7 @@ def test_greedy_and_top_k_one_agree_and_prompts_are_checked():
     greedy_text = "".join(generate(model, vocab, "ship", 30, greedy=True))
     top1 = "".join(generate(model, vocab, "ship", 30, top_k=1, generator=torch.Generator()))
     assert greedy_text == top1
-    with pytest.raises(UserError, match=r"prompt has 2 character\(s\).*'Q', 'X'"):
+    with pytest.raises(UserError, match=r"prompt has 2 character\(s\).*'Q' \(U\+0051\), 'X'"):
         generate(model, vocab, "QX ship", 5)  # raised at the call, before any character
     with pytest.raises(UserError, match="has none; pass a prompt"):
         generate(model, vocab, "", 5)  # the ship sentence has no newline

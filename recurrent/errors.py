@@ -193,9 +193,9 @@ DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 def _stream_that_cannot_hold(err: UnicodeEncodeError) -> str | None:
-    """ "output" or "error" when ``err`` is the encoding of stdout or stderr failing on a
-    character (a terminal or a redirection in latin-1 or cp1252 given a Chinese text); else
-    None (the project writes its files in UTF-8)."""
+    """Which standard stream, "output" or "error", ``err`` is the encoding of, failing on a
+    character (a terminal or a redirection in latin-1 or cp1252 given a Chinese text); None for
+    another (the project writes its files in UTF-8)."""
     for name, stream in (("output", sys.stdout), ("error", sys.stderr)):
         encoding = getattr(stream, "encoding", None)
         with contextlib.suppress(LookupError, TypeError):

@@ -75,9 +75,13 @@ def expand_inputs(arguments: Sequence[str]) -> tuple[list[str], set[str]]:
             images = find_images(argument)
             if not images:
                 if os.path.isdir(argument):  # its top level: say how to reach its subfolders
-                    quoted = shlex.quote(os.path.join(argument, "**", "*.jpg"))
+                    quoted = shlex.quote(os.path.join(argument, "**", "*"))
                     where = f"folder '{argument}' holds"
-                    fix = f"pass a folder with images, or a pattern such as {quoted} for subfolders"
+                    fix = "pass a folder with images" + (
+                        f", or {quoted} for those in its subfolders"
+                        if any(entry.is_dir() for entry in os.scandir(argument))
+                        else ""
+                    )
                 else:
                     where, fix = (
                         f"pattern '{argument}' matches",
@@ -330,6 +334,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise UserError(
             f"none of the {len(paths)} image files could be read (see the warnings); "
             "pass readable images"
+            if paths
+            else "no image is left to caption (see the warnings); rename the images they name"
         )
     if args.csv:
         print(f"wrote {len(before) + len(results)} captions to {args.csv}", file=sys.stderr)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import sys
 from collections.abc import Sequence
 
@@ -40,7 +39,7 @@ from captioner.scoring import (
     evaluate_split,
     load_data_records,
     older_split,
-    seen_in_training,
+    seen_note,
     what_was_scored,
     write_predictions,
 )
@@ -135,26 +134,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         data = dataclasses.replace(data, format=args.format)
     if args.image_root is not None:
         data = dataclasses.replace(data, image_root=args.image_root)
-    records = load_data_records(data)
-    # on the data it was trained on (not other annotations, nor its own train split)
-    if args.annotations is None and args.split != "train":
-        for path, payload in zip(args.checkpoint, payloads, strict=True):
-            if why := older_split(payload, records):
-                print(
-                    f"note: {path}: {why}; these scores may count images it trained on, "
-                    "so score it on images it never saw",
-                    file=sys.stderr,
-                )
+    every_split = records = load_data_records(data)
     records = select_split(records, args.split, source=data.annotations)
     if args.max_images:
         records = records[: args.max_images]
-    if args.annotations is not None and args.split != "train":  # other data: by the file names
+    if args.split != "train":  # scores that may count images a model trained on say so
         for path, payload in zip(args.checkpoint, payloads, strict=True):
-            if seen := seen_in_training(payload, records):
+            # on its own data, a rule that drew other splits; on any, the images it trained on
+            older = older_split(payload, every_split) if args.annotations is None else None
+            if why := older or seen_note(payload, records):
                 print(
-                    f"note: {path}: {len(seen)} of the {len(records)} images scored have the file "
-                    f"name of an image it trained on (like '{os.path.basename(seen[0])}'); these "
-                    "scores may count images it trained on, so score it on images it never saw",
+                    f"note: {path}: {why}; these scores may count images it trained on, "
+                    "so score it on images it never saw",
                     file=sys.stderr,
                 )
     if not any(tokenize(caption) for record in records for caption in record.captions):

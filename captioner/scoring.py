@@ -27,7 +27,14 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from captioner.config import DecodeConfig
-from captioner.data import PATHS_OUTSIDE_ABSOLUTE, SPLIT_RULE, ImageOnly, ImageRecord, load_records
+from captioner.data import (
+    OLDER_WEIGHTS,
+    PATHS_OUTSIDE_ABSOLUTE,
+    SPLIT_RULE,
+    ImageOnly,
+    ImageRecord,
+    load_records,
+)
 from captioner.data.formats import in_several_splits
 from captioner.encoder import ImageFeatures
 from captioner.inference import Captioner, decode_features, decode_settings
@@ -234,24 +241,32 @@ def load_data_records(
     return records
 
 
-def name_hash(path: str) -> int:
-    """63 bits of the BLAKE2b hash of a file's name (its last path part, as the file system
-    spells it): what a checkpoint keeps of each image it trained on (`trained_names`)."""
-    digest = hashlib.blake2b(os.fsencode(os.path.basename(path)), digest_size=8).digest()
-    return int.from_bytes(digest, "big") >> 1
+def image_key(path: str) -> int | None:
+    """63 bits of the BLAKE2b hash of an image file's name (its last path part, as the file
+    system spells it) and size in bytes: what a checkpoint keeps of each image it trained on
+    (`trained_names`), which a copy of the image elsewhere keeps too; None when the file cannot
+    be looked at."""
+    try:
+        size = os.stat(path).st_size
+    except (OSError, ValueError):
+        return None
+    digest = hashlib.blake2b(os.fsencode(os.path.basename(path)), digest_size=8)
+    digest.update(b"\0%d" % size)
+    return int.from_bytes(digest.digest(), "big") >> 1
 
 
 def trained_names(
     records: Iterable[ImageRecord], earlier: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """The file names of the training images of `records` (`name_hash`, sorted, int64), with
-    ``earlier`` (those of the weights a run started from): a captioner checkpoint's
-    ``trained_names``, by which `seen_in_training` tells images it trained on among other
-    annotations. 8 bytes an image: 0.9 MB for COCO's 113,000."""
-    hashes = {name_hash(record.image_path) for record in records if record.split == "train"}
+    """The `image_key`s of the training images of `records` (sorted, int64), with ``earlier``
+    (those of the weights a run started from): a captioner checkpoint's ``trained_names``, by
+    which `seen_in_training` tells the images it trained on among others. 8 bytes an image: 0.9
+    MB for COCO's 113,000."""
+    keys = {image_key(record.image_path) for record in records if record.split == "train"}
+    keys.discard(None)
     if _names_tensor(earlier):
-        hashes.update(earlier.tolist())
-    return torch.tensor(sorted(hashes), dtype=torch.int64)
+        keys.update(earlier.tolist())
+    return torch.tensor(sorted(keys), dtype=torch.int64)
 
 
 def _names_tensor(value: object) -> bool:
@@ -259,14 +274,33 @@ def _names_tensor(value: object) -> bool:
 
 
 def seen_in_training(payload: dict[str, Any], records: Sequence[ImageRecord]) -> list[str]:
-    """The image paths of `records` whose file names are among those the checkpoint `payload`
-    trained on (its ``trained_names``; none known in a checkpoint without them)."""
+    """The image paths of `records` whose file names and sizes are among those of the images
+    the checkpoint `payload` trained on (its ``trained_names``; none known in a checkpoint
+    without them)."""
     known = payload.get("trained_names")
     if not _names_tensor(known) or not records:
         return []
-    hashes = torch.tensor([name_hash(record.image_path) for record in records], dtype=torch.int64)
-    seen = torch.isin(hashes, known).tolist()
-    return [record.image_path for record, hit in zip(records, seen, strict=True) if hit]
+    keys = [image_key(record.image_path) for record in records]
+    looked = [(record, key) for record, key in zip(records, keys, strict=True) if key is not None]
+    if not looked:
+        return []
+    hits = torch.isin(torch.tensor([key for _, key in looked], dtype=torch.int64), known)
+    return [
+        record.image_path for (record, _), hit in zip(looked, hits.tolist(), strict=True) if hit
+    ]
+
+
+def seen_note(
+    payload: dict[str, Any], records: Sequence[ImageRecord], what: str = "images"
+) -> str | None:
+    """How many of `records` (``what``) bear the file name and size of an image the checkpoint
+    `payload` trained on, as a note's words; None when none does (or it keeps no names)."""
+    if not (seen := seen_in_training(payload, records)):
+        return None
+    return (
+        f"{len(seen)} of the {len(records)} {what} have the file name and size of an image its "
+        f"weights trained on (like '{os.path.basename(seen[0])}')"
+    )
 
 
 def older_split(payload: dict[str, Any], records: Sequence[ImageRecord]) -> str | None:
@@ -287,6 +321,11 @@ def older_split(payload: dict[str, Any], records: Sequence[ImageRecord]) -> str 
             f"outside the image root (like '{outside[0]}') drew their splits from their absolute "
             "paths, which change when the data moves; they are now drawn from the names as "
             "written, so some of the images it trained on may be val or test images here"
+        )
+    if rule == OLDER_WEIGHTS:  # which earlier rule, the run that started from them knew
+        return (
+            "its weights started from a checkpoint whose splits of this data were drawn by an "
+            "earlier rule, so some of the images they trained on may be val or test images here"
         )
     return (
         "its weights were trained when the splits of data without a split column were a shuffle "

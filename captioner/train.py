@@ -107,6 +107,7 @@ from captioner.scoring import (
     load_data_records,
     older_split,
     score_key,
+    seen_note,
     trained_names,
 )
 from captioner.scst import SelfCritical
@@ -602,6 +603,13 @@ def train(
     names_trained_on = trained_names(
         records, (run.payload or run.init_payload or {}).get("trained_names")
     )
+    held_out = [record for record in records if record.split != "train"]
+    if run.payload is None and run.init_payload is not None and run.dist.is_main:
+        if note := seen_note(run.init_payload, held_out, "val and test images"):
+            run.log(
+                f"note: --init-from {run.init_path}: {note}; their scores may count images it "
+                "trained on"
+            )
 
     # --- model, optimizer, data order
     model = CaptionModel(cfg, len(vocab), pad_id=vocab.pad_id).to(device)

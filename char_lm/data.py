@@ -132,7 +132,7 @@ def _builtin(spec: str) -> str:
 
 def _check_file(path: Path) -> None:
     if not path.exists():
-        tilde = " (~ is not expanded in a config value: give the whole path)"
+        tilde = " (~ is not expanded here, as in --set KEY=~/...: give the whole path)"
         hint = tilde if str(path).startswith("~") else " (pass a UTF-8 text file)"
         raise UserError(f"text file not found: {path}{hint}")
     if path.is_dir():
@@ -145,6 +145,8 @@ NOT_UTF8_KINDS = {
     b"BZh": "bzip2-compressed: decompress it (bunzip2) first",
     b"\xfd7zXZ\x00": "xz-compressed: decompress it (unxz) first",
     b"PK\x03\x04": "a zip archive: extract the text from it first",
+    b"\xff\xfe\x00\x00": "UTF-32 text: re-save it as UTF-8",
+    b"\x00\x00\xfe\xff": "UTF-32 text: re-save it as UTF-8",
     b"\xff\xfe": "UTF-16 text: re-save it as UTF-8",
     b"\xfe\xff": "UTF-16 text: re-save it as UTF-8",
 }
@@ -405,9 +407,10 @@ def _decomposes_into(character: str, known: set[str]) -> bool:
 
 
 def _composes_with(character: str, known: set[str]) -> bool:
-    """Whether ``character`` is a combining mark (U+0301) and ``known`` has composed letters."""
+    """Whether ``character`` is a combining mark (U+0301) that letters ``known`` has hold when
+    decomposed (é)."""
     return unicodedata.combining(character) > 0 and any(
-        len(unicodedata.normalize("NFD", ch)) > 1 for ch in known
+        character in unicodedata.normalize("NFD", ch)[1:] for ch in known
     )
 
 

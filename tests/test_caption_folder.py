@@ -128,6 +128,7 @@ def test_named_files_still_stop_and_empty_folders_are_errors(checkpoint, folder,
     for argument in (str(empty), str(tmp_path / "nothing" / "*.jpg")):
         code, _, err = run_main(["--checkpoint", str(checkpoint), argument], capsys)
         assert code == 2 and "no image files" in err and len(err.strip().splitlines()) == 1
+        assert "subfolders" not in err  # it has none
     # images in subfolders (Kaggle's Flickr8k/Images): folders are read at their top level only,
     # and the line gives the pattern that reaches below, which then captions them
     nested = tmp_path / "kaggle"
@@ -135,8 +136,8 @@ def test_named_files_still_stop_and_empty_folders_are_errors(checkpoint, folder,
     good = next(path for path in sorted(folder.iterdir()) if path.name != "broken.png")
     shutil.copy(good, nested / "Images" / "a.jpg")
     code, _, err = run_main(["--checkpoint", str(checkpoint), str(nested)], capsys)
-    assert code == 2 and f"a pattern such as '{nested}/**/*.jpg' for subfolders" in err
-    code, out, _ = run_main(["--checkpoint", str(checkpoint), f"{nested}/**/*.jpg"], capsys)
+    assert code == 2 and f"or '{nested}/**/*' for those in its subfolders" in err
+    code, out, _ = run_main(["--checkpoint", str(checkpoint), f"{nested}/**/*"], capsys)
     assert code == 0 and out.startswith(str(nested / "Images" / "a.jpg"))
     only_broken = tmp_path / "only_broken"
     only_broken.mkdir()
@@ -294,6 +295,19 @@ def test_a_name_the_csv_cannot_hold_is_skipped_or_refused(checkpoint, folder, tm
     code, stdout, err = run_main(_caption(checkpoint, str(odd), "--csv", str(out)), capsys)
     assert code == 2 and stdout == "" and err.count("\n") == 1
     assert err.startswith("error: ") and "caption it without --csv" in err
+    # a folder whose only image has such a name: nothing left, and said so ("none of the 0 image
+    # files could be read")
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copy(odd, alone / odd.name)
+    code, stdout, err = run_main(_caption(checkpoint, str(alone), "--csv", str(out)), capsys)
+    assert (
+        code == 2
+        and stdout == ""
+        and err.endswith(
+            "error: no image is left to caption (see the warnings); rename the images they name\n"
+        )
+    )
 
 
 def test_the_csv_never_replaces_an_input_a_link_or_a_special_file(

@@ -14,6 +14,7 @@ import os
 import random
 import subprocess
 import sys
+import threading
 from collections import Counter
 from pathlib import Path
 
@@ -185,7 +186,10 @@ def test_kaggles_flickr30k_results_csv_reads_as_the_same_rows_in_a_csv(tmp_path:
     )
     text = piped.read_text()
     piped.write_text(text + "2.jpg| 4   A dog runs across the grass .\n")
-    _raises_one_line(lambda: load_records("csv", piped, tmp_path / "images"), "csv' line 5")
+    _raises_one_line(
+        lambda: load_records("csv", piped, tmp_path / "images"),
+        "csv' line 5 has 2 fields, the header 3: a '|' is missing between its cells",
+    )
     piped.write_text(text + "2.jpg| 4| Two men | one ball .\n")
     _raises_one_line(
         lambda: load_records("csv", piped, tmp_path / "images"),
@@ -1094,6 +1098,24 @@ def _files_of_every_format(folder: Path) -> dict[str, Path]:
     )
     files["flickr8k"].write_text("".join(f"{n}#0\ta red circle\n" for n in names))
     return files
+
+
+def test_a_pipe_given_as_annotations_is_refused_at_once(tmp_path: Path) -> None:
+    """The loader's refusal stands: the file is not sniffed for another format's look, which
+    read a pipe for ever (a regression of the sniffing, found by its review)."""
+    fifo = tmp_path / "fifo.json"
+    os.mkfifo(fifo)
+    done: list[str] = []
+
+    def load() -> None:
+        with pytest.raises(UserError) as refused:
+            load_records("karpathy", fifo, tmp_path)
+        done.append(str(refused.value))
+
+    worker = threading.Thread(target=load, daemon=True)
+    worker.start()
+    worker.join(timeout=20)
+    assert done and "fifo.json" in done[0]
 
 
 def test_a_file_given_in_another_format_is_refused_naming_its_own(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from PIL import Image
 
 import captioner.evaluate as evaluate_module
 import captioner.train as train_module
@@ -44,8 +45,8 @@ from captioner.model import CaptionModel
 from captioner.scoring import (
     evaluate_split,
     image_ids,
+    image_key,
     load_data_records,
-    name_hash,
     older_split,
     seen_in_training,
 )
@@ -399,19 +400,23 @@ def test_a_drawn_split_is_kept_across_a_resume_and_older_checkpoints_are_named(
     assert capsys.readouterr().err == ""
 
 
-def test_evaluate_on_other_annotations_notes_images_whose_names_it_trained_on(
+def test_evaluate_notes_images_whose_names_and_sizes_it_trained_on(
     scenes_annotations: Path, tmp_path: Path, capsys
 ):
-    """A checkpoint keeps the file names of the images it trained on (`trained_names`, those of
-    the weights it started from too; export keeps them), so `evaluate --annotations` of other
-    data says how many of the images it scores it may have trained on; it said nothing."""
+    """A checkpoint keeps the file names and sizes of the images it trained on (`trained_names`,
+    those of the weights it started from too; export keeps them), so `evaluate` says how many of
+    the images it scores it may have trained on, on other annotations (it said nothing) and on
+    its own data alike, and a run started from weights that trained on its val or test images
+    says so. Another image of the same name (the scenes of another seed) is not counted."""
     entries = json.loads(scenes_annotations.read_text())["images"]
     folder = scenes_annotations.parent / entries[0]["filepath"]
     by_split = {split: [e for e in entries if e["split"] == split] for split in ("train", "test")}
     first = tmp_path / "first"
     quiet_train(tiny_cfg(scenes_annotations, "train.max_steps=1"), first)
     saved = load_checkpoint(first / "last.pt")["trained_names"]
-    assert saved.tolist() == sorted({name_hash(e["filename"]) for e in by_split["train"]})
+    keys = {split: [image_key(str(folder / e["filename"])) for e in by_split[split]]
+            for split in by_split}  # fmt: skip
+    assert saved.tolist() == sorted(set(keys["train"]))
     # other annotations (a copy of the images elsewhere): 3 training images, then the test ones
     copies = tmp_path / "copies"
     picked = [*by_split["train"][:3], *by_split["test"]]
@@ -424,35 +429,51 @@ def test_evaluate_on_other_annotations_notes_images_whose_names_it_trained_on(
         rows = [(e["filename"], e["sentences"][0]["raw"], "test") for e in picked]
         csv.writer(file).writerows([("image", "caption", "split"), *rows])
     other = ["--annotations", str(table), "--format", "csv", "--no-meteor", "--json"]
-    # a run started from weights that had also trained on those (as their names say) keeps theirs
+    # a run started from weights that had also trained on the test images (as their keys say)
     earlier = load_checkpoint(first / "last.pt")
-    more = [name_hash(e["filename"]) for e in by_split["test"]]
-    earlier["trained_names"] = torch.tensor(sorted([*saved.tolist(), *more]))
+    earlier["trained_names"] = torch.tensor(sorted({*saved.tolist(), *keys["test"]}))
     save_checkpoint(earlier, tmp_path / "earlier.pt")
     started = tmp_path / "started"
+    capsys.readouterr()
     train(tiny_cfg(scenes_annotations, "train.max_steps=1"), started, quiet=True,
           init_from=tmp_path / "earlier.pt")  # fmt: skip
+    held_out = sum(e["split"] != "train" for e in entries)
+    assert (
+        f"note: --init-from {tmp_path / 'earlier.pt'}: {len(keys['test'])} of the {held_out} val "
+        "and test images have the file name and size of an image its weights trained on"
+    ) in capsys.readouterr().out
     exported = export_checkpoint(started / "last.pt", tmp_path / "exported.pt")
     scored = len(picked)
-    for checkpoint, seen in (
-        (first / "last.pt", 3),
-        (started / "last.pt", scored),
-        (exported, scored),
+    own = ["--no-meteor", "--json"]  # its own data's test split
+    tests = len(keys["test"])
+    for checkpoint, argv, seen, of, like in (
+        (first / "last.pt", other, 3, scored, picked[0]),
+        (started / "last.pt", other, scored, scored, picked[0]),
+        (exported, other, scored, scored, picked[0]),
+        (started / "last.pt", own, tests, tests, by_split["test"][0]),
     ):
         capsys.readouterr()
-        evaluate_module.main(["--checkpoint", str(checkpoint), *other])
+        evaluate_module.main(["--checkpoint", str(checkpoint), *argv])
         said = capsys.readouterr()
-        assert json.loads(said.out)["images"] == scored
+        assert json.loads(said.out)["images"] == of
         assert said.err == (
-            f"note: {checkpoint}: {seen} of the {scored} images scored have the file name of an "
-            f"image it trained on (like '{picked[0]['filename']}'); these scores may count "
-            "images it trained on, so score it on images it never saw\n"
+            f"note: {checkpoint}: {seen} of the {of} images have the file name and size of an "
+            f"image its weights trained on (like '{like['filename']}'); "
+            "these scores may count images it trained on, so score it on images it never saw\n"
         )
     # its own data's test split, and other annotations of images it never saw: nothing to say
-    evaluate_module.main(["--checkpoint", str(first / "last.pt"), "--no-meteor", "--json"])
+    evaluate_module.main(["--checkpoint", str(first / "last.pt"), *own])
     assert capsys.readouterr().err == ""
     table.write_text("image,caption,split\n" + "".join(
         f"{e['filename']},{e['sentences'][0]['raw']},test\n" for e in picked[3:]
+    ))  # fmt: skip
+    evaluate_module.main(["--checkpoint", str(first / "last.pt"), *other])
+    assert capsys.readouterr().err == ""
+    # other images under the names of its training images (another seed's scenes): not counted
+    for entry in picked[:3]:
+        Image.open(copies / entry["filename"]).rotate(90).save(copies / entry["filename"])
+    table.write_text("image,caption,split\n" + "".join(
+        f"{e['filename']},{e['sentences'][0]['raw']},test\n" for e in picked
     ))  # fmt: skip
     evaluate_module.main(["--checkpoint", str(first / "last.pt"), *other])
     assert capsys.readouterr().err == ""
@@ -474,8 +495,12 @@ def test_only_drawn_training_images_make_an_older_checkpoint_suspect():
     drawn = [ImageRecord("a.jpg", ("x",), "train", drawn=True), given[1]]
     assert older_split({}, given) is None
     assert older_split({"split_rule": SPLIT_RULE}, drawn) is None
-    for payload in ({}, {"split_rule": OLDER_WEIGHTS}):
-        assert "some of the images it trained on are val or test" in older_split(payload, drawn)
+    assert "were a shuffle of the whole set" in older_split({}, drawn)
+    assert "some of the images it trained on are val or test" in older_split({}, drawn)
+    # weights started from such a checkpoint: which earlier rule is not known, only that it was
+    started = older_split({"split_rule": OLDER_WEIGHTS}, drawn)
+    assert started.startswith("its weights started from a checkpoint whose splits of this data")
+    assert "may be val or test images here" in started
     # the rule before: only images named outside the image root ('../') drew other splits
     inside = [dataclasses.replace(r, drawn=True, split_key=r.image_path) for r in drawn]
     assert older_split({"split_rule": PATHS_OUTSIDE_ABSOLUTE}, inside) is None

@@ -218,6 +218,8 @@ def test_unknown_characters_are_all_named_even_in_later_chunks(tmp_path):
             "writes its accented letters in NFC: unicodedata.normalize('NFC'",
         ),
         ("abZ", "ab", "lacks: 'Z' (U+005A); use only characters from its training text"),
+        # Hangul decomposes too, but into no U+0301: no NFC to suggest
+        ("e\u0301", "e\ud55c", "lacks: '\u0301' (U+0301); use only characters from its"),
     ],
 )
 def test_characters_a_model_lacks_come_with_why_when_a_text_was_saved_otherwise(
@@ -240,6 +242,7 @@ def test_characters_a_model_lacks_come_with_why_when_a_text_was_saved_otherwise(
     [
         (b"\x1f\x8b\x08\x00", "it is gzip-compressed: decompress it (gunzip) first"),
         (b"\xff\xfea\x00b\x00", "it is UTF-16 text: re-save it as UTF-8"),
+        (b"\xff\xfe\x00\x00a\x00\x00\x00", "it is UTF-32 text: re-save it as UTF-8"),
         (b"PK\x03\x04\xff", "it is a zip archive: extract the text from it first"),
         (b"ab\xff", "is not UTF-8 text (bad byte at offset 2); convert it to UTF-8 first"),
     ],
@@ -254,7 +257,7 @@ def test_a_file_that_is_not_utf8_says_what_it_is(tmp_path, head, said):
 
 
 def test_a_text_path_beginning_with_a_tilde_says_it_is_not_expanded():
-    with pytest.raises(UserError, match=r"not found: ~/book\.txt \(~ is not expanded in a config"):
+    with pytest.raises(UserError, match=r"not found: ~/book\.txt \(~ is not expanded here, as"):
         read_text("~/book.txt")
 
 

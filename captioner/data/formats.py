@@ -588,6 +588,13 @@ def read_csv_rows(file: Path) -> list[CsvRow]:
                         f"{where} has {len(reader.fieldnames) + len(row[None])} fields, the "
                         f"header {len(reader.fieldnames)}; {fix}"
                     )
+                if piped and row["caption"] is None:  # a "|" missing: its caption elsewhere
+                    fields = sum(value is not None for value in row.values())
+                    raise UserError(
+                        f"{where} has {fields} fields, the header {len(reader.fieldnames)}: a '|' "
+                        "is missing between its cells (Kaggle's Flickr30k results.csv has one "
+                        "such line); put it back"
+                    )
                 rows.append(
                     CsvRow(
                         where,
@@ -803,6 +810,8 @@ def sniff_format(file: Path) -> str | None:
     """The format among `FORMATS` that `file` looks like, from its first line (its JSON for a
     JSON file); None when it looks like none of them. For error messages only: a file whose format
     is given is read as that format."""
+    if not file.is_file():  # a pipe or a terminal would be read for ever (the loader said why)
+        return None
     try:
         with file.open("rb") as stream:
             head = stream.read(1 << 16).decode("utf-8-sig", errors="replace")
@@ -882,7 +891,7 @@ def select_split(
     if not selected:
         where = "the annotations" if source is None else _describe(source)
         if any(record.drawn for record in records):
-            fix = f"raise data.{'val' if split == 'val' else 'test'}_fraction, which draws it"
+            fix = f"raise data.{'val' if split == 'val' else 'test'}_fraction, which draws it, or add images"
         else:  # the file gives every image its split
             fix = f"give some of its images the '{split}' split, or use annotations that have one"
         raise UserError(f"the '{split}' split of {where} has no images; {fix}")

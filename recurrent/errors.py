@@ -11,8 +11,6 @@ normally.
 from __future__ import annotations
 
 import argparse
-import codecs
-import contextlib
 import errno
 import os
 import re
@@ -160,14 +158,14 @@ def _run(
     except BrokenPipeError:  # e.g. `sample ... | head`
         return 0
     except UnicodeEncodeError as err:
-        stream = _stream_that_cannot_hold(err)
-        character = err.object[err.start] if isinstance(err.object, str) else "\ud800"
-        if stream is None or "\ud800" <= character <= "\udfff":  # no encoding holds those
+        held = _stream_that_cannot_hold(err)
+        if held is None:
             raise
+        stream, encoding = held
         _report(
-            f"error: the standard {stream} is {err.encoding} text, which cannot hold U+"
-            f"{ord(character):04X}; set PYTHONIOENCODING=utf-8 (or run python -X utf8) and run "
-            "again"
+            f"error: the standard {stream} is {encoding} text, which cannot hold U+"
+            f"{ord(err.object[err.start]):04X}; set PYTHONIOENCODING=utf-8 (or run python -X "
+            "utf8) and run again"
         )
         return EXIT_USER_ERROR
     except OSError as err:
@@ -192,15 +190,25 @@ def _run(
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
-def _stream_that_cannot_hold(err: UnicodeEncodeError) -> str | None:
-    """Which standard stream, "output" or "error", ``err`` is the encoding of, failing on a
-    character (a terminal or a redirection in latin-1 or cp1252 given a Chinese text); None for
-    another (the project writes its files in UTF-8)."""
+def _stream_that_cannot_hold(err: UnicodeEncodeError) -> tuple[str, str] | None:
+    """Which standard stream, "output" or "error", cannot hold the character ``err`` failed on
+    (a terminal or a redirection in latin-1 or cp1252 given a Chinese text), with its encoding;
+    None for a lone surrogate, which no encoding holds (a name not shown through `shown_name`),
+    or a character both hold (the project writes its files in UTF-8). The streams are tried
+    with the character: a codec's error may call it by another name (cp1252's, "charmap")."""
+    character = err.object[err.start] if isinstance(err.object, str) else "\ud800"
+    if "\ud800" <= character <= "\udfff":
+        return None
     for name, stream in (("output", sys.stdout), ("error", sys.stderr)):
         encoding = getattr(stream, "encoding", None)
-        with contextlib.suppress(LookupError, TypeError):
-            if encoding and codecs.lookup(encoding).name == codecs.lookup(err.encoding).name:
-                return name
+        if not isinstance(encoding, str):
+            continue
+        try:
+            character.encode(encoding)
+        except UnicodeEncodeError:
+            return name, encoding
+        except LookupError:
+            continue
     return None
 
 

@@ -1088,6 +1088,38 @@ def test_generate_page_starts_a_model_without_a_newline_from_its_first_character
     assert at.text_area(key="prompt").value == vocab[0]
 
 
+def test_an_emptied_prompt_stays_empty_for_a_model_with_a_newline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, one_thread: None
+) -> None:
+    """A model whose vocabulary has a newline (and the letters of ROMEO:, the default prompt)
+    generates from an empty prompt, from a new line: the emptied box is kept, not refilled with
+    ROMEO: (kills: the prompt's check `bool(text) or "\\n" in vocab` cut to `bool(text)`)."""
+    best = train_tiny_char_lm(tmp_path / "run", tmp_path / "text.txt")
+    payload = load_checkpoint(best)
+    vocab = payload["vocab"]
+    assert "\n" in vocab
+    # the default prompt's letters, in place of five others (the weights stay as they are)
+    others = [char for char in vocab if char not in "ROMEO:\n"][:5]
+    swap = dict(zip(others, "ROME:", strict=True))
+    payload["vocab"] = [swap.get(char, char) for char in vocab]
+    assert len(set(payload["vocab"])) == len(vocab) and set("ROMEO:") <= set(payload["vocab"])
+    models_dir = tmp_path / "models"
+    save_checkpoint(payload, models_dir / "romeo.pt")
+    monkeypatch.setenv(ENV_VAR, str(models_dir))
+    monkeypatch.setattr(sys, "argv", ["app.py"])
+    at = _run(AppTest.from_file(APP, default_timeout=TIMEOUT))
+    at.radio(key="page").set_value("Generate text")
+    _run(at)
+    assert at.text_area(key="prompt").value == "ROMEO:"
+    at.text_area(key="prompt").set_value("")
+    _run(at)
+    assert at.text_area(key="prompt").value == ""
+    at.button(key="generate").click()
+    _run(at)
+    assert "starts from the beginning of a new line" in " ".join(i.value for i in at.info)
+    assert at.code[0].value.strip()  # a text came
+
+
 def test_inside_page_plots_the_saturation_of_gates_that_saturate(
     app: AppTest, models: dict[str, Path]
 ) -> None:

@@ -1197,3 +1197,149 @@ def test_tokenize_is_the_fixed_point_of_treebank_on_punctuation_heavy_text():
     for _ in range(3000):
         text = "".join(rng.choice(PIECES) for _ in range(rng.randint(1, 14)))
         assert tokenize(text) == _fixed_point(text), text
+
+
+# --- the day's formats changes: gaps a mutation audit found ---
+
+
+def test_an_absolute_name_outside_the_root_is_its_own_key_even_when_written() -> None:
+    """Only a name written relative to the root becomes a ``../`` key; one written as an absolute
+    path outside it stays its own key (kills: the isabs check dropped, which gave
+    '../../elsewhere/b.jpg')."""
+    root = Path("/data/set")
+    paths = ["/elsewhere/b.jpg", "/data/other/c.jpg"]
+    written = {paths[0]: "/elsewhere/b.jpg", paths[1]: "../other/c.jpg"}
+    assert relative_names(paths, root, written) == {
+        paths[0]: "/elsewhere/b.jpg",
+        paths[1]: "../other/c.jpg",
+    }
+
+
+def test_a_flickr30k_token_file_naming_images_outside_the_root_keeps_its_split_when_moved(
+    tmp_path: Path,
+) -> None:
+    """Flickr30k's drawn splits, names relative to the image root that leave it (``../images``):
+    drawn from the names as written (split_key, as csv rows), so the copy elsewhere splits alike
+    (kills: `relative_names` without the written names, or split_key not kept)."""
+    names = [f"{i}.jpg" for i in range(40)]
+
+    def project(where: Path) -> Path:
+        for name in names:
+            _png(where / "images" / name)
+        token = where / "ann" / "results_20130124.token"
+        token.parent.mkdir(parents=True)
+        token.write_text("".join(f"../images/{n}#0\ta picture of {n}\n" for n in names))
+        return token
+
+    first, moved = project(tmp_path / "a"), project(tmp_path / "elsewhere" / "deeper" / "b")
+
+    def splits(token: Path) -> dict[str, str]:
+        records = load_records("flickr8k", token, None, val_fraction=0.2, test_fraction=0.2, seed=1)
+        assert all(r.split_key == f"../images/{Path(r.image_path).name}" for r in records)
+        return {Path(r.image_path).name: r.split for r in records}
+
+    assert splits(first) == splits(moved)
+    assert set(splits(first).values()) == {"train", "val", "test"}
+
+
+def test_a_csv_header_that_holds_a_pipe_and_commas_is_read_by_its_commas(tmp_path: Path) -> None:
+    """Only a header without commas is Kaggle's '|'-separated one (kills: any '|' in the header
+    taken for it)."""
+    _png(tmp_path / "a.png")
+    table = tmp_path / "captions.csv"
+    table.write_text("image,caption,source|notes\na.png,a red square,web|none\n")
+    [record] = load_records("csv", table, tmp_path)
+    assert record.captions == ("a red square",)
+
+
+def test_a_csv_with_image_and_caption_keeps_them_beside_a_comment_column(tmp_path: Path) -> None:
+    """Kaggle's names (image_name, comment) stand in only when 'image' and 'caption' are absent
+    (kills: aliasing always, which read the caption from a 'comment' column)."""
+    _png(tmp_path / "a.png")
+    table = tmp_path / "captions.csv"
+    table.write_text("image,caption,comment\na.png,a red square,checked by hand\n")
+    [record] = load_records("csv", table, tmp_path)
+    assert record.captions == ("a red square",)
+
+
+def _kaggle_results(folder: Path) -> Path:
+    for name in ("1.jpg", "2.jpg"):
+        _png(folder / name)
+    piped = folder / "results.csv"
+    piped.write_text("image_name| comment_number| comment\n1.jpg| 0| A dog .\n2.jpg| 0| A cat .\n")
+    return piped
+
+
+@pytest.mark.parametrize("fmt", ["karpathy", "flickr8k", "coco", "jsonl"])
+def test_kaggles_flickr30k_results_csv_given_as_another_format_is_named_a_csv(
+    tmp_path: Path, fmt: str
+) -> None:
+    """Its '|'-separated header (image_name| comment_number| comment) looks like a CSV (kills:
+    sniffing only ',' or only 'image'/'caption')."""
+    piped = _kaggle_results(tmp_path)
+    assert len(load_records("csv", piped, tmp_path)) == 2
+    _raises_one_line(
+        lambda: load_records(fmt, piped, tmp_path),
+        f"'{piped}' looks like a CSV of images and captions",
+        "give its format (csv: --format csv or --set data.format=csv)",
+    )
+
+
+def test_a_coco_image_info_file_is_not_said_to_look_like_karpathys(tmp_path: Path) -> None:
+    """COCO's image_info_test2015.json has images and no annotations: no format's look, so the coco
+    loader's own line stands (kills: any 'images' list of objects taken for Karpathy's JSON)."""
+    for name, said in (
+        ("image_info_test2015.json", "cannot tell the split of COCO file"),
+        ("captions_train2014.json", "the test image_info files carry no captions"),
+    ):
+        info = tmp_path / name
+        info.write_text(json.dumps({"images": [{"id": 1, "file_name": "a.jpg"}]}))
+        message = _raises_one_line(lambda info=info: load_records("coco", info, tmp_path), said)
+        assert "looks like" not in message
+
+
+def test_a_file_that_begins_with_blank_lines_is_still_recognised(tmp_path: Path) -> None:
+    """The look comes from the first line that holds something (kills: the first line taken
+    as it is)."""
+    _png(tmp_path / "a.png")
+    table = tmp_path / "captions.txt"
+    table.write_text("\n\nimage,caption\na.png,a red square\n")
+    _raises_one_line(
+        lambda: load_records("karpathy", table, tmp_path),
+        "looks like a CSV of images and captions",
+    )
+
+
+def test_a_json_line_without_a_caption_does_not_look_like_json_lines(tmp_path: Path) -> None:
+    """JSON lines need both 'image' and 'caption' to be named as such (kills: 'image' alone)."""
+    lines = tmp_path / "data.jsonl"
+    lines.write_text(json.dumps({"image": "a.png", "text": "a red square"}) + "\n")
+    message = _raises_one_line(lambda: load_records("karpathy", lines, tmp_path))
+    assert "looks like" not in message
+
+
+def test_an_empty_drawn_split_beside_given_ones_says_to_raise_its_fraction() -> None:
+    """COCO's train and val files: train images come from the file, val and test are drawn; an
+    empty test split says to raise data.test_fraction (kills: `any` turned `all`, which asked to
+    give images a split the file cannot give)."""
+    records = [
+        ImageRecord("/train/a.jpg", ("x",), "train", drawn=False),
+        ImageRecord("/val/b.jpg", ("y",), "val", drawn=True),
+    ]
+    _raises_one_line(lambda: select_split(records, "test"), "raise data.test_fraction")
+
+
+def test_an_absolute_name_padded_with_spaces_splits_as_the_same_name_unpadded(
+    tmp_path: Path,
+) -> None:
+    """Spaces of a file's layout before an absolute name outside the root are not part of the
+    name as written: its key is the path itself, as without them (kills: the row's name before
+    stripping kept as written, which drew a '../' key)."""
+    image = _png(tmp_path / "elsewhere" / "a.png")
+    root = tmp_path / "root"
+    root.mkdir()
+    plain, padded = tmp_path / "plain.csv", tmp_path / "padded.csv"
+    plain.write_text(f"image,caption\n{image},a red square\n")
+    padded.write_text(f"image,caption\n   {image},a red square\n")
+    keys = [load_records("csv", table, root)[0].split_key for table in (plain, padded)]
+    assert keys == [str(image), str(image)]

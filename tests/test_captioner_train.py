@@ -49,6 +49,7 @@ from captioner.scoring import (
     load_data_records,
     older_split,
     seen_in_training,
+    trained_names,
 )
 from captioner.train import captions_fingerprint, parameter_parts, scheduled_sampling, train
 from recurrent import engine
@@ -481,6 +482,123 @@ def test_evaluate_notes_images_whose_names_and_sizes_it_trained_on(
     older = load_checkpoint(first / "last.pt")
     del older["trained_names"]
     assert seen_in_training(older, load_data_records(tiny_cfg(table, "data.format=csv").data)) == []
+
+
+def test_a_resumed_run_keeps_the_names_of_the_weights_it_started_from(
+    scenes_annotations: Path, tmp_path: Path
+):
+    """--init-from's trained_names outlive a resume of that run: the resume starts from the
+    run's own last.pt, which holds them (kills: only the init payload's names kept, which a
+    resume has none of)."""
+    first = tmp_path / "first"
+    train(tiny_cfg(scenes_annotations, "train.max_steps=1"), first, quiet=True)
+    earlier = load_checkpoint(first / "last.pt")
+    extra = [5, 7]  # the keys of images not in this data
+    earlier["trained_names"] = torch.tensor(sorted([*earlier["trained_names"].tolist(), *extra]))
+    save_checkpoint(earlier, tmp_path / "earlier.pt")
+    started = tmp_path / "started"
+    cfg = tiny_cfg(scenes_annotations, "train.max_steps=1")
+    train(cfg, started, quiet=True, init_from=tmp_path / "earlier.pt")
+    assert set(extra) <= set(load_checkpoint(started / "last.pt")["trained_names"].tolist())
+    train(tiny_cfg(scenes_annotations, "train.max_steps=2"), started, resume=True, quiet=True)
+    resumed = load_checkpoint(started / "last.pt")
+    assert resumed["step"] == 2
+    assert resumed["trained_names"].tolist() == earlier["trained_names"].tolist()
+
+
+def test_evaluate_on_the_train_split_of_other_annotations_says_nothing_of_trained_names(
+    scenes_annotations: Path, tmp_path: Path, capsys
+):
+    """Scoring a train split is no held-out score: no note of images it trained on (kills: the
+    `--split train` exception dropped)."""
+    entries = json.loads(scenes_annotations.read_text())["images"]
+    folder = scenes_annotations.parent / entries[0]["filepath"]
+    run = tmp_path / "run"
+    train(tiny_cfg(scenes_annotations, "train.max_steps=1"), run, quiet=True)
+    picked = [e for e in entries if e["split"] == "train"][:3]
+    copies = tmp_path / "copies"
+    copies.mkdir()
+    for entry in picked:
+        shutil.copy(folder / entry["filename"], copies / entry["filename"])
+    table = copies / "captions.csv"
+    with table.open("w", newline="") as file:
+        rows = [(e["filename"], e["sentences"][0]["raw"], "train") for e in picked]
+        csv.writer(file).writerows([("image", "caption", "split"), *rows])
+    argv = ["--checkpoint", str(run / "last.pt"), "--annotations", str(table), "--format", "csv",
+            "--no-meteor", "--json"]  # fmt: skip
+    capsys.readouterr()
+    evaluate_module.main([*argv, "--split", "train"])
+    said = capsys.readouterr()
+    assert json.loads(said.out)["images"] == 3 and said.err == ""
+    table.write_text(table.read_text().replace(",train", ",test"))  # the same, held out: noted
+    evaluate_module.main(argv)
+    assert "3 of the 3 images have the file name and size" in capsys.readouterr().err
+
+
+def test_trained_names_ignores_earlier_names_of_another_shape_or_type(tmp_path: Path):
+    """A tampered checkpoint's trained_names (2-D, 0-D, float) is not taken for names: the run's
+    own training images are kept, no traceback (a mutation audit: the dim or dtype check
+    dropped). An image that cannot be looked at is left out."""
+    for name in ("a.png", "b.png"):
+        (tmp_path / name).write_bytes(b"x" * 10)
+    records = [
+        ImageRecord(str(tmp_path / "a.png"), ("x",), "train"),
+        ImageRecord(str(tmp_path / "b.png"), ("y",), "val"),
+        ImageRecord(str(tmp_path / "gone.png"), ("z",), "train"),
+    ]
+    own = [image_key(str(tmp_path / "a.png"))]
+    assert image_key(str(tmp_path / "gone.png")) is None
+    for earlier in (
+        torch.tensor([[1, 2]]),
+        torch.tensor(3),
+        torch.tensor([0.5, 2.0**40]),
+        torch.tensor([1, 2], dtype=torch.int32),
+    ):
+        names = trained_names(records, earlier)
+        assert names.dtype == torch.int64 and names.tolist() == own, earlier
+    assert trained_names(records, torch.tensor([5, 7])).tolist() == sorted([5, 7, *own])
+
+
+def test_only_keys_that_leave_the_root_make_the_rule_before_suspect():
+    """A key inside the root that merely begins with two dots ('..a.png', a file name) drew the
+    same split under both rules (kills: startswith('..') for startswith('../'))."""
+    inside = [
+        ImageRecord("/d/..a.png", ("x",), "train", drawn=True, split_key="..a.png"),
+        ImageRecord("/d/b.png", ("y",), "test", drawn=True, split_key="b.png"),
+    ]
+    assert older_split({"split_rule": PATHS_OUTSIDE_ABSOLUTE}, inside) is None
+    outside = [dataclasses.replace(inside[0], split_key="../d/a.png"), inside[1]]
+    assert "(like '../d/a.png')" in older_split({"split_rule": PATHS_OUTSIDE_ABSOLUTE}, outside)
+
+
+def test_evaluate_on_its_own_data_says_nothing_of_test_images_that_share_a_training_name(
+    scenes_annotations: Path, tmp_path: Path, capsys
+):
+    """A test image in another folder that bears a training image's file name, but other bytes,
+    is no note."""
+    entries = json.loads(scenes_annotations.read_text())["images"]
+    folder = scenes_annotations.parent / entries[0]["filepath"]
+    train_names = [e["filename"] for e in entries if e["split"] == "train"]
+    rows = []
+    for index, entry in enumerate(entries):
+        # the test images take training images' names, in a folder of their own
+        name = (
+            train_names[index % len(train_names)] if entry["split"] == "test" else entry["filename"]
+        )
+        target = tmp_path / entry["split"] / name
+        target.parent.mkdir(exist_ok=True)
+        shutil.copy(folder / entry["filename"], target)
+        rows.append((f"{entry['split']}/{name}", entry["sentences"][0]["raw"], entry["split"]))
+    table = tmp_path / "captions.csv"
+    with table.open("w", newline="") as file:
+        csv.writer(file).writerows([("image", "caption", "split"), *rows])
+    run = tmp_path / "run"
+    train(tiny_cfg(table, "data.format=csv", "train.max_steps=1"), run, quiet=True)
+    capsys.readouterr()
+    evaluate_module.main(["--checkpoint", str(run / "last.pt"), "--no-meteor", "--json"])
+    said = capsys.readouterr()
+    assert json.loads(said.out)["images"] == sum(e["split"] == "test" for e in entries)
+    assert said.err == ""
 
 
 def test_only_drawn_training_images_make_an_older_checkpoint_suspect():

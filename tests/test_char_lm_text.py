@@ -411,3 +411,63 @@ def test_a_prompt_longer_than_one_window_continues_as_if_fed_at_once(monkeypatch
     monkeypatch.setattr(generate_module, "PROMPT_WINDOW", 7)
     torch.testing.assert_close(first_logits(prompt), at_once, atol=1e-5, rtol=0)
     assert not torch.allclose(first_logits(prompt[-6:]), at_once, atol=1e-3)
+
+
+def _refusal(text: str, vocab: str) -> str:
+    with pytest.raises(UserError) as refused:
+        encode(text, list(vocab))
+    return str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "vocab"),
+    [
+        ("Z", "ab\u00e9"),  # kills: any missing character taken for a combining mark
+        ("e\u0301", "abe"),  # kills: any known character taken for a composed letter
+        (
+            "\u212a",
+            "Kab",
+        ),  # KELVIN SIGN: NFD is 'K' alone, no accent (kills: len(parts) > 1 dropped)
+    ],
+)
+def test_no_composition_hint_where_no_letter_is_composed_otherwise(text, vocab):
+    """The NFC/NFD hint only where the missing characters are the vocabulary's letters composed
+    otherwise: not for a plain letter beside accented ones, a combining mark where the vocabulary
+    has no composed letter, or a compatibility character."""
+    message = _refusal(text, vocab)
+    assert "accented letters" not in message, message
+    assert message.endswith("; use only characters from its training text")
+
+
+def test_more_than_twenty_missing_characters_are_cut_with_an_ellipsis():
+    vocab = "ab"
+    assert " ..." not in _refusal("cdefghijklmnopqrstuv", vocab)  # 20: all shown
+    message = _refusal("cdefghijklmnopqrstuvw", vocab)  # 21: the first 20 and ' ...'
+    assert "21 character(s)" in message and "'v' (U+0076) ...;" in message
+    assert "'w'" not in message
+
+
+@pytest.mark.parametrize(
+    ("head", "said"),
+    [
+        (b"BZh91AY&SY\xff", "it is bzip2-compressed: decompress it (bunzip2) first"),
+        (b"\xfd7zXZ\x00\x00\x04\xff", "it is xz-compressed: decompress it (unxz) first"),
+        (b"\xfe\xff\x00a\x00b", "it is UTF-16 text: re-save it as UTF-8"),
+        (b"ab\x1f\x8b\xff", "is not UTF-8 text (bad byte at offset 3); convert it to UTF-8 first"),
+    ],
+)
+def test_the_other_kinds_of_file_that_are_not_utf8_are_named(tmp_path, head, said):
+    """bzip2, xz (whose 6-byte magic needs more than 4 bytes read), UTF-16 big-endian; and a
+    kind's magic bytes after the start say nothing (kills: `in` for `startswith`)."""
+    path = tmp_path / "book.txt"
+    path.write_bytes(head)
+    for call in (lambda: scan_text(path), lambda: read_text(path)):
+        with pytest.raises(UserError) as refused:
+            call()
+        assert said in str(refused.value)
+
+
+def test_a_text_path_beginning_with_tilde_user_says_it_is_not_expanded():
+    """~user/... is no more expanded than ~/... (kills: only '~/' recognised)."""
+    with pytest.raises(UserError, match=r"not found: ~nobody/book\.txt \(~ is not expanded"):
+        read_text("~nobody/book.txt")

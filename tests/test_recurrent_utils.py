@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import time
+import types
 import typing
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from recurrent.checkpoint import (
     check_same_architecture,
     load_checkpoint,
     save_checkpoint,
+    shown_name,
 )
 from recurrent.config import from_dict, load_config, run_dir, to_dict, with_defaults
 from recurrent.errors import EXIT_USER_ERROR, RunStopped, UserError, loader_workers, run_cli
@@ -571,3 +573,58 @@ def test_a_stop_names_the_signal_its_exit_status_stands_for(exit_code, name):
     """`caption --csv` says which signal stopped it; the status 128 + N of a signal's stop says
     it, not the front of the stop's message."""
     assert RunStopped("SIGTERM; any message", exit_code).signal_name == name
+
+
+def test_an_error_stream_that_cannot_hold_a_character_is_named_as_the_standard_error(
+    monkeypatch, capsys
+):
+    """stderr in latin-1, stdout in UTF-8: the line names the standard error (kills: only stdout
+    looked at, which let the UnicodeEncodeError through as a traceback)."""
+    latin = io.TextIOWrapper(io.BytesIO(), encoding="latin-1", write_through=True)
+    monkeypatch.setattr(sys, "stderr", latin)
+    assert run_cli(lambda argv: print("\u543e", file=sys.stderr), []) == EXIT_USER_ERROR
+    assert latin.buffer.getvalue().decode("latin-1") == (
+        "error: the standard error is latin-1 text, which cannot hold U+543E; set "
+        "PYTHONIOENCODING=utf-8 (or run python -X utf8) and run again\n"
+    )
+
+
+@pytest.mark.parametrize("encoding", ["iso-8859-1", "ISO8859-1", "latin1"])
+def test_a_stream_encoding_spelled_otherwise_than_its_codec_is_still_recognised(
+    encoding, monkeypatch, capsys
+):
+    """The stream says 'iso-8859-1', its codec's error 'latin-1': the same codec, named as the
+    stream names it."""
+    stream = io.TextIOWrapper(io.BytesIO(), encoding=encoding)
+    monkeypatch.setattr(sys, "stdout", stream)
+    assert run_cli(lambda argv: print("\u543e"), []) == EXIT_USER_ERROR
+    assert capsys.readouterr().err.startswith(
+        f"error: the standard output is {encoding} text, which cannot hold U+543E;"
+    )
+
+
+def test_a_stream_whose_encoding_is_no_name_leaves_the_error_as_it_was(monkeypatch):
+    """A replaced stdout whose `encoding` is not a str: no codec to look up, the encoding error
+    stays the bug's (kills: TypeError no longer suppressed, which raised a TypeError instead)."""
+    monkeypatch.setattr(sys, "stdout", types.SimpleNamespace(encoding=7, flush=lambda: None))
+    with pytest.raises(UnicodeEncodeError):
+        run_cli(lambda argv: "\u543e".encode("ascii"), [])
+
+
+def test_a_cp1252_output_that_cannot_hold_a_character_is_one_line(monkeypatch, capsys):
+    """A Windows cp1252 terminal or file: the codec's error calls its encoding 'charmap' (as
+    cp437's, koi8-r's and others do), which was compared with the stream's name and let through
+    as a traceback (found by the mutation audit)."""
+    stream = io.TextIOWrapper(io.BytesIO(), encoding="cp1252")
+    monkeypatch.setattr(sys, "stdout", stream)
+    assert run_cli(lambda argv: print("\u543e"), []) == EXIT_USER_ERROR
+    assert "the standard output is cp1252 text, which cannot hold U+543E" in capsys.readouterr().err
+
+
+def test_shown_name_takes_a_lone_surrogate_no_file_name_holds():
+    """'\\ud800' (as a JSON config's escape gives it) is no surrogateescape byte: os.fsencode
+    refuses it, shown_name shows U+FFFD all the same (kills: the UnicodeEncodeError branch
+    dropped, or its surrogatepass turned replace, which gave '?')."""
+    # its three UTF-8 bytes (surrogatepass), each shown as U+FFFD
+    assert shown_name("texts/\ud800name.txt") == "texts/" + "\ufffd" * 3 + "name.txt"
+    assert shown_name("texts/bad\udcffname.txt") == "texts/bad\ufffdname.txt"

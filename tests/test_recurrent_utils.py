@@ -359,7 +359,7 @@ def test_an_output_that_cannot_hold_a_character_is_one_line_saying_how_to_run(mo
         "PYTHONIOENCODING=utf-8 (or run python -X utf8) and run again\n"
     )
     assert latin.buffer.getvalue() == b"to\n"  # what came before is written
-    for raised in ("\udcff".encode, lambda: "\u543e".encode("ascii")):
+    for raised in ("\udcff".encode, lambda: "\u00e9".encode("ascii")):  # both streams hold é
         with pytest.raises(UnicodeEncodeError):
             run_cli(lambda argv, raised=raised: raised(), [])
 

@@ -599,10 +599,12 @@ def train(
             "captioner.evaluate will note it"
         )
 
-    # the file names of the images its weights have trained on (those it started from too)
-    names_trained_on = trained_names(
-        records, (run.payload or run.init_payload or {}).get("trained_names")
-    )
+    # the file names and sizes of the images its weights have trained on (those it started from
+    # too), for rank 0's checkpoints: a `stat` an image, which the other ranks are spared
+    names_trained_on = torch.empty(0, dtype=torch.int64)
+    if run.dist.is_main:
+        earlier = (run.payload or run.init_payload or {}).get("trained_names")
+        names_trained_on = trained_names(records, earlier)
     held_out = [record for record in records if record.split != "train"]
     if run.payload is None and run.init_payload is not None and run.dist.is_main:
         if note := seen_note(run.init_payload, held_out, "val and test images"):

@@ -144,14 +144,21 @@ def test_hostile_metrics_lines_are_skipped_and_the_good_runs_drawn(app):
     assert at.get("vega_lite_chart")  # the good line is drawn
 
 
-def test_a_run_that_fails_to_draw_is_named_and_the_others_drawn(app, monkeypatch):
+@pytest.mark.parametrize(
+    ("failure", "said"),
+    [
+        (ValueError("a bug\nsecond line"), "ValueError: a bug second line"),
+        (KeyError("step"), "KeyError: 'step'"),  # any exception, not only a ValueError
+    ],
+)
+def test_a_run_that_fails_to_draw_is_named_and_the_others_drawn(app, monkeypatch, failure, said):
     """A failure inside the curves' fragment (here building one run's rows raises) is a warning
     naming the run and the failure, not Streamlit's error box; the other run is drawn."""
     real = curves.metrics_frame
 
     def fails_for_one(runs):
         if "hostile_run" in runs:
-            raise ValueError("a bug\nsecond line")
+            raise failure
         return real(runs)
 
     monkeypatch.setattr(curves, "metrics_frame", fails_for_one)
@@ -160,9 +167,7 @@ def test_a_run_that_fails_to_draw_is_named_and_the_others_drawn(app, monkeypatch
     at = _page(app, "Training curves")
     at.multiselect(key="curve_runs").set_value(["good", "hostile_run"])
     _run(at)
-    assert [w.value for w in at.warning] == [
-        "hostile_run cannot be drawn (ValueError: a bug second line)."
-    ]
+    assert [w.value for w in at.warning] == [f"hostile_run cannot be drawn ({said})."]
     charts = at.get("vega_lite_chart")
     runs = {
         row["run"]

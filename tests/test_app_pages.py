@@ -1388,21 +1388,6 @@ def test_a_run_removed_after_listing_is_said_to_be_gone(two_runs, monkeypatch):
     assert any(e.value.startswith("**good**: step 20") for e in at.caption)
 
 
-def test_any_failure_of_one_runs_rows_is_a_warning_naming_it(two_runs, monkeypatch):
-    """Not only a ValueError (kills: the per-run `except Exception` narrowed)."""
-    real = curves.metrics_frame
-
-    def fails_for_one(lines):
-        if "bad" in lines:
-            raise KeyError("step")
-        return real(lines)
-
-    monkeypatch.setattr(curves, "metrics_frame", fails_for_one)
-    at = _curves_of(["good", "bad"])
-    assert [w.value for w in at.warning] == ["bad cannot be drawn (KeyError: 'step')."]
-    assert at.get("vega_lite_chart")
-
-
 def test_a_line_exactly_live_within_s_old_is_still_training():
     now = 1000.0
     lines = [{"kind": "train", "step": 5, "timestamp": now - LIVE_WITHIN_S}]

@@ -1242,22 +1242,17 @@ def test_a_flickr30k_token_file_naming_images_outside_the_root_keeps_its_split_w
     assert set(splits(first).values()) == {"train", "val", "test"}
 
 
-def test_a_csv_header_that_holds_a_pipe_and_commas_is_read_by_its_commas(tmp_path: Path) -> None:
-    """Only a header without commas is Kaggle's '|'-separated one (kills: any '|' in the header
-    taken for it)."""
+@pytest.mark.parametrize(
+    "header",
+    [
+        "image,caption,source|notes",  # a '|' beside commas: not Kaggle's '|'-separated header
+        "image,caption,comment",  # Kaggle's names stand in only where image and caption lack
+    ],
+)
+def test_a_csv_that_names_image_and_caption_is_read_by_them(tmp_path: Path, header: str) -> None:
     _png(tmp_path / "a.png")
     table = tmp_path / "captions.csv"
-    table.write_text("image,caption,source|notes\na.png,a red square,web|none\n")
-    [record] = load_records("csv", table, tmp_path)
-    assert record.captions == ("a red square",)
-
-
-def test_a_csv_with_image_and_caption_keeps_them_beside_a_comment_column(tmp_path: Path) -> None:
-    """Kaggle's names (image_name, comment) stand in only when 'image' and 'caption' are absent
-    (kills: aliasing always, which read the caption from a 'comment' column)."""
-    _png(tmp_path / "a.png")
-    table = tmp_path / "captions.csv"
-    table.write_text("image,caption,comment\na.png,a red square,checked by hand\n")
+    table.write_text(f"{header}\na.png,a red square,checked|by hand\n")
     [record] = load_records("csv", table, tmp_path)
     assert record.captions == ("a red square",)
 

@@ -401,6 +401,19 @@ def test_a_drawn_split_is_kept_across_a_resume_and_older_checkpoints_are_named(
     assert capsys.readouterr().err == ""
 
 
+def _copied(folder: Path, entries: list[dict], copies: Path, split: str) -> Path:
+    """Copies of the scene images of ``entries`` in ``copies``, and a CSV there that lists them
+    in ``split`` with their first captions: other annotations of some of the same images."""
+    copies.mkdir()
+    for entry in entries:
+        shutil.copy(folder / entry["filename"], copies / entry["filename"])
+    table = copies / "captions.csv"
+    with table.open("w", newline="") as file:
+        rows = [(e["filename"], e["sentences"][0]["raw"], split) for e in entries]
+        csv.writer(file).writerows([("image", "caption", "split"), *rows])
+    return table
+
+
 def test_evaluate_notes_images_whose_names_and_sizes_it_trained_on(
     scenes_annotations: Path, tmp_path: Path, capsys
 ):
@@ -419,16 +432,10 @@ def test_evaluate_notes_images_whose_names_and_sizes_it_trained_on(
             for split in by_split}  # fmt: skip
     assert saved.tolist() == sorted(set(keys["train"]))
     # other annotations (a copy of the images elsewhere): 3 training images, then the test ones
-    copies = tmp_path / "copies"
     picked = [*by_split["train"][:3], *by_split["test"]]
     assert len(picked) > 4
-    copies.mkdir()
-    for entry in picked:
-        shutil.copy(folder / entry["filename"], copies / entry["filename"])
-    table = copies / "captions.csv"
-    with table.open("w", newline="") as file:
-        rows = [(e["filename"], e["sentences"][0]["raw"], "test") for e in picked]
-        csv.writer(file).writerows([("image", "caption", "split"), *rows])
+    table = _copied(folder, picked, tmp_path / "copies", "test")
+    copies = table.parent
     other = ["--annotations", str(table), "--format", "csv", "--no-meteor", "--json"]
     # a run started from weights that had also trained on the test images (as their keys say)
     earlier = load_checkpoint(first / "last.pt")
@@ -516,14 +523,7 @@ def test_evaluate_on_the_train_split_of_other_annotations_says_nothing_of_traine
     run = tmp_path / "run"
     train(tiny_cfg(scenes_annotations, "train.max_steps=1"), run, quiet=True)
     picked = [e for e in entries if e["split"] == "train"][:3]
-    copies = tmp_path / "copies"
-    copies.mkdir()
-    for entry in picked:
-        shutil.copy(folder / entry["filename"], copies / entry["filename"])
-    table = copies / "captions.csv"
-    with table.open("w", newline="") as file:
-        rows = [(e["filename"], e["sentences"][0]["raw"], "train") for e in picked]
-        csv.writer(file).writerows([("image", "caption", "split"), *rows])
+    table = _copied(folder, picked, tmp_path / "copies", "train")
     argv = ["--checkpoint", str(run / "last.pt"), "--annotations", str(table), "--format", "csv",
             "--no-meteor", "--json"]  # fmt: skip
     capsys.readouterr()

@@ -164,8 +164,8 @@ def _run(
         stream, encoding = held
         _report(
             f"error: the standard {stream} is {encoding} text, which cannot hold U+"
-            f"{ord(err.object[err.start]):04X}; set PYTHONIOENCODING=utf-8 (or run python -X "
-            "utf8) and run again"
+            f"{ord(err.object[err.start]):04X}; set PYTHONIOENCODING=utf-8 (or PYTHONUTF8=1) "
+            "and run again"
         )
         return EXIT_USER_ERROR
     except OSError as err:

@@ -356,7 +356,7 @@ def test_an_output_that_cannot_hold_a_character_is_one_line_saying_how_to_run(mo
     assert run_cli(lambda argv: (print("to"), print("\u543e")), []) == EXIT_USER_ERROR
     assert capsys.readouterr().err == (
         "error: the standard output is latin-1 text, which cannot hold U+543E; set "
-        "PYTHONIOENCODING=utf-8 (or run python -X utf8) and run again\n"
+        "PYTHONIOENCODING=utf-8 (or PYTHONUTF8=1) and run again\n"
     )
     assert latin.buffer.getvalue() == b"to\n"  # what came before is written
     for raised in ("\udcff".encode, lambda: "\u00e9".encode("ascii")):  # both streams hold é
@@ -585,7 +585,7 @@ def test_an_error_stream_that_cannot_hold_a_character_is_named_as_the_standard_e
     assert run_cli(lambda argv: print("\u543e", file=sys.stderr), []) == EXIT_USER_ERROR
     assert latin.buffer.getvalue().decode("latin-1") == (
         "error: the standard error is latin-1 text, which cannot hold U+543E; set "
-        "PYTHONIOENCODING=utf-8 (or run python -X utf8) and run again\n"
+        "PYTHONIOENCODING=utf-8 (or PYTHONUTF8=1) and run again\n"
     )
 
 

@@ -64,7 +64,13 @@ def _existing_file(path: PathLike, what: str) -> Path:
         raise UserError(f"no {what} given; pass the path of the annotations")
     file = Path(path)
     if not file.is_file():
-        problem = "is a folder, not a file" if file.is_dir() else "not found"
+        problem = (
+            "is a folder, not a file"
+            if file.is_dir()
+            else "is not a regular file (a pipe?)"
+            if file.exists()
+            else "not found"
+        )
         raise UserError(f"{what} '{file}' {problem}; check the annotations path")
     return file
 

@@ -77,10 +77,10 @@ def expand_inputs(arguments: Sequence[str]) -> tuple[list[str], set[str]]:
                 if os.path.isdir(argument):  # its top level: say how to reach its subfolders
                     quoted = shlex.quote(os.path.join(argument, "**", "*"))
                     where = f"folder '{argument}' holds"
+                    with os.scandir(argument) as entries:
+                        nested = any(entry.is_dir() for entry in entries)
                     fix = "pass a folder with images" + (
-                        f", or {quoted} for those in its subfolders"
-                        if any(entry.is_dir() for entry in os.scandir(argument))
-                        else ""
+                        f", or {quoted} for those in its subfolders" if nested else ""
                     )
                 else:
                     where, fix = (

@@ -605,8 +605,8 @@ def train(
     if run.dist.is_main:
         earlier = (run.payload or run.init_payload or {}).get("trained_names")
         names_trained_on = trained_names(records, earlier)
-    held_out = [record for record in records if record.split != "train"]
     if run.payload is None and run.init_payload is not None and run.dist.is_main:
+        held_out = [record for record in records if record.split != "train"]
         if note := seen_note(run.init_payload, held_out, "val and test images"):
             run.log(
                 f"note: --init-from {run.init_path}: {note}; their scores may count images it "

@@ -79,9 +79,11 @@ def _read_text(file: Path) -> str:
     try:
         return file.read_text(encoding="utf-8-sig")  # -sig: tolerate a BOM from spreadsheet tools
     except UnicodeDecodeError as err:
-        raise UserError(
-            f"'{file}' is not UTF-8 text (byte {err.start}); re-save it as UTF-8"
-        ) from None
+        raise _not_utf8(file, err) from None
+
+
+def _not_utf8(file: Path, err: UnicodeDecodeError) -> UserError:
+    return UserError(f"'{file}' is not UTF-8 text (byte {err.start}); re-save it as UTF-8")
 
 
 def _lines(text: str) -> Iterator[tuple[int, str]]:
@@ -555,14 +557,9 @@ def read_csv_rows(file: Path) -> list[CsvRow]:
         try:
             header = stream.readline()
             stream.seek(0)
-        except UnicodeDecodeError as err:
-            raise UserError(
-                f"'{file}' is not UTF-8 text (byte {err.start}); re-save it as UTF-8"
-            ) from None
-        piped = "|" in header and "," not in header
-        # strict: a quote left open swallowed every row after it into one caption, silently
-        reader = csv.DictReader(stream, strict=True, **(PIPED if piped else {}))
-        try:
+            piped = "|" in header and "," not in header
+            # strict: a quote left open swallowed every row after it into one caption, silently
+            reader = csv.DictReader(stream, strict=True, **(PIPED if piped else {}))
             if reader.fieldnames is None:
                 raise UserError(f"'{file}' is empty; write a header line 'image,caption[,split]'")
             names = [name.strip().lower() for name in reader.fieldnames]
@@ -610,14 +607,12 @@ def read_csv_rows(file: Path) -> list[CsvRow]:
                     )
                 )
             return rows
-        except csv.Error as err:
+        except csv.Error as err:  # from the reader's rows, so once it is made
             raise UserError(
                 f"'{file}' line {reader.line_num}: {err}; fix the CSV quoting"
             ) from None
         except UnicodeDecodeError as err:
-            raise UserError(
-                f"'{file}' is not UTF-8 text (byte {err.start}); re-save it as UTF-8"
-            ) from None
+            raise _not_utf8(file, err) from None
 
 
 _SEPARATORS = {"\t": "tabs", ";": "semicolons"}

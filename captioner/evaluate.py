@@ -37,6 +37,7 @@ from captioner.scoring import (
     TOKENIZER,
     describe_scores,
     evaluate_split,
+    image_ids,
     load_data_records,
     older_split,
     seen_note,
@@ -136,8 +137,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         data = dataclasses.replace(data, image_root=args.image_root)
     every_split = records = load_data_records(data)
     records = select_split(records, args.split, source=data.annotations)
+    ids = image_ids(records)  # the whole split's, which compare reads
     if args.max_images:
-        records = records[: args.max_images]
+        records, ids = records[: args.max_images], ids[: args.max_images]
     if args.split != "train":  # scores that may count images a model trained on say so
         for path, payload in zip(args.checkpoint, payloads, strict=True):
             # on its own data, a rule that drew other splits; on any, the images it trained on
@@ -164,6 +166,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         num_workers=data.num_workers,
         meteor=not args.no_meteor,
         progress=not args.json,
+        ids=ids,
     )
     if args.predictions:
         write_predictions(predictions, args.predictions)

@@ -8,7 +8,9 @@ Predictions use the COCO results format, ``[{"image_id": ..., "caption": ...}, .
 is, per split: the number at the end of the file names when every name ends in one and they are
 all different (COCO's ``COCO_val2014_000000391895.jpg`` -> 391895, as the official COCO evaluation
 expects); else the file stem when the stems are all different (Flickr's
-``1000268201_693b08cb0e``, the scenes' ``000042``); else the image's position in the split.
+``1000268201_693b08cb0e``, the scenes' ``000042``); else the path below the folder that holds
+all the split's images (``cam1/5.png``). The ids are those of the whole split: a part of it
+(``evaluate --max-images``) keeps its images' ids in the split, which ``compare`` reads.
 """
 
 from __future__ import annotations
@@ -57,7 +59,8 @@ FeatureBatches = Iterable[tuple[list[int], ImageFeatures]]
 
 
 def image_ids(records: Sequence[ImageRecord]) -> list[int | str]:
-    """The COCO-results image_id of each record (see the module docstring for the rule)."""
+    """The COCO-results image_id of each record of a split (see the module docstring for the
+    rule; pass the whole split, since the rule that keeps ids unique depends on all its names)."""
     stems = [Path(record.image_path).stem for record in records]
     numbers = [re.search(r"(\d+)$", stem) for stem in stems]
     if all(numbers):
@@ -66,7 +69,12 @@ def image_ids(records: Sequence[ImageRecord]) -> list[int | str]:
             return ids
     if len(set(stems)) == len(stems):
         return stems
-    return list(range(len(records)))
+    paths = [os.path.abspath(record.image_path) for record in records]
+    folder = os.path.commonpath(paths) if len(set(paths)) > 1 else os.path.dirname(paths[0])
+    names = [Path(os.path.relpath(path, folder)).as_posix() for path in paths]
+    if len(set(names)) == len(names):
+        return names
+    return list(range(len(records)))  # one image listed twice (no loader yields that)
 
 
 def image_batches(
@@ -114,6 +122,7 @@ def evaluate_split(
     meteor: bool = True,
     progress: bool = False,
     layout: Distributed | None = None,
+    ids: Sequence[int | str] | None = None,
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Decode `records` (no teacher forcing) and score the captions against their references.
 
@@ -121,7 +130,9 @@ def evaluate_split(
     `coco_metrics` or `cider` (the project's own, no optional package; `cider` is for training's
     validation, which otherwise scores BLEU only), and with `coco_metrics` and pycocoevalcap
     installed "ROUGE-L" and (with `meteor` and Java) "METEOR"; predictions is one
-    ``{"image_id", "caption"}`` dict per record, in order (the COCO results format).
+    ``{"image_id", "caption"}`` dict per record, in order (the COCO results format), with the
+    image ids `ids` (default: `image_ids` of `records`, right where they are a whole split; pass
+    those of the split for a part of it).
     Decoding settings: `decode` (default: the checkpoint's ``decode`` section), with
     `beam_size`, `max_length` and `length_penalty` in place of its values when given. `batches`
     may supply the image features (e.g. from the feature cache) as `(record indices,
@@ -135,6 +146,8 @@ def evaluate_split(
         base, beam_size=beam_size, max_length=max_length, length_penalty=length_penalty
     )
     distributed = layout is not None and layout.enabled
+    if ids is not None and (distributed or len(ids) != len(records)):
+        raise ValueError("ids name each record, in one process")
     if not records and not distributed:  # under torchrun a share may be empty: 1 image, 2 ranks
         raise UserError("no images to evaluate; check the split and --max-images")
     was_training = captioner.model.training
@@ -169,7 +182,9 @@ def evaluate_split(
         scores.update(cider_d_score(references, hypotheses))
     predictions = [
         {"image_id": image_id, "caption": caption}
-        for image_id, caption in zip(image_ids(records), hypotheses, strict=True)
+        for image_id, caption in zip(
+            image_ids(records) if ids is None else ids, hypotheses, strict=True
+        )
     ]
     return scores, predictions
 

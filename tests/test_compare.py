@@ -20,9 +20,10 @@ from captioner.scoring import TOKENIZER, image_ids
 from recurrent.errors import run_cli
 
 
-def test_image_ids_are_the_file_numbers_else_the_stems_else_the_positions():
+def test_image_ids_are_the_file_numbers_else_the_stems_else_the_paths():
     """COCO results need one image_id per image: numbers while they are unique (COCO's own files
-    and the scenes), else the file stems, else the positions; never two images with one id."""
+    and the scenes), else the file stems, else the paths below the folder of the split's images;
+    never two images with one id."""
 
     def ids(*paths: str) -> list[int | str]:
         return image_ids([ImageRecord(path, ("a caption",), "test") for path in paths])
@@ -30,7 +31,9 @@ def test_image_ids_are_the_file_numbers_else_the_stems_else_the_positions():
     assert ids("val2014/COCO_val2014_000000000042.jpg", "b/000007.png") == [42, 7]
     assert ids("a/cat_1.png", "b/dog_1.png") == ["cat_1", "dog_1"]  # both would be 1
     assert ids("a/cat.png", "b/dog_2.png") == ["cat", "dog_2"]
-    assert ids("a/x.png", "b/x.jpg") == [0, 1]
+    assert ids("data/a/x.png", "data/b/x.jpg") == ["a/x.png", "b/x.jpg"]  # below their folder
+    assert ids("data/x.png", "data/x.jpg") == ["x.png", "x.jpg"]
+    assert ids("data/x.png", "data/y.png") == ["x", "y"]
 
 
 @pytest.fixture(scope="module")
@@ -159,6 +162,37 @@ def test_evaluate_reports_what_it_scored_and_compare_agrees(split, tmp_path, cap
     )
     for key in ("BLEU-4", "CIDEr-D"):  # the same images, references and tokens as evaluate's
         assert compared["files"][0]["scores"][key] == pytest.approx(report["scores"][key], abs=1e-3)
+
+    # A part of a split (--max-images) whose names alone would give other ids than the whole
+    # split's (two cameras' folders with the same file names; the first two images' numbers are
+    # unique, the split's are not): compare scores each caption against its own image's references
+    names = ["cam0/0.png", "cam0/1.png", "cam1/0.png", "cam1/1.png", "cam0/2.png", "cam1/2.png"]
+    cameras = []
+    for name, record in zip(names, records, strict=False):
+        image = tmp_path / "cameras" / name
+        image.parent.mkdir(parents=True, exist_ok=True)
+        image.write_bytes(Path(record.image_path).read_bytes())
+        sentences = [{"raw": caption} for caption in record.captions]
+        folder, filename = name.split("/")
+        cameras.append(
+            {"filepath": folder, "filename": filename, "split": "test", "sentences": sentences}
+        )
+    moved = tmp_path / "cameras" / "dataset.json"
+    moved.write_text(json.dumps({"images": cameras}), encoding="utf-8")
+    part = ["--checkpoint", checkpoint, "--annotations", str(moved), "--max-images", "2"]
+    scored = []
+    for name, beam_size in (("part_beam.json", "3"), ("part_greedy.json", "1")):
+        written = tmp_path / name
+        argv = [*part, "--beam-size", beam_size, "--no-meteor", "--predictions", str(written)]
+        scored.append(run_json(evaluate_cli.main, [*argv, "--json"], capsys))
+        items = json.loads(written.read_text(encoding="utf-8"))
+        assert [item["image_id"] for item in items] == names[:2]
+    files = [report["predictions"] for report in scored]
+    compared = run_json(compare_cli.main, ["--annotations", str(moved), *files, "--json"], capsys)
+    assert compared["images"] == 2
+    for entry, report in zip(compared["files"], scored, strict=True):
+        for key in ("BLEU-4", "CIDEr-D"):
+            assert entry["scores"][key] == pytest.approx(report["scores"][key], abs=1e-3)
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "csv"])

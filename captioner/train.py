@@ -10,7 +10,8 @@ What a run does:
 1. loads the annotations (`data.*`), builds the vocabulary from the *train* split's captions only
    (``data.min_word_count``) and a data set of (image, caption) pairs with the train transform;
 2. builds `CaptionModel` and AdamW with the decoder at ``train.lr`` and the trainable encoder
-   stages at ``train.encoder_lr`` (weight decay on weight matrices only, the engine's rule);
+   stages at ``train.encoder_lr`` (weight decay on weight matrices only, the engine's rule); an
+   ``encoder_lr`` of 0 freezes the encoder as ``model.finetune: frozen`` does (`encoder_trains`);
 3. trains; every ``train.eval_every`` steps (0: after every epoch) it *decodes* the val split
    (beam search with ``decode.*``, at most ``train.eval_max_images`` images; no teacher forcing),
    scores BLEU-1..4 and prints one line with the first val image's caption;
@@ -27,7 +28,7 @@ run (schedule, time budget, checkpoints, resume, signals, metrics.jsonl) follows
 augmentation is drawn per item from (seed, epoch, item), so it does not depend on
 ``data.num_workers`` or on where the run was resumed.
 
-Frozen encoder (``model.finetune: frozen``) with ``train.feature_cache``: the encoder's features of
+Frozen encoder (``model.finetune: frozen``, or ``train.encoder_lr: 0``) with ``train.feature_cache``: the encoder's features of
 every train and val image are computed once with the eval transform and kept on disk
 (`captioner.features`, under ``train.feature_cache_dir`` or ``OUT/features``); training then feeds
 them straight to the decoder and never runs the CNN again, in this run or later ones.
@@ -123,6 +124,16 @@ from recurrent.errors import (
 )
 
 TASK = "captioner"
+
+
+def encoder_trains(cfg: CaptionerConfig) -> bool:
+    """Whether the encoder's weights train: the parts ``model.finetune`` names, at
+    ``train.encoder_lr``. With an ``encoder_lr`` of 0 none does, so the encoder runs frozen:
+    BatchNorm keeps its statistics (in training mode it would re-estimate them, which moves the
+    scores of a run meant to leave the encoder alone), no gradient flows through it, and
+    ``train.feature_cache`` keeps its features. Its parts stay in the optimizer at a learning
+    rate of 0 with no gradient, so a resume may change ``encoder_lr`` either way."""
+    return cfg.model.finetune != "frozen" and cfg.train.encoder_lr > 0
 
 
 def parameter_parts(
@@ -224,7 +235,7 @@ def _build_data(
     max_ids = cfg.data.max_caption_length + 2  # words + <start> + <end>
     eval_tf = eval_transform(cfg)
     batch = cfg.train.batch_size
-    if cfg.model.finetune == "frozen" and cfg.train.feature_cache:
+    if not encoder_trains(cfg) and cfg.train.feature_cache:
         cache_root = (
             Path(cfg.train.feature_cache_dir)
             if cfg.train.feature_cache_dir
@@ -343,7 +354,7 @@ def _batch_norm_min_images(cfg: CaptionerConfig) -> int:
     """The fewest images a batch through the encoder may hold: a trainable encoder's BatchNorm
     needs two values per channel, and one image whose last feature map is 1 x 1 gives it one."""
     side = math.ceil(cfg.data.image_size / 2 ** (cfg.model.encoder_stages + 1))  # ImageEncoder
-    return 2 if cfg.model.finetune != "frozen" and side == 1 else 1
+    return 2 if encoder_trains(cfg) and side == 1 else 1
 
 
 def _check_batch_norm(cfg: CaptionerConfig, images_per_step: int) -> None:
@@ -632,6 +643,8 @@ def train(
         bad_images,
     )
     optimizer = run.optimizer(parameter_parts(model, cfg))
+    if not encoder_trains(cfg):  # after the optimizer: its groups stay those of the config
+        model.encoder.set_finetune("frozen")
     batches = EpochBatches(data, cfg, run.dist, device, bad=bad_images)
     per_step = min(cfg.train.batch_size, len(data.train_set)) // run.dist.world_size
     _check_batch_norm(cfg, per_step)

@@ -735,6 +735,47 @@ def test_feature_cache_runs_the_encoder_once_per_image(
     torch.testing.assert_close(pooled.float(), direct.pooled[0], atol=2e-2, rtol=1e-2)
 
 
+def test_an_encoder_learning_rate_of_0_freezes_the_encoder_batch_norm_included(
+    scenes_annotations: Path, tmp_path: Path
+):
+    """``train.encoder_lr=0`` with a trainable encoder (``model.finetune: all``, as the README's
+    self-critical recipe runs it) leaves the encoder as it came, BatchNorm statistics included
+    (in training mode they were re-estimated, which moved the val scores), while the decoder
+    trains; with ``train.feature_cache`` the features come from the cache. A resume may raise
+    the encoder's learning rate again, and the encoder then trains."""
+    started = tmp_path / "xe"
+    quiet_train(tiny_cfg(scenes_annotations, "train.max_steps=2"), started)
+    start = load_checkpoint(started / "last.pt")["model"]
+
+    def encoder(state: dict) -> dict:
+        return {key: value for key, value in state.items() if key.startswith("encoder.")}
+
+    for cache in ("false", "true"):
+        fixed = tmp_path / f"fixed_{cache}"
+        cfg = tiny_cfg(
+            scenes_annotations, "train.max_steps=3", "train.encoder_lr=0",
+            f"train.feature_cache={cache}",
+        )  # fmt: skip
+        summary = train(cfg, fixed, quiet=True, init_from=started / "last.pt")
+        assert summary["feature_cache"] == (cache == "true")
+        state = load_checkpoint(fixed / "last.pt")["model"]
+        assert any(key.endswith("running_mean") for key in encoder(state))
+        for key, value in encoder(state).items():
+            assert torch.equal(value, start[key]), key
+        assert not torch.equal(state["decoder.output.weight"], start["decoder.output.weight"])
+    # on from the run of cache "true", with the encoder's learning rate of the config
+    more = tiny_cfg(scenes_annotations, "train.max_steps=5", "train.feature_cache=true")
+    assert not quiet_train(more, fixed, resume=True)["feature_cache"]
+    state = load_checkpoint(fixed / "last.pt")["model"]
+    assert not torch.equal(
+        state["encoder.body.layer2.0.conv1.weight"], start["encoder.body.layer2.0.conv1.weight"]
+    )
+    assert not torch.equal(
+        state["encoder.body.layer1.0.bn1.running_mean"],
+        start["encoder.body.layer1.0.bn1.running_mean"],
+    )
+
+
 def _scripted_scores(monkeypatch, bleu4: list[float]) -> list[int]:
     """Make validation return the given BLEU-4 sequence; returns the list of validated steps."""
     calls: list[int] = []

@@ -146,7 +146,10 @@ class RecurrentCore(nn.Module):
             state = self.init_state(x.size(0), x)
         if self.backend == "fused":
             return self._forward_fused(x, state, lengths)
-        return self._forward_explicit(x, state, lengths)
+        outputs, new_state = self._forward_explicit(x, state, lengths)
+        # the state in the dtype it came in, as the fused backend's (an RNN's h is bf16 under
+        # autocast, and a character model carries it from window to window)
+        return outputs, new_state.to(state.dtype)
 
     def step(self, x_t: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """One time step: x_t (B, input_size) -> output (B, H), state (S, L, B, H)."""

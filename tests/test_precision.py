@@ -103,6 +103,22 @@ def test_fused_core_runs_its_cell_in_bf16_under_cpu_autocast(cell, padded):
     torch.testing.assert_close(state, fp32_state, rtol=0.05, atol=0.02)
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_both_backends_give_the_state_back_in_its_dtype_under_cpu_autocast(cell):
+    """A character model carries its state from window to window (and into last.pt): under bf16
+    autocast each backend gives it back as it came, float32, within bf16 rounding of each other
+    (the explicit RNN's h came back in bf16)."""
+    torch.manual_seed(0)
+    fused = RecurrentCore(cell, 8, 16, num_layers=2)
+    explicit = RecurrentCore(cell, 8, 16, num_layers=2, backend="explicit")
+    explicit.load_state_dict(fused.state_dict())
+    x, start = torch.randn(3, 5, 8), torch.randn(fused.state_parts, 2, 3, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        states = [core(x, start)[1] for core in (fused, explicit)]
+    assert [state.dtype for state in states] == [torch.float32, torch.float32]
+    torch.testing.assert_close(states[1], states[0], rtol=0.05, atol=0.02)
+
+
 def test_bf16_training_on_the_cpu_and_its_checkpoint_in_fp32(tmp_path):
     overrides = ["train.max_steps=4", "train.eval_every=2", "train.precision=bf16"]
     summary = train(load_config(CharLMConfig, TINY, overrides), tmp_path / "bf16", quiet=True)

@@ -84,13 +84,14 @@ from crnn_app.toys import (
     TOYS,
     bars_chart,
     cell_equations,
-    char_label,
+    char_labels,
     check_toy_text,
     greedy_check,
     loss_curve_spec,
     output_equation,
     strip_chart,
     toy_config,
+    toy_window,
     trace_toy,
     train_toy,
 )
@@ -918,7 +919,8 @@ def toys_page(args: AppArgs, listing: Listing) -> None:
         step=10,
         key=kept(f"toy_steps:{toy}", base.train.max_steps, (10, 2000)),
         help=f"{config_file}: {base.model.num_layers} layer(s) of {base.model.hidden_size} units, "
-        f"one-hot input, windows of {base.data.block_size} characters, lr {base.train.lr:g}.",
+        f"one-hot input, windows of {toy_window(base, len(text))} characters, "
+        f"lr {base.train.lr:g}.",
     )
     settings = {"toy": toy, "text": text, "cell": cell, "steps": steps}
     if st.button("Train", key="toy_train", type="primary"):
@@ -979,7 +981,7 @@ def show_toy(run, toy_trace) -> None:
     )
     t = step - 1
     vocab = run.vocab
-    labels = [char_label(char) for char in vocab]
+    labels = char_labels(vocab)
     reads, target = run.text[t], run.text[t + 1]
     target_id = vocab.index(target)
     probabilities = torch.softmax(toy_trace.logits[t].float(), dim=-1)

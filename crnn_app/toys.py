@@ -1,4 +1,4 @@
-"""The lecture toys, step by step: train "hihello", the ship sentence or a short text in seconds,
+r"""The lecture toys, step by step: train "hihello", the ship sentence or a short text in seconds,
 then walk through it one time step at a time with the actual numbers of the cell's equations.
 
 `train_toy` trains a `CharLM` the way ``char_lm.train`` does (the text as ``data.batch_size``
@@ -8,11 +8,15 @@ loss curve as it falls; it never writes a checkpoint. `toy_config` reads the toy
 (configs/char_lm/hihello.yaml, ship.yaml) with ``model.cell`` and ``train.max_steps`` overridden.
 
 `cell_equations` writes the chosen cell's equations for one unit at one time step with the numbers
-a `crnn_app.inside.trace` (with ``parts=True``) recorded, as LaTeX lines for ``st.latex``.
+a `crnn_app.inside.trace` (with ``parts=True``) recorded, as LaTeX lines for ``st.latex``. Each line
+checks by hand: its numbers are written with as many decimals (3 to 6) as it takes for the
+arithmetic of the numbers as written to give the next value as written (``0.9391 \cdot (-10.7102)``
+where 3 decimals of a large cell state would be 0.006 off), and with "\approx" where 6 do not.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,14 +91,19 @@ def train_toy(
         return _train_toy(cfg, text, on_step)
 
 
+def toy_window(cfg: CharLMConfig, length: int) -> int:
+    """The window a toy trains in on a text of ``length`` characters: ``data.block_size``, or
+    shorter where the text's streams are shorter than that."""
+    return min(cfg.data.block_size, max(1, (length - 1) // cfg.data.batch_size))
+
+
 def _train_toy(
     cfg: CharLMConfig, text: str, on_step: Callable[[int, float], None] | None
 ) -> ToyRun:
     tc = cfg.train
     vocab = build_vocab(text)
     ids = encode(text, vocab)
-    block_size = min(cfg.data.block_size, max(1, (len(ids) - 1) // cfg.data.batch_size))
-    batches = StreamBatches(ids, cfg.data.batch_size, block_size, what="toy text")
+    batches = StreamBatches(ids, cfg.data.batch_size, toy_window(cfg, len(ids)), what="toy text")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(tc.seed)
         model = CharLM(cfg.model, len(vocab))
@@ -172,21 +181,79 @@ class Equation:
     value: float  # the left-hand side's value, as the trace holds it
 
 
-def _n(value: float) -> str:
-    return f"{value:.3f}"
+def _n(value: float, decimals: int = 3) -> str:
+    return f"{value:.{decimals}f}"
 
 
-def _plus(first: float, second: float) -> str:
-    """ "0.520 - 0.310": a sum of two numbers as written by hand."""
-    sign = "-" if second < 0 else "+"
-    return f"{_n(first)} {sign} {_n(abs(second))}"
+def _factor(value: float, decimals: int) -> str:
+    r"""A number written as a factor: in parentheses when negative (``0.939 \cdot (-10.710)``)."""
+    text = _n(value, decimals)
+    return f"({text})" if text.startswith("-") else text
 
 
-def _pre(t: str, j: int, gate: str) -> str:
+def _read(value: float, decimals: int) -> float:
+    """``value`` as a reader reads it written with ``decimals`` decimals."""
+    return float(_n(value, decimals))
+
+
+def _decimals(result: float, written: Callable[[int], float], result_decimals: int = 3) -> int:
+    r"""The fewest decimals (3 to 6) for the numbers of an expression such that ``written(d)``,
+    the expression computed from its numbers as written with ``d`` decimals, reads as ``result``
+    written with ``result_decimals``; 0 where 6 do not (the line then says "\approx")."""
+    for decimals in range(3, 7):
+        if _n(written(decimals), result_decimals) == _n(result, result_decimals):
+            return decimals
+    return 0
+
+
+def _is(decimals: int) -> str:
+    return "=" if decimals else r"\approx"
+
+
+def _squashed(squash: str, a: float, b: float, value: float, r: float | None = None) -> str:
+    r"""``squash(a + b) = squash(a + b as one number) = value`` (``a + r \cdot b`` with ``r``,
+    GRU's candidate), each step checking by hand."""
+    function = math.tanh if squash == r"\tanh" else (lambda v: 1 / (1 + math.exp(-v)))
+    gain = 1.0 if r is None else r
+    total = a + gain * b
+    inner = _decimals(value, lambda d: function(_read(total, d)))
+    shown_total = inner or 6
+
+    def parts(d: int) -> float:
+        return _read(a, d) + (_read(b, d) if r is None else _read(r, d) * _read(b, d))
+
+    outer = _decimals(_read(total, shown_total), parts, shown_total)
+    d = outer or 6
+    if r is None:
+        sign = "-" if _n(b, d).startswith("-") else "+"
+        written = f"{_n(a, d)} {sign} {_n(abs(b), d)}"
+    else:
+        written = f"{_n(a, d)} + {_n(r, d)} \\cdot {_factor(b, d)}"
     return (
-        rf"[W_{{i{gate}}} x_{{{t}}} + b_{{i{gate}}}]_{{{j}}} + "
+        rf"{squash}({written}) {_is(outer)} {squash}({_n(total, shown_total)}) "
+        rf"{_is(inner)} {_n(value)}"
+    )
+
+
+def _input(t: str, layer: int) -> str:
+    """What a layer reads at step t: the one-hot x_t, or above the first the h_t of the layer
+    below (numbered from 1, as the page's layers are)."""
+    return rf"x_{{{t}}}" if layer == 0 else rf"h^{{({layer})}}_{{{t}}}"
+
+
+def _pre(t: str, j: int, gate: str, layer: int) -> str:
+    return (
+        rf"[W_{{i{gate}}} {_input(t, layer)} + b_{{i{gate}}}]_{{{j}}} + "
         rf"[W_{{h{gate}}} h_{{{t}-1}} + b_{{h{gate}}}]_{{{j}}}"
     )
+
+
+def _products(pairs: Sequence[tuple[float, float]], result: float) -> str:
+    """``a b + c d + ... = result`` with numbers that check by hand."""
+    total = lambda d: sum(_read(x, d) * _read(y, d) for x, y in pairs)  # noqa: E731
+    d = _decimals(result, total)
+    written = " + ".join(f"{_factor(x, d or 6)} \\cdot {_factor(y, d or 6)}" for x, y in pairs)
+    return rf"{written} {_is(d)} {_n(result)}"
 
 
 def cell_equations(trace_: Trace, layer: int, step: int, unit: int) -> list[Equation]:
@@ -216,9 +283,9 @@ def cell_equations(trace_: Trace, layer: int, step: int, unit: int) -> list[Equa
         equations.append(
             Equation(
                 "h",
-                rf"h_{{{t},{j}}} = \tanh\big([W_{{ih}} x_{{{t}}} + b_{{ih}}]_{{{j}}} + "
-                rf"[W_{{hh}} h_{{{t}-1}} + b_{{hh}}]_{{{j}}}\big) = \tanh({_plus(a, b)}) = "
-                rf"\tanh({_n(a + b)}) = {_n(h_now)}",
+                rf"h_{{{t},{j}}} = \tanh\big([W_{{ih}} {_input(t, layer)} + b_{{ih}}]_{{{j}}} + "
+                rf"[W_{{hh}} h_{{{t}-1}} + b_{{hh}}]_{{{j}}}\big) = "
+                + _squashed(r"\tanh", a, b, h_now),
                 h_now,
             )
         )
@@ -238,8 +305,8 @@ def cell_equations(trace_: Trace, layer: int, step: int, unit: int) -> list[Equa
             equations.append(
                 Equation(
                     symbol,
-                    rf"{symbol}_{{{t},{j}}} = {squash}\big({_pre(t, j, symbol)}\big) = "
-                    rf"{squash}({_plus(a, b)}) = {squash}({_n(a + b)}) = {_n(value)}",
+                    rf"{symbol}_{{{t},{j}}} = {squash}\big({_pre(t, j, symbol, layer)}\big) = "
+                    + _squashed(squash, a, b, value),
                     value,
                 )
             )
@@ -253,16 +320,17 @@ def cell_equations(trace_: Trace, layer: int, step: int, unit: int) -> list[Equa
             Equation(
                 "c",
                 rf"c_{{{t},{j}}} = f_{{{t},{j}}}\, c_{{{t}-1,{j}}} + i_{{{t},{j}}}\, g_{{{t},{j}}} = "
-                rf"{_n(values['f'])} \cdot {_n(c_prev)} + {_n(values['i'])} \cdot {_n(values['g'])}"
-                rf" = {_n(c_now)}",
+                + _products([(values["f"], c_prev), (values["i"], values["g"])], c_now),
                 c_now,
             )
         )
+        d = _decimals(h_now, lambda d: _read(values["o"], d) * math.tanh(_read(c_now, d)))
         equations.append(
             Equation(
                 "h",
-                rf"h_{{{t},{j}}} = o_{{{t},{j}}} \tanh(c_{{{t},{j}}}) = {_n(values['o'])} \cdot "
-                rf"\tanh({_n(c_now)}) = {_n(h_now)}",
+                rf"h_{{{t},{j}}} = o_{{{t},{j}}} \tanh(c_{{{t},{j}}}) = "
+                rf"{_n(values['o'], d or 6)} \cdot \tanh({_n(c_now, d or 6)}) {_is(d)} "
+                rf"{_n(h_now)}",
                 h_now,
             )
         )
@@ -276,8 +344,8 @@ def cell_equations(trace_: Trace, layer: int, step: int, unit: int) -> list[Equa
         equations.append(
             Equation(
                 symbol,
-                rf"{symbol}_{{{t},{j}}} = \sigma\big({_pre(t, j, symbol)}\big) = "
-                rf"\sigma({_plus(a, b)}) = \sigma({_n(a + b)}) = {_n(value)}",
+                rf"{symbol}_{{{t},{j}}} = \sigma\big({_pre(t, j, symbol, layer)}\big) = "
+                + _squashed(r"\sigma", a, b, value),
                 value,
             )
         )
@@ -285,9 +353,9 @@ def cell_equations(trace_: Trace, layer: int, step: int, unit: int) -> list[Equa
     equations.append(
         Equation(
             "n",
-            rf"n_{{{t},{j}}} = \tanh\big([W_{{in}} x_{{{t}}} + b_{{in}}]_{{{j}}} + r_{{{t},{j}}}"
-            rf"\,[W_{{hn}} h_{{{t}-1}} + b_{{hn}}]_{{{j}}}\big) = \tanh({_n(a)} + {_n(r)} \cdot "
-            rf"{'(' + _n(b) + ')' if b < 0 else _n(b)}) = \tanh({_n(a + r * b)}) = {_n(n)}",
+            rf"n_{{{t},{j}}} = \tanh\big([W_{{in}} {_input(t, layer)} + b_{{in}}]_{{{j}}} + "
+            rf"r_{{{t},{j}}}\,[W_{{hn}} h_{{{t}-1}} + b_{{hn}}]_{{{j}}}\big) = "
+            + _squashed(r"\tanh", a, b, n, r=r),
             n,
         )
     )
@@ -295,7 +363,7 @@ def cell_equations(trace_: Trace, layer: int, step: int, unit: int) -> list[Equa
         Equation(
             "h",
             rf"h_{{{t},{j}}} = (1 - z_{{{t},{j}}})\, n_{{{t},{j}}} + z_{{{t},{j}}}\, h_{{{t}-1,{j}}}"
-            rf" = {_n(1 - z)} \cdot {_n(n)} + {_n(z)} \cdot {_n(h_prev)} = {_n(h_now)}",
+            " = " + _products([(1 - z, n), (z, h_prev)], h_now),
             h_now,
         )
     )
@@ -309,10 +377,11 @@ def output_equation(trace_: Trace, step: int, vocab: list[str], char_id: int) ->
     total = float(torch.exp(logits).sum())
     char = latex_char(vocab[char_id])
     y = float(logits[char_id])
+    d = _decimals(probability, lambda d: math.exp(_read(y, d)) / _read(total, d))
     return Equation(
         "p",
         rf"p(x_{{t+1}} = \texttt{{{char}}}) = \frac{{e^{{y_{{{char_id}}}}}}}{{\sum_k e^{{y_k}}}} = "
-        rf"\frac{{e^{{{_n(y)}}}}}{{{_n(total)}}} = {_n(probability)}, \quad "
+        rf"\frac{{e^{{{_n(y, d or 6)}}}}}{{{_n(total, d or 6)}}} {_is(d)} {_n(probability)}, \quad "
         r"y = W_{hy} h_t + b_y",
         probability,
     )
@@ -421,6 +490,14 @@ def loss_curve_spec(losses: Sequence[float], height: int = 200) -> dict:
     }
 
 
-def char_label(char: str) -> str:
-    """How a character is labelled on a chart axis: a space as ␣, a newline as ↵."""
-    return {" ": "␣", "\n": "↵", "\t": "⇥"}.get(char, char)
+CHAR_SIGNS = {" ": "␣", "\n": "↵", "\t": "⇥"}
+
+
+def char_labels(vocab: Sequence[str]) -> list[str]:
+    """How each character of a vocabulary is labelled on a chart axis: a space as ␣, a newline as
+    ↵, a tab as ⇥, unless the vocabulary holds that sign itself, when the character is written as
+    Python writes it (``' '``): two bars with one label would be drawn as one."""
+    return [
+        repr(char) if CHAR_SIGNS.get(char, char) in vocab and char in CHAR_SIGNS else label
+        for char, label in ((char, CHAR_SIGNS.get(char, char)) for char in vocab)
+    ]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import html
+import itertools
 import json
 import math
 import os
@@ -334,6 +335,40 @@ def test_hihello_toy_learns_the_word_and_leaves_the_random_state_alone() -> None
     assert again.losses == run.losses  # seeded by the config
 
 
+NUMBER = r"\(?-?\d+\.\d+\)?"
+
+
+def _read(text: str) -> list[float]:
+    """The numbers written in a piece of an equation, in order."""
+    return [float(number.strip("()")) for number in re.findall(NUMBER, text)]
+
+
+def _computed(expression: str) -> float:
+    """An expression of written numbers, as a reader computes it."""
+    python = re.sub(r"\\frac\{e\^\{(\S+?)\}\}\{(\S+?)\}", r"exp(\1)/(\2)", expression)
+    python = python.replace(r"\tanh", "tanh").replace(r"\sigma", "sigma").replace(r"\cdot", "*")
+    assert re.fullmatch(r"[\d.+\-*/() a-z]*", python), python
+    names = {"tanh": math.tanh, "sigma": lambda v: 1 / (1 + math.exp(-v)), "exp": math.exp}
+    return eval(python, {"__builtins__": {}}, names)  # digits, operators and those three only
+
+
+def checks_by_hand(latex: str) -> int:
+    """Every "=" between two pieces of written numbers holds for the numbers as written: the left
+    piece computed, written with the right piece's decimals, reads as the right piece computed
+    (inside the same function, its arguments). Returns the most decimals written."""
+    latex = latex.split(r", \quad")[0]
+    pieces = re.split(r" (=|\\approx) ", latex)
+    assert r"\approx" not in pieces, latex  # 6 decimals always did here
+    numeric = [piece for piece in pieces[2::2] if _read(piece)]
+    for left, right in itertools.pairwise(numeric):
+        outer = re.fullmatch(r"(\\tanh|\\sigma)\((.*)\)", right)
+        if outer and left.startswith(outer.group(1) + "("):
+            left, right = left[len(outer.group(1)) + 1 : -1], outer.group(2)
+        decimals = len(re.findall(NUMBER, right)[-1].strip("()").split(".")[1])
+        assert f"{_computed(left):.{decimals}f}" == f"{_computed(right):.{decimals}f}", latex
+    return max(len(n.strip("()").split(".")[1]) for n in re.findall(NUMBER, latex))
+
+
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
 def test_cell_equations_carry_the_traces_numbers(cell: str) -> None:
     run = toys.train_toy(toys.toy_config("hihello.yaml", cell, max_steps=20), "hihello")
@@ -344,6 +379,7 @@ def test_cell_equations_carry_the_traces_numbers(cell: str) -> None:
         equations = {eq.name: eq for eq in toys.cell_equations(traced, 0, step, unit=2)}
         for equation in equations.values():  # the result written is the value held
             assert equation.latex.endswith(f"= {equation.value:.3f}")
+            checks_by_hand(equation.latex)
         assert equations["h"].value == pytest.approx(float(layer.h[step, 2]))
         if cell == "lstm":
             assert list(equations) == ["i", "f", "g", "o", "c", "h"]
@@ -354,36 +390,99 @@ def test_cell_equations_carry_the_traces_numbers(cell: str) -> None:
             )
             assert values["h"] == pytest.approx(values["o"] * math.tanh(values["c"]), abs=1e-6)
             # the numbers written in: each gate in its place, the cell state of the step before
-            f, i, g = (f"{values[name]:.3f}" for name in "fig")
-            assert rf"= {f} \cdot {c_prev:.3f} + {i} \cdot {g} =" in equations["c"].latex
+            written = _read(equations["c"].latex.split(" = ", 2)[2])
+            expected = [values["f"], c_prev, values["i"], values["g"], values["c"]]
+            assert written == pytest.approx(expected, abs=5e-4)
         elif cell == "gru":
             assert list(equations) == ["r", "z", "n", "h"]
             h_prev = float(layer.h[step - 1, 2]) if step else 0.0
             r, z, n = (equations[name].value for name in "rzn")
             assert equations["h"].value == pytest.approx((1 - z) * n + z * h_prev, abs=1e-6)
-            written = rf"= {1 - z:.3f} \cdot {n:.3f} + {z:.3f} \cdot {h_prev:.3f} ="
-            assert written in equations["h"].latex
-            assert rf"\tanh({float(layer.x_part[step, 2 * 8 + 2]):.3f} + {r:.3f} \cdot" in (
-                equations["n"].latex
-            )
+            written = _read(equations["h"].latex.split(" = ", 2)[2])
+            assert written == pytest.approx([1 - z, n, z, h_prev, equations["h"].value], abs=5e-4)
+            a = float(layer.x_part[step, 2 * 8 + 2])
+            written = _read(equations["n"].latex.split(" = ", 2)[2])
+            assert written[:2] == pytest.approx([a, r], abs=5e-4)
         else:
             assert list(equations) == ["h"]
-        # the printed pre-activation of the first equation is x part + h part of the trace, the
-        # sum written as by hand ("0.520 - 0.310" for a negative h part)
+        # the pre-activation of the first equation is x part + h part of the trace, the sum
+        # written as by hand ("0.520 - 0.310" for a negative h part), then as one number
         size = layer.h.size(1)
         x_part, h_part = float(layer.x_part[step, 2]), float(layer.h_part[step, 2])
         first = next(iter(equations.values())).latex
         sign = "-" if h_part < 0 else "+"
-        assert f"({x_part:.3f} {sign} {abs(h_part):.3f})" in first
-        assert f"({x_part + h_part:.3f})" in first
+        written = re.search(r"\((\S+) ([+-]) (\S+)\) = \\\w+\((\S+)\)", first)
+        assert written[2] == sign
+        assert [float(written[i]) for i in (1, 3, 4)] == pytest.approx(
+            [x_part, abs(h_part), x_part + h_part], abs=5e-4
+        )
         assert size == 8
     target = "ihello"[3]
     output = toys.output_equation(traced, 3, run.vocab, run.vocab.index(target))
+    checks_by_hand(output.latex)
     probabilities = torch.softmax(traced.logits[3], dim=-1)
     assert output.value == pytest.approx(float(probabilities[run.vocab.index(target)]))
     unlikely = int(traced.logits[3].argmin())  # its own logit, not the largest
     written = toys.output_equation(traced, 3, run.vocab, unlikely).latex
-    assert f"e^{{{float(traced.logits[3][unlikely]):.3f}}}" in written
+    exponent = re.search(r"\\frac\{e\^\{(-?\d+\.\d+)\}\}", written)[1]
+    assert float(exponent) == pytest.approx(float(traced.logits[3][unlikely]), abs=5e-4)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_every_equation_of_a_two_layer_toy_checks_by_hand(cell: str) -> None:
+    """A student multiplies the written numbers out: on a two-layer toy whose LSTM cell states
+    grow past 10, where 3 decimals of each factor missed the written product by up to 0.006,
+    every line's arithmetic gives the next number as written (more decimals where needed,
+    negative factors in parentheses), and a layer above the first reads the h_t below it."""
+    text = "hello world, hello recurrent networks."
+    run = toys.train_toy(toys.toy_config("ship.yaml", cell, max_steps=60), text)
+    traced = toys.trace_toy(run)
+    assert len(traced.layers) == 2
+    most = 3
+    for layer in (0, 1):
+        for step in range(0, traced.ids.numel(), 3):
+            for unit in range(0, run.config.model.hidden_size, 4):
+                for equation in toys.cell_equations(traced, layer, step, unit):
+                    most = max(most, checks_by_hand(equation.latex))
+                    reads = equation.name in {"rnn": "h", "lstm": "ifgo", "gru": "rzn"}[cell]
+                    assert ("x_{t}" in equation.latex) == (reads and layer == 0)
+                    assert ("h^{(1)}_{t}" in equation.latex) == (reads and layer == 1)
+                    assert not re.search(r"\\cdot -", equation.latex), equation.latex
+        for step in range(traced.ids.numel()):
+            char_id = int(traced.ids[step + 1]) if step + 1 < traced.ids.numel() else 0
+            most = max(
+                most, checks_by_hand(toys.output_equation(traced, step, run.vocab, char_id).latex)
+            )
+    if cell == "lstm":
+        assert float(traced.layers[1].c.abs().max()) > 5 and most > 3  # what needed them
+
+
+def test_chart_labels_stay_apart_when_the_text_holds_their_signs() -> None:
+    assert toys.char_labels(["a", " ", "\n"]) == ["a", "␣", "↵"]
+    # a text with a space and the sign that shows one: each bar keeps a label of its own
+    assert toys.char_labels([" ", "␣", "\t"]) == ["' '", "␣", "⇥"]
+
+
+def test_the_windows_a_toy_trains_in_are_what_the_page_says() -> None:
+    """The Training steps help names the window the text trains in: a short text trains in
+    shorter windows than the config's."""
+    cfg = toys.toy_config("ship.yaml")
+    short = "hello"
+    assert toys.toy_window(cfg, len(short)) < cfg.data.block_size
+    seen = []
+    real = toys.StreamBatches
+
+    class Recording(real):
+        def __init__(self, ids, batch_size, block_size, **kwargs):
+            seen.append(block_size)
+            super().__init__(ids, batch_size, block_size, **kwargs)
+
+    toys.StreamBatches = Recording
+    try:
+        toys.train_toy(toys.toy_config("ship.yaml", max_steps=1), short)
+    finally:
+        toys.StreamBatches = real
+    assert seen == [toys.toy_window(cfg, len(short))]
 
 
 def test_toy_text_limits() -> None:
@@ -1211,7 +1310,8 @@ def test_toys_page_trains_hihello_and_steps_through_it(app: AppTest) -> None:
     }
     assert len(strips) == 2  # the input and one layer
     one_hot = {row["label"]: row["value"] for row in strips["input x_t (one-hot)"]}
-    assert one_hot == {toys.char_label(c): float(c == "l") for c in vocab}  # it reads 'l'
+    labels = toys.char_labels(vocab)
+    assert one_hot == {label: float(c == "l") for c, label in zip(vocab, labels, strict=True)}
     hidden = [row["value"] for row in strips["hidden state h_t, layer 1"]]
     assert hidden == pytest.approx(traced.layers[0].h[5].tolist())
 
@@ -1279,7 +1379,7 @@ def test_toys_page_steps_through_a_two_layer_toy_where_it_is_wrong(
         bars = charts[title]
         assert [row["value"] for row in bars] == pytest.approx(values)
         highlighted = [row["character"] for row in bars if row["is"] == "the next character"]
-        assert highlighted == [toys.char_label(vocab[target_id])], title
+        assert highlighted == [toys.char_labels(vocab)[target_id]], title
 
     at.radio(key="toy_cell").set_value("lstm")  # not trained yet: the GRU stays on show
     _run(at)

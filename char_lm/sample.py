@@ -94,6 +94,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise UserError(f"--seed must be an integer from 0 to 2**63 - 1, got {args.seed}")
     if args.num_samples < 1:
         raise UserError(f"--num-samples must be at least 1, got {args.num_samples}")
+    if not args.greedy and not args.temperature > 0:  # NaN too
+        raise UserError(
+            f"--temperature must be > 0, got {args.temperature}; for the most likely character at "
+            "every step pass --greedy"
+        )
     if args.greedy and args.num_samples > 1:
         raise UserError("--greedy gives the same text every time; drop --greedy or --num-samples")
     prompt = args.prompt if args.prompt_file is None else read_text(args.prompt_file)

@@ -252,7 +252,12 @@ def bad_inputs(
         ),
         "temperature NaN": (
             sample, ["--checkpoint", str(checkpoint), "--temperature", "nan"],
-            "temperature must be > 0, got nan",
+            "--temperature must be > 0, got nan",
+        ),
+        "temperature 0, which greedy decoding is": (
+            sample, ["--checkpoint", str(checkpoint), "--temperature", "0"],
+            "--temperature must be > 0, got 0.0; for the most likely character at every step "
+            "pass --greedy",
         ),
         "seed out of range": (
             sample, ["--checkpoint", str(checkpoint), "--seed", str(2**64)],

@@ -171,6 +171,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.predictions:
         write_predictions(predictions, args.predictions)
     repeats = repeat_share([prediction["caption"] for prediction in predictions])
+    # captions the length limit ended before their <end>: scored cut short
+    cut = sum(not prediction["finished"] for prediction in predictions) / len(predictions)
     report = {
         "checkpoint": args.checkpoint[0],
         "checkpoints": args.checkpoint,  # more than one: their ensemble decoded
@@ -184,6 +186,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "decode": dataclasses.asdict(settings),
         "scores": {key: round(float(value), 4) for key, value in scores.items()},
         "repeated_word_share": round(repeats, 4),
+        "cut_at_max_length_share": round(cut, 4),
         "predictions": args.predictions,
     }
     if args.json:
@@ -200,6 +203,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not {"METEOR", "ROUGE-L"} & set(scores):
         print("  (install pycocoevalcap for METEOR and ROUGE-L)")
     print(f"captions with a word twice in a row: {repeats:.1%}")
+    print(
+        f"captions cut at {settings.max_length} words before their end: {cut:.1%}"
+        + (" (raise --max-length to let them end)" if cut else "")
+    )
     for prediction in predictions[:3]:
         print(f"  e.g. {prediction['image_id']}: {prediction['caption']}")
     if args.predictions:

@@ -130,7 +130,9 @@ def evaluate_split(
     `coco_metrics` or `cider` (the project's own, no optional package; `cider` is for training's
     validation, which otherwise scores BLEU only), and with `coco_metrics` and pycocoevalcap
     installed "ROUGE-L" and (with `meteor` and Java) "METEOR"; predictions is one
-    ``{"image_id", "caption"}`` dict per record, in order (the COCO results format), with the
+    ``{"image_id", "caption", "finished"}`` dict per record, in order (the COCO results format,
+    which `write_predictions` writes, and whether the caption ended with <end> rather than at
+    the length limit), with the
     image ids `ids` (default: `image_ids` of `records`, right where they are a whole split; pass
     those of the split for a part of it).
     Decoding settings: `decode` (default: the checkpoint's ``decode`` section), with
@@ -155,6 +157,7 @@ def evaluate_split(
     if batches is None:
         batches = image_batches(captioner, records, batch_size, num_workers=num_workers)
     hypotheses: list[str | None] = [None] * len(records)
+    finished = [True] * len(records)  # False: cut at max_length words without <end>
     total = (len(records) + batch_size - 1) // batch_size
     try:
         for indices, features in tqdm(
@@ -163,17 +166,18 @@ def evaluate_split(
             decoded = decode_features(captioner, features, settings)
             for index, beams in zip(indices, decoded, strict=True):
                 hypotheses[index] = captioner.vocab.decode(beams[0].tokens)
+                finished[index] = beams[0].finished
     finally:
         captioner.model.train(was_training)
     if any(hypothesis is None for hypothesis in hypotheses):
         raise RuntimeError("the feature batches did not cover every record")
     if distributed:  # put the shares back in the split's order
-        shares = layout.all_gather_objects((list(records), hypotheses))
-        records = [
-            shares[i % len(shares)][0][i // len(shares)]
-            for i in range(sum(len(r) for r, _ in shares))
-        ]
-        hypotheses = [shares[i % len(shares)][1][i // len(shares)] for i in range(len(records))]
+        shares = layout.all_gather_objects((list(records), hypotheses, finished))
+        count = sum(len(share[0]) for share in shares)
+        records, hypotheses, finished = (
+            [shares[i % len(shares)][part][i // len(shares)] for i in range(count)]
+            for part in range(3)
+        )
     references = [list(record.captions) for record in records]
     scores = dict(bleu_scores(references, hypotheses))
     if coco_metrics:
@@ -181,9 +185,9 @@ def evaluate_split(
     elif cider:
         scores.update(cider_d_score(references, hypotheses))
     predictions = [
-        {"image_id": image_id, "caption": caption}
-        for image_id, caption in zip(
-            image_ids(records) if ids is None else ids, hypotheses, strict=True
+        {"image_id": image_id, "caption": caption, "finished": ended}
+        for image_id, caption, ended in zip(
+            image_ids(records) if ids is None else ids, hypotheses, finished, strict=True
         )
     ]
     return scores, predictions
@@ -214,14 +218,16 @@ def what_was_scored(split: str, images: int, source: str) -> str:
 
 
 def write_predictions(predictions: list[dict[str, Any]], path: str | os.PathLike[str]) -> None:
-    """Write COCO-results JSON atomically (a temp file, then a rename)."""
+    """Write COCO-results JSON (``image_id`` and ``caption`` of each) atomically (a temp file,
+    then a rename)."""
     path = Path(path)
     if path.is_dir():
         raise UserError(
             f"--predictions {path} is a folder; pass a file name such as {path}/preds.json"
         )
     try:
-        atomic_write_text(path, json.dumps(predictions, indent=1))
+        items = [{key: item[key] for key in ("image_id", "caption")} for item in predictions]
+        atomic_write_text(path, json.dumps(items, indent=1))
     except OSError as err:
         raise UserError(
             f"cannot write predictions to {path} ({err.strerror}); pick another path"

@@ -17,6 +17,7 @@ from captioner.data import ImageRecord, load_records, select_split
 from captioner.metrics import bleu_scores
 from captioner.scenes import generate_dataset
 from captioner.scoring import TOKENIZER, image_ids
+from recurrent.checkpoint import load_checkpoint, save_checkpoint
 from recurrent.errors import run_cli
 
 
@@ -162,6 +163,28 @@ def test_evaluate_reports_what_it_scored_and_compare_agrees(split, tmp_path, cap
     )
     for key in ("BLEU-4", "CIDEr-D"):  # the same images, references and tokens as evaluate's
         assert compared["files"][0]["scores"][key] == pytest.approx(report["scores"][key], abs=1e-3)
+
+    # The captions the length limit cut before their <end>: none where <end> always wins, every
+    # one (each of --max-length words) where it never can
+    payload = load_checkpoint(checkpoint)
+    end = payload["vocab"].index("<end>")
+    for bias, share in ((1e4, 0.0), (-1e4, 1.0)):
+        payload["model"]["decoder.output.bias"][end] = bias
+        changed = str(tmp_path / f"end_{bias:g}.pt")
+        save_checkpoint(payload, changed)
+        argv = ["--checkpoint", changed, "--no-meteor", "--max-length", "3", "--json"]
+        ended = run_json(
+            evaluate_cli.main, [*argv, "--predictions", str(tmp_path / "e.json")], capsys
+        )
+        assert ended["cut_at_max_length_share"] == share
+        words = {
+            len(item["caption"].split()) for item in json.loads((tmp_path / "e.json").read_text())
+        }
+        assert words == ({0} if share == 0 else {3})
+        capsys.readouterr()
+        assert run_cli(evaluate_cli.main, argv[:-1]) == 0
+        cut_line = f"captions cut at 3 words before their end: {share:.1%}"
+        assert cut_line in capsys.readouterr().out
 
     # A part of a split (--max-images) whose names alone would give other ids than the whole
     # split's (two cameras' folders with the same file names; the first two images' numbers are

@@ -130,11 +130,10 @@ def evaluate_split(
     `coco_metrics` or `cider` (the project's own, no optional package; `cider` is for training's
     validation, which otherwise scores BLEU only), and with `coco_metrics` and pycocoevalcap
     installed "ROUGE-L" and (with `meteor` and Java) "METEOR"; predictions is one
-    ``{"image_id", "caption", "finished"}`` dict per record, in order (the COCO results format,
-    which `write_predictions` writes, and whether the caption ended with <end> rather than at
-    the length limit), with the
-    image ids `ids` (default: `image_ids` of `records`, right where they are a whole split; pass
-    those of the split for a part of it).
+    ``{"image_id", "caption", "finished"}`` dict per record, in order: the COCO results format
+    (what `write_predictions` writes), and whether the caption ended with <end> rather than at
+    the length limit. The image ids are `ids` (default: `image_ids` of `records`, right where
+    they are a whole split; pass those of the split for a part of it).
     Decoding settings: `decode` (default: the checkpoint's ``decode`` section), with
     `beam_size`, `max_length` and `length_penalty` in place of its values when given. `batches`
     may supply the image features (e.g. from the feature cache) as `(record indices,

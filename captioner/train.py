@@ -28,10 +28,11 @@ run (schedule, time budget, checkpoints, resume, signals, metrics.jsonl) follows
 augmentation is drawn per item from (seed, epoch, item), so it does not depend on
 ``data.num_workers`` or on where the run was resumed.
 
-Frozen encoder (``model.finetune: frozen``, or ``train.encoder_lr: 0``) with ``train.feature_cache``: the encoder's features of
-every train and val image are computed once with the eval transform and kept on disk
-(`captioner.features`, under ``train.feature_cache_dir`` or ``OUT/features``); training then feeds
-them straight to the decoder and never runs the CNN again, in this run or later ones.
+Frozen encoder (``model.finetune: frozen``, or ``train.encoder_lr: 0``) with
+``train.feature_cache``: the encoder's features of every train and val image are computed once with
+the eval transform and kept on disk (`captioner.features`, under ``train.feature_cache_dir`` or
+``OUT/features``); training then feeds them straight to the decoder and never runs the CNN again,
+in this run or later ones.
 
 Self-critical sequence training (``train.objective: scst``, Rennie et al. 2017; `captioner.scst`):
 each step samples ``train.scst_samples`` captions per image from the decoder, rewards each with its

@@ -408,7 +408,14 @@ def show_caption(
             text_column.warning("The caption does not name the scene's objects exactly.")
     text_column.markdown("**Top beams**")
     text_column.table(
-        [{"caption": text, "log-probability": round(logprob, 3)} for text, logprob in result.beams]
+        [
+            {
+                "caption": text,
+                "log-probability": round(logprob, 3),
+                "ended": "yes" if ended else "no: cut at the length limit",
+            }
+            for (text, logprob), ended in zip(result.beams, result.finished, strict=True)
+        ]
     )
     if scene is not None:
         with text_column.expander("Reference captions (ground truth)"):

@@ -59,7 +59,8 @@ def _result_json(path: str, result: CaptionResult) -> dict[str, Any]:
         "image": path,
         "caption": result.caption,
         "beams": [
-            {"caption": text, "logprob": round(logprob, 4)} for text, logprob in result.beams
+            {"caption": text, "logprob": round(logprob, 4), "finished": ended}
+            for (text, logprob), ended in zip(result.beams, result.finished, strict=True)
         ],
     }
 

@@ -80,12 +80,15 @@ class CaptionResult:
     attention: for attention models, the weights each word of `caption` gave the image grid,
         (len(words), grid_h, grid_w), each map summing to 1; None for show-and-tell models.
     words: the words of `caption`.
+    finished: for each of `beams`, whether it ended with <end>; False where the length limit cut
+        it, and then its log-probability lacks the <end> term the others have.
     """
 
     caption: str
     beams: list[tuple[str, float]]
     attention: Tensor | None
     words: list[str]
+    finished: list[bool]
 
 
 def eval_transform(cfg: CaptionerConfig) -> Callable[[Image.Image], Tensor]:
@@ -270,6 +273,7 @@ def to_result(
         beams=[(vocab.decode(beam.tokens), float(beam.logprob)) for beam in beams],
         attention=attention,
         words=words,
+        finished=[beam.finished for beam in beams],
     )
 
 

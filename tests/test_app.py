@@ -101,13 +101,16 @@ def _messages(elements) -> list[str]:
     return [element.value for element in elements]
 
 
-def _beams(at: AppTest) -> list[tuple[str, float]]:
+def _beams(at: AppTest) -> list[tuple[str, float, str]]:
     frame = at.table[0].value
-    return list(zip(frame["caption"], frame["log-probability"], strict=True))
+    return list(zip(frame["caption"], frame["log-probability"], frame["ended"], strict=True))
 
 
-def _expected_beams(result) -> list[tuple[str, float]]:
-    return [(text, round(logprob, 3)) for text, logprob in result.beams]
+def _expected_beams(result) -> list[tuple[str, float, str]]:
+    return [
+        (text, round(logprob, 3), "yes" if ended else "no: cut at the length limit")
+        for (text, logprob), ended in zip(result.beams, result.finished, strict=True)
+    ]
 
 
 # --------------------------------------------------------------------------------------------

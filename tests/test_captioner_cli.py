@@ -23,7 +23,7 @@ from captioner import caption, check_data, evaluate
 from captioner import train as train_cli
 from captioner.data import load_image
 from captioner.inference import caption_images, load_captioner
-from recurrent.checkpoint import save_checkpoint
+from recurrent.checkpoint import load_checkpoint, save_checkpoint
 from recurrent.errors import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
@@ -144,6 +144,20 @@ def test_caption_two_images(trained: dict[str, Path], capsys):
     assert item["image"] == str(images[0]) and len(item["beams"]) == 2
     assert item["beams"][0]["caption"] == item["caption"]
     assert item["beams"][0]["logprob"] >= item["beams"][1]["logprob"]  # best first
+    # each beam says whether it ended with <end>: every one, where <end> always wins; none, each
+    # of --max-length words, where it never can
+    weights = load_checkpoint(trained["checkpoint"])
+    end = weights["vocab"].index("<end>")
+    for bias, ended in ((1e4, True), (-1e4, False)):
+        weights["model"]["decoder.output.bias"][end] = bias
+        changed = trained["root"] / f"end_{bias:g}.pt"
+        save_checkpoint(weights, changed)
+        argv = ["--checkpoint", str(changed), str(images[0]), "--json", "--n-best", "2"]
+        code, out, _ = run_main(caption.main, [*argv, "--max-length", "3"], capsys)
+        [item] = json.loads(out)["results"]
+        assert code == 0 and [beam["finished"] for beam in item["beams"]] == [ended, ended]
+        if not ended:
+            assert [len(beam["caption"].split()) for beam in item["beams"]] == [3, 3]
     # the beam defaults to the checkpoint's decode.beam_size (2 in tiny.yaml), as evaluate's does:
     # a fixed 3 broke checkpoints whose diversity groups do not divide 3
     assert payload["beam_size"] == 2

@@ -9,9 +9,9 @@ loss curve as it falls; it never writes a checkpoint. `toy_config` reads the toy
 
 `cell_equations` writes the chosen cell's equations for one unit at one time step with the numbers
 a `crnn_app.inside.trace` (with ``parts=True``) recorded, as LaTeX lines for ``st.latex``. Each line
-checks by hand: its numbers are written with as many decimals (3 to 6) as it takes for the
+checks by hand: its numbers are written with as many decimals (3 to 7) as it takes for the
 arithmetic of the numbers as written to give the next value as written (``0.9391 \cdot (-10.7102)``
-where 3 decimals of a large cell state would be 0.006 off), and with "\approx" where 6 do not.
+where 3 decimals of a large cell state would be 0.006 off), and with "\approx" where 7 do not.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
 import altair as alt
@@ -181,8 +182,14 @@ class Equation:
     value: float  # the left-hand side's value, as the trace holds it
 
 
-def _n(value: float, decimals: int = 3) -> str:
-    return f"{value:.{decimals}f}"
+MOST_DECIMALS = 7  # a line whose arithmetic needs more is written with "\approx"
+
+
+def _n(value: float | Decimal, decimals: int = 3) -> str:
+    """``value`` written with ``decimals`` decimals as by hand: rounded half away from zero (the
+    exact value, so ``0.357036 + 0.714464`` is 1.072 at 3), and a zero without a sign."""
+    rounded = Decimal(value).quantize(Decimal(1).scaleb(-decimals), ROUND_HALF_UP)
+    return format(rounded if rounded else abs(rounded), "f")
 
 
 def _factor(value: float, decimals: int) -> str:
@@ -191,16 +198,23 @@ def _factor(value: float, decimals: int) -> str:
     return f"({text})" if text.startswith("-") else text
 
 
-def _read(value: float, decimals: int) -> float:
-    """``value`` as a reader reads it written with ``decimals`` decimals."""
-    return float(_n(value, decimals))
+def _read(value: float, decimals: int) -> Decimal:
+    """``value`` as a reader reads it written with ``decimals`` decimals (sums and products of
+    these are exact, as by hand)."""
+    return Decimal(_n(value, decimals))
 
 
-def _decimals(result: float, written: Callable[[int], float], result_decimals: int = 3) -> int:
-    r"""The fewest decimals (3 to 6) for the numbers of an expression such that ``written(d)``,
+def _sigmoid(value: float) -> float:
+    return 0.5 * (1.0 + math.tanh(value / 2))  # no overflow, however large the value
+
+
+def _decimals(
+    result: float, written: Callable[[int], float | Decimal], result_decimals: int = 3
+) -> int:
+    r"""The fewest decimals (3 to `MOST_DECIMALS`) for the numbers of an expression such that ``written(d)``,
     the expression computed from its numbers as written with ``d`` decimals, reads as ``result``
-    written with ``result_decimals``; 0 where 6 do not (the line then says "\approx")."""
-    for decimals in range(3, 7):
+    written with ``result_decimals``; 0 where none does (the line then says "\approx")."""
+    for decimals in range(3, MOST_DECIMALS + 1):
         if _n(written(decimals), result_decimals) == _n(result, result_decimals):
             return decimals
     return 0
@@ -213,17 +227,22 @@ def _is(decimals: int) -> str:
 def _squashed(squash: str, a: float, b: float, value: float, r: float | None = None) -> str:
     r"""``squash(a + b) = squash(a + b as one number) = value`` (``a + r \cdot b`` with ``r``,
     GRU's candidate), each step checking by hand."""
-    function = math.tanh if squash == r"\tanh" else (lambda v: 1 / (1 + math.exp(-v)))
+    function = math.tanh if squash == r"\tanh" else _sigmoid
     gain = 1.0 if r is None else r
     total = a + gain * b
-    inner = _decimals(value, lambda d: function(_read(total, d)))
-    shown_total = inner or 6
 
-    def parts(d: int) -> float:
+    def parts(d: int) -> Decimal:
         return _read(a, d) + (_read(b, d) if r is None else _read(r, d) * _read(b, d))
 
-    outer = _decimals(_read(total, shown_total), parts, shown_total)
-    d = outer or 6
+    # the total as one number with the fewest decimals for which both steps check (its parts
+    # may round to a total a decimal further: 0.357036 + 0.714464 is 1.0715, not the 1.071 of
+    # the true 1.07149999...)
+    for shown_total in range(3, MOST_DECIMALS + 1):
+        inner = _n(function(float(_read(total, shown_total)))) == _n(value)
+        outer = _decimals(_read(total, shown_total), parts, shown_total) if inner else 0
+        if outer:
+            break
+    d = outer or MOST_DECIMALS
     if r is None:
         sign = "-" if _n(b, d).startswith("-") else "+"
         written = f"{_n(a, d)} {sign} {_n(abs(b), d)}"
@@ -231,7 +250,7 @@ def _squashed(squash: str, a: float, b: float, value: float, r: float | None = N
         written = f"{_n(a, d)} + {_n(r, d)} \\cdot {_factor(b, d)}"
     return (
         rf"{squash}({written}) {_is(outer)} {squash}({_n(total, shown_total)}) "
-        rf"{_is(inner)} {_n(value)}"
+        rf"{_is(int(inner))} {_n(value)}"
     )
 
 
@@ -250,9 +269,12 @@ def _pre(t: str, j: int, gate: str, layer: int) -> str:
 
 def _products(pairs: Sequence[tuple[float, float]], result: float) -> str:
     """``a b + c d + ... = result`` with numbers that check by hand."""
-    total = lambda d: sum(_read(x, d) * _read(y, d) for x, y in pairs)  # noqa: E731
+    total = lambda d: sum(_read(x, d) * _read(y, d) for x, y in pairs)  # noqa: E731 (exact)
     d = _decimals(result, total)
-    written = " + ".join(f"{_factor(x, d or 6)} \\cdot {_factor(y, d or 6)}" for x, y in pairs)
+    written = " + ".join(
+        f"{_factor(x, d or MOST_DECIMALS)} \\cdot {_factor(y, d or MOST_DECIMALS)}"
+        for x, y in pairs
+    )
     return rf"{written} {_is(d)} {_n(result)}"
 
 
@@ -324,12 +346,14 @@ def cell_equations(trace_: Trace, layer: int, step: int, unit: int) -> list[Equa
                 c_now,
             )
         )
-        d = _decimals(h_now, lambda d: _read(values["o"], d) * math.tanh(_read(c_now, d)))
+        d = _decimals(
+            h_now, lambda d: float(_read(values["o"], d)) * math.tanh(float(_read(c_now, d)))
+        )
         equations.append(
             Equation(
                 "h",
                 rf"h_{{{t},{j}}} = o_{{{t},{j}}} \tanh(c_{{{t},{j}}}) = "
-                rf"{_n(values['o'], d or 6)} \cdot \tanh({_n(c_now, d or 6)}) {_is(d)} "
+                rf"{_n(values['o'], d or MOST_DECIMALS)} \cdot \tanh({_n(c_now, d or MOST_DECIMALS)}) {_is(d)} "
                 rf"{_n(h_now)}",
                 h_now,
             )
@@ -370,19 +394,30 @@ def cell_equations(trace_: Trace, layer: int, step: int, unit: int) -> list[Equa
     return equations
 
 
+SHIFT_ABOVE = 10.0  # logits above this are written less the largest, so e^y stays readable
+
+
 def output_equation(trace_: Trace, step: int, vocab: list[str], char_id: int) -> Equation:
-    """p(character) at ``step``: the softmax of the top layer's logits y = W_hy h_t + b_y."""
-    logits = trace_.logits[step].float()
+    """p(character) at ``step``: the softmax of the top layer's logits y = W_hy h_t + b_y. Where a
+    logit exceeds `SHIFT_ABOVE` (e^30 has 14 digits before the point), the largest, m, is taken
+    from each first, which leaves every ratio as it was."""
+    logits = trace_.logits[step].double()
     probability = float(torch.softmax(logits, dim=-1)[char_id])
-    total = float(torch.exp(logits).sum())
+    largest = float(logits.max())
+    shift = largest if largest > SHIFT_ABOVE else 0.0
+    total = float(torch.exp(logits - shift).sum())
     char = latex_char(vocab[char_id])
-    y = float(logits[char_id])
-    d = _decimals(probability, lambda d: math.exp(_read(y, d)) / _read(total, d))
+    y = float(logits[char_id]) - shift
+    d = _decimals(probability, lambda d: math.exp(float(_read(y, d))) / float(_read(total, d)))
+    fraction = rf"\frac{{e^{{y_{{{char_id}}}}}}}{{\sum_k e^{{y_k}}}} = "
+    if shift:
+        fraction += rf"\frac{{e^{{y_{{{char_id}}} - m}}}}{{\sum_k e^{{y_k - m}}}} = "
     return Equation(
         "p",
-        rf"p(x_{{t+1}} = \texttt{{{char}}}) = \frac{{e^{{y_{{{char_id}}}}}}}{{\sum_k e^{{y_k}}}} = "
-        rf"\frac{{e^{{{_n(y, d or 6)}}}}}{{{_n(total, d or 6)}}} {_is(d)} {_n(probability)}, \quad "
-        r"y = W_{hy} h_t + b_y",
+        rf"p(x_{{t+1}} = \texttt{{{char}}}) = {fraction}"
+        rf"\frac{{e^{{{_n(y, d or MOST_DECIMALS)}}}}}{{{_n(total, d or MOST_DECIMALS)}}} {_is(d)} {_n(probability)}, \quad "
+        + (rf"m = \max_k y_k = {_n(shift)}, \quad " if shift else "")
+        + r"y = W_{hy} h_t + b_y",
         probability,
     )
 

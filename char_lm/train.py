@@ -195,6 +195,23 @@ def train(
             "--overwrite or another --out-dir"
         )
 
+    # The validation layout (streams from a zero state, windows) is the best score's measure too:
+    # a resume with another data.batch_size or data.block_size trains in the new layout but
+    # validates in the run's own, so best.pt compares losses of the same characters.
+    val_layout = {"streams": cfg.data.batch_size, "block_size": cfg.data.block_size}
+    if run.payload is not None:
+        saved_data = saved_config.get("data", {})
+        val_layout = run.payload.get("val_layout") or {
+            "streams": saved_data.get("batch_size", cfg.data.batch_size),
+            "block_size": saved_data.get("block_size", cfg.data.block_size),
+        }
+        if val_layout != {"streams": cfg.data.batch_size, "block_size": cfg.data.block_size}:
+            run.log(
+                f"note: validation keeps this run's {val_layout['streams']} streams of "
+                f"{val_layout['block_size']}-character windows (data.batch_size and "
+                "data.block_size set what it scores), so its losses compare with the earlier ones"
+            )
+
     # --- model and optimizer (embeddings do not decay: `recurrent.engine.parameter_groups`)
     model = CharLM(cfg.model, len(vocab)).to(run.device)
     optimizer = run.optimizer([("model", model, tc.lr)])
@@ -218,8 +235,8 @@ def train(
         loss, _ = evaluate_text(
             net,
             val_ids,
-            cfg.data.block_size,
-            streams=cfg.data.batch_size,
+            val_layout["block_size"],
+            streams=val_layout["streams"],
             max_windows=tc.eval_batches,
             what="validation text",
         )
@@ -242,6 +259,7 @@ def train(
         extra=lambda: {
             "vocab": vocab,
             "data_fingerprint": corpus.fingerprint,
+            "val_layout": val_layout,
             "best_val_loss": (run.progress.best_scores or {}).get("val_loss", math.inf),
         },
         describe=lambda scores: f"val {_fmt(scores['val_loss'])}",

@@ -19,6 +19,7 @@ from char_lm.data import (
     StreamBatches,
     build_vocab,
     encode,
+    load_corpus,
     load_text,
     read_text,
     split_ids,
@@ -408,6 +409,36 @@ def test_resume_continues_exactly(tmp_path):
     # Dropout makes the random-number state matter: another seed's run is not the same.
     other = train(config("tiny", *settings, "train.max_steps=40", "train.seed=1"), tmp_path / "c")
     assert other["history"] != straight["history"]
+
+
+def test_a_resume_in_another_batch_layout_validates_in_the_runs_own(tmp_path):
+    """data.batch_size and data.block_size may change on resume (training restarts its streams),
+    but they also set which validation characters are scored and from how many cold starts:
+    the run keeps validating in its first layout, so best.pt compares losses of the same
+    characters (a resume in 16 streams of 8 scored other characters than the run's 4 of 16,
+    and best.pt kept a worse model). A checkpoint written before the layout was saved gives the
+    one of its config."""
+    settings = ["train.eval_every=5", "train.eval_batches=2"]
+    run = tmp_path / "run"
+    train(config("tiny", *settings, "train.max_steps=10"), run)
+    other = ["data.batch_size=16", "data.block_size=8"]
+    resumed = train(config("tiny", *settings, *other, "train.max_steps=20"), run, resume=True)
+    model, _, _ = load_char_lm(run / "last.pt")
+    val_ids = load_corpus(config("tiny").data).val_ids
+
+    def val_loss(streams: int, block_size: int) -> float:
+        return evaluate_text(model, val_ids, block_size, streams=streams, max_windows=2)[0]
+
+    assert load_checkpoint(run / "last.pt")["val_layout"] == {"streams": 4, "block_size": 16}
+    assert resumed["history"][-1]["val_loss"] == pytest.approx(val_loss(4, 16), abs=1e-6)
+    assert abs(val_loss(16, 8) - val_loss(4, 16)) > 1e-3  # the layout does change the measure
+    # a checkpoint of before: its config's layout (here the resumed run's, 16 x 8)
+    payload = load_checkpoint(run / "last.pt")
+    del payload["val_layout"]
+    save_checkpoint(payload, run / "last.pt")
+    again = train(config("tiny", *settings, "train.max_steps=25"), run, resume=True)
+    model, _, _ = load_char_lm(run / "last.pt")
+    assert again["history"][-1]["val_loss"] == pytest.approx(val_loss(16, 8), abs=1e-6)
 
 
 def test_resume_refuses_other_architectures_and_missing_runs(tmp_path):

@@ -1364,6 +1364,18 @@ def test_toys_page_trains_hihello_and_steps_through_it(app: AppTest) -> None:
     at.button(key="toy_train").click()
     at.run()
     assert "at least 3" in " ".join(element.value for element in at.error)
+    # a text too short for the config's windows: the help names the window it trains in, and
+    # its space is labelled as one
+    text = "ab ab"
+    at.text_input(key="toy_text").set_value(text)
+    _run(at)
+    window = toys.toy_window(toys.toy_config(toys.TOYS["your own text"][0]), len(text))
+    [steps] = [slider for slider in at.slider if str(slider.key).startswith("toy_steps:")]
+    assert f"windows of {window} characters" in steps.help and window == 4
+    at.button(key="toy_train").click()
+    _run(at)
+    inputs = [rows for spec, rows in _charts(at) if spec.get("title", "").startswith("input")]
+    assert {row["label"] for rows in inputs[0] for row in rows} == {"a", "b", "␣"}
 
 
 def test_toys_page_steps_through_a_two_layer_toy_where_it_is_wrong(
@@ -1541,3 +1553,31 @@ def test_a_line_exactly_live_within_s_old_is_still_training():
     )
     lines[0]["timestamp"] = now - LIVE_WITHIN_S - 0.5
     assert "still training" not in summarize(lines).status(now)
+
+
+def test_lines_that_need_more_decimals_get_them_and_those_that_never_check_say_approx() -> None:
+    r"""7 decimals where 6 do not give the written result; "\approx" (and the numbers at 7
+    decimals) where 7 do not either; a part that rounds to zero is added, not subtracted."""
+    assert toys._products([(10000.0, 0.00012344951)], 10000.0 * 0.00012344951) == (
+        r"10000.0000000 \cdot 0.0001234 = 1.234"
+    )
+    assert toys._products([(1e7, 1.2344951e-8)], 1e7 * 1.2344951e-8) == (
+        r"10000000.0000000 \cdot 0.0000000 \approx 0.123"
+    )
+    # a value no written total gives (a trace in bf16, say): both steps say \approx
+    assert toys._squashed(r"\tanh", 0.1, 0.2, 0.5) == (
+        r"\tanh(0.1000000 + 0.2000000) \approx \tanh(0.3000000) \approx 0.500"
+    )
+    assert toys._squashed(r"\tanh", 0.5, -0.0001, math.tanh(0.4999)) == (
+        r"\tanh(0.500 + 0.000) = \tanh(0.500) = 0.462"
+    )
+
+
+def test_only_logits_above_10_are_shifted_and_only_then_is_m_written() -> None:
+    traced = SimpleNamespace(
+        logits=torch.tensor([[10.0, 1.0, 2.0], [3.0, 1.0, 2.0], [800.0, 1.0, 2.0]])
+    )
+    for step, shifted in ((0, False), (1, False), (2, True)):
+        latex = toys.output_equation(traced, step, ["a", "b", "c"], 0).latex
+        assert ("y_k - m" in latex) == shifted == ("m = " in latex), latex
+    assert r"m = \max_k y_k = 800.000, \quad" in latex

@@ -22,7 +22,8 @@ import torch
 from captioner import caption, check_data, evaluate
 from captioner import train as train_cli
 from captioner.data import load_image
-from captioner.inference import caption_images, load_captioner
+from captioner.decode import Caption
+from captioner.inference import CaptionResult, caption_images, load_captioner, to_result
 from recurrent.checkpoint import load_checkpoint, save_checkpoint
 from recurrent.errors import run_cli
 
@@ -361,3 +362,19 @@ def test_bad_input_one_line_errors(trained: dict[str, Path], tmp_path: Path, cap
     )
     assert_one_line_error(code, err, "no reference caption of the test split has a word")
     assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_each_beam_keeps_its_own_finished_flag(trained: dict[str, Path]):
+    """A best beam cut at the length limit over a runner-up that ended: the flags stay with
+    their beams, in `to_result` and in caption --json."""
+    vocab = load_captioner(str(trained["checkpoint"])).vocab
+    tokens = [len(vocab) - 1]
+    beams = [
+        Caption(tokens, -1.0, -1.0, finished=False),
+        Caption(tokens, -2.0, -2.0, finished=True),
+    ]
+    result = to_result(vocab, beams, (1, 1))
+    assert result.finished == [False, True]
+    mixed = CaptionResult("a b", [("a b", -1.0), ("a", -2.0)], None, ["a", "b"], [False, True])
+    item = caption._result_json("x.png", mixed)
+    assert [beam["finished"] for beam in item["beams"]] == [False, True]

@@ -51,7 +51,13 @@ from captioner.scoring import (
     seen_in_training,
     trained_names,
 )
-from captioner.train import captions_fingerprint, parameter_parts, scheduled_sampling, train
+from captioner.train import (
+    _batch_norm_min_images,
+    captions_fingerprint,
+    parameter_parts,
+    scheduled_sampling,
+    train,
+)
 from recurrent import engine
 from recurrent.checkpoint import export_checkpoint, load_checkpoint, save_checkpoint
 from recurrent.config import load_config, to_dict
@@ -901,3 +907,12 @@ def test_a_checkpoint_from_before_a_config_key_existed_resumes_and_starts_runs(
     top_down = tiny_cfg(scenes_annotations, "train.max_steps=2", "model.top_down=true")
     with pytest.raises(UserError, match="model.top_down is False in the checkpoint but True"):
         train(top_down, tmp_path / "td", quiet=True, init_from=tmp_path / "old" / "best.pt")
+
+
+def test_an_encoder_learning_rate_of_0_lets_a_batch_hold_one_image(scenes_annotations: Path):
+    """With 1 x 1 feature maps a trainable encoder's BatchNorm needs two images a step; a frozen
+    one (finetune frozen, or encoder_lr 0) does not."""
+    one_by_one = "data.image_size=8"  # 8 px / 2**(2 stages + 1) = 1
+    assert _batch_norm_min_images(tiny_cfg(scenes_annotations, one_by_one)) == 2
+    frozen = tiny_cfg(scenes_annotations, one_by_one, "train.encoder_lr=0")
+    assert _batch_norm_min_images(frozen) == 1

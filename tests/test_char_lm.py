@@ -411,18 +411,22 @@ def test_resume_continues_exactly(tmp_path):
     assert other["history"] != straight["history"]
 
 
-def test_a_resume_in_another_batch_layout_validates_in_the_runs_own(tmp_path):
+def test_a_resume_in_another_batch_layout_validates_in_the_runs_own(tmp_path, capsys):
     """data.batch_size and data.block_size may change on resume (training restarts its streams),
     but they also set which validation characters are scored and from how many cold starts:
-    the run keeps validating in its first layout, so best.pt compares losses of the same
-    characters (a resume in 16 streams of 8 scored other characters than the run's 4 of 16,
-    and best.pt kept a worse model). A checkpoint written before the layout was saved gives the
-    one of its config."""
+    the run keeps validating in its first layout, also after a second resume (whose
+    checkpoint's config is the first resume's), and says so, so best.pt compares losses of the
+    same characters (a resume in 16 streams of 8 scored other characters than the run's 4 of
+    16, and best.pt kept a worse model)."""
     settings = ["train.eval_every=5", "train.eval_batches=2"]
     run = tmp_path / "run"
     train(config("tiny", *settings, "train.max_steps=10"), run)
     other = ["data.batch_size=16", "data.block_size=8"]
-    resumed = train(config("tiny", *settings, *other, "train.max_steps=20"), run, resume=True)
+    capsys.readouterr()
+    train(config("tiny", *settings, *other, "train.max_steps=15"), run, resume=True)
+    note = "note: validation keeps this run's 4 streams of 16-character windows"
+    assert note in capsys.readouterr().out
+    again = train(config("tiny", *settings, *other, "train.max_steps=20"), run, resume=True)
     model, _, _ = load_char_lm(run / "last.pt")
     val_ids = load_corpus(config("tiny").data).val_ids
 
@@ -430,15 +434,29 @@ def test_a_resume_in_another_batch_layout_validates_in_the_runs_own(tmp_path):
         return evaluate_text(model, val_ids, block_size, streams=streams, max_windows=2)[0]
 
     assert load_checkpoint(run / "last.pt")["val_layout"] == {"streams": 4, "block_size": 16}
-    assert resumed["history"][-1]["val_loss"] == pytest.approx(val_loss(4, 16), abs=1e-6)
+    assert again["history"][-1]["val_loss"] == pytest.approx(val_loss(4, 16), abs=1e-6)
     assert abs(val_loss(16, 8) - val_loss(4, 16)) > 1e-3  # the layout does change the measure
-    # a checkpoint of before: its config's layout (here the resumed run's, 16 x 8)
+
+
+def test_an_older_checkpoint_validates_in_its_configs_window_length(tmp_path):
+    """Without a saved layout, both data.batch_size and data.block_size come from the
+    checkpoint's config (here a block size of 8 where the resume asks for 16; one stream, since
+    tiny's 18 validation characters make 4 streams shorter than either window)."""
+    settings = ["train.eval_every=5", "train.eval_batches=2", "data.batch_size=1"]
+    run = tmp_path / "run"
+    train(config("tiny", *settings, "data.block_size=8", "train.max_steps=10"), run)
     payload = load_checkpoint(run / "last.pt")
     del payload["val_layout"]
     save_checkpoint(payload, run / "last.pt")
-    again = train(config("tiny", *settings, "train.max_steps=25"), run, resume=True)
+    again = train(config("tiny", *settings, "train.max_steps=15"), run, resume=True)
     model, _, _ = load_char_lm(run / "last.pt")
-    assert again["history"][-1]["val_loss"] == pytest.approx(val_loss(16, 8), abs=1e-6)
+    val_ids = load_corpus(config("tiny").data).val_ids
+
+    def val_loss(block_size: int) -> float:
+        return evaluate_text(model, val_ids, block_size, streams=1, max_windows=2)[0]
+
+    assert abs(val_loss(8) - val_loss(16)) > 1e-3
+    assert again["history"][-1]["val_loss"] == pytest.approx(val_loss(8), abs=1e-6)
 
 
 def test_resume_refuses_other_architectures_and_missing_runs(tmp_path):

@@ -387,3 +387,14 @@ def test_sample_runs_a_bf16_trained_model_in_bf16(bf16_checkpoint, capsys):
     capsys.readouterr()
     assert run_cli(sample.main, argv) == 0
     assert capsys.readouterr().out == "the " + expected + "\n"
+
+
+def test_greedy_sampling_ignores_a_temperature_of_0(trained, capsys):
+    """--temperature must be > 0 for sampling only: --greedy never divides by it."""
+    _, checkpoint = trained
+    argv = ["--checkpoint", str(checkpoint), "--prompt", "the ", "--length", "20", "--greedy"]
+    capsys.readouterr()
+    assert run_cli(sample.main, [*argv, "--temperature", "0", "--device", "cpu"]) == 0
+    with_zero = capsys.readouterr().out
+    assert run_cli(sample.main, [*argv, "--device", "cpu"]) == 0
+    assert with_zero == capsys.readouterr().out and with_zero.startswith("the ")

@@ -4,16 +4,20 @@ says it scored, end to end through the command lines' main functions."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from tiny_models import train_tiny_captioner
 
 from captioner import compare as compare_cli
 from captioner import evaluate as evaluate_cli
+from captioner import scoring
 from captioner.cider import corpus_cider_d
 from captioner.data import ImageRecord, load_records, select_split
+from captioner.inference import load_captioner
 from captioner.metrics import bleu_scores
 from captioner.scenes import generate_dataset
 from captioner.scoring import TOKENIZER, image_ids
@@ -35,6 +39,9 @@ def test_image_ids_are_the_file_numbers_else_the_stems_else_the_paths():
     assert ids("data/a/x.png", "data/b/x.jpg") == ["a/x.png", "b/x.jpg"]  # below their folder
     assert ids("data/x.png", "data/x.jpg") == ["x.png", "x.jpg"]
     assert ids("data/x.png", "data/y.png") == ["x", "y"]
+    # the last resort, names that stay alike (one file listed twice): the positions, from 0
+    assert ids("data/x.png", "data/x.png") == [0, 1]
+    assert ids("x.png", "x.png") == [0, 1]  # no folder in the name: the current one
 
 
 @pytest.fixture(scope="module")
@@ -291,3 +298,71 @@ def test_the_text_report_says_what_the_json_report_holds(split, tmp_path, capsys
             f"    B {d['cider_b']:6.1f}  {d['b']}",
             f"    reference: {d['references'][0]}",
         ]
+
+
+def test_evaluate_split_keeps_the_best_beams_finished_flag_and_gathers_it(
+    split, tmp_path, monkeypatch
+):
+    """Each prediction's "finished" is its *best* beam's, also when the shares are gathered
+    (a one-rank layout here), and ids are refused under a layout."""
+    annotations, records = split
+    captioner = load_captioner(str(train_tiny_captioner(tmp_path / "run", annotations)))
+    records = records[:3]
+    real = scoring.decode_features
+
+    def decode(captioner_, features, settings, **kwargs):
+        out = []
+        for beams in real(captioner_, features, settings, **kwargs):
+            best = dataclasses.replace(beams[0], finished=next(flags))
+            out.append([best, dataclasses.replace(best, finished=not best.finished)])
+        return out
+
+    monkeypatch.setattr(scoring, "decode_features", decode)
+    flags = iter([False, True, False])
+    _, alone = scoring.evaluate_split(captioner, records, coco_metrics=False, batch_size=2)
+    assert [item["finished"] for item in alone] == [False, True, False]
+    layout = SimpleNamespace(enabled=True, all_gather_objects=lambda share: [share])
+    flags = iter([False, True, False])
+    _, gathered = scoring.evaluate_split(
+        captioner, records, coco_metrics=False, batch_size=2, layout=layout
+    )
+    assert gathered == alone
+    with pytest.raises(ValueError, match="ids name each record"):
+        scoring.evaluate_split(
+            captioner, records, coco_metrics=False, layout=layout, ids=image_ids(records)
+        )
+
+
+def test_prediction_files_hold_the_coco_results_keys_only(tmp_path):
+    path = tmp_path / "preds.json"
+    scoring.write_predictions([{"image_id": 7, "caption": "a cat", "finished": False}], path)
+    assert json.loads(path.read_text(encoding="utf-8")) == [{"image_id": 7, "caption": "a cat"}]
+
+
+def test_evaluate_prints_the_cut_share_with_the_decode_length_and_a_hint_only_when_cut(
+    split, tmp_path, capsys, monkeypatch
+):
+    annotations, _ = split
+    checkpoint = str(train_tiny_captioner(tmp_path / "run", annotations))
+    real = evaluate_cli.evaluate_split
+    cut_first = True
+
+    def cut(*args, **kwargs):
+        scores, predictions = real(*args, **kwargs)
+        return scores, [
+            {**item, "finished": not (cut_first and i == 0)} for i, item in enumerate(predictions)
+        ]
+
+    monkeypatch.setattr(evaluate_cli, "evaluate_split", cut)
+    argv = ["--checkpoint", checkpoint, "--no-meteor", "--max-images", "3"]
+    report = run_json(evaluate_cli.main, [*argv, "--json"], capsys)
+    assert report["cut_at_max_length_share"] == 0.3333  # 1 of 3, 4 decimals
+    length = report["max_length"]  # no --max-length: the checkpoint's decode.max_length
+    assert run_cli(evaluate_cli.main, argv) == 0
+    assert (
+        f"captions cut at {length} words before their end: 33.3% (raise --max-length to let "
+        "them end)\n" in capsys.readouterr().out
+    )
+    cut_first = False
+    assert run_cli(evaluate_cli.main, argv) == 0
+    assert f"captions cut at {length} words before their end: 0.0%\n" in capsys.readouterr().out

@@ -211,9 +211,10 @@ def _sigmoid(value: float) -> float:
 def _decimals(
     result: float, written: Callable[[int], float | Decimal], result_decimals: int = 3
 ) -> int:
-    r"""The fewest decimals (3 to `MOST_DECIMALS`) for the numbers of an expression such that ``written(d)``,
-    the expression computed from its numbers as written with ``d`` decimals, reads as ``result``
-    written with ``result_decimals``; 0 where none does (the line then says "\approx")."""
+    r"""The fewest decimals (3 to `MOST_DECIMALS`) for the numbers of an expression such that
+    ``written(d)``, the expression computed from its numbers as written with ``d`` decimals,
+    reads as ``result`` written with ``result_decimals``; 0 where none does (the line then says
+    "\approx")."""
     for decimals in range(3, MOST_DECIMALS + 1):
         if _n(written(decimals), result_decimals) == _n(result, result_decimals):
             return decimals
@@ -271,10 +272,8 @@ def _products(pairs: Sequence[tuple[float, float]], result: float) -> str:
     """``a b + c d + ... = result`` with numbers that check by hand."""
     total = lambda d: sum(_read(x, d) * _read(y, d) for x, y in pairs)  # noqa: E731 (exact)
     d = _decimals(result, total)
-    written = " + ".join(
-        f"{_factor(x, d or MOST_DECIMALS)} \\cdot {_factor(y, d or MOST_DECIMALS)}"
-        for x, y in pairs
-    )
+    w = d or MOST_DECIMALS
+    written = " + ".join(f"{_factor(x, w)} \\cdot {_factor(y, w)}" for x, y in pairs)
     return rf"{written} {_is(d)} {_n(result)}"
 
 
@@ -349,12 +348,12 @@ def cell_equations(trace_: Trace, layer: int, step: int, unit: int) -> list[Equa
         d = _decimals(
             h_now, lambda d: float(_read(values["o"], d)) * math.tanh(float(_read(c_now, d)))
         )
+        w = d or MOST_DECIMALS
         equations.append(
             Equation(
                 "h",
                 rf"h_{{{t},{j}}} = o_{{{t},{j}}} \tanh(c_{{{t},{j}}}) = "
-                rf"{_n(values['o'], d or MOST_DECIMALS)} \cdot \tanh({_n(c_now, d or MOST_DECIMALS)}) {_is(d)} "
-                rf"{_n(h_now)}",
+                rf"{_n(values['o'], w)} \cdot \tanh({_n(c_now, w)}) {_is(d)} {_n(h_now)}",
                 h_now,
             )
         )
@@ -409,13 +408,14 @@ def output_equation(trace_: Trace, step: int, vocab: list[str], char_id: int) ->
     char = latex_char(vocab[char_id])
     y = float(logits[char_id]) - shift
     d = _decimals(probability, lambda d: math.exp(float(_read(y, d))) / float(_read(total, d)))
+    w = d or MOST_DECIMALS
     fraction = rf"\frac{{e^{{y_{{{char_id}}}}}}}{{\sum_k e^{{y_k}}}} = "
     if shift:
         fraction += rf"\frac{{e^{{y_{{{char_id}}} - m}}}}{{\sum_k e^{{y_k - m}}}} = "
     return Equation(
         "p",
         rf"p(x_{{t+1}} = \texttt{{{char}}}) = {fraction}"
-        rf"\frac{{e^{{{_n(y, d or MOST_DECIMALS)}}}}}{{{_n(total, d or MOST_DECIMALS)}}} {_is(d)} {_n(probability)}, \quad "
+        rf"\frac{{e^{{{_n(y, w)}}}}}{{{_n(total, w)}}} {_is(d)} {_n(probability)}, \quad "
         + (rf"m = \max_k y_k = {_n(shift)}, \quad " if shift else "")
         + r"y = W_{hy} h_t + b_y",
         probability,
@@ -533,6 +533,6 @@ def char_labels(vocab: Sequence[str]) -> list[str]:
     ↵, a tab as ⇥, unless the vocabulary holds that sign itself, when the character is written as
     Python writes it (``' '``): two bars with one label would be drawn as one."""
     return [
-        repr(char) if CHAR_SIGNS.get(char, char) in vocab and char in CHAR_SIGNS else label
-        for char, label in ((char, CHAR_SIGNS.get(char, char)) for char in vocab)
+        CHAR_SIGNS.get(char, char) if CHAR_SIGNS.get(char) not in vocab else repr(char)
+        for char in vocab
     ]

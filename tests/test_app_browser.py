@@ -243,6 +243,7 @@ def test_every_page_in_a_browser(
     expect(page.get_by_text("reproduces the text")).to_be_visible(timeout=CAPTION_WAIT_MS)
     expect(page.locator(".katex").first).to_be_visible(timeout=CAPTION_WAIT_MS)
     assert page.locator(".katex-display").count() >= 7  # i, f, g, o, c, h and p(next)
+    assert page.locator(".katex-error").count() == 0  # KaTeX parsed every line
     _settle(page)
     page.screenshot(path=str(screenshots / "toys.png"), full_page=True)
     _no_exception(page)

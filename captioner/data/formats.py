@@ -357,16 +357,13 @@ def load_flickr8k(
     root = _image_root(image_root, file)
     lists = [file.parent / name for name in FLICKR8K_SPLIT_FILES.values()]
     if "flickr8k" not in file.name.lower() and not any(path.exists() for path in lists):
-        validate_fractions(val_fraction, test_fraction)
-        paths = {_image_path(root, name): name for name in captions}
-        for path in paths:
-            _check_image(path, f"'{file}'", check_images)
-        keys = relative_names(paths, root, paths)
-        splits = hashed_split(keys, val_fraction, test_fraction, seed)
-        return [
-            ImageRecord(path, tuple(captions[name]), splits[path], drawn=True, split_key=keys[path])
-            for path, name in paths.items()
-        ]
+        # Flickr30k: the rows of a CSV without a split column
+        rows = (
+            CsvRow(f"'{file}'", name, caption, None)
+            for name, texts in captions.items()
+            for caption in texts
+        )
+        return _load_rows(rows, file, image_root, val_fraction, test_fraction, seed, check_images)
     records, seen = [], {}
     for split, list_name in FLICKR8K_SPLIT_FILES.items():
         list_file = file.parent / list_name

@@ -198,14 +198,15 @@ def train(
     # The validation layout (streams from a zero state, windows) is the best score's measure too:
     # a resume with another data.batch_size or data.block_size trains in the new layout but
     # validates in the run's own, so best.pt compares losses of the same characters.
-    val_layout = {"streams": cfg.data.batch_size, "block_size": cfg.data.block_size}
+    configured = {"streams": cfg.data.batch_size, "block_size": cfg.data.block_size}
+    val_layout = configured
     if run.payload is not None:
         saved_data = saved_config.get("data", {})
         val_layout = run.payload.get("val_layout") or {
             "streams": saved_data.get("batch_size", cfg.data.batch_size),
             "block_size": saved_data.get("block_size", cfg.data.block_size),
         }
-        if val_layout != {"streams": cfg.data.batch_size, "block_size": cfg.data.block_size}:
+        if val_layout != configured:
             run.log(
                 f"note: validation keeps this run's {val_layout['streams']} streams of "
                 f"{val_layout['block_size']}-character windows (data.batch_size and "

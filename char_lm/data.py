@@ -43,7 +43,7 @@ import torch
 from torch import Tensor
 
 from char_lm.config import BUILTIN_PREFIX, DataConfig
-from recurrent.errors import UserError
+from recurrent.errors import UserError, not_utf8
 
 BUILTIN_TEXTS = {
     # The first toy task of the lecture material: learn to continue "h" into "hihello".
@@ -139,32 +139,6 @@ def _check_file(path: Path) -> None:
         raise UserError(f"{path} is a folder; pass a UTF-8 text file")
 
 
-# What the first bytes of a file that is not UTF-8 say it is, and what to do with it.
-NOT_UTF8_KINDS = {
-    b"\x1f\x8b": "gzip-compressed: decompress it (gunzip) first",
-    b"BZh": "bzip2-compressed: decompress it (bunzip2) first",
-    b"\xfd7zXZ\x00": "xz-compressed: decompress it (unxz) first",
-    b"PK\x03\x04": "a zip archive: extract the text from it first",
-    b"\xff\xfe\x00\x00": "UTF-32 text: re-save it as UTF-8",
-    b"\x00\x00\xfe\xff": "UTF-32 text: re-save it as UTF-8",
-    b"\xff\xfe": "UTF-16 text: re-save it as UTF-8",
-    b"\xfe\xff": "UTF-16 text: re-save it as UTF-8",
-}
-
-
-def _not_utf8(source: str | Path, offset: int | None) -> UserError:
-    where = "" if offset is None else f" (bad byte at offset {offset})"
-    try:
-        with open(source, "rb") as stream:
-            head = stream.read(8)
-    except (OSError, TypeError, ValueError):
-        head = b""
-    kind = next((kind for magic, kind in NOT_UTF8_KINDS.items() if head.startswith(magic)), None)
-    if kind is not None:
-        return UserError(f"{source} is not UTF-8 text{where}: it is {kind}")
-    return UserError(f"{source} is not UTF-8 text{where}; convert it to UTF-8 first")
-
-
 def _empty(source: str | Path) -> UserError:
     return UserError(f"{source} is empty; pass a text file with some characters in it")
 
@@ -183,7 +157,7 @@ def read_text(path: str | Path) -> str:
     try:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as err:
-        raise _not_utf8(path, err.start) from None
+        raise not_utf8(path, err.start) from None
     except OSError as err:
         raise UserError(f"cannot read {path} ({err.strerror})") from None
     if not text:
@@ -370,7 +344,7 @@ def scan_text(source: str | Path, chunk_size: int = CHUNK_BYTES) -> TextScan:
         except UnicodeDecodeError:
             valid = False
     if not valid:
-        raise _not_utf8(source, _first_bad_byte(source, chunk_size))
+        raise not_utf8(source, _first_bad_byte(source, chunk_size))
     if not chars:
         raise _empty(source)
     vocab.sort()

@@ -49,6 +49,35 @@ _WORKER_WRAPPED = re.compile(
 )
 
 
+# What the first bytes of a file that is not UTF-8 say it is, and what to do with it.
+NOT_UTF8_KINDS = {
+    b"\x1f\x8b": "gzip-compressed: decompress it (gunzip) first",
+    b"BZh": "bzip2-compressed: decompress it (bunzip2) first",
+    b"\xfd7zXZ\x00": "xz-compressed: decompress it (unxz) first",
+    b"PK\x03\x04": "a zip archive: extract the text from it first",
+    b"\xff\xfe\x00\x00": "UTF-32 text: re-save it as UTF-8",
+    b"\x00\x00\xfe\xff": "UTF-32 text: re-save it as UTF-8",
+    b"\xff\xfe": "UTF-16 text: re-save it as UTF-8",
+    b"\xfe\xff": "UTF-16 text: re-save it as UTF-8",
+}
+
+
+def not_utf8(source: str | Path, offset: int | None) -> UserError:
+    """The error for a text file (a text, annotations) that is not UTF-8: what its first bytes say
+    it is (compressed, an archive, UTF-16 or -32) and what to do, else where its first bad byte is
+    (``offset`` in the file, None where not known)."""
+    where = "" if offset is None else f" (bad byte at offset {offset})"
+    try:
+        with open(source, "rb") as stream:
+            head = stream.read(8)
+    except (OSError, TypeError, ValueError):
+        head = b""
+    kind = next((kind for magic, kind in NOT_UTF8_KINDS.items() if head.startswith(magic)), None)
+    if kind is not None:
+        return UserError(f"{source} is not UTF-8 text{where}: it is {kind}")
+    return UserError(f"{source} is not UTF-8 text{where}; convert it to UTF-8 first")
+
+
 EXIT_USER_ERROR = 2
 
 

@@ -6,8 +6,10 @@ downloaded. CPU only, a few seconds in all.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import errno
+import gzip
 import io
 import json
 import os
@@ -119,6 +121,33 @@ def test_karpathy_paths_splits_restval_and_scene_meta(tmp_path: Path) -> None:
     assert [Path(r.image_path).name for r in dropped] == ["a.png", "c.png", "d.png", "e.png"]
     # image_root defaults to the annotation file's folder
     assert load_records("karpathy", path, None) == records
+
+
+@pytest.mark.parametrize("fmt", ["csv", "karpathy", "jsonl"])
+@pytest.mark.parametrize(
+    "encode, said",
+    [
+        (gzip.compress, "1): it is gzip-compressed: decompress it (gunzip) first"),
+        # Excel's "Unicode Text" and Notepad's "Unicode": UTF-16 with a BOM
+        (lambda data: data.decode().encode("utf-16"), "0): it is UTF-16 text: re-save it as UTF-8"),
+        # a BOM, then Latin-1: the offset counts the BOM's 3 bytes, as the file's bytes do
+        (
+            lambda data: codecs.BOM_UTF8 + data.replace(b"dog", b"d\xf6g"),
+            "{offset}); convert it to UTF-8 first",
+        ),
+    ],
+)
+def test_annotations_that_are_not_utf8_say_what_they_are(tmp_path, fmt, encode, said) -> None:
+    texts = {
+        "csv": "image,caption\na.png,a dog\n",
+        "karpathy": json.dumps({"images": [_entry("a.png", "train", ["a dog"])]}),
+        "jsonl": json.dumps({"image": "a.png", "caption": "a dog"}) + "\n",
+    }
+    path = tmp_path / f"captions.{fmt}"
+    path.write_bytes(encode(texts[fmt].encode()))
+    offset = path.read_bytes().find(b"\xf6")
+    message = _raises_one_line(lambda: load_records(fmt, path, tmp_path, check_images=False))
+    assert message == f"{path} is not UTF-8 text (bad byte at offset " + said.format(offset=offset)
 
 
 def test_karpathy_bad_input(tmp_path: Path) -> None:

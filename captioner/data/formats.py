@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from recurrent.errors import UserError
+from recurrent.errors import UserError, not_utf8
 
 from .records import SPLITS, ImageRecord
 
@@ -78,12 +78,20 @@ def _existing_file(path: PathLike, what: str) -> Path:
 def _read_text(file: Path) -> str:
     try:
         return file.read_text(encoding="utf-8-sig")  # -sig: tolerate a BOM from spreadsheet tools
+    except UnicodeDecodeError:
+        raise _not_utf8(file) from None
+
+
+def _not_utf8(file: Path) -> UserError:
+    """`not_utf8` for an annotations file, with the offset of its first bad byte in the file (a
+    decoder's error counts from where it was given the text: a BOM or the CSV reader's chunk)."""
+    try:
+        file.read_bytes().decode("utf-8")
     except UnicodeDecodeError as err:
-        raise _not_utf8(file, err) from None
-
-
-def _not_utf8(file: Path, err: UnicodeDecodeError) -> UserError:
-    return UserError(f"'{file}' is not UTF-8 text (byte {err.start}); re-save it as UTF-8")
+        return not_utf8(file, err.start)
+    except OSError:
+        pass
+    return not_utf8(file, None)
 
 
 def _lines(text: str) -> Iterator[tuple[int, str]]:
@@ -608,8 +616,8 @@ def read_csv_rows(file: Path) -> list[CsvRow]:
             raise UserError(
                 f"'{file}' line {reader.line_num}: {err}; fix the CSV quoting"
             ) from None
-        except UnicodeDecodeError as err:
-            raise _not_utf8(file, err) from None
+        except UnicodeDecodeError:
+            raise _not_utf8(file) from None
 
 
 _SEPARATORS = {"\t": "tabs", ";": "semicolons"}

@@ -34,7 +34,7 @@ from captioner.model import CaptionModel
 from recurrent.checkpoint import check_state_dict, load_checkpoint
 from recurrent.config import Interval, check_bounds, from_dict
 from recurrent.errors import UserError, first_line
-from recurrent.precision import Precision
+from recurrent.precision import Precision, trained_in
 from recurrent.training import pick_device
 
 if TYPE_CHECKING:
@@ -109,6 +109,7 @@ def captioner_from_payload(
     try:
         cfg = from_dict(CaptionerConfig, payload["config"])
         check_bounds(cfg, BOUNDS)
+        cfg.train.precision = trained_in(payload)  # what "auto" was where it trained
         check_model(cfg.model)
         vocab = Vocabulary.from_list(payload["vocab"])
         state = payload["model"]

@@ -19,6 +19,10 @@ TINY_SHAKESPEARE_URL = (
 )
 TINY_SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
 
+# What a checkpoint written before a key existed ran with, where the key's default is not that
+# (`recurrent.config.older_defaults`): streams whose state never restarted.
+OLDER_DEFAULTS = {"data.state_reset": 0.0}
+
 
 @dataclass
 class DataConfig:

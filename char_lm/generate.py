@@ -19,7 +19,7 @@ from char_lm.model import CharLM
 from recurrent.checkpoint import load_checkpoint
 from recurrent.config import check_bounds, from_dict
 from recurrent.errors import UserError
-from recurrent.precision import Precision
+from recurrent.precision import Precision, trained_in
 from recurrent.sampling import sample_next
 
 # With an empty prompt the model is conditioned on this character (the start of a new line), which
@@ -43,6 +43,7 @@ def load_char_lm(
     try:
         config = from_dict(CharLMConfig, payload["config"])
         check_bounds(config, BOUNDS)
+        config.train.precision = trained_in(payload)  # what "auto" was where it trained
         vocab = list(payload["vocab"])
         if not vocab or len(set(vocab)) != len(vocab) or any(len(ch) != 1 for ch in vocab):
             raise UserError("its vocabulary must be distinct single characters")

@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from char_lm.config import (
     BOUNDS,
+    OLDER_DEFAULTS,
     CharLMConfig,
     architecture_keys,
     check_config,
@@ -39,7 +40,14 @@ from char_lm.config import (
 from char_lm.data import StreamBatches, load_corpus
 from char_lm.model import CharLM
 from char_lm.scoring import evaluate_text
-from recurrent.config import add_run_arguments, load_config, run_dir, run_options, to_dict
+from recurrent.config import (
+    add_run_arguments,
+    load_config,
+    older_defaults,
+    run_dir,
+    run_options,
+    to_dict,
+)
 from recurrent.distributed import Distributed, finish
 from recurrent.engine import Resume, Run, StepResult
 from recurrent.errors import TRAINING_STOPPED, ArgumentParser, UserError, run_cli
@@ -149,7 +157,7 @@ def train(
         task=TASK,
         settings=tc,
         config=to_dict(cfg),
-        defaults=to_dict(CharLMConfig()),  # for an older checkpoint's config
+        defaults=older_defaults(CharLMConfig(), OLDER_DEFAULTS),  # an older checkpoint's
         resume=resume,
         overwrite=overwrite,
         quiet=quiet,

@@ -247,11 +247,23 @@ def from_dict(cls: type[T], data: Mapping[str, Any]) -> T:
     return _from_mapping(cls, data)
 
 
+def older_defaults(config: Any, older: Mapping[str, Any]) -> dict[str, Any]:
+    """The values that a checkpoint written before a key existed ran with, for `with_defaults`:
+    the task config's defaults (``config``, a dataclass), where ``older`` ({dotted key: value})
+    replaces those whose default is not the behaviour before the key (char_lm's
+    ``data.state_reset``: 0.02 since 2026-12-05, and no restarts before)."""
+    values = to_dict(config)
+    for key, value in older.items():
+        section, name = key.split(".")
+        values[section][name] = value
+    return values
+
+
 def with_defaults(saved: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
     """A saved config (a checkpoint's) with the keys it lacks at their ``defaults``: a checkpoint
-    written before a key existed ran as that key's default does (a key is added with the default
-    that keeps the older behaviour, such as the captioner's ``model.top_down: false``). A section
-    that is not a mapping (an edited file) is a `UserError`."""
+    written before a key existed ran as that key's default does, or as its value in the task's
+    `older_defaults` where the default changed the behaviour. A section that is not a mapping (an
+    edited file) is a `UserError`."""
     filled = dict(saved)
     for section, values in defaults.items():
         if not isinstance(values, Mapping):
@@ -262,6 +274,35 @@ def with_defaults(saved: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict
             kind = type(filled[section]).__name__
             raise UserError(f"its config's {section!r} is not a section of settings (type {kind})")
     return filled
+
+
+def _flat(config: Mapping[str, Any]) -> dict[str, Any]:
+    """{dotted key: value} of a config's sections (a section that is not a mapping is left out)."""
+    return {
+        f"{section}.{name}": value
+        for section, values in config.items()
+        if isinstance(values, Mapping)
+        for name, value in values.items()
+    }
+
+
+def missing_keys(saved: Mapping[str, Any], defaults: Mapping[str, Any]) -> list[str]:
+    """The dotted keys of ``defaults`` that a saved config (an older version's) lacks."""
+    return sorted(_flat(defaults).keys() - _flat(saved).keys())
+
+
+def changed_settings(
+    saved: Mapping[str, Any], current: Mapping[str, Any], older: Iterable[str] = ()
+) -> list[str]:
+    """``"train.lr 0.002 -> 0.001"`` for each setting whose value in ``current`` differs from a
+    checkpoint's ``saved`` config; a key in ``older`` (the checkpoint's version had none) says
+    so."""
+    old, new, older = _flat(saved), _flat(current), set(older)
+    return [
+        f"{key} {old[key]!r} -> {value!r}" + (" (the run predates this key)" * (key in older))
+        for key, value in new.items()
+        if key in old and old[key] != value
+    ]
 
 
 def to_dict(config: Any) -> dict[str, Any]:

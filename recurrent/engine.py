@@ -82,7 +82,7 @@ from recurrent.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from recurrent.config import with_defaults
+from recurrent.config import changed_settings, missing_keys, with_defaults
 from recurrent.errors import RunStopped, UserError, first_line
 from recurrent.files import atomic_write_text
 from recurrent.training import rng_state, set_rng_state, set_seed, warmup_cosine
@@ -452,6 +452,7 @@ class Run:
         self.init_path = Path(init_from) if init_from else None
         self.payload: dict[str, Any] | None = None
         self.init_payload: dict[str, Any] | None = None
+        self.older_keys: list[str] = []  # keys the config of last.pt lacked (an older version's)
         # Rank 0 alone reads and writes the run folder, and reads the checkpoint to resume or start
         # from, which the other processes receive from it: under torchrun on several machines the
         # run folder and that checkpoint need only be on the first one.
@@ -513,13 +514,17 @@ class Run:
             if self.payload.get("format_version", 1) < RUN_FORMAT or "progress" not in self.payload:
                 raise UserError(
                     f"cannot resume from {self.last_path}: it was written by an older version of "
-                    "this project (or exported for serving); start a new run without --resume"
+                    "this project (or exported for serving), which a run cannot go on from; start "
+                    f"a new run from its weights: --init-from {self.last_path} --out-dir "
+                    "ANOTHER_FOLDER"
                 )
         elif self.init_path is not None:
             self.init_payload = load_checkpoint(self.init_path, task=task)
         for payload, path in ((self.payload, self.last_path), (self.init_payload, self.init_path)):
             if payload is None or defaults is None:
                 continue
+            if payload is self.payload and isinstance(payload.get("config"), dict):
+                self.older_keys = missing_keys(payload["config"], defaults)
             try:  # the keys added since it was written
                 payload["config"] = with_defaults(payload["config"], defaults)
             except UserError as err:
@@ -568,6 +573,42 @@ class Run:
             raise UserError(
                 f"cannot {action} {path}: {what} give another vocabulary than the "
                 f"checkpoint's ({differs}); use the same data, or {drop}"
+            )
+        if self.payload is not None:
+            self._note_changes()
+
+    def _note_changes(self) -> None:
+        """On a resume, say which settings the config changes (they are the config's to set, but
+        a resume that changes them is not the run it was), and a precision other than the one the
+        run trained in (`auto` may pick another on another machine, or another version)."""
+        from recurrent.precision import DTYPES
+
+        assert self.payload is not None
+        changes = changed_settings(self.payload["config"], self.config, self.older_keys)
+        if changes:
+            shown = ", ".join(changes[:8]) + (
+                f" and {len(changes) - 8} more" if changes[8:] else ""
+            )
+            self.log(f"note: the config changes the run's settings: {shown}")
+        card = self.payload.get("card")
+        trained = card.get("precision") if isinstance(card, dict) else None
+        now, setting = self.precision.name, self.settings.precision
+        if trained in DTYPES and trained != now:
+            keep = (
+                ""
+                if trained == "fp16" and self.device.type != "cuda"
+                else (f"; pass --set train.precision={trained} to keep it")
+            )
+            self.log(
+                f"note: the run trained in {trained} until step {self.payload['step']}; it goes "
+                f"on in {now} (train.precision {setting} on {self.device.type}){keep}"
+            )
+        elif trained is None and setting == "auto" and now != "fp32":
+            self.log(
+                f"note: {self.last_path} does not record the precision its run trained in (an "
+                f"older version's checkpoint); train.precision auto is {now} here, but was fp32 "
+                "on every CPU until 2026-12-05: pass --set train.precision=fp32 if the run "
+                "trained so"
             )
 
     def check_same_data(self, fingerprint: Callable[[], str], what: str) -> None:
@@ -1100,6 +1141,7 @@ class Run:
                 "steps": progress.step,
                 "best_scores": progress.best_scores,
                 "trained_at": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "precision": self.precision.name,  # what train.precision resolved to (auto)
             },
         }
         if extra is not None:

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -61,6 +62,22 @@ def resolve(setting: str, device: torch.device) -> str:
     ):
         raise UserError("this GPU does not support bf16; use fp16 or fp32")
     return setting
+
+
+def trained_in(payload: Mapping[str, Any]) -> str:
+    """The precision a checkpoint's weights were trained in, for `Precision.for_inference`: what
+    its run resolved ``train.precision`` to (its card's ``precision``, recorded since 2026-12-07);
+    for an older checkpoint, its ``train.precision`` where that names one, else fp32 (``auto``,
+    or none at all: what ``auto`` chose was not recorded, and until 2026-12-05 it was fp32 on
+    every CPU; fp32 runs on every device)."""
+    card = payload.get("card")
+    recorded = card.get("precision") if isinstance(card, Mapping) else None
+    if recorded in DTYPES:
+        return recorded
+    config = payload.get("config")
+    train = config.get("train") if isinstance(config, Mapping) else None
+    setting = train.get("precision") if isinstance(train, Mapping) else None
+    return setting if setting in DTYPES else "fp32"
 
 
 @dataclass

@@ -22,6 +22,7 @@ import dataclasses
 import fcntl
 import math
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -44,7 +45,7 @@ from captioner.model import CaptionModel
 from char_lm.config import CharLMConfig
 from char_lm.model import CharLM
 from recurrent import engine
-from recurrent.checkpoint import load_checkpoint
+from recurrent.checkpoint import load_checkpoint, save_checkpoint
 from recurrent.config import load_config
 from recurrent.engine import (
     NO_DECAY_MODULES,
@@ -238,16 +239,27 @@ def test_time_budget_cosine_follows_whichever_runs_out_first(tmp_path, max_steps
 
 
 @pytest.mark.parametrize("task", ["char_lm", "captioner"])
-def test_resume_takes_the_learning_rate_from_the_config(task, scenes_annotations, tmp_path):
+def test_resume_takes_the_learning_rate_from_the_config(task, scenes_annotations, tmp_path, capsys):
     """Settings come from the config on resume: other base rates, weight decay and Adam beta2 are
-    used from the next step (the schedule's span is fixed by lr_decay_steps, so only they change)."""
+    used from the next step (the schedule's span is fixed by lr_decay_steps, so only they change),
+    and the resume says which it changes."""
     fixed = [*SCHEDULE, "train.lr_decay_steps=16"]
     train_task(task, scenes_annotations, tmp_path, *fixed, "train.max_steps=8")
+    saved = load_checkpoint(tmp_path / "last.pt")["config"]["train"]
     other = [*fixed, "train.max_steps=16", "train.lr=0.002", "train.weight_decay=0.05"]
     other.append("train.adam_beta2=0.95")
     if task == "captioner":
         other.append("train.encoder_lr=0.0005")
+    capsys.readouterr()
     train_task(task, scenes_annotations, tmp_path, *other, resume=True)
+    notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note:")]
+    assert len(notes) == 1 and notes[0].startswith("note: the config changes the run's settings: ")
+    changes = notes[0].split(": ", 2)[2].split(", ")  # in the config's order
+    assert sorted(changes) == sorted(
+        f"train.{key} {saved[key]!r} -> {float(value) if '.' in value else int(value)!r}"
+        for key, value in (item.removeprefix("train.").split("=") for item in other[len(fixed) :])
+        if saved[key] != float(value)
+    )
     rule = RunSettings(warmup_steps=3, min_lr_ratio=0.2, lr_decay_steps=16)
     lines = train_lines(tmp_path)
     assert [line["step"] for line in lines] == list(range(1, 17))
@@ -798,6 +810,60 @@ def test_a_non_finite_score_is_never_the_best_and_never_blocks_a_better_one(tmp_
     evals = [r["best"] for r in read_metrics(tmp_path / "metrics.jsonl") if r["kind"] == "eval"]
     assert evals == [True, True, False, True]  # the first is best only for want of another
     assert load_checkpoint(tmp_path / "best.pt")["step"] == 4
+
+
+def test_a_run_older_than_a_key_resumes_as_it_trained_or_says_what_changes(tmp_path, capsys):
+    """A char_lm run begun before data.state_reset existed (2026-12-05) never restarted its
+    streams' state: its checkpoint is read as state_reset 0, not today's default 0.02. Resumed
+    with its own config file (which has no such line) it goes on with 0.02, and says so; resumed
+    with 0 it is the run that never stopped. A checkpoint no run can go on from names
+    --init-from, not a new run in the same folder (which only --overwrite would allow, deleting
+    the older weights)."""
+    old_yaml = tmp_path / "tiny_older.yaml"
+    old_yaml.write_text(
+        "".join(
+            line for line in CHAR_TINY.read_text().splitlines(True) if "state_reset" not in line
+        )
+    )
+
+    def cfg(*overrides: str) -> CharLMConfig:
+        fixed = ["train.lr_decay_steps=6", "train.eval_every=3", "train.log_every=1"]
+        return load_config(CharLMConfig, old_yaml, [*fixed, *overrides])
+
+    whole = char_lm_train.train(cfg("train.max_steps=6", "data.state_reset=0"), tmp_path / "whole")
+    run = tmp_path / "run"
+    char_lm_train.train(cfg("train.max_steps=3", "data.state_reset=0"), run, quiet=True)
+    for name in ("last.pt", "best.pt"):  # as the older version wrote them
+        payload = load_checkpoint(run / name)
+        del payload["config"]["data"]["state_reset"]
+        save_checkpoint(payload, run / name)
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    capsys.readouterr()
+    char_lm_train.train(cfg("train.max_steps=6"), run, resume=True, quiet=True)
+    said = capsys.readouterr().out
+    assert (
+        "note: the config changes the run's settings: data.state_reset 0.0 -> 0.02 (the run "
+        "predates this key), train.max_steps 3 -> 6\n"
+    ) in said
+    same = char_lm_train.train(
+        cfg("train.max_steps=6", "data.state_reset=0"), copy, resume=True, quiet=True
+    )
+    assert "state_reset" not in capsys.readouterr().out
+    assert [h["val_loss"] for h in same["history"]] == [h["val_loss"] for h in whole["history"]]
+
+    payload = load_checkpoint(copy / "last.pt")
+    payload["format_version"] = 1
+    save_checkpoint(payload, copy / "last.pt")
+    with pytest.raises(UserError) as refused:
+        char_lm_train.train(cfg("train.max_steps=9"), copy, resume=True, quiet=True)
+    assert str(refused.value).endswith(
+        f"start a new run from its weights: --init-from {copy / 'last.pt'} --out-dir ANOTHER_FOLDER"
+    )
+    started = char_lm_train.train(
+        cfg("train.max_steps=7"), tmp_path / "another", init_from=copy / "last.pt", quiet=True
+    )
+    assert started["steps"] == 7
 
 
 def test_a_resume_in_the_middle_of_a_logging_window_logs_the_same_figures(tmp_path):

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from char_lm.config import CharLMConfig
-from char_lm.generate import load_char_lm
+from char_lm.generate import load_char_lm, trained_precision
 from char_lm.train import train
 from recurrent import precision
 from recurrent.config import load_config
@@ -131,6 +131,59 @@ def test_bf16_training_on_the_cpu_and_its_checkpoint_in_fp32(tmp_path):
         load_config(CharLMConfig, TINY, more), tmp_path / "bf16", resume=True, quiet=True
     )
     assert resumed["steps"] == 6 and resumed["precision"] == "fp32"
+
+
+def test_a_checkpoint_is_served_and_resumed_in_what_auto_chose_where_it_trained(
+    tmp_path, monkeypatch, capsys
+):
+    """A run records what train.precision resolved to (its card's "precision"): "auto" trained
+    in fp32 on a CPU without native bf16 (or, until 2026-12-05, on any CPU) is served in fp32
+    where auto is bf16, and a resume there says it goes on in bf16. A checkpoint that records
+    nothing is served in its setting, or fp32 for auto (or no setting, before 2026-11-22)."""
+    from captioner.inference import captioner_from_payload
+    from recurrent.checkpoint import load_checkpoint, save_checkpoint
+
+    overrides = ["train.max_steps=2", "train.eval_every=2", "train.precision=auto"]
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+    train(load_config(CharLMConfig, TINY, overrides), tmp_path / "run", quiet=True)
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["card"]["precision"] == "fp32"
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+
+    def served(**edits) -> str:
+        payload = load_checkpoint(tmp_path / "run" / "last.pt")
+        for key, value in edits.items():
+            section = payload["card"] if key == "card" else payload["config"]["train"]
+            section.pop("precision") if value is None else section.update(precision=value)
+        save_checkpoint(payload, tmp_path / "edited.pt")
+        model, _, config = load_char_lm(tmp_path / "edited.pt")
+        return trained_precision(model, config).name
+
+    assert served() == "fp32"
+    assert served(card="bf16") == "bf16"
+    assert served(card=None) == "fp32"  # auto, not recorded
+    assert served(card=None, precision=None) == "fp32"  # no setting at all
+    assert served(card=None, precision="bf16") == "bf16"
+    bundled = load_checkpoint(Path(TINY).parents[2] / "models" / "scenes_captioner.pt")
+    assert captioner_from_payload(bundled).precision().name == "bf16"  # trained so, recorded
+    del bundled["card"]["precision"]
+    assert captioner_from_payload(bundled).precision().name == "fp32"
+
+    capsys.readouterr()
+    more = [*overrides[1:], "train.max_steps=4"]
+    resumed = train(load_config(CharLMConfig, TINY, more), tmp_path / "run", resume=True)
+    assert resumed["precision"] == "bf16"
+    assert (
+        "note: the run trained in fp32 until step 2; it goes on in bf16 (train.precision auto on "
+        "cpu); pass --set train.precision=fp32 to keep it\n"
+    ) in capsys.readouterr().out
+    payload = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert payload["card"]["precision"] == "bf16"
+    del payload["card"]["precision"]  # as an older version wrote it
+    save_checkpoint(payload, tmp_path / "run" / "last.pt")
+    train(load_config(CharLMConfig, TINY, [*more, "train.max_steps=6"]), tmp_path / "run", True)
+    assert (
+        f"note: {tmp_path / 'run' / 'last.pt'} does not record the precision its run trained in"
+    ) in capsys.readouterr().out
 
 
 def test_bf16_copies_kept_for_decoding_follow_changes_to_the_weights():

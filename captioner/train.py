@@ -595,16 +595,22 @@ def train(
     run.check_same_data(
         lambda: captions_fingerprint(records), f"the annotations ({cfg.data.annotations})"
     )
-    run.check_resume(ARCHITECTURE_KEYS, vocab.to_list(), "the training captions", kept)
-    # what the weights have seen of the splits (SPLIT_RULE: only this rule's training images)
+    # what the weights have seen of the splits (SPLIT_RULE: only this rule's training images);
+    # before the vocabulary is compared: another draw of the training images gives another one
     split_rule = SPLIT_RULE
     if run.payload is not None:
         resumed_rule = run.payload.get("split_rule")
         if resumed_rule != OLDER_WEIGHTS and (why := older_split(run.payload, records)):
-            raise UserError(f"cannot resume from {run.last_path}: {why}; start a new run")
+            raise UserError(
+                f"cannot resume from {run.last_path}: {why}; start a new run from its weights: "
+                f"--init-from {run.last_path} --out-dir ANOTHER_FOLDER"
+            )
         if resumed_rule == OLDER_WEIGHTS:
             split_rule = OLDER_WEIGHTS
-    elif run.init_payload is not None and (why := older_split(run.init_payload, records)):
+    run.check_resume(ARCHITECTURE_KEYS, vocab.to_list(), "the training captions", kept)
+    if run.payload is None and run.init_payload is not None and (
+        why := older_split(run.init_payload, records)
+    ):
         split_rule = OLDER_WEIGHTS
         run.log(
             f"note: --init-from {run.init_path}: {why}; this run's checkpoints say so, and "

@@ -608,8 +608,10 @@ def train(
         if resumed_rule == OLDER_WEIGHTS:
             split_rule = OLDER_WEIGHTS
     run.check_resume(ARCHITECTURE_KEYS, vocab.to_list(), "the training captions", kept)
-    if run.payload is None and run.init_payload is not None and (
-        why := older_split(run.init_payload, records)
+    if (
+        run.payload is None
+        and run.init_payload is not None
+        and (why := older_split(run.init_payload, records))
     ):
         split_rule = OLDER_WEIGHTS
         run.log(

@@ -375,7 +375,9 @@ def test_a_drawn_split_is_kept_across_a_resume_and_older_checkpoints_are_named(
     vocab = older["vocab"]
     for payload in ({**older, "vocab": [*vocab[:-2], vocab[-1], vocab[-2]]}, older):
         save_checkpoint(payload, run / "last.pt")
-        with pytest.raises(UserError, match=r"cannot resume from .*: its weights were trained when"):
+        with pytest.raises(
+            UserError, match=r"cannot resume from .*: its weights were trained when"
+        ):
             quiet_train(tiny_cfg(table, *csv_cfg, "train.max_steps=4"), run, resume=True)
     evaluate_module.main(evaluate)
     said = capsys.readouterr()

@@ -69,7 +69,7 @@ from captioner.data import BadImageLog, DropBadImages, ImageOnly, ImageRecord, V
 from captioner.data.datasets import encode_caption, pick_references
 from captioner.encoder import ImageEncoder, ImageFeatures
 from recurrent.errors import UserError, loader_workers
-from recurrent.files import atomic_write
+from recurrent.files import abandoned, atomic_write
 from recurrent.precision import Precision
 
 try:  # POSIX: one filling process at a time; elsewhere atomic renames alone keep shards whole
@@ -255,6 +255,7 @@ class FeatureCache:
         `missing`); without it, it raises the loader's `UserError`.
         """
         log = log or (lambda line: print(line, file=sys.stderr))
+        self._remove_leftovers(under_lock=False)
         if not self.missing(records):
             return 0  # the common case, without touching the lock
         lock = _fill_lock(self.dir, log) if exclusive else contextlib.nullcontext()
@@ -262,7 +263,7 @@ class FeatureCache:
             todo = self.missing(records)  # another process may have filled it while we waited
             if todo:
                 if exclusive:
-                    self._remove_leftovers()
+                    self._remove_leftovers(under_lock=True)
                 self._write_meta()
                 self._encode(todo, device, batch_size, num_workers, progress, bad_images)
                 self.refresh()
@@ -335,14 +336,19 @@ class FeatureCache:
         finally:
             self.encoder.train(was_training)
 
-    def _remove_leftovers(self) -> None:
-        """Delete what an interrupted fill left: temporary files, and shard data whose index was
-        never written. Only called under the fill lock, when no other process is writing."""
-        if fcntl is None or not self.shard_dir.is_dir():  # pragma: no cover - Windows
+    def _remove_leftovers(self, *, under_lock: bool) -> None:
+        """Delete what an interrupted fill left: the temporary files of writers that are gone
+        (`recurrent.files.abandoned`: a process killed mid-write, say a rank of a torchrun job,
+        whose fill takes no lock), and, ``under_lock`` (no other process is writing), every
+        temporary file and the shard data whose index was never written."""
+        if not self.shard_dir.is_dir():
             return
+        under_lock = under_lock and fcntl is not None  # no lock on Windows
         for path in self.shard_dir.iterdir():
             orphan = path.suffix == ".npy" and not path.with_suffix(".json").exists()
-            if path.name.endswith(".tmp") or orphan:
+            if path.name.endswith(".tmp") and (under_lock or abandoned(path)):
+                path.unlink(missing_ok=True)
+            elif orphan and under_lock:
                 path.unlink(missing_ok=True)
 
     def _write_meta(self) -> None:

@@ -766,17 +766,17 @@ class Run:
         to_epoch_end = getattr(data, "batches_to_epoch_end", None)
         if settings.compile:  # `model` (saved, evaluated) stays the plain module: no prefixes
             wrapped = torch.compile(wrapped)
+        if main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            if self.payload is None:  # a fresh run (--overwrite): the old run's checkpoints go
+                for path in (self.best_path, self.last_path):  # first (a kill between them
+                    path.unlink(missing_ok=True)  # and its metrics leaves no run to resume)
         metrics = MetricsLog(
             self.out_dir,
             resumed_step=progress.step if self.payload is not None else None,
             tensorboard=settings.tensorboard,
             enabled=main,
         )
-        if main:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            if self.payload is None:  # a fresh run (--overwrite): the old run's checkpoints go
-                for path in (self.last_path, self.best_path):  # with its metrics, before step 1
-                    path.unlink(missing_ok=True)
         scaler = self.precision.grad_scaler()
         params = [p for group in optimizer.param_groups for p in group["params"]]
         steps_at_start, items_total, started = progress.step, 0, time.perf_counter()

@@ -151,6 +151,14 @@ def _abandoned(temporary: Path, name: str) -> bool:
         return False
 
 
+def abandoned(temporary: Path) -> bool:
+    """Whether a temporary file of `atomic_write` (``.NAME.HOST-PID.*.tmp``), whatever NAME it was
+    writing, was left by a writer that is gone (`_abandoned`): for folders of files with names of
+    their own, which no later write of the same name cleans (the feature cache's shards)."""
+    at = temporary.name.rfind(f".{HOST}-")
+    return _abandoned(temporary, temporary.name[1:at] if at > 0 else "")
+
+
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     """`atomic_write` of a UTF-8 text."""
     return atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))

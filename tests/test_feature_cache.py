@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import subprocess
 import time
 from pathlib import Path
 
@@ -44,7 +45,7 @@ from captioner.inference import eval_transform
 from captioner.model import CaptionModel
 from captioner.scoring import load_data_records
 from captioner.train import SeededItems
-from recurrent import precision
+from recurrent import files, precision
 from recurrent.checkpoint import load_checkpoint
 from recurrent.config import load_config
 from recurrent.errors import UserError
@@ -394,6 +395,35 @@ def test_two_processes_filling_at_once_encode_each_image_once(scenes_annotations
     keys = [key for path in cache.shard_dir.glob("*.json") for key in _json_keys(path)]
     assert len(keys) == len(set(keys)) == 20
     assert not list(cache.shard_dir.glob("*.tmp"))
+
+
+def test_a_fill_removes_the_temporary_shards_of_processes_killed_mid_write(
+    scenes_annotations: Path, tmp_path, monkeypatch
+):
+    """The ranks of a torchrun job fill without a lock (each its share), so a rank killed while
+    writing a shard left its temporary file (up to SHARD_BYTES, 256 MB) for good: only a locked
+    fill cleaned, and a full cache returned before cleaning. A writer of this machine that is
+    gone is known by its process id in the name, whatever the mode; a live one's file stays."""
+    cfg = tiny_cfg(scenes_annotations, "model.finetune=frozen")
+    _small_shards(monkeypatch, 6, cfg)
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    cache = FeatureCache(tmp_path, frozen_encoder(cfg), cfg, eval_transform(cfg))
+    cache.shard_dir.mkdir(parents=True)
+
+    def temporary(pid: int, name: str = "00001-a.npy") -> Path:
+        path = cache.shard_dir / f".{name}.{files.HOST}-{pid}.abcd1234.tmp"
+        path.write_bytes(b"\x93NUMPY half a shard")
+        return path
+
+    stale, live = temporary(gone.pid), temporary(os.getpid(), "00002-b.json")
+    records = train_records(cfg)
+    cpu = torch.device("cpu")
+    encoded = cache.ensure(records, device=cpu, batch_size=4, progress=False, exclusive=False)
+    assert encoded == len(records) and not stale.exists() and live.exists()
+    stale = temporary(gone.pid)  # a full cache cleans too
+    assert cache.ensure(records, device=cpu, progress=False, exclusive=False) == 0
+    assert not stale.exists() and live.exists()
 
 
 def test_ranks_fill_disjoint_shares_in_parallel(scenes_annotations: Path, tmp_path):

@@ -226,6 +226,32 @@ def test_overwrite_removes_the_old_runs_checkpoints_before_the_first_step(tmp_pa
     assert summary["steps"] == 2 and (tmp_path / "best.pt").is_file()
 
 
+class _Killed(BaseException):
+    """A SIGKILL at that instant: nothing after it runs, no handler catches it."""
+
+
+def test_an_overwrite_killed_as_it_begins_leaves_no_old_run_without_its_metrics(
+    tmp_path, monkeypatch
+):
+    """--overwrite removed the old run's metrics.jsonl before its last.pt and best.pt: a kill in
+    between left the old checkpoints without their metrics, and --resume auto then went on with
+    the old run, its metrics.jsonl holding only the lines after the old step."""
+    for name in ("last.pt", "best.pt", "metrics.jsonl"):
+        (tmp_path / name).write_bytes(b"the old run")
+    started = MetricsLog.__init__
+
+    def killed_once_opened(self, *args, **kwargs) -> None:
+        started(self, *args, **kwargs)
+        raise _Killed
+
+    monkeypatch.setattr(MetricsLog, "__init__", killed_once_opened)
+    run = Run(tmp_path, task="char_lm", settings=SETTINGS, config={}, overwrite=True, quiet=True)
+    with pytest.raises(_Killed):
+        _fit(run, _step)
+    files.release(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # neither run's files
+
+
 def test_resume_auto_continues_a_run_with_a_last_pt_and_else_starts_one(tmp_path, capsys):
     """`--resume auto`: one command for a job's first start and its restarts (torchrun's
     --max-restarts, a requeued job), as Lightning's ``ckpt_path="last"``."""

@@ -481,7 +481,9 @@ def add_run_arguments(parser: argparse.ArgumentParser, task: str, example: str) 
     parser.add_argument(
         "--out-dir", help=f"where best.pt and last.pt go (default: runs/{task}/<config name>)"
     )
-    parser.add_argument(
+    # --resume goes on with the run in --out-dir, --overwrite replaces it: never both
+    either = parser.add_mutually_exclusive_group()
+    either.add_argument(
         "--resume",
         nargs="?",
         const=True,
@@ -490,7 +492,7 @@ def add_run_arguments(parser: argparse.ArgumentParser, task: str, example: str) 
         help="continue the run in --out-dir from its last.pt; `--resume auto`: continue it if "
         "it has one, else start a run (the same command for a job's start and its restarts)",
     )
-    parser.add_argument(
+    either.add_argument(
         "--overwrite", action="store_true", help="replace a run already in --out-dir"
     )
     parser.add_argument(

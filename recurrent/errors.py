@@ -145,7 +145,7 @@ def run_cli(
     ended = [False]  # whether `main` has returned or raised (a box the SIGTERM handler reads)
     previous = _stop_on_sigterm(ended, stopped)
     try:
-        return _run(main, argv, ended)
+        return _run(main, argv, ended, stopped)
     except Exception as err:  # a bug: its traceback follows
         _tell_job(f"{type(err).__name__}: {first_line(err, 'no message')} (a traceback follows)")
         raise
@@ -162,10 +162,11 @@ def _run(
     main: Callable[[Sequence[str] | None], object],
     argv: Sequence[str] | None,
     ended: list[bool],
+    stopped: str,
 ) -> int:
     """`run_cli`'s call of ``main``, with what each way of failing says and returns; ``ended``
     is set the moment ``main`` returns or raises (a plain store: no signal handler runs before
-    it)."""
+    it); ``stopped`` is what a SIGTERM says, whose reason a Ctrl-C says too."""
     try:
         try:
             main(argv)
@@ -181,8 +182,8 @@ def _run(
     except RunStopped as stop:
         _report(f"stopped: {' '.join(str(stop).split())}", job_wide=True)  # signals, NaN: agreed
         return stop.exit_code
-    except KeyboardInterrupt:
-        _report("error: interrupted", job_wide=True)
+    except KeyboardInterrupt:  # Ctrl-C: what a SIGTERM says of the files and of going on
+        _report(f"stopped: interrupted; {stopped.partition('; ')[2]}", job_wide=True)
         return 130
     except BrokenPipeError:  # e.g. `sample ... | head`
         return 0

@@ -23,7 +23,7 @@ import torch
 
 from recurrent import distributed, errors
 from recurrent.distributed import form_groups
-from recurrent.errors import JobNotFormed, RunStopped, UserError, run_cli
+from recurrent.errors import STOPPED, JobNotFormed, RunStopped, UserError, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
@@ -367,7 +367,7 @@ def test_a_process_waiting_for_its_job_to_form_stops_at_sigterm_and_tells_the_jo
         (RunStopped("SIGTERM", 143), False, "1\tstopped: SIGTERM"),
         (ValueError("a bug\nin two lines"), False, "1\tValueError: a bug (a traceback follows)"),
         (AssertionError(), False, "1\tAssertionError: no message (a traceback follows)"),
-        (KeyboardInterrupt(), False, "1\terror: interrupted"),  # Ctrl-C on its machine only
+        (KeyboardInterrupt(), False, f"1\tstopped: interrupted; {STOPPED.partition('; ')[2]}"),
         (
             FileNotFoundError(errno.ENOENT, "No such file or directory", "text.txt"),
             False,

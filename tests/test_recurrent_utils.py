@@ -30,7 +30,14 @@ from recurrent.checkpoint import (
     shown_name,
 )
 from recurrent.config import from_dict, load_config, run_dir, to_dict, with_defaults
-from recurrent.errors import EXIT_USER_ERROR, RunStopped, UserError, loader_workers, run_cli
+from recurrent.errors import (
+    EXIT_USER_ERROR,
+    STOPPED,
+    RunStopped,
+    UserError,
+    loader_workers,
+    run_cli,
+)
 from recurrent.files import FOREIGN_TEMP_AGE_S, HOST, atomic_write_text
 from recurrent.sampling import filter_logits, sample_next
 from recurrent.training import pick_device, warmup_cosine
@@ -324,6 +331,9 @@ def test_a_bad_flag_is_one_line_naming_it(module, capsys):
         mistakes.append((["--checkpoint", "x.pt", "--no-such-flag"], "unrecognized arguments"))
     if module.endswith(".train"):
         mistakes.append((["--config", "x.yaml", "--resume", "later"], "invalid choice: 'later'"))
+        # going on with the run in --out-dir and replacing it: --overwrite was ignored
+        both = "argument --overwrite: not allowed with argument --resume"
+        mistakes.append((["--config", "x.yaml", "--resume", "auto", "--overwrite"], both))
     for argv, named in mistakes:
         status = run_cli(main, argv)
         err = capsys.readouterr().err
@@ -335,7 +345,8 @@ def test_a_bad_flag_is_one_line_naming_it(module, capsys):
     "raised, status, said",
     [
         (UserError("a bad value\n  on two  lines"), 2, "error: a bad value on two lines\n"),
-        (KeyboardInterrupt(), 130, "error: interrupted\n"),  # Ctrl-C outside a training loop
+        # Ctrl-C outside a training loop: as a SIGTERM there, what is kept
+        (KeyboardInterrupt(), 130, f"stopped: interrupted; {STOPPED.partition('; ')[2]}\n"),
         (BrokenPipeError(), 0, ""),  # `char_lm.sample ... | head`: the reader had enough
     ],
 )

@@ -368,6 +368,29 @@ class FeatureCache:
         }
         atomic_write(meta, lambda handle: handle.write(json.dumps(info, indent=2).encode()))
 
+    def others(self) -> str | None:
+        """A note on the other caches beside this one (other encoders, weights or settings, or an
+        older version's fingerprint: since 2026-12-05 it holds the precision), which no run of this
+        encoder reads and nothing removes, or None where there are none."""
+        try:
+            folders = [
+                path
+                for path in self.dir.parent.iterdir()
+                if path != self.dir and (path / "meta.json").is_file()
+            ]
+            size = sum(
+                shard.stat().st_size for path in folders for shard in path.glob("shards/*.npy")
+            )
+        except OSError:
+            return None
+        if not folders:
+            return None
+        return (
+            f"note: {self.dir.parent} also holds {len(folders)} feature cache(s) of other "
+            f"encoders or settings ({size / 1e9:.2f} GB; each folder's meta.json says which), "
+            "which this run does not read; delete those no run needs"
+        )
+
     def store(
         self, records: Sequence[ImageRecord], *, preload_bytes: int = PRELOAD_BYTES
     ) -> FeatureStore:

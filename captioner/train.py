@@ -261,6 +261,8 @@ def _build_data(
             bad_images=bad_images,
         )
         encoded = sum(layout.all_gather_objects(encoded))  # also waits for every process
+        if encoded and layout.is_main and (others := cache.others()):
+            tqdm.write(others)  # a new cache, maybe beside an outdated one
         # data.bad_images=skip: what no process could encode is left out (error stopped above).
         # Where the machines have disks of their own, an image may decode on one and not on
         # another: every process leaves out what any folder lacks, so all train on the same items

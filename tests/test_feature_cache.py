@@ -158,6 +158,32 @@ def test_the_cache_holds_the_features_of_the_encoder_the_run_starts_from(
     assert [path.name for path in cache_dir.iterdir()] == [expected]
 
 
+def test_a_run_that_fills_a_cache_beside_others_says_so(
+    scenes_annotations: Path, tmp_path: Path, capsys
+):
+    """One cache per fingerprint: other settings, or an upgrade (the fingerprint holds the
+    precision since 2026-12-05), fill a new cache beside the old one, which nothing reads or
+    removes any more (gigabytes at COCO's size). The run that fills one says so, once."""
+    cache_dir = tmp_path / "features"
+    frozen = ["model.finetune=frozen", f"train.feature_cache_dir={cache_dir}"]
+    frozen += ["train.max_steps=1", "train.eval_max_images=1"]
+    said = []
+    for name, setting in (("a", "fp32"), ("b", "bf16"), ("c", "bf16")):
+        cfg = tiny_cfg(scenes_annotations, *frozen, f"train.precision={setting}")
+        train_module.train(cfg, tmp_path / name, quiet=True)
+        said.append(capsys.readouterr().out)
+        if name == "a":
+            (older,) = cache_dir.iterdir()
+    assert len(list(cache_dir.iterdir())) == 2
+    size = sum(shard.stat().st_size for shard in older.glob("shards/*.npy")) / 1e9
+    note = (
+        f"note: {cache_dir} also holds 1 feature cache(s) of other encoders or settings "
+        f"({size:.2f} GB; each folder's meta.json says which), which this run does not read; "
+        "delete those no run needs\n"
+    )
+    assert [note in out for out in said] == [False, True, False]  # once: by the run that fills it
+
+
 def test_feature_groups_pick_the_references_caption_groups_pick(scenes_annotations: Path):
     # Under the trainer's per-item seeding, with the random-crop train transform on the image side:
     # the picks come first, so augmentation does not shift them.

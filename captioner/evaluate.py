@@ -184,6 +184,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "beam_size": settings.beam_size,
         "max_length": settings.max_length,
         "decode": dataclasses.asdict(settings),
+        "precision": captioner.precision().name,  # as the first checkpoint was trained
         "scores": {key: round(float(value), 4) for key, value in scores.items()},
         "repeated_word_share": round(repeats, 4),
         "cut_at_max_length_share": round(cut, 4),
@@ -198,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"ensemble of {len(args.checkpoint)} checkpoints (mean of their word probabilities): "
             + ", ".join(args.checkpoint)
         )
-    print(f"decoding: {describe_decoding(settings)}")
+    print(f"decoding: {describe_decoding(settings)}, in {report['precision']}")
     print(f"scores (0-100): {describe_scores(scores)}")
     if not {"METEOR", "ROUGE-L"} & set(scores):
         print("  (install pycocoevalcap for METEOR and ROUGE-L)")

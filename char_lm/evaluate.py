@@ -51,7 +51,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise UserError(
             f"{args.text} has {len(ids)} character(s); it needs at least 2 to predict one"
         )
-    with trained_precision(model, cfg).autocast():  # as it was trained
+    precision = trained_precision(model, cfg)  # as it was trained
+    with precision.autocast():
         loss, count = evaluate_text(model, ids, args.block_size, streams=args.streams)
     result = {
         "checkpoint": str(args.checkpoint),
@@ -59,13 +60,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         "characters": count,
         "loss_nats": loss,
         "bits_per_char": loss / math.log(2),
+        "precision": precision.name,
     }
     if args.json:
         print(json.dumps(result))
     else:
         print(
             f"{args.text}: {count} characters predicted, loss {loss:.4f} nats/char, "
-            f"{result['bits_per_char']:.4f} bits/char"
+            f"{result['bits_per_char']:.4f} bits/char (in {precision.name})"
         )
 
 

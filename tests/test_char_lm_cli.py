@@ -132,6 +132,7 @@ def test_evaluate_json_matches_the_library(trained, capsys):
     assert report["characters"] == count == len(TEXT) - 1
     assert report["loss_nats"] == pytest.approx(loss, abs=1e-6)
     assert report["bits_per_char"] == pytest.approx(loss / 0.6931471805599453, abs=1e-6)
+    assert report["precision"] == "fp32"  # the tiny config's
     # --streams 5: five streams, each from a zero state (a little worse than one)
     argv = ["--checkpoint", str(checkpoint), "--text", str(text_file), "--json", "--streams", "5"]
     assert run_cli(evaluate.main, argv) == 0

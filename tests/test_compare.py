@@ -164,6 +164,7 @@ def test_evaluate_reports_what_it_scored_and_compare_agrees(split, tmp_path, cap
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == f"test split of {annotations}: {len(records)} images, tokens: {TOKENIZER}"
     assert lines[1].startswith("decoding: beam 1, at most") and "no repeated 2-gram" in lines[1]
+    assert lines[1].endswith(f", in {report['precision']}") and report["precision"] == "fp32"
     assert lines[2].startswith("scores (0-100): BLEU-1")
     compared = run_json(
         compare_cli.main, ["--checkpoint", checkpoint, beam, greedy, "--json"], capsys

@@ -16,6 +16,7 @@ from collections.abc import Callable, MutableMapping, Sequence
 from typing import Any
 
 SAVED_PREFIX = "kept:"
+DEFAULT_PREFIX = "default:"  # the default a widget was last drawn with
 
 
 def keep(
@@ -30,15 +31,21 @@ def keep(
     """Make ``state[key]`` hold the value the widget ``key`` should show; return ``key``.
 
     Order of precedence: the widget's current value (the page is being redrawn), the value it had
-    when last drawn (the user comes back to the page), ``default``. A remembered value is clamped
-    into ``bounds`` (a slider's or number input's min and max, which can depend on the checkpoint)
-    and replaced by ``default`` when it is not among ``options`` or not ``valid``.
+    when last drawn (the user comes back to the page), ``default``. A value left at its default
+    follows it when the default changes (the decoding settings of another checkpoint picked);
+    one the user set stays. A remembered value is clamped into ``bounds`` (a slider's or number
+    input's min and max, which can depend on the checkpoint) and replaced by ``default`` when it
+    is not among ``options`` or not ``valid``.
     """
-    saved = SAVED_PREFIX + key
+    saved, shown_default = SAVED_PREFIX + key, DEFAULT_PREFIX + key
     if key in state:
         value = state[key]
     else:
         value = state.get(saved, default)
+    previous = state.get(shown_default, default)
+    if value == previous and default != previous:  # left at the default, which has changed
+        value = default
+    state[shown_default] = default
     if options is not None and value not in options:
         value = default
     if valid is not None and not valid(value):

@@ -700,6 +700,45 @@ def test_settings_survive_page_switches(app: AppTest) -> None:
     assert at.slider(key="beam_size").value == 4
 
 
+DECODE_KEYS = ("beam_size", "max_length", "min_length", "block_ngram_repeat", "suppress_unk",
+               "diversity_groups", "diversity_strength")  # fmt: skip
+
+
+def _decoding(at: AppTest) -> dict:
+    widgets = [*at.slider, *at.number_input, *at.checkbox, *at.selectbox]
+    return {w.key: w.value for w in widgets if w.key in DECODE_KEYS}
+
+
+def test_decoding_settings_left_alone_follow_the_checkpoint_picked(
+    tmp_path: Path, scenes_annotations: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sidebar's decoding settings default to the picked checkpoint's decode.* (as caption
+    and evaluate do): picking another gave the first one's, which the user never touched. A
+    setting the user changed stays."""
+    models = tmp_path / "models"
+    train_tiny_captioner(
+        models / "a_run", scenes_annotations, "train.max_steps=1", "decode.beam_size=4",
+        "decode.min_length=3", "decode.block_ngram_repeat=1", "decode.suppress_unk=true",
+        "decode.diversity_groups=2", "decode.diversity_strength=0.5", "decode.max_length=9",
+    )  # fmt: skip
+    train_tiny_captioner(models / "b_run", scenes_annotations, "train.max_steps=1")
+    monkeypatch.setenv(ENV_VAR, str(models))
+    monkeypatch.setattr(sys, "argv", ["app.py"])
+    picked = {}
+    for name in ("a_run/best.pt", "b_run/best.pt"):  # each alone, in a fresh session
+        fresh = AppTest.from_file(APP, default_timeout=TIMEOUT)
+        fresh.session_state["captioner_checkpoint"] = name
+        picked[name] = _decoding(_run(fresh))
+    assert picked["a_run/best.pt"]["beam_size"] == 4 and picked["b_run/best.pt"]["beam_size"] == 2
+    at = _run(AppTest.from_file(APP, default_timeout=TIMEOUT))
+    assert at.selectbox(key="captioner_checkpoint").value == "a_run/best.pt"
+    at.selectbox(key="captioner_checkpoint").set_value("b_run/best.pt")
+    assert _decoding(_run(at)) == picked["b_run/best.pt"]
+    at.slider(key="max_length").set_value(12)  # the user's own
+    at.selectbox(key="captioner_checkpoint").set_value("a_run/best.pt")
+    assert _decoding(_run(at)) == {**picked["a_run/best.pt"], "max_length": 12}
+
+
 def test_top_k_one_is_greedy_whatever_the_seed(app: AppTest, models: dict[str, Path]) -> None:
     at = _text_page(app)
     greedy = _library_text(models["char_lm"], "the ", 25, 0, greedy=True)

@@ -662,6 +662,14 @@ def test_keep_restores_clamps_and_checks_options() -> None:
     state[SAVED_PREFIX + "model"] = "gone.pt"
     keep(state, "model", "a.pt", options=["a.pt", "b.pt"])
     assert state["model"] == "a.pt"
+    # another checkpoint, another default: a value left at the old default follows it, one the
+    # user set stays (the caption page kept the first checkpoint's decoding settings)
+    keep(state, "length", 16)
+    keep(state, "length", 24)
+    assert state["length"] == 24
+    state["length"] = 30
+    keep(state, "length", 16)
+    assert state["length"] == 30
 
 
 # --------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ class DataConfig:
     test_fraction: float = 0.05
     split_seed: int = 0
     image_size: int = 224  # square side after crop
-    hflip: bool = False  # off: a flip turns "left of" into "right of"
+    hflip: bool = False  # off: a flip turns "left of" into "right of"; not with the feature cache
     min_word_count: int = 5  # rarer training words become <unk>
     max_caption_length: int = 50  # training captions are cut to this many words
     cache_images: bool = False  # keep decoded images in memory (small data sets)
@@ -63,7 +63,7 @@ class TrainConfig(RunSettings):
     batch_size: int = 64  # (image, caption) pairs per step; images per step with captions_per_image
     # k > 0: each step encodes batch_size images once and trains on k references of each
     # (self-critical.pytorch's seq_per_img), so the CNN runs once per k captions; an epoch is then
-    # every image once. 0: one item per (image, caption) pair. Unused with the feature cache.
+    # every image once (with the feature cache too). 0: one item per (image, caption) pair.
     captions_per_image: int = 0
     lr: float = 4e-4  # decoder
     encoder_lr: float = 1e-4  # trainable encoder stages
@@ -71,7 +71,7 @@ class TrainConfig(RunSettings):
     grad_clip: float = 5.0
     eval_every: int = 0  # steps between validations; 0: once per epoch
     eval_max_images: int = 0  # 0: the whole val split
-    patience: int = 5  # validations without a better BLEU-4 before stopping; 0: never
+    patience: int = 5  # validations without a better best_metric before stopping; 0: never
     feature_cache: bool = True  # frozen encoder: compute features once per image, on disk
     feature_cache_dir: str = ""  # where the cached features live; "": <out_dir>/features
     label_smoothing: float = 0.0  # cross-entropy label smoothing (padding ignored); 0: off

@@ -559,6 +559,12 @@ def train(
     images_per_s (through the encoder; the feature cache runs none), feature_cache and
     encoded_images."""
     check_config(cfg)
+    if cfg.data.hflip and cfg.train.feature_cache and not encoder_trains(cfg):
+        raise UserError(
+            "data.hflip flips training images, but the frozen encoder's feature cache holds each "
+            "image's features once, unflipped (the eval transform, without crops either); set "
+            "train.feature_cache=false to flip, or data.hflip=false to train from the cache"
+        )
     run = Run(
         out_dir,
         task=TASK,

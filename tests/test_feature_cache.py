@@ -184,6 +184,24 @@ def test_a_run_that_fills_a_cache_beside_others_says_so(
     assert [note in out for out in said] == [False, True, False]  # once: by the run that fills it
 
 
+def test_flips_and_the_feature_cache_are_not_taken_together(scenes_annotations: Path, tmp_path):
+    """The cache holds each image's features once, unflipped: data.hflip with a frozen encoder
+    trained exactly as without it (the same weights bit for bit), without a word. It is refused,
+    naming both ways out; without the cache, flips are taken."""
+    flip = ["data.hflip=true", "train.max_steps=2", "train.eval_max_images=1"]
+    for frozen in ("model.finetune=frozen", "train.encoder_lr=0"):
+        with pytest.raises(UserError, match="data.hflip flips training images, but the frozen"):
+            quiet_train(tiny_cfg(scenes_annotations, frozen, *flip), tmp_path / "refused")
+        assert not (tmp_path / "refused").exists()
+    runs = {}
+    for name, extra in (("flips", flip), ("none", [*flip[1:], "data.hflip=false"])):
+        off = ["model.finetune=frozen", "train.feature_cache=false"]
+        cfg = tiny_cfg(scenes_annotations, *off, *extra)
+        quiet_train(cfg, tmp_path / name)
+        runs[name] = load_checkpoint(tmp_path / name / "last.pt")["model"]
+    assert any(not torch.equal(runs["flips"][k], runs["none"][k]) for k in runs["none"])
+
+
 def test_feature_groups_pick_the_references_caption_groups_pick(scenes_annotations: Path):
     # Under the trainer's per-item seeding, with the random-crop train transform on the image side:
     # the picks come first, so augmentation does not shift them.

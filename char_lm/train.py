@@ -116,22 +116,37 @@ class StreamWalk:
         }
 
     def load_state_dict(self, saved: dict[str, Any]) -> None:
-        if (saved["streams"], saved["block_size"], saved["windows"]) != self.layout():
+        """This process's share of a run written by as many processes."""
+        self._restore([saved], own=True)
+
+    def load_state_dicts(self, saved: list[dict[str, Any]]) -> None:
+        """The shares of a run written by another number of processes: each held a contiguous
+        share of the streams (`Distributed.shard`), all at one position, so joined in rank order
+        they are the whole batch's, of which this process takes its own."""
+        self._restore(saved, own=False)
+
+    def _restore(self, saved: list[dict[str, Any]], *, own: bool) -> None:
+        first = saved[0]
+        streams = sum(part["streams"] for part in saved)
+        layout = (self.batches.streams if own else self.all_streams, self.block_size, self.windows)
+        same_place = len({part["position"] for part in saved}) == 1
+        if (streams, first["block_size"], first["windows"]) != layout or not same_place:
             if self.is_main:
                 tqdm.write(
-                    "note: data.batch_size, data.block_size or the number of processes changed; "
-                    "the streams restart from the beginning of the text"
+                    "note: data.batch_size or data.block_size changed; the streams restart from "
+                    "the beginning of the text"
                 )
             return
-        self.position = saved["position"]
-        self.walked = saved.get("walked", 0)  # checkpoints before data.state_reset: none
-        state = saved["state"]
-        if state is not None:  # a bf16 state of a mixed-precision run continues in float32 here
-            self.state = (
-                state.to(self.batches.ids.device).float()
-                if self.fp32
-                else state.to(self.batches.ids.device)
-            )
+        self.position = first["position"]
+        self.walked = first.get("walked", 0)  # checkpoints before data.state_reset: none
+        states = [part["state"] for part in saved]
+        if any(state is None for state in states):  # none carried yet: a pass's start
+            return
+        state = torch.cat(states, dim=2)  # (S, L, streams, H)
+        if not own:
+            state = state[:, :, self.rows]
+        device = self.batches.ids.device  # a bf16 state of a mixed-precision run: float32 here
+        self.state = state.to(device).float() if self.fp32 else state.to(device)
 
 
 def _fmt(loss: float) -> str:

@@ -182,7 +182,9 @@ class StepResult:
 
 
 class Stateful(Protocol):
-    """The task's data position (and anything else of its own that a resume must restore)."""
+    """The task's data position (and anything else of its own that a resume must restore). A
+    resume with another number of processes gives it the first process's state, or, where it
+    has ``load_state_dicts`` (char_lm's streams, each process's own), every process's."""
 
     def state_dict(self) -> dict[str, Any]: ...
 
@@ -700,8 +702,12 @@ class Run:
             if payload.get("scaler") is not None:
                 self.precision.scaler_state = payload["scaler"]
             datas = payload["data"]
-            same_layout = len(datas) == self.dist.world_size
-            data.load_state_dict(datas[self.dist.rank] if same_layout else datas[0])
+            if len(datas) == self.dist.world_size:
+                data.load_state_dict(datas[self.dist.rank])
+            elif hasattr(data, "load_state_dicts"):  # each process's own: they are regrouped
+                data.load_state_dicts(datas)
+            else:  # the same in every process (the captioner's epoch and position)
+                data.load_state_dict(datas[0])
             self.progress = Progress(**payload["progress"])
             rngs = payload["rng"]
         except (KeyError, ValueError, RuntimeError, TypeError) as err:

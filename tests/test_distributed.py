@@ -230,6 +230,24 @@ train.cli()
 """
 
 
+def test_char_lm_resumed_with_another_number_of_processes_keeps_its_place(tmp_path):
+    """2 processes to step 2, 1 to step 4, 2 again to step 6 is the 6-step run of one process
+    (the streams' random restarts included): each process kept its share of the streams, and a
+    resume with another number of processes started the text again (a pass's first windows
+    trained twice, the carried state dropped). The shares are joined and split anew."""
+    common = [*CHAR[2:], *CHAR_SET, "train.lr_decay_steps=6"]
+    launch(["-m", "char_lm.train", *common, "train.max_steps=6", "--out-dir", "one"],
+           processes=1, cwd=tmp_path)  # fmt: skip
+    for steps, processes in ((2, 2), (4, 1), (6, 2)):
+        args = [*common, f"train.max_steps={steps}", "--out-dir", "run"]
+        said = launch(["-m", "char_lm.train", *args, *(["--resume"] if steps > 2 else [])],
+                      processes=processes, cwd=tmp_path)  # fmt: skip
+        assert "beginning of the text" not in said.stdout
+    saved = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert [d["walked"] for d in saved["data"]] == [6, 6]  # 6 windows walked, not 4
+    assert_same_run(tmp_path / "one", tmp_path / "run", exact=False)
+
+
 def test_char_lm_two_processes_match_one_and_resume_exactly(tmp_path):
     """Each process trains on 2 of the 4 streams; averaged gradients = the 4-stream batch's. Each
     optimizer step sums 2 batches (train.grad_accum_steps): the processes keep the first one's

@@ -602,8 +602,8 @@ class Run:
                 else (f"; pass --set train.precision={trained} to keep it")
             )
             self.log(
-                f"note: the run trained in {trained} until step {self.payload['step']}; it goes "
-                f"on in {now} (train.precision {setting} on {self.device.type}){keep}"
+                f"note: the run was training in {trained} at step {self.payload['step']}; it "
+                f"goes on in {now} (train.precision {setting} on {self.device.type}){keep}"
             )
         elif trained is None and setting == "auto" and now != "fp32":
             self.log(

@@ -173,8 +173,8 @@ def test_a_checkpoint_is_served_and_resumed_in_what_auto_chose_where_it_trained(
     resumed = train(load_config(CharLMConfig, TINY, more), tmp_path / "run", resume=True)
     assert resumed["precision"] == "bf16"
     assert (
-        "note: the run trained in fp32 until step 2; it goes on in bf16 (train.precision auto on "
-        "cpu); pass --set train.precision=fp32 to keep it\n"
+        "note: the run was training in fp32 at step 2; it goes on in bf16 (train.precision auto "
+        "on cpu); pass --set train.precision=fp32 to keep it\n"
     ) in capsys.readouterr().out
     payload = load_checkpoint(tmp_path / "run" / "last.pt")
     assert payload["card"]["precision"] == "bf16"

@@ -252,14 +252,19 @@ def caption_page(args: AppArgs, listing: Listing) -> None:
         "Beam size",
         1,
         MAX_BEAM_SIZE,
-        key=kept("beam_size", min(MAX_BEAM_SIZE, max(1, decode.beam_size)), (1, MAX_BEAM_SIZE)),
+        key=kept(
+            "beam_size",
+            min(MAX_BEAM_SIZE, max(1, decode.beam_size)),
+            (1, MAX_BEAM_SIZE),
+            follow=True,
+        ),
         help="Captions kept at each step of beam search; 1 is greedy decoding.",
     )
     max_length = st.sidebar.slider(
         "Maximum length (words)",
         1,
         max(60, decode.max_length),
-        key=kept("max_length", decode.max_length, (1, max(60, decode.max_length))),
+        key=kept("max_length", decode.max_length, (1, max(60, decode.max_length)), follow=True),
         help="Decoding stops after this many words even without an end token.",
     )
     options = decoding_options(decode, beam_size, max_length)
@@ -346,18 +351,20 @@ def decoding_options(decode, beam_size: int, max_length: int) -> dict:
             "Block repeated n-grams (0 = off)",
             0,
             6,
-            key=kept("block_ngram_repeat", min(decode.block_ngram_repeat, 6), (0, 6)),
+            key=kept("block_ngram_repeat", min(decode.block_ngram_repeat, 6), (0, 6), follow=True),
             help="No sequence of this many words appears twice in a caption.",
         )
         min_length = st.slider(
             "Minimum length (words)",
             0,
             max_length,
-            key=kept("min_length", min(decode.min_length, max_length), (0, max_length)),
+            key=kept(
+                "min_length", min(decode.min_length, max_length), (0, max_length), follow=True
+            ),
             help="The caption may not end before this many words.",
         )
         suppress_unk = st.checkbox(
-            "Never emit <unk>", key=kept("suppress_unk", bool(decode.suppress_unk))
+            "Never emit <unk>", key=kept("suppress_unk", bool(decode.suppress_unk), follow=True)
         )
         divisors = [g for g in range(1, beam_size + 1) if beam_size % g == 0]
         groups = st.selectbox(
@@ -367,6 +374,7 @@ def decoding_options(decode, beam_size: int, max_length: int) -> dict:
                 "diversity_groups",
                 decode.diversity_groups if decode.diversity_groups in divisors else 1,
                 options=divisors,
+                follow=True,
             ),
             help="Diverse beam search: the beams split into groups that avoid each other's words.",
         )
@@ -375,7 +383,12 @@ def decoding_options(decode, beam_size: int, max_length: int) -> dict:
             0.0,
             5.0,
             step=0.1,
-            key=kept("diversity_strength", float(min(decode.diversity_strength, 5.0)), (0.0, 5.0)),
+            key=kept(
+                "diversity_strength",
+                float(min(decode.diversity_strength, 5.0)),
+                (0.0, 5.0),
+                follow=True,
+            ),
             help="Penalty per word an earlier group chose at the same step (with 2+ groups).",
         )
     return {

@@ -52,6 +52,7 @@ import hashlib
 import json
 import os
 import sys
+import time
 import uuid
 from array import array
 from collections.abc import Callable, Iterator, Sequence
@@ -155,6 +156,16 @@ def _fill_lock(directory: Path, log: Callable[[str], None]) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+STALE_AFTER_S = 600.0  # a temporary shard unwritten this long, of a writer that is gone, is removed
+
+
+def _stale(path: Path, now: float) -> bool:
+    try:
+        return now - path.stat().st_mtime > STALE_AFTER_S and abandoned(path)
+    except OSError:  # removed meanwhile
+        return False
 
 
 class FeatureCache:
@@ -339,14 +350,17 @@ class FeatureCache:
     def _remove_leftovers(self, *, under_lock: bool) -> None:
         """Delete what an interrupted fill left: the temporary files of writers that are gone
         (`recurrent.files.abandoned`: a process killed mid-write, say a rank of a torchrun job,
-        whose fill takes no lock), and, ``under_lock`` (no other process is writing), every
-        temporary file and the shard data whose index was never written."""
+        whose fill takes no lock) and untouched for `STALE_AFTER_S` (a live writer in another
+        process namespace of the same host name, a container, looks gone but keeps writing),
+        and, ``under_lock`` (no other process is writing), every temporary file and the shard
+        data whose index was never written."""
         if not self.shard_dir.is_dir():
             return
         under_lock = under_lock and fcntl is not None  # no lock on Windows
+        now = time.time()
         for path in self.shard_dir.iterdir():
             orphan = path.suffix == ".npy" and not path.with_suffix(".json").exists()
-            if path.name.endswith(".tmp") and (under_lock or abandoned(path)):
+            if path.name.endswith(".tmp") and (under_lock or _stale(path, now)):
                 path.unlink(missing_ok=True)
             elif orphan and under_lock:
                 path.unlink(missing_ok=True)

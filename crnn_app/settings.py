@@ -16,7 +16,8 @@ from collections.abc import Callable, MutableMapping, Sequence
 from typing import Any
 
 SAVED_PREFIX = "kept:"
-DEFAULT_PREFIX = "default:"  # the default a widget was last drawn with
+DEFAULT_PREFIX = "default:"  # the default a following widget was last drawn with
+TOUCHED_PREFIX = "touched:"  # set once the user gives a following widget a value of their own
 
 
 def keep(
@@ -27,25 +28,31 @@ def keep(
     bounds: tuple[Any, Any] | None = None,
     options: Sequence[Any] | None = None,
     valid: Callable[[Any], bool] | None = None,
+    follow: bool = False,
 ) -> str:
     """Make ``state[key]`` hold the value the widget ``key`` should show; return ``key``.
 
     Order of precedence: the widget's current value (the page is being redrawn), the value it had
-    when last drawn (the user comes back to the page), ``default``. A value left at its default
-    follows it when the default changes (the decoding settings of another checkpoint picked);
-    one the user set stays. A remembered value is clamped into ``bounds`` (a slider's or number
-    input's min and max, which can depend on the checkpoint) and replaced by ``default`` when it
-    is not among ``options`` or not ``valid``.
+    when last drawn (the user comes back to the page), ``default``. With ``follow`` (a setting
+    whose default is the checkpoint's, such as its decoding settings), a value the user has not
+    changed follows the default when it changes; once the user has set another value, it stays.
+    A remembered value is clamped into ``bounds`` (a slider's or number input's min and max, which
+    can depend on the checkpoint) and replaced by ``default`` when it is not among ``options`` or
+    not ``valid``.
     """
-    saved, shown_default = SAVED_PREFIX + key, DEFAULT_PREFIX + key
+    saved = SAVED_PREFIX + key
     if key in state:
         value = state[key]
     else:
         value = state.get(saved, default)
-    previous = state.get(shown_default, default)
-    if value == previous and default != previous:  # left at the default, which has changed
-        value = default
-    state[shown_default] = default
+    if follow:
+        shown_default, touched = DEFAULT_PREFIX + key, TOUCHED_PREFIX + key
+        previous = state.get(shown_default, default)
+        if value != previous:
+            state[touched] = True  # the user's own value
+        elif not state.get(touched):
+            value = default  # left at the default: it follows
+        state[shown_default] = default
     if options is not None and value not in options:
         value = default
     if valid is not None and not valid(value):

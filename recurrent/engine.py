@@ -583,34 +583,30 @@ class Run:
         """On a resume, say which settings the config changes (they are the config's to set, but
         a resume that changes them is not the run it was), and a precision other than the one the
         run trained in (`auto` may pick another on another machine, or another version)."""
-        from recurrent.precision import DTYPES
+        from recurrent.precision import recorded_precision, resolve
 
         assert self.payload is not None
         changes = changed_settings(self.payload["config"], self.config, self.older_keys)
         if changes:
-            shown = ", ".join(changes[:8]) + (
-                f" and {len(changes) - 8} more" if changes[8:] else ""
-            )
+            shown = ", ".join(changes[:8]) + (f" and {len(changes) - 8} more" if changes[8:] else "")
             self.log(f"note: the config changes the run's settings: {shown}")
-        card = self.payload.get("card")
-        trained = card.get("precision") if isinstance(card, dict) else None
-        now, setting = self.precision.name, self.settings.precision
-        if trained in DTYPES and trained != now:
-            keep = (
-                ""
-                if trained == "fp16" and self.device.type != "cuda"
-                else (f"; pass --set train.precision={trained} to keep it")
-            )
+        trained, now = recorded_precision(self.payload), self.precision.name
+        if trained is not None and trained != now:
+            try:  # can this device run it?
+                keep = f"; pass --set train.precision={resolve(trained, self.device)} to keep it"
+            except UserError:
+                keep = ""
+            setting = self.settings.precision
             self.log(
                 f"note: the run was training in {trained} at step {self.payload['step']}; it "
                 f"goes on in {now} (train.precision {setting} on {self.device.type}){keep}"
             )
-        elif trained is None and setting == "auto" and now != "fp32":
+        elif trained is None and self.settings.precision == "auto" and now != "fp32":
             self.log(
                 f"note: {self.last_path} does not record the precision its run trained in (an "
-                f"older version's checkpoint); train.precision auto is {now} here, but was fp32 "
-                "on every CPU until 2026-12-05: pass --set train.precision=fp32 if the run "
-                "trained so"
+                f"older version's checkpoint of train.precision auto); it goes on in {now}, but "
+                "auto was fp32 on every CPU until 2026-12-05: pass --set train.precision=fp32 if "
+                "the run trained so"
             )
 
     def check_same_data(self, fingerprint: Callable[[], str], what: str) -> None:

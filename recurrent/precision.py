@@ -64,20 +64,26 @@ def resolve(setting: str, device: torch.device) -> str:
     return setting
 
 
-def trained_in(payload: Mapping[str, Any]) -> str:
-    """The precision a checkpoint's weights were trained in, for `Precision.for_inference`: what
-    its run resolved ``train.precision`` to (its card's ``precision``, recorded since 2026-12-07);
-    for an older checkpoint, its ``train.precision`` where that names one, else fp32 (``auto``,
-    or none at all: what ``auto`` chose was not recorded, and until 2026-12-05 it was fp32 on
-    every CPU; fp32 runs on every device)."""
+def recorded_precision(payload: Mapping[str, Any]) -> str | None:
+    """The precision a checkpoint's weights were trained in where the checkpoint says so: what
+    its run resolved ``train.precision`` to (its card's ``precision``, recorded since 2026-12-07),
+    else its ``train.precision`` where that names one; None for ``auto`` or none at all (what
+    ``auto`` chose was not recorded). A checkpoint is user input: a value of another kind is not
+    a record."""
     card = payload.get("card")
     recorded = card.get("precision") if isinstance(card, Mapping) else None
-    if recorded in DTYPES:
+    if isinstance(recorded, str) and recorded in DTYPES:
         return recorded
     config = payload.get("config")
     train = config.get("train") if isinstance(config, Mapping) else None
     setting = train.get("precision") if isinstance(train, Mapping) else None
-    return setting if setting in DTYPES else "fp32"
+    return setting if isinstance(setting, str) and setting in DTYPES else None
+
+
+def trained_in(payload: Mapping[str, Any]) -> str:
+    """The precision to serve a checkpoint in (`Precision.for_inference`): `recorded_precision`,
+    else fp32, which ``auto`` was on every CPU until 2026-12-05 and which every device runs."""
+    return recorded_precision(payload) or "fp32"
 
 
 @dataclass

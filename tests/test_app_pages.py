@@ -662,14 +662,18 @@ def test_keep_restores_clamps_and_checks_options() -> None:
     state[SAVED_PREFIX + "model"] = "gone.pt"
     keep(state, "model", "a.pt", options=["a.pt", "b.pt"])
     assert state["model"] == "a.pt"
-    # another checkpoint, another default: a value left at the old default follows it, one the
-    # user set stays (the caption page kept the first checkpoint's decoding settings)
-    keep(state, "length", 16)
-    keep(state, "length", 24)
-    assert state["length"] == 24
-    state["length"] = 30
-    keep(state, "length", 16)
-    assert state["length"] == 30
+    keep(state, "model", "b.pt", options=["a.pt", "b.pt"])  # a new first default: no following
+    assert state["model"] == "a.pt"
+    # another checkpoint, another default: a following value left at the default follows it (the
+    # caption page kept the first checkpoint's decoding settings), one the user set stays, also
+    # through a checkpoint whose default equals it
+    keep(state, "beam_size", 2, follow=True)
+    keep(state, "beam_size", 5, follow=True)
+    assert state["beam_size"] == 5
+    state["beam_size"] = 4  # the user's own
+    for default in (5, 4, 2):
+        keep(state, "beam_size", default, follow=True)
+        assert state["beam_size"] == 4
 
 
 # --------------------------------------------------------------------------------------------

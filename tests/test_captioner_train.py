@@ -375,10 +375,14 @@ def test_a_drawn_split_is_kept_across_a_resume_and_older_checkpoints_are_named(
     vocab = older["vocab"]
     for payload in ({**older, "vocab": [*vocab[:-2], vocab[-1], vocab[-2]]}, older):
         save_checkpoint(payload, run / "last.pt")
-        with pytest.raises(
-            UserError, match=r"cannot resume from .*: its weights were trained when"
-        ):
+        with pytest.raises(UserError) as refused:
             quiet_train(tiny_cfg(table, *csv_cfg, "train.max_steps=4"), run, resume=True)
+        assert f"cannot resume from {run / 'last.pt'}: its weights were trained when" in str(
+            refused.value
+        )
+        assert str(refused.value).endswith(
+            f"--init-from {run / 'last.pt'} --out-dir ANOTHER_FOLDER"
+        )
     evaluate_module.main(evaluate)
     said = capsys.readouterr()
     assert json.loads(said.out)["images"] == 1

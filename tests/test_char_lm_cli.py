@@ -121,6 +121,22 @@ def test_several_samples_of_a_prompt_file_are_the_library_texts_of_consecutive_s
     assert "to repeat these samples" in capsys.readouterr().err
 
 
+def test_evaluate_names_the_precision_it_ran_in(trained, tmp_path, monkeypatch, capsys):
+    """What the model was trained in (its card's) where the device has it natively, else fp32."""
+    text_file, checkpoint = trained
+    payload = load_checkpoint(checkpoint)
+    payload["card"]["precision"] = "bf16"
+    save_checkpoint(payload, tmp_path / "bf16.pt")
+    argv = ["--checkpoint", str(tmp_path / "bf16.pt"), "--text", str(text_file)]
+    for native, ran in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(precision_module, "cpu_has_native_bf16", lambda native=native: native)
+        capsys.readouterr()
+        assert run_cli(evaluate.main, [*argv, "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["precision"] == ran
+        assert run_cli(evaluate.main, argv) == 0
+        assert capsys.readouterr().out.rstrip().endswith(f"bits/char (in {ran})")
+
+
 def test_evaluate_json_matches_the_library(trained, capsys):
     text_file, checkpoint = trained
     result = run("char_lm.evaluate", "--checkpoint", str(checkpoint), "--text", str(text_file),

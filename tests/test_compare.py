@@ -21,6 +21,7 @@ from captioner.inference import load_captioner
 from captioner.metrics import bleu_scores
 from captioner.scenes import generate_dataset
 from captioner.scoring import TOKENIZER, image_ids
+from recurrent import precision
 from recurrent.checkpoint import load_checkpoint, save_checkpoint
 from recurrent.errors import run_cli
 
@@ -148,6 +149,19 @@ def test_compare_refuses_mismatched_files(split, tmp_path, capsys):
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, err
     assert run_cli(compare_cli.main, [a, a]) == 2  # no references given
+
+
+def test_evaluate_names_the_precision_it_ran_in(split, tmp_path, monkeypatch, capsys):
+    """The report's precision is the one the model ran in: what it was trained in (its card's)
+    where the device has it natively, else fp32."""
+    checkpoint = train_tiny_captioner(tmp_path / "run", split[0])
+    payload = load_checkpoint(checkpoint)
+    payload["card"]["precision"] = "bf16"
+    save_checkpoint(payload, checkpoint)
+    argv = ["--checkpoint", str(checkpoint), "--no-meteor", "--json", "--max-images", "2"]
+    for native, ran in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda native=native: native)
+        assert run_json(evaluate_cli.main, argv, capsys)["precision"] == ran
 
 
 def test_evaluate_reports_what_it_scored_and_compare_agrees(split, tmp_path, capsys):

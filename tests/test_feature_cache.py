@@ -200,6 +200,8 @@ def test_flips_and_the_feature_cache_are_not_taken_together(scenes_annotations: 
         quiet_train(cfg, tmp_path / name)
         runs[name] = load_checkpoint(tmp_path / name / "last.pt")["model"]
     assert any(not torch.equal(runs["flips"][k], runs["none"][k]) for k in runs["none"])
+    trainable = tiny_cfg(scenes_annotations, "train.feature_cache=true", *flip)  # reads no cache
+    assert quiet_train(trainable, tmp_path / "trainable")["feature_cache"] is False
 
 
 def test_feature_groups_pick_the_references_caption_groups_pick(scenes_annotations: Path):
@@ -455,19 +457,51 @@ def test_a_fill_removes_the_temporary_shards_of_processes_killed_mid_write(
     cache = FeatureCache(tmp_path, frozen_encoder(cfg), cfg, eval_transform(cfg))
     cache.shard_dir.mkdir(parents=True)
 
-    def temporary(pid: int, name: str = "00001-a.npy") -> Path:
+    def temporary(pid: int, name: str = "00001-a.npy", age: float = 3600.0) -> Path:
         path = cache.shard_dir / f".{name}.{files.HOST}-{pid}.abcd1234.tmp"
         path.write_bytes(b"\x93NUMPY half a shard")
+        os.utime(path, (time.time() - age, time.time() - age))
         return path
 
     stale, live = temporary(gone.pid), temporary(os.getpid(), "00002-b.json")
+    # written a moment ago: a writer of another process namespace (a container) may look gone
+    fresh = temporary(gone.pid, "00003-c.npy", age=10.0)
     records = train_records(cfg)
     cpu = torch.device("cpu")
     encoded = cache.ensure(records, device=cpu, batch_size=4, progress=False, exclusive=False)
-    assert encoded == len(records) and not stale.exists() and live.exists()
+    assert encoded == len(records) and not stale.exists() and live.exists() and fresh.exists()
     stale = temporary(gone.pid)  # a full cache cleans too
     assert cache.ensure(records, device=cpu, progress=False, exclusive=False) == 0
     assert not stale.exists() and live.exists()
+
+
+def test_a_lock_free_fill_leaves_a_shard_whose_index_may_still_come(
+    scenes_annotations: Path, tmp_path
+):
+    """Without the lock another process may be between writing a shard's data and its index:
+    the data stays (a locked fill removes it, when nobody else writes)."""
+    cfg = tiny_cfg(scenes_annotations, "model.finetune=frozen")
+    cache = FeatureCache(tmp_path, frozen_encoder(cfg), cfg, eval_transform(cfg))
+    cache.shard_dir.mkdir(parents=True)
+    pending = cache.shard_dir / "00000001-another-rank.npy"  # its .json not written yet
+    pending.write_bytes(b"\x93NUMPY a whole shard")
+    cache.ensure([], device=torch.device("cpu"), progress=False, exclusive=False)
+    assert pending.exists()
+
+
+def test_the_note_on_other_caches_sums_their_shards(scenes_annotations: Path, tmp_path):
+    cfg = tiny_cfg(scenes_annotations, "model.finetune=frozen")
+    cache = FeatureCache(tmp_path, frozen_encoder(cfg), cfg, eval_transform(cfg))
+    assert cache.others() is None
+    for folder, size in ((cache.dir, 3_000_000_000), (tmp_path / "older", 1_500_000_000)):
+        (folder / "shards").mkdir(parents=True)
+        (folder / "meta.json").write_text("{}")
+        with open(folder / "shards" / "a.npy", "wb") as handle:
+            handle.truncate(size)  # sparse: no disk used
+        (folder / "shards" / "a.json").write_text("{}")
+    note = cache.others()
+    assert note is not None and "also holds 1 feature cache(s) of other encoders" in note
+    assert "(1.50 GB;" in note  # the other's shards, not this cache's nor the indexes
 
 
 def test_ranks_fill_disjoint_shares_in_parallel(scenes_annotations: Path, tmp_path):

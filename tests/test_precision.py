@@ -186,6 +186,48 @@ def test_a_checkpoint_is_served_and_resumed_in_what_auto_chose_where_it_trained(
     ) in capsys.readouterr().out
 
 
+def _edit_card(path: Path, **card) -> None:
+    from recurrent.checkpoint import load_checkpoint, save_checkpoint
+
+    payload = load_checkpoint(path)
+    for key, value in card.items():
+        payload["card"].pop(key) if value is None else payload["card"].update({key: value})
+    save_checkpoint(payload, path)
+
+
+def _char(*overrides: str) -> CharLMConfig:
+    return load_config(CharLMConfig, TINY, ["train.eval_every=2", *overrides])
+
+
+def test_the_precision_notes_of_a_resume_say_what_the_checkpoint_records(
+    tmp_path, monkeypatch, capsys
+):
+    """An older checkpoint whose config names its precision records it (no "does not record"
+    note); a run that was training in fp16 on a GPU, resumed on the CPU, is not told to keep
+    fp16, which the CPU refuses; a card's precision of another kind (a checkpoint is user input)
+    is no record, not a TypeError."""
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+    run = tmp_path / "run"
+    train(_char("train.max_steps=2", "train.precision=bf16"), run, quiet=True)
+    _edit_card(run / "last.pt", precision=None)  # as an older version wrote it
+    capsys.readouterr()
+    train(_char("train.max_steps=4", "train.precision=bf16"), run, resume=True, quiet=True)
+    assert "does not record" not in capsys.readouterr().out
+    _edit_card(run / "last.pt", precision="fp16")
+    train(_char("train.max_steps=6", "train.precision=fp32"), run, resume=True, quiet=True)
+    assert (
+        "note: the run was training in fp16 at step 4; it goes on in fp32 (train.precision fp32 "
+        "on cpu)\n"
+    ) in capsys.readouterr().out
+    for hostile in (["bf16"], {"bf16": 1}):
+        _edit_card(run / "last.pt", precision=hostile)  # the config's fp32 is the record
+        train(_char("train.max_steps=8", "train.precision=fp32"), run, resume=True, quiet=True)
+        said = capsys.readouterr().out
+        assert "was training in" not in said and "does not record" not in said
+        model, _, config = load_char_lm(run / "last.pt")
+        assert trained_precision(model, config).name == "fp32"
+
+
 def test_bf16_copies_kept_for_decoding_follow_changes_to_the_weights():
     """Without gradients the core keeps its bf16 weight copies between calls (decoding runs the
     cell once per token); a weight changed in place or replaced makes fresh ones."""

@@ -33,6 +33,7 @@ from recurrent.config import from_dict, load_config, run_dir, to_dict, with_defa
 from recurrent.errors import (
     EXIT_USER_ERROR,
     STOPPED,
+    TRAINING_STOPPED,
     RunStopped,
     UserError,
     loader_workers,
@@ -356,6 +357,15 @@ def test_run_cli_turns_each_ending_into_its_status_and_one_line(raised, status, 
 
     assert run_cli(main, []) == status
     assert capsys.readouterr().err == said
+
+
+def test_ctrl_c_in_a_trainer_says_what_its_sigterm_says(capsys) -> None:
+    def main(argv) -> None:
+        raise KeyboardInterrupt
+
+    assert run_cli(main, [], stopped=TRAINING_STOPPED) == 130
+    said = capsys.readouterr().err
+    assert said == f"stopped: interrupted; {TRAINING_STOPPED.partition('; ')[2]}\n"
 
 
 def test_an_output_that_cannot_hold_a_character_is_one_line_saying_how_to_run(monkeypatch, capsys):

@@ -5,7 +5,7 @@
 torch.load never checks the CRC-32 that torch.save writes for each zip member, so a flipped byte
 in a tensor loads as a silently different weight. `recurrent.checkpoint.load_checkpoint` reads the
 file once more through `zipfile.ZipFile.testzip` first. For checkpoints of several sizes (one
-float32 tensor per 4 MB, written with `save_checkpoint` to a temporary folder and deleted after)
+float32 tensor per 4 MiB, written with `save_checkpoint` to a temporary folder and deleted after)
 this prints the median time of torch.load alone, of the CRC scan alone, and of `load_checkpoint`
 (both, plus its checks of the payload), interleaved round by round so that machine noise hits
 them alike, and the ratio of `load_checkpoint` to torch.load. The files are read from the page
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     print(f"machine: {machine()}")
     print(
-        "| checkpoint MB | torch.load ms | CRC scan ms | load_checkpoint ms | load_checkpoint / torch.load |"
+        "| checkpoint MiB | torch.load ms | CRC scan ms | load_checkpoint ms | load_checkpoint / torch.load |"
     )
     print("| --- | --- | --- | --- | --- |")
     with tempfile.TemporaryDirectory() as folder:

@@ -23,6 +23,7 @@ from tqdm import tqdm
 from captioner.config import BOUNDS, CaptionerConfig, check_config
 from captioner.data import SPLITS, resolve_weights
 from captioner.data.check import BAD, MISSING, DataReport, default_workers, scan_images
+from captioner.data.vocab import SPECIALS
 from captioner.encoder import build_backbone
 from captioner.scoring import load_data_records
 from recurrent.config import add_config_arguments, load_config
@@ -111,7 +112,12 @@ def _print_report(
         file=out,
     )
     print(f"captions empty after tokenization: {len(report.empty_captions)}", file=out)
-    print(f"vocabulary: {vocab_size} words (data.min_word_count={data.min_word_count})", file=out)
+    words = vocab_size - len(SPECIALS)  # <pad>, <start>, <end>, <unk> are no words
+    print(
+        f"vocabulary: {words} words and {len(SPECIALS)} special tokens "
+        f"(data.min_word_count={data.min_word_count})",
+        file=out,
+    )
     for path in missing:
         print(f"missing\t{path}", file=out)
     for path in bad:

@@ -697,7 +697,8 @@ def train(
         if self_critical is not None and run.progress.step >= cfg.train.scst_from_step:
             keys = indices.tolist()
             loss, figures = net(inputs, self_critical=self_critical.bind(keys))
-            return StepResult(loss, len(keys), epoch_end, figures)
+            pairs = len(keys) * cfg.train.scst_samples  # (image, sampled caption) pairs
+            return StepResult(loss, pairs, epoch_end, figures)
         captions = captions.to(device, non_blocking=True)
         words = None
         if run.dist.enabled:  # normalise by the global batch's words (see CaptionDecoder.forward)
@@ -831,9 +832,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"done: {summary['steps']} steps (stopped by {summary['stop_reason']}), "
         f"{summary['epochs']:.2f} epochs, best val {summary['best_metric']} {best_text} at step "
         f"{summary['best_step']}, "
-        f"{summary['pairs_per_s']:.1f} pairs/s, {images}"
-        f"{summary['time_s']:.0f} s; checkpoints: {summary['best_checkpoint']}, {summary['last_checkpoint']}"
+        f"{summary['pairs_per_s']:.1f} pairs/s, {images}{_seconds(summary)}; checkpoints: "
+        f"{summary['best_checkpoint']}, {summary['last_checkpoint']}"
     )
+
+
+def _seconds(summary: dict) -> str:
+    """The run's training time, and this call's where it resumed (its figures per second are
+    this call's)."""
+    run, call = summary["run_time_s"], summary["time_s"]
+    return f"{run:.0f} s" if run == call else f"{run:.0f} s ({call:.0f} s in this call)"
 
 
 def cli() -> None:

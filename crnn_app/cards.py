@@ -58,13 +58,16 @@ def card_from_config(payload: Mapping[str, Any]) -> dict[str, Any]:
         architecture, data_card = char_lm_architecture(model), char_lm_data(data)
         val_loss = payload.get("best_val_loss")
         best = {"val_loss": val_loss} if isinstance(val_loss, float) else {}
+    progress = payload.get("progress")
     step = payload.get("step")
+    best_step = progress.get("best_step") if isinstance(progress, dict) else None
     return {
         "task": task,
         "architecture": architecture,
         "data": data_card,
         "steps": step if isinstance(step, int) else None,
         "best_scores": best,
+        "best_step": best_step if isinstance(best_step, int) else None,
         "trained_at": None,
     }
 
@@ -98,7 +101,7 @@ def model_card(payload: Mapping[str, Any]) -> dict[str, Any]:
 
 # The type of each card field: a checkpoint is user input, and a field of another type (an
 # edited or damaged file) is left out, so the config's value or "not recorded" shows instead.
-CARD_TYPES = {"task": str, "architecture": str, "steps": int, "trained_at": str}
+CARD_TYPES = {"task": str, "architecture": str, "steps": int, "best_step": int, "trained_at": str}
 DATA_TYPES = {"name": str, "path": str, "size": int, "unit": str, "synthetic_scenes": bool}
 
 
@@ -157,16 +160,16 @@ def card_rows(card: Mapping[str, Any]) -> list[tuple[str, str]]:
     unit = data.get("unit") or ""
     data_text += f", {size:,} {unit}" if isinstance(size, int) else f", size {NOT_RECORDED}"
     scores = card.get("best_scores") or {}
-    steps = card.get("steps")
+    steps, best_step = card.get("steps"), card.get("best_step")
+    best = ", ".join(format_score(name, value) for name, value in scores.items())
+    if best and isinstance(best_step, int) and best_step >= 0 and best_step != steps:
+        best += f" (at step {best_step:,}, not these weights')"  # a last.pt after its best
     return [
         ("task", TASK_TITLES.get(card.get("task"), str(card.get("task")))),
         ("architecture", str(card.get("architecture") or NOT_RECORDED)),
         ("data", data_text),
         ("steps", f"{steps:,}" if isinstance(steps, int) else NOT_RECORDED),
-        (
-            "best scores",
-            ", ".join(format_score(name, value) for name, value in scores.items()) or NOT_RECORDED,
-        ),
+        ("best scores", best or NOT_RECORDED),
         ("trained", _format_date(card.get("trained_at"))),
     ]
 

@@ -144,7 +144,8 @@ def describe_checkpoint(path: str | os.PathLike[str]) -> tuple[str, str, dict[st
     if task not in TASKS:
         raise UserError(f"a checkpoint for an unknown task {task!r}; the app serves {TASKS}")
     check_weights_fit(payload, path)
-    return task, _summary(payload), model_card(payload)
+    card = model_card(payload)
+    return task, _summary(payload, card.get("best_step")), card
 
 
 def check_weights_fit(payload: dict[str, Any], path: str | os.PathLike[str]) -> None:
@@ -167,8 +168,9 @@ def check_weights_fit(payload: dict[str, Any], path: str | os.PathLike[str]) -> 
     check_state_dict(model.state_dict(), payload["model"], path)
 
 
-def _summary(payload: dict[str, Any]) -> str:
-    """One line about a checkpoint: model, training step and best score, where recorded."""
+def _summary(payload: dict[str, Any], best_step: Any = None) -> str:
+    """One line about a checkpoint: model, training step and best score (and its step, where it
+    is another: a last.pt after the run's best), where recorded."""
     config = payload.get("config") if isinstance(payload.get("config"), dict) else {}
     model = config.get("model", {}) if isinstance(config.get("model"), dict) else {}
     parts = [TASK_NAMES[payload["task"]]]
@@ -185,12 +187,17 @@ def _summary(payload: dict[str, Any]) -> str:
     step = payload.get("step")
     if isinstance(step, int):
         parts.append(f"step {step}")
+    at = (
+        f" (best, at step {best_step})"
+        if isinstance(best_step, int) and best_step >= 0 and best_step != step
+        else ""
+    )
     scores = payload.get("best_scores")
     if isinstance(scores, dict) and isinstance(scores.get("BLEU-4"), float):
-        parts.append(f"val BLEU-4 {scores['BLEU-4']:.1f}")
+        parts.append(f"val BLEU-4 {scores['BLEU-4']:.1f}{at}")
     val_loss = payload.get("best_val_loss")
     if isinstance(val_loss, float):
-        parts.append(f"val loss {val_loss:.3f} nats/char")
+        parts.append(f"val loss {val_loss:.3f} nats/char{at}")
     return ", ".join(parts)
 
 

@@ -993,6 +993,7 @@ class Run:
                     due = (settings.eval_every and progress.step % settings.eval_every == 0) or (
                         not settings.eval_every and epoch_end
                     )
+                    paused = time.perf_counter()
                     if due or reason is not None:
                         run_evaluation()
                         reason = stop_reason(over_budget)
@@ -1000,6 +1001,7 @@ class Run:
                         settings.checkpoint_every and progress.step % settings.checkpoint_every == 0
                     ):
                         save(improved=False)
+                    window_start += time.perf_counter() - paused  # a window's rate: its steps'
                     if signalled:
                         if progress.evaluated_step != progress.step:
                             save(improved=False)
@@ -1032,7 +1034,8 @@ class Run:
             if train_time > 0
             else 0.0,
             "throughput_unit": unit,
-            "time_s": train_time,
+            "time_s": train_time,  # this call's
+            "run_time_s": elapsed_before + train_time,  # the run's, resumes included
             "elapsed_s": progress.elapsed_s,
             "device": str(self.device),
             "precision": self.precision.name,
@@ -1144,6 +1147,7 @@ class Run:
                 **card,
                 "steps": progress.step,
                 "best_scores": progress.best_scores,
+                "best_step": progress.best_step,  # where they were scored (last.pt: maybe before)
                 "trained_at": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
                 "precision": self.precision.name,  # what train.precision resolved to (auto)
             },

@@ -119,6 +119,8 @@ def metrics_frame(runs: Mapping[str, Sequence[Mapping[str, Any]]]) -> pd.DataFra
                         continue
                     unit = str(record.get("throughput_unit") or "") if key == "throughput" else ""
                     label = f"{series} ({unit})" if unit else series
+                    if key == "loss" and "scst_reward" in record:  # not a cross-entropy in nats
+                        label = "self-critical loss (-advantage x log p)"
                     rows.append(
                         {**base, "panel": panel, "series": label, "value": value, "unit": unit}
                     )

@@ -104,6 +104,8 @@ def test_every_planted_problem_is_reported_and_training_would_stop(tmp_path, cap
     assert f"empty caption\t{tmp_path / 'copy.png'}\t'...'" in lines
     assert "10 records (train 6, val 1, test 3) of 9 image files, 11 captions" in out
     assert "7 fine, 1 missing, 1 do not decode" in out
+    # the train captions' words: a red circle 0-3, a blue square, a small cross (not <pad>, ...)
+    assert "vocabulary: 11 words and 4 special tokens (data.min_word_count=1)" in lines
     stop = lines[-1]
     assert stop.startswith("training would stop: ")
     assert "1 image(s) referenced but missing" in stop and "data.bad_images=error" in stop

@@ -866,6 +866,63 @@ def test_a_run_older_than_a_key_resumes_as_it_trained_or_says_what_changes(tmp_p
     assert started["steps"] == 7
 
 
+def test_a_windows_throughput_leaves_out_its_evaluations_and_saves(tmp_path, monkeypatch):
+    """A metrics line's throughput is its steps' items over its steps' time: the window of 4
+    steps that held an evaluation of 100 (clock) seconds said 0.16 items/s."""
+    import time as time_module
+
+    real, skipped = time_module.perf_counter, [0.0]
+    monkeypatch.setattr(time_module, "perf_counter", lambda: real() + skipped[0])
+
+    def slow_evaluation(net: nn.Module) -> dict[str, float]:
+        skipped[0] += 100.0  # the clock moves on while validating
+        return {"loss": net(X, Y).item()}
+
+    rule = RunSettings(
+        max_steps=8, warmup_steps=0, lr=0.1, log_every=4, eval_every=2, checkpoint_every=3,
+        checkpoint_every_s=0, device="cpu", precision="fp32",
+    )  # fmt: skip
+    summary = _fit_toy(tmp_path, rule, _Toy(), evaluate=slow_evaluation)
+    lines = [r for r in read_metrics(tmp_path / "metrics.jsonl") if r["kind"] == "train"]
+    assert [r["step"] for r in lines] == [4, 8] and all(r["throughput"] > 4 for r in lines)
+    assert summary["time_s"] > 400  # the whole call's figure counts them
+
+
+def test_a_last_pt_after_its_runs_best_says_where_the_best_scores_were_measured(tmp_path):
+    """The card of last.pt gave its own step beside the run's best scores, measured on another
+    step's weights (the app's card and picker read as if these weights scored them)."""
+    from crnn_app.cards import card_rows, model_card
+    from crnn_app.models_dir import list_checkpoints
+
+    run = tmp_path / "run"
+    char_lm_train.train(char_cfg("train.max_steps=3", "train.eval_every=3"), run, quiet=True)
+    worse = ("train.max_steps=6", "train.eval_every=3", "train.lr=10", "train.warmup_steps=0")
+    summary = char_lm_train.train(char_cfg(*worse), run, resume=True, quiet=True)
+    assert (summary["best_step"], summary["steps"]) == (3, 6)  # the later model is worse
+    rows = dict(card_rows(model_card(load_checkpoint(run / "last.pt"))))
+    assert rows["steps"] == "6"
+    assert rows["best scores"].endswith(" (at step 3, not these weights')"), rows
+    best = dict(card_rows(model_card(load_checkpoint(run / "best.pt"))))
+    assert best["steps"] == "3" and "at step" not in best["best scores"]
+    summaries = {entry.name: entry.summary for entry in list_checkpoints(run).entries}
+    assert summaries["last.pt"].endswith(" nats/char (best, at step 3)"), summaries
+    assert summaries["best.pt"].endswith(" nats/char"), summaries
+
+
+def test_the_run_time_of_a_resumed_run_counts_its_earlier_calls(tmp_path):
+    rule = RunSettings(
+        max_steps=4, warmup_steps=0, lr=0.1, eval_every=2, checkpoint_every_s=0, device="cpu",
+        precision="fp32",
+    )  # fmt: skip
+    first = _fit_toy(tmp_path, rule, _Toy())
+    assert first["run_time_s"] == first["time_s"]
+    before = load_checkpoint(tmp_path / "last.pt")["progress"]["elapsed_s"]
+    second = _fit_toy(tmp_path, dataclasses.replace(rule, max_steps=8), _Toy(), resume=True)
+    assert second["run_time_s"] == pytest.approx(before + second["time_s"])
+    assert captioner_train._seconds(second).endswith(f" s ({second['time_s']:.0f} s in this call)")
+    assert captioner_train._seconds(first) == f"{first['time_s']:.0f} s"
+
+
 def test_a_resume_in_the_middle_of_a_logging_window_logs_the_same_figures(tmp_path):
     """A step's figures (self-critical training's rewards, say) are averaged over the steps of a
     metrics line: a run stopped at step 7 and resumed to 10 logs the same mean at step 10 as the

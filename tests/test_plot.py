@@ -113,6 +113,7 @@ def test_frame_puts_each_value_in_its_panel() -> None:
             _train(5, throughput=160.0, throughput_unit="pairs/s", loss=True),
             {"kind": "eval", "step": 5, "scores": {"BLEU-4": 41.2, "CIDEr-D": 95.0, "x": "y"}},
         ],
+        "scst": [_train(10, loss=0.25, scst_reward=1.5, lr=None, grad_norm=None, throughput=None)],
     }
     frame = plot.metrics_frame(runs)
     rows = {(row.run, row.panel, row.series, row.step): row.value for row in frame.itertuples()}
@@ -130,6 +131,8 @@ def test_frame_puts_each_value_in_its_panel() -> None:
         ("cap", "gradient norm", "gradient norm", 5): 0.9,
         ("cap", "scores", "val BLEU-4", 5): 41.2,
         ("cap", "scores", "val CIDEr-D", 5): 95.0,
+        # self-critical training's loss is no cross-entropy: a series of its own
+        ("scst", "loss", "self-critical loss (-advantage x log p)", 10): 0.25,
     }  # no lr/grad_norm at step 20 (None, NaN), no train loss for "cap" (a bool), no "x"
     no_time = frame[(frame.run == "cap") & (frame.kind == "eval")]
     assert no_time["time_s"].isna().all() and frame["time_s"].notna().sum() == len(frame) - 2

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import captioner.train as captioner_train
 from captioner.config import CaptionerConfig
 from captioner.train import main as train_main
 from captioner.train import train
@@ -38,13 +39,24 @@ def xe_checkpoint(scenes_annotations: Path, tmp_path_factory: pytest.TempPathFac
     return out / "last.pt"
 
 
-def test_a_cross_entropy_phase_then_self_critical_steps(scenes_annotations: Path, tmp_path: Path):
+def test_a_cross_entropy_phase_then_self_critical_steps(
+    scenes_annotations: Path, tmp_path: Path, monkeypatch
+):
     """train.scst_from_step=2: steps 1-2 are the cross-entropy run's own steps, bit for bit;
-    steps 3-4 are self-critical and log the reward, its baseline and the share of repeats."""
+    steps 3-4 are self-critical and log the reward, its baseline and the share of repeats. Both
+    count (image, caption) pairs for the throughput: the references, then the samples (the
+    self-critical steps counted images, a quarter of the rate under the same "pairs/s")."""
+    counted = []
+    real = captioner_train.StepResult
+    monkeypatch.setattr(
+        captioner_train, "StepResult", lambda *args: counted.append(args[1]) or real(*args)
+    )
     common = ("train.max_steps=4", "train.captions_per_image=2")
     xe = train(tiny_cfg(scenes_annotations, *common), tmp_path / "xe", quiet=True)
     scst_cfg = tiny_cfg(scenes_annotations, *common, *SCST, "train.scst_from_step=2")
     scst = train(scst_cfg, tmp_path / "scst", quiet=True)
+    images = scst_cfg.train.batch_size
+    assert counted == [images * 2] * 4 + [images * 2] * 2 + [images * 3] * 2  # 2 refs, 3 samples
     assert scst["losses"][:2] == xe["losses"][:2]
     assert scst["losses"][2:] != xe["losses"][2:]
     lines = train_lines(tmp_path / "scst")

@@ -126,11 +126,13 @@ class StreamWalk:
         self._restore(saved, own=False)
 
     def _restore(self, saved: list[dict[str, Any]], *, own: bool) -> None:
+        """Raises ValueError for shares no run writes (an edited checkpoint): the engine says so
+        in one line."""
+        _check_shares(saved)
         first = saved[0]
         streams = sum(part["streams"] for part in saved)
         layout = (self.batches.streams if own else self.all_streams, self.block_size, self.windows)
-        same_place = len({part["position"] for part in saved}) == 1
-        if (streams, first["block_size"], first["windows"]) != layout or not same_place:
+        if (streams, first["block_size"], first["windows"]) != layout:
             if self.is_main:
                 tqdm.write(
                     "note: data.batch_size or data.block_size changed; the streams restart from "
@@ -147,6 +149,34 @@ class StreamWalk:
             state = state[:, :, self.rows]
         device = self.batches.ids.device  # a bf16 state of a mixed-precision run: float32 here
         self.state = state.to(device).float() if self.fp32 else state.to(device)
+
+
+def _check_shares(saved: list[dict[str, Any]]) -> None:
+    """The saved shares of the streams are what `StreamWalk.state_dict` writes: whole numbers,
+    a position within its pass, the same place and window in every share, and states of the
+    (S, L, streams, H) shape, alike but for their streams, or none."""
+    if not saved:
+        raise ValueError("no share of the streams")
+    for part in saved:
+        counts = [part[key] for key in ("streams", "block_size", "windows", "position")]
+        counts.append(part.get("walked", 0))
+        if any(not isinstance(n, int) or isinstance(n, bool) or n < 0 for n in counts):
+            raise ValueError("stream counts that are not whole numbers")
+        if part["position"] >= max(part["windows"], 1):
+            raise ValueError("a stream position beyond its pass")
+        state = part["state"]
+        if state is not None and not (
+            isinstance(state, torch.Tensor)
+            and state.dim() == 4
+            and state.size(2) == part["streams"]
+        ):
+            raise ValueError("a carried state of another shape than its streams'")
+    places = {(p["position"], p["block_size"], p["windows"], p.get("walked", 0)) for p in saved}
+    shapes = {
+        tuple(p["state"].shape[:2] + p["state"].shape[3:]) for p in saved if p["state"] is not None
+    }
+    if len(places) > 1 or len(shapes) > 1:
+        raise ValueError("shares of the streams at different places")
 
 
 def _fmt(loss: float) -> str:

@@ -61,6 +61,8 @@ def card_from_config(payload: Mapping[str, Any]) -> dict[str, Any]:
     progress = payload.get("progress")
     step = payload.get("step")
     best_step = progress.get("best_step") if isinstance(progress, dict) else None
+    if isinstance(best_step, bool):  # an edited file: True is no step
+        best_step = None
     return {
         "task": task,
         "architecture": architecture,

@@ -672,7 +672,8 @@ class Run:
         """The line for a ``last.pt`` whose training state does not load (``err`` says why)."""
         return UserError(
             f"cannot resume from {self.last_path}: it lacks or has damaged training state "
-            f"({first_line(err)}); drop --resume to start afresh"
+            f"({first_line(err)}); start a new run from its weights: --init-from "
+            f"{self.last_path} --out-dir ANOTHER_FOLDER"
         )
 
     def restore(self, model: nn.Module, optimizer: torch.optim.Optimizer, data: Stateful) -> None:
@@ -708,7 +709,7 @@ class Run:
                 data.load_state_dict(datas[0])
             self.progress = Progress(**payload["progress"])
             rngs = payload["rng"]
-        except (KeyError, ValueError, RuntimeError, TypeError) as err:
+        except (KeyError, IndexError, ValueError, RuntimeError, TypeError) as err:
             raise self._damaged(err) from None
         if len(rngs) != self.dist.world_size:
             self.log(

@@ -564,6 +564,35 @@ def test_cards_of_the_bundled_checkpoints_come_from_their_configs() -> None:
     assert rows["trained"] == "2026-12-05 06:02 UTC" and rows["steps"] == "2,865"
 
 
+def test_the_step_of_the_best_scores_is_said_where_it_is_another() -> None:
+    """A last.pt after its run's best: its card and the picker's line say where the best scores
+    were measured, an older card from the checkpoint's progress; -1 (no evaluation yet), the
+    checkpoint's own step or True (an edited file) add nothing."""
+    from crnn_app.models_dir import _summary
+
+    def card_and_line(task: str, best_step, own: dict | None = None) -> tuple[str, str]:
+        scores = {"val_loss": 1.5} if task == "char_lm" else {"BLEU-4": 21.0}
+        payload = {"task": task, "step": 6, "best_scores": scores, "config": {},
+                   "progress": {"best_step": best_step}}  # fmt: skip
+        if task == "char_lm":
+            payload["best_val_loss"] = 1.5
+        if own is not None:
+            payload["card"] = own
+        card = cards.model_card(payload)
+        return dict(cards.card_rows(card))["best scores"], _summary(payload, card["best_step"])
+
+    best, line = card_and_line("char_lm", 3)
+    assert best.endswith("(at step 3, not these weights')") and line.endswith("(best, at step 3)")
+    best, line = card_and_line("captioner", 3, own={"steps": 6, "best_scores": {"BLEU-4": 21.0}})
+    assert best.endswith("(at step 3, not these weights')")
+    assert line.endswith("val BLEU-4 21.0 (best, at step 3)")
+    for nothing in (-1, 6, True):
+        best, line = card_and_line("char_lm", nothing)
+        assert "at step" not in best and "at step" not in line
+    best, _ = card_and_line("char_lm", 3, own={"best_step": -1, "steps": 6})  # the card's own
+    assert "at step" not in best
+
+
 def test_architecture_lines_name_every_setting_that_shapes_the_model() -> None:
     base = {"encoder": "resnet101", "encoder_stages": 4, "attention": True, "cell": "gru"}
     base |= {"num_layers": 2, "hidden_size": 512}

@@ -388,6 +388,68 @@ def test_random_state_resets_restart_drawn_streams_whatever_the_process_layout()
     assert torch.equal(torch.cat(halves, dim=1), whole)  # each process: its streams' draws
 
 
+def _shares(world: int) -> tuple[list[dict], Tensor]:
+    """The saved shares of ``world`` processes' walks over 4 streams, 2 windows in, and the
+    whole batch's carried state they hold between them."""
+    walks = [
+        StreamWalk(StreamBatches(torch.arange(1000) % 50, 4, 10), Distributed(r, world, 0), 10,
+                   fp32=True)
+        for r in range(world)
+    ]  # fmt: skip
+    whole = torch.randn(1, 2, 4, 3)  # (S, L, streams, H)
+    for walk in walks:
+        walk.next_window()
+        walk.next_window()
+        walk.state = whole[:, :, walk.rows].clone()
+    return [walk.state_dict() for walk in walks], whole
+
+
+@pytest.mark.parametrize(("before", "after"), [(2, 1), (1, 2), (2, 4), (4, 2)])
+def test_a_resume_with_another_number_of_processes_regroups_the_streams(before, after):
+    """The shares of the processes that saved join in rank order and split anew: each new
+    process gets its streams' carried states and the walk's place."""
+    saved, whole = _shares(before)
+    for rank in range(after):
+        walk = StreamWalk(
+            StreamBatches(torch.arange(1000) % 50, 4, 10), Distributed(rank, after, 0), 10,
+            fp32=True,
+        )  # fmt: skip
+        walk.load_state_dicts(saved)
+        assert (walk.position, walk.walked) == (2, 2)
+        assert torch.equal(walk.state, whole[:, :, walk.rows])
+    saved[-1]["state"] = None  # a share without a state: none is carried, the place is kept
+    walk = StreamWalk(StreamBatches(torch.arange(1000) % 50, 4, 10), Distributed(0, 1, 0), 10,
+                      fp32=True)  # fmt: skip
+    walk.load_state_dicts(saved)
+    assert walk.position == 2 and walk.state is None
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda parts: parts[0].update(state=torch.zeros(5)),  # not (S, L, streams, H)
+        lambda parts: parts[0].update(state=parts[0]["state"][:, :, :1]),  # not its streams'
+        lambda parts: parts[0].update(position="1"),
+        lambda parts: parts[0].update(position=10**6),  # beyond the pass
+        lambda parts: parts[0].update(walked=1.5),
+        lambda parts: parts[0].update(position=-1),
+        lambda parts: parts[1].update(position=1),  # shares at different places
+        lambda parts: parts.clear(),
+    ],
+)
+def test_stream_shares_no_run_writes_are_refused(edit):
+    """An edited checkpoint's stream shares were taken unchecked: a traceback at the resume
+    (torch.cat of a 1-D state, no share at all) or in its first step (a position of "1" or
+    beyond the pass, a state of other streams). They are a ValueError, which the engine says in
+    one line (`tests/test_tampered_checkpoints.py` runs that line)."""
+    saved, _ = _shares(2)
+    edit(saved)
+    walk = StreamWalk(StreamBatches(torch.arange(1000) % 50, 4, 10), Distributed(0, 1, 0), 10,
+                      fp32=True)  # fmt: skip
+    with pytest.raises(ValueError):
+        walk.load_state_dicts(saved)
+
+
 def test_resume_continues_exactly(tmp_path):
     settings = [
         "model.dropout=0.3",

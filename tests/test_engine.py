@@ -867,12 +867,17 @@ def test_a_run_older_than_a_key_resumes_as_it_trained_or_says_what_changes(tmp_p
 
 
 def test_a_windows_throughput_leaves_out_its_evaluations_and_saves(tmp_path, monkeypatch):
-    """A metrics line's throughput is its steps' items over its steps' time: the window of 4
-    steps that held an evaluation of 100 (clock) seconds said 0.16 items/s."""
+    """A metrics line's throughput is its steps' items over its steps' time: with each step
+    taking 1 (clock) second and each evaluation 100, 4 items a step are 4 items/s (the window
+    of 4 steps that held an evaluation said 0.04 items/s)."""
     import time as time_module
 
     real, skipped = time_module.perf_counter, [0.0]
     monkeypatch.setattr(time_module, "perf_counter", lambda: real() + skipped[0])
+
+    def step(run: Run, net: nn.Module) -> StepResult:
+        skipped[0] += 1.0
+        return StepResult(net(X, Y), len(X))
 
     def slow_evaluation(net: nn.Module) -> dict[str, float]:
         skipped[0] += 100.0  # the clock moves on while validating
@@ -882,10 +887,25 @@ def test_a_windows_throughput_leaves_out_its_evaluations_and_saves(tmp_path, mon
         max_steps=8, warmup_steps=0, lr=0.1, log_every=4, eval_every=2, checkpoint_every=3,
         checkpoint_every_s=0, device="cpu", precision="fp32",
     )  # fmt: skip
-    summary = _fit_toy(tmp_path, rule, _Toy(), evaluate=slow_evaluation)
+    summary = _fit_toy(tmp_path, rule, _Toy(), step=step, evaluate=slow_evaluation)
     lines = [r for r in read_metrics(tmp_path / "metrics.jsonl") if r["kind"] == "train"]
-    assert [r["step"] for r in lines] == [4, 8] and all(r["throughput"] > 4 for r in lines)
+    assert [r["step"] for r in lines] == [4, 8]
+    assert [r["throughput"] for r in lines] == [pytest.approx(4.0, rel=0.05)] * 2
     assert summary["time_s"] > 400  # the whole call's figure counts them
+
+
+def test_damaged_stream_shares_in_last_pt_are_one_line(tmp_path):
+    run = tmp_path / "run"
+    char_lm_train.train(char_cfg("train.max_steps=2"), run, quiet=True)
+    payload = load_checkpoint(run / "last.pt")
+    payload["data"][0]["state"] = torch.zeros(5)  # torch.cat raised IndexError: a traceback
+    save_checkpoint(payload, run / "last.pt")
+    with pytest.raises(UserError, match="damaged training state .*--init-from .*ANOTHER_FOLDER"):
+        char_lm_train.train(char_cfg("train.max_steps=3"), run, resume=True, quiet=True)
+    payload["data"] = []
+    save_checkpoint(payload, run / "last.pt")
+    with pytest.raises(UserError, match="damaged training state"):
+        char_lm_train.train(char_cfg("train.max_steps=3"), run, resume=True, quiet=True)
 
 
 def test_a_last_pt_after_its_runs_best_says_where_the_best_scores_were_measured(tmp_path):

@@ -219,6 +219,11 @@ def test_the_precision_notes_of_a_resume_say_what_the_checkpoint_records(
         "note: the run was training in fp16 at step 4; it goes on in fp32 (train.precision fp32 "
         "on cpu)\n"
     ) in capsys.readouterr().out
+    from recurrent.precision import recorded_precision
+
+    assert recorded_precision({"card": {}, "config": {"train": {"precision": ["bf16"]}}}) is None
+    payload = {"card": {}, "config": {"train": {"precision": "auto"}}}  # older, auto: unknown
+    assert recorded_precision(payload) is None
     for hostile in (["bf16"], {"bf16": 1}):
         _edit_card(run / "last.pt", precision=hostile)  # the config's fp32 is the record
         train(_char("train.max_steps=8", "train.precision=fp32"), run, resume=True, quiet=True)

@@ -176,7 +176,7 @@ def _check_shares(saved: list[dict[str, Any]]) -> None:
         tuple(p["state"].shape[:2] + p["state"].shape[3:]) for p in saved if p["state"] is not None
     }
     if len(places) > 1 or len(shapes) > 1:
-        raise ValueError("shares of the streams at different places")
+        raise ValueError("shares of the streams at different places, or of other shapes")
 
 
 def _fmt(loss: float) -> str:

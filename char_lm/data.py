@@ -24,7 +24,6 @@
 
 from __future__ import annotations
 
-import codecs
 import hashlib
 import http.client
 import os
@@ -156,8 +155,8 @@ def read_text(path: str | Path) -> str:
     _check_file(path)
     try:
         text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise not_utf8(path, err.start) from None
+    except UnicodeDecodeError:
+        raise not_utf8(path) from None
     except OSError as err:
         raise UserError(f"cannot read {path} ({err.strerror})") from None
     if not text:
@@ -268,22 +267,6 @@ def _key_text(key: int) -> str:
     return raw[: _sequence_length(raw[0])].decode("utf-8")
 
 
-def _first_bad_byte(source: str | Path, chunk_size: int) -> int | None:
-    """The offset of the first byte of the file that is not UTF-8, by Python's own decoder."""
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    offset = 0  # bytes of the file before this chunk
-    try:
-        for block in _byte_chunks(source, chunk_size):
-            pending = len(decoder.getstate()[0])  # the start of a character cut by the chunk before
-            decoder.decode(block)
-            offset += len(block)
-        pending = len(decoder.getstate()[0])
-        decoder.decode(b"", final=True)
-    except UnicodeDecodeError as err:  # err.start counts from the pending bytes
-        return offset - pending + err.start
-    return None
-
-
 # --- vocabulary ----------------------------------------------------------------------------------
 
 
@@ -344,7 +327,7 @@ def scan_text(source: str | Path, chunk_size: int = CHUNK_BYTES) -> TextScan:
         except UnicodeDecodeError:
             valid = False
     if not valid:
-        raise not_utf8(source, _first_bad_byte(source, chunk_size))
+        raise not_utf8(source, chunk_size=chunk_size)
     if not chars:
         raise _empty(source)
     vocab.sort()

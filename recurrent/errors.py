@@ -11,6 +11,7 @@ normally.
 from __future__ import annotations
 
 import argparse
+import codecs
 import errno
 import os
 import re
@@ -62,10 +63,11 @@ NOT_UTF8_KINDS = {
 }
 
 
-def not_utf8(source: str | Path, offset: int | None) -> UserError:
+def not_utf8(source: str | Path, *, chunk_size: int = 1 << 20) -> UserError:
     """The error for a text file (a text, annotations) that is not UTF-8: what its first bytes say
-    it is (compressed, an archive, UTF-16 or -32) and what to do, else where its first bad byte is
-    (``offset`` in the file, None where not known)."""
+    it is (compressed, an archive, UTF-16 or -32) and what to do, and where in the file its first
+    bad byte is (`first_bad_byte`, reading ``chunk_size`` bytes at a time)."""
+    offset = first_bad_byte(source, chunk_size)
     where = "" if offset is None else f" (bad byte at offset {offset})"
     try:
         with open(source, "rb") as stream:
@@ -76,6 +78,27 @@ def not_utf8(source: str | Path, offset: int | None) -> UserError:
     if kind is not None:
         return UserError(f"{source} is not UTF-8 text{where}: it is {kind}")
     return UserError(f"{source} is not UTF-8 text{where}; convert it to UTF-8 first")
+
+
+def first_bad_byte(source: str | Path, chunk_size: int = 1 << 20) -> int | None:
+    """The offset in the file of its first byte that is not UTF-8, by Python's own decoder (a BOM
+    counts as the bytes it is), read ``chunk_size`` bytes at a time; None where every byte is, or
+    the file cannot be read."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = pending = 0  # bytes of the file before this chunk; of a character cut by it
+    try:
+        with open(source, "rb") as stream:
+            while block := stream.read(chunk_size):
+                pending = len(decoder.getstate()[0])
+                decoder.decode(block)
+                offset += len(block)
+        pending = len(decoder.getstate()[0])
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError as err:  # err.start counts from the pending bytes
+        return offset - pending + err.start
+    except (OSError, TypeError, ValueError):
+        return None
+    return None
 
 
 EXIT_USER_ERROR = 2

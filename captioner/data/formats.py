@@ -79,19 +79,7 @@ def _read_text(file: Path) -> str:
     try:
         return file.read_text(encoding="utf-8-sig")  # -sig: tolerate a BOM from spreadsheet tools
     except UnicodeDecodeError:
-        raise _not_utf8(file) from None
-
-
-def _not_utf8(file: Path) -> UserError:
-    """`not_utf8` for an annotations file, with the offset of its first bad byte in the file (a
-    decoder's error counts from where it was given the text: a BOM or the CSV reader's chunk)."""
-    try:
-        file.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as err:
-        return not_utf8(file, err.start)
-    except OSError:
-        pass
-    return not_utf8(file, None)
+        raise not_utf8(file) from None  # the bad byte's offset in the file, the BOM counted
 
 
 def _lines(text: str) -> Iterator[tuple[int, str]]:
@@ -617,7 +605,7 @@ def read_csv_rows(file: Path) -> list[CsvRow]:
                 f"'{file}' line {reader.line_num}: {err}; fix the CSV quoting"
             ) from None
         except UnicodeDecodeError:
-            raise _not_utf8(file) from None
+            raise not_utf8(file) from None
 
 
 _SEPARATORS = {"\t": "tabs", ";": "semicolons"}

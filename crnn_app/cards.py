@@ -60,16 +60,18 @@ def card_from_config(payload: Mapping[str, Any]) -> dict[str, Any]:
         best = {"val_loss": val_loss} if isinstance(val_loss, float) else {}
     progress = payload.get("progress")
     step = payload.get("step")
-    best_step = progress.get("best_step") if isinstance(progress, dict) else None
-    if isinstance(best_step, bool):  # an edited file: True is no step
-        best_step = None
+    best_step = (
+        _typed(progress, {"best_step": int}).get("best_step")
+        if isinstance(progress, dict)
+        else None
+    )
     return {
         "task": task,
         "architecture": architecture,
         "data": data_card,
         "steps": step if isinstance(step, int) else None,
         "best_scores": best,
-        "best_step": best_step if isinstance(best_step, int) else None,
+        "best_step": best_step,
         "trained_at": None,
     }
 
@@ -162,9 +164,9 @@ def card_rows(card: Mapping[str, Any]) -> list[tuple[str, str]]:
     unit = data.get("unit") or ""
     data_text += f", {size:,} {unit}" if isinstance(size, int) else f", size {NOT_RECORDED}"
     scores = card.get("best_scores") or {}
-    steps, best_step = card.get("steps"), card.get("best_step")
+    steps, best_step = card.get("steps"), best_elsewhere(card)
     best = ", ".join(format_score(name, value) for name, value in scores.items())
-    if best and isinstance(best_step, int) and best_step >= 0 and best_step != steps:
+    if best and best_step is not None:
         best += f" (at step {best_step:,}, not these weights')"  # a last.pt after its best
     return [
         ("task", TASK_TITLES.get(card.get("task"), str(card.get("task")))),
@@ -174,6 +176,15 @@ def card_rows(card: Mapping[str, Any]) -> list[tuple[str, str]]:
         ("best scores", best or NOT_RECORDED),
         ("trained", _format_date(card.get("trained_at"))),
     ]
+
+
+def best_elsewhere(card: Mapping[str, Any]) -> int | None:
+    """The step at which a card's best scores were measured, where that is not the checkpoint's
+    own (a last.pt after its run's best); None where it is, or is not known (-1: no evaluation)."""
+    best_step = card.get("best_step")
+    if isinstance(best_step, int) and best_step >= 0 and best_step != card.get("steps"):
+        return best_step
+    return None
 
 
 def card_markdown(card: Mapping[str, Any]) -> str:

@@ -21,7 +21,7 @@ from captioner.config import CaptionerConfig
 from captioner.model import CaptionModel
 from char_lm.config import CharLMConfig
 from char_lm.model import CharLM
-from crnn_app.cards import model_card
+from crnn_app.cards import best_elsewhere, model_card
 from recurrent.checkpoint import check_state_dict, is_utf8, load_checkpoint, shown_name
 from recurrent.config import from_dict
 from recurrent.errors import UserError
@@ -145,7 +145,7 @@ def describe_checkpoint(path: str | os.PathLike[str]) -> tuple[str, str, dict[st
         raise UserError(f"a checkpoint for an unknown task {task!r}; the app serves {TASKS}")
     check_weights_fit(payload, path)
     card = model_card(payload)
-    return task, _summary(payload, card.get("best_step")), card
+    return task, _summary(payload, best_elsewhere(card)), card
 
 
 def check_weights_fit(payload: dict[str, Any], path: str | os.PathLike[str]) -> None:
@@ -168,9 +168,9 @@ def check_weights_fit(payload: dict[str, Any], path: str | os.PathLike[str]) -> 
     check_state_dict(model.state_dict(), payload["model"], path)
 
 
-def _summary(payload: dict[str, Any], best_step: Any = None) -> str:
-    """One line about a checkpoint: model, training step and best score (and its step, where it
-    is another: a last.pt after the run's best), where recorded."""
+def _summary(payload: dict[str, Any], best_step: int | None = None) -> str:
+    """One line about a checkpoint: model, training step and best score (and ``best_step``, the
+    step it was measured at where that is another: `best_elsewhere`), where recorded."""
     config = payload.get("config") if isinstance(payload.get("config"), dict) else {}
     model = config.get("model", {}) if isinstance(config.get("model"), dict) else {}
     parts = [TASK_NAMES[payload["task"]]]
@@ -187,11 +187,7 @@ def _summary(payload: dict[str, Any], best_step: Any = None) -> str:
     step = payload.get("step")
     if isinstance(step, int):
         parts.append(f"step {step}")
-    at = (
-        f" (best, at step {best_step})"
-        if isinstance(best_step, int) and best_step >= 0 and best_step != step
-        else ""
-    )
+    at = "" if best_step is None else f" (best, at step {best_step})"
     scores = payload.get("best_scores")
     if isinstance(scores, dict) and isinstance(scores.get("BLEU-4"), float):
         parts.append(f"val BLEU-4 {scores['BLEU-4']:.1f}{at}")

@@ -579,7 +579,9 @@ def test_the_step_of_the_best_scores_is_said_where_it_is_another() -> None:
         if own is not None:
             payload["card"] = own
         card = cards.model_card(payload)
-        return dict(cards.card_rows(card))["best scores"], _summary(payload, card["best_step"])
+        return dict(cards.card_rows(card))["best scores"], _summary(
+            payload, cards.best_elsewhere(card)
+        )
 
     best, line = card_and_line("char_lm", 3)
     assert best.endswith("(at step 3, not these weights')") and line.endswith("(best, at step 3)")

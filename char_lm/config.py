@@ -99,7 +99,9 @@ def describe_model(model: Mapping[str, Any]) -> str:
 
 def describe_data(data: Mapping[str, Any]) -> dict[str, Any]:
     """The model card's data, from the ``data`` section of a config (a dict): its name and path
-    (size None: the trainer adds the number of characters it read)."""
+    (size None: the trainer adds the number of characters it trained on, the validation part
+    left out, as a captioner's card counts its training images; older cards counted the whole
+    text, in "characters")."""
     path = str(data.get("path") or "")
     if path.startswith(BUILTIN_PREFIX):
         name = f"{path.removeprefix(BUILTIN_PREFIX)} (built-in toy text)"
@@ -109,7 +111,7 @@ def describe_data(data: Mapping[str, Any]) -> dict[str, Any]:
         name, path = "tinyshakespeare", str(data["url"])
     else:
         name, path = data_name(str(data.get("url") or "")) or "unknown", str(data.get("url", ""))
-    return {"name": name, "path": path, "size": None, "unit": "characters"}
+    return {"name": name, "path": path, "size": None, "unit": "training characters"}
 
 
 def architecture_keys(config: dict, saved: dict) -> list[str]:

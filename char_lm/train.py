@@ -308,7 +308,7 @@ def train(
         unit="chars/s",
         card={
             "architecture": architecture,
-            "data": {**describe_data(to_dict(cfg.data)), "size": corpus.chars},
+            "data": {**describe_data(to_dict(cfg.data)), "size": len(train_ids)},
         },
         extra=lambda: {
             "vocab": vocab,

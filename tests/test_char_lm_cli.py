@@ -15,7 +15,7 @@ from tiny_models import train_tiny_char_lm
 from char_lm import evaluate, sample
 from char_lm import train as train_cli
 from char_lm.config import describe_data, describe_model
-from char_lm.data import encode
+from char_lm.data import encode, load_corpus
 from char_lm.generate import generate, load_char_lm, trained_precision
 from char_lm.scoring import evaluate_text
 from recurrent import precision as precision_module
@@ -70,8 +70,11 @@ def test_train_writes_checkpoints(trained):
     saved = load_checkpoint(checkpoint)
     assert saved["card"]["architecture"] == describe_model(saved["config"]["model"])
     assert saved["card"]["architecture"] == "1-layer LSTM, hidden 16, embedding 8"
-    data = {**describe_data(saved["config"]["data"]), "size": len(TEXT)}
+    train_chars = len(load_corpus(cfg.data).train_ids)  # the validation part is not counted
+    assert 0 < train_chars < len(TEXT)
+    data = {**describe_data(saved["config"]["data"]), "size": train_chars}
     assert saved["card"]["data"] == data and data["name"] == "text"
+    assert data["unit"] == "training characters"
 
 
 def test_sample_streams_prompt_and_seeded_text(trained):

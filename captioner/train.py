@@ -826,13 +826,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     best = summary["best_score"]
     best_text = "n/a" if best is None or math.isnan(best) else f"{best:.2f}"
-    # images through the encoder: with the feature cache the steps run none (it said 0.0 images/s)
+    # images through the encoder: with the feature cache the steps run none (it said 0.0 images/s);
+    # a call that trained no step ("nothing to do") has no rates
     images = "" if summary["feature_cache"] else f"{summary['images_per_s']:.1f} images/s, "
+    rates = f"{summary['pairs_per_s']:.1f} pairs/s, {images}" if summary["losses"] else ""
     print(
         f"done: {summary['steps']} steps (stopped by {summary['stop_reason']}), "
         f"{summary['epochs']:.2f} epochs, best val {summary['best_metric']} {best_text} at step "
         f"{summary['best_step']}, "
-        f"{summary['pairs_per_s']:.1f} pairs/s, {images}{_seconds(summary)}; checkpoints: "
+        f"{rates}{_seconds(summary)}; checkpoints: "
         f"{summary['best_checkpoint']}, {summary['last_checkpoint']}"
     )
 

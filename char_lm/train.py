@@ -345,9 +345,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     out_dir = run_dir("char_lm", args.config, args.out_dir)
     summary = train(cfg, out_dir, **run_options(args))
     if summary["is_main"]:  # under torchrun, rank 0 reports
+        # a call that trained no step ("nothing to do") has no rate (it said 0 chars/s)
+        rate = f"{summary['chars_per_s']:,.0f} chars/s; " if summary["losses"] else ""
         print(
             f"done: {summary['steps']} steps (stopped by {summary['stop_reason']}), "
-            f"{summary['chars_per_s']:,.0f} chars/s; best val {_fmt(summary['best_val_loss'])}; "
+            f"{rate}best val {_fmt(summary['best_val_loss'])}; "
             f"checkpoints in {out_dir} (last.pt, best.pt)"
         )
 

@@ -209,6 +209,11 @@ def test_a_top_down_captioner_trains_resumes_and_captions(
         train_cli.main, [*argv, "--resume", "--set", "train.max_steps=3"], capsys
     )
     assert code == 0 and "done: 3 steps" in out, err
+    code, out, err = run_main(  # nothing to do: no rates (it said 0.0 pairs/s, 0.0 images/s)
+        train_cli.main, [*argv, "--resume", "--set", "train.max_steps=3"], capsys
+    )
+    assert code == 0 and "done: 3 steps" in out and "pairs/s" not in out, err
+    assert "images/s" not in out
     payload = torch.load(out_dir / "last.pt", weights_only=True)
     assert "top-down attention" in payload["card"]["architecture"]
     assert any(name.startswith("decoder.attention_core.") for name in payload["model"])

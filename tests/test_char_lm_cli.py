@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -75,6 +76,20 @@ def test_train_writes_checkpoints(trained):
     data = {**describe_data(saved["config"]["data"]), "size": train_chars}
     assert saved["card"]["data"] == data and data["name"] == "text"
     assert data["unit"] == "training characters"
+
+
+def test_a_resume_with_nothing_to_do_gives_no_rate(trained, tmp_path, capsys):
+    """A resume of a run already at its max_steps trains nothing: its done line gives no
+    characters per second (it said 0 chars/s)."""
+    text_file, checkpoint = trained
+    out_dir = tmp_path / "run"
+    shutil.copytree(checkpoint.parent, out_dir)
+    argv = ["--config", TINY, "--set", f"data.path={text_file}", "--set", "train.max_steps=2",
+            "--out-dir", str(out_dir), "--resume"]  # fmt: skip
+    assert run_cli(train_cli.main, argv) == 0
+    out = capsys.readouterr().out
+    assert "nothing to do" in out and "done: 2 steps (stopped by max_steps), best val" in out
+    assert "chars/s" not in out
 
 
 def test_sample_streams_prompt_and_seeded_text(trained):

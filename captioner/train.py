@@ -527,6 +527,17 @@ class EpochBatches:
         self.epoch, self.batch_in_epoch = int(state["epoch"]), int(state["batch_in_epoch"])
         self.order_state, self._batches = state["order_state"], None
         saved = state.get("layout")  # (checkpoints before it: the position must fit, at least)
+        if saved is not None and list(saved) != self.layout():
+            at = self._carried(saved)
+            if at is not None:  # another batch size, at one of this one's batch starts
+                if self.is_main:
+                    tqdm.write(
+                        f"note: train.batch_size changed from {int(saved[1])} to "
+                        f"{self.cfg.train.batch_size}; epoch {self.epoch} goes on from the same "
+                        f"place in its shuffle (batch {at + 1} of {self.steps_per_epoch})"
+                    )
+                self.batch_in_epoch = at
+                return
         if (saved is not None and list(saved) != self.layout()) or (
             self.batch_in_epoch >= self.steps_per_epoch
         ):
@@ -536,6 +547,18 @@ class EpochBatches:
                     "note: train.batch_size, train.captions_per_image or the training items "
                     f"changed; epoch {self.epoch} starts again from its first batch"
                 )
+
+    def _carried(self, saved: Sequence[int]) -> int | None:
+        """This batch size's batch at which a position saved with another one lies: the same
+        items and shuffle, and the items taken so far a whole number of this size's batches (8
+        -> 4 with grad_accum_steps 1 -> 2, the recipe for fewer GPUs, always is). None where the
+        position falls inside a batch, or the items differ."""
+        items, batch_size = int(saved[0]), int(saved[1])
+        taken = self.batch_in_epoch * batch_size
+        if items != len(self.data.train_set) or taken % self.cfg.train.batch_size:
+            return None
+        at = taken // self.cfg.train.batch_size
+        return at if at < self.steps_per_epoch else None
 
 
 def captions_fingerprint(records: Sequence[ImageRecord]) -> str:

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -52,6 +53,7 @@ from captioner.scoring import (
     trained_names,
 )
 from captioner.train import (
+    EpochBatches,
     _batch_norm_min_images,
     captions_fingerprint,
     parameter_parts,
@@ -61,6 +63,7 @@ from captioner.train import (
 from recurrent import engine
 from recurrent.checkpoint import export_checkpoint, load_checkpoint, save_checkpoint
 from recurrent.config import load_config, to_dict
+from recurrent.distributed import Distributed
 from recurrent.errors import UserError
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "captioner" / "tiny.yaml"
@@ -303,6 +306,14 @@ def test_resume_with_another_batch_layout_restarts_the_epoch_and_refuses_what_it
         "epoch 0 starts again from its first batch" in capsys.readouterr().out  # fmt: skip
     data = load_checkpoint(run / "last.pt")["data"][0]
     assert summary["steps"] == 9 and (data["epoch"], data["batch_in_epoch"]) == (0, 2)
+    # at a place the new batches can start from (2 x 16 = 8 x 4), the epoch goes on from there
+    halves = tiny_cfg(scenes_annotations, "train.max_steps=11", "train.batch_size=8",
+                      "train.grad_accum_steps=2")  # fmt: skip
+    summary = train(halves, run, resume=True)
+    assert "note: train.batch_size changed from 16 to 8; epoch 0 goes on from the same place " \
+        "in its shuffle (batch 5 of 10)" in capsys.readouterr().out  # fmt: skip
+    data = load_checkpoint(run / "last.pt")["data"][0]
+    assert summary["steps"] == 11 and (data["epoch"], data["batch_in_epoch"]) == (0, 8)
     changes = (
         "train.optimizer=rmsprop",
         "model.finetune=frozen",
@@ -323,6 +334,38 @@ def test_resume_with_another_batch_layout_restarts_the_epoch_and_refuses_what_it
                              "train.best_metric=cider"), tmp_path / "new", quiet=True,
                     init_from=run / "last.pt")  # fmt: skip
     assert started["steps"] == 1
+
+
+@pytest.mark.parametrize(
+    ("before", "at", "after", "goes_on"),
+    [(8, 6, 4, True), (8, 6, 16, True), (4, 9, 8, False), (8, 7, 16, False), (8, 6, 7, False)],
+)
+def test_another_batch_size_goes_on_from_the_same_place_in_the_shuffle(before, at, after, goes_on):
+    """A position saved at batch `at` of batches of `before` items, resumed with batches of
+    `after`: where the items taken are a whole number of the new batches (8 -> 4, the README's
+    recipe for fewer GPUs with grad_accum_steps 1 -> 2), the epoch goes on with exactly the items
+    the old batches had left, in the same order; otherwise it starts again (it always did)."""
+    items = list(range(80))
+
+    def batches(batch_size: int) -> EpochBatches:
+        cfg = dataclasses.replace(
+            CaptionerConfig(), train=dataclasses.replace(TrainConfig(), batch_size=batch_size)
+        )
+        data = SimpleNamespace(train_set=items, uses_cache=True, collate=list)
+        return EpochBatches(data, cfg, Distributed(), torch.device("cpu"), bad=None)
+
+    saved = batches(before)
+    shuffled = [i for batch in iter(saved) for _, i in batch]
+    saved.epoch, saved.batch_in_epoch = 3, at
+    resumed = batches(after)
+    resumed.load_state_dict(saved.state_dict())
+    rest = [i for batch in iter(resumed) for _, i in batch]
+    assert resumed.epoch == 3
+    if goes_on:
+        assert resumed.batch_in_epoch == at * before // after
+        assert rest == shuffled[at * before : len(items) // after * after]
+    else:
+        assert resumed.batch_in_epoch == 0 and rest == shuffled[: len(items) // after * after]
 
 
 def test_a_drawn_split_is_kept_across_a_resume_and_older_checkpoints_are_named(

@@ -4,8 +4,8 @@ A checkpoint written by the current trainers holds a ``card`` (a plain dict, see
 
     {"task": "char_lm" | "captioner",
      "architecture": "2-layer LSTM, hidden 512, embedding 128",
-     "data": {"name": "tinyshakespeare", "path": "...", "size": 1115394,
-              "unit": "characters" | "images", "synthetic_scenes": false},
+     "data": {"name": "tinyshakespeare", "path": "...", "size": 1003854,
+              "unit": "training characters" | "images", "synthetic_scenes": false},
      "steps": 5000, "best_scores": {"val_loss": 1.44} | {"BLEU-4": 41.2, ...},
      "trained_at": "2026-11-22T05:10:00Z"}
 
@@ -15,7 +15,8 @@ and is shown as "not recorded". What the config decides (the architecture line, 
 and path, whether it is the synthetic scenes) always comes from the saved config, through the
 task's `describe_model` and `describe_data` (which the trainers record too), so that every
 checkpoint is described in the same words, whichever version of the trainer wrote its card; the
-card gives what only the run knew (the data's size, steps, scores, date). A captioner counts as
+card gives what only the run knew (the data's size, in the unit it was counted in: a character
+model's card before 2026-12-07 counted its whole text, in "characters"; steps, scores, date). A captioner counts as
 trained on the synthetic scenes when its annotation file is the one ``python -m captioner.scenes``
 writes (``dataset_scenes.json``).
 """
@@ -97,8 +98,9 @@ def model_card(payload: Mapping[str, Any]) -> dict[str, Any]:
     # checkpoint, whichever version of the trainer recorded its card.
     if _section(payload, "model"):
         card["architecture"] = derived["architecture"]
-    if _section(payload, "data"):
-        card["data"] = {**card["data"], **{k: v for k, v in derived["data"].items() if k != "size"}}
+    if _section(payload, "data"):  # (the size is counted as its card says: its own unit)
+        described = {k: v for k, v in derived["data"].items() if k not in ("size", "unit")}
+        card["data"] = {**card["data"], **described}
     card["recorded"] = True
     return card
 

@@ -43,6 +43,7 @@ import char_lm.train as char_lm_train
 from captioner.config import CaptionerConfig
 from captioner.model import CaptionModel
 from char_lm.config import CharLMConfig
+from char_lm.data import load_corpus
 from char_lm.model import CharLM
 from recurrent import engine
 from recurrent.checkpoint import load_checkpoint, save_checkpoint
@@ -921,6 +922,8 @@ def test_a_last_pt_after_its_runs_best_says_where_the_best_scores_were_measured(
     assert (summary["best_step"], summary["steps"]) == (3, 6)  # the later model is worse
     rows = dict(card_rows(model_card(load_checkpoint(run / "last.pt"))))
     assert rows["steps"] == "6"
+    trained_on = len(load_corpus(char_cfg().data).train_ids)  # the validation part left out
+    assert rows["data"].endswith(f", {trained_on:,} training characters"), rows
     assert rows["best scores"].endswith(" (at step 3, not these weights')"), rows
     best = dict(card_rows(model_card(load_checkpoint(run / "best.pt"))))
     assert best["steps"] == "3" and "at step" not in best["best scores"]

@@ -90,10 +90,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.length < 0:
         raise UserError(f"--length must be >= 0, got {args.length}")
-    if args.seed is not None and not 0 <= args.seed < 2**63:
-        raise UserError(f"--seed must be an integer from 0 to 2**63 - 1, got {args.seed}")
     if args.num_samples < 1:
         raise UserError(f"--num-samples must be at least 1, got {args.num_samples}")
+    if args.seed is not None and not 0 <= args.seed <= 2**63 - args.num_samples:
+        # sample i is drawn with seed + i, which --seed must take to repeat it alone
+        most = "2**63 - 1" if args.num_samples == 1 else f"2**63 - {args.num_samples}"
+        each = "" if args.num_samples == 1 else f" with --num-samples {args.num_samples}"
+        raise UserError(f"--seed must be an integer from 0 to {most}{each}, got {args.seed}")
     if not args.greedy and not args.temperature > 0:  # NaN too
         raise UserError(
             f"--temperature must be > 0, got {args.temperature}; for the most likely character at "
@@ -117,7 +120,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             top_k=args.top_k,
             top_p=args.top_p,
             greedy=args.greedy,
-            generator=torch.Generator(device=device).manual_seed(seed + index),
+            # a CPU generator on every device, as the app seeds: its draws are the same everywhere
+            generator=torch.Generator().manual_seed(seed + index),
             precision=precision,
         )  # checks the prompt and settings before anything is printed
 

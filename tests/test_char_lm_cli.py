@@ -139,6 +139,21 @@ def test_several_samples_of_a_prompt_file_are_the_library_texts_of_consecutive_s
     assert "to repeat these samples" in capsys.readouterr().err
 
 
+def test_every_sample_of_several_is_one_seed_repeats_alone(trained, capsys):
+    """Sample i is drawn with seed + i and repeated alone with --seed seed + i: a seed whose later
+    samples' seeds --seed refuses (2**63 and up) is refused with --num-samples too."""
+    _, checkpoint = trained
+    argv = ["--checkpoint", str(checkpoint), "--prompt", "the ", "--length", "20",
+            "--temperature", "1.2", "--device", "cpu"]  # fmt: skip
+    assert run_cli(sample.main, [*argv, "--seed", str(2**63 - 1), "--num-samples", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "--seed must be an integer from 0 to 2**63 - 2 with --num-samples 2" in err
+    assert run_cli(sample.main, [*argv, "--seed", str(2**63 - 2), "--num-samples", "2"]) == 0
+    second = capsys.readouterr().out.split(f"\n{'-' * 15}\n")[1]
+    assert run_cli(sample.main, [*argv, "--seed", str(2**63 - 1)]) == 0  # the largest, alone
+    assert capsys.readouterr().out == second + "\n"
+
+
 def test_evaluate_names_the_precision_it_ran_in(trained, tmp_path, monkeypatch, capsys):
     """What the model was trained in (its card's) where the device has it natively, else fp32."""
     text_file, checkpoint = trained

@@ -10,9 +10,11 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 from tiny_models import train_tiny_char_lm
 
 from char_lm import sample
+from char_lm.generate import generate, load_char_lm, trained_precision
 from recurrent.errors import run_cli
 
 
@@ -64,3 +66,25 @@ def test_greedy_sampling_prints_no_seed(capsys: pytest.CaptureFixture, checkpoin
     text, err = _sample(capsys, checkpoint, "--greedy")
     again, _ = _sample(capsys, checkpoint, "--greedy")
     assert err == "" and text == again  # no randomness, so no seed to repeat it by
+
+
+def test_a_seed_draws_on_the_cpu_whatever_the_device(
+    capsys: pytest.CaptureFixture, checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`sample --seed N` on a GPU drew from a CUDA generator: another text than the app's (which
+    seeds a CPU generator on every device, `recurrent.sampling.sample_next`) and than the CPU's
+    for the same seed. The device is only named here (the model stays on the CPU)."""
+    monkeypatch.setattr(sample, "pick_device", lambda name: torch.device("cuda"))
+    monkeypatch.setattr(sample, "load_char_lm", lambda path, device: load_char_lm(path, "cpu"))
+    text, _ = _sample(capsys, checkpoint, "--seed", "7")
+    model, vocab, config = load_char_lm(checkpoint)
+    characters = generate(
+        model,
+        vocab,
+        "the ",
+        60,
+        temperature=1.0,
+        generator=torch.Generator().manual_seed(7),
+        precision=trained_precision(model, config),
+    )
+    assert text == "the " + "".join(characters) + "\n"  # the app's text for seed 7

@@ -162,8 +162,14 @@ STALE_AFTER_S = 600.0  # a temporary shard unwritten this long, of a writer that
 
 
 def _stale(path: Path, now: float) -> bool:
+    """Whether a temporary file's writer is gone and it is `_untouched`."""
+    return _untouched(path, now) and abandoned(path)
+
+
+def _untouched(path: Path, now: float) -> bool:
+    """Whether `path` was last written over `STALE_AFTER_S` ago (False if it is gone)."""
     try:
-        return now - path.stat().st_mtime > STALE_AFTER_S and abandoned(path)
+        return now - path.stat().st_mtime > STALE_AFTER_S
     except OSError:  # removed meanwhile
         return False
 
@@ -353,7 +359,8 @@ class FeatureCache:
         whose fill takes no lock) and untouched for `STALE_AFTER_S` (a live writer in another
         process namespace of the same host name, a container, looks gone but keeps writing),
         and, ``under_lock`` (no other process is writing), every temporary file and the shard
-        data whose index was never written."""
+        data whose index was never written; without the lock, such data only once untouched for
+        `STALE_AFTER_S` too (its writer renames the index a moment after the data)."""
         if not self.shard_dir.is_dir():
             return
         under_lock = under_lock and fcntl is not None  # no lock on Windows
@@ -362,7 +369,7 @@ class FeatureCache:
             orphan = path.suffix == ".npy" and not path.with_suffix(".json").exists()
             if path.name.endswith(".tmp") and (under_lock or _stale(path, now)):
                 path.unlink(missing_ok=True)
-            elif orphan and under_lock:
+            elif orphan and (under_lock or _untouched(path, now)):
                 path.unlink(missing_ok=True)
 
     def _write_meta(self) -> None:

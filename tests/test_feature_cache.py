@@ -35,6 +35,7 @@ from captioner.data.vocab import tokenize
 from captioner.decoder import CaptionDecoder
 from captioner.encoder import ImageEncoder
 from captioner.features import (
+    STALE_AFTER_S,
     FeatureCache,
     FeatureCollate,
     FeatureGroups,
@@ -475,18 +476,23 @@ def test_a_fill_removes_the_temporary_shards_of_processes_killed_mid_write(
     assert not stale.exists() and live.exists()
 
 
-def test_a_lock_free_fill_leaves_a_shard_whose_index_may_still_come(
+def test_a_lock_free_fill_leaves_a_shard_whose_index_may_still_come_not_one_left_long_ago(
     scenes_annotations: Path, tmp_path
 ):
     """Without the lock another process may be between writing a shard's data and its index:
-    the data stays (a locked fill removes it, when nobody else writes)."""
+    the data stays (a locked fill removes it, when nobody else writes), unless it was written
+    over STALE_AFTER_S ago: its writer was killed between the two (it stayed for good)."""
     cfg = tiny_cfg(scenes_annotations, "model.finetune=frozen")
     cache = FeatureCache(tmp_path, frozen_encoder(cfg), cfg, eval_transform(cfg))
     cache.shard_dir.mkdir(parents=True)
     pending = cache.shard_dir / "00000001-another-rank.npy"  # its .json not written yet
     pending.write_bytes(b"\x93NUMPY a whole shard")
+    left = cache.shard_dir / "00000002-killed-rank.npy"
+    left.write_bytes(b"\x93NUMPY a whole shard")
+    age = time.time() - STALE_AFTER_S - 60
+    os.utime(left, (age, age))
     cache.ensure([], device=torch.device("cpu"), progress=False, exclusive=False)
-    assert pending.exists()
+    assert pending.exists() and not left.exists()
 
 
 def test_the_note_on_other_caches_sums_their_shards(scenes_annotations: Path, tmp_path):

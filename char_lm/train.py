@@ -132,14 +132,23 @@ class StreamWalk:
         first = saved[0]
         streams = sum(part["streams"] for part in saved)
         layout = (self.batches.streams if own else self.all_streams, self.block_size, self.windows)
+        position = first["position"]
         if (streams, first["block_size"], first["windows"]) != layout:
+            position = self._carried(streams, layout[0], first)
+            if position is None:
+                if self.is_main:
+                    tqdm.write(
+                        "note: data.batch_size or data.block_size changed; the streams restart "
+                        "from the beginning of the text"
+                    )
+                return
             if self.is_main:
                 tqdm.write(
-                    "note: data.batch_size or data.block_size changed; the streams restart from "
-                    "the beginning of the text"
+                    f"note: data.block_size changed from {first['block_size']} to "
+                    f"{self.block_size}; the streams go on from the same character, with their "
+                    f"state (window {position + 1} of {self.windows})"
                 )
-            return
-        self.position = first["position"]
+        self.position = position
         self.walked = first.get("walked", 0)  # checkpoints before data.state_reset: none
         states = [part["state"] for part in saved]
         if any(state is None for state in states):  # none carried yet: a pass's start
@@ -149,6 +158,17 @@ class StreamWalk:
             state = state[:, :, self.rows]
         device = self.batches.ids.device  # a bf16 state of a mixed-precision run: float32 here
         self.state = state.to(device).float() if self.fp32 else state.to(device)
+
+    def _carried(self, streams: int, own_streams: int, first: dict[str, Any]) -> int | None:
+        """This block size's window at which a position saved with another one lies: the same
+        streams of the same text (each as long), and the characters walked so far a whole number
+        of the new windows (a block size halved or doubled from a pass's start, say). None where
+        the position falls inside a window, or the streams differ."""
+        length = self.batches.stream_length
+        if streams != own_streams or first["windows"] != -(-length // first["block_size"]):
+            return None
+        walked = first["position"] * first["block_size"]
+        return None if walked % self.block_size else walked // self.block_size
 
 
 def _check_shares(saved: list[dict[str, Any]]) -> None:

@@ -500,6 +500,38 @@ def test_a_resume_in_another_batch_layout_validates_in_the_runs_own(tmp_path, ca
     assert abs(val_loss(16, 8) - val_loss(4, 16)) > 1e-3  # the layout does change the measure
 
 
+@pytest.mark.parametrize(
+    ("before", "at", "after", "goes_on"),
+    [(16, 3, 8, True), (8, 4, 16, True), (16, 6, 8, True), (8, 3, 16, False), (16, 2, 12, False)],
+)
+def test_another_block_size_goes_on_from_the_same_character(before, at, after, goes_on, capsys):
+    """A walk saved at window `at` of `before` characters, resumed with windows of `after`: where
+    the characters walked are a whole number of the new windows, the streams go on from the very
+    next character with their carried state; otherwise they restart from the text's beginning
+    (they always restarted)."""
+    ids = torch.arange(4 * 100 + 1)  # 4 streams of 100 characters (inputs)
+
+    def walk(block_size: int) -> StreamWalk:
+        batches = StreamBatches(ids, batch_size=4, block_size=block_size)
+        return StreamWalk(batches, Distributed(), block_size, fp32=True)
+
+    saved = walk(before)
+    for _ in range(at):
+        saved.next_window()
+    saved.state = torch.randn(1, 2, 4, 3)  # (S, L, streams, H)
+    resumed = walk(after)
+    resumed.load_state_dict(saved.state_dict())
+    note = capsys.readouterr().out
+    inputs, _, _ = resumed.next_window()
+    if goes_on:
+        assert "the streams go on from the same character" in note
+        assert inputs[:, 0].tolist() == [stream * 100 + at * before for stream in range(4)]
+        assert torch.equal(resumed.state, saved.state)
+    else:
+        assert "the streams restart from the beginning of the text" in note
+        assert inputs[:, 0].tolist() == [0, 100, 200, 300] and resumed.state is None
+
+
 def test_an_older_checkpoint_validates_in_its_configs_window_length(tmp_path):
     """Without a saved layout, both data.batch_size and data.block_size come from the
     checkpoint's config (here a block size of 8 where the resume asks for 16; one stream, since

@@ -83,7 +83,14 @@ from recurrent.checkpoint import (
     save_checkpoint,
 )
 from recurrent.config import changed_settings, missing_keys, with_defaults
-from recurrent.errors import RunStopped, UserError, first_line
+from recurrent.errors import (
+    READER_GONE,
+    READER_GONE_STATUS,
+    RunStopped,
+    UserError,
+    drop_unwritable_stdout,
+    first_line,
+)
 from recurrent.files import atomic_write_text
 from recurrent.training import rng_state, set_rng_state, set_seed, warmup_cosine
 
@@ -448,6 +455,7 @@ class Run:
         self.settings = settings
         self.config = config
         self.quiet = quiet
+        self.output_lost = False  # stdout's reader is gone (`train ... | head`): stop as signalled
         self.last_path = self.out_dir / "last.pt"
         self.best_path = self.out_dir / "best.pt"
         # --init-from: another run's weights to start from (not read when resuming)
@@ -536,8 +544,14 @@ class Run:
 
     def log(self, line: str) -> None:
         """One line for the user (rank 0 only), kept clear of the progress bar."""
-        if self.dist.is_main:
+        if not self.dist.is_main or self.output_lost:
+            return
+        try:
             tqdm.write(line, file=sys.stdout)
+            sys.stdout.flush()
+        except BrokenPipeError:  # the run stops at its next step, saved, as for a signal
+            self.output_lost = True
+            drop_unwritable_stdout()
 
     def check_resume(
         self,
@@ -988,7 +1002,7 @@ class Run:
                             settings.checkpoint_every_s
                             and time.perf_counter() - last_save >= settings.checkpoint_every_s
                         ),
-                        signals.received is not None,
+                        signals.received is not None or self.output_lost,
                     )
                     reason = stop_reason(over_budget)
                     due = (settings.eval_every and progress.step % settings.eval_every == 0) or (
@@ -1006,15 +1020,19 @@ class Run:
                     if signalled:
                         if progress.evaluated_step != progress.step:
                             save(improved=False)
-                        signals.received = (
-                            signals.received or signal.SIGTERM
-                        )  # maybe another rank's
-                        name = signal.Signals(signals.received).name
+                        if self.output_lost and signals.received is None:
+                            name, status = READER_GONE, READER_GONE_STATUS
+                        else:
+                            signals.received = (
+                                signals.received or signal.SIGTERM
+                            )  # maybe another rank's (a signal or rank 0's lost output)
+                            name = signal.Signals(signals.received).name
+                            status = 128 + signals.received
                         where = "" if self.dist.is_main else " on rank 0's machine"
                         raise RunStopped(
                             f"{name} at step {progress.step}: {self.last_path} is saved{where}; "
                             "run the same command with --resume to continue",
-                            exit_code=128 + signals.received,
+                            exit_code=status,
                         )
         finally:
             bar.close()

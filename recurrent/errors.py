@@ -141,6 +141,11 @@ class ArgumentParser(argparse.ArgumentParser):
         raise UserError(f"{self.prog}: {message}; `{self.prog} --help` lists the arguments")
 
 
+# A standard output whose reader has gone (`train ... | head`, a `tee` that died): what a run that
+# stops for it says, and SIGPIPE's exit status (128 + 13; Windows' signal module has no SIGPIPE).
+READER_GONE = "SIGPIPE (the standard output's reader has gone)"
+READER_GONE_STATUS = 141
+
 # What a SIGTERM outside a training loop says (`run_cli`'s ``stopped``): a trainer's setup says
 # how to go on, a command that reads or writes in one go that nothing is half-written.
 STOPPED = "SIGTERM; no file is left half-written (each is written whole or not at all)"
@@ -178,7 +183,7 @@ def run_cli(
         from recurrent.files import release_all
 
         release_all()  # the run folder of a run that stopped or was refused
-        _drop_unwritable_stdout()
+        drop_unwritable_stdout()
 
 
 def _run(
@@ -281,10 +286,11 @@ def _flush_stdout() -> None:
         pass
 
 
-def _drop_unwritable_stdout() -> None:
+def drop_unwritable_stdout() -> None:
     """Point stdout at os.devnull when it cannot be written (a full disk, a reader gone, as in
-    `sample ... | head`): the command has ended, and the interpreter's flush at exit would fail
-    on what its buffer still holds, with a traceback and exit status 120."""
+    `sample ... | head`): the command has ended (or a training run stops at its next step), and
+    the interpreter's flush at exit would fail on what its buffer still holds, with a traceback
+    and exit status 120."""
     try:
         sys.stdout.flush()
     except OSError:

@@ -856,3 +856,34 @@ def test_a_file_written_whole_over_a_folder_is_not_called_a_special_file(tmp_pat
         files.atomic_write_text(tmp_path / "out.csv", "x")
     assert not isinstance(info.value, files.NotARegularFile)
     assert (tmp_path / "out.csv").is_dir()
+
+
+def test_a_training_whose_stdout_reader_has_gone_stops_saved_and_says_so(tmp_path):
+    """`train ... | head -1` (or a `tee` that died): the first log line written after the reader
+    had gone raised BrokenPipeError, which `run_cli` takes for `sample ... | head`: the run
+    stopped at once with exit status 0, no line and no checkpoint (its best evaluation unsaved).
+    It stops now as for a signal: at its next step, last.pt saved, SIGPIPE's status 141."""
+    out_dir = tmp_path / "run"
+    argv = ["--config", str(CHAR_TINY), "--out-dir", str(out_dir), "--set",
+            "train.max_steps=100000", "--set", "train.eval_every=50"]  # fmt: skip
+    process = subprocess.Popen(
+        [sys.executable, "-m", "char_lm.train", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)},
+    )
+    try:
+        assert process.stdout.readline().startswith("data: ")
+        process.stdout.close()  # `head -1` has its line
+        err = process.stderr.read()
+        process.wait(timeout=120)
+    finally:
+        process.kill()
+        process.stderr.close()
+    assert process.returncode == 141, err
+    (line,) = err.strip().splitlines()
+    assert line.startswith("stopped: SIGPIPE (the standard output's reader has gone) at step ")
+    assert line.endswith(f"{out_dir / 'last.pt'} is saved; run the same command with --resume "
+                         "to continue")  # fmt: skip
+    assert (out_dir / "last.pt").is_file() and (out_dir / "best.pt").is_file()

@@ -48,7 +48,14 @@ from captioner.inference import (
 )
 from recurrent import files
 from recurrent.checkpoint import is_utf8, shown_name
-from recurrent.errors import ArgumentParser, RunStopped, UserError, run_cli
+from recurrent.errors import (
+    READER_GONE,
+    READER_GONE_STATUS,
+    ArgumentParser,
+    RunStopped,
+    UserError,
+    run_cli,
+)
 from recurrent.files import atomic_write_text
 
 CSV_SAVE_EVERY_S = 60.0  # --csv is rewritten this often while captioning (a kill loses the rest)
@@ -318,16 +325,21 @@ def main(argv: Sequence[str] | None = None) -> None:
                 saved = time.monotonic()
         if args.csv and (results or before):
             save()  # here, so that a stop after the last image still writes the file
-    except (RunStopped, KeyboardInterrupt) as stop:
+    except (RunStopped, KeyboardInterrupt, BrokenPipeError) as stop:
         if not (args.csv and results):
             raise
         save()
-        signal = "interrupted" if isinstance(stop, KeyboardInterrupt) else stop.signal_name
+        if isinstance(stop, BrokenPipeError):  # `... --csv OUT.csv | head`: the CSV is the job
+            signal, code = READER_GONE, READER_GONE_STATUS
+        elif isinstance(stop, KeyboardInterrupt):
+            signal, code = "interrupted", 130
+        else:
+            signal, code = stop.signal_name, stop.exit_code
         raise RunStopped(
             f"{signal or 'stopped'} after {len(results)} of {len(paths)} images; {args.csv} holds "
             f"their captions{' and those of before' if before else ''}: run the same command with "
             "--resume to caption the rest",
-            exit_code=getattr(stop, "exit_code", 130),
+            exit_code=code,
         ) from None
     finally:
         bar.close()

@@ -41,7 +41,7 @@ import math
 import os
 import random
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +50,7 @@ from PIL import Image, ImageDraw
 from captioner.data.formats import exact_split, validate_fractions
 from captioner.data.vocab import tokenize
 from recurrent.errors import ArgumentParser, UserError, run_cli
-from recurrent.files import atomic_write_text, named
+from recurrent.files import atomic_write_text, hold, named, release
 
 SHAPES = ("circle", "square", "triangle", "star", "diamond", "cross")
 COLORS = {
@@ -371,7 +371,10 @@ def render_random_scene(
     return _generator(preset)(random.Random(seed), size)
 
 
-def _generator(preset: str):
+SceneMaker = Callable[[random.Random, int], tuple[Image.Image, dict[str, Any], list[str]]]
+
+
+def _generator(preset: str) -> SceneMaker:
     if preset not in PRESETS:
         raise UserError(f"--preset must be one of {', '.join(PRESETS)}, got {preset!r}")
     return generate_hard_scene if preset == "hard" else generate_scene
@@ -736,6 +739,32 @@ def generate_dataset(
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out '{out}' is a file; pass a folder for the data set")
+    # one command at a time writes a folder: two interleaved their images under one's JSON
+    lock = f".{JSON_NAME}.lock"
+    hold(
+        out,
+        lambda holder: UserError(
+            f"--out '{out}' is being written by another captioner.scenes command ({holder}); "
+            "wait for it to end, or pass another --out"
+        ),
+        name=lock,
+    )
+    try:
+        return _write_dataset(out, num_images, generate, seed, size, val_fraction, test_fraction)
+    finally:
+        release(out, lock)
+
+
+def _write_dataset(
+    out: Path,
+    num_images: int,
+    generate: SceneMaker,
+    seed: int,
+    size: int,
+    val_fraction: float,
+    test_fraction: float,
+) -> Path:
+    """`generate_dataset`'s writing, in a folder it holds."""
     image_dir = out / IMAGE_FOLDER
     image_dir.mkdir(parents=True, exist_ok=True)
     json_path = out / JSON_NAME

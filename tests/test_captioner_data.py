@@ -938,6 +938,38 @@ def test_a_full_disk_while_writing_scenes_names_the_image_and_leaves_no_half_of_
     assert not (out / scenes.JSON_NAME).exists()
 
 
+def test_a_second_scenes_command_writing_the_same_folder_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Two `captioner.scenes` into one --out at once (a scheduler's overlapping jobs) each wrote
+    its images and then its JSON: the JSON written last described 1000 images of 6000 that the
+    other command had overwritten, exit status 0 for both. The second is refused; the first
+    one's folder is left as it is, and a folder written whole is not held any more."""
+    out = tmp_path / "scenes"
+    out.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; from recurrent import "
+         "files; files.hold(Path(sys.argv[1]), SystemExit, name='.dataset_scenes.json.lock'); "
+         "print('held', flush=True); time.sleep(60)", str(out)],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+    )  # fmt: skip
+    argv = ["--out", str(out), "--num-images", "2", "--size", str(scenes.MIN_SIZE)]
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert run_cli(scenes.main, argv) == 2
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --out '{out}' is being written by another captioner.scenes "
+                          "command (process ")  # fmt: skip
+    assert err.endswith("; wait for it to end, or pass another --out\n")
+    assert sorted(p.name for p in out.iterdir()) == [".dataset_scenes.json.lock"]  # the holder's
+    assert run_cli(scenes.main, argv) == 0  # its holder gone
+    assert sorted(p.name for p in out.iterdir()) == [scenes.JSON_NAME, scenes.IMAGE_FOLDER]
+
+
 def test_scene_is_deterministic_and_matches_its_pixels() -> None:
     image, scene, captions = scenes.render_random_scene(7, 64)
     again = scenes.render_random_scene(7, 64)

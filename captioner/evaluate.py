@@ -35,6 +35,7 @@ from captioner.metrics import repeat_share
 from captioner.scoring import (
     TOKENIZATION,
     TOKENIZER,
+    check_predictions_path,
     describe_scores,
     evaluate_split,
     image_ids,
@@ -126,6 +127,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.max_images < 0:
         raise UserError(f"--max-images must be 0 (all) or more, got {args.max_images}")
+    if args.predictions is not None:
+        check_predictions_path(args.predictions)
     payloads = [load_checkpoint(path, task="captioner") for path in args.checkpoint]
     captioner = ensemble_from_payloads(payloads, args.checkpoint, args.device)
     data = captioner.cfg.data

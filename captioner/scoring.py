@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import re
+import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -216,21 +217,43 @@ def what_was_scored(split: str, images: int, source: str) -> str:
     return f"{split} split of {source}: {images} images, tokens: {TOKENIZER}"
 
 
-def write_predictions(predictions: list[dict[str, Any]], path: str | os.PathLike[str]) -> None:
-    """Write COCO-results JSON (``image_id`` and ``caption`` of each) atomically (a temp file,
-    then a rename)."""
+def check_predictions_path(path: str | os.PathLike[str]) -> None:
+    """Refuse a ``--predictions`` path that cannot be written before decoding, not after it (its
+    scores were never printed): a folder, or a place where no file can be made (a read-only file
+    system, a file named as a folder). The folder is made, as the writing would."""
     path = Path(path)
     if path.is_dir():
         raise UserError(
             f"--predictions {path} is a folder; pass a file name such as {path}/preds.json"
         )
+    existing = next((folder for folder in path.parents if folder.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise UserError(
+            f"cannot write predictions to {path} ({existing} is a file, not a folder); pick "
+            "another path"
+        )
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path.parent):
+            pass
+    except OSError as err:
+        raise _unwritable(path, err) from None
+
+
+def write_predictions(predictions: list[dict[str, Any]], path: str | os.PathLike[str]) -> None:
+    """Write COCO-results JSON (``image_id`` and ``caption`` of each) atomically (a temp file,
+    then a rename)."""
+    path = Path(path)
+    check_predictions_path(path)
     try:
         items = [{key: item[key] for key in ("image_id", "caption")} for item in predictions]
         atomic_write_text(path, json.dumps(items, indent=1))
     except OSError as err:
-        raise UserError(
-            f"cannot write predictions to {path} ({err.strerror}); pick another path"
-        ) from None
+        raise _unwritable(path, err) from None
+
+
+def _unwritable(path: Path, err: OSError) -> UserError:
+    return UserError(f"cannot write predictions to {path} ({err.strerror}); pick another path")
 
 
 def load_data_records(

@@ -8,6 +8,7 @@ on the test machine).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -19,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from captioner import caption, check_data, evaluate
+from captioner import caption, check_data, evaluate, scoring
 from captioner import train as train_cli
 from captioner.data import load_image
 from captioner.decode import Caption
@@ -121,6 +122,36 @@ def test_evaluate_json_and_predictions(trained: dict[str, Path], capsys):
     }
     assert code == 0 and json.loads(out)["split"] == "val"
     assert {item["image_id"] for item in json.loads(predictions.read_text())} == val_ids != test_ids
+
+
+def test_a_predictions_path_that_cannot_be_written_is_refused_before_decoding(
+    trained: dict[str, Path], capsys, monkeypatch
+):
+    """`--predictions runs/hard/` (the run folder, by tab completion) was refused after the whole
+    split was decoded and scored, and the scores were never printed: minutes of a COCO test split
+    lost. It is refused before the checkpoint is read, as is a path where no file can be made."""
+    monkeypatch.setattr(evaluate, "evaluate_split", lambda *a, **k: pytest.fail("decoded"))
+    folder = trained["root"] / "run"
+    argv = ["--checkpoint", str(trained["checkpoint"]), "--predictions", f"{folder}/"]
+    code, out, err = run_main(evaluate.main, argv, capsys)
+    assert_one_line_error(code, err, f"--predictions {folder} is a folder; pass a file name")
+    assert out == ""
+    # where no file can be made (a file named as a folder here; a read-only file system alike)
+    argv[-1] = str(trained["annotations"] / "preds.json")
+    code, out, err = run_main(evaluate.main, argv, capsys)
+    said = f"cannot write predictions to {argv[-1]} ({trained['annotations']} is a file, not a"
+    assert_one_line_error(code, err, said)
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(scoring.tempfile, "TemporaryFile", read_only)
+    argv[-1] = str(folder / "preds.json")
+    code, out, err = run_main(evaluate.main, argv, capsys)
+    said = f"cannot write predictions to {argv[-1]} (Read-only file system); pick another path"
+    assert_one_line_error(code, err, said)
+    assert out == ""
+    assert out == ""
 
 
 def test_caption_two_images(trained: dict[str, Path], capsys):

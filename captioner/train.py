@@ -527,20 +527,17 @@ class EpochBatches:
         self.epoch, self.batch_in_epoch = int(state["epoch"]), int(state["batch_in_epoch"])
         self.order_state, self._batches = state["order_state"], None
         saved = state.get("layout")  # (checkpoints before it: the position must fit, at least)
-        if saved is not None and list(saved) != self.layout():
-            at = self._carried(saved)
-            if at is not None:  # another batch size, at one of this one's batch starts
-                if self.is_main:
-                    tqdm.write(
-                        f"note: train.batch_size changed from {int(saved[1])} to "
-                        f"{self.cfg.train.batch_size}; epoch {self.epoch} goes on from the same "
-                        f"place in its shuffle (batch {at + 1} of {self.steps_per_epoch})"
-                    )
-                self.batch_in_epoch = at
-                return
-        if (saved is not None and list(saved) != self.layout()) or (
-            self.batch_in_epoch >= self.steps_per_epoch
-        ):
+        changed = saved is not None and list(saved) != self.layout()
+        at = self._carried(saved) if changed else None
+        if at is not None:  # another batch size, at one of this one's batch starts
+            self.batch_in_epoch = at
+            if self.is_main:
+                tqdm.write(
+                    f"note: train.batch_size changed from {int(saved[1])} to "
+                    f"{self.cfg.train.batch_size}; epoch {self.epoch} goes on from the same "
+                    f"place in its shuffle (batch {at + 1} of {self.steps_per_epoch})"
+                )
+        elif changed or self.batch_in_epoch >= self.steps_per_epoch:
             self.batch_in_epoch = 0  # the epoch's shuffle is kept; its batches start again
             if self.is_main:
                 tqdm.write(

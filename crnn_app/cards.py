@@ -61,11 +61,10 @@ def card_from_config(payload: Mapping[str, Any]) -> dict[str, Any]:
         best = {"val_loss": val_loss} if isinstance(val_loss, float) else {}
     progress = payload.get("progress")
     step = payload.get("step")
-    best_step = (
-        _typed(progress, {"best_step": int}).get("best_step")
-        if isinstance(progress, dict)
-        else None
-    )
+    # where the best scores were measured: the run loop's progress, or the payload's own best_step
+    # (a captioner's checkpoints before the run loop, 2026-11-21/22, and their exported copies)
+    recorded = progress if isinstance(progress, dict) else payload
+    best_step = _typed(recorded, {"best_step": int}).get("best_step")
     return {
         "task": task,
         "architecture": architecture,

@@ -49,7 +49,7 @@ from char_lm.generate import generate, load_char_lm, trained_precision
 from crnn_app.captioning import scene_size
 from crnn_app.cards import card_markdown, escape_markdown, knows_only_scenes, readme_section
 from crnn_app.curves import MetricsTail, RunSummary, find_runs
-from crnn_app.heatmap import attention_overlays, fit_image, word_labels
+from crnn_app.heatmap import attention_overlays, centre_square, fit_image, word_labels
 from crnn_app.inside import (
     LN2,
     MAX_SURPRISE_BITS,
@@ -424,7 +424,7 @@ def show_caption(
         [
             {
                 "caption": text,
-                "log-probability": round(logprob, 3),
+                "log-probability": round(logprob, 4),  # the table writes 4 decimals, as --json
                 "ended": "yes" if ended else "no: cut at the length limit",
             }
             for (text, logprob), ended in zip(result.beams, result.finished, strict=True)
@@ -435,8 +435,13 @@ def show_caption(
             for reference in references or []:
                 st.text(reference)
     if result.attention is not None and result.words:
-        st.markdown("**Where the model looks for each word** (soft attention over the image grid)")
-        overlays = attention_overlays(image, result.attention, display_size=HEATMAP_SIZE)
+        st.markdown(
+            "**Where the model looks for each word** (soft attention over the image grid, on the "
+            "centre square the model sees)"
+        )
+        overlays = attention_overlays(
+            centre_square(image), result.attention, display_size=HEATMAP_SIZE
+        )
         st.image(overlays, caption=word_labels(result.words))
 
 
@@ -861,7 +866,7 @@ def show_units(traced: TracedText, model) -> None:
                 "layer": score.layer + 1,
                 "state": score.state,
                 "unit": score.unit,
-                "correlation": round(score.correlation, 3),
+                "correlation": round(score.correlation, 4),  # the table writes 4 decimals
             }
             for score in ranked
         ]

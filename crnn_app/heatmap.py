@@ -1,8 +1,9 @@
 """Attention heat maps drawn over an image with PIL and numpy only (no matplotlib).
 
 For each generated word the captioner's soft attention gives a (grid_h, grid_w) weight map over the
-encoder's feature grid. `attention_overlays` upsamples each map bilinearly to the image size,
-colours it and blends it over the image, one picture per word.
+encoder's feature grid, which covers the centre square of the image (`centre_square`: the model
+sees no more). `attention_overlays` upsamples each map bilinearly to the image size, colours it
+and blends it over the image, one picture per word.
 """
 
 from __future__ import annotations
@@ -74,6 +75,16 @@ def attention_overlays(
         raise ValueError(f"attention must be (words, grid_h, grid_w), got shape {maps.shape}")
     thumbnail = fit_image(image, display_size)
     return [attention_overlay(thumbnail, weights) for weights in maps]
+
+
+def centre_square(image: Image.Image) -> Image.Image:
+    """The centre square of ``image``: what a captioner sees of it (its eval transform resizes the
+    shorter side and crops the centre: `captioner.inference.eval_transform`), and so what its
+    attention grid covers."""
+    width, height = image.size
+    side = min(width, height)
+    left, top = round((width - side) / 2), round((height - side) / 2)
+    return image.crop((left, top, left + side, top + side))
 
 
 def fit_image(image: Image.Image, side: int) -> Image.Image:

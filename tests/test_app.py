@@ -10,6 +10,7 @@ input and settings; every bad input must show a message, never an exception.
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import struct
@@ -26,6 +27,8 @@ from streamlit.testing.v1 import AppTest
 from tiny_models import train_tiny_captioner, train_tiny_char_lm
 
 import captioner.inference as inference
+import crnn_app.heatmap as heatmap
+from captioner import caption
 from captioner.data.images import load_image
 from captioner.ensemble import load_ensemble
 from captioner.inference import caption_images, load_captioner
@@ -47,7 +50,7 @@ from crnn_app.models_dir import (
     parse_app_args,
 )
 from recurrent.checkpoint import load_checkpoint, save_checkpoint
-from recurrent.errors import UserError
+from recurrent.errors import UserError, run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 APP = str(REPO / "app.py")
@@ -108,7 +111,7 @@ def _beams(at: AppTest) -> list[tuple[str, float, str]]:
 
 def _expected_beams(result) -> list[tuple[str, float, str]]:
     return [
-        (text, round(logprob, 3), "yes" if ended else "no: cut at the length limit")
+        (text, round(logprob, 4), "yes" if ended else "no: cut at the length limit")
         for (text, logprob), ended in zip(result.beams, result.finished, strict=True)
     ]
 
@@ -426,6 +429,29 @@ def test_uploaded_image_caption_equals_library(
     assert at.subheader[0].value == expected.caption
     assert _beams(at) == _expected_beams(expected)
     assert at.image[0].proto.imgs[0].caption == name
+
+
+def test_top_beams_give_the_log_probabilities_caption_json_gives(
+    app: AppTest, models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """The Top beams table writes 4 decimals, as `captioner.caption --json` does: its numbers are
+    the command's (they were rounded to 3, so the page read -2.1130 where the command said
+    -2.1126)."""
+    path = tmp_path / "scene.png"
+    path.write_bytes(_encode(_scene(5), "PNG"))
+    at = _run(app)
+    at.slider(key="beam_size").set_value(3)
+    at.file_uploader(key="upload").set_value((path.name, path.read_bytes(), "image/png"))
+    _run(at)
+    capsys.readouterr()
+    argv = ["--checkpoint", str(models["captioner"]), "--json", "--beam-size", "3", "--n-best"]
+    assert run_cli(caption.main, [*argv, "3", str(path)]) == 0
+    [result] = json.loads(capsys.readouterr().out)["results"]
+    expected = [
+        (beam["caption"], beam["logprob"], "yes" if beam["finished"] else "no: cut at the length limit")
+        for beam in result["beams"]
+    ]  # fmt: skip
+    assert _beams(at) == expected
 
 
 def test_an_upload_survives_a_page_switch_and_goes_with_the_cleared_box(app: AppTest) -> None:
@@ -861,6 +887,33 @@ def test_colormap_runs_dark_to_bright_and_zero_attention_leaves_image_dimmed() -
     dimmed = np.asarray(attention_overlay(image, np.zeros((2, 2))), dtype=np.float32)
     darkest = colormap(np.zeros(1))[0]
     assert np.allclose(dimmed, np.array([200, 100, 50]) * 0.4 + darkest * 0.6, atol=1)
+
+
+def test_heat_maps_of_a_wide_upload_cover_the_centre_square_the_model_sees(
+    app: AppTest, models: dict[str, Path], record_calls
+) -> None:
+    """The captioner sees the centre square of an image (its eval transform resizes the shorter
+    side and crops the centre), and its attention grid covers that square: the heat maps are drawn
+    over it, not stretched over the whole upload (a map's peak on the square's left edge was
+    drawn over the cut-off left side)."""
+    image = Image.new("RGB", (192, 64), (0, 0, 255))  # the sides, which the crop cuts: blue
+    image.paste((255, 0, 0), (64, 0, 128, 64))  # the centre square: red
+    calls = record_calls(heatmap, "attention_overlays")
+    at = _run(app)
+    at.file_uploader(key="upload").set_value(("wide.png", _encode(image, "PNG"), "image/png"))
+    _run(at)
+    [call] = calls
+    # the pixels the model reads: its transform's crop, at the upload's own resolution
+    captioner = load_captioner(str(models["captioner"]))
+    size = captioner.cfg.data.image_size
+    seen = captioner.transform(image)  # (3, S, S), normalised: red where the square is red
+    assert seen.shape[1:] == (size, size) and (seen[0] > seen[2]).all()
+    assert np.array_equal(np.asarray(call.args[0]), np.asarray(image.crop((64, 0, 128, 64))))
+    assert len(call.result) == len(at.image[1].proto.imgs)
+    for overlay in call.result:
+        assert overlay.size[0] == overlay.size[1]  # square, as the grid is
+        pixels = np.asarray(overlay, dtype=np.int16)
+        assert (pixels[..., 0] > pixels[..., 2]).all()  # none of the blue sides
 
 
 def test_env_var_is_read_when_no_option_given(monkeypatch: pytest.MonkeyPatch) -> None:

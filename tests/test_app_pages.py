@@ -595,6 +595,34 @@ def test_the_step_of_the_best_scores_is_said_where_it_is_another() -> None:
     assert "at step" not in best
 
 
+def test_an_older_captioners_last_pt_says_where_its_best_scores_were_measured(
+    tmp_path: Path,
+) -> None:
+    """A captioner's last.pt from before the run loop (2026-11-21/22) kept the step of the run's
+    best scores in its own `best_step` (progress came later), as its exported copy does: a last.pt
+    written after the best says so, as a current one does."""
+    from crnn_app.models_dir import _summary
+    from recurrent.checkpoint import export_checkpoint
+
+    scores = {"BLEU-1": 42.4, "BLEU-4": 27.1}
+    payload = {"task": "captioner", "config": {}, "model": {"w": torch.zeros(1)}, "vocab": [],
+               "step": 300, "best_scores": scores, "best_step": 250}  # fmt: skip
+    save_checkpoint(payload, tmp_path / "last.pt")
+    export_checkpoint(tmp_path / "last.pt", tmp_path / "exported.pt")
+    for name in ("last.pt", "exported.pt"):
+        saved = load_checkpoint(tmp_path / name)
+        card = cards.model_card(saved)
+        assert not card["recorded"]
+        rows = dict(cards.card_rows(card))
+        assert rows["steps"] == "300"
+        assert rows["best scores"].endswith("BLEU-4 27.1 (at step 250, not these weights')"), name
+        line = _summary(saved, cards.best_elsewhere(card))
+        assert line.endswith("val BLEU-4 27.1 (best, at step 250)"), name
+    # its best.pt, written at the best: nothing to add
+    card = cards.model_card({**payload, "step": 250})
+    assert "at step" not in dict(cards.card_rows(card))["best scores"]
+
+
 def test_architecture_lines_name_every_setting_that_shapes_the_model() -> None:
     base = {"encoder": "resnet101", "encoder_stages": 4, "attention": True, "cell": "gru"}
     base |= {"num_layers": 2, "hidden_size": 512}
@@ -1188,6 +1216,31 @@ def test_inside_page_colours_text_by_surprise_and_by_units(
     key = lambda row: (row["gate"], row["unit"])  # noqa: E731
     for got, want in zip(sorted(points, key=key), sorted(expected, key=key), strict=True):
         assert got["left"] == pytest.approx(want["left"]) and got["right"] == want["right"]
+
+
+def test_the_interesting_units_table_gives_the_correlations_to_its_4_decimals(
+    app: AppTest, models: dict[str, Path]
+) -> None:
+    """The table writes 4 decimals: each correlation is numpy's Pearson coefficient of the unit's
+    state with the feature to all 4 (rounded to 3, the 4th was always a false 0)."""
+    at = _page(app, "Inside a character model")
+    at.selectbox(key="char_lm_checkpoint").set_value("quotes_lstm/best.pt")
+    _run(at)
+    text = 'she said "hi there".\nthen "no" he said.\n'
+    at.text_area(key="inside_text:quotes_lstm/best.pt").set_value(text)
+    _run(at)
+    at.selectbox(key="inside_feature").set_value("inside quotes")
+    _run(at)
+    [table] = [t.value for t in at.table if "correlation" in t.value.columns]
+    model, vocab, _ = load_char_lm(models["lstm"])
+    traced = inside.trace_text(model, vocab, text)
+    feature = inside.text_features(text)["inside quotes"]
+    states = inside.unit_states(traced)
+    for layer, state, unit, shown in zip(
+        table["layer"], table["state"], table["unit"], table["correlation"], strict=True
+    ):
+        values = states[(layer - 1, state)][:, unit].astype(np.float64)
+        assert shown == pytest.approx(np.corrcoef(values, feature)[0, 1], abs=5e-5 + 1e-6)
 
 
 def test_inside_page_shows_the_layer_asked_for(tmp_path: Path, monkeypatch) -> None:

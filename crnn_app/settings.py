@@ -18,6 +18,7 @@ from typing import Any
 SAVED_PREFIX = "kept:"
 DEFAULT_PREFIX = "default:"  # the default a following widget was last drawn with
 TOUCHED_PREFIX = "touched:"  # set once the user gives a following widget a value of their own
+WANTED_PREFIX = "wanted:"  # a value that ``bounds`` clamped, given back once they allow it
 
 
 def keep(
@@ -38,7 +39,8 @@ def keep(
     changed follows the default when it changes; once the user has set another value, it stays.
     A remembered value is clamped into ``bounds`` (a slider's or number input's min and max, which
     can depend on the checkpoint) and replaced by ``default`` when it is not among ``options`` or
-    not ``valid``.
+    not ``valid``. A value clamped and not changed since is given back once the bounds allow it
+    (a top-k of 40 is 5 for a model of 5 characters, and 40 again for the next model).
     """
     saved = SAVED_PREFIX + key
     if key in state:
@@ -58,8 +60,16 @@ def keep(
     if valid is not None and not valid(value):
         value = default
     if bounds is not None and value is not None:
+        wanted = state.get(WANTED_PREFIX + key)
+        if wanted is not None and value == state.get(saved):  # left as it was clamped
+            value = wanted
         low, high = bounds
-        value = min(max(value, low), high)
+        clamped = min(max(value, low), high)
+        if clamped != value:
+            state[WANTED_PREFIX + key] = value
+        else:
+            state.pop(WANTED_PREFIX + key, None)
+        value = clamped
     if key not in state or state[key] != value:
         state[key] = value
     state[saved] = value

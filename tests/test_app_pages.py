@@ -718,6 +718,13 @@ def test_keep_restores_clamps_and_checks_options() -> None:
     del state["beam"]
     keep(state, "beam", 3, bounds=(1, 5))
     assert state["beam"] == 5  # clamped into the new range
+    keep(state, "beam", 3, bounds=(1, 10))
+    assert state["beam"] == 7  # and given back where it fits again (it stayed 5)
+    keep(state, "beam", 3, bounds=(1, 5))
+    state["beam"] = 4  # the user's own value, inside the new range: nothing to give back
+    keep(state, "beam", 3, bounds=(1, 5))
+    keep(state, "beam", 3, bounds=(1, 10))
+    assert state["beam"] == 4
     state[SAVED_PREFIX + "model"] = "gone.pt"
     keep(state, "model", "a.pt", options=["a.pt", "b.pt"])
     assert state["model"] == "a.pt"

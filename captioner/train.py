@@ -525,6 +525,8 @@ class EpochBatches:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.epoch, self.batch_in_epoch = int(state["epoch"]), int(state["batch_in_epoch"])
+        if self.epoch < 0 or self.batch_in_epoch < 0:  # no run writes it (the engine: one line)
+            raise ValueError("a data position before the run's start")
         self.order_state, self._batches = state["order_state"], None
         saved = state.get("layout")  # (checkpoints before it: the position must fit, at least)
         changed = saved is not None and list(saved) != self.layout()
@@ -549,7 +551,8 @@ class EpochBatches:
         """This batch size's batch at which a position saved with another one lies: the same
         items and shuffle, and the items taken so far a whole number of this size's batches (8
         -> 4 with grad_accum_steps 1 -> 2, the recipe for fewer GPUs, always is). None where the
-        position falls inside a batch, or the items differ."""
+        position falls inside a batch, at or past the new epoch's end (the epoch starts again),
+        or the items differ."""
         items, batch_size = int(saved[0]), int(saved[1])
         taken = self.batch_in_epoch * batch_size
         if items != len(self.data.train_set) or taken % self.cfg.train.batch_size:

@@ -182,6 +182,8 @@ def _check_shares(saved: list[dict[str, Any]]) -> None:
         counts.append(part.get("walked", 0))
         if any(not isinstance(n, int) or isinstance(n, bool) or n < 0 for n in counts):
             raise ValueError("stream counts that are not whole numbers")
+        if part["block_size"] < 1:  # no run walks windows of no characters (0 would divide)
+            raise ValueError("a window of no characters")
         if part["position"] >= max(part["windows"], 1):
             raise ValueError("a stream position beyond its pass")
         state = part["state"]

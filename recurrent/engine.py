@@ -551,7 +551,7 @@ class Run:
             sys.stdout.flush()
         except BrokenPipeError:  # the run stops at its next step, saved, as for a signal
             self.output_lost = True
-            drop_unwritable_stdout()
+            drop_unwritable_stdout(gone=True)  # (unbuffered, a flush would not fail again)
 
     def check_resume(
         self,

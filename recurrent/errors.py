@@ -286,21 +286,25 @@ def _flush_stdout() -> None:
         pass
 
 
-def drop_unwritable_stdout() -> None:
+def drop_unwritable_stdout(*, gone: bool = False) -> None:
     """Point stdout at os.devnull when it cannot be written (a full disk, a reader gone, as in
     `sample ... | head`): the command has ended (or a training run stops at its next step), and
     the interpreter's flush at exit would fail on what its buffer still holds, with a traceback
-    and exit status 120."""
-    try:
-        sys.stdout.flush()
-    except OSError:
+    and exit status 120. ``gone``: a write has failed already; an unbuffered stdout (`python -u`,
+    PYTHONUNBUFFERED) holds nothing for a flush to fail on, and its next write would fail too."""
+    if not gone:
         try:
-            null = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(null, sys.stdout.fileno())
-            os.close(null)
-        except (OSError, ValueError):  # a stdout with no descriptor (a test's capture)
+            sys.stdout.flush()
+            return
+        except OSError:
             pass
-    except (AttributeError, ValueError):
+        except (AttributeError, ValueError):  # no stdout (pythonw), or one closed
+            return
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, sys.stdout.fileno())
+        os.close(null)
+    except (AttributeError, OSError, ValueError):  # a stdout with no descriptor (a test's capture)
         pass
 
 

@@ -889,6 +889,20 @@ def test_colormap_runs_dark_to_bright_and_zero_attention_leaves_image_dimmed() -
     assert np.allclose(dimmed, np.array([200, 100, 50]) * 0.4 + darkest * 0.6, atol=1)
 
 
+@pytest.mark.parametrize("size", [(7, 4), (4, 7), (195, 64), (64, 64), (10, 9), (3, 1)])
+def test_the_centre_square_is_torchvisions_centre_crop(size: tuple[int, int]) -> None:
+    """`centre_square` cuts where the captioner's CenterCrop does, also where the margin is odd
+    (half a pixel: torchvision rounds it half to even, as Python's round)."""
+    from torchvision.transforms import v2
+
+    width, height = size
+    pixels = (np.arange(width * height * 3) % 251).astype(np.uint8).reshape(height, width, 3)
+    image = Image.fromarray(pixels)
+    side = min(size)
+    expected = v2.CenterCrop(side)(image)
+    assert np.array_equal(np.asarray(heatmap.centre_square(image)), np.asarray(expected))
+
+
 def test_heat_maps_of_a_wide_upload_cover_the_centre_square_the_model_sees(
     app: AppTest, models: dict[str, Path], record_calls
 ) -> None:

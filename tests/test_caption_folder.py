@@ -599,3 +599,28 @@ def test_a_csv_job_whose_stdout_reader_has_gone_keeps_its_captions(
     )
     assert code == 0, err
     assert _rows(out) == _rows(whole)
+
+
+def test_a_csv_job_interrupted_keeps_its_captions_with_ctrl_cs_status(
+    checkpoint, folder, tmp_path, capsys, monkeypatch
+):
+    """Ctrl-C after two images: the CSV keeps them, the line says "interrupted", and the status
+    is Ctrl-C's 130 (not a signal's, as SIGTERM's 143)."""
+    real = caption.caption_files
+
+    def two_then_interrupt(*args, **kwargs):
+        for number, item in enumerate(real(*args, **kwargs)):
+            if number == 2:
+                raise KeyboardInterrupt
+            yield item
+
+    monkeypatch.setattr(caption, "caption_files", two_then_interrupt)
+    out = tmp_path / "captions.csv"
+    code = run_cli(caption.main, _caption(checkpoint, str(folder), "--csv", str(out)))
+    err = capsys.readouterr().err
+    assert code == 130, err
+    assert (
+        f"stopped: interrupted after 2 of 4 images; {out} holds their captions: run the same "
+        "command with --resume to caption the rest" in err
+    )
+    assert len(_rows(out)) == 2

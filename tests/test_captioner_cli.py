@@ -154,6 +154,16 @@ def test_a_predictions_path_that_cannot_be_written_is_refused_before_decoding(
     assert out == ""
 
 
+def test_a_predictions_path_in_a_folder_not_made_yet_is_accepted(tmp_path: Path):
+    """The check before decoding makes the folders of a new --predictions path, as the writing
+    would (without them its trial file could not be made: the path was refused)."""
+    path = tmp_path / "runs" / "eval" / "preds.json"
+    scoring.check_predictions_path(path)
+    assert path.parent.is_dir() and list(path.parent.iterdir()) == []
+    scoring.write_predictions([{"image_id": 1, "caption": "a red circle"}], path)
+    assert json.loads(path.read_text()) == [{"image_id": 1, "caption": "a red circle"}]
+
+
 def test_caption_two_images(trained: dict[str, Path], capsys):
     images = sorted((trained["root"] / "scenes" / "images").glob("*.png"))[:2]
     result = run(

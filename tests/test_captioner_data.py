@@ -970,6 +970,15 @@ def test_a_second_scenes_command_writing_the_same_folder_is_refused(
     assert sorted(p.name for p in out.iterdir()) == [scenes.JSON_NAME, scenes.IMAGE_FOLDER]
 
 
+def test_scenes_written_from_python_leave_the_folder_unheld(tmp_path: Path) -> None:
+    """`generate_dataset` called from Python (a notebook, a fixture) gives its folder up when it
+    returns, not at the interpreter's exit: no lock file is left beside the data, and another
+    process may write the folder at once."""
+    out = tmp_path / "scenes"
+    scenes.generate_dataset(out, 2, size=scenes.MIN_SIZE)
+    assert sorted(p.name for p in out.iterdir()) == [scenes.JSON_NAME, scenes.IMAGE_FOLDER]
+
+
 def test_scene_is_deterministic_and_matches_its_pixels() -> None:
     image, scene, captions = scenes.render_random_scene(7, 64)
     again = scenes.render_random_scene(7, 64)

@@ -368,6 +368,56 @@ def test_another_batch_size_goes_on_from_the_same_place_in_the_shuffle(before, a
         assert resumed.batch_in_epoch == 0 and rest == shuffled[: len(items) // after * after]
 
 
+@pytest.mark.parametrize(
+    ("items", "before", "at", "after", "saved_items"),
+    [
+        (20, 4, 4, 8, 20),  # 16 items taken: the whole new epoch (2 batches of 8)
+        (80, 8, 6, 4, 40),  # the items changed (train.captions_per_image, say)
+        (80, 8, 10, 8, None),  # a checkpoint before the layout, its position past the epoch
+    ],
+)
+def test_a_position_that_cannot_go_on_starts_the_epoch_again(items, before, at, after, saved_items):
+    """Where the position saved cannot be carried into the new batches (it would end the new
+    epoch, the items differ, or an older checkpoint's position does not fit), the epoch's shuffle
+    is kept and its batches start again."""
+
+    def batches(count: int, batch_size: int) -> EpochBatches:
+        cfg = dataclasses.replace(
+            CaptionerConfig(), train=dataclasses.replace(TrainConfig(), batch_size=batch_size)
+        )
+        data = SimpleNamespace(train_set=list(range(count)), uses_cache=True, collate=list)
+        return EpochBatches(data, cfg, Distributed(), torch.device("cpu"), bad=None)
+
+    saved = batches(saved_items or items, before)
+    saved.epoch, saved.batch_in_epoch = 3, at
+    state = saved.state_dict()
+    if saved_items is None:
+        del state["layout"]
+    resumed = batches(items, after)
+    resumed.load_state_dict(state)
+    assert (resumed.epoch, resumed.batch_in_epoch) == (3, 0)
+    assert len(resumed) == resumed.steps_per_epoch == max(1, items // after)
+
+
+@pytest.mark.parametrize("after", [8, 4])
+def test_a_position_before_the_epochs_start_is_a_damaged_checkpoint(after):
+    """An edited checkpoint's batch -2 of batches of 8: resumed with batches of 4 it went on from
+    batch -3 of 20 (the last 4 batches, then an epoch of 24), with 8 it was taken as it was. No
+    run writes it: the engine's "damaged training state" line."""
+
+    def batches(batch_size: int) -> EpochBatches:
+        cfg = dataclasses.replace(
+            CaptionerConfig(), train=dataclasses.replace(TrainConfig(), batch_size=batch_size)
+        )
+        data = SimpleNamespace(train_set=list(range(80)), uses_cache=True, collate=list)
+        return EpochBatches(data, cfg, Distributed(), torch.device("cpu"), bad=None)
+
+    saved = batches(8)
+    saved.batch_in_epoch = -2
+    with pytest.raises(ValueError, match="before the run's start"):
+        batches(after).load_state_dict(saved.state_dict())
+
+
 def test_a_drawn_split_is_kept_across_a_resume_and_older_checkpoints_are_named(
     scenes_annotations: Path, tmp_path: Path, capsys
 ):

@@ -532,6 +532,37 @@ def test_another_block_size_goes_on_from_the_same_character(before, at, after, g
         assert inputs[:, 0].tolist() == [0, 100, 200, 300] and resumed.state is None
 
 
+def test_another_block_size_at_a_pass_start_keeps_the_windows_walked_and_another_text_restarts(
+    capsys,
+):
+    """A walk saved at a pass's start (window 0, after a whole pass) goes on there with the count
+    of windows walked, which the state resets are drawn from; the same number of streams of a
+    text of another length restarts (the position's character is another one)."""
+
+    def walk(length: int, block_size: int) -> StreamWalk:
+        batches = StreamBatches(torch.arange(4 * length + 1), batch_size=4, block_size=block_size)
+        return StreamWalk(batches, Distributed(), block_size, fp32=True, state_reset=0.5)
+
+    saved = walk(100, 16)
+    for _ in range(saved.windows):  # a whole pass: back at window 0
+        saved.next_window()
+    assert (saved.position, saved.walked) == (0, 7)
+    resumed = walk(100, 8)
+    resumed.load_state_dict(saved.state_dict())
+    assert capsys.readouterr().out == (
+        "note: data.block_size changed from 16 to 8; the streams go on from the same character, "
+        "with their state (window 1 of 13)\n"
+    )
+    assert (resumed.position, resumed.walked) == (0, 7)
+    saved = walk(100, 16)
+    for _ in range(4):
+        saved.next_window()
+    longer = walk(120, 8)  # 4 streams of 120 characters, not 100: window 8 is another place
+    longer.load_state_dict(saved.state_dict())
+    assert "the streams restart from the beginning" in capsys.readouterr().out
+    assert (longer.position, longer.walked, longer.state) == (0, 0, None)
+
+
 def test_an_older_checkpoint_validates_in_its_configs_window_length(tmp_path):
     """Without a saved layout, both data.batch_size and data.block_size come from the
     checkpoint's config (here a block size of 8 where the resume asks for 16; one stream, since

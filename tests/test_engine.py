@@ -899,11 +899,16 @@ def test_damaged_stream_shares_in_last_pt_are_one_line(tmp_path):
     run = tmp_path / "run"
     char_lm_train.train(char_cfg("train.max_steps=2"), run, quiet=True)
     payload = load_checkpoint(run / "last.pt")
+    share = dict(payload["data"][0])
     payload["data"][0]["state"] = torch.zeros(5)  # torch.cat raised IndexError: a traceback
     save_checkpoint(payload, run / "last.pt")
     with pytest.raises(UserError, match="damaged training state .*--init-from .*ANOTHER_FOLDER"):
         char_lm_train.train(char_cfg("train.max_steps=3"), run, resume=True, quiet=True)
     payload["data"] = []
+    save_checkpoint(payload, run / "last.pt")
+    with pytest.raises(UserError, match="damaged training state"):
+        char_lm_train.train(char_cfg("train.max_steps=3"), run, resume=True, quiet=True)
+    payload["data"] = [{**share, "block_size": 0}]  # walking on in the new windows divided by it
     save_checkpoint(payload, run / "last.pt")
     with pytest.raises(UserError, match="damaged training state"):
         char_lm_train.train(char_cfg("train.max_steps=3"), run, resume=True, quiet=True)

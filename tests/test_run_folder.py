@@ -887,3 +887,88 @@ def test_a_training_whose_stdout_reader_has_gone_stops_saved_and_says_so(tmp_pat
     assert line.endswith(f"{out_dir / 'last.pt'} is saved; run the same command with --resume "
                          "to continue")  # fmt: skip
     assert (out_dir / "last.pt").is_file() and (out_dir / "best.pt").is_file()
+
+
+def test_an_unbuffered_training_whose_reader_has_gone_stops_saved_past_a_note(tmp_path):
+    """`python -u -m char_lm.train ... --resume | head` (PYTHONUNBUFFERED, as in many containers)
+    with another data.block_size: the first log line marked the output lost, but an unbuffered
+    stdout had nothing left for a flush to fail on, so it was not dropped, and the walk's note
+    raised BrokenPipeError: status 0, no line, nothing trained. It stops as the buffered one does."""
+    out_dir = tmp_path / "run"
+    argv = [sys.executable, "-m", "char_lm.train", "--config", str(CHAR_TINY), "--out-dir",
+            str(out_dir)]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    subprocess.run([*argv, "--set", "train.max_steps=4"], env=env, check=True, capture_output=True)
+    process = subprocess.Popen(
+        [*argv, "--resume", "--set", "train.max_steps=100000", "--set", "data.block_size=8"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**env, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        process.stdout.close()  # the reader is gone before the first line
+        err = process.stderr.read()
+        process.wait(timeout=120)
+    finally:
+        process.kill()
+        process.stderr.close()
+    assert process.returncode == 141, err
+    (line,) = err.strip().splitlines()
+    assert line.startswith("stopped: SIGPIPE (the standard output's reader has gone) at step ")
+    assert torch.load(out_dir / "last.pt", weights_only=True)["step"] > 4
+
+
+def test_a_buffered_training_whose_reader_has_gone_stops_at_the_next_line(tmp_path):
+    """A standard output in a pipe is written in blocks (no PYTHONUNBUFFERED here): each log line
+    is flushed, so the first one after the reader has gone stops the run, not the one that fills
+    a block, or none: a short run ended with status 0 and every evaluation line lost unsaid."""
+    out_dir = tmp_path / "run"
+    argv = ["--config", str(CHAR_TINY), "--out-dir", str(out_dir), "--set",
+            "train.max_steps=60", "--set", "train.eval_every=20"]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "char_lm.train", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**env, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)},
+    )
+    try:
+        process.stdout.close()  # gone before the first line
+        err = process.stderr.read()
+        process.wait(timeout=120)
+    finally:
+        process.kill()
+        process.stderr.close()
+    assert process.returncode == 141, err
+    assert torch.load(out_dir / "last.pt", weights_only=True)["step"] < 20
+
+
+class _ReaderGone:
+    """A standard output whose reader has gone: every write fails."""
+
+    def write(self, text: str) -> int:
+        raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+
+    def flush(self) -> None:
+        pass
+
+
+def test_a_sigterm_with_the_output_also_gone_is_said_as_the_sigterm(tmp_path, monkeypatch):
+    """A scheduler's SIGTERM that lands as the output's reader goes (a job cancelled whole, its
+    `tee` with it) is the stop's cause: the run says SIGTERM and ends with its 143, not SIGPIPE's."""
+    from recurrent.errors import RunStopped
+
+    monkeypatch.setattr(sys, "stdout", _ReaderGone())
+    run = Run(tmp_path, task="char_lm", settings=SETTINGS, config={}, quiet=True)
+
+    def step(net, x, y):
+        run.log("a line nobody reads")  # the output is lost
+        os.kill(os.getpid(), signal.SIGTERM)  # and the signal comes
+        return StepResult(F.cross_entropy(net(x), y), len(x))
+
+    with pytest.raises(RunStopped) as stop:
+        _fit(run, step)
+    assert run.output_lost and stop.value.exit_code == 143
+    assert str(stop.value).startswith("SIGTERM at step 1: ")

@@ -5,7 +5,9 @@ from __future__ import annotations
 import errno
 import io
 import os
-from collections.abc import Callable
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,6 +97,36 @@ def full_disk(monkeypatch: pytest.MonkeyPatch) -> Callable[[int], None]:
         monkeypatch.setattr(files, "_Temporary", lambda file: real(_DiskWithRoom(file, room)))
 
     return fill
+
+
+@pytest.fixture
+def lock_held() -> Iterator[Callable[[Path, str], Callable[[], None]]]:
+    """``lock_held(folder, name)``: another process takes ``folder``'s lock ``name`` (as
+    `recurrent.files.hold` does for a command writing there) and keeps it until the function
+    returned is called (its process ends), or the test ends."""
+    holders: list[subprocess.Popen] = []
+
+    def end(holder: subprocess.Popen) -> None:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+
+    def hold(folder: Path, name: str) -> Callable[[], None]:
+        holder = subprocess.Popen(
+            [sys.executable, "-c", "import sys, time; from pathlib import Path; from recurrent "
+             "import files; files.hold(Path(sys.argv[1]), SystemExit, name=sys.argv[2]); "
+             "print('held', flush=True); time.sleep(60)", str(folder), name],
+            stdout=subprocess.PIPE, text=True,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        )  # fmt: skip
+        holders.append(holder)
+        assert holder.stdout.readline().strip() == "held"
+        return lambda: end(holder)
+
+    yield hold
+    for holder in holders:
+        if holder.returncode is None:
+            end(holder)
 
 
 @pytest.fixture(scope="session")

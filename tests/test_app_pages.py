@@ -157,6 +157,15 @@ def _page(at: AppTest, page: str) -> AppTest:
     return _run(at)
 
 
+def _inside(at: AppTest, checkpoint: str, text: str) -> AppTest:
+    """The Inside page of `checkpoint` (its name under the models folder) on `text`."""
+    at = _page(at, "Inside a character model")
+    at.selectbox(key="char_lm_checkpoint").set_value(checkpoint)
+    _run(at)
+    at.text_area(key=f"inside_text:{checkpoint}").set_value(text)
+    return _run(at)
+
+
 def _charts(at: AppTest) -> list[tuple[dict, list]]:
     """(spec, [rows of each dataset]) of every Altair chart on the page."""
     charts = []
@@ -1230,12 +1239,8 @@ def test_the_interesting_units_table_gives_the_correlations_to_its_4_decimals(
 ) -> None:
     """The table writes 4 decimals: each correlation is numpy's Pearson coefficient of the unit's
     state with the feature to all 4 (rounded to 3, the 4th was always a false 0)."""
-    at = _page(app, "Inside a character model")
-    at.selectbox(key="char_lm_checkpoint").set_value("quotes_lstm/best.pt")
-    _run(at)
     text = 'she said "hi there".\nthen "no" he said.\n'
-    at.text_area(key="inside_text:quotes_lstm/best.pt").set_value(text)
-    _run(at)
+    at = _inside(app, "quotes_lstm/best.pt", text)
     at.selectbox(key="inside_feature").set_value("inside quotes")
     _run(at)
     [table] = [t.value for t in at.table if "correlation" in t.value.columns]
@@ -1372,12 +1377,8 @@ def test_inside_page_plots_the_saturation_of_gates_that_saturate(
     characters (not the newline the text is read after). A model whose gates saturate (its
     recurrent weights scaled up) tells the counts apart: the tiny models' gates never leave
     0.1..0.9, where every fraction is 0."""
-    at = _page(app, "Inside a character model")
-    at.selectbox(key="char_lm_checkpoint").set_value("saturated/model.pt")
-    _run(at)
     text = 'she said "hi there".\nthen "no" he said.\n'
-    at.text_area(key="inside_text:saturated/model.pt").set_value(text)
-    _run(at)
+    at = _inside(app, "saturated/model.pt", text)
     model, vocab, _ = load_char_lm(models["saturated"])
     traced = inside.trace_text(model, vocab, text)
     expected = inside.gate_saturation(traced.trace, traced.rows())

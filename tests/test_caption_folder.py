@@ -430,23 +430,15 @@ def test_a_stop_after_the_last_image_still_writes_the_csv(
     assert f"stopped: SIGTERM after 3 of 4 images; {out} holds their captions" in err, err
 
 
-def test_a_second_command_writing_the_same_csv_is_refused(checkpoint, folder, tmp_path, capsys):
+def test_a_second_command_writing_the_same_csv_is_refused(
+    checkpoint, folder, tmp_path, capsys, lock_held
+):
     """Two jobs writing one CSV at once each rewrote it whole: one's rows were lost, and neither
     said a word."""
     out = tmp_path / "captions.csv"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from pathlib import Path; from recurrent import "
-         "files; files.hold(Path(sys.argv[1]), SystemExit, name='.captions.csv.lock'); "
-         "print('held', flush=True); time.sleep(60)", str(tmp_path)],
-        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )  # fmt: skip
-    try:
-        assert holder.stdout.readline().strip() == "held"
-        code, _, err = run_main(_caption(checkpoint, str(folder), "--csv", str(out)), capsys)
-    finally:
-        holder.kill()
-        holder.wait()
-        holder.stdout.close()
+    release = lock_held(tmp_path, ".captions.csv.lock")
+    code, _, err = run_main(_caption(checkpoint, str(folder), "--csv", str(out)), capsys)
+    release()
     assert code == 2 and "is being written by another caption command (process" in err, err
     assert not out.exists()
 

@@ -939,7 +939,7 @@ def test_a_full_disk_while_writing_scenes_names_the_image_and_leaves_no_half_of_
 
 
 def test_a_second_scenes_command_writing_the_same_folder_is_refused(
-    tmp_path: Path, capsys: pytest.CaptureFixture
+    tmp_path: Path, capsys: pytest.CaptureFixture, lock_held
 ) -> None:
     """Two `captioner.scenes` into one --out at once (a scheduler's overlapping jobs) each wrote
     its images and then its JSON: the JSON written last described 1000 images of 6000 that the
@@ -947,20 +947,10 @@ def test_a_second_scenes_command_writing_the_same_folder_is_refused(
     one's folder is left as it is, and a folder written whole is not held any more."""
     out = tmp_path / "scenes"
     out.mkdir()
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from pathlib import Path; from recurrent import "
-         "files; files.hold(Path(sys.argv[1]), SystemExit, name='.dataset_scenes.json.lock'); "
-         "print('held', flush=True); time.sleep(60)", str(out)],
-        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
-    )  # fmt: skip
+    release = lock_held(out, ".dataset_scenes.json.lock")
     argv = ["--out", str(out), "--num-images", "2", "--size", str(scenes.MIN_SIZE)]
-    try:
-        assert holder.stdout.readline().strip() == "held"
-        assert run_cli(scenes.main, argv) == 2
-    finally:
-        holder.kill()
-        holder.wait()
-        holder.stdout.close()
+    assert run_cli(scenes.main, argv) == 2
+    release()
     err = capsys.readouterr().err
     assert err.startswith(f"error: --out '{out}' is being written by another captioner.scenes "
                           "command (process ")  # fmt: skip

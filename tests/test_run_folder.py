@@ -858,6 +858,28 @@ def test_a_file_written_whole_over_a_folder_is_not_called_a_special_file(tmp_pat
     assert (tmp_path / "out.csv").is_dir()
 
 
+def _reader_gone(argv: list[str], env: dict[str, str], *, after_lines: int = 0) -> tuple[int, str]:
+    """Run ``python -m char_lm.train ARGV`` whose stdout's reader goes after `after_lines` lines
+    (`train ... | head -N`); its exit status and stderr."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "char_lm.train", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**env, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)},
+    )
+    try:
+        lines = [process.stdout.readline() for _ in range(after_lines)]
+        assert all(lines), lines
+        process.stdout.close()  # `head -N` has its lines
+        err = process.stderr.read()
+        process.wait(timeout=120)
+    finally:
+        process.kill()
+        process.stderr.close()
+    return process.returncode, err
+
+
 def test_a_training_whose_stdout_reader_has_gone_stops_saved_and_says_so(tmp_path):
     """`train ... | head -1` (or a `tee` that died): the first log line written after the reader
     had gone raised BrokenPipeError, which `run_cli` takes for `sample ... | head`: the run
@@ -866,22 +888,8 @@ def test_a_training_whose_stdout_reader_has_gone_stops_saved_and_says_so(tmp_pat
     out_dir = tmp_path / "run"
     argv = ["--config", str(CHAR_TINY), "--out-dir", str(out_dir), "--set",
             "train.max_steps=100000", "--set", "train.eval_every=50"]  # fmt: skip
-    process = subprocess.Popen(
-        [sys.executable, "-m", "char_lm.train", *argv],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)},
-    )
-    try:
-        assert process.stdout.readline().startswith("data: ")
-        process.stdout.close()  # `head -1` has its line
-        err = process.stderr.read()
-        process.wait(timeout=120)
-    finally:
-        process.kill()
-        process.stderr.close()
-    assert process.returncode == 141, err
+    code, err = _reader_gone(argv, dict(os.environ), after_lines=1)
+    assert code == 141, err
     (line,) = err.strip().splitlines()
     assert line.startswith("stopped: SIGPIPE (the standard output's reader has gone) at step ")
     assert line.endswith(f"{out_dir / 'last.pt'} is saved; run the same command with --resume "
@@ -895,25 +903,13 @@ def test_an_unbuffered_training_whose_reader_has_gone_stops_saved_past_a_note(tm
     stdout had nothing left for a flush to fail on, so it was not dropped, and the walk's note
     raised BrokenPipeError: status 0, no line, nothing trained. It stops as the buffered one does."""
     out_dir = tmp_path / "run"
-    argv = [sys.executable, "-m", "char_lm.train", "--config", str(CHAR_TINY), "--out-dir",
-            str(out_dir)]  # fmt: skip
+    argv = ["--config", str(CHAR_TINY), "--out-dir", str(out_dir)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    subprocess.run([*argv, "--set", "train.max_steps=4"], env=env, check=True, capture_output=True)
-    process = subprocess.Popen(
-        [*argv, "--resume", "--set", "train.max_steps=100000", "--set", "data.block_size=8"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**env, "PYTHONUNBUFFERED": "1"},
-    )
-    try:
-        process.stdout.close()  # the reader is gone before the first line
-        err = process.stderr.read()
-        process.wait(timeout=120)
-    finally:
-        process.kill()
-        process.stderr.close()
-    assert process.returncode == 141, err
+    subprocess.run([sys.executable, "-m", "char_lm.train", *argv, "--set", "train.max_steps=4"],
+                   env=env, check=True, capture_output=True)  # fmt: skip
+    resume = ["--resume", "--set", "train.max_steps=100000", "--set", "data.block_size=8"]
+    code, err = _reader_gone([*argv, *resume], {**env, "PYTHONUNBUFFERED": "1"})
+    assert code == 141, err
     (line,) = err.strip().splitlines()
     assert line.startswith("stopped: SIGPIPE (the standard output's reader has gone) at step ")
     assert torch.load(out_dir / "last.pt", weights_only=True)["step"] > 4
@@ -927,21 +923,8 @@ def test_a_buffered_training_whose_reader_has_gone_stops_at_the_next_line(tmp_pa
     argv = ["--config", str(CHAR_TINY), "--out-dir", str(out_dir), "--set",
             "train.max_steps=60", "--set", "train.eval_every=20"]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "char_lm.train", *argv],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**env, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)},
-    )
-    try:
-        process.stdout.close()  # gone before the first line
-        err = process.stderr.read()
-        process.wait(timeout=120)
-    finally:
-        process.kill()
-        process.stderr.close()
-    assert process.returncode == 141, err
+    code, err = _reader_gone(argv, env)  # gone before the first line
+    assert code == 141, err
     assert torch.load(out_dir / "last.pt", weights_only=True)["step"] < 20
 
 

@@ -12,8 +12,11 @@ Conventions shared by all:
   one that reaches it without emitting <end> is returned unfinished (``finished=False``) and its
   log-probability has no <end> term.
 - <start> and <pad> are never emitted, nor the ``suppress_ids`` (the CLIs' ``--suppress-unk``
-  passes <unk>). Their probability is not renormalised away, so every ``logprob`` is exactly what
-  teacher forcing the returned caption (plus <end> when finished) gives.
+  passes <unk>). In greedy decoding and beam search their probability is not renormalised away, so
+  every ``logprob`` is exactly what teacher forcing the returned caption (plus <end> when finished)
+  gives. `sample_captions` draws from the distribution renormalised over the allowed words, and
+  returns the log-probabilities of that distribution (the policy of self-critical training: its
+  gradient must be that of the probabilities the samples were drawn with).
 - Constraints (greedy decoding and beam search): ``min_length`` forbids <end> before that many
   words; ``block_ngram_repeat`` N > 0 forbids any word that would complete an N-gram of words
   already in the caption (OpenNMT's ``block_ngram_repeat``; N = 1: no word twice). A forbidden
@@ -493,9 +496,10 @@ def sample_captions(
     """Draw ``samples_per_image`` captions for each of the B images by multinomial sampling, all
     B * k at once (the policy of self-critical training, Rennie et al. 2017).
 
-    Every step draws the next word from softmax(logits / temperature) (<start>, <pad> and
-    ``suppress_ids`` never), with ``generator`` for reproducible draws. The returned log-probs are
-    those of the temperature-scaled distribution actually sampled from; with gradients enabled
+    Every step draws the next word from softmax(logits / temperature) renormalised over the
+    allowed words (<start>, <pad> and ``suppress_ids`` never), with ``generator`` for reproducible
+    draws. The returned log-probs are those of that distribution, the one actually sampled from
+    (not teacher forcing's, which keeps the forbidden words' share); with gradients enabled
     they carry the graph back into the decoder (sample in train mode for dropout, as
     self-critical.pytorch does, or in eval mode).
     """
@@ -515,6 +519,9 @@ def sample_captions(
     for step in range(max_length):
         logits, state, _ = decoder.step(tokens, state, features, keys)
         logp = constraints.log_probs(logits / temperature, step, None)  # (R, V)
+        # the distribution the draw is made from: renormalised over the allowed words (REINFORCE
+        # needs its log-probabilities; the forbidden words' share would otherwise get a gradient)
+        logp = logp - logp.logsumexp(dim=-1, keepdim=True)
         with torch.no_grad():
             drawn = draw(logp.exp(), generator)  # (R,)
         active = ~finished

@@ -237,6 +237,29 @@ def test_top_k_and_top_p_never_leave_the_allowed_set():
     assert (torch.isfinite(both).sum(-1) < 10).any()
 
 
+@pytest.mark.parametrize("temperature", [0.5, 1.0, 2.0])
+def test_temperature_top_k_and_top_p_match_the_transformers_warpers(temperature):
+    """The same tokens as Hugging Face's warpers in their order (TemperatureLogitsWarper,
+    TopKLogitsWarper, TopPLogitsWarper written out here): the nucleus of the temperature-scaled,
+    top-k distribution, whose kept tokens then have the probabilities softmax(logits / T)
+    renormalised over them."""
+    logits = torch.randn(256, 40, generator=torch.Generator().manual_seed(3)) * 2
+    for top_k, top_p in [(None, 0.9), (8, None), (8, 0.5), (None, 0.3)]:
+        scaled = logits / temperature
+        if top_k is not None:
+            kth = torch.topk(scaled, top_k, dim=-1).values[..., -1:]
+            scaled = scaled.masked_fill(scaled < kth, float("-inf"))
+        if top_p is not None:
+            ascending, order = torch.sort(scaled, descending=False)
+            cumulative = ascending.softmax(dim=-1).cumsum(dim=-1)
+            remove = cumulative <= (1 - top_p)
+            remove[..., -1:] = False  # min_tokens_to_keep 1
+            scaled = scaled.masked_fill(remove.scatter(1, order, remove), float("-inf"))
+        got = filter_logits(logits, temperature, top_k, top_p)
+        assert torch.equal(torch.isfinite(got), torch.isfinite(scaled)), (top_k, top_p)
+        torch.testing.assert_close(got.softmax(-1), scaled.softmax(-1))
+
+
 def test_sampling_is_seeded_and_greedy_is_argmax():
     logits = torch.randn(8, 30)
     a = sample_next(logits, temperature=0.8, generator=torch.Generator().manual_seed(5))

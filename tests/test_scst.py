@@ -14,7 +14,6 @@ from test_captioner_decode import (
     TableDecoder,
     make_decoder,
     random_features,
-    teacher_forced,
 )
 
 from captioner.cider import CiderD
@@ -60,8 +59,21 @@ def test_label_smoothing_matches_its_definition_and_ignores_padding(attention):
 # --- sampling -----------------------------------------------------------------------------------
 
 
+def drawn_logprob(decoder, features, row: int, tokens: list[int], finished: bool) -> float:
+    """Log-probability of drawing <start> tokens (<end>) word by word for image ``row`` from the
+    teacher-forced distribution renormalised over the words sampling may emit (not <start>, <pad>):
+    the probability of the policy the samples come from."""
+    one = features.index_select(torch.tensor([row]))
+    ids = torch.tensor([[START, *tokens, *([END] if finished else [])]])
+    logits, _ = decoder(one, ids, torch.tensor([ids.size(1)]))
+    forbidden = torch.zeros(logits.size(-1), dtype=torch.bool)
+    forbidden[[START, PAD]] = True
+    logits = logits[0].float().masked_fill(forbidden, float("-inf"))
+    return float(F.log_softmax(logits.detach(), dim=-1).gather(1, ids[0, 1:, None]).sum())
+
+
 @pytest.mark.parametrize("attention", DECODERS)
-def test_samples_carry_their_teacher_forced_log_probs_and_masks(attention):
+def test_samples_carry_the_log_probs_they_were_drawn_with_and_masks(attention):
     decoder, features = make_decoder(attention, end_bias=1.0), random_features(batch=3)
     generator = torch.Generator().manual_seed(0)
     samples = sample_captions(
@@ -72,7 +84,7 @@ def test_samples_carry_their_teacher_forced_log_probs_and_masks(attention):
     for row, tokens in enumerate(samples.token_lists()):
         finished = bool(samples.finished[row])
         seen.add(finished)
-        expected, _ = teacher_forced(decoder, features, row // 4, tokens, finished)
+        expected = drawn_logprob(decoder, features, row // 4, tokens, finished)
         assert float(samples.sequence_logprobs()[row].detach()) == pytest.approx(expected, abs=1e-4)
         steps = len(tokens) + finished  # the drawn tokens, <end> included
         assert samples.mask[row].tolist() == [t < steps for t in range(samples.mask.size(1))]
@@ -119,6 +131,38 @@ def test_sampling_follows_the_model_distribution(temperature):
     expected = torch.softmax(torch.tensor([0.6, 0.3, 0.1]).log() / temperature, dim=0)
     torch.testing.assert_close(frequencies, expected, atol=0.02, rtol=0)
     assert bool(samples.finished.all()) and (samples.words == 1).all()
+
+
+def test_the_policy_gradient_is_that_of_the_distribution_sampled_from():
+    """<start> and <pad> hold half the first step's probability but are never drawn: a sample's
+    log-probability is that of the words it can be drawn among (log 0.6, log 0.4: its draw
+    frequencies), and REINFORCE's gradient leaves the forbidden words' logits alone. (Scored
+    with teacher forcing's log 0.3 and log 0.2, a negative advantage, as when samples lose to the
+    greedy baseline, would raise <start> and <pad> step after step.)"""
+    probs = torch.full((8, 8), 1e-12)
+    probs[START, [START, PAD, 4, 5]] = torch.tensor([0.25, 0.25, 0.3, 0.2])
+    probs[4:6, END] = 1.0
+    probs[[PAD, END, 3, 6, 7]] = 1.0 / 8
+    table = probs.log().requires_grad_()
+    decoder = TableDecoder(table)
+    samples = sample_captions(
+        decoder, random_features(batch=1), samples_per_image=2000, max_length=2,
+        generator=torch.Generator().manual_seed(0), **COMMON,
+    )  # fmt: skip
+    first = samples.tokens[:, 0]
+    assert (first == 4).float().mean().item() == pytest.approx(0.6, abs=0.03)  # renormalised
+    expected = torch.where(first == 4, torch.tensor(0.6).log(), torch.tensor(0.4).log())
+    torch.testing.assert_close(samples.logprobs[:, 0].detach(), expected)
+    policy_gradient_loss(samples, torch.full((first.numel(),), -1.0)).backward()
+    # the reference: the same loss on the policy softmax over the allowed words, by hand
+    reference = probs.log().requires_grad_()
+    forbidden = torch.zeros(8, dtype=torch.bool)
+    forbidden[[START, PAD]] = True
+    allowed = reference[START].masked_fill(forbidden, float("-inf")).log_softmax(dim=0)
+    logp = torch.where(first == 4, allowed[4], allowed[5])  # then <end>, with probability 1
+    (logp.sum() / samples.mask.sum()).backward()  # -(-1) * sum log p / tokens
+    assert table.grad[START, [START, PAD]].abs().max().item() < 1e-6  # 0.125 with log 0.3, log 0.2
+    torch.testing.assert_close(table.grad[START], reference.grad[START])
 
 
 # --- rewards, baselines and the policy gradient -------------------------------------------------
@@ -285,7 +329,7 @@ def test_scst_gradient_favours_the_sample_above_the_baseline():
             param -= 0.1 * param.grad
     for row, sign in ((0, 1), (1, -1)):
         before = float(samples.sequence_logprobs()[row].detach())
-        after, _ = teacher_forced(decoder, features, 0, tokens[row], bool(samples.finished[row]))
+        after = drawn_logprob(decoder, features, 0, tokens[row], bool(samples.finished[row]))
         assert sign * (after - before) > 0
 
 

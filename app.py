@@ -67,6 +67,7 @@ from crnn_app.inside import (
 )
 from crnn_app.models_dir import (
     ENV_VAR,
+    MAX_FILES,
     AppArgs,
     CheckpointEntry,
     Listing,
@@ -215,7 +216,9 @@ def show_models_dir(args: AppArgs, listing: Listing) -> None:
             for name, reason in listing.skipped:
                 st.text(f"skipped: {name}: {reason}")
             if listing.truncated:
-                st.text("(only the first files found are listed)")
+                st.text(
+                    f"(of more than {MAX_FILES} checkpoint files, the {MAX_FILES} written last)"
+                )
 
 
 # --------------------------------------------------------------------------------------------

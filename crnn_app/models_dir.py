@@ -226,8 +226,24 @@ def _is_feature_cache(folder: Path) -> bool:
         return False  # skips what it cannot list
 
 
-def find_checkpoint_files(models_dir: Path, max_files: int = 200) -> tuple[list[Path], bool]:
-    """``*.pt`` files under ``models_dir`` (sorted), and whether the list was cut at ``max_files``.
+MAX_FILES = 200  # checkpoint files the app lists (each is read and checked)
+
+
+def _written(path: Path) -> int:
+    """When ``path`` was last written (ns), for `find_checkpoint_files` to keep the latest; a
+    broken link or a link loop (listed, as such) counts as its link, else as oldest."""
+    for look in (path.stat, path.lstat):
+        try:
+            return look().st_mtime_ns
+        except (OSError, RuntimeError):
+            continue
+    return 0
+
+
+def find_checkpoint_files(models_dir: Path, max_files: int = MAX_FILES) -> tuple[list[Path], bool]:
+    """``*.pt`` files under ``models_dir`` (sorted), and whether the list was cut at ``max_files``:
+    where there are more, the ``max_files`` written last (a folder of many runs: the latest are
+    the ones to serve; the first ones by name hid the newest, as on the curves page before).
 
     Searched as `walk_models_dir` walks.
     """
@@ -235,11 +251,14 @@ def find_checkpoint_files(models_dir: Path, max_files: int = 200) -> tuple[list[
     for folder, files in walk_models_dir(models_dir):
         found.extend(folder / name for name in files if name.endswith(".pt"))
     found.sort()
-    return found[:max_files], len(found) > max_files
+    if len(found) <= max_files:
+        return found, False
+    latest = sorted(found, key=lambda path: (_written(path), path), reverse=True)[:max_files]
+    return sorted(latest), True
 
 
 def list_checkpoints(
-    models_dir: Path, describe: Any = describe_checkpoint, max_files: int = 200
+    models_dir: Path, describe: Any = describe_checkpoint, max_files: int = MAX_FILES
 ) -> Listing:
     """All checkpoint files under ``models_dir`` (see `find_checkpoint_files`), read with ``describe``.
 

@@ -1078,6 +1078,21 @@ def test_find_runs_offers_the_latest_runs_of_a_folder_of_too_many(tmp_path: Path
     assert find_runs(tmp_path) == (["a", "b", "c", "d", "e"], 5)
 
 
+def test_the_picker_lists_the_latest_checkpoints_of_a_folder_of_too_many(tmp_path: Path) -> None:
+    """More checkpoint files than the app lists: those written last, in name order, as the
+    curves page offers its runs (the first ones by name were listed, hiding the newest runs)."""
+    for age, name in enumerate(["e", "d", "c", "b", "a"]):  # "e" written last
+        path = tmp_path / name / "best.pt"
+        path.parent.mkdir()
+        path.write_bytes(b"")
+        os.utime(path, ns=(10**18 - age * 10**9, 10**18 - age * 10**9))
+    listing = list_checkpoints(tmp_path, describe=lambda path: ("char_lm", "", {}), max_files=3)
+    assert [entry.name for entry in listing.entries] == ["c/best.pt", "d/best.pt", "e/best.pt"]
+    assert listing.truncated
+    listing = list_checkpoints(tmp_path, describe=lambda path: ("char_lm", "", {}))
+    assert len(listing.entries) == 5 and not listing.truncated
+
+
 def test_the_curves_page_says_when_it_offers_some_runs_only(
     app: AppTest, models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -510,9 +510,15 @@ class Run:
                 f"nothing to resume: {self.last_path} does not exist; drop --resume to start a run"
             )
         if not resume and held and not overwrite:
+            if self.last_path.is_file():
+                how = "pass --resume to continue it, --overwrite to replace it"
+            else:  # (--resume would find nothing to resume)
+                how = "it has no last.pt to go on from: pass --overwrite to replace it"
+                if self.best_path.is_file():
+                    how += f" (--init-from {self.best_path} starts a run from its best weights)"
             raise UserError(
-                f"{self.out_dir} already holds a run ({', '.join(held)}); pass --resume to "
-                "continue it, --overwrite to replace it, or choose another --out-dir"
+                f"{self.out_dir} already holds a run ({', '.join(held)}); {how}, or choose "
+                "another --out-dir"
             )
         return bool(resume)
 

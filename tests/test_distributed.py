@@ -726,8 +726,8 @@ def test_an_error_every_rank_meets_is_said_once_and_never_runs_into_another_line
     assert time.monotonic() - start < 25
     said = [line for line in refused.stderr.splitlines() if "error: " in line]
     assert said == [
-        "error: r3 already holds a run (metrics.jsonl); pass --resume to continue "
-        "it, --overwrite to replace it, or choose another --out-dir"
+        "error: r3 already holds a run (metrics.jsonl); it has no last.pt to go on from: pass "
+        "--overwrite to replace it, or choose another --out-dir"
     ], said
 
 

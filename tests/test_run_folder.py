@@ -194,11 +194,22 @@ def test_a_refused_start_leaves_no_folder_and_a_held_one_no_lock_file(tmp_path):
     assert sorted(p.name for p in old.iterdir()) == ["features"]
 
 
-@pytest.mark.parametrize("left", ["last.pt", "best.pt", "metrics.jsonl"])
-def test_a_folder_with_any_file_of_a_run_is_not_replaced_silently(tmp_path, left):
+@pytest.mark.parametrize(
+    ("left", "how"),
+    [
+        ("last.pt", "pass --resume to continue it, --overwrite to replace it, or choose"),
+        # no last.pt: --resume would find nothing to resume (it was offered)
+        ("best.pt", "it has no last.pt to go on from: pass --overwrite to replace it (--init-from "
+                    "{folder}/best.pt starts a run from its best weights), or choose"),
+        ("metrics.jsonl", "it has no last.pt to go on from: pass --overwrite to replace it, or"),
+    ],
+)  # fmt: skip
+def test_a_folder_with_any_file_of_a_run_is_not_replaced_silently(tmp_path, left, how):
     (tmp_path / left).write_bytes(b"the old run")
-    with pytest.raises(UserError, match=rf"already holds a run \({left}\); pass --resume"):
+    with pytest.raises(UserError) as refused:
         Run(tmp_path, task="char_lm", settings=SETTINGS, config={}, quiet=True)
+    said = f"{tmp_path} already holds a run ({left}); {how.format(folder=tmp_path)}"
+    assert str(refused.value).startswith(said), str(refused.value)
     assert (tmp_path / left).read_bytes() == b"the old run"
     assert not (tmp_path / ".lock").exists()  # refused before anything was written
 

@@ -16,9 +16,9 @@ and path, whether it is the synthetic scenes) always comes from the saved config
 task's `describe_model` and `describe_data` (which the trainers record too), so that every
 checkpoint is described in the same words, whichever version of the trainer wrote its card; the
 card gives what only the run knew (the data's size, in the unit it was counted in: a character
-model's card before 2026-12-07 counted its whole text, in "characters"; steps, scores, date). A captioner counts as
-trained on the synthetic scenes when its annotation file is the one ``python -m captioner.scenes``
-writes (``dataset_scenes.json``).
+model's card before 2026-12-07 counted its whole text, in "characters"; steps, scores, date). A
+captioner counts as trained on the synthetic scenes when its annotation file is the one
+``python -m captioner.scenes`` writes (``dataset_scenes.json``).
 """
 
 from __future__ import annotations

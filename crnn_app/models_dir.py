@@ -241,9 +241,10 @@ def _written(path: Path) -> int:
 
 
 def find_checkpoint_files(models_dir: Path, max_files: int = MAX_FILES) -> tuple[list[Path], bool]:
-    """``*.pt`` files under ``models_dir`` (sorted), and whether the list was cut at ``max_files``:
-    where there are more, the ``max_files`` written last (a folder of many runs: the latest are
-    the ones to serve; the first ones by name hid the newest, as on the curves page before).
+    """``*.pt`` files under ``models_dir`` (sorted), and whether the list was cut at
+    ``max_files``: where there are more, the ``max_files`` written last (a folder of many runs:
+    the latest are the ones to serve; the first ones by name hid the newest, as on the curves
+    page before).
 
     Searched as `walk_models_dir` walks.
     """

@@ -86,11 +86,14 @@ def scst_loss(
     max_length: int = 30,
     generator: torch.Generator | None = None,
     layout: Distributed | None = None,
+    suppress_ids: Sequence[int] = (),
 ) -> tuple[Tensor, dict[str, float]]:
     """The SCST loss of one batch of B images (see the module docstring) and its statistics.
 
     features: the B images' `ImageFeatures` (with gradients if the encoder trains);
-    image_keys: each image's key in ``cider`` (the index of its training record, say).
+    image_keys: each image's key in ``cider`` (the index of its training record, say);
+    suppress_ids: ids neither the samples nor the greedy baseline may emit (``decode.suppress_unk``
+    passes <unk>, as validation decodes), so the policy is that of the captions it is scored on.
 
     Returns ``(loss, stats)``; stats holds floats: "reward" (mean CIDEr-D of the samples),
     "baseline" (mean baseline), "greedy_reward" (greedy baseline only), "advantage" (mean
@@ -104,7 +107,12 @@ def scst_loss(
         raise ValueError(f"baseline must be 'greedy' or 'mean', got {baseline!r}")
     if baseline == "mean" and samples_per_image < 2:
         raise ValueError("the mean baseline needs samples_per_image >= 2")
-    settings = dict(max_length=max_length, start_id=vocab.start_id, end_id=vocab.end_id)
+    settings = dict(
+        max_length=max_length,
+        start_id=vocab.start_id,
+        end_id=vocab.end_id,
+        suppress_ids=tuple(suppress_ids),
+    )
     samples = sample_captions(
         decoder, features, samples_per_image=samples_per_image, generator=generator, **settings
     )
@@ -156,6 +164,7 @@ class SelfCritical:
     baseline: Baseline
     max_length: int
     layout: Distributed | None = None  # under torchrun: the loss's token count is the job's
+    suppress_ids: Sequence[int] = ()  # decode.suppress_unk: <unk>, in samples and baseline alike
 
     def bind(
         self, image_keys: Sequence[Hashable]
@@ -164,7 +173,7 @@ class SelfCritical:
             loss, stats = scst_loss(
                 decoder, features, image_keys, self.cider, self.vocab,
                 samples_per_image=self.samples_per_image, baseline=self.baseline,
-                max_length=self.max_length, layout=self.layout,
+                max_length=self.max_length, layout=self.layout, suppress_ids=self.suppress_ids,
             )  # fmt: skip
             return loss, {f"scst_{name}": value for name, value in stats.items()}
 

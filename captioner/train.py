@@ -706,6 +706,8 @@ def train(
             cfg.train.scst_baseline,
             cfg.decode.max_length,
             layout=run.dist,
+            # validation decodes without <unk> under decode.suppress_unk: so do the policy's samples
+            suppress_ids=[vocab.unk_id] if cfg.decode.suppress_unk else [],
         )
 
     # --- one step and one validation; the engine does the rest

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import captioner.scst as scst
 import captioner.train as captioner_train
 from captioner.config import CaptionerConfig
 from captioner.train import main as train_main
@@ -158,3 +159,20 @@ def _char_lm(tmp_path: Path) -> Path:
         [f"data.path={text}", "train.max_steps=1"],
     )
     return Path(train_char_lm(cfg, tmp_path / "lm", quiet=True)["last_checkpoint"])
+
+
+def test_suppress_unk_holds_in_the_samples_and_the_greedy_baseline(
+    scenes_annotations: Path, tmp_path: Path, xe_checkpoint: Path, record_calls
+):
+    """decode.suppress_unk: validation never emits <unk>, so neither may the captions the policy
+    gradient is taken on, nor the greedy baseline they are compared with (both could: the policy
+    learnt from captions the run is never scored on)."""
+    samples = record_calls(scst, "sample_captions")
+    greedy = record_calls(scst, "greedy_decode")
+    cfg = tiny_cfg(scenes_annotations, *SCST, "train.max_steps=2", "decode.suppress_unk=true")
+    train(cfg, tmp_path / "run", quiet=True, init_from=xe_checkpoint)
+    unk = load_checkpoint(tmp_path / "run" / "last.pt")["vocab"].index("<unk>")
+    assert len(samples) == len(greedy) == 2
+    for call in samples:
+        assert list(call.kwargs["suppress_ids"]) == [unk] and not (call.result.tokens == unk).any()
+    assert [list(call.kwargs["suppress_ids"]) for call in greedy] == [[unk], [unk]]

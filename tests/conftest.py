@@ -59,6 +59,18 @@ def record_calls(monkeypatch: pytest.MonkeyPatch) -> Callable[[object, str], lis
     return record
 
 
+@pytest.fixture
+def reader_gone() -> io.StringIO:
+    """A standard output whose reader has gone (`... | head -1` after its line): every write
+    raises BrokenPipeError, as a pipe's does; for ``monkeypatch.setattr(sys, "stdout", ...)``."""
+    return _ReaderGone()
+
+
+class _ReaderGone(io.StringIO):
+    def write(self, text: str) -> int:
+        raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+
+
 class _DiskWithRoom(io.RawIOBase):
     """A file on a disk with room for ``room`` more bytes: a write takes what fits, as the
     kernel's does, and the next one fails with ENOSPC, as on a disk that filled up."""

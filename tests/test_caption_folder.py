@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import errno
-import io
 import json
 import os
 import shutil
@@ -561,22 +559,15 @@ def test_resume_says_how_many_captions_the_csv_holds_in_all(checkpoint, folder, 
     assert _rows(out) == whole
 
 
-class _ReaderGone(io.StringIO):
-    """A standard output whose reader has gone (`caption ... | head -1` after its line)."""
-
-    def write(self, text: str) -> int:
-        raise BrokenPipeError(errno.EPIPE, "Broken pipe")
-
-
 def test_a_csv_job_whose_stdout_reader_has_gone_keeps_its_captions(
-    checkpoint, folder, tmp_path, capsys, monkeypatch
+    checkpoint, folder, tmp_path, capsys, monkeypatch, reader_gone
 ):
     """`caption photos/ --csv captions.csv | head -1`: the first line that could not be printed
     raised BrokenPipeError, which ended the job with exit status 0, no line and no CSV (the one
     file it was run for). The CSV keeps what was captioned, as on a SIGTERM, status 141."""
     whole, out = tmp_path / "whole.csv", tmp_path / "captions.csv"
     assert run_main(_caption(checkpoint, str(folder), "--csv", str(whole)), capsys)[0] == 0
-    monkeypatch.setattr(sys, "stdout", _ReaderGone())
+    monkeypatch.setattr(sys, "stdout", reader_gone)
     code = run_cli(caption.main, _caption(checkpoint, str(folder), "--csv", str(out)))
     err = capsys.readouterr().err
     assert code == 141, err

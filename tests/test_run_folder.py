@@ -939,22 +939,14 @@ def test_a_buffered_training_whose_reader_has_gone_stops_at_the_next_line(tmp_pa
     assert torch.load(out_dir / "last.pt", weights_only=True)["step"] < 20
 
 
-class _ReaderGone:
-    """A standard output whose reader has gone: every write fails."""
-
-    def write(self, text: str) -> int:
-        raise BrokenPipeError(errno.EPIPE, "Broken pipe")
-
-    def flush(self) -> None:
-        pass
-
-
-def test_a_sigterm_with_the_output_also_gone_is_said_as_the_sigterm(tmp_path, monkeypatch):
+def test_a_sigterm_with_the_output_also_gone_is_said_as_the_sigterm(
+    tmp_path, monkeypatch, reader_gone
+):
     """A scheduler's SIGTERM that lands as the output's reader goes (a job cancelled whole, its
     `tee` with it) is the stop's cause: the run says SIGTERM and ends with its 143, not SIGPIPE's."""
     from recurrent.errors import RunStopped
 
-    monkeypatch.setattr(sys, "stdout", _ReaderGone())
+    monkeypatch.setattr(sys, "stdout", reader_gone)
     run = Run(tmp_path, task="char_lm", settings=SETTINGS, config={}, quiet=True)
 
     def step(net, x, y):

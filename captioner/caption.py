@@ -54,6 +54,7 @@ from recurrent.errors import (
     ArgumentParser,
     RunStopped,
     UserError,
+    output_gone,
     run_cli,
 )
 from recurrent.files import atomic_write_text
@@ -325,11 +326,12 @@ def main(argv: Sequence[str] | None = None) -> None:
                 saved = time.monotonic()
         if args.csv and (results or before):
             save()  # here, so that a stop after the last image still writes the file
-    except (RunStopped, KeyboardInterrupt, BrokenPipeError) as stop:
-        if not (args.csv and results):
+    except (RunStopped, KeyboardInterrupt, OSError) as stop:
+        gone = isinstance(stop, OSError)  # `... --csv OUT.csv | head`: the CSV is the job
+        if not (args.csv and results) or (gone and not output_gone(stop)):
             raise
         save()
-        if isinstance(stop, BrokenPipeError):  # `... --csv OUT.csv | head`: the CSV is the job
+        if gone:
             signal, code = READER_GONE, READER_GONE_STATUS
         elif isinstance(stop, KeyboardInterrupt):
             signal, code = "interrupted", 130

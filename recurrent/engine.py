@@ -18,9 +18,10 @@ and one evaluation that returns scores; `Run` does everything else, the same way
 - one weight-decay rule: matrices of linear, convolutional and recurrent layers decay; biases,
   normalisation parameters and embeddings do not (GPT-2 / minGPT);
 - checkpoints: ``last.pt`` at every evaluation, every ``checkpoint_every`` steps and/or
-  ``checkpoint_every_s`` seconds, at the end, and when SIGINT/SIGTERM stops the run; ``best.pt``
-  at every evaluation that improves the best score. Every write is atomic (a temporary file,
-  fsync, rename), so a kill at any moment leaves the last complete checkpoint readable;
+  ``checkpoint_every_s`` seconds, at the end, and when SIGINT/SIGTERM/SIGHUP stops the run;
+  ``best.pt`` at every evaluation that improves the best score. Every write is atomic (a
+  temporary file, fsync, rename), so a kill at any moment leaves the last complete checkpoint
+  readable;
 - evaluation every ``eval_every`` steps (0: at every pass over the data) and at the end, with
   best/last bookkeeping and early stopping after ``patience`` evaluations without improvement;
 - guards: a non-finite loss stops the run with one line naming the step and the last good
@@ -86,10 +87,13 @@ from recurrent.config import changed_settings, missing_keys, with_defaults
 from recurrent.errors import (
     READER_GONE,
     READER_GONE_STATUS,
+    STOP_SIGNALS,
     RunStopped,
     UserError,
     drop_unwritable_stdout,
     first_line,
+    output_gone,
+    signal_said,
 )
 from recurrent.files import atomic_write_text
 from recurrent.training import rng_state, set_rng_state, set_seed, warmup_cosine
@@ -381,8 +385,9 @@ class MetricsLog:
 
 
 class _StopSignals:
-    """SIGINT / SIGTERM set a flag the loop reads after each step; a second SIGINT interrupts at
-    once. Installed only in the main thread (signal handlers cannot be set elsewhere)."""
+    """SIGINT and `STOP_SIGNALS` (SIGTERM, SIGHUP) set a flag the loop reads after each step; a
+    second SIGINT interrupts at once. A SIGHUP that is ignored (`nohup`) stays ignored. Installed
+    only in the main thread (signal handlers cannot be set elsewhere)."""
 
     def __init__(self) -> None:
         self.received: int | None = None
@@ -390,8 +395,9 @@ class _StopSignals:
 
     def __enter__(self) -> _StopSignals:
         if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                self._previous[signum] = signal.signal(signum, self._handle)
+            for signum in (signal.SIGINT, *STOP_SIGNALS):
+                if signal.getsignal(signum) is not signal.SIG_IGN:
+                    self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
@@ -558,6 +564,10 @@ class Run:
         except BrokenPipeError:  # the run stops at its next step, saved, as for a signal
             self.output_lost = True
             drop_unwritable_stdout(gone=True)  # (unbuffered, a flush would not fail again)
+        except OSError as err:  # its terminal closed: SIGHUP stops the run (under nohup, it
+            if not output_gone(err):  # goes on unheard)
+                raise
+            drop_unwritable_stdout(gone=True)
 
     def check_resume(
         self,
@@ -1032,7 +1042,7 @@ class Run:
                             signals.received = (
                                 signals.received or signal.SIGTERM
                             )  # maybe another rank's (a signal or rank 0's lost output)
-                            name = signal.Signals(signals.received).name
+                            name = signal_said(signals.received)
                             status = 128 + signals.received
                         where = "" if self.dist.is_main else " on rank 0's machine"
                         raise RunStopped(

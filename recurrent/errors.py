@@ -146,12 +146,27 @@ class ArgumentParser(argparse.ArgumentParser):
 READER_GONE = "SIGPIPE (the standard output's reader has gone)"
 READER_GONE_STATUS = 141
 
-# What a SIGTERM outside a training loop says (`run_cli`'s ``stopped``): a trainer's setup says
-# how to go on, a command that reads or writes in one go that nothing is half-written.
-STOPPED = "SIGTERM; no file is left half-written (each is written whole or not at all)"
+# What a stop outside a training loop says after its signal (`run_cli`'s ``stopped``): a
+# trainer's setup says how to go on, a command that reads or writes in one go that nothing is
+# half-written.
+STOPPED = "no file is left half-written (each is written whole or not at all)"
 TRAINING_STOPPED = (
-    "SIGTERM; every file is written whole or not at all, so run the same command again to go on"
+    "every file is written whole or not at all, so run the same command again to go on"
 )
+
+# The signals that stop a command as Ctrl-C does, saved: a scheduler's or torchrun's stop, `kill`,
+# and a hang-up (the terminal closed: an ssh connection lost), which `nohup` leaves ignored.
+STOP_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)
+)
+
+
+def signal_said(signum: int) -> str:
+    """A stopping signal as a `stopped:` line names it: SIGTERM, or SIGHUP with what sent it."""
+    name = signal.Signals(signum).name
+    if name == "SIGHUP":
+        return f"{name} (its terminal was closed; nohup, tmux or screen keep a run going)"
+    return name
 
 
 def run_cli(
@@ -169,17 +184,18 @@ def run_cli(
     machines where torchrun does not stop them: they stop at once with its line
     (`recurrent.distributed.tell_failure`), not after the whole timeout.
 
-    A SIGTERM ends the command with ``stopped: <stopped>`` and status 143 (`_stop_on_sigterm`)."""
-    ended = [False]  # whether `main` has returned or raised (a box the SIGTERM handler reads)
-    previous = _stop_on_sigterm(ended, stopped)
+    A SIGTERM ends the command with ``stopped: SIGTERM; <stopped>`` and status 143, a SIGHUP
+    likewise with 129 (`_stop_on_signals`)."""
+    ended = [False]  # whether `main` has returned or raised (a box the signal handler reads)
+    previous = _stop_on_signals(ended, stopped)
     try:
         return _run(main, argv, ended, stopped)
     except Exception as err:  # a bug: its traceback follows
         _tell_job(f"{type(err).__name__}: {first_line(err, 'no message')} (a traceback follows)")
         raise
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
         from recurrent.files import release_all
 
         release_all()  # the run folder of a run that stopped or was refused
@@ -194,7 +210,7 @@ def _run(
 ) -> int:
     """`run_cli`'s call of ``main``, with what each way of failing says and returns; ``ended``
     is set the moment ``main`` returns or raises (a plain store: no signal handler runs before
-    it); ``stopped`` is what a SIGTERM says, whose reason a Ctrl-C says too."""
+    it); ``stopped`` is what a stopping signal or a Ctrl-C says after its name."""
     try:
         try:
             main(argv)
@@ -211,10 +227,8 @@ def _run(
         _report(f"stopped: {' '.join(str(stop).split())}", job_wide=True)  # signals, NaN: agreed
         return stop.exit_code
     except KeyboardInterrupt:  # Ctrl-C: what a SIGTERM says of the files and of going on
-        _report(f"stopped: interrupted; {stopped.partition('; ')[2]}", job_wide=True)
+        _report(f"stopped: interrupted; {stopped}", job_wide=True)
         return 130
-    except BrokenPipeError:  # e.g. `sample ... | head`
-        return 0
     except UnicodeEncodeError as err:
         held = _stream_that_cannot_hold(err)
         if held is None:
@@ -227,6 +241,8 @@ def _run(
         )
         return EXIT_USER_ERROR
     except OSError as err:
+        if output_gone(err):  # e.g. `sample ... | head`, or its terminal closed
+            return 0
         # without a path: a bug or the machine's state, unless the disk is full (a write, say
         # to a redirected stdout, names no file)
         if err.filename is None and err.errno not in DISK_FULL:
@@ -278,9 +294,9 @@ def _flush_stdout() -> None:
 
     try:
         sys.stdout.flush()
-    except BrokenPipeError:
-        raise
     except OSError as err:
+        if output_gone(err):
+            raise
         raise named(err, "the standard output") from None
     except (AttributeError, ValueError):  # no stdout (pythonw), or one closed
         pass
@@ -300,12 +316,25 @@ def drop_unwritable_stdout(*, gone: bool = False) -> None:
             pass
         except (AttributeError, ValueError):  # no stdout (pythonw), or one closed
             return
+    _point_at_devnull(sys.stdout)
+
+
+def _point_at_devnull(stream: Any) -> None:
+    """Point ``stream``'s descriptor at os.devnull, so that its next write and the interpreter's
+    flush at exit succeed, writing nothing."""
     try:
         null = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(null, sys.stdout.fileno())
+        os.dup2(null, stream.fileno())
         os.close(null)
-    except (AttributeError, OSError, ValueError):  # a stdout with no descriptor (a test's capture)
+    except (AttributeError, OSError, ValueError):  # a stream with no descriptor (a test's capture)
         pass
+
+
+def output_gone(err: BaseException) -> bool:
+    """Whether ``err``, raised writing to a standard stream, says that no one reads it any more:
+    a pipe's reader that has gone (`train ... | head`, a `tee` that died: BrokenPipeError), or a
+    terminal that was closed (an ssh connection lost: EIO)."""
+    return isinstance(err, BrokenPipeError) or (isinstance(err, OSError) and err.errno == errno.EIO)
 
 
 EXIT_LOST_PEER = 1
@@ -380,8 +409,13 @@ def _say_now(line: str, job_wide: bool) -> None:
         if leaves_it and (not forming or _machines_first_said()):
             return
         line = f"[rank {rank}] {line}"
-    sys.stderr.write(line + "\n")
-    sys.stderr.flush()
+    try:
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+    except OSError as err:  # `... 2>&1 | head`, a closed terminal: no one is left to tell
+        if not output_gone(err):
+            raise
+        _point_at_devnull(sys.stderr)
     if forming and first:
         _note_said()
 
@@ -455,25 +489,30 @@ def _tell_job(line: str) -> None:
     tell_failure(line)
 
 
-def _stop_on_sigterm(ended: list[bool], stopped: str) -> Any:
-    """Make SIGTERM (a scheduler's or torchrun's stop, `kill`) end the command with one
-    ``stopped:`` line and status 143 wherever it lands in ``main``, as it does in a training loop
-    (which installs its own handler to save last.pt first); return the handler it replaces, or
-    None outside the main thread, where handlers cannot be set.
+def _stop_on_signals(ended: list[bool], stopped: str) -> dict[int, Any]:
+    """Make each of `STOP_SIGNALS` (SIGTERM: a scheduler's or torchrun's stop, `kill`; SIGHUP:
+    the terminal closed) end the command with one ``stopped:`` line and status 128 + its number
+    wherever it lands in ``main``, as it does in a training loop (which installs its own handler
+    to save last.pt first); return the handlers it replaces, none outside the main thread, where
+    handlers cannot be set. A SIGHUP that is ignored (`nohup`) stays ignored.
 
-    Once ``main`` has ended (``ended[0]``) a SIGTERM is let pass: the command is already ending,
-    with its own line and status. It came there under torchrun, whose agent stops the other
+    Once ``main`` has ended (``ended[0]``) a signal is let pass: the command is already ending,
+    with its own line and status. A SIGTERM came there under torchrun, whose agent stops the other
     processes when one fails: raised while a process said that it lost contact with the failed
     one, or while it put the handler back, it escaped as a worker traceback."""
     if threading.current_thread() is not threading.main_thread():
-        return None
+        return {}
 
     def stop(signum: int, frame: Any) -> None:
         if ended[0]:
             return
-        raise RunStopped(stopped, exit_code=128 + signum)
+        raise RunStopped(f"{signal_said(signum)}; {stopped}", exit_code=128 + signum)
 
-    return signal.signal(signal.SIGTERM, stop)
+    return {
+        signum: signal.signal(signum, stop)
+        for signum in STOP_SIGNALS
+        if signal.getsignal(signum) is not signal.SIG_IGN
+    }
 
 
 # A loader worker can wait for SIGTERM and tell who sent it (Linux; not macOS), and so leave a
@@ -507,7 +546,12 @@ def loader_worker_init(worker_id: int) -> None:
     is ("DataLoader worker ... is killed by signal: Terminated"), with a traceback and its last
     steps unsaved. Here a thread waits for SIGTERM instead (blocked in this thread, so delivered
     to none) and ends the worker only when its main process sent it, as torch does at shutdown.
+
+    A hang-up (the terminal closed), which goes to the whole foreground group, is ignored: it
+    ended the worker, with the same traceback, before the main process could save.
     """
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
     if not WORKERS_LEAVE_SIGTERM:  # macOS: torch's handler stays
         return
     parent = os.getppid()

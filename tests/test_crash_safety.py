@@ -20,14 +20,18 @@ final weights and every logged loss, learning rate and gradient norm must be equ
 
 from __future__ import annotations
 
+import fcntl
 import importlib
 import io
 import multiprocessing
 import os
 import random
+import select
 import signal
 import subprocess
 import sys
+import termios
+import threading
 import time
 from pathlib import Path
 
@@ -214,14 +218,19 @@ def stop_with(
     """Send ``signum`` (to the trainer's whole process group with ``group``) once the trainer has
     logged a step past ``after_step``; check its exit status and its one ``stopped:`` line, and
     return the step that line names."""
-    metrics = out_dir / "metrics.jsonl"
-    assert trainer.wait_for_step(metrics, after_step + 1), trainer.stderr()
+    assert trainer.wait_for_step(out_dir / "metrics.jsonl", after_step + 1), trainer.stderr()
     (os.killpg if group else os.kill)(trainer.pid, signum)
+    return stopped_step(signal.Signals(signum).name, trainer, out_dir, after_step)
+
+
+def stopped_step(said: str, trainer: Trainer, out_dir: Path, after_step: int) -> int:
+    """Wait for a trainer that a signal stops; check its exit status and its one ``stopped:``
+    line, which names the signal as ``said``, and return the step that line names."""
     code = trainer.wait(timeout=120)
     lines = trainer.stderr().strip().splitlines()
-    assert code == 128 + signum, lines  # 130 for SIGINT, 143 for SIGTERM
+    assert code == 128 + signal.Signals[said.split()[0]], lines  # 130 SIGINT, 143 SIGTERM, ...
     assert len(lines) == 1, lines  # no traceback, no progress bar (stderr is not a terminal)
-    prefix = f"stopped: {signal.Signals(signum).name} at step "
+    prefix = f"stopped: {said} at step "
     assert lines[0].startswith(prefix), lines
     step = int(lines[0][len(prefix) :].split(":")[0])
     assert f"{out_dir / 'last.pt'} is saved" in lines[0]
@@ -282,6 +291,134 @@ def test_sigterm_to_the_process_group_leaves_the_stop_to_the_main_process(
     args = cli_args("captioner", out_dir, overrides, resume=False)
     with start_cli("captioner", args, tmp_path / "group", own_group=True) as trainer:
         stop_with(signal.SIGTERM, trainer, out_dir, 4, group=True)
+
+
+# --- a closed terminal --------------------------------------------------------------------------
+
+
+class Terminal:
+    """A pseudo-terminal that a training process takes as its controlling terminal, as one
+    started from a shell (or over ssh) does. Closing it (`hang_up`) is what a closed terminal
+    window or a lost ssh connection does: the kernel sends SIGHUP to the terminal's controlling
+    process (here the trainer, its session's leader; else the shell, which sends it on to each
+    of its jobs' process groups, DataLoader workers included, as the kernel does to the
+    foreground group when the shell ends), and writes to the terminal fail (EIO)."""
+
+    def __init__(self) -> None:
+        self.master, self.slave = os.openpty()
+        self.output = bytearray()
+        self._closing = threading.Event()
+        self._drain = threading.Thread(target=self._read, daemon=True)
+
+    def start(self, task: str, args: list[str], log: Path, *, output: bool, nohup: bool = False):
+        """``python -m <task>.train ARGS`` in a session of its own whose controlling terminal is
+        this one; its output goes to the terminal (``output``) or to LOG.out and LOG.err. With
+        ``nohup``, SIGHUP is ignored, as `nohup` leaves it."""
+
+        def take_terminal() -> None:  # in the child, before exec
+            os.setsid()
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+            if nohup:
+                signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+        log.parent.mkdir(parents=True, exist_ok=True)
+        files = [log.with_suffix(suffix) for suffix in (".out", ".err")]
+        for file in files:
+            file.touch()
+        out, err = (self.slave,) * 2 if output else (file.open("w") for file in files)
+        process = subprocess.Popen(
+            [sys.executable, "-m", f"{task}.train", *args],
+            cwd=REPO,
+            env=ENV,
+            stdin=self.slave,
+            stdout=out,
+            stderr=err,
+            preexec_fn=take_terminal,
+        )
+        self._drain.start()
+        return Trainer(process, log, time.time())
+
+    def _read(self) -> None:  # the terminal's window: what the process writes, read as it comes
+        while not self._closing.is_set():
+            if select.select([self.master], [], [], 0.05)[0]:
+                self.output += os.read(self.master, 65536)
+
+    def hang_up(self, trainer: Trainer, *, shell: bool = False) -> None:
+        """Close the terminal; with ``shell``, send SIGHUP to the trainer's process group too,
+        as the shell that started it would."""
+        self._closing.set()
+        self._drain.join()
+        os.close(self.slave)
+        os.close(self.master)
+        if shell:
+            os.killpg(trainer.pid, signal.SIGHUP)
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="a hang-up is POSIX's")
+def test_a_closed_terminal_stops_the_run_saved_and_its_resume_is_the_uninterrupted_run(
+    tmp_path,
+):
+    """Over ssh, a lost connection closes the terminal of a run started without nohup or tmux:
+    the process was killed by the hang-up, losing everything since its last checkpoint (up to
+    `train.checkpoint_every_s`, ten minutes). Now it stops as for SIGTERM, last.pt saved at the
+    step it had reached, with status 129, though no one is left to read its line; and after the
+    hang-up its writes to the closed terminal (EIO) fail quietly instead of ending it."""
+    base = ["model.dropout=0.2", "train.lr_decay_steps=60", "train.log_every=1"]
+    base += ["train.eval_every=5"]
+    out_dir = tmp_path / "run"
+    terminal = Terminal()
+    args = cli_args("char_lm", out_dir, [*base, "train.max_steps=1_000_000"], resume=False)
+    with terminal.start("char_lm", args, tmp_path / "ssh", output=True) as trainer:
+        assert trainer.wait_for_step(out_dir / "metrics.jsonl", 6)
+        terminal.hang_up(trainer)
+        assert trainer.wait(timeout=120) == 128 + signal.SIGHUP
+    assert b"step 5: train loss" in terminal.output  # it was writing to the terminal
+    stopped = load_checkpoint(out_dir / "last.pt")["step"]
+    logged = max(r["step"] for r in read_metrics(out_dir / "metrics.jsonl"))
+    assert stopped == logged > 6  # saved where it was, not at its last evaluation (5)
+
+    end = stopped + 10
+    cfg = load_config(CharLMConfig, CONFIGS["char_lm"], [*base, f"train.max_steps={end}"])
+    assert char_lm_train.train(cfg, out_dir, resume=True, quiet=True)["steps"] == end
+    train_in_process("char_lm", tmp_path / "reference", [*base, f"train.max_steps={end}"])
+    assert_same_run(out_dir, tmp_path / "reference")
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="a hang-up is POSIX's")
+def test_a_closed_terminal_leaves_the_stop_to_the_main_process_and_says_it(
+    scenes_annotations, tmp_path
+):
+    """`train ... > log 2>&1` in a terminal that closes: the line goes to the log and names the
+    hang-up and what keeps a run going. The hang-up reaches the DataLoader workers too (the
+    terminal's whole foreground group): they leave it to the main process, as for a group's
+    SIGTERM (they were killed by it, and the main process failed mid-step with a traceback)."""
+    overrides = [*task_overrides("captioner", scenes_annotations), "train.max_steps=1_000_000"]
+    overrides += ["data.num_workers=2", "data.cache_images=false", "train.eval_every=3"]
+    out_dir = tmp_path / "run"
+    terminal = Terminal()
+    args = cli_args("captioner", out_dir, overrides, resume=False)
+    with terminal.start("captioner", args, tmp_path / "log", output=False) as trainer:
+        assert trainer.wait_for_step(out_dir / "metrics.jsonl", 5), trainer.stderr()
+        terminal.hang_up(trainer, shell=True)
+        said = "SIGHUP (its terminal was closed; nohup, tmux or screen keep a run going)"
+        stopped_step(said, trainer, out_dir, 4)
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="a hang-up is POSIX's")
+def test_under_nohup_a_closed_terminal_leaves_the_run_going_unheard(tmp_path):
+    """With SIGHUP ignored (`nohup`, or a shell's `disown` with `huponexit` off) the run goes on
+    to its end as though nothing happened, its output on the closed terminal dropped (writes
+    failed with EIO: a traceback that ended the run)."""
+    overrides = ["train.max_steps=60", "train.log_every=1", "train.eval_every=20"]
+    out_dir = tmp_path / "run"
+    terminal = Terminal()
+    args = cli_args("char_lm", out_dir, overrides, resume=False)
+    with terminal.start("char_lm", args, tmp_path / "nohup", output=True, nohup=True) as trainer:
+        assert trainer.wait_for_step(out_dir / "metrics.jsonl", 3)
+        terminal.hang_up(trainer)
+        assert trainer.wait(timeout=120) == 0
+    train_in_process("char_lm", tmp_path / "reference", overrides)
+    assert_same_run(out_dir, tmp_path / "reference")
 
 
 # --- kill -9 ------------------------------------------------------------------------------------

@@ -385,7 +385,7 @@ def test_a_process_waiting_for_its_job_to_form_stops_at_sigterm_and_tells_the_jo
         (RunStopped("SIGTERM", 143), False, "1\tstopped: SIGTERM"),
         (ValueError("a bug\nin two lines"), False, "1\tValueError: a bug (a traceback follows)"),
         (AssertionError(), False, "1\tAssertionError: no message (a traceback follows)"),
-        (KeyboardInterrupt(), False, f"1\tstopped: interrupted; {STOPPED.partition('; ')[2]}"),
+        (KeyboardInterrupt(), False, f"1\tstopped: interrupted; {STOPPED}"),
         (
             FileNotFoundError(errno.ENOENT, "No such file or directory", "text.txt"),
             False,

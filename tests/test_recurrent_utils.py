@@ -8,6 +8,7 @@ import io
 import math
 import multiprocessing
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -370,7 +371,7 @@ def test_a_bad_flag_is_one_line_naming_it(module, capsys):
     [
         (UserError("a bad value\n  on two  lines"), 2, "error: a bad value on two lines\n"),
         # Ctrl-C outside a training loop: as a SIGTERM there, what is kept
-        (KeyboardInterrupt(), 130, f"stopped: interrupted; {STOPPED.partition('; ')[2]}\n"),
+        (KeyboardInterrupt(), 130, f"stopped: interrupted; {STOPPED}\n"),
         (BrokenPipeError(), 0, ""),  # `char_lm.sample ... | head`: the reader had enough
     ],
 )
@@ -388,7 +389,7 @@ def test_ctrl_c_in_a_trainer_says_what_its_sigterm_says(capsys) -> None:
 
     assert run_cli(main, [], stopped=TRAINING_STOPPED) == 130
     said = capsys.readouterr().err
-    assert said == f"stopped: interrupted; {TRAINING_STOPPED.partition('; ')[2]}\n"
+    assert said == f"stopped: interrupted; {TRAINING_STOPPED}\n"
 
 
 def test_an_output_that_cannot_hold_a_character_is_one_line_saying_how_to_run(monkeypatch, capsys):
@@ -567,6 +568,30 @@ def test_loader_workers_are_this_processs_children_whatever_the_default_start_me
         multiprocessing.set_start_method(previous, force=True)
     assert parents == {os.getpid()}
     assert "multiprocessing_context" not in loader_workers(0)  # torch refuses it without workers
+
+
+class SlowWorkerPids(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 3
+
+    def __getitem__(self, index: int) -> int:
+        if index:
+            time.sleep(0.5)  # the worker is busy with it when the hang-up comes
+        return os.getpid()
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="a hang-up is POSIX's")
+def test_loader_workers_leave_a_hang_up_to_the_main_process():
+    """A closed terminal's SIGHUP goes to the whole foreground process group (the shell sends it
+    to each job's group): it killed the workers, and the main process failed as it next waited
+    for a batch ("DataLoader worker ... is killed by signal: Hangup"), a traceback and its last
+    steps unsaved. The main process stops on it, saved, and then ends its workers."""
+    items = iter(
+        torch.utils.data.DataLoader(SlowWorkerPids(), batch_size=None, **loader_workers(1))
+    )
+    worker = int(next(items))
+    os.kill(worker, signal.SIGHUP)
+    assert [int(pid) for pid in items] == [worker, worker]
 
 
 @pytest.mark.parametrize(

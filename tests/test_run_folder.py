@@ -661,8 +661,37 @@ def test_sigterm_before_training_is_one_stopped_line_and_status_143(capsys):
 
     assert run_cli(main, []) == 143
     (printed,) = capsys.readouterr().err.strip().splitlines()
-    assert printed == f"stopped: {STOPPED}"
+    assert printed == f"stopped: SIGTERM; {STOPPED}"
     assert signal.getsignal(signal.SIGTERM) is before  # put back for whoever called run_cli
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="a hang-up is POSIX's")
+@pytest.mark.parametrize("nohup", [False, True])
+def test_a_hang_up_stops_a_command_in_one_line_unless_nohup_ignores_it(nohup, capsys):
+    """A closed terminal (a lost ssh connection) stops a command as SIGTERM does, naming the
+    hang-up and what keeps a command going; under `nohup` (SIGHUP ignored) it goes on."""
+    before = signal.signal(signal.SIGHUP, signal.SIG_IGN if nohup else signal.SIG_DFL)
+    went_on = []
+
+    def main(argv):
+        os.kill(os.getpid(), signal.SIGHUP)
+        time.sleep(0.5)  # the handler raises here
+        went_on.append(True)
+
+    try:
+        code = run_cli(main, [])
+        assert signal.getsignal(signal.SIGHUP) is (signal.SIG_IGN if nohup else signal.SIG_DFL)
+    finally:
+        signal.signal(signal.SIGHUP, before)
+    said = capsys.readouterr().err
+    if nohup:
+        assert (code, said, went_on) == (0, "", [True])
+    else:
+        assert (code, went_on) == (129, [])
+        assert said == (
+            "stopped: SIGHUP (its terminal was closed; nohup, tmux or screen keep a run going); "
+            f"{STOPPED}\n"
+        )
 
 
 def _sigterm_in_main(argv):
@@ -689,7 +718,7 @@ def test_each_command_says_what_a_sigterm_before_its_end_leaves(module, said, mo
     with pytest.raises(SystemExit) as ended:
         command.cli()
     assert ended.value.code == 143
-    assert capsys.readouterr().err == f"stopped: {said}\n"
+    assert capsys.readouterr().err == f"stopped: SIGTERM; {said}\n"
 
 
 def test_sigterm_as_a_command_ends_leaves_it_its_own_line_and_status(monkeypatch, capsys):
@@ -869,13 +898,16 @@ def test_a_file_written_whole_over_a_folder_is_not_called_a_special_file(tmp_pat
     assert (tmp_path / "out.csv").is_dir()
 
 
-def _reader_gone(argv: list[str], env: dict[str, str], *, after_lines: int = 0) -> tuple[int, str]:
+def _reader_gone(
+    argv: list[str], env: dict[str, str], *, after_lines: int = 0, stderr_too: bool = False
+) -> tuple[int, str]:
     """Run ``python -m char_lm.train ARGV`` whose stdout's reader goes after `after_lines` lines
-    (`train ... | head -N`); its exit status and stderr."""
+    (`train ... | head -N`; with ``stderr_too``, `train ... 2>&1 | head -N`); its exit status and
+    stderr (none with ``stderr_too``)."""
     process = subprocess.Popen(
         [sys.executable, "-m", "char_lm.train", *argv],
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stderr=subprocess.STDOUT if stderr_too else subprocess.PIPE,
         text=True,
         env={**env, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)},
     )
@@ -883,11 +915,12 @@ def _reader_gone(argv: list[str], env: dict[str, str], *, after_lines: int = 0) 
         lines = [process.stdout.readline() for _ in range(after_lines)]
         assert all(lines), lines
         process.stdout.close()  # `head -N` has its lines
-        err = process.stderr.read()
+        err = "" if stderr_too else process.stderr.read()
         process.wait(timeout=120)
     finally:
         process.kill()
-        process.stderr.close()
+        if not stderr_too:
+            process.stderr.close()
     return process.returncode, err
 
 
@@ -906,6 +939,21 @@ def test_a_training_whose_stdout_reader_has_gone_stops_saved_and_says_so(tmp_pat
     assert line.endswith(f"{out_dir / 'last.pt'} is saved; run the same command with --resume "
                          "to continue")  # fmt: skip
     assert (out_dir / "last.pt").is_file() and (out_dir / "best.pt").is_file()
+
+
+def test_a_training_whose_output_and_errors_reader_has_gone_stops_saved_with_sigpipes_status(
+    tmp_path,
+):
+    """`train ... 2>&1 | head -1` (`2>&1 | tee log`, a `tee` that died): the run stopped saved,
+    but its `stopped:` line, written to the same gone pipe, raised BrokenPipeError in turn: a
+    traceback nobody could read and status 1, a crash to the script that ran it. Its line is
+    dropped now (no one is left to read it) and the status is SIGPIPE's 141."""
+    out_dir = tmp_path / "run"
+    argv = ["--config", str(CHAR_TINY), "--out-dir", str(out_dir), "--set",
+            "train.max_steps=100000", "--set", "train.eval_every=50"]  # fmt: skip
+    code, _ = _reader_gone(argv, dict(os.environ), after_lines=1, stderr_too=True)
+    assert code == 141
+    assert torch.load(out_dir / "last.pt", weights_only=True)["step"] > 0
 
 
 def test_an_unbuffered_training_whose_reader_has_gone_stops_saved_past_a_note(tmp_path):

@@ -96,7 +96,7 @@ from crnn_app.toys import (
     trace_toy,
     train_toy,
 )
-from recurrent.errors import UserError
+from recurrent.errors import UserError, out_of_memory
 from recurrent.plot import METRICS_FILE, X_AXES, curve_charts, metrics_frame, thin
 from recurrent.training import pick_device
 
@@ -114,6 +114,8 @@ DEFAULT_PROMPT = "ROMEO:"
 MAX_DEFAULT_RUNS = 4  # runs plotted when the curves page opens
 CURVES_REFRESH_S = 5.0  # how often the curves page rereads metrics while following runs
 CAPTIONING_SECTION = "Image captioning"  # the README section on training for photographs
+# what to lower when memory runs out (the line says what ran out and how much it asked for)
+APP_MEMORY = "lower the beam size, the ensemble or the text's length, or pick a smaller model"
 
 
 # --------------------------------------------------------------------------------------------
@@ -1082,7 +1084,10 @@ def main() -> None:
     except UserError as err:
         st.error(one_line(err))
     except Exception as err:  # an internal failure: still one line, never a traceback
-        st.error(f"Something went wrong ({type(err).__name__}: {one_line(err)}).")
+        if (said := out_of_memory(err)) is not None:  # a wide beam, a long text, a big model
+            st.error(f"{said[0].upper()}{said[1:]}: {APP_MEMORY}.")
+        else:
+            st.error(f"Something went wrong ({type(err).__name__}: {one_line(err)}).")
 
 
 if __name__ == "__main__":

@@ -54,7 +54,6 @@ from recurrent.errors import (
     ArgumentParser,
     RunStopped,
     UserError,
-    output_gone,
     run_cli,
 )
 from recurrent.files import atomic_write_text
@@ -326,12 +325,11 @@ def main(argv: Sequence[str] | None = None) -> None:
                 saved = time.monotonic()
         if args.csv and (results or before):
             save()  # here, so that a stop after the last image still writes the file
-    except (RunStopped, KeyboardInterrupt, OSError) as stop:
-        gone = isinstance(stop, OSError)  # `... --csv OUT.csv | head`: the CSV is the job
-        if not (args.csv and results) or (gone and not output_gone(stop)):
+    except (RunStopped, KeyboardInterrupt, BrokenPipeError) as stop:
+        if not (args.csv and results):
             raise
         save()
-        if gone:
+        if isinstance(stop, BrokenPipeError):  # `... --csv OUT.csv | head`: the CSV is the job
             signal, code = READER_GONE, READER_GONE_STATUS
         elif isinstance(stop, KeyboardInterrupt):
             signal, code = "interrupted", 130
@@ -383,7 +381,7 @@ def _lines(path: str, result: CaptionResult, n_best: int) -> Iterable[str]:
 
 def cli() -> None:
     """Console-script entry point: a user mistake becomes one line on stderr, exit status 2."""
-    raise SystemExit(run_cli(main))
+    raise SystemExit(run_cli(main, memory="lower --batch-size or --beam-size"))
 
 
 if __name__ == "__main__":

@@ -237,7 +237,7 @@ def describe_decoding(settings) -> str:
 
 def cli() -> None:
     """Console-script entry point: a user mistake becomes one line on stderr, exit status 2."""
-    raise SystemExit(run_cli(main))
+    raise SystemExit(run_cli(main, memory="lower --batch-size or --beam-size"))
 
 
 if __name__ == "__main__":

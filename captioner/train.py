@@ -125,6 +125,11 @@ from recurrent.errors import (
 )
 
 TASK = "captioner"
+# what to lower when a run runs out of memory (`run_cli`'s ``memory``)
+MEMORY = (
+    "lower train.batch_size (raising train.grad_accum_steps as much keeps each step's batch), "
+    "data.image_size, decode.beam_size or the model's size"
+)
 
 
 def encoder_trains(cfg: CaptionerConfig) -> bool:
@@ -874,9 +879,8 @@ def _seconds(summary: dict) -> str:
 def cli() -> None:
     """Console-script entry point: a user mistake becomes one line on stderr, exit status 2; a
     torchrun worker ends through `recurrent.distributed.finish`."""
-    raise SystemExit(
-        finish(run_cli(main, stopped=f"{TRAINING_STOPPED} (a feature cache keeps what it filled)"))
-    )
+    stopped = f"{TRAINING_STOPPED} (a feature cache keeps what it filled)"
+    raise SystemExit(finish(run_cli(main, stopped=stopped, memory=MEMORY)))
 
 
 if __name__ == "__main__":

@@ -53,6 +53,11 @@ from recurrent.engine import Resume, Run, StepResult
 from recurrent.errors import TRAINING_STOPPED, ArgumentParser, UserError, run_cli
 
 TASK = "char_lm"
+# what to lower when a run runs out of memory (`run_cli`'s ``memory``)
+MEMORY = (
+    "lower data.batch_size (raising train.grad_accum_steps as much keeps each step's batch), "
+    "data.block_size or the model's size"
+)
 LN2 = math.log(2)
 
 
@@ -379,7 +384,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 def cli() -> None:
     """Console-script entry point: a user mistake becomes one line on stderr, exit status 2; a
     torchrun worker ends through `recurrent.distributed.finish`."""
-    raise SystemExit(finish(run_cli(main, stopped=TRAINING_STOPPED)))
+    raise SystemExit(finish(run_cli(main, stopped=TRAINING_STOPPED, memory=MEMORY)))
 
 
 if __name__ == "__main__":

@@ -88,10 +88,12 @@ from recurrent.errors import (
     READER_GONE,
     READER_GONE_STATUS,
     STOP_SIGNALS,
+    OutOfMemory,
     RunStopped,
     UserError,
     drop_unwritable_stdout,
     first_line,
+    out_of_memory,
     output_gone,
     signal_said,
 )
@@ -565,7 +567,7 @@ class Run:
             self.output_lost = True
             drop_unwritable_stdout(gone=True)  # (unbuffered, a flush would not fail again)
         except OSError as err:  # its terminal closed: SIGHUP stops the run (under nohup, it
-            if not output_gone(err):  # goes on unheard)
+            if not output_gone(err, sys.stdout):  # goes on unheard)
                 raise
             drop_unwritable_stdout(gone=True)
 
@@ -817,6 +819,8 @@ class Run:
         steps_at_start, items_total, started = progress.step, 0, time.perf_counter()
         elapsed_before = progress.elapsed_s
         last_save = time.perf_counter()
+        saved_step = progress.step if self.payload is not None else None  # last.pt's step
+        doing: list[str | None] = [None]  # what runs out of memory, where not a training step
         call_losses: list[float] = []  # every step's loss in this call, for the summary
         stats: list[Tensor] = []  # [loss, grad norm] of steps not yet checked (on the device)
         window_items, window_start = 0, time.perf_counter()
@@ -855,7 +859,7 @@ class Run:
             progress.since_eval[1] += len(values)
 
         def save(improved: bool) -> None:
-            nonlocal last_save
+            nonlocal last_save, saved_step
             flush_checks()
             progress.elapsed_s = elapsed()
             # every rank's random-number state and data position (its own streams, say)
@@ -868,13 +872,15 @@ class Run:
                 save_checkpoint(payload, self.last_path)
                 if improved:
                     save_checkpoint(payload, self.best_path)
-            last_save = time.perf_counter()
+            last_save, saved_step = time.perf_counter(), progress.step
 
         def run_evaluation() -> None:
             flush_checks()
             model.eval()
+            doing[0] = f"in the evaluation at step {progress.step}"
             with torch.no_grad(), self.precision.autocast():
                 scores = evaluate(model)
+            doing[0] = None
             # rank 0's scores decide best.pt and patience everywhere (a process that scored on
             # its own could tie-break otherwise)
             scores = self.dist.broadcast_object(scores)
@@ -1050,11 +1056,21 @@ class Run:
                             "run the same command with --resume to continue",
                             exit_code=status,
                         )
+            if progress.evaluated_step != progress.step:
+                run_evaluation()  # every run ends with an evaluation and last.pt at its last step
+        except (RuntimeError, MemoryError) as err:
+            if (said := out_of_memory(err)) is None:
+                raise
+            raise OutOfMemory(
+                f"{said} {doing[0] or f'at step {progress.step + 1}'}",
+                f"{self.last_path} is as it was, at step {saved_step}: run again with --resume "
+                "to go on from there"
+                if saved_step is not None
+                else "nothing was saved yet",
+            ) from None
         finally:
             bar.close()
             metrics.close()
-        if progress.evaluated_step != progress.step:
-            run_evaluation()  # every run ends with an evaluation and last.pt at its last step
         train_time = time.perf_counter() - started
         if self.payload is not None and progress.step == steps_at_start:
             self.log(f"nothing to do: {self.last_path} is already at step {progress.step}")

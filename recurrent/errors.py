@@ -16,6 +16,7 @@ import errno
 import os
 import re
 import signal
+import stat
 import sys
 import threading
 import time
@@ -109,6 +110,71 @@ class JobNotFormed(UserError):
     never came (`recurrent.distributed.setup`)."""
 
 
+class OutOfMemory(UserError):
+    """A command ran out of memory: the message is `out_of_memory`'s account of it, to which
+    `run_cli` adds what to lower (its ``memory`` hint), then ``kept``: what is left of a run."""
+
+    def __init__(self, said: str, kept: str = "") -> None:
+        super().__init__(said)
+        self.kept = kept
+
+
+# torch's accounts of an allocation that failed: a GPU's ("CUDA out of memory. Tried to allocate
+# 2.00 GiB. GPU 0 has a total capacity of 79.19 GiB of which 1.10 GiB is free. ..."), Apple's
+# ("MPS backend out of memory (...). Tried to allocate 256.00 MiB on private pool. ..."), and the
+# CPU allocator's ("DefaultCPUAllocator: can't allocate memory: you tried to allocate
+# 4503599627370496 bytes. Error code 12 ...")
+_DEVICE_OUT_OF_MEMORY = re.compile(r"\b(CUDA|MPS backend|XPU) out of memory\b")
+_CPU_OUT_OF_MEMORY = "DefaultCPUAllocator: can't allocate memory"
+_ASKED = re.compile(r"tried to allocate (\d+ bytes|\d+(?:\.\d+)? [KMGTP]?i?B\b)", re.IGNORECASE)
+# a GPU's capacity and free memory, as torch 2.1 and later say them, and as older ones did
+# ("(GPU 0; 7.93 GiB total capacity; 130.35 MiB already allocated; 47.06 MiB free; ...")
+_FREE = re.compile(
+    r"total capacity of (?P<total>\S+ \S+) of which (?P<free>\S+ \S+) is free"
+    r"|(?P<total_then>\S+ \S+) total capacity;.*?(?P<free_then>\S+ \S+) free;"
+)
+
+
+def out_of_memory(err: BaseException) -> str | None:
+    """What ran out of memory and how much it asked for, in words, when ``err`` says that an
+    allocation failed (torch's OutOfMemoryError on a GPU, its CPU allocator's RuntimeError,
+    Python's MemoryError, raised here or in a DataLoader worker); else None.
+
+    The operating system may also end a process that takes too much memory with SIGKILL (Linux's
+    OOM killer), which no process can answer: this covers an allocation refused outright."""
+    if isinstance(err, MemoryError):
+        return "the machine ran out of memory"
+    if not isinstance(err, RuntimeError):
+        return None
+    text = str(err)
+    device = _DEVICE_OUT_OF_MEMORY.search(text)
+    if device is None and _CPU_OUT_OF_MEMORY not in text:
+        return None
+    what = "the machine" if device is None else f"the {_DEVICE_NAMES[device.group(1)]}"
+    details = []
+    if asked := _ASKED.search(text):
+        amount = asked.group(1)
+        if amount.endswith(" bytes"):
+            amount = _binary_size(int(amount.split()[0]))
+        details.append(f"it asked for {amount} more")
+    if free := _FREE.search(text):
+        total = free.group("total") or free.group("total_then")
+        details.append(f"{free.group('free') or free.group('free_then')} of its {total} was free")
+    return f"{what} ran out of memory" + (f" ({'; '.join(details)})" if details else "")
+
+
+_DEVICE_NAMES = {"CUDA": "GPU", "MPS backend": "GPU (MPS)", "XPU": "GPU (XPU)"}
+
+
+def _binary_size(size: int) -> str:
+    """``size`` bytes as torch writes a GPU's sizes: "20.00 MiB", "4.00 PiB"."""
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024:
+            return f"{size} bytes" if unit == "bytes" else f"{size:.2f} {unit}"
+        size /= 1024
+    return f"{size:.2f} PiB"
+
+
 class RunStopped(BaseException):
     """A run ended early on purpose (a signal, a non-finite loss): its message is shown as one
     line and the command exits with ``exit_code``; the run's last checkpoint is intact.
@@ -154,6 +220,10 @@ TRAINING_STOPPED = (
     "every file is written whole or not at all, so run the same command again to go on"
 )
 
+# What to lower when a command runs out of memory (`run_cli`'s ``memory``); each command that has
+# settings for it names them.
+MEMORY = "use a smaller model or smaller inputs, or free memory on the machine"
+
 # The signals that stop a command as Ctrl-C does, saved: a scheduler's or torchrun's stop, `kill`,
 # and a hang-up (the terminal closed: an ssh connection lost), which `nohup` leaves ignored.
 STOP_SIGNALS = tuple(
@@ -174,10 +244,12 @@ def run_cli(
     argv: Sequence[str] | None = None,
     *,
     stopped: str = STOPPED,
+    memory: str = MEMORY,
 ) -> int:
     """Call `main(argv)`; a `UserError` becomes `error: <message>` on stderr and exit status 2, and
     so does a refused file, as `error: cannot use <path>: <reason>; check ...` (`error: the disk
-    is full (writing <path>): ...` for a full disk).
+    is full (writing <path>): ...` for a full disk), and an allocation that failed, as `error:
+    the GPU ran out of memory (it asked for ...); <memory>`: what to lower.
 
     Under torchrun, a process that stops before its job has formed (a mistake, a signal, a bug)
     also tells the job's other processes, which are waiting to form it, possibly on other
@@ -189,7 +261,7 @@ def run_cli(
     ended = [False]  # whether `main` has returned or raised (a box the signal handler reads)
     previous = _stop_on_signals(ended, stopped)
     try:
-        return _run(main, argv, ended, stopped)
+        return _run(main, argv, ended, stopped, memory)
     except Exception as err:  # a bug: its traceback follows
         _tell_job(f"{type(err).__name__}: {first_line(err, 'no message')} (a traceback follows)")
         raise
@@ -207,10 +279,12 @@ def _run(
     argv: Sequence[str] | None,
     ended: list[bool],
     stopped: str,
+    memory: str,
 ) -> int:
     """`run_cli`'s call of ``main``, with what each way of failing says and returns; ``ended``
     is set the moment ``main`` returns or raises (a plain store: no signal handler runs before
-    it); ``stopped`` is what a stopping signal or a Ctrl-C says after its name."""
+    it); ``stopped`` is what a stopping signal or a Ctrl-C says after its name, ``memory`` what
+    to lower when memory ran out."""
     try:
         try:
             main(argv)
@@ -219,6 +293,9 @@ def _run(
         _flush_stdout()  # what is left of its output fails here (a full disk), not at exit
     except JobNotFormed as err:  # the job's own failure to form: the others know it already
         say(f"error: {' '.join(str(err).split())}")
+        return EXIT_USER_ERROR
+    except OutOfMemory as err:  # a run's: where it was and what it kept
+        _report(f"error: {' '.join(str(err).split())}; {memory}; {err.kept}")
         return EXIT_USER_ERROR
     except UserError as err:
         _report(f"error: {' '.join(str(err).split())}")  # always exactly one line
@@ -240,17 +317,20 @@ def _run(
             "and run again"
         )
         return EXIT_USER_ERROR
+    except BrokenPipeError:  # e.g. `sample ... | head`
+        return 0
     except OSError as err:
-        if output_gone(err):  # e.g. `sample ... | head`, or its terminal closed
-            return 0
         # without a path: a bug or the machine's state, unless the disk is full (a write, say
         # to a redirected stdout, names no file)
         if err.filename is None and err.errno not in DISK_FULL:
             raise
         _report(f"error: {os_error_message(err)}")
         return EXIT_USER_ERROR
-    except RuntimeError as err:
-        lost = _lost_peer(err)
+    except (RuntimeError, MemoryError) as err:
+        if (said := out_of_memory(err)) is not None:
+            _report(f"error: {' '.join(said.split())}; {memory}")
+            return EXIT_USER_ERROR
+        lost = _lost_peer(err) if isinstance(err, RuntimeError) else None
         if lost is None:
             raise
         say(
@@ -294,9 +374,9 @@ def _flush_stdout() -> None:
 
     try:
         sys.stdout.flush()
+    except BrokenPipeError:
+        raise
     except OSError as err:
-        if output_gone(err):
-            raise
         raise named(err, "the standard output") from None
     except (AttributeError, ValueError):  # no stdout (pythonw), or one closed
         pass
@@ -330,11 +410,19 @@ def _point_at_devnull(stream: Any) -> None:
         pass
 
 
-def output_gone(err: BaseException) -> bool:
-    """Whether ``err``, raised writing to a standard stream, says that no one reads it any more:
-    a pipe's reader that has gone (`train ... | head`, a `tee` that died: BrokenPipeError), or a
-    terminal that was closed (an ssh connection lost: EIO)."""
-    return isinstance(err, BrokenPipeError) or (isinstance(err, OSError) and err.errno == errno.EIO)
+def output_gone(err: BaseException, stream: Any) -> bool:
+    """Whether ``err``, raised writing to ``stream`` (a standard stream), says that no one reads
+    it any more: a pipe's reader that has gone (`train ... | head`, a `tee` that died:
+    BrokenPipeError), or a terminal that was closed (an ssh connection lost: EIO from a terminal,
+    where from a file it is a failing disk)."""
+    if isinstance(err, BrokenPipeError):
+        return True
+    if not (isinstance(err, OSError) and err.errno == errno.EIO):
+        return False
+    try:
+        return stat.S_ISCHR(os.fstat(stream.fileno()).st_mode)
+    except (AttributeError, OSError, ValueError):  # a stream with no descriptor, or closed
+        return False
 
 
 EXIT_LOST_PEER = 1
@@ -413,7 +501,7 @@ def _say_now(line: str, job_wide: bool) -> None:
         sys.stderr.write(line + "\n")
         sys.stderr.flush()
     except OSError as err:  # `... 2>&1 | head`, a closed terminal: no one is left to tell
-        if not output_gone(err):
+        if not output_gone(err, sys.stderr):
             raise
         _point_at_devnull(sys.stderr)
     if forming and first:

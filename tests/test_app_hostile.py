@@ -208,6 +208,30 @@ def test_a_vocabulary_with_a_lone_surrogate_is_a_damaged_checkpoint(hostile, tmp
         load_checkpoint(tmp_path / "surrogate.pt")
 
 
+def test_memory_that_runs_out_is_one_message_saying_what_to_lower(app, monkeypatch):
+    """A text too long or a model too big for the machine (here torch's CPU allocator refuses
+    1 PiB for real): "Something went wrong (RuntimeError: [enforce fail at alloc_cpu.cpp:127] err
+    == 0. DefaultCPUAllocator: ...)". Now what ran out, how much it asked for and what to lower;
+    the page goes on working."""
+    import char_lm.generate
+
+    def hungry(*args, **kwargs):
+        torch.empty(1 << 50, dtype=torch.uint8)
+
+    at = _page(app, "Generate text", "good/best.pt")
+    with monkeypatch.context() as patched:
+        patched.setattr(char_lm.generate, "generate", hungry)
+        at.button(key="generate").click().run()
+    assert not at.exception
+    assert [e.value for e in at.error] == [
+        "The machine ran out of memory (it asked for 1.00 PiB more): lower the beam size, the "
+        "ensemble or the text's length, or pick a smaller model."
+    ]
+    at.button(key="generate").click()
+    _run(at)
+    assert "generated" in at.session_state
+
+
 def test_an_internal_failure_is_one_message_not_a_traceback(app, monkeypatch):
     """A bug or a failing disk inside a page (here the listing of runs raises): the page shows one
     line naming the failure, and the other pages go on working."""

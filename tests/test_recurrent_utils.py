@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import importlib
 import io
 import math
@@ -568,6 +569,92 @@ def test_loader_workers_are_this_processs_children_whatever_the_default_start_me
         multiprocessing.set_start_method(previous, force=True)
     assert parents == {os.getpid()}
     assert "multiprocessing_context" not in loader_workers(0)  # torch refuses it without workers
+
+
+# torch's own words for an allocation that failed (c10/cuda/CUDACachingAllocator.cpp, from
+# torch 2.1 and before it; the MPS allocator's; a wrapped one from a DataLoader worker)
+GPU_NOW = (
+    "CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total capacity of 79.19 GiB of "
+    "which 3.12 GiB is free. Including non-PyTorch memory, this process has 76.06 GiB memory in "
+    "use. Of the allocated memory 75.50 GiB is allocated by PyTorch, and 68.21 MiB is reserved by "
+    "PyTorch but unallocated. If reserved but unallocated memory is large try setting "
+    "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True to avoid fragmentation."
+)
+GPU_THEN = (
+    "CUDA out of memory. Tried to allocate 36.00 MiB (GPU 0; 7.93 GiB total capacity; 130.35 MiB "
+    "already allocated; 47.06 MiB free; 188.00 MiB reserved in total by PyTorch) If reserved "
+    "memory is >> allocated memory try setting max_split_size_mb to avoid fragmentation."
+)
+MPS = (
+    "MPS backend out of memory (MPS allocated: 17.79 GB, other allocations: 1.27 GB, max allowed: "
+    "18.13 GB). Tried to allocate 256.00 MiB on private pool."
+)
+
+
+@pytest.mark.parametrize(
+    ("err", "said"),
+    [
+        (torch.OutOfMemoryError(GPU_NOW),
+         "the GPU ran out of memory (it asked for 20.00 GiB more; 3.12 GiB of its 79.19 GiB was free)"),
+        (RuntimeError(GPU_THEN),  # torch before 2.1 raised a RuntimeError
+         "the GPU ran out of memory (it asked for 36.00 MiB more; 47.06 MiB of its 7.93 GiB was free)"),
+        (RuntimeError(MPS), "the GPU (MPS) ran out of memory (it asked for 256.00 MiB more)"),
+        (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate more than 1EB memory."),
+         "the GPU ran out of memory"),
+        (RuntimeError(f"Caught OutOfMemoryError in DataLoader worker process 0.\nOriginal "
+                      f"Traceback (most recent call last):\n...\ntorch.OutOfMemoryError: {GPU_NOW}"),
+         "the GPU ran out of memory (it asked for 20.00 GiB more; 3.12 GiB of its 79.19 GiB was free)"),
+        (MemoryError(), "the machine ran out of memory"),
+        (RuntimeError("CUDA error: an illegal memory access was encountered"), None),
+        (RuntimeError("mat1 and mat2 shapes cannot be multiplied (4x3 and 2x2)"), None),
+        (ValueError("CUDA out of memory"), None),  # not torch's
+        (OSError(12, "Cannot allocate memory"), None),  # a system call's: its own message says it
+    ],
+)  # fmt: skip
+def test_out_of_memory_reads_torchs_words_for_what_ran_out(err, said):
+    assert errors.out_of_memory(err) == said
+
+
+@pytest.mark.parametrize(("size", "said"), [(512, "512 bytes"), (3 << 20, "3.00 MiB"),
+                                            (5 << 40, "5.00 TiB"), (7 << 50, "7.00 PiB")])  # fmt: skip
+def test_the_cpu_allocators_refusal_is_read_from_its_own_error(size, said):
+    """A real refusal of torch's CPU allocator (1 PiB exceeds any machine's memory and swap;
+    other sizes are read from the same words)."""
+    with pytest.raises(RuntimeError) as refused:
+        torch.empty(1 << 50, dtype=torch.uint8)
+    text = str(refused.value).replace(str(1 << 50), str(size))
+    assert errors.out_of_memory(RuntimeError(text)) == (
+        f"the machine ran out of memory (it asked for {said} more)"
+    )
+
+
+def test_a_refusal_in_a_dataloader_worker_is_read_through_torchs_wrapping():
+    loader = torch.utils.data.DataLoader(RefusedItems(), batch_size=None, **loader_workers(1))
+    with pytest.raises(RuntimeError) as in_worker:
+        next(iter(loader))
+    assert errors.out_of_memory(in_worker.value) == (
+        "the machine ran out of memory (it asked for 1.00 PiB more)"
+    )
+
+
+class RefusedItems(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 1
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return torch.empty(1 << 50, dtype=torch.uint8)
+
+
+def test_an_io_error_says_the_output_has_gone_only_from_a_terminal(tmp_path):
+    """EIO writing to a terminal is a closed terminal (a lost ssh connection), whose writes are
+    dropped; EIO writing to a file is a failing disk, which must not be hidden."""
+    eio = OSError(errno.EIO, "Input/output error")
+    with open(os.devnull, "w") as device, (tmp_path / "log.txt").open("w") as file:
+        assert errors.output_gone(eio, device)  # a character device, as a terminal is
+        assert not errors.output_gone(eio, file)
+        assert errors.output_gone(BrokenPipeError(errno.EPIPE, "Broken pipe"), file)
+        assert not errors.output_gone(OSError(errno.ENOSPC, "No space left on device"), device)
+    assert not errors.output_gone(eio, io.StringIO())  # no descriptor
 
 
 class SlowWorkerPids(torch.utils.data.Dataset):

@@ -1006,3 +1006,84 @@ def test_a_sigterm_with_the_output_also_gone_is_said_as_the_sigterm(
         _fit(run, step)
     assert run.output_lost and stop.value.exit_code == 143
     assert str(stop.value).startswith("SIGTERM at step 1: ")
+
+
+# --- memory that runs out -------------------------------------------------------------------------
+
+
+def _allocation_refused() -> None:
+    """Ask the CPU allocator for 1 PiB: refused at once, with torch's real error."""
+    torch.empty(1 << 50, dtype=torch.uint8)
+
+
+@pytest.mark.parametrize(
+    ("where", "settings", "said", "kept"),
+    [
+        ("step", ["train.checkpoint_every=2"], "at step 5", 4),
+        ("evaluation", ["train.checkpoint_every=2", "train.eval_every=3"], "in the evaluation at step 3", 2),
+        ("step", [], "at step 5", None),
+    ],
+)  # fmt: skip
+def test_a_training_that_runs_out_of_memory_says_where_what_to_lower_and_what_it_kept(
+    where, settings, said, kept, tmp_path, monkeypatch, capsys
+):
+    """On a GPU, a batch or a model too big is torch's OutOfMemoryError (on a CPU, an allocation
+    the system refuses: torch's RuntimeError): a traceback that ended in allocator statistics,
+    nothing saying which settings to lower or what was left. Now one line: what ran out and how
+    much was asked for, the step or evaluation, the run's settings to lower, and its last.pt as
+    it was (the step a --resume goes on from); status 2."""
+    from char_lm.model import CharLM
+
+    forward, calls = CharLM.forward, []
+
+    def hungry_forward(self, *args, **kwargs):
+        calls.append(self.training)
+        if (where == "step" and calls.count(True) == 5) or not self.training:
+            _allocation_refused()
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(CharLM, "forward", hungry_forward)
+    out_dir = tmp_path / "run"
+    argv = ["--config", str(CHAR_TINY), "--out-dir", str(out_dir), "--quiet", "--set",
+            "train.max_steps=20", *settings]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", ["char_lm.train", *argv])
+    with pytest.raises(SystemExit) as ended:
+        char_lm_train.cli()
+    assert ended.value.code == EXIT_USER_ERROR
+    ending = (
+        f"{out_dir / 'last.pt'} is as it was, at step {kept}: run again with --resume to go on "
+        "from there"
+        if kept is not None
+        else "nothing was saved yet"
+    )
+    assert capsys.readouterr().err == (
+        f"error: the machine ran out of memory (it asked for 1.00 PiB more) {said}; "
+        f"{char_lm_train.MEMORY}; {ending}\n"
+    )
+    if kept is None:
+        assert not (out_dir / "last.pt").exists()
+    else:
+        assert torch.load(out_dir / "last.pt", weights_only=True)["step"] == kept
+
+
+@pytest.mark.parametrize(
+    ("command", "memory"),
+    [
+        ("captioner.caption", "lower --batch-size or --beam-size"),
+        ("captioner.evaluate", "lower --batch-size or --beam-size"),
+        ("captioner.train", None),  # its MEMORY
+        ("char_lm.sample", "use a smaller model or smaller inputs, or free memory on the machine"),
+    ],
+)
+def test_each_command_that_runs_out_of_memory_says_what_to_lower(
+    command, memory, monkeypatch, capsys
+):
+    module = importlib.import_module(command)
+    monkeypatch.setattr(module, "main", lambda argv: _allocation_refused())
+    with pytest.raises(SystemExit) as ended:
+        module.cli()
+    assert ended.value.code == EXIT_USER_ERROR
+    memory = memory or module.MEMORY
+    assert capsys.readouterr().err == (
+        f"error: the machine ran out of memory (it asked for 1.00 PiB more); {memory}\n"
+    )

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import html
 import math
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -89,17 +90,45 @@ def model_inputs(model: CharLM, ids: Tensor) -> Tensor:
     return model.embedding(ids)
 
 
+# `one_thread` is entered by several sessions at once (each runs in a thread of the server): the
+# setting it changes is the process's, so the first one in saves it and the last one out restores
+# it.
+_one_thread_lock = threading.Lock()
+_one_thread_users = 0
+_threads_before = 1
+
+
+def process_threads() -> int:
+    """torch's number of CPU threads for the process: what a thread that has not run torch yet
+    starts with. `torch.get_num_threads` answers for the calling thread, which keeps the setting
+    it first ran torch under (1, if that was while another session was in `one_thread`)."""
+    seen: list[int] = []
+    reader = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+    reader.start()
+    reader.join()
+    return seen[0]
+
+
 @contextlib.contextmanager
 def one_thread() -> Iterator[None]:
     """Run torch on one CPU thread meanwhile: step-by-step work on small matrices only waits on
     other threads (bench/app_threads.py measures it: docs/benchmarks.md). The setting is
-    process-wide and restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    process-wide: the first of the sessions in `one_thread` at once saves it and the last one out
+    restores it (each restoring what it found would leave the process on one thread for good when
+    two overlap)."""
+    global _one_thread_users, _threads_before
+    with _one_thread_lock:
+        if _one_thread_users == 0:
+            _threads_before = process_threads()
+        _one_thread_users += 1
+        torch.set_num_threads(1)
     try:
         yield
     finally:
-        torch.set_num_threads(threads)
+        with _one_thread_lock:
+            _one_thread_users -= 1
+            if _one_thread_users == 0:
+                torch.set_num_threads(_threads_before)
 
 
 def trace(

@@ -23,7 +23,9 @@ import os
 import re
 import shutil
 import sys
+import threading
 import time
+from collections.abc import Callable
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from types import SimpleNamespace
@@ -246,6 +248,74 @@ def test_trace_runs_on_one_thread_and_restores_the_setting() -> None:
     with inside.one_thread():
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == threads
+
+
+def _threads_of_a_new_session() -> int:
+    """torch's CPU threads in a thread that has not run torch yet (each script run of a Streamlit
+    session is one): what the next session's captions and texts run on."""
+    seen: list[int] = []
+    thread = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+    thread.start()
+    thread.join()
+    return seen[0]
+
+
+def test_sessions_in_one_thread_at_once_leave_torch_its_threads() -> None:
+    """Sessions trace or train toys at once, each in its own thread of the server: A enters
+    `one_thread`, B enters, A leaves, B leaves. B found one thread (A's setting): restoring it
+    left every later session on one thread. So did a session whose thread first ran torch during
+    A's turn and traced after A left. Afterwards new sessions must get the process's setting, as
+    after one session alone."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with inside.one_thread():
+            pass
+        alone = _threads_of_a_new_session()
+        assert alone == 2
+        a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+
+        def session_a() -> None:
+            with inside.one_thread():
+                a_in.set()
+                assert b_in.wait(10)
+            a_out.set()
+
+        def session_b() -> None:
+            assert a_in.wait(10)
+            with inside.one_thread():
+                b_in.set()
+                assert a_out.wait(10)
+
+        def session_c() -> None:
+            assert a_in.wait(10)
+            torch.get_num_threads()  # this thread's first torch call, during A's turn
+            b_in.set()
+            assert a_out.wait(10)
+            with inside.one_thread():
+                pass
+
+        failures: list[BaseException] = []
+
+        def run(session: Callable[[], None]) -> None:
+            try:
+                session()
+            except BaseException as err:  # noqa: BLE001 - reported by the test's thread
+                failures.append(err)
+
+        for second in (session_b, session_c):
+            for event in (a_in, b_in, a_out):
+                event.clear()
+            threads = [threading.Thread(target=run, args=(f,)) for f in (session_a, second)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            assert not failures
+            assert _threads_of_a_new_session() == alone, second.__name__
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_char_probabilities_follow_the_models_softmax(models: dict[str, Path]) -> None:

@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from char_lm.config import CharLMConfig, check_config
+from char_lm.config import CharLMConfig, ModelConfig, check_config
 from char_lm.data import BUILTIN_TEXTS, StreamBatches, build_vocab, encode
 from char_lm.model import CharLM
 from crnn_app.inside import Trace, one_thread, trace
@@ -92,6 +92,38 @@ def train_toy(
         return _train_toy(cfg, text, on_step)
 
 
+def seeded_model(config: ModelConfig, vocab_size: int, seed: int) -> CharLM:
+    """``CharLM(config, vocab_size)`` with the weights it gets after ``torch.manual_seed(seed)``
+    (as ``char_lm.train`` starts), drawn from a generator of its own: torch's global generator is
+    the process's, shared by every session of the app. Seeding it and then drawing from it gave
+    another toy when another session trained a toy or loaded a model meanwhile. The model is
+    built on the meta device (no draw at all) and each module initialised as its own
+    ``reset_parameters`` does, in the order the constructors run."""
+    with torch.device("meta"):
+        model = CharLM(config, vocab_size)
+    model.to_empty(device="cpu")
+    generator = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, generator=generator)
+            if module.padding_idx is not None:
+                with torch.no_grad():
+                    module.weight[module.padding_idx].fill_(0)
+        elif isinstance(module, nn.RNNBase):
+            bound = 1.0 / math.sqrt(module.hidden_size) if module.hidden_size > 0 else 0
+            for weight in module.parameters():
+                nn.init.uniform_(weight, -bound, bound, generator=generator)
+        elif isinstance(module, nn.Linear):
+            nn.init.kaiming_uniform_(module.weight, a=math.sqrt(5), generator=generator)
+            if module.bias is not None:
+                fan_in, _ = nn.init._calculate_fan_in_and_fan_out(module.weight)
+                bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
+                nn.init.uniform_(module.bias, -bound, bound, generator=generator)
+        elif any(True for _ in module.parameters(recurse=False)):
+            raise TypeError(f"seeded_model cannot initialise a {type(module).__name__}")
+    return model
+
+
 def toy_window(cfg: CharLMConfig, length: int) -> int:
     """The window a toy trains in on a text of ``length`` characters: ``data.block_size``, or
     shorter where the text's streams are shorter than that."""
@@ -105,9 +137,7 @@ def _train_toy(
     vocab = build_vocab(text)
     ids = encode(text, vocab)
     batches = StreamBatches(ids, cfg.data.batch_size, toy_window(cfg, len(ids)), what="toy text")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(tc.seed)
-        model = CharLM(cfg.model, len(vocab))
+    model = seeded_model(cfg.model, len(vocab), tc.seed)
     beta2 = getattr(tc, "adam_beta2", 0.99)  # a config key of the newer trainers; 0.99 before
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=tc.lr, betas=(0.9, beta2), weight_decay=tc.weight_decay

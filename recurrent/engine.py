@@ -389,7 +389,12 @@ class MetricsLog:
 class _StopSignals:
     """SIGINT and `STOP_SIGNALS` (SIGTERM, SIGHUP) set a flag the loop reads after each step; a
     second SIGINT interrupts at once. A SIGHUP that is ignored (`nohup`) stays ignored. Installed
-    only in the main thread (signal handlers cannot be set elsewhere)."""
+    only in the main thread (signal handlers cannot be set elsewhere).
+
+    The first signal names the stop: torchrun's agent, given a second signal while it waits for
+    its processes to stop (a second Ctrl-C; a closed terminal's hang-up from the shell, then from
+    the kernel as the shell exits), sends them SIGTERM, which made a run stopped by Ctrl-C or a
+    closed terminal say "stopped: SIGTERM" and exit with 143."""
 
     def __init__(self) -> None:
         self.received: int | None = None
@@ -405,7 +410,8 @@ class _StopSignals:
     def _handle(self, signum: int, frame: Any) -> None:
         if self.received is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        self.received = signum
+        if self.received is None:
+            self.received = signum
 
     def __exit__(self, *exc: object) -> None:
         for signum, handler in self._previous.items():

@@ -232,11 +232,31 @@ STOP_SIGNALS = tuple(
 
 
 def signal_said(signum: int) -> str:
-    """A stopping signal as a `stopped:` line names it: SIGTERM, or SIGHUP with what sent it."""
+    """A stopping signal as a `stopped:` line names it: SIGTERM, or SIGHUP with what sent it and
+    what keeps a run going.
+
+    torchrun's agent passes a hang-up on to its processes even when `nohup` left it ignored (it
+    handles each signal of its ``--signals-to-handle``, SIGHUP among them by default; before
+    torch 2.9 it had no such flag and always handled SIGHUP), so under torchrun nohup alone does
+    not keep a run going: said so, with the flag that does where there is one."""
     name = signal.Signals(signum).name
-    if name == "SIGHUP":
-        return f"{name} (its terminal was closed; nohup, tmux or screen keep a run going)"
-    return name
+    if name != "SIGHUP":
+        return name
+    if "TORCHELASTIC_RUN_ID" in os.environ:  # a process of a torchrun job
+        handled = os.environ.get("TORCHELASTIC_SIGNALS_TO_HANDLE")
+        if handled is None:  # a torchrun without --signals-to-handle
+            return (
+                f"{name} (its terminal was closed; torchrun passes it on even under nohup: tmux "
+                "or screen keep a run going)"
+            )
+        passed_on = [other.strip() for other in handled.split(",") if other.strip()]
+        if name in passed_on:
+            others = ",".join(other for other in passed_on if other != name) or "SIGTERM"
+            return (
+                f"{name} (its terminal was closed; torchrun passes it on even under nohup: tmux "
+                f"or screen keep a run going, or nohup torchrun --signals-to-handle={others})"
+            )
+    return f"{name} (its terminal was closed; nohup, tmux or screen keep a run going)"
 
 
 def run_cli(

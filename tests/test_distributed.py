@@ -681,6 +681,71 @@ def training_workers(job: subprocess.Popen, ready, count: int) -> list[str]:
     return workers
 
 
+def hung_up_under_nohup(torchrun: list[str], args: list[str], cwd: Path) -> tuple[int, int]:
+    """``nohup torchrun ARGS > CWD/torchrun.log 2>&1`` in a terminal that closes once training is
+    2 steps past last.pt: the hang-up goes to torchrun's agent, as the shell sends it to its jobs
+    (and the kernel to a terminal's controlling process). Return the job's exit status and the
+    step that the hang-up found logged."""
+    run = cwd / "r"
+    last = run / "last.pt"
+    start = torch.load(last, weights_only=True)["step"] if last.exists() else 0
+
+    def logged() -> int:
+        return max((r["step"] for r in train_lines(run)), default=0)
+
+    with (cwd / "torchrun.log").open("w") as log:
+        job = subprocess.Popen(
+            [*torchrun, *args],
+            cwd=cwd,
+            env=job_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN),  # nohup's
+        )
+    try:
+        training_workers(job, lambda: (run / "metrics.jsonl").is_file() and logged() > start + 2, 2)
+        found = logged()
+        job.send_signal(signal.SIGHUP)
+        return job.wait(timeout=120), found
+    finally:
+        if job.poll() is None:
+            kill_tree(job.pid)
+            job.wait()
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="a hang-up is POSIX's")
+def test_a_hang_up_under_nohup_stops_a_torchrun_job_saying_what_keeps_it_going(tmp_path):
+    """`nohup torchrun ...` in a terminal that closes: torchrun's agent handles SIGHUP though
+    nohup left it ignored, and passes it on to its processes, which stopped, saved, with a line
+    that said that nohup keeps a run going. It says what does under torchrun: the agent's
+    ``--signals-to-handle`` without SIGHUP, with which the resumed job goes on to its end, the
+    uninterrupted run."""
+    common = [*CHAR, *CHAR_SET, "train.lr_decay_steps=300"]
+    status, _ = hung_up_under_nohup(
+        TORCHRUN, [*common, "train.max_steps=100000", "--out-dir", "r"], tmp_path
+    )
+    assert status != 0  # torchrun's own, 1, after its warnings and its traceback
+    said = (tmp_path / "torchrun.log").read_text().splitlines()
+    stops = [line for line in said if line.startswith(("stopped:", "error:", "[rank"))]
+    keeps = "--signals-to-handle=SIGTERM,SIGINT,SIGQUIT"
+    assert len(stops) == 1, said
+    assert stops[0].startswith(
+        "stopped: SIGHUP (its terminal was closed; torchrun passes it on even under nohup: tmux "
+        f"or screen keep a run going, or nohup torchrun {keeps}) at step "
+    ), stops
+    step = int(stops[0].split(" at step ")[1].split(":")[0])
+    assert torch.load(tmp_path / "r" / "last.pt", weights_only=True)["step"] == step
+
+    torchrun = [*TORCHRUN[:3], keeps, *TORCHRUN[3:]]
+    args = [*common, "train.max_steps=300", "--out-dir", "r", "--resume"]
+    status, found = hung_up_under_nohup(torchrun, args, tmp_path)
+    assert status == 0 and found < 300, (tmp_path / "torchrun.log").read_text()[-4000:]
+    launch([*common, "train.max_steps=300", "--out-dir", "one"], processes=1, cwd=tmp_path)
+    assert_same_run(tmp_path / "one", tmp_path / "r", exact=False)
+
+
 # char_lm.train whose rank 0 starts 2 s after rank 1
 SLOW_RANK_0 = """
 import os
@@ -806,6 +871,80 @@ def test_a_time_budget_keeps_the_processes_replicas_identical(tmp_path):
     assert len(train_lines(tmp_path / "run")) > 20  # enough steps for the clocks to differ
     for name, value in ranks[0].items():
         assert torch.equal(value, ranks[1][name]), name
+
+
+# char_lm.train whose step that a stopping signal finds takes 3 s: long enough for a second
+# signal to come before it ends. Each process notes the first signal in signalled.RANK.
+SLOW_TO_STOP = """
+import os
+import signal
+import time
+from pathlib import Path
+from char_lm import train
+from recurrent import engine
+
+handle = engine._StopSignals._handle
+
+
+def slow(self, signum, frame):
+    first = self.received is None
+    handle(self, signum, frame)
+    if first:
+        Path(f"signalled.{os.environ['RANK']}").write_text(signal.Signals(signum).name)
+        time.sleep(3)
+
+
+engine._StopSignals._handle = slow
+train.cli()
+"""
+
+
+def test_a_second_signal_to_torchrun_leaves_the_stop_named_by_the_first(tmp_path):
+    """A second Ctrl-C, or the shell's hang-up and then the kernel's as the shell exits, reaches
+    torchrun's agent while it waits for its processes to stop; it sends them SIGTERM, and the
+    line said "stopped: SIGTERM", status 143, of a run stopped by Ctrl-C or a closed terminal.
+    The first signal names the stop; the run stops saved and its resume is the uninterrupted
+    run."""
+    signum = signal.SIGINT  # Ctrl-C (a hang-up goes the same way)
+    script = tmp_path / "slow_to_stop.py"
+    script.write_text(SLOW_TO_STOP)
+    common = ["-m", "char_lm.train", *CHAR[2:], *CHAR_SET, "train.lr_decay_steps=20"]
+    with (tmp_path / "torchrun.log").open("w") as log:
+        job = subprocess.Popen(
+            [*TORCHRUN, str(script), *common[2:], "train.max_steps=100000", "--out-dir", "r"],
+            cwd=tmp_path,
+            env=job_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        metrics = tmp_path / "r" / "metrics.jsonl"
+        deadline = time.monotonic() + 120
+        while not (metrics.is_file() and len(train_lines(tmp_path / "r")) > 2):
+            assert job.poll() is None and time.monotonic() < deadline, "training never started"
+            time.sleep(0.2)
+        job.send_signal(signum)
+        deadline = time.monotonic() + 30
+        while not all((tmp_path / f"signalled.{rank}").exists() for rank in (0, 1)):
+            assert time.monotonic() < deadline, "the signal never reached the processes"
+            time.sleep(0.05)
+        job.send_signal(signum)
+        job.wait(timeout=120)
+    finally:
+        if job.poll() is None:
+            kill_tree(job.pid)
+            job.wait()
+    said = (tmp_path / "torchrun.log").read_text().splitlines()
+    assert "closing signal SIGTERM" in "\n".join(said)  # torchrun's answer to the second signal
+    stops = [line for line in said if line.startswith(("stopped:", "error:", "[rank"))]
+    assert len(stops) == 1 and stops[0].startswith(f"stopped: {signum.name}"), stops
+    step = int(stops[0].split(" at step ")[1].split(":")[0])
+    assert torch.load(tmp_path / "r" / "last.pt", weights_only=True)["step"] == step < 20
+    launch([*common, "train.max_steps=20", "--out-dir", "r", "--resume"], processes=2, cwd=tmp_path)
+    launch([*common, "train.max_steps=20", "--out-dir", "one"], processes=2, cwd=tmp_path)
+    assert_same_run(tmp_path / "one", tmp_path / "r", exact=True)
 
 
 def test_a_process_whose_peers_never_join_says_so_in_one_line(monkeypatch):

@@ -39,7 +39,14 @@ import char_lm.train as char_lm_train
 from recurrent import files
 from recurrent.checkpoint import save_checkpoint
 from recurrent.engine import MetricsLog, Run, RunSettings, StepResult
-from recurrent.errors import EXIT_USER_ERROR, STOPPED, TRAINING_STOPPED, UserError, run_cli
+from recurrent.errors import (
+    EXIT_USER_ERROR,
+    STOPPED,
+    TRAINING_STOPPED,
+    UserError,
+    run_cli,
+    signal_said,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 CHAR_TINY = REPO / "configs" / "char_lm" / "tiny.yaml"
@@ -694,6 +701,29 @@ def test_a_hang_up_stops_a_command_in_one_line_unless_nohup_ignores_it(nohup, ca
         )
 
 
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="a hang-up is POSIX's")
+@pytest.mark.parametrize(
+    ("environment", "keeps"),
+    [
+        ({}, "nohup, tmux or screen keep a run going"),
+        ({"TORCHELASTIC_RUN_ID": "none"},  # a torchrun before torch 2.9: no flag for it
+         "torchrun passes it on even under nohup: tmux or screen keep a run going"),
+        ({"TORCHELASTIC_RUN_ID": "none", "TORCHELASTIC_SIGNALS_TO_HANDLE": "SIGTERM,SIGINT,SIGHUP"},
+         "torchrun passes it on even under nohup: tmux or screen keep a run going, or nohup "
+         "torchrun --signals-to-handle=SIGTERM,SIGINT"),
+        ({"TORCHELASTIC_RUN_ID": "none", "TORCHELASTIC_SIGNALS_TO_HANDLE": "SIGTERM,SIGINT"},
+         "nohup, tmux or screen keep a run going"),  # the hang-up came from elsewhere
+    ],
+)  # fmt: skip
+def test_a_hang_up_says_what_keeps_a_run_going_where_it_runs(environment, keeps, monkeypatch):
+    for name in ("TORCHELASTIC_RUN_ID", "TORCHELASTIC_SIGNALS_TO_HANDLE"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    assert signal_said(signal.SIGHUP) == f"SIGHUP (its terminal was closed; {keeps})"
+    assert signal_said(signal.SIGTERM) == "SIGTERM"
+
+
 def _sigterm_in_main(argv):
     os.kill(os.getpid(), signal.SIGTERM)
     time.sleep(10)  # the handler raises here
@@ -1020,7 +1050,8 @@ def _allocation_refused() -> None:
     ("where", "settings", "said", "kept"),
     [
         ("step", ["train.checkpoint_every=2"], "at step 5", 4),
-        ("evaluation", ["train.checkpoint_every=2", "train.eval_every=3"], "in the evaluation at step 3", 2),
+        ("evaluation", ["train.checkpoint_every=2", "train.eval_every=3"],
+         "in the evaluation at step 3", 2),
         ("step", [], "at step 5", None),
     ],
 )  # fmt: skip

@@ -170,6 +170,13 @@ def test_evaluation_streams_predict_every_character_exactly_once():
     inputs = batches.inputs.flatten()[targets != IGNORE_INDEX]
     assert sorted(targets[targets != IGNORE_INDEX].tolist()) == list(range(1, 50))
     assert (targets[targets != IGNORE_INDEX] == inputs + 1).all()
+    padding = batches.inputs.flatten()[targets == IGNORE_INDEX]
+    assert len(padding) == 4 * 13 - 49 and (padding == 0).all()  # padding has input 0
+    # A text shorter than the batch: one stream per target, not batch_size streams of padding.
+    short = StreamBatches(torch.arange(4), batch_size=8, block_size=5, cover_all=True)
+    assert short.streams == 3 and short.targets.tolist() == [[1], [2], [3]]
+    with pytest.raises(UserError, match="has 1 character"):
+        StreamBatches(torch.arange(1), batch_size=8, block_size=5, cover_all=True)
 
 
 @pytest.mark.parametrize("backend", ["fused", "explicit"])
@@ -259,6 +266,12 @@ def test_split_is_contiguous_and_val_fraction_zero_reuses_train():
     assert train_ids is ids and val_ids is ids
     with pytest.raises(UserError, match="validation split has 1 character"):
         split_ids(torch.arange(10), 0.1)
+    # The validation split holds at least its fraction (the training split is rounded down).
+    for length, fraction in [(10, 0.25), (7, 0.5), (99, 0.1)]:
+        train_ids, val_ids = split_ids(torch.arange(length), fraction)
+        assert len(val_ids) >= fraction * length and len(train_ids) + len(val_ids) == length
+    with pytest.raises(UserError, match="val_fraction must be in"):
+        split_ids(torch.arange(10), 1.0)
 
 
 def test_vocab_is_sorted_unique_characters_and_unknown_ones_are_named():

@@ -190,6 +190,46 @@ def test_bytes_that_are_not_utf8_are_refused_with_their_offset(text, bad, where,
             encode_file(path, build_vocab(text), chunk_size=chunk_size)
 
 
+# The first and last code points of each UTF-8 length (1 to 4 bytes), around the surrogates, and
+# the lead bytes 0xE0 and 0xF0 whose characters start a length.
+BOUNDARIES = "".join(
+    chr(c)
+    for c in [0x7F, 0x80, 0x7FF, 0x800, 0x900, 0xFFF, 0x1000, 0xD7FF, 0xE000, 0xFFFF]
+    + [0x10000, 0x3FFFF, 0x40000, 0x10FFFF]
+)
+
+
+def test_characters_at_every_utf8_length_boundary_are_whole_code_points(tmp_path):
+    path = tmp_path / "boundaries.txt"
+    path.write_bytes(("a" + BOUNDARIES + "z").encode("utf-8"))
+    for chunk_size in range(1, 9):
+        corpus = corpus_of(path, chunk_size=chunk_size)
+        assert corpus.vocab == build_vocab("a" + BOUNDARIES + "z")
+        assert decode(all_ids(corpus), corpus.vocab) == "a" + BOUNDARIES + "z"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"ab\xc0cd",  # 0xC0 and 0xC1 only ever start overlong forms
+        b"a\xc1\xbfz",
+        b"a\xe0\x80\x80z",  # an overlong 3-byte form
+        b"\xf4\x90\x80\x80",  # past U+10FFFF
+        b"\xe4a\x80\x80",  # a lead byte cut short by an ASCII character, continuation bytes after
+        b"xy\xe4a\x80\x80",
+    ],
+)
+def test_overlong_and_interrupted_sequences_are_refused_at_every_chunk_size(tmp_path, raw):
+    path = tmp_path / "bad.txt"
+    path.write_bytes(raw)
+    with pytest.raises(UnicodeDecodeError) as caught:
+        raw.decode("utf-8")
+    offset = caught.value.start  # Python's own decoder is the reference
+    for chunk_size in range(1, 6):
+        with pytest.raises(UserError, match=rf"bad byte at offset {offset}\)"):
+            scan_text(path, chunk_size)
+
+
 def test_unknown_characters_are_all_named_even_in_later_chunks(tmp_path):
     path = tmp_path / "t.txt"
     path.write_text("abc" * 100 + "Z" + "abc" * 100 + "é😀", encoding="utf-8")
@@ -374,6 +414,22 @@ def test_a_file_that_changes_while_it_is_read_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "scan_text", scan_then_edit)
     with pytest.raises(UserError, match="changed while it was being read"):
         corpus_of(path)
+
+
+@pytest.mark.parametrize(
+    "changed",
+    [
+        b"abc\xc3\xa9!",  # one character more, in the same chunk
+        b"\x80\xc3\xa9",  # a stray continuation byte before a character
+    ],
+)
+def test_a_file_changed_after_its_scan_is_refused_however_it_changed(tmp_path, changed):
+    path = tmp_path / "t.txt"
+    path.write_bytes("abc\xe9".encode())
+    scan = scan_text(path)
+    path.write_bytes(changed)
+    with pytest.raises(UserError, match="changed while it was being read"):
+        encode_file(path, scan.vocab, scan=scan)
 
 
 def test_the_download_path_gives_a_corpus_of_the_cached_copy(tmp_path, monkeypatch):

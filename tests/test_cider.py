@@ -82,6 +82,10 @@ def test_bad_input():
         CiderD([["a"], []])
     with pytest.raises(ValueError, match="image keys"):
         CiderD([["a"]]).scores(["a", "b"], [0])
+    with pytest.raises(ValueError, match="2 reference sets but 1 candidates"):
+        corpus_cider_d([["a"], ["b"]], ["a"])
+    # no images at all: nothing to score, not an error (a CiderD needs at least one image)
+    assert corpus_cider_d([], []) == (0.0, [])
 
 
 def test_ngram_counts_and_repeats():

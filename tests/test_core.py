@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import warnings
 
 import pytest
 import torch
@@ -160,6 +161,65 @@ def test_padded_batch_equals_each_sequence_alone(cell, backend):
         torch.testing.assert_close(out[b : b + 1, :n], alone_out, atol=1e-6, rtol=0)
         torch.testing.assert_close(final[:, :, b : b + 1], alone_final, atol=1e-6, rtol=0)
         assert torch.all(out[b, n:] == 0)
+
+
+@pytest.mark.parametrize("backend", ["fused", "explicit"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_padded_outputs_keep_every_time_step(cell, backend):
+    """Lengths all shorter than the input: the outputs still have its T steps (zeros past each
+    length), as the explicit backend's and teacher forcing's (B, T, V) logits need."""
+    torch.manual_seed(0)
+    core = RecurrentCore(cell, INPUT, HIDDEN, 2, backend=backend).eval()
+    x, state, _ = inputs(core, with_state=True, with_lengths=False)
+    lengths = torch.tensor([3, 1, 4, 2])  # all < STEPS
+    out, final = core(x, state, lengths)
+    assert out.shape == (BATCH, STEPS, HIDDEN)
+    for b, n in enumerate(lengths.tolist()):
+        alone_out, _ = core(x[b : b + 1, :n], state[:, :, b : b + 1].contiguous())
+        torch.testing.assert_close(out[b : b + 1, :n], alone_out, atol=1e-6, rtol=0)
+        assert torch.all(out[b, n:] == 0)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_dropout_never_touches_the_top_layers_outputs(cell):
+    """As torch.nn: dropout only between layers. A one-layer core in training mode is the same
+    function as in eval mode, and the top layer's outputs of a deeper one are hidden states,
+    never dropped to 0 nor scaled past the (-1, 1) of tanh."""
+    torch.manual_seed(0)
+    x = torch.randn(BATCH, STEPS, INPUT)
+    one = RecurrentCore(cell, INPUT, HIDDEN, 1, dropout=0.5, backend="explicit").train()
+    trained, _ = one(x)
+    evaluated, _ = one.eval()(x)
+    torch.testing.assert_close(trained, evaluated, atol=0, rtol=0)
+    deep = RecurrentCore(cell, INPUT, HIDDEN, 3, dropout=0.5, backend="explicit").train()
+    top, _ = deep(x)
+    assert (top != 0).all() and (top.abs() < 1).all()
+
+
+def test_one_layer_with_dropout_gives_no_torch_warning():
+    """torch.nn warns that dropout needs num_layers > 1; a config's dropout with one layer is
+    fine here (the models apply it to the core's outputs), so the core asks torch.nn for none."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for cell in CELLS:
+            RecurrentCore(cell, INPUT, HIDDEN, 1, dropout=0.5)
+
+
+def test_bf16_lstm_steps_are_the_equations_bit_for_bit():
+    """Without gradients under CPU autocast a one-step fused LSTM call runs the explicit backend's
+    equations (the bits of a row then never depend on the batch, whatever oneDNN's kernel does on
+    this CPU), with or without a state given, below and above the fp32 row limit."""
+    torch.manual_seed(0)
+    fused = RecurrentCore("lstm", INPUT, HIDDEN, 2, backend="fused").eval()
+    explicit = RecurrentCore("lstm", INPUT, HIDDEN, 2, backend="explicit").eval()
+    explicit.load_state_dict(fused.state_dict())
+    for rows in (3, 40):
+        x, state = torch.randn(rows, INPUT), 0.5 * torch.randn(2, 2, rows, HIDDEN)
+        for given in (state, None):
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+                out_f, state_f = fused.step(x, given)
+                out_e, state_e = explicit.step(x, given)
+            assert torch.equal(out_f, out_e) and torch.equal(state_f, state_e), rows
 
 
 def test_state_dict_keys_are_torch_names():

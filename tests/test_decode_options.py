@@ -25,7 +25,7 @@ from test_captioner_decode import (
 
 import captioner.inference as inference
 from captioner.config import CaptionerConfig, DecodeConfig, check_config
-from captioner.decode import beam_search, check_decode_settings, greedy_decode
+from captioner.decode import beam_search, check_decode_settings, greedy_decode, sample_captions
 from recurrent.config import load_config
 from recurrent.errors import UserError
 
@@ -232,6 +232,54 @@ def test_diverse_beam_search_equals_a_plain_reference(
         assert [(c.tokens, c.finished) for c in best[row]] == [expected[0][:2]]
 
 
+@pytest.mark.parametrize(
+    "seed,vocab,end_bias,beam_size,groups,strength",
+    [
+        (0, 12, 0.0, 4, 2, 1.5),  # n_best 3 spans both groups: no early stop on group 0's best
+        (3, 12, 0.0, 6, 3, 0.3),
+        (0, 8, 0.8, 6, 2, 0.3),  # a weak strength, not 1: it scales the penalty
+        (0, 5, 0.0, 8, 2, 1.5),  # fewer allowed words than beams: empty beams choose no word
+        (0, 12, 0.0, 4, 2, 0.3),  # an image settles first: the others keep their diversity
+    ],
+)
+def test_diverse_beam_search_gives_the_head_of_the_references_ranking_for_every_n_best(
+    seed, vocab, end_bias, beam_size, groups, strength
+):
+    """Without length penalty, for each n_best the search returns the first n_best captions of
+    the reference's ranking: live beams of later groups can still overtake group 0's finished
+    ones, so an image is not settled on its first beams alone."""
+    decoder = make_decoder(False, vocab=vocab, end_bias=end_bias, seed=seed)
+    features = random_features(batch=4, seed=seed + 1)
+    settings = dict(
+        beam_size=beam_size,
+        max_length=6,
+        diversity_groups=groups,
+        diversity_strength=strength,
+        **COMMON,
+    )
+    expected = []
+    for row in range(4):
+        ranked = diverse_reference(
+            decoder,
+            features,
+            row,
+            beam_size=beam_size,
+            groups=groups,
+            strength=strength,
+            max_length=6,
+            penalty=0.0,
+        )
+        seen: set[tuple[int, ...]] = set()
+        expected.append(
+            [e[:2] for e in ranked if not (tuple(e[0]) in seen or seen.add(tuple(e[0])))]
+        )
+    for n_best in range(1, beam_size + 1):
+        results = beam_search(decoder, features, n_best=n_best, **settings)
+        for row in range(4):
+            got = [(c.tokens, c.finished) for c in results[row]]
+            assert got == expected[row][:n_best], (n_best, row)
+
+
 def test_diversity_strength_zero_gives_independent_copies_of_a_narrower_search():
     """At strength 0 the groups are copies of a beam search of K/G: their captions come back once
     each (they came back G times: a table of identical rows in the app)."""
@@ -256,6 +304,40 @@ def test_strong_diversity_makes_the_groups_start_differently():
         assert len({c.tokens[0] for c in captions}) == 3
     # Plain beam search often keeps one first word for all its beams; diversity never does.
     assert any(len({c.tokens[0] for c in captions}) < 3 for captions in plain)
+
+
+@pytest.mark.parametrize("attention", DECODERS)
+def test_end_among_the_suppressed_ids_is_still_allowed(attention):
+    """Only words are suppressed: <end> in ``suppress_ids`` is ignored (captions could otherwise
+    never finish), in greedy decoding, beam search and sampling alike."""
+    decoder, features = make_decoder(attention, end_bias=1.0), random_features(batch=3)
+    without, with_end = dict(suppress_ids=(UNK,)), dict(suppress_ids=(UNK, END))
+    greedy = greedy_decode(decoder, features, max_length=6, **without, **COMMON)
+    assert any(c.finished for c in greedy)
+    assert_same_captions(
+        greedy_decode(decoder, features, max_length=6, **with_end, **COMMON), greedy
+    )
+    beams = dict(beam_size=3, n_best=3, max_length=6, **COMMON)
+    for got, plain in zip(
+        beam_search(decoder, features, **beams, **with_end),
+        beam_search(decoder, features, **beams, **without),
+        strict=True,
+    ):
+        assert_same_captions(got, plain)
+    samples = [
+        sample_captions(
+            decoder,
+            features,
+            samples_per_image=4,
+            max_length=6,
+            generator=torch.Generator().manual_seed(0),
+            **suppress,
+            **COMMON,
+        )
+        for suppress in (without, with_end)
+    ]
+    assert bool(samples[0].finished.any())
+    assert torch.equal(samples[0].tokens, samples[1].tokens)
 
 
 def test_bad_settings_are_user_errors():

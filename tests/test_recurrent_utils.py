@@ -42,7 +42,7 @@ from recurrent.errors import (
     run_cli,
 )
 from recurrent.files import FOREIGN_TEMP_AGE_S, HOST, atomic_write_text
-from recurrent.sampling import filter_logits, sample_next
+from recurrent.sampling import draw, filter_logits, sample_next
 from recurrent.training import pick_device, warmup_cosine
 
 
@@ -287,6 +287,48 @@ def test_a_tiny_temperature_is_greedy_and_never_nan(temperature):
 def test_filter_logits_refuses_a_temperature_that_is_not_positive(temperature):
     with pytest.raises(ValueError, match="temperature must be > 0"):
         filter_logits(torch.zeros(1, 3), temperature)
+
+
+def test_filters_that_are_off_keep_every_token():
+    """top_k 0 (the CLI's "off") or at least the vocabulary, and top_p 1, filter nothing: only the
+    shift and the temperature apply. With p = 1 every token is needed to reach the mass, even
+    where float32's running sum reaches 1.0 before the unlikely tail does."""
+    peaked = torch.tensor([[0.0, -20.0, -20.0, -30.0], [1.0, 2.0, 3.0, 4.0]])
+    expected = (peaked - peaked.amax(dim=-1, keepdim=True)) / 0.5
+    for top_k, top_p in [(0, None), (4, None), (9, None), (None, 1.0), (0, 1.0)]:
+        got = filter_logits(peaked, 0.5, top_k, top_p)
+        assert torch.equal(got, expected), (top_k, top_p)
+
+
+def test_filter_logits_works_in_float32_whatever_the_logits_dtype():
+    """bf16 logits (a model under autocast) are filtered as their float32 values: a nucleus summed
+    in bf16 keeps other tokens."""
+    logits = (torch.randn(256, 40, generator=torch.Generator().manual_seed(3)) * 2).bfloat16()
+    for top_k, top_p in [(None, 0.9), (8, 0.5)]:
+        got = filter_logits(logits, 0.7, top_k, top_p)
+        assert got.dtype == torch.float32
+        assert torch.equal(got, filter_logits(logits.float(), 0.7, top_k, top_p))
+
+
+def test_sampling_with_the_defaults_draws_from_the_softmax():
+    """No temperature, top-k or top-p given: the draw is torch.multinomial's over softmax(logits),
+    with the same generator."""
+    logits = torch.randn(64, 30, generator=torch.Generator().manual_seed(0)) * 3
+    ids = sample_next(logits, generator=torch.Generator().manual_seed(1))
+    reference = torch.multinomial(
+        torch.softmax(logits, dim=-1), 1, generator=torch.Generator().manual_seed(1)
+    )
+    assert torch.equal(ids, reference.squeeze(-1))
+
+
+def test_draw_takes_a_row_with_any_value_not_finite_from_a_uniform_stand_in():
+    """One NaN is enough for torch.multinomial to raise: such a row is drawn uniformly, and the
+    finite rows keep their own distributions."""
+    probs = torch.tensor([[0.0, 1.0, 0.0], [float("nan"), 1.0, 0.0], [0.5, float("inf"), 0.5]])
+    drawn = draw(probs.repeat(100, 1), torch.Generator().manual_seed(0)).view(100, 3)
+    assert (drawn[:, 0] == 1).all()
+    assert set(drawn[:, 1].tolist()) == {0, 1, 2}
+    assert set(drawn[:, 2].tolist()) == {0, 1, 2}
 
 
 @pytest.mark.parametrize("name", ["meta", "mps", "xla", "cuda:7", "gpu"])

@@ -504,7 +504,7 @@ def sample_captions(
     self-critical.pytorch does, or in eval mode).
     """
     check_decode_settings(samples_per_image, max_length)
-    if temperature <= 0:
+    if not temperature > 0:  # NaN too
         raise UserError(f"sampling temperature must be > 0, got {temperature}")
     constraints = _Constraints(decoder, start_id, end_id, suppress_ids, 0, 0)
     batch = features.grid.size(0)

@@ -16,6 +16,9 @@ def filter_logits(
 
     top_k keeps the k most likely tokens; top_p keeps the smallest set of most likely tokens whose
     probability adds up to at least p (Holtzman et al. 2020). The most likely token always stays.
+    Each filter is off where it would keep every token, and where None or 0 (as Hugging Face's
+    `top_k=0`; a top_p of exactly 0 is off too, where any p above it keeps the most likely token
+    alone: the CLIs and the app refuse it).
     """
     if not temperature > 0:  # NaN too
         raise ValueError("temperature must be > 0 (use greedy decoding for temperature 0)")

@@ -3,6 +3,8 @@ self-critical sequence training (sampling, rewards, baselines, the policy-gradie
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -105,6 +107,17 @@ def test_samples_carry_the_log_probs_they_were_drawn_with_and_masks(attention):
         decoder.output.bias[0] = float("nan")  # multinomial's RuntimeError (CUDA: device assert)
     broken = sample_captions(decoder, features, samples_per_image=2, max_length=3, **COMMON)
     assert broken.sequence_logprobs().isnan().all()
+
+
+@pytest.mark.parametrize("temperature", [0.0, -1.0, math.nan])
+def test_sampling_refuses_a_temperature_that_is_not_positive(temperature):
+    """Logits divided by 0 are not a distribution (greedy decoding is the temperature-0 limit);
+    NaN drew `<pad>` ids with NaN log-probabilities, unrefused."""
+    decoder, features = make_decoder(False), random_features(batch=1)
+    with pytest.raises(UserError, match="temperature must be > 0"):
+        sample_captions(
+            decoder, features, samples_per_image=2, max_length=3, temperature=temperature, **COMMON
+        )
 
 
 @pytest.mark.parametrize("temperature", [1.0, 2.0])

@@ -858,7 +858,8 @@ class Run:
                     bad = ("gradient norm", grad_norm)
                 if bad is not None:
                     bad_step = progress.step - len(values) + offset + 1
-                    raise RunStopped(self._non_finite_message(bad_step, *bad), exit_code=3)
+                    message = self._non_finite_message(bad_step, *bad, saved_step)
+                    raise RunStopped(message, exit_code=3)
             progress.pending.extend(values)
             call_losses.extend(loss for loss, _ in values)
             progress.since_eval[0] += sum(loss for loss, _ in values)
@@ -1157,10 +1158,12 @@ class Run:
         ).tolist()
         return votes[0] / self.dist.world_size, [vote > 0 for vote in votes[1:]]
 
-    def _non_finite_message(self, bad_step: int, what: str, value: float) -> str:
-        if self.last_path.is_file():
+    def _non_finite_message(
+        self, bad_step: int, what: str, value: float, saved_step: int | None
+    ) -> str:
+        if saved_step is not None:
             saved = (
-                f"the last good checkpoint is {self.last_path} (step {self._saved_step()}); lower "
+                f"the last good checkpoint is {self.last_path} (step {saved_step}); lower "
                 "train.lr or set train.grad_clip, then resume with --resume or start afresh"
             )
         else:
@@ -1169,12 +1172,6 @@ class Run:
                 "again (with --overwrite)"
             )
         return f"the {what} became {value} at step {bad_step}; nothing was saved after it, {saved}"
-
-    def _saved_step(self) -> int | str:
-        try:
-            return load_checkpoint(self.last_path)["step"]
-        except UserError:
-            return "unreadable"
 
     def _payload(
         self,

@@ -468,6 +468,39 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
         assert stop.value.exit_code == 3
 
 
+@pytest.mark.parametrize("resumed", [False, True])
+def test_a_non_finite_loss_before_any_checkpoint_of_the_call_names_what_there_is(
+    resumed, tmp_path, monkeypatch, capsys
+):
+    """NaN at the call's second step, before it saved anything: a new run has no checkpoint to
+    go back to (start again); a resumed one has the last.pt it resumed from, at its step."""
+    out_dir = tmp_path / "run"
+    argv = ["--config", str(CHAR_TINY), "--out-dir", str(out_dir), "--quiet", "--set"]
+    if resumed:
+        assert run_cli(char_lm_train.main, [*argv, "train.max_steps=4"]) == 0
+    real_forward, calls = CharLM.forward, []
+
+    def forward(self, idx, targets=None, state=None):
+        logits, loss, state = real_forward(self, idx, targets, state)
+        if self.training:
+            calls.append(1)
+            loss = loss * math.nan if len(calls) == 2 else loss
+        return logits, loss, state
+
+    monkeypatch.setattr(CharLM, "forward", forward)
+    capsys.readouterr()
+    resume = ["--resume"] if resumed else []
+    code = run_cli(char_lm_train.main, [*resume, *argv, "train.max_steps=20", "train.log_every=3"])
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert code == 3
+    step = 6 if resumed else 2
+    assert line.startswith(f"stopped: the training loss became nan at step {step}; "), line
+    if resumed:
+        assert f"the last good checkpoint is {out_dir / 'last.pt'} (step 4)" in line
+    else:
+        assert "no checkpoint was written yet" in line and not (out_dir / "last.pt").exists()
+
+
 def test_non_finite_gradients_stop_the_run_before_they_reach_a_checkpoint(
     tmp_path, monkeypatch, capsys
 ):

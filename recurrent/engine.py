@@ -1024,7 +1024,7 @@ class Run:
                         )
                     # What depends on the clock or on a signal is agreed by all processes (one
                     # small all-reduce under torchrun), so all stop, evaluate and save together.
-                    agreed_s, (over_budget, save_due, signalled) = self._agree_clock(
+                    agreed_s, (over_budget, save_due, signalled, output_lost) = self._agree_clock(
                         elapsed(),
                         budget_spent(),
                         bool(
@@ -1032,6 +1032,7 @@ class Run:
                             and time.perf_counter() - last_save >= settings.checkpoint_every_s
                         ),
                         signals.received is not None or self.output_lost,
+                        self.output_lost,  # rank 0's: the others then stop for it too
                     )
                     reason = stop_reason(over_budget)
                     due = (settings.eval_every and progress.step % settings.eval_every == 0) or (
@@ -1049,12 +1050,12 @@ class Run:
                     if signalled:
                         if progress.evaluated_step != progress.step:
                             save(improved=False)
-                        if self.output_lost and signals.received is None:
+                        if output_lost and signals.received is None:
                             name, status = READER_GONE, READER_GONE_STATUS
                         else:
                             signals.received = (
                                 signals.received or signal.SIGTERM
-                            )  # maybe another rank's (a signal or rank 0's lost output)
+                            )  # maybe another rank's (on another machine)
                             name = signal_said(signals.received)
                             status = 128 + signals.received
                         where = "" if self.dist.is_main else " on rank 0's machine"

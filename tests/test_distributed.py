@@ -9,6 +9,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -713,6 +714,38 @@ def hung_up_under_nohup(torchrun: list[str], args: list[str], cwd: Path) -> tupl
         if job.poll() is None:
             kill_tree(job.pid)
             job.wait()
+
+
+def test_a_torchrun_job_whose_output_reader_has_gone_stops_as_sigpipe_in_every_process(tmp_path):
+    """`torchrun ... | head -1`: rank 0's output is lost, and every process stops with it, saved.
+    The others named it SIGTERM and exited with 143, so torchrun's report gave the job two causes;
+    every process now says SIGPIPE's 141, and one line (rank 0's) says so."""
+    command = [*TORCHRUN, *CHAR[:-1], *CHAR_SET, "train.max_steps=100000", "--out-dir", "r"]
+    with (tmp_path / "err.log").open("w") as err:
+        job = subprocess.Popen(
+            command,
+            cwd=tmp_path,
+            env=job_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            start_new_session=True,
+        )
+    try:
+        assert job.stdout.readline().startswith(b"data: ")
+        job.stdout.close()  # `head -1` has its line
+        job.wait(timeout=TIMEOUT_S)
+    finally:
+        if job.poll() is None:
+            kill_tree(job.pid)
+            job.wait()
+    said = (tmp_path / "err.log").read_text()
+    assert re.findall(r"exitcode +: (-?\d+)", said) == ["141", "141"], said[-3000:]  # its report
+    stops = [line for line in said.splitlines() if line.startswith(("stopped:", "[rank"))]
+    assert len(stops) == 1, stops
+    assert stops[0].startswith("stopped: SIGPIPE (the standard output's reader has gone) at step ")
+    step = int(stops[0].split(" at step ")[1].split(":")[0])
+    assert torch.load(tmp_path / "r" / "last.pt", weights_only=True)["step"] == step
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="a hang-up is POSIX's")

@@ -869,6 +869,7 @@ class Run:
             nonlocal last_save, saved_step
             flush_checks()
             progress.elapsed_s = elapsed()
+            doing[0] = f"saving the checkpoint of step {progress.step}"
             # every rank's random-number state and data position (its own streams, say)
             rngs = self.dist.all_gather_objects(rng_state(self.device))
             datas = self.dist.all_gather_objects(data.state_dict())
@@ -877,9 +878,11 @@ class Run:
                 # last.pt first: a run killed between the two writes resumes (--resume auto), and
                 # `restore` then writes the best.pt it lacks
                 save_checkpoint(payload, self.last_path)
+                saved_step = progress.step  # (best.pt's write may fail yet)
                 if improved:
                     save_checkpoint(payload, self.best_path)
             last_save, saved_step = time.perf_counter(), progress.step
+            doing[0] = None
 
         def run_evaluation() -> None:
             flush_checks()

@@ -713,6 +713,13 @@ def test_a_hang_up_stops_a_command_in_one_line_unless_nohup_ignores_it(nohup, ca
          "torchrun --signals-to-handle=SIGTERM,SIGINT"),
         ({"TORCHELASTIC_RUN_ID": "none", "TORCHELASTIC_SIGNALS_TO_HANDLE": "SIGTERM,SIGINT"},
          "nohup, tmux or screen keep a run going"),  # the hang-up came from elsewhere
+        ({"TORCHELASTIC_RUN_ID": "none", "TORCHELASTIC_SIGNALS_TO_HANDLE": "SIGHUP"},
+         "torchrun passes it on even under nohup: tmux or screen keep a run going, or nohup "
+         "torchrun --signals-to-handle=SIGTERM"),  # its only signal: SIGTERM, torchrun's stop
+        ({"TORCHELASTIC_RUN_ID": "none",  # torchrun strips each name
+          "TORCHELASTIC_SIGNALS_TO_HANDLE": "SIGINT, SIGHUP ,SIGQUIT"},
+         "torchrun passes it on even under nohup: tmux or screen keep a run going, or nohup "
+         "torchrun --signals-to-handle=SIGINT,SIGQUIT"),
     ],
 )  # fmt: skip
 def test_a_hang_up_says_what_keeps_a_run_going_where_it_runs(environment, keeps, monkeypatch):
@@ -928,6 +935,42 @@ def test_a_file_written_whole_over_a_folder_is_not_called_a_special_file(tmp_pat
     assert (tmp_path / "out.csv").is_dir()
 
 
+class _FailingOutput:
+    """A standard output whose writes fail with EIO, on the descriptor of ``file``."""
+
+    def __init__(self, file) -> None:
+        self.file = file
+
+    def write(self, text: str) -> int:
+        raise OSError(errno.EIO, "Input/output error")
+
+    def flush(self) -> None:
+        pass
+
+    def fileno(self) -> int:
+        return self.file.fileno()
+
+
+def test_an_io_error_in_a_runs_line_is_dropped_from_a_terminal_and_raised_from_a_file(
+    tmp_path, monkeypatch
+):
+    """EIO writing a run's line: from a terminal (a character device, as os.devnull is) it is
+    a closed terminal, and the run goes on unheard (its SIGHUP stops it, unless nohup ignores
+    it); from a file it is a failing disk, which must not be hidden."""
+    run = Run(tmp_path / "run", task="char_lm", settings=SETTINGS, config={}, quiet=True)
+    try:
+        with open(os.devnull, "w") as terminal, (tmp_path / "log.txt").open("w") as disk:
+            monkeypatch.setattr(sys, "stdout", _FailingOutput(terminal))
+            run.log("step 5: train loss 1.0")
+            assert not run.output_lost  # not a reader gone: the run goes on
+            monkeypatch.setattr(sys, "stdout", _FailingOutput(disk))
+            with pytest.raises(OSError) as failed:
+                run.log("step 10: train loss 0.9")
+            assert failed.value.errno == errno.EIO
+    finally:
+        files.release(run.out_dir)
+
+
 def _reader_gone(
     argv: list[str], env: dict[str, str], *, after_lines: int = 0, stderr_too: bool = False
 ) -> tuple[int, str]:
@@ -1046,6 +1089,42 @@ def _allocation_refused() -> None:
     torch.empty(1 << 50, dtype=torch.uint8)
 
 
+def test_a_resumed_training_that_runs_out_of_memory_says_the_last_pt_it_went_on_from(
+    tmp_path, monkeypatch, capsys
+):
+    """Python's own MemoryError at step 8 of a run that saved last.pt at step 7; then its resume
+    at a step limit of 7, whose only work is the run's final evaluation (every run ends with
+    one), which runs out too. Each says where and that last.pt holds step 7."""
+    from char_lm.model import CharLM
+
+    forward, calls = CharLM.forward, []
+
+    def hungry_forward(self, *args, **kwargs):
+        calls.append(self.training)
+        if calls.count(True) == 8 or not self.training:
+            bytearray(1 << 50)  # refused: MemoryError
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(CharLM, "forward", hungry_forward)
+    out_dir = tmp_path / "run"
+    for max_steps, resume, said in (
+        (20, [], "at step 8"),
+        (7, ["--resume"], "in the evaluation at step 7"),
+    ):
+        argv = ["--config", str(CHAR_TINY), "--out-dir", str(out_dir), "--quiet", *resume, "--set",
+                f"train.max_steps={max_steps}", "train.checkpoint_every=7", "train.eval_every=100"]  # fmt: skip
+        monkeypatch.setattr(sys, "argv", ["char_lm.train", *argv])
+        with pytest.raises(SystemExit) as ended:
+            char_lm_train.cli()
+        assert ended.value.code == EXIT_USER_ERROR
+        assert capsys.readouterr().err == (
+            f"error: the machine ran out of memory {said}; {char_lm_train.MEMORY}; "
+            f"{out_dir / 'last.pt'} is as it was, at step 7: run again with --resume to go on "
+            "from there\n"
+        )
+        assert torch.load(out_dir / "last.pt", weights_only=True)["step"] == 7
+
+
 @pytest.mark.parametrize(
     ("where", "settings", "said", "kept"),
     [
@@ -1053,6 +1132,7 @@ def _allocation_refused() -> None:
         ("evaluation", ["train.checkpoint_every=2", "train.eval_every=3"],
          "in the evaluation at step 3", 2),
         ("step", [], "at step 5", None),
+        ("step", ["train.eval_every=2"], "at step 5", 4),  # a step after an evaluation
     ],
 )  # fmt: skip
 def test_a_training_that_runs_out_of_memory_says_where_what_to_lower_and_what_it_kept(
@@ -1069,7 +1149,7 @@ def test_a_training_that_runs_out_of_memory_says_where_what_to_lower_and_what_it
 
     def hungry_forward(self, *args, **kwargs):
         calls.append(self.training)
-        if (where == "step" and calls.count(True) == 5) or not self.training:
+        if calls.count(True) == 5 if where == "step" else not self.training:
             _allocation_refused()
         return forward(self, *args, **kwargs)
 
@@ -1095,6 +1175,43 @@ def test_a_training_that_runs_out_of_memory_says_where_what_to_lower_and_what_it
         assert not (out_dir / "last.pt").exists()
     else:
         assert torch.load(out_dir / "last.pt", weights_only=True)["step"] == kept
+
+
+@pytest.mark.parametrize(("failing_write", "kept"), [(3, 5), (4, 10)])
+def test_memory_that_runs_out_saving_a_checkpoint_names_the_save_and_the_step_last_pt_holds(
+    failing_write, kept, tmp_path, monkeypatch, capsys
+):
+    """Step 10's evaluation improves: last.pt, then best.pt, is written (writes 3 and 4; step 5's
+    were 1 and 2). Memory that ran out in the write of last.pt was said to be "at step 11", a
+    step that never ran; in that of best.pt, with last.pt at step 10 already, "last.pt is as it
+    was, at step 5"."""
+    import recurrent.engine
+
+    write, writes = recurrent.engine.save_checkpoint, []
+
+    def hungry_write(payload, path):
+        writes.append(path)
+        if len(writes) == failing_write:
+            _allocation_refused()
+        return write(payload, path)
+
+    monkeypatch.setattr(recurrent.engine, "save_checkpoint", hungry_write)
+    out_dir = tmp_path / "run"
+    argv = ["--config", str(CHAR_TINY), "--out-dir", str(out_dir), "--quiet", "--set",
+            "train.max_steps=20", "train.eval_every=5"]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", ["char_lm.train", *argv])
+    with pytest.raises(SystemExit) as ended:
+        char_lm_train.cli()
+    assert ended.value.code == EXIT_USER_ERROR
+    assert [path.name for path in writes] == ["last.pt", "best.pt", "last.pt", "best.pt"][
+        :failing_write
+    ]
+    assert capsys.readouterr().err == (
+        "error: the machine ran out of memory (it asked for 1.00 PiB more) saving the checkpoint "
+        f"of step 10; {char_lm_train.MEMORY}; {out_dir / 'last.pt'} is as it was, at step {kept}: "
+        "run again with --resume to go on from there\n"
+    )
+    assert torch.load(out_dir / "last.pt", weights_only=True)["step"] == kept
 
 
 @pytest.mark.parametrize(

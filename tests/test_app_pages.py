@@ -318,6 +318,41 @@ def test_sessions_in_one_thread_at_once_leave_torch_its_threads() -> None:
         torch.set_num_threads(before)
 
 
+def test_a_session_entering_one_thread_while_another_is_in_runs_on_one_thread() -> None:
+    """B's thread ran torch before A entered `one_thread` (it keeps the setting it started
+    with); B enters while A is in: B's own work must run on one thread too."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    a_in, b_done = threading.Event(), threading.Event()
+    seen: list[int] = []
+
+    def session_a() -> None:
+        with inside.one_thread():
+            a_in.set()
+            b_done.wait(10)
+
+    def session_b() -> None:
+        seen.append(torch.get_num_threads())  # this thread's first torch call, before A's turn
+        a_in.wait(10)
+        with inside.one_thread():
+            seen.append(torch.get_num_threads())
+        b_done.set()
+
+    try:
+        b = threading.Thread(target=session_b)
+        b.start()
+        while not seen:  # B has started torch
+            time.sleep(0.01)
+        a = threading.Thread(target=session_a)
+        a.start()
+        for thread in (a, b):
+            thread.join(20)
+    finally:
+        b_done.set()
+        torch.set_num_threads(before)
+    assert seen == [2, 1]
+
+
 def test_char_probabilities_follow_the_models_softmax(models: dict[str, Path]) -> None:
     model, vocab, _ = load_char_lm(models["lstm"])
     text = 'she said "hi"'

@@ -38,6 +38,20 @@ def test_a_toys_model_is_what_seeding_the_global_generator_gives(
         assert torch.equal(got[name], value), name
 
 
+def test_a_layer_seeded_model_has_no_rule_for_is_refused(monkeypatch) -> None:
+    """A layer added to the model that `seeded_model` does not initialise would keep the
+    uninitialised memory of `to_empty`: refused, naming it."""
+
+    class NormedCharLM(CharLM):
+        def __init__(self, config: ModelConfig, vocab_size: int) -> None:
+            super().__init__(config, vocab_size)
+            self.norm = torch.nn.LayerNorm(config.hidden_size)
+
+    monkeypatch.setattr(toys, "CharLM", NormedCharLM)
+    with pytest.raises(TypeError, match="cannot initialise a LayerNorm"):
+        toys.seeded_model(ModelConfig(hidden_size=4), 5, 0)
+
+
 def test_a_toy_trained_while_another_session_loads_a_model_is_the_toy_trained_alone() -> None:
     """Each session runs in its own thread of the server, and torch's global generator is the
     process's. A toy seeded it and drew its weights from it: when another session drew from it

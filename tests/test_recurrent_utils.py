@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import importlib
@@ -416,6 +417,8 @@ def test_a_bad_flag_is_one_line_naming_it(module, capsys):
         # Ctrl-C outside a training loop: as a SIGTERM there, what is kept
         (KeyboardInterrupt(), 130, f"stopped: interrupted; {STOPPED}\n"),
         (BrokenPipeError(), 0, ""),  # `char_lm.sample ... | head`: the reader had enough
+        # Python's own refusal (a list, a decoded file too big), outside a training run
+        (MemoryError(), 2, f"error: the machine ran out of memory; {errors.MEMORY}\n"),
     ],
 )
 def test_run_cli_turns_each_ending_into_its_status_and_one_line(raised, status, said, capsys):
@@ -658,7 +661,8 @@ def test_out_of_memory_reads_torchs_words_for_what_ran_out(err, said):
 
 
 @pytest.mark.parametrize(("size", "said"), [(512, "512 bytes"), (3 << 20, "3.00 MiB"),
-                                            (5 << 40, "5.00 TiB"), (7 << 50, "7.00 PiB")])  # fmt: skip
+                                            (5 << 40, "5.00 TiB"), (7 << 50, "7.00 PiB"),
+                                            (1536, "1.50 KiB"), (1023 << 30, "1023.00 GiB")])  # fmt: skip
 def test_the_cpu_allocators_refusal_is_read_from_its_own_error(size, said):
     """A real refusal of torch's CPU allocator (1 PiB exceeds any machine's memory and swap;
     other sizes are read from the same words)."""
@@ -697,6 +701,25 @@ def test_an_io_error_says_the_output_has_gone_only_from_a_terminal(tmp_path):
         assert errors.output_gone(BrokenPipeError(errno.EPIPE, "Broken pipe"), file)
         assert not errors.output_gone(OSError(errno.ENOSPC, "No space left on device"), device)
     assert not errors.output_gone(eio, io.StringIO())  # no descriptor
+
+
+@pytest.mark.parametrize(
+    ("failure", "dropped"),
+    [(BrokenPipeError(errno.EPIPE, "Broken pipe"), True),  # `train ... 2>&1 | head`
+     (OSError(errno.ENOSPC, "No space left on device"), False)],  # a log on a full disk
+)  # fmt: skip
+def test_a_line_whose_stderr_has_gone_is_dropped_and_any_other_failure_raised(
+    failure, dropped, monkeypatch
+):
+    class FailingStderr(io.StringIO):
+        def write(self, text: str) -> int:
+            raise failure
+
+    monkeypatch.setattr(sys, "stderr", FailingStderr())
+    with contextlib.nullcontext() if dropped else pytest.raises(OSError) as raised:
+        errors.say("stopped: SIGTERM; no file is left half-written")
+    if not dropped:
+        assert raised.value is failure
 
 
 class SlowWorkerPids(torch.utils.data.Dataset):

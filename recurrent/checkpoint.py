@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from recurrent.errors import UserError
+from recurrent.errors import UserError, out_of_memory
 from recurrent.files import atomic_write
 
 FORMAT_VERSION = 2  # 2: training runs of recurrent.engine (1, their predecessors, still load)
@@ -59,6 +59,8 @@ def load_checkpoint(
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:  # noqa: BLE001 - torch's reader raises many types on foreign bytes
+        if out_of_memory(err) is not None:  # the machine's, not the file's
+            raise
         # (torch 2.4's weights-only reader raises its reader's errors as UnpicklingError too)
         missing = re.search(r"failed locating file ([^:]+): file not found", str(err))
         found = re.search(r"GLOBAL ([\w.]+)", str(err))  # weights_only refused to import it

@@ -96,6 +96,7 @@ from recurrent.errors import (
     out_of_memory,
     output_gone,
     signal_said,
+    stops_on,
 )
 from recurrent.files import atomic_write_text
 from recurrent.training import rng_state, set_rng_state, set_seed, warmup_cosine
@@ -403,7 +404,7 @@ class _StopSignals:
     def __enter__(self) -> _StopSignals:
         if threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGINT, *STOP_SIGNALS):
-                if signal.getsignal(signum) is not signal.SIG_IGN:
+                if stops_on(signum):
                     self._previous[signum] = signal.signal(signum, self._handle)
         return self
 

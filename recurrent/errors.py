@@ -123,8 +123,12 @@ class OutOfMemory(UserError):
 # 2.00 GiB. GPU 0 has a total capacity of 79.19 GiB of which 1.10 GiB is free. ..."), Apple's
 # ("MPS backend out of memory (...). Tried to allocate 256.00 MiB on private pool. ..."), and the
 # CPU allocator's ("DefaultCPUAllocator: can't allocate memory: you tried to allocate
-# 4503599627370496 bytes. Error code 12 ...")
-_DEVICE_OUT_OF_MEMORY = re.compile(r"\b(CUDA|MPS backend|XPU) out of memory\b")
+# 4503599627370496 bytes. Error code 12 ..."); and CUDA's own, outside torch's allocator ("CUDA
+# error: out of memory" as a context is made, cuBLAS's handle, cuDNN's workspace)
+_DEVICE_OUT_OF_MEMORY = re.compile(
+    r"\b(CUDA|MPS backend|XPU) out of memory\b"
+    r"|\b(CUDA) error: out of memory\b|(CU)BLAS_STATUS_ALLOC_FAILED|(CU)DNN_STATUS_ALLOC_FAILED"
+)
 _CPU_OUT_OF_MEMORY = "DefaultCPUAllocator: can't allocate memory"
 _ASKED = re.compile(r"tried to allocate (\d+ bytes|\d+(?:\.\d+)? [KMGTP]?i?B\b)", re.IGNORECASE)
 # a GPU's capacity and free memory, as torch 2.1 and later say them, and as older ones did
@@ -150,7 +154,7 @@ def out_of_memory(err: BaseException) -> str | None:
     device = _DEVICE_OUT_OF_MEMORY.search(text)
     if device is None and _CPU_OUT_OF_MEMORY not in text:
         return None
-    what = "the machine" if device is None else f"the {_DEVICE_NAMES[device.group(1)]}"
+    what = "the machine" if device is None else f"the {_DEVICE_NAMES[device[device.lastindex]]}"
     details = []
     if asked := _ASKED.search(text):
         amount = asked.group(1)
@@ -163,7 +167,7 @@ def out_of_memory(err: BaseException) -> str | None:
     return f"{what} ran out of memory" + (f" ({'; '.join(details)})" if details else "")
 
 
-_DEVICE_NAMES = {"CUDA": "GPU", "MPS backend": "GPU (MPS)", "XPU": "GPU (XPU)"}
+_DEVICE_NAMES = {"CUDA": "GPU", "CU": "GPU", "MPS backend": "GPU (MPS)", "XPU": "GPU (XPU)"}
 
 
 def _binary_size(size: int) -> str:
@@ -616,11 +620,16 @@ def _stop_on_signals(ended: list[bool], stopped: str) -> dict[int, Any]:
             return
         raise RunStopped(f"{signal_said(signum)}; {stopped}", exit_code=128 + signum)
 
-    return {
-        signum: signal.signal(signum, stop)
-        for signum in STOP_SIGNALS
-        if signal.getsignal(signum) is not signal.SIG_IGN
-    }
+    return {signum: signal.signal(signum, stop) for signum in STOP_SIGNALS if stops_on(signum)}
+
+
+def stops_on(signum: int) -> bool:
+    """Whether a command takes ``signum`` to stop on: every stopping signal but a SIGHUP left
+    ignored, as `nohup` leaves it (a SIGINT or SIGTERM ignored, as a shell script's background
+    job has SIGINT, is taken all the same, as it always was)."""
+    return not (
+        signum == getattr(signal, "SIGHUP", None) and signal.getsignal(signum) is signal.SIG_IGN
+    )
 
 
 # A loader worker can wait for SIGTERM and tell who sent it (Linux; not macOS), and so leave a

@@ -650,6 +650,12 @@ MPS = (
                       f"Traceback (most recent call last):\n...\ntorch.OutOfMemoryError: {GPU_NOW}"),
          "the GPU ran out of memory (it asked for 20.00 GiB more; 3.12 GiB of its 79.19 GiB was free)"),
         (MemoryError(), "the machine ran out of memory"),
+        # CUDA's own, outside torch's allocator: a context, cuBLAS's handle, cuDNN's workspace
+        (RuntimeError("CUDA error: out of memory\nCUDA kernel errors might be asynchronously "
+                      "reported at some other API call"), "the GPU ran out of memory"),
+        (RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"),
+         "the GPU ran out of memory"),
+        (RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED"), "the GPU ran out of memory"),
         (RuntimeError("CUDA error: an illegal memory access was encountered"), None),
         (RuntimeError("mat1 and mat2 shapes cannot be multiplied (4x3 and 2x2)"), None),
         (ValueError("CUDA out of memory"), None),  # not torch's
@@ -784,6 +790,35 @@ def test_a_stop_inside_a_files_reader_is_a_stop_not_a_bad_file(reader, tmp_path,
         save_checkpoint({"task": "char_lm", "config": {}, "vocab": [], "model": {}}, path)
         monkeypatch.setattr(torch, "load", stopped)
         with pytest.raises(RunStopped):
+            load_checkpoint(path)
+
+
+@pytest.mark.parametrize("reader", ["image", "checkpoint"])
+def test_memory_that_runs_out_inside_a_files_reader_is_not_a_bad_file(
+    reader, tmp_path, monkeypatch
+):
+    """A MemoryError or torch's allocator refusing while an image decodes or a checkpoint loads
+    is the machine's: it was said to be an undecodable image (skipped, the job going on) or a
+    damaged checkpoint (the user sent to mend a file that was fine)."""
+    import PIL.Image
+
+    from captioner.data.images import load_image
+    from recurrent.checkpoint import load_checkpoint, save_checkpoint
+
+    def refused(*args, **kwargs):
+        torch.empty(1 << 50, dtype=torch.uint8)
+
+    if reader == "image":
+        path = tmp_path / "a.png"
+        PIL.Image.new("RGB", (8, 8)).save(path)
+        monkeypatch.setattr(PIL.Image, "open", refused)
+        with pytest.raises(RuntimeError, match="can't allocate memory"):
+            load_image(path)
+    else:
+        path = tmp_path / "a.pt"
+        save_checkpoint({"task": "char_lm", "config": {}, "vocab": [], "model": {}}, path)
+        monkeypatch.setattr(torch, "load", refused)
+        with pytest.raises(RuntimeError, match="can't allocate memory"):
             load_checkpoint(path)
 
 

@@ -731,6 +731,18 @@ def test_a_hang_up_says_what_keeps_a_run_going_where_it_runs(environment, keeps,
     assert signal_said(signal.SIGTERM) == "SIGTERM"
 
 
+def test_an_ignored_sigterm_still_stops_a_command_only_an_ignored_hang_up_is_left(capsys):
+    """`nohup` leaves SIGHUP ignored, and it stays so; a SIGTERM that starts ignored (as some
+    launchers leave it) is taken all the same, as it always was."""
+    before = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        assert run_cli(_sigterm_in_main, []) == 143
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN  # put back
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert capsys.readouterr().err == f"stopped: SIGTERM; {STOPPED}\n"
+
+
 def _sigterm_in_main(argv):
     os.kill(os.getpid(), signal.SIGTERM)
     time.sleep(10)  # the handler raises here
@@ -1220,7 +1232,11 @@ def test_memory_that_runs_out_saving_a_checkpoint_names_the_save_and_the_step_la
         ("captioner.caption", "lower --batch-size or --beam-size"),
         ("captioner.evaluate", "lower --batch-size or --beam-size"),
         ("captioner.train", None),  # its MEMORY
-        ("char_lm.sample", "use a smaller model or smaller inputs, or free memory on the machine"),
+        ("char_lm.sample", "use a shorter prompt, or free memory on the machine"),
+        (
+            "char_lm.evaluate",
+            "use a smaller model or smaller inputs, or free memory on the machine",
+        ),
     ],
 )
 def test_each_command_that_runs_out_of_memory_says_what_to_lower(

@@ -19,7 +19,7 @@ from typing import BinaryIO
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from recurrent.errors import UserError
+from recurrent.errors import UserError, out_of_memory
 
 # Pillow's own default bomb limit (~ 9459 x 9459, 256 MiB as RGB). Larger images are refused, not
 # decoded, so a tiny compressed file cannot make the app allocate gigabytes.
@@ -103,6 +103,8 @@ def load_image(
             raise _undecodable(err, what, kind) from None
         raise UserError(f"cannot open {what} ({err.strerror}); check the path") from None
     except Exception as err:  # noqa: BLE001 - Pillow raises many types on hostile bytes
+        if out_of_memory(err) is not None:  # the machine's, not the file's
+            raise
         raise _undecodable(err, what, kind) from None
     return _to_rgb(upright, what)
 

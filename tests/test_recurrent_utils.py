@@ -639,12 +639,12 @@ MPS = (
 @pytest.mark.parametrize(
     ("err", "said"),
     [
-        (torch.OutOfMemoryError(GPU_NOW),
+        (torch.cuda.OutOfMemoryError(GPU_NOW),
          "the GPU ran out of memory (it asked for 20.00 GiB more; 3.12 GiB of its 79.19 GiB was free)"),
         (RuntimeError(GPU_THEN),  # torch before 2.1 raised a RuntimeError
          "the GPU ran out of memory (it asked for 36.00 MiB more; 47.06 MiB of its 7.93 GiB was free)"),
         (RuntimeError(MPS), "the GPU (MPS) ran out of memory (it asked for 256.00 MiB more)"),
-        (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate more than 1EB memory."),
+        (torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate more than 1EB memory."),
          "the GPU ran out of memory"),
         (RuntimeError(f"Caught OutOfMemoryError in DataLoader worker process 0.\nOriginal "
                       f"Traceback (most recent call last):\n...\ntorch.OutOfMemoryError: {GPU_NOW}"),

@@ -682,6 +682,26 @@ def training_workers(job: subprocess.Popen, ready, count: int) -> list[str]:
     return workers
 
 
+def _ignore_hang_up() -> None:
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+
+def start_logged(command: list[str], cwd: Path, **options) -> subprocess.Popen:
+    """``command`` started in CWD in a session of its own (`kill_tree` ends it), its output and
+    errors in CWD/torchrun.log."""
+    with (cwd / "torchrun.log").open("w") as log:
+        return subprocess.Popen(
+            command,
+            cwd=cwd,
+            env=job_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            **options,
+        )
+
+
 def hung_up_under_nohup(torchrun: list[str], args: list[str], cwd: Path) -> tuple[int, int]:
     """``nohup torchrun ARGS > CWD/torchrun.log 2>&1`` in a terminal that closes once training is
     2 steps past last.pt: the hang-up goes to torchrun's agent, as the shell sends it to its jobs
@@ -694,17 +714,7 @@ def hung_up_under_nohup(torchrun: list[str], args: list[str], cwd: Path) -> tupl
     def logged() -> int:
         return max((r["step"] for r in train_lines(run)), default=0)
 
-    with (cwd / "torchrun.log").open("w") as log:
-        job = subprocess.Popen(
-            [*torchrun, *args],
-            cwd=cwd,
-            env=job_env(),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN),  # nohup's
-        )
+    job = start_logged([*torchrun, *args], cwd, preexec_fn=_ignore_hang_up)  # nohup's
     try:
         training_workers(job, lambda: (run / "metrics.jsonl").is_file() and logged() > start + 2, 2)
         found = logged()
@@ -942,16 +952,8 @@ def test_a_second_signal_to_torchrun_leaves_the_stop_named_by_the_first(tmp_path
     script = tmp_path / "slow_to_stop.py"
     script.write_text(SLOW_TO_STOP)
     common = ["-m", "char_lm.train", *CHAR[2:], *CHAR_SET, "train.lr_decay_steps=20"]
-    with (tmp_path / "torchrun.log").open("w") as log:
-        job = subprocess.Popen(
-            [*TORCHRUN, str(script), *common[2:], "train.max_steps=100000", "--out-dir", "r"],
-            cwd=tmp_path,
-            env=job_env(),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    command = [*TORCHRUN, str(script), *common[2:], "train.max_steps=100000", "--out-dir", "r"]
+    job = start_logged(command, tmp_path)
     try:
         metrics = tmp_path / "r" / "metrics.jsonl"
         deadline = time.monotonic() + 120

@@ -686,17 +686,19 @@ def _ignore_hang_up() -> None:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
 
-def start_logged(command: list[str], cwd: Path, **options) -> subprocess.Popen:
+def start_logged(
+    command: list[str], cwd: Path, *, piped: bool = False, **options
+) -> subprocess.Popen:
     """``command`` started in CWD in a session of its own (`kill_tree` ends it), its output and
-    errors in CWD/torchrun.log."""
+    errors in CWD/torchrun.log; with ``piped``, its output in a pipe (``job.stdout``)."""
     with (cwd / "torchrun.log").open("w") as log:
         return subprocess.Popen(
             command,
             cwd=cwd,
             env=job_env(),
             stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
+            stdout=subprocess.PIPE if piped else log,
+            stderr=log if piped else subprocess.STDOUT,
             start_new_session=True,
             **options,
         )
@@ -731,16 +733,7 @@ def test_a_torchrun_job_whose_output_reader_has_gone_stops_as_sigpipe_in_every_p
     The others named it SIGTERM and exited with 143, so torchrun's report gave the job two causes;
     every process now says SIGPIPE's 141, and one line (rank 0's) says so."""
     command = [*TORCHRUN, *CHAR[:-1], *CHAR_SET, "train.max_steps=100000", "--out-dir", "r"]
-    with (tmp_path / "err.log").open("w") as err:
-        job = subprocess.Popen(
-            command,
-            cwd=tmp_path,
-            env=job_env(),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=err,
-            start_new_session=True,
-        )
+    job = start_logged(command, tmp_path, piped=True)
     try:
         assert job.stdout.readline().startswith(b"data: ")
         job.stdout.close()  # `head -1` has its line
@@ -749,7 +742,7 @@ def test_a_torchrun_job_whose_output_reader_has_gone_stops_as_sigpipe_in_every_p
         if job.poll() is None:
             kill_tree(job.pid)
             job.wait()
-    said = (tmp_path / "err.log").read_text()
+    said = (tmp_path / "torchrun.log").read_text()
     assert re.findall(r"exitcode +: (-?\d+)", said) == ["141", "141"], said[-3000:]  # its report
     stops = [line for line in said.splitlines() if line.startswith(("stopped:", "[rank"))]
     assert len(stops) == 1, stops

@@ -192,6 +192,23 @@ def diverse_reference(decoder, features, row, *, beam_size, groups, strength, ma
     return [(tokens, finished, logprob) for _, logprob, tokens, finished, _ in ranked]
 
 
+def distinct_reference(decoder, features, row, beam_size, groups, strength, max_length, penalty):
+    """`diverse_reference`'s ranking with each caption once: one that two groups ended on is
+    returned once."""
+    ranked = diverse_reference(
+        decoder,
+        features,
+        row,
+        beam_size=beam_size,
+        groups=groups,
+        strength=strength,
+        max_length=max_length,
+        penalty=penalty,
+    )
+    seen: set[tuple[int, ...]] = set()
+    return [e for e in ranked if not (tuple(e[0]) in seen or seen.add(tuple(e[0])))]
+
+
 @pytest.mark.parametrize("attention", DECODERS)
 @pytest.mark.parametrize(
     "beam_size,groups,strength,penalty",
@@ -214,18 +231,9 @@ def test_diverse_beam_search_equals_a_plain_reference(
     # With n_best 1 the search may settle an image early only where no live beam can overtake.
     best = beam_search(decoder, features, n_best=1, **settings)
     for row in range(3):
-        expected = diverse_reference(
-            decoder,
-            features,
-            row,
-            beam_size=beam_size,
-            groups=groups,
-            strength=strength,
-            max_length=max_length,
-            penalty=penalty,
+        expected = distinct_reference(
+            decoder, features, row, beam_size, groups, strength, max_length, penalty
         )
-        seen: set[tuple[int, ...]] = set()  # a caption two groups ended on is returned once
-        expected = [e for e in expected if not (tuple(e[0]) in seen or seen.add(tuple(e[0])))]
         got = results[row]
         assert [(c.tokens, c.finished) for c in got] == [e[:2] for e in expected]
         assert [c.logprob for c in got] == pytest.approx([e[2] for e in expected], abs=1e-4)
@@ -259,20 +267,8 @@ def test_diverse_beam_search_gives_the_head_of_the_references_ranking_for_every_
     )
     expected = []
     for row in range(4):
-        ranked = diverse_reference(
-            decoder,
-            features,
-            row,
-            beam_size=beam_size,
-            groups=groups,
-            strength=strength,
-            max_length=6,
-            penalty=0.0,
-        )
-        seen: set[tuple[int, ...]] = set()
-        expected.append(
-            [e[:2] for e in ranked if not (tuple(e[0]) in seen or seen.add(tuple(e[0])))]
-        )
+        ranked = distinct_reference(decoder, features, row, beam_size, groups, strength, 6, 0.0)
+        expected.append([e[:2] for e in ranked])
     for n_best in range(1, beam_size + 1):
         results = beam_search(decoder, features, n_best=n_best, **settings)
         for row in range(4):

@@ -141,7 +141,7 @@ BOUNDS = {
     "data.test_fraction": "[0, 1)",
     "data.split_seed": "[0, 4294967295]",
     "data.image_size": "[1, 2048]",
-    "data.min_word_count": "[0, 1e9]",
+    "data.min_word_count": "[1, 1e9]",  # 1 keeps every word (`Vocabulary.build` refuses 0)
     "data.max_caption_length": "[1, 1000]",
     "data.num_workers": "[0, 1024]",
     "model.encoder_stages": "[1, 4]",
@@ -151,7 +151,9 @@ BOUNDS = {
     "model.hidden_size": "[1, 8192]",
     "model.attention_size": "[1, 8192]",
     "model.dropout": "[0, 1)",
-    "model.alpha_c": "[0, inf)",
+    # Xu et al. use 1; from about 1e20 the regulariser's gradient overflows float32 at the first
+    # step, which the non-finite guard then blamed on train.lr and train.grad_clip
+    "model.alpha_c": "[0, 1e6]",
     "train.epochs": "[0, 1e6]",
     "train.batch_size": "[1, 4096]",
     "train.captions_per_image": "[0, 100]",

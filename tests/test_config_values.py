@@ -278,7 +278,12 @@ OUT_OF_BOUNDS = [
     (
         CaptionerConfig,
         "model.alpha_c=nan",
-        "config key 'model.alpha_c' must be a finite number in [0, inf), got nan",
+        "config key 'model.alpha_c' must be a finite number in [0, 1e6], got nan",
+    ),
+    (  # in [0, inf) it overflowed the first step's gradient, and the stop blamed train.lr
+        CaptionerConfig,
+        "model.alpha_c=1e30",
+        "config key 'model.alpha_c' must be in [0, 1e6], got 1e+30",
     ),
     (
         CaptionerConfig,
@@ -315,6 +320,11 @@ OUT_OF_BOUNDS = [
         "model.encoder_stages=5",
         "config key 'model.encoder_stages' must be in [1, 4], got 5",
     ),
+    (  # 0 passed the table and was then refused as "min_count must be at least 1", no key named
+        CaptionerConfig,
+        "data.min_word_count=0",
+        "config key 'data.min_word_count' must be in [1, 1e9], got 0",
+    ),
     (  # the tiny config's max_steps is 0: no limit at all (it trained 0 steps and wrote best.pt)
         CaptionerConfig,
         "train.epochs=0",
@@ -341,7 +351,7 @@ def test_bounds_refuse_with_one_line(cls, override, message):
         (CharLMConfig, ["train.lr=1e-9", "model.dropout=0.999", "train.time_budget_s=1e7"]),
         (CaptionerConfig, ["train.lr=1e-3", "train.encoder_lr=0", "decode.beam_size=100"]),
         (CaptionerConfig, ["data.image_size=2048", "train.weight_decay=1e-2", "model.alpha_c=0"]),
-        (CaptionerConfig, ["decode.min_length=5", "decode.max_length=5"]),
+        (CaptionerConfig, ["decode.min_length=5", "decode.max_length=5", "model.alpha_c=1e6"]),
     ],
 )
 def test_values_at_the_bounds_pass(cls, overrides):

@@ -174,7 +174,16 @@ MIN_HEARTBEAT_TIMEOUT_S = 1.0  # below it a healthy job's processes miss beats u
 
 def check_run_settings(settings: RunSettings) -> None:
     """What `RUN_BOUNDS` cannot say: a heartbeat timeout is 0 (none) or at least
-    `MIN_HEARTBEAT_TIMEOUT_S` (0.2 s ended healthy two-process jobs here)."""
+    `MIN_HEARTBEAT_TIMEOUT_S` (0.2 s ended healthy two-process jobs here); AdamW's decay of each
+    step, lr x weight_decay, is below 1 (at 1 or more it scales the weights by zero or less each
+    step: 10 x 10 trained to a validation loss of 1e9, status 0)."""
+    decay = settings.lr * settings.weight_decay
+    if settings.optimizer == "adamw" and decay >= 1:
+        raise UserError(
+            f"config keys 'train.lr' x 'train.weight_decay' must be below 1 with AdamW, got "
+            f"{settings.lr:g} x {settings.weight_decay:g} = {decay:g}: each step would scale the "
+            f"weight matrices by {1 - decay:g}; lower either"
+        )
     if 0 < settings.heartbeat_timeout_s < MIN_HEARTBEAT_TIMEOUT_S:
         raise UserError(
             f"config key 'train.heartbeat_timeout_s' must be 0 (no heartbeats) or at least "

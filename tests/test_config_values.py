@@ -544,6 +544,29 @@ def test_a_heartbeat_timeout_is_none_or_at_least_a_second(config, check):
         check(cfg)
 
 
+@pytest.mark.parametrize(
+    ("config", "check"), [(CharLMConfig, check_char_lm), (CaptionerConfig, check_captioner)]
+)
+def test_adamws_decay_of_a_step_is_below_one(config, check):
+    """AdamW shrinks each weight matrix by lr x weight_decay a step: at 1 or more it zeroes or
+    flips them (lr 10 with weight_decay 10, both in bounds, trained to a validation loss of 1e9
+    with status 0). RMSprop's weight decay is an L2 term on the gradient: not bounded so."""
+    cfg = config()
+    if config is CaptionerConfig:
+        cfg.data.annotations = "captions.json"
+    cfg.train.lr, cfg.train.weight_decay = 0.5, 1.9
+    check(cfg)  # 0.95: a strong decay, but a decay
+    cfg.train.weight_decay = 2.0
+    with pytest.raises(UserError) as err:
+        check(cfg)
+    assert str(err.value) == (
+        "config keys 'train.lr' x 'train.weight_decay' must be below 1 with AdamW, got 0.5 x 2 = 1: "
+        "each step would scale the weight matrices by 0; lower either"
+    )
+    cfg.train.optimizer = "rmsprop"
+    check(cfg)
+
+
 def test_heartbeats_are_on_by_default_and_a_timeout_is_never_negative():
     """By default a frozen process ends the job well before a collective's 30 minutes; a
     negative timeout (a typo for 0, or for a number) is refused, and so is one past 1e6 s."""

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from captioner.scenes import JSON_NAME as SCENES_JSON_NAME
 from recurrent.config import check_bounds, data_name, describe_cell
-from recurrent.engine import RUN_BOUNDS, RunSettings, check_run_settings
+from recurrent.engine import RUN_BOUNDS, RunSettings, check_decay, check_run_settings
 from recurrent.errors import UserError
 
 
@@ -232,6 +232,8 @@ def check_config(cfg: CaptionerConfig) -> None:
     """Reject settings no run can use, with the key to change."""
     check_bounds(cfg, BOUNDS)
     check_run_settings(cfg.train)
+    if cfg.model.finetune != "frozen":  # the encoder's stages that train, at its rate
+        check_decay(cfg.train, cfg.train.encoder_lr, "train.encoder_lr")
     check_model(cfg.model)
     if cfg.train.epochs == 0 and cfg.train.max_steps == 0:
         raise UserError("train.epochs and train.max_steps are both 0; set one of them")

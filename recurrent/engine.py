@@ -177,17 +177,23 @@ def check_run_settings(settings: RunSettings) -> None:
     `MIN_HEARTBEAT_TIMEOUT_S` (0.2 s ended healthy two-process jobs here); AdamW's decay of each
     step, lr x weight_decay, is below 1 (at 1 or more it scales the weights by zero or less each
     step: 10 x 10 trained to a validation loss of 1e9, status 0)."""
-    decay = settings.lr * settings.weight_decay
-    if settings.optimizer == "adamw" and decay >= 1:
-        raise UserError(
-            f"config keys 'train.lr' x 'train.weight_decay' must be below 1 with AdamW, got "
-            f"{settings.lr:g} x {settings.weight_decay:g} = {decay:g}: each step would scale the "
-            f"weight matrices by {1 - decay:g}; lower either"
-        )
+    check_decay(settings, settings.lr, "train.lr")
     if 0 < settings.heartbeat_timeout_s < MIN_HEARTBEAT_TIMEOUT_S:
         raise UserError(
             f"config key 'train.heartbeat_timeout_s' must be 0 (no heartbeats) or at least "
             f"{MIN_HEARTBEAT_TIMEOUT_S:g} s, got {settings.heartbeat_timeout_s}"
+        )
+
+
+def check_decay(settings: RunSettings, lr: float, key: str) -> None:
+    """AdamW's decay of a step for parameters trained at ``lr`` (config key ``key``), lr x
+    weight_decay, must be below 1."""
+    decay = lr * settings.weight_decay
+    if settings.optimizer == "adamw" and decay >= 1:
+        raise UserError(
+            f"config keys '{key}' x 'train.weight_decay' must be below 1 with AdamW, got "
+            f"{lr:g} x {settings.weight_decay:g} = {decay:g}: each step would scale the weight "
+            f"matrices by {1 - decay:g}; lower either"
         )
 
 

@@ -567,6 +567,19 @@ def test_adamws_decay_of_a_step_is_below_one(config, check):
     check(cfg)
 
 
+def test_the_encoders_adamw_decay_of_a_step_is_below_one_too():
+    """The captioner's trainable encoder stages learn at train.encoder_lr, and decay with it."""
+    cfg = CaptionerConfig()
+    cfg.data.annotations = "captions.json"
+    cfg.train.encoder_lr, cfg.train.weight_decay = 5.0, 0.2
+    check_captioner(cfg)  # a frozen encoder does not train at it
+    cfg.model.finetune = "last"
+    with pytest.raises(UserError, match=r"'train.encoder_lr' x 'train.weight_decay' must be"):
+        check_captioner(cfg)
+    cfg.train.encoder_lr = 4.0
+    check_captioner(cfg)
+
+
 def test_heartbeats_are_on_by_default_and_a_timeout_is_never_negative():
     """By default a frozen process ends the job well before a collective's 30 minutes; a
     negative timeout (a typo for 0, or for a number) is refused, and so is one past 1e6 s."""

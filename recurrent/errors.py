@@ -319,7 +319,8 @@ def _run(
         say(f"error: {' '.join(str(err).split())}")
         return EXIT_USER_ERROR
     except OutOfMemory as err:  # a run's: where it was and what it kept
-        _report(f"error: {' '.join(str(err).split())}; {memory}; {err.kept}")
+        kept = f"; {err.kept}" if err.kept else ""
+        _report(f"error: {' '.join(str(err).split())}; {memory}{kept}")
         return EXIT_USER_ERROR
     except UserError as err:
         _report(f"error: {' '.join(str(err).split())}")  # always exactly one line

@@ -423,17 +423,33 @@ def _fill_in_child(annotations: str, root: str, barrier, queue, share: int | Non
     queue.put((encoded, len(waits)))
 
 
+def _run_to_the_end(children: list) -> None:
+    """Start the child processes and wait for each to end well; kill them all if one does not.
+
+    They come from the fork server (a fresh interpreter, started by exec), not forked from this
+    test process: a fork of it copies whatever locks its other threads (the test runner's,
+    torch's) hold at that moment, and a child that needed one waited for ever (seen twice in a
+    whole suite with torch 2.4; never alone)."""
+    for child in children:
+        child.start()
+    try:
+        for child in children:
+            child.join(timeout=120)
+            assert child.exitcode == 0
+    finally:
+        for child in children:
+            if child.is_alive():
+                child.kill()
+                child.join()
+
+
 @pytest.mark.skipif(features_module.fcntl is None, reason="needs fcntl.flock")
 def test_two_processes_filling_at_once_encode_each_image_once(scenes_annotations: Path, tmp_path):
-    context = multiprocessing.get_context("fork")
+    context = multiprocessing.get_context("forkserver")
     queue, barrier = context.Queue(), context.Barrier(2)
     args = (str(scenes_annotations), str(tmp_path), barrier, queue)
     children = [context.Process(target=_fill_in_child, args=args) for _ in range(2)]
-    for child in children:
-        child.start()
-    for child in children:
-        child.join(timeout=120)
-        assert child.exitcode == 0
+    _run_to_the_end(children)
     results = sorted(queue.get(timeout=5) for _ in children)
     # One process encoded everything; the other waited for it and then found nothing missing.
     assert results == [(0, 1), (20, 0)]
@@ -511,7 +527,7 @@ def test_the_note_on_other_caches_sums_their_shards(scenes_annotations: Path, tm
 
 
 def test_ranks_fill_disjoint_shares_in_parallel(scenes_annotations: Path, tmp_path):
-    context = multiprocessing.get_context("fork")
+    context = multiprocessing.get_context("forkserver")
     queue, barrier = context.Queue(), context.Barrier(2)
     children = [
         context.Process(
@@ -520,11 +536,7 @@ def test_ranks_fill_disjoint_shares_in_parallel(scenes_annotations: Path, tmp_pa
         )
         for share in (0, 1)
     ]
-    for child in children:
-        child.start()
-    for child in children:
-        child.join(timeout=120)
-        assert child.exitcode == 0
+    _run_to_the_end(children)
     assert sorted(queue.get(timeout=5) for _ in children) == [(10, 0), (10, 0)]  # nobody waited
     cfg = tiny_cfg(scenes_annotations, "model.finetune=frozen")
     cache = FeatureCache(tmp_path, frozen_encoder(cfg), cfg, eval_transform(cfg))

@@ -246,21 +246,16 @@ def signal_said(signum: int) -> str:
     name = signal.Signals(signum).name
     if name != "SIGHUP":
         return name
+    keeps = "nohup, tmux or screen keep a run going"
     if "TORCHELASTIC_RUN_ID" in os.environ:  # a process of a torchrun job
-        handled = os.environ.get("TORCHELASTIC_SIGNALS_TO_HANDLE")
-        if handled is None:  # a torchrun without --signals-to-handle
-            return (
-                f"{name} (its terminal was closed; torchrun passes it on even under nohup: tmux "
-                "or screen keep a run going)"
-            )
-        passed_on = [other.strip() for other in handled.split(",") if other.strip()]
-        if name in passed_on:
+        handled = os.environ.get("TORCHELASTIC_SIGNALS_TO_HANDLE")  # None: no such flag
+        passed_on = [other.strip() for other in (handled or "").split(",") if other.strip()]
+        if handled is None or name in passed_on:
+            keeps = "torchrun passes it on even under nohup: tmux or screen keep a run going"
+        if handled is not None and name in passed_on:
             others = ",".join(other for other in passed_on if other != name) or "SIGTERM"
-            return (
-                f"{name} (its terminal was closed; torchrun passes it on even under nohup: tmux "
-                f"or screen keep a run going, or nohup torchrun --signals-to-handle={others})"
-            )
-    return f"{name} (its terminal was closed; nohup, tmux or screen keep a run going)"
+            keeps += f", or nohup torchrun --signals-to-handle={others}"
+    return f"{name} (its terminal was closed; {keeps})"
 
 
 def run_cli(

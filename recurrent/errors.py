@@ -126,8 +126,8 @@ class OutOfMemory(UserError):
 # 4503599627370496 bytes. Error code 12 ..."); and CUDA's own, outside torch's allocator ("CUDA
 # error: out of memory" as a context is made, cuBLAS's handle, cuDNN's workspace)
 _DEVICE_OUT_OF_MEMORY = re.compile(
-    r"\b(CUDA|MPS backend|XPU) out of memory\b"
-    r"|\b(CUDA) error: out of memory\b|(CU)BLAS_STATUS_ALLOC_FAILED|(CU)DNN_STATUS_ALLOC_FAILED"
+    r"\b(?P<device>CUDA|MPS backend|XPU) out of memory\b"
+    r"|\bCUDA error: out of memory\b|CUBLAS_STATUS_ALLOC_FAILED|CUDNN_STATUS_ALLOC_FAILED"
 )
 _CPU_OUT_OF_MEMORY = "DefaultCPUAllocator: can't allocate memory"
 _ASKED = re.compile(r"tried to allocate (\d+ bytes|\d+(?:\.\d+)? [KMGTP]?i?B\b)", re.IGNORECASE)
@@ -154,7 +154,7 @@ def out_of_memory(err: BaseException) -> str | None:
     device = _DEVICE_OUT_OF_MEMORY.search(text)
     if device is None and _CPU_OUT_OF_MEMORY not in text:
         return None
-    what = "the machine" if device is None else f"the {_DEVICE_NAMES[device[device.lastindex]]}"
+    what = "the machine" if device is None else f"the {_DEVICE_NAMES[device['device'] or 'CUDA']}"
     details = []
     if asked := _ASKED.search(text):
         amount = asked.group(1)
@@ -167,7 +167,7 @@ def out_of_memory(err: BaseException) -> str | None:
     return f"{what} ran out of memory" + (f" ({'; '.join(details)})" if details else "")
 
 
-_DEVICE_NAMES = {"CUDA": "GPU", "CU": "GPU", "MPS backend": "GPU (MPS)", "XPU": "GPU (XPU)"}
+_DEVICE_NAMES = {"CUDA": "GPU", "MPS backend": "GPU (MPS)", "XPU": "GPU (XPU)"}
 
 
 def _binary_size(size: int) -> str:

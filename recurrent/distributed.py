@@ -24,6 +24,7 @@ import datetime
 import gc
 import os
 import secrets
+import signal
 import sys
 import tempfile
 import threading
@@ -37,7 +38,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from recurrent.errors import JobNotFormed, UserError
+from recurrent.errors import STOP_SIGNALS, JobNotFormed, UserError
 
 DEFAULT_TIMEOUT_S = 1800.0  # a rank that does not answer a collective in this time fails the job
 TELL_TIMEOUT_S = 5.0  # to reach the job's store and tell it of a failure before the job formed
@@ -526,9 +527,16 @@ def finish(exit_code: int) -> int:
     CPU); `dist.destroy_process_group` waits for those threads while holding the GIL, and under torch
     2.4.1 the rank hung there for good (about 1 launch in 2 of a job that torchrun restarts).
     DistributedDataParallel keeps the group, and so those threads, alive until the exit.
+
+    A stopping signal is let pass from here on, as `recurrent.errors.run_cli` lets it once the
+    command has ended: the worker has said its line and ends with its own status. torchrun's
+    agent sends SIGTERM to the others as soon as one worker ends, and a rank still running these
+    clean-ups was killed by it (its report gave -15 for a rank that had stopped, saved, as 141).
     """
     if not (dist.is_available() and dist.is_initialized()):
         return exit_code
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
     if _heartbeat is not None:
         _heartbeat.end()
     gc.collect()  # iterators' DataLoader workers are shut down here, still by Python

@@ -21,6 +21,7 @@ import urllib.error
 import urllib.request
 import zipfile
 from collections import OrderedDict
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
@@ -29,6 +30,7 @@ from torchvision.models import WeightsEnum, get_model
 
 from captioner.config import ModelConfig
 from captioner.data.transforms import resolve_weights
+from recurrent.checkpoint import refuse_compressed
 from recurrent.errors import UserError
 
 ENCODERS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
@@ -73,7 +75,13 @@ def _read_state_dict(path: str) -> dict[str, Tensor]:
             f"encoder weights '{path}' are safetensors; save them as a torch state_dict "
             "(torch.save(model.state_dict(), 'resnet.pth')) and pass that file"
         )
+    advice = "save one with torch.save(model.state_dict(), path)"
     try:
+        if zipfile.is_zipfile(path):  # torch's format since 1.6 (the older one is read as well)
+            with zipfile.ZipFile(path) as archive:
+                refuse_compressed(
+                    archive, Path(path), f"pass the file torch.save wrote, or {advice}"
+                )
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (
         pickle.UnpicklingError,
@@ -89,15 +97,13 @@ def _read_state_dict(path: str) -> dict[str, Tensor]:
         UnicodeDecodeError,
     ):
         raise UserError(
-            f"encoder weights file '{path}' is not a readable torch state_dict; save one with "
-            "torch.save(model.state_dict(), path)"
+            f"encoder weights file '{path}' is not a readable torch state_dict; {advice}"
         ) from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]  # a common wrapper: {"state_dict": ..., "epoch": ...}
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise UserError(
-            f"encoder weights file '{path}' does not hold a state_dict (a dict of tensors); save "
-            "one with torch.save(model.state_dict(), path)"
+            f"encoder weights file '{path}' does not hold a state_dict (a dict of tensors); {advice}"
         )
     return state
 

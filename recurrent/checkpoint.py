@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from recurrent.errors import UserError, out_of_memory
+from recurrent.errors import UserError, binary_size, out_of_memory
 from recurrent.files import atomic_write
 
 FORMAT_VERSION = 2  # 2: training runs of recurrent.engine (1, their predecessors, still load)
@@ -38,15 +38,16 @@ def load_checkpoint(
     Refused, each with its own reason: a missing file or a folder; a truncated file (a full disk,
     an interrupted copy); bytes changed since it was written (every zip member's CRC-32 is checked,
     which torch.load does not do: a flipped byte in a tensor would otherwise load as a silently
-    different weight); a zip that lacks a member; a pickle that would build anything but tensors
-    and plain values (`torch.load(weights_only=True)` refuses it without running it); a file of
-    another program; a checkpoint of the other task (with `task`); a newer `format_version`; a
-    payload whose config, vocabulary or model state is not a dict / list of str / dict of tensors;
-    and weights that are NaN or infinite (no run saves them: its guards stop it first).
-    Whether the tensors' shapes fit the config is the loading model's check
-    (`load_state_dict`, or `check_state_dict` without loading). With ``mmap`` the tensors are
-    mapped from the file rather than copied into memory, for a reader that only looks at them (the
-    app's listing of 19 files of 530 MB: half the peak memory and 13% less time).
+    different weight); compressed members (torch.save stores them: a zip bomb's few MB would
+    inflate to GBs), refused from the zip's directory; a zip that lacks a member; a pickle that
+    would build anything but tensors and plain values (`torch.load(weights_only=True)` refuses it
+    without running it); a file of another program; a checkpoint of the other task (with
+    `task`); a newer `format_version`; a payload whose config, vocabulary or model state is not a
+    dict / list of str / dict of tensors; and weights that are NaN or infinite (no run saves
+    them: its guards stop it first). Whether the tensors' shapes fit the config is the loading
+    model's check (`load_state_dict`, or `check_state_dict` without loading). With ``mmap`` the
+    tensors are mapped from the file rather than copied into memory, for a reader that only looks
+    at them (the app's listing of 19 files of 530 MB: half the peak memory and 13% less time).
     """
     path = Path(path)
     trainer = TASK_TRAINERS.get(task or "", "the project's train command")
@@ -117,7 +118,10 @@ def _check_archive(path: Path, written_by: str) -> None:
         )
     try:
         with zipfile.ZipFile(path) as archive:
+            refuse_compressed(archive, path, written_by)
             damaged = archive.testzip()  # the first member whose bytes fail their CRC-32
+    except UserError:
+        raise
     except Exception as err:  # noqa: BLE001 - zipfile raises many types on damaged archives
         detail = " ".join(str(err).split()) or type(err).__name__
         raise UserError(
@@ -127,6 +131,24 @@ def _check_archive(path: Path, written_by: str) -> None:
         raise UserError(
             f"{path} is damaged: its part '{damaged}' fails its checksum (bytes changed since it "
             f"was written, by a bad disk or copy or by hand); {written_by}"
+        )
+
+
+def refuse_compressed(archive: zipfile.ZipFile, path: Path, advice: str) -> None:
+    """Refuse a torch file with compressed zip members unread, saying ``advice`` after why:
+    torch.save stores every member as it is, and a file rebuilt with compression may be a zip
+    bomb (6 MB that torch.load inflated to 2 GB of memory before a single check; tens of MB fill
+    any machine's). The app's mapped reading could not read such a file, while the commands
+    loaded it."""
+    members = archive.infolist()
+    packed = [info for info in members if info.compress_type != zipfile.ZIP_STORED]
+    if packed:
+        inflated = sum(info.file_size for info in members)
+        raise UserError(
+            f"{path} has compressed parts ({len(packed)} of {len(members)}, "
+            f"{binary_size(inflated)} once inflated from {binary_size(path.stat().st_size)}), "
+            "which torch.save never writes: it was rebuilt by another tool, or is a zip bomb, so "
+            f"it was refused unread; {advice}"
         )
 
 

@@ -159,7 +159,7 @@ def out_of_memory(err: BaseException) -> str | None:
     if asked := _ASKED.search(text):
         amount = asked.group(1)
         if amount.endswith(" bytes"):
-            amount = _binary_size(int(amount.split()[0]))
+            amount = binary_size(int(amount.split()[0]))
         details.append(f"it asked for {amount} more")
     if free := _FREE.search(text):
         total = free.group("total") or free.group("total_then")
@@ -170,8 +170,9 @@ def out_of_memory(err: BaseException) -> str | None:
 _DEVICE_NAMES = {"CUDA": "GPU", "MPS backend": "GPU (MPS)", "XPU": "GPU (XPU)"}
 
 
-def _binary_size(size: int) -> str:
-    """``size`` bytes as torch writes a GPU's sizes: "20.00 MiB", "4.00 PiB"."""
+def binary_size(size: int) -> str:
+    """``size`` bytes as torch writes a GPU's sizes: "20.00 MiB", "4.00 PiB" (and messages of
+    other sizes, to read alike)."""
     for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
         if size < 1024:
             return f"{size} bytes" if unit == "bytes" else f"{size:.2f} {unit}"

@@ -6,6 +6,7 @@ import io
 import math
 import urllib.error
 import urllib.request
+import zipfile
 from dataclasses import replace
 
 import pytest
@@ -146,6 +147,14 @@ def test_encoder_weights_errors(tmp_path, monkeypatch, capfd):
     torch.save(state, bad)
     with pytest.raises(UserError, match=r"missing keys.*layer2\.0\.conv1\.weight.*conv1\.weight"):
         ImageEncoder(tiny_model_cfg(weights=str(bad)))
+    # rebuilt with compression (torch.save never compresses; a zip bomb's shape): refused unread
+    packed = tmp_path / "packed.pth"
+    torch.save(get_model("resnet18", weights=None).state_dict(), bad)
+    with zipfile.ZipFile(bad) as source, zipfile.ZipFile(packed, "w") as target:
+        for info in source.infolist():
+            target.writestr(info.filename, source.read(info.filename), zipfile.ZIP_DEFLATED)
+    with pytest.raises(UserError, match=r"packed\.pth has compressed parts .* refused unread"):
+        ImageEncoder(tiny_model_cfg(weights=str(packed)))
     garbage = tmp_path / "garbage.pth"
     for text in (b"not a checkpoint", b"hello", b"hi\n"):  # "h" and "i" fetch pickle memo
         garbage.write_bytes(text)  # entries that do not exist: a KeyError inside torch.load

@@ -3,7 +3,8 @@ them, nothing overwritten, and the app lists each as unreadable while the good o
 
 The cases (issue 9, item 4): a truncated file, flipped bytes (inside a tensor and inside the
 pickle: torch.load checks no CRC, `load_checkpoint` does), a zip that lacks a member, a pickle that
-would run code (built here; weights_only refuses it unrun), a checkpoint of the other task, a
+would run code (built here; weights_only refuses it unrun), a zip rebuilt with compression (the
+shape of a zip bomb; torch.save never compresses), a checkpoint of the other task, a
 future format_version, and tensors of the wrong shape for the checkpoint's own config. The commands:
 char_lm.sample, char_lm.evaluate, captioner.caption, captioner.evaluate, and --resume of both
 trainers (a bad last.pt must leave the run folder byte for byte as it was).
@@ -91,6 +92,16 @@ def _without_member(path: Path) -> bytes:
     return buffer.getvalue()
 
 
+def _recompressed(path: Path) -> bytes:
+    """Every member deflated, as a zip tool rebuilding the file would (torch.save stores them):
+    the shape of a zip bomb, whose few MB torch.load inflated to GBs before any check."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(path) as source, zipfile.ZipFile(buffer, "w") as target:
+        for info in source.infolist():
+            target.writestr(info.filename, source.read(info.filename), zipfile.ZIP_DEFLATED)
+    return buffer.getvalue()
+
+
 class RunsCode:
     """What a hostile checkpoint would smuggle in: unpickling it calls os.system."""
 
@@ -146,6 +157,7 @@ TAMPERED: dict[str, tuple[Callable[[Path, Path, Path], bytes], str]] = {
     "flipped pickle": (lambda good, other, marker: _flip(good, "data.pkl"), "fails its checksum"),
     "missing member": (lambda good, other, marker: _without_member(good), "lacks its part"),
     "runs code": (lambda good, other, marker: _runs_code(good, marker), "refused unread"),
+    "compressed": (lambda good, other, marker: _recompressed(good), "has compressed parts"),
     "other task": (lambda good, other, marker: other.read_bytes(), "this command needs a"),
     "future version": (lambda good, other, marker: _future(good), "newer than this version reads"),
     "wrong shapes": (lambda good, other, marker: _wrong_shapes(good), ""),
@@ -190,6 +202,28 @@ def test_every_tampering_is_caught_by_load_checkpoint(trained, tmp_path):
                     describe_checkpoint(path)
                 assert str(described.value) == str(err), case
     assert not (trained["root"] / "pwned").exists()  # the hostile pickle never ran
+
+
+def test_a_zip_bomb_is_refused_before_anything_inflates(trained, tmp_path, monkeypatch):
+    """A checkpoint whose largest tensor views a storage of 64 MiB of zeros, deflated to under a
+    MiB: the shapes fit the model, so every command loaded it after inflating the whole storage
+    (6 MB of file took 2.5 GB of memory for `sample`). It is refused from the zip's directory."""
+    payload = torch.load(trained["char_lm"], weights_only=True)
+    name, tensor = max(payload["model"].items(), key=lambda item: item[1].numel())
+    storage = torch.zeros(16 * 2**20, dtype=tensor.dtype)
+    payload["model"][name] = storage[: tensor.numel()].view(tensor.shape)
+    stored = tmp_path / "stored.pt"
+    stored.write_bytes(_payload_bytes(payload))
+    bomb = tmp_path / "bomb.pt"
+    bomb.write_bytes(_recompressed(stored))
+    assert bomb.stat().st_size < 2**20 < 64 * 2**20 < stored.stat().st_size
+    inflating = []
+    monkeypatch.setattr(zipfile.ZipFile, "open", lambda *args, **kwargs: inflating.append(args))
+    with pytest.raises(
+        UserError, match=r"\((\d+) of \1, 64\.\d\d MiB once inflated from \d+\.\d\d KiB\)"
+    ) as caught:
+        load_checkpoint(bomb)
+    assert "zip bomb" in str(caught.value) and not inflating
 
 
 # --------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import torch
 from char_lm.config import BOUNDS, CharLMConfig
 from char_lm.data import encode
 from char_lm.model import CharLM
-from recurrent.checkpoint import load_checkpoint
+from recurrent.checkpoint import check_state_dict, load_checkpoint
 from recurrent.config import check_bounds, from_dict
 from recurrent.errors import UserError
 from recurrent.precision import Precision, trained_in
@@ -48,13 +48,14 @@ def load_char_lm(
         if not vocab or len(set(vocab)) != len(vocab) or any(len(ch) != 1 for ch in vocab):
             raise UserError("its vocabulary must be distinct single characters")
         model = CharLM(config.model, len(vocab))
-        model.load_state_dict(payload["model"])
     except (KeyError, RuntimeError, TypeError, ValueError, UserError) as err:
         reason = " ".join(str(err).split())[:200]
         raise UserError(
             f"{path} is a char_lm checkpoint this version cannot load ({reason}); retrain with "
             f"python -m char_lm.train"
         ) from None
+    check_state_dict(model.state_dict(), payload["model"], path)  # names the tensor that differs
+    model.load_state_dict(payload["model"])
     return model.to(device).eval(), vocab, config
 
 

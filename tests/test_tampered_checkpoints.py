@@ -160,7 +160,10 @@ TAMPERED: dict[str, tuple[Callable[[Path, Path, Path], bytes], str]] = {
     "compressed": (lambda good, other, marker: _recompressed(good), "has compressed parts"),
     "other task": (lambda good, other, marker: other.read_bytes(), "this command needs a"),
     "future version": (lambda good, other, marker: _future(good), "newer than this version reads"),
-    "wrong shapes": (lambda good, other, marker: _wrong_shapes(good), ""),
+    "wrong shapes": (
+        lambda good, other, marker: _wrong_shapes(good),
+        "'s weights do not fit its config: '",  # the tensor named, as in the app, for both tasks
+    ),
     "edited config": (lambda good, other, marker: _edited_config(good), "'model'"),
 }
 

@@ -490,6 +490,9 @@ class Run:
         self.best_path = self.out_dir / "best.pt"
         # --init-from: another run's weights to start from (not read when resuming)
         self.init_path = Path(init_from) if init_from else None
+        # how the same command goes on from last.pt (a stop's line says it): --resume, which
+        # argparse refuses beside --overwrite
+        self.resume_flag = "--resume in place of --overwrite" if overwrite else "--resume"
         self.payload: dict[str, Any] | None = None
         self.init_payload: dict[str, Any] | None = None
         self.older_keys: list[str] = []  # keys the config of last.pt lacked (an older version's)
@@ -1080,7 +1083,7 @@ class Run:
                         where = "" if self.dist.is_main else " on rank 0's machine"
                         raise RunStopped(
                             f"{name} at step {progress.step}: {self.last_path} is saved{where}; "
-                            "run the same command with --resume to continue",
+                            f"run the same command with {self.resume_flag} to continue",
                             exit_code=status,
                         )
             if progress.evaluated_step != progress.step:
@@ -1090,8 +1093,8 @@ class Run:
                 raise
             raise OutOfMemory(
                 f"{said} {doing[0] or f'at step {progress.step + 1}'}",
-                f"{self.last_path} is as it was, at step {saved_step}: run again with --resume "
-                "to go on from there"
+                f"{self.last_path} is as it was, at step {saved_step}: run again with "
+                f"{self.resume_flag} to go on from there"
                 if saved_step is not None
                 else "nothing was saved yet",
             ) from None
@@ -1184,7 +1187,8 @@ class Run:
         if saved_step is not None:
             saved = (
                 f"the last good checkpoint is {self.last_path} (step {saved_step}); lower "
-                "train.lr or set train.grad_clip, then resume with --resume or start afresh"
+                f"train.lr or set train.grad_clip, then resume with {self.resume_flag} or start "
+                "afresh"
             )
         else:
             saved = (

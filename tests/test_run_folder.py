@@ -1137,6 +1137,43 @@ def test_a_resumed_training_that_runs_out_of_memory_says_the_last_pt_it_went_on_
         assert torch.load(out_dir / "last.pt", weights_only=True)["step"] == 7
 
 
+def test_a_run_started_with_overwrite_that_stops_says_resume_in_place_of_overwrite(
+    tmp_path, monkeypatch, capsys
+):
+    """argparse refuses --resume beside --overwrite, so the line of a run started with
+    --overwrite that runs out of memory says to put --resume in its place; and the command with
+    --resume in place of --overwrite goes on from last.pt."""
+    from char_lm.model import CharLM
+
+    forward, calls = CharLM.forward, []
+
+    def hungry_forward(self, *args, **kwargs):
+        calls.append(self.training)
+        if calls.count(True) == 8:
+            bytearray(1 << 50)  # refused: MemoryError
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(CharLM, "forward", hungry_forward)
+    out_dir = tmp_path / "run"
+    out_dir.mkdir()
+    (out_dir / "metrics.jsonl").write_text("")  # an earlier run's, which --overwrite replaces
+    argv = ["--config", str(CHAR_TINY), "--out-dir", str(out_dir), "--quiet", "--set",
+            "train.max_steps=9", "train.checkpoint_every=7", "train.eval_every=100"]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", ["char_lm.train", *argv, "--overwrite"])
+    with pytest.raises(SystemExit) as ended:
+        char_lm_train.cli()
+    assert ended.value.code == EXIT_USER_ERROR
+    assert capsys.readouterr().err.endswith(
+        f"{out_dir / 'last.pt'} is as it was, at step 7: run again with --resume in place of "
+        "--overwrite to go on from there\n"
+    )
+    monkeypatch.setattr(sys, "argv", ["char_lm.train", *argv, "--resume"])  # the advice
+    with pytest.raises(SystemExit) as ended:
+        char_lm_train.cli()
+    assert ended.value.code == 0, capsys.readouterr().err
+    assert torch.load(out_dir / "last.pt", weights_only=True)["step"] == 9
+
+
 @pytest.mark.parametrize(
     ("where", "settings", "said", "kept"),
     [

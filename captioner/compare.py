@@ -147,7 +147,9 @@ def load_split(args: argparse.Namespace) -> tuple[list[ImageRecord], str]:
         data.format = args.format
     if args.image_root is not None:
         data.image_root = args.image_root
-    records = select_split(load_data_records(data), args.split, source=data.annotations)
+    records = select_split(
+        load_data_records(data), args.split, source=data.annotations, fractions_fixed=True
+    )
     return records, str(data.annotations)
 
 

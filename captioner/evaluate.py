@@ -139,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.image_root is not None:
         data = dataclasses.replace(data, image_root=args.image_root)
     every_split = records = load_data_records(data)
-    records = select_split(records, args.split, source=data.annotations)
+    records = select_split(records, args.split, source=data.annotations, fractions_fixed=True)
     ids = image_ids(records)  # the whole split's, which compare reads
     if args.max_images:
         records, ids = records[: args.max_images], ids[: args.max_images]

@@ -151,6 +151,43 @@ def test_compare_refuses_mismatched_files(split, tmp_path, capsys):
     assert run_cli(compare_cli.main, [a, a]) == 2  # no references given
 
 
+def test_a_split_drawn_empty_says_what_evaluate_and_compare_can_pass(split, tmp_path, capsys):
+    """A checkpoint whose data draws its splits by hash with data.test_fraction 0 has no test
+    split. evaluate and compare read that fraction from the checkpoint and have no --set, so the
+    line says to pass annotations that give the split (not to raise data.test_fraction, which
+    they cannot, and which would draw training images into the test split); doing so scores."""
+    annotations, _ = split
+    checkpoint = train_tiny_captioner(tmp_path / "run", annotations)
+    images = json.loads(Path(annotations).read_text(encoding="utf-8"))["images"]
+    root = Path(annotations).parent
+    rows = [(f"images/{image['filename']}", image["sentences"][0]["raw"]) for image in images]
+    drawn = root / "drawn.csv"  # no split column: every image's split is drawn
+    with drawn.open("w", newline="", encoding="utf-8") as stream:
+        csv.writer(stream).writerows([("image", "caption"), *rows])
+    payload = load_checkpoint(checkpoint)
+    data = payload["config"]["data"]
+    data.update(format="csv", annotations=str(drawn), image_root="", test_fraction=0.0)
+    save_checkpoint(payload, checkpoint)
+    predictions = write(tmp_path / "p.json", [1], ["a caption"])
+    for main, argv in (
+        (evaluate_cli.main, ["--checkpoint", str(checkpoint), "--split", "test"]),
+        (compare_cli.main, ["--checkpoint", str(checkpoint), predictions, predictions]),
+    ):
+        capsys.readouterr()
+        assert run_cli(main, argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "data.test_fraction" not in err, err
+        assert "pass --annotations whose rows give some images the 'test' split" in err, err
+    given = root / "given.csv"  # the advice: the same rows, with a split column
+    with given.open("w", newline="", encoding="utf-8") as stream:
+        splits = ["test" if i < 4 else "train" for i in range(len(rows))]
+        writer = csv.writer(stream)
+        writer.writerows([("image", "caption", "split")])
+        writer.writerows((*row, split) for row, split in zip(rows, splits, strict=True))
+    argv = ["--checkpoint", str(checkpoint), "--split", "test", "--annotations", str(given)]
+    assert run_json(evaluate_cli.main, [*argv, "--no-meteor", "--json"], capsys)["images"] == 4
+
+
 def test_evaluate_names_the_precision_it_ran_in(split, tmp_path, monkeypatch, capsys):
     """The report's precision is the one the model ran in: what it was trained in (its card's)
     where the device has it natively, else fp32."""

@@ -874,17 +874,28 @@ def select_split(
     split: str,
     *,
     source: PathLike | Sequence[PathLike] | None = None,
+    fractions_fixed: bool = False,
 ) -> list[ImageRecord]:
     """The records of `split`; an unknown or empty split is a UserError.
 
-    `source` (the annotations) is only used to name them in the error message.
+    `source` (the annotations) is only used to name them in the error message. With
+    ``fractions_fixed`` (evaluate and compare, which read a checkpoint's data config and have no
+    --set) a split drawn empty is not mended by raising its fraction, which those commands cannot
+    do (and which would draw a trained model's training images into it): the message says to
+    pass annotations that give the split instead.
     """
     if split not in SPLITS:
         raise UserError(f"unknown split '{split}'; use one of {', '.join(SPLITS)}")
     selected = [record for record in records if record.split == split]
     if not selected:
         where = "the annotations" if source is None else _describe(source)
-        if any(record.drawn for record in records):
+        drawn = any(record.drawn for record in records)
+        if drawn and fractions_fixed:
+            fix = (
+                f"its images' splits are drawn, and none drew '{split}'; pass --annotations whose "
+                f"rows give some images the '{split}' split (a split column), or another --split"
+            )
+        elif drawn:
             fix = f"raise data.{'val' if split == 'val' else 'test'}_fraction, which draws it, or add images"
         else:  # the file gives every image its split
             fix = f"give some of its images the '{split}' split, or use annotations that have one"

@@ -339,7 +339,7 @@ def _missing_error(what: str, missing: list[str], vocab: list[str]) -> UserError
     shown += " ..." if len(missing) > 20 else ""
     known = set(vocab)
     hints = []
-    if "\r" in missing:
+    if "\r" in missing and "\n" in known:  # with no LF of its own, converting would not do
         hints.append("its lines end in CR LF (Windows), the training text's in LF: convert them")
     if "\ufeff" in missing:
         hints.append("it begins with a byte-order mark: save it without one")

@@ -277,6 +277,20 @@ def test_characters_a_model_lacks_come_with_why_when_a_text_was_saved_otherwise(
         assert str(refused.value).endswith("use only characters from its training text")
 
 
+def test_cr_lf_against_a_training_text_without_lines_is_not_said_to_be_windows_lines(tmp_path):
+    """A CR LF prompt for a model whose training text has no LF either (the ship sentence, one
+    line): converting its lines to LF would leave the LF it lacks, so the line says no such thing;
+    it names both characters and what to do."""
+    path = tmp_path / "t.txt"
+    path.write_text("ab\r\nab", encoding="utf-8", newline="")
+    for call in (lambda: encode("ab\r\nab", ["a", "b"]), lambda: encode_file(path, ["a", "b"])):
+        with pytest.raises(UserError) as refused:
+            call()
+        said = str(refused.value)
+        assert "CR LF" not in said
+        assert "'\\n' (U+000A), '\\r' (U+000D); use only characters from its training text" in said
+
+
 @pytest.mark.parametrize(
     ("head", "said"),
     [

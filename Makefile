@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 
 ## make app: serve the Streamlit app (captioning and text generation) on http://localhost:$(PORT)
 app: $(STAMP)
-	$(PY) -m streamlit run app.py --server.port $(PORT) --server.headless true -- --models-dir $(MODELS_DIR)
+	$(PY) -m streamlit run app.py --server.port $(PORT) --server.headless true -- --models-dir "$(MODELS_DIR)"
 
 ## make test: the whole suite, browser test included (installs Debian's chromium when missing)
 test: $(STAMP) browser-deps
@@ -42,7 +42,7 @@ lint: $(STAMP)
 
 ## make demo-models: retrain the two bundled demo models in models/ (CPU, about 28 minutes)
 demo-models: $(STAMP)
-	$(PY) -m bench.make_demo_models --models-dir $(MODELS_DIR) --shakespeare $(SHAKESPEARE)
+	$(PY) -m bench.make_demo_models --models-dir "$(MODELS_DIR)" --shakespeare "$(SHAKESPEARE)"
 
 ## make bench: the CPU benchmarks that compare two ways side by side (ratios), in at most 20 minutes
 ## on the project's 2-core CPU; each prints its figures (docs/benchmarks.md records them)
@@ -62,7 +62,7 @@ bench: $(STAMP) browser-deps
 ## make bench-long: the training benchmarks (10-15 minutes each, about 50 minutes in all) and the
 ## full-size feature-cache and huge-text measurements; most of the README's results come from these
 bench-long: $(STAMP)
-	$(PY) bench/char_lm_shakespeare.py --minutes 10 --data $(SHAKESPEARE)
+	$(PY) bench/char_lm_shakespeare.py --minutes 10 --data "$(SHAKESPEARE)"
 	$(PY) bench/captioner_scenes.py --minutes 15
 	$(PY) bench/captioner_scenes.py --minutes 15 --preset hard --num-images 8000
 	$(PY) bench/feature_cache.py --threads 1

@@ -73,6 +73,7 @@ from crnn_app.models_dir import (
     Listing,
     check_models_dir,
     checkpoint_path,
+    demo_models_command,
     describe_checkpoint,
     file_key,
     list_checkpoints,
@@ -205,8 +206,9 @@ def pick_checkpoint(entries: list[CheckpointEntry], label: str, key: str) -> Che
 def no_checkpoints(task: str, args: AppArgs) -> None:
     trainer = {"captioner": "python -m captioner.train", "char_lm": "python -m char_lm.train"}[task]
     st.info(
-        f"No {task} checkpoint in the models directory '{args.models_dir}'. Run `make demo-models` "
-        f"for the bundled ones, train one with `{trainer}`, or point `--models-dir` / "
+        f"No {task} checkpoint in the models directory '{args.models_dir}'. Run "
+        f"`{demo_models_command(args.models_dir, DEFAULT_MODELS_DIR)}` for the bundled ones, "
+        f"train one with `{trainer}`, or point `--models-dir` / "
         f"`{ENV_VAR}` at a folder of checkpoints."
     )
 
@@ -1077,7 +1079,7 @@ def main() -> None:
     args = parse_app_args(sys.argv[1:], os.environ, DEFAULT_MODELS_DIR)
     page = st.sidebar.radio("Page", list(PAGES), key="page")
     try:
-        check_models_dir(args.models_dir)
+        check_models_dir(args.models_dir, DEFAULT_MODELS_DIR)
         listing = list_checkpoints(args.models_dir, describe=describe_cached)
         show_models_dir(args, listing)
         PAGES[page](args, listing)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,12 +68,24 @@ def parse_app_args(
     return AppArgs(models_dir=Path(chosen).expanduser(), device=args.device)
 
 
-def check_models_dir(models_dir: Path) -> None:
+def demo_models_command(models_dir: Path, default_models_dir: Path | None = None) -> str:
+    """The command that writes the bundled demo models into ``models_dir``: `make demo-models`
+    writes them into the default folder (the repository's ``models/``), another folder needs its
+    MODELS_DIR (absolute: make runs in the repository)."""
+    if default_models_dir is not None and os.path.abspath(models_dir) == os.path.abspath(
+        default_models_dir
+    ):
+        return "make demo-models"
+    return f"make demo-models MODELS_DIR={shlex.quote(os.path.abspath(models_dir))}"
+
+
+def check_models_dir(models_dir: Path, default_models_dir: Path | None = None) -> None:
     """Raise `UserError` when the models directory is missing or is not a folder."""
     if not models_dir.exists():
+        command = demo_models_command(models_dir, default_models_dir)
         raise UserError(
-            f"models directory '{models_dir}' does not exist; run `make demo-models` to create the "
-            f"bundled models, or point --models-dir / ${ENV_VAR} at a folder of checkpoints"
+            f"models directory '{models_dir}' does not exist; run `{command}` to create the "
+            f"bundled models there, or point --models-dir / ${ENV_VAR} at a folder of checkpoints"
         )
     if not models_dir.is_dir():
         raise UserError(

@@ -12,8 +12,10 @@ from __future__ import annotations
 import io
 import json
 import os
+import shlex
 import shutil
 import struct
+import subprocess
 import sys
 import time
 import zlib
@@ -44,6 +46,7 @@ from crnn_app.captioning import scene_size
 from crnn_app.heatmap import attention_overlay, attention_overlays, colormap
 from crnn_app.models_dir import (
     ENV_VAR,
+    check_models_dir,
     checkpoint_path,
     file_key,
     list_checkpoints,
@@ -806,6 +809,28 @@ def test_missing_or_empty_models_dir_shows_message(
     at.radio(key="page").set_value("Generate text")
     _run(at)
     assert "No char_lm checkpoint" in " ".join(_messages(at.info))
+
+
+def test_a_missing_models_dir_names_the_make_command_that_fills_that_folder(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`make demo-models` writes into the repository's models/; another missing folder (`make
+    app MODELS_DIR=runs`, $CRNN_MODELS_DIR) is filled by `make demo-models MODELS_DIR=...`,
+    which the app's line names, absolute (make runs in the repository), and make runs as is."""
+    default = tmp_path / "models"
+    with pytest.raises(UserError, match=r"run `make demo-models` to create"):
+        check_models_dir(default, default)
+    monkeypatch.chdir(tmp_path)
+    runs = tmp_path / "my runs"
+    with pytest.raises(UserError) as refused:
+        check_models_dir(Path("my runs"), default)
+    command = f"make demo-models MODELS_DIR={shlex.quote(str(runs))}"
+    assert f"run `{command}` to create the bundled models there" in str(refused.value)
+    if shutil.which("make"):  # the advice, dry-run: it writes the models into that folder
+        dry = subprocess.run(
+            [*shlex.split(command), "-n", "-C", str(REPO)], capture_output=True, text=True
+        )
+        assert f'-m bench.make_demo_models --models-dir "{runs}" ' in dry.stdout, dry
 
 
 def test_only_files_inside_the_models_dir_load(models: dict[str, Path]) -> None:

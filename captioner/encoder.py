@@ -26,7 +26,7 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
-from torchvision.models import WeightsEnum, get_model
+from torchvision.models import WeightsEnum, get_model, get_model_weights
 
 from captioner.config import ModelConfig
 from captioner.data.transforms import resolve_weights
@@ -63,12 +63,14 @@ class ImageFeatures(NamedTuple):
         return ImageFeatures(self.pooled.to(device), self.grid.to(device), self.grid_hw)
 
 
-def _read_state_dict(path: str) -> dict[str, Tensor]:
-    """A plain state_dict from a local file; a missing or unreadable file is a UserError."""
+def _read_state_dict(path: str, arch: str) -> dict[str, Tensor]:
+    """A plain state_dict for a torchvision ``arch`` from a local file; a missing or unreadable
+    file is a UserError (a missing one names ``arch``'s own weights, which model.weights takes)."""
     if not os.path.isfile(path):
         raise UserError(
             f"encoder weights file '{path}' not found; pass an existing .pth state_dict, a "
-            "torchvision weights name such as ResNet50_Weights.DEFAULT, or null for random weights"
+            f"torchvision weights name such as {get_model_weights(arch).__name__}.DEFAULT, or "
+            "null for random weights"
         )
     if path.endswith(".safetensors"):
         raise UserError(
@@ -109,7 +111,7 @@ def _read_state_dict(path: str) -> dict[str, Tensor]:
 
 
 def _load_local_weights(backbone: nn.Module, path: str, arch: str) -> None:
-    state = _read_state_dict(path)
+    state = _read_state_dict(path, arch)
     state = {k.removeprefix("module."): v for k, v in state.items()}  # saved from DataParallel
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}  # the classifier is unused
     expected = {k: v for k, v in backbone.state_dict().items() if not k.startswith("fc.")}

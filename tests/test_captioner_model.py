@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torchvision.models import WeightsEnum, get_model
 
 from captioner.config import CaptionerConfig, ModelConfig, check_config
+from captioner.data.transforms import resolve_weights
 from captioner.decode import greedy_decode
 from captioner.decoder import CaptionDecoder
 from captioner.encoder import ImageEncoder, ImageFeatures
@@ -135,6 +136,18 @@ def test_encoder_convolves_channels_last_and_keeps_the_layout_through_a_checkpoi
     images = torch.randn(2, 3, 64, 64)  # NCHW, as the data pipeline makes them
     with torch.no_grad():
         torch.testing.assert_close(fresh(images).grid, encoder(images).grid, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize(("encoder", "named"), [("resnet18", "ResNet18"), ("resnet34", "ResNet34")])
+def test_a_missing_weights_file_names_weights_of_the_configs_encoder(tmp_path, encoder, named):
+    """The weights name the line suggests is one of model.encoder's own: another's (ResNet50's
+    for a resnet18) is refused as not its weights when passed."""
+    with pytest.raises(UserError) as refused:
+        ImageEncoder(tiny_model_cfg(encoder=encoder, weights=str(tmp_path / "missing.pth")))
+    assert f"a torchvision weights name such as {named}_Weights.DEFAULT, or null" in str(
+        refused.value
+    )
+    assert resolve_weights(f"{named}_Weights.DEFAULT", encoder).name == "IMAGENET1K_V1"
 
 
 def test_encoder_weights_errors(tmp_path, monkeypatch, capfd):

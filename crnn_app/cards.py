@@ -199,8 +199,24 @@ def card_markdown(card: Mapping[str, Any]) -> str:
 
 
 def escape_markdown(text: str) -> str:
-    """Markdown-inert text (paths hold underscores and asterisks)."""
-    return re.sub(r"([\\`*_\[\]<>#|~$])", r"\\\1", text)
+    """Markdown-inert text (paths hold underscores and asterisks), as Streamlit renders it.
+
+    Besides Markdown's own signs (and ``&``, which starts an entity such as ``&amp;``), a colon
+    that could open Streamlit's ``:smile:`` emoji, ``:red[x]`` colour or ``:material/home:``
+    icon is written as the entity ``&#58;`` (a backslash before it stops the first two only),
+    and a list marker or a heading underline at the start of a line (``1. x``, ``- x``) is
+    escaped.
+    """
+    text = MARKDOWN_SIGN.sub(_escaped, text)
+    text = re.sub(r"^([ \t]*\d+)([.)])", r"\1\\\2", text, flags=re.M)
+    return re.sub(r"^([ \t]*)([-+=])", r"\1\\\2", text, flags=re.M)
+
+
+MARKDOWN_SIGN = re.compile(r"[\\`*_\[\]<>#|~$&]|:(?=[\w+/-]*[:\[{])")
+
+
+def _escaped(sign: re.Match[str]) -> str:
+    return "&#58;" if sign[0] == ":" else "\\" + sign[0]
 
 
 def knows_only_scenes(card: Mapping[str, Any]) -> bool:

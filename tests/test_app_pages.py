@@ -1767,6 +1767,16 @@ def test_a_run_removed_after_listing_is_said_to_be_gone(two_runs, monkeypatch):
     assert any(e.value.startswith("**good**: step 20") for e in at.caption)
 
 
+def test_a_runs_name_is_shown_as_written(two_runs):
+    """Streamlit's Markdown makes :smile: an emoji, :red[c] red text and &amp; an ampersand (a
+    bug hunt, 2026-12-07): the run's status line now shows the folder's name as it is written."""
+    name = ":smile:_:red[c]_&amp;"
+    (two_runs / "good").rename(two_runs / name)
+    at = _curves_of([name])
+    expected = "**&#58;smile&#58;\\_&#58;red\\[c\\]\\_\\&amp;**: step 20"
+    assert any(e.value.startswith(expected) for e in at.caption), [e.value for e in at.caption]
+
+
 def test_a_line_exactly_live_within_s_old_is_still_training():
     now = 1000.0
     lines = [{"kind": "train", "step": 5, "timestamp": now - LIVE_WITHIN_S}]

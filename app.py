@@ -673,14 +673,15 @@ def draw_curves(models_dir: Path, names: list[str], x_axis: str) -> None:
     x_field = X_AXES[x_axis][0]
     for name in names:
         path = models_dir / name / METRICS_FILE
+        shown = escape_markdown(name)  # a folder's name, as written
         try:
             summaries[name], frame = _run_curves(str(path), *file_key(path), name, x_field)
         except FileNotFoundError:  # removed since the page listed it
-            st.warning(f"{name}: its {METRICS_FILE} is gone (the run was moved or removed)")
+            st.warning(f"{shown}: its {METRICS_FILE} is gone (the run was moved or removed)")
         except OSError as err:  # unreadable
-            st.warning(f"{name}: cannot read its {METRICS_FILE} ({err.strerror or err})")
+            st.warning(f"{shown}: cannot read its {METRICS_FILE} ({err.strerror or err})")
         except Exception as err:  # noqa: BLE001 - a fragment's error would show Streamlit's box
-            st.warning(f"{name} cannot be drawn ({type(err).__name__}: {one_line(err)}).")
+            st.warning(f"{shown} cannot be drawn ({type(err).__name__}: {one_line(err)}).")
         else:
             if not frame.empty:  # an empty one would make every column of the others `object`
                 frames.append(frame)

@@ -167,7 +167,7 @@ def test_a_run_that_fails_to_draw_is_named_and_the_others_drawn(app, monkeypatch
     at = _page(app, "Training curves")
     at.multiselect(key="curve_runs").set_value(["good", "hostile_run"])
     _run(at)
-    assert [w.value for w in at.warning] == [f"hostile_run cannot be drawn ({said})."]
+    assert [w.value for w in at.warning] == [f"hostile\\_run cannot be drawn ({said})."]
     charts = at.get("vega_lite_chart")
     runs = {
         row["run"]

@@ -1767,6 +1767,17 @@ def test_a_run_removed_after_listing_is_said_to_be_gone(two_runs, monkeypatch):
     assert any(e.value.startswith("**good**: step 20") for e in at.caption)
 
 
+def test_a_gone_runs_name_is_shown_as_written(two_runs, monkeypatch):
+    """A name that begins "1. " was a numbered list, :red[x] red text (a bug hunt, 2026-12-07)."""
+    real = curves.find_runs
+    name = "1. :red[gone]"
+    monkeypatch.setattr(curves, "find_runs", lambda root: ([*real(root)[0], name], 3))
+    at = _curves_of(["good", name])
+    assert [w.value for w in at.warning] == [
+        f"1\\. &#58;red\\[gone\\]: its {METRICS_FILE} is gone (the run was moved or removed)"
+    ]
+
+
 def test_a_runs_name_is_shown_as_written(two_runs):
     """Streamlit's Markdown makes :smile: an emoji, :red[c] red text and &amp; an ampersand (a
     bug hunt, 2026-12-07): the run's status line now shows the folder's name as it is written."""

@@ -321,8 +321,9 @@ def caption_page(args: AppArgs, listing: Listing) -> None:
             else ""
         )
         st.caption(
-            f"Captioned by an ensemble of {1 + len(partners)} checkpoints ({entry.name}, "
-            f"{', '.join(partner.name for partner in partners)}): each word is chosen from the "
+            f"Captioned by an ensemble of {1 + len(partners)} checkpoints "
+            f"({', '.join(escape_markdown(member.name) for member in [entry, *partners])}): each "
+            "word is chosen from the "
             f"mean of their next-word probabilities{maps}."
         )
 
@@ -553,7 +554,7 @@ def generate_page(args: AppArgs, listing: Listing) -> None:
         show_seed(last)
     elif "generated" in st.session_state:
         last = st.session_state["generated"]
-        st.caption(f"Last generated text ({last['checkpoint']}):")
+        st.caption(f"Last generated text ({escape_markdown(last['checkpoint'])}):")
         show_text(st, last["text"])
         show_seed(last)
 

@@ -550,6 +550,33 @@ def test_bad_upload_shows_message_and_page_stays_usable(app: AppTest, name: str)
     assert not at.error and at.subheader  # the page still captions
 
 
+def test_checkpoint_names_in_the_pages_captions_are_shown_as_written(
+    models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A checkpoint named $1$_*a*.pt read as math and italics, :red[x].pt as red text, :smile:.pt
+    as an emoji in the ensemble's and the last text's captions (a bug hunt, 2026-12-07)."""
+    models_dir = tmp_path / "models"
+    models_dir.mkdir()
+    first, partner, char_lm = "$1$_*a*.pt", ":red[x].pt", ":smile:.pt"
+    shutil.copy(models["captioner"], models_dir / first)
+    shutil.copy(models["captioner"], models_dir / partner)
+    shutil.copy(models["char_lm"], models_dir / char_lm)
+    monkeypatch.setenv(ENV_VAR, str(models_dir))
+    at = _run(AppTest.from_file(APP, default_timeout=TIMEOUT))
+    at.selectbox(key="captioner_checkpoint").set_value(first)
+    at.multiselect(key="ensemble_with").set_value([partner])
+    at.button(key="random_scene").click()
+    _run(at)
+    said = " ".join(_messages(at.caption))
+    assert "checkpoints (\\$1\\$\\_\\*a\\*.pt, &#58;red\\[x\\].pt): each" in said, said
+    at.radio(key="page").set_value("Generate text")
+    _run(at)
+    at.button(key="generate").click()
+    _run(at)
+    _run(at)  # the next run shows the last text
+    assert "Last generated text (&#58;smile:.pt):" in _messages(at.caption)
+
+
 # --------------------------------------------------------------------------------------------
 # Text page
 

@@ -187,7 +187,9 @@ def kept(key: str, default, bounds: tuple | None = None, **checks) -> str:
 
 
 def one_line(err: BaseException) -> str:
-    return " ".join(str(err).split()) or type(err).__name__
+    """The error's message on one line, Markdown-inert (st.error and st.warning render Markdown,
+    and a message quotes file names, prompts and values as they were written)."""
+    return escape_markdown(" ".join(str(err).split()) or type(err).__name__)
 
 
 def pick_checkpoint(entries: list[CheckpointEntry], label: str, key: str) -> CheckpointEntry:
@@ -680,7 +682,7 @@ def draw_curves(models_dir: Path, names: list[str], x_axis: str) -> None:
         except FileNotFoundError:  # removed since the page listed it
             st.warning(f"{shown}: its {METRICS_FILE} is gone (the run was moved or removed)")
         except OSError as err:  # unreadable
-            st.warning(f"{shown}: cannot read its {METRICS_FILE} ({err.strerror or err})")
+            st.warning(f"{shown}: cannot read its {METRICS_FILE} ({err.strerror or one_line(err)})")
         except Exception as err:  # noqa: BLE001 - a fragment's error would show Streamlit's box
             st.warning(f"{shown} cannot be drawn ({type(err).__name__}: {one_line(err)}).")
         else:

@@ -822,6 +822,23 @@ def test_empty_and_out_of_vocabulary_prompts_show_messages(app: AppTest) -> None
 # The models directory
 
 
+def test_error_lines_show_names_as_written(
+    app: AppTest, models: dict[str, Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """An error line quotes what the user wrote: an upload named $1$ *x*.png read as math and
+    italics, a models directory runs_$x$_:red[y] as math and red text (a bug hunt, 2026-12-07)."""
+    at = _run(app)
+    at.file_uploader(key="upload").set_value(("$1$ *x*.png", b"not pixels", "image/png"))
+    _run(at)
+    [error] = _messages(at.error)
+    assert error.startswith("'\\$1\\$ \\*x\\*.png' is not an image Pillow can decode"), error
+
+    monkeypatch.setenv(ENV_VAR, str(tmp_path / "runs_$x$_:red[y]"))
+    at = _run(AppTest.from_file(APP, default_timeout=TIMEOUT))
+    [error] = _messages(at.error)
+    assert "/runs\\_\\$x\\$\\_&#58;red\\[y\\]' does not exist; run \\`make demo" in error, error
+
+
 def test_missing_or_empty_models_dir_shows_message(
     models: dict[str, Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

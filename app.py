@@ -47,7 +47,13 @@ from captioner.inference import CaptionResult, caption_images, load_captioner
 from captioner.scenes import caption_names_objects_correctly, render_random_scene
 from char_lm.generate import generate, load_char_lm, trained_precision
 from crnn_app.captioning import scene_size
-from crnn_app.cards import card_markdown, escape_markdown, knows_only_scenes, readme_section
+from crnn_app.cards import (
+    card_markdown,
+    escape_markdown,
+    inline_code,
+    knows_only_scenes,
+    readme_section,
+)
 from crnn_app.curves import MetricsTail, RunSummary, find_runs
 from crnn_app.heatmap import attention_overlays, centre_square, fit_image, word_labels
 from crnn_app.inside import (
@@ -815,7 +821,9 @@ def show_surprise(text: str, probabilities: list, candidates: list) -> None:
         if probability is None
         else (f"p = {probability:.3f}, {bits(probability):.2f} bits")
     )
-    st.markdown(f"Character {position}: `{char!r}`, {shown}. The five most likely after it:")
+    st.markdown(
+        f"Character {position}: {inline_code(repr(char))}, {shown}. The five most likely after it:"
+    )
     st.table(
         [
             {"next character": repr(c), "probability": round(p, 4)}
@@ -1005,7 +1013,9 @@ def show_toy(run, toy_trace) -> None:
     )
     prompt, continued = greedy_check(run)
     verdict = "reproduces the text" if continued == run.text else "does not reproduce the text yet"
-    st.markdown(f"Greedy from `{prompt!r}`: `{continued!r}`: **{verdict}**.")
+    st.markdown(
+        f"Greedy from {inline_code(repr(prompt))}: {inline_code(repr(continued))}: **{verdict}**."
+    )
 
     steps = toy_trace.ids.numel()
     step = st.slider(
@@ -1024,8 +1034,9 @@ def show_toy(run, toy_trace) -> None:
     chosen_id = int(probabilities.argmax())
     chosen = vocab[chosen_id]
     st.markdown(
-        f"Step {step} reads `{reads!r}` and should predict `{target!r}`; the model's most likely "
-        f"next character is `{chosen!r}` (p = {float(probabilities[chosen_id]):.3f})"
+        f"Step {step} reads {inline_code(repr(reads))} and should predict "
+        f"{inline_code(repr(target))}; the model's most likely next character is "
+        f"{inline_code(repr(chosen))} (p = {float(probabilities[chosen_id]):.3f})"
         + (": **right**." if chosen == target else ": **wrong**.")
     )
     one_hot = [1.0 if char == reads else 0.0 for char in vocab]

@@ -219,6 +219,16 @@ def _escaped(sign: re.Match[str]) -> str:
     return "&#58;" if sign[0] == ":" else "\\" + sign[0]
 
 
+def inline_code(text: str) -> str:
+    """``text`` as a Markdown code span, shown verbatim whatever backticks it holds: fenced by one
+    backtick more than its longest run of them, and padded with a space where it begins or ends
+    with one, or with a space at both ends (which Markdown strips; CommonMark, "Code spans")."""
+    fence = "`" * (1 + max(map(len, re.findall(r"`+", text)), default=0))
+    spaced = text[:1] == text[-1:] == " " and text.strip() != ""  # Markdown strips one each
+    pad = " " if text[:1] == "`" or text[-1:] == "`" or spaced else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
 def knows_only_scenes(card: Mapping[str, Any]) -> bool:
     """Whether a captioner was trained on the synthetic scenes only (so photographs get shapes)."""
     return bool((card.get("data") or {}).get("synthetic_scenes"))

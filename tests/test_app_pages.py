@@ -1602,6 +1602,21 @@ def test_toys_page_trains_hihello_and_steps_through_it(app: AppTest) -> None:
     assert {row["label"] for rows in inputs[0] for row in rows} == {"a", "b", "␣"}
 
 
+def test_toys_page_shows_a_texts_backticks_as_typed(app: AppTest) -> None:
+    """A text's backtick ended the code span its character was written in, and what followed
+    was Markdown: `$x$` became math (a bug hunt, 2026-12-07); now the span's fence is longer."""
+    at = _page(app, "Lecture toys")
+    at.radio(key="toy").set_value("your own text")
+    _run(at)
+    at.text_input(key="toy_text").set_value("`$x$` and `$y$`")
+    at.slider(key="toy_steps:your own text").set_value(10)
+    at.button(key="toy_train").click()
+    _run(at)
+    markdown = " ".join(element.value for element in at.markdown)
+    assert "Greedy from ``'`$x$` and '``: " in markdown, markdown  # (its prompt)
+    assert "Step 1 reads ``'`'`` and should predict `'$'`" in markdown, markdown
+
+
 def test_toys_page_steps_through_a_two_layer_toy_where_it_is_wrong(
     app: AppTest, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -214,15 +214,15 @@ def pick_checkpoint(entries: list[CheckpointEntry], label: str, key: str) -> Che
 def no_checkpoints(task: str, args: AppArgs) -> None:
     trainer = {"captioner": "python -m captioner.train", "char_lm": "python -m char_lm.train"}[task]
     st.info(
-        f"No {task} checkpoint in the models directory '{args.models_dir}'. Run "
-        f"`{demo_models_command(args.models_dir, DEFAULT_MODELS_DIR)}` for the bundled ones, "
-        f"train one with `{trainer}`, or point `--models-dir` / "
+        f"No {task} checkpoint in the models directory '{escape_markdown(str(args.models_dir))}'. "
+        f"Run {inline_code(demo_models_command(args.models_dir, DEFAULT_MODELS_DIR))} for the "
+        f"bundled ones, train one with `{trainer}`, or point `--models-dir` / "
         f"`{ENV_VAR}` at a folder of checkpoints."
     )
 
 
 def show_models_dir(args: AppArgs, listing: Listing) -> None:
-    st.sidebar.caption(f"Models directory: `{args.models_dir}`")
+    st.sidebar.caption(f"Models directory: {inline_code(str(args.models_dir))}")
     if listing.skipped or listing.truncated:
         with st.sidebar.expander(f"Skipped files ({len(listing.skipped)})"):
             for name, reason in listing.skipped:
@@ -636,7 +636,8 @@ def curves_page(args: AppArgs, listing: Listing) -> None:
     runs, found = find_runs(args.models_dir)
     if not runs:
         st.info(
-            f"No run with a {METRICS_FILE} under the models directory '{args.models_dir}'. "
+            f"No run with a {METRICS_FILE} under the models directory "
+            f"'{escape_markdown(str(args.models_dir))}'. "
             "Training writes one into its run folder (`--out-dir`); serve your runs with "
             "`make app MODELS_DIR=runs`."
         )

@@ -839,6 +839,24 @@ def test_error_lines_show_names_as_written(
     assert "/runs\\_\\$x\\$\\_&#58;red\\[y\\]' does not exist; run \\`make demo" in error, error
 
 
+def test_the_models_directory_is_named_as_written(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A folder named runs_$x$_:red[y]`z read as math and red text, and its backtick ended the
+    sidebar's code span (a bug hunt, 2026-12-07)."""
+    models_dir = tmp_path / "runs_$x$_:red[y]`z"
+    models_dir.mkdir()
+    monkeypatch.setattr(sys, "argv", ["app.py"])
+    monkeypatch.setenv(ENV_VAR, str(models_dir))
+    at = _run(AppTest.from_file(APP, default_timeout=TIMEOUT))
+    assert f"Models directory: ``{models_dir}``" in _messages(at.sidebar.caption)
+    escaped = "/runs\\_\\$x\\$\\_&#58;red\\[y\\]\\`z'. Run ``make demo-models MODELS_DIR="
+    assert escaped in " ".join(_messages(at.info))
+    at.radio(key="page").set_value("Training curves")
+    _run(at)
+    assert "/runs\\_\\$x\\$\\_&#58;red\\[y\\]\\`z'. Training" in " ".join(_messages(at.info))
+
+
 def test_missing_or_empty_models_dir_shows_message(
     models: dict[str, Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

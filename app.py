@@ -312,7 +312,7 @@ def caption_page(args: AppArgs, listing: Listing) -> None:
         except UserError as err:
             st.error(one_line(err))
             return
-        label = uploaded.name
+        label = escape_markdown(uploaded.name)  # the image's caption renders Markdown
     else:
         st.info("Upload an image or draw a random scene to see its caption.")
         return

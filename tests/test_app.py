@@ -431,7 +431,7 @@ def test_uploaded_image_caption_equals_library(
     [expected] = caption_images(captioner, [load_image(io.BytesIO(content))], beam_size=2, n_best=2)
     assert at.subheader[0].value == expected.caption
     assert _beams(at) == _expected_beams(expected)
-    assert at.image[0].proto.imgs[0].caption == name
+    assert at.image[0].proto.imgs[0].caption == name.replace("_", "\\_")  # Markdown-inert
 
 
 def test_top_beams_give_the_log_probabilities_caption_json_gives(
@@ -455,6 +455,16 @@ def test_top_beams_give_the_log_probabilities_caption_json_gives(
         for beam in result["beams"]
     ]  # fmt: skip
     assert _beams(at) == expected
+
+
+def test_an_uploads_name_is_shown_as_written(app: AppTest) -> None:
+    """The image's caption renders Markdown: an upload named :smile:_[x](y).png showed an emoji
+    and a link (a bug hunt, 2026-12-07)."""
+    at = _run(app)
+    upload = (":smile:_[x](y).png", GOOD_UPLOADS["scene.png"](), "image/png")
+    at.file_uploader(key="upload").set_value(upload)
+    _run(at)
+    assert at.image[0].proto.imgs[0].caption == "&#58;smile&#58;\\_\\[x\\](y).png"
 
 
 def test_an_upload_survives_a_page_switch_and_goes_with_the_cleared_box(app: AppTest) -> None:

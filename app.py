@@ -427,7 +427,7 @@ def show_caption(
     image_column, text_column = st.columns([2, 3])
     image_column.image(fit_image(image, DISPLAY_SIZE), caption=label)
     text_column.markdown("**Caption**")
-    text_column.subheader(result.caption or "(empty caption)")
+    text_column.subheader(escape_markdown(result.caption) or "(empty caption)")
     if scenes_only:
         show_scenes_only_note(text_column)
     if scene is not None:
@@ -439,7 +439,7 @@ def show_caption(
     text_column.table(
         [
             {
-                "caption": text,
+                "caption": escape_markdown(text),  # the table renders Markdown
                 "log-probability": round(logprob, 4),  # the table writes 4 decimals, as --json
                 "ended": "yes" if ended else "no: cut at the length limit",
             }
@@ -458,7 +458,7 @@ def show_caption(
         overlays = attention_overlays(
             centre_square(image), result.attention, display_size=HEATMAP_SIZE
         )
-        st.image(overlays, caption=word_labels(result.words))
+        st.image(overlays, caption=word_labels(map(escape_markdown, result.words)))
 
 
 SCENES_ONLY_NOTE = (

@@ -326,6 +326,34 @@ def test_random_scene_caption_equals_library_and_follows_controls(
     assert at.session_state["scene_seed"] != seed  # every press draws a fresh scene
 
 
+def test_a_captions_words_are_shown_as_written(
+    models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Captions are words of the training captions, which keep signs such as *big* or ~~b~~: the
+    caption, the beams and the heat maps' labels showed them in italics (a bug hunt,
+    2026-12-07)."""
+    models_dir = tmp_path / "models"
+    payload = load_checkpoint(models["captioner"])
+    payload["vocab"][4:] = [f"*{word}*" for word in payload["vocab"][4:]]  # after the specials
+    save_checkpoint(payload, models_dir / "starred.pt")
+    monkeypatch.setenv(ENV_VAR, str(models_dir))
+    at = _run(AppTest.from_file(APP, default_timeout=TIMEOUT))
+    at.slider(key="beam_size").set_value(3)
+    at.button(key="random_scene").click()
+    _run(at)
+    seed = at.session_state["scene_seed"]
+    captioner = load_captioner(str(models_dir / "starred.pt"))
+    image = render_random_scene(seed, scene_size(captioner.cfg.data.image_size))[0]
+    [expected] = caption_images(captioner, [image], beam_size=3, n_best=3)
+    assert "*" in expected.caption
+    assert at.subheader[0].value == expected.caption.replace("*", "\\*")
+    assert [text for text, _, _ in _beams(at)] == [
+        text.replace("*", "\\*") for text, _ in expected.beams
+    ]
+    labels = [image.caption for image in at.image[1].proto.imgs]
+    assert labels == [f"{i + 1}. \\*{word[1:-1]}\\*" for i, word in enumerate(expected.words)]
+
+
 def test_an_ensemble_captions_as_the_library_does_and_a_mismatch_is_one_line(
     app: AppTest, models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -827,7 +827,7 @@ def show_surprise(text: str, probabilities: list, candidates: list) -> None:
     )
     st.table(
         [
-            {"next character": repr(c), "probability": round(p, 4)}
+            {"next character": escape_markdown(repr(c)), "probability": round(p, 4)}
             for c, p in candidates[position - 1]
         ]
     )

@@ -1533,6 +1533,19 @@ def test_inside_page_for_an_rnn_says_it_has_no_gates(app: AppTest, models: dict[
     assert note not in [element.value for element in at.caption]  # the user's own text now
 
 
+def test_inside_page_writes_a_backslash_as_python_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The table of likely next characters renders Markdown: a backslash, which Python's repr
+    writes as two, showed as one (a bug hunt, 2026-12-07)."""
+    train_tiny_char_lm(tmp_path / "models" / "slashes", tmp_path / "text.txt", text="a\\b\\" * 80)
+    monkeypatch.setenv(ENV_VAR, str(tmp_path / "models"))
+    monkeypatch.setattr(sys, "argv", ["app.py"])
+    at = _inside(AppTest.from_file(APP, default_timeout=TIMEOUT), "slashes/best.pt", "a\\b")
+    shown = set(at.table[0].value["next character"])
+    assert shown == {"'a'", "'b'", "'\\\\\\\\'"}  # repr's two backslashes, each escaped
+
+
 def test_inside_page_names_characters_the_model_never_saw(app: AppTest) -> None:
     at = _page(app, "Inside a character model")
     at.selectbox(key="char_lm_checkpoint").set_value("quotes_lstm/best.pt")

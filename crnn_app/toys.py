@@ -456,7 +456,8 @@ LATEX_TEXT_ESCAPES = {
     "\\": r"\textbackslash{}",
     "^": r"\textasciicircum{}",
     "~": r"\textasciitilde{}",
-    " ": r"\textvisiblespace{}",
+    " ": "\u2423",  # ␣ itself: KaTeX has no \textvisiblespace (it showed the command, in red)
+    "'": r'$\mathtt{\char"27}$',  # KaTeX's text mode, \texttt and \verb too, writes ' as ’
     "\n": r"\hookleftarrow",
     **{char: "\\" + char for char in "{}$%#_&"},
 }

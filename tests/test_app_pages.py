@@ -647,7 +647,14 @@ def test_toy_text_limits() -> None:
         toys.check_toy_text("ab")
     with pytest.raises(toys.UserError, match="at most 300"):
         toys.check_toy_text("x" * 301)
-    assert toys.latex_char("_") == r"\_" and toys.latex_char(" ") == r"\textvisiblespace{}"
+    assert toys.latex_char("_") == r"\_"
+
+
+def test_equations_write_a_space_and_a_quote_as_katex_shows_them() -> None:
+    """KaTeX has no \\textvisiblespace: a space in an equation showed the command, in red; and
+    it writes ' as ’ in text mode, \\texttt too (a bug hunt, 2026-12-07)."""
+    assert toys.latex_char(" ") == "␣"
+    assert toys.latex_char("'") == r'$\mathtt{\char"27}$'  # in math mode ' stays straight
 
 
 # --------------------------------------------------------------------------------------------

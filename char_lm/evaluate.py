@@ -73,7 +73,9 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def cli() -> None:
     """Console-script entry point: a user mistake becomes one line on stderr, exit status 2."""
-    raise SystemExit(run_cli(main))
+    raise SystemExit(
+        run_cli(main, memory="lower --streams or --block-size, or free memory on the machine")
+    )
 
 
 if __name__ == "__main__":

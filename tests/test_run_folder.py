@@ -1270,10 +1270,7 @@ def test_memory_that_runs_out_saving_a_checkpoint_names_the_save_and_the_step_la
         ("captioner.evaluate", "lower --batch-size or --beam-size"),
         ("captioner.train", None),  # its MEMORY
         ("char_lm.sample", "use a shorter prompt, or free memory on the machine"),
-        (
-            "char_lm.evaluate",
-            "use a smaller model or smaller inputs, or free memory on the machine",
-        ),
+        ("char_lm.evaluate", "lower --streams or --block-size, or free memory on the machine"),
     ],
 )
 def test_each_command_that_runs_out_of_memory_says_what_to_lower(

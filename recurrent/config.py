@@ -25,6 +25,7 @@ import dataclasses
 import difflib
 import functools
 import math
+import os
 import re
 import types
 import typing
@@ -370,12 +371,13 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[tuple[str, Any]]) 
     return data
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """The YAML file at ``path`` as a dict, its values read by `ConfigLoader` (as ``--set`` reads)."""
+def read_yaml(path: str | Path, task: str = "<task>") -> dict[str, Any]:
+    """The YAML file at ``path`` as a dict, its values read by `ConfigLoader` (as ``--set`` reads);
+    a missing file names ``task``'s configs in the repository (as `config_hint` does)."""
     path = Path(path)
     if not path.is_file():
         problem = f"{path} is a folder" if path.is_dir() else f"not found: {path}"
-        raise UserError(f"config file {problem} (pass --config configs/<task>/<name>.yaml)")
+        raise UserError(f"config file {problem}; {config_hint(task)}")
     try:
         data = yaml.load(path.read_text(encoding="utf-8"), Loader=ConfigLoader)
     except yaml.MarkedYAMLError as err:  # where in the file, rather than PyYAML's excerpt of it
@@ -393,6 +395,24 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
             f"config file {path} must hold a mapping of sections, not {type(data).__name__}"
         )
     return data
+
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"  # the repository's, one folder a task
+
+
+def config_hint(task: str) -> str:
+    """What to pass as --config for ``task``: a file like those of the repository's
+    ``configs/<task>/``, which it names (from another folder, by its absolute path)."""
+    folder = CONFIGS / task
+    names = sorted(path.name for path in folder.glob("*.yaml"))
+    if not names:  # an installed copy, without the repository's folders
+        return f"pass --config configs/{task}/<name>.yaml"
+    try:
+        shown = os.path.relpath(folder)
+    except OSError:  # a working folder that was removed
+        shown = ".."
+    shown = str(folder) if shown.startswith("..") else shown
+    return f"pass --config {shown}/<name>.yaml ({shown} holds {', '.join(names)})"
 
 
 def load_config(
@@ -413,7 +433,7 @@ def load_config(
     overridden = [key for key, _ in parsed]
     if path is not None:
         try:
-            _deep_update(data, read_yaml(path), cls)
+            _deep_update(data, read_yaml(path, task=cls.__module__.split(".")[0]), cls)
             kept = _with_values_of(data, defaults, overridden)  # the file's values that stay
             in_file = from_dict(cls, kept)
             if bounds is not None:

@@ -10,6 +10,7 @@ import io
 import math
 import multiprocessing
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -45,6 +46,8 @@ from recurrent.errors import (
 from recurrent.files import FOREIGN_TEMP_AGE_S, HOST, atomic_write_text
 from recurrent.sampling import draw, filter_logits, sample_next
 from recurrent.training import pick_device, warmup_cosine
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @dataclasses.dataclass
@@ -136,6 +139,30 @@ def test_a_value_out_of_bounds_names_the_file_it_came_from(tmp_path):
         Config, write(tmp_path, "train:\n  lr: 0.5\n"), ["train.lr=20"], bounds=bounds
     )
     assert config.train.lr == 20.0  # an override's bounds: check_config's, naming the key
+
+
+def test_a_missing_config_names_the_tasks_configs_by_a_path_that_reaches_them(
+    tmp_path, monkeypatch
+):
+    """The line named `configs/<task>/<name>.yaml`, a placeholder: it now names the task's own
+    folder and its files, by a path that works from the working folder, and one of them loads."""
+    from char_lm.config import CharLMConfig
+
+    for cls, task in ((CharLMConfig, "char_lm"), (CaptionerConfig, "captioner")):
+        for cwd in (REPO, tmp_path):  # in the repository, and elsewhere
+            monkeypatch.chdir(cwd)
+            with pytest.raises(UserError) as caught:
+                load_config(cls, "nope.yaml")
+            said = re.fullmatch(
+                r"config file not found: nope\.yaml; pass --config (\S+)/<name>\.yaml \(\1 holds "
+                r"(.+)\)",
+                str(caught.value),
+            )
+            assert said, str(caught.value)
+            folder, names = said.groups()
+            assert (folder == f"configs/{task}") == (cwd == REPO), folder
+            assert names.split(", ") == sorted(p.name for p in (REPO / "configs" / task).iterdir())
+            assert isinstance(load_config(cls, f"{folder}/tiny.yaml"), cls)  # the advice followed
 
 
 def test_unknown_yaml_key_and_bad_yaml(tmp_path):

@@ -14,6 +14,7 @@ import io
 import json
 import os
 import random
+import struct
 import subprocess
 import sys
 import threading
@@ -829,6 +830,56 @@ def test_load_image_tensor_reads_no_file_far_larger_than_its_pixels(
     monkeypatch.setattr(datasets_module, "decode_jpeg", no_decode_jpeg)
     expected = torch.from_numpy(np.array(load_image(padded))).permute(2, 0, 1)
     assert torch.equal(load_image_tensor(padded), expected)
+
+
+def _with_scans(jpeg: bytes, repeats: int) -> bytes:
+    """``jpeg`` (a progressive JPEG) with its last scan repeated ``repeats`` more times."""
+    last = jpeg.rindex(b"\xff\xda")
+    return jpeg[:-2] + jpeg[last:-2] * repeats + b"\xff\xd9"
+
+
+def _with_segments(jpeg: bytes, count: int) -> bytes:
+    """``jpeg`` with ``count`` small EXIF segments after its start of image."""
+    exif = b"Exif\x00\x00MM\x00\x2a\x00\x00\x00\x08\x00\x00"
+    return jpeg[:2] + (b"\xff\xe1" + struct.pack(">H", 2 + len(exif)) + exif) * count + jpeg[2:]
+
+
+def test_jpegs_that_cost_far_more_than_their_size_are_refused_before_they_are_opened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each scan of a progressive JPEG is a pass over the whole image, and libjpeg takes any
+    number: 2,000 repeats of a 31-byte scan (62 kB) took 19 s at 4000 x 4000 pixels, against
+    0.2 s without them. Pillow reads the segments before the image data in Python and joins
+    every EXIF segment's data by concatenation: 20 MB of a million small ones took 240 s to open.
+    Such files are refused in one line, from a path or a file object, by both loaders, before
+    Pillow opens them or either decoder runs; files of as many scans and segments as encoders
+    write decode, and an ICC profile holding the bytes of a scan marker does not count."""
+    buffer = io.BytesIO()
+    _photo().save(buffer, "JPEG", progressive=True)  # Pillow's script: 10 scans
+    progressive = buffer.getvalue()
+    ordinary = {name: tmp_path / f"{name}.jpg" for name in ("scans", "segments", "profiled")}
+    ordinary["scans"].write_bytes(_with_scans(progressive, 90))  # 100 scans
+    ordinary["segments"].write_bytes(_with_segments(progressive, 990))  # 1,000 or so
+    _photo().save(ordinary["profiled"], icc_profile=b"\xff\xda" * 30_000)
+    expected = {path: load_image(path) for path in ordinary.values()}
+    hostile = {
+        "many_scans.jpg": (_with_scans(progressive, 2000), "more than 100 scans"),
+        "many_segments.jpg": (_with_segments(progressive, 20_000), "more than 1,000 segments"),
+    }
+    opened = []
+    monkeypatch.setattr(Image, "open", lambda *args, **kwargs: opened.append(args))
+    monkeypatch.setattr(datasets_module, "decode_jpeg", lambda *args, **kw: opened.append(args))
+    for name, (data, said) in hostile.items():
+        path = tmp_path / name
+        path.write_bytes(data)
+        message = _raises_one_line(lambda path=path: load_image(path), name, said)
+        with path.open("rb") as stream:
+            assert _raises_one_line(lambda stream=stream: load_image(stream)) == message
+        assert _raises_one_line(lambda path=path: load_image_tensor(path)) == message
+    assert opened == []
+    monkeypatch.undo()
+    for path, image in expected.items():
+        assert np.array_equal(load_image_tensor(path).permute(1, 2, 0).numpy(), np.array(image))
 
 
 def test_libjpeg_stays_quiet_about_damage_pillow_reads_silently(

@@ -45,7 +45,14 @@ from torchvision.transforms.v2.functional import pil_to_tensor
 
 from recurrent.errors import UserError
 
-from .images import MAX_IMAGE_PIXELS, load_image, size_error
+from .images import (
+    MAX_IMAGE_PIXELS,
+    MAX_JPEG_SCANS,
+    MAX_JPEG_SEGMENTS,
+    jpeg_cost,
+    load_image,
+    size_error,
+)
 from .records import ImageRecord
 from .vocab import Vocabulary
 
@@ -113,6 +120,9 @@ def _clean_jpeg(source: str | os.PathLike[str], limit: int) -> torch.Tensor | No
         with open(source, "rb") as file, warnings.catch_warnings():
             if file.read(3) != b"\xff\xd8\xff":  # not a JPEG: no second parse of the header
                 return None
+            segments, scans = jpeg_cost(file)
+            if segments > MAX_JPEG_SEGMENTS or scans > MAX_JPEG_SCANS:
+                return None  # load_image refuses it before Pillow reads its header
             file.seek(0)
             warnings.simplefilter("ignore")
             with Image.open(file) as image:  # reads the header only

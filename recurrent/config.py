@@ -317,6 +317,77 @@ def to_dict(config: Any) -> dict[str, Any]:
 YAML_BUILD_ERRORS = (RecursionError, ValueError, OverflowError, AttributeError)
 
 
+# A YAML alias (``*name``) or a pickle's memo stands for a value already read, without copying it:
+# nine levels of ten aliases each are 10^9 values in a file of 400 bytes ("billion laughs"), which
+# reading a config expands (a list's items checked one by one, an error quoting the value: 4 GB of
+# memory in 8 s before the machine's memory ran out). Refused past this many more values (items,
+# and the characters of strings) than written out.
+MAX_REPEATED_VALUES = 100_000
+
+
+def repeated_values(data: Any) -> float:
+    """How many more values ``data`` holds, every shared part (a YAML alias's, a pickle's memo's)
+    counted each time it appears, than once (`value_counts`); infinite for a part that holds
+    itself."""
+    expanded, written = value_counts(data)
+    return expanded - written
+
+
+def value_counts(data: Any) -> tuple[float, int]:
+    """(expanded, written): how many values ``data`` holds, items of lists, tuples, sets and dicts
+    (keys and values) and the characters of strings, with every shared part counted each time it
+    appears, and counted once. ``expanded`` is infinite for a part that holds itself. Linear in
+    the distinct parts: what is shared is sized once."""
+    sizes: dict[int, int] = {}  # the expanded size of each container sized so far, by id
+    opened: set[int] = set()
+    seen_strings: set[int] = set()
+    written, stack = 0, [data]
+    while stack:
+        item = stack[-1]
+        parts = _parts(item)
+        if parts is None or id(item) in sizes:
+            stack.pop()
+            continue
+        if id(item) not in opened:  # first visit: size its unsized parts first
+            opened.add(id(item))
+            for part in parts:
+                if _parts(part) is not None and id(part) not in sizes:
+                    if id(part) in opened:  # an unsized part already opened: an ancestor
+                        return math.inf, written
+                    stack.append(part)
+            continue
+        size = len(parts)
+        written += len(parts)
+        for part in parts:
+            if _parts(part) is not None:
+                size += sizes[id(part)]
+            else:
+                size += _leaf_size(part)
+                if not isinstance(part, (str, bytes)) or id(part) not in seen_strings:
+                    written += _leaf_size(part)  # (a number is one however often it is shared)
+                    if isinstance(part, (str, bytes)):
+                        seen_strings.add(id(part))
+        sizes[id(item)] = size
+        stack.pop()
+    if _parts(data) is None:
+        return _leaf_size(data), _leaf_size(data)
+    return sizes[id(data)], written
+
+
+def _parts(item: Any) -> list[Any] | None:
+    """The items of a container (a dict's keys and values), None for anything else."""
+    if isinstance(item, Mapping):
+        return [*item.keys(), *item.values()]
+    if isinstance(item, (list, tuple, set, frozenset)):
+        return list(item)
+    return None
+
+
+def _leaf_size(item: Any) -> int:
+    """A string's or bytes' length; 1 for any other value (a number, a tensor)."""
+    return len(item) if isinstance(item, (str, bytes)) else 1
+
+
 def describe_cell(model: Mapping[str, Any]) -> str:
     """ "2-layer LSTM" from a task's ``model`` section, a saved config's dict (keys may be missing):
     the start of the architecture line of every model card."""
@@ -345,6 +416,11 @@ def parse_override(item: str) -> tuple[str, Any]:
     except YAML_BUILD_ERRORS as err:  # text PyYAML parses but cannot build (see the constant)
         reason = " ".join(str(err).split())[:120] or type(err).__name__
         raise UserError(f"config key {key!r}: cannot read the value ({reason})") from None
+    if repeated_values(value) > MAX_REPEATED_VALUES:
+        raise UserError(
+            f"config key {key!r}: its value's aliases (*name) repeat more than "
+            f"{MAX_REPEATED_VALUES:,} values (a 'billion laughs'); write the value out"
+        )
     return key, value
 
 
@@ -388,6 +464,11 @@ def read_yaml(path: str | Path, task: str = "<task>") -> dict[str, Any]:
     except (yaml.YAMLError, UnicodeDecodeError, *YAML_BUILD_ERRORS) as err:
         reason = " ".join(str(err).split())[:300] or type(err).__name__
         raise UserError(f"config file {path} is not valid YAML: {reason}") from None
+    if repeated_values(data) > MAX_REPEATED_VALUES:
+        raise UserError(
+            f"config file {path}: its aliases (*name) repeat more than {MAX_REPEATED_VALUES:,} "
+            "values, as a 'billion laughs' file does; write the values out"
+        )
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -620,6 +620,35 @@ def test_huge_set_integer_is_a_user_error():
         load_config(CaptionerConfig, None, [f"train.epochs={HUGE_INT}"])
 
 
+def _laughs(levels: int) -> str:
+    """A YAML list whose aliases repeat ten x's 10^levels times: "billion laughs" at nine."""
+    anchors = ["&l0 [x, x, x, x, x, x, x, x, x, x]"]
+    anchors += [f"&l{i} [" + ", ".join([f"*l{i - 1}"] * 10) + "]" for i in range(1, levels)]
+    return "[" + ", ".join(anchors) + "]"
+
+
+@pytest.mark.parametrize("key", ["train.lr", "data.annotations"])
+def test_yaml_aliases_that_repeat_a_value_millions_of_times_are_refused(tmp_path, key):
+    """Aliases repeat what their anchor holds without copying it: 400 bytes made 10^9 values,
+    which reading the config expanded (the items of a list field checked one by one, an error
+    quoting the value), until the machine's memory ran out. Refused in one line, naming the file
+    or the --set key, before any value is checked; aliases that repeat little still load."""
+    section, name = key.split(".")
+    file = tmp_path / "laughs.yaml"
+    file.write_text(f"{section}:\n  {name}: {_laughs(6)}\n")  # 10^6 values in 290 bytes
+    with pytest.raises(UserError) as refused:
+        load_config(CaptionerConfig, file)
+    message = str(refused.value)
+    assert str(file) in message and "aliases" in message, message
+    assert len(message.replace(str(file), "")) < 200, message  # not the value quoted
+    with pytest.raises(UserError) as refused:
+        load_config(CaptionerConfig, None, [f"{key}={_laughs(6)}"])
+    message = str(refused.value)
+    assert key in message and "aliases" in message and len(message) < 200, message
+    file.write_text("data:\n  annotations: [&a a.json, *a, *a]\n  format: &f karpathy\n")
+    assert load_config(CaptionerConfig, file).data.annotations == ["a.json"] * 3
+
+
 @pytest.mark.parametrize("value", ['"\\U7fffffff"', '"\\UFFFFFFFF"', "!!timestamp 2001-13-99"])
 def test_yaml_value_pyyaml_cannot_build_is_a_user_error(value):
     with pytest.raises(UserError, match="data.format"):

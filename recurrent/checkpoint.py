@@ -7,6 +7,7 @@ best score. Never a pickled module: `torch.load(weights_only=True)` reads it.
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
 import re
@@ -17,6 +18,7 @@ from typing import Any
 
 import torch
 
+from recurrent.config import MAX_REPEATED_VALUES, value_counts
 from recurrent.errors import UserError, binary_size, out_of_memory
 from recurrent.files import atomic_write
 
@@ -152,8 +154,24 @@ def refuse_compressed(archive: zipfile.ZipFile, path: Path, advice: str) -> None
         )
 
 
+# A pickle writes an object once and then refers to it: ten references to a list of ten
+# references ... are 10^9 values in a few hundred bytes, and a million references to one string of
+# a megabyte are 10^12 characters in 3 MB, which reading the checkpoint expands (its config checked
+# item by item: the machine's memory ran out; each word of its vocabulary checked: 24 s for one
+# such 10 MB file, against 2 s). torch.save shares little (the same key string across records):
+# refused where what it holds, counted as read, is more than this many times what it writes out.
+MAX_SHARING = 16
+
+
 def _check_payload(payload: dict[str, Any], path: Path, written_by: str) -> None:
     """The keys every checkpoint has, of the right kinds (a tampered file may hold anything)."""
+    expanded, written = value_counts(payload)
+    if expanded > MAX_SHARING * written + MAX_REPEATED_VALUES:
+        read = "endless" if expanded == math.inf else f"{expanded:,.0f}"
+        raise UserError(
+            f"{path} refers to the same data over and over ({written:,} values written out, "
+            f"{read} once read), as no checkpoint written by training does; {written_by}"
+        )
     problems = {
         "config": isinstance(payload.get("config"), dict),
         "vocab": isinstance(payload.get("vocab"), list)

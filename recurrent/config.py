@@ -339,7 +339,7 @@ def value_counts(data: Any) -> tuple[float, int]:
     appears, and counted once. ``expanded`` is infinite for a part that holds itself. Linear in
     the distinct parts: what is shared is sized once."""
     sizes: dict[int, int] = {}  # the expanded size of each container sized so far, by id
-    opened: set[int] = set()
+    inner: dict[int, list[Any]] = {}  # the containers in each container opened, by id
     seen_strings: set[int] = set()
     written, stack = 0, [data]
     while stack:
@@ -348,25 +348,21 @@ def value_counts(data: Any) -> tuple[float, int]:
         if parts is None or id(item) in sizes:
             stack.pop()
             continue
-        if id(item) not in opened:  # first visit: size its unsized parts first
-            opened.add(id(item))
-            for part in parts:
-                if _parts(part) is not None and id(part) not in sizes:
-                    if id(part) in opened:  # an unsized part already opened: an ancestor
+        if id(item) not in inner:  # first visit: size its unsized parts first
+            inner[id(item)] = [part for part in parts if isinstance(part, _CONTAINERS)]
+            for part in inner[id(item)]:
+                if id(part) not in sizes:
+                    if id(part) in inner:  # an unsized part already opened: an ancestor
                         return math.inf, written
                     stack.append(part)
             continue
-        size = len(parts)
-        written += len(parts)
-        for part in parts:
-            if _parts(part) is not None:
-                size += sizes[id(part)]
-            else:
-                size += _leaf_size(part)
-                if not isinstance(part, (str, bytes)) or id(part) not in seen_strings:
-                    written += _leaf_size(part)  # (a number is one however often it is shared)
-                    if isinstance(part, (str, bytes)):
-                        seen_strings.add(id(part))
+        texts = [part for part in parts if isinstance(part, (str, bytes))]
+        new_texts = {id(text): len(text) for text in texts if id(text) not in seen_strings}
+        seen_strings.update(new_texts)
+        contained = inner[id(item)]
+        numbers = len(parts) - len(contained) - len(texts)  # (one each, however often shared)
+        size = len(parts) + numbers + sum(map(len, texts)) + sum(sizes[id(p)] for p in contained)
+        written += len(parts) + numbers + sum(new_texts.values())
         sizes[id(item)] = size
         stack.pop()
     if _parts(data) is None:
@@ -374,11 +370,16 @@ def value_counts(data: Any) -> tuple[float, int]:
     return sizes[id(data)], written
 
 
-def _parts(item: Any) -> list[Any] | None:
+_CONTAINERS = (Mapping, list, tuple, set, frozenset)
+
+
+def _parts(item: Any) -> list[Any] | tuple[Any, ...] | None:
     """The items of a container (a dict's keys and values), None for anything else."""
     if isinstance(item, Mapping):
         return [*item.keys(), *item.values()]
-    if isinstance(item, (list, tuple, set, frozenset)):
+    if isinstance(item, (list, tuple)):
+        return item
+    if isinstance(item, (set, frozenset)):
         return list(item)
     return None
 

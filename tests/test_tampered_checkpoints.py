@@ -33,6 +33,7 @@ from char_lm import evaluate as char_lm_evaluate
 from char_lm import sample
 from char_lm import train as char_lm_train
 from crnn_app.models_dir import ENV_VAR, describe_checkpoint
+from recurrent import checkpoint as checkpoint_module
 from recurrent.checkpoint import FORMAT_VERSION, check_state_dict, load_checkpoint
 from recurrent.errors import UserError, run_cli
 
@@ -145,6 +146,23 @@ def _edited_config(path: Path) -> bytes:
     return _payload_bytes({**payload, "config": {**payload["config"], "model": 5}})
 
 
+def _laughs(levels: int) -> list:
+    """Ten x's, in a list referred to ten times, ... ``levels`` deep: 10^levels values, which a
+    pickle writes in a few hundred bytes (it writes an object once, then refers to it)."""
+    laughs: list = ["x"] * 10
+    for _ in range(levels - 1):
+        laughs = [laughs] * 10
+    return laughs
+
+
+def _shared_config(path: Path) -> bytes:
+    """A config value that refers to one list a million times over (10^9: the machine's memory
+    ran out while reading it)."""
+    payload = torch.load(path, weights_only=True)
+    payload["config"]["train"]["lr"] = _laughs(6)
+    return _payload_bytes(payload)
+
+
 TAMPERED: dict[str, tuple[Callable[[Path, Path, Path], bytes], str]] = {
     "truncated": (
         lambda good, other, marker: good.read_bytes()[: good.stat().st_size // 2],
@@ -165,6 +183,10 @@ TAMPERED: dict[str, tuple[Callable[[Path, Path, Path], bytes], str]] = {
         "'s weights do not fit its config: '",  # the tensor named, as in the app, for both tasks
     ),
     "edited config": (lambda good, other, marker: _edited_config(good), "'model'"),
+    "shared data": (
+        lambda good, other, marker: _shared_config(good),
+        "refers to the same data over and over",
+    ),
 }
 
 
@@ -227,6 +249,33 @@ def test_a_zip_bomb_is_refused_before_anything_inflates(trained, tmp_path, monke
     ) as caught:
         load_checkpoint(bomb)
     assert "zip bomb" in str(caught.value) and not inflating
+
+
+def test_data_referred_to_over_and_over_is_refused_before_it_is_read(
+    trained, tmp_path, monkeypatch
+):
+    """A vocabulary of a million references to one string of a megabyte: 3 MB of pickle, 10^12
+    characters once read, whose words were each checked (24 s for a 10 MB file, against 2 s for
+    an ordinary one). Refused before any word is looked at; what training writes (the same key
+    strings in every record of a history) loads."""
+    payload = torch.load(trained["char_lm"], weights_only=True)
+    payload["vocab"] = ["y" * 10_000] * 100_000
+    shared = tmp_path / "shared.pt"
+    shared.write_bytes(_payload_bytes(payload))
+    assert shared.stat().st_size < 2**20
+    looked_at = []
+    monkeypatch.setattr(checkpoint_module, "is_utf8", lambda text: looked_at.append(text))
+    with pytest.raises(UserError, match="refers to the same data over and over") as caught:
+        load_checkpoint(shared)
+    assert str(shared) in str(caught.value) and "1,000,1" in str(caught.value)
+    assert looked_at == []
+    monkeypatch.undo()
+    payload = torch.load(trained["char_lm"], weights_only=True)
+    keys = ("step", "val_loss", "learning_rate")
+    payload["history"] = [dict(zip(keys, (i, 1.5, 0.1), strict=True)) for i in range(50_000)]
+    history = tmp_path / "history.pt"
+    history.write_bytes(_payload_bytes(payload))
+    assert len(load_checkpoint(history)["history"]) == 50_000
 
 
 # --------------------------------------------------------------------------------------------

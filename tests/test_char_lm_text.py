@@ -354,6 +354,25 @@ def test_a_vocabulary_over_256_characters_is_int16_and_round_trips(tmp_path):
     assert encode_file(path, build_vocab(full)).tolist() == list(range(256))
 
 
+def test_a_text_of_more_distinct_characters_than_a_model_takes_is_refused_before_encoding(
+    tmp_path, monkeypatch
+):
+    """Every Unicode character once (4.4 MB) made the tiny config's model of 2,364 parameters one
+    of 27.8 million, and the memory ran out at the first step, the message blaming the batch
+    size. More than `data.MAX_VOCAB` distinct characters are refused after the scan, before the
+    text is encoded; exactly that many load."""
+    path = tmp_path / "every.txt"
+    path.write_text("".join(chr(0x10000 + i) for i in range(65_537)), encoding="utf-8")
+    encoded = []
+    monkeypatch.setattr(data, "encode_file", lambda *args, **kwargs: encoded.append(args))
+    with pytest.raises(UserError, match=r"has 65,537 distinct characters, more than a character"):
+        corpus_of(path)
+    assert encoded == []
+    monkeypatch.undo()
+    path.write_text("".join(chr(0x10000 + i) for i in range(65_536)), encoding="utf-8")
+    assert len(corpus_of(path).vocab) == 65_536
+
+
 @pytest.mark.parametrize("cover_all", [False, True])
 def test_streams_over_small_dtype_ids_match_int64_and_never_copy_the_text(cover_all):
     ids64 = torch.randint(0, 200, (1003,), generator=torch.Generator().manual_seed(0))

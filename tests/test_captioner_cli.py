@@ -410,6 +410,37 @@ def test_bad_input_one_line_errors(trained: dict[str, Path], tmp_path: Path, cap
     assert not (tmp_path / "run" / "last.pt").exists()
 
 
+def test_more_words_than_a_captioner_takes_stop_before_the_model_is_built(
+    trained: dict[str, Path], tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+):
+    """5 MB of captions of random words made the tiny config's decoder 33 times its size (475,000
+    words: 24 million parameters and checkpoints of 296 MB). More words than `MAX_WORDS` stop
+    training in one line, naming data.min_word_count, before any model is built, and check_data
+    says training would stop; raising the count trains on the words seen that often."""
+    scenes = trained["root"] / "scenes"
+    entries = json.loads(trained["annotations"].read_text())["images"]
+    train = [entry for entry in entries if entry["split"] == "train"]
+    per = 200_000 // len(train) + 1  # (MAX_WORDS) distinct words in each training caption
+    words = iter(f"w{i:06x}" for i in range(per * len(train)))
+    many = [
+        dict(entry, sentences=[{"raw": " ".join(next(words) for _ in range(per))}])
+        if entry in train
+        else entry
+        for entry in entries
+    ]
+    annotations = _karpathy(scenes / "many_words.json", many)
+    built = []
+    monkeypatch.setattr(train_cli, "CaptionModel", lambda *args, **kwargs: built.append(args))
+    argv = ["--config", TINY, "--out-dir", str(tmp_path / "run"), "--quiet", "--set"]
+    argv.append(f"data.annotations={annotations}")
+    code, _, err = run_main(train_cli.main, argv, capsys)
+    assert_one_line_error(code, err, "words seen at least 1 time(s)", "raise data.min_word_count")
+    assert built == [] and not (tmp_path / "run" / "last.pt").exists()
+    with pytest.raises(SystemExit) as stop:
+        check_data.main(["--config", TINY, "--set", f"data.annotations={annotations}", "--quiet"])
+    assert stop.value.code == 1 and "more than a captioner takes" in capsys.readouterr().out
+
+
 def test_each_beam_keeps_its_own_finished_flag(trained: dict[str, Path]):
     """A best beam cut at the length limit over a runner-up that ended: the flags stay with
     their beams, in `to_result` and in caption --json."""

@@ -1014,6 +1014,51 @@ def test_colormap_runs_dark_to_bright_and_zero_attention_leaves_image_dimmed() -
     assert np.allclose(dimmed, np.array([200, 100, 50]) * 0.4 + darkest * 0.6, atol=1)
 
 
+def test_colormap_interpolates_its_anchors_and_clips_what_lies_outside() -> None:
+    """At each anchor its colour, a third of the way to the next the rounded mix of the two, and
+    values outside [0, 1] the end colours (a value above 1 ran past the brightest anchor)."""
+    anchors = heatmap.COLORMAP_ANCHORS.astype(np.float64)
+    steps = len(anchors) - 1
+    assert np.array_equal(colormap(np.arange(steps + 1) / steps), anchors)
+    exact = (anchors[:-1] * 2 + anchors[1:]) / 3  # fractions of 1/3 and 2/3: no ties to round
+    assert np.array_equal(colormap((np.arange(steps) + 1 / 3) / steps), np.rint(exact))
+    assert np.array_equal(colormap(np.array([-0.5, 1.5])), anchors[[0, -1]])
+
+
+def test_a_maps_peak_is_drawn_in_the_brightest_colour() -> None:
+    """Each map is scaled by its own maximum, so its peak gets the colour map's top colour
+    whatever the weights sum to (scaled by their sum, a peak of 0.6 was drawn dim)."""
+    image = Image.new("RGB", (4, 4), (100, 100, 100))
+    overlay = np.asarray(attention_overlay(image, np.array([[0.0, 0.3], [0.1, 0.6]])))
+    top = np.rint(np.full(3, 100.0) * 0.4 + colormap(np.ones(1))[0] * 0.6)
+    assert (overlay.reshape(-1, 3) == top).all(axis=1).sum() >= 1
+    assert (overlay.reshape(-1, 3).astype(int).sum(axis=1) <= top.sum()).all()
+
+
+def test_a_thin_upload_keeps_a_row_of_pixels_and_a_flat_attention_is_refused() -> None:
+    """A 1000 x 1 image scaled to 160 pixels keeps one pixel of height (0 was asked of PIL, which
+    refused it); an attention without its word axis is a bug said as such."""
+    assert heatmap.fit_image(Image.new("RGB", (1000, 1)), 160).size == (160, 1)
+    assert heatmap.fit_image(Image.new("RGB", (2, 900)), 90).size == (1, 90)
+    with pytest.raises(ValueError, match=r"attention must be \(words, grid_h, grid_w\)"):
+        attention_overlays(Image.new("RGB", (8, 8)), np.ones((2, 2)))
+
+
+def test_maps_are_upsampled_bilinearly_from_a_tensor_of_any_precision() -> None:
+    """Between two cells the weight goes smoothly (bilinear, not blocks of nearest cells); a
+    bfloat16 or float16 tensor (a model run in reduced precision) is drawn as its float32 copy."""
+    assert np.allclose(heatmap.upsample(np.array([[0.0, 1.0]]), (4, 1)), [[0, 0.25, 0.75, 1]])
+    image = Image.new("RGB", (8, 8), (90, 90, 90))
+    attention = torch.rand(2, 2, 2, generator=torch.Generator().manual_seed(0))
+    for dtype in (torch.bfloat16, torch.float16):
+        half = attention.to(dtype)
+        drawn = attention_overlays(image, half, display_size=8)
+        expected = attention_overlays(image, half.float().numpy(), display_size=8)
+        assert len(drawn) == len(expected) == 2
+        for a, b in zip(drawn, expected, strict=True):
+            assert np.array_equal(np.asarray(a), np.asarray(b)), dtype
+
+
 @pytest.mark.parametrize("size", [(7, 4), (4, 7), (195, 64), (64, 64), (10, 9), (3, 1)])
 def test_the_centre_square_is_torchvisions_centre_crop(size: tuple[int, int]) -> None:
     """`centre_square` cuts where the captioner's CenterCrop does, also where the margin is odd

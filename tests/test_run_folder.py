@@ -888,6 +888,124 @@ def test_the_temporary_file_of_another_users_live_writer_is_kept(tmp_path, monke
     assert others.exists() and not left.exists()
 
 
+def test_the_temporary_file_of_a_write_is_hidden_and_named_for_its_writer(tmp_path):
+    """While a file is written whole, its temporary file is `.NAME.HOST-PID.*.tmp`: hidden from
+    readers that list the folder, and named so that the next write can tell whether its writer is
+    gone (a visible name was never cleaned up after a kill)."""
+    seen = []
+
+    def write(handle):
+        seen.extend(path.name for path in tmp_path.iterdir())
+        handle.write(b"x")
+
+    files.atomic_write(tmp_path / "out.txt", write)
+    [name] = seen
+    assert name.startswith(f".out.txt.{files.HOST}-{os.getpid()}.") and name.endswith(".tmp")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["out.txt"]
+
+
+def test_a_gone_writers_temporary_file_is_cleaned_whatever_signs_the_name_holds(
+    tmp_path, monkeypatch
+):
+    """The next write's search for left-over temporary files takes the name literally: a name
+    with glob's signs (``run[1].json``) matched `.run1.json.*` instead, and its own were kept."""
+    gone = 4_000_002
+    real_kill = os.kill
+
+    def kill(pid, signal_number):
+        if pid == gone:
+            raise ProcessLookupError(errno.ESRCH, "No such process")
+        return real_kill(pid, signal_number)
+
+    monkeypatch.setattr(os, "kill", kill)
+    left = tmp_path / f".run[1].json.{files.HOST}-{gone}.abc123.tmp"
+    left.write_text("half")
+    files.atomic_write_text(tmp_path / "run[1].json", "{}")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["run[1].json"]
+
+
+@pytest.mark.parametrize("umask", [0o002, 0o077])
+def test_a_new_file_written_whole_gets_the_mode_the_umask_allows(tmp_path, umask):
+    """Under another umask than the usual 022 (a group's shared folder: 002; a private one:
+    077), a new file gets 0o666 less it, as open() gives."""
+    path = tmp_path / "card.json"
+    code = (f"import os; os.umask({umask}); from recurrent import files; "
+            f"files.atomic_write_text({str(path)!r}, 'x')")  # fmt: skip
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=60)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_a_lock_file_that_cannot_be_created_leaves_none_of_the_folders_made_for_it(
+    tmp_path, monkeypatch
+):
+    """The folders are made, then the .lock in them: where the system refuses the .lock (a full
+    disk has no room for its entry), the folders made for it go too."""
+    real_open = os.open
+
+    def refusing_open(path, *args, **kwargs):
+        if Path(path).name == ".lock":
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", refusing_open)
+    with pytest.raises(OSError, match="No space left"):
+        files.hold(tmp_path / "new" / "run", UserError)
+    assert sorted(tmp_path.iterdir()) == [] and files._HELD == {}
+
+
+def test_a_temporary_file_is_told_apart_from_its_name_when_the_name_holds_the_host(monkeypatch):
+    """`abandoned` finds the writer after the last ``.HOST-`` of a temporary file's name, also
+    where the file written has the host in its own name (the first one was taken for the
+    writer's: a gone writer's file was kept as another machine's)."""
+    gone = 4_000_002
+    real_kill = os.kill
+
+    def kill(pid, signal_number):
+        if pid == gone:
+            raise ProcessLookupError(errno.ESRCH, "No such process")
+        return real_kill(pid, signal_number)
+
+    monkeypatch.setattr(os, "kill", kill)
+    name = f"shard.{files.HOST}-7.pt"
+    assert files.abandoned(Path(f".{name}.{files.HOST}-{gone}.abc123.tmp"))
+    assert not files.abandoned(Path(f".{name}.{files.HOST}-{os.getpid()}.abc123.tmp"))
+
+
+def test_a_holder_that_has_not_named_itself_yet_is_another_process(tmp_path):
+    """Between a holder's flock and its line in .lock the file is empty: the refusal and
+    `holder` say "another process", not nothing."""
+    folder = tmp_path / "run"
+    folder.mkdir()
+    fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # another open file: as another process's lock
+        with pytest.raises(UserError) as refused:
+            files.hold(folder, UserError)
+        assert str(refused.value) == "another process"
+        assert files.holder(folder) == "another process"
+    finally:
+        os.close(fd)
+    assert files._HELD == {}
+
+
+def test_another_machines_temporary_file_is_left_for_a_day(tmp_path):
+    """On a shared disk another machine's writer cannot be asked whether it runs: its temporary
+    file is kept for a day after its last change (a slow write of hours is not cut short)."""
+    hours = {"two": 2, "twenty": 20, "twenty-five": 25}
+    for name, age in hours.items():
+        path = tmp_path / f".meta.json.other-host-{name}.abc123.tmp"
+        path.write_text("half")
+        then = time.time() - age * 3600
+        os.utime(path, (then, then))
+    files.atomic_write_text(tmp_path / "meta.json", "{}")
+    kept = sorted(path.name for path in tmp_path.iterdir())
+    assert kept == [
+        ".meta.json.other-host-twenty.abc123.tmp",
+        ".meta.json.other-host-two.abc123.tmp",
+        "meta.json",
+    ]
+
+
 def test_a_file_written_whole_goes_through_a_link_and_never_replaces_a_special_file(tmp_path):
     """The rename of an atomic write replaced a symlink with a file (its target kept the old
     content), and a pipe or a device with a file (/dev/full as root; a reader of the pipe waited

@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +58,9 @@ def card_from_config(payload: Mapping[str, Any]) -> dict[str, Any]:
     else:
         architecture, data_card = char_lm_architecture(model), char_lm_data(data)
         val_loss = payload.get("best_val_loss")
-        best = {"val_loss": val_loss} if isinstance(val_loss, float) else {}
+        # inf where the run had not evaluated yet (`char_lm.train` saves it so)
+        finite = isinstance(val_loss, float) and math.isfinite(val_loss)
+        best = {"val_loss": val_loss} if finite else {}
     progress = payload.get("progress")
     step = payload.get("step")
     # where the best scores were measured: the run loop's progress, or the payload's own best_step
@@ -151,7 +153,9 @@ def _format_date(value: Any) -> str:
         moment = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
     except ValueError:
         return str(value)
-    return moment.strftime("%Y-%m-%d %H:%M UTC") if moment.tzinfo else moment.isoformat(" ")
+    if moment.tzinfo is None:  # no zone recorded: as written
+        return moment.isoformat(" ")
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def card_rows(card: Mapping[str, Any]) -> list[tuple[str, str]]:

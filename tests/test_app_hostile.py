@@ -133,6 +133,33 @@ def test_model_card_keeps_only_fields_of_their_types():
     assert isinstance(card["architecture"], str)
 
 
+def test_an_older_checkpoints_scores_keep_only_finite_numbers_named_by_text():
+    """A checkpoint without a card: its best scores are kept as a card's are (a NaN, a name
+    that is no text, a number no float holds, True, a name that is not UTF-8, a loss as text
+    or infinite: left out)."""
+    scores = {"BLEU-4": 21.0, "bad": float("nan"), 2: 1.0, "big": 10**400, "yes": True,
+              "\ud800": 1.0}  # fmt: skip
+    card = model_card({"task": "captioner", "config": {}, "step": 7, "best_scores": scores})
+    assert not card["recorded"] and card["best_scores"] == {"BLEU-4": 21.0}
+    # a char_lm checkpoint saved before its first evaluation holds best_val_loss inf: its card
+    # said "val loss inf nats/char (inf bpc)"
+    for loss in ("1.5", float("inf"), float("nan"), True):
+        card = model_card({"task": "char_lm", "config": {}, "best_val_loss": loss})
+        assert card["best_scores"] == {}, loss
+    card = model_card({"task": "char_lm", "config": {}, "best_val_loss": 1.5})
+    assert card["best_scores"] == {"val_loss": 1.5}
+
+
+def test_a_card_built_from_a_config_of_other_types_shows_what_it_can():
+    """A config section that is no dict counts as missing, a step that is no int as none, and
+    a card's own data adds to what the config says (the config's name is kept)."""
+    card = model_card({"task": "char_lm", "config": {"model": "lstm", "data": [1]}, "step": "7"})
+    assert card["steps"] is None and isinstance(card["architecture"], str)
+    own = {"data": {"size": 5, "unit": "characters"}}
+    card = model_card({"task": "char_lm", "config": {}, "card": own})
+    assert card["data"] == {**model_card({"task": "char_lm", "config": {}})["data"], **own["data"]}
+
+
 def test_hostile_metrics_lines_are_skipped_and_the_good_runs_drawn(app):
     assert parse_metrics("\n".join([GOOD_LINE, *HOSTILE_LINES])) == [json.loads(GOOD_LINE)]
     emoji = '{"kind": "eval", "step": 3, "source": "\\ud83d\\ude00"}'  # an escaped pair is fine

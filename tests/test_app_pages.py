@@ -828,6 +828,70 @@ def test_readme_section_is_the_image_captioning_text() -> None:
     assert cards.readme_section(REPO / "README.md", "No such section") is None
 
 
+def test_card_rows_write_dates_data_and_scores_as_recorded() -> None:
+    """A date with its zone is written in UTC (07:10 at +02:00 was called 07:10 UTC), one without as it was recorded (not called UTC),
+    anything else as written; a data name that holds its path does not repeat it; every score
+    is listed, a loss in nats/char and bits/char."""
+    card = {
+        "task": "char_lm",
+        "data": {"name": "texts/q.txt", "path": "texts/q.txt", "size": 12345, "unit": "characters"},
+        "best_scores": {"val_loss": math.log(2) * 1.5, "BLEU-4": 27.06},
+        "trained_at": "2026-11-22T05:10:00",
+    }
+    rows = dict(cards.card_rows(card))
+    assert rows["data"] == "texts/q.txt, 12,345 characters"
+    assert rows["best scores"] == "val loss 1.040 nats/char (1.500 bpc), BLEU-4 27.1"
+    assert rows["trained"] == "2026-11-22 05:10:00"
+    for stamp, shown in [("2026-11-22T07:10:00+02:00", "2026-11-22 05:10 UTC"),
+                         ("last Tuesday", "last Tuesday"), (None, "not recorded")]:  # fmt: skip
+        assert dict(cards.card_rows({**card, "trained_at": stamp}))["trained"] == shown
+    unscored = {**card, "best_scores": {}, "best_step": 3, "steps": 6}  # a last.pt of no score
+    assert dict(cards.card_rows(unscored))["best scores"] == "not recorded"
+
+
+def test_best_elsewhere_is_any_other_step_the_best_was_measured_at() -> None:
+    """Step 0 (an evaluation before the first update that stayed the best) is a step; -1 (no
+    evaluation yet), the checkpoint's own step and a step that is no int are none."""
+    assert cards.best_elsewhere({"best_step": 0, "steps": 6}) == 0
+    assert cards.best_elsewhere({"best_step": 5, "steps": 6}) == 5
+    for nothing in (-1, 6, None, 2.0):
+        assert cards.best_elsewhere({"best_step": nothing, "steps": 6}) is None, nothing
+
+
+def test_markdown_escapes_leave_text_as_written() -> None:
+    """What Markdown or Streamlit would read as a sign is escaped (a list marker or heading
+    underline at a line's start, ``&``, ``$``, a colon opening an emoji, a colour or an icon),
+    and a code span is fenced and padded as CommonMark needs; the card's lines are escaped."""
+    for text, escaped in [
+        ("1) x\n 2. y", "1\\) x\n 2\\. y"),
+        ("- a\n+ b\n= c", "\\- a\n\\+ b\n\\= c"),
+        ("a & b $x$ ~y~ |z| <i> #h", "a \\& b \\$x\\$ \\~y\\~ \\|z\\| \\<i\\> \\#h"),
+        (":smile: :red[x] :x{ a: b", "&#58;smile: &#58;red\\[x\\] &#58;x{ a: b"),
+        ("my_file*.txt\\", "my\\_file\\*.txt\\\\"),
+    ]:
+        assert cards.escape_markdown(text) == escaped, text
+    for text, code in [("a", "`a`"), ("a`b", "``a`b``"), ("x``y", "```x``y```"),
+                       ("`a", "`` `a ``"), ("b`", "`` b` ``"), (" a ", "`  a  `"), ("  ", "`  `")]:  # fmt: skip
+        assert cards.inline_code(text) == code, text
+    card = {"task": "char_lm", "data": {"name": "*big*", "path": "my_data/x.txt"}, "recorded": True}
+    assert "- **data**: \\*big\\* (my\\_data/x.txt), size not recorded" in cards.card_markdown(card)
+
+
+def test_only_a_captioner_whose_card_says_so_knows_only_scenes() -> None:
+    """A card that does not say (an older one, no data recorded) is no scenes-only model."""
+    assert cards.knows_only_scenes({"data": {"synthetic_scenes": True}})
+    for card in ({"data": {"synthetic_scenes": False}}, {"data": {}}, {"data": None}, {}):
+        assert not cards.knows_only_scenes(card), card
+
+
+def test_a_readme_section_runs_to_the_next_section_over_its_subsections(tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text("# T\n## A (b)\ntext\n### Sub\nmore\n## B\nother\n", encoding="utf-8")
+    assert cards.readme_section(readme, "A (b)") == "text\n### Sub\nmore"
+    assert cards.readme_section(readme, "B") == "other"
+    assert cards.readme_section(tmp_path / "missing.md", "A (b)") is None
+
+
 def test_keep_restores_clamps_and_checks_options() -> None:
     state: dict = {}
     assert keep(state, "beam", 3, bounds=(1, 10)) == "beam" and state["beam"] == 3

@@ -9,6 +9,7 @@ loaded: a symlink or a crafted name that points elsewhere is refused.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shlex
 from collections.abc import Iterator, Mapping, Sequence
@@ -205,7 +206,7 @@ def _summary(payload: dict[str, Any], best_step: int | None = None) -> str:
     if isinstance(scores, dict) and isinstance(scores.get("BLEU-4"), float):
         parts.append(f"val BLEU-4 {scores['BLEU-4']:.1f}{at}")
     val_loss = payload.get("best_val_loss")
-    if isinstance(val_loss, float):
+    if isinstance(val_loss, float) and math.isfinite(val_loss):  # inf: not evaluated yet
         parts.append(f"val loss {val_loss:.3f} nats/char{at}")
     return ", ".join(parts)
 
@@ -299,6 +300,11 @@ def list_checkpoints(
             continue
         if not path.is_file():  # a symlink to nothing
             listing.skipped.append((name, "is a broken symlink (its target is missing)"))
+            continue
+        if path.resolve().suffix != ".pt":  # `checkpoint_path` refuses it: skipped, not raised
+            listing.skipped.append(
+                (name, "links to a file that is not a .pt checkpoint, so it is never loaded")
+            )
             continue
         resolved = checkpoint_path(models_dir, name)
         try:

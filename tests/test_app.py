@@ -933,6 +933,19 @@ def test_a_missing_models_dir_names_the_make_command_that_fills_that_folder(
         assert f'-m bench.make_demo_models --models-dir "{runs}" ' in dry.stdout, dry
 
 
+def test_the_default_models_dir_named_relatively_gets_plain_make_and_a_file_is_not_a_folder(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The default folder written otherwise (relative, as `make app` passes it) is still the
+    default: plain `make demo-models`. A models directory that is a file is said to be one."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match=r"run `make demo-models` to create"):
+        check_models_dir(tmp_path / "models", Path("models"))
+    (tmp_path / "a file").write_text("x")
+    with pytest.raises(UserError, match=r"^models directory 'a file' is a file; point"):
+        check_models_dir(Path("a file"), Path("models"))
+
+
 def test_only_files_inside_the_models_dir_load(models: dict[str, Path]) -> None:
     models_dir = models["dir"]
     assert checkpoint_path(models_dir, "text_run/best.pt") == models["char_lm"].resolve()
@@ -982,6 +995,17 @@ def test_models_dir_option_beats_environment_beats_default(tmp_path: Path) -> No
     args = parse_app_args(["--models-dir", "cli", "--device", "cpu"], {ENV_VAR: "env"}, default)
     assert args.models_dir == Path("cli") and args.device == "cpu"
     assert parse_app_args(["-x", "tests/"], {}, default).models_dir == default  # pytest's argv
+
+
+def test_the_app_runs_on_the_cpu_unless_told_and_expands_a_home_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--device`` is cpu by default (the README's word); a models directory given as ``~/...``,
+    by the option or the environment, is the user's home folder's."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    args = parse_app_args(["--models-dir", "~/models"], {}, Path("d"))
+    assert args.models_dir == tmp_path / "models" and args.device == "cpu"
+    assert parse_app_args([], {ENV_VAR: "~/env"}, Path("d")).models_dir == tmp_path / "env"
 
 
 # --------------------------------------------------------------------------------------------

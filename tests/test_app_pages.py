@@ -56,6 +56,7 @@ from crnn_app.settings import SAVED_PREFIX, keep
 from recurrent.checkpoint import load_checkpoint, save_checkpoint
 from recurrent.config import to_dict
 from recurrent.engine import read_metrics
+from recurrent.errors import UserError
 from recurrent.plot import MAX_POINTS, METRICS_FILE, PANEL_TITLES, metrics_frame
 
 REPO = Path(__file__).resolve().parents[1]
@@ -744,6 +745,25 @@ def test_an_older_captioners_last_pt_says_where_its_best_scores_were_measured(
     assert "at step" not in dict(cards.card_rows(card))["best scores"]
 
 
+def test_the_pickers_line_names_what_the_checkpoint_holds_and_no_loss_before_an_evaluation() -> (
+    None
+):
+    """The picker's line for a checkpoint: its model, vocabulary, step (0 is a step) and best
+    score. A character model saved before its first evaluation holds best_val_loss inf
+    (`char_lm.train`): its line said "val loss inf nats/char"."""
+    from crnn_app.models_dir import _summary
+
+    model = {"cell": "lstm", "hidden_size": 16}
+    payload = {"task": "char_lm", "config": {"model": model}, "vocab": ["a", "b"], "step": 5,
+               "best_val_loss": math.inf}  # fmt: skip
+    assert _summary(payload) == "character-level language model, lstm 16, 2 tokens, step 5"
+    line = _summary({**payload, "step": 0, "best_val_loss": 1.25}, best_step=3)
+    assert line.endswith("2 tokens, step 0, val loss 1.250 nats/char (best, at step 3)")
+    captioner = {"task": "captioner", "config": {"model": {**model, "attention": False}},
+                 "best_scores": {"BLEU-4": 27.06}}  # fmt: skip
+    assert _summary(captioner) == "image captioner, lstm 16, no attention, val BLEU-4 27.1"
+
+
 def test_architecture_lines_name_every_setting_that_shapes_the_model() -> None:
     base = {"encoder": "resnet101", "encoder_stages": 4, "attention": True, "cell": "gru"}
     base |= {"num_layers": 2, "hidden_size": 512}
@@ -1267,6 +1287,137 @@ def test_the_picker_lists_the_latest_checkpoints_of_a_folder_of_too_many(tmp_pat
     assert listing.truncated
     listing = list_checkpoints(tmp_path, describe=lambda path: ("char_lm", "", {}))
     assert len(listing.entries) == 5 and not listing.truncated
+
+
+def test_the_listing_says_by_its_name_why_each_file_is_skipped(tmp_path: Path) -> None:
+    """A file `describe` refuses is listed by its name with the reason on one line (its full
+    path taken out), one it cannot read says so, and a folder of exactly ``max_files`` files is
+    listed whole, not cut."""
+    for name in ("a.pt", "b.pt", "c.pt"):
+        (tmp_path / name).write_bytes(b"")
+
+    def describe(path: Path) -> tuple[str, str, dict]:
+        if path.name == "a.pt":
+            raise UserError(f"{path} is damaged:\n  its zip is cut short")
+        if path.name == "b.pt":
+            raise PermissionError(13, "Permission denied", str(path))
+        return "char_lm", "", {}
+
+    listing = list_checkpoints(tmp_path, describe=describe, max_files=3)
+    assert listing.skipped == [
+        ("a.pt", "a.pt is damaged: its zip is cut short"),
+        ("b.pt", "cannot be read (Permission denied)"),
+    ]
+    assert [entry.name for entry in listing.entries] == ["c.pt"] and not listing.truncated
+
+
+def test_the_picker_keeps_the_files_written_last_whatever_their_names(tmp_path: Path) -> None:
+    """Cut to ``max_files``, the listing keeps the files written last, not the last by name."""
+    for age, name in enumerate(["a", "c", "d", "b"]):  # "a" written last, "b" first
+        path = tmp_path / f"{name}.pt"
+        path.write_bytes(b"")
+        os.utime(path, ns=(10**18 - age * 10**9, 10**18 - age * 10**9))
+    listing = list_checkpoints(tmp_path, describe=lambda path: ("char_lm", "", {}), max_files=2)
+    assert [entry.name for entry in listing.entries] == ["a.pt", "c.pt"] and listing.truncated
+
+
+def test_the_picker_dates_a_link_by_its_target_and_a_broken_one_by_itself(tmp_path: Path) -> None:
+    """Only ``*.pt`` files count. A link to a checkpoint is as new as the checkpoint; a broken
+    link is as new as the link (it is listed, as broken), not the oldest file."""
+
+    def stamp(path: Path, age: int) -> None:
+        os.utime(path, ns=(10**18 - age * 10**9,) * 2, follow_symlinks=False)
+
+    for name in ("notes.pt.bak", "x.ptx"):
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "old.pt").write_bytes(b"")
+    stamp(tmp_path / "old.pt", 5)
+    (tmp_path / "kept").mkdir()
+    target = tmp_path / "kept" / "target.pt"
+    target.write_bytes(b"")
+    stamp(target, 1)
+    (tmp_path / "link.pt").symlink_to(target)
+    stamp(tmp_path / "link.pt", 9)  # the link is older than old.pt, its target newer
+    (tmp_path / "broken.pt").symlink_to(tmp_path / "gone")
+    stamp(tmp_path / "broken.pt", 2)
+    listing = list_checkpoints(tmp_path, describe=lambda path: ("char_lm", "", {}), max_files=3)
+    assert [entry.name for entry in listing.entries] == ["kept/target.pt", "link.pt"]
+    assert [name for name, _ in listing.skipped] == ["broken.pt"] and listing.truncated
+    assert len(list_checkpoints(tmp_path, describe=lambda path: ("char_lm", "", {})).entries) == 3
+
+
+def test_a_pt_link_to_another_kind_of_file_is_skipped_not_the_whole_listing(
+    tmp_path: Path,
+) -> None:
+    """A ``.pt`` name linked to a file of the folder that is no ``.pt`` file: the listing raised
+    `checkpoint_path`'s refusal, and the pages showed that error instead of every checkpoint."""
+    (tmp_path / "notes.txt").write_text("x")
+    (tmp_path / "odd.pt").symlink_to(tmp_path / "notes.txt")
+    (tmp_path / "good.pt").write_bytes(b"")
+    listing = list_checkpoints(tmp_path, describe=lambda path: ("char_lm", "", {}))
+    assert [entry.name for entry in listing.entries] == ["good.pt"]
+    assert listing.skipped == [
+        ("odd.pt", "links to a file that is not a .pt checkpoint, so it is never loaded")
+    ]
+
+
+def test_the_picker_lists_200_checkpoint_files(tmp_path: Path) -> None:
+    """The README's number: 200 files listed, the 201st cut."""
+    for number in range(201):
+        (tmp_path / f"run{number:03d}.pt").write_bytes(b"")
+    listing = list_checkpoints(tmp_path, describe=lambda path: ("char_lm", "", {}))
+    assert len(listing.entries) == 200 and listing.truncated
+
+
+def test_the_pickers_line_of_a_last_pt_after_its_best_says_where_the_best_was(
+    tmp_path: Path,
+) -> None:
+    """Read from the file (`describe_checkpoint`), a last.pt written after its run's best says
+    the step the best score was measured at, as its card does."""
+    from char_lm.config import CharLMConfig
+
+    cfg = CharLMConfig(model=ModelConfig(cell="gru", hidden_size=6, embed_size=4))
+    payload = {"task": "char_lm", "config": to_dict(cfg), "vocab": ["a", "b", "c"],
+               "model": CharLM(cfg.model, 3).state_dict(), "step": 6, "best_val_loss": 1.5,
+               "progress": {"best_step": 3}}  # fmt: skip
+    save_checkpoint(payload, tmp_path / "last.pt")
+    [entry] = list_checkpoints(tmp_path).entries
+    assert entry.summary.endswith("step 6, val loss 1.500 nats/char (best, at step 3)")
+
+
+def test_a_checkpoint_rewritten_within_the_same_mtime_gets_another_cache_key(
+    tmp_path: Path,
+) -> None:
+    """On a file system with coarse timestamps a file rewritten at once keeps its mtime: its
+    size still tells the caches that it changed."""
+    from crnn_app.models_dir import file_key
+
+    path = tmp_path / "last.pt"
+    path.write_bytes(b"one")
+    os.utime(path, ns=(10**18, 10**18))
+    before = file_key(path)
+    path.write_bytes(b"three")
+    os.utime(path, ns=(10**18, 10**18))
+    assert file_key(path) != before and file_key(path) == (10**18, 5)
+
+
+def test_a_captioner_trained_from_pretrained_weights_is_listed_without_fetching_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The listing checks a checkpoint's tensors against its config's architecture only: the
+    encoder's pretrained weights its config names are not loaded (nor downloaded: none here)."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "no_cache"))
+    model_cfg = CaptionerModelConfig(encoder="resnet18", encoder_stages=1, embed_size=4,
+                                     hidden_size=6, attention_size=4)  # fmt: skip
+    cfg, vocab = CaptionerConfig(model=model_cfg), ["<pad>", "<start>", "<end>", "<unk>", "a"]
+    weights = CaptionModel(cfg, len(vocab)).state_dict()
+    config = to_dict(cfg)
+    config["model"]["weights"] = "ResNet18_Weights.DEFAULT"
+    models_dir = tmp_path / "models"
+    save_checkpoint({"task": "captioner", "config": config, "vocab": vocab, "model": weights},
+                    models_dir / "pretrained.pt")  # fmt: skip
+    listing = list_checkpoints(models_dir)
+    assert [entry.name for entry in listing.entries] == ["pretrained.pt"], listing.skipped
 
 
 def test_the_curves_page_says_when_it_offers_some_runs_only(

@@ -438,6 +438,62 @@ def test_coloured_text_escapes_html_and_keeps_every_character() -> None:
     assert inside.surprise_colour(2**-8) == inside.surprise_colour(2**-20) == "rgb(255, 60, 60)"
 
 
+def test_unit_states_are_the_rows_of_the_text_after_its_context(models: dict[str, Path]) -> None:
+    """A text is traced after a newline it is conditioned on: its units' activations are the
+    trace's rows after that context, one per character of the text."""
+    model, vocab, _ = load_char_lm(models["lstm"])
+    text = 'he said "hi"'
+    traced = inside.trace_text(model, vocab, text)
+    assert traced.context == "\n" and traced.rows() == slice(1, 1 + len(text))
+    states = inside.unit_states(traced)
+    layer = traced.trace.layers[0]
+    assert np.array_equal(states[(0, "h")], layer.h[1:].numpy())
+    assert np.array_equal(states[(0, "c")], layer.c[1:].numpy())
+
+
+def test_a_character_of_probability_zero_is_the_most_surprising_not_an_error() -> None:
+    """A float32 softmax rounds a very unlikely character's probability to 0: its surprise is
+    capped (log2 of 0 raised "math domain error" and took the page down)."""
+    assert inside.bits(0.0) == pytest.approx(-math.log2(1e-12))
+    assert inside.surprise_colour(0.0) == "rgb(255, 60, 60)"
+    body = inside.surprise_html("ab", [None, 0.0], [[("b", 0.6), ("a", 0.4)], [("a", 1.0)]])
+    assert _titles(body) == [
+        "'a': first character, no context\nnext: 'b' 0.60, 'a' 0.40",  # every candidate
+        "'b': p = 0.000 (39.9 bits)\nnext: 'a' 1.00",
+    ]
+
+
+def test_rank_units_gives_the_top_units_by_the_strength_of_their_correlation() -> None:
+    """Exactly ``top`` units, strongest first whatever the sign, each with numpy's Pearson
+    correlation."""
+    text = 'ab "cd" e\nfg "h"\nijk\n'
+    h = np.random.default_rng(1).normal(size=(len(text), 6))
+    feature = inside.text_features(text)["position in line"]
+    expected = sorted(
+        ((np.corrcoef(h[:, unit], feature)[0, 1], unit) for unit in range(6)),
+        key=lambda pair: -abs(pair[0]),
+    )[:4]
+    ranked = inside.rank_units(_fake_traced(text, h), "position in line", top=4)
+    assert [score.unit for score in ranked] == [unit for _, unit in expected]
+    assert [score.correlation for score in ranked] == pytest.approx([c for c, _ in expected])
+
+
+def test_a_newline_is_drawn_as_an_arrow_and_no_steps_give_no_saturation_rows() -> None:
+    body = inside.coloured_text_html("a\nb", ["red"] * 3, ["x"] * 3)
+    assert ">a</span>" in body and ">↵<br></span>" in body and ">b</span>" in body
+    reset = np.full((4, 2), 0.05, dtype=np.float32)
+    traced = _fake_traced("abcd", np.zeros((4, 2)), {"reset": reset, "update": reset})
+    assert inside.gate_saturation(traced.trace, slice(4, 4)) == []  # not NaN fractions
+
+
+def test_activation_colours_clip_at_both_ends_and_a_tab_is_named_as_python_writes_it() -> None:
+    assert inside.activation_colour(-2.0) == inside.activation_colour(-1.0) == "rgb(0, 0, 255)"
+    assert inside.activation_colour(2.0) == "rgb(255, 0, 0)"
+    assert inside.activation_colour(0.0) == "rgb(255, 255, 255)"
+    titles = _titles(inside.activation_html("\t \n", [0.1, 0.2, 0.3]))
+    assert [title.split(":")[0] for title in titles] == ["'\\t'", "' '", "'\\n'"]
+
+
 # --------------------------------------------------------------------------------------------
 # The lecture toys
 

@@ -904,20 +904,23 @@ def test_the_temporary_file_of_a_write_is_hidden_and_named_for_its_writer(tmp_pa
     assert sorted(path.name for path in tmp_path.iterdir()) == ["out.txt"]
 
 
-def test_a_gone_writers_temporary_file_is_cleaned_whatever_signs_the_name_holds(
-    tmp_path, monkeypatch
-):
-    """The next write's search for left-over temporary files takes the name literally: a name
-    with glob's signs (``run[1].json``) matched `.run1.json.*` instead, and its own were kept."""
-    gone = 4_000_002
-    real_kill = os.kill
+@pytest.fixture
+def gone(monkeypatch) -> int:
+    """A process id that `os.kill` says is gone (no such process)."""
+    pid, real_kill = 4_000_002, os.kill
 
-    def kill(pid, signal_number):
-        if pid == gone:
+    def kill(target, signal_number):
+        if target == pid:
             raise ProcessLookupError(errno.ESRCH, "No such process")
-        return real_kill(pid, signal_number)
+        return real_kill(target, signal_number)
 
     monkeypatch.setattr(os, "kill", kill)
+    return pid
+
+
+def test_a_gone_writers_temporary_file_is_cleaned_whatever_signs_the_name_holds(tmp_path, gone):
+    """The next write's search for left-over temporary files takes the name literally: a name
+    with glob's signs (``run[1].json``) matched `.run1.json.*` instead, and its own were kept."""
     left = tmp_path / f".run[1].json.{files.HOST}-{gone}.abc123.tmp"
     left.write_text("half")
     files.atomic_write_text(tmp_path / "run[1].json", "{}")
@@ -953,19 +956,10 @@ def test_a_lock_file_that_cannot_be_created_leaves_none_of_the_folders_made_for_
     assert sorted(tmp_path.iterdir()) == [] and files._HELD == {}
 
 
-def test_a_temporary_file_is_told_apart_from_its_name_when_the_name_holds_the_host(monkeypatch):
+def test_a_temporary_file_is_told_apart_from_its_name_when_the_name_holds_the_host(gone):
     """`abandoned` finds the writer after the last ``.HOST-`` of a temporary file's name, also
     where the file written has the host in its own name (the first one was taken for the
     writer's: a gone writer's file was kept as another machine's)."""
-    gone = 4_000_002
-    real_kill = os.kill
-
-    def kill(pid, signal_number):
-        if pid == gone:
-            raise ProcessLookupError(errno.ESRCH, "No such process")
-        return real_kill(pid, signal_number)
-
-    monkeypatch.setattr(os, "kill", kill)
     name = f"shard.{files.HOST}-7.pt"
     assert files.abandoned(Path(f".{name}.{files.HOST}-{gone}.abc123.tmp"))
     assert not files.abandoned(Path(f".{name}.{files.HOST}-{os.getpid()}.abc123.tmp"))

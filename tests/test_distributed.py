@@ -745,7 +745,10 @@ def test_a_torchrun_job_whose_output_reader_has_gone_stops_as_sigpipe_in_every_p
             kill_tree(job.pid)
             job.wait()
     said = (tmp_path / "torchrun.log").read_text()
-    assert re.findall(r"exitcode +: (-?\d+)", said) == ["141", "141"], said[-3000:]  # its report
+    # torchrun's report: every process it names exited 141 (torch 2.4's agent names only the
+    # first to end, and ends the other itself)
+    codes = re.findall(r"exitcode +: (-?\d+)", said)
+    assert codes and set(codes) == {"141"}, said[-3000:]
     stops = [line for line in said.splitlines() if line.startswith(("stopped:", "[rank"))]
     assert len(stops) == 1, stops
     assert stops[0].startswith("stopped: SIGPIPE (the standard output's reader has gone) at step ")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -36,7 +37,7 @@ from char_lm.config import CharLMConfig, ModelConfig
 from char_lm.data import build_vocab, decode, encode, read_text
 from char_lm.generate import generate
 from char_lm.model import CharLM
-from recurrent.config import load_config
+from recurrent.config import load_config, value_counts
 from recurrent.errors import UserError
 
 # --------------------------------------------------------------------------------------------
@@ -647,6 +648,68 @@ def test_yaml_aliases_that_repeat_a_value_millions_of_times_are_refused(tmp_path
     assert key in message and "aliases" in message and len(message) < 200, message
     file.write_text("data:\n  annotations: [&a a.json, *a, *a]\n  format: &f karpathy\n")
     assert load_config(CaptionerConfig, file).data.annotations == ["a.json"] * 3
+
+
+def _expanded(item) -> int:
+    """value_counts' expanded count by brute force: every part walked as often as it appears."""
+    if isinstance(item, dict):
+        parts = [*item.keys(), *item.values()]
+    elif isinstance(item, (list, tuple)):
+        parts = list(item)
+    else:
+        return len(item) if isinstance(item, str) else 1
+    return len(parts) + sum(_expanded(part) for part in parts)
+
+
+def _written(item) -> int:
+    """value_counts' written count by brute force: each container and string once (by identity),
+    each number once where it is an item."""
+    containers, strings, total, stack = set(), set(), 0, [item]
+    while stack:
+        node = stack.pop()
+        if id(node) in containers:
+            continue
+        containers.add(id(node))
+        parts = [*node.keys(), *node.values()] if isinstance(node, dict) else list(node)
+        total += len(parts)
+        for part in parts:
+            if isinstance(part, (dict, list, tuple)):
+                stack.append(part)
+            elif isinstance(part, str):
+                total += 0 if id(part) in strings else len(part)
+                strings.add(id(part))
+            else:
+                total += 1
+    return total
+
+
+@st.composite
+def shared_structures(draw):
+    """Nested lists, tuples and dicts built bottom-up from a pool, so that parts are shared (as
+    YAML aliases and a pickle's memo share them), and the last one built."""
+    pool = [draw(st.integers()), draw(st.text(max_size=5)), draw(st.text(max_size=5))]
+    for _ in range(draw(st.integers(1, 12))):
+        picks = draw(st.lists(st.sampled_from(pool), max_size=5))
+        kind = draw(st.sampled_from(["list", "tuple", "dict"]))
+        if kind == "dict":
+            keys = draw(st.lists(st.text(max_size=3), min_size=len(picks), max_size=len(picks)))
+            pool.append(dict(zip(keys, picks, strict=True)))
+        else:
+            pool.append(list(picks) if kind == "list" else tuple(picks))
+    return pool[-1]
+
+
+@given(shared_structures())
+def test_value_counts_agrees_with_walking_every_shared_part(data):
+    """What the alias and pickle checks measure: the expanded count of a structure whose parts
+    are shared, sized once each, is the count a walk that follows every reference finds."""
+    assert value_counts(data) == (_expanded(data), _written(data))
+
+
+def test_value_counts_finds_a_part_that_holds_itself_endless():
+    loop: list = [1, "ab"]
+    loop.append([loop])
+    assert value_counts(loop)[0] == math.inf
 
 
 @pytest.mark.parametrize("value", ['"\\U7fffffff"', '"\\UFFFFFFFF"', "!!timestamp 2001-13-99"])

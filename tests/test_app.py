@@ -43,6 +43,7 @@ from captioner.scenes import (
 )
 from char_lm.generate import generate, load_char_lm, trained_precision
 from crnn_app.captioning import scene_size
+from crnn_app.cards import escape_markdown
 from crnn_app.heatmap import attention_overlay, attention_overlays, colormap
 from crnn_app.models_dir import (
     ENV_VAR,
@@ -113,8 +114,14 @@ def _beams(at: AppTest) -> list[tuple[str, float, str]]:
 
 
 def _expected_beams(result) -> list[tuple[str, float, str]]:
+    """The beams table's rows for ``result``: its captions as the table's Markdown writes them (a
+    caption of an unknown word holds ``<unk>``)."""
     return [
-        (text, round(logprob, 4), "yes" if ended else "no: cut at the length limit")
+        (
+            escape_markdown(text),
+            round(logprob, 4),
+            "yes" if ended else "no: cut at the length limit",
+        )
         for (text, logprob), ended in zip(result.beams, result.finished, strict=True)
     ]
 
@@ -280,7 +287,7 @@ def test_random_scene_caption_equals_library_and_follows_controls(
     seed = at.session_state["scene_seed"]
     image, scene, references = render_random_scene(seed, scene_size(captioner.cfg.data.image_size))
     [expected] = caption_images(captioner, [image], beam_size=3, max_length=6, n_best=3)
-    assert at.subheader[0].value == expected.caption
+    assert at.subheader[0].value == escape_markdown(expected.caption)
     assert _beams(at) == _expected_beams(expected)
     assert len(_beams(at)) == 3
     assert references == scene_captions(scene)
@@ -298,7 +305,7 @@ def test_random_scene_caption_equals_library_and_follows_controls(
     _run(at)
     assert at.session_state["scene_seed"] == seed  # the same scene, captioned again
     [greedy] = caption_images(captioner, [image], beam_size=1, max_length=2, n_best=1)
-    assert at.subheader[0].value == greedy.caption
+    assert at.subheader[0].value == escape_markdown(greedy.caption)
     assert _beams(at) == _expected_beams(greedy) and len(_beams(at)) == 1
     assert len(greedy.words) <= 2
 
@@ -457,7 +464,7 @@ def test_uploaded_image_caption_equals_library(
     _run(at)
     assert not at.error, _messages(at.error)
     [expected] = caption_images(captioner, [load_image(io.BytesIO(content))], beam_size=2, n_best=2)
-    assert at.subheader[0].value == expected.caption
+    assert at.subheader[0].value == escape_markdown(expected.caption)
     assert _beams(at) == _expected_beams(expected)
     assert at.image[0].proto.imgs[0].caption == name.replace("_", "\\_")  # Markdown-inert
 
@@ -479,7 +486,8 @@ def test_top_beams_give_the_log_probabilities_caption_json_gives(
     assert run_cli(caption.main, [*argv, "3", str(path)]) == 0
     [result] = json.loads(capsys.readouterr().out)["results"]
     expected = [
-        (beam["caption"], beam["logprob"], "yes" if beam["finished"] else "no: cut at the length limit")
+        (escape_markdown(beam["caption"]), beam["logprob"],
+         "yes" if beam["finished"] else "no: cut at the length limit")
         for beam in result["beams"]
     ]  # fmt: skip
     assert _beams(at) == expected
@@ -532,7 +540,7 @@ def test_show_and_tell_checkpoint_captions_without_heat_maps(
     beam_size = at.slider(key="beam_size").value
     [expected] = caption_images(captioner, [image], beam_size=beam_size, n_best=beam_size)
     assert expected.attention is None
-    assert at.subheader[0].value == expected.caption
+    assert at.subheader[0].value == escape_markdown(expected.caption)
     assert _beams(at) == _expected_beams(expected)
     assert len(at.image) == 1  # the scene only: no attention to show
     assert not at.error

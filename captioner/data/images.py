@@ -183,26 +183,20 @@ def jpeg_cost(file: BinaryIO) -> tuple[int, int]:
         if segments > MAX_JPEG_SEGMENTS or length < 2:
             return segments, 0
         at += 2 + length  # past the segment, unread
-    # scans: the bytes of their marker anywhere after the first scan's, counted up to the first
-    # end of image only where there are more than the limit anywhere (the search costs about a
-    # tenth of decoding, and most files have one scan)
-    scans, tail, end = 1, b"", None
-    for _ in range(2):
-        file.seek(at + 2)
-        while scans <= MAX_JPEG_SCANS:
-            chunk = file.read(1 << 20)
-            if not chunk:
-                break
-            text = tail + chunk
-            if end is not None:
-                end = text.find(b"\xff\xd9")
-            scans += text.count(b"\xff\xda", 0, len(text) if end is None or end < 0 else end)
-            if end is not None and end >= 0:
-                break
-            tail = text[-1:]  # a marker split between two chunks is counted in the second
-        if scans <= MAX_JPEG_SCANS or end is not None:
-            return segments, scans
-        scans, tail, end = 1, b"", -1  # more than the limit in all: count again up to the end
+    # scans: the bytes of their marker after the first scan's, up to the first end of image (scan
+    # data writes a 0xFF as FF 00, so there both can only be markers); what follows is not read
+    scans, tail = 1, b""
+    file.seek(at + 2)
+    while scans <= MAX_JPEG_SCANS:
+        chunk = file.read(1 << 20)
+        if not chunk:
+            break
+        text = tail + chunk
+        end = text.find(b"\xff\xd9")
+        scans += text.count(b"\xff\xda", 0, len(text) if end < 0 else end)
+        if end >= 0:
+            break
+        tail = text[-1:]  # a marker split between two chunks is counted in the second
     return segments, scans
 
 

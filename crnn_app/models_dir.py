@@ -289,11 +289,11 @@ def list_checkpoints(
             listing.skipped.append((shown_name(name), "has a name that is not UTF-8; rename it"))
             continue
         try:
-            outside = not path.resolve().is_relative_to(root)
+            target = path.resolve()
         except (OSError, RuntimeError):  # a symlink loop
             listing.skipped.append((name, "is a symlink loop, so it is never loaded"))
             continue
-        if outside:
+        if not target.is_relative_to(root):
             listing.skipped.append(
                 (name, "points outside the models directory, so it is never loaded")
             )
@@ -301,7 +301,7 @@ def list_checkpoints(
         if not path.is_file():  # a symlink to nothing
             listing.skipped.append((name, "is a broken symlink (its target is missing)"))
             continue
-        if path.resolve().suffix != ".pt":  # `checkpoint_path` refuses it: skipped, not raised
+        if target.suffix != ".pt":  # `checkpoint_path` refuses it: skipped, not raised
             listing.skipped.append(
                 (name, "links to a file that is not a .pt checkpoint, so it is never loaded")
             )

@@ -368,6 +368,28 @@ def test_another_batch_size_goes_on_from_the_same_place_in_the_shuffle(before, a
         assert resumed.batch_in_epoch == 0 and rest == shuffled[: len(items) // after * after]
 
 
+@pytest.mark.parametrize("rank", [0, 1])
+def test_fewer_training_items_than_the_batch_are_refused_under_torchrun_only(rank):
+    """Fewer training pairs than the batch left one rank of a torchrun job without a share (it
+    spun forever): every rank refuses them at the start. One process trains on them."""
+
+    def batches(count: int, layout: Distributed) -> EpochBatches:
+        cfg = dataclasses.replace(
+            CaptionerConfig(), train=dataclasses.replace(TrainConfig(), batch_size=8)
+        )
+        data = SimpleNamespace(train_set=list(range(count)), uses_cache=True, collate=list)
+        return EpochBatches(data, cfg, layout, torch.device("cpu"), bad=None)
+
+    with pytest.raises(UserError) as refused:
+        batches(7, Distributed(rank, 2, rank))
+    assert str(refused.value) == (
+        "7 training items, fewer than train.batch_size (8): under torchrun every process needs "
+        "its share of each batch; lower train.batch_size or use more data"
+    )
+    assert len(batches(8, Distributed(rank, 2, rank))) == 1
+    assert [len(batch) for batch in batches(7, Distributed())] == [7]
+
+
 @pytest.mark.parametrize(
     ("items", "before", "at", "after", "saved_items"),
     [

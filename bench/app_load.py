@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import json
 import os
 import re
@@ -411,14 +412,17 @@ def percentile_summary(seconds: list[float]) -> dict[str, float]:
     }
 
 
+def import_library() -> None:
+    """Import what the expected results are computed with: torch and torchvision take seconds."""
+    for name in ("torch", "captioner.inference", "char_lm.generate", "crnn_app.models_dir"):
+        importlib.import_module(name)
+
+
 async def run(args: argparse.Namespace, folder: Path, url: str, pid: int) -> dict:
-    import torch
     from playwright.async_api import async_playwright
 
-    from captioner.inference import load_captioner
-    from char_lm.generate import generate, load_char_lm, trained_precision
-    from crnn_app.models_dir import checkpoint_path
-
+    # the imports go on beside the first page, which the server takes seconds to serve
+    importing = asyncio.create_task(asyncio.to_thread(import_library))
     report: dict = {"sessions": args.sessions, "rounds": args.rounds, "failures": []}
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
@@ -446,6 +450,13 @@ async def run(args: argparse.Namespace, folder: Path, url: str, pid: int) -> dic
             prompt=await widget_value(first, "textbox", "Prompt"),
         )
         report["settings"] = {"captioner": captioner_name, "char_lm": char_lm_name, **settings}
+
+        await importing
+        import torch
+
+        from captioner.inference import load_captioner
+        from char_lm.generate import generate, load_char_lm, trained_precision
+        from crnn_app.models_dir import checkpoint_path
 
         preparing = time.perf_counter()
         captioner = load_captioner(str(checkpoint_path(args.models_dir, captioner_name)))

@@ -37,7 +37,7 @@ from captioner.scoring import (
 )
 from recurrent.checkpoint import load_checkpoint
 from recurrent.config import from_dict
-from recurrent.errors import ArgumentParser, UserError, run_cli
+from recurrent.errors import ArgumentParser, UserError, run_cli, shown
 
 
 @dataclass
@@ -86,7 +86,9 @@ def read_predictions(path: str) -> dict[int | str, str]:
         if not isinstance(image_id, (int, str)) or isinstance(image_id, bool):
             raise shape_error
         if image_id in captions:
-            raise UserError(f"{path} captions image {image_id!r} twice; keep one caption per image")
+            raise UserError(
+                f"{path} captions image {shown(image_id)} twice; keep one caption per image"
+            )
         captions[image_id] = item["caption"]
     return captions
 
@@ -107,7 +109,7 @@ def compare(
         if unknown:
             raise UserError(
                 f"{name} captions {len(unknown)} images that are not in {source} (e.g. "
-                f"{unknown[0]!r}); pass the split and annotations the predictions were made on"
+                f"{shown(unknown[0])}); pass the split and annotations the predictions were made on"
             )
     if set(first) != set(second):
         only = sorted(map(str, set(first) ^ set(second)))

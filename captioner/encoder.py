@@ -31,7 +31,7 @@ from torchvision.models import WeightsEnum, get_model, get_model_weights
 from captioner.config import ModelConfig
 from captioner.data.transforms import resolve_weights
 from recurrent.checkpoint import refuse_compressed
-from recurrent.errors import UserError
+from recurrent.errors import UserError, shown
 
 ENCODERS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 STAGES = ("layer1", "layer2", "layer3", "layer4")
@@ -225,7 +225,7 @@ class ImageEncoder(nn.Module):
         """Choose which parameters train: ``frozen``, the ``last`` ``stages`` stages, or ``all``."""
         if mode not in FINETUNE_MODES:
             raise UserError(
-                f"model.finetune must be one of {', '.join(FINETUNE_MODES)}, got {mode!r}"
+                f"model.finetune must be one of {', '.join(FINETUNE_MODES)}, got {shown(mode)}"
             )
         units = self.units()
         if mode == "frozen":

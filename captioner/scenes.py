@@ -49,7 +49,7 @@ from PIL import Image, ImageDraw
 
 from captioner.data.formats import exact_split, validate_fractions
 from captioner.data.vocab import tokenize
-from recurrent.errors import ArgumentParser, UserError, run_cli
+from recurrent.errors import ArgumentParser, UserError, run_cli, shown
 from recurrent.files import atomic_write_text, hold, named, release
 
 SHAPES = ("circle", "square", "triangle", "star", "diamond", "cross")
@@ -376,7 +376,7 @@ SceneMaker = Callable[[random.Random, int], tuple[Image.Image, dict[str, Any], l
 
 def _generator(preset: str) -> SceneMaker:
     if preset not in PRESETS:
-        raise UserError(f"--preset must be one of {', '.join(PRESETS)}, got {preset!r}")
+        raise UserError(f"--preset must be one of {', '.join(PRESETS)}, got {shown(preset)}")
     return generate_hard_scene if preset == "hard" else generate_scene
 
 

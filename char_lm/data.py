@@ -42,7 +42,7 @@ import torch
 from torch import Tensor
 
 from char_lm.config import BUILTIN_PREFIX, DataConfig
-from recurrent.errors import UserError, not_utf8
+from recurrent.errors import UserError, not_utf8, shown
 
 BUILTIN_TEXTS = {
     # The first toy task of the lecture material: learn to continue "h" into "hihello".
@@ -87,7 +87,7 @@ def download(url: str, sha256: str = "", cache: Path | None = None) -> Path:
         name = Path(urllib.parse.urlparse(url).path).name or "download.txt"
     except ValueError as err:  # e.g. "http://[::1": an unclosed IPv6 address
         raise UserError(
-            f"data.url {url!r} is not a valid URL ({err}); fix it, or pass a local "
+            f"data.url {shown(url)} is not a valid URL ({err}); fix it, or pass a local "
             "copy of the text with --set data.path=FILE"
         ) from None
     target = cache / "char_lm" / (f"{sha256[:16]}-{name}" if sha256 else name)
@@ -125,7 +125,7 @@ def _builtin(spec: str) -> str:
     name = spec[len(BUILTIN_PREFIX) :]
     if name not in BUILTIN_TEXTS:
         known = ", ".join(BUILTIN_PREFIX + n for n in BUILTIN_TEXTS)
-        raise UserError(f"unknown built-in text {spec!r}; use one of {known} or a file path")
+        raise UserError(f"unknown built-in text {shown(spec)}; use one of {known} or a file path")
     return BUILTIN_TEXTS[name]
 
 

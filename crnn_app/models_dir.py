@@ -26,7 +26,7 @@ from char_lm.model import CharLM
 from crnn_app.cards import best_elsewhere, model_card
 from recurrent.checkpoint import check_state_dict, is_utf8, load_checkpoint, shown_name
 from recurrent.config import from_dict
-from recurrent.errors import UserError
+from recurrent.errors import UserError, shown
 
 ENV_VAR = "CRNN_MODELS_DIR"
 TASKS = ("captioner", "char_lm")
@@ -156,7 +156,7 @@ def describe_checkpoint(path: str | os.PathLike[str]) -> tuple[str, str, dict[st
     payload = load_checkpoint(path, mmap=True)  # every check, but no copy of the weights
     task = payload.get("task")
     if task not in TASKS:
-        raise UserError(f"a checkpoint for an unknown task {task!r}; the app serves {TASKS}")
+        raise UserError(f"a checkpoint for an unknown task {shown(task)}; the app serves {TASKS}")
     check_weights_fit(payload, path)
     card = model_card(payload)
     return task, _summary(payload, best_elsewhere(card)), card

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from recurrent.config import MAX_REPEATED_VALUES, value_counts
-from recurrent.errors import UserError, binary_size, out_of_memory
+from recurrent.errors import UserError, binary_size, out_of_memory, shown
 from recurrent.files import atomic_write
 
 FORMAT_VERSION = 2  # 2: training runs of recurrent.engine (1, their predecessors, still load)
@@ -82,16 +82,16 @@ def load_checkpoint(
         raise UserError(f"{path} is not a checkpoint of this project; {written_by}")
     version = payload["format_version"]
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise UserError(f"{path} has a damaged format_version ({version!r}); {written_by}")
+        raise UserError(f"{path} has a damaged format_version ({shown(version)}); {written_by}")
     if version > FORMAT_VERSION:
         raise UserError(
-            f"{path} has checkpoint format {version}, newer than this version reads "
+            f"{path} has checkpoint format {shown(version)}, newer than this version reads "
             f"({FORMAT_VERSION}); upgrade the project"
         )
     if payload["task"] not in TASK_TRAINERS:
         raise UserError(
-            f"{path} is a checkpoint for an unknown task {payload['task']!r} (this project has "
-            f"{', '.join(TASK_TRAINERS)}); {written_by}"
+            f"{path} is a checkpoint for an unknown task {shown(payload['task'])} (this project "
+            f"has {', '.join(TASK_TRAINERS)}); {written_by}"
         )
     if task is not None and payload["task"] != task:
         raise UserError(
@@ -269,8 +269,8 @@ def check_same_architecture(
         new = current.get(section, {}).get(name)
         if old != new:
             raise UserError(
-                f"cannot {action} {path}: {key} is {old!r} in the checkpoint but {new!r} in the "
-                f"config; {remedy}"
+                f"cannot {action} {path}: {key} is {shown(old)} in the checkpoint but "
+                f"{shown(new)} in the config; {remedy}"
             )
 
 

@@ -35,7 +35,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from recurrent.errors import UserError
+from recurrent.errors import UserError, shown
 
 T = TypeVar("T")
 
@@ -76,7 +76,10 @@ class ConfigLoader(yaml.SafeLoader):
             if isinstance(key_node, yaml.ScalarNode) and key_node.value != "<<":
                 if key_node.value in seen:
                     raise yaml.constructor.ConstructorError(
-                        None, None, f"found the key {key_node.value!r} twice", key_node.start_mark
+                        None,
+                        None,
+                        f"found the key {shown(key_node.value)} twice",
+                        key_node.start_mark,
                     )
                 seen.add(key_node.value)
         return super().construct_mapping(node, deep=deep)
@@ -186,15 +189,17 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, arg, key)
             except UserError as err:
                 errors.append(err)
-        raise UserError(f"config key {key!r}: expected {_type_name(tp)}, got {value!r}")
+        raise UserError(f"config key {shown(key)}: expected {_type_name(tp)}, got {shown(value)}")
     if origin is typing.Literal:
         if value not in args:
             choices = ", ".join(repr(a) for a in args)
-            raise UserError(f"config key {key!r}: expected one of {choices}, got {value!r}")
+            raise UserError(
+                f"config key {shown(key)}: expected one of {choices}, got {shown(value)}"
+            )
         return value
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
-            raise UserError(f"config key {key!r}: expected a list, got {value!r}")
+            raise UserError(f"config key {shown(key)}: expected a list, got {shown(value)}")
         item_type = args[0] if args else Any
         return [_coerce(v, item_type, f"{key}[{i}]") for i, v in enumerate(value)]
     if tp is Any:
@@ -204,22 +209,23 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if converted is not None:
             return converted
         raise UserError(
-            f"config key {key!r}: expected {_EXPECTED.get(tp, _type_name(tp))}, got {value!r}"
+            f"config key {shown(key)}: expected {_EXPECTED.get(tp, _type_name(tp))}, "
+            f"got {shown(value)}"
         )
     if tp is str:
         if isinstance(value, str):
             return value
         if isinstance(value, (Mapping, list)):  # "a: b.txt" or "[x]" read as YAML
             raise UserError(
-                f"config key {key!r}: expected a string, got {value!r}; a value with ': ', '[' "
-                f"or '{{' is read as YAML, so quote it (--set '{key}=\"...\"')"
+                f"config key {shown(key)}: expected a string, got {shown(value)}; a value with "
+                f"': ', '[' or '{{' is read as YAML, so quote it (--set '{key}=\"...\"')"
             )
     elif dataclasses.is_dataclass(tp):
         if isinstance(value, Mapping):
             return _from_mapping(tp, value, prefix=f"{key}.")
     else:
         raise TypeError(f"unsupported config annotation {tp!r} for {key}")
-    raise UserError(f"config key {key!r}: expected {_type_name(tp)}, got {value!r}")
+    raise UserError(f"config key {shown(key)}: expected {_type_name(tp)}, got {shown(value)}")
 
 
 def _from_mapping(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
@@ -240,7 +246,7 @@ def unknown_key(key: str, known: Iterable[str]) -> UserError:
     names = {name.removeprefix(section): name for name in known}
     close = difflib.get_close_matches(key.removeprefix(section), list(names), n=1)
     hint = f"did you mean {names[close[0]]!r}? " if close else ""
-    return UserError(f"unknown config key {key!r} ({hint}known keys: {', '.join(known)})")
+    return UserError(f"unknown config key {shown(key)} ({hint}known keys: {', '.join(known)})")
 
 
 def from_dict(cls: type[T], data: Mapping[str, Any]) -> T:
@@ -300,7 +306,8 @@ def changed_settings(
     so."""
     old, new, older = _flat(saved), _flat(current), set(older)
     return [
-        f"{key} {old[key]!r} -> {value!r}" + (" (the run predates this key)" * (key in older))
+        f"{key} {shown(old[key])} -> {shown(value)}"
+        + (" (the run predates this key)" * (key in older))
         for key, value in new.items()
         if key in old and old[key] != value
     ]
@@ -407,7 +414,9 @@ def data_name(path: str) -> str:
 def parse_override(item: str) -> tuple[str, Any]:
     """``"train.lr=3e-4"`` -> ``("train.lr", 0.0003)``; the value is read as in a YAML file."""
     if "=" not in item:
-        raise UserError(f"--set expects key=value, got {item!r} (for example --set model.cell=gru)")
+        raise UserError(
+            f"--set expects key=value, got {shown(item)} (for example --set model.cell=gru)"
+        )
     key, raw = item.split("=", 1)
     key = key.strip()
     try:
@@ -416,10 +425,10 @@ def parse_override(item: str) -> tuple[str, Any]:
         value = raw
     except YAML_BUILD_ERRORS as err:  # text PyYAML parses but cannot build (see the constant)
         reason = " ".join(str(err).split())[:120] or type(err).__name__
-        raise UserError(f"config key {key!r}: cannot read the value ({reason})") from None
+        raise UserError(f"config key {shown(key)}: cannot read the value ({reason})") from None
     if repeated_values(value) > MAX_REPEATED_VALUES:
         raise UserError(
-            f"config key {key!r}: its value's aliases (*name) repeat more than "
+            f"config key {shown(key)}: its value's aliases (*name) repeat more than "
             f"{MAX_REPEATED_VALUES:,} values (a 'billion laughs'); write the value out"
         )
     return key, value
@@ -438,7 +447,7 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[tuple[str, Any]]) 
                 close = difflib.get_close_matches(part, sections, n=1)
                 hint = f"; did you mean {close[0]!r}?" if close else ""
                 raise UserError(
-                    f"unknown config key {key!r} ({part!r} is not a config section{hint})"
+                    f"unknown config key {shown(key)} ({shown(part)} is not a config section{hint})"
                 )
             node = child
         if parts[-1] not in node:
@@ -700,4 +709,4 @@ def check_bounds(config: Any, bounds: Mapping[str, str]) -> None:
             rule = f"be in {interval.text}" if key in bounds else "be finite"
             if key in bounds and isinstance(value, float) and not math.isfinite(value):
                 rule = f"be a finite number in {interval.text}"
-            raise UserError(f"config key {key!r} must {rule}, got {value}")
+            raise UserError(f"config key {shown(key)} must {rule}, got {shown(value)}")

@@ -95,6 +95,7 @@ from recurrent.errors import (
     first_line,
     out_of_memory,
     output_gone,
+    shown,
     signal_said,
     stops_on,
 )
@@ -625,7 +626,7 @@ class Run:
         saved = list(payload.get("vocab", []))
         if (at := first_difference(list(vocab), saved)) is not None:
             differs = (
-                f"entry {at} is {vocab[at]!r}, the checkpoint's {saved[at]!r}"
+                f"entry {at} is {shown(vocab[at])}, the checkpoint's {shown(saved[at])}"
                 if at < min(len(vocab), len(saved))
                 else f"{len(vocab)} entries, the checkpoint has {len(saved)}"
             )

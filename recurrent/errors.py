@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import codecs
 import errno
+import math
 import os
 import re
 import signal
@@ -679,6 +680,24 @@ def loader_worker_init(worker_id: int) -> None:
     threading.Thread(target=wait, name="sigterm", daemon=True).start()
 
 
+SHOWN_CHARS = 80  # the most of a quoted value that an error line shows
+SHOWN_PATH_CHARS = 240  # the most of a path (longer ones are refused: "File name too long")
+
+
+def shown(value: object, limit: int = SHOWN_CHARS, *, quote: bool = True) -> str:
+    """``repr(value)`` (``str`` without ``quote``) for an error line, cut where it runs over
+    ``limit`` characters to its start, "...", its end and its length: a file pasted into a --set,
+    or a tampered checkpoint's field, made a line of megabytes."""
+    if isinstance(value, int) and value.bit_length() > 10_000:  # past what Python writes out
+        return f"an integer of about {round(value.bit_length() * math.log10(2)):,} digits"
+    text = repr(value) if quote else str(value)
+    if len(text) <= limit:
+        return text
+    length = len(value) if isinstance(value, str) else len(text)
+    cut = f"{text[: limit - 24]}...{text[-8:]} ({length:,} characters)"
+    return cut if len(cut) < len(text) else text
+
+
 def first_line(err: BaseException, empty: str | None = None) -> str:
     """The first line of ``err``'s message, for a one-line error that quotes it (torch's load
     errors run over many lines); ``empty`` (default: the exception's class name) if it has none."""
@@ -688,11 +707,18 @@ def first_line(err: BaseException, empty: str | None = None) -> str:
 
 def os_error_message(err: OSError) -> str:
     """One line for a file the system refused: the path, the reason and what to check."""
-    path = err.filename if err.filename2 is None else f"{err.filename} -> {err.filename2}"
+    path = None if err.filename is None else shown(err.filename, SHOWN_PATH_CHARS, quote=False)
+    if err.filename2 is not None:
+        path = f"{path} -> {shown(err.filename2, SHOWN_PATH_CHARS, quote=False)}"
     reason = err.strerror or type(err).__name__
     if err.errno in DISK_FULL:
         writing = "" if path is None else f" (writing {path})"
         return f"the disk is full{writing}: {reason}; free space on it and run again"
+    if err.errno == errno.ENAMETOOLONG:
+        return (
+            f"cannot use {path}: {reason}; shorten it (a file or folder name of at most 255 bytes, "
+            "a path of at most 4,096 on most systems)"
+        )
     return (
         f"cannot use {path}: {reason}; check that the path exists and is on a disk with free "
         "space that you may read and write"

@@ -32,7 +32,7 @@ import pandas as pd
 
 from recurrent.checkpoint import shown_name
 from recurrent.engine import parse_metrics
-from recurrent.errors import ArgumentParser, UserError, first_line, run_cli
+from recurrent.errors import ArgumentParser, UserError, first_line, run_cli, shown
 from recurrent.files import atomic_write
 
 METRICS_FILE = "metrics.jsonl"
@@ -187,7 +187,7 @@ def curve_charts(
     labels the charts. A series of more than 4 x ``buckets`` points is drawn from the points
     `thin` keeps (None: every point)."""
     if x not in X_AXES:
-        raise UserError(f"x must be one of {sorted(X_AXES)}, got {x!r}")
+        raise UserError(f"x must be one of {sorted(X_AXES)}, got {shown(x)}")
     field, title = X_AXES[x]
     frame = frame.dropna(subset=[field])
     if buckets is not None:  # None: rows thinned already (the app), or every row (a benchmark)

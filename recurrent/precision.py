@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from recurrent.errors import UserError
+from recurrent.errors import UserError, shown
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
@@ -48,7 +48,7 @@ def cpu_has_native_bf16() -> bool:
 def resolve(setting: str, device: torch.device) -> str:
     """``auto`` / ``fp32`` / ``bf16`` / ``fp16`` -> the precision this device will use."""
     if setting not in (*DTYPES, "auto"):
-        raise UserError(f"unknown precision {setting!r}; use auto, fp32, bf16 or fp16")
+        raise UserError(f"unknown precision {shown(setting)}; use auto, fp32, bf16 or fp16")
     if setting == "auto":
         if device.type == "cuda":
             return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp32"

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from recurrent.errors import UserError
+from recurrent.errors import UserError, shown
 
 
 def set_seed(seed: int) -> None:
@@ -26,12 +26,14 @@ def pick_device(name: str = "auto") -> torch.device:
     except RuntimeError:
         device = None
     if device is None or device.type not in ("cpu", "cuda"):  # torch knows meta, mps, xla, ...
-        raise UserError(f"unknown device {name!r}; use auto, cpu or cuda (cuda:N for GPU N)")
+        raise UserError(f"unknown device {shown(name)}; use auto, cpu or cuda (cuda:N for GPU N)")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device {name!r} was asked for but CUDA is not available; use auto or cpu")
+        raise UserError(
+            f"device {shown(name)} was asked for but CUDA is not available; use auto or cpu"
+        )
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
         raise UserError(
-            f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+            f"device {shown(name)}: this machine has {torch.cuda.device_count()} CUDA device(s), "
             "numbered from 0; use auto or cuda:N with N below that"
         )
     return device

@@ -32,7 +32,7 @@ from char_lm.config import check_config as check_char_lm
 from char_lm.generate import load_char_lm
 from recurrent import distributed
 from recurrent.config import ConfigLoader, Interval, check_bounds, load_config, number_keys
-from recurrent.errors import UserError, run_cli
+from recurrent.errors import UserError, run_cli, shown
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {
@@ -589,3 +589,70 @@ def test_heartbeats_are_on_by_default_and_a_timeout_is_never_negative():
         cfg.train.heartbeat_timeout_s = bad
         with pytest.raises(UserError, match=r"'train.heartbeat_timeout_s' must be"):
             check_char_lm(cfg)
+
+
+# --- a long mistaken value: one line that reads ---------------------------------------------------
+
+LONG = "x" * 1_000_000  # a file pasted into a --set, say
+CUT = "x" * 55 + "..." + "x" * 7  # its start and end as shown, between quotes (80 in all)
+
+
+@pytest.mark.parametrize("route", ["set", "yaml"])
+@pytest.mark.parametrize(
+    "key, text, line",
+    [
+        ("data.batch_size", LONG,
+         f"config key 'data.batch_size': expected int (a whole number), got '{CUT}' (1,000,000 "
+         "characters)"),
+        (f"data.{LONG}", "3",
+         f"unknown config key 'data.{CUT[5:]}' (1,000,005 characters) (known keys: data.batch_size"),
+        ("train.device", LONG,
+         f"unknown device '{CUT}' (1,000,000 characters); use auto, cpu or cuda (cuda:N for GPU N)"),
+        ("data.path", f"builtin:{LONG}",
+         f"unknown built-in text 'builtin:{CUT[8:]}' (1,000,008 characters); use one of "),
+        ("train.max_steps", "1" + "0" * 3000,
+         f"config key 'train.max_steps' must be in [0, 1e9], got 1{'0' * 55}...{'0' * 8} (3,001 "
+         "characters)"),
+    ],
+)  # fmt: skip
+def test_a_long_mistaken_value_is_shown_cut_to_its_ends_and_length(
+    key, text, line, route, tmp_path, capsys
+):
+    """A value a million characters long made an error line a million characters long: the
+    line shows its start, its end and its length, from a --set and from a config file."""
+    if route == "set":
+        argv = ["--config", str(TINY[CharLMConfig]), "--set", f"{key}={text}"]
+        where = ""
+    else:
+        data = yaml.safe_load(TINY[CharLMConfig].read_text())
+        section, name = key.split(".", 1)
+        data[section][name] = text
+        path = tmp_path / "config.yaml"
+        path.write_text(yaml.safe_dump(data, width=math.inf))
+        argv, where = ["--config", str(path)], f"config file {path}: "
+    capsys.readouterr()
+    status = run_cli(char_lm_train.main, [*argv, "--out-dir", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1 and len(err) < 400, err[:500]
+    if key in ("train.device", "data.path"):
+        where = ""  # checked once the config is read, by the code that uses it
+    assert err.startswith(f"error: {where}{line}"), err
+
+
+@given(st.one_of(st.text(), st.binary(), st.lists(st.integers())), st.integers(30, 300))
+def test_shown_is_the_repr_or_its_two_ends_and_length_in_fewer_characters(value, limit):
+    text = repr(value)
+    said = shown(value, limit)
+    if said == text:
+        return
+    assert len(text) > limit and len(said) < len(text)
+    start, rest = said.split("...", 1)
+    end, length = rest.rsplit(" (", 1)
+    assert text.startswith(start) and text.endswith(end) and len(start) == limit - 24
+    size = len(value) if isinstance(value, str) else len(text)
+    assert length == f"{size:,} characters)"
+
+
+def test_an_integer_past_what_python_writes_out_is_shown_by_its_digits():
+    assert shown(10**5000) == shown(-(10**5000)) == "an integer of about 5,000 digits"
+    assert shown(10**3000) == f"1{'0' * 55}...{'0' * 8} (3,001 characters)"

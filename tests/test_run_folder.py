@@ -35,12 +35,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import char_lm.sample as char_lm_sample
 import char_lm.train as char_lm_train
 from recurrent import files
 from recurrent.checkpoint import save_checkpoint
 from recurrent.engine import MetricsLog, Run, RunSettings, StepResult
 from recurrent.errors import (
     EXIT_USER_ERROR,
+    SHOWN_PATH_CHARS,
     STOPPED,
     TRAINING_STOPPED,
     UserError,
@@ -440,6 +442,22 @@ def test_a_refused_path_is_one_line_and_exit_status_2(err, line, capsys):
     assert run_cli(main, []) == EXIT_USER_ERROR == 2
     (printed,) = capsys.readouterr().err.strip().splitlines()
     assert printed.startswith(f"error: {line}; check that the path exists")
+
+
+def test_a_path_too_long_for_the_system_is_shown_cut_and_said_to_be_shortened(tmp_path, capsys):
+    """A --checkpoint or --out-dir of 100,000 characters (a file pasted where its path goes): the
+    system refuses it, and the line quoted it whole, 100 kB, saying to check that it exists."""
+    long = tmp_path / ("q" * 100_000)
+    for argv in (["--checkpoint", str(long)], ["--config", str(CHAR_TINY), "--out-dir", str(long)]):
+        main = char_lm_sample.main if argv[0] == "--checkpoint" else char_lm_train.main
+        assert run_cli(main, argv) == EXIT_USER_ERROR
+        (printed,) = capsys.readouterr().err.splitlines()
+        start = f"{tmp_path}/{'q' * (SHOWN_PATH_CHARS - 25 - len(str(tmp_path)))}"
+        assert printed == (
+            f"error: cannot use {start}...{'q' * 8} ({len(str(long)):,} characters): File name too "
+            "long; shorten it (a file or folder name of at most 255 bytes, a path of at most 4,096 "
+            "on most systems)"
+        )
 
 
 @pytest.mark.parametrize(

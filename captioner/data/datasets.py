@@ -43,7 +43,7 @@ from torch.utils.data import Dataset
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2.functional import pil_to_tensor
 
-from recurrent.errors import UserError
+from recurrent.errors import UserError, shown
 
 from .images import (
     MAX_IMAGE_PIXELS,
@@ -395,7 +395,8 @@ class BadImageLog:
     def __init__(self, policy: str, warn: Callable[[str], None] = print) -> None:
         if policy not in BAD_IMAGE_POLICIES:
             raise UserError(
-                f"data.bad_images must be one of {', '.join(BAD_IMAGE_POLICIES)}, got {policy!r}"
+                f"data.bad_images must be one of {', '.join(BAD_IMAGE_POLICIES)}, "
+                f"got {shown(policy)}"
             )
         self.policy = policy
         self.warn = warn

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from recurrent.errors import UserError, not_utf8
+from recurrent.errors import UserError, not_utf8, shown
 
 from .records import SPLITS, ImageRecord
 
@@ -287,7 +287,9 @@ def load_karpathy(
             raise UserError(f"{where} has a 'filepath' that is not a string; fix or remove it")
         split = entry.get("split")
         if split not in KARPATHY_SPLITS:
-            raise UserError(f"{where} has split {split!r}; use one of {', '.join(KARPATHY_SPLITS)}")
+            raise UserError(
+                f"{where} has split {shown(split)}; use one of {', '.join(KARPATHY_SPLITS)}"
+            )
         if split == "restval":
             if not restval_to_train:
                 continue
@@ -497,7 +499,7 @@ def _coco_captions(file: Path, base: Path, check_images: bool) -> dict[str, list
         image_id, name = image["id"], image["file_name"]
         if names.setdefault(image_id, name) != name:
             raise UserError(
-                f"'{file}' images[{index}] reuses id {image_id!r} of '{names[image_id]}' for "
+                f"'{file}' images[{index}] reuses id {shown(image_id)} of '{names[image_id]}' for "
                 f"'{name}'; every image needs its own id, so fix or re-download the file"
             )
     captions: dict[int | str, list[str]] = {}
@@ -513,7 +515,8 @@ def _coco_captions(file: Path, base: Path, check_images: bool) -> dict[str, list
             )
         if annotation["image_id"] not in names:
             raise UserError(
-                f"'{file}' annotations[{index}] refers to image_id {annotation.get('image_id')!r}, "
+                f"'{file}' annotations[{index}] refers to image_id "
+                f"{shown(annotation.get('image_id'))}, "
                 "which is not in 'images'; re-download the file"
             )
         captions.setdefault(annotation["image_id"], []).append(annotation["caption"].strip())

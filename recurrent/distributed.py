@@ -154,14 +154,18 @@ def from_environment() -> Distributed:
 
 
 def setup(
-    device_name: str, timeout_s: float = DEFAULT_TIMEOUT_S, heartbeat_timeout_s: float = 0.0
+    device_name: str,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    heartbeat_timeout_s: float = 0.0,
+    resume: str = "--resume auto",
 ) -> tuple[Distributed, torch.device]:
     """Join the job (if torchrun started one) and pick this rank's device.
 
     ``device_name`` is the config's ``train.device``: with ``auto`` or ``cuda`` each rank takes
     GPU ``LOCAL_RANK``; the backend is nccl on CUDA and gloo on the CPU. With
     ``heartbeat_timeout_s`` (the config's ``train.heartbeat_timeout_s``; 0: none) a process of a
-    torchrun job that goes that long without a sign of life ends the job (`Heartbeat`).
+    torchrun job that goes that long without a sign of life ends the job (`Heartbeat`), saying
+    to run the same command with ``resume``.
     """
     from recurrent.training import pick_device
 
@@ -197,7 +201,7 @@ def setup(
                     timeout=timeout,
                 )
             if heartbeat_timeout_s > 0:
-                _start_heartbeat(layout, heartbeat_timeout_s)
+                _start_heartbeat(layout, heartbeat_timeout_s, resume)
         except dist.DistStoreError:  # torch's "wait timeout after ...ms, keys: /default_pg/..."
             raise JobNotFormed(_never_joined(timeout_s)) from None
         except dist.DistNetworkError:  # "Failed to recv, got 0 bytes. Connection was likely ..."
@@ -207,7 +211,7 @@ def setup(
     return layout, device
 
 
-def _start_heartbeat(layout: Distributed, timeout_s: float) -> None:
+def _start_heartbeat(layout: Distributed, timeout_s: float, resume: str = "--resume auto") -> None:
     """Start this process's `Heartbeat`, on a connection of its own to the job's store (its
     thread's requests never meet the main thread's)."""
     global _heartbeat
@@ -223,7 +227,9 @@ def _start_heartbeat(layout: Distributed, timeout_s: float) -> None:
         return store
 
     where = f" at {os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
-    _heartbeat = Heartbeat(connect(), layout, timeout_s, where=where, reconnect=connect)
+    _heartbeat = Heartbeat(
+        connect(), layout, timeout_s, where=where, reconnect=connect, resume=resume
+    )
     _heartbeat.start()
 
 
@@ -370,6 +376,7 @@ class Heartbeat:
         clock: Any = time.monotonic,
         where: str = "",
         reconnect: Any = None,
+        resume: str = "--resume auto",
     ) -> None:
         self.store = store
         self.rank = layout.rank
@@ -379,6 +386,7 @@ class Heartbeat:
         self.clock = clock
         self.where = where  # the store's address, for its line
         self.reconnect = reconnect  # () -> a new connection to the store, after one broke
+        self.ending = heartbeat_ending(resume)  # what its line says to do
         self.seen_count = -1
         self.seen_at = self.answered_at = self.ran_at = clock()
         self.watching = True
@@ -428,14 +436,14 @@ class Heartbeat:
         return (
             f"the torchrun job's store{self.where} has not answered for {self.timeout_s:g} s (what "
             "serves it on the first machine, torchrun or rank 0, frozen, lost or cut off), so the "
-            f"job ends here{HEARTBEAT_ENDING}"
+            f"job ends here{self.ending}"
         )
 
     def _silent(self, rank: int) -> str:
         return (
             f"rank {rank} of this torchrun job has given no sign of life for "
             f"{self.timeout_s:g} s (the process frozen, or its machine lost or cut off), so the "
-            f"job ends here{HEARTBEAT_ENDING}"
+            f"job ends here{self.ending}"
         )
 
     def start(self) -> None:
@@ -494,10 +502,16 @@ class Heartbeat:
         self._told.wait(HEARTBEAT_END_WAIT_S)
 
 
-HEARTBEAT_ENDING = (
-    " (train.heartbeat_timeout_s); run the same command with --resume auto to go on from the "
-    "run's last.pt, or to start again where it has none"
-)
+def heartbeat_ending(resume: str = "--resume auto") -> str:
+    """The end of a heartbeat's line: how the same command goes on, with ``resume`` (the
+    engine's "--resume auto in place of --overwrite" where the command had --overwrite, which
+    argparse refuses beside --resume)."""
+    return (
+        f" (train.heartbeat_timeout_s); run the same command with {resume} to go on from the "
+        "run's last.pt, or to start again where it has none"
+    )
+
+
 _heartbeat: Heartbeat | None = None  # this process's, once its job has formed (`setup`)
 
 

@@ -504,7 +504,9 @@ class Run:
             self._read_checkpoints(task, self._check_folder(resume, overwrite), defaults)
             files.hold(self.out_dir, self._in_use)  # refuse a second run while this one lives
         self.dist, self.device = distributed.setup(
-            settings.device, heartbeat_timeout_s=settings.heartbeat_timeout_s
+            settings.device,
+            heartbeat_timeout_s=settings.heartbeat_timeout_s,
+            resume="--resume auto in place of --overwrite" if overwrite else "--resume auto",
         )
         self.payload, self.init_payload = self.dist.broadcast_object(
             (self.payload, self.init_payload)

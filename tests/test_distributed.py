@@ -1157,10 +1157,41 @@ def test_a_store_that_has_not_answered_for_the_heartbeat_timeout_ends_the_job():
     assert zero.unanswered() == (
         "the torchrun job's store at 10.0.0.1:29500 has not answered for 60 s (what serves it on "
         "the first machine, torchrun or rank 0, frozen, lost or cut off), so the job ends here"
-        + distributed.HEARTBEAT_ENDING
+        + " (train.heartbeat_timeout_s); run the same command with --resume auto to go on from "
+        "the run's last.pt, or to start again where it has none"
     )
     assert one.look() is None  # rank 1 beats
     assert zero.look() is None and zero.unanswered() is None  # the store answers again
+
+
+def test_a_heartbeats_line_says_to_resume_in_place_of_overwrite_where_the_command_had_it(
+    monkeypatch, tmp_path
+):
+    """argparse refuses --resume beside --overwrite: a job started with --overwrite that a
+    silent process ended said to run the same command with --resume auto, which failed at once.
+    Its line says to put --resume auto in place of --overwrite."""
+    from recurrent.engine import Run, RunSettings
+
+    asked, setup = [], distributed.setup
+
+    def noted(*args, **kwargs):
+        asked.append(kwargs["resume"])
+        return setup(*args, **kwargs)
+
+    monkeypatch.setattr(distributed, "setup", noted)
+    settings = RunSettings(max_steps=1, device="cpu", precision="fp32")
+    for overwrite in (False, True):
+        Run(tmp_path / str(overwrite), task="char_lm", settings=settings, config={},
+            overwrite=overwrite, quiet=True)  # fmt: skip
+    assert asked == ["--resume auto", "--resume auto in place of --overwrite"]
+    store = torch.distributed.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+    heartbeat = distributed.Heartbeat(
+        store, distributed.Distributed(0, 2, 0), 60.0, resume=asked[1]
+    )
+    assert heartbeat._silent(1).endswith(
+        "; run the same command with --resume auto in place of --overwrite to go on from the "
+        "run's last.pt, or to start again where it has none"
+    )
 
 
 def test_a_heartbeat_ends_the_job_when_its_store_freezes(monkeypatch):

@@ -35,7 +35,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from recurrent.errors import UserError, shown
+from recurrent.errors import SHOWN_PATH_CHARS, UserError, shown
 
 T = TypeVar("T")
 
@@ -306,7 +306,7 @@ def changed_settings(
     so."""
     old, new, older = _flat(saved), _flat(current), set(older)
     return [
-        f"{key} {shown(old[key])} -> {shown(value)}"
+        f"{key} {shown(old[key], SHOWN_PATH_CHARS)} -> {shown(value, SHOWN_PATH_CHARS)}"
         + (" (the run predates this key)" * (key in older))
         for key, value in new.items()
         if key in old and old[key] != value

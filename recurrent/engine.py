@@ -648,10 +648,10 @@ class Run:
         assert self.payload is not None
         changes = changed_settings(self.payload["config"], self.config, self.older_keys)
         if changes:
-            shown = ", ".join(changes[:8]) + (
+            listed = ", ".join(changes[:8]) + (
                 f" and {len(changes) - 8} more" if changes[8:] else ""
             )
-            self.log(f"note: the config changes the run's settings: {shown}")
+            self.log(f"note: the config changes the run's settings: {listed}")
         trained, now = recorded_precision(self.payload), self.precision.name
         if trained is not None and trained != now:
             try:  # can this device run it?

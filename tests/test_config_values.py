@@ -31,8 +31,15 @@ from char_lm.config import CharLMConfig
 from char_lm.config import check_config as check_char_lm
 from char_lm.generate import load_char_lm
 from recurrent import distributed
-from recurrent.config import ConfigLoader, Interval, check_bounds, load_config, number_keys
-from recurrent.errors import UserError, run_cli, shown
+from recurrent.config import (
+    ConfigLoader,
+    Interval,
+    changed_settings,
+    check_bounds,
+    load_config,
+    number_keys,
+)
+from recurrent.errors import SHOWN_PATH_CHARS, UserError, run_cli, shown
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {
@@ -656,3 +663,15 @@ def test_shown_is_the_repr_or_its_two_ends_and_length_in_fewer_characters(value,
 def test_an_integer_past_what_python_writes_out_is_shown_by_its_digits():
     assert shown(10**5000) == shown(-(10**5000)) == "an integer of about 5,000 digits"
     assert shown(10**3000) == f"1{'0' * 55}...{'0' * 8} (3,001 characters)"
+
+
+def test_a_resumes_note_of_changed_settings_shows_a_path_whole_and_a_long_value_cut():
+    path = "/data/" + "p" * 200  # a deep path: under SHOWN_PATH_CHARS, so whole
+    saved = {"data": {"path": path, "url": "x"}, "train": {"lr": 0.1}}
+    current = {"data": {"path": path + "2", "url": LONG}, "train": {"lr": 0.2}}
+    cut = f"'{'x' * (SHOWN_PATH_CHARS - 25)}...{'x' * 7}' (1,000,000 characters)"
+    assert changed_settings(saved, current) == [
+        f"data.path {path!r} -> {path + '2'!r}",
+        f"data.url 'x' -> {cut}",
+        "train.lr 0.1 -> 0.2",
+    ]

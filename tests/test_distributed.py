@@ -1347,10 +1347,12 @@ def test_a_process_beats_once_its_job_has_formed_unless_its_timeout_is_0(
     monkeypatch.setattr(torch.distributed, "init_process_group", lambda **kw: None)
     started = []
     monkeypatch.setattr(
-        distributed, "_start_heartbeat", lambda layout, s: started.append((layout.rank, s))
+        distributed,
+        "_start_heartbeat",
+        lambda layout, s, resume: started.append((layout.rank, s, resume)),
     )
     distributed.setup("cpu", timeout_s=1, heartbeat_timeout_s=heartbeat_timeout_s)
-    assert started == ([(1, 3.0)] if heartbeat_timeout_s else [])
+    assert started == ([(1, 3.0, "--resume auto")] if heartbeat_timeout_s else [])
 
 
 class Broken:

@@ -45,14 +45,7 @@ from torchvision.transforms.v2.functional import pil_to_tensor
 
 from recurrent.errors import UserError, shown
 
-from .images import (
-    MAX_IMAGE_PIXELS,
-    MAX_JPEG_SCANS,
-    MAX_JPEG_SEGMENTS,
-    jpeg_cost,
-    load_image,
-    size_error,
-)
+from .images import JPEG_START, MAX_IMAGE_PIXELS, costly_jpeg_error, load_image, size_error
 from .records import ImageRecord
 from .vocab import Vocabulary
 
@@ -118,12 +111,10 @@ def _clean_jpeg(source: str | os.PathLike[str], limit: int) -> torch.Tensor | No
     """The file's bytes (a uint8 tensor) if it is a JPEG decode_jpeg may decode, else None."""
     try:
         with open(source, "rb") as file, warnings.catch_warnings():
-            if file.read(3) != b"\xff\xd8\xff":  # not a JPEG: no second parse of the header
+            if file.read(3) != JPEG_START:  # not a JPEG: no second parse of the header
                 return None
-            segments, scans = jpeg_cost(file)
-            if segments > MAX_JPEG_SEGMENTS or scans > MAX_JPEG_SCANS:
+            if costly_jpeg_error(file, "") is not None:  # read from its start, left there
                 return None  # load_image refuses it before Pillow reads its header
-            file.seek(0)
             warnings.simplefilter("ignore")
             with Image.open(file) as image:  # reads the header only
                 if image.format != "JPEG" or image.mode not in ("RGB", "L"):

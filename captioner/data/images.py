@@ -83,7 +83,7 @@ def load_image(
         source = io.BytesIO(source.read())
     kind = None  # the format Pillow recognised, once it has
     try:
-        refused = _costly_jpeg_error(source, what)
+        refused = costly_jpeg_error(source, what)
         if refused is not None:
             raise refused
         with warnings.catch_warnings():
@@ -128,7 +128,7 @@ def load_image(
     return _to_rgb(upright, what)
 
 
-def _costly_jpeg_error(source: str | os.PathLike[str] | BinaryIO, what: str) -> UserError | None:
+def costly_jpeg_error(source: str | os.PathLike[str] | BinaryIO, what: str) -> UserError | None:
     """Why a JPEG is refused before it is opened, for costing far more to read than its size
     (`jpeg_cost`), or None (other files, and ordinary JPEGs). A file object is read from its
     start and left there."""

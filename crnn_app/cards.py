@@ -47,6 +47,13 @@ def _section(payload: Mapping[str, Any], name: str) -> dict[str, Any]:
     return section if isinstance(section, dict) else {}
 
 
+def best_val_loss(payload: Mapping[str, Any]) -> float | None:
+    """A char model checkpoint's best validation loss, or None: not recorded, or inf where the
+    run had not evaluated yet (`char_lm.train` saves it so)."""
+    val_loss = payload.get("best_val_loss")
+    return val_loss if isinstance(val_loss, float) and math.isfinite(val_loss) else None
+
+
 def card_from_config(payload: Mapping[str, Any]) -> dict[str, Any]:
     """The card of a checkpoint written before cards existed, from its config, step and scores."""
     task = payload.get("task")
@@ -57,10 +64,8 @@ def card_from_config(payload: Mapping[str, Any]) -> dict[str, Any]:
         best = _scores(scores) if isinstance(scores, dict) else {}
     else:
         architecture, data_card = char_lm_architecture(model), char_lm_data(data)
-        val_loss = payload.get("best_val_loss")
-        # inf where the run had not evaluated yet (`char_lm.train` saves it so)
-        finite = isinstance(val_loss, float) and math.isfinite(val_loss)
-        best = {"val_loss": val_loss} if finite else {}
+        val_loss = best_val_loss(payload)
+        best = {} if val_loss is None else {"val_loss": val_loss}
     progress = payload.get("progress")
     step = payload.get("step")
     # where the best scores were measured: the run loop's progress, or the payload's own best_step

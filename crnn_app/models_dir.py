@@ -9,7 +9,6 @@ loaded: a symlink or a crafted name that points elsewhere is refused.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import shlex
 from collections.abc import Iterator, Mapping, Sequence
@@ -23,7 +22,7 @@ from captioner.config import CaptionerConfig
 from captioner.model import CaptionModel
 from char_lm.config import CharLMConfig
 from char_lm.model import CharLM
-from crnn_app.cards import best_elsewhere, model_card
+from crnn_app.cards import best_elsewhere, best_val_loss, model_card
 from recurrent.checkpoint import check_state_dict, is_utf8, load_checkpoint, shown_name
 from recurrent.config import from_dict
 from recurrent.errors import UserError, shown
@@ -205,8 +204,8 @@ def _summary(payload: dict[str, Any], best_step: int | None = None) -> str:
     scores = payload.get("best_scores")
     if isinstance(scores, dict) and isinstance(scores.get("BLEU-4"), float):
         parts.append(f"val BLEU-4 {scores['BLEU-4']:.1f}{at}")
-    val_loss = payload.get("best_val_loss")
-    if isinstance(val_loss, float) and math.isfinite(val_loss):  # inf: not evaluated yet
+    val_loss = best_val_loss(payload)
+    if val_loss is not None:
         parts.append(f"val loss {val_loss:.3f} nats/char{at}")
     return ", ".join(parts)
 

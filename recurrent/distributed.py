@@ -40,6 +40,8 @@ import torch.distributed as dist
 
 from recurrent.errors import STOP_SIGNALS, JobNotFormed, UserError
 
+# how a line says to run the same command again: it goes on from last.pt, or starts afresh
+RESUME_AUTO = "--resume auto"
 DEFAULT_TIMEOUT_S = 1800.0  # a rank that does not answer a collective in this time fails the job
 TELL_TIMEOUT_S = 5.0  # to reach the job's store and tell it of a failure before the job formed
 REACH_TIMEOUT_S = 60.0  # to reach the job's store when joining (torchrun serves it beforehand)
@@ -157,7 +159,7 @@ def setup(
     device_name: str,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     heartbeat_timeout_s: float = 0.0,
-    resume: str = "--resume auto",
+    resume: str = RESUME_AUTO,
 ) -> tuple[Distributed, torch.device]:
     """Join the job (if torchrun started one) and pick this rank's device.
 
@@ -211,7 +213,7 @@ def setup(
     return layout, device
 
 
-def _start_heartbeat(layout: Distributed, timeout_s: float, resume: str = "--resume auto") -> None:
+def _start_heartbeat(layout: Distributed, timeout_s: float, resume: str = RESUME_AUTO) -> None:
     """Start this process's `Heartbeat`, on a connection of its own to the job's store (its
     thread's requests never meet the main thread's)."""
     global _heartbeat
@@ -376,7 +378,7 @@ class Heartbeat:
         clock: Any = time.monotonic,
         where: str = "",
         reconnect: Any = None,
-        resume: str = "--resume auto",
+        resume: str = RESUME_AUTO,
     ) -> None:
         self.store = store
         self.rank = layout.rank
@@ -502,7 +504,7 @@ class Heartbeat:
         self._told.wait(HEARTBEAT_END_WAIT_S)
 
 
-def heartbeat_ending(resume: str = "--resume auto") -> str:
+def heartbeat_ending(resume: str) -> str:
     """The end of a heartbeat's line: how the same command goes on, with ``resume`` (the
     engine's "--resume auto in place of --overwrite" where the command had --overwrite, which
     argparse refuses beside --resume)."""

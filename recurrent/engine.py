@@ -448,6 +448,12 @@ def _beats(new: tuple, best: tuple) -> bool:
     return finite_new and new > best
 
 
+def _in_place_of_overwrite(flag: str, overwrite: bool) -> str:
+    """``flag`` (--resume, --resume auto) as a line advises it for the same command: in place of
+    --overwrite where the command had it, as argparse refuses the two together."""
+    return f"{flag} in place of --overwrite" if overwrite else flag
+
+
 class Run:
     """One training run in ``out_dir``: see the module docstring for the rules it applies.
 
@@ -491,9 +497,8 @@ class Run:
         self.best_path = self.out_dir / "best.pt"
         # --init-from: another run's weights to start from (not read when resuming)
         self.init_path = Path(init_from) if init_from else None
-        # how the same command goes on from last.pt (a stop's line says it): --resume, which
-        # argparse refuses beside --overwrite
-        self.resume_flag = "--resume in place of --overwrite" if overwrite else "--resume"
+        # how the same command goes on from last.pt (a stop's line says it)
+        self.resume_flag = _in_place_of_overwrite("--resume", overwrite)
         self.payload: dict[str, Any] | None = None
         self.init_payload: dict[str, Any] | None = None
         self.older_keys: list[str] = []  # keys the config of last.pt lacked (an older version's)
@@ -506,7 +511,7 @@ class Run:
         self.dist, self.device = distributed.setup(
             settings.device,
             heartbeat_timeout_s=settings.heartbeat_timeout_s,
-            resume="--resume auto in place of --overwrite" if overwrite else "--resume auto",
+            resume=_in_place_of_overwrite(distributed.RESUME_AUTO, overwrite),
         )
         self.payload, self.init_payload = self.dist.broadcast_object(
             (self.payload, self.init_payload)

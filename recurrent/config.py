@@ -29,7 +29,7 @@ import os
 import re
 import types
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -346,27 +346,32 @@ def value_counts(data: Any) -> tuple[float, int]:
     appears, and counted once. ``expanded`` is infinite for a part that holds itself. Linear in
     the distinct parts: what is shared is sized once."""
     sizes: dict[int, int] = {}  # the expanded size of each container sized so far, by id
-    inner: dict[int, list[Any]] = {}  # the containers in each container opened, by id
+    # each container opened and not yet sized (this one's ancestors), by id: its parts, and the
+    # containers among them
+    opened: dict[int, tuple[Sequence[Any], list[Any]]] = {}
     seen_strings: set[int] = set()
     written, stack = 0, [data]
     while stack:
         item = stack[-1]
-        parts = _parts(item)
-        if parts is None or id(item) in sizes:
+        if id(item) in sizes:
             stack.pop()
             continue
-        if id(item) not in inner:  # first visit: size its unsized parts first
-            inner[id(item)] = [part for part in parts if isinstance(part, _CONTAINERS)]
-            for part in inner[id(item)]:
+        if id(item) not in opened:  # first visit: size its unsized parts first
+            parts = _parts(item)
+            if parts is None:  # `data` itself is no container
+                stack.pop()
+                continue
+            opened[id(item)] = parts, [part for part in parts if isinstance(part, _CONTAINERS)]
+            for part in opened[id(item)][1]:
                 if id(part) not in sizes:
-                    if id(part) in inner:  # an unsized part already opened: an ancestor
+                    if id(part) in opened:  # an ancestor: the part holds itself
                         return math.inf, written
                     stack.append(part)
             continue
+        parts, contained = opened.pop(id(item))
         texts = [part for part in parts if isinstance(part, (str, bytes))]
         new_texts = {id(text): len(text) for text in texts if id(text) not in seen_strings}
         seen_strings.update(new_texts)
-        contained = inner[id(item)]
         numbers = len(parts) - len(contained) - len(texts)  # (one each, however often shared)
         size = len(parts) + numbers + sum(map(len, texts)) + sum(sizes[id(p)] for p in contained)
         written += len(parts) + numbers + sum(new_texts.values())

@@ -336,6 +336,16 @@ def test_resume_with_another_batch_layout_restarts_the_epoch_and_refuses_what_it
     assert started["steps"] == 1
 
 
+def epoch_batches(items: int, batch_size: int, layout: Distributed | None = None) -> EpochBatches:
+    """The training batches of ``items`` items (0, 1, ..., as a feature cache serves them), of
+    ``batch_size``: this process's share of each in ``layout`` (one process by default)."""
+    cfg = dataclasses.replace(
+        CaptionerConfig(), train=dataclasses.replace(TrainConfig(), batch_size=batch_size)
+    )
+    data = SimpleNamespace(train_set=list(range(items)), uses_cache=True, collate=list)
+    return EpochBatches(data, cfg, layout or Distributed(), torch.device("cpu"), bad=None)
+
+
 @pytest.mark.parametrize(
     ("before", "at", "after", "goes_on"),
     [(8, 6, 4, True), (8, 6, 16, True), (4, 9, 8, False), (8, 7, 16, False), (8, 6, 7, False)],
@@ -345,49 +355,33 @@ def test_another_batch_size_goes_on_from_the_same_place_in_the_shuffle(before, a
     `after`: where the items taken are a whole number of the new batches (8 -> 4, the README's
     recipe for fewer GPUs with grad_accum_steps 1 -> 2), the epoch goes on with exactly the items
     the old batches had left, in the same order; otherwise it starts again (it always did)."""
-    items = list(range(80))
-
-    def batches(batch_size: int) -> EpochBatches:
-        cfg = dataclasses.replace(
-            CaptionerConfig(), train=dataclasses.replace(TrainConfig(), batch_size=batch_size)
-        )
-        data = SimpleNamespace(train_set=items, uses_cache=True, collate=list)
-        return EpochBatches(data, cfg, Distributed(), torch.device("cpu"), bad=None)
-
-    saved = batches(before)
+    items = 80
+    saved = epoch_batches(items, before)
     shuffled = [i for batch in iter(saved) for _, i in batch]
     saved.epoch, saved.batch_in_epoch = 3, at
-    resumed = batches(after)
+    resumed = epoch_batches(items, after)
     resumed.load_state_dict(saved.state_dict())
     rest = [i for batch in iter(resumed) for _, i in batch]
     assert resumed.epoch == 3
     if goes_on:
         assert resumed.batch_in_epoch == at * before // after
-        assert rest == shuffled[at * before : len(items) // after * after]
+        assert rest == shuffled[at * before : items // after * after]
     else:
-        assert resumed.batch_in_epoch == 0 and rest == shuffled[: len(items) // after * after]
+        assert resumed.batch_in_epoch == 0 and rest == shuffled[: items // after * after]
 
 
 @pytest.mark.parametrize("rank", [0, 1])
 def test_fewer_training_items_than_the_batch_are_refused_under_torchrun_only(rank):
     """Fewer training pairs than the batch left one rank of a torchrun job without a share (it
     spun forever): every rank refuses them at the start. One process trains on them."""
-
-    def batches(count: int, layout: Distributed) -> EpochBatches:
-        cfg = dataclasses.replace(
-            CaptionerConfig(), train=dataclasses.replace(TrainConfig(), batch_size=8)
-        )
-        data = SimpleNamespace(train_set=list(range(count)), uses_cache=True, collate=list)
-        return EpochBatches(data, cfg, layout, torch.device("cpu"), bad=None)
-
     with pytest.raises(UserError) as refused:
-        batches(7, Distributed(rank, 2, rank))
+        epoch_batches(7, 8, Distributed(rank, 2, rank))
     assert str(refused.value) == (
         "7 training items, fewer than train.batch_size (8): under torchrun every process needs "
         "its share of each batch; lower train.batch_size or use more data"
     )
-    assert len(batches(8, Distributed(rank, 2, rank))) == 1
-    assert [len(batch) for batch in batches(7, Distributed())] == [7]
+    assert len(epoch_batches(8, 8, Distributed(rank, 2, rank))) == 1
+    assert [len(batch) for batch in epoch_batches(7, 8)] == [7]
 
 
 @pytest.mark.parametrize(
@@ -402,20 +396,12 @@ def test_a_position_that_cannot_go_on_starts_the_epoch_again(items, before, at, 
     """Where the position saved cannot be carried into the new batches (it would end the new
     epoch, the items differ, or an older checkpoint's position does not fit), the epoch's shuffle
     is kept and its batches start again."""
-
-    def batches(count: int, batch_size: int) -> EpochBatches:
-        cfg = dataclasses.replace(
-            CaptionerConfig(), train=dataclasses.replace(TrainConfig(), batch_size=batch_size)
-        )
-        data = SimpleNamespace(train_set=list(range(count)), uses_cache=True, collate=list)
-        return EpochBatches(data, cfg, Distributed(), torch.device("cpu"), bad=None)
-
-    saved = batches(saved_items or items, before)
+    saved = epoch_batches(saved_items or items, before)
     saved.epoch, saved.batch_in_epoch = 3, at
     state = saved.state_dict()
     if saved_items is None:
         del state["layout"]
-    resumed = batches(items, after)
+    resumed = epoch_batches(items, after)
     resumed.load_state_dict(state)
     assert (resumed.epoch, resumed.batch_in_epoch) == (3, 0)
     assert len(resumed) == resumed.steps_per_epoch == max(1, items // after)
@@ -426,18 +412,10 @@ def test_a_position_before_the_epochs_start_is_a_damaged_checkpoint(after):
     """An edited checkpoint's batch -2 of batches of 8: resumed with batches of 4 it went on from
     batch -3 of 20 (the last 4 batches, then an epoch of 24), with 8 it was taken as it was. No
     run writes it: the engine's "damaged training state" line."""
-
-    def batches(batch_size: int) -> EpochBatches:
-        cfg = dataclasses.replace(
-            CaptionerConfig(), train=dataclasses.replace(TrainConfig(), batch_size=batch_size)
-        )
-        data = SimpleNamespace(train_set=list(range(80)), uses_cache=True, collate=list)
-        return EpochBatches(data, cfg, Distributed(), torch.device("cpu"), bad=None)
-
-    saved = batches(8)
+    saved = epoch_batches(80, 8)
     saved.batch_in_epoch = -2
     with pytest.raises(ValueError, match="before the run's start"):
-        batches(after).load_state_dict(saved.state_dict())
+        epoch_batches(80, after).load_state_dict(saved.state_dict())
 
 
 def test_a_drawn_split_is_kept_across_a_resume_and_older_checkpoints_are_named(

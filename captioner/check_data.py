@@ -1,6 +1,7 @@
 """Scan a captioning data set before a long run: every annotation, every image decoded.
 
     python -m captioner.check_data --config configs/captioner/coco.yaml [--set data.bad_images=skip]
+    python -m captioner.check_data --checkpoint runs/captioner/coco/best.pt  # the data it trained on
 
 Loads the annotations of the config's ``data`` section (as `captioner.train` does), opens and
 decodes every image on a bounded pool of threads, and prints a summary, then the paths of missing
@@ -13,6 +14,7 @@ file (one line on stderr). The library side is `captioner.data.check`.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
@@ -26,8 +28,9 @@ from captioner.data.check import BAD, MISSING, DataReport, default_workers, scan
 from captioner.data.vocab import SPECIALS
 from captioner.encoder import build_backbone
 from captioner.scoring import load_data_records
-from recurrent.config import add_config_arguments, load_config
-from recurrent.errors import ArgumentParser, run_cli
+from recurrent.checkpoint import load_checkpoint
+from recurrent.config import add_config_arguments, from_dict, load_config, to_dict
+from recurrent.errors import ArgumentParser, UserError, run_cli
 
 EXIT_WOULD_STOP = 1
 
@@ -40,7 +43,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         "captions empty after tokenization. Exit status: 0 if training would run, 1 if it would "
         "stop, 2 for a bad config or annotations file.",
     )
-    add_config_arguments(parser, "configs/captioner/coco.yaml")
+    either = parser.add_mutually_exclusive_group(required=True)
+    add_config_arguments(parser, "configs/captioner/coco.yaml", either=either)
+    either.add_argument(
+        "--checkpoint",
+        help="in place of --config: the config a best.pt / last.pt of captioner.train was "
+        "trained with (the data that evaluate reads; --set data.annotations=... as evaluate's "
+        "--annotations)",
+    )
     parser.add_argument(
         "--workers",
         type=int,
@@ -50,9 +60,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    cfg = load_config(CaptionerConfig, args.config, args.overrides, bounds=BOUNDS)
+    cfg = _config(args)
     check_config(cfg)
-    if isinstance(resolve_weights(cfg.model.weights, cfg.model.encoder), str):
+    if args.config and isinstance(resolve_weights(cfg.model.weights, cfg.model.encoder), str):
         build_backbone(cfg.model.encoder, cfg.model.weights)  # a local weights file: read it now
     data = cfg.data
     # Every record, whatever its images: the check reports missing ones instead of stopping.
@@ -71,6 +81,25 @@ def main(argv: Sequence[str] | None = None) -> None:
         _print_report(report, cfg, len(report.vocab), seconds, args.workers, reasons)
     if reasons:
         raise SystemExit(EXIT_WOULD_STOP)
+
+
+def _config(args: argparse.Namespace) -> CaptionerConfig:
+    """The config of --config, or of --checkpoint (whose weights bring the encoder's, so its
+    weights file is not needed), with the --set overrides."""
+    if args.config:
+        return load_config(CaptionerConfig, args.config, args.overrides, bounds=BOUNDS)
+    payload = load_checkpoint(args.checkpoint, task="captioner")
+    try:
+        saved = from_dict(CaptionerConfig, payload["config"])
+    except KeyError as err:
+        raise UserError(
+            f"{args.checkpoint} lacks {err}; pass a checkpoint written by captioner.train"
+        ) from None
+    except UserError as err:
+        raise UserError(
+            f"{args.checkpoint} does not fit this version of the captioner: {err}"
+        ) from None
+    return load_config(CaptionerConfig, None, args.overrides, saved=to_dict(saved))
 
 
 def _print_report(

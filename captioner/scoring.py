@@ -38,7 +38,7 @@ from captioner.data import (
     ImageRecord,
     load_records,
 )
-from captioner.data.formats import in_several_splits
+from captioner.data.formats import CHECK_DATA, in_several_splits
 from captioner.encoder import ImageFeatures
 from captioner.inference import Captioner, decode_features, decode_settings
 from captioner.metrics import bleu_scores, cider_d_score, coco_scores
@@ -279,7 +279,7 @@ def load_data_records(
         raise UserError(
             f"{len(leaks)} image(s) of {data.annotations} are listed in more than one split, "
             f"e.g. '{path}' ({', '.join(splits)}), so training would see val or test images; "
-            "keep each image in one split (python -m captioner.check_data lists them)"
+            f"keep each image in one split ({CHECK_DATA} lists them)"
         )
     return records
 

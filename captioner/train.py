@@ -76,6 +76,7 @@ from captioner.config import (
     describe_model,
 )
 from captioner.data import (
+    CHECK_DATA,
     OLDER_WEIGHTS,
     SPLIT_RULE,
     BadImage,
@@ -501,8 +502,7 @@ class EpochBatches:
     def nothing_decodes(self, where: str = "") -> UserError:
         return UserError(
             f"no training image decodes{' ' + where if where else ''}: {self.bad.files} "
-            "unreadable image file(s) skipped (data.bad_images=skip); python -m "
-            "captioner.check_data lists them"
+            f"unreadable image file(s) skipped (data.bad_images=skip); {CHECK_DATA} lists them"
         )
 
     def lone_images(self, batches: int) -> UserError:
@@ -513,7 +513,7 @@ class EpochBatches:
             "process), which the trainable encoder's BatchNorm cannot normalise on its 1 x 1 last "
             f"feature map (data.image_size {cfg.data.image_size}, model.encoder_stages "
             f"{cfg.model.encoder_stages}); the epoch's other batches had no step to take either; "
-            "python -m captioner.check_data lists the unreadable files"
+            f"{CHECK_DATA} lists the unreadable files"
         )
 
     def layout(self) -> list[int]:

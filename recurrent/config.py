@@ -516,8 +516,11 @@ def load_config(
     path: str | Path | None = None,
     overrides: Iterable[str] = (),
     bounds: Mapping[str, str] | None = None,
+    *,
+    saved: Mapping[str, Any] | None = None,
 ) -> T:
-    """Defaults of ``cls``, updated by the YAML at ``path``, then by ``--set`` overrides.
+    """Defaults of ``cls``, updated by the YAML at ``path``, then by ``--set`` overrides;
+    ``saved`` (a checkpoint's config) stands in for the defaults and the file.
 
     The file's values that no override replaces are checked first (their types, and
     ``bounds``, the task's table for `check_bounds`, when given), so that an error in the file
@@ -526,6 +529,8 @@ def load_config(
     """
     parsed = [parse_override(item) for item in overrides]
     defaults, data = to_dict(cls()), to_dict(cls())
+    if saved is not None:
+        data = to_dict(from_dict(cls, saved))
     overridden = [key for key, _ in parsed]
     if path is not None:
         try:
@@ -576,9 +581,16 @@ def _deep_update(
             base[key] = value
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, example: str) -> None:
-    """--config and --set, as every command that reads a task config takes them."""
-    parser.add_argument("--config", required=True, help=f"YAML config, e.g. {example}")
+def add_config_arguments(
+    parser: argparse.ArgumentParser, example: str, *, either: Any | None = None
+) -> None:
+    """--config and --set, as every command that reads a task config takes them; --config goes
+    into ``either`` (a required mutually exclusive group) where another option may stand in for
+    it."""
+    if either is None:
+        parser.add_argument("--config", required=True, help=f"YAML config, e.g. {example}")
+    else:
+        either.add_argument("--config", help=f"YAML config, e.g. {example}")
     parser.add_argument(
         "--set",
         dest="overrides",

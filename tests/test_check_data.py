@@ -16,11 +16,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from captioner import check_data
+from captioner import evaluate as evaluate_cli
 from captioner import train as train_cli
-from captioner.data import load_image
+from captioner.data import CHECK_DATA, load_image
 from captioner.data.check import BAD, MISSING, OK, check_image, scan_images
 from recurrent.errors import UserError, run_cli
 
@@ -61,8 +63,10 @@ def _dataset(
 
 
 def _check(
-    annotations: Path, capsys, *overrides: str, json_out: bool = False
+    annotations: Path | None, capsys, *overrides: str, json_out: bool = False
 ) -> tuple[int, str, str]:
+    """check_data on ``annotations`` with the tiny config and ``overrides``; without annotations,
+    on the arguments ``overrides`` alone."""
     argv = [
         "--config",
         TINY,
@@ -72,6 +76,7 @@ def _check(
         "--set",
         f"data.annotations={annotations}",
     ]
+    argv = [] if annotations is None else argv
     argv += [*overrides, *(["--json"] if json_out else [])]
     capsys.readouterr()
     try:
@@ -246,3 +251,39 @@ def test_parallel_scan_is_the_same_on_any_threads_and_bounded(tmp_path):
     assert max(in_flight) <= 4 * workers  # images taken from the list but not finished
     with pytest.raises(UserError, match="--workers"):
         list(scan_images(paths, 0))
+
+
+def test_a_checkpoint_stands_in_for_its_config_as_evaluate_s_lines_advise(tmp_path, capsys):
+    """evaluate reads a run's data from its checkpoint, and a user who has only the checkpoint
+    follows its line to `check_data --checkpoint`: the same report as the run's --config gives."""
+    annotations = _dataset(tmp_path, missing=False, bad_split="test", leak=False)
+    assert run_main_train(annotations, capsys)[0] == 0
+    data = json.loads(annotations.read_text())  # then an image of train is listed as test too
+    data["images"].append(_entry("2.png", "test", "a red circle 2"))
+    annotations.write_text(json.dumps(data))
+    checkpoint = str(tmp_path / "run" / "last.pt")
+    code = run_cli(evaluate_cli.main, ["--checkpoint", checkpoint, "--no-meteor", "--json"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "listed in more than one split" in err
+    assert f"({CHECK_DATA} lists them)" in err
+    by_config = _check(annotations, capsys, json_out=True)
+    argv = ["--checkpoint", checkpoint, "--quiet", "--workers", "3", "--json"]
+    by_checkpoint = _check(None, capsys, *argv)
+    assert by_checkpoint == by_config and by_config[0] == 1
+    assert str(tmp_path / "2.png") in json.loads(by_config[1])["listed_twice"]
+    # --set applies to the checkpoint's settings as to a config file's
+    argv = ["--checkpoint", checkpoint, "--quiet", "--set", "data.bad_images=skip", "--json"]
+    assert (
+        _check(None, capsys, *argv)[:2]
+        == _check(annotations, capsys, "data.bad_images=skip", json_out=True)[:2]
+    )
+    # a checkpoint whose saved config this version cannot read: one line naming the file
+    payload = torch.load(checkpoint, weights_only=True)
+    payload["config"]["data"]["image_size"] = "big"
+    torch.save(payload, tmp_path / "edited.pt")
+    code, out, err = _check(None, capsys, "--checkpoint", str(tmp_path / "edited.pt"))
+    assert code == 2 and not out and err.count("\n") == 1
+    assert err.startswith(f"error: {tmp_path / 'edited.pt'} does not fit this version")
+    assert "data.image_size" in err
+    code, _, err = _check(None, capsys, "--checkpoint", checkpoint, "--config", TINY)
+    assert code == 2 and "--config: not allowed with argument --checkpoint" in err

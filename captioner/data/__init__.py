@@ -16,6 +16,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from .formats import (
+    CHECK_DATA,
     FORMATS,
     OLDER_WEIGHTS,
     PATHS_OUTSIDE_ABSOLUTE,
@@ -72,6 +73,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "CHECK_DATA",
     "FORMATS",
     "MAX_IMAGE_PIXELS",
     "OLDER_WEIGHTS",

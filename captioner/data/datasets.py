@@ -45,6 +45,7 @@ from torchvision.transforms.v2.functional import pil_to_tensor
 
 from recurrent.errors import UserError, shown
 
+from .formats import CHECK_DATA
 from .images import JPEG_START, MAX_IMAGE_PIXELS, costly_jpeg_error, load_image, size_error
 from .records import ImageRecord
 from .vocab import Vocabulary
@@ -432,5 +433,5 @@ class BadImageLog:
             return "bad images: none"
         return (
             f"bad images: skipped {self.items} item(s) of {self.files} unreadable image file(s) "
-            "(data.bad_images=skip); python -m captioner.check_data lists them"
+            f"(data.bad_images=skip); {CHECK_DATA} lists them"
         )

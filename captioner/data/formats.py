@@ -53,6 +53,10 @@ OLDER_WEIGHTS = "hash, from weights trained on an earlier split"
 # it (``../images/a.jpg``) drew their splits from their absolute paths; the others, as now.
 PATHS_OUTSIDE_ABSOLUTE = "hash"
 
+# The command an error line sends the user to for every file it counts: with the run's config,
+# or, for a user who has only the checkpoint (evaluate's), with the checkpoint.
+CHECK_DATA = "python -m captioner.check_data with the run's --config or its --checkpoint"
+
 
 # --------------------------------------------------------------------------------------------
 # Shared helpers
@@ -136,7 +140,7 @@ def _check_image(path: str, where: str, check_images: bool) -> None:
     if check_images and not os.path.isfile(path):
         raise UserError(
             f"{where}: image '{path}' not found; check data.image_root or remove the entry "
-            "(python -m captioner.check_data lists every missing image)"
+            f"({CHECK_DATA} lists every missing image)"
         )
 
 

@@ -210,9 +210,9 @@ def _summary(payload: dict[str, Any], best_step: int | None = None) -> str:
     return ", ".join(parts)
 
 
-# Folders never searched: hidden ones, and the captioner's feature caches (thousands of small
-# per-image .pt files under <run>/features/<fingerprint>/, marked by a meta.json).
-FEATURE_CACHE_DIR = "features"
+# Folders never searched: hidden ones, and the captioner's feature caches (shards under
+# <run>/features/<fingerprint>/, marked by a meta.json). A folder is known by its marker, not
+# its name: a run the user named "features" is listed.
 FEATURE_CACHE_MARKER = "meta.json"
 
 
@@ -225,9 +225,7 @@ def walk_models_dir(models_dir: Path) -> Iterator[tuple[Path, list[str]]]:
         subfolders[:] = sorted(
             name
             for name in subfolders
-            if not name.startswith(".")
-            and name != FEATURE_CACHE_DIR
-            and not _is_feature_cache(Path(folder) / name)
+            if not name.startswith(".") and not _is_feature_cache(Path(folder) / name)
         )
         yield Path(folder), files
 

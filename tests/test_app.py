@@ -992,8 +992,11 @@ def test_feature_caches_and_hidden_folders_are_not_searched(tmp_path: Path) -> N
     (tmp_path / ".hidden").mkdir()
     torch.save({"x": 1}, tmp_path / ".hidden" / "z.pt")
     torch.save({"x": 1}, tmp_path / "run" / "kept.pt")
+    (tmp_path / "features").mkdir()  # a run the user named so: its folder is no cache
+    torch.save({"x": 1}, tmp_path / "features" / "kept.pt")
     listing = list_checkpoints(tmp_path)
-    assert [name for name, _ in listing.skipped] == ["run/kept.pt"] and not listing.entries
+    searched = [name for name, _ in listing.skipped]
+    assert searched == ["features/kept.pt", "run/kept.pt"] and not listing.entries
 
 
 def test_models_dir_option_beats_environment_beats_default(tmp_path: Path) -> None:

@@ -1302,10 +1302,10 @@ def test_following_a_file_reads_what_reading_it_whole_reads(tmp_path_factory, op
 
 
 def test_find_runs_and_status(tmp_path: Path) -> None:
-    for name in ("b", "a/x", ".hidden", "a/features"):
+    for name in ("b", "a/x", ".hidden", "a/features", "features"):
         _write_lines(tmp_path / name / METRICS_FILE, [])
-    (tmp_path / "a" / "features" / "meta.json").write_text("{}")
-    assert find_runs(tmp_path) == (["a/x", "b"], 2)
+    (tmp_path / "a" / "features" / "meta.json").write_text("{}")  # a cache; "features": a run
+    assert find_runs(tmp_path) == (["a/x", "b", "features"], 3)
     now = 1000.0
     lines = [{"kind": "train", "step": 5, "timestamp": 990.0}, {"kind": "eval", "step": 5}]
     assert summarize(lines).status(now) == "step 5, 1 train and 1 eval lines"

@@ -534,6 +534,28 @@ def load_corpus(config: DataConfig, *, chunk_size: int = CHUNK_BYTES) -> Corpus:
 # --- truncated-BPTT streams ----------------------------------------------------------------------
 
 
+def _too_short(chars: int, batch_size: int, block_size: int, what: str, longer: str) -> UserError:
+    """The line for a training text that cannot fill one window of each stream: ``longer`` (the
+    caller's way to a longer text), and the settings that fit, where any do (one character fits
+    none: each stream needs a character before its first target)."""
+    have = f"the {what} has {chars:,} character{'' if chars == 1 else 's'}"
+    fits = chars - 1  # the targets the text holds: batch_size x block_size must not exceed it
+    if fits < 1:
+        return UserError(f"{have}, and training needs at least 2; {longer}")
+    if fits // batch_size >= 1:
+        fit = f"data.block_size={fits // batch_size}"
+    elif fits // block_size >= 1:
+        fit = f"data.batch_size={fits // block_size}"
+    else:
+        fit = f"data.batch_size={fits} data.block_size=1"
+    return UserError(
+        f"{have}, too few for data.batch_size={batch_size} streams of one "
+        f"data.block_size={block_size} window (needs at least {batch_size * block_size + 1:,}); "
+        f"{longer}, or lower data.batch_size x data.block_size to at most {fits:,} (e.g. --set "
+        f"{fit})"
+    )
+
+
 class StreamBatches:
     """A text as ``batch_size`` contiguous streams, walked in windows of ``block_size`` characters.
 
@@ -560,6 +582,7 @@ class StreamBatches:
         *,
         cover_all: bool = False,
         what: str = "training text",
+        longer: str = "use a longer text",
     ) -> None:
         if batch_size < 1 or block_size < 1:
             raise UserError("data.batch_size and data.block_size must be at least 1")
@@ -574,12 +597,7 @@ class StreamBatches:
         else:
             streams, length = batch_size, predicted // batch_size
             if length < block_size:
-                raise UserError(
-                    f"the {what} has {len(ids)} characters, too few for data.batch_size={batch_size} "
-                    f"streams of one data.block_size={block_size} window (needs at least "
-                    f"{batch_size * block_size + 1}); use a longer text or lower data.block_size or "
-                    f"data.batch_size"
-                )
+                raise _too_short(len(ids), batch_size, block_size, what, longer)
         self.ids = ids
         self.block_size = block_size
         self.predicted = predicted if cover_all else streams * length  # inputs 0 .. predicted-1

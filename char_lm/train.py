@@ -240,8 +240,14 @@ def train(
     # process's training streams, the validation text
     corpus = load_corpus(cfg.data)
     vocab, train_ids, val_ids = corpus.vocab, corpus.train_ids, corpus.val_ids
-    what = "training text" if cfg.data.val_fraction == 0 else "training split"
-    batches = StreamBatches(train_ids, cfg.data.batch_size, cfg.data.block_size, what=what)
+    split = cfg.data.val_fraction > 0
+    batches = StreamBatches(
+        train_ids,
+        cfg.data.batch_size,
+        cfg.data.block_size,
+        what="training split" if split else "training text",
+        longer="use a longer text or lower data.val_fraction" if split else "use a longer text",
+    )
     walk = StreamWalk(
         batches.to(run.device),
         run.dist,

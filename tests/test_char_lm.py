@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import Tensor
 
 from char_lm.config import CharLMConfig, DataConfig, ModelConfig
@@ -295,6 +297,30 @@ def test_bad_text_files_are_user_errors(tmp_path):
         read_text("builtin:nope")
     with pytest.raises(UserError, match="needs at least 65"):
         StreamBatches(torch.arange(64), batch_size=4, block_size=16)
+
+
+@settings(max_examples=200, deadline=None)
+@given(chars=st.integers(0, 80), batch_size=st.integers(1, 12), block_size=st.integers(1, 12))
+def test_a_text_too_short_for_its_windows_is_told_settings_that_fit(chars, batch_size, block_size):
+    """The line's example settings train on the same text, and a one-character text, which no
+    settings fit, is told only to be longer."""
+    try:
+        StreamBatches(torch.zeros(chars, dtype=torch.long), batch_size, block_size)
+    except UserError as err:
+        message = str(err)
+    else:
+        assert chars > batch_size * block_size
+        return
+    assert chars <= batch_size * block_size
+    if chars < 2:
+        assert "needs at least 2; use a longer text" in message and "--set" not in message
+        return
+    assert f"at most {chars - 1:,} (e.g. --set " in message
+    fit = dict(batch_size=batch_size, block_size=block_size)
+    for setting in message.rsplit("--set ", 1)[1].rstrip(")").split():
+        key, value = setting.removeprefix("data.").split("=")
+        fit[key] = int(value)
+    StreamBatches(torch.zeros(chars, dtype=torch.long), **fit)  # trains
 
 
 def test_download_is_cached_and_checked(tmp_path, monkeypatch):

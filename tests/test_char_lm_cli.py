@@ -240,6 +240,12 @@ def bad_inputs(
                         "--set", "data.val_fraction=0", *out],
             "too few for data.batch_size=4 streams",
         ),
+        "training split too short to train on": (
+            train_cli, ["--config", TINY, "--set", f"data.path={tmp_path / 'short.txt'}",
+                        "--set", "data.val_fraction=0.9", *out],
+            "the training split has 0 characters, and training needs at least 2; use a longer "
+            "text or lower data.val_fraction",
+        ),
         "unknown --set key": (
             train_cli, ["--config", TINY, "--set", "model.hiden_size=3", *out],
             "unknown config key 'model.hiden_size'",
@@ -362,6 +368,7 @@ CASES = [
     "empty file",
     "non-UTF-8 file",
     "text shorter than one window",
+    "training split too short to train on",
     "unknown --set key",
     "bad --set type",
     "missing config file",

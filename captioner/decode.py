@@ -62,6 +62,14 @@ class Caption:
     finished: bool = True
 
 
+def setting_name(key: str, value: object = None) -> str:
+    """A decoding setting as error lines name it, in words and by the flag that sets it, with its
+    value where given: ``"min length (--min-length)"``, ``"max length (--max-length: 24)"``
+    (``key``: the ``decode.*`` key of a config, e.g. ``min_length``)."""
+    flag = f"--{key.replace('_', '-')}" + ("" if value is None else f": {value}")
+    return f"{key.replace('_', ' ')} ({flag})"
+
+
 def check_decode_settings(
     beam_size: int,
     max_length: int,
@@ -72,28 +80,38 @@ def check_decode_settings(
     diversity_groups: int = 1,
     diversity_strength: float = 0.0,
 ) -> None:
-    """Decoding settings no search can use are a UserError (callers may check before encoding)."""
+    """Decoding settings no search can use are a UserError (callers may check before encoding).
+
+    Each line names the setting by its words and its flag (`setting_name`), as the command lines
+    and the app's settings (of the same words) set them."""
+    beam = f"the {setting_name('beam_size', beam_size)}"
     if max_length < 1:
-        raise UserError(f"max_length must be at least 1 word, got {max_length}")
+        raise UserError(f"{setting_name('max_length')} must be at least 1 word, got {max_length}")
     if beam_size < 1:
-        raise UserError(f"beam size must be at least 1, got {beam_size}")
+        raise UserError(f"{setting_name('beam_size')} must be at least 1, got {beam_size}")
     if not 1 <= n_best <= beam_size:
         raise UserError(
-            f"n_best must be between 1 and the beam size ({beam_size}), got {n_best}; "
-            "raise the beam size or ask for fewer captions"
+            f"{setting_name('n_best')} must be between 1 and {beam}, got {n_best}; raise "
+            "the beam size or ask for fewer captions"
         )
     if block_ngram_repeat < 0:
-        raise UserError(f"block_ngram_repeat must be 0 (off) or more, got {block_ngram_repeat}")
+        raise UserError(
+            f"{setting_name('block_ngram_repeat')} must be 0 (off) or more, got "
+            f"{block_ngram_repeat}"
+        )
     if not 0 <= min_length <= max_length:
         raise UserError(
-            f"min_length must be between 0 and max_length ({max_length}), got {min_length}"
+            f"{setting_name('min_length')} must be between 0 and the "
+            f"{setting_name('max_length', max_length)}, got {min_length}"
         )
     if diversity_groups < 1 or beam_size % diversity_groups:
         raise UserError(
-            f"diversity groups must divide the beam size ({beam_size}), got {diversity_groups}"
+            f"{setting_name('diversity_groups')} must divide {beam}, got {diversity_groups}"
         )
     if diversity_strength < 0:
-        raise UserError(f"diversity strength must not be negative, got {diversity_strength}")
+        raise UserError(
+            f"{setting_name('diversity_strength')} must not be negative, got {diversity_strength}"
+        )
 
 
 class _Constraints:

@@ -28,7 +28,7 @@ from torch import Tensor
 
 from captioner.config import BOUNDS, CaptionerConfig, DecodeConfig, check_model
 from captioner.data import Vocabulary, build_transforms, load_image_tensor
-from captioner.decode import Caption, beam_search, check_decode_settings
+from captioner.decode import Caption, beam_search, check_decode_settings, setting_name
 from captioner.encoder import ImageFeatures
 from captioner.model import CaptionModel
 from recurrent.checkpoint import check_state_dict, load_checkpoint
@@ -192,8 +192,7 @@ def decode_settings(
         interval = Interval.parse(BOUNDS.get(f"decode.{key}", "(-inf, inf)"))
         if value is not None and not isinstance(value, bool) and value not in interval:
             raise UserError(
-                f"decoding setting {key.replace('_', ' ')} (--{key.replace('_', '-')}) must be in "
-                f"{interval.text}, got {value}"
+                f"decoding setting {setting_name(key)} must be in {interval.text}, got {value}"
             )
     settings = dataclasses.replace(
         captioner.cfg.decode, **{key: value for key, value in given.items() if value is not None}

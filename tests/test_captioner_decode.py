@@ -342,11 +342,12 @@ def test_length_penalty_prefers_longer_captions():
 def test_decode_rejects_bad_settings():
     decoder, features = make_decoder(False), random_features(batch=1)
     common = dict(start_id=START, end_id=END)
-    with pytest.raises(UserError, match="n_best"):
+    with pytest.raises(UserError, match=r"^n best \(--n-best\) must be between 1 and the beam "
+                       r"size \(--beam-size: 2\), got 3"):  # fmt: skip
         beam_search(decoder, features, beam_size=2, max_length=4, n_best=3, **common)
-    with pytest.raises(UserError, match="beam size"):
+    with pytest.raises(UserError, match=r"^beam size \(--beam-size\) must be at least 1, got 0"):
         beam_search(decoder, features, beam_size=0, max_length=4, **common)
-    with pytest.raises(UserError, match="max_length"):
+    with pytest.raises(UserError, match=r"^max length \(--max-length\) must be at least 1 word"):
         greedy_decode(decoder, features, max_length=0, **common)
 
 

@@ -24,8 +24,15 @@ from test_captioner_decode import (
 )
 
 import captioner.inference as inference
+from captioner import caption as caption_cli
 from captioner.config import CaptionerConfig, DecodeConfig, check_config
-from captioner.decode import beam_search, check_decode_settings, greedy_decode, sample_captions
+from captioner.decode import (
+    beam_search,
+    check_decode_settings,
+    greedy_decode,
+    sample_captions,
+    setting_name,
+)
 from recurrent.config import load_config
 from recurrent.errors import UserError
 
@@ -336,15 +343,23 @@ def test_end_among_the_suppressed_ids_is_still_allowed(attention):
     assert torch.equal(samples[0].tokens, samples[1].tokens)
 
 
-def test_bad_settings_are_user_errors():
-    with pytest.raises(UserError, match="min_length"):
+def test_bad_settings_are_user_errors(capsys):
+    """Each line names the setting by the words and the flag that set it (caption, evaluate)."""
+    with pytest.raises(UserError, match=r"^min length \(--min-length\) must be between 0 and "
+                       r"the max length \(--max-length: 5\), got 6$"):  # fmt: skip
         check_decode_settings(3, 5, min_length=6)
-    with pytest.raises(UserError, match="block_ngram_repeat"):
+    with pytest.raises(UserError, match=r"^block ngram repeat \(--block-ngram-repeat\) must"):
         check_decode_settings(3, 5, block_ngram_repeat=-1)
-    with pytest.raises(UserError, match="divide the beam size"):
+    with pytest.raises(UserError, match=r"^diversity groups \(--diversity-groups\) must divide "
+                       r"the beam size \(--beam-size: 4\), got 3$"):  # fmt: skip
         check_decode_settings(4, 5, diversity_groups=3)
-    with pytest.raises(UserError, match="diversity strength"):
+    with pytest.raises(UserError, match=r"^diversity strength \(--diversity-strength\) must"):
         check_decode_settings(4, 5, diversity_groups=2, diversity_strength=-1.0)
+    with pytest.raises(SystemExit):
+        caption_cli.main(["--help"])
+    usage = capsys.readouterr().out
+    for key in ("beam_size", "max_length", "n_best", "min_length", "block_ngram_repeat"):
+        assert f"[{setting_name(key).split('(')[1].rstrip(')')} " in usage  # a flag caption has
 
 
 @pytest.mark.parametrize(

@@ -281,6 +281,7 @@ def run_cli(
     likewise with 129 (`_stop_on_signals`)."""
     ended = [False]  # whether `main` has returned or raised (a box the signal handler reads)
     previous = _stop_on_signals(ended, stopped)
+    streams = _guard_standard_streams()
     try:
         return _run(main, argv, ended, stopped, memory)
     except Exception as err:  # a bug: its traceback follows
@@ -289,6 +290,7 @@ def run_cli(
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+        _unguard_standard_streams(streams)
         from recurrent.files import release_all
 
         release_all()  # the run folder of a run that stopped or was refused
@@ -445,6 +447,64 @@ def output_gone(err: BaseException, stream: Any) -> bool:
         return stat.S_ISCHR(os.fstat(stream.fileno()).st_mode)
     except (AttributeError, OSError, ValueError):  # a stream with no descriptor, or closed
         return False
+
+
+class _ClosedTerminalDropped:
+    """A standard stream (``sys.stdout``, ``sys.stderr``) that, once its terminal is closed with
+    no hang-up reaching the command (a job put in the background and `disown`ed, its ssh
+    connection then lost), writes nothing, as ``nohup`` would have it: the command goes on and
+    ends as it would have, as a training run goes on (`Run.log`). Without it, the first line
+    written after the close (a caption, a progress line, the last summary) raised EIO: a
+    traceback and exit status 1, and `caption --csv` lost its CSV. A pipe's reader gone
+    (BrokenPipeError) still stops the command (`sample ... | head`)."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            raise
+        except OSError as err:
+            if not output_gone(err, self._stream):
+                raise
+        _point_at_devnull(self._stream)
+        self._stream.write(text)  # to os.devnull now, with what the buffer held
+        return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as err:
+            if not output_gone(err, self._stream):
+                raise
+            _point_at_devnull(self._stream)
+            self._stream.flush()
+
+
+def _guard_standard_streams() -> tuple[Any, Any]:
+    """Put `_ClosedTerminalDropped` around sys.stdout and sys.stderr; returns what they were."""
+    saved = sys.stdout, sys.stderr
+    if sys.stdout is not None and not isinstance(sys.stdout, _ClosedTerminalDropped):
+        sys.stdout = _ClosedTerminalDropped(sys.stdout)
+    if sys.stderr is not None and not isinstance(sys.stderr, _ClosedTerminalDropped):
+        sys.stderr = _ClosedTerminalDropped(sys.stderr)
+    return saved
+
+
+def _unguard_standard_streams(saved: tuple[Any, Any]) -> None:
+    """Give sys.stdout and sys.stderr back as they were before `_guard_standard_streams`, unless
+    something else replaced them meanwhile."""
+    if isinstance(sys.stdout, _ClosedTerminalDropped):
+        sys.stdout = saved[0]
+    if isinstance(sys.stderr, _ClosedTerminalDropped):
+        sys.stderr = saved[1]
 
 
 EXIT_LOST_PEER = 1

@@ -20,6 +20,7 @@ final weights and every logged loss, learning rate and gradient norm must be equ
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import importlib
 import io
@@ -419,6 +420,49 @@ def test_under_nohup_a_closed_terminal_leaves_the_run_going_unheard(tmp_path):
         assert trainer.wait(timeout=120) == 0
     train_in_process("char_lm", tmp_path / "reference", overrides)
     assert_same_run(out_dir, tmp_path / "reference")
+
+
+@pytest.mark.skipif(not hasattr(os, "openpty"), reason="a pseudo-terminal is POSIX's")
+def test_commands_whose_terminal_closed_with_no_hang_up_go_on_unheard(scenes_annotations, tmp_path):
+    """A command put in the background and `disown`ed, its terminal then closed: no hang-up
+    reaches it, and its writes to the terminal fail with EIO. `caption` and `sample` ended at their
+    first line with a traceback and status 1, `caption --csv` without its CSV; now they go on and
+    end as they would have, as a training run does. Reading their output from a file gives the
+    reference: the same CSV."""
+    images = [str(path) for path in sorted((scenes_annotations.parent / "images").iterdir())[:4]]
+    caption = [sys.executable, "-m", "captioner.caption", "--checkpoint"]
+    caption += [str(REPO / "models" / "scenes_captioner.pt"), *images, "--csv"]
+    sample = [sys.executable, "-m", "char_lm.sample", "--checkpoint"]
+    sample += [str(REPO / "models" / "shakespeare_char.pt"), "--length", "40", "--seed", "3"]
+    reference = [*caption[3:], str(tmp_path / "reference.csv")]  # in this process, to a capture
+    assert run_cli(importlib.import_module("captioner.caption").main, reference) == 0
+    streams_of = ("stdout", "stderr")
+    primary, secondary = os.openpty()
+    os.close(primary)  # closed before they start: each of their writes to it fails
+    try:
+        for command, streams in [
+            ([*caption, str(tmp_path / "closed.csv")], ("stdout", "stderr")),
+            ([*caption, str(tmp_path / "closed_err.csv")], ("stderr",)),
+            (sample, ("stdout",)),
+        ]:
+            ended = subprocess.run(
+                command,
+                cwd=REPO,
+                env=ENV,
+                stdin=subprocess.DEVNULL,
+                timeout=120,
+                **{name: secondary if name in streams else subprocess.PIPE for name in streams_of},
+            )
+            assert ended.returncode == 0, (command, ended.stderr)
+            assert not ended.stderr  # where not on the terminal: no traceback, no error line
+            with pytest.raises(OSError) as failed:  # what they met: the terminal fails writes
+                os.write(secondary, b"x")
+            assert failed.value.errno == errno.EIO
+    finally:
+        os.close(secondary)
+    expected = (tmp_path / "reference.csv").read_text()
+    assert (tmp_path / "closed.csv").read_text() == expected
+    assert (tmp_path / "closed_err.csv").read_text() == expected
 
 
 # --- kill -9 ------------------------------------------------------------------------------------

@@ -911,3 +911,57 @@ def test_shown_name_takes_a_lone_surrogate_no_file_name_holds():
     # its three UTF-8 bytes (surrogatepass), each shown as U+FFFD
     assert shown_name("texts/\ud800name.txt") == "texts/" + "\ufffd" * 3 + "name.txt"
     assert shown_name("texts/bad\udcffname.txt") == "texts/bad\ufffdname.txt"
+
+
+class _FailingOnce(io.StringIO):
+    """A stream on the descriptor of ``file`` whose first write fails with ``error``."""
+
+    def __init__(self, file, error: OSError) -> None:
+        super().__init__()
+        self.file, self.error = file, error
+
+    def write(self, text: str) -> int:
+        error, self.error = self.error, None
+        if error is not None:
+            raise error
+        return super().write(text)
+
+    def fileno(self) -> int:
+        return self.file.fileno()
+
+
+def test_a_commands_streams_drop_a_closed_terminal_but_not_a_failing_disk_or_a_reader_gone(
+    tmp_path,
+):
+    """`run_cli` puts its guard around both standard streams while the command runs: EIO from a
+    terminal (a character device, as os.devnull is) is a closed terminal, whose writes are
+    dropped, the command going on; EIO from a file is a failing disk and a broken pipe a reader
+    gone, which still reach the command."""
+    seen = {}
+
+    def main(argv) -> None:
+        with open(os.devnull, "w") as terminal, (tmp_path / "log.txt").open("w") as disk:
+            for name, stream, error in [
+                ("terminal", terminal, OSError(errno.EIO, "Input/output error")),
+                ("disk", disk, OSError(errno.EIO, "Input/output error")),
+                ("pipe", terminal, BrokenPipeError(errno.EPIPE, "Broken pipe")),
+            ]:
+                failing = _FailingOnce(stream, error)
+                guarded = errors._ClosedTerminalDropped(failing)
+                try:
+                    seen[name] = guarded.write("a line\n")
+                except OSError as err:
+                    seen[name] = err.errno
+            seen["guarded"] = isinstance(sys.stdout, errors._ClosedTerminalDropped)
+            seen["stderr"] = isinstance(sys.stderr, errors._ClosedTerminalDropped)
+
+    before = sys.stdout, sys.stderr
+    assert run_cli(main, []) == 0
+    assert (sys.stdout, sys.stderr) == before  # given back as they were
+    assert seen == {
+        "terminal": len("a line\n"),
+        "disk": errno.EIO,
+        "pipe": errno.EPIPE,
+        "guarded": True,
+        "stderr": True,
+    }

@@ -449,61 +449,64 @@ def output_gone(err: BaseException, stream: Any) -> bool:
         return False
 
 
-class _ClosedTerminalDropped:
-    """A standard stream (``sys.stdout``, ``sys.stderr``) that, once its terminal is closed with
-    no hang-up reaching the command (a job put in the background and `disown`ed, its ssh
-    connection then lost), writes nothing, as ``nohup`` would have it: the command goes on and
-    ends as it would have, as a training run goes on (`Run.log`). Without it, the first line
-    written after the close (a caption, a progress line, the last summary) raised EIO: a
-    traceback and exit status 1, and `caption --csv` lost its CSV. A pipe's reader gone
-    (BrokenPipeError) still stops the command (`sample ... | head`)."""
+class _StandardStream:
+    """A standard stream (``sys.stdout``, ``sys.stderr``) as `run_cli` guards it while a command
+    runs.
 
-    def __init__(self, stream: Any) -> None:
-        self._stream = stream
+    Once its terminal is closed with no hang-up reaching the command (a job put in the background
+    and `disown`ed, its ssh connection then lost), it writes nothing, as under ``nohup``: the
+    command goes on and ends as it would have, as a training run goes on (`Run.log`). Without it,
+    the first line written after the close (a caption, the last summary) raised EIO: a traceback
+    and exit status 1, and `caption --csv` lost its CSV. A pipe's reader gone (BrokenPipeError)
+    still stops the command (`sample ... | head`). Any other failure of a write names the stream
+    (``> /dev/full``: "the disk is full (writing the standard output)"), which the system's error
+    does not, unless the stream is flushed only at the end."""
+
+    def __init__(self, stream: Any, name: str) -> None:
+        self._stream, self._name = stream, name
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
 
     def write(self, text: str) -> int:
-        try:
-            return self._stream.write(text)
-        except BrokenPipeError:
-            raise
-        except OSError as err:
-            if not output_gone(err, self._stream):
-                raise
-        _point_at_devnull(self._stream)
-        self._stream.write(text)  # to os.devnull now, with what the buffer held
-        return len(text)
+        return self._guarded(self._stream.write, text)
 
     def flush(self) -> None:
+        self._guarded(self._stream.flush)
+
+    def _guarded(self, call: Callable[..., Any], *args: Any) -> Any:
         try:
-            self._stream.flush()
+            return call(*args)
         except BrokenPipeError:
             raise
         except OSError as err:
             if not output_gone(err, self._stream):
-                raise
-            _point_at_devnull(self._stream)
-            self._stream.flush()
+                if err.filename is not None:
+                    raise
+                from recurrent.files import named
+
+                raise named(err, self._name) from None
+        _point_at_devnull(self._stream)
+        call(*args)  # to os.devnull now, with what the buffer held
+        return len(args[0]) if args else None
 
 
 def _guard_standard_streams() -> tuple[Any, Any]:
-    """Put `_ClosedTerminalDropped` around sys.stdout and sys.stderr; returns what they were."""
+    """Put `_StandardStream` around sys.stdout and sys.stderr; returns what they were."""
     saved = sys.stdout, sys.stderr
-    if sys.stdout is not None and not isinstance(sys.stdout, _ClosedTerminalDropped):
-        sys.stdout = _ClosedTerminalDropped(sys.stdout)
-    if sys.stderr is not None and not isinstance(sys.stderr, _ClosedTerminalDropped):
-        sys.stderr = _ClosedTerminalDropped(sys.stderr)
+    if sys.stdout is not None and not isinstance(sys.stdout, _StandardStream):
+        sys.stdout = _StandardStream(sys.stdout, "the standard output")
+    if sys.stderr is not None and not isinstance(sys.stderr, _StandardStream):
+        sys.stderr = _StandardStream(sys.stderr, "the standard error")
     return saved
 
 
 def _unguard_standard_streams(saved: tuple[Any, Any]) -> None:
     """Give sys.stdout and sys.stderr back as they were before `_guard_standard_streams`, unless
     something else replaced them meanwhile."""
-    if isinstance(sys.stdout, _ClosedTerminalDropped):
+    if isinstance(sys.stdout, _StandardStream):
         sys.stdout = saved[0]
-    if isinstance(sys.stderr, _ClosedTerminalDropped):
+    if isinstance(sys.stderr, _StandardStream):
         sys.stderr = saved[1]
 
 

@@ -947,13 +947,13 @@ def test_a_commands_streams_drop_a_closed_terminal_but_not_a_failing_disk_or_a_r
                 ("pipe", terminal, BrokenPipeError(errno.EPIPE, "Broken pipe")),
             ]:
                 failing = _FailingOnce(stream, error)
-                guarded = errors._ClosedTerminalDropped(failing)
+                guarded = errors._StandardStream(failing, "the standard output")
                 try:
                     seen[name] = guarded.write("a line\n")
                 except OSError as err:
                     seen[name] = err.errno
-            seen["guarded"] = isinstance(sys.stdout, errors._ClosedTerminalDropped)
-            seen["stderr"] = isinstance(sys.stderr, errors._ClosedTerminalDropped)
+            seen["guarded"] = isinstance(sys.stdout, errors._StandardStream)
+            seen["stderr"] = isinstance(sys.stderr, errors._StandardStream)
 
     before = sys.stdout, sys.stderr
     assert run_cli(main, []) == 0

@@ -48,8 +48,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     either.add_argument(
         "--checkpoint",
         help="in place of --config: the config a best.pt / last.pt of captioner.train was "
-        "trained with (the data that evaluate reads; --set data.annotations=... as evaluate's "
-        "--annotations)",
+        "trained with, whose data evaluate reads (--set data.annotations=... data.image_root=... "
+        "for other data)",
     )
     parser.add_argument(
         "--workers",

@@ -925,6 +925,20 @@ def test_card_rows_write_dates_data_and_scores_as_recorded() -> None:
     assert dict(cards.card_rows(unscored))["best scores"] == "not recorded"
 
 
+def test_a_date_with_its_zone_is_written_in_utc_on_a_machine_in_another_zone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Converted to the machine's own zone, 07:10 at +02:00 was called 10:40 UTC in India."""
+    monkeypatch.setenv("TZ", "IST-5:30")  # a POSIX rule: UTC+05:30, no zone database needed
+    time.tzset()
+    try:
+        rows = dict(cards.card_rows({"task": "char_lm", "trained_at": "2026-11-22T07:10:00+02:00"}))
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert rows["trained"] == "2026-11-22 05:10 UTC"
+
+
 def test_best_elsewhere_is_any_other_step_the_best_was_measured_at() -> None:
     """Step 0 (an evaluation before the first update that stayed the best) is a step; -1 (no
     evaluation yet), the checkpoint's own step and a step that is no int are none."""

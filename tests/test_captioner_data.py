@@ -50,7 +50,7 @@ from captioner.data import datasets as datasets_module
 from captioner.data import images as images_module
 from captioner.data.datasets import load_image_tensor
 from captioner.data.formats import exact_split, in_several_splits, relative_names, split_draw
-from captioner.data.vocab import _treebank_words
+from captioner.data.vocab import MAX_WORDS, SPECIALS, _treebank_words
 from recurrent.errors import UserError, run_cli
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -602,6 +602,20 @@ def test_vocabulary_build_encode_decode() -> None:
     _raises_one_line(lambda: Vocabulary.from_list(["a", "b"]), "vocabulary")
 
 
+def test_a_vocabulary_of_one_word_to_max_words_trains_and_one_more_is_refused() -> None:
+    """`lacks_words` counts the words besides the four special tokens: one word is enough to
+    train on, `MAX_WORDS` is the most a captioner takes, and a word more names the count."""
+    assert Vocabulary([*SPECIALS, "dog"]).lacks_words(1) is None
+    assert "no training caption has a word" in Vocabulary(list(SPECIALS)).lacks_words(1)
+    words = [f"w{i}" for i in range(MAX_WORDS + 1)]
+    assert Vocabulary([*SPECIALS, *words[:-1]]).lacks_words(1) is None
+    said = Vocabulary([*SPECIALS, *words]).lacks_words(3)
+    assert said is not None and said.startswith(
+        f"the training captions have {MAX_WORDS + 1:,} words seen at least 3 time(s) "
+        f"(data.min_word_count), more than a captioner takes ({MAX_WORDS:,}"
+    )
+
+
 # --------------------------------------------------------------------------------------------
 # Transforms and datasets
 
@@ -880,6 +894,80 @@ def test_jpegs_that_cost_far_more_than_their_size_are_refused_before_they_are_op
     monkeypatch.undo()
     for path, image in expected.items():
         assert np.array_equal(load_image_tensor(path).permute(1, 2, 0).numpy(), np.array(image))
+
+
+def _segment(marker: int, body: bytes) -> bytes:
+    """A JPEG segment: its marker, its length (two bytes, counting themselves) and its body."""
+    return bytes([0xFF, marker]) + struct.pack(">H", 2 + len(body)) + body
+
+
+JPEG_HEADER = b"\xff\xd8" + _segment(0xE0, b"JFIF\x00") + _segment(0xDB, bytes(65))  # 2 segments
+START_OF_SCAN = _segment(0xDA, b"\x01\x01\x00\x00\x3f\x00")
+
+
+def test_jpeg_cost_counts_segments_to_the_first_scan_and_scans_to_the_end_of_image() -> None:
+    """`jpeg_cost` of JPEGs built here, whose counts are known: fill bytes (0xFF, which the
+    standard allows before any marker) hide no segment; a scan marker split between two reads
+    of 1 MiB counts; what follows the end of image (a motion photo's video, say) is not read."""
+
+    def cost(data: bytes) -> tuple[int, int]:
+        return images_module.jpeg_cost(io.BytesIO(data))
+
+    scan = START_OF_SCAN + b"\x12" * 50
+    assert cost(JPEG_HEADER + scan + b"\xff\xd9") == (2, 1)
+    assert cost(JPEG_HEADER + scan * 3 + b"\xff\xd9") == (2, 3)
+    filled = b"\xff\xd8" + (b"\xff\xff\xff" + _segment(0xE1, b"Exif")) * 5 + scan + b"\xff\xd9"
+    assert cost(filled) == (5, 1)
+    # the scans are read in chunks of 1 MiB from just past the first scan's marker: the second
+    # scan's marker starts on the last byte of the first chunk
+    data = scan[:-50] + b"\x12" * (2**20 + 1 - len(START_OF_SCAN)) + scan + b"\xff\xd9"
+    assert data.index(b"\xff\xda", 2) == 2 + 2**20 - 1
+    assert cost(JPEG_HEADER + data) == (2, 2)
+    for after in (b"", bytes(2**20)):  # in the chunk of the end of image, and in later ones
+        assert cost(JPEG_HEADER + scan + b"\xff\xd9" + after + b"\xff\xda" * 200) == (2, 1)
+    assert cost(b"\x89PNG\r\n\x1a\n" + bytes(100)) == (0, 0)
+
+
+def test_a_jpeg_of_max_segments_is_opened_and_one_of_a_segment_more_is_refused() -> None:
+    limit = images_module.MAX_JPEG_SEGMENTS
+    for count, refused in ((limit, False), (limit + 1, True)):
+        segments = b"".join(_segment(0xE1, b"Exif") for _ in range(count - 2))
+        data = JPEG_HEADER + segments + START_OF_SCAN + b"\x12" + b"\xff\xd9"
+        error = images_module.costly_jpeg_error(io.BytesIO(data), "'x.jpg'")
+        assert (error is not None) == refused, count
+    assert str(error).startswith("'x.jpg' is a JPEG of more than 1,000 segments before its image")
+
+
+class _Unseekable(io.RawIOBase):
+    """A stream read once from its start, as a pipe is: seek raises."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = io.BytesIO(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        return self._data.readinto(buffer)
+
+
+def test_jpegs_read_as_pillow_reads_them_are_costed_so_too(tmp_path: Path) -> None:
+    """A progressive JPEG followed by data holding many scan markers (a motion photo's video,
+    which Pillow never reads) loads as the JPEG alone; a million segments behind fill bytes are
+    refused as without them; and a stream that cannot seek loads, and is refused, as a file."""
+    buffer = io.BytesIO()
+    _photo().save(buffer, "JPEG", progressive=True)
+    progressive = buffer.getvalue()
+    expected = np.array(load_image(io.BytesIO(progressive)))
+    followed = tmp_path / "followed.jpg"
+    followed.write_bytes(progressive + b"\xff\xda" * 200)
+    assert np.array_equal(np.array(load_image(followed)), expected)
+    assert np.array_equal(load_image_tensor(followed).permute(1, 2, 0).numpy(), expected)
+    filled = b"\xff\xff" + _segment(0xE1, b"Exif\x00\x00")
+    hidden = progressive[:2] + filled * 20_000 + progressive[2:]
+    _raises_one_line(lambda: load_image(io.BytesIO(hidden)), "more than 1,000 segments")
+    assert np.array_equal(np.array(load_image(_Unseekable(progressive))), expected)
+    _raises_one_line(lambda: load_image(_Unseekable(hidden)), "more than 1,000 segments")
 
 
 def test_libjpeg_stays_quiet_about_damage_pillow_reads_silently(

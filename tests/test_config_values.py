@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import yaml
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from captioner import check_data
@@ -647,6 +647,8 @@ def test_a_long_mistaken_value_is_shown_cut_to_its_ends_and_length(
 
 
 @given(st.one_of(st.text(), st.binary(), st.lists(st.integers())), st.integers(30, 300))
+@example("x" * 80, 80)  # 82 characters quoted: its cut form (83) would be the longer
+@example("x" * 100, 80)  # 102: cut to 80 or so
 def test_shown_is_the_repr_or_its_two_ends_and_length_in_fewer_characters(value, limit):
     text = repr(value)
     said = shown(value, limit)

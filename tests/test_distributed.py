@@ -1185,13 +1185,19 @@ def test_a_heartbeats_line_says_to_resume_in_place_of_overwrite_where_the_comman
             overwrite=overwrite, quiet=True)  # fmt: skip
     assert asked == ["--resume auto", "--resume auto in place of --overwrite"]
     store = torch.distributed.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+    clock = {"now": 0.0}
     heartbeat = distributed.Heartbeat(
-        store, distributed.Distributed(0, 2, 0), 60.0, resume=asked[1]
+        store, distributed.Distributed(0, 2, 0), 60.0, lambda: clock["now"], resume=asked[1]
     )
-    assert heartbeat._silent(1).endswith(
+    for _ in range(13):  # 65 s of looks its store does not answer: the store's line says it too
+        clock["now"] += 5
+        unanswered = heartbeat.unanswered()
+    advice = (
         "; run the same command with --resume auto in place of --overwrite to go on from the "
         "run's last.pt, or to start again where it has none"
     )
+    assert heartbeat._silent(1).endswith(advice)
+    assert unanswered is not None and unanswered.endswith(advice)
 
 
 def test_a_heartbeat_ends_the_job_when_its_store_freezes(monkeypatch):
@@ -1327,19 +1333,25 @@ def test_a_heartbeat_started_under_torchrun_names_its_store_and_can_connect_agai
     monkeypatch.setattr(distributed, "_heartbeat", None)
     monkeypatch.setenv("MASTER_ADDR", "10.0.0.1")
     monkeypatch.setenv("MASTER_PORT", "29500")
-    distributed._start_heartbeat(distributed.Distributed(1, 2, 0), 3.0)
+    resume = "--resume auto in place of --overwrite"  # the engine's, for a command with it
+    distributed._start_heartbeat(distributed.Distributed(1, 2, 0), 3.0, resume)
     heartbeat = distributed._heartbeat
     assert heartbeat is not None and heartbeat.where == " at 10.0.0.1:29500"
+    assert f"run the same command with {resume} to go on" in heartbeat._silent(0)
     assert heartbeat.reconnect is not None and heartbeat.reconnect() is not heartbeat.store
     assert len(connections) == 2
 
 
-@pytest.mark.parametrize("heartbeat_timeout_s", [0.0, 3.0])
+@pytest.mark.parametrize(
+    ("heartbeat_timeout_s", "resume"),
+    [(0.0, None), (3.0, None), (3.0, "--resume auto in place of --overwrite")],
+)
 def test_a_process_beats_once_its_job_has_formed_unless_its_timeout_is_0(
-    heartbeat_timeout_s, monkeypatch
+    heartbeat_timeout_s, resume, monkeypatch
 ):
     """`setup` under torchrun (the group that torch forms is not): the heartbeat starts with the
-    config's timeout once the job has formed; 0 turns it off."""
+    config's timeout once the job has formed, its line advising ``resume`` (by default --resume
+    auto); 0 turns it off."""
     store = serve_job_store(monkeypatch)
     join_as(1, store.port, monkeypatch)
     monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
@@ -1351,8 +1363,9 @@ def test_a_process_beats_once_its_job_has_formed_unless_its_timeout_is_0(
         "_start_heartbeat",
         lambda layout, s, resume: started.append((layout.rank, s, resume)),
     )
-    distributed.setup("cpu", timeout_s=1, heartbeat_timeout_s=heartbeat_timeout_s)
-    assert started == ([(1, 3.0, "--resume auto")] if heartbeat_timeout_s else [])
+    advised = {} if resume is None else {"resume": resume}
+    distributed.setup("cpu", timeout_s=1, heartbeat_timeout_s=heartbeat_timeout_s, **advised)
+    assert started == ([(1, 3.0, resume or "--resume auto")] if heartbeat_timeout_s else [])
 
 
 class Broken:

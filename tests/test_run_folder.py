@@ -433,6 +433,10 @@ def test_a_non_finite_loss_before_any_checkpoint_says_to_start_again(tmp_path):
             OSError(errno.EXDEV, "Invalid cross-device link", "/a", None, "/b"),
             "cannot use /a -> /b: Invalid cross-device link",
         ),
+        (  # a deep second path, under SHOWN_PATH_CHARS, is shown whole as the first one is
+            OSError(errno.EXDEV, "Invalid cross-device link", "/a", None, "/" + "b" * 200),
+            f"cannot use /a -> /{'b' * 200}: Invalid cross-device link",
+        ),
     ],
 )
 def test_a_refused_path_is_one_line_and_exit_status_2(err, line, capsys):

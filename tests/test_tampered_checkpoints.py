@@ -35,6 +35,7 @@ from char_lm import train as char_lm_train
 from crnn_app.models_dir import ENV_VAR, describe_checkpoint
 from recurrent import checkpoint as checkpoint_module
 from recurrent.checkpoint import FORMAT_VERSION, check_state_dict, load_checkpoint
+from recurrent.config import value_counts
 from recurrent.errors import UserError, run_cli
 
 REPO = Path(__file__).resolve().parents[1]
@@ -285,6 +286,41 @@ def test_data_referred_to_over_and_over_is_refused_before_it_is_read(
     history = tmp_path / "history.pt"
     history.write_bytes(_payload_bytes(payload))
     assert len(load_checkpoint(history)["history"]) == 50_000
+
+
+def test_a_format_version_of_hundreds_of_digits_is_shown_cut(trained, tmp_path):
+    """The largest integer torch's weights-only reader takes (255 bytes: 603 digits at 2^2000),
+    as a format version: the line shows its two ends and its length, not every digit."""
+    version = str(2**2000)
+    future = tmp_path / "future.pt"
+    future.write_bytes(_replaced(trained["char_lm"], format_version=2**2000))
+    with pytest.raises(UserError) as caught:
+        load_checkpoint(future)
+    assert f"has checkpoint format {version[:56]}...{version[-8:]} (603 characters), newer" in str(
+        caught.value
+    )
+
+
+def test_a_checkpoint_that_holds_itself_is_refused_and_a_little_sharing_loads(trained, tmp_path):
+    """A list that holds itself (a pickle may refer to an object it is still writing): endless
+    once read, refused, saying so. A config of YAML aliases, 800 references to one path that
+    torch.save keeps shared, makes a small checkpoint expand to more than `MAX_SHARING` times
+    what it writes, but by fewer than `MAX_REPEATED_VALUES` values more: it loads."""
+    payload = torch.load(trained["captioner"], weights_only=True)
+    loop: list = ["a.json"]
+    loop.append(loop)
+    payload["config"]["data"]["annotations"] = loop
+    looped = tmp_path / "looped.pt"
+    looped.write_bytes(_payload_bytes(payload))
+    with pytest.raises(UserError, match=r"\(\d[\d,]* values written out, endless once read\)"):
+        load_checkpoint(looped)
+    annotations = ["/data/" + "a" * 200] * 800  # one string, referred to 800 times
+    payload["config"]["data"]["annotations"] = annotations
+    expanded, written = value_counts(payload)
+    assert expanded > checkpoint_module.MAX_SHARING * written  # within the allowance only
+    aliased = tmp_path / "aliased.pt"
+    aliased.write_bytes(_payload_bytes(payload))
+    assert load_checkpoint(aliased)["config"]["data"]["annotations"] == annotations
 
 
 # --------------------------------------------------------------------------------------------

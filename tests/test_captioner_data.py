@@ -970,6 +970,68 @@ def test_jpegs_read_as_pillow_reads_them_are_costed_so_too(tmp_path: Path) -> No
     _raises_one_line(lambda: load_image(_Unseekable(hidden)), "more than 1,000 segments")
 
 
+_ENTROPY = st.lists(
+    st.one_of(
+        st.binary(min_size=1, max_size=12).map(lambda data: data.replace(b"\xff", b"\xff\x00")),
+        st.integers(0xD0, 0xD7).map(lambda marker: bytes([0xFF, marker])),  # restart markers
+    ),
+    max_size=4,
+).map(b"".join)  # a scan's data: a 0xFF written as FF 00
+_BETWEEN = st.lists(
+    st.one_of(
+        st.tuples(st.sampled_from([0xC4, 0xDB, 0xDD, 0xFE]), st.binary(max_size=12)).map(
+            lambda segment: _segment(*segment)  # tables, a comment: any bytes, FF DA, FF D9 too
+        ),
+        st.just(b"\xff\x01"),  # a marker of no length
+        st.just(b"\xff\xff"),  # fill bytes before the next marker
+    ),
+    max_size=3,
+).map(b"".join)
+_MARKER_BYTES = st.lists(st.sampled_from([b"\xff\xda", b"\xff\xd9", b"\xff", b"\x00"])).map(
+    b"".join
+)
+
+
+@given(
+    scans=st.lists(st.tuples(_ENTROPY, _BETWEEN, st.binary(max_size=2)), max_size=8),
+    last=_ENTROPY,
+    tail=_MARKER_BYTES,
+    chunk=st.integers(1, 9),
+)
+def test_jpeg_cost_counts_the_scans_a_decoder_reads(scans, last, tail, chunk) -> None:
+    """JPEGs built of scans' data (stuffed 0xFF, restart markers), segments between scans
+    (tables and comments of any bytes, scan and end markers among them), markers of no length
+    and fill bytes, ended by an end of image and anything after it: the scans are the start of
+    scan markers a decoder reads, read in chunks of any size, counted to one past the limit. A
+    comment that held scan markers' bytes was counted as that many scans, refusing a JPEG Pillow
+    decodes."""
+    data = JPEG_HEADER + START_OF_SCAN
+    for entropy, between, _ in scans:
+        data += entropy + between + START_OF_SCAN
+    data += last + b"\xff\xd9" + tail
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(images_module, "SCAN_CHUNK", chunk)
+        patch.setattr(images_module, "MAX_JPEG_SCANS", 5)
+        assert images_module.jpeg_cost(io.BytesIO(data)) == (2, min(1 + len(scans), 6))
+
+
+def test_a_progressive_jpeg_with_scan_markers_in_a_comment_between_its_scans_loads() -> None:
+    """The bytes of 150 scan markers in a comment before its second scan: a decoder steps over
+    the comment, so its scans are its own 10, and it loads as Pillow decodes it; a marker of no
+    length before 150 more scans hides none of them."""
+    buffer = io.BytesIO()
+    _photo().save(buffer, "JPEG", progressive=True)
+    progressive = buffer.getvalue()
+    second = progressive.index(b"\xff\xda", progressive.index(b"\xff\xda") + 2)
+    commented = progressive[:second] + _segment(0xFE, b"\xff\xda" * 150) + progressive[second:]
+    assert images_module.jpeg_cost(io.BytesIO(commented))[1] == 10
+    expected = np.array(load_image(io.BytesIO(progressive)))
+    assert np.array_equal(np.array(load_image(io.BytesIO(commented))), expected)
+    scan = START_OF_SCAN + b"\x12" * 4
+    hidden = JPEG_HEADER + scan + b"\xff\x01" + scan * 150 + b"\xff\xd9"
+    assert images_module.jpeg_cost(io.BytesIO(hidden))[1] == images_module.MAX_JPEG_SCANS + 1
+
+
 def test_libjpeg_stays_quiet_about_damage_pillow_reads_silently(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture
 ) -> None:

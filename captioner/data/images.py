@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import struct
 import warnings
 from typing import BinaryIO
@@ -156,9 +157,12 @@ def costly_jpeg_error(source: str | os.PathLike[str] | BinaryIO, what: str) -> U
 def jpeg_cost(file: BinaryIO) -> tuple[int, int]:
     """(segments before the first scan, scans) of the JPEG in ``file``, read from its start,
     each counted no further than just past its limit (`MAX_JPEG_SEGMENTS`, `MAX_JPEG_SCANS`);
-    (0, 0) for a file that is not a JPEG. The segments are stepped over, not read; from the first
-    scan on, the file is read in chunks up to the first end of image, searched for scan markers
-    (scan data writes a 0xFF as FF 00, so FF DA there can only be a scan's marker)."""
+    (0, 0) for a file that is not a JPEG. Segments are stepped over by their lengths, not read.
+    From the first scan on, the file is read up to the first end of image as a decoder reads it:
+    a scan's data up to the next marker (it writes a 0xFF as FF 00, and its restart markers
+    count for nothing), the segments between scans (tables, comments) stepped over by their
+    lengths, so that a scan marker's bytes inside a comment are no scan; what follows the end of
+    image is not read."""
     file.seek(0)
     buffer, base = file.read(1 << 16), 0  # the file's bytes from offset base on
     if not buffer.startswith(JPEG_START):
@@ -183,21 +187,45 @@ def jpeg_cost(file: BinaryIO) -> tuple[int, int]:
         if segments > MAX_JPEG_SEGMENTS or length < 2:
             return segments, 0
         at += 2 + length  # past the segment, unread
-    # scans: the bytes of their marker after the first scan's, up to the first end of image (scan
-    # data writes a 0xFF as FF 00, so there both can only be markers); what follows is not read
-    scans, tail = 1, b""
-    file.seek(at + 2)
+    return segments, _scans(file, at + 2)
+
+
+SCAN_CHUNK = 1 << 20  # bytes `_scans` reads at a time
+# A marker after a scan's data: 0xFF, then neither 00 (a 0xFF of the data), a restart marker
+# (no end of the scan) nor another 0xFF (a fill byte: the marker follows it)
+_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+
+
+def _scans(file: BinaryIO, at: int) -> int:
+    """The scans of a JPEG whose first scan's header (its length) starts at offset ``at``, up to
+    its first end of image or ``MAX_JPEG_SCANS + 1``; see `jpeg_cost`."""
+    scans, chunk, has_length = 1, max(SCAN_CHUNK, 2), True  # a length, a marker: 2 bytes
+    file.seek(at)
+    buffer, base = file.read(chunk), at  # the file's bytes from offset base on
     while scans <= MAX_JPEG_SCANS:
-        chunk = file.read(1 << 20)
-        if not chunk:
+        if has_length:  # step over the segment (a scan's header, a table, a comment), unread
+            if at + 2 > base + len(buffer):
+                file.seek(at)
+                buffer, base = file.read(chunk), at
+                if len(buffer) < 2:
+                    break
+            length = int.from_bytes(buffer[at - base : at - base + 2], "big")
+            if length < 2:
+                break  # damaged: Pillow says what is wrong
+            at += length
+        while (found := _MARKER.search(buffer, at - base)) is None:  # read on
+            # (from a 0xFF at the buffer's end, which may start a marker)
+            at = max(at, base + len(buffer) - buffer.endswith(b"\xff"))
+            file.seek(at)
+            buffer, base = file.read(chunk), at
+            if len(buffer) < 2:
+                return scans
+        marker, at = buffer[found.start() + 1], base + found.end()
+        if marker == 0xD9:  # the end of image
             break
-        text = tail + chunk
-        end = text.find(b"\xff\xd9")
-        scans += text.count(b"\xff\xda", 0, len(text) if end < 0 else end)
-        if end >= 0:
-            break
-        tail = text[-1:]  # a marker split between two chunks is counted in the second
-    return segments, scans
+        scans += marker == 0xDA
+        has_length = marker not in (0x01, 0xD8)  # markers of no length, as a decoder skips them
+    return scans
 
 
 def _undecodable(err: Exception, what: str, kind: str | None) -> UserError:

@@ -873,7 +873,8 @@ def test_jpegs_that_cost_far_more_than_their_size_are_refused_before_they_are_op
     progressive = buffer.getvalue()
     ordinary = {name: tmp_path / f"{name}.jpg" for name in ("scans", "segments", "profiled")}
     ordinary["scans"].write_bytes(_with_scans(progressive, 90))  # 100 scans
-    ordinary["segments"].write_bytes(_with_segments(progressive, 990))  # 1,000 or so
+    ordinary["segments"].write_bytes(_with_segments(progressive, 986))  # 1,000, its 8 tables
+    # between scans counted
     _photo().save(ordinary["profiled"], icc_profile=b"\xff\xda" * 30_000)
     expected = {path: load_image(path) for path in ordinary.values()}
     hostile = {
@@ -935,7 +936,7 @@ def test_a_jpeg_of_max_segments_is_opened_and_one_of_a_segment_more_is_refused()
         data = JPEG_HEADER + segments + START_OF_SCAN + b"\x12" + b"\xff\xd9"
         error = images_module.costly_jpeg_error(io.BytesIO(data), "'x.jpg'")
         assert (error is not None) == refused, count
-    assert str(error).startswith("'x.jpg' is a JPEG of more than 1,000 segments before its image")
+    assert str(error).startswith("'x.jpg' is a JPEG of more than 1,000 segments (a photograph")
 
 
 class _Unseekable(io.RawIOBase):
@@ -977,42 +978,70 @@ _ENTROPY = st.lists(
     ),
     max_size=4,
 ).map(b"".join)  # a scan's data: a 0xFF written as FF 00
+_MARKED = st.one_of(
+    st.tuples(st.sampled_from([0xC4, 0xDB, 0xDD, 0xFE]), st.binary(max_size=12)).map(
+        lambda segment: _segment(*segment)  # tables, a comment: any bytes, FF DA too
+    ),
+    st.sampled_from([0x01, 0x02, 0x4F, 0xBF]).map(  # markers of no length: TEM, reserved
+        lambda marker: bytes([0xFF, marker])
+    ),
+)
 _BETWEEN = st.lists(
     st.one_of(
-        st.tuples(st.sampled_from([0xC4, 0xDB, 0xDD, 0xFE]), st.binary(max_size=12)).map(
-            lambda segment: _segment(*segment)  # tables, a comment: any bytes, FF DA, FF D9 too
+        st.tuples(st.integers(0, 2), _MARKED).map(  # fill bytes (0xFF) before a marker
+            lambda filled: (b"\xff" * filled[0] + filled[1], 1)
         ),
-        st.just(b"\xff\x01"),  # a marker of no length
-        st.just(b"\xff\xff"),  # fill bytes before the next marker
+        st.binary(min_size=1, max_size=3)  # stray bytes, which decoders skip
+        .filter(lambda data: b"\xff" not in data)
+        .map(lambda data: (data, 0)),
+        st.just((b"\xff\x00", 0)),  # a stuffed 0xFF out of place: skipped too
     ),
     max_size=3,
-).map(b"".join)
+)
 _MARKER_BYTES = st.lists(st.sampled_from([b"\xff\xda", b"\xff\xd9", b"\xff", b"\x00"])).map(
     b"".join
 )
 
 
 @given(
-    scans=st.lists(st.tuples(_ENTROPY, _BETWEEN, st.binary(max_size=2)), max_size=8),
+    header=_BETWEEN,
+    scans=st.lists(st.tuples(_ENTROPY, _BETWEEN), max_size=8),
     last=_ENTROPY,
     tail=_MARKER_BYTES,
     chunk=st.integers(1, 9),
 )
-def test_jpeg_cost_counts_the_scans_a_decoder_reads(scans, last, tail, chunk) -> None:
-    """JPEGs built of scans' data (stuffed 0xFF, restart markers), segments between scans
-    (tables and comments of any bytes, scan and end markers among them), markers of no length
-    and fill bytes, ended by an end of image and anything after it: the scans are the start of
-    scan markers a decoder reads, read in chunks of any size, counted to one past the limit. A
-    comment that held scan markers' bytes was counted as that many scans, refusing a JPEG Pillow
-    decodes."""
-    data = JPEG_HEADER + START_OF_SCAN
-    for entropy, between, _ in scans:
-        data += entropy + between + START_OF_SCAN
+def test_jpeg_cost_counts_the_segments_and_scans_a_decoder_reads(
+    header, scans, last, tail, chunk
+) -> None:
+    """JPEGs built of segments (tables and comments of any bytes, scan and end markers among
+    them), markers of no length (libjpeg skips the reserved ones without a length), fill bytes
+    and stray bytes, scans' data (stuffed 0xFF, restart markers), ended by an end of image and
+    anything after it: the segments and scans are those a decoder reads, read in chunks of any
+    size, counted until one of them passes its limit. A comment holding scan markers' bytes was
+    counted as that many scans; a reserved marker's next two bytes were read as a length that
+    stepped over the scans after it; a stray byte before the first scan gave no scans at all."""
+    events = ["segment"]  # the APP0 of the start: each marker's count, in order
+    data = b"\xff\xd8" + _segment(0xE0, b"JFIF\x00")
+    for part, count in header:
+        data, events = data + part, events + ["segment"] * count
+    data, events = data + START_OF_SCAN, [*events, "scan"]
+    for entropy, between in scans:
+        data += entropy
+        for part, count in between:
+            data, events = data + part, events + ["segment"] * count
+        data, events = data + START_OF_SCAN, [*events, "scan"]
     data += last + b"\xff\xd9" + tail
+    counted = {"segment": 0, "scan": 0}
+    for event in events:  # counted until either passes its limit (3 segments, 5 scans here)
+        counted[event] += 1
+        if counted["segment"] > 3 or counted["scan"] > 5:
+            break
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(images_module, "SCAN_CHUNK", chunk)
+        patch.setattr(images_module, "READ_CHUNK", chunk)
+        patch.setattr(images_module, "MAX_JPEG_SEGMENTS", 3)
         patch.setattr(images_module, "MAX_JPEG_SCANS", 5)
-        assert images_module.jpeg_cost(io.BytesIO(data)) == (2, min(1 + len(scans), 6))
+        cost = images_module.jpeg_cost(io.BytesIO(data))
+    assert cost == (counted["segment"], counted["scan"])
 
 
 def test_a_progressive_jpeg_with_scan_markers_in_a_comment_between_its_scans_loads() -> None:
@@ -1030,6 +1059,57 @@ def test_a_progressive_jpeg_with_scan_markers_in_a_comment_between_its_scans_loa
     scan = START_OF_SCAN + b"\x12" * 4
     hidden = JPEG_HEADER + scan + b"\xff\x01" + scan * 150 + b"\xff\xd9"
     assert images_module.jpeg_cost(io.BytesIO(hidden))[1] == images_module.MAX_JPEG_SCANS + 1
+
+
+def test_a_reserved_marker_in_scan_data_has_no_length_as_libjpeg_skips_it() -> None:
+    """With a restart interval, libjpeg meets a reserved marker (0x02-0xBF) where a restart
+    marker should be and resyncs (jpeg_resync_to_restart: "invalid marker", skipped without a
+    length) to the next marker: a scan's. Taken for a segment, its next two bytes (FF DA: 65,498)
+    stepped over every scan after it; Pillow decoded thousands of scans counted as one."""
+    restart = _segment(0xDD, struct.pack(">H", 1))
+    scan = START_OF_SCAN + b"\x12" * 4
+    for reserved in (0x02, 0x4F, 0xBF):
+        hidden = JPEG_HEADER + restart + scan + bytes([0xFF, reserved]) + scan * 150 + b"\xff\xd9"
+        assert images_module.jpeg_cost(io.BytesIO(hidden)) == (4, images_module.MAX_JPEG_SCANS + 1)
+
+
+def test_bytes_before_a_marker_that_decoders_skip_hide_no_scan() -> None:
+    """Pillow's header parser and libjpeg (next_marker: "extraneous bytes before marker") skip a
+    stray byte, or a stuffed FF 00, between two segments before the first scan; jpeg_cost
+    returned no scans at all for such a file, so any number of scans passed the limit."""
+    buffer = io.BytesIO()
+    _photo().save(buffer, "JPEG", progressive=True)
+    progressive = buffer.getvalue()
+    after_app0 = 4 + struct.unpack(">H", progressive[4:6])[0]
+    expected = np.array(load_image(io.BytesIO(progressive)))
+    for junk in (b"\x00", b"\x12\x34", b"\xff\x00"):
+        strayed = progressive[:after_app0] + junk + progressive[after_app0:]
+        assert np.array_equal(np.array(load_image(io.BytesIO(strayed))), expected)  # decodes
+        assert images_module.jpeg_cost(io.BytesIO(strayed))[1] == 10, junk
+    scan = START_OF_SCAN + b"\x12" * 4
+    app0 = 2 + 9  # SOI, then the APP0 segment of JPEG_HEADER
+    hidden = JPEG_HEADER[:app0] + b"\x00" + JPEG_HEADER[app0:] + scan * 150 + b"\xff\xd9"
+    assert images_module.jpeg_cost(io.BytesIO(hidden))[1] == images_module.MAX_JPEG_SCANS + 1
+
+
+def test_a_jpeg_of_too_many_scans_inside_another_container_is_refused_too() -> None:
+    """Pillow opens any format it knows, and BLP1 (a game texture, in no list of accepted
+    formats) decodes the JPEG it holds with JpegImageFile: jpeg_cost, which looks only at files
+    that start as JPEGs, never saw its 150 scans, and Pillow decoded every one."""
+    # an AC table of one code ('0': an end-of-band run of 2^14 + 14 extra bits), then scans of
+    # the luma's AC bands, each ending every block at once: libjpeg decodes each (it warns)
+    table = _segment(0xC4, bytes([0x13, 1, *bytes(15), 0xE0]))
+    scan = _segment(0xDA, bytes([1, 1, 0x03, 1, 63, 0x00])) + b"\x7f\xff\x00"
+    buffer = io.BytesIO()
+    _photo().save(buffer, "JPEG", progressive=True)
+    jpeg = buffer.getvalue()[:-2] + table + scan * 150 + b"\xff\xd9"
+    _raises_one_line(lambda: load_image(io.BytesIO(jpeg)), "more than 100 scans")
+    with Image.open(io.BytesIO(jpeg)) as image:
+        image.load()  # a JPEG Pillow decodes, all of its scans
+    blp = b"BLP1" + struct.pack("<iIIIi", 0, 0, 64, 48, 5) + bytes(4)  # JPEG, no alpha, 64 x 48
+    blp += struct.pack("<16I", 160, *[0] * 15) + struct.pack("<16I", len(jpeg), *[0] * 15)
+    blp += struct.pack("<I", 0) + jpeg  # no shared JPEG header: the mipmap is the whole JPEG
+    _raises_one_line(lambda: load_image(io.BytesIO(blp)), "")
 
 
 def test_libjpeg_stays_quiet_about_damage_pillow_reads_silently(

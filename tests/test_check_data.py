@@ -287,3 +287,30 @@ def test_a_checkpoint_stands_in_for_its_config_as_evaluate_s_lines_advise(tmp_pa
     assert "data.image_size" in err
     code, _, err = _check(None, capsys, "--checkpoint", checkpoint, "--config", TINY)
     assert code == 2 and "--config: not allowed with argument --checkpoint" in err
+
+
+def test_a_checkpoint_evaluate_reads_is_checked_whatever_its_training_settings(
+    tmp_path, capsys, scenes_annotations
+):
+    """check_data --checkpoint checks the data a run trained on; a training setting that a later
+    version checks more strictly (train.heartbeat_timeout_s under 1 s was accepted before its
+    minimum existed) does not concern the data, and evaluate reads the checkpoint: check_data
+    refused it, with a line naming a config key as if of the user's --config."""
+    payload = torch.load(REPO / "models" / "scenes_captioner.pt", weights_only=True)
+    payload["config"]["train"]["heartbeat_timeout_s"] = 0.5
+    checkpoint = tmp_path / "older.pt"
+    torch.save(payload, checkpoint)
+    root = scenes_annotations.parent
+    argv = ["--checkpoint", str(checkpoint), "--quiet", "--set",
+            f"data.annotations={scenes_annotations}", f"data.image_root={root}"]  # fmt: skip
+    code, out, err = _check(None, capsys, *argv)
+    assert code == 0, err
+    assert "training would run" in out
+
+
+def test_an_empty_config_path_is_one_line_as_for_train(capsys):
+    """`--config "$CONFIG"` with the variable unset: `args.config` is "" (false), so check_data
+    took the --checkpoint path with no checkpoint, and load_checkpoint(None) raised TypeError (a
+    traceback); train says the config path is a folder."""
+    code, out, err = _check(None, capsys, "--config", "")
+    assert code == 2 and not out and err.startswith("error: config file ") and err.count("\n") == 1

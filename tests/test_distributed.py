@@ -1558,3 +1558,35 @@ def test_without_local_rank_a_process_is_its_machines_first_only_as_rank_0(
 
     assert run_cli(main, []) == (143 if isinstance(raised, RunStopped) else 2)
     assert capsys.readouterr().err == said
+
+
+@pytest.mark.skipif(not hasattr(os, "openpty"), reason="a pseudo-terminal is POSIX's")
+def test_holding_native_stderr_survives_a_closed_terminal():
+    """`_native_stderr_held` (every worker's joining, each connection of the heartbeat to the
+    store) writes what it held back to descriptor 2 with os.write, past run_cli's guard of
+    sys.stderr: on a terminal that closed, even an empty write fails with EIO, and the command
+    ended with a traceback (status 1), or the heartbeat's thread died, where a closed terminal
+    is now to leave a command going."""
+    code = (
+        "from recurrent.distributed import _native_stderr_held\n"
+        "from recurrent.errors import run_cli\n"
+        "def main(argv):\n"
+        "    with _native_stderr_held():\n"
+        "        pass\n"
+        "    print('went on')\n"
+        "raise SystemExit(run_cli(main, []))\n"
+    )
+    primary, secondary = os.openpty()
+    os.close(primary)  # closed: every write to it fails with EIO
+    try:
+        ended = subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=Path(__file__).resolve().parents[1],
+            stdout=subprocess.PIPE,
+            stderr=secondary,
+            stdin=subprocess.DEVNULL,
+            timeout=120,
+        )
+    finally:
+        os.close(secondary)
+    assert (ended.returncode, ended.stdout) == (0, b"went on\n")

@@ -47,6 +47,12 @@ JPEG_START = b"\xff\xd8\xff"  # start of image, then a marker's first byte
 # How messages and --help name what is accepted: every still format Pillow decodes, these and more.
 ACCEPTED_FORMATS = "PNG, JPEG, TIFF, WebP, BMP, GIF, ICO, PPM, TGA, QOI"
 
+# Formats Pillow opens that hold a JPEG it decodes with no look at its cost (`jpeg_cost` reads
+# files that are JPEGs): BLP, a game's texture, whose BLP1 form is a JPEG behind its own header
+# (one of 150 scans took seconds to decode). They are refused once Pillow has read their header.
+UNCHECKED_JPEG_HOLDERS = ("BLP",)
+
+
 # Pillow's words for a file it recognises but lacks the means to decode (a codec it was built
 # without, Ghostscript for EPS, Windows for WMF): not a corrupt file, so the message says so.
 UNSUPPORTED_SIGNS = ("not available", "Ghostscript", "cannot find loader", "not supported")
@@ -93,6 +99,11 @@ def load_image(
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(source) as image:
                 kind = image.format
+                if kind in UNCHECKED_JPEG_HOLDERS:
+                    raise UserError(
+                        f"{what} is a {kind} file, which may hold a JPEG that would be decoded "
+                        "without a check of what it costs; convert it to PNG or JPEG"
+                    )
                 width, height = image.size
                 refused = size_error(what, width, height, limit)
                 if refused is not None:
@@ -141,9 +152,9 @@ def costly_jpeg_error(source: str | os.PathLike[str] | BinaryIO, what: str) -> U
         source.seek(0)
     if segments > MAX_JPEG_SEGMENTS:
         return UserError(
-            f"{what} is a JPEG of more than {MAX_JPEG_SEGMENTS:,} segments before its image data "
-            "(a photograph has about 10 to 20: its metadata and tables), which would take "
-            "minutes to read; re-encode it without its metadata"
+            f"{what} is a JPEG of more than {MAX_JPEG_SEGMENTS:,} segments (a photograph has about "
+            "10 to 20: its metadata and tables), which would take minutes to read; re-encode it "
+            "without its metadata"
         )
     if scans > MAX_JPEG_SCANS:
         return UserError(
@@ -154,56 +165,33 @@ def costly_jpeg_error(source: str | os.PathLike[str] | BinaryIO, what: str) -> U
     return None
 
 
-def jpeg_cost(file: BinaryIO) -> tuple[int, int]:
-    """(segments before the first scan, scans) of the JPEG in ``file``, read from its start,
-    each counted no further than just past its limit (`MAX_JPEG_SEGMENTS`, `MAX_JPEG_SCANS`);
-    (0, 0) for a file that is not a JPEG. Segments are stepped over by their lengths, not read.
-    From the first scan on, the file is read up to the first end of image as a decoder reads it:
-    a scan's data up to the next marker (it writes a 0xFF as FF 00, and its restart markers
-    count for nothing), the segments between scans (tables, comments) stepped over by their
-    lengths, so that a scan marker's bytes inside a comment are no scan; what follows the end of
-    image is not read."""
-    file.seek(0)
-    buffer, base = file.read(1 << 16), 0  # the file's bytes from offset base on
-    if not buffer.startswith(JPEG_START):
-        return 0, 0
-    segments, at = 0, 2
-    while True:
-        if at + 4 > base + len(buffer):  # read on from the next marker
-            file.seek(at)
-            buffer, base = file.read(1 << 16), at
-            if len(buffer) < 4:
-                return segments, 0
-        mark, marker = buffer[at - base], buffer[at - base + 1]
-        if mark != 0xFF or marker == 0xD9:
-            return segments, 0  # damaged, or no image data: Pillow says what is wrong
-        if marker == 0xDA:
-            break
-        if marker in (0x01, 0xFF) or 0xD0 <= marker <= 0xD8:  # a fill byte, a marker of no length
-            at += 1 if marker == 0xFF else 2
-            continue
-        segments += 1
-        length = int.from_bytes(buffer[at - base + 2 : at - base + 4], "big")
-        if segments > MAX_JPEG_SEGMENTS or length < 2:
-            return segments, 0
-        at += 2 + length  # past the segment, unread
-    return segments, _scans(file, at + 2)
-
-
-SCAN_CHUNK = 1 << 20  # bytes `_scans` reads at a time
-# A marker after a scan's data: 0xFF, then neither 00 (a 0xFF of the data), a restart marker
-# (no end of the scan) nor another 0xFF (a fill byte: the marker follows it)
+# A JPEG's next marker as a decoder finds it: 0xFF, then neither 00 (a 0xFF of a scan's data), a
+# restart marker (within a scan) nor another 0xFF (a fill byte: the marker follows it); whatever
+# comes before it (a scan's data, stray bytes between segments) is skipped, as libjpeg skips it
 _MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+READ_CHUNK = 1 << 20  # bytes `jpeg_cost` reads at a time
 
 
-def _scans(file: BinaryIO, at: int) -> int:
-    """The scans of a JPEG whose first scan's header (its length) starts at offset ``at``, up to
-    its first end of image or ``MAX_JPEG_SCANS + 1``; see `jpeg_cost`."""
-    scans, chunk, has_length = 1, max(SCAN_CHUNK, 2), True  # a length, a marker: 2 bytes
-    file.seek(at)
-    buffer, base = file.read(chunk), at  # the file's bytes from offset base on
-    while scans <= MAX_JPEG_SCANS:
-        if has_length:  # step over the segment (a scan's header, a table, a comment), unread
+def jpeg_cost(file: BinaryIO) -> tuple[int, int]:
+    """(segments, scans) of the JPEG in ``file``, read from its start up to its first end of
+    image as a decoder reads it, each counted no further than just past its limit
+    (`MAX_JPEG_SEGMENTS`, `MAX_JPEG_SCANS`); (0, 0) for a file that is not a JPEG.
+
+    Segments (metadata and tables before the first scan, tables and comments between scans) are
+    stepped over by their lengths, unread, so that a scan marker's bytes inside one are no scan;
+    the markers of no length (TEM, and the reserved 0x02-0xBF, which libjpeg skips without
+    reading a length) count as segments too. A scan's data, and stray bytes between segments, are
+    searched for the next marker (`_MARKER`) in chunks of `READ_CHUNK` bytes; what follows the end
+    of image is not read."""
+    file.seek(0)
+    if file.read(len(JPEG_START)) != JPEG_START:
+        return 0, 0
+    segments = scans = 0
+    at, has_length = 2, False  # after the start of image, which has no length
+    buffer, base = b"", at  # the file's bytes from offset base on
+    chunk = max(READ_CHUNK, 2)  # a length, a marker: two bytes
+    while segments <= MAX_JPEG_SEGMENTS and scans <= MAX_JPEG_SCANS:
+        if has_length:  # step over the segment, unread
             if at + 2 > base + len(buffer):
                 file.seek(at)
                 buffer, base = file.read(chunk), at
@@ -213,19 +201,21 @@ def _scans(file: BinaryIO, at: int) -> int:
             if length < 2:
                 break  # damaged: Pillow says what is wrong
             at += length
-        while (found := _MARKER.search(buffer, at - base)) is None:  # read on
-            # (from a 0xFF at the buffer's end, which may start a marker)
-            at = max(at, base + len(buffer) - buffer.endswith(b"\xff"))
+        while (found := _MARKER.search(buffer, at - base)) is None:  # read on (from a 0xFF at
+            at = max(at, base + len(buffer) - buffer.endswith(b"\xff"))  # the end: a marker's?)
             file.seek(at)
             buffer, base = file.read(chunk), at
             if len(buffer) < 2:
-                return scans
+                return segments, scans
         marker, at = buffer[found.start() + 1], base + found.end()
         if marker == 0xD9:  # the end of image
             break
-        scans += marker == 0xDA
-        has_length = marker not in (0x01, 0xD8)  # markers of no length, as a decoder skips them
-    return scans
+        if marker == 0xDA:
+            scans += 1
+        else:
+            segments += 1
+        has_length = marker >= 0xC0 and marker != 0xD8  # SOFn, tables, scans, APPn, comments
+    return segments, scans
 
 
 def _undecodable(err: Exception, what: str, kind: str | None) -> UserError:

@@ -15,6 +15,7 @@ file (one line on stderr). The library side is `captioner.data.check`.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -27,9 +28,15 @@ from captioner.data import SPLITS, resolve_weights
 from captioner.data.check import BAD, MISSING, DataReport, default_workers, scan_images
 from captioner.data.vocab import SPECIALS
 from captioner.encoder import build_backbone
-from captioner.scoring import load_data_records
+from captioner.scoring import add_data_arguments, data_from_arguments, load_data_records
 from recurrent.checkpoint import load_checkpoint
-from recurrent.config import add_config_arguments, from_dict, load_config, to_dict
+from recurrent.config import (
+    add_config_arguments,
+    check_bounds,
+    from_dict,
+    load_config,
+    to_dict,
+)
 from recurrent.errors import ArgumentParser, UserError, run_cli
 
 EXIT_WOULD_STOP = 1
@@ -48,9 +55,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     either.add_argument(
         "--checkpoint",
         help="in place of --config: the config a best.pt / last.pt of captioner.train was "
-        "trained with, whose data evaluate reads (--set data.annotations=... data.image_root=... "
-        "for other data)",
+        "trained with, whose data evaluate reads (with evaluate's --annotations, --image-root "
+        "and --format for other data)",
     )
+    add_data_arguments(parser)
     parser.add_argument(
         "--workers",
         type=int,
@@ -61,9 +69,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     cfg = _config(args)
-    check_config(cfg)
-    if args.config and isinstance(resolve_weights(cfg.model.weights, cfg.model.encoder), str):
-        build_backbone(cfg.model.encoder, cfg.model.weights)  # a local weights file: read it now
+    if args.checkpoint is None:  # a training config: what train would refuse, refused here
+        check_config(cfg)
+        if isinstance(resolve_weights(cfg.model.weights, cfg.model.encoder), str):
+            build_backbone(cfg.model.encoder, cfg.model.weights)  # a local weights file: read it
+    cfg = dataclasses.replace(cfg, data=data_from_arguments(cfg.data, args))  # evaluate's flags
     data = cfg.data
     # Every record, whatever its images: the check reports missing ones instead of stopping.
     records = load_data_records(data, check_images=False, report=True)
@@ -84,13 +94,15 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def _config(args: argparse.Namespace) -> CaptionerConfig:
-    """The config of --config, or of --checkpoint (whose weights bring the encoder's, so its
-    weights file is not needed), with the --set overrides."""
-    if args.config:
+    """The config of --config, or of --checkpoint with the --set overrides, checked as evaluate
+    checks a checkpoint's (its bounds: a training setting checked more strictly since it was
+    trained does not concern its data; the weights come from the checkpoint)."""
+    if args.checkpoint is None:
         return load_config(CaptionerConfig, args.config, args.overrides, bounds=BOUNDS)
     payload = load_checkpoint(args.checkpoint, task="captioner")
     try:
         saved = from_dict(CaptionerConfig, payload["config"])
+        check_bounds(saved, BOUNDS)
     except KeyError as err:
         raise UserError(
             f"{args.checkpoint} lacks {err}; pass a checkpoint written by captioner.train"
@@ -99,7 +111,9 @@ def _config(args: argparse.Namespace) -> CaptionerConfig:
         raise UserError(
             f"{args.checkpoint} does not fit this version of the captioner: {err}"
         ) from None
-    return load_config(CaptionerConfig, None, args.overrides, saved=to_dict(saved))
+    cfg = load_config(CaptionerConfig, None, args.overrides, saved=to_dict(saved))
+    check_bounds(cfg, BOUNDS)  # the --set values'
+    return cfg
 
 
 def _print_report(

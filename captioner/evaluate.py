@@ -35,7 +35,9 @@ from captioner.metrics import repeat_share
 from captioner.scoring import (
     TOKENIZATION,
     TOKENIZER,
+    add_data_arguments,
     check_predictions_path,
+    data_from_arguments,
     describe_scores,
     evaluate_split,
     image_ids,
@@ -88,23 +90,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         default=0,
         help="score only the first N images of the split (0: all)",
     )
-    parser.add_argument(
-        "--annotations",
-        default=None,
-        help="evaluate on these annotations instead of the training ones (same format as "
-        "data.format of the checkpoint, unless --format is given)",
-    )
-    parser.add_argument(
-        "--image-root",
-        default=None,
-        help="folder the annotations' image paths are relative to (default: the checkpoint's "
-        "data.image_root, or the annotations' folder when --annotations is given)",
-    )
-    parser.add_argument(
-        "--format",
-        default=None,
-        help="annotation format of --annotations: karpathy, flickr8k, coco, csv or jsonl",
-    )
+    add_data_arguments(parser)
     parser.add_argument(
         "--batch-size", type=int, default=32, help="images decoded at once (default: 32)"
     )
@@ -131,13 +117,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         check_predictions_path(args.predictions)
     payloads = [load_checkpoint(path, task="captioner") for path in args.checkpoint]
     captioner = ensemble_from_payloads(payloads, args.checkpoint, args.device)
-    data = captioner.cfg.data
-    if args.annotations is not None:
-        data = dataclasses.replace(data, annotations=args.annotations, image_root="")
-    if args.format is not None:
-        data = dataclasses.replace(data, format=args.format)
-    if args.image_root is not None:
-        data = dataclasses.replace(data, image_root=args.image_root)
+    data = data_from_arguments(captioner.cfg.data, args)
     every_split = records = load_data_records(data)
     records = select_split(records, args.split, source=data.annotations, fractions_fixed=True)
     ids = image_ids(records)  # the whole split's, which compare reads

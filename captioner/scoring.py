@@ -15,6 +15,7 @@ all the split's images (``cam1/5.png``). The ids are those of the whole split: a
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import hashlib
 import json
@@ -29,7 +30,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from captioner.config import DecodeConfig
+from captioner.config import DataConfig, DecodeConfig
 from captioner.data import (
     OLDER_WEIGHTS,
     PATHS_OUTSIDE_ABSOLUTE,
@@ -254,6 +255,40 @@ def write_predictions(predictions: list[dict[str, Any]], path: str | os.PathLike
 
 def _unwritable(path: Path, err: OSError) -> UserError:
     return UserError(f"cannot write predictions to {path} ({err.strerror}); pick another path")
+
+
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """--annotations, --image-root and --format: other data than a checkpoint's (evaluate's, and
+    check_data's with --checkpoint), applied by `data_from_arguments`."""
+    parser.add_argument(
+        "--annotations",
+        default=None,
+        help="these annotations instead of the training ones (same format as data.format of "
+        "the checkpoint, unless --format is given)",
+    )
+    parser.add_argument(
+        "--image-root",
+        default=None,
+        help="folder the annotations' image paths are relative to (default: the checkpoint's "
+        "data.image_root, or the annotations' folder when --annotations is given)",
+    )
+    parser.add_argument(
+        "--format",
+        default=None,
+        help="annotation format of --annotations: karpathy, flickr8k, coco, csv or jsonl",
+    )
+
+
+def data_from_arguments(data: DataConfig, args: argparse.Namespace) -> DataConfig:
+    """``data`` with `add_data_arguments`' flags in place: --annotations reads its images from
+    its own folder unless --image-root says otherwise."""
+    if args.annotations is not None:
+        data = dataclasses.replace(data, annotations=args.annotations, image_root="")
+    if args.format is not None:
+        data = dataclasses.replace(data, format=args.format)
+    if args.image_root is not None:
+        data = dataclasses.replace(data, image_root=args.image_root)
+    return data
 
 
 def load_data_records(

@@ -271,6 +271,11 @@ def test_a_checkpoint_stands_in_for_its_config_as_evaluate_s_lines_advise(tmp_pa
     by_checkpoint = _check(None, capsys, *argv)
     assert by_checkpoint == by_config and by_config[0] == 1
     assert str(tmp_path / "2.png") in json.loads(by_config[1])["listed_twice"]
+    # evaluate's --annotations (another file, its images beside it) reads the same
+    other = tmp_path / "other.json"
+    other.write_text(annotations.read_text())
+    argv = ["--checkpoint", checkpoint, "--annotations", str(other), "--quiet", "--json"]
+    assert _check(None, capsys, *argv) == _check(other, capsys, json_out=True)
     # --set applies to the checkpoint's settings as to a config file's
     argv = ["--checkpoint", checkpoint, "--quiet", "--set", "data.bad_images=skip", "--json"]
     assert (

@@ -54,8 +54,11 @@ OLDER_WEIGHTS = "hash, from weights trained on an earlier split"
 PATHS_OUTSIDE_ABSOLUTE = "hash"
 
 # The command an error line sends the user to for every file it counts: with the run's config,
-# or, for a user who has only the checkpoint (evaluate's), with the checkpoint.
-CHECK_DATA = "python -m captioner.check_data with the run's --config or its --checkpoint"
+# or, for a user who has only the checkpoint, with evaluate's arguments.
+CHECK_DATA = (
+    "python -m captioner.check_data with train's --config and --set, or evaluate's --checkpoint, "
+    "--annotations and --image-root"
+)
 
 
 # --------------------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from recurrent.errors import STOP_SIGNALS, JobNotFormed, UserError
+from recurrent.errors import STOP_SIGNALS, JobNotFormed, UserError, output_gone
 
 # how a line says to run the same command again: it goes on from last.pt, or starts afresh
 RESUME_AUTO = "--resume auto"
@@ -290,7 +290,12 @@ def _native_stderr_held() -> Iterator[None]:
             os.dup2(stderr, 2)
             os.close(stderr)
         held.seek(0)
-        os.write(2, held.read())
+        if said := held.read():
+            try:
+                os.write(2, said)
+            except OSError as err:  # a terminal that closed: dropped, as run_cli drops its lines
+                if not output_gone(err, sys.stderr):
+                    raise
 
 
 def _attempt_key(name: str) -> str:

@@ -466,10 +466,16 @@ class _StandardStream:
         self._stream, self._name = stream, name
 
     def __getattr__(self, name: str) -> Any:
+        if name in ("_stream", "_name"):  # not set yet (a copy being made): no recursion
+            raise AttributeError(name)
         return getattr(self._stream, name)
 
     def write(self, text: str) -> int:
         return self._guarded(self._stream.write, text)
+
+    def writelines(self, lines: Any) -> None:
+        for line in lines:
+            self.write(line)
 
     def flush(self) -> None:
         self._guarded(self._stream.flush)
@@ -483,18 +489,40 @@ class _StandardStream:
             if not output_gone(err, self._stream):
                 if err.filename is not None:
                     raise
-                from recurrent.files import named
+                if err.errno in DISK_FULL:
+                    from recurrent.files import named
 
-                raise named(err, self._name) from None
+                    raise named(err, self._name) from None
+                raise UserError(  # a descriptor closed (`>&-`), or one that will not block
+                    f"cannot write to {self._name} ({err.strerror or type(err).__name__}); "
+                    "check what it is redirected to"
+                ) from None
         _point_at_devnull(self._stream)
         call(*args)  # to os.devnull now, with what the buffer held
         return len(args[0]) if args else None
 
 
+class _ClosedOutput:
+    """sys.stdout where the command was started with its standard output closed (``>&-``), which
+    Python leaves as None: the first write is one line, not an AttributeError's traceback."""
+
+    def write(self, text: str) -> int:
+        raise UserError(
+            "cannot write to the standard output (it is closed: started with >&-); send it to a "
+            "file or to /dev/null instead"
+        )
+
+    def flush(self) -> None:
+        pass
+
+
 def _guard_standard_streams() -> tuple[Any, Any]:
-    """Put `_StandardStream` around sys.stdout and sys.stderr; returns what they were."""
+    """Put `_StandardStream` around sys.stdout and sys.stderr (`_ClosedOutput` in place of a
+    closed stdout); returns what they were."""
     saved = sys.stdout, sys.stderr
-    if sys.stdout is not None and not isinstance(sys.stdout, _StandardStream):
+    if sys.stdout is None:
+        sys.stdout = _ClosedOutput()
+    elif not isinstance(sys.stdout, (_StandardStream, _ClosedOutput)):
         sys.stdout = _StandardStream(sys.stdout, "the standard output")
     if sys.stderr is not None and not isinstance(sys.stderr, _StandardStream):
         sys.stderr = _StandardStream(sys.stderr, "the standard error")
@@ -504,7 +532,7 @@ def _guard_standard_streams() -> tuple[Any, Any]:
 def _unguard_standard_streams(saved: tuple[Any, Any]) -> None:
     """Give sys.stdout and sys.stderr back as they were before `_guard_standard_streams`, unless
     something else replaced them meanwhile."""
-    if isinstance(sys.stdout, _StandardStream):
+    if isinstance(sys.stdout, (_StandardStream, _ClosedOutput)):
         sys.stdout = saved[0]
     if isinstance(sys.stderr, _StandardStream):
         sys.stderr = saved[1]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import errno
 import importlib
@@ -936,7 +937,7 @@ def test_a_commands_streams_drop_a_closed_terminal_but_not_a_failing_disk_or_a_r
     """`run_cli` puts its guard around both standard streams while the command runs: EIO from a
     terminal (a character device, as os.devnull is) is a closed terminal, whose writes are
     dropped, the command going on; EIO from a file is a failing disk and a broken pipe a reader
-    gone, which still reach the command."""
+    gone, which still reach the command (the disk's as one line naming the stream)."""
     seen = {}
 
     def main(argv) -> None:
@@ -952,6 +953,8 @@ def test_a_commands_streams_drop_a_closed_terminal_but_not_a_failing_disk_or_a_r
                     seen[name] = guarded.write("a line\n")
                 except OSError as err:
                     seen[name] = err.errno
+                except UserError as err:
+                    seen[name] = str(err)
             seen["guarded"] = isinstance(sys.stdout, errors._StandardStream)
             seen["stderr"] = isinstance(sys.stderr, errors._StandardStream)
 
@@ -960,8 +963,40 @@ def test_a_commands_streams_drop_a_closed_terminal_but_not_a_failing_disk_or_a_r
     assert (sys.stdout, sys.stderr) == before  # given back as they were
     assert seen == {
         "terminal": len("a line\n"),
-        "disk": errno.EIO,
+        "disk": "cannot write to the standard output (Input/output error); check what it is "
+        "redirected to",
         "pipe": errno.EPIPE,
         "guarded": True,
         "stderr": True,
     }
+
+
+def test_a_standard_output_that_fails_otherwise_or_is_closed_is_one_line(tmp_path):
+    """A write to a descriptor that is closed (EBADF) or will not block (EAGAIN) names the
+    stream in one line; a command started with its standard output closed (``>&-``, which
+    Python leaves as None) fails at its first write in one line, where it raised AttributeError
+    with a traceback. The guard's other ways of writing drop a closed terminal too, and it can
+    be copied."""
+    with (tmp_path / "log.txt").open("w") as file, open(os.devnull, "w") as terminal:
+        failing = _FailingOnce(file, OSError(errno.EBADF, "Bad file descriptor"))
+        guarded = errors._StandardStream(failing, "the standard output")
+        with pytest.raises(UserError, match=r"^cannot write to the standard output \(Bad file"):
+            guarded.write("a line\n")
+        eio = OSError(errno.EIO, "Input/output error")
+        dropped = errors._StandardStream(_FailingOnce(terminal, eio), "the standard output")
+        dropped.writelines(["a line\n", "another\n"])  # a closed terminal's: dropped
+        assert copy.copy(dropped)._name == "the standard output"
+    code = "import sys; from recurrent.errors import run_cli; sys.exit(run_cli(print, ['a']))"
+    ended = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=Path(__file__).resolve().parents[1],
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=60,
+        preexec_fn=lambda: os.close(1),
+    )
+    assert (ended.returncode, ended.stderr) == (
+        2,
+        "error: cannot write to the standard output (it is closed: started with >&-); send it to "
+        "a file or to /dev/null instead\n",
+    )

@@ -1059,6 +1059,15 @@ def test_a_progressive_jpeg_with_scan_markers_in_a_comment_between_its_scans_loa
     scan = START_OF_SCAN + b"\x12" * 4
     hidden = JPEG_HEADER + scan + b"\xff\x01" + scan * 150 + b"\xff\xd9"
     assert images_module.jpeg_cost(io.BytesIO(hidden))[1] == images_module.MAX_JPEG_SCANS + 1
+    # nor does a comment whose length is under its own two bytes, which libjpeg steps past: Pillow
+    # decoded the 150 scans after it, counted as none
+    last = progressive.rindex(b"\xff\xda")
+    for length in (0, 1):
+        comment = b"\xff\xfe" + struct.pack(">H", length)
+        hidden = progressive[:-2] + comment + progressive[last:-2] * 150 + b"\xff\xd9"
+        with Image.open(io.BytesIO(hidden)) as image:
+            image.load()  # decoded, every scan
+        _raises_one_line(lambda hidden=hidden: load_image(io.BytesIO(hidden)), "100 scans")
 
 
 def test_a_reserved_marker_in_scan_data_has_no_length_as_libjpeg_skips_it() -> None:

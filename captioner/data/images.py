@@ -198,9 +198,7 @@ def jpeg_cost(file: BinaryIO) -> tuple[int, int]:
                 if len(buffer) < 2:
                     break
             length = int.from_bytes(buffer[at - base : at - base + 2], "big")
-            if length < 2:
-                break  # damaged: Pillow says what is wrong
-            at += length
+            at += max(length, 2)  # a length under 2 (its own two bytes): libjpeg goes on past it
         while (found := _MARKER.search(buffer, at - base)) is None:  # read on (from a 0xFF at
             at = max(at, base + len(buffer) - buffer.endswith(b"\xff"))  # the end: a marker's?)
             file.seek(at)

@@ -919,6 +919,9 @@ def test_jpeg_cost_counts_segments_to_the_first_scan_and_scans_to_the_end_of_ima
     assert cost(JPEG_HEADER + scan * 3 + b"\xff\xd9") == (2, 3)
     filled = b"\xff\xd8" + (b"\xff\xff\xff" + _segment(0xE1, b"Exif")) * 5 + scan + b"\xff\xd9"
     assert cost(filled) == (5, 1)
+    # a baseline frame (SOF0) 65,497 pixels high (FF D9) is stepped over, as every segment is
+    frame = _segment(0xC0, b"\x08\xff\xd9\x00\x01\x01\x01\x11\x00")
+    assert cost(JPEG_HEADER + frame + scan * 3 + b"\xff\xd9") == (3, 3)
     # the scans are read in chunks of 1 MiB from just past the first scan's marker: the second
     # scan's marker starts on the last byte of the first chunk
     data = scan[:-50] + b"\x12" * (2**20 + 1 - len(START_OF_SCAN)) + scan + b"\xff\xd9"
@@ -934,8 +937,10 @@ def test_a_jpeg_of_max_segments_is_opened_and_one_of_a_segment_more_is_refused()
     for count, refused in ((limit, False), (limit + 1, True)):
         segments = b"".join(_segment(0xE1, b"Exif") for _ in range(count - 2))
         data = JPEG_HEADER + segments + START_OF_SCAN + b"\x12" + b"\xff\xd9"
-        error = images_module.costly_jpeg_error(io.BytesIO(data), "'x.jpg'")
+        stream = io.BytesIO(data)
+        error = images_module.costly_jpeg_error(stream, "'x.jpg'")
         assert (error is not None) == refused, count
+        assert stream.tell() == 0  # left at its start, for a decoder to read
     assert str(error).startswith("'x.jpg' is a JPEG of more than 1,000 segments (a photograph")
 
 
@@ -979,8 +984,8 @@ _ENTROPY = st.lists(
     max_size=4,
 ).map(b"".join)  # a scan's data: a 0xFF written as FF 00
 _MARKED = st.one_of(
-    st.tuples(st.sampled_from([0xC4, 0xDB, 0xDD, 0xFE]), st.binary(max_size=12)).map(
-        lambda segment: _segment(*segment)  # tables, a comment: any bytes, FF DA too
+    st.tuples(st.sampled_from([0xC0, 0xC2, 0xC4, 0xDB, 0xDD, 0xFE]), st.binary(max_size=12)).map(
+        lambda segment: _segment(*segment)  # frames, tables, a comment: any bytes, FF DA too
     ),
     st.sampled_from([0x01, 0x02, 0x4F, 0xBF]).map(  # markers of no length: TEM, reserved
         lambda marker: bytes([0xFF, marker])

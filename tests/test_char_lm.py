@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -302,8 +303,9 @@ def test_bad_text_files_are_user_errors(tmp_path):
 @settings(max_examples=200, deadline=None)
 @given(chars=st.integers(0, 80), batch_size=st.integers(1, 12), block_size=st.integers(1, 12))
 def test_a_text_too_short_for_its_windows_is_told_settings_that_fit(chars, batch_size, block_size):
-    """The line's example settings train on the same text, and a one-character text, which no
-    settings fit, is told only to be longer."""
+    """The line's example settings train on the same text, the length it says the settings need
+    is the least they train on, and a one-character text, which no settings fit, is told only to
+    be longer."""
     try:
         StreamBatches(torch.zeros(chars, dtype=torch.long), batch_size, block_size)
     except UserError as err:
@@ -316,6 +318,10 @@ def test_a_text_too_short_for_its_windows_is_told_settings_that_fit(chars, batch
         assert "needs at least 2; use a longer text" in message and "--set" not in message
         return
     assert f"at most {chars - 1:,} (e.g. --set " in message
+    needed = int(re.search(r"needs at least ([\d,]+)\)", message)[1].replace(",", ""))
+    StreamBatches(torch.zeros(needed, dtype=torch.long), batch_size, block_size)  # the least
+    with pytest.raises(UserError):
+        StreamBatches(torch.zeros(needed - 1, dtype=torch.long), batch_size, block_size)
     fit = dict(batch_size=batch_size, block_size=block_size)
     for setting in message.rsplit("--set ", 1)[1].rstrip(")").split():
         key, value = setting.removeprefix("data.").split("=")

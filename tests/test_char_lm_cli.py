@@ -238,7 +238,8 @@ def bad_inputs(
         "text shorter than one window": (
             train_cli, ["--config", TINY, "--set", f"data.path={tmp_path / 'short.txt'}",
                         "--set", "data.val_fraction=0", *out],
-            "too few for data.batch_size=4 streams",
+            "the training text has 9 characters, too few for data.batch_size=4 streams of one "
+            "data.block_size=16 window (needs at least 65); use a longer text, or lower",
         ),
         "training split too short to train on": (
             train_cli, ["--config", TINY, "--set", f"data.path={tmp_path / 'short.txt'}",

@@ -271,25 +271,38 @@ def test_a_checkpoint_stands_in_for_its_config_as_evaluate_s_lines_advise(tmp_pa
     by_checkpoint = _check(None, capsys, *argv)
     assert by_checkpoint == by_config and by_config[0] == 1
     assert str(tmp_path / "2.png") in json.loads(by_config[1])["listed_twice"]
-    # evaluate's --annotations (another file, its images beside it) reads the same
-    other = tmp_path / "other.json"
-    other.write_text(annotations.read_text())
+    # evaluate's --annotations (another set, its images beside it, or under --image-root)
+    (tmp_path / "other").mkdir()
+    other = _dataset(tmp_path / "other", bad_split="val")  # a missing image, a leak of its own
+    by_other = _check(other, capsys, json_out=True)
     argv = ["--checkpoint", checkpoint, "--annotations", str(other), "--quiet", "--json"]
-    assert _check(None, capsys, *argv) == _check(other, capsys, json_out=True)
+    assert _check(None, capsys, *argv) == by_other != by_config
+    (tmp_path / "lists").mkdir()
+    listed = tmp_path / "lists" / "dataset.json"  # the same list, away from its images
+    listed.write_text(other.read_text())
+    argv = ["--checkpoint", checkpoint, "--quiet", "--json", "--image-root", str(other.parent)]
+    assert _check(None, capsys, *argv, "--annotations", str(listed)) == by_other
     # --set applies to the checkpoint's settings as to a config file's
     argv = ["--checkpoint", checkpoint, "--quiet", "--set", "data.bad_images=skip", "--json"]
     assert (
         _check(None, capsys, *argv)[:2]
         == _check(annotations, capsys, "data.bad_images=skip", json_out=True)[:2]
     )
-    # a checkpoint whose saved config this version cannot read: one line naming the file
-    payload = torch.load(checkpoint, weights_only=True)
-    payload["config"]["data"]["image_size"] = "big"
-    torch.save(payload, tmp_path / "edited.pt")
-    code, out, err = _check(None, capsys, "--checkpoint", str(tmp_path / "edited.pt"))
+    # a --set value out of its bounds is refused as a config file's would be
+    argv = ["--checkpoint", checkpoint, "--set", "data.val_fraction=1.5"]
+    code, out, err = _check(None, capsys, *argv)
     assert code == 2 and not out and err.count("\n") == 1
-    assert err.startswith(f"error: {tmp_path / 'edited.pt'} does not fit this version")
-    assert "data.image_size" in err
+    assert err == "error: config key 'data.val_fraction' must be in [0, 1), got 1.5\n"
+    # a checkpoint whose saved config this version cannot read (a value of another type, or out
+    # of its bounds): one line naming the file
+    for key, value in (("image_size", "big"), ("val_fraction", 1.5)):
+        payload = torch.load(checkpoint, weights_only=True)
+        payload["config"]["data"][key] = value
+        torch.save(payload, tmp_path / "edited.pt")
+        code, out, err = _check(None, capsys, "--checkpoint", str(tmp_path / "edited.pt"))
+        assert code == 2 and not out and err.count("\n") == 1
+        assert err.startswith(f"error: {tmp_path / 'edited.pt'} does not fit this version")
+        assert f"data.{key}" in err
     code, _, err = _check(None, capsys, "--checkpoint", checkpoint, "--config", TINY)
     assert code == 2 and "--config: not allowed with argument --checkpoint" in err
 

@@ -3,6 +3,7 @@ says it scored, end to end through the command lines' main functions."""
 
 from __future__ import annotations
 
+import argparse
 import csv
 import dataclasses
 import json
@@ -16,6 +17,7 @@ from captioner import compare as compare_cli
 from captioner import evaluate as evaluate_cli
 from captioner import scoring
 from captioner.cider import corpus_cider_d
+from captioner.config import DataConfig
 from captioner.data import ImageRecord, load_records, select_split
 from captioner.inference import load_captioner
 from captioner.metrics import bleu_scores
@@ -43,6 +45,27 @@ def test_image_ids_are_the_file_numbers_else_the_stems_else_the_paths():
     # the last resort, names that stay alike (one file listed twice): the positions, from 0
     assert ids("data/x.png", "data/x.png") == [0, 1]
     assert ids("x.png", "x.png") == [0, 1]  # no folder in the name: the current one
+
+
+def test_other_annotations_read_their_images_from_their_own_folder_unless_told_otherwise():
+    """evaluate's (and check_data --checkpoint's) --annotations, --format and --image-root in
+    place of a checkpoint's data: other annotations are read with their images beside them, not
+    under the checkpoint's data.image_root (the training machine's folder), unless --image-root
+    names a folder, whichever of the two flags comes first."""
+    parser = argparse.ArgumentParser()
+    scoring.add_data_arguments(parser)
+    saved = DataConfig(annotations="/data/coco/karpathy.json", image_root="/data/coco/images")
+
+    def data(*argv: str) -> DataConfig:
+        return scoring.data_from_arguments(saved, parser.parse_args(argv))
+
+    assert data() == saved
+    other = dataclasses.replace(saved, annotations="o.csv", image_root="", format="csv")
+    assert data("--annotations", "o.csv", "--format", "csv") == other
+    rooted = dataclasses.replace(saved, annotations="o.json", image_root="/moved")
+    assert data("--annotations", "o.json", "--image-root", "/moved") == rooted
+    assert data("--image-root", "/moved", "--annotations", "o.json") == rooted
+    assert data("--image-root", "/moved") == dataclasses.replace(saved, image_root="/moved")
 
 
 @pytest.fixture(scope="module")

@@ -1566,13 +1566,17 @@ def test_holding_native_stderr_survives_a_closed_terminal():
     store) writes what it held back to descriptor 2 with os.write, past run_cli's guard of
     sys.stderr: on a terminal that closed, even an empty write fails with EIO, and the command
     ended with a traceback (status 1), or the heartbeat's thread died, where a closed terminal
-    is now to leave a command going."""
+    is now to leave a command going; what it held (torch's dump of a try that failed before one
+    that worked) is dropped too."""
     code = (
+        "import os\n"
         "from recurrent.distributed import _native_stderr_held\n"
         "from recurrent.errors import run_cli\n"
         "def main(argv):\n"
         "    with _native_stderr_held():\n"
         "        pass\n"
+        "    with _native_stderr_held():\n"
+        "        os.write(2, b'a native dump\\n')\n"
         "    print('went on')\n"
         "raise SystemExit(run_cli(main, []))\n"
     )

@@ -438,6 +438,23 @@ def test_a_bad_flag_is_one_line_naming_it(module, capsys):
         assert err.count("\n") == 1 and named in err and f"`python -m {module} --help`" in err
 
 
+def test_config_is_required_unless_another_option_stands_in_for_it():
+    """Without --config, a command would run on the config dataclass's defaults, which no one
+    wrote down: --config is required, or (check_data) one of it and --checkpoint."""
+    alone = errors.ArgumentParser(prog="train")
+    config_module.add_config_arguments(alone, "x.yaml")
+    with pytest.raises(UserError, match="the following arguments are required: --config;"):
+        alone.parse_args(["--set", "train.lr=1"])
+    assert alone.parse_args(["--config", "x.yaml", "--set", "a=1"]).overrides == ["a=1"]
+    parser = errors.ArgumentParser(prog="check")
+    either = parser.add_mutually_exclusive_group(required=True)
+    config_module.add_config_arguments(parser, "x.yaml", either=either)
+    either.add_argument("--checkpoint")
+    with pytest.raises(UserError, match="one of the arguments --config --checkpoint is required"):
+        parser.parse_args(["--set", "train.lr=1"])
+    assert parser.parse_args(["--checkpoint", "best.pt"]).config is None
+
+
 @pytest.mark.parametrize(
     "raised, status, said",
     [
@@ -1000,3 +1017,48 @@ def test_a_standard_output_that_fails_otherwise_or_is_closed_is_one_line(tmp_pat
         "error: cannot write to the standard output (it is closed: started with >&-); send it to "
         "a file or to /dev/null instead\n",
     )
+
+
+class _FlushFailingOnce(_FailingOnce):
+    """`_FailingOnce` whose first flush fails instead of its first write."""
+
+    def write(self, text: str) -> int:
+        return io.StringIO.write(self, text)
+
+    def flush(self) -> None:
+        error, self.error = self.error, None
+        if error is not None:
+            raise error
+
+
+def test_a_flush_that_fails_first_is_guarded_as_a_write_and_a_named_file_passes_through(tmp_path):
+    """A partial line (`print(..., end="")`) stays in a line-buffered stream's buffer, so its
+    flush is the first write to fail: from a closed terminal it is dropped as a write's failure
+    is, on a descriptor that is closed it is one line naming the stream. An error that names its
+    own file reaches run_cli as it was raised, for run_cli's line to name that file."""
+    eio = OSError(errno.EIO, "Input/output error")
+    with open(os.devnull, "w") as terminal, (tmp_path / "log.txt").open("w") as file:
+        errors._StandardStream(_FlushFailingOnce(terminal, eio), "the standard output").flush()
+        ebadf = OSError(errno.EBADF, "Bad file descriptor")
+        closed = errors._StandardStream(_FlushFailingOnce(file, ebadf), "the standard error")
+        with pytest.raises(UserError, match=r"^cannot write to the standard error \(Bad file"):
+            closed.flush()
+        denied = PermissionError(errno.EACCES, "Permission denied", "/var/log/run.log")
+        named = errors._StandardStream(_FailingOnce(file, denied), "the standard output")
+        with pytest.raises(PermissionError) as raised:
+            named.write("a line\n")
+        assert raised.value is denied
+
+
+def test_streams_that_a_command_replaced_are_left_as_it_set_them(monkeypatch):
+    """run_cli gives back the standard streams it guarded, not ones the command put in their
+    place meanwhile."""
+    monkeypatch.setattr(sys, "stdout", sys.stdout)  # given back after the test
+    monkeypatch.setattr(sys, "stderr", sys.stderr)
+    replaced = io.StringIO(), io.StringIO()
+
+    def main(argv) -> None:
+        sys.stdout, sys.stderr = replaced
+
+    assert run_cli(main, []) == 0
+    assert (sys.stdout, sys.stderr) == replaced

@@ -516,15 +516,29 @@ class _ClosedOutput:
         pass
 
 
+class _ClosedError:
+    """sys.stderr where the command was started with its standard error closed (``2>&-``, None
+    in Python): what is said there goes nowhere, and the command ends with its own status (1, an
+    AttributeError's, before)."""
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
 def _guard_standard_streams() -> tuple[Any, Any]:
-    """Put `_StandardStream` around sys.stdout and sys.stderr (`_ClosedOutput` in place of a
-    closed stdout); returns what they were."""
+    """Put `_StandardStream` around sys.stdout and sys.stderr (`_ClosedOutput` and `_ClosedError`
+    in place of closed ones); returns what they were."""
     saved = sys.stdout, sys.stderr
     if sys.stdout is None:
         sys.stdout = _ClosedOutput()
     elif not isinstance(sys.stdout, (_StandardStream, _ClosedOutput)):
         sys.stdout = _StandardStream(sys.stdout, "the standard output")
-    if sys.stderr is not None and not isinstance(sys.stderr, _StandardStream):
+    if sys.stderr is None:
+        sys.stderr = _ClosedError()
+    elif not isinstance(sys.stderr, (_StandardStream, _ClosedError)):
         sys.stderr = _StandardStream(sys.stderr, "the standard error")
     return saved
 
@@ -534,7 +548,7 @@ def _unguard_standard_streams(saved: tuple[Any, Any]) -> None:
     something else replaced them meanwhile."""
     if isinstance(sys.stdout, (_StandardStream, _ClosedOutput)):
         sys.stdout = saved[0]
-    if isinstance(sys.stderr, _StandardStream):
+    if isinstance(sys.stderr, (_StandardStream, _ClosedError)):
         sys.stderr = saved[1]
 
 

@@ -992,7 +992,7 @@ def test_a_standard_output_that_fails_otherwise_or_is_closed_is_one_line(tmp_pat
     """A write to a descriptor that is closed (EBADF) or will not block (EAGAIN) names the
     stream in one line; a command started with its standard output closed (``>&-``, which
     Python leaves as None) fails at its first write in one line, where it raised AttributeError
-    with a traceback. The guard's other ways of writing drop a closed terminal too, and it can
+    with a traceback; one started with its standard error closed ends with its own status. The guard's other ways of writing drop a closed terminal too, and it can
     be copied."""
     with (tmp_path / "log.txt").open("w") as file, open(os.devnull, "w") as terminal:
         failing = _FailingOnce(file, OSError(errno.EBADF, "Bad file descriptor"))
@@ -1017,6 +1017,21 @@ def test_a_standard_output_that_fails_otherwise_or_is_closed_is_one_line(tmp_pat
         "error: cannot write to the standard output (it is closed: started with >&-); send it to "
         "a file or to /dev/null instead\n",
     )
+    # its standard error closed (2>&-): the mistake's line goes nowhere, its status stays 2 (an
+    # AttributeError made it 1)
+    code = (
+        "import sys; from recurrent.errors import UserError, run_cli\n"
+        "def main(argv): raise UserError('a mistake')\n"
+        "sys.exit(run_cli(main, []))"
+    )
+    ended = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=Path(__file__).resolve().parents[1],
+        stdout=subprocess.PIPE,
+        timeout=60,
+        preexec_fn=lambda: os.close(2),
+    )
+    assert (ended.returncode, ended.stdout) == (2, b"")
 
 
 class _FlushFailingOnce(_FailingOnce):

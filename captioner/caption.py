@@ -6,8 +6,9 @@
 
 Each argument is an image file, a folder (every image file in it, by extension, not recursive) or
 a glob pattern. Images are captioned in batches, with a progress bar on stderr when it is a
-terminal. Prints one ``path<TAB>caption`` line per image, or one JSON object with --json; --csv
-also writes ``image,caption`` rows that the training CSV loader reads (``data.format: csv``), so
+terminal. Prints one ``path<TAB>caption`` line per image (a name holding a tab, a line break or
+a double quote quoted as CSV quotes it), or one JSON object with --json; --csv also writes
+``image,caption`` rows that the training CSV loader reads (``data.format: csv``), so
 the captions can be reviewed, corrected and trained on. The CSV is rewritten every minute while
 captioning; a stop (SIGTERM, Ctrl-C) writes what was captioned and says so, and --resume with the
 same --csv captions only the images the file does not hold yet. A file named on the command line
@@ -373,10 +374,19 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def _lines(path: str, result: CaptionResult, n_best: int) -> Iterable[str]:
     if n_best == 1:
-        yield f"{path}\t{result.caption}"
+        yield _tab_separated(path, result.caption)
         return
     for text, logprob in result.beams:
-        yield f"{path}\t{text}\t{logprob:.3f}"
+        yield _tab_separated(path, text, f"{logprob:.3f}")
+
+
+def _tab_separated(*fields: str) -> str:
+    """One line of tab-separated fields; a field holding a tab, a line break or a double quote
+    (a file's name may) is quoted as the csv module quotes it, so that the line still reads as
+    one line of as many fields (``csv.reader(lines, delimiter="\\t")`` reads them back)."""
+    line = io.StringIO()
+    csv.writer(line, delimiter="\t", lineterminator="\n").writerow(fields)
+    return line.getvalue()[:-1]
 
 
 def cli() -> None:

@@ -73,6 +73,35 @@ def test_folder_gives_a_caption_per_image_and_one_warning(checkpoint, folder, ca
     assert "broken.png" in warnings[0] and "notes.txt" not in err
 
 
+def test_a_name_holding_a_tab_a_line_break_or_a_quote_stays_one_line_of_its_fields(
+    checkpoint, folder, capsys
+):
+    """`path<TAB>caption` lines: a file's name may hold a tab, a line break or a double quote,
+    which made its line two lines, or three fields. Such a name is quoted as CSV quotes it, so
+    that a tab-separated reader (csv's) gets the path and the caption back as written, with
+    --n-best too; other names are written as they are."""
+    odd = [folder / "tab\there.png", folder / "line\nbreak.png", folder / 'say "cheese".png']
+    for path in odd:
+        shutil.copy(folder / "a.png", path)
+    images = sorted([folder / "a.png", folder / "b.jpg", folder / "c.PNG", *odd])
+    code, out, _ = run_main(["--checkpoint", str(checkpoint), str(folder)], capsys)
+    assert code == 0
+    rows = list(csv.reader(out.splitlines(keepends=True), delimiter="\t"))
+    assert rows == [
+        [str(path), text]
+        for path, text in zip(images, expected_captions(checkpoint, images), strict=True)
+    ]
+    assert out.splitlines()[0] == f"{folder / 'a.png'}\t{rows[0][1]}"  # as it is
+    argv = ["--checkpoint", str(checkpoint), str(odd[0]), "--n-best", "2", "--beam-size", "2"]
+    code, out, _ = run_main(argv, capsys)
+    rows = list(csv.reader(out.splitlines(keepends=True), delimiter="\t"))
+    assert (
+        code == 0
+        and [len(row) for row in rows] == [3, 3]
+        and {row[0] for row in rows} == {str(odd[0])}
+    )
+
+
 def test_csv_loads_back_with_the_training_loader(checkpoint, folder, tmp_path, capsys):
     out_csv = tmp_path / "review" / "captions.csv"
     out_csv.parent.mkdir()

@@ -28,16 +28,11 @@ from captioner.data import SPLITS, resolve_weights
 from captioner.data.check import BAD, MISSING, DataReport, default_workers, scan_images
 from captioner.data.vocab import SPECIALS
 from captioner.encoder import build_backbone
+from captioner.inference import saved_config
 from captioner.scoring import add_data_arguments, data_from_arguments, load_data_records
 from recurrent.checkpoint import load_checkpoint
-from recurrent.config import (
-    add_config_arguments,
-    check_bounds,
-    from_dict,
-    load_config,
-    to_dict,
-)
-from recurrent.errors import ArgumentParser, UserError, run_cli
+from recurrent.config import add_config_arguments, check_bounds, load_config
+from recurrent.errors import ArgumentParser, run_cli
 
 EXIT_WOULD_STOP = 1
 
@@ -94,24 +89,13 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def _config(args: argparse.Namespace) -> CaptionerConfig:
-    """The config of --config, or of --checkpoint with the --set overrides, checked as evaluate
-    checks a checkpoint's (its bounds: a training setting checked more strictly since it was
-    trained does not concern its data; the weights come from the checkpoint)."""
+    """The config of --config, or of --checkpoint (checked as evaluate checks it: a training
+    setting checked more strictly since the run does not concern its data; the weights come from
+    the checkpoint), with the --set overrides."""
     if args.checkpoint is None:
         return load_config(CaptionerConfig, args.config, args.overrides, bounds=BOUNDS)
-    payload = load_checkpoint(args.checkpoint, task="captioner")
-    try:
-        saved = from_dict(CaptionerConfig, payload["config"])
-        check_bounds(saved, BOUNDS)
-    except KeyError as err:
-        raise UserError(
-            f"{args.checkpoint} lacks {err}; pass a checkpoint written by captioner.train"
-        ) from None
-    except UserError as err:
-        raise UserError(
-            f"{args.checkpoint} does not fit this version of the captioner: {err}"
-        ) from None
-    cfg = load_config(CaptionerConfig, None, args.overrides, saved=to_dict(saved))
+    saved = saved_config(load_checkpoint(args.checkpoint, task="captioner"), args.checkpoint)
+    cfg = load_config(CaptionerConfig, None, args.overrides, saved=saved)
     check_bounds(cfg, BOUNDS)  # the --set values'
     return cfg
 

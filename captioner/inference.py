@@ -102,23 +102,42 @@ def eval_transform(cfg: CaptionerConfig) -> Callable[[Image.Image], Tensor]:
     )
 
 
+def saved_config(payload: dict[str, Any], source: str = "checkpoint") -> CaptionerConfig:
+    """A loaded checkpoint's config, checked as every reader of the checkpoint checks it (its
+    bounds and its model's fields: not the training rules, which a later version may have made
+    stricter); a config this version cannot read is a one-line `UserError` naming ``source``."""
+    try:
+        cfg = from_dict(CaptionerConfig, payload["config"])
+        check_bounds(cfg, BOUNDS)
+        check_model(cfg.model)
+    except KeyError as err:
+        raise _lacks(source, err) from None
+    except UserError as err:
+        raise _does_not_fit(source, err) from None
+    return cfg
+
+
+def _lacks(source: str, err: KeyError) -> UserError:
+    return UserError(f"{source} lacks {err}; pass a checkpoint written by captioner.train")
+
+
+def _does_not_fit(source: str, err: UserError) -> UserError:
+    return UserError(f"{source} does not fit this version of the captioner: {err}")
+
+
 def captioner_from_payload(
     payload: dict[str, Any], device: str | torch.device = "cpu", *, source: str = "checkpoint"
 ) -> Captioner:
     """Build a `Captioner` from a loaded checkpoint dict (see `captioner.train` for its keys)."""
+    cfg = saved_config(payload, source)
     try:
-        cfg = from_dict(CaptionerConfig, payload["config"])
-        check_bounds(cfg, BOUNDS)
         cfg.train.precision = trained_in(payload)  # what "auto" was where it trained
-        check_model(cfg.model)
         vocab = Vocabulary.from_list(payload["vocab"])
         state = payload["model"]
     except KeyError as err:
-        raise UserError(
-            f"{source} lacks {err}; pass a checkpoint written by captioner.train"
-        ) from None
+        raise _lacks(source, err) from None
     except UserError as err:
-        raise UserError(f"{source} does not fit this version of the captioner: {err}") from None
+        raise _does_not_fit(source, err) from None
     device = pick_device(device) if isinstance(device, str) else device
     # weights=None: build the architecture only, the checkpoint brings every weight.
     build_cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, weights=None))

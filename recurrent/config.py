@@ -517,10 +517,10 @@ def load_config(
     overrides: Iterable[str] = (),
     bounds: Mapping[str, str] | None = None,
     *,
-    saved: Mapping[str, Any] | None = None,
+    saved: T | None = None,
 ) -> T:
     """Defaults of ``cls``, updated by the YAML at ``path``, then by ``--set`` overrides;
-    ``saved`` (a checkpoint's config) stands in for the defaults and the file.
+    ``saved`` (a checkpoint's config, read) stands in for the defaults and the file.
 
     The file's values that no override replaces are checked first (their types, and
     ``bounds``, the task's table for `check_bounds`, when given), so that an error in the file
@@ -528,9 +528,8 @@ def load_config(
     task's `check_config`'s to check.
     """
     parsed = [parse_override(item) for item in overrides]
-    defaults, data = to_dict(cls()), to_dict(cls())
-    if saved is not None:
-        data = to_dict(from_dict(cls, saved))
+    defaults = to_dict(cls())
+    data = to_dict(cls() if saved is None else saved)
     overridden = [key for key, _ in parsed]
     if path is not None:
         try:

@@ -391,17 +391,11 @@ def _stream_that_cannot_hold(err: UnicodeEncodeError) -> tuple[str, str] | None:
 
 
 def _flush_stdout() -> None:
-    """Flush stdout, naming it in its error: redirected to a file, it is written in blocks, and
-    its last block would fail only in the interpreter's flush at exit, which says
-    "Exception ignored" and exits with status 120."""
-    from recurrent.files import named
-
+    """Flush stdout, whose guard (`_StandardStream`) names it in its error: redirected to a file,
+    it is written in blocks, and its last block would fail only in the interpreter's flush at
+    exit, which says "Exception ignored" and exits with status 120."""
     try:
         sys.stdout.flush()
-    except BrokenPipeError:
-        raise
-    except OSError as err:
-        raise named(err, "the standard output") from None
     except (AttributeError, ValueError):  # no stdout (pythonw), or one closed
         pass
 

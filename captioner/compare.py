@@ -27,6 +27,7 @@ from typing import Any
 from captioner.cider import CiderD
 from captioner.config import CaptionerConfig
 from captioner.data import ImageRecord, select_split
+from captioner.inference import saved_config
 from captioner.metrics import bleu_scores, repeat_share
 from captioner.scoring import (
     TOKENIZER,
@@ -36,7 +37,6 @@ from captioner.scoring import (
     what_was_scored,
 )
 from recurrent.checkpoint import load_checkpoint
-from recurrent.config import from_dict
 from recurrent.errors import ArgumentParser, UserError, run_cli, shown
 
 
@@ -138,10 +138,7 @@ def load_split(args: argparse.Namespace) -> tuple[list[ImageRecord], str]:
         raise UserError("pass the references with exactly one of --annotations and --checkpoint")
     if args.checkpoint is not None:
         payload = load_checkpoint(args.checkpoint, task="captioner")
-        try:
-            data = from_dict(CaptionerConfig, payload["config"]).data
-        except (KeyError, UserError) as err:
-            raise UserError(f"{args.checkpoint} holds no usable data config ({err})") from None
+        data = saved_config(payload, args.checkpoint).data  # checked as every reader checks it
     else:
         data = CaptionerConfig().data
         data.format, data.annotations, data.image_root = "karpathy", args.annotations, ""

@@ -211,6 +211,34 @@ def test_a_split_drawn_empty_says_what_evaluate_and_compare_can_pass(split, tmp_
     assert run_json(evaluate_cli.main, [*argv, "--no-meteor", "--json"], capsys)["images"] == 4
 
 
+def test_compare_reads_a_checkpoint_as_evaluate_does(split, tmp_path, capsys):
+    """compare --checkpoint took the checkpoint's data config as it was: a config out of this
+    version's bounds (here a val_fraction of 1.5, which drew every image into val) was scored
+    anyway, and one without a config said "holds no usable data config". It now reads it as
+    evaluate does, in the same line."""
+    checkpoint = train_tiny_captioner(tmp_path / "run", split[0])
+    predictions = write(tmp_path / "p.json", [1], ["a caption"])
+    for name, edit, said in (
+        ("out.pt", lambda saved: saved["config"]["data"].update(val_fraction=1.5), "does not fit"),
+        ("lacking.pt", lambda saved: saved.pop("config"), "lacks 'config'"),
+    ):
+        payload = load_checkpoint(checkpoint)
+        edit(payload)
+        edited = str(tmp_path / name)
+        save_checkpoint(payload, edited)
+        lines = []
+        for main, argv in (
+            (evaluate_cli.main, ["--checkpoint", edited]),
+            (compare_cli.main, ["--checkpoint", edited, predictions, predictions]),
+        ):
+            capsys.readouterr()
+            assert run_cli(main, argv) == 2
+            err = capsys.readouterr().err
+            assert err.startswith(f"error: {edited} {said}") and err.count("\n") == 1, err
+            lines.append(err)
+        assert lines[0] == lines[1]
+
+
 def test_evaluate_names_the_precision_it_ran_in(split, tmp_path, monkeypatch, capsys):
     """The report's precision is the one the model ran in: what it was trained in (its card's)
     where the device has it natively, else fp32."""

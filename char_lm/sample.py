@@ -10,7 +10,8 @@ Without ``--seed`` every run draws a fresh random seed and prints it to stderr
 same settings. Prints the prompt, then the generated characters one at a time (flushed as they
 come), then a newline. An empty prompt conditions the model on a newline (not printed) when its
 vocabulary has one; otherwise a prompt is required. Prompt characters the model never saw are an
-error naming them. ``--prompt-file`` reads the prompt from a UTF-8 file (several lines, say).
+error naming them. ``--prompt-file`` reads the prompt from a UTF-8 file (several lines, say), or
+from the standard input for ``-`` (``fortune | python -m char_lm.sample ... --prompt-file -``).
 ``--num-samples N`` prints N samples of the same prompt, each followed by a line of dashes (as
 nanoGPT's sample.py): sample i is drawn with seed + i, so its text is the one ``--seed`` (seed + i)
 gives alone.
@@ -26,16 +27,37 @@ import torch
 
 from char_lm.data import read_text
 from char_lm.generate import generate, load_char_lm, trained_precision
-from recurrent.errors import ArgumentParser, UserError, run_cli
+from recurrent.errors import ArgumentParser, UserError, not_utf8_bytes, run_cli
 from recurrent.training import pick_device
 
 SEED_RANGE = 2**31  # seeds drawn without --seed are in [0, 2**31), short enough to copy
+STDIN = "-"  # --prompt-file's name for the standard input
 SEPARATOR = "-" * 15  # the line after each of several samples (nanoGPT's)
 
 
 def draw_seed() -> int:
     """A fresh random seed for a run without ``--seed`` (from the OS, not torch's global state)."""
     return secrets.randbelow(SEED_RANGE)
+
+
+def read_prompt(path: str) -> str:
+    """--prompt-file's text: a UTF-8 file's whole text, or the standard input's for ``-``."""
+    if path != STDIN:
+        return read_text(path)
+    source = "the standard input (--prompt-file -)"
+    if sys.stdin is None:  # closed: <&-
+        raise UserError(f"{source} is closed; pipe the prompt into the command")
+    try:
+        data = sys.stdin.buffer.read()
+    except OSError as err:
+        raise UserError(f"cannot read {source} ({err.strerror})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise not_utf8_bytes(source, data[:8], err.start) from None
+    if not text:
+        raise UserError(f"{source} is empty; pipe the prompt into the command")
+    return text
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -50,7 +72,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         default="",
         help="text to continue (default empty: start as if at the beginning of a line)",
     )
-    prompts.add_argument("--prompt-file", help="a UTF-8 text file whose whole text is the prompt")
+    prompts.add_argument(
+        "--prompt-file",
+        help="a UTF-8 text file whose whole text is the prompt (-: the standard input's)",
+    )
     parser.add_argument(
         "--num-samples",
         type=int,
@@ -104,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
     if args.greedy and args.num_samples > 1:
         raise UserError("--greedy gives the same text every time; drop --greedy or --num-samples")
-    prompt = args.prompt if args.prompt_file is None else read_text(args.prompt_file)
+    prompt = args.prompt if args.prompt_file is None else read_prompt(args.prompt_file)
     device = pick_device(args.device)
     model, vocab, config = load_char_lm(args.checkpoint, device)
     seed = draw_seed() if args.seed is None else args.seed

@@ -70,12 +70,18 @@ def not_utf8(source: str | Path, *, chunk_size: int = 1 << 20) -> UserError:
     it is (compressed, an archive, UTF-16 or -32) and what to do, and where in the file its first
     bad byte is (`first_bad_byte`, reading ``chunk_size`` bytes at a time)."""
     offset = first_bad_byte(source, chunk_size)
-    where = "" if offset is None else f" (bad byte at offset {offset})"
     try:
         with open(source, "rb") as stream:
             head = stream.read(8)
     except (OSError, TypeError, ValueError):
         head = b""
+    return not_utf8_bytes(source, head, offset)
+
+
+def not_utf8_bytes(source: str | Path, head: bytes, offset: int | None) -> UserError:
+    """`not_utf8`'s error from a text's first bytes and the offset of its first bad byte, for a
+    text read whole rather than from a file (the standard input)."""
+    where = "" if offset is None else f" (bad byte at offset {offset})"
     kind = next((kind for magic, kind in NOT_UTF8_KINDS.items() if head.startswith(magic)), None)
     if kind is not None:
         return UserError(f"{source} is not UTF-8 text{where}: it is {kind}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import io
 import json
 import os
 import shutil
@@ -28,12 +30,13 @@ TINY = str(ROOT / "configs" / "char_lm" / "tiny.yaml")
 TEXT = "the quick brown fox jumps over the lazy dog.\n" * 12
 
 
-def run(module: str, *args: str) -> subprocess.CompletedProcess:
+def run(module: str, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # tiny models; the machine is small and shared
     return subprocess.run(
         [sys.executable, "-m", module, *args],
         cwd=ROOT,
         env=env,
+        input=stdin,
         capture_output=True,
         text=True,
         timeout=120,
@@ -137,6 +140,40 @@ def test_several_samples_of_a_prompt_file_are_the_library_texts_of_consecutive_s
     assert capsys.readouterr().out == texts[1] + "\n"
     assert run_cli(sample.main, [*argv, "--num-samples", "2"]) == 0  # a drawn seed covers both
     assert "to repeat these samples" in capsys.readouterr().err
+
+
+def test_a_prompt_piped_in_is_a_prompt_file_of_the_same_text(trained, monkeypatch, capsys):
+    """--prompt-file -: the standard input's whole text is the prompt (a real pipe gives the
+    text the library gives); standard input that is empty, closed, not UTF-8 or unreadable is
+    one line naming it."""
+    _, checkpoint = trained
+    prompt = "the lazy dog.\nthe "
+    argv = ["--checkpoint", str(checkpoint), "--prompt-file", "-", "--length", "30",
+            "--seed", "3", "--device", "cpu"]  # fmt: skip
+    result = run("char_lm.sample", *argv, stdin=prompt)
+    assert result.returncode == 0, result.stderr
+    model, vocab, _ = load_char_lm(checkpoint)
+    generated = generate(model, vocab, prompt, 30, temperature=0.8,
+                         generator=torch.Generator().manual_seed(3))  # fmt: skip
+    assert result.stdout == prompt + "".join(generated) + "\n"
+
+    class Unreadable(io.BytesIO):
+        def read(self, *args):
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    source = "the standard input (--prompt-file -)"
+    for given, said in (
+        (io.BytesIO(b""), f"{source} is empty; pipe the prompt into the command"),
+        (None, f"{source} is closed; pipe the prompt into the command"),
+        (io.BytesIO(b"th\xe9 "), f"{source} is not UTF-8 text (bad byte at offset 2); convert"),
+        (io.BytesIO(b"\xff\xfet\x00"), f"{source} is not UTF-8 text (bad byte at offset 0): it is "
+         "UTF-16 text: re-save it as UTF-8"),
+        (Unreadable(), f"cannot read {source} (Input/output error)"),
+    ):  # fmt: skip
+        monkeypatch.setattr(sys, "stdin", given and io.TextIOWrapper(given))
+        assert run_cli(sample.main, argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {said}") and err.count("\n") == 1, err
 
 
 def test_every_sample_of_several_is_one_seed_repeats_alone(trained, capsys):

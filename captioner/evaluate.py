@@ -10,8 +10,8 @@ scored on its data.
 
 Captions are decoded for real (beam search, no teacher forcing). BLEU is corpus BLEU (nltk
 ``corpus_bleu``, all reference captions of an image) on a 0-100 scale, over the tokens of
-`captioner.data.tokenize`: lowercase, nltk's TreebankWordTokenizer, alphanumeric tokens only; the
-references and the generated captions are tokenised alike.
+`captioner.data.tokenize` (`captioner.scoring.TOKENIZATION`); the references and the generated
+captions are tokenised alike.
 
 ``--predictions OUT.json`` writes the captions in the COCO results format,
 ``[{"image_id": ..., "caption": ...}, ...]``. The image_id is, per split: the number at the end of

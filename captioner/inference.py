@@ -27,7 +27,7 @@ from PIL import Image
 from torch import Tensor
 
 from captioner.config import BOUNDS, CaptionerConfig, DecodeConfig, check_model
-from captioner.data import Vocabulary, build_transforms, load_image_tensor
+from captioner.data import Vocabulary, build_transforms, join_words, load_image_tensor
 from captioner.decode import Caption, beam_search, check_decode_settings, setting_name
 from captioner.encoder import ImageFeatures
 from captioner.model import CaptionModel
@@ -288,7 +288,7 @@ def to_result(
         attention = best.attention.detach().float().cpu()[rows]  # (words, N)
         attention = attention.reshape(len(words), grid_h, grid_w)  # (words, grid_h, grid_w)
     return CaptionResult(
-        caption=" ".join(words),
+        caption=join_words(words),
         beams=[(vocab.decode(beam.tokens), float(beam.logprob)) for beam in beams],
         attention=attention,
         words=words,

@@ -1,8 +1,8 @@
 """Decode a split and score it: the library side of `captioner.evaluate`, used by training too.
 
 BLEU is corpus BLEU (nltk ``corpus_bleu``, all reference captions of an image) on a 0-100 scale,
-over the tokens of `captioner.data.tokenize`: lowercase, nltk's TreebankWordTokenizer, alphanumeric
-tokens only; the references and the generated captions are tokenised alike.
+over the tokens of `captioner.data.tokenize` (`TOKENIZATION`); the references and the generated
+captions are tokenised alike.
 
 Predictions use the COCO results format, ``[{"image_id": ..., "caption": ...}, ...]``. The image_id
 is, per split: the number at the end of the file names when every name ends in one and they are
@@ -47,7 +47,10 @@ from recurrent.distributed import Distributed
 from recurrent.errors import UserError, loader_workers
 from recurrent.files import atomic_write_text
 
-TOKENIZATION = "lowercase, nltk TreebankWordTokenizer, alphanumeric tokens only"
+TOKENIZATION = (
+    "lowercase, nltk TreebankWordTokenizer, Chinese and Japanese characters one token each, "
+    "alphanumeric tokens only"
+)
 TOKENIZER = f"captioner.data.tokenize ({TOKENIZATION})"
 BLEU_KEYS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4")
 SCORE_ORDER = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "CIDEr-D", "METEOR", "ROUGE-L")

@@ -40,6 +40,7 @@ from captioner.data import (
     build_transforms,
     collate_pairs,
     hashed_split,
+    join_words,
     load_image,
     load_records,
     normalization_stats,
@@ -581,6 +582,38 @@ def test_tokenize() -> None:
     ]
     assert tokenize("It's 3 o'clock!") == ["it", "'s", "3", "o'clock"]
     assert tokenize("  ") == []
+
+
+def test_chinese_and_japanese_characters_are_tokens_of_their_own() -> None:
+    """Chinese and Japanese are written without spaces: a caption of them was one token, so a
+    data set's captions were mostly <unk>. Each Han character and kana is now a token (a kana's
+    combining voicing mark with it), however the caption was segmented; punctuation of theirs is
+    dropped as ours is, and join_words writes the tokens back without spaces between them."""
+    dog = ["一", "只", "狗", "在", "草", "地", "上", "奔", "跑"]
+    assert tokenize("一只狗在草地上奔跑。") == dog
+    assert tokenize("一只 狗 在 草地 上 奔跑 。") == dog  # segmented by jieba, say
+    assert tokenize("「犬」が\u3000走っている！") == ["犬", "が", "走", "っ", "て", "い", "る"]
+    assert tokenize("か\u3099ｶﾞ𠀋々") == ["か\u3099", "ｶﾞ", "𠀋", "々"]  # marks, extension B
+    assert tokenize("A dog 走る on a T恤, 3只.") == ["a", "dog", "走", "る", "on", "a", "t", "恤",
+                                                   "3", "只"]  # fmt: skip
+    assert tokenize("한국어 문장입니다") == ["한국어", "문장입니다"]  # Korean has spaces: words
+    assert join_words(dog) == "一只狗在草地上奔跑"
+    assert join_words(["a", "dog", "走", "る", "on", "t", "恤"]) == "a dog 走る on t 恤"
+    assert join_words(["か\u3099", "く"]) == "か\u3099く"
+    assert join_words([]) == ""
+    vocab = Vocabulary.build(["一只狗在草地上。", "一只猫在草地上。"], min_count=2)
+    assert vocab.to_list()[len(SPECIALS) :] == ["一", "上", "只", "在", "地", "草"]
+    assert vocab.decode(vocab.encode("一只猫在草地上")) == "一只 <unk> 在草地上"
+
+
+@given(st.text(alphabet=st.sampled_from(list("一只狗犬がかのｶﾞ\u3099\u3000「」。，、 ab1.,'-"))))
+def test_chinese_and_japanese_captions_are_stable_under_joining_and_retokenizing(text):
+    """A caption's tokens written by join_words (as decoded captions are) and by spaces give the
+    same tokens again, so a caption scores the same written either way."""
+    tokens = tokenize(text)
+    assert tokenize(join_words(tokens)) == tokens == tokenize(" ".join(tokens))
+    for token in tokens:  # never two characters in one token (voicing marks aside)
+        assert token.isascii() or sum(c not in "\u3099\u309aﾞﾟ" for c in token) <= 1, token
 
 
 def test_vocabulary_build_encode_decode() -> None:

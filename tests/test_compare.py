@@ -239,6 +239,53 @@ def test_compare_reads_a_checkpoint_as_evaluate_does(split, tmp_path, capsys):
         assert lines[0] == lines[1]
 
 
+# The scenes' words in Chinese, several of them written in two or three characters.
+CHINESE = {
+    "a": "一个", "above": "上方", "and": "和", "below": "下方", "black": "黑色", "blue": "蓝色",
+    "bottom": "底部", "circle": "圆形", "cross": "十字", "diamond": "菱形", "from": "从",
+    "green": "绿色", "is": "是", "large": "大", "left": "左", "of": "的", "orange": "橙色",
+    "purple": "紫色", "red": "红色", "right": "右", "single": "单个", "small": "小",
+    "square": "正方形", "star": "星形", "the": "这", "there": "那里", "to": "到", "top": "顶部",
+    "triangle": "三角形", "white": "白色", "yellow": "黄色",
+}  # fmt: skip
+
+
+def test_chinese_captions_train_caption_and_score_by_characters(split, tmp_path, capsys):
+    """Captions written without spaces (Chinese, with the segmented tokens a Karpathy JSON of
+    Chinese holds): each caption was one token, so the vocabulary held whole captions. Now the
+    model learns characters, writes its captions without spaces, and a prediction scores the same
+    written with or without spaces between its words."""
+    annotations, records = split
+    data = json.loads(Path(annotations).read_text(encoding="utf-8"))
+    for image in data["images"]:
+        for sentence in image["sentences"]:
+            words = [CHINESE[word] for word in sentence["raw"].replace(",", "").split()]
+            sentence["raw"], sentence["tokens"] = "，".join(words) + "。", words
+    chinese = Path(annotations).with_name("chinese.json")
+    chinese.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+    characters = set("".join(CHINESE.values()))
+    checkpoint = train_tiny_captioner(tmp_path / "run", chinese, "train.max_steps=30")
+    words = load_checkpoint(checkpoint)["vocab"][4:]
+    assert set(words) <= characters and len(words) > 20  # characters, not captions or words
+    predictions = tmp_path / "model.json"
+    argv = ["--checkpoint", str(checkpoint), "--no-meteor", "--predictions", str(predictions)]
+    assert run_cli(evaluate_cli.main, argv) == 0
+    written = [item["caption"] for item in json.loads(predictions.read_text(encoding="utf-8"))]
+    assert any(len(caption) > 2 for caption in written)
+    for caption in written:
+        assert set(caption) <= characters, caption  # no spaces between them
+    ids = image_ids(records)
+    test = [next(image for image in data["images"] if r.image_path.endswith(image["filename"]))
+            for r in records]  # fmt: skip
+    unspaced = write(tmp_path / "a.json", ids, [image["sentences"][0]["raw"] for image in test])
+    spaced = write(tmp_path / "b.json", ids, [" ".join(i["sentences"][0]["tokens"]) for i in test])
+    report = run_json(
+        compare_cli.main, ["--annotations", str(chinese), unspaced, spaced, "--json"], capsys
+    )
+    first, second = (entry["scores"] for entry in report["files"])
+    assert first == second and first["BLEU-4"] == pytest.approx(100.0)
+
+
 def test_evaluate_names_the_precision_it_ran_in(split, tmp_path, monkeypatch, capsys):
     """The report's precision is the one the model ran in: what it was trained in (its card's)
     where the device has it natively, else fp32."""

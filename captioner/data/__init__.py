@@ -33,7 +33,7 @@ from .formats import (
 )
 from .images import MAX_IMAGE_PIXELS, load_image
 from .records import SPLITS, ImageRecord
-from .vocab import SPECIALS, Vocabulary, tokenize
+from .vocab import SPECIALS, Vocabulary, join_words, tokenize
 
 if TYPE_CHECKING:
     from .datasets import (
@@ -93,6 +93,7 @@ __all__ = [
     "collate_groups",
     "collate_pairs",
     "hashed_split",
+    "join_words",
     "load_coco",
     "load_csv",
     "load_flickr8k",

@@ -79,13 +79,55 @@ def _split_words() -> frozenset[str] | None:
 _SPLIT_WORDS = _split_words()
 
 
+# Chinese and Japanese are written without spaces between words: every Han character (hanzi,
+# kanji, with their iteration marks) and every kana is a token of its own, as BERT's tokenizer
+# makes each Han character (Devlin et al. 2019), so such captions train and score by characters
+# with no word segmenter to install (a caption of them was one token: most of a data set's
+# captions were <unk>). Their punctuation, fullwidth forms too, is split off and dropped as ours
+# is. A kana's voicing mark stays with it. `join_words` writes such tokens side by side.
+_UNSPACED = (
+    "\u3000-\u303f"  # their punctuation (dropped, as ours is), the iteration mark, zero
+    "\u3040-\u30ff"  # hiragana, katakana
+    "\u31f0-\u31ff"  # katakana phonetic extensions
+    "\u3400-\u4dbf"  # CJK extension A
+    "\u4e00-\u9fff"  # CJK unified ideographs
+    "\uf900-\ufaff"  # CJK compatibility ideographs
+    "\uff01-\uff0f\uff1a-\uff20\uff3b-\uff40\uff5b-\uff65"  # fullwidth punctuation
+    "\uff66-\uff9f"  # halfwidth katakana
+    "\U00020000-\U0003ffff"  # CJK extensions B to I and the compatibility supplement
+)
+_VOICING_MARKS = "\u3099\u309a\uff9e\uff9f"  # combining, and halfwidth katakana's
+_UNSPACED_CHARACTER = re.compile(f"([{_UNSPACED}][{_VOICING_MARKS}]*)")
+_UNSPACED_TOKEN = re.compile(f"[{_UNSPACED}][{_VOICING_MARKS}]*")
+
+
+def join_words(words: Iterable[str]) -> str:
+    """A caption's text from its tokens: joined by spaces, but none between two Chinese or
+    Japanese characters (`tokenize` splits them again: ``tokenize(join_words(w)) == w``).
+
+    >>> join_words(["a", "dog", "一", "只", "狗"])
+    'a dog 一只狗'
+    """
+    text: list[str] = []
+    unspaced_before = False
+    for word in words:
+        unspaced = _UNSPACED_TOKEN.fullmatch(word) is not None
+        # a voicing mark alone (its kana dropped: "か.ﾞ") stays apart, or it would join the kana
+        if text and not (unspaced and unspaced_before and word[0] not in _VOICING_MARKS):
+            text.append(" ")
+        text.append(word)
+        unspaced_before = unspaced
+    return "".join(text)
+
+
 def tokenize(text: str) -> list[str]:
     """Split a caption into lowercase word tokens.
 
     The text is lowercased, its whitespace made single spaces, and split with nltk's
     `TreebankWordTokenizer` (the Penn Treebank conventions: "don't" -> "do", "n't"; "dog." ->
-    "dog", "."), then only tokens containing at least one letter or digit are kept, which drops
-    punctuation such as "," "." "``" and "--". Evaluation (BLEU) tokenises references and
+    "dog", "."; each Chinese or Japanese character a token of its own), then only tokens
+    containing at least one letter or digit are kept, which drops punctuation such as "," "."
+    "``" "。" and "--". Evaluation (BLEU) tokenises references and
     generated captions with this same function, and a caption's tokens joined by spaces give the
     same tokens again: whitespace is made spaces first (Treebank's rules see only spaces: "dogs'"
     before a tab stayed one token, before a space it is "dogs" and "'"), and the kept tokens are
@@ -95,6 +137,8 @@ def tokenize(text: str) -> list[str]:
     ['a', 'dog', 'running', 'on', 'the', 'beach']
     """
     text = text.lower()
+    if not text.isascii():
+        text = _UNSPACED_CHARACTER.sub(r" \1 ", text)
     if "  " in text or not text.isprintable():  # a tab, newline, NBSP...: other whitespace
         text = " ".join(text.split())
     if _SPLIT_WORDS is not None and _PLAIN.fullmatch(text) and not _COMMA_BEFORE.search(text):
@@ -250,5 +294,5 @@ class Vocabulary:
         return words
 
     def decode(self, ids: Iterable[int]) -> str:
-        """The caption of `ids` as one space-separated string (see `decode_tokens`)."""
-        return " ".join(self.decode_tokens(ids))
+        """The caption of `ids` as one string, its words joined by `join_words`."""
+        return join_words(self.decode_tokens(ids))

@@ -31,7 +31,7 @@ from captioner.encoder import build_backbone
 from captioner.inference import saved_config
 from captioner.scoring import add_data_arguments, data_from_arguments, load_data_records
 from recurrent.checkpoint import load_checkpoint
-from recurrent.config import add_config_arguments, check_bounds, load_config
+from recurrent.config import Interval, add_config_arguments, check_bounds, load_config
 from recurrent.errors import ArgumentParser, run_cli
 
 EXIT_WOULD_STOP = 1
@@ -41,8 +41,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = ArgumentParser(
         prog="python -m captioner.check_data",
         description="Check a captioning data set before training: load every annotation, decode "
-        "every image (in parallel), report missing and undecodable images, duplicates and "
-        "captions empty after tokenization. Exit status: 0 if training would run, 1 if it would "
+        "every image (in parallel), report missing and undecodable images, duplicates, "
+        "captions empty after tokenization and captions longer than training or decoding takes. Exit status: 0 if training would run, 1 if it would "
         "stop, 2 for a bad config or annotations file.",
     )
     either = parser.add_mutually_exclusive_group(required=True)
@@ -80,10 +80,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     seconds = time.perf_counter() - started
     report = DataReport.build(records, checks, data.min_word_count)
     reasons = report.stops_training(data.bad_images)
+    lengths = report.caption_lengths(data.max_caption_length, cfg.decode.max_length)
     if args.json:
-        print(json.dumps(report.to_json(data.bad_images), indent=1))
+        print(json.dumps(report.to_json(data.bad_images, lengths), indent=1))
     else:
-        _print_report(report, cfg, len(report.vocab), seconds, args.workers, reasons)
+        _print_report(report, cfg, len(report.vocab), seconds, args.workers, reasons, lengths)
     if reasons:
         raise SystemExit(EXIT_WOULD_STOP)
 
@@ -107,6 +108,7 @@ def _print_report(
     seconds: float,
     workers: int,
     reasons: list[str],
+    lengths: dict[str, int],
 ) -> None:
     data, out = cfg.data, sys.stdout
     missing, bad = report.paths(MISSING), report.paths(BAD)
@@ -139,6 +141,7 @@ def _print_report(
         file=out,
     )
     print(f"captions empty after tokenization: {len(report.empty_captions)}", file=out)
+    print(_lengths_line(lengths, cfg), file=out)
     words = vocab_size - len(SPECIALS)  # <pad>, <start>, <end>, <unk> are no words
     print(
         f"vocabulary: {words} words and {len(SPECIALS)} special tokens "
@@ -167,6 +170,30 @@ def _print_report(
     if bad_test:
         notes.append(f"{len(bad_test)} test image(s) do not decode: evaluating test would stop")
     print("training would run" + "".join(f"; {note}" for note in notes), file=out)
+
+
+def _lengths_line(lengths: dict[str, int], cfg: CaptionerConfig) -> str:
+    """The captions' lengths, and what training and decoding would cut (see
+    `DataReport.caption_lengths`)."""
+    line = (
+        f"caption lengths: median {lengths['median']} tokens, 95% at most {lengths['p95']}, "
+        f"longest {lengths['longest']}"
+    )
+    if lengths["train_cut"]:
+        line += (
+            f"; {lengths['train_cut']} training caption(s) are longer than "
+            f"data.max_caption_length={cfg.data.max_caption_length} and are cut to it"
+        )
+    if lengths["references_too_long"]:
+        longest = min(
+            lengths["longest_reference"], int(Interval.parse(BOUNDS["decode.max_length"]).high)
+        )
+        line += (
+            f"; {lengths['references_too_long']} val/test reference(s) are longer than "
+            f"decode.max_length={cfg.decode.max_length}, which no decoded caption can be (e.g. "
+            f"--set decode.max_length={longest})"
+        )
+    return line
 
 
 def cli() -> None:

@@ -144,6 +144,41 @@ def test_the_report_says_which_splits_were_drawn(tmp_path, capsys):
     ) in out.splitlines()
 
 
+def test_the_report_gives_caption_lengths_and_what_training_and_decoding_cut(tmp_path, capsys):
+    """Captions longer than data.max_caption_length are cut in training, and val/test references
+    longer than decode.max_length are longer than any caption decoding writes (a Chinese caption
+    counts characters): the report says how many, with a setting that fits; following it, the
+    note goes."""
+    lengths = {"train": [3, 5, 9, 12, 2], "val": [4, 14], "test": [7, 9]}  # in tokens
+    images, index = [], 0
+    for split, counts in lengths.items():
+        for count in counts:
+            (tmp_path / f"{index}.png").write_bytes(_png(index))
+            caption = "一只狗在草地上奔跑" if count == 9 else " ".join(["word"] * count) + "."
+            images.append(_entry(f"{index}.png", split, caption))
+            index += 1
+    annotations = tmp_path / "dataset.json"
+    annotations.write_text(json.dumps({"images": images}, ensure_ascii=False), encoding="utf-8")
+    every = sorted(n for counts in lengths.values() for n in counts)  # 2 3 4 5 7 9 9 12 14
+    limits = ("data.max_caption_length=8", "decode.max_length=8")
+    code, out, _ = _check(annotations, capsys, *limits, json_out=True)
+    assert code == 0
+    assert json.loads(out)["caption_lengths"] == {
+        "median": every[4], "p95": every[-1], "longest": 14, "train_cut": 2,
+        "references_too_long": 2, "longest_reference": 14,
+    }  # fmt: skip
+    line = next(line for line in _check(annotations, capsys, *limits)[1].splitlines()
+                if line.startswith("caption lengths:"))  # fmt: skip
+    assert line == (
+        "caption lengths: median 7 tokens, 95% at most 14, longest 14; 2 training caption(s) are "
+        "longer than data.max_caption_length=8 and are cut to it; 2 val/test reference(s) are "
+        "longer than decode.max_length=8, which no decoded caption can be (e.g. --set "
+        "decode.max_length=14)"
+    )
+    out = _check(annotations, capsys, "data.max_caption_length=12", "decode.max_length=14")[1]
+    assert "caption lengths: median 7 tokens, 95% at most 14, longest 14\n" in out
+
+
 def test_the_report_agrees_with_load_image(tmp_path, capsys):
     annotations = _dataset(tmp_path)
     code, out, _ = _check(annotations, capsys, json_out=True)

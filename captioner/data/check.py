@@ -4,7 +4,8 @@
 release the GIL), and hashes its bytes; `DataReport` gathers what a run would trip over or should
 know about: images referenced but missing, images that do not decode, images listed more than
 once, files with identical bytes under different names (across splits they leak test images into
-training), captions that are empty after tokenization. `DataReport.stops_training` says, for a
+training), captions that are empty after tokenization, and captions' lengths against what
+training and decoding cut them to. `DataReport.stops_training` says, for a
 ``data.bad_images`` policy, whether `captioner.train` would stop, and why.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import os
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -100,6 +102,7 @@ class DataReport:
     listed_twice: dict[str, list[str]] = field(default_factory=dict)  # path -> its records' splits
     same_bytes: list[list[str]] = field(default_factory=list)  # groups of paths, identical bytes
     empty_captions: list[tuple[str, str]] = field(default_factory=list)  # (path, caption)
+    lengths: dict[str, list[int]] = field(default_factory=dict)  # split -> captions' tokens
     min_word_count: int = 1  # data.min_word_count: what `vocab` keeps
     vocab: Vocabulary | None = None  # the train split's, as captioner.train builds it
 
@@ -118,9 +121,11 @@ class DataReport:
         splits_of: dict[str, list[str]] = defaultdict(list)
         for record in records:
             splits_of[record.image_path].append(record.split)
-            report.empty_captions.extend(
-                (record.image_path, text) for text in record.captions if not tokenize(text)
-            )
+            lengths = report.lengths.setdefault(record.split, [])
+            for text in record.captions:
+                lengths.append(len(tokenize(text)))
+                if not lengths[-1]:
+                    report.empty_captions.append((record.image_path, text))
         report.listed_twice = {path: s for path, s in splits_of.items() if len(s) > 1}
         by_digest: dict[str, list[str]] = defaultdict(list)
         for path in splits_of:
@@ -129,6 +134,23 @@ class DataReport:
                 by_digest[check.digest].append(path)
         report.same_bytes = sorted(sorted(group) for group in by_digest.values() if len(group) > 1)
         return report
+
+    def caption_lengths(self, max_caption_length: int, max_length: int) -> dict[str, int]:
+        """Captions' lengths in tokens (`tokenize`'s: a Chinese or Japanese caption's characters):
+        the median, the 95th percentile and the longest of every split's; the training captions
+        longer than ``max_caption_length`` (data.max_caption_length: training cuts them to it) and
+        the val and test references longer than ``max_length`` (decode.max_length: no decoded
+        caption is that long), with the longest of those."""
+        every = sorted(length for lengths in self.lengths.values() for length in lengths)
+        scored = [n for split in ("val", "test") for n in self.lengths.get(split, [])]
+        return {
+            "median": every[(len(every) - 1) // 2] if every else 0,
+            "p95": every[math.ceil(0.95 * len(every)) - 1] if every else 0,
+            "longest": every[-1] if every else 0,
+            "train_cut": sum(n > max_caption_length for n in self.lengths.get("train", [])),
+            "references_too_long": sum(n > max_length for n in scored),
+            "longest_reference": max(scored, default=0),
+        }
 
     def paths(self, status: str, splits: Sequence[str] = SPLITS) -> list[str]:
         """Image paths with a check status, in record order, among records of `splits`."""
@@ -177,8 +199,8 @@ class DataReport:
             )
         return reasons
 
-    def to_json(self, bad_images: str) -> dict[str, Any]:
-        """A plain dict of the whole report, for --json."""
+    def to_json(self, bad_images: str, lengths: dict[str, int]) -> dict[str, Any]:
+        """A plain dict of the whole report, for --json (``lengths``: `caption_lengths`')."""
         return {
             "images": len({record.image_path for record in self.records}),
             "splits": self.splits,
@@ -189,6 +211,7 @@ class DataReport:
             "listed_twice": self.listed_twice,
             "same_bytes": self.same_bytes,
             "empty_captions": [list(item) for item in self.empty_captions],
+            "caption_lengths": lengths,
             "stops_training": self.stops_training(bad_images),
         }
 

@@ -26,7 +26,7 @@ from typing import Any
 
 from captioner.cider import CiderD
 from captioner.config import CaptionerConfig
-from captioner.data import ImageRecord, select_split
+from captioner.data import FORMATS, ImageRecord, select_split
 from captioner.inference import saved_config
 from captioner.metrics import bleu_scores, repeat_share
 from captioner.scoring import (
@@ -167,7 +167,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--checkpoint", help="or take the references from the data this checkpoint trained on"
     )
     parser.add_argument(
-        "--format", default=None, help="karpathy, flickr8k, coco, csv or jsonl (with --annotations)"
+        "--format",
+        default=None,
+        help=f"{', '.join(FORMATS[:-1])} or {FORMATS[-1]} (with --annotations)",
     )
     parser.add_argument("--image-root", default=None, help="folder of the annotations' images")
     parser.add_argument(

@@ -15,7 +15,7 @@ from recurrent.errors import UserError
 
 @dataclass
 class DataConfig:
-    format: Literal["karpathy", "flickr8k", "coco", "csv", "jsonl"] = "karpathy"
+    format: Literal["karpathy", "flickr8k", "coco", "aic", "csv", "jsonl"] = "karpathy"
     annotations: str | list[str] = ""  # the annotation file(s) of the format
     image_root: str = ""  # where image paths in the annotations are relative to
     restval_to_train: bool = True  # Karpathy split: fold `restval` into train

@@ -39,7 +39,7 @@ from captioner.data import (
     ImageRecord,
     load_records,
 )
-from captioner.data.formats import CHECK_DATA, in_several_splits
+from captioner.data.formats import CHECK_DATA, FORMATS, in_several_splits
 from captioner.encoder import ImageFeatures
 from captioner.inference import Captioner, decode_features, decode_settings
 from captioner.metrics import bleu_scores, cider_d_score, coco_scores
@@ -278,7 +278,7 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--format",
         default=None,
-        help="annotation format of --annotations: karpathy, flickr8k, coco, csv or jsonl",
+        help=f"annotation format of --annotations: {', '.join(FORMATS[:-1])} or {FORMATS[-1]}",
     )
 
 

@@ -568,6 +568,103 @@ def test_exact_split_counts_and_small_sets() -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# AI Challenger (AIC-ICC)
+
+AIC_TRAIN = "caption_train_annotations_20170902"
+AIC_VAL = "caption_validation_annotations_20170910"
+
+
+def _aic(folder: Path, stem: str, names: list[str]) -> Path:
+    """An AI Challenger caption file of `names` (two Chinese captions each, with the spaces and
+    line breaks its captions have), its images in the folder its archive unpacks them to."""
+    for name in names:
+        _png(folder / stem.replace("annotations", "images") / name)
+    items = [
+        {"url": f"http://example.com/{name}", "image_id": name,
+         "caption": [f"一个人在{name}前面\n", f" 图片{name}里有一个人"]}
+        for name in names
+    ]  # fmt: skip
+    path = folder / f"{stem}.json"
+    path.write_text(json.dumps(items, ensure_ascii=False), encoding="utf-8")
+    return path
+
+
+def test_aic_files_load_as_the_same_data_in_coco_files_do(tmp_path: Path) -> None:
+    """AI Challenger's train and validation files (a JSON list of image_id, captions, url) are
+    split as COCO's train and val files are: train from the training file, val and test drawn
+    from the validation images; the same images and captions written as COCO files give the
+    same records, in each file's images folder, the way both archives unpack."""
+    train_names = [f"{i:040x}.jpg" for i in range(6)]
+    val_names = [f"{i + 100:040x}.jpg" for i in range(12)]
+    aic = [_aic(tmp_path / "aic" / "train", AIC_TRAIN, train_names),
+           _aic(tmp_path / "aic" / "validation", AIC_VAL, val_names)]  # fmt: skip
+    coco = tmp_path / "coco"
+    for stem, names, folder in (("train", train_names, "train2014"), ("val", val_names, "val2014")):
+        for name in names:
+            _png(coco / folder / name)
+        images = [{"id": i, "file_name": name} for i, name in enumerate(names)]
+        annotations = [
+            {"image_id": i, "id": 2 * i + k, "caption": caption.strip()}
+            for i, name in enumerate(names)
+            for k, caption in enumerate([f"一个人在{name}前面", f"图片{name}里有一个人"])
+        ]
+        (coco / f"captions_{stem}2014.json").write_text(
+            json.dumps({"images": images, "annotations": annotations}, ensure_ascii=False),
+            encoding="utf-8",
+        )
+    files = [coco / "captions_train2014.json", coco / "captions_val2014.json"]
+    for fractions in ((0.05, 0.05), (0.1, 0.4)):
+        records = load_records("aic", aic, None, val_fraction=fractions[0],
+                               test_fraction=fractions[1], seed=2)  # fmt: skip
+        reference = load_records("coco", files, coco, val_fraction=fractions[0],
+                                 test_fraction=fractions[1], seed=2)  # fmt: skip
+
+        def seen(found: list[ImageRecord]) -> list[tuple]:
+            return [(Path(r.image_path).name, r.captions, r.split, r.drawn) for r in found]
+
+        assert seen(records) == seen(reference)
+        assert {r.split for r in records} == {"train", "val", "test"}
+    assert records[0].image_path == str(tmp_path / "aic/train/caption_train_images_20170902" /
+                                        train_names[0])  # fmt: skip
+    alone = load_records("aic", aic[0], None, val_fraction=0.2, test_fraction=0.2, seed=2)
+    drawn = hashed_split({name: name for name in train_names}, 0.2, 0.2, 2)
+    assert [r.split for r in alone] == [drawn[name] for name in train_names]
+    flat = tmp_path / "flat"  # the images in the image root itself, a caption given alone
+    _png(flat / "a.jpg")
+    (flat / "my_train.json").write_text(json.dumps([{"image_id": "a.jpg", "caption": "一只狗"},
+                                                    {"image_id": "b.jpg", "caption": []}]))  # fmt: skip
+    [only] = load_records("aic", flat / "my_train.json", None, val_fraction=0, test_fraction=0)
+    assert (only.image_path, only.captions) == (str(flat / "a.jpg"), ("一只狗",))
+
+
+def test_aic_files_that_are_not_say_so_in_one_line(tmp_path: Path) -> None:
+    """An AI Challenger file's mistakes name the file and what to do; given as another format,
+    the file is named an AI Challenger caption file, and another format's file given as aic is
+    named its own."""
+    train = _aic(tmp_path, AIC_TRAIN, ["a.jpg"])
+    for fmt in ("karpathy", "coco", "jsonl", "csv"):
+        _raises_one_line(lambda fmt=fmt: load_records(fmt, train, None),
+                         "looks like an AI Challenger caption file", "--format aic")  # fmt: skip
+    bad = tmp_path / "caption_train_bad.json"
+    for content, said in (
+        ({"images": []}, "is not a JSON list of images; pass an AI Challenger caption file"),
+        ([{"image_id": "a.jpg"}], "item [0] needs an 'image_id' file name and a 'caption' list"),
+        ([{"image_id": "a.jpg", "caption": ["ok", 3]}], "item [0] needs an 'image_id'"),
+        ([{"image_id": " ", "caption": ["ok"]}], "item [0] needs an 'image_id'"),
+        ([{"image_id": "gone.jpg", "caption": ["ok"]}], "item [0]: image '"),
+    ):
+        bad.write_text(json.dumps(content))
+        _raises_one_line(lambda: load_records("aic", bad, None), str(bad), said)
+    unnamed = tmp_path / "annotations.json"
+    unnamed.write_text(train.read_text(encoding="utf-8"), encoding="utf-8")
+    _raises_one_line(lambda: load_records("aic", unnamed, tmp_path),
+                     "cannot tell the split of AI Challenger file", "rename it")  # fmt: skip
+    karpathy = tmp_path / "dataset.json"
+    karpathy.write_text(json.dumps({"images": [{"filename": "a.jpg", "sentences": []}]}))
+    _raises_one_line(lambda: load_records("aic", karpathy, tmp_path), "looks like Karpathy's")
+
+
+# --------------------------------------------------------------------------------------------
 # Vocabulary and tokenisation
 
 

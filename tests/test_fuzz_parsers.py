@@ -141,6 +141,22 @@ coco_docs = st.one_of(
     ),
     json_values,
 )
+aic_docs = st.one_of(
+    st.lists(
+        with_extras(
+            st.fixed_dictionaries(
+                {},
+                optional={
+                    "image_id": maybe(image_names),
+                    "caption": maybe(st.one_of(captions, st.lists(maybe(captions), max_size=3))),
+                    "url": json_values,
+                },
+            )
+        ),
+        max_size=5,
+    ),
+    json_values,
+)
 jsonl_rows = st.one_of(
     with_extras(
         st.fixed_dictionaries(
@@ -284,6 +300,11 @@ def test_karpathy_json_is_parsed_or_named(root, data, check_images):
 @given(data=serialized(coco_docs, dump_json), check_images=st.booleans())
 def test_coco_json_is_parsed_or_named(root, data, check_images):
     load_annotations(root, "coco", data, "captions_train2014.json", check_images)
+
+
+@given(data=serialized(aic_docs, dump_json), check_images=st.booleans())
+def test_aic_json_is_parsed_or_named(root, data, check_images):
+    load_annotations(root, "aic", data, "caption_train_annotations_20170902.json", check_images)
 
 
 @given(data=serialized(st.lists(jsonl_rows, max_size=6), dump_jsonl), check_images=st.booleans())

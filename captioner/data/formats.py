@@ -12,6 +12,9 @@ Formats (`load_records(fmt, ...)`):
 - ``flickr8k``: the original Flickr8k.token.txt plus the Flickr_8k.{train,dev,test}Images.txt lists;
   also Flickr30k's results_20130124.token, whose splits are drawn.
 - ``coco``: one or more COCO caption files (captions_train2014.json, captions_val2014.json, ...).
+- ``aic``: the AI Challenger 2017 Chinese caption files (AIC-ICC:
+  caption_train_annotations_20170902.json, caption_validation_annotations_20170910.json), one or
+  both, split as COCO's.
 - ``csv`` / ``jsonl``: one row per (image, caption), optional split column (also Kaggle's
   Flickr30k results.csv).
 
@@ -26,7 +29,7 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +40,8 @@ from .records import SPLITS, ImageRecord
 
 PathLike = str | os.PathLike[str]
 
-FORMATS = ("karpathy", "flickr8k", "coco", "csv", "jsonl")
+FORMATS = ("karpathy", "flickr8k", "coco", "aic", "csv", "jsonl")
+SEVERAL_FILES = ("coco", "aic")  # the formats whose train and val files are given together
 FLICKR8K_SPLIT_FILES = {
     "train": "Flickr_8k.trainImages.txt",
     "val": "Flickr_8k.devImages.txt",
@@ -400,14 +404,15 @@ def load_flickr8k(
 # COCO caption files
 
 
-def _coco_split(file: Path) -> str:
-    """train/val from the file name: exactly one of "train" and "val" must appear in it."""
+def _file_split(file: Path, kind: str, example: str) -> str:
+    """train/val from the file name of a ``kind`` file (a COCO or AI Challenger one): exactly one
+    of "train" and "val" ("validation" too) must appear in it."""
     name = file.name.lower()
     found = [split for split in ("train", "val") if split in name]
     if len(found) != 1:
         raise UserError(
-            f"cannot tell the split of COCO file '{file}' from its name; rename it to contain "
-            "'train' or 'val' (like captions_train2014.json) or use the csv/jsonl format"
+            f"cannot tell the split of {kind} file '{file}' from its name; rename it to contain "
+            f"'train' or 'val' (like {example}) or use the csv/jsonl format"
         )
     return found[0]
 
@@ -439,20 +444,54 @@ def load_coco(
     folder name is taken from the annotation file name), else at image_root/file_name. Images
     without any caption are left out: they can be neither trained nor scored.
     """
-    validate_fractions(val_fraction, test_fraction)
     files = [annotations] if isinstance(annotations, (str, os.PathLike)) else list(annotations)
     if not files:
         raise UserError("no COCO annotation files given; pass captions_train2014.json or similar")
+    return _load_split_files(
+        files,
+        image_root,
+        val_fraction,
+        test_fraction,
+        seed,
+        split_of=lambda file: _file_split(file, "COCO", "captions_train2014.json"),
+        folder_of=_coco_folder,
+        read=lambda file, base: _coco_captions(file, base, check_images),
+        kind="COCO caption file",
+    )
+
+
+def _coco_folder(file: Path, split: str) -> str:
+    """The folder of a COCO caption file's images, from its name: train2014, val2017, ..."""
+    folder = re.search(r"(train|val)\d{4}", file.name.lower())
+    return folder.group(0) if folder else f"{split}2014"
+
+
+def _load_split_files(
+    files: Sequence[PathLike],
+    image_root: PathLike | None,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    *,
+    split_of: Callable[[Path], str],
+    folder_of: Callable[[Path, str], str],
+    read: Callable[[Path, Path], dict[str, list[str]]],
+    kind: str,
+) -> list[ImageRecord]:
+    """The records of train and val files of one kind (COCO's, AI Challenger's), split as
+    `load_coco` says: ``split_of`` a file's split from its name, ``folder_of`` the folder below
+    the image root that holds its images (used when it exists), ``read`` its image paths and
+    captions below a folder."""
+    validate_fractions(val_fraction, test_fraction)
     by_split: dict[str, dict[str, list[str]]] = {"train": {}, "val": {}}
     names: dict[str, str] = {}  # image path -> its path in the folder it is read from
     for annotation in files:
-        file = _existing_file(annotation, "COCO caption file")
-        split = _coco_split(file)
+        file = _existing_file(annotation, kind)
+        split = split_of(file)
         root = _image_root(image_root, file)
-        folder = re.search(r"(train|val)\d{4}", file.name.lower())
-        subfolder = root / (folder.group(0) if folder else f"{split}2014")
+        subfolder = root / folder_of(file, split)
         base = subfolder if subfolder.is_dir() else root
-        found = _coco_captions(file, base, check_images)
+        found = read(file, base)
         for path, captions in found.items():
             by_split[split].setdefault(path, []).extend(captions)
         names.update(relative_names(found, base))  # the file_name: however image_root is spelled
@@ -533,6 +572,82 @@ def _coco_captions(file: Path, base: Path, check_images: bool) -> dict[str, list
             path = _image_path(base, name)
             _check_image(path, f"'{file}' image id {image_id}", check_images)
             result.setdefault(path, []).extend(captions[image_id])  # two ids, one file: both
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# AI Challenger 2017 caption files (AIC-ICC, Chinese)
+
+
+def load_aic(
+    annotations: PathLike | Sequence[PathLike],
+    image_root: PathLike | None = None,
+    *,
+    val_fraction: float = 0.05,
+    test_fraction: float = 0.05,
+    seed: int = 0,
+    check_images: bool = True,
+) -> list[ImageRecord]:
+    """Load the AI Challenger 2017 image caption files (AIC-ICC: 210,000 training and 30,000
+    validation images, five Chinese captions each): caption_train_annotations_20170902.json and
+    caption_validation_annotations_20170910.json, one or both.
+
+    Each is a JSON list of ``{"image_id": "<file name>.jpg", "caption": [...], "url": ...}``. The
+    splits are COCO's (`load_coco`): a file's split from its name ("train" or "val", as in
+    "validation"), and the test split carved from the validation images (whose test captions
+    were never published) by a hash of their names. Images are looked up in the folder beside the
+    file that its name gives (caption_train_images_20170902 for
+    caption_train_annotations_20170902.json, as the archives unpack) when it exists below the
+    image root, else in the image root itself.
+    """
+    files = [annotations] if isinstance(annotations, (str, os.PathLike)) else list(annotations)
+    if not files:
+        raise UserError(
+            "no AI Challenger annotation files given; pass caption_train_annotations_20170902.json "
+            "or similar"
+        )
+    return _load_split_files(
+        files,
+        image_root,
+        val_fraction,
+        test_fraction,
+        seed,
+        split_of=lambda file: _file_split(
+            file, "AI Challenger", "caption_train_annotations_20170902.json"
+        ),
+        folder_of=lambda file, split: file.stem.replace("annotations", "images"),
+        read=lambda file, base: _aic_captions(file, base, check_images),
+        kind="AI Challenger caption file",
+    )
+
+
+def _aic_captions(file: Path, base: Path, check_images: bool) -> dict[str, list[str]]:
+    """Image path -> captions of one AI Challenger caption file, in the file's order."""
+    data = _read_json(file)
+    if not isinstance(data, list):
+        raise UserError(
+            f"'{file}' is not a JSON list of images; pass an AI Challenger caption file "
+            "(caption_train_annotations_20170902.json style)"
+        )
+    result: dict[str, list[str]] = {}
+    for index, item in enumerate(data):
+        captions = item.get("caption") if isinstance(item, dict) else None
+        if isinstance(captions, str):
+            captions = [captions]
+        if (
+            not isinstance(item, dict)
+            or not _is_name(item.get("image_id"))
+            or not isinstance(captions, list)
+            or not all(isinstance(caption, str) for caption in captions)
+        ):
+            raise UserError(
+                f"'{file}' item [{index}] needs an 'image_id' file name and a 'caption' list of "
+                "strings"
+            )
+        if captions:  # an image without a caption can be neither trained nor scored
+            path = _image_path(base, item["image_id"])
+            _check_image(path, f"'{file}' item [{index}]", check_images)
+            result.setdefault(path, []).extend(caption.strip() for caption in captions)
     return result
 
 
@@ -755,17 +870,20 @@ def load_records(
 ) -> list[ImageRecord]:
     """Load `annotations` of format `fmt` (one of `FORMATS`) into records of all splits.
 
-    Only the coco format accepts several annotation files (a one-item list suits any format).
+    Only the coco and aic formats accept several annotation files (a one-item list suits any).
     Options that a format does not use are ignored: `restval_to_train` applies to karpathy only,
-    the fractions and seed to the formats that carve splits (coco, a Flickr30k token file, and
+    the fractions and seed to the formats that carve splits (coco, aic, a Flickr30k token file, and
     csv/jsonl without a split column). No records at all is an error.
     """
     if fmt not in FORMATS:
         raise UserError(f"unknown annotation format '{fmt}'; use one of {', '.join(FORMATS)}")
     validate_fractions(val_fraction, test_fraction)
-    if fmt != "coco" and not isinstance(annotations, (str, os.PathLike)):
+    if fmt not in SEVERAL_FILES and not isinstance(annotations, (str, os.PathLike)):
         if len(annotations) != 1:
-            raise UserError(f"the {fmt} format takes one annotations file; only coco takes several")
+            raise UserError(
+                f"the {fmt} format takes one annotations file; only {' and '.join(SEVERAL_FILES)} "
+                "take several"
+            )
         annotations = annotations[0]
     try:
         if fmt == "karpathy":
@@ -779,6 +897,7 @@ def load_records(
             loader = {
                 "flickr8k": load_flickr8k,
                 "coco": load_coco,
+                "aic": load_aic,
                 "csv": load_csv,
                 "jsonl": load_jsonl,
             }[fmt]
@@ -805,6 +924,7 @@ FORMAT_NAMES = {
     "karpathy": "Karpathy's split JSON",
     "flickr8k": "a Flickr token file",
     "coco": "a COCO caption file",
+    "aic": "an AI Challenger caption file",
     "csv": "a CSV of images and captions",
     "jsonl": "JSON lines of images and captions",
 }
@@ -841,6 +961,13 @@ def sniff_format(file: Path) -> str | None:
             if images and isinstance(images[0], dict) and "sentences" in images[0]
             else None
         )
+    if first.startswith("["):
+        try:
+            data = json.loads(file.read_text(encoding="utf-8-sig"))
+        except (OSError, ValueError, RecursionError):
+            return None
+        item = data[0] if isinstance(data, list) and data else None
+        return "aic" if isinstance(item, dict) and {"image_id", "caption"} <= item.keys() else None
     if re.match(r"[^\t]+#\d+\t", first):
         return "flickr8k"
     for separator in (",", "|"):

@@ -636,6 +636,34 @@ def test_tokenize_fast_path_equals_treebank(pieces: list[str], ending: str):
     assert tokenize(text) == treebank
 
 
+_CJK = "一只狗犬がかのｶﾞﾟ\u3099\u309a\u3000「」。，、々〇ー・ \t\n\x1f"
+_MIXED = [*"一只狗がｶﾞ\u3099\u3000。，ab1 .,'-\"`", "n't", "'s"]
+
+
+@given(
+    st.one_of(st.text(alphabet=_CJK, max_size=20), st.lists(st.sampled_from(_MIXED)).map("".join))
+)
+@settings(max_examples=300, deadline=None)
+def test_tokenize_of_chinese_and_japanese_equals_treebank(text: str):
+    """Chinese and Japanese characters spaced apart, then nltk's tokenizer, as for any text; a
+    caption of them and whitespace alone takes a fast path that skips the Treebank rules."""
+    spaced = vocab_module._UNSPACED_CHARACTER.sub(r" \1 ", text.lower())
+    treebank = nltk_words(" ".join(spaced.split()))
+    while nltk_words(" ".join(treebank)) != treebank:  # until the words settle, as for English
+        treebank = nltk_words(" ".join(treebank))
+    assert tokenize(text) == treebank
+
+
+def test_tokenize_fast_path_is_taken_for_chinese_and_japanese(monkeypatch):
+    calls: list[str] = []
+    monkeypatch.setattr(vocab_module._TREEBANK, "tokenize", lambda text: calls.append(text) or [])
+    assert tokenize("一个人在草地上，放风筝。\n") == list("一个人在草地上放风筝")
+    assert tokenize("犬が走る") == ["犬", "が", "走", "る"]
+    assert calls == []
+    tokenize("3只狗")  # with a digit (or any ASCII): the Treebank rules, on the spaced text
+    assert calls[0] == "3 只 狗"
+
+
 def nltk_words(text: str) -> list[str]:
     return [token for token in _NLTK.tokenize(text) if any(c.isalnum() for c in token)]
 

@@ -8,6 +8,7 @@ measure words and not punctuation or casing.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
@@ -92,8 +93,10 @@ _UNSPACED = (
     "\u3400-\u4dbf"  # CJK extension A
     "\u4e00-\u9fff"  # CJK unified ideographs
     "\uf900-\ufaff"  # CJK compatibility ideographs
-    "\uff01-\uff0f\uff1a-\uff20\uff3b-\uff40\uff5b-\uff65"  # fullwidth punctuation
-    "\uff66-\uff9f"  # halfwidth katakana
+    # fullwidth and halfwidth punctuation, halfwidth katakana: `tokenize` makes them the usual
+    # forms first (`_normalized`); a vocabulary's tokens written by `join_words` may hold them
+    "\uff01-\uff0f\uff1a-\uff20\uff3b-\uff40\uff5b-\uff65"
+    "\uff66-\uff9f"
     "\U00020000-\U0003ffff"  # CJK extensions B to I and the compatibility supplement
 )
 _VOICING_MARKS = "\u3099\u309a\uff9e\uff9f"  # combining, and halfwidth katakana's
@@ -103,6 +106,20 @@ _UNSPACED_TOKEN = re.compile(f"[{_UNSPACED}][{_VOICING_MARKS}]*")
 # them (its rules read ASCII punctuation and English words), so its tokens are its characters
 # that hold a letter or digit (about 6 us for a caption of AI Challenger's, not 110).
 _UNSPACED_ONLY = re.compile(rf"[{_UNSPACED}\s]*")
+# Unicode's Halfwidth and Fullwidth Forms: fullwidth Latin letters, digits and punctuation, and
+# halfwidth katakana and Hangul, which Japanese and Korean text mixes with the usual forms.
+_WIDTH_FORMS = re.compile("[\uff00-\uffef]+")
+
+
+def _normalized(text: str) -> str:
+    """``text`` with one spelling per character: NFC, so a kana and its combining voicing mark (as
+    macOS file systems and some editors write it) is the kana that holds it, and "é" is one code
+    point; and the Halfwidth and Fullwidth Forms made the usual ones (their NFKC: "ｶﾞ" is "ガ",
+    "Ｔ" "T", "１" "1"). Not NFKC throughout, which would also rewrite what has a meaning of its
+    own ("①", "™", and Hangul's compatibility jamo as conjoining ones)."""
+    if _WIDTH_FORMS.search(text):
+        text = _WIDTH_FORMS.sub(lambda forms: unicodedata.normalize("NFKC", forms[0]), text)
+    return unicodedata.normalize("NFC", text)
 
 
 def join_words(words: Iterable[str]) -> str:
@@ -127,7 +144,8 @@ def join_words(words: Iterable[str]) -> str:
 def tokenize(text: str) -> list[str]:
     """Split a caption into lowercase word tokens.
 
-    The text is lowercased, its whitespace made single spaces, and split with nltk's
+    The text is lowercased, each character given one spelling (NFC, and fullwidth "Ｔ１" and
+    halfwidth "ｶﾞ" are "t1" and "ガ"), its whitespace made single spaces, and split with nltk's
     `TreebankWordTokenizer` (the Penn Treebank conventions: "don't" -> "do", "n't"; "dog." ->
     "dog", "."; each Chinese or Japanese character a token of its own), then only tokens
     containing at least one letter or digit are kept, which drops punctuation such as "," "."
@@ -142,6 +160,7 @@ def tokenize(text: str) -> list[str]:
     """
     text = text.lower()
     if not text.isascii():
+        text = _normalized(text)
         if _UNSPACED_ONLY.fullmatch(text):
             return [t for t in _UNSPACED_TOKEN.findall(text) if t.isalnum() or _has_alnum(t)]
         text = _UNSPACED_CHARACTER.sub(r" \1 ", text)

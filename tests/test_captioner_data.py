@@ -50,6 +50,7 @@ from captioner.data import (
 )
 from captioner.data import datasets as datasets_module
 from captioner.data import images as images_module
+from captioner.data import vocab as vocab_module
 from captioner.data.datasets import load_image_tensor
 from captioner.data.formats import exact_split, in_several_splits, relative_names, split_draw
 from captioner.data.vocab import MAX_WORDS, SPECIALS, _treebank_words
@@ -1699,6 +1700,28 @@ def test_tokenize_is_the_fixed_point_of_treebank_on_punctuation_heavy_text():
     for _ in range(3000):
         text = "".join(rng.choice(PIECES) for _ in range(rng.randint(1, 14)))
         assert tokenize(text) == _fixed_point(text), text
+
+
+CJK_PIECES = [*PIECES, "一", "狗", "が", "ｶﾞ", "\u3099", "々", "。", "「", "ー", "Ｔ", "\u3000"]
+
+
+def test_chinese_and_japanese_text_is_the_fixed_point_of_treebank_in_one_pass(monkeypatch):
+    """A caption mixing Chinese or Japanese characters with ours (which the fast path of theirs
+    alone does not take) took a second Treebank pass over them: its characters are settled
+    words, as ours are. The tokens stay those of Treebank's fixed point over the characters set
+    apart, on random text of them and our punctuation."""
+    passes = []
+    treebank = vocab_module._treebank_words
+    monkeypatch.setattr(vocab_module, "_treebank_words", lambda text: passes.append(text) or
+                        treebank(text))  # fmt: skip
+    assert tokenize("3只狗在草地上奔跑，がっこう。") == list("3只狗在草地上奔跑がっこう")
+    assert len(passes) == 1
+    monkeypatch.undo()
+    rng = random.Random(20261208)
+    for _ in range(2000):
+        text = "".join(rng.choice(CJK_PIECES) for _ in range(rng.randint(1, 14)))
+        spaced = vocab_module._UNSPACED_CHARACTER.sub(r" \1 ", vocab_module._normalized(text))
+        assert tokenize(text) == _fixed_point(spaced), text
 
 
 # --- the day's formats changes: gaps a mutation audit found ---

@@ -647,7 +647,7 @@ _MIXED = [*"一只狗がｶﾞ\u3099\u3000。，ab1 .,'-\"`", "n't", "'s"]
 def test_tokenize_of_chinese_and_japanese_equals_treebank(text: str):
     """Chinese and Japanese characters spaced apart, then nltk's tokenizer, as for any text; a
     caption of them and whitespace alone takes a fast path that skips the Treebank rules."""
-    spaced = vocab_module._UNSPACED_CHARACTER.sub(r" \1 ", text.lower())
+    spaced = vocab_module._UNSPACED_CHARACTER.sub(r" \1 ", vocab_module._normalized(text.lower()))
     treebank = nltk_words(" ".join(spaced.split()))
     while nltk_words(" ".join(treebank)) != treebank:  # until the words settle, as for English
         treebank = nltk_words(" ".join(treebank))

@@ -58,7 +58,6 @@ _COMMA_BEFORE = re.compile(r",[0-9,]")  # Treebank keeps "1,5" whole and ",,x" a
 # Words of letters and digits, hyphenated or not, and the contractions Treebank splits off ("'s",
 # "n't"), each after a space: none of its rules looks at them again (tests check on random text).
 _SETTLED_WORD = r"(?:[a-z0-9]+(?:-[a-z0-9]+)*|'(?:s|m|d|ll|re|ve)|n't)"
-_SETTLED = re.compile(rf"{_SETTLED_WORD}(?: {_SETTLED_WORD})*")
 # Treebank's passes over its own words in `tokenize`: of 300,000 random punctuation-heavy texts,
 # 98% needed none, the rest one or two.
 _MAX_PASSES = 8
@@ -102,10 +101,15 @@ _UNSPACED = (
 _VOICING_MARKS = "\u3099\u309a\uff9e\uff9f"  # combining, and halfwidth katakana's
 _UNSPACED_CHARACTER = re.compile(f"([{_UNSPACED}][{_VOICING_MARKS}]*)")
 _UNSPACED_TOKEN = re.compile(f"[{_UNSPACED}][{_VOICING_MARKS}]*")
-# A caption of these characters and whitespace alone takes a fast path: no Treebank rule reads
-# them (its rules read ASCII punctuation and English words), so its tokens are its characters
-# that hold a letter or digit (about 6 us for a caption of AI Challenger's, not 110).
-_UNSPACED_ONLY = re.compile(rf"[{_UNSPACED}\s]*")
+# A caption of these characters, whitespace and ASCII punctuation alone (fullwidth punctuation is
+# ASCII's once `_normalized`) takes a fast path: no Treebank rule reads these characters, and
+# its rules only split punctuation apart, so the tokens are the characters that hold a letter or
+# digit (about 6 us for a caption of AI Challenger's, not 110).
+_UNSPACED_ONLY = re.compile(rf"[{_UNSPACED}\s!-/:-@\[-`{{-~]*")
+# A Chinese or Japanese character between spaces is settled too: no Treebank rule looks at it (a
+# caption mixing them with ours took a second pass over its characters).
+_SETTLED_WORD = rf"(?:{_SETTLED_WORD}|{_UNSPACED_TOKEN.pattern})"
+_SETTLED = re.compile(rf"{_SETTLED_WORD}(?: {_SETTLED_WORD})*")
 # Unicode's Halfwidth and Fullwidth Forms: fullwidth Latin letters, digits and punctuation, and
 # halfwidth katakana and Hangul, which Japanese and Korean text mixes with the usual forms.
 _WIDTH_FORMS = re.compile("[\uff00-\uffef]+")

@@ -75,7 +75,8 @@ class Captioner:
 class CaptionResult:
     """One image's caption.
 
-    caption: the best caption (words joined by spaces).
+    caption: the best caption (its words written by `captioner.data.join_words`: spaces
+        between them, none between two Chinese or Japanese characters).
     beams: the n best (caption, log-probability) pairs, best first; beams[0][0] == caption.
     attention: for attention models, the weights each word of `caption` gave the image grid,
         (len(words), grid_h, grid_w), each map summing to 1; None for show-and-tell models.

@@ -177,7 +177,8 @@ def tokenize(text: str) -> list[str]:
     words = _treebank_words(text)
     # Treebank's rules read context (a period that ends the text, a comma before a character),
     # which the dropped punctuation changes: "0.," gave "0.", and "0." gives "0". The words are
-    # joined by spaces, as a decoded caption is, and tokenized again until that changes nothing.
+    # joined by spaces (what `join_words` writes tokenizes alike) and tokenized again until that
+    # changes nothing.
     for _ in range(_MAX_PASSES):
         joined = " ".join(words)
         if _SETTLED.fullmatch(joined) and _SPLIT_WORDS and _SPLIT_WORDS.isdisjoint(words):

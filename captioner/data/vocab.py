@@ -80,11 +80,12 @@ _SPLIT_WORDS = _split_words()
 
 
 # Chinese and Japanese are written without spaces between words: every Han character (hanzi,
-# kanji, with their iteration marks) and every kana is a token of its own, as BERT's tokenizer
-# makes each Han character (Devlin et al. 2019), so such captions train and score by characters
-# with no word segmenter to install (a caption of them was one token: most of a data set's
-# captions were <unk>). Their punctuation, fullwidth forms too, is split off and dropped as ours
-# is. A kana's voicing mark stays with it. `join_words` writes such tokens side by side.
+# kanji, with their iteration marks) and every kana of the usual blocks is a token of its own,
+# as BERT's tokenizer makes each Han character (Devlin et al. 2019), so such captions train and
+# score by characters with no word segmenter to install (a caption of them was one token: most
+# of a data set's captions were <unk>). Their punctuation, fullwidth forms too, is split off and
+# dropped as ours is. A kana's voicing mark stays with it. `join_words` writes such tokens side
+# by side.
 _UNSPACED = (
     "\u3001-\u303f"  # their punctuation (dropped, as ours is), the iteration mark, zero
     "\u3040-\u30ff"  # hiragana, katakana

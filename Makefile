@@ -57,6 +57,7 @@ bench: $(STAMP) browser-deps
 	$(PY) bench/shared_references.py --threads 2
 	$(PY) bench/ddp_scaling.py --processes 2 --steps 40
 	$(PY) bench/coco_scale.py --threads 1 --out runs/bench/coco_scale
+	$(PY) bench/tokenize_scale.py
 	$(PY) bench/image_loading.py
 	$(PY) bench/curves_scale.py
 

@@ -20,7 +20,6 @@ it against nltk itself).
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path

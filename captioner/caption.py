@@ -291,8 +291,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     bar = tqdm(total=len(paths), desc="captioning", unit="image", file=sys.stderr, disable=None)
 
     def skip(path: str, error: UserError) -> None:
-        if path not in found:
-            raise error  # a file the user named: stop, as for a single image
+        if path not in found:  # a file the user named: stop, as for a single image
+            if not (args.csv and results):
+                raise error
+            save()  # keep what was captioned before it, as a stop by a signal does
+            raise UserError(
+                f"{error}; {args.csv} holds the captions of the {len(results)} images before it"
+                f"{' and those of before' if before else ''}: mend the file or leave it out, and "
+                "run the command with --resume to caption the rest"
+            )
         message = " ".join(str(error).split())
         skipped.append({"image": path, "error": message})
         tqdm.write(f"warning: skipped {message}", file=sys.stderr)

@@ -194,6 +194,36 @@ def test_a_bad_file_named_beside_its_folder_still_stops(checkpoint, folder, caps
         assert err.startswith("error: ") and broken in err and len(err.strip().splitlines()) == 1
 
 
+def test_a_named_file_that_stops_a_csv_job_keeps_the_captions_before_it(
+    checkpoint, folder, tmp_path, capsys
+):
+    """A file named on the command line that cannot be read stops the command, as it did; with
+    --csv the captions of the images before it were lost (the CSV is written at the end, or every
+    minute). They are kept now, and the line says so: the command run again without the file and
+    with --resume gives the CSV of a run that never met it."""
+    good = [str(folder / name) for name in ("a.png", "b.jpg", "c.PNG")]
+    whole = tmp_path / "whole.csv"
+    common = ["--checkpoint", str(checkpoint), "--batch-size", "1"]
+    assert run_main([*common, *good, "--csv", str(whole)], capsys)[0] == 0
+    out = tmp_path / "captions.csv"
+    missing = str(folder / "gone.png")
+    code, _, err = run_main([*common, *good[:2], missing, good[2], "--csv", str(out)], capsys)
+    assert code == 2 and err.count("\n") == 1, err
+    assert err == (
+        f"error: image file '{missing}' not found; check the path; {out} holds the captions of "
+        "the 2 images before it: mend the file or leave it out, and run the command with --resume "
+        "to caption the rest\n"
+    )
+    assert _rows(out) == _rows(whole)[:2]
+    code, _, err = run_main([*common, *good, "--csv", str(out), "--resume"], capsys)
+    assert code == 0 and "resuming: 2 images are captioned" in err
+    assert _rows(out) == _rows(whole)
+    first = tmp_path / "first.csv"  # nothing captioned before it: its own line, no CSV
+    code, _, err = run_main([*common, missing, *good, "--csv", str(first)], capsys)
+    assert (code, err) == (2, f"error: image file '{missing}' not found; check the path\n")
+    assert not first.exists()
+
+
 @pytest.mark.parametrize("size", ["0", "-3"])
 def test_a_batch_size_below_one_is_a_one_line_error(checkpoint, folder, size, capsys):
     code, out, err = run_main(

@@ -12,7 +12,9 @@ on the same captions:
 - the general path it would otherwise take: the characters spaced apart, then nltk's Treebank
   rules until the words settle (`tokenize` of the caption with one ASCII letter added, whose
   token is then dropped), on a sample of ``--sample`` captions, extrapolated;
-- `Vocabulary.build` over the training captions, as `captioner.train` and `check_data` build it.
+- `Vocabulary.build` over the training captions, as `captioner.train` and `check_data` build it;
+- `load_records("aic", ...)` of the captions written as AI Challenger's two caption files
+  (210,000 and 30,000 images, five captions each; the images are not looked for).
 
 Both paths must give the same tokens (checked on the sample; tests/test_feature_cache.py checks
 it against nltk itself).
@@ -20,7 +22,9 @@ it against nltk itself).
 
 from __future__ import annotations
 
+import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -28,10 +32,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.recurrent_core import machine  # noqa: E402
+from captioner.data import load_records  # noqa: E402
 from captioner.data.vocab import Vocabulary, tokenize  # noqa: E402
 from recurrent.errors import ArgumentParser, UserError, run_cli  # noqa: E402
 
 TRAIN_CAPTIONS, VAL_CAPTIONS = 1_050_000, 150_000
+AIC_TRAIN = "caption_train_annotations_20170902"
+AIC_VAL = "caption_validation_annotations_20170910"
 FIRST_HAN = 0x4E00
 
 
@@ -90,6 +97,22 @@ def main(argv: list[str] | None = None) -> None:
         f"Vocabulary.build over {len(train):,} training captions: "
         f"{time.perf_counter() - started:.1f} s, {len(vocab) - 4:,} characters seen 5 times"
     )
+    with tempfile.TemporaryDirectory() as folder:
+        files = []
+        for stem, part in ((AIC_TRAIN, train), (AIC_VAL, captions[len(train) :])):
+            items = [
+                {"url": "", "image_id": f"{stem}_{i:07d}.jpg", "caption": part[i : i + 5]}
+                for i in range(0, len(part), 5)
+            ]
+            files.append(Path(folder) / f"{stem}.json")
+            files[-1].write_text(json.dumps(items, ensure_ascii=False), encoding="utf-8")
+        size = sum(file.stat().st_size for file in files) / 1e6
+        started = time.perf_counter()
+        records = load_records("aic", files, folder, check_images=False)
+        print(
+            f"load_records('aic') of the two files ({size:.0f} MB, {len(records):,} images): "
+            f"{time.perf_counter() - started:.1f} s"
+        )
 
 
 if __name__ == "__main__":

@@ -3,9 +3,12 @@
     python -m captioner.caption --checkpoint runs/captioner/scenes_demo/best.pt a.png b.png
     python -m captioner.caption --checkpoint best.pt photos/ "more/*.jpg" --csv captions.csv
     python -m captioner.caption --checkpoint a/best.pt --checkpoint b/best.pt photos/
+    find photos -name '*.jpg' -newer last.csv | python -m captioner.caption --checkpoint best.pt \
+        --list - --csv new.csv
 
 Each argument is an image file, a folder (every image file in it, by extension, not recursive) or
-a glob pattern. Images are captioned in batches, with a progress bar on stderr when it is a
+a glob pattern; ``--list FILE`` adds the lines of a text file (``-``: the standard input), each
+taken as an argument. Images are captioned in batches, with a progress bar on stderr when it is a
 terminal. Prints one ``path<TAB>caption`` line per image (a name holding a tab, a line break or
 a double quote quoted as CSV quotes it), or one JSON object with --json; --csv also writes
 ``image,caption`` rows that the training CSV loader reads (``data.format: csv``), so
@@ -108,6 +111,32 @@ def expand_inputs(arguments: Sequence[str]) -> tuple[list[str], set[str]]:
     return list(paths.values()), found - set(arguments)
 
 
+def read_list(source: str) -> list[str]:
+    """The image paths of --list: the lines of a text file, or of the standard input for ``-``,
+    blank ones left out (none at all is a UserError, as an empty folder is). Names are read as the
+    file system gives them (UTF-8, any other byte kept as Python keeps it in a file name)."""
+    what = "the standard input (--list -)" if source == "-" else f"--list {source}"
+    try:
+        if source == "-":
+            if sys.stdin is None:  # closed: <&-
+                raise UserError(f"{what} is closed; pipe the image paths into the command")
+            data = sys.stdin.buffer.read()
+        else:
+            with open(source, "rb") as stream:
+                data = stream.read()
+    except FileNotFoundError:
+        raise UserError(f"{what}: file not found; pass a text file of image paths") from None
+    except IsADirectoryError:
+        raise UserError(f"{what} is a folder; pass it as an IMAGE argument instead") from None
+    except OSError as err:
+        raise UserError(f"cannot read {what} ({err.strerror})") from None
+    text = data.decode("utf-8", errors="surrogateescape")
+    lines = [line for line in text.splitlines() if line.strip()]
+    if not lines:
+        raise UserError(f"{what} names no image; give it image paths, one per line")
+    return lines
+
+
 def _check_csv_path(path: str) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     if not path:
@@ -195,12 +224,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument(
         "images",
-        nargs="+",
+        nargs="*",
         metavar="IMAGE",
         help="image files, folders (every image in them, by extension; not recursive) or quoted "
         "glob patterns ('photos/*.jpg', 'data/**/*.png'); unreadable files found in a folder or "
         f"by a pattern are reported and skipped; any still format Pillow decodes ({ACCEPTED_FORMATS} "
         "and more), a multi-page or animated file by its first page or frame",
+    )
+    parser.add_argument(
+        "--list",
+        metavar="FILE",
+        help="also the images a text file names, one path per line (relative to the current "
+        "folder, as find prints them; - reads the standard input), after the IMAGE arguments: a "
+        "list as long as a data set's, which a command line cannot hold",
     )
     parser.add_argument(
         "--checkpoint",
@@ -260,7 +296,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise UserError("--resume goes on with the file of --csv; pass the same --csv OUT.csv")
     if args.csv is not None:
         _check_csv_path(args.csv)
-    paths, found = expand_inputs(args.images)
+    listed = [] if args.list is None else read_list(args.list)
+    if not args.images and not listed:
+        raise UserError("no images to caption; pass image files, folders or patterns, or --list")
+    paths, found = expand_inputs([*args.images, *listed])
     skipped: list[dict[str, str]] = []
     before: list[tuple[str, str]] = []
     splits = None

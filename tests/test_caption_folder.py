@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import os
 import shutil
@@ -222,6 +223,37 @@ def test_a_named_file_that_stops_a_csv_job_keeps_the_captions_before_it(
     code, _, err = run_main([*common, missing, *good, "--csv", str(first)], capsys)
     assert (code, err) == (2, f"error: image file '{missing}' not found; check the path\n")
     assert not first.exists()
+
+
+def test_a_list_of_paths_captions_as_the_same_arguments_do(
+    checkpoint, folder, tmp_path, capsys, monkeypatch
+):
+    """--list FILE (or - for the standard input): its lines, relative to the current folder as
+    find prints them (CRLF, blank lines and all), give the output the same paths as arguments
+    give; a list that is missing, a folder or empty, or no images at all, is one line."""
+    monkeypatch.chdir(folder.parent)
+    names = ["photos/a.png", "photos/c.PNG", str(folder / "b.jpg")]
+    common = ["--checkpoint", str(checkpoint)]
+    code, expected, _ = run_main([*common, *names], capsys)
+    assert code == 0 and len(expected.splitlines()) == 3
+    listed = tmp_path / "list.txt"
+    listed.write_bytes(("\r\n".join(names[1:]) + "\r\n\n  \n").encode())
+    assert run_main([*common, names[0], "--list", str(listed)], capsys)[:2] == (0, expected)
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO("\n".join(names).encode())))
+    assert run_main([*common, "--list", "-"], capsys)[:2] == (0, expected)
+    (tmp_path / "blank.txt").write_text("\n \n")
+    for argv, said in (
+        (["--list", str(tmp_path / "gone.txt")], f"--list {tmp_path / 'gone.txt'}: file not found"),
+        (["--list", str(folder)], f"--list {folder} is a folder; pass it as an IMAGE argument"),
+        (
+            ["--list", str(tmp_path / "blank.txt")],
+            f"--list {tmp_path / 'blank.txt'} names no image",
+        ),
+        ([names[0], "--list", str(tmp_path / "blank.txt")], "--list "),  # an empty folder's way
+        ([], "no images to caption; pass image files, folders or patterns, or --list"),
+    ):
+        code, _, err = run_main([*common, *argv], capsys)
+        assert code == 2 and err.startswith(f"error: {said}") and err.count("\n") == 1, err
 
 
 @pytest.mark.parametrize("size", ["0", "-3"])

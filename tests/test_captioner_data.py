@@ -1818,6 +1818,18 @@ def test_a_coco_image_info_file_is_not_said_to_look_like_karpathys(tmp_path: Pat
         assert "looks like" not in message
 
 
+def test_a_predictions_file_is_not_said_to_look_like_ai_challengers(tmp_path: Path) -> None:
+    """COCO's results format, which evaluate --predictions writes ([{"image_id", "caption"}],
+    the id a number or a stem, the caption one string), given as annotations: no format's look,
+    not AI Challenger's, whose --format aic would refuse it too (kills: any list of objects with
+    both keys taken for AI Challenger's)."""
+    for image_id in (391895, "1000268201_693b08cb0e"):
+        predictions = tmp_path / "predictions.json"
+        predictions.write_text(json.dumps([{"image_id": image_id, "caption": "a dog"}]))
+        message = _raises_one_line(lambda p=predictions: load_records("karpathy", p, tmp_path))
+        assert "looks like" not in message
+
+
 def test_a_file_that_begins_with_blank_lines_is_still_recognised(tmp_path: Path) -> None:
     """The look comes from the first line that holds something (kills: the first line taken
     as it is)."""

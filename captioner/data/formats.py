@@ -967,7 +967,15 @@ def sniff_format(file: Path) -> str | None:
         except (OSError, ValueError, RecursionError):
             return None
         item = data[0] if isinstance(data, list) and data else None
-        return "aic" if isinstance(item, dict) and {"image_id", "caption"} <= item.keys() else None
+        # AI Challenger's image_id is a file name and its caption a list; COCO's results format
+        # (what evaluate --predictions writes) has a number or a stem and one string
+        return (
+            "aic"
+            if isinstance(item, dict)
+            and _is_name(item.get("image_id"))
+            and isinstance(item.get("caption"), list)
+            else None
+        )
     if re.match(r"[^\t]+#\d+\t", first):
         return "flickr8k"
     for separator in (",", "|"):

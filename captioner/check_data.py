@@ -42,8 +42,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         prog="python -m captioner.check_data",
         description="Check a captioning data set before training: load every annotation, decode "
         "every image (in parallel), report missing and undecodable images, duplicates, "
-        "captions empty after tokenization and captions longer than training or decoding takes. Exit status: 0 if training would run, 1 if it would "
-        "stop, 2 for a bad config or annotations file.",
+        "captions empty after tokenization and captions longer than training or decoding takes. "
+        "Exit status: 0 if training would run, 1 if it would stop, 2 for a bad config or "
+        "annotations file.",
     )
     either = parser.add_mutually_exclusive_group(required=True)
     add_config_arguments(parser, "configs/captioner/coco.yaml", either=either)

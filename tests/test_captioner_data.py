@@ -42,6 +42,7 @@ from captioner.data import (
     collate_pairs,
     hashed_split,
     join_words,
+    load_aic,
     load_image,
     load_records,
     normalization_stats,
@@ -670,6 +671,42 @@ def test_aic_files_that_are_not_say_so_in_one_line(tmp_path: Path) -> None:
 # Vocabulary and tokenisation
 
 
+def test_aic_loader_edges_are_coco_loader_edges(tmp_path: Path) -> None:
+    """As load_coco: no files, or a file not found, is one line naming AI Challenger's files;
+    load_aic refuses fractions out of bounds itself; an image in two items of one file keeps
+    the captions of both, as COCO's annotations of one image do (kills: the empty-list line
+    dropped, the file named a COCO one, the fractions unchecked, the later item's captions
+    replacing the earlier's)."""
+    _raises_one_line(lambda: load_records("aic", [], None), "no AI Challenger annotation files")
+    gone = tmp_path / "caption_train_gone.json"
+    _raises_one_line(lambda: load_records("aic", gone, None),
+                     f"AI Challenger caption file '{gone}' not found")  # fmt: skip
+    train = _aic(tmp_path, AIC_TRAIN, ["a.jpg"])
+    for fractions in ((1.0, 0.0), (0.5, 0.5)):
+        _raises_one_line(lambda fractions=fractions: load_aic(train, None, val_fraction=fractions[0],
+                         test_fraction=fractions[1]), "val_fraction")  # fmt: skip
+    items = json.loads(train.read_text(encoding="utf-8"))
+    train.write_text(json.dumps([*items, {**items[0], "caption": ["一只狗"]}], ensure_ascii=False),
+                     encoding="utf-8")  # fmt: skip
+    [record] = load_records("aic", train, None, val_fraction=0, test_fraction=0)
+    assert record.captions == (*(c.strip() for c in items[0]["caption"]), "一只狗")
+
+
+def test_coco_files_without_a_year_find_their_images_by_their_split(tmp_path: Path) -> None:
+    """captions_train.json and captions_val.json name no folder: each file's images are in its
+    split's train2014 or val2014 (kills: the folder taken from one split for both)."""
+    for split in ("train", "val"):
+        _png(tmp_path / f"{split}2014" / f"{split}.jpg")
+        coco = {"images": [{"id": 1, "file_name": f"{split}.jpg"}],
+                "annotations": [{"image_id": 1, "id": 1, "caption": "a dog"}]}  # fmt: skip
+        (tmp_path / f"captions_{split}.json").write_text(json.dumps(coco))
+    files = [tmp_path / "captions_train.json", tmp_path / "captions_val.json"]
+    records = load_records("coco", files, tmp_path, val_fraction=0.5, test_fraction=0)
+    assert sorted(r.image_path for r in records) == [
+        str(tmp_path / "train2014" / "train.jpg"), str(tmp_path / "val2014" / "val.jpg")
+    ]  # fmt: skip
+
+
 def test_tokenize() -> None:
     assert tokenize("A Dog, running -- on the beach.") == [
         "a",
@@ -703,6 +740,26 @@ def test_chinese_and_japanese_characters_are_tokens_of_their_own() -> None:
     vocab = Vocabulary.build(["一只狗在草地上。", "一只猫在草地上。"], min_count=2)
     assert vocab.to_list()[len(SPECIALS) :] == ["一", "上", "只", "在", "地", "草"]
     assert vocab.decode(vocab.encode("一只猫在草地上")) == "一只 <unk> 在草地上"
+
+
+def test_every_han_character_and_kana_with_its_marks_is_a_token_on_either_path() -> None:
+    """Characters from the corners of the blocks, side by side: extensions A and B, the twelve unified ideographs of the CJK
+    Compatibility block (U+FA0E: NFC keeps them), the katakana phonetic extensions (Ainu's small
+    kana), and the combining semi-voiced mark on a kana that has no precomposed form ("か゚", as
+    phonetics writes the nasal g). Alone they take the fast path, after a word of ours the
+    Treebank path: both give them as tokens (kills: a block or the semi-voiced mark dropped, the
+    marks dropped from the characters the Treebank path spaces apart)."""
+    for text, tokens in (
+        ("\ufa0e\ufa0f", ["\ufa0e", "\ufa0f"]),
+        ("\u31f0\u31f1", ["\u31f0", "\u31f1"]),
+        ("\u3401\u4db5", ["\u3401", "\u4db5"]),  # extension A
+        ("\U0002000b\U0002123d", ["\U0002000b", "\U0002123d"]),  # extension B
+        ("か\u309aき\u309a", ["か\u309a", "き\u309a"]),
+    ):
+        assert unicodedata.normalize("NFC", text) == text
+        assert tokenize(text) == tokens, text
+        assert tokenize(f"a {text}") == ["a", *tokens], text
+        assert join_words(tokens) == text
 
 
 def test_a_caption_gives_the_same_tokens_however_its_characters_are_encoded() -> None:
@@ -1823,9 +1880,10 @@ def test_a_predictions_file_is_not_said_to_look_like_ai_challengers(tmp_path: Pa
     the id a number or a stem, the caption one string), given as annotations: no format's look,
     not AI Challenger's, whose --format aic would refuse it too (kills: any list of objects with
     both keys taken for AI Challenger's)."""
-    for image_id in (391895, "1000268201_693b08cb0e"):
+    for image_id, caption in ((391895, "a dog"), ("1000268201_693b08cb0e", "a dog"),
+                              (391895, ["a dog"])):  # fmt: skip
         predictions = tmp_path / "predictions.json"
-        predictions.write_text(json.dumps([{"image_id": image_id, "caption": "a dog"}]))
+        predictions.write_text(json.dumps([{"image_id": image_id, "caption": caption}]))
         message = _raises_one_line(lambda p=predictions: load_records("karpathy", p, tmp_path))
         assert "looks like" not in message
 

@@ -23,7 +23,7 @@ from captioner import check_data
 from captioner import evaluate as evaluate_cli
 from captioner import train as train_cli
 from captioner.data import CHECK_DATA, load_image
-from captioner.data.check import BAD, MISSING, OK, check_image, scan_images
+from captioner.data.check import BAD, MISSING, OK, DataReport, check_image, scan_images
 from recurrent.errors import UserError, run_cli
 
 REPO = Path(__file__).resolve().parents[1]
@@ -177,6 +177,41 @@ def test_the_report_gives_caption_lengths_and_what_training_and_decoding_cut(tmp
     )
     out = _check(annotations, capsys, "data.max_caption_length=12", "decode.max_length=14")[1]
     assert "caption lengths: median 7 tokens, 95% at most 14, longest 14\n" in out
+
+
+def test_caption_lengths_against_hand_worked_numbers() -> None:
+    """Lengths 1-20, the longest a training caption: the median is the lower middle of an even
+    count (10), the 95th percentile the nearest rank (the 19th of 20), a caption exactly at a
+    limit is not past it, and the longest reference is the longest of val and test alone; a
+    report of no captions is zeros (kills: the upper middle, the rank off by one, the longest of
+    every split, an empty report's IndexError)."""
+    report = DataReport(
+        [], {}, lengths={"train": [*range(1, 17), 20], "val": [17, 18], "test": [19]}
+    )
+    assert report.caption_lengths(16, 18) == {
+        "median": 10, "p95": 19, "longest": 20, "train_cut": 1, "references_too_long": 1,
+        "longest_reference": 19,
+    }  # fmt: skip
+    assert set(DataReport([], {}).caption_lengths(1, 1).values()) == {0}
+
+
+def test_the_setting_suggested_for_long_references_is_the_longest_reference(tmp_path, capsys):
+    """References too long for decode.max_length while no training caption is cut: the note says
+    so alone, and suggests the longest reference, not a longer training caption (kills: the
+    reference note under the training count, the longest caption of every split suggested)."""
+    images = []
+    for index, (split, count) in enumerate((("train", 20), ("train", 3), ("val", 9), ("test", 2))):
+        (tmp_path / f"{index}.png").write_bytes(_png(index))
+        images.append(_entry(f"{index}.png", split, " ".join(["word"] * count) + "."))
+    annotations = tmp_path / "dataset.json"
+    annotations.write_text(json.dumps({"images": images}))
+    code, out, _ = _check(annotations, capsys, "data.max_caption_length=20", "decode.max_length=6")
+    assert code == 0
+    assert (
+        "caption lengths: median 3 tokens, 95% at most 20, longest 20; 1 val/test reference(s) are "
+        "longer than decode.max_length=6, which no decoded caption can be (e.g. --set "
+        "decode.max_length=9)\n"
+    ) in out
 
 
 def test_the_report_agrees_with_load_image(tmp_path, capsys):

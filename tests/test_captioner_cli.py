@@ -22,7 +22,7 @@ import torch
 
 from captioner import caption, check_data, evaluate, scoring
 from captioner import train as train_cli
-from captioner.data import load_image
+from captioner.data import Vocabulary, load_image
 from captioner.decode import Caption
 from captioner.inference import CaptionResult, caption_images, load_captioner, to_result
 from recurrent.checkpoint import load_checkpoint, save_checkpoint
@@ -439,6 +439,17 @@ def test_more_words_than_a_captioner_takes_stop_before_the_model_is_built(
     with pytest.raises(SystemExit) as stop:
         check_data.main(["--config", TINY, "--set", f"data.annotations={annotations}", "--quiet"])
     assert stop.value.code == 1 and "more than a captioner takes" in capsys.readouterr().out
+
+
+def test_a_chinese_caption_is_written_as_its_best_beam_is():
+    """`to_result`'s caption is its words written by join_words, none between two Chinese
+    characters, as each beam's text is: beams[0][0] == caption (kills: the caption's words
+    joined by spaces)."""
+    vocab = Vocabulary.build(["a dog 一只狗"])
+    beams = [Caption(vocab.encode("a dog 一只狗")[1:-1], -1.0, -1.0, finished=True)]
+    result = to_result(vocab, beams, (1, 1))
+    assert result.caption == result.beams[0][0] == "a dog 一只狗"
+    assert result.words == ["a", "dog", "一", "只", "狗"]
 
 
 def test_each_beam_keeps_its_own_finished_flag(trained: dict[str, Path]):

@@ -138,7 +138,8 @@ def join_words(words: Iterable[str]) -> str:
     unspaced_before = False
     for word in words:
         unspaced = _UNSPACED_TOKEN.fullmatch(word) is not None
-        # a voicing mark alone (its kana dropped: "か.ﾞ") stays apart, or it would join the kana
+        # a voicing mark alone stays apart, or it would join the kana before it (`tokenize` keeps
+        # none alone: "か.ﾞ" is "か"; a vocabulary of an older version may hold "ﾞ")
         if text and not (unspaced and unspaced_before and word[0] not in _VOICING_MARKS):
             text.append(" ")
         text.append(word)

@@ -105,7 +105,7 @@ _UNSPACED_TOKEN = re.compile(f"[{_UNSPACED}][{_VOICING_MARKS}]*")
 # A caption of these characters, whitespace and ASCII punctuation alone (fullwidth punctuation is
 # ASCII's once `_normalized`) takes a fast path: no Treebank rule reads these characters, and
 # its rules only split punctuation apart, so the tokens are the characters that hold a letter or
-# digit (about 6 us for a caption of AI Challenger's, not 110).
+# digit (10 us for a caption of AI Challenger's, 8x less than the rules: bench/tokenize_scale.py).
 _UNSPACED_ONLY = re.compile(rf"[{_UNSPACED}\s!-/:-@\[-`{{-~]*")
 # A Chinese or Japanese character between spaces is settled too: no Treebank rule looks at it (a
 # caption mixing them with ours took a second pass over its characters).
@@ -155,9 +155,8 @@ def tokenize(text: str) -> list[str]:
     `TreebankWordTokenizer` (the Penn Treebank conventions: "don't" -> "do", "n't"; "dog." ->
     "dog", "."; each Chinese or Japanese character a token of its own), then only tokens
     containing at least one letter or digit are kept, which drops punctuation such as "," "."
-    "``" "。" and "--". Evaluation (BLEU) tokenises references and
-    generated captions with this same function, and a caption's tokens joined by spaces give the
-    same tokens again: whitespace is made spaces first (Treebank's rules see only spaces: "dogs'"
+    "``" "。" and "--". Evaluation (BLEU) tokenises references and generated captions with this
+    same function, and a caption's tokens joined by spaces give the same tokens again: whitespace is made spaces first (Treebank's rules see only spaces: "dogs'"
     before a tab stayed one token, before a space it is "dogs" and "'"), and the kept tokens are
     tokenized again, joined by spaces, until that changes nothing ("0.," gives "0." at first).
 

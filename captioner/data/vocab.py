@@ -156,9 +156,10 @@ def tokenize(text: str) -> list[str]:
     "dog", "."; each Chinese or Japanese character a token of its own), then only tokens
     containing at least one letter or digit are kept, which drops punctuation such as "," "."
     "``" "。" and "--". Evaluation (BLEU) tokenises references and generated captions with this
-    same function, and a caption's tokens joined by spaces give the same tokens again: whitespace is made spaces first (Treebank's rules see only spaces: "dogs'"
-    before a tab stayed one token, before a space it is "dogs" and "'"), and the kept tokens are
-    tokenized again, joined by spaces, until that changes nothing ("0.," gives "0." at first).
+    same function, and a caption's tokens joined by spaces give the same tokens again: whitespace
+    is made spaces first (Treebank's rules see only spaces: "dogs'" before a tab stayed one token,
+    before a space it is "dogs" and "'"), and the kept tokens are tokenized again, joined by
+    spaces, until that changes nothing ("0.," gives "0." at first).
 
     >>> tokenize("A dog, running on the beach.")
     ['a', 'dog', 'running', 'on', 'the', 'beach']

@@ -65,6 +65,11 @@ from recurrent.files import atomic_write_text
 CSV_SAVE_EVERY_S = 60.0  # --csv is rewritten this often while captioning (a kill loses the rest)
 
 
+class _NamedFileStop(UserError):
+    """A file named on the command line (or by --list) cannot be read: the command stops, with the
+    captions of the images before it (of its batch too) in the --csv file."""
+
+
 def _result_json(path: str, result: CaptionResult) -> dict[str, Any]:
     return {
         "image": path,
@@ -331,14 +336,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     def skip(path: str, error: UserError) -> None:
         if path not in found:  # a file the user named: stop, as for a single image
-            if not (args.csv and results):
-                raise error
-            save()  # keep what was captioned before it, as a stop by a signal does
-            raise UserError(
-                f"{error}; {args.csv} holds the captions of the {len(results)} images before it"
-                f"{' and those of before' if before else ''}: mend the file or leave it out, and "
-                "run the command with --resume to caption the rest"
-            )
+            raise _NamedFileStop(str(error)) from None  # once the images before it are captioned
         message = " ".join(str(error).split())
         skipped.append({"image": path, "error": message})
         tqdm.write(f"warning: skipped {message}", file=sys.stderr)
@@ -372,6 +370,15 @@ def main(argv: Sequence[str] | None = None) -> None:
                 saved = time.monotonic()
         if args.csv and (results or before):
             save()  # here, so that a stop after the last image still writes the file
+    except _NamedFileStop as error:
+        if not (args.csv and results):
+            raise UserError(str(error)) from None
+        save()  # keep what was captioned before it, as a stop by a signal does
+        raise UserError(
+            f"{error}; {args.csv} holds the captions of the {len(results)} images before it"
+            f"{' and those of before' if before else ''}: mend the file or leave it out, and "
+            "run the command with --resume to caption the rest"
+        ) from None
     except (RunStopped, KeyboardInterrupt, BrokenPipeError) as stop:
         if not (args.csv and results):
             raise

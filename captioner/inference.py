@@ -388,22 +388,32 @@ def caption_files(
 
     Files are read as the data loaders read them (`load_image_tensor`: JPEGs by torchvision's
     decoder, the rest by Pillow). A file that cannot be read (a `UserError`) is passed to
-    ``on_error(path, error)`` and skipped; without `on_error` the error is raised. `decode` holds
-    `caption_images`' decoding options (beam_size, max_length, n_best, ...).
+    ``on_error(path, error)`` and skipped; without `on_error` the error is raised. A raised
+    `UserError` (``on_error``'s own, or the file's without it) stops the captioning after the
+    images before the file are yielded, whatever the batch size: those of its batch too.
+    `decode` holds `caption_images`' decoding options (beam_size, max_length, n_best, ...).
     """
+
+    def captioned(batch: list[tuple[str, torch.Tensor]]) -> Iterator[tuple[str, CaptionResult]]:
+        if batch:
+            images = [image for _, image in batch]
+            results = caption_images(captioner, images, batch_size=len(images), **decode)
+            yield from zip([path for path, _ in batch], results, strict=True)
+
     for start in range(0, len(paths), batch_size):
         batch: list[tuple[str, torch.Tensor]] = []
         for path in paths[start : start + batch_size]:
             try:
                 batch.append((path, load_image_tensor(path)))
             except UserError as err:
-                if on_error is None:
+                try:
+                    if on_error is None:
+                        raise
+                    on_error(path, err)
+                except UserError:  # a stop: as with a batch of one, the images before it first
+                    yield from captioned(batch)
                     raise
-                on_error(path, err)
-        if batch:
-            images = [image for _, image in batch]
-            results = caption_images(captioner, images, batch_size=len(images), **decode)
-            yield from zip([path for path, _ in batch], results, strict=True)
+        yield from captioned(batch)
 
 
 def add_decode_arguments(parser: argparse.ArgumentParser) -> None:

@@ -225,6 +225,32 @@ def test_a_named_file_that_stops_a_csv_job_keeps_the_captions_before_it(
     assert not first.exists()
 
 
+def test_a_named_file_stops_a_csv_job_alike_whatever_the_batch_size(
+    checkpoint, folder, tmp_path, capsys
+):
+    """The images before the unreadable named file in its own batch were read but not captioned:
+    with --batch-size 2 the CSV lost them (and the line miscounted them), and with the bad file in
+    the first batch (the default holds 16) no CSV was written at all. Any batch size now gives
+    what --batch-size 1 gives: the same lines, the same one-line error, the same CSV."""
+    good = [str(folder / name) for name in ("a.png", "b.jpg", "c.PNG")]
+    missing = str(folder / "gone.png")
+    for images in ([good[0], missing, *good[1:]], [*good, missing]):
+        outputs = []
+        for size in ("1", "2", "16"):
+            out = tmp_path / f"captions_{size}.csv"
+            code, lines, err = run_main(
+                ["--checkpoint", str(checkpoint), *images, "--csv", str(out), "--batch-size", size],
+                capsys,
+            )
+            outputs.append((code, lines, err.replace(str(out), "OUT"), _rows(out)))
+        code, _, _, rows = outputs[0]
+        before = images[: images.index(missing)]
+        assert code == 2 and [image for image, _ in rows] == [
+            os.path.relpath(image, tmp_path) for image in before
+        ]
+        assert outputs[1] == outputs[0] and outputs[2] == outputs[0]
+
+
 def test_a_list_of_paths_captions_as_the_same_arguments_do(
     checkpoint, folder, tmp_path, capsys, monkeypatch
 ):

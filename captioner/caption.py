@@ -6,20 +6,20 @@
     find photos -name '*.jpg' -newer last.csv | python -m captioner.caption --checkpoint best.pt \
         --list - --csv new.csv
 
-Each argument is an image file, a folder (every image file in it, by extension, not recursive) or
-a glob pattern; ``--list FILE`` adds the lines of a text file (``-``: the standard input), each
-taken as an argument. Images are captioned in batches, with a progress bar on stderr when it is a
-terminal. Prints one ``path<TAB>caption`` line per image (a name holding a tab, a line break or
-a double quote quoted as CSV quotes it), or one JSON object with --json; --csv also writes
-``image,caption`` rows that the training CSV loader reads (``data.format: csv``), so
-the captions can be reviewed, corrected and trained on. The CSV is rewritten every minute while
-captioning; a stop (SIGTERM, Ctrl-C) writes what was captioned and says so, and --resume with the
-same --csv captions only the images the file does not hold yet. A file named on the command line
-that cannot be read stops the command; one found in a folder or by a pattern is reported with a
-``warning:`` line on stderr and skipped. With more than one --checkpoint the images are
-captioned by their ensemble (`captioner.ensemble`), with the first checkpoint's decoding settings.
-The library API (`load_captioner`, `caption_images`, `find_images`, `caption_files`) lives in
-`captioner.inference`.
+Each argument is an image file, a folder (every image file in it, by extension, not recursive) or a
+glob pattern; ``--list FILE`` (given more than once: each file) adds the lines of a text file
+(``-``: the standard input), each taken as an argument. Images are captioned in batches, with a
+progress bar on stderr when it is a terminal. Prints one ``path<TAB>caption`` line per image (a
+name holding a tab, a line break or a double quote quoted as CSV quotes it), or one JSON object
+with --json; --csv also writes ``image,caption`` rows that the training CSV loader reads
+(``data.format: csv``), so the captions can be reviewed, corrected and trained on. The CSV is
+rewritten every minute while captioning; a stop (SIGTERM, Ctrl-C) writes what was captioned and
+says so, and --resume with the same --csv captions only the images the file does not hold yet. A
+file named on the command line that cannot be read stops the command; one found in a folder or by a
+pattern is reported with a ``warning:`` line on stderr and skipped. With more than one --checkpoint
+the images are captioned by their ensemble (`captioner.ensemble`), with the first checkpoint's
+decoding settings. The library API (`load_captioner`, `caption_images`, `find_images`,
+`caption_files`) lives in `captioner.inference`.
 """
 
 from __future__ import annotations
@@ -119,12 +119,20 @@ def expand_inputs(arguments: Sequence[str]) -> tuple[list[str], set[str]]:
 def read_list(source: str) -> list[str]:
     """The image paths of --list: the lines of a text file, or of the standard input for ``-``,
     blank ones left out (none at all is a UserError, as an empty folder is). Names are read as the
-    file system gives them (UTF-8, any other byte kept as Python keeps it in a file name)."""
+    file system gives them (UTF-8, any other byte kept as Python keeps it in a file name); a line
+    ends at LF or CRLF only (a name may hold a form feed or U+2028, which ``str.splitlines`` would
+    split at), and a UTF-8 BOM (Notepad's) is dropped. A NUL byte, which no name holds (UTF-16
+    text, ``find -print0``), is a UserError."""
     what = "the standard input (--list -)" if source == "-" else f"--list {source}"
     try:
         if source == "-":
             if sys.stdin is None:  # closed: <&-
                 raise UserError(f"{what} is closed; pipe the image paths into the command")
+            if sys.stdin.isatty():  # else a silent wait
+                print(
+                    "reading image paths from the terminal, one per line; end with Ctrl-D",
+                    file=sys.stderr,
+                )
             data = sys.stdin.buffer.read()
         else:
             with open(source, "rb") as stream:
@@ -135,8 +143,15 @@ def read_list(source: str) -> list[str]:
         raise UserError(f"{what} is a folder; pass it as an IMAGE argument instead") from None
     except OSError as err:
         raise UserError(f"cannot read {what} ({err.strerror})") from None
-    text = data.decode("utf-8", errors="surrogateescape")
-    lines = [line for line in text.splitlines() if line.strip()]
+    text = data.removeprefix(b"\xef\xbb\xbf").decode("utf-8", errors="surrogateescape")
+    if "\0" in text:
+        number = text[: text.index("\0")].count("\n") + 1
+        raise UserError(
+            f"{what}: line {number} holds a NUL byte, which no file name does; write the list "
+            "as UTF-8 text, one path per line (not UTF-16, not find -print0)"
+        )
+    lines = [line.removesuffix("\r") for line in text.split("\n")]
+    lines = [line for line in lines if line.strip()]
     if not lines:
         raise UserError(f"{what} names no image; give it image paths, one per line")
     return lines
@@ -239,9 +254,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--list",
         metavar="FILE",
+        action="append",
         help="also the images a text file names, one path per line (relative to the current "
         "folder, as find prints them; - reads the standard input), after the IMAGE arguments: a "
-        "list as long as a data set's, which a command line cannot hold",
+        "list as long as a data set's, which a command line cannot hold; give it more than once "
+        "for the lines of each file, in order",
     )
     parser.add_argument(
         "--checkpoint",
@@ -301,7 +318,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise UserError("--resume goes on with the file of --csv; pass the same --csv OUT.csv")
     if args.csv is not None:
         _check_csv_path(args.csv)
-    listed = [] if args.list is None else read_list(args.list)
+    if (args.list or []).count("-") > 1:
+        raise UserError("--list - is given twice; the standard input can be read once")
+    listed = [path for source in args.list or [] for path in read_list(source)]
     if not args.images and not listed:
         raise UserError("no images to caption; pass image files, folders or patterns, or --list")
     paths, found = expand_inputs([*args.images, *listed])

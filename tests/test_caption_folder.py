@@ -282,6 +282,45 @@ def test_a_list_of_paths_captions_as_the_same_arguments_do(
         assert code == 2 and err.startswith(f"error: {said}") and err.count("\n") == 1, err
 
 
+class _Terminal(io.BytesIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_list_holds_any_name_a_file_may_have_and_more_than_one_list_adds_up(
+    checkpoint, folder, tmp_path, capsys, monkeypatch
+):
+    """A list line ends at LF or CRLF alone: a name may hold a form feed, U+0085 or U+2028 (which
+    str.splitlines split at), and spaces at either end. A UTF-8 BOM (Notepad's) is no part of the
+    first name; a NUL byte (UTF-16 text, find -print0) is one line, not a traceback. --list given
+    twice reads both lists, in order (the first was dropped); - twice is one line. Read from a
+    terminal, a line on stderr says how to end the list rather than a silent wait."""
+    monkeypatch.chdir(folder)
+    odd = ["a\fb.png", "c\u2028d.png", "e\u0085f.png", " g .png"]
+    for name, source in zip(odd, ("a.png", "b.jpg", "c.PNG", "a.png"), strict=True):
+        shutil.copy(source, name)
+    common = ["--checkpoint", str(checkpoint)]
+    code, expected, _ = run_main([*common, *odd, "b.jpg"], capsys)
+    assert code == 0 and expected.count("\n") == 5
+    first, second = tmp_path / "first.txt", tmp_path / "second.txt"
+    first.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(odd[:2]).encode())
+    second.write_bytes("\n".join([*odd[2:], "b.jpg"]).encode() + b"\n")
+    argv = [*common, "--list", str(first), "--list", str(second)]
+    assert run_main(argv, capsys)[:2] == (0, expected)
+    terminal = io.TextIOWrapper(_Terminal("\n".join([*odd, "b.jpg"]).encode()))
+    monkeypatch.setattr(sys, "stdin", terminal)
+    code, out, err = run_main([*common, "--list", "-"], capsys)
+    assert (code, out) == (0, expected) and "end with Ctrl-D" in err
+    utf16 = tmp_path / "utf16.txt"
+    utf16.write_bytes("a.png\r\nb.jpg\r\n".encode("utf-16"))
+    for argv, said in (
+        (["--list", str(utf16)], f"--list {utf16}: line 1 holds a NUL byte"),
+        (["--list", "-", "--list", "-"], "--list - is given twice"),
+    ):
+        code, _, err = run_main([*common, *argv], capsys)
+        assert code == 2 and err.startswith(f"error: {said}") and err.count("\n") == 1, err
+
+
 @pytest.mark.parametrize("size", ["0", "-3"])
 def test_a_batch_size_below_one_is_a_one_line_error(checkpoint, folder, size, capsys):
     code, out, err = run_main(

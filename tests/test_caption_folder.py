@@ -19,7 +19,7 @@ import pytest
 
 from captioner import caption
 from captioner.data import load_csv, load_image
-from captioner.inference import caption_images, find_images, load_captioner
+from captioner.inference import caption_files, caption_images, find_images, load_captioner
 from recurrent.errors import RunStopped, UserError, run_cli
 from tests.tiny_models import train_tiny_captioner
 
@@ -319,6 +319,41 @@ def test_a_list_holds_any_name_a_file_may_have_and_more_than_one_list_adds_up(
     ):
         code, _, err = run_main([*common, *argv], capsys)
         assert code == 2 and err.startswith(f"error: {said}") and err.count("\n") == 1, err
+
+
+def test_a_listed_name_is_read_as_the_file_system_holds_it(checkpoint, folder, tmp_path, capsys):
+    """A listed name that is not UTF-8 is the file of that name, as an argument's is: captioned
+    without --csv, refused in one line with it. A list that cannot be read is one line."""
+    odd = os.fsdecode(b"odd\xff.png")
+    shutil.copy(folder / "a.png", folder / odd)
+    listed = tmp_path / "list.txt"
+    listed.write_bytes(os.fsencode(str(folder / odd)) + b"\n")
+    code, out, _ = run_main(_caption(checkpoint, "--list", str(listed), "--json"), capsys)
+    assert code == 0 and [result["image"] for result in json.loads(out)["results"]] == [
+        str(folder / odd)
+    ]
+    csv_out = str(tmp_path / "captions.csv")
+    code, _, err = run_main(_caption(checkpoint, "--list", str(listed), "--csv", csv_out), capsys)
+    assert code == 2 and err.count("\n") == 1 and "caption it without --csv" in err, err
+    inside_a_file = str(folder / "a.png" / "list.txt")
+    code, _, err = run_main(_caption(checkpoint, "--list", inside_a_file), capsys)
+    assert (code, err) == (2, f"error: cannot read --list {inside_a_file} (Not a directory)\n")
+
+
+def test_caption_files_yields_the_images_before_a_stopping_file_whatever_the_batch_size(
+    checkpoint, folder
+):
+    """Without on_error an unreadable file raises, after the images before it, those of its own
+    batch too, are yielded: as a batch of one gives them."""
+    captioner = load_captioner(str(checkpoint))
+    paths = [str(folder / "a.png"), str(folder / "b.jpg"), str(folder / "gone.png")]
+    given = {}
+    for size in (1, 3):
+        given[size] = []
+        with pytest.raises(UserError, match="gone.png"):
+            for path, result in caption_files(captioner, [*paths, paths[0]], batch_size=size):
+                given[size].append((path, result.caption))
+    assert [path for path, _ in given[1]] == paths[:2] and given[3] == given[1]
 
 
 @pytest.mark.parametrize("size", ["0", "-3"])

@@ -98,6 +98,47 @@ def test_an_ensemble_of_one_is_the_decoder(attention):
                     assert torch.equal(x.attention, y.attention)
 
 
+def test_decoders_and_features_that_cannot_go_together_are_refused():
+    """No decoder, or decoders of other vocabularies; fewer or more feature sets than members;
+    features packed for other grids (fewer or more positions); decoding before `pack`: each a
+    ValueError (RuntimeError) naming it, never a silent misreading of the packed tensors."""
+    with pytest.raises(ValueError, match="at least one decoder"):
+        EnsembleDecoder([])
+    with pytest.raises(ValueError, match="share the vocabulary"):
+        EnsembleDecoder([make_decoder(False, vocab=6), make_decoder(True, vocab=7)])
+    ensemble = EnsembleDecoder([make_decoder(False), make_decoder(True, seed=1)])
+    features = random_features(batch=2)
+    with pytest.raises(RuntimeError, match="pack the members' features"):
+        ensemble.init_state(features)
+    for count in (1, 3):
+        with pytest.raises(ValueError, match=f"{count} feature sets for 2 members"):
+            ensemble.pack([features] * count)
+    ensemble.pack([features, features])
+    for positions in (4, 8):
+        other = EnsembleDecoder([make_decoder(False), make_decoder(True, seed=1)])
+        packed = other.pack([random_features(batch=2, positions=positions)] * 2)
+        with pytest.raises(ValueError, match="not packed for this ensemble"):
+            ensemble.init_state(packed)
+
+
+@pytest.mark.parametrize("specs", PAIRS)
+def test_a_step_gives_the_log_of_the_members_mean_probabilities(specs):
+    """One step from <start>: exp of what the ensemble returns is the mean of the members' own
+    softmax, a distribution (not that up to a constant, which a beam's log-softmax would hide)."""
+    ensemble, features, packed = make_ensemble(specs, vocab=9, batch=3)
+    tokens = torch.full((3,), START)
+    with torch.no_grad():
+        logits, _, _ = ensemble.step(tokens, ensemble.init_state(packed), packed)
+        expected = torch.stack(
+            [
+                F.softmax(d.step(tokens, d.init_state(f), f)[0].float(), dim=-1)
+                for d, f in zip(ensemble.members, features, strict=True)
+            ]
+        ).mean(dim=0)  # (3, V)
+    torch.testing.assert_close(logits.exp(), expected)
+    torch.testing.assert_close(logits.exp().sum(dim=-1), torch.ones(3))
+
+
 @pytest.mark.parametrize("specs", PAIRS)
 def test_wide_beam_search_over_an_ensemble_is_exhaustive(specs):
     """A beam as wide as the whole search space (vocabulary of 4 specials + 2 words, 3 steps: 40
@@ -281,6 +322,39 @@ def test_members_that_cannot_decode_together_give_one_line(checkpoints, capsys, 
     records = load_data_records(load_captioner(checkpoints["first"]).cfg.data)
     code, _, err = run_main(caption_cli.main, [*argv, str(records[0].image_path)], capsys)
     assert_one_line_error(code, err, checkpoints["first"], checkpoints[other], *fragments)
+
+
+def test_members_that_normalise_images_differently_are_refused(monkeypatch):
+    """Every torchvision ResNet normalises with ImageNet's statistics, so the check is driven by
+    a stand-in for `normalization_stats` that gives resnet18 other ones."""
+    imagenet = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    other = ([0.5, 0.5, 0.5], [0.25, 0.25, 0.25])
+    monkeypatch.setattr(
+        "captioner.ensemble.normalization_stats",
+        lambda weights, arch: other if arch == "resnet18" else imagenet,
+    )
+    words = Vocabulary.from_list(["<pad>", "<start>", "<end>", "<unk>", "a"])
+    members = []
+    for encoder in ("resnet50", "resnet50", "resnet18"):
+        cfg = CaptionerConfig()
+        cfg.model.encoder = encoder
+        members.append(Captioner(None, words, cfg, None, torch.device("cpu")))
+    check_members(members[:2], ["a.pt", "b.pt"])
+    with pytest.raises(UserError, match="normalise images differently") as refused:
+        check_members(members, ["a.pt", "b.pt", "c.pt"])
+    assert "a.pt and c.pt" in str(refused.value)
+
+
+def test_the_members_are_called_by_the_names_given_and_none_is_refused(checkpoints):
+    """`load_ensemble`'s ``names`` (the app's model names) stand for the paths in its one line;
+    no checkpoint at all is one line too."""
+    with pytest.raises(UserError, match="first model and other model have different") as refused:
+        load_ensemble(
+            [checkpoints["first"], checkpoints["vocab"]], names=["first model", "other model"]
+        )
+    assert checkpoints["first"] not in str(refused.value)
+    with pytest.raises(UserError, match="no checkpoint given"):
+        ensemble_from_payloads([], [])
 
 
 def test_a_vocabulary_that_is_the_others_with_words_added_is_named_in_one_line():

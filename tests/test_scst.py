@@ -22,7 +22,7 @@ from captioner.cider import CiderD
 from captioner.config import CaptionerConfig, check_config
 from captioner.data import Vocabulary
 from captioner.decode import SampledCaptions, greedy_decode, sample_captions
-from captioner.scst import mean_of_others, policy_gradient_loss, scst_loss
+from captioner.scst import SelfCritical, mean_of_others, policy_gradient_loss, scst_loss
 from recurrent.config import load_config
 from recurrent.errors import UserError
 
@@ -319,6 +319,74 @@ def test_scst_loss_weighs_each_sample_by_its_reward_minus_its_own_baseline(basel
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
     assert stats["advantage"] == pytest.approx(float(advantages.abs().mean()), rel=1e-5)
     assert stats["reward"] == pytest.approx(float(rewards.mean()), rel=1e-5)
+
+
+def test_scst_statistics_describe_the_samples_drawn():
+    """The figures a run logs, counted by hand from the same draws (3 samples of each of 2
+    images, at most 4 words): words twice in a row, words per sample, samples that ended."""
+    vocab, cider = _vocab_and_cider()
+    decoder, features = make_decoder(True, seed=3).eval(), random_features(batch=2)
+    settings = dict(samples_per_image=3, max_length=4)
+    _, stats = scst_loss(
+        decoder, features, [0, 1], cider, vocab, generator=torch.Generator().manual_seed(1),
+        **settings,
+    )  # fmt: skip
+    samples = sample_captions(
+        decoder, features, generator=torch.Generator().manual_seed(1), **settings, **COMMON
+    )
+    captions = samples.token_lists()
+    repeated = [any(a == b for a, b in zip(c, c[1:], strict=False)) for c in captions]
+    ended = [END in row for row in samples.tokens.tolist()]
+    assert 0 < sum(repeated) and 0 < sum(ended) < 3  # neither half nor none: the test bites
+    assert stats["repeat_share"] == pytest.approx(sum(repeated) / 6)
+    assert stats["sample_words"] == pytest.approx(sum(map(len, captions)) / 6)
+    assert stats["finished_share"] == pytest.approx(sum(ended) / 6)
+    greedy = greedy_decode(decoder, features, max_length=4, **COMMON)
+    greedy_words = [vocab.decode_tokens(c.tokens) for c in greedy]
+    assert stats["baseline"] == pytest.approx(sum(cider.scores(greedy_words, [0, 1])) / 2)
+
+
+@pytest.mark.parametrize("baseline", ["greedy", "mean"])
+def test_a_runs_objective_passes_every_setting_on(baseline):
+    """`SelfCritical.bind`, what training calls, gives `scst_loss` with the run's baseline,
+    sample count, length, <unk> suppression and torchrun layout (whose all-reduce here says the
+    job has 3 times this process's tokens), its figures named scst_<stat>."""
+
+    class Job:
+        enabled, world_size = True, 2
+
+        def all_reduce_sum(self, tensor):
+            return 3 * tensor
+
+    vocab, cider = _vocab_and_cider()
+    decoder, features = make_decoder(True, seed=3).eval(), random_features(batch=2)
+    settings = dict(
+        samples_per_image=3, baseline=baseline, max_length=4, layout=Job(), suppress_ids=(5,)
+    )
+    torch.manual_seed(7)
+    loss, stats = SelfCritical(cider, vocab, **settings).bind([0, 1])(decoder, features)
+    torch.manual_seed(7)
+    expected, expected_stats = scst_loss(decoder, features, [0, 1], cider, vocab, **settings)
+    assert loss.item() == pytest.approx(expected.item())
+    assert stats == {f"scst_{name}": value for name, value in expected_stats.items()}
+    assert ("scst_greedy_reward" in stats) == (baseline == "greedy")
+    torch.manual_seed(7)
+    alone, _ = scst_loss(decoder, features, [0, 1], cider, vocab, **{**settings, "layout": None})
+    assert alone.item() == pytest.approx(1.5 * loss.item())  # 3/2 of the tokens per process
+
+
+def test_scst_loss_refuses_settings_it_cannot_score():
+    """As many image keys as images, a known baseline, and two samples an image for the mean
+    baseline: each refused with its own reason before any caption is sampled."""
+    vocab, cider = _vocab_and_cider()
+    decoder, features = make_decoder(True, seed=3).eval(), random_features(batch=2)
+    for keys in ([0], [0, 1, 0]):
+        with pytest.raises(ValueError, match=f"2 images but {len(keys)} image keys"):
+            scst_loss(decoder, features, keys, cider, vocab, samples_per_image=2)
+    with pytest.raises(ValueError, match="baseline must be 'greedy' or 'mean', got 'max'"):
+        scst_loss(decoder, features, [0, 1], cider, vocab, baseline="max")
+    with pytest.raises(ValueError, match="samples_per_image >= 2"):
+        scst_loss(decoder, features, [0, 1], cider, vocab, samples_per_image=1, baseline="mean")
 
 
 def test_scst_gradient_favours_the_sample_above_the_baseline():

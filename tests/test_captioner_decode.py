@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 import sys
+import types
 
 import pytest
 import torch
@@ -14,7 +15,13 @@ from captioner.config import ModelConfig
 from captioner.decode import Caption, beam_search, greedy_decode
 from captioner.decoder import CaptionDecoder
 from captioner.encoder import ImageFeatures
-from captioner.metrics import bleu_scores, coco_scores
+from captioner.metrics import (
+    bleu_scores,
+    cider_d_score,
+    coco_scores,
+    repeat_share,
+    repeats_a_word,
+)
 from recurrent.errors import UserError
 
 PAD, START, END, UNK = 0, 1, 2, 3
@@ -416,6 +423,85 @@ def test_coco_scores_reference_values_and_fallbacks(monkeypatch):
     # Without java, METEOR is left out rather than failing.
     monkeypatch.setenv("PATH", "")
     assert "METEOR" not in coco_scores(references, hypotheses)
+
+
+def test_metrics_refuse_references_that_are_not_lists_and_score_no_images_as_nothing():
+    """One list of reference captions per hypothesis: a bare string (its characters would be
+    taken for captions) or an empty list is refused by every metric; no images score 0 (BLEU)
+    or nothing at all (CIDEr-D, ROUGE-L)."""
+    for metric in (bleu_scores, cider_d_score, coco_scores):
+        with pytest.raises(ValueError, match=r"references\[1\] must be a non-empty list"):
+            metric([["a red circle"], "a blue square"], ["a red circle", "a blue square"])
+        with pytest.raises(ValueError, match=r"references\[0\] must be a non-empty list"):
+            metric([[]], ["a red circle"])
+        with pytest.raises(ValueError, match="1 reference sets but 2 hypotheses"):
+            metric([["a"]], ["a", "b"])
+    assert bleu_scores([], []) == {f"BLEU-{n}": 0.0 for n in range(1, 5)}
+    assert cider_d_score([], []) == {} and coco_scores([], []) == {}
+
+
+class FakeMeteor:
+    """pycocoevalcap's Meteor without Java: its lock, and a score of 0.25 (or a failure)."""
+
+    calls: list = []
+    made: list = []
+    fail: type[Exception] | None = None
+
+    def __init__(self):
+        import threading
+
+        self.lock = threading.Lock()
+        FakeMeteor.made.append(self)
+
+    def compute_score(self, gts, res):
+        FakeMeteor.calls.append((gts, res))
+        self.lock.acquire()  # as the real one does, released only when it succeeds
+        if FakeMeteor.fail is not None:
+            raise FakeMeteor.fail("java died")
+        self.lock.release()
+        return 0.25, [0.25] * len(res)
+
+
+def test_rouge_and_meteor_read_the_tokenised_captions_and_meteor_is_left_out_when_it_fails(
+    monkeypatch,
+):
+    pytest.importorskip("pycocoevalcap")
+    module = types.ModuleType("pycocoevalcap.meteor.meteor")
+    module.Meteor = FakeMeteor
+    monkeypatch.setitem(sys.modules, "pycocoevalcap.meteor.meteor", module)
+    monkeypatch.setattr("captioner.metrics.shutil.which", lambda name: "/usr/bin/java")
+    monkeypatch.setattr(FakeMeteor, "calls", [])
+    monkeypatch.setattr(FakeMeteor, "made", [])
+    references, hypotheses = [["A red circle.", "one circle"], ["a b"]], ["a Red circle!", "?"]
+    rouge = coco_scores([["A red circle."]], ["a RED circle!"], meteor=False)["ROUGE-L"]
+    assert rouge == pytest.approx(100.0)  # ROUGE-L reads the same tokens
+    assert coco_scores(references, hypotheses)["METEOR"] == pytest.approx(25.0)
+    assert FakeMeteor.calls == [
+        ({0: ["a red circle", "one circle"], 1: ["a b"]}, {0: ["a red circle"], 1: ["<empty>"]})
+    ]
+    assert "METEOR" not in coco_scores(references, hypotheses, meteor=False)
+    assert len(FakeMeteor.calls) == 1  # not even started
+    for failure in (OSError, ValueError):  # java started, then failed: no score, lock released
+        monkeypatch.setattr(FakeMeteor, "fail", failure)
+        assert "METEOR" not in coco_scores(references, hypotheses)
+        assert not FakeMeteor.made[-1].lock.locked()
+
+    def no_jar():
+        raise OSError("no java")
+
+    monkeypatch.setattr(module, "Meteor", no_jar)  # the jar or java could not start
+    assert "METEOR" not in coco_scores(references, hypotheses)
+    monkeypatch.setattr(module, "Meteor", FakeMeteor)
+    monkeypatch.setattr(FakeMeteor, "fail", None)
+    monkeypatch.setattr("captioner.metrics.shutil.which", lambda name: None)
+    assert "METEOR" not in coco_scores(references, hypotheses)
+
+
+def test_a_word_twice_in_a_row_is_counted_on_the_tokenised_caption():
+    """Case and punctuation do not hide a repeat ("A a", "circle, circle"); no captions: 0."""
+    assert repeats_a_word("A a red circle") and repeats_a_word("a circle, circle")
+    assert not repeats_a_word("a red a") and not repeats_a_word(["a"]) and not repeats_a_word("")
+    assert repeat_share([]) == 0.0 and repeat_share(["a A", "a b"]) == 0.5
 
 
 def test_coco_scores_without_pycocoevalcap(monkeypatch):

@@ -30,6 +30,9 @@ from recurrent import errors
 from recurrent.checkpoint import (
     FORMAT_VERSION,
     check_same_architecture,
+    check_state_dict,
+    export_checkpoint,
+    first_difference,
     load_checkpoint,
     save_checkpoint,
     shown_name,
@@ -221,6 +224,83 @@ def test_checkpoint_errors(tmp_path):
     truncated.write_bytes(truncated.read_bytes()[:2000])
     with pytest.raises(UserError, match="not a readable checkpoint"):
         load_checkpoint(truncated)
+
+
+def test_each_field_of_the_wrong_kind_is_refused_with_its_reason(tmp_path):
+    """A file that reads but whose fields are not a checkpoint's: each refused in one line
+    naming the field; integer weights are no NaN check's business. A folder is told apart."""
+    good = {
+        "task": "char_lm",
+        "config": {},
+        "vocab": ["a", "b"],
+        "model": {"w": torch.zeros(2), "steps": torch.zeros(2, dtype=torch.long)},
+    }
+    cases = [
+        ({"format_version": 0}, "damaged format_version (0)"),
+        ({"format_version": True}, "damaged format_version (True)"),
+        ({"format_version": "2"}, "damaged format_version ('2')"),
+        ({"task": None}, "unknown task None"),
+        ({"vocab": ["a", "\udcff"]}, "has a damaged 'vocab' (it must be a list of valid strings)"),
+        ({"vocab": "ab"}, "has a damaged 'vocab'"),
+        ({"config": None}, "has a damaged 'config' (it must be a dict)"),
+        ({"model": {0: torch.zeros(2)}}, "has a damaged 'model' (it must be a dict of tensors)"),
+        ({"model": {"w": torch.tensor([0.0, math.inf])}}, "non-finite weights (NaN or inf in 'w')"),
+    ]
+    path = tmp_path / "c.pt"
+    save_checkpoint(good, path)
+    assert load_checkpoint(path, task="char_lm")["vocab"] == ["a", "b"]
+    for fields, message in cases:
+        save_checkpoint({**good, **fields}, path)
+        with pytest.raises(UserError, match=re.escape(message)):
+            load_checkpoint(path)
+    for key in ("config", "vocab", "model"):
+        save_checkpoint({k: v for k, v in good.items() if k != key}, path)
+        with pytest.raises(UserError, match=f"c.pt lacks '{key}'"):
+            load_checkpoint(path)
+    save_checkpoint({k: v for k, v in good.items() if k != "task"}, path)
+    with pytest.raises(UserError, match="not a checkpoint of this project"):
+        load_checkpoint(path)
+    with pytest.raises(UserError, match="is a folder; pass a .pt file such as"):
+        load_checkpoint(tmp_path)
+
+
+def test_first_difference_and_state_dict_checks():
+    """The first id two vocabularies differ at (an entry one lacks counts); a state dict with
+    one tensor too many, or a tensor of another shape with as many values, is named."""
+    assert first_difference(["a", "b"], ["a", "b"]) is None
+    assert first_difference(["a", "b"], ["a", "c"]) == 1
+    assert first_difference(["a"], ["a", "b"]) == first_difference(["a", "b"], ["a"]) == 1
+    assert first_difference([], ["a"]) == 0
+    expected = {"w": torch.zeros(2, 3)}
+    check_state_dict(expected, {"w": torch.ones(2, 3)}, "x.pt")
+    with pytest.raises(UserError, match=r"has an unexpected 'v' \(0 missing, 1 unexpected\)"):
+        check_state_dict(expected, {"w": torch.ones(2, 3), "v": torch.ones(1)}, "x.pt")
+    with pytest.raises(UserError, match=r"'w' is \(3, 2\), its config needs \(2, 3\)"):
+        check_state_dict(expected, {"w": torch.ones(3, 2)}, "x.pt")
+
+
+def test_an_exported_copy_keeps_what_serving_reads(tmp_path):
+    """Floating weights halved (or kept with half=False), integer ones untouched, the scores and
+    history kept, the optimizer dropped, and the source named."""
+    source = tmp_path / "best.pt"
+    weights = {"w": torch.randn(3), "count": torch.tensor([7])}
+    save_checkpoint(
+        {
+            "task": "char_lm", "config": {"train": {}}, "vocab": ["a"], "model": weights,
+            "optimizer": {"state": {}}, "step": 5, "best_val_loss": 1.5, "best_step": 4,
+            "history": [{"step": 4}],
+        },
+        source,
+    )  # fmt: skip
+    for half, dtype in ((True, torch.float16), (False, torch.float32)):
+        exported = load_checkpoint(export_checkpoint(source, tmp_path / "demo.pt", half=half))
+        assert exported["model"]["w"].dtype == dtype
+        torch.testing.assert_close(exported["model"]["w"].float(), weights["w"].to(dtype).float())
+        assert exported["model"]["count"].dtype == torch.long
+        assert torch.equal(exported["model"]["count"], weights["count"])
+        assert "optimizer" not in exported and exported["exported_from"] == str(source)
+        for key in ("step", "best_val_loss", "best_step", "history"):
+            assert exported[key] == load_checkpoint(source)[key], key
 
 
 def test_resume_refuses_other_architecture(tmp_path):

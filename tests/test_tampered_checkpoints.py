@@ -34,7 +34,12 @@ from char_lm import sample
 from char_lm import train as char_lm_train
 from crnn_app.models_dir import ENV_VAR, describe_checkpoint
 from recurrent import checkpoint as checkpoint_module
-from recurrent.checkpoint import FORMAT_VERSION, check_state_dict, load_checkpoint
+from recurrent.checkpoint import (
+    FORMAT_VERSION,
+    check_state_dict,
+    load_checkpoint,
+    save_checkpoint,
+)
 from recurrent.config import value_counts
 from recurrent.errors import UserError, run_cli
 
@@ -259,6 +264,22 @@ def test_a_zip_bomb_is_refused_before_anything_inflates(trained, tmp_path, monke
     ) as caught:
         load_checkpoint(bomb)
     assert "zip bomb" in str(caught.value) and not inflating
+
+
+@pytest.mark.parametrize("method", [zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA])
+def test_a_member_compressed_by_any_method_is_refused(tmp_path, method):
+    """bzip2 and LZMA inflate further than deflate: one member compressed by any method but
+    torch.save's "stored" is refused, counted among the file's parts."""
+    good = tmp_path / "good.pt"
+    save_checkpoint({"task": "char_lm", "config": {}, "vocab": ["a"], "model": {}}, good)
+    rebuilt = tmp_path / "rebuilt.pt"
+    with zipfile.ZipFile(good) as source, zipfile.ZipFile(rebuilt, "w") as target:
+        members = source.infolist()
+        for info in members:
+            packed = method if info.filename.endswith("data.pkl") else zipfile.ZIP_STORED
+            target.writestr(info.filename, source.read(info.filename), packed)
+    with pytest.raises(UserError, match=rf"has compressed parts \(1 of {len(members)}, "):
+        load_checkpoint(rebuilt)
 
 
 def test_data_referred_to_over_and_over_is_refused_before_it_is_read(

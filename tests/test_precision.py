@@ -47,6 +47,66 @@ def test_resolution_rules(monkeypatch):
             assert layer(x).dtype == dtype, name
 
 
+@pytest.mark.parametrize("supported", [True, False])
+def test_resolution_on_a_gpu_follows_its_native_bf16_support(monkeypatch, supported):
+    """On CUDA (its bf16 support stood in for; emulated bf16, which pre-Ampere GPUs report, is
+    never asked for): auto is bf16 where native, else fp32; bf16 is refused where not native,
+    and a checkpoint trained in bf16 is then served in fp32; fp16 needs no check. An unknown
+    name is refused on any device."""
+    asked = []
+
+    def is_bf16_supported(including_emulation=True):
+        asked.append(including_emulation)
+        return supported
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", is_bf16_supported)
+    cuda = torch.device("cuda")
+    assert precision.resolve("auto", cuda) == ("bf16" if supported else "fp32")
+    assert precision.resolve("fp16", cuda) == "fp16"
+    assert precision.resolve("fp32", cuda) == "fp32"
+    if supported:
+        assert precision.resolve("bf16", cuda) == "bf16"
+    else:
+        with pytest.raises(UserError, match="this GPU does not support bf16"):
+            precision.resolve("bf16", cuda)
+    assert Precision.for_inference("bf16", cuda).name == ("bf16" if supported else "fp32")
+    assert asked and not any(asked)
+    for device in (CPU, cuda):
+        with pytest.raises(UserError, match="unknown precision 'fp64'"):
+            precision.resolve("fp64", device)
+
+
+def test_a_resumed_fp16_run_gets_its_gradient_scalers_state_back():
+    """The scaler state a checkpoint saved (its scale, grown or backed off) is loaded into fp16's
+    scaler; a precision without a scaler ignores one."""
+    saved = torch.amp.GradScaler("cpu", init_scale=2.0**7, growth_interval=9).state_dict()
+    scaler = Precision("fp16", CPU, scaler_state=saved).grad_scaler()
+    assert scaler.is_enabled() and scaler.get_scale() == 2.0**7
+    assert scaler.state_dict()["growth_interval"] == 9
+    assert Precision("fp16", CPU).grad_scaler().get_scale() == 2.0**16  # torch's default
+    assert not Precision("bf16", CPU, scaler_state=saved).grad_scaler().is_enabled()
+
+
+def test_what_a_checkpoint_records_of_its_precision():
+    """Its card's resolved precision first, else its config's train.precision where that names
+    one; auto, a missing or a non-string value is no record (served in fp32)."""
+    from recurrent.precision import recorded_precision, trained_in
+
+    def payload(card, setting):
+        return {"card": {"precision": card}, "config": {"train": {"precision": setting}}}
+
+    assert recorded_precision(payload("bf16", "auto")) == "bf16"
+    assert recorded_precision(payload("fp16", "fp32")) == "fp16"
+    assert recorded_precision(payload(None, "bf16")) == "bf16"
+    assert recorded_precision(payload("auto", "fp16")) == "fp16"
+    assert recorded_precision(payload(None, "auto")) is None
+    assert recorded_precision(payload(None, "fp64")) is None
+    assert recorded_precision({"card": "bf16", "config": "fp16"}) is None
+    assert recorded_precision({}) is None
+    assert trained_in(payload(None, "auto")) == trained_in({}) == "fp32"
+    assert trained_in(payload(None, "bf16")) == "bf16"
+
+
 @pytest.mark.parametrize(
     "flags, native",
     [
@@ -66,6 +126,17 @@ def test_native_bf16_is_either_cpu_flag(tmp_path, monkeypatch, flags, native):
     precision.cpu_has_native_bf16.cache_clear()
     try:
         assert precision.cpu_has_native_bf16() is native
+    finally:
+        precision.cpu_has_native_bf16.cache_clear()
+
+
+def test_a_machine_without_proc_cpuinfo_has_no_native_bf16(tmp_path, monkeypatch):
+    """macOS and Windows have no /proc/cpuinfo: auto is then fp32 there, not an error."""
+    monkeypatch.setattr(precision, "Path", lambda name: tmp_path / "no such file")
+    precision.cpu_has_native_bf16.cache_clear()
+    try:
+        assert precision.cpu_has_native_bf16() is False
+        assert precision.resolve("auto", CPU) == "fp32"
     finally:
         precision.cpu_has_native_bf16.cache_clear()
 

@@ -719,6 +719,81 @@ def test_top_k_and_top_p_only_emit_allowed_characters(top_k, top_p):
     assert not free_allowed[torch.arange(80), encode(free, vocab)].all()
 
 
+@pytest.mark.parametrize(
+    "temperature, top_k, top_p",
+    [(1.0, None, None), (1.7, None, None), (0.8, 4, None), (1.0, None, 0.6)],
+)
+def test_generation_equals_rereading_the_whole_text_at_every_character(temperature, top_k, top_p):
+    """A plain reference: at each character the model reads prompt + text so far from scratch (no
+    state carried) and the next one is drawn from softmax(filter_logits(last logits)) with the
+    same generator. A model left in training mode (dropout 0.5) is switched to eval."""
+    vocab = build_vocab(SHIP)
+    model = random_model(ModelConfig(hidden_size=32, embed_size=16, dropout=0.5), len(vocab))
+    settings = dict(temperature=temperature, top_k=top_k, top_p=top_p)
+    model.train()
+    text = "".join(
+        generate(model, vocab, "the s", 40, generator=torch.Generator().manual_seed(3), **settings)
+    )
+    assert not model.training
+    generator, expected = torch.Generator().manual_seed(3), ""
+    with torch.no_grad():
+        for _ in range(40):
+            logits = model(encode("the s" + expected, vocab)[None])[0][0, -1:]  # (1, V)
+            probs = torch.softmax(filter_logits(logits, temperature, top_k, top_p), dim=-1)
+            expected += vocab[torch.multinomial(probs, 1, generator=generator).item()]
+    assert text == expected
+
+
+def test_generation_refuses_bad_settings_at_the_call_and_starts_an_empty_prompt_on_a_newline():
+    """temperature > 0 unless greedy (NaN too), top-k >= 0 (0: off), top-p in (0, 1] (1: off);
+    an empty prompt is conditioned on a newline, as if it had been given."""
+    model, vocab = sampler_model()
+    for bad, message in (
+        (dict(temperature=0.0), "temperature must be > 0, got 0.0"),
+        (dict(temperature=-1.0), "temperature must be > 0"),
+        (dict(temperature=math.nan), "temperature must be > 0"),
+        (dict(top_k=-1), r"top-k must be >= 0 \(0: off\), got -1"),
+        (dict(top_p=0.0), r"top-p must be in \(0, 1\]"),
+        (dict(top_p=1.5), r"top-p must be in \(0, 1\]"),
+    ):
+        with pytest.raises(UserError, match=message):
+            generate(model, vocab, "the ", 5, **bad)
+    greedy = "".join(generate(model, vocab, "the ", 12, greedy=True))
+    assert "".join(generate(model, vocab, "the ", 12, greedy=True, temperature=0.0)) == greedy
+    for off in (dict(top_k=0), dict(top_p=1.0)):
+        same = generate(model, vocab, "the ", 30, generator=torch.Generator().manual_seed(1), **off)
+        free = generate(model, vocab, "the ", 30, generator=torch.Generator().manual_seed(1))
+        assert "".join(same) == "".join(free)
+    newline_vocab = sorted({*vocab, "\n", " "})
+    newline_model = random_model(ModelConfig(hidden_size=8, embed_size=4), len(newline_vocab))
+    empty = "".join(generate(newline_model, newline_vocab, "", 20, greedy=True))
+    assert empty == "".join(generate(newline_model, newline_vocab, "\n", 20, greedy=True))
+
+
+@pytest.mark.parametrize("vocab", [[], ["a", "b", "a"], ["a", "bc"], ["a", ""]])
+def test_a_checkpoint_whose_vocabulary_is_not_distinct_characters_is_refused(tmp_path, vocab):
+    cfg = config("tiny")
+    model = CharLM(cfg.model, max(len(vocab), 1))
+    path = tmp_path / "m.pt"
+    payload = {"task": "char_lm", "config": to_dict(cfg), "vocab": vocab}
+    save_checkpoint({**payload, "model": model.state_dict()}, path)
+    with pytest.raises(UserError, match="its vocabulary must be distinct single characters"):
+        load_char_lm(path)
+
+
+def test_a_checkpoint_whose_weights_do_not_fit_its_vocabulary_names_the_tensor(tmp_path):
+    """Weights of a 3-character model under a 2-character vocabulary: one UserError naming the
+    first tensor that differs, not torch's size-mismatch traceback."""
+    cfg = config("tiny")
+    path = tmp_path / "m.pt"
+    weights = CharLM(cfg.model, 3).state_dict()
+    save_checkpoint(
+        {"task": "char_lm", "config": to_dict(cfg), "vocab": ["a", "b"], "model": weights}, path
+    )
+    with pytest.raises(UserError, match=r"m.pt's weights do not fit its config: '.*' is \("):
+        load_char_lm(path)
+
+
 def test_greedy_and_top_k_one_agree_and_prompts_are_checked():
     model, vocab = sampler_model()
     greedy_text = "".join(generate(model, vocab, "ship", 30, greedy=True))

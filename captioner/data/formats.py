@@ -444,19 +444,16 @@ def load_coco(
     folder name is taken from the annotation file name), else at image_root/file_name. Images
     without any caption are left out: they can be neither trained nor scored.
     """
-    files = [annotations] if isinstance(annotations, (str, os.PathLike)) else list(annotations)
-    if not files:
-        raise UserError("no COCO annotation files given; pass captions_train2014.json or similar")
     return _load_split_files(
-        files,
+        annotations,
         image_root,
         val_fraction,
         test_fraction,
         seed,
-        split_of=lambda file: _file_split(file, "COCO", "captions_train2014.json"),
+        kind="COCO",
+        example="captions_train2014.json",
         folder_of=_coco_folder,
         read=lambda file, base: _coco_captions(file, base, check_images),
-        kind="COCO caption file",
     )
 
 
@@ -467,27 +464,30 @@ def _coco_folder(file: Path, split: str) -> str:
 
 
 def _load_split_files(
-    files: Sequence[PathLike],
+    annotations: PathLike | Sequence[PathLike],
     image_root: PathLike | None,
     val_fraction: float,
     test_fraction: float,
     seed: int,
     *,
-    split_of: Callable[[Path], str],
+    kind: str,
+    example: str,
     folder_of: Callable[[Path, str], str],
     read: Callable[[Path, Path], dict[str, list[str]]],
-    kind: str,
 ) -> list[ImageRecord]:
-    """The records of train and val files of one kind (COCO's, AI Challenger's), split as
-    `load_coco` says: ``split_of`` a file's split from its name, ``folder_of`` the folder below
-    the image root that holds its images (used when it exists), ``read`` its image paths and
-    captions below a folder."""
+    """The records of train and val caption files of one ``kind`` (COCO's, AI Challenger's; a
+    file of it named like ``example``), split as `load_coco` says: a file's split from its name,
+    ``folder_of`` the folder below the image root that holds its images (used when it exists),
+    ``read`` its image paths and captions below a folder."""
     validate_fractions(val_fraction, test_fraction)
+    files = [annotations] if isinstance(annotations, (str, os.PathLike)) else list(annotations)
+    if not files:
+        raise UserError(f"no {kind} annotation files given; pass {example} or similar")
     by_split: dict[str, dict[str, list[str]]] = {"train": {}, "val": {}}
     names: dict[str, str] = {}  # image path -> its path in the folder it is read from
     for annotation in files:
-        file = _existing_file(annotation, kind)
-        split = split_of(file)
+        file = _existing_file(annotation, f"{kind} caption file")
+        split = _file_split(file, kind, example)
         root = _image_root(image_root, file)
         subfolder = root / folder_of(file, split)
         base = subfolder if subfolder.is_dir() else root
@@ -600,24 +600,16 @@ def load_aic(
     caption_train_annotations_20170902.json, as the archives unpack) when it exists below the
     image root, else in the image root itself.
     """
-    files = [annotations] if isinstance(annotations, (str, os.PathLike)) else list(annotations)
-    if not files:
-        raise UserError(
-            "no AI Challenger annotation files given; pass caption_train_annotations_20170902.json "
-            "or similar"
-        )
     return _load_split_files(
-        files,
+        annotations,
         image_root,
         val_fraction,
         test_fraction,
         seed,
-        split_of=lambda file: _file_split(
-            file, "AI Challenger", "caption_train_annotations_20170902.json"
-        ),
+        kind="AI Challenger",
+        example="caption_train_annotations_20170902.json",
         folder_of=lambda file, split: file.stem.replace("annotations", "images"),
         read=lambda file, base: _aic_captions(file, base, check_images),
-        kind="AI Challenger caption file",
     )
 
 

@@ -60,7 +60,7 @@ from recurrent.errors import (
     UserError,
     run_cli,
 )
-from recurrent.files import atomic_write_text
+from recurrent.files import atomic_write_text, read_standard_input
 
 CSV_SAVE_EVERY_S = 60.0  # --csv is rewritten this often while captioning (a kill loses the rest)
 
@@ -123,26 +123,12 @@ def read_list(source: str) -> list[str]:
     ends at LF or CRLF only (a name may hold a form feed or U+2028, which ``str.splitlines`` would
     split at), and a UTF-8 BOM (Notepad's) is dropped. A NUL byte, which no name holds (UTF-16
     text, ``find -print0``), is a UserError."""
-    what = "the standard input (--list -)" if source == "-" else f"--list {source}"
-    try:
-        if source == "-":
-            if sys.stdin is None:  # closed: <&-
-                raise UserError(f"{what} is closed; pipe the image paths into the command")
-            if sys.stdin.isatty():  # else a silent wait
-                print(
-                    "reading image paths from the terminal, one per line; end with Ctrl-D",
-                    file=sys.stderr,
-                )
-            data = sys.stdin.buffer.read()
-        else:
-            with open(source, "rb") as stream:
-                data = stream.read()
-    except FileNotFoundError:
-        raise UserError(f"{what}: file not found; pass a text file of image paths") from None
-    except IsADirectoryError:
-        raise UserError(f"{what} is a folder; pass it as an IMAGE argument instead") from None
-    except OSError as err:
-        raise UserError(f"cannot read {what} ({err.strerror})") from None
+    if source == "-":
+        what = "the standard input (--list -)"
+        data = read_standard_input(what, "image paths, one per line,")
+    else:
+        what = f"--list {source}"
+        data = _read_list_file(what, source)
     text = data.removeprefix(b"\xef\xbb\xbf").decode("utf-8", errors="surrogateescape")
     if "\0" in text:
         number = text[: text.index("\0")].count("\n") + 1
@@ -155,6 +141,18 @@ def read_list(source: str) -> list[str]:
     if not lines:
         raise UserError(f"{what} names no image; give it image paths, one per line")
     return lines
+
+
+def _read_list_file(what: str, source: str) -> bytes:
+    try:
+        with open(source, "rb") as stream:
+            return stream.read()
+    except FileNotFoundError:
+        raise UserError(f"{what}: file not found; pass a text file of image paths") from None
+    except IsADirectoryError:
+        raise UserError(f"{what} is a folder; pass it as an IMAGE argument instead") from None
+    except OSError as err:
+        raise UserError(f"cannot read {what} ({err.strerror})") from None
 
 
 def _check_csv_path(path: str) -> None:

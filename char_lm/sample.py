@@ -28,6 +28,7 @@ import torch
 from char_lm.data import read_text
 from char_lm.generate import generate, load_char_lm, trained_precision
 from recurrent.errors import ArgumentParser, UserError, not_utf8_bytes, run_cli
+from recurrent.files import read_standard_input
 from recurrent.training import pick_device
 
 SEED_RANGE = 2**31  # seeds drawn without --seed are in [0, 2**31), short enough to copy
@@ -45,12 +46,7 @@ def read_prompt(path: str) -> str:
     if path != STDIN:
         return read_text(path)
     source = "the standard input (--prompt-file -)"
-    if sys.stdin is None:  # closed: <&-
-        raise UserError(f"{source} is closed; pipe the prompt into the command")
-    try:
-        data = sys.stdin.buffer.read()
-    except OSError as err:
-        raise UserError(f"cannot read {source} ({err.strerror})") from None
+    data = read_standard_input(source, "the prompt")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:

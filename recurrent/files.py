@@ -19,6 +19,7 @@ import glob
 import io
 import os
 import socket
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -115,6 +116,20 @@ class _Temporary(io.BufferedWriter):
         except OSError as err:
             self.failure = self.failure or err
             raise
+
+
+def read_standard_input(what: str, content: str) -> bytes:
+    """All of the standard input, for a flag given ``-`` (``what`` names it, ``content`` says what
+    to pipe into it): a closed one (``<&-``) or one that cannot be read is a one-line UserError,
+    and a terminal is told how to end what is typed (else it waits in silence)."""
+    if sys.stdin is None:
+        raise UserError(f"{what} is closed; pipe {content} into the command")
+    try:
+        if sys.stdin.isatty():
+            print(f"reading {content} from the terminal; end with Ctrl-D", file=sys.stderr)
+        return sys.stdin.buffer.read()
+    except OSError as err:
+        raise UserError(f"cannot read {what} ({err.strerror})") from None
 
 
 def named(err: OSError, path: str | os.PathLike[str]) -> OSError:

@@ -144,8 +144,8 @@ def test_several_samples_of_a_prompt_file_are_the_library_texts_of_consecutive_s
 
 def test_a_prompt_piped_in_is_a_prompt_file_of_the_same_text(trained, monkeypatch, capsys):
     """--prompt-file -: the standard input's whole text is the prompt (a real pipe gives the
-    text the library gives); standard input that is empty, closed, not UTF-8 or unreadable is
-    one line naming it."""
+    text the library gives; a terminal is told how to end it); standard input that is empty,
+    closed, not UTF-8 or unreadable is one line naming it."""
     _, checkpoint = trained
     prompt = "the lazy dog.\nthe "
     argv = ["--checkpoint", str(checkpoint), "--prompt-file", "-", "--length", "30",
@@ -156,6 +156,15 @@ def test_a_prompt_piped_in_is_a_prompt_file_of_the_same_text(trained, monkeypatc
     generated = generate(model, vocab, prompt, 30, temperature=0.8,
                          generator=torch.Generator().manual_seed(3))  # fmt: skip
     assert result.stdout == prompt + "".join(generated) + "\n"
+
+    class Terminal(io.BytesIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(Terminal(prompt.encode())))
+    assert run_cli(sample.main, argv) == 0  # typed at a terminal: told how to end it
+    out, err = capsys.readouterr()
+    assert out == result.stdout and "reading the prompt from the terminal; end with Ctrl-D" in err
 
     class Unreadable(io.BytesIO):
         def read(self, *args):

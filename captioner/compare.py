@@ -25,12 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from captioner.cider import CiderD
-from captioner.config import CaptionerConfig
+from captioner.config import DataConfig
 from captioner.data import FORMATS, ImageRecord, select_split
 from captioner.inference import saved_config
 from captioner.metrics import bleu_scores, repeat_share
 from captioner.scoring import (
     TOKENIZER,
+    data_from_arguments,
     describe_scores,
     image_ids,
     load_data_records,
@@ -140,12 +141,8 @@ def load_split(args: argparse.Namespace) -> tuple[list[ImageRecord], str]:
         payload = load_checkpoint(args.checkpoint, task="captioner")
         data = saved_config(payload, args.checkpoint).data  # checked as every reader checks it
     else:
-        data = CaptionerConfig().data
-        data.format, data.annotations, data.image_root = "karpathy", args.annotations, ""
-    if args.format is not None:
-        data.format = args.format
-    if args.image_root is not None:
-        data.image_root = args.image_root
+        data = DataConfig(format="karpathy")  # --annotations: Karpathy JSON unless --format
+    data = data_from_arguments(data, args)  # evaluate's way with the three flags
     records = select_split(
         load_data_records(data), args.split, source=data.annotations, fractions_fixed=True
     )

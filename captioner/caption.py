@@ -389,7 +389,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             save()  # here, so that a stop after the last image still writes the file
     except _NamedFileStop as error:
         if not (args.csv and results):
-            raise UserError(str(error)) from None
+            raise  # the file's own line: a _NamedFileStop is a UserError
         save()  # keep what was captioned before it, as a stop by a signal does
         raise UserError(
             f"{error}; {args.csv} holds the captions of the {len(results)} images before it"

@@ -195,6 +195,36 @@ def test_caption_lengths_against_hand_worked_numbers() -> None:
     assert set(DataReport([], {}).caption_lengths(1, 1).values()) == {0}
 
 
+def test_the_reports_vocabulary_is_the_trainers_and_each_caption_is_tokenized_once(monkeypatch):
+    """`DataReport.build`'s vocabulary is `Vocabulary.build` of the training captions alone, at
+    its min_word_count (val and test words left out, ids in the same order), though it counts
+    the tokens its lengths already made: each caption is tokenized once, not twice."""
+    from captioner.data import check as check_module
+    from captioner.data import vocab as vocab_module
+    from captioner.data.records import ImageRecord
+    from captioner.data.vocab import Vocabulary, tokenize
+
+    captions = {
+        "train": ["a dog runs", "A dog sits.", "two dogs run", "a cat"],
+        "val": ["a zebra zebra zebra"],
+        "test": ["a zebra"],
+    }
+    records = [
+        ImageRecord(f"{split}.png", tuple(texts), split) for split, texts in captions.items()
+    ]
+    calls = []
+    for module in (check_module, vocab_module):  # `Vocabulary.build` tokenizes in its own module
+        monkeypatch.setattr(module, "tokenize", lambda text: calls.append(text) or tokenize(text))
+    for min_count in (1, 2):
+        calls.clear()
+        report = DataReport.build(records, {}, min_count)
+        assert sorted(calls) == sorted(t for texts in captions.values() for t in texts)
+        expected = Vocabulary.build(captions["train"], min_count)
+        assert report.vocab.to_list() == expected.to_list()
+        assert "zebra" not in report.vocab.to_list() and "dog" in report.vocab.to_list()
+    assert "runs" not in report.vocab.to_list()  # seen once: min_word_count 2 leaves it out
+
+
 def test_the_setting_suggested_for_long_references_is_the_longest_reference(tmp_path, capsys):
     """References too long for decode.max_length while no training caption is cut: the note says
     so alone, and suggests the longest reference, not a longer training caption (kills: the

@@ -111,10 +111,7 @@ class DataReport:
         cls, records: Sequence[ImageRecord], checks: dict[str, ImageCheck], min_word_count: int = 1
     ) -> DataReport:
         report = cls(list(records), dict(checks), min_word_count=min_word_count)
-        report.vocab = Vocabulary.build(
-            (text for record in records if record.split == "train" for text in record.captions),
-            min_word_count,
-        )
+        counts: Counter[str] = Counter()  # the training captions' tokens, for `vocab`
         report.splits = dict(Counter(record.split for record in records))
         report.drawn = sum(record.drawn for record in records)
         report.captions = sum(len(record.captions) for record in records)
@@ -123,9 +120,13 @@ class DataReport:
             splits_of[record.image_path].append(record.split)
             lengths = report.lengths.setdefault(record.split, [])
             for text in record.captions:
-                lengths.append(len(tokenize(text)))
-                if not lengths[-1]:
+                tokens = tokenize(text)
+                lengths.append(len(tokens))
+                if not tokens:
                     report.empty_captions.append((record.image_path, text))
+                if record.split == "train":
+                    counts.update(tokens)
+        report.vocab = Vocabulary.from_counts(counts, min_word_count)
         report.listed_twice = {path: s for path, s in splits_of.items() if len(s) > 1}
         by_digest: dict[str, list[str]] = defaultdict(list)
         for path in splits_of:

@@ -229,11 +229,17 @@ class Vocabulary:
         Words seen fewer than `min_count` times are left out and so encode to <unk>. Words are
         ordered by count, most frequent first, ties alphabetically, so the ids are deterministic.
         """
-        if min_count < 1:
-            raise UserError(f"min_count must be at least 1, got {min_count}")
         counts: Counter[str] = Counter()
         for caption in captions:
             counts.update(tokenize(caption))
+        return cls.from_counts(counts, min_count)
+
+    @classmethod
+    def from_counts(cls, counts: Counter[str], min_count: int = 1) -> Vocabulary:
+        """`build`'s vocabulary from the training captions' token counts already made (so a
+        caller that tokenizes the captions for its own sake does not tokenize them twice)."""
+        if min_count < 1:
+            raise UserError(f"min_count must be at least 1, got {min_count}")
         words = sorted(
             (word for word, count in counts.items() if count >= min_count and word not in SPECIALS),
             key=lambda word: (-counts[word], word),

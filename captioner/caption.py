@@ -348,6 +348,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"resuming: {len(before)} images are captioned in {args.csv}, {len(paths)} to go",
             file=sys.stderr,
         )
+    _check_named_files_exist(paths, found)
     captioner = load_ensemble(args.checkpoint, args.device)
     bar = tqdm(total=len(paths), desc="captioning", unit="image", file=sys.stderr, disable=None)
 
@@ -440,6 +441,24 @@ def main(argv: Sequence[str] | None = None) -> None:
             "skipped": skipped,
         }
         print(json.dumps(payload, indent=2))
+
+
+def _check_named_files_exist(paths: Sequence[str], found: set[str]) -> None:
+    """Stop before the model loads when a file named on the command line or in --list is missing
+    (a --list of a data set's images need not caption thousands before the first line that names
+    no file stops it); a file that exists but cannot be read still stops the command where it is
+    met, after the images before it. Folders' and patterns' files (`found`) exist: not checked."""
+    named = [path for path in paths if path not in found]
+    missing = [
+        path for path in named if "\x00" not in path and not os.path.exists(path)
+    ]  # a NUL in a name is load_image's own line
+    if len(missing) == 1:
+        raise UserError(f"image file '{missing[0]}' not found; check the path")  # load_image's
+    if missing:
+        raise UserError(
+            f"image file '{missing[0]}' not found, nor are {len(missing) - 1} more of the "
+            f"{len(named)} files named; check the paths"
+        )
 
 
 def _lines(path: str, result: CaptionResult, n_best: int) -> Iterable[str]:

@@ -207,21 +207,22 @@ def test_a_named_file_that_stops_a_csv_job_keeps_the_captions_before_it(
     common = ["--checkpoint", str(checkpoint), "--batch-size", "1"]
     assert run_main([*common, *good, "--csv", str(whole)], capsys)[0] == 0
     out = tmp_path / "captions.csv"
-    missing = str(folder / "gone.png")
-    code, _, err = run_main([*common, *good[:2], missing, good[2], "--csv", str(out)], capsys)
+    broken = str(folder / "broken.png")  # there, but no image: met where it stands in the list
+    with pytest.raises(UserError) as said:
+        load_image(broken)
+    code, _, err = run_main([*common, *good[:2], broken, good[2], "--csv", str(out)], capsys)
     assert code == 2 and err.count("\n") == 1, err
     assert err == (
-        f"error: image file '{missing}' not found; check the path; {out} holds the captions of "
-        "the 2 images before it: mend the file or leave it out, and run the command with --resume "
-        "to caption the rest\n"
+        f"error: {said.value}; {out} holds the captions of the 2 images before it: mend the "
+        "file or leave it out, and run the command with --resume to caption the rest\n"
     )
     assert _rows(out) == _rows(whole)[:2]
     code, _, err = run_main([*common, *good, "--csv", str(out), "--resume"], capsys)
     assert code == 0 and "resuming: 2 images are captioned" in err
     assert _rows(out) == _rows(whole)
     first = tmp_path / "first.csv"  # nothing captioned before it: its own line, no CSV
-    code, _, err = run_main([*common, missing, *good, "--csv", str(first)], capsys)
-    assert (code, err) == (2, f"error: image file '{missing}' not found; check the path\n")
+    code, _, err = run_main([*common, broken, *good, "--csv", str(first)], capsys)
+    assert (code, err) == (2, f"error: {said.value}\n")
     assert not first.exists()
 
 
@@ -233,7 +234,7 @@ def test_a_named_file_stops_a_csv_job_alike_whatever_the_batch_size(
     the first batch (the default holds 16) no CSV was written at all. Any batch size now gives
     what --batch-size 1 gives: the same lines, the same one-line error, the same CSV."""
     good = [str(folder / name) for name in ("a.png", "b.jpg", "c.PNG")]
-    missing = str(folder / "gone.png")
+    missing = str(folder / "broken.png")  # there, but no image (a missing file stops at once)
     for images in ([good[0], missing, *good[1:]], [*good, missing]):
         outputs = []
         for size in ("1", "2", "16"):
@@ -280,6 +281,44 @@ def test_a_list_of_paths_captions_as_the_same_arguments_do(
     ):
         code, _, err = run_main([*common, *argv], capsys)
         assert code == 2 and err.startswith(f"error: {said}") and err.count("\n") == 1, err
+
+
+def test_missing_named_files_stop_the_command_before_the_model_loads(
+    checkpoint, folder, tmp_path, capsys, monkeypatch
+):
+    """A --list of a data set's images with a line naming no file stopped the command only when
+    its turn came, after the model loaded and the images before it were captioned. Every named
+    file (arguments and --list) is looked for first: a missing one is load_image's own line, and
+    more than one are counted, before the model loads (the checkpoint is never opened) and before
+    anything is printed or written. A file there but unreadable is not its business, and --resume
+    looks only for the files it has still to caption."""
+    good = [str(folder / name) for name in ("a.png", "b.jpg", "c.PNG")]
+    gone = [str(folder / f"gone{i}.png") for i in range(3)]
+    listed = tmp_path / "list.txt"
+    listed.write_text("\n".join([gone[1], good[2], gone[2]]) + "\n", encoding="utf-8")
+    out = tmp_path / "out.csv"
+    opened = []
+    real_load = caption.load_ensemble
+    monkeypatch.setattr(caption, "load_ensemble", lambda *a: opened.append(a) or real_load(*a))
+    common = ["--checkpoint", str(checkpoint), "--csv", str(out)]
+    code, lines, err = run_main([*common, *good[:2], gone[0], "--list", str(listed)], capsys)
+    assert (code, lines, opened, out.exists()) == (2, "", [], False)
+    assert err == (
+        f"error: image file '{gone[0]}' not found, nor are 2 more of the 6 files named; check "
+        "the paths\n"
+    )
+    with pytest.raises(UserError) as said:
+        load_image(gone[2])
+    code, lines, err = run_main([*common, good[0], gone[2]], capsys)
+    assert (code, lines, err, opened) == (2, "", f"error: {said.value}\n", [])
+    # a named file there but unreadable is met in its turn, once the model has loaded
+    code, lines, _ = run_main([*common, good[0], str(folder / "broken.png"), good[1]], capsys)
+    assert code == 2 and len(lines.splitlines()) == 1 and len(opened) == 1
+    # --resume: a captioned image deleted since is not looked for
+    assert run_main([*common, *good], capsys)[0] == 0
+    os.remove(good[0])
+    code, _, err = run_main([*common, *good, "--resume"], capsys)
+    assert code == 0 and "resuming: 3 images are captioned in" in err, err
 
 
 class _Terminal(io.BytesIO):

@@ -38,7 +38,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from captioner.data.formats import read_csv_rows
+from captioner.data.formats import read_csv_rows, tab_separated
 from captioner.data.images import ACCEPTED_FORMATS
 from captioner.decode import check_decode_settings
 from captioner.ensemble import load_ensemble
@@ -463,19 +463,10 @@ def _check_named_files_exist(paths: Sequence[str], found: set[str]) -> None:
 
 def _lines(path: str, result: CaptionResult, n_best: int) -> Iterable[str]:
     if n_best == 1:
-        yield _tab_separated(path, result.caption)
+        yield tab_separated(path, result.caption)
         return
     for text, logprob in result.beams:
-        yield _tab_separated(path, text, f"{logprob:.3f}")
-
-
-def _tab_separated(*fields: str) -> str:
-    """One line of tab-separated fields; a field holding a tab, a line break or a double quote
-    (a file's name may) is quoted as the csv module quotes it, so that the line still reads as
-    one line of as many fields (``csv.reader(lines, delimiter="\\t")`` reads them back)."""
-    line = io.StringIO()
-    csv.writer(line, delimiter="\t", lineterminator="\n").writerow(fields)
-    return line.getvalue()[:-1]
+        yield tab_separated(path, text, f"{logprob:.3f}")
 
 
 def cli() -> None:

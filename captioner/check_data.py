@@ -26,6 +26,7 @@ from tqdm import tqdm
 from captioner.config import BOUNDS, CaptionerConfig, check_config
 from captioner.data import SPLITS, resolve_weights
 from captioner.data.check import BAD, MISSING, DataReport, default_workers, scan_images
+from captioner.data.formats import tab_separated
 from captioner.data.vocab import SPECIALS
 from captioner.encoder import build_backbone
 from captioner.inference import saved_config
@@ -149,18 +150,19 @@ def _print_report(
         f"(data.min_word_count={data.min_word_count})",
         file=out,
     )
+    # one line each, tab-separated (a name holding a tab or a line break quoted as csv does)
     for path in missing:
-        print(f"missing\t{path}", file=out)
+        print(tab_separated("missing", path), file=out)
     for path in bad:
         splits_of = ",".join(report.split_of(path))
-        print(f"bad\t{path}\t{splits_of}\t{report.checks[path].reason}", file=out)
+        print(tab_separated("bad", path, splits_of, report.checks[path].reason), file=out)
     for path, splits_of in report.listed_twice.items():
-        print(f"listed {len(splits_of)} times\t{path}\t{','.join(splits_of)}", file=out)
+        print(tab_separated(f"listed {len(splits_of)} times", path, ",".join(splits_of)), file=out)
     for group in report.same_bytes:
         splits_of = sorted({split for path in group for split in report.split_of(path)})
-        print(f"same bytes\t{' '.join(group)}\t{','.join(splits_of)}", file=out)
+        print(tab_separated("same bytes", *group, ",".join(splits_of)), file=out)
     for path, caption in report.empty_captions:
-        print(f"empty caption\t{path}\t{caption!r}", file=out)
+        print(tab_separated("empty caption", path, repr(caption)), file=out)
     bad_train, bad_test = report.paths(BAD, ("train",)), report.paths(BAD, ("test",))
     if reasons:
         print(f"training would stop: {'; '.join(reasons)}", file=out)

@@ -80,8 +80,10 @@ def test_a_name_holding_a_tab_a_line_break_or_a_quote_stays_one_line_of_its_fiel
     """`path<TAB>caption` lines: a file's name may hold a tab, a line break or a double quote,
     which made its line two lines, or three fields. Such a name is quoted as CSV quotes it, so
     that a tab-separated reader (csv's) gets the path and the caption back as written, with
-    --n-best too; other names are written as they are."""
+    --n-best too, over lines split by str.splitlines too (a form feed or U+2028 in a name ended
+    its line there) or by a file's own reading; other names are written as they are."""
     odd = [folder / "tab\there.png", folder / "line\nbreak.png", folder / 'say "cheese".png']
+    odd += [folder / "form\ffeed.png", folder / "line\u2028separator.png"]
     for path in odd:
         shutil.copy(folder / "a.png", path)
     images = sorted([folder / "a.png", folder / "b.jpg", folder / "c.PNG", *odd])
@@ -92,6 +94,7 @@ def test_a_name_holding_a_tab_a_line_break_or_a_quote_stays_one_line_of_its_fiel
         [str(path), text]
         for path, text in zip(images, expected_captions(checkpoint, images), strict=True)
     ]
+    assert list(csv.reader(io.StringIO(out, newline=""), delimiter="\t")) == rows
     assert out.splitlines()[0] == f"{folder / 'a.png'}\t{rows[0][1]}"  # as it is
     argv = ["--checkpoint", str(checkpoint), str(odd[0]), "--n-best", "2", "--beam-size", "2"]
     code, out, _ = run_main(argv, capsys)

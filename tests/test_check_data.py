@@ -9,6 +9,7 @@ the same result on any number of threads while keeping a bounded number of image
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import threading
@@ -105,7 +106,7 @@ def test_every_planted_problem_is_reported_and_training_would_stop(tmp_path, cap
     [bad] = [line for line in lines if line.startswith("bad\t")]
     assert bad.startswith(f"bad\t{tmp_path / 'truncated.png'}\ttrain\t") and "truncated" in bad
     assert f"listed 2 times\t{tmp_path / '2.png'}\ttrain,test" in lines
-    assert f"same bytes\t{tmp_path / '1.png'} {tmp_path / 'copy.png'}\ttest,train" in lines
+    assert f"same bytes\t{tmp_path / '1.png'}\t{tmp_path / 'copy.png'}\ttest,train" in lines
     assert f"empty caption\t{tmp_path / 'copy.png'}\t'...'" in lines
     assert "10 records (train 6, val 1, test 3) of 9 image files, 11 captions" in out
     assert "7 fine, 1 missing, 1 do not decode" in out
@@ -122,6 +123,29 @@ def test_every_planted_problem_is_reported_and_training_would_stop(tmp_path, cap
     assert (
         f"listed in more than one split, e.g. '{tmp_path / 'leak' / '2.png'}' (test, train)" in err
     )
+
+
+def test_a_name_holding_a_tab_or_a_line_break_is_one_field_of_its_line(tmp_path, capsys):
+    """The report's problem lines are tab-separated: a file named with a tab, a line break, a
+    form feed or a space made a line of more fields, two lines, or a group of identical files
+    that read as more files. Such a field is quoted as csv quotes it (`tab_separated`, caption's
+    lines' rule), so a tab-separated reader gets each line's names back as written."""
+    odd = ["tab\tname.png", "line\nbreak.png", "form\ffeed.png", "with space.png"]
+    images = [_entry(f"{i}.png", split, f"a red circle {i}") for i, split in
+              enumerate(["train", "train", "val", "test"])]  # fmt: skip
+    for i in range(4):
+        (tmp_path / f"{i}.png").write_bytes(_png(i))
+    (tmp_path / odd[2]).write_bytes(_png(0))  # the same bytes as 0.png
+    (tmp_path / odd[3]).write_bytes(_png(0))
+    images += [_entry(name, "train", "a blue square") for name in odd]
+    annotations = tmp_path / "dataset.json"
+    annotations.write_text(json.dumps({"images": images}))
+    code, out, _ = _check(annotations, capsys)
+    assert code == 1
+    rows = list(csv.reader(out.splitlines(keepends=True), delimiter="\t"))
+    names = [str(tmp_path / name) for name in odd]
+    assert ["missing", names[0]] in rows and ["missing", names[1]] in rows
+    assert ["same bytes", str(tmp_path / "0.png"), names[2], names[3], "train"] in rows
 
 
 def test_the_report_says_which_splits_were_drawn(tmp_path, capsys):

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import hashlib
+import io
 import json
 import os
 import re
@@ -658,6 +659,22 @@ class CsvRow:
 # Kaggle's Flickr30k results.csv: "image_name| comment_number| comment", separated by "| "
 CSV_ALIASES = {"image_name": "image", "comment": "caption"}
 PIPED = {"delimiter": "|", "skipinitialspace": True, "quoting": csv.QUOTE_NONE}  # it quotes nothing
+
+
+# Where str.splitlines ends a line besides "\r" (which csv quotes anyway): a reader that splits
+# the output so would cut a name holding one of them (a form feed, U+2028) in two.
+_LINE_BOUNDARIES = "\n\v\f\x1c\x1d\x1e\x85\u2028\u2029"
+
+
+def tab_separated(*fields: str) -> str:
+    """One line of tab-separated fields; a field holding a tab, a line break or a double quote
+    (a file's name may) is quoted as the csv module quotes it, so that the line still reads as
+    one line of as many fields (``csv.reader(lines, delimiter="\\t")`` reads them back, lines
+    split by ``str.splitlines`` too: csv quotes a field that holds any character of its line
+    terminator, so every such boundary is given as one, and the terminator cut off)."""
+    line = io.StringIO()
+    csv.writer(line, delimiter="\t", lineterminator=_LINE_BOUNDARIES).writerow(fields)
+    return line.getvalue()[: -len(_LINE_BOUNDARIES)]
 
 
 def read_csv_rows(file: Path) -> list[CsvRow]:

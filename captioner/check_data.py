@@ -27,7 +27,7 @@ from captioner.config import BOUNDS, CaptionerConfig, check_config
 from captioner.data import SPLITS, resolve_weights
 from captioner.data.check import BAD, MISSING, DataReport, default_workers, scan_images
 from captioner.data.formats import tab_separated
-from captioner.data.vocab import SPECIALS
+from captioner.data.vocab import RUN_ON_LETTERS, SPECIALS
 from captioner.encoder import build_backbone
 from captioner.inference import saved_config
 from captioner.scoring import add_data_arguments, data_from_arguments, load_data_records
@@ -143,6 +143,15 @@ def _print_report(
         file=out,
     )
     print(f"captions empty after tokenization: {len(report.empty_captions)}", file=out)
+    if report.run_on:
+        path, text = report.run_on[0]
+        print(
+            f"captions of words not split by spaces: {len(report.run_on)} (Thai, Lao, Burmese or "
+            f"Khmer letters run on for more than {RUN_ON_LETTERS}: each run is one word to the "
+            f"tokenizer, so most become <unk>; split their words by spaces first, with a word "
+            f"segmenter for the language), e.g. {path!r}: {text[:40]!r}",
+            file=out,
+        )
     print(_lengths_line(lengths, cfg), file=out)
     words = vocab_size - len(SPECIALS)  # <pad>, <start>, <end>, <unk> are no words
     print(

@@ -148,6 +148,44 @@ def test_a_name_holding_a_tab_or_a_line_break_is_one_field_of_its_line(tmp_path,
     assert ["same bytes", str(tmp_path / "0.png"), names[2], names[3], "train"] in rows
 
 
+THAI = "ผู้ชายกำลังขี่จักรยานบนถนน"  # a man is riding a bicycle on the road, written as Thai is
+THAI_SPLIT = "ผู้ชาย กำลัง ขี่ จักรยาน บน ถนน"  # its words split by spaces, as a segmenter splits them
+
+
+def test_captions_whose_words_are_not_split_by_spaces_are_counted(tmp_path, capsys):
+    """Thai, Lao, Burmese and Khmer captions, written without spaces between words, are one
+    token each (their letters are no words, unlike Chinese characters): check_data counts the
+    captions with such a run (text and JSON) and says to split their words first. The same
+    captions segmented, and a long English word, are not counted; nothing is said then."""
+    from captioner.data.vocab import RUN_ON_LETTERS, run_on_words, tokenize
+
+    run_on = [THAI, "បុរសម្នាក់កំពុងជិះកង់", "လူတစ်ယောက်စက်ဘီးစီးနေသည်", "ຜູ້ຊາຍກຳລັງຂີ່ລົດຖີບຢູ່ເທິງຖະໜົນ"]
+    assert all(run_on_words(tokenize(text)) for text in run_on)
+    assert not run_on_words(tokenize(THAI_SPLIT))
+    assert not run_on_words(["pneumonoultramicroscopicsilicovolcanoconiosis"])
+    assert not run_on_words([THAI[:RUN_ON_LETTERS]]) and run_on_words([THAI[: RUN_ON_LETTERS + 1]])
+    for i in range(4):
+        (tmp_path / f"{i}.png").write_bytes(_png(i))
+    splits = ["train", "train", "val", "test"]
+    for captions, counted in ((run_on, 4), ([THAI_SPLIT] * 4, 0)):
+        images = [_entry(f"{i}.png", split, captions[i]) for i, split in enumerate(splits)]
+        annotations = tmp_path / "dataset.json"
+        annotations.write_text(json.dumps({"images": images}))
+        code, out, _ = _check(annotations, capsys)
+        said = [line for line in out.splitlines() if "not split by spaces" in line]
+        if counted:
+            assert said == [
+                f"captions of words not split by spaces: 4 (Thai, Lao, Burmese or Khmer letters "
+                f"run on for more than {RUN_ON_LETTERS}: each run is one word to the tokenizer, so "
+                f"most become <unk>; split their words by spaces first, with a word segmenter for "
+                f"the language), e.g. {str(tmp_path / '0.png')!r}: {THAI!r}"
+            ]
+        else:
+            assert code == 0 and said == []
+        code, out, _ = _check(annotations, capsys, json_out=True)
+        assert json.loads(out)["run_on_captions"] == counted
+
+
 def test_the_report_says_which_splits_were_drawn(tmp_path, capsys):
     """A Karpathy file gives every split; a CSV without the column has its splits drawn by hash,
     and the report says for how many images and with which settings."""

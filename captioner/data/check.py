@@ -5,7 +5,8 @@ release the GIL), and hashes its bytes; `DataReport` gathers what a run would tr
 know about: images referenced but missing, images that do not decode, images listed more than
 once, files with identical bytes under different names (across splits they leak test images into
 training), captions that are empty after tokenization, and captions' lengths against what
-training and decoding cut them to. `DataReport.stops_training` says, for a ``data.bad_images``
+training and decoding cut them to, and captions of Thai, Lao, Burmese or Khmer whose words are
+not split by spaces. `DataReport.stops_training` says, for a ``data.bad_images``
 policy, whether `captioner.train` would stop, and why.
 """
 
@@ -26,7 +27,7 @@ from recurrent.errors import UserError
 from .formats import in_several_splits
 from .images import load_image
 from .records import SPLITS, ImageRecord
-from .vocab import Vocabulary, tokenize
+from .vocab import Vocabulary, run_on_words, tokenize
 
 OK, MISSING, BAD = "ok", "missing", "bad"
 
@@ -102,6 +103,7 @@ class DataReport:
     listed_twice: dict[str, list[str]] = field(default_factory=dict)  # path -> its records' splits
     same_bytes: list[list[str]] = field(default_factory=list)  # groups of paths, identical bytes
     empty_captions: list[tuple[str, str]] = field(default_factory=list)  # (path, caption)
+    run_on: list[tuple[str, str]] = field(default_factory=list)  # words not split: `run_on_words`
     lengths: dict[str, list[int]] = field(default_factory=dict)  # split -> captions' tokens
     min_word_count: int = 1  # data.min_word_count: what `vocab` keeps
     vocab: Vocabulary | None = None  # the train split's, as captioner.train builds it
@@ -124,6 +126,8 @@ class DataReport:
                 lengths.append(len(tokens))
                 if not tokens:
                     report.empty_captions.append((record.image_path, text))
+                elif run_on_words(tokens):
+                    report.run_on.append((record.image_path, text))
                 if record.split == "train":
                     counts.update(tokens)
         report.vocab = Vocabulary.from_counts(counts, min_word_count)
@@ -212,6 +216,7 @@ class DataReport:
             "listed_twice": self.listed_twice,
             "same_bytes": self.same_bytes,
             "empty_captions": [list(item) for item in self.empty_captions],
+            "run_on_captions": len(self.run_on),
             "caption_lengths": lengths,
             "stops_training": self.stops_training(bad_images),
         }

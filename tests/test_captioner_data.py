@@ -53,7 +53,13 @@ from captioner.data import datasets as datasets_module
 from captioner.data import images as images_module
 from captioner.data import vocab as vocab_module
 from captioner.data.datasets import load_image_tensor
-from captioner.data.formats import exact_split, in_several_splits, relative_names, split_draw
+from captioner.data.formats import (
+    exact_split,
+    in_several_splits,
+    relative_names,
+    sniff_format,
+    split_draw,
+)
 from captioner.data.vocab import MAX_WORDS, SPECIALS, _treebank_words
 from recurrent.errors import UserError, run_cli
 
@@ -282,6 +288,69 @@ def test_flickr8k(tmp_path: Path) -> None:
     assert set(expected.values()) == {"train", "val", "test"}
     assert all(r.drawn for r in drawn)
     assert drawn[1].captions == ("caption 0 of 2.jpg", "caption 1 of 2.jpg")
+
+
+def test_flickr8k_cn_loads_as_the_same_data_written_as_flickr8k(tmp_path: Path) -> None:
+    """Flickr8k-CN (Li et al. 2016): Flickr8k's images, Chinese captions in lines of
+    ``NAME#zhc#N caption`` (a space, not a tab; names without ".jpg") and split lists
+    flickr7k{train,val,test}.txt of such names. It loads as the same captions written as the
+    original Flickr8k's files load (the reference), the stray captioned image left out as there;
+    a missing list is named, and the file read as another format is named a Flickr token file."""
+    names = ["1000268201_693b08cb0e", "1001773457_577c3a7d70", "1002674143_1b742ab4b8",
+             "1003163366_44323f5815"]  # fmt: skip
+    for name in names:
+        _png(tmp_path / "Images" / f"{name}.jpg")
+    captions = {
+        name: [f"一只狗在草地上奔跑{i}", f"两个 孩子 在 玩 {i}"] for i, name in enumerate(names)
+    }
+    captions["2258277193_586949ec62"] = ["不在任何列表中"]
+    splits = {"train": names[:2], "val": names[2:3], "test": names[3:]}
+    chinese, english = tmp_path / "cn", tmp_path / "en"
+    chinese.mkdir()
+    english.mkdir()
+    token = chinese / "flickr8kzhc.caption.txt"
+    token.write_text(
+        "".join(f"{n}#zhc#{k} {c}\n" for n, texts in captions.items() for k, c in enumerate(texts)),
+        encoding="utf-8",
+    )
+    for split, listed in splits.items():
+        (chinese / f"flickr7k{split}.txt").write_text("".join(f"{n}\n" for n in listed))
+        dev = {"val": "dev"}.get(split, split)
+        (english / f"Flickr_8k.{dev}Images.txt").write_text("".join(f"{n}.jpg\n" for n in listed))
+    (english / "Flickr8k.token.txt").write_text(
+        "".join(
+            f"{n}.jpg#{k}\t{c}\n" for n, texts in captions.items() for k, c in enumerate(texts)
+        ),
+        encoding="utf-8",
+    )
+    records = load_records("flickr8k", token, tmp_path / "Images")
+    assert records == load_records("flickr8k", english / "Flickr8k.token.txt", tmp_path / "Images")
+    assert [(Path(r.image_path).name, r.split) for r in records] == [
+        (f"{names[0]}.jpg", "train"), (f"{names[1]}.jpg", "train"), (f"{names[2]}.jpg", "val"),
+        (f"{names[3]}.jpg", "test"),
+    ]  # fmt: skip
+    assert records[3].captions == ("一只狗在草地上奔跑3", "两个 孩子 在 玩 3")
+    assert sniff_format(token) == "flickr8k"
+    _raises_one_line(
+        lambda: load_records("karpathy", token, tmp_path / "Images"),
+        f"'{token}' looks like a Flickr token file",
+    )
+    (chinese / "flickr7kval.txt").unlink()
+    _raises_one_line(
+        lambda: load_records("flickr8k", token, tmp_path / "Images"),
+        f"Flickr8k split list '{chinese / 'flickr7kval.txt'}' not found; put flickr7kval.txt next",
+    )
+    for split in ("train", "test"):
+        (chinese / f"flickr7k{split}.txt").unlink()
+    _raises_one_line(
+        lambda: load_records("flickr8k", token, tmp_path / "Images"),
+        "put Flickr_8k.trainImages.txt (for Flickr8k-CN, its flickr7ktrain.txt) next to",
+    )
+    token.write_text(f"{names[0]}#zhc# 没有编号\n", encoding="utf-8")
+    _raises_one_line(
+        lambda: load_records("flickr8k", token, tmp_path / "Images"),
+        "line 1 is not 'IMAGE.jpg#N<TAB>caption' (or Flickr8k-CN's 'IMAGE#zhc#N caption')",
+    )
 
 
 # --------------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 from captioner.config import CaptionerConfig
 from captioner.config import check_config as check_captioner_config
 from captioner.data import SPLITS, ImageRecord, Vocabulary, load_records, tokenize
-from captioner.data.formats import FLICKR8K_SPLIT_FILES, KARPATHY_SPLITS
+from captioner.data.formats import FLICKR8K_CN_SPLIT_FILES, FLICKR8K_SPLIT_FILES, KARPATHY_SPLITS
 from captioner.data.vocab import SPECIALS
 from char_lm.config import CharLMConfig, ModelConfig
 from char_lm.data import build_vocab, decode, encode, read_text
@@ -446,6 +446,29 @@ def test_flickr8k_round_trip(root, items, crlf):
     data = newline.join(tokens).encode()
     loaded = round_trip(root, "flickr8k", "Flickr8k.token.txt", data)
     assert loaded == expected_records(root, items)
+
+
+@fewer_examples
+@given(
+    items=record_sets(line_captions).filter(
+        lambda items: not any(ch.isspace() for name, _, _ in items for ch in name)
+    ),
+    crlf=st.booleans(),
+    tag=st.sampled_from(["zhc", "zhb", "zhg", "enc"]),
+)
+def test_flickr8k_cn_round_trip(root, items, crlf, tag):
+    """Flickr8k-CN's ``NAME#zhc#N caption`` lines and flickr7k lists: any name without a space
+    (one without an extension is its ".jpg" file) and any one-line caption load as written."""
+    newline = "\r\n" if crlf else "\n"
+    for list_name in FLICKR8K_SPLIT_FILES.values():  # the English round trip's: read first
+        (root / list_name).unlink(missing_ok=True)
+    for split, list_name in FLICKR8K_CN_SPLIT_FILES.items():
+        names = [name for name, image_split, _ in items if image_split == split]
+        (root / list_name).write_bytes(newline.join(names).encode())
+    lines = [f"{name}#{tag}#{i} {c}" for name, _, caps in items for i, c in enumerate(caps)]
+    loaded = round_trip(root, "flickr8k", "flickr8kzhc.caption.txt", newline.join(lines).encode())
+    files = [(n if os.path.splitext(n)[1] else f"{n}.jpg", split, caps) for n, split, caps in items]
+    assert loaded == expected_records(root, files)
 
 
 @fewer_examples

@@ -10,7 +10,8 @@ Formats (`load_records(fmt, ...)`):
 - ``karpathy``: the split JSON of Karpathy & Fei-Fei (dataset_coco.json, dataset_flickr8k.json,
   dataset_flickr30k.json), also written by `python -m captioner.scenes`.
 - ``flickr8k``: the original Flickr8k.token.txt plus the Flickr_8k.{train,dev,test}Images.txt lists;
-  also Flickr30k's results_20130124.token, whose splits are drawn.
+  also Flickr30k's results_20130124.token, whose splits are drawn, and Flickr8k-CN's Chinese
+  caption files (flickr8kzhc.caption.txt) with their flickr7k{train,val,test}.txt lists.
 - ``coco``: one or more COCO caption files (captions_train2014.json, captions_val2014.json, ...).
 - ``aic``: the AI Challenger 2017 Chinese caption files (AIC-ICC:
   caption_train_annotations_20170902.json, caption_validation_annotations_20170910.json), one or
@@ -48,6 +49,15 @@ FLICKR8K_SPLIT_FILES = {
     "val": "Flickr_8k.devImages.txt",
     "test": "Flickr_8k.testImages.txt",
 }
+# Flickr8k-CN (Li et al. 2016, "Adding Chinese Captions to Images"; github.com/li-xirong/
+# flickr8kcn): the same images, captions in lines of ``NAME#zhc#N caption`` (zhb, zhg: machine
+# translations; enc: the English), names without their ".jpg", and split lists of such names.
+FLICKR8K_CN_SPLIT_FILES = {
+    "train": "flickr7ktrain.txt",
+    "val": "flickr7kval.txt",
+    "test": "flickr7ktest.txt",
+}
+_FLICKR8K_CN_LINE = re.compile(r"([^\s#]+)#[a-z]+#\d+ +(\S.*)")
 KARPATHY_SPLITS = (*SPLITS, "restval")
 # Recorded in every captioner checkpoint (`split_rule`): the splits that no file gives are drawn by
 # `hashed_split`. Checkpoints without it were trained when they were a shuffle of the whole set;
@@ -341,15 +351,18 @@ def load_flickr8k(
     seed: int = 0,
     check_images: bool = True,
 ) -> list[ImageRecord]:
-    """Load Flickr8k from `Flickr8k.token.txt` and the split lists found next to it, or Flickr30k
-    from its `results_20130124.token`.
+    """Load Flickr8k from `Flickr8k.token.txt` and the split lists found next to it, Flickr8k-CN
+    from `flickr8kzhc.caption.txt` and its lists, or Flickr30k from its `results_20130124.token`.
 
-    Lines of the token file are ``IMAGE.jpg#N<TAB>caption``. The split lists
-    Flickr_8k.trainImages.txt, Flickr_8k.devImages.txt (-> "val") and Flickr_8k.testImages.txt must
-    sit in the same folder. Captioned images that no split list names are left out (the official
-    token file has a few such stray entries); a listed image without captions is an error.
-    Flickr30k comes with no split lists: a token file whose name does not say Flickr8k, with none
-    of them beside it, has its splits drawn by `hashed_split` (as a CSV without a split column).
+    Lines of the token file are ``IMAGE.jpg#N<TAB>caption``, or Flickr8k-CN's ``IMAGE#zhc#N
+    caption`` (a name without an extension is a ".jpg"). The split lists
+    Flickr_8k.trainImages.txt, Flickr_8k.devImages.txt (-> "val") and Flickr_8k.testImages.txt, or
+    Flickr8k-CN's flickr7ktrain.txt, flickr7kval.txt and flickr7ktest.txt (`FLICKR8K_CN_SPLIT_FILES`),
+    must sit in the same folder. Captioned images that no split list names are left out (the
+    official token file has a few such stray entries); a listed image without captions is an
+    error. Flickr30k comes with no split lists: a token file whose name does not say Flickr8k,
+    with none of them beside it, has its splits drawn by `hashed_split` (as a CSV without a split
+    column).
     """
     file = _existing_file(annotations, "Flickr8k token file")
     captions: dict[str, list[str]] = {}
@@ -357,15 +370,23 @@ def load_flickr8k(
         if not line.strip():
             continue
         key, tab, caption = line.partition("\t")
-        if not tab or not key.strip() or not caption.strip():
+        chinese = _FLICKR8K_CN_LINE.fullmatch(line.strip())
+        if chinese:
+            key, caption = _flickr8k_cn_name(chinese[1]), chinese[2]
+        elif not tab or not key.strip() or not caption.strip():
             raise UserError(
-                f"'{file}' line {number} is not 'IMAGE.jpg#N<TAB>caption'; "
-                "pass the original Flickr8k.token.txt"
+                f"'{file}' line {number} is not 'IMAGE.jpg#N<TAB>caption' (or Flickr8k-CN's "
+                "'IMAGE#zhc#N caption'); pass the original Flickr8k.token.txt"
             )
         name = key.strip().rpartition("#")[0] or key.strip()
         captions.setdefault(name, []).append(caption.strip())
     root = _image_root(image_root, file)
-    lists = [file.parent / name for name in FLICKR8K_SPLIT_FILES.values()]
+    split_files = FLICKR8K_SPLIT_FILES
+    if not any((file.parent / name).exists() for name in split_files.values()) and any(
+        (file.parent / name).exists() for name in FLICKR8K_CN_SPLIT_FILES.values()
+    ):
+        split_files = FLICKR8K_CN_SPLIT_FILES
+    lists = [file.parent / name for name in split_files.values()]
     if "flickr8k" not in file.name.lower() and not any(path.exists() for path in lists):
         # Flickr30k: the rows of a CSV without a split column
         rows = (
@@ -375,15 +396,20 @@ def load_flickr8k(
         )
         return _load_rows(rows, file, image_root, val_fraction, test_fraction, seed, check_images)
     records, seen = [], {}
-    for split, list_name in FLICKR8K_SPLIT_FILES.items():
+    for split, list_name in split_files.items():
         list_file = file.parent / list_name
         if not list_file.is_file():
+            others = f" (for Flickr8k-CN, its {FLICKR8K_CN_SPLIT_FILES[split]})"
+            if split_files is FLICKR8K_CN_SPLIT_FILES:
+                others = ""
             raise UserError(
                 f"Flickr8k split list '{list_file}' not found; "
-                f"put {list_name} next to '{file.name}'"
+                f"put {list_name}{others} next to '{file.name}'"
             )
         for number, line in _lines(_read_text(list_file)):
             name = line.strip()
+            if name and split_files is FLICKR8K_CN_SPLIT_FILES:
+                name = _flickr8k_cn_name(name)
             if not name:
                 continue
             where = f"'{list_file}' line {number}"
@@ -399,6 +425,12 @@ def load_flickr8k(
             _check_image(path, where, check_images)
             records.append(ImageRecord(path, tuple(captions[name]), split))
     return records
+
+
+def _flickr8k_cn_name(name: str) -> str:
+    """The file of an image Flickr8k-CN names: its names lack Flickr8k's ".jpg"
+    (``1000268201_693b08cb0e``)."""
+    return f"{name}.jpg" if name and not os.path.splitext(name)[1] else name
 
 
 # --------------------------------------------------------------------------------------------
@@ -985,7 +1017,7 @@ def sniff_format(file: Path) -> str | None:
             and isinstance(item.get("caption"), list)
             else None
         )
-    if re.match(r"[^\t]+#\d+\t", first):
+    if re.match(r"[^\t]+#\d+\t", first) or _FLICKR8K_CN_LINE.fullmatch(first):
         return "flickr8k"
     for separator in (",", "|"):
         names = {name.strip().lower() for name in first.split(separator)}

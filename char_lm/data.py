@@ -534,20 +534,32 @@ def load_corpus(config: DataConfig, *, chunk_size: int = CHUNK_BYTES) -> Corpus:
 # --- truncated-BPTT streams ----------------------------------------------------------------------
 
 
-def _too_short(chars: int, batch_size: int, block_size: int, what: str, longer: str) -> UserError:
+def _too_short(
+    chars: int, batch_size: int, block_size: int, what: str, longer: str, processes: int = 1
+) -> UserError:
     """The line for a training text that cannot fill one window of each stream: ``longer`` (the
     caller's way to a longer text), and the settings that fit, where any do (one character fits
-    none: each stream needs a character before its first target)."""
+    none: each stream needs a character before its first target). Under torchrun the streams
+    are shared by ``processes``: a batch size it suggests is a multiple of them."""
     have = f"the {what} has {chars:,} character{'' if chars == 1 else 's'}"
     fits = chars - 1  # the targets the text holds: batch_size x block_size must not exceed it
     if fits < 1:
         return UserError(f"{have}, and training needs at least 2; {longer}")
-    if fits // batch_size >= 1:
+
+    def shared(streams: int) -> int:  # the most streams up to these that the processes share
+        return streams // processes * processes
+
+    if fits // batch_size >= 1 and batch_size % processes == 0:
         fit = f"data.block_size={fits // batch_size}"
-    elif fits // block_size >= 1:
-        fit = f"data.batch_size={fits // block_size}"
+    elif shared(fits // block_size) >= 1:
+        fit = f"data.batch_size={shared(fits // block_size)}"
+    elif shared(fits) >= 1:
+        fit = f"data.batch_size={shared(fits)} data.block_size=1"
     else:
-        fit = f"data.batch_size={fits} data.block_size=1"
+        return UserError(
+            f"{have}, too few for {processes} processes: each trains on streams of one window "
+            f"at least (needs at least {processes + 1:,}); {longer}, or run fewer processes"
+        )
     return UserError(
         f"{have}, too few for data.batch_size={batch_size} streams of one "
         f"data.block_size={block_size} window (needs at least {batch_size * block_size + 1:,}); "
@@ -572,6 +584,8 @@ class StreamBatches:
 
     ``ids`` may have any integer dtype (a `Corpus` holds uint8 / int16 / int32) and is never copied:
     each window is gathered from it and converted to int64 on its own, (B, T) at a time.
+    ``processes`` (torchrun's, which share the streams) only shapes the settings that a text too
+    short suggests.
     """
 
     def __init__(
@@ -583,6 +597,7 @@ class StreamBatches:
         cover_all: bool = False,
         what: str = "training text",
         longer: str = "use a longer text",
+        processes: int = 1,
     ) -> None:
         if batch_size < 1 or block_size < 1:
             raise UserError("data.batch_size and data.block_size must be at least 1")
@@ -597,7 +612,7 @@ class StreamBatches:
         else:
             streams, length = batch_size, predicted // batch_size
             if length < block_size:
-                raise _too_short(len(ids), batch_size, block_size, what, longer)
+                raise _too_short(len(ids), batch_size, block_size, what, longer, processes)
         self.ids = ids
         self.block_size = block_size
         self.predicted = predicted if cover_all else streams * length  # inputs 0 .. predicted-1

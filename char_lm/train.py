@@ -247,6 +247,7 @@ def train(
         cfg.data.block_size,
         what="training split" if split else "training text",
         longer="use a longer text or lower data.val_fraction" if split else "use a longer text",
+        processes=run.dist.world_size,
     )
     walk = StreamWalk(
         batches.to(run.device),

@@ -301,13 +301,24 @@ def test_bad_text_files_are_user_errors(tmp_path):
 
 
 @settings(max_examples=200, deadline=None)
-@given(chars=st.integers(0, 80), batch_size=st.integers(1, 12), block_size=st.integers(1, 12))
-def test_a_text_too_short_for_its_windows_is_told_settings_that_fit(chars, batch_size, block_size):
+@given(
+    chars=st.integers(0, 80),
+    batch_size=st.integers(1, 12),
+    block_size=st.integers(1, 12),
+    processes=st.sampled_from([1, 1, 2, 3, 4, 8]),
+)
+def test_a_text_too_short_for_its_windows_is_told_settings_that_fit(
+    chars, batch_size, block_size, processes
+):
     """The line's example settings train on the same text, the length it says the settings need
     is the least they train on, and a one-character text, which no settings fit, is told only to
-    be longer."""
+    be longer. Under torchrun (``processes``) the settings suggested also split over the
+    processes (a batch size of 3 for 2 processes stopped the next run); a text too short for
+    them all says so and to run fewer."""
     try:
-        StreamBatches(torch.zeros(chars, dtype=torch.long), batch_size, block_size)
+        StreamBatches(
+            torch.zeros(chars, dtype=torch.long), batch_size, block_size, processes=processes
+        )
     except UserError as err:
         message = str(err)
     else:
@@ -316,6 +327,13 @@ def test_a_text_too_short_for_its_windows_is_told_settings_that_fit(chars, batch
     assert chars <= batch_size * block_size
     if chars < 2:
         assert "needs at least 2; use a longer text" in message and "--set" not in message
+        return
+    if chars - 1 < processes:
+        assert message == (
+            f"the training text has {chars} characters, too few for {processes} processes: each "
+            f"trains on streams of one window at least (needs at least {processes + 1}); use a "
+            "longer text, or run fewer processes"
+        )
         return
     assert f"at most {chars - 1:,} (e.g. --set " in message
     needed = int(re.search(r"needs at least ([\d,]+)\)", message)[1].replace(",", ""))
@@ -327,6 +345,7 @@ def test_a_text_too_short_for_its_windows_is_told_settings_that_fit(chars, batch
         key, value = setting.removeprefix("data.").split("=")
         fit[key] = int(value)
     StreamBatches(torch.zeros(chars, dtype=torch.long), **fit)  # trains
+    assert fit["batch_size"] % processes == 0  # and its streams split over the processes
 
 
 def test_download_is_cached_and_checked(tmp_path, monkeypatch):

@@ -817,6 +817,13 @@ def test_an_error_every_rank_meets_is_said_once_and_never_runs_into_another_line
     message = "error: data.batch_size is 3, which does not split evenly over 2 processes"
     assert len(said) == 2 and said[0].startswith(f"[rank 1] {message}"), said
     assert said[1].startswith(message) and said[1].count("error:") == 1, said
+    # a text too short for its windows: the batch size suggested splits over the processes (3,
+    # which one process would be told, stopped the next run as above)
+    (tmp_path / "short.txt").write_text("abcdefgh", encoding="utf-8")
+    short = ["data.path=short.txt", "data.val_fraction=0", "data.batch_size=8"]
+    short_error = _fails([*CHAR, "--set", *short, "data.block_size=2", "--out-dir", "r4"], tmp_path)
+    said = [line for line in short_error.stderr.splitlines() if "error: " in line]
+    assert said and all(line.endswith("(e.g. --set data.batch_size=2)") for line in said), said
     # Rank 0 alone checks the run folder: its refusal ends the job at once. Rank 1, waiting to
     # form the job in torch's C++, let torchrun's SIGTERM wait and was killed 30 s later.
     (tmp_path / "r3").mkdir()

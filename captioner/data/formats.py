@@ -357,8 +357,9 @@ def load_flickr8k(
     Lines of the token file are ``IMAGE.jpg#N<TAB>caption``, or Flickr8k-CN's ``IMAGE#zhc#N
     caption`` (a name without an extension is a ".jpg"). The split lists
     Flickr_8k.trainImages.txt, Flickr_8k.devImages.txt (-> "val") and Flickr_8k.testImages.txt, or
-    Flickr8k-CN's flickr7ktrain.txt, flickr7kval.txt and flickr7ktest.txt (`FLICKR8K_CN_SPLIT_FILES`),
-    must sit in the same folder. Captioned images that no split list names are left out (the
+    Flickr8k-CN's flickr7ktrain.txt, flickr7kval.txt and flickr7ktest.txt
+    (`FLICKR8K_CN_SPLIT_FILES`; Flickr8k's are read first when both are there), must sit in the
+    same folder. Captioned images that no split list names are left out (the
     official token file has a few such stray entries); a listed image without captions is an
     error. Flickr30k comes with no split lists: a token file whose name does not say Flickr8k,
     with none of them beside it, has its splits drawn by `hashed_split` (as a CSV without a split

@@ -14,7 +14,10 @@ on the same captions:
   token is then dropped), on a sample of ``--sample`` captions, extrapolated;
 - `Vocabulary.build` over the training captions, as `captioner.train` and `check_data` build it;
 - `load_records("aic", ...)` of the captions written as AI Challenger's two caption files
-  (210,000 and 30,000 images, five captions each; the images are not looked for).
+  (210,000 and 30,000 images, five captions each; the images are not looked for);
+- `check_data`'s report of those records (`DataReport.build`: every caption's length, the
+  training vocabulary), which tokenizes each caption once, against the way before 2026-12-08:
+  the lengths, then `Vocabulary.build` tokenizing the training captions again.
 
 Both paths must give the same tokens (checked on the sample; tests/test_feature_cache.py checks
 it against nltk itself).
@@ -33,6 +36,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.recurrent_core import machine  # noqa: E402
 from captioner.data import load_records  # noqa: E402
+from captioner.data.check import DataReport  # noqa: E402
 from captioner.data.vocab import Vocabulary, tokenize  # noqa: E402
 from recurrent.errors import ArgumentParser, UserError, run_cli  # noqa: E402
 
@@ -113,6 +117,23 @@ def main(argv: list[str] | None = None) -> None:
             f"load_records('aic') of the two files ({size:.0f} MB, {len(records):,} images): "
             f"{time.perf_counter() - started:.1f} s"
         )
+    started = time.perf_counter()
+    report = DataReport.build(records, {}, min_word_count=5)
+    once = time.perf_counter() - started
+    started = time.perf_counter()
+    lengths = [len(tokenize(text)) for record in records for text in record.captions]
+    twice_vocab = Vocabulary.build(
+        (text for record in records if record.split == "train" for text in record.captions), 5
+    )
+    twice = time.perf_counter() - started
+    if report.vocab.to_list() != twice_vocab.to_list() or sorted(lengths) != sorted(
+        n for split in report.lengths.values() for n in split
+    ):
+        raise SystemExit("the report's vocabulary or lengths differ from the way before")
+    print(
+        f"check_data's report (DataReport.build): {once:.1f} s, tokenizing each caption once; "
+        f"the way before (the lengths, then Vocabulary.build): {twice:.1f} s ({twice / once:.2f}x)"
+    )
 
 
 if __name__ == "__main__":

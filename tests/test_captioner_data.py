@@ -776,6 +776,30 @@ def test_coco_files_without_a_year_find_their_images_by_their_split(tmp_path: Pa
     ]  # fmt: skip
 
 
+def test_stair_captions_are_coco_caption_files_of_japanese(tmp_path: Path) -> None:
+    """STAIR Captions (Yoshikawa et al. 2017: Japanese captions of COCO 2014's images) are COCO
+    caption files with a tokenized_caption beside each caption, named
+    stair_captions_v1.2_{train,val}.json: data.format=coco reads them as they are, each file's
+    images in train2014 / val2014 (the year its name lacks), captions as written (not the
+    tokenized copy), and their tokens are the characters, as AI Challenger's are."""
+    japanese = {"train": "木のテーブルの上にピザが置いてある。", "val": "犬が走っている"}
+    files = []
+    for split, caption in japanese.items():
+        name = f"COCO_{split}2014_000000000042.jpg"
+        _png(tmp_path / f"{split}2014" / name)
+        stair = {"images": [{"id": 42, "file_name": name}],
+                 "annotations": [{"image_id": 42, "id": 1, "caption": caption,
+                                  "tokenized_caption": "木 の テーブル"}]}  # fmt: skip
+        files.append(tmp_path / f"stair_captions_v1.2_{split}.json")
+        files[-1].write_text(json.dumps(stair, ensure_ascii=False), encoding="utf-8")
+    records = load_records("coco", files, tmp_path, val_fraction=0.5, test_fraction=0)
+    assert [(r.image_path, r.captions, r.split) for r in records] == [
+        (str(tmp_path / f"{split}2014" / f"COCO_{split}2014_000000000042.jpg"), (text,), split)
+        for split, text in japanese.items()
+    ]
+    assert tokenize(records[1].captions[0]) == list("犬が走っている")
+
+
 def test_tokenize() -> None:
     assert tokenize("A Dog, running -- on the beach.") == [
         "a",

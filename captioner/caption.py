@@ -366,6 +366,19 @@ def main(argv: Sequence[str] | None = None) -> None:
         captioned = [*before, *((path, result.caption) for path, result in results)]
         write_csv(args.csv, captioned, splits)
 
+    def print_json(stopped: str | None = None) -> None:  # the captions so far, on a stop too
+        payload = {
+            "checkpoint": args.checkpoint[0],
+            "checkpoints": args.checkpoint,  # more than one: their ensemble captioned
+            "beam_size": captioner.cfg.decode.beam_size
+            if args.beam_size is None
+            else args.beam_size,
+            "results": [_result_json(path, result) for path, result in results],
+            "skipped": skipped,
+            **({"stopped": stopped} if stopped else {}),
+        }
+        print(json.dumps(payload, indent=2))
+
     saved = time.monotonic()
     try:
         for path, result in caption_files(
@@ -389,6 +402,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         if args.csv and (results or before):
             save()  # here, so that a stop after the last image still writes the file
     except _NamedFileStop as error:
+        if args.json and results:  # the captions before it are not lost with the output
+            print_json(f"{error}; the images after it were not captioned")
         if not (args.csv and results):
             raise  # the file's own line: a _NamedFileStop is a UserError
         save()  # keep what was captioned before it, as a stop by a signal does
@@ -398,15 +413,17 @@ def main(argv: Sequence[str] | None = None) -> None:
             "run the command with --resume to caption the rest"
         ) from None
     except (RunStopped, KeyboardInterrupt, BrokenPipeError) as stop:
-        if not (args.csv and results):
-            raise
-        save()
         if isinstance(stop, BrokenPipeError):  # `... --csv OUT.csv | head`: the CSV is the job
             signal, code = READER_GONE, READER_GONE_STATUS
         elif isinstance(stop, KeyboardInterrupt):
             signal, code = "interrupted", 130
         else:
             signal, code = stop.signal_name, stop.exit_code
+        if args.json and results and not isinstance(stop, BrokenPipeError):
+            print_json(f"{signal or 'stopped'} after {len(results)} of {len(paths)} images")
+        if not (args.csv and results):
+            raise
+        save()
         raise RunStopped(
             f"{signal or 'stopped'} after {len(results)} of {len(paths)} images; {args.csv} holds "
             f"their captions{' and those of before' if before else ''}: run the same command with "
@@ -431,16 +448,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 file=sys.stderr,
             )
     if args.json:
-        payload = {
-            "checkpoint": args.checkpoint[0],
-            "checkpoints": args.checkpoint,  # more than one: their ensemble captioned
-            "beam_size": captioner.cfg.decode.beam_size
-            if args.beam_size is None
-            else args.beam_size,
-            "results": [_result_json(path, result) for path, result in results],
-            "skipped": skipped,
-        }
-        print(json.dumps(payload, indent=2))
+        print_json()
 
 
 def _check_named_files_exist(paths: Sequence[str], found: set[str]) -> None:

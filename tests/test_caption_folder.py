@@ -775,6 +775,54 @@ def test_a_stop_before_the_first_image_writes_no_csv_and_says_the_stop(
     assert not out.exists()
 
 
+def test_a_stopped_json_job_prints_the_captions_made_before_the_stop(
+    checkpoint, folder, capsys, monkeypatch
+):
+    """--json printed its object at the end only: a job stopped by a signal, Ctrl-C or a named
+    file that cannot be read lost every caption made (without --csv). The object of the images
+    captioned before the stop is printed, with a "stopped" field saying why; the stop's own line
+    and status follow as before. A reader gone (a closed pipe) is printed nothing more."""
+    good = [str(folder / name) for name in ("a.png", "b.jpg", "c.PNG")]
+    common = ["--checkpoint", str(checkpoint), "--json", "--batch-size", "1"]
+    code, out, _ = run_main([*common, *good], capsys)
+    whole = json.loads(out)
+    assert code == 0 and "stopped" not in whole and len(whole["results"]) == 3
+    broken = str(folder / "broken.png")
+    with pytest.raises(UserError) as said:
+        load_image(broken)
+    code, out, err = run_main([*common, *good[:2], broken, good[2]], capsys)
+    payload = json.loads(out)
+    assert (code, err) == (2, f"error: {said.value}\n")
+    assert payload["results"] == whole["results"][:2] and payload["skipped"] == []
+    assert payload["stopped"] == f"{said.value}; the images after it were not captioned"
+    real = caption.caption_files
+
+    def stopped_after_two(stop: BaseException):
+        def captioning(*args, **kwargs):
+            for count, item in enumerate(real(*args, **kwargs), 1):
+                yield item
+                if count == 2:
+                    raise stop
+
+        return captioning
+
+    for stop, status, why in (
+        (RunStopped("SIGTERM; run the same command again", exit_code=143), 143, "SIGTERM"),
+        (KeyboardInterrupt(), 130, "interrupted"),
+    ):
+        monkeypatch.setattr(caption, "caption_files", stopped_after_two(stop))
+        code, out, err = run_main([*common, *good], capsys)
+        payload = json.loads(out)
+        assert code == status and payload["results"] == whole["results"][:2], err
+        assert payload["stopped"] == f"{why} after 2 of 3 images"
+        assert {key: payload[key] for key in ("checkpoint", "beam_size", "skipped")} == {
+            key: whole[key] for key in ("checkpoint", "beam_size", "skipped")
+        }
+    monkeypatch.setattr(caption, "caption_files", stopped_after_two(BrokenPipeError()))
+    code, out, _ = run_main([*common, *good], capsys)
+    assert out == ""
+
+
 def test_resume_says_how_many_captions_the_csv_holds_in_all(checkpoint, folder, tmp_path, capsys):
     """After --resume the closing line counts the rows found and the new ones (kills: counting
     only the images captioned by this command)."""

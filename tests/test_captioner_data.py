@@ -344,12 +344,54 @@ def test_flickr8k_cn_loads_as_the_same_data_written_as_flickr8k(tmp_path: Path) 
         (chinese / f"flickr7k{split}.txt").unlink()
     _raises_one_line(
         lambda: load_records("flickr8k", token, tmp_path / "Images"),
-        "put Flickr_8k.trainImages.txt (for Flickr8k-CN, its flickr7ktrain.txt) next to",
+        "put Flickr_8k.trainImages.txt (for Flickr8k-CN, its flickr8ktrain.txt) next to",
     )
     token.write_text(f"{names[0]}#zhc# 没有编号\n", encoding="utf-8")
     _raises_one_line(
         lambda: load_records("flickr8k", token, tmp_path / "Images"),
         "line 1 is not 'IMAGE.jpg#N<TAB>caption' (or Flickr8k-CN's 'IMAGE#zhc#N caption')",
+    )
+
+
+def test_flickr8k_cn_as_its_repository_holds_it(tmp_path: Path) -> None:
+    """Flickr8k-CN as github.com/li-xirong/flickr8kcn's data/ folder holds it: caption lines
+    ``1000268201_693b08cb0e.jpg#zhc#0 一个...`` (its names keep their ".jpg") and split lists
+    flickr8k{train,val,test}.txt of names without it. The lists were looked for only as
+    flickr7k{train,val,test}.txt, so the README's command stopped with 'put
+    Flickr_8k.trainImages.txt (for Flickr8k-CN, its flickr7ktrain.txt) next to' a folder that holds
+    every file it needs. It loads as the same captions written as Flickr8k's own files load."""
+    names = ["1000268201_693b08cb0e", "1001773457_577c3a7d70", "1002674143_1b742ab4b8"]
+    for name in names:
+        _png(tmp_path / "Images" / f"{name}.jpg")
+    data, english = tmp_path / "flickr8kcn" / "data", tmp_path / "en"
+    data.mkdir(parents=True)
+    english.mkdir()
+    captions = {name: [f"一个小女孩穿着粉红色的衣服爬楼梯{i}", "两只狗在草地上"] for i, name in
+                enumerate(names)}  # fmt: skip
+    token = data / "flickr8kzhc.caption.txt"
+    token.write_text(
+        "".join(
+            f"{n}.jpg#zhc#{k} {c}\n" for n, texts in captions.items() for k, c in enumerate(texts)
+        ),
+        encoding="utf-8",
+    )
+    (english / "Flickr8k.token.txt").write_text(
+        "".join(
+            f"{n}.jpg#{k}\t{c}\n" for n, texts in captions.items() for k, c in enumerate(texts)
+        ),
+        encoding="utf-8",
+    )
+    for split, name in zip(("train", "val", "test"), names, strict=True):
+        (data / f"flickr8k{split}.txt").write_text(f"{name}\n", encoding="utf-8")
+        dev = {"val": "dev"}.get(split, split)
+        (english / f"Flickr_8k.{dev}Images.txt").write_text(f"{name}.jpg\n", encoding="utf-8")
+    records = load_records("flickr8k", token, tmp_path / "Images")
+    assert records == load_records("flickr8k", english / "Flickr8k.token.txt", tmp_path / "Images")
+    assert [r.split for r in records] == ["train", "val", "test"]
+    (data / "flickr8kval.txt").unlink()
+    _raises_one_line(
+        lambda: load_records("flickr8k", token, tmp_path / "Images"),
+        f"Flickr8k split list '{data / 'flickr8kval.txt'}' not found; put flickr8kval.txt next",
     )
 
 

@@ -457,7 +457,7 @@ def test_flickr8k_round_trip(root, items, crlf):
     tag=st.sampled_from(["zhc", "zhb", "zhg", "enc"]),
 )
 def test_flickr8k_cn_round_trip(root, items, crlf, tag):
-    """Flickr8k-CN's ``NAME#zhc#N caption`` lines and flickr7k lists: any name without a space
+    """Flickr8k-CN's ``NAME#zhc#N caption`` lines and its split lists: any name without a space
     (one without an extension is its ".jpg" file) and any one-line caption load as written."""
     newline = "\r\n" if crlf else "\n"
     for list_name in FLICKR8K_SPLIT_FILES.values():  # the English round trip's: read first

@@ -11,7 +11,8 @@ Formats (`load_records(fmt, ...)`):
   dataset_flickr30k.json), also written by `python -m captioner.scenes`.
 - ``flickr8k``: the original Flickr8k.token.txt plus the Flickr_8k.{train,dev,test}Images.txt lists;
   also Flickr30k's results_20130124.token, whose splits are drawn, and Flickr8k-CN's Chinese
-  caption files (flickr8kzhc.caption.txt) with their flickr7k{train,val,test}.txt lists.
+  caption files (flickr8kzhc.caption.txt) with their flickr8k{train,val,test}.txt lists (or
+  flickr7k{train,val,test}.txt).
 - ``coco``: one or more COCO caption files (captions_train2014.json, captions_val2014.json, ...).
 - ``aic``: the AI Challenger 2017 Chinese caption files (AIC-ICC:
   caption_train_annotations_20170902.json, caption_validation_annotations_20170910.json), one or
@@ -50,9 +51,16 @@ FLICKR8K_SPLIT_FILES = {
     "test": "Flickr_8k.testImages.txt",
 }
 # Flickr8k-CN (Li et al. 2016, "Adding Chinese Captions to Images"; github.com/li-xirong/
-# flickr8kcn): the same images, captions in lines of ``NAME#zhc#N caption`` (zhb, zhg: machine
-# translations; enc: the English), names without their ".jpg", and split lists of such names.
+# flickr8kcn): the same images, captions in lines of ``NAME.jpg#zhc#N caption`` (zhb, zhg: machine
+# translations; enc: the English; some copies drop the ".jpg"), and split lists of names without
+# their ".jpg": flickr8k{train,val,test}.txt in the repository's data/ folder, flickr7k... in
+# some copies (`FLICKR8K_CN_OTHER_SPLIT_FILES`).
 FLICKR8K_CN_SPLIT_FILES = {
+    "train": "flickr8ktrain.txt",
+    "val": "flickr8kval.txt",
+    "test": "flickr8ktest.txt",
+}
+FLICKR8K_CN_OTHER_SPLIT_FILES = {
     "train": "flickr7ktrain.txt",
     "val": "flickr7kval.txt",
     "test": "flickr7ktest.txt",
@@ -357,9 +365,9 @@ def load_flickr8k(
     Lines of the token file are ``IMAGE.jpg#N<TAB>caption``, or Flickr8k-CN's ``IMAGE#zhc#N
     caption`` (a name without an extension is a ".jpg"). The split lists
     Flickr_8k.trainImages.txt, Flickr_8k.devImages.txt (-> "val") and Flickr_8k.testImages.txt, or
-    Flickr8k-CN's flickr7ktrain.txt, flickr7kval.txt and flickr7ktest.txt
-    (`FLICKR8K_CN_SPLIT_FILES`; Flickr8k's are read first when both are there), must sit in the
-    same folder. Captioned images that no split list names are left out (the
+    Flickr8k-CN's flickr8ktrain.txt, flickr8kval.txt and flickr8ktest.txt (or flickr7k...:
+    `FLICKR8K_CN_SPLIT_FILES`, `FLICKR8K_CN_OTHER_SPLIT_FILES`; the first set of the three that
+    is there is read, Flickr8k's first), must sit in the same folder. Captioned images that no split list names are left out (the
     official token file has a few such stray entries); a listed image without captions is an
     error. Flickr30k comes with no split lists: a token file whose name does not say Flickr8k,
     with none of them beside it, has its splits drawn by `hashed_split` (as a CSV without a split
@@ -382,11 +390,16 @@ def load_flickr8k(
         name = key.strip().rpartition("#")[0] or key.strip()
         captions.setdefault(name, []).append(caption.strip())
     root = _image_root(image_root, file)
-    split_files = FLICKR8K_SPLIT_FILES
-    if not any((file.parent / name).exists() for name in split_files.values()) and any(
-        (file.parent / name).exists() for name in FLICKR8K_CN_SPLIT_FILES.values()
-    ):
-        split_files = FLICKR8K_CN_SPLIT_FILES
+    layouts = (FLICKR8K_SPLIT_FILES, FLICKR8K_CN_SPLIT_FILES, FLICKR8K_CN_OTHER_SPLIT_FILES)
+    split_files = next(
+        (
+            layout
+            for layout in layouts
+            if any((file.parent / name).exists() for name in layout.values())
+        ),
+        FLICKR8K_SPLIT_FILES,
+    )
+    chinese_lists = split_files is not FLICKR8K_SPLIT_FILES
     lists = [file.parent / name for name in split_files.values()]
     if "flickr8k" not in file.name.lower() and not any(path.exists() for path in lists):
         # Flickr30k: the rows of a CSV without a split column
@@ -401,7 +414,7 @@ def load_flickr8k(
         list_file = file.parent / list_name
         if not list_file.is_file():
             others = f" (for Flickr8k-CN, its {FLICKR8K_CN_SPLIT_FILES[split]})"
-            if split_files is FLICKR8K_CN_SPLIT_FILES:
+            if chinese_lists:
                 others = ""
             raise UserError(
                 f"Flickr8k split list '{list_file}' not found; "
@@ -409,7 +422,7 @@ def load_flickr8k(
             )
         for number, line in _lines(_read_text(list_file)):
             name = line.strip()
-            if name and split_files is FLICKR8K_CN_SPLIT_FILES:
+            if name and chinese_lists:
                 name = _flickr8k_cn_name(name)
             if not name:
                 continue

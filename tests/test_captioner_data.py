@@ -59,6 +59,7 @@ from captioner.data.formats import (
     relative_names,
     sniff_format,
     split_draw,
+    tab_separated,
 )
 from captioner.data.vocab import MAX_WORDS, SPECIALS, _treebank_words
 from recurrent.errors import UserError, run_cli
@@ -840,6 +841,17 @@ def test_stair_captions_are_coco_caption_files_of_japanese(tmp_path: Path) -> No
         for split, text in japanese.items()
     ]
     assert tokenize(records[1].captions[0]) == list("犬が走っている")
+
+
+@given(fields=st.lists(st.text(alphabet='a \t"\r\n\v\f\x1c\x1d\x1e\x85\u2028\u2029'), min_size=1))
+def test_tab_separated_lines_read_back_split_by_splitlines(fields: list[str]) -> None:
+    """caption's and check_data's lines (`tab_separated`): one record of the fields as given,
+    read back by csv from the text split at any of str.splitlines' boundaries. A carriage return
+    was left unquoted (csv quotes it only as part of its line terminator, on Python 3.11 as
+    here), so a name holding one ended its line there."""
+    line = tab_separated(*fields)
+    assert list(csv.reader(line.splitlines(keepends=True), delimiter="\t")) == [fields]
+    assert list(csv.reader(io.StringIO(line + "\n", newline=""), delimiter="\t")) == [fields]
 
 
 def test_tokenize() -> None:

@@ -707,9 +707,10 @@ CSV_ALIASES = {"image_name": "image", "comment": "caption"}
 PIPED = {"delimiter": "|", "skipinitialspace": True, "quoting": csv.QUOTE_NONE}  # it quotes nothing
 
 
-# Where str.splitlines ends a line besides "\r" (which csv quotes anyway): a reader that splits
-# the output so would cut a name holding one of them (a form feed, U+2028) in two.
-_LINE_BOUNDARIES = "\n\v\f\x1c\x1d\x1e\x85\u2028\u2029"
+# Where str.splitlines ends a line: a reader that splits the output so would cut a name holding
+# one of them (a carriage return, a form feed, U+2028) in two. "\r" too: csv quotes it only as
+# part of its line terminator (Python 3.11).
+_LINE_BOUNDARIES = "\r\n\v\f\x1c\x1d\x1e\x85\u2028\u2029"
 
 
 def tab_separated(*fields: str) -> str:

@@ -455,10 +455,11 @@ def _check_named_files_exist(paths: Sequence[str], found: set[str]) -> None:
     """Stop before the model loads when a file named on the command line or in --list is missing
     (a --list of a data set's images need not caption thousands before the first line that names
     no file stops it); a file that exists but cannot be read still stops the command where it is
-    met, after the images before it. Folders' and patterns' files (`found`) exist: not checked."""
+    met, after the images before it (a link that loops, a name too long, a folder it may not
+    search: load_image says why). Folders' and patterns' files (`found`) exist: not checked."""
     named = [path for path in paths if path not in found]
     missing = [
-        path for path in named if "\x00" not in path and not os.path.exists(path)
+        path for path in named if "\x00" not in path and _not_there(path)
     ]  # a NUL in a name is load_image's own line
     if len(missing) == 1:
         raise UserError(f"image file '{missing[0]}' not found; check the path")  # load_image's
@@ -467,6 +468,18 @@ def _check_named_files_exist(paths: Sequence[str], found: set[str]) -> None:
             f"image file '{missing[0]}' not found, nor are {len(missing) - 1} more of the "
             f"{len(named)} files named; check the paths"
         )
+
+
+def _not_there(path: str) -> bool:
+    """Whether no file is at ``path`` (a broken link's target neither); not os.path.exists, which
+    says False for every path it cannot look up."""
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return False
 
 
 def _lines(path: str, result: CaptionResult, n_best: int) -> Iterable[str]:

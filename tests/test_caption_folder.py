@@ -324,6 +324,25 @@ def test_missing_named_files_stop_the_command_before_the_model_loads(
     assert code == 0 and "resuming: 3 images are captioned in" in err, err
 
 
+def test_a_named_file_that_cannot_be_looked_up_is_not_called_missing(checkpoint, folder, capsys):
+    """The look for missing named files before the model loads took every path os.path.exists
+    denies for missing: a link that loops, a name too long (and a folder it may not search, for a
+    user who is not root) were 'not found; check the path'. Only a file that is not there is
+    missing; these say why they cannot be read, as load_image says it (the reference), and a
+    broken link is missing."""
+    loop = folder / "loop.png"
+    loop.symlink_to(loop)
+    broken = folder / "broken_link.png"
+    broken.symlink_to(folder / "gone.png")
+    long = folder / ("x" * 300 + ".png")
+    for path in (loop, long, broken):
+        with pytest.raises(UserError) as said:
+            load_image(str(path))
+        code, out, err = run_main(["--checkpoint", str(checkpoint), str(path)], capsys)
+        assert (code, out, err) == (2, "", f"error: {said.value}\n")
+    assert "not found" in str(said.value)  # the broken link's
+
+
 class _Terminal(io.BytesIO):
     def isatty(self) -> bool:
         return True

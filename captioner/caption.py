@@ -58,6 +58,7 @@ from recurrent.errors import (
     ArgumentParser,
     RunStopped,
     UserError,
+    drop_unwritable_stdout,
     run_cli,
 )
 from recurrent.files import atomic_write_text, read_standard_input
@@ -379,6 +380,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         }
         print(json.dumps(payload, indent=2))
 
+    def print_json_of_stop(stopped: str) -> None:  # the stop stays the stop, its reader gone too
+        try:
+            print_json(stopped)
+        except BrokenPipeError:  # `... --json | jq` and Ctrl-C: jq has ended as well
+            drop_unwritable_stdout(gone=True)
+
     saved = time.monotonic()
     try:
         for path, result in caption_files(
@@ -403,7 +410,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             save()  # here, so that a stop after the last image still writes the file
     except _NamedFileStop as error:
         if args.json and results:  # the captions before it are not lost with the output
-            print_json(f"{error}; the images after it were not captioned")
+            print_json_of_stop(f"{error}; the images after it were not captioned")
         if not (args.csv and results):
             raise  # the file's own line: a _NamedFileStop is a UserError
         save()  # keep what was captioned before it, as a stop by a signal does
@@ -420,7 +427,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         else:
             signal, code = stop.signal_name, stop.exit_code
         if args.json and results and not isinstance(stop, BrokenPipeError):
-            print_json(f"{signal or 'stopped'} after {len(results)} of {len(paths)} images")
+            print_json_of_stop(f"{signal or 'stopped'} after {len(results)} of {len(paths)} images")
         if not (args.csv and results):
             raise
         save()

@@ -842,6 +842,51 @@ def test_a_stopped_json_job_prints_the_captions_made_before_the_stop(
     assert out == ""
 
 
+def test_a_stopped_json_job_whose_reader_has_gone_still_stops_as_it_was_stopped(
+    checkpoint, folder, tmp_path, capsys, monkeypatch, reader_gone
+):
+    """`caption photos/ --json --csv out.csv | jq .` and Ctrl-C (jq ends too), or a SIGTERM once
+    its reader has gone: the stop's JSON object could not be printed, and its BrokenPipeError
+    took the stop's place: exit status 0, no line, and no CSV written (what --csv is for). The
+    stop stays what it is (its status, its line, the CSV with the captions before it), with the
+    JSON object printed where it can be, and without --csv its status too."""
+    real = caption.caption_files
+    good = [str(folder / name) for name in ("a.png", "b.jpg", "c.PNG")]
+    broken = str(folder / "broken.png")
+    whole = tmp_path / "whole.csv"
+    assert run_main(_caption(checkpoint, *good, "--csv", str(whole)), capsys)[0] == 0
+
+    def stopped_after_two(stop: BaseException):
+        def captioning(*args, **kwargs):
+            for count, item in enumerate(real(*args, **kwargs), 1):
+                yield item
+                if count == 2:
+                    raise stop
+
+        return captioning
+
+    out = tmp_path / "out.csv"
+    for stop, status, said in (
+        (RunStopped("SIGTERM; run it again", exit_code=143), 143, "stopped: SIGTERM"),
+        (KeyboardInterrupt(), 130, "stopped: interrupted"),
+        (None, 2, "error: "),  # a named file that cannot be read, after two
+    ):
+        for csv_args in (["--csv", str(out)], []):
+            out.unlink(missing_ok=True)
+            images = good if stop else [*good[:2], broken, good[2]]
+            monkeypatch.setattr(caption, "caption_files", stopped_after_two(stop) if stop else real)
+            monkeypatch.setattr(sys, "stdout", reader_gone)
+            argv = _caption(checkpoint, *images, "--json", "--batch-size", "1", *csv_args)
+            code = run_cli(caption.main, argv)
+            monkeypatch.undo()
+            err = capsys.readouterr().err
+            assert code == status and err.startswith(said), (stop, csv_args, err)
+            if csv_args:
+                assert f"{out} holds" in err and _rows(out) == _rows(whole)[:2], err
+            else:
+                assert not out.exists()
+
+
 def test_resume_says_how_many_captions_the_csv_holds_in_all(checkpoint, folder, tmp_path, capsys):
     """After --resume the closing line counts the rows found and the new ones (kills: counting
     only the images captioned by this command)."""

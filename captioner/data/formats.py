@@ -362,14 +362,14 @@ def load_flickr8k(
     """Load Flickr8k from `Flickr8k.token.txt` and the split lists found next to it, Flickr8k-CN
     from `flickr8kzhc.caption.txt` and its lists, or Flickr30k from its `results_20130124.token`.
 
-    Lines of the token file are ``IMAGE.jpg#N<TAB>caption``, or Flickr8k-CN's ``IMAGE#zhc#N
+    Lines of the token file are ``IMAGE.jpg#N<TAB>caption``, or Flickr8k-CN's ``IMAGE.jpg#zhc#N
     caption`` (a name without an extension is a ".jpg"). The split lists
     Flickr_8k.trainImages.txt, Flickr_8k.devImages.txt (-> "val") and Flickr_8k.testImages.txt, or
     Flickr8k-CN's flickr8ktrain.txt, flickr8kval.txt and flickr8ktest.txt (or flickr7k...:
     `FLICKR8K_CN_SPLIT_FILES`, `FLICKR8K_CN_OTHER_SPLIT_FILES`; the first set of the three that
-    is there is read, Flickr8k's first), must sit in the same folder. Captioned images that no split list names are left out (the
-    official token file has a few such stray entries); a listed image without captions is an
-    error. Flickr30k comes with no split lists: a token file whose name does not say Flickr8k,
+    is there is read, Flickr8k's first), must sit in the same folder. Captioned images that no
+    split list names are left out (the official token file has a few such stray entries); a
+    listed image without captions is an error. Flickr30k comes with no split lists: a token file whose name does not say Flickr8k,
     with none of them beside it, has its splits drawn by `hashed_split` (as a CSV without a split
     column).
     """

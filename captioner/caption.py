@@ -409,11 +409,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         if args.csv and (results or before):
             save()  # here, so that a stop after the last image still writes the file
     except _NamedFileStop as error:
+        if args.csv and results:
+            save()  # keep what was captioned before it, as a stop by a signal does
         if args.json and results:  # the captions before it are not lost with the output
             print_json_of_stop(f"{error}; the images after it were not captioned")
         if not (args.csv and results):
             raise  # the file's own line: a _NamedFileStop is a UserError
-        save()  # keep what was captioned before it, as a stop by a signal does
         raise UserError(
             f"{error}; {args.csv} holds the captions of the {len(results)} images before it"
             f"{' and those of before' if before else ''}: mend the file or leave it out, and "
@@ -426,11 +427,12 @@ def main(argv: Sequence[str] | None = None) -> None:
             signal, code = "interrupted", 130
         else:
             signal, code = stop.signal_name, stop.exit_code
+        if args.csv and results:
+            save()  # first: the file is the job's record, the printed object a copy
         if args.json and results and not isinstance(stop, BrokenPipeError):
             print_json_of_stop(f"{signal or 'stopped'} after {len(results)} of {len(paths)} images")
         if not (args.csv and results):
             raise
-        save()
         raise RunStopped(
             f"{signal or 'stopped'} after {len(results)} of {len(paths)} images; {args.csv} holds "
             f"their captions{' and those of before' if before else ''}: run the same command with "

@@ -153,7 +153,7 @@ THAI_SPLIT = "ผู้ชาย กำลัง ขี่ จักรยาน
 
 
 def test_captions_whose_words_are_not_split_by_spaces_are_counted(tmp_path, capsys):
-    """Thai, Lao, Burmese and Khmer captions, written without spaces between words, are one
+    """Thai, Lao, Burmese, Khmer and Tibetan captions, written without spaces between words, are one
     token each (their letters are no words, unlike Chinese characters): check_data counts the
     captions with such a run (text and JSON) and says to split their words first. The same
     captions segmented, and a long English word, are not counted; nothing is said then."""
@@ -164,6 +164,13 @@ def test_captions_whose_words_are_not_split_by_spaces_are_counted(tmp_path, caps
     assert not run_on_words(tokenize(THAI_SPLIT))
     assert not run_on_words(["pneumonoultramicroscopicsilicovolcanoconiosis"])
     assert not run_on_words([THAI[:RUN_ON_LETTERS]]) and run_on_words([THAI[: RUN_ON_LETTERS + 1]])
+    assert run_on_words(tokenize("ཁྱི་གཅིག་ཐང་ལ་རྒྱུག་གི་འདུག།"))  # Tibetan: a dog runs on the plain
+    blocks = [(0x0E00, 0x0EFF), (0x1000, 0x109F), (0xA9E0, 0xA9FF), (0xAA60, 0xAA7F),
+              (0x1780, 0x17FF), (0x19E0, 0x19FF), (0x0F00, 0x0FFF)]  # fmt: skip
+    for first, last in blocks:  # each block's first and last code point, and not those beside
+        assert run_on_words([chr(first) * 17]) and run_on_words([chr(last) + "a" * 16])
+    for beside in (0x0DFF, 0x10A0, 0xA9DF, 0xAA5F, 0xAA80, 0x1800, 0x19DF, 0x1A00):
+        assert not run_on_words([chr(beside) * 17])
     for i in range(4):
         (tmp_path / f"{i}.png").write_bytes(_png(i))
     splits = ["train", "train", "val", "test"]
@@ -175,7 +182,7 @@ def test_captions_whose_words_are_not_split_by_spaces_are_counted(tmp_path, caps
         said = [line for line in out.splitlines() if "not split by spaces" in line]
         if counted:
             assert said == [
-                f"captions of words not split by spaces: 4 (Thai, Lao, Burmese or Khmer letters "
+                f"captions of words not split by spaces: 4 (Thai, Lao, Burmese, Khmer or Tibetan letters "
                 f"run on for more than {RUN_ON_LETTERS}: each run is one word to the tokenizer, so "
                 f"most become <unk>; split their words by spaces first, with a word segmenter for "
                 f"the language), e.g. {str(tmp_path / '0.png')!r}: {THAI!r}"

@@ -102,18 +102,24 @@ _UNSPACED = (
 _VOICING_MARKS = "\u3099\u309a\uff9e\uff9f"  # combining, and halfwidth katakana's
 _UNSPACED_CHARACTER = re.compile(f"([{_UNSPACED}][{_VOICING_MARKS}]*)")
 _UNSPACED_TOKEN = re.compile(f"[{_UNSPACED}][{_VOICING_MARKS}]*")
-# Thai, Lao, Burmese and Khmer are written without spaces between words too, but their letters
-# are no words (vowels and tones are combining marks, a syllable several characters): a caption
-# of them stays one token, and its words must be split by spaces before training. A token of more
-# than `RUN_ON_LETTERS` characters of these scripts is taken for words not split (`check_data`
-# counts such captions); their common words are shorter.
-_RUN_ON_SCRIPTS = re.compile("[\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u19e0-\u19ff]")
+# Thai, Lao, Burmese, Khmer and Tibetan are written without spaces between words too, but their
+# letters are no words (vowels and tones are combining marks, a syllable several characters): a
+# caption of them stays one token, and its words must be split by spaces before training. A token
+# of more than `RUN_ON_LETTERS` characters of these scripts is taken for words not split
+# (`check_data` counts such captions); their common words are shorter.
+_RUN_ON_SCRIPTS = re.compile(
+    "[\u0e00-\u0eff"  # Thai, Lao
+    "\u1000-\u109f\ua9e0-\ua9ff\uaa60-\uaa7f"  # Myanmar, its Extended-B and -A
+    "\u1780-\u17ff\u19e0-\u19ff"  # Khmer, Khmer Symbols
+    "\u0f00-\u0fff]"  # Tibetan (its tsheg marks syllables, not words)
+)
 RUN_ON_LETTERS = 16
 
 
 def run_on_words(tokens: Iterable[str]) -> bool:
-    """Whether a caption's `tokenize` tokens hold Thai, Lao, Burmese or Khmer words not split by
-    spaces: a token of more than `RUN_ON_LETTERS` characters that starts with one of theirs."""
+    """Whether a caption's `tokenize` tokens hold Thai, Lao, Burmese, Khmer or Tibetan words not
+    split by spaces: a token of more than `RUN_ON_LETTERS` characters that starts with one of
+    theirs."""
     return any(len(token) > RUN_ON_LETTERS and _RUN_ON_SCRIPTS.match(token) for token in tokens)
 
 

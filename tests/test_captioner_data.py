@@ -1108,6 +1108,38 @@ def test_load_image_modes(tmp_path: Path) -> None:
         assert load_image(stream).size == (2, 1)
 
 
+def _with_associated_alpha(la_tiff: bytes) -> bytes:
+    """A TIFF of Pillow's LA (ExtraSamples 2: unassociated alpha) marked as associated alpha
+    (ExtraSamples 1), which Pillow decodes as the premultiplied mode La."""
+    entry = struct.pack("<HHIH", 338, 3, 1, 2)  # ExtraSamples, SHORT, one value: 2
+    assert la_tiff.count(entry) == 1
+    return la_tiff.replace(entry, struct.pack("<HHIH", 338, 3, 1, 1))
+
+
+def test_a_grayscale_tiff_with_associated_alpha_loads_composited_on_white() -> None:
+    """Pillow decodes a grayscale TIFF with associated (premultiplied) alpha as La, which its
+    convert("RGBA") refuses ("conversion from La to L not supported"): load_image raised that
+    ValueError, not a UserError. It loads now as its unassociated twin does (the same gray and
+    alpha, alpha 0 on white), within the rounding of Pillow's unpremultiplying."""
+    gray, alpha = np.array([[0, 90, 200, 255]]), np.array([[0, 255, 128, 60]])
+    straight = Image.fromarray(np.dstack([gray, alpha]).astype(np.uint8), "LA")
+    buffer = io.BytesIO()
+    straight.save(buffer, "TIFF")
+    # the premultiplied values the file holds: gray * alpha / 255
+    premultiplied = (gray * alpha + 127) // 255
+    associated = Image.fromarray(np.dstack([premultiplied, alpha]).astype(np.uint8), "LA")
+    held = io.BytesIO()
+    associated.save(held, "TIFF")
+    data = _with_associated_alpha(held.getvalue())
+    assert Image.open(io.BytesIO(data)).mode == "La"
+    loaded = np.asarray(load_image(io.BytesIO(data)), dtype=int)
+    expected = np.asarray(load_image(io.BytesIO(buffer.getvalue())), dtype=int)
+    on_white = np.rint(gray * alpha / 255 + 255 * (1 - alpha / 255))  # the reference's reference
+    assert np.abs(expected[0, :, 0] - on_white[0]).max() <= 1
+    assert loaded.shape == (1, 4, 3) and np.abs(loaded - expected).max() <= 2
+    assert loaded[0, 0].tolist() == [255, 255, 255] and loaded[0, 1].tolist() == [90, 90, 90]
+
+
 def _photo(width: int = 64, height: int = 48, seed: int = 0) -> Image.Image:
     """A smooth colour field, as photographs are (JPEG's subsampling shows on it)."""
     coarse = np.random.default_rng(seed).integers(0, 256, (6, 8, 3), dtype=np.uint8)

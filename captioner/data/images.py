@@ -268,6 +268,9 @@ def _to_rgb(image: Image.Image, what: str) -> Image.Image:
         # float images hold 0..1 or 0..255; convert("L") clips, so bring 0..1 up to 0..255 first
         scale = 255.0 if image.getextrema()[1] <= 1.0 else 1.0
         image = image.point(lambda value: value * scale + 0.5).convert("L")
+    elif image.mode == "La":
+        # premultiplied gray (a TIFF's associated alpha), which convert("RGBA") refuses
+        image = image.convert("LA")
     if image.mode in ALPHA_MODES or "transparency" in image.info:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, BACKGROUND)

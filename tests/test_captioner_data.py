@@ -1488,6 +1488,27 @@ def test_bytes_before_a_marker_that_decoders_skip_hide_no_scan() -> None:
     assert images_module.jpeg_cost(io.BytesIO(hidden))[1] == images_module.MAX_JPEG_SCANS + 1
 
 
+def test_an_end_of_image_before_the_first_scan_hides_no_segment() -> None:
+    """Pillow's header reader steps over an end of image (and a second start of image) met
+    before the first scan, without a length, and reads on: jpeg_cost stopped at it, so a file
+    whose start of image was followed by an end of image and 100,000 EXIF segments was read by
+    Pillow, segment by segment (2 s; a million take minutes), instead of being refused."""
+
+    def cost(data: bytes) -> tuple[int, int]:
+        return images_module.jpeg_cost(io.BytesIO(data))
+
+    scan = START_OF_SCAN + b"\x12" * 4
+    for marker in (b"\xff\xd9", b"\xff\xd8"):  # each a segment of no length, as Pillow reads it
+        assert cost(JPEG_HEADER + marker + scan + b"\xff\xd9") == (3, 1), marker
+        assert cost(JPEG_HEADER[:2] + marker + JPEG_HEADER[2:] + scan * 2 + b"\xff\xd9") == (3, 2)
+    assert cost(JPEG_HEADER + scan + b"\xff\xd9" + scan * 200) == (2, 1)  # after a scan: the end
+    buffer = io.BytesIO()
+    _photo().save(buffer, "JPEG", progressive=True)
+    hidden = _with_segments(buffer.getvalue(), 1001)
+    hidden = hidden[:2] + b"\xff\xd9" + hidden[2:]
+    _raises_one_line(lambda: load_image(io.BytesIO(hidden)), "more than 1,000 segments")
+
+
 def test_a_jpeg_of_too_many_scans_inside_another_container_is_refused_too() -> None:
     """Pillow opens any format it knows, and BLP1 (a game texture, in no list of accepted
     formats) decodes the JPEG it holds with JpegImageFile: jpeg_cost, which looks only at files

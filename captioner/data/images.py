@@ -174,13 +174,14 @@ READ_CHUNK = 1 << 20  # bytes `jpeg_cost` reads at a time
 
 def jpeg_cost(file: BinaryIO) -> tuple[int, int]:
     """(segments, scans) of the JPEG in ``file``, read from its start up to its first end of
-    image as a decoder reads it, each counted no further than just past its limit
+    image after a scan as a decoder reads it, each counted no further than just past its limit
     (`MAX_JPEG_SEGMENTS`, `MAX_JPEG_SCANS`); (0, 0) for a file that is not a JPEG.
 
     Segments (metadata and tables before the first scan, tables and comments between scans) are
     stepped over by their lengths, unread, so that a scan marker's bytes inside one are no scan;
     the markers of no length (TEM, and the reserved 0x02-0xBF, which libjpeg skips without
-    reading a length) count as segments too. A scan's data, and stray bytes between segments, are
+    reading a length; a start or end of image before the first scan, which Pillow's header reader
+    steps over) count as segments too. A scan's data, and stray bytes between segments, are
     searched for the next marker (`_MARKER`) in chunks of `READ_CHUNK` bytes; what follows the end
     of image is not read."""
     file.seek(0)
@@ -206,13 +207,14 @@ def jpeg_cost(file: BinaryIO) -> tuple[int, int]:
             if len(buffer) < 2:
                 return segments, scans
         marker, at = buffer[found.start() + 1], base + found.end()
-        if marker == 0xD9:  # the end of image
-            break
+        if marker == 0xD9 and scans:  # the end of image (Pillow's header reader, which stops at
+            break  # the first scan, steps over one before it, as over a start of image)
         if marker == 0xDA:
             scans += 1
         else:
             segments += 1
-        has_length = marker >= 0xC0 and marker != 0xD8  # SOFn, tables, scans, APPn, comments
+        # SOFn, tables, scans, APPn, comments (not a start or end of image)
+        has_length = marker >= 0xC0 and marker not in (0xD8, 0xD9)
     return segments, scans
 
 

@@ -1509,6 +1509,14 @@ def test_an_end_of_image_before_the_first_scan_hides_no_segment() -> None:
     _raises_one_line(lambda: load_image(io.BytesIO(hidden)), "more than 1,000 segments")
 
 
+def test_a_file_that_starts_as_a_jpeg_without_a_marker_after_it_is_no_jpeg() -> None:
+    """Pillow takes a file for a JPEG by its first three bytes, FF D8 FF: FF D8 then anything
+    else is costed as no JPEG (Pillow does not read it as one)."""
+    segments = _segment(0xE1, b"Exif") * 1001
+    assert images_module.jpeg_cost(io.BytesIO(b"\xff\xd8\x00" + segments)) == (0, 0)
+    assert images_module.jpeg_cost(io.BytesIO(b"\xff\xd8" + segments))[0] == 1001
+
+
 def test_a_jpeg_of_too_many_scans_inside_another_container_is_refused_too() -> None:
     """Pillow opens any format it knows, and BLP1 (a game texture, in no list of accepted
     formats) decodes the JPEG it holds with JpegImageFile: jpeg_cost, which looks only at files
@@ -1604,6 +1612,142 @@ def test_load_image_bad_input(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     _raises_one_line(lambda: load_image(strip), "strip.png", "too elongated")
     Image.new("RGB", (50, 1)).save(strip)  # 50:1 is still allowed
     assert load_image(strip).size == (50, 1)
+
+
+def test_max_pixels_is_the_limit_of_both_readers_and_an_image_at_it_loads(tmp_path: Path) -> None:
+    """`max_pixels` replaces `MAX_IMAGE_PIXELS` for `load_image` and `load_image_tensor`: an image
+    of exactly that many pixels loads, one pixel fewer allowed refuses it, naming both numbers."""
+    path = _png(tmp_path / "ten.png", size=10)  # 100 pixels
+    assert load_image(path, max_pixels=100).size == (10, 10)
+    assert load_image_tensor(path, max_pixels=100).shape == (3, 10, 10)
+    said = f"'{path}' is too large (10 x 10 = 100 pixels, limit 99); downscale it first"
+    for read in (load_image, load_image_tensor):
+        with pytest.raises(UserError) as info:
+            read(path, max_pixels=99)
+        assert str(info.value) == said
+
+
+def test_a_strip_elongated_either_way_past_the_ratio_is_refused() -> None:
+    """51:1 is refused lying down as standing up; 50:1 either way loads."""
+    for size in ((51, 1), (1, 51), (102, 2), (2, 102)):
+        buffer = io.BytesIO()
+        Image.new("RGB", size).save(buffer, "PNG")
+        message = _raises_one_line(lambda buffer=buffer: load_image(buffer), "too elongated")
+        assert message.startswith(f"the uploaded image is {size[0]} x {size[1]} pixels"), size
+    for size in ((50, 1), (1, 50)):
+        buffer = io.BytesIO()
+        Image.new("RGB", size).save(buffer, "PNG")
+        assert load_image(buffer).size == size
+
+
+def test_paths_that_are_no_image_file_say_what_they_are_and_what_to_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A NUL in the name, a folder and a file the process may not read: each its own line and its
+    own advice, not "corrupt" and not the operating system's words."""
+    _raises_one_line(
+        lambda: load_image("photo\x00.png"),
+        "image path 'photo\x00.png' contains a NUL character; fix the file name",
+    )
+    assert _raises_one_line(lambda: load_image(tmp_path)) == (
+        f"'{tmp_path}' is a folder, not an image file; pass an image file"
+    )
+    path = _png(tmp_path / "locked.png")
+
+    def refused(name, *args, **kwargs):  # as open() fails for a file of mode 000, not as root
+        raise PermissionError(errno.EACCES, "Permission denied", os.fspath(name))
+
+    monkeypatch.setattr(images_module, "open", refused, raising=False)
+    monkeypatch.setattr(Image, "open", refused)
+    assert _raises_one_line(lambda: load_image(path)) == (
+        f"cannot read '{path}' (permission denied); check its permissions"
+    )
+
+
+@pytest.mark.parametrize(
+    "raised, said",
+    [
+        (IndexError("tuple index out of range"), "is corrupt or truncated (tuple index out of "
+         "range); re-save or re-upload the image"),
+        (ValueError(""), "is corrupt or truncated (ValueError); re-save or re-upload the image"),
+        (NotImplementedError("no decoder for this variant"), "is an image Pillow recognises as "
+         "PNG but cannot decode on this machine (no decoder for this variant); convert it to PNG "
+         "or JPEG"),
+        (KeyError("tile"), "cannot be decoded (KeyError: 'tile'); re-save it as PNG or JPEG"),
+    ],
+)  # fmt: skip
+def test_each_kind_of_decoding_failure_gets_its_own_advice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, raised: Exception, said: str
+) -> None:
+    """What Pillow raises while decoding a file it opened, named as what it means: damaged data
+    (an IndexError too), a variant this machine cannot decode (Pillow's NotImplementedError; the
+    format named), anything else; an empty message gives the error's type."""
+    path = _png(tmp_path / "photo.png")
+
+    def fails(*args, **kwargs):
+        raise raised
+
+    monkeypatch.setattr(images_module.ImageOps, "exif_transpose", fails)
+    assert _raises_one_line(lambda: load_image(path)) == f"'{path}' {said}"
+
+
+def test_running_out_of_memory_while_decoding_is_the_machines_not_the_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A MemoryError is raised as it is (run_cli says the machine ran out of memory), not turned
+    into a line blaming the file."""
+    path = _png(tmp_path / "photo.png")
+
+    def fails(*args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr(images_module.ImageOps, "exif_transpose", fails)
+    with pytest.raises(MemoryError):
+        load_image(path)
+
+
+def test_an_upload_without_a_name_is_the_uploaded_image() -> None:
+    for name in ("", None, 3):
+        stream = io.BytesIO(b"not an image")
+        if name is not None:
+            stream.name = name
+        message = _raises_one_line(lambda stream=stream: load_image(stream))
+        assert message.startswith("the uploaded image is not an image Pillow can decode"), name
+    stream = io.BytesIO(b"not an image")
+    stream.name = "cat.png"
+    assert _raises_one_line(lambda: load_image(stream)).startswith("'cat.png' is not an image")
+
+
+def test_sixteen_bit_and_float_gray_are_scaled_to_eight_bits_rounded(tmp_path: Path) -> None:
+    """16-bit gray is v / 257 rounded (not cut: 200 is 1, not 0); float gray of 0..1 is scaled
+    by 255 (1.0 itself is still 0..1), float gray of 0..255 is kept; each rounded."""
+    sixteen = np.array([[0, 128, 129, 200, 385, 386, 257 * 128 + 128, 65535]], dtype=np.uint16)
+    expected = np.floor(sixteen / 257 + 0.5).astype(int)
+    assert expected.tolist() == [[0, 0, 1, 1, 1, 2, 128, 255]]
+    path = tmp_path / "gray16.png"
+    Image.fromarray(sixteen).save(path)
+    assert np.asarray(load_image(path))[..., 0].tolist() == expected.tolist()
+    for values, eight in (
+        ([0.0, 0.3, 0.5, 1.0], [0, 77, 128, 255]),  # 0.3 * 255 = 76.5
+        ([0.0, 100.4, 100.6, 255.0], [0, 100, 101, 255]),
+    ):
+        floats = tmp_path / "float.tiff"
+        Image.fromarray(np.array([values], dtype=np.float32), "F").save(floats)
+        assert Image.open(floats).mode == "F"
+        assert np.asarray(load_image(floats))[..., 0].tolist() == [eight], values
+
+
+def test_a_palette_with_alpha_is_composited_on_white() -> None:
+    """A PA image (a TIFF holds one): transparent pixels are white, as in RGBA and LA."""
+    palette = Image.new("PA", (2, 1))
+    palette.putpalette([255, 0, 0, 0, 0, 255] + [0] * 762)
+    palette.putpixel((0, 0), (0, 0))  # red, transparent
+    palette.putpixel((1, 0), (1, 255))  # blue, opaque
+    buffer = io.BytesIO()
+    palette.save(buffer, "TIFF")
+    assert Image.open(io.BytesIO(buffer.getvalue())).mode == "PA"
+    loaded = load_image(buffer)
+    assert [loaded.getpixel((x, 0)) for x in range(2)] == [(255, 255, 255), (0, 0, 255)]
 
 
 # --------------------------------------------------------------------------------------------

@@ -278,6 +278,71 @@ def test_without_marking_a_bad_image_raises_and_policies_are_checked(dataset):
         BadImageLog("ignore")
 
 
+def test_a_bad_image_is_decoded_once_however_many_captions_it_has(dataset, monkeypatch):
+    """A marked data set remembers an image that does not decode: its three caption items read
+    the file once (a bad file among 123k is not decoded again for every caption), and each item
+    is the same BadImage."""
+    from captioner.data import datasets as datasets_module
+
+    bad_records = [r for r in dataset["records"] if r.image_path in dataset["bad"]][:1]
+    tries, real = [], datasets_module.load_image_tensor
+
+    def counted(path, **kwargs):
+        tries.append(path)
+        return real(path, **kwargs)
+
+    monkeypatch.setattr(datasets_module, "load_image_tensor", counted)
+    items, _ = _make("pairs", bad_records, dataset, mark=True)
+    marked = [items[index] for index in range(len(items))]
+    assert len(marked) == 3 and len(set(marked)) == 1 and isinstance(marked[0], BadImage)
+    assert tries == [bad_records[0].image_path]
+
+
+def test_a_bad_images_reason_is_one_line_even_when_its_name_holds_a_line_break(tmp_path):
+    """The reason a BadImage carries (warned about, counted, shown by check_data) is one line:
+    a file name with a line break in it has the break read as a space."""
+    path = tmp_path / "holiday\nbeach.png"
+    path.write_bytes(b"not a picture")
+    with pytest.raises(UserError) as caught:
+        load_image(path)
+    items = ImageOnly([ImageRecord(str(path), ("a caption",), "train")], lambda x: x,
+                      mark_bad_images=True)  # fmt: skip
+    bad = items[0]
+    assert isinstance(bad, BadImage) and bad.path == str(path)
+    assert "\n" in str(caught.value) and bad.reason == " ".join(str(caught.value).split())
+
+
+def test_several_processes_logs_combine_into_their_union_and_its_summary():
+    """Each torchrun process logs the bad images of its share: combined, the items add up (this
+    process's among them, counted once), each file is counted once, in the order first seen."""
+    from captioner.data import CHECK_DATA
+
+    log = BadImageLog("skip", warn=lambda line: None)
+    assert log.summary() == "bad images: none"
+    log.record([BadImage("a.png", "'a.png' is corrupt"), BadImage("a.png", "'a.png' is corrupt")])
+    other = (3, {"b.png": "'b.png' is truncated", "a.png": "'a.png' is corrupt"})
+    log.combine([(log.items, log.paths), other])
+    assert log.items == 5 and list(log.paths) == ["a.png", "b.png"] and log.files == 2
+    assert log.summary() == (
+        "bad images: skipped 5 item(s) of 2 unreadable image file(s) (data.bad_images=skip); "
+        f"{CHECK_DATA} lists them"
+    )
+
+
+def test_under_error_the_batch_holding_the_bad_image_is_never_yielded(dataset):
+    """The policy is applied to a batch's bad images before the batch is handed on: under
+    "error" nothing of the batch that holds the first bad image is trained on."""
+    items, collate = _make("pairs", dataset["records"], dataset, mark=True)
+    loader = DataLoader(items, batch_size=4, collate_fn=DropBadImages(collate))
+    first_bad = next(i for i, (r, _) in enumerate(items.pairs) if items.records[r].image_path in
+                     dataset["bad"])  # fmt: skip
+    yielded = []
+    with pytest.raises(UserError):
+        for batch in BadImageLog("error", warn=pytest.fail).batches(loader):
+            yielded.append(batch)
+    assert len(yielded) == first_bad // 4
+
+
 # --------------------------------------------------------------------------------------------
 # End to end: captioner.train over scenes with a bad file
 

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import unicodedata
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -1031,6 +1032,53 @@ def test_datasets_and_collate(tmp_path: Path) -> None:
     assert len(only) == 2 and only[1][1] == 1 and only[1][0].shape == (3, 16, 16)
 
 
+def test_cached_images_are_decoded_once_and_give_the_same_items(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """cache_images=True decodes each image once, whatever the number of its captions and of
+    passes over the data, and gives the items decoding every time gives."""
+    records = [
+        ImageRecord(str(_png(tmp_path / "a.png", size=20)), ("a red dog", "a dog"), "train"),
+        ImageRecord(str(_png(tmp_path / "b.png", (0, 90, 200), 12)), ("a blue cat",), "train"),
+    ]
+    vocab = Vocabulary.build(c for r in records for c in r.captions)
+    transform = build_transforms(16, False)
+    tries, real = [], datasets_module.load_image_tensor
+
+    def counted(path, **kwargs):
+        tries.append(path)
+        return real(path, **kwargs)
+
+    monkeypatch.setattr(datasets_module, "load_image_tensor", counted)
+    cached = CaptionPairs(records, vocab, transform, cache_images=True)
+    uncached = CaptionPairs(records, vocab, transform)
+    for _ in range(2):
+        for index in range(len(cached)):
+            image, caption = cached[index]
+            expected_image, expected_caption = uncached[index]
+            assert torch.equal(image, expected_image) and torch.equal(caption, expected_caption)
+    paths = [record.image_path for record in records]
+    assert sorted(set(tries)) == paths and len(tries) == 2 + 2 * len(cached)  # cached: 1 each
+    tries.clear()
+    images = ImageOnly(records, transform, cache_images=True)
+    assert [images[i][1] for i in (0, 1, 0, 1)] == [0, 1, 0, 1] and tries == paths
+
+
+def test_a_caption_cut_to_max_length_keeps_start_and_end(tmp_path: Path) -> None:
+    """max_length counts <start> and <end>: 2 keeps just them, 1 (no room for both) is refused,
+    and any cut ends with <end> after the first max_length - 2 words."""
+    vocab = Vocabulary.build(["a very red dog runs"])
+    records = [ImageRecord(str(_png(tmp_path / "a.png")), ("a very red dog runs",), "train")]
+    ids = vocab.encode("a very red dog runs")
+    for max_length in range(2, 9):
+        pairs = CaptionPairs(records, vocab, lambda image: image, max_length=max_length)
+        kept = min(max_length, len(ids)) - 2
+        assert pairs[0][1].tolist() == [*ids[: kept + 1], vocab.end_id], max_length
+    for max_length in (1, 0):
+        with pytest.raises(ValueError, match="must leave room for <start> and <end>"):
+            CaptionPairs(records, vocab, lambda image: image, max_length=max_length)
+
+
 # --------------------------------------------------------------------------------------------
 # load_image
 
@@ -1557,7 +1605,110 @@ def test_libjpeg_stays_quiet_about_damage_pillow_reads_silently(
     capfd.readouterr()
     assert torch.equal(load_image_tensor(cut), expected)
     print("still here", file=sys.stderr, flush=True)
-    assert capfd.readouterr().err == "still here\n"
+    os.write(2, b"and descriptor 2 too\n")  # capfd's sys.stderr does not write to it
+    assert capfd.readouterr().err == "still here\nand descriptor 2 too\n"
+
+
+def test_a_jpeg_whose_header_is_a_decompression_bomb_gets_load_images_line(
+    tmp_path: Path,
+) -> None:
+    """A JPEG whose frame claims 30,000 x 30,000 pixels: Pillow's header reader raises its
+    DecompressionBombError (no OSError) while the loader looks for a clean JPEG, and the file is
+    refused with load_image's line, not that exception."""
+    _photo().save(tmp_path / "photo.jpg", quality=90)
+    data = bytearray((tmp_path / "photo.jpg").read_bytes())
+    frame = data.index(b"\xff\xc0")
+    data[frame + 5 : frame + 9] = struct.pack(">HH", 30_000, 30_000)  # height, width
+    bomb = tmp_path / "bomb.jpg"
+    bomb.write_bytes(bytes(data))
+    said = _raises_one_line(lambda: load_image(bomb), "too many pixels")
+    assert _raises_one_line(lambda: load_image_tensor(bomb)) == said
+
+
+def test_two_threads_decoding_at_once_leave_standard_error_working(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture
+) -> None:
+    """Each decode redirects descriptor 2 to /dev/null and puts back what it saved: one thread at
+    a time, else a second thread entering while the first is inside saves /dev/null, leaves
+    last, and leaves standard error at /dev/null for the rest of the process."""
+    _photo().save(tmp_path / "photo.jpg", quality=90)
+    real = datasets_module.decode_jpeg
+    first_inside, second_inside, first_done = (threading.Event() for _ in range(3))
+
+    def decode(data, **kwargs):  # the first waits (a while) for the second to be inside too
+        if threading.current_thread().name == "first":
+            first_inside.set()
+            second_inside.wait(0.5)
+        else:
+            second_inside.set()
+            first_done.wait(5)
+        return real(data, **kwargs)
+
+    def first() -> None:
+        load_image_tensor(tmp_path / "photo.jpg")
+        first_done.set()
+
+    monkeypatch.setattr(datasets_module, "decode_jpeg", decode)
+    threads = [threading.Thread(target=first, name="first")]
+    threads.append(threading.Thread(target=load_image_tensor, args=(tmp_path / "photo.jpg",)))
+    capfd.readouterr()
+    threads[0].start()
+    assert first_inside.wait(5)
+    threads[1].start()
+    for thread in threads:
+        thread.join(10)
+    os.write(2, b"heard\n")
+    assert capfd.readouterr().err == "heard\n"
+
+
+def _open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
+def test_decoding_jpegs_leaves_no_descriptor_open(tmp_path: Path) -> None:
+    """Standard error's copy and /dev/null, opened for each decode_jpeg call, are closed again:
+    a loader reading 100,000 JPEGs an epoch must not run out of file descriptors."""
+    _photo().save(tmp_path / "good.jpg", quality=90)
+    load_image_tensor(tmp_path / "good.jpg")
+    before = _open_descriptors()
+    for _ in range(20):
+        load_image_tensor(tmp_path / "good.jpg")
+    assert _open_descriptors() == before
+
+
+def test_a_process_whose_standard_error_cannot_be_copied_still_decodes_jpegs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where descriptor 2 cannot be duplicated (closed: a daemon's), decode_jpeg runs without the
+    redirection and gives the same pixels."""
+    _photo().save(tmp_path / "good.jpg", quality=90)
+    expected = load_image_tensor(tmp_path / "good.jpg")
+
+    def closed(descriptor: int) -> int:
+        raise OSError(errno.EBADF, "Bad file descriptor")
+
+    monkeypatch.setattr(os, "dup", closed)
+    monkeypatch.setattr(datasets_module, "load_image", pytest.fail)
+    assert torch.equal(load_image_tensor(tmp_path / "good.jpg"), expected)
+
+
+def test_a_jpeg_decode_jpeg_warns_about_is_left_to_pillow(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A warning from decode_jpeg (a build that reports libjpeg's "corrupt data" as one) means
+    Pillow decodes the file: its pixels, not the warned decode's, and no warning escapes."""
+    _photo().save(tmp_path / "photo.jpg", quality=90)
+    expected = torch.from_numpy(np.array(load_image(tmp_path / "photo.jpg"))).permute(2, 0, 1)
+
+    def warns(data, **kwargs):
+        warnings.warn("Corrupt JPEG data: 12 extraneous bytes", UserWarning, stacklevel=2)
+        return torch.zeros_like(expected)
+
+    monkeypatch.setattr(datasets_module, "decode_jpeg", warns)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert torch.equal(load_image_tensor(tmp_path / "photo.jpg"), expected)
 
 
 def test_transforms_give_pillows_resize_within_one_level_on_tensors() -> None:

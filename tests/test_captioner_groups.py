@@ -47,6 +47,40 @@ def test_groups_draw_distinct_references_then_cycle(tmp_path):
     assert images.shape == (2, 3, 2, 2) and padded.shape[0] == lengths.shape[0] == 14
 
 
+def test_the_references_drawn_are_a_shuffle_by_torchs_generator():
+    """`pick_references` against a plain reimplementation: under a seed, the k picks are
+    torch.randperm's shuffle of the references, cycled; every reference comes first under
+    some seed (not always the first ones)."""
+    from captioner.data.datasets import pick_references
+
+    for seed in range(20):
+        torch.manual_seed(seed)
+        order = torch.randperm(5).tolist()
+        torch.manual_seed(seed)
+        assert pick_references(5, 7) == [order[i % 5] for i in range(7)], seed
+    firsts = set()
+    for seed in range(50):
+        torch.manual_seed(seed)
+        firsts.add(pick_references(5, 2)[0])
+    assert firsts == set(range(5))
+
+
+def test_groups_cut_their_captions_to_max_length_as_pairs_do(tmp_path):
+    from captioner.data.datasets import encode_caption
+
+    captions = ("a very red dog runs", "a dog")
+    records = [ImageRecord(str(tmp_path / "x.png"), captions, "train")]
+    vocab = Vocabulary.build(captions)
+    for max_length in (3, 4, 7, None):
+        dataset = CaptionGroups(records, vocab, lambda image: torch.zeros(3, 2, 2), 2,
+                                max_length=max_length)  # fmt: skip
+        dataset._images.image = lambda index: None  # no file needed: the transform ignores it
+        _, group = dataset[0]
+        expected = sorted(encode_caption(vocab, caption, max_length) for caption in captions)
+        assert sorted(ids.tolist() for ids in group) == expected, max_length
+    assert encode_caption(vocab, captions[0], 4) == [*vocab.encode(captions[0])[:3], vocab.end_id]
+
+
 @pytest.mark.parametrize("attention", ["true", "false"])
 def test_one_encoder_pass_equals_encoding_every_pair(scenes_annotations: Path, attention: str):
     """k references per image: the image is encoded once, and the decoder's initial state and

@@ -188,6 +188,25 @@ def test_find_images_by_extension_and_glob(folder):
     assert find_images(str(folder / "missing")) == []
 
 
+def test_find_images_recurses_only_under_a_double_star_and_takes_image_files_only(tmp_path):
+    """A folder gives its own image files; ``**`` reaches every depth; a folder named like an
+    image and a file of a format Pillow only writes (PDF) are no images."""
+    from PIL import Image
+
+    nested = tmp_path / "photos" / "2024" / "june"
+    nested.mkdir(parents=True)
+    for path in (tmp_path / "photos" / "top.jpg", nested / "deep.jpg"):
+        Image.new("RGB", (4, 4)).save(path)
+    (tmp_path / "photos" / "album.jpg").mkdir()  # a folder
+    Image.new("RGB", (4, 4)).save(tmp_path / "photos" / "scan.pdf")  # written, not read, by Pillow
+    assert find_images(str(tmp_path / "photos")) == [str(tmp_path / "photos" / "top.jpg")]
+    assert find_images(str(tmp_path / "photos" / "**" / "*.jpg")) == [
+        str(nested / "deep.jpg"),
+        str(tmp_path / "photos" / "top.jpg"),
+    ]
+    assert find_images(str(tmp_path / "photos" / "*")) == [str(tmp_path / "photos" / "top.jpg")]
+
+
 def test_a_bad_file_named_beside_its_folder_still_stops(checkpoint, folder, capsys):
     """A file named on the command line stops the command even when a folder given too holds it
     (found in the folder alone it is skipped with a warning)."""

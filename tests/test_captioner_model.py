@@ -379,6 +379,86 @@ def test_top_down_needs_attention():
         captioner_from_payload(payload, source="edited.pt")
 
 
+def test_a_checkpoint_trained_from_imagenet_weights_loads_without_downloading_them(monkeypatch):
+    """The checkpoint holds every weight, the encoder's too: a config naming torchvision's
+    ImageNet weights builds its model without them (nothing downloaded, offline or not), holds
+    exactly the checkpoint's weights, and keeps the name (its normalisation statistics)."""
+    import captioner.encoder as encoder_module
+
+    def no_download(url: str) -> None:
+        raise AssertionError(f"a download of {url} was started")
+
+    monkeypatch.setattr(encoder_module, "_check_reachable", no_download)
+    cfg = CaptionerConfig(model=tiny_model_cfg())
+    cfg.data.annotations = "x.json"
+    weights = CaptionModel(CaptionerConfig(model=tiny_model_cfg()), VOCAB).state_dict()
+    vocab = ["<pad>", "<start>", "<end>", "<unk>", *"abcdefghi"]
+    config = to_dict(cfg)
+    config["model"]["weights"] = "ResNet18_Weights.DEFAULT"
+    captioner = captioner_from_payload({"config": config, "vocab": vocab, "model": weights})
+    loaded = captioner.model.state_dict()
+    assert loaded.keys() == weights.keys()
+    assert all(torch.equal(loaded[key], weights[key]) for key in weights)
+    assert captioner.cfg.model.weights == "ResNet18_Weights.DEFAULT"
+
+
+@pytest.mark.parametrize(
+    "section, key, value, said",
+    [
+        ("decode", "beam_size", 101, "config key 'decode.beam_size' must be in [1, 100], got 101"),
+        ("model", "hidden_size", 0, "config key 'model.hidden_size' must be in"),
+    ],
+)
+def test_a_checkpoint_whose_config_is_out_of_its_bounds_does_not_fit(section, key, value, said):
+    """A checkpoint's config is checked against the config's bounds as a YAML file's is: an
+    edited value out of them is one line naming the file and the key, before any model is
+    built."""
+    cfg = CaptionerConfig(model=tiny_model_cfg())
+    cfg.data.annotations = "x.json"
+    weights = CaptionModel(CaptionerConfig(model=tiny_model_cfg()), VOCAB).state_dict()
+    vocab = ["<pad>", "<start>", "<end>", "<unk>", *"abcdefghi"]
+    config = to_dict(cfg)
+    config[section][key] = value
+    with pytest.raises(UserError) as caught:
+        captioner_from_payload({"config": config, "vocab": vocab, "model": weights}, source="e.pt")
+    assert str(caught.value).startswith(f"e.pt does not fit this version of the captioner: {said}")
+
+
+def test_a_checkpoint_without_its_vocabulary_says_which_file_to_pass():
+    cfg = CaptionerConfig(model=tiny_model_cfg())
+    cfg.data.annotations = "x.json"
+    weights = CaptionModel(CaptionerConfig(model=tiny_model_cfg()), VOCAB).state_dict()
+    with pytest.raises(UserError) as caught:
+        captioner_from_payload({"config": to_dict(cfg), "model": weights}, source="e.pt")
+    assert str(caught.value) == "e.pt lacks 'vocab'; pass a checkpoint written by captioner.train"
+
+
+def test_a_checkpoint_missing_a_tensor_names_it():
+    """Weights that lack a tensor, or hold another shape, are named by the tensor (not torch's
+    several-line load_state_dict error)."""
+    cfg = CaptionerConfig(model=tiny_model_cfg())
+    cfg.data.annotations = "x.json"
+    vocab = ["<pad>", "<start>", "<end>", "<unk>", *"abcdefghi"]
+    weights = CaptionModel(CaptionerConfig(model=tiny_model_cfg()), VOCAB).state_dict()
+    name = next(key for key in weights if key.endswith("output.bias"))
+    shape = tuple(weights[name].shape)
+    lacking = {key: value for key, value in weights.items() if key != name}
+    with pytest.raises(UserError) as caught:
+        captioner_from_payload({"config": to_dict(cfg), "vocab": vocab, "model": lacking}, "cpu",
+                               source="e.pt")  # fmt: skip
+    assert str(caught.value).startswith(
+        f"e.pt's weights do not fit its config: it lacks '{name}' (1 missing, 0 unexpected)"
+    )
+    other = {**weights, name: torch.zeros(shape[0] + 1)}
+    with pytest.raises(UserError) as caught:
+        captioner_from_payload({"config": to_dict(cfg), "vocab": vocab, "model": other}, "cpu",
+                               source="e.pt")  # fmt: skip
+    assert str(caught.value).startswith(
+        f"e.pt's weights do not fit its config: '{name}' is ({shape[0] + 1},), its config needs "
+        f"{shape}"
+    )
+
+
 @pytest.mark.parametrize("attention,cell", [(False, "lstm"), (True, "gru"), ("top_down", "lstm")])
 def test_scheduled_sampling_reads_the_models_own_word_with_its_probability(attention, cell):
     """Scheduled sampling (Bengio et al. 2015), with two references per image: the words each step

@@ -33,6 +33,7 @@ from captioner.decode import (
     sample_captions,
     setting_name,
 )
+from recurrent import precision
 from recurrent.config import load_config
 from recurrent.errors import UserError
 
@@ -395,6 +396,22 @@ def test_a_beam_the_checkpoints_diversity_groups_do_not_divide_names_them():
     assert decode_settings(checkpoint) == decode
 
 
+def test_diversity_groups_given_that_do_not_divide_the_beam_are_the_flags_fault():
+    """Groups passed with the call (--diversity-groups) that do not divide the beam are named as
+    the flag's, not blamed on the checkpoint's decode section."""
+    from types import SimpleNamespace
+
+    from captioner.config import DecodeConfig
+    from captioner.inference import decode_settings
+
+    checkpoint = SimpleNamespace(cfg=SimpleNamespace(decode=DecodeConfig(beam_size=4)))
+    with pytest.raises(UserError) as caught:
+        decode_settings(checkpoint, diversity_groups=3)
+    assert str(caught.value) == (
+        "diversity groups (--diversity-groups) must divide the beam size (--beam-size: 4), got 3"
+    )
+
+
 def test_every_decoding_setting_reaches_the_search(record_calls):
     """`caption_images` (the `caption` command and the app) runs the search with the checkpoint's
     decode section, and with each setting given in its place, zeros and False included; and
@@ -428,3 +445,32 @@ def test_every_decoding_setting_reaches_the_search(record_calls):
     assert all("<unk>" in result.words for result in free)
     suppressed = inference.caption_images(captioner, images)  # the checkpoint's suppress_unk
     assert all(result.words and "<unk>" not in result.words for result in suppressed)
+
+
+def test_images_are_encoded_in_cpu_chunks_and_any_mode_as_rgb(monkeypatch, record_calls):
+    """On a CPU a batch is encoded in chunks of at most CPU_ENCODE_CHUNK images, whose features
+    are joined in order: 5 images in chunks of 2 caption as one batch of 5 does; a grayscale or
+    palette PIL image is captioned as its RGB conversion."""
+    from PIL import Image
+
+    bundled = Path(__file__).resolve().parents[1] / "models" / "scenes_captioner.pt"
+    captioner = inference.load_captioner(str(bundled))
+    generator = torch.Generator().manual_seed(0)
+    images = list(torch.randint(0, 256, (5, 3, 40, 40), dtype=torch.uint8, generator=generator))
+    whole = inference.caption_images(captioner, images, beam_size=2, n_best=2)
+    encodes = record_calls(inference, "encode_images")
+    monkeypatch.setattr(inference, "CPU_ENCODE_CHUNK", 2)
+    chunked = inference.caption_images(captioner, images, beam_size=2, n_best=2)
+    assert [len(call.args[1]) for call in encodes] == [2, 2, 1]
+    assert [result.beams for result in chunked] == [result.beams for result in whole]
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+    assert captioner.precision().name == "bf16"  # as the bundled captioner was trained
+    features = inference.encode_images(captioner, images[:2])
+    assert features.pooled.dtype == features.grid.dtype == torch.float32  # served in float32
+    gray = Image.fromarray(images[0][0].numpy(), "L")
+    palette = Image.fromarray(images[1].permute(1, 2, 0).numpy()).convert("P")
+    for image in (gray, palette):
+        [result] = inference.caption_images(captioner, [image], beam_size=2, n_best=2)
+        [expected] = inference.caption_images(captioner, [image.convert("RGB")], beam_size=2,
+                                              n_best=2)  # fmt: skip
+        assert result.beams == expected.beams

@@ -195,8 +195,13 @@ def test_decoding_attention_matches_the_training_formula(beams):
         torch.testing.assert_close(a, b.detach(), atol=2e-6, rtol=1e-6)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         context, alpha = attention(features.grid, keys, hidden.detach())
+        # as decoding computes them: the keys and the query both bf16 under autocast
+        low_keys = decoder.attention_keys(features)
+        _, low_alpha = attention(features.grid, low_keys, hidden.detach())
     assert alpha.dtype == torch.float32  # the energy and the scores stay float32 under autocast
     torch.testing.assert_close(alpha, expected[1].detach(), atol=2e-2, rtol=0)
+    assert low_keys.dtype == torch.bfloat16 and low_alpha.dtype == torch.float32
+    torch.testing.assert_close(low_alpha, expected[1].detach(), atol=2e-2, rtol=0)
 
 
 @pytest.mark.parametrize("attention", DECODERS)

@@ -259,6 +259,36 @@ def test_model_shapes_and_gradients(attention, cell):
     assert all(p.grad is None for p in model.encoder.parameters())  # frozen by default
 
 
+def test_the_model_hands_its_decoder_the_features_and_every_setting():
+    """`CaptionModel.forward` on images equals the decoder on their encoded features with the
+    same predicted-word count, label smoothing and scheduled sampling (the same draws under the
+    same seed), takes cached features in place of images, hands a self-critical objective the
+    decoder and the features, and refuses cross-entropy without captions or lengths."""
+    torch.manual_seed(0)
+    model = CaptionModel(CaptionerConfig(model=tiny_model_cfg(attention=True)), VOCAB).train()
+    images = torch.randn(3, 3, 32, 32)
+    captions, lengths = padded_captions()
+    features = model.encode(images)
+    settings = dict(label_smoothing=0.2, sampling_prob=0.5)
+    torch.manual_seed(1)
+    logits, loss = model(images, captions, lengths, torch.tensor(7.0), **settings)
+    torch.manual_seed(1)
+    expected = model.decoder(features, captions, lengths, torch.tensor(7.0), **settings)
+    torch.testing.assert_close((logits, loss), expected)
+    torch.manual_seed(1)
+    torch.testing.assert_close(
+        model(features, captions, lengths, torch.tensor(7.0), **settings), expected
+    )
+    seen = []
+    objective = lambda decoder, given: seen.append((decoder, given)) or "its loss"  # noqa: E731
+    assert model(images, self_critical=objective) == "its loss"
+    [(decoder, given)] = seen
+    assert decoder is model.decoder
+    torch.testing.assert_close(given.grid, features.grid)
+    with pytest.raises(ValueError, match="needs captions and lengths"):
+        model(images, captions)
+
+
 @pytest.mark.parametrize("attention", [False, True, "top_down"])
 def test_loss_ignores_padding(attention):
     decoder = make_decoder(attention)
@@ -362,6 +392,97 @@ def test_top_down_decoder_follows_anderson_et_al_equations(num_layers):
         torch.testing.assert_close(logits, decoder.output(h[-1]), atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(got_alpha, alpha, atol=1e-5, rtol=1e-5)
     assert decoder.f_beta is None  # no gate on the attended feature: the paper has none
+
+
+@pytest.mark.parametrize("attention", [False, True])
+def test_predicted_words_given_divide_the_summed_loss_instead_of_the_batchs_count(attention):
+    """Under torchrun the loss is divided by the global batch's predicted words per process
+    (``predicted_words``), not this batch's own count (here 9)."""
+    decoder = make_decoder(attention, alpha_c=0.7)
+    features = random_features()
+    captions, lengths = padded_captions()
+    _, mean = decoder(features, captions, lengths)
+    _, loss = decoder(features, captions, lengths, torch.tensor(12.5))
+    torch.testing.assert_close(loss, mean * 9 / 12.5)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("num_layers", [1, 2])
+def test_soft_attention_decoder_follows_xu_et_als_equations(num_layers):
+    """The soft-attention decoder's logits and attention, step by step, against Xu et al.'s
+    equations (2015, sections 3.1.2 and 4.2.1) written out with torch.nn.LSTMCell on the
+    decoder's own weights: the previous top-layer output h scores the grid, the attended feature
+    is scaled by the gate beta = sigmoid(f_beta(h)), the LSTM reads [word, beta * attended], and its
+    top layer's output gives the logits. With two layers, h is the top layer's (not the first's)."""
+    decoder = make_decoder(True, alpha_c=0.0, num_layers=num_layers)
+    features = random_features(batch=2)
+    captions, _ = padded_captions()
+    cells = []
+    for layer in range(num_layers):
+        size = decoder.core.input_size if layer == 0 else decoder.core.hidden_size
+        cell = torch.nn.LSTMCell(size, decoder.core.hidden_size)
+        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+            getattr(cell, name).copy_(getattr(decoder.core.rnn, f"{name}_l{layer}"))
+        cells.append(cell)
+    attention = decoder.attention
+    state = decoder.init_state(features)
+    h, c = list(state[0]), list(state[1])  # per layer (B, H)
+    keys = decoder.attention_keys(features)
+    for t in range(3):
+        energy = attention.feature_proj(features.grid) + attention.hidden_proj(h[-1])[:, None]
+        alpha = torch.softmax(attention.score(torch.tanh(energy)).squeeze(-1), dim=-1)  # (B, N)
+        attended = (alpha[..., None] * features.grid).sum(dim=1)  # (B, C)
+        beta = torch.sigmoid(decoder.f_beta(h[-1]))  # (B, 1)
+        x = torch.cat([decoder.embedding(captions[:2, t]), beta * attended], dim=-1)
+        for layer, cell in enumerate(cells):
+            h[layer], c[layer] = cell(x, (h[layer], c[layer]))
+            x = h[layer]
+        logits, state, got_alpha = decoder.step(captions[:2, t], state, features, keys)
+        torch.testing.assert_close(logits, decoder.output(h[-1]), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(got_alpha, alpha, atol=1e-5, rtol=1e-5)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("attention,cell", [(False, "lstm"), (True, "gru"), ("top_down", "lstm")])
+def test_initial_state_is_tanh_of_the_projected_image_vector_each_variant_reads(attention, cell):
+    """init_state is tanh(W f + b) read as (S, L, B, H): the LSTM's h then c, each layer's H
+    values in turn; f is the pooled vector for show-and-tell and the grid's mean for attention
+    (here unlike the pooled vector, which an encoder's features never are)."""
+    decoder = make_decoder(attention, cell, num_layers=2)
+    grid = random_features().grid
+    features = ImageFeatures(torch.randn(3, 10), grid, (2, 3))
+    image = grid.mean(dim=1) if attention else features.pooled
+    values = torch.tanh(decoder.init_proj(image))  # (B, S*L*H)
+    parts, layers = (2 if cell == "lstm" else 1), (3 if attention == "top_down" else 2)
+    state = decoder.init_state(features)
+    assert state.shape == (parts, layers, 3, 12)
+    for part in range(parts):
+        for layer in range(layers):
+            start = (part * layers + layer) * 12
+            torch.testing.assert_close(state[part, layer], values[:, start : start + 12])
+
+
+def test_dropout_between_the_cores_layers_and_on_its_output_as_torch_nn_does():
+    """``model.dropout`` in training: between the stacked core's layers, as torch.nn.LSTM's
+    dropout (the same draws), and on the top layer's output before the word logits; none in
+    eval mode."""
+    decoder = make_decoder(False, num_layers=2, dropout=0.5).train()
+    features, tokens = random_features(), torch.tensor([START, 5, 6])
+    reference = torch.nn.LSTM(8, 12, num_layers=2, dropout=0.5, batch_first=True)
+    reference.load_state_dict(decoder.core.rnn.state_dict())
+    state = decoder.init_state(features)
+    embedded = decoder.embedding(tokens)[:, None]  # (B, 1, E)
+    torch.manual_seed(1)
+    logits, _, _ = decoder.step(tokens, state, features)
+    torch.manual_seed(1)
+    outputs, _ = reference(embedded, (state[0], state[1]))
+    mask = F.dropout(torch.ones_like(outputs[:, 0]), 0.5, training=True)
+    torch.testing.assert_close(logits, decoder.output(outputs[:, 0] * mask))
+    decoder.eval(), reference.eval()
+    outputs, _ = reference(embedded, (state[0], state[1]))
+    torch.testing.assert_close(
+        decoder.step(tokens, state, features)[0], decoder.output(outputs[:, 0])
+    )
 
 
 def test_top_down_needs_attention():
@@ -566,6 +687,19 @@ def test_tied_embeddings_share_the_matrix():
     assert count(untied) - count(tied) == VOCAB * 12 - 8 * 12  # shared matrix, plus projection
     same = make_decoder(False, tied_embeddings=True, embed_size=12)
     assert isinstance(same.out_proj, torch.nn.Identity)
+    # a hidden state narrower than the embedding is projected up to it
+    narrow = make_decoder(False, tied_embeddings=True, hidden_size=6)
+    assert narrow.out_proj.weight.shape == (8, 6)
+    captions, lengths = padded_captions()
+    with torch.no_grad():
+        logits, _ = narrow(random_features(), captions, lengths)
+        outputs, _ = narrow.core(
+            narrow.embedding(captions[:, :-1]), narrow.init_state(random_features())
+        )
+    torch.testing.assert_close(
+        logits[0],
+        outputs[0] @ narrow.out_proj.weight.T @ narrow.embedding.weight.T + narrow.output.bias,
+    )
 
 
 @pytest.mark.parametrize("attention", [False, True, "top_down"])

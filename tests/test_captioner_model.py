@@ -229,6 +229,113 @@ def test_finetune_modes():
         ImageEncoder(tiny_model_cfg(finetune="last", finetune_stages=0))
 
 
+def test_features_select_and_move_the_pooled_vector_and_the_grid_alike():
+    grid = torch.arange(2 * 3 * 4.0).view(2, 3, 4)
+    features = ImageFeatures(grid.mean(dim=1), grid, (1, 3))
+    picked = features.index_select(torch.tensor([1, 1, 0]))  # e.g. image 1 for two beams
+    assert torch.equal(picked.grid, grid[[1, 1, 0]])
+    assert torch.equal(picked.pooled, grid.mean(dim=1)[[1, 1, 0]])
+    moved = features.to("meta")
+    assert moved.pooled.device.type == moved.grid.device.type == "meta"
+    assert picked.grid_hw == moved.grid_hw == (1, 3)
+
+
+def test_a_weights_file_that_is_not_the_encoders_state_dict_says_what_is_wrong(tmp_path):
+    """Safetensors, bytes torch.load fails on, a dict of other values, a deeper ResNet's weights
+    (every key of the resnet18 there, with its shape, and 12 more) and a tensor of another
+    shape: each refused in one line that names what it found and what to pass."""
+    (tmp_path / "resnet.safetensors").write_bytes(b"{}")
+    with pytest.raises(UserError, match=r"are safetensors; save them as a torch state_dict"):
+        ImageEncoder(tiny_model_cfg(weights=str(tmp_path / "resnet.safetensors")))
+    garbage = tmp_path / "garbage.pth"  # pickle opcodes that pop an empty stack
+    for data in (b"every word", b"."):
+        garbage.write_bytes(data)  # an IndexError inside torch.load
+        with pytest.raises(UserError, match="is not a readable torch state_dict"):
+            ImageEncoder(tiny_model_cfg(weights=str(garbage)))
+    torch.save({"conv1.weight": torch.zeros(1), "epoch": 3}, tmp_path / "mixed.pth")
+    with pytest.raises(UserError, match=r"does not hold a state_dict \(a dict of tensors\)"):
+        ImageEncoder(tiny_model_cfg(weights=str(tmp_path / "mixed.pth")))
+    resnet18 = get_model("resnet18", weights=None).state_dict()
+    deeper = dict(resnet18)  # a third block in layer1, as a ResNet-34 has
+    deeper.update(
+        {
+            k.replace("layer1.1.", "layer1.2."): v
+            for k, v in resnet18.items()
+            if k.startswith("layer1.1.")
+        }
+    )
+    torch.save(deeper, tmp_path / "deeper.pth")
+    with pytest.raises(UserError) as refused:
+        ImageEncoder(tiny_model_cfg(weights=str(tmp_path / "deeper.pth")))
+    said = str(refused.value)
+    assert "does not match a torchvision resnet18: 12 unexpected keys (e.g. layer1.2." in said
+    assert said.endswith("; pass a state_dict of model.encoder=resnet18")
+    wide = {**resnet18, "conv1.weight": torch.zeros(8, 3, 7, 7)}
+    torch.save(wide, tmp_path / "wide.pth")
+    with pytest.raises(UserError) as refused:
+        ImageEncoder(tiny_model_cfg(weights=str(tmp_path / "wide.pth")))
+    assert (
+        "1 keys of another shape (e.g. conv1.weight: (8, 3, 7, 7) in the file, "
+        "(64, 3, 7, 7) in resnet18)" in str(refused.value)
+    )
+
+
+def test_weights_in_torch_hubs_cache_load_offline_and_a_refused_probe_still_downloads(
+    tmp_path, monkeypatch
+):
+    """A weights name whose file torch.hub has cached loads without the network; a server that
+    answers the probe with an HTTP error (a HEAD it does not allow) is left to the download."""
+    torch.manual_seed(3)
+    saved = get_model("resnet18", weights=None).state_dict()
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    torch.save(saved, tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth")
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    cached = ImageEncoder(tiny_model_cfg(weights="ResNet18_Weights.DEFAULT", encoder_stages=1))
+    assert torch.equal(cached.body.conv1.weight, saved["conv1.weight"])
+
+    def refuses_head(request, *args, **kwargs):
+        raise urllib.error.HTTPError(request.full_url, 405, "Method Not Allowed", {}, None)
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "empty"))
+    monkeypatch.setattr(urllib.request, "urlopen", refuses_head)
+    monkeypatch.setattr(WeightsEnum, "get_state_dict", lambda self, *a, **k: saved)
+    fetched = ImageEncoder(tiny_model_cfg(weights="ResNet18_Weights.DEFAULT", encoder_stages=1))
+    assert torch.equal(fetched.body.conv1.weight, saved["conv1.weight"])
+
+
+def test_an_encoder_that_is_not_a_resnet_is_refused_in_one_line():
+    with pytest.raises(UserError, match="unknown model.encoder 'vgg11'; use one of resnet18, "):
+        ImageEncoder(tiny_model_cfg(encoder="vgg11"))
+
+
+@pytest.mark.parametrize("stages", [2, 3, 5])
+def test_finetuning_more_stages_than_kept_trains_the_whole_encoder(stages):
+    """finetune=last with more stages than the encoder keeps (1 here, 2 units with the stem):
+    every parameter trains, every module is in training mode, and every one gets a gradient."""
+    cfg = tiny_model_cfg(encoder_stages=1, finetune="last", finetune_stages=stages)
+    encoder = ImageEncoder(cfg).train()
+    assert all(p.requires_grad for p in encoder.parameters())
+    assert all(m.training for m in encoder.modules())
+    encoder(torch.randn(2, 3, 32, 32)).pooled.sum().backward()
+    assert all(p.grad is not None for p in encoder.parameters())
+
+
+def test_a_grid_taller_than_wide_keeps_its_rows_and_columns():
+    torch.manual_seed(0)
+    encoder = ImageEncoder(tiny_model_cfg(encoder_stages=2)).eval()
+    images = torch.randn(2, 3, 64, 32)  # (B, 3, H, W): 8 x 4 positions after two stages
+    with torch.no_grad():
+        features, feature_map = encoder(images), encoder.body(images)
+    assert features.grid_hw == (8, 4) and features.grid.shape == (2, 32, 128)
+    for row, col in [(7, 0), (0, 3), (5, 2)]:
+        torch.testing.assert_close(features.grid[:, row * 4 + col], feature_map[:, :, row, col])
+
+
 # --- decoder and model --------------------------------------------------------------------------
 
 

@@ -203,6 +203,29 @@ def test_dropout_on_the_cores_output_also_for_one_layer(backend):
     torch.testing.assert_close(model(ids)[0], model.head(outputs))
 
 
+def test_an_input_that_is_neither_onehot_nor_embedding_is_refused():
+    """A config built in code is not checked against its Literal: the model refuses it itself
+    (it fed one-hot vectors for any other word)."""
+    with pytest.raises(ValueError, match="model.input must be onehot or embedding, got 'bytes'"):
+        CharLM(ModelConfig(input="bytes"), 7)
+
+
+def test_dropout_between_two_layers_draws_as_torch_nn_lstm():
+    """A two-layer model in training drops out between its core's layers exactly as
+    torch.nn.LSTM with that dropout does (the same draws under the same seed), then its output."""
+    cfg = ModelConfig(cell="lstm", num_layers=2, hidden_size=16, embed_size=8, dropout=0.5)
+    model = random_model(cfg, 7).train()
+    reference = torch.nn.LSTM(8, 16, num_layers=2, dropout=0.5, batch_first=True)
+    reference.load_state_dict(model.core.rnn.state_dict())
+    ids = torch.randint(0, 7, (2, 9), generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(1)
+    logits = model(ids)[0]
+    torch.manual_seed(1)
+    outputs, _ = reference(model.embedding(ids))
+    mask = F.dropout(torch.ones_like(outputs), 0.5, training=True)
+    torch.testing.assert_close(logits, model.head(outputs * mask))
+
+
 def test_evaluate_text_is_the_exact_mean_over_all_predictions():
     model = random_model(ModelConfig(cell="lstm", num_layers=1, hidden_size=16, embed_size=8), 7)
     ids = torch.randint(0, 7, (61,), generator=torch.Generator().manual_seed(3))

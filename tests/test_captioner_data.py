@@ -953,6 +953,29 @@ def test_vocabulary_build_encode_decode() -> None:
     _raises_one_line(lambda: Vocabulary.from_list(["a", "b"]), "vocabulary")
 
 
+def test_a_vocabulary_refuses_what_no_vocabulary_holds_and_lends_out_copies() -> None:
+    """A word listed twice, <unk> out of its place, a word that is not a string, a min_count
+    below 1: each refused in one line; an unknown word is <unk>; the list `to_list` gives is the
+    caller's own; and a decoded voicing mark alone is written apart from the kana before it."""
+    _raises_one_line(lambda: Vocabulary([*SPECIALS, "a", "dog", "a"]), "lists a word twice")
+    _raises_one_line(  # <unk> missing from its place (id 3)
+        lambda: Vocabulary.from_list(["<pad>", "<start>", "<end>", "dog", "<unk>"]),
+        "vocabulary must start with <pad>, <start>, <end>, <unk>;",
+    )
+    _raises_one_line(lambda: Vocabulary.from_list([*SPECIALS, "a", 5]), "list of strings")
+    _raises_one_line(lambda: Vocabulary.from_list("<pad>"), "list of strings")
+    _raises_one_line(lambda: Vocabulary.build(["a dog"], min_count=0), "min_count", "got 0")
+    vocab = Vocabulary.build(["a dog", "a cat"])
+    assert vocab.token_id("cat") == 5 and vocab.token_id("zebra") == vocab.unk_id == 3
+    listed = vocab.to_list()
+    listed.append("zebra")
+    assert len(vocab) == 7 and vocab.to_list() == [*SPECIALS, "a", "cat", "dog"]
+    assert vocab != Vocabulary([*SPECIALS, "a", "dog", "cat"])  # the same words, other ids
+    # a voicing mark alone (an older vocabulary's token) stays apart from the kana before it
+    assert join_words(["か", "\uff9e"]) == "か \uff9e"
+    assert join_words(["か", "\u3099"]) == "か \u3099"
+
+
 def test_a_vocabulary_of_one_word_to_max_words_trains_and_one_more_is_refused() -> None:
     """`lacks_words` counts the words besides the four special tokens: one word is enough to
     train on, `MAX_WORDS` is the most a captioner takes, and a word more names the count."""

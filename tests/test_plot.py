@@ -97,6 +97,28 @@ def test_missing_metrics_is_a_user_error(tmp_path: Path) -> None:
         plot.read_metrics(tmp_path)
 
 
+def test_a_metrics_path_that_is_a_folder_or_unreadable_says_which(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A folder named metrics.jsonl is no metrics file (not a file that cannot be read, whose
+    advice would be its permissions); a file that cannot be read says to check them (kills:
+    `exists` for `is_file`, the advice changed)."""
+    (tmp_path / "run" / plot.METRICS_FILE).mkdir(parents=True)
+    with pytest.raises(plot.UserError, match=r"has no metrics\.jsonl; pass a run folder"):
+        plot.read_metrics(tmp_path / "run")
+    run = _write(tmp_path / "other", [_train(1)])
+
+    def refused(self):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "read_bytes", refused)
+    with pytest.raises(plot.UserError) as raised:
+        plot.read_metrics(run)
+    assert str(raised.value) == (
+        f"cannot read {run / plot.METRICS_FILE} (Permission denied); check its permissions"
+    )
+
+
 # --------------------------------------------------------------------------------------------
 # The long table and the charts
 
@@ -113,7 +135,7 @@ def test_frame_puts_each_value_in_its_panel() -> None:
             _train(5, throughput=160.0, throughput_unit="pairs/s", loss=True),
             {"kind": "eval", "step": 5, "scores": {"BLEU-4": 41.2, "CIDEr-D": 95.0, "x": "y"}},
         ],
-        "scst": [_train(10, loss=0.25, scst_reward=1.5, lr=None, grad_norm=None, throughput=None)],
+        "scst": [_train(10, loss=0.25, scst_reward=1.5, throughput=None)],
     }
     frame = plot.metrics_frame(runs)
     rows = {(row.run, row.panel, row.series, row.step): row.value for row in frame.itertuples()}
@@ -133,6 +155,8 @@ def test_frame_puts_each_value_in_its_panel() -> None:
         ("cap", "scores", "val CIDEr-D", 5): 95.0,
         # self-critical training's loss is no cross-entropy: a series of its own
         ("scst", "loss", "self-critical loss (-advantage x log p)", 10): 0.25,
+        ("scst", "learning rate", "learning rate", 10): 0.002,  # only the loss is renamed
+        ("scst", "gradient norm", "gradient norm", 10): 0.9,
     }  # no lr/grad_norm at step 20 (None, NaN), no train loss for "cap" (a bool), no "x"
     no_time = frame[(frame.run == "cap") & (frame.kind == "eval")]
     assert no_time["time_s"].isna().all() and frame["time_s"].notna().sum() == len(frame) - 2
@@ -168,6 +192,51 @@ def test_charts_follow_the_panels_and_the_x_axis() -> None:
     assert plot.curve_charts(plot.metrics_frame({"derived": derived}), "time") == {}
 
 
+def test_each_chart_draws_what_its_docstring_says() -> None:
+    """Train lines without points and evaluations with them; whole steps on a step axis, plain
+    numbers on a time axis; drag and wheel zoom along x only; a title per panel unless the caller
+    labels them; 220 px high (kills: the step axis's format on wall time, the points dropped, a
+    zoom along y too, the titles turned round, another default height)."""
+    lines = [_train(step) for step in (10, 20, 30)] + [_eval(30, {"val_loss": 1.2})]
+    frame = plot.metrics_frame({"lm": lines})
+    for x, field in (("step", "step"), ("time", "time_s")):
+        charts = plot.curve_charts(frame, x)
+        assert [chart.to_dict()["title"] for chart in charts.values()] == list(charts)
+        train, evals = charts["loss"].to_dict()["layer"]
+        assert "point" not in train["mark"] and evals["mark"]["point"] == {"size": 30}
+        axis = train["encoding"]["x"]["axis"]
+        assert axis == ({"format": ",d", "tickMinStep": 1} if x == "step" else {}), x
+        for panel, chart in charts.items():
+            spec = chart.to_dict()
+            [zoom] = spec["params"]
+            assert zoom["bind"] == "scales" and zoom["select"]["encodings"] == ["x"], panel
+            assert spec["height"] == 220 and spec["width"] == "container"
+            assert spec["layer"][0]["encoding"]["x"]["field"] == field
+    untitled = plot.curve_charts(frame, "step", titles=False)
+    assert all("title" not in chart.to_dict() for chart in untitled.values())
+
+
+def test_the_stacked_chart_keeps_each_panels_legend_and_every_point_asked_for() -> None:
+    """`curves_chart` (the command line's chart): each panel's colours its own (its series are
+    other series), ``buckets`` passed on (None: every point), and a run with nothing to draw
+    against wall time says so (kills: colours shared, ``buckets`` not passed on, the message's
+    axis turned round)."""
+    runs = {"long": [_train(step, loss=math.sin(step)) for step in range(1, 5001)]}
+    chart = plot.curves_chart(runs, "step")
+    spec = chart.to_dict()
+    assert spec["resolve"] == {"scale": {"color": "independent", "strokeDash": "independent"}}
+    assert max(len(data) for data in spec["datasets"].values()) <= plot.MAX_POINTS
+    every = plot.curves_chart(runs, "step", buckets=None).to_dict()
+    assert max(len(data) for data in every["datasets"].values()) == 5000
+    derived = {"derived": [{"kind": "eval", "step": 100, "scores": {"val_loss": 2.0}}]}
+    with pytest.raises(plot.UserError) as raised:
+        plot.curves_chart(derived, "time")
+    assert str(raised.value) == (
+        "no metrics to plot with a wall time in derived; a run writes them as it trains"
+    )
+    plot.curves_chart(derived, "step")  # its step is enough
+
+
 def _thin_reference(frame, x: str, buckets: int) -> list[int]:
     """The rows `plot.thin` keeps, written out plainly: a series of more than 4 x ``buckets`` rows
     keeps, in each of ``buckets`` equal ranges of ``x``, its first, last, lowest and highest row
@@ -191,6 +260,9 @@ def _thin_reference(frame, x: str, buckets: int) -> list[int]:
 
 
 @settings(max_examples=100, deadline=None)
+@example(  # one wall time for all six rows: a span of 0 is one range, not 0 / 0
+    runs=[[(1, 0.5), (1, 3.0), (1, -2.0), (1, 1.0), (1, 0.7), (1, 9.0)]], buckets=1, x="time"
+)
 @example(  # lowest and highest in the middle of a range, never its first or last row
     runs=[[(1, 0.5), (2, 3.0), (1, -2.0), (3, 1.0), (1, 0.7), (2, 9.0), (1, -4.0), (1, 0.2)]] * 2,
     buckets=1,
@@ -384,7 +456,10 @@ def test_cli_draws_one_file_given_under_two_spellings_once(tmp_path: Path, monke
     ("args", "message"),
     [
         (["{missing}", "--out", "x.png"], "has no metrics.jsonl"),
-        (["{run}", "--out", "x.gif"], "unknown format '.gif'"),
+        (
+            ["{run}", "--out", "x.gif"],
+            "unknown format '.gif'; use one of .png, .svg, .pdf, .html, .json",
+        ),
         (["{empty}", "--out", "x.json"], "no metrics to plot"),
         (["{run}", "--out", "x.png", "--width", "3"], "--width must be 50 to 4000 pixels, got 3"),
         (["{run}", "--out", "x.png", "--width", "100000"], "--width must be 50 to 4000 pixels"),
@@ -447,6 +522,20 @@ def _spec(tmp_path: Path, argv: list[str]) -> dict:
 
 def _run_names_in(spec: dict) -> set[str]:
     return {value["run"] for data in spec["datasets"].values() for value in data}
+
+
+def test_cli_defaults_and_the_line_of_one_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Without --x and --width: against steps, 560 px a panel; the format's suffix in any case;
+    one run is "1 run" (kills: the defaults changed, the suffix's case kept, "1 runs")."""
+    run = _write(tmp_path / "run", [_train(1), _train(2), _eval(2, {"val_loss": 1.0})])
+    out = tmp_path / "curves.JSON"
+    assert run_cli(plot.main, [str(run), "--out", str(out)]) == 0
+    assert capsys.readouterr().out == f"wrote {out} (1 run, 3 metrics lines)\n"
+    spec = json.loads(out.read_text())
+    assert [panel["width"] for panel in spec["vconcat"]] == [560] * 4
+    assert {panel["layer"][0]["encoding"]["x"]["field"] for panel in spec["vconcat"]} == {"step"}
 
 
 @pytest.mark.parametrize("width", [50, plot.MAX_WIDTH])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import io
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -234,6 +235,66 @@ def test_evaluate_json_matches_the_library(trained, capsys):
     streamed = json.loads(capsys.readouterr().out)["loss_nats"]
     expected, _ = evaluate_text(model, encode(TEXT, vocab), block_size=256, streams=5)
     assert streamed == pytest.approx(expected, abs=1e-6) and expected != pytest.approx(loss)
+
+
+def test_evaluate_reports_its_numbers_and_refuses_what_it_cannot_score(trained, tmp_path, capsys):
+    """The text line and the JSON object against the library's loss, worked out here; --streams
+    or --block-size below 1, an unknown device and a text of one character each one line that
+    says so (kills: a bound off by one, the count or the nats line from another number, the
+    JSON's names, --device not passed on, the advice changed)."""
+    text_file, checkpoint = trained
+    model, vocab, _ = load_char_lm(checkpoint)
+    loss, count = evaluate_text(model, encode(TEXT, vocab), block_size=256)
+    argv = ["--checkpoint", str(checkpoint), "--text", str(text_file)]
+    capsys.readouterr()
+    assert run_cli(evaluate.main, argv) == 0
+    assert capsys.readouterr().out == (
+        f"{text_file}: {len(TEXT) - 1} characters predicted, loss {loss:.4f} nats/char, "
+        f"{loss / math.log(2):.4f} bits/char (in fp32)\n"
+    )
+    assert run_cli(evaluate.main, [*argv, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report == {
+        "checkpoint": str(checkpoint), "text": str(text_file), "characters": count,
+        "loss_nats": pytest.approx(loss, abs=1e-6),
+        "bits_per_char": pytest.approx(loss / math.log(2), abs=1e-6), "precision": "fp32",
+    }  # fmt: skip
+    (tmp_path / "one.txt").write_text("t", encoding="utf-8")
+    (tmp_path / "unseen.txt").write_text("the Zebra", encoding="utf-8")
+    for extra, said in (
+        (["--streams", "0"], "--streams and --block-size must be at least 1"),
+        (["--block-size", "0"], "--streams and --block-size must be at least 1"),
+        (["--device", "meta"], "unknown device 'meta'; use auto, cpu or cuda"),
+        (["--text", str(tmp_path / "one.txt")],
+         f"{tmp_path / 'one.txt'} has 1 character(s); it needs at least 2 to predict one"),
+        (["--text", str(tmp_path / "unseen.txt")],
+         f"the text {tmp_path / 'unseen.txt'} has 1 character(s) the model's vocabulary lacks: "
+         "'Z' (U+005A)"),
+    ):  # fmt: skip
+        assert run_cli(evaluate.main, [*argv, *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {said}") and err.count("\n") == 1, err
+
+
+def test_evaluate_scores_in_the_precision_it_names(trained, tmp_path, monkeypatch, capsys):
+    """A bf16-trained model on a CPU with native bf16 is scored under bf16 autocast, as the
+    library scores it there, not in fp32 under bf16's name (kills: the autocast dropped)."""
+    text_file, checkpoint = trained
+    payload = load_checkpoint(checkpoint)
+    payload["card"]["precision"] = "bf16"
+    save_checkpoint(payload, tmp_path / "bf16.pt")
+    monkeypatch.setattr(precision_module, "cpu_has_native_bf16", lambda: True)
+    model, vocab, config = load_char_lm(tmp_path / "bf16.pt")
+    ids = encode(TEXT, vocab)
+    fp32, _ = evaluate_text(model, ids, 256)
+    with trained_precision(model, config).autocast():
+        bf16, _ = evaluate_text(model, ids, 256)
+    assert abs(bf16 - fp32) > 1e-5  # the two precisions score apart
+    argv = ["--checkpoint", str(tmp_path / "bf16.pt"), "--text", str(text_file), "--json"]
+    capsys.readouterr()
+    assert run_cli(evaluate.main, argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["precision"] == "bf16" and report["loss_nats"] == pytest.approx(bf16, abs=1e-7)
 
 
 def test_user_error_through_a_real_process(tmp_path):

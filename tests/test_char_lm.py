@@ -253,6 +253,42 @@ def test_evaluate_text_is_the_exact_mean_over_all_predictions():
     assert model.training
 
 
+def test_evaluate_text_scores_a_model_in_training_mode_without_dropout():
+    """A model left in training mode (training validates between steps) is scored as in eval
+    mode, its dropout off, and is handed back in training mode (kills: `model.eval()` dropped)."""
+    cfg = ModelConfig(cell="gru", num_layers=2, hidden_size=16, embed_size=8, dropout=0.5)
+    model = random_model(cfg, 7)
+    ids = torch.randint(0, 7, (41,), generator=torch.Generator().manual_seed(5))
+    logits, _, _ = model(ids[None, :-1])  # eval mode: no dropout
+    reference = F.cross_entropy(logits[0], ids[1:]).item()
+    model.train()
+    loss, count = evaluate_text(model, ids, block_size=8)
+    assert count == 40 and loss == pytest.approx(reference, abs=1e-5)
+    assert model.training
+
+
+def test_evaluate_text_adds_its_windows_losses_in_float64():
+    """300 windows of one character: the mean is the windows' float32 sums added in float64, as a
+    plain loop over the same windows adds them (a float32 total was 7e-7 off already; on a book
+    of a million characters the error grows with every window)."""
+    model = random_model(ModelConfig(cell="lstm", num_layers=1, hidden_size=16, embed_size=8), 7)
+    ids = torch.randint(0, 7, (301,), generator=torch.Generator().manual_seed(3))
+    loss, count = evaluate_text(model, ids, block_size=1)
+    total, state = 0.0, None
+    with torch.no_grad():
+        for i in range(300):
+            logits, _, state = model(ids[None, i : i + 1], state=state)
+            total += F.cross_entropy(logits[0], ids[i + 1 : i + 2], reduction="sum").item()
+    assert count == 300 and loss == total / 300
+
+
+def test_evaluate_text_names_the_text_too_short_to_score():
+    """The caller's name for the text reaches the line (training passes "validation text")."""
+    model = random_model(ModelConfig(cell="rnn", num_layers=1, hidden_size=4, embed_size=4), 3)
+    with pytest.raises(UserError, match=r"^the validation text has 1 character\(s\); it needs"):
+        evaluate_text(model, torch.tensor([1]), 4, what="validation text")
+
+
 def test_training_carries_the_state_across_windows_and_resets_it_on_wrap_around(tmp_path):
     # A 2-stream, 2-window text: step 1 uses window 0, step 2 window 1, step 3 window 0 again.
     text = "abcdefghij" * 4  # 40 characters: 2 streams of 19, windows of 10 and 9

@@ -577,6 +577,14 @@ def test_evaluate_notes_images_whose_names_and_sizes_it_trained_on(
             f"image its weights trained on (like '{like['filename']}'); "
             "these scores may count images it trained on, so score it on images it never saw\n"
         )
+    # the val split of other annotations is noted as their test split is (only train's is not)
+    table.write_text("image,caption,split\n" + "".join(
+        f"{e['filename']},{e['sentences'][0]['raw']},val\n" for e in picked
+    ))  # fmt: skip
+    evaluate_module.main(["--checkpoint", str(first / "last.pt"), *other, "--split", "val"])
+    assert capsys.readouterr().err.startswith(
+        f"note: {first / 'last.pt'}: 3 of the {scored} images have the file name and size of an "
+    )
     # its own data's test split, and other annotations of images it never saw: nothing to say
     evaluate_module.main(["--checkpoint", str(first / "last.pt"), *own])
     assert capsys.readouterr().err == ""

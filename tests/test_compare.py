@@ -6,7 +6,9 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import io
 import json
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,10 +19,10 @@ from captioner import compare as compare_cli
 from captioner import evaluate as evaluate_cli
 from captioner import scoring
 from captioner.cider import corpus_cider_d
-from captioner.config import DataConfig
+from captioner.config import DataConfig, DecodeConfig
 from captioner.data import ImageRecord, load_records, select_split
 from captioner.inference import load_captioner
-from captioner.metrics import bleu_scores
+from captioner.metrics import bleu_scores, repeat_share
 from captioner.scenes import generate_dataset
 from captioner.scoring import TOKENIZER, image_ids
 from recurrent import precision
@@ -299,7 +301,14 @@ def test_evaluate_names_the_precision_it_ran_in(split, tmp_path, monkeypatch, ca
         assert run_json(evaluate_cli.main, argv, capsys)["precision"] == ran
 
 
-def test_evaluate_reports_what_it_scored_and_compare_agrees(split, tmp_path, capsys):
+class Terminal(io.StringIO):
+    """A standard error that says it is a terminal (where tqdm draws its bars)."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_evaluate_reports_what_it_scored_and_compare_agrees(split, tmp_path, capsys, monkeypatch):
     annotations, records = split
     checkpoint = str(train_tiny_captioner(tmp_path / "run", annotations))
     beam, greedy = str(tmp_path / "beam.json"), str(tmp_path / "greedy.json")
@@ -308,6 +317,15 @@ def test_evaluate_reports_what_it_scored_and_compare_agrees(split, tmp_path, cap
     assert (report["split"], report["images"]) == ("test", len(records))
     assert report["tokenizer"] == TOKENIZER
     assert report["decode"]["block_ngram_repeat"] == 2 and 0 <= report["repeated_word_share"] <= 1
+    # every field says what ran: the checkpoint's annotations and decoding, the file written
+    decode = load_checkpoint(checkpoint)["config"]["decode"]
+    assert (report["annotations"], report["predictions"]) == (str(annotations), beam)
+    assert (report["beam_size"], report["max_length"]) == (
+        decode["beam_size"],
+        decode["max_length"],
+    )
+    written = [item["caption"] for item in json.loads(Path(beam).read_text(encoding="utf-8"))]
+    assert report["repeated_word_share"] == round(repeat_share(written), 4)
     capsys.readouterr()
     assert run_cli(evaluate_cli.main, [*common, "--beam-size", "1", "--predictions", greedy]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -315,11 +333,24 @@ def test_evaluate_reports_what_it_scored_and_compare_agrees(split, tmp_path, cap
     assert lines[1].startswith("decoding: beam 1, at most") and "no repeated 2-gram" in lines[1]
     assert lines[1].endswith(f", in {report['precision']}") and report["precision"] == "fp32"
     assert lines[2].startswith("scores (0-100): BLEU-1")
+    hint = "  (install pycocoevalcap for METEOR and ROUGE-L)"  # ROUGE-L needs no Java
+    assert (hint in lines) == ("ROUGE-L" not in report["scores"])
+    assert sum(line.startswith("  e.g. ") for line in lines) == 3  # the first 3 captions
+    assert lines[-1] == f"predictions: {greedy} (COCO results format)"
     compared = run_json(
         compare_cli.main, ["--checkpoint", checkpoint, beam, greedy, "--json"], capsys
     )
     for key in ("BLEU-4", "CIDEr-D"):  # the same images, references and tokens as evaluate's
-        assert compared["files"][0]["scores"][key] == pytest.approx(report["scores"][key], abs=1e-3)
+        assert compared["files"][0]["scores"][key] == pytest.approx(report["scores"][key], abs=1e-4)
+    assert compared["annotations"] == str(annotations)  # the checkpoint's, as evaluate's
+    # no progress bar in a JSON run, even at a terminal; a text run shows one there
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    run_json(evaluate_cli.main, [*common, "--json", "--max-images", "2"], capsys)
+    assert terminal.getvalue() == ""
+    assert run_cli(evaluate_cli.main, [*common, "--max-images", "2"]) == 0
+    assert "decoding" in terminal.getvalue()
+    monkeypatch.undo()
 
     # The captions the length limit cut before their <end>: none where <end> always wins, every
     # one (each of --max-length words) where it never can
@@ -516,3 +547,124 @@ def test_evaluate_prints_the_cut_share_with_the_decode_length_and_a_hint_only_wh
     cut_first = False
     assert run_cli(evaluate_cli.main, argv) == 0
     assert f"captions cut at {length} words before their end: 0.0%\n" in capsys.readouterr().out
+
+
+def test_evaluate_refuses_a_batch_of_no_images_and_a_negative_max_images(tmp_path, capsys):
+    """Both are refused before the checkpoint is read (a batch of 0 ended in DataLoader's
+    ValueError, a traceback)."""
+    for flags, said in (
+        (["--batch-size", "0"], "--batch-size must be at least 1, got 0"),
+        (["--max-images", "-1"], "--max-images must be 0 (all) or more, got -1"),
+    ):
+        capsys.readouterr()
+        argv = ["--checkpoint", str(tmp_path / "never_read.pt"), *flags]
+        assert run_cli(evaluate_cli.main, argv) == 2
+        assert capsys.readouterr().err == f"error: {said}\n"
+
+
+def test_evaluate_describes_each_decoding_setting_only_when_it_is_on():
+    """The "decoding:" line: the beam and the length always, each option only when on, with its
+    own value (kills: an option shown when off or hidden when on, another setting's value)."""
+    plain = DecodeConfig(beam_size=3, max_length=16)
+    assert evaluate_cli.describe_decoding(plain) == "beam 3, at most 16 words"
+    every = DecodeConfig(beam_size=4, max_length=20, length_penalty=0.7, block_ngram_repeat=3,
+                         min_length=1, suppress_unk=True, diversity_groups=2,
+                         diversity_strength=0.25)  # fmt: skip
+    assert evaluate_cli.describe_decoding(every) == (
+        "beam 4, at most 20 words, length penalty 0.7, no repeated 3-gram, at least 1 words, "
+        "no <unk>, 2 diverse groups (strength 0.25)"
+    )
+
+
+def test_most_different_ranks_by_size_and_keeps_ties_in_split_order():
+    """Largest difference first, whatever its sign; equal differences in the split's order;
+    images scored alike left out, also within --top (kills: a sort reversed for its ties)."""
+    comparison = compare_cli.Comparison(
+        records=[], ids=[], captions=([], []), scores=({}, {}),
+        per_image=([1.0, 5.0, 2.0, 7.0, 4.0, 3.0], [2.0, 4.0, 4.0, 7.0, 3.0, 6.0]),
+    )  # fmt: skip
+    # differences: 1, 1, 2, 0, 1, 3 (images 0, 1 and 4 tie)
+    assert comparison.most_different(6) == [5, 2, 0, 1, 4]
+    assert comparison.most_different(4) == [5, 2, 0, 1]
+    assert comparison.most_different(0) == []
+
+
+def test_a_prediction_file_not_in_utf8_or_not_a_list_is_one_line(tmp_path):
+    """A file in Latin-1 is no JSON prediction file, one line (not a UnicodeDecodeError
+    traceback); an empty JSON object or a number is no list, and a caption must be text (not "an empty list", nor a
+    TypeError) (kills: the decoding error not caught, the emptiness checked before the type, the
+    type not checked)."""
+    latin = tmp_path / "latin.json"
+    latin.write_bytes('[{"image_id": 1, "caption": "un caf\xe9"}]'.encode("latin-1"))
+    with pytest.raises(compare_cli.UserError, match=r"latin\.json is not a JSON prediction file "
+                       r"\(.*\); pass what captioner\.evaluate --predictions writes$"):  # fmt: skip
+        compare_cli.read_predictions(str(latin))
+    for text in ("{}", "5", '[{"image_id": 1, "caption": null}]'):
+        other = tmp_path / "other.json"
+        other.write_text(text, encoding="utf-8")
+        with pytest.raises(compare_cli.UserError, match=r"other\.json must be a list of"):
+            compare_cli.read_predictions(str(other))
+
+
+def test_files_of_different_images_name_one_whichever_file_lacks_it(split):
+    """B captioning an image A does not, or A one B does not: the same line (kills: only the
+    images of A missing from B counted, an IndexError where A has fewer)."""
+    _, records = split
+    ids = image_ids(records)
+    every = {image_id: "a red circle" for image_id in ids}
+    fewer = {image_id: "a red circle" for image_id in ids[1:]}
+    for first, second in ((every, fewer), (fewer, every)):
+        with pytest.raises(compare_cli.UserError, match=rf"^A and B caption different images "
+                           rf"\(1 in one file only, e\.g\. {ids[0]}\); compare"):  # fmt: skip
+            compare_cli.compare(records, first, second)
+
+
+def test_a_file_written_in_another_order_is_scored_in_the_splits_order(split):
+    """Each caption against its own image's references, the images in the split's order,
+    whatever the file's order (kills: the file's order kept, captions taken in it)."""
+    _, records = split
+    ids = image_ids(records)
+    captions = {
+        image_id: record.captions[0] if index % 2 else "a small green star"
+        for index, (image_id, record) in enumerate(zip(ids, records, strict=True))
+    }
+    in_order = compare_cli.compare(records, captions, captions)
+    backwards = compare_cli.compare(records, dict(reversed(captions.items())), captions)
+    assert backwards.ids == in_order.ids == ids
+    assert backwards.captions == in_order.captions == ([captions[i] for i in ids],) * 2
+    assert backwards.per_image == in_order.per_image and backwards.scores == in_order.scores
+
+
+def test_references_from_both_flags_are_refused(split, tmp_path, capsys):
+    """--annotations and --checkpoint together: which references would be meant? And a file of
+    an image the split lacks is named by its path (kills: only neither refused, the
+    checkpoint's data taken with the other annotations, the files' names not passed on)."""
+    annotations, records = split
+    a = write(tmp_path / "a.json", image_ids(records), [r.captions[0] for r in records])
+    argv = ["--annotations", str(annotations), "--checkpoint", str(tmp_path / "run.pt"), a, a]
+    capsys.readouterr()
+    assert run_cli(compare_cli.main, argv) == 2
+    assert capsys.readouterr().err == (
+        "error: pass the references with exactly one of --annotations and --checkpoint\n"
+    )
+    # a file of an image the split lacks is named by its path (not "B")
+    foreign = write(tmp_path / "foreign.json", [999999], ["a red circle"])
+    assert run_cli(compare_cli.main, ["--annotations", str(annotations), a, foreign]) == 2
+    assert capsys.readouterr().err.startswith(
+        f"error: {foreign} captions 1 images that are not in the test split of {annotations} "
+    )
+
+
+def test_top_0_lists_no_image_and_the_default_ten(split, tmp_path, capsys):
+    """--top 0 is allowed (the scores alone, no heading over no images); without --top, the 10
+    images that differ most."""
+    annotations, records = split
+    ids = image_ids(records)
+    a = write(tmp_path / "a.json", ids, [r.captions[0] for r in records])
+    b = write(tmp_path / "b.json", ids, ["a small green star"] * len(records))
+    argv = ["--annotations", str(annotations), a, b, "--json"]
+    report = run_json(compare_cli.main, [*argv, "--top", "0"], capsys)
+    assert report["differences"] == [] and report["a_higher"] > 10
+    assert len(run_json(compare_cli.main, argv, capsys)["differences"]) == 10
+    assert run_cli(compare_cli.main, [*argv[:-1], "--top", "0"]) == 0  # no heading for none
+    assert "where they differ most" not in capsys.readouterr().out

@@ -530,14 +530,16 @@ def test_evaluate_prints_the_cut_share_with_the_decode_length_and_a_hint_only_wh
 
     def cut(*args, **kwargs):
         scores, predictions = real(*args, **kwargs)
-        return scores, [
-            {**item, "finished": not (cut_first and i == 0)} for i, item in enumerate(predictions)
+        return scores, [  # each caption with a word twice in a row: a share of 1, not 1 in 3
+            {**item, "finished": not (cut_first and i == 0), "caption": "a red red circle"}
+            for i, item in enumerate(predictions)
         ]
 
     monkeypatch.setattr(evaluate_cli, "evaluate_split", cut)
     argv = ["--checkpoint", checkpoint, "--no-meteor", "--max-images", "3"]
     report = run_json(evaluate_cli.main, [*argv, "--json"], capsys)
     assert report["cut_at_max_length_share"] == 0.3333  # 1 of 3, 4 decimals
+    assert report["repeated_word_share"] == 1.0
     length = report["max_length"]  # no --max-length: the checkpoint's decode.max_length
     assert run_cli(evaluate_cli.main, argv) == 0
     assert (

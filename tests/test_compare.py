@@ -569,11 +569,11 @@ def test_evaluate_describes_each_decoding_setting_only_when_it_is_on():
     own value (kills: an option shown when off or hidden when on, another setting's value)."""
     plain = DecodeConfig(beam_size=3, max_length=16)
     assert evaluate_cli.describe_decoding(plain) == "beam 3, at most 16 words"
-    every = DecodeConfig(beam_size=4, max_length=20, length_penalty=0.7, block_ngram_repeat=3,
+    every = DecodeConfig(beam_size=4, max_length=20, length_penalty=1.25, block_ngram_repeat=3,
                          min_length=1, suppress_unk=True, diversity_groups=2,
                          diversity_strength=0.25)  # fmt: skip
     assert evaluate_cli.describe_decoding(every) == (
-        "beam 4, at most 20 words, length penalty 0.7, no repeated 3-gram, at least 1 words, "
+        "beam 4, at most 20 words, length penalty 1.25, no repeated 3-gram, at least 1 words, "
         "no <unk>, 2 diverse groups (strength 0.25)"
     )
 

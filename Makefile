@@ -9,7 +9,7 @@ SHAKESPEARE ?= ../shared/data/tinyshakespeare.txt
 # make test runs the suite in this many processes (pytest-xdist; 0: in pytest's own process). Each
 # test runs its models on one thread (tests/conftest.py), so one process per core: 2 on the
 # project's 2-core CPU, where it took the suite from about 6 1/2 minutes to 4 1/2 (2026-12-06;
-# 5 1/2 to 6 1/2 in two processes on 2026-12-07, with 1,908 tests; 3 processes gained nothing
+# 5 1/2 to 6 1/2 in two processes on 2026-12-07, with 1,908 tests (6 1/4 with 1,993 on 2026-12-08); 3 processes gained nothing
 # steady).
 TEST_WORKERS ?= 2
 

@@ -813,6 +813,18 @@ def test_a_stop_before_the_first_image_writes_no_csv_and_says_the_stop(
     assert not out.exists()
 
 
+def _stopped_after_two(real, stop: BaseException):
+    """`caption_files` (``real``) that raises ``stop`` once it has yielded two images."""
+
+    def captioning(*args, **kwargs):
+        for count, item in enumerate(real(*args, **kwargs), 1):
+            yield item
+            if count == 2:
+                raise stop
+
+    return captioning
+
+
 def test_a_stopped_json_job_prints_the_captions_made_before_the_stop(
     checkpoint, folder, capsys, monkeypatch
 ):
@@ -835,20 +847,11 @@ def test_a_stopped_json_job_prints_the_captions_made_before_the_stop(
     assert payload["stopped"] == f"{said.value}; the images after it were not captioned"
     real = caption.caption_files
 
-    def stopped_after_two(stop: BaseException):
-        def captioning(*args, **kwargs):
-            for count, item in enumerate(real(*args, **kwargs), 1):
-                yield item
-                if count == 2:
-                    raise stop
-
-        return captioning
-
     for stop, status, why in (
         (RunStopped("SIGTERM; run the same command again", exit_code=143), 143, "SIGTERM"),
         (KeyboardInterrupt(), 130, "interrupted"),
     ):
-        monkeypatch.setattr(caption, "caption_files", stopped_after_two(stop))
+        monkeypatch.setattr(caption, "caption_files", _stopped_after_two(real, stop))
         code, out, err = run_main([*common, *good], capsys)
         payload = json.loads(out)
         assert code == status and payload["results"] == whole["results"][:2], err
@@ -856,7 +859,7 @@ def test_a_stopped_json_job_prints_the_captions_made_before_the_stop(
         assert {key: payload[key] for key in ("checkpoint", "beam_size", "skipped")} == {
             key: whole[key] for key in ("checkpoint", "beam_size", "skipped")
         }
-    monkeypatch.setattr(caption, "caption_files", stopped_after_two(BrokenPipeError()))
+    monkeypatch.setattr(caption, "caption_files", _stopped_after_two(real, BrokenPipeError()))
     code, out, _ = run_main([*common, *good], capsys)
     assert out == ""
 
@@ -875,15 +878,6 @@ def test_a_stopped_json_job_whose_reader_has_gone_still_stops_as_it_was_stopped(
     whole = tmp_path / "whole.csv"
     assert run_main(_caption(checkpoint, *good, "--csv", str(whole)), capsys)[0] == 0
 
-    def stopped_after_two(stop: BaseException):
-        def captioning(*args, **kwargs):
-            for count, item in enumerate(real(*args, **kwargs), 1):
-                yield item
-                if count == 2:
-                    raise stop
-
-        return captioning
-
     out = tmp_path / "out.csv"
     for stop, status, said in (
         (RunStopped("SIGTERM; run it again", exit_code=143), 143, "stopped: SIGTERM"),
@@ -893,7 +887,9 @@ def test_a_stopped_json_job_whose_reader_has_gone_still_stops_as_it_was_stopped(
         for csv_args in (["--csv", str(out)], []):
             out.unlink(missing_ok=True)
             images = good if stop else [*good[:2], broken, good[2]]
-            monkeypatch.setattr(caption, "caption_files", stopped_after_two(stop) if stop else real)
+            monkeypatch.setattr(
+                caption, "caption_files", _stopped_after_two(real, stop) if stop else real
+            )
             monkeypatch.setattr(sys, "stdout", reader_gone)
             argv = _caption(checkpoint, *images, "--json", "--batch-size", "1", *csv_args)
             code = run_cli(caption.main, argv)

@@ -147,9 +147,9 @@ def _print_report(
         path, text = report.run_on[0]
         print(
             f"captions of words not split by spaces: {len(report.run_on)} (Thai, Lao, Burmese, "
-            f"Khmer or Tibetan letters run on for more than {RUN_ON_LETTERS}: each run is one word to the "
-            f"tokenizer, so most become <unk>; split their words by spaces first, with a word "
-            f"segmenter for the language), e.g. {path!r}: {text[:40]!r}",
+            f"Khmer or Tibetan letters run on for more than {RUN_ON_LETTERS}: each run is one "
+            "word to the tokenizer, so most become <unk>; split their words by spaces first, "
+            f"with a word segmenter for the language), e.g. {path!r}: {text[:40]!r}",
             file=out,
         )
     print(_lengths_line(lengths, cfg), file=out)

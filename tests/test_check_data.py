@@ -182,10 +182,10 @@ def test_captions_whose_words_are_not_split_by_spaces_are_counted(tmp_path, caps
         said = [line for line in out.splitlines() if "not split by spaces" in line]
         if counted:
             assert said == [
-                f"captions of words not split by spaces: 4 (Thai, Lao, Burmese, Khmer or Tibetan letters "
-                f"run on for more than {RUN_ON_LETTERS}: each run is one word to the tokenizer, so "
-                f"most become <unk>; split their words by spaces first, with a word segmenter for "
-                f"the language), e.g. {str(tmp_path / '0.png')!r}: {THAI!r}"
+                "captions of words not split by spaces: 4 (Thai, Lao, Burmese, Khmer or Tibetan "
+                f"letters run on for more than {RUN_ON_LETTERS}: each run is one word to the "
+                "tokenizer, so most become <unk>; split their words by spaces first, with a word "
+                f"segmenter for the language), e.g. {str(tmp_path / '0.png')!r}: {THAI!r}"
             ]
         else:
             assert code == 0 and said == []

@@ -593,8 +593,8 @@ def test_most_different_ranks_by_size_and_keeps_ties_in_split_order():
 
 def test_a_prediction_file_not_in_utf8_or_not_a_list_is_one_line(tmp_path):
     """A file in Latin-1 is no JSON prediction file, one line (not a UnicodeDecodeError
-    traceback); an empty JSON object or a number is no list, and a caption must be text (not "an empty list", nor a
-    TypeError) (kills: the decoding error not caught, the emptiness checked before the type, the
+    traceback); an empty JSON object or a number is no list, and a caption must be text (not "an
+    empty list", nor a TypeError) (kills: the decoding error not caught, the emptiness checked before the type, the
     type not checked)."""
     latin = tmp_path / "latin.json"
     latin.write_bytes('[{"image_id": 1, "caption": "un caf\xe9"}]'.encode("latin-1"))

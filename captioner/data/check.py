@@ -5,8 +5,8 @@ release the GIL), and hashes its bytes; `DataReport` gathers what a run would tr
 know about: images referenced but missing, images that do not decode, images listed more than
 once, files with identical bytes under different names (across splits they leak test images into
 training), captions that are empty after tokenization, and captions' lengths against what
-training and decoding cut them to, and captions of Thai, Lao, Burmese, Khmer or Tibetan whose words are
-not split by spaces. `DataReport.stops_training` says, for a ``data.bad_images``
+training and decoding cut them to, and captions of Thai, Lao, Burmese, Khmer or Tibetan whose
+words are not split by spaces. `DataReport.stops_training` says, for a ``data.bad_images``
 policy, whether `captioner.train` would stop, and why.
 """
 

@@ -369,9 +369,9 @@ def load_flickr8k(
     `FLICKR8K_CN_SPLIT_FILES`, `FLICKR8K_CN_OTHER_SPLIT_FILES`; the first set of the three that
     is there is read, Flickr8k's first), must sit in the same folder. Captioned images that no
     split list names are left out (the official token file has a few such stray entries); a
-    listed image without captions is an error. Flickr30k comes with no split lists: a token file whose name does not say Flickr8k,
-    with none of them beside it, has its splits drawn by `hashed_split` (as a CSV without a split
-    column).
+    listed image without captions is an error. Flickr30k comes with no split lists: a token file
+    whose name does not say Flickr8k, with none of them beside it, has its splits drawn by
+    `hashed_split` (as a CSV without a split column).
     """
     file = _existing_file(annotations, "Flickr8k token file")
     captions: dict[str, list[str]] = {}
@@ -413,9 +413,9 @@ def load_flickr8k(
     for split, list_name in split_files.items():
         list_file = file.parent / list_name
         if not list_file.is_file():
-            others = f" (for Flickr8k-CN, its {FLICKR8K_CN_SPLIT_FILES[split]})"
-            if chinese_lists:
-                others = ""
+            others = (
+                "" if chinese_lists else f" (for Flickr8k-CN, its {FLICKR8K_CN_SPLIT_FILES[split]})"
+            )
             raise UserError(
                 f"Flickr8k split list '{list_file}' not found; "
                 f"put {list_name}{others} next to '{file.name}'"
